@@ -1,0 +1,134 @@
+"""Agent configuration: a YAML file validated by pydantic; the Helm chart's values.yaml has the same shape.
+
+Exporter items and sensor sections are validated in a second step against the options model that each
+plugin declares, so errors name the exact key path (``exporters[1].max_size_mb``) and the file line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sensorium.yamlsrc import Located, SourceError, load_one, pydantic_errors
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginsConfig(Strict):
+    allow: list[str] | None = Field(
+        default=None,
+        description="Plugin names (glob patterns) allowed to load. Unset: every discovered plugin; the "
+        "agent runs as root, so production configs (and the Helm chart) set it explicitly.",
+    )
+    deny: list[str] = Field(default_factory=list)
+
+
+class ProcessCacheConfig(Strict):
+    max_size: int = Field(default=65536, ge=128, le=4_194_304, description="Entries kept, exited ones evicted first")
+    exited_grace_s: float = Field(default=30.0, ge=0, description="Keep an exited process this long for late events")
+
+
+class PipelineConfig(Strict):
+    poll_interval_ms: int = Field(default=20, ge=1, le=1000, description="Ring buffer drain period (no per-event wakeups)")
+    ring_buffer_kb: int = Field(default=4096, ge=64, le=1 << 20)
+
+
+class ApiConfig(Strict):
+    socket: Path = Path("/run/sensorium/api.sock")
+    enabled: bool = True
+
+
+class MetricsConfig(Strict):
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = Field(default=2112, ge=0, le=65535)
+
+
+class PoliciesConfig(Strict):
+    directory: Path | None = None
+
+
+class ExporterItem(BaseModel):
+    """Host-level keys of every exporter item; the rest belongs to the exporter's own options model."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    name: str | None = None
+    queue_size: int = Field(default=65536, ge=16, le=10_000_000, description="Events queued before dropping")
+    batch_size: int = Field(default=1024, ge=1, le=100_000)
+    flush_interval_ms: int = Field(default=200, ge=1, le=60_000)
+
+
+HOST_EXPORTER_KEYS = frozenset(ExporterItem.model_fields)
+
+
+class AgentConfig(Strict):
+    node_name: str = Field(default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname())
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    sensors: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per sensor: {enabled: bool, ...its own options}"
+    )
+    exporters: list[ExporterItem] = Field(default_factory=lambda: [ExporterItem(type="stdout")])
+    process_cache: ProcessCacheConfig = Field(default_factory=ProcessCacheConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    network: bool = Field(default=False, description="Load the built-in network connection policy")
+
+    # Set by load_config; not a config key.
+    _source: Located | None = None
+
+    @property
+    def source(self) -> Located | None:
+        return self._source
+
+
+def load_config(path: str | os.PathLike[str] | None) -> AgentConfig:
+    """Read and validate the config file (or the embedded defaults when ``path`` is None)."""
+    if path is None:
+        return AgentConfig()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SourceError(f"cannot read config: {exc.strerror}", file=str(p)) from None
+    doc = load_one(text, str(p)) if text.strip() else Located({}, {}, str(p))
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "the config must be a mapping")
+    try:
+        cfg = AgentConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        raise pydantic_errors(exc, doc) from None
+    cfg._source = doc
+    return cfg
+
+
+def validate_exporter_options(item: ExporterItem, index: int, model: type[BaseModel], doc: Located | None) -> BaseModel:
+    """Validate an exporter item's own keys against its plugin's options model."""
+    own = {k: v for k, v in (item.model_extra or {}).items()}
+    try:
+        return model.model_validate(own)
+    except ValidationError as exc:
+        raise pydantic_errors(exc, doc, prefix=("exporters", index)) from None
+
+
+def validate_sensor_options(name: str, section: dict[str, Any], model: type[BaseModel] | None, doc: Located | None) -> dict[str, Any]:
+    own = {k: v for k, v in section.items() if k != "enabled"}
+    if model is None:
+        if own:
+            key = next(iter(own))
+            raise (doc.error(("sensors", name, key), "unknown key (this sensor takes no options)") if doc
+                   else SourceError("unknown key (this sensor takes no options)", path=f"sensors.{name}.{key}"))
+        return {}
+    try:
+        return model.model_validate(own).model_dump()
+    except ValidationError as exc:
+        raise pydantic_errors(exc, doc, prefix=("sensors", name)) from None

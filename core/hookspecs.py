@@ -1,0 +1,219 @@
+"""The Sensorium plugin contract: the one module a plugin author needs to read.
+
+A plugin is a Python object (usually a module) named by an entry point in one of two groups:
+
+* ``sensorium.sensors``: it implements `sensorium_sensor` and returns a `SensorSpec`;
+* ``sensorium.exporters``: it implements `sensorium_exporter` and returns an `ExporterSpec`.
+
+The entry point's *name* is the short word users write (``type: kafka`` in the config, ``exec`` in the
+plugin allowlist); it must equal the spec's ``name``. Built-in plugins use these very entry points.
+
+Implement hooks with the ``sensorium.hookimpl`` marker::
+
+    from sensorium import hookimpl
+    from sensorium.hookspecs import SensorSpec
+
+    @hookimpl
+    def sensorium_sensor() -> SensorSpec:
+        return SensorSpec(name="hello", description="...", factory=HelloSensor, probes=[...])
+
+The host calls each plugin's hooks separately and contains failures: a plugin that raises at import,
+returns a bad spec or fails to start is marked failed (``sensorium plugins`` says why) and the agent runs
+on without it. Nothing here runs at import time in a plugin; do I/O in ``start``/``open``.
+
+Threads: `Sensor.start`/`stop` and `Exporter.open`/`close` are called from the agent's main thread.
+A sensor's ring-buffer decoder runs on the agent's single reader thread and must not block. Each exporter
+runs on its own thread and receives batches in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+import pluggy
+from pydantic import BaseModel
+
+from sensorium import PROJECT
+from sensorium.events import Event
+
+if TYPE_CHECKING:  # imported for types only; plugins never need these at import time
+    from sensorium.bpf.libbpf import BpfMap, BpfObject
+    from sensorium.bpf.probe import KernelCapabilities
+    from sensorium.process import ProcessCache
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+SENSOR_GROUP = "sensorium.sensors"
+EXPORTER_GROUP = "sensorium.exporters"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sensors
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSource:
+    """One eBPF C program of a sensor, compiled with clang to a CO-RE object at run time (cached).
+
+    ``source`` is the ``*.bpf.c`` file; ``include_dirs`` are added with ``-I`` after the generated
+    ``vmlinux.h`` and the host's own headers (``sensorium/common.h``, ``sensorium/path.h``, ...).
+    ``defines`` become ``-D`` flags and are part of the cache key. ``prebuilt`` is an optional object
+    shipped in a wheel; it is used when clang is missing.
+    """
+
+    name: str
+    source: Path
+    include_dirs: tuple[Path, ...] = ()
+    defines: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    prebuilt: Path | None = None
+
+
+@runtime_checkable
+class Sensor(Protocol):
+    """A running sensor, created by `SensorSpec.factory` with a `SensorContext`."""
+
+    def start(self) -> None:
+        """Build/load/attach programs and register ring buffers with ``ctx.add_ring_buffer``.
+
+        Raise on failure after undoing whatever was attached: the host marks the sensor failed.
+        """
+
+    def stop(self) -> None:
+        """Detach and close everything. Called once, also after a failed start. Must not raise."""
+
+    def status(self) -> Mapping[str, Any]:
+        """A JSON-able status: at least ``{"state": "running"|"failed"|"not implemented", ...}``."""
+
+
+class SensorContext(Protocol):
+    """What the host gives a sensor. Sensors use these instead of reaching into host internals."""
+
+    node_name: str
+    log: logging.Logger
+    kernel: "KernelCapabilities"
+    process_cache: "ProcessCache"
+    config: Mapping[str, Any]
+    """This sensor's section of the agent config (``sensors: {<name>: {...}}``), already validated
+    against `SensorSpec.options`, as a plain mapping."""
+
+    def build(self, probe: ProbeSource) -> Path:
+        """Compile (or fetch from the cache) the CO-RE object of ``probe``; raise `BuildError` with
+        the compiler's message, or one naming the missing tool, on failure."""
+
+    def open_object(self, path: Path) -> "BpfObject":
+        """Open a compiled object with libbpf (not yet loaded: set rodata and autoload first)."""
+
+    def add_ring_buffer(self, bpf_map: "BpfMap", decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:
+        """Drain ``bpf_map`` (a BPF_MAP_TYPE_RINGBUF) in batches on the reader thread.
+
+        ``decode`` receives the raw records of one batch, in ring order, and returns the events to
+        export (it may return fewer: internal records such as forks update the process cache only).
+        A decoder exception drops that batch and is counted; it does not stop the reader.
+        Programs should submit with ``sensorium_submit()`` from ``sensorium/common.h``, which skips the
+        per-event wakeup (INFRA.md: wakeups cost 10x in a VM); the reader polls on a short timer.
+        """
+
+    def emit(self, events: Iterable[Event]) -> None:
+        """Export events that do not come from a ring buffer (thread-safe)."""
+
+    def make_event(self, kind: str, body: Mapping[str, Any], ktime_ns: int | None = None) -> Event:
+        """Build an `Event` stamped with this node and a time (kernel ktime or now)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorSpec:
+    """What a sensor plugin declares.
+
+    name: the entry-point name; unique across installed sensors.
+    factory: ``factory(ctx) -> Sensor``; called only if the plugin is allowed and enabled.
+    probes: the C programs the sensor ships (compiled by the host; listed by ``sensorium plugins``).
+    options: pydantic model of the sensor's config section (``extra='forbid'`` recommended).
+    policy_sections: TracingPolicy ``spec`` keys this sensor owns (e.g. ``tracepoints``) and the
+        pydantic model of one list item. Two sensors claiming one key is a registration error.
+    record_layouts: ``{C struct name: ctypes.Structure}`` of the records the decoder parses; the host
+        test suite compares them with the compiled object's BTF so the two halves cannot drift.
+    requires: kernel capabilities (names from `sensorium.bpf.probe.KernelCapabilities`) without
+        which the sensor cannot run at all; the host refuses to start it and says which is missing.
+    enabled_by_default: whether ``sensorium run`` with no config starts it.
+    implemented: False for a placeholder: its status says "not implemented".
+    """
+
+    name: str
+    description: str
+    factory: Callable[[SensorContext], Sensor]
+    probes: Sequence[ProbeSource] = ()
+    options: type[BaseModel] | None = None
+    policy_sections: Mapping[str, type[BaseModel]] = dataclasses.field(default_factory=dict)
+    record_layouts: Mapping[str, type] = dataclasses.field(default_factory=dict)
+    requires: frozenset[str] = frozenset()
+    enabled_by_default: bool = False
+    implemented: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Exporters
+# --------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """A sink. Created from validated options; all I/O happens in these methods, not at import."""
+
+    def open(self) -> None:
+        """Connect/open files. May raise: the host retries with backoff and counts failures."""
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        """Write events in order. Raise to signal the batch was not delivered; the host keeps it
+        queued (bounded) and retries, counting what it finally drops."""
+
+    def flush(self) -> None:
+        """Push buffered data out (called on a timer and at shutdown)."""
+
+    def close(self) -> None:
+        """Flush and release resources. Must not raise."""
+
+
+class ExporterContext(Protocol):
+    node_name: str
+    log: logging.Logger
+
+    def count(self, metric: str, value: int = 1) -> None:
+        """Add to an exporter-specific counter (exported as a metric labelled with this exporter)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExporterSpec:
+    """What an exporter plugin declares.
+
+    name: the entry-point name (``type:`` in config).
+    options: pydantic model of the exporter's config item, without ``type`` and without the
+        host-level keys every exporter has (``name``, ``queue_size``, ``filters``...).
+    factory: ``factory(options_instance, ctx) -> Exporter``.
+    """
+
+    name: str
+    description: str
+    options: type[BaseModel]
+    factory: Callable[[Any, ExporterContext], Exporter]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hooks
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sensorium_sensor() -> SensorSpec:
+    """Return this sensor plugin's `SensorSpec`. Called once per plugin at discovery."""
+
+
+@hookspec(firstresult=True)
+def sensorium_exporter() -> ExporterSpec:
+    """Return this exporter plugin's `ExporterSpec`. Called once per plugin at discovery."""
+
+
+HOOKS = ("sensorium_sensor", "sensorium_exporter")

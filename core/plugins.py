@@ -1,0 +1,219 @@
+"""Plugin discovery (stevedore entry points), allowlist, containment and per-plugin status.
+
+Entry points are listed without importing them; only allowed ones are imported, each in its own try,
+registered with pluggy (which validates hook signatures) and asked for its spec. Anything that fails is
+recorded with its reason and the host runs on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import traceback
+from typing import Any, Iterable, Mapping
+
+import pluggy
+
+from sensorium import PROJECT, hookspecs
+from sensorium.hookspecs import EXPORTER_GROUP, SENSOR_GROUP, ExporterSpec, SensorSpec
+
+log = logging.getLogger("sensorium.plugins")
+
+GROUPS = {SENSOR_GROUP: ("sensorium_sensor", SensorSpec), EXPORTER_GROUP: ("sensorium_exporter", ExporterSpec)}
+
+
+class PluginError(Exception):
+    """A plugin could not be used; the message names the plugin and its distribution."""
+
+
+@dataclasses.dataclass
+class PluginRecord:
+    group: str
+    name: str
+    target: str  # "module:attr" of the entry point
+    distribution: str | None = None
+    version: str | None = None
+    state: str = "discovered"  # loaded | failed | not allowed | not implemented | running | stopped
+    reason: str | None = None
+    spec: Any = None
+
+    @property
+    def kind(self) -> str:
+        return "sensor" if self.group == SENSOR_GROUP else "exporter"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {
+            "kind": self.kind,
+            "name": self.name,
+            "entry_point": self.target,
+            "distribution": self.distribution,
+            "version": self.version,
+            "state": self.state,
+            "reason": self.reason,
+        }
+        if isinstance(self.spec, SensorSpec):
+            d["description"] = self.spec.description
+            d["probes"] = [str(p.source) for p in self.spec.probes]
+            d["policy_sections"] = sorted(self.spec.policy_sections)
+            d["requires"] = sorted(self.spec.requires)
+        elif isinstance(self.spec, ExporterSpec):
+            d["description"] = self.spec.description
+        return d
+
+
+def _allowed(name: str, allow: Iterable[str] | None, deny: Iterable[str]) -> tuple[bool, str | None]:
+    if any(fnmatch.fnmatchcase(name, pat) for pat in deny):
+        return False, "denied by plugins.deny"
+    if allow is not None and not any(fnmatch.fnmatchcase(name, pat) for pat in allow):
+        return False, "not in plugins.allow"
+    return True, None
+
+
+class PluginRegistry:
+    """The discovered plugins of one agent (no global state: tests build their own)."""
+
+    def __init__(self, allow: Iterable[str] | None = None, deny: Iterable[str] = ()) -> None:
+        self.allow = list(allow) if allow is not None else None
+        self.deny = list(deny)
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: list[PluginRecord] = []
+
+    # ---- discovery ------------------------------------------------------------------------------
+
+    def discover(self) -> "PluginRegistry":
+        from stevedore import ExtensionManager
+
+        for group in GROUPS:
+            for ep in ExtensionManager.list_entry_points(group):
+                dist = getattr(ep, "dist", None)
+                rec = PluginRecord(
+                    group=group,
+                    name=ep.name,
+                    target=ep.value,
+                    distribution=getattr(dist, "name", None),
+                    version=getattr(dist, "version", None),
+                )
+                ok, why = _allowed(ep.name, self.allow, self.deny)
+                if not ok:
+                    rec.state, rec.reason = "not allowed", why
+                    self.records.append(rec)
+                    continue
+                try:
+                    obj = ep.load()
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - containment: a plugin may raise anything
+                    self._fail(rec, f"Could not load {ep.name!r}: {type(exc).__name__}: {exc}", exc)
+                    continue
+                self._register(rec, obj)
+        self._check_conflicts()
+        return self
+
+    def add(self, group: str, name: str, obj: Any, distribution: str = "(in-process)") -> PluginRecord:
+        """Register a plugin object directly (tests, embedding). Same checks as discovery."""
+        rec = PluginRecord(group=group, name=name, target=repr(obj), distribution=distribution)
+        ok, why = _allowed(name, self.allow, self.deny)
+        if not ok:
+            rec.state, rec.reason = "not allowed", why
+            self.records.append(rec)
+            return rec
+        self._register(rec, obj)
+        self._check_conflicts()
+        return rec
+
+    def _fail(self, rec: PluginRecord, reason: str, exc: BaseException | None = None) -> None:
+        rec.state, rec.reason = "failed", reason
+        where = f" (distribution {rec.distribution} {rec.version or ''})".rstrip() if rec.distribution else ""
+        log.error("plugin %s %r failed%s: %s", rec.kind, rec.name, where, reason)
+        if exc is not None:
+            log.debug("%s", "".join(traceback.format_exception(exc)))
+        self.records.append(rec)
+
+    def _register(self, rec: PluginRecord, obj: Any) -> None:
+        hook_name, spec_type = GROUPS[rec.group]
+        key = f"{rec.group}:{rec.name}"
+        try:
+            self.pm.register(obj, name=key)
+        except Exception as exc:  # noqa: BLE001 - pluggy validation errors, duplicate names
+            self._fail(rec, f"invalid hook implementation: {exc}", exc)
+            return
+        impls = [i for i in getattr(self.pm.hook, hook_name).get_hookimpls() if i.plugin_name == key]
+        if not impls:
+            self.pm.unregister(name=key)
+            self._fail(rec, f"entry point in group {rec.group} does not implement {hook_name}()")
+            return
+        try:
+            spec = impls[0].function()
+        except Exception as exc:  # noqa: BLE001
+            self.pm.unregister(name=key)
+            self._fail(rec, f"{hook_name}() raised {type(exc).__name__}: {exc}", exc)
+            return
+        if not isinstance(spec, spec_type):
+            self.pm.unregister(name=key)
+            self._fail(rec, f"{hook_name}() returned {type(spec).__name__}, expected {spec_type.__name__}")
+            return
+        if spec.name != rec.name:
+            self.pm.unregister(name=key)
+            self._fail(rec, f"spec name {spec.name!r} differs from entry-point name {rec.name!r}")
+            return
+        rec.spec = spec
+        rec.state = "not implemented" if isinstance(spec, SensorSpec) and not spec.implemented else "loaded"
+        self.records.append(rec)
+
+    def _check_conflicts(self) -> None:
+        """Validate eagerly: duplicate names and clashing policy sections fail at registration."""
+        seen: dict[tuple[str, str], PluginRecord] = {}
+        sections: dict[str, PluginRecord] = {}
+        for rec in self.records:
+            if rec.spec is None:
+                continue
+            key = (rec.group, rec.name)
+            if key in seen and seen[key] is not rec:
+                rec.state = "failed"
+                rec.reason = (
+                    f"duplicate {rec.kind} name {rec.name!r}: also provided by distribution "
+                    f"{seen[key].distribution}"
+                )
+                rec.spec = None
+                continue
+            seen[key] = rec
+            if isinstance(rec.spec, SensorSpec):
+                for section in rec.spec.policy_sections:
+                    other = sections.get(section)
+                    if other is not None and other is not rec:
+                        rec.state = "failed"
+                        rec.reason = f"policy section {section!r} is already owned by sensor {other.name!r}"
+                        rec.spec = None
+                        break
+                    sections[section] = rec
+
+    # ---- views ----------------------------------------------------------------------------------
+
+    def _specs(self, group: str) -> dict[str, Any]:
+        return {r.name: r.spec for r in self.records if r.group == group and r.spec is not None}
+
+    @property
+    def sensors(self) -> dict[str, SensorSpec]:
+        return self._specs(SENSOR_GROUP)
+
+    @property
+    def exporters(self) -> dict[str, ExporterSpec]:
+        return self._specs(EXPORTER_GROUP)
+
+    def record(self, kind: str, name: str) -> PluginRecord | None:
+        group = SENSOR_GROUP if kind == "sensor" else EXPORTER_GROUP
+        for r in self.records:
+            if r.group == group and r.name == name:
+                return r
+        return None
+
+    def policy_sections(self) -> Mapping[str, tuple[str, Any]]:
+        """``{spec key: (sensor name, item model)}`` over every usable sensor."""
+        out: dict[str, tuple[str, Any]] = {}
+        for name, spec in self.sensors.items():
+            for section, model in spec.policy_sections.items():
+                out[section] = (name, model)
+        return out
+
+    def as_list(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in sorted(self.records, key=lambda r: (r.kind, r.name))]
