@@ -89,6 +89,61 @@ class Sensor(Protocol):
         """A JSON-able status: at least ``{"state": "running"|"failed"|"not implemented", ...}``."""
 
 
+class PolicyLoadError(Exception):
+    """A policy section could not be served. ``hook`` names the hook (e.g. ``kprobes[0] __x64_sys_openat``),
+    ``reason`` says why (missing kernel function, verifier message, unsupported on this kernel...).
+    ``field`` optionally names the field path inside the policy spec."""
+
+    def __init__(self, hook: str, reason: str, field: str | None = None):
+        self.hook, self.reason, self.field = hook, reason, field
+        super().__init__(f"{field + ': ' if field else ''}{hook}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyView:
+    """What a sensor sees of a policy being loaded (built by sensorium.policy).
+
+    id: small integer unique among loaded policies, used as a key in kernel maps (e.g. the cgroup scope map).
+    items: the validated items of the section this sensor owns (pydantic models of `SensorSpec.policy_sections`).
+    mode: "enforcement" or "monitoring" (in monitoring, blocking actions only report what they would do).
+    """
+
+    id: int
+    name: str
+    namespace: str | None
+    section: str
+    items: Sequence[BaseModel]
+    mode: str = "enforcement"
+
+
+class PolicyHandle(Protocol):
+    """A policy section loaded by a sensor."""
+
+    def status(self) -> Mapping[str, Any]:
+        """JSON-able: at least ``{"hooks": [{"hook": ..., "mechanism": ..., "note": ...}], "events": n,
+        "errors": n, "kernel_memory_bytes": n}``. ``mechanism`` names what serves each hook
+        (``tracepoint``, ``raw_tp sys_enter``, ``fentry``, ``kprobe``, ``bpf_lsm``, ``cgroup/connect4``,
+        ``fanotify``, ``sigkill from tracepoint``...) and ``note`` what a fallback changes in meaning."""
+
+    def set_mode(self, mode: str) -> None:
+        """Switch enforcement/monitoring live (a map update, not a reload)."""
+
+    def unload(self) -> None:
+        """Detach and free everything of this section. Idempotent, must not raise."""
+
+
+@runtime_checkable
+class PolicySensor(Protocol):
+    """A `Sensor` that owns TracingPolicy sections implements these as well."""
+
+    def check_policy(self, policy: PolicyView) -> None:
+        """Check, before anything is loaded, that every item can be served on this kernel (functions and
+        tracepoints exist, arg types match, limits hold). Raise `PolicyLoadError` naming the first problem."""
+
+    def load_policy(self, policy: PolicyView) -> PolicyHandle:
+        """Load and attach the section whole, or undo what was done and raise `PolicyLoadError`."""
+
+
 class SensorContext(Protocol):
     """What the host gives a sensor. Sensors use these instead of reaching into host internals."""
 
