@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sensorium.filters import ExportFilters
 from sensorium.yamlsrc import Located, SourceError, load_one, pydantic_errors
 
 
@@ -63,6 +64,7 @@ class ExporterItem(BaseModel):
     queue_size: int = Field(default=65536, ge=16, le=10_000_000, description="Events queued before dropping")
     batch_size: int = Field(default=1024, ge=1, le=100_000)
     flush_interval_ms: int = Field(default=200, ge=1, le=60_000)
+    filters: ExportFilters = Field(default_factory=ExportFilters, description="allow/deny, fields, redact, rate_limit")
 
 
 HOST_EXPORTER_KEYS = frozenset(ExporterItem.model_fields)

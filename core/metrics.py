@@ -1,0 +1,173 @@
+"""Prometheus metrics of one agent, on its own registry (never the process-global default one).
+
+The pipeline, the exporter runners and the agent call small methods on a `Metrics` object
+(``metrics.event("process_exec", "exec")``, ``metrics.lost(3, "exec")``...); `Metrics.serve` exposes
+them over HTTP at ``metrics.address:metrics.port``. Tests build their own `Metrics` and scrape it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import start_http_server
+
+NAMESPACE = "sensorium"
+
+POLICY_STATES = ("loaded", "enabled", "disabled", "error", "load_error")
+
+
+class Metrics:
+    """Every metric the agent exports. All methods are thread-safe and cheap (no I/O)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_total = Counter(
+            "events", "Events produced by sensors, by event type and sensor", ["type", "sensor"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.kernel_lost_total = Counter(
+            "kernel_events_lost", "Events lost in the kernel (ring buffer full) or not decodable",
+            ["sensor", "reason"], namespace=NAMESPACE, registry=r,
+        )
+        self.exported_total = Counter(
+            "exporter_events_exported", "Events delivered by an exporter", ["exporter"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.dropped_total = Counter(
+            "exporter_events_dropped", "Events an exporter dropped, by reason (queue_full, rate_limit, shutdown)",
+            ["exporter", "reason"], namespace=NAMESPACE, registry=r,
+        )
+        self.filtered_total = Counter(
+            "exporter_events_filtered", "Events removed by an exporter's allow/deny filters", ["exporter"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.failed_total = Counter(
+            "exporter_write_failures", "Failed write attempts (the batch is kept and retried)", ["exporter"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.retries_total = Counter(
+            "exporter_retries", "Retries of a failed batch or of a failed open", ["exporter"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "exporter_queue_depth", "Events waiting in an exporter's queue (including its in-flight batch)",
+            ["exporter"], namespace=NAMESPACE, registry=r,
+        )
+        self.exporter_up = Gauge(
+            "exporter_up", "1 when the exporter's sink is open and its last write succeeded", ["exporter"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.exporter_custom_total = Counter(
+            "exporter_plugin_events", "Exporter-specific counters (ExporterContext.count)", ["exporter", "metric"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.process_cache_size = Gauge(
+            "process_cache_size", "Entries in the process cache", namespace=NAMESPACE, registry=r,
+        )
+        self.policies_loaded = Gauge(
+            "policies_loaded", "TracingPolicies known to the agent", namespace=NAMESPACE, registry=r,
+        )
+        self.policy_state = Gauge(
+            "policy_state", "1 for the current state of each policy", ["policy", "state"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self._lock = threading.Lock()
+        self._policy_states: dict[str, str] = {}
+        self._server: Any = None
+        self._server_thread: threading.Thread | None = None
+
+    # ---- sensors / pipeline ---------------------------------------------------------------------
+
+    def event(self, kind: str, sensor: str, n: int = 1) -> None:
+        self.events_total.labels(kind, sensor).inc(n)
+
+    def lost(self, n: int, sensor: str, reason: str = "ring_buffer") -> None:
+        if n > 0:
+            self.kernel_lost_total.labels(sensor, reason).inc(n)
+
+    def set_process_cache_size(self, n: int) -> None:
+        self.process_cache_size.set(n)
+
+    def policy(self, name: str, state: str) -> None:
+        """Record a policy's current state (one series per policy is 1, its old state goes to 0)."""
+        with self._lock:
+            old = self._policy_states.get(name)
+            if old is not None and old != state:
+                self.policy_state.labels(name, old).set(0)
+            self._policy_states[name] = state
+            self.policy_state.labels(name, state).set(1)
+            self.policies_loaded.set(len(self._policy_states))
+
+    def policy_removed(self, name: str) -> None:
+        with self._lock:
+            old = self._policy_states.pop(name, None)
+            if old is not None:
+                self.policy_state.remove(name, old)
+            self.policies_loaded.set(len(self._policy_states))
+
+    # ---- exporters ------------------------------------------------------------------------------
+
+    def exported(self, exporter: str, n: int) -> None:
+        if n:
+            self.exported_total.labels(exporter).inc(n)
+
+    def dropped(self, exporter: str, n: int, reason: str) -> None:
+        if n:
+            self.dropped_total.labels(exporter, reason).inc(n)
+
+    def filtered(self, exporter: str, n: int) -> None:
+        if n:
+            self.filtered_total.labels(exporter).inc(n)
+
+    def failed(self, exporter: str, n: int = 1) -> None:
+        self.failed_total.labels(exporter).inc(n)
+
+    def retried(self, exporter: str, n: int = 1) -> None:
+        self.retries_total.labels(exporter).inc(n)
+
+    def exporter_count(self, exporter: str, metric: str, n: int = 1) -> None:
+        self.exporter_custom_total.labels(exporter, metric).inc(n)
+
+    def watch_exporter(self, exporter: str, depth: Callable[[], float], up: Callable[[], float]) -> None:
+        """Read queue depth and health from the runner at scrape time (no per-event gauge updates)."""
+        self.queue_depth.labels(exporter).set_function(depth)
+        self.exporter_up.labels(exporter).set_function(up)
+        # Make the counters visible at 0 before anything happened, so dashboards see the exporter.
+        for c in (self.exported_total, self.filtered_total, self.failed_total, self.retries_total):
+            c.labels(exporter)
+
+    # ---- exposition -----------------------------------------------------------------------------
+
+    def scrape(self) -> bytes:
+        """The text exposition, as an HTTP scrape would return it."""
+        return generate_latest(self.registry)
+
+    def serve(self, address: str = "127.0.0.1", port: int = 2112) -> tuple[str, int]:
+        """Start the HTTP endpoint on a daemon thread; returns the bound (address, port).
+
+        Port 0 picks a free port (tests). Call `shutdown` to stop it.
+        """
+        if self._server is not None:
+            raise RuntimeError("metrics server already running")
+        try:
+            server, thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics: cannot listen on {address}:{port}: {exc.strerror}") from None
+        self._server, self._server_thread = server, thread
+        host, bound = server.server_address[:2]
+        return host, bound
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._server_thread is not None:
+                self._server_thread.join(timeout=5)
+            self._server = self._server_thread = None
+
+
+class NullMetrics(Metrics):
+    """A `Metrics` on a private registry that nobody serves: for runners built without an agent."""
