@@ -83,10 +83,14 @@ class PluginRegistry:
     # ---- discovery ------------------------------------------------------------------------------
 
     def discover(self) -> "PluginRegistry":
-        from stevedore import ExtensionManager
+        """List every entry point (without importing it), then load only the allowed ones."""
+        from importlib.metadata import entry_points
+
+        from stevedore import NamedExtensionManager
 
         for group in GROUPS:
-            for ep in ExtensionManager.list_entry_points(group):
+            pending: dict[str, list[PluginRecord]] = {}
+            for ep in entry_points(group=group):
                 dist = getattr(ep, "dist", None)
                 rec = PluginRecord(
                     group=group,
@@ -99,13 +103,29 @@ class PluginRegistry:
                 if not ok:
                     rec.state, rec.reason = "not allowed", why
                     self.records.append(rec)
-                    continue
-                try:
-                    obj = ep.load()
-                except (Exception, SystemExit) as exc:  # noqa: BLE001 - containment: a plugin may raise anything
-                    self._fail(rec, f"Could not load {ep.name!r}: {type(exc).__name__}: {exc}", exc)
-                    continue
-                self._register(rec, obj)
+                else:
+                    pending.setdefault(ep.name, []).append(rec)
+            if not pending:
+                continue
+            failures: dict[tuple[str, str], BaseException] = {}
+
+            def on_failure(_mgr: Any, ep: Any, err: BaseException) -> None:
+                failures[(ep.name, ep.value)] = err
+
+            mgr = NamedExtensionManager(
+                group, names=sorted(pending), invoke_on_load=False,
+                on_load_failure_callback=on_failure, name_order=True,
+            )
+            loaded = {(ext.name, ext.entry_point.value): ext.plugin for ext in mgr.extensions}
+            for name, recs in pending.items():
+                for rec in recs:
+                    key = (name, rec.target)
+                    if key in loaded:
+                        self._register(rec, loaded[key])
+                    else:
+                        err = failures.get(key)
+                        why = f"{type(err).__name__}: {err}" if err else "entry point could not be loaded"
+                        self._fail(rec, f"Could not load {name!r}: {why}", err)
         self._check_conflicts()
         return self
 

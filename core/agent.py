@@ -1,0 +1,294 @@
+"""The agent daemon: probes the kernel, starts allowed sensors and exporters, runs the pipeline, stops cleanly.
+
+Every plugin is contained: a sensor that fails to build, load or attach is marked failed with its reason
+and the agent runs on with the others. Start order matters: exporters first (nothing emitted is lost),
+then sensors (programs attached), then the /proc scan (so processes that started before the agent have
+cache entries; the ring buffer holds what happens meanwhile), then the reader thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from sensorium import __version__
+from sensorium.config import AgentConfig, validate_sensor_options
+from sensorium.events import Event, ktime_to_wall_ns
+from sensorium.hookspecs import ProbeSource, Sensor, SensorSpec
+from sensorium.pipeline import Pipeline, ReaderThread
+from sensorium.plugins import PluginRegistry
+
+log = logging.getLogger("sensorium.agent")
+
+
+class _SensorContext:
+    """The host's side of `sensorium.hookspecs.SensorContext` for one sensor."""
+
+    def __init__(self, agent: "Agent", name: str, config: Mapping[str, Any]) -> None:
+        self._agent = agent
+        self.name = name
+        self.node_name = agent.cfg.node_name
+        self.log = logging.getLogger(f"sensorium.sensor.{name}")
+        self.kernel = agent.kernel
+        self.process_cache = agent.process_cache
+        self.config = config
+        self.objects: list[Any] = []
+
+    def build(self, probe: ProbeSource) -> Path:
+        from sensorium.bpf.build import build_object
+
+        return build_object(probe)
+
+    def open_object(self, path: Path) -> Any:
+        from sensorium.bpf.libbpf import BpfObject
+
+        obj = BpfObject.open(path)
+        self.objects.append(obj)
+        return obj
+
+    def add_ring_buffer(self, bpf_map: Any, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:
+        self._agent.reader.add(bpf_map, self._agent.pipeline.decoder_sink(self.name, decode))
+
+    def emit(self, events: Iterable[Event]) -> None:
+        batch = list(events)
+        if batch:
+            self._agent.pipeline.events_by_sensor[self.name] += len(batch)
+            self._agent.pipeline.submit(batch)
+
+    def make_event(self, kind: str, body: Mapping[str, Any], ktime_ns: int | None = None) -> Event:
+        t = ktime_to_wall_ns(ktime_ns) if ktime_ns is not None else time.time_ns()
+        return Event(kind, body, self.node_name, t)
+
+
+class SensorSlot:
+    """A sensor the agent tried to start, with its state for `status`."""
+
+    def __init__(self, spec: SensorSpec) -> None:
+        self.spec = spec
+        self.sensor: Sensor | None = None
+        self.ctx: _SensorContext | None = None
+        self.state = "stopped"
+        self.reason: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.spec.name, "state": self.state}
+        if self.reason:
+            d["reason"] = self.reason
+        if self.sensor is not None:
+            try:
+                d.update({k: v for k, v in dict(self.sensor.status()).items() if k != "state"})
+            except Exception as exc:  # noqa: BLE001
+                d["status_error"] = f"{type(exc).__name__}: {exc}"
+        return d
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, registry: PluginRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.registry = registry or PluginRegistry(cfg.plugins.allow, cfg.plugins.deny).discover()
+        self.slots: dict[str, SensorSlot] = {}
+        self.kernel: Any = None
+        self.process_cache: Any = None
+        self.pipeline = Pipeline()
+        self.reader: Any = None
+        self.reader_thread: ReaderThread | None = None
+        self.runners: list[Any] = []
+        self.metrics: Any = None
+        self.policies: Any = None
+        self.api: Any = None
+        self.enricher: Any = None
+        self._stop = threading.Event()
+        self._stopped = False
+        self.started_at = time.time()
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from sensorium.bpf.probe import ensure_mounts, probe_kernel
+        from sensorium.bpf.ringbuf import RingBufferReader
+        from sensorium.exporting import build_runners
+        from sensorium.process import ProcessCache
+
+        mounted = ensure_mounts()
+        if mounted:
+            log.info("mounted %s", ", ".join(mounted))
+        self.kernel = probe_kernel()
+        self.process_cache = ProcessCache(
+            self.cfg.node_name, max_size=self.cfg.process_cache.max_size,
+            exited_grace_s=self.cfg.process_cache.exited_grace_s,
+        )
+        self.metrics = self._make_metrics()
+        self.runners = build_runners(self.cfg, self.registry, self.cfg.node_name, self.metrics)
+        for runner in self.runners:
+            runner.start()
+        self.pipeline.runners = self.runners
+        self.reader = RingBufferReader()
+
+        self._start_sensors()
+        scanned = self.process_cache.scan_proc()
+        log.info("process cache: %d running processes read from /proc", scanned)
+        self.reader_thread = ReaderThread(self.reader, self.cfg.pipeline.poll_interval_ms)
+        self.reader_thread.start()
+
+        self._start_policies()
+        self._start_api()
+        if self.metrics is not None and self.cfg.metrics.enabled:
+            self.metrics.serve(self.cfg.metrics.address, self.cfg.metrics.port)
+        running = [n for n, s in self.slots.items() if s.state == "running"]
+        failed = [f"{n} ({s.reason})" for n, s in self.slots.items() if s.state == "failed"]
+        log.info(
+            "ready: node %s, sensors running: %s%s; exporters: %s",
+            self.cfg.node_name, ", ".join(running) or "none",
+            f"; failed: {'; '.join(failed)}" if failed else "",
+            ", ".join(getattr(r, "name", "?") for r in self.runners) or "none",
+        )
+
+    def _make_metrics(self) -> Any:
+        try:
+            from sensorium.metrics import Metrics
+        except ImportError:
+            return None
+        return Metrics(self)
+
+    def _enabled(self, name: str, spec: SensorSpec) -> bool:
+        section = self.cfg.sensors.get(name, {})
+        return bool(section.get("enabled", spec.enabled_by_default))
+
+    def _start_sensors(self) -> None:
+        doc = self.cfg.source
+        for name in self.cfg.sensors:
+            if name not in self.registry.sensors and not self.registry.record("sensor", name):
+                raise ValueError(f"sensors.{name}: no such sensor plugin is installed")
+        for name, spec in sorted(self.registry.sensors.items()):
+            slot = SensorSlot(spec)
+            self.slots[name] = slot
+            if not spec.implemented:
+                slot.state, slot.reason = "not implemented", "placeholder plugin"
+                continue
+            if not self._enabled(name, spec):
+                slot.state = "disabled"
+                continue
+            missing = sorted(c for c in spec.requires if not self.kernel.has(c))
+            if missing:
+                slot.state = "failed"
+                slot.reason = f"kernel lacks {', '.join(missing)} (see `sensorium probe`)"
+                log.error("sensor %s not started: %s", name, slot.reason)
+                continue
+            options = validate_sensor_options(name, self.cfg.sensors.get(name, {}), spec.options, doc)
+            slot.ctx = _SensorContext(self, name, options)
+            try:
+                slot.sensor = spec.factory(slot.ctx)
+                slot.sensor.start()
+            except Exception as exc:  # noqa: BLE001 - containment: the agent runs on without it
+                slot.state = "failed"
+                slot.reason = f"{type(exc).__name__}: {exc}"
+                log.error("sensor %s failed to start: %s", name, slot.reason)
+                self._stop_sensor(slot)
+                slot.state = "failed"
+                continue
+            slot.state = "running"
+            rec = self.registry.record("sensor", name)
+            if rec is not None:
+                rec.state = "running"
+
+    def _stop_sensor(self, slot: SensorSlot) -> None:
+        if slot.sensor is not None:
+            try:
+                slot.sensor.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("sensor %s raised in stop()", slot.spec.name)
+        if slot.ctx is not None:
+            for obj in slot.ctx.objects:  # whatever the sensor forgot to close
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001
+                    log.exception("closing a BPF object of sensor %s", slot.spec.name)
+            slot.ctx.objects.clear()
+        slot.state = "stopped"
+
+    def _start_policies(self) -> None:
+        try:
+            from sensorium.policy_manager import PolicyManager
+        except ImportError:
+            return
+        sensors = {n: s.sensor for n, s in self.slots.items() if s.state == "running" and s.sensor is not None}
+        self.policies = PolicyManager(self.registry, sensors)
+        if self.cfg.network:
+            self.policies.load_builtin_network()
+        if self.cfg.policies.directory is not None:
+            self.policies.load_directory(self.cfg.policies.directory)
+
+    def _start_api(self) -> None:
+        if not self.cfg.api.enabled:
+            return
+        try:
+            from sensorium.api import ApiServer
+        except ImportError:
+            return
+        self.api = ApiServer(self.cfg.api.socket, self)
+        self.api.start()
+
+    def stop(self) -> None:
+        """Detach everything and flush exporters. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.api is not None:
+            self.api.stop()
+        if self.policies is not None:
+            try:
+                self.policies.unload_all()
+            except Exception:  # noqa: BLE001
+                log.exception("unloading policies")
+        for slot in self.slots.values():
+            if slot.state == "running":
+                self._stop_sensor(slot)
+        if self.reader_thread is not None:
+            self.reader_thread.stop()  # drains what the programs submitted before they were detached
+        if self.reader is not None:
+            self.reader.close()
+        for runner in self.runners:
+            runner.stop()
+        if self.metrics is not None and hasattr(self.metrics, "close"):
+            self.metrics.close()
+        log.info("stopped")
+
+    def run_forever(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        try:
+            self.start()
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    # ---- views ------------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Sequence[Event]], None]) -> Callable[[], None]:
+        return self.pipeline.subscribe(callback)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "node_name": self.cfg.node_name,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "sensors": [s.status() for s in self.slots.values()],
+            "pipeline": self.pipeline.stats(),
+            "reader": {
+                "polls": getattr(self.reader_thread, "polls", 0),
+                "records": getattr(self.reader_thread, "records", 0),
+            },
+            "process_cache": self.process_cache.stats() if self.process_cache is not None else {},
+            "policies": self.policies.list() if self.policies is not None else [],
+        }
