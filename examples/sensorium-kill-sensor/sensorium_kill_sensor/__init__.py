@@ -1,0 +1,1 @@
+"""Example third-party Sensorium sensor: kill() calls as process_tracepoint events."""
