@@ -1,0 +1,208 @@
+"""Compile a sensor's eBPF C program to a CO-RE object, with a content-addressed cache.
+
+``vmlinux.h`` is generated from the kernel's BTF with bpftool and cached by the BTF's hash; objects are
+compiled with clang and cached by the hash of everything that can change the output (sources, headers,
+defines, flags, clang version, vmlinux.h). Both are written atomically (tmp file + rename), so several
+processes may build at once. Without clang, a probe's ``prebuilt`` object is used when it ships one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from sensorium.hookspecs import ProbeSource
+
+__all__ = ["BuildError", "INCLUDE_DIR", "cache_dir", "btf_path", "vmlinux_h", "build_object", "clang_path"]
+
+INCLUDE_DIR: Path = Path(__file__).resolve().parent / "include"
+
+# Bumped when the way objects are built changes in a way the key below does not see.
+_CACHE_VERSION = "1"
+
+_ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
+         "riscv64": "riscv"}
+
+# -mcpu=v3: 32-bit sub-registers and jmp32 (kernels >= 5.1), shorter code and fewer verifier states.
+_CFLAGS = ("-g", "-O2", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function",
+           "-Wno-compare-distinct-pointer-types", "-Wno-address-of-packed-member")
+
+_SOURCE_SUFFIXES = {".c", ".h"}
+
+
+class BuildError(RuntimeError):
+    """A probe could not be built: names the missing tool or file, or carries clang's stderr."""
+
+
+def cache_dir() -> Path:
+    """$SENSORIUM_CACHE_DIR, else /var/cache/sensorium when root, else ~/.cache/sensorium (created)."""
+    env = os.environ.get("SENSORIUM_CACHE_DIR")
+    if env:
+        path = Path(env)
+    elif os.geteuid() == 0:
+        path = Path("/var/cache/sensorium")
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sensorium"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def btf_path() -> Path:
+    """The kernel BTF to build against: $SENSORIUM_BTF or /sys/kernel/btf/vmlinux."""
+    return Path(os.environ.get("SENSORIUM_BTF") or "/sys/kernel/btf/vmlinux")
+
+
+def clang_path() -> str | None:
+    """The clang to use: $SENSORIUM_CLANG, else `clang` on PATH; None when there is none."""
+    env = os.environ.get("SENSORIUM_CLANG")
+    if env:
+        return env if shutil.which(env) else None
+    return shutil.which("clang")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(dest: Path, data: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def vmlinux_h(btf: Path | None = None) -> Path:
+    """Return the path of ``vmlinux.h`` for ``btf`` (default `btf_path()`), generating it once per BTF hash.
+
+    The file sits alone in its own directory (``<cache>/vmlinux/<hash>/vmlinux.h``) so that directory can
+    be passed to clang with ``-I``.
+    """
+    btf = Path(btf) if btf is not None else btf_path()
+    if not btf.is_file():
+        raise BuildError(f"BTF file not found: {btf} (kernel built without CONFIG_DEBUG_INFO_BTF? "
+                         f"set SENSORIUM_BTF to a BTF file)")
+    try:
+        digest = _sha256_file(btf)
+    except OSError as e:
+        raise BuildError(f"cannot read BTF file {btf}: {e}") from e
+    out = cache_dir() / "vmlinux" / digest[:32] / "vmlinux.h"
+    if out.is_file():
+        return out
+    bpftool = shutil.which("bpftool") or next(
+        (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.access(p, os.X_OK)), None)
+    if bpftool is None:
+        raise BuildError("bpftool not found: install bpftool (apt-get install bpftool)")
+    proc = subprocess.run([bpftool, "btf", "dump", "file", str(btf), "format", "c"],
+                          capture_output=True, timeout=120)
+    if proc.returncode != 0 or not proc.stdout:
+        raise BuildError(f"bpftool btf dump file {btf} format c failed (exit {proc.returncode}): "
+                         f"{proc.stderr.decode(errors='replace').strip()}")
+    _atomic_write(out, proc.stdout)
+    return out
+
+
+def _source_files(dirs: Iterable[Path]) -> list[tuple[str, Path]]:
+    """All .c/.h files under ``dirs`` (recursively), with a stable label, deduplicated."""
+    seen: set[Path] = set()
+    files: list[tuple[str, Path]] = []
+    for i, d in enumerate(dirs):
+        if not d.is_dir():
+            continue
+        for p in sorted(d.rglob("*")):
+            if p.suffix in _SOURCE_SUFFIXES and p.is_file():
+                rp = p.resolve()
+                if rp in seen:
+                    continue
+                seen.add(rp)
+                files.append((f"{i}:{p.relative_to(d).as_posix()}", rp))
+    return files
+
+
+@functools.lru_cache(maxsize=8)
+def _clang_version(clang: str) -> str:
+    try:
+        proc = subprocess.run([clang, "--version"], capture_output=True, timeout=30)
+    except OSError as e:
+        raise BuildError(f"cannot run clang ({clang}): {e}") from e
+    return proc.stdout.decode(errors="replace")
+
+
+def build_object(probe: ProbeSource, btf: Path | None = None) -> Path:
+    """Compile ``probe`` to a BPF object (cached) and return its path.
+
+    Without clang, returns ``probe.prebuilt`` when it exists, else raises `BuildError` naming clang.
+    A compile error raises `BuildError` carrying clang's stderr.
+    """
+    source = Path(probe.source)
+    clang = clang_path()
+    if clang is None:
+        if probe.prebuilt is not None and Path(probe.prebuilt).is_file():
+            return Path(probe.prebuilt)
+        raise BuildError(f"clang not found: install clang (apt-get install clang) "
+                         f"to build probe {probe.name!r} ({source})")
+    if not source.is_file():
+        raise BuildError(f"probe {probe.name!r}: source file not found: {source}")
+    for key, value in probe.defines.items():
+        # A define becomes one argv element; still refuse what could not be a C macro name.
+        if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
+            raise BuildError(f"probe {probe.name!r}: invalid define name {key!r}")
+    header = vmlinux_h(btf)
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    include_dirs = [Path(d) for d in probe.include_dirs]
+    cmd_flags = [*_CFLAGS, f"-D__TARGET_ARCH_{arch}",
+                 *(f"-D{k}={v}" if v != "" else f"-D{k}" for k, v in sorted(probe.defines.items()))]
+    # Order matters: vmlinux.h first, then the host's headers, then the probe's own.
+    incs = [header.parent, INCLUDE_DIR, source.parent, *include_dirs]
+
+    h = hashlib.sha256()
+    h.update(f"v{_CACHE_VERSION}\0{source.name}\0".encode())
+    h.update("\0".join(cmd_flags).encode() + b"\0")
+    h.update(_clang_version(clang).encode() + b"\0")
+    h.update(header.parent.name.encode() + b"\0")  # the BTF hash names vmlinux.h's directory
+    for label, path in _source_files([source.parent, INCLUDE_DIR, *include_dirs]):
+        h.update(label.encode() + b"\0" + _sha256_file(path).encode() + b"\0")
+    digest = h.hexdigest()[:32]
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in probe.name) or "probe"
+    # The file name becomes libbpf's object name (the part before the first dot): keep it the probe's.
+    out = cache_dir() / "objects" / digest / f"{safe_name}.o"
+    if out.is_file():
+        return out
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        cmd = [clang, *cmd_flags, *(f"-I{d}" for d in incs), "-c", str(source), "-o", tmp]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=300)
+        except OSError as e:
+            raise BuildError(f"cannot run clang ({clang}): {e}") from e
+        if proc.returncode != 0:
+            raise BuildError(f"clang failed to compile probe {probe.name!r} ({source}):\n"
+                             f"{proc.stderr.decode(errors='replace').strip()}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
