@@ -1,0 +1,694 @@
+"""A small ctypes binding of libbpf.so.1: open/load/attach CO-RE objects, links and maps.
+
+libbpf is loaded lazily on first use. Its log output goes through ``libbpf_set_print`` into Python
+logging and into a bounded in-memory tail, so a failed load raises `LibbpfError` carrying the end of
+the verifier log. Every error names the object, program or map it is about. libbpf >= 1.0 semantics
+are assumed (functions return ``-errno``, pointer functions return NULL and set errno).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno as _errno
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+__all__ = ["LibbpfError", "BpfObject", "BpfProgram", "BpfMap", "BpfLink", "lib", "libbpf_log_tail",
+           "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST", "MapType", "num_possible_cpus"]
+
+log = logging.getLogger("sensorium.bpf.libbpf")
+
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+
+
+class MapType:
+    """The few ``enum bpf_map_type`` values the host looks at (uapi numbering is stable)."""
+
+    HASH = 1
+    ARRAY = 2
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    LRU_PERCPU_HASH = 10
+    PERCPU_CGROUP_STORAGE = 21
+    RINGBUF = 27
+
+    PERCPU = frozenset({PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE})
+
+
+class LibbpfError(OSError):
+    """A libbpf call failed. ``errno`` is set; the message names the object/program/map and, for load
+    failures, ends with the tail of the verifier log."""
+
+    def __init__(self, err: int, message: str, log_tail: str = "") -> None:
+        err = abs(err) if err else _errno.EIO
+        text = f"{message}: {os.strerror(err)} (errno {err})"
+        if log_tail:
+            text += "\n--- libbpf/verifier log (tail) ---\n" + log_tail.rstrip("\n")
+        super().__init__(err, text)
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:  # OSError's default adds "[Errno n]" in front of a text that has it
+        return str(self.args[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading libbpf and its log
+# --------------------------------------------------------------------------------------------------
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_LOG_LIMIT = 64 * 1024
+# The size of a va_list object: on x86_64 and aarch64 it is a struct passed by address, so a byte copy
+# of it is a valid va_copy. Other architectures get the format string only.
+_VA_LIST_SIZE = {"x86_64": 24, "aarch64": 32}.get(platform.machine())
+
+_lib: ctypes.CDLL | None = None
+_libc: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+_log_lock = threading.Lock()
+_log_chunks: collections.deque[str] = collections.deque()
+_log_size = 0
+_log_seq = 0  # number of chunks ever appended: lets a caller take what was logged since a mark
+
+
+def _format_va(fmt: bytes, ap: int | None) -> str:
+    if _libc is None or _VA_LIST_SIZE is None or not ap:
+        return fmt.decode(errors="replace")
+    copy = ctypes.create_string_buffer(_VA_LIST_SIZE)
+    ctypes.memmove(copy, ap, _VA_LIST_SIZE)
+    need = _libc.vsnprintf(None, 0, fmt, ctypes.addressof(copy))
+    if need < 0:
+        return fmt.decode(errors="replace")
+    size = min(need, 4 << 20) + 1  # a verifier log can be megabytes; 4 MiB is more than we keep
+    buf = ctypes.create_string_buffer(size)
+    _libc.vsnprintf(buf, size, fmt, ap)
+    return buf.value.decode(errors="replace")
+
+
+def _print_cb(level: int, fmt: bytes, ap: int | None) -> int:
+    global _log_size, _log_seq
+    try:
+        text = _format_va(fmt, ap)
+    except Exception:  # never let an exception cross into C
+        return 0
+    if len(text) > _LOG_LIMIT:
+        text = text[-_LOG_LIMIT:]
+    with _log_lock:
+        _log_chunks.append(text)
+        _log_size += len(text)
+        _log_seq += 1
+        while _log_size > _LOG_LIMIT and len(_log_chunks) > 1:
+            _log_size -= len(_log_chunks.popleft())
+    # libbpf's warnings include whole verifier logs; the error carries them, so keep logging quiet.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("libbpf[%d]: %s", level, text.rstrip("\n"))
+    return 0
+
+
+_print_cb_c = _PRINT_FN(_print_cb)
+
+
+def _log_mark() -> int:
+    with _log_lock:
+        return _log_seq
+
+
+def libbpf_log_tail(since: int | None = None, limit: int = _LOG_LIMIT) -> str:
+    """The last ``limit`` characters libbpf printed (optionally only chunks after mark ``since``)."""
+    with _log_lock:
+        chunks = list(_log_chunks)
+        if since is not None:
+            newer = _log_seq - since
+            chunks = chunks[-newer:] if 0 < newer <= len(chunks) else ([] if newer <= 0 else chunks)
+    text = "".join(chunks)
+    return text[-limit:]
+
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+_U32 = ctypes.c_uint32
+_SZ = ctypes.c_size_t
+_S = ctypes.c_char_p
+
+# name: (restype, argtypes)
+_PROTOS: dict[str, tuple[Any, list[Any]]] = {
+    "libbpf_set_print": (_P, [_PRINT_FN]),
+    "libbpf_major_version": (_U32, []),
+    "libbpf_minor_version": (_U32, []),
+    "libbpf_num_possible_cpus": (_I, []),
+    "bpf_object__open_file": (_P, [_S, _P]),
+    "bpf_object__load": (_I, [_P]),
+    "bpf_object__close": (None, [_P]),
+    "bpf_object__name": (_S, [_P]),
+    "bpf_object__btf": (_P, [_P]),
+    "bpf_object__next_program": (_P, [_P, _P]),
+    "bpf_object__next_map": (_P, [_P, _P]),
+    "bpf_program__name": (_S, [_P]),
+    "bpf_program__section_name": (_S, [_P]),
+    "bpf_program__fd": (_I, [_P]),
+    "bpf_program__autoload": (ctypes.c_bool, [_P]),
+    "bpf_program__set_autoload": (_I, [_P, ctypes.c_bool]),
+    "bpf_program__type": (_I, [_P]),
+    "bpf_program__attach": (_P, [_P]),
+    "bpf_program__attach_tracepoint": (_P, [_P, _S, _S]),
+    "bpf_program__attach_raw_tracepoint": (_P, [_P, _S]),
+    "bpf_program__attach_cgroup": (_P, [_P, _I]),
+    "bpf_program__attach_uprobe_opts": (_P, [_P, _I, _S, _SZ, _P]),
+    "bpf_link__destroy": (_I, [_P]),
+    "bpf_link__fd": (_I, [_P]),
+    "bpf_map__name": (_S, [_P]),
+    "bpf_map__fd": (_I, [_P]),
+    "bpf_map__type": (_I, [_P]),
+    "bpf_map__key_size": (_U32, [_P]),
+    "bpf_map__value_size": (_U32, [_P]),
+    "bpf_map__max_entries": (_U32, [_P]),
+    "bpf_map__set_max_entries": (_I, [_P, _U32]),
+    "bpf_map__is_internal": (ctypes.c_bool, [_P]),
+    "bpf_map__btf_value_type_id": (_U32, [_P]),
+    "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(_SZ)]),
+    "bpf_map__pin": (_I, [_P, _S]),
+    "bpf_map__unpin": (_I, [_P, _S]),
+    "bpf_map__lookup_elem": (_I, [_P, _P, _SZ, _P, _SZ, ctypes.c_uint64]),
+    "bpf_map__update_elem": (_I, [_P, _P, _SZ, _P, _SZ, ctypes.c_uint64]),
+    "bpf_map__delete_elem": (_I, [_P, _P, _SZ, ctypes.c_uint64]),
+    "bpf_map__get_next_key": (_I, [_P, _P, _P, _SZ]),
+    "btf__load_vmlinux_btf": (_P, []),
+    "btf__free": (None, [_P]),
+    "btf__find_by_name_kind": (ctypes.c_int32, [_P, _S, _U32]),
+    "btf__type_by_id": (_P, [_P, _U32]),
+    "btf__name_by_offset": (_S, [_P, _U32]),
+    "bpf_prog_load": (_I, [_I, _S, _S, _P, _SZ, _P]),
+    "bpf_map_create": (_I, [_I, _S, _U32, _U32, _U32, _P]),
+    "ring_buffer__new": (_P, [_I, _P, _P, _P]),
+    "ring_buffer__add": (_I, [_P, _I, _P, _P]),
+    "ring_buffer__consume": (_I, [_P]),
+    "ring_buffer__poll": (_I, [_P, _I]),
+    "ring_buffer__epoll_fd": (_I, [_P]),
+    "ring_buffer__free": (None, [_P]),
+}
+
+
+def lib() -> ctypes.CDLL:
+    """libbpf.so.1 ($SENSORIUM_LIBBPF overrides the path), with prototypes set and the print hook on."""
+    global _lib, _libc
+    if _lib is not None:
+        return _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        name = os.environ.get("SENSORIUM_LIBBPF") or "libbpf.so.1"
+        try:
+            handle = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            raise LibbpfError(_errno.ENOENT, f"cannot load {name} ({e}); install libbpf 1.x "
+                              f"(apt-get install libbpf1) or set SENSORIUM_LIBBPF") from None
+        missing = []
+        for fn, (res, args) in _PROTOS.items():
+            try:
+                f = getattr(handle, fn)
+            except AttributeError:
+                missing.append(fn)
+                continue
+            f.restype = res
+            f.argtypes = args
+        if missing:
+            raise LibbpfError(_errno.ENOSYS, f"{name} lacks {', '.join(missing)}: libbpf >= 1.1 is required")
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.vsnprintf.restype = _I
+        libc.vsnprintf.argtypes = [_P, _SZ, _S, _P]
+        _libc = libc
+        handle.libbpf_set_print(_print_cb_c)
+        _lib = handle
+        return handle
+
+
+def _errno_now(default: int = _errno.EIO) -> int:
+    return ctypes.get_errno() or default
+
+
+def num_possible_cpus() -> int:
+    n = lib().libbpf_num_possible_cpus()
+    if n <= 0:
+        raise LibbpfError(-n, "libbpf_num_possible_cpus")
+    return n
+
+
+def _s(b: bytes | None) -> str:
+    return b.decode(errors="replace") if b is not None else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# BTF (just enough to find global variables in DATASECs)
+# --------------------------------------------------------------------------------------------------
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", _U32), ("info", _U32), ("size_or_type", _U32)]
+
+
+class _BtfVarSecinfo(ctypes.Structure):
+    _fields_ = [("type", _U32), ("offset", _U32), ("size", _U32)]
+
+
+BTF_KIND_VAR = 14
+BTF_KIND_DATASEC = 15
+
+
+def _btf_kind(t: _BtfType) -> int:
+    return (t.info >> 24) & 0x1F
+
+
+def _btf_vlen(t: _BtfType) -> int:
+    return t.info & 0xFFFF
+
+
+# --------------------------------------------------------------------------------------------------
+# Objects, programs, maps, links
+# --------------------------------------------------------------------------------------------------
+
+class _ObjectOpenOpts(ctypes.Structure):
+    _fields_ = [("sz", _SZ), ("object_name", _S), ("relaxed_maps", ctypes.c_bool), ("pin_root_path", _S),
+                ("_stub", _U32), ("kconfig", _S), ("btf_custom_path", _S), ("kernel_log_buf", _P),
+                ("kernel_log_size", _SZ), ("kernel_log_level", _U32)]
+
+
+class _UprobeOpts(ctypes.Structure):
+    _fields_ = [("sz", _SZ), ("ref_ctr_offset", _SZ), ("bpf_cookie", ctypes.c_uint64),
+                ("retprobe", ctypes.c_bool), ("func_name", _S)]
+
+
+class BpfLink:
+    """An attachment; `destroy` detaches it (idempotent). The owning object destroys it on close."""
+
+    def __init__(self, ptr: int, what: str) -> None:
+        self._ptr: int | None = ptr
+        self.description = what
+
+    @property
+    def fd(self) -> int:
+        if self._ptr is None:
+            return -1
+        return lib().bpf_link__fd(self._ptr)
+
+    @property
+    def alive(self) -> bool:
+        return self._ptr is not None
+
+    def destroy(self) -> None:
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            err = lib().bpf_link__destroy(ptr)
+            if err < 0:
+                log.warning("bpf_link__destroy(%s): %s", self.description, os.strerror(-err))
+
+    def __repr__(self) -> str:
+        return f"<BpfLink {self.description} {'attached' if self._ptr else 'destroyed'}>"
+
+
+class BpfProgram:
+    """One program of a `BpfObject` (named by its C function)."""
+
+    def __init__(self, obj: "BpfObject", ptr: int) -> None:
+        self._obj = obj
+        self._ptr = ptr
+        self.name: str = _s(lib().bpf_program__name(ptr))
+        self.section: str = _s(lib().bpf_program__section_name(ptr))
+
+    def _p(self) -> int:
+        self._obj._check_open()
+        return self._ptr
+
+    def _what(self) -> str:
+        return f"program {self.name!r} (SEC {self.section!r}) of object {self._obj.name!r}"
+
+    @property
+    def fd(self) -> int:
+        return lib().bpf_program__fd(self._p())
+
+    @property
+    def autoload(self) -> bool:
+        return bool(lib().bpf_program__autoload(self._p()))
+
+    def set_autoload(self, autoload: bool) -> None:
+        err = lib().bpf_program__set_autoload(self._p(), bool(autoload))
+        if err < 0:
+            raise LibbpfError(err, f"set_autoload({autoload}) on {self._what()} (only before load)")
+
+    def _link(self, ptr: int | None, what: str) -> BpfLink:
+        if not ptr:
+            raise LibbpfError(_errno_now(), f"cannot attach {self._what()} {what}".rstrip())
+        link = BpfLink(ptr, f"{self._obj.name}:{self.name} {what}".rstrip())
+        self._obj._links.append(link)
+        return link
+
+    def attach(self) -> BpfLink:
+        """Attach as its SEC() says (tracepoint/..., raw_tp/..., tp_btf/..., uprobe/path:func, ...)."""
+        ptr = lib().bpf_program__attach(self._p())
+        return self._link(ptr, "")
+
+    def attach_tracepoint(self, category: str, name: str) -> BpfLink:
+        ptr = lib().bpf_program__attach_tracepoint(self._p(), category.encode(), name.encode())
+        return self._link(ptr, f"to tracepoint {category}/{name}")
+
+    def attach_raw_tracepoint(self, name: str) -> BpfLink:
+        ptr = lib().bpf_program__attach_raw_tracepoint(self._p(), name.encode())
+        return self._link(ptr, f"to raw tracepoint {name}")
+
+    def attach_cgroup(self, cgroup_fd: int) -> BpfLink:
+        ptr = lib().bpf_program__attach_cgroup(self._p(), int(cgroup_fd))
+        return self._link(ptr, f"to cgroup fd {cgroup_fd}")
+
+    def attach_uprobe(self, binary: str | os.PathLike[str], func_name: str | None = None, offset: int = 0,
+                      pid: int = -1, retprobe: bool = False) -> BpfLink:
+        """Attach a uprobe (or uretprobe) to ``binary`` at ``func_name`` (+``offset``) or at file
+        ``offset``; ``pid=-1`` means every process. Library names are resolved by libbpf (``libc.so.6``)."""
+        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=bool(retprobe),
+                           func_name=func_name.encode() if func_name else None)
+        path = os.fspath(binary)
+        ptr = lib().bpf_program__attach_uprobe_opts(self._p(), int(pid), path.encode(), int(offset),
+                                                    ctypes.byref(opts))
+        where = f"{path}:{func_name or ''}{'+' if func_name and offset else ''}{hex(offset) if offset or not func_name else ''}"
+        return self._link(ptr, f"to {'uretprobe' if retprobe else 'uprobe'} {where} pid {pid}")
+
+    def __repr__(self) -> str:
+        return f"<BpfProgram {self.name} SEC({self.section!r})>"
+
+
+class BpfMap:
+    """One map of a `BpfObject`. Keys and values are raw bytes of exactly the map's sizes (for per-CPU
+    maps a value is ``round_up(value_size, 8) * num_possible_cpus()`` bytes, one slot per CPU)."""
+
+    def __init__(self, obj: "BpfObject", ptr: int) -> None:
+        self._obj = obj
+        self._ptr = ptr
+        self.name: str = _s(lib().bpf_map__name(ptr))
+
+    def _p(self) -> int:
+        self._obj._check_open()
+        return self._ptr
+
+    def _what(self) -> str:
+        return f"map {self.name!r} of object {self._obj.name!r}"
+
+    @property
+    def fd(self) -> int:
+        return lib().bpf_map__fd(self._p())
+
+    @property
+    def type(self) -> int:
+        return lib().bpf_map__type(self._p())
+
+    @property
+    def key_size(self) -> int:
+        return lib().bpf_map__key_size(self._p())
+
+    @property
+    def value_size(self) -> int:
+        return lib().bpf_map__value_size(self._p())
+
+    @property
+    def max_entries(self) -> int:
+        return lib().bpf_map__max_entries(self._p())
+
+    @property
+    def percpu(self) -> bool:
+        return self.type in MapType.PERCPU
+
+    def _full_value_size(self) -> int:
+        vs = self.value_size
+        return ((vs + 7) // 8) * 8 * num_possible_cpus() if self.percpu else vs
+
+    def set_max_entries(self, n: int) -> None:
+        err = lib().bpf_map__set_max_entries(self._p(), int(n))
+        if err < 0:
+            raise LibbpfError(err, f"set_max_entries({n}) on {self._what()} (only before load)")
+
+    def _key(self, key: bytes) -> bytes:
+        key = bytes(key)
+        if len(key) != self.key_size:
+            raise ValueError(f"{self._what()}: key is {len(key)} bytes, the map's key_size is {self.key_size}")
+        return key
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        key = self._key(key)
+        value = bytes(value)
+        vs = self._full_value_size()
+        if len(value) != vs:
+            raise ValueError(f"{self._what()}: value is {len(value)} bytes, expected {vs}")
+        err = lib().bpf_map__update_elem(self._p(), key, len(key), value, len(value), flags)
+        if err < 0:
+            raise LibbpfError(err, f"update of {self._what()} (key {key.hex()})")
+
+    def lookup(self, key: bytes) -> bytes | None:
+        key = self._key(key)
+        vs = self._full_value_size()
+        buf = ctypes.create_string_buffer(vs)
+        err = lib().bpf_map__lookup_elem(self._p(), key, len(key), buf, vs, 0)
+        if err == -_errno.ENOENT:
+            return None
+        if err < 0:
+            raise LibbpfError(err, f"lookup in {self._what()} (key {key.hex()})")
+        return buf.raw
+
+    def delete(self, key: bytes) -> bool:
+        key = self._key(key)
+        err = lib().bpf_map__delete_elem(self._p(), key, len(key), 0)
+        if err == -_errno.ENOENT:
+            return False
+        if err < 0:
+            raise LibbpfError(err, f"delete from {self._what()} (key {key.hex()})")
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        ks = self.key_size
+        cur: bytes | None = None
+        nxt = ctypes.create_string_buffer(ks)
+        while True:
+            err = lib().bpf_map__get_next_key(self._p(), cur, nxt, ks)
+            if err == -_errno.ENOENT:
+                return
+            if err < 0:
+                raise LibbpfError(err, f"iterating keys of {self._what()}")
+            cur = nxt.raw
+            yield cur
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for k in self.keys():
+            v = self.lookup(k)
+            if v is not None:  # deleted meanwhile
+                yield k, v
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        err = lib().bpf_map__pin(self._p(), os.fspath(path).encode())
+        if err < 0:
+            raise LibbpfError(err, f"pin {self._what()} at {os.fspath(path)}")
+
+    def unpin(self, path: str | os.PathLike[str]) -> None:
+        err = lib().bpf_map__unpin(self._p(), os.fspath(path).encode())
+        if err < 0:
+            raise LibbpfError(err, f"unpin {self._what()} from {os.fspath(path)}")
+
+    def __repr__(self) -> str:
+        return f"<BpfMap {self.name} type={self.type}>"
+
+
+class BpfObject:
+    """A BPF ELF object opened with libbpf: programs and maps by name, load, attach, close."""
+
+    def __init__(self, ptr: int, name: str, path: Path) -> None:
+        self._ptr: int | None = ptr
+        self.name = name
+        self.path = path
+        self.loaded = False
+        self._links: list[BpfLink] = []
+        L = lib()
+        self.programs: dict[str, BpfProgram] = {}
+        p = L.bpf_object__next_program(ptr, None)
+        while p:
+            prog = BpfProgram(self, p)
+            self.programs[prog.name] = prog
+            p = L.bpf_object__next_program(ptr, p)
+        self.maps: dict[str, BpfMap] = {}
+        m = L.bpf_object__next_map(ptr, None)
+        while m:
+            bmap = BpfMap(self, m)
+            self.maps[bmap.name] = bmap
+            m = L.bpf_object__next_map(ptr, m)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], name: str | None = None) -> "BpfObject":
+        """Open (not load) ``path``. ``name`` overrides the object name (used in map names and errors)."""
+        path = Path(path)
+        L = lib()
+        opts = _ObjectOpenOpts(sz=ctypes.sizeof(_ObjectOpenOpts), object_name=name.encode() if name else None)
+        mark = _log_mark()
+        ptr = L.bpf_object__open_file(os.fspath(path).encode(), ctypes.byref(opts))
+        if not ptr:
+            raise LibbpfError(_errno_now(), f"cannot open BPF object {name or path.name!r} ({path})",
+                              libbpf_log_tail(mark, 4096))
+        return cls(ptr, name or _s(L.bpf_object__name(ptr)), path)
+
+    def _check_open(self) -> None:
+        if self._ptr is None:
+            raise LibbpfError(_errno.EBADF, f"BPF object {self.name!r} is closed")
+
+    def program(self, name: str) -> BpfProgram:
+        try:
+            return self.programs[name]
+        except KeyError:
+            raise KeyError(f"object {self.name!r} has no program {name!r}; it has: "
+                           f"{', '.join(sorted(self.programs)) or 'none'}") from None
+
+    def map(self, name: str) -> BpfMap:
+        try:
+            return self.maps[name]
+        except KeyError:
+            raise KeyError(f"object {self.name!r} has no map {name!r}; it has: "
+                           f"{', '.join(sorted(self.maps)) or 'none'}") from None
+
+    def _global_vars(self) -> dict[str, tuple[BpfMap, int, int, str]]:
+        """{variable: (internal map, offset, size, section)} from the DATASEC BTF of internal maps."""
+        self._check_open()
+        L = lib()
+        btf = L.bpf_object__btf(self._ptr)
+        if not btf:
+            return {}
+        found: dict[str, tuple[BpfMap, int, int, str]] = {}
+        for m in self.maps.values():
+            if not L.bpf_map__is_internal(m._ptr):
+                continue
+            tid = L.bpf_map__btf_value_type_id(m._ptr)
+            tp = L.btf__type_by_id(btf, tid) if tid else None
+            if not tp:
+                continue
+            t = _BtfType.from_address(tp)
+            if _btf_kind(t) != BTF_KIND_DATASEC:
+                continue
+            sec = _s(L.btf__name_by_offset(btf, t.name_off))
+            infos = (_BtfVarSecinfo * _btf_vlen(t)).from_address(tp + ctypes.sizeof(_BtfType))
+            for info in infos:
+                vp = L.btf__type_by_id(btf, info.type)
+                if not vp:
+                    continue
+                v = _BtfType.from_address(vp)
+                if _btf_kind(v) != BTF_KIND_VAR:
+                    continue
+                found[_s(L.btf__name_by_offset(btf, v.name_off))] = (m, info.offset, info.size, sec)
+        return found
+
+    def set_rodata(self, var: str, value: bytes | int) -> None:
+        """Set the initial value of global ``var`` (a ``const volatile`` knob in .rodata, or a .data/.bss
+        global) before load. An int is stored little/native-endian in the variable's size; bytes may be
+        shorter than the variable (zero-padded, e.g. a char array)."""
+        self._check_open()
+        if self.loaded:
+            raise LibbpfError(_errno.EBUSY, f"set_rodata({var!r}) on object {self.name!r}: already loaded")
+        gv = self._global_vars()
+        if var not in gv:
+            raise KeyError(f"object {self.name!r} has no global variable {var!r}; it has: "
+                           f"{', '.join(sorted(gv)) or 'none'}")
+        m, off, size, sec = gv[var]
+        if isinstance(value, bool) or isinstance(value, int):
+            ival = int(value)
+            try:
+                data = ival.to_bytes(size, "little" if _little() else "big", signed=ival < 0)
+            except OverflowError:
+                raise ValueError(f"object {self.name!r}: {ival} does not fit {var!r} ({size} bytes)") from None
+        else:
+            data = bytes(value)
+            if len(data) > size:
+                raise ValueError(f"object {self.name!r}: {len(data)} bytes do not fit {var!r} ({size} bytes)")
+            data = data.ljust(size, b"\0")
+        psize = _SZ(0)
+        base = lib().bpf_map__initial_value(m._ptr, ctypes.byref(psize))
+        if not base or off + size > psize.value:
+            raise LibbpfError(_errno_now(_errno.EINVAL),
+                              f"set_rodata({var!r}): no initial value area in {m._what()} ({sec})")
+        ctypes.memmove(base + off, data, size)
+
+    def load(self) -> None:
+        """Load every autoloaded program and create the maps; on failure the error carries the
+        verifier log tail and names the program libbpf reported."""
+        self._check_open()
+        mark = _log_mark()
+        err = lib().bpf_object__load(self._ptr)
+        if err < 0:
+            tail = libbpf_log_tail(mark)
+            culprit = _culprit(tail, self.programs)
+            raise LibbpfError(err, f"cannot load BPF object {self.name!r} ({self.path})"
+                              + (f": program {culprit!r} failed" if culprit else ""), tail)
+        self.loaded = True
+
+    def attach_all(self) -> list[BpfLink]:
+        """Attach every autoloaded program whose SEC() libbpf can attach by itself; programs that need
+        a target (cgroup, uprobe without a path, ...) are skipped. All or nothing: on an error the links
+        made here are destroyed and the error is raised."""
+        self._check_open()
+        made: list[BpfLink] = []
+        L = lib()
+        try:
+            for prog in self.programs.values():
+                if not L.bpf_program__autoload(prog._ptr):
+                    continue
+                ptr = L.bpf_program__attach(prog._ptr)
+                if not ptr:
+                    e = _errno_now()
+                    if e == _errno.EOPNOTSUPP:
+                        continue
+                    raise LibbpfError(e, f"cannot attach {prog._what()}")
+                link = BpfLink(ptr, f"{self.name}:{prog.name}")
+                self._links.append(link)
+                made.append(link)
+        except BaseException:
+            for link in made:
+                link.destroy()
+            raise
+        return made
+
+    @property
+    def links(self) -> list[BpfLink]:
+        return [lk for lk in self._links if lk.alive]
+
+    def close(self) -> None:
+        """Destroy this object's links, then close it (unloads programs, drops map references)."""
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            lib().bpf_object__close(ptr)
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A forgotten object must not keep programs attached forever; explicit close() is the norm.
+        try:
+            if self._ptr is not None:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<BpfObject {self.name} {'closed' if self._ptr is None else 'loaded' if self.loaded else 'open'}>"
+
+
+def _little() -> bool:
+    import sys
+    return sys.byteorder == "little"
+
+
+def _culprit(tail: str, programs: dict[str, BpfProgram]) -> str | None:
+    """The program libbpf blamed in its log ("libbpf: prog 'x': failed to load: ...")."""
+    import re
+    found = re.findall(r"prog '([^']+)': (?:failed|BPF program load failed|-- BEGIN)", tail)
+    for name in reversed(found):
+        if name in programs:
+            return name
+    return None
