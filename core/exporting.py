@@ -1,0 +1,361 @@
+"""One runner per configured exporter: a bounded queue, its own thread, filters, batching, retries.
+
+The pipeline calls `ExporterRunner.submit` with every batch of events; submit never blocks (when the
+queue is full the newest events are dropped and counted). The runner's thread takes up to
+``batch_size`` events, runs the exporter's filter chain, and calls ``write_batch``. When a write
+raises, the runner keeps that same (already filtered) batch, closes and reopens the exporter after a
+capped exponential backoff and writes it again, so after recovery events arrive in order and without
+duplicates, except where the exporter itself says otherwise (a sink that may have taken part of a
+batch before failing raises `PartialWrite` with the count it delivered). One failing or slow sink
+only fills its own queue: the producer and the other runners are never held up.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from sensorium.config import AgentConfig, ExporterItem, validate_exporter_options
+from sensorium.events import Event
+from sensorium.filters import FilterChain, build_filters
+from sensorium.hookspecs import Exporter, ExporterSpec
+from sensorium.metrics import Metrics
+from sensorium.yamlsrc import SourceError, format_path
+
+log = logging.getLogger("sensorium.exporting")
+
+
+class PartialWrite(Exception):
+    """Raised by ``write_batch`` when the first ``delivered`` events of the batch did reach the sink
+    before the failure: the runner retries only the rest, so they are not written twice."""
+
+    def __init__(self, delivered: int, reason: str = "") -> None:
+        super().__init__(reason or f"{delivered} events delivered before the failure")
+        self.delivered = delivered
+
+
+class ExporterContextImpl:
+    """The host side of `sensorium.hookspecs.ExporterContext` for one exporter."""
+
+    def __init__(self, name: str, node_name: str, metrics: Metrics | None = None, log: logging.Logger | None = None):
+        self.name = name
+        self.node_name = node_name
+        self.metrics = metrics
+        self.log = log or logging.getLogger(f"sensorium.exporter.{name}")
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = {}
+
+    def count(self, metric: str, value: int = 1) -> None:
+        with self._lock:
+            self.counters[metric] = self.counters.get(metric, 0) + value
+        if self.metrics is not None:
+            self.metrics.exporter_count(self.name, metric, value)
+
+
+class ExporterRunner:
+    """Drives one `Exporter` on its own thread. See the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        name: str,
+        exporter: Exporter,
+        item: ExporterItem,
+        ctx: Any,
+        filters: FilterChain | Sequence[Callable[[Event], Event | None]] | None = None,
+        *,
+        metrics: Metrics | None = None,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.exporter = exporter
+        self.item = item
+        self.ctx = ctx
+        self.filters = filters if isinstance(filters, FilterChain) else FilterChain(list(filters or ()))
+        self.metrics = metrics if metrics is not None else getattr(ctx, "metrics", None)
+        self.queue_size = item.queue_size
+        self.batch_size = item.batch_size
+        self.flush_interval = item.flush_interval_ms / 1000.0
+        self.backoff_initial = backoff_initial_s
+        self.backoff_max = backoff_max_s
+
+        self._q: collections.deque[Event] = collections.deque()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._pending: list[Event] = []  # the batch being written (already filtered); kept across retries
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._deadline = float("inf")
+        self._open = False
+        self._state = "created"
+        self._last_error: str | None = None
+        self._n = dict(exported=0, dropped=0, filtered=0, rate_limited=0, failed=0, retries=0)
+        self._dropped_by: dict[str, int] = {}
+        if self.metrics is not None:
+            self.metrics.watch_exporter(name, lambda: float(self.depth()), lambda: 1.0 if self._state == "running" else 0.0)
+
+    # ---- producer side --------------------------------------------------------------------------
+
+    def submit(self, events: Sequence[Event]) -> None:
+        """Queue events for export. Never blocks; what does not fit is dropped and counted."""
+        if not events:
+            return
+        with self._cond:
+            if self._stopping:
+                self._drop(len(events), "shutdown")
+                return
+            room = self.queue_size - len(self._q)
+            if room >= len(events):
+                self._q.extend(events)
+            else:
+                if room > 0:
+                    self._q.extend(events[:room])
+                self._drop(len(events) - max(room, 0), "queue_full")
+            self._cond.notify()
+
+    def _drop(self, n: int, reason: str) -> None:
+        # caller holds the lock (or is the only thread touching the counters at that point)
+        self._n["dropped"] += n
+        self._dropped_by[reason] = self._dropped_by.get(reason, 0) + n
+        if self.metrics is not None:
+            self.metrics.dropped(self.name, n, reason)
+
+    def depth(self) -> int:
+        return len(self._q) + len(self._pending)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"exporter {self.name}: already started")
+        self._state = "opening"
+        # A daemon thread: a sink stuck in a system call must not keep the agent from exiting.
+        self._thread = threading.Thread(target=self._run, name=f"exporter-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Drain the queue (up to ``timeout`` seconds), flush and close. True when fully drained.
+
+        Events still queued when the time is up are dropped and counted (reason ``shutdown``).
+        """
+        with self._cond:
+            self._stopping = True
+            self._deadline = time.monotonic() + max(0.0, timeout)
+            self._cond.notify_all()
+        if self._thread is None:
+            self._state = "stopped"
+            with self._cond:
+                self._drop(len(self._q), "shutdown")
+                self._q.clear()
+            return True
+        self._thread.join(timeout + 5.0)
+        if self._thread.is_alive():
+            # Stuck inside the exporter (a write that never returns): leave it, say so.
+            self._state = "stuck"
+            self._last_error = f"did not stop within {timeout:.1f}s (blocked in the exporter)"
+            log.error("exporter %s: %s", self.name, self._last_error)
+            return False
+        return self._dropped_by.get("shutdown", 0) == 0
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = dict(self._n)
+            out["queued"] = len(self._q) + len(self._pending)
+            out["dropped_by_reason"] = dict(self._dropped_by)
+            out["state"] = self._state
+            out["last_error"] = self._last_error
+            counters = getattr(self.ctx, "counters", None)
+            if counters:
+                out["exporter"] = dict(counters)
+            return out
+
+    # ---- the runner thread ----------------------------------------------------------------------
+
+    def _take(self, wait_s: float) -> list[Event]:
+        with self._cond:
+            if not self._q and not self._stopping and wait_s > 0:
+                self._cond.wait(wait_s)
+            n = min(self.batch_size, len(self._q))
+            return [self._q.popleft() for _ in range(n)]
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake up on stop and never sleep past the stop deadline."""
+        with self._cond:
+            end = min(time.monotonic() + seconds, self._deadline)
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+                if self._stopping and time.monotonic() >= self._deadline:
+                    return
+                if self._stopping:
+                    end = min(end, self._deadline)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._n[key] += n
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        self._last_error = f"{what}: {type(exc).__name__}: {exc}"
+        self._count("failed")
+        if self.metrics is not None:
+            self.metrics.failed(self.name)
+        log.warning("exporter %s: %s", self.name, self._last_error)
+        if self._open:
+            self._close()
+
+    def _close(self) -> None:
+        self._open = False
+        try:
+            self.exporter.close()
+        except Exception as exc:  # noqa: BLE001 - close must not raise; contain it if it does
+            log.warning("exporter %s: close raised %s: %s", self.name, type(exc).__name__, exc)
+
+    def _run(self) -> None:
+        backoff = self.backoff_initial
+        attempts = 0  # consecutive failures (open or write)
+        last_flush = time.monotonic()
+        dirty = False
+        while True:
+            now = time.monotonic()
+            if self._stopping and (now >= self._deadline or (not self._q and not self._pending)):
+                break
+            if attempts:
+                self._state = "retrying"
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+                if self._stopping and time.monotonic() >= self._deadline:
+                    break
+                self._count("retries")
+                if self.metrics is not None:
+                    self.metrics.retried(self.name)
+            if not self._open:
+                try:
+                    self.exporter.open()
+                    self._open = True
+                except Exception as exc:  # noqa: BLE001 - contain any sink error
+                    self._fail("open", exc)
+                    attempts += 1
+                    continue
+            if not self._pending:
+                wait = self.flush_interval - (now - last_flush) if dirty else self.flush_interval
+                raw = self._take(max(0.0, wait))
+                if raw and self.filters:
+                    kept, drops = self.filters.apply(raw)
+                    if drops:
+                        with self._lock:
+                            self._n["filtered"] += drops.get("filtered", 0)
+                            if drops.get("filter_error"):
+                                self._drop(drops["filter_error"], "filter_error")
+                            self._n["rate_limited"] += drops.get("rate_limit", 0)
+                            if drops.get("rate_limit"):
+                                self._drop(drops["rate_limit"], "rate_limit")
+                        if self.metrics is not None:
+                            self.metrics.filtered(self.name, drops.get("filtered", 0))
+                elif self.filters:
+                    kept = self.filters.tick()
+                else:
+                    kept = raw
+                with self._lock:
+                    self._pending = kept
+            if self._pending:
+                batch = self._pending
+                try:
+                    self.exporter.write_batch(batch)
+                except PartialWrite as exc:
+                    done = max(0, min(exc.delivered, len(batch)))
+                    self._delivered(done)
+                    with self._lock:
+                        self._pending = batch[done:]
+                    self._fail("write", exc)
+                    attempts += 1
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    self._fail("write", exc)
+                    attempts += 1
+                    continue
+                self._delivered(len(batch))
+                with self._lock:
+                    self._pending = []
+                dirty = True
+            if attempts:
+                attempts, backoff = 0, self.backoff_initial
+            self._state = "stopping" if self._stopping else "running"
+            if dirty and time.monotonic() - last_flush >= self.flush_interval:
+                try:
+                    self.exporter.flush()
+                except Exception as exc:  # noqa: BLE001
+                    self._fail("flush", exc)
+                    attempts += 1
+                    continue
+                dirty, last_flush = False, time.monotonic()
+        # Shutdown: whatever could not be written in time is dropped, and counted.
+        with self._cond:
+            left = len(self._q) + len(self._pending)
+            if left:
+                self._drop(left, "shutdown")
+            self._q.clear()
+            self._pending = []
+        if self._open:
+            try:
+                self.exporter.flush()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("exporter %s: final flush failed: %s", self.name, exc)
+            self._close()
+        self._state = "stopped"
+
+    def _delivered(self, n: int) -> None:
+        if n:
+            self._count("exported", n)
+            if self.metrics is not None:
+                self.metrics.exported(self.name, n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building runners from the agent config
+# --------------------------------------------------------------------------------------------------
+
+
+def _err(cfg: AgentConfig, loc: tuple, reason: str) -> SourceError:
+    doc = cfg.source
+    return doc.error(loc, reason) if doc is not None else SourceError(reason, path=format_path(loc))
+
+
+def build_runners(cfg: AgentConfig, registry: Any, node_name: str, metrics: Metrics | None = None) -> list[ExporterRunner]:
+    """Validate every exporter item, then build one (not yet started) runner per item.
+
+    Raises `SourceError` naming the key path (``exporters[1].max_size_mb``) and line; nothing is
+    built unless every item is valid.
+    """
+    specs: dict[str, ExporterSpec] = registry.exporters
+    validated: list[tuple[int, ExporterItem, ExporterSpec, Any, str]] = []
+    names: dict[str, int] = {}
+    type_counts = collections.Counter(item.type for item in cfg.exporters)
+    for i, item in enumerate(cfg.exporters):
+        spec = specs.get(item.type)
+        if spec is None:
+            rec = registry.record("exporter", item.type) if hasattr(registry, "record") else None
+            if rec is not None and rec.reason:
+                why = f"exporter plugin {item.type!r} is {rec.state}: {rec.reason}"
+            else:
+                why = f"unknown exporter type {item.type!r} (available: {', '.join(sorted(specs)) or 'none'})"
+            raise _err(cfg, ("exporters", i, "type"), why)
+        options = validate_exporter_options(item, i, spec.options, cfg.source)
+        name = item.name or (item.type if type_counts[item.type] == 1 else f"{item.type}-{i}")
+        if name in names:
+            raise _err(cfg, ("exporters", i, "name"), f"duplicate exporter name {name!r} (also exporters[{names[name]}])")
+        names[name] = i
+        validated.append((i, item, spec, options, name))
+    runners = []
+    for i, item, spec, options, name in validated:
+        ctx = ExporterContextImpl(name, node_name, metrics)
+        try:
+            exporter = spec.factory(options, ctx)
+        except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; name it
+            raise _err(cfg, ("exporters", i), f"exporter {item.type!r} could not be created: {type(exc).__name__}: {exc}") from None
+        runners.append(ExporterRunner(name, exporter, item, ctx, build_filters(item.filters, node_name), metrics=metrics))
+    return runners
