@@ -1,0 +1,802 @@
+"""TracingPolicy documents: the common models (args, selectors, actions, hook specs), limits, and parsing.
+
+A policy's ``spec`` is composed from the sections installed sensors declare in
+`SensorSpec.policy_sections`; this module owns the models those sections share (so Tetragon's YAML names
+mean the same in every sensor) and turns a YAML text into validated `Policy` objects whose errors name
+file, line and field path. Anything Tetragon knows but Sensorium does not implement is refused by name,
+never ignored: unsupported fields, operators and actions each say what is supported instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Annotated, Any, ClassVar, Mapping, Sequence
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from sensorium.hookspecs import PolicyView
+from sensorium.yamlsrc import Located, SourceError, format_path, load_documents
+
+# --------------------------------------------------------------------------------------------------
+# Limits: checked before anything is loaded; every message carries the limit.
+# They size kernel maps and bound verifier work, so they are deliberately conservative.
+# --------------------------------------------------------------------------------------------------
+
+MAX_POLICY_BYTES = 1 << 20          # one policy file / API request body
+MAX_DOCUMENTS = 64                  # YAML documents in one file
+MAX_HOOKS_PER_POLICY = 256          # items over all sections of one policy
+MAX_SELECTORS_PER_HOOK = 5          # as Tetragon: selectors are ORed, each costs a program branch
+MAX_ARGS_PER_HOOK = 6               # syscalls have six arguments
+MAX_MATCH_ARGS_PER_SELECTOR = 6
+MAX_FILTERS_PER_SELECTOR = 8        # entries of each other match* list in one selector
+MAX_ACTIONS_PER_SELECTOR = 4
+MAX_VALUES_PER_OPERATOR = 64        # values of one matchArgs/matchBinaries/... entry
+MAX_STRING_VALUE_LEN = 255          # one string to compare in the kernel (bytes, without the NUL)
+MAX_PATH_LEN = 4095                 # uprobe binary paths
+MAX_MESSAGE_LEN = 256               # Tetragon: "a short message of 256 characters max"
+MAX_TAGS = 16                       # Tetragon: MaxItems=16
+MAX_TAG_LEN = 128
+MAX_NAME_LEN = 253                  # DNS-1123 subdomain (metadata.name)
+MAX_SYMBOLS_PER_UPROBE = 64
+MAX_POLICIES = 256                  # loaded at once; policy ids are 0..MAX_POLICIES-1
+
+API_VERSIONS = ("sensorium.io/v1alpha1", "cilium.io/v1alpha1")
+KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
+MODES = ("enforcement", "monitoring")
+
+# --------------------------------------------------------------------------------------------------
+# Vocabularies: what we implement, and what Tetragon has that we refuse by name.
+# --------------------------------------------------------------------------------------------------
+
+INT_ARG_TYPES = ("int", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                 "s8", "u8", "s16", "u16", "s32", "u32", "s64", "u64", "uint", "long", "ulong", "size_t")
+ARG_TYPES = INT_ARG_TYPES + (
+    "auto", "string", "char_buf", "fd", "file", "path", "dentry", "filename", "sock", "sockaddr", "skb",
+    "cred", "linux_binprm", "syscall64", "nop",
+)
+TETRAGON_ARG_TYPES_UNSUPPORTED = (
+    "char_iovec", "bpf_attr", "perf_event", "bpf_map", "user_namespace", "capability", "kiocb", "iov_iter",
+    "load_info", "module", "kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective", "data_loc",
+    "net_device", "bpf_prog",
+)
+
+ARG_OPERATORS = (
+    "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GT", "LT", "GreaterThan", "LessThan",
+    "Mask", "SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "Protocol",
+    "Family",
+)
+TETRAGON_ARG_OPERATORS_UNSUPPORTED = (
+    "SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "State", "InMap", "NotInMap",
+    "CapabilitiesGained", "InRange", "NotInRange", "SubString", "SubStringIgnCase", "FileType", "NotFileType",
+)
+BINARY_OPERATORS = ("In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
+SET_OPERATORS = ("In", "NotIn")
+NAMESPACES = ("Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeForChildren", "Cgroup", "User")
+CAPABILITY_SETS = ("Effective", "Inheritable", "Permitted")
+
+ACTIONS = ("Post", "NoPost", "Sigkill", "Signal", "Override")
+# Actions that change what the process can do: in monitoring mode they only report what they would do.
+BLOCKING_ACTIONS = ("Sigkill", "Signal", "Override")
+TETRAGON_ACTIONS_UNSUPPORTED = (
+    "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup", "TrackSock", "UntrackSock", "NotifyEnforcer",
+    "CleanupEnforcerNotification", "Set",
+)
+RATE_LIMIT_SCOPES = ("thread", "process", "global")
+RETURN_ARG_ACTIONS = ("Post",)
+
+# Spec keys Tetragon knows: which Sensorium sensor serves each (None: nothing does).
+KNOWN_SECTION_OWNERS: Mapping[str, str | None] = {
+    "kprobes": "kprobe", "tracepoints": "tracepoint", "uprobes": "uprobe", "lsmhooks": "lsm",
+    "usdts": None, "fentries": None,
+}
+# Host-level spec keys Tetragon knows that we do not implement, with why.
+UNSUPPORTED_SPEC_KEYS: Mapping[str, str] = {
+    "lists": "named lists ('list:...' references) are not supported; write the values out in the selector",
+    "enforcers": "enforcers (NotifyEnforcer) are not supported; use a Sigkill or Override action",
+    "loader": "loader events are not supported",
+    "selectorsMacros": "selector macros are not supported; write the selectors out",
+    "hostSelector": "hostSelector is not supported",
+}
+POLICY_OPTIONS = {"policy-mode": {"enforce": "enforcement", "enforcement": "enforcement",
+                                  "monitor": "monitoring", "monitoring": "monitoring"}}
+
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_RATE_LIMIT = re.compile(r"^([0-9]+)([smh]?)$")
+
+
+# --------------------------------------------------------------------------------------------------
+# Validators that refuse by name
+# --------------------------------------------------------------------------------------------------
+
+
+def _choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> Any:
+    """A string from ``supported``; Tetragon's other values are refused as unsupported, the rest as unknown."""
+    listing = ", ".join(supported)
+
+    def check(v: Any) -> Any:
+        if not isinstance(v, str):
+            raise PydanticCustomError("policy_type", "{what} must be a string (one of: {listing})",
+                                      {"what": what, "listing": listing})
+        if v in supported:
+            return v
+        if v in unsupported:
+            raise PydanticCustomError(
+                "policy_unsupported", "{what} '{value}' is not supported by Sensorium (supported: {listing})",
+                {"what": what, "value": v, "listing": listing})
+        raise PydanticCustomError("policy_unknown", "unknown {what} '{value}' (supported: {listing})",
+                                  {"what": what, "value": v, "listing": listing})
+
+    return Annotated[str, BeforeValidator(check)]
+
+
+def _refused(why: str) -> Any:
+    """A Tetragon field we do not implement: present at all -> refused with ``why`` (never ignored)."""
+
+    def check(v: Any) -> Any:
+        raise PydanticCustomError("policy_unsupported_field", "not supported by Sensorium: {why}", {"why": why})
+
+    return Annotated[Any, BeforeValidator(check)]
+
+
+def _absent() -> Any:
+    # Refused fields are never set on a valid model: keep them out of repr and dumps.
+    return Field(default=None, exclude=True, repr=False)
+
+
+def _str_value(v: Any) -> Any:
+    # YAML turns `- 0` or `- 443` into ints; Tetragon's CRD would refuse them, we take them as written.
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return str(v)
+    return v
+
+
+def _bounded_str(limit: int, what: str) -> Any:
+    def check(v: Any) -> Any:
+        v = _str_value(v)
+        if isinstance(v, str) and len(v.encode()) > limit:
+            raise PydanticCustomError("policy_limit", "{what} is {n} bytes long; the limit is {limit} bytes",
+                                      {"what": what, "n": len(v.encode()), "limit": limit})
+        return v
+
+    return Annotated[str, BeforeValidator(check)]
+
+
+def _bounded_list(item: Any, limit: int, what: str) -> Any:
+    def check(v: Any) -> Any:
+        if isinstance(v, list) and len(v) > limit:
+            raise PydanticCustomError("policy_limit", "{n} {what}; the limit is {limit}",
+                                      {"n": len(v), "what": what, "limit": limit})
+        return v
+
+    return Annotated[list[item], BeforeValidator(check)]
+
+
+MatchValue = _bounded_str(MAX_STRING_VALUE_LEN, "value")
+Message = _bounded_str(MAX_MESSAGE_LEN, "message")
+Tag = _bounded_str(MAX_TAG_LEN, "tag")
+Values = _bounded_list(MatchValue, MAX_VALUES_PER_OPERATOR, "values")
+Tags = _bounded_list(Tag, MAX_TAGS, "tags")
+
+
+class PolicyModel(BaseModel):
+    """Base of every policy model: YAML (camelCase) names, unknown keys refused, immutable once parsed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------
+
+
+class ArgSpec(PolicyModel):
+    """One argument to read and report (Tetragon's KProbeArg).
+
+    ``index``: the argument's position in the hook (kprobe/uprobe/lsm: function argument; tracepoint:
+    field of the tracepoint's format, see the tracepoint sensor). ``type`` says how to read it.
+    """
+
+    index: int = Field(ge=0, le=31)
+    type: _choice("argument type", ARG_TYPES, TETRAGON_ARG_TYPES_UNSUPPORTED) = "auto"  # type: ignore[valid-type]
+    label: _bounded_str(64, "label") | None = None  # type: ignore[valid-type]
+    sizeArgIndex: int | None = Field(default=None, ge=0, le=31,
+                                     description="char_buf: the argument holding the size (Tetragon counts from 1)")
+    returnCopy: bool = False
+    maxData: bool = False
+    resolve: _refused("'resolve' (following struct fields from an argument) is not implemented") = _absent()  # type: ignore[valid-type]
+    btfType: _refused("'btfType' is not implemented") = _absent()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _char_buf_only(self) -> "ArgSpec":
+        if (self.sizeArgIndex is not None or self.returnCopy) and self.type != "char_buf":
+            raise PydanticCustomError("policy_value", "sizeArgIndex and returnCopy apply only to type char_buf")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Selectors
+# --------------------------------------------------------------------------------------------------
+
+
+class MatchArg(PolicyModel):
+    """Compare one argument (``index``, or several with ``args``) against ``values`` with ``operator``."""
+
+    index: int | None = Field(default=None, ge=0, le=31)
+    args: list[Annotated[int, Field(ge=0, le=31)]] | None = None
+    operator: _choice("matchArgs operator", ARG_OPERATORS, TETRAGON_ARG_OPERATORS_UNSUPPORTED)  # type: ignore[valid-type]
+    values: Values = Field(default_factory=list)  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "MatchArg":
+        if (self.index is None) == (self.args is None):
+            raise PydanticCustomError("policy_value", "give exactly one of 'index' and 'args'")
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
+        if self.operator in ("GT", "LT", "GreaterThan", "LessThan") and len(self.values) != 1:
+            raise PydanticCustomError("policy_value", "operator {op} takes exactly one value", {"op": self.operator})
+        return self
+
+    @property
+    def indexes(self) -> list[int]:
+        return [self.index] if self.index is not None else list(self.args or [])
+
+    @property
+    def op(self) -> str:
+        """The operator with Tetragon's aliases folded (GreaterThan -> GT, LessThan -> LT)."""
+        return {"GreaterThan": "GT", "LessThan": "LT"}.get(self.operator, self.operator)
+
+
+class MatchBinaries(PolicyModel):
+    """The executable of the current process (its full path) against ``values``."""
+
+    operator: _choice("matchBinaries operator", BINARY_OPERATORS)  # type: ignore[valid-type]
+    values: Values  # type: ignore[valid-type]
+    followChildren: bool = False
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> "MatchBinaries":
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
+        return self
+
+
+class MatchPIDs(PolicyModel):
+    operator: _choice("matchPIDs operator", SET_OPERATORS)  # type: ignore[valid-type]
+    values: _bounded_list(Annotated[int, Field(ge=0, le=4_294_967_295)], MAX_VALUES_PER_OPERATOR, "values")  # type: ignore[valid-type]
+    isNamespacePID: bool = False
+    followForks: bool = False
+
+
+class MatchNamespaces(PolicyModel):
+    """Namespace inode numbers (or ``host_ns``: the agent's own) of one namespace type."""
+
+    namespace: _choice("namespace", NAMESPACES)  # type: ignore[valid-type]
+    operator: _choice("matchNamespaces operator", SET_OPERATORS)  # type: ignore[valid-type]
+    values: Values  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _values(self) -> "MatchNamespaces":
+        for v in self.values:
+            if v != "host_ns" and not v.isdigit():
+                raise PydanticCustomError("policy_value", "namespace value '{v}' is neither a number nor host_ns",
+                                          {"v": v})
+        return self
+
+
+class MatchCapabilities(PolicyModel):
+    type: _choice("capability set", CAPABILITY_SETS) = "Effective"  # type: ignore[valid-type]
+    operator: _choice("matchCapabilities operator", SET_OPERATORS)  # type: ignore[valid-type]
+    isNamespaceCapability: bool = False
+    values: Values  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _names(self) -> "MatchCapabilities":
+        for v in self.values:
+            if v.upper() not in CAPABILITIES:
+                raise PydanticCustomError("policy_value", "unknown capability '{v}'", {"v": v})
+        return self
+
+
+class MatchAction(PolicyModel):
+    """What to do when the selector matches. ``Post`` is the default when a selector has no actions."""
+
+    action: _choice("action", ACTIONS, TETRAGON_ACTIONS_UNSUPPORTED)  # type: ignore[valid-type]
+    argSig: int | None = Field(default=None, ge=1, le=64, description="Signal: the signal number")
+    argError: int | None = Field(default=None, ge=-4095, le=4095, description="Override: errno to return (negative)")
+    rateLimit: str | None = Field(default=None, description="Post: at most one event per period ('10', '5s', '1m', '1h')")
+    rateLimitScope: _choice("rateLimitScope", RATE_LIMIT_SCOPES) | None = None  # type: ignore[valid-type]
+    argFd: _refused("argFd belongs to FollowFD/CopyFD actions, which are not implemented") = _absent()  # type: ignore[valid-type]
+    argName: _refused("argName belongs to FollowFD/CopyFD actions, which are not implemented") = _absent()  # type: ignore[valid-type]
+    argUrl: _refused("argUrl belongs to the GetUrl action, which is not implemented") = _absent()  # type: ignore[valid-type]
+    argFqdn: _refused("argFqdn belongs to the DnsLookup action, which is not implemented") = _absent()  # type: ignore[valid-type]
+    argSock: _refused("argSock belongs to TrackSock/UntrackSock, which are not implemented") = _absent()  # type: ignore[valid-type]
+    kernelStackTrace: _refused("stack traces are not implemented") = _absent()  # type: ignore[valid-type]
+    userStackTrace: _refused("stack traces are not implemented") = _absent()  # type: ignore[valid-type]
+    imaHash: _refused("IMA hashes are not implemented") = _absent()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _fields_fit_action(self) -> "MatchAction":
+        a = self.action
+        if self.argSig is not None and a != "Signal":
+            raise PydanticCustomError("policy_value", "argSig applies only to the Signal action")
+        if a == "Signal" and self.argSig is None:
+            raise PydanticCustomError("policy_value", "the Signal action needs argSig (the signal number)")
+        if self.argError is not None and a != "Override":
+            raise PydanticCustomError("policy_value", "argError applies only to the Override action (it would have no effect with {a}: remove it)", {"a": a})
+        if a == "Override" and self.argError is None:
+            raise PydanticCustomError("policy_value", "the Override action needs argError (e.g. -1 for EPERM)")
+        if (self.rateLimit is not None or self.rateLimitScope is not None) and a != "Post":
+            raise PydanticCustomError("policy_value", "rateLimit and rateLimitScope apply only to the Post action")
+        if self.rateLimitScope is not None and self.rateLimit is None:
+            raise PydanticCustomError("policy_value", "rateLimitScope needs rateLimit")
+        if self.rateLimit is not None:
+            m = _RATE_LIMIT.match(str(self.rateLimit))
+            if not m or int(m.group(1)) == 0:
+                raise PydanticCustomError("policy_value",
+                                          "rateLimit '{v}' is not a period like '10', '10s', '5m' or '1h'",
+                                          {"v": self.rateLimit})
+        return self
+
+    @property
+    def rate_limit_ns(self) -> int | None:
+        """``rateLimit`` in nanoseconds (None when unset)."""
+        if self.rateLimit is None:
+            return None
+        m = _RATE_LIMIT.match(str(self.rateLimit))
+        assert m is not None  # validated above
+        return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)] * 1_000_000_000
+
+    @property
+    def blocking(self) -> bool:
+        return self.action in BLOCKING_ACTIONS
+
+
+class Selector(PolicyModel):
+    """One selector: every filter inside must match (AND); the hook's selectors are ORed.
+
+    A hook without selectors posts every call. A selector without matchActions posts (``Post``).
+    """
+
+    matchArgs: _bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchReturnArgs: _bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchReturnArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchBinaries: _bounded_list(MatchBinaries, MAX_FILTERS_PER_SELECTOR, "matchBinaries entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchPIDs: _bounded_list(MatchPIDs, MAX_FILTERS_PER_SELECTOR, "matchPIDs entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchNamespaces: _bounded_list(MatchNamespaces, MAX_FILTERS_PER_SELECTOR, "matchNamespaces entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchCapabilities: _bounded_list(MatchCapabilities, MAX_FILTERS_PER_SELECTOR, "matchCapabilities entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchActions: _bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchReturnActions: _bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchReturnActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchNamespaceChanges: _refused("matchNamespaceChanges is not implemented") = _absent()  # type: ignore[valid-type]
+    matchCapabilityChanges: _refused("matchCapabilityChanges is not implemented") = _absent()  # type: ignore[valid-type]
+
+    @property
+    def actions(self) -> list[MatchAction]:
+        """The actions to run on a match (``Post`` when none are written)."""
+        return list(self.matchActions) or [MatchAction(action="Post")]
+
+
+Selectors = _bounded_list(Selector, MAX_SELECTORS_PER_HOOK, "selectors")
+Args = _bounded_list(ArgSpec, MAX_ARGS_PER_HOOK, "args")
+
+
+class HookSpec(PolicyModel):
+    """Fields every hook section item shares."""
+
+    SECTION: ClassVar[str] = ""
+    args: Args = Field(default_factory=list)  # type: ignore[valid-type]
+    selectors: Selectors = Field(default_factory=list)  # type: ignore[valid-type]
+    message: Message | None = None  # type: ignore[valid-type]
+    tags: Tags = Field(default_factory=list)  # type: ignore[valid-type]
+    data: _refused("'data' (extra data fields) is not implemented") = _absent()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _return_selectors_need_return(self) -> "HookSpec":
+        returns = bool(getattr(self, "return_", False))
+        for s in self.selectors:
+            if (s.matchReturnArgs or s.matchReturnActions) and not returns:
+                raise PydanticCustomError("policy_value",
+                                          "matchReturnArgs/matchReturnActions need 'return: true' on the hook")
+        for a in self.args:
+            if a.returnCopy and not returns:
+                raise PydanticCustomError("policy_value", "returnCopy needs 'return: true' on the hook")
+        return self
+
+    @property
+    def blocking(self) -> bool:
+        """Whether any selector can block (Sigkill, Signal, Override)."""
+        return any(a.blocking for s in self.selectors for a in (*s.actions, *s.matchReturnActions))
+
+    def describe(self) -> str:  # pragma: no cover - overridden
+        return self.SECTION
+
+
+class KProbeIgnore(PolicyModel):
+    callNotFound: bool = Field(default=False, description="Skip (do not fail on) a kernel function that does not exist")
+
+
+class KProbeSpec(HookSpec):
+    """A ``kprobes`` item: a kernel function (or syscall with ``syscall: true``)."""
+
+    SECTION: ClassVar[str] = "kprobes"
+    call: _bounded_str(128, "call") = Field(min_length=1)  # type: ignore[valid-type]
+    syscall: bool = True  # Tetragon's default
+    return_: bool = Field(default=False, alias="return")
+    returnArg: ArgSpec | None = None
+    returnArgAction: _choice("returnArgAction", RETURN_ARG_ACTIONS, ("TrackSock", "UntrackSock")) | None = None  # type: ignore[valid-type]
+    ignore: KProbeIgnore | None = None
+
+    def describe(self) -> str:
+        return self.call
+
+
+class TracepointSpec(HookSpec):
+    """A ``tracepoints`` item: ``subsystem``/``event`` under tracefs events, or a raw tracepoint (``raw: true``)."""
+
+    SECTION: ClassVar[str] = "tracepoints"
+    subsystem: _bounded_str(64, "subsystem") = Field(min_length=1)  # type: ignore[valid-type]
+    event: _bounded_str(128, "event") = Field(min_length=1)  # type: ignore[valid-type]
+    raw: bool = False
+
+    @model_validator(mode="after")
+    def _names(self) -> "TracepointSpec":
+        for what, v in (("subsystem", self.subsystem), ("event", self.event)):
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
+                raise PydanticCustomError("policy_value", "{what} '{v}' is not a tracepoint name", {"what": what, "v": v})
+        return self
+
+    def describe(self) -> str:
+        return f"{self.subsystem}/{self.event}"
+
+
+class UProbeSpec(HookSpec):
+    """An ``uprobes`` item: functions of a user-space binary by symbol (and/or file offsets)."""
+
+    SECTION: ClassVar[str] = "uprobes"
+    path: _bounded_str(MAX_PATH_LEN, "path") = Field(min_length=1)  # type: ignore[valid-type]
+    symbols: _bounded_list(_bounded_str(256, "symbol"), MAX_SYMBOLS_PER_UPROBE, "symbols") = Field(default_factory=list)  # type: ignore[valid-type]
+    offsets: _bounded_list(Annotated[int, Field(ge=0)], MAX_SYMBOLS_PER_UPROBE, "offsets") = Field(default_factory=list)  # type: ignore[valid-type]
+    return_: bool = Field(default=False, alias="return")
+    returnArg: ArgSpec | None = None
+    refCtrOffsets: _refused("USDT semaphores (refCtrOffsets) are not implemented") = _absent()  # type: ignore[valid-type]
+    addrs: _refused("'addrs' (absolute addresses) is not implemented; use symbols or offsets") = _absent()  # type: ignore[valid-type]
+    btfPath: _refused("'btfPath' is not implemented") = _absent()  # type: ignore[valid-type]
+    preload: _refused("'preload' is not implemented") = _absent()  # type: ignore[valid-type]
+    resolvePathInContainer: _refused("'resolvePathInContainer' is not implemented") = _absent()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _targets(self) -> "UProbeSpec":
+        if not self.path.startswith("/"):
+            raise PydanticCustomError("policy_value", "path '{p}' must be absolute", {"p": self.path})
+        if not self.symbols and not self.offsets:
+            raise PydanticCustomError("policy_value", "give at least one of 'symbols' and 'offsets'")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.path}:{','.join(self.symbols) or ','.join(hex(o) for o in self.offsets)}"
+
+
+class LsmHookSpec(HookSpec):
+    """An ``lsmhooks`` item: a BPF LSM hook by name (``file_open``, ``bprm_check_security``...)."""
+
+    SECTION: ClassVar[str] = "lsmhooks"
+    hook: _bounded_str(128, "hook") = Field(min_length=1)  # type: ignore[valid-type]
+
+    def describe(self) -> str:
+        return self.hook
+
+
+# --------------------------------------------------------------------------------------------------
+# Document envelope
+# --------------------------------------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(PolicyModel):
+    key: str
+    operator: _choice("matchExpressions operator", ("In", "NotIn", "Exists", "DoesNotExist"))  # type: ignore[valid-type]
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelector(PolicyModel):
+    """Kubernetes LabelSelector (podSelector, containerSelector)."""
+
+    matchLabels: dict[str, str] = Field(default_factory=dict)
+    matchExpressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+
+class OptionSpec(PolicyModel):
+    name: str
+    value: str = ""
+
+
+class Metadata(BaseModel):
+    # Kubernetes object metadata: the rest of ObjectMeta (uid, resourceVersion...) is bookkeeping that a
+    # CRD round trip adds; it never changes behaviour, so it is allowed and kept, not refused.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One spec section of a policy: the sensor that owns it and its validated items."""
+
+    key: str
+    sensor: str
+    items: tuple[BaseModel, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A validated TracingPolicy document, split by section."""
+
+    name: str
+    kind: str
+    api_version: str
+    namespace: str | None
+    sections: tuple[Section, ...]
+    mode: str = "enforcement"
+    pod_selector: LabelSelector | None = None
+    container_selector: LabelSelector | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    file: str | None = None
+    line: int | None = None
+    source: Located | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def sensors(self) -> list[str]:
+        return [s.sensor for s in self.sections]
+
+    def view(self, section: Section, policy_id: int, mode: str | None = None) -> PolicyView:
+        """The `PolicyView` a sensor receives for ``section``."""
+        return PolicyView(id=policy_id, name=self.name, namespace=self.namespace, section=section.key,
+                          items=section.items, mode=mode or self.mode)
+
+    def hook_line(self, section: str, index: int) -> int | None:
+        """Line of ``spec.<section>[index]`` in the source, for error messages."""
+        return self.source.line_of(("spec", section, index)) if self.source else None
+
+
+class PolicyError(SourceError):
+    """A policy was refused (``file:line: field.path: reason``). ``problems`` lists every problem found."""
+
+    def __init__(self, reason: str, *, file: str | None = None, line: int | None = None, path: str | None = None,
+                 problems: Sequence[SourceError] = ()):
+        super().__init__(reason, file=file, line=line, path=path)
+        self.problems = list(problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------
+
+
+class SectionRegistry:
+    """What parsing needs from the plugin registry (`sensorium.plugins.PluginRegistry` has it)."""
+
+    def policy_sections(self) -> Mapping[str, tuple[str, Any]]:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple) -> PolicyError:
+    problems: list[SourceError] = []
+    for err in exc.errors():
+        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (not part of this section's schema)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        problems.append(SourceError(msg, file=doc.file, line=doc.line_of(loc), path=format_path(loc)))
+    return _combine(problems, doc.file)
+
+
+def _combine(problems: Sequence[SourceError], file: str | None) -> PolicyError:
+    first = problems[0]
+    reason = first.reason
+    if len(problems) > 1:
+        reason += "; " + "; ".join(f"line {p.line}: {p.path}: {p.reason}" if p.line else f"{p.path}: {p.reason}"
+                                   for p in problems[1:])
+    return PolicyError(reason, file=file, line=first.line, path=first.path, problems=problems)
+
+
+def _known_owner_hint(key: str, registry: Any) -> str:
+    owner = KNOWN_SECTION_OWNERS.get(key, "?")
+    if owner is None:
+        return f"no Sensorium sensor implements {key!r}"
+    if owner == "?":
+        return "no installed sensor declares this section"
+    rec = registry.record("sensor", owner) if hasattr(registry, "record") else None
+    if rec is None:
+        return f"the {owner!r} sensor would serve it, but it is not installed"
+    state = rec.state + (f": {rec.reason}" if rec.reason else "")
+    return f"the {owner!r} sensor would serve it, but it is {state}"
+
+
+def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> Policy:
+    data = doc.data
+    err = doc.error
+    if not isinstance(data, dict):
+        raise err((), "a policy document must be a mapping")
+    for key in data:
+        if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
+            raise err((key,), "unknown top-level field (expected apiVersion, kind, metadata, spec)")
+    api = data.get("apiVersion")
+    if api not in API_VERSIONS:
+        raise err(("apiVersion",), f"apiVersion {api!r} is not supported (supported: {', '.join(API_VERSIONS)})")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise err(("kind",), f"kind {kind!r} is not supported (supported: {', '.join(KINDS)})")
+    raw_meta = data.get("metadata")
+    if not isinstance(raw_meta, dict):
+        raise err(("metadata",), "metadata (a mapping with 'name') is required")
+    try:
+        meta = Metadata.model_validate(raw_meta)
+    except ValidationError as exc:
+        raise _errors_from_pydantic(exc, doc, ("metadata",)) from None
+    name = meta.name
+    if len(name) > MAX_NAME_LEN or not _DNS1123_SUBDOMAIN.match(name):
+        raise err(("metadata", "name"), f"{name!r} is not a valid name: lower case letters, digits, '-' and '.', "
+                                        f"starting and ending with a letter or digit, at most {MAX_NAME_LEN} characters")
+    namespace = meta.namespace
+    if kind == "TracingPolicy" and namespace is not None:
+        raise err(("metadata", "namespace"), "a cluster-wide TracingPolicy has no namespace "
+                                             "(use kind TracingPolicyNamespaced)")
+    if kind == "TracingPolicyNamespaced":
+        if not namespace:
+            raise err(("metadata",), "a TracingPolicyNamespaced needs metadata.namespace")
+        if len(namespace) > 63 or not _DNS1123_LABEL.match(namespace):
+            raise err(("metadata", "namespace"), f"{namespace!r} is not a valid namespace name")
+
+    spec = data.get("spec")
+    if not isinstance(spec, dict):
+        raise err(("spec",), "spec (a mapping) is required")
+    owned = registry.policy_sections()
+    mode = "enforcement"
+    pod_sel = cont_sel = None
+    sections: list[Section] = []
+    problems: list[SourceError] = []
+    total = 0
+    for key, value in spec.items():
+        loc = ("spec", key)
+        try:
+            if key in owned:
+                sensor, model = owned[key]
+                if value is None:
+                    continue
+                if not isinstance(value, list):
+                    raise err(loc, "must be a list")
+                items = []
+                for i, raw in enumerate(value):
+                    try:
+                        items.append(model.model_validate(raw))
+                    except ValidationError as exc:
+                        problems.extend(_errors_from_pydantic(exc, doc, loc + (i,)).problems)
+                total += len(value)
+                sections.append(Section(key=key, sensor=sensor, items=tuple(items)))
+            elif key == "options":
+                mode = _parse_options(value, doc)
+            elif key in ("podSelector", "containerSelector"):
+                try:
+                    sel = LabelSelector.model_validate(value)
+                except ValidationError as exc:
+                    raise _errors_from_pydantic(exc, doc, loc) from None
+                if not scoping_supported:
+                    raise err(loc, f"{key} is not supported yet: scoping policies to pods comes with the "
+                                   "Kubernetes support; remove it to apply the policy to the whole host")
+                if key == "podSelector":
+                    pod_sel = sel
+                else:
+                    cont_sel = sel
+            elif key in UNSUPPORTED_SPEC_KEYS:
+                raise err(loc, f"not supported by Sensorium: {UNSUPPORTED_SPEC_KEYS[key]}")
+            else:
+                raise err(loc, f"unknown policy section {key!r}: {_known_owner_hint(key, registry)} "
+                               f"(sections served here: {', '.join(sorted(owned)) or 'none'})")
+        except SourceError as exc:
+            problems.extend(exc.problems if isinstance(exc, PolicyError) and exc.problems else [exc])
+    if problems:
+        raise _combine(problems, doc.file)
+    if kind == "TracingPolicyNamespaced" and not scoping_supported:
+        raise err(("kind",), "TracingPolicyNamespaced is not supported yet: scoping policies to a namespace "
+                             "comes with the Kubernetes support; use kind TracingPolicy to apply it to the whole host")
+    if not sections or not any(s.items for s in sections):
+        raise err(("spec",), f"the policy has no hooks (give at least one of: {', '.join(sorted(owned)) or 'none installed'})")
+    if total > MAX_HOOKS_PER_POLICY:
+        raise err(("spec",), f"{total} hooks in one policy; the limit is {MAX_HOOKS_PER_POLICY}")
+    return Policy(name=name, kind=kind, api_version=api, namespace=namespace, sections=tuple(sections), mode=mode,
+                  pod_selector=pod_sel, container_selector=cont_sel, labels=dict(meta.labels),
+                  annotations=dict(meta.annotations), file=doc.file, line=doc.line_of(()), source=doc)
+
+
+def _parse_options(value: Any, doc: Located) -> str:
+    loc = ("spec", "options")
+    if not isinstance(value, list):
+        raise doc.error(loc, "must be a list of {name, value}")
+    mode = "enforcement"
+    for i, raw in enumerate(value):
+        try:
+            opt = OptionSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise _errors_from_pydantic(exc, doc, loc + (i,)) from None
+        if opt.name not in POLICY_OPTIONS:
+            raise doc.error(loc + (i, "name"), f"option {opt.name!r} is not supported (supported: "
+                                               f"{', '.join(POLICY_OPTIONS)})")
+        choices = POLICY_OPTIONS[opt.name]
+        if opt.value not in choices:
+            raise doc.error(loc + (i, "value"), f"{opt.name} {opt.value!r} is not one of {', '.join(choices)}")
+        mode = choices[opt.value]
+    return mode
+
+
+def parse_policies(text: str | bytes, file: str | None, registry: Any, *, scoping_supported: bool = False) -> list[Policy]:
+    """Every policy in a (multi-document) YAML text, validated against the sections ``registry`` serves.
+
+    Raises `SourceError` (usually a `PolicyError`) naming file, line and field path. Nothing is loaded here.
+    """
+    if isinstance(text, bytes):
+        if len(text) > MAX_POLICY_BYTES:
+            raise PolicyError(f"policy is {len(text)} bytes; the limit is {MAX_POLICY_BYTES}", file=file)
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"policy is not UTF-8 text (byte {exc.start})", file=file) from None
+    if len(text.encode()) > MAX_POLICY_BYTES:
+        raise PolicyError(f"policy is {len(text.encode())} bytes; the limit is {MAX_POLICY_BYTES}", file=file)
+    if "\x00" in text:
+        raise PolicyError("policy contains a NUL byte", file=file)
+    try:
+        docs = list(load_documents(text, file))
+    except RecursionError:
+        raise PolicyError("YAML nested too deeply", file=file) from None
+    if not docs:
+        raise PolicyError("no policy document found", file=file)
+    if len(docs) > MAX_DOCUMENTS:
+        raise PolicyError(f"{len(docs)} documents in one file; the limit is {MAX_DOCUMENTS}", file=file)
+    policies = [_validate_document(d, registry, scoping_supported) for d in docs]
+    seen: dict[str, Policy] = {}
+    for p in policies:
+        if p.name in seen:
+            raise PolicyError(f"policy name {p.name!r} appears twice in this file (first at line {seen[p.name].line})",
+                              file=file, line=p.source.line_of(("metadata", "name")) if p.source else None,
+                              path="metadata.name")
+        seen[p.name] = p
+    return policies
+
+
+def parse_policy(text: str | bytes, file: str | None, registry: Any, *, scoping_supported: bool = False) -> Policy:
+    """Exactly one policy from ``text`` (see `parse_policies`)."""
+    policies = parse_policies(text, file, registry, scoping_supported=scoping_supported)
+    if len(policies) != 1:
+        raise PolicyError(f"expected one policy document, found {len(policies)}", file=file)
+    return policies[0]
+
+
+# Linux capability names (include/uapi/linux/capability.h), accepted with or without the CAP_ prefix.
+_CAPS = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE",
+)
+CAPABILITIES: Mapping[str, int] = {**{c: i for i, c in enumerate(_CAPS)}, **{"CAP_" + c: i for i, c in enumerate(_CAPS)}}
+
+# Sections built into Sensorium: the built-in sensors declare these as their `policy_sections`.
+SECTION_MODELS: Mapping[str, type[HookSpec]] = {
+    "kprobes": KProbeSpec, "tracepoints": TracepointSpec, "uprobes": UProbeSpec, "lsmhooks": LsmHookSpec,
+}
+
+__all__ = [
+    "ArgSpec", "MatchArg", "MatchBinaries", "MatchPIDs", "MatchNamespaces", "MatchCapabilities", "MatchAction",
+    "Selector", "HookSpec", "KProbeSpec", "KProbeIgnore", "TracepointSpec", "UProbeSpec", "LsmHookSpec",
+    "LabelSelector", "Policy", "Section", "PolicyError", "parse_policy", "parse_policies", "SECTION_MODELS",
+    "CAPABILITIES",
+]
