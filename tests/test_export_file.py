@@ -1,0 +1,141 @@
+"""The file exporter: JSON lines, 0600 files, size rotation with backups and gzip, disk full."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sensorium.events import Event
+from sensorium.exporting import ExporterContextImpl
+from sensorium.testing import make_event, run_exporter, runner_for, wait_until
+from sensorium_exporters.file import FileExporter, FileOptions
+
+
+def exporter(path: Path, **opts) -> FileExporter:
+    return FileExporter(FileOptions(path=path, **opts), ExporterContextImpl("file", "test-node"))
+
+
+def evs(n: int, start: int = 0, arg: str = "x" * 100) -> list[Event]:
+    return [make_event(pid=i, arguments=arg) for i in range(start, start + n)]
+
+
+def read_lines(p: Path) -> list[bytes]:
+    data = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), f"{p} ends with a partial line"
+    return data.splitlines()
+
+
+def all_pids(path: Path) -> list[int]:
+    """Events of the rotated set, oldest file first."""
+    backups = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.name.split(".")[2]))
+    out = []
+    for p in backups + [path]:
+        out += [orjson.loads(line)["process_exec"]["process"]["pid"] for line in read_lines(p)]
+    return out
+
+
+def test_lines_are_the_events_json_in_a_0600_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "events.log"
+    events = evs(10)
+    stats = run_exporter(exporter(path), events)
+    assert stats["exported"] == 10
+    assert path.read_bytes() == b"".join(e.json() + b"\n" for e in events)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_an_existing_file_is_appended_and_its_mode_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    path.write_bytes(b'{"old":1}\n')
+    path.chmod(0o644)
+    run_exporter(exporter(path), evs(2))
+    assert read_lines(path)[0] == b'{"old":1}' and len(read_lines(path)) == 3
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_rotation_loses_and_duplicates_nothing_and_respects_the_size(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    max_mb = 0.01  # 10485 bytes: about 40 events of ~250 bytes
+    stats = run_exporter(exporter(path, max_size_mb=max_mb, max_backups=100), evs(1000), batch_size=64)
+    assert stats["exported"] == 1000
+    assert all_pids(path) == list(range(1000))
+    files = list(tmp_path.iterdir())
+    assert len(files) > 20
+    assert all(f.stat().st_size <= max_mb * 1024 * 1024 for f in files)
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+
+
+def test_max_backups_keeps_the_newest_and_compress_gzips_them(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    run_exporter(exporter(path, max_size_mb=0.01, max_backups=3, compress=True), evs(1000))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["events.log", "events.log.1.gz", "events.log.2.gz", "events.log.3.gz"]
+    pids = all_pids(path)
+    # The newest events survive, contiguous and in order, ending with the last one.
+    assert pids == list(range(1000 - len(pids), 1000))
+    assert all(stat.S_IMODE((tmp_path / n).stat().st_mode) == 0o600 for n in names)
+
+
+def test_a_symlink_at_the_path_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("")
+    (tmp_path / "events.log").symlink_to(target)
+    r = runner_for(exporter(tmp_path / "events.log"))
+    r.start()
+    r.submit(evs(1))
+    wait_until(lambda: r.stats()["failed"] >= 1, 5, "a failed open")
+    r.stop(0.2)
+    assert target.read_text() == ""
+    assert r.stats()["last_error"].startswith("open:") and "symbolic links" in r.stats()["last_error"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(dirpath: Path) -> Path:
+    filler = dirpath / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_keeps_events_and_delivers_them_in_order_once_space_returns(small_tmpfs: Path) -> None:
+    path = small_tmpfs / "events.log"
+    r = runner_for(exporter(path), batch_size=20, backoff_max_s=0.2)
+    r.start()
+    r.submit(evs(20))
+    wait_until(lambda: r.stats()["exported"] == 20, 5, "the first events")
+    filler = fill(small_tmpfs)
+    r.submit(evs(200, 20))
+    wait_until(lambda: r.stats()["failed"] >= 3, 10, "writes failing with ENOSPC")
+    assert "No space left" in r.stats()["last_error"]
+    # Nothing partial was left behind while the disk was full.
+    assert all_pids(path)[:20] == list(range(20)) and path.read_bytes().endswith(b"\n")
+    filler.unlink()
+    wait_until(lambda: r.stats()["exported"] == 220, 10, "delivery after space returned")
+    r.stop(5)
+    assert all_pids(path) == list(range(220))
+    assert r.stats()["dropped"] == 0
