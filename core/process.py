@@ -1,0 +1,577 @@
+"""The process cache: who is running, with which exec_id, and who their parent is.
+
+Every event names its process and parent in Tetragon's ``Process`` shape (exec_id, pid, binary,
+arguments, parent_exec_id ...). The exec sensor feeds this cache (exec, fork, exit records); other
+sensors only read it (`ProcessCache.get`). Running processes are read from /proc at start so that the
+children of processes older than the agent have parents.
+
+Memory is bounded: an entry lives while its process runs and while live children reference it; after
+exit it is kept ``exited_grace_s`` for late events of other sensors, then freed. Past ``max_size``
+entries the oldest exited ones are evicted first, then (counted as ``evictions_live``) the oldest live.
+
+Also here, because every sensor and the Kubernetes stage need them: `CgroupResolver` (cgroup id ->
+path under the mounted hierarchies) and `parse_container_id` (containerd, CRI-O, Docker, systemd).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import os
+import re
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+from sensorium.events import ktime_to_wall_ns, rfc3339
+
+__all__ = ["ProcessCache", "CgroupResolver", "parse_container_id", "make_exec_id", "join_arguments",
+           "SIGNAL_NAMES", "NAMESPACES"]
+
+NAMESPACES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup",
+              "user")
+
+SIGNAL_NAMES: dict[int, str] = {}
+try:  # the host's own numbering; exit records carry raw numbers
+    import signal as _signal
+
+    for _s in _signal.Signals:
+        SIGNAL_NAMES.setdefault(int(_s), _s.name)
+except Exception:  # pragma: no cover - every CPython has signal
+    pass
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def make_exec_id(node_name: str, ktime_ns: int, pid: int) -> str:
+    """Tetragon's exec_id: base64 of ``node:ktime:pid`` (unique over the cluster and over time)."""
+    return base64.b64encode(f"{node_name}:{ktime_ns}:{pid}".encode()).decode()
+
+
+def join_arguments(args: list[str]) -> str:
+    """Tetragon's ``arguments``: argv[1:] joined with single spaces."""
+    return " ".join(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# cgroups
+# --------------------------------------------------------------------------------------------------
+
+# A 64-hex container id as the last token of a cgroup path component, in the formats of:
+#   containerd (cgroupfs):  /kubepods/besteffort/pod<uid>/<id>
+#   containerd (systemd):   .../kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope
+#   CRI-O:                  .../crio-<id>.scope        (and crio-conmon-<id>.scope for its monitor)
+#   Docker:                 /docker/<id>               or /system.slice/docker-<id>.scope
+#   Podman:                 .../libpod-<id>.scope
+_CONTAINER_ID = re.compile(r"(?:^|[-:_])([0-9a-f]{64})(?:\.scope)?$")
+
+
+def parse_container_id(path: str | None) -> str | None:
+    """The container id in a cgroup path, or None (searched from the leaf up)."""
+    if not path:
+        return None
+    for comp in reversed(path.split("/")):
+        if "conmon" in comp:  # CRI-O's monitor process is not the container
+            continue
+        m = _CONTAINER_ID.search(comp)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _mountinfo(path: str = "/proc/self/mountinfo") -> list[tuple[str, str, str]]:
+    """(mount point, fstype, super options) of every mount."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, rfields = left.split(), right.split()
+                if len(fields) >= 5 and len(rfields) >= 3:
+                    out.append((fields[4].replace("\\040", " "), rfields[0], rfields[2]))
+    except OSError:
+        pass
+    return out
+
+
+class CgroupResolver:
+    """Resolve cgroup ids to paths (relative to the hierarchy root, starting with ``/``).
+
+    A cgroup's id is the inode number of its directory (kernfs node id), on cgroup2 and on each v1
+    hierarchy. Ids are cached; a miss rescans the hierarchy, at most once per ``rescan_interval_s``
+    so a storm of short-lived cgroups cannot turn into a storm of directory walks.
+    """
+
+    def __init__(self, mountinfo: str = "/proc/self/mountinfo", rescan_interval_s: float = 0.5,
+                 max_entries: int = 65536) -> None:
+        self.v2_root: str | None = None
+        self.v1_roots: dict[str, str] = {}
+        for mnt, fstype, opts in _mountinfo(mountinfo):
+            if fstype == "cgroup2" and self.v2_root is None:
+                self.v2_root = mnt
+            elif fstype == "cgroup":
+                for opt in opts.split(","):
+                    if opt in ("memory", "cpu", "pids", "devices", "freezer", "blkio", "cpuset") or opt.startswith("name="):
+                        self.v1_roots.setdefault(opt, mnt)
+        self._cache: dict[str, dict[int, str]] = {}
+        self._last_scan: dict[str, float] = {}
+        self.rescan_interval_s = rescan_interval_s
+        self.max_entries = max_entries
+        self.scans = 0
+
+    def _root(self, hierarchy: str) -> str | None:
+        return self.v2_root if hierarchy == "v2" else self.v1_roots.get(hierarchy)
+
+    def _scan(self, hierarchy: str, root: str) -> None:
+        self.scans += 1
+        found: dict[int, str] = {}
+        for dirpath, _dirnames, _files in os.walk(root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue
+            rel = dirpath[len(root):] or "/"
+            found[ino] = rel
+            if len(found) >= self.max_entries:
+                break
+        self._cache[hierarchy] = found
+        self._last_scan[hierarchy] = time.monotonic()
+
+    def resolve(self, hierarchy: str, cgroup_id: int) -> str | None:
+        """Path of cgroup ``cgroup_id`` in ``hierarchy`` ("v2" or a v1 controller such as "memory")."""
+        if not cgroup_id:
+            return None
+        cache = self._cache.get(hierarchy)
+        if cache is not None:
+            path = cache.get(cgroup_id)
+            if path is not None:
+                return path
+        root = self._root(hierarchy)
+        if root is None:
+            return None
+        if time.monotonic() - self._last_scan.get(hierarchy, -1e9) < self.rescan_interval_s:
+            return None
+        self._scan(hierarchy, root)
+        return self._cache[hierarchy].get(cgroup_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# the cache
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    exec_id: str
+    pid: int
+    ktime: int
+    parent_exec_id: str
+    proc: dict[str, Any]  # Tetragon Process fields except refcnt (immutable once built)
+    refcnt: int = 1  # 1 while running + 1 per live child entry that names this one as parent
+    exited: bool = False
+    holds_parent: bool = False  # whether it counted itself in its parent's refcnt
+
+
+class ProcessCache:
+    """Processes by pid (live) and by exec_id (live and recently exited). Not thread-safe: fed and
+    read on the agent's reader thread."""
+
+    def __init__(self, node_name: str, max_size: int = 65536, exited_grace_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, cgroups: CgroupResolver | None = None,
+                 proc_root: str | None = "/proc") -> None:
+        if max_size < 1:
+            raise ValueError(f"process_cache.max_size must be >= 1, got {max_size}")
+        self.node_name = node_name
+        self.max_size = max_size
+        self.exited_grace_s = exited_grace_s
+        self._clock = clock
+        self.cgroups = cgroups
+        self.proc_root = proc_root  # where a pid missing from the cache is looked up; None: never
+        self._entries: dict[str, _Entry] = {}  # exec_id -> entry, insertion order = age
+        self._pids: dict[int, str] = {}  # live pid -> exec_id
+        self._exited: collections.OrderedDict[str, float] = collections.OrderedDict()  # exec_id -> exit time
+        self._host_ns = self._read_ns("self")
+        self._counters = collections.Counter[str]()
+
+    # ---- public API -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, int]:
+        c = self._counters
+        return {
+            "size": len(self._entries),
+            "max_size": self.max_size,
+            "live": len(self._pids),
+            "exited": len(self._entries) - len(self._pids),
+            "execs": c["execs"],
+            "forks": c["forks"],
+            "exits": c["exits"],
+            "proc_scanned": c["proc_scanned"],
+            "misses": c["misses"],
+            "evictions": c["evictions"],
+            "evictions_live": c["evictions_live"],
+            "freed": c["freed"],
+        }
+
+    def scan_proc(self, proc_root: str = "/proc") -> int:
+        """Add an entry for every running process (oldest first, so parents precede children)."""
+        infos = []
+        try:
+            names = os.listdir(proc_root)
+        except OSError:
+            return 0
+        for name in names:
+            if name.isdigit():
+                info = self._read_proc(proc_root, int(name))
+                if info is not None:
+                    infos.append(info)
+        infos.sort(key=lambda i: (i["ktime"], i["pid"]))
+        n = 0
+        for info in infos:
+            if info["pid"] in self._pids:
+                continue  # already known from a live event: that one is more precise
+            self._insert_from_info(info["pid"], info["ktime"], info, flags="procFS", ppid=info["ppid"])
+            n += 1
+        self._counters["proc_scanned"] += n
+        return n
+
+    def on_exec(self, pid: int, ktime: int, info: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A process image started (execve). ``info`` keys (all optional but pid/ppid): tid, ppid,
+        uid, euid, suid, fsuid, gid, egid, sgid, fsgid, auid, binary, args (list, argv[1:]),
+        args_truncated, binary_truncated, cwd, cwd_truncated, cgroup (dict), ns (dict name -> inum),
+        docker. Returns (process, parent) in Tetragon's shape."""
+        self._counters["execs"] += 1
+        old = self._pids.get(pid)
+        was_clone = False
+        if old is not None:
+            # The pid's previous image ends here without an exit of its own.
+            old_entry = self._entries.get(old)
+            was_clone = bool(old_entry and "clone" in old_entry.proc.get("flags", "").split())
+            self._retire(old)
+        ppid = int(info.get("ppid", 0))
+        flags = ["execve"]
+        if was_clone:
+            flags.append("clone")
+        entry = self._insert_from_info(pid, ktime, info, flags=" ".join(flags), ppid=ppid)
+        return self._view(entry), self._parent_view(entry)
+
+    def on_fork(self, parent_pid: int, child_pid: int, ktime: int) -> None:
+        """A new thread group (fork/clone without CLONE_THREAD): the child runs its parent's image
+        until it execs, so it gets a copy of the parent's fields with its own exec_id."""
+        self._counters["forks"] += 1
+        parent = self._live(parent_pid)
+        old = self._pids.get(child_pid)
+        if old is not None:  # a missed exit left a stale entry on a reused pid
+            self._retire(old)
+        exec_id = make_exec_id(self.node_name, ktime, child_pid)
+        if parent is None:
+            self._counters["misses"] += 1
+            proc = {"exec_id": exec_id, "pid": child_pid, "tid": child_pid, "flags": "clone",
+                    "start_time": rfc3339(ktime_to_wall_ns(ktime))}
+            entry = _Entry(exec_id, child_pid, ktime, "", proc)
+        else:
+            proc = dict(parent.proc)
+            proc.update(exec_id=exec_id, pid=child_pid, tid=child_pid, parent_exec_id=parent.exec_id,
+                        flags="clone", start_time=rfc3339(ktime_to_wall_ns(ktime)))
+            entry = _Entry(exec_id, child_pid, ktime, parent.exec_id, proc)
+        self._add(entry)
+
+    def on_exit(self, pid: int, ktime: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The thread group ``pid`` exited. Returns (process, parent) as they were; the entry stays
+        for ``exited_grace_s`` (and while children reference it), then is freed."""
+        self._counters["exits"] += 1
+        exec_id = self._pids.get(pid)
+        if exec_id is None:
+            self._counters["misses"] += 1
+            return None, None
+        entry = self._entries[exec_id]
+        process, parent = self._view(entry, refcnt=entry.refcnt - 1), self._parent_view(entry)
+        self._retire(exec_id)
+        self._sweep()
+        return process, parent
+
+    def get(self, pid: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(process, parent) of the running process ``pid`` (a tgid), for other sensors' events.
+        A miss tries /proc once (a process started between the scan and the sensor's attach)."""
+        entry = self._live(pid)
+        if entry is None:
+            return None, None
+        return self._view(entry), self._parent_view(entry)
+
+    def get_by_exec_id(self, exec_id: str) -> dict[str, Any] | None:
+        entry = self._entries.get(exec_id)
+        return self._view(entry) if entry is not None else None
+
+    def ancestors(self, pid: int, limit: int = 64) -> Iterator[dict[str, Any]]:
+        """The parent, grandparent ... of ``pid`` while they are in the cache."""
+        entry = self._live(pid)
+        seen = 0
+        while entry is not None and entry.parent_exec_id and seen < limit:
+            entry = self._entries.get(entry.parent_exec_id)
+            if entry is None:
+                return
+            seen += 1
+            yield self._view(entry)
+
+    def sweep(self) -> None:
+        """Free exited entries whose grace period is over (also done on every exit)."""
+        self._sweep()
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    def _view(self, entry: _Entry, refcnt: int | None = None) -> dict[str, Any]:
+        d = dict(entry.proc)
+        d["refcnt"] = max(0, entry.refcnt if refcnt is None else refcnt)
+        return d
+
+    def _parent_view(self, entry: _Entry) -> dict[str, Any] | None:
+        if not entry.parent_exec_id:
+            return None
+        parent = self._entries.get(entry.parent_exec_id)
+        return self._view(parent) if parent is not None else None
+
+    def _live(self, pid: int) -> _Entry | None:
+        exec_id = self._pids.get(pid)
+        if exec_id is not None:
+            return self._entries[exec_id]
+        if pid <= 0 or self.proc_root is None:
+            return None
+        info = self._read_proc(self.proc_root, pid)
+        if info is None:
+            return None
+        self._counters["proc_scanned"] += 1
+        return self._insert_from_info(pid, info["ktime"], info, flags="procFS", ppid=info["ppid"])
+
+    def _insert_from_info(self, pid: int, ktime: int, info: Mapping[str, Any], flags: str, ppid: int) -> _Entry:
+        parent = self._live(ppid) if ppid and ppid != pid else None
+        parent_exec_id = parent.exec_id if parent is not None else ""
+        exec_id = make_exec_id(self.node_name, ktime, pid)
+        args = list(info.get("args") or ())
+        fl = flags.split()
+        if info.get("args_truncated"):
+            fl.append("truncArgs")
+        if info.get("binary_truncated"):
+            fl.append("truncFilename")
+        cwd = info.get("cwd") or ""
+        if cwd == "/":
+            fl.append("rootcwd")
+        if info.get("auid") is not None and "procFS" in fl:
+            fl.append("auid")
+        uid = int(info.get("uid", 0))
+        gid = int(info.get("gid", 0))
+        proc: dict[str, Any] = {
+            "exec_id": exec_id,
+            "pid": pid,
+            "uid": uid,
+            "cwd": cwd,
+            "binary": info.get("binary") or "",
+            "arguments": join_arguments(args),
+            "flags": " ".join(fl),
+            "start_time": rfc3339(ktime_to_wall_ns(ktime)),
+            "auid": int(info["auid"]) if info.get("auid") is not None else 4294967295,
+            "parent_exec_id": parent_exec_id,
+            "tid": int(info.get("tid", pid)),
+            "process_credentials": {
+                "uid": uid, "gid": gid,
+                "euid": int(info.get("euid", uid)), "egid": int(info.get("egid", gid)),
+                "suid": int(info.get("suid", uid)), "sgid": int(info.get("sgid", gid)),
+                "fsuid": int(info.get("fsuid", uid)), "fsgid": int(info.get("fsgid", gid)),
+            },
+            "arguments_truncated": bool(info.get("args_truncated")),
+        }
+        if not parent_exec_id:
+            del proc["parent_exec_id"]
+        ns = info.get("ns")
+        if ns:
+            proc["ns"] = {name: {"inum": int(inum), "is_host": int(inum) == self._host_ns.get(name)}
+                          for name, inum in ns.items() if inum}
+        cg = info.get("cgroup")
+        if cg:
+            cg = dict(cg)
+            if self.cgroups is not None:
+                if cg.get("id") and not cg.get("path"):
+                    cg["path"] = self.cgroups.resolve("v2", int(cg["id"])) or ""
+                if cg.get("memory_id") and not cg.get("memory_path"):
+                    cg["memory_path"] = self.cgroups.resolve("memory", int(cg["memory_id"])) or ""
+            proc["cgroup"] = cg
+            docker = info.get("docker") or parse_container_id(cg.get("path")) or parse_container_id(cg.get("memory_path"))
+        else:
+            docker = info.get("docker")
+        if docker:
+            proc["docker"] = docker
+        entry = _Entry(exec_id, pid, ktime, parent_exec_id, proc)
+        self._add(entry)
+        return entry
+
+    def _add(self, entry: _Entry) -> None:
+        prev = self._entries.pop(entry.exec_id, None)
+        if prev is not None:  # same pid+ktime seen twice (e.g. /proc and an event): keep one
+            self._exited.pop(prev.exec_id, None)
+            self._release_parent(prev)
+        self._entries[entry.exec_id] = entry
+        self._pids[entry.pid] = entry.exec_id
+        if entry.parent_exec_id:
+            parent = self._entries.get(entry.parent_exec_id)
+            if parent is not None:
+                parent.refcnt += 1
+                entry.holds_parent = True
+        if len(self._entries) > self.max_size:
+            self._evict()
+
+    def _retire(self, exec_id: str) -> None:
+        """The process behind ``exec_id`` stopped running (exit, or replaced by a new exec)."""
+        entry = self._entries.get(exec_id)
+        if entry is None:
+            return
+        if self._pids.get(entry.pid) == exec_id:
+            del self._pids[entry.pid]
+        if not entry.exited:
+            entry.exited = True
+            entry.refcnt -= 1
+            self._exited[exec_id] = self._clock()
+        if self.exited_grace_s <= 0 and entry.refcnt <= 0:
+            self._free(entry)
+
+    def _release_parent(self, entry: _Entry) -> None:
+        if not entry.holds_parent:
+            return
+        entry.holds_parent = False
+        parent = self._entries.get(entry.parent_exec_id)
+        if parent is None:
+            return
+        parent.refcnt -= 1
+        if parent.exited and parent.refcnt <= 0:
+            t = self._exited.get(parent.exec_id)
+            if t is None or self._clock() - t >= self.exited_grace_s:
+                self._free(parent)
+
+    def _free(self, entry: _Entry) -> None:
+        if self._entries.pop(entry.exec_id, None) is None:
+            return
+        self._exited.pop(entry.exec_id, None)
+        if self._pids.get(entry.pid) == entry.exec_id:
+            del self._pids[entry.pid]
+        self._counters["freed"] += 1
+        self._release_parent(entry)
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        # Oldest exits first; a still-referenced one leaves the queue and is freed by its last child.
+        while self._exited:
+            exec_id, t = next(iter(self._exited.items()))
+            if now - t < self.exited_grace_s:
+                break
+            del self._exited[exec_id]
+            entry = self._entries.get(exec_id)
+            if entry is not None and entry.refcnt <= 0:
+                self._free(entry)
+
+    def _evict(self) -> None:
+        self._sweep()
+        while len(self._entries) > self.max_size and self._exited:
+            exec_id = next(iter(self._exited))
+            entry = self._entries.get(exec_id)
+            del self._exited[exec_id]
+            if entry is not None:
+                self._counters["evictions"] += 1
+                self._free(entry)
+        if len(self._entries) > self.max_size:
+            # Exited entries that wait for children are not in the queue any more; then live ones.
+            while len(self._entries) > self.max_size:
+                entry = self._entries[next(iter(self._entries))]
+                self._counters["evictions"] += 1
+                if not entry.exited:
+                    self._counters["evictions_live"] += 1
+                self._free(entry)
+
+    # ---- /proc ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_ns(pid: str, proc_root: str = "/proc") -> dict[str, int]:
+        out = {}
+        for name in NAMESPACES:
+            try:
+                out[name] = os.stat(f"{proc_root}/{pid}/ns/{name}").st_ino
+            except OSError:
+                pass
+        return out
+
+    def _read_proc(self, proc_root: str, pid: int) -> dict[str, Any] | None:
+        """What /proc says about ``pid`` (a thread-group leader), or None if it is gone or a thread."""
+        base = f"{proc_root}/{pid}"
+        try:
+            with open(f"{base}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            with open(f"{base}/status", "rb") as f:
+                status = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        # comm may hold spaces and parentheses: the fields start after the last ')'.
+        rest = stat[stat.rfind(")") + 2:].split()
+        try:
+            ppid = int(rest[1])
+            starttime = int(rest[19])
+        except (IndexError, ValueError):
+            return None
+        fields: dict[str, list[str]] = {}
+        for line in status.splitlines():
+            k, _, v = line.partition(":")
+            fields[k] = v.split()
+        if fields.get("Tgid", [str(pid)])[0] != str(pid):
+            return None
+        uids = [int(x) for x in fields.get("Uid", ["0"] * 4)] + [0] * 4
+        gids = [int(x) for x in fields.get("Gid", ["0"] * 4)] + [0] * 4
+        try:
+            binary = os.readlink(f"{base}/exe")
+        except OSError:
+            binary = ""
+        try:
+            with open(f"{base}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if argv and argv[-1] == b"":
+                argv.pop()
+            args = [a.decode(errors="replace") for a in argv[1:]]
+        except OSError:
+            args = []
+        try:
+            cwd = os.readlink(f"{base}/cwd")
+        except OSError:
+            cwd = ""
+        try:
+            with open(f"{base}/loginuid") as f:
+                auid: int | None = int(f.read().strip())
+        except (OSError, ValueError):
+            auid = None
+        cgroup: dict[str, Any] = {}
+        try:
+            with open(f"{base}/cgroup") as f:
+                for line in f:
+                    hid, ctrls, path = line.rstrip("\n").split(":", 2)
+                    if hid == "0" and ctrls == "":
+                        cgroup["path"] = path
+                        cgroup["name"] = path.rsplit("/", 1)[-1]
+                    elif "memory" in ctrls.split(","):
+                        cgroup["memory_path"] = path
+                        cgroup["memory_name"] = path.rsplit("/", 1)[-1]
+        except (OSError, ValueError):
+            pass
+        if self.cgroups is not None:
+            for key, hier, root in (("path", "v2", self.cgroups.v2_root),
+                                    ("memory_path", "memory", self.cgroups.v1_roots.get("memory"))):
+                if root and key in cgroup:
+                    try:
+                        cgroup["id" if hier == "v2" else "memory_id"] = os.stat(root + cgroup[key]).st_ino
+                    except OSError:
+                        pass
+        if binary.endswith(" (deleted)"):
+            binary = binary[: -len(" (deleted)")]
+        return {
+            "pid": pid, "tid": pid, "ppid": ppid,
+            "ktime": starttime * (1_000_000_000 // _CLK_TCK),
+            "uid": uids[0], "euid": uids[1], "suid": uids[2], "fsuid": uids[3],
+            "gid": gids[0], "egid": gids[1], "sgid": gids[2], "fsgid": gids[3],
+            "auid": auid, "binary": binary, "args": args, "cwd": cwd,
+            "cgroup": cgroup or None, "ns": self._read_ns(str(pid), proc_root),
+        }

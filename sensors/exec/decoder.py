@@ -1,0 +1,237 @@
+"""Decode the exec sensor's ring records (event.h) into process_exec / process_exit events.
+
+Records are input from the kernel and treated as such: every length is checked against the record's
+size before a slice is taken; a short or inconsistent record is counted and skipped, never raised.
+Fork records only update the process cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from sensorium.process import SIGNAL_NAMES
+
+if TYPE_CHECKING:
+    from sensorium.events import Event
+    from sensorium.hookspecs import SensorContext
+
+EXEC_REC_EXEC = 1
+EXEC_REC_FORK = 2
+EXEC_REC_EXIT = 3
+
+EXEC_F_ARGS_TRUNC = 0x0001
+EXEC_F_BINARY_TRUNC = 0x0002
+EXEC_F_CWD_TRUNC = 0x0004
+EXEC_F_ARGS_ERR = 0x0008
+EXEC_F_NO_MEMCG = 0x0010
+
+SIGNAL_GROUP_EXIT = 0x00000004  # include/linux/sched/signal.h
+
+
+class SensoriumHdr(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("size", ctypes.c_uint32),
+        ("ktime", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+    ]
+
+
+class ExecRecord(ctypes.Structure):
+    _fields_ = [
+        ("hdr", SensoriumHdr),
+        ("ppid", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("euid", ctypes.c_uint32),
+        ("suid", ctypes.c_uint32),
+        ("fsuid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("egid", ctypes.c_uint32),
+        ("sgid", ctypes.c_uint32),
+        ("fsgid", ctypes.c_uint32),
+        ("auid", ctypes.c_uint32),
+        ("ns_mnt", ctypes.c_uint32),
+        ("ns_pid", ctypes.c_uint32),
+        ("ns_pid_for_children", ctypes.c_uint32),
+        ("ns_net", ctypes.c_uint32),
+        ("ns_uts", ctypes.c_uint32),
+        ("ns_ipc", ctypes.c_uint32),
+        ("ns_cgroup", ctypes.c_uint32),
+        ("ns_user", ctypes.c_uint32),
+        ("ns_time", ctypes.c_uint32),
+        ("args_total", ctypes.c_uint32),
+        ("start_time", ctypes.c_uint64),
+        ("cgroup_id", ctypes.c_uint64),
+        ("memcg_id", ctypes.c_uint64),
+        ("args_len", ctypes.c_uint16),
+        ("binary_len", ctypes.c_uint16),
+        ("cwd_len", ctypes.c_uint16),
+        ("cgroup_name_len", ctypes.c_uint16),
+        ("memcg_name_len", ctypes.c_uint16),
+        ("_pad", ctypes.c_uint16 * 3),
+    ]
+
+
+class ForkRecord(ctypes.Structure):
+    _fields_ = [
+        ("hdr", SensoriumHdr),
+        ("child_pid", ctypes.c_uint32),
+        ("parent_pid", ctypes.c_uint32),
+        ("child_start_time", ctypes.c_uint64),
+    ]
+
+
+class ExitRecord(ctypes.Structure):
+    _fields_ = [
+        ("hdr", SensoriumHdr),
+        ("exit_code", ctypes.c_uint32),
+        ("group_exit_code", ctypes.c_uint32),
+        ("signal_flags", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+RECORD_LAYOUTS: dict[str, type[ctypes.Structure]] = {
+    "sensorium_hdr": SensoriumHdr,
+    "exec_record": ExecRecord,
+    "fork_record": ForkRecord,
+    "exit_record": ExitRecord,
+}
+
+_HDR_SIZE = ctypes.sizeof(SensoriumHdr)
+_EXEC_SIZE = ctypes.sizeof(ExecRecord)
+_FORK_SIZE = ctypes.sizeof(ForkRecord)
+_EXIT_SIZE = ctypes.sizeof(ExitRecord)
+
+_NS_FIELDS = (("mnt", "ns_mnt"), ("pid", "ns_pid"), ("pid_for_children", "ns_pid_for_children"),
+              ("net", "ns_net"), ("uts", "ns_uts"), ("ipc", "ns_ipc"), ("cgroup", "ns_cgroup"),
+              ("user", "ns_user"), ("time", "ns_time"))
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", errors="backslashreplace")
+
+
+def split_args(raw: bytes, truncated: bool) -> list[str]:
+    """argv[1:] from the NUL-separated argument area (argv[0] is not part of Tetragon's arguments)."""
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    parts = raw.split(b"\0") if raw else []
+    return [_text(p) for p in parts[1:]]
+
+
+def exit_status(exit_code: int, group_exit_code: int, signal_flags: int) -> tuple[int, str]:
+    """(status, signal name or "") from the kernel's wait-status encoding."""
+    code = group_exit_code if signal_flags & SIGNAL_GROUP_EXIT else exit_code
+    sig = code & 0x7F
+    if sig:
+        return 0, SIGNAL_NAMES.get(sig, f"SIG{sig}")
+    return (code >> 8) & 0xFF, ""
+
+
+class ExecDecoder:
+    """Turns batches of raw records into events, feeding the process cache on the way."""
+
+    def __init__(self, ctx: "SensorContext") -> None:
+        self.ctx = ctx
+        self.cache = ctx.process_cache
+        self.counters: Counter[str] = Counter()
+
+    def decode_batch(self, records: Sequence[bytes]) -> list["Event"]:
+        out: list[Event] = []
+        for raw in records:
+            if len(raw) < _HDR_SIZE:
+                self.counters["short"] += 1
+                continue
+            rtype = int.from_bytes(raw[0:2], "little")
+            try:
+                if rtype == EXEC_REC_EXEC:
+                    ev = self._exec(raw)
+                elif rtype == EXEC_REC_FORK:
+                    ev = self._fork(raw)
+                elif rtype == EXEC_REC_EXIT:
+                    ev = self._exit(raw)
+                else:
+                    self.counters["unknown_type"] += 1
+                    continue
+            except _BadRecord as exc:
+                self.counters[f"bad_{exc}"] += 1
+                continue
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    # ---- records --------------------------------------------------------------------------------
+
+    def _exec(self, raw: bytes) -> "Event":
+        if len(raw) < _EXEC_SIZE:
+            raise _BadRecord("exec_size")
+        r = ExecRecord.from_buffer_copy(raw)
+        hdr = r.hdr
+        lens = (r.args_len, r.binary_len, r.cwd_len, r.cgroup_name_len, r.memcg_name_len)
+        if _EXEC_SIZE + sum(lens) > len(raw):
+            raise _BadRecord("exec_lengths")
+        pos = _EXEC_SIZE
+        fields = []
+        for n in lens:
+            fields.append(raw[pos:pos + n])
+            pos += n
+        args_raw, binary, cwd, cg_name, memcg_name = fields
+        flags = hdr.flags
+        truncated = bool(flags & EXEC_F_ARGS_TRUNC)
+        cgroup: dict[str, Any] = {"id": r.cgroup_id, "name": _text(cg_name)}
+        if r.memcg_id:
+            cgroup["memory_id"] = r.memcg_id
+            cgroup["memory_name"] = _text(memcg_name)
+        info = {
+            "tid": hdr.tid, "ppid": r.ppid,
+            "uid": r.uid, "euid": r.euid, "suid": r.suid, "fsuid": r.fsuid,
+            "gid": r.gid, "egid": r.egid, "sgid": r.sgid, "fsgid": r.fsgid,
+            "auid": r.auid,
+            "binary": _text(binary), "binary_truncated": bool(flags & EXEC_F_BINARY_TRUNC),
+            "cwd": _text(cwd), "cwd_truncated": bool(flags & EXEC_F_CWD_TRUNC),
+            "args": split_args(args_raw, truncated), "args_truncated": truncated,
+            "cgroup": cgroup,
+            "ns": {name: getattr(r, attr) for name, attr in _NS_FIELDS},
+        }
+        process, parent = self.cache.on_exec(hdr.pid, hdr.ktime, info)
+        self.counters["exec"] += 1
+        body: dict[str, Any] = {"process": process}
+        if parent is not None:
+            body["parent"] = parent
+        return self.ctx.make_event("process_exec", body, hdr.ktime)
+
+    def _fork(self, raw: bytes) -> None:
+        if len(raw) < _FORK_SIZE:
+            raise _BadRecord("fork_size")
+        r = ForkRecord.from_buffer_copy(raw)
+        self.cache.on_fork(r.parent_pid, r.child_pid, r.hdr.ktime)
+        self.counters["fork"] += 1
+        return None
+
+    def _exit(self, raw: bytes) -> "Event":
+        if len(raw) < _EXIT_SIZE:
+            raise _BadRecord("exit_size")
+        r = ExitRecord.from_buffer_copy(raw)
+        hdr = r.hdr
+        process, parent = self.cache.on_exit(hdr.pid, hdr.ktime)
+        if process is None:
+            # Not in the cache (started and ended while the agent was not looking): say what we know.
+            process = {"pid": hdr.pid, "tid": hdr.tid}
+        status, signame = exit_status(r.exit_code, r.group_exit_code, r.signal_flags)
+        body: dict[str, Any] = {"process": process}
+        if parent is not None:
+            body["parent"] = parent
+        if signame:
+            body["signal"] = signame
+        body["status"] = status
+        self.counters["exit"] += 1
+        return self.ctx.make_event("process_exit", body, hdr.ktime)
+
+
+class _BadRecord(Exception):
+    """A record that does not fit its declared layout (counted, skipped)."""

@@ -1,0 +1,57 @@
+"""The exec sensor plugin: process_exec and process_exit events, and the process cache's feed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sensorium import hookimpl
+from sensorium.hookspecs import ProbeSource, SensorSpec
+
+HERE = Path(__file__).resolve().parent
+
+ARGS_CAP = 32768  # ARGS_CAP in probe.bpf.c
+
+
+class ExecOptions(BaseModel):
+    """``sensors: {exec: {...}}``"""
+
+    model_config = ConfigDict(extra="forbid")
+    max_args_bytes: int = Field(
+        default=4096, ge=0, le=ARGS_CAP,
+        description="Bytes of the argument list copied per exec; longer lists are cut and flagged "
+        "(arguments_truncated, flag truncArgs)",
+    )
+    ring_buffer_kb: int = Field(default=4096, ge=64, le=1 << 20,
+                                description="Size of the sensor's ring buffer (a power of two, in KiB)")
+
+
+PROBE = ProbeSource(name="exec", source=HERE / "probe.bpf.c", include_dirs=(HERE,))
+
+
+def _factory(ctx):  # type: ignore[no-untyped-def]
+    from sensorium_sensors.exec.sensor import ExecSensor
+
+    return ExecSensor(ctx)
+
+
+def _layouts() -> dict[str, type]:
+    from sensorium_sensors.exec.decoder import RECORD_LAYOUTS
+
+    return dict(RECORD_LAYOUTS)
+
+
+@hookimpl
+def sensorium_sensor() -> SensorSpec:
+    return SensorSpec(
+        name="exec",
+        description="Process lifecycle: process_exec (binary, arguments, cwd, credentials, cgroups, "
+        "namespaces, parent) and process_exit (status, signal); feeds the process cache",
+        factory=_factory,
+        probes=[PROBE],
+        options=ExecOptions,
+        record_layouts=_layouts(),
+        requires=frozenset({"tp_btf", "ringbuf", "btf"}),
+        enabled_by_default=True,
+    )

@@ -1,0 +1,381 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The exec sensor's kernel half: process exec, fork (new thread groups) and exit, as tp_btf programs.
+ *
+ * Records are built in a per-CPU slot of an array map (too big for the stack, and a per-CPU array value
+ * is limited to 32 KiB) and copied to one ring buffer with sensorium_submit() (no per-event wakeup).
+ * Layouts: event.h. Paths are walked by hand (bpf_d_path is not allowed in tp_btf); everything is CO-RE
+ * so one object loads on 6.1, 6.12 and 6.18.
+ */
+#include "vmlinux.h"
+#include <sensorium/common.h>
+#include "event.h"
+
+SENSORIUM_LICENSE("GPL");
+
+/* Upper bounds. The byte budget for arguments is the rodata knob max_args_bytes (<= ARGS_CAP). */
+#define ARGS_CAP     32768
+#define PATH_CAP     4096   /* bytes of one path (binary, cwd); longer is cut, with a flag */
+#define NAME_BOUND   256    /* one path component: NAME_MAX + NUL */
+#define MAX_COMP     32     /* components walked per path (power of 2); deeper is cut, with a flag */
+#define MAX_MOUNTS   8      /* mount points crossed per path */
+#define CGNAME_CAP   256
+#define OFF_MASK     0xffff /* every field starts at data[off & OFF_MASK]: keeps the verifier's bounds */
+#define DATA_SIZE    (OFF_MASK + 1 + PATH_CAP + NAME_BOUND)
+
+const volatile __u32 max_args_bytes = 4096;
+
+struct exec_scratch {
+	struct exec_record rec;
+	char data[DATA_SIZE];
+	const unsigned char *names[MAX_COMP];
+};
+
+/* Drop counters, per CPU: [0] ring full, [1] no scratch slot for this CPU. */
+#define DROP_RING    0
+#define DROP_SCRATCH 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} exec_events SEC(".maps");
+
+/* One slot per possible CPU (user space sets max_entries before load): tp_btf programs run with
+ * migration disabled, so a CPU's slot is not shared while a record is built. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct exec_scratch);
+} exec_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} exec_drops SEC(".maps");
+
+/* Make the other record structs part of the object's BTF (tests/test_layouts.py reads them there). */
+struct exec_btf_anchor {
+	struct fork_record fork;
+	struct exit_record exit;
+};
+struct exec_btf_anchor *exec_btf_anchor_unused __attribute__((unused));
+
+static __always_inline void count_drop(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&exec_drops, &which);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void submit(void *data, __u64 size)
+{
+	if (sensorium_submit(&exec_events, data, size) < 0)
+		count_drop(DROP_RING);
+}
+
+static __always_inline struct mount *real_mount(struct vfsmount *vfsmnt)
+{
+	return (struct mount *)((void *)vfsmnt - bpf_core_field_offset(struct mount, mnt));
+}
+
+static __always_inline struct exec_scratch *scratch_slot(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	return bpf_map_lookup_elem(&exec_scratch, &cpu);
+}
+
+/* State of one path walk, shared with the bpf_loop() callbacks (each is verified once, so the walk
+ * does not multiply the verifier's states the way nested bounded loops do). */
+struct walk_ctx {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	__u32 base;   /* where the path starts in scratch->data */
+	__u32 off;    /* bytes written */
+	int n;        /* components collected in scratch->names, leaf first */
+	int mounts;
+	bool done;    /* reached the root of the mount namespace */
+	bool trunc;
+};
+
+static long walk_up(__u32 i, struct walk_ctx *c)
+{
+	struct exec_scratch *s = scratch_slot();
+	struct dentry *dentry = c->dentry;
+	struct vfsmount *vfsmnt = c->vfsmnt;
+	struct mount *mnt = c->mnt;
+	struct dentry *mnt_root, *parent;
+
+	if (!s)
+		return 1;
+	mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	parent = BPF_CORE_READ(dentry, d_parent);
+	if (dentry == mnt_root || dentry == parent) {
+		struct mount *mp;
+
+		if (dentry != mnt_root) { /* a root that is not a mount's root: a detached tree */
+			c->done = true;
+			return 1;
+		}
+		mp = BPF_CORE_READ(mnt, mnt_parent);
+		if (mp == mnt) { /* the namespace's root mount */
+			c->done = true;
+			return 1;
+		}
+		if (++c->mounts > MAX_MOUNTS)
+			return 1;
+		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->mnt = mp;
+		c->vfsmnt = (struct vfsmount *)((void *)mp + bpf_core_field_offset(struct mount, mnt));
+		return 0;
+	}
+	if (c->n >= MAX_COMP)
+		return 1;
+	s->names[c->n & (MAX_COMP - 1)] = BPF_CORE_READ(dentry, d_name.name);
+	c->n++;
+	c->dentry = parent;
+	return 0;
+}
+
+static long write_down(__u32 j, struct walk_ctx *c)
+{
+	struct exec_scratch *s = scratch_slot();
+	int idx = c->n - 1 - (int)j;
+	long r;
+
+	if (!s || idx < 0)
+		return 1;
+	if (c->off > PATH_CAP - NAME_BOUND - 1) {
+		c->trunc = true;
+		return 1;
+	}
+	s->data[(c->base + c->off) & OFF_MASK] = '/';
+	c->off++;
+	r = bpf_probe_read_kernel_str(&s->data[(c->base + c->off) & OFF_MASK], NAME_BOUND,
+				      s->names[idx & (MAX_COMP - 1)]);
+	if (r > 1)
+		c->off += r - 1;
+	return 0;
+}
+
+/*
+ * Write the absolute path of `path` at scratch->data[base] (no NUL) and return its length (< PATH_CAP).
+ * The walk follows d_parent up to the root of each mount and crosses to the parent mount at its mount
+ * point: at most MAX_COMP components and MAX_MOUNTS mount crossings. When it stops early (deeper
+ * path, or longer than PATH_CAP) it sets `trunc` in *flags; the path then holds the components
+ * nearest the leaf (too deep) or nearest the root (too long) that fit. The root is the root mount of
+ * the task's mount namespace, so a container's paths read as inside the container.
+ */
+static __always_inline __u32 walk_path(const struct path *path, __u32 base, __u16 *flags, __u16 trunc)
+{
+	struct walk_ctx c = {};
+
+	c.dentry = BPF_CORE_READ(path, dentry);
+	c.vfsmnt = BPF_CORE_READ(path, mnt);
+	c.mnt = real_mount(c.vfsmnt);
+	c.base = base & OFF_MASK;
+	bpf_loop(MAX_COMP + MAX_MOUNTS + 1, walk_up, &c, 0);
+	if (!c.done)
+		*flags |= trunc;
+	if (c.n == 0) {
+		struct exec_scratch *s = scratch_slot();
+
+		if (s)
+			s->data[c.base & OFF_MASK] = '/';
+		return 1;
+	}
+	bpf_loop(MAX_COMP, write_down, &c, 0);
+	if (c.trunc)
+		*flags |= trunc;
+	return c.off & (PATH_CAP - 1);
+}
+
+static __always_inline __u32 ns_inum(void *ns_common_ptr)
+{
+	unsigned int inum = 0;
+
+	if (ns_common_ptr)
+		bpf_core_read(&inum, sizeof(inum), &((struct ns_common *)ns_common_ptr)->inum);
+	return inum;
+}
+
+static __always_inline void fill_namespaces(struct exec_record *r, struct task_struct *task)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(task, nsproxy);
+	struct pid *tpid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(tpid, level);
+	struct pid_namespace *pidns = NULL;
+
+	r->ns_mnt = BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+	r->ns_pid_for_children = BPF_CORE_READ(nsp, pid_ns_for_children, ns.inum);
+	r->ns_net = BPF_CORE_READ(nsp, net_ns, ns.inum);
+	r->ns_uts = BPF_CORE_READ(nsp, uts_ns, ns.inum);
+	r->ns_ipc = BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+	r->ns_cgroup = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+	if (bpf_core_field_exists(nsp->time_ns))
+		r->ns_time = BPF_CORE_READ(nsp, time_ns, ns.inum);
+	r->ns_user = BPF_CORE_READ(task, cred, user_ns, ns.inum);
+	/* The task's own pid namespace: thread_pid->numbers[level].ns (pid_ns_for_children may differ). */
+	bpf_probe_read_kernel(&pidns, sizeof(pidns),
+			      (void *)tpid + bpf_core_field_offset(struct pid, numbers) +
+				      (level & 31) * bpf_core_type_size(struct upid) +
+				      bpf_core_field_offset(struct upid, ns));
+	if (pidns)
+		r->ns_pid = BPF_CORE_READ(pidns, ns.inum);
+}
+
+static __always_inline __u32 cgroup_leaf(struct cgroup *cgrp, char *buf, __u64 *id)
+{
+	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
+	const char *name;
+	long r;
+
+	if (!kn)
+		return 0;
+	*id = BPF_CORE_READ(kn, id);
+	name = BPF_CORE_READ(kn, name);
+	r = bpf_probe_read_kernel_str(buf, CGNAME_CAP, name);
+	return r > 1 ? r - 1 : 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(sensorium_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct exec_scratch *s = scratch_slot();
+	struct exec_record *r;
+	const struct cred *cred;
+	struct mm_struct *mm;
+	struct file *file;
+	struct fs_struct *fs;
+	struct css_set *cgroups;
+	unsigned long arg_start, arg_end;
+	__u64 total;
+	__u32 n, limit, off, len;
+	__u16 flags = 0;
+
+	if (!s) {
+		count_drop(DROP_SCRATCH);
+		return 0;
+	}
+	r = &s->rec;
+	sensorium_hdr_fill(&r->hdr, EXEC_REC_EXEC, 0);
+	r->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	cred = BPF_CORE_READ(task, cred);
+	r->uid = BPF_CORE_READ(cred, uid.val);
+	r->euid = BPF_CORE_READ(cred, euid.val);
+	r->suid = BPF_CORE_READ(cred, suid.val);
+	r->fsuid = BPF_CORE_READ(cred, fsuid.val);
+	r->gid = BPF_CORE_READ(cred, gid.val);
+	r->egid = BPF_CORE_READ(cred, egid.val);
+	r->sgid = BPF_CORE_READ(cred, sgid.val);
+	r->fsgid = BPF_CORE_READ(cred, fsgid.val);
+	r->auid = (__u32)-1;
+	if (bpf_core_field_exists(task->loginuid))
+		r->auid = BPF_CORE_READ(task, loginuid.val);
+	r->start_time = BPF_CORE_READ(task, start_time);
+	fill_namespaces(r, task);
+
+	/* Arguments: argv strings, NUL-separated, as the new image's stack holds them. */
+	mm = BPF_CORE_READ(task, mm);
+	arg_start = BPF_CORE_READ(mm, arg_start);
+	arg_end = BPF_CORE_READ(mm, arg_end);
+	total = arg_end > arg_start ? arg_end - arg_start : 0;
+	r->args_total = total > 0xffffffff ? 0xffffffff : total;
+	limit = max_args_bytes;
+	if (limit > ARGS_CAP)
+		limit = ARGS_CAP;
+	n = total;
+	if (total > limit) {
+		n = limit;
+		flags |= EXEC_F_ARGS_TRUNC;
+	}
+	n &= OFF_MASK;
+	if (n && bpf_probe_read_user(s->data, n, (void *)arg_start) < 0) {
+		flags |= EXEC_F_ARGS_ERR;
+		n = 0;
+	}
+	r->args_len = n;
+	off = n;
+
+	/* Binary: the file being executed (bprm->file), not the interpreter's argv[0]. */
+	file = BPF_CORE_READ(bprm, file);
+	len = walk_path(__builtin_preserve_access_index(&file->f_path), off, &flags, EXEC_F_BINARY_TRUNC);
+	r->binary_len = len;
+	off += len;
+
+	fs = BPF_CORE_READ(task, fs);
+	len = walk_path(__builtin_preserve_access_index(&fs->pwd), off, &flags, EXEC_F_CWD_TRUNC);
+	r->cwd_len = len;
+	off += len;
+
+	/* cgroups: the cgroup2 one, and the v1 memory controller's (hybrid hosts place processes there). */
+	r->cgroup_id = 0;
+	r->memcg_id = 0;
+	cgroups = BPF_CORE_READ(task, cgroups);
+	len = cgroup_leaf(BPF_CORE_READ(cgroups, dfl_cgrp), &s->data[off & OFF_MASK], &r->cgroup_id);
+	r->cgroup_name_len = len;
+	off += len;
+	len = 0;
+	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id)) {
+		int id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+		struct cgroup_subsys_state *css = NULL;
+
+		if (id >= 0 && id < 16) {
+			bpf_probe_read_kernel(&css, sizeof(css),
+					      (void *)cgroups + bpf_core_field_offset(struct css_set, subsys) +
+						      id * sizeof(void *));
+			if (css)
+				len = cgroup_leaf(BPF_CORE_READ(css, cgroup), &s->data[off & OFF_MASK], &r->memcg_id);
+		}
+	}
+	if (!r->memcg_id)
+		flags |= EXEC_F_NO_MEMCG;
+	r->memcg_name_len = len;
+	off += len;
+
+	r->hdr.flags = flags;
+	off &= OFF_MASK;
+	r->hdr.size = sizeof(*r) + off;
+	submit(r, sizeof(*r) + off);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(sensorium_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct fork_record r = {};
+	__u32 pid = BPF_CORE_READ(child, tgid);
+
+	if (BPF_CORE_READ(child, pid) != pid)
+		return 0; /* a thread: its events belong to its thread group */
+	sensorium_hdr_fill(&r.hdr, EXEC_REC_FORK, sizeof(r));
+	r.child_pid = pid;
+	r.parent_pid = BPF_CORE_READ(child, real_parent, tgid);
+	r.child_start_time = BPF_CORE_READ(child, start_time);
+	submit(&r, sizeof(r));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sensorium_exit, struct task_struct *task)
+{
+	struct exit_record r = {};
+	struct signal_struct *sig = BPF_CORE_READ(task, signal);
+
+	/* do_exit() decremented signal->live before this tracepoint: 0 means the whole group is gone. */
+	if (BPF_CORE_READ(sig, live.counter) != 0)
+		return 0;
+	sensorium_hdr_fill(&r.hdr, EXEC_REC_EXIT, sizeof(r));
+	r.hdr.pid = BPF_CORE_READ(task, tgid);
+	r.hdr.tid = BPF_CORE_READ(task, pid);
+	r.exit_code = BPF_CORE_READ(task, exit_code);
+	r.group_exit_code = BPF_CORE_READ(sig, group_exit_code);
+	r.signal_flags = BPF_CORE_READ(sig, flags);
+	submit(&r, sizeof(r));
+	return 0;
+}

@@ -1,0 +1,72 @@
+"""The exec sensor at run time: build, load and attach probe.bpf.c, and hand its ring to the decoder."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from sensorium.hookspecs import SensorContext
+from sensorium_sensors.exec.decoder import ExecDecoder
+from sensorium_sensors.exec.plugin import PROBE
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+class ExecSensor:
+    def __init__(self, ctx: SensorContext) -> None:
+        self.ctx = ctx
+        self.decoder = ExecDecoder(ctx)
+        self.obj: Any = None
+        self.state = "stopped"
+        self.error: str | None = None
+
+    def start(self) -> None:
+        from sensorium.bpf.libbpf import num_possible_cpus
+
+        opts = dict(self.ctx.config or {})
+        path = self.ctx.build(PROBE)
+        obj = self.ctx.open_object(path)
+        self.obj = obj
+        try:
+            obj.set_rodata("max_args_bytes", int(opts.get("max_args_bytes", 4096)))
+            # One scratch slot per possible CPU (see exec_scratch in probe.bpf.c).
+            obj.map("exec_scratch").set_max_entries(num_possible_cpus())
+            obj.map("exec_events").set_max_entries(_pow2_at_least(int(opts.get("ring_buffer_kb", 4096))) * 1024)
+            obj.load()
+            obj.attach_all()
+            self.ctx.add_ring_buffer(obj.map("exec_events"), self.decoder.decode_batch)
+        except BaseException:
+            self.stop()
+            raise
+        self.state = "running"
+
+    def stop(self) -> None:
+        obj, self.obj = self.obj, None
+        if obj is not None:
+            try:
+                obj.close()
+            except Exception:  # noqa: BLE001 - stop() must not raise
+                self.ctx.log.exception("closing the exec sensor's BPF object")
+        self.state = "stopped"
+
+    def drops(self) -> dict[str, int]:
+        """Records the kernel could not submit: ring full, or no scratch slot for the CPU."""
+        obj = self.obj
+        if obj is None:
+            return {}
+        out = {}
+        try:
+            m = obj.map("exec_drops")
+            for idx, name in ((0, "ring_full"), (1, "no_scratch")):
+                raw = m.lookup(idx.to_bytes(4, "little")) or b""
+                out[name] = sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
+        except Exception:  # noqa: BLE001 - status must not raise
+            pass
+        return out
+
+    def status(self) -> Mapping[str, Any]:
+        return {"state": self.state, "records": dict(self.decoder.counters), "kernel_drops": self.drops()}
