@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Prepare the VM lane: QEMU, virtme-ng (own venv under .vm/) and two stock Debian kernels
+# (bookworm 6.1 and bookworm-backports 6.12), extracted -- never installed -- under .vm/kernels/.
+#
+# Why extract instead of installing: installing linux-image pulls udev/initramfs-tools and upgrades
+# systemd on the host. Why a private apt config: backports must not be added to the host's sources,
+# and the host's apt state must stay exactly as it was.
+#
+# Idempotent and cached: a second run finds everything in place and does nothing.
+# Versions are pinned in scripts/vm/kernels.lock (written on the first run); when a pinned version
+# has left the mirror, the newest one is taken instead and a warning says so.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VM="${SENSORIUM_VM_DIR:-$ROOT/.vm}"
+LOCK="$ROOT/scripts/vm/kernels.lock"
+APTDIR="$VM/apt"
+KDIR="$VM/kernels"
+VNG_VENV="$VM/vng-venv"
+VNG_VERSION_DEFAULT="1.42"
+MIRROR="${SENSORIUM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+log() { printf '[vm-prepare] %s\n' "$*" >&2; }
+
+# --- lock file: "<label> <package> <version>" lines, plus "virtme-ng <version>" -------------------
+lock_get() {  # lock_get LABEL -> "package version" or nothing
+    [[ -f "$LOCK" ]] || return 0
+    awk -v l="$1" '$1 == l { print $2, $3; exit }' "$LOCK"
+}
+lock_set() {  # lock_set LABEL PACKAGE VERSION
+    local tmp
+    tmp="$(mktemp)"
+    if [[ -f "$LOCK" ]]; then grep -v -E "^$1 " "$LOCK" > "$tmp" || true; fi
+    printf '%s %s %s\n' "$1" "$2" "$3" >> "$tmp"
+    if [[ ! -f "$LOCK" ]] || ! cmp -s <(sort "$tmp") <(sort "$LOCK"); then
+        { echo "# Pinned by scripts/vm/prepare.sh: label package version (edit to move; delete a line to take the newest)"
+          grep -v '^#' "$tmp" | sort; } > "$LOCK"
+        log "pinned $1 -> $2 $3 in ${LOCK#$ROOT/}"
+    fi
+    rm -f "$tmp"
+}
+
+# --- host packages ---------------------------------------------------------------------------
+need_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+[[ -x /sbin/depmod || -x /usr/sbin/depmod ]] || need_pkgs+=(kmod)
+[[ -x /bin/busybox || -x /usr/bin/busybox ]] && file -L "$(command -v busybox)" | grep -q 'statically linked' \
+    || need_pkgs+=(busybox-static)
+command -v file >/dev/null || need_pkgs+=(file)
+command -v strings >/dev/null || need_pkgs+=(binutils)
+if ((${#need_pkgs[@]})); then
+    log "installing host packages: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# --- virtme-ng in its own venv (not the project's .venv: it is a tool, not a dependency) ----------
+vng_version="$(awk '$1 == "virtme-ng" { print $2; exit }' "$LOCK" 2>/dev/null || true)"
+vng_version="${vng_version:-$VNG_VERSION_DEFAULT}"
+if [[ ! -x "$VNG_VENV/bin/vng" ]] || [[ "$(cat "$VNG_VENV/.version" 2>/dev/null)" != "$vng_version" ]]; then
+    log "installing virtme-ng $vng_version into ${VNG_VENV#$ROOT/}"
+    rm -rf "$VNG_VENV"
+    python3 -m venv "$VNG_VENV"
+    if ! "$VNG_VENV/bin/pip" install -q "virtme-ng==$vng_version"; then
+        log "virtme-ng $vng_version unavailable; taking the newest"
+        "$VNG_VENV/bin/pip" install -q virtme-ng
+        vng_version="$("$VNG_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("virtme-ng"))')"
+    fi
+    echo "$vng_version" > "$VNG_VENV/.version"
+fi
+if ! grep -q '^virtme-ng ' "$LOCK" 2>/dev/null || [[ "$(awk '$1=="virtme-ng"{print $2}' "$LOCK")" != "$vng_version" ]]; then
+    tmp="$(mktemp)"; { grep -v '^virtme-ng ' "$LOCK" 2>/dev/null || true; echo "virtme-ng $vng_version"; } > "$tmp"
+    mv "$tmp" "$LOCK"
+fi
+
+# --- kernels ----------------------------------------------------------------------------------
+# label -> (suite, regex of the unsigned image package name)
+declare -A SUITE=( [bookworm]=bookworm [backports]=bookworm-backports )
+declare -A PKG_RE=( [bookworm]='^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$'
+                    [backports]='^linux-image-6\.12\.[0-9]+\+(bpo|deb12)-amd64-unsigned$' )
+LABELS=(bookworm backports)
+
+kernel_ready() {  # kernel_ready LABEL PACKAGE VERSION
+    local link="$KDIR/$1"
+    [[ -L "$link" && -f "$link/.ready" ]] && [[ "$(cat "$link/.ready")" == "$2 $3" ]]
+}
+
+apt_ready=0
+private_apt() {
+    # A private apt: own sources, state, cache and (empty) dpkg status, so the host's apt is untouched.
+    mkdir -p "$APTDIR"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d}
+    : > "$APTDIR/status.empty"
+    cat > "$APTDIR/sources.list" <<SRC
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm-backports main
+SRC
+    APT_OPTS=(-o "Dir::Etc::SourceList=$APTDIR/sources.list" -o "Dir::Etc::SourceParts=$APTDIR/sources.list.d"
+              -o "Dir::Etc::Preferences=$APTDIR/preferences" -o "Dir::Etc::PreferencesParts=$APTDIR/preferences.d"
+              -o "Dir::State=$APTDIR" -o "Dir::State::Lists=$APTDIR/lists"
+              -o "Dir::State::status=$APTDIR/status.empty" -o "Dir::Cache=$APTDIR/cache"
+              -o "APT::Architecture=amd64" -o "APT::Architectures::=amd64" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+    if ((apt_ready == 0)); then
+        log "updating the private apt lists (bookworm, bookworm-backports)"
+        apt-get "${APT_OPTS[@]}" update -qq
+        apt_ready=1
+    fi
+}
+
+newest_in_suite() {  # newest_in_suite LABEL -> "package version"
+    local label="$1" suite="${SUITE[$1]}" best_pkg="" best_ver="" p v
+    while read -r p; do
+        [[ -n "$p" ]] || continue
+        # versions of $p available from the suite
+        while read -r v; do
+            [[ -n "$v" ]] || continue
+            if [[ -z "$best_ver" ]] || dpkg --compare-versions "$v" gt "$best_ver"; then best_pkg="$p"; best_ver="$v"; fi
+        done < <(apt-cache "${APT_OPTS[@]}" madison "$p" | awk -F'|' -v s="$suite/main" '$3 ~ s" " || $3 ~ s"$" { gsub(/ /,"",$2); print $2 }')
+    done < <(apt-cache "${APT_OPTS[@]}" pkgnames linux-image- | grep -E "${PKG_RE[$label]}" | sort -u)
+    [[ -n "$best_pkg" ]] || { log "no package matching ${PKG_RE[$label]} in $suite"; exit 1; }
+    echo "$best_pkg $best_ver"
+}
+
+fetch_kernel() {  # fetch_kernel LABEL
+    local label="$1" pinned pkg ver deb rel dest
+    pinned="$(lock_get "$label")"
+    if [[ -n "$pinned" ]] && kernel_ready "$label" $pinned; then
+        log "kernel $label ($pinned) already extracted"
+        return 0
+    fi
+    private_apt
+    if [[ -n "$pinned" ]]; then
+        read -r pkg ver <<< "$pinned"
+        if ! apt-cache "${APT_OPTS[@]}" madison "$pkg" | awk -F'|' '{gsub(/ /,"",$2); print $2}' | grep -qxF "$ver"; then
+            log "WARNING: pinned $pkg $ver is gone from the mirror; taking the newest (update ${LOCK#$ROOT/})"
+            read -r pkg ver <<< "$(newest_in_suite "$label")"
+        fi
+    else
+        read -r pkg ver <<< "$(newest_in_suite "$label")"
+    fi
+    mkdir -p "$VM/debs" "$KDIR"
+    deb="$(ls "$VM/debs/${pkg}_${ver//:/%3a}_"*.deb 2>/dev/null | head -1 || true)"
+    if [[ -z "$deb" ]]; then
+        log "downloading $pkg $ver"
+        (cd "$VM/debs" && apt-get "${APT_OPTS[@]}" download -qq "$pkg=$ver")
+        deb="$(ls "$VM/debs/${pkg}_"*.deb | head -1)"
+    fi
+    rel="${pkg#linux-image-}"; rel="${rel%-unsigned}"
+    dest="$KDIR/$rel"
+    log "extracting $(basename "$deb") into ${dest#$ROOT/}"
+    rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
+    dpkg -x "$deb" "$dest.tmp"
+    # Debian bookworm ships /lib/modules, newer packages /usr/lib/modules: vng looks for <root>/lib/modules.
+    if [[ ! -d "$dest.tmp/lib/modules" && -d "$dest.tmp/usr/lib/modules" ]]; then
+        mkdir -p "$dest.tmp/lib"; mv "$dest.tmp/usr/lib/modules" "$dest.tmp/lib/modules"
+    fi
+    depmod -b "$dest.tmp" "$rel"
+    [[ -f "$dest.tmp/boot/vmlinuz-$rel" ]] || { log "no boot/vmlinuz-$rel in $deb"; return 1; }
+    echo "$pkg $ver" > "$dest.tmp/.ready"
+    rm -rf "$dest"; mv "$dest.tmp" "$dest"
+    ln -sfn "$rel" "$KDIR/$label"
+    rm -f "$deb"   # the extracted tree is the cache; the .deb is 60-100 MB we do not need twice
+    lock_set "$label" "$pkg" "$ver"
+}
+
+for label in "${LABELS[@]}"; do fetch_kernel "$label"; done
+log "ready: $(for l in "${LABELS[@]}"; do printf '%s=%s ' "$l" "$(readlink "$KDIR/$l")"; done)"
