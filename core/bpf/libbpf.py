@@ -183,6 +183,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "btf__name_by_offset": (_S, [_P, _U32]),
     "bpf_prog_load": (_I, [_I, _S, _S, _P, _SZ, _P]),
     "bpf_map_create": (_I, [_I, _S, _U32, _U32, _U32, _P]),
+    "bpf_link_create": (_I, [_I, _I, _I, _P]),
+    "bpf_raw_tracepoint_open": (_I, [_S, _I]),
     "ring_buffer__new": (_P, [_I, _P, _P, _P]),
     "ring_buffer__add": (_I, [_P, _I, _P, _P]),
     "ring_buffer__consume": (_I, [_P]),

@@ -16,7 +16,7 @@ import os
 import platform
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["KernelCapabilities", "ProbeResult", "probe_kernel", "ensure_mounts", "PROGRAM_TYPES"]
 
@@ -76,3 +76,330 @@ def ensure_mounts() -> list[str]:
         _mount(fstype, target)
         done.append(target)
     return done
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """Whether one program type (or the ringbuf map) works here; ``error`` says why not."""
+
+    ok: bool
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class KernelCapabilities:
+    """What `probe_kernel` found. Mount points are None when the filesystem is not mounted."""
+
+    release: str
+    btf: bool
+    bpf_lsm: bool
+    tracefs: str | None
+    bpffs: str | None
+    securityfs: str | None
+    cgroup2: str | None
+    cgroup_v1: list[str]
+    """Mount points of the mounted cgroup v1 hierarchies (e.g. /sys/fs/cgroup/memory)."""
+    kprobes: bool
+    """Kernel kprobes exist: the kprobe PMU (/sys/bus/event_source/devices/kprobe) or tracefs kprobe_events."""
+    program_types: dict[str, ProbeResult]
+
+    BOOL_NAMES = ("btf", "bpf_lsm", "kprobes")
+    MOUNT_NAMES = ("tracefs", "bpffs", "securityfs", "cgroup2")
+
+    def has(self, name: str) -> bool:
+        """True if ``name`` (a `PROGRAM_TYPES` key, or btf/bpf_lsm/kprobes/tracefs/bpffs/securityfs/cgroup2)
+        is available. An unknown name is not available (False)."""
+        if name in self.program_types:
+            return self.program_types[name].ok
+        if name in self.BOOL_NAMES:
+            return bool(getattr(self, name))
+        if name in self.MOUNT_NAMES:
+            return getattr(self, name) is not None
+        return False
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every name `has` knows."""
+        return PROGRAM_TYPES + cls.BOOL_NAMES + cls.MOUNT_NAMES
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["program_types"] = {k: dataclasses.asdict(v) for k, v in self.program_types.items()}
+        return d
+
+
+# uapi numbers (stable ABI): enum bpf_prog_type, enum bpf_attach_type, enum bpf_map_type, BTF kinds
+_PROG_KPROBE, _PROG_TRACEPOINT, _PROG_RAW_TRACEPOINT, _PROG_CGROUP_SOCK_ADDR, _PROG_TRACING, _PROG_LSM = \
+    2, 5, 17, 18, 26, 29
+_ATTACH_CGROUP_INET4_CONNECT, _ATTACH_TRACE_RAW_TP, _ATTACH_TRACE_FENTRY, _ATTACH_TRACE_FEXIT = 10, 23, 24, 25
+_ATTACH_MODIFY_RETURN, _ATTACH_LSM_MAC, _ATTACH_TRACE_KPROBE_MULTI = 26, 27, 42
+_MAP_RINGBUF = 27
+_BTF_KIND_TYPEDEF, _BTF_KIND_FUNC = 8, 12
+
+# r0 = 0; exit
+_INSNS = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+
+
+class _ProgLoadOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("attempts", ctypes.c_int), ("expected_attach_type", ctypes.c_int),
+                ("prog_btf_fd", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_ifindex", ctypes.c_uint32), ("kern_version", ctypes.c_uint32),
+                ("attach_btf_id", ctypes.c_uint32), ("attach_prog_fd", ctypes.c_uint32),
+                ("attach_btf_obj_fd", ctypes.c_uint32), ("fd_array", ctypes.c_void_p),
+                ("func_info", ctypes.c_void_p), ("func_info_cnt", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("line_info", ctypes.c_void_p),
+                ("line_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32), ("log_buf", ctypes.c_void_p)]
+
+
+class _KprobeMulti(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint32), ("cnt", ctypes.c_uint32), ("syms", ctypes.c_void_p),
+                ("addrs", ctypes.c_void_p), ("cookies", ctypes.c_void_p)]
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("iter_info", ctypes.c_void_p),
+                ("iter_info_len", ctypes.c_uint32), ("target_btf_id", ctypes.c_uint32),
+                ("kprobe_multi", _KprobeMulti)]
+
+
+def _err(e: int) -> str:
+    e = abs(e)
+    name = _errno.errorcode.get(e, f"errno {e}")
+    return f"{name} ({os.strerror(e)})"
+
+
+def _load(prog_type: int, name: str, attach_type: int = 0, btf_id: int = 0) -> tuple[int, str | None]:
+    """bpf_prog_load of ``r0 = 0; exit``: (fd, None) or (-1, reason with the verifier's last words)."""
+    from sensorium.bpf.libbpf import lib
+    L = lib()
+    log_buf = ctypes.create_string_buffer(16384)
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type,
+                         attach_btf_id=btf_id, log_size=len(log_buf),
+                         log_buf=ctypes.cast(log_buf, ctypes.c_void_p))
+    insns = ctypes.create_string_buffer(_INSNS, len(_INSNS))
+    fd = L.bpf_prog_load(prog_type, name.encode(), b"GPL", insns, len(_INSNS) // 8, ctypes.byref(opts))
+    if fd >= 0:
+        return fd, None
+    reason = _err(fd)
+    last = [ln for ln in log_buf.value.decode(errors="replace").splitlines() if ln.strip()]
+    if last:
+        reason += f": {last[-1].strip()}"
+    return -1, reason
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+class _Btf:
+    """The vmlinux BTF through libbpf, for attach_btf_id lookups."""
+
+    def __init__(self) -> None:
+        from sensorium.bpf.libbpf import lib
+        self.L = lib()
+        self.ptr = self.L.btf__load_vmlinux_btf()
+        self.error = None if self.ptr else _err(ctypes.get_errno() or _errno.ENOENT)
+
+    def find(self, name: str, kind: int) -> int:
+        if not self.ptr:
+            return -1
+        tid = self.L.btf__find_by_name_kind(self.ptr, name.encode(), kind)
+        return tid if tid > 0 else -1
+
+    def free(self) -> None:
+        if self.ptr:
+            self.L.btf__free(self.ptr)
+            self.ptr = None
+
+
+def _error_injection_list() -> list[str]:
+    for path in ("/sys/kernel/debug/error_injection/list",):
+        try:
+            with open(path) as f:
+                return [line.split()[0] for line in f if line.strip()]
+        except OSError:
+            pass
+    return []
+
+
+def _probe_btf_prog(btf: _Btf, prog_type: int, attach_type: int, candidates: list[tuple[str, int]],
+                    attach: Callable[[int], int]) -> ProbeResult:
+    """Load a BTF-attached program against the first candidate target that exists, then attach and detach
+    it once (a trampoline can be refused at attach time even when the load passes)."""
+    if not btf.ptr:
+        return ProbeResult(False, f"no vmlinux BTF: {btf.error}")
+    for target, kind in candidates:
+        tid = btf.find(target, kind)
+        if tid < 0:
+            continue
+        fd, reason = _load(prog_type, "sensorium_probe", attach_type, tid)
+        if fd < 0:
+            return ProbeResult(False, f"{reason} (target {target})")
+        try:
+            link = attach(fd)
+            if link < 0:
+                return ProbeResult(False, f"loads, but attach failed: {_err(link)} (target {target})")
+            os.close(link)
+            return ProbeResult(True)
+        finally:
+            _close(fd)
+    return ProbeResult(False, f"no attach target in vmlinux BTF (tried {', '.join(t for t, _ in candidates)})")
+
+
+def _link_create(attach_type: int) -> Callable[[int], int]:
+    from sensorium.bpf.libbpf import lib
+
+    def attach(fd: int) -> int:
+        opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts))
+        return lib().bpf_link_create(fd, 0, attach_type, ctypes.byref(opts))
+    return attach
+
+
+def _raw_tp_open(name: str | None) -> Callable[[int], int]:
+    from sensorium.bpf.libbpf import lib
+
+    def attach(fd: int) -> int:
+        return lib().bpf_raw_tracepoint_open(name.encode() if name else None, fd)
+    return attach
+
+
+def _kprobe_multi_attach(fd: int) -> int:
+    from sensorium.bpf.libbpf import lib
+    syms = (ctypes.c_char_p * 1)(b"do_unlinkat")
+    opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts))
+    opts.kprobe_multi.cnt = 1
+    opts.kprobe_multi.syms = ctypes.cast(syms, ctypes.c_void_p)
+    return lib().bpf_link_create(fd, 0, _ATTACH_TRACE_KPROBE_MULTI, ctypes.byref(opts))
+
+
+def _probe_plain(prog_type: int, attach_type: int = 0, needs: tuple[bool, str] | None = None) -> ProbeResult:
+    fd, reason = _load(prog_type, "sensorium_probe", attach_type)
+    if fd < 0:
+        return ProbeResult(False, reason)
+    _close(fd)
+    if needs is not None and not needs[0]:
+        return ProbeResult(False, f"loads, but {needs[1]}")
+    return ProbeResult(True)
+
+
+def _probe_ringbuf() -> ProbeResult:
+    from sensorium.bpf.libbpf import lib
+    fd = lib().bpf_map_create(_MAP_RINGBUF, b"sensorium_probe", 0, 0, max(os.sysconf("SC_PAGE_SIZE"), 4096), None)
+    if fd < 0:
+        return ProbeResult(False, _err(fd))
+    os.close(fd)
+    return ProbeResult(True)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _bpf_lsm_active() -> bool:
+    lsm = _read(os.path.join(_mount_point("securityfs", (SECURITYFS,)) or SECURITYFS, "lsm"))
+    if lsm is None:  # securityfs not mounted: the boot command line is the next best witness
+        for arg in (_read("/proc/cmdline") or "").split():
+            if arg.startswith("lsm="):
+                lsm = arg[4:]
+    return lsm is not None and "bpf" in lsm.strip().split(",")
+
+
+def _probe() -> KernelCapabilities:
+    from sensorium.bpf.libbpf import LibbpfError, lib
+
+    mounts = _mounts()
+    tracefs = _mount_point("tracefs", (TRACEFS, DEBUG_TRACEFS))
+    kprobes = os.path.isdir("/sys/bus/event_source/devices/kprobe") or bool(
+        tracefs and os.path.exists(os.path.join(tracefs, "kprobe_events")))
+    uprobes = os.path.isdir("/sys/bus/event_source/devices/uprobe") or bool(
+        tracefs and os.path.exists(os.path.join(tracefs, "uprobe_events")))
+    caps = KernelCapabilities(
+        release=platform.release(),
+        btf=os.path.exists("/sys/kernel/btf/vmlinux"),
+        bpf_lsm=_bpf_lsm_active(),
+        tracefs=tracefs,
+        bpffs=_mount_point("bpf", (BPFFS,)),
+        securityfs=_mount_point("securityfs", (SECURITYFS,)),
+        cgroup2=_mount_point("cgroup2", ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")),
+        cgroup_v1=sorted(mp for _, mp, t in mounts if t == "cgroup"),
+        kprobes=kprobes,
+        program_types={},
+    )
+    try:
+        lib()
+    except LibbpfError as e:
+        caps.program_types = {k: ProbeResult(False, str(e)) for k in PROGRAM_TYPES}
+        return caps
+
+    pt: dict[str, ProbeResult] = {}
+    pt["tracepoint"] = _probe_plain(_PROG_TRACEPOINT, needs=(tracefs is not None, "tracefs is not mounted"))
+    raw = _load(_PROG_RAW_TRACEPOINT, "sensorium_probe")
+    if raw[0] < 0:
+        pt["raw_tp"] = ProbeResult(False, raw[1])
+    else:
+        link = _raw_tp_open("sys_enter")(raw[0])
+        _close(raw[0])
+        pt["raw_tp"] = ProbeResult(True) if link >= 0 else ProbeResult(False, f"loads, but attach failed: {_err(link)}")
+        _close(link)
+    pt["kprobe"] = _probe_plain(_PROG_KPROBE, needs=(kprobes, "the kernel has no kprobes "
+                                                     "(no kprobe PMU, no kprobe_events in tracefs)"))
+    km_fd, km_reason = _load(_PROG_KPROBE, "sensorium_probe", _ATTACH_TRACE_KPROBE_MULTI)
+    if km_fd < 0:
+        pt["kprobe_multi"] = ProbeResult(False, km_reason)
+    else:
+        link = _kprobe_multi_attach(km_fd)
+        _close(km_fd)
+        pt["kprobe_multi"] = ProbeResult(True) if link >= 0 else ProbeResult(
+            False, f"loads, but attach failed: {_err(link)}")
+        _close(link)
+
+    btf = _Btf()
+    try:
+        pt["tp_btf"] = _probe_btf_prog(btf, _PROG_TRACING, _ATTACH_TRACE_RAW_TP,
+                                       [("btf_trace_sched_process_exec", _BTF_KIND_TYPEDEF),
+                                        ("btf_trace_sys_enter", _BTF_KIND_TYPEDEF)], _raw_tp_open(None))
+        funcs = [("security_file_open", _BTF_KIND_FUNC), ("do_unlinkat", _BTF_KIND_FUNC),
+                 ("vfs_read", _BTF_KIND_FUNC)]
+        pt["fentry"] = _probe_btf_prog(btf, _PROG_TRACING, _ATTACH_TRACE_FENTRY, funcs,
+                                       _link_create(_ATTACH_TRACE_FENTRY))
+        pt["fexit"] = _probe_btf_prog(btf, _PROG_TRACING, _ATTACH_TRACE_FEXIT, funcs,
+                                      _link_create(_ATTACH_TRACE_FEXIT))
+        # fmod_ret needs a function on the error-injection list, or a security_* hook.
+        inj = [(f, _BTF_KIND_FUNC) for f in _error_injection_list()[:5]]
+        pt["fmod_ret"] = _probe_btf_prog(btf, _PROG_TRACING, _ATTACH_MODIFY_RETURN,
+                                         [("security_file_open", _BTF_KIND_FUNC), *inj,
+                                          ("should_failslab", _BTF_KIND_FUNC), ("should_fail_bio", _BTF_KIND_FUNC)],
+                                         _link_create(_ATTACH_MODIFY_RETURN))
+        lsm = _probe_btf_prog(btf, _PROG_LSM, _ATTACH_LSM_MAC, [("bpf_lsm_file_open", _BTF_KIND_FUNC)],
+                              _link_create(_ATTACH_LSM_MAC))
+        if lsm.ok and not caps.bpf_lsm:
+            lsm = ProbeResult(False, "loads and attaches, but the BPF LSM is not active (boot with lsm=...,bpf)")
+        pt["lsm"] = lsm
+    finally:
+        btf.free()
+    pt["uprobe"] = _probe_plain(_PROG_KPROBE, needs=(uprobes, "the kernel has no uprobes (no uprobe PMU)"))
+    pt["cgroup_sock_addr"] = _probe_plain(_PROG_CGROUP_SOCK_ADDR, _ATTACH_CGROUP_INET4_CONNECT,
+                                          needs=(caps.cgroup2 is not None, "no cgroup2 hierarchy is mounted"))
+    pt["ringbuf"] = _probe_ringbuf()
+    caps.program_types = {k: pt[k] for k in PROGRAM_TYPES}
+    return caps
+
+
+_cache: KernelCapabilities | None = None
+_cache_lock = threading.Lock()
+
+
+def probe_kernel(refresh: bool = False) -> KernelCapabilities:
+    """Probe the running kernel (once per process unless ``refresh``). Needs root (CAP_BPF) for the
+    program loads; without it every program type reports the EPERM it got."""
+    global _cache
+    with _cache_lock:
+        if _cache is None or refresh:
+            _cache = _probe()
+        return _cache
