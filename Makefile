@@ -1,0 +1,53 @@
+# Sensorium: the two commands of the README are `make run` and `make test`.
+# Every target that needs the toolchain or the venv depends on `setup` (idempotent, quick when done).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PYTEST := $(VENV)/bin/python -m pytest
+# Extra pytest arguments, e.g. `make test-host PYTEST_ARGS='-k ringbuf -x'`
+PYTEST_ARGS ?=
+# Arguments of `sensorium run`, e.g. `make run ARGS='--config examples/agent.yaml'`
+ARGS ?=
+
+.PHONY: setup run test test-host test-vm vm-prepare bench clean distclean
+
+setup:
+	@bash scripts/setup.sh
+
+# The agent with its embedded defaults: the exec sensor, JSON lines on stdout.
+run: setup
+	$(VENV)/bin/sensorium run $(ARGS)
+
+# Host suite, then the VM lane (two stock kernels with every hook). Both run even when the first
+# fails, so one CI run reports everything; any failure (or a suite that ran nothing) fails the target.
+test: setup
+	@rc=0; \
+	$(MAKE) --no-print-directory test-host || rc=$$?; \
+	$(MAKE) --no-print-directory test-vm || rc=$$?; \
+	if [[ $$rc != 0 ]]; then echo "make test: FAILED (see above)" >&2; fi; \
+	exit $$rc
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a silent success.
+test-host: setup
+	@rc=0; $(PYTEST) -ra $(PYTEST_ARGS) || rc=$$?; \
+	if [[ $$rc == 5 ]]; then echo "test-host: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+test-vm: setup
+	bash scripts/vm/lane.sh $(PYTEST_ARGS)
+
+vm-prepare:
+	bash scripts/vm/prepare.sh
+
+bench: setup
+	@shopt -s nullglob; ran=0; \
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(VENV)/bin/python "$$b"; ran=1; done; \
+	if [[ $$ran == 0 ]]; then echo "bench: no benchmarks/bench_*.py found" >&2; exit 1; fi
+
+# Build products and caches of the repo; the venv and the VM lane's kernels stay (see distclean).
+clean:
+	rm -rf build dist .pytest_cache .cache .vm/runs .vm/cache
+	find . -path ./.venv -prune -o -path ./.vm -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf .venv .vm
