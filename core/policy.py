@@ -13,6 +13,7 @@ import dataclasses
 import re
 from typing import Annotated, Any, ClassVar, Mapping, Sequence
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -40,6 +41,7 @@ MAX_TAGS = 16                       # Tetragon: MaxItems=16
 MAX_TAG_LEN = 128
 MAX_NAME_LEN = 253                  # DNS-1123 subdomain (metadata.name)
 MAX_SYMBOLS_PER_UPROBE = 64
+MAX_YAML_DEPTH = 32                 # nesting of YAML collections (a policy needs about 8)
 MAX_POLICIES = 256                  # loaded at once; policy ids are 0..MAX_POLICIES-1
 
 API_VERSIONS = ("sensorium.io/v1alpha1", "cilium.io/v1alpha1")
@@ -735,6 +737,32 @@ def _parse_options(value: Any, doc: Located) -> str:
     return mode
 
 
+_OPEN_TOKENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+                yaml.FlowSequenceStartToken)
+_CLOSE_TOKENS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def _refuse_aliases(text: str, file: str | None) -> None:
+    # An alias makes the document a graph: expanding one node many times ("billion laughs") would let
+    # a few hundred bytes cost minutes of CPU in the agent. Policies have no need for them.
+    # Deep nesting costs PyYAML's recursive composer seconds before it fails: bound it on the tokens.
+    depth = 0
+    try:
+        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(tok, (yaml.AliasToken, yaml.AnchorToken)):
+                raise PolicyError("YAML anchors and aliases (&x / *x) are not allowed in policies",
+                                  file=file, line=tok.start_mark.line + 1)
+            if isinstance(tok, _OPEN_TOKENS):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise PolicyError(f"YAML nested deeper than {MAX_YAML_DEPTH} levels", file=file,
+                                      line=tok.start_mark.line + 1)
+            elif isinstance(tok, _CLOSE_TOKENS):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # load_documents reports malformed YAML with its line
+
+
 def parse_policies(text: str | bytes, file: str | None, registry: Any, *, scoping_supported: bool = False) -> list[Policy]:
     """Every policy in a (multi-document) YAML text, validated against the sections ``registry`` serves.
 
@@ -751,6 +779,7 @@ def parse_policies(text: str | bytes, file: str | None, registry: Any, *, scopin
         raise PolicyError(f"policy is {len(text.encode())} bytes; the limit is {MAX_POLICY_BYTES}", file=file)
     if "\x00" in text:
         raise PolicyError("policy contains a NUL byte", file=file)
+    _refuse_aliases(text, file)
     try:
         docs = list(load_documents(text, file))
     except RecursionError:

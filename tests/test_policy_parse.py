@@ -1,0 +1,268 @@
+"""TracingPolicy parsing: Tetragon's names accepted, anything unsupported refused by name with file:line."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+import pytest
+
+from policy_sensors import default_registry, registry_with
+from sensorium import policy as P
+from sensorium.policy import (
+    KProbeSpec, MatchAction, PolicyError, TracepointSpec, UProbeSpec, parse_policies, parse_policy,
+)
+from sensorium.yamlsrc import SourceError
+
+OPENAT = """\
+apiVersion: sensorium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: watch-shadow
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_openat
+    args:
+    - index: 1
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: Equal
+        values:
+        - /etc/shadow
+      matchBinaries:
+      - operator: In
+        values: [/usr/bin/cat]
+        followChildren: true
+      matchActions:
+      - action: Post
+        rateLimit: 1m
+        rateLimitScope: process
+"""
+
+
+@pytest.fixture
+def reg():
+    return default_registry()[0]
+
+
+def refused(text: str, reg, file: str = "p.yaml") -> PolicyError:
+    with pytest.raises(SourceError) as ei:
+        parse_policies(text, file, reg)
+    return ei.value  # type: ignore[return-value]
+
+
+def test_valid_policy_is_split_by_section_into_validated_models(reg):
+    p = parse_policy(OPENAT, "p.yaml", reg)
+    assert (p.name, p.kind, p.mode, p.namespace) == ("watch-shadow", "TracingPolicy", "enforcement", None)
+    [sec] = p.sections
+    assert (sec.key, sec.sensor) == ("tracepoints", "tracepoint")
+    [tp] = sec.items
+    assert isinstance(tp, TracepointSpec)
+    assert (tp.subsystem, tp.event, tp.args[0].type) == ("syscalls", "sys_enter_openat", "string")
+    sel = tp.selectors[0]
+    assert sel.matchArgs[0].values == ["/etc/shadow"] and sel.matchBinaries[0].followChildren
+    assert sel.matchActions[0].rate_limit_ns == 60 * 10**9
+    view = p.view(sec, 7)
+    assert (view.id, view.name, view.section, view.items, view.mode) == (7, "watch-shadow", "tracepoints", (tp,), "enforcement")
+    assert p.hook_line("tracepoints", 0) == 7
+
+
+def test_cilium_api_version_is_accepted_unchanged(reg):
+    p = parse_policy(OPENAT.replace("sensorium.io/v1alpha1", "cilium.io/v1alpha1"), "p.yaml", reg)
+    assert p.api_version == "cilium.io/v1alpha1"
+
+
+def test_unknown_api_version_and_kind_are_refused(reg):
+    e = refused(OPENAT.replace("sensorium.io/v1alpha1", "example.com/v9"), reg)
+    assert e.line == 1 and "apiVersion 'example.com/v9' is not supported" in str(e)
+    e = refused(OPENAT.replace("kind: TracingPolicy", "kind: NetworkPolicy"), reg)
+    assert e.line == 2 and "kind 'NetworkPolicy'" in str(e)
+
+
+def test_unknown_hook_section_names_the_sensor_that_would_serve_it(reg):
+    text = OPENAT.replace("  tracepoints:", "  kprobes:\n  - call: sys_openat\n  tracepoints:")
+    e = refused(text, reg)
+    assert str(e).startswith("p.yaml:6: spec.kprobes: unknown policy section 'kprobes'")
+    assert "the 'kprobe' sensor would serve it, but it is not installed" in str(e)
+    e = refused(OPENAT.replace("  tracepoints:", "  usdts: []\n  tracepoints:"), reg)
+    assert "no Sensorium sensor implements 'usdts'" in str(e)
+    e = refused(OPENAT.replace("  tracepoints:", "  bogus: []\n  tracepoints:"), reg)
+    assert "unknown policy section 'bogus'" in str(e) and "sections served here: lsmhooks, tracepoints" in str(e)
+
+
+def test_unsupported_tetragon_operator_is_refused_by_name_with_what_is_supported(reg):
+    e = refused(OPENAT.replace("operator: Equal", "operator: InMap"), reg)
+    assert e.line == 15 and e.path == "spec.tracepoints[0].selectors[0].matchArgs[0].operator"
+    assert "matchArgs operator 'InMap' is not supported by Sensorium (supported: Equal, NotEqual," in e.reason
+
+
+def test_unknown_operator_is_refused(reg):
+    e = refused(OPENAT.replace("operator: Equal", "operator: Equals"), reg)
+    assert "unknown matchArgs operator 'Equals'" in str(e)
+
+
+def test_unsupported_action_is_refused_by_name(reg):
+    e = refused(OPENAT.replace("action: Post", "action: FollowFD").replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
+    assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override)" in str(e)
+
+
+def test_too_many_values_gives_the_limit_and_line(reg):
+    many = "\n".join(f"        - /etc/f{i}" for i in range(P.MAX_VALUES_PER_OPERATOR + 1))
+    e = refused(OPENAT.replace("        - /etc/shadow", many), reg)
+    assert e.path == "spec.tracepoints[0].selectors[0].matchArgs[0].values" and e.line == 16
+    assert f"{P.MAX_VALUES_PER_OPERATOR + 1} values; the limit is {P.MAX_VALUES_PER_OPERATOR}" in e.reason
+
+
+def test_too_many_selectors_gives_the_limit(reg):
+    sel = "    - matchBinaries:\n      - operator: In\n        values: [/bin/x]\n"
+    text = OPENAT.split("    selectors:\n")[0] + "    selectors:\n" + sel * (P.MAX_SELECTORS_PER_HOOK + 1)
+    e = refused(text, reg)
+    assert f"the limit is {P.MAX_SELECTORS_PER_HOOK}" in str(e) and e.path == "spec.tracepoints[0].selectors"
+
+
+def test_overlong_string_value_gives_the_limit(reg):
+    e = refused(OPENAT.replace("/etc/shadow", "/" + "a" * P.MAX_STRING_VALUE_LEN), reg)
+    assert f"the limit is {P.MAX_STRING_VALUE_LEN} bytes" in str(e) and e.line == 17
+
+
+def test_malformed_yaml_names_the_line(reg):
+    e = refused(OPENAT.replace("    event: sys_enter_openat", "    event: [sys_enter_openat"), reg)
+    assert e.file == "p.yaml" and e.line is not None and "malformed YAML" in str(e)
+    assert 8 <= e.line <= 10
+
+
+def test_unknown_field_is_refused_with_line_and_path(reg):
+    e = refused(OPENAT.replace("    event: sys_enter_openat", "    event: sys_enter_openat\n    colour: red"), reg)
+    assert str(e) == "p.yaml:9: spec.tracepoints[0].colour: unknown field (not part of this section's schema)"
+
+
+def test_known_tetragon_field_we_do_not_implement_is_refused_not_ignored(reg):
+    text = OPENAT.replace("      matchBinaries:", "      matchCapabilityChanges:\n      - operator: In\n        values: [CAP_SYS_ADMIN]\n      matchBinaries:")
+    e = refused(text, reg)
+    assert e.path == "spec.tracepoints[0].selectors[0].matchCapabilityChanges"
+    assert "not supported by Sensorium: matchCapabilityChanges is not implemented" in e.reason
+
+
+def test_every_problem_is_reported_at_once(reg):
+    text = OPENAT.replace("operator: Equal", "operator: InMap").replace("type: string", "type: bpf_map")
+    e = refused(text, reg)
+    assert len(e.problems) == 2
+    assert {p.path for p in e.problems} == {"spec.tracepoints[0].args[0].type",
+                                            "spec.tracepoints[0].selectors[0].matchArgs[0].operator"}
+
+
+@pytest.mark.parametrize("name", ["Upper", "has_underscore", "-dash", "a" * 254, ""])
+def test_policy_name_must_be_dns1123(reg, name):
+    e = refused(OPENAT.replace("name: watch-shadow", f"name: '{name}'"), reg)
+    assert e.path in ("metadata.name", "metadata") and e.line == 4
+
+
+def test_pod_and_container_selectors_are_refused_until_scoping_exists(reg):
+    text = OPENAT.replace("spec:\n", "spec:\n  podSelector:\n    matchLabels:\n      app: web\n")
+    e = refused(text, reg)
+    assert e.path == "spec.podSelector" and "not supported yet" in e.reason
+    p = parse_policy(text, "p.yaml", reg, scoping_supported=True)
+    assert p.pod_selector is not None and p.pod_selector.matchLabels == {"app": "web"}
+
+
+def test_namespaced_policy_needs_a_namespace_and_is_refused_until_scoping_exists(reg):
+    text = OPENAT.replace("kind: TracingPolicy", "kind: TracingPolicyNamespaced")
+    assert "needs metadata.namespace" in str(refused(text, reg))
+    text = text.replace("  name: watch-shadow", "  name: watch-shadow\n  namespace: prod")
+    assert "TracingPolicyNamespaced is not supported yet" in str(refused(text, reg))
+    assert parse_policy(text, "p.yaml", reg, scoping_supported=True).namespace == "prod"
+
+
+def test_policy_mode_option(reg):
+    text = OPENAT.replace("spec:\n", "spec:\n  options:\n  - name: policy-mode\n    value: monitor\n")
+    assert parse_policy(text, "p.yaml", reg).mode == "monitoring"
+    e = refused(text.replace("policy-mode", "disable-kprobe-multi"), reg)
+    assert "option 'disable-kprobe-multi' is not supported" in str(e) and e.line == 7
+
+
+def test_unsupported_spec_keys_say_why(reg):
+    e = refused(OPENAT.replace("spec:\n", "spec:\n  lists:\n  - name: x\n    values: [a]\n"), reg)
+    assert e.path == "spec.lists" and "named lists" in e.reason
+
+
+def test_multi_document_file_and_duplicate_names(reg):
+    two = OPENAT + "---\n" + OPENAT.replace("watch-shadow", "watch-shadow-2")
+    assert [p.name for p in parse_policies(two, "p.yaml", reg)] == ["watch-shadow", "watch-shadow-2"]
+    e = refused(OPENAT + "---\n" + OPENAT, reg)
+    assert "appears twice in this file (first at line 1)" in str(e) and e.line == 30
+    with pytest.raises(PolicyError, match="expected one policy document, found 2"):
+        parse_policy(two, "p.yaml", reg)
+
+
+def test_policy_without_hooks_is_refused(reg):
+    e = refused(OPENAT.split("  tracepoints:")[0] + "  tracepoints: []\n", reg)
+    assert "the policy has no hooks" in str(e)
+
+
+def test_action_fields_must_fit_the_action(reg):
+    with pytest.raises(ValueError, match="the Signal action needs argSig"):
+        MatchAction(action="Signal")
+    with pytest.raises(ValueError, match="argError applies only to the Override action"):
+        MatchAction(action="Sigkill", argError=-1)
+    with pytest.raises(ValueError, match="rateLimit 'soon'"):
+        MatchAction(action="Post", rateLimit="soon")
+    assert MatchAction(action="Override", argError=-1).blocking
+
+
+def test_return_selectors_need_return(reg):
+    with pytest.raises(ValueError, match="need 'return: true'"):
+        KProbeSpec.model_validate({"call": "x", "selectors": [{"matchReturnArgs": [{"index": 0, "operator": "Equal", "values": ["0"]}]}]})
+    k = KProbeSpec.model_validate({"call": "x", "return": True, "returnArg": {"index": 0, "type": "int"},
+                                   "selectors": [{"matchReturnArgs": [{"index": 0, "operator": "Equal", "values": [0]}]}]})
+    assert k.return_ and k.selectors[0].matchReturnArgs[0].values == ["0"]
+    assert k.model_dump(by_alias=True, exclude_unset=True)["return"] is True
+
+
+def test_uprobe_needs_absolute_path_and_a_target():
+    with pytest.raises(ValueError, match="must be absolute"):
+        UProbeSpec.model_validate({"path": "bash", "symbols": ["readline"]})
+    with pytest.raises(ValueError, match="at least one of 'symbols' and 'offsets'"):
+        UProbeSpec.model_validate({"path": "/bin/bash"})
+
+
+# ---- hostile input ------------------------------------------------------------------------------
+
+
+def test_yaml_alias_bomb_is_refused_quickly(reg):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    t0 = time.monotonic()
+    e = refused(bomb, reg)
+    assert "aliases" in str(e) and time.monotonic() - t0 < 2
+
+
+def test_oversized_nul_and_deeply_nested_input_are_refused(reg):
+    assert "the limit is" in str(refused("#" * (P.MAX_POLICY_BYTES + 1), reg))
+    assert "NUL" in str(refused(OPENAT + "\x00", reg))
+    deep = "spec: " + "[" * 5000 + "]" * 5000 + "\n"
+    e = refused(deep, reg)  # must be an error, not a crash
+    assert isinstance(e, SourceError)
+
+
+def test_non_utf8_bytes_are_refused(reg):
+    assert "not UTF-8" in str(refused(b"\xff\xfe" + OPENAT.encode(), reg))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("doc", ["", "just a string", "- a list", "apiVersion: sensorium.io/v1alpha1\n", "spec: 3\n"])
+def test_odd_documents_give_errors_not_crashes(reg, doc):
+    assert isinstance(refused(doc, reg), SourceError)
+
+
+def test_a_section_can_come_from_a_third_party_sensor():
+    from pydantic import BaseModel, ConfigDict
+
+    class Knock(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        port: int
+
+    reg, _ = registry_with(("knock", "knocks", Knock))
+    p = parse_policy(OPENAT.split("  tracepoints:")[0] + "  knocks:\n  - port: 22\n", "p.yaml", reg)
+    assert p.sections[0].sensor == "knock" and p.sections[0].items[0].port == 22
