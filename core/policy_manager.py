@@ -1,0 +1,389 @@
+"""Live policy management: add, delete, enable, disable and switch mode, each policy loaded whole or not at all.
+
+`PolicyManager` splits a validated `Policy` by section, asks every sensor involved to check its section
+before anything is loaded, then loads section by section; when any section fails, the sections already
+loaded are unloaded again and the error names the hook and the reason. Policies never share kernel
+state, so adding or deleting one never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from sensorium.hookspecs import PolicyHandle, PolicyLoadError, PolicySensor, Sensor
+from sensorium.policy import MAX_POLICIES, MODES, Policy, PolicyError, Section, parse_policies
+from sensorium.yamlsrc import SourceError
+
+log = logging.getLogger("sensorium.policy")
+
+POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+class PolicyNotFound(KeyError):
+    """No loaded policy has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"no policy named {self.name!r} is loaded"
+
+
+@dataclasses.dataclass
+class _Loaded:
+    section: Section
+    handle: PolicyHandle
+
+
+@dataclasses.dataclass
+class PolicyState:
+    """One policy known to the manager (enabled or disabled)."""
+
+    policy: Policy
+    id: int
+    mode: str
+    state: str = "enabled"  # enabled | disabled
+    loaded: list[_Loaded] = dataclasses.field(default_factory=list)
+    added_at: float = dataclasses.field(default_factory=time.time)
+    error: str | None = None  # last failed enable / mode switch
+
+
+_FIELD_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _field_loc(field: str | None) -> tuple:
+    """``spec.kprobes[0].args[1].type`` -> ``("spec", "kprobes", 0, "args", 1, "type")``."""
+    if not field:
+        return ()
+    return tuple(int(i) if i else n for n, i in _FIELD_PART.findall(field))
+
+
+def _hook_label(section: Section, index: int) -> str:
+    item = section.items[index] if index < len(section.items) else None
+    what = item.describe() if item is not None and hasattr(item, "describe") else ""
+    return f"{section.key}[{index}]{' ' + what if what else ''}"
+
+
+class PolicyManager:
+    """The loaded policies of one agent.
+
+    ``sensors`` are the running sensors by name; a section owned by a sensor that is not running (or that
+    does not implement the policy side of the contract) is refused with the reason.
+    """
+
+    def __init__(self, registry: Any, sensors: Mapping[str, Sensor], *, scoping_supported: bool = False) -> None:
+        self.registry = registry
+        self.sensors = dict(sensors)
+        self.scoping_supported = scoping_supported
+        self._policies: dict[str, PolicyState] = {}
+        self._op_lock = threading.RLock()     # serializes add/delete/enable/disable/set_mode
+        self._state_lock = threading.Lock()   # guards _policies for readers (list/status) during long loads
+        self.directory_errors: list[dict[str, Any]] = []
+
+    # ---- parsing ----------------------------------------------------------------------------------
+
+    def parse(self, text: str | bytes, file: str | None = None) -> list[Policy]:
+        return parse_policies(text, file, self.registry, scoping_supported=self.scoping_supported)
+
+    # ---- add / delete -----------------------------------------------------------------------------
+
+    def add(self, text: str | bytes, file: str | None = None, mode: str | None = None) -> list[str]:
+        """Parse and load every policy in ``text``: all of them, or none (raises `SourceError`)."""
+        policies = self.parse(text, file)
+        with self._op_lock:
+            done: list[str] = []
+            try:
+                for p in policies:
+                    self.add_policy(p, mode=mode)
+                    done.append(p.name)
+            except BaseException:
+                for name in reversed(done):
+                    self.delete(name)
+                raise
+            return done
+
+    def add_policy(self, policy: Policy, mode: str | None = None) -> PolicyState:
+        mode = mode or policy.mode
+        if mode not in MODES:
+            raise PolicyError(f"mode {mode!r} is not one of {', '.join(MODES)}", file=policy.file)
+        with self._op_lock:
+            if policy.name in self._policies:
+                first = self._policies[policy.name].policy
+                where = f" (from {first.file})" if first.file else ""
+                raise PolicyError(f"a policy named {policy.name!r} is already loaded{where}; delete it first",
+                                  file=policy.file, line=self._line(policy, ("metadata", "name")), path="metadata.name")
+            pid = self._free_id()
+            if pid is None:
+                raise PolicyError(f"{MAX_POLICIES} policies are loaded; the limit is {MAX_POLICIES}", file=policy.file)
+            st = PolicyState(policy=policy, id=pid, mode=mode)
+            # Reserve the name and id before the (possibly slow) load so a concurrent reader sees "loading".
+            st.state = "loading"
+            with self._state_lock:
+                self._policies[policy.name] = st
+            try:
+                st.loaded = self._load(policy, pid, mode)
+            except BaseException:
+                with self._state_lock:
+                    del self._policies[policy.name]
+                raise
+            st.state = "enabled"
+            log.info("policy %s loaded (id %d, %s): %s", policy.name, pid, mode,
+                     ", ".join(f"{s.key}x{len(s.items)}" for s in policy.sections))
+            return st
+
+    def delete(self, name: str) -> None:
+        """Unload and forget ``name``; other policies are not touched."""
+        with self._op_lock:
+            st = self._get(name)
+            self._unload(st.loaded)
+            st.loaded = []
+            with self._state_lock:
+                del self._policies[name]
+            log.info("policy %s deleted", name)
+
+    def unload_all(self) -> None:
+        """Delete every policy (agent shutdown)."""
+        with self._op_lock:
+            for name in list(self._policies):
+                try:
+                    self.delete(name)
+                except Exception:  # noqa: BLE001 - shutdown continues
+                    log.exception("unloading policy %s", name)
+
+    # ---- enable / disable / mode ------------------------------------------------------------------
+
+    def disable(self, name: str) -> None:
+        """Unload the kernel side but keep the policy (and its id) so `enable` can bring it back."""
+        with self._op_lock:
+            st = self._get(name)
+            if st.state == "disabled":
+                return
+            self._unload(st.loaded)
+            st.loaded = []
+            st.state = "disabled"
+            log.info("policy %s disabled", name)
+
+    def enable(self, name: str) -> None:
+        with self._op_lock:
+            st = self._get(name)
+            if st.state == "enabled":
+                return
+            try:
+                st.loaded = self._load(st.policy, st.id, st.mode)
+            except SourceError as exc:
+                st.error = str(exc)
+                raise
+            st.state, st.error = "enabled", None
+            log.info("policy %s enabled", name)
+
+    def set_mode(self, name: str, mode: str) -> None:
+        """Switch enforcement/monitoring live (each sensor updates a map; nothing is reloaded)."""
+        if mode not in MODES:
+            raise PolicyError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        with self._op_lock:
+            st = self._get(name)
+            if st.mode == mode:
+                return
+            switched: list[_Loaded] = []
+            for ld in st.loaded:
+                try:
+                    ld.handle.set_mode(mode)
+                except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; revert and report
+                    for back in switched:
+                        try:
+                            back.handle.set_mode(st.mode)
+                        except Exception:  # noqa: BLE001
+                            log.exception("policy %s: reverting mode of section %s", name, back.section.key)
+                    reason = exc.reason if isinstance(exc, PolicyLoadError) else f"{type(exc).__name__}: {exc}"
+                    raise PolicyError(f"policy {name!r}: switching {ld.section.key} to {mode} failed: {reason}; "
+                                      f"the policy stays in {st.mode}") from None
+                switched.append(ld)
+            st.mode = mode
+            log.info("policy %s now in %s mode", name, mode)
+
+    # ---- directory --------------------------------------------------------------------------------
+
+    def load_directory(self, path: str | Path) -> list[dict[str, Any]]:
+        """Load every ``*.yaml``/``*.yml`` file of ``path`` (sorted by name).
+
+        A bad file is refused on its own (logged, and listed in `directory_errors` and the status); the
+        others still load. Returns the per-file results.
+        """
+        d = Path(path)
+        if not d.is_dir():
+            raise PolicyError(f"policies directory {str(d)!r} does not exist or is not a directory")
+        results: list[dict[str, Any]] = []
+        for f in sorted(d.iterdir()):
+            if f.suffix not in POLICY_FILE_SUFFIXES or not f.is_file():
+                continue
+            try:
+                text = f.read_bytes()
+                names = self.add(text, str(f))
+                results.append({"file": str(f), "ok": True, "policies": names})
+            except (SourceError, OSError) as exc:
+                msg = str(exc) if isinstance(exc, SourceError) else f"{f}: cannot read: {exc.strerror}"
+                log.error("policy file refused: %s", msg)
+                results.append({"file": str(f), "ok": False, "error": msg})
+        self.directory_errors = [r for r in results if not r["ok"]]
+        return results
+
+    def load_builtin_network(self) -> list[str]:
+        """Load the shipped network connection policy (``sensorium run --network``).
+
+        A sensor ships it as ``policies/network.yaml`` in its package; the first running sensor that
+        has one provides it.
+        """
+        import importlib.resources as resources
+
+        for name, sensor in sorted(self.sensors.items()):
+            pkg = type(sensor).__module__.rpartition(".")[0] or type(sensor).__module__
+            try:
+                res = resources.files(pkg).joinpath("policies", "network.yaml")
+                if res.is_file():
+                    return self.add(res.read_bytes(), f"<built-in network policy of sensor {name}>")
+            except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+                continue
+        raise PolicyError("the built-in network policy is not available: no running sensor ships "
+                          "policies/network.yaml (is the tracepoint sensor enabled?)")
+
+    # ---- views ------------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        with self._state_lock:
+            return list(self._policies)
+
+    def get(self, name: str) -> dict[str, Any]:
+        with self._state_lock:
+            st = self._policies.get(name)
+        if st is None:
+            raise PolicyNotFound(name)
+        return self._describe(st)
+
+    def list(self) -> list[dict[str, Any]]:
+        """JSON-able status of every policy: state, mode, hooks with their mechanism, counters."""
+        with self._state_lock:
+            states = sorted(self._policies.values(), key=lambda s: s.id)
+        return [self._describe(st) for st in states]
+
+    def _describe(self, st: PolicyState) -> dict[str, Any]:
+        p = st.policy
+        hooks: list[dict[str, Any]] = []
+        events = errors = mem = 0
+        for ld in list(st.loaded):
+            try:
+                s = dict(ld.handle.status())
+            except Exception as exc:  # noqa: BLE001 - status must not fail the listing
+                s = {"status_error": f"{type(exc).__name__}: {exc}"}
+            for h in s.get("hooks", []) or []:
+                hooks.append({"section": ld.section.key, "sensor": ld.section.sensor, **dict(h)})
+            events += int(s.get("events", 0) or 0)
+            errors += int(s.get("errors", 0) or 0)
+            mem += int(s.get("kernel_memory_bytes", 0) or 0)
+            if "status_error" in s:
+                hooks.append({"section": ld.section.key, "sensor": ld.section.sensor, "status_error": s["status_error"]})
+        if st.state != "enabled":
+            # Not loaded: still say what the policy would hook.
+            for sec in p.sections:
+                for i in range(len(sec.items)):
+                    hooks.append({"section": sec.key, "sensor": sec.sensor, "hook": _hook_label(sec, i),
+                                  "mechanism": None})
+        return {
+            "name": p.name,
+            "id": st.id,
+            "kind": p.kind,
+            "namespace": p.namespace,
+            "state": st.state,
+            "mode": st.mode,
+            "file": p.file,
+            "sections": {s.key: len(s.items) for s in p.sections},
+            "sensors": sorted({s.sensor for s in p.sections}),
+            "hooks": hooks,
+            "events": events,
+            "errors": errors,
+            "kernel_memory_bytes": mem,
+            "added_at": st.added_at,
+            "error": st.error,
+        }
+
+    # ---- internals --------------------------------------------------------------------------------
+
+    def _get(self, name: str) -> PolicyState:
+        with self._state_lock:
+            st = self._policies.get(name)
+        if st is None or st.state == "loading":
+            raise PolicyNotFound(name)
+        return st
+
+    def _free_id(self) -> int | None:
+        with self._state_lock:
+            used = {s.id for s in self._policies.values()}
+        return next((i for i in range(MAX_POLICIES) if i not in used), None)
+
+    @staticmethod
+    def _line(policy: Policy, loc: tuple) -> int | None:
+        return policy.source.line_of(loc) if policy.source is not None else None
+
+    def _refuse(self, policy: Policy, section: Section, exc: BaseException, doing: str) -> PolicyError:
+        """A sensor's refusal as a `PolicyError` naming file, line, field, hook and reason."""
+        if isinstance(exc, PolicyLoadError):
+            hook, reason, field = exc.hook, exc.reason, exc.field
+        else:
+            hook, reason, field = section.key, f"{type(exc).__name__}: {exc}", None
+        loc = _field_loc(field) if field else ("spec", section.key)
+        m = re.match(rf"{re.escape(section.key)}\[(\d+)\]", hook or "")
+        if not field and m:
+            loc = ("spec", section.key, int(m.group(1)))
+        return PolicyError(f"{doing} {hook}: {reason}", file=policy.file, line=self._line(policy, loc),
+                           path=field or ".".join(str(x) for x in loc[:2]) + (f"[{loc[2]}]" if len(loc) > 2 else ""))
+
+    def _sensor_for(self, policy: Policy, section: Section) -> PolicySensor:
+        sensor = self.sensors.get(section.sensor)
+        loc = ("spec", section.key)
+        if sensor is None:
+            rec = self.registry.record("sensor", section.sensor) if hasattr(self.registry, "record") else None
+            state = getattr(rec, "state", "not running")
+            why = f" ({rec.reason})" if getattr(rec, "reason", None) else ""
+            if state in ("loaded", "running"):
+                state = "not enabled in this agent's config"
+            raise PolicyError(f"the {section.sensor!r} sensor that serves {section.key!r} is {state}{why}",
+                              file=policy.file, line=self._line(policy, loc), path=f"spec.{section.key}")
+        if not isinstance(sensor, PolicySensor):
+            raise PolicyError(f"the {section.sensor!r} sensor declares {section.key!r} but cannot load policies "
+                              "(it has no check_policy/load_policy)", file=policy.file,
+                              line=self._line(policy, loc), path=f"spec.{section.key}")
+        return sensor
+
+    def _load(self, policy: Policy, pid: int, mode: str) -> list[_Loaded]:
+        work = [(sec, self._sensor_for(policy, sec)) for sec in policy.sections if sec.items]
+        # Check everything before loading anything: most refusals cost nothing to undo this way.
+        for sec, sensor in work:
+            try:
+                sensor.check_policy(policy.view(sec, pid, mode))
+            except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; contain it
+                raise self._refuse(policy, sec, exc, "refused") from None
+        loaded: list[_Loaded] = []
+        for sec, sensor in work:
+            try:
+                handle = sensor.load_policy(policy.view(sec, pid, mode))
+            except BaseException as exc:  # noqa: BLE001 - includes KeyboardInterrupt: never leave half a policy
+                self._unload(loaded)
+                if not isinstance(exc, Exception):
+                    raise
+                raise self._refuse(policy, sec, exc, "failed to load") from None
+            loaded.append(_Loaded(sec, handle))
+        return loaded
+
+    @staticmethod
+    def _unload(loaded: Sequence[_Loaded]) -> None:
+        for ld in reversed(loaded):
+            try:
+                ld.handle.unload()
+            except Exception:  # noqa: BLE001 - unload must not raise; if it does, the others still go
+                log.exception("unloading section %s", ld.section.key)

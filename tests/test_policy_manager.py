@@ -1,0 +1,170 @@
+"""PolicyManager: policies load whole or not at all, never disturb each other, switch mode live."""
+
+from __future__ import annotations
+
+import pytest
+
+from policy_sensors import default_registry
+from sensorium.policy import PolicyError
+from sensorium.policy_manager import PolicyManager, PolicyNotFound
+from sensorium.yamlsrc import SourceError
+
+
+def doc(name: str, *events: str, lsm: tuple[str, ...] = (), extra: str = "") -> str:
+    out = f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n{extra}"
+    if events:
+        out += "  tracepoints:\n" + "".join(f"  - subsystem: syscalls\n    event: {e}\n" for e in events)
+    if lsm:
+        out += "  lsmhooks:\n" + "".join(f"  - hook: {h}\n" for h in lsm)
+    return out
+
+
+@pytest.fixture
+def env():
+    reg, sensors = default_registry()
+    return PolicyManager(reg, sensors), sensors["tracepoint"], sensors["lsm"]
+
+
+def test_add_loads_every_section_and_lists_state_mode_and_mechanism(env):
+    pm, tp, lsm = env
+    assert pm.add(doc("p1", "sys_enter_openat", "sys_enter_read", lsm=("file_open",)), "p1.yaml") == ["p1"]
+    assert sorted(tp.attached) == [(0, "tracepoints", 0, "syscalls/sys_enter_openat"),
+                                   (0, "tracepoints", 1, "syscalls/sys_enter_read")]
+    assert list(lsm.attached) == [(0, "lsmhooks", 0, "file_open")]
+    [row] = pm.list()
+    assert (row["name"], row["id"], row["state"], row["mode"], row["file"]) == ("p1", 0, "enabled", "enforcement", "p1.yaml")
+    assert [(h["section"], h["hook"], h["mechanism"]) for h in row["hooks"]] == [
+        ("tracepoints", "syscalls/sys_enter_openat", "table"), ("tracepoints", "syscalls/sys_enter_read", "table"),
+        ("lsmhooks", "file_open", "table")]
+    assert row["kernel_memory_bytes"] == 3 * 4096
+
+
+def test_same_name_twice_is_refused_and_the_first_is_untouched(env):
+    pm, tp, _ = env
+    pm.add(doc("dup", "sys_enter_openat"), "a.yaml")
+    before = dict(tp.attached)
+    with pytest.raises(PolicyError) as ei:
+        pm.add(doc("dup", "sys_enter_read"), "b.yaml")
+    assert str(ei.value) == "b.yaml:4: metadata.name: a policy named 'dup' is already loaded (from a.yaml); delete it first"
+    assert tp.attached == before and [p["name"] for p in pm.list()] == ["dup"]
+
+
+def test_a_refusal_by_check_policy_loads_nothing_anywhere(env):
+    pm, tp, lsm = env
+    with pytest.raises(PolicyError) as ei:
+        pm.add(doc("p", "sys_enter_openat", lsm=("file_open", "refuse_me")), "p.yaml")
+    e = ei.value
+    assert (e.file, e.line, e.path) == ("p.yaml", 11, "spec.lsmhooks[1]")
+    assert "refused lsmhooks[1] refuse_me: no such hook on this kernel" in e.reason
+    assert tp.attached == {} and lsm.attached == {} and pm.list() == []
+
+
+def test_a_load_failure_unloads_the_sections_already_loaded(env):
+    pm, tp, lsm = env
+    with pytest.raises(PolicyError) as ei:
+        pm.add(doc("p", "sys_enter_openat", lsm=("file_open", "fail_attach")), "p.yaml")
+    assert "failed to load lsmhooks[1] fail_attach: attach failed: EINVAL" in str(ei.value)
+    assert ei.value.line == 11
+    assert tp.attached == {} and lsm.attached == {} and pm.list() == []
+    pm.add(doc("p", "sys_enter_openat"), "p.yaml")  # the name is free again
+    assert len(tp.attached) == 1
+
+
+def test_a_section_whose_sensor_is_not_running_is_refused(env):
+    pm, tp, lsm = env
+    pm.sensors.pop("lsm")
+    with pytest.raises(PolicyError) as ei:
+        pm.add(doc("p", "sys_enter_openat", lsm=("file_open",)), "p.yaml")
+    assert "the 'lsm' sensor that serves 'lsmhooks' is not enabled in this agent's config" in str(ei.value)
+    assert tp.attached == {}
+
+
+def test_delete_never_disturbs_other_policies_and_ids_are_reused(env):
+    pm, tp, _ = env
+    for n in ("a", "b", "c"):
+        pm.add(doc(n, f"sys_enter_{n}"), f"{n}.yaml")
+    assert [(p["name"], p["id"]) for p in pm.list()] == [("a", 0), ("b", 1), ("c", 2)]
+    pm.delete("b")
+    assert sorted(k[0] for k in tp.attached) == [0, 2]
+    pm.add(doc("d", "sys_enter_d"), "d.yaml")
+    assert [(p["name"], p["id"]) for p in pm.list()] == [("a", 0), ("d", 1), ("c", 2)]
+    with pytest.raises(PolicyNotFound, match="no policy named 'b' is loaded"):
+        pm.delete("b")
+
+
+def test_disable_unloads_and_enable_reloads_with_the_same_id(env):
+    pm, tp, _ = env
+    pm.add(doc("a", "sys_enter_a"), "a.yaml")
+    pm.add(doc("b", "sys_enter_b"), "b.yaml")
+    pm.disable("a")
+    assert [k[0] for k in tp.attached] == [1]
+    row = pm.get("a")
+    assert row["state"] == "disabled" and row["hooks"][0]["mechanism"] is None
+    pm.enable("a")
+    assert sorted(k[0] for k in tp.attached) == [0, 1] and pm.get("a")["state"] == "enabled"
+
+
+def test_set_mode_is_live_and_reverts_when_a_sensor_fails(env):
+    pm, tp, lsm = env
+    pm.add(doc("m", "sys_enter_openat", lsm=("file_open",)), "m.yaml")
+    pm.set_mode("m", "monitoring")
+    assert set(tp.attached.values()) == {"monitoring"} and set(lsm.attached.values()) == {"monitoring"}
+    assert pm.get("m")["mode"] == "monitoring"
+    lsm.fail_set_mode = True
+    with pytest.raises(PolicyError, match="switching lsmhooks to enforcement failed: mode map update failed; the policy stays in monitoring"):
+        pm.set_mode("m", "enforcement")
+    assert set(tp.attached.values()) == {"monitoring"} and pm.get("m")["mode"] == "monitoring"
+    with pytest.raises(PolicyError, match="not one of"):
+        pm.set_mode("m", "loud")
+
+
+def test_policy_mode_option_and_override(env):
+    pm, tp, _ = env
+    pm.add(doc("o", "sys_enter_openat", extra="  options:\n  - name: policy-mode\n    value: monitor\n"), "o.yaml")
+    assert pm.get("o")["mode"] == "monitoring" and set(tp.attached.values()) == {"monitoring"}
+    pm.add(doc("o2", "sys_enter_read"), "o2.yaml", mode="monitoring")
+    assert pm.get("o2")["mode"] == "monitoring"
+
+
+def test_a_multi_document_file_loads_whole_or_not_at_all(env):
+    pm, tp, _ = env
+    text = doc("one", "sys_enter_a") + "---\n" + doc("two", "sys_enter_b", lsm=("fail_here",))
+    with pytest.raises(PolicyError, match="fail_here"):
+        pm.add(text, "multi.yaml")
+    assert pm.list() == [] and tp.attached == {}
+    assert pm.add(doc("one", "sys_enter_a") + "---\n" + doc("two", "sys_enter_b"), "multi.yaml") == ["one", "two"]
+
+
+def test_load_directory_loads_good_files_and_reports_bad_ones(env, tmp_path):
+    pm, tp, _ = env
+    (tmp_path / "10-good.yaml").write_text(doc("good", "sys_enter_openat"))
+    (tmp_path / "20-bad.yaml").write_text(doc("bad", "sys_enter_openat").replace("subsystem", "subsytem"))
+    (tmp_path / "30-dup.yml").write_text(doc("good", "sys_enter_read"))
+    (tmp_path / "README.md").write_text("not a policy")
+    results = pm.load_directory(tmp_path)
+    assert [r["ok"] for r in results] == [True, False, False]
+    assert "20-bad.yaml:7: spec.tracepoints[0].subsystem: required field is missing; line 7: spec.tracepoints[0].subsytem: unknown field" in results[1]["error"]
+    assert "already loaded" in results[2]["error"]
+    assert [p["name"] for p in pm.list()] == ["good"] and len(pm.directory_errors) == 2
+    with pytest.raises(SourceError, match="does not exist"):
+        pm.load_directory(tmp_path / "nope")
+
+
+def test_unload_all_leaves_nothing(env):
+    pm, tp, lsm = env
+    pm.add(doc("a", "sys_enter_a", lsm=("file_open",)), "a.yaml")
+    pm.add(doc("b", "sys_enter_b"), "b.yaml")
+    pm.unload_all()
+    assert pm.list() == [] and tp.attached == {} and lsm.attached == {}
+
+
+def test_a_sensor_raising_anything_is_contained(env):
+    pm, tp, lsm = env
+
+    def boom(view):
+        raise RuntimeError("sensor bug")
+
+    lsm.load_policy = boom  # type: ignore[method-assign]
+    with pytest.raises(PolicyError, match="failed to load lsmhooks: RuntimeError: sensor bug"):
+        pm.add(doc("p", "sys_enter_openat", lsm=("file_open",)), "p.yaml")
+    assert tp.attached == {} and pm.list() == []
