@@ -1,0 +1,1312 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * sensorium/selectors.h: TracingPolicy hooks evaluated in the kernel.
+ *
+ * One compiled object serves one hook of a policy (a tracepoint, a raw tracepoint, or a syscall served
+ * by raw_tp sys_enter/sys_exit). Its whole configuration is the read-only global `sens_cfg` (set from
+ * user space before load by sensorium.selectors): which arguments to read and how, the selectors and
+ * their values. Because rodata is frozen, the verifier sees every count, operator and value as a
+ * constant and prunes what the policy does not use: a policy with one matchArgs costs one compare.
+ *
+ * Semantics (Tetragon's): selectors are OR-ed, the filters inside one selector AND-ed; the first
+ * matching selector decides the actions. An event no selector matches never reaches the ring buffer.
+ * The policy mode (enforcement/monitoring) lives in the writable map `sens_mode` so it can be switched
+ * live; in monitoring, Sigkill/Signal are not sent and the event says what would have been done.
+ *
+ * Path arguments flagged `resolve` are made absolute before matching (dirfd or cwd prepended, then "."
+ * and ".." collapsed, see sens_normalize): a relative path or ".." cannot slip past a rule written for
+ * an absolute path. Symbolic links are not followed at enter time; docs/selectors.md says more.
+ *
+ * Programs here: sens_tp (tracepoint), sens_raw (raw tracepoint), sens_sys_enter/sens_sys_exit
+ * (syscalls via raw_tp), and sens_fork/sens_exec/sens_exit (tp_btf; keep the per-process state for
+ * followChildren/followForks and the binary cache fresh). User space sets autoload for the ones it uses.
+ */
+#ifndef __SENSORIUM_SELECTORS_H
+#define __SENSORIUM_SELECTORS_H
+
+#include "sensorium/common.h"
+
+/* Limits: mirrored in sensorium.selectors (checked before load, with the limit in the message). */
+#define SENS_MAX_ARGS 6
+#define SENS_MAX_SELECTORS 5
+#define SENS_MAX_MATCH_ARGS 4
+#define SENS_MAX_VALUES 8
+#define SENS_MAX_STRINGS 32
+#define SENS_STR_MAX 256 /* bytes of a string value or captured string, NUL included */
+#define SENS_MAX_NS 4
+#define SENS_MAX_CAPS 2
+#define SENS_DATA_MAX 2048 /* argument bytes in one event record */
+#define SENS_PATH_DEPTH 32 /* components of an in-kernel path walk */
+
+/* Record type in sensorium_hdr.type */
+#define SENS_REC_HOOK 1
+
+/* Hook kinds */
+#define SENS_HOOK_TP 1
+#define SENS_HOOK_RAW_TP 2
+#define SENS_HOOK_SYSCALL 3
+
+/* Argument kinds */
+#define SENS_ARG_INT 1
+#define SENS_ARG_STR 2
+#define SENS_ARG_BUF 3
+
+/* Where the raw value of an argument is */
+#define SENS_FROM_CTX 1     /* tracepoint record at byte `offset` */
+#define SENS_FROM_RAW 2     /* raw tracepoint args[offset] */
+#define SENS_FROM_SYSCALL 3 /* syscall parameter number `offset` (pt_regs) */
+#define SENS_FROM_RETVAL 4  /* the syscall's return value */
+
+/* How the data is reached from the raw value */
+#define SENS_DEREF_NONE 0        /* the value itself (integers) */
+#define SENS_DEREF_USER_STR 1    /* pointer to a user string */
+#define SENS_DEREF_KERNEL_STR 2  /* pointer to a kernel string */
+#define SENS_DEREF_DATALOC 3     /* __data_loc u32 (offset | len << 16) into the record */
+#define SENS_DEREF_INLINE 4      /* char array inside the record, `max` bytes */
+#define SENS_DEREF_USER_BUF 5    /* pointer to user bytes, length from arg `size_arg` */
+#define SENS_DEREF_BINPRM 6      /* struct linux_binprm *: the file's path */
+#define SENS_DEREF_FD_PATH 7     /* an fd of the current task: its file's path */
+
+/* Operators */
+#define SENS_OP_EQ 1
+#define SENS_OP_NE 2
+#define SENS_OP_PREFIX 3
+#define SENS_OP_NOTPREFIX 4
+#define SENS_OP_POSTFIX 5
+#define SENS_OP_NOTPOSTFIX 6
+#define SENS_OP_GT 7
+#define SENS_OP_LT 8
+#define SENS_OP_MASK 9
+#define SENS_OP_IN 10
+#define SENS_OP_NOTIN 11
+
+/* Actions (bit set in sens_selector.actions) */
+#define SENS_ACT_POST 1
+#define SENS_ACT_SIGKILL 2
+#define SENS_ACT_SIGNAL 4
+
+/* Event flags */
+#define SENS_EV_MONITOR 1   /* policy in monitoring: blocking actions were not taken */
+#define SENS_EV_HAS_RET 2
+#define SENS_EV_SIGNAL_ERR 4 /* bpf_send_signal failed */
+
+/* Argument flags in a record */
+#define SENS_ARGF_TRUNC 1
+#define SENS_ARGF_ERR 2
+
+/* Hook config flags */
+#define SENS_CFG_CGROUP_SCOPED 1 /* only tasks whose cgroup2 id is in sens_cgroups */
+#define SENS_CFG_NEED_BINARY 2   /* some selector matches binaries */
+#define SENS_CFG_FOLLOW 4        /* some selector follows children/forks */
+#define SENS_CFG_AT_EXIT 8       /* syscall: evaluate and emit at sys_exit (return value) */
+
+/* Selector pid flags */
+#define SENS_PID_NS 1
+#define SENS_PID_FOLLOW 2
+
+/* Namespaces */
+#define SENS_NS_UTS 1
+#define SENS_NS_IPC 2
+#define SENS_NS_MNT 3
+#define SENS_NS_PID 4
+#define SENS_NS_PID_FOR_CHILDREN 5
+#define SENS_NS_NET 6
+#define SENS_NS_TIME 7
+#define SENS_NS_TIME_FOR_CHILDREN 8
+#define SENS_NS_CGROUP 9
+#define SENS_NS_USER 10
+
+/* Capability sets */
+#define SENS_CAP_EFFECTIVE 1
+#define SENS_CAP_INHERITABLE 2
+#define SENS_CAP_PERMITTED 3
+
+/* Rate limit scopes */
+#define SENS_RL_THREAD 1
+#define SENS_RL_PROCESS 2
+#define SENS_RL_GLOBAL 3
+
+struct sens_arg {
+	__u8 kind;
+	__u8 from;
+	__u8 deref;
+	__u8 size;      /* integer width in bytes */
+	__u8 is_signed;
+	__u8 resolve;   /* 1: a path to make absolute and normalise */
+	__u8 has_dirfd; /* resolve against the dirfd at dirfd_off (same `from`) instead of the cwd */
+	__u8 size_arg;  /* BUF: index of the arg holding the length; 0xff: `max` */
+	__u16 offset;
+	__u16 max;
+	__u16 dirfd_off;
+	__u16 pad;
+};
+
+struct sens_match_arg {
+	__u8 arg; /* index into sens_cfg.args */
+	__u8 op;
+	__u8 nvals;
+	__u8 pad;
+	__u32 str_first; /* strings: values are strs[str_first .. str_first + nvals) */
+	__u64 vals[SENS_MAX_VALUES];
+};
+
+struct sens_match_ns {
+	__u8 ns;
+	__u8 op;
+	__u8 nvals;
+	__u8 pad[5];
+	__u32 inums[SENS_MAX_VALUES];
+};
+
+struct sens_match_caps {
+	__u8 set;
+	__u8 op;
+	__u8 pad[6];
+	__u64 mask;
+};
+
+struct sens_selector {
+	__u8 nargs;
+	__u8 nret;
+	__u8 bin_op;    /* 0: no matchBinaries */
+	__u8 bin_nvals;
+	__u8 bin_follow;
+	__u8 pid_op;    /* 0: no matchPIDs */
+	__u8 pid_nvals;
+	__u8 pid_flags;
+	__u8 nns;
+	__u8 ncaps;
+	__u8 actions;
+	__u8 signal;
+	__u8 rl_scope;
+	__u8 pad[3];
+	__u32 bin_str_first;
+	__u32 pad2;
+	__u64 rl_ns; /* rate limit interval, 0: none */
+	struct sens_match_arg args[SENS_MAX_MATCH_ARGS];
+	struct sens_match_arg ret;
+	__u32 pids[SENS_MAX_VALUES];
+	struct sens_match_ns ns[SENS_MAX_NS];
+	struct sens_match_caps caps[SENS_MAX_CAPS];
+};
+
+struct sens_str {
+	__u16 len; /* without NUL */
+	__u8 pad[6];
+	char s[SENS_STR_MAX];
+};
+
+struct sens_hook_cfg {
+	__u32 policy_id;
+	__u32 hook_id;
+	__u8 kind;
+	__u8 nargs;
+	__u8 nsel;
+	__u8 flags;
+	__s32 syscall_nr;
+	struct sens_arg args[SENS_MAX_ARGS];
+	struct sens_selector sel[SENS_MAX_SELECTORS];
+	struct sens_str strs[SENS_MAX_STRINGS];
+};
+
+/* The record sent to user space: this header, then per argument a sens_arg_rec and its payload
+ * (8 bytes for integers, `len` bytes for strings/buffers) padded to 8 bytes. */
+struct sens_event {
+	struct sensorium_hdr hdr;
+	__u32 policy_id;
+	__u32 hook_id;
+	__s64 retval;
+	__u64 cgroup_id;
+	__u8 sel;
+	__u8 actions;
+	__u8 flags;
+	__u8 nargs;
+	__u32 data_len;
+};
+
+struct sens_arg_rec {
+	__u8 kind;
+	__u8 flags;
+	__u16 len;
+	__u32 pad;
+};
+
+const volatile struct sens_hook_cfg sens_cfg = {};
+
+/* Live policy mode: key 0 -> 0 enforcement, 1 monitoring. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sens_mode SEC(".maps");
+
+/* cgroup2 ids this hook is scoped to (SENS_CFG_CGROUP_SCOPED). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} sens_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} sens_events SEC(".maps");
+
+/* Counters (per CPU): 0 events posted, 1 ring full drops, 2 hits filtered by selectors, 3 signals sent,
+ * 4 signal errors, 5 rate-limited. */
+#define SENS_CNT_POSTED 0
+#define SENS_CNT_DROPPED 1
+#define SENS_CNT_FILTERED 2
+#define SENS_CNT_SIGNALS 3
+#define SENS_CNT_SIGERR 4
+#define SENS_CNT_RATELIMITED 5
+#define SENS_NCOUNTERS 8
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SENS_NCOUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sens_counters SEC(".maps");
+
+/* followChildren/followForks: tgid -> bit s (binaries) / bit 8+s (pids) of selectors it inherits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, __u32);
+} sens_follow SEC(".maps");
+
+struct sens_bin {
+	__u32 len;
+	__u32 pad;
+	char path[SENS_STR_MAX];
+};
+
+/* tgid -> its executable's path, filled on first use, dropped at exec and exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct sens_bin);
+} sens_bins SEC(".maps");
+
+struct sens_rl_key {
+	__u64 id;
+	__u32 sel;
+	__u32 hash;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct sens_rl_key);
+	__type(value, __u64);
+} sens_ratelimit SEC(".maps");
+
+/* Syscalls evaluated at exit: the arguments captured at enter, by thread id. */
+struct sens_saved {
+	__u64 raw[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct sens_saved);
+} sens_inflight SEC(".maps");
+
+#define SENS_PATHBUF 1024
+#define SENS_PATHMASK (SENS_PATHBUF - 1)
+
+struct sens_scratch {
+	struct sens_event ev;
+	__u8 data[SENS_DATA_MAX + SENS_STR_MAX * 2];
+	/* per-argument view of what was captured */
+	__u64 ival[SENS_MAX_ARGS];
+	__u16 off[SENS_MAX_ARGS]; /* offset into data of the payload */
+	__u16 len[SENS_MAX_ARGS];
+	__u8 trunc[SENS_MAX_ARGS];
+	__u8 pad[3];
+	__u64 raw[6]; /* syscall parameters */
+	struct sens_bin bin;
+	__u32 bin_ok;
+	__u32 follow;
+	/* path work areas */
+	char walk[SENS_PATHBUF + SENS_STR_MAX];  /* d_path built backwards */
+	char join[SENS_PATHBUF + SENS_STR_MAX];  /* dir + "/" + relative */
+	__u32 depth;
+	__u32 starts[SENS_PATH_DEPTH + 1];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sens_scratch);
+} sens_scratch_map SEC(".maps");
+
+static __always_inline void sens_count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&sens_counters, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Paths                                                                                             */
+/* ------------------------------------------------------------------------------------------------ */
+
+/*
+ * Write the absolute path of `path` at the END of s->walk (the string occupies
+ * walk[start .. SENS_PATHBUF), NUL not included); returns start, or a negative value.
+ * The walk climbs at most SENS_PATH_DEPTH components and crosses mount points; deeper paths are
+ * reported from the deepest SENS_PATH_DEPTH components with a leading "/..." (never a false match on
+ * an absolute rule, since that marker cannot be a real top-level component on the hosts we run).
+ */
+struct sens_walk_ctx {
+	struct sens_scratch *s;
+	struct dentry *dentry;
+	struct mount *mnt;
+	int pos;
+	int done;
+};
+
+/* One component of sens_walk_path, as a bpf_loop callback: verified once, not once per depth. */
+static long sens_walk_step(__u32 i, struct sens_walk_ctx *c)
+{
+	struct sens_scratch *s = c->s;
+	struct dentry *dentry = c->dentry;
+	struct mount *mnt = c->mnt;
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	struct dentry *mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
+
+	if (dentry == mnt_root) {
+		struct mount *mparent = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (mparent == mnt) {
+			c->done = 1; /* the root of the namespace */
+			return 1;
+		}
+		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->mnt = mparent;
+		return 0;
+	}
+	if (dentry == parent) {
+		c->done = 1;
+		return 1;
+	}
+	__u32 len = BPF_CORE_READ(dentry, d_name.len);
+	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
+	int pos = c->pos;
+
+	if (len > 255)
+		len = 255;
+	if (pos - (int)len - 1 < 0 || pos > SENS_PATHBUF)
+		return 1;
+	pos -= len;
+	bpf_probe_read_kernel(&s->walk[pos & SENS_PATHMASK], len & 255, name);
+	pos -= 1;
+	s->walk[pos & SENS_PATHMASK] = '/';
+	c->pos = pos;
+	c->dentry = parent;
+	return 0;
+}
+
+/*
+ * Write the absolute path of `path` at the END of s->walk (the string occupies
+ * walk[start .. SENS_PATHBUF), NUL not included); returns start, or a negative value.
+ * The walk takes at most SENS_PATH_DEPTH steps (components and mount crossings); a deeper path is
+ * reported from its deepest components with a leading "/..." so it cannot equal an absolute rule.
+ */
+static __noinline int sens_walk_path(struct sens_scratch *s, struct path *path)
+{
+	struct sens_walk_ctx c = {};
+	struct vfsmount *vfsmnt = BPF_CORE_READ(path, mnt);
+	int pos;
+
+	c.s = s;
+	c.dentry = BPF_CORE_READ(path, dentry);
+	c.mnt = container_of(vfsmnt, struct mount, mnt);
+	c.pos = SENS_PATHBUF;
+	bpf_loop(SENS_PATH_DEPTH, sens_walk_step, &c, 0);
+	pos = c.pos;
+	if (!c.done && pos >= 4 && pos <= SENS_PATHBUF) {
+		pos -= 4;
+		s->walk[pos & SENS_PATHMASK] = '/';
+		s->walk[(pos + 1) & SENS_PATHMASK] = '.';
+		s->walk[(pos + 2) & SENS_PATHMASK] = '.';
+		s->walk[(pos + 3) & SENS_PATHMASK] = '.';
+	}
+	if (pos == SENS_PATHBUF) {
+		pos -= 1;
+		s->walk[pos & SENS_PATHMASK] = '/';
+	}
+	return pos;
+}
+
+struct sens_norm_ctx {
+	struct sens_scratch *s;
+	__u8 *out;     /* destination (SENS_STR_MAX bytes) */
+	__u32 in_len;
+	__u32 j;        /* write position in out */
+	__u32 comp;     /* start of the current component in out */
+	__u32 depth;
+	__u32 overflow;
+};
+
+/* One byte of sens_normalize, as a bpf_loop callback (verified once whatever the path length). */
+static long sens_norm_step(__u32 i, struct sens_norm_ctx *c)
+{
+	struct sens_scratch *s = c->s;
+	__u8 *out = c->out;
+	char ch = 0;
+
+	if (i < c->in_len)
+		ch = s->join[i & SENS_PATHMASK];
+	if (ch == '/' || ch == 0) {
+		__u32 clen = c->j - c->comp;
+		__u32 comp = c->comp & (SENS_STR_MAX - 1);
+
+		if (clen == 0) {
+			/* empty component ("//"): nothing */
+		} else if (clen == 1 && out[comp] == '.') {
+			c->j = c->comp;
+		} else if (clen == 2 && out[comp] == '.' && out[(comp + 1) & (SENS_STR_MAX - 1)] == '.') {
+			c->j = c->comp;
+			if (c->depth > 0) {
+				c->depth--;
+				c->j = s->starts[c->depth & SENS_PATH_DEPTH];
+			}
+		} else {
+			if (c->depth < SENS_PATH_DEPTH)
+				s->starts[c->depth & SENS_PATH_DEPTH] = c->comp;
+			c->depth++;
+			if (c->j < SENS_STR_MAX - 1) {
+				out[c->j & (SENS_STR_MAX - 1)] = '/';
+				c->j++;
+			} else {
+				c->overflow = 1;
+			}
+		}
+		c->comp = c->j;
+		if (ch == 0)
+			return 1;
+		return 0;
+	}
+	if (c->j < SENS_STR_MAX - 1) {
+		out[c->j & (SENS_STR_MAX - 1)] = ch;
+		c->j++;
+	} else {
+		c->overflow = 1;
+	}
+	return 0;
+}
+
+/*
+ * Collapse s->join[0 .. in_len) (an absolute path) into `out`: "." and empty components dropped,
+ * ".." removes the previous component (never above "/"). Returns the length (without NUL).
+ */
+static __always_inline __u32 sens_normalize(struct sens_scratch *s, __u8 *out, __u32 in_len, __u8 *trunc)
+{
+	struct sens_norm_ctx c = { .s = s, .out = out, .in_len = in_len, .j = 1, .comp = 1 };
+
+	out[0] = '/';
+	bpf_loop(SENS_PATHBUF + 1, sens_norm_step, &c, 0);
+	if (c.j > 1 && out[(c.j - 1) & (SENS_STR_MAX - 1)] == '/')
+		c.j--;
+	if (c.overflow)
+		*trunc = 1;
+	out[c.j & (SENS_STR_MAX - 1)] = 0;
+	return c.j & (SENS_STR_MAX - 1);
+}
+
+static __always_inline struct file *sens_fd_file(struct task_struct *task, __s64 fd)
+{
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *f = NULL;
+
+	if (fd < 0 || fd >= max)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/*
+ * Make the path string at `out` (length *len, as the process gave it) absolute and normalised, in place.
+ * A relative path is joined to the directory of `dirfd` (AT_FDCWD or no dirfd: the cwd).
+ */
+static __noinline __u32 sens_resolve(struct sens_scratch *s, __u8 *out, __u32 len, __s64 dirfd, __u8 *trunc)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 n = 0;
+	int start;
+
+	if (len > SENS_STR_MAX - 1)
+		len = SENS_STR_MAX - 1;
+	if (len > 0 && out[0] == '/') {
+		bpf_probe_read_kernel(s->join, len & (SENS_STR_MAX - 1), out);
+		n = len;
+	} else {
+		struct path dir;
+
+		if (dirfd == -100 /* AT_FDCWD */) {
+			dir.dentry = BPF_CORE_READ(task, fs, pwd.dentry);
+			dir.mnt = BPF_CORE_READ(task, fs, pwd.mnt);
+		} else {
+			struct file *f = sens_fd_file(task, dirfd);
+
+			if (!f)
+				return len;
+			dir.dentry = BPF_CORE_READ(f, f_path.dentry);
+			dir.mnt = BPF_CORE_READ(f, f_path.mnt);
+		}
+		start = sens_walk_path(s, &dir);
+		if (start < 0 || start > SENS_PATHBUF)
+			return len;
+		n = SENS_PATHBUF - start;
+		if (n > SENS_PATHBUF - SENS_STR_MAX)
+			n = SENS_PATHBUF - SENS_STR_MAX;
+		bpf_probe_read_kernel(s->join, n & SENS_PATHMASK, &s->walk[start & SENS_PATHMASK]);
+		s->join[n & SENS_PATHMASK] = '/';
+		n += 1;
+		bpf_probe_read_kernel(&s->join[n & SENS_PATHMASK], len & (SENS_STR_MAX - 1), out);
+		n += len;
+	}
+	return sens_normalize(s, out, n, trunc);
+}
+
+/* The executable of the current process into s->bin (cached per tgid). */
+static __noinline int sens_load_binary(struct sens_scratch *s)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct sens_bin *b = bpf_map_lookup_elem(&sens_bins, &tgid);
+
+	if (b) {
+		bpf_probe_read_kernel(&s->bin, sizeof(s->bin), b);
+		return 0;
+	}
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	struct path p;
+
+	if (!exe) {
+		s->bin.len = 0; /* kernel thread: no binary */
+		s->bin.path[0] = 0;
+		return 0;
+	}
+	p.dentry = BPF_CORE_READ(exe, f_path.dentry);
+	p.mnt = BPF_CORE_READ(exe, f_path.mnt);
+	int start = sens_walk_path(s, &p);
+
+	if (start < 0 || start > SENS_PATHBUF)
+		return -1;
+	__u32 n = SENS_PATHBUF - start;
+
+	if (n > SENS_STR_MAX - 1)
+		n = SENS_STR_MAX - 1;
+	bpf_probe_read_kernel(s->bin.path, n & (SENS_STR_MAX - 1), &s->walk[start & SENS_PATHMASK]);
+	s->bin.path[n & (SENS_STR_MAX - 1)] = 0;
+	s->bin.len = n;
+	bpf_map_update_elem(&sens_bins, &tgid, &s->bin, BPF_ANY);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Matching                                                                                          */
+/* ------------------------------------------------------------------------------------------------ */
+
+/* String `a` (length alen, in scratch memory) against value `v` with op EQ/PREFIX/POSTFIX. */
+static __always_inline int sens_str_match(struct sens_scratch *s, const __u8 *a, __u32 alen, __u32 vi, __u8 op)
+{
+	const volatile struct sens_str *v = &sens_cfg.strs[vi & (SENS_MAX_STRINGS - 1)];
+	__u32 vlen = v->len;
+	const __u8 *p = a;
+	__u32 i;
+
+	if (vlen > SENS_STR_MAX - 1)
+		return 0;
+	if (op == SENS_OP_EQ && alen != vlen)
+		return 0;
+	if (alen < vlen)
+		return 0;
+	if (op == SENS_OP_POSTFIX)
+		p = a + ((alen - vlen) & (SENS_STR_MAX - 1));
+	for (i = 0; i < SENS_STR_MAX - 1; i++) {
+		if (i >= vlen)
+			break;
+		if (p[i] != v->s[i])
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline int sens_match_str_op(struct sens_scratch *s, const __u8 *a, __u32 alen,
+					     __u32 first, __u32 nvals, __u8 op)
+{
+	__u8 base = op;
+	int neg = 0;
+	__u32 k;
+
+	if (op == SENS_OP_NE || op == SENS_OP_NOTIN) {
+		base = SENS_OP_EQ;
+		neg = 1;
+	} else if (op == SENS_OP_IN) {
+		base = SENS_OP_EQ;
+	} else if (op == SENS_OP_NOTPREFIX) {
+		base = SENS_OP_PREFIX;
+		neg = 1;
+	} else if (op == SENS_OP_NOTPOSTFIX) {
+		base = SENS_OP_POSTFIX;
+		neg = 1;
+	}
+	for (k = 0; k < SENS_MAX_VALUES; k++) {
+		if (k >= nvals)
+			break;
+		if (sens_str_match(s, a, alen, first + k, base))
+			return !neg;
+	}
+	return neg;
+}
+
+static __always_inline int sens_match_int(__u64 v, int is_signed, const volatile struct sens_match_arg *m)
+{
+	__u32 k;
+
+	switch (m->op) {
+	case SENS_OP_GT:
+		return is_signed ? (__s64)v > (__s64)m->vals[0] : v > m->vals[0];
+	case SENS_OP_LT:
+		return is_signed ? (__s64)v < (__s64)m->vals[0] : v < m->vals[0];
+	default:
+		break;
+	}
+	for (k = 0; k < SENS_MAX_VALUES; k++) {
+		if (k >= m->nvals)
+			break;
+		if (m->op == SENS_OP_MASK) {
+			if (v & m->vals[k])
+				return 1;
+		} else if (v == m->vals[k]) {
+			return m->op == SENS_OP_EQ || m->op == SENS_OP_IN;
+		}
+	}
+	if (m->op == SENS_OP_MASK)
+		return 0;
+	return m->op == SENS_OP_NE || m->op == SENS_OP_NOTIN;
+}
+
+static __always_inline __u32 sens_ns_inum(struct task_struct *task, __u8 ns)
+{
+	switch (ns) {
+	case SENS_NS_UTS:
+		return BPF_CORE_READ(task, nsproxy, uts_ns, ns.inum);
+	case SENS_NS_IPC:
+		return BPF_CORE_READ(task, nsproxy, ipc_ns, ns.inum);
+	case SENS_NS_MNT:
+		return BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	case SENS_NS_PID: {
+		struct pid *pid = BPF_CORE_READ(task, thread_pid);
+		unsigned int level = BPF_CORE_READ(pid, level);
+
+		return BPF_CORE_READ(pid, numbers[level].ns, ns.inum);
+	}
+	case SENS_NS_PID_FOR_CHILDREN:
+		return BPF_CORE_READ(task, nsproxy, pid_ns_for_children, ns.inum);
+	case SENS_NS_NET:
+		return BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+	case SENS_NS_TIME:
+		return BPF_CORE_READ(task, nsproxy, time_ns, ns.inum);
+	case SENS_NS_TIME_FOR_CHILDREN:
+		return BPF_CORE_READ(task, nsproxy, time_ns_for_children, ns.inum);
+	case SENS_NS_CGROUP:
+		return BPF_CORE_READ(task, nsproxy, cgroup_ns, ns.inum);
+	case SENS_NS_USER:
+		return BPF_CORE_READ(task, cred, user_ns, ns.inum);
+	}
+	return 0;
+}
+
+static __always_inline __u32 sens_ns_pid(struct task_struct *task)
+{
+	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+
+	return BPF_CORE_READ(pid, numbers[level].nr);
+}
+
+static __always_inline __u64 sens_caps(struct task_struct *task, __u8 set)
+{
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	__u64 v = 0;
+
+	/* kernel_cap_t is 64 bits in both its layouts (u32 cap[2] before 6.3, u64 val after) */
+	if (set == SENS_CAP_EFFECTIVE)
+		bpf_probe_read_kernel(&v, 8, &cred->cap_effective);
+	else if (set == SENS_CAP_INHERITABLE)
+		bpf_probe_read_kernel(&v, 8, &cred->cap_inheritable);
+	else
+		bpf_probe_read_kernel(&v, 8, &cred->cap_permitted);
+	return v;
+}
+
+/* Does selector `i` match the captured event? */
+static __always_inline int sens_selector_match(struct sens_scratch *s, __u32 i, struct task_struct *task)
+{
+	const volatile struct sens_selector *sel = &sens_cfg.sel[i];
+	__u32 k;
+
+	/* cheapest first: pids, then arguments, then binaries (may walk a path once per process) */
+	if (sel->pid_op) {
+		__u32 pid = (sel->pid_flags & SENS_PID_NS) ? sens_ns_pid(task) : (bpf_get_current_pid_tgid() >> 32);
+		int found = 0;
+
+		for (k = 0; k < SENS_MAX_VALUES; k++) {
+			if (k >= sel->pid_nvals)
+				break;
+			if (pid == sel->pids[k])
+				found = 1;
+		}
+		if (!found && (sel->pid_flags & SENS_PID_FOLLOW) && (s->follow & (1u << (8 + i))))
+			found = 1;
+		if ((sel->pid_op == SENS_OP_IN) != found)
+			return 0;
+	}
+	for (k = 0; k < SENS_MAX_MATCH_ARGS; k++) {
+		if (k >= sel->nargs)
+			break;
+		const volatile struct sens_match_arg *m = &sel->args[k];
+		__u32 a = m->arg;
+
+		if (a >= SENS_MAX_ARGS)
+			return 0;
+		if (sens_cfg.args[a].kind == SENS_ARG_INT) {
+			if (!sens_match_int(s->ival[a], sens_cfg.args[a].is_signed, m))
+				return 0;
+		} else {
+			__u32 off = s->off[a] & (SENS_DATA_MAX - 1);
+			__u32 len = s->len[a];
+
+			if (m->op == SENS_OP_GT || m->op == SENS_OP_LT || m->op == SENS_OP_MASK)
+				return 0;
+			if (len > SENS_STR_MAX - 1)
+				len = SENS_STR_MAX - 1;
+			if (!sens_match_str_op(s, &s->data[off], len, m->str_first, m->nvals, m->op))
+				return 0;
+		}
+	}
+	if (sel->nret) {
+		if (!sens_match_int((__u64)s->ev.retval, 1, &sel->ret))
+			return 0;
+	}
+	for (k = 0; k < SENS_MAX_NS; k++) {
+		if (k >= sel->nns)
+			break;
+		const volatile struct sens_match_ns *m = &sel->ns[k];
+		__u32 inum = sens_ns_inum(task, m->ns);
+		int found = 0;
+		__u32 q;
+
+		for (q = 0; q < SENS_MAX_VALUES; q++) {
+			if (q >= m->nvals)
+				break;
+			if (inum == m->inums[q])
+				found = 1;
+		}
+		if ((m->op == SENS_OP_IN) != found)
+			return 0;
+	}
+	for (k = 0; k < SENS_MAX_CAPS; k++) {
+		if (k >= sel->ncaps)
+			break;
+		const volatile struct sens_match_caps *m = &sel->caps[k];
+		int any = (sens_caps(task, m->set) & m->mask) != 0;
+
+		if ((m->op == SENS_OP_IN) != any)
+			return 0;
+	}
+	if (sel->bin_op) {
+		int ok;
+
+		if (!s->bin_ok) {
+			if (sens_load_binary(s) < 0)
+				return 0;
+			s->bin_ok = 1;
+		}
+		ok = sens_match_str_op(s, (const __u8 *)s->bin.path, s->bin.len & (SENS_STR_MAX - 1),
+				       sel->bin_str_first, sel->bin_nvals, sel->bin_op);
+		/* followChildren: a descendant of a matching process matches too (In/Prefix/Postfix only) */
+		if (!ok && sel->bin_follow)
+			ok = (s->follow & (1u << i)) != 0;
+		if (!ok)
+			return 0;
+	}
+	return 1;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Capture                                                                                           */
+/* ------------------------------------------------------------------------------------------------ */
+
+static __always_inline __u64 sens_raw_value(void *ctx, struct sens_scratch *s, __u8 from, __u16 offset, __u8 size,
+					    __u8 is_signed)
+{
+	__u64 v = 0;
+
+	if (from == SENS_FROM_CTX) {
+		if (size == 8) {
+			bpf_probe_read_kernel(&v, 8, ctx + offset);
+		} else if (size == 4) {
+			__u32 x = 0;
+
+			bpf_probe_read_kernel(&x, 4, ctx + offset);
+			v = is_signed ? (__u64)(__s64)(__s32)x : x;
+		} else if (size == 2) {
+			__u16 x = 0;
+
+			bpf_probe_read_kernel(&x, 2, ctx + offset);
+			v = is_signed ? (__u64)(__s64)(__s16)x : x;
+		} else {
+			__u8 x = 0;
+
+			bpf_probe_read_kernel(&x, 1, ctx + offset);
+			v = is_signed ? (__u64)(__s64)(__s8)x : x;
+		}
+	} else if (from == SENS_FROM_RAW) {
+		bpf_probe_read_kernel(&v, 8, &((struct bpf_raw_tracepoint_args *)ctx)->args[offset & 7]);
+	} else if (from == SENS_FROM_SYSCALL) {
+		v = s->raw[offset < 6 ? offset : 0];
+	} else if (from == SENS_FROM_RETVAL) {
+		v = (__u64)s->ev.retval;
+	}
+	if (from != SENS_FROM_CTX && size < 8) {
+		if (size == 4)
+			v = is_signed ? (__u64)(__s64)(__s32)v : (__u32)v;
+		else if (size == 2)
+			v = is_signed ? (__u64)(__s64)(__s16)v : (__u16)v;
+		else if (size == 1)
+			v = is_signed ? (__u64)(__s64)(__s8)v : (__u8)v;
+	}
+	return v;
+}
+
+/* Capture every configured argument into s->data; returns the data length. */
+static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
+{
+	__u32 pos = 0;
+	__u32 a;
+
+	for (a = 0; a < SENS_MAX_ARGS; a++) {
+		if (a >= sens_cfg.nargs)
+			break;
+		const volatile struct sens_arg *d = &sens_cfg.args[a];
+		struct sens_arg_rec *rec;
+		__u32 p = pos & (SENS_DATA_MAX - 1);
+		__u8 *payload;
+		long n = 0;
+		__u64 raw;
+
+		if (pos + sizeof(*rec) + SENS_STR_MAX > SENS_DATA_MAX)
+			break;
+		rec = (struct sens_arg_rec *)&s->data[p];
+		payload = &s->data[(p + sizeof(*rec)) & (SENS_DATA_MAX - 1)];
+		rec->kind = d->kind;
+		rec->flags = 0;
+		rec->pad = 0;
+		s->off[a] = (p + sizeof(*rec)) & (SENS_DATA_MAX - 1);
+		s->trunc[a] = 0;
+
+		if (d->kind == SENS_ARG_INT) {
+			raw = sens_raw_value(ctx, s, d->from, d->offset, d->size, d->is_signed);
+			s->ival[a] = raw;
+			*(__u64 *)payload = raw;
+			rec->len = 8;
+			s->len[a] = 8;
+			pos += sizeof(*rec) + 8;
+			continue;
+		}
+		__u32 max = d->max;
+
+		if (max > SENS_STR_MAX)
+			max = SENS_STR_MAX;
+		if (max == 0)
+			max = SENS_STR_MAX;
+		if (d->deref == SENS_DEREF_DATALOC) {
+			__u32 loc = (__u32)sens_raw_value(ctx, s, SENS_FROM_CTX, d->offset, 4, 0);
+			__u32 doff = loc & 0xffff;
+			__u32 dlen = loc >> 16;
+
+			if (dlen > max)
+				dlen = max;
+			n = bpf_probe_read_kernel_str(payload, dlen & (SENS_STR_MAX - 1) ? dlen : 1, ctx + doff);
+		} else if (d->deref == SENS_DEREF_INLINE) {
+			n = bpf_probe_read_kernel_str(payload, max, ctx + d->offset);
+		} else if (d->deref == SENS_DEREF_BINPRM || d->deref == SENS_DEREF_FD_PATH) {
+			struct file *f;
+			struct path pth;
+
+			raw = sens_raw_value(ctx, s, d->from, d->offset, 8, 0);
+			if (d->deref == SENS_DEREF_BINPRM)
+				f = BPF_CORE_READ((struct linux_binprm *)raw, file);
+			else
+				f = sens_fd_file((struct task_struct *)bpf_get_current_task(), (__s64)raw);
+			n = -1;
+			if (f) {
+				pth.dentry = BPF_CORE_READ(f, f_path.dentry);
+				pth.mnt = BPF_CORE_READ(f, f_path.mnt);
+				int start = sens_walk_path(s, &pth);
+
+				if (start >= 0 && start <= SENS_PATHBUF) {
+					__u32 wl = SENS_PATHBUF - start;
+
+					if (wl > max - 1)
+						wl = max - 1;
+					bpf_probe_read_kernel(payload, wl & (SENS_STR_MAX - 1), &s->walk[start & SENS_PATHMASK]);
+					payload[wl & (SENS_STR_MAX - 1)] = 0;
+					n = wl + 1;
+				}
+			}
+		} else {
+			raw = sens_raw_value(ctx, s, d->from, d->offset, 8, 0);
+			if (d->deref == SENS_DEREF_USER_BUF) {
+				__u64 want = max;
+
+				if (d->size_arg < SENS_MAX_ARGS)
+					want = s->ival[d->size_arg];
+				if (want > max) {
+					want = max;
+					s->trunc[a] = 1;
+				}
+				n = bpf_probe_read_user(payload, want & (SENS_STR_MAX - 1) ? want & (SENS_STR_MAX - 1) : 0, (void *)raw);
+				n = n < 0 ? n : (long)(want & (SENS_STR_MAX - 1));
+				if (n >= 0)
+					n += 1; /* bytes, not a string: keep the str convention (len + 1) */
+			} else if (d->deref == SENS_DEREF_USER_STR) {
+				n = bpf_probe_read_user_str(payload, max, (void *)raw);
+			} else {
+				n = bpf_probe_read_kernel_str(payload, max, (void *)raw);
+			}
+		}
+		__u32 len = 0;
+
+		if (n <= 0) {
+			rec->flags |= SENS_ARGF_ERR;
+			payload[0] = 0;
+		} else {
+			len = (__u32)(n - 1);
+			if (len >= max - 1 && d->kind == SENS_ARG_STR)
+				s->trunc[a] = 1;
+		}
+		if (d->resolve && len > 0 && !(rec->flags & SENS_ARGF_ERR)) {
+			__s64 dirfd = -100;
+
+			if (d->has_dirfd)
+				dirfd = (__s64)(__s32)sens_raw_value(ctx, s, d->from, d->dirfd_off, 4, 1);
+			len = sens_resolve(s, payload, len, dirfd, &s->trunc[a]);
+		}
+		len &= (SENS_STR_MAX - 1);
+		if (s->trunc[a])
+			rec->flags |= SENS_ARGF_TRUNC;
+		rec->len = len;
+		s->len[a] = len;
+		pos += sizeof(*rec) + ((len + 7) & ~7);
+	}
+	return pos;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* The common path of every hook                                                                     */
+/* ------------------------------------------------------------------------------------------------ */
+
+static __always_inline struct sens_scratch *sens_begin(void)
+{
+	__u32 zero = 0;
+
+	if (sens_cfg.flags & SENS_CFG_CGROUP_SCOPED) {
+		__u64 cg = bpf_get_current_cgroup_id();
+
+		if (!bpf_map_lookup_elem(&sens_cgroups, &cg))
+			return NULL;
+	}
+	return bpf_map_lookup_elem(&sens_scratch_map, &zero);
+}
+
+static __always_inline __u64 sens_rl_hash(struct sens_scratch *s, __u32 len)
+{
+	/* FNV-1a over the first 64 bytes of every argument's data: "the same arguments" for the limit */
+	__u32 h = 2166136261u;
+	__u32 i;
+
+	for (i = 0; i < 256; i++) {
+		if (i >= len)
+			break;
+		h ^= s->data[i & (SENS_DATA_MAX - 1)];
+		h *= 16777619u;
+	}
+	return h;
+}
+
+static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 datalen)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 zero = 0, i;
+	int matched = -1;
+
+	s->bin_ok = 0;
+	s->follow = 0;
+	if (sens_cfg.flags & SENS_CFG_FOLLOW) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		__u32 *f = bpf_map_lookup_elem(&sens_follow, &tgid);
+
+		if (f)
+			s->follow = *f;
+	}
+	if (sens_cfg.nsel == 0) {
+		matched = SENS_MAX_SELECTORS; /* no selectors: every event is posted */
+	} else {
+		for (i = 0; i < SENS_MAX_SELECTORS; i++) {
+			if (i >= sens_cfg.nsel)
+				break;
+			if (sens_selector_match(s, i, task)) {
+				matched = i;
+				break;
+			}
+		}
+	}
+	if (matched < 0) {
+		sens_count(SENS_CNT_FILTERED);
+		return 0;
+	}
+	__u8 actions = SENS_ACT_POST;
+	__u8 sig = 0;
+	__u64 rl_ns = 0;
+	__u8 rl_scope = 0;
+
+	if (matched < SENS_MAX_SELECTORS) {
+		actions = sens_cfg.sel[matched].actions;
+		sig = sens_cfg.sel[matched].signal;
+		rl_ns = sens_cfg.sel[matched].rl_ns;
+		rl_scope = sens_cfg.sel[matched].rl_scope;
+	}
+	__u32 *mode = bpf_map_lookup_elem(&sens_mode, &zero);
+	int monitor = mode && *mode == 1;
+
+	s->ev.flags &= SENS_EV_HAS_RET;
+	if (monitor)
+		s->ev.flags |= SENS_EV_MONITOR;
+	if ((actions & (SENS_ACT_SIGKILL | SENS_ACT_SIGNAL)) && !monitor) {
+		if (bpf_send_signal(sig) < 0) {
+			s->ev.flags |= SENS_EV_SIGNAL_ERR;
+			sens_count(SENS_CNT_SIGERR);
+		} else {
+			sens_count(SENS_CNT_SIGNALS);
+		}
+	}
+	if (!(actions & SENS_ACT_POST))
+		return 0;
+	if (rl_ns) {
+		struct sens_rl_key key = {};
+		__u64 now = bpf_ktime_get_ns();
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		__u64 *last;
+
+		key.sel = matched;
+		key.id = rl_scope == SENS_RL_THREAD ? (__u32)pid_tgid : rl_scope == SENS_RL_PROCESS ? pid_tgid >> 32 : 0;
+		key.hash = sens_rl_hash(s, datalen);
+		last = bpf_map_lookup_elem(&sens_ratelimit, &key);
+		if (last && now - *last < rl_ns) {
+			sens_count(SENS_CNT_RATELIMITED);
+			return 0;
+		}
+		bpf_map_update_elem(&sens_ratelimit, &key, &now, BPF_ANY);
+	}
+	__u32 size = sizeof(struct sens_event) + datalen;
+
+	if (size > sizeof(struct sens_event) + SENS_DATA_MAX)
+		size = sizeof(struct sens_event) + SENS_DATA_MAX;
+	sensorium_hdr_fill(&s->ev.hdr, SENS_REC_HOOK, size);
+	s->ev.policy_id = sens_cfg.policy_id;
+	s->ev.hook_id = sens_cfg.hook_id;
+	s->ev.cgroup_id = bpf_get_current_cgroup_id();
+	s->ev.sel = matched;
+	s->ev.actions = actions;
+	s->ev.nargs = sens_cfg.nargs;
+	s->ev.data_len = datalen;
+	if (sensorium_submit(&sens_events, &s->ev, size) < 0)
+		sens_count(SENS_CNT_DROPPED);
+	else
+		sens_count(SENS_CNT_POSTED);
+	return 0;
+}
+
+static __always_inline int sens_run(void *ctx, struct sens_scratch *s)
+{
+	__u32 len = sens_capture(ctx, s);
+
+	return sens_finish(ctx, s, len);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Programs                                                                                          */
+/* ------------------------------------------------------------------------------------------------ */
+
+SEC("tracepoint")
+int sens_tp(void *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+SEC("raw_tp")
+int sens_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_regs *regs)
+{
+	s->raw[0] = BPF_CORE_READ(regs, di);
+	s->raw[1] = BPF_CORE_READ(regs, si);
+	s->raw[2] = BPF_CORE_READ(regs, dx);
+	s->raw[3] = BPF_CORE_READ(regs, r10);
+	s->raw[4] = BPF_CORE_READ(regs, r8);
+	s->raw[5] = BPF_CORE_READ(regs, r9);
+}
+
+/* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
+ * syscall costs one compare. */
+SEC("raw_tp/sys_enter")
+int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	if ((long)ctx->args[1] != sens_cfg.syscall_nr)
+		return 0;
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	sens_read_regs(s, (struct pt_regs *)ctx->args[0]);
+	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+		bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+		return 0;
+	}
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+/* raw_tp sys_exit(struct pt_regs *regs, long ret) */
+SEC("raw_tp/sys_exit")
+int sens_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
+
+	if (!saved)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+
+	if ((long)BPF_CORE_READ(regs, orig_ax) != sens_cfg.syscall_nr)
+		return 0;
+	struct sens_scratch *s = sens_begin();
+
+	if (!s) {
+		bpf_map_delete_elem(&sens_inflight, &tid);
+		return 0;
+	}
+	bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
+	bpf_map_delete_elem(&sens_inflight, &tid);
+	s->ev.retval = (__s64)ctx->args[1];
+	s->ev.flags = SENS_EV_HAS_RET;
+	return sens_run(ctx, s);
+}
+
+/* Process tracking for followChildren/followForks and the binary cache. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(sens_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u32 zero = 0, bits = 0, i;
+	__u32 *f;
+
+	if (ptgid == ctgid)
+		return 0; /* a thread: same process */
+	f = bpf_map_lookup_elem(&sens_follow, &ptgid);
+	if (f)
+		bits = *f;
+	struct sens_scratch *s = bpf_map_lookup_elem(&sens_scratch_map, &zero);
+
+	if (!s)
+		return 0;
+	s->bin_ok = 0;
+	for (i = 0; i < SENS_MAX_SELECTORS; i++) {
+		if (i >= sens_cfg.nsel)
+			break;
+		const volatile struct sens_selector *sel = &sens_cfg.sel[i];
+
+		if (sel->bin_op && sel->bin_follow && !(bits & (1u << i))) {
+			if (!s->bin_ok) {
+				if (sens_load_binary(s) < 0)
+					continue;
+				s->bin_ok = 1;
+			}
+			if (sens_match_str_op(s, (const __u8 *)s->bin.path, s->bin.len & (SENS_STR_MAX - 1),
+					      sel->bin_str_first, sel->bin_nvals, sel->bin_op))
+				bits |= 1u << i;
+		}
+		if (sel->pid_op == SENS_OP_IN && (sel->pid_flags & SENS_PID_FOLLOW) && !(bits & (1u << (8 + i)))) {
+			__u32 pid = (sel->pid_flags & SENS_PID_NS) ? sens_ns_pid(parent) : ptgid;
+			__u32 k;
+
+			for (k = 0; k < SENS_MAX_VALUES; k++) {
+				if (k >= sel->pid_nvals)
+					break;
+				if (pid == sel->pids[k])
+					bits |= 1u << (8 + i);
+			}
+		}
+	}
+	if (bits)
+		bpf_map_update_elem(&sens_follow, &ctgid, &bits, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(sens_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+
+	bpf_map_delete_elem(&sens_bins, &tgid);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sens_exit, struct task_struct *p)
+{
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	__u32 pid = BPF_CORE_READ(p, pid);
+
+	if (tgid != pid)
+		return 0;
+	bpf_map_delete_elem(&sens_bins, &tgid);
+	bpf_map_delete_elem(&sens_follow, &tgid);
+	return 0;
+}
+
+#endif /* __SENSORIUM_SELECTORS_H */

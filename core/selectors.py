@@ -1,0 +1,446 @@
+"""Compile TracingPolicy selectors into the kernel's form: the ``sens_cfg`` rodata of one hook object.
+
+The C side is ``core/bpf/include/sensorium/selectors.h``; the ctypes structures below mirror its structs
+byte for byte (a test compares them with the compiled object's BTF). A sensor says how to read each
+argument of its hook (`ArgPlan`, built from a tracepoint's format file or a syscall's signature) and how
+a selector's ``matchArgs.index`` maps to an argument position; `compile_hook` checks every limit before
+anything is loaded (`SelectorError` naming the field and the limit) and returns the bytes to set.
+
+Kernel limits here are narrower than the document model's (sensorium.policy): the checks say which.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+from sensorium.policy import CAPABILITIES
+
+__all__ = [
+    "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "HookCfg", "SensEvent", "SensArgRec",
+    "MAX_ARGS", "MAX_SELECTORS", "MAX_MATCH_ARGS", "MAX_VALUES", "MAX_STRINGS", "STR_MAX", "MAX_NS", "MAX_CAPS",
+    "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW",
+    "FROM_SYSCALL", "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC",
+    "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "ACT_POST", "ACT_SIGKILL", "ACT_SIGNAL",
+    "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY",
+    "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums",
+]
+
+# ---- mirrored constants (selectors.h) -------------------------------------------------------------
+MAX_ARGS = 6
+MAX_SELECTORS = 5
+MAX_MATCH_ARGS = 4
+MAX_VALUES = 8
+MAX_STRINGS = 32
+STR_MAX = 256
+MAX_NS = 4
+MAX_CAPS = 2
+DATA_MAX = 2048
+
+REC_HOOK = 1
+HOOK_TP, HOOK_RAW_TP, HOOK_SYSCALL = 1, 2, 3
+ARG_INT, ARG_STR, ARG_BUF = 1, 2, 3
+FROM_CTX, FROM_RAW, FROM_SYSCALL, FROM_RETVAL = 1, 2, 3, 4
+(DEREF_NONE, DEREF_USER_STR, DEREF_KERNEL_STR, DEREF_DATALOC, DEREF_INLINE, DEREF_USER_BUF, DEREF_BINPRM,
+ DEREF_FD_PATH) = range(8)
+OPS = {"Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6, "GT": 7, "LT": 8,
+       "Mask": 9, "In": 10, "NotIn": 11}
+ACT_POST, ACT_SIGKILL, ACT_SIGNAL = 1, 2, 4
+EV_MONITOR, EV_HAS_RET, EV_SIGNAL_ERR = 1, 2, 4
+ARGF_TRUNC, ARGF_ERR = 1, 2
+CFG_CGROUP_SCOPED, CFG_NEED_BINARY, CFG_FOLLOW, CFG_AT_EXIT = 1, 2, 4, 8
+PID_NS, PID_FOLLOW = 1, 2
+NS_IDS = {"Uts": 1, "Ipc": 2, "Mnt": 3, "Pid": 4, "PidForChildren": 5, "Net": 6, "Time": 7, "TimeForChildren": 8,
+          "Cgroup": 9, "User": 10}
+NS_PROC = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
+           "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup", "User": "user"}
+CAP_SETS = {"Effective": 1, "Inheritable": 2, "Permitted": 3}
+RL_SCOPES = {"thread": 1, "process": 2, "global": 3}
+
+STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
+INT_OPS = ("Equal", "NotEqual", "GT", "LT", "Mask")
+
+
+# ---- ctypes mirrors -------------------------------------------------------------------------------
+class SensArg(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_uint8), ("from_", ctypes.c_uint8), ("deref", ctypes.c_uint8),
+                ("size", ctypes.c_uint8), ("is_signed", ctypes.c_uint8), ("resolve", ctypes.c_uint8),
+                ("has_dirfd", ctypes.c_uint8), ("size_arg", ctypes.c_uint8), ("offset", ctypes.c_uint16),
+                ("max", ctypes.c_uint16), ("dirfd_off", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class SensMatchArg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint8), ("op", ctypes.c_uint8), ("nvals", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+                ("str_first", ctypes.c_uint32), ("vals", ctypes.c_uint64 * MAX_VALUES)]
+
+
+class SensMatchNs(ctypes.Structure):
+    _fields_ = [("ns", ctypes.c_uint8), ("op", ctypes.c_uint8), ("nvals", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 5), ("inums", ctypes.c_uint32 * MAX_VALUES)]
+
+
+class SensMatchCaps(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint8), ("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6),
+                ("mask", ctypes.c_uint64)]
+
+
+class SensSelector(ctypes.Structure):
+    _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("bin_op", ctypes.c_uint8),
+                ("bin_nvals", ctypes.c_uint8), ("bin_follow", ctypes.c_uint8), ("pid_op", ctypes.c_uint8),
+                ("pid_nvals", ctypes.c_uint8), ("pid_flags", ctypes.c_uint8), ("nns", ctypes.c_uint8),
+                ("ncaps", ctypes.c_uint8), ("actions", ctypes.c_uint8), ("signal", ctypes.c_uint8),
+                ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("bin_str_first", ctypes.c_uint32),
+                ("pad2", ctypes.c_uint32), ("rl_ns", ctypes.c_uint64),
+                ("args", SensMatchArg * MAX_MATCH_ARGS), ("ret", SensMatchArg),
+                ("pids", ctypes.c_uint32 * MAX_VALUES), ("ns", SensMatchNs * MAX_NS),
+                ("caps", SensMatchCaps * MAX_CAPS)]
+
+
+class SensStr(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("pad", ctypes.c_uint8 * 6), ("s", ctypes.c_char * STR_MAX)]
+
+
+class HookCfg(ctypes.Structure):
+    """``struct sens_hook_cfg``: the rodata ``sens_cfg`` of one hook object."""
+
+    _fields_ = [("policy_id", ctypes.c_uint32), ("hook_id", ctypes.c_uint32), ("kind", ctypes.c_uint8),
+                ("nargs", ctypes.c_uint8), ("nsel", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("syscall_nr", ctypes.c_int32), ("args", SensArg * MAX_ARGS),
+                ("sel", SensSelector * MAX_SELECTORS), ("strs", SensStr * MAX_STRINGS)]
+
+
+class SensoriumHdr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint16), ("flags", ctypes.c_uint16), ("size", ctypes.c_uint32),
+                ("ktime", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32)]
+
+
+class SensEvent(ctypes.Structure):
+    """``struct sens_event``: the fixed head of every hook record."""
+
+    _fields_ = [("hdr", SensoriumHdr), ("policy_id", ctypes.c_uint32), ("hook_id", ctypes.c_uint32),
+                ("retval", ctypes.c_int64), ("cgroup_id", ctypes.c_uint64), ("sel", ctypes.c_uint8),
+                ("actions", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("nargs", ctypes.c_uint8),
+                ("data_len", ctypes.c_uint32)]
+
+
+class SensArgRec(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("len", ctypes.c_uint16),
+                ("pad", ctypes.c_uint32)]
+
+
+RECORD_LAYOUTS: dict[str, type] = {"sens_hook_cfg": HookCfg, "sens_event": SensEvent, "sens_arg_rec": SensArgRec,
+                                   "sens_selector": SensSelector, "sens_arg": SensArg}
+
+
+# ---- plans and results ----------------------------------------------------------------------------
+class SelectorError(ValueError):
+    """A selector cannot be compiled for the kernel. ``field`` is the path inside the hook item
+    (e.g. ``selectors[0].matchArgs[1].values``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgPlan:
+    """How the kernel reads one argument, and how user space reports it.
+
+    kind: ARG_INT / ARG_STR / ARG_BUF. from_/offset: where the raw value is (FROM_CTX byte offset,
+    FROM_RAW args index, FROM_SYSCALL parameter number). deref: how data is reached (DEREF_*).
+    json_key: Tetragon's KprobeArgument field (int_arg, size_arg, string_arg, bytes_arg, ...).
+    resolve: a path to make absolute (dirfd at dirfd_offset, else the cwd) and normalise in the kernel.
+    """
+
+    kind: int
+    from_: int
+    offset: int
+    json_key: str
+    deref: int = DEREF_NONE
+    size: int = 8
+    signed: bool = False
+    max: int = STR_MAX
+    size_arg: int | None = None  # position (in the plan list) of the length argument, for buffers
+    resolve: bool = False
+    dirfd_offset: int | None = None
+    label: str | None = None
+    type_name: str = ""
+
+
+@dataclasses.dataclass
+class CompiledHook:
+    cfg: HookCfg
+    flags: int
+    follow_binaries: dict[int, tuple[str, tuple[str, ...]]]  # selector -> (operator, values) with followChildren
+    follow_pids: dict[int, tuple[bool, tuple[int, ...]]]     # selector -> (isNamespacePID, pids) with followForks
+    blocking: bool
+    actions: list[list[str]]
+
+    def rodata(self) -> bytes:
+        return bytes(self.cfg)
+
+
+def host_namespace_inums(pid: int = 1) -> dict[str, int]:
+    """The agent host's namespace inode numbers (Tetragon's ``host_ns``), read from /proc/<pid>/ns."""
+    out: dict[str, int] = {}
+    for name, proc in NS_PROC.items():
+        try:
+            out[name] = os.stat(f"/proc/{pid}/ns/{proc}").st_ino
+        except OSError:
+            pass
+    return out
+
+
+def _g(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _parse_int(v: Any, field: str, signed: bool) -> int:
+    try:
+        n = int(str(v), 0)
+    except ValueError:
+        raise SelectorError(field, f"value {v!r} is not an integer") from None
+    if n < -(1 << 63) or n >= (1 << 64):
+        raise SelectorError(field, f"value {v!r} does not fit 64 bits")
+    return n & ((1 << 64) - 1)
+
+
+class _Strings:
+    def __init__(self, cfg: HookCfg) -> None:
+        self.cfg, self.n = cfg, 0
+
+    def add(self, values: Sequence[str], field: str) -> int:
+        first = self.n
+        if self.n + len(values) > MAX_STRINGS:
+            raise SelectorError(field, f"too many string values in one hook: at most {MAX_STRINGS} in the kernel "
+                                       f"(over all selectors of the hook)")
+        for v in values:
+            b = str(v).encode()
+            if len(b) > STR_MAX - 1:
+                raise SelectorError(field, f"string value of {len(b)} bytes is longer than the kernel limit "
+                                           f"of {STR_MAX - 1} bytes")
+            if b"\0" in b:
+                raise SelectorError(field, "string values cannot contain NUL bytes")
+            self.cfg.strs[self.n].len = len(b)
+            self.cfg.strs[self.n].s = b
+            self.n += 1
+        return first
+
+
+def _values_limit(values: Sequence[Any], field: str) -> None:
+    if len(values) > MAX_VALUES:
+        raise SelectorError(field, f"{len(values)} values: at most {MAX_VALUES} per operator in the kernel")
+
+
+def _compile_match_arg(m: Any, arg_pos: int, plan: ArgPlan, out: SensMatchArg, strings: _Strings, field: str) -> None:
+    op = m.op if hasattr(m, "op") else _g(m, "operator")
+    values = list(_g(m, "values") or [])
+    _values_limit(values, f"{field}.values")
+    out.arg = arg_pos
+    out.nvals = len(values)
+    if plan.kind == ARG_INT:
+        if op not in INT_OPS:
+            raise SelectorError(f"{field}.operator", f"operator {op} does not apply to the integer argument "
+                                                     f"(type {plan.type_name}); use one of {', '.join(INT_OPS)}")
+        out.op = OPS[op]
+        for i, v in enumerate(values):
+            out.vals[i] = _parse_int(v, f"{field}.values[{i}]", plan.signed)
+    else:
+        if op not in STRING_OPS:
+            raise SelectorError(f"{field}.operator", f"operator {op} does not apply to the string argument "
+                                                     f"(type {plan.type_name}); use one of {', '.join(STRING_OPS)}")
+        out.op = OPS[op]
+        out.str_first = strings.add(values, f"{field}.values")
+
+
+def compile_hook(
+    *,
+    policy_id: int,
+    hook_id: int,
+    kind: int,
+    args: Sequence[ArgPlan],
+    selectors: Sequence[Any],
+    arg_position: Mapping[int, int],
+    syscall_nr: int = -1,
+    at_exit: bool = False,
+    has_return: bool = False,
+    cgroup_scoped: bool = False,
+    host_ns: Mapping[str, int] | None = None,
+) -> CompiledHook:
+    """Build the ``sens_cfg`` of one hook.
+
+    arg_position maps a selector's matchArgs ``index`` to the position of the argument in ``args``
+    (kprobes: the declared ``args[].index``; tracepoints: the position in the list). Field paths in
+    errors are relative to the hook item (``selectors[0].matchArgs[0].index``).
+    """
+    if len(args) > MAX_ARGS:
+        raise SelectorError("args", f"{len(args)} arguments: at most {MAX_ARGS} in the kernel")
+    if len(selectors) > MAX_SELECTORS:
+        raise SelectorError("selectors", f"{len(selectors)} selectors: at most {MAX_SELECTORS}")
+    cfg = HookCfg()
+    cfg.policy_id, cfg.hook_id, cfg.kind = policy_id, hook_id, kind
+    cfg.nargs, cfg.nsel, cfg.syscall_nr = len(args), len(selectors), syscall_nr
+    flags = (CFG_AT_EXIT if at_exit else 0) | (CFG_CGROUP_SCOPED if cgroup_scoped else 0)
+    for i, a in enumerate(args):
+        d = cfg.args[i]
+        d.kind, d.from_, d.deref, d.size, d.is_signed = a.kind, a.from_, a.deref, a.size, int(a.signed)
+        d.offset, d.max = a.offset, min(a.max, STR_MAX)
+        d.resolve = int(a.resolve)
+        d.has_dirfd = int(a.dirfd_offset is not None)
+        d.dirfd_off = a.dirfd_offset or 0
+        d.size_arg = 0xFF if a.size_arg is None else a.size_arg
+    strings = _Strings(cfg)
+    follow_bins: dict[int, tuple[str, tuple[str, ...]]] = {}
+    follow_pids: dict[int, tuple[bool, tuple[int, ...]]] = {}
+    all_actions: list[list[str]] = []
+    blocking = False
+    ns_cache = host_ns
+    for si, sel in enumerate(selectors):
+        base = f"selectors[{si}]"
+        out = cfg.sel[si]
+        margs = list(_g(sel, "matchArgs") or [])
+        if len(margs) > MAX_MATCH_ARGS:
+            raise SelectorError(f"{base}.matchArgs", f"{len(margs)} entries: at most {MAX_MATCH_ARGS} in the kernel")
+        out.nargs = len(margs)
+        for mi, m in enumerate(margs):
+            field = f"{base}.matchArgs[{mi}]"
+            idxs = list(m.indexes) if hasattr(m, "indexes") else [_g(m, "index")]
+            if len(idxs) != 1:
+                raise SelectorError(f"{field}.args", "matching several arguments at once ('args') is not supported; "
+                                                     "write one matchArgs entry per argument")
+            if idxs[0] not in arg_position:
+                raise SelectorError(f"{field}.index", f"index {idxs[0]} names no declared argument "
+                                                      f"(declared: {sorted(arg_position)})")
+            pos = arg_position[idxs[0]]
+            _compile_match_arg(m, pos, args[pos], out.args[mi], strings, field)
+        rargs = list(_g(sel, "matchReturnArgs") or [])
+        if rargs:
+            if not has_return:
+                raise SelectorError(f"{base}.matchReturnArgs", "needs 'return: true'")
+            if len(rargs) > 1:
+                raise SelectorError(f"{base}.matchReturnArgs", f"{len(rargs)} entries: at most 1 in the kernel")
+            ret_plan = ArgPlan(kind=ARG_INT, from_=FROM_RETVAL, offset=0, json_key="long_arg", signed=True,
+                               type_name="return value")
+            _compile_match_arg(rargs[0], 0, ret_plan, out.ret, strings, f"{base}.matchReturnArgs[0]")
+            out.nret = 1
+        bins = list(_g(sel, "matchBinaries") or [])
+        if len(bins) > 1:
+            raise SelectorError(f"{base}.matchBinaries", f"{len(bins)} entries: at most 1 in the kernel")
+        if bins:
+            b = bins[0]
+            op, values = _g(b, "operator"), list(_g(b, "values") or [])
+            _values_limit(values, f"{base}.matchBinaries[0].values")
+            out.bin_op = OPS[op]
+            out.bin_nvals = len(values)
+            out.bin_str_first = strings.add(values, f"{base}.matchBinaries[0].values")
+            if _g(b, "followChildren", False):
+                if op.startswith("Not"):
+                    raise SelectorError(f"{base}.matchBinaries[0].followChildren",
+                                        f"followChildren applies to In/Prefix/Postfix, not {op}")
+                out.bin_follow = 1
+                follow_bins[si] = (op, tuple(values))
+                flags |= CFG_FOLLOW
+            flags |= CFG_NEED_BINARY
+        pids = list(_g(sel, "matchPIDs") or [])
+        if len(pids) > 1:
+            raise SelectorError(f"{base}.matchPIDs", f"{len(pids)} entries: at most 1 in the kernel")
+        if pids:
+            p = pids[0]
+            values = [int(v) for v in _g(p, "values")]
+            _values_limit(values, f"{base}.matchPIDs[0].values")
+            out.pid_op = OPS[_g(p, "operator")]
+            out.pid_nvals = len(values)
+            for i, v in enumerate(values):
+                out.pids[i] = v
+            out.pid_flags = (PID_NS if _g(p, "isNamespacePID") else 0)
+            if _g(p, "followForks") and _g(p, "operator") == "In":
+                # NotIn with followForks compares the process itself (see docs/selectors.md)
+                out.pid_flags |= PID_FOLLOW
+                follow_pids[si] = (bool(_g(p, "isNamespacePID")), tuple(values))
+                flags |= CFG_FOLLOW
+        nss = list(_g(sel, "matchNamespaces") or [])
+        if len(nss) > MAX_NS:
+            raise SelectorError(f"{base}.matchNamespaces", f"{len(nss)} entries: at most {MAX_NS} in the kernel")
+        out.nns = len(nss)
+        for ni, n in enumerate(nss):
+            field = f"{base}.matchNamespaces[{ni}]"
+            values = list(_g(n, "values"))
+            _values_limit(values, f"{field}.values")
+            name = _g(n, "namespace")
+            o = out.ns[ni]
+            o.ns, o.op, o.nvals = NS_IDS[name], OPS[_g(n, "operator")], len(values)
+            for i, v in enumerate(values):
+                if v == "host_ns":
+                    if ns_cache is None:
+                        ns_cache = host_namespace_inums()
+                    if name not in ns_cache:
+                        raise SelectorError(f"{field}.values[{i}]", f"cannot read the host's {name} namespace")
+                    o.inums[i] = ns_cache[name]
+                else:
+                    o.inums[i] = int(v)
+        caps = list(_g(sel, "matchCapabilities") or [])
+        if len(caps) > MAX_CAPS:
+            raise SelectorError(f"{base}.matchCapabilities", f"{len(caps)} entries: at most {MAX_CAPS} in the kernel")
+        out.ncaps = len(caps)
+        for ci, c in enumerate(caps):
+            field = f"{base}.matchCapabilities[{ci}]"
+            if _g(c, "isNamespaceCapability"):
+                raise SelectorError(f"{field}.isNamespaceCapability", "is not supported in the kernel selectors")
+            mask = 0
+            for v in _g(c, "values"):
+                name = str(v).upper()
+                bit = CAPABILITIES.get(name, CAPABILITIES.get("CAP_" + name))
+                if bit is None:
+                    raise SelectorError(f"{field}.values", f"unknown capability {v}")
+                mask |= 1 << bit
+            o = out.caps[ci]
+            o.set, o.op, o.mask = CAP_SETS[_g(c, "type", "Effective")], OPS[_g(c, "operator")], mask
+        acts = list(sel.actions) if hasattr(sel, "actions") else list(_g(sel, "matchActions") or [])
+        names: list[str] = []
+        bits = 0
+        for ai, a in enumerate(acts):
+            name = _g(a, "action")
+            field = f"{base}.matchActions[{ai}]"
+            names.append(name)
+            if name == "Post":
+                bits |= ACT_POST
+                rl = a.rate_limit_ns if hasattr(a, "rate_limit_ns") else None
+                if rl:
+                    out.rl_ns = rl
+                    out.rl_scope = RL_SCOPES[_g(a, "rateLimitScope") or "thread"]
+            elif name == "NoPost":
+                pass
+            elif name == "Sigkill":
+                if bits & ACT_SIGNAL and out.signal != 9:
+                    raise SelectorError(field, "Sigkill and Signal together: one signal per selector")
+                bits |= ACT_SIGKILL
+                out.signal = 9
+                blocking = True
+            elif name == "Signal":
+                if bits & ACT_SIGKILL and _g(a, "argSig") != 9:
+                    raise SelectorError(field, "Sigkill and Signal together: one signal per selector")
+                bits |= ACT_SIGNAL
+                out.signal = int(_g(a, "argSig"))
+                blocking = True
+            elif name == "Override":
+                raise SelectorError(f"{field}.action",
+                                    "Override needs fmod_ret or BPF LSM to return an error before the call runs; "
+                                    "this hook is a tracepoint/raw tracepoint, which cannot change a return value "
+                                    "(use Sigkill, or an lsmhooks section)")
+            else:
+                raise SelectorError(f"{field}.action", f"action {name} is not supported here")
+        if "NoPost" not in names:
+            bits |= ACT_POST
+        if "NoPost" in names and "Post" in names:
+            raise SelectorError(f"{base}.matchActions", "Post and NoPost together")
+        if list(_g(sel, "matchReturnActions") or []):
+            raise SelectorError(f"{base}.matchReturnActions", "matchReturnActions are not supported on this hook")
+        out.actions = bits
+        all_actions.append(names)
+    cfg.flags = flags
+    return CompiledHook(cfg=cfg, flags=flags, follow_binaries=follow_bins, follow_pids=follow_pids,
+                        blocking=blocking, actions=all_actions)

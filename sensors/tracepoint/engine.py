@@ -1,0 +1,370 @@
+"""The policy-hook engine shared by the tracepoint and kprobe sensors (and reusable by uprobe/lsm).
+
+One hook of a policy = one instance of the ``hook.bpf.c`` object, configured by its rodata
+(`sensorium.selectors.compile_hook`), attached as a tracepoint, raw tracepoint, or raw_tp
+sys_enter/sys_exit. Every hook object of a sensor writes into the sensor's one ring buffer (the map
+is shared with ``bpf_map__reuse_fd``), so loading and unloading policies never adds rings to the
+agent's reader. `HookSet` is the `PolicyHandle` of a section: it loads whole or undoes and raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import dataclasses
+import os
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from sensorium.events import Event
+from sensorium.hookspecs import PolicyLoadError, ProbeSource, SensorContext
+from sensorium import selectors as S
+
+__all__ = ["HOOK_PROBE", "HookPlan", "HookSet", "EventRing", "SYSCALL_ABI"]
+
+HOOK_PROBE = ProbeSource(name="sens_hook", source=Path(__file__).resolve().parent / "hook.bpf.c")
+SYSCALL_ABI = "x64"
+
+_EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event
+_ARG = struct.Struct("<BBHI")                 # sens_arg_rec
+assert _EV.size == ctypes.sizeof(S.SensEvent), (_EV.size, ctypes.sizeof(S.SensEvent))
+
+_ACTION_NAMES = {S.ACT_SIGKILL: "KPROBE_ACTION_SIGKILL", S.ACT_SIGNAL: "KPROBE_ACTION_SIGNAL"}
+
+
+@dataclasses.dataclass
+class HookPlan:
+    """Everything needed to load one hook and render its events."""
+
+    hook: str                          # for errors/status, e.g. "tracepoints[0] syscalls/sys_enter_openat"
+    field: str                         # field path of the item, e.g. "spec.tracepoints[0]"
+    compiled: S.CompiledHook
+    args: Sequence[S.ArgPlan]
+    attach: tuple[str, ...]            # ("tp", subsys, event) | ("raw", name) | ("syscall", at_exit)
+    mechanism: str
+    note: str
+    body: Mapping[str, Any]            # fixed event fields (subsys/event or function_name ...)
+    kind: str = "process_tracepoint"
+    return_plan: S.ArgPlan | None = None
+
+
+def _set_reuse_proto() -> Callable[[int, int], int]:
+    from sensorium.bpf.libbpf import lib
+
+    f = lib().bpf_map__reuse_fd
+    f.restype, f.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]
+    return f
+
+
+class EventRing:
+    """The sensor's one ring buffer (a maps-only instance of the hook object) and its decoder."""
+
+    def __init__(self, ctx: SensorContext, sensor: str) -> None:
+        self.ctx, self.sensor = ctx, sensor
+        self.obj: Any = None
+        self.hooks: dict[tuple[int, int], tuple[HookPlan, str, "HookSet"]] = {}
+        self.lock = threading.Lock()
+        self.decode_errors = 0
+
+    def start(self) -> None:
+        obj = self.ctx.open_object(self.ctx.build(HOOK_PROBE))
+        for p in obj.programs.values():
+            p.set_autoload(False)
+        obj.load()
+        self.obj = obj
+        self.ctx.add_ring_buffer(obj.map("sens_events"), self.decode)
+
+    @property
+    def fd(self) -> int:
+        return self.obj.map("sens_events").fd
+
+    def stop(self) -> None:
+        if self.obj is not None:
+            try:
+                self.obj.close()
+            except Exception:
+                pass
+            self.obj = None
+
+    # -- decoding (reader thread) -----------------------------------------------------------------
+    def decode(self, records: Sequence[bytes]) -> list[Event]:
+        out: list[Event] = []
+        hooks = self.hooks
+        pc = getattr(self.ctx, "process_cache", None)
+        make = self.ctx.make_event
+        for rec in records:
+            if len(rec) < _EV.size:
+                self.decode_errors += 1
+                continue
+            (rtype, _f, size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, nargs,
+             data_len) = _EV.unpack_from(rec)
+            entry = hooks.get((policy_id, hook_id))
+            if rtype != S.REC_HOOK or entry is None:
+                continue  # a hook unloaded while its last records were in flight
+            plan, policy_name, hs = entry
+            hs.events += 1
+            args = []
+            pos = _EV.size
+            end = min(len(rec), _EV.size + data_len)
+            for ap in plan.args:
+                if pos + 8 > end:
+                    break
+                kind, aflags, alen, _ = _ARG.unpack_from(rec, pos)
+                pos += 8
+                if kind == S.ARG_INT:
+                    (v,) = struct.unpack_from("<Q", rec, pos)
+                    pos += 8
+                    args.append(_render_int(ap, v))
+                else:
+                    data = rec[pos:pos + alen]
+                    pos += (alen + 7) & ~7
+                    args.append(_render_bytes(ap, data, aflags))
+            body: dict[str, Any] = {}
+            proc = parent = None
+            if pc is not None:
+                try:
+                    proc, parent = pc.get(pid)
+                except Exception:
+                    proc = parent = None
+            body["process"] = proc or {"pid": pid, "tid": tid}
+            if parent:
+                body["parent"] = parent
+            body.update(plan.body)
+            body["args"] = args
+            if plan.return_plan is not None and flags & S.EV_HAS_RET:
+                body["return"] = _render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)
+            body["policy_name"] = policy_name
+            blocking = actions & (S.ACT_SIGKILL | S.ACT_SIGNAL)
+            if blocking:
+                body["action"] = _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]
+                if actions & S.ACT_SIGNAL:
+                    body["signal"] = plan.compiled.cfg.sel[sel].signal
+                monitoring = bool(flags & S.EV_MONITOR)
+                body["policy_mode"] = "monitoring" if monitoring else "enforcement"
+                body["action_taken"] = not monitoring and not (flags & S.EV_SIGNAL_ERR)
+            else:
+                body["action"] = "KPROBE_ACTION_POST"
+            if cgroup_id:
+                body["cgroup_id"] = cgroup_id
+            out.append(make(plan.kind, body, ktime))
+        return out
+
+
+def _render_int(ap: S.ArgPlan, v: int) -> dict[str, Any]:
+    key = ap.json_key
+    if ap.signed:
+        bits = ap.size * 8
+        v &= (1 << bits) - 1
+        if v >= 1 << (bits - 1):
+            v -= 1 << bits
+    elif ap.size < 8:
+        v &= (1 << (ap.size * 8)) - 1
+    if key == "syscall_id":
+        out: dict[str, Any] = {"syscall_id": {"id": v, "abi": SYSCALL_ABI}}
+    else:
+        out = {key: v}
+    if ap.label:
+        out["label"] = ap.label
+    return out
+
+
+def _render_bytes(ap: S.ArgPlan, data: bytes, flags: int) -> dict[str, Any]:
+    key = ap.json_key
+    if key == "bytes_arg":
+        out: dict[str, Any] = {key: base64.b64encode(data).decode()}
+        if flags & S.ARGF_TRUNC:
+            out = {"truncated_bytes_arg": {"bytes_arg": out[key], "orig_size": None}}
+    else:
+        text = data.decode("utf-8", "backslashreplace")
+        if key in ("file_arg", "path_arg", "linux_binprm_arg"):
+            out = {key: {"path": text}}
+        else:
+            out = {key: text}
+    if flags & S.ARGF_ERR:
+        out["error"] = "unreadable"
+    if ap.label:
+        out["label"] = ap.label
+    return out
+
+
+class HookSet:
+    """A loaded policy section: one hook object per item. Implements `sensorium.hookspecs.PolicyHandle`."""
+
+    def __init__(self, ctx: SensorContext, ring: EventRing, policy_id: int, policy_name: str, mode: str) -> None:
+        self.ctx, self.ring = ctx, ring
+        self.policy_id, self.policy_name, self.mode = policy_id, policy_name, mode
+        self.objects: list[tuple[HookPlan, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.events = 0
+        self._unloaded = False
+
+    # -- loading ----------------------------------------------------------------------------------
+    def load(self, plans: Sequence[HookPlan], cgroup_ids: Sequence[int] | None = None) -> None:
+        """Load and attach every plan, or undo everything and raise `PolicyLoadError`."""
+        try:
+            for plan in plans:
+                self._load_one(plan, cgroup_ids)
+        except PolicyLoadError:
+            self.unload()
+            raise
+        except Exception as e:  # a libbpf error, an attach failure...
+            self.unload()
+            raise PolicyLoadError(getattr(e, "_hook", "?"), str(e)) from e
+
+    def _load_one(self, plan: HookPlan, cgroup_ids: Sequence[int] | None) -> None:
+        try:
+            path = self.ctx.build(HOOK_PROBE)
+            obj = self.ctx.open_object(path)
+        except Exception as e:
+            raise PolicyLoadError(plan.hook, f"cannot build the hook program: {e}") from e
+        self.objects.append((plan, obj))
+        try:
+            reuse = _set_reuse_proto()
+            err = reuse(obj.map("sens_events")._p(), self.ring.fd)
+            if err < 0:
+                raise OSError(-err, f"cannot share the sensor's ring buffer: {os.strerror(-err)}")
+            obj.set_rodata("sens_cfg", plan.compiled.rodata())
+            flags = plan.compiled.flags
+            wanted = set()
+            kind = plan.attach[0]
+            if kind == "tp":
+                wanted.add("sens_tp")
+            elif kind == "raw":
+                wanted.add("sens_raw")
+            else:
+                wanted.add("sens_sys_enter")
+                if plan.attach[1]:
+                    wanted.add("sens_sys_exit")
+            if flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
+                wanted.update(("sens_exec", "sens_exit"))
+            if flags & S.CFG_FOLLOW:
+                wanted.add("sens_fork")
+            for name, prog in obj.programs.items():
+                prog.set_autoload(name in wanted)
+            obj.load()
+            obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if self.mode == "monitoring" else 0))
+            for cg in cgroup_ids or ():
+                obj.map("sens_cgroups").update(struct.pack("<Q", cg), b"\x01")
+            self._seed_follow(plan, obj)
+            # Process tracking first, so no fork slips between the seed and the hook.
+            for name in ("sens_exec", "sens_exit", "sens_fork"):
+                if name in wanted:
+                    obj.program(name).attach()
+            if kind == "tp":
+                obj.program("sens_tp").attach_tracepoint(plan.attach[1], plan.attach[2])
+            elif kind == "raw":
+                obj.program("sens_raw").attach_raw_tracepoint(plan.attach[1])
+            else:
+                if "sens_sys_exit" in wanted:
+                    obj.program("sens_sys_exit").attach_raw_tracepoint("sys_exit")
+                obj.program("sens_sys_enter").attach_raw_tracepoint("sys_enter")
+        except PolicyLoadError:
+            raise
+        except Exception as e:
+            raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
+        with self.ring.lock:
+            hooks = dict(self.ring.hooks)
+            hooks[(self.policy_id, plan.compiled.cfg.hook_id)] = (plan, self.policy_name, self)
+            self.ring.hooks = hooks  # copy-on-write: the reader thread reads without the lock
+
+    def _seed_follow(self, plan: HookPlan, obj: Any) -> None:
+        """followChildren/followForks for processes that already run: mark descendants of matching ones."""
+        fb, fp = plan.compiled.follow_binaries, plan.compiled.follow_pids
+        if not fb and not fp:
+            return
+        procs: dict[int, tuple[int, str, int]] = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            pid = int(d)
+            try:
+                with open(f"/proc/{d}/status") as f:
+                    st = f.read()
+                ppid = int(st.split("PPid:")[1].split()[0])
+                nspid = int(st.split("NSpid:")[1].split()[-1]) if "NSpid:" in st else pid
+                try:
+                    exe = os.readlink(f"/proc/{d}/exe")
+                except OSError:
+                    exe = ""
+                procs[pid] = (ppid, exe, nspid)
+            except (OSError, IndexError, ValueError):
+                continue
+        own: dict[int, int] = {}
+        for pid, (ppid, exe, nspid) in procs.items():
+            bits = 0
+            for si, (op, values) in fb.items():
+                if (op == "In" and exe in values) or (op == "Prefix" and any(exe.startswith(v) for v in values)) or (
+                        op == "Postfix" and any(exe.endswith(v) for v in values)):
+                    bits |= 1 << si
+            for si, (ns, pids) in fp.items():
+                if (nspid if ns else pid) in pids:
+                    bits |= 1 << (8 + si)
+            own[pid] = bits
+        fmap = obj.map("sens_follow")
+        for pid in procs:
+            bits, cur, seen = 0, procs[pid][0], 0
+            while cur > 0 and cur in procs and seen < 64:  # inherited from an ancestor
+                bits |= own.get(cur, 0)
+                cur, seen = procs[cur][0], seen + 1
+            if bits:
+                fmap.update(struct.pack("<I", pid), struct.pack("<I", bits))
+
+    # -- PolicyHandle -----------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("enforcement", "monitoring"):
+            raise ValueError(f"unknown mode {mode!r}")
+        for _plan, obj in self.objects:
+            obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if mode == "monitoring" else 0))
+        self.mode = mode
+
+    def counters(self) -> dict[str, int]:
+        names = ("posted", "dropped", "filtered", "signals", "signal_errors", "rate_limited")
+        total = dict.fromkeys(names, 0)
+        for _plan, obj in self.objects:
+            try:
+                m = obj.map("sens_counters")
+                for i, n in enumerate(names):
+                    raw = m.lookup(struct.pack("<I", i))
+                    if raw:
+                        total[n] += sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
+            except Exception:
+                continue
+        return total
+
+    def status(self) -> Mapping[str, Any]:
+        hooks = [{"hook": p.hook, "mechanism": p.mechanism, "note": p.note, "state": "loaded"}
+                 for p, _ in self.objects]
+        hooks += self.skipped
+        c = self.counters() if not self._unloaded else {}
+        mem = 0
+        for _plan, obj in self.objects:
+            try:
+                for m in obj.maps.values():
+                    if m.name.endswith("sens_events"):
+                        continue
+                    mem += m.max_entries * (m.key_size + m.value_size)
+            except Exception:
+                pass
+        return {"hooks": hooks, "events": c.get("posted", 0), "errors": c.get("dropped", 0) + c.get("signal_errors", 0),
+                "kernel_memory_bytes": mem, "mode": self.mode, "counters": c,
+                "state": "unloaded" if self._unloaded else "loaded"}
+
+    def unload(self) -> None:
+        with self.ring.lock:
+            hooks = {k: v for k, v in self.ring.hooks.items() if v[2] is not self}
+            self.ring.hooks = hooks
+        for _plan, obj in self.objects:
+            try:
+                obj.close()
+            except Exception:
+                pass
+            objs = getattr(self.ctx, "objects", None)
+            if isinstance(objs, list):  # the agent's context keeps a list of what it opened
+                try:
+                    objs.remove(obj)
+                except ValueError:
+                    pass
+        self.objects = []
+        self._unloaded = True
