@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Start etcd and the cached kube-apiserver on loopback for the Kubernetes tests, write a kubeconfig.
+# RBAC is on (the chart's least ClusterRole is checked for real, by impersonation); the ServiceAccount
+# admission plugin is off (there is no controller manager to mint tokens). There is no scheduler or
+# kubelet: the tests play the kubelet (tests/k8s/kubelet.py). Idempotent: a running pair is reused.
+# Prints the kubeconfig path. Stop with stop.sh.
+set -euo pipefail
+CACHE="${SENSORIUM_K8S_CACHE:-/var/cache/sensorium-k8s}"
+RUN="${SENSORIUM_K8S_RUN:-/run/sensorium-k8s}"
+LIB="${SENSORIUM_K8S_LIB:-/var/lib/sensorium-k8s}"
+ETCD_PORT="${SENSORIUM_ETCD_PORT:-23791}"
+API_PORT="${SENSORIUM_APISERVER_PORT:-16443}"
+APISERVER="$CACHE/bin/kube-apiserver"
+KUBECONFIG_OUT="$RUN/kubeconfig"
+[[ -x "$APISERVER" ]] || { echo "no $APISERVER: run scripts/k8s/build-apiserver.sh first" >&2; exit 1; }
+mkdir -p "$RUN/pki" "$LIB"
+
+ready() { curl -sk --max-time 2 -H "Authorization: Bearer $(cat "$RUN/admin.token" 2>/dev/null)" \
+              "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null | grep -qx ok; }
+if ready && [[ -s "$KUBECONFIG_OUT" ]]; then echo "$KUBECONFIG_OUT"; exit 0; fi
+
+# A leftover half (e.g. etcd without apiserver): stop it and start clean.
+"$(dirname "$0")/stop.sh" --apiserver-only >/dev/null 2>&1 || true
+
+[[ -s "$RUN/admin.token" ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/admin.token"
+TOKEN="$(cat "$RUN/admin.token")"
+echo "$TOKEN,sensorium-test-admin,1000,\"system:masters\"" >"$RUN/tokens.csv"
+[[ -s "$RUN/pki/sa.key" ]] || openssl genrsa -out "$RUN/pki/sa.key" 2048 2>/dev/null
+
+rm -rf "$LIB/etcd"  # a fresh cluster every start: no objects left from an earlier run
+setsid etcd --name sensorium-test --data-dir "$LIB/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
+    --initial-cluster "sensorium-test=http://127.0.0.1:$((ETCD_PORT + 10))" \
+    >"$RUN/etcd.log" 2>&1 </dev/null &
+echo $! >"$RUN/etcd.pid"
+
+setsid "$APISERVER" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --cert-dir="$RUN/pki" --token-auth-file="$RUN/tokens.csv" \
+    --authorization-mode=RBAC --allow-privileged=true \
+    --disable-admission-plugins=ServiceAccount \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$RUN/pki/sa.key" --service-account-signing-key-file="$RUN/pki/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    >"$RUN/apiserver.log" 2>&1 </dev/null &
+echo $! >"$RUN/apiserver.pid"
+
+start=$(date +%s%N)
+for _ in $(seq 1 300); do ready && break; sleep 0.1; done
+ready || { echo "kube-apiserver not ready after 30 s; log tail:" >&2; tail -30 "$RUN/apiserver.log" >&2; exit 1; }
+echo "kube-apiserver ready in $(( ($(date +%s%N) - start) / 1000000 )) ms" >&2
+
+cat >"$KUBECONFIG_OUT.tmp" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: sensorium-test
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: $TOKEN
+contexts:
+- name: sensorium-test
+  context: {cluster: sensorium-test, user: admin}
+current-context: sensorium-test
+KC
+chmod 600 "$KUBECONFIG_OUT.tmp" && mv "$KUBECONFIG_OUT.tmp" "$KUBECONFIG_OUT"
+echo "$KUBECONFIG_OUT"
