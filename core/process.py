@@ -185,7 +185,8 @@ class ProcessCache:
         self.max_size = max_size
         self.exited_grace_s = exited_grace_s
         self._clock = clock
-        self.cgroups = cgroups
+        # Resolves cgroup ids of exec records to paths (and so to container ids).
+        self.cgroups = cgroups if cgroups is not None else CgroupResolver()
         self.proc_root = proc_root  # where a pid missing from the cache is looked up; None: never
         self._entries: dict[str, _Entry] = {}  # exec_id -> entry, insertion order = age
         self._pids: dict[int, str] = {}  # live pid -> exec_id
