@@ -368,3 +368,73 @@ class HookSet:
                     pass
         self.objects = []
         self._unloaded = True
+
+
+class HookSensor:
+    """Base of a sensor whose policy items are served by hook objects (tracepoint, kprobe...).
+
+    Subclasses implement `plan_item` (one policy item -> `HookPlan`, raising `PolicyLoadError`).
+    """
+
+    name = "hooks"
+    section = ""
+
+    def __init__(self, ctx: SensorContext) -> None:
+        self.ctx = ctx
+        self.ring = EventRing(ctx, self.name)
+        self.handles: list[HookSet] = []
+        self.state = "stopped"
+        self.error: str | None = None
+
+    def start(self) -> None:
+        try:
+            self.ring.start()
+        except BaseException as e:
+            self.state, self.error = "failed", str(e)
+            self.stop()
+            raise
+        self.state = "running"
+
+    def stop(self) -> None:
+        for h in list(self.handles):
+            h.unload()
+        self.handles.clear()
+        self.ring.stop()
+        if self.state == "running":
+            self.state = "stopped"
+
+    def status(self) -> Mapping[str, Any]:
+        live = [h for h in self.handles if not h._unloaded]
+        return {"state": self.state, "error": self.error, "policies": len(live),
+                "hooks": sum(len(h.objects) for h in live), "decode_errors": self.ring.decode_errors}
+
+    # -- policies ---------------------------------------------------------------------------------
+    def plan_item(self, policy: Any, index: int, item: Any) -> HookPlan | None:
+        raise NotImplementedError
+
+    def plan(self, policy: Any) -> list[HookPlan]:
+        plans = []
+        for i, item in enumerate(policy.items):
+            p = self.plan_item(policy, i, item)
+            if p is not None:
+                plans.append(p)
+        return plans
+
+    def check_policy(self, policy: Any) -> None:
+        self.plan(policy)
+
+    def load_policy(self, policy: Any, cgroup_ids: Sequence[int] | None = None) -> HookSet:
+        """Load a section. ``cgroup_ids`` (optional, not part of the contract yet) scopes every hook to
+        tasks whose cgroup2 id is listed, checked in the kernel before anything else."""
+        if self.state != "running" or self.ring.obj is None:
+            raise PolicyLoadError(f"{policy.section}", f"the {self.name} sensor is not running")
+        plans = self.plan(policy)
+        if cgroup_ids is not None:
+            for p in plans:
+                p.compiled.cfg.flags |= S.CFG_CGROUP_SCOPED
+                p.compiled.flags |= S.CFG_CGROUP_SCOPED
+        hs = HookSet(self.ctx, self.ring, policy.id, policy.name, policy.mode)
+        hs.skipped = [s for s in getattr(self, "_skipped", {}).pop(policy.id, [])]
+        hs.load(plans, cgroup_ids)
+        self.handles = [h for h in self.handles if not h._unloaded] + [hs]
+        return hs

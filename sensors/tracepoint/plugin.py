@@ -1,0 +1,33 @@
+"""The tracepoint sensor plugin: TracingPolicy ``tracepoints`` sections (tracepoints and raw tracepoints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sensorium import hookimpl
+from sensorium.hookspecs import SensorSpec
+
+
+def _factory(ctx):  # type: ignore[no-untyped-def]
+    from sensorium_sensors.tracepoint.sensor import TracepointSensor
+
+    return TracepointSensor(ctx)
+
+
+@hookimpl
+def sensorium_sensor() -> SensorSpec:
+    from sensorium import selectors
+    from sensorium.policy import TracepointSpec
+    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+
+    return SensorSpec(
+        name="tracepoint",
+        description="TracingPolicy tracepoints (tracefs events and raw tracepoints) with in-kernel selectors "
+        "and actions; events: process_tracepoint",
+        factory=_factory,
+        probes=[HOOK_PROBE],
+        policy_sections={"tracepoints": TracepointSpec},
+        record_layouts=dict(selectors.RECORD_LAYOUTS),
+        requires=frozenset({"tracepoint", "raw_tp", "ringbuf", "btf"}),
+        enabled_by_default=True,
+    )
