@@ -1,0 +1,617 @@
+"""The agent's local API: newline-delimited JSON over a root-only unix socket, used by the CLI.
+
+Request (one line): ``{"method": "policy.add", "params": {...}, "id": 1}``.
+Response (one line): ``{"id": 1, "ok": true, "result": ...}`` or
+``{"id": 1, "ok": false, "error": {"code": "invalid_policy", "message": "file:line: field: reason"}}``.
+
+``events.subscribe`` answers once, then streams: each following line is either an event in Tetragon's
+JSON shape or a control line ``{"stream": {"dropped": n}}`` saying how many events this subscriber
+missed because it read too slowly. The pipeline never waits for a subscriber: a full queue drops.
+
+Methods: ``status``, ``plugins``, ``policy.add`` (text, file?, mode?), ``policy.delete`` (name),
+``policy.list``, ``policy.get`` (name), ``policy.enable`` / ``policy.disable`` (name),
+``policy.set_mode`` (name, mode), ``events.subscribe`` (filters?, queue_size?).
+
+The agent runs as root and this socket changes what the kernel enforces, so: the socket is 0600 in a
+0700 directory, peers whose SO_PEERCRED uid is not allowed (root only by default) are refused before
+anything is read, request lines are bounded, every parameter is validated, and no request can crash
+the server or hold its lock while reading from a client.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sensorium.events import Event
+from sensorium.filters import EventFilter, compile_event_filter
+from sensorium.policy import MAX_POLICY_BYTES, MODES
+from sensorium.yamlsrc import SourceError
+
+log = logging.getLogger("sensorium.api")
+
+MAX_REQUEST_BYTES = 4 * MAX_POLICY_BYTES  # a policy text JSON-escaped, with room to spare
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT_S = 300.0         # a connection that sends nothing for this long is closed
+SEND_TIMEOUT_S = 30.0          # a client that reads nothing for this long is dropped
+DEFAULT_QUEUE_EVENTS = 8192    # per subscriber
+MAX_QUEUE_EVENTS = 1 << 20
+MAX_FILTER_PATTERNS = 64
+MAX_PATTERN_LEN = 1024
+
+
+class AgentApi(Protocol):
+    """What the API needs from the agent (`sensorium.agent.Agent` provides it)."""
+
+    policies: Any  # sensorium.policy_manager.PolicyManager | None (None until policies are started)
+    registry: Any  # sensorium.plugins.PluginRegistry (for ``plugins``: ``registry.as_list()``)
+
+    def status(self) -> Mapping[str, Any]:
+        """JSON-able agent status."""
+
+    def subscribe(self, callback: Callable[[Sequence[Event]], None]) -> Callable[[], None]:
+        """Call ``callback`` with every batch of exported events (it must not block); returns unsubscribe."""
+
+
+class ApiError(Exception):
+    """An error answered to the client: ``code`` is stable, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+# ---- parameters (validated; unknown keys refused) ------------------------------------------------
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NoParams(_Params):
+    pass
+
+
+class NameParams(_Params):
+    name: str = Field(min_length=1, max_length=253)
+
+
+class AddParams(_Params):
+    text: str = Field(max_length=MAX_POLICY_BYTES)
+    file: str | None = Field(default=None, max_length=4096)
+    mode: Literal["enforcement", "monitoring"] | None = None
+
+
+class ModeParams(_Params):
+    name: str = Field(min_length=1, max_length=253)
+    mode: Literal["enforcement", "monitoring"]
+
+
+class StreamFilters(_Params):
+    """Server-side filters of ``events.subscribe``: every given field must match (AND)."""
+
+    event_set: list[str] | None = Field(default=None, max_length=16)
+    binary_regex: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
+    namespace: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
+    pod_regex: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
+    policy_names: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
+
+
+class SubscribeParams(_Params):
+    filters: StreamFilters = Field(default_factory=StreamFilters)
+    queue_size: int = Field(default=DEFAULT_QUEUE_EVENTS, ge=16, le=MAX_QUEUE_EVENTS)
+
+
+def _compile_stream_filter(f: StreamFilters) -> Callable[[Event], bool]:
+    for patterns in (f.binary_regex, f.pod_regex):
+        for p in patterns or ():
+            if len(p) > MAX_PATTERN_LEN:
+                raise ApiError("invalid_params", f"regex longer than {MAX_PATTERN_LEN} characters")
+    try:
+        ef = EventFilter.model_validate(f.model_dump(exclude_none=True))
+    except ValidationError as exc:
+        raise ApiError("invalid_params", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                   for e in exc.errors())) from None
+    return compile_event_filter(ef)
+
+
+# ---- the server -----------------------------------------------------------------------------------
+
+
+def _peer_uid(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the connected peer, from the kernel (SO_PEERCRED), not from anything it sent."""
+    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
+
+
+def _prepare_directory(d: Path) -> None:
+    if not d.exists():
+        d.mkdir(parents=True, mode=0o700)
+        os.chmod(d, 0o700)
+        return
+    st = d.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"API socket directory {d} is not a directory")
+    # Someone else able to write here could replace our socket with theirs: refuse such directories
+    # (a sticky world-writable one such as /tmp is safe: nobody can remove our entry).
+    if st.st_uid != os.geteuid():
+        raise PermissionError(f"API socket directory {d} is owned by uid {st.st_uid}, not by us")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise PermissionError(f"API socket directory {d} is writable by others (mode {oct(st.st_mode & 0o777)})")
+
+
+def _clear_stale(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # left over from an agent that died
+        return
+    except OSError:
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise FileExistsError(f"another agent is already serving the API at {path}")
+
+
+class ApiServer:
+    """Serves the API for ``agent`` on ``socket_path`` (threads: one acceptor, one per connection)."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], agent: AgentApi, *,
+                 allowed_uids: Sequence[int] = (0,)) -> None:
+        self.path = Path(socket_path)
+        self.agent = agent
+        self.allowed_uids = frozenset(allowed_uids)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self.refused_peers = 0
+        self.requests = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        _prepare_directory(self.path.parent)
+        _clear_stale(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(16)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._accept_loop, name="sensorium-api", daemon=True)
+        self._thread.start()
+        log.info("API listening on %s", self.path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        with self._conns_lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "ApiServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ---- connections --------------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                log.exception("API accept failed")
+                time.sleep(0.1)
+                continue
+            try:
+                pid, uid, _gid = _peer_uid(conn)
+            except OSError:
+                conn.close()
+                continue
+            if uid not in self.allowed_uids:
+                self.refused_peers += 1
+                log.warning("API: refused connection from pid %d uid %d (only uid %s allowed)", pid, uid,
+                            ",".join(map(str, sorted(self.allowed_uids))))
+                self._send_and_close(conn, {"ok": False, "error": {"code": "permission_denied",
+                                                                   "message": "the Sensorium API is for root only"}})
+                continue
+            with self._conns_lock:
+                if len(self._conns) >= MAX_CONNECTIONS:
+                    busy = True
+                else:
+                    busy = False
+                    self._conns.add(conn)
+            if busy:
+                self._send_and_close(conn, {"ok": False, "error": {"code": "busy",
+                                                                   "message": f"more than {MAX_CONNECTIONS} connections"}})
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name=f"sensorium-api-{pid}", daemon=True).start()
+
+    @staticmethod
+    def _send_and_close(conn: socket.socket, msg: Mapping[str, Any]) -> None:
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(orjson.dumps(msg) + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _lines(self, conn: socket.socket) -> Iterator[bytes | ApiError]:
+        """Request lines from ``conn``; an over-long line yields an error and ends the connection."""
+        buf = bytearray()
+        conn.settimeout(IDLE_TIMEOUT_S)
+        while not self._stop.is_set():
+            nl = buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(buf[:nl])
+                del buf[: nl + 1]
+                if line.strip():
+                    yield line
+                continue
+            if len(buf) > MAX_REQUEST_BYTES:
+                yield ApiError("request_too_large", f"request line longer than {MAX_REQUEST_BYTES} bytes")
+                return
+            try:
+                chunk = conn.recv(65536)
+            except (socket.timeout, OSError):
+                return
+            if not chunk:
+                return
+            buf += chunk
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            for line in self._lines(conn):
+                if isinstance(line, ApiError):
+                    self._reply(conn, None, error=line)
+                    return
+                self.requests += 1
+                req_id: Any = None
+                try:
+                    req = orjson.loads(line)
+                    if not isinstance(req, dict):
+                        raise ApiError("bad_request", "a request is a JSON object")
+                    req_id = req.get("id")
+                    if req_id is not None and not isinstance(req_id, (int, str)):
+                        req_id = None
+                        raise ApiError("bad_request", "id must be an integer or a string")
+                    extra = set(req) - {"method", "params", "id"}
+                    if extra:
+                        raise ApiError("bad_request", f"unknown request keys: {', '.join(sorted(map(str, extra)))}")
+                    method = req.get("method")
+                    params = req.get("params", {})
+                    if params is None:
+                        params = {}
+                    if not isinstance(method, str) or not isinstance(params, dict):
+                        raise ApiError("bad_request", "method must be a string and params an object")
+                    if method == "events.subscribe":
+                        self._stream(conn, req_id, params)
+                        return
+                    result = self.dispatch(method, params)
+                except ApiError as exc:
+                    if not self._reply(conn, req_id, error=exc):
+                        return
+                    continue
+                except orjson.JSONDecodeError as exc:
+                    if not self._reply(conn, None, error=ApiError("bad_request", f"invalid JSON: {exc}")):
+                        return
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the server
+                    log.exception("API request failed")
+                    if not self._reply(conn, req_id, error=ApiError("internal", f"{type(exc).__name__}: {exc}")):
+                        return
+                    continue
+                if not self._reply(conn, req_id, result=result):
+                    return
+        finally:
+            with self._conns_lock:
+                self._conns.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _reply(conn: socket.socket, req_id: Any, *, result: Any = None, error: ApiError | None = None) -> bool:
+        msg: dict[str, Any] = {"id": req_id, "ok": error is None}
+        if error is None:
+            msg["result"] = result
+        else:
+            msg["error"] = {"code": error.code, "message": error.message}
+        try:
+            data = orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            data = orjson.dumps({"id": req_id, "ok": False,
+                                 "error": {"code": "internal", "message": f"unserializable result: {exc}"}})
+        try:
+            conn.settimeout(SEND_TIMEOUT_S)
+            conn.sendall(data + b"\n")
+            return True
+        except OSError:
+            return False
+
+    # ---- methods ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _params(model: type[_Params], params: Mapping[str, Any]) -> Any:
+        try:
+            return model.model_validate(params)
+        except ValidationError as exc:
+            msgs = []
+            for e in exc.errors():
+                where = ".".join(str(x) for x in e["loc"]) or "params"
+                msg = "unknown parameter" if e["type"] == "extra_forbidden" else e["msg"]
+                msgs.append(f"{where}: {msg}")
+            raise ApiError("invalid_params", "; ".join(msgs)) from None
+
+    def _manager(self) -> Any:
+        pm = getattr(self.agent, "policies", None)
+        if pm is None:
+            raise ApiError("unavailable", "the agent has no policy manager (no sensor serves policies)")
+        return pm
+
+    def dispatch(self, method: str, params: Mapping[str, Any]) -> Any:
+        """Run one (non-streaming) method; raise `ApiError` for anything the client did wrong."""
+        from sensorium.policy_manager import PolicyNotFound
+
+        try:
+            if method == "status":
+                self._params(NoParams, params)
+                return self.agent.status()
+            if method == "plugins":
+                self._params(NoParams, params)
+                return self.agent.registry.as_list()
+            if method == "policy.list":
+                self._params(NoParams, params)
+                return self._manager().list()
+            if method == "policy.get":
+                p = self._params(NameParams, params)
+                return self._manager().get(p.name)
+            if method == "policy.add":
+                p = self._params(AddParams, params)
+                names = self._manager().add(p.text, p.file or "<api>", mode=p.mode)
+                return {"added": names}
+            if method == "policy.delete":
+                p = self._params(NameParams, params)
+                self._manager().delete(p.name)
+                return {"deleted": p.name}
+            if method == "policy.enable":
+                p = self._params(NameParams, params)
+                self._manager().enable(p.name)
+                return {"enabled": p.name}
+            if method == "policy.disable":
+                p = self._params(NameParams, params)
+                self._manager().disable(p.name)
+                return {"disabled": p.name}
+            if method == "policy.set_mode":
+                p = self._params(ModeParams, params)
+                self._manager().set_mode(p.name, p.mode)
+                return {"name": p.name, "mode": p.mode}
+        except PolicyNotFound as exc:
+            raise ApiError("not_found", str(exc)) from None
+        except SourceError as exc:
+            raise ApiError("invalid_policy", str(exc)) from None
+        raise ApiError("unknown_method", f"unknown method {method[:64]!r} (methods: {', '.join(METHODS)})")
+
+    # ---- event stream -------------------------------------------------------------------------------
+
+    def _stream(self, conn: socket.socket, req_id: Any, params: Mapping[str, Any]) -> None:
+        p = self._params(SubscribeParams, params)
+        match = _compile_stream_filter(p.filters)
+        sub = _Subscriber(p.queue_size)
+        unsubscribe = self.agent.subscribe(sub.offer)
+        try:
+            if not self._reply(conn, req_id, result={"subscribed": True, "queue_size": p.queue_size}):
+                return
+            conn.settimeout(SEND_TIMEOUT_S)
+            reported = 0
+            while not self._stop.is_set():
+                batches = sub.take(timeout=0.5)
+                out = bytearray()
+                for batch in batches:
+                    for ev in batch:
+                        try:
+                            if match(ev):
+                                out += ev.json()
+                                out += b"\n"
+                        except Exception:  # noqa: BLE001 - one odd event must not end the stream
+                            sub.filter_errors += 1
+                if sub.dropped != reported:
+                    out += orjson.dumps({"stream": {"dropped": sub.dropped}}) + b"\n"
+                    reported = sub.dropped
+                if out:
+                    conn.sendall(out)
+                elif _peer_closed(conn):
+                    return
+        except OSError:
+            return
+        finally:
+            unsubscribe()
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    """Whether the client hung up (readable with EOF). Anything it sends on a stream is ignored."""
+    try:
+        r, _, _ = select.select([conn], [], [], 0)
+        if not r:
+            return False
+        return conn.recv(4096, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class _Subscriber:
+    """A bounded queue between the pipeline thread and one client: `offer` never blocks, it drops."""
+
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self._batches: collections.deque[Sequence[Event]] = collections.deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.filter_errors = 0
+
+    def offer(self, batch: Sequence[Event]) -> None:
+        n = len(batch)
+        with self._cond:
+            if self._queued + n > self.max_events:
+                self.dropped += n
+            else:
+                self._batches.append(batch)
+                self._queued += n
+            self._cond.notify()
+
+    def take(self, timeout: float) -> list[Sequence[Event]]:
+        with self._cond:
+            if not self._batches:
+                self._cond.wait(timeout)
+            out = list(self._batches)
+            self._batches.clear()
+            self._queued = 0
+            return out
+
+
+METHODS = ("status", "plugins", "policy.add", "policy.delete", "policy.list", "policy.get", "policy.enable",
+           "policy.disable", "policy.set_mode", "events.subscribe")
+
+
+# ---- client ---------------------------------------------------------------------------------------
+
+
+class ApiClient:
+    """A small blocking client (the CLI uses it)."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], timeout: float | None = 120.0) -> None:
+        self.path = str(socket_path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._next_id = 1
+
+    def connect(self) -> "ApiClient":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.path)
+        except OSError:
+            s.close()
+            raise
+        self._sock = s
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:  # wakes a thread blocked reading this socket and tells the server at once
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "ApiClient":
+        return self.connect() if self._sock is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _readline(self) -> bytes:
+        assert self._sock is not None
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                return line
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the agent closed the connection")
+            self._buf += chunk
+
+    def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and return the raw response object."""
+        if self._sock is None:
+            self.connect()
+        assert self._sock is not None
+        rid = self._next_id
+        self._next_id += 1
+        self._sock.sendall(orjson.dumps({"id": rid, "method": method, "params": dict(params or {})}) + b"\n")
+        return orjson.loads(self._readline())
+
+    def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """The result, or `ApiError` with the server's code and message."""
+        resp = self.request(method, params)
+        if not resp.get("ok"):
+            err = resp.get("error") or {}
+            raise ApiError(str(err.get("code", "error")), str(err.get("message", "unknown error")))
+        return resp.get("result")
+
+    def events(self, filters: Mapping[str, Any] | None = None, queue_size: int = DEFAULT_QUEUE_EVENTS) -> Iterator[dict[str, Any]]:
+        """Subscribe and yield stream lines as dicts: events, and ``{"stream": {"dropped": n}}`` notices."""
+        params: dict[str, Any] = {"queue_size": queue_size}
+        if filters:
+            params["filters"] = {k: v for k, v in filters.items() if v is not None}
+        self.call("events.subscribe", params)
+        assert self._sock is not None
+        self._sock.settimeout(None)
+        while True:
+            try:
+                line = self._readline()
+            except ConnectionError:
+                return
+            if line:
+                yield json.loads(line)

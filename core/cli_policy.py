@@ -1,0 +1,279 @@
+"""CLI commands that talk to the running agent over its local API: ``policy ...``, ``events``, ``status``.
+
+`register(cli_group)` adds them to the ``sensorium`` click group (called by sensorium.cli).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+DEFAULT_SOCKET = "/run/sensorium/api.sock"
+SOCKET_ENV = "SENSORIUM_SOCKET"
+EVENT_TYPES = ("process_exec", "process_exit", "process_kprobe", "process_tracepoint", "process_uprobe",
+               "process_lsm", "rate_limit_info")
+
+
+def _socket_path(socket_opt: str | None, config_path: str | None) -> str:
+    if socket_opt:
+        return socket_opt
+    if config_path:
+        from sensorium.config import load_config
+        from sensorium.yamlsrc import SourceError
+
+        try:
+            return str(load_config(config_path).api.socket)
+        except SourceError as exc:
+            raise click.ClickException(f"invalid config: {exc}") from None
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def _socket_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="Agent config, to find the API socket (api.socket).")(f)
+    f = click.option("--socket", "socket_path", default=None, metavar="PATH",
+                     help=f"API socket of the running agent (default ${SOCKET_ENV} or {DEFAULT_SOCKET}).")(f)
+    return f
+
+
+def _client(socket_path: str | None, config_path: str | None) -> Any:
+    from sensorium.api import ApiClient
+
+    path = _socket_path(socket_path, config_path)
+    try:
+        return ApiClient(path).connect()
+    except FileNotFoundError:
+        raise click.ClickException(f"no agent is listening at {path} (is `sensorium run` running?)") from None
+    except PermissionError:
+        raise click.ClickException(f"permission denied on {path}: the Sensorium API is for root only") from None
+    except ConnectionRefusedError:
+        raise click.ClickException(f"the agent at {path} is not accepting connections") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot connect to {path}: {exc.strerror or exc}") from None
+
+
+def _call(socket_path: str | None, config_path: str | None, method: str, params: dict[str, Any] | None = None) -> Any:
+    from sensorium.api import ApiError
+
+    with _client(socket_path, config_path) as c:
+        try:
+            return c.call(method, params)
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+        except (ConnectionError, OSError) as exc:
+            raise click.ClickException(f"lost the connection to the agent: {exc}") from None
+
+
+def _hooks_summary(p: dict[str, Any]) -> str:
+    mechs = []
+    for h in p.get("hooks", []):
+        m = h.get("mechanism")
+        if m and m not in mechs:
+            mechs.append(m)
+    return ", ".join(mechs) or "-"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def register(cli_group: click.Group) -> None:
+    """Add ``policy``, ``events`` and ``status`` to the sensorium command group."""
+
+    @cli_group.group()
+    def policy() -> None:
+        """Manage the TracingPolicies of the running agent."""
+
+    @policy.command("add")
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+    @click.option("--mode", type=click.Choice(["enforcement", "monitoring"]), default=None,
+                  help="Load in this mode (default: the policy's policy-mode option, else enforcement).")
+    @_socket_options
+    def policy_add(file: str, mode: str | None, socket_path: str | None, config_path: str | None) -> None:
+        """Load the policies of FILE (all of them, or none)."""
+        from sensorium.policy import MAX_POLICY_BYTES
+
+        if file == "-":
+            data = sys.stdin.buffer.read(MAX_POLICY_BYTES + 1)
+            name = "<stdin>"
+        else:
+            with open(file, "rb") as fh:
+                data = fh.read(MAX_POLICY_BYTES + 1)
+            name = str(Path(file))
+        if len(data) > MAX_POLICY_BYTES:
+            raise click.ClickException(f"{name}: larger than {MAX_POLICY_BYTES} bytes")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(f"{name}: not UTF-8 text (byte {exc.start})") from None
+        params: dict[str, Any] = {"text": text, "file": name}
+        if mode:
+            params["mode"] = mode
+        res = _call(socket_path, config_path, "policy.add", params)
+        for n in res.get("added", []):
+            click.echo(f"policy {n} added")
+
+    @policy.command("check")
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+    def policy_check(file: str) -> None:
+        """Validate FILE against the installed sensors' schemas, offline (nothing is loaded)."""
+        import logging
+
+        from sensorium.plugins import PluginRegistry
+        from sensorium.policy import parse_policies
+        from sensorium.yamlsrc import SourceError
+
+        logging.disable(logging.CRITICAL)
+        reg = PluginRegistry().discover()
+        try:
+            policies = parse_policies(Path(file).read_bytes(), file, reg)
+        except SourceError as exc:
+            raise click.ClickException(str(exc)) from None
+        for p in policies:
+            click.echo(f"{p.name}: valid ({', '.join(f'{s.key}: {len(s.items)}' for s in p.sections)}; {p.mode})")
+
+    @policy.command("delete")
+    @click.argument("name")
+    @_socket_options
+    def policy_delete(name: str, socket_path: str | None, config_path: str | None) -> None:
+        """Unload and forget policy NAME."""
+        _call(socket_path, config_path, "policy.delete", {"name": name})
+        click.echo(f"policy {name} deleted")
+
+    @policy.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="JSON output (every field).")
+    @_socket_options
+    def policy_list(as_json: bool, socket_path: str | None, config_path: str | None) -> None:
+        """List loaded policies: state, mode, mechanism per hook, events, errors, kernel memory."""
+        rows = _call(socket_path, config_path, "policy.list")
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            click.echo("no policies loaded")
+            return
+        click.echo(f"{'ID':>3} {'NAME':<32} {'STATE':<9} {'MODE':<12} {'EVENTS':>8} {'ERRORS':>6} {'KMEM':>9}  MECHANISMS")
+        for p in rows:
+            click.echo(f"{p['id']:>3} {p['name'][:32]:<32} {p['state']:<9} {p['mode']:<12} {p['events']:>8} "
+                       f"{p['errors']:>6} {_fmt_bytes(p['kernel_memory_bytes']):>9}  {_hooks_summary(p)}")
+            for h in p.get("hooks", []):
+                note = f"  ({h['note']})" if h.get("note") else ""
+                click.echo(f"      {h.get('hook', h.get('section'))}: {h.get('mechanism') or '-'}{note}")
+            if p.get("error"):
+                click.echo(f"      error: {p['error']}")
+
+    @policy.command("enable")
+    @click.argument("name")
+    @_socket_options
+    def policy_enable(name: str, socket_path: str | None, config_path: str | None) -> None:
+        """Load a disabled policy again."""
+        _call(socket_path, config_path, "policy.enable", {"name": name})
+        click.echo(f"policy {name} enabled")
+
+    @policy.command("disable")
+    @click.argument("name")
+    @_socket_options
+    def policy_disable(name: str, socket_path: str | None, config_path: str | None) -> None:
+        """Unload a policy's programs but keep it (enable brings it back)."""
+        _call(socket_path, config_path, "policy.disable", {"name": name})
+        click.echo(f"policy {name} disabled")
+
+    @policy.command("set-mode")
+    @click.argument("name")
+    @click.argument("mode", type=click.Choice(["enforcement", "monitoring"]))
+    @_socket_options
+    def policy_set_mode(name: str, mode: str, socket_path: str | None, config_path: str | None) -> None:
+        """Switch a policy between enforcement and monitoring, live."""
+        _call(socket_path, config_path, "policy.set_mode", {"name": name, "mode": mode})
+        click.echo(f"policy {name} is now in {mode} mode")
+
+    @cli_group.command("events")
+    @click.option("--event-type", "event_types", multiple=True, type=click.Choice(EVENT_TYPES, case_sensitive=False),
+                  help="Only these event types (repeatable).")
+    @click.option("--binary-regex", "binary_regex", multiple=True, help="Only processes whose binary matches (repeatable: any).")
+    @click.option("--namespace", "namespaces", multiple=True, help="Only pods in this namespace (repeatable; '' for host).")
+    @click.option("--pod-regex", "pod_regex", multiple=True, help="Only pods whose name matches (repeatable: any).")
+    @click.option("--policy-name", "policy_names", multiple=True, help="Only events of this policy (repeatable).")
+    @click.option("-o", "--output", type=click.Choice(["json", "compact"]), default="json", show_default=True)
+    @click.option("--queue-size", type=click.IntRange(16, 1 << 20), default=8192, show_default=True,
+                  help="Events the agent buffers for this client before dropping.")
+    @_socket_options
+    def events(event_types: tuple[str, ...], binary_regex: tuple[str, ...], namespaces: tuple[str, ...],
+               pod_regex: tuple[str, ...], policy_names: tuple[str, ...], output: str, queue_size: int,
+               socket_path: str | None, config_path: str | None) -> None:
+        """Stream events from the running agent (filtered in the agent)."""
+        from sensorium.api import ApiError
+
+        filters: dict[str, Any] = {
+            "event_set": [t.lower() for t in event_types] or None,
+            "binary_regex": list(binary_regex) or None,
+            "namespace": list(namespaces) or None,
+            "pod_regex": list(pod_regex) or None,
+            "policy_names": list(policy_names) or None,
+        }
+        fmt = _compact_formatter() if output == "compact" else None
+        out = sys.stdout
+        c = _client(socket_path, config_path)
+        try:
+            for item in _stream(c, filters, queue_size):
+                if "stream" in item and len(item) == 1:
+                    dropped = (item["stream"] or {}).get("dropped")
+                    click.echo(f"sensorium: {dropped} events dropped (this client read too slowly)", err=True)
+                    continue
+                out.write((fmt(item) if fmt else json.dumps(item, separators=(",", ":"))) + "\n")
+                out.flush()
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+        except (KeyboardInterrupt, BrokenPipeError):
+            pass
+        finally:
+            c.close()
+
+    if "status" not in cli_group.commands:
+
+        @cli_group.command("status")
+        @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+        @_socket_options
+        def status(as_json: bool, socket_path: str | None, config_path: str | None) -> None:
+            """Status of the running agent: sensors, pipeline, policies."""
+            st = _call(socket_path, config_path, "status")
+            if as_json:
+                click.echo(json.dumps(st, indent=2))
+                return
+            click.echo(f"sensorium {st.get('version')} on {st.get('node_name')}, pid {st.get('pid')}, "
+                       f"up {st.get('uptime_s')}s")
+            for s in st.get("sensors", []):
+                why = f"  -- {s['reason']}" if s.get("reason") else ""
+                click.echo(f"  sensor {s.get('name', '?'):<12} {s.get('state')}{why}")
+            for p in st.get("policies", []):
+                click.echo(f"  policy {p['name']:<24} {p['state']} {p['mode']} events={p['events']} errors={p['errors']}")
+
+
+def _stream(c: Any, filters: dict[str, Any], queue_size: int) -> Iterator[dict[str, Any]]:
+    yield from c.events(filters, queue_size=queue_size)
+
+
+def _compact_formatter() -> Callable[[dict[str, Any]], str]:
+    from sensorium.events import EVENT_KINDS, Event
+
+    try:
+        from sensorium_exporters.stdout import compact
+    except ImportError:  # pragma: no cover - the stdout exporter ships with sensorium
+        compact = None
+
+    def fmt(item: dict[str, Any]) -> str:
+        kind = next((k for k in item if k in EVENT_KINDS), None)
+        if kind is None or compact is None:
+            return json.dumps(item, separators=(",", ":"))
+        return compact(Event(kind, item[kind], str(item.get("node_name", "")), 0))
+
+    return fmt
