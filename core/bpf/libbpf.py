@@ -101,8 +101,15 @@ def _print_cb(level: int, fmt: bytes, ap: int | None) -> int:
         _log_chunks.append(text)
         _log_size += len(text)
         _log_seq += 1
-        while _log_size > _LOG_LIMIT and len(_log_chunks) > 1:
-            _log_size -= len(_log_chunks.popleft())
+        while _log_size > _LOG_LIMIT:  # drop the oldest text, cutting into a chunk when needed
+            excess = _log_size - _LOG_LIMIT
+            first = _log_chunks[0]
+            if len(first) <= excess:
+                _log_chunks.popleft()
+                _log_size -= len(first)
+            else:
+                _log_chunks[0] = first[excess:]
+                _log_size -= excess
     # libbpf's warnings include whole verifier logs; the error carries them, so keep logging quiet.
     if log.isEnabledFor(logging.DEBUG):
         log.debug("libbpf[%d]: %s", level, text.rstrip("\n"))
