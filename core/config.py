@@ -55,6 +55,18 @@ class PoliciesConfig(Strict):
     directory: Path | None = None
 
 
+class KubernetesConfig(Strict):
+    """Pod enrichment (sensorium.k8s): watch this node's pods and add ``pod`` to events."""
+
+    enabled: bool | None = Field(default=None, description="None: on when running in a pod or kubeconfig is set")
+    kubeconfig: Path | None = Field(default=None, description="None: in-cluster service account")
+    hold_s: float = Field(default=5.0, ge=0, le=120, description="Hold an event this long for its container's pod")
+    hold_max_events: int = Field(default=10000, ge=0, le=1_000_000)
+    deleted_pod_grace_s: float = Field(default=60.0, ge=0, le=3600, description="Deleted pods stay resolvable")
+    watch_timeout_s: int = Field(default=300, ge=10, le=3600)
+    resolve_workloads: bool = Field(default=True, description="Read ReplicaSets/Jobs to name Deployments/CronJobs")
+
+
 class ExporterItem(BaseModel):
     """Host-level keys of every exporter item; the rest belongs to the exporter's own options model."""
 
@@ -84,6 +96,7 @@ class AgentConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     network: bool = Field(default=False, description="Load the built-in network connection policy")
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 
     # Set by load_config; not a config key.
     _source: Located | None = None
