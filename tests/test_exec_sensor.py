@@ -1,0 +1,317 @@
+"""The exec sensor end to end: the real agent (`sensorium run`) with a file exporter, real commands, and
+the process_exec / process_exit events that arrive in the file.
+
+Covers: binary and arguments, exit status, death by a signal, a fork that never execs, a thread that
+starts a child, an argument list longer than the limit, a process in cgroups the test created (cgroup2
+and the v1 memory controller; a Docker-style name to check the container id), a process that was
+already running when the agent started, and the parent linkage of all of them
+(parent_exec_id == the parent's exec_id in its own event).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+pytestmark = [pytest.mark.kernel]
+
+ROOT = Path(__file__).resolve().parent.parent
+SENSORIUM = Path(os.environ.get("SENSORIUM_TEST_BIN") or ROOT / ".venv" / "bin" / "sensorium")
+NODE = "exec-test-node"
+MAX_ARGS = 1024
+V2_ROOT = Path("/sys/fs/cgroup/unified")
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+def _need_root_and_kernel() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF programs")
+    from sensorium.bpf.probe import probe_kernel
+
+    caps = probe_kernel()
+    missing = [c for c in ("tp_btf", "ringbuf", "btf") if not caps.has(c)]
+    if missing:
+        pytest.skip(f"kernel lacks {', '.join(missing)}")
+
+
+class AgentRun:
+    """A `sensorium run` process writing events to a JSON-lines file."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.events_path = tmp / "events.jsonl"
+        self.stderr_path = tmp / "agent.stderr"
+        cfg = tmp / "agent.yaml"
+        cfg.write_text(textwrap.dedent(f"""\
+            node_name: {NODE}
+            plugins: {{allow: [exec, file]}}
+            api: {{enabled: false}}
+            sensors: {{exec: {{max_args_bytes: {MAX_ARGS}}}}}
+            process_cache: {{exited_grace_s: 60}}
+            exporters: [{{type: file, path: {self.events_path}, flush_interval_ms: 50}}]
+            """))
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([str(SENSORIUM), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, cwd=str(tmp))
+        self._lines: list[dict[str, Any]] = []
+        self._offset = 0
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.stderr_path.read_text(errors="replace")
+            if "ready:" in text:
+                assert "sensors running: exec" in text, text[-3000:]
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{text[-3000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"agent not ready after {timeout}s:\n{self.stderr_path.read_text()[-3000:]}")
+
+    def events(self) -> list[dict[str, Any]]:
+        if self.events_path.exists():
+            with open(self.events_path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self._offset += end
+            self._lines.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
+        return self._lines
+
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool], what: str, n: int = 1,
+                 timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events() if pred(e)]
+            if len(found) >= n:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} after {timeout}s ({len(self._lines)} events; "
+                                     f"agent stderr tail: {self.stderr_path.read_text()[-1500:]})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def preexisting() -> Iterator[subprocess.Popen]:
+    """A shell started before the agent; it runs a child once we write to its stdin."""
+    marker = f"pre-{uuid.uuid4().hex[:8]}"
+    p = subprocess.Popen(["/bin/sh", "-c", f"read x; /bin/true {marker}", marker], stdin=subprocess.PIPE)
+    p.marker = marker  # type: ignore[attr-defined]
+    yield p
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, preexisting: subprocess.Popen) -> Iterator[AgentRun]:
+    _need_root_and_kernel()
+    run = AgentRun(tmp_path_factory.mktemp("exec-agent"))
+    try:
+        run.wait_ready()
+        yield run
+    finally:
+        run.stop()
+
+
+def marker() -> str:
+    return f"m{uuid.uuid4().hex[:12]}"
+
+
+def execs(agent: AgentRun, mark: str, binary: str | None = None, n: int = 1) -> list[dict[str, Any]]:
+    def pred(e: dict[str, Any]) -> bool:
+        p = e.get("process_exec", {}).get("process", {})
+        return mark in p.get("arguments", "") and (binary is None or p.get("binary") == binary)
+    return [e["process_exec"] for e in agent.wait_for(pred, f"process_exec with {mark!r}", n=n)]
+
+
+def exit_of(agent: AgentRun, exec_id: str) -> dict[str, Any]:
+    found = agent.wait_for(lambda e: e.get("process_exit", {}).get("process", {}).get("exec_id") == exec_id,
+                           f"process_exit of {exec_id}")
+    return found[0]["process_exit"]
+
+
+def exec_by_id(agent: AgentRun, exec_id: str) -> dict[str, Any]:
+    found = agent.wait_for(lambda e: e.get("process_exec", {}).get("process", {}).get("exec_id") == exec_id,
+                           f"process_exec with exec_id {exec_id}")
+    return found[0]["process_exec"]
+
+
+TRUE = os.path.realpath("/bin/true")
+SH = os.path.realpath("/bin/sh")
+PYTHON = os.path.realpath(sys.executable)
+
+
+def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun, tmp_path: Path) -> None:
+    m = marker()
+    subprocess.run(["/bin/true", m, "second arg"], cwd=tmp_path, check=True)
+    ev = execs(agent, m, TRUE)[0]
+    line = next(e for e in agent.events() if e.get("process_exec") is not None
+                and e["process_exec"]["process"].get("arguments", "").startswith(m))
+    assert line["node_name"] == NODE and line["time"].endswith("Z")
+    p = ev["process"]
+    assert p["binary"] == TRUE
+    assert p["arguments"] == f"{m} second arg"
+    assert p["cwd"] == str(tmp_path.resolve())
+    assert p["uid"] == os.getuid() and p["process_credentials"]["euid"] == os.geteuid()
+    assert p["auid"] >= 0 and p["tid"] == p["pid"]
+    assert p["arguments_truncated"] is False and "execve" in p["flags"]
+    assert base64.b64decode(p["exec_id"]).decode().startswith(f"{NODE}:")
+    assert p["ns"]["mnt"]["inum"] == os.stat("/proc/self/ns/mnt").st_ino and p["ns"]["net"]["is_host"] is True
+    assert p["start_time"].endswith("Z")
+    # this test process is the parent
+    parent = ev["parent"]
+    assert parent["pid"] == os.getpid() and p["parent_exec_id"] == parent["exec_id"]
+
+
+def test_exit_status_and_same_exec_id(agent: AgentRun) -> None:
+    m = marker()
+    r = subprocess.run(["/bin/sh", "-c", "exit 7", m])
+    assert r.returncode == 7
+    ev = execs(agent, m, SH)[0]
+    ex = exit_of(agent, ev["process"]["exec_id"])
+    assert ex["status"] == 7 and "signal" not in ex
+    assert ex["process"]["pid"] == ev["process"]["pid"] and ex["process"]["binary"] == SH
+    assert ex["parent"]["exec_id"] == ev["parent"]["exec_id"]
+
+
+def test_exit_by_signal(agent: AgentRun) -> None:
+    m = marker()
+    r = subprocess.run(["/bin/sh", "-c", "kill -KILL $$", m])
+    assert r.returncode == -signal.SIGKILL
+    ev = execs(agent, m, SH)[0]
+    ex = exit_of(agent, ev["process"]["exec_id"])
+    assert ex["signal"] == "SIGKILL" and ex["status"] == 0
+
+
+def test_child_parent_linkage_through_a_shell(agent: AgentRun) -> None:
+    m = marker()
+    subprocess.run(["/bin/sh", "-c", f"/bin/true child-{m}; exit 0", m], check=True)
+    sh = execs(agent, m, SH)[0]["process"]
+    child = execs(agent, f"child-{m}", TRUE)[0]
+    assert child["process"]["parent_exec_id"] == sh["exec_id"]
+    assert child["parent"]["exec_id"] == sh["exec_id"] and child["parent"]["binary"] == SH
+    assert "clone" in child["process"]["flags"]
+
+
+def test_fork_without_exec_has_its_own_exec_id_and_parent(agent: AgentRun) -> None:
+    m = marker()
+    code = "import os,sys\npid=os.fork()\nif pid==0: os._exit(5)\nos.waitpid(pid,0)\nprint(pid)"
+    out = subprocess.run([sys.executable, "-c", code, m], check=True, capture_output=True, text=True)
+    child_pid = int(out.stdout.strip())
+    py = execs(agent, m, PYTHON)[0]["process"]
+    ex = agent.wait_for(lambda e: e.get("process_exit", {}).get("process", {}).get("pid") == child_pid
+                        and e["process_exit"]["process"].get("parent_exec_id") == py["exec_id"],
+                        f"process_exit of forked child {child_pid}")[0]["process_exit"]
+    assert ex["status"] == 5
+    p = ex["process"]
+    assert p["exec_id"] != py["exec_id"] and p["binary"] == PYTHON and p["arguments"] == py["arguments"]
+    assert "clone" in p["flags"] and ex["parent"]["exec_id"] == py["exec_id"]
+    # the python process itself exits once, with status 0, after its child
+    py_exit = exit_of(agent, py["exec_id"])
+    assert py_exit["status"] == 0
+
+
+def test_thread_events_belong_to_the_process(agent: AgentRun) -> None:
+    m = marker()
+    code = ("import subprocess,sys,threading\n"
+            "t=threading.Thread(target=lambda: subprocess.run(['/bin/true','thread-'+sys.argv[1]]))\n"
+            "t.start(); t.join()")
+    subprocess.run([sys.executable, "-c", code, m], check=True)
+    py = execs(agent, m, PYTHON)[0]["process"]
+    child = execs(agent, f"thread-{m}", TRUE)[0]
+    # started from a thread, parented by the thread group (the process), not by the thread
+    assert child["parent"]["pid"] == py["pid"] and child["process"]["parent_exec_id"] == py["exec_id"]
+    exit_of(agent, py["exec_id"])
+    time.sleep(0.3)
+    exits = [e for e in agent.events() if e.get("process_exit", {}).get("process", {}).get("exec_id") == py["exec_id"]]
+    assert len(exits) == 1, "a thread's exit is not a process exit"
+
+
+def test_long_argument_list_is_truncated_and_flagged(agent: AgentRun) -> None:
+    m = marker()
+    args = [m] + [f"arg{i:05d}" for i in range(400)]  # about 3.6 KB, over the 1 KiB limit
+    subprocess.run(["/bin/true", *args], check=True)
+    p = execs(agent, m, TRUE)[0]["process"]
+    assert p["arguments_truncated"] is True and "truncArgs" in p["flags"]
+    assert p["arguments"].startswith(f"{m} arg00000 arg00001")
+    assert len(p["arguments"]) < MAX_ARGS
+    assert p["arguments"] != " ".join(args)
+
+
+def test_argument_list_at_the_limit_is_complete(agent: AgentRun) -> None:
+    m = marker()
+    args = [m] + [f"a{i:03d}" for i in range(50)]
+    subprocess.run(["/bin/true", *args], check=True)
+    p = execs(agent, m, TRUE)[0]["process"]
+    assert p["arguments"] == " ".join(args) and p["arguments_truncated"] is False
+
+
+@pytest.fixture
+def test_cgroups() -> Iterator[tuple[Path, Path]]:
+    if not V2_ROOT.is_dir() or not (V1_MEMORY / "cgroup.procs").exists():
+        pytest.skip("this host has no cgroup2 at /sys/fs/cgroup/unified and v1 memory hierarchy")
+    cid = uuid.uuid4().hex + uuid.uuid4().hex  # a 64-hex container id, Docker's systemd naming
+    v2 = V2_ROOT / f"docker-{cid}.scope"
+    v1 = V1_MEMORY / f"sensorium-test-{uuid.uuid4().hex[:8]}"
+    v2.mkdir()
+    v1.mkdir()
+    try:
+        yield v2, v1
+    finally:
+        for d in (v2, v1):
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)  # the test's processes are still being reaped
+
+
+def test_cgroup_ids_names_paths_and_container_id(agent: AgentRun, test_cgroups: tuple[Path, Path]) -> None:
+    v2, v1 = test_cgroups
+    m = marker()
+    script = f"echo $$ > {v2}/cgroup.procs && echo $$ > {v1}/cgroup.procs && exec /bin/true {m}"
+    subprocess.run(["/bin/sh", "-c", script], check=True)
+    p = execs(agent, m, TRUE)[0]["process"]
+    cg = p["cgroup"]
+    assert cg["id"] == v2.stat().st_ino and cg["name"] == v2.name and cg["path"] == f"/{v2.name}"
+    assert cg["memory_id"] == v1.stat().st_ino and cg["memory_name"] == v1.name
+    assert cg["memory_path"] == f"/{v1.name}"
+    assert p["docker"] == v2.name[len("docker-"):-len(".scope")]
+
+
+def test_process_started_before_the_agent_is_a_parent(agent: AgentRun, preexisting: subprocess.Popen) -> None:
+    preexisting.stdin.write(b"go\n")
+    preexisting.stdin.close()
+    preexisting.wait(timeout=10)
+    child = execs(agent, preexisting.marker, TRUE)[0]  # type: ignore[attr-defined]
+    parent = child["parent"]
+    assert parent["pid"] == preexisting.pid and parent["binary"] == SH
+    assert "procFS" in parent["flags"] and child["process"]["parent_exec_id"] == parent["exec_id"]
+    ex = exit_of(agent, parent["exec_id"])
+    assert ex["status"] == 0
