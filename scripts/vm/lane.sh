@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The VM lane: the tests that need hooks this host refuses (fentry/fexit/fmod_ret, BPF LSM, kprobes),
+# run on two stock Debian kernels -- bookworm 6.1 and bookworm-backports 6.12 -- side by side, one vCPU each.
+#
+#   scripts/vm/lane.sh [pytest args...]     (default selection: -m vm tests)
+#
+# Fails when either kernel's run fails, when pytest collected nothing, or when nothing passed:
+# a lane whose tests were all skipped ran nothing, and a test counted as passed must have run.
+# Env: SENSORIUM_VM_KERNELS (default "bookworm backports"), plus those of run.sh.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VM="${SENSORIUM_VM_DIR:-$ROOT/.vm}"
+log() { printf '[vm-lane] %s\n' "$*" >&2; }
+
+started=$(date +%s)
+bash "$ROOT/scripts/vm/prepare.sh" || { log "prepare failed"; exit 1; }
+log "prepare: $(( $(date +%s) - started ))s"
+
+args=("$@")
+if ((${#args[@]} == 0)); then
+    # Collect on the host (fast) which files hold `vm` tests and hand only those to the guests:
+    # importing every test module under emulation costs about 30 s per guest.
+    mapfile -t files < <(cd "$ROOT" && .venv/bin/python -m pytest --collect-only -q -m vm -p no:cacheprovider tests 2>/dev/null \
+                         | grep -E '^[^ ]+\.py::' | cut -d: -f1 | sort -u)
+    if ((${#files[@]} == 0)); then
+        log "no test marked vm was collected on the host (pytest --collect-only -m vm tests)"; exit 1
+    fi
+    log "vm tests in: ${files[*]}"
+    args=(-m vm "${files[@]}")
+fi
+read -r -a kernels <<< "${SENSORIUM_VM_KERNELS:-bookworm backports}"
+
+mkdir -p "$VM/logs"
+declare -A pids logs
+for k in "${kernels[@]}"; do
+    logs[$k]="$VM/logs/lane-$k.log"
+    # run.sh pipes QEMU's output through cat; the file is written by the shell, not by QEMU.
+    bash "$ROOT/scripts/vm/run.sh" "$k" -ra "${args[@]}" > "${logs[$k]}" 2>&1 &
+    pids[$k]=$!
+    log "started $k (pid ${pids[$k]}), log ${logs[$k]#$ROOT/}"
+done
+
+rc=0
+summary=()
+for k in "${kernels[@]}"; do
+    wait "${pids[$k]}"; krc=$?
+    echo "================================ VM lane: $k ================================"
+    cat "${logs[$k]}"
+    # The closing pytest line, e.g. "3 passed, 1 skipped in 20.1s" (possibly framed by '=').
+    closing="$(grep -E '(passed|failed|error|skipped|no tests ran|deselected).* in [0-9.]+s' "${logs[$k]}" | tail -1 | sed -E 's/^=+ //; s/ =+$//')"
+    passed="$(sed -nE 's/.*\b([0-9]+) passed.*/\1/p' <<< "$closing")"
+    if ((krc == 5)); then
+        log "$k: pytest collected no tests"; rc=1
+    elif ((krc != 0)); then
+        log "$k: FAILED (exit $krc)"; rc=1
+    elif [[ -z "$passed" || "$passed" == 0 ]]; then
+        log "$k: nothing passed ($closing): the lane ran no test"; rc=1
+    fi
+    summary+=("$k: exit $krc; ${closing:-no pytest summary}")
+done
+log "lane took $(( $(date +%s) - started ))s"
+for s in "${summary[@]}"; do log "$s"; done
+exit "$rc"

@@ -1,0 +1,25 @@
+"""The VM lane's guests really have what the lane exists for: the BPF LSM active and kprobes.
+
+If these fail, every lane test that needs fentry/lsm/kprobes would be meaningless; they are the lane's
+own smoke test and run first (on the host they are skipped with the reason)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+
+def test_guest_boots_with_bpf_lsm_and_kprobes(in_guest: str) -> None:
+    assert os.uname().release == in_guest
+    lsm = Path("/sys/kernel/security/lsm").read_text().strip().split(",")
+    assert "bpf" in lsm, f"bpf not among the active LSMs {lsm} (kernel cmdline: {Path('/proc/cmdline').read_text()})"
+    assert Path("/sys/kernel/tracing/kprobe_events").exists(), "no kprobe_events in tracefs"
+    assert Path("/sys/kernel/btf/vmlinux").exists(), "guest kernel without BTF"
+    # run.sh hands the guest its own BTF and a per-kernel probe cache
+    assert os.environ.get("SENSORIUM_BTF") == "/dev/shm/vmlinux.btf"
+    assert Path(os.environ["SENSORIUM_BTF"]).read_bytes() == Path("/sys/kernel/btf/vmlinux").read_bytes()
+    assert os.environ.get("SENSORIUM_CACHE_DIR", "").endswith(f"/.vm/cache/{in_guest}")
