@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The socket_connect / socket_sendmsg fallback of the lsm sensor: cgroup sock_addr programs
+ * (cgroup/connect4, connect6, sendmsg4, sendmsg6) attached to the cgroup2 directories a policy is
+ * scoped to. They see the destination before the kernel acts on it and refuse the call (EPERM, or the
+ * policy's errno through bpf_set_retval) when a selector with an Override or Sigkill action matches.
+ *
+ * One object per lsmhooks item. Selectors are rows of `rules` (first match wins, as Tetragon), compiled by
+ * netguard.py; `config` holds the live mode. Matched calls are reported through `events`.
+ */
+#include "vmlinux.h"
+#include "sensorium/common.h"
+#include <bpf/bpf_endian.h>
+#include "sockaddr.h"
+
+SENSORIUM_LICENSE("Dual BSD/GPL");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LSM_NET_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct lsm_net_rule);
+} net_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lsm_net_config);
+} net_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} net_events SEC(".maps");
+
+static __always_inline int port_in(const struct lsm_net_rule *r, __u16 port)
+{
+	for (int i = 0; i < LSM_NET_MAX_PORTS; i++) {
+		if (i >= r->nports)
+			break;
+		if (r->ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int addr_in(const struct lsm_net_rule *r, __u8 family, const __u32 *addr)
+{
+	for (int i = 0; i < LSM_NET_MAX_ADDRS; i++) {
+		if (i >= r->naddrs)
+			break;
+		const struct lsm_net_cidr *c = &r->addrs[i];
+		if (c->family != family)
+			continue;
+		if ((addr[0] & c->mask[0]) == c->net[0] && (addr[1] & c->mask[1]) == c->net[1] &&
+		    (addr[2] & c->mask[2]) == c->net[2] && (addr[3] & c->mask[3]) == c->net[3])
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int pid_in(const struct lsm_net_rule *r, __u32 pid)
+{
+	for (int i = 0; i < LSM_NET_MAX_PIDS; i++) {
+		if (i >= r->npids)
+			break;
+		if (r->pids[i] == pid)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int rule_matches(const struct lsm_net_rule *r, __u8 family, __u8 proto, __u16 port,
+					const __u32 *addr, __u32 pid)
+{
+	if ((r->flags & LSM_NET_FAMILY) && !(r->families & (family == 2 ? 1 : 2)))
+		return 0;
+	if ((r->flags & LSM_NET_PROTO) && !(r->protos & (proto == 6 ? 1 : proto == 17 ? 2 : 4)))
+		return 0;
+	if (r->flags & LSM_NET_DPORT) {
+		int in = port_in(r, port);
+		if (in == !!(r->flags & LSM_NET_NOT_DPORT))
+			return 0;
+	}
+	if (r->flags & LSM_NET_DADDR) {
+		int in = addr_in(r, family, addr);
+		if (in == !!(r->flags & LSM_NET_NOT_DADDR))
+			return 0;
+	}
+	if (r->flags & LSM_NET_PID) {
+		int in = pid_in(r, pid);
+		if (in == !!(r->flags & LSM_NET_NOT_PID))
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, __u8 hook)
+{
+	__u32 zero = 0;
+	struct lsm_net_config *cfg = bpf_map_lookup_elem(&net_config, &zero);
+	if (!cfg)
+		return 1;
+	__u32 addr[4] = {};
+	if (family == 2) {
+		addr[0] = ctx->user_ip4;
+	} else {
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+	}
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u8 proto = (__u8)ctx->protocol;
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+
+	for (__u32 i = 0; i < LSM_NET_MAX_RULES; i++) {
+		if (i >= cfg->nrules)
+			break;
+		struct lsm_net_rule *r = bpf_map_lookup_elem(&net_rules, &i);
+		if (!r)
+			break;
+		if (!rule_matches(r, family, proto, port, addr, pid))
+			continue;
+		int block = (r->action & (LSM_NET_ACT_DENY | LSM_NET_ACT_KILL)) != 0;
+		__u8 verdict = !block ? LSM_NET_ALLOWED : cfg->enforce ? LSM_NET_BLOCKED : LSM_NET_WOULD_BLOCK;
+		__sync_fetch_and_add(&cfg->matched, 1);
+		if (r->action & LSM_NET_ACT_POST) {
+			struct lsm_net_event ev = {};
+			sensorium_hdr_fill(&ev.hdr, LSM_NET_RECORD, sizeof(ev));
+			ev.policy_id = cfg->policy_id;
+			ev.rule = i;
+			ev.hook = hook;
+			ev.verdict = verdict;
+			ev.family = family;
+			ev.protocol = proto;
+			ev.dport = port;
+			ev.daddr[0] = addr[0];
+			ev.daddr[1] = addr[1];
+			ev.daddr[2] = addr[2];
+			ev.daddr[3] = addr[3];
+			ev.action = r->action;
+			ev.err = r->err;
+			ev.cgroup_id = bpf_get_current_cgroup_id();
+			bpf_get_current_comm(ev.comm, sizeof(ev.comm));
+			if (sensorium_submit(&net_events, &ev, sizeof(ev)) < 0)
+				__sync_fetch_and_add(&cfg->dropped, 1);
+		}
+		if (verdict == LSM_NET_BLOCKED) {
+			__sync_fetch_and_add(&cfg->blocked, 1);
+#ifdef LSM_NET_SET_RETVAL
+			if (r->err && r->err != 1)
+				bpf_set_retval(-(int)r->err);
+#endif
+			return 0;
+		}
+		return 1;
+	}
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int lsm_connect4(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 2, LSM_NET_HOOK_CONNECT);
+}
+
+SEC("cgroup/connect6")
+int lsm_connect6(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 10, LSM_NET_HOOK_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int lsm_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 2, LSM_NET_HOOK_SENDMSG);
+}
+
+SEC("cgroup/sendmsg6")
+int lsm_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 10, LSM_NET_HOOK_SENDMSG);
+}
