@@ -974,8 +974,12 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 			if (d->deref == SENS_DEREF_USER_BUF) {
 				__u64 want = max;
 
-				if (d->size_arg < SENS_MAX_ARGS)
-					want = s->ival[d->size_arg];
+				if (d->size_arg < SENS_MAX_ARGS) {
+					/* read the size argument itself: it may be declared after the buffer */
+					const volatile struct sens_arg *sz = &sens_cfg.args[d->size_arg];
+
+					want = sens_raw_value(ctx, s, sz->from, sz->offset, sz->size, 0);
+				}
 				if (want > max) {
 					want = max;
 					s->trunc[a] = 1;

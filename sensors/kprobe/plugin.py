@@ -1,0 +1,32 @@
+"""The kprobe sensor plugin: TracingPolicy ``kprobes`` sections. On kernels without kprobes/fentry, syscall
+hooks are served by raw tracepoints (sys_enter/sys_exit) filtered by syscall number in the kernel."""
+
+from __future__ import annotations
+
+from sensorium import hookimpl
+from sensorium.hookspecs import SensorSpec
+
+
+def _factory(ctx):  # type: ignore[no-untyped-def]
+    from sensorium_sensors.kprobe.sensor import KprobeSensor
+
+    return KprobeSensor(ctx)
+
+
+@hookimpl
+def sensorium_sensor() -> SensorSpec:
+    from sensorium import selectors
+    from sensorium.policy import KProbeSpec
+    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+
+    return SensorSpec(
+        name="kprobe",
+        description="TracingPolicy kprobes: syscalls through raw_tp sys_enter/sys_exit where the kernel has no "
+        "kprobes/fentry, with in-kernel selectors and actions; events: process_kprobe",
+        factory=_factory,
+        probes=[HOOK_PROBE],
+        policy_sections={"kprobes": KProbeSpec},
+        record_layouts=dict(selectors.RECORD_LAYOUTS),
+        requires=frozenset({"raw_tp", "ringbuf", "btf"}),
+        enabled_by_default=True,
+    )
