@@ -445,7 +445,6 @@ class LsmSensor:
                 args.append(item)
             extra: dict[str, Any] = {}
             if ev["verdict"] != "allowed":
-                extra["errno"] = os.strerror(ev["err"] or 1) if ev["err"] else "EPERM"
                 extra["errno"] = _errno_name(ev["err"] or 1)
             events.append(self._event(h, p, ev["pid"], None, args, actions, ev["verdict"], None, extra,
                                       ktime=ev["ktime"], comm=ev["comm"]))
