@@ -65,7 +65,7 @@ INT_OPS = ("Equal", "NotEqual", "GT", "LT", "Mask")
 
 # ---- ctypes mirrors -------------------------------------------------------------------------------
 class SensArg(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_uint8), ("from_", ctypes.c_uint8), ("deref", ctypes.c_uint8),
+    _fields_ = [("kind", ctypes.c_uint8), ("src", ctypes.c_uint8), ("deref", ctypes.c_uint8),
                 ("size", ctypes.c_uint8), ("is_signed", ctypes.c_uint8), ("resolve", ctypes.c_uint8),
                 ("has_dirfd", ctypes.c_uint8), ("size_arg", ctypes.c_uint8), ("offset", ctypes.c_uint16),
                 ("max", ctypes.c_uint16), ("dirfd_off", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
@@ -130,7 +130,7 @@ class SensArgRec(ctypes.Structure):
                 ("pad", ctypes.c_uint32)]
 
 
-RECORD_LAYOUTS: dict[str, type] = {"sens_hook_cfg": HookCfg, "sens_event": SensEvent, "sens_arg_rec": SensArgRec,
+RECORD_LAYOUTS: dict[str, type] = {"sens_hook_cfg": HookCfg, "sens_event": SensEvent,
                                    "sens_selector": SensSelector, "sens_arg": SensArg}
 
 
@@ -287,7 +287,7 @@ def compile_hook(
     flags = (CFG_AT_EXIT if at_exit else 0) | (CFG_CGROUP_SCOPED if cgroup_scoped else 0)
     for i, a in enumerate(args):
         d = cfg.args[i]
-        d.kind, d.from_, d.deref, d.size, d.is_signed = a.kind, a.from_, a.deref, a.size, int(a.signed)
+        d.kind, d.src, d.deref, d.size, d.is_signed = a.kind, a.from_, a.deref, a.size, int(a.signed)
         d.offset, d.max = a.offset, min(a.max, STR_MAX)
         d.resolve = int(a.resolve)
         d.has_dirfd = int(a.dirfd_offset is not None)

@@ -128,7 +128,7 @@
 
 struct sens_arg {
 	__u8 kind;
-	__u8 from;
+	__u8 src;
 	__u8 deref;
 	__u8 size;      /* integer width in bytes */
 	__u8 is_signed;
@@ -920,7 +920,7 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 		s->trunc[a] = 0;
 
 		if (d->kind == SENS_ARG_INT) {
-			raw = sens_raw_value(ctx, s, d->from, d->offset, d->size, d->is_signed);
+			raw = sens_raw_value(ctx, s, d->src, d->offset, d->size, d->is_signed);
 			s->ival[a] = raw;
 			*(__u64 *)payload = raw;
 			rec->len = 8;
@@ -948,7 +948,7 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 			struct file *f;
 			struct path pth;
 
-			raw = sens_raw_value(ctx, s, d->from, d->offset, 8, 0);
+			raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
 			if (d->deref == SENS_DEREF_BINPRM)
 				f = BPF_CORE_READ((struct linux_binprm *)raw, file);
 			else
@@ -970,7 +970,7 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 				}
 			}
 		} else {
-			raw = sens_raw_value(ctx, s, d->from, d->offset, 8, 0);
+			raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
 			if (d->deref == SENS_DEREF_USER_BUF) {
 				__u64 want = max;
 
@@ -978,7 +978,7 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 					/* read the size argument itself: it may be declared after the buffer */
 					const volatile struct sens_arg *sz = &sens_cfg.args[d->size_arg];
 
-					want = sens_raw_value(ctx, s, sz->from, sz->offset, sz->size, 0);
+					want = sens_raw_value(ctx, s, sz->src, sz->offset, sz->size, 0);
 				}
 				if (want > max) {
 					want = max;
@@ -1008,7 +1008,7 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 			__s64 dirfd = -100;
 
 			if (d->has_dirfd)
-				dirfd = (__s64)(__s32)sens_raw_value(ctx, s, d->from, d->dirfd_off, 4, 1);
+				dirfd = (__s64)(__s32)sens_raw_value(ctx, s, d->src, d->dirfd_off, 4, 1);
 			len = sens_resolve(s, payload, len, dirfd, &s->trunc[a]);
 		}
 		len &= (SENS_STR_MAX - 1);
