@@ -241,7 +241,8 @@ class ProcessCache:
     def on_exec(self, pid: int, ktime: int, info: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """A process image started (execve). ``info`` keys (all optional but pid/ppid): tid, ppid,
         uid, euid, suid, fsuid, gid, egid, sgid, fsgid, auid, binary, args (list, argv[1:]),
-        args_truncated, binary_truncated, cwd, cwd_truncated, cgroup (dict), ns (dict name -> inum),
+        args_truncated, binary_truncated, binary_deleted, cwd, cwd_truncated, cgroup (dict with id, name,
+        path, memory_id, memory_name, memory_path; missing paths are resolved), ns (dict name -> inum),
         docker. Returns (process, parent) in Tetragon's shape."""
         self._counters["execs"] += 1
         old = self._pids.get(pid)
@@ -384,6 +385,8 @@ class ProcessCache:
         }
         if not parent_exec_id:
             del proc["parent_exec_id"]
+        if info.get("binary_deleted"):  # unlinked file or memfd: a fileless exec is worth seeing
+            proc["binary_deleted"] = True
         ns = info.get("ns")
         if ns:
             proc["ns"] = {name: {"inum": int(inum), "is_host": int(inum) == self._host_ns.get(name)}

@@ -26,6 +26,7 @@ EXEC_F_BINARY_TRUNC = 0x0002
 EXEC_F_CWD_TRUNC = 0x0004
 EXEC_F_ARGS_ERR = 0x0008
 EXEC_F_NO_MEMCG = 0x0010
+EXEC_F_BINARY_DELETED = 0x0020
 
 SIGNAL_GROUP_EXIT = 0x00000004  # include/linux/sched/signal.h
 
@@ -193,6 +194,7 @@ class ExecDecoder:
             "gid": r.gid, "egid": r.egid, "sgid": r.sgid, "fsgid": r.fsgid,
             "auid": r.auid,
             "binary": _text(binary), "binary_truncated": bool(flags & EXEC_F_BINARY_TRUNC),
+            "binary_deleted": bool(flags & EXEC_F_BINARY_DELETED),
             "cwd": _text(cwd), "cwd_truncated": bool(flags & EXEC_F_CWD_TRUNC),
             "args": split_args(args_raw, truncated), "args_truncated": truncated,
             "cgroup": cgroup,

@@ -24,6 +24,7 @@
 #define EXEC_F_CWD_TRUNC    0x0004 /* same for cwd */
 #define EXEC_F_ARGS_ERR     0x0008 /* the argument pages could not be read */
 #define EXEC_F_NO_MEMCG     0x0010 /* no v1/v2 memory controller cgroup found */
+#define EXEC_F_BINARY_DELETED 0x0020 /* the executed file was unlinked (or is a memfd) */
 
 struct exec_record {
 	struct sensorium_hdr hdr;

@@ -4,31 +4,27 @@
  *
  * Records are built in a per-CPU slot of an array map (too big for the stack, and a per-CPU array value
  * is limited to 32 KiB) and copied to one ring buffer with sensorium_submit() (no per-event wakeup).
- * Layouts: event.h. Paths are walked by hand (bpf_d_path is not allowed in tp_btf); everything is CO-RE
+ * Layouts: event.h. Paths come from sensorium_d_path() (bpf_d_path is not allowed in tp_btf); everything is CO-RE
  * so one object loads on 6.1, 6.12 and 6.18.
  */
 #include "vmlinux.h"
 #include <sensorium/common.h>
+#include <sensorium/path.h>
 #include "event.h"
 
 SENSORIUM_LICENSE("GPL");
 
 /* Upper bounds. The byte budget for arguments is the rodata knob max_args_bytes (<= ARGS_CAP). */
 #define ARGS_CAP     32768
-#define PATH_CAP     4096   /* bytes of one path (binary, cwd); longer is cut, with a flag */
-#define NAME_BOUND   256    /* one path component: NAME_MAX + NUL */
-#define MAX_COMP     32     /* components walked per path (power of 2); deeper is cut, with a flag */
-#define MAX_MOUNTS   8      /* mount points crossed per path */
 #define CGNAME_CAP   256
 #define OFF_MASK     0xffff /* every field starts at data[off & OFF_MASK]: keeps the verifier's bounds */
-#define DATA_SIZE    (OFF_MASK + 1 + PATH_CAP + NAME_BOUND)
+#define DATA_SIZE    (OFF_MASK + 1 + SENSORIUM_D_PATH_BUF)
 
 const volatile __u32 max_args_bytes = 4096;
 
 struct exec_scratch {
 	struct exec_record rec;
 	char data[DATA_SIZE];
-	const unsigned char *names[MAX_COMP];
 };
 
 /* Drop counters, per CPU: [0] ring full, [1] no scratch slot for this CPU. */
@@ -77,11 +73,6 @@ static __always_inline void submit(void *data, __u64 size)
 		count_drop(DROP_RING);
 }
 
-static __always_inline struct mount *real_mount(struct vfsmount *vfsmnt)
-{
-	return (struct mount *)((void *)vfsmnt - bpf_core_field_offset(struct mount, mnt));
-}
-
 static __always_inline struct exec_scratch *scratch_slot(void)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
@@ -89,110 +80,22 @@ static __always_inline struct exec_scratch *scratch_slot(void)
 	return bpf_map_lookup_elem(&exec_scratch, &cpu);
 }
 
-/* State of one path walk, shared with the bpf_loop() callbacks (each is verified once, so the walk
- * does not multiply the verifier's states the way nested bounded loops do). */
-struct walk_ctx {
-	struct dentry *dentry;
-	struct vfsmount *vfsmnt;
-	struct mount *mnt;
-	__u32 base;   /* where the path starts in scratch->data */
-	__u32 off;    /* bytes written */
-	int n;        /* components collected in scratch->names, leaf first */
-	int mounts;
-	bool done;    /* reached the root of the mount namespace */
-	bool trunc;
-};
-
-static long walk_up(__u32 i, struct walk_ctx *c)
+/* The path of `path` at s->data[off & OFF_MASK] (sensorium_d_path: bounded walk to the task's root). */
+static __always_inline __u32 put_path(struct exec_scratch *s, const struct path *path, __u32 off, __u16 *flags,
+				      __u16 trunc, __u16 deleted)
 {
-	struct exec_scratch *s = scratch_slot();
-	struct dentry *dentry = c->dentry;
-	struct vfsmount *vfsmnt = c->vfsmnt;
-	struct mount *mnt = c->mnt;
-	struct dentry *mnt_root, *parent;
+	__u32 pflags = 0;
+	int len = sensorium_d_path(path, &s->data[off & OFF_MASK], SENSORIUM_D_PATH_BUF, &pflags);
 
-	if (!s)
-		return 1;
-	mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	parent = BPF_CORE_READ(dentry, d_parent);
-	if (dentry == mnt_root || dentry == parent) {
-		struct mount *mp;
-
-		if (dentry != mnt_root) { /* a root that is not a mount's root: a detached tree */
-			c->done = true;
-			return 1;
-		}
-		mp = BPF_CORE_READ(mnt, mnt_parent);
-		if (mp == mnt) { /* the namespace's root mount */
-			c->done = true;
-			return 1;
-		}
-		if (++c->mounts > MAX_MOUNTS)
-			return 1;
-		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		c->mnt = mp;
-		c->vfsmnt = (struct vfsmount *)((void *)mp + bpf_core_field_offset(struct mount, mnt));
+	if (len < 0) {
+		*flags |= trunc;
 		return 0;
 	}
-	if (c->n >= MAX_COMP)
-		return 1;
-	s->names[c->n & (MAX_COMP - 1)] = BPF_CORE_READ(dentry, d_name.name);
-	c->n++;
-	c->dentry = parent;
-	return 0;
-}
-
-static long write_down(__u32 j, struct walk_ctx *c)
-{
-	struct exec_scratch *s = scratch_slot();
-	int idx = c->n - 1 - (int)j;
-	long r;
-
-	if (!s || idx < 0)
-		return 1;
-	if (c->off > PATH_CAP - NAME_BOUND - 1) {
-		c->trunc = true;
-		return 1;
-	}
-	s->data[(c->base + c->off) & OFF_MASK] = '/';
-	c->off++;
-	r = bpf_probe_read_kernel_str(&s->data[(c->base + c->off) & OFF_MASK], NAME_BOUND,
-				      s->names[idx & (MAX_COMP - 1)]);
-	if (r > 1)
-		c->off += r - 1;
-	return 0;
-}
-
-/*
- * Write the absolute path of `path` at scratch->data[base] (no NUL) and return its length (< PATH_CAP).
- * The walk follows d_parent up to the root of each mount and crosses to the parent mount at its mount
- * point: at most MAX_COMP components and MAX_MOUNTS mount crossings. When it stops early (deeper
- * path, or longer than PATH_CAP) it sets `trunc` in *flags; the path then holds the components
- * nearest the leaf (too deep) or nearest the root (too long) that fit. The root is the root mount of
- * the task's mount namespace, so a container's paths read as inside the container.
- */
-static __always_inline __u32 walk_path(const struct path *path, __u32 base, __u16 *flags, __u16 trunc)
-{
-	struct walk_ctx c = {};
-
-	c.dentry = BPF_CORE_READ(path, dentry);
-	c.vfsmnt = BPF_CORE_READ(path, mnt);
-	c.mnt = real_mount(c.vfsmnt);
-	c.base = base & OFF_MASK;
-	bpf_loop(MAX_COMP + MAX_MOUNTS + 1, walk_up, &c, 0);
-	if (!c.done)
+	if (pflags & (SENSORIUM_PATH_TRUNC_DEPTH | SENSORIUM_PATH_TRUNC_BYTES))
 		*flags |= trunc;
-	if (c.n == 0) {
-		struct exec_scratch *s = scratch_slot();
-
-		if (s)
-			s->data[c.base & OFF_MASK] = '/';
-		return 1;
-	}
-	bpf_loop(MAX_COMP, write_down, &c, 0);
-	if (c.trunc)
-		*flags |= trunc;
-	return c.off & (PATH_CAP - 1);
+	if (pflags & SENSORIUM_PATH_DELETED)
+		*flags |= deleted;
+	return len & (SENSORIUM_PATH_MAX - 1);
 }
 
 static __always_inline __u32 ns_inum(void *ns_common_ptr)
@@ -304,12 +207,13 @@ int BPF_PROG(sensorium_exec, struct task_struct *task, pid_t old_pid, struct lin
 
 	/* Binary: the file being executed (bprm->file), not the interpreter's argv[0]. */
 	file = BPF_CORE_READ(bprm, file);
-	len = walk_path(__builtin_preserve_access_index(&file->f_path), off, &flags, EXEC_F_BINARY_TRUNC);
+	len = put_path(s, __builtin_preserve_access_index(&file->f_path), off, &flags, EXEC_F_BINARY_TRUNC,
+		       EXEC_F_BINARY_DELETED);
 	r->binary_len = len;
 	off += len;
 
 	fs = BPF_CORE_READ(task, fs);
-	len = walk_path(__builtin_preserve_access_index(&fs->pwd), off, &flags, EXEC_F_CWD_TRUNC);
+	len = put_path(s, __builtin_preserve_access_index(&fs->pwd), off, &flags, EXEC_F_CWD_TRUNC, 0);
 	r->cwd_len = len;
 	off += len;
 
