@@ -211,7 +211,9 @@ def plan_section(view: PolicyView, kernel: Any, btf: Path | str | None = None,
         field = f"spec.lsmhooks[{i}]"
         sig = hooks.get(item.hook)
         if sig is None:
-            near = sorted(h for h in hooks if item.hook.split("_")[0] in h)[:8]
+            import difflib
+
+            near = difflib.get_close_matches(item.hook, list(hooks), n=5, cutoff=0.6)
             raise PolicyLoadError(where, f"no LSM hook {item.hook!r} in this kernel ({len(hooks)} hooks; "
                                          f"similar: {', '.join(near) or 'none'})", field=f"{field}.hook")
         args = _check_args(item, sig, where, field)
