@@ -266,3 +266,16 @@ def test_a_section_can_come_from_a_third_party_sensor():
     reg, _ = registry_with(("knock", "knocks", Knock))
     p = parse_policy(OPENAT.split("  tracepoints:")[0] + "  knocks:\n  - port: 22\n", "p.yaml", reg)
     assert p.sections[0].sensor == "knock" and p.sections[0].items[0].port == 22
+
+
+def test_the_limits_in_the_docs_are_the_limits_in_the_code():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policies.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("MAX_"):
+            rows[cells[0]] = int(cells[1])
+    limits = {k: v for k, v in vars(P).items() if k.startswith("MAX_") and isinstance(v, int)}
+    assert rows == limits
