@@ -1,0 +1,84 @@
+"""Helpers for the tracepoint/kprobe sensor tests: drive a real sensor through a real context."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sensorium_sensors.tracepoint.testing import DirectContext, make_policy_view
+
+
+class Rig:
+    """A running sensor of class ``cls`` with its context; ``load(yaml)`` loads a section."""
+
+    def __init__(self, cls: type) -> None:
+        self.ctx = DirectContext()
+        self.sensor = cls(self.ctx)
+        self.sensor.start()
+        self.handles: list[Any] = []
+
+    def view(self, text: str, section: str, mode: str | None = None, policy_id: int = 7) -> Any:
+        return make_policy_view(text, section, policy_id=policy_id, mode=mode)
+
+    def load(self, text: str, section: str, mode: str | None = None, cgroup_ids: list[int] | None = None,
+             policy_id: int = 7) -> Any:
+        view = self.view(text, section, mode, policy_id)
+        self.sensor.check_policy(view)
+        h = self.sensor.load_policy(view, cgroup_ids=cgroup_ids)
+        self.handles.append(h)
+        return h
+
+    def events(self, pred: Callable[[dict], bool] = lambda e: True, wait: float = 0.3) -> list[dict]:
+        """Bodies of the events so far that satisfy ``pred`` (polling for ``wait`` seconds at most,
+        returning early once one matches)."""
+        deadline = time.monotonic() + wait
+        while True:
+            self.ctx.poll(20)
+            found = [next(iter(e.as_dict().values())) for e in self.ctx.events]
+            found = [b for b in found if pred(b)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.unload()
+        self.sensor.stop()
+        self.ctx.close()
+
+
+def rig_fixture(cls: type) -> Callable[..., Iterator[Rig]]:
+    @pytest.fixture
+    def _rig() -> Iterator[Rig]:
+        r = Rig(cls)
+        try:
+            yield r
+        finally:
+            r.close()
+    return _rig
+
+
+def string_args(body: dict) -> list[str]:
+    return [a.get("string_arg") for a in body.get("args", []) if "string_arg" in a]
+
+
+def our_programs() -> int:
+    """How many BPF programs of the hook object are loaded in the kernel right now."""
+    import json
+    import subprocess
+
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, check=True).stdout
+    return sum(1 for p in json.loads(out) if p.get("name", "").startswith("sens_"))
+
+
+def programs_settle(expected: int, timeout: float = 5.0) -> int:
+    """our_programs() once it equals ``expected`` (the kernel frees detached programs after an RCU
+    grace period), or its value at the timeout."""
+    deadline = time.monotonic() + timeout
+    n = our_programs()
+    while n != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = our_programs()
+    return n

@@ -1,0 +1,207 @@
+"""Syscall hooks of kprobes sections on a kernel without kprobes/fentry: raw_tp sys_enter/sys_exit,
+selectors and actions in the kernel, against real processes. Blocking rules are scoped to a cgroup the
+test creates (checked in the kernel first), so they can never touch the test runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sensorium.hookspecs import PolicyLoadError
+from sensorium_sensors.kprobe.sensor import KprobeSensor
+from hook_helpers import our_programs, programs_settle, rig_fixture, string_args
+
+pytestmark = [pytest.mark.kernel]
+
+rig = rig_fixture(KprobeSensor)
+
+
+def openat_policy(path: str, actions: str = "", name: str = "openat-test", op: str = "Equal") -> str:
+    return f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: {name}}}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args:
+    - {{index: 0, type: int}}
+    - {{index: 1, type: string}}
+    - {{index: 2, type: int}}
+    selectors:
+    - matchArgs:
+      - {{index: 1, operator: {op}, values: ["{path}"]}}
+{actions}
+"""
+
+
+SIGKILL = """      matchActions:
+      - action: Sigkill
+"""
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    p = tmp_path / "secret.txt"
+    p.write_text("top secret\n")
+    return p
+
+
+def test_openat_posts_only_for_the_watched_file_with_return_value(rig, tmp_path: Path) -> None:
+    watched, other = tmp_path / "watched", tmp_path / "other"
+    watched.write_text("x")
+    other.write_text("y")
+    text = openat_policy(str(watched)).replace("    syscall: true\n", "    syscall: true\n    return: true\n")
+    h = rig.load(text, "kprobes")
+    subprocess.run(["cat", str(watched), str(other)], check=True, capture_output=True)
+    evs = rig.events(lambda b: str(watched) in string_args(b))
+    assert evs, "no event for the watched file"
+    e = evs[0]
+    assert e["function_name"] == "__x64_sys_openat"
+    assert e["policy_name"] == "openat-test" and e["action"] == "KPROBE_ACTION_POST"
+    assert e["return"]["long_arg"] >= 0  # the fd cat got
+    assert not rig.events(lambda b: str(other) in string_args(b), wait=0.1)
+    st = h.status()
+    assert st["hooks"][0]["mechanism"] == "raw_tp sys_enter + sys_exit"
+    assert "no kprobes/fentry" in st["hooks"][0]["note"]
+    assert st["events"] >= 1
+
+
+def test_sigkill_in_test_cgroup_while_same_read_elsewhere_succeeds(rig, secret: Path, cgroup2_dir) -> None:
+    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    inside = cgroup2_dir.run(["cat", str(secret)], capture_output=True)
+    assert inside.returncode == -9, inside
+    assert inside.stdout == b""  # killed before it could read
+    outside = subprocess.run(["cat", str(secret)], capture_output=True)
+    assert outside.returncode == 0 and outside.stdout == b"top secret\n"
+    assert secret.read_text() == "top secret\n"  # and the test runner itself still reads it
+    evs = rig.events(lambda b: str(secret) in string_args(b))
+    assert evs and evs[0]["action"] == "KPROBE_ACTION_SIGKILL" and evs[0]["action_taken"] is True
+    assert evs[0]["cgroup_id"] == cgroup2_dir.id
+    assert "syscall still completes" in h.status()["hooks"][0]["note"]
+
+
+def test_monitoring_mode_reports_would_have_killed_then_enforces_live(rig, secret: Path, cgroup2_dir) -> None:
+    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", mode="monitoring", cgroup_ids=[cgroup2_dir.id])
+    r = cgroup2_dir.run(["cat", str(secret)], capture_output=True)
+    assert r.returncode == 0 and r.stdout == b"top secret\n"
+    evs = rig.events(lambda b: str(secret) in string_args(b))
+    assert evs, "monitoring mode must still report"
+    e = evs[0]
+    assert e["action"] == "KPROBE_ACTION_SIGKILL" and e["policy_mode"] == "monitoring" and e["action_taken"] is False
+    h.set_mode("enforcement")  # a map update, no reload
+    r = cgroup2_dir.run(["cat", str(secret)], capture_output=True)
+    assert r.returncode == -9
+    assert h.status()["mode"] == "enforcement"
+
+
+def test_relative_paths_and_dotdot_are_resolved_before_matching(rig, tmp_path: Path, cgroup2_dir) -> None:
+    d = tmp_path / "dir"
+    (d / "sub").mkdir(parents=True)
+    target = d / "t.txt"
+    target.write_text("t")
+    rig.load(openat_policy(str(target), SIGKILL), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    cases = [(["cat", "t.txt"], d), (["cat", "../t.txt"], d / "sub"), (["cat", "./sub/../t.txt"], d),
+             (["cat", "..//dir/./t.txt"], d)]
+    for argv, cwd in cases:
+        r = cgroup2_dir.run(argv, cwd=cwd, capture_output=True)
+        assert r.returncode == -9, (argv, cwd, r)
+    # dirfd-relative: openat(dirfd, "t.txt") from a helper that opens the directory first
+    code = f"import os; fd = os.open({str(d)!r}, os.O_RDONLY); os.read(os.open('t.txt', os.O_RDONLY, dir_fd=fd), 1)"
+    r = cgroup2_dir.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == -9, r
+    seen = rig.events(lambda b: str(target) in string_args(b), wait=0.5)
+    assert len(seen) >= 5  # every spelling was reported as the absolute path
+    # a different file with a similar relative spelling is not caught
+    (d / "u.txt").write_text("u")
+    assert cgroup2_dir.run(["cat", "u.txt"], cwd=d, capture_output=True).returncode == 0
+
+
+def test_match_binaries_follow_children(rig, tmp_path: Path) -> None:
+    target = tmp_path / "followed.txt"
+    target.write_text("f")
+    shell = tmp_path / "mysh"  # a binary of our own, so no ancestor of the test runner matches
+    shutil.copy("/bin/sh", shell)
+    text = openat_policy(str(target)) + f"""      matchBinaries:
+      - operator: In
+        values: ["{shell}"]
+        followChildren: true
+"""
+    rig.load(text, "kprobes")
+    subprocess.run(["cat", str(target)], check=True, capture_output=True)  # parent is not mysh
+    assert not rig.events(lambda b: str(target) in string_args(b), wait=0.2)
+    p = subprocess.run([str(shell), "-c", f"cat {target}; true"], check=True, capture_output=True)
+    evs = rig.events(lambda b: str(target) in string_args(b))
+    assert evs, "a child of the matched binary was not followed"
+
+
+def test_kernel_function_is_refused_with_the_reason(rig, kernel_caps) -> None:
+    if kernel_caps.has("fentry") or kernel_caps.has("kprobe"):
+        pytest.skip("this kernel has kprobes/fentry: the refusal is for kernels without them")
+    text = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: kfunc}
+spec:
+  kprobes:
+  - call: security_file_permission
+    syscall: false
+"""
+    with pytest.raises(PolicyLoadError) as ei:
+        rig.sensor.check_policy(rig.view(text, "kprobes"))
+    assert "no kprobes and fentry refused on this kernel" in str(ei.value)
+    assert ei.value.field == "spec.kprobes[0].call"
+
+
+def test_unknown_syscall_refused_or_skipped_with_callNotFound(rig) -> None:
+    text = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: nosys}
+spec:
+  kprobes:
+  - call: sys_does_not_exist
+    syscall: true
+"""
+    with pytest.raises(PolicyLoadError, match="syscall does_not_exist does not exist"):
+        rig.sensor.check_policy(rig.view(text, "kprobes"))
+    h = rig.load(text.replace("    syscall: true\n", "    syscall: true\n    ignore: {callNotFound: true}\n"), "kprobes")
+    assert h.status()["hooks"][0]["state"] == "skipped"
+
+
+def test_section_loads_whole_or_not_at_all(rig) -> None:
+    before = our_programs()
+    text = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: half}
+spec:
+  kprobes:
+  - call: sys_getpid
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs:
+      - {index: 1, operator: Equal, values: [a, b, c, d, e, f, g, h, i]}
+"""
+    with pytest.raises(PolicyLoadError) as ei:
+        rig.sensor.load_policy(rig.view(text, "kprobes"))
+    assert "at most 8 per operator" in str(ei.value)
+    assert ei.value.field == "spec.kprobes[1].selectors[0].matchArgs[0].values"
+    assert programs_settle(before) == before
+
+
+def test_unload_detaches_everything(rig) -> None:
+    before = our_programs()
+    h = rig.load(openat_policy("/nonexistent/x"), "kprobes")
+    assert our_programs() > before
+    h.unload()
+    h.unload()  # idempotent
+    assert programs_settle(before) == before
