@@ -153,7 +153,7 @@ class Agent:
             from sensorium.metrics import Metrics
         except ImportError:
             return None
-        return Metrics(self)
+        return Metrics()  # its own CollectorRegistry (Metrics takes a registry, not the agent)
 
     def _enabled(self, name: str, spec: SensorSpec) -> bool:
         section = self.cfg.sensors.get(name, {})
