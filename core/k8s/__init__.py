@@ -1,0 +1,65 @@
+"""Kubernetes support: which pod, namespace, container and workload is behind each event.
+
+- `containerid`: container id / pod uid from cgroup paths (pure functions, every runtime format).
+- `watcher`: `PodWatcher`, this node's pods from the API server, indexed by container id.
+- `enrich`: `Enricher`, the pipeline stage adding Tetragon's ``pod`` object (hold-and-retry).
+
+`start_kubernetes(cfg)` builds and starts the watcher and the enricher from the agent config; the agent
+calls it once and adds ``stage.enricher.process`` to its pipeline stages. Importing this package does
+not import the ``kubernetes`` client (only starting does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("sensorium.k8s")
+
+__all__ = ["KubernetesStage", "start_kubernetes", "kubernetes_wanted"]
+
+
+def kubernetes_wanted(cfg: Any) -> bool:
+    """Whether the config asks for pod enrichment (``kubernetes.enabled``; unset: on inside a pod or when
+    a kubeconfig is configured)."""
+    k = cfg.kubernetes
+    if k.enabled is not None:
+        return bool(k.enabled)
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST") or k.kubeconfig)
+
+
+class KubernetesStage:
+    """The running pod watcher and enricher of an agent."""
+
+    def __init__(self, watcher: Any, enricher: Any) -> None:
+        self.watcher = watcher
+        self.enricher = enricher
+
+    def status(self) -> dict[str, Any]:
+        return {"watcher": self.watcher.status(), "enrichment": self.enricher.status()}
+
+    def stop(self) -> list[Any]:
+        """Stop watching; returns the events still held (send them on before closing the exporters)."""
+        held = self.enricher.flush()
+        self.watcher.stop()
+        return held
+
+
+def start_kubernetes(cfg: Any, api: Any = None) -> KubernetesStage | None:
+    """Start the pod watcher (returns at once; the first list runs on its thread) and build the enricher.
+    None when the config does not want Kubernetes. Raises when it does but no API client can be made."""
+    if not kubernetes_wanted(cfg):
+        return None
+    from sensorium.k8s.enrich import Enricher
+    from sensorium.k8s.watcher import PodWatcher, api_client
+
+    k = cfg.kubernetes
+    if api is None:
+        api = api_client(str(k.kubeconfig) if k.kubeconfig else None)
+    watcher = PodWatcher(api, cfg.node_name, watch_timeout_s=k.watch_timeout_s,
+                         deleted_grace_s=k.deleted_pod_grace_s, resolve_workloads=k.resolve_workloads).start()
+    proc_root = os.environ.get("SENSORIUM_PROC_ROOT") or "/proc"
+    enricher = Enricher(watcher, hold_s=k.hold_s, max_held=k.hold_max_events, proc_root=proc_root)
+    log.info("kubernetes: watching pods of node %s", cfg.node_name)
+    return KubernetesStage(watcher, enricher)
