@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sensorium.bpf.build import build_object
-from sensorium.bpf.libbpf import BpfObject, LibbpfError, MapType
-from sensorium.bpf.probe import ensure_mounts
+from sensorium.bpf.libbpf import BpfObject, LibbpfError, MapType, num_possible_cpus
+from sensorium.bpf.probe import ensure_mounts, probe_kernel
 from sensorium.bpf.ringbuf import RingBufferReader
 from sensorium.hookspecs import ProbeSource
 
@@ -168,3 +171,58 @@ def test_uprobe_attaches_by_function_name(tmp_path: Path) -> None:
         obj.program("on_call").attach_uprobe("libc.so.6", func_name="getpgid", pid=os.getpid())
         getpgid_calls(range(ARG_BASE, ARG_BASE + 5))
         assert struct.unpack("<Q", obj.map("hits").lookup(b"\0\0\0\0"))[0] == 5
+
+
+def test_percpu_map_values_have_one_slot_per_cpu(loaded: BpfObject) -> None:
+    m = loaded.map("pcpu")
+    assert m.percpu and m.value_size == 4
+    ncpu = num_possible_cpus()
+    value = b"".join(struct.pack("<Ixxxx", 10 + cpu) for cpu in range(ncpu))  # slots are 8-byte aligned
+    m.update(struct.pack("<I", 1), value)
+    assert m.lookup(struct.pack("<I", 1)) == value
+    with pytest.raises(ValueError, match=f"expected {8 * ncpu}"):
+        m.update(struct.pack("<I", 1), b"\0" * 4)
+
+
+def test_a_long_verifier_log_keeps_its_end(obj_path: Path) -> None:
+    with BpfObject.open(obj_path, name="complex") as obj:
+        obj.program("too_complex").set_autoload(True)
+        with pytest.raises(LibbpfError) as ei:
+            obj.load()
+    tail = ei.value.log_tail
+    assert "too_complex" in str(ei.value)
+    # The verifier gives up (how depends on the kernel) and sums up at the very end of a log of megabytes.
+    assert "too complex" in tail or "too large" in tail
+    assert "insns (limit 1000000)" in tail and len(tail) > 32 * 1024
+
+
+def test_cgroup_program_blocks_connect_only_inside_its_cgroup(obj_path: Path) -> None:
+    caps = probe_kernel()
+    if not caps.has("cgroup_sock_addr"):
+        pytest.skip(f"cgroup_sock_addr: {caps.program_types['cgroup_sock_addr'].error}")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    cg = Path(caps.cgroup2 or "") / f"sensorium-test-{os.getpid()}-{time.monotonic_ns()}"
+    cg.mkdir()
+    try:
+        cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with BpfObject.open(obj_path) as obj:
+                obj.set_rodata("blocked_port", socket.htons(port))
+                obj.load()
+                obj.program("deny_port").attach_cgroup(cg_fd)
+                child = ("import os, socket, sys\n"
+                         "open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()))\n"
+                         "try:\n    socket.create_connection(('127.0.0.1', int(sys.argv[2])), 5); print('connected')\n"
+                         "except PermissionError: print('EPERM')\n")
+                inside = subprocess.run([sys.executable, "-c", child, str(cg), str(port)],
+                                        capture_output=True, text=True, check=True)
+                assert inside.stdout.strip() == "EPERM"
+                socket.create_connection(("127.0.0.1", port), 5).close()  # outside the cgroup: allowed
+        finally:
+            os.close(cg_fd)
+    finally:
+        server.close()
+        cg.rmdir()

@@ -119,6 +119,8 @@ def test_an_error_in_one_batch_handler_does_not_lose_the_other_ring(loader_obj) 
     assert len(got_b) == 1
 
 
+@pytest.mark.skipif(bool(os.environ.get("SENSORIUM_IN_VM")), reason="the VM lane emulates the CPU (QEMU TCG): "
+                    "throughput is measured on the host only")
 def test_reader_drains_over_a_million_records_per_second() -> None:
     ensure_mounts()
     with BpfObject.open(build_object(ProbeSource(name="ringbuf_test", source=HERE / "bpf" / "ringbuf_test.bpf.c"))) as obj:

@@ -243,7 +243,7 @@ def num_possible_cpus() -> int:
     n = lib().libbpf_num_possible_cpus()
     if n <= 0:
         raise LibbpfError(-n, "libbpf_num_possible_cpus")
-    return n
+    return int(n)
 
 
 def _s(b: bytes | None) -> str:
@@ -267,11 +267,11 @@ BTF_KIND_DATASEC = 15
 
 
 def _btf_kind(t: _BtfType) -> int:
-    return (t.info >> 24) & 0x1F
+    return int((t.info >> 24) & 0x1F)
 
 
 def _btf_vlen(t: _BtfType) -> int:
-    return t.info & 0xFFFF
+    return int(t.info & 0xFFFF)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ class BpfLink:
     def fd(self) -> int:
         if self._ptr is None:
             return -1
-        return lib().bpf_link__fd(self._ptr)
+        return int(lib().bpf_link__fd(self._ptr))
 
     @property
     def alive(self) -> bool:
@@ -335,7 +335,7 @@ class BpfProgram:
 
     @property
     def fd(self) -> int:
-        return lib().bpf_program__fd(self._p())
+        return int(lib().bpf_program__fd(self._p()))
 
     @property
     def autoload(self) -> bool:
@@ -404,23 +404,23 @@ class BpfMap:
 
     @property
     def fd(self) -> int:
-        return lib().bpf_map__fd(self._p())
+        return int(lib().bpf_map__fd(self._p()))
 
     @property
     def type(self) -> int:
-        return lib().bpf_map__type(self._p())
+        return int(lib().bpf_map__type(self._p()))
 
     @property
     def key_size(self) -> int:
-        return lib().bpf_map__key_size(self._p())
+        return int(lib().bpf_map__key_size(self._p()))
 
     @property
     def value_size(self) -> int:
-        return lib().bpf_map__value_size(self._p())
+        return int(lib().bpf_map__value_size(self._p()))
 
     @property
     def max_entries(self) -> int:
-        return lib().bpf_map__max_entries(self._p())
+        return int(lib().bpf_map__max_entries(self._p()))
 
     @property
     def percpu(self) -> bool:
@@ -699,5 +699,5 @@ def _culprit(tail: str, programs: dict[str, BpfProgram]) -> str | None:
     found = re.findall(r"prog '([^']+)': (?:failed|BPF program load failed|-- BEGIN)", tail)
     for name in reversed(found):
         if name in programs:
-            return name
+            return str(name)
     return None

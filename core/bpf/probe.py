@@ -253,7 +253,7 @@ def _link_create(attach_type: int) -> Callable[[int], int]:
 
     def attach(fd: int) -> int:
         opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts))
-        return lib().bpf_link_create(fd, 0, attach_type, ctypes.byref(opts))
+        return int(lib().bpf_link_create(fd, 0, attach_type, ctypes.byref(opts)))
     return attach
 
 
@@ -261,7 +261,7 @@ def _raw_tp_open(name: str | None) -> Callable[[int], int]:
     from sensorium.bpf.libbpf import lib
 
     def attach(fd: int) -> int:
-        return lib().bpf_raw_tracepoint_open(name.encode() if name else None, fd)
+        return int(lib().bpf_raw_tracepoint_open(name.encode() if name else None, fd))
     return attach
 
 
@@ -271,7 +271,7 @@ def _kprobe_multi_attach(fd: int) -> int:
     opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts))
     opts.kprobe_multi.cnt = 1
     opts.kprobe_multi.syms = ctypes.cast(syms, ctypes.c_void_p)
-    return lib().bpf_link_create(fd, 0, _ATTACH_TRACE_KPROBE_MULTI, ctypes.byref(opts))
+    return int(lib().bpf_link_create(fd, 0, _ATTACH_TRACE_KPROBE_MULTI, ctypes.byref(opts)))
 
 
 def _probe_plain(prog_type: int, attach_type: int = 0, needs: tuple[bool, str] | None = None) -> ProbeResult:

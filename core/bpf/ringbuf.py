@@ -113,7 +113,7 @@ class RingBufferReader:
                         first_error = e
         if first_error is not None:
             raise first_error
-        return n
+        return int(n)
 
     def close(self) -> None:
         """Free the libbpf ring buffer (the maps stay owned by their objects). Idempotent."""

@@ -18,7 +18,15 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} pcpu SEC(".maps");
+
 const volatile __u32 target_tgid = 0;
+const volatile __u16 blocked_port = 0; /* network byte order */
 const volatile __u64 magic = 0;
 const volatile __u8 force_wakeup = 0;
 
@@ -61,4 +69,27 @@ int bad_deref(void *ctx)
 	__u64 *v = bpf_map_lookup_elem(&counts, &key);
 
 	return *v;
+}
+
+/* Not loaded unless a test asks: the verifier walks every one of the 100000 iterations (i is precise)
+ * and gives up at its 1M instruction limit, after writing a very long log. */
+SEC("?tracepoint/syscalls/sys_enter_getpgid")
+int too_complex(void *ctx)
+{
+	__u32 key = 0;
+	__u64 *v;
+
+	for (int i = 0; i < 100000; i++) {
+		v = bpf_map_lookup_elem(&counts, &key);
+		if (v && *v == i)
+			return 1;
+	}
+	return 0;
+}
+
+/* connect() to blocked_port fails with EPERM for processes in the cgroup this is attached to. */
+SEC("cgroup/connect4")
+int deny_port(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_port == blocked_port ? 0 : 1;
 }
