@@ -182,8 +182,9 @@ class CompiledHook:
         return bytes(self.cfg)
 
 
-def host_namespace_inums(pid: int = 1) -> dict[str, int]:
-    """The agent host's namespace inode numbers (Tetragon's ``host_ns``), read from /proc/<pid>/ns."""
+def host_namespace_inums(pid: int | str = "self") -> dict[str, int]:
+    """Tetragon's ``host_ns``: the agent's own namespaces (it runs in the host's), from /proc/self/ns.
+    (/proc/1/ns may be unreadable even for root inside a sandbox.)"""
     out: dict[str, int] = {}
     for name, proc in NS_PROC.items():
         try:

@@ -1,0 +1,227 @@
+"""Selector semantics evaluated in the kernel (OR across selectors, AND within, each operator, actions,
+rate limits), driven by real syscalls of this process and its children, plus the compiler's limits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensorium import selectors as S
+from sensorium.hookspecs import PolicyLoadError
+from sensorium_sensors.kprobe.sensor import KprobeSensor
+from hook_helpers import rig_fixture, string_args
+
+pytestmark = [pytest.mark.kernel]
+
+rig = rig_fixture(KprobeSensor)
+ME = os.getpid()
+
+
+def getpgid_policy(selectors: str, name: str = "pgid") -> str:
+    return f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: {name}}}
+spec:
+  kprobes:
+  - call: sys_getpgid
+    args:
+    - {{index: 0, type: int}}
+    selectors:
+{selectors}
+"""
+
+
+def pgid_values(rig) -> list[int]:
+    return sorted(a["int_arg"] for b in rig.events(wait=0.3) for a in b["args"])
+
+
+def call_getpgid(*values: int) -> None:
+    for v in values:
+        try:
+            os.getpgid(v)
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("op,values,expect", [
+    ("Equal", ["4000001", "4000003"], [4000001, 4000003]),
+    ("NotEqual", ["4000001"], [4000002, 4000003, 4000004]),
+    ("GT", ["4000002"], [4000003, 4000004]),
+    ("LT", ["4000002"], [4000001]),
+    ("Mask", ["0x4"], [4000004]),  # 4000004 = 0x3d0904: bit 2 set; 4000001..3 have it clear
+])
+def test_integer_operators(rig, op: str, values: list[str], expect: list[int]) -> None:
+    vals = ", ".join(f'"{v}"' for v in values)
+    rig.load(getpgid_policy(f"""    - matchPIDs:
+      - {{operator: In, values: [{ME}]}}
+      matchArgs:
+      - {{index: 0, operator: {op}, values: [{vals}]}}
+"""), "kprobes")
+    call_getpgid(4000001, 4000002, 4000003, 4000004)
+    got = [v for v in pgid_values(rig) if 4000000 < v < 4000010]
+    assert got == expect
+
+
+@pytest.mark.parametrize("op,values,expect", [
+    ("Prefix", ["/nonexistent-sens/a"], ["/nonexistent-sens/a/x.log", "/nonexistent-sens/ab.txt"]),
+    ("NotPrefix", ["/nonexistent-sens/a"], ["/nonexistent-sens/b/y.txt"]),
+    ("Postfix", [".txt"], ["/nonexistent-sens/ab.txt", "/nonexistent-sens/b/y.txt"]),
+    ("NotPostfix", [".txt"], ["/nonexistent-sens/a/x.log"]),
+    ("NotEqual", ["/nonexistent-sens/ab.txt"], ["/nonexistent-sens/a/x.log", "/nonexistent-sens/b/y.txt"]),
+])
+def test_string_operators(rig, op: str, values: list[str], expect: list[str]) -> None:
+    vals = ", ".join(f'"{v}"' for v in values)
+    rig.load(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: strings}}
+spec:
+  kprobes:
+  - call: sys_openat
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchPIDs:
+      - {{operator: In, values: [{ME}]}}
+      matchArgs:
+      - {{index: 1, operator: {op}, values: [{vals}]}}
+""", "kprobes")
+    for p in ("/nonexistent-sens/a/x.log", "/nonexistent-sens/ab.txt", "/nonexistent-sens/b/y.txt"):
+        try:
+            open(p)
+        except OSError:
+            pass
+    got = sorted({s for b in rig.events(wait=0.3) for s in string_args(b) if s.startswith("/nonexistent-sens")})
+    assert got == sorted(expect)
+
+
+def test_selectors_are_ored_and_filters_anded(rig) -> None:
+    rig.load(getpgid_policy(f"""    - matchPIDs:
+      - {{operator: In, values: [{ME}]}}
+      matchArgs:
+      - {{index: 0, operator: Equal, values: ["4000011"]}}
+    - matchPIDs:
+      - {{operator: In, values: [{ME}]}}
+      matchArgs:
+      - {{index: 0, operator: GT, values: ["4000013"]}}
+      - {{index: 0, operator: LT, values: ["4000015"]}}
+"""), "kprobes")
+    call_getpgid(4000011, 4000012, 4000013, 4000014, 4000015)
+    assert [v for v in pgid_values(rig) if 4000010 < v < 4000020] == [4000011, 4000014]
+
+
+def test_match_pids_not_in_excludes_this_process(rig) -> None:
+    rig.load(getpgid_policy(f"""    - matchPIDs:
+      - {{operator: NotIn, values: [{ME}]}}
+      matchArgs:
+      - {{index: 0, operator: Equal, values: ["4000021"]}}
+"""), "kprobes")
+    call_getpgid(4000021)
+    subprocess.run([sys.executable, "-c", "import os\ntry: os.getpgid(4000021)\nexcept OSError: pass"], check=True)
+    evs = rig.events(lambda b: b["args"][0]["int_arg"] == 4000021, wait=0.5)
+    assert evs and all(e["process"]["pid"] != ME for e in evs)
+
+
+@pytest.mark.parametrize("op,expect_event", [("In", True), ("NotIn", False)])
+def test_match_namespaces_host_ns(rig, op: str, expect_event: bool) -> None:
+    rig.load(getpgid_policy(f"""    - matchPIDs:
+      - {{operator: In, values: [{ME}]}}
+      matchNamespaces:
+      - {{namespace: Pid, operator: {op}, values: [host_ns]}}
+      - {{namespace: Mnt, operator: {op}, values: [host_ns]}}
+"""), "kprobes")
+    call_getpgid(4000031)
+    assert bool(rig.events(lambda b: b["args"][0]["int_arg"] == 4000031)) is expect_event
+
+
+def test_match_capabilities_tells_root_from_nobody(rig, tmp_path: Path) -> None:
+    target = tmp_path / "caps.txt"
+    target.write_text("c")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(target, 0o644)
+    rig.load(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: caps}}
+spec:
+  kprobes:
+  - call: sys_openat
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchArgs:
+      - {{index: 1, operator: Equal, values: ["{target}"]}}
+      matchCapabilities:
+      - {{type: Effective, operator: In, values: [CAP_SYS_ADMIN]}}
+""", "kprobes")
+    nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(target)],
+                            capture_output=True)
+    assert b"Permission denied" in nobody.stderr or nobody.returncode == 0, nobody  # it did call openat
+    rootcat = subprocess.run(["cat", str(target)], capture_output=True, check=True)
+    evs = rig.events(lambda b: str(target) in string_args(b), wait=0.5)
+    assert len(evs) == 1  # root's cat only
+
+
+def test_rate_limit_posts_once_per_period(rig) -> None:
+    h = rig.load(getpgid_policy(f"""    - matchPIDs:
+      - {{operator: In, values: [{ME}]}}
+      matchArgs:
+      - {{index: 0, operator: Equal, values: ["4000041"]}}
+      matchActions:
+      - {{action: Post, rateLimit: 1m, rateLimitScope: process}}
+"""), "kprobes")
+    call_getpgid(*([4000041] * 5))
+    assert len(rig.events(lambda b: b["args"][0]["int_arg"] == 4000041, wait=0.3)) == 1
+    assert h.status()["counters"]["rate_limited"] == 4
+
+
+def test_signal_action_and_nopost(rig, cgroup2_dir) -> None:
+    rig.load(getpgid_policy("""    - matchArgs:
+      - {index: 0, operator: Equal, values: ["4000051"]}
+      matchActions:
+      - {action: Signal, argSig: 10}
+      - {action: NoPost}
+"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    code = "import os\ntry: os.getpgid(4000051)\nexcept OSError: pass\nprint('survived')"
+    r = cgroup2_dir.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == -10 and b"survived" not in r.stdout  # SIGUSR1 kills python by default
+    call_getpgid(4000051)  # outside the cgroup: nothing happens to us
+    assert not rig.events(wait=0.2)  # NoPost
+
+
+# ---- compiler limits (no kernel needed, but the messages are what users see) -----------------------
+
+def test_limits_are_checked_before_load_with_the_limit_in_the_message(rig) -> None:
+    many = ", ".join(f'"/p{i}"' for i in range(9))
+    text = f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: limits}}
+spec:
+  kprobes:
+  - call: sys_openat
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchArgs:
+      - {{index: 1, operator: Prefix, values: [{many}]}}
+"""
+    with pytest.raises(PolicyLoadError, match="at most 8 per operator"):
+        rig.sensor.check_policy(rig.view(text, "kprobes"))
+    with pytest.raises(PolicyLoadError, match="operator GT does not apply to the string argument"):
+        rig.sensor.check_policy(rig.view(text.replace("Prefix", "GT").replace(many, '"1"'), "kprobes"))
+    with pytest.raises(PolicyLoadError, match="index 3 names no declared argument"):
+        rig.sensor.check_policy(rig.view(text.replace("{index: 1, operator", "{index: 3, operator"), "kprobes"))
+    over = "\n".join(f"    - matchArgs:\n      - {{index: 1, operator: Equal, values: [{', '.join(repr(f'/s{j}_{i}') for i in range(8))}]}}"
+                     for j in range(5))
+    with pytest.raises(PolicyLoadError, match=f"at most {S.MAX_STRINGS}"):
+        rig.sensor.check_policy(rig.view(text.split("    selectors:")[0] + "    selectors:\n" + over + "\n", "kprobes"))
+
+
+def test_override_refused_with_the_reason(rig) -> None:
+    with pytest.raises(PolicyLoadError, match="Override needs fmod_ret or BPF LSM"):
+        rig.sensor.check_policy(rig.view(getpgid_policy("""    - matchActions:
+      - {action: Override, argError: -1}
+"""), "kprobes"))
