@@ -156,3 +156,31 @@ def test_a_path_longer_than_4096_bytes_is_cut_and_flagged(paths: ExecPaths, tmpf
     assert flags == TRUNC_BYTES
     full = str(tmpfs) + "/" + "/".join(names) + "/true"
     assert len(path) == PATH_MAX - 1 and full.startswith(path)
+
+
+def test_an_unlinked_binary_is_flagged_deleted(paths: ExecPaths, tmpfs: Path) -> None:
+    binary = copy_true(tmpfs / "gone")
+    fd = os.open(binary, os.O_RDONLY)
+    try:
+        binary.unlink()
+        [(path, flags)] = paths.run([f"/proc/self/fd/{fd}"], pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert (path, flags) == (str(binary), DELETED)
+
+
+def test_a_lazily_unmounted_tree_is_flagged_detached(paths: ExecPaths, tmp_path: Path) -> None:
+    mnt = Path(os.path.realpath(tmp_path)) / "detach"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "sensorium-test", str(mnt)], check=True)
+    try:
+        copy_true(mnt / "d")
+        fd = os.open(mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # the tree lives on through fd only
+    try:
+        [(path, flags)] = paths.run([f"/proc/self/fd/{fd}/true"], pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    # Like the kernel's d_path: the path from the root of the detached mount.
+    assert (path, flags) == ("/d/true", DETACHED)

@@ -379,7 +379,10 @@ class BpfProgram:
         path = os.fspath(binary)
         ptr = lib().bpf_program__attach_uprobe_opts(self._p(), int(pid), path.encode(), int(offset),
                                                     ctypes.byref(opts))
-        where = f"{path}:{func_name or ''}{'+' if func_name and offset else ''}{hex(offset) if offset or not func_name else ''}"
+        if func_name:
+            where = f"{path}:{func_name}" + (f"+{offset:#x}" if offset else "")
+        else:
+            where = f"{path}:{offset:#x}"
         return self._link(ptr, f"to {'uretprobe' if retprobe else 'uprobe'} {where} pid {pid}")
 
     def __repr__(self) -> str:
