@@ -82,8 +82,8 @@ class RingBufferReader:
         return lib().ring_buffer__epoll_fd(self._rb) if self._rb is not None else -1
 
     def poll(self, timeout_ms: int) -> int:
-        """Wait up to ``timeout_ms`` for a wakeup, then consume all rings; deliver each ring's records
-        (in ring order) to its ``on_batch``; return how many records were consumed.
+        """Wait up to ``timeout_ms`` (0: not at all, < 0: no limit) for a wakeup, then consume all rings;
+        deliver each ring's records (in ring order) to its ``on_batch``; return how many were consumed.
 
         If an ``on_batch`` raises, the other rings still get their batches; the first error is then
         re-raised.
@@ -93,9 +93,10 @@ class RingBufferReader:
                 raise LibbpfError(errno.EBADF, "RingBufferReader is closed")
             return 0
         L = lib()
-        if timeout_ms > 0:
+        if timeout_ms != 0:  # < 0: until a wakeup (only sensible with programs that send them)
             try:
-                select.select([L.ring_buffer__epoll_fd(self._rb)], [], [], timeout_ms / 1000.0)
+                select.select([L.ring_buffer__epoll_fd(self._rb)], [], [],
+                              timeout_ms / 1000.0 if timeout_ms > 0 else None)
             except InterruptedError:
                 pass
         n = L.ring_buffer__consume(self._rb)
