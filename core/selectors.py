@@ -37,6 +37,7 @@ MAX_STRINGS = 32
 STR_MAX = 256
 MAX_NS = 4
 MAX_CAPS = 2
+MAX_PIDF = 2
 DATA_MAX = 2048
 
 REC_HOOK = 1
@@ -76,6 +77,11 @@ class SensMatchArg(ctypes.Structure):
                 ("str_first", ctypes.c_uint32), ("vals", ctypes.c_uint64 * MAX_VALUES)]
 
 
+class SensMatchPids(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_uint8), ("nvals", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 5), ("pids", ctypes.c_uint32 * MAX_VALUES)]
+
+
 class SensMatchNs(ctypes.Structure):
     _fields_ = [("ns", ctypes.c_uint8), ("op", ctypes.c_uint8), ("nvals", ctypes.c_uint8),
                 ("pad", ctypes.c_uint8 * 5), ("inums", ctypes.c_uint32 * MAX_VALUES)]
@@ -88,13 +94,13 @@ class SensMatchCaps(ctypes.Structure):
 
 class SensSelector(ctypes.Structure):
     _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("bin_op", ctypes.c_uint8),
-                ("bin_nvals", ctypes.c_uint8), ("bin_follow", ctypes.c_uint8), ("pid_op", ctypes.c_uint8),
-                ("pid_nvals", ctypes.c_uint8), ("pid_flags", ctypes.c_uint8), ("nns", ctypes.c_uint8),
+                ("bin_nvals", ctypes.c_uint8), ("bin_follow", ctypes.c_uint8), ("npids", ctypes.c_uint8),
+                ("pad0", ctypes.c_uint8 * 2), ("nns", ctypes.c_uint8),
                 ("ncaps", ctypes.c_uint8), ("actions", ctypes.c_uint8), ("signal", ctypes.c_uint8),
                 ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("bin_str_first", ctypes.c_uint32),
                 ("pad2", ctypes.c_uint32), ("rl_ns", ctypes.c_uint64),
                 ("args", SensMatchArg * MAX_MATCH_ARGS), ("ret", SensMatchArg),
-                ("pids", ctypes.c_uint32 * MAX_VALUES), ("ns", SensMatchNs * MAX_NS),
+                ("pids", SensMatchPids * MAX_PIDF), ("ns", SensMatchNs * MAX_NS),
                 ("caps", SensMatchCaps * MAX_CAPS)]
 
 
@@ -347,20 +353,23 @@ def compile_hook(
                 flags |= CFG_FOLLOW
             flags |= CFG_NEED_BINARY
         pids = list(_g(sel, "matchPIDs") or [])
-        if len(pids) > 1:
-            raise SelectorError(f"{base}.matchPIDs", f"{len(pids)} entries: at most 1 in the kernel")
-        if pids:
-            p = pids[0]
+        if len(pids) > MAX_PIDF:
+            raise SelectorError(f"{base}.matchPIDs", f"{len(pids)} entries: at most {MAX_PIDF} in the kernel")
+        out.npids = len(pids)
+        for pi, p in enumerate(pids):
+            field = f"{base}.matchPIDs[{pi}]"
             values = [int(v) for v in _g(p, "values")]
-            _values_limit(values, f"{base}.matchPIDs[0].values")
-            out.pid_op = OPS[_g(p, "operator")]
-            out.pid_nvals = len(values)
+            _values_limit(values, f"{field}.values")
+            o = out.pids[pi]
+            o.op, o.nvals = OPS[_g(p, "operator")], len(values)
             for i, v in enumerate(values):
-                out.pids[i] = v
-            out.pid_flags = (PID_NS if _g(p, "isNamespacePID") else 0)
+                o.pids[i] = v
+            o.flags = PID_NS if _g(p, "isNamespacePID") else 0
             if _g(p, "followForks") and _g(p, "operator") == "In":
                 # NotIn with followForks compares the process itself (see docs/selectors.md)
-                out.pid_flags |= PID_FOLLOW
+                if si in follow_pids:
+                    raise SelectorError(f"{field}.followForks", "one followForks entry per selector in the kernel")
+                o.flags |= PID_FOLLOW
                 follow_pids[si] = (bool(_g(p, "isNamespacePID")), tuple(values))
                 flags |= CFG_FOLLOW
         nss = list(_g(sel, "matchNamespaces") or [])

@@ -35,6 +35,7 @@
 #define SENS_STR_MAX 256 /* bytes of a string value or captured string, NUL included */
 #define SENS_MAX_NS 4
 #define SENS_MAX_CAPS 2
+#define SENS_MAX_PIDF 2 /* matchPIDs entries per selector */
 #define SENS_DATA_MAX 2048 /* argument bytes in one event record */
 #define SENS_PATH_DEPTH 32 /* components of an in-kernel path walk */
 
@@ -66,6 +67,8 @@
 #define SENS_DEREF_USER_BUF 5    /* pointer to user bytes, length from arg `size_arg` */
 #define SENS_DEREF_BINPRM 6      /* struct linux_binprm *: the file's path */
 #define SENS_DEREF_FD_PATH 7     /* an fd of the current task: its file's path */
+#define SENS_DEREF_FILE 8        /* struct file *: its path (lsm/kprobe arguments) */
+#define SENS_DEREF_PATH 9        /* struct path *: the path (lsm/kprobe arguments) */
 
 /* Operators */
 #define SENS_OP_EQ 1
@@ -150,6 +153,14 @@ struct sens_match_arg {
 	__u64 vals[SENS_MAX_VALUES];
 };
 
+struct sens_match_pids {
+	__u8 op;
+	__u8 nvals;
+	__u8 flags; /* SENS_PID_NS, SENS_PID_FOLLOW */
+	__u8 pad[5];
+	__u32 pids[SENS_MAX_VALUES];
+};
+
 struct sens_match_ns {
 	__u8 ns;
 	__u8 op;
@@ -171,9 +182,8 @@ struct sens_selector {
 	__u8 bin_op;    /* 0: no matchBinaries */
 	__u8 bin_nvals;
 	__u8 bin_follow;
-	__u8 pid_op;    /* 0: no matchPIDs */
-	__u8 pid_nvals;
-	__u8 pid_flags;
+	__u8 npids;     /* matchPIDs entries (ANDed) */
+	__u8 pad0[2];
 	__u8 nns;
 	__u8 ncaps;
 	__u8 actions;
@@ -185,7 +195,7 @@ struct sens_selector {
 	__u64 rl_ns; /* rate limit interval, 0: none */
 	struct sens_match_arg args[SENS_MAX_MATCH_ARGS];
 	struct sens_match_arg ret;
-	__u32 pids[SENS_MAX_VALUES];
+	struct sens_match_pids pids[SENS_MAX_PIDF];
 	struct sens_match_ns ns[SENS_MAX_NS];
 	struct sens_match_caps caps[SENS_MAX_CAPS];
 };
@@ -338,6 +348,7 @@ struct sens_scratch {
 	char join[SENS_PATHBUF + SENS_STR_MAX];  /* dir + "/" + relative */
 	__u32 depth;
 	__u32 starts[SENS_PATH_DEPTH + 1];
+	__s32 matched; /* the selector sens_finish chose (-1: none); lsm programs turn it into Override */
 };
 
 struct {
@@ -760,19 +771,23 @@ static __always_inline int sens_selector_match(struct sens_scratch *s, __u32 i, 
 	__u32 k;
 
 	/* cheapest first: pids, then arguments, then binaries (may walk a path once per process) */
-	if (sel->pid_op) {
-		__u32 pid = (sel->pid_flags & SENS_PID_NS) ? sens_ns_pid(task) : (bpf_get_current_pid_tgid() >> 32);
+	for (k = 0; k < SENS_MAX_PIDF; k++) {
+		if (k >= sel->npids)
+			break;
+		const volatile struct sens_match_pids *m = &sel->pids[k];
+		__u32 pid = (m->flags & SENS_PID_NS) ? sens_ns_pid(task) : (bpf_get_current_pid_tgid() >> 32);
 		int found = 0;
+		__u32 q;
 
-		for (k = 0; k < SENS_MAX_VALUES; k++) {
-			if (k >= sel->pid_nvals)
+		for (q = 0; q < SENS_MAX_VALUES; q++) {
+			if (q >= m->nvals)
 				break;
-			if (pid == sel->pids[k])
+			if (pid == m->pids[q])
 				found = 1;
 		}
-		if (!found && (sel->pid_flags & SENS_PID_FOLLOW) && (s->follow & (1u << (8 + i))))
+		if (!found && (m->flags & SENS_PID_FOLLOW) && (s->follow & (1u << (8 + i))))
 			found = 1;
-		if ((sel->pid_op == SENS_OP_IN) != found)
+		if ((m->op == SENS_OP_IN) != found)
 			return 0;
 	}
 	for (k = 0; k < SENS_MAX_MATCH_ARGS; k++) {
@@ -944,19 +959,30 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 			n = bpf_probe_read_kernel_str(payload, dlen & (SENS_STR_MAX - 1) ? dlen : 1, ctx + doff);
 		} else if (d->deref == SENS_DEREF_INLINE) {
 			n = bpf_probe_read_kernel_str(payload, max, ctx + d->offset);
-		} else if (d->deref == SENS_DEREF_BINPRM || d->deref == SENS_DEREF_FD_PATH) {
+		} else if (d->deref == SENS_DEREF_BINPRM || d->deref == SENS_DEREF_FD_PATH || d->deref == SENS_DEREF_FILE ||
+			   d->deref == SENS_DEREF_PATH) {
 			struct file *f;
 			struct path pth;
 
 			raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
 			if (d->deref == SENS_DEREF_BINPRM)
 				f = BPF_CORE_READ((struct linux_binprm *)raw, file);
+			else if (d->deref == SENS_DEREF_FILE)
+				f = (struct file *)raw;
+			else if (d->deref == SENS_DEREF_PATH)
+				f = NULL;
 			else
 				f = sens_fd_file((struct task_struct *)bpf_get_current_task(), (__s64)raw);
 			n = -1;
-			if (f) {
+			if (d->deref == SENS_DEREF_PATH && raw) {
+				pth.dentry = BPF_CORE_READ((struct path *)raw, dentry);
+				pth.mnt = BPF_CORE_READ((struct path *)raw, mnt);
+				f = (struct file *)1; /* walk below */
+			} else if (f) {
 				pth.dentry = BPF_CORE_READ(f, f_path.dentry);
 				pth.mnt = BPF_CORE_READ(f, f_path.mnt);
+			}
+			if (f) {
 				int start = sens_walk_path(s, &pth);
 
 				if (start >= 0 && start <= SENS_PATHBUF) {
@@ -1080,6 +1106,7 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 			}
 		}
 	}
+	s->matched = matched;
 	if (matched < 0) {
 		sens_count(SENS_CNT_FILTERED);
 		return 0;
@@ -1274,14 +1301,22 @@ int BPF_PROG(sens_fork, struct task_struct *parent, struct task_struct *child)
 					      sel->bin_str_first, sel->bin_nvals, sel->bin_op))
 				bits |= 1u << i;
 		}
-		if (sel->pid_op == SENS_OP_IN && (sel->pid_flags & SENS_PID_FOLLOW) && !(bits & (1u << (8 + i)))) {
-			__u32 pid = (sel->pid_flags & SENS_PID_NS) ? sens_ns_pid(parent) : ptgid;
+		__u32 q;
+
+		for (q = 0; q < SENS_MAX_PIDF; q++) {
+			if (q >= sel->npids)
+				break;
+			const volatile struct sens_match_pids *m = &sel->pids[q];
+
+			if (m->op != SENS_OP_IN || !(m->flags & SENS_PID_FOLLOW) || (bits & (1u << (8 + i))))
+				continue;
+			__u32 pid = (m->flags & SENS_PID_NS) ? sens_ns_pid(parent) : ptgid;
 			__u32 k;
 
 			for (k = 0; k < SENS_MAX_VALUES; k++) {
-				if (k >= sel->pid_nvals)
+				if (k >= m->nvals)
 					break;
-				if (pid == sel->pids[k])
+				if (pid == m->pids[k])
 					bits |= 1u << (8 + i);
 			}
 		}
