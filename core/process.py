@@ -397,7 +397,11 @@ class ProcessCache:
             if self.cgroups is not None:
                 if cg.get("id") and not cg.get("path"):
                     cg["path"] = self.cgroups.resolve("v2", int(cg["id"])) or ""
-                if cg.get("memory_id") and not cg.get("memory_path"):
+                if "memory" not in self.cgroups.v1_roots:
+                    # Pure cgroup2: the memory controller's cgroup is the cgroup2 one, said above.
+                    for key in ("memory_id", "memory_name", "memory_path"):
+                        cg.pop(key, None)
+                elif cg.get("memory_id") and not cg.get("memory_path"):
                     cg["memory_path"] = self.cgroups.resolve("memory", int(cg["memory_id"])) or ""
             proc["cgroup"] = cg
             docker = info.get("docker") or parse_container_id(cg.get("path")) or parse_container_id(cg.get("memory_path"))

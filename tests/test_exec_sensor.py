@@ -49,7 +49,7 @@ def _need_root_and_kernel() -> None:
 class AgentRun:
     """A `sensorium run` process writing events to a JSON-lines file."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, max_size: int = 65536) -> None:
         self.tmp = tmp
         self.events_path = tmp / "events.jsonl"
         self.stderr_path = tmp / "agent.stderr"
@@ -59,8 +59,8 @@ class AgentRun:
             plugins: {{allow: [exec, file]}}
             api: {{enabled: false}}
             sensors: {{exec: {{max_args_bytes: {MAX_ARGS}}}}}
-            process_cache: {{exited_grace_s: 60}}
-            exporters: [{{type: file, path: {self.events_path}, flush_interval_ms: 50}}]
+            process_cache: {{exited_grace_s: 60, max_size: {max_size}}}
+            exporters: [{{type: file, path: {self.events_path}, flush_interval_ms: 50, max_size_mb: 4096}}]
             """))
         self.stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([str(SENSORIUM), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
@@ -315,3 +315,33 @@ def test_process_started_before_the_agent_is_a_parent(agent: AgentRun, preexisti
     assert "procFS" in parent["flags"] and child["process"]["parent_exec_id"] == parent["exec_id"]
     ex = exit_of(agent, parent["exec_id"])
     assert ex["status"] == 0
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
+    """With a small process cache, rounds of exec storms leave the agent's memory where it was."""
+    _need_root_and_kernel()
+    run = AgentRun(tmp_path, max_size=256)
+    try:
+        run.wait_ready()
+        rss = []
+        for rnd in range(4):
+            m = marker()
+            subprocess.run(["/bin/sh", "-c", f'for i in $(seq 1500); do /bin/true {m} $i; done'], check=True)
+            # every exec of the round arrived (nothing lost), then memory is sampled
+            run.wait_for(lambda e: m in e.get("process_exit", {}).get("process", {}).get("arguments", ""),
+                         f"1500 exits of round {rnd}", n=1500, timeout=60)
+            time.sleep(0.5)
+            rss.append(_rss_kb(run.proc.pid))
+        # round 0 warms the interpreter and fills the cache; later rounds must not grow it
+        print(f"agent RSS by round (KiB): {rss}")
+        assert rss[3] - rss[1] < 4096, f"agent RSS by round (KiB): {rss}"
+    finally:
+        run.stop()
