@@ -48,7 +48,7 @@ class NetRule(ctypes.Structure):
 
 class NetConfig(ctypes.Structure):
     _fields_ = [("policy_id", ctypes.c_uint32), ("nrules", ctypes.c_uint32), ("enforce", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32), ("matched", ctypes.c_uint64), ("blocked", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint32), ("matched", ctypes.c_uint64), ("blocked", ctypes.c_uint64),
                 ("dropped", ctypes.c_uint64)]
 
 
@@ -67,6 +67,21 @@ class NetEvent(ctypes.Structure):
 
 RECORD_LAYOUTS = {"lsm_net_rule": NetRule, "lsm_net_config": NetConfig, "lsm_net_event": NetEvent,
                   "lsm_net_cidr": Cidr}
+
+
+class NetRules(ctypes.Structure):
+    _fields_ = [("r", NetRule * MAX_RULES)]
+
+
+RECORD_LAYOUTS["lsm_net_rules"] = NetRules
+
+
+def rules_value(rules: Sequence[NetRule]) -> bytes:
+    """The net_rules map value: every rule of the hook, first match wins."""
+    v = NetRules()
+    for i, r in enumerate(rules):
+        v.r[i] = r
+    return bytes(v)
 
 
 def parse_cidr(v: str) -> tuple[int, list[int], list[int]]:
@@ -160,6 +175,8 @@ def cgroup_sock_supports_retval(build: Callable[[ProbeSource], Path], open_objec
     except Exception:  # noqa: BLE001 - a build problem shows up again in load
         return False
     try:
+        for name, prog in obj.programs.items():
+            prog.set_autoload(name == "lsm_connect4")
         obj.load()
         return True
     except OSError:
@@ -179,6 +196,7 @@ class NetGuard:
         self.cgroup_dirs = list(cgroup_dirs)
         self.obj = obj
         self._enforce = enforce
+        self.scoped = False  # BPF LSM variant: check net_scope (cgroup programs are scoped by attachment)
         self.reader: Any = None
 
     def load(self) -> None:
@@ -189,9 +207,7 @@ class NetGuard:
         for name, prog in self.obj.programs.items():
             prog.set_autoload(name in keep)
         self.obj.load()
-        rules_map = self.obj.map("net_rules")
-        for i, r in enumerate(self.rules):
-            rules_map.update(i.to_bytes(4, "little"), bytes(r))
+        self.obj.map("net_rules").update(b"\0\0\0\0", rules_value(self.rules))
         self._write_config()
         for d in self.cgroup_dirs:
             fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -206,6 +222,7 @@ class NetGuard:
         cur = m.lookup(b"\0\0\0\0")
         cfg = NetConfig.from_buffer_copy(cur) if cur else NetConfig()
         cfg.policy_id, cfg.nrules, cfg.enforce = self.policy_id, len(self.rules), int(self._enforce)
+        cfg.scoped = int(self.scoped)
         m.update(b"\0\0\0\0", bytes(cfg))
 
     def set_enforce(self, enforce: bool) -> None:

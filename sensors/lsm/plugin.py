@@ -369,7 +369,7 @@ class LsmSensor:
             g.close()
             raise PolicyLoadError(p.where, f"{p.mechanism}: {exc}") from None
         h.net_guards.append((p, g))
-        self._add_reader(g, g.obj.map("net_events"), h, p, self._decode_net)
+        self._add_reader(g, g.obj.map("net_events"), h, p, lambda _h, _p, batch: self._decode_net(_h, _p, batch))
 
     def _load_bpf_lsm(self, h: LsmPolicyHandle, p: HookPlan) -> None:
         prog = bpflsm.LsmProgram(p, policy_id=h.view.id, scope_dirs=h.scope.directories() if h.scope else None,
@@ -380,7 +380,8 @@ class LsmSensor:
             prog.close()
             raise PolicyLoadError(p.where, f"bpf_lsm: {exc}") from None
         h.lsm_progs.append((p, prog))
-        self._add_reader(prog, prog.events_map, h, p, self._decode_lsm)
+        self._add_reader(prog, prog.events_map, h, p,
+                         lambda _h, _p, batch, _prog=prog: self._decode_lsm(_h, _p, batch, _prog))
 
     def _add_reader(self, owner: Any, bpf_map: Any, h: LsmPolicyHandle, p: HookPlan, decode: Any) -> None:
         from sensorium.bpf.ringbuf import RingBufferReader
@@ -426,7 +427,8 @@ class LsmSensor:
                 continue
             sel_i = ev["rule"]
             actions = p.spec.selectors[sel_i].actions if p.spec.selectors else [MatchAction(action="Post")]
-            if ev["verdict"] == "blocked" and ev["action"] & netguard.A_KILL:
+            # sock_addr programs cannot send signals: the agent kills on the record (BPF LSM kills in the kernel)
+            if p.mechanism.startswith("cgroup/") and ev["verdict"] == "blocked" and ev["action"] & netguard.A_KILL:
                 try:
                     os.kill(ev["pid"], signal.SIGKILL)
                 except OSError:
@@ -452,16 +454,16 @@ class LsmSensor:
         if events:
             self.ctx.emit(events)
 
-    def _decode_lsm(self, h: LsmPolicyHandle, p: HookPlan, batch: list[bytes]) -> None:
+    def _decode_lsm(self, h: LsmPolicyHandle, p: HookPlan, batch: list[bytes], prog: Any) -> None:
         events = []
         for raw in batch:
-            ev = bpflsm.decode_event(raw, p)
+            ev = bpflsm.decode_event(raw, p, prog)
             if ev is None:
                 h.errors += 1
                 continue
             sel_i = ev["rule"]
             actions = p.spec.selectors[sel_i].actions if p.spec.selectors else [MatchAction(action="Post")]
-            extra = {"errno": _errno_name(ev["err"])} if ev["verdict"] != "allowed" and ev["err"] else {}
+            extra = {"errno": _errno_name(ev["err"] or 1)} if ev["verdict"] != "allowed" else {}
             events.append(self._event(h, p, ev["pid"], None, ev["args"], actions, ev["verdict"], None, extra,
                                       ktime=ev["ktime"], comm=ev["comm"]))
             h.events += 1

@@ -293,7 +293,7 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
                                       field=f"{af}.argError")
         if mech.startswith("fanotify"):
             _check_fanotify_selector(plan, sel, sf)
-        elif mech.startswith("cgroup/"):
+        elif mech.startswith("cgroup/") or (mech == "bpf_lsm" and plan.hook in ("socket_connect", "socket_sendmsg")):
             _check_sock_selector(plan, sel, sf)
     if mech.startswith("fanotify") and not plan.spec.selectors:
         raise PolicyLoadError(where, f"{mech} needs to know which files to guard: add a selector with matchArgs "

@@ -17,9 +17,9 @@ SENSORIUM_LICENSE("Dual BSD/GPL");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LSM_NET_MAX_RULES);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct lsm_net_rule);
+	__type(value, struct lsm_net_rules);
 } net_rules SEC(".maps");
 
 struct {
@@ -29,6 +29,22 @@ struct {
 	__type(value, struct lsm_net_config);
 } net_config SEC(".maps");
 
+/* The record is built here (also puts struct lsm_net_event in the object's BTF for the layout check). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lsm_net_event);
+} net_scratch SEC(".maps");
+
+/* BPF LSM variant: cgroup2 ids in the policy's scope (checked when net_config.scoped). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} net_scope SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -36,6 +52,7 @@ struct {
 
 static __always_inline int port_in(const struct lsm_net_rule *r, __u16 port)
 {
+#pragma clang loop unroll(full)
 	for (int i = 0; i < LSM_NET_MAX_PORTS; i++) {
 		if (i >= r->nports)
 			break;
@@ -47,6 +64,7 @@ static __always_inline int port_in(const struct lsm_net_rule *r, __u16 port)
 
 static __always_inline int addr_in(const struct lsm_net_rule *r, __u8 family, const __u32 *addr)
 {
+#pragma clang loop unroll(full)
 	for (int i = 0; i < LSM_NET_MAX_ADDRS; i++) {
 		if (i >= r->naddrs)
 			break;
@@ -62,6 +80,7 @@ static __always_inline int addr_in(const struct lsm_net_rule *r, __u8 family, co
 
 static __always_inline int pid_in(const struct lsm_net_rule *r, __u32 pid)
 {
+#pragma clang loop unroll(full)
 	for (int i = 0; i < LSM_NET_MAX_PIDS; i++) {
 		if (i >= r->npids)
 			break;
@@ -96,6 +115,61 @@ static __always_inline int rule_matches(const struct lsm_net_rule *r, __u8 famil
 	return 1;
 }
 
+/*
+ * The first rule that matches decides. Returns the verdict (LSM_NET_ALLOWED when nothing blocks) and,
+ * through *err and *kill, the errno to return and whether the rule kills.
+ */
+static __always_inline int net_decide(struct lsm_net_config *cfg, __u8 family, __u8 proto, __u16 port,
+				      const __u32 *addr, __u8 hook, __u32 *err, int *kill)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u32 zero = 0;
+	struct lsm_net_rules *rules = bpf_map_lookup_elem(&net_rules, &zero);
+
+	if (!rules)
+		return LSM_NET_ALLOWED;
+	for (__u32 i = 0; i < LSM_NET_MAX_RULES; i++) {
+		if (i >= cfg->nrules)
+			break;
+		struct lsm_net_rule *r = &rules->r[i];
+		if (!rule_matches(r, family, proto, port, addr, pid))
+			continue;
+		int block = (r->action & (LSM_NET_ACT_DENY | LSM_NET_ACT_KILL)) != 0;
+		__u8 verdict = !block ? LSM_NET_ALLOWED : cfg->enforce ? LSM_NET_BLOCKED : LSM_NET_WOULD_BLOCK;
+		__sync_fetch_and_add(&cfg->matched, 1);
+		struct lsm_net_event *ev = (r->action & LSM_NET_ACT_POST) ? bpf_map_lookup_elem(&net_scratch, &zero) : NULL;
+
+		if (ev) {
+			sensorium_hdr_fill(&ev->hdr, LSM_NET_RECORD, sizeof(*ev));
+			ev->policy_id = cfg->policy_id;
+			ev->rule = i;
+			ev->hook = hook;
+			ev->verdict = verdict;
+			ev->family = family;
+			ev->protocol = proto;
+			ev->dport = port;
+			ev->pad = 0;
+			ev->daddr[0] = addr[0];
+			ev->daddr[1] = addr[1];
+			ev->daddr[2] = addr[2];
+			ev->daddr[3] = addr[3];
+			ev->action = r->action;
+			ev->err = r->err;
+			ev->cgroup_id = bpf_get_current_cgroup_id();
+			bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+			if (sensorium_submit(&net_events, ev, sizeof(*ev)) < 0)
+				__sync_fetch_and_add(&cfg->dropped, 1);
+		}
+		if (verdict == LSM_NET_BLOCKED) {
+			__sync_fetch_and_add(&cfg->blocked, 1);
+			*err = r->err ? r->err : 1;
+			*kill = (r->action & LSM_NET_ACT_KILL) != 0;
+		}
+		return verdict;
+	}
+	return LSM_NET_ALLOWED;
+}
+
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, __u8 hook)
 {
 	__u32 zero = 0;
@@ -111,53 +185,19 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, __u8 h
 		addr[2] = ctx->user_ip6[2];
 		addr[3] = ctx->user_ip6[3];
 	}
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u8 proto = (__u8)ctx->protocol;
-	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u32 err = 0;
+	int kill = 0;
 
-	for (__u32 i = 0; i < LSM_NET_MAX_RULES; i++) {
-		if (i >= cfg->nrules)
-			break;
-		struct lsm_net_rule *r = bpf_map_lookup_elem(&net_rules, &i);
-		if (!r)
-			break;
-		if (!rule_matches(r, family, proto, port, addr, pid))
-			continue;
-		int block = (r->action & (LSM_NET_ACT_DENY | LSM_NET_ACT_KILL)) != 0;
-		__u8 verdict = !block ? LSM_NET_ALLOWED : cfg->enforce ? LSM_NET_BLOCKED : LSM_NET_WOULD_BLOCK;
-		__sync_fetch_and_add(&cfg->matched, 1);
-		if (r->action & LSM_NET_ACT_POST) {
-			struct lsm_net_event ev = {};
-			sensorium_hdr_fill(&ev.hdr, LSM_NET_RECORD, sizeof(ev));
-			ev.policy_id = cfg->policy_id;
-			ev.rule = i;
-			ev.hook = hook;
-			ev.verdict = verdict;
-			ev.family = family;
-			ev.protocol = proto;
-			ev.dport = port;
-			ev.daddr[0] = addr[0];
-			ev.daddr[1] = addr[1];
-			ev.daddr[2] = addr[2];
-			ev.daddr[3] = addr[3];
-			ev.action = r->action;
-			ev.err = r->err;
-			ev.cgroup_id = bpf_get_current_cgroup_id();
-			bpf_get_current_comm(ev.comm, sizeof(ev.comm));
-			if (sensorium_submit(&net_events, &ev, sizeof(ev)) < 0)
-				__sync_fetch_and_add(&cfg->dropped, 1);
-		}
-		if (verdict == LSM_NET_BLOCKED) {
-			__sync_fetch_and_add(&cfg->blocked, 1);
-#ifdef LSM_NET_SET_RETVAL
-			if (r->err && r->err != 1)
-				bpf_set_retval(-(int)r->err);
-#endif
-			return 0;
-		}
+	/* cgroup programs: the scope is where they are attached. A kill is done by the agent on the record
+	 * (bpf_send_signal is not available to sock_addr programs). */
+	if (net_decide(cfg, family, (__u8)ctx->protocol, bpf_ntohs((__u16)ctx->user_port), addr, hook, &err, &kill) !=
+	    LSM_NET_BLOCKED)
 		return 1;
-	}
-	return 1;
+#ifdef LSM_NET_SET_RETVAL
+	if (err != 1)
+		bpf_set_retval(-(int)err);
+#endif
+	return 0;
 }
 
 SEC("cgroup/connect4")
@@ -182,4 +222,67 @@ SEC("cgroup/sendmsg6")
 int lsm_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return decide(ctx, 10, LSM_NET_HOOK_SENDMSG);
+}
+
+/* ---- BPF LSM variants (kernels with BPF LSM): the same rules, decided in the LSM hook. ---------- */
+
+static __always_inline int lsm_addr_decide(struct socket *sock, struct sockaddr *address, __u8 hook)
+{
+	__u32 zero = 0;
+	struct lsm_net_config *cfg = bpf_map_lookup_elem(&net_config, &zero);
+
+	if (!cfg || !address)
+		return 0;
+	if (cfg->scoped) {
+		__u64 cg = bpf_get_current_cgroup_id();
+
+		if (!bpf_map_lookup_elem(&net_scope, &cg))
+			return 0;
+	}
+	__u16 fam = BPF_CORE_READ(address, sa_family);
+	__u32 addr[4] = {};
+	__u16 port;
+
+	if (fam == 2) {
+		struct sockaddr_in *in = (struct sockaddr_in *)address;
+
+		port = bpf_ntohs(BPF_CORE_READ(in, sin_port));
+		addr[0] = BPF_CORE_READ(in, sin_addr.s_addr);
+	} else if (fam == 10) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)address;
+
+		port = bpf_ntohs(BPF_CORE_READ(in6, sin6_port));
+		bpf_probe_read_kernel(addr, 16, &in6->sin6_addr);
+	} else {
+		return 0;
+	}
+	__u8 proto = (__u8)BPF_CORE_READ(sock, sk, sk_protocol);
+	__u32 err = 0;
+	int kill = 0;
+
+	if (net_decide(cfg, (__u8)fam, proto, port, addr, hook, &err, &kill) != LSM_NET_BLOCKED)
+		return 0;
+	if (kill)
+		bpf_send_signal(9);
+	return -(int)err;
+}
+
+SEC("lsm/socket_connect")
+int BPF_PROG(lsm_socket_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
+{
+	if (ret)
+		return ret;
+	return lsm_addr_decide(sock, address, LSM_NET_HOOK_CONNECT);
+}
+
+SEC("lsm/socket_sendmsg")
+int BPF_PROG(lsm_socket_sendmsg, struct socket *sock, struct msghdr *msg, int size, int ret)
+{
+	if (ret)
+		return ret;
+	/* Only datagrams with an explicit address, as the cgroup sendmsg programs: connected sockets were
+	 * checked by socket_connect. */
+	struct sockaddr *name = (struct sockaddr *)BPF_CORE_READ(msg, msg_name);
+
+	return lsm_addr_decide(sock, name, LSM_NET_HOOK_SENDMSG);
 }

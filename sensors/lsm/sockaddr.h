@@ -53,11 +53,16 @@ struct lsm_net_rule {
 	struct lsm_net_cidr addrs[LSM_NET_MAX_ADDRS];
 };
 
+/* All the rules of one hook, in one map value (first match wins). */
+struct lsm_net_rules {
+	struct lsm_net_rule r[LSM_NET_MAX_RULES];
+};
+
 struct lsm_net_config {
 	__u32 policy_id;
 	__u32 nrules;
 	__u32 enforce; /* 0: monitoring (report, allow) */
-	__u32 pad;
+	__u32 scoped; /* BPF LSM variant: only cgroups in net_scope */
 	__u64 matched;
 	__u64 blocked;
 	__u64 dropped;

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * One lsmhooks item as a BPF LSM program: the shared selector engine (sensorium/selectors.h: scope by
+ * cgroup, argument capture with in-kernel path walks, matchArgs/Binaries/PIDs/Namespaces/Capabilities,
+ * Post/Sigkill/Signal, live mode) plus what only an LSM hook can do: Override, i.e. return -errno from
+ * the hook before the operation happens.
+ *
+ * Built once per hook: SENS_LSM_HOOK names the hook (its SEC() is "lsm/<hook>"); lsm.py sets the
+ * arguments to read (from the hook's BTF signature) and the selectors in the rodata `sens_cfg`, and the
+ * errno of each selector that has an Override action in `lsm_errno`.
+ *
+ * Ordering with other LSMs: BPF LSM runs after the built-in LSMs listed before it in lsm=, and a BPF
+ * program that returns non-zero ends the chain of BPF programs on that hook (the first denial wins).
+ */
+#include "vmlinux.h"
+#include "sensorium/common.h"
+#include "sensorium/selectors.h"
+
+SENSORIUM_LICENSE("Dual BSD/GPL");
+
+#define __SENS_STR(x) #x
+#define SENS_STR(x) __SENS_STR(x)
+#ifndef SENS_LSM_HOOK
+#define SENS_LSM_HOOK file_open
+#endif
+
+/* Per selector: the errno its Override returns (positive; 0: the selector does not override). */
+const volatile __u32 lsm_errno[SENS_MAX_SELECTORS] = {};
+
+SEC("lsm/" SENS_STR(SENS_LSM_HOOK))
+int sens_lsm(unsigned long long *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0; /* out of the policy's cgroups */
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	s->matched = -1;
+	sens_run(ctx, s);
+
+	int m = s->matched;
+
+	if (m < 0 || m >= SENS_MAX_SELECTORS)
+		return 0;
+	__u32 err = lsm_errno[m];
+
+	if (!err)
+		return 0;
+	__u32 zero = 0;
+	__u32 *mode = bpf_map_lookup_elem(&sens_mode, &zero);
+
+	if (mode && *mode == 1)
+		return 0; /* monitoring: the event says what would have happened */
+	return -(int)err;
+}
