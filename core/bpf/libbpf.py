@@ -83,7 +83,9 @@ def _format_va(fmt: bytes, ap: int | None) -> str:
     need = _libc.vsnprintf(None, 0, fmt, ctypes.addressof(copy))
     if need < 0:
         return fmt.decode(errors="replace")
-    size = min(need, 4 << 20) + 1  # a verifier log can be megabytes; 4 MiB is more than we keep
+    # A verifier log is up to 16 MiB (libbpf's BPF_LOG_BUF_SIZE) and its end matters most: format it
+    # whole (vsnprintf can only cut the end), the caller keeps the tail.
+    size = min(need, 64 << 20) + 1
     buf = ctypes.create_string_buffer(size)
     _libc.vsnprintf(buf, size, fmt, ap)
     return buf.value.decode(errors="replace")
