@@ -190,9 +190,13 @@ class ProcessCache:
         self.proc_root = proc_root  # where a pid missing from the cache is looked up; None: never
         self._entries: dict[str, _Entry] = {}  # exec_id -> entry, insertion order = age
         self._pids: dict[int, str] = {}  # live pid -> exec_id
+        # pid -> exec_id of its last exited process still in grace: events of other sensors come
+        # through other rings and may be drained after the exit record (ProcessJoin in pipeline.py).
+        self._gone: dict[int, str] = {}
         self._exited: collections.OrderedDict[str, float] = collections.OrderedDict()  # exec_id -> exit time
         self._host_ns = self._read_ns("self")
         self._counters = collections.Counter[str]()
+        self._suspects: set[str] = set()  # exec_ids missing from /proc at the last reap_dead()
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -214,6 +218,7 @@ class ProcessCache:
             "evictions": c["evictions"],
             "evictions_live": c["evictions_live"],
             "freed": c["freed"],
+            "reaped": c["reaped"],
         }
 
     def scan_proc(self, proc_root: str = "/proc") -> int:
@@ -299,7 +304,10 @@ class ProcessCache:
         A miss tries /proc once (a process started between the scan and the sensor's attach)."""
         entry = self._live(pid)
         if entry is None:
-            return None, None
+            gone = self._gone.get(pid)
+            entry = self._entries.get(gone) if gone is not None else None
+            if entry is None:
+                return None, None
         return self._view(entry), self._parent_view(entry)
 
     def get_by_exec_id(self, exec_id: str) -> dict[str, Any] | None:
@@ -316,6 +324,21 @@ class ProcessCache:
                 return
             seen += 1
             yield self._view(entry)
+
+    def reap_dead(self) -> int:
+        """Retire live entries whose process has been gone from /proc since the previous call (their exit
+        record was lost, e.g. the ring was full). Returns how many. Call every few tens of seconds."""
+        if self.proc_root is None:
+            return 0
+        missing = {exec_id for pid, exec_id in self._pids.items() if not os.path.exists(f"{self.proc_root}/{pid}")}
+        # Only what was already missing at the previous call: an exit record may still be on its way.
+        gone = missing & self._suspects
+        self._suspects = missing - gone
+        for exec_id in gone:
+            self._retire(exec_id)
+        self._counters["reaped"] += len(gone)
+        self._sweep()
+        return len(gone)
 
     def sweep(self) -> None:
         """Free exited entries whose grace period is over (also done on every exit)."""
@@ -435,6 +458,7 @@ class ProcessCache:
             return
         if self._pids.get(entry.pid) == exec_id:
             del self._pids[entry.pid]
+            self._gone[entry.pid] = exec_id
         if not entry.exited:
             entry.exited = True
             entry.refcnt -= 1
@@ -461,6 +485,8 @@ class ProcessCache:
         self._exited.pop(entry.exec_id, None)
         if self._pids.get(entry.pid) == entry.exec_id:
             del self._pids[entry.pid]
+        if self._gone.get(entry.pid) == entry.exec_id:
+            del self._gone[entry.pid]
         self._counters["freed"] += 1
         self._release_parent(entry)
 

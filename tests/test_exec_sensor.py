@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-pytestmark = [pytest.mark.kernel]
 
 ROOT = Path(__file__).resolve().parent.parent
 SENSORIUM = Path(os.environ.get("SENSORIUM_TEST_BIN") or ROOT / ".venv" / "bin" / "sensorium")
@@ -164,6 +163,7 @@ SH = os.path.realpath("/bin/sh")
 PYTHON = os.path.realpath(sys.executable)
 
 
+@pytest.mark.kernel
 def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun, tmp_path: Path) -> None:
     m = marker()
     subprocess.run(["/bin/true", m, "second arg"], cwd=tmp_path, check=True)
@@ -176,7 +176,7 @@ def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun,
     assert p["arguments"] == f"{m} second arg"
     assert p["cwd"] == str(tmp_path.resolve())
     assert p["uid"] == os.getuid() and p["process_credentials"]["euid"] == os.geteuid()
-    assert p["auid"] >= 0 and p["tid"] == p["pid"]
+    assert p["auid"] == int(Path("/proc/self/loginuid").read_text()) and p["tid"] == p["pid"]
     assert p["arguments_truncated"] is False and "execve" in p["flags"]
     assert base64.b64decode(p["exec_id"]).decode().startswith(f"{NODE}:")
     assert p["ns"]["mnt"]["inum"] == os.stat("/proc/self/ns/mnt").st_ino and p["ns"]["net"]["is_host"] is True
@@ -186,6 +186,7 @@ def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun,
     assert parent["pid"] == os.getpid() and p["parent_exec_id"] == parent["exec_id"]
 
 
+@pytest.mark.kernel
 def test_exit_status_and_same_exec_id(agent: AgentRun) -> None:
     m = marker()
     r = subprocess.run(["/bin/sh", "-c", "exit 7", m])
@@ -197,6 +198,7 @@ def test_exit_status_and_same_exec_id(agent: AgentRun) -> None:
     assert ex["parent"]["exec_id"] == ev["parent"]["exec_id"]
 
 
+@pytest.mark.kernel
 def test_exit_by_signal(agent: AgentRun) -> None:
     m = marker()
     r = subprocess.run(["/bin/sh", "-c", "kill -KILL $$", m])
@@ -206,6 +208,7 @@ def test_exit_by_signal(agent: AgentRun) -> None:
     assert ex["signal"] == "SIGKILL" and ex["status"] == 0
 
 
+@pytest.mark.kernel
 def test_child_parent_linkage_through_a_shell(agent: AgentRun) -> None:
     m = marker()
     subprocess.run(["/bin/sh", "-c", f"/bin/true child-{m}; exit 0", m], check=True)
@@ -216,6 +219,7 @@ def test_child_parent_linkage_through_a_shell(agent: AgentRun) -> None:
     assert "clone" in child["process"]["flags"]
 
 
+@pytest.mark.kernel
 def test_fork_without_exec_has_its_own_exec_id_and_parent(agent: AgentRun) -> None:
     m = marker()
     code = "import os,sys\npid=os.fork()\nif pid==0: os._exit(5)\nos.waitpid(pid,0)\nprint(pid)"
@@ -234,6 +238,7 @@ def test_fork_without_exec_has_its_own_exec_id_and_parent(agent: AgentRun) -> No
     assert py_exit["status"] == 0
 
 
+@pytest.mark.kernel
 def test_thread_events_belong_to_the_process(agent: AgentRun) -> None:
     m = marker()
     code = ("import subprocess,sys,threading\n"
@@ -250,6 +255,7 @@ def test_thread_events_belong_to_the_process(agent: AgentRun) -> None:
     assert len(exits) == 1, "a thread's exit is not a process exit"
 
 
+@pytest.mark.kernel
 def test_long_argument_list_is_truncated_and_flagged(agent: AgentRun) -> None:
     m = marker()
     args = [m] + [f"arg{i:05d}" for i in range(400)]  # about 3.6 KB, over the 1 KiB limit
@@ -261,6 +267,7 @@ def test_long_argument_list_is_truncated_and_flagged(agent: AgentRun) -> None:
     assert p["arguments"] != " ".join(args)
 
 
+@pytest.mark.kernel
 def test_argument_list_at_the_limit_is_complete(agent: AgentRun) -> None:
     m = marker()
     args = [m] + [f"a{i:03d}" for i in range(50)]
@@ -292,6 +299,7 @@ def test_cgroups() -> Iterator[tuple[Path, Path]]:
                     time.sleep(0.1)  # the test's processes are still being reaped
 
 
+@pytest.mark.kernel
 def test_cgroup_ids_names_paths_and_container_id(agent: AgentRun, test_cgroups: tuple[Path, Path]) -> None:
     v2, v1 = test_cgroups
     m = marker()
@@ -305,6 +313,7 @@ def test_cgroup_ids_names_paths_and_container_id(agent: AgentRun, test_cgroups: 
     assert p["docker"] == v2.name[len("docker-"):-len(".scope")]
 
 
+@pytest.mark.kernel
 def test_process_started_before_the_agent_is_a_parent(agent: AgentRun, preexisting: subprocess.Popen) -> None:
     preexisting.stdin.write(b"go\n")
     preexisting.stdin.close()
@@ -325,6 +334,7 @@ def _rss_kb(pid: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.kernel
 def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
     """With a small process cache, rounds of exec storms leave the agent's memory where it was."""
     _need_root_and_kernel()
@@ -345,3 +355,80 @@ def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
         assert rss[3] - rss[1] < 4096, f"agent RSS by round (KiB): {rss}"
     finally:
         run.stop()
+
+
+# ---- the decoder against hostile or damaged records (no kernel needed) ----------------------------
+
+
+class _Ctx:
+    node_name = "n"
+
+    def __init__(self) -> None:
+        from sensorium.process import ProcessCache
+
+        self.process_cache = ProcessCache("n", proc_root=None)
+
+    def make_event(self, kind: str, body: dict, ktime_ns: int | None = None) -> Any:
+        from sensorium.events import Event
+
+        return Event(kind, body, self.node_name, ktime_ns or 0)
+
+
+def _exec_record(args: bytes, binary: bytes, cwd: bytes, **kw: int) -> bytes:
+    import ctypes
+
+    from sensorium_sensors.exec.decoder import EXEC_REC_EXEC, ExecRecord
+
+    r = ExecRecord()
+    r.hdr.type = EXEC_REC_EXEC
+    r.hdr.pid = r.hdr.tid = 4242
+    r.hdr.ktime = 5
+    r.args_len, r.binary_len, r.cwd_len = len(args), len(binary), len(cwd)
+    for k, v in kw.items():
+        setattr(r, k, v)
+    body = args + binary + cwd
+    r.hdr.size = ctypes.sizeof(r) + len(body)
+    return bytes(r) + body
+
+
+def test_decoder_decodes_a_well_formed_exec_record() -> None:
+    from sensorium_sensors.exec.decoder import ExecDecoder
+
+    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    (ev,) = d.decode_batch([_exec_record(b"/bin/x\0-a\0b c\0", b"/bin/x", b"/tmp", ppid=1, uid=7)])
+    p = ev.body["process"]
+    assert ev.kind == "process_exec" and p["binary"] == "/bin/x" and p["arguments"] == "-a b c"
+    assert p["cwd"] == "/tmp" and p["uid"] == 7 and p["pid"] == 4242
+
+
+def test_decoder_skips_short_and_inconsistent_records() -> None:
+    from sensorium_sensors.exec.decoder import ExecDecoder
+
+    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    good = _exec_record(b"a\0", b"/b", b"/")
+    lying = _exec_record(b"a\0", b"/b", b"/", cwd_len=60000)  # lengths beyond the record
+    events = d.decode_batch([b"", b"\x01\x00", good[:40], lying, b"\x09\x00" + bytes(40), good])
+    assert [e.process["binary"] for e in events] == ["/b"]
+    assert d.counters["short"] == 2 and d.counters["bad_exec_size"] == 1
+    assert d.counters["bad_exec_lengths"] == 1 and d.counters["unknown_type"] == 1
+
+
+def test_decoder_invalid_utf8_does_not_raise() -> None:
+    from sensorium_sensors.exec.decoder import ExecDecoder
+
+    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    (ev,) = d.decode_batch([_exec_record(b"x\0\xff\xfe\0", b"/bin/\xff", b"/")])
+    assert ev.process["binary"] == "/bin/\\xff" and ev.process["arguments"] == "\\xff\\xfe"
+
+
+@pytest.mark.parametrize("code,group,flags,expected", [
+    (7 << 8, 0, 0, (7, "")),
+    (9, 0, 0, (0, "SIGKILL")),
+    (0, 15, 4, (0, "SIGTERM")),        # SIGNAL_GROUP_EXIT: the group's code counts
+    (0, 3 << 8, 4, (3, "")),
+    (0x80 | 11, 0, 0, (0, "SIGSEGV")),  # core dumped
+])
+def test_exit_status_decoding(code: int, group: int, flags: int, expected: tuple[int, str]) -> None:
+    from sensorium_sensors.exec.decoder import exit_status
+
+    assert exit_status(code, group, flags) == expected

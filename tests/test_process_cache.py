@@ -211,3 +211,15 @@ def test_pid_missing_from_cache_is_read_from_proc_on_demand() -> None:
 ])
 def test_parse_container_id(path: str, expected: str | None) -> None:
     assert parse_container_id(path) == expected
+
+
+def test_reap_dead_retires_processes_whose_exit_was_lost() -> None:
+    p = subprocess.Popen(["/bin/sleep", "30"])
+    c = ProcessCache("node-a", exited_grace_s=0)
+    proc, _ = c.get(p.pid)
+    assert proc is not None and c.reap_dead() == 0
+    p.kill()
+    p.wait()
+    assert c.reap_dead() == 0  # its exit record may still be in the ring: not yet
+    assert c.reap_dead() == 1
+    assert c.get(p.pid) == (None, None) and c.stats()["reaped"] == 1
