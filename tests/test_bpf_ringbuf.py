@@ -142,3 +142,22 @@ def test_reader_drains_over_a_million_records_per_second() -> None:
                 total += n
                 best = max(best, n / dt)
     assert best > 1_000_000, f"reader drained only {best:,.0f} records/s"
+
+
+def test_two_objects_share_one_ring_through_reuse_fd(loader_obj) -> None:
+    first = loader_obj(force_wakeup=False)
+    second = BpfObject.open(build_object(ProbeSource(name="loader_test", source=HERE / "bpf" / "loader_test.bpf.c")))
+    try:
+        second.map("events").reuse_fd(first.map("events").fd)
+        second.set_rodata("target_tgid", os.getpid())
+        second.set_rodata("magic", 2)
+        second.load()
+        second.attach_all()
+        got: list[bytes] = []
+        with RingBufferReader() as reader:
+            reader.add(first.map("events"), got.extend)
+            getpgid_calls([ARG_BASE])
+            assert reader.poll(0) == 2
+        assert sorted(REC.unpack(r)[6] for r in got) == [0, 2]  # magic of each object, one ring
+    finally:
+        second.close()

@@ -176,6 +176,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__value_size": (_U32, [_P]),
     "bpf_map__max_entries": (_U32, [_P]),
     "bpf_map__set_max_entries": (_I, [_P, _U32]),
+    "bpf_map__reuse_fd": (_I, [_P, _I]),
     "bpf_map__is_internal": (ctypes.c_bool, [_P]),
     "bpf_map__btf_value_type_id": (_U32, [_P]),
     "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(_SZ)]),
@@ -439,6 +440,13 @@ class BpfMap:
         err = lib().bpf_map__set_max_entries(self._p(), int(n))
         if err < 0:
             raise LibbpfError(err, f"set_max_entries({n}) on {self._what()} (only before load)")
+
+    def reuse_fd(self, fd: int) -> None:
+        """Before load: use the existing map ``fd`` (e.g. another object's ring buffer, or a pinned map)
+        instead of creating this one. Its type and sizes must match."""
+        err = lib().bpf_map__reuse_fd(self._p(), int(fd))
+        if err < 0:
+            raise LibbpfError(err, f"reuse_fd({fd}) for {self._what()}")
 
     def _key(self, key: bytes) -> bytes:
         key = bytes(key)
