@@ -20,7 +20,7 @@ from sensorium import __version__
 from sensorium.config import AgentConfig, validate_sensor_options
 from sensorium.events import Event, ktime_to_wall_ns
 from sensorium.hookspecs import ProbeSource, Sensor, SensorSpec
-from sensorium.pipeline import Pipeline, ReaderThread
+from sensorium.pipeline import Pipeline, ProcessJoin, ReaderThread
 from sensorium.plugins import PluginRegistry
 
 log = logging.getLogger("sensorium.agent")
@@ -127,12 +127,18 @@ class Agent:
         for runner in self.runners:
             runner.start()
         self.pipeline.runners = self.runners
+        self.pipeline.stages = [ProcessJoin(self.process_cache)]
         self.reader = RingBufferReader()
 
         self._start_sensors()
         scanned = self.process_cache.scan_proc()
         log.info("process cache: %d running processes read from /proc", scanned)
-        self.reader_thread = ReaderThread(self.reader, self.cfg.pipeline.poll_interval_ms)
+        if self.slots.get("exec") is not None and self.slots["exec"].state == "running":
+            # Every process from now on has an exec or fork record: a cache miss means the record is
+            # still in flight (ProcessJoin waits for it). Reading /proc then would race with the exec and
+            # mint a second exec_id for the same process.
+            self.process_cache.proc_root = None
+        self.reader_thread = ReaderThread(self.reader, self.cfg.pipeline.poll_interval_ms, self.pipeline)
         self.reader_thread.start()
 
         self._start_policies()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Callable, Iterable, Sequence
 
 from sensorium.events import Event
@@ -20,6 +20,79 @@ log = logging.getLogger("sensorium.pipeline")
 
 Stage = Callable[[list[Event]], list[Event]]
 """A batch stage: returns the events to pass on (new values where it changed one; fewer to drop)."""
+
+
+class ProcessJoin:
+    """Stage: give every event its process and parent from the process cache, holding it briefly when
+    the process is not there yet.
+
+    Each sensor has its own ring buffer, and nothing orders records across rings: a kill() from a
+    process that has just exec'd can be drained before the exec record that creates its cache entry.
+    Such an event (``process`` with a ``pid`` but no ``exec_id``) is held and retried on every batch and
+    tick until ``hold_s`` passes; then it goes out as it is, with ``process.cache_miss = true`` so
+    nobody mistakes the missing fields for facts. Held events are bounded in number.
+    """
+
+    PASS_KINDS = frozenset({"process_exec", "process_exit"})
+
+    def __init__(self, cache: Any, hold_s: float = 2.0, max_held: int = 65536) -> None:
+        self.cache = cache
+        self.hold_s = hold_s
+        self.max_held = max_held
+        self.held: deque[tuple[float, Event]] = deque()
+        self.resolved_late = 0
+        self.unresolved = 0
+
+    def _resolve(self, ev: Event) -> Event | None:
+        pid = ev.body["process"]["pid"]
+        process, parent = self.cache.get(pid)
+        if process is None:
+            return None
+        body = dict(ev.body)
+        body["process"] = process
+        if parent is not None:
+            body["parent"] = parent
+        return ev.replace(body=body)
+
+    @staticmethod
+    def _release(ev: Event) -> Event:
+        body = dict(ev.body)
+        body["process"] = {**ev.body["process"], "cache_miss": True}
+        return ev.replace(body=body)
+
+    def __call__(self, events: list[Event]) -> list[Event]:
+        out: list[Event] = []
+        now = time.monotonic()
+        if self.held:
+            keep: deque[tuple[float, Event]] = deque()
+            for deadline, ev in self.held:
+                got = self._resolve(ev)
+                if got is not None:
+                    self.resolved_late += 1
+                    out.append(got)
+                elif deadline <= now:
+                    self.unresolved += 1
+                    out.append(self._release(ev))
+                else:
+                    keep.append((deadline, ev))
+            self.held = keep
+        for ev in events:
+            proc = ev.body.get("process") if ev.kind not in self.PASS_KINDS else None
+            if not proc or proc.get("exec_id") or "pid" not in proc:
+                out.append(ev)
+                continue
+            got = self._resolve(ev)
+            if got is not None:
+                out.append(got)
+            elif len(self.held) >= self.max_held:
+                self.unresolved += 1
+                out.append(self._release(ev))
+            else:
+                self.held.append((now + self.hold_s, ev))
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"held": len(self.held), "resolved_late": self.resolved_late, "unresolved": self.unresolved}
 
 
 class Pipeline:
@@ -52,6 +125,11 @@ class Pipeline:
                 self.submit(events)
 
         return on_batch
+
+    def tick(self) -> None:
+        """Let stages release what they hold (called by the reader thread after every poll)."""
+        if any(getattr(s, "held", None) for s in self.stages):
+            self.submit([])
 
     def submit(self, events: list[Event]) -> None:
         with self._lock:
@@ -97,6 +175,7 @@ class Pipeline:
             "events_by_sensor": dict(self.events_by_sensor),
             "decode_errors": dict(self.decode_errors),
             "stage_errors": self.stage_errors,
+            "stages": {type(s).__name__: s.stats() for s in self.stages if hasattr(s, "stats")},
             "exporters": {getattr(r, "name", str(i)): r.stats() for i, r in enumerate(self.runners)},
         }
 
@@ -104,9 +183,10 @@ class Pipeline:
 class ReaderThread(threading.Thread):
     """Drains all ring buffers every ``interval_ms`` (or sooner when a ring asks for a wakeup)."""
 
-    def __init__(self, reader: Any, interval_ms: int) -> None:
+    def __init__(self, reader: Any, interval_ms: int, pipeline: "Pipeline | None" = None) -> None:
         super().__init__(name="sensorium-reader", daemon=True)
         self.reader = reader
+        self.pipeline = pipeline
         self.interval_ms = interval_ms
         self._stop_event = threading.Event()
         self.polls = 0
@@ -120,6 +200,8 @@ class ReaderThread(threading.Thread):
                 log.exception("ring buffer poll failed")
                 time.sleep(self.interval_ms / 1000)
             self.polls += 1
+            if self.pipeline is not None:
+                self.pipeline.tick()
         # Final drain so nothing submitted before stop is lost.
         try:
             self.records += self.reader.poll(0)

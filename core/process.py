@@ -20,8 +20,9 @@ import collections
 import dataclasses
 import os
 import re
+import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from sensorium.events import ktime_to_wall_ns, rfc3339
 
@@ -173,8 +174,10 @@ class _Entry:
 
 
 class ProcessCache:
-    """Processes by pid (live) and by exec_id (live and recently exited). Not thread-safe: fed and
-    read on the agent's reader thread."""
+    """Processes by pid (live) and by exec_id (live and recently exited).
+
+    Fed by the exec sensor's decoder on the reader thread; read from there and from any thread that
+    emits events, so every public method holds one lock (uncontended in the common case)."""
 
     def __init__(self, node_name: str, max_size: int = 65536, exited_grace_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, cgroups: CgroupResolver | None = None,
@@ -197,6 +200,7 @@ class ProcessCache:
         self._host_ns = self._read_ns("self")
         self._counters = collections.Counter[str]()
         self._suspects: set[str] = set()  # exec_ids missing from /proc at the last reap_dead()
+        self._lock = threading.RLock()
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -204,44 +208,46 @@ class ProcessCache:
         return len(self._entries)
 
     def stats(self) -> dict[str, int]:
-        c = self._counters
-        return {
-            "size": len(self._entries),
-            "max_size": self.max_size,
-            "live": len(self._pids),
-            "exited": len(self._entries) - len(self._pids),
-            "execs": c["execs"],
-            "forks": c["forks"],
-            "exits": c["exits"],
-            "proc_scanned": c["proc_scanned"],
-            "misses": c["misses"],
-            "evictions": c["evictions"],
-            "evictions_live": c["evictions_live"],
-            "freed": c["freed"],
-            "reaped": c["reaped"],
-        }
+        with self._lock:
+            c = self._counters
+            return {
+                "size": len(self._entries),
+                "max_size": self.max_size,
+                "live": len(self._pids),
+                "exited": len(self._entries) - len(self._pids),
+                "execs": c["execs"],
+                "forks": c["forks"],
+                "exits": c["exits"],
+                "proc_scanned": c["proc_scanned"],
+                "misses": c["misses"],
+                "evictions": c["evictions"],
+                "evictions_live": c["evictions_live"],
+                "freed": c["freed"],
+                "reaped": c["reaped"],
+            }
 
     def scan_proc(self, proc_root: str = "/proc") -> int:
         """Add an entry for every running process (oldest first, so parents precede children)."""
-        infos = []
-        try:
-            names = os.listdir(proc_root)
-        except OSError:
-            return 0
-        for name in names:
-            if name.isdigit():
-                info = self._read_proc(proc_root, int(name))
-                if info is not None:
-                    infos.append(info)
-        infos.sort(key=lambda i: (i["ktime"], i["pid"]))
-        n = 0
-        for info in infos:
-            if info["pid"] in self._pids:
-                continue  # already known from a live event: that one is more precise
-            self._insert_from_info(info["pid"], info["ktime"], info, flags="procFS", ppid=info["ppid"])
-            n += 1
-        self._counters["proc_scanned"] += n
-        return n
+        with self._lock:
+            infos = []
+            try:
+                names = os.listdir(proc_root)
+            except OSError:
+                return 0
+            for name in names:
+                if name.isdigit():
+                    info = self._read_proc(proc_root, int(name))
+                    if info is not None:
+                        infos.append(info)
+            infos.sort(key=lambda i: (i["ktime"], i["pid"]))
+            n = 0
+            for info in infos:
+                if info["pid"] in self._pids:
+                    continue  # already known from a live event: that one is more precise
+                self._insert_from_info(info["pid"], info["ktime"], info, flags="procFS", ppid=info["ppid"])
+                n += 1
+            self._counters["proc_scanned"] += n
+            return n
 
     def on_exec(self, pid: int, ktime: int, info: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """A process image started (execve). ``info`` keys (all optional but pid/ppid): tid, ppid,
@@ -249,100 +255,108 @@ class ProcessCache:
         args_truncated, binary_truncated, binary_deleted, cwd, cwd_truncated, cgroup (dict with id, name,
         path, memory_id, memory_name, memory_path; missing paths are resolved), ns (dict name -> inum),
         docker. Returns (process, parent) in Tetragon's shape."""
-        self._counters["execs"] += 1
-        old = self._pids.get(pid)
-        was_clone = False
-        if old is not None:
-            # The pid's previous image ends here without an exit of its own.
-            old_entry = self._entries.get(old)
-            was_clone = bool(old_entry and "clone" in old_entry.proc.get("flags", "").split())
-            self._retire(old)
-        ppid = int(info.get("ppid", 0))
-        flags = ["execve"]
-        if was_clone:
-            flags.append("clone")
-        entry = self._insert_from_info(pid, ktime, info, flags=" ".join(flags), ppid=ppid)
-        return self._view(entry), self._parent_view(entry)
+        with self._lock:
+            self._counters["execs"] += 1
+            old = self._pids.get(pid)
+            was_clone = False
+            if old is not None:
+                # The pid's previous image ends here without an exit of its own.
+                old_entry = self._entries.get(old)
+                was_clone = bool(old_entry and "clone" in old_entry.proc.get("flags", "").split())
+                self._retire(old)
+            ppid = int(info.get("ppid", 0))
+            flags = ["execve"]
+            if was_clone:
+                flags.append("clone")
+            entry = self._insert_from_info(pid, ktime, info, flags=" ".join(flags), ppid=ppid)
+            return self._view(entry), self._parent_view(entry)
 
     def on_fork(self, parent_pid: int, child_pid: int, ktime: int) -> None:
         """A new thread group (fork/clone without CLONE_THREAD): the child runs its parent's image
         until it execs, so it gets a copy of the parent's fields with its own exec_id."""
-        self._counters["forks"] += 1
-        parent = self._live(parent_pid)
-        old = self._pids.get(child_pid)
-        if old is not None:  # a missed exit left a stale entry on a reused pid
-            self._retire(old)
-        exec_id = make_exec_id(self.node_name, ktime, child_pid)
-        if parent is None:
-            self._counters["misses"] += 1
-            proc = {"exec_id": exec_id, "pid": child_pid, "tid": child_pid, "flags": "clone",
-                    "start_time": rfc3339(ktime_to_wall_ns(ktime))}
-            entry = _Entry(exec_id, child_pid, ktime, "", proc)
-        else:
-            proc = dict(parent.proc)
-            proc.update(exec_id=exec_id, pid=child_pid, tid=child_pid, parent_exec_id=parent.exec_id,
-                        flags="clone", start_time=rfc3339(ktime_to_wall_ns(ktime)))
-            entry = _Entry(exec_id, child_pid, ktime, parent.exec_id, proc)
-        self._add(entry)
+        with self._lock:
+            self._counters["forks"] += 1
+            parent = self._live(parent_pid)
+            old = self._pids.get(child_pid)
+            if old is not None:  # a missed exit left a stale entry on a reused pid
+                self._retire(old)
+            exec_id = make_exec_id(self.node_name, ktime, child_pid)
+            if parent is None:
+                self._counters["misses"] += 1
+                proc = {"exec_id": exec_id, "pid": child_pid, "tid": child_pid, "flags": "clone",
+                        "start_time": rfc3339(ktime_to_wall_ns(ktime))}
+                entry = _Entry(exec_id, child_pid, ktime, "", proc)
+            else:
+                proc = dict(parent.proc)
+                proc.update(exec_id=exec_id, pid=child_pid, tid=child_pid, parent_exec_id=parent.exec_id,
+                            flags="clone", start_time=rfc3339(ktime_to_wall_ns(ktime)))
+                entry = _Entry(exec_id, child_pid, ktime, parent.exec_id, proc)
+            self._add(entry)
 
     def on_exit(self, pid: int, ktime: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The thread group ``pid`` exited. Returns (process, parent) as they were; the entry stays
         for ``exited_grace_s`` (and while children reference it), then is freed."""
-        self._counters["exits"] += 1
-        exec_id = self._pids.get(pid)
-        if exec_id is None:
-            self._counters["misses"] += 1
-            return None, None
-        entry = self._entries[exec_id]
-        process, parent = self._view(entry, refcnt=entry.refcnt - 1), self._parent_view(entry)
-        self._retire(exec_id)
-        self._sweep()
-        return process, parent
+        with self._lock:
+            self._counters["exits"] += 1
+            exec_id = self._pids.get(pid)
+            if exec_id is None:
+                self._counters["misses"] += 1
+                return None, None
+            entry = self._entries[exec_id]
+            process, parent = self._view(entry, refcnt=entry.refcnt - 1), self._parent_view(entry)
+            self._retire(exec_id)
+            self._sweep()
+            return process, parent
 
     def get(self, pid: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """(process, parent) of the running process ``pid`` (a tgid), for other sensors' events.
         A miss tries /proc once (a process started between the scan and the sensor's attach)."""
-        entry = self._live(pid)
-        if entry is None:
-            gone = self._gone.get(pid)
-            entry = self._entries.get(gone) if gone is not None else None
+        with self._lock:
+            entry = self._live(pid)
             if entry is None:
-                return None, None
-        return self._view(entry), self._parent_view(entry)
+                gone = self._gone.get(pid)
+                entry = self._entries.get(gone) if gone is not None else None
+                if entry is None:
+                    return None, None
+            return self._view(entry), self._parent_view(entry)
 
     def get_by_exec_id(self, exec_id: str) -> dict[str, Any] | None:
-        entry = self._entries.get(exec_id)
-        return self._view(entry) if entry is not None else None
+        with self._lock:
+            entry = self._entries.get(exec_id)
+            return self._view(entry) if entry is not None else None
 
-    def ancestors(self, pid: int, limit: int = 64) -> Iterator[dict[str, Any]]:
-        """The parent, grandparent ... of ``pid`` while they are in the cache."""
-        entry = self._live(pid)
-        seen = 0
-        while entry is not None and entry.parent_exec_id and seen < limit:
-            entry = self._entries.get(entry.parent_exec_id)
-            if entry is None:
-                return
-            seen += 1
-            yield self._view(entry)
+    def ancestors(self, pid: int, limit: int = 64) -> list[dict[str, Any]]:
+        """The parent, grandparent ... of ``pid`` while they are in the cache (nearest first)."""
+        with self._lock:
+            out = []
+            entry = self._live(pid)
+            while entry is not None and entry.parent_exec_id and len(out) < limit:
+                entry = self._entries.get(entry.parent_exec_id)
+                if entry is None:
+                    break
+                out.append(self._view(entry))
+            return out
 
     def reap_dead(self) -> int:
         """Retire live entries whose process has been gone from /proc since the previous call (their exit
         record was lost, e.g. the ring was full). Returns how many. Call every few tens of seconds."""
-        if self.proc_root is None:
-            return 0
-        missing = {exec_id for pid, exec_id in self._pids.items() if not os.path.exists(f"{self.proc_root}/{pid}")}
-        # Only what was already missing at the previous call: an exit record may still be on its way.
-        gone = missing & self._suspects
-        self._suspects = missing - gone
-        for exec_id in gone:
-            self._retire(exec_id)
-        self._counters["reaped"] += len(gone)
-        self._sweep()
-        return len(gone)
+        with self._lock:
+            if self.proc_root is None:
+                return 0
+            missing = {exec_id for pid, exec_id in self._pids.items() if not os.path.exists(f"{self.proc_root}/{pid}")}
+            # Only what was already missing at the previous call: an exit record may still be on its way.
+            gone = missing & self._suspects
+            self._suspects = missing - gone
+            for exec_id in gone:
+                self._retire(exec_id)
+            self._counters["reaped"] += len(gone)
+            self._sweep()
+            return len(gone)
 
     def sweep(self) -> None:
         """Free exited entries whose grace period is over (also done on every exit)."""
-        self._sweep()
+        with self._lock:
+            self._sweep()
 
     # ---- internals ------------------------------------------------------------------------------
 

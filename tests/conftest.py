@@ -369,6 +369,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Ag
               env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> AgentHandle:
         d = tmp_path_factory.mktemp("agent")
         cfg = d / "config.yaml"
+        # Each agent gets its own API socket, so agents of concurrent tests never take each other's.
+        config = {**config, "api": {"socket": str(d / "api.sock"), **config.get("api", {})}}
         cfg.write_text(yaml.safe_dump(config, sort_keys=False))
         exe = str(SENSORIUM_BIN) if SENSORIUM_BIN.exists() else None
         argv = ([exe] if exe else [sys.executable, "-m", "sensorium.cli"]) + ["run", "--config", str(cfg), *args]
