@@ -161,6 +161,21 @@ def test_bad_policies_are_refused_through_the_cli_and_leave_nothing_loaded(runni
     rows = json.loads(cli(sock, "policy", "list", "--json").stdout)
     assert [r["name"] for r in rows] == ["good"]
 
+    # Two sections, two sensors: the kprobe section is refused, so the tracepoint one is not loaded either.
+    def tp_policies() -> int:
+        st = json.loads(cli(sock, "status", "--json").stdout)
+        return next(s for s in st["sensors"] if s["name"] == "tracepoint")["policies"]
+
+    before = tp_policies()
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(policy("mixed", tmp_path / "f") + "  kprobes:\n  - call: sensorium_no_such_kernel_function\n"
+                     "    syscall: false\n")
+    res = cli(sock, "policy", "add", str(mixed), check=False)
+    assert res.returncode == 1 and f"{mixed}:19: spec.kprobes[0].call" in res.stderr, res.stderr
+    assert "sensorium_no_such_kernel_function" in res.stderr
+    assert tp_policies() == before == 1
+    assert [r["name"] for r in json.loads(cli(sock, "policy", "list", "--json").stdout)] == ["good"]
+
 
 def test_set_mode_disable_enable_live(running, tmp_path):
     _h, sock = running
