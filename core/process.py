@@ -337,13 +337,13 @@ class ProcessCache:
                 out.append(self._view(entry))
             return out
 
-    def reap_dead(self) -> int:
+    def reap_dead(self, proc_root: str = "/proc") -> int:
         """Retire live entries whose process has been gone from /proc since the previous call (their exit
         record was lost, e.g. the ring was full). Returns how many. Call every few tens of seconds."""
         with self._lock:
-            if self.proc_root is None:
-                return 0
-            missing = {exec_id for pid, exec_id in self._pids.items() if not os.path.exists(f"{self.proc_root}/{pid}")}
+            # Independent of self.proc_root (the lookup fallback, which the agent turns off once the
+            # exec sensor runs): this only asks whether a pid still exists.
+            missing = {exec_id for pid, exec_id in self._pids.items() if not os.path.exists(f"{proc_root}/{pid}")}
             # Only what was already missing at the previous call: an exit record may still be on its way.
             gone = missing & self._suspects
             self._suspects = missing - gone
