@@ -29,6 +29,8 @@ SYSCALL_ABI = "x64"
 
 _EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event
 _ARG = struct.Struct("<BBHI")                 # sens_arg_rec
+_Q = struct.Struct("<Q")
+_EV_SIZE = _EV.size
 assert _EV.size == ctypes.sizeof(S.SensEvent), (_EV.size, ctypes.sizeof(S.SensEvent))
 
 _ACTION_NAMES = {S.ACT_SIGKILL: "KPROBE_ACTION_SIGKILL", S.ACT_SIGNAL: "KPROBE_ACTION_SIGNAL"}
@@ -72,6 +74,9 @@ class EventRing:
         obj = self.ctx.open_object(self.ctx.build(HOOK_PROBE))
         for p in obj.programs.values():
             p.set_autoload(False)
+        kb = int((self.ctx.config or {}).get("ring_buffer_kb", 4096))
+        size = 1 << max(16, (kb * 1024 - 1).bit_length())  # a power of two, at least 64 KiB
+        obj.map("sens_events").set_max_entries(size)
         obj.load()
         self.obj = obj
         self.ctx.add_ring_buffer(obj.map("sens_events"), self.decode)
@@ -91,44 +96,48 @@ class EventRing:
     # -- decoding (reader thread) -----------------------------------------------------------------
     def decode(self, records: Sequence[bytes]) -> list[Event]:
         out: list[Event] = []
+        append = out.append
         hooks = self.hooks
         pc = getattr(self.ctx, "process_cache", None)
+        pc_get = pc.get if pc is not None else None
         make = self.ctx.make_event
+        unpack_ev = _EV.unpack_from
+        unpack_arg = _ARG.unpack_from
+        unpack_q = _Q.unpack_from
         for rec in records:
-            if len(rec) < _EV.size:
+            if len(rec) < _EV_SIZE:
                 self.decode_errors += 1
                 continue
             (rtype, _f, size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, nargs,
-             data_len) = _EV.unpack_from(rec)
+             data_len) = unpack_ev(rec)
             entry = hooks.get((policy_id, hook_id))
             if rtype != S.REC_HOOK or entry is None:
                 continue  # a hook unloaded while its last records were in flight
             plan, policy_name, hs = entry
             hs.events += 1
             args = []
-            pos = _EV.size
-            end = min(len(rec), _EV.size + data_len)
+            pos = _EV_SIZE
+            end = _EV_SIZE + data_len
+            if end > len(rec):
+                end = len(rec)
             for ap in plan.args:
                 if pos + 8 > end:
                     break
-                kind, aflags, alen, _ = _ARG.unpack_from(rec, pos)
+                kind, aflags, alen, _ = unpack_arg(rec, pos)
                 pos += 8
-                if kind == S.ARG_INT:
-                    (v,) = struct.unpack_from("<Q", rec, pos)
+                if kind == 1:  # S.ARG_INT
+                    args.append(_render_int(ap, unpack_q(rec, pos)[0]))
                     pos += 8
-                    args.append(_render_int(ap, v))
                 else:
-                    data = rec[pos:pos + alen]
+                    args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
                     pos += (alen + 7) & ~7
-                    args.append(_render_bytes(ap, data, aflags))
-            body: dict[str, Any] = {}
             proc = parent = None
-            if pc is not None:
+            if pc_get is not None:
                 try:
-                    proc, parent = pc.get(pid)
+                    proc, parent = pc_get(pid)
                 except Exception:
                     proc = parent = None
-            body["process"] = proc or {"pid": pid, "tid": tid}
+            body: dict[str, Any] = {"process": proc or {"pid": pid, "tid": tid}}
             if parent:
                 body["parent"] = parent
             body.update(plan.body)
@@ -136,8 +145,7 @@ class EventRing:
             if plan.return_plan is not None and flags & S.EV_HAS_RET:
                 body["return"] = _render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)
             body["policy_name"] = policy_name
-            blocking = actions & (S.ACT_SIGKILL | S.ACT_SIGNAL)
-            if blocking:
+            if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
                 body["action"] = _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]
                 if actions & S.ACT_SIGNAL:
                     body["signal"] = plan.compiled.cfg.sel[sel].signal
@@ -148,19 +156,17 @@ class EventRing:
                 body["action"] = "KPROBE_ACTION_POST"
             if cgroup_id:
                 body["cgroup_id"] = cgroup_id
-            out.append(make(plan.kind, body, ktime))
+            append(make(plan.kind, body, ktime))
         return out
 
 
 def _render_int(ap: S.ArgPlan, v: int) -> dict[str, Any]:
+    size = ap.size
+    if size < 8:
+        v &= (1 << (size * 8)) - 1
+    if ap.signed and v >= 1 << (size * 8 - 1):
+        v -= 1 << (size * 8)
     key = ap.json_key
-    if ap.signed:
-        bits = ap.size * 8
-        v &= (1 << bits) - 1
-        if v >= 1 << (bits - 1):
-            v -= 1 << bits
-    elif ap.size < 8:
-        v &= (1 << (ap.size * 8)) - 1
     if key == "syscall_id":
         out: dict[str, Any] = {"syscall_id": {"id": v, "abi": SYSCALL_ABI}}
     else:

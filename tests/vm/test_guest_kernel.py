@@ -23,3 +23,21 @@ def test_guest_boots_with_bpf_lsm_and_kprobes(in_guest: str) -> None:
     assert os.environ.get("SENSORIUM_BTF") == "/dev/shm/vmlinux.btf"
     assert Path(os.environ["SENSORIUM_BTF"]).read_bytes() == Path("/sys/kernel/btf/vmlinux").read_bytes()
     assert os.environ.get("SENSORIUM_CACHE_DIR", "").endswith(f"/.vm/cache/{in_guest}")
+
+
+# Every program type the sensors may use; the lane's kernels were measured to load and attach all of them.
+LANE_PROGRAM_TYPES = ("tracepoint", "raw_tp", "tp_btf", "kprobe", "kprobe_multi", "fentry", "fexit",
+                      "fmod_ret", "lsm", "uprobe", "cgroup_sock_addr", "ringbuf")
+
+
+def test_probe_kernel_reports_every_hook_in_the_guest(in_guest: str) -> None:
+    from sensorium.bpf.probe import probe_kernel
+
+    caps = probe_kernel(refresh=True)
+    assert caps.release == in_guest
+    failed = {n: caps.program_types[n].error for n in LANE_PROGRAM_TYPES if not caps.program_types[n].ok}
+    assert not failed, f"probe_kernel in guest {in_guest}: program types refused: {failed}"
+    assert caps.bpf_lsm and caps.kprobes and caps.btf
+    for name in ("fentry", "lsm", "kprobe", "bpf_lsm", "kprobes"):
+        assert caps.has(name), name
+    assert caps.cgroup2 == "/sys/fs/cgroup"  # the guests are pure cgroup2 nodes

@@ -559,6 +559,25 @@ static __noinline __u32 sens_resolve(struct sens_scratch *s, __u8 *out, __u32 le
 	if (len > SENS_STR_MAX - 1)
 		len = SENS_STR_MAX - 1;
 	if (len > 0 && out[0] == '/') {
+		/* Fast path (the common case): an absolute path with no "." or ".." component and no "//" is
+		 * already normal. A plain loop: a bpf_loop callback per byte costs more than the check. */
+		__u32 i;
+		char prev = 0;
+		int clean = 1;
+
+		for (i = 0; i < SENS_STR_MAX - 1; i++) {
+			if (i >= len)
+				break;
+			char c = out[i];
+
+			if (prev == '/' && (c == '.' || c == '/')) {
+				clean = 0;
+				break;
+			}
+			prev = c;
+		}
+		if (clean && !(len > 1 && prev == '/'))
+			return len;
 		bpf_probe_read_kernel(s->join, len & (SENS_STR_MAX - 1), out);
 		n = len;
 	} else {
@@ -1210,12 +1229,17 @@ int sens_raw(struct bpf_raw_tracepoint_args *ctx)
 
 static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_regs *regs)
 {
-	s->raw[0] = BPF_CORE_READ(regs, di);
-	s->raw[1] = BPF_CORE_READ(regs, si);
-	s->raw[2] = BPF_CORE_READ(regs, dx);
-	s->raw[3] = BPF_CORE_READ(regs, r10);
-	s->raw[4] = BPF_CORE_READ(regs, r8);
-	s->raw[5] = BPF_CORE_READ(regs, r9);
+	struct pt_regs r;
+
+	/* one helper call for the whole frame instead of six (each probe read costs ~30 ns in a VM);
+	 * field offsets below are still CO-RE relocated (vmlinux.h types preserve access indexes) */
+	bpf_probe_read_kernel(&r, sizeof(r), regs);
+	s->raw[0] = r.di;
+	s->raw[1] = r.si;
+	s->raw[2] = r.dx;
+	s->raw[3] = r.r10;
+	s->raw[4] = r.r8;
+	s->raw[5] = r.r9;
 }
 
 /* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
