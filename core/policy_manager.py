@@ -78,8 +78,10 @@ class PolicyManager:
     does not implement the policy side of the contract) is refused with the reason.
     """
 
-    def __init__(self, registry: Any, sensors: Mapping[str, Sensor], *, scoping_supported: bool = False) -> None:
+    def __init__(self, registry: Any, sensors: Mapping[str, Sensor], *, scoping_supported: bool = False,
+                 metrics: Any = None) -> None:
         self.registry = registry
+        self.metrics = metrics  # sensorium.metrics.Metrics (policy state gauges), optional
         self.sensors = dict(sensors)
         self.scoping_supported = scoping_supported
         self._policies: dict[str, PolicyState] = {}
@@ -134,6 +136,7 @@ class PolicyManager:
                     del self._policies[policy.name]
                 raise
             st.state = "enabled"
+            self._metric(policy.name, "enabled")
             log.info("policy %s loaded (id %d, %s): %s", policy.name, pid, mode,
                      ", ".join(f"{s.key}x{len(s.items)}" for s in policy.sections))
             return st
@@ -146,6 +149,8 @@ class PolicyManager:
             st.loaded = []
             with self._state_lock:
                 del self._policies[name]
+            if self.metrics is not None:
+                self.metrics.policy_removed(name)
             log.info("policy %s deleted", name)
 
     def unload_all(self) -> None:
@@ -168,6 +173,7 @@ class PolicyManager:
             self._unload(st.loaded)
             st.loaded = []
             st.state = "disabled"
+            self._metric(name, "disabled")
             log.info("policy %s disabled", name)
 
     def enable(self, name: str) -> None:
@@ -179,8 +185,10 @@ class PolicyManager:
                 st.loaded = self._load(st.policy, st.id, st.mode)
             except SourceError as exc:
                 st.error = str(exc)
+                self._metric(name, "error")
                 raise
             st.state, st.error = "enabled", None
+            self._metric(name, "enabled")
             log.info("policy %s enabled", name)
 
     def set_mode(self, name: str, mode: str) -> None:
@@ -313,6 +321,13 @@ class PolicyManager:
         }
 
     # ---- internals --------------------------------------------------------------------------------
+
+    def _metric(self, name: str, state: str) -> None:
+        if self.metrics is not None:
+            try:
+                self.metrics.policy(name, state)
+            except Exception:  # noqa: BLE001 - metrics never fail a policy operation
+                log.exception("policy metrics")
 
     def _get(self, name: str) -> PolicyState:
         with self._state_lock:

@@ -168,3 +168,21 @@ def test_a_sensor_raising_anything_is_contained(env):
     with pytest.raises(PolicyError, match="failed to load lsmhooks: RuntimeError: sensor bug"):
         pm.add(doc("p", "sys_enter_openat", lsm=("file_open",)), "p.yaml")
     assert tp.attached == {} and pm.list() == []
+
+
+def test_policy_states_are_exported_as_metrics():
+    from sensorium.metrics import Metrics
+
+    reg, sensors = default_registry()
+    m = Metrics()
+    pm = PolicyManager(reg, sensors, metrics=m)
+    pm.add(doc("a", "sys_enter_a"), "a.yaml")
+    pm.add(doc("b", "sys_enter_b"), "b.yaml")
+    pm.disable("b")
+    text = m.scrape().decode()
+    assert 'sensorium_policy_state{policy="a",state="enabled"} 1.0' in text
+    assert 'sensorium_policy_state{policy="b",state="disabled"} 1.0' in text
+    assert "sensorium_policies_loaded 2.0" in text
+    pm.delete("a")
+    text = m.scrape().decode()
+    assert 'policy="a"' not in text and "sensorium_policies_loaded 1.0" in text
