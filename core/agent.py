@@ -223,7 +223,7 @@ class Agent:
         except ImportError:
             return
         sensors = {n: s.sensor for n, s in self.slots.items() if s.state == "running" and s.sensor is not None}
-        self.policies = PolicyManager(self.registry, sensors)
+        self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics)
         if self.cfg.network:
             self.policies.load_builtin_network()
         if self.cfg.policies.directory is not None:
