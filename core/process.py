@@ -116,6 +116,7 @@ class CgroupResolver:
                         self.v1_roots.setdefault(opt, mnt)
         self._cache: dict[str, dict[int, str]] = {}
         self._last_scan: dict[str, float] = {}
+        self._max_id: dict[str, int] = {}
         self.rescan_interval_s = rescan_interval_s
         self.max_entries = max_entries
         self.scans = 0
@@ -136,21 +137,36 @@ class CgroupResolver:
             if len(found) >= self.max_entries:
                 break
         self._cache[hierarchy] = found
+        self._max_id[hierarchy] = max(found, default=0)
         self._last_scan[hierarchy] = time.monotonic()
 
-    def resolve(self, hierarchy: str, cgroup_id: int) -> str | None:
-        """Path of cgroup ``cgroup_id`` in ``hierarchy`` ("v2" or a v1 controller such as "memory")."""
+    def resolve(self, hierarchy: str, cgroup_id: int, name: str | None = None,
+                parent_id: int | None = None) -> str | None:
+        """Path of cgroup ``cgroup_id`` in ``hierarchy`` ("v2" or a v1 controller such as "memory").
+
+        With the leaf ``name`` and ``parent_id`` (both in exec records) a new cgroup under a known
+        parent is resolved without touching the filesystem. Otherwise a miss rescans the hierarchy: at
+        once when the id is newer than anything seen (kernfs ids only grow), else at most once per
+        ``rescan_interval_s``."""
         if not cgroup_id:
             return None
-        cache = self._cache.get(hierarchy)
-        if cache is not None:
-            path = cache.get(cgroup_id)
-            if path is not None:
+        cache = self._cache.setdefault(hierarchy, {})
+        path = cache.get(cgroup_id)
+        if path is not None:
+            return path
+        if name and parent_id:
+            parent = cache.get(parent_id)
+            if parent is not None:
+                path = parent.rstrip("/") + "/" + name
+                if len(cache) < self.max_entries:
+                    cache[cgroup_id] = path
                 return path
         root = self._root(hierarchy)
         if root is None:
             return None
-        if time.monotonic() - self._last_scan.get(hierarchy, -1e9) < self.rescan_interval_s:
+        since = time.monotonic() - self._last_scan.get(hierarchy, -1e9)
+        newer = cgroup_id > self._max_id.get(hierarchy, 0)
+        if since < self.rescan_interval_s and not (newer and since >= 0.02):
             return None
         self._scan(hierarchy, root)
         return self._cache[hierarchy].get(cgroup_id)
@@ -433,13 +449,17 @@ class ProcessCache:
             cg = dict(cg)
             if self.cgroups is not None:
                 if cg.get("id") and not cg.get("path"):
-                    cg["path"] = self.cgroups.resolve("v2", int(cg["id"])) or ""
+                    cg["path"] = self.cgroups.resolve("v2", int(cg["id"]), cg.get("name"),
+                                                      cg.get("parent_id")) or ""
                 if "memory" not in self.cgroups.v1_roots:
                     # Pure cgroup2: the memory controller's cgroup is the cgroup2 one, said above.
                     for key in ("memory_id", "memory_name", "memory_path"):
                         cg.pop(key, None)
                 elif cg.get("memory_id") and not cg.get("memory_path"):
-                    cg["memory_path"] = self.cgroups.resolve("memory", int(cg["memory_id"])) or ""
+                    cg["memory_path"] = self.cgroups.resolve("memory", int(cg["memory_id"]), cg.get("memory_name"),
+                                                             cg.get("memory_parent_id")) or ""
+            cg.pop("parent_id", None)  # only needed to resolve the path
+            cg.pop("memory_parent_id", None)
             proc["cgroup"] = cg
             docker = info.get("docker") or parse_container_id(cg.get("path")) or parse_container_id(cg.get("memory_path"))
         else:

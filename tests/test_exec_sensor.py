@@ -30,8 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SENSORIUM = Path(os.environ.get("SENSORIUM_TEST_BIN") or ROOT / ".venv" / "bin" / "sensorium")
 NODE = "exec-test-node"
 MAX_ARGS = 1024
-V2_ROOT = Path("/sys/fs/cgroup/unified")
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
 
 
 def _need_root_and_kernel() -> None:
@@ -277,18 +275,26 @@ def test_argument_list_at_the_limit_is_complete(agent: AgentRun) -> None:
 
 
 @pytest.fixture
-def test_cgroups() -> Iterator[tuple[Path, Path]]:
-    if not V2_ROOT.is_dir() or not (V1_MEMORY / "cgroup.procs").exists():
-        pytest.skip("this host has no cgroup2 at /sys/fs/cgroup/unified and v1 memory hierarchy")
+def test_cgroups() -> Iterator[tuple[Path, Path | None]]:
+    """A cgroup2 directory named like a Docker container's scope, and on hybrid hosts (like this one)
+    a v1 memory cgroup too; removed afterwards."""
+    from sensorium.process import CgroupResolver
+
+    res = CgroupResolver()
+    if res.v2_root is None:
+        pytest.skip("no cgroup2 hierarchy is mounted")
     cid = uuid.uuid4().hex + uuid.uuid4().hex  # a 64-hex container id, Docker's systemd naming
-    v2 = V2_ROOT / f"docker-{cid}.scope"
-    v1 = V1_MEMORY / f"sensorium-test-{uuid.uuid4().hex[:8]}"
-    v2.mkdir()
-    v1.mkdir()
+    v2 = Path(res.v2_root) / f"docker-{cid}.scope"
+    v1 = Path(res.v1_roots["memory"]) / f"sensorium-test-{uuid.uuid4().hex[:8]}" if "memory" in res.v1_roots else None
+    made = []
     try:
+        for d in (v2, v1):
+            if d is not None:
+                d.mkdir()
+                made.append(d)
         yield v2, v1
     finally:
-        for d in (v2, v1):
+        for d in made:
             for _ in range(50):
                 try:
                     d.rmdir()
@@ -300,16 +306,20 @@ def test_cgroups() -> Iterator[tuple[Path, Path]]:
 
 
 @pytest.mark.kernel
-def test_cgroup_ids_names_paths_and_container_id(agent: AgentRun, test_cgroups: tuple[Path, Path]) -> None:
+def test_cgroup_ids_names_paths_and_container_id(agent: AgentRun, test_cgroups: tuple[Path, Path | None]) -> None:
     v2, v1 = test_cgroups
     m = marker()
-    script = f"echo $$ > {v2}/cgroup.procs && echo $$ > {v1}/cgroup.procs && exec /bin/true {m}"
+    join_v1 = f"echo $$ > {v1}/cgroup.procs && " if v1 is not None else ""
+    script = f"echo $$ > {v2}/cgroup.procs && {join_v1}exec /bin/true {m}"
     subprocess.run(["/bin/sh", "-c", script], check=True)
     p = execs(agent, m, TRUE)[0]["process"]
     cg = p["cgroup"]
     assert cg["id"] == v2.stat().st_ino and cg["name"] == v2.name and cg["path"] == f"/{v2.name}"
-    assert cg["memory_id"] == v1.stat().st_ino and cg["memory_name"] == v1.name
-    assert cg["memory_path"] == f"/{v1.name}"
+    if v1 is not None:  # hybrid: the v1 memory controller's placement too
+        assert cg["memory_id"] == v1.stat().st_ino and cg["memory_name"] == v1.name
+        assert cg["memory_path"] == f"/{v1.name}"
+    else:  # pure cgroup2: the memory controller's cgroup is the one above
+        assert "memory_id" not in cg
     assert p["docker"] == v2.name[len("docker-"):-len(".scope")]
 
 

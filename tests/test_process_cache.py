@@ -7,6 +7,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 
 import pytest
@@ -225,3 +226,34 @@ def test_reap_dead_retires_processes_whose_exit_was_lost() -> None:
     assert c.reap_dead() == 0  # its exit record may still be in the ring: not yet
     assert c.reap_dead() == 1
     assert c.get(p.pid) == (None, None) and c.stats()["reaped"] == 1
+
+
+def test_cgroup_resolver_finds_new_cgroups_by_parent_and_by_rescan() -> None:
+    import uuid
+    from pathlib import Path
+
+    from sensorium.process import CgroupResolver
+
+    res = CgroupResolver(rescan_interval_s=3600)
+    if res.v2_root is None or os.geteuid() != 0:
+        pytest.skip("needs root and a mounted cgroup2 hierarchy")
+    root = Path(res.v2_root)
+    a = root / f"sensorium-test-{uuid.uuid4().hex[:8]}"
+    a.mkdir()
+    b = a / "child"
+    try:
+        assert res.resolve("v2", a.stat().st_ino) == f"/{a.name}"  # first use: a scan
+        scans = res.scans
+        b.mkdir()
+        # a cgroup made after the scan, under a known parent: joined from the parent's path, no scan
+        assert res.resolve("v2", b.stat().st_ino, "child", a.stat().st_ino) == f"/{a.name}/child"
+        assert res.scans == scans
+        b.rmdir()
+        b.mkdir()
+        # no name/parent given, but an id newer than the last scan: rescanned at once despite the interval
+        time.sleep(0.05)
+        assert res.resolve("v2", b.stat().st_ino) == f"/{a.name}/child" and res.scans == scans + 1
+    finally:
+        for d in (b, a):
+            if d.exists():
+                d.rmdir()

@@ -70,6 +70,8 @@ class ExecRecord(ctypes.Structure):
         ("start_time", ctypes.c_uint64),
         ("cgroup_id", ctypes.c_uint64),
         ("memcg_id", ctypes.c_uint64),
+        ("cgroup_parent_id", ctypes.c_uint64),
+        ("memcg_parent_id", ctypes.c_uint64),
         ("args_len", ctypes.c_uint16),
         ("binary_len", ctypes.c_uint16),
         ("cwd_len", ctypes.c_uint16),
@@ -191,10 +193,11 @@ class ExecDecoder:
         args_raw, binary, cwd, cg_name, memcg_name = fields
         flags = hdr.flags
         truncated = bool(flags & EXEC_F_ARGS_TRUNC)
-        cgroup: dict[str, Any] = {"id": r.cgroup_id, "name": _text(cg_name)}
+        cgroup: dict[str, Any] = {"id": r.cgroup_id, "name": _text(cg_name), "parent_id": r.cgroup_parent_id}
         if r.memcg_id:
             cgroup["memory_id"] = r.memcg_id
             cgroup["memory_name"] = _text(memcg_name)
+            cgroup["memory_parent_id"] = r.memcg_parent_id
         info = {
             "tid": hdr.tid, "ppid": r.ppid,
             "uid": r.uid, "euid": r.euid, "suid": r.suid, "fsuid": r.fsuid,

@@ -51,6 +51,8 @@ struct exec_record {
 	__u64 start_time;    /* task->start_time (ns, CLOCK_MONOTONIC), i.e. the fork that made this pid */
 	__u64 cgroup_id;     /* cgroup2 id (== inode of its directory) */
 	__u64 memcg_id;      /* v1 memory controller cgroup id (== inode under its hierarchy) */
+	__u64 cgroup_parent_id; /* id of the cgroup2 cgroup's parent (user space joins parent path + name) */
+	__u64 memcg_parent_id;
 	__u16 args_len;
 	__u16 binary_len;
 	__u16 cwd_len;

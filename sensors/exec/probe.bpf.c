@@ -132,15 +132,36 @@ static __always_inline void fill_namespaces(struct exec_record *r, struct task_s
 		r->ns_pid = BPF_CORE_READ(pidns, ns.inum);
 }
 
-static __always_inline __u32 cgroup_leaf(struct cgroup *cgrp, char *buf, __u64 *id)
+/* kernfs_node's parent pointer was renamed parent -> __parent (6.15); CO-RE picks the one that exists. */
+struct kernfs_node___old {
+	struct kernfs_node *parent;
+} __attribute__((preserve_access_index));
+struct kernfs_node___new {
+	struct kernfs_node *__parent;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
+{
+	struct kernfs_node___new *kn_new = (void *)kn;
+	struct kernfs_node___old *kn_old = (void *)kn;
+
+	if (bpf_core_field_exists(kn_new->__parent))
+		return BPF_CORE_READ(kn_new, __parent);
+	return BPF_CORE_READ(kn_old, parent);
+}
+
+static __always_inline __u32 cgroup_leaf(struct cgroup *cgrp, char *buf, __u64 *id, __u64 *parent_id)
 {
 	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
+	struct kernfs_node *parent;
 	const char *name;
 	long r;
 
 	if (!kn)
 		return 0;
 	*id = BPF_CORE_READ(kn, id);
+	parent = kn_parent(kn);
+	*parent_id = parent ? BPF_CORE_READ(parent, id) : 0;
 	name = BPF_CORE_READ(kn, name);
 	r = bpf_probe_read_kernel_str(buf, CGNAME_CAP, name);
 	return r > 1 ? r - 1 : 0;
@@ -220,8 +241,11 @@ int BPF_PROG(sensorium_exec, struct task_struct *task, pid_t old_pid, struct lin
 	/* cgroups: the cgroup2 one, and the v1 memory controller's (hybrid hosts place processes there). */
 	r->cgroup_id = 0;
 	r->memcg_id = 0;
+	r->cgroup_parent_id = 0;
+	r->memcg_parent_id = 0;
 	cgroups = BPF_CORE_READ(task, cgroups);
-	len = cgroup_leaf(BPF_CORE_READ(cgroups, dfl_cgrp), &s->data[off & OFF_MASK], &r->cgroup_id);
+	len = cgroup_leaf(BPF_CORE_READ(cgroups, dfl_cgrp), &s->data[off & OFF_MASK], &r->cgroup_id,
+			  &r->cgroup_parent_id);
 	r->cgroup_name_len = len;
 	off += len;
 	len = 0;
@@ -234,7 +258,8 @@ int BPF_PROG(sensorium_exec, struct task_struct *task, pid_t old_pid, struct lin
 					      (void *)cgroups + bpf_core_field_offset(struct css_set, subsys) +
 						      id * sizeof(void *));
 			if (css)
-				len = cgroup_leaf(BPF_CORE_READ(css, cgroup), &s->data[off & OFF_MASK], &r->memcg_id);
+				len = cgroup_leaf(BPF_CORE_READ(css, cgroup), &s->data[off & OFF_MASK], &r->memcg_id,
+						  &r->memcg_parent_id);
 		}
 	}
 	if (!r->memcg_id)
