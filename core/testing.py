@@ -148,12 +148,13 @@ def runner_for(
     node_name: str = "test-node",
     backoff_initial_s: float = 0.05,
     backoff_max_s: float = 0.5,
+    ctx: ExporterContextImpl | None = None,
     **item: Any,
 ) -> ExporterRunner:
     """A not-yet-started runner around ``exporter``; ``item`` holds host keys (queue_size, batch_size...)."""
     it = ExporterItem(type=name, **item)
     chain = filters if isinstance(filters, FilterChain) else build_filters(filters, node_name)
-    ctx = ExporterContextImpl(name, node_name, metrics)
+    ctx = ctx or ExporterContextImpl(name, node_name, metrics)
     return ExporterRunner(name, exporter, it, ctx, chain, metrics=metrics,
                           backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
 
