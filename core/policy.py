@@ -10,7 +10,9 @@ never ignored: unsupported fields, operators and actions each say what is suppor
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+import typing
 from typing import Annotated, Any, ClassVar, Mapping, Sequence
 
 import yaml
@@ -586,13 +588,56 @@ class SectionRegistry:
         raise NotImplementedError
 
 
-def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple) -> PolicyError:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``list[X]``, ``X | None``, ``Annotated[list[X], ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model that validates the object at ``loc`` (relative to ``model``), if one does."""
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        model = _model_in(field.annotation) or _model_in(field.metadata)
+    return model
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    refused = {n for n, f in model.model_fields.items() if f.exclude}
+    return [f.alias or n for n, f in model.model_fields.items() if n not in refused]
+
+
+def _unknown_field(model: type[BaseModel] | None, key: Any) -> str:
+    if model is None:
+        return "unknown field"
+    names = _field_names(model)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field (did you mean {close[0]!r}?)"
+    return f"unknown field (fields here: {', '.join(names)})"
+
+
+def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple,
+                          model: type[BaseModel] | None = None) -> PolicyError:
     problems: list[SourceError] = []
     for err in exc.errors():
-        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        rel = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = prefix + rel
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (not part of this section's schema)"
+            msg = _unknown_field(_model_at(model, rel[:-1]), rel[-1] if rel else "")
         elif err["type"] == "missing":
             msg = "required field is missing"
         problems.append(SourceError(msg, file=doc.file, line=doc.line_of(loc), path=format_path(loc)))
@@ -600,6 +645,7 @@ def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple) -> 
 
 
 def _combine(problems: Sequence[SourceError], file: str | None) -> PolicyError:
+    problems = sorted(problems, key=lambda p: p.line or 0)  # in reading order
     first = problems[0]
     reason = first.reason
     if len(problems) > 1:
@@ -641,7 +687,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     try:
         meta = Metadata.model_validate(raw_meta)
     except ValidationError as exc:
-        raise _errors_from_pydantic(exc, doc, ("metadata",)) from None
+        raise _errors_from_pydantic(exc, doc, ("metadata",), Metadata) from None
     name = meta.name
     if len(name) > MAX_NAME_LEN or not _DNS1123_SUBDOMAIN.match(name):
         raise err(("metadata", "name"), f"{name!r} is not a valid name: lower case letters, digits, '-' and '.', "
@@ -679,7 +725,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     try:
                         items.append(model.model_validate(raw))
                     except ValidationError as exc:
-                        problems.extend(_errors_from_pydantic(exc, doc, loc + (i,)).problems)
+                        problems.extend(_errors_from_pydantic(exc, doc, loc + (i,), model).problems)
                 total += len(value)
                 sections.append(Section(key=key, sensor=sensor, items=tuple(items)))
             elif key == "options":
@@ -688,7 +734,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                 try:
                     sel = LabelSelector.model_validate(value)
                 except ValidationError as exc:
-                    raise _errors_from_pydantic(exc, doc, loc) from None
+                    raise _errors_from_pydantic(exc, doc, loc, LabelSelector) from None
                 if not scoping_supported:
                     raise err(loc, f"{key} is not supported yet: scoping policies to pods comes with the "
                                    "Kubernetes support; remove it to apply the policy to the whole host")
@@ -726,7 +772,7 @@ def _parse_options(value: Any, doc: Located) -> str:
         try:
             opt = OptionSpec.model_validate(raw)
         except ValidationError as exc:
-            raise _errors_from_pydantic(exc, doc, loc + (i,)) from None
+            raise _errors_from_pydantic(exc, doc, loc + (i,), OptionSpec) from None
         if opt.name not in POLICY_OPTIONS:
             raise doc.error(loc + (i, "name"), f"option {opt.name!r} is not supported (supported: "
                                                f"{', '.join(POLICY_OPTIONS)})")

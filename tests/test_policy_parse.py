@@ -136,7 +136,16 @@ def test_malformed_yaml_names_the_line(reg):
 
 def test_unknown_field_is_refused_with_line_and_path(reg):
     e = refused(OPENAT.replace("    event: sys_enter_openat", "    event: sys_enter_openat\n    colour: red"), reg)
-    assert str(e) == "p.yaml:9: spec.tracepoints[0].colour: unknown field (not part of this section's schema)"
+    assert str(e) == ("p.yaml:9: spec.tracepoints[0].colour: unknown field (fields here: args, selectors, message, "
+                      "tags, subsystem, event, raw)")
+
+
+def test_a_misspelt_field_gets_a_suggestion(reg):
+    e = refused(OPENAT.replace("followChildren", "followChildern").replace("rateLimit:", "ratelimit:"), reg)
+    assert [(p.line, p.path, p.reason) for p in e.problems] == [
+        (21, "spec.tracepoints[0].selectors[0].matchBinaries[0].followChildern", "unknown field (did you mean 'followChildren'?)"),
+        (24, "spec.tracepoints[0].selectors[0].matchActions[0].ratelimit", "unknown field (did you mean 'rateLimit'?)"),
+    ]
 
 
 def test_known_tetragon_field_we_do_not_implement_is_refused_not_ignored(reg):
