@@ -36,15 +36,15 @@ def test_a_stalled_tcp_collector_holds_up_neither_the_producer_nor_the_file_expo
     port = server.getsockname()[1]
     slow = runner_for(
         SyslogExporter(SyslogOptions(address=f"tcp://127.0.0.1:{port}", connect_timeout_s=1.0), ExporterContextImpl("syslog", "n")),
-        name="syslog", metrics=m, queue_size=2000, batch_size=200,
+        name="syslog", metrics=m, queue_size=10_000, batch_size=200,
     )
-    fast = runner_for(FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=100), ExporterContextImpl("file", "n")),
+    fast = runner_for(FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=1000), ExporterContextImpl("file", "n")),
                       name="file", metrics=m, batch_size=200)
     try:
         slow.start()
         fast.start()
         total = 20_000
-        events = [make_event(pid=i, arguments="x" * 400) for i in range(total)]
+        events = [make_event(pid=i, arguments="x" * 2000) for i in range(total)]  # 50 MB: more than socket buffers hold
         t0 = time.monotonic()
         longest = 0.0
         for i in range(0, total, 100):
