@@ -196,6 +196,8 @@ class ApiServer:
     # ---- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if len(os.fsencode(self.path)) > 107:  # sun_path is 108 bytes with its NUL
+            raise OSError(errno.ENAMETOOLONG, f"API socket path is longer than 107 bytes: {self.path}")
         _prepare_directory(self.path.parent)
         _clear_stale(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
