@@ -206,3 +206,43 @@ def test_unload_detaches_everything(rig) -> None:
     h.unload()
     h.unload()  # idempotent
     assert programs_settle(before) == before
+
+
+def test_sigkill_through_the_agent_scoped_by_match_pids_follow_forks(agent, tmp_path: Path, secret: Path,
+                                                                      cgroup2_dir) -> None:
+    """The whole path: `sensorium policy add` -> policy manager -> kprobe sensor -> raw_tp sys_enter.
+    The rule is scoped to one shell (matchPIDs In + followForks) started in the test's cgroup first, so
+    only that shell's children can be hit; the test runner reads the same file fine."""
+    repo = Path(__file__).resolve().parents[1]
+    cli = [str(repo / ".venv" / "bin" / "sensorium")]
+    sock = tmp_path / "run" / "api.sock"
+    h = agent({"api": {"socket": str(sock)}, "sensors": {"kprobe": {"enabled": True}}})
+    shell = cgroup2_dir.popen(["/bin/sh", "-c", f"read go; cat {secret}; echo survived"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.2)  # let the wrapper exec the shell (same pid)
+        pfile = tmp_path / "kill.yaml"
+        pfile.write_text(openat_policy(str(secret), SIGKILL, name="kill-secret-readers") + f"""      matchPIDs:
+      - operator: In
+        followForks: true
+        values: [{shell.pid}]
+""")
+        res = subprocess.run([*cli, "policy", "add", str(pfile), "--socket", str(sock)], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        out, _ = shell.communicate(b"go\n", timeout=30)
+        assert b"top secret" not in out and b"survived" in out  # cat was killed, its shell went on
+        assert subprocess.run(["cat", str(secret)], capture_output=True).stdout == b"top secret\n"
+        ev = h.wait_for(lambda e: e.get("process_kprobe", {}).get("policy_name") == "kill-secret-readers")
+        body = ev["process_kprobe"]
+        assert body["action"] == "KPROBE_ACTION_SIGKILL" and body["action_taken"] is True
+        assert body["function_name"] == "__x64_sys_openat"
+        lst = subprocess.run([*cli, "policy", "list", "--json", "--socket", str(sock)], capture_output=True,
+                             text=True, timeout=60)
+        import json as _json
+        [row] = _json.loads(lst.stdout)
+        assert [hk["mechanism"] for hk in row["hooks"]] == ["raw_tp sys_enter"]
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
