@@ -69,7 +69,8 @@ class SensArg(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_uint8), ("src", ctypes.c_uint8), ("deref", ctypes.c_uint8),
                 ("size", ctypes.c_uint8), ("is_signed", ctypes.c_uint8), ("resolve", ctypes.c_uint8),
                 ("has_dirfd", ctypes.c_uint8), ("size_arg", ctypes.c_uint8), ("offset", ctypes.c_uint16),
-                ("max", ctypes.c_uint16), ("dirfd_off", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+                ("max", ctypes.c_uint16), ("dirfd_off", ctypes.c_uint16), ("ret_fd", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8)]
 
 
 class SensMatchArg(ctypes.Structure):
@@ -173,6 +174,7 @@ class ArgPlan:
     dirfd_offset: int | None = None
     label: str | None = None
     type_name: str = ""
+    ret_fd: bool = False  # syscall evaluated at exit: the returned fd's file path replaces the string
 
 
 @dataclasses.dataclass
@@ -300,6 +302,7 @@ def compile_hook(
         d.has_dirfd = int(a.dirfd_offset is not None)
         d.dirfd_off = a.dirfd_offset or 0
         d.size_arg = 0xFF if a.size_arg is None else a.size_arg
+        d.ret_fd = int(a.ret_fd)
     strings = _Strings(cfg)
     follow_bins: dict[int, tuple[str, tuple[str, ...]]] = {}
     follow_pids: dict[int, tuple[bool, tuple[int, ...]]] = {}

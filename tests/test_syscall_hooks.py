@@ -85,7 +85,7 @@ def test_sigkill_in_test_cgroup_while_same_read_elsewhere_succeeds(rig, secret: 
     evs = rig.events(lambda b: str(secret) in string_args(b))
     assert evs and evs[0]["action"] == "KPROBE_ACTION_SIGKILL" and evs[0]["action_taken"] is True
     assert evs[0]["cgroup_id"] == cgroup2_dir.id
-    assert "syscall still completes" in h.status()["hooks"][0]["note"]
+    assert "the syscall completes, the process dies before it returns" in h.status()["hooks"][0]["note"]
 
 
 def test_monitoring_mode_reports_would_have_killed_then_enforces_live(rig, secret: Path, cgroup2_dir) -> None:
@@ -241,8 +241,24 @@ def test_sigkill_through_the_agent_scoped_by_match_pids_follow_forks(agent, tmp_
                              text=True, timeout=60)
         import json as _json
         [row] = _json.loads(lst.stdout)
-        assert [hk["mechanism"] for hk in row["hooks"]] == ["raw_tp sys_enter"]
+        assert [hk["mechanism"] for hk in row["hooks"]] == ["raw_tp sys_enter + sys_exit"]
     finally:
         if shell.poll() is None:
             shell.kill()
             shell.wait()
+
+
+def test_symlink_to_the_protected_file_is_caught_from_the_opened_file(rig, tmp_path: Path, secret: Path,
+                                                                      cgroup2_dir) -> None:
+    """openat's path is taken from the file actually opened (at sys_exit): a symlink cannot hide it."""
+    link = tmp_path / "innocent-looking"
+    link.symlink_to(secret)
+    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    r = cgroup2_dir.run(["cat", str(link)], capture_output=True)
+    assert r.returncode == -9 and r.stdout == b""
+    evs = rig.events(lambda b: str(secret) in string_args(b))
+    assert evs and evs[0]["action_taken"] is True
+    assert h.status()["hooks"][0]["mechanism"] == "raw_tp sys_enter + sys_exit"
+    assert "file actually opened" in h.status()["hooks"][0]["note"]
+    # a failed open of a missing file under the protected name is still reported with the absolute path
+    assert subprocess.run(["cat", str(link)], capture_output=True).returncode == 0  # outside the cgroup

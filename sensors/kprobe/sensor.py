@@ -41,6 +41,10 @@ PATH_PARAMS: dict[str, dict[int, int | None]] = {
     "inotify_add_watch": {1: None}, "fanotify_mark": {4: 3},
 }
 
+# Syscalls returning an fd of the path they opened: their path argument is taken, at sys_exit, from the
+# opened file itself when the call succeeded (symlinks, "..", dirfd all resolved by the kernel's lookup).
+OPENED_FD_SYSCALLS = frozenset({"open", "openat", "openat2", "creat"})
+
 _STRUCT_TYPES = ("file", "path", "dentry", "sock", "sockaddr", "skb", "cred", "linux_binprm", "syscall64")
 
 ARCH_PREFIX = {"x86_64": "__x64_"}
@@ -131,6 +135,7 @@ class KprobeSensor(HookSensor):
                 plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_STR,
                                  json_key="string_arg", resolve=a.index in paths,
                                  dirfd_offset=dirfd if isinstance(dirfd, int) and dirfd >= 0 else None,
+                                 ret_fd=name in OPENED_FD_SYSCALLS and a.index in paths,
                                  label=a.label, type_name=typ)
             elif typ == "char_buf":
                 size_pos = None
@@ -155,7 +160,8 @@ class KprobeSensor(HookSensor):
         plans = [(_dc.replace(p, size_arg=positions.get(-1 - p.size_arg)) if p.size_arg is not None and p.size_arg < 0
                   else p) for p in plans]
         ret_plan = None
-        at_exit = bool(item.return_)
+        opened_file = any(p.ret_fd for p in plans)
+        at_exit = bool(item.return_) or opened_file
         if at_exit:
             ra = item.returnArg
             rtyp = (ra.type if ra is not None else "long") or "long"
@@ -174,11 +180,15 @@ class KprobeSensor(HookSensor):
         mech = "raw_tp sys_enter" + (" + sys_exit" if at_exit else "")
         note = ("no kprobes/fentry on this kernel: served by raw tracepoint sys_enter filtered by syscall number "
                 f"{nr} in the kernel; arguments are the values the process passed")
-        if any(p.resolve for p in plans):
+        if opened_file:
+            note += ("; the path is that of the file actually opened (from the returned fd at sys_exit: symlinks, "
+                     "'..' and dirfd resolved by the kernel); a failed open reports the path made absolute and "
+                     "normalised from the string")
+        elif any(p.resolve for p in plans):
             note += "; path arguments made absolute (dirfd/cwd) and normalised in the kernel, symlinks not followed"
         if compiled.blocking:
-            note += "; Sigkill/Signal are sent at syscall entry: the syscall still completes, the process dies " \
-                    "before it returns to user space"
+            note += ("; Sigkill/Signal are sent at syscall " + ("exit" if at_exit else "entry") +
+                     ": the syscall completes, the process dies before it returns to user space")
         body = {"function_name": ARCH_PREFIX[platform.machine()] + "sys_" + name}
         return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=("syscall", at_exit),
                         mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan)

@@ -141,7 +141,8 @@ struct sens_arg {
 	__u16 offset;
 	__u16 max;
 	__u16 dirfd_off;
-	__u16 pad;
+	__u8 ret_fd; /* syscall at exit: when it returned an fd, report/match the opened file's path */
+	__u8 pad;
 };
 
 struct sens_match_arg {
@@ -1049,6 +1050,31 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 			if (len >= max - 1 && d->kind == SENS_ARG_STR)
 				s->trunc[a] = 1;
 		}
+		if (d->ret_fd && (s->ev.flags & SENS_EV_HAS_RET) && s->ev.retval >= 0) {
+			/* What was really opened: the returned fd's file (symlinks, "..", dirfd all resolved by
+			 * the kernel's own lookup), not the string the process passed. */
+			struct file *rf = sens_fd_file((struct task_struct *)bpf_get_current_task(), s->ev.retval);
+
+			if (rf) {
+				struct path rp;
+
+				rp.dentry = BPF_CORE_READ(rf, f_path.dentry);
+				rp.mnt = BPF_CORE_READ(rf, f_path.mnt);
+				int start = sens_walk_path(s, &rp);
+
+				if (start >= 0 && start <= SENS_PATHBUF) {
+					__u32 wl = SENS_PATHBUF - start;
+
+					if (wl > SENS_STR_MAX - 1)
+						wl = SENS_STR_MAX - 1;
+					bpf_probe_read_kernel(payload, wl & (SENS_STR_MAX - 1), &s->walk[start & SENS_PATHMASK]);
+					payload[wl & (SENS_STR_MAX - 1)] = 0;
+					len = wl;
+					rec->flags &= ~SENS_ARGF_ERR;
+					goto resolved;
+				}
+			}
+		}
 		if (d->resolve && len > 0 && !(rec->flags & SENS_ARGF_ERR)) {
 			__s64 dirfd = -100;
 
@@ -1056,6 +1082,7 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 				dirfd = (__s64)(__s32)sens_raw_value(ctx, s, d->src, d->dirfd_off, 4, 1);
 			len = sens_resolve(s, payload, len, dirfd, &s->trunc[a]);
 		}
+resolved:
 		len &= (SENS_STR_MAX - 1);
 		if (s->trunc[a])
 			rec->flags |= SENS_ARGF_TRUNC;
@@ -1260,10 +1287,24 @@ static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_reg
 
 /* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
  * syscall costs one compare. */
+/* A 32-bit (compat) task's syscall numbers are another table: never match them against x86_64's. */
+static __always_inline int sens_task_compat(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(t, thread_info.status) & 0x0002; /* TS_COMPAT */
+#else
+	return 0;
+#endif
+}
+
 SEC("raw_tp/sys_enter")
 int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 	if ((long)ctx->args[1] != sens_cfg.syscall_nr)
+		return 0;
+	if (sens_task_compat())
 		return 0;
 	struct sens_scratch *s = sens_begin();
 
