@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def main() -> int:
                 (work / "events.log").unlink(missing_ok=True)
     finally:
         subprocess.run([str(KAFKA_SH), "stop", str(work / "tansu")], check=False)
+        shutil.rmtree(work, ignore_errors=True)
 
     cols = ["exporter", "offered_per_s", "delivered_per_s", "delivered", "dropped", "drain_s", "cpu_ms_per_1000"]
     widths = [max(len(c), *(len(str(r[c])) for r in results)) for c in cols]

@@ -140,7 +140,10 @@ class ExporterRunner:
         """Drain the queue (up to ``timeout`` seconds), flush and close. True when fully drained.
 
         Events still queued when the time is up are dropped and counted (reason ``shutdown``).
+        Calling it again after it finished does nothing.
         """
+        if self._state == "stopped":
+            return self._dropped_by.get("shutdown", 0) == 0
         with self._cond:
             self._stopping = True
             self._deadline = time.monotonic() + max(0.0, timeout)

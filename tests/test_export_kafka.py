@@ -70,8 +70,8 @@ class Broker:
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "tansu")
-    b.start(("events",))
     try:
+        b.start(("events",))
         yield b
     finally:
         b.stop()
@@ -156,14 +156,17 @@ def test_broker_down_at_start_then_started_delivers_in_order(tmp_path: Path) -> 
     r.submit(events)
     wait_until(lambda: r.stats()["failed"] >= 1, 15, "a failed open")
     assert r.stats()["exported"] == 0 and "did not answer" in r.stats()["last_error"]
-    b.start(("events",))
-    col = Collector(b.bootstrap, "events")
+    col = None
     try:
+        b.start(("events",))
+        col = Collector(b.bootstrap, "events")
         assert col.wait(300) == [e.json() for e in events]
         r.stop(10)
         assert r.stats()["exported"] == 300 and r.stats()["dropped"] == 0
     finally:
-        col.close()
+        r.stop(0)
+        if col is not None:
+            col.close()
         b.stop()
 
 
