@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from sensorium import hookimpl
 from sensorium.events import Event
@@ -50,9 +50,20 @@ class KafkaSasl(BaseModel):
         return self
 
 
+def _check_broker(b: str) -> str:
+    host, _, port = b.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {b!r}")
+    return b
+
+
+# Checked one by one so an error names the item: exporters[2].brokers[1]
+Broker = Annotated[str, AfterValidator(_check_broker)]
+
+
 class KafkaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    brokers: list[str] = Field(min_length=1, description="host:port of bootstrap brokers")
+    brokers: list[Broker] = Field(min_length=1, description="host:port of bootstrap brokers")
     topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
     key: Literal["node", "pod", "none"] = Field(default="node", description="Message key (partitioning, order per key)")
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
@@ -72,15 +83,6 @@ class KafkaOptions(BaseModel):
     librdkafka: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Extra librdkafka settings (applied last)"
     )
-
-    @field_validator("brokers")
-    @classmethod
-    def _v_brokers(cls, v: list[str]) -> list[str]:
-        for b in v:
-            host, _, port = b.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"expected host:port, got {b!r}")
-        return v
 
     @model_validator(mode="after")
     def _v_idempotence(self) -> "KafkaOptions":

@@ -222,3 +222,50 @@ def test_broker_restarted_mid_stream_keeps_order(broker: Broker, down_s: float) 
     assert dups <= 20 and len(missing) <= 40
     if down_s > 1.0:
         assert r.stats()["failed"] >= 1 and r.stats()["retries"] >= 1  # the runner, not librdkafka, recovered
+
+
+# ---- options -------------------------------------------------------------------------------------
+
+
+def test_tls_and_sasl_options_become_librdkafka_settings(tmp_path: Path) -> None:
+    from sensorium_exporters.kafka import producer_config
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    o = KafkaOptions(brokers=["k1:9093", "k2:9093"], topic="t", tls={"ca_file": "/etc/ssl/certs/ca-certificates.crt"},
+                     sasl={"mechanism": "SCRAM-SHA-256", "username": "agent", "password_file": str(pw)},
+                     compression="zstd", acks="all", linger_ms=7)
+    conf = producer_config(o, "c")
+    assert conf["security.protocol"] == "sasl_ssl" and conf["sasl.mechanism"] == "SCRAM-SHA-256"
+    assert conf["sasl.username"] == "agent" and conf["sasl.password"] == "s3cret"
+    assert conf["ssl.ca.location"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert conf["ssl.endpoint.identification.algorithm"] == "https"
+    assert conf["bootstrap.servers"] == "k1:9093,k2:9093" and conf["compression.type"] == "zstd" and conf["linger.ms"] == 7
+    confluent_kafka.Producer(conf)  # librdkafka itself accepts the whole configuration
+
+
+def test_a_bad_ca_file_fails_open_with_librdkafkas_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    ex = KafkaExporter(KafkaOptions(brokers=["127.0.0.1:1"], topic="t", tls={"ca_file": str(bad)}),
+                       ExporterContextImpl("kafka", "n"))
+    with pytest.raises(confluent_kafka.KafkaException, match="ssl.ca.location"):
+        ex.open()
+
+
+@pytest.mark.parametrize(
+    "opts, where",
+    [
+        ({"acks": "1"}, "idempotence needs acks: all"),
+        ({"brokers": ["nohost"]}, "brokers.0"),
+        ({"topic": "bad topic"}, "topic"),
+        ({"sasl": {"username": "u"}}, "set exactly one of password and password_file"),
+        ({"key": "container"}, "key"),
+    ],
+)
+def test_bad_options_are_rejected(opts: dict, where: str) -> None:
+    from pydantic import ValidationError
+
+    base = {"brokers": ["127.0.0.1:9092"], "topic": "t"}
+    with pytest.raises(ValidationError, match=where.replace(".", r"\.")):
+        KafkaOptions(**{**base, **opts})
