@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SENSORIUM = Path(os.environ.get("SENSORIUM_TEST_BIN") or ROOT / ".venv" / "bin" / "sensorium")
 NODE = "exec-test-node"
 MAX_ARGS = 1024
+IN_VM = bool(os.environ.get("SENSORIUM_IN_VM"))  # the VM lane emulates the CPU: everything is ~10x slower
+SLOW = 8.0 if IN_VM else 1.0
 
 
 def _need_root_and_kernel() -> None:
@@ -65,7 +67,7 @@ class AgentRun:
         self._lines: list[dict[str, Any]] = []
         self._offset = 0
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0 * SLOW) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.stderr_path.read_text(errors="replace")
@@ -88,7 +90,7 @@ class AgentRun:
         return self._lines
 
     def wait_for(self, pred: Callable[[dict[str, Any]], bool], what: str, n: int = 1,
-                 timeout: float = 15.0) -> list[dict[str, Any]]:
+                 timeout: float = 15.0 * SLOW) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events() if pred(e)]
@@ -352,12 +354,13 @@ def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
     try:
         run.wait_ready()
         rss = []
+        n = 400 if IN_VM else 1500  # either way several times the cache's 256 entries per round
         for rnd in range(4):
             m = marker()
-            subprocess.run(["/bin/sh", "-c", f'for i in $(seq 1500); do /bin/true {m} $i; done'], check=True)
+            subprocess.run(["/bin/sh", "-c", f'for i in $(seq {n}); do /bin/true {m} $i; done'], check=True)
             # every exec of the round arrived (nothing lost), then memory is sampled
             run.wait_for(lambda e: m in e.get("process_exit", {}).get("process", {}).get("arguments", ""),
-                         f"1500 exits of round {rnd}", n=1500, timeout=60)
+                         f"{n} exits of round {rnd}", n=n, timeout=60 * SLOW)
             time.sleep(0.5)
             rss.append(_rss_kb(run.proc.pid))
         # round 0 warms the interpreter and fills the cache; later rounds must not grow it

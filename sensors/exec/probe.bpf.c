@@ -4,8 +4,8 @@
  *
  * Records are built in a per-CPU slot of an array map (too big for the stack, and a per-CPU array value
  * is limited to 32 KiB) and copied to one ring buffer with sensorium_submit() (no per-event wakeup).
- * Layouts: event.h. Paths come from sensorium_d_path() (bpf_d_path is not allowed in tp_btf); everything is CO-RE
- * so one object loads on 6.1, 6.12 and 6.18.
+ * Layouts: event.h. Paths come from sensorium_d_path() (bpf_d_path is not allowed in tp_btf);
+ * everything is CO-RE so one object loads on 6.1, 6.12 and 6.18.
  */
 #include "vmlinux.h"
 #include <sensorium/common.h>
@@ -36,8 +36,9 @@ struct {
 	__uint(max_entries, 4 << 20);
 } exec_events SEC(".maps");
 
-/* One slot per possible CPU (user space sets max_entries before load): tp_btf programs run with
- * migration disabled, so a CPU's slot is not shared while a record is built. */
+/* One slot per possible CPU (user space sets max_entries before load). Tracepoints run their
+ * programs with preemption disabled, and only sensorium_exec uses the slots, so a CPU's slot is never
+ * used by two builds at once. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 64);
