@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import hookimpl
 from sensorium.hookspecs import ProbeSource, SensorSpec
+
+if TYPE_CHECKING:
+    from sensorium.hookspecs import Sensor, SensorContext
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,7 +34,8 @@ class ExecOptions(BaseModel):
 PROBE = ProbeSource(name="exec", source=HERE / "probe.bpf.c", include_dirs=(HERE,))
 
 
-def _factory(ctx):  # type: ignore[no-untyped-def]
+def _factory(ctx: "SensorContext") -> "Sensor":
+    # Imported here: discovery (``sensorium plugins``) must not need the run-time modules.
     from sensorium_sensors.exec.sensor import ExecSensor
 
     return ExecSensor(ctx)
