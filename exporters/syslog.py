@@ -18,7 +18,7 @@ import os
 import re
 import select
 import socket
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -202,3 +201,37 @@ def test_bad_exporter_items_name_key_path(tmp_path: Path, item: str, where: str)
     with pytest.raises(SourceError) as err:
         build_runners(load_config(p), registry(), "n1")
     assert where in str(err.value) and str(p) in str(err.value)
+
+
+def test_a_third_party_exporter_plugin_is_built_from_config_like_the_built_ins(tmp_path: Path) -> None:
+    """What a plugin author writes: a module with a hook; sensorium.testing registers it in-process."""
+    import types
+
+    from pydantic import BaseModel, ConfigDict
+
+    from sensorium import hookimpl
+    from sensorium.hookspecs import ExporterSpec
+    from sensorium.testing import capture_registry
+
+    sink = CaptureExporter()
+
+    class Opts(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prefix: str
+
+    plugin = types.ModuleType("my_sink")
+    plugin.sensorium_exporter = hookimpl(lambda: ExporterSpec(name="mysink", description="test", options=Opts,
+                                                               factory=lambda opts, ctx: sink))
+    p = tmp_path / "agent.yaml"
+    p.write_text("exporters:\n  - type: mysink\n    prefix: x\n    filters:\n      allow: [{binary_regex: [ls]}]\n")
+    [r] = build_runners(load_config(p), capture_registry(mysink=plugin), "n1")
+    r.start()
+    r.submit([make_event(binary="/bin/ls"), make_event(binary="/bin/cat")])
+    sink.wait_for(1)
+    r.stop(5)
+    assert [e.process["binary"] for e in sink.events] == ["/bin/ls"]
+
+    p.write_text("exporters:\n  - type: mysink\n    prefix: 3\n    colour: red\n")
+    with pytest.raises(SourceError) as err:
+        build_runners(load_config(p), capture_registry(mysink=plugin), "n1")
+    assert "line 3: exporters[0].prefix" in str(err.value) and "line 4: exporters[0].colour: unknown key" in str(err.value)

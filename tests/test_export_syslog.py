@@ -132,8 +132,10 @@ def test_tcp_collector_down_at_start_then_up_delivers_in_order(tmp_path: Path) -
         rs.stop()
 
 
-def test_tcp_collector_restart_between_batches_loses_nothing(rsyslog: Rsyslog) -> None:
-    r = runner_for(exporter(f"tcp://127.0.0.1:{rsyslog.tcp}"), batch_size=10, backoff_max_s=0.2)
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_collector_restart_between_batches_loses_nothing(rsyslog: Rsyslog, transport: str) -> None:
+    address = f"tcp://127.0.0.1:{rsyslog.tcp}" if transport == "tcp" else f"unix://{rsyslog.dir}/log.sock"
+    r = runner_for(exporter(address), batch_size=10, backoff_max_s=0.2)
     r.start()
     first, second = evs(20), evs(20, 20)
     r.submit(first)
