@@ -79,10 +79,27 @@ def test_operator_that_does_not_fit_the_type_is_refused():
 
 
 def test_hook_no_mechanism_can_serve_is_refused_with_the_reason():
-    e = refused('  - hook: task_kill\n    args: [{index: 2, type: int}]\n    selectors:\n'
-                '    - matchArgs: [{index: 2, operator: Equal, values: ["9"]}]\n      matchActions: [{action: Override, argError: -1}]\n')
+    e = refused('  - hook: socket_bind\n    args: [{index: 2, type: int}]\n    selectors:\n'
+                '    - matchArgs: [{index: 2, operator: Equal, values: ["16"]}]\n      matchActions: [{action: Override, argError: -1}]\n')
     assert "no mechanism can serve this hook here" in e.reason and "BPF LSM" in e.reason
-    assert "file_open (fanotify)" in e.reason
+    assert "file_open (fanotify)" in e.reason and "Sigkill from a tracepoint for" in e.reason
+
+
+def test_hook_with_a_syscall_path_gets_the_sigkill_fallback():
+    class _RawTp(_NoLsm):
+        program_types = {**_NoLsm.program_types, "raw_tp": _NoLsm._R(True)}
+
+    plans = plan_section(view('  - hook: task_kill\n    args: [{index: 2, type: int}]\n'), _RawTp())
+    assert plans[0].mechanism == "sigkill from tracepoint" and "the call runs first" in plans[0].note
+
+
+def test_sigkill_fallback_refuses_an_argument_the_syscall_does_not_carry():
+    s = LsmSensor(LsmTestContext())
+    if not s.ctx.kernel.has("raw_tp") or s.ctx.kernel.has("lsm"):
+        pytest.skip("needs a kernel without BPF LSM but with raw tracepoints")
+    with pytest.raises(PolicyLoadError) as exc:
+        s.check_policy(view('  - hook: task_kill\n    args: [{index: 3, type: cred}]\n'))
+    assert "not visible at the syscall kill" in exc.value.reason
 
 
 def test_same_hook_is_accepted_where_bpf_lsm_loads():
@@ -124,10 +141,10 @@ def test_refused_policy_leaves_nothing_loaded(tmp_path):
             body = (f'  - hook: file_open\n    args: [{{index: 0, type: file}}]\n    selectors:\n'
                     f'    - matchArgs: [{{index: 0, operator: Equal, values: ["{f}"]}}]\n'
                     f'      matchActions: [{{action: Override, argError: -1}}]\n'
-                    f'  - hook: path_unlink\n')
+                    f'  - hook: socket_bind\n')
             with pytest.raises(PolicyLoadError) as exc:
                 s.load_policy(view(body), scope=cg)
-            assert exc.value.hook == "lsmhooks[1] path_unlink"
+            assert exc.value.hook == "lsmhooks[1] socket_bind"
             assert s.guard.status()["rules"] == 0 and s.guard.status()["marks"] == 0
             assert not s._handles
             assert open(f).read() == "x"

@@ -29,7 +29,7 @@ from sensorium import hookimpl
 from sensorium.hookspecs import PolicyLoadError, PolicyView, SensorSpec
 from sensorium.policy import LsmHookSpec, MatchAction
 
-from . import bpflsm, netguard
+from . import bpflsm, netguard, sigkill
 from .fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, FanDecision, FanotifyGuard, FanRule, fanotify_available, plan_marks
 from .rules import MECHANISMS, PATH_TYPES, HookPlan, PolicyScope, ProcessFacts, first_match, plan_section
 
@@ -76,6 +76,7 @@ class LsmPolicyHandle:
         self.fan_rules: list[FanRule] = []
         self.net_guards: list[tuple[HookPlan, netguard.NetGuard]] = []
         self.lsm_progs: list[tuple[HookPlan, Any]] = []
+        self.sig_guards: list[tuple[HookPlan, Any]] = []
         self.events = 0
         self.errors = 0
         self._unloaded = False
@@ -97,7 +98,14 @@ class LsmPolicyHandle:
             mem += prog.kernel_memory_bytes
             for k, v in prog.counters().items():
                 counters[k] = counters.get(k, 0) + v
-        return {"hooks": hooks, "mode": self.mode, "events": self.events, "errors": self.errors,
+        events = self.events
+        for _p, g in self.sig_guards:
+            st = g.set.status()
+            mem += st.get("kernel_memory_bytes", 0)
+            events += st.get("events", 0)
+            for k, v in g.counters().items():
+                counters[k] = counters.get(k, 0) + v
+        return {"hooks": hooks, "mode": self.mode, "events": events, "errors": self.errors,
                 "kernel_memory_bytes": mem, "kernel_counters": counters,
                 "fanotify_marks": sum(len(r.marks) for r in self.fan_rules)}
 
@@ -109,6 +117,8 @@ class LsmPolicyHandle:
             g.set_enforce(mode == "enforcement")
         for _p, prog in self.lsm_progs:
             prog.set_enforce(mode == "enforcement")
+        for _p, g in self.sig_guards:
+            g.set_enforce(mode == "enforcement")
 
     def unload(self) -> None:
         if self._unloaded:
@@ -128,6 +138,9 @@ class LsmPolicyHandle:
             self.sensor._drop_reader(prog)
             prog.close()
         self.lsm_progs.clear()
+        for _p, g in self.sig_guards:
+            g.close()
+        self.sig_guards.clear()
         self.sensor._handles.discard(self)
 
     # ---- fanotify decisions -----------------------------------------------------------------------
@@ -193,6 +206,7 @@ class LsmSensor:
         self._poll_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._retval_ok: bool | None = None
+        self._ring: Any = None  # the engine's event ring, for the Sigkill-from-tracepoint fallback
         self.state = "stopped"
 
     # ---- Sensor -----------------------------------------------------------------------------------
@@ -210,6 +224,9 @@ class LsmSensor:
             self._poll_thread.join(5)
             self._poll_thread = None
         self.guard.stop()
+        if self._ring is not None:
+            self._ring.stop()
+            self._ring = None
         self.state = "stopped"
 
     def status(self) -> Mapping[str, Any]:
@@ -258,6 +275,8 @@ class LsmSensor:
                     self._fan_marks(p)
                 except ValueError as exc:
                     raise PolicyLoadError(p.where, str(exc), field=f"spec.lsmhooks[{p.position}].selectors") from None
+            if p.mechanism == sigkill.MECHANISM:
+                sigkill.plan_syscalls(p, self.ctx, view.id)
             if p.mechanism == "bpf_lsm":
                 try:
                     bpflsm.compile_hook(p)
@@ -296,6 +315,8 @@ class LsmSensor:
                     self._load_net(h, p)
                 elif p.mechanism == "bpf_lsm":
                     self._load_bpf_lsm(h, p)
+                elif p.mechanism == sigkill.MECHANISM:
+                    self._load_sigkill(h, p)
         except PolicyLoadError:
             h.unload()
             raise
@@ -382,6 +403,19 @@ class LsmSensor:
         h.lsm_progs.append((p, prog))
         self._add_reader(prog, prog.events_map, h, p,
                          lambda _h, _p, batch, _prog=prog: self._decode_lsm(_h, _p, batch, _prog))
+
+    def _load_sigkill(self, h: LsmPolicyHandle, p: HookPlan) -> None:
+        from sensorium_sensors.tracepoint.engine import EventRing
+
+        if self._ring is None:
+            ring = EventRing(self.ctx, "lsm")
+            ring.start()
+            self._ring = ring
+        plans = sigkill.plan_syscalls(p, self.ctx, h.view.id)
+        g = sigkill.SigkillGuard(self._ring, self.ctx, h.view.id, h.view.name, h.mode)
+        ids = bpflsm._cgroup_ids(h.scope.directories()) if h.scope else None
+        g.load(plans, ids)  # all or nothing, raises PolicyLoadError
+        h.sig_guards.append((p, g))
 
     def _add_reader(self, owner: Any, bpf_map: Any, h: LsmPolicyHandle, p: HookPlan, decode: Any) -> None:
         from sensorium.bpf.ringbuf import RingBufferReader

@@ -51,6 +51,9 @@ MECHANISMS: Mapping[str, str] = {
                                  "per cgroup; sockets of other cgroups are not seen"),
     "cgroup/sendmsg4+sendmsg6": ("cgroup sock_addr programs on the policy's cgroups: unconnected UDP sends with "
                                  "an address; connected sockets are covered by connect"),
+    "sigkill from tracepoint": ("raw tracepoint sys_enter of the syscalls that reach this hook, Sigkill in the "
+                                "kernel: the call runs first and the process dies before it returns; Override is "
+                                "served as Sigkill; arguments are the values the process passed"),
 }
 
 # Hooks with a fallback where BPF LSM programs cannot load.
@@ -218,8 +221,16 @@ def plan_section(view: PolicyView, kernel: Any, btf: Path | str | None = None,
                                          f"similar: {', '.join(near) or 'none'})", field=f"{field}.hook")
         args = _check_args(item, sig, where, field)
         mech = "bpf_lsm" if lsm_ok else FALLBACKS.get(item.hook)
+        if mech is None and item.hook in _sigkill_hooks():
+            pt = getattr(kernel, "program_types", {}) or {}
+            r = pt.get("raw_tp")
+            if r is not None and getattr(r, "ok", False):
+                from .sigkill import MECHANISM
+
+                mech = MECHANISM
         if mech is None:
-            served = ", ".join(f"{h} ({m})" for h, m in FALLBACKS.items())
+            served = ", ".join(f"{h} ({m})" for h, m in FALLBACKS.items()) + \
+                ", and Sigkill from a tracepoint for " + ", ".join(sorted(_sigkill_hooks()))
             raise PolicyLoadError(where, f"no mechanism can serve this hook here: {lsm_why}, and {item.hook} has "
                                          f"no fallback (fallbacks exist for: {served})", field=f"{field}.hook")
         if mech.startswith("cgroup/") and not cgroup_sock_ok:
@@ -229,6 +240,12 @@ def plan_section(view: PolicyView, kernel: Any, btf: Path | str | None = None,
         _check_selectors(plan, field)
         plans.append(plan)
     return plans
+
+
+def _sigkill_hooks() -> Any:
+    from .sigkill import SYSCALLS
+
+    return SYSCALLS
 
 
 def _check_args(item: LsmHookSpec, sig: LsmHookSig, where: str, field: str) -> tuple[ArgPlan, ...]:

@@ -97,8 +97,27 @@ class LsmTestContext:
 
         return BpfObject.open(path)
 
-    def add_ring_buffer(self, bpf_map: Any, decode: Any) -> None:  # pragma: no cover - the lsm sensor polls its own
-        raise NotImplementedError
+    def add_ring_buffer(self, bpf_map: Any, decode: Any) -> None:
+        """As the agent does: drain the ring on a short timer from one reader thread."""
+        from sensorium.bpf.ringbuf import RingBufferReader
+
+        if not hasattr(self, "_reader"):
+            self._reader = RingBufferReader()
+            self._reader_lock = threading.Lock()
+            self._reader_stop = threading.Event()
+
+            def loop() -> None:
+                while not self._reader_stop.is_set():
+                    with self._reader_lock:
+                        try:
+                            self._reader.poll(0)
+                        except Exception:  # noqa: BLE001
+                            self.log.exception("test ring")
+                    self._reader_stop.wait(0.02)
+
+            threading.Thread(target=loop, daemon=True, name="lsm-test-ring").start()
+        with self._reader_lock:
+            self._reader.add(bpf_map, lambda recs: self.emit(decode(recs)))
 
     def emit(self, events: Any) -> None:
         with self._lock:
