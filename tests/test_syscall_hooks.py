@@ -262,3 +262,21 @@ def test_symlink_to_the_protected_file_is_caught_from_the_opened_file(rig, tmp_p
     assert "file actually opened" in h.status()["hooks"][0]["note"]
     # a failed open of a missing file under the protected name is still reported with the absolute path
     assert subprocess.run(["cat", str(link)], capture_output=True).returncode == 0  # outside the cgroup
+
+
+def test_opened_file_path_crosses_mount_points(rig, tmp_path: Path) -> None:
+    """/dev/shm is its own tmpfs mount: the path walk of the opened file must cross into / to report
+    /dev/shm/<name>, and a symlink from /tmp (another filesystem) must resolve to it."""
+    if not os.path.ismount("/dev/shm"):
+        pytest.skip("/dev/shm is not a mount point here")
+    target = Path("/dev/shm") / f"sensorium-test-{os.getpid()}"
+    target.write_text("shm")
+    try:
+        link = tmp_path / "to-shm"
+        link.symlink_to(target)
+        rig.load(openat_policy(str(target)), "kprobes")
+        subprocess.run(["cat", str(link)], check=True, capture_output=True)
+        evs = rig.events(lambda b: str(target) in string_args(b))
+        assert evs and evs[0]["args"][1]["string_arg"] == str(target)
+    finally:
+        target.unlink()

@@ -382,6 +382,7 @@ struct sens_walk_ctx {
 	struct sens_scratch *s;
 	struct dentry *dentry;
 	struct mount *mnt;
+	struct dentry *mnt_root; /* of mnt, read once per mount rather than once per component */
 	int pos;
 	int done;
 };
@@ -392,10 +393,7 @@ static long sens_walk_step(__u32 i, struct sens_walk_ctx *c)
 	struct sens_scratch *s = c->s;
 	struct dentry *dentry = c->dentry;
 	struct mount *mnt = c->mnt;
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-	struct dentry *mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
-
-	if (dentry == mnt_root) {
+	if (dentry == c->mnt_root) {
 		struct mount *mparent = BPF_CORE_READ(mnt, mnt_parent);
 
 		if (mparent == mnt) {
@@ -404,8 +402,11 @@ static long sens_walk_step(__u32 i, struct sens_walk_ctx *c)
 		}
 		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 		c->mnt = mparent;
+		c->mnt_root = BPF_CORE_READ(mparent, mnt.mnt_root);
 		return 0;
 	}
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
 	if (dentry == parent) {
 		c->done = 1;
 		return 1;
@@ -442,6 +443,7 @@ static __noinline int sens_walk_path(struct sens_scratch *s, struct path *path)
 	c.s = s;
 	c.dentry = BPF_CORE_READ(path, dentry);
 	c.mnt = container_of(vfsmnt, struct mount, mnt);
+	c.mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 	c.pos = SENS_PATHBUF;
 	bpf_loop(SENS_PATH_DEPTH, sens_walk_step, &c, 0);
 	pos = c.pos;
