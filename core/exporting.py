@@ -144,16 +144,28 @@ class ExporterRunner:
         """
         if self._state == "stopped":
             return self._dropped_by.get("shutdown", 0) == 0
+        self.request_stop(timeout)
+        return self.join(timeout)
+
+    def request_stop(self, timeout: float = 10.0) -> None:
+        """Start stopping without waiting (`stop_runners` stops all sinks in parallel this way)."""
         with self._cond:
+            if self._stopping:
+                return
             self._stopping = True
             self._deadline = time.monotonic() + max(0.0, timeout)
             self._cond.notify_all()
-        if self._thread is None:
+
+    def join(self, timeout: float = 10.0) -> bool:
+        if self._state == "stopped":
+            return self._dropped_by.get("shutdown", 0) == 0
+        if self._thread is None:  # never started
             self._state = "stopped"
             with self._cond:
-                self._drop(len(self._q), "shutdown")
+                left = len(self._q)
+                self._drop(left, "shutdown")
                 self._q.clear()
-            return True
+            return left == 0
         self._thread.join(timeout + 5.0)
         if self._thread.is_alive():
             # Stuck inside the exporter (a write that never returns): leave it, say so.
@@ -316,6 +328,14 @@ class ExporterRunner:
             self._count("exported", n)
             if self.metrics is not None:
                 self.metrics.exported(self.name, n)
+
+
+def stop_runners(runners: Sequence[ExporterRunner], timeout: float = 10.0) -> dict[str, bool]:
+    """Stop every runner in parallel (one slow sink does not delay the others' drain); returns
+    ``{name: fully drained}``."""
+    for r in runners:
+        r.request_stop(timeout)
+    return {r.name: r.join(timeout) for r in runners}
 
 
 # --------------------------------------------------------------------------------------------------

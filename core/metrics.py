@@ -168,6 +168,8 @@ class Metrics:
                 self._server_thread.join(timeout=5)
             self._server = self._server_thread = None
 
+    close = shutdown  # the agent calls metrics.close() at stop
+
 
 class NullMetrics(Metrics):
     """A `Metrics` on a private registry that nobody serves: for runners built without an agent."""

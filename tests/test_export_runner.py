@@ -235,3 +235,23 @@ def test_a_third_party_exporter_plugin_is_built_from_config_like_the_built_ins(t
     with pytest.raises(SourceError) as err:
         build_runners(load_config(p), capture_registry(mysink=plugin), "n1")
     assert "line 3: exporters[0].prefix" in str(err.value) and "line 4: exporters[0].colour: unknown key" in str(err.value)
+
+
+def test_stop_runners_stops_all_sinks_in_parallel() -> None:
+    from sensorium.exporting import stop_runners
+
+    stuck, ok = CaptureExporter(), CaptureExporter(delay_s=0.05)
+    stuck.block()
+    rs = [runner_for(stuck, name="stuck", batch_size=10), runner_for(ok, name="ok", batch_size=10)]
+    for r in rs:
+        r.start()
+        r.submit(events(50))
+    t0 = time.monotonic()
+    try:
+        result = stop_runners(rs, timeout=0.5)
+    finally:
+        stuck.unblock()
+    assert result == {"stuck": False, "ok": True}
+    assert pids(ok.events) == list(range(50))  # drained while the other one hung
+    assert time.monotonic() - t0 < 8
+    assert rs[0].stats()["state"] in ("stuck", "stopped")
