@@ -19,15 +19,23 @@ ready() { curl -sk --max-time 2 -H "Authorization: Bearer $(cat "$RUN/admin.toke
               "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null | grep -qx ok; }
 if ready && [[ -s "$KUBECONFIG_OUT" ]]; then echo "$KUBECONFIG_OUT"; exit 0; fi
 
-# A leftover half (e.g. etcd without apiserver): stop it and start clean.
-"$(dirname "$0")/stop.sh" --apiserver-only >/dev/null 2>&1 || true
+# A leftover apiserver that does not answer: stop it (etcd stays if it runs).
+if [[ -s "$RUN/apiserver.pid" ]]; then
+    pid="$(cat "$RUN/apiserver.pid")"; kill "$pid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null; rm -f "$RUN/apiserver.pid"
+fi
 
 [[ -s "$RUN/admin.token" ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/admin.token"
 TOKEN="$(cat "$RUN/admin.token")"
 echo "$TOKEN,sensorium-test-admin,1000,\"system:masters\"" >"$RUN/tokens.csv"
 [[ -s "$RUN/pki/sa.key" ]] || openssl genrsa -out "$RUN/pki/sa.key" 2048 2>/dev/null
 
-rm -rf "$LIB/etcd"  # a fresh cluster every start: no objects left from an earlier run
+etcd_alive() { [[ -s "$RUN/etcd.pid" ]] && kill -0 "$(cat "$RUN/etcd.pid")" 2>/dev/null; }
+# A fresh cluster every start (no objects left from an earlier run), except when etcd still runs: then
+# only the apiserver is (re)started on the same data, which is how the tests restart it (an outage).
+if ! etcd_alive; then
+rm -rf "$LIB/etcd"
 setsid etcd --name sensorium-test --data-dir "$LIB/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
@@ -35,6 +43,7 @@ setsid etcd --name sensorium-test --data-dir "$LIB/etcd" \
     --initial-cluster "sensorium-test=http://127.0.0.1:$((ETCD_PORT + 10))" \
     >"$RUN/etcd.log" 2>&1 </dev/null &
 echo $! >"$RUN/etcd.pid"
+fi
 
 setsid "$APISERVER" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
@@ -60,7 +69,7 @@ clusters:
 - name: sensorium-test
   cluster:
     server: https://127.0.0.1:$API_PORT
-    insecure-skip-tls-verify: true
+    certificate-authority: $RUN/pki/apiserver.crt
 users:
 - name: admin
   user:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop what start-apiserver.sh / start-containerd.sh started (by their recorded pids only) and remove the
-# pod sandboxes and cgroups that the tests' kubelet left. --apiserver-only: leave containerd running.
+# pod sandboxes and cgroups that the tests' kubelet left. --apiserver-only: leave containerd running;
+# --containerd-only: leave etcd and the apiserver running.
 set -uo pipefail
 RUN="${SENSORIUM_K8S_RUN:-/run/sensorium-k8s}"
 stop_pid() {
@@ -13,8 +14,10 @@ stop_pid() {
     fi
     rm -f "$f"
 }
-stop_pid apiserver
-stop_pid etcd
+if [[ "${1:-}" != "--containerd-only" ]]; then
+    stop_pid apiserver
+    stop_pid etcd
+fi
 [[ "${1:-}" == "--apiserver-only" ]] && exit 0
 
 SOCK="$RUN/containerd.sock"

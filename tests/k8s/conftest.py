@@ -1,0 +1,140 @@
+"""Fixtures of the Kubernetes tests: a real kube-apiserver + etcd, a real containerd, and the test kubelet.
+
+The binaries come from scripts/k8s/setup.sh (make setup runs it; about 8 minutes the first time, then
+cached). Without them the tests are skipped with that reason; under CI=true they fail instead, since
+CI runs the setup and a skip there would hide a broken install step.
+Services that a test session starts are stopped at its end; ones already running are reused and left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # k8s_env, k8s_kubelet
+
+from k8s_env import CACHE, NODE, RUN, SCRIPTS  # noqa: E402
+
+
+def _missing(what: str) -> None:
+    msg = f"{what} is missing: run scripts/k8s/setup.sh (make setup does)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _use(service: str) -> None:
+    """Count this test session as a user of a shared service (several sessions may run at once)."""
+    d = RUN / f"users-{service}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / str(os.getpid())).touch()
+
+
+def _last_user(service: str) -> bool:
+    """Drop this session from the users; True when no other live session uses the service."""
+    d = RUN / f"users-{service}"
+    (d / str(os.getpid())).unlink(missing_ok=True)
+    others = []
+    for f in d.iterdir():
+        if f.name.isdigit() and _pid_alive(int(f.name)):
+            others.append(f.name)
+        else:
+            f.unlink(missing_ok=True)
+    return not others
+
+
+def _locked(script: str, *args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
+    """Run a start/stop script under one lock, so concurrent sessions never start or stop twice."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["flock", "-o", "-w", str(timeout), str(RUN / "lock"), "bash", str(SCRIPTS / script), *args],
+                          capture_output=True, text=True, timeout=timeout + 60)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("the Kubernetes tests run etcd, kube-apiserver and containerd: root needed")
+    if not (CACHE / "bin" / "kube-apiserver").exists():
+        _missing("kube-apiserver")
+    _use("apiserver")
+    r = _locked("start-apiserver.sh")
+    if r.returncode != 0:
+        _last_user("apiserver")
+        pytest.fail(f"start-apiserver.sh failed: {r.stderr[-2000:]}")
+    yield r.stdout.strip().splitlines()[-1]
+    if _last_user("apiserver"):
+        _locked("stop.sh", "--apiserver-only")
+
+
+@pytest.fixture(scope="session")
+def api(kubeconfig: str) -> Any:
+    from sensorium.k8s.watcher import api_client
+
+    return api_client(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def cri_endpoint() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("containerd needs root")
+    for tool in ("containerd", "runc", "ctr", "gcc"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            _missing(tool)
+    _use("containerd")
+    r = _locked("start-containerd.sh")
+    if r.returncode != 0:
+        _last_user("containerd")
+        pytest.fail(f"start-containerd.sh failed: {r.stderr[-2000:]}")
+    yield r.stdout.strip().splitlines()[-1]
+    if _last_user("containerd"):
+        _locked("stop.sh", "--containerd-only")
+
+
+@pytest.fixture
+def kubelet(api: Any, cri_endpoint: str) -> Iterator[Any]:
+    from k8s_kubelet import Kubelet
+
+    k = Kubelet(api, cri_endpoint, NODE)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def namespace(api: Any) -> Iterator[str]:
+    """A fresh namespace (deleted at the end; there is no namespace controller, so its pods are deleted
+    by the kubelet fixture and the namespace object itself here)."""
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    try:
+        core.delete_namespace(name)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+@pytest.fixture
+def watcher(api: Any) -> Iterator[Any]:
+    from sensorium.k8s.watcher import PodWatcher
+
+    w = PodWatcher(api, NODE, watch_timeout_s=30, deleted_grace_s=2.0).start()
+    assert w.wait_synced(15), w.status()
+    yield w
+    w.stop()
