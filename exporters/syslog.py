@@ -8,12 +8,14 @@ Each message is ``<PRI>1 TIME HOST sensorium PROCID MSGID [sensorium@32473 type=
 pod=.. binary=.. pid=..] {event JSON}``: MSGID is the event type, the severity comes from the event
 type and the policy action (a kill or an override is a warning). Over TCP, a connection the collector
 closed (restart) is noticed before the next write and reopened, so nothing is written into a dead
-socket; a message in flight while the peer dies may still be lost (as with any syslog over TCP).
+socket; a message in flight while the peer dies may still be lost (as with any syslog over TCP), and
+when a send fails only the frames not yet handed to the kernel are sent again (`PartialWrite`).
 UDP gives no delivery guarantee at all.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import select
@@ -239,11 +241,25 @@ class SyslogExporter:
             if self._peer_closed():
                 self.close()
                 self.open()  # the collector restarted between batches: nothing is lost
-            frames = []
+            frames, ends, total = [], [], 0
             for ev in events:
                 msg = self._message(ev)
-                frames.append(b"%d " % len(msg) + msg)
-            self._sock.sendall(b"".join(frames))
+                frame = b"%d " % len(msg) + msg
+                frames.append(frame)
+                total += len(frame)
+                ends.append(total)
+            data = memoryview(b"".join(frames))
+            sent = 0
+            try:
+                while sent < total:
+                    sent += self._sock.send(data[sent:])
+            except OSError as exc:
+                # Frames wholly handed to the kernel are not re-sent; a cut frame dies with this
+                # connection (the collector drops an incomplete frame) and is sent again whole.
+                done = bisect.bisect_right(ends, sent)
+                if done:
+                    raise PartialWrite(done, f"send: {exc}") from exc
+                raise
             return
         for i, ev in enumerate(events):
             try:
