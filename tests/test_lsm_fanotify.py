@@ -152,6 +152,21 @@ def test_monitoring_reports_would_have_blocked_and_allows(sensor, ctx, cg, secre
     assert run_in_cgroup(cg, ["cat", str(secret)]).returncode == 0
 
 
+def test_protected_file_replaced_by_rename_stays_protected(sensor, cg, secret):
+    """passwd-style replacement (write a new file, rename it over the old one) makes a new inode; the
+    guard marks it again when the name reappears."""
+    sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    tmp = secret.parent / "secret.txt.new"
+    tmp.write_text("new secret\n")
+    os.rename(tmp, secret)
+    from sensorium.testing import wait_until
+
+    wait_until(lambda: sensor.guard.stats["remarked"] >= 1, 5, "the new inode to be marked")
+    r = run_in_cgroup(cg, ["cat", str(secret)])
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    assert run_in_cgroup(None, ["cat", str(secret)]).stdout == "new secret\n"
+
+
 def test_unload_removes_marks_and_rule(sensor, cg, secret):
     h = sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
     assert sensor.guard.status()["marks"] == 1

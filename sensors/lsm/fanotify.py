@@ -44,6 +44,12 @@ FAN_DENY = 0x02
 FAN_NOFD = -1
 FANOTIFY_METADATA_VERSION = 3
 AT_FDCWD = -100
+IN_CREATE = 0x100
+IN_MOVED_TO = 0x80
+IN_ONLYDIR = 0x01000000
+IN_CLOEXEC = 0o2000000
+IN_NONBLOCK = 0o4000
+_INOTIFY_EV = struct.Struct("=iIII")
 _META = struct.Struct("=IBBHQii")       # struct fanotify_event_metadata (24 bytes)
 _RESPONSE = struct.Struct("=iI")        # struct fanotify_response
 
@@ -60,6 +66,9 @@ def _lib() -> ctypes.CDLL:
         lib.fanotify_init.restype = ctypes.c_int
         lib.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
         lib.fanotify_mark.restype = ctypes.c_int
+        lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        lib.inotify_add_watch.restype = ctypes.c_int
+        lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
         _libc = lib
     return _libc
 
@@ -165,11 +174,17 @@ class FanotifyGuard:
         self._wake_r = self._wake_w = -1
         self._rules: list[FanRule] = []
         self._marks: dict[str, dict[int, int]] = {}   # path -> {mask: refcount}
+        # A file replaced by rename (or deleted and created again) is a new inode without our mark: an
+        # inotify watch on its directory puts the mark back on whatever appears under the name.
+        self._ino_fd = -1
+        self._dir_wd: dict[str, int] = {}             # directory -> watch descriptor
+        self._wd_dir: dict[int, str] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._self_pid = os.getpid()
-        self.stats = {"events": 0, "denied": 0, "allowed": 0, "errors": 0, "max_answer_us": 0, "marks": 0}
+        self.stats = {"events": 0, "denied": 0, "allowed": 0, "errors": 0, "max_answer_us": 0, "marks": 0,
+                      "remarked": 0}
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -177,6 +192,9 @@ class FanotifyGuard:
         if self._fd >= 0:
             return
         self._fd = fanotify_init()
+        self._ino_fd = _lib().inotify_init1(IN_CLOEXEC | IN_NONBLOCK)
+        if self._ino_fd < 0:
+            self._ino_fd = -1  # re-marking is best effort; enforcement does not depend on it
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sensorium-lsm-fanotify", daemon=True)
@@ -193,16 +211,18 @@ class FanotifyGuard:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
-        for fd in (self._fd, self._wake_r, self._wake_w):
+        for fd in (self._fd, self._wake_r, self._wake_w, self._ino_fd):
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self._fd = self._wake_r = self._wake_w = -1
+        self._fd = self._wake_r = self._wake_w = self._ino_fd = -1
         with self._lock:
             self._rules.clear()
             self._marks.clear()
+            self._dir_wd.clear()
+            self._wd_dir.clear()
 
     @property
     def running(self) -> bool:
@@ -237,6 +257,7 @@ class FanotifyGuard:
                 raise
             self._rules.append(rule)
             self.stats["marks"] = sum(1 for p in self._marks if self._mask_of(p))
+            self._sync_watches()
 
     def _release(self, marks: Sequence[tuple[str, int]]) -> None:
         for path, mask in marks:
@@ -263,6 +284,57 @@ class FanotifyGuard:
             if self._fd >= 0:
                 self._release(rule.marks)
             self.stats["marks"] = sum(1 for p in self._marks if self._mask_of(p))
+            self._sync_watches()
+
+    def _file_marks(self) -> dict[str, int]:
+        """Inode marks on files (not directory child marks): path -> mask."""
+        out = {}
+        for path in self._marks:
+            m = self._mask_of(path)
+            if m and not m & FAN_EVENT_ON_CHILD:
+                out[path] = m
+        return out
+
+    def _sync_watches(self) -> None:
+        """One inotify watch per directory holding a marked file (called with the lock held)."""
+        if self._ino_fd < 0:
+            return
+        want = {os.path.dirname(p) or "/" for p in self._file_marks()}
+        for d in list(self._dir_wd):
+            if d not in want:
+                wd = self._dir_wd.pop(d)
+                self._wd_dir.pop(wd, None)
+                _lib().inotify_rm_watch(self._ino_fd, wd)
+        for d in want - set(self._dir_wd):
+            wd = _lib().inotify_add_watch(self._ino_fd, os.fsencode(d), IN_CREATE | IN_MOVED_TO | IN_ONLYDIR)
+            if wd >= 0:
+                self._dir_wd[d] = wd
+                self._wd_dir[wd] = d
+
+    def _on_inotify(self) -> None:
+        try:
+            buf = os.read(self._ino_fd, 64 * 1024)
+        except OSError:
+            return
+        off = 0
+        with self._lock:
+            files = self._file_marks()
+            while off + _INOTIFY_EV.size <= len(buf):
+                wd, _mask, _cookie, nlen = _INOTIFY_EV.unpack_from(buf, off)
+                name = buf[off + _INOTIFY_EV.size: off + _INOTIFY_EV.size + nlen].split(b"\0", 1)[0]
+                off += _INOTIFY_EV.size + nlen
+                d = self._wd_dir.get(wd)
+                if d is None or not name:
+                    continue
+                path = os.path.join(d, os.fsdecode(name))
+                mask = files.get(path)
+                if mask:
+                    try:
+                        _mark(self._fd, FAN_MARK_ADD, mask, path)
+                        self.stats["remarked"] += 1
+                    except OSError as exc:
+                        self.stats["errors"] += 1
+                        self.log.error("re-marking %s: %s", path, exc)
 
     # ---- deciding ---------------------------------------------------------------------------------
 
@@ -270,12 +342,18 @@ class FanotifyGuard:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        if self._ino_fd >= 0:
+            poller.register(self._ino_fd, select.POLLIN)
         while not self._stop.is_set():
             try:
                 ready = poller.poll(1000)
             except InterruptedError:
                 continue
             if not ready or self._stop.is_set():
+                continue
+            if self._ino_fd >= 0 and any(fd == self._ino_fd for fd, _ev in ready):
+                self._on_inotify()
+            if not any(fd == self._fd for fd, _ev in ready):
                 continue
             try:
                 buf = os.read(self._fd, 64 * 1024)
