@@ -231,6 +231,17 @@ class NetGuard:
         self._enforce = enforce
         self._write_config()
 
+    @property
+    def kernel_memory_bytes(self) -> int:
+        total = 0
+        try:
+            for m in self.obj.maps.values():
+                # ring buffers: their data pages; other maps: entries x (key + value)
+                total += m.max_entries if m.type == 27 else m.max_entries * (m.key_size + m.value_size)
+        except Exception:  # noqa: BLE001
+            pass
+        return total
+
     def counters(self) -> dict[str, int]:
         try:
             cur = self.obj.map("net_config").lookup(b"\0\0\0\0")

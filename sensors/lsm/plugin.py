@@ -91,7 +91,7 @@ class LsmPolicyHandle:
         mem = 0
         counters: dict[str, int] = {}
         for _p, g in self.net_guards:
-            mem += 64 * 1024 + 256 * 1024
+            mem += g.kernel_memory_bytes
             for k, v in g.counters().items():
                 counters[k] = counters.get(k, 0) + v
         for _p, prog in self.lsm_progs:
@@ -206,6 +206,7 @@ class LsmSensor:
         self._poll_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._retval_ok: bool | None = None
+        self._fan_probe: tuple[bool, str] | None = None
         self._ring: Any = None  # the engine's event ring, for the Sigkill-from-tracepoint fallback
         self.state = "stopped"
 
@@ -233,7 +234,7 @@ class LsmSensor:
         from .rules import _lsm_loads
 
         ok, why = _lsm_loads(self.ctx.kernel)
-        fan_ok, fan_why = fanotify_available()
+        fan_ok, fan_why = self._fanotify_ok()
         return {"state": self.state, "bpf_lsm": ok if ok else f"unavailable: {why}",
                 "fanotify": self.guard.status() if fan_ok else f"unavailable: {fan_why}",
                 "policies": len(self._handles), "force_fallbacks": self.force_fallbacks}
@@ -256,7 +257,7 @@ class LsmSensor:
         plans = plan_section(view, self.ctx.kernel, self.btf, force="fallback" if self.force_fallbacks else None)
         for p in plans:
             if p.mechanism.startswith("fanotify"):
-                ok, why = fanotify_available()
+                ok, why = self._fanotify_ok()
                 if not ok:
                     raise PolicyLoadError(p.where, f"{p.mechanism} cannot serve this hook here: {why}")
             if p.mechanism.startswith("cgroup/"):
@@ -283,6 +284,13 @@ class LsmSensor:
                 except ValueError as exc:
                     raise PolicyLoadError(p.where, str(exc), field=f"spec.lsmhooks[{p.position}]") from None
         return plans
+
+    def _fanotify_ok(self) -> tuple[bool, str]:
+        if self.guard.running:
+            return True, ""
+        if self._fan_probe is None:
+            self._fan_probe = fanotify_available()
+        return self._fan_probe
 
     def _set_retval_ok(self) -> bool:
         if self._retval_ok is None:
