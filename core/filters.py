@@ -26,7 +26,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Annotated, Any, Callable, Iterable, Literal, Mapping, Sequence
+from collections.abc import Mapping  # not typing.Mapping: isinstance() on it is ~3x slower
+from typing import Annotated, Any, Callable, Iterable, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -498,9 +499,13 @@ class FilterChain:
         for ev in events:
             cur: Event | None = ev
             for stage in stages:
-                cur = stage(cur)  # type: ignore[arg-type]
-                if cur is None:
+                try:
+                    cur = stage(cur)  # type: ignore[arg-type]
+                except Exception:  # noqa: BLE001 - a malformed event must not stop the exporter
+                    cur, reason = None, "filter_error"
+                else:
                     reason = getattr(stage, "reason", "filtered")
+                if cur is None:
                     drops[reason] = drops.get(reason, 0) + 1
                     break
             if cur is not None:

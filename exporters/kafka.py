@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 

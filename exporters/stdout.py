@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, BinaryIO, Literal, Mapping, Sequence
+from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from typing import Any, BinaryIO, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
