@@ -27,6 +27,8 @@ spec:
   tracepoints:
   - subsystem: syscalls
     event: sys_enter_openat
+    message: "watched file opened"
+    tags: [observability.filesystem]
     args:
     - {{index: 5, type: int}}
     - {{index: 6, type: string}}
@@ -50,6 +52,7 @@ def test_openat_tracepoint_posts_only_for_one_file(rig, tmp_path: Path) -> None:
     assert e["subsys"] == "syscalls" and e["event"] == "sys_enter_openat"
     assert e["args"][0] == {"int_arg": -100}  # AT_FDCWD
     assert e["policy_name"] == "tp-openat" and e["action"] == "KPROBE_ACTION_POST"
+    assert e["message"] == "watched file opened" and e["tags"] == ["observability.filesystem"]
     assert not rig.events(lambda b: str(two) in string_args(b), wait=0.1)
     assert h.status()["hooks"][0]["mechanism"] == "tracepoint"
     assert h.status()["counters"]["filtered"] > 0  # other opens were dropped in the kernel

@@ -21,6 +21,7 @@ from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium_sensors.kprobe.syscalls_x86_64 import SYSCALLS_X86_64
 from sensorium_sensors.tracepoint import tracefs
 from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
+from sensorium_sensors.tracepoint.sensor import _extras
 
 # Path parameters of syscalls: parameter -> parameter holding its dirfd (None: relative to the cwd).
 # These are made absolute and normalised in the kernel before matching (docs/selectors.md).
@@ -189,6 +190,6 @@ class KprobeSensor(HookSensor):
         if compiled.blocking:
             note += ("; Sigkill/Signal are sent at syscall " + ("exit" if at_exit else "entry") +
                      ": the syscall completes, the process dies before it returns to user space")
-        body = {"function_name": ARCH_PREFIX[platform.machine()] + "sys_" + name}
+        body = {"function_name": ARCH_PREFIX[platform.machine()] + "sys_" + name, **_extras(item)}
         return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=("syscall", at_exit),
                         mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan)

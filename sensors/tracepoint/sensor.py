@@ -15,6 +15,16 @@ from sensorium_sensors.tracepoint import tracefs
 from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
 
 
+def _extras(item: Any) -> dict[str, Any]:
+    """Tetragon's optional event fields from the policy item: message and tags."""
+    out: dict[str, Any] = {}
+    if getattr(item, "message", None):
+        out["message"] = item.message
+    if getattr(item, "tags", None):
+        out["tags"] = list(item.tags)
+    return out
+
+
 class TracepointSensor(HookSensor):
     name = "tracepoint"
     section = "tracepoints"
@@ -59,4 +69,4 @@ class TracepointSensor(HookSensor):
             note = (note + "; " if note else "") + "Sigkill/Signal are sent from the tracepoint: the traced operation " \
                                                    "itself has already run or runs to completion"
         return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=attach, mechanism=mech,
-                        note=note, body={"subsys": item.subsystem, "event": item.event}, kind="process_tracepoint")
+                        note=note, body={"subsys": item.subsystem, "event": item.event, **_extras(item)}, kind="process_tracepoint")
