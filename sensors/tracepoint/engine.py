@@ -249,6 +249,16 @@ class HookSet:
                 wanted.add("sens_fork")
             for name, prog in obj.programs.items():
                 prog.set_autoload(name in wanted)
+            # Maps a hook does not use are shrunk before load (hash maps are preallocated: the binary cache
+            # alone is 2 MiB), so kernel memory follows what the policy needs.
+            cfg = plan.compiled.cfg
+            uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
+            for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
+                                  ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
+                                  ("sens_inflight", plan.attach[0] == "syscall" and plan.attach[1]),
+                                  ("sens_cgroups", cgroup_ids)):
+                if not needed:
+                    obj.map(mname).set_max_entries(64)
             obj.load()
             obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if self.mode == "monitoring" else 0))
             for cg in cgroup_ids or ():
