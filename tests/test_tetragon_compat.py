@@ -156,6 +156,9 @@ def test_valid_policies_load_on_this_host_or_are_refused_with_the_reason():
             except SourceError as exc:
                 # Refused whole: with where and why, and nothing of it left loaded.
                 assert exc.file == row.file and exc.line is not None and exc.reason, str(exc)
+                # ... naming the hook (or the section) that cannot be served.
+                assert exc.path and exc.path.startswith("spec."), str(exc)
+                assert any(f"{k}[" in exc.reason or f"'{k}'" in exc.reason for k in C.SECTION_OWNERS), str(exc)
                 assert pm.list() == [], f"{row.file}: refused but something stayed loaded"
                 continue
             for n in names:
