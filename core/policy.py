@@ -644,13 +644,19 @@ def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple,
     return _combine(problems, doc.file)
 
 
+PROBLEMS_SHOWN = 10  # in one message; PolicyError.problems keeps them all
+
+
 def _combine(problems: Sequence[SourceError], file: str | None) -> PolicyError:
     problems = sorted(problems, key=lambda p: p.line or 0)  # in reading order
     first = problems[0]
     reason = first.reason
     if len(problems) > 1:
+        shown = problems[1:PROBLEMS_SHOWN]
         reason += "; " + "; ".join(f"line {p.line}: {p.path}: {p.reason}" if p.line else f"{p.path}: {p.reason}"
-                                   for p in problems[1:])
+                                   for p in shown)
+        if len(problems) > PROBLEMS_SHOWN:
+            reason += f"; and {len(problems) - PROBLEMS_SHOWN} more problems"
     return PolicyError(reason, file=file, line=first.line, path=first.path, problems=problems)
 
 

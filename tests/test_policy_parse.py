@@ -288,3 +288,9 @@ def test_the_limits_in_the_docs_are_the_limits_in_the_code():
             rows[cells[0]] = int(cells[1])
     limits = {k: v for k, v in vars(P).items() if k.startswith("MAX_") and isinstance(v, int)}
     assert rows == limits
+
+
+def test_a_policy_with_many_problems_gives_a_bounded_message(reg):
+    items = "".join(f"  - subsystem: s\n    event: e{i}\n    bogus{i}: 1\n" for i in range(40))
+    e = refused(OPENAT.split("  tracepoints:")[0] + "  tracepoints:\n" + items, reg)
+    assert len(e.problems) == 40 and "and 30 more problems" in e.reason and len(str(e)) < 2000
