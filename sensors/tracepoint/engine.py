@@ -50,6 +50,22 @@ class HookPlan:
     body: Mapping[str, Any]            # fixed event fields (subsys/event or function_name ...)
     kind: str = "process_tracepoint"
     return_plan: S.ArgPlan | None = None
+    fast: list[tuple[S.ArgPlan, tuple | None]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Per argument, what the decoder can render inline: (json key, value mask, sign bit) for plain
+        # integers, (json key,) for plain strings; None means "call the general renderer".
+        fast: list[tuple[S.ArgPlan, tuple | None]] = []
+        for ap in self.args:
+            f: tuple | None = None
+            if ap.label is None and ap.json_key not in ("syscall_id",):
+                if ap.kind == S.ARG_INT:
+                    bits = ap.size * 8
+                    f = (ap.json_key, (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64)
+                elif ap.json_key == "string_arg":
+                    f = ("string_arg",)
+            fast.append((ap, f))
+        self.fast = fast
 
 
 def _set_reuse_proto() -> Callable[[int, int], int]:
@@ -120,16 +136,27 @@ class EventRing:
             end = _EV_SIZE + data_len
             if end > len(rec):
                 end = len(rec)
-            for ap in plan.args:
+            for ap, fast in plan.fast:
                 if pos + 8 > end:
                     break
                 kind, aflags, alen, _ = unpack_arg(rec, pos)
                 pos += 8
                 if kind == 1:  # S.ARG_INT
-                    args.append(_render_int(ap, unpack_q(rec, pos)[0]))
+                    v = unpack_q(rec, pos)[0]
                     pos += 8
+                    if fast is not None:  # a plain integer: inline (most args), see HookPlan.fast
+                        key, mask, sign = fast
+                        v &= mask
+                        if v >= sign:
+                            v -= sign << 1
+                        args.append({key: v})
+                    else:
+                        args.append(_render_int(ap, v))
                 else:
-                    args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
+                    if fast is not None and not aflags:
+                        args.append({fast[0]: rec[pos:pos + alen].decode("utf-8", "backslashreplace")})
+                    else:
+                        args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
                     pos += (alen + 7) & ~7
             proc = parent = None
             if pc_get is not None:
