@@ -27,6 +27,8 @@ from sensorium.pipeline import Pipeline
 from sensorium.policy_manager import PolicyManager
 from sensorium.testing import make_event
 
+REPO_DATA = Path(__file__).resolve().parent / "data" / "tetragon-policies"
+
 POLICY = """\
 apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -384,3 +386,13 @@ def test_cli_events_streams_compact_lines_from_the_agent(server, agent):
         proc.terminate()
         proc.wait(10)
     assert "/usr/bin/cat /etc/hostname" in line and "process" in line and "/usr/bin/ls" not in line
+
+
+def test_cli_policy_check_validates_offline(tmp_path):
+    good = REPO_DATA / "raw_syscalls.yaml"
+    res = CliRunner().invoke(cli, ["policy", "check", str(good)])
+    assert res.exit_code == 0 and res.output.startswith("raw-syscalls: valid (tracepoints: 1; enforcement)"), res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO_DATA / "raw_syscalls.yaml").read_text().replace("subsystem:", "subsytem:"))
+    res = CliRunner().invoke(cli, ["policy", "check", str(bad)])
+    assert res.exit_code == 1 and "did you mean 'subsystem'?" in res.output
