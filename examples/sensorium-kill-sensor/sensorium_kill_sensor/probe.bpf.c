@@ -10,6 +10,9 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } kill_events SEC(".maps");
 
+/* Keeps the record's type in the object's BTF, where the layout test compares it with plugin.py. */
+struct kill_event kill_event_btf_anchor __attribute__((unused));
+
 /* Knob set by the sensor before load: report only this signal (0: all). */
 const volatile __s32 only_signal = 0;
 
