@@ -412,7 +412,12 @@ class ApiServer:
         try:
             if method == "status":
                 self._params(NoParams, params)
-                return self.agent.status()
+                st = dict(self.agent.status())
+                pm = getattr(self.agent, "policies", None)
+                if pm is not None and getattr(pm, "directory_errors", None):
+                    # Policy files refused at start: visible in the status, not only in the log.
+                    st.setdefault("policy_directory_errors", list(pm.directory_errors))
+                return st
             if method == "plugins":
                 self._params(NoParams, params)
                 return self.agent.registry.as_list()

@@ -256,6 +256,8 @@ def register(cli_group: click.Group) -> None:
                 click.echo(f"  sensor {s.get('name', '?'):<12} {s.get('state')}{why}")
             for p in st.get("policies", []):
                 click.echo(f"  policy {p['name']:<24} {p['state']} {p['mode']} events={p['events']} errors={p['errors']}")
+            for e in st.get("policy_directory_errors", []):
+                click.echo(f"  policy file refused: {e.get('error')}")
 
 
 def _stream(c: Any, filters: dict[str, Any], queue_size: int) -> Iterator[dict[str, Any]]:

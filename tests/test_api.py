@@ -396,3 +396,13 @@ def test_cli_policy_check_validates_offline(tmp_path):
     bad.write_text((REPO_DATA / "raw_syscalls.yaml").read_text().replace("subsystem:", "subsytem:"))
     res = CliRunner().invoke(cli, ["policy", "check", str(bad)])
     assert res.exit_code == 1 and "did you mean 'subsystem'?" in res.output
+
+
+def test_status_shows_policy_files_refused_at_start(server, agent, tmp_path):
+    (tmp_path / "bad.yaml").write_text(POLICY.format(name="Bad_Name"))
+    agent.policies.load_directory(tmp_path)
+    with client(server) as c:
+        [err] = c.call("status")["policy_directory_errors"]
+    assert err["ok"] is False and "bad.yaml:4: metadata.name: 'Bad_Name' is not a valid name" in err["error"]
+    res = CliRunner().invoke(cli, ["status", "--socket", str(server.path)])
+    assert res.exit_code == 0 and "policy file refused:" in res.output
