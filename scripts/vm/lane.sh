@@ -35,8 +35,16 @@ mkdir -p "$VM/logs"
 declare -A pids logs
 for k in "${kernels[@]}"; do
     logs[$k]="$VM/logs/lane-$k.log"
-    # run.sh pipes QEMU's output through cat; the file is written by the shell, not by QEMU.
-    bash "$ROOT/scripts/vm/run.sh" "$k" -ra "${args[@]}" > "${logs[$k]}" 2>&1 &
+    # Probes are built here with the host's clang against the guest's BTF (cache hits in the guest),
+    # then the guest boots. run.sh pipes QEMU's output through cat; the shell writes the log file.
+    (
+        kroot="$(readlink -f "$VM/kernels/$k")"
+        if [[ -s "$kroot/vmlinux.btf" ]]; then
+            "$ROOT/.venv/bin/python" "$ROOT/scripts/vm/prebuild.py" "$kroot/vmlinux.btf" \
+                "$VM/cache/$(basename "$kroot")" 2>&1 | grep '^prebuild:' || true
+        fi
+        exec bash "$ROOT/scripts/vm/run.sh" "$k" -ra "${args[@]}"
+    ) > "${logs[$k]}" 2>&1 &
     pids[$k]=$!
     log "started $k (pid ${pids[$k]}), log ${logs[$k]#$ROOT/}"
 done

@@ -48,6 +48,8 @@ command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
     || need_pkgs+=(busybox-static)
 command -v file >/dev/null || need_pkgs+=(file)
 command -v strings >/dev/null || need_pkgs+=(binutils)
+command -v zstd >/dev/null || need_pkgs+=(zstd)
+command -v llvm-objcopy >/dev/null || need_pkgs+=(llvm)
 if ((${#need_pkgs[@]})); then
     log "installing host packages: ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -122,10 +124,47 @@ newest_in_suite() {  # newest_in_suite LABEL -> "package version"
     echo "$best_pkg $best_ver"
 }
 
+extract_btf() {  # extract_btf VMLINUZ OUT: decompress the bzImage payload, copy its .BTF section
+    local img="$1" out="$2" tmp
+    tmp="$(mktemp -d)"
+    python3 - "$img" "$tmp/vmlinux" <<'PY' || { rm -rf "$tmp"; return 1; }
+import gzip, lzma, subprocess, sys
+img = open(sys.argv[1], "rb").read()
+# bzImage: a setup stub, then the compressed kernel; try every magic at every offset it appears.
+magics = [(b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x1f\x8b\x08", "gzip")]
+for magic, kind in magics:
+    at = img.find(magic)
+    while at >= 0:
+        blob = img[at:]
+        try:
+            if kind == "xz":
+                data = lzma.LZMADecompressor().decompress(blob)
+            elif kind == "gzip":
+                data = gzip.GzipFile(fileobj=__import__("io").BytesIO(blob)).read1(1 << 31)
+            else:  # zstd: the CLI stops with an error at the trailing bytes but has written the frame
+                data = subprocess.run(["zstd", "-dc"], input=blob, capture_output=True).stdout
+        except Exception:
+            data = b""
+        if data[:4] == b"\x7fELF":
+            open(sys.argv[2], "wb").write(data)
+            sys.exit(0)
+        at = img.find(magic, at + 1)
+sys.exit(1)
+PY
+    llvm-objcopy --dump-section ".BTF=$out" "$tmp/vmlinux" "$tmp/discard" 2>/dev/null \
+        || { rm -rf "$tmp"; return 1; }
+    rm -rf "$tmp"
+    [[ -s "$out" ]]
+}
+
 fetch_kernel() {  # fetch_kernel LABEL
     local label="$1" pinned pkg ver deb rel dest
     pinned="$(lock_get "$label")"
     if [[ -n "$pinned" ]] && kernel_ready "$label" $pinned; then
+        local k; k="$(readlink -f "$KDIR/$label")"
+        if [[ ! -s "$k/vmlinux.btf" ]]; then
+            extract_btf "$k/boot/vmlinuz-$(basename "$k")" "$k/vmlinux.btf" || log "WARNING: no BTF from $k"
+        fi
         log "kernel $label ($pinned) already extracted"
         return 0
     fi
@@ -157,6 +196,10 @@ fetch_kernel() {  # fetch_kernel LABEL
     fi
     depmod -b "$dest.tmp" "$rel"
     [[ -f "$dest.tmp/boot/vmlinuz-$rel" ]] || { log "no boot/vmlinuz-$rel in $deb"; return 1; }
+    # The kernel's BTF, taken out of the image on the host, lets the lane build the probes for this
+    # kernel with the host's clang (scripts/vm/prebuild.py) instead of clang under emulation.
+    extract_btf "$dest.tmp/boot/vmlinuz-$rel" "$dest.tmp/vmlinux.btf" \
+        || log "WARNING: could not extract BTF from vmlinuz-$rel; probes will be built inside the guest"
     echo "$pkg $ver" > "$dest.tmp/.ready"
     rm -rf "$dest"; mv "$dest.tmp" "$dest"
     ln -sfn "$rel" "$KDIR/$label"

@@ -75,6 +75,10 @@ mnt bpf /sys/fs/bpf
 # Probes are built against THIS kernel's BTF; keep it off 9p (large sequential reads there are slow and flaky).
 if [ -r /sys/kernel/btf/vmlinux ]; then
     cp /sys/kernel/btf/vmlinux /dev/shm/vmlinux.btf && export SENSORIUM_BTF=/dev/shm/vmlinux.btf
+    # prebuild.py built the probes on the host from the BTF extracted out of vmlinuz: same bytes?
+    if [ -f $(printf '%q' "$(dirname "$(dirname "$kimg")")/vmlinux.btf") ] && ! cmp -s /dev/shm/vmlinux.btf $(printf '%q' "$(dirname "$(dirname "$kimg")")/vmlinux.btf"); then
+        echo "[guest] WARNING: the BTF extracted on the host differs from /sys/kernel/btf/vmlinux: prebuilt probes will miss the cache"
+    fi
 fi
 echo "[guest] kernel \$(uname -r); lsm=\$(cat /sys/kernel/security/lsm 2>/dev/null)"
 .venv/bin/python -m pytest -p no:cacheprovider$quoted_args
