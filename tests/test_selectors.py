@@ -225,3 +225,57 @@ def test_override_refused_with_the_reason(rig) -> None:
         rig.sensor.check_policy(rig.view(getpgid_policy("""    - matchActions:
       - {action: Override, argError: -1}
 """), "kprobes"))
+
+
+@pytest.mark.parametrize("op,expect_copy,expect_system", [("In", True, False), ("NotIn", False, True),
+                                                          ("Prefix", True, False), ("NotPrefix", False, True)])
+def test_match_binaries_operators(rig, tmp_path: Path, op: str, expect_copy: bool, expect_system: bool) -> None:
+    import shutil
+    target = tmp_path / "bin-target.txt"
+    target.write_text("b")
+    mycat = tmp_path / "mycat"
+    shutil.copy(shutil.which("cat"), mycat)
+    value = str(mycat) if op in ("In", "NotIn") else str(tmp_path) + "/"
+    rig.load(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: bins}}
+spec:
+  kprobes:
+  - call: sys_openat
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchArgs:
+      - {{index: 1, operator: Equal, values: ["{target}"]}}
+      matchBinaries:
+      - {{operator: {op}, values: ["{value}"]}}
+""", "kprobes")
+    c = subprocess.run([str(mycat), str(target)], capture_output=True, check=True)
+    s = subprocess.run(["cat", str(target)], capture_output=True, check=True)
+    evs = rig.events(lambda b: str(target) in string_args(b), wait=0.5)
+    assert len(evs) == int(expect_copy) + int(expect_system), evs
+
+
+def test_match_pids_namespace_pid(rig, tmp_path: Path, cgroup2_dir) -> None:
+    """isNamespacePID: pid 1 of a new pid namespace matches, the host's processes do not."""
+    target = tmp_path / "nspid.txt"
+    target.write_text("n")
+    rig.load(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: nspid}}
+spec:
+  kprobes:
+  - call: sys_openat
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchArgs:
+      - {{index: 1, operator: Equal, values: ["{target}"]}}
+      matchPIDs:
+      - {{operator: In, isNamespacePID: true, values: [1]}}
+""", "kprobes", cgroup_ids=[cgroup2_dir.id])
+    r = cgroup2_dir.run(["unshare", "--pid", "--fork", "cat", str(target)], capture_output=True)
+    assert r.returncode == 0, r
+    cgroup2_dir.run(["cat", str(target)], capture_output=True, check=True)  # host pid ns: not pid 1
+    evs = rig.events(lambda b: str(target) in string_args(b), wait=0.5)
+    assert len(evs) == 1
