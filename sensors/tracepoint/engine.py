@@ -174,7 +174,7 @@ class EventRing:
             body["policy_name"] = policy_name
             if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
                 body["action"] = _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]
-                if actions & S.ACT_SIGNAL:
+                if actions & S.ACT_SIGNAL and sel < S.MAX_SELECTORS:
                     body["signal"] = plan.compiled.cfg.sel[sel].signal
                 monitoring = bool(flags & S.EV_MONITOR)
                 body["policy_mode"] = "monitoring" if monitoring else "enforcement"
