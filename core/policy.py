@@ -217,8 +217,12 @@ class ArgSpec(PolicyModel):
 
     @model_validator(mode="after")
     def _char_buf_only(self) -> "ArgSpec":
-        if (self.sizeArgIndex is not None or self.returnCopy) and self.type != "char_buf":
-            raise PydanticCustomError("policy_value", "sizeArgIndex and returnCopy apply only to type char_buf")
+        if (self.sizeArgIndex is not None or self.returnCopy or self.maxData) and self.type != "char_buf":
+            raise PydanticCustomError("policy_value", "sizeArgIndex, returnCopy and maxData apply only to type char_buf")
+        if self.maxData:
+            # No sensor reads the larger buffer yet; accepting it would silently read less than asked.
+            raise PydanticCustomError("policy_unsupported", "maxData is not supported by Sensorium yet: char_buf "
+                                      "arguments are read up to the sensor's fixed buffer size")
         return self
 
 
