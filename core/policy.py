@@ -730,6 +730,8 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     continue
                 if not isinstance(value, list):
                     raise err(loc, "must be a list")
+                if total + len(value) > MAX_HOOKS_PER_POLICY:  # before validating thousands of items
+                    raise err(loc, f"{total + len(value)} hooks in one policy; the limit is {MAX_HOOKS_PER_POLICY}")
                 items = []
                 for i, raw in enumerate(value):
                     try:
@@ -766,8 +768,6 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                              "comes with the Kubernetes support; use kind TracingPolicy to apply it to the whole host")
     if not sections or not any(s.items for s in sections):
         raise err(("spec",), f"the policy has no hooks (give at least one of: {', '.join(sorted(owned)) or 'none installed'})")
-    if total > MAX_HOOKS_PER_POLICY:
-        raise err(("spec",), f"{total} hooks in one policy; the limit is {MAX_HOOKS_PER_POLICY}")
     return Policy(name=name, kind=kind, api_version=api, namespace=namespace, sections=tuple(sections), mode=mode,
                   pod_selector=pod_sel, container_selector=cont_sel, labels=dict(meta.labels),
                   annotations=dict(meta.annotations), file=doc.file, line=doc.line_of(()), source=doc)

@@ -294,3 +294,9 @@ def test_a_policy_with_many_problems_gives_a_bounded_message(reg):
     items = "".join(f"  - subsystem: s\n    event: e{i}\n    bogus{i}: 1\n" for i in range(40))
     e = refused(OPENAT.split("  tracepoints:")[0] + "  tracepoints:\n" + items, reg)
     assert len(e.problems) == 40 and "and 30 more problems" in e.reason and len(str(e)) < 2000
+
+
+def test_too_many_hooks_in_one_policy(reg):
+    items = "".join(f"  - {{subsystem: s, event: e{i}}}\n" for i in range(P.MAX_HOOKS_PER_POLICY + 1))
+    e = refused(OPENAT.split("  tracepoints:")[0] + "  tracepoints:\n" + items, reg)
+    assert e.path == "spec.tracepoints" and f"the limit is {P.MAX_HOOKS_PER_POLICY}" in e.reason
