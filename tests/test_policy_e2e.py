@@ -190,3 +190,16 @@ def test_set_mode_disable_enable_live(running, tmp_path):
     assert row["state"] == "disabled" and row["kernel_memory_bytes"] == 0
     cli(sock, "policy", "enable", "modes")
     assert json.loads(cli(sock, "policy", "list", "--json").stdout)[0]["state"] == "enabled"
+
+
+def test_policies_directory_is_loaded_at_start(agent, tmp_path):
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "10-good.yaml").write_text(policy("from-directory", tmp_path / "f"))
+    (d / "20-bad.yaml").write_text(policy("bad", tmp_path / "f").replace("operator: Equal", "operator: Equals"))
+    sock = tmp_path / "run" / "api.sock"
+    agent({"api": {"socket": str(sock)}, "policies": {"directory": str(d)}})
+    rows = json.loads(cli(sock, "policy", "list", "--json").stdout)
+    assert [(r["name"], r["state"], r["file"]) for r in rows] == [("from-directory", "enabled", str(d / "10-good.yaml"))]
+    [err] = json.loads(cli(sock, "status", "--json").stdout)["policy_directory_errors"]
+    assert f"{d / '20-bad.yaml'}:15: spec.tracepoints[0].selectors[0].matchArgs[0].operator: unknown matchArgs operator 'Equals'" in err["error"]
