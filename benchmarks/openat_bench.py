@@ -100,12 +100,63 @@ def in_kernel_ns_per_run(rig, exe: Path, calls: int, target: Path, text: str) ->
         h.unload()
 
 
+def agent_export(exe: Path, calls: int, target: Path, tmp: Path) -> dict:
+    """The matching run through the real agent: `sensorium run` (kprobe sensor, process cache, pipeline,
+    file exporter), the policy added with `sensorium policy add`. Returns rate and loss."""
+    sensorium = str(Path(sys.executable).parent / "sensorium")
+    out, sock = tmp / "agent-events.jsonl", tmp / "api.sock"
+    cfg = tmp / "agent.yaml"
+    cfg.write_text(f"exporters:\n  - type: file\n    path: {out}\n    max_size_mb: 4096\n    queue_size: 2000000\n"
+                   f"api:\n  socket: {sock}\n"
+                   f"sensors:\n  kprobe:\n    enabled: true\n    ring_buffer_kb: 262144\n")
+    proc = subprocess.Popen([sensorium, "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "ready" in line:
+                break
+        else:
+            raise RuntimeError(f"agent exited: {proc.wait()}")
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+        pol = tmp / "match.yaml"
+        pol.write_text(POLICY.format(name="bench-agent-match", op="Equal", value=str(target)))
+        subprocess.run([sensorium, "policy", "add", str(pol), "--socket", str(sock)], check=True, capture_output=True)
+        needle = b'"bench-agent-match"'
+
+        def count() -> int:
+            try:
+                with open(out, "rb") as f:
+                    return sum(1 for line in f if needle in line)
+            except FileNotFoundError:
+                return 0
+        t0 = time.monotonic()
+        storm(exe, calls, target)
+        n, last_change, prev = 0, time.monotonic(), -1
+        while time.monotonic() - last_change < 5:  # until the file stops growing for 5 s
+            n = count()
+            if n != prev:
+                prev, last_change = n, time.monotonic()
+            if n >= calls:
+                break
+            time.sleep(0.2)
+        t_end = last_change
+        return {"agent_events": n, "agent_zero_loss": n == calls, "agent_events_per_s": n / max(t_end - t0, 1e-9)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=300_000, help="openat calls per storm")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved bare/nomatch rounds")
     ap.add_argument("--match-calls", type=int, default=500_000, help="openat calls of the matching run")
     ap.add_argument("--json", type=Path, help="write the results here as JSON")
+    ap.add_argument("--agent", action="store_true", help="also export through the real agent (file exporter)")
     args = ap.parse_args()
 
     from hook_helpers import Rig
@@ -206,14 +257,19 @@ def main() -> int:
               f"({args.match_calls / storm_s:,.0f}/s with the hook)")
         print(f"  exported {ours} events ({lines} lines) to {out.name}: {rate:,.0f} events/s "
               f"(target >= 250,000), kernel drops {c['dropped']}, zero loss: {res['zero_loss']}")
+        if args.agent:
+            rig.sensor.stop()  # the agent loads its own
+            res.update(agent_export(exe, args.match_calls, target, tmp))
+            print(f"  through the agent (sensorium run, file exporter): {res['agent_events']} events, "
+                  f"{res['agent_events_per_s']:,.0f} events/s, zero loss: {res['agent_zero_loss']}")
         if args.json:
             args.json.write_text(json.dumps(res, indent=2))
         return 0
     finally:
         rig.close()
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

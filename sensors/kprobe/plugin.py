@@ -17,7 +17,7 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
     from sensorium.policy import KProbeSpec
-    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+    from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(
         name="kprobe",
@@ -25,6 +25,7 @@ def sensorium_sensor() -> SensorSpec:
         "kprobes/fentry, with in-kernel selectors and actions; events: process_kprobe",
         factory=_factory,
         probes=[HOOK_PROBE],
+        options=HookSensorOptions,
         policy_sections={"kprobes": KProbeSpec},
         record_layouts=dict(selectors.RECORD_LAYOUTS),
         requires=frozenset({"raw_tp", "ringbuf", "btf"}),

@@ -18,11 +18,22 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from sensorium.events import Event
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, SensorContext
 from sensorium import selectors as S
 
-__all__ = ["HOOK_PROBE", "HookPlan", "HookSet", "EventRing", "SYSCALL_ABI"]
+__all__ = ["HOOK_PROBE", "HookPlan", "HookSet", "EventRing", "HookSensor", "HookSensorOptions", "SYSCALL_ABI"]
+
+class HookSensorOptions(BaseModel):
+    """``sensors: {tracepoint: {...}}`` / ``sensors: {kprobe: {...}}``"""
+
+    model_config = ConfigDict(extra="forbid")
+    ring_buffer_kb: int = Field(default=4096, ge=64, le=1 << 20,
+                                description="Size of the sensor's one ring buffer, shared by all its hooks "
+                                            "(rounded up to a power of two, in KiB)")
+
 
 HOOK_PROBE = ProbeSource(name="sens_hook", source=Path(__file__).resolve().parent / "hook.bpf.c")
 SYSCALL_ABI = "x64"

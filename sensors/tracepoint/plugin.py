@@ -18,7 +18,7 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
     from sensorium.policy import TracepointSpec
-    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+    from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(
         name="tracepoint",
@@ -26,6 +26,7 @@ def sensorium_sensor() -> SensorSpec:
         "and actions; events: process_tracepoint",
         factory=_factory,
         probes=[HOOK_PROBE],
+        options=HookSensorOptions,
         policy_sections={"tracepoints": TracepointSpec},
         record_layouts=dict(selectors.RECORD_LAYOUTS),
         requires=frozenset({"tracepoint", "raw_tp", "ringbuf", "btf"}),
