@@ -13,7 +13,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VM="${SENSORIUM_VM_DIR:-$ROOT/.vm}"
-LOCK="$ROOT/scripts/vm/kernels.lock"
+LOCK="${SENSORIUM_VM_LOCK:-$ROOT/scripts/vm/kernels.lock}"
 APTDIR="$VM/apt"
 KDIR="$VM/kernels"
 VNG_VENV="$VM/vng-venv"
