@@ -2,7 +2,8 @@
 
 ``{type: file, path: /var/log/sensorium/events.log, max_size_mb: 10, max_backups: 5, compress: true}``
 
-Rotation renames ``events.log`` to ``events.log.1`` (``.1.gz`` when compressed), shifting older ones
+The file is reopened when something else moved or deleted it (checked before every batch, so an
+external logrotate works too). Rotation renames ``events.log`` to ``events.log.1`` (``.1.gz`` when compressed), shifting older ones
 up and deleting beyond ``max_backups``. Files are created with mode 0600 and never through a symlink
 (the agent runs as root). A write either lands whole or not at all: when the disk is full the partial
 tail is truncated away and the write raises, so the runner's retry neither loses nor duplicates events.
@@ -72,6 +73,19 @@ class FileExporter:
         if self._fd is not None and self.options.fsync:
             os.fsync(self._fd)
 
+    def _reopen_if_moved(self) -> None:
+        """Someone else (logrotate, an operator) moved or deleted the file: start a new one at the
+        configured path instead of writing on into a renamed or unlinked inode. One stat per batch."""
+        assert self._fd is not None
+        try:
+            moved = os.stat(self.path, follow_symlinks=False).st_ino != os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.close()
+            self.open()
+            self.ctx.count("reopened")
+
     # ---- writing --------------------------------------------------------------------------------
 
     def _write_all(self, data: bytes) -> None:
@@ -96,6 +110,8 @@ class FileExporter:
     def write_batch(self, events: Sequence[Event]) -> None:
         if self._fd is None:
             self.open()
+        else:
+            self._reopen_if_moved()
         done = 0
         chunk: list[bytes] = []
         chunk_bytes = 0

@@ -139,3 +139,17 @@ def test_disk_full_keeps_events_and_delivers_them_in_order_once_space_returns(sm
     r.stop(5)
     assert all_pids(path) == list(range(220))
     assert r.stats()["dropped"] == 0
+
+
+def test_a_file_moved_away_by_logrotate_is_reopened_at_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    r = runner_for(exporter(path), flush_interval_ms=20)
+    r.start()
+    r.submit(evs(5))
+    wait_until(lambda: r.stats()["exported"] == 5, 5, "the first events")
+    path.rename(tmp_path / "events.log.rotated")
+    r.submit(evs(5, 5))
+    r.stop(5)
+    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(tmp_path / "events.log.rotated")] == list(range(5))
+    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(path)] == list(range(5, 10))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
