@@ -371,6 +371,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Ag
 
     def start(config: dict[str, Any], *, args: tuple[str, ...] | list[str] = (),
               env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> AgentHandle:
+        if IN_VM:  # the lane emulates the CPU: everything takes about ten times longer there
+            ready_timeout *= 8
         d = tmp_path_factory.mktemp("agent")
         cfg = d / "config.yaml"
         # Each agent gets its own API socket, so agents of concurrent tests never take each other's.
