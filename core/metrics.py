@@ -169,6 +169,7 @@ class Metrics:
             self._server = self._server_thread = None
 
     close = shutdown  # the agent calls metrics.close() at stop
+    start_http_server = serve  # the name prometheus_client users expect
 
 
 class NullMetrics(Metrics):
