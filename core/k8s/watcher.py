@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import socket
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
@@ -216,10 +217,12 @@ class PodWatcher:
         self._containers_of_pod: dict[str, list[str]] = {}
         self._deleted: dict[str, float] = {}  # uid -> time deleted (kept for late events)
         self._rv: str | None = None
+        self._resume_rv: str | None = None
         self._lock = threading.Lock()  # writers only
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
+        self._janitor: threading.Thread | None = None
         self._resp: Any = None
         self.stats: dict[str, int] = {"lists": 0, "relists_gone": 0, "watch_restarts": 0, "errors": 0,
                                       "events": 0, "bookmarks": 0}
@@ -262,18 +265,41 @@ class PodWatcher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="sensorium-k8s-pods", daemon=True)
             self._thread.start()
+            # Deleted pods expire on time even while the watch is quiet (its read blocks).
+            self._janitor = threading.Thread(target=self._expire_loop, name="sensorium-k8s-expiry", daemon=True)
+            self._janitor.start()
         return self
+
+    def _expire_loop(self) -> None:
+        period = max(0.2, min(5.0, self.deleted_grace_s / 4))
+        while not self._stop.wait(period):
+            try:
+                self._expire_deleted()
+            except Exception:  # noqa: BLE001 - never let the janitor die
+                log.exception("pod cache expiry failed")
+
+    def restart_watch(self, from_resource_version: str | None = None) -> None:
+        """Drop the current watch connection; the watcher resumes from its last resourceVersion (or
+        ``from_resource_version``), and relists if the API server says 410 Gone. Returns at once."""
+        if from_resource_version is not None:
+            self._resume_rv = from_resource_version
+        resp = self._resp
+        if resp is None:
+            return
+        # close() from another thread does not wake a blocked read; shutting the socket down does.
+        sock = getattr(getattr(resp, "connection", None), "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        resp = self._resp
-        if resp is not None:
-            try:
-                resp.close()  # unblocks the watch read
-            except Exception:  # noqa: BLE001
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.restart_watch()
+        for t in (self._thread, self._janitor):
+            if t is not None:
+                t.join(timeout)
 
     # ---- cache updates (watcher thread) --------------------------------------------------------------
 
@@ -316,24 +342,28 @@ class PodWatcher:
                     log.exception("pod watcher on_change callback failed")
 
     def _mark_deleted(self, uid: str) -> None:
-        if uid in self._pods and uid not in self._deleted:
-            self._deleted[uid] = self._clock()
+        with self._lock:
+            if uid in self._pods and uid not in self._deleted:
+                self._deleted[uid] = self._clock()
 
     def _expire_deleted(self) -> None:
         now = self._clock()
-        for uid, t in list(self._deleted.items()):
-            if now - t >= self.deleted_grace_s:
-                with self._lock:
-                    self._deleted.pop(uid, None)
-                    pod = self._pods.pop(uid, None)
+        gone: list[ContainerInfo] = []
+        with self._lock:
+            for uid, t in list(self._deleted.items()):
+                if now - t >= self.deleted_grace_s:
+                    del self._deleted[uid]
+                    self._pods.pop(uid, None)
                     for cid in self._containers_of_pod.pop(uid, []):
                         info = self._by_container.pop(cid, None)
-                        if info is not None and self.on_change is not None:
-                            try:
-                                self.on_change("delete", info)
-                            except Exception:  # noqa: BLE001
-                                log.exception("pod watcher on_change callback failed")
-                del pod
+                        if info is not None:
+                            gone.append(info)
+        if self.on_change is not None:
+            for info in gone:
+                try:
+                    self.on_change("delete", info)
+                except Exception:  # noqa: BLE001
+                    log.exception("pod watcher on_change callback failed")
 
     # ---- API ---------------------------------------------------------------------------------------------
 
@@ -377,6 +407,8 @@ class PodWatcher:
     def _watch(self) -> None:
         from kubernetes.watch.watch import iter_resp_lines
 
+        if self._resume_rv is not None:
+            self._rv, self._resume_rv = self._resume_rv, None
         resp = self._get({"watch": True, "resource_version": self._rv, "allow_watch_bookmarks": True,
                           "timeout_seconds": self.watch_timeout_s},
                          stream=True, read_timeout=self.watch_timeout_s + 30)

@@ -2,7 +2,9 @@
 # Start etcd and the cached kube-apiserver on loopback for the Kubernetes tests, write a kubeconfig.
 # RBAC is on (the chart's least ClusterRole is checked for real, by impersonation); the ServiceAccount
 # admission plugin is off (there is no controller manager to mint tokens). There is no scheduler or
-# kubelet: the tests play the kubelet (tests/k8s/kubelet.py). Idempotent: a running pair is reused.
+# kubelet: the tests play the kubelet (tests/k8s/k8s_kubelet.py). Idempotent: a running pair is reused.
+# --watch-cache=false: watches are served by etcd itself, so a compacted resourceVersion gives the real
+# 410 Gone that a big cluster's watch cache gives after a long disconnect (the tests exercise the relist).
 # Prints the kubeconfig path. Stop with stop.sh.
 set -euo pipefail
 CACHE="${SENSORIUM_K8S_CACHE:-/var/cache/sensorium-k8s}"
@@ -21,9 +23,9 @@ if ready && [[ -s "$KUBECONFIG_OUT" ]]; then echo "$KUBECONFIG_OUT"; exit 0; fi
 
 # A leftover apiserver that does not answer: stop it (etcd stays if it runs).
 if [[ -s "$RUN/apiserver.pid" ]]; then
-    pid="$(cat "$RUN/apiserver.pid")"; kill "$pid" 2>/dev/null
+    pid="$(cat "$RUN/apiserver.pid")"; kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null; rm -f "$RUN/apiserver.pid"
+    kill -9 "$pid" 2>/dev/null || true; rm -f "$RUN/apiserver.pid"
 fi
 
 [[ -s "$RUN/admin.token" ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/admin.token"
@@ -54,6 +56,7 @@ setsid "$APISERVER" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$RUN/pki/sa.key" --service-account-signing-key-file="$RUN/pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
+    --watch-cache=false \
     >"$RUN/apiserver.log" 2>&1 </dev/null &
 echo $! >"$RUN/apiserver.pid"
 

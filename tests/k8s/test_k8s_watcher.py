@@ -60,13 +60,38 @@ def test_deleted_pod_stays_resolvable_for_the_grace_period(kubelet: Any, watcher
     _wait(lambda: watcher.container(cid) is None, timeout=10, what="expiry after the grace period")
 
 
+def _compact_etcd() -> int:
+    """Compact etcd to its current revision (as the API server does every 5 minutes), through etcd's
+    own v3 HTTP gateway: older resourceVersions are then gone for good."""
+    import base64
+    import json
+    import urllib.request
+
+    port = int(os.environ.get("SENSORIUM_ETCD_PORT", "23791"))
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    rev = int(post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+    post("/v3/kv/compaction", {"revision": str(rev), "physical": True})
+    return rev
+
+
 def test_410_gone_relists_without_losing_the_cache(kubelet: Any, watcher: Any, namespace: str) -> None:
     a = kubelet.run_pod(namespace, "before", {"app": "x"})
     _wait(lambda: watcher.container(a.containers["main"].id), what="pod a")
     lists = watcher.stats["lists"]
-    # Resume the watch from a resourceVersion the API server no longer has: it answers 410 Gone.
-    watcher._rv = "1"
-    watcher._resp.close()
+    # Resume the watch from a resourceVersion that etcd has compacted away: the API server answers
+    # 410 Gone (as it does to any agent that was disconnected for longer than the compaction period).
+    old_rv = watcher._rv
+    kubelet.run_pod(namespace, "churn", {})  # newer revisions, so the compaction passes old_rv
+    _wait(lambda: watcher._rv != old_rv, what="newer revision")
+    time.sleep(0.5)
+    _compact_etcd()
+    watcher.restart_watch(from_resource_version=old_rv)
     _wait(lambda: watcher.stats["relists_gone"] >= 1, what="410 Gone")
     assert watcher.container(a.containers["main"].id) is not None  # answered while relisting
     _wait(lambda: watcher.stats["lists"] > lists, what="relist")
