@@ -27,6 +27,19 @@ SENSORIUM_LICENSE("Dual BSD/GPL");
 /* Per selector: the errno its Override returns (positive; 0: the selector does not override). */
 const volatile __u32 lsm_errno[SENS_MAX_SELECTORS] = {};
 
+/* LSM programs must return 0 or a negative errno (the 6.12 verifier checks [-4095, 0] on the 32-bit
+ * return value): clamp explicitly so the verifier sees the bounds. */
+static __always_inline int sens_lsm_ret(__u32 err)
+{
+	__u32 e = err & 0xfff; /* the verifier sees [0, 4095] */
+	__u32 r;
+
+	/* 0 - e as a 32-bit subtraction: clang would emit a negation, whose bounds the verifier does not
+	 * track, and the return value is checked as a 32-bit signed range */
+	asm volatile("%[r] = 0; %[r] -= %[e]" : [r] "=&w"(r) : [e] "w"(e));
+	return (int)r;
+}
+
 SEC("lsm/" SENS_STR(SENS_LSM_HOOK))
 int sens_lsm(unsigned long long *ctx)
 {
@@ -52,5 +65,5 @@ int sens_lsm(unsigned long long *ctx)
 
 	if (mode && *mode == 1)
 		return 0; /* monitoring: the event says what would have happened */
-	return -(int)err;
+	return sens_lsm_ret(err);
 }

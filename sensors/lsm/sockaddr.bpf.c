@@ -226,6 +226,18 @@ int lsm_sendmsg6(struct bpf_sock_addr *ctx)
 
 /* ---- BPF LSM variants (kernels with BPF LSM): the same rules, decided in the LSM hook. ---------- */
 
+/* 0 or -errno, with bounds the verifier can see (6.12 checks [-4095, 0] on LSM return values). */
+static __always_inline int lsm_net_ret(__u32 err)
+{
+	__u32 e = err & 0xfff; /* the verifier sees [0, 4095] */
+	__u32 r;
+
+	/* 0 - e as a 32-bit subtraction: clang would emit a negation, whose bounds the verifier does not
+	 * track, and the return value is checked as a 32-bit signed range */
+	asm volatile("%[r] = 0; %[r] -= %[e]" : [r] "=&w"(r) : [e] "w"(e));
+	return (int)r;
+}
+
 static __always_inline int lsm_addr_decide(struct socket *sock, struct sockaddr *address, __u8 hook)
 {
 	__u32 zero = 0;
@@ -264,14 +276,14 @@ static __always_inline int lsm_addr_decide(struct socket *sock, struct sockaddr 
 		return 0;
 	if (kill)
 		bpf_send_signal(9);
-	return -(int)err;
+	return lsm_net_ret(err);
 }
 
 SEC("lsm/socket_connect")
 int BPF_PROG(lsm_socket_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_net_ret(-ret); /* an earlier program refused: keep its errno */
 	return lsm_addr_decide(sock, address, LSM_NET_HOOK_CONNECT);
 }
 
@@ -279,7 +291,7 @@ SEC("lsm/socket_sendmsg")
 int BPF_PROG(lsm_socket_sendmsg, struct socket *sock, struct msghdr *msg, int size, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_net_ret(-ret); /* an earlier program refused: keep its errno */
 	/* Only datagrams with an explicit address, as the cgroup sendmsg programs: connected sockets were
 	 * checked by socket_connect. */
 	struct sockaddr *name = (struct sockaddr *)BPF_CORE_READ(msg, msg_name);
