@@ -14,9 +14,10 @@ ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
-# The agent with its embedded defaults: the exec sensor, JSON lines on stdout.
+# The agent with its embedded defaults: the exec sensor, JSON lines on stdout. Setup logs go to
+# stderr and the command is not echoed, so stdout carries nothing but events (`make run | jq`).
 run: setup
-	$(VENV)/bin/sensorium run $(ARGS)
+	@exec $(VENV)/bin/sensorium run $(ARGS)
 
 # Host suite, then the VM lane (two stock kernels with every hook). Both run even when the first
 # fails, so one CI run reports everything; any failure (or a suite that ran nothing) fails the target.
