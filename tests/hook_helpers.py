@@ -64,21 +64,21 @@ def string_args(body: dict) -> list[str]:
     return [a.get("string_arg") for a in body.get("args", []) if "string_arg" in a]
 
 
-def our_programs() -> int:
-    """How many BPF programs of the hook object are loaded in the kernel right now."""
+def our_program_ids() -> set[int]:
+    """Ids of the hook object's BPF programs loaded in the kernel right now (any process: compare sets)."""
     import json
     import subprocess
 
     out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, check=True).stdout
-    return sum(1 for p in json.loads(out) if p.get("name", "").startswith("sens_"))
+    return {p["id"] for p in json.loads(out) if p.get("name", "").startswith("sens_")}
 
 
-def programs_settle(expected: int, timeout: float = 5.0) -> int:
-    """our_programs() once it equals ``expected`` (the kernel frees detached programs after an RCU
-    grace period), or its value at the timeout."""
+def gone(ids: set[int], timeout: float = 5.0) -> bool:
+    """Whether none of ``ids`` is loaded any more (the kernel frees detached programs after an RCU
+    grace period, so this polls)."""
     deadline = time.monotonic() + timeout
-    n = our_programs()
-    while n != expected and time.monotonic() < deadline:
+    while ids & our_program_ids():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-        n = our_programs()
-    return n
+    return True

@@ -15,7 +15,7 @@ from sensorium.policy import parse_policy
 from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium_sensors.tracepoint.sensor import TracepointSensor
 from sensorium_sensors.tracepoint.testing import _Sections
-from hook_helpers import Rig, programs_settle, our_programs, string_args
+from hook_helpers import Rig, string_args, gone, our_program_ids
 
 pytestmark = [pytest.mark.kernel]
 
@@ -59,7 +59,6 @@ def _policy(rel: str):
 @pytest.mark.parametrize("rel", sorted(LOADS))
 def test_example_loads_for_real(rigs, rel: str) -> None:
     policy = _policy(rel)
-    before = our_programs()
     for i, sec in enumerate(policy.sections):
         rig = rigs[sec.key]
         view = policy.view(sec, 50 + i)
@@ -68,10 +67,10 @@ def test_example_loads_for_real(rigs, rel: str) -> None:
         try:
             mechs = {hk["mechanism"] for hk in h.status()["hooks"]}
             assert mechs == {LOADS[rel]}
-            assert our_programs() > before
+            assert rig.ctx.loaded_prog_ids & our_program_ids()
         finally:
             h.unload()
-    assert programs_settle(before) == before
+        assert gone(rig.ctx.loaded_prog_ids)
 
 
 def test_hardlink_observe_reports_a_real_link_of_etc_passwd(rigs, tmp_path: Path) -> None:

@@ -15,6 +15,21 @@ from sensorium.events import Event, ktime_to_wall_ns
 __all__ = ["DirectContext", "make_policy_view"]
 
 
+def _prog_id(prog: Any) -> int | None:
+    """The kernel id of a loaded program, from /proc/self/fdinfo of its fd (None if not loaded)."""
+    try:
+        fd = prog.fd
+        if fd < 0:
+            return None
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("prog_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class DirectContext:
     node_name = "test-node"
 
@@ -29,6 +44,7 @@ class DirectContext:
         self.reader = RingBufferReader()
         self.events: list[Event] = []
         self.objects: list[Any] = []
+        self.loaded_prog_ids: set[int] = set()
 
     def build(self, probe: Any) -> Path:
         from sensorium.bpf.build import build_object
@@ -40,6 +56,13 @@ class DirectContext:
 
         obj = BpfObject.open(path)
         self.objects.append(obj)
+        real_load = obj.load
+
+        def load() -> None:  # remember the kernel ids of what this context loaded (tests check they go away)
+            real_load()
+            self.loaded_prog_ids.update(i for i in (_prog_id(p) for p in obj.programs.values()) if i)
+
+        obj.load = load  # type: ignore[method-assign]
         return obj
 
     def add_ring_buffer(self, bpf_map: Any, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:

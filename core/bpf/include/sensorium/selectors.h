@@ -405,14 +405,33 @@ static long sens_walk_step(__u32 i, struct sens_walk_ctx *c)
 		c->mnt_root = BPF_CORE_READ(mparent, mnt.mnt_root);
 		return 0;
 	}
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	struct dentry *parent;
+	const unsigned char *name;
+	__u32 len;
 
+	/* d_parent and d_name (hash_len, name) are adjacent in struct dentry: read them in one helper call
+	 * (the test is a constant after CO-RE relocation, so the verifier keeps one branch). */
+	if (bpf_core_field_offset(struct dentry, d_name) == bpf_core_field_offset(struct dentry, d_parent) + 8 &&
+	    bpf_core_field_size(struct dentry, d_name) == 16) {
+		struct {
+			struct dentry *parent;
+			__u64 hash_len;
+			const unsigned char *name;
+		} blk = {};
+
+		bpf_probe_read_kernel(&blk, sizeof(blk), (void *)dentry + bpf_core_field_offset(struct dentry, d_parent));
+		parent = blk.parent;
+		len = blk.hash_len >> 32; /* qstr: u32 hash, u32 len (little-endian hash_len) */
+		name = blk.name;
+	} else {
+		parent = BPF_CORE_READ(dentry, d_parent);
+		len = BPF_CORE_READ(dentry, d_name.len);
+		name = BPF_CORE_READ(dentry, d_name.name);
+	}
 	if (dentry == parent) {
 		c->done = 1;
 		return 1;
 	}
-	__u32 len = BPF_CORE_READ(dentry, d_name.len);
-	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
 	int pos = c->pos;
 
 	if (len > 255)
@@ -1017,6 +1036,9 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 					n = wl + 1;
 				}
 			}
+		} else if (d->ret_fd && (s->ev.flags & SENS_EV_HAS_RET) && s->ev.retval >= 0) {
+			n = 1; /* the opened file's path replaces the string below: no need to read it */
+			payload[0] = 0;
 		} else {
 			raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
 			if (d->deref == SENS_DEREF_USER_BUF) {
@@ -1075,6 +1097,13 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 					rec->flags &= ~SENS_ARGF_ERR;
 					goto resolved;
 				}
+			}
+			/* the fd is already gone (another thread closed it): fall back to the string */
+			n = bpf_probe_read_user_str(payload, max, (void *)sens_raw_value(ctx, s, d->src, d->offset, 8, 0));
+			len = n > 0 ? (__u32)(n - 1) : 0;
+			if (n <= 0) {
+				rec->flags |= SENS_ARGF_ERR;
+				payload[0] = 0;
 			}
 		}
 		if (d->resolve && len > 0 && !(rec->flags & SENS_ARGF_ERR)) {
