@@ -57,7 +57,7 @@ class _SensorContext:
     def emit(self, events: Iterable[Event]) -> None:
         batch = list(events)
         if batch:
-            self._agent.pipeline.events_by_sensor[self.name] += len(batch)
+            self._agent.pipeline.count(self.name, batch)
             self._agent.pipeline.submit(batch)
 
     def make_event(self, kind: str, body: Mapping[str, Any], ktime_ns: int | None = None) -> Event:
@@ -127,6 +127,7 @@ class Agent:
         for runner in self.runners:
             runner.start()
         self.pipeline.runners = self.runners
+        self.pipeline.metrics = self.metrics
         self.pipeline.stages = [ProcessJoin(self.process_cache)]
         self.reader = RingBufferReader()
 
@@ -143,6 +144,8 @@ class Agent:
 
         self._start_policies()
         self._start_api()
+        self._housekeeping = threading.Thread(target=self._housekeep, name="sensorium-housekeeping", daemon=True)
+        self._housekeeping.start()
         if self.metrics is not None and self.cfg.metrics.enabled:
             self.metrics.serve(self.cfg.metrics.address, self.cfg.metrics.port)
         running = [n for n, s in self.slots.items() if s.state == "running"]
@@ -161,8 +164,34 @@ class Agent:
             return None
         return Metrics()  # its own CollectorRegistry (Metrics takes a registry, not the agent)
 
+    HOUSEKEEPING_S = 5.0
+    REAP_EVERY = 6  # housekeeping rounds between /proc checks for processes whose exit record was lost
+
+    def _housekeep(self) -> None:
+        """Metrics that are read rather than pushed, and cache upkeep, every few seconds."""
+        lost_seen: dict[str, int] = {}
+        rounds = 0
+        while not self._stop.wait(self.HOUSEKEEPING_S) and not self._stopped:
+            rounds += 1
+            try:
+                for name, slot in list(self.slots.items()):
+                    if slot.state != "running" or slot.sensor is None:
+                        continue
+                    lost = int(dict(slot.sensor.status()).get("lost_events", 0) or 0)
+                    if self.metrics is not None and lost > lost_seen.get(name, 0):
+                        self.metrics.lost(lost - lost_seen.get(name, 0), name)
+                    lost_seen[name] = lost
+                if rounds % self.REAP_EVERY == 0:
+                    self.process_cache.reap_dead()
+                if self.metrics is not None:
+                    self.metrics.set_process_cache_size(len(self.process_cache))
+            except Exception:  # noqa: BLE001 - upkeep must never take the agent down
+                log.exception("housekeeping")
+
     def _enabled(self, name: str, spec: SensorSpec) -> bool:
         section = self.cfg.sensors.get(name, {})
+        if name == "network" and self.cfg.network and "enabled" not in section:
+            return True  # `network: true` / `run --network` is the documented shortcut for this sensor
         return bool(section.get("enabled", spec.enabled_by_default))
 
     def _start_sensors(self) -> None:
@@ -170,6 +199,10 @@ class Agent:
         for name in self.cfg.sensors:
             if name not in self.registry.sensors and not self.registry.record("sensor", name):
                 raise ValueError(f"sensors.{name}: no such sensor plugin is installed")
+        if self.cfg.network and "network" not in self.registry.sensors:
+            rec = self.registry.record("sensor", "network")
+            why = f"{rec.state}: {rec.reason}" if rec is not None else "not installed"
+            raise ValueError(f"network: true needs the network sensor, which is {why}")
         for name, spec in sorted(self.registry.sensors.items()):
             slot = SensorSlot(spec)
             self.slots[name] = slot
@@ -224,8 +257,6 @@ class Agent:
             return
         sensors = {n: s.sensor for n, s in self.slots.items() if s.state == "running" and s.sensor is not None}
         self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics)
-        if self.cfg.network:
-            self.policies.load_builtin_network()
         if self.cfg.policies.directory is not None:
             self.policies.load_directory(self.cfg.policies.directory)
 
@@ -258,8 +289,11 @@ class Agent:
             self.reader_thread.stop()  # drains what the programs submitted before they were detached
         if self.reader is not None:
             self.reader.close()
-        for runner in self.runners:
-            runner.stop()
+        from sensorium.exporting import stop_runners
+
+        undrained = [n for n, ok in stop_runners(self.runners).items() if not ok]
+        if undrained:
+            log.warning("exporters not fully drained at stop (dropped and counted): %s", ", ".join(undrained))
         if self.metrics is not None and hasattr(self.metrics, "close"):
             self.metrics.close()
         log.info("stopped")

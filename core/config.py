@@ -95,7 +95,7 @@ class AgentConfig(Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
-    network: bool = Field(default=False, description="Load the built-in network connection policy")
+    network: bool = Field(default=False, description="Report TCP connect/accept/close and UDP sends: enables the network sensor")
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 
     # Set by load_config; not a config key.

@@ -21,20 +21,11 @@ from typing import Any, Callable, Sequence
 from sensorium.config import AgentConfig, ExporterItem, validate_exporter_options
 from sensorium.events import Event
 from sensorium.filters import FilterChain, build_filters
-from sensorium.hookspecs import Exporter, ExporterSpec
+from sensorium.hookspecs import Exporter, ExporterSpec, PartialWrite  # noqa: F401 - re-exported
 from sensorium.metrics import Metrics
 from sensorium.yamlsrc import SourceError, format_path
 
 log = logging.getLogger("sensorium.exporting")
-
-
-class PartialWrite(Exception):
-    """Raised by ``write_batch`` when the first ``delivered`` events of the batch did reach the sink
-    before the failure: the runner retries only the rest, so they are not written twice."""
-
-    def __init__(self, delivered: int, reason: str = "") -> None:
-        super().__init__(reason or f"{delivered} events delivered before the failure")
-        self.delivered = delivered
 
 
 class ExporterContextImpl:

@@ -86,7 +86,11 @@ class Sensor(Protocol):
         """Detach and close everything. Called once, also after a failed start. Must not raise."""
 
     def status(self) -> Mapping[str, Any]:
-        """A JSON-able status: at least ``{"state": "running"|"failed"|"not implemented", ...}``."""
+        """A JSON-able status: at least ``{"state": "running"|"failed"|"not implemented", ...}``.
+
+        ``lost_events``: the cumulative number of records the kernel side could not submit (ring full,
+        no scratch slot), over the sensor and all its policies. The host exports it as the
+        ``kernel events lost`` metric; a sensor that can lose events must report it."""
 
 
 class PolicyLoadError(Exception):
@@ -223,13 +227,23 @@ class Exporter(Protocol):
 
     def write_batch(self, events: Sequence[Event]) -> None:
         """Write events in order. Raise to signal the batch was not delivered; the host keeps it
-        queued (bounded) and retries, counting what it finally drops."""
+        queued (bounded), reopens the exporter and retries with backoff, counting what it finally
+        drops. Raise `PartialWrite(n)` when the first ``n`` events did get through, so only the rest
+        is resent (no duplicates beyond what the sink itself may repeat)."""
 
     def flush(self) -> None:
         """Push buffered data out (called on a timer and at shutdown)."""
 
     def close(self) -> None:
         """Flush and release resources. Must not raise."""
+
+
+class PartialWrite(Exception):
+    """Raised by `Exporter.write_batch` when only the first ``delivered`` events of the batch were written."""
+
+    def __init__(self, delivered: int, reason: str = "") -> None:
+        super().__init__(reason or f"{delivered} events delivered before the failure")
+        self.delivered = delivered
 
 
 class ExporterContext(Protocol):

@@ -96,7 +96,8 @@ class ProcessJoin:
 
 
 class Pipeline:
-    def __init__(self, runners: Sequence[Any] = (), stages: Sequence[Stage] = ()) -> None:
+    def __init__(self, runners: Sequence[Any] = (), stages: Sequence[Stage] = (), metrics: Any = None) -> None:
+        self.metrics = metrics
         self.runners = list(runners)
         self.stages = list(stages)
         self._subscribers: dict[int, Callable[[Sequence[Event]], None]] = {}
@@ -121,10 +122,17 @@ class Pipeline:
                 log.exception("decoder of sensor %r failed on a batch of %d records (dropped)", sensor, len(records))
                 return
             if events:
-                self.events_by_sensor[sensor] += len(events)
+                self.count(sensor, events)
                 self.submit(events)
 
         return on_batch
+
+    def count(self, sensor: str, events: Sequence[Event]) -> None:
+        """Events produced by ``sensor`` (before filters), by kind: one metric update per kind per batch."""
+        self.events_by_sensor[sensor] += len(events)
+        if self.metrics is not None:
+            for kind, n in Counter(ev.kind for ev in events).items():
+                self.metrics.event(kind, sensor, n)
 
     def tick(self) -> None:
         """Let stages release what they hold (called by the reader thread after every poll)."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.exporting import PartialWrite
+from sensorium.hookspecs import PartialWrite
 from sensorium.hookspecs import ExporterContext, ExporterSpec
 
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW

@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.exporting import PartialWrite
+from sensorium.hookspecs import PartialWrite
 from sensorium.hookspecs import ExporterContext, ExporterSpec
 
 

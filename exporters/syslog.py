@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.exporting import PartialWrite
+from sensorium.hookspecs import PartialWrite
 from sensorium.hookspecs import ExporterContext, ExporterSpec
 
 FACILITIES = {
