@@ -8,7 +8,9 @@ set -euo pipefail
 
 CACHE="${SENSORIUM_K8S_CACHE:-/var/cache/sensorium-k8s}"
 BIN="$CACHE/bin/kube-apiserver"
-if [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1; then
+# Bumped when the build changes (v2: reflect2 patched for Go >= 1.18), so an older cached binary is rebuilt.
+BUILD_ID=2
+if [[ -x "$BIN" ]] && [[ "$(cat "$BIN.build" 2>/dev/null)" == "$BUILD_ID" ]] && "$BIN" --version >/dev/null 2>&1; then
     echo "kube-apiserver cached: $BIN ($("$BIN" --version))"
     exit 0
 fi
@@ -48,6 +50,52 @@ if ! ls -d "$SRCDIR"/kubernetes-*/ >/dev/null 2>&1; then
     (cd "$SRCDIR" && apt-get "${APTOPTS[@]}" source kubernetes)
 fi
 KSRC="$(ls -d "$SRCDIR"/kubernetes-*/ | head -1)"
+
+# Kubernetes 1.20 vendors modern-go/reflect2 1.0.1, whose linkname to reflect.mapiterinit has the
+# pre-Go-1.18 signature: built with bookworm's Go 1.19 the apiserver segfaults when it encodes a map
+# through json-iterator (every custom resource create). reflect2 1.0.2's fix, applied in place:
+R2="$KSRC/vendor/github.com/modern-go/reflect2"
+if grep -q 'func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer) \*hiter' "$R2/unsafe_link.go"; then
+    python3 - "$R2/unsafe_link.go" "$R2/unsafe_map.go" <<'PY'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+s = s.replace("func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer) *hiter",
+              "func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer, it *hiter)")
+# The caller now allocates the iterator: it must have the runtime's full layout (Go 1.19 runtime.hiter).
+full = """type hiter struct {
+	key         unsafe.Pointer
+	value       unsafe.Pointer
+	t           unsafe.Pointer
+	h           unsafe.Pointer
+	buckets     unsafe.Pointer
+	bptr        unsafe.Pointer
+	overflow    *[]unsafe.Pointer
+	oldoverflow *[]unsafe.Pointer
+	startBucket uintptr
+	offset      uint8
+	wrapped     bool
+	B           uint8
+	i           uint8
+	bucket      uintptr
+	checkBucket uintptr
+}"""
+s, n = re.subn(r"type hiter struct \{.*?\n\}", full, s, flags=re.S)
+assert n == 1, "reflect2 unsafe_link.go: unexpected content"
+open(p, "w").write(s)
+p = sys.argv[2]
+s = open(p).read()
+old = """	return &UnsafeMapIterator{
+		hiter:      mapiterinit(type2.rtype, *(*unsafe.Pointer)(obj)),"""
+new = """	var it hiter
+	mapiterinit(type2.rtype, *(*unsafe.Pointer)(obj), &it)
+	return &UnsafeMapIterator{
+		hiter:      &it,"""
+assert old in s, "reflect2 unsafe_map.go: unexpected content"
+open(p, "w").write(s.replace(old, new))
+PY
+    echo "patched vendored reflect2 for Go >= 1.18"
+fi
 echo "building kube-apiserver in $KSRC (about 6 min on 2 cores)"
 start=$(date +%s)
 # GOFLAGS=-mod=vendor and no proxy: everything comes from the vendored tree.
@@ -55,7 +103,7 @@ start=$(date +%s)
     make WHAT=cmd/kube-apiserver)
 out="$(find "$KSRC/_output" -type f -name kube-apiserver -perm -u+x | head -1)"
 [[ -n "$out" ]] || { echo "build produced no kube-apiserver" >&2; exit 1; }
-install -m 0755 "$out" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
+install -m 0755 "$out" "$BIN.tmp" && mv "$BIN.tmp" "$BIN" && echo "$BUILD_ID" >"$BIN.build"
 echo "built $BIN in $(( $(date +%s) - start )) s: $("$BIN" --version)"
 # The source tree (~1 GB with _output) is not needed any more; keep the binary only.
 rm -rf "$SRCDIR" "$CACHE/gocache"
