@@ -73,6 +73,7 @@ class KprobeSensor(HookSensor):
     def __init__(self, ctx: SensorContext) -> None:
         super().__init__(ctx)
         self._skipped: dict[int, list[dict[str, Any]]] = {}
+        self.opened_file_paths = bool((ctx.config or {}).get("opened_file_paths", True))
 
     def plan(self, policy: Any) -> list[HookPlan]:
         self._skipped[policy.id] = []
@@ -136,7 +137,7 @@ class KprobeSensor(HookSensor):
                 plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_STR,
                                  json_key="string_arg", resolve=a.index in paths,
                                  dirfd_offset=dirfd if isinstance(dirfd, int) and dirfd >= 0 else None,
-                                 ret_fd=name in OPENED_FD_SYSCALLS and a.index in paths,
+                                 ret_fd=self.opened_file_paths and name in OPENED_FD_SYSCALLS and a.index in paths,
                                  label=a.label, type_name=typ)
             elif typ == "char_buf":
                 size_pos = None

@@ -33,6 +33,11 @@ class HookSensorOptions(BaseModel):
     ring_buffer_kb: int = Field(default=4096, ge=64, le=1 << 20,
                                 description="Size of the sensor's one ring buffer, shared by all its hooks "
                                             "(rounded up to a power of two, in KiB)")
+    opened_file_paths: bool = Field(
+        default=True,
+        description="kprobe sensor: for open/openat/openat2/creat, match the path of the file actually opened "
+                    "(sys_exit, follows symlinks; costs a path walk per open) instead of the string made absolute "
+                    "at entry (docs/selectors.md)")
 
 
 HOOK_PROBE = ProbeSource(name="sens_hook", source=Path(__file__).resolve().parent / "hook.bpf.c")
