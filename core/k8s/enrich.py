@@ -146,6 +146,9 @@ class Enricher:
                     self.stats["host_events"] += 1
                     out.append(self.enrich(ev))
                     continue
+                if isinstance(process, Mapping) and "pod_unresolved" in process:
+                    out.append(ev)  # decided already (released by an earlier call or a flush)
+                    continue
                 self.stats["container_events"] += 1
                 queue = self._held.get(cid)
                 # Keep per-container order: behind held events of the same container, wait too.

@@ -2,7 +2,7 @@
 """Liveness/readiness probe of the agent container (installed as /usr/local/bin/sensorium-probe).
 
 live:  the agent answers ``status`` on its local API socket within the timeout.
-ready: it answers, no enabled sensor has failed, and (when Kubernetes enrichment runs) its pod
+ready: it answers, at least one sensor runs, and (when Kubernetes enrichment runs) its pod
        watcher has listed this node's pods, so events leave with their pod.
 Exit 0 ok, 1 not ok (the reason on stderr, which the kubelet records in the pod's events).
 """
@@ -35,11 +35,15 @@ def status(timeout: float = 4.0) -> dict:
 
 
 def not_ready_reason(st: dict) -> str | None:
-    sensors = st.get("sensors") or {}
+    # A sensor that cannot run on this node's kernel (e.g. no BPF LSM) must not hold a rollout
+    # forever: ready needs at least one running sensor, and the pod watcher synced.
+    sensors = st.get("sensors") or []
     if isinstance(sensors, dict):
-        failed = [n for n, s in sensors.items() if isinstance(s, dict) and s.get("state") == "failed"]
-        if failed:
-            return f"sensors failed: {', '.join(sorted(failed))}"
+        sensors = [dict(v, name=k) for k, v in sensors.items() if isinstance(v, dict)]
+    states = [s.get("state") for s in sensors if isinstance(s, dict)]
+    if states and "running" not in states:
+        return "no sensor is running: " + ", ".join(
+            f"{s.get('name', '?')} {s.get('state')}" for s in sensors if isinstance(s, dict))
     k8s = st.get("kubernetes") or {}
     watcher = k8s.get("watcher") if isinstance(k8s, dict) else None
     if isinstance(watcher, dict) and not watcher.get("synced", True):
