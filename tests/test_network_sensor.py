@@ -1,0 +1,294 @@
+"""The network sensor end to end: the real agent (`sensorium run`) with a file exporter, real TCP and
+UDP sockets on loopback in processes the test starts, and the process_kprobe events that arrive.
+
+Covers: a TCP connection over IPv4 and IPv6 loopback (connect owned by the client, accept owned by the
+server, close with the bytes each side sent and received, both ends' 5-tuple), a failed connect, a
+listener opened before the agent started (seeded from /proc), UDP sendto reported once per
+(process, destination) however many datagrams, connected UDP, traffic never blocked by the observe-only
+cgroup programs, and nothing of the sensor left in the kernel after the agent stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load BPF programs"),
+              pytest.mark.needs("tracepoint", "ringbuf", "btf", "cgroup_sock_addr", "cgroup2")]
+
+BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
+OUR_PROGS = ("net_sock_state", "net_udp_sendmsg", "net_udp_connect")  # kernel names are cut at 15 chars
+
+SERVER = textwrap.dedent("""
+    import socket, sys
+    fam = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+    n, m = int(sys.argv[3]), int(sys.argv[4])
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.bind((sys.argv[2], 0))
+    s.listen(1)
+    print(s.getsockname()[1], flush=True)
+    if len(sys.argv) > 5:            # wait for the go-ahead before accepting (agent started meanwhile)
+        sys.stdin.readline()
+    c, _ = s.accept()
+    got = 0
+    while got < n:
+        d = c.recv(65536)
+        if not d:
+            break
+        got += len(d)
+    c.sendall(b"y" * m)
+    c.recv(1)                        # the client's FIN
+    c.close()
+    s.close()
+    print(got, flush=True)
+""")
+
+CLIENT = textwrap.dedent("""
+    import socket, sys
+    fam = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+    n, m = int(sys.argv[4]), int(sys.argv[5])
+    c = socket.socket(fam, socket.SOCK_STREAM)
+    c.connect((sys.argv[2], int(sys.argv[3])))
+    print(c.getsockname()[1], flush=True)
+    c.sendall(b"x" * n)
+    got = 0
+    while got < m:
+        d = c.recv(65536)
+        if not d:
+            break
+        got += len(d)
+    c.close()
+    print(got, flush=True)
+""")
+
+UDP_SENDER = textwrap.dedent("""
+    import socket, sys
+    fam = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    for i in range(int(sys.argv[4])):
+        s.sendto(b"ping %d" % i, (sys.argv[2], int(sys.argv[3])))
+    if len(sys.argv) > 5:            # then a connected socket
+        c = socket.socket(fam, socket.SOCK_DGRAM)
+        c.connect((sys.argv[2], int(sys.argv[3])))
+        c.send(b"connected")
+    print("sent", flush=True)
+""")
+
+
+def _py(script: str, *args: Any, stdin: Any = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
+                            stdin=stdin, text=True)
+
+
+@pytest.fixture
+def net_agent(agent: Callable[..., Any], tmp_path: Path) -> Any:
+    events = tmp_path / "events.jsonl"
+    h = agent({
+        "node_name": "net-test-node",
+        "sensors": {"network": {"enabled": True, "udp_dedup_seconds": 30}},
+        "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50}],
+    })
+    h.events_path = events
+    return h
+
+
+def _kprobes(h: Any) -> list[dict[str, Any]]:
+    return [e["process_kprobe"] for e in h.events(h.events_path)
+            if "process_kprobe" in e and e["process_kprobe"].get("policy_name") == "network"]
+
+
+def _wait(h: Any, pred: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        for ev in _kprobes(h):
+            if pred(ev):
+                return ev
+        if time.monotonic() > deadline:
+            seen = [(e["function_name"], e["args"][0]["sock_arg"]) for e in _kprobes(h)][-20:]
+            raise AssertionError(f"no {what} within {timeout}s; network events seen (last 20): "
+                                 f"{json.dumps(seen, indent=1)}\nagent stderr:\n{h.stderr_tail()}")
+        time.sleep(0.05)
+
+
+def _sock(ev: dict[str, Any]) -> dict[str, Any]:
+    return ev["args"][0]["sock_arg"]
+
+
+def _tcp_exchange(family: str, host: str, n: int, m: int) -> tuple[int, int, int, int]:
+    """A real connection: server and client processes; returns (server pid, server port, client pid,
+    client port) after both have finished and checked that every byte arrived."""
+    srv = _py(SERVER, family, host, n, m)
+    assert srv.stdout is not None
+    sport = int(srv.stdout.readline())
+    cli = _py(CLIENT, family, host, sport, n, m)
+    out, _ = cli.communicate(timeout=30)
+    cport, cgot = (int(x) for x in out.split())
+    sgot = int(srv.communicate(timeout=30)[0])
+    assert cli.returncode == 0 and srv.returncode == 0
+    assert (sgot, cgot) == (n, m), "the connection lost bytes (blocked?)"
+    return srv.pid, sport, cli.pid, cport
+
+
+@pytest.mark.parametrize("family,host", [("4", "127.0.0.1"), ("6", "::1")], ids=["ipv4", "ipv6"])
+def test_tcp_connection_gives_connect_accept_and_close_with_owner_tuple_and_bytes(net_agent, family, host):
+    h = net_agent
+    n, m = 100_000, 3_333
+    spid, sport, cpid, cport = _tcp_exchange(family, host, n, m)
+    fam = "AF_INET" if family == "4" else "AF_INET6"
+
+    def is_client(e: dict[str, Any]) -> bool:
+        s = _sock(e)
+        return s["sport"] == cport and s["dport"] == sport and s["family"] == fam
+
+    def is_server(e: dict[str, Any]) -> bool:
+        s = _sock(e)
+        return s["sport"] == sport and s["dport"] == cport and s["family"] == fam
+
+    conn = _wait(h, lambda e: e["function_name"] == "tcp_connect" and is_client(e), "tcp_connect")
+    assert conn["process"]["pid"] == cpid
+    assert conn["process"].get("binary", "").endswith(Path(sys.executable).name) or "exec_id" in conn["process"]
+    s = _sock(conn)
+    assert (s["saddr"], s["daddr"], s["protocol"], s["type"], s["state"]) == \
+        (host, host, "IPPROTO_TCP", "SOCK_STREAM", "TCP_ESTABLISHED")
+    assert conn["mechanism"] == "tracepoint sock/inet_sock_set_state" and conn["action"] == "KPROBE_ACTION_POST"
+
+    acc = _wait(h, lambda e: e["function_name"] == "inet_csk_accept" and is_server(e), "inet_csk_accept")
+    assert acc["process"]["pid"] == spid, f"accept attributed to {acc['process']} (server {spid}, client {cpid})"
+    assert not acc.get("owner_unknown")
+    assert (_sock(acc)["saddr"], _sock(acc)["daddr"]) == (host, host)
+
+    cclose = _wait(h, lambda e: e["function_name"] == "tcp_close" and is_client(e), "client tcp_close")
+    assert cclose["process"]["pid"] == cpid
+    assert (cclose["bytes_sent"], cclose["bytes_received"]) == (n, m)
+    assert _sock(cclose)["cookie"] == _sock(conn)["cookie"] and _sock(cclose)["state"] == "TCP_CLOSE"
+    sclose = _wait(h, lambda e: e["function_name"] == "tcp_close" and is_server(e), "server tcp_close")
+    assert sclose["process"]["pid"] == spid
+    assert (sclose["bytes_sent"], sclose["bytes_received"]) == (m, n)
+    assert _sock(sclose)["cookie"] == _sock(acc)["cookie"] != _sock(conn)["cookie"]
+
+
+def test_refused_connect_is_reported_as_failed(net_agent):
+    h = net_agent
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens there now: the connect is refused
+    p = _py("import socket,sys\ntry:\n socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+            "except ConnectionRefusedError:\n print('refused')", port)
+    assert p.communicate(timeout=30)[0].strip() == "refused"
+    ev = _wait(h, lambda e: e["function_name"] == "tcp_connect" and e.get("connect_failed")
+               and _sock(e)["dport"] == port, "failed tcp_connect")
+    assert ev["process"]["pid"] == p.pid and _sock(ev)["state"] == "TCP_SYN_SENT"
+
+
+def test_accept_on_a_listener_older_than_the_agent_is_attributed_to_its_owner(agent, tmp_path):
+    srv = _py(SERVER, "4", "127.0.0.1", 10, 10, "wait", stdin=subprocess.PIPE)
+    assert srv.stdout is not None and srv.stdin is not None
+    sport = int(srv.stdout.readline())
+    try:
+        events = tmp_path / "events.jsonl"
+        h = agent({"sensors": {"network": {"enabled": True}},
+                   "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50}]})
+        h.events_path = events
+        cli = _py(CLIENT, "4", "127.0.0.1", sport, 10, 10)
+        srv.stdin.write("go\n")
+        srv.stdin.flush()
+        assert cli.communicate(timeout=30)[0].split()[1] == "10"
+        acc = _wait(h, lambda e: e["function_name"] == "inet_csk_accept" and _sock(e)["sport"] == sport,
+                    "inet_csk_accept")
+        assert acc["process"]["pid"] == srv.pid
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_udp_sendto_is_reported_once_per_destination_and_never_blocked(net_agent):
+    h = net_agent
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    port = rx.getsockname()[1]
+    try:
+        p = _py(UDP_SENDER, "4", "127.0.0.1", port, 5, "connected")
+        assert p.communicate(timeout=30)[0].strip() == "sent" and p.returncode == 0
+        got = sorted(rx.recv(100) for _ in range(6))
+        assert got == sorted([b"ping %d" % i for i in range(5)] + [b"connected"]), "datagrams were dropped"
+    finally:
+        rx.close()
+    ev = _wait(h, lambda e: e["function_name"] == "udp_sendmsg" and _sock(e)["dport"] == port, "udp_sendmsg")
+    assert ev["process"]["pid"] == p.pid and ev["mechanism"] == "cgroup/sendmsg4"
+    s = _sock(ev)
+    assert (s["daddr"], s["family"], s["protocol"], s["type"]) == ("127.0.0.1", "AF_INET", "IPPROTO_UDP", "SOCK_DGRAM")
+    conn = _wait(h, lambda e: e["function_name"] == "udp_connect" and _sock(e)["dport"] == port, "udp_connect")
+    assert conn["process"]["pid"] == p.pid and conn["mechanism"] == "cgroup/connect4"
+    time.sleep(1.0)  # let any (wrong) duplicate arrive
+    sends = [e for e in _kprobes(h) if e["function_name"] == "udp_sendmsg" and _sock(e)["dport"] == port]
+    assert len(sends) == 1, f"{len(sends)} udp_sendmsg events for 5 datagrams to one destination"
+
+
+def test_udp_over_ipv6_is_reported_and_delivered(net_agent):
+    h = net_agent
+    rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    rx.bind(("::1", 0))
+    rx.settimeout(5)
+    port = rx.getsockname()[1]
+    try:
+        p = _py(UDP_SENDER, "6", "::1", port, 2)
+        assert p.communicate(timeout=30)[0].strip() == "sent"
+        assert sorted(rx.recv(100) for _ in range(2)) == [b"ping 0", b"ping 1"]
+    finally:
+        rx.close()
+    ev = _wait(h, lambda e: e["function_name"] == "udp_sendmsg" and _sock(e)["dport"] == port, "udp_sendmsg")
+    assert _sock(ev)["daddr"] == "::1" and ev["mechanism"] == "cgroup/sendmsg6" and ev["process"]["pid"] == p.pid
+
+
+def test_observe_only_programs_never_block_traffic(net_agent):
+    """Everything the programs see is allowed: TCP to a listener, UDP to nobody (no EPERM from the
+    programs; the kernel's own answer, if any, is what comes back)."""
+    _tcp_exchange("4", "127.0.0.1", 10, 10)
+    for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            assert s.sendto(b"x", (host, 9)) == 1          # unconnected: sendmsg4/6
+            s.connect((host, 9))                            # connected: connect4/6
+            s.send(b"x")
+        finally:
+            s.close()
+
+
+def _bpftool(*args: str) -> Any:
+    r = subprocess.run([BPFTOOL, *args, "-j"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip() or "null") or []
+
+
+def _our_prog_ids() -> set[int]:
+    return {p["id"] for p in _bpftool("prog", "list") if p.get("name", "").startswith(OUR_PROGS)}
+
+
+def test_everything_is_detached_after_the_agent_stops(net_agent):
+    h = net_agent
+    from conftest import cgroup2_mount
+
+    root = str(cgroup2_mount())
+    ours = _our_prog_ids()
+    attached = {p["id"] for p in _bpftool("cgroup", "show", root)} & ours
+    linked = {lk.get("prog_id") for lk in _bpftool("link", "list")} & ours
+    assert len(attached) >= 4 and linked, (
+        f"while running, our programs {ours} should be attached to {root} and linked "
+        f"(cgroup: {attached}, links: {linked})")
+    assert h.stop() == 0
+    left = {p["id"] for p in _bpftool("prog", "list")} & (attached | linked)
+    assert not left, f"programs still loaded after stop: {left}"
+    assert not ({p["id"] for p in _bpftool("cgroup", "show", root)} & (attached | linked))
+    assert not ({lk.get("prog_id") for lk in _bpftool("link", "list")} & (attached | linked))
