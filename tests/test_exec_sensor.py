@@ -180,6 +180,9 @@ def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun,
     assert p["arguments_truncated"] is False and "execve" in p["flags"]
     assert base64.b64decode(p["exec_id"]).decode().startswith(f"{NODE}:")
     assert p["ns"]["mnt"]["inum"] == os.stat("/proc/self/ns/mnt").st_ino and p["ns"]["net"]["is_host"] is True
+    # every namespace of Tetragon's Namespaces message, as /proc says for the parent (same namespaces)
+    for name in ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user"):
+        assert p["ns"][name]["inum"] == os.stat(f"/proc/self/ns/{name}").st_ino, name
     assert p["start_time"].endswith("Z")
     # this test process is the parent
     parent = ev["parent"]
@@ -347,6 +350,7 @@ def _rss_kb(pid: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.kernel
+@pytest.mark.timeout(1800 if IN_VM else 300)
 def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
     """With a small process cache, rounds of exec storms leave the agent's memory where it was."""
     _need_root_and_kernel()

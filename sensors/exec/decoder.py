@@ -66,7 +66,9 @@ class ExecRecord(ctypes.Structure):
         ("ns_cgroup", ctypes.c_uint32),
         ("ns_user", ctypes.c_uint32),
         ("ns_time", ctypes.c_uint32),
+        ("ns_time_for_children", ctypes.c_uint32),
         ("args_total", ctypes.c_uint32),
+        ("_pad0", ctypes.c_uint32),
         ("start_time", ctypes.c_uint64),
         ("cgroup_id", ctypes.c_uint64),
         ("memcg_id", ctypes.c_uint64),
@@ -114,7 +116,7 @@ _EXIT_SIZE = ctypes.sizeof(ExitRecord)
 
 _NS_FIELDS = (("mnt", "ns_mnt"), ("pid", "ns_pid"), ("pid_for_children", "ns_pid_for_children"),
               ("net", "ns_net"), ("uts", "ns_uts"), ("ipc", "ns_ipc"), ("cgroup", "ns_cgroup"),
-              ("user", "ns_user"), ("time", "ns_time"))
+              ("user", "ns_user"), ("time", "ns_time"), ("time_for_children", "ns_time_for_children"))
 
 
 def _text(b: bytes) -> str:

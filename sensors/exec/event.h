@@ -47,7 +47,9 @@ struct exec_record {
 	__u32 ns_cgroup;
 	__u32 ns_user;
 	__u32 ns_time;
+	__u32 ns_time_for_children;
 	__u32 args_total;    /* bytes of the argument area in the process (before truncation) */
+	__u32 _pad0;
 	__u64 start_time;    /* task->start_time (ns, CLOCK_MONOTONIC), i.e. the fork that made this pid */
 	__u64 cgroup_id;     /* cgroup2 id (== inode of its directory) */
 	__u64 memcg_id;      /* v1 memory controller cgroup id (== inode under its hierarchy) */

@@ -121,8 +121,12 @@ static __always_inline void fill_namespaces(struct exec_record *r, struct task_s
 	r->ns_uts = BPF_CORE_READ(nsp, uts_ns, ns.inum);
 	r->ns_ipc = BPF_CORE_READ(nsp, ipc_ns, ns.inum);
 	r->ns_cgroup = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
-	if (bpf_core_field_exists(nsp->time_ns))
+	r->ns_time = 0;
+	r->ns_time_for_children = 0;
+	if (bpf_core_field_exists(nsp->time_ns)) {
 		r->ns_time = BPF_CORE_READ(nsp, time_ns, ns.inum);
+		r->ns_time_for_children = BPF_CORE_READ(nsp, time_ns_for_children, ns.inum);
+	}
 	r->ns_user = BPF_CORE_READ(task, cred, user_ns, ns.inum);
 	/* The task's own pid namespace: thread_pid->numbers[level].ns (pid_ns_for_children may differ). */
 	bpf_probe_read_kernel(&pidns, sizeof(pidns),
