@@ -125,16 +125,25 @@ def agent_export(exe: Path, calls: int, target: Path, tmp: Path) -> dict:
         subprocess.run([sensorium, "policy", "add", str(pol), "--socket", str(sock)], check=True, capture_output=True)
         needle = b'"bench-agent-match"'
 
-        def count() -> int:
+        seen = {"offset": 0, "n": 0, "rest": b""}
+
+        def count() -> int:  # incremental: only the bytes written since the last call
             try:
                 with open(out, "rb") as f:
-                    return sum(1 for line in f if needle in line)
+                    f.seek(seen["offset"])
+                    data = f.read()
             except FileNotFoundError:
                 return 0
+            seen["offset"] += len(data)
+            data = seen["rest"] + data
+            lines = data.split(b"\n")
+            seen["rest"] = lines.pop()
+            seen["n"] += sum(1 for line in lines if needle in line)
+            return seen["n"]
         t0 = time.monotonic()
         storm(exe, calls, target)
         n, last_change, prev = 0, time.monotonic(), -1
-        while time.monotonic() - last_change < 5:  # until the file stops growing for 5 s
+        while time.monotonic() - last_change < 30:  # until complete, or the file stops growing for 30 s
             n = count()
             if n != prev:
                 prev, last_change = n, time.monotonic()
@@ -142,7 +151,15 @@ def agent_export(exe: Path, calls: int, target: Path, tmp: Path) -> dict:
                 break
             time.sleep(0.2)
         t_end = last_change
-        return {"agent_events": n, "agent_zero_loss": n == calls, "agent_events_per_s": n / max(t_end - t0, 1e-9)}
+        lst = subprocess.run([sensorium, "policy", "list", "--json", "--socket", str(sock)], capture_output=True,
+                             text=True)
+        try:
+            row = json.loads(lst.stdout)[0]
+            kernel = {k: row.get(k) for k in ("events", "errors")}
+        except (ValueError, IndexError, KeyError):
+            kernel = {"list": lst.stdout[-300:] + lst.stderr[-300:]}
+        return {"agent_events": n, "agent_zero_loss": n == calls, "agent_events_per_s": n / max(t_end - t0, 1e-9),
+                "agent_policy_status": kernel}
     finally:
         proc.terminate()
         try:
@@ -272,7 +289,8 @@ def main() -> int:
             rig.sensor.stop()  # the agent loads its own
             res.update(agent_export(exe, args.match_calls, target, tmp))
             print(f"  through the agent (sensorium run, file exporter): {res['agent_events']} events, "
-                  f"{res['agent_events_per_s']:,.0f} events/s, zero loss: {res['agent_zero_loss']}")
+                  f"{res['agent_events_per_s']:,.0f} events/s, zero loss: {res['agent_zero_loss']} "
+                  f"(policy status: {res['agent_policy_status']})")
         if args.json:
             args.json.write_text(json.dumps(res, indent=2))
         return 0
