@@ -23,8 +23,15 @@ from typing import Any, Callable
 
 import pytest
 
-pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load BPF programs"),
-              pytest.mark.needs("tracepoint", "ringbuf", "btf", "cgroup_sock_addr", "cgroup2")]
+
+
+def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a test that runs the sensor in the real kernel through the real agent."""
+    for m in (pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load BPF programs"),
+              pytest.mark.needs("tracepoint", "ringbuf", "btf", "cgroup_sock_addr", "cgroup2")):
+        fn = m(fn)
+    return fn
+
 
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
 OUR_PROGS = ("net_sock_state", "net_udp_sendmsg", "net_udp_connect")  # kernel names are cut at 15 chars
@@ -139,6 +146,7 @@ def _tcp_exchange(family: str, host: str, n: int, m: int) -> tuple[int, int, int
     return srv.pid, sport, cli.pid, cport
 
 
+@kernel
 @pytest.mark.parametrize("family,host", [("4", "127.0.0.1"), ("6", "::1")], ids=["ipv4", "ipv6"])
 def test_tcp_connection_gives_connect_accept_and_close_with_owner_tuple_and_bytes(net_agent, family, host):
     h = net_agent
@@ -177,6 +185,7 @@ def test_tcp_connection_gives_connect_accept_and_close_with_owner_tuple_and_byte
     assert _sock(sclose)["cookie"] == _sock(acc)["cookie"] != _sock(conn)["cookie"]
 
 
+@kernel
 def test_refused_connect_is_reported_as_failed(net_agent):
     h = net_agent
     probe = socket.socket()
@@ -191,6 +200,7 @@ def test_refused_connect_is_reported_as_failed(net_agent):
     assert ev["process"]["pid"] == p.pid and _sock(ev)["state"] == "TCP_SYN_SENT"
 
 
+@kernel
 def test_accept_on_a_listener_older_than_the_agent_is_attributed_to_its_owner(agent, tmp_path):
     srv = _py(SERVER, "4", "127.0.0.1", 10, 10, "wait", stdin=subprocess.PIPE)
     assert srv.stdout is not None and srv.stdin is not None
@@ -212,6 +222,7 @@ def test_accept_on_a_listener_older_than_the_agent_is_attributed_to_its_owner(ag
         srv.wait()
 
 
+@kernel
 def test_udp_sendto_is_reported_once_per_destination_and_never_blocked(net_agent):
     h = net_agent
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -236,6 +247,7 @@ def test_udp_sendto_is_reported_once_per_destination_and_never_blocked(net_agent
     assert len(sends) == 1, f"{len(sends)} udp_sendmsg events for 5 datagrams to one destination"
 
 
+@kernel
 def test_udp_over_ipv6_is_reported_and_delivered(net_agent):
     h = net_agent
     rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -252,6 +264,7 @@ def test_udp_over_ipv6_is_reported_and_delivered(net_agent):
     assert _sock(ev)["daddr"] == "::1" and ev["mechanism"] == "cgroup/sendmsg6" and ev["process"]["pid"] == p.pid
 
 
+@kernel
 def test_observe_only_programs_never_block_traffic(net_agent):
     """Everything the programs see is allowed: TCP to a listener, UDP to nobody (no EPERM from the
     programs; the kernel's own answer, if any, is what comes back)."""
@@ -276,6 +289,7 @@ def _our_prog_ids() -> set[int]:
     return {p["id"] for p in _bpftool("prog", "list") if p.get("name", "").startswith(OUR_PROGS)}
 
 
+@kernel
 def test_everything_is_detached_after_the_agent_stops(net_agent):
     h = net_agent
     from conftest import cgroup2_mount
@@ -292,3 +306,118 @@ def test_everything_is_detached_after_the_agent_stops(net_agent):
     assert not left, f"programs still loaded after stop: {left}"
     assert not ({p["id"] for p in _bpftool("cgroup", "show", root)} & (attached | linked))
     assert not ({lk.get("prog_id") for lk in _bpftool("link", "list")} & (attached | linked))
+
+
+@kernel
+def test_dual_stack_listener_gets_the_ipv4_accept(net_agent):
+    """An IPv6 wildcard listener also accepts IPv4 (the accepted socket is AF_INET6 with IPv4-mapped
+    addresses): the accept must still find the listener's owner."""
+    h = net_agent
+    srv = _py(SERVER, "6", "::", 10, 10)
+    assert srv.stdout is not None
+    sport = int(srv.stdout.readline())
+    cli = _py(CLIENT, "4", "127.0.0.1", sport, 10, 10)
+    cport = int(cli.communicate(timeout=30)[0].split()[0])
+    srv.communicate(timeout=30)
+    acc = _wait(h, lambda e: e["function_name"] == "inet_csk_accept" and _sock(e)["sport"] == sport
+                and _sock(e)["dport"] == cport, "inet_csk_accept")
+    assert acc["process"]["pid"] == srv.pid
+    assert (_sock(acc)["family"], _sock(acc)["saddr"]) == ("AF_INET6", "::ffff:127.0.0.1")
+
+
+@kernel
+def test_unusable_cgroup_path_fails_the_sensor_with_its_reason_and_the_agent_runs_on(agent, tmp_path):
+    missing = tmp_path / "no-such-cgroup"
+    h = agent({"sensors": {"network": {"enabled": True, "cgroup_path": str(missing)}}})
+    r = subprocess.run([str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "sensorium"), "status", "--json",
+                        "--config", str(h.config_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    sensors = st["sensors"] if isinstance(st["sensors"], list) else list(st["sensors"].values())
+    [net] = [s for s in sensors if s["name"] == "network"]
+    assert net["state"] == "failed" and str(missing) in net["reason"], net
+    assert h.proc.poll() is None
+
+
+# ---- the decoder and the /proc listener scan against damaged or hostile input (no kernel needed) ----
+
+
+class _Ctx:
+    node_name = "n"
+
+    def __init__(self) -> None:
+        from sensorium.process import ProcessCache
+
+        self.process_cache = ProcessCache("n", proc_root=None)
+
+    def make_event(self, kind: str, body: dict, ktime_ns: int | None = None) -> Any:
+        from sensorium.events import Event
+
+        return Event(kind, body, self.node_name, ktime_ns or 0)
+
+
+def _tcp_record(rtype: int, **kw: Any) -> bytes:
+    from sensorium_sensors.network.decoder import NetTcpRecord
+
+    r = NetTcpRecord()
+    r.hdr.type, r.hdr.pid, r.hdr.tid, r.hdr.ktime = rtype, 4242, 4243, 1000
+    r.hdr.size = len(bytes(r))
+    r.family, r.protocol, r.sk_type, r.sport, r.dport = 2, 6, 1, 1111, 80
+    r.skaddr = 0xFFFF888812345678
+    r.saddr[:4] = [127, 0, 0, 1]
+    r.daddr[:4] = [10, 1, 2, 3]
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return bytes(r)
+
+
+def test_decoder_renders_a_close_record_in_tetragon_shape_without_the_kernel_address() -> None:
+    from sensorium_sensors.network.decoder import NET_REC_CLOSE, NetworkDecoder
+
+    d = NetworkDecoder(_Ctx())  # type: ignore[arg-type]
+    (ev,) = d.decode_batch([_tcp_record(NET_REC_CLOSE, bytes_acked=5, bytes_received=7, newstate=7, oldstate=9)])
+    b = ev.body
+    assert ev.kind == "process_kprobe" and b["function_name"] == "tcp_close" and b["policy_name"] == "network"
+    assert b["process"] == {"pid": 4242}  # not in the cache: the pipeline's ProcessJoin resolves it later
+    assert (b["bytes_sent"], b["bytes_received"]) == (5, 7)
+    s = b["args"][0]["sock_arg"]
+    assert s == {"family": "AF_INET", "type": "SOCK_STREAM", "protocol": "IPPROTO_TCP", "mark": 0, "priority": 0,
+                 "saddr": "127.0.0.1", "daddr": "10.1.2.3", "sport": 1111, "dport": 80, "cookie": s["cookie"],
+                 "state": "TCP_CLOSE"}
+    assert s["cookie"] != str(0xFFFF888812345678) and "ffff8888" not in json.dumps(b)
+
+
+def test_decoder_skips_short_unknown_and_inconsistent_records() -> None:
+    from sensorium_sensors.network.decoder import NET_REC_CONNECT, NET_REC_UDP, NetworkDecoder
+
+    d = NetworkDecoder(_Ctx())  # type: ignore[arg-type]
+    good = _tcp_record(NET_REC_CONNECT, newstate=1, oldstate=2)
+    bad = [b"", b"\x01\x00", good[:40], _tcp_record(99), _tcp_record(NET_REC_CONNECT, family=1),
+           NET_REC_UDP.to_bytes(2, "little") + b"\0" * 30, os.urandom(3)]
+    out = d.decode_batch(bad + [good])
+    assert [e.body["function_name"] for e in out] == ["tcp_connect"]
+    assert d.counters["short"] >= 2 and d.counters["unknown_type"] >= 1 and d.counters["bad_family"] == 1
+
+
+def test_owner_unknown_gives_an_empty_process_not_a_wrong_one() -> None:
+    from sensorium_sensors.network.decoder import NET_F_OWNER_UNKNOWN, NET_REC_ACCEPT, NetworkDecoder
+
+    d = NetworkDecoder(_Ctx())  # type: ignore[arg-type]
+    rec = bytearray(_tcp_record(NET_REC_ACCEPT, newstate=1, oldstate=3, pid=0))
+    rec[2:4] = NET_F_OWNER_UNKNOWN.to_bytes(2, "little")
+    (ev,) = d.decode_batch([bytes(rec)])
+    assert ev.body["process"] == {} and ev.body["owner_unknown"] is True
+
+
+def test_proc_net_tcp_listeners_are_parsed_with_their_addresses() -> None:
+    from sensorium_sensors.network.procnet import parse_proc_net_tcp
+
+    v4 = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+          "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1\n"
+          "   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 999 1\n"
+          "garbage line\n   2: zz:zz 00000000:0000 0A 0 0 0 0 0 x\n")
+    assert parse_proc_net_tcp(v4, 2) == [(bytes([127, 0, 0, 1]) + b"\0" * 12, 8080, 12345)]
+    v6 = ("  sl  local_address                         remote_address                        st ...\n"
+          "   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A "
+          "00000000:00000000 00:00000000 00000000     0        0 777 1\n")
+    assert parse_proc_net_tcp(v6, 10) == [(socket.inet_pton(socket.AF_INET6, "::1"), 22, 777)]

@@ -75,7 +75,11 @@ class NetworkSensor:
                 self._seed_listeners()
             if want_udp:
                 assert cgroup is not None
-                fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise RuntimeError(f"network sensor: cannot open the cgroup2 directory {cgroup!r} the UDP "
+                                       f"programs attach to (sensors.network.cgroup_path): {exc.strerror}") from None
                 try:
                     for name, mech in UDP_PROGRAMS.items():
                         obj.program(name).attach_cgroup(fd)
