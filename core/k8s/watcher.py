@@ -209,7 +209,7 @@ class PodWatcher:
         self.watch_timeout_s = watch_timeout_s
         self.deleted_grace_s = deleted_grace_s
         self.backoff_max_s = backoff_max_s
-        self.on_change = on_change
+        self._listeners: list[Callable[[str, ContainerInfo], None]] = [on_change] if on_change else []
         self._clock = clock
         self.workloads = WorkloadResolver(api) if resolve_workloads else None
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> pod JSON (as the API server sent it)
@@ -240,6 +240,28 @@ class PodWatcher:
             return info
         hits = [v for k, v in list(self._by_container.items()) if k.startswith(cid)]
         return hits[0] if len(hits) == 1 else None
+
+    def containers(self) -> list[ContainerInfo]:
+        return list(self._by_container.values())
+
+    def add_listener(self, cb: Callable[[str, ContainerInfo], None]) -> None:
+        """``cb("upsert" | "delete", info)`` on the watcher thread for every container seen in a pod
+        update (also unchanged ones: cheap to compare) and every container gone."""
+        self._listeners.append(cb)
+
+    def remove_listener(self, cb: Callable[[str, ContainerInfo], None]) -> None:
+        try:
+            self._listeners.remove(cb)
+        except ValueError:
+            pass
+
+    def _emit(self, what: str, infos: list[ContainerInfo]) -> None:
+        for cb in list(self._listeners):
+            for info in infos:
+                try:
+                    cb(what, info)
+                except Exception:  # noqa: BLE001 - a listener bug must not stop the watcher
+                    log.exception("pod watcher listener failed")
 
     def pod(self, uid: str) -> dict[str, Any] | None:
         return self._pods.get(uid)
@@ -324,22 +346,22 @@ class PodWatcher:
             wl = self._workload(pod)
         pod["_workload"] = wl
         infos = _containers_of(pod, wl[0], wl[1])
+        gone: list[ContainerInfo] = []
         with self._lock:
             self._pods[uid] = pod
             self._deleted.pop(uid, None)
             new_ids = [i.container_id for i in infos]
             for cid in self._containers_of_pod.get(uid, []):
                 if cid not in new_ids:
-                    self._by_container.pop(cid, None)
+                    old_info = self._by_container.pop(cid, None)
+                    if old_info is not None:
+                        gone.append(old_info)
             for info in infos:
                 self._by_container[info.container_id] = info
             self._containers_of_pod[uid] = new_ids
-        if self.on_change is not None:
-            for info in infos:
-                try:
-                    self.on_change("upsert", info)
-                except Exception:  # noqa: BLE001
-                    log.exception("pod watcher on_change callback failed")
+        if self._listeners:
+            self._emit("delete", gone)
+            self._emit("upsert", infos)
 
     def _mark_deleted(self, uid: str) -> None:
         with self._lock:
@@ -358,12 +380,8 @@ class PodWatcher:
                         info = self._by_container.pop(cid, None)
                         if info is not None:
                             gone.append(info)
-        if self.on_change is not None:
-            for info in gone:
-                try:
-                    self.on_change("delete", info)
-                except Exception:  # noqa: BLE001
-                    log.exception("pod watcher on_change callback failed")
+        if gone:
+            self._emit("delete", gone)
 
     # ---- API ---------------------------------------------------------------------------------------------
 
@@ -456,6 +474,9 @@ class PodWatcher:
             if uid:
                 self._upsert(obj)  # the final status may carry container ids not seen before
                 self._mark_deleted(uid)
+                # Listeners (policy scopes) let go at once; lookups keep answering for the grace period.
+                self._emit("delete", [self._by_container[c] for c in self._containers_of_pod.get(uid, [])
+                                      if c in self._by_container])
         if rv:
             self._rv = rv
 
