@@ -60,7 +60,7 @@ def test_openat_posts_only_for_the_watched_file_with_return_value(rig, tmp_path:
     other.write_text("y")
     text = openat_policy(str(watched)).replace("    syscall: true\n", "    syscall: true\n    return: true\n")
     h = rig.load(text, "kprobes")
-    subprocess.run(["cat", str(watched), str(other)], check=True, capture_output=True)
+    subprocess.run(["cat", str(other), str(watched)], check=True, capture_output=True)  # the negative first
     evs = rig.events(lambda b: str(watched) in string_args(b))
     assert evs, "no event for the watched file"
     e = evs[0]
@@ -136,11 +136,13 @@ def test_match_binaries_follow_children(rig, tmp_path: Path) -> None:
         followChildren: true
 """
     rig.load(text, "kprobes")
-    subprocess.run(["cat", str(target)], check=True, capture_output=True)  # parent is not mysh
-    assert not rig.events(lambda b: str(target) in string_args(b), wait=0.2)
-    p = subprocess.run([str(shell), "-c", f"cat {target}; true"], check=True, capture_output=True)
-    evs = rig.events(lambda b: str(target) in string_args(b))
+    direct = subprocess.Popen(["cat", str(target)], stdout=subprocess.DEVNULL)  # its parent is not mysh
+    direct.wait()
+    subprocess.run([str(shell), "-c", f"cat {target}; true"], check=True, capture_output=True)
+    evs = rig.events(lambda b: str(target) in string_args(b), wait=2.0)
     assert evs, "a child of the matched binary was not followed"
+    # the direct cat ran first: had it posted, its event would be here already (one ring, in order)
+    assert direct.pid not in {e["process"]["pid"] for e in evs}
 
 
 def test_kernel_function_is_refused_with_the_reason(rig, kernel_caps) -> None:
