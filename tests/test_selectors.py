@@ -289,3 +289,36 @@ spec:
     assert r.returncode == 0, r
     evs = rig.events(lambda b: str(target) in string_args(b), wait=2.0)
     assert len(evs) == 1
+
+
+def test_match_return_args_posts_only_failed_calls(rig, tmp_path: Path) -> None:
+    present = tmp_path / "present"
+    present.write_text("p")
+    missing = tmp_path / "missing"
+    h = rig.load(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: failed-opens}}
+spec:
+  kprobes:
+  - call: sys_openat
+    return: true
+    args: [{{index: 1, type: string}}]
+    returnArg: {{index: 0, type: int}}
+    selectors:
+    - matchPIDs:
+      - {{operator: In, values: [{ME}]}}
+      matchArgs:
+      - {{index: 1, operator: Prefix, values: ["{tmp_path}/"]}}
+      matchReturnArgs:
+      - {{index: 0, operator: LT, values: ["0"]}}
+""", "kprobes")
+    open(present).close()
+    try:
+        open(missing)
+    except FileNotFoundError:
+        pass
+    evs = rig.events(lambda b: True, wait=2.0)
+    assert [string_args(e) for e in evs] == [[str(missing)]]
+    assert evs[0]["return"] == {"int_arg": -2}  # ENOENT
+    assert h.counters()["posted"] == 1
