@@ -40,10 +40,14 @@ test-vm: setup
 vm-prepare:
 	bash scripts/vm/prepare.sh
 
+# Every benchmarks/*.py with its defaults, or one: `make bench BENCH=exec_storm BENCH_ARGS='--execs 2000'`.
+BENCH ?=
+BENCH_ARGS ?=
 bench: setup
 	@shopt -s nullglob; ran=0; \
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(VENV)/bin/python "$$b"; ran=1; done; \
-	if [[ $$ran == 0 ]]; then echo "bench: no benchmarks/bench_*.py found" >&2; exit 1; fi
+	for b in $(if $(BENCH),benchmarks/$(BENCH).py,benchmarks/*.py); do \
+	    echo "== $$b"; $(VENV)/bin/python "$$b" $(BENCH_ARGS); ran=1; done; \
+	if [[ $$ran == 0 ]]; then echo "bench: no benchmark found" >&2; exit 1; fi
 
 # Build products and caches of the repo; the venv and the VM lane's kernels stay (see distclean).
 clean:

@@ -9,8 +9,9 @@
 # from a file the guest writes into the shared repo: vng's own exit status is not trusted), or 124 on
 # timeout, or 125 when the guest never reported one (boot failure, panic).
 #
-# Environment: SENSORIUM_VM_TIMEOUT (seconds, default 1800), SENSORIUM_VM_MEMORY (default 2G),
-# SENSORIUM_VM_CPUS (default 1).
+# Environment: SENSORIUM_VM_TIMEOUT (seconds for the whole guest, default 1800),
+# SENSORIUM_VM_TEST_TIMEOUT (pytest-timeout per test in the guest, default 900: everything runs about
+# ten times slower under emulation), SENSORIUM_VM_MEMORY (default 2G), SENSORIUM_VM_CPUS (default 1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -81,7 +82,7 @@ if [ -r /sys/kernel/btf/vmlinux ]; then
     fi
 fi
 echo "[guest] kernel \$(uname -r); lsm=\$(cat /sys/kernel/security/lsm 2>/dev/null)"
-.venv/bin/python -m pytest -p no:cacheprovider$quoted_args
+.venv/bin/python -m pytest -p no:cacheprovider --timeout=${SENSORIUM_VM_TEST_TIMEOUT:-900}$quoted_args
 rc=\$?
 echo "\$rc" > $(printf '%q' "$run_dir/rc")
 sync
