@@ -33,6 +33,13 @@ read -r -a kernels <<< "${SENSORIUM_VM_KERNELS:-bookworm backports}"
 
 mkdir -p "$VM/logs"
 declare -A pids logs
+# Each kernel's job gets its own process group (job control), so an interrupted lane can stop its
+# guests -- and only its own -- by group id.
+set -m
+stop_guests() {
+    for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+}
+trap 'log "interrupted: stopping the guests"; stop_guests; exit 130' INT TERM
 for k in "${kernels[@]}"; do
     logs[$k]="$VM/logs/lane-$k.log"
     # Probes are built here with the host's clang against the guest's BTF (cache hits in the guest),
