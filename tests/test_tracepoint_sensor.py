@@ -142,3 +142,28 @@ spec:
     assert "tracepoints[1] syscalls/sys_enter_openat" in str(ei.value)
     assert len(rig.ctx.loaded_prog_ids) >= 2  # the first item (and the second) had really been loaded
     assert gone(rig.ctx.loaded_prog_ids)
+
+
+def test_fd_argument_is_reported_as_its_file(rig, tmp_path: Path) -> None:
+    target = tmp_path / "closed-file"
+    target.write_text("c")
+    rig.load(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: close-fd}}
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_close
+    args:
+    - {{index: 5, type: fd}}
+    selectors:
+    - matchPIDs:
+      - {{operator: In, values: [{os.getpid()}]}}
+      matchArgs:
+      - {{index: 0, operator: Postfix, values: ["/closed-file"]}}
+""", "tracepoints")
+    fd = os.open(target, os.O_RDONLY)
+    os.close(fd)
+    evs = rig.events(lambda b: True, wait=2.0)
+    assert [e["args"] for e in evs] == [[{"file_arg": {"path": str(target)}}]]
