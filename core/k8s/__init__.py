@@ -3,6 +3,8 @@
 - `containerid`: container id / pod uid from cgroup paths (pure functions, every runtime format).
 - `watcher`: `PodWatcher`, this node's pods from the API server, indexed by container id.
 - `enrich`: `Enricher`, the pipeline stage adding Tetragon's ``pod`` object (hold-and-retry).
+- `scope`: `PodScope` / `ScopeTracker`, the cgroups of the containers a policy's selectors pick.
+- `policies`: `PolicyCrdWatcher`, TracingPolicy CRDs applied to the agent's PolicyManager live.
 
 `start_kubernetes(cfg)` builds and starts the watcher and the enricher from the agent config; the agent
 calls it once and adds ``stage.enricher.process`` to its pipeline stages. Importing this package does
