@@ -322,3 +322,18 @@ spec:
     assert [string_args(e) for e in evs] == [[str(missing)]]
     assert evs[0]["return"] == {"int_arg": -2}  # ENOENT
     assert h.counters()["posted"] == 1
+
+
+def test_monitoring_reports_blocking_actions_even_with_nopost(rig, cgroup2_dir) -> None:
+    h = rig.load(getpgid_policy("""    - matchArgs:
+      - {index: 0, operator: Equal, values: ["4000061"]}
+      matchActions:
+      - {action: Sigkill}
+      - {action: NoPost}
+"""), "kprobes", mode="monitoring", cgroup_ids=[cgroup2_dir.id])
+    code = "import os\ntry: os.getpgid(4000061)\nexcept OSError: pass\nprint('survived')"
+    r = cgroup2_dir.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == 0 and b"survived" in r.stdout
+    evs = rig.events(lambda b: b["args"][0]["int_arg"] == 4000061, wait=2.0)
+    assert evs and evs[0]["action"] == "KPROBE_ACTION_SIGKILL" and evs[0]["action_taken"] is False
+    assert h.counters()["signals"] == 0

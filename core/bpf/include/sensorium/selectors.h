@@ -1229,7 +1229,8 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 			sens_count(SENS_CNT_SIGNALS);
 		}
 	}
-	if (!(actions & SENS_ACT_POST))
+	/* NoPost hides the event, except in monitoring: "would have killed" must reach someone */
+	if (!(actions & SENS_ACT_POST) && !(monitor && (actions & (SENS_ACT_SIGKILL | SENS_ACT_SIGNAL))))
 		return 0;
 	if (rl_ns) {
 		struct sens_rl_key key = {};
