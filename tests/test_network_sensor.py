@@ -267,16 +267,23 @@ def test_udp_over_ipv6_is_reported_and_delivered(net_agent):
 @kernel
 def test_observe_only_programs_never_block_traffic(net_agent):
     """Everything the programs see is allowed: TCP to a listener, UDP to nobody (no EPERM from the
-    programs; the kernel's own answer, if any, is what comes back)."""
+    programs; the kernel's own answer, if any, is what comes back). The events show that the programs
+    did see this very traffic."""
+    h = net_agent
     _tcp_exchange("4", "127.0.0.1", 10, 10)
     for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         s = socket.socket(fam, socket.SOCK_DGRAM)
         try:
             assert s.sendto(b"x", (host, 9)) == 1          # unconnected: sendmsg4/6
             s.connect((host, 9))                            # connected: connect4/6
-            s.send(b"x")
+            assert s.send(b"x") == 1
         finally:
             s.close()
+    me = os.getpid()
+    for fn, mech in (("udp_sendmsg", "cgroup/sendmsg4"), ("udp_connect", "cgroup/connect4"),
+                     ("udp_sendmsg", "cgroup/sendmsg6"), ("udp_connect", "cgroup/connect6")):
+        _wait(h, lambda e: e["function_name"] == fn and e["mechanism"] == mech and _sock(e)["dport"] == 9
+              and e["process"].get("pid") == me, f"{fn} via {mech}")
 
 
 def _bpftool(*args: str) -> Any:

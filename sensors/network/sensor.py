@@ -66,8 +66,6 @@ class NetworkSensor:
             for name in UDP_PROGRAMS:
                 obj.program(name).set_autoload(want_udp)
             obj.load()
-            # The ring is registered before anything is attached so no record waits on a missing reader.
-            self.ctx.add_ring_buffer(obj.map("net_events"), self.decoder.decode_batch)
             if want_tcp:
                 obj.program(TCP_PROGRAM).attach_tracepoint("sock", "inet_sock_set_state")
                 self.hooks.append({"hook": "tcp connect/accept/close", "mechanism": TCP_MECHANISM,
@@ -88,6 +86,9 @@ class NetworkSensor:
                                                    f"(process, destination) per {opts.get('udp_dedup_seconds', 10.0)} s"})
                 finally:
                     os.close(fd)
+            # Last, as the exec sensor does: a failed start must not leave a ring registered with the
+            # reader. Records made since the attach wait in the ring meanwhile.
+            self.ctx.add_ring_buffer(obj.map("net_events"), self.decoder.decode_batch)
         except BaseException:
             self.stop()
             raise
