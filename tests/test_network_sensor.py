@@ -428,3 +428,33 @@ def test_proc_net_tcp_listeners_are_parsed_with_their_addresses() -> None:
           "   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A "
           "00000000:00000000 00:00000000 00000000     0        0 777 1\n")
     assert parse_proc_net_tcp(v6, 10) == [(socket.inet_pton(socket.AF_INET6, "::1"), 22, 777)]
+
+
+@kernel
+def test_udp_pair_is_reported_again_after_the_dedup_window(agent, tmp_path):
+    events = tmp_path / "events.jsonl"
+    h = agent({"sensors": {"network": {"enabled": True, "udp_dedup_seconds": 1}},
+               "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50}]})
+    h.events_path = events
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    port = 9
+
+    def reports() -> list[dict[str, Any]]:
+        return [e for e in _kprobes(h) if e["function_name"] == "udp_sendmsg" and _sock(e)["dport"] == port
+                and e["process"].get("pid") == os.getpid()]
+
+    try:
+        for _ in range(3):
+            s.sendto(b"x", ("127.0.0.1", port))
+        _wait(h, lambda e: e in reports(), "first udp_sendmsg")
+        time.sleep(1.5)
+        assert len(reports()) == 1, "three datagrams within the window gave more than one report"
+        for _ in range(3):
+            s.sendto(b"x", ("127.0.0.1", port))
+        deadline = time.monotonic() + 10
+        while len(reports()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(reports()) == 2, f"{len(reports())} reports; expected one per window"
+    finally:
+        s.close()
