@@ -458,3 +458,22 @@ def test_udp_pair_is_reported_again_after_the_dedup_window(agent, tmp_path):
         assert len(reports()) == 2, f"{len(reports())} reports; expected one per window"
     finally:
         s.close()
+
+
+def test_sensor_is_off_by_default_and_declares_what_it_needs() -> None:
+    from sensorium.plugins import PluginRegistry
+
+    spec = PluginRegistry().discover().sensors["network"]
+    assert spec.enabled_by_default is False
+    assert {"tracepoint", "ringbuf", "btf"} <= set(spec.requires)
+    assert {"net_tcp_record", "net_udp_record"} <= set(spec.record_layouts)
+
+
+def test_bad_option_is_refused_naming_file_line_and_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"api: {{socket: {tmp_path / 'api.sock'}}}\nsensors:\n  network:\n    enabled: true\n"
+                   "    udp_dedup_seconds: -1\n")
+    exe = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "sensorium"
+    r = subprocess.run([str(exe), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "line 5" in r.stderr and "sensors.network.udp_dedup_seconds" in r.stderr, r.stderr
