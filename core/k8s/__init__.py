@@ -7,7 +7,7 @@
 - `policies`: `PolicyCrdWatcher`, TracingPolicy CRDs applied to the agent's PolicyManager live.
 
 `start_kubernetes(cfg)` builds and starts the watcher and the enricher from the agent config; the agent
-calls it once and adds ``stage.enricher.process`` to its pipeline stages. Importing this package does
+calls it once and appends ``stage.enricher`` to its pipeline stages (after ProcessJoin). Importing this package does
 not import the ``kubernetes`` client (only starting does).
 """
 

@@ -9,8 +9,8 @@ retried until its pod is known or ``hold_s`` has passed; then it is sent without
 Pipeline use (`sensorium.pipeline.Stage`)::
 
     enricher = Enricher(watcher, hold_s=5.0)
-    pipeline.stages.append(enricher.process)   # batch -> the events ready now (held ones come later)
-    pipeline.submit([])                          # on a timer: releases held events that became ready
+    pipeline.stages.append(enricher)             # after ProcessJoin; batch -> the events ready now
+    # Pipeline.tick() (every reader poll) sees `enricher.held` and submits [] to release due events.
     pipeline.submit(enricher.flush())            # at shutdown, before the exporters close
 """
 
@@ -20,7 +20,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, overload
 
 from sensorium.events import Event
 from sensorium.k8s.containerid import container_id_from_cgroup_path
@@ -127,9 +127,22 @@ class Enricher:
             return event
         return event.replace(body={**body, **changes})
 
-    def __call__(self, event: Event) -> Event:
-        """Enrich one event now, without holding (for callers outside the batch pipeline)."""
-        return self.enrich(event)
+    @overload
+    def __call__(self, events: Event) -> Event: ...
+    @overload
+    def __call__(self, events: list[Event]) -> list[Event]: ...
+
+    def __call__(self, events: Event | list[Event]) -> Event | list[Event]:
+        """A pipeline stage (`sensorium.pipeline.Stage`): a batch goes through `process` (with holding);
+        a single event is enriched now, without holding."""
+        if isinstance(events, Event):
+            return self.enrich(events)
+        return self.process(events)
+
+    @property
+    def held(self) -> int:
+        """Events waiting for their pod (the pipeline's tick releases them when they are due)."""
+        return self._n_held
 
     # ---- batches with hold-and-retry --------------------------------------------------------------
 
