@@ -58,14 +58,17 @@ static __always_inline void sensorium_hdr_fill(struct sensorium_hdr *hdr, __u16 
  * Copy `size` bytes at `data` into the ring buffer map `ringbuf` as one record.
  * `size` may vary per event (build the record in a per-CPU array scratch map), but the verifier must
  * see it bounded by the size of `data`, e.g. `size & (SCRATCH_SIZE - 1)` or an explicit `if`.
- * No wakeup is sent unless the ring already holds more than SENSORIUM_WAKEUP_BYTES of unread data.
+ * No wakeup is sent unless this record makes the unread data cross SENSORIUM_WAKEUP_BYTES.
  * Returns 0, or a negative errno (-EAGAIN when the ring is full: count it as a drop).
  */
 static __always_inline long sensorium_submit(void *ringbuf, void *data, __u64 size)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
+	__u64 avail = bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA);
 
-	if (bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) > SENSORIUM_WAKEUP_BYTES)
+	/* Wake only when this record crosses the threshold: while a slow reader leaves the ring above it,
+	 * a wakeup per record would cost every traced call again (the reader polls on its timer anyway). */
+	if (avail <= SENSORIUM_WAKEUP_BYTES && avail + size > SENSORIUM_WAKEUP_BYTES)
 		flags = BPF_RB_FORCE_WAKEUP;
 	return bpf_ringbuf_output(ringbuf, data, size, flags);
 }
