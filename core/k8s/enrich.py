@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Protocol, overload
 
 from sensorium.events import Event
-from sensorium.k8s.containerid import container_id_from_cgroup_path
+from sensorium.k8s.containerid import container_id_from_cgroup_path, pod_uid_from_cgroup_path
 from sensorium.k8s.watcher import ContainerInfo
 
 log = logging.getLogger("sensorium.k8s")
@@ -56,6 +56,16 @@ def container_id_of(process: Mapping[str, Any]) -> str | None:
                 if cid:
                     return cid
     return None
+
+
+def outside_kubernetes(process: Mapping[str, Any]) -> bool:
+    """True when the process's full cgroup path is known and names no pod: a container of Docker,
+    Podman or a runtime used directly, which no pod will ever claim (so holding it would only delay it)."""
+    cg = process.get("cgroup")
+    if not isinstance(cg, Mapping):
+        return False
+    paths = [p for p in (cg.get("path"), cg.get("memory_path")) if isinstance(p, str) and p.count("/") > 1]
+    return bool(paths) and all(pod_uid_from_cgroup_path(p) is None for p in paths)
 
 
 def _ns_pid(pid: Any, proc_root: str) -> int | None:
@@ -92,7 +102,7 @@ class Enricher:
         self._lock = threading.Lock()
         self.stats: dict[str, int] = {
             "container_events": 0, "with_pod": 0, "held": 0, "released_resolved": 0,
-            "released_unresolved": 0, "dropped_over_limit": 0, "host_events": 0,
+            "released_unresolved": 0, "dropped_over_limit": 0, "host_events": 0, "non_pod_containers": 0,
         }
 
     # ---- one event --------------------------------------------------------------------------------
@@ -162,8 +172,14 @@ class Enricher:
                 if isinstance(process, Mapping) and "pod_unresolved" in process:
                     out.append(ev)  # decided already (released by an earlier call or a flush)
                     continue
-                self.stats["container_events"] += 1
                 queue = self._held.get(cid)
+                if queue is None and isinstance(process, Mapping) and self.pods.synced \
+                        and self.pods.container(cid) is None and outside_kubernetes(process):
+                    self.stats["non_pod_containers"] += 1
+                    out.append(self.enrich(ev, unresolved_reason="not a Kubernetes pod's container "
+                                                                 "(no pod in its cgroup path)"))
+                    continue
+                self.stats["container_events"] += 1
                 # Keep per-container order: behind held events of the same container, wait too.
                 if queue is None and (isinstance(process, Mapping) and "pod" in process
                                       or self.pods.container(cid) is not None):

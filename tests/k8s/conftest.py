@@ -143,6 +143,6 @@ def watcher(api: Any) -> Iterator[Any]:
     from sensorium.k8s.watcher import PodWatcher
 
     w = PodWatcher(api, NODE, watch_timeout_s=30, deleted_grace_s=2.0).start()
-    assert w.wait_synced(15), w.status()
+    assert w.wait_synced(45), w.status()
     yield w
     w.stop()

@@ -205,3 +205,31 @@ def test_flush_releases_everything_held(kubelet: Any, watcher: Any, namespace: s
     [out] = enricher.flush()
     assert "released at flush" in out.process["pod_unresolved"]
     assert enricher.pending() == 0
+
+
+def test_container_outside_kubernetes_is_not_held(watcher: Any, cgroup2_dir: Any) -> None:
+    """A Docker-style container cgroup (no pod in its path): no pod will ever claim it, so its events
+    pass at once, saying why they carry no pod."""
+    import os
+    import subprocess
+
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    scope = os.path.join(os.fspath(cgroup2_dir), f"docker-{cid}.scope")
+    os.mkdir(scope)
+    proc = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        with open(os.path.join(scope, "cgroup.procs"), "w") as f:
+            f.write(str(proc.pid))
+        path = next(line.split(":", 2)[2].strip() for line in open(f"/proc/{proc.pid}/cgroup") if line.startswith("0::"))
+        assert path.endswith(f"docker-{cid}.scope")
+        ev = Event("process_exec", {"process": {"exec_id": "d", "pid": proc.pid, "binary": "/bin/sleep",
+                                                "cgroup": {"path": path}}}, "n", time.time_ns())
+        enricher = Enricher(watcher, hold_s=30)
+        [out] = enricher.process([ev])
+        assert "pod" not in out.process
+        assert "not a Kubernetes pod's container" in out.process["pod_unresolved"]
+        assert enricher.pending() == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        os.rmdir(scope)
