@@ -8,7 +8,6 @@ Fork records only update the process cache.
 from __future__ import annotations
 
 import ctypes
-import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -30,7 +29,6 @@ EXEC_F_NO_MEMCG = 0x0010
 EXEC_F_BINARY_DELETED = 0x0020
 
 SIGNAL_GROUP_EXIT = 0x00000004  # include/linux/sched/signal.h
-REAP_INTERVAL_S = 30.0
 
 
 class SensoriumHdr(ctypes.Structure):
@@ -147,14 +145,9 @@ class ExecDecoder:
         self.ctx = ctx
         self.cache = ctx.process_cache
         self.counters: Counter[str] = Counter()
-        self._next_reap = time.monotonic() + REAP_INTERVAL_S
 
     def decode_batch(self, records: Sequence[bytes]) -> list["Event"]:
         out: list[Event] = []
-        now = time.monotonic()
-        if now >= self._next_reap:  # exits lost in the kernel must not pin entries forever
-            self._next_reap = now + REAP_INTERVAL_S
-            self.cache.reap_dead()
         for raw in records:
             if len(raw) < _HDR_SIZE:
                 self.counters["short"] += 1

@@ -69,4 +69,8 @@ class ExecSensor:
         return out
 
     def status(self) -> Mapping[str, Any]:
-        return {"state": self.state, "records": dict(self.decoder.counters), "kernel_drops": self.drops()}
+        drops = self.drops()
+        # lost_events: what the agent turns into sensorium_kernel_events_lost (kernel drops only; records
+        # that failed to decode are in records.bad_*).
+        return {"state": self.state, "records": dict(self.decoder.counters), "kernel_drops": drops,
+                "lost_events": sum(drops.values())}
