@@ -91,9 +91,7 @@ def plan_syscalls(plan: Any, ctx: Any, policy_id: int) -> list[Any]:
         items = _syscall_items(plan)
     except ValueError as exc:
         raise PolicyLoadError(plan.where, str(exc), field=f"spec.lsmhooks[{plan.position}].args") from None
-    ks = KprobeSensor.__new__(KprobeSensor)  # only its planning: no ring, nothing started
-    ks.ctx = ctx
-    ks._skipped = {}
+    ks = KprobeSensor(ctx)  # used for its planning only: never started, its ring never opened
     view = types.SimpleNamespace(id=policy_id, section="lsmhooks", name="", mode="enforcement")
     plans = []
     for j, (sc, item) in enumerate(items):
