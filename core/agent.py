@@ -129,6 +129,7 @@ class Agent:
         self.pipeline.runners = self.runners
         self.pipeline.metrics = self.metrics
         self.pipeline.stages = [ProcessJoin(self.process_cache)]
+        self._start_kubernetes()
         self.reader = RingBufferReader()
 
         self._start_sensors()
@@ -156,6 +157,18 @@ class Agent:
             f"; failed: {'; '.join(failed)}" if failed else "",
             ", ".join(getattr(r, "name", "?") for r in self.runners) or "none",
         )
+
+    def _start_kubernetes(self) -> None:
+        """Pod enrichment (sensorium.k8s) when the config wants it: a stage after ProcessJoin."""
+        from sensorium.k8s import start_kubernetes
+
+        try:
+            self.enricher = start_kubernetes(self.cfg)
+        except Exception as exc:  # noqa: BLE001 - no API server access: events go out without pods
+            log.error("kubernetes enrichment not started: %s: %s", type(exc).__name__, exc)
+            self.enricher = None
+        if self.enricher is not None:
+            self.pipeline.stages.append(self.enricher.enricher)
 
     def _make_metrics(self) -> Any:
         try:
@@ -287,6 +300,8 @@ class Agent:
                 self._stop_sensor(slot)
         if self.reader_thread is not None:
             self.reader_thread.stop()  # drains what the programs submitted before they were detached
+        if self.enricher is not None:
+            self.pipeline.submit(self.enricher.stop())  # events still waiting for their pod, marked
         if self.reader is not None:
             self.reader.close()
         from sensorium.exporting import stop_runners
@@ -331,4 +346,5 @@ class Agent:
             },
             "process_cache": self.process_cache.stats() if self.process_cache is not None else {},
             "policies": self.policies.list() if self.policies is not None else [],
+            "kubernetes": self.enricher.status() if self.enricher is not None else None,
         }
