@@ -133,6 +133,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--execs", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rss-storms", type=int, default=5, help="storms in one agent life for the RSS figures")
+    ap.add_argument("--rss-pause", type=float, default=11.0, help="seconds between those storms")
     args = ap.parse_args()
     have_bpftrace = shutil.which("bpftrace") is not None
     times: dict[str, list[float]] = {"bare": [], "agent": [], "bpftrace": []}
@@ -166,9 +168,11 @@ def main() -> None:
         agent = Agent(tmp / "rss")
         rss_start = proc_rss_mb(agent.proc.pid)
         rss = []
-        for _ in range(4):
+        for _ in range(args.rss_storms):
             storm(exe, args.execs)
-            agent.wait_events(0, timeout=2)
+            # Past the cache's grace period (process_cache.exited_grace_s, 10 s by default) exited
+            # entries are freed as the next storm's exits sweep them: steady state, not the grace window.
+            time.sleep(args.rss_pause)
             rss.append(proc_rss_mb(agent.proc.pid))
         peak = proc_rss_mb(agent.proc.pid, "VmHWM")
         agent.stop()

@@ -32,7 +32,7 @@ class PluginsConfig(Strict):
 
 class ProcessCacheConfig(Strict):
     max_size: int = Field(default=65536, ge=128, le=4_194_304, description="Entries kept, exited ones evicted first")
-    exited_grace_s: float = Field(default=30.0, ge=0, description="Keep an exited process this long for late events")
+    exited_grace_s: float = Field(default=10.0, ge=0, description="Keep an exited process this long for late events (other rings, late exporters)")
 
 
 class PipelineConfig(Strict):
@@ -65,6 +65,7 @@ class KubernetesConfig(Strict):
     deleted_pod_grace_s: float = Field(default=60.0, ge=0, le=3600, description="Deleted pods stay resolvable")
     watch_timeout_s: int = Field(default=300, ge=10, le=3600)
     resolve_workloads: bool = Field(default=True, description="Read ReplicaSets/Jobs to name Deployments/CronJobs")
+    policy_crds: bool = Field(default=True, description="Load TracingPolicy custom resources from the API server")
 
 
 class ExporterItem(BaseModel):

@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import os
 import re
+import sys
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -212,6 +213,7 @@ class ProcessCache:
         # pid -> exec_id of its last exited process still in grace: events of other sensors come
         # through other rings and may be drained after the exit record (ProcessJoin in pipeline.py).
         self._gone: dict[int, str] = {}
+        self._interned: dict[tuple, dict[str, Any]] = {}
         self._exited: collections.OrderedDict[str, float] = collections.OrderedDict()  # exec_id -> exit time
         self._host_ns = self._read_ns("self")
         self._counters = collections.Counter[str]()
@@ -428,12 +430,12 @@ class ProcessCache:
             "auid": int(info["auid"]) if info.get("auid") is not None else 4294967295,
             "parent_exec_id": parent_exec_id,
             "tid": int(info.get("tid", pid)),
-            "process_credentials": {
+            "process_credentials": self._intern({
                 "uid": uid, "gid": gid,
                 "euid": int(info.get("euid", uid)), "egid": int(info.get("egid", gid)),
                 "suid": int(info.get("suid", uid)), "sgid": int(info.get("sgid", gid)),
                 "fsuid": int(info.get("fsuid", uid)), "fsgid": int(info.get("fsgid", gid)),
-            },
+            }),
             "arguments_truncated": bool(info.get("args_truncated")),
         }
         if not parent_exec_id:
@@ -442,8 +444,8 @@ class ProcessCache:
             proc["binary_deleted"] = True
         ns = info.get("ns")
         if ns:
-            proc["ns"] = {name: {"inum": int(inum), "is_host": int(inum) == self._host_ns.get(name)}
-                          for name, inum in ns.items() if inum}
+            proc["ns"] = self._intern({name: self._intern({"inum": int(inum), "is_host": int(inum) == self._host_ns.get(name)})
+                                       for name, inum in ns.items() if inum})
         cg = info.get("cgroup")
         if cg:
             cg = dict(cg)
@@ -460,15 +462,31 @@ class ProcessCache:
                                                              cg.get("memory_parent_id")) or ""
             cg.pop("parent_id", None)  # only needed to resolve the path
             cg.pop("memory_parent_id", None)
-            proc["cgroup"] = cg
+            proc["cgroup"] = self._intern(cg)
             docker = info.get("docker") or parse_container_id(cg.get("path")) or parse_container_id(cg.get("memory_path"))
         else:
             docker = info.get("docker")
         if docker:
             proc["docker"] = docker
+        for key in ("binary", "cwd"):
+            proc[key] = sys.intern(proc[key])
         entry = _Entry(exec_id, pid, ktime, parent_exec_id, proc)
         self._add(entry)
         return entry
+
+    _INTERN_MAX = 4096
+
+    def _intern(self, d: dict[str, Any]) -> dict[str, Any]:
+        """One shared dict per distinct value: most processes of a node share their namespaces,
+        credentials and cgroup, and these sub-dicts were most of an entry's memory. Shared dicts are
+        read-only, like the events that carry them."""
+        key = tuple((k, id(v) if isinstance(v, dict) else v) for k, v in d.items())
+        got = self._interned.get(key)
+        if got is None:
+            if len(self._interned) >= self._INTERN_MAX:
+                self._interned.clear()
+            self._interned[key] = got = d
+        return got
 
     def _add(self, entry: _Entry) -> None:
         prev = self._entries.pop(entry.exec_id, None)
