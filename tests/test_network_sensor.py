@@ -299,9 +299,10 @@ def _our_prog_ids() -> set[int]:
 @kernel
 def test_everything_is_detached_after_the_agent_stops(net_agent):
     h = net_agent
-    from conftest import cgroup2_mount
+    from sensorium.bpf.probe import probe_kernel
 
-    root = str(cgroup2_mount())
+    # `from conftest import ...` is ambiguous (tests/vm and tests/k8s have their own conftest).
+    root = str(probe_kernel().cgroup2)
     ours = _our_prog_ids()
     attached = {p["id"] for p in _bpftool("cgroup", "show", root)} & ours
     linked = {lk.get("prog_id") for lk in _bpftool("link", "list")} & ours
