@@ -272,6 +272,8 @@ class Agent:
         self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics)
         if self.cfg.policies.directory is not None:
             self.policies.load_directory(self.cfg.policies.directory)
+        if self.enricher is not None:
+            self.enricher.start_policy_crds(self.policies)
 
     def _start_api(self) -> None:
         if not self.cfg.api.enabled:
@@ -290,6 +292,8 @@ class Agent:
         self._stopped = True
         if self.api is not None:
             self.api.stop()
+        if self.enricher is not None and self.enricher.policy_crds is not None:
+            self.enricher.policy_crds.stop()  # no policy object may load while everything unloads
         if self.policies is not None:
             try:
                 self.policies.unload_all()

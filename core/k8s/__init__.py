@@ -34,16 +34,34 @@ def kubernetes_wanted(cfg: Any) -> bool:
 class KubernetesStage:
     """The running pod watcher and enricher of an agent."""
 
-    def __init__(self, watcher: Any, enricher: Any) -> None:
+    def __init__(self, watcher: Any, enricher: Any, api: Any = None, cfg: Any = None) -> None:
         self.watcher = watcher
         self.enricher = enricher
+        self.api = api
+        self.cfg = cfg
+        self.policy_crds: Any = None
+
+    def start_policy_crds(self, manager: Any) -> None:
+        """Load TracingPolicy / TracingPolicyNamespaced objects into ``manager`` live (when the config's
+        ``kubernetes.policy_crds`` is on)."""
+        if self.cfg is not None and not self.cfg.kubernetes.policy_crds:
+            return
+        from sensorium.k8s.policies import PolicyCrdWatcher
+
+        self.policy_crds = PolicyCrdWatcher(self.api, manager, self.watcher.node_name,
+                                            watch_timeout_s=self.watcher.watch_timeout_s).start()
 
     def status(self) -> dict[str, Any]:
-        return {"watcher": self.watcher.status(), "enrichment": self.enricher.status()}
+        out = {"watcher": self.watcher.status(), "enrichment": self.enricher.status()}
+        if self.policy_crds is not None:
+            out["policy_crds"] = self.policy_crds.status()
+        return out
 
     def stop(self) -> list[Any]:
         """Stop watching; returns the events still held (send them on before closing the exporters)."""
         held = self.enricher.flush()
+        if self.policy_crds is not None:
+            self.policy_crds.stop()
         self.watcher.stop()
         return held
 
@@ -64,4 +82,4 @@ def start_kubernetes(cfg: Any, api: Any = None) -> KubernetesStage | None:
     proc_root = os.environ.get("SENSORIUM_PROC_ROOT") or "/proc"
     enricher = Enricher(watcher, hold_s=k.hold_s, max_held=k.hold_max_events, proc_root=proc_root)
     log.info("kubernetes: watching pods of node %s", cfg.node_name)
-    return KubernetesStage(watcher, enricher)
+    return KubernetesStage(watcher, enricher, api, cfg)

@@ -146,3 +146,32 @@ def watcher(api: Any) -> Iterator[Any]:
     assert w.wait_synced(45), w.status()
     yield w
     w.stop()
+
+
+def _wait_for(cond: Any, timeout: float = 15.0, what: str = "") -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def crds(kubeconfig: str, api: Any) -> Iterator[None]:
+    from kubernetes import client
+
+    r = subprocess.run([str(CACHE / "bin" / "kubectl"), "--kubeconfig", kubeconfig, "apply", "-f", str(REPO / "charts" / "sensorium" / "crds")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ext = client.ApiextensionsV1Api(api)
+    for name in ("tracingpolicies.sensorium.io", "tracingpoliciesnamespaced.sensorium.io"):
+        _wait_for(lambda: any(c.type == "Established" and c.status == "True"
+                          for c in (ext.read_custom_resource_definition(name).status.conditions or [])),
+              what=f"{name} established")
+    yield
+
+

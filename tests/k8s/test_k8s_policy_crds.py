@@ -21,7 +21,6 @@ from k8s_env import CACHE, NODE, REPO
 
 sys.path.insert(0, str(REPO / "tests"))
 
-CRDS = REPO / "charts" / "sensorium" / "crds"
 pytestmark = pytest.mark.slow
 
 
@@ -33,21 +32,6 @@ def _wait(cond: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def crds(kubeconfig: str, api: Any) -> Iterator[None]:
-    from kubernetes import client
-
-    r = subprocess.run([str(CACHE / "bin" / "kubectl"), "--kubeconfig", kubeconfig, "apply", "-f", str(CRDS)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    ext = client.ApiextensionsV1Api(api)
-    for name in ("tracingpolicies.sensorium.io", "tracingpoliciesnamespaced.sensorium.io"):
-        _wait(lambda: any(c.type == "Established" and c.status == "True"
-                          for c in (ext.read_custom_resource_definition(name).status.conditions or [])),
-              what=f"{name} established")
-    yield
 
 
 @pytest.fixture
