@@ -19,13 +19,13 @@ import base64
 import collections
 import dataclasses
 import os
-import re
 import sys
 import threading
 import time
 from typing import Any, Callable, Mapping
 
 from sensorium.events import ktime_to_wall_ns, rfc3339
+from sensorium.k8s.containerid import container_id_from_cgroup_path
 
 __all__ = ["ProcessCache", "CgroupResolver", "parse_container_id", "make_exec_id", "join_arguments",
            "SIGNAL_NAMES", "NAMESPACES"]
@@ -65,20 +65,12 @@ def join_arguments(args: list[str]) -> str:
 #   CRI-O:                  .../crio-<id>.scope        (and crio-conmon-<id>.scope for its monitor)
 #   Docker:                 /docker/<id>               or /system.slice/docker-<id>.scope
 #   Podman:                 .../libpod-<id>.scope
-_CONTAINER_ID = re.compile(r"(?:^|[-:_])([0-9a-f]{64})(?:\.scope)?$")
 
 
 def parse_container_id(path: str | None) -> str | None:
-    """The container id in a cgroup path, or None (searched from the leaf up)."""
-    if not path:
-        return None
-    for comp in reversed(path.split("/")):
-        if "conmon" in comp:  # CRI-O's monitor process is not the container
-            continue
-        m = _CONTAINER_ID.search(comp)
-        if m:
-            return m.group(1)
-    return None
+    """The container id in a cgroup path, or None (searched from the leaf up). One parser for the exec
+    sensor and the Kubernetes stage: `sensorium.k8s.containerid.container_id_from_cgroup_path`."""
+    return container_id_from_cgroup_path(path)
 
 
 def _mountinfo(path: str = "/proc/self/mountinfo") -> list[tuple[str, str, str]]:
