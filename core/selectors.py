@@ -16,6 +16,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
+from sensorium.bpf.records import SensoriumHdr
 from sensorium.policy import CAPABILITIES
 
 __all__ = [
@@ -116,11 +117,6 @@ class HookCfg(ctypes.Structure):
                 ("nargs", ctypes.c_uint8), ("nsel", ctypes.c_uint8), ("flags", ctypes.c_uint8),
                 ("syscall_nr", ctypes.c_int32), ("args", SensArg * MAX_ARGS),
                 ("sel", SensSelector * MAX_SELECTORS), ("strs", SensStr * MAX_STRINGS)]
-
-
-class SensoriumHdr(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint16), ("flags", ctypes.c_uint16), ("size", ctypes.c_uint32),
-                ("ktime", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32)]
 
 
 class SensEvent(ctypes.Structure):

@@ -16,7 +16,7 @@ import os
 import platform
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["LibbpfError", "BpfObject", "BpfProgram", "BpfMap", "BpfLink", "lib", "libbpf_log_tail",
            "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST", "MapType", "num_possible_cpus"]
@@ -463,6 +463,15 @@ class BpfMap:
         err = lib().bpf_map__update_elem(self._p(), key, len(key), value, len(value), flags)
         if err < 0:
             raise LibbpfError(err, f"update of {self._what()} (key {key.hex()})")
+
+    def counters(self, names: Sequence[str]) -> dict[str, int]:
+        """Read an array map of u64 counters (per-CPU or not) indexed 0..len(names)-1, summed over CPUs:
+        ``{name: total}``. Missing slots count 0."""
+        out: dict[str, int] = {}
+        for idx, name in enumerate(names):
+            raw = self.lookup(idx.to_bytes(4, "little")) or b""
+            out[name] = sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw) - 7, 8))
+        return out
 
     def lookup(self, key: bytes) -> bytes | None:
         key = self._key(key)

@@ -11,6 +11,7 @@ import ctypes
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from sensorium.bpf.records import SensoriumHdr
 from sensorium.process import SIGNAL_NAMES
 
 if TYPE_CHECKING:
@@ -29,17 +30,6 @@ EXEC_F_NO_MEMCG = 0x0010
 EXEC_F_BINARY_DELETED = 0x0020
 
 SIGNAL_GROUP_EXIT = 0x00000004  # include/linux/sched/signal.h
-
-
-class SensoriumHdr(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_uint16),
-        ("flags", ctypes.c_uint16),
-        ("size", ctypes.c_uint32),
-        ("ktime", ctypes.c_uint64),
-        ("pid", ctypes.c_uint32),
-        ("tid", ctypes.c_uint32),
-    ]
 
 
 class ExecRecord(ctypes.Structure):

@@ -58,15 +58,10 @@ class ExecSensor:
         obj = self.obj
         if obj is None:
             return {}
-        out = {}
         try:
-            m = obj.map("exec_drops")
-            for idx, name in ((0, "ring_full"), (1, "no_scratch")):
-                raw = m.lookup(idx.to_bytes(4, "little")) or b""
-                out[name] = sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
+            return obj.map("exec_drops").counters(("ring_full", "no_scratch"))
         except Exception:  # noqa: BLE001 - status must not raise
-            pass
-        return out
+            return {}
 
     def status(self) -> Mapping[str, Any]:
         drops = self.drops()

@@ -221,14 +221,9 @@ class LsmProgram:
             return out
         names = ("posted", "dropped", "filtered", "signals", "signal_errors", "rate_limited")
         try:
-            m = self.obj.map("sens_counters")
-            for i, n in enumerate(names):
-                raw = m.lookup(struct.pack("<I", i))
-                if raw:
-                    out[n] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
-        except Exception:  # noqa: BLE001
-            pass
-        return out
+            return self.obj.map("sens_counters").counters(names)
+        except Exception:  # noqa: BLE001 - status must not raise
+            return out
 
     def close(self) -> None:
         if self.net is not None:

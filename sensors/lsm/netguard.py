@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from sensorium.bpf.records import SensoriumHdr
 from sensorium.hookspecs import ProbeSource
 from sensorium.policy import Selector
 
@@ -52,13 +53,8 @@ class NetConfig(ctypes.Structure):
                 ("dropped", ctypes.c_uint64)]
 
 
-class Hdr(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint16), ("flags", ctypes.c_uint16), ("size", ctypes.c_uint32),
-                ("ktime", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32)]
-
-
 class NetEvent(ctypes.Structure):
-    _fields_ = [("hdr", Hdr), ("policy_id", ctypes.c_uint32), ("rule", ctypes.c_uint32), ("hook", ctypes.c_uint8),
+    _fields_ = [("hdr", SensoriumHdr), ("policy_id", ctypes.c_uint32), ("rule", ctypes.c_uint32), ("hook", ctypes.c_uint8),
                 ("verdict", ctypes.c_uint8), ("family", ctypes.c_uint8), ("protocol", ctypes.c_uint8),
                 ("dport", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("daddr", ctypes.c_uint32 * 4),
                 ("action", ctypes.c_uint32), ("err", ctypes.c_uint32), ("cgroup_id", ctypes.c_uint64),

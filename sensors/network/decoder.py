@@ -20,6 +20,8 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
+from sensorium.bpf.records import SensoriumHdr
+
 if TYPE_CHECKING:
     from sensorium.events import Event
     from sensorium.hookspecs import SensorContext
@@ -46,17 +48,6 @@ TCP_STATES = {
     6: "TCP_TIME_WAIT", 7: "TCP_CLOSE", 8: "TCP_CLOSE_WAIT", 9: "TCP_LAST_ACK", 10: "TCP_LISTEN",
     11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV",
 }
-
-
-class SensoriumHdr(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_uint16),
-        ("flags", ctypes.c_uint16),
-        ("size", ctypes.c_uint32),
-        ("ktime", ctypes.c_uint64),
-        ("pid", ctypes.c_uint32),
-        ("tid", ctypes.c_uint32),
-    ]
 
 
 class NetTcpRecord(ctypes.Structure):

@@ -126,15 +126,10 @@ class NetworkSensor:
         obj = self.obj
         if obj is None:
             return {}
-        out = {}
         try:
-            m = obj.map("net_counters")
-            for idx, name in enumerate(COUNTERS):
-                raw = m.lookup(idx.to_bytes(4, "little")) or b""
-                out[name] = sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
+            return obj.map("net_counters").counters(COUNTERS)
         except Exception:  # noqa: BLE001 - status must not raise
-            pass
-        return out
+            return {}
 
     def status(self) -> Mapping[str, Any]:
         st: dict[str, Any] = {"state": self.state, "hooks": list(self.hooks), "records": dict(self.decoder.counters),

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import hookimpl
+from sensorium.bpf.records import SensoriumHdr
 from sensorium.events import Event
 from sensorium.hookspecs import ProbeSource, SensorContext, SensorSpec
 
@@ -19,11 +20,7 @@ HERE = Path(__file__).parent
 class KillEvent(ctypes.Structure):
     """Twin of `struct kill_event` in event.h."""
 
-    _fields_ = [
-        ("type", ctypes.c_uint16), ("flags", ctypes.c_uint16), ("size", ctypes.c_uint32),
-        ("ktime", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32),
-        ("target_pid", ctypes.c_int32), ("sig", ctypes.c_int32),
-    ]
+    _fields_ = [("hdr", SensoriumHdr), ("target_pid", ctypes.c_int32), ("sig", ctypes.c_int32)]
 
 
 class Options(BaseModel):
@@ -62,15 +59,15 @@ class KillSensor:
             if len(raw) < size:  # event bytes are input too: never trust their length
                 continue
             rec = KillEvent.from_buffer_copy(raw)
-            process, parent = self.ctx.process_cache.get(rec.pid)
+            process, parent = self.ctx.process_cache.get(rec.hdr.pid)
             body = {
-                "process": process or {"pid": rec.pid, "tid": rec.tid},
+                "process": process or {"pid": rec.hdr.pid, "tid": rec.hdr.tid},
                 "parent": parent or {},
                 "subsys": "syscalls",
                 "event": "sys_enter_kill",
                 "args": [{"int_arg": rec.target_pid}, {"int_arg": rec.sig}, {"string_arg": _signame(rec.sig)}],
             }
-            out.append(self.ctx.make_event("process_tracepoint", body, rec.ktime))
+            out.append(self.ctx.make_event("process_tracepoint", body, rec.hdr.ktime))
         self.events += len(out)
         return out
 
