@@ -245,8 +245,14 @@ class PolicyCrdWatcher:
                     rv = None
                     continue
                 if getattr(exc, "status", None) == 404:
-                    # The CRDs are not installed (yet): nothing to load; look again later.
+                    # The CRDs are not installed (yet): nothing to load; look again now and then.
+                    if not self.synced[plural].is_set():
+                        log.info("policy CRD %s.%s is not installed: no policy objects to load", plural, GROUP)
                     self.synced[plural].set()
+                    self.last_error = f"{plural}: CRD not installed"
+                    if self._stop.wait(30.0):
+                        break
+                    continue
                 self.stats["errors"] += 1
                 self.last_error = f"{plural}: {type(exc).__name__}: {exc}"[:500]
                 log.warning("policy watch: %s; retrying in %.1f s", self.last_error, backoff)
