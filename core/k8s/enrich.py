@@ -186,10 +186,15 @@ class Enricher:
                     self.stats["with_pod"] += 1
                     out.append(self.enrich(ev))
                     continue
+                if self.max_held <= 0:
+                    self.stats["released_unresolved"] += 1
+                    out.append(self.enrich(ev, unresolved_reason="holding disabled (hold_max_events: 0)"))
+                    continue
                 if self._n_held >= self.max_held:
                     # Bounded memory: the oldest held event goes out now, without its pod.
                     self.stats["dropped_over_limit"] += 1
                     out.extend(self._pop_oldest(now))
+                    queue = self._held.get(cid)  # popping may have emptied (and dropped) this very queue
                 if queue is None:
                     queue = self._held[cid] = collections.deque()
                 queue.append((now + self.hold_s, ev))

@@ -233,3 +233,21 @@ def test_container_outside_kubernetes_is_not_held(watcher: Any, cgroup2_dir: Any
         proc.kill()
         proc.wait()
         os.rmdir(scope)
+
+
+def test_held_events_are_bounded_and_none_is_lost(watcher: Any) -> None:
+    """Past hold_max_events the oldest held event goes out at once (marked); every event comes out once."""
+    uid, cid = str(uuid.uuid4()), uuid.uuid4().hex * 2
+
+    def ev(i: int) -> Event:
+        return Event("process_exec", {"process": {"exec_id": str(i), "pid": 1 << 30,
+                                                  "cgroup": {"path": f"/kubepods/besteffort/pod{uid}/{cid}"}}},
+                     "n", time.time_ns())
+
+    enricher = Enricher(watcher, hold_s=60, max_held=2)
+    out = enricher.process([ev(1), ev(2)]) + enricher.process([ev(3)]) + enricher.process([ev(4)])
+    assert [e.process["exec_id"] for e in out] == ["1", "2"]
+    assert enricher.held == 2 and enricher.status()["dropped_over_limit"] == 2
+    rest = enricher.flush()
+    assert [e.process["exec_id"] for e in rest] == ["3", "4"]
+    assert all("pod_unresolved" in e.process for e in out + rest)
