@@ -11,39 +11,20 @@
   under the v1 memory hierarchy, removed after the test with everything still inside killed.
 - ``agent``: ``agent(config_dict) -> AgentHandle`` runs ``.venv/bin/sensorium run --config <tmp yaml>``,
   waits for a stderr line containing "ready" and stops it with SIGTERM (SIGKILL after 10 s) at teardown.
+
+The helpers behind them live in tests/sensorium_testlib.py, importable from any test module.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# Set by scripts/vm/run.sh inside a lane guest (its value is the guest's kernel release).
-IN_VM: str | None = os.environ.get("SENSORIUM_IN_VM") or None
-
-# What BOTH lane kernels (Debian 6.1 and 6.12 booted with lsm=...,bpf) were measured to have.
-# A test needing one of these is lane material; inside the lane its absence is a failure, not a skip.
-VM_LANE_HAS = frozenset({
-    "btf", "bpf_lsm", "kprobes", "tracefs", "bpffs", "cgroup2",
-    "tracepoint", "raw_tp", "tp_btf", "kprobe", "fentry", "fexit", "fmod_ret", "lsm",
-    "uprobe", "cgroup_sock_addr", "ringbuf",
-})
-# What only some lane kernels have: kprobe_multi needs CONFIG_FPROBE, which Debian's 6.1 lacks
-# (attach fails with EOPNOTSUPP) and 6.12 has. Lane material too, but skipped where absent.
-VM_LANE_SOME = frozenset({"kprobe_multi"})
+from sensorium_testlib import (IN_VM, VM_LANE_HAS, VM_LANE_SOME, AgentHandle, Cgroup, _kernel_caps,
+                               cgroup2_mount, check_needs, make_cgroup, start_agent, v1_memory_mount)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -53,49 +34,6 @@ VM_LANE_SOME = frozenset({"kprobe_multi"})
 def kernel_caps() -> Any:
     """The running kernel's capabilities (sensorium.bpf.probe.KernelCapabilities)."""
     return _kernel_caps()
-
-
-_CAPS: Any = None
-
-
-def _kernel_caps() -> Any:
-    global _CAPS
-    if _CAPS is None:
-        try:
-            from sensorium.bpf.probe import probe_kernel
-        except ImportError as e:  # the probe module is part of the bpf layer; say so plainly
-            pytest.fail(f"sensorium.bpf.probe.probe_kernel is not importable: {e}")
-        _CAPS = probe_kernel()
-    return _CAPS
-
-
-def _missing(caps: Any, names: tuple[str, ...]) -> list[str]:
-    return [n for n in names if not caps.has(n)]
-
-
-def _why(caps: Any, name: str) -> str:
-    pt = getattr(caps, "program_types", {}) or {}
-    res = pt.get(name)
-    err = getattr(res, "error", None) if res is not None else None
-    return f"{name} ({err})" if err else name
-
-
-def check_needs(*names: str) -> None:
-    """Skip (on a host lacking them) or fail (inside the VM lane) unless the kernel has all `names`.
-
-    `names` are KernelCapabilities.has() keys: program types (fentry, lsm, kprobe, ...) or
-    btf, bpf_lsm, kprobes, tracefs, bpffs, cgroup2."""
-    caps = _kernel_caps()
-    missing = _missing(caps, names)
-    if not missing:
-        return
-    release = getattr(caps, "release", os.uname().release)
-    what = ", ".join(_why(caps, n) for n in missing)
-    if IN_VM and any(n in VM_LANE_HAS for n in missing):
-        pytest.fail(f"VM lane kernel {release} lacks {what}, which the lane's kernels are expected to have")
-    lane = (" (runs in the VM lane: make test-vm)"
-            if not IN_VM and all(n in VM_LANE_HAS | VM_LANE_SOME for n in missing) else "")
-    pytest.skip(f"kernel {release} lacks {what}{lane}")
 
 
 @pytest.fixture
@@ -137,128 +75,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # cgroups
 
-def _mounts() -> list[tuple[str, str, str]]:
-    out = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            p = line.split()
-            if len(p) >= 4:
-                out.append((p[1].encode().decode("unicode_escape"), p[2], p[3]))
-    return out
-
-
-def cgroup2_mount() -> Path | None:
-    """The cgroup2 mount point: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a pure one."""
-    points = [mp for mp, fs, _ in _mounts() if fs == "cgroup2"]
-    for pref in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-        if pref in points:
-            return Path(pref)
-    return Path(points[0]) if points else None
-
-
-def v1_memory_mount() -> Path | None:
-    for mp, fs, opts in _mounts():
-        if fs == "cgroup" and "memory" in opts.split(","):
-            return Path(mp)
-    return None
-
-
-@dataclass
-class Cgroup:
-    """A cgroup directory made for one test. ``os.fspath(cg)`` is its path; ``cg.id`` its inode
-    number (the cgroup id BPF reports for cgroup2)."""
-
-    path: Path
-    version: int
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    @property
-    def id(self) -> int:
-        return os.stat(self.path).st_ino
-
-    @property
-    def procs_file(self) -> Path:
-        return self.path / "cgroup.procs"  # same name in v1 and v2
-
-    def add(self, pid: int) -> None:
-        """Move process `pid` into this cgroup."""
-        self.procs_file.write_text(f"{pid}\n")
-
-    def pids(self) -> list[int]:
-        return [int(x) for x in self.procs_file.read_text().split()]
-
-    def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen:
-        """Start `argv` already inside this cgroup (a shell moves itself in, then execs argv), so
-        not even its first instruction runs elsewhere."""
-        wrapper = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.procs_file), *argv]
-        return subprocess.Popen(wrapper, **kw)
-
-    def run(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess:
-        """Like subprocess.run, inside this cgroup."""
-        kw.setdefault("timeout", 60)
-        wrapper = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.procs_file), *argv]
-        return subprocess.run(wrapper, **kw)
-
-
-def _kill_and_remove(path: Path) -> None:
-    """Kill everything in `path` and below, then remove the directories, deepest first."""
-    if not path.exists():
-        return
-    dirs = sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-    dirs.append(path)
-    kill_file = path / "cgroup.kill"  # cgroup2, Linux 5.14+: kills the whole subtree atomically
-    if kill_file.exists():
-        try:
-            kill_file.write_text("1\n")
-        except OSError:
-            pass
-    deadline = time.monotonic() + 10
-    for d in dirs:
-        while True:
-            try:
-                pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-            except OSError:
-                pids = []
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"processes {pids} survive SIGKILL in {d}")
-            time.sleep(0.02)
-        for _ in range(200):  # rmdir races with the exit of the last task (EBUSY for a moment)
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.02)
-        else:
-            raise RuntimeError(f"cannot remove cgroup {d}")
-
-
-def _make_cgroup(parent: Path, version: int) -> Iterator[Cgroup]:
-    path = parent / f"sensorium-test-{secrets.token_hex(4)}"
-    path.mkdir()
-    try:
-        yield Cgroup(path, version)
-    finally:
-        _kill_and_remove(path)
-
-
 @pytest.fixture
 def cgroup2_dir() -> Iterator[Cgroup]:
     """A new cgroup2 cgroup for this test (removed after, its processes killed)."""
     mp = cgroup2_mount()
     if mp is None:
         pytest.skip("no cgroup2 mount on this machine")
-    yield from _make_cgroup(mp, 2)
+    yield from make_cgroup(mp, 2)
 
 
 @pytest.fixture
@@ -267,96 +90,11 @@ def v1_memory_cgroup() -> Iterator[Cgroup]:
     mp = v1_memory_mount()
     if mp is None:
         pytest.skip("no cgroup v1 memory hierarchy mounted (a pure cgroup2 node)")
-    yield from _make_cgroup(mp, 1)
+    yield from make_cgroup(mp, 1)
 
 
 # --------------------------------------------------------------------------------------------------
 # the real agent
-
-SENSORIUM_BIN = REPO / ".venv" / "bin" / "sensorium"
-
-
-@dataclass
-class AgentHandle:
-    """A running ``sensorium run``. Its stdout goes to ``stdout_path`` (JSON lines with the stdout
-    exporter); its stderr lines are collected in ``stderr_lines`` and copied to ``stderr_path``."""
-
-    proc: subprocess.Popen
-    config_path: Path
-    stdout_path: Path
-    stderr_path: Path
-    stderr_lines: list[str] = field(default_factory=list)
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _reader: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def events(self, path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-        """The JSON objects written so far, one per line, to `path` (default: the agent's stdout).
-        A last line still being written (no newline yet) is left for the next call."""
-        p = Path(path) if path is not None else self.stdout_path
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in data.split(b"\n")[:-1]:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
-        return out
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool],
-                 path: str | os.PathLike[str] | None = None, timeout: float = 15.0) -> dict[str, Any]:
-        """Poll `events(path)` until one satisfies `predicate`; return it. AssertionError on timeout
-        (with the number of events seen and the agent's stderr tail), or when the agent died."""
-        deadline = time.monotonic() + timeout
-        while True:
-            evs = self.events(path)
-            for ev in evs:
-                if predicate(ev):
-                    return ev
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited ({self.proc.returncode}) before the event came; "
-                                     f"stderr tail:\n{self.stderr_tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no matching event within {timeout}s ({len(evs)} events seen); "
-                                     f"stderr tail:\n{self.stderr_tail()}")
-            time.sleep(0.05)
-
-    def stderr_tail(self, n: int = 30) -> str:
-        return "\n".join(self.stderr_lines[-n:])
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL (the whole process group) after `timeout` s. Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
-        if self._reader is not None:
-            self._reader.join(5)
-        return self.proc.returncode
-
-
-def _read_stderr(h: AgentHandle) -> None:
-    assert h.proc.stderr is not None
-    with open(h.stderr_path, "w", encoding="utf-8", errors="replace") as copy:
-        for raw in h.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            h.stderr_lines.append(line)
-            copy.write(line + "\n")
-            copy.flush()
-            if "ready" in line:
-                h._ready.set()
-
 
 @pytest.fixture
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., AgentHandle]]:
@@ -365,39 +103,12 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Ag
     Writes `config` as YAML, starts ``.venv/bin/sensorium run --config <it>`` in its own process
     group, and returns once a stderr line contains "ready". Every agent started is stopped at
     teardown (SIGTERM, SIGKILL after 10 s)."""
-    import yaml
-
     started: list[AgentHandle] = []
 
     def start(config: dict[str, Any], *, args: tuple[str, ...] | list[str] = (),
               env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> AgentHandle:
-        if IN_VM:  # the lane emulates the CPU: everything takes about ten times longer there
-            ready_timeout *= 8
-        d = tmp_path_factory.mktemp("agent")
-        cfg = d / "config.yaml"
-        # Each agent gets its own API socket, so agents of concurrent tests never take each other's.
-        config = {**config, "api": {"socket": str(d / "api.sock"), **config.get("api", {})}}
-        cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-        exe = str(SENSORIUM_BIN) if SENSORIUM_BIN.exists() else None
-        argv = ([exe] if exe else [sys.executable, "-m", "sensorium.cli"]) + ["run", "--config", str(cfg), *args]
-        stdout_path = d / "stdout.jsonl"
-        with open(stdout_path, "wb") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
-                                    cwd=d, env={**os.environ, **(env or {})}, start_new_session=True)
-        h = AgentHandle(proc, cfg, stdout_path, d / "stderr.log")
-        h._reader = threading.Thread(target=_read_stderr, args=(h,), name=f"agent-stderr-{proc.pid}", daemon=True)
-        h._reader.start()
-        started.append(h)
-        deadline = time.monotonic() + ready_timeout
-        while not h._ready.wait(0.05):
-            if proc.poll() is not None:
-                h._reader.join(5)
-                raise AssertionError(f"agent exited with {proc.returncode} before it was ready: "
-                                     f"{' '.join(argv)}\nstderr:\n{h.stderr_tail(60)}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"agent not ready after {ready_timeout}s (no stderr line with 'ready'); "
-                                     f"stderr:\n{h.stderr_tail(60)}")
-        return h
+        return start_agent(tmp_path_factory.mktemp("agent"), config, args=args, env=env,
+                           ready_timeout=ready_timeout, started=started)
 
     yield start
     for h in started:

@@ -4,26 +4,16 @@ agent, sees its "ready" line, reads its events and stops it."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-# `from conftest import ...` would be ambiguous (tests/k8s/ has a conftest too): load this directory's
-# by path under a name of its own.
-_spec = importlib.util.spec_from_file_location("sensorium_tests_conftest", Path(__file__).with_name("conftest.py"))
-assert _spec is not None and _spec.loader is not None
-_conftest = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _conftest  # dataclasses look their module up there
-_spec.loader.exec_module(_conftest)
-_make_cgroup, cgroup2_mount, v1_memory_mount = _conftest._make_cgroup, _conftest.cgroup2_mount, _conftest.v1_memory_mount
-check_needs = _conftest.check_needs
+from sensorium_testlib import _make_cgroup, cgroup2_mount, check_needs, v1_memory_mount
 
 
 def _cgroup_line(pid: int, v2: bool) -> str:
