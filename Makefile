@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Arguments of `sensorium run`, e.g. `make run ARGS='--config examples/agent.yaml'`
 ARGS ?=
 
-.PHONY: setup run test test-host test-vm vm-prepare bench clean distclean
+.PHONY: setup run test test-host test-vm vm-prepare k8s-setup bench clean distclean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,7 +29,9 @@ test: setup
 	exit $$rc
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a silent success.
-test-host: setup
+# The Kubernetes test infrastructure (kube-apiserver built once from Debian's source, etcd, containerd,
+# helm) is the tests' business, not `make run`'s: it is set up here, cached, seconds when done.
+test-host: setup k8s-setup
 	@rc=0; $(PYTEST) -ra $(PYTEST_ARGS) || rc=$$?; \
 	if [[ $$rc == 5 ]]; then echo "test-host: pytest collected no tests" >&2; fi; \
 	exit $$rc
@@ -39,6 +41,9 @@ test-vm: setup
 
 vm-prepare:
 	bash scripts/vm/prepare.sh
+
+k8s-setup: setup
+	bash scripts/k8s/setup.sh
 
 # Every benchmarks/*.py with its defaults, or one: `make bench BENCH=exec_storm BENCH_ARGS='--execs 2000'`.
 BENCH ?=
