@@ -33,7 +33,7 @@ def test_builtins_are_discovered_through_entry_points() -> None:
     assert all(sensors[n]["distribution"] == "sensorium" for n in BUILTIN_SENSORS)
     assert sensors["exec"]["state"] == "loaded", sensors["exec"]
     assert any(p.endswith("probe.bpf.c") for p in sensors["exec"]["probes"])
-    assert sensors["uprobe"]["state"] == "not implemented"
+    assert sensors["uprobe"]["state"] == "loaded", sensors["uprobe"]
 
 
 def test_allowlist_keeps_other_plugins_unimported(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """The policy-hook engine shared by the tracepoint and kprobe sensors (and reusable by uprobe/lsm).
 
 One hook of a policy = one instance of the ``hook.bpf.c`` object, configured by its rodata
-(`sensorium.selectors.compile_hook`), attached as a tracepoint, raw tracepoint, or raw_tp
-sys_enter/sys_exit. Every hook object of a sensor writes into the sensor's one ring buffer (the map
-is shared with ``bpf_map__reuse_fd``), so loading and unloading policies never adds rings to the
-agent's reader. `HookSet` is the `PolicyHandle` of a section: it loads whole or undoes and raises.
+(`sensorium.selectors.compile_hook`), attached as a tracepoint, raw tracepoint, raw_tp
+sys_enter/sys_exit, or a uprobe/uretprobe (uprobe sensor). Every hook object of a sensor writes into
+the sensor's one ring buffer (the map is shared with ``bpf_map__reuse_fd``), so loading and unloading
+policies never adds rings to the agent's reader. `HookSet` is the `PolicyHandle` of a section: it
+loads whole or undoes and raises.
 """
 
 from __future__ import annotations
@@ -282,6 +283,10 @@ class HookSet:
                 wanted.add("sens_tp")
             elif kind == "raw":
                 wanted.add("sens_raw")
+            elif kind == "uprobe":  # ("uprobe", at_exit, binary, symbol | None, offset): the uprobe sensor
+                wanted.add("sens_uprobe")
+                if plan.attach[1]:
+                    wanted.add("sens_uretprobe")
             else:
                 wanted.add("sens_sys_enter")
                 if plan.attach[1]:
@@ -298,7 +303,7 @@ class HookSet:
             uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
             for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
                                   ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
-                                  ("sens_inflight", plan.attach[0] == "syscall" and plan.attach[1]),
+                                  ("sens_inflight", plan.attach[0] in ("syscall", "uprobe") and plan.attach[1]),
                                   ("sens_cgroups", cgroup_ids)):
                 if not needed:
                     obj.map(mname).set_max_entries(64)
@@ -315,6 +320,11 @@ class HookSet:
                 obj.program("sens_tp").attach_tracepoint(plan.attach[1], plan.attach[2])
             elif kind == "raw":
                 obj.program("sens_raw").attach_raw_tracepoint(plan.attach[1])
+            elif kind == "uprobe":
+                _k, at_exit, binary, symbol, offset = plan.attach
+                if at_exit:
+                    obj.program("sens_uretprobe").attach_uprobe(binary, symbol, offset, retprobe=True)
+                obj.program("sens_uprobe").attach_uprobe(binary, symbol, offset)
             else:
                 if "sens_sys_exit" in wanted:
                     obj.program("sens_sys_exit").attach_raw_tracepoint("sys_exit")

@@ -1,19 +1,34 @@
-"""The uprobe sensor (placeholder until its issue lands): discovered like any plugin, reports "not implemented"."""
+"""The uprobe sensor plugin: TracingPolicy ``uprobes`` sections (functions of user binaries by symbol or
+offset, return values through uretprobes), with in-kernel selectors and actions from the shared hook engine."""
+
+from __future__ import annotations
 
 from sensorium import hookimpl
 from sensorium.hookspecs import SensorSpec
 
 
-class _NotImplemented:
-    def __init__(self, ctx):  # pragma: no cover - never started: implemented=False
-        raise RuntimeError("the uprobe sensor is not implemented yet")
+def _factory(ctx):  # type: ignore[no-untyped-def]
+    from sensorium_sensors.uprobe.sensor import UprobeSensor
+
+    return UprobeSensor(ctx)
 
 
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
+    from sensorium import selectors
+    from sensorium.policy import UProbeSpec
+    from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
+
     return SensorSpec(
         name="uprobe",
-        description="uprobe hooks (not implemented yet)",
-        factory=_NotImplemented,
-        implemented=False,
+        description="TracingPolicy uprobes: user functions by symbol or offset (uretprobes for return values) with "
+        "in-kernel selectors and actions; events: process_uprobe",
+        factory=_factory,
+        probes=[HOOK_PROBE],
+        options=HookSensorOptions,
+        policy_sections={"uprobes": UProbeSpec},
+        record_layouts=dict(selectors.RECORD_LAYOUTS),
+        requires=frozenset({"uprobe", "ringbuf", "btf"}),
+        enabled_by_default=True,
+        implemented=True,
     )

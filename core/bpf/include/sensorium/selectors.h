@@ -46,6 +46,7 @@
 #define SENS_HOOK_TP 1
 #define SENS_HOOK_RAW_TP 2
 #define SENS_HOOK_SYSCALL 3
+#define SENS_HOOK_UPROBE 4
 
 /* Argument kinds */
 #define SENS_ARG_INT 1
@@ -1376,6 +1377,59 @@ int sens_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
 	bpf_map_delete_elem(&sens_inflight, &tid);
 	s->ev.retval = (__s64)ctx->args[1];
+	s->ev.flags = SENS_EV_HAS_RET;
+	return sens_run(ctx, s);
+}
+
+/* uprobe/uretprobe on a user function: its parameters are the user calling convention's registers
+ * (PT_REGS_PARM1..6), read into s->raw so that SENS_FROM_SYSCALL arguments work unchanged. With
+ * `return: true` the entry saves them (sens_inflight, by thread) and the uretprobe posts with the
+ * return value: registers are clobbered by the time the function returns. */
+SEC("uprobe")
+int sens_uprobe(struct pt_regs *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	s->raw[0] = PT_REGS_PARM1(ctx);
+	s->raw[1] = PT_REGS_PARM2(ctx);
+	s->raw[2] = PT_REGS_PARM3(ctx);
+	s->raw[3] = PT_REGS_PARM4(ctx);
+	s->raw[4] = PT_REGS_PARM5(ctx);
+#if defined(__TARGET_ARCH_x86)
+	s->raw[5] = ctx->r9; /* libbpf 1.1's bpf_tracing.h stops at PT_REGS_PARM5 */
+#else
+	s->raw[5] = 0;
+#endif
+	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+		bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+		return 0;
+	}
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+SEC("uretprobe")
+int sens_uretprobe(struct pt_regs *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
+
+	if (!saved)
+		return 0;
+	struct sens_scratch *s = sens_begin();
+
+	if (!s) {
+		bpf_map_delete_elem(&sens_inflight, &tid);
+		return 0;
+	}
+	bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
+	bpf_map_delete_elem(&sens_inflight, &tid);
+	s->ev.retval = (__s64)PT_REGS_RC(ctx);
 	s->ev.flags = SENS_EV_HAS_RET;
 	return sens_run(ctx, s);
 }

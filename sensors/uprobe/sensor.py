@@ -1,0 +1,154 @@
+"""The uprobe sensor: TracingPolicy ``uprobes`` items, served by the shared hook engine.
+
+One hook object per (item, symbol or offset), attached as a uprobe on the binary (and a uretprobe too
+for ``return: true``). Function parameters are read from the user calling convention's registers
+(PT_REGS_PARM1..6) into the same slots syscall hooks use, so argument capture, selectors (matchArgs,
+matchReturnArgs, matchBinaries, matchPIDs, ...) and actions (Post, NoPost, Sigkill, Signal) are the
+engine's, evaluated in the kernel. Events are ``process_uprobe`` with path, symbol, args.
+
+The binary and its symbols are checked before anything is loaded: a missing binary or a symbol the
+ELF symbol tables do not define is a `PolicyLoadError` naming it and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from typing import Any
+
+from sensorium import selectors as S
+from sensorium.hookspecs import PolicyLoadError, SensorContext
+from sensorium_sensors.tracepoint import tracefs
+from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
+from sensorium_sensors.tracepoint.sensor import _extras
+from sensorium_sensors.uprobe.elfsyms import ElfError, function_symbols
+
+HOOK_UPROBE = 4  # SENS_HOOK_UPROBE in sensorium/selectors.h (informational in the kernel)
+MAX_PARAMS = 6   # parameters passed in registers on x86_64 (rdi, rsi, rdx, rcx, r8, r9)
+HOOKS_PER_ITEM = 64  # hook_id = item index * HOOKS_PER_ITEM + target index (policy.MAX_SYMBOLS_PER_UPROBE)
+
+
+class UprobeSensor(HookSensor):
+    name = "uprobe"
+    section = "uprobes"
+
+    def __init__(self, ctx: SensorContext) -> None:
+        super().__init__(ctx)
+
+    def plan(self, policy: Any) -> list[HookPlan]:
+        # An item names several symbols/offsets: each is its own hook (its own event "symbol").
+        plans: list[HookPlan] = []
+        for i, item in enumerate(policy.items):
+            plans.extend(self.plan_targets(policy, i, item))
+        return plans
+
+    def plan_item(self, policy: Any, index: int, item: Any) -> HookPlan | None:
+        plans = self.plan_targets(policy, index, item)
+        return plans[0] if plans else None
+
+    # -- one item ---------------------------------------------------------------------------------
+    def _check_binary(self, hook: str, base: str, path: str) -> dict[str, int]:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise PolicyLoadError(hook, f"binary {path} does not exist", f"{base}.path") from None
+        except OSError as e:
+            raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", f"{base}.path") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyLoadError(hook, f"binary {path} is not a regular file", f"{base}.path")
+        try:
+            return function_symbols(path)
+        except ElfError as e:
+            raise PolicyLoadError(hook, f"binary {path}: {e}", f"{base}.path") from None
+        except OSError as e:
+            raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", f"{base}.path") from None
+
+    def _arg_plans(self, hook: str, base: str, item: Any) -> tuple[list[S.ArgPlan], dict[int, int]]:
+        plans: list[S.ArgPlan] = []
+        positions: dict[int, int] = {}
+        declared = {a.index for a in item.args}
+        for i, a in enumerate(item.args):
+            field = f"{base}.args[{i}]"
+            if a.index >= MAX_PARAMS:
+                raise PolicyLoadError(hook, f"index {a.index}: only the first {MAX_PARAMS} parameters (0..5, passed in "
+                                            f"registers) can be read", f"{field}.index")
+            typ = a.type or "auto"
+            if typ == "nop":
+                continue
+            if a.returnCopy:
+                raise PolicyLoadError(hook, "returnCopy is not supported for uprobes", f"{field}.returnCopy")
+            if typ == "auto":
+                typ = "uint64"
+            if typ in tracefs._INT_KEYS:
+                plan = tracefs.int_plan(typ, S.FROM_SYSCALL, a.index, a.label)
+            elif typ == "string":
+                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_STR,
+                                 json_key="string_arg", label=a.label, type_name=typ)
+            elif typ == "char_buf":
+                size_pos = None
+                if a.sizeArgIndex is not None:
+                    if a.sizeArgIndex - 1 not in declared:
+                        raise PolicyLoadError(hook, f"sizeArgIndex {a.sizeArgIndex} (parameter {a.sizeArgIndex - 1}) "
+                                                    f"must also be declared in args", f"{field}.sizeArgIndex")
+                    size_pos = -1 - (a.sizeArgIndex - 1)  # resolved below, once positions are known
+                plan = S.ArgPlan(kind=S.ARG_BUF, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_BUF,
+                                 json_key="bytes_arg", size_arg=size_pos, label=a.label, type_name=typ)
+            else:
+                raise PolicyLoadError(hook, f"type {typ} is not supported for uprobes (integers: int, uint, s64, u64, "
+                                            f"size_t...; string; char_buf)", f"{field}.type")
+            positions[a.index] = len(plans)
+            plans.append(plan)
+        plans = [(dataclasses.replace(p, size_arg=positions.get(-1 - p.size_arg))
+                  if p.size_arg is not None and p.size_arg < 0 else p) for p in plans]
+        return plans, positions
+
+    def plan_targets(self, policy: Any, index: int, item: Any) -> list[HookPlan]:
+        base = f"spec.{policy.section}[{index}]"
+        hook = f"{policy.section}[{index}] {item.path}"
+        known = self._check_binary(hook, base, item.path)
+        for j, sym in enumerate(item.symbols):
+            if sym not in known:
+                raise PolicyLoadError(f"{hook}:{sym}", f"symbol {sym} is not a function defined in {item.path}",
+                                      f"{base}.symbols[{j}]")
+        size = os.stat(item.path).st_size
+        for j, off in enumerate(item.offsets):
+            if off >= size:
+                raise PolicyLoadError(f"{hook}:{off:#x}", f"offset {off:#x} is past the end of {item.path} "
+                                                          f"({size} bytes)", f"{base}.offsets[{j}]")
+        args, positions = self._arg_plans(hook, base, item)
+        at_exit = bool(item.return_)
+        ret_plan = None
+        if at_exit:
+            ra = item.returnArg
+            rtyp = (ra.type if ra is not None else "int") or "int"
+            if rtyp == "auto":
+                rtyp = "int"
+            if rtyp not in tracefs._INT_KEYS:
+                raise PolicyLoadError(hook, f"returnArg type {rtyp}: only integer return values are read",
+                                      f"{base}.returnArg.type")
+            ret_plan = tracefs.int_plan(rtyp, S.FROM_RETVAL, 0, ra.label if ra is not None else None)
+        targets: list[tuple[str | None, int, str]] = [(s, 0, s) for s in item.symbols]
+        targets += [(None, o, f"{o:#x}") for o in item.offsets]
+        plans: list[HookPlan] = []
+        for t, (sym, off, shown) in enumerate(targets):
+            thook = f"{hook}:{shown}"
+            try:
+                compiled = S.compile_hook(policy_id=policy.id, hook_id=index * HOOKS_PER_ITEM + t, kind=HOOK_UPROBE,
+                                          args=args, selectors=list(item.selectors), arg_position=positions,
+                                          at_exit=at_exit, has_return=at_exit)
+            except S.SelectorError as e:
+                raise PolicyLoadError(thook, e.reason, f"{base}.{e.field}") from None
+            mech = "uprobe" + (" + uretprobe" if at_exit else "")
+            note = ""
+            if at_exit:
+                note = "arguments are read at entry and posted with the return value at the uretprobe"
+            if compiled.blocking:
+                note = (note + "; " if note else "") + ("Sigkill/Signal are sent from the uprobe" +
+                        (" at return: the function has run" if at_exit else
+                         " at entry: the process gets them before the function's first instruction"))
+            body: dict[str, Any] = {"path": item.path, "symbol": shown, **_extras(item)}
+            plans.append(HookPlan(hook=thook, field=base, compiled=compiled, args=args,
+                                  attach=("uprobe", at_exit, item.path, sym, off), mechanism=mech, note=note,
+                                  body=body, kind="process_uprobe", return_plan=ret_plan))
+        return plans
