@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sensorium import __version__
+from sensorium.bpf.progstats import by_name, enable_stats, program_stats
 from sensorium.config import AgentConfig, validate_sensor_options
 from sensorium.events import Event, ktime_to_wall_ns
 from sensorium.hookspecs import ProbeSource, Sensor, SensorSpec
@@ -104,6 +105,7 @@ class Agent:
         self.enricher: Any = None
         self._stop = threading.Event()
         self._stopped = False
+        self._stats_fd: int | None = None
         self.started_at = time.time()
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -148,6 +150,11 @@ class Agent:
         self._housekeeping = threading.Thread(target=self._housekeep, name="sensorium-housekeeping", daemon=True)
         self._housekeeping.start()
         if self.metrics is not None and self.cfg.metrics.enabled:
+            if self.cfg.metrics.bpf_stats:
+                try:
+                    self._stats_fd = enable_stats()
+                except OSError as exc:
+                    log.warning("BPF run-time statistics not enabled: %s", exc)
             self.metrics.serve(self.cfg.metrics.address, self.cfg.metrics.port)
         running = [n for n, s in self.slots.items() if s.state == "running"]
         failed = [f"{n} ({s.reason})" for n, s in self.slots.items() if s.state == "failed"]
@@ -198,6 +205,7 @@ class Agent:
                     self.process_cache.reap_dead()
                 if self.metrics is not None:
                     self.metrics.set_process_cache_size(len(self.process_cache))
+                    self.metrics.set_program_stats(by_name(program_stats()))
             except Exception:  # noqa: BLE001 - upkeep must never take the agent down
                 log.exception("housekeeping")
 
@@ -313,6 +321,9 @@ class Agent:
         undrained = [n for n, ok in stop_runners(self.runners).items() if not ok]
         if undrained:
             log.warning("exporters not fully drained at stop (dropped and counted): %s", ", ".join(undrained))
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
         if self.metrics is not None and hasattr(self.metrics, "close"):
             self.metrics.close()
         log.info("stopped")

@@ -74,6 +74,19 @@ class Metrics:
             "policy_state", "1 for the current state of each policy", ["policy", "state"],
             namespace=NAMESPACE, registry=r,
         )
+        self.bpf_programs = Gauge(
+            "bpf_programs", "BPF programs the agent holds, by program name", ["program"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.bpf_program_runs = Gauge(
+            "bpf_program_runs", "Runs of the agent's BPF programs, by program name (while run-time "
+            "statistics are on: metrics.bpf_stats)", ["program"], namespace=NAMESPACE, registry=r,
+        )
+        self.bpf_program_run_seconds = Gauge(
+            "bpf_program_run_seconds", "Time spent in the agent's BPF programs, by program name (while "
+            "run-time statistics are on: metrics.bpf_stats)", ["program"], namespace=NAMESPACE, registry=r,
+        )
+        self._program_names: set[str] = set()
         self._lock = threading.Lock()
         self._policy_states: dict[str, str] = {}
         self._server: Any = None
@@ -87,6 +100,18 @@ class Metrics:
     def lost(self, n: int, sensor: str, reason: str = "ring_buffer") -> None:
         if n > 0:
             self.kernel_lost_total.labels(sensor, reason).inc(n)
+
+    def set_program_stats(self, stats: "dict[str, tuple[int, int, int]]") -> None:
+        """``{program name: (programs, runs, run_time_ns)}`` as of now; names gone since are removed."""
+        with self._lock:
+            for name in self._program_names - set(stats):
+                for g in (self.bpf_programs, self.bpf_program_runs, self.bpf_program_run_seconds):
+                    g.remove(name)
+            for name, (n, runs, ns) in stats.items():
+                self.bpf_programs.labels(name).set(n)
+                self.bpf_program_runs.labels(name).set(runs)
+                self.bpf_program_run_seconds.labels(name).set(ns / 1e9)
+            self._program_names = set(stats)
 
     def set_process_cache_size(self, n: int) -> None:
         self.process_cache_size.set(n)

@@ -195,6 +195,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_create": (_I, [_I, _S, _U32, _U32, _U32, _P]),
     "bpf_link_create": (_I, [_I, _I, _I, _P]),
     "bpf_raw_tracepoint_open": (_I, [_S, _I]),
+    "bpf_obj_get_info_by_fd": (_I, [_I, _P, ctypes.POINTER(_U32)]),
+    "bpf_enable_stats": (_I, [_I]),
     "ring_buffer__new": (_P, [_I, _P, _P, _P]),
     "ring_buffer__add": (_I, [_P, _I, _P, _P]),
     "ring_buffer__consume": (_I, [_P]),
