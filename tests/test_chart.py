@@ -131,7 +131,7 @@ def test_values_config_keys_reach_the_agent_unchanged() -> None:
     assert kafka["type"] == "kafka" and kafka["sasl"]["password_file"] == "/etc/sensorium/kafka/password"
     assert kafka["filters"]["rate_limit"] == {"events": 50000, "interval_s": 60}
     assert cfg["process_cache"]["max_size"] == 262144
-    assert cfg["metrics"] == {"enabled": True, "address": "0.0.0.0", "port": 2112}
+    assert cfg["metrics"] == {"enabled": True, "address": "0.0.0.0", "port": 2112, "bpf_stats": False}
 
 
 def test_a_wrong_config_key_is_refused_by_the_agent(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ agent reads NODE_NAME (downward API) when the key is absent.
 {{- $cfg := deepCopy (default dict .Values.config) -}}
 {{- $_ := unset $cfg "node_name" -}}
 {{- $_ := set $cfg "api" (dict "enabled" true "socket" "/var/run/sensorium/api.sock") -}}
-{{- $_ := set $cfg "metrics" (dict "enabled" .Values.metrics.enabled "address" "0.0.0.0" "port" (int .Values.metrics.port)) -}}
+{{- $_ := set $cfg "metrics" (dict "enabled" .Values.metrics.enabled "address" "0.0.0.0" "port" (int .Values.metrics.port) "bpf_stats" (.Values.metrics.bpfStats | default false)) -}}
 {{- if include "sensorium.hasPolicies" . -}}
 {{- $_ := set $cfg "policies" (dict "directory" "/etc/sensorium/policies") -}}
 {{- end -}}
