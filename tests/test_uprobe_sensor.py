@@ -276,3 +276,42 @@ def test_elf_symbols_and_hostile_files(program, tmp_path):
     (tmp_path / "text").write_text("hello")
     with pytest.raises(ElfError, match="not an ELF file"):
         function_symbols(tmp_path / "text")
+
+
+def _libc() -> Path:
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        f = line.split()[-1]
+        if "/libc.so" in f or "/libc-" in f:
+            return Path(os.path.realpath(f))
+    pytest.skip("no libc mapped in this process")
+
+
+def test_match_binaries_on_a_shared_library_function(rig, program):
+    # strtol in libc (our atoi() is inlined to it) is called by many processes; the selector keeps only
+    # our program's calls.
+    libc = _libc()
+    text = f"""\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: libc-strtol
+spec:
+  uprobes:
+  - path: "{libc}"
+    symbols: ["strtol"]
+    args:
+    - index: 0
+      type: string
+    selectors:
+    - matchBinaries:
+      - operator: In
+        values: ["{program}"]
+"""
+    rig.load(text, "uprobes")
+    other = subprocess.Popen([sys.executable, "-c", "import ctypes; ctypes.CDLL(None).strtol(b'77', None, 10)"])
+    ours = subprocess.Popen([str(program), "41", "q"], stdout=subprocess.DEVNULL)
+    assert ours.wait(30) == 0 and other.wait(30) == 0
+    evs = rig.events(lambda b: b.get("policy_name") == "libc-strtol", wait=2.0)
+    assert evs and {e["process"]["pid"] for e in evs} == {ours.pid}
+    assert {"string_arg": "41"} in [e["args"][0] for e in evs]
+    assert all(e["path"] == str(libc) and e["symbol"] == "strtol" for e in evs)
