@@ -6,21 +6,24 @@ Mechanism per hook, from the kernel probe (`KernelCapabilities`):
   sys_enter (and sys_exit for ``return: true``) filtered by the syscall number in the kernel, first
   instruction of the program. They need neither kprobes nor trampolines, so they run on every kernel
   with BTF, this host included.
-* other kernel functions: fentry/fexit or kprobes where the kernel has them (issue 4 builds these; the
-  `MECHANISMS` table is where they plug in); on a kernel with neither they are refused with the reason.
+* other kernel functions (``syscall: false``): fentry/fexit where BPF trampolines load, else
+  kprobe/kretprobe where the kernel has kprobes (`MECHANISMS`, built in kfunc.py / kfunc.bpf.c); on a
+  kernel with neither they are refused with the reason. Every item is first checked against the
+  function's BTF prototype (exists, index in range, type fits), whatever the kernel can load.
 """
 
 from __future__ import annotations
 
 import platform
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError, SensorContext
+from sensorium_sensors.kprobe.kfunc import KfuncHookSet, plan_kernel_function, sock_event_fixup
 from sensorium_sensors.kprobe.syscalls_x86_64 import SYSCALLS_X86_64
 from sensorium_sensors.tracepoint import tracefs
-from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
+from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor, HookSet
 from sensorium_sensors.tracepoint.sensor import _extras
 
 # Path parameters of syscalls: parameter -> parameter holding its dirfd (None: relative to the cwd).
@@ -62,8 +65,9 @@ def syscall_name(call: str) -> str | None:
 
 
 # Mechanisms for kernel functions that are not syscalls, tried in order: (capability, name, builder).
-# Issue 4 adds fentry/kprobe builders here; none exists yet in this sensor.
-MECHANISMS: list[tuple[str, str, Callable[..., HookPlan] | None]] = [("fentry", "fentry", None), ("kprobe", "kprobe", None)]
+# Both are built by kfunc.plan_kernel_function, which picks fentry/fexit or kprobe/kretprobe per hook.
+MECHANISMS: list[tuple[str, str, Callable[..., HookPlan | None] | None]] = [
+    ("fentry", "fentry", plan_kernel_function), ("kprobe", "kprobe", plan_kernel_function)]
 
 
 class KprobeSensor(HookSensor):
@@ -79,6 +83,26 @@ class KprobeSensor(HookSensor):
         self._skipped[policy.id] = []
         return super().plan(policy)
 
+    def start(self) -> None:
+        decode = self.ring.decode
+        self.ring.decode = lambda records: sock_event_fixup(decode(records))  # type: ignore[method-assign]
+        super().start()
+
+    def load_policy(self, policy: Any, cgroup_ids: Sequence[int] | None = None) -> HookSet:
+        """As `HookSensor.load_policy`, with a `KfuncHookSet` that also loads kernel-function hooks."""
+        if self.state != "running" or self.ring.obj is None:
+            raise PolicyLoadError(f"{policy.section}", f"the {self.name} sensor is not running")
+        plans = self.plan(policy)
+        if cgroup_ids is not None:
+            for p in plans:
+                p.compiled.cfg.flags |= S.CFG_CGROUP_SCOPED
+                p.compiled.flags |= S.CFG_CGROUP_SCOPED
+        hs = KfuncHookSet(self.ctx, self.ring, policy.id, policy.name, policy.mode)
+        hs.skipped = list(self._skipped.pop(policy.id, []))
+        hs.load(plans, cgroup_ids)
+        self.handles = [h for h in self.handles if not h._unloaded] + [hs]
+        return hs
+
     def plan_item(self, policy: Any, index: int, item: Any) -> HookPlan | None:
         hook = f"{policy.section}[{index}] {item.call}"
         base = f"spec.{policy.section}[{index}]"
@@ -89,18 +113,10 @@ class KprobeSensor(HookSensor):
         if not item.syscall and not item.call.startswith(("__x64_sys_", "sys_")):
             name = None
         if name is None:
-            kernel = self.ctx.kernel
-            avail = [m for cap, m, build in MECHANISMS if kernel is not None and kernel.has(cap) and build]
-            if avail:  # pragma: no cover - issue 4
-                raise PolicyLoadError(hook, f"internal: mechanism {avail[0]} not wired", f"{base}.call")
-            has = [cap for cap, _m, _b in MECHANISMS if kernel is not None and kernel.has(cap)]
-            if has:
-                reason = (f"kernel function hooks need {'/'.join(has)}, which this kernel has, but this build of the "
-                          f"kprobe sensor serves only syscalls (kernel functions come with issue 4)")
-            else:
-                reason = "no kprobes and fentry refused on this kernel: only syscalls can be served here " \
-                         "(through raw_tp sys_enter/sys_exit)"
-            raise PolicyLoadError(hook, reason, f"{base}.call")
+            if platform.machine() not in ARCH_PREFIX:
+                raise PolicyLoadError(hook, f"kernel-function hooks are only built for x86_64 (this is "
+                                            f"{platform.machine()})", f"{base}.call")
+            return plan_kernel_function(self, policy, index, item)
         if platform.machine() not in ARCH_PREFIX:
             raise PolicyLoadError(hook, f"syscall hooks are only mapped for x86_64 (this is {platform.machine()})",
                                   f"{base}.call")

@@ -16,7 +16,7 @@ import struct
 import threading
 from pathlib import Path
 
-__all__ = ["LsmParam", "LsmHookSig", "lsm_hooks", "DEFAULT_BTF"]
+__all__ = ["LsmParam", "LsmHookSig", "lsm_hooks", "kernel_functions", "DEFAULT_BTF"]
 
 DEFAULT_BTF = Path("/sys/kernel/btf/vmlinux")
 
@@ -42,12 +42,13 @@ class LsmParam:
 class LsmHookSig:
     name: str
     params: tuple[LsmParam, ...]
+    ret: str = "int"  # the C return type (kernel_functions; LSM hooks return int)
 
     def c_signature(self) -> str:
         return f"{self.name}(" + ", ".join(f"{p.ctype} {p.name}".replace("* ", "*") for p in self.params) + ")"
 
 
-_cache: dict[str, dict[str, LsmHookSig]] = {}
+_cache: dict[tuple[str, str], dict[str, LsmHookSig]] = {}
 _lock = threading.Lock()
 
 
@@ -63,14 +64,31 @@ def lsm_hooks(btf: Path | str | None = None) -> dict[str, LsmHookSig]:
             btf = btf_path()
         except ImportError:
             btf = DEFAULT_BTF
+    return _functions(btf, "bpf_lsm_")
+
+
+def kernel_functions(btf: Path | str | None = None) -> dict[str, LsmHookSig]:
+    """``{function name: signature}`` for every kernel function (BTF FUNC) in ``btf`` (the kprobe sensor's
+    check of ``call`` and its argument types)."""
+    return _functions(btf, "")
+
+
+def _functions(btf: Path | str | None, prefix: str) -> dict[str, LsmHookSig]:
+    if btf is None:
+        try:
+            from sensorium.bpf.build import btf_path  # honours $SENSORIUM_BTF (the VM lane sets it)
+
+            btf = btf_path()
+        except ImportError:
+            btf = DEFAULT_BTF
     path = str(btf)
     with _lock:
-        if path not in _cache:
-            _cache[path] = _parse(Path(path).read_bytes())
-        return _cache[path]
+        if (path, prefix) not in _cache:
+            _cache[(path, prefix)] = _parse(Path(path).read_bytes(), prefix)
+        return _cache[(path, prefix)]
 
 
-def _parse(data: bytes) -> dict[str, LsmHookSig]:
+def _parse(data: bytes, prefix: str = "bpf_lsm_") -> dict[str, LsmHookSig]:
     if len(data) < 24:
         raise ValueError("BTF file too short")
     magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
@@ -131,15 +149,15 @@ def _parse(data: bytes) -> dict[str, LsmHookSig]:
         if kind != _FUNC:
             continue
         fname = name(noff)
-        if not fname.startswith("bpf_lsm_"):
+        if not fname.startswith(prefix):
             continue
-        pkind, _pn, _pst, pvlen, ppos = types[st]
+        pkind, _pn, pst, pvlen, ppos = types[st]
         if pkind != _FUNC_PROTO:
             continue
         params = []
         for i in range(pvlen):
             pname_off, ptype = struct.unpack_from("<II", data, ppos + 8 * i)
             params.append(LsmParam(name(pname_off) or f"arg{i}", spell(ptype)))
-        hook = fname[len("bpf_lsm_"):]
-        hooks[hook] = LsmHookSig(hook, tuple(params))
+        hook = fname[len(prefix):]
+        hooks[hook] = LsmHookSig(hook, tuple(params), spell(pst))
     return hooks

@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * One kprobes item on a kernel function (not a syscall): the shared selector engine
+ * (sensorium/selectors.h: cgroup scope, argument capture with the in-kernel path walk, matchArgs,
+ * matchBinaries/PIDs/Namespaces/Capabilities, Post/NoPost/Sigkill/Signal, live mode) entered from
+ *
+ *   sens_fentry / sens_fexit        trampolines (arguments from bpf_get_func_arg, return value from
+ *                                   bpf_get_func_ret), where the kernel loads them;
+ *   sens_kprobe / sens_kretprobe    kprobes (x86_64 calling convention: di, si, dx, cx, r8, r9; at
+ *                                   return, the entry's arguments are kept per thread in sens_inflight).
+ *
+ * Built once per function: KF_FUNC names it (SEC "fentry/<func>" ...). The function's parameters are
+ * copied into s->raw[], and the engine reads them as SENS_FROM_SYSCALL parameter `index`. Before that,
+ * kf_prepare() rewrites the parameters whose type needs more than a pointer read (rodata kf_pre):
+ *   KF_PRE_STR   a char * that may be a user pointer (do_sys_openat2's filename): copied into a
+ *                per-CPU kernel buffer, so the engine's kernel-string read works for both;
+ *   KF_PRE_SOCK  a struct sock *: family, type, protocol, ports and addresses, hex-encoded into the
+ *                buffer (sensors/kprobe/kfunc.py decodes it into Tetragon's sock_arg).
+ */
+#include "vmlinux.h"
+#include "sensorium/common.h"
+#include "sensorium/selectors.h"
+#include <bpf/bpf_endian.h>
+
+SENSORIUM_LICENSE("Dual BSD/GPL");
+
+#define __KF_STR(x) #x
+#define KF_STR(x) __KF_STR(x)
+#ifndef KF_FUNC
+#define KF_FUNC tcp_connect
+#endif
+
+#define KF_PRE_STR 1
+#define KF_PRE_SOCK 2
+
+#define KF_USER_MAX 0x00007fffffffffffULL /* x86_64 user addresses are below this */
+
+/* Per function parameter (0..5): what kf_prepare does with it. */
+const volatile __u8 kf_pre[SENS_MAX_ARGS] = {};
+
+struct kf_bufs {
+	char b[SENS_MAX_ARGS][SENS_STR_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kf_bufs);
+} kf_buf SEC(".maps");
+
+/* The sock summary, hex-encoded (kept in step with kfunc.py: _SOCK). */
+struct kf_sock {
+	__u16 family;
+	__u16 type;
+	__u16 protocol;
+	__u16 sport; /* host order */
+	__u16 dport; /* host order */
+	__u16 state;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+static __always_inline void kf_sock_hex(char *out, struct sock *sk)
+{
+	struct kf_sock k = {};
+	const char hex[] = "0123456789abcdef";
+	__u8 *p = (__u8 *)&k;
+	int i;
+
+	k.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	k.type = BPF_CORE_READ(sk, sk_type);
+	k.protocol = BPF_CORE_READ(sk, sk_protocol);
+	k.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (k.family == 10 /* AF_INET6 */) {
+		BPF_CORE_READ_INTO(&k.saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&k.daddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)k.saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)k.daddr, sk, __sk_common.skc_daddr);
+	}
+#pragma unroll
+	for (i = 0; i < (int)sizeof(k); i++) {
+		out[2 * i] = hex[(p[i] >> 4) & 15];
+		out[2 * i + 1] = hex[p[i] & 15];
+	}
+	out[2 * sizeof(k)] = 0;
+}
+
+static __always_inline void kf_prepare(struct sens_scratch *s)
+{
+	__u32 zero = 0;
+	struct kf_bufs *b = NULL;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < SENS_MAX_ARGS; i++) {
+		__u8 pre = kf_pre[i];
+
+		if (!pre || !s->raw[i])
+			continue;
+		if (!b) {
+			b = bpf_map_lookup_elem(&kf_buf, &zero);
+			if (!b)
+				return;
+		}
+		if (pre == KF_PRE_STR) {
+			if (s->raw[i] > KF_USER_MAX)
+				continue; /* a kernel string: the engine reads it */
+			if (bpf_probe_read_user_str(b->b[i], SENS_STR_MAX, (void *)s->raw[i]) < 0)
+				b->b[i][0] = 0;
+			s->raw[i] = (__u64)(long)b->b[i];
+		} else if (pre == KF_PRE_SOCK) {
+			kf_sock_hex(b->b[i], (struct sock *)s->raw[i]);
+			s->raw[i] = (__u64)(long)b->b[i];
+		}
+	}
+}
+
+static __always_inline int kf_emit(void *ctx, struct sens_scratch *s, __s64 ret, int has_ret)
+{
+	kf_prepare(s);
+	s->ev.flags = has_ret ? SENS_EV_HAS_RET : 0;
+	s->ev.retval = ret;
+	return sens_run(ctx, s);
+}
+
+static __always_inline void kf_trampoline_args(void *ctx, struct sens_scratch *s)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < SENS_MAX_ARGS; i++) {
+		__u64 v = 0;
+
+		if (bpf_get_func_arg(ctx, i, &v) < 0)
+			v = 0;
+		s->raw[i] = v;
+	}
+}
+
+SEC("fentry/" KF_STR(KF_FUNC))
+int sens_fentry(unsigned long long *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	kf_trampoline_args(ctx, s);
+	return kf_emit(ctx, s, 0, 0);
+}
+
+SEC("fexit/" KF_STR(KF_FUNC))
+int sens_fexit(unsigned long long *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+	__u64 ret = 0;
+
+	if (!s)
+		return 0;
+	kf_trampoline_args(ctx, s);
+	bpf_get_func_ret(ctx, &ret);
+	return kf_emit(ctx, s, (__s64)ret, 1);
+}
+
+static __always_inline void kf_regs(struct sens_scratch *s, struct pt_regs *regs)
+{
+	struct pt_regs r;
+
+	bpf_probe_read_kernel(&r, sizeof(r), regs);
+	s->raw[0] = r.di;
+	s->raw[1] = r.si;
+	s->raw[2] = r.dx;
+	s->raw[3] = r.cx;
+	s->raw[4] = r.r8;
+	s->raw[5] = r.r9;
+}
+
+SEC("kprobe/" KF_STR(KF_FUNC))
+int sens_kprobe(struct pt_regs *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	kf_regs(s, ctx);
+	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+		bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+		return 0;
+	}
+	return kf_emit(ctx, s, 0, 0);
+}
+
+SEC("kretprobe/" KF_STR(KF_FUNC))
+int sens_kretprobe(struct pt_regs *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
+
+	if (!saved)
+		return 0;
+	struct sens_scratch *s = sens_begin();
+
+	if (!s) {
+		bpf_map_delete_elem(&sens_inflight, &tid);
+		return 0;
+	}
+	bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
+	bpf_map_delete_elem(&sens_inflight, &tid);
+	return kf_emit(ctx, s, (__s64)PT_REGS_RC(ctx), 1);
+}

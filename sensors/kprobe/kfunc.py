@@ -1,0 +1,385 @@
+"""Kernel functions in ``kprobes`` sections (``call: <kernel function>``, ``syscall: false``).
+
+`plan_kernel_function` checks one item against the function's BTF prototype (the function exists, each
+argument index is in range, each declared type fits the C type, Override only where it can be taken)
+before anything is loaded, on every kernel, then picks the mechanism from `KernelCapabilities`:
+
+* fentry (fexit for ``return: true``) where BPF trampolines load: arguments read with
+  bpf_get_func_arg, the return value with bpf_get_func_ret;
+* kprobe (kretprobe for ``return: true``) where the kernel has kprobes;
+* otherwise the item is refused with the reason (this project's host: fentry refused, no kprobes).
+
+Both run ``kfunc.bpf.c`` (one object per function), which feeds the shared selector engine
+(sensorium/selectors.h). `KfuncHookSet` loads and attaches those objects next to the engine's own
+syscall hooks; `sock_event_fixup` turns the kernel's hex sock summary into Tetragon's ``sock_arg``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from sensorium import selectors as S
+from sensorium.hookspecs import PolicyLoadError, ProbeSource
+from sensorium_sensors.tracepoint.engine import HookPlan, HookSet
+from sensorium_sensors.tracepoint.sensor import _extras
+
+__all__ = ["plan_kernel_function", "KfuncHookSet", "kfunc_probe", "sock_event_fixup", "overridable",
+           "KF_PRE_STR", "KF_PRE_SOCK"]
+
+HERE = Path(__file__).resolve().parent
+KF_PRE_STR, KF_PRE_SOCK = 1, 2
+DEREF_FILE, DEREF_PATH = 8, 9  # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
+ERROR_INJECTION_LISTS = ("/sys/kernel/debug/error_injection/list", "/sys/kernel/tracing/../debug/error_injection/list")
+
+# C integer types (as sensors/lsm/btf.py spells them) -> (size, signed)
+_C_INTS: dict[str, tuple[int, bool]] = {
+    "int": (4, True), "unsigned int": (4, False), "long int": (8, True), "long unsigned int": (8, False),
+    "long long int": (8, True), "long long unsigned int": (8, False), "short int": (2, True),
+    "short unsigned int": (2, False), "char": (1, True), "signed char": (1, True), "unsigned char": (1, False),
+    "_Bool": (1, False), "bool": (1, False), "size_t": (8, False), "ssize_t": (8, True), "loff_t": (8, True),
+    "umode_t": (2, False), "u8": (1, False), "u16": (2, False), "u32": (4, False), "u64": (8, False),
+    "s8": (1, True), "s16": (2, True), "s32": (4, True), "s64": (8, True), "__u8": (1, False),
+    "__u16": (2, False), "__u32": (4, False), "__u64": (8, False), "__s32": (4, True), "__s64": (8, True),
+    "gfp_t": (4, False), "kuid_t": (4, False), "kgid_t": (4, False), "pid_t": (4, True), "dev_t": (4, False),
+    "fmode_t": (4, False), "uid_t": (4, False), "gid_t": (4, False), "off_t": (8, True), "time64_t": (8, True),
+    "sector_t": (8, False), "blkcnt_t": (8, False), "__le32": (4, False), "__be32": (4, False),
+    "__be16": (2, False), "__le16": (2, False), "slab_flags_t": (4, False), "vm_fault_t": (4, False),
+    "ino_t": (8, False), "clockid_t": (4, True), "key_serial_t": (4, True), "qid_t": (4, False),
+}
+_POLICY_INTS: dict[str, tuple[int, bool]] = {
+    "int8": (1, True), "uint8": (1, False), "int16": (2, True), "uint16": (2, False), "int32": (4, True),
+    "uint32": (4, False), "int64": (8, True), "uint64": (8, False), "s8": (1, True), "u8": (1, False),
+    "s16": (2, True), "u16": (2, False), "s32": (4, True), "u32": (4, False), "s64": (8, True), "u64": (8, False),
+    "int": (4, True), "uint": (4, False), "long": (8, True), "ulong": (8, False), "size_t": (8, False),
+}
+# policy struct type -> the C parameter type it reads
+_STRUCT_ARGS = {"file": "struct file *", "path": "struct path *", "linux_binprm": "struct linux_binprm *",
+                "sock": "struct sock *"}
+_AUTO = {v: k for k, v in _STRUCT_ARGS.items()}
+
+# kf_sock in kfunc.bpf.c: family, type, protocol, sport, dport, state (u16 each), saddr[16], daddr[16]
+_SOCK = struct.Struct("<HHHHHH16s16s")
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+_PROTOS = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 1: "IPPROTO_ICMP", 58: "IPPROTO_ICMPV6", 132: "IPPROTO_SCTP",
+           0: "IPPROTO_IP", 255: "IPPROTO_RAW", 262: "IPPROTO_MPTCP"}
+_FAMILIES = {2: "AF_INET", 10: "AF_INET6", 1: "AF_UNIX"}
+_TCP_STATES = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TCP_FIN_WAIT1", 5: "TCP_FIN_WAIT2",
+               6: "TCP_TIME_WAIT", 7: "TCP_CLOSE", 8: "TCP_CLOSE_WAIT", 9: "TCP_LAST_ACK", 10: "TCP_LISTEN",
+               11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
+
+
+def kfunc_probe(func: str) -> ProbeSource:
+    """The kfunc.bpf.c object for ``func`` (one compile per function, cached by the build)."""
+    return ProbeSource(name=f"kfunc-{func}", source=HERE / "kfunc.bpf.c", include_dirs=(HERE,),
+                       defines={"KF_FUNC": func})
+
+
+def _error_injection_list() -> set[str] | None:
+    for p in ERROR_INJECTION_LISTS:
+        try:
+            with open(p) as f:
+                return {line.split()[0] for line in f if line.strip()}
+        except OSError:
+            continue
+    return None
+
+
+def overridable(func: str) -> tuple[bool, str]:
+    """Whether fmod_ret may change ``func``'s return value, and why (the kernel's own rule: a security_*
+    hook, or a function marked ALLOW_ERROR_INJECTION)."""
+    if func.startswith("security_"):
+        return True, f"{func} is an LSM security_ hook"
+    listed = _error_injection_list()
+    if listed is None:
+        return False, (f"{func} is not a security_ hook and the kernel's error-injection list "
+                       f"(debugfs error_injection/list) cannot be read to show it is on it")
+    if func in listed:
+        return True, f"{func} is on the kernel's error-injection list"
+    return False, f"{func} is not on the kernel's error-injection list (ALLOW_ERROR_INJECTION) nor a security_ hook"
+
+
+def _is_int_ctype(ctype: str) -> bool:
+    return "*" not in ctype and (ctype in _C_INTS or ctype.startswith("enum ")
+                                 or not ctype.startswith(("struct ", "union ", "func", "void")))
+
+
+def _c_int(ctype: str) -> tuple[int, bool]:
+    if ctype.startswith("enum "):
+        return 4, False
+    return _C_INTS.get(ctype, (8, True))
+
+
+def _int_key(size: int, signed: bool, typ: str) -> str:
+    if typ == "size_t":
+        return "size_arg"
+    if size == 8:
+        return "long_arg" if signed else "size_arg"
+    return "int_arg" if signed else "uint_arg"
+
+
+def _mechanism(kernel: Any, at_exit: bool) -> tuple[str | None, str]:
+    """(mechanism, reason it was chosen or why none can serve)."""
+    def has(cap: str) -> bool:
+        return kernel is not None and kernel.has(cap)
+
+    tramp = "fexit" if at_exit else "fentry"
+    if has(tramp) and has("fentry"):
+        return tramp, f"{tramp} (BPF trampoline)"
+    if has("kprobe"):
+        return ("kretprobe" if at_exit else "kprobe"), f"{'kretprobe' if at_exit else 'kprobe'} ({tramp} refused)"
+    return None, f"no kprobes and {tramp} refused on this kernel"
+
+
+def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> HookPlan | None:
+    """One ``kprobes`` item on a kernel function -> `HookPlan` (attach ``("kfunc", func, mechanism, pre)``),
+    or `PolicyLoadError` naming the field. None when ``ignore.callNotFound`` skips a missing function."""
+    from sensorium_sensors.lsm.btf import kernel_functions
+
+    hook = f"{policy.section}[{index}] {item.call}"
+    base = f"spec.{policy.section}[{index}]"
+    func = item.call
+    try:
+        funcs = kernel_functions()
+    except (OSError, ValueError) as e:
+        raise PolicyLoadError(hook, f"cannot read the kernel's BTF to check {func}: {e}", f"{base}.call") from None
+    sig = funcs.get(func)
+    if sig is None:
+        if item.ignore is not None and item.ignore.callNotFound:
+            sensor._skipped.setdefault(policy.id, []).append(
+                {"hook": hook, "mechanism": None, "state": "skipped",
+                 "note": f"kernel function {func} does not exist in this kernel (ignore.callNotFound)"})
+            return None
+        raise PolicyLoadError(hook, f"kernel function {func} does not exist in this kernel's BTF (not a kernel "
+                                    f"function, inlined, or misspelled)", f"{base}.call")
+    proto = sig.c_signature()
+    plans: list[S.ArgPlan] = []
+    positions: dict[int, int] = {}
+    pre = [0] * S.MAX_ARGS
+    sock_args: set[int] = set()
+    for i, a in enumerate(item.args):
+        field = f"{base}.args[{i}]"
+        if a.index >= len(sig.params) or a.index >= S.MAX_ARGS:
+            n = min(len(sig.params), S.MAX_ARGS)
+            valid = f"valid: 0..{n - 1}" if n else f"{func} takes no parameters"
+            more = f" (the first {S.MAX_ARGS} can be read)" if len(sig.params) > S.MAX_ARGS else ""
+            raise PolicyLoadError(hook, f"index {a.index} is out of range: {proto} has {len(sig.params)} "
+                                        f"parameter(s){more}; {valid}", f"{field}.index")
+        p = sig.params[a.index]
+        typ = a.type or "auto"
+        if typ == "nop":
+            continue
+        if typ == "auto":
+            if _is_int_ctype(p.ctype):
+                typ = "int64" if _c_int(p.ctype)[1] else "uint64"
+                size, signed = _c_int(p.ctype)
+            elif p.ctype == "char *":
+                typ = "string"
+            elif p.ctype in _AUTO:
+                typ = _AUTO[p.ctype]
+            else:
+                raise PolicyLoadError(hook, f"parameter {a.index} '{p.name}' of {func} is {p.ctype}, which has no "
+                                            f"automatic type: declare one", f"{field}.type")
+        mismatch = (f"type {typ} does not match parameter {a.index} '{p.name}' of {proto}, which is {p.ctype}")
+        label = a.label
+        if typ in _POLICY_INTS or typ == "fd":
+            if not _is_int_ctype(p.ctype):
+                raise PolicyLoadError(hook, mismatch, f"{field}.type")
+            if typ == "fd":
+                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_FD_PATH,
+                                 json_key="file_arg", label=label, type_name=typ)
+            else:
+                csize, csigned = _c_int(p.ctype)
+                size, signed = _POLICY_INTS[typ]
+                if typ in ("int", "auto"):
+                    size, signed = csize, csigned
+                plan = S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_SYSCALL, offset=a.index, size=size, signed=signed,
+                                 json_key=_int_key(size, signed, typ), label=label, type_name=typ)
+        elif typ == "string":
+            if p.ctype not in ("char *", "unsigned char *"):
+                raise PolicyLoadError(hook, mismatch + " (string reads a char *)", f"{field}.type")
+            pre[a.index] = KF_PRE_STR
+            plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_KERNEL_STR,
+                             json_key="string_arg", label=label, type_name=typ)
+        elif typ in _STRUCT_ARGS:
+            if p.ctype != _STRUCT_ARGS[typ]:
+                raise PolicyLoadError(hook, mismatch + f" ({typ} reads a {_STRUCT_ARGS[typ]})", f"{field}.type")
+            if typ == "sock":
+                pre[a.index] = KF_PRE_SOCK
+                sock_args.add(a.index)
+                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_KERNEL_STR,
+                                 json_key="sock_arg", label=label, type_name=typ)
+            else:
+                deref = {"file": DEREF_FILE, "path": DEREF_PATH, "linux_binprm": S.DEREF_BINPRM}[typ]
+                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=deref,
+                                 json_key=f"{typ}_arg", label=label, type_name=typ)
+        else:
+            raise PolicyLoadError(hook, f"type {typ} is not supported on kernel functions yet (supported: integers, "
+                                        f"fd, string, file, path, linux_binprm, sock)", f"{field}.type")
+        if a.index in positions:
+            raise PolicyLoadError(hook, f"index {a.index} is declared twice", f"{field}.index")
+        positions[a.index] = len(plans)
+        plans.append(plan)
+    # Override: only where the kernel lets fmod_ret change the return value; even then not built yet.
+    for si, sel in enumerate(item.selectors):
+        for ai, act in enumerate(sel.actions if hasattr(sel, "actions") else sel.matchActions):
+            if act.action == "Override":
+                field = f"{base}.selectors[{si}].matchActions[{ai}].action"
+                ok, why = overridable(func)
+                if not ok:
+                    raise PolicyLoadError(hook, f"Override cannot apply to {func}: {why}", field)
+                raise PolicyLoadError(hook, f"Override on {func} ({why}) would need fmod_ret, which this sensor "
+                                            f"does not build yet: use an lsmhooks section (BPF LSM) or Sigkill", field)
+        for mi, m in enumerate(getattr(sel, "matchArgs", None) or []):
+            idxs = list(m.indexes) if hasattr(m, "indexes") else [m.index]
+            if any(ix in sock_args for ix in idxs):
+                raise PolicyLoadError(hook, "matchArgs on a sock argument (SAddr/DAddr/SPort/DPort...) is not "
+                                            "supported on kernel functions yet: it is reported, not matched",
+                                      f"{base}.selectors[{si}].matchArgs[{mi}]")
+    at_exit = bool(item.return_)
+    ret_plan = None
+    if at_exit:
+        ra = item.returnArg
+        rtyp = (ra.type if ra is not None else None) or "auto"
+        if sig.ret == "void":
+            if ra is not None:
+                raise PolicyLoadError(hook, f"returnArg: {func} returns void", f"{base}.returnArg")
+        else:
+            if not _is_int_ctype(sig.ret):
+                raise PolicyLoadError(hook, f"returnArg: {func} returns {sig.ret}; only integer return values are "
+                                            f"reported", f"{base}.returnArg.type")
+            csize, csigned = _c_int(sig.ret)
+            if rtyp == "auto" or rtyp == "int":
+                size, signed = csize, csigned
+            elif rtyp in _POLICY_INTS:
+                size, signed = _POLICY_INTS[rtyp]
+            else:
+                raise PolicyLoadError(hook, f"returnArg type {rtyp} does not match the return type {sig.ret} of "
+                                            f"{func}", f"{base}.returnArg.type")
+            ret_plan = S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_RETVAL, offset=0, size=size, signed=signed,
+                                 json_key=_int_key(size, signed, rtyp), label=ra.label if ra is not None else None,
+                                 type_name=rtyp)
+    try:
+        compiled = S.compile_hook(policy_id=policy.id, hook_id=index, kind=S.HOOK_RAW_TP, args=plans,
+                                  selectors=list(item.selectors), arg_position=positions, at_exit=at_exit,
+                                  has_return=at_exit)
+    except S.SelectorError as e:
+        raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
+    mech, why = _mechanism(sensor.ctx.kernel, at_exit)
+    if mech is None:
+        raise PolicyLoadError(hook, f"{why}: kernel function {func} cannot be hooked (only syscalls can be served "
+                                    f"here, through raw_tp sys_enter/sys_exit)", f"{base}.call")
+    note = f"{proto}: served by {why}"
+    if compiled.blocking:
+        note += ("; Sigkill/Signal are sent " + ("when the function returns" if at_exit else "on entry") +
+                 ": the function runs to completion, the process dies before it returns to user space")
+    body = {"function_name": func, **_extras(item)}
+    return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=("kfunc", func, mech, tuple(pre)),
+                    mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan)
+
+
+def _reuse(obj: Any, fd: int) -> None:
+    from sensorium_sensors.tracepoint.engine import _set_reuse_proto
+
+    err = _set_reuse_proto()(obj.map("sens_events")._p(), fd)
+    if err < 0:
+        raise OSError(-err, f"cannot share the sensor's ring buffer: {os.strerror(-err)}")
+
+
+class KfuncHookSet(HookSet):
+    """The engine's `HookSet`, plus kernel-function hooks (attach ``("kfunc", ...)``) from kfunc.bpf.c."""
+
+    def _load_one(self, plan: HookPlan, cgroup_ids: Sequence[int] | None) -> None:
+        if plan.attach[0] != "kfunc":
+            super()._load_one(plan, cgroup_ids)
+            return
+        _kind, func, mech, pre = plan.attach
+        try:
+            obj = self.ctx.open_object(self.ctx.build(kfunc_probe(func)))
+        except Exception as e:
+            raise PolicyLoadError(plan.hook, f"cannot build the kernel-function program: {e}") from e
+        self.objects.append((plan, obj))
+        try:
+            _reuse(obj, self.ring.fd)
+            obj.set_rodata("sens_cfg", plan.compiled.rodata())
+            obj.set_rodata("kf_pre", bytes(pre))
+            flags = plan.compiled.flags
+            prog = {"fentry": "sens_fentry", "fexit": "sens_fexit", "kprobe": "sens_kprobe",
+                    "kretprobe": "sens_kretprobe"}[mech]
+            wanted = {prog}
+            if mech == "kretprobe":
+                wanted.add("sens_kprobe")
+            if flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
+                wanted.update(("sens_exec", "sens_exit"))
+            if flags & S.CFG_FOLLOW:
+                wanted.add("sens_fork")
+            for name, p in obj.programs.items():
+                p.set_autoload(name in wanted)
+            cfg = plan.compiled.cfg
+            uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
+            for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
+                                  ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
+                                  ("sens_inflight", mech == "kretprobe"), ("sens_cgroups", cgroup_ids)):
+                if not needed:
+                    obj.map(mname).set_max_entries(64)
+            obj.load()
+            obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if self.mode == "monitoring" else 0))
+            for cg in cgroup_ids or ():
+                obj.map("sens_cgroups").update(struct.pack("<Q", cg), b"\x01")
+            self._seed_follow(plan, obj)
+            for name in ("sens_exec", "sens_exit", "sens_fork"):
+                if name in wanted:
+                    obj.program(name).attach()
+            if mech == "kretprobe":
+                obj.program("sens_kretprobe").attach()  # the return side first: no entry without its exit
+                obj.program("sens_kprobe").attach()
+            else:
+                obj.program(prog).attach()
+        except PolicyLoadError:
+            raise
+        except Exception as e:
+            raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
+        with self.ring.lock:
+            hooks = dict(self.ring.hooks)
+            hooks[(self.policy_id, plan.compiled.cfg.hook_id)] = (plan, self.policy_name, self)
+            self.ring.hooks = hooks
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def decode_sock(text: str) -> dict[str, Any] | None:
+    """The hex sock summary from kfunc.bpf.c -> Tetragon's KprobeSock fields (None if malformed)."""
+    try:
+        raw = bytes.fromhex(text[: 2 * _SOCK.size])
+        fam, typ, proto, sport, dport, state, saddr, daddr = _SOCK.unpack(raw)
+    except (ValueError, struct.error):
+        return None
+    out: dict[str, Any] = {"family": _FAMILIES.get(fam, str(fam)), "type": _SOCK_TYPES.get(typ, str(typ)),
+                           "protocol": _PROTOS.get(proto, str(proto))}
+    if fam in (socket.AF_INET, socket.AF_INET6):
+        out.update(saddr=_addr(fam, saddr), daddr=_addr(fam, daddr), sport=sport, dport=dport)
+    if proto == 6 and state in _TCP_STATES:
+        out["state"] = _TCP_STATES[state]
+    return out
+
+
+def sock_event_fixup(events: list[Any]) -> list[Any]:
+    """Replace ``{"sock_arg": "<hex>"}`` arguments (as the engine renders them) with the decoded dict."""
+    for ev in events:
+        body = ev.body
+        if ev.kind != "process_kprobe" or not isinstance(body, dict):
+            continue
+        for a in body.get("args") or ():
+            v = a.get("sock_arg") if isinstance(a, dict) else None
+            if isinstance(v, str):
+                d = decode_sock(v)
+                a["sock_arg"] = d if d is not None else {"error": "undecodable"}
+    return events
