@@ -315,3 +315,36 @@ spec:
     assert evs and {e["process"]["pid"] for e in evs} == {ours.pid}
     assert {"string_arg": "41"} in [e["args"][0] for e in evs]
     assert all(e["path"] == str(libc) and e["symbol"] == "strtol" for e in evs)
+
+
+def test_signal_action_and_match_return_args(rig, program):
+    # Signal at entry for code 21; a uretprobe that posts only when the function returned more than 100.
+    sig = uprobe_policy("up-signal", program, selectors="""\
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: Equal
+        values:
+        - "21"
+      matchActions:
+      - action: Signal
+        argSig: 10
+""")
+    rig.load(sig, "uprobes", policy_id=8)
+    ret = uprobe_policy("up-big", program, ret=True, selectors="""\
+    selectors:
+    - matchReturnArgs:
+      - index: 0
+        operator: GT
+        values:
+        - "100"
+""")
+    rig.load(ret, "uprobes", policy_id=9)
+    res = subprocess.run([str(program), "3", "a", "60", "b"], capture_output=True, text=True, timeout=30)
+    assert (res.returncode, res.stdout) == (0, "126\n")
+    [big] = rig.events(lambda b: b.get("policy_name") == "up-big", wait=2.0)
+    assert big["return"] == {"int_arg": 120} and big["args"] == [{"int_arg": 60}, {"string_arg": "b"}]
+    res = subprocess.run([str(program), "21", "a"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == -10 and res.stdout == ""  # SIGUSR1's default action ends the process
+    [e] = rig.events(lambda b: b.get("policy_name") == "up-signal", wait=2.0)
+    assert e["action"] == "KPROBE_ACTION_SIGNAL" and e["signal"] == 10 and e["action_taken"] is True

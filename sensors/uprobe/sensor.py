@@ -26,7 +26,7 @@ from sensorium_sensors.uprobe.elfsyms import ElfError, function_symbols
 
 HOOK_UPROBE = 4  # SENS_HOOK_UPROBE in sensorium/selectors.h (informational in the kernel)
 MAX_PARAMS = 6   # parameters passed in registers on x86_64 (rdi, rsi, rdx, rcx, r8, r9)
-HOOKS_PER_ITEM = 64  # hook_id = item index * HOOKS_PER_ITEM + target index (policy.MAX_SYMBOLS_PER_UPROBE)
+HOOKS_PER_ITEM = 128  # hook_id = item index * HOOKS_PER_ITEM + target: up to 64 symbols + 64 offsets (policy.py)
 
 
 class UprobeSensor(HookSensor):
