@@ -147,7 +147,9 @@ class UprobeSensor(HookSensor):
                 note = (note + "; " if note else "") + ("Sigkill/Signal are sent from the uprobe" +
                         (" at return: the function has run" if at_exit else
                          " at entry: the process gets them before the function's first instruction"))
-            body: dict[str, Any] = {"path": item.path, "symbol": shown, **_extras(item)}
+            # Tetragon's ProcessUprobe: "symbol" for a symbol, "offset" (mutually exclusive) for an offset.
+            body: dict[str, Any] = {"path": item.path, **({"symbol": sym} if sym is not None else {"offset": off}),
+                                    **_extras(item)}
             plans.append(HookPlan(hook=thook, field=base, compiled=compiled, args=args,
                                   attach=("uprobe", at_exit, item.path, sym, off), mechanism=mech, note=note,
                                   body=body, kind="process_uprobe", return_plan=ret_plan))
