@@ -348,3 +348,19 @@ def test_signal_action_and_match_return_args(rig, program):
     assert res.returncode == -10 and res.stdout == ""  # SIGUSR1's default action ends the process
     [e] = rig.events(lambda b: b.get("policy_name") == "up-signal", wait=2.0)
     assert e["action"] == "KPROBE_ACTION_SIGNAL" and e["signal"] == 10 and e["action_taken"] is True
+
+
+def test_uprobe_policy_from_the_policies_directory(agent, program, tmp_path):
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "up.yaml").write_text(uprobe_policy("up-dir", program))
+    (d / "bad.yaml").write_text(uprobe_policy("up-dir-bad", program, symbol="sensorium_nope"))
+    sock = tmp_path / "run" / "api.sock"
+    h = agent({"api": {"socket": str(sock)}, "policies": {"directory": str(d)}})
+    rows = json.loads(cli(sock, "policy", "list", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [("up-dir", "enabled")]
+    [err] = json.loads(cli(sock, "status", "--json").stdout)["policy_directory_errors"]
+    assert f"{d / 'bad.yaml'}:9: spec.uprobes[0].symbols[0]" in err["error"] and "sensorium_nope" in err["error"]
+    subprocess.run([str(program), "5", "dir"], check=True, capture_output=True)
+    ev = h.wait_for(lambda e: bool(uprobe_events([e], "up-dir")))
+    assert ev["process_uprobe"]["args"] == [{"int_arg": 5}, {"string_arg": "dir"}]
