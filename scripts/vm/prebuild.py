@@ -25,7 +25,8 @@ from pathlib import Path
 EXTRA: list[tuple[str, str, list[str]]] = [
     ("sensorium_sensors.lsm.bpflsm", "probe_for",
      ["file_open", "bprm_check_security", "socket_connect", "task_kill", "file_permission", "path_unlink"]),
-    ("sensorium_sensors.kprobe.kfunc", "kfunc_probe", ["tcp_connect", "security_file_open", "do_sys_openat2"]),
+    ("sensorium_sensors.kprobe.kfunc", "kfunc_probe",
+     ["tcp_connect", "security_file_open", "do_sys_openat2", "commit_creds", "vfs_unlink"]),
 ]
 
 

@@ -32,6 +32,8 @@ SENSORIUM_LICENSE("Dual BSD/GPL");
 
 #define KF_PRE_STR 1
 #define KF_PRE_SOCK 2
+#define KF_PRE_DENTRY 3 /* struct dentry *: a struct path {NULL mnt, dentry}: walked to its filesystem root */
+#define KF_PRE_CRED 4   /* struct cred *: ids and capability sets, hex-encoded (kfunc.py: _CRED) */
 
 #define KF_USER_MAX 0x00007fffffffffffULL /* x86_64 user addresses are below this */
 
@@ -89,6 +91,39 @@ static __always_inline void kf_sock_hex(char *out, struct sock *sk)
 	out[2 * sizeof(k)] = 0;
 }
 
+/* The cred summary, hex-encoded (kept in step with kfunc.py: _CRED). */
+struct kf_cred {
+	__u32 uid, gid, suid, sgid, euid, egid, fsuid, fsgid;
+	__u64 cap_inheritable, cap_permitted, cap_effective;
+};
+
+static __always_inline void kf_cred_hex(char *out, struct cred *c)
+{
+	struct kf_cred k = {};
+	const char hex[] = "0123456789abcdef";
+	__u8 *p = (__u8 *)&k;
+	int i;
+
+	k.uid = BPF_CORE_READ(c, uid.val);
+	k.gid = BPF_CORE_READ(c, gid.val);
+	k.suid = BPF_CORE_READ(c, suid.val);
+	k.sgid = BPF_CORE_READ(c, sgid.val);
+	k.euid = BPF_CORE_READ(c, euid.val);
+	k.egid = BPF_CORE_READ(c, egid.val);
+	k.fsuid = BPF_CORE_READ(c, fsuid.val);
+	k.fsgid = BPF_CORE_READ(c, fsgid.val);
+	/* kernel_cap_t is u32 cap[2] before 6.3 and u64 val after: the same 8 bytes (little-endian) */
+	bpf_probe_read_kernel(&k.cap_inheritable, 8, (void *)c + bpf_core_field_offset(struct cred, cap_inheritable));
+	bpf_probe_read_kernel(&k.cap_permitted, 8, (void *)c + bpf_core_field_offset(struct cred, cap_permitted));
+	bpf_probe_read_kernel(&k.cap_effective, 8, (void *)c + bpf_core_field_offset(struct cred, cap_effective));
+#pragma unroll
+	for (i = 0; i < (int)sizeof(k); i++) {
+		out[2 * i] = hex[(p[i] >> 4) & 15];
+		out[2 * i + 1] = hex[p[i] & 15];
+	}
+	out[2 * sizeof(k)] = 0;
+}
+
 static __always_inline void kf_prepare(struct sens_scratch *s)
 {
 	__u32 zero = 0;
@@ -114,6 +149,15 @@ static __always_inline void kf_prepare(struct sens_scratch *s)
 			s->raw[i] = (__u64)(long)b->b[i];
 		} else if (pre == KF_PRE_SOCK) {
 			kf_sock_hex(b->b[i], (struct sock *)s->raw[i]);
+			s->raw[i] = (__u64)(long)b->b[i];
+		} else if (pre == KF_PRE_DENTRY) {
+			struct path *pp = (struct path *)b->b[i];
+
+			pp->mnt = NULL;
+			pp->dentry = (struct dentry *)s->raw[i];
+			s->raw[i] = (__u64)(long)b->b[i];
+		} else if (pre == KF_PRE_CRED) {
+			kf_cred_hex(b->b[i], (struct cred *)s->raw[i]);
 			s->raw[i] = (__u64)(long)b->b[i];
 		}
 	}

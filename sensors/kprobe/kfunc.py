@@ -32,7 +32,7 @@ __all__ = ["plan_kernel_function", "KfuncHookSet", "kfunc_probe", "sock_event_fi
            "KF_PRE_STR", "KF_PRE_SOCK"]
 
 HERE = Path(__file__).resolve().parent
-KF_PRE_STR, KF_PRE_SOCK = 1, 2
+KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4
 DEREF_FILE, DEREF_PATH = 8, 9  # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
 ERROR_INJECTION_LISTS = ("/sys/kernel/debug/error_injection/list", "/sys/kernel/tracing/../debug/error_injection/list")
 
@@ -59,11 +59,14 @@ _POLICY_INTS: dict[str, tuple[int, bool]] = {
 }
 # policy struct type -> the C parameter type it reads
 _STRUCT_ARGS = {"file": "struct file *", "path": "struct path *", "linux_binprm": "struct linux_binprm *",
-                "sock": "struct sock *"}
+                "sock": "struct sock *", "dentry": "struct dentry *", "cred": "struct cred *"}
 _AUTO = {v: k for k, v in _STRUCT_ARGS.items()}
 
 # kf_sock in kfunc.bpf.c: family, type, protocol, sport, dport, state (u16 each), saddr[16], daddr[16]
 _SOCK = struct.Struct("<HHHHHH16s16s")
+# kf_cred in kfunc.bpf.c: uid, gid, suid, sgid, euid, egid, fsuid, fsgid (u32), inheritable, permitted,
+# effective (u64)
+_CRED = struct.Struct("<8I3Q")
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
 _PROTOS = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 1: "IPPROTO_ICMP", 58: "IPPROTO_ICMPV6", 132: "IPPROTO_SCTP",
            0: "IPPROTO_IP", 255: "IPPROTO_RAW", 262: "IPPROTO_MPTCP"}
@@ -117,6 +120,8 @@ def _c_int(ctype: str) -> tuple[int, bool]:
 def _int_key(size: int, signed: bool, typ: str) -> str:
     if typ == "size_t":
         return "size_arg"
+    if typ == "int":  # the policy's type names the key; the C type gives the width
+        return "int_arg"
     if size == 8:
         return "long_arg" if signed else "size_arg"
     return "int_arg" if signed else "uint_arg"
@@ -208,18 +213,24 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
         elif typ in _STRUCT_ARGS:
             if p.ctype != _STRUCT_ARGS[typ]:
                 raise PolicyLoadError(hook, mismatch + f" ({typ} reads a {_STRUCT_ARGS[typ]})", f"{field}.type")
-            if typ == "sock":
-                pre[a.index] = KF_PRE_SOCK
-                sock_args.add(a.index)
+            if typ in ("sock", "cred"):
+                pre[a.index] = KF_PRE_SOCK if typ == "sock" else KF_PRE_CRED
+                sock_args.add(a.index)  # summaries: reported, not matched
                 plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_KERNEL_STR,
-                                 json_key="sock_arg", label=label, type_name=typ)
+                                 json_key="sock_arg" if typ == "sock" else "process_credentials_arg", label=label,
+                                 type_name=typ)
+            elif typ == "dentry":
+                # a dentry knows no mount: its path is walked up to the root of its own filesystem
+                pre[a.index] = KF_PRE_DENTRY
+                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=DEREF_PATH,
+                                 json_key="path_arg", label=label, type_name=typ)
             else:
                 deref = {"file": DEREF_FILE, "path": DEREF_PATH, "linux_binprm": S.DEREF_BINPRM}[typ]
                 plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=deref,
                                  json_key=f"{typ}_arg", label=label, type_name=typ)
         else:
             raise PolicyLoadError(hook, f"type {typ} is not supported on kernel functions yet (supported: integers, "
-                                        f"fd, string, file, path, linux_binprm, sock)", f"{field}.type")
+                                        f"fd, string, file, path, dentry, linux_binprm, sock, cred)", f"{field}.type")
         if a.index in positions:
             raise PolicyLoadError(hook, f"index {a.index} is declared twice", f"{field}.index")
         positions[a.index] = len(plans)
@@ -237,7 +248,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
         for mi, m in enumerate(getattr(sel, "matchArgs", None) or []):
             idxs = list(m.indexes) if hasattr(m, "indexes") else [m.index]
             if any(ix in sock_args for ix in idxs):
-                raise PolicyLoadError(hook, "matchArgs on a sock argument (SAddr/DAddr/SPort/DPort...) is not "
+                raise PolicyLoadError(hook, "matchArgs on a sock or cred argument (SAddr/DAddr/SPort/DPort...) is not "
                                             "supported on kernel functions yet: it is reported, not matched",
                                       f"{base}.selectors[{si}].matchArgs[{mi}]")
     at_exit = bool(item.return_)
@@ -371,15 +382,40 @@ def decode_sock(text: str) -> dict[str, Any] | None:
     return out
 
 
+def _cap_names(mask: int) -> list[str]:
+    from sensorium.policy import CAPABILITIES
+
+    names = {bit: name if name.startswith("CAP_") else "CAP_" + name for name, bit in CAPABILITIES.items()}
+    return [names.get(bit, f"CAP_{bit}") for bit in range(64) if mask >> bit & 1]
+
+
+def decode_cred(text: str) -> dict[str, Any] | None:
+    """The hex cred summary from kfunc.bpf.c -> Tetragon's process_credentials_arg (None if malformed)."""
+    try:
+        uid, gid, suid, sgid, euid, egid, fsuid, fsgid, inh, perm, eff = _CRED.unpack(bytes.fromhex(text[: 2 * _CRED.size]))
+    except (ValueError, struct.error):
+        return None
+    return {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid, "fsuid": fsuid,
+            "fsgid": fsgid, "caps": {"permitted": _cap_names(perm), "effective": _cap_names(eff),
+                                     "inheritable": _cap_names(inh)}}
+
+
+_DECODERS = {"sock_arg": decode_sock, "process_credentials_arg": decode_cred}
+
+
 def sock_event_fixup(events: list[Any]) -> list[Any]:
-    """Replace ``{"sock_arg": "<hex>"}`` arguments (as the engine renders them) with the decoded dict."""
+    """Replace ``{"sock_arg": "<hex>"}`` / ``{"process_credentials_arg": "<hex>"}`` arguments (as the engine
+    renders them) with the decoded dicts."""
     for ev in events:
         body = ev.body
         if ev.kind != "process_kprobe" or not isinstance(body, dict):
             continue
         for a in body.get("args") or ():
-            v = a.get("sock_arg") if isinstance(a, dict) else None
-            if isinstance(v, str):
-                d = decode_sock(v)
-                a["sock_arg"] = d if d is not None else {"error": "undecodable"}
+            if not isinstance(a, dict):
+                continue
+            for key, dec in _DECODERS.items():
+                v = a.get(key)
+                if isinstance(v, str):
+                    d = dec(v)
+                    a[key] = d if d is not None else {"error": "undecodable"}
     return events

@@ -1,5 +1,6 @@
-"""The kprobe sensor plugin: TracingPolicy ``kprobes`` sections. On kernels without kprobes/fentry, syscall
-hooks are served by raw tracepoints (sys_enter/sys_exit) filtered by syscall number in the kernel."""
+"""The kprobe sensor plugin: TracingPolicy ``kprobes`` sections. Syscall hooks are served by raw tracepoints
+(sys_enter/sys_exit) filtered by syscall number in the kernel, on every kernel; other kernel functions by
+fentry/fexit or kprobe/kretprobe where the kernel has them (refused with the reason elsewhere)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def sensorium_sensor() -> SensorSpec:
 
     return SensorSpec(
         name="kprobe",
-        description="TracingPolicy kprobes: syscalls through raw_tp sys_enter/sys_exit where the kernel has no "
-        "kprobes/fentry, with in-kernel selectors and actions; events: process_kprobe",
+        description="TracingPolicy kprobes: syscalls through raw_tp sys_enter/sys_exit, kernel functions through "
+        "fentry/fexit or kprobe/kretprobe where the kernel has them, with in-kernel selectors and actions; "
+        "events: process_kprobe",
         factory=_factory,
         probes=[HOOK_PROBE],
         options=HookSensorOptions,
