@@ -111,13 +111,19 @@ def test_override_refused_on_a_function_that_cannot_take_it(rig) -> None:
     assert e.field == "spec.kprobes[0].selectors[0].matchActions[0].action"
 
 
-def test_override_on_a_security_hook_says_what_is_missing(rig) -> None:
+def test_override_on_a_security_hook_needs_fmod_ret(rig) -> None:
     body = """    args: [{index: 0, type: file}]
     selectors:
     - matchActions: [{action: Override, argError: -1}]
 """
+    rig.ctx.kernel = FakeCaps("fentry", "fexit", "kprobe")
     e = refused(rig, policy("security_file_open", body))
-    assert "security_file_open is an LSM security_ hook" in str(e) and "fmod_ret" in str(e)
+    assert "security_file_open is an LSM security_ hook" in str(e) and "needs fmod_ret" in str(e)
+    rig.ctx.kernel = FakeCaps("fentry", "fexit", "fmod_ret")
+    (plan,) = rig.sensor.plan(rig.view(policy("security_file_open", body), "kprobes"))
+    assert plan.mechanism == "fmod_ret" and plan.attach[4][0] == 1  # EPERM for selector 0
+    e = refused(rig, policy("security_file_open", "    return: true\n" + body))
+    assert "Override and 'return: true' together" in str(e)
 
 
 def test_return_arg_type_must_fit(rig) -> None:
@@ -354,3 +360,29 @@ def test_fentry_dentry_arg_of_vfs_unlink(rig, cgroup2_dir, tmp_path: Path) -> No
     path = evs[0]["args"][0]["path_arg"]["path"]
     # a dentry knows no mount: the path is from its own filesystem's root (the whole path on the root fs)
     assert path.endswith(f"/{tmp_path.name}/unlinked.txt") and str(victim).endswith(path)
+
+
+OVERRIDE = """    args: [{index: 0, type: file}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Equal, values: ["%s"]}]
+      matchActions: [{action: Override, argError: -1}]
+"""
+
+
+@pytest.mark.needs("fmod_ret")
+def test_override_through_fmod_ret_fails_open_with_eperm_in_the_cgroup_only(rig, cgroup2_dir, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret\n")
+    h = rig.load(policy("security_file_open", OVERRIDE % secret, name="deny-open"), "kprobes",
+                 cgroup_ids=[cgroup2_dir.id])
+    assert h.status()["hooks"][0]["mechanism"] == "fmod_ret"
+    inside = cgroup2_dir.run(["cat", str(secret)], capture_output=True, text=True)
+    assert inside.returncode == 1 and "Operation not permitted" in inside.stderr
+    outside = subprocess.run(["cat", str(secret)], capture_output=True, text=True)
+    assert outside.returncode == 0 and outside.stdout == "top secret\n"
+    ev = rig.events(lambda b: b.get("function_name") == "security_file_open", wait=5.0)[0]
+    assert ev["action"] == "KPROBE_ACTION_OVERRIDE" and ev["override_return"] == -1 and ev["action_taken"]
+    assert ev["args"][0]["file_arg"]["path"] == str(secret)
+    h.set_mode("monitoring")
+    r = cgroup2_dir.run(["cat", str(secret)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "top secret\n"

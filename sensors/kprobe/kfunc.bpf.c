@@ -37,6 +37,9 @@ SENSORIUM_LICENSE("Dual BSD/GPL");
 
 #define KF_USER_MAX 0x00007fffffffffffULL /* x86_64 user addresses are below this */
 
+/* Per selector: the errno its Override returns from sens_fmod_ret (positive; 0: no Override). */
+const volatile __u32 kf_errno[SENS_MAX_SELECTORS] = {};
+
 /* Per function parameter (0..5): what kf_prepare does with it. */
 const volatile __u8 kf_pre[SENS_MAX_ARGS] = {};
 
@@ -207,6 +210,35 @@ int sens_fexit(unsigned long long *ctx)
 	kf_trampoline_args(ctx, s);
 	bpf_get_func_ret(ctx, &ret);
 	return kf_emit(ctx, s, (__s64)ret, 1);
+}
+
+/* Override: fmod_ret runs before the function; a non-zero return skips it and becomes its return value.
+ * The kernel allows this only on security_* hooks and ALLOW_ERROR_INJECTION functions (kfunc.py checks). */
+SEC("fmod_ret/" KF_STR(KF_FUNC))
+int sens_fmod_ret(unsigned long long *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+	__u32 zero = 0;
+
+	if (!s)
+		return 0;
+	kf_trampoline_args(ctx, s);
+	s->matched = -1;
+	kf_emit(ctx, s, 0, 0);
+
+	int m = s->matched;
+
+	if (m < 0 || m >= SENS_MAX_SELECTORS)
+		return 0;
+	__u32 err = kf_errno[m];
+
+	if (!err)
+		return 0;
+	__u32 *mode = bpf_map_lookup_elem(&sens_mode, &zero);
+
+	if (mode && *mode == 1)
+		return 0; /* monitoring: the event says what would have happened */
+	return -(int)(err & 0xfff);
 }
 
 static __always_inline void kf_regs(struct sens_scratch *s, struct pt_regs *regs)

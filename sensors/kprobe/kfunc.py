@@ -34,6 +34,8 @@ __all__ = ["plan_kernel_function", "KfuncHookSet", "kfunc_probe", "sock_event_fi
 HERE = Path(__file__).resolve().parent
 KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4
 DEREF_FILE, DEREF_PATH = 8, 9  # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
+ACT_OVERRIDE = 8  # an actions bit the engine ignores and copies into the event (kfunc.bpf.c: fmod_ret)
+_EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event (selectors.h)
 ERROR_INJECTION_LISTS = ("/sys/kernel/debug/error_injection/list", "/sys/kernel/tracing/../debug/error_injection/list")
 
 # C integer types (as sensors/lsm/btf.py spells them) -> (size, signed)
@@ -235,16 +237,29 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             raise PolicyLoadError(hook, f"index {a.index} is declared twice", f"{field}.index")
         positions[a.index] = len(plans)
         plans.append(plan)
-    # Override: only where the kernel lets fmod_ret change the return value; even then not built yet.
+    # Override: only where the kernel lets fmod_ret change the return value (and fmod_ret loads).
+    errnos: list[int] = []
     for si, sel in enumerate(item.selectors):
+        err = 0
         for ai, act in enumerate(sel.actions if hasattr(sel, "actions") else sel.matchActions):
             if act.action == "Override":
                 field = f"{base}.selectors[{si}].matchActions[{ai}].action"
                 ok, why = overridable(func)
                 if not ok:
                     raise PolicyLoadError(hook, f"Override cannot apply to {func}: {why}", field)
-                raise PolicyLoadError(hook, f"Override on {func} ({why}) would need fmod_ret, which this sensor "
-                                            f"does not build yet: use an lsmhooks section (BPF LSM) or Sigkill", field)
+                kernel = sensor.ctx.kernel
+                if kernel is None or not kernel.has("fmod_ret"):
+                    raise PolicyLoadError(hook, f"Override on {func} ({why}) needs fmod_ret, which this kernel "
+                                                f"refuses: use an lsmhooks section or Sigkill", field)
+                if item.return_:
+                    raise PolicyLoadError(hook, "Override and 'return: true' together: an overridden function does "
+                                                "not run, so it has no return value to report", field)
+                err = abs(int(act.argError or -1)) or 1
+                if err > 4095:
+                    raise PolicyLoadError(hook, f"argError {act.argError} is not an errno (1..4095)",
+                                          f"{base}.selectors[{si}].matchActions[{ai}].argError")
+        errnos.append(err)
+    for si, sel in enumerate(item.selectors):
         for mi, m in enumerate(getattr(sel, "matchArgs", None) or []):
             idxs = list(m.indexes) if hasattr(m, "indexes") else [m.index]
             if any(ix in sock_args for ix in idxs):
@@ -274,23 +289,45 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             ret_plan = S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_RETVAL, offset=0, size=size, signed=signed,
                                  json_key=_int_key(size, signed, rtyp), label=ra.label if ra is not None else None,
                                  type_name=rtyp)
+    overriding = any(errnos)
+    selectors = [_without_override(sel) for sel in item.selectors] if overriding else list(item.selectors)
     try:
         compiled = S.compile_hook(policy_id=policy.id, hook_id=index, kind=S.HOOK_RAW_TP, args=plans,
-                                  selectors=list(item.selectors), arg_position=positions, at_exit=at_exit,
+                                  selectors=selectors, arg_position=positions, at_exit=at_exit,
                                   has_return=at_exit)
     except S.SelectorError as e:
         raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
-    mech, why = _mechanism(sensor.ctx.kernel, at_exit)
+    if overriding:
+        for si, err in enumerate(errnos):
+            if err:  # carried into the event's actions byte: the decoder reports KPROBE_ACTION_OVERRIDE
+                compiled.cfg.sel[si].actions |= ACT_OVERRIDE
+        compiled.blocking = True
+        mech, why = "fmod_ret", "fmod_ret (BPF trampoline that returns -errno instead of running the function)"
+    else:
+        mech, why = _mechanism(sensor.ctx.kernel, at_exit)
     if mech is None:
         raise PolicyLoadError(hook, f"{why}: kernel function {func} cannot be hooked (only syscalls can be served "
                                     f"here, through raw_tp sys_enter/sys_exit)", f"{base}.call")
     note = f"{proto}: served by {why}"
-    if compiled.blocking:
+    if overriding:
+        note += "; Override returns the errno before the function runs (in monitoring mode it runs and is reported)"
+    elif compiled.blocking:
         note += ("; Sigkill/Signal are sent " + ("when the function returns" if at_exit else "on entry") +
                  ": the function runs to completion, the process dies before it returns to user space")
     body = {"function_name": func, **_extras(item)}
-    return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=("kfunc", func, mech, tuple(pre)),
+    return HookPlan(hook=hook, field=base, compiled=compiled, args=plans,
+                    attach=("kfunc", func, mech, tuple(pre), tuple(errnos + [0] * (S.MAX_SELECTORS - len(errnos)))),
                     mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan)
+
+
+def _without_override(sel: Any) -> Any:
+    # The engine has no Override (its tracepoints cannot return errors): the errno goes to kf_errno instead.
+    from sensorium.policy import MatchAction
+
+    acts = [a for a in sel.matchActions if a.action != "Override"]
+    if sel.matchActions and not acts:
+        acts = [MatchAction(action="Post")]
+    return sel.model_copy(update={"matchActions": acts})
 
 
 def _reuse(obj: Any, fd: int) -> None:
@@ -308,7 +345,7 @@ class KfuncHookSet(HookSet):
         if plan.attach[0] != "kfunc":
             super()._load_one(plan, cgroup_ids)
             return
-        _kind, func, mech, pre = plan.attach
+        _kind, func, mech, pre, errnos = plan.attach
         try:
             obj = self.ctx.open_object(self.ctx.build(kfunc_probe(func)))
         except Exception as e:
@@ -318,9 +355,10 @@ class KfuncHookSet(HookSet):
             _reuse(obj, self.ring.fd)
             obj.set_rodata("sens_cfg", plan.compiled.rodata())
             obj.set_rodata("kf_pre", bytes(pre))
+            obj.set_rodata("kf_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
             flags = plan.compiled.flags
             prog = {"fentry": "sens_fentry", "fexit": "sens_fexit", "kprobe": "sens_kprobe",
-                    "kretprobe": "sens_kretprobe"}[mech]
+                    "kretprobe": "sens_kretprobe", "fmod_ret": "sens_fmod_ret"}[mech]
             wanted = {prog}
             if mech == "kretprobe":
                 wanted.add("sens_kprobe")
@@ -401,6 +439,33 @@ def decode_cred(text: str) -> dict[str, Any] | None:
 
 
 _DECODERS = {"sock_arg": decode_sock, "process_credentials_arg": decode_cred}
+
+
+def wrap_decode(ring: Any, decode: Any) -> Any:
+    """The ring's decoder with the kernel-function additions: decoded sock/cred arguments, and for fmod_ret
+    hooks the Override outcome (action, errno, mode) read from each record's header."""
+    def run(records: Sequence[bytes]) -> list[Any]:
+        if not any(len(h[0].attach) > 2 and h[0].attach[0] == "kfunc" and h[0].attach[2] == "fmod_ret"
+                   for h in ring.hooks.values()):
+            return sock_event_fixup(decode(records))
+        out: list[Any] = []
+        for rec in records:  # one by one: the record's header says whether this event overrode the call
+            evs = decode([rec])
+            if evs and len(rec) >= _EV.size:
+                f = _EV.unpack_from(rec)
+                policy_id, hook_id, sel, actions, flags = f[6], f[7], f[10], f[11], f[12]
+                entry = ring.hooks.get((policy_id, hook_id))
+                if entry is not None and actions & ACT_OVERRIDE and sel < S.MAX_SELECTORS:
+                    err = entry[0].attach[4][sel]
+                    monitoring = bool(flags & S.EV_MONITOR)
+                    body = evs[0].body
+                    body["action"] = "KPROBE_ACTION_OVERRIDE"
+                    body["override_return"] = -err
+                    body["policy_mode"] = "monitoring" if monitoring else "enforcement"
+                    body["action_taken"] = not monitoring
+            out.extend(evs)
+        return sock_event_fixup(out)
+    return run
 
 
 def sock_event_fixup(events: list[Any]) -> list[Any]:

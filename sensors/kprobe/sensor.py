@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError, SensorContext
-from sensorium_sensors.kprobe.kfunc import KfuncHookSet, plan_kernel_function, sock_event_fixup
+from sensorium_sensors.kprobe.kfunc import KfuncHookSet, plan_kernel_function, wrap_decode
 from sensorium_sensors.kprobe.syscalls_x86_64 import SYSCALLS_X86_64
 from sensorium_sensors.tracepoint import tracefs
 from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor, HookSet
@@ -84,8 +84,7 @@ class KprobeSensor(HookSensor):
         return super().plan(policy)
 
     def start(self) -> None:
-        decode = self.ring.decode
-        self.ring.decode = lambda records: sock_event_fixup(decode(records))  # type: ignore[method-assign]
+        self.ring.decode = wrap_decode(self.ring, self.ring.decode)  # type: ignore[method-assign]
         super().start()
 
     def load_policy(self, policy: Any, cgroup_ids: Sequence[int] | None = None) -> HookSet:
