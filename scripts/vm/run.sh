@@ -21,8 +21,18 @@ export PATH="$VM/vng-venv/bin:$PATH:/usr/sbin:/sbin"
 
 log() { printf '[vm-run] %s\n' "$*" >&2; }
 
-(($# >= 1)) || { echo "usage: $0 KERNEL [pytest args...]" >&2; exit 2; }
+(($# >= 1)) || { echo "usage: $0 KERNEL [pytest args...] | $0 KERNEL --cmd COMMAND [args...]" >&2; exit 2; }
 kernel="$1"; shift
+# --cmd: run COMMAND (from the repo root, e.g. `.venv/bin/python benchmarks/fanotify_bench.py`) instead
+# of pytest, e.g. a benchmark inside the guest; the exit code is the command's.
+runner=(.venv/bin/python -m pytest -p no:cacheprovider "--timeout=${SENSORIUM_VM_TEST_TIMEOUT:-900}")
+what=pytest
+if [[ "${1:-}" == "--cmd" ]]; then
+    shift
+    (($# >= 1)) || { echo "$0 KERNEL --cmd needs a command" >&2; exit 2; }
+    runner=()
+    what=command
+fi
 [[ -x "$VNG" ]] || { log "virtme-ng missing: run scripts/vm/prepare.sh first"; exit 2; }
 
 if [[ -f "$kernel" ]]; then
@@ -58,7 +68,7 @@ chmod +x "$run_dir/udev/udevd"
 
 # The guest gets none of the host environment: everything it needs is written into the script.
 quoted_args=""
-for a in "$@"; do quoted_args+=" $(printf '%q' "$a")"; done
+for a in "${runner[@]}" "$@"; do quoted_args+=" $(printf '%q' "$a")"; done
 cat > "$run_dir/guest.sh" <<GUEST
 #!/bin/bash
 set -u
@@ -82,7 +92,7 @@ if [ -r /sys/kernel/btf/vmlinux ]; then
     fi
 fi
 echo "[guest] kernel \$(uname -r); lsm=\$(cat /sys/kernel/security/lsm 2>/dev/null)"
-.venv/bin/python -m pytest -p no:cacheprovider --timeout=${SENSORIUM_VM_TEST_TIMEOUT:-900}$quoted_args
+$quoted_args
 rc=\$?
 echo "\$rc" > $(printf '%q' "$run_dir/rc")
 sync
@@ -91,7 +101,7 @@ GUEST
 chmod +x "$run_dir/guest.sh"
 
 timeout_s="${SENSORIUM_VM_TIMEOUT:-1800}"
-log "booting $release (timeout ${timeout_s}s) with: pytest$quoted_args"
+log "booting $release (timeout ${timeout_s}s) with:$quoted_args"
 started=$(date +%s)
 # A private mount namespace lays the stand-in udevd over /usr/local/bin (a directory on the guest
 # init's PATH) for QEMU's 9p server only; the host's /usr/local/bin is not touched.
@@ -118,6 +128,6 @@ elif ((vng_rc == 124)); then
 else
     log "$release: the guest reported no exit code (vng exit $vng_rc): boot or guest failure"; rc=125
 fi
-log "$release: pytest exit $rc after ${elapsed}s"
+log "$release: $what exit $rc after ${elapsed}s"
 rm -rf "$run_dir"
 exit "$rc"
