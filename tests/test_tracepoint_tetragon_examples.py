@@ -34,7 +34,7 @@ LOADS = {
 REFUSED = {
     "symlink-override.yaml": "Override needs fmod_ret or BPF LSM",
     "tcp-connect.yaml": "no kprobes and fentry refused on this kernel",
-    "filename_monitoring.yaml": "no kprobes and fentry refused on this kernel",
+    "filename_monitoring.yaml": "no kprobes and fexit refused on this kernel",  # its hooks have return: true
     "kprobe_commit_creds.yaml": "no kprobes and fentry refused on this kernel",
 }
 
