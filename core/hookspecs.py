@@ -110,6 +110,9 @@ class PolicyView:
     id: small integer unique among loaded policies, used as a key in kernel maps (e.g. the cgroup scope map).
     items: the validated items of the section this sensor owns (pydantic models of `SensorSpec.policy_sections`).
     mode: "enforcement" or "monitoring" (in monitoring, blocking actions only report what they would do).
+    scope: None for a host-wide policy; else the cgroups it is bounded to (see `Scope`). A sensor that
+    cannot bound its hooks to a scope must not declare ``supports_scope``: the manager then refuses scoped
+    policies for its sections instead of applying them host-wide.
     """
 
     id: int
@@ -118,6 +121,42 @@ class PolicyView:
     section: str
     items: Sequence[BaseModel]
     mode: str = "enforcement"
+    scope: "Scope | None" = None
+
+
+HIERARCHIES = ("cgroup2", "memory")
+
+
+@dataclasses.dataclass(frozen=True)
+class CgroupRef:
+    """One cgroup directory in a scope.
+
+    hierarchy: ``cgroup2`` (the unified hierarchy), or ``memory`` (the v1 memory controller: on a hybrid
+    host, runtimes using the v1 cgroup driver place containers there and leave them at the cgroup2 root).
+    id: the cgroup id (inode number of the directory), what the kernel side compares.
+    path: the absolute directory (for mechanisms that attach to a cgroup or read /proc/<pid>/cgroup).
+    """
+
+    hierarchy: str
+    id: int
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """The processes a scoped policy applies to; the kernel side of every mechanism checks it.
+
+    A process is in scope when one of its cgroups, or an ancestor of it, is in ``cgroups`` (so a pod's
+    cgroup covers every container of the pod, including one created later). When ``host`` is true,
+    processes under none of ``container_roots`` (the runtimes' kubepods cgroups) are in scope as well
+    (Tetragon's ``hostSelector: {}``). ``Scope()`` selects nothing: a pod-scoped policy whose pods are not
+    on this node yet must not apply to anything (never host-wide).
+    Built by `sensorium.scope` helpers; `sensorium.bpf.scope` turns it into kernel map entries.
+    """
+
+    cgroups: tuple[CgroupRef, ...] = ()
+    host: bool = False
+    container_roots: tuple[CgroupRef, ...] = ()
 
 
 class PolicyHandle(Protocol):
@@ -135,6 +174,11 @@ class PolicyHandle(Protocol):
     def unload(self) -> None:
         """Detach and free everything of this section. Idempotent, must not raise."""
 
+    # Optional, for sensors that declare ``supports_scope = True``:
+    # def set_scope(self, scope: Scope) -> None:
+    #     """Replace the scope live (map updates / attach changes, no reload). New entries are added before
+    #     old ones are removed, so a process that stays in scope is never uncovered in between."""
+
 
 @runtime_checkable
 class PolicySensor(Protocol):
@@ -145,7 +189,10 @@ class PolicySensor(Protocol):
         tracepoints exist, arg types match, limits hold). Raise `PolicyLoadError` naming the first problem."""
 
     def load_policy(self, policy: PolicyView) -> PolicyHandle:
-        """Load and attach the section whole, or undo what was done and raise `PolicyLoadError`."""
+        """Load and attach the section whole, or undo what was done and raise `PolicyLoadError`.
+
+        A sensor with the class attribute ``supports_scope = True`` honours ``policy.scope`` in the kernel
+        and its handles implement ``set_scope(scope)``; without it, a scoped policy is refused for it."""
 
 
 class SensorContext(Protocol):
