@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -22,11 +24,15 @@ class Rig:
     def view(self, text: str, section: str, mode: str | None = None, policy_id: int = 7) -> Any:
         return make_policy_view(text, section, policy_id=policy_id, mode=mode)
 
-    def load(self, text: str, section: str, mode: str | None = None, cgroup_ids: list[int] | None = None,
+    def load(self, text: str, section: str, mode: str | None = None, scope: Any = None,
              policy_id: int = 7) -> Any:
+        """Check and load a section; ``scope`` (a `sensorium.hookspecs.Scope`, None = host-wide) goes
+        into the `PolicyView` as the policy manager puts it."""
         view = self.view(text, section, mode, policy_id)
+        if scope is not None:
+            view = dataclasses.replace(view, scope=scope)
         self.sensor.check_policy(view)
-        h = self.sensor.load_policy(view, cgroup_ids=cgroup_ids)
+        h = self.sensor.load_policy(view)
         self.handles.append(h)
         return h
 
@@ -58,6 +64,13 @@ def rig_fixture(cls: type) -> Callable[..., Iterator[Rig]]:
         finally:
             r.close()
     return _rig
+
+
+def scope_of(*dirs: Any) -> Any:
+    """The `Scope` of test cgroups (`Cgroup` objects or directories)."""
+    from sensorium.scope import scope_of_directories
+
+    return scope_of_directories([os.fspath(d) for d in dirs])
 
 
 def string_args(body: dict) -> list[str]:

@@ -24,7 +24,7 @@ from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.kfunc import decode_sock
 from sensorium_sensors.kprobe.sensor import KprobeSensor
 
-from hook_helpers import gone, rig_fixture
+from hook_helpers import gone, rig_fixture, scope_of
 
 rig = rig_fixture(KprobeSensor)
 
@@ -182,7 +182,7 @@ def _listener() -> socket.socket:
 
 def _tcp_connect_reports_5_tuple(rig, cgroup2_dir) -> dict:
     h = rig.load(policy("tcp_connect", "    args: [{index: 0, type: sock, label: sk}]\n", name="tcp-connect"),
-                 "kprobes", cgroup_ids=[cgroup2_dir.id])
+                 "kprobes", scope=scope_of(cgroup2_dir))
     srv = _listener()
     port = srv.getsockname()[1]
     try:
@@ -229,7 +229,7 @@ def _file_open_typed_and_return(rig, cgroup2_dir, tmp_path: Path) -> dict:
     target.write_text("x\n")
     other = tmp_path / "other.txt"
     other.write_text("y\n")
-    h = rig.load(policy("security_file_open", FILE_OPEN % target), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    h = rig.load(policy("security_file_open", FILE_OPEN % target), "kprobes", scope=scope_of(cgroup2_dir))
     assert cgroup2_dir.run(["cat", str(other)], capture_output=True).returncode == 0
     assert cgroup2_dir.run(["cat", str(target)], capture_output=True).returncode == 0
     evs = rig.events(lambda b: b.get("function_name") == "security_file_open", wait=5.0)
@@ -262,7 +262,7 @@ def test_fexit_user_string_and_negative_return(rig, cgroup2_dir, tmp_path: Path)
     selectors:
     - matchArgs: [{{index: 1, operator: Equal, values: ["{missing}"]}}]
 """
-    h = rig.load(policy("do_sys_openat2", body), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    h = rig.load(policy("do_sys_openat2", body), "kprobes", scope=scope_of(cgroup2_dir))
     assert cgroup2_dir.run(["cat", str(missing)], capture_output=True).returncode != 0
     evs = rig.events(lambda b: b.get("function_name") == "do_sys_openat2", wait=5.0)
     assert evs, "no do_sys_openat2 event"
@@ -282,7 +282,7 @@ def _sigkill_scoped(rig, cgroup2_dir, tmp_path: Path, mode: str | None = None):
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret\n")
     h = rig.load(policy("security_file_open", SIGKILL % secret, name="kill-open"), "kprobes", mode=mode,
-                 cgroup_ids=[cgroup2_dir.id])
+                 scope=scope_of(cgroup2_dir))
     return h, secret
 
 
@@ -337,7 +337,7 @@ def test_cred_summary_decodes_to_tetragon_shape() -> None:
 
 @pytest.mark.needs("fentry")
 def test_fentry_cred_arg_of_commit_creds(rig, cgroup2_dir) -> None:
-    rig.load(policy("commit_creds", "    args: [{index: 0, type: cred}]\n"), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    rig.load(policy("commit_creds", "    args: [{index: 0, type: cred}]\n"), "kprobes", scope=scope_of(cgroup2_dir))
     r = cgroup2_dir.run([sys.executable, "-c", "import os; os.setgid(65534); os.setuid(65534)"], capture_output=True,
                         text=True)
     assert r.returncode == 0, r.stderr
@@ -353,7 +353,7 @@ def test_fentry_cred_arg_of_commit_creds(rig, cgroup2_dir) -> None:
 def test_fentry_dentry_arg_of_vfs_unlink(rig, cgroup2_dir, tmp_path: Path) -> None:
     victim = tmp_path / "unlinked.txt"
     victim.write_text("x")
-    rig.load(policy("vfs_unlink", "    args: [{index: 2, type: dentry}]\n"), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    rig.load(policy("vfs_unlink", "    args: [{index: 2, type: dentry}]\n"), "kprobes", scope=scope_of(cgroup2_dir))
     assert cgroup2_dir.run(["rm", str(victim)]).returncode == 0 and not victim.exists()
     evs = rig.events(lambda b: b.get("function_name") == "vfs_unlink", wait=5.0)
     assert evs, "no vfs_unlink event"
@@ -374,7 +374,7 @@ def test_override_through_fmod_ret_fails_open_with_eperm_in_the_cgroup_only(rig,
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret\n")
     h = rig.load(policy("security_file_open", OVERRIDE % secret, name="deny-open"), "kprobes",
-                 cgroup_ids=[cgroup2_dir.id])
+                 scope=scope_of(cgroup2_dir))
     assert h.status()["hooks"][0]["mechanism"] == "fmod_ret"
     inside = cgroup2_dir.run(["cat", str(secret)], capture_output=True, text=True)
     assert inside.returncode == 1 and "Operation not permitted" in inside.stderr

@@ -13,7 +13,7 @@ import pytest
 from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from hook_helpers import rig_fixture, string_args
+from hook_helpers import rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 
@@ -184,7 +184,7 @@ def test_signal_action_and_nopost(rig, cgroup2_dir) -> None:
       matchActions:
       - {action: Signal, argSig: 10}
       - {action: NoPost}
-"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+"""), "kprobes", scope=scope_of(cgroup2_dir))
     code = "import os\ntry: os.getpgid(4000051)\nexcept OSError: pass\nprint('survived')"
     r = cgroup2_dir.run([sys.executable, "-c", code], capture_output=True)
     assert r.returncode == -10 and b"survived" not in r.stdout  # SIGUSR1 kills python by default
@@ -283,7 +283,7 @@ spec:
       - {{index: 1, operator: Equal, values: ["{target}"]}}
       matchPIDs:
       - {{operator: In, isNamespacePID: true, values: [1]}}
-""", "kprobes", cgroup_ids=[cgroup2_dir.id])
+""", "kprobes", scope=scope_of(cgroup2_dir))
     cgroup2_dir.run(["cat", str(target)], capture_output=True, check=True)  # host pid ns: not pid 1 (first)
     r = cgroup2_dir.run(["unshare", "--pid", "--fork", "cat", str(target)], capture_output=True)
     assert r.returncode == 0, r
@@ -330,7 +330,7 @@ def test_monitoring_reports_blocking_actions_even_with_nopost(rig, cgroup2_dir) 
       matchActions:
       - {action: Sigkill}
       - {action: NoPost}
-"""), "kprobes", mode="monitoring", cgroup_ids=[cgroup2_dir.id])
+"""), "kprobes", mode="monitoring", scope=scope_of(cgroup2_dir))
     code = "import os\ntry: os.getpgid(4000061)\nexcept OSError: pass\nprint('survived')"
     r = cgroup2_dir.run([sys.executable, "-c", code], capture_output=True)
     assert r.returncode == 0 and b"survived" in r.stdout

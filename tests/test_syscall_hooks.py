@@ -15,7 +15,7 @@ import pytest
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from hook_helpers import rig_fixture, string_args, gone, our_program_ids
+from hook_helpers import rig_fixture, scope_of, string_args, gone, our_program_ids
 
 pytestmark = [pytest.mark.kernel]
 
@@ -75,7 +75,7 @@ def test_openat_posts_only_for_the_watched_file_with_return_value(rig, tmp_path:
 
 
 def test_sigkill_in_test_cgroup_while_same_read_elsewhere_succeeds(rig, secret: Path, cgroup2_dir) -> None:
-    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
     inside = cgroup2_dir.run(["cat", str(secret)], capture_output=True)
     assert inside.returncode == -9, inside
     assert inside.stdout == b""  # killed before it could read
@@ -89,7 +89,7 @@ def test_sigkill_in_test_cgroup_while_same_read_elsewhere_succeeds(rig, secret: 
 
 
 def test_monitoring_mode_reports_would_have_killed_then_enforces_live(rig, secret: Path, cgroup2_dir) -> None:
-    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", mode="monitoring", cgroup_ids=[cgroup2_dir.id])
+    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", mode="monitoring", scope=scope_of(cgroup2_dir))
     r = cgroup2_dir.run(["cat", str(secret)], capture_output=True)
     assert r.returncode == 0 and r.stdout == b"top secret\n"
     evs = rig.events(lambda b: str(secret) in string_args(b))
@@ -107,7 +107,7 @@ def test_relative_paths_and_dotdot_are_resolved_before_matching(rig, tmp_path: P
     (d / "sub").mkdir(parents=True)
     target = d / "t.txt"
     target.write_text("t")
-    rig.load(openat_policy(str(target), SIGKILL), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    rig.load(openat_policy(str(target), SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
     cases = [(["cat", "t.txt"], d), (["cat", "../t.txt"], d / "sub"), (["cat", "./sub/../t.txt"], d),
              (["cat", "..//dir/./t.txt"], d), (["cat", f"{d}/sub/../t.txt"], tmp_path),
              (["cat", f"{d}//t.txt"], tmp_path), (["cat", f"{d}/./t.txt"], tmp_path)]
@@ -254,7 +254,7 @@ def test_symlink_to_the_protected_file_is_caught_from_the_opened_file(rig, tmp_p
     """openat's path is taken from the file actually opened (at sys_exit): a symlink cannot hide it."""
     link = tmp_path / "innocent-looking"
     link.symlink_to(secret)
-    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
     r = cgroup2_dir.run(["cat", str(link)], capture_output=True)
     assert r.returncode == -9 and r.stdout == b""
     evs = rig.events(lambda b: str(secret) in string_args(b))

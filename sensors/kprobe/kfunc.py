@@ -17,11 +17,10 @@ syscall hooks; `sock_event_fixup` turns the kernel's hex sock summary into Tetra
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import struct
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError, ProbeSource
@@ -330,20 +329,13 @@ def _without_override(sel: Any) -> Any:
     return sel.model_copy(update={"matchActions": acts})
 
 
-def _reuse(obj: Any, fd: int) -> None:
-    from sensorium_sensors.tracepoint.engine import _set_reuse_proto
-
-    err = _set_reuse_proto()(obj.map("sens_events")._p(), fd)
-    if err < 0:
-        raise OSError(-err, f"cannot share the sensor's ring buffer: {os.strerror(-err)}")
-
-
 class KfuncHookSet(HookSet):
-    """The engine's `HookSet`, plus kernel-function hooks (attach ``("kfunc", ...)``) from kfunc.bpf.c."""
+    """The engine's `HookSet`, plus kernel-function hooks (attach ``("kfunc", ...)``) from kfunc.bpf.c.
+    Preparation, scope and process tracking are the engine's (`HookSet.prepare_object`/`start_object`)."""
 
-    def _load_one(self, plan: HookPlan, cgroup_ids: Sequence[int] | None) -> None:
+    def _load_one(self, plan: HookPlan) -> None:
         if plan.attach[0] != "kfunc":
-            super()._load_one(plan, cgroup_ids)
+            super()._load_one(plan)
             return
         _kind, func, mech, pre, errnos = plan.attach
         try:
@@ -352,37 +344,14 @@ class KfuncHookSet(HookSet):
             raise PolicyLoadError(plan.hook, f"cannot build the kernel-function program: {e}") from e
         self.objects.append((plan, obj))
         try:
-            _reuse(obj, self.ring.fd)
-            obj.set_rodata("sens_cfg", plan.compiled.rodata())
-            obj.set_rodata("kf_pre", bytes(pre))
-            obj.set_rodata("kf_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
-            flags = plan.compiled.flags
             prog = {"fentry": "sens_fentry", "fexit": "sens_fexit", "kprobe": "sens_kprobe",
                     "kretprobe": "sens_kretprobe", "fmod_ret": "sens_fmod_ret"}[mech]
-            wanted = {prog}
-            if mech == "kretprobe":
-                wanted.add("sens_kprobe")
-            if flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
-                wanted.update(("sens_exec", "sens_exit"))
-            if flags & S.CFG_FOLLOW:
-                wanted.add("sens_fork")
-            for name, p in obj.programs.items():
-                p.set_autoload(name in wanted)
-            cfg = plan.compiled.cfg
-            uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
-            for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
-                                  ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
-                                  ("sens_inflight", mech == "kretprobe"), ("sens_cgroups", cgroup_ids)):
-                if not needed:
-                    obj.map(mname).set_max_entries(64)
+            progs = {prog, "sens_kprobe"} if mech == "kretprobe" else {prog}
+            wanted = self.prepare_object(plan, obj, progs, inflight=mech == "kretprobe")
+            obj.set_rodata("kf_pre", bytes(pre))
+            obj.set_rodata("kf_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
             obj.load()
-            obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if self.mode == "monitoring" else 0))
-            for cg in cgroup_ids or ():
-                obj.map("sens_cgroups").update(struct.pack("<Q", cg), b"\x01")
-            self._seed_follow(plan, obj)
-            for name in ("sens_exec", "sens_exit", "sens_fork"):
-                if name in wanted:
-                    obj.program(name).attach()
+            self.start_object(plan, obj, wanted)
             if mech == "kretprobe":
                 obj.program("sens_kretprobe").attach()  # the return side first: no entry without its exit
                 obj.program("sens_kprobe").attach()
@@ -392,10 +361,7 @@ class KfuncHookSet(HookSet):
             raise
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
-        with self.ring.lock:
-            hooks = dict(self.ring.hooks)
-            hooks[(self.policy_id, plan.compiled.cfg.hook_id)] = (plan, self.policy_name, self)
-            self.ring.hooks = hooks
+        self.register(plan)
 
 
 def _addr(family: int, raw: bytes) -> str:

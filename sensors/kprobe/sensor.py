@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import platform
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium_sensors.kprobe.kfunc import KfuncHookSet, plan_kernel_function, wrap_decode
 from sensorium_sensors.kprobe.syscalls_x86_64 import SYSCALLS_X86_64
 from sensorium_sensors.tracepoint import tracefs
-from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor, HookSet
+from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
 from sensorium_sensors.tracepoint.sensor import _extras
 
 # Path parameters of syscalls: parameter -> parameter holding its dirfd (None: relative to the cwd).
@@ -73,6 +73,8 @@ MECHANISMS: list[tuple[str, str, Callable[..., HookPlan | None] | None]] = [
 class KprobeSensor(HookSensor):
     name = "kprobe"
     section = "kprobes"
+    supports_scope = True  # every hook (raw_tp syscalls, fentry/fexit/kprobe/fmod_ret) checks sens_scope first
+    handle_class = KfuncHookSet
 
     def __init__(self, ctx: SensorContext) -> None:
         super().__init__(ctx)
@@ -86,21 +88,6 @@ class KprobeSensor(HookSensor):
     def start(self) -> None:
         self.ring.decode = wrap_decode(self.ring, self.ring.decode)  # type: ignore[method-assign]
         super().start()
-
-    def load_policy(self, policy: Any, cgroup_ids: Sequence[int] | None = None) -> HookSet:
-        """As `HookSensor.load_policy`, with a `KfuncHookSet` that also loads kernel-function hooks."""
-        if self.state != "running" or self.ring.obj is None:
-            raise PolicyLoadError(f"{policy.section}", f"the {self.name} sensor is not running")
-        plans = self.plan(policy)
-        if cgroup_ids is not None:
-            for p in plans:
-                p.compiled.cfg.flags |= S.CFG_CGROUP_SCOPED
-                p.compiled.flags |= S.CFG_CGROUP_SCOPED
-        hs = KfuncHookSet(self.ctx, self.ring, policy.id, policy.name, policy.mode)
-        hs.skipped = list(self._skipped.pop(policy.id, []))
-        hs.load(plans, cgroup_ids)
-        self.handles = [h for h in self.handles if not h._unloaded] + [hs]
-        return hs
 
     def plan_item(self, policy: Any, index: int, item: Any) -> HookPlan | None:
         hook = f"{policy.section}[{index}] {item.call}"

@@ -6,6 +6,11 @@ sys_enter/sys_exit, or a uprobe/uretprobe (uprobe sensor). Every hook object of 
 the sensor's one ring buffer (the map is shared with ``bpf_map__reuse_fd``), so loading and unloading
 policies never adds rings to the agent's reader. `HookSet` is the `PolicyHandle` of a section: it
 loads whole or undoes and raises.
+
+Scope (``PolicyView.scope``): None loads the hooks host-wide, with no check at all; a `Scope` sets
+``SENS_CFG_CGROUP_SCOPED`` in every hook's rodata and fills its ``sens_scope`` map (sensorium/scope.h)
+before anything attaches, so a scoped hook never runs unscoped. `HookSet.set_scope` replaces the scope
+live in every object of the section.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium.events import Event
-from sensorium.hookspecs import PolicyLoadError, ProbeSource, SensorContext
+from sensorium.bpf.scope import ScopeMap, scope_entries
+from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 from sensorium import selectors as S
 
 __all__ = ["HOOK_PROBE", "HookPlan", "HookSet", "EventRing", "HookSensor", "HookSensorOptions", "SYSCALL_ABI"]
@@ -249,13 +255,28 @@ class HookSet:
         self.skipped: list[dict[str, Any]] = []
         self.events = 0
         self._unloaded = False
+        self.scope: Scope | None = None
+        self._scope_maps: list[ScopeMap] = []
 
     # -- loading ----------------------------------------------------------------------------------
-    def load(self, plans: Sequence[HookPlan], cgroup_ids: Sequence[int] | None = None) -> None:
-        """Load and attach every plan, or undo everything and raise `PolicyLoadError`."""
+    def load(self, plans: Sequence[HookPlan], scope: Scope | None = None) -> None:
+        """Load and attach every plan, or undo everything and raise `PolicyLoadError`.
+
+        ``scope`` None: host-wide (no check in the kernel); a `Scope`: every hook checks it first."""
+        if scope is not None:
+            if not isinstance(scope, Scope):
+                raise PolicyLoadError("scope", f"expected a sensorium.hookspecs.Scope, got {type(scope).__name__}")
+            try:
+                scope_entries(scope)  # a bad scope is refused before anything is loaded
+            except ValueError as e:
+                raise PolicyLoadError("scope", str(e)) from None
+            for plan in plans:
+                plan.compiled.cfg.flags |= S.CFG_CGROUP_SCOPED
+                plan.compiled.flags |= S.CFG_CGROUP_SCOPED
+        self.scope = scope
         try:
             for plan in plans:
-                self._load_one(plan, cgroup_ids)
+                self._load_one(plan)
         except PolicyLoadError:
             self.unload()
             raise
@@ -263,7 +284,7 @@ class HookSet:
             self.unload()
             raise PolicyLoadError(getattr(e, "_hook", "?"), str(e)) from e
 
-    def _load_one(self, plan: HookPlan, cgroup_ids: Sequence[int] | None) -> None:
+    def _load_one(self, plan: HookPlan) -> None:
         try:
             path = self.ctx.build(HOOK_PROBE)
             obj = self.ctx.open_object(path)
@@ -271,51 +292,19 @@ class HookSet:
             raise PolicyLoadError(plan.hook, f"cannot build the hook program: {e}") from e
         self.objects.append((plan, obj))
         try:
-            reuse = _set_reuse_proto()
-            err = reuse(obj.map("sens_events")._p(), self.ring.fd)
-            if err < 0:
-                raise OSError(-err, f"cannot share the sensor's ring buffer: {os.strerror(-err)}")
-            obj.set_rodata("sens_cfg", plan.compiled.rodata())
-            flags = plan.compiled.flags
-            wanted = set()
             kind = plan.attach[0]
             if kind == "tp":
-                wanted.add("sens_tp")
+                progs = {"sens_tp"}
             elif kind == "raw":
-                wanted.add("sens_raw")
+                progs = {"sens_raw"}
             elif kind == "uprobe":  # ("uprobe", at_exit, binary, symbol | None, offset): the uprobe sensor
-                wanted.add("sens_uprobe")
-                if plan.attach[1]:
-                    wanted.add("sens_uretprobe")
+                progs = {"sens_uprobe", "sens_uretprobe"} if plan.attach[1] else {"sens_uprobe"}
             else:
-                wanted.add("sens_sys_enter")
-                if plan.attach[1]:
-                    wanted.add("sens_sys_exit")
-            if flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
-                wanted.update(("sens_exec", "sens_exit"))
-            if flags & S.CFG_FOLLOW:
-                wanted.add("sens_fork")
-            for name, prog in obj.programs.items():
-                prog.set_autoload(name in wanted)
-            # Maps a hook does not use are shrunk before load (hash maps are preallocated: the binary cache
-            # alone is 2 MiB), so kernel memory follows what the policy needs.
-            cfg = plan.compiled.cfg
-            uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
-            for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
-                                  ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
-                                  ("sens_inflight", plan.attach[0] in ("syscall", "uprobe") and plan.attach[1]),
-                                  ("sens_cgroups", cgroup_ids)):
-                if not needed:
-                    obj.map(mname).set_max_entries(64)
+                progs = {"sens_sys_enter", "sens_sys_exit"} if plan.attach[1] else {"sens_sys_enter"}
+            inflight = kind in ("syscall", "uprobe") and bool(plan.attach[1])
+            wanted = self.prepare_object(plan, obj, progs, inflight)
             obj.load()
-            obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if self.mode == "monitoring" else 0))
-            for cg in cgroup_ids or ():
-                obj.map("sens_cgroups").update(struct.pack("<Q", cg), b"\x01")
-            self._seed_follow(plan, obj)
-            # Process tracking first, so no fork slips between the seed and the hook.
-            for name in ("sens_exec", "sens_exit", "sens_fork"):
-                if name in wanted:
-                    obj.program(name).attach()
+            self.start_object(plan, obj, wanted)
             if kind == "tp":
                 obj.program("sens_tp").attach_tracepoint(plan.attach[1], plan.attach[2])
             elif kind == "raw":
@@ -333,6 +322,52 @@ class HookSet:
             raise
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
+        self.register(plan)
+
+    # Shared by every object built on selectors.h (this engine's hook.bpf.c, the kprobe sensor's kfunc.bpf.c):
+    # what happens before load, after load and before the hook attaches, and once it is attached.
+    def prepare_object(self, plan: HookPlan, obj: Any, programs: set[str], inflight: bool) -> set[str]:
+        """Before load: share the sensor's ring, set ``sens_cfg``, autoload ``programs`` plus the process
+        tracking the selectors need, and shrink the maps the hook does not use. Returns the programs to load."""
+        err = _set_reuse_proto()(obj.map("sens_events")._p(), self.ring.fd)
+        if err < 0:
+            raise OSError(-err, f"cannot share the sensor's ring buffer: {os.strerror(-err)}")
+        obj.set_rodata("sens_cfg", plan.compiled.rodata())
+        flags = plan.compiled.flags
+        wanted = set(programs)
+        if flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
+            wanted.update(("sens_exec", "sens_exit"))
+        if flags & S.CFG_FOLLOW:
+            wanted.add("sens_fork")
+        for name, prog in obj.programs.items():
+            prog.set_autoload(name in wanted)
+        # Maps a hook does not use are shrunk before load (hash maps are preallocated: the binary cache
+        # alone is 2 MiB), so kernel memory follows what the policy needs. A scoped hook keeps its whole
+        # scope map: the scope may grow live (pods arriving) without a reload.
+        cfg = plan.compiled.cfg
+        uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
+        for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
+                              ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
+                              ("sens_inflight", inflight), ("sens_scope", flags & S.CFG_CGROUP_SCOPED)):
+            if not needed:
+                obj.map(mname).set_max_entries(64)
+        return wanted
+
+    def start_object(self, plan: HookPlan, obj: Any, wanted: set[str]) -> None:
+        """After load, before the hook attaches: mode, scope (so a scoped hook is never live unscoped),
+        followChildren seed, then the process tracking programs (so no fork slips between seed and hook)."""
+        obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if self.mode == "monitoring" else 0))
+        if plan.compiled.flags & S.CFG_CGROUP_SCOPED:
+            sm = ScopeMap(obj.map("sens_scope"))
+            sm.set(self.scope if self.scope is not None else Scope())
+            self._scope_maps.append(sm)
+        self._seed_follow(plan, obj)
+        for name in ("sens_exec", "sens_exit", "sens_fork"):
+            if name in wanted:
+                obj.program(name).attach()
+
+    def register(self, plan: HookPlan) -> None:
+        """The hook is attached: let the decoder render its records."""
         with self.ring.lock:
             hooks = dict(self.ring.hooks)
             hooks[(self.policy_id, plan.compiled.cfg.hook_id)] = (plan, self.policy_name, self)
@@ -381,6 +416,22 @@ class HookSet:
                 fmap.update(struct.pack("<I", pid), struct.pack("<I", bits))
 
     # -- PolicyHandle -----------------------------------------------------------------------------
+    def set_scope(self, scope: Scope) -> None:
+        """Replace the scope live in every hook object of the section (map updates, no reload; see
+        `sensorium.bpf.scope.ScopeMap`). A section loaded host-wide has no check in its programs: it
+        cannot be scoped later (ValueError; reload it with a scope)."""
+        if not isinstance(scope, Scope):
+            raise TypeError(f"set_scope expects a sensorium.hookspecs.Scope, got {type(scope).__name__}")
+        if self._unloaded:
+            raise ValueError(f"policy {self.policy_name!r}: the section is unloaded")
+        if self.scope is None:
+            raise ValueError(f"policy {self.policy_name!r} was loaded host-wide (no scope check in its programs): "
+                             f"reload it with a scope")
+        scope_entries(scope)  # ValueError before any map is touched
+        for sm in self._scope_maps:
+            sm.set(scope)
+        self.scope = scope
+
     def set_mode(self, mode: str) -> None:
         if mode not in ("enforcement", "monitoring"):
             raise ValueError(f"unknown mode {mode!r}")
@@ -416,8 +467,11 @@ class HookSet:
                     mem += m.max_entries * (m.key_size + m.value_size)
             except Exception:
                 pass
+        sc = self.scope
+        scope = None if sc is None else {"cgroups": [r.path for r in sc.cgroups], "host": sc.host,
+                                         "container_roots": [r.path for r in sc.container_roots]}
         return {"hooks": hooks, "events": c.get("posted", 0), "errors": c.get("dropped", 0) + c.get("signal_errors", 0),
-                "kernel_memory_bytes": mem, "mode": self.mode, "counters": c,
+                "kernel_memory_bytes": mem, "mode": self.mode, "counters": c, "scope": scope,
                 "state": "unloaded" if self._unloaded else "loaded"}
 
     def unload(self) -> None:
@@ -436,6 +490,7 @@ class HookSet:
                 except ValueError:
                     pass
         self.objects = []
+        self._scope_maps = []
         self._unloaded = True
 
 
@@ -447,6 +502,7 @@ class HookSensor:
 
     name = "hooks"
     section = ""
+    handle_class: type[HookSet] = HookSet
 
     def __init__(self, ctx: SensorContext) -> None:
         self.ctx = ctx
@@ -492,18 +548,13 @@ class HookSensor:
     def check_policy(self, policy: Any) -> None:
         self.plan(policy)
 
-    def load_policy(self, policy: Any, cgroup_ids: Sequence[int] | None = None) -> HookSet:
-        """Load a section. ``cgroup_ids`` (optional, not part of the contract yet) scopes every hook to
-        tasks whose cgroup2 id is listed, checked in the kernel before anything else."""
+    def load_policy(self, policy: Any) -> HookSet:
+        """Load a section (`PolicySensor.load_policy`), bounded to ``policy.scope`` when it has one."""
         if self.state != "running" or self.ring.obj is None:
             raise PolicyLoadError(f"{policy.section}", f"the {self.name} sensor is not running")
         plans = self.plan(policy)
-        if cgroup_ids is not None:
-            for p in plans:
-                p.compiled.cfg.flags |= S.CFG_CGROUP_SCOPED
-                p.compiled.flags |= S.CFG_CGROUP_SCOPED
-        hs = HookSet(self.ctx, self.ring, policy.id, policy.name, policy.mode)
+        hs = self.handle_class(self.ctx, self.ring, policy.id, policy.name, policy.mode)
         hs.skipped = [s for s in getattr(self, "_skipped", {}).pop(policy.id, [])]
-        hs.load(plans, cgroup_ids)
+        hs.load(plans, getattr(policy, "scope", None))
         self.handles = [h for h in self.handles if not h._unloaded] + [hs]
         return hs

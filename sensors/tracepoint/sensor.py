@@ -28,6 +28,7 @@ def _extras(item: Any) -> dict[str, Any]:
 class TracepointSensor(HookSensor):
     name = "tracepoint"
     section = "tracepoints"
+    supports_scope = True  # every hook checks the policy scope (sens_scope) before anything else
 
     def __init__(self, ctx: SensorContext) -> None:
         super().__init__(ctx)

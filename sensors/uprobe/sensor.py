@@ -32,6 +32,7 @@ HOOKS_PER_ITEM = 128  # hook_id = item index * HOOKS_PER_ITEM + target: up to 64
 class UprobeSensor(HookSensor):
     name = "uprobe"
     section = "uprobes"
+    supports_scope = True  # every hook checks the policy scope (sens_scope) before anything else
 
     def __init__(self, ctx: SensorContext) -> None:
         super().__init__(ctx)

@@ -25,6 +25,7 @@
 #define __SENSORIUM_SELECTORS_H
 
 #include "sensorium/common.h"
+#include "sensorium/scope.h"
 
 /* Limits: mirrored in sensorium.selectors (checked before load, with the limit in the message). */
 #define SENS_MAX_ARGS 6
@@ -99,7 +100,7 @@
 #define SENS_ARGF_ERR 2
 
 /* Hook config flags */
-#define SENS_CFG_CGROUP_SCOPED 1 /* only tasks whose cgroup2 id is in sens_cgroups */
+#define SENS_CFG_CGROUP_SCOPED 1 /* only tasks in the scope held by sens_scope */
 #define SENS_CFG_NEED_BINARY 2   /* some selector matches binaries */
 #define SENS_CFG_FOLLOW 4        /* some selector follows children/forks */
 #define SENS_CFG_AT_EXIT 8       /* syscall: evaluate and emit at sys_exit (return value) */
@@ -253,13 +254,8 @@ struct {
 	__type(value, __u32);
 } sens_mode SEC(".maps");
 
-/* cgroup2 ids this hook is scoped to (SENS_CFG_CGROUP_SCOPED). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u64);
-	__type(value, __u8);
-} sens_cgroups SEC(".maps");
+/* The policy's scope (SENS_CFG_CGROUP_SCOPED): filled by sensorium.bpf.scope.ScopeMap, see scope.h. */
+SENS_SCOPE_MAP(sens_scope) sens_scope SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -1149,12 +1145,8 @@ static __always_inline struct sens_scratch *sens_begin(void)
 {
 	__u32 zero = 0;
 
-	if (sens_cfg.flags & SENS_CFG_CGROUP_SCOPED) {
-		__u64 cg = bpf_get_current_cgroup_id();
-
-		if (!bpf_map_lookup_elem(&sens_cgroups, &cg))
-			return NULL;
-	}
+	if ((sens_cfg.flags & SENS_CFG_CGROUP_SCOPED) && !sens_task_in_scope(&sens_scope))
+		return NULL;
 	return bpf_map_lookup_elem(&sens_scratch_map, &zero);
 }
 
