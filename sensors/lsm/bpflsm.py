@@ -6,7 +6,12 @@ Two program families:
   the shared selector engine (sensorium/selectors.h, compiled by `sensorium.selectors.compile_hook`)
   with Override added: the selector's errno is returned from the hook (rodata ``lsm_errno``).
 * sockaddr.bpf.c's lsm/socket_connect and lsm/socket_sendmsg programs: the destination address and port
-  matched with the same rules as the cgroup sock_addr fallback (netguard.py), scoped by cgroup id.
+  matched with the same rules as the cgroup sock_addr fallback (netguard.py).
+
+Scope (`sensorium.hookspecs.Scope`; None = host-wide, no check): both families check it first in the
+kernel with sens_task_in_scope (sensorium/scope.h: cgroup2 and v1 memory ancestry of the task), from a
+scope map filled by `sensorium.bpf.scope.ScopeMap` before the program attaches; `LsmProgram.set_scope`
+replaces it live.
 
 Path arguments are resolved with the engine's bounded in-kernel walk (sensorium/path walk in
 selectors.h, crossing mount points), which works on every hook; bpf_d_path is allowed only on some.
@@ -15,13 +20,13 @@ selectors.h, crossing mount points), which works on every hook; bpf_d_path is al
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from sensorium import selectors as S
-from sensorium.hookspecs import ProbeSource
+from sensorium.bpf.scope import ScopeMap, scope_entries
+from sensorium.hookspecs import ProbeSource, Scope
 from sensorium.policy import MatchAction, Selector
 
 from . import netguard
@@ -117,27 +122,15 @@ def compile_hook(plan: Any, policy_id: int = 0, hook_id: int = 0, cgroup_scoped:
     return compiled, args, errnos
 
 
-def _cgroup_ids(dirs: Iterable[str]) -> list[int]:
-    """Ids (inode numbers) of the scope's cgroups and every cgroup below them now.
-    (Cgroups created later below a scope are not covered: documented in docs/enforcement.md.)"""
-    ids = []
-    for d in dirs:
-        for root, _sub, _files in os.walk(d):
-            try:
-                ids.append(os.stat(root).st_ino)
-            except OSError:
-                pass
-    return ids
-
-
 class LsmProgram:
     """One non-socket lsmhooks item as a BPF LSM program (lsm.bpf.c)."""
 
-    def __init__(self, plan: Any, *, policy_id: int, scope_dirs: list[str] | None, enforce: bool,
+    def __init__(self, plan: Any, *, policy_id: int, scope: Scope | None, enforce: bool,
                  build: Callable[[ProbeSource], Path], open_object: Callable[[Path], Any]) -> None:
         self.plan = plan
         self.policy_id = policy_id
-        self.scope_dirs = scope_dirs
+        self.scope = scope
+        self._scope_map: ScopeMap | None = None
         self.enforce = enforce
         self._build, self._open = build, open_object
         self.obj: Any = None
@@ -165,8 +158,10 @@ class LsmProgram:
         if self.plan.hook in SOCKET_HOOKS:
             self._load_net()
             return
+        if self.scope is not None:
+            scope_entries(self.scope)  # ValueError naming the problem, before anything loads
         self.compiled, self.args, self.errnos = compile_hook(self.plan, self.policy_id, self.plan.position,
-                                                             cgroup_scoped=self.scope_dirs is not None)
+                                                             cgroup_scoped=self.scope is not None)
         obj = self.obj = self._open(self._build(probe_for(self.plan.hook)))
         obj.set_rodata("sens_cfg", self.compiled.rodata())
         obj.set_rodata("lsm_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *(self.errnos + [0] * (S.MAX_SELECTORS - len(self.errnos)))))
@@ -179,8 +174,9 @@ class LsmProgram:
             prog.set_autoload(name in wanted)
         obj.load()
         self.set_enforce(self.enforce)
-        for cg in _cgroup_ids(self.scope_dirs or ()):
-            obj.map("sens_cgroups").update(struct.pack("<Q", cg), b"\x01")
+        if self.scope is not None:  # before anything attaches: a scoped program is never live unscoped
+            self._scope_map = ScopeMap(obj.map("sens_scope"))
+            self._scope_map.set(self.scope)
         from sensorium_sensors.tracepoint.engine import HookSet  # the engine's follow seeding, reused
 
         HookSet._seed_follow(None, _Compiled(self.compiled), obj)  # type: ignore[arg-type]
@@ -192,19 +188,21 @@ class LsmProgram:
     def _load_net(self) -> None:
         rules = netguard.compile_rules(self.plan.spec.selectors)
         obj = self._open(self._build(netguard.PROBE))
-        g = netguard.NetGuard(hook=self.plan.hook, policy_id=self.policy_id, rules=rules, cgroup_dirs=[],
-                              enforce=self.enforce, obj=obj)
-        self.net = g
-        keep = "lsm_socket_connect" if self.plan.hook == "socket_connect" else "lsm_socket_sendmsg"
-        for name, prog in obj.programs.items():
-            prog.set_autoload(name == keep)
-        obj.load()
-        obj.map("net_rules").update(b"\0\0\0\0", netguard.rules_value(rules))
-        for cg in _cgroup_ids(self.scope_dirs or ()):
-            obj.map("net_scope").update(struct.pack("<Q", cg), b"\x01")
-        g.scoped = self.scope_dirs is not None
-        g._write_config()
-        obj.program(keep).attach()
+        self.net = netguard.NetGuard(hook=self.plan.hook, policy_id=self.policy_id, rules=rules, scope=self.scope,
+                                     enforce=self.enforce, obj=obj, kind="lsm")
+        self.net.load()
+
+    def set_scope(self, scope: Scope) -> None:
+        """Replace the scope live (map updates). A program loaded host-wide has no check: ValueError."""
+        if not isinstance(scope, Scope):
+            raise TypeError(f"set_scope expects a sensorium.hookspecs.Scope, got {type(scope).__name__}")
+        if self.net is not None:
+            self.net.set_scope(scope)
+        elif self._scope_map is None:
+            raise ValueError("this policy was loaded host-wide: reload it with a scope")
+        else:
+            self._scope_map.set(scope)
+        self.scope = scope
 
     def set_enforce(self, enforce: bool) -> None:
         self.enforce = enforce

@@ -1,9 +1,16 @@
 """socket_connect / socket_sendmsg served by cgroup sock_addr programs (sockaddr.bpf.c).
 
 `compile_rules` turns the selectors of one lsmhooks item into `lsm_net_rule` rows; `NetGuard` loads one
-object for the item, fills its maps, attaches connect4/connect6 (or sendmsg4/sendmsg6) to every cgroup2
-directory of the policy's scope, and decodes its ring records into decisions. Detaching is closing the
-object: links and maps go with it.
+object for the item, fills its maps, attaches connect4/connect6 (or sendmsg4/sendmsg6) where `attach_dirs`
+says, and decodes its ring records into decisions. Detaching is closing the object: links and maps go with it.
+
+Scope (`sensorium.hookspecs.Scope`, None = host-wide): the object's ``net_scope`` map (sensorium/scope.h) is
+checked first in every program. Programs attached to a cgroup run for its descendants too, so a scope made
+only of cgroup2 directories is served by attaching there (nothing else on the host runs the program); a
+scope with v1 memory cgroups (pods of a runtime with the v1 driver on a hybrid host: they sit at the cgroup2
+root) or with ``host`` is served by one attachment at the cgroup2 root, where the in-program check returns
+at once for every task outside the scope. `NetGuard.set_scope` moves both live, attaching the new places
+before the map changes and detaching the old ones after.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sensorium.bpf.records import SensoriumHdr
-from sensorium.hookspecs import ProbeSource
+from sensorium.bpf.scope import ScopeMap, scope_entries
+from sensorium.hookspecs import ProbeSource, Scope
 from sensorium.policy import Selector
 
 __all__ = ["NetGuard", "compile_rules", "parse_cidr", "PROBE", "NetRule", "NetConfig", "NetEvent",
-           "RECORD_TYPE"]
+           "RECORD_TYPE", "attach_dirs"]
 
 HERE = Path(__file__).resolve().parent
 PROBE = ProbeSource(name="lsm-sockaddr", source=HERE / "sockaddr.bpf.c", include_dirs=(HERE,),
@@ -181,37 +189,122 @@ def cgroup_sock_supports_retval(build: Callable[[ProbeSource], Path], open_objec
         obj.close()
 
 
-class NetGuard:
-    """One lsmhooks item served by cgroup sock_addr programs on the scope's cgroups."""
+def _cgroup2_root() -> str:
+    from .rules import cgroup2_root
 
-    def __init__(self, *, hook: str, policy_id: int, rules: Sequence[NetRule], cgroup_dirs: Sequence[str],
-                 enforce: bool, obj: Any) -> None:
+    return os.path.realpath(cgroup2_root())
+
+
+def attach_dirs(scope: Scope | None, root: str | None = None) -> list[str]:
+    """Where the cgroup programs of a policy with ``scope`` are attached.
+
+    Only cgroup2 directories and no ``host``: those directories (a directory below another one of the list
+    is left out: the program would run twice there). ``Scope()``: nowhere. Otherwise (host-wide, memory
+    cgroups, ``host``): the cgroup2 root, bounded by the in-program check."""
+    root = _cgroup2_root() if root is None else root
+    if scope is None or scope.host or any(r.hierarchy != "cgroup2" for r in scope.cgroups):
+        return [root]
+    paths = sorted({os.path.realpath(r.path) for r in scope.cgroups})
+    out: list[str] = []
+    for p in paths:  # sorted: a parent comes before its children
+        if not any(p == o or p.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(p)
+    return out
+
+
+class NetGuard:
+    """One lsmhooks item served by sockaddr.bpf.c: cgroup sock_addr programs (``kind="cgroup"``) or its BPF
+    LSM socket programs (``kind="lsm"``, attached once, bounded by the map check alone)."""
+
+    def __init__(self, *, hook: str, policy_id: int, rules: Sequence[NetRule], scope: Scope | None,
+                 enforce: bool, obj: Any, kind: str = "cgroup") -> None:
         self.hook = hook
         self.policy_id = policy_id
         self.rules = list(rules)
-        self.cgroup_dirs = list(cgroup_dirs)
+        self.scope = scope
+        self.kind = kind
         self.obj = obj
         self._enforce = enforce
-        self.scoped = False  # BPF LSM variant: check net_scope (cgroup programs are scoped by attachment)
+        self.scoped = scope is not None
+        self._scope_map: ScopeMap | None = None
+        self._links: dict[str, list[Any]] = {}   # cgroup directory -> its links (cgroup kind)
         self.reader: Any = None
 
+    @property
+    def programs(self) -> tuple[str, ...]:
+        if self.kind == "lsm":
+            return ("lsm_socket_connect",) if self.hook == "socket_connect" else ("lsm_socket_sendmsg",)
+        return ("lsm_connect4", "lsm_connect6") if self.hook == "socket_connect" else ("lsm_sendmsg4", "lsm_sendmsg6")
+
+    @property
+    def attached_dirs(self) -> list[str]:
+        return sorted(self._links)
+
     def load(self) -> None:
-        """Load, fill maps, attach to every scope cgroup; all or nothing (close() undoes a partial load)."""
+        """Load, fill maps (scope before anything attaches: a scoped program is never live unscoped), attach;
+        all or nothing (close() undoes a partial load)."""
         if len(self.rules) > MAX_RULES:
             raise ValueError(f"{len(self.rules)} selectors; cgroup sock_addr serves at most {MAX_RULES}")
-        keep = ("lsm_connect4", "lsm_connect6") if self.hook == "socket_connect" else ("lsm_sendmsg4", "lsm_sendmsg6")
+        if self.scope is not None:
+            scope_entries(self.scope)  # ValueError naming the problem, before anything loads
+        keep = self.programs
         for name, prog in self.obj.programs.items():
             prog.set_autoload(name in keep)
         self.obj.load()
         self.obj.map("net_rules").update(b"\0\0\0\0", rules_value(self.rules))
+        self._scope_map = ScopeMap(self.obj.map("net_scope"))
+        if self.scope is not None:
+            self._scope_map.set(self.scope)
         self._write_config()
-        for d in self.cgroup_dirs:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                for name in keep:
-                    self.obj.program(name).attach_cgroup(fd)
-            finally:
-                os.close(fd)
+        if self.kind == "lsm":
+            for name in keep:
+                self.obj.program(name).attach()
+        else:
+            self._attach(attach_dirs(self.scope))
+
+    def _attach(self, dirs: Sequence[str]) -> None:
+        """Attach to each of ``dirs`` not attached yet; on a failure the links made here are destroyed."""
+        made: list[str] = []
+        try:
+            for d in dirs:
+                if d in self._links:
+                    continue
+                links: list[Any] = []
+                self._links[d] = links
+                made.append(d)
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    for name in self.programs:
+                        links.append(self.obj.program(name).attach_cgroup(fd))
+                finally:
+                    os.close(fd)
+        except Exception:
+            self._detach(made)
+            raise
+
+    def _detach(self, dirs: Sequence[str]) -> None:
+        for d in dirs:
+            for link in self._links.pop(d, []):
+                link.destroy()
+
+    def set_scope(self, scope: Scope) -> None:
+        """Replace the scope live: attach to the new places, then update the map (new entries before stale
+        ones go), then detach from the places no longer needed. A guard loaded host-wide has no scope to
+        replace: ValueError (reload the policy with a scope)."""
+        if not isinstance(scope, Scope):
+            raise TypeError(f"set_scope expects a sensorium.hookspecs.Scope, got {type(scope).__name__}")
+        if not self.scoped:
+            raise ValueError("this policy was loaded host-wide: reload it with a scope")
+        scope_entries(scope)  # ValueError before anything changes
+        if self.obj is None or self._scope_map is None:
+            raise ValueError("the policy is unloaded")
+        want = attach_dirs(scope) if self.kind == "cgroup" else []
+        if self.kind == "cgroup":
+            self._attach(want)
+        self._scope_map.set(scope)
+        self.scope = scope
+        if self.kind == "cgroup":
+            self._detach([d for d in list(self._links) if d not in want])
 
     def _write_config(self) -> None:
         m = self.obj.map("net_config")
@@ -249,6 +342,7 @@ class NetGuard:
         return {"matched": c.matched, "blocked": c.blocked, "dropped": c.dropped}
 
     def close(self) -> None:
+        self._links.clear()  # the object destroys its links on close
         if self.obj is not None:
             self.obj.close()
             self.obj = None

@@ -7,9 +7,12 @@ Each hook is served by the strongest mechanism this kernel offers (see `rules.ME
   (fanotify.py); socket_connect / socket_sendmsg -> cgroup sock_addr programs (netguard.py);
 * a hook with no mechanism is refused with the reason, before anything is loaded.
 
-The policy's scope (`rules.PolicyScope`: cgroup2 directories) bounds every mechanism: cgroup programs are
-attached to those directories, fanotify decisions allow every process outside them, BPF LSM programs
-check the task's cgroup ancestry. The mechanism and what it means are in the policy status and in each
+The policy's scope (`PolicyView.scope`, a `sensorium.hookspecs.Scope`; None = host-wide) bounds every
+mechanism, in the cgroup2 and the v1 memory hierarchy alike: BPF LSM and Sigkill-from-tracepoint programs
+and the cgroup sock_addr programs check it first in the kernel (sensorium/scope.h; the sock_addr programs
+are also attached only to the scope's cgroup2 directories when that alone bounds it), fanotify decisions
+allow every process outside it (`sensorium.scope.process_in_scope`). `LsmPolicyHandle.set_scope` replaces
+it live in every mechanism. The mechanism and what it means are in the policy status and in each
 ``process_lsm`` event (key ``enforcement``).
 """
 
@@ -26,14 +29,16 @@ from typing import Any, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from sensorium import hookimpl
-from sensorium.hookspecs import PolicyLoadError, PolicyView, SensorSpec
+from sensorium.bpf.scope import scope_entries
+from sensorium.hookspecs import PolicyLoadError, PolicyView, Scope, SensorSpec
+from sensorium.scope import hierarchy_mounts, process_in_scope
 from sensorium.policy import LsmHookSpec, MatchAction
 
 from . import bpflsm, netguard, sigkill
 from .fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, FanDecision, FanotifyGuard, FanRule, fanotify_available, plan_marks
-from .rules import MECHANISMS, PATH_TYPES, HookPlan, PolicyScope, ProcessFacts, first_match, plan_section
+from .rules import MECHANISMS, PATH_TYPES, HookPlan, ProcessFacts, first_match, plan_section
 
-__all__ = ["LsmSensor", "LsmOptions", "LsmPolicyHandle", "PolicyScope", "sensorium_sensor"]
+__all__ = ["LsmSensor", "LsmOptions", "LsmPolicyHandle", "sensorium_sensor"]
 
 HERE = Path(__file__).resolve().parent
 ACTION_NAMES = {"Post": "KPROBE_ACTION_POST", "NoPost": "KPROBE_ACTION_NOPOST", "Sigkill": "KPROBE_ACTION_SIGKILL",
@@ -66,12 +71,13 @@ def _blocking(actions: Sequence[MatchAction]) -> bool:
 class LsmPolicyHandle:
     """One loaded ``lsmhooks`` section (see `sensorium.hookspecs.PolicyHandle`)."""
 
-    def __init__(self, sensor: "LsmSensor", view: PolicyView, plans: list[HookPlan], scope: PolicyScope | None) -> None:
+    def __init__(self, sensor: "LsmSensor", view: PolicyView, plans: list[HookPlan], scope: Scope | None) -> None:
         self.sensor = sensor
         self.view = view
         self.plans = plans
-        self.scope = scope
-        self.scope_paths = scope.relative() if scope is not None else None
+        self.scope = scope  # read by fanotify decisions (one attribute: replaced atomically by set_scope)
+        self._mounts = hierarchy_mounts()  # where cgroup2 / v1 memory are mounted, for /proc/<pid>/cgroup
+        self._scope_lock = threading.Lock()
         self.mode = view.mode
         self.fan_rules: list[FanRule] = []
         self.net_guards: list[tuple[HookPlan, netguard.NetGuard]] = []
@@ -84,10 +90,16 @@ class LsmPolicyHandle:
     # ---- PolicyHandle -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        sc = self.scope
+        scope: Any = "host-wide" if sc is None else {
+            "cgroups": [f"{r.hierarchy}:{r.path}" for r in sc.cgroups], "host": sc.host}
         hooks = []
         for p in self.plans:
-            hooks.append({"hook": f"lsmhooks[{p.position}] {p.hook}", "mechanism": p.mechanism, "note": p.note,
-                          "scope": list(self.scope.cgroups) if self.scope else "host"})
+            hook: dict[str, Any] = {"hook": f"lsmhooks[{p.position}] {p.hook}", "mechanism": p.mechanism,
+                                    "note": p.note, "scope": scope}
+            if p.mechanism.startswith("cgroup/"):
+                hook["attached_to"] = [d for pp, g in self.net_guards if pp is p for d in g.attached_dirs]
+            hooks.append(hook)
         mem = 0
         counters: dict[str, int] = {}
         for _p, g in self.net_guards:
@@ -120,6 +132,39 @@ class LsmPolicyHandle:
         for _p, g in self.sig_guards:
             g.set_enforce(mode == "enforcement")
 
+    def set_scope(self, scope: Scope) -> None:
+        """Replace the scope live in every mechanism (`sensorium.hookspecs.PolicyHandle.set_scope`): each one
+        adds the new coverage before removing the old (cgroup programs attached to new places first, map
+        entries written before stale ones go). If one mechanism fails, those already switched go back to
+        the old scope and the error is raised: the section never holds two scopes.
+
+        A section loaded host-wide has no scope check in its kernel programs: ValueError (reload it with a
+        scope). A bad scope (unknown hierarchy, too many cgroups): ValueError before anything changes."""
+        if not isinstance(scope, Scope):
+            raise TypeError(f"set_scope expects a sensorium.hookspecs.Scope, got {type(scope).__name__}")
+        scope_entries(scope)
+        with self._scope_lock:
+            if self._unloaded:
+                raise ValueError(f"policy {self.view.name!r} is unloaded")
+            old = self.scope
+            if old is None:
+                raise ValueError(f"policy {self.view.name!r} was loaded host-wide (no scope check in its "
+                                 "programs): reload it with a scope")
+            done: list[Any] = []
+            try:
+                for _p, obj in [*self.net_guards, *self.lsm_progs, *self.sig_guards]:
+                    obj.set_scope(scope)
+                    done.append(obj)
+            except Exception:
+                for obj in done:
+                    try:
+                        obj.set_scope(old)
+                    except Exception:  # noqa: BLE001 - the original error is the one to report
+                        self.sensor.ctx.log.exception("restoring the scope of %s", self.view.name)
+                raise
+            # fanotify decides in user space from this attribute: the next decision sees the new scope
+            self.scope = scope
+
     def unload(self) -> None:
         if self._unloaded:
             return
@@ -146,9 +191,10 @@ class LsmPolicyHandle:
     # ---- fanotify decisions -----------------------------------------------------------------------
 
     def _fan_decide(self, plan: HookPlan, pid: int, path: str) -> FanDecision | None:
-        facts = ProcessFacts(pid)
-        if not facts.in_scope(self.scope_paths):
+        # Outside the scope: allowed, not reported. A process that vanished meanwhile is not in scope.
+        if not process_in_scope(pid, self.scope, self._mounts):
             return None
+        facts = ProcessFacts(pid)
         paths = {a.index: path for a in plan.args if a.type in PATH_TYPES}
         if not paths:
             paths = {0: path}  # matchArgs on the file need the path even if args were not declared
@@ -193,6 +239,8 @@ class LsmPolicyHandle:
 
 class LsmSensor:
     """The running lsm sensor (`sensorium.hookspecs.Sensor` and `PolicySensor`)."""
+
+    supports_scope = True  # every mechanism honours PolicyView.scope; handles implement set_scope
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
@@ -241,17 +289,19 @@ class LsmSensor:
 
     # ---- PolicySensor -----------------------------------------------------------------------------
 
-    def _scope(self, view: PolicyView, scope: Any, cgroup_ids: Sequence[int] | None = None) -> PolicyScope | None:
+    def _scope(self, view: PolicyView) -> Scope | None:
+        """``view.scope`` checked: None (host-wide) or a `Scope` whose map entries can be built."""
+        sc = getattr(view, "scope", None)
+        if sc is None:
+            return None
+        if not isinstance(sc, Scope):
+            raise PolicyLoadError("lsmhooks", f"expected a sensorium.hookspecs.Scope, got {type(sc).__name__}",
+                                  field="scope")
         try:
-            if cgroup_ids is not None:
-                s: PolicyScope | None = PolicyScope.from_cgroup_ids(cgroup_ids)
-            else:
-                s = PolicyScope.of(scope if scope is not None else getattr(view, "scope", None))
-            if s is not None:
-                s.directories()
+            scope_entries(sc)
         except ValueError as exc:
             raise PolicyLoadError("lsmhooks", str(exc), field="scope") from None
-        return s
+        return sc
 
     def _plans(self, view: PolicyView) -> list[HookPlan]:
         plans = plan_section(view, self.ctx.kernel, self.btf, force="fallback" if self.force_fallbacks else None)
@@ -304,15 +354,14 @@ class LsmSensor:
         # objects must go when the policy is deleted.
         return BpfObject.open(path)
 
-    def check_policy(self, policy: PolicyView, scope: Any = None, cgroup_ids: Sequence[int] | None = None) -> None:
-        """See `PolicySensor.check_policy`. ``scope`` (a `PolicyScope` or cgroup2 paths) or ``cgroup_ids``
-        bound the policy to those cgroups (not yet part of the contract; also read from ``policy.scope``)."""
-        self._scope(policy, scope, cgroup_ids)
+    def check_policy(self, policy: PolicyView) -> None:
+        """See `PolicySensor.check_policy` (``policy.scope`` included)."""
+        self._scope(policy)
         self._plans(policy)
 
-    def load_policy(self, policy: PolicyView, scope: Any = None, cgroup_ids: Sequence[int] | None = None) -> LsmPolicyHandle:
-        """See `PolicySensor.load_policy`; ``scope``/``cgroup_ids`` as in `check_policy`."""
-        sc = self._scope(policy, scope, cgroup_ids)
+    def load_policy(self, policy: PolicyView) -> LsmPolicyHandle:
+        """See `PolicySensor.load_policy`: every mechanism bounded to ``policy.scope`` (None: host-wide)."""
+        sc = self._scope(policy)
         plans = self._plans(policy)
         h = LsmPolicyHandle(self, policy, plans, sc)
         try:
@@ -387,11 +436,10 @@ class LsmSensor:
 
     def _load_net(self, h: LsmPolicyHandle, p: HookPlan) -> None:
         rules = netguard.compile_rules(p.spec.selectors)
-        dirs = h.scope.directories() if h.scope else [os.path.realpath(_cg2())]
         probe = netguard.PROBE if self._set_retval_ok() else netguard.PROBE_NO_RETVAL
         obj = self._open(self.ctx.build(probe))
-        g = netguard.NetGuard(hook=p.hook, policy_id=h.view.id, rules=rules, cgroup_dirs=dirs,
-                              enforce=h.mode == "enforcement", obj=obj)
+        g = netguard.NetGuard(hook=p.hook, policy_id=h.view.id, rules=rules, scope=h.scope,
+                              enforce=h.mode == "enforcement", obj=obj, kind="cgroup")
         try:
             g.load()
         except Exception as exc:
@@ -401,7 +449,7 @@ class LsmSensor:
         self._add_reader(g, g.obj.map("net_events"), h, p, lambda _h, _p, batch: self._decode_net(_h, _p, batch))
 
     def _load_bpf_lsm(self, h: LsmPolicyHandle, p: HookPlan) -> None:
-        prog = bpflsm.LsmProgram(p, policy_id=h.view.id, scope_dirs=h.scope.directories() if h.scope else None,
+        prog = bpflsm.LsmProgram(p, policy_id=h.view.id, scope=h.scope,
                                  enforce=h.mode == "enforcement", build=self.ctx.build, open_object=self._open)
         try:
             prog.load()
@@ -421,8 +469,7 @@ class LsmSensor:
             self._ring = ring
         plans = sigkill.plan_syscalls(p, self.ctx, h.view.id)
         g = sigkill.SigkillGuard(self._ring, self.ctx, h.view.id, h.view.name, h.mode)
-        ids = bpflsm._cgroup_ids(h.scope.directories()) if h.scope else None
-        g.load(plans, ids)  # all or nothing, raises PolicyLoadError
+        g.load(plans, h.scope)  # all or nothing, raises PolicyLoadError
         h.sig_guards.append((p, g))
 
     def _add_reader(self, owner: Any, bpf_map: Any, h: LsmPolicyHandle, p: HookPlan, decode: Any) -> None:
@@ -557,12 +604,6 @@ def _errno_name(e: int) -> str:
     import errno as _e
 
     return _e.errorcode.get(abs(int(e)), str(e))
-
-
-def _cg2() -> str:
-    from .rules import cgroup2_root
-
-    return cgroup2_root()
 
 
 @hookimpl

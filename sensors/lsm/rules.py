@@ -5,9 +5,9 @@ BTF signature, its declared arguments with their resolved types, and the mechani
 (`MECHANISMS` says what each one means for the user). Every problem is a `PolicyLoadError` naming the
 hook and the field, raised before anything is loaded.
 
-Also here: `PolicyScope` (which cgroups a policy applies to) and `ProcessFacts`, the user-space
-evaluation of selectors used by the fanotify mechanism (the kernel-side mechanisms compile the same
-selectors into maps).
+Also here: `ProcessFacts`, the user-space evaluation of selectors used by the fanotify mechanism (the
+kernel-side mechanisms compile the same selectors into maps). The policy's scope is the contract's
+`sensorium.hookspecs.Scope`, decided in user space with `sensorium.scope.process_in_scope`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, LsmHookSpec, MatchActi
 
 from .btf import LsmHookSig, lsm_hooks
 
-__all__ = ["PolicyScope", "HookPlan", "MECHANISMS", "plan_section", "ProcessFacts", "first_match",
+__all__ = ["HookPlan", "MECHANISMS", "plan_section", "ProcessFacts", "first_match",
            "cgroup2_root"]
 
 
@@ -47,10 +47,11 @@ MECHANISMS: Mapping[str, str] = {
                  "(fail-open), while the agent is stopped openers of protected files wait"),
     "fanotify exec": ("fanotify FAN_OPEN_EXEC_PERM decided by the agent in user space: the exec fails with "
                       "EPERM before the binary runs; fail-open if the agent dies"),
-    "cgroup/connect4+connect6": ("cgroup sock_addr programs on the policy's cgroups: pre-emptive in the kernel, "
-                                 "per cgroup; sockets of other cgroups are not seen"),
-    "cgroup/sendmsg4+sendmsg6": ("cgroup sock_addr programs on the policy's cgroups: unconnected UDP sends with "
-                                 "an address; connected sockets are covered by connect"),
+    "cgroup/connect4+connect6": ("cgroup sock_addr programs: pre-emptive in the kernel; attached to the scope's "
+                                 "cgroup2 directories, or at the cgroup2 root with an in-kernel scope check "
+                                 "(v1 memory cgroups, host processes, host-wide policies)"),
+    "cgroup/sendmsg4+sendmsg6": ("cgroup sock_addr programs, placed and scoped as connect's: unconnected UDP sends "
+                                 "with an address; connected sockets are covered by connect"),
     "sigkill from tracepoint": ("raw tracepoint sys_enter of the syscalls that reach this hook, Sigkill in the "
                                 "kernel: the call runs first and the process dies before it returns; Override is "
                                 "served as Sigkill; arguments are the values the process passed"),
@@ -79,61 +80,6 @@ _AUTO = {c: t for t, cs in _PTR_TYPES.items() for c in cs}
 PATH_TYPES = ("file", "path", "dentry", "linux_binprm")
 PATH_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 NET_OPS = ("DAddr", "NotDAddr", "DPort", "NotDPort", "Family", "Protocol")
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyScope:
-    """The cgroups a policy applies to (cgroup2 directories; descendants included).
-
-    ``None`` as a scope means the whole host. Paths are absolute (under the cgroup2 mount) or relative
-    to it. Kubernetes scoping fills this from pod selectors; tests give a cgroup they created.
-    """
-
-    cgroups: tuple[str, ...]
-
-    @classmethod
-    def of(cls, value: Any) -> "PolicyScope | None":
-        if value is None or isinstance(value, PolicyScope):
-            return value
-        if isinstance(value, (str, os.PathLike)):
-            value = [value]
-        return cls(tuple(str(v) for v in value))
-
-    @classmethod
-    def from_cgroup_ids(cls, ids: Iterable[int]) -> "PolicyScope":
-        """The cgroup2 directories whose ids (inode numbers) are ``ids``; ValueError naming a missing id."""
-        want = {int(i) for i in ids}
-        found: dict[int, str] = {}
-        root = cgroup2_root()
-        for d, _subdirs, _files in os.walk(root):
-            try:
-                ino = os.stat(d).st_ino
-            except OSError:
-                continue
-            if ino in want:
-                found[ino] = d
-                if len(found) == len(want):
-                    break
-        missing = want - set(found)
-        if missing:
-            raise ValueError(f"no cgroup2 directory with id {', '.join(map(str, sorted(missing)))} under {root}")
-        return cls(tuple(found[i] for i in sorted(found)))
-
-    def directories(self) -> list[str]:
-        """Absolute cgroup2 directories; raises ValueError for one that is not a cgroup2 directory."""
-        out = []
-        root = os.path.realpath(cgroup2_root())
-        for c in self.cgroups:
-            p = os.path.realpath(c if c.startswith("/") and c.startswith(root) else os.path.join(root, c.lstrip("/")))
-            if not (p == root or p.startswith(root + "/")) or not os.path.exists(os.path.join(p, "cgroup.procs")):
-                raise ValueError(f"scope cgroup {c!r} is not a cgroup2 directory under {root}")
-            out.append(p)
-        return out
-
-    def relative(self) -> list[str]:
-        """The scope as cgroup2 paths as /proc/<pid>/cgroup shows them ('/a/b')."""
-        root = os.path.realpath(cgroup2_root())
-        return ["/" + os.path.relpath(d, root).lstrip(".").lstrip("/") if d != root else "/" for d in self.directories()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,14 +396,6 @@ class ProcessFacts:
             return int(self.status().get(key, "0"), 16)
         except ValueError:
             return 0
-
-    def in_scope(self, scope_paths: Sequence[str] | None) -> bool:
-        if scope_paths is None:
-            return True
-        cg = self.cgroup2
-        if cg is None:
-            return False
-        return any(s == "/" or cg == s or cg.startswith(s.rstrip("/") + "/") for s in scope_paths)
 
 
 def _path_match(op: str, values: Sequence[str], path: str) -> bool:

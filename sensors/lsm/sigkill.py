@@ -15,7 +15,7 @@ from __future__ import annotations
 import types
 from typing import Any, Mapping, Sequence
 
-from sensorium.hookspecs import PolicyLoadError
+from sensorium.hookspecs import PolicyLoadError, Scope
 from sensorium.policy import ArgSpec, KProbeSpec, MatchAction, MatchArg, Selector
 
 __all__ = ["SYSCALLS", "MECHANISM", "NOTE", "plan_syscalls", "SigkillGuard"]
@@ -121,14 +121,12 @@ class SigkillGuard:
 
         self.set = HookSet(ctx, ring, policy_id, policy_name, mode)
 
-    def load(self, plans: Sequence[Any], cgroup_ids: Sequence[int] | None) -> None:
-        from sensorium import selectors as S
+    def load(self, plans: Sequence[Any], scope: Scope | None) -> None:
+        """All or nothing (raises PolicyLoadError); ``scope`` None: host-wide."""
+        self.set.load(plans, scope)
 
-        if cgroup_ids is not None:
-            for p in plans:
-                p.compiled.cfg.flags |= S.CFG_CGROUP_SCOPED
-                p.compiled.flags |= S.CFG_CGROUP_SCOPED
-        self.set.load(plans, cgroup_ids)
+    def set_scope(self, scope: Scope) -> None:
+        self.set.set_scope(scope)
 
     def set_enforce(self, enforce: bool) -> None:
         self.set.set_mode("enforcement" if enforce else "monitoring")

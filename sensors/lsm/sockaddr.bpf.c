@@ -1,9 +1,15 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * The socket_connect / socket_sendmsg fallback of the lsm sensor: cgroup sock_addr programs
- * (cgroup/connect4, connect6, sendmsg4, sendmsg6) attached to the cgroup2 directories a policy is
- * scoped to. They see the destination before the kernel acts on it and refuse the call (EPERM, or the
- * policy's errno through bpf_set_retval) when a selector with an Override or Sigkill action matches.
+ * (cgroup/connect4, connect6, sendmsg4, sendmsg6). They see the destination before the kernel acts on
+ * it and refuse the call (EPERM, or the policy's errno through bpf_set_retval) when a selector with an
+ * Override or Sigkill action matches.
+ *
+ * Scope (sensorium.hookspecs.Scope): netguard.py attaches the programs to the scope's cgroup2
+ * directories when it can (inherited by descendants), else to the cgroup2 root; either way, when
+ * lsm_net_config.scoped is set, the program first asks sens_task_in_scope(&net_scope) (sensorium/scope.h:
+ * cgroup2 and v1 memory ancestry of the current task) and lets everything outside the scope through.
+ * That check is what bounds a pod scope on hybrid hosts, where pods sit at the cgroup2 root.
  *
  * One object per lsmhooks item. Selectors are rows of `rules` (first match wins, as Tetragon), compiled by
  * netguard.py; `config` holds the live mode. Matched calls are reported through `events`.
@@ -11,6 +17,7 @@
 #include "vmlinux.h"
 #include "sensorium/common.h"
 #include <bpf/bpf_endian.h>
+#include "sensorium/scope.h"
 #include "sockaddr.h"
 
 SENSORIUM_LICENSE("Dual BSD/GPL");
@@ -37,13 +44,8 @@ struct {
 	__type(value, struct lsm_net_event);
 } net_scratch SEC(".maps");
 
-/* BPF LSM variant: cgroup2 ids in the policy's scope (checked when net_config.scoped). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u64);
-	__type(value, __u8);
-} net_scope SEC(".maps");
+/* The policy's scope (checked when net_config.scoped), filled by sensorium.bpf.scope.ScopeMap. */
+SENS_SCOPE_MAP(net_scope) net_scope SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -188,8 +190,11 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, __u8 h
 	__u32 err = 0;
 	int kill = 0;
 
-	/* cgroup programs: the scope is where they are attached. A kill is done by the agent on the record
-	 * (bpf_send_signal is not available to sock_addr programs). */
+	/* Outside the scope: allowed, not even reported. (Attached at the cgroup2 root on hybrid hosts, this
+	 * runs for every connect of the host and returns here for those outside.) */
+	if (cfg->scoped && !sens_task_in_scope(&net_scope))
+		return 1;
+	/* A kill is done by the agent on the record (bpf_send_signal is not available to sock_addr programs). */
 	if (net_decide(cfg, family, (__u8)ctx->protocol, bpf_ntohs((__u16)ctx->user_port), addr, hook, &err, &kill) !=
 	    LSM_NET_BLOCKED)
 		return 1;
@@ -245,12 +250,8 @@ static __always_inline int lsm_addr_decide(struct socket *sock, struct sockaddr 
 
 	if (!cfg || !address)
 		return 0;
-	if (cfg->scoped) {
-		__u64 cg = bpf_get_current_cgroup_id();
-
-		if (!bpf_map_lookup_elem(&net_scope, &cg))
-			return 0;
-	}
+	if (cfg->scoped && !sens_task_in_scope(&net_scope))
+		return 0;
 	__u16 fam = BPF_CORE_READ(address, sa_family);
 	__u32 addr[4] = {};
 	__u16 port;

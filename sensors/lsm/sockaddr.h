@@ -62,7 +62,7 @@ struct lsm_net_config {
 	__u32 policy_id;
 	__u32 nrules;
 	__u32 enforce; /* 0: monitoring (report, allow) */
-	__u32 scoped; /* BPF LSM variant: only cgroups in net_scope */
+	__u32 scoped; /* only tasks in net_scope (sens_task_in_scope); 0: host-wide */
 	__u64 matched;
 	__u64 blocked;
 	__u64 dropped;

@@ -1,11 +1,13 @@
-"""Test helpers for the lsm sensor: a scratch cgroup2 directory, processes started inside it, and a
-direct sensor context. Every blocking rule a test loads is scoped to a cgroup made here, so it can never
-hit the test runner; `scratch_cgroup` moves stragglers out and removes the directory at exit.
+"""Test helpers for the lsm sensor: a scratch cgroup2 directory, processes started inside a cgroup, a policy
+view bounded to cgroups (`scoped`), and a direct sensor context. Every blocking rule a test loads is scoped
+to a cgroup the test made, so it can never hit the test runner; `scratch_cgroup` kills stragglers and
+removes the directory at exit (tests/conftest.py's ``cgroup2_dir`` / ``v1_memory_cgroup`` do the same).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import threading
@@ -15,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from .rules import cgroup2_root
 
-__all__ = ["scratch_cgroup", "run_in_cgroup", "popen_in_cgroup", "LsmTestContext", "POLICY_HEAD"]
+__all__ = ["scratch_cgroup", "run_in_cgroup", "popen_in_cgroup", "scoped", "LsmTestContext", "POLICY_HEAD"]
 
 POLICY_HEAD = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
 
@@ -52,21 +54,32 @@ def scratch_cgroup(prefix: str = "sensorium-lsm-test") -> Iterator[str]:
                 time.sleep(0.05)
 
 
-def _enter(cgroup: str) -> Any:
+def scoped(view: Any, *cgroups: "str | os.PathLike[str]", host: bool = False) -> Any:
+    """``view`` (a `PolicyView`) bounded to the given cgroup directories, of the cgroup2 or the v1 memory
+    hierarchy (`sensorium.scope.scope_of_directories`). No directory and no ``host``: ``Scope()``."""
+    from sensorium.scope import scope_of_directories
+
+    return dataclasses.replace(view, scope=scope_of_directories([os.fspath(c) for c in cgroups], host=host))
+
+
+def _enter(cgroup: "str | os.PathLike[str]") -> Any:
+    procs = os.path.join(os.fspath(cgroup), "cgroup.procs")  # same file name in v1 and cgroup2
+
     def pre() -> None:
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        with open(procs, "w") as f:
             f.write(str(os.getpid()))
 
     return pre
 
 
-def run_in_cgroup(cgroup: str | None, argv: Sequence[str], timeout: float = 20, **kw: Any) -> subprocess.CompletedProcess:
+def run_in_cgroup(cgroup: "str | os.PathLike[str] | None", argv: Sequence[str], timeout: float = 20,
+                  **kw: Any) -> subprocess.CompletedProcess:
     """Run ``argv`` to completion, placed in ``cgroup`` (None: where the caller is) before it execs."""
     return subprocess.run(list(argv), preexec_fn=_enter(cgroup) if cgroup else None, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
-def popen_in_cgroup(cgroup: str | None, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
+def popen_in_cgroup(cgroup: "str | os.PathLike[str] | None", argv: Sequence[str], **kw: Any) -> subprocess.Popen:
     return subprocess.Popen(list(argv), preexec_fn=_enter(cgroup) if cgroup else None, **kw)
 
 
