@@ -76,7 +76,7 @@ def main() -> int:
         return 2
     sys.path.insert(0, str(ROOT))
     from sensorium_sensors.lsm.plugin import LsmSensor
-    from sensorium_sensors.lsm.testing import LsmTestContext, scratch_cgroup
+    from sensorium_sensors.lsm.testing import LsmTestContext, scoped, scratch_cgroup
     from sensorium_sensors.tracepoint.testing import make_policy_view
 
     with tempfile.TemporaryDirectory() as tmp, scratch_cgroup("sensorium-fanotify-bench") as cg:
@@ -107,7 +107,7 @@ def main() -> int:
         try:
             for _ in range(args.rounds):
                 results["bare"].append(run(plain, args.opens, True)[0])
-                h = sensor.load_policy(view, scope=cg)
+                h = sensor.load_policy(scoped(view, cg))
                 mechanism = h.status()["hooks"][0]["mechanism"]
                 try:
                     results["unmarked"].append(run(plain, args.opens, True)[0])
