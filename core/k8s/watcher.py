@@ -210,6 +210,7 @@ class PodWatcher:
         self.deleted_grace_s = deleted_grace_s
         self.backoff_max_s = backoff_max_s
         self._listeners: list[Callable[[str, ContainerInfo], None]] = [on_change] if on_change else []
+        self._pod_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._clock = clock
         self.workloads = WorkloadResolver(api) if resolve_workloads else None
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> pod JSON (as the API server sent it)
@@ -254,6 +255,29 @@ class PodWatcher:
             self._listeners.remove(cb)
         except ValueError:
             pass
+
+    def add_pod_listener(self, cb: Callable[[str, dict[str, Any]], None]) -> None:
+        """``cb("upsert" | "delete", pod)`` on the watcher thread for every pod update (also one with no
+        container started yet: pod-scoped policies need the pod before its containers) and every pod
+        deleted (at once, not after the grace period)."""
+        self._pod_listeners.append(cb)
+
+    def remove_pod_listener(self, cb: Callable[[str, dict[str, Any]], None]) -> None:
+        try:
+            self._pod_listeners.remove(cb)
+        except ValueError:
+            pass
+
+    def pod_deleted(self, uid: str) -> bool:
+        """Whether the pod is gone from the API server (kept only for the grace period)."""
+        return uid in self._deleted
+
+    def _emit_pod(self, what: str, pod: dict[str, Any]) -> None:
+        for cb in list(self._pod_listeners):
+            try:
+                cb(what, pod)
+            except Exception:  # noqa: BLE001 - a listener bug must not stop the watcher
+                log.exception("pod watcher pod listener failed")
 
     def _emit(self, what: str, infos: list[ContainerInfo]) -> None:
         for cb in list(self._listeners):
@@ -362,11 +386,16 @@ class PodWatcher:
         if self._listeners:
             self._emit("delete", gone)
             self._emit("upsert", infos)
+        if self._pod_listeners:
+            self._emit_pod("upsert", pod)
 
     def _mark_deleted(self, uid: str) -> None:
         with self._lock:
-            if uid in self._pods and uid not in self._deleted:
+            pod = self._pods.get(uid) if uid not in self._deleted else None
+            if pod is not None:
                 self._deleted[uid] = self._clock()
+        if pod is not None and self._pod_listeners:
+            self._emit_pod("delete", pod)
 
     def _expire_deleted(self) -> None:
         now = self._clock()

@@ -1,5 +1,6 @@
-"""Pod-scoped policies, the Kubernetes half: selectors -> the cgroup2 directories of the selected real
-containers, kept current as pods come, change labels and go."""
+"""Pod-scoped policies, the Kubernetes half: selectors -> the contract `Scope` (the cgroups of the selected
+real pods, in every hierarchy where they exist), kept current as pods come, change labels and go; a new
+pod's cgroup enters the scope as soon as it is created (the window is measured here)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, Callable
 
 import pytest
 
-from sensorium.k8s.scope import LabelSelector, PodScope, ScopeTracker, cgroup2_root
+from sensorium.k8s.scope import LabelSelector, PodCgroups, PodScope, ScopeTracker
+from sensorium.scope import hierarchy_mounts, proc_cgroup_dirs, process_in_scope
 
 
 @pytest.mark.parametrize("doc,labels,want", [
@@ -52,14 +54,21 @@ def _wait(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _cgroup2_dir_of(pid: int) -> str:
-    with open(f"/proc/{pid}/cgroup") as f:
-        rel = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
-    return os.path.join(cgroup2_root(), rel.lstrip("/"))
+def _sel(**labels: str) -> LabelSelector:
+    return LabelSelector.parse({"matchLabels": labels})
+
+
+@pytest.fixture
+def pod_cgroups() -> Any:
+    pc = PodCgroups().start()
+    yield pc
+    pc.stop()
 
 
 @pytest.mark.slow
-def test_scope_follows_labels_and_pods(kubelet: Any, api: Any, watcher: Any, namespace: str) -> None:
+def test_scope_follows_labels_and_pods(kubelet: Any, api: Any, watcher: Any, namespace: str, pod_cgroups: Any) -> None:
+    """The pods' own cgroups (every container of the pod, whatever hierarchy the runtime uses): the
+    selected pods' processes are in the scope, the others not; relabel and delete move it at once."""
     from kubernetes import client
 
     core = client.CoreV1Api(api)
@@ -72,40 +81,123 @@ def test_scope_follows_labels_and_pods(kubelet: Any, api: Any, watcher: Any, nam
         for c in p.containers.values():
             _wait(lambda: watcher.container(c.id), what=f"{p.name}/{c.name}")
 
-    updates: list[list[str]] = []
-    scope = PodScope(namespace=namespace, pod_selector=LabelSelector.parse({"matchLabels": {"app": "web"}}))
-    t = ScopeTracker(watcher, scope, on_update=updates.append)
+    updates: list[Any] = []
+    t = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="web")),
+                     on_update=updates.append, cgroups=pod_cgroups)
+
+    def inside(pod: Any) -> bool:
+        return all(process_in_scope(c.pid, t.current()) for c in pod.containers.values())
+
     try:
-        want = {_cgroup2_dir_of(c.pid) for c in web.containers.values()}
-        assert set(t.current()) == want  # the real cgroups of the web pod's processes, not db's, not the other ns
-        assert updates[-1] == sorted(want)
+        sc = t.current()
+        assert sc.cgroups and not sc.host
+        # One cgroup per hierarchy where the pod exists, each the pod's directory (pod<uid>).
+        assert {r.hierarchy for r in sc.cgroups} <= set(hierarchy_mounts())
+        assert all(f"pod{web.uid}" in r.path for r in sc.cgroups), sc
+        assert {r.path for r in sc.container_roots} >= {os.path.dirname(os.path.dirname(r.path)) for r in sc.cgroups}
+        assert inside(web) and not inside(db) and not inside(elsewhere)
+        assert t.summary()["pods"] == [f"{namespace}/web"]
 
-        # db gets the label: it joins; web loses it: it leaves.
         core.patch_namespaced_pod("db", namespace, {"metadata": {"labels": {"app": "web"}}})
-        _wait(lambda: _cgroup2_dir_of(db.containers["main"].pid) in t.current(), what="db joining")
+        _wait(lambda: inside(db), what="db joining")
         core.patch_namespaced_pod("web", namespace, {"metadata": {"labels": {"app": "gone"}}})
-        _wait(lambda: t.current() == [_cgroup2_dir_of(db.containers["main"].pid)], what="web leaving")
+        _wait(lambda: not inside(web), what="web leaving")
+        assert inside(db) and updates[-1] == t.current()
 
-        # A deleted pod leaves the scope at once (its events may still resolve for the grace period).
-        kubelet.delete_pod(db)
-        _wait(lambda: t.current() == [], what="db deleted")
+        kubelet.delete_pod(db)  # a deleted pod leaves the scope at once
+        _wait(lambda: t.current().cgroups == (), what="db deleted")
     finally:
         t.close()
 
-    # containerSelector: only the proxy container of web (labels back to app=web).
+    # containerSelector: only the proxy container's own cgroups.
     core.patch_namespaced_pod("web", namespace, {"metadata": {"labels": {"app": "web"}}})
     _wait(lambda: watcher.container(web.containers["main"].id).pod_labels.get("app") == "web", what="relabel")
-    t2 = ScopeTracker(watcher, PodScope(namespace=namespace,
-                                        pod_selector=LabelSelector.parse({"matchLabels": {"app": "web"}}),
-                                        container_selector=LabelSelector.parse({"matchLabels": {"name": "proxy"}})))
+    t2 = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="web"),
+                                        container_selector=_sel(name="proxy")), cgroups=pod_cgroups)
     try:
-        assert t2.current() == [_cgroup2_dir_of(web.containers["proxy"].pid)]
+        sc = t2.current()
+        assert sc.cgroups and all(web.containers["proxy"].id in r.path for r in sc.cgroups), sc
+        assert process_in_scope(web.containers["proxy"].pid, sc)
+        assert not process_in_scope(web.containers["main"].pid, sc)
     finally:
         t2.close()
     # No namespace (a cluster-wide TracingPolicy): both namespaces' web pods.
-    t3 = ScopeTracker(watcher, PodScope(pod_selector=LabelSelector.parse({"matchLabels": {"app": "web"}})))
+    t3 = ScopeTracker(watcher, PodScope(pod_selector=_sel(app="web")), cgroups=pod_cgroups)
     try:
-        assert _cgroup2_dir_of(elsewhere.containers["main"].pid) in t3.current()
-        assert len(t3.current()) == 3
+        assert process_in_scope(elsewhere.containers["main"].pid, t3.current())
+        assert process_in_scope(web.containers["main"].pid, t3.current())
+        assert len(t3.summary()["pods"]) == 2
     finally:
         t3.close()
+
+
+@pytest.mark.slow
+def test_host_selector_alone_is_the_host_outside_every_pod(kubelet: Any, watcher: Any, namespace: str,
+                                                          pod_cgroups: Any) -> None:
+    pod = kubelet.run_pod(namespace, "any", {"app": "any"})
+    t = ScopeTracker(watcher, PodScope(host=True, pods=False), cgroups=pod_cgroups)
+    try:
+        sc = t.current()
+        assert sc.host and sc.cgroups == () and sc.container_roots
+        assert process_in_scope(os.getpid(), sc)
+        assert not process_in_scope(pod.containers["main"].pid, sc)
+    finally:
+        t.close()
+
+
+def _kubelet_mkdir_pod(uid: str) -> list[str]:
+    """What the kubelet does first for a new pod: its cgroup in every hierarchy it manages (cgroupfs
+    driver, BestEffort), before any sandbox or container."""
+    made = []
+    for hier, mnt in sorted(hierarchy_mounts().items()):
+        d = os.path.join(mnt, "kubepods", "besteffort", f"pod{uid}")
+        os.makedirs(d, exist_ok=True)
+        made.append(d)
+    return made
+
+
+def _rm_pod_dirs(dirs: list[str]) -> None:
+    for d in dirs:
+        for x in (d, os.path.dirname(d), os.path.dirname(os.path.dirname(d))):
+            try:
+                os.rmdir(x)  # the QoS and kubepods levels only when empty
+            except OSError:
+                pass
+
+
+@pytest.mark.slow
+def test_a_new_pods_cgroup_enters_the_scope_as_soon_as_it_is_created(api: Any, watcher: Any, namespace: str,
+                                                                     pod_cgroups: Any) -> None:
+    """The window a pod's first exec could slip through: from the pod cgroup's mkdir (the kubelet's first
+    step, long before its containers start) to the scope update having returned. Measured over 15 pods."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    got: list[tuple[float, Any]] = []
+    t = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="new")),
+                     on_update=lambda sc: got.append((time.monotonic(), sc)), cgroups=pod_cgroups)
+    windows = []
+    try:
+        for i in range(15):
+            body = {"metadata": {"name": f"new-{i}", "labels": {"app": "new"}},
+                    "spec": {"nodeName": watcher.node_name, "containers": [{"name": "main", "image": "x"}]}}
+            uid = core.create_namespaced_pod(namespace, body).metadata.uid
+            _wait(lambda: watcher.pod(uid), what="pod in the watcher")  # the kubelet acts on a pod it knows
+            got.clear()
+            t0 = time.monotonic()
+            dirs = _kubelet_mkdir_pod(uid)
+            try:
+                ino = {os.stat(d).st_ino for d in dirs}
+                hit = _wait(lambda: next((ts for ts, sc in got if ino <= {r.id for r in sc.cgroups}), None),
+                            timeout=5, what=f"pod {i} cgroup in the scope")
+                windows.append(hit - t0)
+            finally:
+                core.delete_namespaced_pod(f"new-{i}", namespace, grace_period_seconds=0)
+                _rm_pod_dirs(dirs)
+        windows.sort()
+        print(f"pod cgroup mkdir -> scope updated: median {windows[len(windows) // 2] * 1000:.1f} ms, "
+              f"max {windows[-1] * 1000:.1f} ms ({pod_cgroups.status()['mechanism']}); "
+              f"tracker's own measure: {sorted(round(v * 1000, 1) for v in t.windows.values())[:5]} ms")
+        assert windows[-1] < 1.0
+    finally:
+        t.close()
