@@ -103,6 +103,7 @@ class Agent:
         self.policies: Any = None
         self.api: Any = None
         self.enricher: Any = None
+        self.scope_provider: Any = None  # sensorium.k8s.scope.ScopeProvider when Kubernetes is on
         self._stop = threading.Event()
         self._stopped = False
         self._stats_fd: int | None = None
@@ -277,7 +278,13 @@ class Agent:
         except ImportError:
             return
         sensors = {n: s.sensor for n, s in self.slots.items() if s.state == "running" and s.sensor is not None}
-        self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics)
+        if self.enricher is not None:
+            # Pod-scoped policies (podSelector, containerSelector, hostSelector, TracingPolicyNamespaced):
+            # scopes from the pod watcher and the kubepods cgroups, live.
+            from sensorium.k8s.scope import ScopeProvider
+
+            self.scope_provider = ScopeProvider(self.enricher.watcher)
+        self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics, scope_provider=self.scope_provider)
         if self.cfg.policies.directory is not None:
             self.policies.load_directory(self.cfg.policies.directory)
         if self.enricher is not None:
@@ -307,6 +314,8 @@ class Agent:
                 self.policies.unload_all()
             except Exception:  # noqa: BLE001
                 log.exception("unloading policies")
+        if self.scope_provider is not None:
+            self.scope_provider.close()
         for slot in self.slots.values():
             if slot.state == "running":
                 self._stop_sensor(slot)
@@ -361,5 +370,7 @@ class Agent:
             },
             "process_cache": self.process_cache.stats() if self.process_cache is not None else {},
             "policies": self.policies.list() if self.policies is not None else [],
-            "kubernetes": self.enricher.status() if self.enricher is not None else None,
+            "kubernetes": ({**self.enricher.status(), "pod_cgroups": self.scope_provider.status()}
+                           if self.enricher is not None and self.scope_provider is not None else
+                           self.enricher.status() if self.enricher is not None else None),
         }

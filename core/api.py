@@ -10,7 +10,9 @@ missed because it read too slowly. The pipeline never waits for a subscriber: a 
 
 Methods: ``status``, ``plugins``, ``policy.add`` (text, file?, mode?), ``policy.delete`` (name),
 ``policy.list``, ``policy.get`` (name), ``policy.enable`` / ``policy.disable`` (name),
-``policy.set_mode`` (name, mode), ``events.subscribe`` (filters?, queue_size?).
+``policy.set_mode`` (name, mode), ``events.subscribe`` (filters?, queue_size?). A policy ``name`` is its
+key: ``namespace/name`` for a TracingPolicyNamespaced, ``name`` for a cluster-wide one; ``policy.add``
+returns the keys, ``policy.list`` gives each policy's ``key`` and its ``scope`` (None: host-wide).
 
 The agent runs as root and this socket changes what the kernel enforces, so: the socket is 0600 in a
 0700 directory, peers whose SO_PEERCRED uid is not allowed (root only by default) are refused before
@@ -86,8 +88,12 @@ class NoParams(_Params):
     pass
 
 
+# A policy's key: ``name``, or ``namespace/name`` for a TracingPolicyNamespaced (63 + 1 + 253).
+POLICY_KEY_MAX = 317
+
+
 class NameParams(_Params):
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=POLICY_KEY_MAX)
 
 
 class AddParams(_Params):
@@ -97,7 +103,7 @@ class AddParams(_Params):
 
 
 class ModeParams(_Params):
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=POLICY_KEY_MAX)
     mode: Literal["enforcement", "monitoring"]
 
 

@@ -78,6 +78,20 @@ def _hooks_summary(p: dict[str, Any]) -> str:
     return ", ".join(mechs) or "-"
 
 
+def _scope_summary(sc: dict[str, Any]) -> str:
+    """``2 pods (ns/a, ns/b), 4 cgroups, host; 1 scope update error: ...``"""
+    pods = sc.get("pods") or []
+    shown = ", ".join(pods[:5]) + (f", +{len(pods) - 5}" if len(pods) > 5 else "")
+    out = f"{len(pods)} pods{' (' + shown + ')' if pods else ''}, {sc.get('cgroups', 0)} cgroups"
+    if sc.get("host"):
+        out += ", host"
+    if sc.get("waiting"):
+        out += f", {len(sc['waiting'])} without a cgroup yet"
+    if sc.get("errors"):
+        out += f"; {sc['errors']} scope update errors, last: {sc.get('last_error')}"
+    return out
+
+
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -145,7 +159,7 @@ def register(cli_group: click.Group) -> None:
     @click.argument("name")
     @_socket_options
     def policy_delete(name: str, socket_path: str | None, config_path: str | None) -> None:
-        """Unload and forget policy NAME."""
+        """Unload and forget policy NAME (namespace/name for a TracingPolicyNamespaced)."""
         _call(socket_path, config_path, "policy.delete", {"name": name})
         click.echo(f"policy {name} deleted")
 
@@ -163,8 +177,11 @@ def register(cli_group: click.Group) -> None:
             return
         click.echo(f"{'ID':>3} {'NAME':<32} {'STATE':<9} {'MODE':<12} {'EVENTS':>8} {'ERRORS':>6} {'KMEM':>9}  MECHANISMS")
         for p in rows:
-            click.echo(f"{p['id']:>3} {p['name'][:32]:<32} {p['state']:<9} {p['mode']:<12} {p['events']:>8} "
+            key = p.get("key") or p["name"]
+            click.echo(f"{p['id']:>3} {key[:32]:<32} {p['state']:<9} {p['mode']:<12} {p['events']:>8} "
                        f"{p['errors']:>6} {_fmt_bytes(p['kernel_memory_bytes']):>9}  {_hooks_summary(p)}")
+            if p.get("scope"):
+                click.echo(f"      scope: {_scope_summary(p['scope'])}")
             for h in p.get("hooks", []):
                 note = f"  ({h['note']})" if h.get("note") else ""
                 click.echo(f"      {h.get('hook', h.get('section'))}: {h.get('mechanism') or '-'}{note}")
@@ -255,7 +272,7 @@ def register(cli_group: click.Group) -> None:
                 why = f"  -- {s['reason']}" if s.get("reason") else ""
                 click.echo(f"  sensor {s.get('name', '?'):<12} {s.get('state')}{why}")
             for p in st.get("policies", []):
-                click.echo(f"  policy {p['name']:<24} {p['state']} {p['mode']} events={p['events']} errors={p['errors']}")
+                click.echo(f"  policy {p.get('key') or p['name']:<24} {p['state']} {p['mode']} events={p['events']} errors={p['errors']}")
             for e in st.get("policy_directory_errors", []):
                 click.echo(f"  policy file refused: {e.get('error')}")
 

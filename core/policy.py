@@ -101,7 +101,6 @@ UNSUPPORTED_SPEC_KEYS: Mapping[str, str] = {
     "enforcers": "enforcers (NotifyEnforcer) are not supported; use a Sigkill or Override action",
     "loader": "loader events are not supported",
     "selectorsMacros": "selector macros are not supported; write the selectors out",
-    "hostSelector": "hostSelector is not supported",
 }
 POLICY_OPTIONS = {"policy-mode": {"enforce": "enforcement", "enforcement": "enforcement",
                                   "monitor": "monitoring", "monitoring": "monitoring"}}
@@ -551,6 +550,7 @@ class Policy:
     mode: str = "enforcement"
     pod_selector: LabelSelector | None = None
     container_selector: LabelSelector | None = None
+    host_selector: bool = False  # hostSelector: {} (the host's processes, outside every pod)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     file: str | None = None
@@ -561,10 +561,21 @@ class Policy:
     def sensors(self) -> list[str]:
         return [s.sensor for s in self.sections]
 
-    def view(self, section: Section, policy_id: int, mode: str | None = None) -> PolicyView:
-        """The `PolicyView` a sensor receives for ``section``."""
+    @property
+    def scoped(self) -> bool:
+        """Whether the policy is bounded to pods and/or the host (else it applies host-wide)."""
+        return (self.pod_selector is not None or self.container_selector is not None or self.host_selector
+                or self.kind == "TracingPolicyNamespaced")
+
+    @property
+    def key(self) -> str:
+        """How the agent names it: ``namespace/name`` for a TracingPolicyNamespaced, else ``name``."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    def view(self, section: Section, policy_id: int, mode: str | None = None, scope: Any = None) -> PolicyView:
+        """The `PolicyView` a sensor receives for ``section`` (``scope``: a `sensorium.hookspecs.Scope`)."""
         return PolicyView(id=policy_id, name=self.name, namespace=self.namespace, section=section.key,
-                          items=section.items, mode=mode or self.mode)
+                          items=section.items, mode=mode or self.mode, scope=scope)
 
     def hook_line(self, section: str, index: int) -> int | None:
         """Line of ``spec.<section>[index]`` in the source, for error messages."""
@@ -718,6 +729,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     owned = registry.policy_sections()
     mode = "enforcement"
     pod_sel = cont_sel = None
+    host_sel = False
     sections: list[Section] = []
     problems: list[SourceError] = []
     total = 0
@@ -754,6 +766,17 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     pod_sel = sel
                 else:
                     cont_sel = sel
+            elif key == "hostSelector":
+                # As in Tetragon: only the empty selector ({}: the host's processes) or null (unset);
+                # hosts carry no labels to select on.
+                if value is not None and value != {}:
+                    raise err(loc, "hostSelector must be {} (the host's processes, outside every pod) or null; "
+                                   "selecting hosts by labels is not supported")
+                if value == {} and not scoping_supported:
+                    raise err(loc, "hostSelector is not supported without the Kubernetes support (it tells "
+                                   "the host's processes from the pods'); remove it to apply the policy to the "
+                                   "whole host")
+                host_sel = value == {}
             elif key in UNSUPPORTED_SPEC_KEYS:
                 raise err(loc, f"not supported by Sensorium: {UNSUPPORTED_SPEC_KEYS[key]}")
             else:
@@ -769,7 +792,8 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     if not sections or not any(s.items for s in sections):
         raise err(("spec",), f"the policy has no hooks (give at least one of: {', '.join(sorted(owned)) or 'none installed'})")
     return Policy(name=name, kind=kind, api_version=api, namespace=namespace, sections=tuple(sections), mode=mode,
-                  pod_selector=pod_sel, container_selector=cont_sel, labels=dict(meta.labels),
+                  pod_selector=pod_sel, container_selector=cont_sel, host_selector=host_sel,
+                  labels=dict(meta.labels),
                   annotations=dict(meta.annotations), file=doc.file, line=doc.line_of(()), source=doc)
 
 

@@ -4,6 +4,13 @@
 before anything is loaded, then loads section by section; when any section fails, the sections already
 loaded are unloaded again and the error names the hook and the reason. Policies never share kernel
 state, so adding or deleting one never disturbs the others.
+
+Scoped policies (``podSelector``, ``containerSelector``, ``hostSelector``, or kind
+``TracingPolicyNamespaced``) need a scope provider (`sensorium.k8s.scope.ScopeProvider` on the agent's pod
+watcher): each gets a tracker whose `Scope` goes into every section's `PolicyView.scope` at load and,
+on every change, to every loaded section's ``handle.set_scope(scope)``. A section whose sensor does not
+declare ``supports_scope`` is refused (never applied host-wide). Policies are keyed by
+``namespace/name`` (TracingPolicyNamespaced) or ``name`` (cluster-wide).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sensorium.hookspecs import PolicyHandle, PolicyLoadError, PolicySensor, Sensor
+from sensorium.hookspecs import PolicyHandle, PolicyLoadError, PolicySensor, Scope, Sensor
 from sensorium.policy import MAX_POLICIES, MODES, Policy, PolicyError, Section, parse_policies
 from sensorium.yamlsrc import SourceError
 
@@ -26,20 +33,22 @@ POLICY_FILE_SUFFIXES = (".yaml", ".yml")
 
 
 class PolicyNotFound(KeyError):
-    """No loaded policy has this name."""
+    """No loaded policy has this name (``name``, or ``namespace/name`` for a namespaced one)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, hint: str = "") -> None:
         super().__init__(name)
         self.name = name
+        self.hint = hint
 
     def __str__(self) -> str:
-        return f"no policy named {self.name!r} is loaded"
+        return f"no policy named {self.name!r} is loaded{self.hint}"
 
 
 @dataclasses.dataclass
 class _Loaded:
     section: Section
     handle: PolicyHandle
+    scope: Scope | None = None  # the scope this section's kernel side has now
 
 
 @dataclasses.dataclass
@@ -53,6 +62,14 @@ class PolicyState:
     loaded: list[_Loaded] = dataclasses.field(default_factory=list)
     added_at: float = dataclasses.field(default_factory=time.time)
     error: str | None = None  # last failed enable / mode switch
+    tracker: Any = None  # sensorium.k8s.scope.ScopeTracker of a scoped policy (while enabled)
+    scope_errors: int = 0  # failed set_scope calls
+    scope_error: str | None = None  # the last one
+    scope_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.policy.key
 
 
 _FIELD_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -79,11 +96,14 @@ class PolicyManager:
     """
 
     def __init__(self, registry: Any, sensors: Mapping[str, Sensor], *, scoping_supported: bool = False,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, scope_provider: Any = None) -> None:
         self.registry = registry
         self.metrics = metrics  # sensorium.metrics.Metrics (policy state gauges), optional
         self.sensors = dict(sensors)
-        self.scoping_supported = scoping_supported
+        # scope_provider.track(policy, on_update) -> tracker (current(), summary(), close()):
+        # `sensorium.k8s.scope.ScopeProvider`. Without one, scoped policies are refused at parse time.
+        self.scope_provider = scope_provider
+        self.scoping_supported = scoping_supported or scope_provider is not None
         self._policies: dict[str, PolicyState] = {}
         self._op_lock = threading.RLock()     # serializes add/delete/enable/disable/set_mode
         self._state_lock = threading.Lock()   # guards _policies for readers (list/status) during long loads
@@ -97,14 +117,15 @@ class PolicyManager:
     # ---- add / delete -----------------------------------------------------------------------------
 
     def add(self, text: str | bytes, file: str | None = None, mode: str | None = None) -> list[str]:
-        """Parse and load every policy in ``text``: all of them, or none (raises `SourceError`)."""
+        """Parse and load every policy in ``text``: all of them, or none (raises `SourceError`). Returns
+        their keys (``name``, or ``namespace/name`` for a TracingPolicyNamespaced)."""
         policies = self.parse(text, file)
         with self._op_lock:
             done: list[str] = []
             try:
                 for p in policies:
                     self.add_policy(p, mode=mode)
-                    done.append(p.name)
+                    done.append(p.key)
             except BaseException:
                 for name in reversed(done):
                     self.delete(name)
@@ -115,12 +136,14 @@ class PolicyManager:
         mode = mode or policy.mode
         if mode not in MODES:
             raise PolicyError(f"mode {mode!r} is not one of {', '.join(MODES)}", file=policy.file)
+        key = policy.key
         with self._op_lock:
-            if policy.name in self._policies:
-                first = self._policies[policy.name].policy
+            if key in self._policies:
+                first = self._policies[key].policy
                 where = f" (from {first.file})" if first.file else ""
-                raise PolicyError(f"a policy named {policy.name!r} is already loaded{where}; delete it first",
+                raise PolicyError(f"a policy named {key!r} is already loaded{where}; delete it first",
                                   file=policy.file, line=self._line(policy, ("metadata", "name")), path="metadata.name")
+            self._check_scope_support(policy)
             pid = self._free_id()
             if pid is None:
                 raise PolicyError(f"{MAX_POLICIES} policies are loaded; the limit is {MAX_POLICIES}", file=policy.file)
@@ -128,25 +151,24 @@ class PolicyManager:
             # Reserve the name and id before the (possibly slow) load so a concurrent reader sees "loading".
             st.state = "loading"
             with self._state_lock:
-                self._policies[policy.name] = st
+                self._policies[key] = st
             try:
-                st.loaded = self._load(policy, pid, mode)
+                self._load_state(st)
             except BaseException:
                 with self._state_lock:
-                    del self._policies[policy.name]
+                    del self._policies[key]
                 raise
             st.state = "enabled"
-            self._metric(policy.name, "enabled")
-            log.info("policy %s loaded (id %d, %s): %s", policy.name, pid, mode,
+            self._metric(key, "enabled")
+            log.info("policy %s loaded (id %d, %s%s): %s", key, pid, mode, self._scope_words(st),
                      ", ".join(f"{s.key}x{len(s.items)}" for s in policy.sections))
             return st
 
     def delete(self, name: str) -> None:
-        """Unload and forget ``name``; other policies are not touched."""
+        """Unload and forget ``name`` (``namespace/name`` for a namespaced policy); others are not touched."""
         with self._op_lock:
             st = self._get(name)
-            self._unload(st.loaded)
-            st.loaded = []
+            self._unload_state(st)
             with self._state_lock:
                 del self._policies[name]
             if self.metrics is not None:
@@ -170,8 +192,7 @@ class PolicyManager:
             st = self._get(name)
             if st.state == "disabled":
                 return
-            self._unload(st.loaded)
-            st.loaded = []
+            self._unload_state(st)
             st.state = "disabled"
             self._metric(name, "disabled")
             log.info("policy %s disabled", name)
@@ -182,7 +203,7 @@ class PolicyManager:
             if st.state == "enabled":
                 return
             try:
-                st.loaded = self._load(st.policy, st.id, st.mode)
+                self._load_state(st)
             except SourceError as exc:
                 st.error = str(exc)
                 self._metric(name, "error")
@@ -271,7 +292,7 @@ class PolicyManager:
         with self._state_lock:
             st = self._policies.get(name)
         if st is None:
-            raise PolicyNotFound(name)
+            raise PolicyNotFound(name, self._hint(name))
         return self._describe(st)
 
     def list(self) -> list[dict[str, Any]]:
@@ -302,8 +323,18 @@ class PolicyManager:
                 for i in range(len(sec.items)):
                     hooks.append({"section": sec.key, "sensor": sec.sensor, "hook": _hook_label(sec, i),
                                   "mechanism": None})
+        scope: dict[str, Any] | None = None
+        if p.scoped:
+            scope = {"errors": st.scope_errors, "last_error": st.scope_error}
+            tracker = st.tracker
+            if tracker is not None:
+                try:
+                    scope.update(tracker.summary())
+                except Exception as exc:  # noqa: BLE001 - status must not fail the listing
+                    scope["status_error"] = f"{type(exc).__name__}: {exc}"
         return {
             "name": p.name,
+            "key": p.key,
             "id": st.id,
             "kind": p.kind,
             "namespace": p.namespace,
@@ -318,6 +349,7 @@ class PolicyManager:
             "kernel_memory_bytes": mem,
             "added_at": st.added_at,
             "error": st.error,
+            "scope": scope,  # None: host-wide
         }
 
     # ---- internals --------------------------------------------------------------------------------
@@ -333,8 +365,14 @@ class PolicyManager:
         with self._state_lock:
             st = self._policies.get(name)
         if st is None or st.state == "loading":
-            raise PolicyNotFound(name)
+            raise PolicyNotFound(name, self._hint(name))
         return st
+
+    def _hint(self, name: str) -> str:
+        """`` (did you mean ns/name?)`` when namespaced policies carry that name."""
+        with self._state_lock:
+            keys = [k for k, st in self._policies.items() if st.policy.namespace and st.policy.name == name]
+        return f" (namespaced policies are named namespace/name: {', '.join(sorted(keys)[:5])})" if keys else ""
 
     def _free_id(self) -> int | None:
         with self._state_lock:
@@ -375,25 +413,113 @@ class PolicyManager:
                               line=self._line(policy, loc), path=f"spec.{section.key}")
         return sensor
 
-    def _load(self, policy: Policy, pid: int, mode: str) -> list[_Loaded]:
+    def _load(self, policy: Policy, pid: int, mode: str, scope: Scope | None = None) -> list[_Loaded]:
         work = [(sec, self._sensor_for(policy, sec)) for sec in policy.sections if sec.items]
         # Check everything before loading anything: most refusals cost nothing to undo this way.
         for sec, sensor in work:
             try:
-                sensor.check_policy(policy.view(sec, pid, mode))
+                sensor.check_policy(policy.view(sec, pid, mode, scope))
             except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; contain it
                 raise self._refuse(policy, sec, exc, "refused") from None
         loaded: list[_Loaded] = []
         for sec, sensor in work:
             try:
-                handle = sensor.load_policy(policy.view(sec, pid, mode))
+                handle = sensor.load_policy(policy.view(sec, pid, mode, scope))
             except BaseException as exc:  # noqa: BLE001 - includes KeyboardInterrupt: never leave half a policy
                 self._unload(loaded)
                 if not isinstance(exc, Exception):
                     raise
                 raise self._refuse(policy, sec, exc, "failed to load") from None
-            loaded.append(_Loaded(sec, handle))
+            loaded.append(_Loaded(sec, handle, scope))
         return loaded
+
+    # ---- scopes -----------------------------------------------------------------------------------
+
+    def _check_scope_support(self, policy: Policy) -> None:
+        """A scoped policy needs a scope provider and, for every section, a sensor that bounds its hooks to
+        a scope in the kernel; refuse it whole otherwise (never load it host-wide)."""
+        if not policy.scoped:
+            return
+        what = ("kind TracingPolicyNamespaced" if policy.kind == "TracingPolicyNamespaced" else
+                "podSelector" if policy.pod_selector is not None else
+                "containerSelector" if policy.container_selector is not None else "hostSelector")
+        if self.scope_provider is None:
+            field = {"podSelector": ("spec", "podSelector"), "containerSelector": ("spec", "containerSelector"),
+                     "hostSelector": ("spec", "hostSelector")}.get(what, ("kind",))
+            raise PolicyError(f"{what} needs the Kubernetes support (kubernetes.enabled in the agent config): "
+                              "without it the agent cannot tell which processes the policy applies to",
+                              file=policy.file, line=self._line(policy, field), path=".".join(field))
+        for sec in policy.sections:
+            if not sec.items:
+                continue
+            sensor = self.sensors.get(sec.sensor)
+            if sensor is not None and not getattr(type(sensor), "supports_scope", False):
+                loc = ("spec", sec.key)
+                raise PolicyError(f"the {sec.sensor!r} sensor that serves {sec.key!r} cannot bound its hooks to "
+                                  f"pods or the host (it does not declare supports_scope); this policy is scoped "
+                                  f"by {what}: remove the scope to apply it host-wide, or move these hooks to a "
+                                  "policy of their own", file=policy.file, line=self._line(policy, loc),
+                                  path=f"spec.{sec.key}")
+
+    def _load_state(self, st: PolicyState) -> None:
+        """Load ``st``'s policy (with a scope tracker when scoped); nothing stays half done on failure."""
+        policy = st.policy
+        scope: Scope | None = None
+        tracker = None
+        if policy.scoped:
+            self._check_scope_support(policy)
+            try:
+                tracker = self.scope_provider.track(policy, lambda sc, st=st: self._scope_update(st, sc))
+            except ValueError as exc:  # a selector the parser let through but the tracker cannot use
+                raise PolicyError(str(exc), file=policy.file, line=self._line(policy, ("spec",)), path="spec") from None
+            scope = tracker.current()
+        try:
+            loaded = self._load(policy, st.id, st.mode, scope)
+        except BaseException:
+            if tracker is not None:
+                tracker.close()
+            raise
+        with st.scope_lock:
+            st.tracker, st.loaded = tracker, loaded
+        if tracker is not None:
+            # Pods that came or went while the sections loaded.
+            self._scope_update(st, tracker.current())
+
+    def _unload_state(self, st: PolicyState) -> None:
+        tracker, st.tracker = st.tracker, None
+        if tracker is not None:
+            try:
+                tracker.close()
+            except Exception:  # noqa: BLE001
+                log.exception("policy %s: closing its scope tracker", st.key)
+        with st.scope_lock:  # no set_scope may run on a handle being unloaded
+            self._unload(st.loaded)
+            st.loaded = []
+
+    def _scope_update(self, st: PolicyState, scope: Scope) -> None:
+        """The tracker's callback (pod watcher or cgroup scanner thread): every loaded section gets the new
+        scope; a failing section is logged and counted, the others still get it."""
+        with st.scope_lock:
+            for ld in st.loaded:
+                if ld.scope == scope:
+                    continue
+                try:
+                    ld.handle.set_scope(scope)  # type: ignore[attr-defined]
+                    ld.scope = scope
+                except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; the policy stays loaded
+                    st.scope_errors += 1
+                    st.scope_error = f"{ld.section.key}: {type(exc).__name__}: {exc}"[:500]
+                    log.error("policy %s: scope update of %s failed: %s", st.key, ld.section.key, st.scope_error)
+
+    @staticmethod
+    def _scope_words(st: PolicyState) -> str:
+        if st.tracker is None:
+            return ""
+        try:
+            s = st.tracker.summary()
+        except Exception:  # noqa: BLE001
+            return ", scoped"
+        return f", scoped: {len(s.get('pods', []))} pods, {s.get('cgroups', 0)} cgroups{', host' if s.get('host') else ''}"
 
     @staticmethod
     def _unload(loaded: Sequence[_Loaded]) -> None:
