@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from sensorium_sensors.lsm.plugin import LsmSensor
-from sensorium_sensors.lsm.testing import LsmTestContext, run_in_cgroup, scratch_cgroup
+from sensorium.hookspecs import Scope
+from sensorium.scope import scope_of_directories
+from sensorium_sensors.lsm.testing import LsmTestContext, run_in_cgroup, scoped
+from sensorium_testlib import cgroup2_mount, make_cgroup
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "sensors" / "lsm" / "examples"
 
@@ -57,15 +60,66 @@ def sensor(ctx):
 
 
 @pytest.fixture
-def cg():
-    with scratch_cgroup() as path:
-        yield path
+def cg(cgroup2_dir):
+    """The lane's guests are pure cgroup2."""
+    return os.fspath(cgroup2_dir)
+
+
+@pytest.fixture
+def cg_b():
+    yield from (os.fspath(c) for c in make_cgroup(cgroup2_mount(), 2))
+
+
+def test_set_scope_moves_file_open_and_connect_blocks_live(sensor, cg, cg_b, tmp_path):
+    """One policy with an lsm.bpf.c hook (file_open) and a sockaddr.bpf.c one (socket_connect): set_scope
+    moves both between two cgroups at once; Scope() blocks nothing."""
+    from sensorium_sensors.tracepoint.testing import make_policy_view
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s\n")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    text = f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: both
+spec:
+  lsmhooks:
+  - hook: file_open
+    args: [{{index: 0, type: file}}]
+    selectors:
+    - matchArgs: [{{index: 0, operator: Equal, values: ["{secret}"]}}]
+      matchActions: [{{action: Override, argError: -1}}]
+  - hook: socket_connect
+    args: [{{index: 1, type: sockaddr}}]
+    selectors:
+    - matchArgs: [{{index: 1, operator: DPort, values: ["{port}"]}}]
+      matchActions: [{{action: Override, argError: -1}}]
+"""
+
+    def blocked(where):
+        opened = run_in_cgroup(where, ["cat", str(secret)]).returncode == 0
+        conn = run_in_cgroup(where, [sys.executable, "-c", CONNECT, str(port)]).stdout.strip()
+        return (not opened, conn == "EPERM")
+
+    try:
+        h = sensor.load_policy(scoped(make_policy_view(text, "lsmhooks", policy_id=14), cg))
+        assert [x["mechanism"] for x in h.status()["hooks"]] == ["bpf_lsm", "bpf_lsm"]
+        assert (blocked(cg), blocked(cg_b), blocked(None)) == ((True, True), (False, False), (False, False))
+        h.set_scope(scope_of_directories([cg_b]))
+        assert (blocked(cg), blocked(cg_b)) == ((False, False), (True, True))
+        h.set_scope(Scope())
+        assert (blocked(cg), blocked(cg_b)) == ((False, False), (False, False))
+    finally:
+        srv.close()
 
 
 def test_file_open_policy_blocks_cat_only_in_the_cgroup(sensor, ctx, cg, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret\n")
-    h = sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    h = sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     assert h.status()["hooks"][0]["mechanism"] == "bpf_lsm"
     inside = run_in_cgroup(cg, ["cat", str(secret)])
     assert inside.returncode != 0 and "Operation not permitted" in inside.stderr
@@ -82,7 +136,7 @@ def test_file_open_policy_blocks_cat_only_in_the_cgroup(sensor, ctx, cg, tmp_pat
 def test_bprm_check_security_blocks_an_exec(sensor, cg, tmp_path):
     binary = tmp_path / "forbidden-true"
     shutil.copy("/bin/true", binary)
-    sensor.load_policy(view_of("exec-deny.yaml", PROTECTED=str(binary)), scope=cg)
+    sensor.load_policy(scoped(view_of("exec-deny.yaml", PROTECTED=str(binary)), cg))
     with pytest.raises(PermissionError):
         run_in_cgroup(cg, [str(binary)])
     assert run_in_cgroup(None, [str(binary)]).returncode == 0
@@ -97,7 +151,7 @@ def test_socket_connect_blocks_one_loopback_port_only(sensor, ctx, cg):
         socks.append(s)
     blocked, other = (s.getsockname()[1] for s in socks)
     try:
-        h = sensor.load_policy(view_of("connect-deny.yaml", PORT=str(blocked)), scope=cg)
+        h = sensor.load_policy(scoped(view_of("connect-deny.yaml", PORT=str(blocked)), cg))
         assert h.status()["hooks"][0]["mechanism"] == "bpf_lsm"
 
         def connect(where, port):
@@ -118,7 +172,7 @@ def test_socket_connect_blocks_one_loopback_port_only(sensor, ctx, cg):
 def test_monitoring_mode_reports_and_allows(sensor, ctx, cg, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("s\n")
-    h = sensor.load_policy(view_of("file-open-deny.yaml", mode="monitoring", PROTECTED=str(secret)), scope=cg)
+    h = sensor.load_policy(scoped(view_of("file-open-deny.yaml", mode="monitoring", PROTECTED=str(secret)), cg))
     assert run_in_cgroup(cg, ["cat", str(secret)]).returncode == 0
     ev = ctx.wait_events(lambda e: e.kind == "process_lsm")[0].as_dict()["process_lsm"]
     assert ev["enforcement"]["outcome"] == "would have blocked"
@@ -142,7 +196,7 @@ spec:
     - matchArgs: [{index: 2, operator: Equal, values: ["10"]}]
       matchActions: [{action: Override, argError: -1}]
 """
-    sensor.load_policy(make_policy_view(text, "lsmhooks", policy_id=12), scope=cg)
+    sensor.load_policy(scoped(make_policy_view(text, "lsmhooks", policy_id=12), cg))
     r = run_in_cgroup(cg, ["sh", "-c", "sleep 5 & kill -USR1 $!; echo rc=$?; kill -TERM $!"])
     assert "rc=1" in r.stdout, (r.stdout, r.stderr)
     ev = ctx.wait_events(lambda e: e.kind == "process_lsm")[0].as_dict()["process_lsm"]

@@ -2,7 +2,9 @@
 
 Real kernel, real processes: the protected file's open() fails with EPERM only for processes in the test's
 cgroup, others read it; exec of a protected binary fails with EPERM; monitoring reports and allows. Every
-rule is scoped to a cgroup the test created (sensorium_sensors.lsm.testing.scratch_cgroup).
+rule is scoped (`PolicyView.scope`) to a cgroup the test created: a v1 memory cgroup where the hierarchy is
+mounted (where runtimes with the v1 driver put pods on hybrid hosts), else a cgroup2 one; a cgroup2 scope,
+set_scope moving the scope live and ``Scope()`` are tested on their own.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from sensorium.hookspecs import Scope
+from sensorium.scope import scope_of_directories
 from sensorium_sensors.lsm.fanotify import fanotify_available
 from sensorium_sensors.lsm.plugin import LsmSensor
-from sensorium_sensors.lsm.testing import LsmTestContext, popen_in_cgroup, run_in_cgroup, scratch_cgroup
+from sensorium_sensors.lsm.testing import LsmTestContext, popen_in_cgroup, run_in_cgroup, scoped
+from sensorium_testlib import cgroup2_mount, make_cgroup, v1_memory_mount
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "sensors" / "lsm" / "examples"
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +69,12 @@ def sensor(ctx):
 
 @pytest.fixture
 def cg():
-    with scratch_cgroup() as path:
-        yield path
+    """A test cgroup: v1 memory where mounted (the hybrid-host pod layout), else cgroup2."""
+    mp, version = v1_memory_mount(), 1
+    if mp is None:
+        mp, version = cgroup2_mount(), 2
+    for c in make_cgroup(mp, version):
+        yield os.fspath(c)
 
 
 @pytest.fixture
@@ -77,7 +86,7 @@ def secret(tmp_path):
 
 
 def test_open_fails_with_eperm_in_scope_cgroup_only(sensor, ctx, cg, secret):
-    h = sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    h = sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     inside = run_in_cgroup(cg, ["cat", str(secret)])
     assert inside.returncode != 0
     assert "Operation not permitted" in inside.stderr
@@ -102,15 +111,88 @@ def test_open_fails_with_eperm_in_scope_cgroup_only(sensor, ctx, cg, secret):
     assert st["events"] == 1
 
 
+@pytest.fixture
+def cg_b():
+    """A second test cgroup in the same hierarchy as ``cg``."""
+    mp, version = v1_memory_mount(), 1
+    if mp is None:
+        mp, version = cgroup2_mount(), 2
+    for c in make_cgroup(mp, version):
+        yield os.fspath(c)
+
+
+OPENER = """
+import errno, sys
+for line in sys.stdin:
+    try:
+        open(line.strip()).close()
+        print("opened", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, e.errno), flush=True)
+"""
+
+
+class Opener:
+    """A process that stays in its cgroup and opens a file each time it is asked."""
+
+    def __init__(self, cg) -> None:
+        self.p = popen_in_cgroup(cg, [sys.executable, "-c", OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+
+    def __call__(self, path) -> str:
+        self.p.stdin.write(f"{path}\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.wait(10)
+
+
+def test_cgroup2_directory_scope(sensor, cgroup2_dir, secret):
+    sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cgroup2_dir))
+    assert "Operation not permitted" in run_in_cgroup(cgroup2_dir, ["cat", str(secret)]).stderr
+    assert run_in_cgroup(None, ["cat", str(secret)]).stdout == "top secret\n"
+
+
+def test_set_scope_moves_the_block_live(sensor, cg, cg_b, cgroup2_dir, secret):
+    """Running processes see each scope change at the next open, both ways, in either hierarchy."""
+    a, b, c = Opener(cg), Opener(cg_b), Opener(cgroup2_dir)
+    try:
+        h = sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
+        assert (a(secret), b(secret), c(secret)) == ("EPERM", "opened", "opened")
+        h.set_scope(scope_of_directories([cg_b]))
+        assert (a(secret), b(secret), c(secret)) == ("opened", "EPERM", "opened")
+        h.set_scope(scope_of_directories([os.fspath(cgroup2_dir), cg]))
+        assert (a(secret), b(secret), c(secret)) == ("EPERM", "opened", "EPERM")
+        h.set_scope(scope_of_directories([cg]))
+        assert (a(secret), b(secret), c(secret)) == ("EPERM", "opened", "opened")
+        assert h.status()["hooks"][0]["scope"]["cgroups"][0].endswith(os.path.realpath(cg))
+    finally:
+        for x in (a, b, c):
+            x.close()
+
+
+def test_empty_scope_blocks_nothing(sensor, ctx, cg, cgroup2_dir, secret):
+    h = sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret))))
+    assert h.scope == Scope()
+    for where in (cg, cgroup2_dir, None):
+        assert run_in_cgroup(where, ["cat", str(secret)]).returncode == 0
+    time.sleep(0.2)
+    assert not [e for e in ctx.events if e.kind == "process_lsm"]
+    h.set_scope(scope_of_directories([cg]))
+    assert run_in_cgroup(cg, ["cat", str(secret)]).returncode != 0
+
+
 def test_python_open_gets_eperm_errno(sensor, cg, secret):
-    sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     code = f"import errno\ntry:\n open({str(secret)!r})\nexcept OSError as e:\n print(errno.errorcode[e.errno])\nelse:\n print('opened')"
     r = run_in_cgroup(cg, [sys.executable, "-c", code])
     assert r.stdout.strip() == "EPERM", r.stderr
 
 
 def test_relative_and_dotdot_paths_are_blocked_too(sensor, cg, secret):
-    sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     sub = secret.parent / "sub"
     sub.mkdir()
     for path, cwd in (("secret.txt", secret.parent), ("../secret.txt", sub), ("./sub/../secret.txt", secret.parent)):
@@ -121,7 +203,7 @@ def test_relative_and_dotdot_paths_are_blocked_too(sensor, cg, secret):
 def test_exec_of_protected_binary_fails_with_eperm(sensor, ctx, cg, tmp_path):
     binary = tmp_path / "forbidden-true"
     shutil.copy("/bin/true", binary)
-    h = sensor.load_policy(view_of("exec-deny.yaml", PROTECTED=str(binary)), scope=cg)
+    h = sensor.load_policy(scoped(view_of("exec-deny.yaml", PROTECTED=str(binary)), cg))
     with pytest.raises(PermissionError):
         run_in_cgroup(cg, [str(binary)])
     # From a shell inside the cgroup: the shell reports the refused exec.
@@ -138,7 +220,7 @@ def test_exec_of_protected_binary_fails_with_eperm(sensor, ctx, cg, tmp_path):
 
 
 def test_monitoring_reports_would_have_blocked_and_allows(sensor, ctx, cg, secret):
-    h = sensor.load_policy(view_of("file-open-deny.yaml", mode="monitoring", PROTECTED=str(secret)), scope=cg)
+    h = sensor.load_policy(scoped(view_of("file-open-deny.yaml", mode="monitoring", PROTECTED=str(secret)), cg))
     r = run_in_cgroup(cg, ["cat", str(secret)])
     assert r.returncode == 0 and r.stdout == "top secret\n"
     ev = ctx.wait_events(lambda e: e.kind == "process_lsm")[0].as_dict()["process_lsm"]
@@ -155,7 +237,7 @@ def test_monitoring_reports_would_have_blocked_and_allows(sensor, ctx, cg, secre
 def test_protected_file_replaced_by_rename_stays_protected(sensor, cg, secret):
     """passwd-style replacement (write a new file, rename it over the old one) makes a new inode; the
     guard marks it again when the name reappears."""
-    sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     tmp = secret.parent / "secret.txt.new"
     tmp.write_text("new secret\n")
     os.rename(tmp, secret)
@@ -168,7 +250,7 @@ def test_protected_file_replaced_by_rename_stays_protected(sensor, cg, secret):
 
 
 def test_unload_removes_marks_and_rule(sensor, cg, secret):
-    h = sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    h = sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     assert sensor.guard.status()["marks"] == 1
     h.unload()
     h.unload()  # idempotent
@@ -177,8 +259,8 @@ def test_unload_removes_marks_and_rule(sensor, cg, secret):
 
 
 def test_two_policies_share_a_mark_and_unload_independently(sensor, cg, secret):
-    a = sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
-    b = sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    a = sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
+    b = sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     a.unload()
     assert run_in_cgroup(cg, ["cat", str(secret)]).returncode != 0
     b.unload()
@@ -198,7 +280,7 @@ spec:
     - matchArgs: [{{index: 0, operator: Equal, values: ["{secret}"]}}]
       matchActions: [{{action: Sigkill}}]
 """
-    sensor.load_policy(make_view(policy), scope=cg)
+    sensor.load_policy(scoped(make_view(policy), cg))
     r = run_in_cgroup(cg, ["cat", str(secret)])
     assert r.returncode == -signal.SIGKILL and r.stdout == ""
     ev = ctx.wait_events(lambda e: e.kind == "process_lsm")[0].as_dict()["process_lsm"]
@@ -223,7 +305,7 @@ spec:
       matchBinaries: [{{operator: In, values: ["/usr/bin/cat"]}}]
       matchActions: [{{action: Override, argError: -1}}]
 """
-    sensor.load_policy(make_view(policy), scope=cg)
+    sensor.load_policy(scoped(make_view(policy), cg))
     assert run_in_cgroup(cg, ["/usr/bin/cat", str(tree / "deep" / "er" / "key")]).returncode != 0
     # Another binary is not selected; a sibling path that only shares the string prefix is not guarded.
     assert run_in_cgroup(cg, ["/usr/bin/head", str(tree / "deep" / "er" / "key")]).returncode == 0
@@ -233,7 +315,7 @@ spec:
 def test_answers_under_load(sensor, ctx, cg, secret):
     """Four processes hammer the protected file (denied) while others open it (allowed): every open gets
     its answer and nothing hangs."""
-    sensor.load_policy(view_of("file-open-deny.yaml", PROTECTED=str(secret)), scope=cg)
+    sensor.load_policy(scoped(view_of("file-open-deny.yaml", PROTECTED=str(secret)), cg))
     n = 500
     code = (f"import os\nd=0\nfor _ in range({n}):\n try:\n  os.close(os.open({str(secret)!r}, os.O_RDONLY))\n"
             " except PermissionError:\n  d+=1\nprint(d)")
@@ -254,12 +336,12 @@ AGENT_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, {tests!r})
 from sensorium_sensors.lsm.plugin import LsmSensor
-from sensorium_sensors.lsm.testing import LsmTestContext
+from sensorium_sensors.lsm.testing import LsmTestContext, scoped
 from sensorium_sensors.tracepoint.testing import make_policy_view
 text = open({policy!r}).read().replace("${{PROTECTED}}", {secret!r})
 s = LsmSensor(LsmTestContext(config={{"force_fallbacks": True}}))
 s.start()
-s.load_policy(make_policy_view(text, "lsmhooks", policy_id=1), scope={cg!r})
+s.load_policy(scoped(make_policy_view(text, "lsmhooks", policy_id=1), {cg!r}))
 print("ready", flush=True)
 time.sleep(600)
 """

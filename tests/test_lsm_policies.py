@@ -6,11 +6,13 @@ import os
 
 import pytest
 
-from sensorium.hookspecs import PolicyLoadError
+import dataclasses
+
+from sensorium.hookspecs import CgroupRef, PolicyLoadError, Scope
 from sensorium_sensors.lsm.btf import lsm_hooks
 from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.rules import plan_section
-from sensorium_sensors.lsm.testing import LsmTestContext, scratch_cgroup
+from sensorium_sensors.lsm.testing import LsmTestContext, scoped, scratch_cgroup
 
 
 def view(body: str, mode: str | None = None):
@@ -143,7 +145,7 @@ def test_refused_policy_leaves_nothing_loaded(tmp_path):
                     f'      matchActions: [{{action: Override, argError: -1}}]\n'
                     f'  - hook: socket_bind\n')
             with pytest.raises(PolicyLoadError) as exc:
-                s.load_policy(view(body), scope=cg)
+                s.load_policy(scoped(view(body), cg))
             assert exc.value.hook == "lsmhooks[1] socket_bind"
             assert s.guard.status()["rules"] == 0 and s.guard.status()["marks"] == 0
             assert not s._handles
@@ -152,11 +154,24 @@ def test_refused_policy_leaves_nothing_loaded(tmp_path):
         s.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_scope_that_is_not_a_cgroup_is_refused(tmp_path):
+FILE_OPEN = ('  - hook: file_open\n    args: [{index: 0, type: file}]\n    selectors:\n'
+             '    - matchArgs: [{index: 0, operator: Equal, values: ["/etc/hostname"]}]\n')
+
+
+def test_scope_in_an_unknown_hierarchy_is_refused():
+    s = LsmSensor(LsmTestContext(config={"force_fallbacks": True}))
+    bad = Scope(cgroups=(CgroupRef(hierarchy="cpu", id=1, path="/sys/fs/cgroup/cpu/x"),))
+    with pytest.raises(PolicyLoadError) as exc:
+        s.check_policy(dataclasses.replace(view(FILE_OPEN), scope=bad))
+    assert "unknown hierarchy 'cpu'" in exc.value.reason and exc.value.field == "scope"
+
+
+def test_scope_that_is_not_a_scope_is_refused():
     s = LsmSensor(LsmTestContext(config={"force_fallbacks": True}))
     with pytest.raises(PolicyLoadError) as exc:
-        s.check_policy(view('  - hook: file_open\n    args: [{index: 0, type: file}]\n    selectors:\n'
-                            '    - matchArgs: [{index: 0, operator: Equal, values: ["/etc/hostname"]}]\n'),
-                       scope=str(tmp_path))
-    assert "is not a cgroup2 directory" in exc.value.reason and exc.value.field == "scope"
+        s.check_policy(dataclasses.replace(view(FILE_OPEN), scope="/sys/fs/cgroup/x"))
+    assert "expected a sensorium.hookspecs.Scope" in exc.value.reason and exc.value.field == "scope"
+
+
+def test_the_sensor_declares_scope_support():
+    assert LsmSensor.supports_scope is True

@@ -8,7 +8,9 @@ import os
 import pytest
 
 from sensorium_sensors.lsm.plugin import LsmSensor
-from sensorium_sensors.lsm.testing import LsmTestContext, run_in_cgroup, scratch_cgroup
+from sensorium.scope import scope_of_directories
+from sensorium_sensors.lsm.testing import LsmTestContext, run_in_cgroup, scoped
+from sensorium_testlib import cgroup2_mount, make_cgroup, v1_memory_mount
 
 pytestmark = [pytest.mark.kernel]
 
@@ -54,14 +56,27 @@ def sensor(ctx):
     s.stop()
 
 
+def _test_cgroup():
+    """v1 memory where mounted (the hybrid-host pod layout), else cgroup2."""
+    mp, version = v1_memory_mount(), 1
+    if mp is None:
+        mp, version = cgroup2_mount(), 2
+    for c in make_cgroup(mp, version):
+        yield os.fspath(c)
+
+
 @pytest.fixture
 def cg():
-    with scratch_cgroup() as path:
-        yield path
+    yield from _test_cgroup()
+
+
+@pytest.fixture
+def cg_b():
+    yield from _test_cgroup()
 
 
 def test_task_kill_override_is_served_as_sigkill_in_the_cgroup_only(sensor, ctx, cg):
-    h = sensor.load_policy(view(TASK_KILL), scope=cg)
+    h = sensor.load_policy(scoped(view(TASK_KILL), cg))
     st = h.status()["hooks"][0]
     assert st["mechanism"] == "sigkill from tracepoint" and "the call runs first" in st["note"]
     r = run_in_cgroup(cg, ["sh", "-c", "sleep 5 & kill -USR1 $!; echo survived"])
@@ -79,7 +94,7 @@ def test_task_kill_override_is_served_as_sigkill_in_the_cgroup_only(sensor, ctx,
 def test_path_unlink_sigkill_the_call_runs_first(sensor, cg, tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("v")
-    sensor.load_policy(view(UNLINK.format(path=victim)), scope=cg)
+    sensor.load_policy(scoped(view(UNLINK.format(path=victim)), cg))
     r = run_in_cgroup(cg, ["rm", "victim"], cwd=str(tmp_path))  # relative: resolved in the kernel
     assert r.returncode == -9
     # The documented meaning of this fallback: the unlink happened before the kill.
@@ -87,8 +102,18 @@ def test_path_unlink_sigkill_the_call_runs_first(sensor, cg, tmp_path):
 
 
 def test_monitoring_does_not_kill(sensor, ctx, cg):
-    sensor.load_policy(view(TASK_KILL, mode="monitoring"), scope=cg)
+    sensor.load_policy(scoped(view(TASK_KILL, mode="monitoring"), cg))
     r = run_in_cgroup(cg, ["sh", "-c", "sleep 5 & kill -USR1 $!; echo survived"])
     assert r.returncode == 0 and "survived" in r.stdout
     ev = ctx.wait_events(lambda e: e.kind == "process_lsm")[0].as_dict()["process_lsm"]
     assert ev["policy_mode"] == "monitoring" and ev["action_taken"] is False
+
+
+def test_set_scope_moves_the_kill_live(sensor, cg, cg_b):
+    h = sensor.load_policy(scoped(view(TASK_KILL), cg))
+    usr1 = ["sh", "-c", "sleep 5 & kill -USR1 $!; echo survived"]
+    assert run_in_cgroup(cg, usr1).returncode == -9
+    assert "survived" in run_in_cgroup(cg_b, usr1).stdout
+    h.set_scope(scope_of_directories([cg_b]))
+    assert "survived" in run_in_cgroup(cg, usr1).stdout
+    assert run_in_cgroup(cg_b, usr1).returncode == -9

@@ -172,6 +172,8 @@ class LsmProgram:
             wanted.add("sens_fork")
         for name, prog in obj.programs.items():
             prog.set_autoload(name in wanted)
+        if self.scope is None:  # host-wide: never checked, cannot be scoped later (the rodata says so)
+            obj.map("sens_scope").set_max_entries(64)
         obj.load()
         self.set_enforce(self.enforce)
         if self.scope is not None:  # before anything attaches: a scoped program is never live unscoped

@@ -250,6 +250,8 @@ class NetGuard:
         keep = self.programs
         for name, prog in self.obj.programs.items():
             prog.set_autoload(name in keep)
+        if self.scope is None:  # host-wide: never checked, cannot be scoped later (hash maps are preallocated)
+            self.obj.map("net_scope").set_max_entries(64)
         self.obj.load()
         self.obj.map("net_rules").update(b"\0\0\0\0", rules_value(self.rules))
         self._scope_map = ScopeMap(self.obj.map("net_scope"))
