@@ -457,7 +457,9 @@ class ScopeTracker:
             s = self._current
             return {"pods": list(self._pods), "waiting": list(self._waiting), "cgroups": len(s.cgroups),
                     "host": s.host, "container_roots": len(s.container_roots), "selector": self.scope.describe(),
-                    "updates": self.updates}
+                    "updates": self.updates,
+                    # pod cgroup first seen by the scanner -> this scope update returned, for the last pods
+                    "new_pod_windows_ms": [round(v * 1000, 2) for v in list(self.windows.values())[-5:]]}
 
     def refresh(self) -> None:
         """Recompute now (the pod and cgroup listeners call this)."""
