@@ -186,3 +186,209 @@ def test_policy_states_are_exported_as_metrics():
     pm.delete("a")
     text = m.scrape().decode()
     assert 'policy="a"' not in text and "sensorium_policies_loaded 1.0" in text
+
+
+# ---- scoped policies ----------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+
+from sensorium.hookspecs import Scope  # noqa: E402
+
+
+class _Tracker:
+    """What `sensorium.k8s.scope.ScopeTracker` gives the manager, driven by the test (`push`) instead of
+    a pod watcher; the scopes it carries are made of real cgroups."""
+
+    def __init__(self, provider: "_Provider", policy, on_update) -> None:
+        self.provider, self.policy, self.on_update = provider, policy, on_update
+        self.scope = provider.scope
+        self.closed = False
+
+    def current(self) -> Scope:
+        return self.scope
+
+    def summary(self) -> dict:
+        return {"pods": ["ns/a"] if self.scope.cgroups else [], "cgroups": len(self.scope.cgroups),
+                "host": self.scope.host}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Provider:
+    def __init__(self, scope: Scope = Scope()) -> None:
+        self.scope = scope
+        self.trackers: list[_Tracker] = []
+
+    def track(self, policy, on_update) -> _Tracker:
+        t = _Tracker(self, policy, on_update)
+        self.trackers.append(t)
+        return t
+
+    def push(self, scope: Scope) -> None:
+        self.scope = scope
+        for t in self.trackers:
+            if not t.closed:
+                t.scope = scope
+                t.on_update(scope)
+
+
+SCOPED = """apiVersion: cilium.io/v1alpha1
+kind: {kind}
+metadata:
+  name: {name}{ns}
+spec:
+  podSelector:
+    matchLabels: {{app: a}}
+  {section}
+"""
+
+
+def scoped(name: str, section: str, kind: str = "TracingPolicy", ns: str | None = None) -> str:
+    return SCOPED.format(name=name, section=section, kind=kind, ns=f"\n  namespace: {ns}" if ns else "")
+
+
+TP = "tracepoints:\n  - {subsystem: syscalls, event: sys_enter_openat}"
+
+
+def test_a_scoped_policy_is_refused_for_a_sensor_without_supports_scope(env):
+    pm, tp, lsm = env
+    pm.scope_provider, pm.scoping_supported = _Provider(), True
+    with pytest.raises(PolicyError) as ei:
+        pm.add(scoped("p", TP), "p.yaml")
+    e = ei.value
+    assert (e.file, e.line, e.path) == ("p.yaml", 8, "spec.tracepoints")
+    assert "the 'tracepoint' sensor that serves 'tracepoints' cannot bound its hooks to pods" in e.reason
+    assert "podSelector" in e.reason
+    assert tp.attached == {} and pm.list() == [] and pm.scope_provider.trackers == []
+
+
+def test_without_kubernetes_pod_selectors_are_refused_at_parse_time(env):
+    pm, tp, _ = env
+    with pytest.raises(PolicyError, match="podSelector is not supported yet"):
+        pm.add(scoped("p", TP), "p.yaml")
+    with pytest.raises(PolicyError) as ei:
+        pm.add(doc("h", "sys_enter_openat", extra="  hostSelector: {}\n"), "h.yaml")
+    assert ei.value.path == "spec.hostSelector" and "without the Kubernetes support" in ei.value.reason
+
+
+@pytest.mark.parametrize("value", ["{matchLabels: {a: b}}", "[]", "yes"])
+def test_host_selector_other_than_empty_or_null_is_refused(env, value):
+    pm, _, _ = env
+    pm.scope_provider, pm.scoping_supported = _Provider(), True
+    with pytest.raises(PolicyError) as ei:
+        pm.add(doc("h", "sys_enter_openat", extra=f"  hostSelector: {value}\n"), "h.yaml")
+    assert (ei.value.line, ei.value.path) == (6, "spec.hostSelector")
+    assert "hostSelector must be {} (the host's processes, outside every pod) or null" in ei.value.reason
+
+
+def test_host_selector_null_is_unset_and_empty_selects_the_host(env):
+    pm, tp, _ = env
+    pm.scope_provider, pm.scoping_supported = _Provider(), True
+    [p] = pm.parse(doc("h", "sys_enter_openat", extra="  hostSelector:\n"), "h.yaml")
+    assert not p.host_selector and not p.scoped
+    [p] = pm.parse(doc("h", "sys_enter_openat", extra="  hostSelector: {}\n"), "h.yaml")
+    assert p.host_selector and p.scoped
+
+
+def test_namespaced_policies_are_keyed_namespace_slash_name(env):
+    pm, _, lsm = env
+    type(lsm).supports_scope = True  # the table sensor stands in for a scoping sensor here
+    try:
+        lsm.set_scope_calls = []
+        pm.scope_provider, pm.scoping_supported = _Provider(), True
+        lsm_sec = "lsmhooks:\n  - {hook: file_open}"
+        assert pm.add(scoped("same", lsm_sec, "TracingPolicyNamespaced", "ns1")) == ["ns1/same"]
+        assert pm.add(scoped("same", lsm_sec, "TracingPolicyNamespaced", "ns2")) == ["ns2/same"]
+        assert pm.add(doc("same", lsm=("file_open",))) == ["same"]  # cluster-wide: its own key
+        assert sorted(r["key"] for r in pm.list()) == ["ns1/same", "ns2/same", "same"]
+        pm.delete("same")
+        with pytest.raises(PolicyNotFound) as ei:
+            pm.delete("same")
+        assert "namespace/name: ns1/same, ns2/same" in str(ei.value)
+        pm.delete("ns1/same")
+        assert [r["key"] for r in pm.list()] == ["ns2/same"]
+    finally:
+        del type(lsm).supports_scope
+
+
+def test_scope_updates_reach_every_section_and_failures_are_counted(env):
+    pm, _, lsm = env
+
+    class Handle:
+        def __init__(self, view):
+            self.view, self.scopes, self.fail = view, [view.scope], False
+
+        def status(self):
+            return {"hooks": [], "events": 0, "errors": 0, "kernel_memory_bytes": 0}
+
+        def set_mode(self, mode): ...
+
+        def unload(self):
+            self.unloaded = True
+
+        def set_scope(self, scope):
+            if self.fail:
+                raise OSError("map update failed")
+            self.scopes.append(scope)
+
+    handles = []
+    type(lsm).supports_scope = True
+    orig = lsm.load_policy
+    lsm.load_policy = lambda view: handles.append(Handle(view)) or handles[-1]
+    try:
+        prov = _Provider()
+        pm.scope_provider, pm.scoping_supported = prov, True
+        pm.add(scoped("p", "lsmhooks:\n  - {hook: file_open}"), "p.yaml")
+        [h] = handles
+        assert h.view.scope == Scope()  # no pod yet: nothing, never host-wide
+        s1 = Scope(host=True)
+        prov.push(s1)
+        assert h.scopes == [Scope(), s1]
+        h.fail = True
+        prov.push(Scope())
+        [row] = pm.list()
+        assert row["scope"]["errors"] == 1 and "map update failed" in row["scope"]["last_error"]
+        assert row["state"] == "enabled"
+        pm.disable("p")
+        assert prov.trackers[0].closed and getattr(h, "unloaded", False)
+        pm.enable("p")
+        assert len(prov.trackers) == 2 and not prov.trackers[1].closed
+        pm.delete("p")
+        assert prov.trackers[1].closed
+    finally:
+        lsm.load_policy = orig
+        del type(lsm).supports_scope
+
+
+@pytest.mark.kernel
+def test_a_real_sensor_follows_scope_updates_live(cgroup2_dir, tmp_path):
+    """The real kprobe sensor (raw_tp here) with a Sigkill on open of one file: out of scope nothing
+    happens, the cgroup joins the scope live and its process is killed, deleting the policy lifts it."""
+    from hook_helpers import Rig, scope_of
+    from sensorium.plugins import PluginRegistry
+    from sensorium_sensors.kprobe.sensor import KprobeSensor
+
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    rig = Rig(KprobeSensor)
+    try:
+        prov = _Provider()
+        pm = PolicyManager(PluginRegistry().discover(), {"kprobe": rig.sensor}, scope_provider=prov)
+        section = ("kprobes:\n  - call: sys_openat\n    syscall: true\n    args:\n    - {index: 0, type: int}\n"
+                   "    - {index: 1, type: string}\n    selectors:\n    - matchArgs:\n"
+                   f"      - {{index: 1, operator: Equal, values: [\"{secret}\"]}}\n"
+                   "      matchActions:\n      - {action: Sigkill}")
+        pm.add(scoped("kill-open", section), "k.yaml")
+        assert cgroup2_dir.run(["cat", str(secret)], capture_output=True).returncode == 0  # empty scope
+        prov.push(scope_of(cgroup2_dir))
+        assert cgroup2_dir.run(["cat", str(secret)], capture_output=True).returncode == -9
+        assert subprocess.run(["cat", str(secret)], capture_output=True).returncode == 0  # outside
+        [row] = pm.list()
+        assert row["scope"]["cgroups"] == 1 and row["scope"]["errors"] == 0
+        pm.delete("kill-open")
+        assert cgroup2_dir.run(["cat", str(secret)], capture_output=True).returncode == 0
+    finally:
+        rig.close()
