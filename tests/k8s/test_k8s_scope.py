@@ -201,3 +201,50 @@ def test_a_new_pods_cgroup_enters_the_scope_as_soon_as_it_is_created(api: Any, w
         assert windows[-1] < 1.0
     finally:
         t.close()
+
+
+@pytest.mark.slow
+def test_systemd_driver_layout_pod_and_container_cgroups(api: Any, watcher: Any, namespace: str,
+                                                         pod_cgroups: Any) -> None:
+    """The systemd cgroup driver's names (most real nodes, pure cgroup2): ``kubepods.slice/
+    kubepods-besteffort.slice/kubepods-besteffort-pod<u_i_d>.slice/cri-containerd-<id>.scope``, made here
+    as real cgroups: the pod's slice is found (and enters the scope when created), containerSelector picks
+    the container's scope, and kubepods.slice is a container root."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    body = {"metadata": {"name": "sd", "labels": {"app": "sd"}},
+            "spec": {"nodeName": watcher.node_name, "containers": [{"name": "main", "image": "x"}]}}
+    uid = core.create_namespaced_pod(namespace, body).metadata.uid
+    _wait(lambda: watcher.pod(uid), what="pod in the watcher")
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    made: list[str] = []
+    t = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="sd")), cgroups=pod_cgroups)
+    t2 = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="sd"),
+                                        container_selector=_sel(name="main")), cgroups=pod_cgroups)
+    try:
+        for hier, mnt in sorted(hierarchy_mounts().items()):
+            qos = os.path.join(mnt, "kubepods.slice", "kubepods-besteffort.slice")
+            pod_dir = os.path.join(qos, f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice")
+            os.makedirs(os.path.join(pod_dir, f"cri-containerd-{cid}.scope"))
+            made += [os.path.join(pod_dir, f"cri-containerd-{cid}.scope"), pod_dir, qos, os.path.dirname(qos)]
+        pods = {d for d in made if d.endswith(f"pod{uid.replace('-', '_')}.slice")}
+        _wait(lambda: {r.path for r in t.current().cgroups} == pods, timeout=5, what="the pod slices in the scope")
+        assert {r.path for r in t.current().container_roots} >= {os.path.join(m, "kubepods.slice")
+                                                                for m in hierarchy_mounts().values()}
+        assert t2.current().cgroups == ()  # the container's id is not in the status yet
+        assert t2.summary()["waiting"] == [f"{namespace}/sd"]
+        core.patch_namespaced_pod_status("sd", namespace, {"status": {"containerStatuses": [{
+            "name": "main", "containerID": f"containerd://{cid}", "image": "x", "imageID": "", "ready": True,
+            "restartCount": 0, "state": {"running": {}}}]}})
+        scopes = {d for d in made if d.endswith(".scope")}
+        _wait(lambda: {r.path for r in t2.current().cgroups} == scopes, timeout=5, what="the container scopes")
+    finally:
+        t.close()
+        t2.close()
+        core.delete_namespaced_pod("sd", namespace, grace_period_seconds=0)
+        for d in made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
