@@ -19,6 +19,7 @@ import ctypes
 import ipaddress
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -228,6 +229,7 @@ class NetGuard:
         self.scoped = scope is not None
         self._scope_map: ScopeMap | None = None
         self._links: dict[str, list[Any]] = {}   # cgroup directory -> its links (cgroup kind)
+        self._lock = threading.Lock()  # set_scope (the pod watcher's thread) against status and close
         self.reader: Any = None
 
     @property
@@ -238,7 +240,8 @@ class NetGuard:
 
     @property
     def attached_dirs(self) -> list[str]:
-        return sorted(self._links)
+        with self._lock:
+            return sorted(self._links)
 
     def load(self) -> None:
         """Load, fill maps (scope before anything attaches: a scoped program is never live unscoped), attach;
@@ -298,15 +301,16 @@ class NetGuard:
         if not self.scoped:
             raise ValueError("this policy was loaded host-wide: reload it with a scope")
         scope_entries(scope)  # ValueError before anything changes
-        if self.obj is None or self._scope_map is None:
-            raise ValueError("the policy is unloaded")
         want = attach_dirs(scope) if self.kind == "cgroup" else []
-        if self.kind == "cgroup":
-            self._attach(want)
-        self._scope_map.set(scope)
-        self.scope = scope
-        if self.kind == "cgroup":
-            self._detach([d for d in list(self._links) if d not in want])
+        with self._lock:
+            if self.obj is None or self._scope_map is None:
+                raise ValueError("the policy is unloaded")
+            if self.kind == "cgroup":
+                self._attach(want)
+            self._scope_map.set(scope)
+            self.scope = scope
+            if self.kind == "cgroup":
+                self._detach([d for d in list(self._links) if d not in want])
 
     def _write_config(self) -> None:
         m = self.obj.map("net_config")
@@ -344,10 +348,11 @@ class NetGuard:
         return {"matched": c.matched, "blocked": c.blocked, "dropped": c.dropped}
 
     def close(self) -> None:
-        self._links.clear()  # the object destroys its links on close
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
+        with self._lock:
+            self._links.clear()  # the object destroys its links on close
+            if self.obj is not None:
+                self.obj.close()
+                self.obj = None
 
 
 def decode_event(raw: bytes) -> dict[str, Any] | None:

@@ -166,9 +166,10 @@ class LsmPolicyHandle:
             self.scope = scope
 
     def unload(self) -> None:
-        if self._unloaded:
-            return
-        self._unloaded = True
+        with self._scope_lock:  # not while set_scope is moving attachments
+            if self._unloaded:
+                return
+            self._unloaded = True
         for r in self.fan_rules:
             try:
                 self.sensor.guard.remove_rule(r)
