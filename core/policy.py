@@ -688,6 +688,11 @@ def _known_owner_hint(key: str, registry: Any) -> str:
     return f"the {owner!r} sensor would serve it, but it is {state}"
 
 
+def _field_loc_of(path: str) -> tuple:
+    """``spec.podSelector.matchExpressions[0].values`` -> ``("spec", "podSelector", "matchExpressions", 0, "values")``."""
+    return tuple(int(i) if i else n for n, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path))
+
+
 def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> Policy:
     data = doc.data
     err = doc.error
@@ -759,6 +764,13 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     sel = LabelSelector.model_validate(value)
                 except ValidationError as exc:
                     raise _errors_from_pydantic(exc, doc, loc, LabelSelector) from None
+                from sensorium.k8s.scope import LabelSelector as _Selector  # the matcher's own rules
+
+                try:
+                    _Selector.parse(value, f"spec.{key}")
+                except ValueError as exc:
+                    where, _, why = str(exc).partition(": ")
+                    raise err(_field_loc_of(where), why) from None
                 if not scoping_supported:
                     raise err(loc, f"{key} is not supported yet: scoping policies to pods comes with the "
                                    "Kubernetes support; remove it to apply the policy to the whole host")

@@ -392,3 +392,13 @@ def test_a_real_sensor_follows_scope_updates_live(cgroup2_dir, tmp_path):
         assert cgroup2_dir.run(["cat", str(secret)], capture_output=True).returncode == 0
     finally:
         rig.close()
+
+
+def test_a_selector_the_matcher_cannot_use_is_refused_at_its_line(env):
+    pm, _, _ = env
+    pm.scope_provider, pm.scoping_supported = _Provider(), True
+    text = doc("p", "sys_enter_openat", extra="  podSelector:\n    matchExpressions:\n    - {key: app, operator: In}\n")
+    with pytest.raises(PolicyError) as ei:
+        pm.add(text, "p.yaml")
+    assert (ei.value.line, ei.value.path) == (8, "spec.podSelector.matchExpressions[0].values")
+    assert ei.value.reason == "In needs at least one value"
