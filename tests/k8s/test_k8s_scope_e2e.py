@@ -12,6 +12,7 @@ the block at once. The same through the CRD path, with a TracingPolicyNamespaced
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -227,3 +228,36 @@ def test_namespaced_policy_object_through_the_crd_path(agent: Callable[..., Any]
     finally:
         if not deleted:
             co.delete_namespaced_custom_object(GROUP, VERSION, ns, "tracingpoliciesnamespaced", "scoped")
+
+
+def test_host_selector_alone_applies_to_host_processes_only(agent: Callable[..., Any], kubelet: Any,
+                                                          kubeconfig: str, tmp_path: Any) -> None:
+    """``hostSelector: {}`` alone: a host process opening the file is killed, a pod's is not."""
+    import subprocess
+
+    from sensorium.api import ApiClient
+
+    ns = f"host-{uuid.uuid4().hex[:6]}"
+    secret = f"/tmp/secret-{uuid.uuid4().hex[:6]}"
+    with open(secret, "w") as f:  # before the policy: this open must not be the one killed
+        f.write("host-secret\n")
+    try:
+        pod = kubelet.run_pod(ns, "pod", {"app": "x"})
+        assert kubelet.exec(pod, "main", ["/bin/sh", "-c", f"echo pod-secret > {secret}.w && mv {secret}.w {secret}"])[0] == 0
+        h = agent(_agent_config(kubeconfig))
+        sock = h.config_path.parent / "api.sock"
+        text = policy_text("host-only", "unused", 1, secret).replace(
+            "  podSelector:\n    matchLabels:\n      app: unused\n", "  hostSelector: {}\n")
+        text = text[:text.index("  lsmhooks:")] + text[text.index("  kprobes:"):]
+        with ApiClient(sock) as c:
+            c.call("policy.add", {"text": text, "file": "host.yaml"})
+            [row] = [p for p in c.call("policy.list") if p["key"] == "host-only"]
+        assert row["scope"]["host"] and row["scope"]["pods"] == [] and row["scope"]["container_roots"] >= 1, row
+        assert subprocess.run(["cat", secret], capture_output=True).returncode == -9
+        code, out = _open(kubelet, pod, secret)
+        assert code == 0 and out.strip() == "pod-secret", (code, out)
+        with ApiClient(sock) as c:
+            c.call("policy.delete", {"name": "host-only"})
+        assert subprocess.run(["cat", secret], capture_output=True).returncode == 0
+    finally:
+        os.unlink(secret)
