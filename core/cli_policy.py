@@ -149,11 +149,13 @@ def register(cli_group: click.Group) -> None:
         logging.disable(logging.CRITICAL)
         reg = PluginRegistry().discover()
         try:
-            policies = parse_policies(Path(file).read_bytes(), file, reg)
+            # Selectors are validated too; whether an agent can serve them (Kubernetes on) is its business.
+            policies = parse_policies(Path(file).read_bytes(), file, reg, scoping_supported=True)
         except SourceError as exc:
             raise click.ClickException(str(exc)) from None
         for p in policies:
-            click.echo(f"{p.name}: valid ({', '.join(f'{s.key}: {len(s.items)}' for s in p.sections)}; {p.mode})")
+            scoped = "; scoped: needs an agent with Kubernetes" if p.scoped else ""
+            click.echo(f"{p.key}: valid ({', '.join(f'{s.key}: {len(s.items)}' for s in p.sections)}; {p.mode}{scoped})")
 
     @policy.command("delete")
     @click.argument("name")

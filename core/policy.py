@@ -772,8 +772,9 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     where, _, why = str(exc).partition(": ")
                     raise err(_field_loc_of(where), why) from None
                 if not scoping_supported:
-                    raise err(loc, f"{key} is not supported yet: scoping policies to pods comes with the "
-                                   "Kubernetes support; remove it to apply the policy to the whole host")
+                    raise err(loc, f"{key} is not supported yet by this agent: scoping policies to pods needs "
+                                   "its Kubernetes support (kubernetes.enabled in the agent config); remove it "
+                                   "to apply the policy to the whole host")
                 if key == "podSelector":
                     pod_sel = sel
                 else:
@@ -799,8 +800,9 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     if problems:
         raise _combine(problems, doc.file)
     if kind == "TracingPolicyNamespaced" and not scoping_supported:
-        raise err(("kind",), "TracingPolicyNamespaced is not supported yet: scoping policies to a namespace "
-                             "comes with the Kubernetes support; use kind TracingPolicy to apply it to the whole host")
+        raise err(("kind",), "TracingPolicyNamespaced is not supported yet by this agent: scoping policies to a "
+                             "namespace needs its Kubernetes support (kubernetes.enabled in the agent config); use "
+                             "kind TracingPolicy to apply it to the whole host")
     if not sections or not any(s.items for s in sections):
         raise err(("spec",), f"the policy has no hooks (give at least one of: {', '.join(sorted(owned)) or 'none installed'})")
     return Policy(name=name, kind=kind, api_version=api, namespace=namespace, sections=tuple(sections), mode=mode,
