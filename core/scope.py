@@ -22,6 +22,7 @@ def hierarchy_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
     """``{"cgroup2": mount point, "memory": mount point}`` for the hierarchies mounted here (either may be
     missing: no v1 memory controller on a pure cgroup2 host)."""
     out: dict[str, str] = {}
+    depth: dict[str, int] = {}
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
@@ -34,14 +35,19 @@ def hierarchy_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
         fields, rfields = left.split(), right.split()
         if len(fields) < 5 or len(rfields) < 3:
             continue
-        if fields[3] != "/":  # a bind mount of a sub-cgroup is not the hierarchy's root
+        # The hierarchy's root is "/"; seen from a private cgroup namespace (an agent in a pod, with the
+        # host's /sys/fs/cgroup mounted over its own) it is "/../..": the more "..", the higher up, and the
+        # one to use. A bind mount of a sub-cgroup ("/kubepods/...") is not the hierarchy's root.
+        parts = [p for p in fields[3].split("/") if p]
+        if any(p != ".." for p in parts):
             continue
         mnt = fields[4].replace("\\040", " ")
         fstype, opts = rfields[0], set(rfields[2].split(","))
-        if fstype == "cgroup2":
-            out.setdefault("cgroup2", mnt)
-        elif fstype == "cgroup" and "memory" in opts:
-            out.setdefault("memory", mnt)
+        hier = "cgroup2" if fstype == "cgroup2" else "memory" if fstype == "cgroup" and "memory" in opts else None
+        if hier is None:
+            continue
+        if hier not in out or len(parts) > depth[hier] or (len(parts) == depth[hier] and mnt == out[hier]):
+            out[hier], depth[hier] = mnt, len(parts)  # the same mount point again: the later one shadows
     return out
 
 
