@@ -248,3 +248,17 @@ def test_systemd_driver_layout_pod_and_container_cgroups(api: Any, watcher: Any,
                 os.rmdir(d)
             except OSError:
                 pass
+
+
+def test_hierarchy_mounts_seen_from_an_agent_pod(tmp_path: Any) -> None:
+    """In the agent's pod the host's /sys/fs/cgroup is mounted over the pod's own: from the pod's private
+    cgroup namespace the host hierarchy's root reads "/../..". That one is the hierarchy (the pod's own
+    mount is only its subtree, without kubepods); a bind of a sub-cgroup never is."""
+    mi = tmp_path / "mountinfo"
+    mi.write_text("30 25 0:26 / /run/own-cgroup rw,nosuid - cgroup2 cgroup2 rw\n"
+                  "40 25 0:26 /../../.. /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n"
+                  "41 25 0:27 /kubepods/besteffort /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    assert hierarchy_mounts(str(mi)) == {"cgroup2": "/sys/fs/cgroup"}
+    mi.write_text("30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate\n"
+                  "31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    assert hierarchy_mounts(str(mi)) == {"cgroup2": "/sys/fs/cgroup/unified", "memory": "/sys/fs/cgroup/memory"}
