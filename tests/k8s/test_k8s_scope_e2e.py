@@ -141,6 +141,14 @@ def _check_scoped_enforcement(h: Any, kubelet: Any, ns: str, label: str, port: i
               timeout=60, what=f"policy {key} loaded with pod A in its scope")
     assert r["scope"]["pods"] == [f"{ns}/pod-a"], r["scope"]
     print(f"scope: {r['scope']}")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).parent / "sensorium"
+    out = subprocess.run([str(cli), "policy", "list", "--socket", str(sock)], capture_output=True, text=True,
+                         timeout=30).stdout
+    assert key in out and f"scope: 1 pods ({ns}/pod-a), {r['scope']['cgroups']} cgroups" in out, out
 
     # Pod A: connect refused (EPERM), open kills the process.
     out = _connect(kubelet, a, port)
