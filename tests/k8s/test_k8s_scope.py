@@ -262,3 +262,28 @@ def test_hierarchy_mounts_seen_from_an_agent_pod(tmp_path: Any) -> None:
     mi.write_text("30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate\n"
                   "31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
     assert hierarchy_mounts(str(mi)) == {"cgroup2": "/sys/fs/cgroup/unified", "memory": "/sys/fs/cgroup/memory"}
+
+
+@pytest.mark.parametrize("kind,ns,extra,want", [
+    ("TracingPolicy", None, "  hostSelector: {}\n", dict(host=True, pods=False, namespace=None)),
+    ("TracingPolicy", None, "  hostSelector: {}\n  podSelector: {matchLabels: {app: a}}\n",
+     dict(host=True, pods=True, namespace=None)),
+    ("TracingPolicyNamespaced", "shop", "", dict(host=False, pods=True, namespace="shop")),
+    ("TracingPolicyNamespaced", "shop", "  hostSelector: {}\n", dict(host=True, pods=True, namespace="shop")),
+    ("TracingPolicy", None, "  containerSelector: {matchLabels: {name: main}}\n",
+     dict(host=False, pods=True, namespace=None)),
+])
+def test_what_a_policy_selects(kind: str, ns: str | None, extra: str, want: dict) -> None:
+    """Tetragon's meaning: hostSelector alone is the host only; with a pod selection (or a namespace), both."""
+    from sensorium.plugins import PluginRegistry
+    from sensorium.policy import parse_policy
+
+    meta = f"  name: p\n" + (f"  namespace: {ns}\n" if ns else "")
+    text = (f"apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n{meta}spec:\n{extra}"
+            "  tracepoints:\n  - {subsystem: syscalls, event: sys_enter_openat}\n")
+    p = parse_policy(text, "p.yaml", PluginRegistry().discover(), scoping_supported=True)
+    sc = PodScope.of_policy(p)
+    assert PodScope.wanted(p) and p.scoped
+    assert dict(host=sc.host, pods=sc.pods, namespace=sc.namespace) == want
+    if kind == "TracingPolicyNamespaced" and not extra:
+        assert sc.selects_pod("shop", {"any": "label"}) and not sc.selects_pod("other", {})
