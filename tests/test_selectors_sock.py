@@ -166,6 +166,28 @@ def test_sockaddr_operators(rig, cgroup2_dir, listeners, op: str, values: list[s
     assert set(got) == want and len(got) == len(want), (got, want)
 
 
+BAD_POINTER_CLIENT = """
+import ctypes, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+s = socket.socket()
+assert libc.connect(s.fileno(), ctypes.c_void_p(8), 16) == -1 and ctypes.get_errno() == 14  # EFAULT
+s.close()
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
+s.close()
+"""
+
+
+def test_unreadable_sockaddr_matches_no_operator_not_even_not(rig, cgroup2_dir, listeners) -> None:
+    rig.load(connect_policy("""    - matchArgs:
+      - {index: 1, operator: NotDAddr, values: ["10.0.0.0/8"]}
+"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+    r = cgroup2_dir.run([sys.executable, "-c", BAD_POINTER_CLIENT, str(listeners.b)], capture_output=True, text=True,
+                        timeout=60)
+    assert r.returncode == 0, r.stderr
+    evs = rig.events(lambda b: b.get("function_name") == "__x64_sys_connect", wait=1.5)
+    assert [e["args"][1]["sockaddr_arg"].get("port") for e in evs] == [listeners.b], evs
+
+
 def test_sigkill_on_dport_kills_only_that_connect_in_the_test_cgroup(rig, cgroup2_dir, listeners) -> None:
     rig.load(connect_policy(f"""    - matchArgs:
       - {{index: 1, operator: DPort, values: ["{listeners.a}"]}}

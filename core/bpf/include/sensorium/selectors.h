@@ -949,7 +949,7 @@ static __always_inline int sens_selector_match(struct sens_scratch *s, __u32 i, 
 			if (!sens_match_int(s->ival[a], sens_cfg.args[a].is_signed, m))
 				return 0;
 		} else if (sens_cfg.args[a].kind == SENS_ARG_SOCK) {
-			if (m->op < SENS_OP_SADDR)
+			if (m->op < SENS_OP_SADDR || s->len[a] != sizeof(struct sens_sock))
 				return 0;
 			if (!sens_match_sock((const struct sens_sock *)&s->data[s->off[a] & (SENS_DATA_MAX - 1)], m))
 				return 0;
@@ -1172,10 +1172,12 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 		}
 		if (d->kind == SENS_ARG_SOCK) {
 			raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
-			if (sens_capture_sock((struct sens_sock *)payload, raw, d->deref) < 0)
-				rec->flags |= SENS_ARGF_ERR;
 			rec->len = sizeof(struct sens_sock);
 			s->len[a] = sizeof(struct sens_sock);
+			if (sens_capture_sock((struct sens_sock *)payload, raw, d->deref) < 0) {
+				rec->flags |= SENS_ARGF_ERR;
+				s->len[a] = 0; /* unreadable: matches no socket operator, Not* included */
+			}
 			pos += sizeof(*rec) + sizeof(struct sens_sock);
 			continue;
 		}
