@@ -166,6 +166,36 @@ def test_sockaddr_operators(rig, cgroup2_dir, listeners, op: str, values: list[s
     assert set(got) == want and len(got) == len(want), (got, want)
 
 
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in sys.argv[1:]:
+    s.sendto(b"x", ("127.0.0.1", int(port)))
+"""
+
+
+def test_sendto_destination_selected_by_dport(rig, cgroup2_dir) -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    port, other_port = rx.getsockname()[1], other.getsockname()[1]
+    try:
+        rig.load(connect_policy(f"""    - matchArgs:
+      - {{index: 4, operator: DPort, values: ["{port}"]}}
+      - {{index: 4, operator: DAddr, values: ["127.0.0.0/8"]}}
+""", call="sys_sendto", index=4), "kprobes", cgroup_ids=[cgroup2_dir.id])
+        r = cgroup2_dir.run([sys.executable, "-c", UDP_CLIENT, str(other_port), str(port)], capture_output=True,
+                            text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        evs = rig.events(lambda b: b.get("function_name") == "__x64_sys_sendto", wait=1.5)
+        assert [e["args"][1]["sockaddr_arg"] for e in evs] == [{"family": "AF_INET", "addr": "127.0.0.1",
+                                                                 "port": port}], evs
+    finally:
+        rx.close()
+        other.close()
+
+
 BAD_POINTER_CLIENT = """
 import ctypes, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
