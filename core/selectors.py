@@ -29,7 +29,7 @@ __all__ = [
     "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "ACT_POST", "ACT_SIGKILL", "ACT_SIGNAL",
     "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY",
     "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
-    "DEREF_USER_SOCKADDR", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock",
+    "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock",
     "parse_sock_value",
 ]
 
@@ -52,7 +52,7 @@ ARG_INT, ARG_STR, ARG_BUF, ARG_SOCK = 1, 2, 3, 4
 FROM_CTX, FROM_RAW, FROM_SYSCALL, FROM_RETVAL = 1, 2, 3, 4
 (DEREF_NONE, DEREF_USER_STR, DEREF_KERNEL_STR, DEREF_DATALOC, DEREF_INLINE, DEREF_USER_BUF, DEREF_BINPRM,
  DEREF_FD_PATH) = range(8)
-DEREF_SOCK, DEREF_SOCKADDR, DEREF_USER_SOCKADDR = 10, 11, 12
+DEREF_SOCK, DEREF_SOCKADDR, DEREF_USER_SOCKADDR, DEREF_SKB = 10, 11, 12, 13
 OPS = {"Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6, "GT": 7, "LT": 8,
        "Mask": 9, "In": 10, "NotIn": 11, "SAddr": 12, "NotSAddr": 13, "DAddr": 14, "NotDAddr": 15, "SPort": 16,
        "NotSPort": 17, "DPort": 18, "NotDPort": 19, "Protocol": 20, "Family": 21}
@@ -77,8 +77,8 @@ INT_OPS = ("Equal", "NotEqual", "GT", "LT", "Mask")
 # and never a protocol). SOCKADDR_PEER_OPS: a syscall's sockaddr that is the peer (connect, sendto), where
 # DAddr/DPort name the same address as SAddr/SPort.
 SOCK_OPS = ("SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "SPortPriv",
-            "NotSPortPriv", "DPortPriv", "NotDPortPriv", "Protocol", "Family")
-SOCKADDR_OPS = ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "Family")
+            "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "Protocol", "Family")
+SOCKADDR_OPS = ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "NotSportPriv", "Family")
 SOCKADDR_PEER_OPS = SOCKADDR_OPS + ("DAddr", "NotDAddr", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv")
 
 
@@ -160,7 +160,7 @@ class SensSock(ctypes.Structure):
 
     _fields_ = [("family", ctypes.c_uint16), ("type", ctypes.c_uint16), ("protocol", ctypes.c_uint16),
                 ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16), ("state", ctypes.c_uint16),
-                ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16), ("pad", ctypes.c_uint32)]
+                ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16), ("len", ctypes.c_uint32)]
 
 
 RECORD_LAYOUTS: dict[str, type] = {"sens_hook_cfg": HookCfg, "sens_event": SensEvent,
@@ -183,12 +183,18 @@ def _addr_text(family: int, raw: bytes) -> str:
 
 
 def render_sock(key: str, data: bytes) -> dict[str, Any]:
-    """A ``struct sens_sock`` payload -> Tetragon's ``sock_arg`` (KprobeSock) or ``sockaddr_arg`` (KprobeSockaddr)
-    fields."""
+    """A ``struct sens_sock`` payload -> Tetragon's ``sock_arg`` (KprobeSock), ``sockaddr_arg`` (KprobeSockaddr) or
+    ``skb_arg`` (KprobeSkb) fields."""
     if len(data) < ctypes.sizeof(SensSock):
         return {"error": "undecodable"}
     k = SensSock.from_buffer_copy(data[:ctypes.sizeof(SensSock)])
     fam = k.family
+    if key == "skb_arg":
+        out0: dict[str, Any] = {"family": _FAMILY_NAMES.get(fam, str(fam)), "len": k.len}
+        if fam in (socket.AF_INET, socket.AF_INET6):
+            out0.update(saddr=_addr_text(fam, bytes(k.saddr)), daddr=_addr_text(fam, bytes(k.daddr)), sport=k.sport,
+                        dport=k.dport, proto=k.protocol, protocol=_PROTO_NAMES.get(k.protocol, str(k.protocol)))
+        return out0
     if key == "sockaddr_arg":
         out: dict[str, Any] = {"family": _FAMILY_NAMES.get(fam, str(fam))}
         if fam in (socket.AF_INET, socket.AF_INET6):

@@ -339,6 +339,8 @@ spec:
     for op, v in (("DAddr", "10.0.0.0/8"), ("NotDPort", "1:1023"), ("Protocol", "IPPROTO_TCP")):
         e = refused(rig, kf % ("tcp_connect", 0, "sock", 0, op, v))
         assert "does not apply" not in str(e)
+        e = refused(rig, kf % ("ip_output", 2, "skb", 2, op, v))
+        assert "does not apply" not in str(e) and "not supported" not in str(e), str(e)
 
 
 # ---- several matchBinaries entries (ANDed) ------------------------------------------------------------
@@ -441,3 +443,34 @@ def test_security_socket_connect_sockaddr_saddr_sport(rig, cgroup2_dir, listener
     evs = rig.events(lambda b: b.get("function_name") == "security_socket_connect", wait=3.0)
     assert [e["args"][0]["sockaddr_arg"] for e in evs] == \
         [{"family": "AF_INET", "addr": "127.0.0.2", "port": listeners.a}], evs
+
+
+UDP_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in sys.argv[1:]:
+    s.sendto(b"sensorium", ("127.0.0.1", int(port)))
+"""
+
+
+@pytest.mark.needs("fentry")
+def test_ip_output_skb_selected_by_dport_and_protocol(rig, cgroup2_dir) -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    port, other_port = rx.getsockname()[1], other.getsockname()[1]
+    try:
+        rig.load(KF_CONNECT % ("ip_output", 2, "skb", f"""      - {{index: 2, operator: DPort, values: ["{port}"]}}
+      - {{index: 2, operator: Protocol, values: ["IPPROTO_UDP"]}}
+      - {{index: 2, operator: DAddr, values: ["127.0.0.0/8"]}}"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+        r = cgroup2_dir.run([sys.executable, "-c", UDP_SEND, str(other_port), str(port)], capture_output=True,
+                            text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        evs = rig.events(lambda b: b.get("function_name") == "ip_output", wait=3.0)
+        skbs = [e["args"][0]["skb_arg"] for e in evs]
+        assert [(k["daddr"], k["dport"], k["protocol"]) for k in skbs] == [("127.0.0.1", port, "IPPROTO_UDP")], evs
+        assert skbs[0]["len"] == 20 + 8 + len(b"sensorium") and skbs[0]["family"] == "AF_INET"
+    finally:
+        rx.close()
+        other.close()

@@ -63,7 +63,7 @@ _POLICY_INTS: dict[str, tuple[int, bool]] = {
 # policy struct type -> the C parameter type it reads
 _STRUCT_ARGS = {"file": "struct file *", "path": "struct path *", "linux_binprm": "struct linux_binprm *",
                 "sock": "struct sock *", "dentry": "struct dentry *", "cred": "struct cred *",
-                "sockaddr": "struct sockaddr *"}
+                "sockaddr": "struct sockaddr *", "skb": "struct sk_buff *"}
 _AUTO = {v: k for k, v in _STRUCT_ARGS.items()}
 # Other spellings of a parameter type that the same reader serves (newer kernels pass connect/bind
 # addresses as struct sockaddr_unsized *).
@@ -219,6 +219,10 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                 # read in the kernel into a struct sens_sock: matched by SAddr/DAddr/SPort/DPort/Protocol/Family
                 plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SOCK,
                                  json_key="sock_arg", label=label, type_name=typ, sock_ops=S.SOCK_OPS)
+            elif typ == "skb":
+                # the packet's IP header and ports, read in the kernel: matched by the socket operators
+                plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SKB,
+                                 json_key="skb_arg", label=label, type_name=typ, sock_ops=S.SOCK_OPS)
             elif typ == "sockaddr":
                 plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SOCKADDR,
                                  json_key="sockaddr_arg", label=label, type_name=typ, sock_ops=S.SOCKADDR_OPS,
@@ -240,7 +244,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                                  json_key=f"{typ}_arg", label=label, type_name=typ)
         else:
             raise PolicyLoadError(hook, f"type {typ} is not supported on kernel functions yet (supported: integers, "
-                                        f"fd, string, file, path, dentry, linux_binprm, sock, sockaddr, cred)",
+                                        f"fd, string, file, path, dentry, linux_binprm, sock, sockaddr, skb, cred)",
                                   f"{field}.type")
         if a.index in positions:
             raise PolicyLoadError(hook, f"index {a.index} is declared twice", f"{field}.index")

@@ -76,6 +76,7 @@
 #define SENS_DEREF_SOCK 10       /* struct sock * (kernel): family, type, protocol, ports, addresses, state */
 #define SENS_DEREF_SOCKADDR 11   /* struct sockaddr * (kernel): family, address, port */
 #define SENS_DEREF_USER_SOCKADDR 12 /* struct sockaddr __user * (a syscall's address argument) */
+#define SENS_DEREF_SKB 13        /* struct sk_buff * (kernel): its IPv4/IPv6 header and TCP/UDP/SCTP ports */
 
 /* Operators */
 #define SENS_OP_EQ 1
@@ -270,7 +271,8 @@ struct sens_arg_rec {
 
 /* Payload of a SENS_ARG_SOCK argument (sensorium.selectors.SensSock). Ports in host order; addresses in
  * network order (IPv4 in the first 4 bytes). A sockaddr carries one address and port: it is stored as
- * both source and destination, and user space decides which operators may name it. */
+ * both source and destination, and user space decides which operators may name it. An skb's are those
+ * of its packet's headers, with its length in `len`. */
 struct sens_sock {
 	__u16 family;
 	__u16 type;
@@ -280,7 +282,7 @@ struct sens_sock {
 	__u16 state;
 	__u8 saddr[16];
 	__u8 daddr[16];
-	__u32 pad;
+	__u32 len; /* skb: the packet's length; 0 otherwise */
 };
 
 const volatile struct sens_hook_cfg sens_cfg = {};
@@ -1123,6 +1125,52 @@ static __always_inline int sens_read_sock(struct sens_sock *k, struct sock *sk)
 	return 0;
 }
 
+/* The packet headers of an skb into k: IPv4 or IPv6 (by the version nibble at the network header), the
+ * protocol (IPv6: the first next-header, extension headers are not walked), and the ports of TCP, UDP,
+ * UDP-Lite and SCTP. Wire offsets, not struct iphdr: they are fixed by the protocols, not by the kernel. */
+static __always_inline int sens_read_skb(struct sens_sock *k, struct sk_buff *skb)
+{
+	unsigned char *head;
+	__u16 nh, th;
+	__u8 vb = 0, proto = 0;
+	__u16 ports[2];
+
+	if (!skb)
+		return -1;
+	head = BPF_CORE_READ(skb, head);
+	nh = BPF_CORE_READ(skb, network_header);
+	th = BPF_CORE_READ(skb, transport_header);
+	k->len = BPF_CORE_READ(skb, len);
+	if (nh == 0xffff)
+		return 0; /* no network header yet */
+	if (bpf_probe_read_kernel(&vb, 1, head + nh) < 0)
+		return -1;
+	if ((vb >> 4) == 4) {
+		k->family = 2;
+		bpf_probe_read_kernel(&proto, 1, head + nh + 9);
+		bpf_probe_read_kernel(k->saddr, 4, head + nh + 12);
+		bpf_probe_read_kernel(k->daddr, 4, head + nh + 16);
+		if (th == 0xffff || th <= nh)
+			th = nh + (vb & 0xf) * 4;
+	} else if ((vb >> 4) == 6) {
+		k->family = 10;
+		bpf_probe_read_kernel(&proto, 1, head + nh + 6);
+		bpf_probe_read_kernel(k->saddr, 16, head + nh + 8);
+		bpf_probe_read_kernel(k->daddr, 16, head + nh + 24);
+		if (th == 0xffff || th <= nh)
+			th = nh + 40;
+	} else {
+		return 0;
+	}
+	k->protocol = proto;
+	if ((proto == 6 || proto == 17 || proto == 132 || proto == 136) &&
+	    bpf_probe_read_kernel(ports, 4, head + th) == 0) {
+		k->sport = bpf_ntohs(ports[0]);
+		k->dport = bpf_ntohs(ports[1]);
+	}
+	return 0;
+}
+
 /* A sock or sockaddr argument into k (a function of its own: one copy of the readers, and struct
  * sens_sock in the object's BTF for the layout check). Returns 0, or -1 if unreadable. */
 static __noinline int sens_capture_sock(struct sens_sock *k, __u64 raw, __u8 deref)
@@ -1132,6 +1180,8 @@ static __noinline int sens_capture_sock(struct sens_sock *k, __u64 raw, __u8 der
 	__builtin_memset(k, 0, sizeof(*k));
 	if (deref == SENS_DEREF_SOCK)
 		return sens_read_sock(k, (struct sock *)raw);
+	if (deref == SENS_DEREF_SKB)
+		return sens_read_skb(k, (struct sk_buff *)raw);
 	return sens_read_sockaddr(k, raw, deref == SENS_DEREF_USER_SOCKADDR);
 }
 
