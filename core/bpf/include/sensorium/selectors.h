@@ -849,9 +849,11 @@ static __always_inline __u64 sens_caps(struct task_struct *task, __u8 set)
 }
 
 /*
- * An address (16 bytes, network order; IPv4 in the first 4) of family `fam` against the CIDR value strs[vi]:
- * s[0..16) the network, s[16..32) its mask, len the family (2 or 10). A CIDR of the other family never
- * matches (an IPv4-mapped IPv6 address is matched by IPv6 CIDRs only).
+ * The source or destination address of k (16 bytes, network order; IPv4 in the first 4) against the CIDR
+ * value strs[vi]: s[0..16) the network, s[16..32) its mask, len the family (2 or 10). An IPv6 CIDR never
+ * matches an IPv4 address; an IPv4 CIDR matches an IPv4 address and an IPv4-mapped IPv6 one
+ * (::ffff:a.b.c.d, what a dual-stack socket connects to for an IPv4 peer): otherwise a rule on 10.0.0.0/8
+ * could be passed by the same connection made from an IPv6 socket.
  */
 static __always_inline int sens_addr_in(const struct sens_sock *k, int dst, __u32 vi)
 {
@@ -861,9 +863,13 @@ static __always_inline int sens_addr_in(const struct sens_sock *k, int dst, __u3
 	__u32 a[4];
 	int w;
 
-	if (v->len != k->family)
-		return 0;
 	__builtin_memcpy(a, dst ? k->daddr : k->saddr, 16);
+	if (v->len != k->family) {
+		if (!(v->len == 2 && k->family == 10 && a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff)))
+			return 0;
+		a[0] = a[3];
+		a[1] = a[2] = a[3] = 0;
+	}
 #pragma unroll
 	for (w = 0; w < 4; w++) {
 		if ((a[w] & mask[w]) != net[w])
