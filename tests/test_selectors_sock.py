@@ -482,3 +482,34 @@ def test_ip_output_skb_selected_by_dport_and_protocol(rig, cgroup2_dir) -> None:
     finally:
         rx.close()
         other.close()
+
+
+def test_follow_children_entry_anded_with_a_not_in_entry(rig, tmp_path: Path) -> None:
+    """In [mysh] followChildren AND NotIn [cat]: mysh's children are followed, except cat; head outside mysh
+    is not a descendant."""
+    files = {n: tmp_path / f"f-{n}" for n in ("cat", "head", "direct")}
+    for f in files.values():
+        f.write_text("f\n")
+    shell = tmp_path / "mysh"  # a binary of our own, so no ancestor of the test runner matches
+    shutil.copy("/bin/sh", shell)
+    cat, head = shutil.which("cat"), shutil.which("head")
+    rig.load(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: follow-and}}
+spec:
+  kprobes:
+  - call: sys_openat
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchArgs:
+      - {{index: 1, operator: Prefix, values: ["{tmp_path}/f-"]}}
+      matchBinaries:
+      - {{operator: In, values: ["{shell}"], followChildren: true}}
+      - {{operator: NotIn, values: ["{cat}", "{Path(cat).resolve()}"]}}
+""", "kprobes")
+    subprocess.run([head, str(files["direct"])], check=True, capture_output=True)  # not under mysh
+    subprocess.run([str(shell), "-c", f"{cat} {files['cat']}; {head} {files['head']}"], check=True,
+                   capture_output=True)
+    evs = rig.events(lambda b: any(a.startswith(f"{tmp_path}/f-") for a in string_args(b)), wait=2.0)
+    assert {a for e in evs for a in string_args(e)} == {str(files["head"])}, evs
