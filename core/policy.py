@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
 import typing
 from typing import Annotated, Any, ClassVar, Mapping, Sequence
@@ -69,10 +70,19 @@ TETRAGON_ARG_TYPES_UNSUPPORTED = (
 ARG_OPERATORS = (
     "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GT", "LT", "GreaterThan", "LessThan",
     "Mask", "SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "Protocol",
-    "Family",
+    "Family", "SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv",
 )
+# Socket operators: their values are checked here (CIDRs, ports and ranges, protocol/family names).
+ADDR_OPERATORS = ("SAddr", "NotSAddr", "DAddr", "NotDAddr")
+PORT_OPERATORS = ("SPort", "NotSPort", "DPort", "NotDPort")
+PRIV_PORT_OPERATORS = ("SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv")
+SOCK_FAMILIES = {"AF_UNSPEC": 0, "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16,
+                 "AF_PACKET": 17, "AF_VSOCK": 40, "AF_XDP": 44}
+SOCK_PROTOCOLS = {"IPPROTO_IP": 0, "IPPROTO_ICMP": 1, "IPPROTO_IGMP": 2, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17,
+                  "IPPROTO_IPV6": 41, "IPPROTO_GRE": 47, "IPPROTO_ICMPV6": 58, "IPPROTO_SCTP": 132,
+                  "IPPROTO_UDPLITE": 136, "IPPROTO_RAW": 255, "IPPROTO_MPTCP": 262}
 TETRAGON_ARG_OPERATORS_UNSUPPORTED = (
-    "SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "State", "InMap", "NotInMap",
+    "State", "InMap", "NotInMap",
     "CapabilitiesGained", "InRange", "NotInRange", "SubString", "SubStringIgnCase", "FileType", "NotFileType",
 )
 BINARY_OPERATORS = ("In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
@@ -230,6 +240,51 @@ class ArgSpec(PolicyModel):
 # --------------------------------------------------------------------------------------------------
 
 
+def _num_range(v: str, names: Mapping[str, int], what: str) -> tuple[int, int]:
+    """'443', '1000:2000' (inclusive; reversed ends are swapped, as Tetragon does) or a name -> (lo, hi)."""
+    text = str(v).strip()
+    if text in names:
+        return names[text], names[text]
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise ValueError(f"{what} {v!r}: a range is 'min:max'")
+    try:
+        nums = [int(p, 10) for p in parts]
+    except ValueError:
+        known = f" or one of {', '.join(sorted(names))}" if names else ""
+        raise ValueError(f"{what} {v!r} is not a number, a 'min:max' range{known}") from None
+    lo, hi = min(nums), max(nums)
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"{what} {v!r} is outside 0..65535")
+    return lo, hi
+
+
+def sock_value(op: str, v: Any) -> Any:
+    """One value of a socket operator, checked and converted for the kernel.
+
+    SAddr/DAddr (and Not*): an IPv4/IPv6 address or CIDR -> (family 2|10, network 16 bytes, mask 16 bytes),
+    network order, IPv4 in the first 4 bytes (host bits beyond the prefix are ignored, as Tetragon's
+    net.ParseCIDR does). SPort/DPort: a port or 'min:max' range -> (lo, hi). Protocol/Family: a number,
+    a range or a name (IPPROTO_TCP, AF_INET...) -> (lo, hi). ValueError says what is wrong."""
+    text = str(v).strip()
+    if op in ADDR_OPERATORS:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"address {v!r} is not an IPv4/IPv6 address or CIDR") from None
+        width = 4 if net.version == 4 else 16
+        raw_net = net.network_address.packed + bytes(16 - width)
+        raw_mask = net.netmask.packed + bytes(16 - width)
+        return (2 if net.version == 4 else 10), raw_net, raw_mask
+    if op in PORT_OPERATORS:
+        return _num_range(text, {}, "port")
+    if op == "Protocol":
+        return _num_range(text, SOCK_PROTOCOLS, "protocol")
+    if op == "Family":
+        return _num_range(text, SOCK_FAMILIES, "family")
+    raise ValueError(f"operator {op} is not a socket operator")
+
+
 class MatchArg(PolicyModel):
     """Compare one argument (``index``, or several with ``args``) against ``values`` with ``operator``."""
 
@@ -242,8 +297,19 @@ class MatchArg(PolicyModel):
     def _one_target(self) -> "MatchArg":
         if (self.index is None) == (self.args is None):
             raise PydanticCustomError("policy_value", "give exactly one of 'index' and 'args'")
+        if self.operator in PRIV_PORT_OPERATORS:
+            if self.values:
+                raise PydanticCustomError("policy_value", "operator {op} takes no values (it means ports 0:1023)",
+                                          {"op": self.operator})
+            return self
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
+        if self.operator in ADDR_OPERATORS + PORT_OPERATORS + ("Protocol", "Family"):
+            for i, v in enumerate(self.values):
+                try:
+                    sock_value(self.operator, v)
+                except ValueError as e:
+                    raise PydanticCustomError("policy_value", "values[{i}]: {why}", {"i": i, "why": str(e)}) from None
         if self.operator in ("GT", "LT", "GreaterThan", "LessThan") and len(self.values) != 1:
             raise PydanticCustomError("policy_value", "operator {op} takes exactly one value", {"op": self.operator})
         return self
@@ -921,5 +987,5 @@ __all__ = [
     "ArgSpec", "MatchArg", "MatchBinaries", "MatchPIDs", "MatchNamespaces", "MatchCapabilities", "MatchAction",
     "Selector", "HookSpec", "KProbeSpec", "KProbeIgnore", "TracepointSpec", "UProbeSpec", "LsmHookSpec",
     "LabelSelector", "Policy", "Section", "PolicyError", "parse_policy", "parse_policies", "SECTION_MODELS",
-    "CAPABILITIES",
+    "CAPABILITIES", "sock_value",
 ]

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import ipaddress
 import os
+import socket
 from typing import Any, Mapping, Sequence
 
 from sensorium.bpf.records import SensoriumHdr
-from sensorium.policy import CAPABILITIES
+from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS, sock_value as parse_sock_value
 
 __all__ = [
     "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "HookCfg", "SensEvent", "SensArgRec",
@@ -26,7 +28,9 @@ __all__ = [
     "FROM_SYSCALL", "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC",
     "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "ACT_POST", "ACT_SIGKILL", "ACT_SIGNAL",
     "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY",
-    "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums",
+    "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
+    "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock",
+    "parse_sock_value",
 ]
 
 # ---- mirrored constants (selectors.h) -------------------------------------------------------------
@@ -39,16 +43,22 @@ STR_MAX = 256
 MAX_NS = 4
 MAX_CAPS = 2
 MAX_PIDF = 2
+MAX_BINS = 4
 DATA_MAX = 2048
 
 REC_HOOK = 1
 HOOK_TP, HOOK_RAW_TP, HOOK_SYSCALL = 1, 2, 3
-ARG_INT, ARG_STR, ARG_BUF = 1, 2, 3
+ARG_INT, ARG_STR, ARG_BUF, ARG_SOCK = 1, 2, 3, 4
 FROM_CTX, FROM_RAW, FROM_SYSCALL, FROM_RETVAL = 1, 2, 3, 4
 (DEREF_NONE, DEREF_USER_STR, DEREF_KERNEL_STR, DEREF_DATALOC, DEREF_INLINE, DEREF_USER_BUF, DEREF_BINPRM,
  DEREF_FD_PATH) = range(8)
+DEREF_SOCK, DEREF_SOCKADDR, DEREF_USER_SOCKADDR, DEREF_SKB = 10, 11, 12, 13
 OPS = {"Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6, "GT": 7, "LT": 8,
-       "Mask": 9, "In": 10, "NotIn": 11}
+       "Mask": 9, "In": 10, "NotIn": 11, "SAddr": 12, "NotSAddr": 13, "DAddr": 14, "NotDAddr": 15, "SPort": 16,
+       "NotSPort": 17, "DPort": 18, "NotDPort": 19, "Protocol": 20, "Family": 21}
+# Tetragon's privileged-port operators: the range 0:1023, no values (compiled as SPort/DPort ...).
+PRIV_OPS = {"SPortPriv": "SPort", "NotSPortPriv": "NotSPort", "NotSportPriv": "NotSPort", "DPortPriv": "DPort",
+            "NotDPortPriv": "NotDPort"}
 ACT_POST, ACT_SIGKILL, ACT_SIGNAL = 1, 2, 4
 EV_MONITOR, EV_HAS_RET, EV_SIGNAL_ERR = 1, 2, 4
 ARGF_TRUNC, ARGF_ERR = 1, 2
@@ -63,6 +73,13 @@ RL_SCOPES = {"thread": 1, "process": 2, "global": 3}
 
 STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 INT_OPS = ("Equal", "NotEqual", "GT", "LT", "Mask")
+# Socket operators, per argument kind (Tetragon's rule: a sockaddr has one address and port, named SAddr/SPort
+# and never a protocol). SOCKADDR_PEER_OPS: a syscall's sockaddr that is the peer (connect, sendto), where
+# DAddr/DPort name the same address as SAddr/SPort.
+SOCK_OPS = ("SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "SPortPriv",
+            "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "Protocol", "Family")
+SOCKADDR_OPS = ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "NotSportPriv", "Family")
+SOCKADDR_PEER_OPS = SOCKADDR_OPS + ("DAddr", "NotDAddr", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv")
 
 
 # ---- ctypes mirrors -------------------------------------------------------------------------------
@@ -94,16 +111,20 @@ class SensMatchCaps(ctypes.Structure):
                 ("mask", ctypes.c_uint64)]
 
 
+class SensMatchBin(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_uint8), ("nvals", ctypes.c_uint8), ("follow", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8), ("str_first", ctypes.c_uint32)]
+
+
 class SensSelector(ctypes.Structure):
-    _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("bin_op", ctypes.c_uint8),
-                ("bin_nvals", ctypes.c_uint8), ("bin_follow", ctypes.c_uint8), ("npids", ctypes.c_uint8),
+    _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("nbins", ctypes.c_uint8),
+                ("pad1", ctypes.c_uint8 * 2), ("npids", ctypes.c_uint8),
                 ("pad0", ctypes.c_uint8 * 2), ("nns", ctypes.c_uint8),
                 ("ncaps", ctypes.c_uint8), ("actions", ctypes.c_uint8), ("signal", ctypes.c_uint8),
-                ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("bin_str_first", ctypes.c_uint32),
-                ("pad2", ctypes.c_uint32), ("rl_ns", ctypes.c_uint64),
+                ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("rl_ns", ctypes.c_uint64),
                 ("args", SensMatchArg * MAX_MATCH_ARGS), ("ret", SensMatchArg),
                 ("pids", SensMatchPids * MAX_PIDF), ("ns", SensMatchNs * MAX_NS),
-                ("caps", SensMatchCaps * MAX_CAPS)]
+                ("caps", SensMatchCaps * MAX_CAPS), ("bins", SensMatchBin * MAX_BINS)]
 
 
 class SensStr(ctypes.Structure):
@@ -133,8 +154,60 @@ class SensArgRec(ctypes.Structure):
                 ("pad", ctypes.c_uint32)]
 
 
+class SensSock(ctypes.Structure):
+    """``struct sens_sock``: the payload of a sock/sockaddr argument (ports host order, addresses network
+    order). A sockaddr's one address and port fill both the source and destination fields."""
+
+    _fields_ = [("family", ctypes.c_uint16), ("type", ctypes.c_uint16), ("protocol", ctypes.c_uint16),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16), ("state", ctypes.c_uint16),
+                ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16), ("len", ctypes.c_uint32)]
+
+
 RECORD_LAYOUTS: dict[str, type] = {"sens_hook_cfg": HookCfg, "sens_event": SensEvent,
-                                   "sens_selector": SensSelector, "sens_arg": SensArg}
+                                   "sens_selector": SensSelector, "sens_arg": SensArg, "sens_sock": SensSock,
+                                   "sens_match_bin": SensMatchBin}
+
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+_PROTO_NAMES = {v: k for k, v in SOCK_PROTOCOLS.items()}
+_FAMILY_NAMES = {0: "AF_UNSPEC", 1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET",
+                 40: "AF_VSOCK", 44: "AF_XDP"}
+_TCP_STATES = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TCP_FIN_WAIT1", 5: "TCP_FIN_WAIT2",
+               6: "TCP_TIME_WAIT", 7: "TCP_CLOSE", 8: "TCP_CLOSE_WAIT", 9: "TCP_LAST_ACK", 10: "TCP_LISTEN",
+               11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
+
+
+def _addr_text(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def render_sock(key: str, data: bytes) -> dict[str, Any]:
+    """A ``struct sens_sock`` payload -> Tetragon's ``sock_arg`` (KprobeSock), ``sockaddr_arg`` (KprobeSockaddr) or
+    ``skb_arg`` (KprobeSkb) fields."""
+    if len(data) < ctypes.sizeof(SensSock):
+        return {"error": "undecodable"}
+    k = SensSock.from_buffer_copy(data[:ctypes.sizeof(SensSock)])
+    fam = k.family
+    if key == "skb_arg":
+        out0: dict[str, Any] = {"family": _FAMILY_NAMES.get(fam, str(fam)), "len": k.len}
+        if fam in (socket.AF_INET, socket.AF_INET6):
+            out0.update(saddr=_addr_text(fam, bytes(k.saddr)), daddr=_addr_text(fam, bytes(k.daddr)), sport=k.sport,
+                        dport=k.dport, proto=k.protocol, protocol=_PROTO_NAMES.get(k.protocol, str(k.protocol)))
+        return out0
+    if key == "sockaddr_arg":
+        out: dict[str, Any] = {"family": _FAMILY_NAMES.get(fam, str(fam))}
+        if fam in (socket.AF_INET, socket.AF_INET6):
+            out.update(addr=_addr_text(fam, bytes(k.saddr)), port=k.sport)
+        return out
+    out = {"family": _FAMILY_NAMES.get(fam, str(fam)), "type": _SOCK_TYPES.get(k.type, str(k.type)),
+           "protocol": _PROTO_NAMES.get(k.protocol, str(k.protocol))}
+    if fam in (socket.AF_INET, socket.AF_INET6):
+        out.update(saddr=_addr_text(fam, bytes(k.saddr)), daddr=_addr_text(fam, bytes(k.daddr)), sport=k.sport,
+                   dport=k.dport)
+    if k.protocol == 6 and k.state in _TCP_STATES:
+        out["state"] = _TCP_STATES[k.state]
+    return out
 
 
 # ---- plans and results ----------------------------------------------------------------------------
@@ -155,6 +228,8 @@ class ArgPlan:
     FROM_RAW args index, FROM_SYSCALL parameter number). deref: how data is reached (DEREF_*).
     json_key: Tetragon's KprobeArgument field (int_arg, size_arg, string_arg, bytes_arg, ...).
     resolve: a path to make absolute (dirfd at dirfd_offset, else the cwd) and normalise in the kernel.
+    sock_ops: ARG_SOCK arguments: the socket operators that may name this argument; sock_ops_why says why
+    the others are refused (in the error message).
     """
 
     kind: int
@@ -171,6 +246,8 @@ class ArgPlan:
     label: str | None = None
     type_name: str = ""
     ret_fd: bool = False  # syscall evaluated at exit: the returned fd's file path replaces the string
+    sock_ops: tuple[str, ...] = ()
+    sock_ops_why: str = ""
 
 
 @dataclasses.dataclass
@@ -247,6 +324,12 @@ def _compile_match_arg(m: Any, arg_pos: int, plan: ArgPlan, out: SensMatchArg, s
     _values_limit(values, f"{field}.values")
     out.arg = arg_pos
     out.nvals = len(values)
+    if plan.kind == ARG_SOCK:
+        _compile_sock_op(op, values, plan, out, strings, field)
+        return
+    if op in OPS and OPS[op] >= OPS["SAddr"] or op in PRIV_OPS:
+        raise SelectorError(f"{field}.operator", f"operator {op} applies to sock and sockaddr arguments, not to "
+                                                 f"this {plan.type_name or 'non-socket'} argument")
     if plan.kind == ARG_INT:
         if op not in INT_OPS:
             raise SelectorError(f"{field}.operator", f"operator {op} does not apply to the integer argument "
@@ -260,6 +343,40 @@ def _compile_match_arg(m: Any, arg_pos: int, plan: ArgPlan, out: SensMatchArg, s
                                                      f"(type {plan.type_name}); use one of {', '.join(STRING_OPS)}")
         out.op = OPS[op]
         out.str_first = strings.add(values, f"{field}.values")
+
+
+def _compile_sock_op(op: str, values: Sequence[Any], plan: ArgPlan, out: SensMatchArg, strings: _Strings,
+                     field: str) -> None:
+    if op not in plan.sock_ops:
+        why = f" ({plan.sock_ops_why})" if plan.sock_ops_why else ""
+        raise SelectorError(f"{field}.operator", f"operator {op} does not apply to the {plan.type_name} argument{why}; "
+                                                 f"use one of {', '.join(plan.sock_ops)}")
+    if op in PRIV_OPS:
+        if values:
+            raise SelectorError(f"{field}.values", f"operator {op} takes no values (it means ports 0:1023)")
+        out.op, out.nvals = OPS[PRIV_OPS[op]], 1
+        out.vals[0] = 0 | 1023 << 16
+        return
+    out.op = OPS[op]
+    if op in ("SAddr", "NotSAddr", "DAddr", "NotDAddr"):
+        first = strings.add([""] * len(values), f"{field}.values")  # one string slot per CIDR
+        for i, v in enumerate(values):
+            try:
+                fam, net, mask = parse_sock_value(op, v)
+            except ValueError as e:
+                raise SelectorError(f"{field}.values[{i}]", str(e)) from None
+            slot = strings.cfg.strs[first + i]
+            slot.len = fam
+            raw = bytes(net) + bytes(mask)
+            ctypes.memmove(ctypes.addressof(slot) + SensStr.s.offset, raw, len(raw))
+        out.str_first = first
+        return
+    for i, v in enumerate(values):
+        try:
+            lo, hi = parse_sock_value(op, v)
+        except ValueError as e:
+            raise SelectorError(f"{field}.values[{i}]", str(e)) from None
+        out.vals[i] = lo | hi << 16
 
 
 def compile_hook(
@@ -334,20 +451,26 @@ def compile_hook(
             _compile_match_arg(rargs[0], 0, ret_plan, out.ret, strings, f"{base}.matchReturnArgs[0]")
             out.nret = 1
         bins = list(_g(sel, "matchBinaries") or [])
-        if len(bins) > 1:
-            raise SelectorError(f"{base}.matchBinaries", f"{len(bins)} entries: at most 1 in the kernel")
-        if bins:
-            b = bins[0]
+        if len(bins) > MAX_BINS:
+            raise SelectorError(f"{base}.matchBinaries", f"{len(bins)} entries: at most {MAX_BINS} in the kernel "
+                                                         f"(entries are ANDed)")
+        out.nbins = len(bins)
+        for bi, b in enumerate(bins):
+            bfield = f"{base}.matchBinaries[{bi}]"
             op, values = _g(b, "operator"), list(_g(b, "values") or [])
-            _values_limit(values, f"{base}.matchBinaries[0].values")
-            out.bin_op = OPS[op]
-            out.bin_nvals = len(values)
-            out.bin_str_first = strings.add(values, f"{base}.matchBinaries[0].values")
+            _values_limit(values, f"{bfield}.values")
+            ob = out.bins[bi]
+            ob.op = OPS[op]
+            ob.nvals = len(values)
+            ob.str_first = strings.add(values, f"{bfield}.values")
             if _g(b, "followChildren", False):
                 if op.startswith("Not"):
-                    raise SelectorError(f"{base}.matchBinaries[0].followChildren",
+                    raise SelectorError(f"{bfield}.followChildren",
                                         f"followChildren applies to In/Prefix/Postfix, not {op}")
-                out.bin_follow = 1
+                if si in follow_bins:
+                    raise SelectorError(f"{bfield}.followChildren",
+                                        "one matchBinaries entry with followChildren per selector in the kernel")
+                ob.follow = 1
                 follow_bins[si] = (op, tuple(values))
                 flags |= CFG_FOLLOW
             flags |= CFG_NEED_BINARY

@@ -26,7 +26,7 @@ EXTRA: list[tuple[str, str, list[str]]] = [
     ("sensorium_sensors.lsm.bpflsm", "probe_for",
      ["file_open", "bprm_check_security", "socket_connect", "task_kill", "file_permission", "path_unlink"]),
     ("sensorium_sensors.kprobe.kfunc", "kfunc_probe",
-     ["tcp_connect", "security_file_open", "do_sys_openat2", "commit_creds", "vfs_unlink"]),
+     ["tcp_connect", "security_file_open", "do_sys_openat2", "commit_creds", "vfs_unlink", "security_socket_connect", "ip_output"]),
 ]
 
 

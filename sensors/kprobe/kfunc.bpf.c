@@ -14,8 +14,10 @@
  * kf_prepare() rewrites the parameters whose type needs more than a pointer read (rodata kf_pre):
  *   KF_PRE_STR   a char * that may be a user pointer (do_sys_openat2's filename): copied into a
  *                per-CPU kernel buffer, so the engine's kernel-string read works for both;
- *   KF_PRE_SOCK  a struct sock *: family, type, protocol, ports and addresses, hex-encoded into the
- *                buffer (sensors/kprobe/kfunc.py decodes it into Tetragon's sock_arg).
+ *   KF_PRE_CRED  a struct cred *: ids and capability sets, hex-encoded into the buffer (kfunc.py decodes
+ *                it into Tetragon's process_credentials_arg).
+ * sock and sockaddr parameters need no preparation: the engine reads them itself (SENS_ARG_SOCK) and the
+ * socket operators (SAddr, DPort, Protocol...) match them in the kernel.
  */
 #include "vmlinux.h"
 #include "sensorium/common.h"
@@ -31,7 +33,7 @@ SENSORIUM_LICENSE("Dual BSD/GPL");
 #endif
 
 #define KF_PRE_STR 1
-#define KF_PRE_SOCK 2
+#define KF_PRE_SOCK 2 /* unused: sock arguments are SENS_ARG_SOCK */
 #define KF_PRE_DENTRY 3 /* struct dentry *: a struct path {NULL mnt, dentry}: walked to its filesystem root */
 #define KF_PRE_CRED 4   /* struct cred *: ids and capability sets, hex-encoded (kfunc.py: _CRED) */
 
@@ -53,46 +55,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kf_bufs);
 } kf_buf SEC(".maps");
-
-/* The sock summary, hex-encoded (kept in step with kfunc.py: _SOCK). */
-struct kf_sock {
-	__u16 family;
-	__u16 type;
-	__u16 protocol;
-	__u16 sport; /* host order */
-	__u16 dport; /* host order */
-	__u16 state;
-	__u8 saddr[16];
-	__u8 daddr[16];
-};
-
-static __always_inline void kf_sock_hex(char *out, struct sock *sk)
-{
-	struct kf_sock k = {};
-	const char hex[] = "0123456789abcdef";
-	__u8 *p = (__u8 *)&k;
-	int i;
-
-	k.family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	k.type = BPF_CORE_READ(sk, sk_type);
-	k.protocol = BPF_CORE_READ(sk, sk_protocol);
-	k.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	k.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	k.state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	if (k.family == 10 /* AF_INET6 */) {
-		BPF_CORE_READ_INTO(&k.saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(&k.daddr, sk, __sk_common.skc_v6_daddr);
-	} else {
-		BPF_CORE_READ_INTO((__u32 *)k.saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)k.daddr, sk, __sk_common.skc_daddr);
-	}
-#pragma unroll
-	for (i = 0; i < (int)sizeof(k); i++) {
-		out[2 * i] = hex[(p[i] >> 4) & 15];
-		out[2 * i + 1] = hex[p[i] & 15];
-	}
-	out[2 * sizeof(k)] = 0;
-}
 
 /* The cred summary, hex-encoded (kept in step with kfunc.py: _CRED). */
 struct kf_cred {
@@ -149,9 +111,6 @@ static __always_inline void kf_prepare(struct sens_scratch *s)
 				continue; /* a kernel string: the engine reads it */
 			if (bpf_probe_read_user_str(b->b[i], SENS_STR_MAX, (void *)s->raw[i]) < 0)
 				b->b[i][0] = 0;
-			s->raw[i] = (__u64)(long)b->b[i];
-		} else if (pre == KF_PRE_SOCK) {
-			kf_sock_hex(b->b[i], (struct sock *)s->raw[i]);
 			s->raw[i] = (__u64)(long)b->b[i];
 		} else if (pre == KF_PRE_DENTRY) {
 			struct path *pp = (struct path *)b->b[i];

@@ -11,13 +11,14 @@ before anything is loaded, on every kernel, then picks the mechanism from `Kerne
 
 Both run ``kfunc.bpf.c`` (one object per function), which feeds the shared selector engine
 (sensorium/selectors.h). `KfuncHookSet` loads and attaches those objects next to the engine's own
-syscall hooks; `sock_event_fixup` turns the kernel's hex sock summary into Tetragon's ``sock_arg``.
+syscall hooks; `sock_event_fixup` turns the kernel's hex cred summary into Tetragon's
+``process_credentials_arg`` (sock and sockaddr arguments are read and rendered by the engine itself).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
-import socket
 import struct
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +32,7 @@ __all__ = ["plan_kernel_function", "KfuncHookSet", "kfunc_probe", "sock_event_fi
            "KF_PRE_STR", "KF_PRE_SOCK"]
 
 HERE = Path(__file__).resolve().parent
-KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4
+KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4  # KF_PRE_SOCK: unused (sock args are ARG_SOCK)
 DEREF_FILE, DEREF_PATH = 8, 9  # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
 ACT_OVERRIDE = 8  # an actions bit the engine ignores and copies into the event (kfunc.bpf.c: fmod_ret)
 _EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event (selectors.h)
@@ -60,21 +61,20 @@ _POLICY_INTS: dict[str, tuple[int, bool]] = {
 }
 # policy struct type -> the C parameter type it reads
 _STRUCT_ARGS = {"file": "struct file *", "path": "struct path *", "linux_binprm": "struct linux_binprm *",
-                "sock": "struct sock *", "dentry": "struct dentry *", "cred": "struct cred *"}
+                "sock": "struct sock *", "dentry": "struct dentry *", "cred": "struct cred *",
+                "sockaddr": "struct sockaddr *", "skb": "struct sk_buff *"}
 _AUTO = {v: k for k, v in _STRUCT_ARGS.items()}
+# Other spellings of a parameter type that the same reader serves (newer kernels pass connect/bind
+# addresses as struct sockaddr_unsized *).
+_STRUCT_ALIASES = {"sockaddr": ("struct sockaddr_unsized *",)}
+_AUTO.update({alias: typ for typ, aliases in _STRUCT_ALIASES.items() for alias in aliases})
 
-# kf_sock in kfunc.bpf.c: family, type, protocol, sport, dport, state (u16 each), saddr[16], daddr[16]
+# struct sens_sock (selectors.h) without its tail padding: family, type, protocol, sport, dport, state (u16
+# each), saddr[16], daddr[16]
 _SOCK = struct.Struct("<HHHHHH16s16s")
 # kf_cred in kfunc.bpf.c: uid, gid, suid, sgid, euid, egid, fsuid, fsgid (u32), inheritable, permitted,
 # effective (u64)
 _CRED = struct.Struct("<8I3Q")
-_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
-_PROTOS = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 1: "IPPROTO_ICMP", 58: "IPPROTO_ICMPV6", 132: "IPPROTO_SCTP",
-           0: "IPPROTO_IP", 255: "IPPROTO_RAW", 262: "IPPROTO_MPTCP"}
-_FAMILIES = {2: "AF_INET", 10: "AF_INET6", 1: "AF_UNIX"}
-_TCP_STATES = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TCP_FIN_WAIT1", 5: "TCP_FIN_WAIT2",
-               6: "TCP_TIME_WAIT", 7: "TCP_CLOSE", 8: "TCP_CLOSE_WAIT", 9: "TCP_LAST_ACK", 10: "TCP_LISTEN",
-               11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
 
 
 def kfunc_probe(func: str) -> ProbeSource:
@@ -212,14 +212,26 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_KERNEL_STR,
                              json_key="string_arg", label=label, type_name=typ)
         elif typ in _STRUCT_ARGS:
-            if p.ctype != _STRUCT_ARGS[typ]:
+            if p.ctype != _STRUCT_ARGS[typ] and p.ctype not in _STRUCT_ALIASES.get(typ, ()):
                 raise PolicyLoadError(hook, mismatch + f" ({typ} reads a {_STRUCT_ARGS[typ]})", f"{field}.type")
-            if typ in ("sock", "cred"):
-                pre[a.index] = KF_PRE_SOCK if typ == "sock" else KF_PRE_CRED
-                sock_args.add(a.index)  # summaries: reported, not matched
+            if typ == "sock":
+                # read in the kernel into a struct sens_sock: matched by SAddr/DAddr/SPort/DPort/Protocol/Family
+                plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SOCK,
+                                 json_key="sock_arg", label=label, type_name=typ, sock_ops=S.SOCK_OPS)
+            elif typ == "skb":
+                # the packet's IP header and ports, read in the kernel: matched by the socket operators
+                plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SKB,
+                                 json_key="skb_arg", label=label, type_name=typ, sock_ops=S.SOCK_OPS)
+            elif typ == "sockaddr":
+                plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SOCKADDR,
+                                 json_key="sockaddr_arg", label=label, type_name=typ, sock_ops=S.SOCKADDR_OPS,
+                                 sock_ops_why="a sockaddr holds one address and port, which Tetragon names SAddr/"
+                                              "SPort whatever the direction, and no protocol")
+            elif typ == "cred":
+                pre[a.index] = KF_PRE_CRED
+                sock_args.add(a.index)  # a summary: reported, not matched
                 plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_KERNEL_STR,
-                                 json_key="sock_arg" if typ == "sock" else "process_credentials_arg", label=label,
-                                 type_name=typ)
+                                 json_key="process_credentials_arg", label=label, type_name=typ)
             elif typ == "dentry":
                 # a dentry knows no mount: its path is walked up to the root of its own filesystem
                 pre[a.index] = KF_PRE_DENTRY
@@ -231,7 +243,8 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                                  json_key=f"{typ}_arg", label=label, type_name=typ)
         else:
             raise PolicyLoadError(hook, f"type {typ} is not supported on kernel functions yet (supported: integers, "
-                                        f"fd, string, file, path, dentry, linux_binprm, sock, cred)", f"{field}.type")
+                                        f"fd, string, file, path, dentry, linux_binprm, sock, sockaddr, skb, cred)",
+                                  f"{field}.type")
         if a.index in positions:
             raise PolicyLoadError(hook, f"index {a.index} is declared twice", f"{field}.index")
         positions[a.index] = len(plans)
@@ -262,9 +275,8 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
         for mi, m in enumerate(getattr(sel, "matchArgs", None) or []):
             idxs = list(m.indexes) if hasattr(m, "indexes") else [m.index]
             if any(ix in sock_args for ix in idxs):
-                raise PolicyLoadError(hook, "matchArgs on a sock or cred argument (SAddr/DAddr/SPort/DPort...) is not "
-                                            "supported on kernel functions yet: it is reported, not matched",
-                                      f"{base}.selectors[{si}].matchArgs[{mi}]")
+                raise PolicyLoadError(hook, "matchArgs on a cred argument is not supported on kernel functions yet: it "
+                                            "is reported, not matched", f"{base}.selectors[{si}].matchArgs[{mi}]")
     at_exit = bool(item.return_)
     ret_plan = None
     if at_exit:
@@ -364,26 +376,16 @@ class KfuncHookSet(HookSet):
         self.register(plan)
 
 
-def _addr(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET6:
-        return socket.inet_ntop(socket.AF_INET6, raw)
-    return socket.inet_ntop(socket.AF_INET, raw[:4])
-
-
 def decode_sock(text: str) -> dict[str, Any] | None:
-    """The hex sock summary from kfunc.bpf.c -> Tetragon's KprobeSock fields (None if malformed)."""
+    """A hex-encoded ``struct sens_sock`` (its first 44 bytes at least) -> Tetragon's KprobeSock fields (None if
+    malformed). The engine renders sock arguments itself (`sensorium.selectors.render_sock`); this is the same
+    decoding for a summary passed around as text."""
     try:
         raw = bytes.fromhex(text[: 2 * _SOCK.size])
-        fam, typ, proto, sport, dport, state, saddr, daddr = _SOCK.unpack(raw)
+        _SOCK.unpack(raw)
     except (ValueError, struct.error):
         return None
-    out: dict[str, Any] = {"family": _FAMILIES.get(fam, str(fam)), "type": _SOCK_TYPES.get(typ, str(typ)),
-                           "protocol": _PROTOS.get(proto, str(proto))}
-    if fam in (socket.AF_INET, socket.AF_INET6):
-        out.update(saddr=_addr(fam, saddr), daddr=_addr(fam, daddr), sport=sport, dport=dport)
-    if proto == 6 and state in _TCP_STATES:
-        out["state"] = _TCP_STATES[state]
-    return out
+    return S.render_sock("sock_arg", raw.ljust(ctypes.sizeof(S.SensSock), b"\0"))
 
 
 def _cap_names(mask: int) -> list[str]:
@@ -404,7 +406,7 @@ def decode_cred(text: str) -> dict[str, Any] | None:
                                      "inheritable": _cap_names(inh)}}
 
 
-_DECODERS = {"sock_arg": decode_sock, "process_credentials_arg": decode_cred}
+_DECODERS = {"process_credentials_arg": decode_cred}
 
 
 def wrap_decode(ring: Any, decode: Any) -> Any:

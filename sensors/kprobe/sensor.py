@@ -51,6 +51,11 @@ OPENED_FD_SYSCALLS = frozenset({"open", "openat", "openat2", "creat"})
 
 _STRUCT_TYPES = ("file", "path", "dentry", "sock", "sockaddr", "skb", "cred", "linux_binprm", "syscall64")
 
+# Syscalls whose parameter is a struct sockaddr __user * the process filled in (read at sys_enter):
+# parameter -> whether it names the peer (connect/sendto: the destination, so DAddr/DPort may name it
+# as well as Tetragon's SAddr/SPort) or the local end (bind: SAddr/SPort only).
+SOCKADDR_PARAMS: dict[str, dict[int, bool]] = {"connect": {1: True}, "sendto": {4: True}, "bind": {1: False}}
+
 ARCH_PREFIX = {"x86_64": "__x64_"}
 
 
@@ -153,9 +158,26 @@ class KprobeSensor(HookSensor):
             elif typ == "fd":
                 plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_FD_PATH,
                                  json_key="file_arg", label=a.label, type_name=typ)
+            elif typ == "sockaddr":
+                peer = SOCKADDR_PARAMS.get(name, {}).get(a.index)
+                if peer is None:
+                    where = ", ".join(f"{sc} parameter {i}" for sc, ps in SOCKADDR_PARAMS.items() for i in ps)
+                    raise PolicyLoadError(hook, f"type sockaddr reads the address a process passes in ({where}); "
+                                                f"parameter {a.index} of {name} is not one (an output address, "
+                                                f"such as accept's, is only filled in when the call returns)",
+                                          f"{field}.type")
+                plan = S.ArgPlan(
+                    kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_SOCKADDR,
+                    json_key="sockaddr_arg", label=a.label, type_name=typ,
+                    sock_ops=S.SOCKADDR_PEER_OPS if peer else S.SOCKADDR_OPS,
+                    sock_ops_why=(f"{name}'s address is the peer: SAddr/SPort (Tetragon's names for a sockaddr's "
+                                  f"one address) and DAddr/DPort both match it; it has no protocol") if peer else
+                                 (f"{name}'s address is the local one: SAddr/SPort match it; it has no "
+                                  f"protocol"))
             elif typ in _STRUCT_TYPES:
                 raise PolicyLoadError(hook, f"type {typ} is a kernel structure; a syscall parameter is a user value "
-                                            f"(use int, string, char_buf or fd)", f"{field}.type")
+                                            f"(use int, string, char_buf, fd, or sockaddr for the address passed "
+                                            f"to connect, bind or sendto)", f"{field}.type")
             else:
                 raise PolicyLoadError(hook, f"type {typ} is not supported for syscall hooks", f"{field}.type")
             positions[a.index] = len(plans)

@@ -232,6 +232,8 @@ def _render_bytes(ap: S.ArgPlan, data: bytes, flags: int) -> dict[str, Any]:
         out: dict[str, Any] = {key: base64.b64encode(data).decode()}
         if flags & S.ARGF_TRUNC:
             out = {"truncated_bytes_arg": {"bytes_arg": out[key], "orig_size": None}}
+    elif key in ("sock_arg", "sockaddr_arg", "skb_arg"):  # a struct sens_sock (S.ARG_SOCK)
+        out = {key: S.render_sock(key, data)}
     else:
         text = data.decode("utf-8", "backslashreplace")
         if key in ("file_arg", "path_arg", "linux_binprm_arg"):

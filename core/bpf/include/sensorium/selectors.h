@@ -26,6 +26,7 @@
 
 #include "sensorium/common.h"
 #include "sensorium/scope.h"
+#include <bpf/bpf_endian.h>
 
 /* Limits: mirrored in sensorium.selectors (checked before load, with the limit in the message). */
 #define SENS_MAX_ARGS 6
@@ -37,6 +38,7 @@
 #define SENS_MAX_NS 4
 #define SENS_MAX_CAPS 2
 #define SENS_MAX_PIDF 2 /* matchPIDs entries per selector */
+#define SENS_MAX_BINS 4 /* matchBinaries entries per selector (ANDed) */
 #define SENS_DATA_MAX 2048 /* argument bytes in one event record */
 #define SENS_PATH_DEPTH 32 /* components of an in-kernel path walk */
 
@@ -53,6 +55,7 @@
 #define SENS_ARG_INT 1
 #define SENS_ARG_STR 2
 #define SENS_ARG_BUF 3
+#define SENS_ARG_SOCK 4 /* a struct sens_sock summary (sock or sockaddr): matched by the socket operators */
 
 /* Where the raw value of an argument is */
 #define SENS_FROM_CTX 1     /* tracepoint record at byte `offset` */
@@ -71,6 +74,10 @@
 #define SENS_DEREF_FD_PATH 7     /* an fd of the current task: its file's path */
 #define SENS_DEREF_FILE 8        /* struct file *: its path (lsm/kprobe arguments) */
 #define SENS_DEREF_PATH 9        /* struct path *: the path (lsm/kprobe arguments) */
+#define SENS_DEREF_SOCK 10       /* struct sock * (kernel): family, type, protocol, ports, addresses, state */
+#define SENS_DEREF_SOCKADDR 11   /* struct sockaddr * (kernel): family, address, port */
+#define SENS_DEREF_USER_SOCKADDR 12 /* struct sockaddr __user * (a syscall's address argument) */
+#define SENS_DEREF_SKB 13        /* struct sk_buff * (kernel): its IPv4/IPv6 header and TCP/UDP/SCTP ports */
 
 /* Operators */
 #define SENS_OP_EQ 1
@@ -84,6 +91,18 @@
 #define SENS_OP_MASK 9
 #define SENS_OP_IN 10
 #define SENS_OP_NOTIN 11
+/* Socket operators (SENS_ARG_SOCK arguments). Addresses: values are CIDRs in strs[] (see sens_addr_in);
+ * ports, protocol, family: vals[k] = lo | hi << 16, an inclusive range. "Not": none of the values. */
+#define SENS_OP_SADDR 12
+#define SENS_OP_NOTSADDR 13
+#define SENS_OP_DADDR 14
+#define SENS_OP_NOTDADDR 15
+#define SENS_OP_SPORT 16
+#define SENS_OP_NOTSPORT 17
+#define SENS_OP_DPORT 18
+#define SENS_OP_NOTDPORT 19
+#define SENS_OP_PROTOCOL 20
+#define SENS_OP_FAMILY 21
 
 /* Actions (bit set in sens_selector.actions) */
 #define SENS_ACT_POST 1
@@ -179,12 +198,20 @@ struct sens_match_caps {
 	__u64 mask;
 };
 
+/* One matchBinaries entry: the executable's path against strs[str_first .. str_first + nvals) */
+struct sens_match_bin {
+	__u8 op;
+	__u8 nvals;
+	__u8 follow; /* followChildren: a descendant of a matching process matches (at most one per selector) */
+	__u8 pad;
+	__u32 str_first;
+};
+
 struct sens_selector {
 	__u8 nargs;
 	__u8 nret;
-	__u8 bin_op;    /* 0: no matchBinaries */
-	__u8 bin_nvals;
-	__u8 bin_follow;
+	__u8 nbins;     /* matchBinaries entries (ANDed) */
+	__u8 pad1[2];
 	__u8 npids;     /* matchPIDs entries (ANDed) */
 	__u8 pad0[2];
 	__u8 nns;
@@ -193,14 +220,13 @@ struct sens_selector {
 	__u8 signal;
 	__u8 rl_scope;
 	__u8 pad[3];
-	__u32 bin_str_first;
-	__u32 pad2;
 	__u64 rl_ns; /* rate limit interval, 0: none */
 	struct sens_match_arg args[SENS_MAX_MATCH_ARGS];
 	struct sens_match_arg ret;
 	struct sens_match_pids pids[SENS_MAX_PIDF];
 	struct sens_match_ns ns[SENS_MAX_NS];
 	struct sens_match_caps caps[SENS_MAX_CAPS];
+	struct sens_match_bin bins[SENS_MAX_BINS];
 };
 
 struct sens_str {
@@ -242,6 +268,22 @@ struct sens_arg_rec {
 	__u8 flags;
 	__u16 len;
 	__u32 pad;
+};
+
+/* Payload of a SENS_ARG_SOCK argument (sensorium.selectors.SensSock). Ports in host order; addresses in
+ * network order (IPv4 in the first 4 bytes). A sockaddr carries one address and port: it is stored as
+ * both source and destination, and user space decides which operators may name it. An skb's are those
+ * of its packet's headers, with its length in `len`. */
+struct sens_sock {
+	__u16 family;
+	__u16 type;
+	__u16 protocol;
+	__u16 sport;
+	__u16 dport;
+	__u16 state;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 len; /* skb: the packet's length; 0 otherwise */
 };
 
 const volatile struct sens_hook_cfg sens_cfg = {};
@@ -802,6 +844,77 @@ static __always_inline __u64 sens_caps(struct task_struct *task, __u8 set)
 	return v;
 }
 
+/*
+ * The source or destination address of k (16 bytes, network order; IPv4 in the first 4) against the CIDR
+ * value strs[vi]: s[0..16) the network, s[16..32) its mask, len the family (2 or 10). An IPv6 CIDR never
+ * matches an IPv4 address; an IPv4 CIDR matches an IPv4 address and an IPv4-mapped IPv6 one
+ * (::ffff:a.b.c.d, what a dual-stack socket connects to for an IPv4 peer): otherwise a rule on 10.0.0.0/8
+ * could be passed by the same connection made from an IPv6 socket.
+ */
+static __always_inline int sens_addr_in(const struct sens_sock *k, int dst, __u32 vi)
+{
+	const volatile struct sens_str *v = &sens_cfg.strs[vi & (SENS_MAX_STRINGS - 1)];
+	const volatile __u32 *net = (const volatile __u32 *)&v->s[0];
+	const volatile __u32 *mask = (const volatile __u32 *)&v->s[16];
+	__u32 a[4];
+	int w;
+
+	__builtin_memcpy(a, dst ? k->daddr : k->saddr, 16);
+	if (v->len != k->family) {
+		if (!(v->len == 2 && k->family == 10 && a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff)))
+			return 0;
+		a[0] = a[3];
+		a[1] = a[2] = a[3] = 0;
+	}
+#pragma unroll
+	for (w = 0; w < 4; w++) {
+		if ((a[w] & mask[w]) != net[w])
+			return 0;
+	}
+	return 1;
+}
+
+/* A socket operator on a SENS_ARG_SOCK argument. */
+static __always_inline int sens_match_sock(const struct sens_sock *k, const volatile struct sens_match_arg *m)
+{
+	__u8 op = m->op;
+	int neg = op == SENS_OP_NOTSADDR || op == SENS_OP_NOTDADDR || op == SENS_OP_NOTSPORT || op == SENS_OP_NOTDPORT;
+	__u32 q;
+
+	if (op >= SENS_OP_SADDR && op <= SENS_OP_NOTDADDR) {
+		int dst = op == SENS_OP_DADDR || op == SENS_OP_NOTDADDR;
+
+		for (q = 0; q < SENS_MAX_VALUES; q++) {
+			if (q >= m->nvals)
+				break;
+			if (sens_addr_in(k, dst, m->str_first + q))
+				return !neg;
+		}
+		return neg;
+	}
+	__u16 v;
+
+	if (op == SENS_OP_SPORT || op == SENS_OP_NOTSPORT)
+		v = k->sport;
+	else if (op == SENS_OP_DPORT || op == SENS_OP_NOTDPORT)
+		v = k->dport;
+	else if (op == SENS_OP_PROTOCOL)
+		v = k->protocol;
+	else if (op == SENS_OP_FAMILY)
+		v = k->family;
+	else
+		return 0;
+	for (q = 0; q < SENS_MAX_VALUES; q++) {
+		if (q >= m->nvals)
+			break;
+		__u64 r = m->vals[q];
+
+		if (v >= (r & 0xffff) && v <= ((r >> 16) & 0xffff))
+			return !neg;
+	}
+	return neg;
+}
+
 /* Does selector `i` match the captured event? */
 static __always_inline int sens_selector_match(struct sens_scratch *s, __u32 i, struct task_struct *task)
 {
@@ -838,6 +951,11 @@ static __always_inline int sens_selector_match(struct sens_scratch *s, __u32 i, 
 			return 0;
 		if (sens_cfg.args[a].kind == SENS_ARG_INT) {
 			if (!sens_match_int(s->ival[a], sens_cfg.args[a].is_signed, m))
+				return 0;
+		} else if (sens_cfg.args[a].kind == SENS_ARG_SOCK) {
+			if (m->op < SENS_OP_SADDR || s->len[a] != sizeof(struct sens_sock))
+				return 0;
+			if (!sens_match_sock((const struct sens_sock *)&s->data[s->off[a] & (SENS_DATA_MAX - 1)], m))
 				return 0;
 		} else {
 			__u32 off = s->off[a] & (SENS_DATA_MAX - 1);
@@ -881,7 +999,11 @@ static __always_inline int sens_selector_match(struct sens_scratch *s, __u32 i, 
 		if ((m->op == SENS_OP_IN) != any)
 			return 0;
 	}
-	if (sel->bin_op) {
+	/* matchBinaries entries are ANDed (e.g. Prefix /usr/bin/ and NotIn /usr/bin/cat) */
+	for (k = 0; k < SENS_MAX_BINS; k++) {
+		if (k >= sel->nbins)
+			break;
+		const volatile struct sens_match_bin *b = &sel->bins[k];
 		int ok;
 
 		if (!s->bin_ok) {
@@ -890,9 +1012,9 @@ static __always_inline int sens_selector_match(struct sens_scratch *s, __u32 i, 
 			s->bin_ok = 1;
 		}
 		ok = sens_match_str_op(s, (const __u8 *)s->bin.path, s->bin.len & (SENS_STR_MAX - 1),
-				       sel->bin_str_first, sel->bin_nvals, sel->bin_op);
+				       b->str_first, b->nvals, b->op);
 		/* followChildren: a descendant of a matching process matches too (In/Prefix/Postfix only) */
-		if (!ok && sel->bin_follow)
+		if (!ok && b->follow)
 			ok = (s->follow & (1u << i)) != 0;
 		if (!ok)
 			return 0;
@@ -946,6 +1068,125 @@ static __always_inline __u64 sens_raw_value(void *ctx, struct sens_scratch *s, _
 	return v;
 }
 
+/* Read a sockaddr (kernel or user pointer) into k: family, and for AF_INET/AF_INET6 the address and port,
+ * stored as both source and destination (see struct sens_sock). Returns 0, or -1 if unreadable. */
+static __always_inline int sens_read_sockaddr(struct sens_sock *k, __u64 ptr, int user)
+{
+	struct {
+		__u16 family;
+		__u16 port; /* network order */
+		__u32 flow_or_addr4;
+		__u8 addr6[16];
+		__u32 scope;
+	} sa = {};
+	long err;
+
+	/* sockaddr_in is 16 bytes, sockaddr_in6 28: read the short form first (a 28-byte read of an
+	 * IPv4 address at the end of a page would fail) */
+	err = user ? bpf_probe_read_user(&sa, 16, (void *)ptr) : bpf_probe_read_kernel(&sa, 16, (void *)ptr);
+	if (err < 0)
+		err = user ? bpf_probe_read_user(&sa, 2, (void *)ptr) : bpf_probe_read_kernel(&sa, 2, (void *)ptr);
+	if (err < 0)
+		return -1;
+	k->family = sa.family;
+	if (sa.family == 2 /* AF_INET */) {
+		__builtin_memcpy(k->saddr, &sa.flow_or_addr4, 4);
+		__builtin_memcpy(k->daddr, &sa.flow_or_addr4, 4);
+	} else if (sa.family == 10 /* AF_INET6 */) {
+		err = user ? bpf_probe_read_user(&sa, 28, (void *)ptr) : bpf_probe_read_kernel(&sa, 28, (void *)ptr);
+		if (err < 0)
+			return -1;
+		__builtin_memcpy(k->saddr, sa.addr6, 16);
+		__builtin_memcpy(k->daddr, sa.addr6, 16);
+	} else {
+		return 0;
+	}
+	k->sport = bpf_ntohs(sa.port);
+	k->dport = k->sport;
+	return 0;
+}
+
+/* A struct sock (kernel pointer) into k. Returns 0, or -1 for a NULL sock. */
+static __always_inline int sens_read_sock(struct sens_sock *k, struct sock *sk)
+{
+	if (!sk)
+		return -1;
+	k->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	k->type = BPF_CORE_READ(sk, sk_type);
+	k->protocol = BPF_CORE_READ(sk, sk_protocol);
+	k->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (k->family == 10 /* AF_INET6 */) {
+		BPF_CORE_READ_INTO(&k->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&k->daddr, sk, __sk_common.skc_v6_daddr);
+	} else if (k->family == 2 /* AF_INET */) {
+		BPF_CORE_READ_INTO((__u32 *)k->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)k->daddr, sk, __sk_common.skc_daddr);
+	}
+	return 0;
+}
+
+/* The packet headers of an skb into k: IPv4 or IPv6 (by the version nibble at the network header), the
+ * protocol (IPv6: the first next-header, extension headers are not walked), and the ports of TCP, UDP,
+ * UDP-Lite and SCTP. Wire offsets, not struct iphdr: they are fixed by the protocols, not by the kernel. */
+static __always_inline int sens_read_skb(struct sens_sock *k, struct sk_buff *skb)
+{
+	unsigned char *head;
+	__u16 nh, th;
+	__u8 vb = 0, proto = 0;
+	__u16 ports[2];
+
+	if (!skb)
+		return -1;
+	head = BPF_CORE_READ(skb, head);
+	nh = BPF_CORE_READ(skb, network_header);
+	th = BPF_CORE_READ(skb, transport_header);
+	k->len = BPF_CORE_READ(skb, len);
+	if (nh == 0xffff)
+		return 0; /* no network header yet */
+	if (bpf_probe_read_kernel(&vb, 1, head + nh) < 0)
+		return -1;
+	if ((vb >> 4) == 4) {
+		k->family = 2;
+		bpf_probe_read_kernel(&proto, 1, head + nh + 9);
+		bpf_probe_read_kernel(k->saddr, 4, head + nh + 12);
+		bpf_probe_read_kernel(k->daddr, 4, head + nh + 16);
+		if (th == 0xffff || th <= nh)
+			th = nh + (vb & 0xf) * 4;
+	} else if ((vb >> 4) == 6) {
+		k->family = 10;
+		bpf_probe_read_kernel(&proto, 1, head + nh + 6);
+		bpf_probe_read_kernel(k->saddr, 16, head + nh + 8);
+		bpf_probe_read_kernel(k->daddr, 16, head + nh + 24);
+		if (th == 0xffff || th <= nh)
+			th = nh + 40;
+	} else {
+		return 0;
+	}
+	k->protocol = proto;
+	if ((proto == 6 || proto == 17 || proto == 132 || proto == 136) &&
+	    bpf_probe_read_kernel(ports, 4, head + th) == 0) {
+		k->sport = bpf_ntohs(ports[0]);
+		k->dport = bpf_ntohs(ports[1]);
+	}
+	return 0;
+}
+
+/* A sock or sockaddr argument into k (a function of its own: one copy of the readers, and struct
+ * sens_sock in the object's BTF for the layout check). Returns 0, or -1 if unreadable. */
+static __noinline int sens_capture_sock(struct sens_sock *k, __u64 raw, __u8 deref)
+{
+	if (!k)
+		return -1;
+	__builtin_memset(k, 0, sizeof(*k));
+	if (deref == SENS_DEREF_SOCK)
+		return sens_read_sock(k, (struct sock *)raw);
+	if (deref == SENS_DEREF_SKB)
+		return sens_read_skb(k, (struct sk_buff *)raw);
+	return sens_read_sockaddr(k, raw, deref == SENS_DEREF_USER_SOCKADDR);
+}
+
 /* Capture every configured argument into s->data; returns the data length. */
 static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 {
@@ -979,6 +1220,17 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 			rec->len = 8;
 			s->len[a] = 8;
 			pos += sizeof(*rec) + 8;
+			continue;
+		}
+		if (d->kind == SENS_ARG_SOCK) {
+			raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
+			rec->len = sizeof(struct sens_sock);
+			s->len[a] = sizeof(struct sens_sock);
+			if (sens_capture_sock((struct sens_sock *)payload, raw, d->deref) < 0) {
+				rec->flags |= SENS_ARGF_ERR;
+				s->len[a] = 0; /* unreadable: matches no socket operator, Not* included */
+			}
+			pos += sizeof(*rec) + sizeof(struct sens_sock);
 			continue;
 		}
 		__u32 max = d->max;
@@ -1450,17 +1702,24 @@ int BPF_PROG(sens_fork, struct task_struct *parent, struct task_struct *child)
 			break;
 		const volatile struct sens_selector *sel = &sens_cfg.sel[i];
 
-		if (sel->bin_op && sel->bin_follow && !(bits & (1u << i))) {
+		__u32 q;
+
+		for (q = 0; q < SENS_MAX_BINS; q++) {
+			if (q >= sel->nbins)
+				break;
+			const volatile struct sens_match_bin *b = &sel->bins[q];
+
+			if (!b->follow || (bits & (1u << i)))
+				continue;
 			if (!s->bin_ok) {
 				if (sens_load_binary(s) < 0)
-					continue;
+					break;
 				s->bin_ok = 1;
 			}
 			if (sens_match_str_op(s, (const __u8 *)s->bin.path, s->bin.len & (SENS_STR_MAX - 1),
-					      sel->bin_str_first, sel->bin_nvals, sel->bin_op))
+					      b->str_first, b->nvals, b->op))
 				bits |= 1u << i;
 		}
-		__u32 q;
 
 		for (q = 0; q < SENS_MAX_PIDF; q++) {
 			if (q >= sel->npids)
