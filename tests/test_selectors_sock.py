@@ -22,7 +22,7 @@ from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 from sensorium.policy import PolicyError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from hook_helpers import rig_fixture, string_args
+from hook_helpers import rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 
@@ -128,7 +128,7 @@ def test_connect_daddr_dport_posts_only_the_chosen_destination(rig, cgroup2_dir,
     rig.load(connect_policy(f"""    - matchArgs:
       - {{index: 1, operator: DAddr, values: ["127.0.0.1"]}}
       - {{index: 1, operator: DPort, values: ["{listeners.a}"]}}
-"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+"""), "kprobes", scope=scope_of(cgroup2_dir))
     # the expected destination goes last: once its event is in, a wrong one (earlier in the ring) would be too
     dests = [("127.0.0.1", listeners.b), ("127.0.0.2", listeners.a), ("127.0.0.1", listeners.a)]
     r = run_client(cgroup2_dir, dests)
@@ -166,7 +166,7 @@ def test_sockaddr_operators(rig, cgroup2_dir, listeners, op: str, values: list[s
     vals = ", ".join(f'"{subst.get(v, v)}"' for v in values)
     rig.load(connect_policy(f"""    - matchArgs:
       - {{index: 1, operator: {op}, values: [{vals}]}}
-"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+"""), "kprobes", scope=scope_of(cgroup2_dir))
     r = run_client(cgroup2_dir, listeners.destinations())
     assert r.returncode == 0, r.stderr
     want = {d for d in expect(a, b) if listeners.v6 or ":" not in d[0]}
@@ -192,7 +192,7 @@ def test_sendto_destination_selected_by_dport(rig, cgroup2_dir) -> None:
         rig.load(connect_policy(f"""    - matchArgs:
       - {{index: 4, operator: DPort, values: ["{port}"]}}
       - {{index: 4, operator: DAddr, values: ["127.0.0.0/8"]}}
-""", call="sys_sendto", index=4), "kprobes", cgroup_ids=[cgroup2_dir.id])
+""", call="sys_sendto", index=4), "kprobes", scope=scope_of(cgroup2_dir))
         r = cgroup2_dir.run([sys.executable, "-c", UDP_CLIENT, str(other_port), str(port)], capture_output=True,
                             text=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -218,7 +218,7 @@ s.close()
 def test_unreadable_sockaddr_matches_no_operator_not_even_not(rig, cgroup2_dir, listeners) -> None:
     rig.load(connect_policy("""    - matchArgs:
       - {index: 1, operator: NotDAddr, values: ["10.0.0.0/8"]}
-"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+"""), "kprobes", scope=scope_of(cgroup2_dir))
     r = cgroup2_dir.run([sys.executable, "-c", BAD_POINTER_CLIENT, str(listeners.b)], capture_output=True, text=True,
                         timeout=60)
     assert r.returncode == 0, r.stderr
@@ -231,7 +231,7 @@ def test_sigkill_on_dport_kills_only_that_connect_in_the_test_cgroup(rig, cgroup
       - {{index: 1, operator: DPort, values: ["{listeners.a}"]}}
       matchActions:
       - {{action: Sigkill}}
-"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+"""), "kprobes", scope=scope_of(cgroup2_dir))
     ok = run_client(cgroup2_dir, [("127.0.0.1", listeners.b)])
     assert ok.returncode == 0 and "done" in ok.stdout, ok.stderr
     killed = run_client(cgroup2_dir, [("127.0.0.1", listeners.b), ("127.0.0.1", listeners.a)])
@@ -423,7 +423,7 @@ spec:
 def test_tcp_connect_sock_daddr_dport_selects_the_destination(rig, cgroup2_dir, listeners) -> None:
     rig.load(KF_CONNECT % ("tcp_connect", 0, "sock", f"""      - {{index: 0, operator: DAddr, values: ["127.0.0.1/32"]}}
       - {{index: 0, operator: DPort, values: ["{listeners.a}"]}}
-      - {{index: 0, operator: Protocol, values: ["IPPROTO_TCP"]}}"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+      - {{index: 0, operator: Protocol, values: ["IPPROTO_TCP"]}}"""), "kprobes", scope=scope_of(cgroup2_dir))
     r = run_client(cgroup2_dir, [("127.0.0.1", listeners.b), ("127.0.0.2", listeners.a), ("127.0.0.1", listeners.a)])
     assert r.returncode == 0, r.stderr
     evs = rig.events(lambda b: b.get("function_name") == "tcp_connect", wait=3.0)
@@ -435,7 +435,7 @@ def test_tcp_connect_sock_daddr_dport_selects_the_destination(rig, cgroup2_dir, 
 @pytest.mark.needs("fentry")
 def test_tcp_connect_sock_not_daddr(rig, cgroup2_dir, listeners) -> None:
     rig.load(KF_CONNECT % ("tcp_connect", 0, "sock", """      - {index: 0, operator: NotDAddr, values: ["127.0.0.1"]}
-      - {index: 0, operator: Family, values: ["AF_INET"]}"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+      - {index: 0, operator: Family, values: ["AF_INET"]}"""), "kprobes", scope=scope_of(cgroup2_dir))
     r = run_client(cgroup2_dir, [("127.0.0.1", listeners.b), ("127.0.0.2", listeners.a)])
     assert r.returncode == 0, r.stderr
     evs = rig.events(lambda b: b.get("function_name") == "tcp_connect", wait=3.0)
@@ -445,7 +445,7 @@ def test_tcp_connect_sock_not_daddr(rig, cgroup2_dir, listeners) -> None:
 @pytest.mark.needs("fentry")
 def test_security_socket_connect_sockaddr_saddr_sport(rig, cgroup2_dir, listeners) -> None:
     rig.load(KF_CONNECT % ("security_socket_connect", 1, "sockaddr", f"""      - {{index: 1, operator: SAddr, values: ["127.0.0.2"]}}
-      - {{index: 1, operator: SPort, values: ["{listeners.a}"]}}"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+      - {{index: 1, operator: SPort, values: ["{listeners.a}"]}}"""), "kprobes", scope=scope_of(cgroup2_dir))
     r = run_client(cgroup2_dir, [("127.0.0.1", listeners.a), ("127.0.0.2", listeners.b), ("127.0.0.2", listeners.a)])
     assert r.returncode == 0, r.stderr
     evs = rig.events(lambda b: b.get("function_name") == "security_socket_connect", wait=3.0)
@@ -471,7 +471,7 @@ def test_ip_output_skb_selected_by_dport_and_protocol(rig, cgroup2_dir) -> None:
     try:
         rig.load(KF_CONNECT % ("ip_output", 2, "skb", f"""      - {{index: 2, operator: DPort, values: ["{port}"]}}
       - {{index: 2, operator: Protocol, values: ["IPPROTO_UDP"]}}
-      - {{index: 2, operator: DAddr, values: ["127.0.0.0/8"]}}"""), "kprobes", cgroup_ids=[cgroup2_dir.id])
+      - {{index: 2, operator: DAddr, values: ["127.0.0.0/8"]}}"""), "kprobes", scope=scope_of(cgroup2_dir))
         r = cgroup2_dir.run([sys.executable, "-c", UDP_SEND, str(other_port), str(port)], capture_output=True,
                             text=True, timeout=60)
         assert r.returncode == 0, r.stderr
