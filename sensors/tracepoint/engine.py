@@ -42,6 +42,12 @@ class HookSensorOptions(BaseModel):
 
 
 HOOK_PROBE = ProbeSource(name="sens_hook", source=Path(__file__).resolve().parent / "hook.bpf.c")
+# The same object with sens_open_exit (selectors.h, SENS_OPEN_EXIT): opened-file syscalls at sys_exit alone.
+HOOK_OPEN_PROBE = ProbeSource(name="sens_hook_open", source=HOOK_PROBE.source, defines={"SENS_OPEN_EXIT": "1"})
+OPEN_EXIT_MECHANISM = "tp_btf sys_exit"
+# False: serve opened-file hooks with the sys_enter + sys_exit pair too (the benchmark compares both; the
+# decisions are the same).
+OPEN_EXIT_ENABLED = True
 SYSCALL_ABI = "x64"
 
 _EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event
@@ -83,6 +89,101 @@ class HookPlan:
                     f = ("string_arg",)
             fast.append((ap, f))
         self.fast = fast
+
+
+# ---- early rejection of opened files (struct sens_pq_cfg in selectors.h) -----------------------------
+PQ_LEAF, PQ_TOP, PQ_NEVER = 1, 2, 3
+PQ_EXACT, PQ_STARTS, PQ_ENDS = 1, 2, 3
+
+
+class PqVal(ctypes.Structure):
+    _fields_ = [("vlen", ctypes.c_uint16), ("len_eq", ctypes.c_uint8), ("comp", ctypes.c_uint8),
+                ("mode", ctypes.c_uint8), ("clen", ctypes.c_uint8), ("str", ctypes.c_uint8), ("coff", ctypes.c_uint8)]
+
+
+class PqGroup(ctypes.Structure):
+    _fields_ = [("nvals", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7), ("v", PqVal * S.MAX_VALUES)]
+
+
+class PqSel(ctypes.Structure):
+    _fields_ = [("ngroups", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7), ("g", PqGroup * S.MAX_MATCH_ARGS)]
+
+
+class PqCfg(ctypes.Structure):
+    """``struct sens_pq_cfg``: the rodata ``sens_pq`` of the opened-file object."""
+
+    _fields_ = [("on", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7), ("sel", PqSel * S.MAX_SELECTORS)]
+
+
+_PQ_OPS = {S.OPS["Equal"]: "eq", S.OPS["In"]: "eq", S.OPS["Prefix"]: "prefix", S.OPS["Postfix"]: "postfix"}
+
+
+def pq_value(op: str, v: bytes) -> tuple[int, int, int, int, int, int]:
+    """(vlen, len_eq, comp, mode, clen, coff) of one string value: conditions that the opened file's path S
+    (absolute, "/" + components joined by "/", no empty component) meets whenever S matches ``v``:
+
+    Equal v:   len(S) == len(v) and S's last component == v's part after its last "/" (v must start with "/");
+    Prefix v:  len(S) >= len(v) and S's first component == v's first component when v goes on past it with
+               "/", else starts with it (v must start with "/");
+    Postfix v: len(S) >= len(v) and S's last component == v's part after its last "/", or ends with v
+               when v has no "/".
+    """
+    n = len(v)
+    if op == "eq":
+        if not v.startswith(b"/"):
+            return (n, 1, PQ_NEVER, 0, 0, 0)
+        last = v.rfind(b"/")
+        return (n, 1, PQ_LEAF, PQ_EXACT, n - last - 1, last + 1)
+    if op == "prefix":
+        if not v.startswith(b"/"):
+            return (n, 0, PQ_NEVER, 0, 0, 0)
+        rest = v[1:]
+        if not rest:
+            return (n, 0, 0, 0, 0, 0)
+        if b"/" in rest:
+            return (n, 0, PQ_TOP, PQ_EXACT, rest.index(b"/"), 1)
+        return (n, 0, PQ_TOP, PQ_STARTS, len(rest), 1)
+    if b"/" in v:
+        last = v.rfind(b"/")
+        return (n, 0, PQ_LEAF, PQ_EXACT, n - last - 1, last + 1)
+    return (n, 0, PQ_LEAF, PQ_ENDS, n, 0)
+
+
+def open_exit_filter(cfg: S.HookCfg) -> PqCfg:
+    """The early-rejection table of a hook whose path argument is the opened file (``ret_fd``): per selector,
+    its matchArgs with a positive string operator on that argument. ``on`` only when every selector has
+    one (a selector without any may match anything, so nothing can be rejected early)."""
+    pq = PqCfg()
+    if cfg.nsel == 0:
+        return pq
+    on = True
+    for i in range(cfg.nsel):
+        sel, out = cfg.sel[i], pq.sel[i]
+        for k in range(sel.nargs):
+            m = sel.args[k]
+            if m.arg >= cfg.nargs or not cfg.args[m.arg].ret_fd or cfg.args[m.arg].kind != S.ARG_STR:
+                continue
+            op = _PQ_OPS.get(m.op)
+            if op is None or m.nvals == 0:
+                continue
+            grp = out.g[out.ngroups]
+            for j in range(m.nvals):
+                si = m.str_first + j
+                st = cfg.strs[si]
+                v = bytes(st.s[:st.len]) if st.len <= S.STR_MAX - 1 else None
+                if v is None or len(v) != st.len:  # a NUL inside: never rejected early
+                    pv = (st.len, 0, 0, 0, 0, 0)
+                else:
+                    pv = pq_value(op, v)
+                d = grp.v[j]
+                d.vlen, d.len_eq, d.comp, d.mode, d.clen, d.coff = pv
+                d.str = si
+            grp.nvals = m.nvals
+            out.ngroups += 1
+        if out.ngroups == 0:
+            on = False
+    pq.on = int(on)
+    return pq
 
 
 def _set_reuse_proto() -> Callable[[int, int], int]:
@@ -264,8 +365,30 @@ class HookSet:
             raise PolicyLoadError(getattr(e, "_hook", "?"), str(e)) from e
 
     def _load_one(self, plan: HookPlan, cgroup_ids: Sequence[int] | None) -> None:
+        if (OPEN_EXIT_ENABLED and plan.attach[0] == "syscall" and plan.attach[1]
+                and any(a.ret_fd for a in plan.args)):
+            # open/openat/openat2/creat on the opened file: sys_exit alone, with early rejection
+            # (selectors.h, SENS_OPEN_EXIT). Where that object does not load (tp_btf, or the
+            # bpf_rdonly_cast kfunc of 6.2+, missing), the enter+exit pair decides the same, slower.
+            fast = dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.note.replace(
+                "served by raw tracepoint sys_enter filtered by syscall number",
+                "served by tp_btf sys_exit alone (arguments from the saved registers), filtered by syscall number"))
+            try:
+                self._load_object(fast, cgroup_ids, HOOK_OPEN_PROBE)
+                return
+            except PolicyLoadError as e:
+                if self.objects and self.objects[-1][0] is fast:
+                    try:
+                        self.objects.pop()[1].close()
+                    except Exception:
+                        pass
+                plan = dataclasses.replace(plan, note=plan.note + f"; {OPEN_EXIT_MECHANISM} not available here "
+                                                                  f"({e.reason[:200]})")
+        self._load_object(plan, cgroup_ids, HOOK_PROBE)
+
+    def _load_object(self, plan: HookPlan, cgroup_ids: Sequence[int] | None, probe: ProbeSource) -> None:
         try:
-            path = self.ctx.build(HOOK_PROBE)
+            path = self.ctx.build(probe)
             obj = self.ctx.open_object(path)
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"cannot build the hook program: {e}") from e
@@ -287,6 +410,9 @@ class HookSet:
                 wanted.add("sens_uprobe")
                 if plan.attach[1]:
                     wanted.add("sens_uretprobe")
+            elif probe is HOOK_OPEN_PROBE:
+                wanted.add("sens_open_exit")
+                obj.set_rodata("sens_pq", bytes(open_exit_filter(plan.compiled.cfg)))
             else:
                 wanted.add("sens_sys_enter")
                 if plan.attach[1]:
@@ -303,7 +429,8 @@ class HookSet:
             uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
             for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
                                   ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
-                                  ("sens_inflight", plan.attach[0] in ("syscall", "uprobe") and plan.attach[1]),
+                                  ("sens_inflight", plan.attach[0] in ("syscall", "uprobe") and plan.attach[1]
+                                   and probe is not HOOK_OPEN_PROBE),
                                   ("sens_cgroups", cgroup_ids)):
                 if not needed:
                     obj.map(mname).set_max_entries(64)
@@ -325,6 +452,8 @@ class HookSet:
                 if at_exit:
                     obj.program("sens_uretprobe").attach_uprobe(binary, symbol, offset, retprobe=True)
                 obj.program("sens_uprobe").attach_uprobe(binary, symbol, offset)
+            elif probe is HOOK_OPEN_PROBE:
+                obj.program("sens_open_exit").attach()
             else:
                 if "sens_sys_exit" in wanted:
                     obj.program("sens_sys_exit").attach_raw_tracepoint("sys_exit")
