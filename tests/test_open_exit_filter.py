@@ -184,7 +184,8 @@ def test_early_rejection_decides_exactly_as_the_full_evaluation(rig, tree, cgrou
         "eq-noslash": _sel("Equal", "secret.txt"),
         "eq-root": _sel("Equal", "/"),
         "eq-deep": _sel("Equal", str(tree["deep"])),
-        "eq-long": _sel("Equal", str(tree["long"])[:255]),
+        "eq-long": _sel("Equal", str(tree["long"])[:255]),           # the path as captured: cut at 255 bytes
+        "postfix-cut": _sel("Postfix", str(tree["long"])[245:255]),  # the end of the cut path
         "prefix-dir": _sel("Prefix", str(d) + "/"),
         "prefix-file": _sel("Prefix", str(secret)),
         "prefix-top-start": _sel("Prefix", "/tm"),
@@ -209,6 +210,7 @@ def test_early_rejection_decides_exactly_as_the_full_evaluation(rig, tree, cgrou
     assert got["eq-noslash"][0] == set() and got["prefix-none"][0] == set()
     assert got["eq-root"][0] == {"12"}
     assert got["eq-deep"][0] == set()       # deeper than the walk: reported from "/...", never equal
+    assert got["eq-long"][0] == {"15"} and got["postfix-cut"][0] == {"15"}
     assert got["postfix-dir"][0] == caught
     assert got["postfix-leaf"][0] >= caught | {"9", "14"} and "6" not in got["postfix-leaf"][0]
     assert got["or"][0] == {"6"} and got["or-int"][0] == {"13"}
@@ -246,9 +248,10 @@ spec:
 
 
 @pytest.mark.parametrize("op,value,expect", [
-    ("eq", b"/etc/shadow", (11, 1, engine.PQ_LEAF, engine.PQ_EXACT, 6, 5)),
+    ("eq", b"/etc/shadow", (11, 3, engine.PQ_LEAF, engine.PQ_EXACT, 6, 5)),
+    ("eq", b"/" + b"x" * 254, (255, 1, engine.PQ_LEAF, engine.PQ_EXACT, 254, 1)),  # could equal a cut path
     ("eq", b"shadow", (6, 1, engine.PQ_NEVER, 0, 0, 0)),
-    ("eq", b"/", (1, 1, engine.PQ_LEAF, engine.PQ_EXACT, 0, 1)),
+    ("eq", b"/", (1, 3, engine.PQ_LEAF, engine.PQ_EXACT, 0, 1)),
     ("prefix", b"/etc/", (5, 0, engine.PQ_TOP, engine.PQ_EXACT, 3, 1)),
     ("prefix", b"/et", (3, 0, engine.PQ_TOP, engine.PQ_STARTS, 2, 1)),
     ("prefix", b"/", (1, 0, 0, 0, 0, 0)),
@@ -259,3 +262,24 @@ spec:
 ])
 def test_early_rejection_facts_of_a_value(op: str, value: bytes, expect: tuple) -> None:
     assert engine.pq_value(op, value) == expect
+
+
+def test_without_the_fast_object_the_pair_serves_the_hook(rig, tree, cgroup2_dir, monkeypatch) -> None:
+    """Where the exit-only object cannot load (a kernel without tp_btf or the bpf_rdonly_cast kfunc, here
+    simulated with a source that does not build), the hook is served by sys_enter + sys_exit, says so,
+    and still decides on the opened file."""
+    from sensorium.hookspecs import ProbeSource
+
+    monkeypatch.setattr(engine, "HOOK_OPEN_PROBE", ProbeSource(name="sens_hook_open_missing",
+                                                               source=tree["tmp"] / "missing.bpf.c"))
+    text = _policy("fallback", "sys_openat", _sel("Equal", str(tree["secret"])))
+    h = rig.load(text, "kprobes", cgroup_ids=[cgroup2_dir.id])
+    hook = h.status()["hooks"]
+    assert len(hook) == 1 and hook[0]["mechanism"] == "raw_tp sys_enter + sys_exit", hook
+    assert "tp_btf sys_exit not available here" in hook[0]["note"]
+    out = cgroup2_dir.run([sys.executable, "-c", CHILD, json.dumps(tree["ops"])], capture_output=True, text=True,
+                          check=True)
+    pid = json.loads(out.stdout)["pid"]
+    evs = rig.events(lambda b: b.get("process", {}).get("pid") == pid and str(b["args"][2]["int_arg"]) == "5",
+                     wait=1.0)
+    assert evs and evs[0]["args"][1]["string_arg"] == str(tree["secret"])  # the symlink, caught

@@ -94,10 +94,11 @@ class HookPlan:
 # ---- early rejection of opened files (struct sens_pq_cfg in selectors.h) -----------------------------
 PQ_LEAF, PQ_TOP, PQ_NEVER = 1, 2, 3
 PQ_EXACT, PQ_STARTS, PQ_ENDS = 1, 2, 3
+PQ_LEN_EQ, PQ_LEAF_FIRST = 1, 2
 
 
 class PqVal(ctypes.Structure):
-    _fields_ = [("vlen", ctypes.c_uint16), ("len_eq", ctypes.c_uint8), ("comp", ctypes.c_uint8),
+    _fields_ = [("vlen", ctypes.c_uint16), ("flags", ctypes.c_uint8), ("comp", ctypes.c_uint8),
                 ("mode", ctypes.c_uint8), ("clen", ctypes.c_uint8), ("str", ctypes.c_uint8), ("coff", ctypes.c_uint8)]
 
 
@@ -119,7 +120,7 @@ _PQ_OPS = {S.OPS["Equal"]: "eq", S.OPS["In"]: "eq", S.OPS["Prefix"]: "prefix", S
 
 
 def pq_value(op: str, v: bytes) -> tuple[int, int, int, int, int, int]:
-    """(vlen, len_eq, comp, mode, clen, coff) of one string value: conditions that the opened file's path S
+    """(vlen, flags, comp, mode, clen, coff) of one string value: conditions that the opened file's path S
     (absolute, "/" + components joined by "/", no empty component) meets whenever S matches ``v``:
 
     Equal v:   len(S) == len(v) and S's last component == v's part after its last "/" (v must start with "/");
@@ -127,13 +128,16 @@ def pq_value(op: str, v: bytes) -> tuple[int, int, int, int, int, int]:
                "/", else starts with it (v must start with "/");
     Postfix v: len(S) >= len(v) and S's last component == v's part after its last "/", or ends with v
                when v has no "/".
+    The kernel checks them on paths it walked completely and that fit a captured string (255 bytes).
+    PQ_LEAF_FIRST: the last-component condition also holds for a path cut at 255 bytes, so it is checked
+    before the walk (an Equal value shorter than 255 bytes can only equal a path that was not cut).
     """
     n = len(v)
     if op == "eq":
         if not v.startswith(b"/"):
             return (n, 1, PQ_NEVER, 0, 0, 0)
         last = v.rfind(b"/")
-        return (n, 1, PQ_LEAF, PQ_EXACT, n - last - 1, last + 1)
+        return (n, PQ_LEN_EQ | (PQ_LEAF_FIRST if n < S.STR_MAX - 1 else 0), PQ_LEAF, PQ_EXACT, n - last - 1, last + 1)
     if op == "prefix":
         if not v.startswith(b"/"):
             return (n, 0, PQ_NEVER, 0, 0, 0)
@@ -176,7 +180,7 @@ def open_exit_filter(cfg: S.HookCfg) -> PqCfg:
                 else:
                     pv = pq_value(op, v)
                 d = grp.v[j]
-                d.vlen, d.len_eq, d.comp, d.mode, d.clen, d.coff = pv
+                d.vlen, d.flags, d.comp, d.mode, d.clen, d.coff = pv
                 d.str = si
             grp.nvals = m.nvals
             out.ngroups += 1

@@ -1537,7 +1537,8 @@ int BPF_PROG(sens_exit, struct task_struct *p)
  * component (for Equal/Postfix: must equal the value's part after its last '/', or end with the value)
  * and its first component (for Prefix: must equal the value's first component, or start with it). Those
  * are necessary conditions on the very string the full evaluation would build from the same dentries
- * (same walk, same bounds; a path the walk would truncate is never rejected early), so a call rejected
+ * (same walk, same bounds; a path the full evaluation would cut at 255 bytes or shorten to "/..." is
+ * never rejected after the walk, and before it only by rules that cannot match a cut path), so a call rejected
  * here is one no selector matches: symlinks, "..", relative paths and dirfds were resolved by the
  * kernel's lookup before the fd existed, and another name of the same inode (a hard link) is its own
  * dentry chain either way. Anything else (a failed open, a selector without such a filter, a deep path)
@@ -1552,9 +1553,12 @@ extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym;
 #define SENS_PQ_STARTS 2
 #define SENS_PQ_ENDS 3
 
+#define SENS_PQ_LEN_EQ 1     /* the path's length must equal vlen (else be at least vlen) */
+#define SENS_PQ_LEAF_FIRST 2 /* the last-component condition holds before the walk (below) */
+
 struct sens_pq_val {
-	__u16 vlen;   /* the path's length must equal it (len_eq) or be at least it */
-	__u8 len_eq;
+	__u16 vlen;
+	__u8 flags;   /* SENS_PQ_LEN_EQ, SENS_PQ_LEAF_FIRST */
 	__u8 comp;    /* SENS_PQ_LEAF/TOP/NEVER; 0: the length only */
 	__u8 mode;    /* SENS_PQ_EXACT/STARTS/ENDS */
 	__u8 clen;    /* bytes compared with the component */
@@ -1598,8 +1602,9 @@ struct sens_pq_state {
 #define SENS_PQ_LEAF_BUF 64
 #define SENS_PQ_TOP_BUF (64 + 512)
 
+/* Can value `v` match? `leaf_only`: only the last component is known yet (no walk done). */
 static __always_inline int sens_pq_val_fits(struct sens_scratch *s, struct sens_pq_state *q,
-					    const volatile struct sens_pq_val *v)
+					    const volatile struct sens_pq_val *v, int leaf_only)
 {
 	__u32 plen = SENS_ONCE(q->len);
 	__u32 cl, off, bufoff, bit;
@@ -1608,8 +1613,12 @@ static __always_inline int sens_pq_val_fits(struct sens_scratch *s, struct sens_
 
 	if (v->comp == SENS_PQ_NEVER)
 		return 0;
-	if (v->len_eq ? plen != v->vlen : plen < v->vlen)
+	if (leaf_only) {
+		if (v->comp != SENS_PQ_LEAF || !(v->flags & SENS_PQ_LEAF_FIRST))
+			return 1;
+	} else if ((v->flags & SENS_PQ_LEN_EQ) ? plen != v->vlen : plen < v->vlen) {
 		return 0;
+	}
 	if (v->comp != SENS_PQ_LEAF && v->comp != SENS_PQ_TOP)
 		return 1;
 	if (v->comp == SENS_PQ_LEAF) {
@@ -1639,6 +1648,42 @@ static __always_inline int sens_pq_val_fits(struct sens_scratch *s, struct sens_
 			   (const char *)&sens_cfg.strs[v->str & (SENS_MAX_STRINGS - 1)].s[v->coff]) == 0;
 }
 
+/* Can any selector match, given what q holds? */
+static __always_inline int sens_pq_may_match(struct sens_scratch *s, struct sens_pq_state *q, int leaf_only)
+{
+	__u32 i, g, k;
+
+	for (i = 0; i < SENS_MAX_SELECTORS; i++) {
+		if (i >= sens_cfg.nsel)
+			break;
+		const volatile struct sens_pq_sel *sel = &sens_pq.sel[i];
+		int fits = 1;
+
+		for (g = 0; g < SENS_MAX_MATCH_ARGS; g++) {
+			if (g >= sel->ngroups)
+				break;
+			const volatile struct sens_pq_group *grp = &sel->g[g];
+			int any = 0;
+
+			for (k = 0; k < SENS_MAX_VALUES; k++) {
+				if (k >= grp->nvals)
+					break;
+				if (sens_pq_val_fits(s, q, &grp->v[k], leaf_only)) {
+					any = 1;
+					break;
+				}
+			}
+			if (!any) {
+				fits = 0;
+				break;
+			}
+		}
+		if (fits)
+			return 1;
+	}
+	return 0;
+}
+
 /* 1: no selector can match the file behind `fd` (count it filtered and stop); 0: evaluate fully. */
 static __always_inline int sens_pq_reject(struct sens_scratch *s, struct task_struct *task, long fd)
 {
@@ -1650,7 +1695,7 @@ static __always_inline int sens_pq_reject(struct sens_scratch *s, struct task_st
 	struct fdtable *fdt;
 	struct file *f;
 	void *fp = NULL;
-	__u32 i, k, g, n, done = 0;
+	__u32 i, n, done = 0;
 
 	if (!files)
 		return 0;
@@ -1678,6 +1723,22 @@ static __always_inline int sens_pq_reject(struct sens_scratch *s, struct task_st
 		return 0;
 	mnt = bpf_rdonly_cast((void *)vfsmnt - bpf_core_field_offset(struct mount, mnt), bpf_core_type_id_kernel(struct mount));
 	mnt_root = vfsmnt->mnt_root;
+
+	/* First the file's own name, no walk: an Equal rule is mostly decided by its length alone. Only
+	 * values flagged SENS_PQ_LEAF_FIRST are checked here: an Equal value shorter than a captured
+	 * string (255 bytes) can only equal a path that was not cut, whose last component is this name.
+	 * A Postfix value could end a path cut at 255 bytes, so it waits for the walk, which knows the
+	 * length. (A file that is the root of a mount or of its filesystem has another dentry's name
+	 * as its last component: the walk finds it.) */
+	if (dentry != mnt_root && dentry != dentry->d_parent) {
+		__u32 clen = dentry->d_name.len;
+
+		q->leaf = (__u64)dentry->d_name.name;
+		q->leaf_len = clen > 255 ? 255 : clen;
+		q->got = 0;
+		if (!sens_pq_may_match(s, q, 1))
+			return 1;
+	}
 
 	/* The same steps as sens_walk_path/sens_walk_step, counting instead of copying. */
 	SENS_ONCE(q->len) = 0;
@@ -1727,35 +1788,7 @@ static __always_inline int sens_pq_reject(struct sens_scratch *s, struct task_st
 	if (SENS_ONCE(q->ncomp) == 0)
 		SENS_ONCE(q->len) = 1; /* "/" */
 
-	for (i = 0; i < SENS_MAX_SELECTORS; i++) {
-		if (i >= sens_cfg.nsel)
-			break;
-		const volatile struct sens_pq_sel *sel = &sens_pq.sel[i];
-		int fits = 1;
-
-		for (g = 0; g < SENS_MAX_MATCH_ARGS; g++) {
-			if (g >= sel->ngroups)
-				break;
-			const volatile struct sens_pq_group *grp = &sel->g[g];
-			int any = 0;
-
-			for (k = 0; k < SENS_MAX_VALUES; k++) {
-				if (k >= grp->nvals)
-					break;
-				if (sens_pq_val_fits(s, q, &grp->v[k])) {
-					any = 1;
-					break;
-				}
-			}
-			if (!any) {
-				fits = 0;
-				break;
-			}
-		}
-		if (fits)
-			return 0; /* this selector may match */
-	}
-	return 1;
+	return !sens_pq_may_match(s, q, 0);
 }
 
 SEC("tp_btf/sys_exit")
