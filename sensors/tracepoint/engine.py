@@ -113,7 +113,8 @@ class PqSel(ctypes.Structure):
 class PqCfg(ctypes.Structure):
     """``struct sens_pq_cfg``: the rodata ``sens_pq`` of the opened-file object."""
 
-    _fields_ = [("on", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7), ("sel", PqSel * S.MAX_SELECTORS)]
+    _fields_ = [("on", ctypes.c_uint8), ("leaf_first", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6),
+                ("sel", PqSel * S.MAX_SELECTORS)]
 
 
 _PQ_OPS = {S.OPS["Equal"]: "eq", S.OPS["In"]: "eq", S.OPS["Prefix"]: "prefix", S.OPS["Postfix"]: "postfix"}
@@ -182,6 +183,8 @@ def open_exit_filter(cfg: S.HookCfg) -> PqCfg:
                 d = grp.v[j]
                 d.vlen, d.flags, d.comp, d.mode, d.clen, d.coff = pv
                 d.str = si
+                if pv[1] & PQ_LEAF_FIRST:
+                    pq.leaf_first = 1
             grp.nvals = m.nvals
             out.ngroups += 1
         if out.ngroups == 0:

@@ -1580,7 +1580,8 @@ struct sens_pq_sel { /* one selector: every group must have a fitting value */
 
 struct sens_pq_cfg {
 	__u8 on; /* every selector has at least one group: a call may be rejected early */
-	__u8 pad[7];
+	__u8 leaf_first; /* some value has SENS_PQ_LEAF_FIRST: try the file's own name before the walk */
+	__u8 pad[6];
 	struct sens_pq_sel sel[SENS_MAX_SELECTORS];
 };
 
@@ -1730,7 +1731,7 @@ static __always_inline int sens_pq_reject(struct sens_scratch *s, struct task_st
 	 * A Postfix value could end a path cut at 255 bytes, so it waits for the walk, which knows the
 	 * length. (A file that is the root of a mount or of its filesystem has another dentry's name
 	 * as its last component: the walk finds it.) */
-	if (dentry != mnt_root && dentry != dentry->d_parent) {
+	if (sens_pq.leaf_first && dentry != mnt_root && dentry != dentry->d_parent) {
 		__u32 clen = dentry->d_name.len;
 
 		q->leaf = (__u64)dentry->d_name.name;
