@@ -2,11 +2,13 @@
 
 Three runs side by side in one process, interleaved over several rounds (medians):
   bare      a C loop of openat()+close() of one file, nothing loaded;
-  nomatch   the same with a kprobes policy on sys_openat (raw_tp sys_enter/sys_exit on this kernel) whose
-            selector never matches: every syscall of the machine enters the program, openat's path (the
-            opened file's, walked at exit) is compared in the kernel, nothing reaches user space.
-            Target: slowdown ratio <= 1.10. Also with opened_file_paths off (the string made absolute at
-            entry, no exit program) and with a hook on a syscall the storm never makes (mechanism alone);
+  nomatch   the same with a kprobes policy on sys_openat (tp_btf sys_exit on this kernel) whose selector
+            never matches: every syscall of the machine enters the program, openat's opened file is
+            rejected early in the kernel (path length, first/last component), nothing reaches user space.
+            Target: slowdown ratio <= 1.10. In the same rounds: the rule on the sys_enter + sys_exit pair
+            without early rejection (the default before), with opened_file_paths off (the string made
+            absolute at entry), and a hook on a syscall the storm never makes (the mechanism alone).
+            Ratios per round against that round's bare run, by wall clock and by the storm's CPU time;
   match     a policy matching every openat of the storm: each call becomes a process_kprobe event, decoded
             and written as a JSON line to a file. Reports events/s from the first openat to the last line
             written, and checks zero loss (lines == calls, kernel drop counter 0). Target >= 250,000/s.

@@ -37,8 +37,9 @@ class HookSensorOptions(BaseModel):
     opened_file_paths: bool = Field(
         default=True,
         description="kprobe sensor: for open/openat/openat2/creat, match the path of the file actually opened "
-                    "(sys_exit, follows symlinks; costs a path walk per open) instead of the string made absolute "
-                    "at entry (docs/selectors.md)")
+                    "(sys_exit, follows symlinks; opens no rule can match are rejected early from the path's "
+                    "length and first/last component) instead of the string made absolute at entry "
+                    "(docs/selectors.md)")
 
 
 HOOK_PROBE = ProbeSource(name="sens_hook", source=Path(__file__).resolve().parent / "hook.bpf.c")

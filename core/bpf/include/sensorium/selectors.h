@@ -18,7 +18,8 @@
  * an absolute path. Symbolic links are not followed at enter time; docs/selectors.md says more.
  *
  * Programs here: sens_tp (tracepoint), sens_raw (raw tracepoint), sens_sys_enter/sens_sys_exit
- * (syscalls via raw_tp), and sens_fork/sens_exec/sens_exit (tp_btf; keep the per-process state for
+ * (syscalls via raw_tp), sens_open_exit (open family on the opened file, tp_btf sys_exit alone; only with
+ * -DSENS_OPEN_EXIT, at the end of this file), and sens_fork/sens_exec/sens_exit (tp_btf; keep the per-process state for
  * followChildren/followForks and the binary cache fresh). User space sets autoload for the ones it uses.
  */
 #ifndef __SENSORIUM_SELECTORS_H
