@@ -46,6 +46,7 @@ HOOK_PROBE = ProbeSource(name="sens_hook", source=Path(__file__).resolve().paren
 # The same object with sens_open_exit (selectors.h, SENS_OPEN_EXIT): opened-file syscalls at sys_exit alone.
 HOOK_OPEN_PROBE = ProbeSource(name="sens_hook_open", source=HOOK_PROBE.source, defines={"SENS_OPEN_EXIT": "1"})
 OPEN_EXIT_MECHANISM = "tp_btf sys_exit"
+PAIR_MECHANISM = "raw_tp sys_enter + sys_exit"  # as sensors/kprobe/sensor.py names it
 # False: serve opened-file hooks with the sys_enter + sys_exit pair too (the benchmark compares both; the
 # decisions are the same).
 OPEN_EXIT_ENABLED = True
@@ -378,7 +379,10 @@ class HookSet:
             # open/openat/openat2/creat on the opened file: sys_exit alone, with early rejection
             # (selectors.h, SENS_OPEN_EXIT). Where that object does not load (tp_btf, or the
             # bpf_rdonly_cast kfunc of 6.2+, missing), the enter+exit pair decides the same, slower.
-            fast = dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.note.replace(
+            # The status names the mechanism when the planner named the pair (the kprobe sensor); a plan
+            # another sensor labelled (lsm's "sigkill from tracepoint") keeps its own words.
+            ours = plan.mechanism == PAIR_MECHANISM
+            fast = plan if not ours else dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.note.replace(
                 "served by raw tracepoint sys_enter filtered by syscall number",
                 "served by tp_btf sys_exit alone (arguments from the saved registers), filtered by syscall number"))
             try:
@@ -390,8 +394,9 @@ class HookSet:
                         self.objects.pop()[1].close()
                     except Exception:
                         pass
-                plan = dataclasses.replace(plan, note=plan.note + f"; {OPEN_EXIT_MECHANISM} not available here "
-                                                                  f"({e.reason[:200]})")
+                if ours:
+                    plan = dataclasses.replace(plan, note=plan.note + f"; {OPEN_EXIT_MECHANISM} not available "
+                                                                      f"here ({e.reason[:200]})")
         self._load_object(plan, cgroup_ids, HOOK_PROBE)
 
     def _load_object(self, plan: HookPlan, cgroup_ids: Sequence[int] | None, probe: ProbeSource) -> None:
