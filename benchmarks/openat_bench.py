@@ -205,6 +205,9 @@ def main() -> int:
     ap.add_argument("--match-calls", type=int, default=500_000, help="openat calls of the matching run")
     ap.add_argument("--json", type=Path, help="write the results here as JSON")
     ap.add_argument("--agent", action="store_true", help="also export through the real agent (file exporter)")
+    ap.add_argument("--nomatch-op", default="Prefix", help="operator of the never-matching rule (default Prefix)")
+    ap.add_argument("--nomatch-value", default="/nonexistent-sensorium-bench/",
+                    help="value of the never-matching rule (default /nonexistent-sensorium-bench/)")
     args = ap.parse_args()
 
     from hook_helpers import Rig
@@ -223,7 +226,7 @@ def main() -> int:
     rig.handles = []
     try:
         storm(exe, 20_000, target)  # warm up (page cache, dentry cache)
-        nomatch_text = POLICY.format(name="bench-nomatch", op="Prefix", value="/nonexistent-sensorium-bench/")
+        nomatch_text = POLICY.format(name="bench-nomatch", op=args.nomatch_op, value=args.nomatch_value)
         # "mechanism": a hook on a syscall the storm never makes: what enabling syscall tracepoints costs
         # every syscall, before any filtering (the kernel's syscall tracing path + one compare).
         mech_text = POLICY.format(name="bench-mech", op="Equal", value="/never").replace("sys_openat", "sys_getpgid") \
@@ -317,7 +320,7 @@ def main() -> int:
         ours = sum(1 for line in open(out, "rb") if str(target).encode() in line)
         rate = ours / max(last_write - t0, 1e-9)
         res = {
-            "calls": args.calls, "rounds": args.rounds,
+            "calls": args.calls, "rounds": args.rounds, "nomatch_rule": [args.nomatch_op, args.nomatch_value],
             "bare_s": b, "nomatch_s": n, "nomatch_ratio": n / b, "nomatch_target": 1.10,
             "bare_min_s": bmin, "nomatch_min_s": nmin, "nomatch_ratio_min": nmin / bmin,
             "nomatch_string_paths_s": ns, "nomatch_string_paths_ratio": ns / b,
@@ -328,7 +331,8 @@ def main() -> int:
             "export_events_per_s": rate, "export_target": 250_000,
             "bare_calls_per_s": args.calls / b, "match_storm_calls_per_s": args.match_calls / storm_s, **cpu,
         }
-        print(f"openat storm, {args.calls} calls x {args.rounds} rounds (medians)")
+        print(f"openat storm, {args.calls} calls x {args.rounds} rounds (medians); never-matching rule: "
+              f"{args.nomatch_op} {args.nomatch_value}")
         print(f"  bare                 {b:8.3f} s  {args.calls / b:12,.0f} openat/s")
         print(f"  never-matching rule  {n:8.3f} s  ratio {n / b:5.3f}  (min/min {nmin / bmin:5.3f}; target <= 1.10)")
         print(f"  never-matching, string paths (opened_file_paths: false) {ns:8.3f} s  ratio {ns / b:5.3f}")
