@@ -1529,8 +1529,8 @@ int BPF_PROG(sens_exit, struct task_struct *p)
  * Why the exit alone: these syscalls never rewrite their saved registers, so at sys_exit pt_regs still
  * holds the arguments the call used (seccomp and ptrace act before sys_enter, ptrace's exit stop after
  * sys_exit). That saves the sys_enter program on every syscall of the machine and the per-thread hash
- * update/lookup/delete of each open. tp_btf makes regs, the task and (after one probe read of the fd
- * table slot and a cast) the file, its dentries and mounts plain loads instead of helper calls.
+ * update/lookup/delete of each open. tp_btf makes regs, the task, the fd table and (through
+ * bpf_rdonly_cast) the file, its dentries and mounts plain loads instead of helper calls.
  *
  * Early rejection (sens_pq, computed by the engine from the selectors): a selector that has, on the
  * opened-file path, a matchArgs with Equal/In/Prefix/Postfix can only match if one of its values fits
