@@ -2,11 +2,13 @@
 
 Three runs side by side in one process, interleaved over several rounds (medians):
   bare      a C loop of openat()+close() of one file, nothing loaded;
-  nomatch   the same with a kprobes policy on sys_openat (raw_tp sys_enter/sys_exit on this kernel) whose
-            selector never matches: every syscall of the machine enters the program, openat's path (the
-            opened file's, walked at exit) is compared in the kernel, nothing reaches user space.
-            Target: slowdown ratio <= 1.10. Also with opened_file_paths off (the string made absolute at
-            entry, no exit program) and with a hook on a syscall the storm never makes (mechanism alone);
+  nomatch   the same with a kprobes policy on sys_openat (tp_btf sys_exit on this kernel) whose selector
+            never matches: every syscall of the machine enters the program, openat's opened file is
+            rejected early in the kernel (path length, first/last component), nothing reaches user space.
+            Target: slowdown ratio <= 1.10. In the same rounds: the rule on the sys_enter + sys_exit pair
+            without early rejection (the default before), with opened_file_paths off (the string made
+            absolute at entry), and a hook on a syscall the storm never makes (the mechanism alone).
+            Ratios per round against that round's bare run, by wall clock and by the storm's CPU time;
   match     a policy matching every openat of the storm: each call becomes a process_kprobe event, decoded
             and written as a JSON line to a file. Reports events/s from the first openat to the last line
             written, and checks zero loss (lines == calls, kernel drop counter 0). Target >= 250,000/s.
@@ -41,15 +43,18 @@ STORM_C = r"""
 int main(int argc, char **argv) {
     long n = atol(argv[1]);
     const char *path = argv[2];
-    struct timespec a, b;
+    struct timespec a, b, ca, cb;
     clock_gettime(CLOCK_MONOTONIC, &a);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ca);
     for (long i = 0; i < n; i++) {
         int fd = openat(AT_FDCWD, path, O_RDONLY);
         if (fd < 0) { perror("openat"); return 1; }
         close(fd);
     }
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cb);
     clock_gettime(CLOCK_MONOTONIC, &b);
-    printf("%.6f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+    printf("%.6f %.6f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9,
+           (cb.tv_sec - ca.tv_sec) + (cb.tv_nsec - ca.tv_nsec) / 1e9);
     return 0;
 }
 """
@@ -79,8 +84,15 @@ def build_storm(tmp: Path) -> Path:
     return exe
 
 
-def storm(exe: Path, n: int, path: Path) -> float:
-    return float(subprocess.run([str(exe), str(n), str(path)], capture_output=True, text=True, check=True).stdout)
+def storm(exe: Path, n: int, path: Path, cpu: list[float] | None = None) -> float:
+    """Wall-clock seconds of one storm; its CPU time (user + system, BPF programs included: they run in the
+    process's syscalls) is appended to ``cpu``. On a shared machine the CPU time is the steadier figure:
+    it leaves out the time the storm waited while other processes ran."""
+    wall, cpu_s = subprocess.run([str(exe), str(n), str(path)], capture_output=True, text=True,
+                                 check=True).stdout.split()
+    if cpu is not None:
+        cpu.append(float(cpu_s))
+    return float(wall)
 
 
 def in_kernel_ns_per_run(rig, exe: Path, calls: int, target: Path, text: str) -> float:
@@ -90,16 +102,33 @@ def in_kernel_ns_per_run(rig, exe: Path, calls: int, target: Path, text: str) ->
     old = knob.read_text().strip()
     h = rig.sensor.load_policy(rig.view(text, "kprobes", policy_id=3))
     try:
+        ids = our_prog_ids(h)
         knob.write_text("1")
         storm(exe, calls, target)
         out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, check=True).stdout
-        runs = [p for p in json.loads(out) if p.get("name") in ("sens_sys_enter", "sens_sys_exit")
-                and p.get("run_cnt")]
+        runs = [p for p in json.loads(out) if p.get("id") in ids and p.get("run_cnt")]
         # BPF time per storm iteration (openat + close, entry and exit programs)
         return sum(p["run_time_ns"] for p in runs) / calls
     finally:
         knob.write_text(old)
         h.unload()
+
+
+def our_prog_ids(handle) -> set[int]:
+    """Kernel ids of the programs of one policy handle (other processes may run programs of the same name)."""
+    ids = set()
+    for _plan, obj in handle.objects:
+        for prog in obj.programs.values():
+            try:
+                fd = prog.fd
+            except Exception:
+                continue
+            if fd is None or fd < 0:
+                continue
+            for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
 
 
 def agent_export(exe: Path, calls: int, target: Path, tmp: Path) -> dict:
@@ -176,6 +205,9 @@ def main() -> int:
     ap.add_argument("--match-calls", type=int, default=500_000, help="openat calls of the matching run")
     ap.add_argument("--json", type=Path, help="write the results here as JSON")
     ap.add_argument("--agent", action="store_true", help="also export through the real agent (file exporter)")
+    ap.add_argument("--nomatch-op", default="Prefix", help="operator of the never-matching rule (default Prefix)")
+    ap.add_argument("--nomatch-value", default="/nonexistent-sensorium-bench/",
+                    help="value of the never-matching rule (default /nonexistent-sensorium-bench/)")
     args = ap.parse_args()
 
     from hook_helpers import Rig
@@ -194,29 +226,54 @@ def main() -> int:
     rig.handles = []
     try:
         storm(exe, 20_000, target)  # warm up (page cache, dentry cache)
-        nomatch_text = POLICY.format(name="bench-nomatch", op="Prefix", value="/nonexistent-sensorium-bench/")
+        nomatch_text = POLICY.format(name="bench-nomatch", op=args.nomatch_op, value=args.nomatch_value)
         # "mechanism": a hook on a syscall the storm never makes: what enabling syscall tracepoints costs
         # every syscall, before any filtering (the kernel's syscall tracing path + one compare).
         mech_text = POLICY.format(name="bench-mech", op="Equal", value="/never").replace("sys_openat", "sys_getpgid") \
             .replace("{index: 1, type: string}", "{index: 1, type: int}").replace('values: ["/never"]', 'values: ["1"]')
-        bare, nomatch, mech, nomatch_str = [], [], [], []
+        from sensorium_sensors.tracepoint import engine
+
+        bare, nomatch, mech, nomatch_str, nomatch_pair = [], [], [], [], []
+        cnomatch_pair: list[float] = []
+        cbare: list[float] = []
+        cnomatch: list[float] = []
+        cmech: list[float] = []
+        cnomatch_str: list[float] = []
         for _ in range(args.rounds):
-            bare.append(storm(exe, args.calls, target))
+            bare.append(storm(exe, args.calls, target, cbare))
             # the same rule with opened_file_paths off: the string made absolute at entry, no sys_exit walk
             rig.sensor.opened_file_paths = False
             h = rig.sensor.load_policy(rig.view(nomatch_text, "kprobes", policy_id=5))
-            nomatch_str.append(storm(exe, args.calls, target))
+            nomatch_str.append(storm(exe, args.calls, target, cnomatch_str))
             h.unload()
             rig.sensor.opened_file_paths = True
+            # the same rule served by the sys_enter + sys_exit pair without early rejection (before issue 3's work)
+            engine.OPEN_EXIT_ENABLED = False
+            h = rig.sensor.load_policy(rig.view(nomatch_text, "kprobes", policy_id=6))
+            engine.OPEN_EXIT_ENABLED = True
+            nomatch_pair.append(storm(exe, args.calls, target, cnomatch_pair))
+            h.unload()
             h = rig.sensor.load_policy(rig.view(mech_text, "kprobes", policy_id=4))
-            mech.append(storm(exe, args.calls, target))
+            mech.append(storm(exe, args.calls, target, cmech))
             h.unload()
             view = rig.view(nomatch_text, "kprobes", policy_id=1)
             h = rig.sensor.load_policy(view)
-            nomatch.append(storm(exe, args.calls, target))
+            nomatch.append(storm(exe, args.calls, target, cnomatch))
             c = h.counters()
             h.unload()
             assert c["posted"] == 0, c
+        # Per-round ratios (each configuration against the bare run of its own round), CPU time and wall clock.
+        def rr(xs: list[float], base: list[float]) -> float:
+            return statistics.median(x / y for x, y in zip(xs, base))
+        cpu = {"nomatch_cpu_ratio": rr(cnomatch, cbare), "nomatch_string_paths_cpu_ratio": rr(cnomatch_str, cbare),
+               "mechanism_only_cpu_ratio": rr(cmech, cbare), "nomatch_round_ratio": rr(nomatch, bare),
+               "nomatch_enter_exit_ratio": rr(nomatch_pair, bare), "nomatch_enter_exit_cpu_ratio": rr(cnomatch_pair, cbare),
+               "nomatch_string_paths_round_ratio": rr(nomatch_str, bare), "mechanism_only_round_ratio": rr(mech, bare),
+               "bare_cpu_s": statistics.median(cbare), "nomatch_cpu_s": statistics.median(cnomatch),
+               "rounds_wall": {"bare": bare, "nomatch": nomatch, "nomatch_string_paths": nomatch_str, "mechanism": mech,
+                               "nomatch_enter_exit": nomatch_pair},
+               "rounds_cpu": {"bare": cbare, "nomatch": cnomatch, "nomatch_string_paths": cnomatch_str,
+                              "mechanism": cmech, "nomatch_enter_exit": cnomatch_pair}}
         # Medians, and minimums: on a loaded 2-core VM the least disturbed run of each is the better estimate.
         b, n = statistics.median(bare), statistics.median(nomatch)
         bmin, nmin = min(bare), min(nomatch)
@@ -263,7 +320,7 @@ def main() -> int:
         ours = sum(1 for line in open(out, "rb") if str(target).encode() in line)
         rate = ours / max(last_write - t0, 1e-9)
         res = {
-            "calls": args.calls, "rounds": args.rounds,
+            "calls": args.calls, "rounds": args.rounds, "nomatch_rule": [args.nomatch_op, args.nomatch_value],
             "bare_s": b, "nomatch_s": n, "nomatch_ratio": n / b, "nomatch_target": 1.10,
             "bare_min_s": bmin, "nomatch_min_s": nmin, "nomatch_ratio_min": nmin / bmin,
             "nomatch_string_paths_s": ns, "nomatch_string_paths_ratio": ns / b,
@@ -272,15 +329,24 @@ def main() -> int:
             "match_calls": args.match_calls, "match_storm_s": storm_s, "match_lines": lines, "match_events_ours": ours,
             "kernel_dropped": c["dropped"], "zero_loss": ours == args.match_calls and c["dropped"] == 0,
             "export_events_per_s": rate, "export_target": 250_000,
-            "bare_calls_per_s": args.calls / b, "match_storm_calls_per_s": args.match_calls / storm_s,
+            "bare_calls_per_s": args.calls / b, "match_storm_calls_per_s": args.match_calls / storm_s, **cpu,
         }
-        print(f"openat storm, {args.calls} calls x {args.rounds} rounds (medians)")
+        print(f"openat storm, {args.calls} calls x {args.rounds} rounds (medians); never-matching rule: "
+              f"{args.nomatch_op} {args.nomatch_value}")
         print(f"  bare                 {b:8.3f} s  {args.calls / b:12,.0f} openat/s")
         print(f"  never-matching rule  {n:8.3f} s  ratio {n / b:5.3f}  (min/min {nmin / bmin:5.3f}; target <= 1.10)")
         print(f"  never-matching, string paths (opened_file_paths: false) {ns:8.3f} s  ratio {ns / b:5.3f}")
         print(f"  hook on another syscall {m:8.3f} s  ratio {m / b:5.3f}  (the sys_enter tracing path alone)")
         print(f"  filtering beyond the mechanism: ratio {n / m:5.3f}; BPF time {prog_ns:.0f} ns per openat+close "
               f"(bpf_stats, entry+exit programs); load average {os.getloadavg()[0]:.1f}")
+        print("  per-round ratios against the bare run of the same round (medians), wall clock / CPU time "
+              "(the storm's user+system time):")
+        for label, key in (("never-matching rule (tp_btf sys_exit)", "nomatch"),
+                           ("the same rule, sys_enter + sys_exit", "nomatch_enter_exit"),
+                           ("string paths (opened_file_paths: false)", "nomatch_string_paths"),
+                           ("hook on another syscall", "mechanism_only")):
+            wall = cpu.get(f"{key}_round_ratio", cpu.get(f"{key}_ratio"))
+            print(f"    {label:42s} {wall:5.3f} / {cpu[f'{key}_cpu_ratio']:5.3f}")
         print(f"matching rule, {args.match_calls} calls: storm {storm_s:.3f} s "
               f"({args.match_calls / storm_s:,.0f}/s with the hook)")
         print(f"  exported {ours} events ({lines} lines) to {out.name}: {rate:,.0f} events/s "

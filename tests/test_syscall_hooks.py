@@ -69,7 +69,7 @@ def test_openat_posts_only_for_the_watched_file_with_return_value(rig, tmp_path:
     assert e["return"]["long_arg"] >= 0  # the fd cat got
     assert not rig.events(lambda b: str(other) in string_args(b), wait=0.1)
     st = h.status()
-    assert st["hooks"][0]["mechanism"] == "raw_tp sys_enter + sys_exit"
+    assert st["hooks"][0]["mechanism"] == "tp_btf sys_exit"
     assert "no kprobes/fentry" in st["hooks"][0]["note"]
     assert st["events"] >= 1
 
@@ -200,10 +200,15 @@ spec:
     assert gone(rig.ctx.loaded_prog_ids)  # (nothing was even loaded: limits are checked first)
 
 
-def test_unload_detaches_everything(rig) -> None:
+@pytest.mark.parametrize("open_exit", [True, False], ids=["tp_btf-sys_exit", "sys_enter+sys_exit"])
+def test_unload_detaches_everything(rig, monkeypatch, open_exit: bool) -> None:
+    from sensorium_sensors.tracepoint import engine
+
+    monkeypatch.setattr(engine, "OPEN_EXIT_ENABLED", open_exit)
     h = rig.load(openat_policy("/nonexistent/x"), "kprobes")
     ids = set(rig.ctx.loaded_prog_ids)
-    assert len(ids) == 2 and ids <= our_program_ids()  # sys_enter and sys_exit
+    # openat on the opened file: sys_exit alone (tp_btf), or the sys_enter + sys_exit pair
+    assert len(ids) == (1 if open_exit else 2) and ids <= our_program_ids()
     h.unload()
     h.unload()  # idempotent
     assert gone(ids)
@@ -242,7 +247,7 @@ def test_sigkill_through_the_agent_scoped_by_match_pids_follow_forks(agent, tmp_
                              text=True, timeout=60)
         import json as _json
         [row] = _json.loads(lst.stdout)
-        assert [hk["mechanism"] for hk in row["hooks"]] == ["raw_tp sys_enter + sys_exit"]
+        assert [hk["mechanism"] for hk in row["hooks"]] == ["tp_btf sys_exit"]
     finally:
         if shell.poll() is None:
             shell.kill()
@@ -259,7 +264,7 @@ def test_symlink_to_the_protected_file_is_caught_from_the_opened_file(rig, tmp_p
     assert r.returncode == -9 and r.stdout == b""
     evs = rig.events(lambda b: str(secret) in string_args(b))
     assert evs and evs[0]["action_taken"] is True
-    assert h.status()["hooks"][0]["mechanism"] == "raw_tp sys_enter + sys_exit"
+    assert h.status()["hooks"][0]["mechanism"] == "tp_btf sys_exit"
     assert "file actually opened" in h.status()["hooks"][0]["note"]
     # a failed open of a missing file under the protected name is still reported with the absolute path
     assert subprocess.run(["cat", str(link)], capture_output=True).returncode == 0  # outside the cgroup
