@@ -19,7 +19,7 @@ import pytest
 
 from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium_sensors.tracepoint import engine
-from hook_helpers import rig_fixture
+from hook_helpers import rig_fixture, scope_of
 
 pytestmark = [pytest.mark.kernel]
 
@@ -140,7 +140,7 @@ def _run(rig, tree, cg, rules: dict[str, str], call: str = "sys_openat") -> dict
             engine.OPEN_EXIT_ENABLED = fast
             try:
                 h = rig.load(_policy(f"{name}-{'fast' if fast else 'pair'}", call, sels), "kprobes",
-                             policy_id=len(handles) + 10, cgroup_ids=[cg.id])
+                             policy_id=len(handles) + 10, scope=scope_of(cg))
             finally:
                 engine.OPEN_EXIT_ENABLED = True
             want = engine.OPEN_EXIT_MECHANISM if fast else "raw_tp sys_enter + sys_exit"
@@ -237,7 +237,7 @@ spec:
     - matchArgs:
       - {{index: 0, operator: Equal, values: ["{secret}"]}}
 """
-    h = rig.load(text, "kprobes", cgroup_ids=[cgroup2_dir.id])
+    h = rig.load(text, "kprobes", scope=scope_of(cgroup2_dir))
     assert h.status()["hooks"][0]["mechanism"] == engine.OPEN_EXIT_MECHANISM
     out = cgroup2_dir.run([sys.executable, "-c", CHILD, json.dumps(tree["ops"])], capture_output=True, text=True,
                           check=True)
@@ -273,7 +273,7 @@ def test_without_the_fast_object_the_pair_serves_the_hook(rig, tree, cgroup2_dir
     monkeypatch.setattr(engine, "HOOK_OPEN_PROBE", ProbeSource(name="sens_hook_open_missing",
                                                                source=tree["tmp"] / "missing.bpf.c"))
     text = _policy("fallback", "sys_openat", _sel("Equal", str(tree["secret"])))
-    h = rig.load(text, "kprobes", cgroup_ids=[cgroup2_dir.id])
+    h = rig.load(text, "kprobes", scope=scope_of(cgroup2_dir))
     hook = h.status()["hooks"]
     assert len(hook) == 1 and hook[0]["mechanism"] == "raw_tp sys_enter + sys_exit", hook
     assert "tp_btf sys_exit not available here" in hook[0]["note"]
