@@ -18,7 +18,7 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
     from sensorium.policy import KProbeSpec
-    from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
+    from sensorium_sensors.tracepoint.engine import HOOK_OPEN_PROBE, HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(
         name="kprobe",
@@ -26,7 +26,7 @@ def sensorium_sensor() -> SensorSpec:
         "fentry/fexit or kprobe/kretprobe where the kernel has them, with in-kernel selectors and actions; "
         "events: process_kprobe",
         factory=_factory,
-        probes=[HOOK_PROBE],
+        probes=[HOOK_PROBE, HOOK_OPEN_PROBE],
         options=HookSensorOptions,
         policy_sections={"kprobes": KProbeSpec},
         record_layouts=dict(selectors.RECORD_LAYOUTS),
