@@ -21,7 +21,7 @@ from typing import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import hookimpl
-from sensorium.events import Event
+from sensorium.events import Event, json_lines
 from sensorium.hookspecs import PartialWrite
 from sensorium.hookspecs import ExporterContext, ExporterSpec
 
@@ -112,12 +112,19 @@ class FileExporter:
             self.open()
         else:
             self._reopen_if_moved()
+        lines = json_lines(events)  # an EventBatch's lines as they are: no event object is made
+        data = b"\n".join(lines) + b"\n" if lines else b""
+        if self._size + len(data) <= self.max_bytes:
+            # The common case: the batch fits before the rotation size: one write for all of it.
+            if data:
+                self._write_all(data)
+            return
         done = 0
         chunk: list[bytes] = []
         chunk_bytes = 0
         try:
-            for ev in events:
-                line = ev.json() + b"\n"
+            for line in lines:
+                line = line + b"\n"
                 # Rotate on event boundaries, before the file would grow past the limit.
                 if self._size + chunk_bytes + len(line) > self.max_bytes and (self._size + chunk_bytes) > 0:
                     if chunk:

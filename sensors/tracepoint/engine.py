@@ -14,14 +14,17 @@ import base64
 import ctypes
 import dataclasses
 import os
+import re
 import struct
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from sensorium.events import Event
+from sensorium import events as _events
+from sensorium.events import Event, EventBatch, LazyEvent
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, SensorContext
 from sensorium import selectors as S
 
@@ -78,7 +81,7 @@ class HookPlan:
             if ap.label is None and ap.json_key not in ("syscall_id",):
                 if ap.kind == S.ARG_INT:
                     bits = ap.size * 8
-                    f = (ap.json_key, (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64)
+                    f = (ap.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64)
                 elif ap.json_key == "string_arg":
                     f = ("string_arg",)
             fast.append((ap, f))
@@ -127,28 +130,62 @@ class EventRing:
             self.obj = None
 
     # -- decoding (reader thread) -----------------------------------------------------------------
-    def decode(self, records: Sequence[bytes]) -> list[Event]:
-        out: list[Event] = []
-        append = out.append
+    def decode(self, records: Sequence[bytes]) -> Sequence[Event]:
+        """Records of one batch -> an `EventBatch`: each event's JSON assembled here from byte fragments,
+        with no object made per event (the `LazyEvent`, and its body dict by `_body_of`, only when
+        someone reads the events; a test checks that both give the same content).
+
+        Per batch, each pid's process and parent are looked up in the process cache and encoded once
+        (the batch spans a few milliseconds: the same view every event of that pid got one by one)."""
+        node_name = getattr(self.ctx, "node_name", None)
+        if not isinstance(node_name, str):  # a context without a node name: one dict per event
+            return self._decode_generic(records)
         hooks = self.hooks
         pc = getattr(self.ctx, "process_cache", None)
         pc_get = pc.get if pc is not None else None
-        make = self.ctx.make_event
+        tail_node = b'},"node_name":' + orjson.dumps(node_name) + b',"time":'
+        lines: list[bytes] = []
+        kinds: list[str] = []
+        walls: list[int] = []
+        recs: list[bytes] = []
+        cidx: list[int] = []
+        # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, entry, resolved)
+        memo: dict[tuple[int, int, int], tuple] = {}
+        ctxs: list[tuple] = []  # (plan, policy_name, process, parent); process None: not in the cache
+        resolved = True
         unpack_ev = _EV.unpack_from
         unpack_arg = _ARG.unpack_from
         unpack_q = _Q.unpack_from
+        boot = _events.BOOT_WALL_NS
+        time_json = _events.rfc3339_json
+        unsafe = _UNSAFE
+        dumps = orjson.dumps
+        add_line, add_kind, add_wall, add_rec, add_ci = (lines.append, kinds.append, walls.append, recs.append,
+                                                         cidx.append)
         for rec in records:
             if len(rec) < _EV_SIZE:
                 self.decode_errors += 1
                 continue
-            (rtype, _f, size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, nargs,
+            (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, _n,
              data_len) = unpack_ev(rec)
-            entry = hooks.get((policy_id, hook_id))
-            if rtype != S.REC_HOOK or entry is None:
-                continue  # a hook unloaded while its last records were in flight
-            plan, policy_name, hs = entry
-            hs.events += 1
-            args = []
+            m = memo.get((policy_id, hook_id, pid))
+            if m is None:
+                entry = hooks.get((policy_id, hook_id))
+                if rtype != S.REC_HOOK or entry is None:
+                    continue  # a hook unloaded while its last records were in flight
+                m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs)
+            elif rtype != S.REC_HOOK:
+                continue
+            ci, head, pname, entry, known = m
+            plan = entry[0]
+            entry[2].events += 1
+            if not known:
+                resolved = False
+            if head is None:  # not in the process cache (or no cache): pid and this record's tid
+                head = b'{"%b":{"process":{"pid":%d,"tid":%d}%b' % (plan.kind.encode(), pid, tid,
+                                                                  _json_middle(plan.body))
+            # arguments: the same walk as _body_of
+            parts = []
             pos = _EV_SIZE
             end = _EV_SIZE + data_len
             if end > len(rec):
@@ -161,47 +198,174 @@ class EventRing:
                 if kind == 1:  # S.ARG_INT
                     v = unpack_q(rec, pos)[0]
                     pos += 8
-                    if fast is not None:  # a plain integer: inline (most args), see HookPlan.fast
-                        key, mask, sign = fast
+                    if fast is not None:
+                        jkey, mask, sign = fast
                         v &= mask
                         if v >= sign:
                             v -= sign << 1
-                        args.append({key: v})
+                        parts.append(b'{"%b":%d}' % (jkey, v))
                     else:
-                        args.append(_render_int(ap, v))
+                        parts.append(dumps(_render_int(ap, v)))
                 else:
-                    if fast is not None and not aflags:
-                        args.append({fast[0]: rec[pos:pos + alen].decode("utf-8", "backslashreplace")})
-                    else:
-                        args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
+                    raw = rec[pos:pos + alen]
                     pos += (alen + 7) & ~7
+                    if fast is not None and not aflags:
+                        if unsafe(raw) is None:  # nothing JSON must escape: the bytes as they are
+                            parts.append(b'{"string_arg":"%b"}' % raw)
+                        else:
+                            parts.append(b'{"string_arg":%b}' % dumps(raw.decode("utf-8", "backslashreplace")))
+                    else:
+                        parts.append(dumps(_render_bytes(ap, raw, aflags)))
+            if plan.return_plan is not None and flags & S.EV_HAS_RET:
+                tail = b'],"return":' + dumps(_render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)) + pname
+            else:
+                tail = b"]" + pname
+            if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
+                act = b"," + dumps(_action_fields(plan, sel, actions, flags))[1:-1]
+            else:
+                act = b',"action":"KPROBE_ACTION_POST"'
+            if cgroup_id:
+                act += b',"cgroup_id":%d' % cgroup_id
+            wall = boot + ktime
+            add_line(b'%b,"args":[%b%b%b%b%b}' % (head, b",".join(parts), tail, act, tail_node, time_json(wall)))
+            add_kind(plan.kind)
+            add_wall(wall)
+            add_rec(rec)
+            add_ci(ci)
+
+        def make(i: int) -> Event:
+            plan, policy_name, proc, parent = ctxs[cidx[i]]
+            rec = recs[i]
+            if proc is None:
+                pid, tid = _PID_TID.unpack_from(rec, 16)
+                proc = {"pid": pid, "tid": tid}
+            return LazyEvent(plan.kind, node_name, walls[i], lines[i], proc, _body_of,
+                             (rec, plan, policy_name, proc, parent))
+
+        return EventBatch(lines, kinds, make, resolved=resolved)
+
+    @staticmethod
+    def _head(entry: tuple, pid: int, pc_get: Any, ctxs: list[tuple]) -> tuple:
+        """What the events of one hook and one pid share in a batch (see `decode`)."""
+        plan, policy_name, _hs = entry
+        proc = parent = None
+        if pc_get is not None:
+            try:
+                proc, parent = pc_get(pid)
+            except Exception:
+                proc = parent = None
+        pname = b',"policy_name":' + orjson.dumps(policy_name)
+        if not proc:
+            ctxs.append((plan, policy_name, None, None))
+            return len(ctxs) - 1, None, pname, entry, False
+        head = b'{"' + plan.kind.encode() + b'":{"process":' + orjson.dumps(proc)
+        if parent:
+            head += b',"parent":' + orjson.dumps(parent)
+        else:
+            parent = None
+        ctxs.append((plan, policy_name, proc, parent))
+        # resolved: ProcessJoin has nothing to add (a cache entry without exec_id is not resolved)
+        return len(ctxs) - 1, head + _json_middle(plan.body), pname, entry, bool(proc.get("exec_id"))
+
+    def _decode_generic(self, records: Sequence[bytes]) -> list[Event]:
+        """One dict body per record, encoded by `Event.json` (contexts without a node name)."""
+        out: list[Event] = []
+        hooks = self.hooks
+        pc = getattr(self.ctx, "process_cache", None)
+        make = self.ctx.make_event
+        for rec in records:
+            if len(rec) < _EV_SIZE:
+                self.decode_errors += 1
+                continue
+            (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, *_r) = _EV.unpack_from(rec)
+            entry = hooks.get((policy_id, hook_id))
+            if rtype != S.REC_HOOK or entry is None:
+                continue
+            plan, policy_name, hs = entry
+            hs.events += 1
             proc = parent = None
-            if pc_get is not None:
+            if pc is not None:
                 try:
-                    proc, parent = pc_get(pid)
+                    proc, parent = pc.get(pid)
                 except Exception:
                     proc = parent = None
-            body: dict[str, Any] = {"process": proc or {"pid": pid, "tid": tid}}
-            if parent:
-                body["parent"] = parent
-            body.update(plan.body)
-            body["args"] = args
-            if plan.return_plan is not None and flags & S.EV_HAS_RET:
-                body["return"] = _render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)
-            body["policy_name"] = policy_name
-            if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
-                body["action"] = _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]
-                if actions & S.ACT_SIGNAL and sel < S.MAX_SELECTORS:
-                    body["signal"] = plan.compiled.cfg.sel[sel].signal
-                monitoring = bool(flags & S.EV_MONITOR)
-                body["policy_mode"] = "monitoring" if monitoring else "enforcement"
-                body["action_taken"] = not monitoring and not (flags & S.EV_SIGNAL_ERR)
-            else:
-                body["action"] = "KPROBE_ACTION_POST"
-            if cgroup_id:
-                body["cgroup_id"] = cgroup_id
-            append(make(plan.kind, body, ktime))
+            out.append(make(plan.kind, _body_of(rec, plan, policy_name, proc or {"pid": pid, "tid": tid}, parent),
+                            ktime))
         return out
+
+
+_PID_TID = struct.Struct("<II")  # sens_event.pid, .tid at offset 16
+
+_UNSAFE = re.compile(rb'[\x00-\x1f"\\\x80-\xff]').search  # bytes a JSON string cannot hold as they are
+
+_BODY_KEYS = frozenset({"process", "parent", "args", "return", "policy_name", "action", "signal", "policy_mode",
+                        "action_taken", "cgroup_id"})
+
+
+def _json_middle(body: Mapping[str, Any]) -> bytes:
+    """The plan's fixed fields as they sit inside the body's JSON (after process/parent)."""
+    if _BODY_KEYS.intersection(body):
+        raise ValueError(f"a hook's fixed event fields may not use the keys {sorted(_BODY_KEYS & set(body))}")
+    inner = orjson.dumps(dict(body))[1:-1]
+    return b"," + inner if inner else b""
+
+
+def _action_fields(plan: HookPlan, sel: int, actions: int, flags: int) -> dict[str, Any]:
+    """The action part of a body whose selector took a signal action."""
+    out: dict[str, Any] = {"action": _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]}
+    if actions & S.ACT_SIGNAL and sel < S.MAX_SELECTORS:
+        out["signal"] = plan.compiled.cfg.sel[sel].signal
+    monitoring = bool(flags & S.EV_MONITOR)
+    out["policy_mode"] = "monitoring" if monitoring else "enforcement"
+    out["action_taken"] = not monitoring and not (flags & S.EV_SIGNAL_ERR)
+    return out
+
+
+def _body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
+             parent: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The event body of one record as a dict: the reference for the JSON `EventRing.decode` assembles."""
+    (_t, _f, _size, _kt, _pid, _tid, _pol, _hook, retval, cgroup_id, sel, actions, flags, _n,
+     data_len) = _EV.unpack_from(rec)
+    args = []
+    pos = _EV_SIZE
+    end = min(_EV_SIZE + data_len, len(rec))
+    for ap, fast in plan.fast:
+        if pos + 8 > end:
+            break
+        kind, aflags, alen, _ = _ARG.unpack_from(rec, pos)
+        pos += 8
+        if kind == 1:  # S.ARG_INT
+            v = _Q.unpack_from(rec, pos)[0]
+            pos += 8
+            if fast is not None:  # a plain integer, see HookPlan.fast
+                key, mask, sign = fast
+                v &= mask
+                if v >= sign:
+                    v -= sign << 1
+                args.append({key.decode(): v})
+            else:
+                args.append(_render_int(ap, v))
+        else:
+            if fast is not None and not aflags:
+                args.append({"string_arg": rec[pos:pos + alen].decode("utf-8", "backslashreplace")})
+            else:
+                args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
+            pos += (alen + 7) & ~7
+    body: dict[str, Any] = {"process": proc}
+    if parent:
+        body["parent"] = parent
+    body.update(plan.body)
+    body["args"] = args
+    if plan.return_plan is not None and flags & S.EV_HAS_RET:
+        body["return"] = _render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)
+    body["policy_name"] = policy_name
+    if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
+        body.update(_action_fields(plan, sel, actions, flags))
+    else:
+        body["action"] = "KPROBE_ACTION_POST"
+    if cgroup_id:
+        body["cgroup_id"] = cgroup_id
+    return body
 
 
 def _render_int(ap: S.ArgPlan, v: int) -> dict[str, Any]:
