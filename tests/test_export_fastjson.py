@@ -138,7 +138,7 @@ CACHE = _Cache({4242: (PROC, PARENT), 7: (dict(PROC, pid=7), None), 8: ({"pid": 
 def test_fast_json_is_byte_identical_to_the_generic_encoding(cache: Any) -> None:
     plans, recs = _records()
     fast = _ring(plans, cache).decode(recs)
-    generic = _ring(plans, cache)._decode_generic(recs)
+    generic = _ring(plans, cache).decode_dicts(recs)
     assert isinstance(fast, EventBatch)
     assert len(fast) == len(generic) == len(recs) - 2  # the stray hook and the short record
     for line, ev in zip(fast.lines, generic):

@@ -51,6 +51,7 @@ _EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event
 _ARG = struct.Struct("<BBHI")                 # sens_arg_rec
 _Q = struct.Struct("<Q")
 _EV_SIZE = _EV.size
+assert S.EV_HAS_RET == 2 and S.ACT_SIGKILL | S.ACT_SIGNAL == 6  # inlined in EventRing.decode
 assert _EV.size == ctypes.sizeof(S.SensEvent), (_EV.size, ctypes.sizeof(S.SensEvent))
 
 _ACTION_NAMES = {S.ACT_SIGKILL: "KPROBE_ACTION_SIGKILL", S.ACT_SIGNAL: "KPROBE_ACTION_SIGNAL"}
@@ -71,6 +72,7 @@ class HookPlan:
     kind: str = "process_tracepoint"
     return_plan: S.ArgPlan | None = None
     fast: list[tuple[S.ArgPlan, tuple | None]] = dataclasses.field(default_factory=list)
+    ret_fast: tuple | None = None
 
     def __post_init__(self) -> None:
         # Per argument, what the decoder can render inline: (json key, value mask, sign bit) for plain
@@ -86,6 +88,11 @@ class HookPlan:
                     f = ("string_arg",)
             fast.append((ap, f))
         self.fast = fast
+        rp = self.return_plan
+        self.ret_fast = None
+        if rp is not None and rp.label is None and rp.json_key != "syscall_id":
+            bits = rp.size * 8
+            self.ret_fast = (rp.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if rp.signed else 1 << 64)
 
 
 def _set_reuse_proto() -> Callable[[int, int], int]:
@@ -139,7 +146,7 @@ class EventRing:
         (the batch spans a few milliseconds: the same view every event of that pid got one by one)."""
         node_name = getattr(self.ctx, "node_name", None)
         if not isinstance(node_name, str):  # a context without a node name: one dict per event
-            return self._decode_generic(records)
+            return self.decode_dicts(records)
         hooks = self.hooks
         pc = getattr(self.ctx, "process_cache", None)
         pc_get = pc.get if pc is not None else None
@@ -149,21 +156,24 @@ class EventRing:
         walls: list[int] = []
         recs: list[bytes] = []
         cidx: list[int] = []
-        # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, entry, resolved)
+        # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, plan, HookSet,
+        # state: 1 in the cache, 2 in it without exec_id, 0 not in it (head is then a format of pid and tid))
         memo: dict[tuple[int, int, int], tuple] = {}
         ctxs: list[tuple] = []  # (plan, policy_name, process, parent); process None: not in the cache
         resolved = True
         unpack_ev = _EV.unpack_from
         unpack_arg = _ARG.unpack_from
+        unpack_argq = _ARGQ.unpack_from
         unpack_q = _Q.unpack_from
         boot = _events.BOOT_WALL_NS
-        time_json = _events.rfc3339_json
         unsafe = _UNSAFE
         dumps = orjson.dumps
+        cur_secs, cur_time = -1, b""
         add_line, add_kind, add_wall, add_rec, add_ci = (lines.append, kinds.append, walls.append, recs.append,
                                                          cidx.append)
         for rec in records:
-            if len(rec) < _EV_SIZE:
+            n = len(rec)
+            if n < _EV_SIZE:
                 self.decode_errors += 1
                 continue
             (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, _n,
@@ -176,27 +186,30 @@ class EventRing:
                 m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs)
             elif rtype != S.REC_HOOK:
                 continue
-            ci, head, pname, entry, known = m
-            plan = entry[0]
-            entry[2].events += 1
-            if not known:
+            ci, head, pname, plan, hs, state = m
+            hs.events += 1
+            if state != 1:
                 resolved = False
-            if head is None:  # not in the process cache (or no cache): pid and this record's tid
-                head = b'{"%b":{"process":{"pid":%d,"tid":%d}%b' % (plan.kind.encode(), pid, tid,
-                                                                  _json_middle(plan.body))
+                if not state:  # not in the process cache (or no cache): pid and this record's tid
+                    head = head % (pid, tid)
             # arguments: the same walk as _body_of
             parts = []
             pos = _EV_SIZE
             end = _EV_SIZE + data_len
-            if end > len(rec):
-                end = len(rec)
+            if end > n:
+                end = n
             for ap, fast in plan.fast:
                 if pos + 8 > end:
                     break
-                kind, aflags, alen, _ = unpack_arg(rec, pos)
+                if pos + 16 <= n:  # header and (for an integer) value in one call
+                    kind, aflags, alen, _, v = unpack_argq(rec, pos)
+                else:
+                    kind, aflags, alen, _ = unpack_arg(rec, pos)
+                    v = None
                 pos += 8
                 if kind == 1:  # S.ARG_INT
-                    v = unpack_q(rec, pos)[0]
+                    if v is None:
+                        v = unpack_q(rec, pos)[0]  # past the record: raises, as _body_of does
                     pos += 8
                     if fast is not None:
                         jkey, mask, sign = fast
@@ -216,18 +229,30 @@ class EventRing:
                             parts.append(b'{"string_arg":%b}' % dumps(raw.decode("utf-8", "backslashreplace")))
                     else:
                         parts.append(dumps(_render_bytes(ap, raw, aflags)))
-            if plan.return_plan is not None and flags & S.EV_HAS_RET:
-                tail = b'],"return":' + dumps(_render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)) + pname
+            if flags & 2 and plan.return_plan is not None:  # S.EV_HAS_RET
+                rf = plan.ret_fast
+                if rf is not None:
+                    rkey, mask, sign = rf
+                    v = retval & mask
+                    if v >= sign:
+                        v -= sign << 1
+                    tail = b'],"return":{"%b":%d}%b' % (rkey, v, pname)
+                else:
+                    tail = (b'],"return":' + dumps(_render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF))
+                            + pname)
             else:
                 tail = b"]" + pname
-            if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
+            if actions & 6:  # S.ACT_SIGKILL | S.ACT_SIGNAL
                 act = b"," + dumps(_action_fields(plan, sel, actions, flags))[1:-1]
             else:
                 act = b',"action":"KPROBE_ACTION_POST"'
             if cgroup_id:
                 act += b',"cgroup_id":%d' % cgroup_id
             wall = boot + ktime
-            add_line(b'%b,"args":[%b%b%b%b%b}' % (head, b",".join(parts), tail, act, tail_node, time_json(wall)))
+            secs, nanos = divmod(wall, 1_000_000_000)
+            if secs != cur_secs:  # the formatted second changes once a second (see rfc3339_json)
+                cur_secs, cur_time = secs, tail_node + _events.rfc3339_json(secs * 1_000_000_000)[:-12]
+            add_line(b'%b,"args":[%b%b%b%b.%09dZ"}' % (head, b",".join(parts), tail, act, cur_time, nanos))
             add_kind(plan.kind)
             add_wall(wall)
             add_rec(rec)
@@ -247,7 +272,7 @@ class EventRing:
     @staticmethod
     def _head(entry: tuple, pid: int, pc_get: Any, ctxs: list[tuple]) -> tuple:
         """What the events of one hook and one pid share in a batch (see `decode`)."""
-        plan, policy_name, _hs = entry
+        plan, policy_name, hs = entry
         proc = parent = None
         if pc_get is not None:
             try:
@@ -255,20 +280,25 @@ class EventRing:
             except Exception:
                 proc = parent = None
         pname = b',"policy_name":' + orjson.dumps(policy_name)
+        kind = b'{"' + plan.kind.encode() + b'":{"process":'
+        mid = _json_middle(plan.body)
         if not proc:
             ctxs.append((plan, policy_name, None, None))
-            return len(ctxs) - 1, None, pname, entry, False
-        head = b'{"' + plan.kind.encode() + b'":{"process":' + orjson.dumps(proc)
+            return len(ctxs) - 1, kind.replace(b"%", b"%%") + b'{"pid":%d,"tid":%d}' + mid.replace(b"%", b"%%"), \
+                pname, plan, hs, 0
+        head = kind + orjson.dumps(proc)
         if parent:
             head += b',"parent":' + orjson.dumps(parent)
         else:
             parent = None
         ctxs.append((plan, policy_name, proc, parent))
-        # resolved: ProcessJoin has nothing to add (a cache entry without exec_id is not resolved)
-        return len(ctxs) - 1, head + _json_middle(plan.body), pname, entry, bool(proc.get("exec_id"))
+        # 1: ProcessJoin has nothing to add (a cache entry without exec_id is not resolved: 2)
+        return len(ctxs) - 1, head + mid, pname, plan, hs, 1 if proc.get("exec_id") else 2
 
-    def _decode_generic(self, records: Sequence[bytes]) -> list[Event]:
-        """One dict body per record, encoded by `Event.json` (contexts without a node name)."""
+    def decode_dicts(self, records: Sequence[bytes]) -> list[Event]:
+        """One `Event` with a dict body per record, encoded only when `Event.json` is first called: for a
+        sensor that changes bodies after decoding (kprobe kernel functions), and contexts without a
+        node name. Slower than `decode`; the same content."""
         out: list[Event] = []
         hooks = self.hooks
         pc = getattr(self.ctx, "process_cache", None)
@@ -295,6 +325,7 @@ class EventRing:
 
 
 _PID_TID = struct.Struct("<II")  # sens_event.pid, .tid at offset 16
+_ARGQ = struct.Struct("<BBHIQ")  # sens_arg_rec and the 8 bytes after it (an integer's value)
 
 _UNSAFE = re.compile(rb'[\x00-\x1f"\\\x80-\xff]').search  # bytes a JSON string cannot hold as they are
 
