@@ -151,7 +151,8 @@ class EventRing:
         pc = getattr(self.ctx, "process_cache", None)
         pc_get = pc.get if pc is not None else None
         tail_node = b'},"node_name":' + orjson.dumps(node_name) + b',"time":'
-        lines: list[bytes] = []
+        heads: list[bytes] = []
+        rests: list[bytes] = []
         kinds: list[str] = []
         walls: list[int] = []
         recs: list[bytes] = []
@@ -169,8 +170,8 @@ class EventRing:
         unsafe = _UNSAFE
         dumps = orjson.dumps
         cur_secs, cur_time = -1, b""
-        add_line, add_kind, add_wall, add_rec, add_ci = (lines.append, kinds.append, walls.append, recs.append,
-                                                         cidx.append)
+        add_head, add_rest, add_kind, add_wall, add_rec, add_ci = (heads.append, rests.append, kinds.append,
+                                                                   walls.append, recs.append, cidx.append)
         for rec in records:
             n = len(rec)
             if n < _EV_SIZE:
@@ -252,7 +253,8 @@ class EventRing:
             secs, nanos = divmod(wall, 1_000_000_000)
             if secs != cur_secs:  # the formatted second changes once a second (see rfc3339_json)
                 cur_secs, cur_time = secs, tail_node + _events.rfc3339_json(secs * 1_000_000_000)[:-12]
-            add_line(b'%b,"args":[%b%b%b%b.%09dZ"}' % (head, b",".join(parts), tail, act, cur_time, nanos))
+            add_head(head)
+            add_rest(b',"args":[%b%b%b%b.%09dZ"}\n' % (b",".join(parts), tail, act, cur_time, nanos))
             add_kind(plan.kind)
             add_wall(wall)
             add_rec(rec)
@@ -264,10 +266,10 @@ class EventRing:
             if proc is None:
                 pid, tid = _PID_TID.unpack_from(rec, 16)
                 proc = {"pid": pid, "tid": tid}
-            return LazyEvent(plan.kind, node_name, walls[i], lines[i], proc, _body_of,
+            return LazyEvent(plan.kind, node_name, walls[i], heads[i] + rests[i][:-1], proc, _body_of,
                              (rec, plan, policy_name, proc, parent))
 
-        return EventBatch(lines, kinds, make, resolved=resolved)
+        return EventBatch(heads, rests, kinds, make, resolved=resolved)
 
     @staticmethod
     def _head(entry: tuple, pid: int, pc_get: Any, ctxs: list[tuple]) -> tuple:
