@@ -106,8 +106,28 @@ def _records() -> tuple[dict[tuple[int, int], HookPlan], list[bytes]]:
                  ret=_int("long_arg", 8, True))
     strs = _plan([_str(), _str("string_arg", label="path"), _str("file_arg"), _str("bytes_arg", S.ARG_BUF)],
                  kind="process_tracepoint")
-    plans = {(3, 0): ints, (3, 1): strs}
+    # the usual shapes (generated formatter of the hook): with and without a return value
+    usual = _plan([_int(), _str(), _int("uint_arg", 8, False), _int("size_arg", 2, False), _int("long_arg", 8)],
+                  ret=_int("long_arg", 8, True))
+    usual_noret = _plan([_str(), _int("int_arg", 1, True)])
+    plans = {(3, 0): ints, (3, 1): strs, (3, 2): usual, (4, 0): usual_noret}
     recs = []
+    for s in STRINGS:
+        for v in (0, -1, 2**63, 2**64 - 1, 0x8000, -100):
+            for aflags, flags, cg, actions in ((0, S.EV_HAS_RET, 0, S.ACT_POST), (0, 0, 7, S.ACT_POST),
+                                               (0, S.EV_HAS_RET, 2**64 - 1, S.ACT_POST),
+                                               (S.ARGF_TRUNC, S.EV_HAS_RET, 0, S.ACT_POST),
+                                               (0, S.EV_HAS_RET, 0, S.ACT_SIGKILL)):
+                recs.append(_record([(S.ARG_INT, 0, v), (S.ARG_STR, aflags, s), (S.ARG_INT, 0, v),
+                                     (S.ARG_INT, 0, v), (S.ARG_INT, 0, v)], hook_id=2, retval=v, flags=flags,
+                                    cgroup_id=cg, actions=actions))
+            recs.append(_record([(S.ARG_STR, 0, s), (S.ARG_INT, 0, v)], policy_id=4, flags=S.EV_HAS_RET,
+                                retval=v))
+    # the usual hook with a record of another shape: an int where the string is, args cut short
+    recs.append(_record([(S.ARG_INT, 0, 1)] * 5, hook_id=2, flags=S.EV_HAS_RET))
+    recs.append(_record([(S.ARG_INT, 0, 1), (S.ARG_STR, 0, b"/abc")], hook_id=2))
+    recs.append(_record([(S.ARG_INT, 0, 1), (S.ARG_STR, 0, b"/abc"), (S.ARG_INT, 0, 3)], hook_id=2,
+                        data_len=40))
     for v in (0, 1, -1, -100, 2**31 - 1, -2**31, 2**63 - 1, -2**63, 2**64 - 1, 0x1234_5678_9ABC):
         recs.append(_record([(S.ARG_INT, 0, v)] * 6, retval=v, flags=S.EV_HAS_RET, cgroup_id=v & 0xFFFF))
     recs.append(_record([(S.ARG_INT, 0, 5)] * 6, retval=7))  # no return value in the record
@@ -140,6 +160,9 @@ def test_fast_json_is_byte_identical_to_the_generic_encoding(cache: Any) -> None
     fast = _ring(plans, cache).decode(recs)
     generic = _ring(plans, cache).decode_dicts(recs)
     assert isinstance(fast, EventBatch)
+    ring = _ring(plans, cache)
+    assert ring._quick(ring.hooks[(3, 2)]) and ring._quick(ring.hooks[(4, 0)])  # generated for the usual
+    assert ring._quick(ring.hooks[(3, 0)]) is None  # a labelled argument: the general path
     assert len(fast) == len(generic) == len(recs) - 2  # the stray hook and the short record
     for line, ev in zip(fast.lines, generic):
         assert line == ev.json()
@@ -166,7 +189,7 @@ def test_a_batch_slices_counts_and_filters_without_losing_events() -> None:
     assert isinstance(part, EventBatch) and part.lines == batch.lines[5:9]
     assert [e.json() for e in part] == batch.lines[5:9]
     assert list(kinds_of(batch)) == [e.kind for e in batch] and json_lines(part) == part.lines
-    chain = build_filters({"deny": [{"policy_names": ['policy-3 "q"']}]}, NODE)
+    chain = build_filters({"deny": [{"policy_names": ['policy-3 "q"', 'policy-4 "q"']}]}, NODE)
     kept, drops = chain.apply(batch)
     assert kept == [] and drops == {"filtered": len(batch)}
     chain = build_filters({"allow": [{"binary_regex": ["^/usr/bin/cat$"]}]}, NODE)
@@ -193,10 +216,10 @@ def test_pipeline_runner_and_file_exporter_write_the_batch_lines(tmp_path: Path)
     from sensorium_exporters.file import FileExporter, FileOptions
 
     plans, recs = _records()
-    batch = _ring(plans, CACHE).decode(recs * 50)
+    batch = _ring(plans, CACHE).decode(recs * 20)
     from sensorium.exporting import ExporterContextImpl
 
-    exp = FileExporter(FileOptions(path=tmp_path / "ev.log"), ExporterContextImpl("file", NODE))
+    exp = FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=1000), ExporterContextImpl("file", NODE))
     runner = runner_for(exp, batch_size=100)
     pipe = Pipeline([runner], [ProcessJoin(CACHE)])
     runner.start()
@@ -206,3 +229,20 @@ def test_pipeline_runner_and_file_exporter_write_the_batch_lines(tmp_path: Path)
     assert runner.stats()["exported"] == len(batch)
     assert pipe.stats()["events_by_kind"] == dict(collections.Counter(batch.kinds))
     assert set(batch.kinds) == {"process_kprobe", "process_tracepoint"}
+
+
+def test_file_exporter_rotates_a_batch_on_line_boundaries(tmp_path: Path) -> None:
+    from sensorium.exporting import ExporterContextImpl
+    from sensorium_exporters.file import FileExporter, FileOptions
+
+    plans, recs = _records()
+    batch = _ring(plans, CACHE).decode(recs)
+    exp = FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=0.05, max_backups=1000),
+                       ExporterContextImpl("file", NODE))
+    exp.open()
+    for i in range(0, len(batch), 64):
+        exp.write_batch(batch[i:i + 64])
+    exp.close()
+    files = sorted(tmp_path.glob("ev.log.*"), key=lambda p: -int(p.suffix[1:])) + [tmp_path / "ev.log"]
+    assert len(files) > 3 and all(f.stat().st_size <= 0.05 * 1024 * 1024 for f in files)
+    assert b"".join(f.read_bytes() for f in files) == b"".join(line + b"\n" for line in batch.lines)

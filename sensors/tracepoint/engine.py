@@ -112,6 +112,7 @@ class EventRing:
         self.hooks: dict[tuple[int, int], tuple[HookPlan, str, "HookSet"]] = {}
         self.lock = threading.Lock()
         self.decode_errors = 0
+        self._quick_cache: dict[int, tuple[tuple, Any]] = {}
 
     def start(self) -> None:
         obj = self.ctx.open_object(self.ctx.build(HOOK_PROBE))
@@ -153,10 +154,7 @@ class EventRing:
         tail_node = b'},"node_name":' + orjson.dumps(node_name) + b',"time":'
         heads: list[bytes] = []
         rests: list[bytes] = []
-        kinds: list[str] = []
-        walls: list[int] = []
         recs: list[bytes] = []
-        cidx: list[int] = []
         # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, plan, HookSet,
         # state: 1 in the cache, 2 in it without exec_id, 0 not in it (head is then a format of pid and tid))
         memo: dict[tuple[int, int, int], tuple] = {}
@@ -170,8 +168,7 @@ class EventRing:
         unsafe = _UNSAFE
         dumps = orjson.dumps
         cur_secs, cur_time = -1, b""
-        add_head, add_rest, add_kind, add_wall, add_rec, add_ci = (heads.append, rests.append, kinds.append,
-                                                                   walls.append, recs.append, cidx.append)
+        add_head, add_rest, add_rec = heads.append, rests.append, recs.append
         for rec in records:
             n = len(rec)
             if n < _EV_SIZE:
@@ -184,15 +181,26 @@ class EventRing:
                 entry = hooks.get((policy_id, hook_id))
                 if rtype != S.REC_HOOK or entry is None:
                     continue  # a hook unloaded while its last records were in flight
-                m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs)
+                m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
             elif rtype != S.REC_HOOK:
                 continue
-            ci, head, pname, plan, hs, state = m
+            ci, head, pname, plan, hs, state, quick = m
             hs.events += 1
             if state != 1:
                 resolved = False
                 if not state:  # not in the process cache (or no cache): pid and this record's tid
                     head = head % (pid, tid)
+            wall = boot + ktime
+            secs, nanos = divmod(wall, 1_000_000_000)
+            if secs != cur_secs:  # the formatted second changes once a second (see rfc3339_json)
+                cur_secs, cur_time = secs, tail_node + _events.rfc3339_json(secs * 1_000_000_000)[:-12]
+            if quick is not None:  # the hook's usual record shape in one format (see _quick_rest)
+                rest = quick(rec, n, _EV_SIZE + data_len, flags, retval, actions, cgroup_id, cur_time, nanos)
+                if rest is not None:
+                    add_head(head)
+                    add_rest(rest)
+                    add_rec(rec)
+                    continue
             # arguments: the same walk as _body_of
             parts = []
             pos = _EV_SIZE
@@ -212,7 +220,7 @@ class EventRing:
                     if v is None:
                         v = unpack_q(rec, pos)[0]  # past the record: raises, as _body_of does
                     pos += 8
-                    if fast is not None:
+                    if fast is not None and len(fast) == 3:  # a plain integer (the kind the plan expects)
                         jkey, mask, sign = fast
                         v &= mask
                         if v >= sign:
@@ -223,7 +231,7 @@ class EventRing:
                 else:
                     raw = rec[pos:pos + alen]
                     pos += (alen + 7) & ~7
-                    if fast is not None and not aflags:
+                    if fast is not None and len(fast) == 1 and not aflags:
                         if unsafe(raw) is None:  # nothing JSON must escape: the bytes as they are
                             parts.append(b'{"string_arg":"%b"}' % raw)
                         else:
@@ -249,27 +257,41 @@ class EventRing:
                 act = b',"action":"KPROBE_ACTION_POST"'
             if cgroup_id:
                 act += b',"cgroup_id":%d' % cgroup_id
-            wall = boot + ktime
-            secs, nanos = divmod(wall, 1_000_000_000)
-            if secs != cur_secs:  # the formatted second changes once a second (see rfc3339_json)
-                cur_secs, cur_time = secs, tail_node + _events.rfc3339_json(secs * 1_000_000_000)[:-12]
             add_head(head)
             add_rest(b',"args":[%b%b%b%b.%09dZ"}\n' % (b",".join(parts), tail, act, cur_time, nanos))
-            add_kind(plan.kind)
-            add_wall(wall)
             add_rec(rec)
-            add_ci(ci)
+
+        # Each event's kind, for counting: one list multiplication when the batch has one kind (a sensor's
+        # hooks usually share it), else read back per record.
+        kindset = {m[3].kind for m in memo.values()}
+        if len(kindset) == 1:
+            kinds = [kindset.pop()] * len(recs)
+        else:
+            kinds = [memo[(f[6], f[7], f[4])][3].kind for f in map(unpack_ev, recs)]
 
         def make(i: int) -> Event:
-            plan, policy_name, proc, parent = ctxs[cidx[i]]
             rec = recs[i]
+            f = unpack_ev(rec)
+            plan, policy_name, proc, parent = ctxs[memo[(f[6], f[7], f[4])][0]]
             if proc is None:
-                pid, tid = _PID_TID.unpack_from(rec, 16)
-                proc = {"pid": pid, "tid": tid}
-            return LazyEvent(plan.kind, node_name, walls[i], heads[i] + rests[i][:-1], proc, _body_of,
+                proc = {"pid": f[4], "tid": f[5]}
+            return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, _body_of,
                              (rec, plan, policy_name, proc, parent))
 
         return EventBatch(heads, rests, kinds, make, resolved=resolved)
+
+    def _quick(self, entry: tuple) -> Callable[..., bytes | None] | None:
+        """The generated formatter of one hook's usual records (cached per loaded hook)."""
+        got = self._quick_cache.get(id(entry))
+        if got is None or got[0] is not entry:
+            try:
+                fn = _quick_rest(entry[0], entry[1])
+            except Exception:  # noqa: BLE001 - only an optimisation: the general path does it all
+                fn = None
+            if len(self._quick_cache) > 256:
+                self._quick_cache.clear()
+            got = self._quick_cache[id(entry)] = (entry, fn)
+        return got[1]
 
     @staticmethod
     def _head(entry: tuple, pid: int, pc_get: Any, ctxs: list[tuple]) -> tuple:
@@ -326,10 +348,68 @@ class EventRing:
         return out
 
 
-_PID_TID = struct.Struct("<II")  # sens_event.pid, .tid at offset 16
 _ARGQ = struct.Struct("<BBHIQ")  # sens_arg_rec and the 8 bytes after it (an integer's value)
 
 _UNSAFE = re.compile(rb'[\x00-\x1f"\\\x80-\xff]').search  # bytes a JSON string cannot hold as they are
+
+def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] | None:
+    """Generate, for one hook, a function that formats the JSON rest of a record (args .. time, newline)
+    in one bytes formatting when the record has the hook's usual shape: every argument a plain integer or
+    a string JSON needs not escape, complete within the record, the return value plainly an integer, no
+    signal action. It returns None for anything else, and `EventRing.decode` then takes the general path
+    (the test compares both with the dict encoding). None when the hook has an argument it cannot do."""
+    def lit(b: bytes) -> bytes:  # a constant inside a %-format
+        return b.replace(b"%", b"%%")
+
+    src = ["def rest(rec, n, end, flags, retval, actions, cgroup_id, cur_time, nanos):",
+           "    if actions & 6:", "        return None", "    if end > n:", "        end = n", "    pos = %d" % _EV_SIZE]
+    fmts, values = [], []
+    for i, (ap, fast) in enumerate(plan.fast):
+        if fast is None:
+            return None
+        if ap.kind == S.ARG_INT:
+            key, mask, sign = fast
+            src += ["    if pos + 16 > end:", "        return None",
+                    "    k, f, l, _, v%d = unpack_argq(rec, pos)" % i, "    if k != 1:", "        return None",
+                    "    v%d &= %d" % (i, mask)]
+            if sign <= mask:
+                src += ["    if v%d >= %d:" % (i, sign), "        v%d -= %d" % (i, sign << 1)]
+            src += ["    pos += 16"]
+            fmts.append(b'{"' + lit(key) + b'":%d}')
+        elif fast == ("string_arg",):
+            src += ["    if pos + 8 > end:", "        return None", "    k, f, l, _ = unpack_arg(rec, pos)",
+                    "    if k == 1 or f or pos + 8 + l > n:", "        return None",
+                    "    v%d = rec[pos + 8:pos + 8 + l]" % i, "    if unsafe(v%d) is not None:" % i,
+                    "        return None", "    pos += 8 + ((l + 7) & ~7)"]
+            fmts.append(b'{"string_arg":"%b"}')
+        else:
+            return None
+        values.append("v%d" % i)
+    args = b',"args":[' + b",".join(fmts) + b"]"
+    pname = lit(b',"policy_name":' + orjson.dumps(policy_name)) + b',"action":"KPROBE_ACTION_POST"'
+    end = b'%b.%09dZ"}\n'
+    vals = ", ".join(values + [""])
+    t = {"T": args + pname + end, "TC": args + pname + b',"cgroup_id":%d' + end}
+    if plan.return_plan is not None:
+        src += ["    if flags & 2:"]
+        if plan.ret_fast is None:
+            src += ["        return None"]
+        else:
+            key, mask, sign = plan.ret_fast
+            ret = b',"return":{"' + lit(key) + b'":%d}'
+            t["R"] = args + ret + pname + end
+            t["RC"] = args + ret + pname + b',"cgroup_id":%d' + end
+            src += ["        r = retval & %d" % mask]
+            if sign <= mask:
+                src += ["        if r >= %d:" % sign, "            r -= %d" % (sign << 1)]
+            src += ["        if cgroup_id:", "            return RC %% (%sr, cgroup_id, cur_time, nanos)" % vals,
+                    "        return R %% (%sr, cur_time, nanos)" % vals]
+    src += ["    if cgroup_id:", "        return TC %% (%scgroup_id, cur_time, nanos)" % vals,
+            "    return T %% (%scur_time, nanos)" % vals]
+    ns: dict[str, Any] = {"unpack_argq": _ARGQ.unpack_from, "unpack_arg": _ARG.unpack_from, "unsafe": _UNSAFE, **t}
+    exec(compile("\n".join(src), f"<quick rest of {plan.hook}>", "exec"), ns)  # noqa: S102 - our own source
+    return ns["rest"]
+
 
 _BODY_KEYS = frozenset({"process", "parent", "args", "return", "policy_name", "action", "signal", "policy_mode",
                         "action_taken", "cgroup_id"})
@@ -370,7 +450,7 @@ def _body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, An
         if kind == 1:  # S.ARG_INT
             v = _Q.unpack_from(rec, pos)[0]
             pos += 8
-            if fast is not None:  # a plain integer, see HookPlan.fast
+            if fast is not None and len(fast) == 3:  # a plain integer, see HookPlan.fast
                 key, mask, sign = fast
                 v &= mask
                 if v >= sign:
@@ -379,7 +459,7 @@ def _body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, An
             else:
                 args.append(_render_int(ap, v))
         else:
-            if fast is not None and not aflags:
+            if fast is not None and len(fast) == 1 and not aflags:
                 args.append({"string_arg": rec[pos:pos + alen].decode("utf-8", "backslashreplace")})
             else:
                 args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
