@@ -379,8 +379,11 @@ def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None]
         elif fast == ("string_arg",):
             src += ["    if pos + 8 > end:", "        return None", "    k, f, l, _ = unpack_arg(rec, pos)",
                     "    if k == 1 or f or pos + 8 + l > n:", "        return None",
-                    "    v%d = rec[pos + 8:pos + 8 + l]" % i, "    if unsafe(v%d) is not None:" % i,
-                    "        return None", "    pos += 8 + ((l + 7) & ~7)"]
+                    "    v%d = rec[pos + 8:pos + 8 + l]" % i,
+                    # strings repeat (the same paths): a set lookup instead of the regex for the ones seen
+                    "    if v%d not in safe:" % i, "        if unsafe(v%d) is not None:" % i, "            return None",
+                    "        if len(safe) >= 4096:", "            safe.clear()", "        safe.add(v%d)" % i,
+                    "    pos += 8 + ((l + 7) & ~7)"]
             fmts.append(b'{"string_arg":"%b"}')
         else:
             return None
@@ -399,14 +402,15 @@ def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None]
             ret = b',"return":{"' + lit(key) + b'":%d}'
             t["R"] = args + ret + pname + end
             t["RC"] = args + ret + pname + b',"cgroup_id":%d' + end
-            src += ["        r = retval & %d" % mask]
-            if sign <= mask:
+            src += ["        r = retval" if mask == (1 << 64) - 1 and sign == 1 << 63 else "        r = retval & %d" % mask]
+            if sign <= mask and mask != (1 << 64) - 1:  # a 64-bit signed value is already one (retval is)
                 src += ["        if r >= %d:" % sign, "            r -= %d" % (sign << 1)]
             src += ["        if cgroup_id:", "            return RC %% (%sr, cgroup_id, cur_time, nanos)" % vals,
                     "        return R %% (%sr, cur_time, nanos)" % vals]
     src += ["    if cgroup_id:", "        return TC %% (%scgroup_id, cur_time, nanos)" % vals,
             "    return T %% (%scur_time, nanos)" % vals]
-    ns: dict[str, Any] = {"unpack_argq": _ARGQ.unpack_from, "unpack_arg": _ARG.unpack_from, "unsafe": _UNSAFE, **t}
+    ns: dict[str, Any] = {"unpack_argq": _ARGQ.unpack_from, "unpack_arg": _ARG.unpack_from, "unsafe": _UNSAFE,
+                          "safe": set(), **t}
     exec(compile("\n".join(src), f"<quick rest of {plan.hook}>", "exec"), ns)  # noqa: S102 - our own source
     return ns["rest"]
 
