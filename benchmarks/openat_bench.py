@@ -11,7 +11,8 @@ Three runs side by side in one process, interleaved over several rounds (medians
             and written as a JSON line to a file. Reports events/s from the first openat to the last line
             written, and checks zero loss (lines == calls, kernel drop counter 0). Target >= 250,000/s.
 
-Run as root:  .venv/bin/python benchmarks/openat_bench.py [--calls N] [--rounds R] [--json out.json]
+Run as root:  .venv/bin/python benchmarks/openat_bench.py [--calls N] [--rounds R] [--match-calls N] [--agent]
+              [--ring-kb KiB] [--json out.json]
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _proc_cpu(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def agent_export(exe: Path, calls: int, target: Path, tmp: Path) -> dict:
+def agent_export(exe: Path, calls: int, target: Path, tmp: Path, ring_kb: int = 262144) -> dict:
     """The matching run through the real agent: `sensorium run` (kprobe sensor, process cache, pipeline,
     file exporter), the policy added with `sensorium policy add`. Returns rate and loss."""
     sensorium = str(Path(sys.executable).parent / "sensorium")
@@ -116,7 +117,7 @@ def agent_export(exe: Path, calls: int, target: Path, tmp: Path) -> dict:
     cfg = tmp / "agent.yaml"
     cfg.write_text(f"exporters:\n  - type: file\n    path: {out}\n    max_size_mb: 4096\n    queue_size: 2000000\n"
                    f"api:\n  socket: {sock}\n"
-                   f"sensors:\n  kprobe:\n    enabled: true\n    ring_buffer_kb: 262144\n")
+                   f"sensors:\n  kprobe:\n    enabled: true\n    ring_buffer_kb: {ring_kb}\n")
     proc = subprocess.Popen([sensorium, "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -186,6 +187,9 @@ def main() -> int:
     ap.add_argument("--match-calls", type=int, default=500_000, help="openat calls of the matching run")
     ap.add_argument("--json", type=Path, help="write the results here as JSON")
     ap.add_argument("--agent", action="store_true", help="also export through the real agent (file exporter)")
+    ap.add_argument("--ring-kb", type=int, default=256 * 1024,
+                    help="ring buffer of the matching runs, KiB: it absorbs what the storm offers faster than "
+                         "user space drains (the agent's default is 4096)")
     args = ap.parse_args()
 
     from hook_helpers import Rig
@@ -205,7 +209,7 @@ def main() -> int:
         def add_ring_buffer(self, bpf_map, decode):  # type: ignore[no-untyped-def]
             self.reader.add(bpf_map, lambda recs: self.events.append(decode(recs)))
 
-    rig.ctx = BenchContext(config={"ring_buffer_kb": 256 * 1024})
+    rig.ctx = BenchContext(config={"ring_buffer_kb": args.ring_kb})
     rig.sensor = KprobeSensor(rig.ctx)
     rig.sensor.start()
     rig.handles = []
@@ -321,7 +325,7 @@ def main() -> int:
               f"consumer thread CPU {res['consumer_cpu_us_per_event']:.2f} us/event")
         if args.agent:
             rig.sensor.stop()  # the agent loads its own
-            res.update(agent_export(exe, args.match_calls, target, tmp))
+            res.update(agent_export(exe, args.match_calls, target, tmp, args.ring_kb))
             print(f"  through the agent (sensorium run, file exporter): {res['agent_events']} events, "
                   f"{res['agent_events_per_s']:,.0f} events/s, zero loss: {res['agent_zero_loss']}, "
                   f"agent CPU {res['agent_cpu_us_per_event']:.2f} us/event "
