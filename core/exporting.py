@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from sensorium.config import AgentConfig, ExporterItem, validate_exporter_options
-from sensorium.events import Event
+from sensorium.events import Event, EventBatch
 from sensorium.filters import FilterChain, build_filters
 from sensorium.hookspecs import Exporter, ExporterSpec, PartialWrite  # noqa: F401 - re-exported
 from sensorium.metrics import Metrics
@@ -73,7 +73,10 @@ class ExporterRunner:
         self.backoff_initial = backoff_initial_s
         self.backoff_max = backoff_max_s
 
-        self._q: collections.deque[Event] = collections.deque()
+        # Batches as the pipeline submitted them (lists or `EventBatch`es, never split on the way in), and
+        # the number of events they hold: queueing costs one append per batch, not one per event.
+        self._q: collections.deque[Sequence[Event]] = collections.deque()
+        self._queued = 0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._pending: list[Event] = []  # the batch being written (already filtered); kept across retries
@@ -98,12 +101,14 @@ class ExporterRunner:
             if self._stopping:
                 self._drop(len(events), "shutdown")
                 return
-            room = self.queue_size - len(self._q)
+            room = self.queue_size - self._queued
             if room >= len(events):
-                self._q.extend(events)
+                self._q.append(events)
+                self._queued += len(events)
             else:
                 if room > 0:
-                    self._q.extend(events[:room])
+                    self._q.append(events[:room])
+                    self._queued += room
                 self._drop(len(events) - max(room, 0), "queue_full")
             self._cond.notify()
 
@@ -115,7 +120,7 @@ class ExporterRunner:
             self.metrics.dropped(self.name, n, reason)
 
     def depth(self) -> int:
-        return len(self._q) + len(self._pending)
+        return self._queued + len(self._pending)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -153,9 +158,10 @@ class ExporterRunner:
         if self._thread is None:  # never started
             self._state = "stopped"
             with self._cond:
-                left = len(self._q)
+                left = self._queued
                 self._drop(left, "shutdown")
                 self._q.clear()
+                self._queued = 0
             return left == 0
         self._thread.join(timeout + 5.0)
         if self._thread.is_alive():
@@ -169,7 +175,7 @@ class ExporterRunner:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = dict(self._n)
-            out["queued"] = len(self._q) + len(self._pending)
+            out["queued"] = self._queued + len(self._pending)
             out["dropped_by_reason"] = dict(self._dropped_by)
             out["state"] = self._state
             out["last_error"] = self._last_error
@@ -180,12 +186,35 @@ class ExporterRunner:
 
     # ---- the runner thread ----------------------------------------------------------------------
 
-    def _take(self, wait_s: float) -> list[Event]:
+    def _take(self, wait_s: float) -> Sequence[Event]:
+        """Up to ``batch_size`` events. An `EventBatch` goes out alone (sliced if larger) so that it stays
+        one; plain lists are joined up to the size."""
         with self._cond:
             if not self._q and not self._stopping and wait_s > 0:
                 self._cond.wait(wait_s)
-            n = min(self.batch_size, len(self._q))
-            return [self._q.popleft() for _ in range(n)]
+            q, size = self._q, self.batch_size
+            if not q:
+                return []
+            head = q[0]
+            if isinstance(head, EventBatch):
+                if len(head) <= size:
+                    q.popleft()
+                    taken: Sequence[Event] = head
+                else:
+                    taken, q[0] = head[:size], head[size:]
+            else:
+                out: list[Event] = []
+                while q and len(out) < size and not isinstance(q[0], EventBatch):
+                    chunk = q[0]
+                    room = size - len(out)
+                    if len(chunk) <= room:
+                        out.extend(q.popleft())
+                    else:
+                        out.extend(chunk[:room])
+                        q[0] = chunk[room:]
+                taken = out
+            self._queued -= len(taken)
+            return taken
 
     def _sleep(self, seconds: float) -> None:
         """Back off, but wake up on stop and never sleep past the stop deadline."""
@@ -228,7 +257,7 @@ class ExporterRunner:
         dirty = False
         while True:
             now = time.monotonic()
-            if self._stopping and (now >= self._deadline or (not self._q and not self._pending)):
+            if self._stopping and (now >= self._deadline or (not self._queued and not self._pending)):
                 break
             if attempts:
                 self._state = "retrying"
@@ -301,10 +330,11 @@ class ExporterRunner:
                 dirty, last_flush = False, time.monotonic()
         # Shutdown: whatever could not be written in time is dropped, and counted.
         with self._cond:
-            left = len(self._q) + len(self._pending)
+            left = self._queued + len(self._pending)
             if left:
                 self._drop(left, "shutdown")
             self._q.clear()
+            self._queued = 0
             self._pending = []
         if self._open:
             try:

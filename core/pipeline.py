@@ -14,12 +14,14 @@ import time
 from collections import Counter, deque
 from typing import Any, Callable, Iterable, Sequence
 
-from sensorium.events import Event
+from sensorium.events import Event, EventBatch, kinds_of
 
 log = logging.getLogger("sensorium.pipeline")
 
-Stage = Callable[[list[Event]], list[Event]]
-"""A batch stage: returns the events to pass on (new values where it changed one; fewer to drop)."""
+Stage = Callable[[Sequence[Event]], Sequence[Event]]
+"""A batch stage: returns the events to pass on (new values where it changed one; fewer to drop).
+A batch may be an `EventBatch` (events held as JSON lines): a stage that passes it on unchanged keeps
+the fast path; iterating it makes the events."""
 
 
 class ProcessJoin:
@@ -60,7 +62,9 @@ class ProcessJoin:
         body["process"] = {**ev.body["process"], "cache_miss": True}
         return ev.replace(body=body)
 
-    def __call__(self, events: list[Event]) -> list[Event]:
+    def __call__(self, events: Sequence[Event]) -> Sequence[Event]:
+        if not self.held and isinstance(events, EventBatch) and events.resolved:
+            return events  # the decoder joined every event already: nothing to do, nothing to make
         out: list[Event] = []
         now = time.monotonic()
         if self.held:
@@ -76,8 +80,11 @@ class ProcessJoin:
                 else:
                     keep.append((deadline, ev))
             self.held = keep
+        if isinstance(events, EventBatch) and events.resolved:
+            out.extend(events)
+            return out
         for ev in events:
-            proc = ev.body.get("process") if ev.kind not in self.PASS_KINDS else None
+            proc = ev.process if ev.kind not in self.PASS_KINDS else None
             if not proc or proc.get("exec_id") or "pid" not in proc:
                 out.append(ev)
                 continue
@@ -116,7 +123,9 @@ class Pipeline:
 
         def on_batch(records: list[bytes]) -> None:
             try:
-                events = list(decode(records))
+                events = decode(records)
+                if not isinstance(events, (list, EventBatch)):
+                    events = list(events)
             except Exception:  # noqa: BLE001 - a decoder bug must not stop the reader thread
                 self.decode_errors[sensor] += len(records)
                 log.exception("decoder of sensor %r failed on a batch of %d records (dropped)", sensor, len(records))
@@ -131,7 +140,7 @@ class Pipeline:
         """Events produced by ``sensor`` (before filters), by kind: one metric update per kind per batch."""
         self.events_by_sensor[sensor] += len(events)
         if self.metrics is not None:
-            for kind, n in Counter(ev.kind for ev in events).items():
+            for kind, n in Counter(kinds_of(events)).items():
                 self.metrics.event(kind, sensor, n)
 
     def tick(self) -> None:
@@ -139,7 +148,8 @@ class Pipeline:
         if any(getattr(s, "held", None) for s in self.stages):
             self.submit([])
 
-    def submit(self, events: list[Event]) -> None:
+    def submit(self, events: Sequence[Event]) -> None:
+        """Run the stages on one batch and hand it to every runner and subscriber (one lock per batch)."""
         with self._lock:
             for stage in self.stages:
                 try:
@@ -149,8 +159,7 @@ class Pipeline:
                     log.exception("pipeline stage %r failed; batch passed on unchanged", stage)
                 if not events:
                     return
-            for ev in events:
-                self.events_by_kind[ev.kind] += 1
+            self.events_by_kind.update(kinds_of(events))
             for runner in self.runners:
                 runner.submit(events)
             if self._subscribers:

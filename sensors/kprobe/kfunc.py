@@ -412,13 +412,16 @@ _DECODERS = {"process_credentials_arg": decode_cred}
 def wrap_decode(ring: Any, decode: Any) -> Any:
     """The ring's decoder with the kernel-function additions: decoded sock/cred arguments, and for fmod_ret
     hooks the Override outcome (action, errno, mode) read from each record's header."""
-    def run(records: Sequence[bytes]) -> list[Any]:
+    def run(records: Sequence[bytes]) -> Sequence[Any]:
+        if not any(h[0].attach[0] == "kfunc" for h in ring.hooks.values()):
+            return decode(records)  # syscall hooks only: nothing to add (keeps the engine's fast path)
+        decode_dicts = ring.decode_dicts  # bodies changed below: events whose JSON is encoded afterwards
         if not any(len(h[0].attach) > 2 and h[0].attach[0] == "kfunc" and h[0].attach[2] == "fmod_ret"
                    for h in ring.hooks.values()):
-            return sock_event_fixup(decode(records))
+            return sock_event_fixup(decode_dicts(records))
         out: list[Any] = []
         for rec in records:  # one by one: the record's header says whether this event overrode the call
-            evs = decode([rec])
+            evs = decode_dicts([rec])
             if evs and len(rec) >= _EV.size:
                 f = _EV.unpack_from(rec)
                 policy_id, hook_id, sel, actions, flags = f[6], f[7], f[10], f[11], f[12]

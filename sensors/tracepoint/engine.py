@@ -19,15 +19,18 @@ import base64
 import ctypes
 import dataclasses
 import os
+import re
 import struct
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from sensorium.events import Event
+from sensorium import events as _events
 from sensorium.bpf.scope import ScopeMap, scope_entries
+from sensorium.events import Event, EventBatch, LazyEvent
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 from sensorium import selectors as S
 
@@ -62,6 +65,7 @@ _EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event
 _ARG = struct.Struct("<BBHI")                 # sens_arg_rec
 _Q = struct.Struct("<Q")
 _EV_SIZE = _EV.size
+assert S.EV_HAS_RET == 2 and S.ACT_SIGKILL | S.ACT_SIGNAL == 6  # inlined in EventRing.decode
 assert _EV.size == ctypes.sizeof(S.SensEvent), (_EV.size, ctypes.sizeof(S.SensEvent))
 
 _ACTION_NAMES = {S.ACT_SIGKILL: "KPROBE_ACTION_SIGKILL", S.ACT_SIGNAL: "KPROBE_ACTION_SIGNAL"}
@@ -82,6 +86,7 @@ class HookPlan:
     kind: str = "process_tracepoint"
     return_plan: S.ArgPlan | None = None
     fast: list[tuple[S.ArgPlan, tuple | None]] = dataclasses.field(default_factory=list)
+    ret_fast: tuple | None = None
 
     def __post_init__(self) -> None:
         # Per argument, what the decoder can render inline: (json key, value mask, sign bit) for plain
@@ -92,11 +97,16 @@ class HookPlan:
             if ap.label is None and ap.json_key not in ("syscall_id",):
                 if ap.kind == S.ARG_INT:
                     bits = ap.size * 8
-                    f = (ap.json_key, (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64)
+                    f = (ap.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64)
                 elif ap.json_key == "string_arg":
                     f = ("string_arg",)
             fast.append((ap, f))
         self.fast = fast
+        rp = self.return_plan
+        self.ret_fast = None
+        if rp is not None and rp.label is None and rp.json_key != "syscall_id":
+            bits = rp.size * 8
+            self.ret_fast = (rp.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if rp.signed else 1 << 64)
 
 
 # ---- early rejection of opened files (struct sens_pq_cfg in selectors.h) -----------------------------
@@ -218,6 +228,7 @@ class EventRing:
         self.hooks: dict[tuple[int, int], tuple[HookPlan, str, "HookSet"]] = {}
         self.lock = threading.Lock()
         self.decode_errors = 0
+        self._quick_cache: dict[int, tuple[tuple, Any]] = {}
 
     def start(self) -> None:
         obj = self.ctx.open_object(self.ctx.build(HOOK_PROBE))
@@ -243,81 +254,351 @@ class EventRing:
             self.obj = None
 
     # -- decoding (reader thread) -----------------------------------------------------------------
-    def decode(self, records: Sequence[bytes]) -> list[Event]:
-        out: list[Event] = []
-        append = out.append
+    def decode(self, records: Sequence[bytes]) -> Sequence[Event]:
+        """Records of one batch -> an `EventBatch`: each event's JSON assembled here from byte fragments,
+        with no object made per event (the `LazyEvent`, and its body dict by `_body_of`, only when
+        someone reads the events; a test checks that both give the same content).
+
+        Per batch, each pid's process and parent are looked up in the process cache and encoded once
+        (the batch spans a few milliseconds: the same view every event of that pid got one by one)."""
+        node_name = getattr(self.ctx, "node_name", None)
+        if not isinstance(node_name, str):  # a context without a node name: one dict per event
+            return self.decode_dicts(records)
         hooks = self.hooks
         pc = getattr(self.ctx, "process_cache", None)
         pc_get = pc.get if pc is not None else None
-        make = self.ctx.make_event
+        tail_node = b'},"node_name":' + orjson.dumps(node_name) + b',"time":'
+        heads: list[bytes] = []
+        rests: list[bytes] = []
+        recs: list[bytes] = []
+        # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, plan, HookSet,
+        # state: 1 in the cache, 2 in it without exec_id, 0 not in it (head is then a format of pid and tid))
+        memo: dict[tuple[int, int, int], tuple] = {}
+        ctxs: list[tuple] = []  # (plan, policy_name, process, parent); process None: not in the cache
+        resolved = True
         unpack_ev = _EV.unpack_from
         unpack_arg = _ARG.unpack_from
+        unpack_argq = _ARGQ.unpack_from
         unpack_q = _Q.unpack_from
+        boot = _events.BOOT_WALL_NS
+        unsafe = _UNSAFE
+        dumps = orjson.dumps
+        cur_secs, cur_time = -1, b""
+        add_head, add_rest, add_rec = heads.append, rests.append, recs.append
+        for rec in records:
+            n = len(rec)
+            if n < _EV_SIZE:
+                self.decode_errors += 1
+                continue
+            (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, _n,
+             data_len) = unpack_ev(rec)
+            m = memo.get((policy_id, hook_id, pid))
+            if m is None:
+                entry = hooks.get((policy_id, hook_id))
+                if rtype != S.REC_HOOK or entry is None:
+                    continue  # a hook unloaded while its last records were in flight
+                m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
+            elif rtype != S.REC_HOOK:
+                continue
+            ci, head, pname, plan, hs, state, quick = m
+            hs.events += 1
+            if state != 1:
+                resolved = False
+                if not state:  # not in the process cache (or no cache): pid and this record's tid
+                    head = head % (pid, tid)
+            wall = boot + ktime
+            secs, nanos = divmod(wall, 1_000_000_000)
+            if secs != cur_secs:  # the formatted second changes once a second (see rfc3339_json)
+                cur_secs, cur_time = secs, tail_node + _events.rfc3339_json(secs * 1_000_000_000)[:-12]
+            if quick is not None:  # the hook's usual record shape in one format (see _quick_rest)
+                rest = quick(rec, n, _EV_SIZE + data_len, flags, retval, actions, cgroup_id, cur_time, nanos)
+                if rest is not None:
+                    add_head(head)
+                    add_rest(rest)
+                    add_rec(rec)
+                    continue
+            # arguments: the same walk as _body_of
+            parts = []
+            pos = _EV_SIZE
+            end = _EV_SIZE + data_len
+            if end > n:
+                end = n
+            for ap, fast in plan.fast:
+                if pos + 8 > end:
+                    break
+                if pos + 16 <= n:  # header and (for an integer) value in one call
+                    kind, aflags, alen, _, v = unpack_argq(rec, pos)
+                else:
+                    kind, aflags, alen, _ = unpack_arg(rec, pos)
+                    v = None
+                pos += 8
+                if kind == 1:  # S.ARG_INT
+                    if v is None:
+                        v = unpack_q(rec, pos)[0]  # past the record: raises, as _body_of does
+                    pos += 8
+                    if fast is not None and len(fast) == 3:  # a plain integer (the kind the plan expects)
+                        jkey, mask, sign = fast
+                        v &= mask
+                        if v >= sign:
+                            v -= sign << 1
+                        parts.append(b'{"%b":%d}' % (jkey, v))
+                    else:
+                        parts.append(dumps(_render_int(ap, v)))
+                else:
+                    raw = rec[pos:pos + alen]
+                    pos += (alen + 7) & ~7
+                    if fast is not None and len(fast) == 1 and not aflags:
+                        if unsafe(raw) is None:  # nothing JSON must escape: the bytes as they are
+                            parts.append(b'{"string_arg":"%b"}' % raw)
+                        else:
+                            parts.append(b'{"string_arg":%b}' % dumps(raw.decode("utf-8", "backslashreplace")))
+                    else:
+                        parts.append(dumps(_render_bytes(ap, raw, aflags)))
+            if flags & 2 and plan.return_plan is not None:  # S.EV_HAS_RET
+                rf = plan.ret_fast
+                if rf is not None:
+                    rkey, mask, sign = rf
+                    v = retval & mask
+                    if v >= sign:
+                        v -= sign << 1
+                    tail = b'],"return":{"%b":%d}%b' % (rkey, v, pname)
+                else:
+                    tail = (b'],"return":' + dumps(_render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF))
+                            + pname)
+            else:
+                tail = b"]" + pname
+            if actions & 6:  # S.ACT_SIGKILL | S.ACT_SIGNAL
+                act = b"," + dumps(_action_fields(plan, sel, actions, flags))[1:-1]
+            else:
+                act = b',"action":"KPROBE_ACTION_POST"'
+            if cgroup_id:
+                act += b',"cgroup_id":%d' % cgroup_id
+            add_head(head)
+            add_rest(b',"args":[%b%b%b%b.%09dZ"}\n' % (b",".join(parts), tail, act, cur_time, nanos))
+            add_rec(rec)
+
+        # Each event's kind, for counting: one list multiplication when the batch has one kind (a sensor's
+        # hooks usually share it), else read back per record.
+        kindset = {m[3].kind for m in memo.values()}
+        if len(kindset) == 1:
+            kinds = [kindset.pop()] * len(recs)
+        else:
+            kinds = [memo[(f[6], f[7], f[4])][3].kind for f in map(unpack_ev, recs)]
+
+        def make(i: int) -> Event:
+            rec = recs[i]
+            f = unpack_ev(rec)
+            plan, policy_name, proc, parent = ctxs[memo[(f[6], f[7], f[4])][0]]
+            if proc is None:
+                proc = {"pid": f[4], "tid": f[5]}
+            return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, _body_of,
+                             (rec, plan, policy_name, proc, parent))
+
+        return EventBatch(heads, rests, kinds, make, resolved=resolved)
+
+    def _quick(self, entry: tuple) -> Callable[..., bytes | None] | None:
+        """The generated formatter of one hook's usual records (cached per loaded hook)."""
+        got = self._quick_cache.get(id(entry))
+        if got is None or got[0] is not entry:
+            try:
+                fn = _quick_rest(entry[0], entry[1])
+            except Exception:  # noqa: BLE001 - only an optimisation: the general path does it all
+                fn = None
+            if len(self._quick_cache) > 256:
+                self._quick_cache.clear()
+            got = self._quick_cache[id(entry)] = (entry, fn)
+        return got[1]
+
+    @staticmethod
+    def _head(entry: tuple, pid: int, pc_get: Any, ctxs: list[tuple]) -> tuple:
+        """What the events of one hook and one pid share in a batch (see `decode`)."""
+        plan, policy_name, hs = entry
+        proc = parent = None
+        if pc_get is not None:
+            try:
+                proc, parent = pc_get(pid)
+            except Exception:
+                proc = parent = None
+        pname = b',"policy_name":' + orjson.dumps(policy_name)
+        kind = b'{"' + plan.kind.encode() + b'":{"process":'
+        mid = _json_middle(plan.body)
+        if not proc:
+            ctxs.append((plan, policy_name, None, None))
+            return len(ctxs) - 1, kind.replace(b"%", b"%%") + b'{"pid":%d,"tid":%d}' + mid.replace(b"%", b"%%"), \
+                pname, plan, hs, 0
+        head = kind + orjson.dumps(proc)
+        if parent:
+            head += b',"parent":' + orjson.dumps(parent)
+        else:
+            parent = None
+        ctxs.append((plan, policy_name, proc, parent))
+        # 1: ProcessJoin has nothing to add (a cache entry without exec_id is not resolved: 2)
+        return len(ctxs) - 1, head + mid, pname, plan, hs, 1 if proc.get("exec_id") else 2
+
+    def decode_dicts(self, records: Sequence[bytes]) -> list[Event]:
+        """One `Event` with a dict body per record, encoded only when `Event.json` is first called: for a
+        sensor that changes bodies after decoding (kprobe kernel functions), and contexts without a
+        node name. Slower than `decode`; the same content."""
+        out: list[Event] = []
+        hooks = self.hooks
+        pc = getattr(self.ctx, "process_cache", None)
+        make = self.ctx.make_event
         for rec in records:
             if len(rec) < _EV_SIZE:
                 self.decode_errors += 1
                 continue
-            (rtype, _f, size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, nargs,
-             data_len) = unpack_ev(rec)
+            (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, *_r) = _EV.unpack_from(rec)
             entry = hooks.get((policy_id, hook_id))
             if rtype != S.REC_HOOK or entry is None:
-                continue  # a hook unloaded while its last records were in flight
+                continue
             plan, policy_name, hs = entry
             hs.events += 1
-            args = []
-            pos = _EV_SIZE
-            end = _EV_SIZE + data_len
-            if end > len(rec):
-                end = len(rec)
-            for ap, fast in plan.fast:
-                if pos + 8 > end:
-                    break
-                kind, aflags, alen, _ = unpack_arg(rec, pos)
-                pos += 8
-                if kind == 1:  # S.ARG_INT
-                    v = unpack_q(rec, pos)[0]
-                    pos += 8
-                    if fast is not None:  # a plain integer: inline (most args), see HookPlan.fast
-                        key, mask, sign = fast
-                        v &= mask
-                        if v >= sign:
-                            v -= sign << 1
-                        args.append({key: v})
-                    else:
-                        args.append(_render_int(ap, v))
-                else:
-                    if fast is not None and not aflags:
-                        args.append({fast[0]: rec[pos:pos + alen].decode("utf-8", "backslashreplace")})
-                    else:
-                        args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
-                    pos += (alen + 7) & ~7
             proc = parent = None
-            if pc_get is not None:
+            if pc is not None:
                 try:
-                    proc, parent = pc_get(pid)
+                    proc, parent = pc.get(pid)
                 except Exception:
                     proc = parent = None
-            body: dict[str, Any] = {"process": proc or {"pid": pid, "tid": tid}}
-            if parent:
-                body["parent"] = parent
-            body.update(plan.body)
-            body["args"] = args
-            if plan.return_plan is not None and flags & S.EV_HAS_RET:
-                body["return"] = _render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)
-            body["policy_name"] = policy_name
-            if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
-                body["action"] = _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]
-                if actions & S.ACT_SIGNAL and sel < S.MAX_SELECTORS:
-                    body["signal"] = plan.compiled.cfg.sel[sel].signal
-                monitoring = bool(flags & S.EV_MONITOR)
-                body["policy_mode"] = "monitoring" if monitoring else "enforcement"
-                body["action_taken"] = not monitoring and not (flags & S.EV_SIGNAL_ERR)
-            else:
-                body["action"] = "KPROBE_ACTION_POST"
-            if cgroup_id:
-                body["cgroup_id"] = cgroup_id
-            append(make(plan.kind, body, ktime))
+            out.append(make(plan.kind, _body_of(rec, plan, policy_name, proc or {"pid": pid, "tid": tid}, parent),
+                            ktime))
         return out
+
+
+_ARGQ = struct.Struct("<BBHIQ")  # sens_arg_rec and the 8 bytes after it (an integer's value)
+
+_UNSAFE = re.compile(rb'[\x00-\x1f"\\\x80-\xff]').search  # bytes a JSON string cannot hold as they are
+
+def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] | None:
+    """Generate, for one hook, a function that formats the JSON rest of a record (args .. time, newline)
+    in one bytes formatting when the record has the hook's usual shape: every argument a plain integer or
+    a string JSON needs not escape, complete within the record, the return value plainly an integer, no
+    signal action. It returns None for anything else, and `EventRing.decode` then takes the general path
+    (the test compares both with the dict encoding). None when the hook has an argument it cannot do."""
+    def lit(b: bytes) -> bytes:  # a constant inside a %-format
+        return b.replace(b"%", b"%%")
+
+    src = ["def rest(rec, n, end, flags, retval, actions, cgroup_id, cur_time, nanos):",
+           "    if actions & 6:", "        return None", "    if end > n:", "        end = n", "    pos = %d" % _EV_SIZE]
+    fmts, values = [], []
+    for i, (ap, fast) in enumerate(plan.fast):
+        if fast is None:
+            return None
+        if ap.kind == S.ARG_INT:
+            key, mask, sign = fast
+            src += ["    if pos + 16 > end:", "        return None",
+                    "    k, f, l, _, v%d = unpack_argq(rec, pos)" % i, "    if k != 1:", "        return None",
+                    "    v%d &= %d" % (i, mask)]
+            if sign <= mask:
+                src += ["    if v%d >= %d:" % (i, sign), "        v%d -= %d" % (i, sign << 1)]
+            src += ["    pos += 16"]
+            fmts.append(b'{"' + lit(key) + b'":%d}')
+        elif fast == ("string_arg",):
+            src += ["    if pos + 8 > end:", "        return None", "    k, f, l, _ = unpack_arg(rec, pos)",
+                    "    if k == 1 or f or pos + 8 + l > n:", "        return None",
+                    "    v%d = rec[pos + 8:pos + 8 + l]" % i,
+                    # strings repeat (the same paths): a set lookup instead of the regex for the ones seen
+                    "    if v%d not in safe:" % i, "        if unsafe(v%d) is not None:" % i, "            return None",
+                    "        if len(safe) >= 4096:", "            safe.clear()", "        safe.add(v%d)" % i,
+                    "    pos += 8 + ((l + 7) & ~7)"]
+            fmts.append(b'{"string_arg":"%b"}')
+        else:
+            return None
+        values.append("v%d" % i)
+    args = b',"args":[' + b",".join(fmts) + b"]"
+    pname = lit(b',"policy_name":' + orjson.dumps(policy_name)) + b',"action":"KPROBE_ACTION_POST"'
+    end = b'%b.%09dZ"}\n'
+    vals = ", ".join(values + [""])
+    t = {"T": args + pname + end, "TC": args + pname + b',"cgroup_id":%d' + end}
+    if plan.return_plan is not None:
+        src += ["    if flags & 2:"]
+        if plan.ret_fast is None:
+            src += ["        return None"]
+        else:
+            key, mask, sign = plan.ret_fast
+            ret = b',"return":{"' + lit(key) + b'":%d}'
+            t["R"] = args + ret + pname + end
+            t["RC"] = args + ret + pname + b',"cgroup_id":%d' + end
+            src += ["        r = retval" if mask == (1 << 64) - 1 and sign == 1 << 63 else "        r = retval & %d" % mask]
+            if sign <= mask and mask != (1 << 64) - 1:  # a 64-bit signed value is already one (retval is)
+                src += ["        if r >= %d:" % sign, "            r -= %d" % (sign << 1)]
+            src += ["        if cgroup_id:", "            return RC %% (%sr, cgroup_id, cur_time, nanos)" % vals,
+                    "        return R %% (%sr, cur_time, nanos)" % vals]
+    src += ["    if cgroup_id:", "        return TC %% (%scgroup_id, cur_time, nanos)" % vals,
+            "    return T %% (%scur_time, nanos)" % vals]
+    ns: dict[str, Any] = {"unpack_argq": _ARGQ.unpack_from, "unpack_arg": _ARG.unpack_from, "unsafe": _UNSAFE,
+                          "safe": set(), **t}
+    exec(compile("\n".join(src), f"<quick rest of {plan.hook}>", "exec"), ns)  # noqa: S102 - our own source
+    return ns["rest"]
+
+
+_BODY_KEYS = frozenset({"process", "parent", "args", "return", "policy_name", "action", "signal", "policy_mode",
+                        "action_taken", "cgroup_id"})
+
+
+def _json_middle(body: Mapping[str, Any]) -> bytes:
+    """The plan's fixed fields as they sit inside the body's JSON (after process/parent)."""
+    if _BODY_KEYS.intersection(body):
+        raise ValueError(f"a hook's fixed event fields may not use the keys {sorted(_BODY_KEYS & set(body))}")
+    inner = orjson.dumps(dict(body))[1:-1]
+    return b"," + inner if inner else b""
+
+
+def _action_fields(plan: HookPlan, sel: int, actions: int, flags: int) -> dict[str, Any]:
+    """The action part of a body whose selector took a signal action."""
+    out: dict[str, Any] = {"action": _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]}
+    if actions & S.ACT_SIGNAL and sel < S.MAX_SELECTORS:
+        out["signal"] = plan.compiled.cfg.sel[sel].signal
+    monitoring = bool(flags & S.EV_MONITOR)
+    out["policy_mode"] = "monitoring" if monitoring else "enforcement"
+    out["action_taken"] = not monitoring and not (flags & S.EV_SIGNAL_ERR)
+    return out
+
+
+def _body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
+             parent: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The event body of one record as a dict: the reference for the JSON `EventRing.decode` assembles."""
+    (_t, _f, _size, _kt, _pid, _tid, _pol, _hook, retval, cgroup_id, sel, actions, flags, _n,
+     data_len) = _EV.unpack_from(rec)
+    args = []
+    pos = _EV_SIZE
+    end = min(_EV_SIZE + data_len, len(rec))
+    for ap, fast in plan.fast:
+        if pos + 8 > end:
+            break
+        kind, aflags, alen, _ = _ARG.unpack_from(rec, pos)
+        pos += 8
+        if kind == 1:  # S.ARG_INT
+            v = _Q.unpack_from(rec, pos)[0]
+            pos += 8
+            if fast is not None and len(fast) == 3:  # a plain integer, see HookPlan.fast
+                key, mask, sign = fast
+                v &= mask
+                if v >= sign:
+                    v -= sign << 1
+                args.append({key.decode(): v})
+            else:
+                args.append(_render_int(ap, v))
+        else:
+            if fast is not None and len(fast) == 1 and not aflags:
+                args.append({"string_arg": rec[pos:pos + alen].decode("utf-8", "backslashreplace")})
+            else:
+                args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
+            pos += (alen + 7) & ~7
+    body: dict[str, Any] = {"process": proc}
+    if parent:
+        body["parent"] = parent
+    body.update(plan.body)
+    body["args"] = args
+    if plan.return_plan is not None and flags & S.EV_HAS_RET:
+        body["return"] = _render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)
+    body["policy_name"] = policy_name
+    if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
+        body.update(_action_fields(plan, sel, actions, flags))
+    else:
+        body["action"] = "KPROBE_ACTION_POST"
+    if cgroup_id:
+        body["cgroup_id"] = cgroup_id
+    return body
 
 
 def _render_int(ap: S.ArgPlan, v: int) -> dict[str, Any]:

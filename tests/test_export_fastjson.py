@@ -1,0 +1,248 @@
+"""The hook decoder's fast path (JSON assembled from byte fragments, events kept as an `EventBatch`)
+against the generic one (a dict per record, encoded by orjson), for the same records: the same bytes.
+
+User space only: records are built here in the layout of ``struct sens_event`` (engine._EV/_ARG), with
+every argument kind, escaping case, action and process-cache case the decoder distinguishes. Then the
+batch goes through the pieces that consume it: filters, the pipeline, a runner and the file exporter.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sensorium import selectors as S
+from sensorium.events import Event, EventBatch, LazyEvent, json_lines, kinds_of, ktime_to_wall_ns
+from sensorium.filters import build_filters
+from sensorium.pipeline import Pipeline, ProcessJoin
+from sensorium_sensors.tracepoint.engine import _ARG, _EV, EventRing, HookPlan
+
+NODE = "node-\"1\"\u00e9"  # a node name JSON must escape
+
+
+def _plan(args: list[S.ArgPlan], ret: S.ArgPlan | None = None, kind: str = "process_kprobe",
+          signals: tuple[int, ...] = (0, 9, 10, 0, 0)) -> HookPlan:
+    compiled: Any = types.SimpleNamespace(cfg=types.SimpleNamespace(sel=[types.SimpleNamespace(signal=s)
+                                                                         for s in signals]))
+    return HookPlan(hook="h", field="spec.kprobes[0]", compiled=compiled, args=args, attach=("syscall", ret is not None),
+                    mechanism="m", note="", body={"function_name": "__x64_sys_openat", "message": "ü \"x\""},
+                    kind=kind, return_plan=ret)
+
+
+def _int(key: str = "int_arg", size: int = 4, signed: bool = True, label: str | None = None) -> S.ArgPlan:
+    return S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_SYSCALL, offset=0, json_key=key, size=size, signed=signed,
+                     label=label)
+
+
+def _str(key: str = "string_arg", kind: int = S.ARG_STR, label: str | None = None) -> S.ArgPlan:
+    return S.ArgPlan(kind=kind, from_=S.FROM_SYSCALL, offset=1, json_key=key, label=label)
+
+
+def _record(args: list[tuple[int, int, Any]], *, pid: int = 4242, tid: int = 4243, policy_id: int = 3,
+            hook_id: int = 0, retval: int = 0, cgroup_id: int = 0, sel: int = 0, actions: int = S.ACT_POST,
+            flags: int = 0, data_len: int | None = None, ktime: int = 123_456_789_012) -> bytes:
+    data = b""
+    for kind, aflags, value in args:
+        if kind == S.ARG_INT:
+            data += _ARG.pack(kind, aflags, 8, 0) + struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF)
+        else:
+            data += _ARG.pack(kind, aflags, len(value), 0) + value + b"\0" * ((-len(value)) % 8)
+    n = len(data) if data_len is None else data_len
+    retval = retval - (1 << 64) if retval >= 1 << 63 else retval  # the field is signed
+    hdr = _EV.pack(S.REC_HOOK, 0, _EV.size + len(data), ktime, pid, tid, policy_id, hook_id, retval, cgroup_id,
+                   sel, actions, flags, len(args), n)
+    return hdr + data
+
+
+STRINGS = [b"/etc/passwd", b"", b'quote " and \\ back', b"tab\tnl\nnul\0bell\x07", b"\x7fdel",
+           "utf-8 é ü 日本".encode(), b"bad \xff\xfe utf-8", b"\xc3", "\u2028 line sep".encode(), b"/" * 255]
+
+
+class _Cache:
+    """The process cache's `get` face: pid -> (process, parent)."""
+
+    def __init__(self, table: dict[int, tuple[Any, Any]], broken: int = 666) -> None:
+        self.table, self.broken = table, broken
+
+    def get(self, pid: int) -> tuple[Any, Any]:
+        if pid == self.broken:
+            raise RuntimeError("a broken cache lookup is a miss")
+        return self.table.get(pid, (None, None))
+
+
+class _Ctx:
+    node_name = NODE
+    config: dict[str, Any] = {}
+
+    def __init__(self, cache: Any = None) -> None:
+        self.process_cache = cache
+
+    def make_event(self, kind: str, body: Any, ktime_ns: int | None = None) -> Event:
+        return Event(kind, body, self.node_name, ktime_to_wall_ns(ktime_ns or 0))
+
+
+PROC = {"exec_id": "ZXhlYw==", "pid": 4242, "binary": "/usr/bin/cat", "arguments": "a \"b\" ü",
+        "ns": {"mnt": {"inum": 1, "is_host": True}}, "refcnt": 1}
+PARENT = {"exec_id": "cGFyZW50", "pid": 1, "binary": "/sbin/init", "refcnt": 3}
+
+
+def _ring(plans: dict[tuple[int, int], HookPlan], cache: Any = None) -> EventRing:
+    ring = EventRing(_Ctx(cache), "kprobe")
+    hs = types.SimpleNamespace(events=0)
+    ring.hooks = {k: (p, f"policy-{k[0]} \"q\"", hs) for k, p in plans.items()}
+    return ring
+
+
+def _records() -> tuple[dict[tuple[int, int], HookPlan], list[bytes]]:
+    ints = _plan([_int(), _int("uint_arg", 8, False), _int("size_arg", 2, False), _int("long_arg", 8, True),
+                  _int("int_arg", 4, True, label="flags"), _int("syscall_id", 8, False)],
+                 ret=_int("long_arg", 8, True))
+    strs = _plan([_str(), _str("string_arg", label="path"), _str("file_arg"), _str("bytes_arg", S.ARG_BUF)],
+                 kind="process_tracepoint")
+    # the usual shapes (generated formatter of the hook): with and without a return value
+    usual = _plan([_int(), _str(), _int("uint_arg", 8, False), _int("size_arg", 2, False), _int("long_arg", 8)],
+                  ret=_int("long_arg", 8, True))
+    usual_noret = _plan([_str(), _int("int_arg", 1, True)])
+    plans = {(3, 0): ints, (3, 1): strs, (3, 2): usual, (4, 0): usual_noret}
+    recs = []
+    for s in STRINGS:
+        for v in (0, -1, 2**63, 2**64 - 1, 0x8000, -100):
+            for aflags, flags, cg, actions in ((0, S.EV_HAS_RET, 0, S.ACT_POST), (0, 0, 7, S.ACT_POST),
+                                               (0, S.EV_HAS_RET, 2**64 - 1, S.ACT_POST),
+                                               (S.ARGF_TRUNC, S.EV_HAS_RET, 0, S.ACT_POST),
+                                               (0, S.EV_HAS_RET, 0, S.ACT_SIGKILL)):
+                recs.append(_record([(S.ARG_INT, 0, v), (S.ARG_STR, aflags, s), (S.ARG_INT, 0, v),
+                                     (S.ARG_INT, 0, v), (S.ARG_INT, 0, v)], hook_id=2, retval=v, flags=flags,
+                                    cgroup_id=cg, actions=actions))
+            recs.append(_record([(S.ARG_STR, 0, s), (S.ARG_INT, 0, v)], policy_id=4, flags=S.EV_HAS_RET,
+                                retval=v))
+    # the usual hook with a record of another shape: an int where the string is, args cut short
+    recs.append(_record([(S.ARG_INT, 0, 1)] * 5, hook_id=2, flags=S.EV_HAS_RET))
+    recs.append(_record([(S.ARG_INT, 0, 1), (S.ARG_STR, 0, b"/abc")], hook_id=2))
+    recs.append(_record([(S.ARG_INT, 0, 1), (S.ARG_STR, 0, b"/abc"), (S.ARG_INT, 0, 3)], hook_id=2,
+                        data_len=40))
+    for v in (0, 1, -1, -100, 2**31 - 1, -2**31, 2**63 - 1, -2**63, 2**64 - 1, 0x1234_5678_9ABC):
+        recs.append(_record([(S.ARG_INT, 0, v)] * 6, retval=v, flags=S.EV_HAS_RET, cgroup_id=v & 0xFFFF))
+    recs.append(_record([(S.ARG_INT, 0, 5)] * 6, retval=7))  # no return value in the record
+    for s in STRINGS:
+        for aflags in (0, S.ARGF_TRUNC, S.ARGF_ERR, S.ARGF_TRUNC | S.ARGF_ERR):
+            recs.append(_record([(S.ARG_STR, aflags, s), (S.ARG_STR, 0, s), (S.ARG_STR, aflags, s),
+                                 (S.ARG_BUF, aflags, s)], hook_id=1))
+    for actions, flags, sel in ((S.ACT_SIGKILL, 0, 0), (S.ACT_SIGKILL, S.EV_MONITOR, 1),
+                                (S.ACT_SIGNAL, 0, 2), (S.ACT_SIGNAL, S.EV_SIGNAL_ERR, 1),
+                                (S.ACT_SIGNAL | S.ACT_POST, S.EV_MONITOR, 7), (S.ACT_POST, 0, 0)):
+        recs.append(_record([(S.ARG_STR, 0, b"/x")], hook_id=1, actions=actions, flags=flags, sel=sel))
+    # short, cut and stray records
+    recs.append(_record([(S.ARG_INT, 0, 1)] * 6, data_len=20))       # data_len says fewer args
+    recs.append(_record([(S.ARG_STR, 0, b"abc")] * 4, hook_id=1)[:-10])  # the record itself is cut
+    recs.append(_record([(S.ARG_STR, 0, b"abc")] * 4, hook_id=1, data_len=1 << 20))
+    recs.append(_record([], hook_id=9))                                  # a hook that is gone
+    recs.append(b"\1\0" * 5)                                             # shorter than the header
+    # processes: in the cache with a parent, without, without exec_id, a failing lookup, unknown pids
+    for pid in (4242, 7, 8, 666, 9999, 4242):
+        recs.append(_record([(S.ARG_STR, 0, b"/p")], hook_id=1, pid=pid, tid=pid + 1, ktime=10**18 + pid))
+    return plans, recs
+
+
+CACHE = _Cache({4242: (PROC, PARENT), 7: (dict(PROC, pid=7), None), 8: ({"pid": 8, "binary": "/b"}, {})})
+
+
+@pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
+def test_fast_json_is_byte_identical_to_the_generic_encoding(cache: Any) -> None:
+    plans, recs = _records()
+    fast = _ring(plans, cache).decode(recs)
+    generic = _ring(plans, cache).decode_dicts(recs)
+    assert isinstance(fast, EventBatch)
+    ring = _ring(plans, cache)
+    assert ring._quick(ring.hooks[(3, 2)]) and ring._quick(ring.hooks[(4, 0)])  # generated for the usual
+    assert ring._quick(ring.hooks[(3, 0)]) is None  # a labelled argument: the general path
+    assert len(fast) == len(generic) == len(recs) - 2  # the stray hook and the short record
+    for line, ev in zip(fast.lines, generic):
+        assert line == ev.json()
+    assert fast.kinds == [ev.kind for ev in generic]
+    # made on demand: same JSON, and a body that encodes to it (what filters and stages read)
+    for made, ev in zip(fast, generic):
+        assert isinstance(made, LazyEvent)
+        assert made.json() == ev.json() == orjson.dumps(made.as_dict())
+        assert made.body == ev.body and made.process == ev.process and made.time == ev.time
+
+
+def test_batch_says_whether_every_process_came_from_the_cache() -> None:
+    plans, recs = _records()
+    cached = [r for r in recs if len(r) >= _EV.size and _EV.unpack_from(r)[4] == 4242]
+    assert _ring(plans, CACHE).decode(cached).resolved
+    assert not _ring(plans, CACHE).decode(recs).resolved
+    assert not _ring(plans, None).decode(cached).resolved
+
+
+def test_a_batch_slices_counts_and_filters_without_losing_events() -> None:
+    plans, recs = _records()
+    batch = _ring(plans, CACHE).decode(recs)
+    part = batch[5:9]
+    assert isinstance(part, EventBatch) and part.lines == batch.lines[5:9]
+    assert [e.json() for e in part] == batch.lines[5:9]
+    assert list(kinds_of(batch)) == [e.kind for e in batch] and json_lines(part) == part.lines
+    chain = build_filters({"deny": [{"policy_names": ['policy-3 "q"', 'policy-4 "q"']}]}, NODE)
+    kept, drops = chain.apply(batch)
+    assert kept == [] and drops == {"filtered": len(batch)}
+    chain = build_filters({"allow": [{"binary_regex": ["^/usr/bin/cat$"]}]}, NODE)
+    kept, _ = chain.apply(_ring(plans, CACHE).decode(recs))
+    assert kept and all(e.process["binary"] == "/usr/bin/cat" for e in kept)
+
+
+def test_process_join_passes_a_resolved_batch_and_joins_the_rest() -> None:
+    plans, recs = _records()
+    cached = [r for r in recs if len(r) >= _EV.size and _EV.unpack_from(r)[4] == 4242]
+    join = ProcessJoin(_Cache(CACHE.table, broken=-1), hold_s=0)
+    batch = _ring(plans, CACHE).decode(cached)
+    assert join(batch) is batch
+    # decoded without a cache, joined afterwards: the events of pid 4242 get their process
+    out = join(_ring(plans, None).decode(recs))
+    time.sleep(0.01)
+    out = list(out) + list(join([]))
+    joined = [e for e in out if e.process.get("pid") == 4242]
+    assert len(joined) == len(batch) and all(e.body["parent"] == PARENT for e in joined)
+
+
+def test_pipeline_runner_and_file_exporter_write_the_batch_lines(tmp_path: Path) -> None:
+    from sensorium.testing import runner_for
+    from sensorium_exporters.file import FileExporter, FileOptions
+
+    plans, recs = _records()
+    batch = _ring(plans, CACHE).decode(recs * 20)
+    from sensorium.exporting import ExporterContextImpl
+
+    exp = FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=1000), ExporterContextImpl("file", NODE))
+    runner = runner_for(exp, batch_size=100)
+    pipe = Pipeline([runner], [ProcessJoin(CACHE)])
+    runner.start()
+    pipe.submit(batch)
+    assert runner.stop(10)
+    assert (tmp_path / "ev.log").read_bytes() == b"".join(line + b"\n" for line in batch.lines)
+    assert runner.stats()["exported"] == len(batch)
+    assert pipe.stats()["events_by_kind"] == dict(collections.Counter(batch.kinds))
+    assert set(batch.kinds) == {"process_kprobe", "process_tracepoint"}
+
+
+def test_file_exporter_rotates_a_batch_on_line_boundaries(tmp_path: Path) -> None:
+    from sensorium.exporting import ExporterContextImpl
+    from sensorium_exporters.file import FileExporter, FileOptions
+
+    plans, recs = _records()
+    batch = _ring(plans, CACHE).decode(recs)
+    exp = FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=0.05, max_backups=1000),
+                       ExporterContextImpl("file", NODE))
+    exp.open()
+    for i in range(0, len(batch), 64):
+        exp.write_batch(batch[i:i + 64])
+    exp.close()
+    files = sorted(tmp_path.glob("ev.log.*"), key=lambda p: -int(p.suffix[1:])) + [tmp_path / "ev.log"]
+    assert len(files) > 3 and all(f.stat().st_size <= 0.05 * 1024 * 1024 for f in files)
+    assert b"".join(f.read_bytes() for f in files) == b"".join(line + b"\n" for line in batch.lines)
