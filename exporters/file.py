@@ -92,20 +92,27 @@ class FileExporter:
         """Append ``data`` whole, or truncate back and raise (no partial line stays in the file)."""
         assert self._fd is not None
         start = self._size
-        view = memoryview(data)
         try:
-            while view:
-                n = os.write(self._fd, view)
-                if n <= 0:
-                    raise OSError(errno.EIO, "short write")
-                view = view[n:]
+            self._write_view(memoryview(data))
         except OSError:
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                self.close()  # cannot undo: reopen on retry re-reads the real size
+            self._undo(start)
             raise
         self._size = start + len(data)
+
+    def _write_view(self, view: memoryview) -> None:
+        assert self._fd is not None
+        while view:
+            n = os.write(self._fd, view)
+            if n <= 0:
+                raise OSError(errno.EIO, "short write")
+            view = view[n:]
+
+    def _undo(self, start: int) -> None:
+        """Truncate back to ``start`` after a failed write, so no partial line stays in the file."""
+        try:
+            os.ftruncate(self._fd, start)  # type: ignore[arg-type]
+        except OSError:
+            self.close()  # cannot undo: reopen on retry re-reads the real size
 
     _IOV = 512  # events per writev (two buffers each; IOV_MAX is 1024)
 
@@ -122,17 +129,9 @@ class FileExporter:
                 want = sum(map(len, bufs))
                 n = os.writev(self._fd, bufs)
                 if n < want:  # a short write (rare for a file): the remainder the plain way
-                    view = memoryview(b"".join(bufs))[n:]
-                    while view:
-                        k = os.write(self._fd, view)
-                        if k <= 0:
-                            raise OSError(errno.EIO, "short write")
-                        view = view[k:]
+                    self._write_view(memoryview(b"".join(bufs))[n:])
         except OSError:
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                self.close()  # cannot undo: reopen on retry re-reads the real size
+            self._undo(start)
             raise
         self._size = start + size
 
