@@ -246,3 +246,145 @@ def test_file_exporter_rotates_a_batch_on_line_boundaries(tmp_path: Path) -> Non
     files = sorted(tmp_path.glob("ev.log.*"), key=lambda p: -int(p.suffix[1:])) + [tmp_path / "ev.log"]
     assert len(files) > 3 and all(f.stat().st_size <= 0.05 * 1024 * 1024 for f in files)
     assert b"".join(f.read_bytes() for f in files) == b"".join(line + b"\n" for line in batch.lines)
+
+
+# ---- the native formatter (fastrest.c) against the Python path ----------------------------------------
+from sensorium_sensors.tracepoint import native as _native  # noqa: E402
+
+
+def _decode_both(monkeypatch: pytest.MonkeyPatch, plans: dict, recs: list[bytes], cache: Any) -> tuple[Any, Any]:
+    """(native outcome, Python outcome) of one batch: (lines, kinds, events counted) or the exception type."""
+    out = []
+    for on in ("1", "0"):
+        monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", on)
+        ring = _ring(plans, cache)
+        try:
+            b = ring.decode(list(recs))
+            out.append((b.lines, b.kinds, b.resolved, ring.hooks[next(iter(ring.hooks))][2].events,
+                        ring.decode_errors))
+        except Exception as e:  # noqa: BLE001 - compared: both paths must fail alike
+            out.append(type(e))
+    return out[0], out[1]
+
+
+def _need_native() -> None:
+    if _native.load() is None:
+        pytest.skip(f"no native formatter here: {_native.STATUS}")
+
+
+@pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
+def test_native_formatter_is_byte_identical_to_the_python_path(monkeypatch: pytest.MonkeyPatch, cache: Any) -> None:
+    _need_native()
+    plans, recs = _records()
+    ring = _ring(plans, cache)
+    nat = ring._native(recs, b'},"node_name":"n","time":', 0)
+    assert nat is not None
+    # it rendered the usual records, left the others to Python, skipped the stray and counted the short one
+    assert nat[0].count(_native.ST_OK) > 50 and nat[0].count(_native.ST_FALLBACK) > 50
+    assert nat[0].count(_native.ST_SKIP) == 1 and nat[0].count(_native.ST_SHORT) == 1
+    got, want = _decode_both(monkeypatch, plans, recs, cache)
+    assert got == want
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
+    assert ring.decoder == "native"
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "0")
+    assert ring.decoder.startswith("python")
+
+
+@pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
+def test_native_whole_batch_path_matches_python_and_the_generic_encoding(monkeypatch: pytest.MonkeyPatch,
+                                                                         cache: Any) -> None:
+    """A batch of usual records only (the storm's case): rendered whole, heads joined per process/thread."""
+    _need_native()
+    plans, _ = _records()
+    recs = []
+    for i in range(3000):
+        pid = (4242, 7, 8, 9999)[i % 7 % 4]
+        s = STRINGS[i % 6] if i % 6 not in (2, 3, 5) else b"/tmp/f%d" % i
+        recs.append(_record([(S.ARG_INT, 0, i - 1500), (S.ARG_STR, 0, s), (S.ARG_INT, 0, -i),
+                             (S.ARG_INT, 0, i * 77), (S.ARG_INT, 0, 2**63 + i)], hook_id=2, pid=pid,
+                            tid=pid + i % 3, retval=-i, flags=S.EV_HAS_RET if i % 2 else 0,
+                            cgroup_id=i % 5, ktime=10**18 + i * 333_333_333))
+    ring = _ring(plans, cache)
+    nat = ring._native(recs, b"x", 0)
+    assert nat is not None and nat[0].count(_native.ST_OK) == len(recs)
+    got, want = _decode_both(monkeypatch, plans, recs, cache)
+    assert got == want and got[3] == len(recs)
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
+    fast = _ring(plans, cache).decode(recs)
+    generic = _ring(plans, cache).decode_dicts(recs)
+    assert fast.lines == [ev.json() for ev in generic]
+    assert [e.json() for e in fast[:50]] == fast.lines[:50]
+
+
+def test_native_formatter_survives_hostile_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fuzz: records cut anywhere, bytes flipped, lengths and counts made up, pure noise. Both paths give
+    the same lines (or fail alike), and the native call never reads outside the record."""
+    import random
+
+    _need_native()
+    plans, base = _records()
+    rnd = random.Random(1234)
+    usual = [r for r in base if len(r) >= _EV.size and _EV.unpack_from(r)[7] == 2] or base
+    for round_ in range(60):
+        batch = []
+        for _ in range(200):
+            r = bytearray(rnd.choice(usual if rnd.random() < 0.7 else base))
+            what = rnd.random()
+            if what < 0.25:
+                r = r[:rnd.randrange(len(r) + 1)]
+            elif what < 0.6:
+                for _ in range(rnd.randrange(1, 6)):
+                    if r:
+                        r[rnd.randrange(len(r))] = rnd.randrange(256)
+            elif what < 0.75 and len(r) >= _EV.size:  # data_len, an argument's length or kind made up
+                pos = rnd.choice([52, 56, 58, 72, 74, 88]) if len(r) > 90 else 52
+                r[pos:pos + 2] = rnd.choice([b"\xff\xff", b"\x00\x00", b"\x10\x00", b"\x00\x01", b"\x01\x00"])
+            elif what < 0.8:
+                r = bytearray(rnd.randbytes(rnd.randrange(120)))
+            batch.append(bytes(r))
+        for cache in (None, CACHE):
+            got, want = _decode_both(monkeypatch, plans, batch, cache)
+            assert got == want, round_
+
+
+def test_native_formatter_refuses_inconsistent_arguments() -> None:
+    _need_native()
+    plans, recs = _records()
+    ring = _ring(plans, None)
+    fmt = _native.Formatter(_native.load(), [(k[0], k[1], p, "x") for k, (p, _n, _h) in ring.hooks.items()])
+    # lengths that run past the blob: refused before anything is read
+    import array
+    import ctypes
+
+    lens = array.array("I", [len(recs[0]), 1 << 30])
+    out = ctypes.create_string_buffer(4096)
+    z = array.array("Q", [0, 0])
+    st, sl, slots, sn = bytearray(2), array.array("I", [0, 0]), array.array("I", [0] * 16), array.array("I", [0] * 4)
+    a = _native._addr
+    ns = fmt.lib.sf_format(recs[0], len(recs[0]), a(lens), 2, ctypes.addressof(fmt.hooks), fmt.nhooks,
+                           ctypes.addressof(fmt.frags_buf), len(fmt.frags), b"t", 1, 0, ctypes.addressof(out), 4096,
+                           a(z), a(st), a(sl), a(slots), a(sn), 4)
+    assert ns == -1
+    # an output buffer too small for any rest: every record falls back, none is written past the end
+    out = ctypes.create_string_buffer(b"\xaa" * 64, 64)
+    lens = array.array("I", [len(recs[0])])
+    ns = fmt.lib.sf_format(recs[0], len(recs[0]), a(lens), 1, ctypes.addressof(fmt.hooks), fmt.nhooks,
+                           ctypes.addressof(fmt.frags_buf), len(fmt.frags), b"t", 1, 0, ctypes.addressof(out), 16,
+                           a(z), a(st), a(sl), a(slots), a(sn), 4)
+    assert ns == 0 and st[0] == _native.ST_FALLBACK and out.raw[16:] == b"\xaa" * 48
+
+
+def test_without_a_compiler_the_python_path_is_used_and_the_status_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("SENSORIUM_CC", "no-such-cc-sensorium")
+    monkeypatch.setenv("SENSORIUM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "STATUS", "")
+    plans, recs = _records()
+    ring = _ring(plans, CACHE)
+    assert ring._native(recs, b"", 0) is None
+    assert ring.decoder.startswith("python (native formatter unavailable") and "no-such-cc" in ring.decoder
+    generic = _ring(plans, CACHE).decode_dicts(recs)
+    assert ring.decode(recs).lines == [ev.json() for ev in generic]
