@@ -489,6 +489,7 @@ def test_native_formatter_under_address_and_undefined_behaviour_sanitizers(tmp_p
         pytest.skip(f"no sanitizer runtime: {b.stderr[:200]}")
     assert b.returncode == 0, b.stderr
     r = subprocess.run([str(exe)] + [str(tmp_path / f) for f in ("hooks.bin", "frags.bin", "lens.bin", "blob.bin")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+                       capture_output=True, text=True, timeout=300,
+                       env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})  # the driver's own leaks
+    assert r.returncode == 0 and "ERROR" not in r.stderr, r.stderr[-3000:]
     assert int(r.stdout) > 100  # records were rendered, not only refused
