@@ -468,8 +468,11 @@ class EventRing:
         for hs, k in counts:
             hs.events += k
         heads = list(map(slot_heads.__getitem__, slot)) if ns > 1 else [slot_heads[0]] * len(slot)
-        ends = out_end.tolist()
-        rests = list(map(out.__getitem__, map(slice, [0] + ends[:-1], ends)))
+        # Every rest ends with its one newline and holds no other line break (strings with control
+        # characters are never rendered natively; the JSON fragments escape theirs): split in one call.
+        rests = out.splitlines(True)
+        if len(rests) != len(slot):  # cannot happen (see above); never hand out misaligned lines
+            return None
         return heads, rests, resolved
 
     def _quick(self, entry: tuple) -> Callable[..., bytes | None] | None:
