@@ -150,6 +150,8 @@ class Formatter:
         self.hooks, self.nhooks = hooks, len(specs)
         self.frags = bytes(frags) or b"\0"
         self.frags_buf = ctypes.create_string_buffer(self.frags, len(self.frags))
+        self._busy = threading.Lock()
+        self._bufs: dict[str, Any] = {}
 
     def format(self, records: Sequence[bytes], tail: bytes, boot_ns: int) -> tuple[Any, ...] | None:
         """Run over one batch: (status bytes, out bytes, out_end list, slot list, slots list, slot_n list,
@@ -158,12 +160,27 @@ class Formatter:
         blob = b"".join(records)
         lens = array.array("I", map(len, records))
         cap = 2 * len(blob) + n * (len(tail) + 64 + min(len(self.frags), 4096)) + 64
-        out = ctypes.create_string_buffer(cap)
-        out_end = array.array("Q", bytes(8 * n))
-        status = bytearray(n)
-        slot = array.array("I", bytes(4 * n))
-        slots = array.array("I", bytes(16 * MAX_SLOTS))
-        slot_n = array.array("I", bytes(4 * MAX_SLOTS))
+        if not self._busy.acquire(blocking=False):  # another thread formats: buffers of its own
+            return self._format(records, blob, lens, cap, tail, boot_ns, {})
+        try:
+            return self._format(records, blob, lens, cap, tail, boot_ns, self._bufs)
+        finally:
+            self._busy.release()
+
+    def _format(self, records: Sequence[bytes], blob: bytes, lens: Any, cap: int, tail: bytes, boot_ns: int,
+                bufs: dict) -> tuple[Any, ...] | None:
+        # The buffers are kept between batches (zeroing megabytes per batch costs more than the formatting);
+        # what is returned is copied out of them.
+        n = len(records)
+        if bufs.get("cap", -1) < cap:
+            bufs["out"], bufs["cap"] = ctypes.create_string_buffer(cap), cap
+        if bufs.get("n", -1) < n:
+            bufs["out_end"], bufs["status"] = array.array("Q", bytes(8 * n)), bytearray(n)
+            bufs["slot"], bufs["n"] = array.array("I", bytes(4 * n)), n
+        if "slots" not in bufs:
+            bufs["slots"], bufs["slot_n"] = array.array("I", bytes(16 * MAX_SLOTS)), array.array("I", bytes(4 * MAX_SLOTS))
+        out, out_end, status, slot = bufs["out"], bufs["out_end"], bufs["status"], bufs["slot"]
+        slots, slot_n = bufs["slots"], bufs["slot_n"]
         tail_buf = ctypes.create_string_buffer(tail, len(tail))
         ns = self.lib.sf_format(blob, len(blob), _addr(lens), n, ctypes.addressof(self.hooks), self.nhooks,
                                 ctypes.addressof(self.frags_buf), len(self.frags), ctypes.addressof(tail_buf),
@@ -171,8 +188,9 @@ class Formatter:
                                 _addr(slot), _addr(slots), _addr(slot_n), MAX_SLOTS)
         if ns < 0:
             return None
-        used = out_end[-1] if n else 0
-        return status, ctypes.string_at(out, used), out_end, slot, slots, slot_n, ns
+        used = out_end[n - 1] if n else 0
+        return (status[:n], ctypes.string_at(out, used), out_end[:n], slot[:n], slots[:4 * ns], slot_n[:ns],
+                ns)
 
 
 def describe(plan: Any) -> tuple[list[tuple[int, bytes, int, int]], Any] | None:
