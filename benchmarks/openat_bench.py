@@ -313,14 +313,18 @@ def main() -> int:
         def match_run(native: bool) -> dict:
             """One matching run, the decoder native (fastrest.c) or forced onto its Python path."""
             os.environ["SENSORIUM_NATIVE_DECODE"] = "1" if native else "0"
+            # A sensor and reader of its own per run: the ring's drain (native or ctypes callback) is
+            # chosen when the reader adds the ring.
+            ctx = BenchContext(config={"ring_buffer_kb": args.ring_kb})
+            sensor = KprobeSensor(ctx)
+            sensor.start()
             # matching: every openat of the storm becomes an event written to a JSON-lines file
             out = tmp / "events.jsonl"
             view = rig.view(POLICY.format(name="bench-match", op="Equal", value=str(target)), "kprobes", policy_id=2)
-            h = rig.sensor.load_policy(view)
+            h = sensor.load_policy(view)
             written = 0
             last_write = 0.0
             stop = threading.Event()
-            ctx = rig.ctx
 
             consumer_cpu = [0.0]
 
@@ -363,6 +367,8 @@ def main() -> int:
             t.join()
             c = h.counters()
             h.unload()
+            sensor.stop()
+            ctx.close()
             lines = sum(1 for _ in open(out, "rb"))
             ours = sum(1 for line in open(out, "rb") if str(target).encode() in line)
             rate = ours / max(last_write - t0, 1e-9)

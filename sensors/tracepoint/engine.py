@@ -241,7 +241,9 @@ class EventRing:
         obj.map("sens_events").set_max_entries(size)
         obj.load()
         self.obj = obj
-        self.ctx.add_ring_buffer(obj.map("sens_events"), self.decode)
+        m = obj.map("sens_events")
+        m.native_drain = True  # the reader may hand `decode` RecordBlobs (core/bpf/ringbuf.py)
+        self.ctx.add_ring_buffer(m, self.decode)
 
     @property
     def fd(self) -> int:
@@ -294,7 +296,7 @@ class EventRing:
                 done = self._native_batch(records, nat, memo, ctxs, pc_get)
                 if done is not None:
                     heads, rests, resolved = done
-                    recs = records if isinstance(records, list) else list(records)
+                    recs = records  # a RecordBlob makes its bytes only if an event is made from them
                     return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
         else:
             status = None
@@ -426,6 +428,13 @@ class EventRing:
             return "python (SENSORIUM_NATIVE_DECODE=0)"
         _native.load()
         return _native.STATUS
+
+    @property
+    def drain(self) -> str:
+        """How the ring is drained: "native" (ringdrain.c) or "python (<why>)"."""
+        from sensorium.bpf import ringbuf
+
+        return ringbuf.DRAIN_STATUS if _native.enabled() else "python (SENSORIUM_NATIVE_DECODE=0)"
 
     def _native(self, records: Sequence[bytes], tail_node: bytes, boot: int) -> tuple | None:
         """fastrest.c's pass over the batch (see `native.Formatter.format`), None: Python does it all."""
@@ -1037,7 +1046,7 @@ class HookSensor:
         live = [h for h in self.handles if not h._unloaded]
         return {"state": self.state, "error": self.error, "policies": len(live),
                 "hooks": sum(len(h.objects) for h in live), "decode_errors": self.ring.decode_errors,
-                "decoder": self.ring.decoder}
+                "decoder": self.ring.decoder, "ring_drain": self.ring.drain}
 
     # -- policies ---------------------------------------------------------------------------------
     def plan_item(self, policy: Any, index: int, item: Any) -> HookPlan | None:

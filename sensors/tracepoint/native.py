@@ -1,8 +1,7 @@
 """The hook decoder's native formatter (fastrest.c): build, load and call it.
 
 ``fastrest.c`` is compiled with the system C compiler (``$SENSORIUM_CC``, else ``cc``) on first use into
-the build cache (``<cache>/native/<hash>/libsensfast.so``, keyed by the source and the compiler's version,
-written atomically like the BPF objects, `sensorium.bpf.build`). Where there is no compiler or the build
+the build cache (``<cache>/native/<hash>/libsensfast.so``, `sensorium.bpf.native.build_shared`). Where there is no compiler or the build
 fails, `load` returns None with the reason in `STATUS`, and the decoder stays on its Python path.
 ``SENSORIUM_NATIVE_DECODE=0`` forces the Python path (the benchmark compares both).
 """
@@ -11,14 +10,12 @@ from __future__ import annotations
 
 import array
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
+
+from sensorium.bpf.native import build_shared, native_enabled
+from sensorium.bpf.ringbuf import RecordBlob
 
 __all__ = ["SfHook", "MAX_ARGS", "STATUS", "load", "enabled", "Formatter"]
 
@@ -46,35 +43,11 @@ class SfHook(ctypes.Structure):
 
 def enabled() -> bool:
     """False when ``SENSORIUM_NATIVE_DECODE`` is 0/false/no/off (forced Python path)."""
-    return os.environ.get("SENSORIUM_NATIVE_DECODE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return native_enabled()
 
 
 def _build() -> Path:
-    from sensorium.bpf.build import cache_dir
-
-    cc = os.environ.get("SENSORIUM_CC") or "cc"
-    cc_path = shutil.which(cc)
-    if cc_path is None:
-        raise RuntimeError(f"no C compiler ({cc!r} not on PATH)")
-    ver = subprocess.run([cc_path, "--version"], capture_output=True, text=True, timeout=30).stdout
-    src = SOURCE.read_bytes()
-    flags = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-std=gnu11"]
-    digest = hashlib.sha256(b"\0".join([src, ver.encode(), " ".join(flags).encode()])).hexdigest()[:32]
-    out = cache_dir() / "native" / digest / "libsensfast.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".libsensfast.", suffix=".so")
-    os.close(fd)
-    try:
-        r = subprocess.run([cc_path, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {r.stderr.strip()[:500]}")
-        os.replace(tmp, out)  # atomic: several processes may build at once
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return build_shared(SOURCE, "libsensfast")
 
 
 def load() -> Any:
@@ -155,10 +128,14 @@ class Formatter:
 
     def format(self, records: Sequence[bytes], tail: bytes, boot_ns: int) -> tuple[Any, ...] | None:
         """Run over one batch: (status bytes, out bytes, out_end list, slot list, slots list, slot_n list,
-        nslots) or None when the call refused its arguments."""
+        nslots) or None when the call refused its arguments. A `RecordBlob` (native ring drain) is
+        formatted from its blob as it is; other sequences are joined first."""
         n = len(records)
-        blob = b"".join(records)
-        lens = array.array("I", map(len, records))
+        if isinstance(records, RecordBlob):
+            blob, lens = records.blob, records.lens
+        else:
+            blob = b"".join(records)
+            lens = array.array("I", map(len, records))
         cap = 2 * len(blob) + n * (len(tail) + 64 + min(len(self.frags), 4096)) + 64
         if not self._busy.acquire(blocking=False):  # another thread formats: buffers of its own
             return self._format(records, blob, lens, cap, tail, boot_ns, {})
