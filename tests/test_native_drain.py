@@ -100,3 +100,21 @@ def test_record_blob_refuses_lengths_that_do_not_add_up() -> None:
         RecordBlob(b"abc", array.array("I", [2, 2]))
     rb = RecordBlob(b"abcdef", array.array("I", [1, 0, 5]))
     assert list(rb) == [b"a", b"", b"bcdef"] and len(rb) == 3 and rb[1:] == [b"", b"bcdef"]
+
+
+def test_without_a_compiler_the_ctypes_callback_drains_and_the_status_says_so(objs, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
+    monkeypatch.setenv("SENSORIUM_CC", "no-such-cc-sensorium")
+    monkeypatch.setenv("SENSORIUM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ringbuf, "_drain_tried", False)
+    monkeypatch.setattr(ringbuf, "_drain", None)
+    monkeypatch.setattr(ringbuf, "DRAIN_STATUS", "")  # restored afterwards with the rest
+    a = objs()
+    a.map("events").native_drain = True
+    got: list = []
+    with RingBufferReader() as reader:
+        reader.add(a.map("events"), got.append)
+        _calls(range(ARG_BASE, ARG_BASE + 10))
+        assert reader.poll(0) == 10
+    assert [type(x) for x in got] == [list] and len(got[0]) == 10
+    assert ringbuf.DRAIN_STATUS.startswith("python (native drain unavailable") and "no-such-cc" in ringbuf.DRAIN_STATUS
