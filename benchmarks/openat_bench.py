@@ -138,16 +138,20 @@ def _proc_cpu(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def agent_export(exe: Path, calls: int, target: Path, tmp: Path, ring_kb: int = 262144) -> dict:
+def agent_export(exe: Path, calls: int, target: Path, tmp: Path, ring_kb: int = 262144,
+                 native: bool = True) -> dict:
     """The matching run through the real agent: `sensorium run` (kprobe sensor, process cache, pipeline,
     file exporter), the policy added with `sensorium policy add`. Returns rate and loss."""
     sensorium = str(Path(sys.executable).parent / "sensorium")
     out, sock = tmp / "agent-events.jsonl", tmp / "api.sock"
     cfg = tmp / "agent.yaml"
+    for stale in (out, sock):  # a previous run's file would be counted again
+        stale.unlink(missing_ok=True)
     cfg.write_text(f"exporters:\n  - type: file\n    path: {out}\n    max_size_mb: 4096\n    queue_size: 2000000\n"
                    f"api:\n  socket: {sock}\n"
                    f"sensors:\n  kprobe:\n    enabled: true\n    ring_buffer_kb: {ring_kb}\n")
-    proc = subprocess.Popen([sensorium, "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, SENSORIUM_NATIVE_DECODE="1" if native else "0")
+    proc = subprocess.Popen([sensorium, "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
@@ -219,6 +223,10 @@ def main() -> int:
     ap.add_argument("--nomatch-op", default="Prefix", help="operator of the never-matching rule (default Prefix)")
     ap.add_argument("--nomatch-value", default="/nonexistent-sensorium-bench/",
                     help="value of the never-matching rule (default /nonexistent-sensorium-bench/)")
+    ap.add_argument("--native", choices=("both", "on", "off"), default="both",
+                    help="the hook decoder's native formatter (fastrest.c) for the matching runs: both (interleaved, "
+                         "side by side), on, or off (SENSORIUM_NATIVE_DECODE=0, the Python path)")
+    ap.add_argument("--match-rounds", type=int, default=3, help="matching runs per decoder mode (medians)")
     ap.add_argument("--ring-kb", type=int, default=256 * 1024,
                     help="ring buffer of the matching runs, KiB: it absorbs what the storm offers faster than "
                          "user space drains (the agent's default is 4096)")
@@ -302,59 +310,86 @@ def main() -> int:
         ns = statistics.median(nomatch_str)
         prog_ns = in_kernel_ns_per_run(rig, exe, args.calls, target, nomatch_text)
 
-        # matching: every openat of the storm becomes an event written to a JSON-lines file
-        out = tmp / "events.jsonl"
-        view = rig.view(POLICY.format(name="bench-match", op="Equal", value=str(target)), "kprobes", policy_id=2)
-        h = rig.sensor.load_policy(view)
-        written = 0
-        last_write = 0.0
-        stop = threading.Event()
-        ctx = rig.ctx
+        def match_run(native: bool) -> dict:
+            """One matching run, the decoder native (fastrest.c) or forced onto its Python path."""
+            os.environ["SENSORIUM_NATIVE_DECODE"] = "1" if native else "0"
+            # A sensor and reader of its own per run: the ring's drain (native or ctypes callback) is
+            # chosen when the reader adds the ring.
+            ctx = BenchContext(config={"ring_buffer_kb": args.ring_kb})
+            sensor = KprobeSensor(ctx)
+            sensor.start()
+            # matching: every openat of the storm becomes an event written to a JSON-lines file
+            out = tmp / "events.jsonl"
+            view = rig.view(POLICY.format(name="bench-match", op="Equal", value=str(target)), "kprobes", policy_id=2)
+            h = sensor.load_policy(view)
+            written = 0
+            last_write = 0.0
+            stop = threading.Event()
 
-        consumer_cpu = [0.0]
+            consumer_cpu = [0.0]
 
-        def consume() -> None:
-            nonlocal written, last_write
-            c0 = time.thread_time()
-            with open(out, "wb", buffering=0) as f:
-                fd = f.fileno()
-                while True:
-                    ctx.reader.poll(10)
-                    batches = ctx.events
-                    if batches:
-                        ctx.events = []
-                        bufs: list[bytes] = []
-                        for b in batches:  # the batch's parts gathered, as the file exporter writes them
-                            heads, rests = line_parts(b)
-                            part = [b""] * (2 * len(heads))
-                            part[0::2], part[1::2] = heads, rests
-                            bufs += part
-                        if bufs:
-                            for i in range(0, len(bufs), 1024):  # IOV_MAX buffers per call
-                                chunk = bufs[i:i + 1024]
-                                if os.writev(fd, chunk) != sum(map(len, chunk)):
-                                    raise OSError("short write")
-                            written += len(bufs) // 2
-                            last_write = time.monotonic()
-                    elif stop.is_set():
-                        break
-                f.flush()
-            consumer_cpu[0] = time.thread_time() - c0
+            def consume() -> None:
+                nonlocal written, last_write
+                c0 = time.thread_time()
+                with open(out, "wb", buffering=0) as f:
+                    fd = f.fileno()
+                    while True:
+                        ctx.reader.poll(10)
+                        batches = ctx.events
+                        if batches:
+                            ctx.events = []
+                            bufs: list[bytes] = []
+                            for b in batches:  # the batch's parts gathered, as the file exporter writes them
+                                heads, rests = line_parts(b)
+                                part = [b""] * (2 * len(heads))
+                                part[0::2], part[1::2] = heads, rests
+                                bufs += part
+                            if bufs:
+                                for i in range(0, len(bufs), 1024):  # IOV_MAX buffers per call
+                                    chunk = bufs[i:i + 1024]
+                                    if os.writev(fd, chunk) != sum(map(len, chunk)):
+                                        raise OSError("short write")
+                                written += len(bufs) // 2
+                                last_write = time.monotonic()
+                        elif stop.is_set():
+                            break
+                    f.flush()
+                consumer_cpu[0] = time.thread_time() - c0
 
-        t = threading.Thread(target=consume)
-        t.start()
-        t0 = time.monotonic()
-        storm_s = storm(exe, args.match_calls, target)
-        deadline = time.monotonic() + 120
-        while written < args.match_calls and time.monotonic() < deadline:
-            time.sleep(0.01)
-        stop.set()
-        t.join()
-        c = h.counters()
-        h.unload()
-        lines = sum(1 for _ in open(out, "rb"))
-        ours = sum(1 for line in open(out, "rb") if str(target).encode() in line)
-        rate = ours / max(last_write - t0, 1e-9)
+            t = threading.Thread(target=consume)
+            t.start()
+            t0 = time.monotonic()
+            storm_s = storm(exe, args.match_calls, target)
+            deadline = time.monotonic() + 120
+            while written < args.match_calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stop.set()
+            t.join()
+            c = h.counters()
+            h.unload()
+            sensor.stop()
+            ctx.close()
+            lines = sum(1 for _ in open(out, "rb"))
+            ours = sum(1 for line in open(out, "rb") if str(target).encode() in line)
+            rate = ours / max(last_write - t0, 1e-9)
+            return {"storm_s": storm_s, "lines": lines, "ours": ours, "rate": rate, "dropped": c["dropped"],
+                    "cpu_us": 1e6 * consumer_cpu[0] / max(ours, 1), "out": out}
+
+        modes = {"both": [False, True], "on": [True], "off": [False]}[args.native]
+        runs = {}
+        for round_ in range(args.match_rounds):
+            for native in modes:  # interleaved: both see the same machine load
+                runs.setdefault(native, []).append(match_run(native))
+        os.environ.pop("SENSORIUM_NATIVE_DECODE", None)
+
+        def med(native: bool, key: str) -> float:
+            return statistics.median(r[key] for r in runs[native])
+        main_mode = modes[-1]
+        last = runs[main_mode][-1]
+        storm_s, lines, ours, rate, out = last["storm_s"], last["lines"], last["ours"], med(main_mode, "rate"), last["out"]
+        c = {"dropped": max(r["dropped"] for rs in runs.values() for r in rs)}
+        zero_loss = all(r["ours"] == args.match_calls for rs in runs.values() for r in rs) and c["dropped"] == 0
+        consumer_cpu = [med(main_mode, "cpu_us") * max(ours, 1) / 1e6]
         res = {
             "calls": args.calls, "rounds": args.rounds, "nomatch_rule": [args.nomatch_op, args.nomatch_value],
             "bare_s": b, "nomatch_s": n, "nomatch_ratio": n / b, "nomatch_target": 1.10,
@@ -363,7 +398,9 @@ def main() -> int:
             "mechanism_only_s": m, "mechanism_only_ratio": m / b, "nomatch_vs_mechanism_ratio": n / m,
             "bpf_ns_per_iteration": prog_ns, "loadavg": os.getloadavg()[0],
             "match_calls": args.match_calls, "match_storm_s": storm_s, "match_lines": lines, "match_events_ours": ours,
-            "kernel_dropped": c["dropped"], "zero_loss": ours == args.match_calls and c["dropped"] == 0,
+            "kernel_dropped": c["dropped"], "zero_loss": zero_loss, "decoder": "native" if main_mode else "python",
+            "export_rates": {("native" if k else "python"): [r["rate"] for r in v] for k, v in runs.items()},
+            "consumer_cpu_us_per_event_by_decoder": {("native" if k else "python"): med(k, "cpu_us") for k in runs},
             "export_events_per_s": rate, "export_target": 250_000,
             "consumer_cpu_us_per_event": 1e6 * consumer_cpu[0] / max(ours, 1),
             "bare_calls_per_s": args.calls / b, "match_storm_calls_per_s": args.match_calls / storm_s, **cpu,
@@ -386,16 +423,35 @@ def main() -> int:
             print(f"    {label:42s} {wall:5.3f} / {cpu[f'{key}_cpu_ratio']:5.3f}")
         print(f"matching rule, {args.match_calls} calls: storm {storm_s:.3f} s "
               f"({args.match_calls / storm_s:,.0f}/s with the hook)")
+        for k in runs:
+            each = ", ".join(f"{r['rate']:,.0f}" for r in runs[k])
+            print(f"  decoder {'native' if k else 'python':6s}: export {med(k, 'rate'):10,.0f} events/s (median of "
+                  f"{len(runs[k])}: {each}), "
+                  f"consumer CPU {med(k, 'cpu_us'):.2f} us/event, zero loss "
+                  f"{all(r['ours'] == args.match_calls and r['dropped'] == 0 for r in runs[k])}")
         print(f"  exported {ours} events ({lines} lines) to {out.name}: {rate:,.0f} events/s "
               f"(target >= 250,000), kernel drops {c['dropped']}, zero loss: {res['zero_loss']}; "
               f"consumer thread CPU {res['consumer_cpu_us_per_event']:.2f} us/event")
         if args.agent:
             rig.sensor.stop()  # the agent loads its own
-            res.update(agent_export(exe, args.match_calls, target, tmp, args.ring_kb))
-            print(f"  through the agent (sensorium run, file exporter): {res['agent_events']} events, "
-                  f"{res['agent_events_per_s']:,.0f} events/s, zero loss: {res['agent_zero_loss']}, "
-                  f"agent CPU {res['agent_cpu_us_per_event']:.2f} us/event "
-                  f"(policy status: {res['agent_policy_status']})")
+            agent_runs: dict[bool, list[dict]] = {}
+            for _ in range(args.match_rounds):
+                for native in modes:  # interleaved, as above
+                    agent_runs.setdefault(native, []).append(
+                        agent_export(exe, args.match_calls, target, tmp, args.ring_kb, native))
+            for native, rs in agent_runs.items():
+                label = "native" if native else "python"
+                rate_med = statistics.median(r["agent_events_per_s"] for r in rs)
+                cpu_med = statistics.median(r["agent_cpu_us_per_event"] for r in rs)
+                res[f"agent_{label}"] = {"events_per_s": [r["agent_events_per_s"] for r in rs],
+                                         "events_per_s_median": rate_med, "cpu_us_per_event_median": cpu_med,
+                                         "zero_loss": all(r["agent_zero_loss"] for r in rs)}
+                print(f"  through the agent (sensorium run, file exporter), decoder {label:6s}: "
+                      f"{rate_med:10,.0f} events/s (median of {len(rs)}: "
+                      f"{', '.join(format(r['agent_events_per_s'], ',.0f') for r in rs)}), "
+                      f"zero loss: {res[f'agent_{label}']['zero_loss']}, agent CPU {cpu_med:.2f} us/event "
+                      f"(policy status: {rs[-1]['agent_policy_status']})")
+            res.update(agent_runs[modes[-1]][-1])
         if args.json:
             args.json.write_text(json.dumps(res, indent=2))
         return 0

@@ -246,3 +246,250 @@ def test_file_exporter_rotates_a_batch_on_line_boundaries(tmp_path: Path) -> Non
     files = sorted(tmp_path.glob("ev.log.*"), key=lambda p: -int(p.suffix[1:])) + [tmp_path / "ev.log"]
     assert len(files) > 3 and all(f.stat().st_size <= 0.05 * 1024 * 1024 for f in files)
     assert b"".join(f.read_bytes() for f in files) == b"".join(line + b"\n" for line in batch.lines)
+
+
+# ---- the native formatter (fastrest.c) against the Python path ----------------------------------------
+from sensorium_sensors.tracepoint import native as _native  # noqa: E402
+
+
+def _decode_both(monkeypatch: pytest.MonkeyPatch, plans: dict, recs: list[bytes], cache: Any) -> tuple[Any, Any]:
+    """(native outcome, Python outcome) of one batch: (lines, kinds, events counted) or the exception type."""
+    out = []
+    for on in ("1", "0"):
+        monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", on)
+        ring = _ring(plans, cache)
+        try:
+            b = ring.decode(list(recs))
+            out.append((b.lines, b.kinds, b.resolved, ring.hooks[next(iter(ring.hooks))][2].events,
+                        ring.decode_errors))
+        except Exception as e:  # noqa: BLE001 - compared: both paths must fail alike
+            out.append(type(e))
+    return out[0], out[1]
+
+
+def _need_native() -> None:
+    if _native.load() is None:
+        pytest.skip(f"no native formatter here: {_native.STATUS}")
+
+
+@pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
+def test_native_formatter_is_byte_identical_to_the_python_path(monkeypatch: pytest.MonkeyPatch, cache: Any) -> None:
+    _need_native()
+    plans, recs = _records()
+    ring = _ring(plans, cache)
+    nat = ring._native(recs, b'},"node_name":"n","time":', 0)
+    assert nat is not None
+    # it rendered the usual records, left the others to Python, skipped the stray and counted the short one
+    assert nat[0].count(_native.ST_OK) > 50 and nat[0].count(_native.ST_FALLBACK) > 50
+    assert nat[0].count(_native.ST_SKIP) == 1 and nat[0].count(_native.ST_SHORT) == 1
+    got, want = _decode_both(monkeypatch, plans, recs, cache)
+    assert got == want
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
+    assert ring.decoder == "native"
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "0")
+    assert ring.decoder.startswith("python")
+
+
+@pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
+def test_native_whole_batch_path_matches_python_and_the_generic_encoding(monkeypatch: pytest.MonkeyPatch,
+                                                                         cache: Any) -> None:
+    """A batch of usual records only (the storm's case): rendered whole, heads joined per process/thread."""
+    _need_native()
+    plans, _ = _records()
+    recs = []
+    for i in range(3000):
+        pid = (4242, 7, 8, 9999)[i % 7 % 4]
+        s = STRINGS[i % 6] if i % 6 not in (2, 3, 5) else b"/tmp/f%d" % i
+        recs.append(_record([(S.ARG_INT, 0, i - 1500), (S.ARG_STR, 0, s), (S.ARG_INT, 0, -i),
+                             (S.ARG_INT, 0, i * 77), (S.ARG_INT, 0, 2**63 + i)], hook_id=2, pid=pid,
+                            tid=pid + i % 3, retval=-i, flags=S.EV_HAS_RET if i % 2 else 0,
+                            cgroup_id=i % 5, ktime=10**18 + i * 333_333_333))
+    ring = _ring(plans, cache)
+    nat = ring._native(recs, b"x", 0)
+    assert nat is not None and nat[0].count(_native.ST_OK) == len(recs)
+    got, want = _decode_both(monkeypatch, plans, recs, cache)
+    assert got == want and got[3] == len(recs)
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
+    fast = _ring(plans, cache).decode(recs)
+    generic = _ring(plans, cache).decode_dicts(recs)
+    assert fast.lines == [ev.json() for ev in generic]
+    assert [e.json() for e in fast[:50]] == fast.lines[:50]
+
+
+def test_native_formatter_survives_hostile_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fuzz: records cut anywhere, bytes flipped, lengths and counts made up, pure noise. Both paths give
+    the same lines (or fail alike), and the native call never reads outside the record."""
+    import random
+
+    _need_native()
+    plans, base = _records()
+    rnd = random.Random(1234)
+    usual = [r for r in base if len(r) >= _EV.size and _EV.unpack_from(r)[7] == 2] or base
+    for round_ in range(60):
+        batch = []
+        for _ in range(200):
+            r = bytearray(rnd.choice(usual if rnd.random() < 0.7 else base))
+            what = rnd.random()
+            if what < 0.25:
+                r = r[:rnd.randrange(len(r) + 1)]
+            elif what < 0.6:
+                for _ in range(rnd.randrange(1, 6)):
+                    if r:
+                        r[rnd.randrange(len(r))] = rnd.randrange(256)
+            elif what < 0.75 and len(r) >= _EV.size:  # data_len, an argument's length or kind made up
+                pos = rnd.choice([52, 56, 58, 72, 74, 88]) if len(r) > 90 else 52
+                r[pos:pos + 2] = rnd.choice([b"\xff\xff", b"\x00\x00", b"\x10\x00", b"\x00\x01", b"\x01\x00"])
+            elif what < 0.8:
+                r = bytearray(rnd.randbytes(rnd.randrange(120)))
+            batch.append(bytes(r))
+        for cache in (None, CACHE):
+            got, want = _decode_both(monkeypatch, plans, batch, cache)
+            assert got == want, round_
+
+
+def test_native_formatter_refuses_inconsistent_arguments() -> None:
+    _need_native()
+    plans, recs = _records()
+    ring = _ring(plans, None)
+    fmt = _native.Formatter(_native.load(), [(k[0], k[1], p, "x") for k, (p, _n, _h) in ring.hooks.items()])
+    # lengths that run past the blob: refused before anything is read
+    import array
+    import ctypes
+
+    lens = array.array("I", [len(recs[0]), 1 << 30])
+    out = ctypes.create_string_buffer(4096)
+    z = array.array("Q", [0, 0])
+    st, sl, slots, sn = bytearray(2), array.array("I", [0, 0]), array.array("I", [0] * 16), array.array("I", [0] * 4)
+    a = _native._addr
+    ns = fmt.lib.sf_format(recs[0], len(recs[0]), a(lens), 2, ctypes.addressof(fmt.hooks), fmt.nhooks,
+                           ctypes.addressof(fmt.frags_buf), len(fmt.frags), b"t", 1, 0, ctypes.addressof(out), 4096,
+                           a(z), a(st), a(sl), a(slots), a(sn), 4)
+    assert ns == -1
+    # an output buffer too small for any rest: every record falls back, none is written past the end
+    out = ctypes.create_string_buffer(b"\xaa" * 64, 64)
+    lens = array.array("I", [len(recs[0])])
+    ns = fmt.lib.sf_format(recs[0], len(recs[0]), a(lens), 1, ctypes.addressof(fmt.hooks), fmt.nhooks,
+                           ctypes.addressof(fmt.frags_buf), len(fmt.frags), b"t", 1, 0, ctypes.addressof(out), 16,
+                           a(z), a(st), a(sl), a(slots), a(sn), 4)
+    assert ns == 0 and st[0] == _native.ST_FALLBACK and out.raw[16:] == b"\xaa" * 48
+
+
+def test_without_a_compiler_the_python_path_is_used_and_the_status_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("SENSORIUM_CC", "no-such-cc-sensorium")
+    monkeypatch.setenv("SENSORIUM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "STATUS", "")
+    plans, recs = _records()
+    ring = _ring(plans, CACHE)
+    assert ring._native(recs, b"", 0) is None
+    assert ring.decoder.startswith("python (native formatter unavailable") and "no-such-cc" in ring.decoder
+    generic = _ring(plans, CACHE).decode_dicts(recs)
+    assert ring.decode(recs).lines == [ev.json() for ev in generic]
+
+
+_DRIVER = r"""
+#include "fastrest.c"
+#include <stdio.h>
+#include <stdlib.h>
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) exit(2);
+	fseek(f, 0, SEEK_END);
+	*n = (size_t)ftell(f);
+	fseek(f, 0, SEEK_SET);
+	unsigned char *p = malloc(*n ? *n : 1);
+	if (*n && fread(p, 1, *n, f) != *n) exit(3);
+	fclose(f);
+	return p;
+}
+
+/* Each record alone in a buffer of exactly its size (ASan sees any read past it), with output buffers of
+ * several capacities (down to none), then the whole batch at once. */
+int main(int argc, char **argv)
+{
+	size_t hn, fn, ln, bn;
+	struct sf_hook *hooks = (struct sf_hook *)slurp(argv[1], &hn);
+	unsigned char *frags = slurp(argv[2], &fn);
+	uint32_t *lens = (uint32_t *)slurp(argv[3], &ln);
+	unsigned char *blob = slurp(argv[4], &bn);
+	uint32_t n = (uint32_t)(ln / 4), nh = (uint32_t)(hn / sizeof(struct sf_hook));
+	const unsigned char tail[] = "},\"node_name\":\"n\",\"time\":";
+	uint64_t off = 0, ok = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		unsigned char *rec = malloc(lens[i] ? lens[i] : 1);
+		memcpy(rec, blob + off, lens[i]);
+		off += lens[i];
+		uint64_t caps[4] = { 0, 17, 200, 2 * (uint64_t)lens[i] + 4096 };
+		for (int c = 0; c < 4; c++) {
+			uint8_t *out = malloc(caps[c] ? caps[c] : 1), st;
+			uint64_t end;
+			uint32_t slot, slots[4], sn[1];
+			int64_t r = sf_format(rec, lens[i], &lens[i], 1, hooks, nh, frags, fn, tail, sizeof(tail) - 1,
+					      1700000000000000000LL, out, caps[c], &end, &st, &slot, slots, sn, 1);
+			if (r < 0 || end > caps[c]) return 4;
+			ok += st == 0;
+			free(out);
+		}
+		free(rec);
+	}
+	uint64_t cap = 2 * (uint64_t)bn + (uint64_t)n * 4096 + 64;
+	uint8_t *out = malloc(cap), *st = malloc(n + 1);
+	uint64_t *end = malloc(8 * (n + 1));
+	uint32_t *slot = malloc(4 * (n + 1)), *slots = malloc(16 * 8), *sn = malloc(4 * 8);
+	int64_t r = sf_format(blob, bn, lens, n, hooks, nh, frags, fn, tail, sizeof(tail) - 1, 1700000000000000000LL,
+			      out, cap, end, st, slot, slots, sn, 8);
+	if (r < 0) return 5;
+	printf("%llu\n", (unsigned long long)ok);
+	return 0;
+}
+"""
+
+
+def test_native_formatter_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
+    """The fuzzed records of `test_native_formatter_survives_hostile_records`, each in a buffer of exactly
+    its size, through fastrest.c built with -fsanitize=address,undefined: no read or write out of bounds."""
+    import array
+    import random
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    plans, base = _records()
+    ring = _ring(plans, None)
+    fmt = _native.Formatter(None, [(k[0], k[1], p, 'policy "q"') for k, (p, _n, _h) in ring.hooks.items()])
+    rnd = random.Random(99)
+    recs = list(base)
+    for _ in range(3000):
+        r = bytearray(rnd.choice(base))
+        if rnd.random() < 0.5:
+            r = r[:rnd.randrange(len(r) + 1)]
+        for _ in range(rnd.randrange(4)):
+            if r:
+                r[rnd.randrange(len(r))] = rnd.randrange(256)
+        if len(r) >= 56 and rnd.random() < 0.3:
+            r[52:56] = rnd.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x80", b"\x10\x00\x00\x00"])
+        recs.append(bytes(r))
+    (tmp_path / "hooks.bin").write_bytes(bytes(fmt.hooks))
+    (tmp_path / "frags.bin").write_bytes(fmt.frags)
+    (tmp_path / "lens.bin").write_bytes(array.array("I", map(len, recs)).tobytes())
+    (tmp_path / "blob.bin").write_bytes(b"".join(recs))
+    (tmp_path / "drv.c").write_text(_DRIVER)
+    exe = tmp_path / "drv"
+    b = subprocess.run([cc, "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                        "-I", str(_native.SOURCE.parent), "-o", str(exe), str(tmp_path / "drv.c")],
+                       capture_output=True, text=True, timeout=120)
+    if b.returncode != 0 and "sanitize" in b.stderr:
+        pytest.skip(f"no sanitizer runtime: {b.stderr[:200]}")
+    assert b.returncode == 0, b.stderr
+    r = subprocess.run([str(exe)] + [str(tmp_path / f) for f in ("hooks.bin", "frags.bin", "lens.bin", "blob.bin")],
+                       capture_output=True, text=True, timeout=300,
+                       env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})  # the driver's own leaks
+    assert r.returncode == 0 and "ERROR" not in r.stderr, r.stderr[-3000:]
+    assert int(r.stdout) > 100  # records were rendered, not only refused

@@ -33,6 +33,7 @@ from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.events import Event, EventBatch, LazyEvent
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 from sensorium import selectors as S
+from sensorium_sensors.tracepoint import native as _native
 
 __all__ = ["HOOK_PROBE", "HookPlan", "HookSet", "EventRing", "HookSensor", "HookSensorOptions", "SYSCALL_ABI"]
 
@@ -229,6 +230,7 @@ class EventRing:
         self.lock = threading.Lock()
         self.decode_errors = 0
         self._quick_cache: dict[int, tuple[tuple, Any]] = {}
+        self._native_fmt: tuple[Any, Any] | None = None  # (hooks dict it was built for, native.Formatter)
 
     def start(self) -> None:
         obj = self.ctx.open_object(self.ctx.build(HOOK_PROBE))
@@ -239,7 +241,9 @@ class EventRing:
         obj.map("sens_events").set_max_entries(size)
         obj.load()
         self.obj = obj
-        self.ctx.add_ring_buffer(obj.map("sens_events"), self.decode)
+        m = obj.map("sens_events")
+        m.native_drain = True  # the reader may hand `decode` RecordBlobs (core/bpf/ringbuf.py)
+        self.ctx.add_ring_buffer(m, self.decode)
 
     @property
     def fd(self) -> int:
@@ -285,7 +289,18 @@ class EventRing:
         dumps = orjson.dumps
         cur_secs, cur_time = -1, b""
         add_head, add_rest, add_rec = heads.append, rests.append, recs.append
-        for rec in records:
+        nat = self._native(records, tail_node, boot) if records else None
+        if nat is not None:
+            status, out, out_end = nat[0], nat[1], nat[2]
+            if status.count(0) == len(status):  # every record rendered natively: no loop per record here
+                done = self._native_batch(records, nat, memo, ctxs, pc_get)
+                if done is not None:
+                    heads, rests, resolved = done
+                    recs = records  # a RecordBlob makes its bytes only if an event is made from them
+                    return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
+        else:
+            status = None
+        for i, rec in enumerate(records):
             n = len(rec)
             if n < _EV_SIZE:
                 self.decode_errors += 1
@@ -310,6 +325,11 @@ class EventRing:
             secs, nanos = divmod(wall, 1_000_000_000)
             if secs != cur_secs:  # the formatted second changes once a second (see rfc3339_json)
                 cur_secs, cur_time = secs, tail_node + _events.rfc3339_json(secs * 1_000_000_000)[:-12]
+            if status is not None and not status[i]:  # rendered by fastrest.c
+                add_head(head)
+                add_rest(out[out_end[i - 1] if i else 0:out_end[i]])
+                add_rec(rec)
+                continue
             if quick is not None:  # the hook's usual record shape in one format (see _quick_rest)
                 rest = quick(rec, n, _EV_SIZE + data_len, flags, retval, actions, cgroup_id, cur_time, nanos)
                 if rest is not None:
@@ -377,6 +397,11 @@ class EventRing:
             add_rest(b',"args":[%b%b%b%b.%09dZ"}\n' % (b",".join(parts), tail, act, cur_time, nanos))
             add_rec(rec)
 
+        return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
+
+    def _batch(self, heads: list[bytes], rests: list[bytes], recs: list[bytes], memo: dict, ctxs: list,
+               node_name: str, boot: int, resolved: bool) -> EventBatch:
+        unpack_ev = _EV.unpack_from
         # Each event's kind, for counting: one list multiplication when the batch has one kind (a sensor's
         # hooks usually share it), else read back per record.
         kindset = {m[3].kind for m in memo.values()}
@@ -395,6 +420,69 @@ class EventRing:
                              (rec, plan, policy_name, proc, parent))
 
         return EventBatch(heads, rests, kinds, make, resolved=resolved)
+
+    @property
+    def decoder(self) -> str:
+        """How records are rendered: "native" (fastrest.c) or "python (<why>)"."""
+        if not _native.enabled():
+            return "python (SENSORIUM_NATIVE_DECODE=0)"
+        _native.load()
+        return _native.STATUS
+
+    @property
+    def drain(self) -> str:
+        """How the ring is drained: "native" (ringdrain.c) or "python (<why>)"."""
+        from sensorium.bpf import ringbuf
+
+        return ringbuf.DRAIN_STATUS if _native.enabled() else "python (SENSORIUM_NATIVE_DECODE=0)"
+
+    def _native(self, records: Sequence[bytes], tail_node: bytes, boot: int) -> tuple | None:
+        """fastrest.c's pass over the batch (see `native.Formatter.format`), None: Python does it all."""
+        if not _native.enabled() or _native.load() is None:
+            return None
+        hooks = self.hooks
+        nf = self._native_fmt
+        if nf is None or nf[0] is not hooks:  # hooks are replaced, never changed in place (copy-on-write)
+            specs = [(k[0], k[1], e[0] if self._quick(e) is not None else None, e[1]) for k, e in hooks.items()]
+            nf = self._native_fmt = (hooks, _native.Formatter(_native.load(), specs))
+        try:
+            return nf[1].format(records, tail_node, boot)
+        except Exception:  # noqa: BLE001 - only an optimisation: the Python path does it all
+            return None
+
+    def _native_batch(self, records: Sequence[bytes], nat: tuple, memo: dict, ctxs: list,
+                      pc_get: Any) -> tuple[list[bytes], list[bytes], bool] | None:
+        """Heads and rests of a batch fastrest.c rendered whole: one head per (policy, hook, pid) (per
+        thread when the process is not in the cache), as the loop of `decode` makes them."""
+        _status, out, out_end, slot, slots, slot_n, ns = nat
+        hooks = self.hooks
+        slot_heads: list[bytes] = []
+        counts: list[tuple[Any, int]] = []
+        resolved = True
+        for s in range(ns):
+            policy_id, hook_id, pid, tid = slots[4 * s:4 * s + 4]
+            m = memo.get((policy_id, hook_id, pid))
+            if m is None:
+                entry = hooks.get((policy_id, hook_id))
+                if entry is None:
+                    return None
+                m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
+            head, state = m[1], m[5]
+            if state != 1:
+                resolved = False
+                if not state:
+                    head = head % (pid, tid)
+            slot_heads.append(head)
+            counts.append((m[4], slot_n[s]))
+        for hs, k in counts:
+            hs.events += k
+        heads = list(map(slot_heads.__getitem__, slot)) if ns > 1 else [slot_heads[0]] * len(slot)
+        # Every rest ends with its one newline and holds no other line break (strings with control
+        # characters are never rendered natively; the JSON fragments escape theirs): split in one call.
+        rests = out.splitlines(True)
+        if len(rests) != len(slot):  # cannot happen (see above); never hand out misaligned lines
+            return None
+        return heads, rests, resolved
 
     def _quick(self, entry: tuple) -> Callable[..., bytes | None] | None:
         """The generated formatter of one hook's usual records (cached per loaded hook)."""
@@ -957,7 +1045,8 @@ class HookSensor:
     def status(self) -> Mapping[str, Any]:
         live = [h for h in self.handles if not h._unloaded]
         return {"state": self.state, "error": self.error, "policies": len(live),
-                "hooks": sum(len(h.objects) for h in live), "decode_errors": self.ring.decode_errors}
+                "hooks": sum(len(h.objects) for h in live), "decode_errors": self.ring.decode_errors,
+                "decoder": self.ring.decoder, "ring_drain": self.ring.drain}
 
     # -- policies ---------------------------------------------------------------------------------
     def plan_item(self, policy: Any, index: int, item: Any) -> HookPlan | None:
