@@ -16,8 +16,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # --- Debian packages ----------------------------------------------------------------------------
 # Toolchain for CO-RE probes (clang -target bpf, bpftool for vmlinux.h, libbpf.so.1 for the ctypes
 # binding), bpftrace (cross-checks in tests), rsyslog (syslog exporter peer), kmod/iproute2/procps/psmisc
-# (used by tests), python3-venv for the venv.
-PKGS=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev make bpftrace rsyslog
+# (used by tests), python3-venv for the venv, gcc (the native ring drain and JSON formatter, built on first
+# use; its sanitizer runtimes for their fuzz test).
+PKGS=(clang gcc llvm libbpf-dev bpftool libelf-dev zlib1g-dev make bpftrace rsyslog
       python3-venv kmod iproute2 procps psmisc util-linux file ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do
