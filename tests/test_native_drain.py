@@ -118,3 +118,27 @@ def test_without_a_compiler_the_ctypes_callback_drains_and_the_status_says_so(ob
         assert reader.poll(0) == 10
     assert [type(x) for x in got] == [list] and len(got[0]) == 10
     assert ringbuf.DRAIN_STATUS.startswith("python (native drain unavailable") and "no-such-cc" in ringbuf.DRAIN_STATUS
+
+
+def test_native_library_written_by_someone_else_is_refused(tmp_path, monkeypatch) -> None:
+    """The agent is root: a cached .so in a directory others can write must not be loaded."""
+    import os
+
+    import pytest as _pytest
+
+    from sensorium.bpf import native
+
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    monkeypatch.setenv("SENSORIUM_CACHE_DIR", str(cache))
+    if native.shutil.which(os.environ.get("SENSORIUM_CC") or "cc") is None:
+        _pytest.skip("no C compiler")
+    lib = native.build_shared(native.RINGDRAIN_SOURCE, "ringdrain")
+    assert lib.is_file()
+    os.chmod(lib.parent, 0o777)
+    with _pytest.raises(RuntimeError, match="writable by others"):
+        native.build_shared(native.RINGDRAIN_SOURCE, "ringdrain")
+    os.chmod(lib.parent, 0o755)
+    os.chmod(lib, 0o666)
+    with _pytest.raises(RuntimeError, match="writable by others"):
+        native.build_shared(native.RINGDRAIN_SOURCE, "ringdrain")

@@ -39,18 +39,37 @@ def build_shared(source: Path, name: str) -> Path:
     ver = subprocess.run([cc_path, "--version"], capture_output=True, text=True, timeout=30).stdout
     src = source.read_bytes()
     digest = hashlib.sha256(b"\0".join([src, ver.encode(), " ".join(_FLAGS).encode()])).hexdigest()[:32]
-    out = cache_dir() / "native" / digest / f"{name}.so"
+    root = cache_dir()
+    out = root / "native" / digest / f"{name}.so"
     if out.exists():
+        _check_trusted(out, root)
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _check_trusted(out.parent, root)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{name}.", suffix=".so")
     os.close(fd)
     try:
         r = subprocess.run([cc_path, *_FLAGS, "-o", tmp, str(source)], capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"{cc} failed on {source.name}: {r.stderr.strip()[:500]}")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def _check_trusted(path: Path, root: Path) -> None:
+    """The agent loads this library into a root process: refuse one that someone else could have written
+    (``path`` and every directory from it up to the cache root must be ours and not group/other-writable)."""
+    me = os.geteuid()
+    p = path
+    while True:
+        st = os.lstat(p)
+        if st.st_uid != me or st.st_mode & 0o022:
+            raise RuntimeError(f"refusing {path}: {p} is owned by uid {st.st_uid} or writable by others "
+                               f"(mode {st.st_mode & 0o777:o})")
+        if p == root or p == p.parent:
+            return
+        p = p.parent
