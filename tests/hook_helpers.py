@@ -95,3 +95,20 @@ def gone(ids: set[int], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def open_exit_available() -> bool:
+    """Does this kernel load the exit-only program for the open family (tp_btf + the bpf_rdonly_cast kfunc,
+    6.2 and later)? Where it does not (Debian's 6.1), the sys_enter + sys_exit pair serves those hooks."""
+    try:
+        with open("/sys/kernel/btf/vmlinux", "rb") as f:
+            return b"\0bpf_rdonly_cast\0" in f.read()
+    except OSError:
+        return False
+
+
+def open_mechanism() -> str:
+    """The mechanism the status must name for an openat hook on the opened file, on this kernel."""
+    from sensorium_sensors.tracepoint import engine
+
+    return engine.OPEN_EXIT_MECHANISM if open_exit_available() else engine.PAIR_MECHANISM

@@ -29,6 +29,15 @@
 #include "sensorium/scope.h"
 #include <bpf/bpf_endian.h>
 
+/* v & m as the verifier sees it: the compiler drops a mask it can prove useless (len <= 255 already),
+ * and 6.1's verifier, tracking only the signed bound of such a 32-bit value, then refuses the access. */
+#define SENS_BOUND(v, m)                                                      \
+	({                                                                    \
+		__u64 __sens_b = (v);                                         \
+		asm volatile("%[b] &= %[mm]" : [b] "+r"(__sens_b) : [mm] "i"(m)); \
+		__sens_b;                                                     \
+	})
+
 /* Limits: mirrored in sensorium.selectors (checked before load, with the limit in the message). */
 #define SENS_MAX_ARGS 6
 #define SENS_MAX_SELECTORS 5
@@ -640,7 +649,7 @@ static __noinline __u32 sens_resolve(struct sens_scratch *s, __u8 *out, __u32 le
 		}
 		if (clean && !(len > 1 && prev == '/'))
 			return len;
-		bpf_probe_read_kernel(s->join, len & (SENS_STR_MAX - 1), out);
+		bpf_probe_read_kernel(s->join, SENS_BOUND(len, SENS_STR_MAX - 1), out);
 		n = len;
 	} else {
 		struct path dir;
@@ -665,7 +674,7 @@ static __noinline __u32 sens_resolve(struct sens_scratch *s, __u8 *out, __u32 le
 		bpf_probe_read_kernel(s->join, n & SENS_PATHMASK, &s->walk[start & SENS_PATHMASK]);
 		s->join[n & SENS_PATHMASK] = '/';
 		n += 1;
-		bpf_probe_read_kernel(&s->join[n & SENS_PATHMASK], len & (SENS_STR_MAX - 1), out);
+		bpf_probe_read_kernel(&s->join[n & SENS_PATHMASK], SENS_BOUND(len, SENS_STR_MAX - 1), out);
 		n += len;
 	}
 	return sens_normalize(s, out, n, trunc);
