@@ -54,6 +54,7 @@ def secret(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.vm  # also in the VM lane: 6.1 serves these hooks with the sys_enter + sys_exit pair
 def test_openat_posts_only_for_the_watched_file_with_return_value(rig, tmp_path: Path) -> None:
     watched, other = tmp_path / "watched", tmp_path / "other"
     watched.write_text("x")
@@ -256,6 +257,7 @@ def test_sigkill_through_the_agent_scoped_by_match_pids_follow_forks(agent, tmp_
             shell.wait()
 
 
+@pytest.mark.vm  # also in the VM lane: 6.1 serves these hooks with the sys_enter + sys_exit pair
 def test_symlink_to_the_protected_file_is_caught_from_the_opened_file(rig, tmp_path: Path, secret: Path,
                                                                       cgroup2_dir) -> None:
     """openat's path is taken from the file actually opened (at sys_exit): a symlink cannot hide it."""
