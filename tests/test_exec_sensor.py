@@ -359,7 +359,7 @@ def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
         run.wait_ready()
         rss = []
         n = 400 if IN_VM else 1500  # either way several times the cache's 256 entries per round
-        for rnd in range(4):
+        for rnd in range(6):
             m = marker()
             subprocess.run(["/bin/sh", "-c", f'for i in $(seq {n}); do /bin/true {m} $i; done'], check=True)
             # every exec of the round arrived (nothing lost), then memory is sampled
@@ -367,9 +367,11 @@ def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
                          f"{n} exits of round {rnd}", n=n, timeout=60 * SLOW)
             time.sleep(0.5)
             rss.append(_rss_kb(run.proc.pid))
-        # round 0 warms the interpreter and fills the cache; later rounds must not grow it
+        # Round 0 warms the interpreter and fills the cache; later rounds must not grow it. A leak grows
+        # every round, so the lower of the last two samples is compared: one transient spike of the
+        # allocator under a loaded machine (seen: +5 MB in one round, gone the next) is not a leak.
         print(f"agent RSS by round (KiB): {rss}")
-        assert rss[3] - rss[1] < 4096, f"agent RSS by round (KiB): {rss}"
+        assert min(rss[4:]) - rss[1] < 4096, f"agent RSS by round (KiB): {rss}"
     finally:
         run.stop()
 
