@@ -222,9 +222,7 @@ int sens_kprobe(struct pt_regs *ctx)
 		return 0;
 	kf_regs(s, ctx);
 	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-
-		bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+		sens_stash(s);
 		return 0;
 	}
 	return kf_emit(ctx, s, 0, 0);
@@ -233,18 +231,9 @@ int sens_kprobe(struct pt_regs *ctx)
 SEC("kretprobe/" KF_STR(KF_FUNC))
 int sens_kretprobe(struct pt_regs *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
+	struct sens_scratch *s = sens_unstash();
 
-	if (!saved)
+	if (!s)
 		return 0;
-	struct sens_scratch *s = sens_begin();
-
-	if (!s) {
-		bpf_map_delete_elem(&sens_inflight, &tid);
-		return 0;
-	}
-	bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
-	bpf_map_delete_elem(&sens_inflight, &tid);
 	return kf_emit(ctx, s, (__s64)PT_REGS_RC(ctx), 1);
 }

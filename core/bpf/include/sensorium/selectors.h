@@ -1557,6 +1557,30 @@ int sens_raw(struct bpf_raw_tracepoint_args *ctx)
 	return sens_run(ctx, s);
 }
 
+/* Entry half of a hook evaluated at return (SENS_CFG_AT_EXIT): keep this thread's arguments. */
+static __always_inline void sens_stash(struct sens_scratch *s)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+}
+
+/* Return half: the scratch holding the arguments the entry kept, or NULL (none kept, or out of scope). */
+static __always_inline struct sens_scratch *sens_unstash(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
+	struct sens_scratch *s;
+
+	if (!saved)
+		return NULL;
+	s = sens_begin();
+	if (s)
+		bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
+	bpf_map_delete_elem(&sens_inflight, &tid);
+	return s;
+}
+
 static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_regs *regs)
 {
 	struct pt_regs r;
@@ -1599,9 +1623,7 @@ int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	sens_read_regs(s, (struct pt_regs *)ctx->args[0]);
 	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-
-		bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+		sens_stash(s);
 		return 0;
 	}
 	s->ev.flags = 0;
@@ -1613,23 +1635,15 @@ int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tp/sys_exit")
 int sens_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
-
-	if (!saved)
-		return 0;
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 
+	/* every syscall of the machine passes here: the number first, the per-thread lookup after */
 	if ((long)BPF_CORE_READ(regs, orig_ax) != sens_cfg.syscall_nr)
 		return 0;
-	struct sens_scratch *s = sens_begin();
+	struct sens_scratch *s = sens_unstash();
 
-	if (!s) {
-		bpf_map_delete_elem(&sens_inflight, &tid);
+	if (!s)
 		return 0;
-	}
-	bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
-	bpf_map_delete_elem(&sens_inflight, &tid);
 	s->ev.retval = (__s64)ctx->args[1];
 	s->ev.flags = SENS_EV_HAS_RET;
 	return sens_run(ctx, s);
@@ -1657,9 +1671,7 @@ int sens_uprobe(struct pt_regs *ctx)
 	s->raw[5] = 0;
 #endif
 	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-
-		bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+		sens_stash(s);
 		return 0;
 	}
 	s->ev.flags = 0;
@@ -1670,19 +1682,10 @@ int sens_uprobe(struct pt_regs *ctx)
 SEC("uretprobe")
 int sens_uretprobe(struct pt_regs *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
+	struct sens_scratch *s = sens_unstash();
 
-	if (!saved)
+	if (!s)
 		return 0;
-	struct sens_scratch *s = sens_begin();
-
-	if (!s) {
-		bpf_map_delete_elem(&sens_inflight, &tid);
-		return 0;
-	}
-	bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
-	bpf_map_delete_elem(&sens_inflight, &tid);
 	s->ev.retval = (__s64)PT_REGS_RC(ctx);
 	s->ev.flags = SENS_EV_HAS_RET;
 	return sens_run(ctx, s);
