@@ -4,8 +4,9 @@
  * (sensorium/selectors.h: cgroup scope, argument capture with the in-kernel path walk, matchArgs,
  * matchBinaries/PIDs/Namespaces/Capabilities, Post/NoPost/Sigkill/Signal, live mode) entered from
  *
- *   sens_fentry / sens_fexit        trampolines (arguments from bpf_get_func_arg, return value from
- *                                   bpf_get_func_ret), where the kernel loads them;
+ *   sens_fentry / sens_fexit        trampolines (arguments and return value read from the trampoline's
+ *                                   context at constant offsets: every kernel with trampolines, 5.5+,
+ *                                   not only those with bpf_get_func_arg), where the kernel loads them;
  *   sens_kprobe / sens_kretprobe    kprobes (x86_64 calling convention: di, si, dx, cx, r8, r9; at
  *                                   return, the entry's arguments are kept per thread in sens_inflight).
  *
@@ -44,6 +45,10 @@ const volatile __u32 kf_errno[SENS_MAX_SELECTORS] = {};
 
 /* Per function parameter (0..5): what kf_prepare does with it. */
 const volatile __u8 kf_pre[SENS_MAX_ARGS] = {};
+
+/* The function's parameter count (its BTF prototype): trampoline context slots 0 .. kf_nargs - 1 hold the
+ * parameters and slot kf_nargs the return value (fexit). */
+const volatile __u32 kf_nargs = 0;
 
 struct kf_bufs {
 	char b[SENS_MAX_ARGS][SENS_STR_MAX];
@@ -133,18 +138,46 @@ static __always_inline int kf_emit(void *ctx, struct sens_scratch *s, __s64 ret,
 	return sens_run(ctx, s);
 }
 
-static __always_inline void kf_trampoline_args(void *ctx, struct sens_scratch *s)
+/* Slot `i` (a constant) of a trampoline's context. An inline-asm load keeps the offset in the instruction:
+ * the verifier refuses a context read at a computed offset, and the compiler could fold the constant
+ * branches below into one. */
+#define KF_CTX(ctx, i)                                                                        \
+	({                                                                                    \
+		__u64 __kf_v;                                                                 \
+		asm volatile("%[v] = *(u64 *)(%[c] + %[o])" : [v] "=r"(__kf_v) : [c] "r"(ctx), [o] "i"((i) * 8)); \
+		__kf_v;                                                                       \
+	})
+
+static __always_inline void kf_trampoline_args(unsigned long long *ctx, struct sens_scratch *s)
 {
-	int i;
+	/* kf_nargs is rodata: the verifier sees only the reads of existing parameters */
+	s->raw[0] = kf_nargs > 0 ? KF_CTX(ctx, 0) : 0;
+	s->raw[1] = kf_nargs > 1 ? KF_CTX(ctx, 1) : 0;
+	s->raw[2] = kf_nargs > 2 ? KF_CTX(ctx, 2) : 0;
+	s->raw[3] = kf_nargs > 3 ? KF_CTX(ctx, 3) : 0;
+	s->raw[4] = kf_nargs > 4 ? KF_CTX(ctx, 4) : 0;
+	s->raw[5] = kf_nargs > 5 ? KF_CTX(ctx, 5) : 0;
+}
 
-#pragma unroll
-	for (i = 0; i < SENS_MAX_ARGS; i++) {
-		__u64 v = 0;
-
-		if (bpf_get_func_arg(ctx, i, &v) < 0)
-			v = 0;
-		s->raw[i] = v;
+/* fexit: the return value follows the parameters (x86_64 trampolines pass up to 12 of them). */
+static __always_inline __u64 kf_trampoline_ret(unsigned long long *ctx)
+{
+	switch (kf_nargs) {
+	case 0: return KF_CTX(ctx, 0);
+	case 1: return KF_CTX(ctx, 1);
+	case 2: return KF_CTX(ctx, 2);
+	case 3: return KF_CTX(ctx, 3);
+	case 4: return KF_CTX(ctx, 4);
+	case 5: return KF_CTX(ctx, 5);
+	case 6: return KF_CTX(ctx, 6);
+	case 7: return KF_CTX(ctx, 7);
+	case 8: return KF_CTX(ctx, 8);
+	case 9: return KF_CTX(ctx, 9);
+	case 10: return KF_CTX(ctx, 10);
+	case 11: return KF_CTX(ctx, 11);
+	case 12: return KF_CTX(ctx, 12);
 	}
+	return 0;
 }
 
 SEC("fentry/" KF_STR(KF_FUNC))
@@ -167,7 +200,7 @@ int sens_fexit(unsigned long long *ctx)
 	if (!s)
 		return 0;
 	kf_trampoline_args(ctx, s);
-	bpf_get_func_ret(ctx, &ret);
+	ret = kf_trampoline_ret(ctx);
 	return kf_emit(ctx, s, (__s64)ret, 1);
 }
 

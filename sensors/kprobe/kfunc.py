@@ -327,7 +327,8 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                  ": the function runs to completion, the process dies before it returns to user space")
     body = {"function_name": func, **_extras(item)}
     return HookPlan(hook=hook, field=base, compiled=compiled, args=plans,
-                    attach=("kfunc", func, mech, tuple(pre), tuple(errnos + [0] * (S.MAX_SELECTORS - len(errnos)))),
+                    attach=("kfunc", func, mech, tuple(pre), tuple(errnos + [0] * (S.MAX_SELECTORS - len(errnos))),
+                            len(sig.params)),
                     mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan)
 
 
@@ -349,7 +350,7 @@ class KfuncHookSet(HookSet):
         if plan.attach[0] != "kfunc":
             super()._load_one(plan)
             return
-        _kind, func, mech, pre, errnos = plan.attach
+        _kind, func, mech, pre, errnos, nparams = plan.attach
         try:
             obj = self.ctx.open_object(self.ctx.build(kfunc_probe(func)))
         except Exception as e:
@@ -361,6 +362,7 @@ class KfuncHookSet(HookSet):
             progs = {prog, "sens_kprobe"} if mech == "kretprobe" else {prog}
             wanted = self.prepare_object(plan, obj, progs, inflight=mech == "kretprobe")
             obj.set_rodata("kf_pre", bytes(pre))
+            obj.set_rodata("kf_nargs", nparams)
             obj.set_rodata("kf_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
             obj.load()
             self.start_object(plan, obj, wanted)

@@ -1,0 +1,428 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * sensorium/hook/run.h: the common path of every hook (scope check, capture, selectors, actions, rate
+ * limit, ring output) and the programs of the hook object: tracepoint, raw tracepoint, syscalls through
+ * raw_tp sys_enter/sys_exit, uprobe/uretprobe, and the process tracking of followChildren/followForks.
+ */
+#ifndef __SENSORIUM_HOOK_RUN_H
+#define __SENSORIUM_HOOK_RUN_H
+
+#include "sensorium/hook/defs.h"
+#include "sensorium/hook/path.h"
+#include "sensorium/hook/match.h"
+#include "sensorium/hook/capture.h"
+
+/* ------------------------------------------------------------------------------------------------ */
+/* The common path of every hook                                                                     */
+/* ------------------------------------------------------------------------------------------------ */
+
+/*
+ * Like sensorium_submit(), but the forced wakeup is sent only when this record makes the unread data
+ * cross SENSORIUM_WAKEUP_BYTES, not for every record above it: with a consumer that falls behind, a
+ * wakeup per record (~18 us in a VM) would slow the traced process ~10x. The reader polls on a timer,
+ * so a missed wakeup costs at most one poll interval.
+ */
+static __always_inline long sens_submit(void *data, __u64 size)
+{
+	__u64 avail = bpf_ringbuf_query(&sens_events, BPF_RB_AVAIL_DATA);
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (avail <= SENSORIUM_WAKEUP_BYTES && avail + size > SENSORIUM_WAKEUP_BYTES)
+		flags = BPF_RB_FORCE_WAKEUP;
+	return bpf_ringbuf_output(&sens_events, data, size, flags);
+}
+
+static __always_inline struct sens_scratch *sens_begin(void)
+{
+	__u32 zero = 0;
+
+	if ((sens_cfg.flags & SENS_CFG_CGROUP_SCOPED) && !sens_task_in_scope(&sens_scope))
+		return NULL;
+	return bpf_map_lookup_elem(&sens_scratch_map, &zero);
+}
+
+/* FNV-1a over the first 256 bytes of the captured arguments: "the same arguments" for a rate limit. */
+SENS_GLOBAL int sens_rl_hash_g(__u32 len)
+{
+	struct sens_scratch *s = sens_scratch_get();
+	__u32 h = 2166136261u;
+	__u32 i;
+
+	if (!s)
+		return 0;
+	for (i = 0; i < 256; i++) {
+		if (i >= len)
+			break;
+		h ^= s->data[i];
+		h *= 16777619u;
+	}
+	return (int)h;
+}
+
+static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 datalen)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 zero = 0, i;
+	int matched = -1;
+
+	s->bin_ok = 0;
+	s->follow = 0;
+	if (sens_cfg.flags & SENS_CFG_FOLLOW) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		__u32 *f = bpf_map_lookup_elem(&sens_follow, &tgid);
+
+		if (f)
+			s->follow = *f;
+	}
+	if (sens_cfg.nsel == 0) {
+		matched = SENS_MAX_SELECTORS; /* no selectors: every event is posted */
+	} else {
+		for (i = 0; i < SENS_MAX_SELECTORS; i++) {
+			if (i >= sens_cfg.nsel)
+				break;
+			if (sens_sel_match_g(i)) {
+				matched = i;
+				break;
+			}
+		}
+	}
+	s->matched = matched;
+	if (matched < 0) {
+		sens_count(SENS_CNT_FILTERED);
+		return 0;
+	}
+	__u8 actions = SENS_ACT_POST;
+	__u8 sig = 0;
+	__u64 rl_ns = 0;
+	__u8 rl_scope = 0;
+
+	if (matched < SENS_MAX_SELECTORS) {
+		actions = sens_cfg.sel[matched].actions;
+		sig = sens_cfg.sel[matched].signal;
+		rl_ns = sens_cfg.sel[matched].rl_ns;
+		rl_scope = sens_cfg.sel[matched].rl_scope;
+	}
+	__u32 *mode = bpf_map_lookup_elem(&sens_mode, &zero);
+	int monitor = mode && *mode == 1;
+
+	s->ev.flags &= SENS_EV_HAS_RET;
+	if (monitor)
+		s->ev.flags |= SENS_EV_MONITOR;
+	if ((actions & (SENS_ACT_SIGKILL | SENS_ACT_SIGNAL)) && !monitor) {
+		if (bpf_send_signal(sig) < 0) {
+			s->ev.flags |= SENS_EV_SIGNAL_ERR;
+			sens_count(SENS_CNT_SIGERR);
+		} else {
+			sens_count(SENS_CNT_SIGNALS);
+		}
+	}
+	/* NoPost hides the event, except in monitoring: "would have killed" must reach someone */
+	if (!(actions & SENS_ACT_POST) && !(monitor && (actions & (SENS_ACT_SIGKILL | SENS_ACT_SIGNAL))))
+		return 0;
+	if (rl_ns) {
+		struct sens_rl_key key = {};
+		__u64 now = bpf_ktime_get_ns();
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		__u64 *last;
+
+		key.sel = matched;
+		key.id = rl_scope == SENS_RL_THREAD ? (__u32)pid_tgid : rl_scope == SENS_RL_PROCESS ? pid_tgid >> 32 : 0;
+		key.hash = (__u32)sens_rl_hash_g(datalen);
+		last = bpf_map_lookup_elem(&sens_ratelimit, &key);
+		if (last && now - *last < rl_ns) {
+			sens_count(SENS_CNT_RATELIMITED);
+			return 0;
+		}
+		bpf_map_update_elem(&sens_ratelimit, &key, &now, BPF_ANY);
+	}
+	__u32 size = sizeof(struct sens_event) + datalen;
+
+	if (size > sizeof(struct sens_event) + SENS_DATA_MAX)
+		size = sizeof(struct sens_event) + SENS_DATA_MAX;
+	sensorium_hdr_fill(&s->ev.hdr, SENS_REC_HOOK, size);
+	s->ev.policy_id = sens_cfg.policy_id;
+	s->ev.hook_id = sens_cfg.hook_id;
+	s->ev.cgroup_id = bpf_get_current_cgroup_id();
+	s->ev.sel = matched;
+	s->ev.actions = actions;
+	s->ev.nargs = sens_cfg.nargs;
+	s->ev.data_len = datalen;
+	if (sens_submit(&s->ev, size) < 0)
+		sens_count(SENS_CNT_DROPPED);
+	else
+		sens_count(SENS_CNT_POSTED);
+	return 0;
+}
+
+static __always_inline int sens_run(void *ctx, struct sens_scratch *s)
+{
+	__u32 len = sens_capture(ctx, s);
+
+	return sens_finish(ctx, s, len);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Programs                                                                                          */
+/* ------------------------------------------------------------------------------------------------ */
+
+SEC("tracepoint")
+int sens_tp(void *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+SEC("raw_tp")
+int sens_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+/* Entry half of a hook evaluated at return (SENS_CFG_AT_EXIT): keep this thread's arguments. */
+static __always_inline void sens_stash(struct sens_scratch *s)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_update_elem(&sens_inflight, &tid, s->raw, BPF_ANY);
+}
+
+/* Return half: the scratch holding the arguments the entry kept, or NULL (none kept, or out of scope). */
+static __always_inline struct sens_scratch *sens_unstash(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sens_saved *saved = bpf_map_lookup_elem(&sens_inflight, &tid);
+	struct sens_scratch *s;
+
+	if (!saved)
+		return NULL;
+	s = sens_begin();
+	if (s)
+		bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
+	bpf_map_delete_elem(&sens_inflight, &tid);
+	return s;
+}
+
+static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_regs *regs)
+{
+	struct pt_regs r;
+
+	/* one helper call for the whole frame instead of six (each probe read costs ~30 ns in a VM);
+	 * field offsets below are still CO-RE relocated (vmlinux.h types preserve access indexes) */
+	bpf_probe_read_kernel(&r, sizeof(r), regs);
+	s->raw[0] = r.di;
+	s->raw[1] = r.si;
+	s->raw[2] = r.dx;
+	s->raw[3] = r.r10;
+	s->raw[4] = r.r8;
+	s->raw[5] = r.r9;
+}
+
+/* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
+ * syscall costs one compare. */
+/* A 32-bit (compat) task's syscall numbers are another table: never match them against x86_64's. */
+static __always_inline int sens_task_compat(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(t, thread_info.status) & 0x0002; /* TS_COMPAT */
+#else
+	return 0;
+#endif
+}
+
+SEC("raw_tp/sys_enter")
+int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	if ((long)ctx->args[1] != sens_cfg.syscall_nr)
+		return 0;
+	if (sens_task_compat())
+		return 0;
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	sens_read_regs(s, (struct pt_regs *)ctx->args[0]);
+	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
+		sens_stash(s);
+		return 0;
+	}
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+/* raw_tp sys_exit(struct pt_regs *regs, long ret) */
+SEC("raw_tp/sys_exit")
+int sens_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+
+	/* every syscall of the machine passes here: the number first, the per-thread lookup after */
+	if ((long)BPF_CORE_READ(regs, orig_ax) != sens_cfg.syscall_nr)
+		return 0;
+	struct sens_scratch *s = sens_unstash();
+
+	if (!s)
+		return 0;
+	s->ev.retval = (__s64)ctx->args[1];
+	s->ev.flags = SENS_EV_HAS_RET;
+	return sens_run(ctx, s);
+}
+
+/* uprobe/uretprobe on a user function: its parameters are the user calling convention's registers
+ * (PT_REGS_PARM1..6), read into s->raw so that SENS_FROM_SYSCALL arguments work unchanged. With
+ * `return: true` the entry saves them (sens_inflight, by thread) and the uretprobe posts with the
+ * return value: registers are clobbered by the time the function returns. */
+SEC("uprobe")
+int sens_uprobe(struct pt_regs *ctx)
+{
+	struct sens_scratch *s = sens_begin();
+
+	if (!s)
+		return 0;
+	s->raw[0] = PT_REGS_PARM1(ctx);
+	s->raw[1] = PT_REGS_PARM2(ctx);
+	s->raw[2] = PT_REGS_PARM3(ctx);
+	s->raw[3] = PT_REGS_PARM4(ctx);
+	s->raw[4] = PT_REGS_PARM5(ctx);
+#if defined(__TARGET_ARCH_x86)
+	s->raw[5] = ctx->r9; /* libbpf 1.1's bpf_tracing.h stops at PT_REGS_PARM5 */
+#else
+	s->raw[5] = 0;
+#endif
+	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
+		sens_stash(s);
+		return 0;
+	}
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+SEC("uretprobe")
+int sens_uretprobe(struct pt_regs *ctx)
+{
+	struct sens_scratch *s = sens_unstash();
+
+	if (!s)
+		return 0;
+	s->ev.retval = (__s64)PT_REGS_RC(ctx);
+	s->ev.flags = SENS_EV_HAS_RET;
+	return sens_run(ctx, s);
+}
+
+/* Selector i's followChildren/followForks bits for a child of the current process (bit i: its binary
+ * matches a followChildren entry; bit 8 + i: its pid one of a followForks entry), added to `bits`. A
+ * global function, verified once whatever the selectors. */
+SENS_GLOBAL int sens_follow_sel_g(__u32 i, __u32 bits, __u32 ptgid, __u32 pnspid)
+{
+	struct sens_scratch *s = sens_scratch_get();
+	const volatile struct sens_selector *sel;
+	__u32 q, k;
+
+	if (!s || i >= SENS_MAX_SELECTORS)
+		return bits;
+	sel = &sens_cfg.sel[i];
+	for (q = 0; q < SENS_MAX_BINS; q++) {
+		if (q >= sel->nbins)
+			break;
+		const volatile struct sens_match_bin *b = &sel->bins[q];
+
+		if (!b->follow || (bits & (1u << i)))
+			continue;
+		if (!s->bin_ok) {
+			if (sens_load_binary_g() < 0)
+				break;
+			s->bin_ok = 1;
+		}
+		if (sens_str_op_g(SENS_AT_BIN, s->bin.len & (SENS_STR_MAX - 1), b->str_first, b->nvals, b->op))
+			bits |= 1u << i;
+	}
+	for (q = 0; q < SENS_MAX_PIDF; q++) {
+		if (q >= sel->npids)
+			break;
+		const volatile struct sens_match_pids *m = &sel->pids[q];
+
+		if (m->op != SENS_OP_IN || !(m->flags & SENS_PID_FOLLOW) || (bits & (1u << (8 + i))))
+			continue;
+		__u32 pid = (m->flags & SENS_PID_NS) ? pnspid : ptgid;
+
+		for (k = 0; k < SENS_MAX_VALUES; k++) {
+			if (k >= m->nvals)
+				break;
+			if (pid == m->pids[k]) {
+				bits |= 1u << (8 + i);
+				break;
+			}
+		}
+	}
+	return bits;
+}
+
+/* Process tracking for followChildren/followForks and the binary cache. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(sens_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u32 bits = 0, i;
+	__u32 *f;
+
+	if (ptgid == ctgid)
+		return 0; /* a thread: same process */
+	f = bpf_map_lookup_elem(&sens_follow, &ptgid);
+	if (f)
+		bits = *f;
+	struct sens_scratch *s = sens_scratch_get();
+
+	if (!s)
+		return 0;
+	s->bin_ok = 0;
+	__u32 pnspid = sens_ns_pid(parent);
+
+	for (i = 0; i < SENS_MAX_SELECTORS; i++) {
+		if (i >= sens_cfg.nsel)
+			break;
+		bits = sens_follow_sel_g(i, bits, ptgid, pnspid);
+	}
+	if (bits)
+		bpf_map_update_elem(&sens_follow, &ctgid, &bits, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(sens_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+
+	bpf_map_delete_elem(&sens_bins, &tgid);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sens_exit, struct task_struct *p)
+{
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	__u32 pid = BPF_CORE_READ(p, pid);
+
+	if (tgid != pid)
+		return 0;
+	bpf_map_delete_elem(&sens_bins, &tgid);
+	bpf_map_delete_elem(&sens_follow, &tgid);
+	return 0;
+}
+
+
+#endif /* __SENSORIUM_HOOK_RUN_H */
