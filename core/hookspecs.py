@@ -72,6 +72,27 @@ class ProbeSource:
     prebuilt: Path | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class BudgetCase:
+    """One program of a sensor in one of its most expensive configurations: what the verifier budget test
+    (tests/test_verifier_budget.py, run on the host and on every VM-lane kernel) loads to check that the
+    program verifies within ``sensorium.selectors.VERIFIER_BUDGET`` processed instructions.
+
+    probe: the object; program: the program (its C function name) loaded alone; config: a short label of
+    the configuration (e.g. "resolved strings"); prepare: called with the opened
+    `sensorium.bpf.libbpf.BpfObject` before load to set its rodata and map sizes (autoload is set by the
+    test); needs: kernel capabilities without which the program cannot load at all (e.g. ``fentry``): the
+    test records "cannot load here" rather than a failure on such a kernel, and the VM lane measures it.
+    Every program of every object in `SensorSpec.probes` and in the cases themselves must have a case.
+    """
+
+    probe: ProbeSource
+    program: str
+    config: str
+    prepare: Callable[[Any], None] | None = None
+    needs: frozenset[str] = frozenset()
+
+
 @runtime_checkable
 class Sensor(Protocol):
     """A running sensor, created by `SensorSpec.factory` with a `SensorContext`."""
@@ -246,6 +267,9 @@ class SensorSpec:
         which the sensor cannot run at all; the host refuses to start it and says which is missing.
     enabled_by_default: whether ``sensorium run`` with no config starts it.
     implemented: False for a placeholder: its status says "not implemented".
+    budget_cases: ``budget_cases() -> Sequence[BudgetCase]``: every program the sensor can load, each in its
+        most expensive configuration(s) (see `BudgetCase`); objects built per policy (one per hook or
+        kernel function) are represented by a few instances. Called by tests and tools, never at start.
     """
 
     name: str
@@ -258,6 +282,7 @@ class SensorSpec:
     requires: frozenset[str] = frozenset()
     enabled_by_default: bool = False
     implemented: bool = True
+    budget_cases: Callable[[], Sequence[BudgetCase]] | None = None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ __all__ = [
     "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY",
     "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
     "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock",
-    "parse_sock_value",
+    "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
 ]
 
 # ---- mirrored constants (selectors.h) -------------------------------------------------------------
@@ -576,3 +576,108 @@ def compile_hook(
     cfg.flags = flags
     return CompiledHook(cfg=cfg, flags=flags, follow_binaries=follow_bins, follow_pids=follow_pids,
                         blocking=blocking, actions=all_actions)
+
+
+# ---- the verifier budget: the most expensive configurations these limits allow ---------------------
+# DESIGN.md: every program verifies in a small fraction of the kernel's 1M-instruction limit in its most
+# expensive configuration. tests/test_verifier_budget.py loads each hook program with each configuration
+# below (built from the limits above, so raising a limit raises the worst case with it) and fails above:
+VERIFIER_BUDGET = 200_000
+
+# Argument families of the worst cases: (name, hook kinds it applies to, how to fill one sens_arg)
+_WORST_ARGS: tuple[tuple[str, tuple[int, ...], dict[str, int]], ...] = (
+    ("resolved strings", (HOOK_SYSCALL,), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_USER_STR, resolve=1,
+                                               has_dirfd=1)),
+    ("kernel strings", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_KERNEL_STR)),
+    ("user buffers", (HOOK_SYSCALL,), dict(kind=ARG_BUF, src=FROM_SYSCALL, deref=DEREF_USER_BUF)),
+    ("file paths", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=8)),  # DEREF_FILE
+    ("struct paths", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=9)),  # DEREF_PATH
+    ("binprm paths", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_BINPRM)),
+    ("fd paths", (HOOK_SYSCALL,), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_FD_PATH)),
+    ("sockets", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_SOCK, src=FROM_SYSCALL, deref=DEREF_SOCK)),
+    ("packets", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_SOCK, src=FROM_SYSCALL, deref=DEREF_SKB)),
+    ("user sockaddrs", (HOOK_SYSCALL,), dict(kind=ARG_SOCK, src=FROM_SYSCALL, deref=DEREF_USER_SOCKADDR)),
+    ("integers", (HOOK_TP, HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_INT, src=FROM_SYSCALL, size=4, is_signed=1)),
+    ("tracepoint strings", (HOOK_TP,), dict(kind=ARG_STR, src=FROM_CTX, deref=DEREF_DATALOC)),
+    ("tracepoint arrays", (HOOK_TP,), dict(kind=ARG_STR, src=FROM_CTX, deref=DEREF_INLINE)),
+)
+
+
+def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str, HookCfg]:
+    """The most expensive hook configurations the kernel limits above allow, one per argument family that
+    hooks of ``kind`` can have, plus a mix: MAX_ARGS arguments of the family (the opened-file path of the
+    open family in the mix), MAX_SELECTORS selectors each with MAX_MATCH_ARGS matchArgs of MAX_VALUES
+    values, MAX_PIDF matchPIDs, MAX_NS matchNamespaces, MAX_CAPS matchCapabilities and MAX_BINS
+    matchBinaries (one following children), a matchReturnArgs, a rate-limited Sigkill, MAX_STRINGS
+    string values of STR_MAX - 1 bytes, and every flag (scoped, evaluated at exit, binaries, follow)."""
+    fams = [(n, f) for n, kinds, f in _WORST_ARGS if kind in kinds]
+    out: dict[str, HookCfg] = {}
+    for name, fill in fams + [("mixed", {})]:
+        cfg = HookCfg()
+        cfg.kind, cfg.syscall_nr, cfg.policy_id, cfg.hook_id = kind, syscall_nr, 1, 1
+        cfg.flags = CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | (CFG_AT_EXIT if kind == HOOK_SYSCALL else 0)
+        cfg.nargs = MAX_ARGS
+        for i in range(MAX_ARGS):
+            a = cfg.args[i]
+            f = fill if fill else fams[i % len(fams)][1]
+            a.kind, a.src, a.deref = f["kind"], f["src"], f.get("deref", DEREF_NONE)
+            if kind == HOOK_RAW_TP and a.src == FROM_SYSCALL:
+                a.src = FROM_RAW
+            a.size, a.is_signed = f.get("size", 8), f.get("is_signed", 0)
+            a.offset = 8 * i if a.src == FROM_CTX else i
+            a.max, a.resolve, a.has_dirfd = STR_MAX, f.get("resolve", 0), f.get("has_dirfd", 0)
+            a.size_arg = (i + 1) % MAX_ARGS if a.kind == ARG_BUF else 0xFF
+            if name == "mixed" and i == 1 and kind == HOOK_SYSCALL:
+                a.kind, a.deref, a.ret_fd, a.resolve, a.has_dirfd = ARG_STR, DEREF_USER_STR, 1, 1, 1
+        cfg.nsel = MAX_SELECTORS
+        nstr = 0
+        for si in range(MAX_SELECTORS):
+            sel = cfg.sel[si]
+            sel.actions, sel.signal = ACT_POST | ACT_SIGKILL, 9
+            sel.rl_ns, sel.rl_scope = 1_000_000_000, RL_SCOPES["process"]
+            sel.nargs = MAX_MATCH_ARGS
+            for k in range(MAX_MATCH_ARGS):
+                m = sel.args[k]
+                m.arg = (si + k) % MAX_ARGS
+                ak = cfg.args[m.arg].kind
+                m.nvals = MAX_VALUES
+                if ak == ARG_INT:
+                    m.op = OPS["NotEqual"]
+                elif ak == ARG_SOCK:
+                    m.op = OPS["NotDAddr"] if k % 2 else OPS["NotDPort"]
+                else:
+                    m.op = (OPS["NotPostfix"], OPS["Prefix"], OPS["NotEqual"], OPS["Postfix"])[k]
+                m.str_first = nstr % (MAX_STRINGS - MAX_VALUES + 1)
+                nstr += MAX_VALUES
+                for q in range(MAX_VALUES):
+                    m.vals[q] = q | (q + 1) << 16
+            sel.nret, sel.ret.op, sel.ret.nvals = 1, OPS["NotEqual"], MAX_VALUES
+            sel.npids = MAX_PIDF
+            for k in range(MAX_PIDF):
+                sel.pids[k].op, sel.pids[k].nvals = OPS["NotIn"] if k else OPS["In"], MAX_VALUES
+                sel.pids[k].flags = PID_NS | (PID_FOLLOW if k == 0 else 0)
+            sel.nns = MAX_NS
+            for k in range(MAX_NS):
+                sel.ns[k].ns, sel.ns[k].op, sel.ns[k].nvals = 1 + (si * MAX_NS + k) % 10, OPS["NotIn"], MAX_VALUES
+            sel.ncaps = MAX_CAPS
+            for k in range(MAX_CAPS):
+                sel.caps[k].set, sel.caps[k].op, sel.caps[k].mask = 1 + k, OPS["NotIn"], 1 << 21
+            sel.nbins = MAX_BINS
+            for k in range(MAX_BINS):
+                b = sel.bins[k]
+                b.op, b.nvals, b.follow = OPS["Prefix"] if k == 0 else OPS["NotPostfix"], MAX_VALUES, int(k == 0)
+                b.str_first = (k * MAX_VALUES) % (MAX_STRINGS - MAX_VALUES + 1)
+        for i in range(MAX_STRINGS):
+            cfg.strs[i].len = STR_MAX - 1
+            cfg.strs[i].s = b"/" + b"w" * (STR_MAX - 2)
+        out[name] = cfg
+    if kind == HOOK_SYSCALL:
+        # the open family on the opened file: every matchArgs a positive string operator on that path, so
+        # the early-rejection table (sens_pq) is full too
+        cfg = HookCfg.from_buffer_copy(bytes(out["mixed"]))
+        for si in range(MAX_SELECTORS):
+            for k in range(MAX_MATCH_ARGS):
+                m = cfg.sel[si].args[k]
+                m.arg, m.op = 1, (OPS["Equal"], OPS["Prefix"], OPS["Postfix"], OPS["In"])[k]
+        out["opened file"] = cfg
+    return out

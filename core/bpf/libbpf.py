@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import dataclasses
 import errno as _errno
 import logging
 import os
 import platform
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -47,13 +49,82 @@ class LibbpfError(OSError):
     def __init__(self, err: int, message: str, log_tail: str = "") -> None:
         err = abs(err) if err else _errno.EIO
         text = f"{message}: {os.strerror(err)} (errno {err})"
-        if log_tail:
-            text += "\n--- libbpf/verifier log (tail) ---\n" + log_tail.rstrip("\n")
+        self.verifier = verifier_reason(log_tail) if log_tail else None
+        if self.verifier is not None:
+            text += "\n" + self.verifier.text()
+        elif log_tail:
+            text += "\n--- libbpf log (tail) ---\n" + "\n".join(log_tail.rstrip("\n").splitlines()[-20:])
         super().__init__(err, text)
         self.log_tail = log_tail
 
     def __str__(self) -> str:  # OSError's default adds "[Errno n]" in front of a text that has it
         return str(self.args[1])
+
+
+VERIFIER_LIMIT = 1_000_000  # BPF_COMPLEXITY_LIMIT_INSNS: processed instructions a load may take
+_STATS = re.compile(r"processed (\d+) insns \(limit (\d+)\) max_states_per_insn (\d+) total_states (\d+) "
+                    r"peak_states (\d+)")
+# Lines of a verifier log that are its trace, not its verdict: instructions, register states, source lines,
+# branch and pruning notes, and libbpf's own framing.
+_TRACE = re.compile(r"^(\d+: |; |from \d+ to \d+|frame\d|last_idx|regs=|parent |propagating |mark_precise"
+                    r"|Func#|Validating |func#|caller:|callee:|returning from |-- BEGIN|-- END|libbpf: |\s*$|"
+                    r"arg#\d|Global function |stack depth|verification time|\d+ ?: safe|safe$|processed \d+ insns)")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifierVerdict:
+    """What the kernel's verifier said when it refused a program: its own error lines, the instructions it
+    processed (when it printed them) and a hint for the usual causes."""
+
+    program: str | None
+    error: str
+    insns: int | None
+    limit: int | None
+
+    @property
+    def too_complex(self) -> bool:
+        return ("too large" in self.error or "too complex" in self.error or
+                (self.insns is not None and self.limit is not None and self.insns > self.limit))
+
+    def text(self) -> str:
+        out = [f"verifier: {self.error}"]
+        if self.insns is not None:
+            out.append(f"verifier: processed {self.insns:,} instructions (limit {self.limit or VERIFIER_LIMIT:,})")
+        if self.too_complex:
+            out.append("hint: the program is over the verifier's complexity limit on this kernel; this is a "
+                       "Sensorium defect (every program must verify within 20% of the limit), please report "
+                       "it with `sensorium probe` output")
+        elif "unknown func" in self.error or "invalid func" in self.error or "helper call" in self.error:
+            out.append("hint: the kernel lacks a helper or kfunc the program uses (`sensorium probe` lists what "
+                       "this kernel offers)")
+        elif "Permission denied" in self.error or "EPERM" in self.error:
+            out.append("hint: the kernel refuses this program type here (lockdown, or a hook it does not offer)")
+        return "\n".join(out)
+
+
+def verifier_reason(log: str) -> VerifierVerdict | None:
+    """The verdict in a libbpf/verifier log (the tail libbpf printed on a failed load), or None when the log
+    holds no verifier output (an error libbpf raised itself: its own last line is then the reason)."""
+    lines = log.splitlines()
+    begin = max((i for i, ln in enumerate(lines) if "-- BEGIN PROG LOAD LOG --" in ln), default=-1)
+    prog = None
+    m = re.findall(r"prog '([^']+)': (?:BPF program load failed|-- BEGIN)", log)
+    if m:
+        prog = m[-1]
+    body = lines[begin + 1:] if begin >= 0 else []
+    end = next((i for i, ln in enumerate(body) if "-- END PROG LOAD LOG --" in ln), len(body))
+    body = body[:end]
+    if begin < 0:
+        return None
+    insns = limit = None
+    for ln in body:
+        st = _STATS.search(ln)
+        if st:
+            insns, limit = int(st.group(1)), int(st.group(2))
+    verdict = [ln.strip() for ln in body if not _TRACE.match(ln.strip())]
+    # the verdict is the last lines the verifier wrote that are not its trace (usually one or two)
+    error = "; ".join(verdict[-3:]) if verdict else "(the kernel gave no reason; see the debug log)"
+    return VerifierVerdict(prog, error[:500], insns, limit)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,6 +233,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__autoload": (ctypes.c_bool, [_P]),
     "bpf_program__set_autoload": (_I, [_P, ctypes.c_bool]),
     "bpf_program__type": (_I, [_P]),
+    "bpf_program__set_log_level": (_I, [_P, _U32]),
+    "bpf_program__set_log_buf": (_I, [_P, _P, _SZ]),
     "bpf_program__attach": (_P, [_P]),
     "bpf_program__attach_tracepoint": (_P, [_P, _S, _S]),
     "bpf_program__attach_raw_tracepoint": (_P, [_P, _S]),
@@ -330,6 +403,9 @@ class BpfProgram:
         self._ptr = ptr
         self.name: str = _s(lib().bpf_program__name(ptr))
         self.section: str = _s(lib().bpf_program__section_name(ptr))
+        # the verifier's statistics line of the last load with stats=True: insns, limit, states...
+        self.stats: dict[str, int] = {}
+        self._log_buf: Any = None
 
     def _p(self) -> int:
         self._obj._check_open()
@@ -350,6 +426,22 @@ class BpfProgram:
         err = lib().bpf_program__set_autoload(self._p(), bool(autoload))
         if err < 0:
             raise LibbpfError(err, f"set_autoload({autoload}) on {self._what()} (only before load)")
+
+    @property
+    def verified_insns(self) -> int | None:
+        """Instructions the verifier processed to load this program: the kernel's own count, from
+        ``bpf_prog_info.verified_insns`` (kernel 5.16+), else from the verifier's statistics line when the
+        object was loaded with ``stats=True``; None when neither is known."""
+        fd = self.fd
+        if fd >= 0:
+            buf = ctypes.create_string_buffer(_INFO_SIZE)
+            size = _U32(_INFO_SIZE)
+            if lib().bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(size)) == 0 and \
+                    size.value >= _INFO_VERIFIED_INSNS + 4:
+                n = int.from_bytes(buf.raw[_INFO_VERIFIED_INSNS:_INFO_VERIFIED_INSNS + 4], "little")
+                if n:
+                    return n
+        return self.stats.get("insns") if self.stats else None
 
     def _link(self, ptr: int | None, what: str) -> BpfLink:
         if not ptr:
@@ -642,12 +734,39 @@ class BpfObject:
                               f"set_rodata({var!r}): no initial value area in {m._what()} ({sec})")
         ctypes.memmove(base + off, data, size)
 
-    def load(self) -> None:
+    def load(self, stats: bool = False) -> None:
         """Load every autoloaded program and create the maps; on failure the error carries the
-        verifier log tail and names the program libbpf reported."""
+        verifier's verdict (`verifier_reason`) and names the program libbpf reported.
+
+        ``stats``: ask the verifier for its statistics line (log level 4: its verdict and the counts, no
+        trace) for every program, kept in `BpfProgram.stats`; kernels before 5.16 report the processed
+        instructions only this way. A failed load then carries the verdict at that level: the verifier's
+        error lines and counts, without the instructions that led there."""
         self._check_open()
+        L = lib()
+        autoloaded = [p for p in self.programs.values() if L.bpf_program__autoload(p._ptr)]
+        if stats:
+            for p in autoloaded:
+                p._log_buf = ctypes.create_string_buffer(_STATS_LOG_SIZE)
+                L.bpf_program__set_log_buf(p._ptr, p._log_buf, _STATS_LOG_SIZE)
+                L.bpf_program__set_log_level(p._ptr, 4)
         mark = _log_mark()
-        err = lib().bpf_object__load(self._ptr)
+        err = L.bpf_object__load(self._ptr)
+        if stats:
+            for p in autoloaded:
+                text = p._log_buf.value.decode(errors="replace") if p._log_buf is not None else ""
+                st = _STATS.search(text)
+                if st:
+                    p.stats = {"insns": int(st.group(1)), "limit": int(st.group(2)),
+                               "max_states_per_insn": int(st.group(3)), "total_states": int(st.group(4)),
+                               "peak_states": int(st.group(5))}
+                if err < 0 and p.stats and text.strip():
+                    # the verdict at level 4: the error lines and the counts, framed like libbpf's log
+                    _print_cb(0, (f"libbpf: prog '{p.name}': BPF program load failed\n"
+                                  f"libbpf: prog '{p.name}': -- BEGIN PROG LOAD LOG --\n{text}"
+                                  f"-- END PROG LOAD LOG --\n").encode(), None)
+                L.bpf_program__set_log_buf(p._ptr, None, 0)
+                p._log_buf = None
         if err < 0:
             tail = libbpf_log_tail(mark)
             culprit = _culprit(tail, self.programs)
@@ -710,6 +829,12 @@ class BpfObject:
 
     def __repr__(self) -> str:
         return f"<BpfObject {self.name} {'closed' if self._ptr is None else 'loaded' if self.loaded else 'open'}>"
+
+
+# struct bpf_prog_info (UAPI, append-only): verified_insns (5.16+) and the size that holds it.
+_INFO_VERIFIED_INSNS = 216
+_INFO_SIZE = 232
+_STATS_LOG_SIZE = 64 * 1024
 
 
 def _little() -> bool:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import hookimpl
-from sensorium.hookspecs import ProbeSource, SensorSpec
+from sensorium.hookspecs import BudgetCase, ProbeSource, SensorSpec
 
 if TYPE_CHECKING:
     from sensorium.hookspecs import Sensor, SensorContext
@@ -47,6 +47,16 @@ def _layouts() -> dict[str, type]:
     return dict(RECORD_LAYOUTS)
 
 
+def _budget() -> list[BudgetCase]:
+    # No policy configures these programs: the default rodata is the only configuration, and the largest
+    # argument list allowed is the longest copy.
+    def prepare(obj: object) -> None:
+        obj.set_rodata("max_args_bytes", ARGS_CAP)  # type: ignore[attr-defined]
+
+    return [BudgetCase(PROBE, p, "max_args_bytes at its limit", prepare, frozenset({"tp_btf"}))
+            for p in ("sensorium_exec", "sensorium_fork", "sensorium_exit")]
+
+
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
     return SensorSpec(
@@ -59,4 +69,5 @@ def sensorium_sensor() -> SensorSpec:
         record_layouts=_layouts(),
         requires=frozenset({"tp_btf", "ringbuf", "btf"}),
         enabled_by_default=True,
+        budget_cases=_budget,
     )

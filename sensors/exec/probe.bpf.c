@@ -81,22 +81,39 @@ static __always_inline struct exec_scratch *scratch_slot(void)
 	return bpf_map_lookup_elem(&exec_scratch, &cpu);
 }
 
-/* The path of `path` at s->data[off & OFF_MASK] (sensorium_d_path: bounded walk to the task's root). */
+/* The path of the struct path at `path_p` into this CPU's scratch at data[off & OFF_MASK]
+ * (sensorium_d_path: bounded walk to the task's root). Returns its length | its flags << 16, or -1. A
+ * global function: the walk is verified once for the binary and the cwd (DESIGN.md, verifier budget). */
+__attribute__((noinline)) int exec_put_path_g(__u64 path_p, __u32 off)
+{
+	struct exec_scratch *s = scratch_slot();
+	__u32 pflags = 0;
+	int len;
+
+	if (!s)
+		return -1;
+	len = sensorium_d_path((const struct path *)path_p, &s->data[off & OFF_MASK], SENSORIUM_D_PATH_BUF, &pflags);
+	if (len < 0)
+		return -1;
+	return (len & (SENSORIUM_PATH_MAX - 1)) | (int)((pflags & 0xff) << 16);
+}
+
 static __always_inline __u32 put_path(struct exec_scratch *s, const struct path *path, __u32 off, __u16 *flags,
 				      __u16 trunc, __u16 deleted)
 {
-	__u32 pflags = 0;
-	int len = sensorium_d_path(path, &s->data[off & OFF_MASK], SENSORIUM_D_PATH_BUF, &pflags);
+	int r = exec_put_path_g((__u64)path, off);
 
-	if (len < 0) {
+	if (r < 0) {
 		*flags |= trunc;
 		return 0;
 	}
+	__u32 pflags = (__u32)r >> 16;
+
 	if (pflags & (SENSORIUM_PATH_TRUNC_DEPTH | SENSORIUM_PATH_TRUNC_BYTES))
 		*flags |= trunc;
 	if (pflags & SENSORIUM_PATH_DELETED)
 		*flags |= deleted;
-	return len & (SENSORIUM_PATH_MAX - 1);
+	return r & (SENSORIUM_PATH_MAX - 1);
 }
 
 static __always_inline __u32 ns_inum(void *ns_common_ptr)

@@ -77,6 +77,45 @@ _SOCK = struct.Struct("<HHHHHH16s16s")
 _CRED = struct.Struct("<8I3Q")
 
 
+# Kernel functions the verifier budget loads kfunc.bpf.c for (one object per function, like policies do):
+# a socket, a file, a string and a cred parameter; fmod_ret only where the kernel allows it.
+BUDGET_FUNCTIONS = ("tcp_connect", "security_file_open", "do_sys_openat2", "commit_creds")
+KFUNC_PROGRAMS = {"sens_fentry": "fentry", "sens_fexit": "fexit", "sens_fmod_ret": "fmod_ret",
+                  "sens_kprobe": "kprobe", "sens_kretprobe": "kprobe"}
+
+
+def kfunc_budget_cases() -> list[Any]:
+    """`BudgetCase`s of kfunc.bpf.c: its own programs with every worst configuration, arguments read from the
+    function's parameters (s->raw), each parameter prepared as a cred (the longest preparation); the engine
+    programs it carries with the mixed one."""
+    from sensorium import selectors as S
+    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
+
+    cases: list[Any] = []
+    for n, func in enumerate(BUDGET_FUNCTIONS):
+        try:
+            from sensorium_sensors.lsm.btf import kernel_functions
+
+            sig = kernel_functions().get(func)
+        except (OSError, ValueError):
+            sig = None
+        nparams = len(sig.params) if sig is not None else 6
+        rodata = {"kf_pre": bytes([KF_PRE_CRED] * S.MAX_ARGS), "kf_nargs": nparams,
+                  "kf_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
+        own = [p for p in KFUNC_PROGRAMS if p != "sens_fmod_ret" or overridable(func)[0]]
+        kinds = {p: (S.HOOK_RAW_TP, p in ("sens_fexit", "sens_kretprobe")) for p in KFUNC_PROGRAMS}
+        needs = {p: frozenset({KFUNC_PROGRAMS[p]}) for p in KFUNC_PROGRAMS}
+        probe = kfunc_probe(func)
+        if n == 0:  # every argument family once; the other functions differ only in their prototype
+            cases += engine_cases(probe, full=own, needs=needs, src=S.FROM_SYSCALL, rodata=rodata, kinds=kinds)
+            cases += engine_cases(probe, full=(), others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
+                                                          "sens_uprobe", "sens_uretprobe", *TRACKING), rodata=rodata)
+        else:
+            cases += engine_cases(probe, full=(), others=own, needs=needs, src=S.FROM_SYSCALL, rodata=rodata,
+                                  kinds=kinds)
+    return cases
+
+
 def kfunc_probe(func: str) -> ProbeSource:
     """The kfunc.bpf.c object for ``func`` (one compile per function, cached by the build)."""
     return ProbeSource(name=f"kfunc-{func}", source=HERE / "kfunc.bpf.c", include_dirs=(HERE,),

@@ -8,6 +8,20 @@ from sensorium import hookimpl
 from sensorium.hookspecs import SensorSpec
 
 
+def _budget():  # type: ignore[no-untyped-def]
+    from sensorium_sensors.kprobe.kfunc import kfunc_budget_cases
+    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
+    from sensorium_sensors.tracepoint.engine import HOOK_OPEN_PROBE, HOOK_PROBE, OPEN_EXIT_NEEDS
+
+    cases = engine_cases(HOOK_PROBE, full=("sens_sys_enter", "sens_sys_exit"))
+    cases += engine_cases(HOOK_OPEN_PROBE, full=("sens_open_exit",),
+                          others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit", "sens_uprobe",
+                                  "sens_uretprobe", *TRACKING),
+                          needs=dict.fromkeys(("sens_open_exit", "sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
+                                               "sens_uprobe", "sens_uretprobe", *TRACKING), OPEN_EXIT_NEEDS))
+    return cases + kfunc_budget_cases()
+
+
 def _factory(ctx):  # type: ignore[no-untyped-def]
     from sensorium_sensors.kprobe.sensor import KprobeSensor
 
@@ -32,4 +46,5 @@ def sensorium_sensor() -> SensorSpec:
         record_layouts=dict(selectors.RECORD_LAYOUTS),
         requires=frozenset({"raw_tp", "ringbuf", "btf"}),
         enabled_by_default=True,
+        budget_cases=_budget,
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import struct
 import threading
 import time
 from pathlib import Path
@@ -607,6 +608,39 @@ def _errno_name(e: int) -> str:
     return _e.errorcode.get(abs(int(e)), str(e))
 
 
+# LSM hooks the verifier budget loads lsm.bpf.c for (one object per hook, like policies do): a file, a
+# binprm, a socket and a task argument.
+BUDGET_HOOKS = ("file_open", "bprm_check_security", "socket_connect", "task_kill")
+
+
+def _budget() -> list[Any]:
+    from sensorium import selectors as S
+    from sensorium.hookspecs import BudgetCase
+    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
+
+    rodata = {"lsm_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
+    cases: list[Any] = []
+    lsm_needs = {"sens_lsm": frozenset({"lsm", "bpf_lsm"})}
+    kinds = {"sens_lsm": (S.HOOK_RAW_TP, False)}
+    for n, hook in enumerate(BUDGET_HOOKS):
+        probe = bpflsm.probe_for(hook)
+        if n == 0:  # every argument family once; the other hooks differ only in their prototype
+            cases += engine_cases(probe, full=("sens_lsm",), needs=lsm_needs, src=S.FROM_RAW, rodata=rodata,
+                                  kinds=kinds)
+            cases += engine_cases(probe, full=(), others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
+                                                          "sens_uprobe", "sens_uretprobe", *TRACKING), rodata=rodata)
+        else:
+            cases += engine_cases(probe, full=(), others=("sens_lsm",), needs=lsm_needs, src=S.FROM_RAW,
+                                  rodata=rodata, kinds=kinds)
+    # The socket guard: its rules are map contents (any policy verifies the same program).
+    for probe, extra in ((netguard.PROBE, frozenset({"bpf_set_retval"})), (netguard.PROBE_NO_RETVAL, frozenset())):
+        for prog in ("lsm_connect4", "lsm_connect6", "lsm_sendmsg4", "lsm_sendmsg6"):
+            cases.append(BudgetCase(probe, prog, "any rules", None, frozenset({"cgroup_sock_addr"}) | extra))
+        for prog in ("lsm_socket_connect", "lsm_socket_sendmsg"):
+            cases.append(BudgetCase(probe, prog, "any rules", None, frozenset({"lsm", "bpf_lsm"}) | extra))
+    return cases
+
+
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
     return SensorSpec(
@@ -619,4 +653,5 @@ def sensorium_sensor() -> SensorSpec:
         record_layouts={**netguard.RECORD_LAYOUTS, **bpflsm.RECORD_LAYOUTS},
         requires=frozenset({"btf"}),
         enabled_by_default=True,
+        budget_cases=_budget,
     )

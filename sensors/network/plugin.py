@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import hookimpl
-from sensorium.hookspecs import ProbeSource, SensorSpec
+from sensorium.hookspecs import BudgetCase, ProbeSource, SensorSpec
 
 if TYPE_CHECKING:
     from sensorium.hookspecs import Sensor, SensorContext
@@ -58,6 +58,13 @@ def _layouts() -> dict[str, type]:
     return dict(RECORD_LAYOUTS)
 
 
+def _budget() -> list[BudgetCase]:
+    cases = [BudgetCase(PROBE, "net_sock_state", "default", None, frozenset({"tracepoint"}))]
+    cases += [BudgetCase(PROBE, p, "default", None, frozenset({"cgroup_sock_addr"}))
+              for p in ("net_udp_sendmsg4", "net_udp_sendmsg6", "net_udp_connect4", "net_udp_connect6")]
+    return cases
+
+
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
     return SensorSpec(
@@ -71,4 +78,5 @@ def sensorium_sensor() -> SensorSpec:
         record_layouts=_layouts(),
         requires=frozenset({"tracepoint", "ringbuf", "btf"}),
         enabled_by_default=False,
+        budget_cases=_budget,
     )

@@ -56,6 +56,8 @@ HOOK_PROBE = ProbeSource(name="sens_hook", source=Path(__file__).resolve().paren
 # The same object with sens_open_exit (selectors.h, SENS_OPEN_EXIT): opened-file syscalls at sys_exit alone.
 HOOK_OPEN_PROBE = ProbeSource(name="sens_hook_open", source=HOOK_PROBE.source, defines={"SENS_OPEN_EXIT": "1"})
 OPEN_EXIT_MECHANISM = "tp_btf sys_exit"
+# What the open-exit object needs to load at all (its kfunc is resolved for the whole object).
+OPEN_EXIT_NEEDS = frozenset({"tp_btf", "bpf_rdonly_cast"})
 PAIR_MECHANISM = "raw_tp sys_enter + sys_exit"  # as sensors/kprobe/sensor.py names it
 # False: serve opened-file hooks with the sys_enter + sys_exit pair too (the benchmark compares both; the
 # decisions are the same).

@@ -8,6 +8,13 @@ from sensorium import hookimpl
 from sensorium.hookspecs import SensorSpec
 
 
+def _budget():  # type: ignore[no-untyped-def]
+    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
+    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+
+    return engine_cases(HOOK_PROBE, full=("sens_tp", "sens_raw"), others=TRACKING)
+
+
 def _factory(ctx):  # type: ignore[no-untyped-def]
     from sensorium_sensors.tracepoint.sensor import TracepointSensor
 
@@ -31,4 +38,5 @@ def sensorium_sensor() -> SensorSpec:
         record_layouts=dict(selectors.RECORD_LAYOUTS),
         requires=frozenset({"tracepoint", "raw_tp", "ringbuf", "btf"}),
         enabled_by_default=True,
+        budget_cases=_budget,
     )

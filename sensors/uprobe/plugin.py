@@ -13,6 +13,13 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
     return UprobeSensor(ctx)
 
 
+def _budget():  # type: ignore[no-untyped-def]
+    from sensorium_sensors.tracepoint.budget import engine_cases
+    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+
+    return engine_cases(HOOK_PROBE, full=("sens_uprobe", "sens_uretprobe"))
+
+
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
@@ -31,4 +38,5 @@ def sensorium_sensor() -> SensorSpec:
         requires=frozenset({"uprobe", "ringbuf", "btf"}),
         enabled_by_default=True,
         implemented=True,
+        budget_cases=_budget,
     )
