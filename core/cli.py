@@ -105,6 +105,10 @@ def probe(as_json: bool) -> None:
     for name, res in d.get("program_types", {}).items():
         ok = res.get("ok")
         click.echo(f"  {name:<17} {'ok' if ok else 'no'}{'' if ok else '  (' + str(res.get('error')) + ')'}")
+    click.echo("helpers and kfuncs:")
+    for name, res in d.get("features", {}).items():
+        ok = res.get("ok")
+        click.echo(f"  {name:<17} {'ok' if ok else 'no'}{'' if ok else '  (' + str(res.get('error')) + ')'}")
 
 
 def _register_optional_commands() -> None:

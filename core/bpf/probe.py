@@ -2,9 +2,12 @@
 
 `probe_kernel` loads a trivial program (``r0 = 0; exit``) of each kind the sensors may use with
 ``bpf_prog_load`` (with the BTF attach target for tp_btf/fentry/fexit/fmod_ret/lsm), creates a ringbuf
-map, and looks at the filesystems (tracefs, bpffs, securityfs, cgroup2, BTF). The agent chooses
-mechanisms and fallbacks from the result; ``sensorium probe`` prints it. `ensure_mounts` mounts the
-pseudo filesystems libbpf needs when they are missing.
+map, and looks at the filesystems (tracefs, bpffs, securityfs, cgroup2, BTF). It also asks the verifier
+whether the helpers and kfuncs our programs depend on are offered to the program type that would call
+them (`FEATURES`): a kernel can have a program type and not the helper (5.10 has tp_btf but no
+bpf_rdonly_cast, cgroup programs but no bpf_set_retval). The agent chooses mechanisms and fallbacks from
+the result; ``sensorium probe`` prints it. `ensure_mounts` mounts the pseudo filesystems libbpf needs
+when they are missing.
 """
 
 from __future__ import annotations
@@ -18,10 +21,20 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["KernelCapabilities", "ProbeResult", "probe_kernel", "ensure_mounts", "PROGRAM_TYPES"]
+__all__ = ["KernelCapabilities", "ProbeResult", "probe_kernel", "ensure_mounts", "PROGRAM_TYPES", "FEATURES"]
 
 PROGRAM_TYPES = ("tracepoint", "raw_tp", "tp_btf", "kprobe", "kprobe_multi", "fentry", "fexit", "fmod_ret",
                  "lsm", "uprobe", "cgroup_sock_addr", "ringbuf")
+
+# Helpers and kfuncs, each asked of the program type that uses it (name -> what needs it):
+FEATURES = {
+    "bpf_rdonly_cast": "kfunc (6.2+) in tp_btf: the open-exit program reads the saved registers with it",
+    "bpf_set_retval": "helper (5.18+) in cgroup sock_addr programs: Override with an errno other than EPERM",
+    "bpf_loop": "helper (5.17+)",
+    "bpf_get_func_arg": "helper (5.17+) in fentry/fexit",
+    "bpf_d_path": "helper (5.10+) in lsm file_open: a file's path from the kernel's own d_path",
+    "bpf_send_signal": "helper (5.3+) in tracepoints: Sigkill and Signal actions",
+}
 
 TRACEFS = "/sys/kernel/tracing"
 DEBUG_TRACEFS = "/sys/kernel/debug/tracing"
@@ -102,6 +115,8 @@ class KernelCapabilities:
     kprobes: bool
     """Kernel kprobes exist: the kprobe PMU (/sys/bus/event_source/devices/kprobe) or tracefs kprobe_events."""
     program_types: dict[str, ProbeResult]
+    features: dict[str, ProbeResult] = dataclasses.field(default_factory=dict)
+    """`FEATURES` (helpers and kfuncs) offered to the program type that would call them."""
 
     BOOL_NAMES = ("btf", "bpf_lsm", "kprobes")
     MOUNT_NAMES = ("tracefs", "bpffs", "securityfs", "cgroup2")
@@ -111,6 +126,8 @@ class KernelCapabilities:
         is available. An unknown name is not available (False)."""
         if name in self.program_types:
             return self.program_types[name].ok
+        if name in self.features:
+            return self.features[name].ok
         if name in self.BOOL_NAMES:
             return bool(getattr(self, name))
         if name in self.MOUNT_NAMES:
@@ -120,11 +137,12 @@ class KernelCapabilities:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Every name `has` knows."""
-        return PROGRAM_TYPES + cls.BOOL_NAMES + cls.MOUNT_NAMES
+        return PROGRAM_TYPES + tuple(FEATURES) + cls.BOOL_NAMES + cls.MOUNT_NAMES
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["program_types"] = {k: dataclasses.asdict(v) for k, v in self.program_types.items()}
+        d["features"] = {k: dataclasses.asdict(v) for k, v in self.features.items()}
         return d
 
 
@@ -133,8 +151,10 @@ _PROG_KPROBE, _PROG_TRACEPOINT, _PROG_RAW_TRACEPOINT, _PROG_CGROUP_SOCK_ADDR, _P
     2, 5, 17, 18, 26, 29
 _ATTACH_CGROUP_INET4_CONNECT, _ATTACH_TRACE_RAW_TP, _ATTACH_TRACE_FENTRY, _ATTACH_TRACE_FEXIT = 10, 23, 24, 25
 _ATTACH_MODIFY_RETURN, _ATTACH_LSM_MAC, _ATTACH_TRACE_KPROBE_MULTI = 26, 27, 42
+# enum bpf_func_id (uapi, stable)
+_FN_D_PATH, _FN_SEND_SIGNAL, _FN_LOOP, _FN_GET_FUNC_ARG, _FN_SET_RETVAL = 147, 109, 181, 183, 187
 _MAP_RINGBUF = 27
-_BTF_KIND_TYPEDEF, _BTF_KIND_FUNC = 8, 12
+_BTF_KIND_STRUCT, _BTF_KIND_TYPEDEF, _BTF_KIND_FUNC = 4, 8, 12
 
 # r0 = 0; exit
 _INSNS = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
@@ -169,23 +189,88 @@ def _err(e: int) -> str:
     return f"{name} ({os.strerror(e)})"
 
 
-def _load(prog_type: int, name: str, attach_type: int = 0, btf_id: int = 0) -> tuple[int, str | None]:
-    """bpf_prog_load of ``r0 = 0; exit``: (fd, None) or (-1, reason with the verifier's last words)."""
+def _load(prog_type: int, name: str, attach_type: int = 0, btf_id: int = 0, code: bytes = _INSNS,
+          log: list[str] | None = None) -> tuple[int, str | None]:
+    """bpf_prog_load of ``code`` (default ``r0 = 0; exit``): (fd, None) or (-1, reason with the verifier's
+    last words). ``log`` receives the verifier's log lines."""
     from sensorium.bpf.libbpf import lib
     L = lib()
     log_buf = ctypes.create_string_buffer(16384)
     opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type,
-                         attach_btf_id=btf_id, log_size=len(log_buf),
+                         attach_btf_id=btf_id, log_level=1, log_size=len(log_buf),
                          log_buf=ctypes.cast(log_buf, ctypes.c_void_p))
-    insns = ctypes.create_string_buffer(_INSNS, len(_INSNS))
-    fd = L.bpf_prog_load(prog_type, name.encode(), b"GPL", insns, len(_INSNS) // 8, ctypes.byref(opts))
+    insns = ctypes.create_string_buffer(code, len(code))
+    fd = L.bpf_prog_load(prog_type, name.encode(), b"GPL", insns, len(code) // 8, ctypes.byref(opts))
+    lines = [ln.strip() for ln in log_buf.value.decode(errors="replace").splitlines() if ln.strip()]
+    if log is not None:
+        log.extend(lines)
     if fd >= 0:
         return fd, None
     reason = _err(fd)
-    last = [ln for ln in log_buf.value.decode(errors="replace").splitlines() if ln.strip()]
-    if last:
-        reason += f": {last[-1].strip()}"
+    if lines:
+        reason += f": {lines[-1]}"
     return -1, reason
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return bytes([code, (src << 4) | dst]) + off.to_bytes(2, "little", signed=True) + imm.to_bytes(4, "little", signed=True)
+
+
+_MOV_IMM, _CALL, _EXIT = 0xB7, 0x85, 0x95
+_PSEUDO_KFUNC_CALL = 2
+# What the verifier says when the program type is not offered a helper or kfunc at all (anything else, e.g.
+# an argument of the wrong type -- ours are dummies -- means the call itself is allowed).
+_NOT_OFFERED = ("unknown func", "invalid func", "not allowed in probe", "cannot use helper", "cannot call",
+                "is not allowed", "kfunc", "kernel function", "not supported")
+
+
+def _probe_call(prog_type: int, fn: int, kfunc: bool = False, attach_type: int = 0, btf_id: int = 0,
+                r2: int = 0) -> ProbeResult:
+    """Is helper (or, with ``kfunc``, the vmlinux BTF function id) ``fn`` offered to this program type?
+    Loads ``r1..r5 = 0 (r2 = r2); call fn; r0 = 0; exit``."""
+    code = b"".join(_insn(_MOV_IMM, dst=r, imm=r2 if r == 2 else 0) for r in range(1, 6))
+    code += _insn(_CALL, src=_PSEUDO_KFUNC_CALL if kfunc else 0, imm=fn)
+    code += _insn(_MOV_IMM, dst=0) + _insn(_EXIT)
+    log: list[str] = []
+    fd, reason = _load(prog_type, "sensorium_probe", attach_type, btf_id, code, log)
+    if fd >= 0:
+        _close(fd)
+        return ProbeResult(True)
+    if not log:  # refused before the verifier ran: the program type itself
+        return ProbeResult(False, f"the program type does not load: {reason}")
+    said = [ln for ln in log if any(w in ln for w in _NOT_OFFERED)]
+    if said:
+        return ProbeResult(False, f"{(reason or '').split(':')[0]}: {said[0]}")
+    return ProbeResult(True)  # the verifier got past the call to our dummy arguments
+
+
+def _probe_features(btf: "_Btf", pt: dict[str, ProbeResult]) -> dict[str, ProbeResult]:
+    out: dict[str, ProbeResult] = {}
+
+    def via(kind: str, probe: Callable[[], ProbeResult]) -> ProbeResult:
+        if not pt[kind].ok:
+            return ProbeResult(False, f"no {kind} programs here ({pt[kind].error})")
+        return probe()
+
+    sys_exit = btf.find("btf_trace_sys_exit", _BTF_KIND_TYPEDEF)
+    cast = btf.find("bpf_rdonly_cast", _BTF_KIND_FUNC)
+    task = btf.find("task_struct", _BTF_KIND_STRUCT)
+    if cast < 0:
+        out["bpf_rdonly_cast"] = ProbeResult(False, "the kernel has no bpf_rdonly_cast kfunc (6.2+)")
+    else:
+        out["bpf_rdonly_cast"] = via("tp_btf", lambda: _probe_call(
+            _PROG_TRACING, cast, kfunc=True, attach_type=_ATTACH_TRACE_RAW_TP, btf_id=sys_exit, r2=task))
+    out["bpf_set_retval"] = via("cgroup_sock_addr", lambda: _probe_call(
+        _PROG_CGROUP_SOCK_ADDR, _FN_SET_RETVAL, attach_type=_ATTACH_CGROUP_INET4_CONNECT))
+    out["bpf_loop"] = via("tracepoint", lambda: _probe_call(_PROG_TRACEPOINT, _FN_LOOP))
+    out["bpf_send_signal"] = via("tracepoint", lambda: _probe_call(_PROG_TRACEPOINT, _FN_SEND_SIGNAL))
+    fopen = btf.find("security_file_open", _BTF_KIND_FUNC)
+    out["bpf_get_func_arg"] = via("fentry", lambda: _probe_call(
+        _PROG_TRACING, _FN_GET_FUNC_ARG, attach_type=_ATTACH_TRACE_FENTRY, btf_id=fopen))
+    lsm_fopen = btf.find("bpf_lsm_file_open", _BTF_KIND_FUNC)
+    out["bpf_d_path"] = via("lsm", lambda: _probe_call(
+        _PROG_LSM, _FN_D_PATH, attach_type=_ATTACH_LSM_MAC, btf_id=lsm_fopen))
+    return {k: out[k] for k in FEATURES}
 
 
 def _close(fd: int) -> None:
@@ -381,13 +466,14 @@ def _probe() -> KernelCapabilities:
         if lsm.ok and not caps.bpf_lsm:
             lsm = ProbeResult(False, "loads and attaches, but the BPF LSM is not active (boot with lsm=...,bpf)")
         pt["lsm"] = lsm
+        pt["uprobe"] = _probe_plain(_PROG_KPROBE, needs=(uprobes, "the kernel has no uprobes (no uprobe PMU)"))
+        pt["cgroup_sock_addr"] = _probe_plain(_PROG_CGROUP_SOCK_ADDR, _ATTACH_CGROUP_INET4_CONNECT,
+                                              needs=(caps.cgroup2 is not None, "no cgroup2 hierarchy is mounted"))
+        pt["ringbuf"] = _probe_ringbuf()
+        caps.program_types = {k: pt[k] for k in PROGRAM_TYPES}
+        caps.features = _probe_features(btf, pt)
     finally:
         btf.free()
-    pt["uprobe"] = _probe_plain(_PROG_KPROBE, needs=(uprobes, "the kernel has no uprobes (no uprobe PMU)"))
-    pt["cgroup_sock_addr"] = _probe_plain(_PROG_CGROUP_SOCK_ADDR, _ATTACH_CGROUP_INET4_CONNECT,
-                                          needs=(caps.cgroup2 is not None, "no cgroup2 hierarchy is mounted"))
-    pt["ringbuf"] = _probe_ringbuf()
-    caps.program_types = {k: pt[k] for k in PROGRAM_TYPES}
     return caps
 
 

@@ -4,9 +4,10 @@
  * (sensorium/selectors.h: cgroup scope, argument capture with the in-kernel path walk, matchArgs,
  * matchBinaries/PIDs/Namespaces/Capabilities, Post/NoPost/Sigkill/Signal, live mode) entered from
  *
- *   sens_fentry / sens_fexit        trampolines (arguments and return value read from the trampoline's
- *                                   context at constant offsets: every kernel with trampolines, 5.5+,
- *                                   not only those with bpf_get_func_arg), where the kernel loads them;
+ *   sens_fentry / sens_fexit        trampolines (arguments copied from the trampoline's context in one
+ *                                   read, the return value read at its constant offset: every kernel with
+ *                                   trampolines, 5.5+, not only those with bpf_get_func_arg), where the
+ *                                   kernel loads them;
  *   sens_kprobe / sens_kretprobe    kprobes (x86_64 calling convention: di, si, dx, cx, r8, r9; at
  *                                   return, the entry's arguments are kept per thread in sens_inflight).
  *
@@ -148,15 +149,16 @@ static __always_inline int kf_emit(void *ctx, struct sens_scratch *s, __s64 ret,
 		__kf_v;                                                                       \
 	})
 
+/* The parameters, in one copy of the context's first slots. Not read as context fields: the verifier checks
+ * each such read against the parameter's BTF type and refuses some (a pointer to a pointer, e.g.
+ * vfs_unlink's struct inode **), which would make a policy on any parameter of such a function unloadable. */
 static __always_inline void kf_trampoline_args(unsigned long long *ctx, struct sens_scratch *s)
 {
-	/* kf_nargs is rodata: the verifier sees only the reads of existing parameters */
-	s->raw[0] = kf_nargs > 0 ? KF_CTX(ctx, 0) : 0;
-	s->raw[1] = kf_nargs > 1 ? KF_CTX(ctx, 1) : 0;
-	s->raw[2] = kf_nargs > 2 ? KF_CTX(ctx, 2) : 0;
-	s->raw[3] = kf_nargs > 3 ? KF_CTX(ctx, 3) : 0;
-	s->raw[4] = kf_nargs > 4 ? KF_CTX(ctx, 4) : 0;
-	s->raw[5] = kf_nargs > 5 ? KF_CTX(ctx, 5) : 0;
+	__u32 n = kf_nargs < SENS_MAX_ARGS ? kf_nargs : SENS_MAX_ARGS; /* rodata: a constant to the verifier */
+
+	__builtin_memset(s->raw, 0, sizeof(s->raw));
+	if (n)
+		bpf_probe_read_kernel(s->raw, n * 8, ctx);
 }
 
 /* fexit: the return value follows the parameters (x86_64 trampolines pass up to 12 of them). */
@@ -235,15 +237,15 @@ int sens_fmod_ret(unsigned long long *ctx)
 
 static __always_inline void kf_regs(struct sens_scratch *s, struct pt_regs *regs)
 {
-	struct pt_regs r;
+	struct pt_regs *r = &s->regs; /* in the scratch: see sens_read_regs */
 
-	bpf_probe_read_kernel(&r, sizeof(r), regs);
-	s->raw[0] = r.di;
-	s->raw[1] = r.si;
-	s->raw[2] = r.dx;
-	s->raw[3] = r.cx;
-	s->raw[4] = r.r8;
-	s->raw[5] = r.r9;
+	bpf_probe_read_kernel(r, sizeof(*r), regs);
+	s->raw[0] = r->di;
+	s->raw[1] = r->si;
+	s->raw[2] = r->dx;
+	s->raw[3] = r->cx;
+	s->raw[4] = r->r8;
+	s->raw[5] = r->r9;
 }
 
 SEC("kprobe/" KF_STR(KF_FUNC))

@@ -404,6 +404,7 @@ struct sens_scratch {
 	__u16 stack[SENS_NORM_STACK]; /* start of each kept component, outermost first */
 	char walk[SENS_WALKBUF];
 	char join[SENS_WALKBUF]; /* the open-exit program's early-rejection state (sens_pq_state) and buffers */
+	struct pt_regs regs; /* a syscall's registers, read in one helper call (sens_read_regs) */
 };
 
 struct {

@@ -19,6 +19,13 @@
 /* The last offset a string may start at: the compare reads up to 2 * SENS_STR_MAX bytes on from it (a
  * postfix's shift, then the value's length rounded up to a word), all inside the scratch. */
 #define SENS_AT_MAX ((__u32)(sizeof(struct sens_scratch) - 2 * SENS_STR_MAX - 8))
+/* Every offset above is below 4096 (the payloads and the binary's path sit in the first 4 KiB of the scratch):
+ * masked with this at the access, an offset the verifier lost track of is still provably inside the scratch. */
+#define SENS_AT_MASK 4095
+_Static_assert(__builtin_offsetof(struct sens_scratch, bin.path) + SENS_STR_MAX <= SENS_AT_MASK + 1 &&
+		       __builtin_offsetof(struct sens_scratch, data) + SENS_DATA_MAX <= SENS_AT_MASK + 1 &&
+		       SENS_AT_MASK + 2 * SENS_STR_MAX + 8 <= sizeof(struct sens_scratch),
+	       "string offsets must stay under SENS_AT_MASK");
 
 /*
  * The string of `alen` bytes at scratch offset `at` against value strs[vi] with base operator EQ, PREFIX
@@ -34,7 +41,7 @@ SENS_GLOBAL int sens_str_cmp_g(__u32 at, __u32 alen, __u32 vi, __u32 op)
 
 	if (!s || vi >= SENS_MAX_STRINGS || at > SENS_AT_MAX || alen > SENS_STR_MAX - 1)
 		return 0;
-	v = &sens_cfg.strs[vi];
+	v = &sens_cfg.strs[SENS_BOUND(vi, SENS_MAX_STRINGS - 1)];
 	vlen = v->len;
 	if (vlen > SENS_STR_MAX - 1)
 		return 0;
@@ -42,7 +49,7 @@ SENS_GLOBAL int sens_str_cmp_g(__u32 at, __u32 alen, __u32 vi, __u32 op)
 		return 0;
 	if (alen < vlen)
 		return 0;
-	p = (const __u8 *)s + at;
+	p = (const __u8 *)s + SENS_BOUND(at, SENS_AT_MASK);
 	if (op == SENS_OP_POSTFIX)
 		p += (alen - vlen) & (SENS_STR_MAX - 1);
 	nw = vlen >> 3;
@@ -196,8 +203,8 @@ SENS_GLOBAL int sens_addr_in_g(__u32 at, __u32 dst, __u32 vi)
 
 	if (!s || at > SENS_AT_MAX || vi >= SENS_MAX_STRINGS)
 		return 0;
-	k = (const struct sens_sock *)((const __u8 *)s + at);
-	v = &sens_cfg.strs[vi];
+	k = (const struct sens_sock *)((const __u8 *)s + SENS_BOUND(at, SENS_AT_MASK));
+	v = &sens_cfg.strs[SENS_BOUND(vi, SENS_MAX_STRINGS - 1)];
 	net = (const volatile __u32 *)&v->s[0];
 	mask = (const volatile __u32 *)&v->s[16];
 	if (dst)
@@ -228,8 +235,8 @@ SENS_GLOBAL int sens_sock_op_g(__u32 at, __u32 si, __u32 k)
 
 	if (!s || at > SENS_AT_MAX || si >= SENS_MAX_SELECTORS || k >= SENS_MAX_MATCH_ARGS)
 		return 0;
-	m = &sens_cfg.sel[si].args[k];
-	sk = (const struct sens_sock *)((const __u8 *)s + at);
+	m = &sens_cfg.sel[SENS_BOUND(si, 7)].args[SENS_BOUND(k, SENS_MAX_MATCH_ARGS - 1)];
+	sk = (const struct sens_sock *)((const __u8 *)s + SENS_BOUND(at, SENS_AT_MASK));
 	__u32 op = m->op;
 	int neg = op == SENS_OP_NOTSADDR || op == SENS_OP_NOTDADDR || op == SENS_OP_NOTSPORT || op == SENS_OP_NOTDPORT;
 
@@ -278,7 +285,7 @@ SENS_GLOBAL int sens_sel_match_g(__u32 i)
 
 	if (!s || i >= SENS_MAX_SELECTORS)
 		return 0;
-	sel = &sens_cfg.sel[i];
+	sel = &sens_cfg.sel[SENS_BOUND(i, 7)];
 	/* cheapest first: pids, then arguments, then binaries (may walk a path once per process) */
 	for (k = 0; k < SENS_MAX_PIDF; k++) {
 		if (k >= sel->npids)
@@ -304,10 +311,12 @@ SENS_GLOBAL int sens_sel_match_g(__u32 i)
 		if (k >= sel->nargs)
 			break;
 		const volatile struct sens_match_arg *m = &sel->args[k];
-		__u32 a = m->arg;
+		__u32 a0 = m->arg;
 
-		if (a >= SENS_MAX_ARGS)
+		if (a0 >= SENS_MAX_ARGS)
 			return 0;
+		__u64 a = SENS_BOUND(a0, 7);
+
 		__u32 off = s->off[a] & (SENS_DATA_MAX - 1);
 		__u32 kind = sens_cfg.args[a].kind;
 

@@ -91,7 +91,7 @@ SENS_GLOBAL int sens_walk_step_g(void)
 	SENS_ONCE(s->wpos) = pos;
 	n = SENS_ONCE(s->wn);
 	if (n < SENS_PATH_DEPTH) {
-		s->wslash[n] = pos;
+		s->wslash[SENS_BOUND(n, 63)] = pos;
 		SENS_ONCE(s->wn) = n + 1;
 	}
 	SENS_ONCE(s->wdentry) = (__u64)parent;
@@ -139,7 +139,7 @@ SENS_GLOBAL int sens_walk_g(__u64 dentry_p, __u64 vfsmnt_p)
 		s->walk[(pos + 3) & SENS_PATHMASK] = '.';
 		n = SENS_ONCE(s->wn);
 		if (n < SENS_PATH_DEPTH + 1) {
-			s->wslash[n] = pos; /* wslash has SENS_PATH_DEPTH + 2 slots */
+			s->wslash[SENS_BOUND(n, 63)] = pos; /* wslash has SENS_PATH_DEPTH + 2 slots */
 			SENS_ONCE(s->wn) = n + 1;
 		}
 	}
@@ -192,9 +192,9 @@ SENS_GLOBAL int sens_norm_sep_g(void)
 
 	if (clen == 0) {
 		/* an empty component ("//" or the leading "/"): nothing */
-	} else if (clen == 1 && s->walk[comp] == '.') {
+	} else if (clen == 1 && s->walk[SENS_BOUND(comp, 2047)] == '.') {
 		SENS_ONCE(s->nj) = comp;
-	} else if (clen == 2 && s->walk[comp] == '.' && s->walk[comp + 1] == '.') {
+	} else if (clen == 2 && s->walk[SENS_BOUND(comp, 2047)] == '.' && s->walk[SENS_BOUND(comp + 1, 2047)] == '.') {
 		if (d > 0) {
 			d -= 1;
 			SENS_ONCE(s->nj) = s->stack[d & (SENS_NORM_STACK - 1)];
@@ -207,7 +207,7 @@ SENS_GLOBAL int sens_norm_sep_g(void)
 		if (d < SENS_NORM_STACK - 1)
 			SENS_ONCE(s->ndepth) = d + 1;
 		if (j < SENS_WALK_LAST) {
-			s->walk[j] = '/';
+			s->walk[SENS_BOUND(j, 2047)] = '/';
 			SENS_ONCE(s->nj) = j + 1;
 		} else {
 			SENS_ONCE(s->nover) = 1;
@@ -258,7 +258,7 @@ SENS_GLOBAL int sens_norm_byte_g(__u32 ch)
 	__u32 j = SENS_ONCE(s->nj);
 
 	if (j < SENS_WALK_LAST) {
-		s->walk[j] = ch;
+		s->walk[SENS_BOUND(j, 2047)] = ch;
 		SENS_ONCE(s->nj) = j + 1;
 	} else {
 		SENS_ONCE(s->nover) = 1;
@@ -297,7 +297,9 @@ SENS_GLOBAL int sens_norm_g(__u32 off, __u32 len, __u32 base)
 	if (j > SENS_WALK_LAST || j <= base)
 		return -1;
 	n = j - base;
-	if (n > 1 && s->walk[j - 1] == '/')
+	/* j - 1 through SENS_BOUND: 6.1's verifier loses j's bounds in the 32-bit subtraction (walk[] is
+	 * followed by join[] in the scratch, so the masked index stays inside the map value) */
+	if (n > 1 && s->walk[SENS_BOUND(j - 1, 2047)] == '/')
 		n -= 1; /* the separator after the last component */
 	int trunc = SENS_ONCE(s->nover) != 0;
 
@@ -305,7 +307,7 @@ SENS_GLOBAL int sens_norm_g(__u32 off, __u32 len, __u32 base)
 		n = SENS_STR_MAX - 1;
 		trunc = 1;
 	}
-	bpf_probe_read_kernel(out, SENS_BOUND(n, SENS_STR_MAX - 1), &s->walk[base]);
+	bpf_probe_read_kernel(out, SENS_BOUND(n, SENS_STR_MAX - 1), &s->walk[SENS_BOUND(base, SENS_PATHMASK)]);
 	out[n & (SENS_STR_MAX - 1)] = 0;
 	return n | (trunc ? SENS_RESOLVE_TRUNC : 0);
 }
@@ -377,7 +379,7 @@ SENS_GLOBAL int sens_resolve_g(__u32 off, __u32 len, __s64 dirfd)
 
 			if (k > SENS_PATH_DEPTH)
 				break;
-			s->stack[i] = s->wslash[k] + 1;
+			s->stack[i] = s->wslash[SENS_BOUND(k, 63)] + 1;
 		}
 		SENS_ONCE(s->ndepth) = n;
 	}

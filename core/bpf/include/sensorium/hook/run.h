@@ -215,17 +215,18 @@ static __always_inline struct sens_scratch *sens_unstash(void)
 
 static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_regs *regs)
 {
-	struct pt_regs r;
+	struct pt_regs *r = &s->regs;
 
-	/* one helper call for the whole frame instead of six (each probe read costs ~30 ns in a VM);
-	 * field offsets below are still CO-RE relocated (vmlinux.h types preserve access indexes) */
-	bpf_probe_read_kernel(&r, sizeof(r), regs);
-	s->raw[0] = r.di;
-	s->raw[1] = r.si;
-	s->raw[2] = r.dx;
-	s->raw[3] = r.r10;
-	s->raw[4] = r.r8;
-	s->raw[5] = r.r9;
+	/* one helper call for the whole frame instead of six (each probe read costs ~30 ns in a VM), into the
+	 * scratch: on the stack its 168 bytes put the deepest call chain over the 512-byte limit (6.1 counts
+	 * the global functions' frames too). Field offsets below are still CO-RE relocated. */
+	bpf_probe_read_kernel(r, sizeof(*r), regs);
+	s->raw[0] = r->di;
+	s->raw[1] = r->si;
+	s->raw[2] = r->dx;
+	s->raw[3] = r->r10;
+	s->raw[4] = r->r8;
+	s->raw[5] = r->r9;
 }
 
 /* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
@@ -334,7 +335,7 @@ SENS_GLOBAL int sens_follow_sel_g(__u32 i, __u32 bits, __u32 ptgid, __u32 pnspid
 
 	if (!s || i >= SENS_MAX_SELECTORS)
 		return bits;
-	sel = &sens_cfg.sel[i];
+	sel = &sens_cfg.sel[SENS_BOUND(i, 7)];
 	for (q = 0; q < SENS_MAX_BINS; q++) {
 		if (q >= sel->nbins)
 			break;
