@@ -13,8 +13,10 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -67,12 +69,28 @@ def clang_path() -> str | None:
     return shutil.which("clang")
 
 
+# path -> ((device, inode, size, mtime_ns), digest): every policy hook asks for its object, and hashing the
+# kernel's BTF (several MB) and every header again each time was most of a cached build (seconds under
+# emulation). A file that changes gets a new mtime or size, hence a new key.
+_digests: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+_digests_lock = threading.Lock()
+
+
 def _sha256_file(path: Path) -> str:
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _digests_lock:
+        hit = _digests.get(str(path))
+    if hit is not None and hit[0] == key:
+        return hit[1]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    with _digests_lock:
+        _digests[str(path)] = (key, digest)
+    return digest
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:
@@ -122,19 +140,30 @@ def vmlinux_h(btf: Path | None = None) -> Path:
 
 
 def _source_files(dirs: Iterable[Path]) -> list[tuple[str, Path]]:
-    """All .c/.h files under ``dirs`` (recursively), with a stable label, deduplicated."""
-    seen: set[Path] = set()
+    """All .c/.h files under ``dirs`` (recursively), with a stable label, deduplicated (the same file reached
+    twice, e.g. through a symlink, counts once). One directory scan and one stat per file: this runs for every
+    object a policy asks for, and path resolution component by component was most of its cost."""
+    seen: set[tuple[int, int]] = set()
     files: list[tuple[str, Path]] = []
     for i, d in enumerate(dirs):
         if not d.is_dir():
             continue
-        for p in sorted(d.rglob("*")):
-            if p.suffix in _SOURCE_SUFFIXES and p.is_file():
-                rp = p.resolve()
-                if rp in seen:
-                    continue
-                seen.add(rp)
-                files.append((f"{i}:{p.relative_to(d).as_posix()}", rp))
+        found: list[tuple[str, str]] = []
+        for root, subdirs, names in os.walk(d, followlinks=True):
+            subdirs.sort()
+            for n in names:
+                if os.path.splitext(n)[1] in _SOURCE_SUFFIXES:
+                    full = os.path.join(root, n)
+                    found.append((os.path.relpath(full, d).replace(os.sep, "/"), full))
+        for label, full in sorted(found):
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            files.append((f"{i}:{label}", Path(full)))
     return files
 
 

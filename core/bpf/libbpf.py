@@ -108,14 +108,20 @@ def verifier_reason(log: str) -> VerifierVerdict | None:
     lines = log.splitlines()
     begin = max((i for i, ln in enumerate(lines) if "-- BEGIN PROG LOAD LOG --" in ln), default=-1)
     prog = None
-    m = re.findall(r"prog '([^']+)': (?:BPF program load failed|-- BEGIN)", log)
+    m = re.findall(r"prog '([^']+)': (?:BPF program load failed|-- BEGIN|failed to load)", log)
     if m:
         prog = m[-1]
-    body = lines[begin + 1:] if begin >= 0 else []
-    end = next((i for i, ln in enumerate(body) if "-- END PROG LOAD LOG --" in ln), len(body))
-    body = body[:end]
     if begin < 0:
-        return None
+        # A log of megabytes (a program over the complexity limit) is kept by its end only: its beginning
+        # is gone, but the verdict is at the end, before libbpf's END marker.
+        end_at = max((i for i, ln in enumerate(lines) if "-- END PROG LOAD LOG --" in ln), default=-1)
+        if end_at < 0:
+            return None
+        body = lines[1:end_at]  # the first line was cut anywhere: not a line of the verifier's
+    else:
+        body = lines[begin + 1:]
+        end = next((i for i, ln in enumerate(body) if "-- END PROG LOAD LOG --" in ln), len(body))
+        body = body[:end]
     insns = limit = None
     for ln in body:
         st = _STATS.search(ln)
@@ -162,8 +168,15 @@ def _format_va(fmt: bytes, ap: int | None) -> str:
     return buf.value.decode(errors="replace")
 
 
+_LIBBPF_DEBUG = 2  # enum libbpf_print_level: WARN 0, INFO 1, DEBUG 2
+
+
 def _print_cb(level: int, fmt: bytes, ap: int | None) -> int:
     global _log_size, _log_seq
+    # libbpf's debug lines (thousands per object: every CO-RE relocation) say nothing an error needs; formatting
+    # them was a third of an object's open time. Verifier logs and load failures come at WARN.
+    if level >= _LIBBPF_DEBUG and not log.isEnabledFor(logging.DEBUG):
+        return 0
     try:
         text = _format_va(fmt, ap)
     except Exception:  # never let an exception cross into C
