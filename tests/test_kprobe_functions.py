@@ -353,7 +353,13 @@ def test_fentry_cred_arg_of_commit_creds(rig, cgroup2_dir) -> None:
 def test_fentry_dentry_arg_of_vfs_unlink(rig, cgroup2_dir, tmp_path: Path) -> None:
     victim = tmp_path / "unlinked.txt"
     victim.write_text("x")
-    rig.load(policy("vfs_unlink", "    args: [{index: 2, type: dentry}]\n"), "kprobes", scope=scope_of(cgroup2_dir))
+    # vfs_unlink's dentry is its third parameter since 5.12 (an idmap first), its second before (5.10)
+    from sensorium_sensors.lsm.btf import kernel_functions
+
+    params = kernel_functions()["vfs_unlink"].params
+    index = next(i for i, p in enumerate(params) if p.ctype == "struct dentry *")
+    rig.load(policy("vfs_unlink", f"    args: [{{index: {index}, type: dentry}}]\n"), "kprobes",
+             scope=scope_of(cgroup2_dir))
     assert cgroup2_dir.run(["rm", str(victim)]).returncode == 0 and not victim.exists()
     evs = rig.events(lambda b: b.get("function_name") == "vfs_unlink", wait=5.0)
     assert evs, "no vfs_unlink event"

@@ -23,14 +23,6 @@
 #define SENS_RESOLVE_TRUNC (1 << 16) /* sens_resolve_g: the normalised path was cut at SENS_STR_MAX - 1 */
 
 /*
- * Write the absolute path of (dentry, vfsmnt) at the END of s->walk: the string occupies
- * walk[start .. SENS_PATHBUF), no NUL; returns start (0 .. SENS_PATHBUF - 1), or -1.
- * s->wn components are recorded: wslash[k] is where the '/' before the k-th component from the leaf was
- * written. The walk takes at most SENS_PATH_DEPTH steps (components and mount crossings) and crosses
- * mount points; a deeper path is reported from its deepest components with a leading "/..." (recorded as
- * one more component), which cannot equal an absolute rule.
- */
-/*
  * One step of sens_walk_g: the component at s->wdentry (or a mount crossing). Returns 0 to go on, 1 when
  * the root was reached, 2 when the buffer is full. A global function: the steps' branches are verified
  * once, not once per step.
@@ -44,7 +36,7 @@ SENS_GLOBAL int sens_walk_step_g(void)
 	struct dentry *dentry = (struct dentry *)SENS_ONCE(s->wdentry);
 	struct mount *mnt = (struct mount *)SENS_ONCE(s->wmnt);
 
-	if ((__u64)dentry == SENS_ONCE(s->wroot)) {
+	if (mnt && (__u64)dentry == SENS_ONCE(s->wroot)) {
 		struct mount *mparent = BPF_CORE_READ(mnt, mnt_parent);
 
 		if (mparent == mnt)
@@ -104,7 +96,8 @@ SENS_GLOBAL int sens_walk_step_g(void)
  * s->wn components are recorded: wslash[k] is where the '/' before the k-th component from the leaf was
  * written. The walk takes at most SENS_PATH_DEPTH steps (components and mount crossings) and crosses
  * mount points; a deeper path is reported from its deepest components with a leading "/..." (recorded as
- * one more component), which cannot equal an absolute rule.
+ * one more component), which cannot equal an absolute rule. With no vfsmnt (0: a bare dentry argument)
+ * the path is the one from the dentry's filesystem root.
  */
 SENS_GLOBAL int sens_walk_g(__u64 dentry_p, __u64 vfsmnt_p)
 {
@@ -112,11 +105,17 @@ SENS_GLOBAL int sens_walk_g(__u64 dentry_p, __u64 vfsmnt_p)
 	struct vfsmount *vfsmnt = (struct vfsmount *)vfsmnt_p;
 	__u32 i, pos, n;
 
-	if (!s || !dentry_p || !vfsmnt_p)
+	if (!s || !dentry_p)
 		return -1;
 	SENS_ONCE(s->wdentry) = dentry_p;
-	SENS_ONCE(s->wmnt) = (__u64)container_of(vfsmnt, struct mount, mnt);
-	SENS_ONCE(s->wroot) = (__u64)BPF_CORE_READ(vfsmnt, mnt_root);
+	if (vfsmnt_p) {
+		SENS_ONCE(s->wmnt) = (__u64)container_of(vfsmnt, struct mount, mnt);
+		SENS_ONCE(s->wroot) = (__u64)BPF_CORE_READ(vfsmnt, mnt_root);
+	} else {
+		/* a dentry alone (no mount known): walked up to its own filesystem's root, no mount crossed */
+		SENS_ONCE(s->wmnt) = 0;
+		SENS_ONCE(s->wroot) = 0;
+	}
 	SENS_ONCE(s->wpos) = SENS_PATHBUF;
 	SENS_ONCE(s->wn) = 0;
 	SENS_ONCE(s->wdone) = 0;
