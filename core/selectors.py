@@ -560,9 +560,10 @@ def compile_hook(
                 blocking = True
             elif name == "Override":
                 raise SelectorError(f"{field}.action",
-                                    "Override needs fmod_ret or BPF LSM to return an error before the call runs; "
-                                    "this hook is a tracepoint/raw tracepoint, which cannot change a return value "
-                                    "(use Sigkill, or an lsmhooks section)")
+                                    "Override is not implemented on tracepoint and syscall hooks: Sensorium serves "
+                                    "them through tracepoints, which cannot change a return value (Tetragon "
+                                    "overrides a syscall through fmod_ret on its __x64_sys_ function); use Sigkill, "
+                                    "or an lsmhooks section")
             else:
                 raise SelectorError(f"{field}.action", f"action {name} is not supported here")
         if "NoPost" not in names:

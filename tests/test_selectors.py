@@ -223,7 +223,7 @@ spec:
 
 
 def test_override_refused_with_the_reason(rig) -> None:
-    with pytest.raises(PolicyLoadError, match="Override needs fmod_ret or BPF LSM"):
+    with pytest.raises(PolicyLoadError, match="Override is not implemented on tracepoint and syscall hooks"):
         rig.sensor.check_policy(rig.view(getpgid_policy("""    - matchActions:
       - {action: Override, argError: -1}
 """), "kprobes"))

@@ -32,7 +32,7 @@ LOADS = {
     "rawtp.yaml": "raw_tracepoint",
 }
 REFUSED = {
-    "symlink-override.yaml": "Override needs fmod_ret or BPF LSM",
+    "symlink-override.yaml": "Override is not implemented on tracepoint and syscall hooks",
     "tcp-connect.yaml": "no kprobes and fentry refused on this kernel",
     "filename_monitoring.yaml": "no kprobes and fexit refused on this kernel",  # its hooks have return: true
     "kprobe_commit_creds.yaml": "no kprobes and fentry refused on this kernel",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import struct
 from pathlib import Path
 from typing import Any, Sequence
@@ -389,7 +390,25 @@ class KfuncHookSet(HookSet):
         if plan.attach[0] != "kfunc":
             super()._load_one(plan)
             return
+        mech = plan.attach[2]
+        try:
+            self._load_kfunc(plan)
+        except _TrampolineRefused as e:
+            # The trampoline loads but the kernel will not attach it to this function (e.g. EBUSY: 6.1 on
+            # dev_queue_xmit). A kprobe observes the same call; it cannot Override, so only fentry/fexit fall back.
+            kernel = getattr(self.ctx, "kernel", None)
+            if kernel is None or not kernel.has("kprobe"):
+                raise e.error from None
+            fallback = "kretprobe" if mech == "fexit" else "kprobe"
+            note = (f"{plan.note}; {mech} attach refused by the kernel ({e.reason}), served by {fallback}"
+                    if plan.note else f"{mech} attach refused by the kernel ({e.reason}), served by {fallback}")
+            plan = dataclasses.replace(plan, attach=(*plan.attach[:2], fallback, *plan.attach[3:]),
+                                       mechanism=fallback, note=note)
+            self._load_kfunc(plan)
+
+    def _load_kfunc(self, plan: HookPlan) -> None:
         _kind, func, mech, pre, errnos, nparams = plan.attach
+        n_scope_maps = len(self._scope_maps)
         try:
             obj = self.ctx.open_object(self.ctx.build(kfunc_probe(func)))
         except Exception as e:
@@ -409,12 +428,37 @@ class KfuncHookSet(HookSet):
                 obj.program("sens_kretprobe").attach()  # the return side first: no entry without its exit
                 obj.program("sens_kprobe").attach()
             else:
-                obj.program(prog).attach()
-        except PolicyLoadError:
+                try:
+                    obj.program(prog).attach()
+                except OSError as e:
+                    if mech not in ("fentry", "fexit"):
+                        raise
+                    err = PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field)
+                    del self._scope_maps[n_scope_maps:]  # the closed object's scope map must not be updated later
+                    self._drop_last(plan)
+                    raise _TrampolineRefused(err, os.strerror(e.errno) if e.errno else str(e)) from e
+        except (PolicyLoadError, _TrampolineRefused):
             raise
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
         self.register(plan)
+
+    def _drop_last(self, plan: HookPlan) -> None:
+        """Close the object of ``plan`` loaded last (before trying another mechanism for it)."""
+        if self.objects and self.objects[-1][0] is plan:
+            _p, obj = self.objects.pop()
+            try:
+                obj.close()
+            except Exception:  # noqa: BLE001 - closing a half-used object must not hide why it failed
+                pass
+
+
+class _TrampolineRefused(Exception):
+    """fentry/fexit loaded but the kernel refused to attach it (`KfuncHookSet._load_one` tries a kprobe)."""
+
+    def __init__(self, error: PolicyLoadError, reason: str) -> None:
+        super().__init__(str(error))
+        self.error, self.reason = error, reason
 
 
 def decode_sock(text: str) -> dict[str, Any] | None:
