@@ -252,6 +252,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__attach_tracepoint": (_P, [_P, _S, _S]),
     "bpf_program__attach_raw_tracepoint": (_P, [_P, _S]),
     "bpf_program__attach_cgroup": (_P, [_P, _I]),
+    "bpf_program__attach_kprobe": (_P, [_P, ctypes.c_bool, _S]),
+    "bpf_program__set_attach_target": (_I, [_P, _I, _S]),
     "bpf_program__attach_uprobe_opts": (_P, [_P, _I, _S, _SZ, _P]),
     "bpf_link__destroy": (_I, [_P]),
     "bpf_link__fd": (_I, [_P]),
@@ -475,6 +477,18 @@ class BpfProgram:
     def attach_raw_tracepoint(self, name: str) -> BpfLink:
         ptr = lib().bpf_program__attach_raw_tracepoint(self._p(), name.encode())
         return self._link(ptr, f"to raw tracepoint {name}")
+
+    def set_attach_target(self, func: str) -> None:
+        """The kernel function (fentry/fexit/fmod_ret) or LSM hook (lsm, without its ``bpf_lsm_`` prefix) this
+        program attaches to, for a program whose SEC() names none: one object then serves every function
+        instead of one compile per function. Before load; raises when the kernel's BTF has no such function."""
+        err = lib().bpf_program__set_attach_target(self._p(), 0, func.encode())
+        if err < 0:
+            raise LibbpfError(err, f"set_attach_target({func!r}) on {self._what()}")
+
+    def attach_kprobe(self, func: str, retprobe: bool = False) -> BpfLink:
+        ptr = lib().bpf_program__attach_kprobe(self._p(), bool(retprobe), func.encode())
+        return self._link(ptr, f"to {'kretprobe' if retprobe else 'kprobe'} {func}")
 
     def attach_cgroup(self, cgroup_fd: int) -> BpfLink:
         ptr = lib().bpf_program__attach_cgroup(self._p(), int(cgroup_fd))

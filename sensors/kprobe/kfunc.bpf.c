@@ -11,7 +11,8 @@
  *   sens_kprobe / sens_kretprobe    kprobes (x86_64 calling convention: di, si, dx, cx, r8, r9; at
  *                                   return, the entry's arguments are kept per thread in sens_inflight).
  *
- * Built once per function: KF_FUNC names it (SEC "fentry/<func>" ...). The function's parameters are
+ * One object for every function: user space names it (bpf_program__set_attach_target for the trampolines, the
+ * kprobe attach for kprobes). The function's parameters are
  * copied into s->raw[], and the engine reads them as SENS_FROM_SYSCALL parameter `index`. Before that,
  * kf_prepare() rewrites the parameters whose type needs more than a pointer read (rodata kf_pre):
  *   KF_PRE_STR   a char * that may be a user pointer (do_sys_openat2's filename): copied into a
@@ -27,12 +28,6 @@
 #include <bpf/bpf_endian.h>
 
 SENSORIUM_LICENSE("Dual BSD/GPL");
-
-#define __KF_STR(x) #x
-#define KF_STR(x) __KF_STR(x)
-#ifndef KF_FUNC
-#define KF_FUNC tcp_connect
-#endif
 
 #define KF_PRE_STR 1
 #define KF_PRE_SOCK 2 /* unused: sock arguments are SENS_ARG_SOCK */
@@ -182,7 +177,7 @@ static __always_inline __u64 kf_trampoline_ret(unsigned long long *ctx)
 	return 0;
 }
 
-SEC("fentry/" KF_STR(KF_FUNC))
+SEC("fentry")
 int sens_fentry(unsigned long long *ctx)
 {
 	struct sens_scratch *s = sens_begin();
@@ -193,7 +188,7 @@ int sens_fentry(unsigned long long *ctx)
 	return kf_emit(ctx, s, 0, 0);
 }
 
-SEC("fexit/" KF_STR(KF_FUNC))
+SEC("fexit")
 int sens_fexit(unsigned long long *ctx)
 {
 	struct sens_scratch *s = sens_begin();
@@ -208,7 +203,7 @@ int sens_fexit(unsigned long long *ctx)
 
 /* Override: fmod_ret runs before the function; a non-zero return skips it and becomes its return value.
  * The kernel allows this only on security_* hooks and ALLOW_ERROR_INJECTION functions (kfunc.py checks). */
-SEC("fmod_ret/" KF_STR(KF_FUNC))
+SEC("fmod_ret")
 int sens_fmod_ret(unsigned long long *ctx)
 {
 	struct sens_scratch *s = sens_begin();
@@ -248,7 +243,7 @@ static __always_inline void kf_regs(struct sens_scratch *s, struct pt_regs *regs
 	s->raw[5] = r->r9;
 }
 
-SEC("kprobe/" KF_STR(KF_FUNC))
+SEC("kprobe")
 int sens_kprobe(struct pt_regs *ctx)
 {
 	struct sens_scratch *s = sens_begin();
@@ -263,7 +258,7 @@ int sens_kprobe(struct pt_regs *ctx)
 	return kf_emit(ctx, s, 0, 0);
 }
 
-SEC("kretprobe/" KF_STR(KF_FUNC))
+SEC("kretprobe")
 int sens_kretprobe(struct pt_regs *ctx)
 {
 	struct sens_scratch *s = sens_unstash();

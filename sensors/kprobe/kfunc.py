@@ -29,7 +29,7 @@ from sensorium.hookspecs import PolicyLoadError, ProbeSource
 from sensorium_sensors.tracepoint.engine import HookPlan, HookSet
 from sensorium_sensors.tracepoint.sensor import _extras
 
-__all__ = ["plan_kernel_function", "KfuncHookSet", "kfunc_probe", "sock_event_fixup", "overridable",
+__all__ = ["plan_kernel_function", "KfuncHookSet", "KFUNC_PROBE", "sock_event_fixup", "overridable",
            "KF_PRE_STR", "KF_PRE_SOCK"]
 
 HERE = Path(__file__).resolve().parent
@@ -106,21 +106,23 @@ def kfunc_budget_cases() -> list[Any]:
         own = [p for p in KFUNC_PROGRAMS if p != "sens_fmod_ret" or overridable(func)[0]]
         kinds = {p: (S.HOOK_RAW_TP, p in ("sens_fexit", "sens_kretprobe")) for p in KFUNC_PROGRAMS}
         needs = {p: frozenset({KFUNC_PROGRAMS[p]}) for p in KFUNC_PROGRAMS}
-        probe = kfunc_probe(func)
+        probe = KFUNC_PROBE
+        targets = {p: func for p in ("sens_fentry", "sens_fexit", "sens_fmod_ret")}
+        tag = f" ({func})"
         if n == 0:  # every argument family once; the other functions differ only in their prototype
-            cases += engine_cases(probe, full=own, needs=needs, src=S.FROM_SYSCALL, rodata=rodata, kinds=kinds)
+            cases += engine_cases(probe, full=own, needs=needs, src=S.FROM_SYSCALL, rodata=rodata, kinds=kinds,
+                                  tag=tag, targets=targets)
             cases += engine_cases(probe, full=(), others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
                                                           "sens_uprobe", "sens_uretprobe", *TRACKING), rodata=rodata)
         else:
             cases += engine_cases(probe, full=(), others=own, needs=needs, src=S.FROM_SYSCALL, rodata=rodata,
-                                  kinds=kinds)
+                                  kinds=kinds, tag=tag, targets=targets)
     return cases
 
 
-def kfunc_probe(func: str) -> ProbeSource:
-    """The kfunc.bpf.c object for ``func`` (one compile per function, cached by the build)."""
-    return ProbeSource(name=f"kfunc-{func}", source=HERE / "kfunc.bpf.c", include_dirs=(HERE,),
-                       defines={"KF_FUNC": func})
+# kfunc.bpf.c: one object for every kernel function (the attach target is set at load time), so a policy on
+# a new function costs no compile, and an image can ship the object prebuilt.
+KFUNC_PROBE = ProbeSource(name="kfunc", source=HERE / "kfunc.bpf.c", include_dirs=(HERE,))
 
 
 def _error_injection_list() -> set[str] | None:
@@ -410,7 +412,7 @@ class KfuncHookSet(HookSet):
         _kind, func, mech, pre, errnos, nparams = plan.attach
         n_scope_maps = len(self._scope_maps)
         try:
-            obj = self.ctx.open_object(self.ctx.build(kfunc_probe(func)))
+            obj = self.ctx.open_object(self.ctx.build(KFUNC_PROBE))
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"cannot build the kernel-function program: {e}") from e
         self.objects.append((plan, obj))
@@ -422,11 +424,16 @@ class KfuncHookSet(HookSet):
             obj.set_rodata("kf_pre", bytes(pre))
             obj.set_rodata("kf_nargs", nparams)
             obj.set_rodata("kf_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
+            if mech in ("fentry", "fexit", "fmod_ret"):
+                obj.program(prog).set_attach_target(func)
             obj.load()
             self.start_object(plan, obj, wanted)
             if mech == "kretprobe":
-                obj.program("sens_kretprobe").attach()  # the return side first: no entry without its exit
-                obj.program("sens_kprobe").attach()
+                # the return side first: no entry without its exit
+                obj.program("sens_kretprobe").attach_kprobe(func, retprobe=True)
+                obj.program("sens_kprobe").attach_kprobe(func)
+            elif mech == "kprobe":
+                obj.program("sens_kprobe").attach_kprobe(func)
             else:
                 try:
                     obj.program(prog).attach()

@@ -32,6 +32,7 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
     from sensorium.policy import KProbeSpec
+    from sensorium_sensors.kprobe.kfunc import KFUNC_PROBE
     from sensorium_sensors.tracepoint.engine import HOOK_OPEN_PROBE, HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(
@@ -40,7 +41,7 @@ def sensorium_sensor() -> SensorSpec:
         "fentry/fexit or kprobe/kretprobe where the kernel has them, with in-kernel selectors and actions; "
         "events: process_kprobe",
         factory=_factory,
-        probes=[HOOK_PROBE, HOOK_OPEN_PROBE],
+        probes=[HOOK_PROBE, HOOK_OPEN_PROBE, KFUNC_PROBE],
         options=HookSensorOptions,
         policy_sections={"kprobes": KProbeSpec},
         record_layouts=dict(selectors.RECORD_LAYOUTS),

@@ -31,7 +31,7 @@ from sensorium.policy import MatchAction, Selector
 
 from . import netguard
 
-__all__ = ["LsmProgram", "NetLsmProgram", "compile_hook", "probe_for", "decode_event", "RECORD_LAYOUTS",
+__all__ = ["LsmProgram", "NetLsmProgram", "compile_hook", "LSM_PROBE", "decode_event", "RECORD_LAYOUTS",
            "SOCKET_HOOKS"]
 
 HERE = Path(__file__).resolve().parent
@@ -57,10 +57,8 @@ _POLICY_INTS = {"int8": (1, True), "uint8": (1, False), "int16": (2, True), "uin
                 "long": (8, True), "ulong": (8, False), "size_t": (8, False)}
 
 
-def probe_for(hook: str) -> ProbeSource:
-    """The lsm.bpf.c object for ``hook`` (one compile per hook, cached by the host)."""
-    return ProbeSource(name=f"lsm-{hook}", source=HERE / "lsm.bpf.c", include_dirs=(HERE,),
-                       defines={"SENS_LSM_HOOK": hook})
+# lsm.bpf.c: one object for every hook (the attach target is set at load time).
+LSM_PROBE = ProbeSource(name="lsm", source=HERE / "lsm.bpf.c", include_dirs=(HERE,))
 
 
 def _arg_plan(a: Any) -> S.ArgPlan:
@@ -162,7 +160,8 @@ class LsmProgram:
             scope_entries(self.scope)  # ValueError naming the problem, before anything loads
         self.compiled, self.args, self.errnos = compile_hook(self.plan, self.policy_id, self.plan.position,
                                                              cgroup_scoped=self.scope is not None)
-        obj = self.obj = self._open(self._build(probe_for(self.plan.hook)))
+        obj = self.obj = self._open(self._build(LSM_PROBE))
+        obj.program("sens_lsm").set_attach_target(self.plan.hook)
         obj.set_rodata("sens_cfg", self.compiled.rodata())
         obj.set_rodata("lsm_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *(self.errnos + [0] * (S.MAX_SELECTORS - len(self.errnos)))))
         wanted = {"sens_lsm"}

@@ -5,7 +5,7 @@
  * Post/Sigkill/Signal, live mode) plus what only an LSM hook can do: Override, i.e. return -errno from
  * the hook before the operation happens.
  *
- * Built once per hook: SENS_LSM_HOOK names the hook (its SEC() is "lsm/<hook>"); lsm.py sets the
+ * One object for every hook: user space names the hook (bpf_program__set_attach_target) and sets the
  * arguments to read (from the hook's BTF signature) and the selectors in the rodata `sens_cfg`, and the
  * errno of each selector that has an Override action in `lsm_errno`.
  *
@@ -17,12 +17,6 @@
 #include "sensorium/selectors.h"
 
 SENSORIUM_LICENSE("Dual BSD/GPL");
-
-#define __SENS_STR(x) #x
-#define SENS_STR(x) __SENS_STR(x)
-#ifndef SENS_LSM_HOOK
-#define SENS_LSM_HOOK file_open
-#endif
 
 /* Per selector: the errno its Override returns (positive; 0: the selector does not override). */
 const volatile __u32 lsm_errno[SENS_MAX_SELECTORS] = {};
@@ -40,7 +34,7 @@ static __always_inline int sens_lsm_ret(__u32 err)
 	return (int)r;
 }
 
-SEC("lsm/" SENS_STR(SENS_LSM_HOOK))
+SEC("lsm")
 int sens_lsm(unsigned long long *ctx)
 {
 	struct sens_scratch *s = sens_begin();

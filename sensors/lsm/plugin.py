@@ -608,8 +608,8 @@ def _errno_name(e: int) -> str:
     return _e.errorcode.get(abs(int(e)), str(e))
 
 
-# LSM hooks the verifier budget loads lsm.bpf.c for (one object per hook, like policies do): a file, a
-# binprm, a socket and a task argument.
+# LSM hooks the verifier budget loads lsm.bpf.c against (its one object, attached like policies do): a file,
+# a binprm, a socket and a task argument.
 BUDGET_HOOKS = ("file_open", "bprm_check_security", "socket_connect", "task_kill")
 
 
@@ -623,15 +623,16 @@ def _budget() -> list[Any]:
     lsm_needs = {"sens_lsm": frozenset({"lsm", "bpf_lsm"})}
     kinds = {"sens_lsm": (S.HOOK_RAW_TP, False)}
     for n, hook in enumerate(BUDGET_HOOKS):
-        probe = bpflsm.probe_for(hook)
+        probe = bpflsm.LSM_PROBE
+        tag, targets = f" ({hook})", {"sens_lsm": hook}
         if n == 0:  # every argument family once; the other hooks differ only in their prototype
             cases += engine_cases(probe, full=("sens_lsm",), needs=lsm_needs, src=S.FROM_RAW, rodata=rodata,
-                                  kinds=kinds)
+                                  kinds=kinds, tag=tag, targets=targets)
             cases += engine_cases(probe, full=(), others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
                                                           "sens_uprobe", "sens_uretprobe", *TRACKING), rodata=rodata)
         else:
             cases += engine_cases(probe, full=(), others=("sens_lsm",), needs=lsm_needs, src=S.FROM_RAW,
-                                  rodata=rodata, kinds=kinds)
+                                  rodata=rodata, kinds=kinds, tag=tag, targets=targets)
     # The socket guard: its rules are map contents (any policy verifies the same program).
     for probe, extra in ((netguard.PROBE, frozenset({"bpf_set_retval"})), (netguard.PROBE_NO_RETVAL, frozenset())):
         for prog in ("lsm_connect4", "lsm_connect6", "lsm_sendmsg4", "lsm_sendmsg6"):
@@ -647,7 +648,7 @@ def sensorium_sensor() -> SensorSpec:
         name="lsm",
         description="LSM hooks (lsmhooks): block before it happens; BPF LSM, else fanotify / cgroup sock_addr fallbacks",
         factory=LsmSensor,
-        probes=[netguard.PROBE],
+        probes=[netguard.PROBE, bpflsm.LSM_PROBE],
         options=LsmOptions,
         policy_sections={"lsmhooks": LsmHookSpec},
         record_layouts={**netguard.RECORD_LAYOUTS, **bpflsm.RECORD_LAYOUTS},

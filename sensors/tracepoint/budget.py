@@ -30,9 +30,11 @@ TRACKING = ("sens_fork", "sens_exec", "sens_exit")
 
 
 def prepare_hook(cfg: S.HookCfg, open_exit: bool = False,
-                 rodata: Mapping[str, bytes | int] | None = None) -> Callable[[Any], None]:
+                 rodata: Mapping[str, bytes | int] | None = None,
+                 targets: Mapping[str, str] | None = None) -> Callable[[Any], None]:
     """A `BudgetCase.prepare` that sets ``sens_cfg`` (and the open-exit program's early-rejection table, and
-    any other rodata) before load."""
+    any other rodata) before load, and the attach target of the programs named in ``targets`` (program ->
+    kernel function or LSM hook)."""
     raw = bytes(cfg)
     pq = None
     if open_exit:
@@ -40,6 +42,7 @@ def prepare_hook(cfg: S.HookCfg, open_exit: bool = False,
 
         pq = bytes(open_exit_filter(cfg))
     extra = dict(rodata or {})
+    attach = dict(targets or {})
 
     def prepare(obj: Any) -> None:
         obj.set_rodata("sens_cfg", raw)
@@ -47,6 +50,9 @@ def prepare_hook(cfg: S.HookCfg, open_exit: bool = False,
             obj.set_rodata("sens_pq", pq)
         for k, v in extra.items():
             obj.set_rodata(k, v)
+        for prog, target in attach.items():
+            if obj.program(prog).autoload:
+                obj.program(prog).set_attach_target(target)
     return prepare
 
 
@@ -65,11 +71,14 @@ def _cfgs(kind: int, at_exit: bool, src: int | None) -> dict[str, S.HookCfg]:
 def engine_cases(probe: ProbeSource, full: Iterable[str], others: Iterable[str] = (),
                  needs: Mapping[str, frozenset[str]] | None = None, src: int | None = None,
                  rodata: Mapping[str, bytes | int] | None = None,
-                 kinds: Mapping[str, tuple[int, bool]] | None = None) -> list[BudgetCase]:
+                 kinds: Mapping[str, tuple[int, bool]] | None = None, tag: str = "",
+                 targets: Mapping[str, str] | None = None) -> list[BudgetCase]:
     """Cases for the programs ``full`` (every worst configuration of their kind) and ``others`` (the mixed
     one) of ``probe``. ``kinds`` names the configuration kind of programs this module does not know
     (e.g. the kprobe sensor's fentry); ``src`` forces where arguments are read from (a sensor that fills
-    s->raw itself); ``needs`` per program: the kernel capabilities without which it cannot load."""
+    s->raw itself); ``needs`` per program: the kernel capabilities without which it cannot load; ``tag`` is
+    added to the configuration labels (one object measured against several functions); ``targets``: attach
+    targets set before load (see `prepare_hook`)."""
     known = dict(_KINDS)
     known.update(kinds or {})
     needs = needs or {}
@@ -77,11 +86,12 @@ def engine_cases(probe: ProbeSource, full: Iterable[str], others: Iterable[str] 
     for prog in full:
         kind, at_exit = known[prog]
         for label, cfg in _cfgs(kind, at_exit, src).items():
-            cases.append(BudgetCase(probe, prog, label, prepare_hook(cfg, prog == "sens_open_exit", rodata),
+            cases.append(BudgetCase(probe, prog, label + tag,
+                                    prepare_hook(cfg, prog == "sens_open_exit", rodata, targets),
                                     needs.get(prog, frozenset())))
     for prog in others:
         kind, at_exit = known.get(prog, (S.HOOK_SYSCALL, True))
         cfg = _cfgs(kind, at_exit, src)["mixed"]
-        cases.append(BudgetCase(probe, prog, "mixed", prepare_hook(cfg, prog == "sens_open_exit", rodata),
+        cases.append(BudgetCase(probe, prog, "mixed" + tag, prepare_hook(cfg, prog == "sens_open_exit", rodata, targets),
                                 needs.get(prog, frozenset())))
     return cases
