@@ -258,6 +258,11 @@ class ApiServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._sock is not None:
+            try:  # wakes the acceptor at once instead of at its next 0.5 s timeout (shutdown's budget)
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
