@@ -232,6 +232,8 @@ class ExporterRunner:
                 self._q.clear()
                 self._queued = 0
             return left == 0
+        if not self._stopping:  # join without request_stop: stop now, with stop()'s default time
+            self.request_stop(timeout if timeout is not None else 10.0)
         wait = timeout if timeout is not None else max(0.0, self._deadline - time.monotonic()) + JOIN_MARGIN_S
         self._thread.join(wait)
         if self._thread.is_alive():
