@@ -178,6 +178,12 @@ def test_tcp_collector_restart_mid_stream_keeps_order_without_duplicates(rsyslog
     # TCP gives no end-to-end acknowledgement: at most what was in flight when the peer died is lost.
     print(f"lost across the restart: {lost}")
     assert lost <= 5 * 4, f"{lost} events lost"
+    from reliability_figures import record
+
+    record("tcp_collector_restart.events", total)
+    record("tcp_collector_restart.lost", lost,
+           note="taken by the kernel (counted delivered) but not written by rsyslog before it stopped; TCP has "
+                "no application-level acknowledgement")
 
 
 # ---- UDP: refusals are retried, what cannot be confirmed is counted as such ------------------------
