@@ -50,7 +50,10 @@ _ERRNO_REASONS = {
 
 # A full disk is a local condition: trying again costs one write that fails at once, and the sink should
 # resume as soon as space is freed, so it is retried at least this often whatever the backoff has grown to.
-LOCAL_RETRY_MAX_S = 1.0
+LOCAL_RETRY_MAX_S = 0.25
+# The same failure again within this time is not logged again (it is counted); the next log line says how
+# many there were. A full disk retried four times a second must not flood the log.
+FAILURE_LOG_EVERY_S = 30.0
 # How long `join` waits past the stop deadline for the runner thread to notice it (it checks between
 # writes and during backoff); a thread still inside the exporter after that is left behind.
 JOIN_MARGIN_S = 0.2
@@ -144,6 +147,9 @@ class ExporterRunner:
         self._dropped_by: dict[str, int] = {}
         self._retried_by: dict[str, int] = {}
         self._failures_by: dict[str, int] = {}
+        self._logged_reason: str | None = None  # failure log throttling (`_fail`)
+        self._logged_at = 0.0
+        self._unlogged = 0
         if self.metrics is not None:
             self.metrics.watch_exporter(name, lambda: float(self.depth()), lambda: 1.0 if self._state == "running" else 0.0)
 
@@ -325,7 +331,13 @@ class ExporterRunner:
             self._failures_by[reason] = self._failures_by.get(reason, 0) + 1
         if self.metrics is not None:
             self.metrics.failed(self.name, reason=reason)
-        log.warning("exporter %s: %s [%s]", self.name, self._last_error, reason)
+        now = time.monotonic()
+        if reason == self._logged_reason and now - self._logged_at < FAILURE_LOG_EVERY_S:
+            self._unlogged += 1
+        else:
+            more = f" ({self._unlogged} more failures since the last report)" if self._unlogged else ""
+            log.warning("exporter %s: %s [%s]%s", self.name, self._last_error, reason, more)
+            self._logged_reason, self._logged_at, self._unlogged = reason, now, 0
         if self._open:
             self._close()
 
@@ -429,6 +441,10 @@ class ExporterRunner:
                 dirty = True
             if attempts:
                 attempts, backoff, local_failure = 0, self.backoff_initial, False
+                if self._logged_reason is not None:
+                    log.info("exporter %s: writing again (%d more failed attempts after the last warning)",
+                             self.name, self._unlogged)
+                    self._logged_reason, self._unlogged = None, 0
             self._state = "stopping" if self._stopping else "running"
             if dirty and time.monotonic() - last_flush >= self.flush_interval:
                 try:

@@ -137,3 +137,20 @@ def test_a_partial_write_restarts_the_backoff() -> None:
     assert [e.process["pid"] for e in sink.events] == list(range(40))
     st = r.stats()
     assert st["failures_by_reason"] == {"disk_full": 19} and st["delivered"] == 40 and balanced(st)
+
+
+def test_a_repeated_failure_is_logged_once_counted_every_time_and_the_recovery_said(caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sensorium.exporting")
+    sink = FailingWith(errno.ENOSPC, 20)
+    r = runner_for(sink, batch_size=10, backoff_initial_s=0.001, backoff_max_s=0.001)
+    r.start()
+    r.submit(events(10))
+    sink.wait_for(10)
+    r.stop(5)
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].endswith("[disk_full]")
+    assert r.stats()["failures_by_reason"] == {"disk_full": 20}
+    assert any("writing again (19 more failed attempts after the last warning)" in rec.getMessage()
+               for rec in caplog.records)
