@@ -273,8 +273,10 @@ def register(cli_group: click.Group) -> None:
             for s in st.get("sensors", []):
                 why = f"  -- {s['reason']}" if s.get("reason") else ""
                 click.echo(f"  sensor {s.get('name', '?'):<12} {s.get('state')}{why}")
-            for name, e in ((st.get("pipeline") or {}).get("exporters") or {}).items():
-                click.echo(f"  exporter {name:<12} {e.get('state')}  " + _exporter_books(e))
+            exporters = ((st.get("pipeline") or {}).get("exporters") or {})
+            width = max((len(n) for n in exporters), default=0)
+            for name, e in exporters.items():
+                click.echo(f"  exporter {name:<{width}} {e.get('state'):<8} " + _exporter_books(e))
             stream = ((st.get("api") or {}).get("stream")) or None
             if stream:
                 click.echo(f"  api stream   {stream.get('subscribers', 0)} subscribers, holding {stream.get('held_events', 0)} "
