@@ -1,9 +1,14 @@
 """The agent daemon: probes the kernel, starts allowed sensors and exporters, runs the pipeline, stops cleanly.
 
 Every plugin is contained: a sensor that fails to build, load or attach is marked failed with its reason
-and the agent runs on with the others. Start order matters: exporters first (nothing emitted is lost),
-then sensors (programs attached), then the /proc scan (so processes that started before the agent have
-cache entries; the ring buffer holds what happens meanwhile), then the reader thread.
+and the agent runs on with the others. Start order matters: first what the operator can get wrong and
+no retry can fix (exporter targets that can never be written, the metrics port, the API socket path),
+each a one-line error before anything is loaded; then exporters (nothing emitted is lost), then sensors
+(programs attached), then the /proc scan (so processes that started before the agent have cache
+entries; the ring buffer holds what happens meanwhile), then the reader thread.
+
+Stop keeps a deadline: ``shutdown_grace_s`` (default 5 s) after SIGTERM the agent is gone, whatever its
+sinks do; what the exporters could not deliver by then is counted and logged, per exporter.
 """
 
 from __future__ import annotations
@@ -23,8 +28,15 @@ from sensorium.events import Event, ktime_to_wall_ns
 from sensorium.hookspecs import ProbeSource, Sensor, SensorSpec
 from sensorium.pipeline import Pipeline, ProcessJoin, ReaderThread
 from sensorium.plugins import PluginRegistry
+from sensorium.yamlsrc import SourceError, format_path
 
 log = logging.getLogger("sensorium.agent")
+
+DEFAULT_SHUTDOWN_GRACE_S = 5.0
+# Stop's last steps after the exporters (closing the stats fd, the final log lines) get this much of the grace.
+STOP_TAIL_S = 0.3
+# When stop overruns the grace by this much anyway (a sensor or sink stuck in the kernel), exit regardless.
+WATCHDOG_MARGIN_S = 1.0
 
 
 class _SensorContext:
@@ -89,8 +101,11 @@ class SensorSlot:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, registry: PluginRegistry | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, registry: PluginRegistry | None = None, *,
+                 shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S) -> None:
         self.cfg = cfg
+        self.shutdown_grace_s = shutdown_grace_s
+        self._stop_requested_at: float | None = None  # monotonic time of SIGTERM/SIGINT
         self.registry = registry or PluginRegistry(cfg.plugins.allow, cfg.plugins.deny).discover()
         self.slots: dict[str, SensorSlot] = {}
         self.kernel: Any = None
@@ -106,17 +121,48 @@ class Agent:
         self.scope_provider: Any = None  # sensorium.k8s.scope.ScopeProvider when Kubernetes is on
         self._stop = threading.Event()
         self._stopped = False
+        self._stopped_fully = threading.Event()
+        self._ready = False
         self._stats_fd: int | None = None
         self.started_at = time.time()
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
+    def _config_error(self, loc: tuple, reason: str) -> SourceError:
+        doc = self.cfg.source
+        return doc.error(loc, reason) if doc is not None else SourceError(reason, path=format_path(loc))
+
+    def _preflight(self) -> None:
+        """What no retry can fix, checked before anything is loaded: every exporter's config and target,
+        the metrics port, the API socket. Raises `SourceError` (one line naming the config key)."""
+        from sensorium.exporting import build_runners, check_runners
+
+        self.metrics = self._make_metrics()
+        self.runners = build_runners(self.cfg, self.registry, self.cfg.node_name, self.metrics)
+        check_runners(self.cfg, self.runners)
+        if self.metrics is not None and self.cfg.metrics.enabled:
+            try:
+                self.metrics.serve(self.cfg.metrics.address, self.cfg.metrics.port)
+            except OSError as exc:
+                raise self._config_error(("metrics", "port"), exc.strerror or str(exc)) from None
+        if self.cfg.api.enabled:
+            try:
+                from sensorium.api import ApiServer
+            except ImportError:
+                return
+            api = ApiServer(self.cfg.api.socket, self, metrics=self.metrics)
+            try:
+                api.bind()  # served once everything is up (`_start_api`); clients wait in the backlog
+            except OSError as exc:
+                raise self._config_error(("api", "socket"), exc.strerror or str(exc)) from None
+            self.api = api
+
     def start(self) -> None:
         from sensorium.bpf.probe import ensure_mounts, probe_kernel
         from sensorium.bpf.ringbuf import RingBufferReader
-        from sensorium.exporting import build_runners
         from sensorium.process import ProcessCache
 
+        self._preflight()
         mounted = ensure_mounts()
         if mounted:
             log.info("mounted %s", ", ".join(mounted))
@@ -125,8 +171,6 @@ class Agent:
             self.cfg.node_name, max_size=self.cfg.process_cache.max_size,
             exited_grace_s=self.cfg.process_cache.exited_grace_s,
         )
-        self.metrics = self._make_metrics()
-        self.runners = build_runners(self.cfg, self.registry, self.cfg.node_name, self.metrics)
         for runner in self.runners:
             runner.start()
         self.pipeline.runners = self.runners
@@ -150,13 +194,12 @@ class Agent:
         self._start_api()
         self._housekeeping = threading.Thread(target=self._housekeep, name="sensorium-housekeeping", daemon=True)
         self._housekeeping.start()
-        if self.metrics is not None and self.cfg.metrics.enabled:
-            if self.cfg.metrics.bpf_stats:
-                try:
-                    self._stats_fd = enable_stats()
-                except OSError as exc:
-                    log.warning("BPF run-time statistics not enabled: %s", exc)
-            self.metrics.serve(self.cfg.metrics.address, self.cfg.metrics.port)
+        if self.metrics is not None and self.cfg.metrics.enabled and self.cfg.metrics.bpf_stats:
+            try:
+                self._stats_fd = enable_stats()
+            except OSError as exc:
+                log.warning("BPF run-time statistics not enabled: %s", exc)
+        self._ready = True
         running = [n for n, s in self.slots.items() if s.state == "running"]
         failed = [f"{n} ({s.reason})" for n, s in self.slots.items() if s.state == "failed"]
         log.info(
@@ -291,22 +334,26 @@ class Agent:
             self.enricher.start_policy_crds(self.policies)
 
     def _start_api(self) -> None:
-        if not self.cfg.api.enabled:
-            return
-        try:
-            from sensorium.api import ApiServer
-        except ImportError:
-            return
-        self.api = ApiServer(self.cfg.api.socket, self)
-        self.api.start()
+        if self.api is not None:  # bound in `_preflight`
+            self.api.serve()
 
     def stop(self) -> None:
-        """Detach everything and flush exporters. Idempotent."""
+        """Detach everything and flush exporters, within `shutdown_grace_s` of the stop request (or of
+        now). Idempotent. What an exporter could not deliver in time is counted and logged."""
         if self._stopped:
             return
         self._stopped = True
+        t0 = self._stop_requested_at if self._stop_requested_at is not None else time.monotonic()
+        deadline = t0 + self.shutdown_grace_s
+        left = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
+        # The front doors first: no new requests or scrapes while everything unloads. The metrics server
+        # takes up to its poll interval (0.5 s) to stop: in the background, not out of the exporters' time.
         if self.api is not None:
             self.api.stop()
+        metrics_closing = None
+        if self.metrics is not None and hasattr(self.metrics, "close"):
+            metrics_closing = threading.Thread(target=self.metrics.close, name="sensorium-metrics-close", daemon=True)
+            metrics_closing.start()
         if self.enricher is not None and self.enricher.policy_crds is not None:
             self.enricher.policy_crds.stop()  # no policy object may load while everything unloads
         if self.policies is not None:
@@ -320,26 +367,52 @@ class Agent:
             if slot.state == "running":
                 self._stop_sensor(slot)
         if self.reader_thread is not None:
-            self.reader_thread.stop()  # drains what the programs submitted before they were detached
+            # drains what the programs submitted before they were detached
+            self.reader_thread.stop(min(5.0, max(0.1, left() / 2)))
         if self.enricher is not None:
             self.pipeline.submit(self.enricher.stop())  # events still waiting for their pod, marked
         if self.reader is not None:
             self.reader.close()
         from sensorium.exporting import stop_runners
 
-        undrained = [n for n, ok in stop_runners(self.runners).items() if not ok]
-        if undrained:
-            log.warning("exporters not fully drained at stop (dropped and counted): %s", ", ".join(undrained))
+        stop_runners(self.runners, timeout=max(0.0, left() - STOP_TAIL_S))
+        undelivered = 0
+        for r in self.runners:
+            n = r.stats()["dropped_by_reason"].get("shutdown", 0)
+            undelivered += n
+            # An agent that never got ready (a startup error) says only that error, unless events were lost.
+            (log.warning if n else log.info if self._ready else log.debug)("%s", r.undelivered_summary())
         if self._stats_fd is not None:
             os.close(self._stats_fd)
             self._stats_fd = None
-        if self.metrics is not None and hasattr(self.metrics, "close"):
-            self.metrics.close()
-        log.info("stopped")
+        if metrics_closing is not None:
+            metrics_closing.join(left())
+        (log.info if self._ready or undelivered else log.debug)(
+            "stopped in %.1fs (grace %.1fs): %d events left undelivered%s", time.monotonic() - t0,
+                 self.shutdown_grace_s, undelivered,
+                 "" if not self.runners else " (" + ", ".join(
+                     f"{r.name} {r.stats()['dropped_by_reason'].get('shutdown', 0)}" for r in self.runners) + ")")
+
+    def _watchdog(self) -> None:
+        """Last resort: if stopping overruns the grace (something stuck in the kernel), leave anyway."""
+        assert self._stop_requested_at is not None
+        end = self._stop_requested_at + self.shutdown_grace_s + WATCHDOG_MARGIN_S
+        while not self._stopped_fully.wait(max(0.0, end - time.monotonic())):
+            if time.monotonic() >= end:
+                log.error("stop overran the %.1fs shutdown grace; exiting now", self.shutdown_grace_s)
+                for h in logging.getLogger().handlers:
+                    try:
+                        h.flush()
+                    except Exception:  # noqa: BLE001
+                        pass
+                os._exit(1)
 
     def run_forever(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
-            log.info("received %s, stopping", signal.Signals(signum).name)
+            if self._stop_requested_at is None:
+                self._stop_requested_at = time.monotonic()
+                log.info("received %s, stopping (grace %.1fs)", signal.Signals(signum).name, self.shutdown_grace_s)
+                threading.Thread(target=self._watchdog, name="sensorium-stop-watchdog", daemon=True).start()
             self._stop.set()
 
         signal.signal(signal.SIGTERM, handler)
@@ -349,7 +422,10 @@ class Agent:
             while not self._stop.wait(1.0):
                 pass
         finally:
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                self._stopped_fully.set()
 
     # ---- views ------------------------------------------------------------------------------------
 
@@ -364,6 +440,7 @@ class Agent:
             "uptime_s": round(time.time() - self.started_at, 1),
             "sensors": [s.status() for s in self.slots.values()],
             "pipeline": self.pipeline.stats(),
+            "api": self.api.status() if self.api is not None else None,
             "reader": {
                 "polls": getattr(self.reader_thread, "polls", 0),
                 "records": getattr(self.reader_thread, "records", 0),

@@ -5,8 +5,11 @@ Response (one line): ``{"id": 1, "ok": true, "result": ...}`` or
 ``{"id": 1, "ok": false, "error": {"code": "invalid_policy", "message": "file:line: field: reason"}}``.
 
 ``events.subscribe`` answers once, then streams: each following line is either an event in Tetragon's
-JSON shape or a control line ``{"stream": {"dropped": n}}`` saying how many events this subscriber
-missed because it read too slowly. The pipeline never waits for a subscriber: a full queue drops.
+JSON shape or a control line ``{"stream": {"dropped": n, "dropped_by_reason": {...}}}`` saying how many
+events this subscriber missed (cumulative) and why: ``subscriber_queue_full`` when it read too slowly for
+its own ``queue_size``, ``total_cap`` when it reached its share of the budget all subscribers share
+(``max_total_events``, split evenly among the subscribers of the moment). The pipeline never waits for a
+subscriber: a full queue drops, and the drops are counted in ``status`` (``api``) and in metrics.
 
 Methods: ``status``, ``plugins``, ``policy.add`` (text, file?, mode?), ``policy.delete`` (name),
 ``policy.list``, ``policy.get`` (name), ``policy.enable`` / ``policy.disable`` (name),
@@ -52,6 +55,10 @@ IDLE_TIMEOUT_S = 300.0         # a connection that sends nothing for this long i
 SEND_TIMEOUT_S = 30.0          # a client that reads nothing for this long is dropped
 DEFAULT_QUEUE_EVENTS = 8192    # per subscriber
 MAX_QUEUE_EVENTS = 1 << 20
+# All subscribers together: events queued or being sent (about 1 KB each in memory). Without it, 32
+# subscribers asking for the largest queue could hold 32M events.
+MAX_TOTAL_QUEUED_EVENTS = 1 << 18
+SEND_CHUNK_EVENTS = 4096       # events taken from a subscriber's queue per send
 MAX_FILTER_PATTERNS = 64
 MAX_PATTERN_LEN = 1024
 
@@ -147,8 +154,11 @@ def _peer_uid(conn: socket.socket) -> tuple[int, int, int]:
 
 def _prepare_directory(d: Path) -> None:
     if not d.exists():
-        d.mkdir(parents=True, mode=0o700)
-        os.chmod(d, 0o700)
+        try:
+            d.mkdir(parents=True, mode=0o700)
+            os.chmod(d, 0o700)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the API socket directory {d}: {exc.strerror}") from None
         return
     st = d.stat()
     if not stat.S_ISDIR(st.st_mode):
@@ -166,6 +176,8 @@ def _clear_stale(path: Path) -> None:
         st = path.lstat()
     except FileNotFoundError:
         return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, f"{path} is a directory, not a socket path")
     if not stat.S_ISSOCK(st.st_mode):
         raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -187,10 +199,12 @@ class ApiServer:
     """Serves the API for ``agent`` on ``socket_path`` (threads: one acceptor, one per connection)."""
 
     def __init__(self, socket_path: str | os.PathLike[str], agent: AgentApi, *,
-                 allowed_uids: Sequence[int] = (0,)) -> None:
+                 allowed_uids: Sequence[int] = (0,), max_total_events: int = MAX_TOTAL_QUEUED_EVENTS,
+                 metrics: Any = None) -> None:
         self.path = Path(socket_path)
         self.agent = agent
         self.allowed_uids = frozenset(allowed_uids)
+        self.budget = StreamBudget(max_total_events, metrics)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -199,9 +213,22 @@ class ApiServer:
         self.refused_peers = 0
         self.requests = 0
 
+    def status(self) -> dict[str, Any]:
+        """For the agent's status: connections, and the event stream's budget and drops."""
+        with self._conns_lock:
+            conns = len(self._conns)
+        return {"connections": conns, "requests": self.requests, "refused_peers": self.refused_peers,
+                "stream": self.budget.status()}
+
     # ---- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.bind()
+        self.serve()
+
+    def bind(self) -> None:
+        """Create and bind the socket (the agent does this first, so that a bad path fails before any
+        program is loaded); connections wait in the backlog until `serve`. Raises `OSError` saying why."""
         if len(os.fsencode(self.path)) > 107:  # sun_path is 108 bytes with its NUL
             raise OSError(errno.ENAMETOOLONG, f"API socket path is longer than 107 bytes: {self.path}")
         _prepare_directory(self.path.parent)
@@ -210,12 +237,20 @@ class ApiServer:
         old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
         try:
             sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot listen on {self.path}: {exc.strerror}") from None
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
-        sock.listen(16)
         sock.settimeout(0.5)
         self._sock = sock
+
+    def serve(self) -> None:
+        """Start answering on the bound socket (`bind` first)."""
+        if self._sock is None:
+            self.bind()
         self._stop.clear()
         self._thread = threading.Thread(target=self._accept_loop, name="sensorium-api", daemon=True)
         self._thread.start()
@@ -223,6 +258,11 @@ class ApiServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._sock is not None:
+            try:  # wakes the acceptor at once instead of at its next 0.5 s timeout (shutdown's budget)
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -464,35 +504,45 @@ class ApiServer:
     def _stream(self, conn: socket.socket, req_id: Any, params: Mapping[str, Any]) -> None:
         p = self._params(SubscribeParams, params)
         match = _compile_stream_filter(p.filters)
-        sub = _Subscriber(p.queue_size)
-        unsubscribe = self.agent.subscribe(sub.offer)
+        sub = _Subscriber(p.queue_size, self.budget)
         try:
-            if not self._reply(conn, req_id, result={"subscribed": True, "queue_size": p.queue_size}):
+            unsubscribe = self.agent.subscribe(sub.offer)
+        except BaseException:
+            sub.close()
+            raise
+        try:
+            if not self._reply(conn, req_id, result={"subscribed": True, "queue_size": p.queue_size,
+                                                     "max_total_events": self.budget.total}):
                 return
             conn.settimeout(SEND_TIMEOUT_S)
             reported = 0
             while not self._stop.is_set():
-                batches = sub.take(timeout=0.5)
-                out = bytearray()
-                for batch in batches:
-                    for ev in batch:
-                        try:
-                            if match(ev):
-                                out += ev.json()
-                                out += b"\n"
-                        except Exception:  # noqa: BLE001 - one odd event must not end the stream
-                            sub.filter_errors += 1
-                if sub.dropped != reported:
-                    out += orjson.dumps({"stream": {"dropped": sub.dropped}}) + b"\n"
-                    reported = sub.dropped
-                if out:
-                    conn.sendall(out)
-                elif _peer_closed(conn):
-                    return
+                batches = sub.take(timeout=0.5, max_events=SEND_CHUNK_EVENTS)
+                try:
+                    out = bytearray()
+                    for batch in batches:
+                        for ev in batch:
+                            try:
+                                if match(ev):
+                                    out += ev.json()
+                                    out += b"\n"
+                            except Exception:  # noqa: BLE001 - one odd event must not end the stream
+                                sub.filter_errors += 1
+                    dropped, by_reason = sub.drops()
+                    if dropped != reported:
+                        out += orjson.dumps({"stream": {"dropped": dropped, "dropped_by_reason": by_reason}}) + b"\n"
+                        reported = dropped
+                    if out:
+                        conn.sendall(out)
+                    elif _peer_closed(conn):
+                        return
+                finally:
+                    sub.sent()  # what was taken is gone from memory (or dropped with the connection)
         except OSError:
             return
         finally:
             unsubscribe()
+            sub.close()
 
 
 def _peer_closed(conn: socket.socket) -> bool:
@@ -508,35 +558,120 @@ def _peer_closed(conn: socket.socket) -> bool:
         return True
 
 
-class _Subscriber:
-    """A bounded queue between the pipeline thread and one client: `offer` never blocks, it drops."""
+class StreamBudget:
+    """The events all subscribers hold together (queued or being sent), bounded by ``total``; each
+    subscriber may use at most an equal share of it, so one slow client cannot starve the others."""
 
-    def __init__(self, max_events: int) -> None:
+    def __init__(self, total: int, metrics: Any = None) -> None:
+        self.total = total
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self.held = 0
+        self.peak = 0
+        self.subscribers = 0
+        self.dropped: dict[str, int] = {}
+        if metrics is not None:
+            metrics.watch_api_stream(lambda: float(self.held))
+
+    def join(self) -> None:
+        with self._lock:
+            self.subscribers += 1
+
+    def leave(self, held: int) -> None:
+        with self._lock:
+            self.subscribers -= 1
+            self.held -= held
+
+    def reserve(self, own: int, n: int, own_max: int) -> str | None:
+        """Take room for ``n`` events for a subscriber holding ``own``: None when granted, else why not."""
+        with self._lock:
+            if own + n > own_max:
+                reason = "subscriber_queue_full"
+            elif own + n > self.total // max(1, self.subscribers) or self.held + n > self.total:
+                reason = "total_cap"
+            else:
+                self.held += n
+                self.peak = max(self.peak, self.held)
+                return None
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+        if self.metrics is not None:
+            self.metrics.api_stream_dropped(n, reason)
+        return reason
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.held -= n
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"subscribers": self.subscribers, "held_events": self.held, "peak_held_events": self.peak,
+                    "max_total_events": self.total, "dropped_by_reason": dict(self.dropped)}
+
+
+class _Subscriber:
+    """A bounded queue between the pipeline thread and one client: `offer` never blocks, it drops (whole
+    batches) when the client's own queue or its share of the `StreamBudget` is full, and counts why."""
+
+    def __init__(self, max_events: int, budget: StreamBudget | None = None) -> None:
         self.max_events = max_events
+        self.budget = budget if budget is not None else StreamBudget(max_events)
+        self.budget.join()
         self._batches: collections.deque[Sequence[Event]] = collections.deque()
         self._queued = 0
+        self._inflight = 0  # taken by the sender, still in memory until `sent`
         self._cond = threading.Condition()
         self.dropped = 0
+        self.dropped_by: dict[str, int] = {}
         self.filter_errors = 0
+        self._closed = False
 
     def offer(self, batch: Sequence[Event]) -> None:
         n = len(batch)
         with self._cond:
-            if self._queued + n > self.max_events:
+            if self._closed:
+                return
+            why = self.budget.reserve(self._queued + self._inflight, n, self.max_events)
+            if why is not None:
                 self.dropped += n
+                self.dropped_by[why] = self.dropped_by.get(why, 0) + n
             else:
                 self._batches.append(batch)
                 self._queued += n
             self._cond.notify()
 
-    def take(self, timeout: float) -> list[Sequence[Event]]:
+    def drops(self) -> tuple[int, dict[str, int]]:
+        with self._cond:
+            return self.dropped, dict(self.dropped_by)
+
+    def take(self, timeout: float, max_events: int = 1 << 62) -> list[Sequence[Event]]:
+        """Whole batches, up to ``max_events`` (at least one batch when any is queued)."""
         with self._cond:
             if not self._batches:
                 self._cond.wait(timeout)
-            out = list(self._batches)
-            self._batches.clear()
-            self._queued = 0
+            out: list[Sequence[Event]] = []
+            n = 0
+            while self._batches and (not out or n + len(self._batches[0]) <= max_events):
+                batch = self._batches.popleft()
+                out.append(batch)
+                n += len(batch)
+            self._queued -= n
+            self._inflight += n
             return out
+
+    def sent(self) -> None:
+        with self._cond:
+            n, self._inflight = self._inflight, 0
+        self.budget.release(n)
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            held = self._queued + self._inflight
+            self._batches.clear()
+            self._queued = self._inflight = 0
+        self.budget.leave(held)
 
 
 METHODS = ("status", "plugins", "policy.add", "policy.delete", "policy.list", "policy.get", "policy.enable",

@@ -37,7 +37,10 @@ def version() -> None:
 @click.option("-o", "--output", type=click.Choice(["json", "compact"]), default=None,
               help="Format of the default stdout exporter (when the config names no exporters).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
-def run(config_path: str | None, network: bool | None, output: str | None, log_level: str | None) -> None:
+@click.option("--shutdown-grace", "shutdown_grace_s", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+              help="Seconds from SIGTERM to exit: exporters drain until then; what is left is counted and logged.")
+def run(config_path: str | None, network: bool | None, output: str | None, log_level: str | None,
+        shutdown_grace_s: float) -> None:
     """Run the agent on this host (embedded defaults: exec sensor, JSON lines to stdout)."""
     from sensorium.config import ExporterItem, load_config
     from sensorium.yamlsrc import SourceError
@@ -56,10 +59,16 @@ def run(config_path: str | None, network: bool | None, output: str | None, log_l
     from sensorium.agent import Agent
 
     try:
-        agent = Agent(cfg)
+        agent = Agent(cfg, shutdown_grace_s=shutdown_grace_s)
         agent.run_forever()
     except (SourceError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}") from None
+    except Exception as exc:  # noqa: BLE001 - no traceback reaches the operator; it is in the debug log
+        logging.getLogger("sensorium.cli").debug("agent failed", exc_info=True)
+        raise click.ClickException(f"the agent failed: {type(exc).__name__}: {exc} "
+                                   f"(--log-level debug shows the traceback)") from None
 
 
 @cli.command()

@@ -273,10 +273,32 @@ def register(cli_group: click.Group) -> None:
             for s in st.get("sensors", []):
                 why = f"  -- {s['reason']}" if s.get("reason") else ""
                 click.echo(f"  sensor {s.get('name', '?'):<12} {s.get('state')}{why}")
+            exporters = ((st.get("pipeline") or {}).get("exporters") or {})
+            width = max((len(n) for n in exporters), default=0)
+            for name, e in exporters.items():
+                click.echo(f"  exporter {name:<{width}} {e.get('state'):<8} " + _exporter_books(e))
+            stream = ((st.get("api") or {}).get("stream")) or None
+            if stream:
+                click.echo(f"  api stream   {stream.get('subscribers', 0)} subscribers, holding {stream.get('held_events', 0)} "
+                           f"of {stream.get('max_total_events')} events; dropped: {_by_reason(stream.get('dropped_by_reason'))}")
             for p in st.get("policies", []):
                 click.echo(f"  policy {p.get('key') or p['name']:<24} {p['state']} {p['mode']} events={p['events']} errors={p['errors']}")
             for e in st.get("policy_directory_errors", []):
                 click.echo(f"  policy file refused: {e.get('error')}")
+
+
+def _by_reason(counts: dict[str, int] | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted((counts or {}).items()) if v) or "none"
+
+
+def _exporter_books(e: dict[str, Any]) -> str:
+    """One line of an exporter's books: where its events went, and why some did not."""
+    line = (f"delivered {e.get('delivered', 0)}, unconfirmed {e.get('unconfirmed', 0)}, queued {e.get('queued', 0)}, "
+            f"dropped {e.get('dropped', 0)} ({_by_reason(e.get('dropped_by_reason'))}), "
+            f"retried {e.get('retried', 0)} ({_by_reason(e.get('retried_by_reason'))})")
+    if e.get("last_error") and e.get("state") != "running":
+        line += f"; last error: {e['last_error']}"
+    return line
 
 
 def _stream(c: Any, filters: dict[str, Any], queue_size: int) -> Iterator[dict[str, Any]]:

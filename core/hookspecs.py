@@ -297,11 +297,19 @@ class Exporter(Protocol):
     def open(self) -> None:
         """Connect/open files. May raise: the host retries with backoff and counts failures."""
 
-    def write_batch(self, events: Sequence[Event]) -> None:
+    def write_batch(self, events: Sequence[Event]) -> int | None:
         """Write events in order. Raise to signal the batch was not delivered; the host keeps it
         queued (bounded), reopens the exporter and retries with backoff, counting what it finally
         drops. Raise `PartialWrite(n)` when the first ``n`` events did get through, so only the rest
-        is resent (no duplicates beyond what the sink itself may repeat)."""
+        is resent (no duplicates beyond what the sink itself may repeat).
+
+        Return None (or 0) when the sink took every event. A transport that cannot confirm delivery
+        (UDP: no refusal seen is not an acknowledgement) returns how many of the batch's events it sent
+        unconfirmed; the host counts those as ``unconfirmed``, never as ``delivered``.
+
+        The host classifies a failure by a stable reason (`FAILURE_REASONS`) for its per-reason counters:
+        from `ExportError.code` / `PartialWrite.code` when set, else from the exception (an ``OSError``'s
+        errno: ECONNREFUSED is ``peer_refused``, ENOSPC ``disk_full``...)."""
 
     def flush(self) -> None:
         """Push buffered data out (called on a timer and at shutdown)."""
@@ -310,12 +318,47 @@ class Exporter(Protocol):
         """Flush and release resources. Must not raise."""
 
 
-class PartialWrite(Exception):
-    """Raised by `Exporter.write_batch` when only the first ``delivered`` events of the batch were written."""
+FAILURE_REASONS = ("peer_refused", "peer_closed", "peer_unreachable", "timeout", "disk_full", "rejected",
+                   "open_error", "write_error")
+"""Why a write or an open failed (the batch is kept and retried): the per-reason keys of an exporter's
+``retried`` and ``failures`` counters. ``rejected``: the sink answered with an error about the data or
+the request (a broker error code), ``open_error``/``write_error``: anything not classified otherwise."""
 
-    def __init__(self, delivered: int, reason: str = "") -> None:
+DROP_REASONS = ("queue_full", "rate_limit", "filter_error", "shutdown")
+"""Why the host gave up on an event (the per-reason keys of an exporter's ``dropped`` counter):
+the exporter's queue was full, its rate limit or a failing filter removed it, or the agent stopped
+before it could be written (what was still queued when the shutdown grace ran out)."""
+
+
+class ExportError(Exception):
+    """Raise from `Exporter.open`/`write_batch` to give a failure its reason (one of `FAILURE_REASONS`)
+    when the exception type alone would not say it (``ExportError("topic missing", code="rejected")``)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PartialWrite(Exception):
+    """Raised by `Exporter.write_batch` when only the first ``delivered`` events of the batch were written.
+
+    ``code`` is the reason the rest failed (one of `FAILURE_REASONS`; None: derived from ``__cause__``);
+    ``unconfirmed`` says how many of the ``delivered`` events were sent without confirmation (UDP)."""
+
+    def __init__(self, delivered: int, reason: str = "", *, code: str | None = None, unconfirmed: int = 0) -> None:
         super().__init__(reason or f"{delivered} events delivered before the failure")
         self.delivered = delivered
+        self.code = code
+        self.unconfirmed = unconfirmed
+
+
+class TargetError(Exception):
+    """Raised by `ExporterSpec.check`: the configured target can never be written. ``key`` names the option
+    at fault (``path``, ``address``) so the host's message points at the config line."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class ExporterContext(Protocol):
@@ -334,12 +377,19 @@ class ExporterSpec:
     options: pydantic model of the exporter's config item, without ``type`` and without the
         host-level keys every exporter has (``name``, ``queue_size``, ``filters``...).
     factory: ``factory(options_instance, ctx) -> Exporter``.
+    check: ``check(options_instance) -> None``, optional: called once by ``sensorium run`` before the agent
+        says ready. Raise `TargetError` (one line) when the target can never be written: a directory where
+        a file goes, a kernel pseudo-filesystem (/proc, /sys), a read-only mount, a socket path that is a
+        directory. The agent then exits non-zero instead of running with a sink that loses everything.
+        What may get better by itself (a collector or broker not up yet, a full disk) is not an error
+        here: the runner retries it. No side effects beyond what ``open`` would do.
     """
 
     name: str
     description: str
     options: type[BaseModel]
     factory: Callable[[Any, ExporterContext], Exporter]
+    check: Callable[[Any], None] | None = None
 
 
 # --------------------------------------------------------------------------------------------------

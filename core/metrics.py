@@ -33,12 +33,38 @@ class Metrics:
             ["sensor", "reason"], namespace=NAMESPACE, registry=r,
         )
         self.exported_total = Counter(
-            "exporter_events_exported", "Events delivered by an exporter", ["exporter"],
-            namespace=NAMESPACE, registry=r,
+            "exporter_events_exported", "Events that left the agent through an exporter (delivered + unconfirmed)",
+            ["exporter"], namespace=NAMESPACE, registry=r,
+        )
+        self.delivered_total = Counter(
+            "exporter_events_delivered", "Events the sink took (written, handed to a stream, acknowledged)",
+            ["exporter"], namespace=NAMESPACE, registry=r,
+        )
+        self.unconfirmed_total = Counter(
+            "exporter_events_unconfirmed", "Events sent on a transport that cannot confirm delivery (UDP) "
+            "with no refusal seen", ["exporter"], namespace=NAMESPACE, registry=r,
         )
         self.dropped_total = Counter(
-            "exporter_events_dropped", "Events an exporter dropped, by reason (queue_full, rate_limit, shutdown)",
+            "exporter_events_dropped", "Events an exporter gave up on, by reason (queue_full, rate_limit, "
+            "filter_error, shutdown)", ["exporter", "reason"], namespace=NAMESPACE, registry=r,
+        )
+        self.retried_events_total = Counter(
+            "exporter_events_retried", "Events written again after a failed write, by the reason it failed "
+            "(peer_refused, peer_closed, peer_unreachable, timeout, disk_full, rejected, write_error)",
             ["exporter", "reason"], namespace=NAMESPACE, registry=r,
+        )
+        self.failures_by_reason_total = Counter(
+            "exporter_failures", "Failed opens, writes and flushes of an exporter, by reason",
+            ["exporter", "reason"], namespace=NAMESPACE, registry=r,
+        )
+        self.api_stream_dropped_total = Counter(
+            "api_stream_events_dropped", "Events not sent to an API subscriber (`sensorium events`), by reason "
+            "(subscriber_queue_full: that client reads too slowly; total_cap: all subscribers together hold "
+            "the API's whole budget)", ["reason"], namespace=NAMESPACE, registry=r,
+        )
+        self.api_stream_queued = Gauge(
+            "api_stream_queued_events", "Events queued for API subscribers, all subscribers together",
+            namespace=NAMESPACE, registry=r,
         )
         self.filtered_total = Counter(
             "exporter_events_filtered", "Events removed by an exporter's allow/deny filters", ["exporter"],
@@ -135,9 +161,25 @@ class Metrics:
 
     # ---- exporters ------------------------------------------------------------------------------
 
-    def exported(self, exporter: str, n: int) -> None:
+    def exported(self, exporter: str, n: int, unconfirmed: int = 0) -> None:
+        """``n`` events left through ``exporter``, ``unconfirmed`` of them without a delivery confirmation."""
         if n:
             self.exported_total.labels(exporter).inc(n)
+            if n - unconfirmed:
+                self.delivered_total.labels(exporter).inc(n - unconfirmed)
+            if unconfirmed:
+                self.unconfirmed_total.labels(exporter).inc(unconfirmed)
+
+    def retried_events(self, exporter: str, n: int, reason: str) -> None:
+        if n:
+            self.retried_events_total.labels(exporter, reason).inc(n)
+
+    def api_stream_dropped(self, n: int, reason: str) -> None:
+        if n:
+            self.api_stream_dropped_total.labels(reason).inc(n)
+
+    def watch_api_stream(self, queued: Callable[[], float]) -> None:
+        self.api_stream_queued.set_function(queued)
 
     def dropped(self, exporter: str, n: int, reason: str) -> None:
         if n:
@@ -147,8 +189,9 @@ class Metrics:
         if n:
             self.filtered_total.labels(exporter).inc(n)
 
-    def failed(self, exporter: str, n: int = 1) -> None:
+    def failed(self, exporter: str, n: int = 1, reason: str = "write_error") -> None:
         self.failed_total.labels(exporter).inc(n)
+        self.failures_by_reason_total.labels(exporter, reason).inc(n)
 
     def retried(self, exporter: str, n: int = 1) -> None:
         self.retries_total.labels(exporter).inc(n)
@@ -161,8 +204,12 @@ class Metrics:
         self.queue_depth.labels(exporter).set_function(depth)
         self.exporter_up.labels(exporter).set_function(up)
         # Make the counters visible at 0 before anything happened, so dashboards see the exporter.
-        for c in (self.exported_total, self.filtered_total, self.failed_total, self.retries_total):
+        for c in (self.exported_total, self.delivered_total, self.unconfirmed_total, self.filtered_total,
+                  self.failed_total, self.retries_total):
             c.labels(exporter)
+        # Losses at 0 too: "no shutdown drops" is a fact a dashboard can show, not a missing series.
+        for reason in ("queue_full", "shutdown"):
+            self.dropped_total.labels(exporter, reason)
 
     # ---- exposition -----------------------------------------------------------------------------
 

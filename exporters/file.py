@@ -5,8 +5,11 @@
 The file is reopened when something else moved or deleted it (checked before every batch, so an
 external logrotate works too). Rotation renames ``events.log`` to ``events.log.1`` (``.1.gz`` when compressed), shifting older ones
 up and deleting beyond ``max_backups``. Files are created with mode 0600 and never through a symlink
-(the agent runs as root). A write either lands whole or not at all: when the disk is full the partial
-tail is truncated away and the write raises, so the runner's retry neither loses nor duplicates events.
+(the agent runs as root). A line lands whole or not at all: when the disk fills, the lines that fit stay,
+the cut line is truncated away, and the write raises `PartialWrite` with the number of lines written,
+so the runner resends only the rest. As soon as any space is freed the next attempt writes what fits
+again: order is kept and no line is lost or written twice. A target that can never be written (a
+directory, a path on /proc or /sys, a read-only mount) is refused at start (`check`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import hookimpl
 from sensorium.events import Event, json_lines, line_parts
-from sensorium.hookspecs import PartialWrite
-from sensorium.hookspecs import ExporterContext, ExporterSpec
+from sensorium.hookspecs import ExporterContext, ExporterSpec, PartialWrite
+from sensorium.targets import check_file_target
 
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -45,6 +48,7 @@ class FileExporter:
         self.max_bytes = int(options.max_size_mb * 1024 * 1024)
         self._fd: int | None = None
         self._size = 0
+        self._short: OSError | None = None  # why the last `_append` stopped early
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -88,52 +92,76 @@ class FileExporter:
 
     # ---- writing --------------------------------------------------------------------------------
 
-    def _write_all(self, data: bytes) -> None:
-        """Append ``data`` whole, or truncate back and raise (no partial line stays in the file)."""
-        assert self._fd is not None
-        start = self._size
-        try:
-            self._write_view(memoryview(data))
-        except OSError:
-            self._undo(start)
-            raise
-        self._size = start + len(data)
+    _IOV = 1024  # buffers per writev (IOV_MAX)
 
-    def _write_view(self, view: memoryview) -> None:
+    def _append(self, bufs: Sequence[bytes], per_line: int) -> int:
+        """Append the lines made of ``bufs`` (``per_line`` buffers each, the last ending in a newline).
+        Returns the number of lines written: all of them, or, when a write fails (a full disk), the
+        whole lines that fit; the cut line is truncated away so no partial line stays in the file. The
+        caller raises with that count; the failure is kept in ``self._short``."""
         assert self._fd is not None
-        while view:
-            n = os.write(self._fd, view)
-            if n <= 0:
-                raise OSError(errno.EIO, "short write")
-            view = view[n:]
-
-    def _undo(self, start: int) -> None:
-        """Truncate back to ``start`` after a failed write, so no partial line stays in the file."""
+        start, written = self._size, 0
+        view: memoryview | None = None
+        i = 0
         try:
-            os.ftruncate(self._fd, start)  # type: ignore[arg-type]
+            while i < len(bufs):
+                if view is not None:  # the rest of a short write, the plain way
+                    n = os.write(self._fd, view)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "short write")
+                    written += n
+                    view = view[n:] if n < len(view) else None
+                    continue
+                chunk = bufs[i:i + self._IOV]
+                want = sum(map(len, chunk))
+                n = os.writev(self._fd, chunk)
+                written += n
+                i += len(chunk)
+                if n < want:
+                    view = memoryview(b"".join(chunk))[n:]
+            while view is not None:
+                n = os.write(self._fd, view)
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write")
+                written += n
+                view = view[n:] if n < len(view) else None
+        except OSError as exc:
+            lines, kept = self._whole_lines(bufs, per_line, written)
+            self._undo(start + kept)
+            if self._fd is not None:
+                self._size = start + kept
+            self._short = exc
+            return lines
+        self._size = start + written
+        self._short = None
+        return len(bufs) // per_line
+
+    @staticmethod
+    def _whole_lines(bufs: Sequence[bytes], per_line: int, written: int) -> tuple[int, int]:
+        """(lines, bytes) of the complete lines within the first ``written`` bytes."""
+        lines = done = 0
+        for j in range(0, len(bufs), per_line):
+            size = sum(len(b) for b in bufs[j:j + per_line])
+            if done + size > written:
+                break
+            done += size
+            lines += 1
+        return lines, done
+
+    def _undo(self, keep: int) -> None:
+        """Truncate back to ``keep`` bytes after a failed write, so no partial line stays in the file."""
+        try:
+            os.ftruncate(self._fd, keep)  # type: ignore[arg-type]
         except OSError:
             self.close()  # cannot undo: reopen on retry re-reads the real size
 
-    _IOV = 512  # events per writev (two buffers each; IOV_MAX is 1024)
-
-    def _write_all_parts(self, heads: Sequence[bytes], rests: Sequence[bytes], size: int) -> None:
-        """`_write_all` of the lines ``heads[i] + rests[i]``, gathered by writev (same all-or-nothing)."""
-        assert self._fd is not None
-        start = self._size
-        step = self._IOV
-        try:
-            for i in range(0, len(heads), step):
-                bufs: list[bytes] = [b""] * (2 * len(heads[i:i + step]))
-                bufs[0::2] = heads[i:i + step]
-                bufs[1::2] = rests[i:i + step]
-                want = sum(map(len, bufs))
-                n = os.writev(self._fd, bufs)
-                if n < want:  # a short write (rare for a file): the remainder the plain way
-                    self._write_view(memoryview(b"".join(bufs))[n:])
-        except OSError:
-            self._undo(start)
-            raise
-        self._size = start + size
+    def _raise_short(self, lines: int) -> None:
+        exc = self._short
+        assert exc is not None
+        self._short = None
+        if lines:
+            raise PartialWrite(lines, f"{exc}") from exc
+        raise exc
 
     def write_batch(self, events: Sequence[Event]) -> None:
         if self._fd is None:
@@ -145,36 +173,44 @@ class FileExporter:
             heads, rests = parts
             size = sum(map(len, heads)) + sum(map(len, rests))
             if self._size + size <= self.max_bytes:
-                self._write_all_parts(heads, rests, size)
+                bufs: list[bytes] = [b""] * (2 * len(heads))
+                bufs[0::2] = heads
+                bufs[1::2] = rests
+                n = self._append(bufs, 2)
+                if n < len(heads):
+                    self._raise_short(n)
                 return
-        lines = json_lines(events)
-        data = b"\n".join(lines) + b"\n" if lines else b""
-        if self._size + len(data) <= self.max_bytes:
-            # The common case: the batch fits before the rotation size: one write for all of it.
-            if data:
-                self._write_all(data)
+        lines = [line + b"\n" for line in json_lines(events)]
+        if self._size + sum(map(len, lines)) <= self.max_bytes:
+            # The common case: the batch fits before the rotation size: one gathered write for all of it.
+            n = self._append(lines, 1)
+            if n < len(lines):
+                self._raise_short(n)
             return
         done = 0
         chunk: list[bytes] = []
         chunk_bytes = 0
-        try:
-            for line in lines:
-                line = line + b"\n"
-                # Rotate on event boundaries, before the file would grow past the limit.
-                if self._size + chunk_bytes + len(line) > self.max_bytes and (self._size + chunk_bytes) > 0:
-                    if chunk:
-                        self._write_all(b"".join(chunk))
-                        done += len(chunk)
-                        chunk, chunk_bytes = [], 0
+        for line in lines:
+            # Rotate on event boundaries, before the file would grow past the limit.
+            if self._size + chunk_bytes + len(line) > self.max_bytes and (self._size + chunk_bytes) > 0:
+                if chunk:
+                    n = self._append(chunk, 1)
+                    done += n
+                    if n < len(chunk):
+                        self._raise_short(done)
+                    chunk, chunk_bytes = [], 0
+                try:
                     self._rotate()
-                chunk.append(line)
-                chunk_bytes += len(line)
-            if chunk:
-                self._write_all(b"".join(chunk))
-        except OSError as exc:
-            if done:
-                raise PartialWrite(done, f"{exc}") from exc
-            raise
+                except OSError as exc:
+                    if done:
+                        raise PartialWrite(done, f"rotate: {exc}") from exc
+                    raise
+            chunk.append(line)
+            chunk_bytes += len(line)
+        if chunk:
+            n = self._append(chunk, 1)
+            if n < len(chunk):
+                self._raise_short(done + n)
 
     # ---- rotation -------------------------------------------------------------------------------
 
@@ -233,4 +269,5 @@ def sensorium_exporter() -> ExporterSpec:
         description="JSON lines to a file with size-based rotation, backups and optional gzip",
         options=FileOptions,
         factory=FileExporter,
+        check=lambda options: check_file_target(options.path),
     )

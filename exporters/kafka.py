@@ -10,7 +10,9 @@ When a message fails, the events before it are reported delivered (`PartialWrite
 retries from the first failed one; so after a broker outage events arrive in order, and the only
 duplicates possible are messages of the failed tail that the broker did store before the failure.
 ``open`` checks that the brokers answer and the topic exists; when they do not, the runner retries
-with backoff while events wait in its bounded queue.
+with backoff while events wait in its bounded queue. Failures carry the host's reasons (`failure_reason`):
+a delivery that timed out is ``timeout``, brokers that cannot be reached ``peer_unreachable``, an error
+answered by the broker (or a missing topic) ``rejected``, so the runner's per-reason counters say why.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.hookspecs import PartialWrite
-from sensorium.hookspecs import ExporterContext, ExporterSpec
+from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite, TargetError
 
 
 class KafkaTls(BaseModel):
@@ -136,6 +137,44 @@ def producer_config(o: KafkaOptions, client_id: str) -> dict[str, Any]:
     return conf
 
 
+def delivery_reason(err: Any) -> str:
+    """The host's failure reason for a librdkafka delivery error (None: never acknowledged)."""
+    from confluent_kafka import KafkaError
+
+    if err is None:
+        return "timeout"
+    code = err.code()
+    if code in (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT):
+        return "timeout"
+    if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE,
+                KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+                KafkaError.BROKER_NOT_AVAILABLE, KafkaError.NOT_ENOUGH_REPLICAS):
+        return "peer_unreachable"
+    return "rejected"
+
+
+def check_target(options: KafkaOptions) -> None:
+    """Files the producer must read (TLS, SASL password) that are missing or not readable never get better
+    by retrying: refuse them at start. Brokers that are down are not an error here (the runner retries)."""
+    files: list[tuple[str, Path | None]] = []
+    if options.tls is not None:
+        files += [("tls.ca_file", options.tls.ca_file), ("tls.cert_file", options.tls.cert_file),
+                  ("tls.key_file", options.tls.key_file)]
+    if options.sasl is not None:
+        files.append(("sasl.password_file", options.sasl.password_file))
+    for key, path in files:
+        if path is None:
+            continue
+        p = Path(path)
+        if not p.is_file():
+            raise TargetError(f"{p} {'is not a regular file' if p.exists() else 'does not exist'}", key=key)
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as exc:
+            raise TargetError(f"{p}: {exc.strerror}", key=key) from None
+
+
 class KafkaExporter:
     def __init__(self, options: KafkaOptions, ctx: ExporterContext) -> None:
         self.options = options
@@ -154,12 +193,13 @@ class KafkaExporter:
             md = producer.list_topics(self.options.topic, timeout=self.options.connect_timeout_s)
         except KafkaException as exc:
             del producer  # destroy it now: a failed producer would keep reconnecting in the background
-            raise ConnectionError(f"kafka: brokers {','.join(self.options.brokers)} did not answer: {exc}") from None
+            raise ExportError(f"kafka: brokers {','.join(self.options.brokers)} did not answer: {exc}",
+                              code="peer_unreachable") from None
         topic = md.topics.get(self.options.topic)
         if topic is None or topic.error is not None or not topic.partitions:
             why = topic.error.str() if topic is not None and topic.error is not None else "no partitions"
             del producer
-            raise ConnectionError(f"kafka: topic {self.options.topic!r} is not available: {why}")
+            raise ExportError(f"kafka: topic {self.options.topic!r} is not available: {why}", code="rejected")
         self._producer = producer
 
     def _on_error(self, err: Any) -> None:
@@ -209,13 +249,12 @@ class KafkaExporter:
         first = failed[0]
         err = errors[first]
         reason = f"kafka: delivery failed: {err.str() if err is not None else f'{left} messages not acknowledged'}"
+        code = delivery_reason(err)
         if left:
             # Should not happen (flush waits past message.timeout.ms); drop this producer to be safe.
             p.purge()
             self._producer = None
-        if first:
-            raise PartialWrite(first, reason)
-        raise ConnectionError(reason)
+        raise PartialWrite(first, reason, code=code)
 
     def flush(self) -> None:
         if self._producer is not None:
@@ -237,4 +276,5 @@ def sensorium_exporter() -> ExporterSpec:
         description="One JSON event per Kafka message (librdkafka): keys, compression, acks, idempotence, TLS, SASL",
         options=KafkaOptions,
         factory=KafkaExporter,
+        check=check_target,
     )

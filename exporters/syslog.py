@@ -10,16 +10,27 @@ type and the policy action (a kill or an override is a warning). Over TCP, a con
 closed (restart) is noticed before the next write and reopened, so nothing is written into a dead
 socket; a message in flight while the peer dies may still be lost (as with any syslog over TCP), and
 when a send fails only the frames not yet handed to the kernel are sent again (`PartialWrite`).
-UDP gives no delivery guarantee at all.
+
+UDP cannot confirm delivery, only report a refusal. The socket is connected and asks for the ICMP
+errors themselves (IP_RECVERR): each "port unreachable" quotes the start of the datagram it refused, so
+the exporter knows which event was refused and sends it again, in order, once the collector is back.
+A refusal surfaces on the next send (the kernel holds it for the socket); after a batch's last datagram
+the exporter waits up to ``udp_confirm_ms`` for one. Events sent with no refusal are counted
+``unconfirmed``, never ``delivered``: a datagram can still be dropped silently (a full receive buffer,
+a firewall that drops instead of rejecting, ICMP rate limits, a refusal slower than the window, counted
+as ``refused_after_window``). See docs/reliability.md, "What UDP can and cannot promise".
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
+import errno
 import os
 import re
 import select
 import socket
+import struct
 from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
 from typing import Any, Sequence
 from urllib.parse import urlsplit
@@ -28,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.hookspecs import PartialWrite
-from sensorium.hookspecs import ExporterContext, ExporterSpec
+from sensorium.hookspecs import ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.targets import check_socket_target
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -55,6 +66,9 @@ class SyslogOptions(BaseModel):
     max_message_bytes: int = Field(default=65000, ge=480, le=16 * 1024 * 1024,
                                    description="Longer messages are truncated (and counted)")
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    udp_confirm_ms: float = Field(default=10.0, ge=0, le=5000,
+                                  description="UDP: after a batch, wait this long for a refusal (ICMP port "
+                                  "unreachable) of its last datagrams; about one round trip to the collector")
     severity: dict[str, str] = Field(default_factory=dict,
                                      description="Override the severity per event type: {process_exec: notice}")
 
@@ -92,6 +106,24 @@ class SyslogOptions(BaseModel):
         if not re.fullmatch(r'[\x21-\x7e]{1,32}', v) or any(c in v for c in '= ]"'):
             raise ValueError("an SD-ID is 1-32 printable ASCII characters without '=', ']' or '\"'")
         return v
+
+
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
+_EXTENDED_ERR = struct.Struct("=IBBB")  # struct sock_extended_err: ee_errno, ee_origin, ee_type, ee_code, ...
+RECENT_DATAGRAMS = 4096  # earlier datagrams kept to recognise a late refusal
+
+
+def _icmp_errno(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The errno of an ICMP error read from the error queue (None for other entries)."""
+    for level, kind, data in ancillary:
+        if (level, kind) in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)) \
+                and len(data) >= _EXTENDED_ERR.size:
+            ee_errno, origin, _type, _code = _EXTENDED_ERR.unpack_from(data)
+            if origin in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6):
+                return ee_errno
+    return None
 
 
 def parse_address(addr: str) -> tuple[str, Any]:
@@ -182,6 +214,11 @@ class SyslogExporter:
         self.hostname = options.hostname or ctx.node_name
         self.procid = os.getpid()
         self._sock: socket.socket | None = None
+        # UDP: datagrams of earlier batches, to recognise a refusal that comes after its batch was counted.
+        self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_DATAGRAMS)
+        self._matched = False  # whether the last `_refusals` call read any ICMP error
+        # A UDP datagram cannot be larger than this (IPv4: 65535 - 20 - 8); longer messages are truncated.
+        self._max_bytes = min(options.max_message_bytes, 65507) if self.transport == "udp" else options.max_message_bytes
 
     def open(self) -> None:
         if self.transport == "unix":
@@ -194,6 +231,13 @@ class SyslogExporter:
             self.target = infos[0][4]
         try:
             s.settimeout(self.options.connect_timeout_s)
+            if self.transport == "udp":
+                # Queue every ICMP error with the start of the datagram it refers to, so that a refusal
+                # names the event it refused (a plain connected socket only says "one of them, once").
+                if s.family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+                else:
+                    s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
             # A connected datagram socket reports ICMP port unreachable / a missing unix socket as
             # an error on a later send, so a dead collector shows up as failures, not silence.
             s.connect(self.target)
@@ -201,6 +245,7 @@ class SyslogExporter:
             s.close()
             raise
         self._sock = s
+        self._recent.clear()
 
     def close(self) -> None:
         if self._sock is not None:
@@ -229,12 +274,12 @@ class SyslogExporter:
 
     def _message(self, ev: Event) -> bytes:
         msg = format_message(ev, self.options, self.hostname, self.procid)
-        if len(msg) > self.options.max_message_bytes:
+        if len(msg) > self._max_bytes:
             self.ctx.count("truncated")
-            msg = msg[: self.options.max_message_bytes]
+            msg = msg[: self._max_bytes]
         return msg
 
-    def write_batch(self, events: Sequence[Event]) -> None:
+    def write_batch(self, events: Sequence[Event]) -> int | None:
         if self._sock is None:
             self.open()
         assert self._sock is not None
@@ -261,14 +306,98 @@ class SyslogExporter:
                 if done:
                     raise PartialWrite(done, f"send: {exc}") from exc
                 raise
-            return
+            return None
+        if self.transport == "udp":
+            return self._write_udp(events)
         for i, ev in enumerate(events):
             try:
+                # unix datagrams land in the collector's receive queue or fail here: delivered or not, known
                 self._sock.send(self._message(ev))
             except OSError as exc:
                 if i:
                     raise PartialWrite(i, f"send: {exc}") from exc
                 raise
+        return None
+
+    # ---- UDP: refusals, and what cannot be confirmed ---------------------------------------------
+
+    def _write_udp(self, events: Sequence[Event]) -> int:
+        """Send one datagram per event; returns how many went out unconfirmed (all of them), or raises
+        `PartialWrite` up to the first datagram the collector refused (it and those after it are sent again)."""
+        sock = self._sock
+        assert sock is not None
+        sent: list[bytes] = []
+        refused: dict[int, int] = {}  # index in ``sent`` -> errno of its ICMP error
+        for ev in events:
+            msg = self._message(ev)
+            try:
+                sock.send(msg)
+            except OSError as exc:
+                # An error the kernel held for this socket (a refusal of an earlier datagram), or this one
+                # could not be sent at all. Either way this datagram did not go out.
+                self._refusals(sent, refused)
+                if not refused and exc.errno == errno.ECONNREFUSED and sent and not self._matched:
+                    # No quote to name it: the kernel reports a refusal on the next send, so it was the last one.
+                    refused[len(sent) - 1] = errno.ECONNREFUSED
+                self._raise_refused(sent, refused, exc)
+            sent.append(msg)
+        # The refusal of the last datagrams comes after them: wait one window (on this host it is here already).
+        self._refusals(sent, refused, wait_s=self.options.udp_confirm_ms / 1000.0)
+        if refused:
+            self._raise_refused(sent, refused, None)
+        self._recent.extend(sent)
+        return len(sent)
+
+    def _raise_refused(self, sent: list[bytes], refused: dict[int, int], exc: OSError | None) -> None:
+        first = min(refused) if refused else len(sent)
+        if refused:
+            self.ctx.count("refused", len(refused))
+            err = refused[first]
+            why = f"collector refused {len(refused)} datagram(s): {os.strerror(err)}"
+            code = "peer_refused" if err == errno.ECONNREFUSED else "peer_unreachable"
+        else:
+            why, code = f"send: {exc}", None
+        # Everything before the first refused datagram went out without a refusal: unconfirmed.
+        raise PartialWrite(first, why, code=code, unconfirmed=first) from exc
+
+    def _refusals(self, sent: list[bytes], refused: dict[int, int], wait_s: float = 0.0) -> None:
+        """Read the socket's queued ICMP errors (waiting up to ``wait_s`` for the first) and mark the datagrams
+        of ``sent`` they quote. A quote of an earlier batch's datagram is counted as refused_after_window."""
+        sock = self._sock
+        assert sock is not None
+        self._matched = False
+        if wait_s > 0:
+            poller = select.poll()
+            poller.register(sock, select.POLLERR)
+            poller.poll(wait_s * 1000.0)
+        # Non-blocking while reading the error queue: with a timeout set, Python would wait for the socket
+        # to become readable before every call, which an empty error queue never makes it.
+        sock.settimeout(0.0)
+        try:
+            entries = []
+            while True:
+                try:
+                    quote, anc, _flags, _addr = sock.recvmsg(2048, 512, socket.MSG_ERRQUEUE)
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                entries.append((quote, anc))
+        finally:
+            sock.settimeout(self.options.connect_timeout_s)
+        for quote, anc in entries:
+            err = _icmp_errno(anc)
+            if err is None:
+                continue
+            self._matched = True
+            j = next((k for k, m in enumerate(sent) if k not in refused and m.startswith(quote)), None)
+            if j is not None:
+                refused[j] = err
+            elif any(m.startswith(quote) for m in self._recent):
+                # Counted unconfirmed with an earlier batch already: the window was shorter than the path.
+                self.ctx.count("refused_after_window")
+                self.ctx.log.warning("syslog: a datagram was refused after udp_confirm_ms (%.0f ms); raise it to "
+                                     "about one round trip to %s", self.options.udp_confirm_ms, self.options.address)
+            else:
+                self.ctx.count("refusals_unmatched")
 
 
 @hookimpl
@@ -278,4 +407,15 @@ def sensorium_exporter() -> ExporterSpec:
         description="RFC 5424 syslog with structured data over udp://, tcp:// (octet counting) or unix://",
         options=SyslogOptions,
         factory=SyslogExporter,
+        check=check_target,
     )
+
+
+def check_target(options: SyslogOptions) -> None:
+    """A unix socket path that is a directory, not a socket, or on /proc or /sys can never be written; a
+    port 0 cannot be sent to. A collector that is not up yet is not an error (the runner retries)."""
+    transport, target = parse_address(options.address)
+    if transport == "unix":
+        check_socket_target(target, key="address")
+    elif target[1] == 0:
+        raise TargetError(f"{options.address}: port 0 cannot be sent to", key="address")

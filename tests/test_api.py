@@ -406,3 +406,47 @@ def test_status_shows_policy_files_refused_at_start(server, agent, tmp_path):
     assert err["ok"] is False and "bad.yaml:4: metadata.name: 'Bad_Name' is not a valid name" in err["error"]
     res = CliRunner().invoke(cli, ["status", "--socket", str(server.path)])
     assert res.exit_code == 0 and "policy file refused:" in res.output
+
+
+def test_subscribers_together_never_hold_more_than_the_total_cap_and_each_is_told_its_drops(agent, tmp_path):
+    from reliability_figures import record
+    from sensorium.api import MAX_CONNECTIONS, MAX_QUEUE_EVENTS, MAX_TOTAL_QUEUED_EVENTS
+
+    srv = ApiServer(tmp_path / "run" / "api.sock", agent)
+    srv.start()
+    clients, gens, readers = [], [], []
+    try:
+        for k in range(MAX_CONNECTIONS):  # every connection asks for the largest queue and reads nothing
+            c, gen = subscribe(srv, queue_size=MAX_QUEUE_EVENTS)
+            clients.append(c)
+            gens.append(gen)
+            # The generator sends the request on its first next(), then waits for events.
+            readers.append(threading.Thread(target=lambda g=gen: next(g, None), daemon=True))
+            readers[-1].start()
+            wait_subscribers(agent, k + 1)
+        batch = [make_event(pid=i) for i in range(1000)]
+        for _ in range(40):  # 40k events offered to each of the 32 subscribers
+            agent.pipeline.submit(batch)
+        st = srv.status()["stream"]
+        # Each may hold its share of the budget (queued or being sent); together never more than the cap.
+        assert st["peak_held_events"] <= MAX_TOTAL_QUEUED_EVENTS
+        assert st["dropped_by_reason"]["total_cap"] >= MAX_CONNECTIONS * (40_000 - MAX_TOTAL_QUEUED_EVENTS // MAX_CONNECTIONS)
+        # A subscriber that reads learns how many it missed, and why.
+        readers[0].join(10)  # its first next() returned the first event
+        notice = None
+        for item in gens[0]:
+            if "stream" in item:
+                notice = item["stream"]
+                break
+        assert notice is not None
+        assert notice["dropped"] > 0 and set(notice["dropped_by_reason"]) == {"total_cap"}
+        record("api_stream.subscribers", MAX_CONNECTIONS, section="export")
+        record("api_stream.requested_queue_per_subscriber", MAX_QUEUE_EVENTS)
+        record("api_stream.total_cap_events", MAX_TOTAL_QUEUED_EVENTS)
+        record("api_stream.peak_held_events", st["peak_held_events"],
+               note="all 32 subscribers together, each offered 40,000 events while reading none")
+        record("api_stream.dropped_total_cap", st["dropped_by_reason"]["total_cap"])
+    finally:
+        for c in clients:
+            c.close()
+        srv.stop()

@@ -64,6 +64,10 @@ def test_a_stalled_tcp_collector_holds_up_neither_the_producer_nor_the_file_expo
         text = m.scrape().decode()
         assert f'sensorium_exporter_events_exported_total{{exporter="file"}} {float(total)}' in text
         assert 'sensorium_exporter_events_dropped_total{exporter="syslog",reason="queue_full"}' in text
+        # The stalled sink's send times out (connect_timeout_s bounds every socket call) and is retried.
+        wait_until(lambda: slow.stats()["failed"] >= 1, 10, "the stalled send to time out")
+        assert "timed out" in (slow.stats()["last_error"] or "")
+        assert slow.stats()["failures_by_reason"].get("timeout", 0) >= 1
     finally:
         fast.stop(5)
         slow.stop(0.5)
@@ -71,5 +75,3 @@ def test_a_stalled_tcp_collector_holds_up_neither_the_producer_nor_the_file_expo
         for c in conns:
             c.close()
         server.close()
-    # The stalled sink's send timed out (connect_timeout_s bounds every socket call); it was retried.
-    assert slow.stats()["failed"] >= 1 and "timed out" in (slow.stats()["last_error"] or "")

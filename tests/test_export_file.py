@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 import stat
 import subprocess
 from pathlib import Path
@@ -153,3 +154,78 @@ def test_a_file_moved_away_by_logrotate_is_reopened_at_the_path(tmp_path: Path) 
     assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(tmp_path / "events.log.rotated")] == list(range(5))
     assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(path)] == list(range(5, 10))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.fixture
+def tmpfs_4m(tmp_path: Path):
+    """A real 4 MiB tmpfs, mounted for this test and removed after it."""
+    mnt = tmp_path / "tmpfs4m"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_in_pages(dirpath: Path) -> list[Path]:
+    """Fill the file system with 4 KiB files (one page each), so that space can be freed a page at a time."""
+    pages = []
+    for i in range(100_000):
+        p = dirpath / f"page{i}"
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                if os.write(fd, b"\0" * 4096) < 4096:
+                    raise OSError(28, "short")
+            finally:
+                os.close(fd)
+        except OSError:
+            p.unlink(missing_ok=True)
+            return pages
+        pages.append(p)
+    raise AssertionError("the file system never filled up")
+
+
+def test_after_a_disk_full_the_first_freed_page_is_filled_with_whole_lines_in_order(tmpfs_4m: Path) -> None:
+    from reliability_figures import record
+
+    path = tmpfs_4m / "events.log"
+    # A default-like backoff (10 s max): a full disk is still retried at least every second.
+    r = runner_for(exporter(path), batch_size=4000, backoff_max_s=10.0)
+    r.start()
+    r.submit(evs(20))
+    wait_until(lambda: r.stats()["exported"] == 20, 5, "the first events")
+    pages = fill_in_pages(tmpfs_4m)
+    pending = evs(3000, 20, arg="y" * 400)  # one batch of about 1.5 MB: far more than will be freed at once
+    r.submit(pending)
+    # Long enough for the backoff to have grown past a second (0.05 s doubled 6 times): a full disk is
+    # still tried again four times a second.
+    wait_until(lambda: r.stats()["failures_by_reason"].get("disk_full", 0) >= 7, 15, "writes failing with ENOSPC")
+    stuck_at = r.stats()["exported"]
+    pages.pop().unlink()  # one page: 4 KiB, less than a thousandth of the pending batch
+    t0 = time.monotonic()
+    wait_until(lambda: r.stats()["exported"] > stuck_at, 5, "lines written into the freed page")
+    first_progress_s = time.monotonic() - t0
+    assert first_progress_s < 0.5
+    got = all_pids(path)  # read_lines asserts the file ends with a whole line
+    assert got == list(range(len(got))), "lines out of order or repeated"
+    written_in_page = r.stats()["exported"] - stuck_at
+    assert 1 <= written_in_page <= 4096 // 500 + 1
+    for p in pages:  # then everything: the rest follows, in order, once
+        p.unlink()
+    wait_until(lambda: r.stats()["exported"] == 3020, 15, "the whole batch")
+    r.stop(5)
+    assert all_pids(path) == list(range(3020))
+    st = r.stats()
+    assert st["dropped"] == 0 and st["delivered"] == 3020 and st["retried_by_reason"].get("disk_full", 0) > 0
+    record("file_disk_full.first_page_freed_lines_written", written_in_page,
+           note="lines (about 500 bytes each) written into one freed 4 KiB page of a full 4 MiB tmpfs")
+    record("file_disk_full.first_page_freed_seconds_to_progress", round(first_progress_s, 2),
+           note="after 7 failed attempts (the backoff alone would wait 3.2 s, the disk-full cap is 0.25 s)")
+    record("file_disk_full.lines_lost", 3020 - len(set(all_pids(path))))
+    record("file_disk_full.lines_duplicated", len(all_pids(path)) - len(set(all_pids(path))))
+    record("file_disk_full.pending_batch_bytes", sum(len(e.json()) + 1 for e in pending))
