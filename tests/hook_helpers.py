@@ -100,11 +100,10 @@ def gone(ids: set[int], timeout: float = 5.0) -> bool:
 def open_exit_available() -> bool:
     """Does this kernel load the exit-only program for the open family (tp_btf + the bpf_rdonly_cast kfunc,
     6.2 and later)? Where it does not (Debian's 6.1), the sys_enter + sys_exit pair serves those hooks."""
-    try:
-        with open("/sys/kernel/btf/vmlinux", "rb") as f:
-            return b"\0bpf_rdonly_cast\0" in f.read()
-    except OSError:
-        return False
+    from sensorium.bpf.probe import probe_kernel
+
+    caps = probe_kernel()
+    return caps.has("tp_btf") and caps.has("bpf_rdonly_cast")
 
 
 def open_mechanism() -> str:

@@ -83,3 +83,27 @@ def test_probe_agrees_with_a_real_object(caps: KernelCapabilities, tmp_path: Pat
             reported = caps.program_types[kind].error or ""
             assert reported.startswith(errno.errorcode[ei.value.errno]) or \
                 os.strerror(ei.value.errno) in reported, (reported, ei.value)
+
+
+def test_a_helper_the_program_type_is_not_offered_is_reported_absent_with_the_verifiers_words() -> None:
+    from sensorium.bpf import probe as P
+
+    # bpf_set_retval exists only for cgroup programs (5.18+): never for a tracepoint program
+    res = P._probe_call(P._PROG_TRACEPOINT, P._FN_SET_RETVAL)
+    assert not res.ok
+    assert "bpf_set_retval" in res.error or "unknown#187" in res.error, res.error
+    # an id past the kernel's last helper
+    res = P._probe_call(P._PROG_TRACEPOINT, 100000)
+    assert not res.ok and "invalid func" in res.error, res.error
+
+
+def test_features_are_probed_and_listed_with_reasons() -> None:
+    from sensorium.bpf.probe import FEATURES
+
+    caps = probe_kernel(refresh=True)
+    assert list(caps.features) == list(FEATURES)
+    for name, res in caps.features.items():
+        assert caps.has(name) is res.ok
+        assert res.ok or res.error, name
+    # bpf_send_signal (5.3+) is what Sigkill needs on every kernel we support
+    assert caps.has("bpf_send_signal")

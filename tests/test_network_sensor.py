@@ -292,6 +292,35 @@ def _bpftool(*args: str) -> Any:
     return json.loads(r.stdout.strip() or "null") or []
 
 
+# cgroup/connect4, connect6, sendmsg4, sendmsg6 (enum bpf_attach_type)
+_SOCK_ADDR_ATTACH = (10, 11, 14, 15)
+
+
+def _cgroup_prog_ids(root: str) -> set[int]:
+    """Programs attached to cgroup ``root`` at the sock_addr hooks, asked of the kernel directly
+    (BPF_PROG_QUERY per attach type): `bpftool cgroup show` queries every attach type it knows and fails
+    on a kernel that knows fewer (5.10)."""
+    import ctypes
+    from sensorium.bpf.libbpf import lib
+
+    fn = lib().bpf_prog_query
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids: set[int] = set()
+        for at in _SOCK_ADDR_ATTACH:
+            buf = (ctypes.c_uint32 * 64)()
+            cnt = ctypes.c_uint32(64)
+            flags = ctypes.c_uint32(0)
+            rc = fn(fd, at, 0, ctypes.byref(flags), buf, ctypes.byref(cnt))
+            assert rc == 0, f"BPF_PROG_QUERY({root}, {at}): {os.strerror(-rc if rc < 0 else rc)}"
+            ids.update(buf[i] for i in range(cnt.value))
+        return ids
+    finally:
+        os.close(fd)
+
+
 def _our_prog_ids() -> set[int]:
     return {p["id"] for p in _bpftool("prog", "list") if p.get("name", "").startswith(OUR_PROGS)}
 
@@ -304,7 +333,7 @@ def test_everything_is_detached_after_the_agent_stops(net_agent):
     # `from conftest import ...` is ambiguous (tests/vm and tests/k8s have their own conftest).
     root = str(probe_kernel().cgroup2)
     ours = _our_prog_ids()
-    attached = {p["id"] for p in _bpftool("cgroup", "show", root)} & ours
+    attached = _cgroup_prog_ids(root) & ours
     linked = {lk.get("prog_id") for lk in _bpftool("link", "list")} & ours
     assert len(attached) >= 4 and linked, (
         f"while running, our programs {ours} should be attached to {root} and linked "
@@ -312,7 +341,7 @@ def test_everything_is_detached_after_the_agent_stops(net_agent):
     assert h.stop() == 0
     left = {p["id"] for p in _bpftool("prog", "list")} & (attached | linked)
     assert not left, f"programs still loaded after stop: {left}"
-    assert not ({p["id"] for p in _bpftool("cgroup", "show", root)} & (attached | linked))
+    assert not (_cgroup_prog_ids(root) & (attached | linked))
     assert not ({lk.get("prog_id") for lk in _bpftool("link", "list")} & (attached | linked))
 
 

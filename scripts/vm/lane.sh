@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The VM lane: the tests that need hooks this host refuses (fentry/fexit/fmod_ret, BPF LSM, kprobes),
-# run on two stock Debian kernels -- bookworm 6.1 and bookworm-backports 6.12 -- side by side, one vCPU each.
+# run on three stock Debian kernels -- bullseye 5.10, bookworm 6.1 and bookworm-backports 6.12 -- side by
+# side, one vCPU each.
 #
 #   scripts/vm/lane.sh [pytest args...]     (default selection: -m vm tests)
 #
 # Fails when either kernel's run fails, when pytest collected nothing, or when nothing passed:
 # a lane whose tests were all skipped ran nothing, and a test counted as passed must have run.
-# Env: SENSORIUM_VM_KERNELS (default "bookworm backports"), plus those of run.sh.
+# Env: SENSORIUM_VM_KERNELS (default "bullseye bookworm backports"), plus those of run.sh.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -18,7 +19,9 @@ bash "$ROOT/scripts/vm/prepare.sh" || { log "prepare failed"; exit 1; }
 log "prepare: $(( $(date +%s) - started ))s"
 
 args=("$@")
+default_selection=0
 if ((${#args[@]} == 0)); then
+    default_selection=1
     # Collect on the host (fast) which files hold `vm` tests and hand only those to the guests:
     # importing every test module under emulation costs about 30 s per guest.
     mapfile -t files < <(cd "$ROOT" && .venv/bin/python -m pytest --collect-only -q -m vm -p no:cacheprovider tests 2>/dev/null \
@@ -29,7 +32,14 @@ if ((${#args[@]} == 0)); then
     log "vm tests in: ${files[*]}"
     args=(-m vm "${files[@]}")
 fi
-read -r -a kernels <<< "${SENSORIUM_VM_KERNELS:-bookworm backports}"
+read -r -a kernels <<< "${SENSORIUM_VM_KERNELS:-bullseye bookworm backports}"
+
+# Per kernel, default selection only: files left out, and test ids run instead. On 5.10 the guest's 9p root
+# (its client keeps no attribute cache) makes every Python start about 45 s, so the tests that start a
+# whole agent per test (the network sensor's) would take the lane's whole budget: 5.10 runs one of them end
+# to end; its programs are loaded there by the verifier budget test in every configuration anyway.
+declare -A LANE_DROP=( [bullseye]="tests/test_network_sensor.py tests/test_policy_scope.py" )
+declare -A LANE_ADD=( [bullseye]="tests/test_network_sensor.py::test_tcp_connection_gives_connect_accept_and_close_with_owner_tuple_and_bytes" )
 
 mkdir -p "$VM/logs"
 declare -A pids logs
@@ -50,7 +60,15 @@ for k in "${kernels[@]}"; do
             "$ROOT/.venv/bin/python" "$ROOT/scripts/vm/prebuild.py" "$kroot/vmlinux.btf" \
                 "$VM/cache/$(basename "$kroot")" 2>&1 | grep '^prebuild:' || true
         fi
-        exec bash "$ROOT/scripts/vm/run.sh" "$k" -ra "${args[@]}"
+        kargs=("${args[@]}")
+        if ((default_selection)); then
+            kargs=()
+            for a in "${args[@]}"; do
+                [[ " ${LANE_DROP[$k]:-} " == *" $a "* ]] || kargs+=("$a")
+            done
+            for a in ${LANE_ADD[$k]:-}; do kargs+=("$a"); done
+        fi
+        exec bash "$ROOT/scripts/vm/run.sh" "$k" -ra --durations=25 "${kargs[@]}"
     ) > "${logs[$k]}" 2>&1 &
     pids[$k]=$!
     log "started $k (pid ${pids[$k]}), log ${logs[$k]#$ROOT/}"

@@ -8,26 +8,18 @@ the vmlinux.h generated from the BTF -- not by the machine -- so objects built h
 guest kernel's BTF (extracted from its vmlinuz by prepare.sh) are cache hits in the guest, which uses
 the same CACHE_DIR (run.sh sets SENSORIUM_CACHE_DIR to it).
 
-Built: every ProbeSource that an installed sensor declares in SensorSpec.probes, plus the
-parameterised ones listed in EXTRA below. Best effort: a probe that fails to build is reported and
-skipped (the guest will then build it, and fail there with clang's message if it really is broken).
+Built: every ProbeSource that an installed sensor declares in SensorSpec.probes or loads in its verifier
+budget cases (SensorSpec.budget_cases); the kernel-function and LSM objects serve every function and hook
+(their attach target is set at load), so nothing depends on the policies. Best effort: a probe that fails
+to build is reported and skipped (the guest will then build it, and fail there with clang's message if it really is broken).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
 from pathlib import Path
-
-# Probes made per policy at run time (not in SensorSpec.probes): (module, factory, arguments).
-EXTRA: list[tuple[str, str, list[str]]] = [
-    ("sensorium_sensors.lsm.bpflsm", "probe_for",
-     ["file_open", "bprm_check_security", "socket_connect", "task_kill", "file_permission", "path_unlink"]),
-    ("sensorium_sensors.kprobe.kfunc", "kfunc_probe",
-     ["tcp_connect", "security_file_open", "do_sys_openat2", "commit_creds", "vfs_unlink", "security_socket_connect", "ip_output"]),
-]
 
 
 def main(argv: list[str]) -> int:
@@ -50,16 +42,19 @@ def main(argv: list[str]) -> int:
     probes = []
     for name, spec in sorted(PluginRegistry().discover().sensors.items()):
         probes.extend((name, p) for p in spec.probes)
-    for module, factory, args in EXTRA:
-        try:
-            make = getattr(importlib.import_module(module), factory)
-        except (ImportError, AttributeError) as e:
-            print(f"prebuild: skipping {module}.{factory}: {e}", file=sys.stderr)
-            continue
-        probes.extend((module.rsplit(".", 2)[-2], make(a)) for a in args)
+        if spec.budget_cases is not None:  # the objects the verifier budget test loads in the guest
+            try:
+                probes.extend((name, c.probe) for c in spec.budget_cases())
+            except Exception as e:  # noqa: BLE001 - best effort, like every build here
+                print(f"prebuild: {name}: budget cases unavailable: {e}", file=sys.stderr)
 
     built, failed = 0, 0
+    seen: set[tuple] = set()
     for owner, probe in probes:
+        key = (str(probe.source), tuple(sorted(probe.defines.items())))
+        if key in seen:
+            continue
+        seen.add(key)
         t = time.monotonic()
         try:
             build_object(probe, btf=btf)

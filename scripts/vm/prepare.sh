@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepare the VM lane: QEMU, virtme-ng (own venv under .vm/) and two stock Debian kernels
-# (bookworm 6.1 and bookworm-backports 6.12), extracted -- never installed -- under .vm/kernels/.
+# Prepare the VM lane: QEMU, virtme-ng (own venv under .vm/) and three stock Debian kernels
+# (bullseye 5.10, bookworm 6.1 and bookworm-backports 6.12), extracted -- never installed -- under
+# .vm/kernels/. 5.10 is what long-term distributions and many managed node images still run.
 #
 # Why extract instead of installing: installing linux-image pulls udev/initramfs-tools and upgrades
 # systemd on the host. Why a private apt config: backports must not be added to the host's sources,
@@ -19,6 +20,7 @@ KDIR="$VM/kernels"
 VNG_VENV="$VM/vng-venv"
 VNG_VERSION_DEFAULT="1.42"
 MIRROR="${SENSORIUM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SECURITY_MIRROR="${SENSORIUM_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 
 log() { printf '[vm-prepare] %s\n' "$*" >&2; }
 
@@ -78,11 +80,13 @@ if ! grep -q '^virtme-ng ' "$LOCK" 2>/dev/null || [[ "$(awk '$1=="virtme-ng"{pri
 fi
 
 # --- kernels ----------------------------------------------------------------------------------
-# label -> (suite, regex of the unsigned image package name)
-declare -A SUITE=( [bookworm]=bookworm [backports]=bookworm-backports )
+# label -> (suites, space-separated; regex of the unsigned image package name). Bullseye's newest 5.10
+# builds are in its security suite (long-term support), so both are searched.
+declare -A SUITE=( [bookworm]=bookworm [backports]=bookworm-backports [bullseye]="bullseye bullseye-security" )
 declare -A PKG_RE=( [bookworm]='^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$'
-                    [backports]='^linux-image-6\.12\.[0-9]+\+(bpo|deb12)-amd64-unsigned$' )
-LABELS=(bookworm backports)
+                    [backports]='^linux-image-6\.12\.[0-9]+\+(bpo|deb12)-amd64-unsigned$'
+                    [bullseye]='^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$' )
+LABELS=(bullseye bookworm backports)
 
 kernel_ready() {  # kernel_ready LABEL PACKAGE VERSION
     local link="$KDIR/$1"
@@ -97,6 +101,8 @@ private_apt() {
     cat > "$APTDIR/sources.list" <<SRC
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm main
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm-backports main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bullseye main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $SECURITY_MIRROR bullseye-security main
 SRC
     APT_OPTS=(-o "Dir::Etc::SourceList=$APTDIR/sources.list" -o "Dir::Etc::SourceParts=$APTDIR/sources.list.d"
               -o "Dir::Etc::Preferences=$APTDIR/preferences" -o "Dir::Etc::PreferencesParts=$APTDIR/preferences.d"
@@ -104,23 +110,27 @@ SRC
               -o "Dir::State::status=$APTDIR/status.empty" -o "Dir::Cache=$APTDIR/cache"
               -o "APT::Architecture=amd64" -o "APT::Architectures::=amd64" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
     if ((apt_ready == 0)); then
-        log "updating the private apt lists (bookworm, bookworm-backports)"
+        log "updating the private apt lists (bookworm, bookworm-backports, bullseye, bullseye-security)"
         apt-get "${APT_OPTS[@]}" update -qq
         apt_ready=1
     fi
 }
 
 newest_in_suite() {  # newest_in_suite LABEL -> "package version"
-    local label="$1" suite="${SUITE[$1]}" best_pkg="" best_ver="" p v
+    local label="$1" suites="${SUITE[$1]}" best_pkg="" best_ver="" p v
     while read -r p; do
         [[ -n "$p" ]] || continue
-        # versions of $p available from the suite
+        # versions of $p available from the label's suites (madison's third column: "<suite>/main amd64 ...")
         while read -r v; do
             [[ -n "$v" ]] || continue
             if [[ -z "$best_ver" ]] || dpkg --compare-versions "$v" gt "$best_ver"; then best_pkg="$p"; best_ver="$v"; fi
-        done < <(apt-cache "${APT_OPTS[@]}" madison "$p" | awk -F'|' -v s="$suite/main" '$3 ~ s" " || $3 ~ s"$" { gsub(/ /,"",$2); print $2 }')
+        done < <(apt-cache "${APT_OPTS[@]}" madison "$p" | awk -F'|' -v ss="$suites" '
+            BEGIN { n = split(ss, want, " ") }
+            { m = split($3, f, " "); ok = 0
+              for (j = 1; j <= m; j++) for (i = 1; i <= n; i++) if (f[j] == want[i] "/main") ok = 1
+              if (ok) { gsub(/ /, "", $2); print $2 } }')
     done < <(apt-cache "${APT_OPTS[@]}" pkgnames linux-image- | grep -E "${PKG_RE[$label]}" | sort -u)
-    [[ -n "$best_pkg" ]] || { log "no package matching ${PKG_RE[$label]} in $suite"; exit 1; }
+    [[ -n "$best_pkg" ]] || { log "no package matching ${PKG_RE[$label]} in $suites"; exit 1; }
     echo "$best_pkg $best_ver"
 }
 

@@ -3,7 +3,7 @@
 #
 #   scripts/vm/run.sh KERNEL [pytest args...]
 #
-# KERNEL: a label from scripts/vm/kernels.lock ("bookworm" = 6.1, "backports" = 6.12), a release
+# KERNEL: a label from scripts/vm/kernels.lock ("bullseye" = 5.10, "bookworm" = 6.1, "backports" = 6.12), a release
 # directory name under .vm/kernels/, or a path to a vmlinuz whose modules sit in <root>/lib/modules.
 # The pytest output streams to stdout; the exit code is pytest's exit code inside the guest (read back
 # from a file the guest writes into the shared repo: vng's own exit status is not trusted), or 124 on
@@ -66,9 +66,15 @@ exit 0
 UDEVD
 chmod +x "$run_dir/udev/udevd"
 
-# The guest gets none of the host environment: everything it needs is written into the script.
+# The guest gets none of the host environment: everything it needs is written into the script, plus the
+# caller's own SENSORIUM_* settings (e.g. SENSORIUM_COMPAT_OBSERVED), but not the lane's or the paths below.
 quoted_args=""
 for a in "${runner[@]}" "$@"; do quoted_args+=" $(printf '%q' "$a")"; done
+passed_env=""
+while read -r v; do
+    case "$v" in SENSORIUM_VM_*|SENSORIUM_IN_VM|SENSORIUM_CACHE_DIR|SENSORIUM_BTF) continue ;; esac
+    passed_env+="export $v=$(printf '%q' "${!v}")"$'\n'
+done < <(compgen -e | grep '^SENSORIUM_' || true)
 cat > "$run_dir/guest.sh" <<GUEST
 #!/bin/bash
 set -u
@@ -77,7 +83,7 @@ export HOME=/root LANG=C.UTF-8 LC_ALL=C.UTF-8 PYTHONUNBUFFERED=1
 export CI=${CI:-}
 export SENSORIUM_IN_VM=$(printf '%q' "$release")
 export SENSORIUM_CACHE_DIR=$(printf '%q' "$cache_dir")
-cd $(printf '%q' "$ROOT")
+${passed_env}cd $(printf '%q' "$ROOT")
 mnt() { mountpoint -q "\$2" 2>/dev/null || { mkdir -p "\$2"; mount -t "\$1" "\$1" "\$2" || echo "[guest] cannot mount \$1 on \$2"; }; }
 mnt tracefs /sys/kernel/tracing
 mnt debugfs /sys/kernel/debug

@@ -48,3 +48,27 @@ def test_probe_kernel_reports_every_hook_in_the_guest(in_guest: str) -> None:
     for name in ("fentry", "lsm", "kprobe", "bpf_lsm", "kprobes"):
         assert caps.has(name), name
     assert caps.cgroup2 == "/sys/fs/cgroup"  # the guests are pure cgroup2 nodes
+
+
+# What each lane kernel series offers of the helpers and kfuncs the programs depend on (measured; a change is
+# a change of which fallbacks a user of that kernel gets, so it fails here).
+LANE_FEATURES = {
+    "5.10": {"bpf_rdonly_cast": False, "bpf_set_retval": False, "bpf_loop": False, "bpf_get_func_arg": False,
+             "bpf_d_path": False, "bpf_send_signal": True},
+    "6.1": {"bpf_rdonly_cast": False, "bpf_set_retval": True, "bpf_loop": True, "bpf_get_func_arg": True,
+            "bpf_d_path": True, "bpf_send_signal": True},
+    "6.12": {"bpf_rdonly_cast": True, "bpf_set_retval": True, "bpf_loop": True, "bpf_get_func_arg": True,
+             "bpf_d_path": True, "bpf_send_signal": True},
+}
+
+
+def test_probe_kernel_reports_the_helpers_and_kfuncs_of_each_lane_kernel(in_guest: str) -> None:
+    from sensorium.bpf.probe import FEATURES, probe_kernel
+
+    series = ".".join(in_guest.split(".")[:2])
+    caps = probe_kernel(refresh=True)
+    assert set(caps.features) == set(FEATURES)
+    got = {k: v.ok for k, v in caps.features.items()}
+    assert got == LANE_FEATURES[series], {k: caps.features[k] for k in FEATURES if got[k] != LANE_FEATURES[series][k]}
+    for name, res in caps.features.items():
+        assert res.ok or res.error, f"{name} absent without a reason"
