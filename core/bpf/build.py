@@ -176,8 +176,11 @@ def _clang_version(clang: str) -> str:
     return proc.stdout.decode(errors="replace")
 
 
-def build_object(probe: ProbeSource, btf: Path | None = None) -> Path:
+def build_object(probe: ProbeSource, btf: Path | None = None, host_include: Path | None = None) -> Path:
     """Compile ``probe`` to a BPF object (cached) and return its path.
+
+    ``host_include`` replaces the host's header directory (`INCLUDE_DIR`): a benchmark builds an earlier
+    version of the engine's headers beside the current one, in one run.
 
     Without clang, returns ``probe.prebuilt`` when it exists, else raises `BuildError` naming clang.
     A compile error raises `BuildError` carrying clang's stderr.
@@ -201,14 +204,15 @@ def build_object(probe: ProbeSource, btf: Path | None = None) -> Path:
     cmd_flags = [*_CFLAGS, f"-D__TARGET_ARCH_{arch}",
                  *(f"-D{k}={v}" if v != "" else f"-D{k}" for k, v in sorted(probe.defines.items()))]
     # Order matters: vmlinux.h first, then the host's headers, then the probe's own.
-    incs = [header.parent, INCLUDE_DIR, source.parent, *include_dirs]
+    host_inc = Path(host_include) if host_include is not None else INCLUDE_DIR
+    incs = [header.parent, host_inc, source.parent, *include_dirs]
 
     h = hashlib.sha256()
     h.update(f"v{_CACHE_VERSION}\0{source.name}\0".encode())
     h.update("\0".join(cmd_flags).encode() + b"\0")
     h.update(_clang_version(clang).encode() + b"\0")
     h.update(header.parent.name.encode() + b"\0")  # the BTF hash names vmlinux.h's directory
-    for label, path in _source_files([source.parent, INCLUDE_DIR, *include_dirs]):
+    for label, path in _source_files([source.parent, host_inc, *include_dirs]):
         h.update(label.encode() + b"\0" + _sha256_file(path).encode() + b"\0")
     digest = h.hexdigest()[:32]
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in probe.name) or "probe"

@@ -68,7 +68,8 @@ _STATS = re.compile(r"processed (\d+) insns \(limit (\d+)\) max_states_per_insn 
 # branch and pruning notes, and libbpf's own framing.
 _TRACE = re.compile(r"^(\d+: |; |from \d+ to \d+|frame\d|last_idx|regs=|parent |propagating |mark_precise"
                     r"|Func#|Validating |func#|caller:|callee:|returning from |-- BEGIN|-- END|libbpf: |\s*$|"
-                    r"arg#\d|Global function |stack depth|verification time|\d+ ?: safe|safe$|processed \d+ insns)")
+                    r"arg#\d|Global function |stack depth|verification time|\d+ ?: safe|safe$|processed \d+ insns|to caller at "
+                    r"\d+:|from \d+ to \d+:)")
 
 
 @dataclasses.dataclass(frozen=True)
