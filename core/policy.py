@@ -20,7 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
-from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, load_documents
+from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, load_documents, type_error_message
 
 # --------------------------------------------------------------------------------------------------
 # Limits: checked before anything is loaded; every message carries the limit.
@@ -202,9 +202,14 @@ Tags = _bounded_list(Tag, MAX_TAGS, "tags")
 
 
 class PolicyModel(BaseModel):
-    """Base of every policy model: YAML (camelCase) names, unknown keys refused, immutable once parsed."""
+    """Base of every policy model: YAML (camelCase) names, unknown keys refused, immutable once parsed.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=False)
+    Strict: a value must already have its field's type (``index: true``, ``syscall: "yes"``, a PID written
+    as a string are refused, not converted). The few conversions a policy author relies on are explicit
+    validators (numbers in string value lists, `_str_value`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=False,
+                              strict=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,6 +354,13 @@ class MatchPIDs(PolicyModel):
     isNamespacePID: bool = False
     followForks: bool = False
 
+    @model_validator(mode="after")
+    def _non_empty(self) -> "MatchPIDs":
+        # An empty In matches nothing and an empty NotIn everything: neither is what the author meant.
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
+        return self
+
 
 class MatchNamespaces(PolicyModel):
     """Namespace inode numbers (or ``host_ns``: the agent's own) of one namespace type."""
@@ -359,6 +371,8 @@ class MatchNamespaces(PolicyModel):
 
     @model_validator(mode="after")
     def _values(self) -> "MatchNamespaces":
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
             if v != "host_ns" and not v.isdigit():
                 raise PydanticCustomError("policy_value", "namespace value '{v}' is neither a number nor host_ns",
@@ -374,6 +388,8 @@ class MatchCapabilities(PolicyModel):
 
     @model_validator(mode="after")
     def _names(self) -> "MatchCapabilities":
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
             if v.upper() not in CAPABILITIES:
                 raise PydanticCustomError("policy_value", "unknown capability '{v}'", {"v": v})
@@ -721,7 +737,7 @@ def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple,
     for err in exc.errors():
         rel = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         loc = prefix + rel
-        msg = err["msg"]
+        msg = type_error_message(err)
         if err["type"] == "extra_forbidden":
             msg = _unknown_field(_model_at(model, rel[:-1]), rel[-1] if rel else "")
         elif err["type"] == "missing":
