@@ -749,6 +749,12 @@ def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple,
 PROBLEMS_SHOWN = 10  # in one message; PolicyError.problems keeps them all
 
 
+def combine_problems(problems: Sequence[SourceError], file: str | None) -> PolicyError:
+    """One `PolicyError` for several problems: the first (in reading order) names file, line and field; the
+    message lists the others (up to `PROBLEMS_SHOWN`); ``problems`` keeps them all."""
+    return _combine(problems, file)
+
+
 def _combine(problems: Sequence[SourceError], file: str | None) -> PolicyError:
     problems = sorted(problems, key=lambda p: p.line or 0)  # in reading order
     first = problems[0]
@@ -965,5 +971,5 @@ __all__ = [
     "ArgSpec", "MatchArg", "MatchBinaries", "MatchPIDs", "MatchNamespaces", "MatchCapabilities", "MatchAction",
     "Selector", "HookSpec", "KProbeSpec", "KProbeIgnore", "TracepointSpec", "UProbeSpec", "LsmHookSpec",
     "LabelSelector", "Policy", "Section", "PolicyError", "parse_policy", "parse_policies", "SECTION_MODELS",
-    "CAPABILITIES", "sock_value", "POLICY_LIMITS",
+    "CAPABILITIES", "sock_value", "combine_problems", "POLICY_LIMITS",
 ]
