@@ -173,9 +173,13 @@ def _str_value(v: Any) -> Any:
     return v
 
 
-def _bounded_str(limit: int, what: str) -> Any:
+def _bounded_str(limit: int, what: str, numbers: bool = False) -> Any:
+    """A string of at most ``limit`` bytes; ``numbers``: a YAML number is taken as written (values to compare,
+    where ``- 443`` means "443"). A name (call, subsystem, path...) given as a number is a type error."""
+
     def check(v: Any) -> Any:
-        v = _str_value(v)
+        if numbers:
+            v = _str_value(v)
         if isinstance(v, str) and len(v.encode()) > limit:
             raise PydanticCustomError("policy_limit", "{what} is {n} bytes long; the limit is {limit} bytes",
                                       {"what": what, "n": len(v.encode()), "limit": limit})
@@ -194,7 +198,7 @@ def _bounded_list(item: Any, limit: int, what: str) -> Any:
     return Annotated[list[item], BeforeValidator(check)]
 
 
-MatchValue = _bounded_str(MAX_STRING_VALUE_LEN, "value")
+MatchValue = _bounded_str(MAX_STRING_VALUE_LEN, "value", numbers=True)
 Message = _bounded_str(MAX_MESSAGE_LEN, "message")
 Tag = _bounded_str(MAX_TAG_LEN, "tag")
 Values = _bounded_list(MatchValue, MAX_VALUES_PER_OPERATOR, "values")

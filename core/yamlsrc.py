@@ -176,7 +176,10 @@ class _Scalars:
                 return self.constructor.construct_yaml_bool(node)
             if tag == _CORE + "null":
                 return None
-        except (ValueError, KeyError, yaml.YAMLError):
+        except _Bad:
+            raise
+        except Exception:  # noqa: BLE001 - PyYAML's constructors index and convert freely ("!!int ''" is an
+            # IndexError): whatever they raise on a scalar, the text is not a value of that tag
             raise _Bad(where, f"{text!r} is not a valid {tag[len(_CORE):]}") from None
         raise _Bad(where, f"{text!r} cannot be a {tag[len(_CORE):]}")  # seq/map tag on a scalar
 

@@ -369,3 +369,11 @@ def test_a_port_range_written_bare_stays_a_range(kreg):
         "    - matchArgs:\n      - index: 1\n        operator: DPort\n        values: [20:21]\n"
     [p] = parse_policies(text.replace("sys_openat", "sys_connect"), "p.yaml", kreg)
     assert list(p.sections[0].items[0].selectors[0].matchArgs[0].values) == ["20:21"]
+
+
+@pytest.mark.parametrize("field,value", [("subsystem", "0"), ("event", "12"), ("message", "42")])
+def test_a_name_given_as_a_number_is_refused(reg, field, value):
+    text = OPENAT.replace("    event: sys_enter_openat\n", f"    event: sys_enter_openat\n    message: ok\n")
+    text = text.replace(f"{field}: " + {"subsystem": "syscalls", "event": "sys_enter_openat", "message": "ok"}[field],
+                        f"{field}: {value}")
+    assert refused(text, reg).reason == f"must be a string, not the number {value}"

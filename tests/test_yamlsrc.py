@@ -173,3 +173,8 @@ def test_dump_refuses_an_object_nested_past_the_limit() -> None:
     with pytest.raises(SourceError) as err:
         dump(deep, "TracingPolicy/x")
     assert err.value.reason == "nested deeper than 64 levels" and err.value.file == "TracingPolicy/x"
+
+
+@pytest.mark.parametrize("text", ["!!int", "a: !!int\n", "a: !!float ''\n", "a: !!bool maybe\n"])
+def test_a_standard_tag_on_text_it_cannot_read_is_refused(text: str) -> None:
+    assert "is not a valid" in refused(text).reason
