@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from sensorium.hookspecs import PolicyHandle, PolicyLoadError, PolicySensor, Scope, Sensor
-from sensorium.policy import MAX_POLICIES, MODES, Policy, PolicyError, Section
+from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
 from sensorium.policy_rules import check_rules, validate_policies
-from sensorium.yamlsrc import SourceError
+from sensorium.yamlsrc import SourceError, read_file
 
 log = logging.getLogger("sensorium.policy")
 
@@ -258,7 +258,8 @@ class PolicyManager:
             if f.suffix not in POLICY_FILE_SUFFIXES or not f.is_file():
                 continue
             try:
-                text = f.read_bytes()
+                # Read no further than a policy may be: a mistaken multi-gigabyte file costs nothing.
+                text = read_file(f, POLICY_LIMITS)
                 names = self.add(text, str(f))
                 results.append({"file": str(f), "ok": True, "policies": names})
             except (SourceError, OSError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +191,18 @@ def test_plugins_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr == (f"Error: invalid config: {p}: line 2: plugins.allow: must be a list, "
                           "not the boolean true\n")
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts the agent (exec sensor): needs root")
+def test_run_reports_a_port_in_use_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = write(tmp_path, f"metrics: {{enabled: true, address: 127.0.0.1, port: {port}}}\n"
+                            f"api: {{socket: {tmp_path}/run/api.sock}}\n")
+        out = subprocess.run([SENSORIUM, "run", "--config", str(p)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (f"Error: cannot start: metrics: cannot listen on 127.0.0.1:{port}: "
+                                           "Address already in use")
