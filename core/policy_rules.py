@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sensorium.policy import KProbeSpec, Policy, TracepointSpec, UProbeSpec, combine_problems, parse_policies
+from sensorium.policy import (INT_ARG_TYPES, KProbeSpec, Policy, TracepointSpec, UProbeSpec, combine_problems,
+                              parse_policies)
 from sensorium.yamlsrc import SourceError
 
 # A kernel symbol: a C identifier, with the compiler's suffixes (``tcp_v4_connect.isra.0``, ``foo.cold``).
@@ -26,6 +27,8 @@ _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _SYSCALL_FORM = re.compile(r"(?:__x64_)?sys_[a-z0-9_]+")
 _COMPAT_PREFIXES = ("__ia32_", "__ia32_compat_", "__x32_")
 MAX_PARAMS = 6  # parameters a hook can read: six syscall parameters, six registers for functions
+# Types that read a kernel structure: a syscall's parameters are the values a process passed, never one.
+_STRUCT_TYPES = ("file", "path", "dentry", "sock", "skb", "cred", "linux_binprm", "syscall64")
 
 
 def hook_name(section: str, index: int, item: Any) -> str:
@@ -43,6 +46,13 @@ def hook_name(section: str, index: int, item: Any) -> str:
     return f"{section}[{index}]{' ' + what if what else ''}"
 
 
+def _char_buf_size(i: int, a: Any, declared: set[int]) -> list[tuple[str, str]]:
+    n = a.sizeArgIndex
+    if a.type == "char_buf" and n is not None and n - 1 not in declared:
+        return [(f"args[{i}].sizeArgIndex", f"sizeArgIndex {n} (parameter {n - 1}) must also be declared in args")]
+    return []
+
+
 def _kprobe(item: KProbeSpec) -> list[tuple[str, str]]:
     """(field relative to the item, reason) for a ``kprobes`` item."""
     call = item.call
@@ -54,23 +64,55 @@ def _kprobe(item: KProbeSpec) -> list[tuple[str, str]]:
     if not _SYMBOL.fullmatch(call):
         return [("call", f"call {call!r} cannot name a kernel function or syscall (letters, digits and '_', "
                          "with '.' suffixes such as .isra.0)")]
+    # Only names that are syscalls whatever the kernel get the syscall rules; a bare name may be either.
     syscall = bool(_SYSCALL_FORM.fullmatch(call))
+    declared = {a.index for a in item.args}
     for i, a in enumerate(item.args):
         if a.index >= MAX_PARAMS:
             why = (f"index {a.index}: syscalls have 6 parameters (0..5)" if syscall else
                    f"index {a.index}: the first {MAX_PARAMS} parameters (0..5) of a kernel function or syscall can "
                    "be read")
             return [(f"args[{i}].index", why)]
+        typ = a.type or "auto"
+        if not syscall or typ == "nop":
+            continue
+        if a.returnCopy:
+            return [(f"args[{i}].returnCopy", "returnCopy is not supported for syscall hooks")]
+        if typ in _STRUCT_TYPES:
+            return [(f"args[{i}].type", f"type {typ} is a kernel structure; a syscall parameter is a user value (use "
+                                        "int, string, char_buf, fd, or sockaddr for the address passed to connect, "
+                                        "bind or sendto)")]
+        if found := _char_buf_size(i, a, declared):
+            return found
+    if syscall and item.return_:
+        rtyp = (item.returnArg.type if item.returnArg is not None else "long") or "long"
+        if rtyp != "auto" and rtyp not in INT_ARG_TYPES:
+            return [("returnArg.type", f"returnArg type {rtyp}: a syscall returns an integer")]
     return []
 
 
 def _uprobe(item: UProbeSpec) -> list[tuple[str, str]]:
     if "\0" in item.path:
         return [("path", "a path cannot contain a NUL byte")]
+    declared = {a.index for a in item.args}
     for i, a in enumerate(item.args):
         if a.index >= MAX_PARAMS:
             return [(f"args[{i}].index", f"index {a.index}: only the first {MAX_PARAMS} parameters (0..5, passed in "
                                          f"registers) can be read")]
+        typ = a.type or "auto"
+        if typ == "nop":
+            continue
+        if a.returnCopy:
+            return [(f"args[{i}].returnCopy", "returnCopy is not supported for uprobes")]
+        if typ not in INT_ARG_TYPES and typ not in ("auto", "string", "char_buf"):
+            return [(f"args[{i}].type", f"type {typ} is not supported for uprobes (integers: int, uint, s64, u64, "
+                                        f"size_t...; string; char_buf)")]
+        if found := _char_buf_size(i, a, declared):
+            return found
+    if item.return_:
+        rtyp = (item.returnArg.type if item.returnArg is not None else "int") or "int"
+        if rtyp != "auto" and rtyp not in INT_ARG_TYPES:
+            return [("returnArg.type", f"returnArg type {rtyp}: only integer return values are read")]
     return []
 
 
@@ -81,6 +123,17 @@ def _selectors(item: Any) -> list[tuple[str, str]]:
         check_selectors(list(item.selectors))
     except SelectorError as e:
         return [(e.field, e.reason)]
+    # Which argument a matchArgs index names: a tracepoint's by position in its args list (as Tetragon), a
+    # kprobe's or uprobe's by the parameter it declares (not nop).
+    if isinstance(item, TracepointSpec):
+        positions = list(range(len(item.args)))
+    else:
+        positions = sorted({a.index for a in item.args if (a.type or "auto") != "nop"})
+    for si, sel in enumerate(item.selectors):
+        for mi, m in enumerate(sel.matchArgs):
+            if m.index is not None and m.index not in positions:
+                return [(f"selectors[{si}].matchArgs[{mi}].index",
+                         f"index {m.index} names no declared argument (declared: {positions})")]
     return []
 
 

@@ -402,7 +402,7 @@ spec:
       type: string
     selectors:
     - matchArgs:
-      - index: 1
+      - index: 0
         operator: Equal
         values: [/etc/shadow]
       matchNamespaces:
@@ -694,11 +694,46 @@ def mutate_policy(col: Collector, base: str, docs: list[Any]) -> None:
             new = copy.deepcopy(doc)
             new["spec"][key][0]["selectors"] = selectors
             emit(f"{kind} {key}", what, new, [words])
+        new = copy.deepcopy(doc)
+        new["spec"][key][0]["args"] = [{"index": 0, "type": "int"}]
+        new["spec"][key][0]["selectors"] = [{"matchArgs": [{"index": 2, "operator": "Equal", "values": ["1"]}]}]
+        emit(f"rule-undeclared-argument {key}", "a matchArgs index that names no declared argument", new,
+             ["index 2 names no declared argument"])
+        new = copy.deepcopy(doc)
+        new["spec"][key][0]["args"] = [{"index": 0, "type": "char_buf", "sizeArgIndex": 3}]
+        new["spec"][key][0]["selectors"] = []
+        if key == "kprobes":  # the rule holds for syscalls (a kernel function's parameters are the BTF's)
+            new["spec"][key][0].update(call="sys_write", syscall=True)
+        if key != "tracepoints":
+            emit(f"rule-size-argument {key}", "sizeArgIndex names a parameter not declared", new,
+                 ["sizeArgIndex 3 (parameter 2) must also be declared in args"])
         if key in ("kprobes", "uprobes"):
             new = copy.deepcopy(doc)
             new["spec"][key][0]["args"] = [{"index": 6, "type": "int"}]
             new["spec"][key][0]["selectors"] = []
             emit(f"rule-index-6 {key}", "parameter 6 (only 0..5 can be read)", new, ["index 6"])
+        if key == "uprobes":
+            for typ in ("fd", "file", "sockaddr"):
+                new = copy.deepcopy(doc)
+                new["spec"][key][0]["args"] = [{"index": 0, "type": typ}]
+                new["spec"][key][0]["selectors"] = []
+                emit(f"rule-uprobe-type {typ}", f"type {typ} on a uprobe", new, ["is not supported for uprobes"])
+        if key == "kprobes":
+            for typ in ("dentry", "file", "cred"):
+                new = copy.deepcopy(doc)
+                new["spec"][key][0].update(call="sys_openat", syscall=True, args=[{"index": 1, "type": typ}],
+                                           selectors=[])
+                new["spec"][key][0].pop("returnArg", None)
+                new["spec"][key][0].pop("return", None)
+                emit(f"rule-syscall-struct {typ}", f"type {typ} on a syscall parameter", new,
+                     ["is a kernel structure; a syscall parameter is a user value"])
+            new = copy.deepcopy(doc)
+            new["spec"][key][0].update(call="sys_read", syscall=True, selectors=[],
+                                       args=[{"index": 1, "type": "char_buf", "returnCopy": True}])
+            new["spec"][key][0]["return"] = True
+            new["spec"][key][0].pop("returnArg", None)
+            emit("rule-syscall-return-copy", "returnCopy on a syscall", new,
+                 ["returnCopy is not supported for syscall hooks"])
         if key == "kprobes":
             for label, call in (("shell", "sys_openat; rm -rf /"), ("subshell", "$(reboot)"), ("space", "foo bar"),
                                 ("compat", "__ia32_sys_openat"), ("list", "list:syscalls"), ("slash", "../etc"),

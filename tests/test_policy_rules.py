@@ -160,3 +160,42 @@ def test_policy_check_refuses_bad_bytes_with_the_parser_words(tmp_path: Path) ->
     f.write_bytes(SYSCALL.encode() + b"# \xff\n")
     res = CliRunner().invoke(cli, ["policy", "check", str(f)])
     assert res.exit_code == 1 and res.output == f"Error: {f}:17: policy is not UTF-8 text (byte {len(SYSCALL) + 2})\n"
+
+
+def test_a_match_on_an_undeclared_argument_is_refused(reg) -> None:
+    text = SYSCALL.replace("      - index: 1\n        operator", "      - index: 3\n        operator")
+    assert refusal(text, reg) == ("p.yaml:14: spec.kprobes[0].selectors[0].matchArgs[0].index: refused kprobes[0] "
+                                  "sys_openat: index 3 names no declared argument (declared: [1])")
+
+
+def test_a_tracepoint_match_names_an_argument_by_its_position(reg) -> None:
+    text = SYSCALL.replace("  kprobes:\n  - call: sys_openat\n    syscall: true\n",
+                           "  tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_openat\n")
+    assert refusal(text, reg).endswith("refused tracepoints[0] syscalls/sys_enter_openat: index 1 names no declared "
+                                       "argument (declared: [0])")
+
+
+def test_a_kernel_structure_type_on_a_syscall_parameter_is_refused(reg) -> None:
+    assert refusal(SYSCALL.replace("type: string", "type: dentry"), reg).endswith(
+        "refused kprobes[0] sys_openat: type dentry is a kernel structure; a syscall parameter is a user value (use "
+        "int, string, char_buf, fd, or sockaddr for the address passed to connect, bind or sendto)")
+
+
+def test_a_size_argument_that_is_not_declared_is_refused(reg) -> None:
+    text = SYSCALL.replace("type: string", "type: char_buf\n      sizeArgIndex: 3").split("    selectors:")[0]
+    assert refusal(text, reg).endswith("spec.kprobes[0].args[0].sizeArgIndex: refused kprobes[0] sys_openat: "
+                                       "sizeArgIndex 3 (parameter 2) must also be declared in args")
+
+
+def test_a_type_uprobes_cannot_read_is_refused(reg) -> None:
+    text = SYSCALL.replace("  kprobes:\n  - call: sys_openat\n    syscall: true\n",
+                           "  uprobes:\n  - path: /bin/bash\n    symbols: [readline]\n").replace("type: string", "type: fd")
+    assert refusal(text, reg).endswith("refused uprobes[0] /bin/bash: type fd is not supported for uprobes (integers: "
+                                       "int, uint, s64, u64, size_t...; string; char_buf)")
+
+
+def test_a_syscall_return_value_read_as_a_string_is_refused(reg) -> None:
+    text = SYSCALL.replace("    syscall: true\n", "    syscall: true\n    return: true\n    returnArg: {index: 0, "
+                                                  "type: string}\n")
+    assert refusal(text, reg).endswith("spec.kprobes[0].returnArg.type: refused kprobes[0] sys_openat: returnArg type "
+                                       "string: a syscall returns an integer")
