@@ -201,10 +201,8 @@ class _Frame:
     value: Any                 # the dict or list being filled
     loc: tuple
     anchor: str | None
-    line: int
     size: int = 1              # values in the expanded subtree, this container included
     key: Any = None            # mappings: the key waiting for its value
-    key_line: int = 0
     has_key: bool = False
 
 
@@ -280,7 +278,7 @@ class _Builder:
                     if not stack:
                         root, root_set = value, True
                         continue
-                    self._place(stack[-1], value, size, where)
+                    self._place(stack[-1], value, size)
                     continue
                 if isinstance(ev, yaml.AliasEvent):
                     if limits.max_aliases == 0:
@@ -303,7 +301,7 @@ class _Builder:
                         root, root_set = value, True
                     else:
                         lines.setdefault(loc, line)
-                        self._place(parent, value, size, where)
+                        self._place(parent, value, size)
                     continue
                 anchor = getattr(ev, "anchor", None)
                 if anchor is not None and limits.max_aliases == 0:
@@ -324,7 +322,7 @@ class _Builder:
                         lines.setdefault(loc, line)
                     else:
                         lines.setdefault((), line)
-                    stack.append(_Frame({} if isinstance(ev, yaml.MappingStartEvent) else [], loc, anchor, line))
+                    stack.append(_Frame({} if isinstance(ev, yaml.MappingStartEvent) else [], loc, anchor))
                     continue
                 if isinstance(ev, yaml.ScalarEvent):
                     value = self.scalars.value(ev, where)
@@ -338,7 +336,7 @@ class _Builder:
                                               f"strings (quote it)")
                         if value in parent.value:
                             raise _Bad((line, format_path(parent.loc + (value,))), f"duplicate key {value!r}")
-                        parent.key, parent.key_line, parent.has_key = value, line, True
+                        parent.key, parent.has_key = value, True
                         lines[parent.loc + (value,)] = line
                         total -= 1  # keys are not values
                         continue
@@ -350,7 +348,7 @@ class _Builder:
                         empty = ev.value == "" and ev.implicit[0] and value is None
                         continue
                     lines.setdefault(loc, line)
-                    self._place(parent, value, 1, where)
+                    self._place(parent, value, 1)
                     continue
                 raise _Bad(where, f"unexpected YAML event {type(ev).__name__}")  # pragma: no cover - parser invariant
         except _Bad as bad:
@@ -360,7 +358,7 @@ class _Builder:
         return Located(root, lines, self.file)
 
     @staticmethod
-    def _place(frame: _Frame, value: Any, size: int, where: tuple[int, str | None]) -> None:
+    def _place(frame: _Frame, value: Any, size: int) -> None:
         frame.size += size
         if isinstance(frame.value, dict):
             frame.value[frame.key] = value
@@ -472,11 +470,9 @@ def type_error_message(err: Mapping[str, Any]) -> str:
 def pydantic_errors(exc: Any, doc: Located | None, prefix: Sequence[Any] = ()) -> SourceError:
     """Turn a pydantic ValidationError into one `SourceError` naming every failing field."""
     msgs = []
-    first_line = None
     for err in exc.errors():
         loc = tuple(prefix) + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         line = doc.line_of(loc) if doc else None
-        first_line = first_line or line
         where = f"line {line}: " if line and doc else ""
         msg = type_error_message(err)
         if err["type"] == "extra_forbidden":
