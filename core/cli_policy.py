@@ -151,9 +151,12 @@ def register(cli_group: click.Group) -> None:
         from sensorium.policy_rules import validate_policies
         from sensorium.yamlsrc import SourceError
 
-        logging.disable(logging.CRITICAL)
         name, text = _read_policy(file)
-        reg = PluginRegistry().discover()
+        logging.disable(logging.CRITICAL)  # a plugin that fails to load is not this command's business
+        try:
+            reg = PluginRegistry().discover()
+        finally:
+            logging.disable(logging.NOTSET)
         try:
             # Selectors are validated too; whether an agent can serve them (Kubernetes on) is its business.
             policies = validate_policies(text, name, reg, scoping_supported=True)
