@@ -64,7 +64,10 @@ def run(config_path: str | None, network: bool | None, output: str | None, log_l
     except (SourceError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}") from None
+        # A path or port the agent cannot use (a socket directory it cannot create, a port in use): the
+        # operator's to fix, so one line saying which, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}{where}") from None
     except Exception as exc:  # noqa: BLE001 - no traceback reaches the operator; it is in the debug log
         logging.getLogger("sensorium.cli").debug("agent failed", exc_info=True)
         raise click.ClickException(f"the agent failed: {type(exc).__name__}: {exc} "
@@ -78,9 +81,13 @@ def plugins(as_json: bool, config_path: str | None) -> None:
     """List discovered sensor and exporter plugins and whether they loaded (and why not)."""
     from sensorium.config import load_config
     from sensorium.plugins import PluginRegistry
+    from sensorium.yamlsrc import SourceError
 
     logging.disable(logging.CRITICAL)  # failures are shown in the table, not as log noise
-    cfg = load_config(config_path)
+    try:
+        cfg = load_config(config_path)
+    except SourceError as exc:
+        raise click.ClickException(f"invalid config: {exc}") from None
     reg = PluginRegistry(cfg.plugins.allow, cfg.plugins.deny).discover()
     rows = reg.as_list()
     if as_json:

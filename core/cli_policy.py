@@ -19,6 +19,23 @@ EVENT_TYPES = ("process_exec", "process_exit", "process_kprobe", "process_tracep
                "process_lsm", "rate_limit_info")
 
 
+def _read_policy(file: str) -> tuple[str, str]:
+    """(name, text) of a policy file or ``-`` (stdin), checked as the agent will: the same size cap, UTF-8
+    and NUL checks with the same messages, so `check` and `add` refuse bad bytes in the same words."""
+    from sensorium.policy import POLICY_LIMITS
+    from sensorium.yamlsrc import SourceError, decode, read_file
+
+    try:
+        if file == "-":
+            name, data = "<stdin>", sys.stdin.buffer.read(POLICY_LIMITS.max_bytes + 1)
+        else:
+            name = str(Path(file))
+            data = read_file(file, POLICY_LIMITS)
+        return name, decode(data, name, POLICY_LIMITS)
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _socket_path(socket_opt: str | None, config_path: str | None) -> str:
     if socket_opt:
         return socket_opt
@@ -114,21 +131,7 @@ def register(cli_group: click.Group) -> None:
     @_socket_options
     def policy_add(file: str, mode: str | None, socket_path: str | None, config_path: str | None) -> None:
         """Load the policies of FILE (all of them, or none)."""
-        from sensorium.policy import MAX_POLICY_BYTES
-
-        if file == "-":
-            data = sys.stdin.buffer.read(MAX_POLICY_BYTES + 1)
-            name = "<stdin>"
-        else:
-            with open(file, "rb") as fh:
-                data = fh.read(MAX_POLICY_BYTES + 1)
-            name = str(Path(file))
-        if len(data) > MAX_POLICY_BYTES:
-            raise click.ClickException(f"{name}: larger than {MAX_POLICY_BYTES} bytes")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise click.ClickException(f"{name}: not UTF-8 text (byte {exc.start})") from None
+        name, text = _read_policy(file)
         params: dict[str, Any] = {"text": text, "file": name}
         if mode:
             params["mode"] = mode
@@ -137,20 +140,26 @@ def register(cli_group: click.Group) -> None:
             click.echo(f"policy {n} added")
 
     @policy.command("check")
-    @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
     def policy_check(file: str) -> None:
-        """Validate FILE against the installed sensors' schemas, offline (nothing is loaded)."""
+        """Validate FILE offline (nothing is loaded, no agent needed): the installed sensors' schemas and every
+        rule that holds on any kernel, so what `check` calls valid is refused by `add` only for a reason of
+        the agent's kernel or config (a missing function, a sensor not enabled)."""
         import logging
 
         from sensorium.plugins import PluginRegistry
-        from sensorium.policy import parse_policies
+        from sensorium.policy_rules import validate_policies
         from sensorium.yamlsrc import SourceError
 
-        logging.disable(logging.CRITICAL)
-        reg = PluginRegistry().discover()
+        name, text = _read_policy(file)
+        logging.disable(logging.CRITICAL)  # a plugin that fails to load is not this command's business
+        try:
+            reg = PluginRegistry().discover()
+        finally:
+            logging.disable(logging.NOTSET)
         try:
             # Selectors are validated too; whether an agent can serve them (Kubernetes on) is its business.
-            policies = parse_policies(Path(file).read_bytes(), file, reg, scoping_supported=True)
+            policies = validate_policies(text, name, reg, scoping_supported=True)
         except SourceError as exc:
             raise click.ClickException(str(exc)) from None
         for p in policies:

@@ -1,7 +1,9 @@
 """Agent configuration: a YAML file validated by pydantic; the Helm chart's values.yaml has the same shape.
 
-Exporter items and sensor sections are validated in a second step against the options model that each
-plugin declares, so errors name the exact key path (``exporters[1].max_size_mb``) and the file line.
+The file is read by the one hardened loader (`sensorium.yamlsrc`, `CONFIG_LIMITS`) and validated with
+JSON's strictness (`validate_strict`): ``enabled: "false"`` is refused, never read as true. Exporter items
+and sensor sections are validated in a second step against the options model that each plugin declares,
+with the same strictness, so errors name the exact key path (``exporters[1].max_size_mb``) and the line.
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, with_config
+from typing_extensions import TypedDict
 
 from sensorium.filters import ExportFilters
-from sensorium.yamlsrc import Located, SourceError, load_one, pydantic_errors
+from sensorium.yamlsrc import Located, SourceError, YamlLimits, load_one, read_file, validate_strict
+
+# A config is a few KiB; the cap only bounds what a mistaken path (a log file, /dev/zero) costs.
+CONFIG_LIMITS = YamlLimits(what="config", whats="configs", max_bytes=4 << 20, max_depth=32, max_aliases=64)
+
+# sockaddr_un.sun_path is 108 bytes, one of them the terminating NUL.
+MAX_UNIX_SOCKET_PATH = 107
 
 
 class Strict(BaseModel):
@@ -43,6 +52,19 @@ class PipelineConfig(Strict):
 class ApiConfig(Strict):
     socket: Path = Path("/run/sensorium/api.sock")
     enabled: bool = True
+
+    @field_validator("socket")
+    @classmethod
+    def _bindable(cls, v: Path) -> Path:
+        # Checked here so the agent never starts its sensors only to fail at bind() (or worse, bind a
+        # truncated path: Python refuses, but a message about sun_path is clearer than "AF_UNIX path too long").
+        n = len(os.fsencode(v))
+        if n > MAX_UNIX_SOCKET_PATH:
+            raise ValueError(f"the socket path is {n} bytes; a unix socket path is at most {MAX_UNIX_SOCKET_PATH} "
+                             "bytes (sun_path)")
+        if v.is_dir():
+            raise ValueError("the socket path is an existing directory; name the socket file inside it")
+        return v
 
 
 class MetricsConfig(Strict):
@@ -88,11 +110,19 @@ class ExporterItem(BaseModel):
 HOST_EXPORTER_KEYS = frozenset(ExporterItem.model_fields)
 
 
+@with_config(ConfigDict(extra="allow"))
+class SensorSection(TypedDict, total=False):
+    """``sensors: {<name>: {enabled: bool, ...}}``: the host reads ``enabled``; the rest is the sensor's own
+    options, validated against its `SensorSpec.options` when it starts (`validate_sensor_options`)."""
+
+    enabled: bool
+
+
 class AgentConfig(Strict):
     node_name: str = Field(default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
-    sensors: dict[str, dict[str, Any]] = Field(
+    sensors: dict[str, SensorSection] = Field(  # type: ignore[assignment]
         default_factory=dict, description="Per sensor: {enabled: bool, ...its own options}"
     )
     exporters: list[ExporterItem] = Field(default_factory=lambda: [ExporterItem(type="stdout")])
@@ -113,32 +143,26 @@ class AgentConfig(Strict):
 
 
 def load_config(path: str | os.PathLike[str] | None) -> AgentConfig:
-    """Read and validate the config file (or the embedded defaults when ``path`` is None)."""
+    """Read and validate the config file (or the embedded defaults when ``path`` is None).
+
+    Raises `SourceError` (``file:line: key.path: reason``) for anything wrong, never another exception."""
     if path is None:
         return AgentConfig()
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise SourceError(f"cannot read config: {exc.strerror}", file=str(p)) from None
-    doc = load_one(text, str(p)) if text.strip() else Located({}, {}, str(p))
+    name = str(Path(path))
+    doc = load_one(read_file(path, CONFIG_LIMITS), name, CONFIG_LIMITS)
+    if doc.data is None:
+        doc = Located({}, doc.lines, name)
     if not isinstance(doc.data, dict):
         raise doc.error((), "the config must be a mapping")
-    try:
-        cfg = AgentConfig.model_validate(doc.data)
-    except ValidationError as exc:
-        raise pydantic_errors(exc, doc) from None
+    cfg = validate_strict(AgentConfig, doc.data, doc)
     cfg._source = doc
     return cfg
 
 
 def validate_exporter_options(item: ExporterItem, index: int, model: type[BaseModel], doc: Located | None) -> BaseModel:
-    """Validate an exporter item's own keys against its plugin's options model."""
+    """Validate an exporter item's own keys against its plugin's options model (strictly, as the config)."""
     own = {k: v for k, v in (item.model_extra or {}).items()}
-    try:
-        return model.model_validate(own)
-    except ValidationError as exc:
-        raise pydantic_errors(exc, doc, prefix=("exporters", index)) from None
+    return validate_strict(model, own, doc, prefix=("exporters", index))
 
 
 def validate_sensor_options(name: str, section: dict[str, Any], model: type[BaseModel] | None, doc: Located | None) -> dict[str, Any]:
@@ -149,7 +173,4 @@ def validate_sensor_options(name: str, section: dict[str, Any], model: type[Base
             raise (doc.error(("sensors", name, key), "unknown key (this sensor takes no options)") if doc
                    else SourceError("unknown key (this sensor takes no options)", path=f"sensors.{name}.{key}"))
         return {}
-    try:
-        return model.model_validate(own).model_dump()
-    except ValidationError as exc:
-        raise pydantic_errors(exc, doc, prefix=("sensors", name)) from None
+    return validate_strict(model, own, doc, prefix=("sensors", name)).model_dump()

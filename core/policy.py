@@ -16,12 +16,11 @@ import re
 import typing
 from typing import Annotated, Any, ClassVar, Mapping, Sequence
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
-from sensorium.yamlsrc import Located, SourceError, format_path, load_documents
+from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, load_documents, type_error_message
 
 # --------------------------------------------------------------------------------------------------
 # Limits: checked before anything is loaded; every message carries the limit.
@@ -46,6 +45,12 @@ MAX_NAME_LEN = 253                  # DNS-1123 subdomain (metadata.name)
 MAX_SYMBOLS_PER_UPROBE = 64
 MAX_YAML_DEPTH = 32                 # nesting of YAML collections (a policy needs about 8)
 MAX_POLICIES = 256                  # loaded at once; policy ids are 0..MAX_POLICIES-1
+
+# How `sensorium.yamlsrc` reads a policy text (file, API request, CRD object). Anchors and aliases are
+# refused outright: policies have no need for them, and an alias graph is how a few hundred bytes cost
+# minutes. "\0" escapes in strings are read (Tetragon's examples use them); the rules say where they fit.
+POLICY_LIMITS = YamlLimits(what="policy", whats="policies", max_bytes=MAX_POLICY_BYTES, max_depth=MAX_YAML_DEPTH,
+                           max_aliases=0, max_nodes=200_000, max_documents=MAX_DOCUMENTS, nul_in_strings=True)
 
 API_VERSIONS = ("sensorium.io/v1alpha1", "cilium.io/v1alpha1")
 KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
@@ -168,9 +173,13 @@ def _str_value(v: Any) -> Any:
     return v
 
 
-def _bounded_str(limit: int, what: str) -> Any:
+def _bounded_str(limit: int, what: str, numbers: bool = False) -> Any:
+    """A string of at most ``limit`` bytes; ``numbers``: a YAML number is taken as written (values to compare,
+    where ``- 443`` means "443"). A name (call, subsystem, path...) given as a number is a type error."""
+
     def check(v: Any) -> Any:
-        v = _str_value(v)
+        if numbers:
+            v = _str_value(v)
         if isinstance(v, str) and len(v.encode()) > limit:
             raise PydanticCustomError("policy_limit", "{what} is {n} bytes long; the limit is {limit} bytes",
                                       {"what": what, "n": len(v.encode()), "limit": limit})
@@ -189,7 +198,7 @@ def _bounded_list(item: Any, limit: int, what: str) -> Any:
     return Annotated[list[item], BeforeValidator(check)]
 
 
-MatchValue = _bounded_str(MAX_STRING_VALUE_LEN, "value")
+MatchValue = _bounded_str(MAX_STRING_VALUE_LEN, "value", numbers=True)
 Message = _bounded_str(MAX_MESSAGE_LEN, "message")
 Tag = _bounded_str(MAX_TAG_LEN, "tag")
 Values = _bounded_list(MatchValue, MAX_VALUES_PER_OPERATOR, "values")
@@ -197,9 +206,14 @@ Tags = _bounded_list(Tag, MAX_TAGS, "tags")
 
 
 class PolicyModel(BaseModel):
-    """Base of every policy model: YAML (camelCase) names, unknown keys refused, immutable once parsed."""
+    """Base of every policy model: YAML (camelCase) names, unknown keys refused, immutable once parsed.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=False)
+    Strict: a value must already have its field's type (``index: true``, ``syscall: "yes"``, a PID written
+    as a string are refused, not converted). The few conversions a policy author relies on are explicit
+    validators (numbers in string value lists, `_str_value`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=False,
+                              strict=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,6 +358,13 @@ class MatchPIDs(PolicyModel):
     isNamespacePID: bool = False
     followForks: bool = False
 
+    @model_validator(mode="after")
+    def _non_empty(self) -> "MatchPIDs":
+        # An empty In matches nothing and an empty NotIn everything: neither is what the author meant.
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
+        return self
+
 
 class MatchNamespaces(PolicyModel):
     """Namespace inode numbers (or ``host_ns``: the agent's own) of one namespace type."""
@@ -354,6 +375,8 @@ class MatchNamespaces(PolicyModel):
 
     @model_validator(mode="after")
     def _values(self) -> "MatchNamespaces":
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
             if v != "host_ns" and not v.isdigit():
                 raise PydanticCustomError("policy_value", "namespace value '{v}' is neither a number nor host_ns",
@@ -369,6 +392,8 @@ class MatchCapabilities(PolicyModel):
 
     @model_validator(mode="after")
     def _names(self) -> "MatchCapabilities":
+        if not self.values:
+            raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
             if v.upper() not in CAPABILITIES:
                 raise PydanticCustomError("policy_value", "unknown capability '{v}'", {"v": v})
@@ -716,7 +741,7 @@ def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple,
     for err in exc.errors():
         rel = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         loc = prefix + rel
-        msg = err["msg"]
+        msg = type_error_message(err)
         if err["type"] == "extra_forbidden":
             msg = _unknown_field(_model_at(model, rel[:-1]), rel[-1] if rel else "")
         elif err["type"] == "missing":
@@ -726,6 +751,12 @@ def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple,
 
 
 PROBLEMS_SHOWN = 10  # in one message; PolicyError.problems keeps them all
+
+
+def combine_problems(problems: Sequence[SourceError], file: str | None) -> PolicyError:
+    """One `PolicyError` for several problems: the first (in reading order) names file, line and field; the
+    message lists the others (up to `PROBLEMS_SHOWN`); ``problems`` keeps them all."""
+    return _combine(problems, file)
 
 
 def _combine(problems: Sequence[SourceError], file: str | None) -> PolicyError:
@@ -897,57 +928,14 @@ def _parse_options(value: Any, doc: Located) -> str:
     return mode
 
 
-_OPEN_TOKENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
-                yaml.FlowSequenceStartToken)
-_CLOSE_TOKENS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
-
-
-def _refuse_aliases(text: str, file: str | None) -> None:
-    # An alias makes the document a graph: expanding one node many times ("billion laughs") would let
-    # a few hundred bytes cost minutes of CPU in the agent. Policies have no need for them.
-    # Deep nesting costs PyYAML's recursive composer seconds before it fails: bound it on the tokens.
-    depth = 0
-    try:
-        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
-            if isinstance(tok, (yaml.AliasToken, yaml.AnchorToken)):
-                raise PolicyError("YAML anchors and aliases (&x / *x) are not allowed in policies",
-                                  file=file, line=tok.start_mark.line + 1)
-            if isinstance(tok, _OPEN_TOKENS):
-                depth += 1
-                if depth > MAX_YAML_DEPTH:
-                    raise PolicyError(f"YAML nested deeper than {MAX_YAML_DEPTH} levels", file=file,
-                                      line=tok.start_mark.line + 1)
-            elif isinstance(tok, _CLOSE_TOKENS):
-                depth -= 1
-    except yaml.YAMLError:
-        return  # load_documents reports malformed YAML with its line
-
-
 def parse_policies(text: str | bytes, file: str | None, registry: Any, *, scoping_supported: bool = False) -> list[Policy]:
     """Every policy in a (multi-document) YAML text, validated against the sections ``registry`` serves.
 
     Raises `SourceError` (usually a `PolicyError`) naming file, line and field path. Nothing is loaded here.
     """
-    if isinstance(text, bytes):
-        if len(text) > MAX_POLICY_BYTES:
-            raise PolicyError(f"policy is {len(text)} bytes; the limit is {MAX_POLICY_BYTES}", file=file)
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise PolicyError(f"policy is not UTF-8 text (byte {exc.start})", file=file) from None
-    if len(text.encode()) > MAX_POLICY_BYTES:
-        raise PolicyError(f"policy is {len(text.encode())} bytes; the limit is {MAX_POLICY_BYTES}", file=file)
-    if "\x00" in text:
-        raise PolicyError("policy contains a NUL byte", file=file)
-    _refuse_aliases(text, file)
-    try:
-        docs = list(load_documents(text, file))
-    except RecursionError:
-        raise PolicyError("YAML nested too deeply", file=file) from None
+    docs = load_documents(text, file, POLICY_LIMITS)
     if not docs:
         raise PolicyError("no policy document found", file=file)
-    if len(docs) > MAX_DOCUMENTS:
-        raise PolicyError(f"{len(docs)} documents in one file; the limit is {MAX_DOCUMENTS}", file=file)
     policies = [_validate_document(d, registry, scoping_supported) for d in docs]
     seen: dict[str, Policy] = {}
     for p in policies:
@@ -987,5 +975,5 @@ __all__ = [
     "ArgSpec", "MatchArg", "MatchBinaries", "MatchPIDs", "MatchNamespaces", "MatchCapabilities", "MatchAction",
     "Selector", "HookSpec", "KProbeSpec", "KProbeIgnore", "TracepointSpec", "UProbeSpec", "LsmHookSpec",
     "LabelSelector", "Policy", "Section", "PolicyError", "parse_policy", "parse_policies", "SECTION_MODELS",
-    "CAPABILITIES", "sock_value",
+    "CAPABILITIES", "sock_value", "combine_problems", "POLICY_LIMITS",
 ]

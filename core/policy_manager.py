@@ -1,7 +1,8 @@
 """Live policy management: add, delete, enable, disable and switch mode, each policy loaded whole or not at all.
 
-`PolicyManager` splits a validated `Policy` by section, asks every sensor involved to check its section
-before anything is loaded, then loads section by section; when any section fails, the sections already
+`PolicyManager` parses a text and applies the kernel-independent rules (`sensorium.policy_rules`, the
+same two stages as ``sensorium policy check``), splits each `Policy` by section, asks every sensor involved
+to check its section before anything is loaded, then loads section by section; when any section fails, the sections already
 loaded are unloaded again and the error names the hook and the reason. Policies never share kernel
 state, so adding or deleting one never disturbs the others.
 
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from sensorium.hookspecs import PolicyHandle, PolicyLoadError, PolicySensor, Scope, Sensor
-from sensorium.policy import MAX_POLICIES, MODES, Policy, PolicyError, Section, parse_policies
-from sensorium.yamlsrc import SourceError
+from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
+from sensorium.policy_rules import check_rules, validate_policies
+from sensorium.yamlsrc import SourceError, read_file
 
 log = logging.getLogger("sensorium.policy")
 
@@ -112,7 +114,9 @@ class PolicyManager:
     # ---- parsing ----------------------------------------------------------------------------------
 
     def parse(self, text: str | bytes, file: str | None = None) -> list[Policy]:
-        return parse_policies(text, file, self.registry, scoping_supported=self.scoping_supported)
+        """Parse and apply the kernel-independent rules (`sensorium.policy_rules`): exactly what
+        ``sensorium policy check`` runs, so both refuse the same policies with the same message."""
+        return validate_policies(text, file, self.registry, scoping_supported=self.scoping_supported)
 
     # ---- add / delete -----------------------------------------------------------------------------
 
@@ -136,6 +140,7 @@ class PolicyManager:
         mode = mode or policy.mode
         if mode not in MODES:
             raise PolicyError(f"mode {mode!r} is not one of {', '.join(MODES)}", file=policy.file)
+        check_rules(policy)  # a Policy built elsewhere than `parse` meets the rules too
         key = policy.key
         with self._op_lock:
             if key in self._policies:
@@ -253,7 +258,8 @@ class PolicyManager:
             if f.suffix not in POLICY_FILE_SUFFIXES or not f.is_file():
                 continue
             try:
-                text = f.read_bytes()
+                # Read no further than a policy may be: a mistaken multi-gigabyte file costs nothing.
+                text = read_file(f, POLICY_LIMITS)
                 names = self.add(text, str(f))
                 results.append({"file": str(f), "ok": True, "policies": names})
             except (SourceError, OSError) as exc:

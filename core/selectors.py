@@ -22,7 +22,7 @@ from sensorium.bpf.records import SensoriumHdr
 from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS, sock_value as parse_sock_value
 
 __all__ = [
-    "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "HookCfg", "SensEvent", "SensArgRec",
+    "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "check_selectors", "HookCfg", "SensEvent", "SensArgRec",
     "MAX_ARGS", "MAX_SELECTORS", "MAX_MATCH_ARGS", "MAX_VALUES", "MAX_STRINGS", "STR_MAX", "MAX_NS", "MAX_CAPS",
     "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW",
     "FROM_SYSCALL", "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC",
@@ -379,6 +379,101 @@ def _compile_sock_op(op: str, values: Sequence[Any], plan: ArgPlan, out: SensMat
         out.vals[i] = lo | hi << 16
 
 
+def _no_nul(values: Sequence[Any], field: str) -> None:
+    if any("\0" in str(v) for v in values):
+        raise SelectorError(field, "string values cannot contain NUL bytes")
+
+
+def check_selectors(selectors: Sequence[Any]) -> None:
+    """The kernel selectors' rules that hold whatever the hook and its arguments' types are: entry counts,
+    values per operator, NUL bytes, followChildren/followForks, isNamespaceCapability, action combinations.
+
+    `compile_hook` applies them first; `sensorium.policy_rules` applies them to a policy without a kernel
+    (``sensorium policy check``), so both refuse the same selectors with the same words. Raises
+    `SelectorError` for the first problem (field relative to the hook item)."""
+    if len(selectors) > MAX_SELECTORS:
+        raise SelectorError("selectors", f"{len(selectors)} selectors: at most {MAX_SELECTORS}")
+    for si, sel in enumerate(selectors):
+        base = f"selectors[{si}]"
+        margs = list(_g(sel, "matchArgs") or [])
+        if len(margs) > MAX_MATCH_ARGS:
+            raise SelectorError(f"{base}.matchArgs", f"{len(margs)} entries: at most {MAX_MATCH_ARGS} in the kernel")
+        for mi, m in enumerate(margs):
+            field = f"{base}.matchArgs[{mi}]"
+            idxs = list(m.indexes) if hasattr(m, "indexes") else [_g(m, "index")]
+            if len(idxs) != 1:
+                raise SelectorError(f"{field}.args", "matching several arguments at once ('args') is not supported; "
+                                                     "write one matchArgs entry per argument")
+            values = list(_g(m, "values") or [])
+            _values_limit(values, f"{field}.values")
+            _no_nul(values, f"{field}.values")
+        rargs = list(_g(sel, "matchReturnArgs") or [])
+        if len(rargs) > 1:
+            raise SelectorError(f"{base}.matchReturnArgs", f"{len(rargs)} entries: at most 1 in the kernel")
+        for m in rargs:
+            values = list(_g(m, "values") or [])
+            _values_limit(values, f"{base}.matchReturnArgs[0].values")
+            _no_nul(values, f"{base}.matchReturnArgs[0].values")
+        bins = list(_g(sel, "matchBinaries") or [])
+        if len(bins) > MAX_BINS:
+            raise SelectorError(f"{base}.matchBinaries", f"{len(bins)} entries: at most {MAX_BINS} in the kernel "
+                                                         f"(entries are ANDed)")
+        following = False
+        for bi, b in enumerate(bins):
+            bfield = f"{base}.matchBinaries[{bi}]"
+            op, values = _g(b, "operator"), list(_g(b, "values") or [])
+            _values_limit(values, f"{bfield}.values")
+            _no_nul(values, f"{bfield}.values")
+            if _g(b, "followChildren", False):
+                if str(op).startswith("Not"):
+                    raise SelectorError(f"{bfield}.followChildren",
+                                        f"followChildren applies to In/Prefix/Postfix, not {op}")
+                if following:
+                    raise SelectorError(f"{bfield}.followChildren",
+                                        "one matchBinaries entry with followChildren per selector in the kernel")
+                following = True
+        pids = list(_g(sel, "matchPIDs") or [])
+        if len(pids) > MAX_PIDF:
+            raise SelectorError(f"{base}.matchPIDs", f"{len(pids)} entries: at most {MAX_PIDF} in the kernel")
+        forking = False
+        for pi, p in enumerate(pids):
+            field = f"{base}.matchPIDs[{pi}]"
+            _values_limit(list(_g(p, "values") or []), f"{field}.values")
+            if _g(p, "followForks") and _g(p, "operator") == "In":
+                if forking:
+                    raise SelectorError(f"{field}.followForks", "one followForks entry per selector in the kernel")
+                forking = True
+        nss = list(_g(sel, "matchNamespaces") or [])
+        if len(nss) > MAX_NS:
+            raise SelectorError(f"{base}.matchNamespaces", f"{len(nss)} entries: at most {MAX_NS} in the kernel")
+        for ni, n in enumerate(nss):
+            _values_limit(list(_g(n, "values") or []), f"{base}.matchNamespaces[{ni}].values")
+        caps = list(_g(sel, "matchCapabilities") or [])
+        if len(caps) > MAX_CAPS:
+            raise SelectorError(f"{base}.matchCapabilities", f"{len(caps)} entries: at most {MAX_CAPS} in the kernel")
+        for ci, c in enumerate(caps):
+            if _g(c, "isNamespaceCapability"):
+                raise SelectorError(f"{base}.matchCapabilities[{ci}].isNamespaceCapability",
+                                    "is not supported in the kernel selectors")
+        acts = list(sel.actions) if hasattr(sel, "actions") else list(_g(sel, "matchActions") or [])
+        names: list[str] = []
+        signal: int | None = None
+        for ai, a in enumerate(acts):
+            name = _g(a, "action")
+            names.append(name)
+            sig = 9 if name == "Sigkill" else _g(a, "argSig") if name == "Signal" else None
+            if sig is not None:
+                if signal is not None and signal != sig:
+                    why = ("two Signal actions with different argSig" if name == "Signal" and "Sigkill" not in names
+                           else "Sigkill and Signal together")
+                    raise SelectorError(f"{base}.matchActions[{ai}]", f"{why}: one signal per selector")
+                signal = sig
+        if "NoPost" in names and "Post" in names:
+            raise SelectorError(f"{base}.matchActions", "Post and NoPost together")
+        if list(_g(sel, "matchReturnActions") or []):
+            raise SelectorError(f"{base}.matchReturnActions", "matchReturnActions are not supported on this hook")
+
+
 def compile_hook(
     *,
     policy_id: int,
@@ -401,8 +496,9 @@ def compile_hook(
     """
     if len(args) > MAX_ARGS:
         raise SelectorError("args", f"{len(args)} arguments: at most {MAX_ARGS} in the kernel")
-    if len(selectors) > MAX_SELECTORS:
-        raise SelectorError("selectors", f"{len(selectors)} selectors: at most {MAX_SELECTORS}")
+    # The rules first, so a hook refused here is refused with the words `sensorium policy check` uses;
+    # the bounds checks below stay as guards of the structures they fill.
+    check_selectors(selectors)
     cfg = HookCfg()
     cfg.policy_id, cfg.hook_id, cfg.kind = policy_id, hook_id, kind
     cfg.nargs, cfg.nsel, cfg.syscall_nr = len(args), len(selectors), syscall_nr

@@ -22,7 +22,7 @@ from pathlib import Path
 from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
 from typing import Annotated, Any, Literal, Sequence
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from sensorium import hookimpl
 from sensorium.events import Event
@@ -63,9 +63,18 @@ def _check_broker(b: str) -> str:
 Broker = Annotated[str, AfterValidator(_check_broker)]
 
 
+def _split_brokers(v: Any) -> Any:
+    # librdkafka's own bootstrap.servers form, "HOST:PORT[,HOST:PORT]", is what users copy from elsewhere:
+    # unambiguous, so taken as the list it means (empty items are kept, to be refused by name).
+    if isinstance(v, str):
+        return [b.strip() for b in v.split(",")]
+    return v
+
+
 class KafkaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    brokers: list[Broker] = Field(min_length=1, description="host:port of bootstrap brokers")
+    brokers: Annotated[list[Broker], BeforeValidator(_split_brokers)] = Field(
+        min_length=1, description="host:port of bootstrap brokers: a list, or one comma-separated string")
     topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
     key: Literal["node", "pod", "none"] = Field(default="node", description="Message key (partitioning, order per key)")
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"

@@ -402,3 +402,27 @@ def test_a_selector_the_matcher_cannot_use_is_refused_at_its_line(env):
         pm.add(text, "p.yaml")
     assert (ei.value.line, ei.value.path) == (8, "spec.podSelector.matchExpressions[0].values")
     assert ei.value.reason == "In needs at least one value"
+
+
+def test_an_oversized_file_in_the_directory_is_refused_without_reading_it_all(env, tmp_path):
+    pm, _, _ = env
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as fh:  # sparse: 8 GiB on paper, nothing on disk
+        fh.truncate(8 << 30)
+    (tmp_path / "good.yaml").write_text(doc("good", "sys_enter_openat"))
+    [bad, good] = pm.load_directory(tmp_path)
+    assert bad == {"file": str(big), "ok": False, "error": f"{big}: policy is larger than 1048576 bytes"}
+    assert good["ok"] is True
+
+
+def test_a_policy_added_directly_meets_the_kernel_independent_rules():
+    from policy_sensors import registry_with
+    from sensorium.policy import KProbeSpec, parse_policy
+
+    reg, sensors = registry_with(("kprobe", "kprobes", KProbeSpec))
+    pm = PolicyManager(reg, sensors)
+    p = parse_policy("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: k}\nspec:\n  kprobes:\n"
+                     "  - call: sys_openat\n    args: [{index: 6, type: int}]\n", "k.yaml", reg)
+    with pytest.raises(PolicyError, match=r"refused kprobes\[0\] sys_openat: index 6: syscalls have 6 parameters"):
+        pm.add_policy(p)
+    assert sensors["kprobe"].attached == {} and pm.list() == []

@@ -300,3 +300,80 @@ def test_too_many_hooks_in_one_policy(reg):
     items = "".join(f"  - {{subsystem: s, event: e{i}}}\n" for i in range(P.MAX_HOOKS_PER_POLICY + 1))
     e = refused(OPENAT.split("  tracepoints:")[0] + "  tracepoints:\n" + items, reg)
     assert e.path == "spec.tracepoints" and f"the limit is {P.MAX_HOOKS_PER_POLICY}" in e.reason
+
+
+# ---- strict types: a value must already have its field's type -------------------------------------
+
+KPROBE = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: strict
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args:
+    - index: 1
+      type: string
+    selectors:
+    - matchPIDs:
+      - operator: NotIn
+        values: [1]
+"""
+
+
+@pytest.fixture
+def kreg():
+    return registry_with(("kprobe", "kprobes", KProbeSpec))[0]
+
+
+def test_a_string_is_not_a_boolean(kreg):
+    e = refused(KPROBE.replace("syscall: true", 'syscall: "yes"'), kreg)
+    assert str(e) == "p.yaml:8: spec.kprobes[0].syscall: must be a boolean (true or false), not the string 'yes'"
+
+
+def test_a_boolean_is_not_an_index(kreg):
+    e = refused(KPROBE.replace("index: 1", "index: true"), kreg)
+    assert str(e) == "p.yaml:10: spec.kprobes[0].args[0].index: must be an integer, not the boolean true"
+
+
+def test_a_pid_written_as_a_string_is_refused(kreg):
+    e = refused(KPROBE.replace("values: [1]", 'values: ["1"]'), kreg)
+    assert str(e) == ("p.yaml:15: spec.kprobes[0].selectors[0].matchPIDs[0].values[0]: must be an integer, "
+                      "not the string '1'")
+
+
+@pytest.mark.parametrize("entry", ["matchPIDs:\n      - operator: NotIn\n        values: []",
+                                   "matchNamespaces:\n      - namespace: Pid\n        operator: In\n        values: []",
+                                   "matchCapabilities:\n      - operator: In\n        values: []"],
+                         ids=["matchPIDs", "matchNamespaces", "matchCapabilities"])
+def test_an_empty_values_list_is_refused(kreg, entry):
+    text = KPROBE.split("    - matchPIDs:")[0] + "    - " + entry + "\n"
+    assert refused(text, kreg).reason == "values must not be empty"
+
+
+def test_numbers_in_a_string_value_list_are_still_taken_as_written(reg):
+    p = parse_policy(OPENAT.replace("- /etc/shadow", "- 443"), "p.yaml", reg)
+    assert list(p.sections[0].items[0].selectors[0].matchArgs[0].values) == ["443"]
+
+
+def test_a_custom_tag_is_refused_not_a_crash(reg):
+    e = refused(OPENAT.replace("kind: TracingPolicy", "kind: !foo TracingPolicy"), reg)
+    assert str(e) == ("p.yaml:2: kind: YAML tag '!foo' is not allowed: only plain values (strings, numbers, "
+                      "booleans, null, lists and mappings)")
+
+
+def test_a_port_range_written_bare_stays_a_range(kreg):
+    text = KPROBE.replace("type: string", "type: sockaddr").split("    - matchPIDs:")[0] + \
+        "    - matchArgs:\n      - index: 1\n        operator: DPort\n        values: [20:21]\n"
+    [p] = parse_policies(text.replace("sys_openat", "sys_connect"), "p.yaml", kreg)
+    assert list(p.sections[0].items[0].selectors[0].matchArgs[0].values) == ["20:21"]
+
+
+@pytest.mark.parametrize("field,value", [("subsystem", "0"), ("event", "12"), ("message", "42")])
+def test_a_name_given_as_a_number_is_refused(reg, field, value):
+    text = OPENAT.replace("    event: sys_enter_openat\n", f"    event: sys_enter_openat\n    message: ok\n")
+    text = text.replace(f"{field}: " + {"subsystem": "syscalls", "event": "sys_enter_openat", "message": "ok"}[field],
+                        f"{field}: {value}")
+    assert refused(text, reg).reason == f"must be a string, not the number {value}"

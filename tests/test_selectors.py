@@ -215,7 +215,8 @@ spec:
     with pytest.raises(PolicyLoadError, match="operator GT does not apply to the string argument"):
         rig.sensor.check_policy(rig.view(text.replace("Prefix", "GT").replace(many, '"1"'), "kprobes"))
     with pytest.raises(PolicyLoadError, match="index 3 names no declared argument"):
-        rig.sensor.check_policy(rig.view(text.replace("{index: 1, operator", "{index: 3, operator"), "kprobes"))
+        rig.sensor.check_policy(rig.view(text.replace("{index: 1, operator", "{index: 3, operator")
+                                         .replace(many, '"/p"'), "kprobes"))
     over = "\n".join(f"    - matchArgs:\n      - {{index: 1, operator: Equal, values: [{', '.join(repr(f'/s{j}_{i}') for i in range(8))}]}}"
                      for j in range(5))
     with pytest.raises(PolicyLoadError, match=f"at most {S.MAX_STRINGS}"):

@@ -21,7 +21,9 @@ import time
 from typing import Any, Callable
 
 import orjson
-import yaml
+
+from sensorium.policy import POLICY_LIMITS
+from sensorium.yamlsrc import dump
 
 log = logging.getLogger("sensorium.k8s")
 
@@ -97,14 +99,16 @@ class PolicyCrdWatcher:
     # ---- applying -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _document(obj: dict[str, Any]) -> str:
+    def _document(obj: dict[str, Any], src: str | None = None) -> str:
         """The policy as the agent parses it: only apiVersion, kind, metadata (name, namespace, labels,
-        annotations) and spec; the server's bookkeeping stays out."""
+        annotations) and spec; the server's bookkeeping stays out. Written as YAML text so it goes through
+        the one loader and its limits like a file (a `SourceError` for an object nested or sized past them),
+        and its errors have lines."""
         meta = obj.get("metadata") or {}
         doc = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
                "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
                "spec": obj.get("spec")}
-        return yaml.safe_dump(doc, sort_keys=False)
+        return dump(doc, src, POLICY_LIMITS)
 
     def _apply(self, plural: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -117,7 +121,7 @@ class PolicyCrdWatcher:
             self._unload(prev[2])
         src = f"{KINDS[plural]}/{key[1] + '/' if key[1] else ''}{key[2]}"
         try:
-            names = self.manager.add(self._document(obj), file=src)
+            names = self.manager.add(self._document(obj, src), file=src)
         except Exception as exc:  # noqa: BLE001 - any refusal is reported on the object, never raised
             msg = str(exc)[:2000]
             self.applied[key] = (gen, str(meta.get("uid")), None, "error")
