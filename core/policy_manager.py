@@ -395,6 +395,9 @@ class PolicyManager:
             hook, reason, field = exc.hook, exc.reason, exc.field
         else:
             hook, reason, field = section.key, f"{type(exc).__name__}: {exc}", None
+        # An error is one line (SourceError escapes line breaks); a sensor's reason of several lines (the
+        # verifier's verdict, its count, a hint) reads better joined than escaped.
+        reason = "; ".join(ln.strip() for ln in str(reason).splitlines() if ln.strip())
         loc = _field_loc(field) if field else ("spec", section.key)
         m = re.match(rf"{re.escape(section.key)}\[(\d+)\]", hook or "")
         if not field and m:

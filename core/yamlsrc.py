@@ -463,7 +463,9 @@ def type_error_message(err: Mapping[str, Any]) -> str:
     ("must be a boolean (true or false), not the string 'false'"): strictness must explain itself."""
     want = _TYPE_NAMES.get(err.get("type", ""))
     if want is None or "input" not in err:
-        return str(err["msg"])
+        msg = str(err["msg"])
+        # a validator's own ValueError reads as its text, without pydantic's "Value error, " in front
+        return msg[len("Value error, "):] if err.get("type") == "value_error" and msg.startswith("Value error, ") else msg
     return f"must be {want}, not {_described(err['input'])}"
 
 

@@ -125,13 +125,13 @@ def test_a_socket_path_over_107_bytes_is_refused(tmp_path: Path) -> None:
     p = write(tmp_path, f"api:\n  socket: {sock}\n")
     with pytest.raises(SourceError) as err:
         load_config(p)
-    assert str(err.value) == (f"{p}: line 2: api.socket: Value error, the socket path is {len(sock)} bytes; a unix "
+    assert str(err.value) == (f"{p}: line 2: api.socket: the socket path is {len(sock)} bytes; a unix "
                               "socket path is at most 107 bytes (sun_path)")
 
 
 def test_a_socket_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     p = write(tmp_path, f"api:\n  socket: {tmp_path}\n")
-    with pytest.raises(SourceError, match="api.socket: Value error, the socket path is an existing directory"):
+    with pytest.raises(SourceError, match="api.socket: the socket path is an existing directory"):
         load_config(p)
 
 
@@ -155,7 +155,7 @@ def test_kafka_brokers_as_a_list_still_work(tmp_path: Path) -> None:
 
 
 def test_a_bad_item_of_a_kafka_broker_string_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"line 3: exporters\[0\].brokers\[1\]: Value error, expected host:port, "
+    with pytest.raises(SourceError, match=r"line 3: exporters\[0\].brokers\[1\]: expected host:port, "
                                           r"got 'kafka-2'"):
         _kafka_options(tmp_path, '"10.0.0.1:9092,kafka-2"')
 
@@ -204,5 +204,6 @@ def test_run_reports_a_port_in_use_in_one_line(tmp_path: Path) -> None:
                             f"api: {{socket: {tmp_path}/run/api.sock}}\n")
         out = subprocess.run([SENSORIUM, "run", "--config", str(p)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.splitlines()[-1] == (f"Error: cannot start: metrics: cannot listen on 127.0.0.1:{port}: "
+    # checked at start, before anything loads, and named where the config sets it
+    assert out.stderr.splitlines()[-1] == (f"Error: {p}:1: metrics.port: metrics: cannot listen on 127.0.0.1:{port}: "
                                            "Address already in use")

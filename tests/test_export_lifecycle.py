@@ -98,7 +98,8 @@ def test_an_api_socket_path_that_is_a_directory_stops_the_agent_with_one_line(tm
     res = run_agent(tmp_path, {"api": {"socket": str(tmp_path / "api-dir")},
                                "exporters": [{"type": "file", "path": str(tmp_path / "ev.log")}]})
     line = one_line_error(res)
-    assert f"api.socket: {tmp_path}/api-dir is a directory, not a socket path" in line
+    # refused when the config loads (a path that names a directory can never be the socket)
+    assert "api.socket: the socket path is an existing directory; name the socket file inside it" in line
     assert not (tmp_path / "ev.log").exists()  # refused before any exporter started
     record("startup_refused.api_socket_directory.exit_code", res.returncode)
 
