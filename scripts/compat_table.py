@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
-"""Tetragon compatibility table: what Sensorium does with each policy of Tetragon's example corpus.
+"""Tetragon compatibility: what Sensorium does with each policy of Tetragon's example corpus, per kernel.
 
-For every file of tests/data/tetragon-policies it records whether the policy is valid for Sensorium's
-models (parse stage), and, with ``--load`` (root, real kernel), whether the running agent's sensors load
-it on this host and by which mechanism (policies are loaded in monitoring mode, so nothing is blocked or
-killed, and deleted at once). It writes docs/tetragon-compat.md, so the table stays what the code does:
+For every file of tests/data/tetragon-policies, the *outcome* on one kernel is one line: "loads: <the
+mechanisms that serve its hooks>", or "refused (<class>): <field>: <reason>" where the class is
+``kernel`` (this kernel cannot serve it), ``not implemented`` (a Tetragon feature Sensorium does not
+have, named in the reason) or ``invalid`` (the policy itself is wrong for Sensorium or this kernel).
+Policies are loaded through the real policy manager and sensors, in monitoring mode (nothing is blocked
+or killed), and deleted at once.
 
-    .venv/bin/python scripts/compat_table.py --load      # regenerate the doc (as root)
-    .venv/bin/python scripts/compat_table.py --check     # parse stage only; exit 1 if the doc disagrees
+The expected outcome of every policy on every kernel we test (the host kind and each VM-lane kernel) is
+recorded in tests/data/tetragon-compat.yaml; tests/test_tetragon_compat.py observes the outcomes on the
+kernel it runs on and fails on any difference, in either direction. An improvement or a regression is
+recorded deliberately:
 
-tests/test_tetragon_compat.py uses the same functions.
+    SENSORIUM_COMPAT_OBSERVED=1 .venv/bin/python -m pytest tests/test_tetragon_compat.py   # host, and
+    scripts/vm/run.sh <kernel> tests/test_tetragon_compat.py (same variable)                 # each lane kernel
+    .venv/bin/python scripts/compat_table.py --merge      # build/compat/*.json -> the record
+    .venv/bin/python scripts/compat_table.py              # the record -> docs/tetragon-compat.md
 """
 
 from __future__ import annotations
@@ -151,7 +158,8 @@ def load_rows(rows: list[Row], files: Iterable[Path]) -> None:
             ctx.close()
 
 
-def classify(load: bool) -> list[Row]:
+def observe(load: bool = True) -> list[Row]:
+    """Every corpus file's row on this kernel: the parse stage, and with ``load`` the load stage."""
     files = corpus_files()
     rows = [parse_row(f)[0] for f in files]
     if load:
@@ -159,81 +167,173 @@ def classify(load: bool) -> list[Row]:
     return rows
 
 
-def _cell(text: str, limit: int = 260) -> str:
+# ---- outcomes, classes, the record ----------------------------------------------------------------
+RECORD = REPO / "tests" / "data" / "tetragon-compat.yaml"
+OBSERVED = REPO / "build" / "compat"
+
+# Why a policy is refused, from the words of our own messages (kept with them: a new kind of refusal that
+# matches none of these is "unclassified", which the test refuses to record).
+_KERNEL_WORDS = ("on this kernel", "this kernel refuses", "kernel lacks", "does not exist in this kernel",
+                 "needs fmod_ret", "cannot be hooked", "not available here", "do not load on this kernel",
+                 "BPF LSM is not", "refuses lsm", "no fallback on this kernel", "not offered by this kernel",
+                 "cannot attach")
+_MISSING_WORDS = ("not supported by Sensorium", "not implemented", "not supported yet", "no Sensorium sensor implements",
+                  "is not supported in the kernel selectors", "is not supported on kernel functions yet",
+                  "are not supported", "is not supported here", "not supported for syscall hooks")
+
+
+def reason_class(stage: str, reason: str) -> str:
+    if stage == "load" and any(w in reason for w in _KERNEL_WORDS):
+        return "kernel"
+    if any(w in reason for w in _MISSING_WORDS):
+        return "not implemented"
+    if (stage == "parse" or "does not match" in reason or "out of range" in reason or "is declared twice" in reason
+            or "does not exist" in reason or " together" in reason):
+        return "invalid"
+    return "unclassified"
+
+
+def outcome(row: Row) -> str:
+    """One line for a row: what a user gets on this kernel."""
+    if row.result == "loads":
+        return f"loads: {row.mechanism}"
+    if row.result == "refused":
+        return f"refused ({reason_class(row.stage, row.reason)}): {row.reason}"[:400]
+    return "valid: not loaded"
+
+
+def kernel_label() -> str:
+    """The record's column for this kernel: the VM lane's kernel series (5.10, 6.1, 6.12), or "host"."""
+    release = os.environ.get("SENSORIUM_IN_VM")
+    if not release:
+        return "host"
+    parts = release.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else release
+
+
+# What decides outcomes on the host: the record's host column holds for a host with this profile only.
+PROFILE_NAMES = ("raw_tp", "tp_btf", "tracepoint", "uprobe", "kprobe", "kprobes", "fentry", "fexit", "fmod_ret",
+                 "lsm", "bpf_lsm", "cgroup_sock_addr", "bpf_rdonly_cast", "bpf_set_retval")
+
+
+def host_profile(caps: Any) -> str:
+    return " ".join(f"{n}={'yes' if caps.has(n) else 'no'}" for n in PROFILE_NAMES)
+
+
+def read_record() -> dict[str, Any]:
+    import yaml
+
+    if not RECORD.is_file():
+        return {"kernels": {}, "policies": {}}
+    return yaml.safe_load(RECORD.read_text()) or {"kernels": {}, "policies": {}}
+
+
+def write_record(rec: dict[str, Any]) -> None:
+    import yaml
+
+    head = ("# Expected outcome of each Tetragon example policy on each kernel we test (scripts/compat_table.py,\n"
+            "# tests/test_tetragon_compat.py). Update with `scripts/compat_table.py --merge` after observing,\n"
+            "# never by hand: an entry that changes is a change of what users get.\n")
+    RECORD.write_text(head + yaml.safe_dump(rec, sort_keys=True, width=200, allow_unicode=True))
+
+
+def save_observed(label: str, rows: list[Row], profile: str) -> Path:
+    import json
+
+    OBSERVED.mkdir(parents=True, exist_ok=True)
+    out = OBSERVED / f"{label}.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"label": label, "kernel": platform.release(), "profile": profile,
+                               "outcomes": {r.file: outcome(r) for r in rows}}, indent=1, sort_keys=True))
+    tmp.replace(out)
+    return out
+
+
+def merge() -> int:
+    """build/compat/*.json (observed) -> the record."""
+    import json
+
+    rec = read_record()
+    files = sorted(OBSERVED.glob("*.json"))
+    if not files:
+        print(f"compat_table: nothing observed in {OBSERVED}", file=sys.stderr)
+        return 1
+    for f in files:
+        obs = json.loads(f.read_text())
+        bad = [k for k, v in obs["outcomes"].items() if "(unclassified)" in v]
+        if bad:
+            print(f"compat_table: {f.name}: unclassified refusals (teach reason_class their words): {bad}",
+                  file=sys.stderr)
+            return 1
+        label = obs["label"]
+        rec["kernels"][label] = {"kernel": obs["kernel"], "profile": obs["profile"]}
+        for name, out in obs["outcomes"].items():
+            rec["policies"].setdefault(name, {})[label] = out
+        print(f"compat_table: merged {label} ({obs['kernel']}) from {f.name}")
+    write_record(rec)
+    return 0
+
+
+def _cell(text: str, limit: int = 200) -> str:
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def render(rows: list[Row], loaded: bool) -> str:
-    n = len(rows)
-    counts = {k: sum(r.result == k for r in rows) for k in ("loads", "valid", "refused")}
-    host = f"{platform.node()} (Linux {platform.release()})"
+_LABEL_ORDER = {"host": (99,), "5.10": (5, 10), "6.1": (6, 1), "6.12": (6, 12)}
+
+
+def render(rec: dict[str, Any]) -> str:
+    labels = sorted(rec["kernels"], key=lambda k: _LABEL_ORDER.get(k, (50,)))
+    pol = rec["policies"]
+    n = len(pol)
+
+    def count(label: str, prefix: str) -> int:
+        return sum(1 for v in pol.values() if v.get(label, "").startswith(prefix))
+
     out = [
         "# Tetragon policy compatibility",
         "",
-        "Generated by `scripts/compat_table.py` from the 55 example policies of cilium/tetragon in",
-        "`tests/data/tetragon-policies` (Apache-2.0). Do not edit by hand: run",
-        "`.venv/bin/python scripts/compat_table.py --load` as root to regenerate it.",
+        "Generated by `scripts/compat_table.py` from the record `tests/data/tetragon-compat.yaml`, which",
+        "`tests/test_tetragon_compat.py` checks on every kernel it runs on (any difference fails it). The",
+        f"corpus: the {n} example policies of cilium/tetragon in `tests/data/tetragon-policies` (Apache-2.0).",
         "",
-        "- **loads**: the policy loaded on the generating host through the running agent's sensors (in",
-        "  monitoring mode) and was deleted again; *mechanism* is what served its hooks there.",
-        "- **valid**: Sensorium's models accept every field, but no sensor on the generating host could be",
-        "  asked to load it" + (" (generated without `--load`)." if not loaded else "."),
-        "- **refused**: the reason is what the user sees: line, field path and why. *parse* refusals hold on",
-        "  every host (a field, operator or action Sensorium does not implement); *load* refusals depend on",
-        "  the host (a sensor not installed or not running, a hook this kernel cannot serve).",
+        "- **loads**: loaded through the real policy manager and sensors (in monitoring mode, then deleted);",
+        "  the mechanisms are what served its hooks on that kernel.",
+        "- **refused (kernel)**: that kernel cannot serve a hook of the policy (no kprobes or trampolines, a",
+        "  helper missing); **refused (not implemented)**: a Tetragon feature Sensorium does not have yet, named;",
+        "  **refused (invalid)**: the policy does not fit Sensorium's model or that kernel (e.g. an argument type",
+        "  that does not match the function's prototype). The reason is what the user sees.",
         "",
-        f"Result on {host if loaded else 'the models alone'}: {counts['loads']} load, {counts['valid']} valid, "
-        f"{counts['refused']} refused, of {n}.",
-        "",
-        "| file | result | stage | sections | mechanism | reason |",
+        "| kernel | release | loads | refused (kernel) | refused (not implemented) | refused (invalid) |",
         "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        out.append(f"| {r.file} | {r.result} | {r.stage} | {_cell(r.sections)} | {_cell(r.mechanism)} | {_cell(r.reason)} |")
+    for label in labels:
+        k = rec["kernels"][label]
+        out.append(f"| {label} | {k['kernel']} | {count(label, 'loads')} | {count(label, 'refused (kernel)')} | "
+                   f"{count(label, 'refused (not implemented)')} | {count(label, 'refused (invalid)')} |")
+    out += ["", "Host profile the host column holds for: `" + rec["kernels"].get("host", {}).get("profile", "?") + "`.",
+            "", "| file | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for name in sorted(pol):
+        out.append(f"| {name} | " + " | ".join(_cell(pol[name].get(lb, "not recorded")) for lb in labels) + " |")
     out.append("")
     return "\n".join(out)
 
 
-def read_doc_rows(text: str) -> dict[str, dict[str, str]]:
-    """file -> {result, stage, reason} from a generated table (for freshness checks)."""
-    rows: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        if not line.startswith("| ") or line.startswith("| file ") or line.startswith("|---"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6:
-            rows[cells[0]] = {"result": cells[1], "stage": cells[2], "reason": cells[5]}
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--load", action="store_true", help="also load each valid policy on this host (root)")
-    ap.add_argument("--check", action="store_true", help="compare the parse stage with the doc; do not write")
+    ap.add_argument("--merge", action="store_true", help="merge build/compat/*.json into the record first")
     ap.add_argument("--output", type=Path, default=DOC)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args.load and os.geteuid() != 0:
-        ap.error("--load needs root (it loads eBPF programs)")
-    rows = classify(load=args.load)
-    if args.check:
-        doc = read_doc_rows(args.output.read_text())
-        bad = []
-        for r in rows:
-            d = doc.get(r.file)
-            if d is None:
-                bad.append(f"{r.file}: missing from {args.output}")
-            elif r.result == "refused" and (d["stage"] != "parse" or d["reason"] != _cell(r.reason)):
-                bad.append(f"{r.file}: doc says {d['result']}/{d['stage']}, parser says refused: {r.reason}")
-            elif r.result == "valid" and d["stage"] == "parse":
-                bad.append(f"{r.file}: doc says refused at parse, parser accepts it")
-        for b in bad:
-            print(b, file=sys.stderr)
-        return 1 if bad else 0
+    if args.merge and merge() != 0:
+        return 1
+    rec = read_record()
+    if not rec["policies"]:
+        print(f"compat_table: the record {RECORD} is empty", file=sys.stderr)
+        return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(rows, loaded=args.load))
-    print(f"wrote {args.output}: " + ", ".join(f"{k} {sum(r.result == k for r in rows)}" for k in ("loads", "valid", "refused")))
+    args.output.write_text(render(rec))
+    print(f"wrote {args.output}")
     return 0
 
 
