@@ -318,6 +318,8 @@ class MatchArg(PolicyModel):
             return self
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
+        if any(isinstance(v, str) and v.endswith("\0") for v in self.values):
+            object.__setattr__(self, "values", self._without_terminator())
         if self.operator in ADDR_OPERATORS + PORT_OPERATORS + ("Protocol", "Family"):
             for i, v in enumerate(self.values):
                 try:
@@ -327,6 +329,24 @@ class MatchArg(PolicyModel):
         if self.operator in ("GT", "LT", "GreaterThan", "LessThan") and len(self.values) != 1:
             raise PydanticCustomError("policy_value", "operator {op} takes exactly one value", {"op": self.operator})
         return self
+
+    def _without_terminator(self) -> list[Any]:
+        """Values naming a string's terminating NUL ("security.capability\\0", as in Tetragon's cve-2023-2640
+        example) mean the string up to it: for Equal and Postfix (and their Not forms) the NUL is dropped,
+        which keeps the meaning for every consumer (kernel selectors and user-space matchers alike); for
+        Prefix it would mean the whole string, so the author is told to write Equal. Any other NUL stays and
+        is refused by the selector rules."""
+        out: list[Any] = []
+        for i, v in enumerate(self.values):
+            if isinstance(v, str) and v.endswith("\0") and "\0" not in v[:-1]:
+                if self.operator not in ("Equal", "NotEqual", "Postfix", "NotPostfix"):
+                    raise PydanticCustomError(
+                        "policy_value", "values[{i}]: a {op} value ending in a NUL byte means the whole string; "
+                        "write it without the NUL with operator {eq}",
+                        {"i": i, "op": self.operator, "eq": "NotEqual" if self.operator.startswith("Not") else "Equal"})
+                v = v[:-1]
+            out.append(v)
+        return out
 
     @property
     def indexes(self) -> list[int]:
