@@ -395,6 +395,8 @@ class KfuncHookSet(HookSet):
         mech = plan.attach[2]
         try:
             self._load_kfunc(plan)
+        except _KprobeRefused as k:
+            raise k.error from None
         except _TrampolineRefused as e:
             # The trampoline loads but the kernel will not attach it to this function (e.g. EBUSY: 6.1 on
             # dev_queue_xmit). A kprobe observes the same call; it cannot Override, so only fentry/fexit fall back.
@@ -406,7 +408,13 @@ class KfuncHookSet(HookSet):
                     if plan.note else f"{mech} attach refused by the kernel ({e.reason}), served by {fallback}")
             plan = dataclasses.replace(plan, attach=(*plan.attach[:2], fallback, *plan.attach[3:]),
                                        mechanism=fallback, note=note)
-            self._load_kfunc(plan)
+            try:
+                self._load_kfunc(plan)
+            except _KprobeRefused as k:
+                raise PolicyLoadError(plan.hook, f"kernel function {plan.attach[1]} cannot be attached on this "
+                                                 f"kernel: {mech} refused ({e.reason}) and {fallback} refused "
+                                                 f"({k.reason}); it may be inlined or excluded from tracing here",
+                                      plan.field) from None
 
     def _load_kfunc(self, plan: HookPlan) -> None:
         _kind, func, mech, pre, errnos, nparams = plan.attach
@@ -428,12 +436,19 @@ class KfuncHookSet(HookSet):
                 obj.program(prog).set_attach_target(func)
             obj.load()
             self.start_object(plan, obj, wanted)
-            if mech == "kretprobe":
-                # the return side first: no entry without its exit
-                obj.program("sens_kretprobe").attach_kprobe(func, retprobe=True)
-                obj.program("sens_kprobe").attach_kprobe(func)
-            elif mech == "kprobe":
-                obj.program("sens_kprobe").attach_kprobe(func)
+            if mech in ("kprobe", "kretprobe"):
+                try:
+                    if mech == "kretprobe":  # the return side first: no entry without its exit
+                        obj.program("sens_kretprobe").attach_kprobe(func, retprobe=True)
+                    obj.program("sens_kprobe").attach_kprobe(func)
+                except OSError as e:
+                    reason = os.strerror(e.errno) if e.errno else str(e)
+                    del self._scope_maps[n_scope_maps:]
+                    self._drop_last(plan)
+                    raise _KprobeRefused(PolicyLoadError(
+                        plan.hook, f"kernel function {func} cannot be attached on this kernel: {mech} refused "
+                                   f"({reason}); it may be inlined or excluded from tracing here", plan.field),
+                        reason) from e
             else:
                 try:
                     obj.program(prog).attach()
@@ -444,7 +459,7 @@ class KfuncHookSet(HookSet):
                     del self._scope_maps[n_scope_maps:]  # the closed object's scope map must not be updated later
                     self._drop_last(plan)
                     raise _TrampolineRefused(err, os.strerror(e.errno) if e.errno else str(e)) from e
-        except (PolicyLoadError, _TrampolineRefused):
+        except (PolicyLoadError, _TrampolineRefused, _KprobeRefused):
             raise
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
@@ -458,6 +473,15 @@ class KfuncHookSet(HookSet):
                 obj.close()
             except Exception:  # noqa: BLE001 - closing a half-used object must not hide why it failed
                 pass
+
+
+class _KprobeRefused(Exception):
+    """The kprobe program loaded but the kernel refused to attach it to the function (not in kallsyms, on
+    the kprobe blocklist): the error for the user, and the reason for a combined message."""
+
+    def __init__(self, error: PolicyLoadError, reason: str) -> None:
+        super().__init__(str(error))
+        self.error, self.reason = error, reason
 
 
 class _TrampolineRefused(Exception):
