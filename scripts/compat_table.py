@@ -312,10 +312,23 @@ def render(rec: dict[str, Any]) -> str:
         out.append(f"| {label} | {k['kernel']} | {count(label, 'loads')} | {count(label, 'refused (kernel)')} | "
                    f"{count(label, 'refused (not implemented)')} | {count(label, 'refused (invalid)')} |")
     out += ["", "Host profile the host column holds for: `" + rec["kernels"].get("host", {}).get("profile", "?") + "`.",
-            "", "| file | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+            "", "A refusal's reason, as the user sees it, is listed once under its number below the table.", "",
+            "| file | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    reasons: dict[str, int] = {}
+
+    def short(outcome: str) -> str:
+        head, sep, reason = outcome.partition("): ")
+        if not outcome.startswith("refused (") or not sep:
+            return _cell(outcome)
+        num = reasons.setdefault(reason, len(reasons) + 1)
+        return f"{head[len('refused ('):]} [R{num}](#r{num})"
+
     for name in sorted(pol):
-        out.append(f"| {name} | " + " | ".join(_cell(pol[name].get(lb, "not recorded")) for lb in labels) + " |")
-    out.append("")
+        out.append(f"| {name} | " + " | ".join(short(pol[name].get(lb, "not recorded")) for lb in labels) + " |")
+    out += ["", "## Reasons", ""]
+    for reason, num in reasons.items():
+        out.append(f'<a id="r{num}"></a>**R{num}**: {_cell(reason, 1000)}')
+        out.append("")
     return "\n".join(out)
 
 
