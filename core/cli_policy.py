@@ -165,6 +165,8 @@ def register(cli_group: click.Group) -> None:
         for p in policies:
             scoped = "; scoped: needs an agent with Kubernetes" if p.scoped else ""
             click.echo(f"{p.key}: valid ({', '.join(f'{s.key}: {len(s.items)}' for s in p.sections)}; {p.mode}{scoped})")
+            for w in p.warnings:
+                click.echo(f"warning: {w}", err=True)
 
     @policy.command("delete")
     @click.argument("name")
@@ -196,6 +198,8 @@ def register(cli_group: click.Group) -> None:
             for h in p.get("hooks", []):
                 note = f"  ({h['note']})" if h.get("note") else ""
                 click.echo(f"      {h.get('hook', h.get('section'))}: {h.get('mechanism') or '-'}{note}")
+            for w in p.get("warnings") or ():
+                click.echo(f"      warning: {w}")
             if p.get("error"):
                 click.echo(f"      error: {p['error']}")
 

@@ -69,7 +69,7 @@ ARG_TYPES = INT_ARG_TYPES + (
 TETRAGON_ARG_TYPES_UNSUPPORTED = (
     "char_iovec", "bpf_attr", "perf_event", "bpf_map", "user_namespace", "capability", "kiocb", "iov_iter",
     "load_info", "module", "kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective", "data_loc",
-    "net_device", "bpf_prog",
+    "net_device", "bpf_prog", "socket", "const_buf", "bpf_cmd",
 )
 
 ARG_OPERATORS = (
@@ -444,8 +444,6 @@ class MatchAction(PolicyModel):
             raise PydanticCustomError("policy_value", "argSig applies only to the Signal action")
         if a == "Signal" and self.argSig is None:
             raise PydanticCustomError("policy_value", "the Signal action needs argSig (the signal number)")
-        if self.argError is not None and a != "Override":
-            raise PydanticCustomError("policy_value", "argError applies only to the Override action (it would have no effect with {a}: remove it)", {"a": a})
         if a == "Override" and self.argError is None:
             raise PydanticCustomError("policy_value", "the Override action needs argError (e.g. -1 for EPERM)")
         if (self.rateLimit is not None or self.rateLimitScope is not None) and a != "Post":
@@ -687,6 +685,24 @@ class Policy:
         """The `PolicyView` a sensor receives for ``section`` (``scope``: a `sensorium.hookspecs.Scope`)."""
         return PolicyView(id=policy_id, name=self.name, namespace=self.namespace, section=section.key,
                           items=section.items, mode=mode or self.mode, scope=scope)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the policy gives that has no effect, as Tetragon accepts and ignores it (``argError`` on an
+        action other than Override): ``file:line: field: what is ignored``, for `policy check` to print and
+        the agent to log and list. Never a reason to refuse the policy."""
+        out: list[str] = []
+        for sec in self.sections:
+            for i, item in enumerate(sec.items):
+                for si, sel in enumerate(getattr(item, "selectors", None) or ()):
+                    for ai, act in enumerate(getattr(sel, "matchActions", None) or ()):
+                        if getattr(act, "argError", None) is not None and act.action != "Override":
+                            loc = ("spec", sec.key, i, "selectors", si, "matchActions", ai, "argError")
+                            line = self.source.line_of(loc) if self.source else None
+                            where = ":".join(str(x) for x in (self.file, line) if x is not None)
+                            out.append(f"{where + ': ' if where else ''}{format_path(loc)}: argError has no effect "
+                                       f"with the {act.action} action (only Override returns an error): ignored")
+        return out
 
     def hook_line(self, section: str, index: int) -> int | None:
         """Line of ``spec.<section>[index]`` in the source, for error messages."""

@@ -165,6 +165,8 @@ class PolicyManager:
                 raise
             st.state = "enabled"
             self._metric(key, "enabled")
+            for w in policy.warnings:
+                log.warning("policy %s: %s", key, w)
             log.info("policy %s loaded (id %d, %s%s): %s", key, pid, mode, self._scope_words(st),
                      ", ".join(f"{s.key}x{len(s.items)}" for s in policy.sections))
             return st
@@ -341,6 +343,7 @@ class PolicyManager:
         return {
             "name": p.name,
             "key": p.key,
+            "warnings": p.warnings,
             "id": st.id,
             "kind": p.kind,
             "namespace": p.namespace,

@@ -214,8 +214,7 @@ def test_policy_without_hooks_is_refused(reg):
 def test_action_fields_must_fit_the_action(reg):
     with pytest.raises(ValueError, match="the Signal action needs argSig"):
         MatchAction(action="Signal")
-    with pytest.raises(ValueError, match="argError applies only to the Override action"):
-        MatchAction(action="Sigkill", argError=-1)
+    assert MatchAction(action="Sigkill", argError=-1).argError == -1  # accepted, ignored with a warning (below)
     with pytest.raises(ValueError, match="rateLimit 'soon'"):
         MatchAction(action="Post", rateLimit="soon")
     assert MatchAction(action="Override", argError=-1).blocking
@@ -377,3 +376,48 @@ def test_a_name_given_as_a_number_is_refused(reg, field, value):
     text = text.replace(f"{field}: " + {"subsystem": "syscalls", "event": "sys_enter_openat", "message": "ok"}[field],
                         f"{field}: {value}")
     assert refused(text, reg).reason == f"must be a string, not the number {value}"
+
+
+def test_argerror_on_sigkill_is_accepted_with_a_warning_as_tetragon_does(reg, tmp_path):
+    """Tetragon accepts argError on a Sigkill action and ignores it: the policy is valid, `policy check`
+    names the ignored field with its line, and the loaded policy lists the same warning."""
+    from click.testing import CliRunner
+
+    from sensorium.cli import cli
+
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY_ARGERROR_SIGKILL)
+    [p] = parse_policies(f.read_text(), str(f), reg)
+    assert p.warnings == [f"{f}:15: spec.tracepoints[0].selectors[0].matchActions[0].argError: argError has no effect "
+                          "with the Sigkill action (only Override returns an error): ignored"]
+    res = CliRunner().invoke(cli, ["policy", "check", str(f)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == "argerr: valid (tracepoints: 1; enforcement)\n"
+    assert res.stderr == f"warning: {p.warnings[0]}\n"
+
+
+POLICY_ARGERROR_SIGKILL = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: argerr
+spec:
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args:
+    - index: 4
+      type: int64
+    selectors:
+    - matchActions:
+      - action: Sigkill
+        argError: -1
+"""
+
+
+@pytest.mark.parametrize("typ", ["socket", "const_buf", "bpf_cmd"])
+def test_tetragon_argument_types_we_lack_are_named_unsupported_not_unknown(reg, typ):
+    text = POLICY_ARGERROR_SIGKILL.replace("type: int64", f"type: {typ}")
+    err = refused(text, reg)
+    assert str(err).startswith(f"p.yaml:11: spec.tracepoints[0].args[0].type: argument type '{typ}' is not "
+                               "supported by Sensorium (supported: int, ")
