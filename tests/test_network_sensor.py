@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,16 +98,43 @@ def _py(script: str, *args: Any, stdin: Any = None) -> subprocess.Popen:
                             stdin=stdin, text=True)
 
 
-@pytest.fixture
-def net_agent(agent: Callable[..., Any], tmp_path: Path) -> Any:
-    events = tmp_path / "events.jsonl"
-    h = agent({
-        "node_name": "net-test-node",
-        "sensors": {"network": {"enabled": True, "udp_dedup_seconds": 30}},
-        "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50}],
-    })
+NET_CONFIG = {"node_name": "net-test-node", "sensors": {"network": {"enabled": True, "udp_dedup_seconds": 30}}}
+
+
+def _start_net_agent(workdir: Path, started: list[Any]) -> Any:
+    from sensorium_testlib import start_agent
+
+    events = workdir / "events.jsonl"
+    h = start_agent(workdir, {**NET_CONFIG, "exporters": [{"type": "file", "path": str(events),
+                                                           "flush_interval_ms": 50}]}, started=started)
     h.events_path = events
     return h
+
+
+@pytest.fixture(scope="module")
+def net_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One agent with the network sensor for the module's tests that only observe: each test finds its own
+    events by the ports and pids of the connections it makes. Starting an agent costs 40-65 s in the VM
+    lane's emulated guests; one per test was most of the lane's time. A test that stops the agent or needs
+    another config starts its own (`own_net_agent`)."""
+    started: list[Any] = []
+    h = _start_net_agent(tmp_path_factory.mktemp("net-agent"), started)
+    yield h
+    for a in started:
+        a.stop()
+
+
+@pytest.fixture
+def own_net_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An agent of the test's own; ``preexisting``: our programs' ids loaded before it started (the module's
+    shared agent may be running)."""
+    started: list[Any] = []
+    before = _our_prog_ids()
+    h = _start_net_agent(tmp_path_factory.mktemp("net-agent"), started)
+    h.preexisting = before
+    yield h
+    for a in started:
+        a.stop()
 
 
 def _kprobes(h: Any) -> list[dict[str, Any]]:
@@ -326,13 +354,13 @@ def _our_prog_ids() -> set[int]:
 
 
 @kernel
-def test_everything_is_detached_after_the_agent_stops(net_agent):
-    h = net_agent
+def test_everything_is_detached_after_the_agent_stops(own_net_agent):
+    h = own_net_agent
     from sensorium.bpf.probe import probe_kernel
 
     # `from conftest import ...` is ambiguous (tests/vm and tests/k8s have their own conftest).
     root = str(probe_kernel().cgroup2)
-    ours = _our_prog_ids()
+    ours = _our_prog_ids() - h.preexisting
     attached = _cgroup_prog_ids(root) & ours
     linked = {lk.get("prog_id") for lk in _bpftool("link", "list")} & ours
     assert len(attached) >= 4 and linked, (
