@@ -57,7 +57,8 @@ def _kprobe(item: KProbeSpec) -> list[tuple[str, str]]:
     """(field relative to the item, reason) for a ``kprobes`` item."""
     call = item.call
     if call.startswith("list:"):
-        return [("call", "named lists ('list:...' references) are not supported; write the calls out")]
+        return [("call", "a 'list:' reference is expanded from spec.lists when the policy is parsed; this one "
+                         "was not")]
     if call.startswith(_COMPAT_PREFIXES):
         return [("call", "32-bit compat syscalls are not served (raw_tp sys_enter is filtered by 64-bit syscall "
                          "numbers)")]

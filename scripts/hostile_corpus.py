@@ -605,7 +605,7 @@ def mutate_policy(col: Collector, base: str, docs: list[Any]) -> None:
     emit("option-name", "an unknown option", new, ["option 'no-such-option' is not supported"])
     new = copy.deepcopy(doc)
     new["spec"]["lists"] = [{"name": "l", "values": ["a"]}]
-    emit("tetragon-unsupported lists", "named lists (Tetragon)", new, ["named lists"])
+    emit("list-without-type", "a named list without its type", new, ["spec.lists[0].type", "list type None"])
     new = copy.deepcopy(doc)
     new["spec"]["hostSelector"] = {"matchLabels": {"a": "b"}}
     emit("host-selector-labels", "a hostSelector with labels", new, ["hostSelector must be {}"])
@@ -740,7 +740,8 @@ def mutate_policy(col: Collector, base: str, docs: list[Any]) -> None:
                                 ("newline", "sys_openat\nx")):
                 new = copy.deepcopy(doc)
                 new["spec"][key][0]["call"] = call
-                emit(f"rule-call {label}", f"call {call!r} names no function", new, ["refused kprobes[0]"])
+                emit(f"rule-call {label}", f"call {call!r} names no function", new,
+                     ["names no list of spec.lists"] if label == "list" else ["refused kprobes[0]"])
 
 
 def yaml_attacks(col: Collector, base: str, text: bytes, what: str, limits_whats: str) -> None:  # noqa: C901

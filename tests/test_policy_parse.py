@@ -94,9 +94,9 @@ def test_unknown_hook_section_names_the_sensor_that_would_serve_it(reg):
 
 
 def test_unsupported_tetragon_operator_is_refused_by_name_with_what_is_supported(reg):
-    e = refused(OPENAT.replace("operator: Equal", "operator: InMap"), reg)
+    e = refused(OPENAT.replace("operator: Equal", "operator: SubString"), reg)
     assert e.line == 15 and e.path == "spec.tracepoints[0].selectors[0].matchArgs[0].operator"
-    assert "matchArgs operator 'InMap' is not supported by Sensorium (supported: Equal, NotEqual," in e.reason
+    assert "matchArgs operator 'SubString' is not supported by Sensorium (supported: Equal, NotEqual," in e.reason
 
 
 def test_unknown_operator_is_refused(reg):
@@ -156,7 +156,7 @@ def test_known_tetragon_field_we_do_not_implement_is_refused_not_ignored(reg):
 
 
 def test_every_problem_is_reported_at_once(reg):
-    text = OPENAT.replace("operator: Equal", "operator: InMap").replace("type: string", "type: bpf_map")
+    text = OPENAT.replace("operator: Equal", "operator: SubString").replace("type: string", "type: bpf_map")
     e = refused(text, reg)
     assert len(e.problems) == 2
     assert {p.path for p in e.problems} == {"spec.tracepoints[0].args[0].type",
@@ -193,8 +193,10 @@ def test_policy_mode_option(reg):
 
 
 def test_unsupported_spec_keys_say_why(reg):
+    e = refused(OPENAT.replace("spec:\n", "spec:\n  selectorsMacros:\n  - name: x\n"), reg)
+    assert e.path == "spec.selectorsMacros" and "selector macros are not supported" in e.reason
     e = refused(OPENAT.replace("spec:\n", "spec:\n  lists:\n  - name: x\n    values: [a]\n"), reg)
-    assert e.path == "spec.lists" and "named lists" in e.reason
+    assert e.path == "spec.lists[0].type" and "list type None is not one of" in e.reason
 
 
 def test_multi_document_file_and_duplicate_names(reg):

@@ -97,9 +97,9 @@ def test_a_compiler_suffix_is_a_valid_call_name(reg) -> None:
     assert p.sections[0].items[0].call == "tcp_v4_connect.isra.0"
 
 
-def test_a_list_reference_as_a_call_is_refused_by_name(reg) -> None:
-    assert refusal(SYSCALL.replace("call: sys_openat", 'call: "list:syscalls"'), reg).endswith(
-        "refused kprobes[0] list:syscalls: named lists ('list:...' references) are not supported; write the calls out")
+def test_a_list_reference_to_no_list_is_refused_by_name(reg) -> None:
+    assert refusal(SYSCALL.replace("call: sys_openat", 'call: "list:syscalls"'), reg) == (
+        "p.yaml:7: spec.kprobes[0].call: 'list:syscalls' names no list of spec.lists")
 
 
 def test_a_32_bit_compat_syscall_is_refused(reg) -> None:

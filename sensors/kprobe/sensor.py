@@ -21,7 +21,7 @@ from typing import Any, Callable
 from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium_sensors.kprobe.kfunc import KfuncHookSet, plan_kernel_function, wrap_decode
-from sensorium_sensors.kprobe.syscalls_x86_64 import SYSCALLS_X86_64
+from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 from sensorium_sensors.tracepoint import tracefs
 from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
 from sensorium_sensors.tracepoint.sensor import _extras

@@ -1,0 +1,164 @@
+"""Named lists (spec.lists) and "list:NAME" references, as Tetragon's list-syscalls examples use them: a
+kprobes item on "list:NAME" hooks every syscall of the list; a list in an InMap matchArgs compares the
+syscall id with the listed syscalls' numbers. Parsed offline, then loaded on the real kernel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import pytest
+
+from hook_helpers import rig_fixture
+from policy_sensors import default_registry
+from sensorium.policy import PolicyError, parse_policies
+from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
+from sensorium.yamlsrc import SourceError
+from sensorium_sensors.kprobe.sensor import KprobeSensor
+from sensorium_sensors.tracepoint.sensor import TracepointSensor
+
+KPROBES = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: dups
+spec:
+  lists:
+  - name: dups
+    type: syscalls
+    values:
+    - sys_dup
+    - sys_dup2
+  kprobes:
+  - call: list:dups
+    args:
+    - index: 0
+      type: int
+"""
+
+TRACEPOINT = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: dups-tp
+spec:
+  lists:
+  - name: dups
+    type: syscalls
+    values: [sys_dup, sys_dup2]
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args:
+    - index: 4
+      type: uint64
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: InMap
+        values: ["list:dups"]
+"""
+
+# dup2(1, 987) then dup(987) through libc (Python's os.dup is fcntl(F_DUPFD_CLOEXEC), and the interpreter
+# makes dup2 calls of its own at start): the two listed syscalls, from one process we know.
+DUPS = "import os, ctypes; libc = ctypes.CDLL(None); libc.dup2(1, 987); libc.dup(987)"
+
+
+@pytest.fixture
+def reg() -> Any:
+    from sensorium.plugins import PluginRegistry
+
+    return PluginRegistry().discover()
+
+
+def refused(text: str, reg: Any) -> str:
+    with pytest.raises(SourceError) as ei:
+        parse_policies(text, "p.yaml", reg)
+    return str(ei.value)
+
+
+def test_a_call_on_a_list_becomes_one_syscall_hook_per_name_with_the_items_lines(reg) -> None:
+    [p] = parse_policies(KPROBES, "p.yaml", reg)
+    [sec] = p.sections
+    assert [(i.call, i.syscall) for i in sec.items] == [("sys_dup", True), ("sys_dup2", True)]
+    assert p.hook_line("kprobes", 0) == p.hook_line("kprobes", 1) == 13  # both from the one item the user wrote
+
+
+def test_an_inmap_list_becomes_the_syscall_numbers(reg) -> None:
+    [p] = parse_policies(TRACEPOINT, "p.yaml", reg)
+    [m] = p.sections[0].items[0].selectors[0].matchArgs
+    assert (m.operator, m.op, m.values) == ("InMap", "Equal", [str(SYSCALLS_X86_64["dup"]), str(SYSCALLS_X86_64["dup2"])])
+
+
+@pytest.mark.parametrize("change, error", [
+    (("call: list:dups", "call: list:nope"), "p.yaml:13: spec.kprobes[0].call: 'list:nope' names no list of spec.lists"),
+    (("    - sys_dup2\n", "    - __ia32_sys_dup\n"),
+     None),  # a call on a 32-bit syscall: refused by the sensor at load, like a written-out one
+    (("type: syscalls", "type: generated_ftrace"),
+     "p.yaml:8: spec.lists[0].type: not supported by Sensorium: generated_ftrace lists (kernel functions matched by "
+     "a pattern on the node) are not implemented; name the functions"),
+    (("type: syscalls", "type: nonsense"),
+     "p.yaml:8: spec.lists[0].type: list type 'nonsense' is not one of syscalls, generated_syscalls, generated_ftrace"),
+    (("  - call: list:dups\n", "  - call: list:dups\n    syscall: false\n"),
+     "p.yaml:14: spec.kprobes[0].syscall: list 'dups' names syscalls: syscall: false contradicts it"),
+])
+def test_list_mistakes_are_named_with_file_line_and_field(reg, change, error) -> None:
+    text = KPROBES.replace(*change)
+    if error is None:
+        [p] = parse_policies(text, "p.yaml", reg)
+        assert [i.call for i in p.sections[0].items] == ["sys_dup", "__ia32_sys_dup"]
+        return
+    assert refused(text, reg) == error
+
+
+def test_a_list_of_32bit_syscalls_in_inmap_is_refused_by_name(reg) -> None:
+    text = TRACEPOINT.replace("values: [sys_dup, sys_dup2]", "values: [sys_dup, __ia32_sys_dup]")
+    assert refused(text, reg) == (
+        "p.yaml:20: spec.tracepoints[0].selectors[0].matchArgs[0].values[0]: list 'dups': __ia32_sys_dup is not an "
+        "x86_64 syscall (32-bit compat syscalls are not supported by Sensorium)")
+
+
+def _collect(rig: Any, pred: Callable[[dict], bool], done: Callable[[list[dict]], bool],
+             timeout: float = 10.0) -> list[dict]:
+    """The events satisfying ``pred``, once ``done`` holds for them (or after ``timeout``), plus 0.3 s more
+    for anything that should not come."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = rig.events(pred, wait=0.2)
+        if done(got) or time.monotonic() > deadline:
+            time.sleep(0.3)
+            return rig.events(pred, wait=0)
+        time.sleep(0.05)
+
+
+kprobe_rig = rig_fixture(KprobeSensor)
+tp_rig = rig_fixture(TracepointSensor)
+
+
+@pytest.mark.kernel
+def test_the_list_call_hooks_dup_and_dup2_of_a_real_process(kprobe_rig) -> None:
+    kprobe_rig.load(KPROBES, "kprobes")
+    proc = subprocess.run([sys.executable, "-c", DUPS + "; print(os.getpid())"], check=True, capture_output=True,
+                          text=True)
+    pid = int(proc.stdout.split()[-1])
+    evs = _collect(kprobe_rig, lambda b: b.get("process", {}).get("pid") == pid,
+                   lambda got: {e["function_name"] for e in got} >= {"__x64_sys_dup", "__x64_sys_dup2"})
+    got = {(e["function_name"], e["args"][0]["int_arg"]) for e in evs}
+    assert {("__x64_sys_dup", 987), ("__x64_sys_dup2", 1)} <= got, got
+    assert {f for f, _ in got} == {"__x64_sys_dup", "__x64_sys_dup2"}  # nothing else is hooked
+
+
+@pytest.mark.kernel
+def test_the_inmap_list_selects_dup_and_dup2_by_id(tp_rig) -> None:
+    tp_rig.load(TRACEPOINT, "tracepoints")
+    proc = subprocess.run([sys.executable, "-c", DUPS + "; print(os.getpid())"], check=True, capture_output=True,
+                          text=True)
+    pid = int(proc.stdout.split()[-1])
+    def ids(got: list[dict]) -> set[int]:
+        return {int(e["args"][0].get("uint_arg", e["args"][0].get("size_arg", -1))) for e in got}
+
+    evs = _collect(tp_rig, lambda b: b.get("process", {}).get("pid") == pid,
+                   lambda got: len(ids(got)) >= 2)
+    assert ids(evs) == {SYSCALLS_X86_64["dup"], SYSCALLS_X86_64["dup2"]}  # both, and no other syscall
