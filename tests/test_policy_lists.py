@@ -120,17 +120,21 @@ def test_a_list_of_32bit_syscalls_in_inmap_is_refused_by_name(reg) -> None:
         "x86_64 syscall (32-bit compat syscalls are not supported by Sensorium)")
 
 
-def _collect(rig: Any, pred: Callable[[dict], bool], done: Callable[[list[dict]], bool],
-             timeout: float = 10.0) -> list[dict]:
-    """The events satisfying ``pred``, once ``done`` holds for them (or after ``timeout``), plus 0.3 s more
-    for anything that should not come."""
+def _dups_events(rig: Any, done: Callable[[list[dict]], bool], timeout: float = 10.0) -> list[dict]:
+    """Run DUPS in a fresh process; its events once ``done`` holds for them (or after ``timeout``), plus
+    0.3 s more for anything that should not come."""
+    proc = subprocess.run([sys.executable, "-c", DUPS + "; print(os.getpid())"], check=True, capture_output=True,
+                          text=True)
+    pid = int(proc.stdout.split()[-1])
+
+    def pred(b: dict) -> bool:
+        return b.get("process", {}).get("pid") == pid
+
     deadline = time.monotonic() + timeout
-    while True:
-        got = rig.events(pred, wait=0.2)
-        if done(got) or time.monotonic() > deadline:
-            time.sleep(0.3)
-            return rig.events(pred, wait=0)
+    while not done(rig.events(pred, wait=0.2)) and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.3)
+    return rig.events(pred, wait=0)
 
 
 kprobe_rig = rig_fixture(KprobeSensor)
@@ -140,25 +144,18 @@ tp_rig = rig_fixture(TracepointSensor)
 @pytest.mark.kernel
 def test_the_list_call_hooks_dup_and_dup2_of_a_real_process(kprobe_rig) -> None:
     kprobe_rig.load(KPROBES, "kprobes")
-    proc = subprocess.run([sys.executable, "-c", DUPS + "; print(os.getpid())"], check=True, capture_output=True,
-                          text=True)
-    pid = int(proc.stdout.split()[-1])
-    evs = _collect(kprobe_rig, lambda b: b.get("process", {}).get("pid") == pid,
-                   lambda got: {e["function_name"] for e in got} >= {"__x64_sys_dup", "__x64_sys_dup2"})
+    evs = _dups_events(kprobe_rig, lambda got: {e["function_name"] for e in got} >= {"__x64_sys_dup", "__x64_sys_dup2"})
     got = {(e["function_name"], e["args"][0]["int_arg"]) for e in evs}
     assert {("__x64_sys_dup", 987), ("__x64_sys_dup2", 1)} <= got, got
     assert {f for f, _ in got} == {"__x64_sys_dup", "__x64_sys_dup2"}  # nothing else is hooked
 
 
+def _ids(got: list[dict]) -> set[int]:
+    return {int(e["args"][0].get("uint_arg", e["args"][0].get("size_arg", -1))) for e in got}
+
+
 @pytest.mark.kernel
 def test_the_inmap_list_selects_dup_and_dup2_by_id(tp_rig) -> None:
     tp_rig.load(TRACEPOINT, "tracepoints")
-    proc = subprocess.run([sys.executable, "-c", DUPS + "; print(os.getpid())"], check=True, capture_output=True,
-                          text=True)
-    pid = int(proc.stdout.split()[-1])
-    def ids(got: list[dict]) -> set[int]:
-        return {int(e["args"][0].get("uint_arg", e["args"][0].get("size_arg", -1))) for e in got}
-
-    evs = _collect(tp_rig, lambda b: b.get("process", {}).get("pid") == pid,
-                   lambda got: len(ids(got)) >= 2)
-    assert ids(evs) == {SYSCALLS_X86_64["dup"], SYSCALLS_X86_64["dup2"]}  # both, and no other syscall
+    evs = _dups_events(tp_rig, lambda got: len(_ids(got)) >= 2)
+    assert _ids(evs) == {SYSCALLS_X86_64["dup"], SYSCALLS_X86_64["dup2"]}  # both, and no other syscall
