@@ -451,3 +451,21 @@ def test_exit_status_decoding(code: int, group: int, flags: int, expected: tuple
     from sensorium_sensors.exec.decoder import exit_status
 
     assert exit_status(code, group, flags) == expected
+
+
+def test_decoder_refuses_a_fork_whose_child_is_its_parent() -> None:
+    # Found by tests/test_fuzz_records.py: the cache made the child its own parent (parent_exec_id == exec_id),
+    # and the next exit reported the process as its own parent. A fork always makes a new, non-zero pid.
+    from sensorium_sensors.exec.decoder import EXEC_REC_FORK, ExecDecoder, ForkRecord
+
+    def fork(parent: int, child: int) -> bytes:
+        r = ForkRecord()
+        r.hdr.type, r.hdr.pid, r.hdr.ktime = EXEC_REC_FORK, parent, 5
+        r.parent_pid, r.child_pid, r.child_start_time = parent, child, 5
+        return bytes(r)
+
+    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    d.decode_batch([_exec_record(b"x\0", b"/x", b"/"), fork(4242, 4242), fork(4242, 0)])
+    assert d.counters["bad_fork_pids"] == 2 and d.counters["fork"] == 0
+    process, parent = d.cache.get(4242)
+    assert process["binary"] == "/x" and parent is None and "parent_exec_id" not in process

@@ -206,6 +206,8 @@ class ExecDecoder:
         if len(raw) < _FORK_SIZE:
             raise _BadRecord("fork_size")
         r = ForkRecord.from_buffer_copy(raw)
+        if r.child_pid == r.parent_pid or not r.child_pid:  # a fork makes a new pid: never its parent's, never 0
+            raise _BadRecord("fork_pids")
         self.cache.on_fork(r.parent_pid, r.child_pid, r.hdr.ktime)
         self.counters["fork"] += 1
         return None
