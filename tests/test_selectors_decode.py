@@ -137,3 +137,51 @@ def test_records_of_unloaded_hooks_and_of_other_types_are_counted(monkeypatch, h
     ring, args = _decode(monkeypatch, how, [_record(INT7 + ABC, policy_id=99), bytes(other_type)])
     assert args == [] and ring.dropped["unknown_hook"] == 1 and ring.dropped["not_a_hook_record"] == 1
     assert ring.decode_errors == 1  # a record in flight when its hook went away is not malformed
+
+
+# ---- the kprobe sensor's kernel-function additions (kfunc.wrap_decode) -----------------------------------
+
+
+def _kfunc_ring() -> EventRing:
+    """A ring with an fmod_ret hook (policy 3 hook 1: its selector 0 overrides with EPERM) beside the syscall
+    hook of `_ring_with_one_hook` (policy 3 hook 0)."""
+    from sensorium_sensors.kprobe.kfunc import ACT_OVERRIDE, wrap_decode
+
+    ring, plan = _ring_with_one_hook()
+    sel = [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["1"]}], "matchActions": [{"action": "Post"}]}]
+    compiled = S.compile_hook(policy_id=3, hook_id=1, kind=S.HOOK_RAW_TP, args=plan.args, selectors=sel,
+                              arg_position={0: 0, 1: 1})
+    compiled.cfg.sel[0].actions |= ACT_OVERRIDE
+    fmod = HookPlan(hook="kprobes[1] security_file_open", field="spec.kprobes[1]", compiled=compiled, args=plan.args,
+                    attach=("kfunc", "security_file_open", "fmod_ret", (), (1, 0, 0, 0, 0), 2),
+                    mechanism="fmod_ret", note="", body={"function_name": "security_file_open"}, kind="process_kprobe")
+    ring.hooks = {**ring.hooks, (3, 1): (fmod, "p", _HS())}
+    ring.decode = wrap_decode(ring, ring.decode)  # type: ignore[method-assign]
+    return ring
+
+
+def _hook_record(hook_id: int, sel: int, actions: int) -> bytes:
+    data = INT7 + ABC
+    return _EV.pack(S.REC_HOOK, 0, _EV.size + len(data), 1, 10, 10, 3, hook_id, 0, 1, sel, actions, 0, 2,
+                    len(data)) + data
+
+
+def test_an_override_record_reports_its_selectors_errno() -> None:
+    from sensorium_sensors.kprobe.kfunc import ACT_OVERRIDE
+
+    [ev] = _kfunc_ring().decode([_hook_record(1, 0, ACT_OVERRIDE | S.ACT_POST)])
+    assert ev.body["action"] == "KPROBE_ACTION_OVERRIDE" and ev.body["override_return"] == -1
+
+
+@pytest.mark.parametrize("hook_id,sel", [(1, 1), (1, 200), (0, 0)],
+                         ids=["selector-without-override", "selector-past-the-hook", "syscall-hook"])
+def test_an_override_bit_no_override_selector_sets_is_dropped_and_costs_no_other_record(hook_id, sel) -> None:
+    # was "override_return": 0 (selectors 1 and 200), and an IndexError for a syscall hook's record that lost
+    # the whole batch
+    from sensorium_sensors.kprobe.kfunc import ACT_OVERRIDE
+
+    ring = _kfunc_ring()
+    good = _hook_record(0, 0, S.ACT_POST)
+    out = ring.decode([good, _hook_record(hook_id, sel, ACT_OVERRIDE | S.ACT_POST), good])
+    assert [ev.body["action"] for ev in out] == ["KPROBE_ACTION_POST"] * 2
+    assert ring.dropped["bad_selector"] == 1
