@@ -173,11 +173,13 @@ DENY_TMP = [{"matchArgs": [{"index": 0, "operator": "Prefix", "values": ["/tmp/"
              "matchActions": [{"action": "Override", "argError": -1}]}]
 
 
-def lsm_record(path: bytes, *, sel: int = 0, data: bytes | None = None, data_len: int | None = None) -> bytes:
+def lsm_record(path: bytes, *, sel: int = 0, data: bytes | None = None, data_len: int | None = None,
+               policy_id: int = 3, hook_id: int = 0) -> bytes:
     if data is None:
         data = _ARG.pack(S.ARG_STR, 0, len(path), 0) + path + b"\0" * (-len(path) % 8)
     dl = len(data) if data_len is None else data_len
-    return _EV.pack(S.REC_HOOK, 0, _EV.size + len(data), 5, 4242, 4242, 3, 0, 0, 1, sel, S.ACT_POST, 0, 1, dl) + data
+    return _EV.pack(S.REC_HOOK, 0, _EV.size + len(data), 5, 4242, 4242, policy_id, hook_id, 0, 1, sel, S.ACT_POST, 0,
+                    1, dl) + data
 
 
 def test_a_bpf_lsm_record_becomes_one_event_naming_its_file_and_errno() -> None:
@@ -195,7 +197,9 @@ def test_a_bpf_lsm_record_becomes_one_event_naming_its_file_and_errno() -> None:
     {"data": struct.pack("<BBHIq", S.ARG_INT, 0, 8, 0, 5)},  # was rendered as {"file_arg": 5}
     {"data_len": 4000},                                    # the record is shorter than its data
     {"sel": 3},                                            # a selector the hook does not have: was an IndexError
-], ids=["int-cut", "int-as-file", "data_len", "selector"])
+    {"policy_id": 4},                                      # another policy's record in this program's ring
+    {"hook_id": 1},
+], ids=["int-cut", "int-as-file", "data_len", "selector", "policy", "hook"])
 def test_a_bpf_lsm_record_that_does_not_fit_its_hook_is_counted_and_costs_no_other_record(bad) -> None:
     ctx = RecordingContext()
     plan, prog = lsm_program(DENY_TMP)

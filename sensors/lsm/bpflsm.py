@@ -267,9 +267,9 @@ def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | 
 
     if len(raw) < _EV.size:
         return None
-    (rtype, _f, _size, ktime, pid, tid, _policy_id, _hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
+    (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
      data_len) = _EV.unpack_from(raw)
-    if rtype != S.REC_HOOK:
+    if rtype != S.REC_HOOK or (policy_id, hook_id) != (prog.policy_id, prog.plan.position):  # its own ring: its own ids
         return None
     args = render_args(raw, prog.args)  # the engine's rules: a cut or inconsistent record is no event
     if args is None:
