@@ -1,6 +1,7 @@
 """The agent's local API: newline-delimited JSON over a root-only unix socket, used by the CLI.
 
-Request (one line): ``{"method": "policy.add", "params": {...}, "id": 1}``.
+Request (one line): ``{"method": "policy.add", "params": {...}, "id": 1}`` (``id``: an integer or a string,
+echoed in the response; lines of only whitespace are skipped; every other line gets exactly one response).
 Response (one line): ``{"id": 1, "ok": true, "result": ...}`` or
 ``{"id": 1, "ok": false, "error": {"code": "invalid_policy", "message": "file:line: field: reason"}}``.
 
@@ -373,7 +374,8 @@ class ApiServer:
                     if not isinstance(req, dict):
                         raise ApiError("bad_request", "a request is a JSON object")
                     req_id = req.get("id")
-                    if req_id is not None and not isinstance(req_id, (int, str)):
+                    # true/false are not integers here (strict types at the boundary, as in every input)
+                    if req_id is not None and (not isinstance(req_id, (int, str)) or isinstance(req_id, bool)):
                         req_id = None
                         raise ApiError("bad_request", "id must be an integer or a string")
                     extra = set(req) - {"method", "params", "id"}
