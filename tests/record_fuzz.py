@@ -1,5 +1,5 @@
 """Record fuzzing, shared by the property-based tests (tests/test_fuzz_records.py, hypothesis) and the
-coverage-guided harness (tests/fuzz/atheris_records.py): builders of well-formed ring records for every
+coverage-guided harness (tests/fuzz/targets.py, `records`): builders of well-formed ring records for every
 decoder, what each decoder must make of them (an oracle written apart from the decoders), the hostile
 changes that make a record bad by construction, and `check_*`, the properties every batch must keep:
 
