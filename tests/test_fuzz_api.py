@@ -5,13 +5,17 @@ Requests made bad by construction: lines that are not JSON (random bytes, JSON-i
 UTF-8, NUL), JSON that is not a request object, ids, methods and params of the wrong type, unknown top-level
 keys, unknown methods, every method's parameters with a wrong type, a value out of range or an unknown key,
 deep nesting, hostile policy texts; pipelined on one connection with blank lines and good requests between
-them; lines too long for the server to read, connections that end mid-line. Properties:
+them; lines too long for the server to read, connections that end mid-line; slow clients holding every
+connection slot (slowloris). Properties:
 
 * every non-blank line gets exactly one response line, in order, on the same connection;
 * a bad request gets ``ok: false`` with the code its fault deserves (``bad_request``, ``unknown_method``,
   ``invalid_params`` naming the parameter, ``invalid_policy`` naming the file, ``request_too_large``) and a
   one-line message; ``internal`` (a handler's exception) counts as a traceback;
-* no request goes unanswered for `reliability.HANG_S`, and the server answers a good request afterwards.
+* no request goes unanswered for `reliability.HANG_S`, and the server answers a good request afterwards;
+* nothing the server logs carries a traceback (``log.exception``) or is an error;
+* a request line that does not arrive whole within the request deadline is answered ``request_timeout`` and
+  its connection closed, and a client beyond the connection cap is told ``busy`` at once.
 
 The normal suite runs a bounded, reproducible number of examples (derandomized). The long run:
 
