@@ -469,3 +469,16 @@ def test_decoder_refuses_a_fork_whose_child_is_its_parent() -> None:
     assert d.counters["bad_fork_pids"] == 2 and d.counters["fork"] == 0
     process, parent = d.cache.get(4242)
     assert process["binary"] == "/x" and parent is None and "parent_exec_id" not in process
+
+
+def test_decoder_refuses_an_exec_record_shorter_or_longer_than_its_header_says() -> None:
+    # Found by tests/test_fuzz_records.py: a record cut after its strings (or with bytes past what its header
+    # names) was decoded; the program writes exactly hdr.size bytes, so the record is not what it wrote.
+    from sensorium_sensors.exec.decoder import ExecDecoder
+
+    good = _exec_record(b"/bin/x\0", b"/bin/x", b"/")
+    says_more = good[:4] + (len(good) + 8).to_bytes(4, "little") + good[8:]  # hdr.size: 8 bytes were cut
+    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    out = d.decode_batch([good + b"junk", says_more, good])
+    assert [e.body["process"]["binary"] for e in out] == ["/bin/x"]
+    assert d.counters["bad_exec_lengths"] == 2 and d.counters["exec"] == 1

@@ -168,7 +168,9 @@ class ExecDecoder:
         r = ExecRecord.from_buffer_copy(raw)
         hdr = r.hdr
         lens = (r.args_len, r.binary_len, r.cwd_len, r.cgroup_name_len, r.memcg_name_len)
-        if _EXEC_SIZE + sum(lens) > len(raw):
+        # The program writes exactly hdr.size bytes (bpf_ringbuf_output of the record it filled): a record
+        # shorter than its header says was cut, even where the strings it names happen to fit.
+        if _EXEC_SIZE + sum(lens) > len(raw) or hdr.size != len(raw):
             raise _BadRecord("exec_lengths")
         pos = _EXEC_SIZE
         fields = []
