@@ -158,7 +158,9 @@ def render(figs: dict[str, dict[str, Any]]) -> str:
     out.append("## Summary\n")
     out.append("| input | tried | kinds | refused | clear % | tracebacks | hangs | wrong accepts | max s | test |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    names = [n for n, _ in SUMMARY if n in figs] + sorted(set(figs) - {n for n, _ in SUMMARY})
+    # Coverage-guided runs count executions, not inputs judged one by one: their own table, below.
+    names = [n for n, _ in SUMMARY if n in figs and not n.startswith("coverage-")] + \
+        sorted(n for n in set(figs) - {n for n, _ in SUMMARY} if not n.startswith("coverage-"))
     heading = dict(SUMMARY)
     for n in names:
         f = figs[n]["figures"]
@@ -166,8 +168,8 @@ def render(figs: dict[str, dict[str, Any]]) -> str:
         out.append(f"| {heading.get(n, n)} | {_cell(f['tried'])} | {_cell(f.get('kinds'))} | {_cell(f['refused'])} "
                    f"| {_cell(f.get('clear_errors_pct'))} | {_cell(f['tracebacks'])} | {_cell(f['hangs'])} "
                    f"| {_cell(f['wrong_accepts'])} | {_cell(f.get('max_seconds_per_input'))} | `{test}` |")
-    total = {k: sum(figs[n]["figures"].get(k) or 0 for n in figs) for k in ("tried", "tracebacks", "hangs",
-                                                                             "wrong_accepts")}
+    total = {k: sum(figs[n]["figures"].get(k) or 0 for n in names) for k in ("tried", "tracebacks", "hangs",
+                                                                              "wrong_accepts")}
     out.append("")
     out.append(f"Over all of it: {total['tried']} inputs tried (the corpus once per test that reads it), "
                f"{total['tracebacks']} tracebacks, {total['hangs']} hangs, {total['wrong_accepts']} wrong accepts.")
@@ -193,6 +195,11 @@ def render(figs: dict[str, dict[str, Any]]) -> str:
         out.append("")
         out.append("Coverage-guided runs (inputs are executions; *tracebacks* counts crashes, sanitizer reports and "
                    "broken properties):\n")
+        out.append(f"Together: {sum(d['figures']['tried'] for d in cov)} inputs executed in "
+                   f"{sum(d['figures'].get('seconds') or 0 for d in cov):g} s, "
+                   f"{sum(d['figures']['tracebacks'] for d in cov)} crashes or broken properties, "
+                   f"{sum(d['figures']['hangs'] for d in cov)} hangs (libFuzzer `-timeout`, 10 s an input), "
+                   f"{sum(d['figures']['wrong_accepts'] for d in cov)} wrong accepts.\n")
         out.append("| target | inputs | seconds | stored inputs replayed | coverage (edges) start -> end | corpus after |"
                    " tracebacks | hangs | wrong accepts | test |")
         out.append("|---|---:|---:|---:|---|---:|---:|---:|---:|---|")
