@@ -53,7 +53,7 @@ FUZZ_EXAMPLES ?= 20000
 FUZZ_TARGETS ?= policy,config,api,records,fastrest
 fuzz: setup
 	@rc=0; \
-	$(VENV)/bin/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --targets $(FUZZ_TARGETS) --name-suffix -long || rc=$$?; \
+	$(VENV)/bin/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --targets $(FUZZ_TARGETS) --name-suffix=-long || rc=$$?; \
 	SENSORIUM_FUZZ=long SENSORIUM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) -p no:cacheprovider -m fuzz \
 	    --timeout=0 tests/test_fuzz_inputs.py tests/test_fuzz_records.py tests/test_fuzz_api.py || rc=$$?; \
 	exit $$rc
