@@ -21,7 +21,6 @@ import ctypes
 import dataclasses
 import os
 import struct
-import tempfile
 import types
 from typing import Any, Callable, Iterator, Sequence
 
@@ -724,10 +723,6 @@ def picker(data: bytes) -> Callable[[int], int]:
         return b % n
 
     return pick
-
-
-def scratch_dir() -> str:
-    return tempfile.mkdtemp(prefix="sensorium-fuzz-")
 
 
 __all__ = [n for n in dir() if not n.startswith("_")] + ["DROP_REASONS"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -55,8 +55,13 @@ def config() -> Callable[[bytes], None]:
     from sensorium.yamlsrc import SourceError
 
     reg = H.registry()
-    d = tempfile.mkdtemp(prefix="sensorium-fuzz-config-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    path = Path(d) / "agent.yaml"
+    # One file, rewritten per input, in the repo's build directory (libFuzzer ends the process without
+    # running cleanups, so a temporary directory would be left behind by every run).
+    path = REPO / "build" / "fuzz" / "work" / f"config-{os.getpid()}" / "agent.yaml"
+    for old in path.parent.parent.glob("config-*"):
+        if not Path(f"/proc/{old.name.removeprefix('config-')}").exists():
+            shutil.rmtree(old, ignore_errors=True)  # a finished run's
+    path.parent.mkdir(parents=True, exist_ok=True)
 
     def one_input(data: bytes) -> None:
         path.write_bytes(data)
