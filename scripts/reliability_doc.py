@@ -121,7 +121,8 @@ HOW = """\
   harness built with clang `-fsanitize=fuzzer,address,undefined` over the C that reads ring records in user
   space (core/bpf/ringdrain.c, sensors/tracepoint/fastrest.c). Each run replays the stored corpus first
   (`tests/data/fuzz-corpus/<target>/`: seeds written by `tests/fuzz/seeds.py`, and `regress-*` inputs that
-  once broke something), then mutates for `SENSORIUM_FUZZ_SECONDS` (15 s a target in the suite). The long
+  once broke something; the policy target also Tetragon's examples and the hostile policies, the config target
+  the hostile configs), then mutates for `SENSORIUM_FUZZ_SECONDS` (15 s a target in the suite). The long
   run: `make fuzz` (`FUZZ_SECONDS=600` a target, then the property-based tests with random seeds).
 - **check vs add** (`tests/test_policy_check_add.py`, root, real kernel): every corpus policy through
   `sensorium policy add` (CLI, real API socket, policy manager with the kprobe, tracepoint, uprobe and lsm

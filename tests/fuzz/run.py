@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run the coverage-guided fuzzers: atheris over tests/fuzz/targets.py, libFuzzer (clang, ASan, UBSan) over
 tests/fuzz/fastrest_fuzz.c. Each starts from its stored corpus (tests/data/fuzz-corpus/<target>/: seeds and
-``regress-*`` inputs that once broke something, all replayed first) plus what earlier runs found
+``regress-*`` inputs that once broke something; for policies also Tetragon's examples, and for policies and
+configs the hostile corpus, tests/data/hostile/; all replayed first) plus what earlier runs found
 (build/fuzz/corpus/<target>/, not kept in git), and writes its figures to build/reliability/.
 
     .venv/bin/python tests/fuzz/run.py --seconds 20            # what `make test` runs (tests/test_fuzz_coverage.py)
@@ -34,6 +35,10 @@ PY_TARGETS = ("policy", "config", "api", "records")
 C_TARGETS = ("fastrest",)
 TARGETS = PY_TARGETS + C_TARGETS
 TIMEOUT_S = 10  # an input slower than this is a hang (libFuzzer -timeout); Python targets run instrumented
+# Stored inputs a target also starts from, read-only: the hostile corpus as it stands (regenerating it
+# needs no change here).
+EXTRA_CORPUS = {"policy": [REPO / "tests" / "data" / "tetragon-policies", REPO / "tests" / "data" / "hostile" / "policies"],
+                "config": [REPO / "tests" / "data" / "hostile" / "configs"]}
 
 WHAT = {
     "policy": "policy files through `sensorium policy check` (loader, model, kernel-independent rules)",
@@ -80,16 +85,17 @@ def run(target: str, seconds: float, test: str, name: str | None = None) -> dict
     work.mkdir(parents=True, exist_ok=True)
     arts.mkdir(parents=True, exist_ok=True)
     seeds = CORPUS / target
+    stored = [seeds] + EXTRA_CORPUS.get(target, [])
     flags = [f"-max_total_time={int(seconds)}", f"-timeout={TIMEOUT_S}", "-rss_limit_mb=2048",
              "-print_final_stats=1", f"-artifact_prefix={arts}/", "-error_exitcode=77", "-timeout_exitcode=78",
              "-max_len=65536"]
     env = dict(os.environ, PYTHONHASHSEED="0")
     if target in C_TARGETS:
         exe, extra = build_c(target)
-        cmd = [str(exe)] + flags + [str(work), str(seeds)]
+        cmd = [str(exe)] + flags + [str(work)] + [str(d) for d in stored]
         env.update(extra)
     else:
-        cmd = [sys.executable, str(HERE / "atheris_main.py"), target] + flags + [str(work), str(seeds)]
+        cmd = [sys.executable, str(HERE / "atheris_main.py"), target] + flags + [str(work)] + [str(d) for d in stored]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=seconds + 600)
     took = time.monotonic() - t0
@@ -107,7 +113,7 @@ def run(target: str, seconds: float, test: str, name: str | None = None) -> dict
         "tracebacks": int((crash or p.returncode not in (0, 78)) and not hang and not wrong_accept),
         "hangs": int(hang), "wrong_accepts": int(wrong_accept), "accepted": None, "max_seconds_per_input": None,
         "seconds": round(took, 1),
-        "stored_inputs_replayed": len([f for f in seeds.iterdir() if f.is_file()]) if seeds.is_dir() else 0,
+        "stored_inputs_replayed": sum(1 for d in stored if d.is_dir() for f in d.rglob("*") if f.is_file()),
         "coverage_edges_start": int(inited[0][0]) if inited else None,
         "coverage_edges": int(done[-1][1]) if done else None,
         "corpus_after": int(done[-1][3]) if done else None,
