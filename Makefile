@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Arguments of `sensorium run`, e.g. `make run ARGS='--config examples/agent.yaml'`
 ARGS ?=
 
-.PHONY: setup run test test-host test-vm vm-prepare k8s-setup bench clean distclean
+.PHONY: setup run test test-host test-vm vm-prepare k8s-setup bench fuzz clean distclean
 
 setup:
 	@bash scripts/setup.sh
@@ -44,6 +44,19 @@ vm-prepare:
 
 k8s-setup: setup
 	bash scripts/k8s/setup.sh
+
+# The long fuzzing run (the suite runs a bounded one): every coverage-guided target for FUZZ_SECONDS each
+# (tests/fuzz/run.py; findings land in build/fuzz/artifacts/), then the property-based tests with random
+# seeds and FUZZ_EXAMPLES examples a property. `make fuzz FUZZ_TARGETS=api,records FUZZ_SECONDS=3600`.
+FUZZ_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 20000
+FUZZ_TARGETS ?= policy,config,api,records,fastrest
+fuzz: setup
+	@rc=0; \
+	$(VENV)/bin/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --targets $(FUZZ_TARGETS) --name-suffix=-long || rc=$$?; \
+	SENSORIUM_FUZZ=long SENSORIUM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) -p no:cacheprovider -m fuzz \
+	    --timeout=0 tests/test_fuzz_inputs.py tests/test_fuzz_records.py tests/test_fuzz_api.py || rc=$$?; \
+	exit $$rc
 
 # Every benchmarks/*.py with its defaults, or one: `make bench BENCH=exec_storm BENCH_ARGS='--execs 2000'`.
 BENCH ?=

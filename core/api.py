@@ -1,6 +1,7 @@
 """The agent's local API: newline-delimited JSON over a root-only unix socket, used by the CLI.
 
-Request (one line): ``{"method": "policy.add", "params": {...}, "id": 1}``.
+Request (one line): ``{"method": "policy.add", "params": {...}, "id": 1}`` (``id``: an integer or a string,
+echoed in the response; lines of only whitespace are skipped; every other line gets exactly one response).
 Response (one line): ``{"id": 1, "ok": true, "result": ...}`` or
 ``{"id": 1, "ok": false, "error": {"code": "invalid_policy", "message": "file:line: field: reason"}}``.
 
@@ -20,7 +21,9 @@ returns the keys, ``policy.list`` gives each policy's ``key`` and its ``scope`` 
 The agent runs as root and this socket changes what the kernel enforces, so: the socket is 0600 in a
 0700 directory, peers whose SO_PEERCRED uid is not allowed (root only by default) are refused before
 anything is read, request lines are bounded, every parameter is validated, and no request can crash
-the server or hold its lock while reading from a client.
+the server or hold its lock while reading from a client. A request line must arrive whole within
+``REQUEST_TIMEOUT_S`` of its first byte, so a client trickling bytes cannot hold a connection slot.
+`decode_request` and `ApiServer.answer` are the request decoder without the socket (the fuzzers drive them).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ log = logging.getLogger("sensorium.api")
 MAX_REQUEST_BYTES = 4 * MAX_POLICY_BYTES  # a policy text JSON-escaped, with room to spare
 MAX_CONNECTIONS = 32
 IDLE_TIMEOUT_S = 300.0         # a connection that sends nothing for this long is closed
+# A request line must arrive whole this soon after its first byte: a client trickling bytes (slowloris)
+# holds one of the MAX_CONNECTIONS slots for this long at most, not for IDLE_TIMEOUT_S per byte.
+REQUEST_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 30.0          # a client that reads nothing for this long is dropped
 DEFAULT_QUEUE_EVENTS = 8192    # per subscriber
 MAX_QUEUE_EVENTS = 1 << 20
@@ -79,9 +85,11 @@ class AgentApi(Protocol):
 class ApiError(Exception):
     """An error answered to the client: ``code`` is stable, ``message`` is for people."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, req_id: Any = None) -> None:
+        # One line, whatever names from the request it quotes (as `SourceError` does).
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.req_id = code, message, req_id
 
 
 # ---- parameters (validated; unknown keys refused) ------------------------------------------------
@@ -142,6 +150,58 @@ def _compile_stream_filter(f: StreamFilters) -> Callable[[Event], bool]:
     return compile_event_filter(ef)
 
 
+# ---- the request decoder (pure: bytes in, a request or an ApiError out) -----------------------------
+
+_REQUEST_KEYS = frozenset({"method", "params", "id"})
+
+
+def decode_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
+    """One request line -> (id, method, params), or `ApiError` ``bad_request`` saying what is wrong (with
+    ``req_id`` set once the id is known good, so the error answers that id). Methods and parameters are
+    checked later, by `ApiServer.answer`."""
+    try:
+        req = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError("bad_request", f"invalid JSON: {exc}") from None
+    if not isinstance(req, dict):
+        raise ApiError("bad_request", "a request is a JSON object")
+    req_id = req.get("id")
+    # true/false are not integers here (strict types at the boundary, as in every input)
+    if req_id is not None and (not isinstance(req_id, (int, str)) or isinstance(req_id, bool)):
+        raise ApiError("bad_request", "id must be an integer or a string")
+    extra = set(req) - _REQUEST_KEYS
+    if extra:
+        names = ", ".join(repr(k)[:66] for k in sorted(extra)[:8])
+        raise ApiError("bad_request", f"unknown request keys: {names}", req_id)
+    method = req.get("method")
+    params = req.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(method, str) or not isinstance(params, dict):
+        raise ApiError("bad_request", "method must be a string and params an object", req_id)
+    return req_id, method, params
+
+
+def encode_response(msg: Mapping[str, Any]) -> bytes:
+    """One response line (with its newline); a result JSON cannot carry becomes an ``internal`` error."""
+    try:
+        return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+    except TypeError as exc:
+        return orjson.dumps({"id": msg.get("id"), "ok": False,
+                             "error": {"code": "internal", "message": f"unserializable result: {exc}"}}) + b"\n"
+
+
+def _error(req_id: Any, exc: ApiError) -> dict[str, Any]:
+    return {"id": req_id, "ok": False, "error": {"code": exc.code, "message": exc.message}}
+
+
+class _StreamRequest:
+    """A valid ``events.subscribe``: what `ApiServer._stream` needs to start streaming."""
+
+    def __init__(self, req_id: Any, params: SubscribeParams, match: Callable[[Event], bool]) -> None:
+        self.req_id, self.params, self.match = req_id, params, match
+
+
 # ---- the server -----------------------------------------------------------------------------------
 
 
@@ -200,10 +260,12 @@ class ApiServer:
 
     def __init__(self, socket_path: str | os.PathLike[str], agent: AgentApi, *,
                  allowed_uids: Sequence[int] = (0,), max_total_events: int = MAX_TOTAL_QUEUED_EVENTS,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.path = Path(socket_path)
         self.agent = agent
         self.allowed_uids = frozenset(allowed_uids)
+        self.idle_timeout_s, self.request_timeout_s = idle_timeout_s, request_timeout_s
         self.budget = StreamBudget(max_total_events, metrics)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -338,71 +400,58 @@ class ApiServer:
             conn.close()
 
     def _lines(self, conn: socket.socket) -> Iterator[bytes | ApiError]:
-        """Request lines from ``conn``; an over-long line yields an error and ends the connection."""
+        """Request lines from ``conn``; an over-long line, or one that does not arrive whole within
+        ``request_timeout_s`` of its first byte, yields an error and ends the connection."""
         buf = bytearray()
-        conn.settimeout(IDLE_TIMEOUT_S)
+        begun: float | None = None  # when the unfinished line in ``buf`` got its first byte
         while not self._stop.is_set():
             nl = buf.find(b"\n")
+            if nl > MAX_REQUEST_BYTES or (nl < 0 and len(buf) > MAX_REQUEST_BYTES):
+                # the same limit whether or not the newline came in the chunk that crossed it
+                yield ApiError("request_too_large", f"request line longer than {MAX_REQUEST_BYTES} bytes")
+                return
             if nl >= 0:
                 line = bytes(buf[:nl])
                 del buf[: nl + 1]
+                begun = time.monotonic() if buf else None
                 if line.strip():
                     yield line
                 continue
-            if len(buf) > MAX_REQUEST_BYTES:
-                yield ApiError("request_too_large", f"request line longer than {MAX_REQUEST_BYTES} bytes")
-                return
+            timeout = self.idle_timeout_s
+            if begun is not None:
+                left = begun + self.request_timeout_s - time.monotonic()
+                if left <= 0:
+                    yield ApiError("request_timeout", f"request line not complete within {self.request_timeout_s:g} s "
+                                                      f"of its first byte ({len(buf)} bytes, no newline)")
+                    return
+                timeout = min(timeout, left)
             try:
+                conn.settimeout(timeout)
                 chunk = conn.recv(65536)
-            except (socket.timeout, OSError):
+            except socket.timeout:
+                if begun is not None:
+                    continue  # the deadline check above answers it
+                return  # idle: closed without a word, as before
+            except OSError:
                 return
             if not chunk:
                 return
+            if begun is None:
+                begun = time.monotonic()
             buf += chunk
 
     def _serve(self, conn: socket.socket) -> None:
         try:
             for line in self._lines(conn):
                 if isinstance(line, ApiError):
-                    self._reply(conn, None, error=line)
+                    self._send(conn, _error(None, line))
                     return
                 self.requests += 1
-                req_id: Any = None
-                try:
-                    req = orjson.loads(line)
-                    if not isinstance(req, dict):
-                        raise ApiError("bad_request", "a request is a JSON object")
-                    req_id = req.get("id")
-                    if req_id is not None and not isinstance(req_id, (int, str)):
-                        req_id = None
-                        raise ApiError("bad_request", "id must be an integer or a string")
-                    extra = set(req) - {"method", "params", "id"}
-                    if extra:
-                        raise ApiError("bad_request", f"unknown request keys: {', '.join(sorted(map(str, extra)))}")
-                    method = req.get("method")
-                    params = req.get("params", {})
-                    if params is None:
-                        params = {}
-                    if not isinstance(method, str) or not isinstance(params, dict):
-                        raise ApiError("bad_request", "method must be a string and params an object")
-                    if method == "events.subscribe":
-                        self._stream(conn, req_id, params)
-                        return
-                    result = self.dispatch(method, params)
-                except ApiError as exc:
-                    if not self._reply(conn, req_id, error=exc):
-                        return
-                    continue
-                except orjson.JSONDecodeError as exc:
-                    if not self._reply(conn, None, error=ApiError("bad_request", f"invalid JSON: {exc}")):
-                        return
-                    continue
-                except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the server
-                    log.exception("API request failed")
-                    if not self._reply(conn, req_id, error=ApiError("internal", f"{type(exc).__name__}: {exc}")):
-                        return
-                    continue
-                if not self._reply(conn, req_id, result=result):
+                msg, stream = self.answer(line)
+                if stream is not None:
+                    self._stream(conn, msg, stream)
+                    return
+                if not self._send(conn, msg):
                     return
         finally:
             with self._conns_lock:
@@ -412,21 +461,30 @@ class ApiServer:
             except OSError:
                 pass
 
-    @staticmethod
-    def _reply(conn: socket.socket, req_id: Any, *, result: Any = None, error: ApiError | None = None) -> bool:
-        msg: dict[str, Any] = {"id": req_id, "ok": error is None}
-        if error is None:
-            msg["result"] = result
-        else:
-            msg["error"] = {"code": error.code, "message": error.message}
+    def answer(self, line: bytes) -> tuple[dict[str, Any], _StreamRequest | None]:
+        """The response to one request line, never an exception (a handler's bug is an ``internal`` error,
+        logged). For a valid ``events.subscribe``, the response is its acknowledgement and the second item
+        says what to stream; it is None for every other line."""
+        req_id: Any = None
         try:
-            data = orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError as exc:
-            data = orjson.dumps({"id": req_id, "ok": False,
-                                 "error": {"code": "internal", "message": f"unserializable result: {exc}"}})
+            req_id, method, params = decode_request(line)
+            if method == "events.subscribe":
+                p = self._params(SubscribeParams, params)
+                stream = _StreamRequest(req_id, p, _compile_stream_filter(p.filters))
+                return {"id": req_id, "ok": True, "result": {"subscribed": True, "queue_size": p.queue_size,
+                                                             "max_total_events": self.budget.total}}, stream
+            return {"id": req_id, "ok": True, "result": self.dispatch(method, params)}, None
+        except ApiError as exc:
+            return _error(exc.req_id if exc.req_id is not None else req_id, exc), None
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the server
+            log.exception("API request failed")
+            return _error(req_id, ApiError("internal", f"{type(exc).__name__}: {exc}")), None
+
+    @staticmethod
+    def _send(conn: socket.socket, msg: Mapping[str, Any]) -> bool:
         try:
             conn.settimeout(SEND_TIMEOUT_S)
-            conn.sendall(data + b"\n")
+            conn.sendall(encode_response(msg))
             return True
         except OSError:
             return False
@@ -501,18 +559,18 @@ class ApiServer:
 
     # ---- event stream -------------------------------------------------------------------------------
 
-    def _stream(self, conn: socket.socket, req_id: Any, params: Mapping[str, Any]) -> None:
-        p = self._params(SubscribeParams, params)
-        match = _compile_stream_filter(p.filters)
-        sub = _Subscriber(p.queue_size, self.budget)
+    def _stream(self, conn: socket.socket, ack: Mapping[str, Any], req: _StreamRequest) -> None:
+        match = req.match
+        sub = _Subscriber(req.params.queue_size, self.budget)
         try:
             unsubscribe = self.agent.subscribe(sub.offer)
-        except BaseException:
+        except Exception as exc:  # noqa: BLE001 - answered, as any handler's bug
             sub.close()
-            raise
+            log.exception("API events.subscribe failed")
+            self._send(conn, _error(req.req_id, ApiError("internal", f"{type(exc).__name__}: {exc}")))
+            return
         try:
-            if not self._reply(conn, req_id, result={"subscribed": True, "queue_size": p.queue_size,
-                                                     "max_total_events": self.budget.total}):
+            if not self._send(conn, ack):
                 return
             conn.settimeout(SEND_TIMEOUT_S)
             reported = 0

@@ -17,9 +17,10 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # Toolchain for CO-RE probes (clang -target bpf, bpftool for vmlinux.h, libbpf.so.1 for the ctypes
 # binding), bpftrace (cross-checks in tests), rsyslog (syslog exporter peer), kmod/iproute2/procps/psmisc
 # (used by tests), python3-venv for the venv, gcc (the native ring drain and JSON formatter, built on first
-# use; its sanitizer runtimes for their fuzz test).
+# use; its sanitizer runtimes for their fuzz test), libclang-rt-14-dev (clang's libFuzzer, ASan and UBSan
+# runtimes: the coverage-guided fuzzing of that C, tests/fuzz).
 PKGS=(clang gcc llvm libbpf-dev bpftool libelf-dev zlib1g-dev make bpftrace rsyslog
-      python3-venv kmod iproute2 procps psmisc util-linux file ca-certificates)
+      python3-venv kmod iproute2 procps psmisc util-linux file ca-certificates libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")

@@ -39,11 +39,12 @@ class Tally:
         self.extra: dict[str, Any] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
-    def run(self, label: str, fn: Callable[[], Any]) -> tuple[str, Any]:
+    def run(self, label: str, fn: Callable[[], Any], passthrough: tuple[type[BaseException], ...] = ()) -> tuple[str, Any]:
         """Run ``fn`` bounded in time: ("ok", result) | ("error", exc) | ("traceback", exc) | ("hang", None).
 
         The project's errors (SourceError and subclasses) are "error"; anything else escaping is a traceback
-        a user would have seen."""
+        a user would have seen, except ``passthrough`` exceptions (a test's own assertions inside ``fn``),
+        which are raised again, uncounted."""
         from sensorium.yamlsrc import SourceError
 
         self.tried += 1
@@ -58,6 +59,8 @@ class Tally:
             return "hang", None
         except SourceError as exc:
             outcome = ("error", exc)
+        except passthrough:
+            raise
         except Exception as exc:  # noqa: BLE001 - counted: the figure the suite exists to keep at zero
             self.tracebacks.append(f"{label}: {''.join(traceback.format_exception_only(exc)).strip()}")
             outcome = ("traceback", exc)

@@ -213,6 +213,7 @@ def test_errors_have_stable_codes_and_clear_messages(server):
     b'{"method": "policy.add", "params": {"text": 12}}\n', b'{"method": "policy.delete", "params": {"name": ""}}\n',
     b'{"method": "events.subscribe", "params": {"filters": {"binary_regex": ["("]}}}\n',
     b'{"method": "events.subscribe", "params": {"queue_size": 1e99}}\n',
+    b'{"method": "status", "id": true}\n',  # found by tests/test_fuzz_api.py: was answered, id true
 ])
 def test_hostile_requests_get_an_error_and_the_server_lives_on(server, line):
     [reply] = raw(server, line)

@@ -451,3 +451,34 @@ def test_exit_status_decoding(code: int, group: int, flags: int, expected: tuple
     from sensorium_sensors.exec.decoder import exit_status
 
     assert exit_status(code, group, flags) == expected
+
+
+def test_decoder_refuses_a_fork_whose_child_is_its_parent() -> None:
+    # Found by tests/test_fuzz_records.py: the cache made the child its own parent (parent_exec_id == exec_id),
+    # and the next exit reported the process as its own parent. A fork always makes a new, non-zero pid.
+    from sensorium_sensors.exec.decoder import EXEC_REC_FORK, ExecDecoder, ForkRecord
+
+    def fork(parent: int, child: int) -> bytes:
+        r = ForkRecord()
+        r.hdr.type, r.hdr.pid, r.hdr.ktime = EXEC_REC_FORK, parent, 5
+        r.parent_pid, r.child_pid, r.child_start_time = parent, child, 5
+        return bytes(r)
+
+    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    d.decode_batch([_exec_record(b"x\0", b"/x", b"/"), fork(4242, 4242), fork(4242, 0)])
+    assert d.counters["bad_fork_pids"] == 2 and d.counters["fork"] == 0
+    process, parent = d.cache.get(4242)
+    assert process["binary"] == "/x" and parent is None and "parent_exec_id" not in process
+
+
+def test_decoder_refuses_an_exec_record_shorter_or_longer_than_its_header_says() -> None:
+    # Found by tests/test_fuzz_records.py: a record cut after its strings (or with bytes past what its header
+    # names) was decoded; the program writes exactly hdr.size bytes, so the record is not what it wrote.
+    from sensorium_sensors.exec.decoder import ExecDecoder
+
+    good = _exec_record(b"/bin/x\0", b"/bin/x", b"/")
+    says_more = good[:4] + (len(good) + 8).to_bytes(4, "little") + good[8:]  # hdr.size: 8 bytes were cut
+    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    out = d.decode_batch([good + b"junk", says_more, good])
+    assert [e.body["process"]["binary"] for e in out] == ["/bin/x"]
+    assert d.counters["bad_exec_lengths"] == 2 and d.counters["exec"] == 1

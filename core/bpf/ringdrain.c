@@ -40,8 +40,10 @@ int rd_sample(void *ctx, void *data, size_t size)
 		a->buf = p;
 		a->cap = nc;
 	}
-	memcpy(a->buf + a->len, data, size);
-	a->len += size;
+	if (size) {  /* an empty record on a fresh arena: buf is NULL, and NULL + 0 is undefined in C */
+		memcpy(a->buf + a->len, data, size);
+		a->len += size;
+	}
 	a->lens[a->n++] = (uint32_t)size;
 	return 0;
 }

@@ -168,7 +168,9 @@ class ExecDecoder:
         r = ExecRecord.from_buffer_copy(raw)
         hdr = r.hdr
         lens = (r.args_len, r.binary_len, r.cwd_len, r.cgroup_name_len, r.memcg_name_len)
-        if _EXEC_SIZE + sum(lens) > len(raw):
+        # The program writes exactly hdr.size bytes (bpf_ringbuf_output of the record it filled): a record
+        # shorter than its header says was cut, even where the strings it names happen to fit.
+        if _EXEC_SIZE + sum(lens) > len(raw) or hdr.size != len(raw):
             raise _BadRecord("exec_lengths")
         pos = _EXEC_SIZE
         fields = []
@@ -206,6 +208,8 @@ class ExecDecoder:
         if len(raw) < _FORK_SIZE:
             raise _BadRecord("fork_size")
         r = ForkRecord.from_buffer_copy(raw)
+        if r.child_pid == r.parent_pid or not r.child_pid:  # a fork makes a new pid: never its parent's, never 0
+            raise _BadRecord("fork_pids")
         self.cache.on_fork(r.parent_pid, r.child_pid, r.hdr.ktime)
         self.counters["fork"] += 1
         return None

@@ -542,8 +542,14 @@ def wrap_decode(ring: Any, decode: Any) -> Any:
                 f = _EV.unpack_from(rec)
                 policy_id, hook_id, sel, actions, flags = f[6], f[7], f[10], f[11], f[12]
                 entry = ring.hooks.get((policy_id, hook_id))
-                if entry is not None and actions & ACT_OVERRIDE and sel < S.MAX_SELECTORS:
-                    err = entry[0].attach[4][sel]
+                if entry is not None and actions & ACT_OVERRIDE:
+                    plan = entry[0]
+                    fmod = plan.attach[0] == "kfunc" and plan.attach[2] == "fmod_ret"
+                    err = plan.attach[4][sel] if fmod and sel < plan.compiled.cfg.nsel else 0
+                    if not err:  # only a selector with Override of an fmod_ret hook sets the bit
+                        ring.dropped["bad_selector"] += 1
+                        entry[2].events -= 1  # counted by decode_dicts: this record is no event after all
+                        continue
                     monitoring = bool(flags & S.EV_MONITOR)
                     body = evs[0].body
                     body["action"] = "KPROBE_ACTION_OVERRIDE"

@@ -243,9 +243,10 @@ _ARG = struct.Struct("<BBHI")
 
 
 def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | None:
-    """A sens_event record of an LSM program -> {pid, ktime, rule, verdict, args, err}."""
+    """A sens_event record of an LSM program -> {pid, ktime, rule, verdict, args, err}; None when the record is
+    malformed (`netguard.decode_event`, `render_args`) or names a selector the hook does not have."""
     if prog.net is not None:
-        ev = netguard.decode_event(raw)
+        ev = netguard.decode_event(raw, policy_id=prog.policy_id, nrules=len(prog.net.rules))
         if ev is None:
             return None
         args = []
@@ -262,31 +263,26 @@ def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | 
             args.append(item)
         ev["args"] = args
         return ev
-    from sensorium_sensors.tracepoint.engine import _render_bytes, _render_int
+    from sensorium_sensors.tracepoint.engine import render_args
 
     if len(raw) < _EV.size:
         return None
-    (rtype, _f, _size, ktime, pid, tid, _policy_id, _hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
+    (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
      data_len) = _EV.unpack_from(raw)
-    if rtype != S.REC_HOOK:
+    if rtype != S.REC_HOOK or (policy_id, hook_id) != (prog.policy_id, prog.plan.position):  # its own ring: its own ids
         return None
-    args = []
-    pos, end = _EV.size, min(len(raw), _EV.size + data_len)
-    for ap in prog.args:
-        if pos + 8 > end:
-            break
-        kind, aflags, alen, _ = _ARG.unpack_from(raw, pos)
-        pos += 8
-        if kind == S.ARG_INT:
-            (v,) = struct.unpack_from("<Q", raw, pos)
-            pos += 8
-            args.append(_render_int(ap, v))
-        else:
-            args.append(_render_bytes(ap, raw[pos:pos + alen], aflags))
-            pos += (alen + 7) & ~7
-    err = prog.errnos[sel] if sel < len(prog.errnos) else 0
+    args = render_args(raw, prog.args)  # the engine's rules: a cut or inconsistent record is no event
+    if args is None:
+        return None
+    # The selector that matched (the kernel writes MAX_SELECTORS when the hook has none: it posts every call).
+    if sel < len(prog.errnos):
+        rule, err = sel, prog.errnos[sel]
+    elif not prog.errnos and sel == S.MAX_SELECTORS:
+        rule, err = 0, 0
+    else:
+        return None
     blocking = bool(err) or bool(actions & (S.ACT_SIGKILL | S.ACT_SIGNAL))
     monitoring = bool(flags & S.EV_MONITOR)
     verdict = "allowed" if not blocking else "would have blocked" if monitoring else "blocked"
-    return {"pid": pid, "tid": tid, "ktime": ktime, "rule": sel if sel < S.MAX_SELECTORS else 0, "verdict": verdict,
+    return {"pid": pid, "tid": tid, "ktime": ktime, "rule": rule, "verdict": verdict,
             "args": args, "err": err, "cgroup_id": cgroup_id, "comm": None}

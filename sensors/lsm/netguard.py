@@ -355,19 +355,29 @@ class NetGuard:
                 self.obj = None
 
 
-def decode_event(raw: bytes) -> dict[str, Any] | None:
+PID_MAX_LIMIT = 1 << 22  # the kernel's largest pid (include/linux/threads.h, 64-bit)
+
+
+def decode_event(raw: bytes, *, policy_id: int | None = None, nrules: int | None = None) -> dict[str, Any] | None:
+    """One ``lsm_net_event`` record -> its fields, or None when it is not one sockaddr.bpf.c writes: too short,
+    another type, a hook, verdict or family it never writes, a process id no process has (the programs run in
+    the connecting process), or (when given) another policy's id or a rule past the guard's ``nrules``. The
+    caller counts a None and moves on: a malformed record never becomes a decision or a kill."""
     if len(raw) < ctypes.sizeof(NetEvent):
         return None
     ev = NetEvent.from_buffer_copy(raw[:ctypes.sizeof(NetEvent)])
-    if ev.hdr.type != RECORD_TYPE:
-        return None
     fam = ev.family
+    if (ev.hdr.type != RECORD_TYPE or ev.hook not in HOOKS or ev.verdict not in VERDICTS or fam not in (2, 10)
+            or not 0 < ev.hdr.pid <= PID_MAX_LIMIT):
+        return None
+    if (policy_id is not None and ev.policy_id != policy_id) or (nrules is not None and ev.rule >= nrules):
+        return None
     if fam == 2:
         addr = socket.inet_ntop(socket.AF_INET, int(ev.daddr[0]).to_bytes(4, "little"))
     else:
         addr = socket.inet_ntop(socket.AF_INET6, b"".join(int(w).to_bytes(4, "little") for w in ev.daddr))
     return {"pid": ev.hdr.pid, "tid": ev.hdr.tid, "ktime": ev.hdr.ktime, "policy_id": ev.policy_id, "rule": ev.rule,
-            "hook": HOOKS.get(ev.hook, str(ev.hook)), "verdict": VERDICTS.get(ev.verdict, str(ev.verdict)),
+            "hook": HOOKS[ev.hook], "verdict": VERDICTS[ev.verdict],
             "family": "AF_INET" if fam == 2 else "AF_INET6", "protocol": {6: "IPPROTO_TCP", 17: "IPPROTO_UDP"}.get(ev.protocol, str(ev.protocol)),
             "addr": addr, "port": ev.dport, "action": ev.action, "err": ev.err, "cgroup_id": ev.cgroup_id,
             "comm": ev.comm.decode(errors="replace")}

@@ -512,14 +512,17 @@ class LsmSensor:
     def _decode_net(self, h: LsmPolicyHandle, p: HookPlan, batch: list[bytes]) -> None:
         events = []
         for raw in batch:
-            ev = netguard.decode_event(raw)
+            # a record of another policy or rule is malformed: counted, never a decision (nor a kill)
+            ev = netguard.decode_event(raw, policy_id=h.view.id, nrules=len(p.spec.selectors) or 1)
             if ev is None:
                 h.errors += 1
                 continue
             sel_i = ev["rule"]
             actions = p.spec.selectors[sel_i].actions if p.spec.selectors else [MatchAction(action="Post")]
-            # sock_addr programs cannot send signals: the agent kills on the record (BPF LSM kills in the kernel)
-            if p.mechanism.startswith("cgroup/") and ev["verdict"] == "blocked" and ev["action"] & netguard.A_KILL:
+            # sock_addr programs cannot send signals: the agent kills on the record (BPF LSM kills in the kernel),
+            # never itself (a policy matching the agent's own connections).
+            if (p.mechanism.startswith("cgroup/") and ev["verdict"] == "blocked" and ev["action"] & netguard.A_KILL
+                    and ev["pid"] != os.getpid()):
                 try:
                     os.kill(ev["pid"], signal.SIGKILL)
                 except OSError:

@@ -35,7 +35,8 @@ from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorConte
 from sensorium import selectors as S
 from sensorium_sensors.tracepoint import native as _native
 
-__all__ = ["HOOK_PROBE", "HookPlan", "HookSet", "EventRing", "HookSensor", "HookSensorOptions", "SYSCALL_ABI"]
+__all__ = ["HOOK_PROBE", "HookPlan", "HookSet", "EventRing", "HookSensor", "HookSensorOptions", "SYSCALL_ABI",
+           "DROP_REASONS", "render_args"]
 
 class HookSensorOptions(BaseModel):
     """``sensors: {tracepoint: {...}}`` / ``sensors: {kprobe: {...}}``"""
@@ -72,6 +73,12 @@ assert S.EV_HAS_RET == 2 and S.ACT_SIGKILL | S.ACT_SIGNAL == 6  # inlined in Eve
 assert _EV.size == ctypes.sizeof(S.SensEvent), (_EV.size, ctypes.sizeof(S.SensEvent))
 
 _ACTION_NAMES = {S.ACT_SIGKILL: "KPROBE_ACTION_SIGKILL", S.ACT_SIGNAL: "KPROBE_ACTION_SIGNAL"}
+
+DROP_REASONS = ("short", "truncated", "bad_argument", "bad_selector", "not_a_hook_record", "unknown_hook")
+"""Why `EventRing` dropped a record: shorter than a ``sens_event``; shorter than its ``data_len``; an argument
+cut, of another kind than the hook's, or data left after them (`render_args`); a signal action from a
+selector the hook does not have; a record type other than ``REC_HOOK``; a (policy, hook) not loaded
+(records in flight when a hook is unloaded: not malformed)."""
 
 
 @dataclasses.dataclass
@@ -230,7 +237,8 @@ class EventRing:
         self.obj: Any = None
         self.hooks: dict[tuple[int, int], tuple[HookPlan, str, "HookSet"]] = {}
         self.lock = threading.Lock()
-        self.decode_errors = 0
+        # Records the decoder did not turn into events, by reason (`DROP_REASONS`): none is dropped silently.
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._quick_cache: dict[int, tuple[tuple, Any]] = {}
         self._native_fmt: tuple[Any, Any] | None = None  # (hooks dict it was built for, native.Formatter)
 
@@ -250,6 +258,12 @@ class EventRing:
     @property
     def fd(self) -> int:
         return self.obj.map("sens_events").fd
+
+    @property
+    def decode_errors(self) -> int:
+        """Malformed records dropped (every reason but ``unknown_hook``, which is a record in flight when its
+        hook was unloaded)."""
+        return sum(v for k, v in self.dropped.items() if k != "unknown_hook")
 
     def stop(self) -> None:
         if self.obj is not None:
@@ -302,25 +316,33 @@ class EventRing:
                     return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
         else:
             status = None
+        dropped = self.dropped
         for i, rec in enumerate(records):
             n = len(rec)
             if n < _EV_SIZE:
-                self.decode_errors += 1
+                dropped["short"] += 1
                 continue
             (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, retval, cgroup_id, sel, actions, flags, _n,
              data_len) = unpack_ev(rec)
+            if rtype != S.REC_HOOK:
+                dropped["not_a_hook_record"] += 1
+                continue
             m = memo.get((policy_id, hook_id, pid))
             if m is None:
                 entry = hooks.get((policy_id, hook_id))
-                if rtype != S.REC_HOOK or entry is None:
-                    continue  # a hook unloaded while its last records were in flight
+                if entry is None:
+                    dropped["unknown_hook"] += 1  # a hook unloaded while its last records were in flight
+                    continue
                 m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
-            elif rtype != S.REC_HOOK:
-                continue
             ci, head, pname, plan, hs, state, quick = m
-            hs.events += 1
+            end = _EV_SIZE + data_len
+            if end > n:  # the record is shorter than its own data: cut somewhere
+                dropped["truncated"] += 1
+                continue
+            if actions & 6 and sel >= plan.compiled.cfg.nsel:  # a signal only ever comes from a selector
+                dropped["bad_selector"] += 1
+                continue
             if state != 1:
-                resolved = False
                 if not state:  # not in the process cache (or no cache): pid and this record's tid
                     head = head % (pid, tid)
             wall = boot + ktime
@@ -328,35 +350,42 @@ class EventRing:
             if secs != cur_secs:  # the formatted second changes once a second (see rfc3339_json)
                 cur_secs, cur_time = secs, tail_node + _events.rfc3339_json(secs * 1_000_000_000)[:-12]
             if status is not None and not status[i]:  # rendered by fastrest.c
+                hs.events += 1
+                resolved = resolved and state == 1
                 add_head(head)
                 add_rest(out[out_end[i - 1] if i else 0:out_end[i]])
                 add_rec(rec)
                 continue
             if quick is not None:  # the hook's usual record shape in one format (see _quick_rest)
-                rest = quick(rec, n, _EV_SIZE + data_len, flags, retval, actions, cgroup_id, cur_time, nanos)
+                rest = quick(rec, end, flags, retval, actions, cgroup_id, cur_time, nanos)
                 if rest is not None:
+                    hs.events += 1
+                    resolved = resolved and state == 1
                     add_head(head)
                     add_rest(rest)
                     add_rec(rec)
                     continue
-            # arguments: the same walk as _body_of
+            # arguments: the walk of `render_args` (the same checks, inlined for speed)
             parts = []
             pos = _EV_SIZE
-            end = _EV_SIZE + data_len
-            if end > n:
-                end = n
             for ap, fast in plan.fast:
-                if pos + 8 > end:
-                    break
-                if pos + 16 <= n:  # header and (for an integer) value in one call
+                if pos >= end:
+                    break  # fewer arguments than the hook has: the kernel ran out of room for the next
+                if pos + 16 <= end:  # header and (for an integer) value in one call
                     kind, aflags, alen, _, v = unpack_argq(rec, pos)
-                else:
+                elif pos + 8 <= end:
                     kind, aflags, alen, _ = unpack_arg(rec, pos)
                     v = None
+                else:
+                    break  # a header cut short: pos != end below
+                if kind != ap.kind:
+                    pos = -1  # another kind of argument than the hook's: not a record of this hook
+                    break
                 pos += 8
                 if kind == 1:  # S.ARG_INT
                     if v is None:
-                        v = unpack_q(rec, pos)[0]  # past the record: raises, as _body_of does
+                        pos = -1  # the value is cut
+                        break
                     pos += 8
                     if fast is not None and len(fast) == 3:  # a plain integer (the kind the plan expects)
                         jkey, mask, sign = fast
@@ -369,6 +398,8 @@ class EventRing:
                 else:
                     raw = rec[pos:pos + alen]
                     pos += (alen + 7) & ~7
+                    if pos > end:
+                        break  # longer than the record's data
                     if fast is not None and len(fast) == 1 and not aflags:
                         if unsafe(raw) is None:  # nothing JSON must escape: the bytes as they are
                             parts.append(b'{"string_arg":"%b"}' % raw)
@@ -376,6 +407,11 @@ class EventRing:
                             parts.append(b'{"string_arg":%b}' % dumps(raw.decode("utf-8", "backslashreplace")))
                     else:
                         parts.append(dumps(_render_bytes(ap, raw, aflags)))
+            if pos != end:  # an argument cut, of another kind, or bytes the hook's arguments do not explain
+                dropped["bad_argument"] += 1
+                continue
+            hs.events += 1
+            resolved = resolved and state == 1
             if flags & 2 and plan.return_plan is not None:  # S.EV_HAS_RET
                 rf = plan.ret_fast
                 if rf is not None:
@@ -533,24 +569,39 @@ class EventRing:
         hooks = self.hooks
         pc = getattr(self.ctx, "process_cache", None)
         make = self.ctx.make_event
+        dropped = self.dropped
         for rec in records:
             if len(rec) < _EV_SIZE:
-                self.decode_errors += 1
+                dropped["short"] += 1
                 continue
-            (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, *_r) = _EV.unpack_from(rec)
+            (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, _ret, _cg, sel, actions, _fl, _n,
+             data_len) = _EV.unpack_from(rec)
+            if rtype != S.REC_HOOK:
+                dropped["not_a_hook_record"] += 1
+                continue
             entry = hooks.get((policy_id, hook_id))
-            if rtype != S.REC_HOOK or entry is None:
+            if entry is None:
+                dropped["unknown_hook"] += 1
+                continue
+            if _EV_SIZE + data_len > len(rec):
+                dropped["truncated"] += 1
                 continue
             plan, policy_name, hs = entry
-            hs.events += 1
+            if actions & 6 and sel >= plan.compiled.cfg.nsel:  # see `decode`
+                dropped["bad_selector"] += 1
+                continue
             proc = parent = None
             if pc is not None:
                 try:
                     proc, parent = pc.get(pid)
                 except Exception:
                     proc = parent = None
-            out.append(make(plan.kind, _body_of(rec, plan, policy_name, proc or {"pid": pid, "tid": tid}, parent),
-                            ktime))
+            body = _body_of(rec, plan, policy_name, proc or {"pid": pid, "tid": tid}, parent)
+            if body is None:
+                dropped["bad_argument"] += 1
+                continue
+            hs.events += 1
+            out.append(make(plan.kind, body, ktime))
         return out
 
 
@@ -567,8 +618,9 @@ def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None]
     def lit(b: bytes) -> bytes:  # a constant inside a %-format
         return b.replace(b"%", b"%%")
 
-    src = ["def rest(rec, n, end, flags, retval, actions, cgroup_id, cur_time, nanos):",
-           "    if actions & 6:", "        return None", "    if end > n:", "        end = n", "    pos = %d" % _EV_SIZE]
+    # ``end``: where the record's data ends (the caller has checked that the record holds it).
+    src = ["def rest(rec, end, flags, retval, actions, cgroup_id, cur_time, nanos):",
+           "    if actions & 6:", "        return None", "    pos = %d" % _EV_SIZE]
     fmts, values = [], []
     for i, (ap, fast) in enumerate(plan.fast):
         if fast is None:
@@ -584,7 +636,7 @@ def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None]
             fmts.append(b'{"' + lit(key) + b'":%d}')
         elif fast == ("string_arg",):
             src += ["    if pos + 8 > end:", "        return None", "    k, f, l, _ = unpack_arg(rec, pos)",
-                    "    if k == 1 or f or pos + 8 + l > n:", "        return None",
+                    "    if k != %d or f or pos + 8 + ((l + 7) & ~7) > end:" % ap.kind, "        return None",
                     "    v%d = rec[pos + 8:pos + 8 + l]" % i,
                     # strings repeat (the same paths): a set lookup instead of the regex for the ones seen
                     "    if v%d not in safe:" % i, "        if unsafe(v%d) is not None:" % i, "            return None",
@@ -598,6 +650,7 @@ def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None]
     pname = lit(b',"policy_name":' + orjson.dumps(policy_name)) + b',"action":"KPROBE_ACTION_POST"'
     end = b'%b.%09dZ"}\n'
     vals = ", ".join(values + [""])
+    src += ["    if pos != end:", "        return None"]  # more data than these arguments: the general path decides
     t = {"T": args + pname + end, "TC": args + pname + b',"cgroup_id":%d' + end}
     if plan.return_plan is not None:
         src += ["    if flags & 2:"]
@@ -634,9 +687,10 @@ def _json_middle(body: Mapping[str, Any]) -> bytes:
 
 
 def _action_fields(plan: HookPlan, sel: int, actions: int, flags: int) -> dict[str, Any]:
-    """The action part of a body whose selector took a signal action."""
+    """The action part of a body whose selector (``sel`` < the hook's ``nsel``: the decoders check) took a
+    signal action."""
     out: dict[str, Any] = {"action": _ACTION_NAMES[S.ACT_SIGKILL if actions & S.ACT_SIGKILL else S.ACT_SIGNAL]}
-    if actions & S.ACT_SIGNAL and sel < S.MAX_SELECTORS:
+    if actions & S.ACT_SIGNAL:
         out["signal"] = plan.compiled.cfg.sel[sel].signal
     monitoring = bool(flags & S.EV_MONITOR)
     out["policy_mode"] = "monitoring" if monitoring else "enforcement"
@@ -644,36 +698,53 @@ def _action_fields(plan: HookPlan, sel: int, actions: int, flags: int) -> dict[s
     return out
 
 
+def render_args(rec: bytes, args: Sequence[S.ArgPlan]) -> list[dict[str, Any]] | None:
+    """The arguments of a ``struct sens_event`` record (selectors.h) as Tetragon's KprobeArgument dicts, or
+    None when the record is malformed: shorter than its ``data_len``, an argument cut or of another kind
+    than ``args`` says, or data left after the arguments. The kernel writes the arguments in order, each a
+    ``sens_arg_rec`` header and its value (8 bytes for an integer; ``len`` bytes padded to 8 otherwise), and
+    ``data_len`` is exactly their size; it may write fewer arguments than the hook has (no room left), never
+    more. Every decoder of these records (the engine's, the lsm sensor's) reads them through these rules."""
+    n = len(rec)
+    if n < _EV_SIZE:
+        return None
+    end = _EV_SIZE + _EV.unpack_from(rec)[14]
+    if end > n:
+        return None
+    out: list[dict[str, Any]] = []
+    pos = _EV_SIZE
+    for ap in args:
+        if pos >= end:
+            break
+        if pos + 8 > end:
+            return None
+        kind, aflags, alen, _ = _ARG.unpack_from(rec, pos)
+        if kind != ap.kind:
+            return None
+        pos += 8
+        if kind == S.ARG_INT:
+            if pos + 8 > end:
+                return None
+            out.append(_render_int(ap, _Q.unpack_from(rec, pos)[0]))
+            pos += 8
+        else:
+            data = rec[pos:pos + alen]
+            pos += (alen + 7) & ~7
+            if pos > end:
+                return None
+            out.append(_render_bytes(ap, data, aflags))
+    return out if pos == end else None
+
+
 def _body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
-             parent: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The event body of one record as a dict: the reference for the JSON `EventRing.decode` assembles."""
+             parent: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The event body of one record as a dict (None: malformed, see `render_args`): the reference for the
+    JSON `EventRing.decode` assembles."""
     (_t, _f, _size, _kt, _pid, _tid, _pol, _hook, retval, cgroup_id, sel, actions, flags, _n,
      data_len) = _EV.unpack_from(rec)
-    args = []
-    pos = _EV_SIZE
-    end = min(_EV_SIZE + data_len, len(rec))
-    for ap, fast in plan.fast:
-        if pos + 8 > end:
-            break
-        kind, aflags, alen, _ = _ARG.unpack_from(rec, pos)
-        pos += 8
-        if kind == 1:  # S.ARG_INT
-            v = _Q.unpack_from(rec, pos)[0]
-            pos += 8
-            if fast is not None and len(fast) == 3:  # a plain integer, see HookPlan.fast
-                key, mask, sign = fast
-                v &= mask
-                if v >= sign:
-                    v -= sign << 1
-                args.append({key.decode(): v})
-            else:
-                args.append(_render_int(ap, v))
-        else:
-            if fast is not None and len(fast) == 1 and not aflags:
-                args.append({"string_arg": rec[pos:pos + alen].decode("utf-8", "backslashreplace")})
-            else:
-                args.append(_render_bytes(ap, rec[pos:pos + alen], aflags))
-            pos += (alen + 7) & ~7
+    args = render_args(rec, plan.args)
+    if args is None:
+        return None
     body: dict[str, Any] = {"process": proc}
     if parent:
         body["parent"] = parent
@@ -1048,6 +1119,7 @@ class HookSensor:
         live = [h for h in self.handles if not h._unloaded]
         return {"state": self.state, "error": self.error, "policies": len(live),
                 "hooks": sum(len(h.objects) for h in live), "decode_errors": self.ring.decode_errors,
+                "dropped_records": {k: v for k, v in self.ring.dropped.items() if v},
                 "decoder": self.ring.decoder, "ring_drain": self.ring.drain}
 
     # -- policies ---------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
  *
  * One call formats the JSON rest (",\"args\":[...] ... \"time\":\"...\"}\n") of every record of a ring
  * batch that has its hook's usual shape, exactly as engine._quick_rest's generated Python would, and
- * reports every other record as "fallback" so Python renders it on its general path. Every record byte
- * is hostile: each read is bounds-checked against the record's own length, every write against the
- * output's capacity; nothing here trusts a length, offset or count from the record.
+ * reports every other record as "fallback" so Python renders it on its general path, or drops and counts
+ * it when it is malformed (engine.render_args: cut, an argument of another kind, data left over). Every
+ * record byte is hostile: each read is bounds-checked against the record's own length, every write against
+ * the output's capacity; nothing here trusts a length, offset or count from the record.
  *
  * Built with the system cc on first use (native.py); no Python headers, no libbpf.
  */
@@ -180,8 +181,8 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 		if (wall > WALL_MAX)
 			continue;
 		uint64_t end = EV_SIZE + (uint64_t)rd32(p + 52);
-		if (end > L)
-			end = L;
+		if (end > L)  /* cut: Python drops it (engine.render_args's rules) */
+			continue;
 		uint64_t pos = EV_SIZE;
 		int bad = 0;
 		put(&o, ",\"args\":[", 9);
@@ -202,7 +203,8 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 				}
 				uint8_t kind = p[pos], aflags = p[pos + 1];
 				uint32_t l = rd16(p + pos + 2);
-				if (kind == 1 || aflags || pos + 8 + l > L || unsafe(p + pos + 8, l)) {
+				if (kind != 2 || aflags || pos + 8 + (((uint64_t)l + 7) & ~(uint64_t)7) > end ||
+				    unsafe(p + pos + 8, l)) {
 					bad = 1;
 					break;
 				}
@@ -214,6 +216,8 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 				bad = 1;
 			}
 		}
+		if (pos != end)  /* data the arguments do not explain: Python decides */
+			bad = 1;
 		put(&o, "]", 1);
 		if (!bad && k->ret && (flags & 2)) {
 			if (k->ret != 1) {

@@ -191,7 +191,7 @@ def describe(plan: Any) -> tuple[list[tuple[int, bytes, int, int]], Any] | None:
             if b'"' in key or b"\\" in key or any(c < 0x20 for c in key):
                 return None
             args.append((1, key, bits, int(sign <= mask)))
-        elif f == ("string_arg",):
+        elif f == ("string_arg",) and ap.kind == 2:  # S.ARG_STR: fastrest.c renders no other kind
             args.append((2, b"", 0, 0))
         else:
             return None
