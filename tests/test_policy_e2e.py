@@ -143,8 +143,8 @@ def test_bad_policies_are_refused_through_the_cli_and_leave_nothing_loaded(runni
                                     "bad-tp", ":8: spec.tracepoints[0].event:"),
         "unknown-hook.yaml": ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: bad2\n"
                               "spec:\n  usdts:\n  - path: /bin/true\n", "", ":6: spec.usdts: unknown policy section"),
-        "operator.yaml": (policy("bad3", tmp_path / "f").replace("operator: Equal", "operator: InMap"), "",
-                          "matchArgs operator 'InMap' is not supported by Sensorium"),
+        "operator.yaml": (policy("bad3", tmp_path / "f").replace("operator: Equal", "operator: SubString"), "",
+                          "matchArgs operator 'SubString' is not supported by Sensorium"),
         "values.yaml": (policy("bad4", tmp_path / "f").replace(f'        - "{tmp_path / "f"}"',
                                                                "\n".join(f"        - /f{i}" for i in range(65))), "",
                         "65 values; the limit is 64"),
