@@ -109,6 +109,21 @@ def _scope_summary(sc: dict[str, Any]) -> str:
     return out
 
 
+def _persistence_summary(p: dict[str, Any]) -> str:
+    """``yes, pinned at DIR`` / ``no: HOOK (why)``: whether the policy's blocks outlive the agent."""
+    if p.get("adopted") and p.get("state") != "enabled":
+        dirs = ", ".join(a.get("pin_dir", "?") for a in p["adopted"])
+        return f"the pins of a previous agent keep enforcing ({dirs}); policy delete lifts them"
+    if p.get("persistent") is True:
+        out = f"yes, pinned at {p.get('pin_dir')}"
+    else:
+        gaps = [f"{h.get('hook')} ({h.get('persistence')})" for h in p.get("hooks", []) if h.get("persistent") is False]
+        out = "no: " + "; ".join(gaps) if gaps else "no"
+    if p.get("replaced"):
+        out += f"; replaced {len(p['replaced'])} generation(s) of a previous agent"
+    return out
+
+
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -195,8 +210,12 @@ def register(cli_group: click.Group) -> None:
                        f"{p['errors']:>6} {_fmt_bytes(p['kernel_memory_bytes']):>9}  {_hooks_summary(p)}")
             if p.get("scope"):
                 click.echo(f"      scope: {_scope_summary(p['scope'])}")
+            if p.get("persistent") is not None or p.get("adopted"):
+                click.echo(f"      persistent: {_persistence_summary(p)}")
             for h in p.get("hooks", []):
                 note = f"  ({h['note']})" if h.get("note") else ""
+                if h.get("persistent") is False:
+                    note += f"  [not persistent: {h.get('persistence')}]"
                 click.echo(f"      {h.get('hook', h.get('section'))}: {h.get('mechanism') or '-'}{note}")
             for w in p.get("warnings") or ():
                 click.echo(f"      warning: {w}")
@@ -294,8 +313,21 @@ def register(cli_group: click.Group) -> None:
             if stream:
                 click.echo(f"  api stream   {stream.get('subscribers', 0)} subscribers, holding {stream.get('held_events', 0)} "
                            f"of {stream.get('max_total_events')} events; dropped: {_by_reason(stream.get('dropped_by_reason'))}")
+            enf = st.get("enforcement") or {}
+            if enf.get("persist"):
+                click.echo(f"  enforcement  persistent: pins under {enf.get('pin_dir')}, policies kept in "
+                           f"{enf.get('state_dir')}; {enf.get('note')}")
+                start = enf.get("start") or {}
+                if any(start.get(k) for k in ("restored", "failed", "replaced", "removed")):
+                    click.echo(f"  enforcement  at start: {len(start.get('restored', []))} kept policies restored, "
+                               f"{len(start.get('failed', []))} failed, {len(start.get('replaced', []))} pinned "
+                               f"generations replaced, {len(start.get('removed', []))} removed")
+            elif enf:
+                click.echo(f"  enforcement  not persistent: {enf.get('note')}")
             for p in st.get("policies", []):
-                click.echo(f"  policy {p.get('key') or p['name']:<24} {p['state']} {p['mode']} events={p['events']} errors={p['errors']}")
+                persist = {True: " persistent", False: " NOT persistent"}.get(p.get("persistent"), "")
+                click.echo(f"  policy {p.get('key') or p['name']:<24} {p['state']} {p['mode']} events={p['events']} "
+                           f"errors={p['errors']}{persist}")
             for e in st.get("policy_directory_errors", []):
                 click.echo(f"  policy file refused: {e.get('error')}")
 

@@ -121,7 +121,7 @@ class PolicyCrdWatcher:
             self._unload(prev[2])
         src = f"{KINDS[plural]}/{key[1] + '/' if key[1] else ''}{key[2]}"
         try:
-            names = self.manager.add(self._document(obj, src), file=src)
+            names = self.manager.add(self._document(obj, src), file=src, origin="crd")
         except Exception as exc:  # noqa: BLE001 - any refusal is reported on the object, never raised
             msg = str(exc)[:2000]
             self.applied[key] = (gen, str(meta.get("uid")), None, "error")
