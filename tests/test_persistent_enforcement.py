@@ -1,0 +1,195 @@
+"""Enforcement that outlives the agent, by choice (agent config ``enforcement: {persist: true, ...}``), with
+the real agent, the CLI, real processes and cgroups on this host: socket_connect is served here by cgroup
+sock_addr programs (no BPF LSM), pinned in bpffs through their links; file_open by fanotify, which cannot
+outlive the agent. The 6.12 guest runs the BPF LSM twin (tests/vm/test_vm_enforcement.py).
+
+The block names the pid of an exerciser process the test started in its own cgroup, and a port of the test's
+server: nothing else is refused. Every test uses a pin root of its own under /sys/fs/bpf and removes it
+at the end, whatever happened (removing the pins lifts the block).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from enforcement_helpers import (Exerciser, Loop, cli, connect_policy, file_open_policy, new_pin_root, pins_under,
+                                 policy_list, remove_pins, wait_until)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups)")]
+
+
+@pytest.fixture
+def pin_root() -> Iterator[Path]:
+    root = new_pin_root()
+    yield root
+    remove_pins(root)
+    assert not root.exists(), f"pins left under {root}"
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(512)
+    yield s.getsockname()[1]
+    s.close()
+
+
+@pytest.fixture
+def exerciser(cgroup2_dir) -> Iterator[Exerciser]:
+    ex = Exerciser(cgroup2_dir)
+    yield ex
+    ex.close()
+
+
+def config(tmp_path: Path, pin_root: Path | None, **enforcement: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"plugins": {"allow": ["lsm", "stdout"]}, "sensors": {"lsm": {"enabled": True}},
+                           "api": {"socket": str(tmp_path / "api.sock")}}
+    if pin_root is not None:
+        cfg["enforcement"] = {"persist": True, "state_dir": str(tmp_path / "state"), "pin_dir": str(pin_root),
+                              **enforcement}
+    return cfg
+
+
+def add(tmp_path: Path, text: str, name: str = "p.yaml") -> None:
+    f = tmp_path / name
+    f.write_text(text)
+    cli(tmp_path / "api.sock", "policy", "add", str(f))
+
+
+def kill9(h: Any) -> None:
+    os.killpg(h.proc.pid, signal.SIGKILL)
+    h.proc.wait(10)
+
+
+def generations(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_kill_9_leaves_the_connect_block_in_place(agent, tmp_path, pin_root, server, exerciser):
+    h = agent(config(tmp_path, pin_root))
+    add(tmp_path, connect_policy("persist-connect", server, exerciser.pid))
+    assert exerciser.connect(server) == "EPERM"
+    [row] = policy_list(tmp_path / "api.sock")
+    assert row["persistent"] is True, json.dumps(row, indent=1)
+    assert row["pin_dir"].startswith(str(pin_root))
+    kill9(h)
+    # The agent and every fd it held are gone; the pinned links hold the programs at the cgroup2 root.
+    results = [exerciser.connect(server) for _ in range(20)]
+    assert results == ["EPERM"] * 20
+    assert any(p.name.startswith("link") for p in pins_under(pin_root))
+
+
+def test_sigterm_with_persist_leaves_the_block_in_place(agent, tmp_path, pin_root, server, exerciser):
+    # A graceful stop (an upgrade, a rollout) keeps enforcing as well: only `policy delete` lifts a block.
+    h = agent(config(tmp_path, pin_root))
+    add(tmp_path, connect_policy("persist-term", server, exerciser.pid))
+    assert h.stop() == 0
+    assert exerciser.connect(server) == "EPERM"
+    assert any("keep enforcing in the kernel after exit" in ln and "persist-term" in ln for ln in h.stderr_lines)
+
+
+def test_restart_restores_the_kept_policy_and_replaces_the_old_pins_without_a_gap(agent, tmp_path, pin_root, server,
+                                                                                  exerciser):
+    cfg = config(tmp_path, pin_root)
+    h = agent(cfg)
+    add(tmp_path, connect_policy("persist-restart", server, exerciser.pid))
+    cli(tmp_path / "api.sock", "policy", "set-mode", "persist-restart", "enforcement")
+    [first] = generations(pin_root)
+    kill9(h)
+    with Loop(lambda: exerciser.connect(server)) as loop:  # connects the whole time the agent restarts
+        h2 = agent(cfg)
+        rows = policy_list(tmp_path / "api.sock")
+        time.sleep(0.5)
+    assert loop.total > 0 and loop.counts == {"EPERM": loop.total}, loop.counts
+    [row] = rows
+    assert row["key"] == "persist-restart" and row["state"] == "enabled" and row["origin"] == "api"
+    assert row["persistent"] is True
+    [replaced] = row["replaced"]
+    assert replaced["pin_dir"] == str(pin_root / first) and replaced["pinned_by_pid"] == h.pid
+    [second] = generations(pin_root)
+    assert second != first and row["pin_dir"] == str(pin_root / second)
+    st = json.loads(cli(tmp_path / "api.sock", "status", "--json").stdout)["enforcement"]
+    assert st["persist"] is True and st["start"]["restored"][0]["policy"] == "persist-restart"
+    assert st["policies_persistent"] == ["persist-restart"]
+    assert any("restored" in ln and "persist-restart" in ln for ln in h2.stderr_lines)
+    cli(tmp_path / "api.sock", "policy", "delete", "persist-restart")
+
+
+def test_delete_lifts_the_block_and_removes_the_pins_and_the_kept_copy(agent, tmp_path, pin_root, server, exerciser):
+    cfg = config(tmp_path, pin_root)
+    h = agent(cfg)
+    add(tmp_path, connect_policy("persist-delete", server, exerciser.pid))
+    kill9(h)
+    agent(cfg)
+    assert exerciser.connect(server) == "EPERM"
+    cli(tmp_path / "api.sock", "policy", "delete", "persist-delete")
+    assert exerciser.connect(server) == "ok"
+    assert generations(pin_root) == [] and pins_under(pin_root) == []
+    assert list((tmp_path / "state" / "policies").iterdir()) == []
+
+
+def test_without_persist_kill_9_lifts_the_block(agent, tmp_path, server, exerciser):
+    # The documented default: the agent holds its links; when it dies, the kernel detaches them.
+    h = agent(config(tmp_path, None))
+    add(tmp_path, connect_policy("plain-connect", server, exerciser.pid))
+    assert exerciser.connect(server) == "EPERM"
+    kill9(h)
+    wait_until(lambda: exerciser.connect(server) == "ok", 5, "the connect going through")
+
+
+def test_fanotify_is_served_but_reported_as_not_outliving_the_agent(agent, tmp_path, pin_root, exerciser):
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    h = agent(config(tmp_path, pin_root))
+    add(tmp_path, file_open_policy("persist-fanotify", secret, exerciser.pid))
+    assert exerciser.open(secret) == "EPERM"
+    [row] = policy_list(tmp_path / "api.sock")
+    [hook] = row["hooks"]
+    assert row["persistent"] is False and hook["mechanism"] == "fanotify" and hook["persistent"] is False
+    assert "fanotify" in hook["persistence"] and "fail-open" in hook["persistence"]
+    text = cli(tmp_path / "api.sock", "policy", "list").stdout
+    assert "not persistent: fanotify" in text
+    status = cli(tmp_path / "api.sock", "status").stdout
+    assert "persist-fanotify" in status and "NOT persistent" in status
+    kill9(h)
+    wait_until(lambda: exerciser.open(secret) == "ok", 5, "the open going through (fanotify fails open)")
+
+
+def test_refuse_non_persistent_refuses_a_fanotify_hook_with_the_reason(agent, tmp_path, pin_root, exerciser):
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    agent(config(tmp_path, pin_root, non_persistent="refuse"))
+    f = tmp_path / "p.yaml"
+    f.write_text(file_open_policy("refused-fanotify", secret, exerciser.pid))
+    res = cli(tmp_path / "api.sock", "policy", "add", str(f), check=False)
+    assert res.returncode != 0
+    assert "cannot enforce beyond the agent's life" in res.stderr and "non_persistent: refuse" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert policy_list(tmp_path / "api.sock") == []
+    assert exerciser.open(secret) == "ok" and generations(pin_root) == []
+
+
+def test_a_pin_dir_outside_bpffs_is_a_one_line_start_error(tmp_path):
+    import subprocess
+    import sys
+
+    from sensorium_testlib import SENSORIUM_BIN
+    import yaml
+
+    cfg = config(tmp_path, tmp_path / "not-bpffs")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    exe = [str(SENSORIUM_BIN)] if SENSORIUM_BIN.exists() else [sys.executable, "-m", "sensorium.cli"]
+    r = subprocess.run([*exe, "run", "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1
+    assert "enforcement.pin_dir" in r.stderr and "not in a bpffs mount" in r.stderr
+    assert "Traceback" not in r.stderr
