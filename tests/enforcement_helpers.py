@@ -121,6 +121,39 @@ class Loop:
         return sum(self.counts.values())
 
 
+class Server:
+    """A loopback TCP server that accepts and closes every connection (an exercise loop connects thousands
+    of times: a queue nobody accepts from would fill and turn connects into timeouts)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self._t = threading.Thread(target=self._run, name="test-server", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._t.join(5)
+
+
 def cli(sock: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     res = subprocess.run([*CLI, *args, "--socket", str(sock)], capture_output=True, text=True, timeout=120)
     if check:

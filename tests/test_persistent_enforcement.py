@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from enforcement_helpers import (Exerciser, Loop, cli, connect_policy, file_open_policy, new_pin_root, pins_under,
+from enforcement_helpers import (Exerciser, Server, Loop, cli, connect_policy, file_open_policy, new_pin_root, pins_under,
                                  policy_list, remove_pins, wait_until)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups)")]
@@ -36,11 +35,9 @@ def pin_root() -> Iterator[Path]:
 
 @pytest.fixture
 def server() -> Iterator[int]:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(512)
-    yield s.getsockname()[1]
-    s.close()
+    srv = Server()
+    yield srv.port
+    srv.close()
 
 
 @pytest.fixture

@@ -234,7 +234,8 @@ class LsmPolicyHandle:
             mech = f"{current.mechanism}: " if current is not None else ""
             if isinstance(exc, OSError) and "fanotify_mark" in str(exc):
                 raise PolicyLoadError(where, f"fanotify mark failed: {exc}") from None
-            raise PolicyLoadError(where, f"{mech}{type(exc).__name__}: {exc}") from None
+            what = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"  # libbpf says it all
+            raise PolicyLoadError(where, f"{mech}{what}") from None
 
     def _pin(self, p: HookPlan, owner: Any) -> None:
         if self.pin_dir is None:
