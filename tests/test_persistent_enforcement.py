@@ -190,3 +190,25 @@ def test_a_pin_dir_outside_bpffs_is_a_one_line_start_error(tmp_path):
     assert r.returncode == 1
     assert "enforcement.pin_dir" in r.stderr and "not in a bpffs mount" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_kept_policy_that_no_longer_loads_keeps_its_old_pins_until_deleted(agent, tmp_path, pin_root, server,
+                                                                             exerciser):
+    # Failing closed: the agent comes back with the lsm sensor turned off (so the kept policy cannot load);
+    # the previous agent's pinned programs are adopted as they are and keep refusing, until `policy delete`.
+    cfg = config(tmp_path, pin_root)
+    h = agent(cfg)
+    add(tmp_path, connect_policy("persist-adopt", server, exerciser.pid))
+    kill9(h)
+    crippled = {**cfg, "sensors": {"lsm": {"enabled": False}}}
+    agent(crippled)
+    [row] = policy_list(tmp_path / "api.sock")
+    assert row["state"] == "error" and "lsm" in row["error"]
+    [adopted] = row["adopted"]
+    assert adopted["policy"] == "persist-adopt" and adopted["pinned_by_pid"] == h.pid
+    assert exerciser.connect(server) == "EPERM"
+    listing = cli(tmp_path / "api.sock", "policy", "list").stdout
+    assert "the pins of a previous agent keep enforcing" in listing
+    cli(tmp_path / "api.sock", "policy", "delete", "persist-adopt")
+    assert exerciser.connect(server) == "ok"
+    assert generations(pin_root) == [] and list((tmp_path / "state" / "policies").iterdir()) == []
