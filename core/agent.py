@@ -497,6 +497,7 @@ class Agent:
             out["policies_persistent"] = sorted(r["key"] for r in rows if r.get("persistent") is True)
             out["policies_not_persistent"] = sorted(r["key"] for r in rows if r.get("persistent") is False)
             out["start"] = self.policies.restore_report
+            out["adopted_only"] = self.policies.adopted_only()
         return out
 
     def subscribe(self, callback: Callable[[Sequence[Event]], None]) -> Callable[[], None]:

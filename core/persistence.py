@@ -12,6 +12,14 @@ Two places, both owned by one agent:
   agent gives. Every file is written atomically (a temporary file, fsync, rename, fsync of the directory):
   a crash leaves the old version or the new one, never half of one.
 
+Both are trusted only when they are the agent's own: a directory (not a symbolic link) owned by the agent's
+user and writable by nobody else, and files read without following links, owned by the agent, not
+writable by others, within a size cap and of the expected shape. What fails these checks gets a one-line
+reason: the state directory itself stops the start (`EnforcementStore.check`: nothing is changed, so what
+a previous agent pinned keeps enforcing); a kept policy file is not loaded and its pins are kept
+(adopted: failing closed) until ``policy delete`` lifts them; an entry of the pin root that is not a
+generation is left alone and reported.
+
 A restarted agent loads its policies again (kept ones, the directory, CRDs) into **new** generations and
 removes the old generation of each policy once the new one is active: both enforce for that moment, so the
 block never lapses (Tetragon's persistent enforcement replaces its pinned state the same way). See
@@ -21,20 +29,135 @@ block never lapses (Tetragon's persistent enforcement replaces its pinned state 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["EnforcementStore", "PinnedGeneration", "bpffs_of", "remove_pin_tree", "atomic_write"]
+__all__ = ["EnforcementStore", "PinnedGeneration", "UntrustedFile", "bpffs_of", "remove_pin_tree", "atomic_write",
+           "read_owned", "owned_dir_problem"]
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/sensorium")
 DEFAULT_STATE_DIR = Path("/var/lib/sensorium")
 _GEN = re.compile(r"^(?P<key>[^@]+)@(?P<gen>[0-9a-f]+)$")
+# A kept record holds one policy document (yamlsrc caps policies at 1 MiB) plus a few fields; a pin
+# description is far smaller. Anything bigger was not written by the agent.
+MAX_RECORD_BYTES = 4 << 20
+MAX_META_BYTES = 64 << 10
+RECORD_STATES = ("enabled", "disabled")
+RECORD_MODES = ("enforcement", "monitoring")
+
+
+class UntrustedFile(Exception):
+    """A file or directory of the state directory or pin root that the agent will not use (the message
+    names the path and why, in one line)."""
+
+
+def owned_dir_problem(path: Path) -> str | None:
+    """None when ``path`` is a directory of the agent's own (not a link, owned by this user, writable by
+    nobody else); else why not, one line."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            to = os.readlink(path)
+        except OSError:
+            to = "?"
+        return f"{path} is a symbolic link (to {to}), not a directory of the agent's own"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    return _owner_problem(path, st)
+
+
+def _owner_problem(path: Path | str, st: os.stat_result) -> str | None:
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        return f"{path} is owned by uid {st.st_uid}, not by the agent's user (uid {uid})"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def read_owned(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of the agent's own, read without following a symbolic link. Raises
+    `UntrustedFile` naming the path and the reason."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            try:
+                to = os.readlink(path)
+            except OSError:
+                to = "?"
+            raise UntrustedFile(f"{path} is a symbolic link (to {to}), not a file the agent wrote") from None
+        raise UntrustedFile(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UntrustedFile(f"{path} is not a regular file")
+        problem = _owner_problem(path, st)
+        if problem is not None:
+            raise UntrustedFile(problem)
+        if st.st_size > limit:
+            raise UntrustedFile(f"{path} is {st.st_size} bytes, more than the {limit} the agent writes")
+        chunks, total = [], 0
+        while True:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            total += len(b)
+            if total > limit:
+                raise UntrustedFile(f"{path} is more than the {limit} bytes the agent writes")
+            chunks.append(b)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UntrustedFile(f"{path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _json(path: Path, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UntrustedFile(f"{path}: not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise UntrustedFile(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise UntrustedFile(f"{path}: not a record the agent wrote (nested too deep)") from None
+
+
+def parse_record(path: Path, data: bytes) -> dict[str, Any]:
+    """A kept-policy record, checked field by field (`UntrustedFile` naming the field otherwise)."""
+    rec = _json(path, data)
+    if not isinstance(rec, dict):
+        raise UntrustedFile(f"{path}: not a kept policy record (a JSON object was expected)")
+    if rec.get("version") != 1:
+        raise UntrustedFile(f"{path}: field 'version': {rec.get('version')!r} is not 1")
+    for field in ("key", "text"):
+        if not isinstance(rec.get(field), str) or not rec[field]:
+            raise UntrustedFile(f"{path}: field {field!r}: a non-empty string is required")
+    if rec.get("file") is not None and not isinstance(rec["file"], str):
+        raise UntrustedFile(f"{path}: field 'file': a string or null is required")
+    if rec.get("mode") not in RECORD_MODES:
+        raise UntrustedFile(f"{path}: field 'mode': {rec.get('mode')!r} is not one of {', '.join(RECORD_MODES)}")
+    if rec.get("state") not in RECORD_STATES:
+        raise UntrustedFile(f"{path}: field 'state': {rec.get('state')!r} is not one of {', '.join(RECORD_STATES)}")
+    if not isinstance(rec.get("time", 0), (int, float)) or isinstance(rec.get("time"), bool):
+        raise UntrustedFile(f"{path}: field 'time': a number is required")
+    if path.name != f"{_hash(rec['key'])}.json":
+        raise UntrustedFile(f"{path}: holds policy {rec['key']!r}, whose record is named {_hash(rec['key'])}.json")
+    return rec
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -95,7 +218,10 @@ def remove_pin_tree(top: Path) -> int:
     """Remove a generation's directory and every pin in it (each removed pin drops the kernel's hold on its
     link or map: an unpinned link nobody else holds detaches). Returns the number of pins removed."""
     n = 0
-    if not top.exists():
+    if not os.path.lexists(top):
+        return 0
+    if os.path.islink(top) or not os.path.isdir(top):
+        # Never walk through a link: it could lead to another tool's pins. (`generations` lists no such entry.)
         return 0
     for root, dirs, files in os.walk(top, topdown=False):
         for name in files:
@@ -105,8 +231,12 @@ def remove_pin_tree(top: Path) -> int:
             except FileNotFoundError:
                 pass
         for name in dirs:
+            p = os.path.join(root, name)
             try:
-                os.rmdir(os.path.join(root, name))
+                if os.path.islink(p):  # os.walk lists a link to a directory among dirs, and does not enter it
+                    os.unlink(p)
+                else:
+                    os.rmdir(p)
             except FileNotFoundError:
                 pass
     try:
@@ -149,26 +279,38 @@ class EnforcementStore:
         self.state_dir = Path(state_dir)
         self.refuse_non_persistent = refuse_non_persistent
         self._last_gen = 0
+        self.ignored: list[dict[str, str]] = []  # pin root entries `generations` left alone, and why
 
     # ---- start-up checks -------------------------------------------------------------------------
 
     def check(self) -> tuple[str, str] | None:
-        """None when both places can be used; else (config key, reason) of the first problem."""
+        """None when both places can be used; else (config key, reason) of the first problem. Creates what is
+        missing (mode 0700) and changes nothing that exists: a state directory or pin root that is not the
+        agent's own is a start error, so what a previous agent pinned stays as it is (and enforcing)."""
+        keep = "; nothing was changed: what a previous agent pinned keeps enforcing"
         if bpffs_of(self.pin_root) is None:
             return ("pin_dir", f"{self.pin_root} is not in a bpffs mount (mount -t bpf bpf /sys/fs/bpf): the kernel "
                                "pins links and maps only there")
         try:
-            self.pin_root.mkdir(parents=True, exist_ok=True)
+            self.pin_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             return ("pin_dir", f"cannot create {self.pin_root}: {exc.strerror}")
-        for sub in ("policies", "pins"):
-            d = self.state_dir / sub
-            try:
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                return ("state_dir", f"cannot create {d}: {exc.strerror}")
-            if not d.is_dir():
-                return ("state_dir", f"{d} is not a directory")
+        problem = owned_dir_problem(self.pin_root)
+        if problem is not None:
+            return ("pin_dir", problem + keep)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            return ("state_dir", f"cannot create {self.state_dir}: {exc.strerror}")
+        for d in (self.state_dir, self.state_dir / "policies", self.state_dir / "pins"):
+            if d is not self.state_dir and not os.path.lexists(d):
+                try:
+                    d.mkdir(mode=0o700)
+                except OSError as exc:
+                    return ("state_dir", f"cannot create {d}: {exc.strerror}")
+            problem = owned_dir_problem(d)
+            if problem is not None:
+                return ("state_dir", problem + keep)
         try:
             atomic_write(self.state_dir / ".writable", b"ok\n")
             os.unlink(self.state_dir / ".writable")
@@ -198,23 +340,38 @@ class EnforcementStore:
         return n
 
     def generations(self) -> list[PinnedGeneration]:
-        """Every generation under the pin root, oldest first."""
+        """Every generation under the pin root, oldest first. Entries that are not one (a link, a file, a
+        name of another shape) are left alone and listed in `ignored`."""
         out = []
+        self.ignored = []
         try:
             names = sorted(os.listdir(self.pin_root))
         except OSError:
             return []
         for name in names:
             m = _GEN.match(name)
-            if m is None or not (self.pin_root / name).is_dir():
+            path = self.pin_root / name
+            if m is None:
+                self.ignored.append({"path": str(path), "why": "not a policy generation (name)"})
+                continue
+            problem = owned_dir_problem(path)
+            if problem is not None:
+                self.ignored.append({"path": str(path), "why": problem})
                 continue
             meta: dict[str, Any] = {}
+            mf = self.state_dir / "pins" / f"{name}.json"
             try:
-                meta = json.loads((self.state_dir / "pins" / f"{name}.json").read_bytes())
-            except (OSError, ValueError):
-                pass
-            key = meta.get("policy") or m.group("key").replace("~", "/").replace("_", ".")
-            out.append(PinnedGeneration(key, m.group("gen"), self.pin_root / name, meta))
+                got = _json(mf, read_owned(mf, MAX_META_BYTES))
+                if isinstance(got, dict):
+                    meta = got
+            except UntrustedFile as exc:
+                # The description only names the policy and the pid that pinned; the directory's name says
+                # the policy too. A missing or bad description changes nothing but the report.
+                meta = {"meta_error": str(exc)}
+            key = m.group("key").replace("~", "/").replace("_", ".")
+            if isinstance(meta.get("policy"), str) and _safe(meta["policy"]) == m.group("key"):
+                key = meta["policy"]  # "." and "_" both map to "_": the description has the exact key
+            out.append(PinnedGeneration(key, m.group("gen"), path, meta))
         out.sort(key=lambda g: int(g.generation, 16))
         return out
 
@@ -230,12 +387,14 @@ class EnforcementStore:
         atomic_write(self._policy_file(key), json.dumps(rec).encode())
 
     def update_policy(self, key: str, **changes: Any) -> None:
-        """Change the mode or state of a kept policy (nothing when it is not kept)."""
+        """Change the mode or state of a kept policy (nothing when it is not kept, or not readable)."""
         f = self._policy_file(key)
         try:
-            rec = json.loads(f.read_bytes())
-        except (OSError, ValueError):
-            return
+            rec = parse_record(f, read_owned(f, MAX_RECORD_BYTES))
+        except UntrustedFile:
+            if not os.path.lexists(f):
+                return
+            raise
         rec.update(changes)
         atomic_write(f, json.dumps(rec).encode())
 
@@ -243,23 +402,25 @@ class EnforcementStore:
         _remove(self._policy_file(key))
 
     def is_kept(self, key: str) -> bool:
-        return self._policy_file(key).exists()
+        """A record for ``key`` is there, readable or not (an unreadable one keeps its pins: fail closed)."""
+        return os.path.lexists(self._policy_file(key))
 
     def kept_policies(self) -> Iterator[tuple[Path, dict[str, Any] | None, str | None]]:
-        """(file, record or None, why not readable) of every kept policy, oldest first."""
+        """(file, record or None, why not usable) of every kept policy, oldest first."""
         d = self.state_dir / "policies"
         try:
-            files = sorted(d.glob("*.json"))
+            files = sorted(p for p in d.iterdir() if not p.name.startswith("."))
         except OSError:
             return
         recs = []
         for f in files:
+            if f.suffix != ".json":
+                recs.append((0.0, f, None, f"{f}: not a kept policy record (the agent writes only *.json here)"))
+                continue
             try:
-                rec = json.loads(f.read_bytes())
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or not isinstance(rec.get("key"), str):
-                    raise ValueError("not a kept policy record")
+                rec = parse_record(f, read_owned(f, MAX_RECORD_BYTES))
                 recs.append((float(rec.get("time") or 0), f, rec, None))
-            except (OSError, ValueError) as exc:
+            except UntrustedFile as exc:
                 recs.append((0.0, f, None, str(exc)))
         for _t, f, rec, why in sorted(recs, key=lambda r: r[0]):
             yield f, rec, why

@@ -40,6 +40,7 @@ from sensorium.hookspecs import (PolicyHandle, PolicyLoadError, PolicySensor, Po
                                  TransactionalPolicySensor)
 from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
 from sensorium.policy_rules import check_rules, validate_policies
+from sensorium.persistence import UntrustedFile
 from sensorium.yamlsrc import SourceError, dump, read_file
 
 log = logging.getLogger("sensorium.policy")
@@ -176,7 +177,7 @@ class PolicyManager:
         self.persistence = persistence
         self._stale: dict[str, list[Any]] = {}  # key -> PinnedGenerations a previous agent left (start-up)
         self.restore_report: dict[str, Any] = {"restored": [], "failed": [], "replaced": [], "removed": [],
-                                               "adopted": []}
+                                               "adopted": [], "ignored": []}
 
     # ---- parsing ----------------------------------------------------------------------------------
 
@@ -785,7 +786,7 @@ class PolicyManager:
             return
         try:
             self.persistence.update_policy(st.key, **changes)
-        except OSError as exc:
+        except (OSError, UntrustedFile) as exc:
             log.error("policy %s: updating its kept copy: %s", st.key, exc)
 
     def scan_pins(self) -> list[Any]:
@@ -813,14 +814,18 @@ class PolicyManager:
 
     def sweep_stale(self) -> list[dict[str, Any]]:
         """Remove the pinned generations no policy came back for (its file was deleted while the agent was
-        down, or it is no longer kept); a policy that is kept but failed to load keeps its old pins (adopted:
-        still enforcing) until it loads or is deleted."""
+        down, or it is no longer kept); a policy that is kept but failed to load (or whose kept record cannot
+        be read) keeps its old pins (adopted: still enforcing) until it loads or is deleted."""
         removed = []
         with self._op_lock:
             for key, gens in list(self._stale.items()):
                 st = self._policies.get(key)
                 if (st is not None and st.state == "error") or (st is None and self.persistence.is_kept(key)):
-                    continue  # adopted: a kept policy that did not load again (see restore)
+                    # adopted: a kept policy that did not load again (see restore)
+                    for g in gens:
+                        if g.describe() not in self.restore_report["adopted"]:
+                            self.restore_report["adopted"].append(g.describe())
+                    continue
                 for g in gens:
                     n = self.persistence.drop_generation(g.path)
                     rec = {**g.describe(), "pins": n}
@@ -829,7 +834,16 @@ class PolicyManager:
                                 "again", key, g.path)
                 del self._stale[key]
         self.restore_report["removed"].extend(removed)
+        self.restore_report["ignored"] = list(getattr(self.persistence, "ignored", []))
+        for ig in self.restore_report["ignored"]:
+            log.warning("enforcement: %s left alone under the pin root: %s", ig["path"], ig["why"])
         return removed
+
+    def adopted_only(self) -> list[dict[str, Any]]:
+        """Generations a previous agent pinned that keep enforcing for a policy this agent has not loaded (its
+        kept record is unreadable or no longer parses): `policy delete NAME` lifts them."""
+        with self._op_lock:
+            return [g.describe() for key, gens in self._stale.items() if key not in self._policies for g in gens]
 
     def restore(self) -> dict[str, Any]:
         """Start-up with persistent enforcement, before the agent says ready: load every kept API policy
@@ -841,24 +855,24 @@ class PolicyManager:
             return self.restore_report
         for f, rec, why in self.persistence.kept_policies():
             if rec is None:
-                msg = f"{f}: unreadable kept policy: {why}"
-                log.error("%s", msg)
+                msg = f"kept policy not loaded: {why}"
+                log.error("%s; its pins, if any, keep enforcing until `policy delete` of its name", msg)
                 self.restore_report["failed"].append({"file": str(f), "error": msg})
                 continue
             key = rec["key"]
-            mode = rec.get("mode") if rec.get("mode") in MODES else None
-            state = "disabled" if rec.get("state") == "disabled" else "enabled"
+            mode = rec["mode"]
+            state = rec["state"]
             try:
                 policies = self.parse(rec["text"], rec.get("file") or "<api>")
                 if [p.key for p in policies] != [key]:
-                    raise PolicyError(f"the kept text holds {[p.key for p in policies]}, not {key!r}")
+                    raise PolicyError(f"the kept text holds {[p.key for p in policies]}, not {key!r}", file=str(f))
                 self._add_policies(policies, mode, "api", state=state)
                 self.restore_report["restored"].append({"policy": key, "state": state, "mode": mode})
                 log.info("policy %s restored from %s (%s)", key, f, state)
             except SourceError as exc:
                 self._restore_failed(key, rec, str(exc))
-        self.restore_report["adopted"] = [str(g.path) for gens in self._stale.values() for g in gens
-                                          if g.key in {f.get("policy") for f in self.restore_report["failed"]}]
+            except Exception as exc:  # noqa: BLE001 - one kept policy never stops the start of the others
+                self._restore_failed(key, rec, f"{type(exc).__name__}: {exc}")
         return self.restore_report
 
     def _restore_failed(self, key: str, rec: Mapping[str, Any], msg: str) -> None:

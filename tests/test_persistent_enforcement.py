@@ -212,3 +212,75 @@ def test_a_kept_policy_that_no_longer_loads_keeps_its_old_pins_until_deleted(age
     cli(tmp_path / "api.sock", "policy", "delete", "persist-adopt")
     assert exerciser.connect(server) == "ok"
     assert generations(pin_root) == [] and list((tmp_path / "state" / "policies").iterdir()) == []
+
+
+def run_expecting_start_error(tmp_path: Path, cfg: dict[str, Any]) -> str:
+    import subprocess
+    import sys
+
+    from sensorium_testlib import SENSORIUM_BIN
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    exe = [str(SENSORIUM_BIN)] if SENSORIUM_BIN.exists() else [sys.executable, "-m", "sensorium.cli"]
+    r = subprocess.run([*exe, "run", "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("spoil, expect", [
+    (lambda d: (d.rename(d.with_name("moved")), d.symlink_to(d.with_name("moved"))), "is a symbolic link (to "),
+    (lambda d: os.chmod(d / "policies", 0o777), "policies is writable by group or others (mode 0777)"),
+    (lambda d: os.chown(d, NOBODY, NOBODY), f"is owned by uid {NOBODY}, not by the agent's user (uid 0)"),
+], ids=["symlink", "world-writable", "other-owner"])
+def test_a_state_directory_not_the_agents_own_stops_the_start_and_the_block_stays(agent, tmp_path, pin_root, server,
+                                                                                 exerciser, spoil, expect):
+    cfg = config(tmp_path, pin_root)
+    h = agent(cfg)
+    add(tmp_path, connect_policy("persist-hostile-dir", server, exerciser.pid))
+    kill9(h)
+    spoil(tmp_path / "state")
+    err = run_expecting_start_error(tmp_path, cfg)
+    [line] = [ln for ln in err.splitlines() if "enforcement.state_dir" in ln]
+    assert expect in line and "nothing was changed: what a previous agent pinned keeps enforcing" in line, err
+    assert exerciser.connect(server) == "EPERM"  # never silently lifted
+    assert len(generations(pin_root)) == 1
+
+
+@pytest.mark.parametrize("spoil, expect", [
+    (lambda f: f.write_bytes(f.read_bytes()[:-20]), "not valid JSON"),
+    (lambda f: (f.rename(f.parent.parent / "x.json"), f.symlink_to(f.parent.parent / "x.json")),
+     "is a symbolic link (to "),
+    (lambda f: os.chmod(f, 0o646), "is writable by group or others (mode 0646)"),
+], ids=["truncated", "symlink", "world-writable"])
+def test_a_kept_record_not_the_agents_own_is_not_loaded_and_its_block_stays_until_deleted(agent, tmp_path, pin_root,
+                                                                                         server, exerciser, spoil,
+                                                                                         expect):
+    cfg = config(tmp_path, pin_root)
+    h = agent(cfg)
+    add(tmp_path, connect_policy("persist-hostile-file", server, exerciser.pid))
+    kill9(h)
+    [kept] = [f for f in (tmp_path / "state" / "policies").iterdir()]
+    spoil(kept)
+    h2 = agent(cfg)
+    assert policy_list(tmp_path / "api.sock") == []
+    assert exerciser.connect(server) == "EPERM"  # the previous agent's pins are adopted, not swept
+    [gen] = generations(pin_root)
+    st = json.loads(cli(tmp_path / "api.sock", "status", "--json").stdout)["enforcement"]
+    [failed] = st["start"]["failed"]
+    assert failed["error"].startswith(f"kept policy not loaded: {kept}") and expect in failed["error"]
+    [adopted] = st["adopted_only"]
+    assert adopted["policy"] == "persist-hostile-file" and adopted["pin_dir"] == str(pin_root / gen)
+    assert adopted["pinned_by_pid"] == h.pid
+    listing = cli(tmp_path / "api.sock", "policy", "list").stdout
+    assert f"pinned by a previous agent (pid {h.pid}) and still enforcing, not loaded by this agent: " \
+           f"persist-hostile-file at {pin_root / gen}" in listing
+    assert any(f"kept policy not loaded: {kept}" in ln for ln in h2.stderr_lines)
+    assert not any("Traceback" in ln for ln in h2.stderr_lines)
+    cli(tmp_path / "api.sock", "policy", "delete", "persist-hostile-file")
+    assert exerciser.connect(server) == "ok"
+    assert generations(pin_root) == [] and not os.path.lexists(kept)
