@@ -251,6 +251,43 @@ class PolicyManager:
                              ", ".join(f"{s.key}x{len(s.items)}" for s in st.policy.sections))
             return states
 
+    def replace(self, name: str, text: str | bytes, file: str | None = None, *, origin: str = "crd") -> list[str]:
+        """Load a new version of the loaded policy ``name`` (a TracingPolicy object updated) in a transaction,
+        and unload the old version only once the new one is active: a version that fails to load leaves the
+        old one loaded and enforcing (raises `SourceError`), and a good one never leaves a gap (both serve
+        for that moment, so an event may be reported twice). A policy not loaded (or disabled, or in error)
+        is simply added."""
+        policies = self.parse(text, file)
+        with self._op_lock:
+            old = self._policies.get(name)
+            if old is None or old.state != "enabled":
+                if old is not None:
+                    self.delete(name)
+                return self.add(text, file, origin=origin)
+            if [p.key for p in policies] != [name]:
+                raise PolicyError(f"a new version of {name!r} must hold that one policy, not "
+                                  f"{', '.join(repr(p.key) for p in policies) or 'none'}", file=file)
+            policy = policies[0]
+            check_rules(policy)
+            self._check_scope_support(policy)
+            pid = self._free_id()
+            if pid is None:
+                raise PolicyError(f"{MAX_POLICIES} policies are loaded: no room to load the new version of {name!r} "
+                                  "beside the old one; delete it and add the new version", file=file)
+            st = PolicyState(policy=policy, id=pid, mode=policy.mode, origin=origin)
+            self._transaction([st])  # raises with the old version untouched
+            with self._state_lock:
+                self._policies[name] = st
+            self._unload_state(old)
+            if old.adopted:
+                for g in old.adopted:
+                    self.persistence.drop_generation(g.path)
+            self._metric(name, "enabled")
+            self._keep(st)
+            log.info("policy %s replaced by a new version (id %d -> %d)%s", name, old.id, st.id,
+                     f", pinned at {st.pin_dir}" if st.pin_dir is not None else "")
+            return [name]
+
     def delete(self, name: str) -> None:
         """Unload and forget ``name`` (``namespace/name`` for a namespaced policy); others are not touched.
         With persistent enforcement its pins go too (the block is lifted) and it is no longer kept."""

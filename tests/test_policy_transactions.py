@@ -212,6 +212,35 @@ def test_a_transaction_failing_at_its_last_attach_never_blocked_a_connect_nor_re
     assert exerciser.connect(server) == "ok"
 
 
+def test_an_update_failing_at_its_last_attach_keeps_the_block_and_a_good_one_leaves_no_gap(lsm, exerciser, server,
+                                                                                          full_cgroup):
+    """A TracingPolicy object updated is `PolicyManager.replace`: a new version that fails at its last attach
+    leaves the old version blocking, and a good one is active before the old one goes: under a connect loop
+    running the whole time, every connect is refused."""
+    pm, _sensor, ctx = lsm
+    pm.add(connect_policy("upd", server, exerciser.pid), "v1.yaml")
+    assert exerciser.connect(server) == "EPERM"
+    bad = scoped_connect("upd", server)  # its programs go to the full cgroup: the connect6 attach fails
+    with Loop(lambda: exerciser.connect(server)) as loop:
+        time.sleep(0.2)
+        for _ in range(ROUNDS):
+            with pytest.raises(PolicyError, match="Argument list too long"):
+                pm.replace("upd", bad, "v2.yaml")
+        for i in range(ROUNDS):
+            assert pm.replace("upd", connect_policy("upd", server, exerciser.pid), f"v{i + 3}.yaml") == ["upd"]
+        time.sleep(0.2)
+    assert loop.total > 0 and loop.counts == {"EPERM": loop.total}, loop.counts
+    [row] = pm.list()
+    assert row["file"] == f"v{ROUNDS + 2}.yaml" and row["state"] == "enabled"
+    assert connect4_ids(full_cgroup.path) == set()
+    record("txn-update", "tests/test_policy_transactions.py::"
+           "test_an_update_failing_at_its_last_attach_keeps_the_block_and_a_good_one_leaves_no_gap",
+           failed_updates=ROUNDS, good_updates=ROUNDS, connects_during=loop.total, connects_let_through=0,
+           mechanism="cgroup/connect4+connect6")
+    pm.delete("upd")
+    assert exerciser.connect(server) == "ok"
+
+
 def test_the_issue_case_through_the_agent_and_the_cli_blocks_nothing(agent, tmp_path, exerciser):
     """Issue 11 as measured: two documents, an Override on one file, then a kernel function that does not
     exist; `policy add` through the CLI, 20 times, while the file is opened back to back."""
@@ -371,3 +400,44 @@ def test_a_scope_change_one_section_refuses_leaves_every_section_on_its_previous
         for s in sensors.values():
             if "supports_scope" in type(s).__dict__:
                 del type(s).supports_scope
+
+
+def test_a_new_version_is_active_before_the_old_one_is_unloaded():
+    # A TracingPolicy object updated (`PolicyManager.replace`): no moment without the policy.
+    journal: list = []
+    pm, txn, _one = _mixed(journal)
+    pm.add(tdoc("a", ("sys_enter_read",)), "a.yaml")
+    old_id = pm.get("a")["id"]
+    journal.clear()
+    seen_at_activate: list = []
+    real = txn.prepare_policy
+
+    def prepare(view: Any) -> Any:
+        sec = real(view)
+        act = sec.activate
+        sec.activate = lambda: (seen_at_activate.append(dict(txn.attached)), act())[1]
+        return sec
+
+    txn.prepare_policy = prepare  # type: ignore[method-assign]
+    assert pm.replace("a", tdoc("a", ("sys_enter_write",)), "a2.yaml") == ["a"]
+    # the old version was still attached and enforcing when the new one was activated
+    assert seen_at_activate == [{(old_id, "tracepoints", 0, "syscalls/sys_enter_read"): "enforcement",
+                                 (pm.get("a")["id"], "tracepoints", 0, "syscalls/sys_enter_write"): "inert"}]
+    assert list(txn.attached.values()) == ["enforcement"] and [k[3] for k in txn.attached] == ["syscalls/sys_enter_write"]
+    assert [j[0] for j in journal] == ["prepare", "commit", "activate"]
+    assert pm.get("a")["file"] == "a2.yaml" and pm.get("a")["id"] != old_id
+
+
+def test_a_new_version_failing_at_its_last_attach_leaves_the_old_one_loaded_and_enforcing():
+    journal: list = []
+    pm, txn, _one = _mixed(journal)
+    pm.add(tdoc("a", ("sys_enter_read",)), "a.yaml")
+    before = dict(txn.attached)
+    with pytest.raises(PolicyError, match=r"a2.yaml:\d+: .*attach refused: E2BIG"):
+        pm.replace("a", tdoc("a", ("sys_enter_write", "commitfail")), "a2.yaml")
+    assert txn.attached == before and set(before.values()) == {"enforcement"}
+    [row] = pm.list()
+    assert row["state"] == "enabled" and row["file"] == "a.yaml"
+    with pytest.raises(PolicyError, match="must hold that one policy, not 'b'"):
+        pm.replace("a", tdoc("b", ("sys_enter_write",)), "b.yaml")
+    assert txn.attached == before
