@@ -243,6 +243,15 @@ def remove_pins(root: Path) -> None:
     remove_pin_tree(root)
 
 
+def figure(name: str, *, result: str, **numbers: Any) -> None:
+    """Store a figure of these tests in build/reliability/enforcement.json (`reliability_figures.record`: with
+    the running test's id), from which scripts/reliability_doc.py writes docs/reliability.md. ``result`` is
+    the sentence the doc shows; ``numbers`` the counts it sums (``failed``, ``enforced``, ``exercised``...)."""
+    from reliability_figures import record
+
+    record(name, {"result": result, **numbers}, section="enforcement", note=f"Linux {os.uname().release}")
+
+
 def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> None:
     end = time.monotonic() + timeout
     while not pred():

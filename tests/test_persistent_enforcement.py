@@ -1,7 +1,7 @@
 """Enforcement that outlives the agent, by choice (agent config ``enforcement: {persist: true, ...}``), with
 the real agent, the CLI, real processes and cgroups on this host: socket_connect is served here by cgroup
 sock_addr programs (no BPF LSM), pinned in bpffs through their links; file_open by fanotify, which cannot
-outlive the agent. The 6.12 guest runs the BPF LSM twin (tests/vm/test_vm_enforcement.py).
+outlive the agent. The 6.12 guest runs the BPF LSM twin (tests/test_enforcement_bpf_lsm.py).
 
 The block names the pid of an exerciser process the test started in its own cgroup, and a port of the test's
 server: nothing else is refused. Every test uses a pin root of its own under /sys/fs/bpf and removes it
@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from enforcement_helpers import (Exerciser, Server, Loop, cli, connect_policy, file_open_policy, new_pin_root, pins_under,
-                                 policy_list, remove_pins, wait_until)
+from enforcement_helpers import (Exerciser, Server, Loop, cli, connect_policy, figure, file_open_policy, new_pin_root,
+                                 pins_under, policy_list, remove_pins, wait_until)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups)")]
 
@@ -83,6 +83,9 @@ def test_kill_9_leaves_the_connect_block_in_place(agent, tmp_path, pin_root, ser
     results = [exerciser.connect(server) for _ in range(20)]
     assert results == ["EPERM"] * 20
     assert any(p.name.startswith("link") for p in pins_under(pin_root))
+    figure("persist.kill9", refused=results.count("EPERM"), tried=len(results),
+           result=f"agent killed with SIGKILL: {results.count('EPERM')} of {len(results)} connects refused after it "
+                  "died (cgroup sock_addr programs held by their pins)")
 
 
 def test_sigterm_with_persist_leaves_the_block_in_place(agent, tmp_path, pin_root, server, exerciser):
@@ -92,6 +95,7 @@ def test_sigterm_with_persist_leaves_the_block_in_place(agent, tmp_path, pin_roo
     assert h.stop() == 0
     assert exerciser.connect(server) == "EPERM"
     assert any("keep enforcing in the kernel after exit" in ln and "persist-term" in ln for ln in h.stderr_lines)
+    figure("persist.sigterm", result="agent stopped with SIGTERM: the connect block stays (1 of 1 refused)")
 
 
 def test_restart_restores_the_kept_policy_and_replaces_the_old_pins_without_a_gap(agent, tmp_path, pin_root, server,
@@ -118,6 +122,11 @@ def test_restart_restores_the_kept_policy_and_replaces_the_old_pins_without_a_ga
     assert st["persist"] is True and st["start"]["restored"][0]["policy"] == "persist-restart"
     assert st["policies_persistent"] == ["persist-restart"]
     assert any("restored" in ln and "persist-restart" in ln for ln in h2.stderr_lines)
+    figure("persist.restart", restored=len(st["start"]["restored"]), kept=1, exercised=loop.total,
+           let_through=loop.total - loop.counts.get("EPERM", 0),
+           result=f"kill -9, then a new agent: {len(st['start']['restored'])} of 1 kept API policies restored "
+                  f"before ready, the old pins replaced by the new generation; {loop.total} of {loop.total} "
+                  "connects refused while the agent was down and starting")
     cli(tmp_path / "api.sock", "policy", "delete", "persist-restart")
 
 
@@ -159,6 +168,8 @@ def test_fanotify_is_served_but_reported_as_not_outliving_the_agent(agent, tmp_p
     assert "persist-fanotify" in status and "NOT persistent" in status
     kill9(h)
     wait_until(lambda: exerciser.open(secret) == "ok", 5, "the open going through (fanotify fails open)")
+    figure("persist.fanotify_stated", result="file_open served by fanotify with persist: true: `policy list` and "
+                                             "`status` say NOT persistent; after kill -9 the open goes through, as stated")
 
 
 def test_refuse_non_persistent_refuses_a_fanotify_hook_with_the_reason(agent, tmp_path, pin_root, exerciser):
@@ -211,6 +222,8 @@ def test_a_kept_policy_that_no_longer_loads_keeps_its_old_pins_until_deleted(age
     assert "the pins of a previous agent keep enforcing" in listing
     cli(tmp_path / "api.sock", "policy", "delete", "persist-adopt")
     assert exerciser.connect(server) == "ok"
+    figure("persist.adopted", result="kept policy whose sensor is off after the restart: listed in error, the "
+                                     "previous agent's pins adopted and still refusing until `policy delete`")
     assert generations(pin_root) == [] and list((tmp_path / "state" / "policies").iterdir()) == []
 
 
@@ -238,7 +251,7 @@ NOBODY = 65534
     (lambda d: os.chown(d, NOBODY, NOBODY), f"is owned by uid {NOBODY}, not by the agent's user (uid 0)"),
 ], ids=["symlink", "world-writable", "other-owner"])
 def test_a_state_directory_not_the_agents_own_stops_the_start_and_the_block_stays(agent, tmp_path, pin_root, server,
-                                                                                 exerciser, spoil, expect):
+                                                                                 exerciser, spoil, expect, request):
     cfg = config(tmp_path, pin_root)
     h = agent(cfg)
     add(tmp_path, connect_policy("persist-hostile-dir", server, exerciser.pid))
@@ -249,6 +262,9 @@ def test_a_state_directory_not_the_agents_own_stops_the_start_and_the_block_stay
     assert expect in line and "nothing was changed: what a previous agent pinned keeps enforcing" in line, err
     assert exerciser.connect(server) == "EPERM"  # never silently lifted
     assert len(generations(pin_root)) == 1
+    figure(f"persist.hostile_state_dir.{request.node.callspec.id}",
+           result=f"state directory spoiled ({request.node.callspec.id}) after kill -9: one-line start error, exit 1, "
+                  "no traceback; the block stays")
 
 
 @pytest.mark.parametrize("spoil, expect", [
@@ -259,7 +275,7 @@ def test_a_state_directory_not_the_agents_own_stops_the_start_and_the_block_stay
 ], ids=["truncated", "symlink", "world-writable"])
 def test_a_kept_record_not_the_agents_own_is_not_loaded_and_its_block_stays_until_deleted(agent, tmp_path, pin_root,
                                                                                          server, exerciser, spoil,
-                                                                                         expect):
+                                                                                         expect, request):
     cfg = config(tmp_path, pin_root)
     h = agent(cfg)
     add(tmp_path, connect_policy("persist-hostile-file", server, exerciser.pid))
@@ -284,3 +300,6 @@ def test_a_kept_record_not_the_agents_own_is_not_loaded_and_its_block_stays_unti
     cli(tmp_path / "api.sock", "policy", "delete", "persist-hostile-file")
     assert exerciser.connect(server) == "ok"
     assert generations(pin_root) == [] and not os.path.lexists(kept)
+    figure(f"persist.hostile_record.{request.node.callspec.id}",
+           result=f"kept policy record spoiled ({request.node.callspec.id}) after kill -9: not loaded, named in "
+                  "`status` and `policy list` with the reason; the old pins keep the block until `policy delete`")

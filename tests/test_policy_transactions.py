@@ -5,15 +5,16 @@ Real kernel, real sensors, real processes: an exerciser process (in a test cgrou
 opens the protected file, or connects to the protected port, back to back for the whole time the failing
 transactions run, and the test counts what it got; then the same document alone shows that the very same
 loop does see a block and an event, so the zero is not a blind spot. On this host the first document is
-served by fanotify or by cgroup sock_addr programs; tests/vm/test_vm_enforcement.py runs the BPF LSM twin in
+served by fanotify or by cgroup sock_addr programs; tests/test_enforcement_bpf_lsm.py runs the BPF LSM twin in
 the 6.12 guest.
 
 A failure at the last step is made real: the second document's programs go to a test cgroup whose
 connect6 attach point the test filled to the kernel's limit (64 programs that let everything through), so
 its last attach fails with E2BIG after everything before it was attached.
 
-Figures (failed transactions, operations exercised meanwhile, what they got) go to build/enforcement/ and
-docs/reliability.md ("Policy transactions and persistent enforcement").
+Figures (failed transactions, operations exercised meanwhile, what they got) go to
+build/reliability/enforcement.json (`enforcement_helpers.figure`) and from there to docs/reliability.md
+("Policy transactions and persistent enforcement", scripts/reliability_doc.py).
 """
 
 from __future__ import annotations
@@ -22,25 +23,18 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from enforcement_helpers import (Exerciser, Server, FullAttachPoint, Loop, cli, connect_policy, file_open_policy,
-                                 missing_function_policy, policy_list)
+from enforcement_helpers import (Exerciser, Server, FullAttachPoint, Loop, cli, connect_policy, figure,
+                                 file_open_policy, missing_function_policy, policy_list)
 from sensorium.policy import PolicyError
-from sensorium_testlib import REPO, cgroup2_mount, make_cgroup
+from sensorium_testlib import cgroup2_mount, make_cgroup
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups)")]
 
 ROUNDS = 20  # failed adds per test, as in the issue's measurement
-FIGURES = Path(os.environ.get("SENSORIUM_ENFORCEMENT_FIGURES", REPO / "build" / "enforcement"))
-
-
-def record(name: str, test: str, **figures: Any) -> None:
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    (FIGURES / f"{name}.json").write_text(json.dumps({"test": test, "figures": figures}, indent=1) + "\n")
 
 
 @pytest.fixture
@@ -182,9 +176,9 @@ def test_a_transaction_failing_at_its_last_attach_never_blocked_an_open_nor_repo
     assert loop.total > 0 and loop.counts == {"ok": loop.total}, loop.counts
     assert lsm_events(ctx, "first") == []
     assert sensor.guard.status()["rules"] == 0 and connect4_ids(full_cgroup.path) == set()
-    record("txn-fanotify", "tests/test_policy_transactions.py::"
-           "test_a_transaction_failing_at_its_last_attach_never_blocked_an_open_nor_reported_one",
-           failed_transactions=ROUNDS, opens_during=loop.total, opens_blocked=0, events=0, mechanism="fanotify")
+    figure("txn.open_fanotify", failed=ROUNDS, exercised=loop.total, enforced=0,
+           result=f"{ROUNDS} failed adds of two documents (file_open Override served by fanotify; a connect hook whose "
+                  f"last attach the kernel refuses): 0 of {loop.total} opens of the file refused, 0 events")
     # The same document alone: the same loop sees the block and the event (the zero above is not blindness).
     pm.add(file_open_policy("first", secret, exerciser.pid), "first.yaml")
     assert exerciser.open(secret) == "EPERM"
@@ -201,10 +195,10 @@ def test_a_transaction_failing_at_its_last_attach_never_blocked_a_connect_nor_re
     time.sleep(0.1)
     assert loop.total > 0 and loop.counts == {"ok": loop.total}, loop.counts
     assert lsm_events(ctx, "first") == []
-    record("txn-connect", "tests/test_policy_transactions.py::"
-           "test_a_transaction_failing_at_its_last_attach_never_blocked_a_connect_nor_reported_one",
-           failed_transactions=ROUNDS, connects_during=loop.total, connects_blocked=0, events=0,
-           mechanism="cgroup/connect4+connect6")
+    figure("txn.connect_sock_addr", failed=ROUNDS, exercised=loop.total, enforced=0,
+           result=f"{ROUNDS} failed adds of two documents (socket_connect Override served by cgroup sock_addr "
+                  f"programs; a connect hook whose last attach the kernel refuses): 0 of {loop.total} connects "
+                  "refused, 0 events")
     pm.add(connect_policy("first", server, exerciser.pid), "first.yaml")
     assert exerciser.connect(server) == "EPERM"
     ctx.wait_events(lambda e: e.kind == "process_lsm", 1)
@@ -233,10 +227,9 @@ def test_an_update_failing_at_its_last_attach_keeps_the_block_and_a_good_one_lea
     [row] = pm.list()
     assert row["file"] == f"v{ROUNDS + 2}.yaml" and row["state"] == "enabled"
     assert connect4_ids(full_cgroup.path) == set()
-    record("txn-update", "tests/test_policy_transactions.py::"
-           "test_an_update_failing_at_its_last_attach_keeps_the_block_and_a_good_one_leaves_no_gap",
-           failed_updates=ROUNDS, good_updates=ROUNDS, connects_during=loop.total, connects_let_through=0,
-           mechanism="cgroup/connect4+connect6")
+    figure("txn.update", failed=ROUNDS, exercised=loop.total, enforced=0, let_through=0,
+           result=f"{ROUNDS} updates failing at their last attach, then {ROUNDS} good ones, of a loaded connect block: "
+                  f"{loop.total} of {loop.total} connects meanwhile refused (the old version stayed; no gap)")
     pm.delete("upd")
     assert exerciser.connect(server) == "ok"
 
@@ -262,8 +255,9 @@ def test_the_issue_case_through_the_agent_and_the_cli_blocks_nothing(agent, tmp_
     assert loop.total > 0 and loop.counts == {"ok": loop.total}, loop.counts
     time.sleep(0.5)  # the exporter's flush interval: anything posted would be on stdout by now
     assert [e for e in h.events() if "process_lsm" in e] == []
-    record("txn-issue-cli", "tests/test_policy_transactions.py::test_the_issue_case_through_the_agent_and_the_cli_blocks_nothing",
-           failed_transactions=ROUNDS, opens_during=loop.total, opens_blocked=0, events=0, mechanism="fanotify")
+    figure("txn.issue_case_cli", failed=ROUNDS, exercised=loop.total, enforced=0,
+           result=f"the issue's case through `sensorium policy add` ({ROUNDS} times: file_open Override, then a "
+                  f"kernel function that does not exist): 0 of {loop.total} opens refused, 0 events exported")
     g = tmp_path / "first.yaml"
     g.write_text(file_open_policy("first", secret, exerciser.pid))
     cli(sock, "policy", "add", str(g))
