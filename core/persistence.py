@@ -325,9 +325,9 @@ class EnforcementStore:
         gen = max(time.time_ns(), self._last_gen + 1)
         self._last_gen = gen
         top = self.pin_root / f"{_safe(key)}@{gen:x}"
-        top.mkdir(parents=False, exist_ok=False)
+        top.mkdir(parents=False, exist_ok=False, mode=0o700)  # `generations` trusts only owner-only directories
         for sec in sections:
-            (top / sec).mkdir()
+            (top / sec).mkdir(mode=0o700)
         meta = {"policy": key, "generation": f"{gen:x}", "pid": os.getpid(), "time": time.time(),
                 "sections": sections, "origin": origin}
         atomic_write(self.state_dir / "pins" / f"{top.name}.json", json.dumps(meta).encode())

@@ -164,3 +164,15 @@ def test_a_pin_description_naming_another_policy_does_not_move_the_generation(st
     meta.write_text("{")
     [g] = store.generations()
     assert g.key == "p" and "not valid JSON" in g.meta["meta_error"]
+
+
+def test_generations_made_under_a_permissive_umask_are_still_trusted(store):
+    # A unit or container may run the agent with umask 0: what the agent makes must still pass its own checks.
+    old = os.umask(0)
+    try:
+        gen = store.new_generation("p", ["lsmhooks"], "api")
+        store.keep_policy("p", "x", None, "enforcement", "enabled")
+    finally:
+        os.umask(old)
+    assert [g.path for g in store.generations()] == [gen] and store.ignored == []
+    assert [why for _f, _rec, why in store.kept_policies()] == [None]
