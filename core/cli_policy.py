@@ -228,7 +228,10 @@ def register(cli_group: click.Group) -> None:
             _print_policies(rows)
         # Blocks a previous agent pinned for a policy this one could not load (its kept record is unreadable):
         # they enforce, so the listing says so even though no policy row stands for them.
-        enf = (_call(socket_path, config_path, "status") or {}).get("enforcement") or {}
+        try:
+            enf = (_call(socket_path, config_path, "status") or {}).get("enforcement") or {}
+        except click.ClickException:  # the listing above stands on its own
+            enf = {}
         for g in enf.get("adopted_only") or []:
             click.echo(f"pinned by a previous agent (pid {g.get('pinned_by_pid', '?')}) and still enforcing, not "
                        f"loaded by this agent: {g.get('policy')} at {g.get('pin_dir')}; `sensorium policy delete "
