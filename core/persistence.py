@@ -3,8 +3,8 @@
 Two places, both owned by one agent:
 
 * the **pin root** in bpffs (default ``/sys/fs/bpf/sensorium``): one directory per policy generation,
-  ``<key>@<generation>/<section>/...`` (no ``.`` in any name: bpffs refuses it), holding the links and maps that the sensors pinned for the policy's
-  enforcing hooks (`sensorium.hookspecs.PolicyView.pin_dir`). A pinned link stays attached while its pin
+  ``<key>@<generation>/<section>/...`` (no ``.`` in any name: bpffs refuses it), holding the links and maps
+  that the sensors pinned for the policy's enforcing hooks (`sensorium.hookspecs.PolicyView.pin_dir`). A pinned link stays attached while its pin
   exists, whatever happens to the agent; removing the files lifts the block.
 * the **state directory** (default ``/var/lib/sensorium``): ``policies/`` keeps every policy added through the
   API (its document, mode, enabled or not) so that a restarted agent loads it again before it says ready;
@@ -22,8 +22,7 @@ generation is left alone and reported.
 
 A restarted agent loads its policies again (kept ones, the directory, CRDs) into **new** generations and
 removes the old generation of each policy once the new one is active: both enforce for that moment, so the
-block never lapses (Tetragon's persistent enforcement replaces its pinned state the same way). See
-`sensorium.policy_manager.PolicyManager` for when, and docs/enforcement.md for what each mechanism keeps.
+block never lapses. See `sensorium.policy_manager.PolicyManager` for when, and docs/enforcement.md for what each mechanism keeps.
 """
 
 from __future__ import annotations
@@ -46,9 +45,10 @@ __all__ = ["EnforcementStore", "PinnedGeneration", "UntrustedFile", "bpffs_of", 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/sensorium")
 DEFAULT_STATE_DIR = Path("/var/lib/sensorium")
 _GEN = re.compile(r"^(?P<key>[^@]+)@(?P<gen>[0-9a-f]+)$")
-# A kept record holds one policy document (yamlsrc caps policies at 1 MiB) plus a few fields; a pin
-# description is far smaller. Anything bigger was not written by the agent.
-MAX_RECORD_BYTES = 4 << 20
+# A kept record holds one policy document (yamlsrc caps policies at 1 MiB; JSON escapes can grow it a few
+# times) plus a few fields; a pin description is far smaller. Anything bigger was not written by the agent
+# (`keep_policy` refuses to write one).
+MAX_RECORD_BYTES = 8 << 20
 MAX_META_BYTES = 64 << 10
 RECORD_STATES = ("enabled", "disabled")
 RECORD_MODES = ("enforcement", "monitoring")
@@ -384,7 +384,10 @@ class EnforcementStore:
         """Record a policy added through the API (its one document, mode, enabled or disabled)."""
         rec = {"version": 1, "key": key, "text": text, "file": file, "mode": mode, "state": state,
                "time": time.time()}
-        atomic_write(self._policy_file(key), json.dumps(rec).encode())
+        data = json.dumps(rec, ensure_ascii=False).encode()
+        if len(data) > MAX_RECORD_BYTES:  # it would be refused at the next start: say so now
+            raise OSError(errno.EFBIG, f"the record would be {len(data)} bytes, more than {MAX_RECORD_BYTES}")
+        atomic_write(self._policy_file(key), data)
 
     def update_policy(self, key: str, **changes: Any) -> None:
         """Change the mode or state of a kept policy (nothing when it is not kept, or not readable)."""
@@ -396,7 +399,7 @@ class EnforcementStore:
                 return
             raise
         rec.update(changes)
-        atomic_write(f, json.dumps(rec).encode())
+        atomic_write(f, json.dumps(rec, ensure_ascii=False).encode())
 
     def forget_policy(self, key: str) -> None:
         _remove(self._policy_file(key))

@@ -813,7 +813,7 @@ class PolicyManager:
             return
         try:
             self.persistence.keep_policy(st.key, text, st.policy.file, st.mode, st.state)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # the policy is loaded: say it is not kept, never fail the add
             log.error("policy %s is loaded but could not be kept in %s: %s; it will not be restored after a "
                       "restart", st.key, self.persistence.state_dir, exc)
             st.error = f"not kept in the state directory: {exc}"
