@@ -170,13 +170,13 @@ def enforcement_section() -> str | None:
     figs: dict[str, Any] = data.get("figures") or {}
     if not figs:
         return None
-    txn = {k: v for k, v in figs.items() if k.startswith("txn.")}
+    txn = {k: v for k, v in figs.items() if k.startswith(("txn.", "vm.txn."))}
     failed = sum(int(v["value"].get("failed") or 0) for v in txn.values())
     enforced = sum(int(v["value"].get("enforced") or 0) + int(v["value"].get("let_through") or 0)
                    for v in txn.values())
     exercised = sum(int(v["value"].get("exercised") or 0) for v in txn.values())
     out = [ENFORCEMENT_HEADING, "", ENFORCEMENT_INTRO]
-    tests = ", ".join(f"`{v['test']}`" for v in txn.values())
+    tests = ", ".join(sorted({f"`{v['test']}`" for v in txn.values()}))
     out.append(f"- **Failed transactions that enforced: {enforced}** of {failed} failed transactions, under "
                f"{exercised} operations exercised meanwhile ({tests}).")
     for key, what in (("persist.kill9", "kill -9 with `persist: true`: blocks still in place"),
@@ -185,7 +185,8 @@ def enforcement_section() -> str | None:
                       ("vm.persist.restart", "the same with BPF LSM (VM lane)")):
         if key in figs:
             v = figs[key]
-            out.append(f"- **{what}**: {v['value']['result']} (`{v['test']}`).")
+            where = f", {v['note']}" if v.get("note") else ""
+            out.append(f"- **{what}**: {v['value']['result']} (`{v['test']}`{where}).")
     out.append("")
     out.append("| figure | result | test |")
     out.append("|---|---|---|")
