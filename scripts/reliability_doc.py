@@ -3,7 +3,7 @@
 
     .venv/bin/python -m pytest -p no:cacheprovider tests/test_hostile_corpus.py tests/test_fuzz_inputs.py \\
         tests/test_policy_check_add.py tests/test_fuzz_api.py tests/test_fuzz_coverage.py \\
-        tests/test_policy_transactions.py tests/test_persistent_enforcement.py
+        tests/test_fuzz_records.py tests/test_policy_transactions.py tests/test_persistent_enforcement.py
     .venv/bin/python scripts/reliability_doc.py            # rewrite the doc from the last run
     .venv/bin/python scripts/reliability_doc.py --check    # exit 1 if the doc is not what the figures say
 
@@ -142,7 +142,7 @@ this script keeps that section as it finds it.
 
     .venv/bin/python -m pytest -p no:cacheprovider tests/test_hostile_corpus.py tests/test_fuzz_inputs.py \\
         tests/test_policy_check_add.py tests/test_fuzz_api.py tests/test_fuzz_coverage.py \\
-        tests/test_policy_transactions.py tests/test_persistent_enforcement.py
+        tests/test_fuzz_records.py tests/test_policy_transactions.py tests/test_persistent_enforcement.py
     scripts/vm/run.sh backports tests/test_enforcement_bpf_lsm.py -m vm    # the BPF LSM figures
     .venv/bin/python scripts/reliability_doc.py
 """
