@@ -125,6 +125,8 @@ class Agent:
         self._ready = False
         self._stats_fd: int | None = None
         self.started_at = time.time()
+        self.enforcement_store: Any = None  # sensorium.persistence.EnforcementStore (enforcement.persist)
+        self.kept_enforcing: list[str] = []  # policies left enforcing in the kernel at stop
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class Agent:
         if mounted:
             log.info("mounted %s", ", ".join(mounted))
         self.kernel = probe_kernel()
+        self._check_enforcement()
         self.process_cache = ProcessCache(
             self.cfg.node_name, max_size=self.cfg.process_cache.max_size,
             exited_grace_s=self.cfg.process_cache.exited_grace_s,
@@ -208,6 +211,20 @@ class Agent:
             f"; failed: {'; '.join(failed)}" if failed else "",
             ", ".join(getattr(r, "name", "?") for r in self.runners) or "none",
         )
+
+    def _check_enforcement(self) -> None:
+        """With ``enforcement.persist``: the pin directory must be in bpffs and the state directory writable,
+        before any sensor loads (one line naming the config key, exit 1)."""
+        ec = self.cfg.enforcement
+        if not ec.persist:
+            return
+        from sensorium.persistence import EnforcementStore
+
+        store = EnforcementStore(ec.pin_dir, ec.state_dir, refuse_non_persistent=ec.non_persistent == "refuse")
+        problem = store.check()
+        if problem is not None:
+            raise self._config_error(("enforcement", problem[0]), problem[1])
+        self.enforcement_store = store
 
     def _start_kubernetes(self) -> None:
         """Pod enrichment (sensorium.k8s) when the config wants it: a stage after ProcessJoin."""
@@ -327,11 +344,41 @@ class Agent:
             from sensorium.k8s.scope import ScopeProvider
 
             self.scope_provider = ScopeProvider(self.enricher.watcher)
-        self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics, scope_provider=self.scope_provider)
+        self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics, scope_provider=self.scope_provider,
+                                      persistence=self.enforcement_store)
+        if self.enforcement_store is not None:
+            # What a previous agent pinned keeps enforcing until this agent's generation of the same policy
+            # is active (then it goes, policy by policy): the block never lapses across a restart.
+            found = self.policies.scan_pins()
+            if found:
+                log.info("enforcement: %d pinned policy generation(s) of a previous agent found under %s: %s",
+                         len(found), self.enforcement_store.pin_root, ", ".join(sorted({g.key for g in found})))
+            report = self.policies.restore()
+            if report["restored"] or report["failed"]:
+                log.info("enforcement: %d kept policies restored, %d failed", len(report["restored"]),
+                         len(report["failed"]))
         if self.cfg.policies.directory is not None:
             self.policies.load_directory(self.cfg.policies.directory)
+        crds = False
         if self.enricher is not None:
             self.enricher.start_policy_crds(self.policies)
+            crds = self.enricher.policy_crds is not None
+        if self.enforcement_store is not None:
+            if crds:  # CRD policies come back through the watcher: sweep once it has listed them
+                threading.Thread(target=self._sweep_after_crds, name="sensorium-pin-sweep", daemon=True).start()
+            else:
+                self.policies.sweep_stale()
+
+    CRD_SWEEP_WAIT_S = 120.0
+
+    def _sweep_after_crds(self) -> None:
+        crds = self.enricher.policy_crds
+        if not crds.wait_synced(self.CRD_SWEEP_WAIT_S):
+            log.warning("enforcement: TracingPolicy objects not listed after %.0fs: pins of a previous agent are "
+                        "kept until the next start", self.CRD_SWEEP_WAIT_S)
+            return
+        if not self._stopped:
+            self.policies.sweep_stale()
 
     def _start_api(self) -> None:
         if self.api is not None:  # bound in `_preflight`
@@ -358,7 +405,14 @@ class Agent:
             self.enricher.policy_crds.stop()  # no policy object may load while everything unloads
         if self.policies is not None:
             try:
-                self.policies.unload_all()
+                if self.enforcement_store is not None:
+                    # Persistent enforcement: pinned blocks stay; what cannot outlive the agent ends here.
+                    self.kept_enforcing = self.policies.release_all()
+                    log.info("enforcement: %d policies keep enforcing in the kernel after exit (pinned under %s)%s",
+                             len(self.kept_enforcing), self.enforcement_store.pin_root,
+                             f": {', '.join(self.kept_enforcing)}" if self.kept_enforcing else "")
+                else:
+                    self.policies.unload_all()
             except Exception:  # noqa: BLE001
                 log.exception("unloading policies")
         if self.scope_provider is not None:
@@ -429,6 +483,23 @@ class Agent:
 
     # ---- views ------------------------------------------------------------------------------------
 
+    def _enforcement_status(self) -> dict[str, Any]:
+        ec = self.cfg.enforcement
+        if self.enforcement_store is None:
+            return {"persist": False, "note": "blocks end with the agent (enforcement.persist is off)"}
+        out: dict[str, Any] = {
+            "persist": True, "pin_dir": str(ec.pin_dir), "state_dir": str(ec.state_dir),
+            "non_persistent": ec.non_persistent,
+            "note": "pinned programs keep enforcing when the agent stops or dies; fanotify decisions do not "
+                    "(the kernel allows those opens once the agent is gone)"}
+        if self.policies is not None:
+            rows = self.policies.list()
+            out["policies_persistent"] = sorted(r["key"] for r in rows if r.get("persistent") is True)
+            out["policies_not_persistent"] = sorted(r["key"] for r in rows if r.get("persistent") is False)
+            out["start"] = self.policies.restore_report
+            out["adopted_only"] = self.policies.adopted_only()
+        return out
+
     def subscribe(self, callback: Callable[[Sequence[Event]], None]) -> Callable[[], None]:
         return self.pipeline.subscribe(callback)
 
@@ -447,6 +518,7 @@ class Agent:
             },
             "process_cache": self.process_cache.stats() if self.process_cache is not None else {},
             "policies": self.policies.list() if self.policies is not None else [],
+            "enforcement": self._enforcement_status(),
             "kubernetes": ({**self.enricher.status(), "pod_cgroups": self.scope_provider.status()}
                            if self.enricher is not None and self.scope_provider is not None else
                            self.enricher.status() if self.enricher is not None else None),

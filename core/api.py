@@ -533,7 +533,7 @@ class ApiServer:
                 return self._manager().get(p.name)
             if method == "policy.add":
                 p = self._params(AddParams, params)
-                names = self._manager().add(p.text, p.file or "<api>", mode=p.mode)
+                names = self._manager().add(p.text, p.file or "<api>", mode=p.mode, origin="api")
                 return {"added": names}
             if method == "policy.delete":
                 p = self._params(NameParams, params)

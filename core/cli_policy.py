@@ -109,6 +109,43 @@ def _scope_summary(sc: dict[str, Any]) -> str:
     return out
 
 
+def _persistence_summary(p: dict[str, Any]) -> str:
+    """``yes, pinned at DIR`` / ``no: HOOK (why)``: whether the policy's blocks outlive the agent."""
+    if p.get("adopted") and p.get("state") != "enabled":
+        dirs = ", ".join(a.get("pin_dir", "?") for a in p["adopted"])
+        return f"the pins of a previous agent keep enforcing ({dirs}); policy delete lifts them"
+    if p.get("persistent") is True:
+        out = f"yes, pinned at {p.get('pin_dir')}"
+    else:
+        gaps = [f"{h.get('hook')} ({h.get('persistence')})" for h in p.get("hooks", []) if h.get("persistent") is False]
+        out = "no: " + "; ".join(gaps) if gaps else "no"
+    if p.get("replaced"):
+        out += f"; replaced {len(p['replaced'])} generation(s) of a previous agent"
+    return out
+
+
+def _print_policies(rows: list[dict[str, Any]]) -> None:
+    """The human form of ``policy list``: one line per policy, then its scope, persistence and hooks."""
+    click.echo(f"{'ID':>3} {'NAME':<32} {'STATE':<9} {'MODE':<12} {'EVENTS':>8} {'ERRORS':>6} {'KMEM':>9}  MECHANISMS")
+    for p in rows:
+        key = p.get("key") or p["name"]
+        click.echo(f"{p['id']:>3} {key[:32]:<32} {p['state']:<9} {p['mode']:<12} {p['events']:>8} "
+                   f"{p['errors']:>6} {_fmt_bytes(p['kernel_memory_bytes']):>9}  {_hooks_summary(p)}")
+        if p.get("scope"):
+            click.echo(f"      scope: {_scope_summary(p['scope'])}")
+        if p.get("persistent") is not None or p.get("adopted"):
+            click.echo(f"      persistent: {_persistence_summary(p)}")
+        for h in p.get("hooks", []):
+            note = f"  ({h['note']})" if h.get("note") else ""
+            if h.get("persistent") is False:
+                note += f"  [not persistent: {h.get('persistence')}]"
+            click.echo(f"      {h.get('hook', h.get('section'))}: {h.get('mechanism') or '-'}{note}")
+        for w in p.get("warnings") or ():
+            click.echo(f"      warning: {w}")
+        if p.get("error"):
+            click.echo(f"      error: {p['error']}")
+
+
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -187,21 +224,21 @@ def register(cli_group: click.Group) -> None:
             return
         if not rows:
             click.echo("no policies loaded")
-            return
-        click.echo(f"{'ID':>3} {'NAME':<32} {'STATE':<9} {'MODE':<12} {'EVENTS':>8} {'ERRORS':>6} {'KMEM':>9}  MECHANISMS")
-        for p in rows:
-            key = p.get("key") or p["name"]
-            click.echo(f"{p['id']:>3} {key[:32]:<32} {p['state']:<9} {p['mode']:<12} {p['events']:>8} "
-                       f"{p['errors']:>6} {_fmt_bytes(p['kernel_memory_bytes']):>9}  {_hooks_summary(p)}")
-            if p.get("scope"):
-                click.echo(f"      scope: {_scope_summary(p['scope'])}")
-            for h in p.get("hooks", []):
-                note = f"  ({h['note']})" if h.get("note") else ""
-                click.echo(f"      {h.get('hook', h.get('section'))}: {h.get('mechanism') or '-'}{note}")
-            for w in p.get("warnings") or ():
-                click.echo(f"      warning: {w}")
-            if p.get("error"):
-                click.echo(f"      error: {p['error']}")
+        else:
+            _print_policies(rows)
+        # Blocks a previous agent pinned for a policy this one could not load (its kept record is unreadable):
+        # they enforce, so the listing says so even though no policy row stands for them.
+        try:
+            enf = (_call(socket_path, config_path, "status") or {}).get("enforcement") or {}
+        except click.ClickException:  # the listing above stands on its own
+            enf = {}
+        for g in enf.get("adopted_only") or []:
+            click.echo(f"pinned by a previous agent (pid {g.get('pinned_by_pid', '?')}) and still enforcing, not "
+                       f"loaded by this agent: {g.get('policy')} at {g.get('pin_dir')}; `sensorium policy delete "
+                       f"{g.get('policy')}` lifts it")
+        for f in (enf.get("start") or {}).get("failed") or []:
+            if not f.get("policy"):
+                click.echo(f"{f.get('error')}")
 
     @policy.command("enable")
     @click.argument("name")
@@ -294,8 +331,28 @@ def register(cli_group: click.Group) -> None:
             if stream:
                 click.echo(f"  api stream   {stream.get('subscribers', 0)} subscribers, holding {stream.get('held_events', 0)} "
                            f"of {stream.get('max_total_events')} events; dropped: {_by_reason(stream.get('dropped_by_reason'))}")
+            enf = st.get("enforcement") or {}
+            if enf.get("persist"):
+                click.echo(f"  enforcement  persistent: pins under {enf.get('pin_dir')}, policies kept in "
+                           f"{enf.get('state_dir')}; {enf.get('note')}")
+                start = enf.get("start") or {}
+                if any(start.get(k) for k in ("restored", "failed", "replaced", "removed")):
+                    click.echo(f"  enforcement  at start: {len(start.get('restored', []))} kept policies restored, "
+                               f"{len(start.get('failed', []))} failed, {len(start.get('replaced', []))} pinned "
+                               f"generations replaced, {len(start.get('removed', []))} removed")
+                for f in start.get("failed") or []:
+                    click.echo(f"  enforcement  not restored: {f.get('error')}")
+                for g in enf.get("adopted_only") or []:
+                    click.echo(f"  enforcement  still pinned by pid {g.get('pinned_by_pid', '?')}, not loaded: "
+                               f"{g.get('policy')} at {g.get('pin_dir')} (policy delete lifts it)")
+                for ig in start.get("ignored") or []:
+                    click.echo(f"  enforcement  left alone under the pin root: {ig.get('path')}: {ig.get('why')}")
+            elif enf:
+                click.echo(f"  enforcement  not persistent: {enf.get('note')}")
             for p in st.get("policies", []):
-                click.echo(f"  policy {p.get('key') or p['name']:<24} {p['state']} {p['mode']} events={p['events']} errors={p['errors']}")
+                persist = {True: " persistent", False: " NOT persistent"}.get(p.get("persistent"), "")
+                click.echo(f"  policy {p.get('key') or p['name']:<24} {p['state']} {p['mode']} events={p['events']} "
+                           f"errors={p['errors']}{persist}")
             for e in st.get("policy_directory_errors", []):
                 click.echo(f"  policy file refused: {e.get('error')}")
 

@@ -82,6 +82,36 @@ class PoliciesConfig(Strict):
     directory: Path | None = None
 
 
+class EnforcementConfig(Strict):
+    """Whether blocks outlive the agent (persistent enforcement); docs/enforcement.md."""
+
+    persist: bool = Field(
+        default=False,
+        description="Pin every enforcing program and its maps in bpffs so that a stopped, crashed or killed "
+        "agent leaves its blocks in place, and keep the policies added through the API in state_dir to load "
+        "them again at start. Off (the default): every block ends with the agent",
+    )
+    state_dir: Path = Field(default=Path("/var/lib/sensorium"),
+                            description="Where policies added through the API are kept (persist: true)")
+    pin_dir: Path = Field(default=Path("/sys/fs/bpf/sensorium"),
+                          description="Where enforcing programs are pinned, one directory per policy; in bpffs")
+    non_persistent: Literal["serve", "refuse"] = Field(
+        default="serve",
+        description="With persist: true, a hook that enforces but cannot outlive the agent (fanotify, a link "
+        "the kernel will not pin): serve it and say so in `status` and `policy list` (serve), or refuse the "
+        "policy (refuse)",
+    )
+
+    @field_validator("state_dir", "pin_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        # The agent may run from any directory (a unit's WorkingDirectory, a container's /): a relative
+        # path would put state or pins somewhere nobody looks.
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+
 class KubernetesConfig(Strict):
     """Pod enrichment (sensorium.k8s): watch this node's pods and add ``pod`` to events."""
 
@@ -131,6 +161,7 @@ class AgentConfig(Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    enforcement: EnforcementConfig = Field(default_factory=EnforcementConfig)
     network: bool = Field(default=False, description="Report TCP connect/accept/close and UDP sends: enables the network sensor")
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 

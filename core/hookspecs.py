@@ -134,6 +134,14 @@ class PolicyView:
     scope: None for a host-wide policy; else the cgroups it is bounded to (see `Scope`). A sensor that
     cannot bound its hooks to a scope must not declare ``supports_scope``: the manager then refuses scoped
     policies for its sections instead of applying them host-wide.
+    pin_dir: None when enforcement is not persistent (the default); else a directory in bpffs, empty and this
+    section's own, where the sensor pins the links (and the maps) of every program that enforces (blocks,
+    kills, signals), so that they stay attached when the agent exits or is killed (agent config
+    ``enforcement.persist``; see `PreparedSection` for when, and `PolicyHandle.unload`/``release`` for how
+    they go). What cannot be pinned (a decision made in user space, such as fanotify, or a kernel that will
+    not pin a link) is served anyway and reported per hook in the status: ``persistent: false`` and
+    ``persistence`` saying why. A sensor that ignores ``pin_dir`` serves nothing persistently; the host
+    then reports its sections as not persistent.
     """
 
     id: int
@@ -143,6 +151,7 @@ class PolicyView:
     items: Sequence[BaseModel]
     mode: str = "enforcement"
     scope: "Scope | None" = None
+    pin_dir: str | None = None
 
 
 HIERARCHIES = ("cgroup2", "memory")
@@ -187,13 +196,22 @@ class PolicyHandle(Protocol):
         """JSON-able: at least ``{"hooks": [{"hook": ..., "mechanism": ..., "note": ...}], "events": n,
         "errors": n, "kernel_memory_bytes": n}``. ``mechanism`` names what serves each hook
         (``tracepoint``, ``raw_tp sys_enter``, ``fentry``, ``kprobe``, ``bpf_lsm``, ``cgroup/connect4``,
-        ``fanotify``, ``sigkill from tracepoint``...) and ``note`` what a fallback changes in meaning."""
+        ``fanotify``, ``sigkill from tracepoint``...) and ``note`` what a fallback changes in meaning.
+        With `PolicyView.pin_dir` set, each hook also says ``persistent`` (bool: it keeps enforcing when the
+        agent is gone) and, when false or not enforcing, ``persistence`` (why)."""
 
     def set_mode(self, mode: str) -> None:
         """Switch enforcement/monitoring live (a map update, not a reload)."""
 
     def unload(self) -> None:
-        """Detach and free everything of this section. Idempotent, must not raise."""
+        """Detach and free everything of this section, pins included (the block is lifted). Idempotent, must
+        not raise."""
+
+    # Optional, for sections loaded with `PolicyView.pin_dir`:
+    # def release(self) -> None:
+    #     """The agent is stopping and enforcement persists: free what this process holds (threads, fds,
+    #     user-space decisions) but leave the pinned programs attached and enforcing. Must not raise. The host
+    #     calls `unload` instead when the handle has no ``release``."""
 
     # Optional, for sensors that declare ``supports_scope = True``:
     # def set_scope(self, scope: Scope) -> None:
@@ -213,7 +231,58 @@ class PolicySensor(Protocol):
         """Load and attach the section whole, or undo what was done and raise `PolicyLoadError`.
 
         A sensor with the class attribute ``supports_scope = True`` honours ``policy.scope`` in the kernel
-        and its handles implement ``set_scope(scope)``; without it, a scoped policy is refused for it."""
+        and its handles implement ``set_scope(scope)``; without it, a scoped policy is refused for it.
+
+        This is the one-step form: the section enforces and posts events as soon as it returns. A sensor
+        that implements only this (and not `TransactionalPolicySensor.prepare_policy`) still works, but its
+        sections are all-or-nothing only on their own: the host runs them last in a transaction, so a
+        failure among them still takes every other section back before anything of those was active, yet
+        such a section, once loaded, was live until the host unloaded it again."""
+
+
+@runtime_checkable
+class PreparedSection(Protocol):
+    """One policy section prepared for a transaction (`TransactionalPolicySensor.prepare_policy`).
+
+    A policy change (``policy add`` of one or many documents, enable, a CRD applied) is a transaction over
+    every section of every document involved. The host runs it in three rounds, and each round only starts
+    when the previous one succeeded for every section:
+
+    1. ``prepare_policy`` for every section: everything the kernel can refuse short of attaching is done
+       here (build, open, load and verify each program, create the maps, fill those that do not enforce:
+       configuration, scope, the process-tracking seed);
+    2. `commit` for every section: attach every program (and pin it, with `PolicyView.pin_dir`), inert;
+    3. `activate` for every section: open the gate. Only now does anything post an event or enforce.
+
+    A failure in round 1 or 2 `abort`s every section of the transaction (whatever it had attached is
+    detached), so a transaction that fails at its very last attach has not posted one event nor blocked one
+    call. Inert means: every program attached returns at once without a record or a decision (the hook
+    engine's ``sens_mode`` is ``SENS_MODE_INACTIVE``, a socket guard has no rules yet, a fanotify rule answers
+    "allow" without a decision), so attaching early costs a few instructions per call and changes nothing.
+    """
+
+    def commit(self) -> None:
+        """Attach everything prepared, inert. On a failure (an attach the kernel refuses), detach what this
+        call attached and raise `PolicyLoadError`; the host then aborts every section of the transaction."""
+
+    def activate(self) -> PolicyHandle:
+        """Start posting and enforcing (map writes, a flag: nothing the kernel refuses) and return the handle.
+        Not expected to fail; if it raises anyway, the host unloads the sections already activated (which
+        may have posted events meanwhile) and aborts the others."""
+
+    def abort(self) -> None:
+        """Free everything of this section that was prepared (and committed, if `commit` ran) but is not
+        active: programs, maps, links, pins, marks. Idempotent; must not raise."""
+
+
+@runtime_checkable
+class TransactionalPolicySensor(PolicySensor, Protocol):
+    """A `PolicySensor` whose sections can take part in an all-or-nothing transaction across sections and
+    documents (every built-in policy sensor). See `PreparedSection` for the rounds."""
+
+    def prepare_policy(self, policy: PolicyView) -> PreparedSection:
+        """Round 1 for one section: build, open, load, verify and fill the maps that do not enforce; attach
+        nothing. Raise `PolicyLoadError` (after freeing what was made) naming the hook and the reason."""
 
 
 class SensorContext(Protocol):

@@ -1,17 +1,29 @@
-"""Live policy management: add, delete, enable, disable and switch mode, each policy loaded whole or not at all.
+"""Live policy management: add, delete, enable, disable and switch mode, each a transaction.
 
 `PolicyManager` parses a text and applies the kernel-independent rules (`sensorium.policy_rules`, the
-same two stages as ``sensorium policy check``), splits each `Policy` by section, asks every sensor involved
-to check its section before anything is loaded, then loads section by section; when any section fails, the sections already
-loaded are unloaded again and the error names the hook and the reason. Policies never share kernel
-state, so adding or deleting one never disturbs the others.
+same two stages as ``sensorium policy check``), splits each `Policy` by section and runs one transaction over
+every section of every document of the change (`sensorium.hookspecs.PreparedSection`): every sensor checks
+its sections; then every section is prepared (programs built, loaded and verified, maps that do not enforce
+filled); then every section is committed (attached, inert); then every section is activated. A failure in
+any round before the last undoes every section of every document, so a failed ``policy add`` never posted
+an event or blocked a call, even when it failed at its very last attach. A sensor without
+``prepare_policy`` takes part through ``load_policy`` after every other section is attached (see
+`sensorium.hookspecs.PolicySensor.load_policy` for what that costs). Policies never share kernel state, so
+adding or deleting one never disturbs the others.
 
 Scoped policies (``podSelector``, ``containerSelector``, ``hostSelector``, or kind
 ``TracingPolicyNamespaced``) need a scope provider (`sensorium.k8s.scope.ScopeProvider` on the agent's pod
 watcher): each gets a tracker whose `Scope` goes into every section's `PolicyView.scope` at load and,
-on every change, to every loaded section's ``handle.set_scope(scope)``. A section whose sensor does not
-declare ``supports_scope`` is refused (never applied host-wide). Policies are keyed by
-``namespace/name`` (TracingPolicyNamespaced) or ``name`` (cluster-wide).
+on every change, to every loaded section's ``handle.set_scope(scope)``: all sections, or (a section
+failing) none, as the previous ones are put back. A section whose sensor does not declare
+``supports_scope`` is refused (never applied host-wide). Policies are keyed by ``namespace/name``
+(TracingPolicyNamespaced) or ``name`` (cluster-wide).
+
+With persistent enforcement (``persistence``, a `sensorium.persistence.EnforcementStore`): every policy gets a
+generation directory in bpffs for its sections' pins (`PolicyView.pin_dir`); policies added through the
+API are kept in the state directory and loaded again at start (`restore`); what a previous agent pinned is
+replaced policy by policy once the new generation is active (`sensorium.persistence`), and `release_all`
+stops without lifting the pinned blocks.
 """
 
 from __future__ import annotations
@@ -24,10 +36,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sensorium.hookspecs import PolicyHandle, PolicyLoadError, PolicySensor, Scope, Sensor
+from sensorium.hookspecs import (PolicyHandle, PolicyLoadError, PolicySensor, PolicyView, Scope, Sensor,
+                                 TransactionalPolicySensor)
 from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
 from sensorium.policy_rules import check_rules, validate_policies
-from sensorium.yamlsrc import SourceError, read_file
+from sensorium.persistence import UntrustedFile
+from sensorium.yamlsrc import SourceError, dump, read_file
 
 log = logging.getLogger("sensorium.policy")
 
@@ -68,6 +82,10 @@ class PolicyState:
     scope_errors: int = 0  # failed set_scope calls
     scope_error: str | None = None  # the last one
     scope_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    origin: str = "api"  # api | directory | crd | builtin: only API policies are kept in the state directory
+    pin_dir: Path | None = None  # this generation's pins (persistent enforcement), while enabled
+    adopted: list[Any] = dataclasses.field(default_factory=list)  # PinnedGenerations kept as they were
+    replaced: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # what it replaced at start
 
     @property
     def key(self) -> str:
@@ -84,6 +102,50 @@ def _field_loc(field: str | None) -> tuple:
     return tuple(int(i) if i else n for n, i in _FIELD_PART.findall(field))
 
 
+class _OneStep:
+    """A section of a sensor that implements only ``load_policy``: it loads (live at once) in the commit
+    round, after every transactional section is attached, and has nothing left to do at activate."""
+
+    def __init__(self, sensor: PolicySensor, view: PolicyView) -> None:
+        self.sensor, self.view = sensor, view
+        self.handle: PolicyHandle | None = None
+
+    def commit(self) -> None:
+        self.handle = self.sensor.load_policy(self.view)
+
+    def activate(self) -> PolicyHandle:
+        assert self.handle is not None
+        return self.handle
+
+    def abort(self) -> None:
+        if self.handle is not None:
+            handle, self.handle = self.handle, None
+            handle.unload()
+
+    def status(self) -> Mapping[str, Any]:
+        return self.handle.status() if self.handle is not None else {"hooks": []}
+
+
+@dataclasses.dataclass
+class _TxnSection:
+    section: Section
+    sensor: PolicySensor
+    prepared: Any = None  # PreparedSection (or _OneStep)
+    one_step: bool = False
+    handle: PolicyHandle | None = None  # once activated
+
+
+@dataclasses.dataclass
+class _Txn:
+    """One policy's part of a transaction."""
+
+    st: PolicyState
+    sections: list[_TxnSection]
+    tracker: Any = None
+    scope: Scope | None = None
+    pin_dir: Path | None = None
+
+
 def _hook_label(section: Section, index: int) -> str:
     item = section.items[index] if index < len(section.items) else None
     what = item.describe() if item is not None and hasattr(item, "describe") else ""
@@ -98,7 +160,7 @@ class PolicyManager:
     """
 
     def __init__(self, registry: Any, sensors: Mapping[str, Sensor], *, scoping_supported: bool = False,
-                 metrics: Any = None, scope_provider: Any = None) -> None:
+                 metrics: Any = None, scope_provider: Any = None, persistence: Any = None) -> None:
         self.registry = registry
         self.metrics = metrics  # sensorium.metrics.Metrics (policy state gauges), optional
         self.sensors = dict(sensors)
@@ -110,6 +172,12 @@ class PolicyManager:
         self._op_lock = threading.RLock()     # serializes add/delete/enable/disable/set_mode
         self._state_lock = threading.Lock()   # guards _policies for readers (list/status) during long loads
         self.directory_errors: list[dict[str, Any]] = []
+        # Persistent enforcement: sensorium.persistence.EnforcementStore, or None (the default: nothing pinned,
+        # nothing kept, every block ends with the agent).
+        self.persistence = persistence
+        self._stale: dict[str, list[Any]] = {}  # key -> PinnedGenerations a previous agent left (start-up)
+        self.restore_report: dict[str, Any] = {"restored": [], "failed": [], "replaced": [], "removed": [],
+                                               "adopted": [], "ignored": []}
 
     # ---- parsing ----------------------------------------------------------------------------------
 
@@ -120,76 +188,170 @@ class PolicyManager:
 
     # ---- add / delete -----------------------------------------------------------------------------
 
-    def add(self, text: str | bytes, file: str | None = None, mode: str | None = None) -> list[str]:
-        """Parse and load every policy in ``text``: all of them, or none (raises `SourceError`). Returns
-        their keys (``name``, or ``namespace/name`` for a TracingPolicyNamespaced)."""
+    def add(self, text: str | bytes, file: str | None = None, mode: str | None = None, *,
+            origin: str = "api") -> list[str]:
+        """Parse and load every policy in ``text`` in one transaction: all of them, or none (raises
+        `SourceError`; nothing of a refused text ever posted an event or enforced). Returns their keys
+        (``name``, or ``namespace/name`` for a TracingPolicyNamespaced). ``origin`` says where the text came
+        from (``api``, ``directory``, ``crd``, ``builtin``): with persistent enforcement, API policies are
+        kept in the state directory and loaded again when the agent starts."""
+        policies = self.parse(text, file)
+        return [st.key for st in self._add_policies(policies, mode, origin)]
+
+    def add_policy(self, policy: Policy, mode: str | None = None, *, origin: str = "api") -> PolicyState:
+        """Load one parsed policy (a transaction of its sections); see `add`."""
+        return self._add_policies([policy], mode, origin)[0]
+
+    def _add_policies(self, policies: Sequence[Policy], mode: str | None, origin: str,
+                      state: str = "enabled") -> list[PolicyState]:
+        with self._op_lock:
+            states: list[PolicyState] = []
+            seen: dict[str, Policy] = {}
+            try:
+                for policy in policies:
+                    m = mode or policy.mode
+                    if m not in MODES:
+                        raise PolicyError(f"mode {m!r} is not one of {', '.join(MODES)}", file=policy.file)
+                    check_rules(policy)  # a Policy built elsewhere than `parse` meets the rules too
+                    key = policy.key
+                    if key in self._policies or key in seen:
+                        first = self._policies[key].policy if key in self._policies else seen[key]
+                        where = f" (from {first.file})" if first.file else ""
+                        raise PolicyError(f"a policy named {key!r} is already loaded{where}; delete it first",
+                                          file=policy.file, line=self._line(policy, ("metadata", "name")),
+                                          path="metadata.name")
+                    self._check_scope_support(policy)
+                    seen[key] = policy
+                    pid = self._free_id()
+                    if pid is None:
+                        raise PolicyError(f"{MAX_POLICIES} policies are loaded; the limit is {MAX_POLICIES}",
+                                          file=policy.file)
+                    st = PolicyState(policy=policy, id=pid, mode=m, origin=origin)
+                    # Reserve the name and id before the (possibly slow) load so a concurrent reader sees "loading".
+                    st.state = "loading"
+                    with self._state_lock:
+                        self._policies[key] = st
+                    states.append(st)
+                if state == "enabled":
+                    self._transaction(states)
+            except BaseException:
+                with self._state_lock:
+                    for st in states:
+                        self._policies.pop(st.key, None)
+                raise
+            for st in states:
+                st.state = state
+                self._metric(st.key, state)
+                self._keep(st)
+                for w in st.policy.warnings:
+                    log.warning("policy %s: %s", st.key, w)
+                if state == "enabled":
+                    log.info("policy %s loaded (id %d, %s%s%s): %s", st.key, st.id, st.mode, self._scope_words(st),
+                             f", pinned at {st.pin_dir}" if st.pin_dir is not None else "",
+                             ", ".join(f"{s.key}x{len(s.items)}" for s in st.policy.sections))
+            return states
+
+    def replace(self, name: str, text: str | bytes, file: str | None = None, *, origin: str = "crd") -> list[str]:
+        """Load a new version of the loaded policy ``name`` (a TracingPolicy object updated) in a transaction,
+        and unload the old version only once the new one is active: a version that fails to load leaves the
+        old one loaded and enforcing (raises `SourceError`), and a good one never leaves a gap (both serve
+        for that moment, so an event may be reported twice). A policy not loaded (or disabled, or in error)
+        is simply added."""
         policies = self.parse(text, file)
         with self._op_lock:
-            done: list[str] = []
-            try:
-                for p in policies:
-                    self.add_policy(p, mode=mode)
-                    done.append(p.key)
-            except BaseException:
-                for name in reversed(done):
+            old = self._policies.get(name)
+            if old is None or old.state != "enabled":
+                if old is not None:
                     self.delete(name)
-                raise
-            return done
-
-    def add_policy(self, policy: Policy, mode: str | None = None) -> PolicyState:
-        mode = mode or policy.mode
-        if mode not in MODES:
-            raise PolicyError(f"mode {mode!r} is not one of {', '.join(MODES)}", file=policy.file)
-        check_rules(policy)  # a Policy built elsewhere than `parse` meets the rules too
-        key = policy.key
-        with self._op_lock:
-            if key in self._policies:
-                first = self._policies[key].policy
-                where = f" (from {first.file})" if first.file else ""
-                raise PolicyError(f"a policy named {key!r} is already loaded{where}; delete it first",
-                                  file=policy.file, line=self._line(policy, ("metadata", "name")), path="metadata.name")
+                return self.add(text, file, origin=origin)
+            if [p.key for p in policies] != [name]:
+                raise PolicyError(f"a new version of {name!r} must hold that one policy, not "
+                                  f"{', '.join(repr(p.key) for p in policies) or 'none'}", file=file)
+            policy = policies[0]
+            check_rules(policy)
             self._check_scope_support(policy)
             pid = self._free_id()
             if pid is None:
-                raise PolicyError(f"{MAX_POLICIES} policies are loaded; the limit is {MAX_POLICIES}", file=policy.file)
-            st = PolicyState(policy=policy, id=pid, mode=mode)
-            # Reserve the name and id before the (possibly slow) load so a concurrent reader sees "loading".
-            st.state = "loading"
+                raise PolicyError(f"{MAX_POLICIES} policies are loaded: no room to load the new version of {name!r} "
+                                  "beside the old one; delete it and add the new version", file=file)
+            st = PolicyState(policy=policy, id=pid, mode=policy.mode, origin=origin)
+            self._transaction([st])  # raises with the old version untouched
             with self._state_lock:
-                self._policies[key] = st
-            try:
-                self._load_state(st)
-            except BaseException:
-                with self._state_lock:
-                    del self._policies[key]
-                raise
-            st.state = "enabled"
-            self._metric(key, "enabled")
-            for w in policy.warnings:
-                log.warning("policy %s: %s", key, w)
-            log.info("policy %s loaded (id %d, %s%s): %s", key, pid, mode, self._scope_words(st),
-                     ", ".join(f"{s.key}x{len(s.items)}" for s in policy.sections))
-            return st
+                self._policies[name] = st
+            self._unload_state(old)
+            if old.adopted:
+                for g in old.adopted:
+                    self.persistence.drop_generation(g.path)
+            self._metric(name, "enabled")
+            self._keep(st)
+            log.info("policy %s replaced by a new version (id %d -> %d)%s", name, old.id, st.id,
+                     f", pinned at {st.pin_dir}" if st.pin_dir is not None else "")
+            return [name]
 
     def delete(self, name: str) -> None:
-        """Unload and forget ``name`` (``namespace/name`` for a namespaced policy); others are not touched."""
+        """Unload and forget ``name`` (``namespace/name`` for a namespaced policy); others are not touched.
+        With persistent enforcement its pins go too (the block is lifted) and it is no longer kept."""
         with self._op_lock:
+            if name not in self._policies and self._drop_adopted_only(name):
+                return
             st = self._get(name)
             self._unload_state(st)
+            for g in st.adopted:  # pins of a previous agent this one could not replace
+                self.persistence.drop_generation(g.path)
+            st.adopted = []
             with self._state_lock:
                 del self._policies[name]
+            if self.persistence is not None:
+                self.persistence.forget_policy(name)
             if self.metrics is not None:
                 self.metrics.policy_removed(name)
             log.info("policy %s deleted", name)
 
     def unload_all(self) -> None:
-        """Delete every policy (agent shutdown)."""
+        """Unload every policy (agent shutdown without persistent enforcement: every block ends here).
+        Kept policies stay kept."""
         with self._op_lock:
             for name in list(self._policies):
                 try:
-                    self.delete(name)
+                    st = self._policies[name]
+                    self._unload_state(st)
+                    with self._state_lock:
+                        del self._policies[name]
+                    if self.metrics is not None:
+                        self.metrics.policy_removed(name)
                 except Exception:  # noqa: BLE001 - shutdown continues
                     log.exception("unloading policy %s", name)
+
+    def release_all(self) -> list[str]:
+        """Agent shutdown with persistent enforcement: every section lets go of what this process holds
+        (`PolicyHandle.release`) and what is pinned keeps enforcing. Returns the keys of the policies
+        that keep enforcing in the kernel (pinned, fully or in part)."""
+        kept: list[str] = []
+        with self._op_lock:
+            for name, st in list(self._policies.items()):
+                tracker, st.tracker = st.tracker, None
+                if tracker is not None:
+                    try:
+                        tracker.close()
+                    except Exception:  # noqa: BLE001
+                        log.exception("policy %s: closing its scope tracker", name)
+                pinned = st.pin_dir is not None or bool(st.adopted)
+                with st.scope_lock:
+                    for ld in reversed(st.loaded):
+                        try:
+                            release = getattr(ld.handle, "release", None)
+                            if callable(release) and st.pin_dir is not None:
+                                release()
+                            else:
+                                ld.handle.unload()
+                        except Exception:  # noqa: BLE001 - shutdown continues
+                            log.exception("releasing section %s of policy %s", ld.section.key, name)
+                    st.loaded = []
+                if pinned and self._persistent(st) is not False:
+                    kept.append(name)
+                with self._state_lock:
+                    del self._policies[name]
+        return kept
 
     # ---- enable / disable / mode ------------------------------------------------------------------
 
@@ -200,23 +362,29 @@ class PolicyManager:
             if st.state == "disabled":
                 return
             self._unload_state(st)
+            for g in st.adopted:
+                self.persistence.drop_generation(g.path)
+            st.adopted = []
             st.state = "disabled"
             self._metric(name, "disabled")
+            self._update_kept(st, state="disabled")
             log.info("policy %s disabled", name)
 
     def enable(self, name: str) -> None:
+        """Load a disabled policy again (a transaction of its sections, like `add`)."""
         with self._op_lock:
             st = self._get(name)
             if st.state == "enabled":
                 return
             try:
-                self._load_state(st)
+                self._transaction([st])
             except SourceError as exc:
                 st.error = str(exc)
                 self._metric(name, "error")
                 raise
             st.state, st.error = "enabled", None
             self._metric(name, "enabled")
+            self._update_kept(st, state="enabled")
             log.info("policy %s enabled", name)
 
     def set_mode(self, name: str, mode: str) -> None:
@@ -242,6 +410,7 @@ class PolicyManager:
                                       f"the policy stays in {st.mode}") from None
                 switched.append(ld)
             st.mode = mode
+            self._update_kept(st, mode=mode)
             log.info("policy %s now in %s mode", name, mode)
 
     # ---- directory --------------------------------------------------------------------------------
@@ -262,7 +431,7 @@ class PolicyManager:
             try:
                 # Read no further than a policy may be: a mistaken multi-gigabyte file costs nothing.
                 text = read_file(f, POLICY_LIMITS)
-                names = self.add(text, str(f))
+                names = self.add(text, str(f), origin="directory")
                 results.append({"file": str(f), "ok": True, "policies": names})
             except (SourceError, OSError) as exc:
                 msg = str(exc) if isinstance(exc, SourceError) else f"{f}: cannot read: {exc.strerror}"
@@ -284,7 +453,8 @@ class PolicyManager:
             try:
                 res = resources.files(pkg).joinpath("policies", "network.yaml")
                 if res.is_file():
-                    return self.add(res.read_bytes(), f"<built-in network policy of sensor {name}>")
+                    return self.add(res.read_bytes(), f"<built-in network policy of sensor {name}>",
+                                    origin="builtin")
             except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
                 continue
         raise PolicyError("the built-in network policy is not available: no running sensor ships "
@@ -359,6 +529,14 @@ class PolicyManager:
             "added_at": st.added_at,
             "error": st.error,
             "scope": scope,  # None: host-wide
+            "origin": st.origin,
+            # persistent enforcement: True every enforcing hook is pinned, False one is not (its hooks say
+            # why), None off or nothing enforces
+            "persistent": self._persistent(st),
+            "pin_dir": str(st.pin_dir) if st.pin_dir is not None else None,
+            "kept": self.persistence is not None and st.origin == "api",
+            "replaced": list(st.replaced),
+            "adopted": [g.describe() for g in st.adopted],
         }
 
     # ---- internals --------------------------------------------------------------------------------
@@ -425,25 +603,130 @@ class PolicyManager:
                               line=self._line(policy, loc), path=f"spec.{section.key}")
         return sensor
 
-    def _load(self, policy: Policy, pid: int, mode: str, scope: Scope | None = None) -> list[_Loaded]:
-        work = [(sec, self._sensor_for(policy, sec)) for sec in policy.sections if sec.items]
-        # Check everything before loading anything: most refusals cost nothing to undo this way.
-        for sec, sensor in work:
+    # ---- transactions -----------------------------------------------------------------------------
+
+    def _transaction(self, states: Sequence[PolicyState]) -> None:
+        """Load every section of every policy in ``states`` in the rounds of `sensorium.hookspecs.PreparedSection`:
+        check all, prepare all, commit all (sections of one-step sensors last), activate all. A failure before
+        the activate round leaves nothing loaded, attached, pinned or tracked, and nothing was ever active;
+        raises the `PolicyError` naming file, line, hook and reason."""
+        txns: list[_Txn] = []
+        try:
+            for st in states:
+                txns.append(self._begin(st))
+            for t in txns:  # check: the cheap refusals, nothing made yet
+                for ts in t.sections:
+                    try:
+                        ts.sensor.check_policy(t.st.policy.view(ts.section, t.st.id, t.st.mode, t.scope))
+                    except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; contain it
+                        raise self._refuse(t.st.policy, ts.section, exc, "refused") from None
+            for t in txns:  # prepare: build, load, verify, fill what does not enforce
+                self._prepare(t)
+            for one_step in (False, True):  # commit: attach inert (one-step sensors: live, so last)
+                for t in txns:
+                    for ts in t.sections:
+                        if ts.one_step != one_step:
+                            continue
+                        try:
+                            ts.prepared.commit()
+                        except Exception as exc:  # noqa: BLE001
+                            raise self._refuse(t.st.policy, ts.section, exc, "failed to load") from None
+            if self.persistence is not None and self.persistence.refuse_non_persistent:
+                for t in txns:
+                    self._refuse_non_persistent(t)
+            for t in txns:  # activate: only map writes and flags from here
+                for ts in t.sections:
+                    try:
+                        ts.handle = ts.prepared.activate()
+                    except Exception as exc:  # noqa: BLE001
+                        raise self._refuse(t.st.policy, ts.section, exc, "failed to activate") from None
+        except BaseException:  # includes KeyboardInterrupt: never leave half a transaction
+            self._abort(txns)
+            raise
+        for t in txns:
+            st = t.st
+            with st.scope_lock:
+                st.tracker, st.pin_dir = t.tracker, t.pin_dir
+                st.loaded = [_Loaded(ts.section, ts.handle, t.scope) for ts in t.sections if ts.handle is not None]
+            if t.tracker is not None:
+                # Pods that came or went while the sections loaded.
+                self._scope_update(st, t.tracker.current())
+            self._replace_stale(st)
+
+    def _begin(self, st: PolicyState) -> _Txn:
+        """The sensors of ``st``'s sections and, for a scoped policy, its tracker and current scope."""
+        policy = st.policy
+        work = [_TxnSection(sec, self._sensor_for(policy, sec)) for sec in policy.sections if sec.items]
+        t = _Txn(st, work)
+        if policy.scoped:
+            self._check_scope_support(policy)
             try:
-                sensor.check_policy(policy.view(sec, pid, mode, scope))
-            except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; contain it
-                raise self._refuse(policy, sec, exc, "refused") from None
-        loaded: list[_Loaded] = []
-        for sec, sensor in work:
+                t.tracker = self.scope_provider.track(policy, lambda sc, st=st: self._scope_update(st, sc))
+            except ValueError as exc:  # a selector the parser let through but the tracker cannot use
+                raise PolicyError(str(exc), file=policy.file, line=self._line(policy, ("spec",)), path="spec") from None
+            t.scope = t.tracker.current()
+        return t
+
+    def _prepare(self, t: _Txn) -> None:
+        policy = t.st.policy
+        if self.persistence is not None:
             try:
-                handle = sensor.load_policy(policy.view(sec, pid, mode, scope))
-            except BaseException as exc:  # noqa: BLE001 - includes KeyboardInterrupt: never leave half a policy
-                self._unload(loaded)
-                if not isinstance(exc, Exception):
-                    raise
-                raise self._refuse(policy, sec, exc, "failed to load") from None
-            loaded.append(_Loaded(sec, handle, scope))
-        return loaded
+                t.pin_dir = self.persistence.new_generation(t.st.key, [ts.section.key for ts in t.sections],
+                                                            t.st.origin)
+            except OSError as exc:
+                raise PolicyError(f"cannot make the policy's pin directory under {self.persistence.pin_root}: "
+                                  f"{exc.strerror or exc}", file=policy.file) from None
+        for ts in t.sections:
+            pin = str(t.pin_dir / ts.section.key) if t.pin_dir is not None else None
+            view = dataclasses.replace(policy.view(ts.section, t.st.id, t.st.mode, t.scope), pin_dir=pin)
+            if isinstance(ts.sensor, TransactionalPolicySensor):
+                try:
+                    ts.prepared = ts.sensor.prepare_policy(view)
+                except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; contain it
+                    raise self._refuse(policy, ts.section, exc, "failed to load") from None
+            else:
+                ts.prepared, ts.one_step = _OneStep(ts.sensor, view), True
+
+    def _refuse_non_persistent(self, t: _Txn) -> None:
+        """``enforcement.non_persistent: refuse``: a hook that enforces but will not outlive the agent refuses
+        the whole transaction."""
+        for ts in t.sections:
+            try:
+                hooks = list(dict(ts.prepared.status()).get("hooks", []) or [])
+            except Exception:  # noqa: BLE001
+                hooks = []
+            if ts.one_step or (t.pin_dir is not None and not hooks):
+                hooks = [{"hook": ts.section.key, "persistent": False,
+                          "persistence": f"the {ts.section.sensor!r} sensor does not pin its programs"}]
+            for h in hooks:
+                if h.get("persistent") is False:
+                    exc = PolicyLoadError(str(h.get("hook") or ts.section.key),
+                                          f"cannot enforce beyond the agent's life ({h.get('persistence')}), and the "
+                                          "agent config says enforcement.non_persistent: refuse")
+                    raise self._refuse(t.st.policy, ts.section, exc, "refused") from None
+
+    def _abort(self, txns: Sequence[_Txn]) -> None:
+        """Undo every section of a failed transaction, newest first: unload what was activated, abort what
+        was only prepared or committed; then trackers and pin directories."""
+        for t in reversed(txns):
+            for ts in reversed(t.sections):
+                try:
+                    if ts.handle is not None:
+                        ts.handle.unload()
+                    elif ts.prepared is not None:
+                        ts.prepared.abort()
+                except Exception:  # noqa: BLE001 - the others still go
+                    log.exception("policy %s: undoing section %s", t.st.key, ts.section.key)
+            if t.tracker is not None:
+                try:
+                    t.tracker.close()
+                except Exception:  # noqa: BLE001
+                    log.exception("policy %s: closing its scope tracker", t.st.key)
+            if t.pin_dir is not None:
+                try:
+                    self.persistence.drop_generation(t.pin_dir)
+                except OSError:
+                    log.exception("policy %s: removing %s", t.st.key, t.pin_dir)
 
     # ---- scopes -----------------------------------------------------------------------------------
 
@@ -473,30 +756,6 @@ class PolicyManager:
                                   "policy of their own", file=policy.file, line=self._line(policy, loc),
                                   path=f"spec.{sec.key}")
 
-    def _load_state(self, st: PolicyState) -> None:
-        """Load ``st``'s policy (with a scope tracker when scoped); nothing stays half done on failure."""
-        policy = st.policy
-        scope: Scope | None = None
-        tracker = None
-        if policy.scoped:
-            self._check_scope_support(policy)
-            try:
-                tracker = self.scope_provider.track(policy, lambda sc, st=st: self._scope_update(st, sc))
-            except ValueError as exc:  # a selector the parser let through but the tracker cannot use
-                raise PolicyError(str(exc), file=policy.file, line=self._line(policy, ("spec",)), path="spec") from None
-            scope = tracker.current()
-        try:
-            loaded = self._load(policy, st.id, st.mode, scope)
-        except BaseException:
-            if tracker is not None:
-                tracker.close()
-            raise
-        with st.scope_lock:
-            st.tracker, st.loaded = tracker, loaded
-        if tracker is not None:
-            # Pods that came or went while the sections loaded.
-            self._scope_update(st, tracker.current())
-
     def _unload_state(self, st: PolicyState) -> None:
         tracker, st.tracker = st.tracker, None
         if tracker is not None:
@@ -507,21 +766,208 @@ class PolicyManager:
         with st.scope_lock:  # no set_scope may run on a handle being unloaded
             self._unload(st.loaded)
             st.loaded = []
+        if st.pin_dir is not None:
+            try:
+                self.persistence.drop_generation(st.pin_dir)
+            except OSError:
+                log.exception("policy %s: removing %s", st.key, st.pin_dir)
+            st.pin_dir = None
 
     def _scope_update(self, st: PolicyState, scope: Scope) -> None:
         """The tracker's callback (pod watcher or cgroup scanner thread): every loaded section gets the new
-        scope; a failing section is logged and counted, the others still get it."""
+        scope, or none does: when a section fails, those already switched go back to the scope they had (each
+        `set_scope` adds coverage before it removes any), the error is logged and counted, and the policy
+        stays loaded with its previous scope."""
         with st.scope_lock:
+            switched: list[tuple[_Loaded, Scope | None]] = []
             for ld in st.loaded:
                 if ld.scope == scope:
                     continue
                 try:
                     ld.handle.set_scope(scope)  # type: ignore[attr-defined]
-                    ld.scope = scope
                 except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; the policy stays loaded
                     st.scope_errors += 1
                     st.scope_error = f"{ld.section.key}: {type(exc).__name__}: {exc}"[:500]
-                    log.error("policy %s: scope update of %s failed: %s", st.key, ld.section.key, st.scope_error)
+                    log.error("policy %s: scope update of %s failed: %s; the previous scope stays", st.key,
+                              ld.section.key, st.scope_error)
+                    for back, old in reversed(switched):
+                        try:
+                            if old is not None:
+                                back.handle.set_scope(old)  # type: ignore[attr-defined]
+                            back.scope = old
+                        except Exception:  # noqa: BLE001 - the first error is the one reported
+                            log.exception("policy %s: restoring the scope of %s", st.key, back.section.key)
+                    return
+                switched.append((ld, ld.scope))
+                ld.scope = scope
+
+    # ---- persistent enforcement -------------------------------------------------------------------
+
+    def _keep(self, st: PolicyState) -> None:
+        """An API policy is kept in the state directory (its one document, mode, state), fsynced."""
+        if self.persistence is None or st.origin != "api":
+            return
+        src = st.policy.source
+        text = dump(src.data, st.policy.file, POLICY_LIMITS) if src is not None else None
+        if text is None:
+            return
+        try:
+            self.persistence.keep_policy(st.key, text, st.policy.file, st.mode, st.state)
+        except (OSError, ValueError) as exc:  # the policy is loaded: say it is not kept, never fail the add
+            log.error("policy %s is loaded but could not be kept in %s: %s; it will not be restored after a "
+                      "restart", st.key, self.persistence.state_dir, exc)
+            st.error = f"not kept in the state directory: {exc}"
+
+    def _update_kept(self, st: PolicyState, **changes: Any) -> None:
+        if self.persistence is None or st.origin != "api":
+            return
+        try:
+            self.persistence.update_policy(st.key, **changes)
+        except (OSError, UntrustedFile) as exc:
+            log.error("policy %s: updating its kept copy: %s", st.key, exc)
+
+    def scan_pins(self) -> list[Any]:
+        """Start-up, before any policy loads: what a previous agent left pinned, by policy. Each generation
+        stays (and enforces) until this agent's generation of the same policy is active, then it is removed
+        (`_replace_stale`); `sweep_stale` removes the ones no policy came back for."""
+        if self.persistence is None:
+            return []
+        gens = self.persistence.generations()
+        for g in gens:
+            self._stale.setdefault(g.key, []).append(g)
+        return gens
+
+    def _replace_stale(self, st: PolicyState) -> None:
+        old = self._stale.pop(st.key, [])
+        for g in old:
+            if st.pin_dir is not None and g.path == st.pin_dir:
+                continue
+            n = self.persistence.drop_generation(g.path)
+            rec = {**g.describe(), "pins": n, "replaced_by": str(st.pin_dir) if st.pin_dir else None}
+            st.replaced.append(rec)
+            self.restore_report["replaced"].append(rec)
+            log.info("policy %s: the generation pinned by pid %s (%s) is replaced by %s", st.key,
+                     g.meta.get("pid", "?"), g.path, st.pin_dir or "an unpinned one")
+
+    def sweep_stale(self) -> list[dict[str, Any]]:
+        """Remove the pinned generations no policy came back for (its file was deleted while the agent was
+        down, or it is no longer kept); a policy that is kept but failed to load (or whose kept record cannot
+        be read) keeps its old pins (adopted: still enforcing) until it loads or is deleted."""
+        removed = []
+        with self._op_lock:
+            for key, gens in list(self._stale.items()):
+                st = self._policies.get(key)
+                if (st is not None and st.state == "error") or (st is None and self.persistence.is_kept(key)):
+                    # adopted: a kept policy that did not load again (see restore)
+                    for g in gens:
+                        if g.describe() not in self.restore_report["adopted"]:
+                            self.restore_report["adopted"].append(g.describe())
+                    continue
+                for g in gens:
+                    n = self.persistence.drop_generation(g.path)
+                    rec = {**g.describe(), "pins": n}
+                    removed.append(rec)
+                    log.warning("policy %s: pins of a previous agent (%s) removed: no such policy was loaded "
+                                "again", key, g.path)
+                del self._stale[key]
+        self.restore_report["removed"].extend(removed)
+        self.restore_report["ignored"] = list(getattr(self.persistence, "ignored", []))
+        for ig in self.restore_report["ignored"]:
+            log.warning("enforcement: %s left alone under the pin root: %s", ig["path"], ig["why"])
+        return removed
+
+    def adopted_only(self) -> list[dict[str, Any]]:
+        """Generations a previous agent pinned that keep enforcing for a policy this agent has not loaded (its
+        kept record is unreadable or no longer parses): `policy delete NAME` lifts them."""
+        with self._op_lock:
+            return [g.describe() for key, gens in self._stale.items() if key not in self._policies for g in gens]
+
+    def restore(self) -> dict[str, Any]:
+        """Start-up with persistent enforcement, before the agent says ready: load every kept API policy
+        again (each in a transaction of its own: one that fails does not stop the others), in its kept
+        mode and state. A kept policy that no longer loads is listed with state ``error`` and the reason;
+        what a previous agent pinned for it stays attached and enforcing (adopted as it is: failing closed)
+        until it loads (``policy enable``) or is deleted."""
+        if self.persistence is None:
+            return self.restore_report
+        for f, rec, why in self.persistence.kept_policies():
+            if rec is None:
+                msg = f"kept policy not loaded: {why}"
+                log.error("%s; its pins, if any, keep enforcing until `policy delete` of its name", msg)
+                self.restore_report["failed"].append({"file": str(f), "error": msg})
+                continue
+            key = rec["key"]
+            mode = rec["mode"]
+            state = rec["state"]
+            try:
+                policies = self.parse(rec["text"], rec.get("file") or "<api>")
+                if [p.key for p in policies] != [key]:
+                    raise PolicyError(f"the kept text holds {[p.key for p in policies]}, not {key!r}", file=str(f))
+                self._add_policies(policies, mode, "api", state=state)
+                self.restore_report["restored"].append({"policy": key, "state": state, "mode": mode})
+                log.info("policy %s restored from %s (%s)", key, f, state)
+            except SourceError as exc:
+                self._restore_failed(key, rec, str(exc))
+            except Exception as exc:  # noqa: BLE001 - one kept policy never stops the start of the others
+                self._restore_failed(key, rec, f"{type(exc).__name__}: {exc}")
+        return self.restore_report
+
+    def _restore_failed(self, key: str, rec: Mapping[str, Any], msg: str) -> None:
+        gens = self._stale.get(key, [])
+        log.error("kept policy %s did not load: %s%s", key, msg,
+                  f"; the {len(gens)} generation(s) a previous agent pinned keep enforcing (policy delete "
+                  f"{key} lifts them)" if gens else "")
+        self.restore_report["failed"].append({"policy": key, "error": msg, "adopted": [str(g.path) for g in gens]})
+        try:
+            policies = self.parse(rec["text"], rec.get("file") or "<api>")
+        except SourceError:
+            return  # listed in the report; `policy delete` still lifts its pins (_drop_adopted_only)
+        if len(policies) != 1 or policies[0].key in self._policies:
+            return
+        pid = self._free_id()
+        if pid is None:
+            return
+        st = PolicyState(policy=policies[0], id=pid, mode=rec.get("mode") if rec.get("mode") in MODES else
+                         policies[0].mode, state="error", error=msg, adopted=list(gens))
+        with self._state_lock:
+            self._policies[key] = st
+        self._metric(key, "error")
+
+    def _drop_adopted_only(self, name: str) -> bool:
+        """``policy delete`` of a kept policy that could not even be parsed again: remove its old pins and
+        the kept copy. False when there is nothing of the kind."""
+        if self.persistence is None:
+            return False
+        gens = self._stale.pop(name, [])
+        kept = self.persistence.is_kept(name)
+        if not gens and not kept:
+            return False
+        for g in gens:
+            self.persistence.drop_generation(g.path)
+        self.persistence.forget_policy(name)
+        log.info("policy %s deleted (it had not loaded: %d pinned generation(s) removed)", name, len(gens))
+        return True
+
+    def _persistent(self, st: PolicyState) -> bool | None:
+        """True: every enforcing hook is pinned; False: at least one enforcing hook is not (or nothing is
+        pinned at all); None: persistence is off, or nothing in the policy enforces."""
+        if self.persistence is None:
+            return None
+        if st.state != "enabled":
+            return True if st.adopted else None
+        flags = []
+        for ld in list(st.loaded):
+            try:
+                hooks = dict(ld.handle.status()).get("hooks", []) or []
+            except Exception:  # noqa: BLE001
+                hooks = []
+            if not hooks or not any("persistent" in h for h in hooks):
+                flags.append(False)  # a sensor that ignores pin_dir
+                continue
+            flags.extend(h.get("persistent") for h in hooks)
+        if any(f is False for f in flags):
+            return False
+        return True if any(f is True for f in flags) else None
 
     @staticmethod
     def _scope_words(st: PolicyState) -> str:

@@ -72,12 +72,60 @@ class TableSensor:
         return TableHandle(self, policy, keys)
 
 
-def registry_with(*specs: tuple[str, str, type]) -> tuple[PluginRegistry, dict[str, TableSensor]]:
-    """A registry holding one TableSensor per (name, section, model), and the running sensors by name."""
+class TxnTableSensor(TableSensor):
+    """A TableSensor that takes part in transactions (`TransactionalPolicySensor`): a section is prepared
+    (nothing in the table), committed (in the table as "inert"), then activated (its mode). Every call goes
+    to ``journal`` (shared by the sensors of a test) in order. A hook named ``commitfail-*`` fails at commit,
+    after its earlier items were committed."""
+
+    def __init__(self, name: str, journal: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(name)
+        self.journal = journal if journal is not None else []
+
+    def prepare_policy(self, policy: PolicyView) -> "TxnSection":
+        self.check_policy(policy)
+        self.journal.append(("prepare", f"{policy.name}/{policy.section}"))
+        return TxnSection(self, policy)
+
+
+class TxnSection(TableHandle):
+    def __init__(self, sensor: TxnTableSensor, view: PolicyView) -> None:
+        super().__init__(sensor, view, [])
+        self.active = False
+
+    def _log(self, what: str) -> None:
+        self.sensor.journal.append((what, f"{self.view.name}/{self.view.section}"))  # type: ignore[attr-defined]
+
+    def commit(self) -> None:
+        self._log("commit")
+        for i, item in enumerate(self.view.items):
+            if item.describe().rsplit("/", 1)[-1].startswith("commitfail"):
+                self.unload()
+                raise PolicyLoadError(f"{self.view.section}[{i}] {item.describe()}", "attach refused: E2BIG")
+            k = (self.view.id, self.view.section, i, item.describe())
+            self.sensor.attached[k] = "inert"
+            self.keys.append(k)
+
+    def activate(self) -> "TxnSection":
+        self._log("activate")
+        for k in self.keys:
+            self.sensor.attached[k] = self.mode
+        self.active = True
+        return self
+
+    def abort(self) -> None:
+        self._log("abort")
+        self.unload()
+
+
+def registry_with(*specs: tuple[Any, ...], journal: list[tuple[str, str]] | None = None
+                  ) -> tuple[PluginRegistry, dict[str, TableSensor]]:
+    """A registry holding one sensor per (name, section, model[, class]) -- a TableSensor unless a class
+    (`TxnTableSensor`, which logs to ``journal``) is given -- and the running sensors by name."""
     reg = PluginRegistry()
     sensors: dict[str, TableSensor] = {}
-    for name, section, model in specs:
-        sensor = TableSensor(name)
+    for name, section, model, *cls in specs:
+        sensor = cls[0](name, journal) if cls else TableSensor(name)
         sensors[name] = sensor
 
         class Plugin:

@@ -56,3 +56,23 @@ def test_a_string_for_a_boolean_is_refused_in_an_object_too(watcher: PolicyCrdWa
     assert applied(watcher, obj) == (None, "error")
     assert ("TracingPolicy/crd:12: spec.tracepoints[0].raw: must be a boolean (true or false), not the string "
             "'false'") in caplog.text
+
+
+def test_an_update_that_is_refused_leaves_the_loaded_version_in_place(watcher: PolicyCrdWatcher,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    assert applied(watcher, OBJECT) == ("crd", "loaded")
+    first = watcher.manager.get("crd")
+    obj = copy.deepcopy(OBJECT)
+    obj["metadata"]["generation"] = 2
+    obj["spec"]["tracepoints"][0]["raw"] = "false"
+    assert applied(watcher, obj) == ("crd", "error")
+    row = watcher.manager.get("crd")
+    assert row["state"] == "enabled" and row["id"] == first["id"] and row["added_at"] == first["added_at"]
+    assert "(the version loaded before stays loaded)" in caplog.text
+    good = copy.deepcopy(OBJECT)
+    good["metadata"]["generation"] = 3
+    good["spec"]["tracepoints"][0]["event"] = "sys_enter_open"
+    assert applied(watcher, good) == ("crd", "loaded")
+    assert watcher.manager.get("crd")["sections"] == {"tracepoints": 1} and watcher.manager.names() == ["crd"]
+    watcher._forget(("tracingpolicies", "", "crd"))
+    assert watcher.manager.names() == []

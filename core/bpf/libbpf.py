@@ -258,6 +258,9 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__attach_uprobe_opts": (_P, [_P, _I, _S, _SZ, _P]),
     "bpf_link__destroy": (_I, [_P]),
     "bpf_link__fd": (_I, [_P]),
+    "bpf_link__pin": (_I, [_P, _S]),
+    "bpf_link__unpin": (_I, [_P]),
+    "bpf_link__disconnect": (None, [_P]),
     "bpf_map__name": (_S, [_P]),
     "bpf_map__fd": (_I, [_P]),
     "bpf_map__type": (_I, [_P]),
@@ -384,11 +387,47 @@ class _UprobeOpts(ctypes.Structure):
 
 
 class BpfLink:
-    """An attachment; `destroy` detaches it (idempotent). The owning object destroys it on close."""
+    """An attachment; `destroy` detaches it (idempotent). The owning object destroys it on close.
+
+    A link pinned in bpffs (`pin`) stays attached while its pin exists, whatever happens to this process
+    (kill -9 included): `destroy` then only drops this process's hold, except for perf-event links (tracepoint,
+    kprobe, uprobe), whose detach also disables the event; `release` leaves any pinned link working."""
 
     def __init__(self, ptr: int, what: str) -> None:
         self._ptr: int | None = ptr
         self.description = what
+        self.pin_path: str | None = None
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        """Pin at ``path`` (in a bpffs mount; the directory must exist)."""
+        if self._ptr is None:
+            raise LibbpfError(_errno.EBADF, f"pin {self.description}: the link is destroyed")
+        p = os.fspath(path)
+        err = lib().bpf_link__pin(self._ptr, p.encode())
+        if err < 0:
+            raise LibbpfError(err, f"pin {self.description} at {p}")
+        self.pin_path = p
+
+    def unpin(self) -> None:
+        """Remove the pin (the link stays attached while this process holds it). Idempotent."""
+        if self._ptr is None or self.pin_path is None:
+            return
+        err = lib().bpf_link__unpin(self._ptr)
+        if err < 0 and err != -_errno.ENOENT:
+            raise LibbpfError(err, f"unpin {self.description} from {self.pin_path}")
+        self.pin_path = None
+
+    def release(self) -> None:
+        """Drop this handle without detaching: a pinned link keeps working after this process is gone (its
+        pin holds it). A link that is not pinned is destroyed as usual."""
+        ptr, self._ptr = self._ptr, None
+        if ptr is None:
+            return
+        if self.pin_path is not None:
+            lib().bpf_link__disconnect(ptr)  # destroy then frees the handle without the detach step
+        err = lib().bpf_link__destroy(ptr)
+        if err < 0:
+            log.warning("bpf_link__destroy(%s): %s", self.description, os.strerror(-err))
 
     @property
     def fd(self) -> int:
@@ -832,10 +871,16 @@ class BpfObject:
     def links(self) -> list[BpfLink]:
         return [lk for lk in self._links if lk.alive]
 
-    def close(self) -> None:
-        """Destroy this object's links, then close it (unloads programs, drops map references)."""
+    def close(self, *, keep_pinned: bool = False) -> None:
+        """Destroy this object's links, then close it (unloads programs, drops map references).
+
+        ``keep_pinned``: links pinned in bpffs are released, not detached (`BpfLink.release`), so what they
+        attach keeps working after the object and the process are gone (persistent enforcement)."""
         for link in self._links:
-            link.destroy()
+            if keep_pinned:
+                link.release()
+            else:
+                link.destroy()
         self._links.clear()
         ptr, self._ptr = self._ptr, None
         if ptr is not None:

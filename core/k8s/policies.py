@@ -38,7 +38,8 @@ def _now() -> str:
 
 
 class PolicyCrdWatcher:
-    """Watch both policy kinds and apply them to ``manager`` (add(text, file) / delete(name))."""
+    """Watch both policy kinds and apply them to ``manager`` (a `sensorium.policy_manager.PolicyManager`: add,
+    replace, delete)."""
 
     def __init__(self, api: Any, manager: Any, node_name: str, *, watch_timeout_s: int = 300,
                  backoff_max_s: float = 10.0, write_status: bool = True, record_events: bool = True) -> None:
@@ -117,14 +118,24 @@ class PolicyCrdWatcher:
         prev = self.applied.get(key)
         if prev is not None and prev[0] == gen and prev[1] == meta.get("uid"):
             return  # a status write or metadata change: the policy itself is the same
-        if prev is not None and prev[2] is not None:
-            self._unload(prev[2])
         src = f"{KINDS[plural]}/{key[1] + '/' if key[1] else ''}{key[2]}"
+        # An update of a loaded object is one transaction (`PolicyManager.replace`): the new version is
+        # active before the old one goes, and a version that does not load leaves the old one enforcing.
+        loaded = prev[2] if prev is not None and prev[1] == str(meta.get("uid")) else None
+        if prev is not None and prev[2] is not None and loaded is None:
+            self._unload(prev[2])  # another object of the same name (deleted and created again)
         try:
-            names = self.manager.add(self._document(obj, src), file=src)
+            if loaded is not None:
+                names = self.manager.replace(loaded, self._document(obj, src), file=src, origin="crd")
+            else:
+                names = self.manager.add(self._document(obj, src), file=src, origin="crd")
         except Exception as exc:  # noqa: BLE001 - any refusal is reported on the object, never raised
             msg = str(exc)[:2000]
-            self.applied[key] = (gen, str(meta.get("uid")), None, "error")
+            if loaded is not None and loaded in self.manager.names():
+                msg += " (the version loaded before stays loaded)"
+            else:
+                loaded = None
+            self.applied[key] = (gen, str(meta.get("uid")), loaded, "error")
             self.stats["refused"] += 1
             log.warning("policy %s refused: %s", src, msg)
             self._report(plural, obj, "error", msg, gen)

@@ -386,47 +386,34 @@ def _without_override(sel: Any) -> Any:
 
 class KfuncHookSet(HookSet):
     """The engine's `HookSet`, plus kernel-function hooks (attach ``("kfunc", ...)``) from kfunc.bpf.c.
-    Preparation, scope and process tracking are the engine's (`HookSet.prepare_object`/`start_object`)."""
+    Preparation, scope and process tracking are the engine's (`HookSet.prepare_object`/`start_object`/
+    `attach_tracking`); the rounds of a transaction too (`HookSet.prepare`/`commit`/`activate`)."""
+
+    def enforces(self, plan: HookPlan) -> bool:
+        # fmod_ret makes the function fail: enforcement as much as a signal
+        return super().enforces(plan) or (plan.attach[0] == "kfunc" and plan.attach[2] == "fmod_ret")
 
     def _load_one(self, plan: HookPlan) -> None:
         if plan.attach[0] != "kfunc":
             super()._load_one(plan)
             return
-        mech = plan.attach[2]
-        try:
-            self._load_kfunc(plan)
-        except _KprobeRefused as k:
-            raise k.error from None
-        except _TrampolineRefused as e:
-            # The trampoline loads but the kernel will not attach it to this function (e.g. EBUSY: 6.1 on
-            # dev_queue_xmit). A kprobe observes the same call; it cannot Override, so only fentry/fexit fall back.
-            kernel = getattr(self.ctx, "kernel", None)
-            if kernel is None or not kernel.has("kprobe"):
-                raise e.error from None
-            fallback = "kretprobe" if mech == "fexit" else "kprobe"
-            note = (f"{plan.note}; {mech} attach refused by the kernel ({e.reason}), served by {fallback}"
-                    if plan.note else f"{mech} attach refused by the kernel ({e.reason}), served by {fallback}")
-            plan = dataclasses.replace(plan, attach=(*plan.attach[:2], fallback, *plan.attach[3:]),
-                                       mechanism=fallback, note=note)
-            try:
-                self._load_kfunc(plan)
-            except _KprobeRefused as k:
-                raise PolicyLoadError(plan.hook, f"kernel function {plan.attach[1]} cannot be attached on this "
-                                                 f"kernel: {mech} refused ({e.reason}) and {fallback} refused "
-                                                 f"({k.reason}); it may be inlined or excluded from tracing here",
-                                      plan.field) from None
+        self._load_kfunc(plan)
 
-    def _load_kfunc(self, plan: HookPlan) -> None:
+    def _load_kfunc(self, plan: HookPlan, index: int | None = None) -> None:
+        """Load the object of one kernel-function hook (round 1), appended to `objects`, or in place of
+        object ``index`` (a kprobe taking over from a trampoline the kernel refused to attach)."""
         _kind, func, mech, pre, errnos, nparams = plan.attach
-        n_scope_maps = len(self._scope_maps)
         try:
             obj = self.ctx.open_object(self.ctx.build(KFUNC_PROBE))
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"cannot build the kernel-function program: {e}") from e
-        self.objects.append((plan, obj))
+        if index is None:
+            self.objects.append((plan, obj))
+        else:
+            self.objects[index] = (plan, obj)
+        prog = {"fentry": "sens_fentry", "fexit": "sens_fexit", "kprobe": "sens_kprobe",
+                "kretprobe": "sens_kretprobe", "fmod_ret": "sens_fmod_ret"}[mech]
         try:
-            prog = {"fentry": "sens_fentry", "fexit": "sens_fexit", "kprobe": "sens_kprobe",
-                    "kretprobe": "sens_kretprobe", "fmod_ret": "sens_fmod_ret"}[mech]
             progs = {prog, "sens_kprobe"} if mech == "kretprobe" else {prog}
             wanted = self.prepare_object(plan, obj, progs, inflight=mech == "kretprobe")
             obj.set_rodata("kf_pre", bytes(pre))
@@ -436,60 +423,79 @@ class KfuncHookSet(HookSet):
                 obj.program(prog).set_attach_target(func)
             obj.load()
             self.start_object(plan, obj, wanted)
-            if mech in ("kprobe", "kretprobe"):
-                try:
-                    if mech == "kretprobe":  # the return side first: no entry without its exit
-                        obj.program("sens_kretprobe").attach_kprobe(func, retprobe=True)
-                    obj.program("sens_kprobe").attach_kprobe(func)
-                except OSError as e:
-                    reason = os.strerror(e.errno) if e.errno else str(e)
-                    del self._scope_maps[n_scope_maps:]
-                    self._drop_last(plan)
-                    raise _KprobeRefused(PolicyLoadError(
-                        plan.hook, f"kernel function {func} cannot be attached on this kernel: {mech} refused "
-                                   f"({reason}); it may be inlined or excluded from tracing here", plan.field),
-                        reason) from e
-            else:
-                try:
-                    obj.program(prog).attach()
-                except OSError as e:
-                    if mech not in ("fentry", "fexit"):
-                        raise
-                    err = PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field)
-                    del self._scope_maps[n_scope_maps:]  # the closed object's scope map must not be updated later
-                    self._drop_last(plan)
-                    raise _TrampolineRefused(err, os.strerror(e.errno) if e.errno else str(e)) from e
-        except (PolicyLoadError, _TrampolineRefused, _KprobeRefused):
+        except PolicyLoadError:
             raise
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
-        self.register(plan)
 
-    def _drop_last(self, plan: HookPlan) -> None:
-        """Close the object of ``plan`` loaded last (before trying another mechanism for it)."""
-        if self.objects and self.objects[-1][0] is plan:
-            _p, obj = self.objects.pop()
+        def attach() -> None:
             try:
-                obj.close()
-            except Exception:  # noqa: BLE001 - closing a half-used object must not hide why it failed
-                pass
+                self.attach_tracking(plan, obj, wanted)
+                if mech in ("kprobe", "kretprobe"):
+                    try:
+                        if mech == "kretprobe":  # the return side first: no entry without its exit
+                            obj.program("sens_kretprobe").attach_kprobe(func, retprobe=True)
+                        obj.program("sens_kprobe").attach_kprobe(func)
+                    except OSError as e:
+                        reason = os.strerror(e.errno) if e.errno else str(e)
+                        raise _KprobeRefused(plan.hook, f"kernel function {func} cannot be attached on this kernel: "
+                                                        f"{mech} refused ({reason}); it may be inlined or excluded "
+                                                        "from tracing here", plan.field, reason) from None
+                else:
+                    try:
+                        obj.program(prog).attach()
+                    except OSError as e:
+                        if mech not in ("fentry", "fexit"):
+                            raise
+                        self._trampoline_refused(plan, obj, e)
+            except PolicyLoadError:
+                raise
+            except Exception as e:
+                raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
+
+        if index is None:
+            self._attach.append(attach)
+        else:
+            self._attach[index] = attach
+
+    def _trampoline_refused(self, plan: HookPlan, obj: Any, e: OSError) -> None:
+        """The trampoline loaded but the kernel will not attach it to this function (e.g. EBUSY: 6.1 on
+        dev_queue_xmit). A kprobe observes the same call; it cannot Override, so only fentry/fexit fall back:
+        its object is loaded here, in the commit round, in place of the refused one, and attached inert."""
+        mech = plan.attach[2]
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        kernel = getattr(self.ctx, "kernel", None)
+        if kernel is None or not kernel.has("kprobe"):
+            raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from None
+        index = next(i for i, (_p, o) in enumerate(self.objects) if o is obj)
+        scope_map = obj.map("sens_scope")
+        self._scope_maps = [sm for sm in self._scope_maps if sm.map is not scope_map]  # must not be updated later
+        try:
+            obj.close()
+        except Exception:  # noqa: BLE001 - closing a half-used object must not hide why it failed
+            pass
+        fallback = "kretprobe" if mech == "fexit" else "kprobe"
+        note = (f"{plan.note}; {mech} attach refused by the kernel ({reason}), served by {fallback}"
+                if plan.note else f"{mech} attach refused by the kernel ({reason}), served by {fallback}")
+        plan = dataclasses.replace(plan, attach=(*plan.attach[:2], fallback, *plan.attach[3:]),
+                                   mechanism=fallback, note=note)
+        self._load_kfunc(plan, index)
+        try:
+            self._attach[index]()
+        except _KprobeRefused as k:
+            raise PolicyLoadError(plan.hook, f"kernel function {plan.attach[1]} cannot be attached on this kernel: "
+                                             f"{mech} refused ({reason}) and {fallback} refused ({k.kernel_reason}); "
+                                             "it may be inlined or excluded from tracing here", plan.field) from None
 
 
-class _KprobeRefused(Exception):
+class _KprobeRefused(PolicyLoadError):
     """The kprobe program loaded but the kernel refused to attach it to the function (not in kallsyms, on
-    the kprobe blocklist): the error for the user, and the reason for a combined message."""
+    the kprobe blocklist): the error for the user, and the kernel's reason for a combined message when the
+    kprobe was the fallback of a refused trampoline (`KfuncHookSet._trampoline_refused`)."""
 
-    def __init__(self, error: PolicyLoadError, reason: str) -> None:
-        super().__init__(str(error))
-        self.error, self.reason = error, reason
-
-
-class _TrampolineRefused(Exception):
-    """fentry/fexit loaded but the kernel refused to attach it (`KfuncHookSet._load_one` tries a kprobe)."""
-
-    def __init__(self, error: PolicyLoadError, reason: str) -> None:
-        super().__init__(str(error))
-        self.error, self.reason = error, reason
+    def __init__(self, hook: str, reason: str, field: str | None, kernel_reason: str) -> None:
+        super().__init__(hook, reason, field)
+        self.kernel_reason = kernel_reason
 
 
 def decode_sock(text: str) -> dict[str, Any] | None:

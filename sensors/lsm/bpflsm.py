@@ -20,6 +20,7 @@ selectors.h, crossing mount points), which works on every hook; bpf_d_path is al
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +31,8 @@ from sensorium.hookspecs import ProbeSource, Scope
 from sensorium.policy import MatchAction, Selector
 
 from . import netguard
+
+MODE_INACTIVE = 2  # sens_mode: attached, not active yet (sensorium/hook/defs.h SENS_MODE_INACTIVE)
 
 __all__ = ["LsmProgram", "NetLsmProgram", "compile_hook", "LSM_PROBE", "decode_event", "RECORD_LAYOUTS",
            "SOCKET_HOOKS"]
@@ -136,6 +139,9 @@ class LsmProgram:
         self.compiled: Any = None
         self.args: list[S.ArgPlan] = []
         self.errnos: list[int] = []
+        self._wanted: set[str] = set()
+        self.active = False
+        self.pin_dir: str | None = None
 
     @property
     def events_map(self) -> Any:
@@ -153,6 +159,14 @@ class LsmProgram:
         return total
 
     def load(self) -> None:
+        """`prepare`, `attach` and `activate` in one step."""
+        self.prepare()
+        self.attach()
+        self.activate()
+
+    def prepare(self) -> None:
+        """Round 1 of a transaction: compile, load (verify), the mode map inert (``MODE_INACTIVE``: the program
+        returns at once, posts and refuses nothing), the scope; nothing attached."""
         if self.plan.hook in SOCKET_HOOKS:
             self._load_net()
             return
@@ -174,24 +188,70 @@ class LsmProgram:
         if self.scope is None:  # host-wide: never checked, cannot be scoped later (the rodata says so)
             obj.map("sens_scope").set_max_entries(64)
         obj.load()
-        self.set_enforce(self.enforce)
+        obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", MODE_INACTIVE))
         if self.scope is not None:  # before anything attaches: a scoped program is never live unscoped
             self._scope_map = ScopeMap(obj.map("sens_scope"))
             self._scope_map.set(self.scope)
+        self._wanted = wanted
+
+    def attach(self) -> None:
+        """Round 2: the followChildren seed and process tracking, then the LSM program; inert until
+        `activate`. Raises on a refused attach (the caller closes the object)."""
+        if self.net is not None:
+            self.net.attach()
+            return
         from sensorium_sensors.tracepoint.engine import HookSet  # the engine's follow seeding, reused
 
+        obj = self.obj
         HookSet._seed_follow(None, _Compiled(self.compiled), obj)  # type: ignore[arg-type]
         for name in ("sens_exec", "sens_exit", "sens_fork"):
-            if name in wanted:
+            if name in self._wanted:
                 obj.program(name).attach()
         obj.program("sens_lsm").attach()
+
+    def activate(self) -> None:
+        """Round 3: the real mode (from here on the program posts and refuses)."""
+        if self.net is not None:
+            self.net.activate()
+            return
+        self.active = True
+        self.set_enforce(self.enforce)
+
+    def pin(self, directory: str) -> None:
+        """Pin the program's links and maps under ``directory`` (bpffs, existing). Raises OSError (nothing
+        left pinned)."""
+        if self.net is not None:
+            self.net.pin(directory)
+            return
+        try:
+            for n, link in enumerate(self.obj.links):
+                link.pin(os.path.join(directory, f"link{n}"))
+            for m in self.obj.maps.values():
+                if m.type != 27 and "." not in m.name:  # not the ring, not .rodata/.bss
+                    m.pin(os.path.join(directory, f"map_{m.name}"))
+        except Exception:
+            self._unpin(directory)
+            raise
+        self.pin_dir = directory
+
+    def _unpin(self, directory: str) -> None:
+        for link in self.obj.links:
+            try:
+                link.unpin()
+            except OSError:
+                pass
+        for m in self.obj.maps.values():
+            try:
+                os.unlink(os.path.join(directory, f"map_{m.name}"))
+            except OSError:
+                pass
 
     def _load_net(self) -> None:
         rules = netguard.compile_rules(self.plan.spec.selectors)
         obj = self._open(self._build(netguard.PROBE))
         self.net = netguard.NetGuard(hook=self.plan.hook, policy_id=self.policy_id, rules=rules, scope=self.scope,
                                      enforce=self.enforce, obj=obj, kind="lsm")
-        self.net.load()
+        self.net.prepare()
 
     def set_scope(self, scope: Scope) -> None:
         """Replace the scope live (map updates). A program loaded host-wide has no check: ValueError."""
@@ -209,7 +269,7 @@ class LsmProgram:
         self.enforce = enforce
         if self.net is not None:
             self.net.set_enforce(enforce)
-        elif self.obj is not None:
+        elif self.obj is not None and self.active:  # before `activate` the mode map stays inert
             self.obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 0 if enforce else 1))
 
     def counters(self) -> dict[str, int]:
@@ -224,12 +284,16 @@ class LsmProgram:
         except Exception:  # noqa: BLE001 - status must not raise
             return out
 
-    def close(self) -> None:
+    def close(self, *, keep_pinned: bool = False) -> None:
+        """Detach and free, pins included; ``keep_pinned``: leave what is pinned attached (agent stop with
+        persistent enforcement)."""
         if self.net is not None:
-            self.net.close()
+            self.net.close(keep_pinned=keep_pinned)
             self.net = None
         if self.obj is not None:
-            self.obj.close()
+            if not keep_pinned and self.pin_dir is not None:
+                self._unpin(self.pin_dir)
+            self.obj.close(keep_pinned=keep_pinned)
             self.obj = None
 
 

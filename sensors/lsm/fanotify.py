@@ -109,6 +109,9 @@ class FanRule:
     kind_mask: int                              # FAN_OPEN_PERM or FAN_OPEN_EXEC_PERM
     marks: tuple[tuple[str, int], ...]
     decide: Callable[[int, str], "FanDecision | None"]
+    # False while the rule's policy transaction is not committed: its marks are placed, every open they
+    # route here is allowed without a decision or an event (`sensorium.hookspecs.PreparedSection`).
+    active: bool = True
 
 
 @dataclasses.dataclass
@@ -413,7 +416,7 @@ class FanotifyGuard:
             if pid != self._self_pid:  # the agent must never block itself
                 path = os.readlink(f"/proc/self/fd/{fd}")
                 with self._lock:
-                    rules = [r for r in self._rules if r.kind_mask & mask]
+                    rules = [r for r in self._rules if r.kind_mask & mask and r.active]
                 for r in rules:
                     try:
                         d = r.decide(pid, path)

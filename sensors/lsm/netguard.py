@@ -231,6 +231,9 @@ class NetGuard:
         self._links: dict[str, list[Any]] = {}   # cgroup directory -> its links (cgroup kind)
         self._lock = threading.Lock()  # set_scope (the pod watcher's thread) against status and close
         self.reader: Any = None
+        self._active = False  # until `activate`, the config row holds no rules: nothing matches, nothing posts
+        self.pin_dir: str | None = None  # set by `pin`: links made later (set_scope) are pinned there too
+        self._pin_seq = 0
 
     @property
     def programs(self) -> tuple[str, ...]:
@@ -244,8 +247,15 @@ class NetGuard:
             return sorted(self._links)
 
     def load(self) -> None:
-        """Load, fill maps (scope before anything attaches: a scoped program is never live unscoped), attach;
-        all or nothing (close() undoes a partial load)."""
+        """`prepare`, `attach` and `activate` in one step; all or nothing (close() undoes a partial load)."""
+        self.prepare()
+        self.attach()
+        self.activate()
+
+    def prepare(self) -> None:
+        """Round 1 of a transaction: load (verify), fill the scope (before anything attaches: a scoped
+        program is never live unscoped) and a config row without rules, so that once attached the programs
+        let every call through without a record until `activate`."""
         if len(self.rules) > MAX_RULES:
             raise ValueError(f"{len(self.rules)} selectors; cgroup sock_addr serves at most {MAX_RULES}")
         if self.scope is not None:
@@ -256,16 +266,65 @@ class NetGuard:
         if self.scope is None:  # host-wide: never checked, cannot be scoped later (hash maps are preallocated)
             self.obj.map("net_scope").set_max_entries(64)
         self.obj.load()
-        self.obj.map("net_rules").update(b"\0\0\0\0", rules_value(self.rules))
         self._scope_map = ScopeMap(self.obj.map("net_scope"))
         if self.scope is not None:
             self._scope_map.set(self.scope)
         self._write_config()
+
+    def attach(self) -> None:
+        """Round 2: attach (inert until `activate`). Raises on a refused attach, after detaching."""
         if self.kind == "lsm":
-            for name in keep:
-                self.obj.program(name).attach()
+            made = []
+            try:
+                for name in self.programs:
+                    made.append(self.obj.program(name).attach())
+            except Exception:
+                for link in made:
+                    link.destroy()
+                raise
         else:
             self._attach(attach_dirs(self.scope))
+
+    def activate(self) -> None:
+        """Round 3: the rules, then the config row that counts them (from here on calls are decided)."""
+        self.obj.map("net_rules").update(b"\0\0\0\0", rules_value(self.rules))
+        self._active = True
+        self._write_config()
+
+    def pin(self, directory: str) -> None:
+        """Pin every link and the decision maps under ``directory`` (bpffs, existing); links made later by
+        `set_scope` are pinned there too and unpinned when detached. Raises OSError (nothing left pinned)."""
+        with self._lock:
+            self.pin_dir = directory
+            try:
+                for link in self._all_links():
+                    self._pin_link(link)
+                for name in ("net_rules", "net_config", "net_scope"):
+                    self.obj.map(name).pin(os.path.join(directory, f"map_{name}"))
+            except Exception:
+                self._unpin_all()
+                raise
+
+    def _all_links(self) -> list[Any]:
+        return [lk for links in self._links.values() for lk in links] if self.kind == "cgroup" else self.obj.links
+
+    def _pin_link(self, link: Any) -> None:
+        self._pin_seq += 1
+        link.pin(os.path.join(self.pin_dir or "", f"link{self._pin_seq}"))
+
+    def _unpin_all(self) -> None:
+        for link in self._all_links():
+            try:
+                link.unpin()
+            except OSError:
+                pass
+        if self.pin_dir is not None:
+            for name in ("net_rules", "net_config", "net_scope"):
+                try:
+                    os.unlink(os.path.join(self.pin_dir, f"map_{name}"))
+                except OSError:
+                    pass
+        self.pin_dir = None
 
     def _attach(self, dirs: Sequence[str]) -> None:
         """Attach to each of ``dirs`` not attached yet; on a failure the links made here are destroyed."""
@@ -281,6 +340,8 @@ class NetGuard:
                 try:
                     for name in self.programs:
                         links.append(self.obj.program(name).attach_cgroup(fd))
+                        if self.pin_dir is not None:  # a scope change of a persistent policy
+                            self._pin_link(links[-1])
                 finally:
                     os.close(fd)
         except Exception:
@@ -290,6 +351,10 @@ class NetGuard:
     def _detach(self, dirs: Sequence[str]) -> None:
         for d in dirs:
             for link in self._links.pop(d, []):
+                try:
+                    link.unpin()
+                except OSError:
+                    pass
                 link.destroy()
 
     def set_scope(self, scope: Scope) -> None:
@@ -316,7 +381,7 @@ class NetGuard:
         m = self.obj.map("net_config")
         cur = m.lookup(b"\0\0\0\0")
         cfg = NetConfig.from_buffer_copy(cur) if cur else NetConfig()
-        cfg.policy_id, cfg.nrules, cfg.enforce = self.policy_id, len(self.rules), int(self._enforce)
+        cfg.policy_id, cfg.nrules, cfg.enforce = self.policy_id, len(self.rules) if self._active else 0, int(self._enforce)
         cfg.scoped = int(self.scoped)
         m.update(b"\0\0\0\0", bytes(cfg))
 
@@ -347,11 +412,15 @@ class NetGuard:
         c = NetConfig.from_buffer_copy(cur)
         return {"matched": c.matched, "blocked": c.blocked, "dropped": c.dropped}
 
-    def close(self) -> None:
+    def close(self, *, keep_pinned: bool = False) -> None:
+        """Detach and free everything, pins included; ``keep_pinned``: leave what is pinned attached (the
+        agent stops, enforcement persists)."""
         with self._lock:
-            self._links.clear()  # the object destroys its links on close
+            if self.obj is not None and not keep_pinned:
+                self._unpin_all()
+            self._links.clear()  # the object destroys (or, keep_pinned, releases) its links on close
             if self.obj is not None:
-                self.obj.close()
+                self.obj.close(keep_pinned=keep_pinned)
                 self.obj = None
 
 

@@ -69,8 +69,31 @@ def _blocking(actions: Sequence[MatchAction]) -> bool:
     return any(a.action in ("Override", "Sigkill") for a in actions)
 
 
+def _blocking_plan(p: HookPlan) -> bool:
+    """Whether any selector of the hook blocks (or kills): what persistent enforcement has to keep."""
+    return any(_blocking(sel.actions) for sel in p.spec.selectors)
+
+
+def _remove_empty_dirs(top: str) -> None:
+    """Remove the (now empty) per-hook directories a section made under its pin directory."""
+    for root, _dirs, _files in os.walk(top, topdown=False):
+        if root != top:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+
+
+FANOTIFY_NOT_PERSISTENT = ("fanotify: the decision is made by the agent, and the kernel allows every open once "
+                           "the agent is gone (fail-open, docs/enforcement.md); no kernel mechanism serves this "
+                           "hook here")
+NET_KILL_NOTE = ("the call stays refused in the kernel while the agent is gone; the kill that follows it is done by "
+                 "the agent and does not happen then")
+
+
 class LsmPolicyHandle:
-    """One loaded ``lsmhooks`` section (see `sensorium.hookspecs.PolicyHandle`)."""
+    """One ``lsmhooks`` section: `sensorium.hookspecs.PreparedSection` (`commit`, `activate`, `abort`) once
+    `LsmSensor.prepare_policy` made it, then `sensorium.hookspecs.PolicyHandle`."""
 
     def __init__(self, sensor: "LsmSensor", view: PolicyView, plans: list[HookPlan], scope: Scope | None) -> None:
         self.sensor = sensor
@@ -80,13 +103,18 @@ class LsmPolicyHandle:
         self._mounts = hierarchy_mounts()  # where cgroup2 / v1 memory are mounted, for /proc/<pid>/cgroup
         self._scope_lock = threading.Lock()
         self.mode = view.mode
-        self.fan_rules: list[FanRule] = []
+        self.fan_rules: list[FanRule] = []   # rules whose marks are placed (committed)
+        self._fan: list[tuple[FanRule, HookPlan]] = []  # prepared rules, in plan order
         self.net_guards: list[tuple[HookPlan, netguard.NetGuard]] = []
         self.lsm_progs: list[tuple[HookPlan, Any]] = []
         self.sig_guards: list[tuple[HookPlan, Any]] = []
         self.events = 0
         self.errors = 0
         self._unloaded = False
+        self.active = False
+        self.pin_dir: str | None = view.pin_dir
+        # plan position -> (persistent: True pinned / False not / None nothing to keep, why)
+        self.persistence: dict[int, tuple[bool | None, str]] = {}
 
     # ---- PolicyHandle -----------------------------------------------------------------------------
 
@@ -100,6 +128,11 @@ class LsmPolicyHandle:
                                     "note": p.note, "scope": scope}
             if p.mechanism.startswith("cgroup/"):
                 hook["attached_to"] = [d for pp, g in self.net_guards if pp is p for d in g.attached_dirs]
+            if self.pin_dir is not None:
+                persistent, why = self.persistence.get(p.position, (False, "not attached yet"))
+                hook["persistent"], hook["persistence"] = persistent, why
+            if not self.active:
+                hook["state"] = "prepared"
             hooks.append(hook)
         mem = 0
         counters: dict[str, int] = {}
@@ -166,7 +199,88 @@ class LsmPolicyHandle:
             # fanotify decides in user space from this attribute: the next decision sees the new scope
             self.scope = scope
 
+    # ---- transaction rounds (sensorium.hookspecs.PreparedSection) ---------------------------------
+
+    def commit(self) -> None:
+        """Attach every mechanism, inert (fanotify marks with the rule inactive, programs whose maps say
+        nothing is active yet), and pin what enforces when the section persists. A refused attach undoes the
+        whole section and raises `PolicyLoadError`."""
+        current: HookPlan | None = None
+        try:
+            for r, p in self._fan:
+                current = p
+                self.sensor.guard.add_rule(r)
+                self.fan_rules.append(r)
+                self.persistence[p.position] = (False, FANOTIFY_NOT_PERSISTENT) if _blocking_plan(p) else \
+                    (None, "observes only: nothing to keep enforcing when the agent is gone")
+            for p, g in self.net_guards:
+                current = p
+                g.attach()
+                self._pin(p, g)
+            for p, prog in self.lsm_progs:
+                current = p
+                prog.attach()
+                self._pin(p, prog)
+            for p, g in self.sig_guards:
+                current = p
+                g.commit()
+                if self.pin_dir is not None:
+                    self.persistence[p.position] = g.persistence()
+        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of the section stays
+            self.unload()
+            if isinstance(exc, PolicyLoadError):
+                raise
+            where = current.where if current is not None else "lsmhooks"
+            mech = f"{current.mechanism}: " if current is not None else ""
+            if isinstance(exc, OSError) and "fanotify_mark" in str(exc):
+                raise PolicyLoadError(where, f"fanotify mark failed: {exc}") from None
+            what = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"  # libbpf says it all
+            raise PolicyLoadError(where, f"{mech}{what}") from None
+
+    def _pin(self, p: HookPlan, owner: Any) -> None:
+        if self.pin_dir is None:
+            return
+        if not _blocking_plan(p):
+            self.persistence[p.position] = (None, "observes only: nothing to keep enforcing when the agent is gone")
+            return
+        d = os.path.join(self.pin_dir, str(p.position))
+        try:
+            os.makedirs(d, exist_ok=True)
+            owner.pin(d)
+        except OSError as exc:
+            self.persistence[p.position] = (False, f"the kernel did not pin it: {exc}")
+            return
+        kills = any(a.action == "Sigkill" for sel in p.spec.selectors for a in sel.actions)
+        why = f"pinned at {d}" + (f"; {NET_KILL_NOTE}" if kills and p.mechanism.startswith("cgroup/") else "")
+        self.persistence[p.position] = (True, why)
+
+    def activate(self) -> "LsmPolicyHandle":
+        """Open every gate: fanotify rules decide, maps get their rules and real mode."""
+        for _p, g in self.net_guards:
+            g.activate()
+        for _p, prog in self.lsm_progs:
+            prog.activate()
+        for _p, g in self.sig_guards:
+            g.activate()
+        for r in self.fan_rules:
+            r.active = True
+        self.active = True
+        return self
+
+    def abort(self) -> None:
+        """Free a prepared (or committed) section that never became active."""
+        self.unload()
+
     def unload(self) -> None:
+        """Detach and free every mechanism of the section, pins included (`PolicyHandle.unload`)."""
+        self._close(keep_pinned=False)
+
+    def release(self) -> None:
+        """The agent stops and enforcement persists: pinned programs stay attached and enforcing; fanotify
+        rules, readers and everything else of this process go (`PolicyHandle.release`)."""
+        self._close(keep_pinned=True)
+
+    def _close(self, keep_pinned: bool) -> None:
         with self._scope_lock:  # not while set_scope is moving attachments
             if self._unloaded:
                 return
@@ -177,17 +291,20 @@ class LsmPolicyHandle:
             except Exception:  # noqa: BLE001 - unload must not raise
                 self.sensor.ctx.log.exception("removing fanotify rule")
         self.fan_rules.clear()
+        self._fan.clear()
         for _p, g in self.net_guards:
             self.sensor._drop_reader(g)
-            g.close()
+            g.close(keep_pinned=keep_pinned)
         self.net_guards.clear()
         for _p, prog in self.lsm_progs:
             self.sensor._drop_reader(prog)
-            prog.close()
+            prog.close(keep_pinned=keep_pinned)
         self.lsm_progs.clear()
         for _p, g in self.sig_guards:
-            g.close()
+            g.close(keep_pinned=keep_pinned)
         self.sig_guards.clear()
+        if not keep_pinned and self.pin_dir is not None:
+            _remove_empty_dirs(self.pin_dir)
         self.sensor._handles.discard(self)
 
     # ---- fanotify decisions -----------------------------------------------------------------------
@@ -362,10 +479,20 @@ class LsmSensor:
         self._plans(policy)
 
     def load_policy(self, policy: PolicyView) -> LsmPolicyHandle:
-        """See `PolicySensor.load_policy`: every mechanism bounded to ``policy.scope`` (None: host-wide)."""
+        """See `PolicySensor.load_policy`: every mechanism bounded to ``policy.scope`` (None: host-wide);
+        `prepare_policy`, `LsmPolicyHandle.commit` and `activate` in one step."""
+        h = self.prepare_policy(policy)
+        h.commit()
+        return h.activate()
+
+    def prepare_policy(self, policy: PolicyView) -> LsmPolicyHandle:
+        """Round 1 of a transaction (`sensorium.hookspecs.TransactionalPolicySensor`): every program built,
+        loaded and verified with its maps filled but inert, every fanotify rule made (marks are placed at
+        commit); nothing attached. Raises `PolicyLoadError` after freeing what it made."""
         sc = self._scope(policy)
         plans = self._plans(policy)
         h = LsmPolicyHandle(self, policy, plans, sc)
+        self._handles.add(h)  # so that stop() frees a prepared section nobody committed or aborted
         try:
             for p in plans:
                 if p.mechanism.startswith("fanotify"):
@@ -383,7 +510,6 @@ class LsmSensor:
             h.unload()
             where = getattr(exc, "_lsm_where", "lsmhooks")
             raise PolicyLoadError(where, f"{type(exc).__name__}: {exc}") from exc
-        self._handles.add(h)
         return h
 
     # ---- fanotify ---------------------------------------------------------------------------------
@@ -415,11 +541,13 @@ class LsmSensor:
             return d
 
         rule.decide = decide
-        try:
-            self.guard.add_rule(rule)
-        except OSError as exc:
-            raise PolicyLoadError(p.where, f"fanotify mark failed: {exc}") from None
-        h.fan_rules.append(rule)
+        rule.active = False  # until the transaction activates: marks placed at commit answer "allow"
+        if not self.guard.running:
+            try:
+                self.guard.start()  # the group, before anything is marked (marks are the commit round's)
+            except OSError as exc:
+                raise PolicyLoadError(p.where, f"fanotify: {exc}") from None
+        h._fan.append((rule, p))
 
     def _on_fan_decisions(self, decisions: list[FanDecision]) -> None:
         events = []
@@ -443,7 +571,7 @@ class LsmSensor:
         g = netguard.NetGuard(hook=p.hook, policy_id=h.view.id, rules=rules, scope=h.scope,
                               enforce=h.mode == "enforcement", obj=obj, kind="cgroup")
         try:
-            g.load()
+            g.prepare()
         except Exception as exc:
             g.close()
             raise PolicyLoadError(p.where, f"{p.mechanism}: {exc}") from None
@@ -454,7 +582,7 @@ class LsmSensor:
         prog = bpflsm.LsmProgram(p, policy_id=h.view.id, scope=h.scope,
                                  enforce=h.mode == "enforcement", build=self.ctx.build, open_object=self._open)
         try:
-            prog.load()
+            prog.prepare()
         except Exception as exc:
             prog.close()
             raise PolicyLoadError(p.where, f"bpf_lsm: {exc}") from None
@@ -471,7 +599,10 @@ class LsmSensor:
             self._ring = ring
         plans = sigkill.plan_syscalls(p, self.ctx, h.view.id)
         g = sigkill.SigkillGuard(self._ring, self.ctx, h.view.id, h.view.name, h.mode)
-        g.load(plans, h.scope)  # all or nothing, raises PolicyLoadError
+        pin = os.path.join(h.pin_dir, str(p.position)) if h.pin_dir is not None else None
+        if pin is not None:
+            os.makedirs(pin, exist_ok=True)
+        g.prepare(plans, h.scope, pin)  # all or nothing, raises PolicyLoadError
         h.sig_guards.append((p, g))
 
     def _add_reader(self, owner: Any, bpf_map: Any, h: LsmPolicyHandle, p: HookPlan, decode: Any) -> None:

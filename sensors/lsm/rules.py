@@ -139,15 +139,19 @@ def plan_section(view: PolicyView, kernel: Any, btf: Path | str | None = None,
                  *, cgroup_sock_ok: bool | None = None, force: str | None = None) -> list[HookPlan]:
     """Check every item of ``view`` and choose its mechanism; raise `PolicyLoadError` on the first problem.
 
-    ``force`` ("fallback") skips BPF LSM even where it loads (tests of the fallbacks on a capable kernel).
+    ``force`` ("fallback") skips BPF LSM even where it loads (tests of the fallbacks on a capable kernel),
+    except for a hook whose fallback is fanotify when the section persists (``view.pin_dir``): fanotify
+    cannot outlive the agent, so BPF LSM serves it wherever it loads.
     """
     try:
         hooks = lsm_hooks(btf)
     except (OSError, ValueError) as exc:
         raise PolicyLoadError("lsmhooks", f"cannot read the kernel's BTF to check LSM hooks: {exc}") from None
     lsm_ok, lsm_why = _lsm_loads(kernel)
+    really_ok = lsm_ok
     if force == "fallback":
         lsm_ok, lsm_why = False, "fallbacks forced by configuration"
+    persist = getattr(view, "pin_dir", None) is not None
     if cgroup_sock_ok is None:
         pt = getattr(kernel, "program_types", {}) or {}
         r = pt.get("cgroup_sock_addr")
@@ -167,6 +171,8 @@ def plan_section(view: PolicyView, kernel: Any, btf: Path | str | None = None,
                                          f"similar: {', '.join(near) or 'none'})", field=f"{field}.hook")
         args = _check_args(item, sig, where, field)
         mech = "bpf_lsm" if lsm_ok else FALLBACKS.get(item.hook)
+        if persist and really_ok and mech is not None and mech.startswith("fanotify"):
+            mech = "bpf_lsm"  # a kernel mechanism outlives the agent; fanotify cannot
         if mech is None and item.hook in _sigkill_hooks():
             pt = getattr(kernel, "program_types", {}) or {}
             r = pt.get("raw_tp")

@@ -125,6 +125,25 @@ class SigkillGuard:
         """All or nothing (raises PolicyLoadError); ``scope`` None: host-wide."""
         self.set.load(plans, scope)
 
+    def prepare(self, plans: Sequence[Any], scope: Scope | None, pin_dir: str | None = None) -> None:
+        """The rounds of a transaction (`sensorium.hookspecs.PreparedSection`), by the engine's `HookSet`;
+        with ``pin_dir`` its kill hooks are pinned there at `commit`."""
+        self.set.prepare(plans, scope, pin_dir)
+
+    def commit(self) -> None:
+        self.set.commit()
+
+    def activate(self) -> None:
+        self.set.activate()
+
+    def persistence(self) -> tuple[bool, str]:
+        """(pinned, why) of this hook's syscall programs."""
+        hooks = self.set.status().get("hooks", [])
+        bad = [h.get("persistence", "") for h in hooks if h.get("persistent") is False]
+        if bad:
+            return False, bad[0]
+        return True, f"pinned at {self.set.pin_dir}"
+
     def set_scope(self, scope: Scope) -> None:
         self.set.set_scope(scope)
 
@@ -134,5 +153,8 @@ class SigkillGuard:
     def counters(self) -> dict[str, int]:
         return self.set.counters()
 
-    def close(self) -> None:
-        self.set.unload()
+    def close(self, *, keep_pinned: bool = False) -> None:
+        if keep_pinned:
+            self.set.release()
+        else:
+            self.set.unload()

@@ -63,6 +63,9 @@ PAIR_MECHANISM = "raw_tp sys_enter + sys_exit"  # as sensors/kprobe/sensor.py na
 # False: serve opened-file hooks with the sys_enter + sys_exit pair too (the benchmark compares both; the
 # decisions are the same).
 OPEN_EXIT_ENABLED = True
+# sens_mode values (sensorium/hook/defs.h): 0 enforcement, 1 monitoring, 2 attached but not active yet
+# (SENS_MODE_INACTIVE: a transaction's hooks between commit and activate do nothing at all).
+MODE_INACTIVE = 2
 SYSCALL_ABI = "x64"
 
 _EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event
@@ -800,7 +803,10 @@ def _render_bytes(ap: S.ArgPlan, data: bytes, flags: int) -> dict[str, Any]:
 
 
 class HookSet:
-    """A loaded policy section: one hook object per item. Implements `sensorium.hookspecs.PolicyHandle`."""
+    """A policy section: one hook object per item. Implements `sensorium.hookspecs.PolicyHandle`, and
+    `sensorium.hookspecs.PreparedSection` for transactions: `prepare` (build, load, verify, fill the maps
+    that do not enforce; the mode map says ``MODE_INACTIVE``), `commit` (attach, pin), `activate` (the real
+    mode, the decoder told); `load` runs the three in one step."""
 
     def __init__(self, ctx: SensorContext, ring: EventRing, policy_id: int, policy_name: str, mode: str) -> None:
         self.ctx, self.ring = ctx, ring
@@ -811,12 +817,26 @@ class HookSet:
         self._unloaded = False
         self.scope: Scope | None = None
         self._scope_maps: list[ScopeMap] = []
+        # per object (same order as `objects`): how it attaches, once committed
+        self._attach: list[Callable[[], None]] = []
+        self.pin_dir: str | None = None
+        # id(obj) -> (persistent: True pinned, False not pinned though it enforces, None nothing to keep; why)
+        self._pins: dict[int, tuple[bool | None, str]] = {}
+        self.active = False
 
     # -- loading ----------------------------------------------------------------------------------
-    def load(self, plans: Sequence[HookPlan], scope: Scope | None = None) -> None:
-        """Load and attach every plan, or undo everything and raise `PolicyLoadError`.
+    def load(self, plans: Sequence[HookPlan], scope: Scope | None = None, pin_dir: str | None = None) -> None:
+        """Load, attach and activate every plan, or undo everything and raise `PolicyLoadError` (the
+        one-step form of `prepare` + `commit` + `activate`).
 
         ``scope`` None: host-wide (no check in the kernel); a `Scope`: every hook checks it first."""
+        self.prepare(plans, scope, pin_dir)
+        self.commit()
+        self.activate()
+
+    def prepare(self, plans: Sequence[HookPlan], scope: Scope | None = None, pin_dir: str | None = None) -> None:
+        """Round 1 of a transaction: build, open and load (verify) every hook object, fill its scope and
+        seed maps; nothing attached. Undoes everything and raises `PolicyLoadError` on failure."""
         if scope is not None:
             if not isinstance(scope, Scope):
                 raise PolicyLoadError("scope", f"expected a sensorium.hookspecs.Scope, got {type(scope).__name__}")
@@ -828,15 +848,80 @@ class HookSet:
                 plan.compiled.cfg.flags |= S.CFG_CGROUP_SCOPED
                 plan.compiled.flags |= S.CFG_CGROUP_SCOPED
         self.scope = scope
+        self.pin_dir = pin_dir
         try:
             for plan in plans:
                 self._load_one(plan)
         except PolicyLoadError:
             self.unload()
             raise
-        except Exception as e:  # a libbpf error, an attach failure...
+        except Exception as e:  # a libbpf error...
             self.unload()
             raise PolicyLoadError(getattr(e, "_hook", "?"), str(e)) from e
+
+    def commit(self) -> None:
+        """Round 2: attach every hook object (inert: its mode map says ``MODE_INACTIVE``) and, with a pin
+        directory, pin what enforces. On a refused attach everything is undone and `PolicyLoadError` raised."""
+        try:
+            for i in range(len(self._attach)):
+                self._attach[i]()
+                if self.pin_dir is not None:
+                    self._pin(i)
+        except PolicyLoadError:
+            self.unload()
+            raise
+        except Exception as e:
+            self.unload()
+            raise PolicyLoadError("?", f"{type(e).__name__}: {e}") from e
+
+    def activate(self) -> "HookSet":
+        """Round 3: the real mode in every mode map (from here on the hooks post and enforce), and the
+        decoder told about each hook. Map writes only."""
+        for plan, obj in self.objects:
+            obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", self._mode_value(self.mode)))
+            self.register(plan)
+        self.active = True
+        return self
+
+    def abort(self) -> None:
+        """Free a prepared (or committed) section that was never activated (`PreparedSection.abort`)."""
+        self.unload()
+
+    @staticmethod
+    def _mode_value(mode: str) -> int:
+        return 1 if mode == "monitoring" else 0
+
+    def enforces(self, plan: HookPlan) -> bool:
+        """Whether the hook takes an action that outlives the event (a signal): what persistence pins."""
+        cfg = plan.compiled.cfg
+        return any(cfg.sel[i].actions & (S.ACT_SIGKILL | S.ACT_SIGNAL) for i in range(cfg.nsel))
+
+    def _pin(self, i: int) -> None:
+        """Pin the links and maps of object ``i`` under ``pin_dir`` when its hook enforces. A link the kernel
+        will not pin (a perf-event link on a kernel without BPF perf links) leaves the hook served, reported
+        not persistent."""
+        plan, obj = self.objects[i]
+        if not self.enforces(plan):
+            self._pins[id(obj)] = (None, "observes only: nothing to keep enforcing when the agent is gone")
+            return
+        base = os.path.join(self.pin_dir or "", f"{i}")
+        try:
+            os.makedirs(base, exist_ok=True)
+            for n, link in enumerate(obj.links):
+                link.pin(os.path.join(base, f"link{n}"))
+            for m in obj.maps.values():
+                if m.type == 27 or "." in m.name:  # the shared ring, and .rodata/.bss
+                    continue
+                m.pin(os.path.join(base, f"map_{m.name}"))
+        except OSError as e:
+            for link in obj.links:
+                try:
+                    link.unpin()
+                except OSError:
+                    pass
+            self._pins[id(obj)] = (False, f"the kernel did not pin it: {e}")
+            return
+        self._pins[id(obj)] = (True, f"pinned at {base}")
 
     def _load_one(self, plan: HookPlan) -> None:
         if (OPEN_EXIT_ENABLED and plan.attach[0] == "syscall" and plan.attach[1]
@@ -856,15 +941,22 @@ class HookSet:
                 return
             except PolicyLoadError as e:
                 del self._scope_maps[n_scope_maps:]  # the failed object's scope map must not be updated later
-                if self.objects and self.objects[-1][0] is fast:
-                    try:
-                        self.objects.pop()[1].close()
-                    except Exception:
-                        pass
+                self._drop_last(fast)
                 if ours:
                     plan = dataclasses.replace(plan, note=plan.note + f"; {OPEN_EXIT_MECHANISM} not available "
                                                                       f"here ({e.reason[:200]})")
         self._load_object(plan, HOOK_PROBE)
+
+    def _drop_last(self, plan: HookPlan) -> None:
+        """Close the object of ``plan`` loaded last (before trying another mechanism for it)."""
+        if self.objects and self.objects[-1][0] is plan:
+            _p, obj = self.objects.pop()
+            if len(self._attach) > len(self.objects):
+                self._attach.pop()
+            try:
+                obj.close()
+            except Exception:  # noqa: BLE001 - closing a half-used object must not hide why it failed
+                pass
 
     def _load_object(self, plan: HookPlan, probe: ProbeSource) -> None:
         try:
@@ -890,29 +982,38 @@ class HookSet:
             wanted = self.prepare_object(plan, obj, progs, inflight)
             obj.load()
             self.start_object(plan, obj, wanted)
-            if kind == "tp":
-                obj.program("sens_tp").attach_tracepoint(plan.attach[1], plan.attach[2])
-            elif kind == "raw":
-                obj.program("sens_raw").attach_raw_tracepoint(plan.attach[1])
-            elif kind == "uprobe":
-                _k, at_exit, binary, symbol, offset = plan.attach
-                if at_exit:
-                    obj.program("sens_uretprobe").attach_uprobe(binary, symbol, offset, retprobe=True)
-                obj.program("sens_uprobe").attach_uprobe(binary, symbol, offset)
-            elif probe is HOOK_OPEN_PROBE:
-                obj.program("sens_open_exit").attach()
-            else:
-                if "sens_sys_exit" in wanted:
-                    obj.program("sens_sys_exit").attach_raw_tracepoint("sys_exit")
-                obj.program("sens_sys_enter").attach_raw_tracepoint("sys_enter")
         except PolicyLoadError:
             raise
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
-        self.register(plan)
+
+        def attach() -> None:
+            try:
+                self.attach_tracking(plan, obj, wanted)
+                if kind == "tp":
+                    obj.program("sens_tp").attach_tracepoint(plan.attach[1], plan.attach[2])
+                elif kind == "raw":
+                    obj.program("sens_raw").attach_raw_tracepoint(plan.attach[1])
+                elif kind == "uprobe":
+                    _k, at_exit, binary, symbol, offset = plan.attach
+                    if at_exit:
+                        obj.program("sens_uretprobe").attach_uprobe(binary, symbol, offset, retprobe=True)
+                    obj.program("sens_uprobe").attach_uprobe(binary, symbol, offset)
+                elif probe is HOOK_OPEN_PROBE:
+                    obj.program("sens_open_exit").attach()
+                else:
+                    if "sens_sys_exit" in wanted:
+                        obj.program("sens_sys_exit").attach_raw_tracepoint("sys_exit")
+                    obj.program("sens_sys_enter").attach_raw_tracepoint("sys_enter")
+            except PolicyLoadError:
+                raise
+            except Exception as e:
+                raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
+
+        self._attach.append(attach)
 
     # Shared by every object built on selectors.h (this engine's hook.bpf.c, the kprobe sensor's kfunc.bpf.c):
-    # what happens before load, after load and before the hook attaches, and once it is attached.
+    # what happens before load, after load (`start_object`), and when the hook attaches (`attach_tracking`).
     def prepare_object(self, plan: HookPlan, obj: Any, programs: set[str], inflight: bool) -> set[str]:
         """Before load: share the sensor's ring, set ``sens_cfg``, autoload ``programs`` plus the process
         tracking the selectors need, and shrink the maps the hook does not use. Returns the programs to load."""
@@ -941,20 +1042,24 @@ class HookSet:
         return wanted
 
     def start_object(self, plan: HookPlan, obj: Any, wanted: set[str]) -> None:
-        """After load, before the hook attaches: mode, scope (so a scoped hook is never live unscoped),
-        followChildren seed, then the process tracking programs (so no fork slips between seed and hook)."""
-        obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if self.mode == "monitoring" else 0))
+        """After load, nothing attached yet: the hook inert (``MODE_INACTIVE`` until `activate`), then its
+        scope (so a scoped hook is never live unscoped)."""
+        obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", MODE_INACTIVE))
         if plan.compiled.flags & S.CFG_CGROUP_SCOPED:
             sm = ScopeMap(obj.map("sens_scope"))
             sm.set(self.scope if self.scope is not None else Scope())
             self._scope_maps.append(sm)
+
+    def attach_tracking(self, plan: HookPlan, obj: Any, wanted: set[str]) -> None:
+        """Just before the hook attaches: the followChildren seed, then the process tracking programs (so
+        no fork slips between seed and hook)."""
         self._seed_follow(plan, obj)
         for name in ("sens_exec", "sens_exit", "sens_fork"):
             if name in wanted:
                 obj.program(name).attach()
 
     def register(self, plan: HookPlan) -> None:
-        """The hook is attached: let the decoder render its records."""
+        """The hook is active: let the decoder render its records."""
         with self.ring.lock:
             hooks = dict(self.ring.hooks)
             hooks[(self.policy_id, plan.compiled.cfg.hook_id)] = (plan, self.policy_name, self)
@@ -1022,8 +1127,9 @@ class HookSet:
     def set_mode(self, mode: str) -> None:
         if mode not in ("enforcement", "monitoring"):
             raise ValueError(f"unknown mode {mode!r}")
-        for _plan, obj in self.objects:
-            obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", 1 if mode == "monitoring" else 0))
+        if self.active:  # before `activate` the maps stay inert; activate writes the mode then
+            for _plan, obj in self.objects:
+                obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", self._mode_value(mode)))
         self.mode = mode
 
     def counters(self) -> dict[str, int]:
@@ -1041,8 +1147,14 @@ class HookSet:
         return total
 
     def status(self) -> Mapping[str, Any]:
-        hooks = [{"hook": p.hook, "mechanism": p.mechanism, "note": p.note, "state": "loaded"}
-                 for p, _ in self.objects]
+        hooks = []
+        for p, obj in self.objects:
+            h: dict[str, Any] = {"hook": p.hook, "mechanism": p.mechanism, "note": p.note,
+                                 "state": "loaded" if self.active else "prepared"}
+            if self.pin_dir is not None:
+                persistent, why = self._pins.get(id(obj), (False, "not attached yet"))
+                h["persistent"], h["persistence"] = persistent, why
+            hooks.append(h)
         hooks += self.skipped
         c = self.counters() if not self._unloaded else {}
         mem = 0
@@ -1062,12 +1174,27 @@ class HookSet:
                 "state": "unloaded" if self._unloaded else "loaded"}
 
     def unload(self) -> None:
+        """Detach and free every hook object of the section, its pins first (`PolicyHandle.unload`)."""
+        self._close(keep_pinned=False)
+
+    def release(self) -> None:
+        """The agent stops and enforcement persists: drop this process's hold, pinned hooks stay attached
+        (`PolicyHandle.release`)."""
+        self._close(keep_pinned=True)
+
+    def _close(self, keep_pinned: bool) -> None:
         with self.ring.lock:
             hooks = {k: v for k, v in self.ring.hooks.items() if v[2] is not self}
             self.ring.hooks = hooks
         for _plan, obj in self.objects:
+            if not keep_pinned:
+                for link in obj.links:
+                    try:
+                        link.unpin()
+                    except OSError:
+                        pass
             try:
-                obj.close()
+                obj.close(keep_pinned=keep_pinned)
             except Exception:
                 pass
             objs = getattr(self.ctx, "objects", None)
@@ -1076,9 +1203,29 @@ class HookSet:
                     objs.remove(obj)
                 except ValueError:
                     pass
+        if not keep_pinned and self.pin_dir is not None:
+            _remove_pins(self.pin_dir)
         self.objects = []
+        self._attach = []
         self._scope_maps = []
         self._unloaded = True
+        self.active = False
+
+
+def _remove_pins(pin_dir: str) -> None:
+    """Remove what a section pinned under ``pin_dir`` (map pins, empty directories); the directory itself is
+    the host's."""
+    for root, dirs, files in os.walk(pin_dir, topdown=False):
+        for f in files:
+            try:
+                os.unlink(os.path.join(root, f))
+            except OSError:
+                pass
+        if root != pin_dir:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
 
 
 class HookSensor:
@@ -1138,12 +1285,19 @@ class HookSensor:
         self.plan(policy)
 
     def load_policy(self, policy: Any) -> HookSet:
-        """Load a section (`PolicySensor.load_policy`), bounded to ``policy.scope`` when it has one."""
+        """Load a section in one step (`PolicySensor.load_policy`), bounded to ``policy.scope`` when it has one."""
+        hs = self.prepare_policy(policy)
+        hs.commit()
+        return hs.activate()
+
+    def prepare_policy(self, policy: Any) -> HookSet:
+        """Round 1 of a transaction (`TransactionalPolicySensor.prepare_policy`): the `HookSet` is the
+        prepared section (`commit`, `activate`, `abort`) and, once active, the handle."""
         if self.state != "running" or self.ring.obj is None:
             raise PolicyLoadError(f"{policy.section}", f"the {self.name} sensor is not running")
         plans = self.plan(policy)
         hs = self.handle_class(self.ctx, self.ring, policy.id, policy.name, policy.mode)
         hs.skipped = [s for s in getattr(self, "_skipped", {}).pop(policy.id, [])]
-        hs.load(plans, getattr(policy, "scope", None))
+        hs.prepare(plans, getattr(policy, "scope", None), getattr(policy, "pin_dir", None))
         self.handles = [h for h in self.handles if not h._unloaded] + [hs]
         return hs

@@ -280,7 +280,10 @@ struct sens_sock {
 
 const volatile struct sens_hook_cfg sens_cfg = {};
 
-/* Live policy mode: key 0 -> 0 enforcement, 1 monitoring. */
+/* Live policy mode: key 0 -> 0 enforcement, 1 monitoring, 2 inactive (SENS_MODE_INACTIVE: loaded and
+ * attached as part of a policy transaction that is not committed yet: every hook returns at once, posts
+ * nothing, enforces nothing). */
+#define SENS_MODE_INACTIVE 2
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

@@ -32,10 +32,18 @@ static __always_inline long sens_submit(void *data, __u64 size)
 	return bpf_ringbuf_output(&sens_events, data, size, flags);
 }
 
+/*
+ * Every hook starts here. A hook of a policy transaction that is attached but not yet committed
+ * (sens_mode SENS_MODE_INACTIVE, set by user space between load and attach) does nothing at all: a policy
+ * that fails at its last attach never posted an event or enforced (sensorium.hookspecs, PreparedSection).
+ */
 static __always_inline struct sens_scratch *sens_begin(void)
 {
 	__u32 zero = 0;
+	__u32 *mode = bpf_map_lookup_elem(&sens_mode, &zero);
 
+	if (!mode || *mode == SENS_MODE_INACTIVE)
+		return NULL;
 	if ((sens_cfg.flags & SENS_CFG_CGROUP_SCOPED) && !sens_task_in_scope(&sens_scope))
 		return NULL;
 	return bpf_map_lookup_elem(&sens_scratch_map, &zero);
