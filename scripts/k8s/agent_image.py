@@ -289,8 +289,18 @@ def image_name() -> str:
 
 
 def build() -> dict[str, str]:
-    """Build (what changed) and write the OCI image-layout tarball; {tar, name, digest, size, layers}."""
+    """Build (what changed) and write the OCI image-layout tarball; {tar, name, digest, size, layers}.
+    One build at a time (setup and a test session may start one together): the others wait, then find
+    the layers built."""
+    import fcntl
+
     WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build()
+
+
+def _build() -> dict[str, str]:
     t0 = time.monotonic()
     base = base_layer()
     deps = deps_layer(base)
