@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Arguments of `sensorium run`, e.g. `make run ARGS='--config examples/agent.yaml'`
 ARGS ?=
 
-.PHONY: setup run test test-host test-vm vm-prepare k8s-setup bench fuzz clean distclean
+.PHONY: setup run test test-host test-vm vm-prepare k8s-setup image cluster-up cluster-down bench fuzz clean distclean
 
 setup:
 	@bash scripts/setup.sh
@@ -44,6 +44,20 @@ vm-prepare:
 
 k8s-setup: setup
 	bash scripts/k8s/setup.sh
+
+# The agent's OCI image from Debian's archive and PyPI, without a container engine (the Dockerfile builds the
+# same with `docker build .`); cached per layer. With a cluster up (make cluster-up), also imported into it.
+image: setup
+	@$(VENV)/bin/python scripts/k8s/agent_image.py build
+	@if bash scripts/k8s/cluster.sh status >/dev/null 2>&1; then \
+	    $(VENV)/bin/python scripts/k8s/agent_image.py import /run/sensorium-cluster/containerd.sock; fi
+
+# A real single-node cluster on this machine (scripts/k8s/cluster.sh); `up` prints the KUBECONFIG path.
+cluster-up: k8s-setup
+	bash scripts/k8s/cluster.sh up
+
+cluster-down:
+	bash scripts/k8s/cluster.sh down
 
 # The long fuzzing run (the suite runs a bounded one): every coverage-guided target for FUZZ_SECONDS each
 # (tests/fuzz/run.py; findings land in build/fuzz/artifacts/), then the property-based tests with random

@@ -343,7 +343,7 @@ class Agent:
             # scopes from the pod watcher and the kubepods cgroups, live.
             from sensorium.k8s.scope import ScopeProvider
 
-            self.scope_provider = ScopeProvider(self.enricher.watcher)
+            self.scope_provider = ScopeProvider(self.enricher.watcher, cgroup_root=self.cfg.kubernetes.cgroup_root)
         self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics, scope_provider=self.scope_provider,
                                       persistence=self.enforcement_store)
         if self.enforcement_store is not None:

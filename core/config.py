@@ -123,6 +123,8 @@ class KubernetesConfig(Strict):
     watch_timeout_s: int = Field(default=300, ge=10, le=3600)
     resolve_workloads: bool = Field(default=True, description="Read ReplicaSets/Jobs to name Deployments/CronJobs")
     policy_crds: bool = Field(default=True, description="Load TracingPolicy custom resources from the API server")
+    cgroup_root: str = Field(default="/", pattern=r"^/[A-Za-z0-9_.@/-]*$",
+                             description="The kubelet's --cgroup-root (cgroupRoot): where its kubepods cgroup sits")
 
 
 class ExporterItem(BaseModel):

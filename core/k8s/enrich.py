@@ -100,7 +100,7 @@ class Enricher:
         self._held: "collections.OrderedDict[str, collections.deque[tuple[float, Event]]]" = collections.OrderedDict()
         self._n_held = 0
         self._lock = threading.Lock()
-        self.stats: dict[str, int] = {
+        self.counts: dict[str, int] = {
             "container_events": 0, "with_pod": 0, "held": 0, "released_resolved": 0,
             "released_unresolved": 0, "dropped_over_limit": 0, "host_events": 0, "non_pod_containers": 0,
         }
@@ -166,7 +166,7 @@ class Enricher:
                 process = ev.body.get("process")
                 cid = container_id_of(process) if isinstance(process, Mapping) else None
                 if not cid:
-                    self.stats["host_events"] += 1
+                    self.counts["host_events"] += 1
                     out.append(self.enrich(ev))
                     continue
                 if isinstance(process, Mapping) and "pod_unresolved" in process:
@@ -175,31 +175,31 @@ class Enricher:
                 queue = self._held.get(cid)
                 if queue is None and isinstance(process, Mapping) and self.pods.synced \
                         and self.pods.container(cid) is None and outside_kubernetes(process):
-                    self.stats["non_pod_containers"] += 1
+                    self.counts["non_pod_containers"] += 1
                     out.append(self.enrich(ev, unresolved_reason="not a Kubernetes pod's container "
                                                                  "(no pod in its cgroup path)"))
                     continue
-                self.stats["container_events"] += 1
+                self.counts["container_events"] += 1
                 # Keep per-container order: behind held events of the same container, wait too.
                 if queue is None and (isinstance(process, Mapping) and "pod" in process
                                       or self.pods.container(cid) is not None):
-                    self.stats["with_pod"] += 1
+                    self.counts["with_pod"] += 1
                     out.append(self.enrich(ev))
                     continue
                 if self.max_held <= 0:
-                    self.stats["released_unresolved"] += 1
+                    self.counts["released_unresolved"] += 1
                     out.append(self.enrich(ev, unresolved_reason="holding disabled (hold_max_events: 0)"))
                     continue
                 if self._n_held >= self.max_held:
                     # Bounded memory: the oldest held event goes out now, without its pod.
-                    self.stats["dropped_over_limit"] += 1
+                    self.counts["dropped_over_limit"] += 1
                     out.extend(self._pop_oldest(now))
                     queue = self._held.get(cid)  # popping may have emptied (and dropped) this very queue
                 if queue is None:
                     queue = self._held[cid] = collections.deque()
                 queue.append((now + self.hold_s, ev))
                 self._n_held += 1
-                self.stats["held"] += 1
+                self.counts["held"] += 1
             return out
 
     def flush(self) -> list[Event]:
@@ -210,10 +210,14 @@ class Enricher:
     def pending(self) -> int:
         return self._n_held
 
+    def stats(self) -> dict[str, int]:
+        """The counters (a pipeline stage's ``stats()``: `Pipeline.stats` reports it under ``stages``)."""
+        return dict(self.counts)
+
     def status(self) -> dict[str, Any]:
-        total = self.stats["container_events"]
-        share = (self.stats["with_pod"] + self.stats["released_resolved"]) / total if total else None
-        return {"held_now": self._n_held, "hold_s": self.hold_s, "pod_share": share, **self.stats}
+        total = self.counts["container_events"]
+        share = (self.counts["with_pod"] + self.counts["released_resolved"]) / total if total else None
+        return {"held_now": self._n_held, "hold_s": self.hold_s, "pod_share": share, **self.counts}
 
     def _pop_oldest(self, now: float) -> list[Event]:
         cid, queue = next(iter(self._held.items()))
@@ -225,9 +229,9 @@ class Enricher:
 
     def _finish(self, cid: str, ev: Event, now: float, force: bool) -> Event:
         if self.pods.container(cid) is not None:
-            self.stats["released_resolved"] += 1
+            self.counts["released_resolved"] += 1
             return self.enrich(ev)
-        self.stats["released_unresolved"] += 1
+        self.counts["released_unresolved"] += 1
         if not self.pods.synced:
             why = "pod watcher not synced with the API server"
         elif force:

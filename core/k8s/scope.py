@@ -41,7 +41,8 @@ __all__ = ["LabelSelector", "PodScope", "PodCgroups", "ScopeTracker", "ScopeProv
            "KUBEPODS_ROOTS"]
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-# The kubelet's top cgroup per driver (cgroupfs / systemd), directly under each hierarchy's root.
+# The kubelet's top cgroup per driver (cgroupfs / systemd), directly under its cgroup root (its --cgroup-root,
+# "/" unless set: then directly under each hierarchy's root).
 KUBEPODS_ROOTS = ("kubepods", "kubepods.slice")
 # QoS classes below it; Guaranteed pods sit directly under the root.
 _QOS_DIRS = ("besteffort", "burstable", "kubepods-besteffort.slice", "kubepods-burstable.slice")
@@ -219,8 +220,11 @@ class PodCgroups:
     when inotify is missing or a watch could not be added). Listeners get ``cb(added_uids, removed_uids)``.
     """
 
-    def __init__(self, mounts: Mapping[str, str] | None = None, poll_s: float | None = None) -> None:
+    def __init__(self, mounts: Mapping[str, str] | None = None, poll_s: float | None = None,
+                 cgroup_root: str = "/") -> None:
         self.mounts = dict(mounts if mounts is not None else hierarchy_mounts())
+        # The kubelet's --cgroup-root, relative to each hierarchy's mount ("" for the default "/").
+        self.cgroup_root = cgroup_root.strip("/")
         self._ino: _Inotify | None
         try:
             self._ino = _Inotify()
@@ -311,7 +315,7 @@ class PodCgroups:
         out = []
         for hier, mnt in sorted(self.mounts.items()):
             for name in KUBEPODS_ROOTS:
-                top = os.path.join(mnt, name)
+                top = os.path.join(mnt, self.cgroup_root, name) if self.cgroup_root else os.path.join(mnt, name)
                 if os.path.isdir(top):
                     out.append((hier, top, True))
                     for q in _QOS_DIRS:
@@ -339,7 +343,8 @@ class PodCgroups:
         self.scans += 1
         if self._ino is not None:
             for mnt in self.mounts.values():
-                self._ino.watch(mnt)  # kubepods itself may come (and go) later
+                # kubepods itself may come (and go) later
+                self._ino.watch(os.path.join(mnt, self.cgroup_root) if self.cgroup_root else mnt)
         pods: dict[str, dict[str, str]] = {}
         roots: dict[str, list[str]] = {}
         for hier, d, is_root in self._levels():
@@ -540,9 +545,10 @@ class ScopeProvider:
     """What the agent's `PolicyManager` uses to scope policies: one `PodCgroups` scanner shared by the
     `ScopeTracker` of every scoped policy, on the agent's `PodWatcher`."""
 
-    def __init__(self, watcher: Any, cgroups: PodCgroups | None = None) -> None:
+    def __init__(self, watcher: Any, cgroups: PodCgroups | None = None, cgroup_root: str = "/") -> None:
         self.watcher = watcher
         self.cgroups = cgroups
+        self.cgroup_root = cgroup_root  # the kubelet's --cgroup-root
         self._lock = threading.Lock()
 
     def track(self, policy: Any, on_update: Callable[[Scope], None]) -> ScopeTracker:
@@ -550,7 +556,7 @@ class ScopeProvider:
         scope = PodScope.of_policy(policy)
         with self._lock:
             if self.cgroups is None:
-                self.cgroups = PodCgroups().start()
+                self.cgroups = PodCgroups(cgroup_root=self.cgroup_root).start()
         return ScopeTracker(self.watcher, scope, on_update=on_update, cgroups=self.cgroups)
 
     def status(self) -> dict[str, Any]:

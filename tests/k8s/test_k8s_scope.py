@@ -264,6 +264,19 @@ def test_hierarchy_mounts_seen_from_an_agent_pod(tmp_path: Any) -> None:
     assert hierarchy_mounts(str(mi)) == {"cgroup2": "/sys/fs/cgroup/unified", "memory": "/sys/fs/cgroup/memory"}
 
 
+def test_pod_cgroups_below_the_kubelets_cgroup_root(tmp_path: Any) -> None:
+    """A kubelet started with --cgroup-root=/sensorium-cluster makes /sensorium-cluster/kubepods/...: with
+    ``kubernetes.cgroup_root`` set the same, pods are found there (and /kubepods at the root is not ours)."""
+    uid = "0e9c2a1b-5a5d-4c1e-9b1e-2f3c4d5e6f70"
+    pod = tmp_path / "sensorium-cluster" / "kubepods" / "besteffort" / f"pod{uid}"
+    pod.mkdir(parents=True)
+    (tmp_path / "kubepods" / "besteffort" / "pod11111111-2222-3333-4444-555555555555").mkdir(parents=True)
+    pc = PodCgroups(mounts={"cgroup2": str(tmp_path)}, poll_s=0.1, cgroup_root="/sensorium-cluster")
+    assert pc.pod_dirs(uid) == {"cgroup2": str(pod)}
+    assert pc.roots() == {"cgroup2": [str(tmp_path / "sensorium-cluster" / "kubepods")]}
+    assert pc.pod_dirs("11111111-2222-3333-4444-555555555555") == {}
+
+
 @pytest.mark.parametrize("kind,ns,extra,want", [
     ("TracingPolicy", None, "  hostSelector: {}\n", dict(host=True, pods=False, namespace=None)),
     ("TracingPolicy", None, "  hostSelector: {}\n  podSelector: {matchLabels: {app: a}}\n",
