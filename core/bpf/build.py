@@ -169,11 +169,36 @@ def _source_files(dirs: Iterable[Path]) -> list[tuple[str, Path]]:
 
 @functools.lru_cache(maxsize=8)
 def _clang_version(clang: str) -> str:
+    """``clang --version`` (part of every object's cache key), remembered in the cache directory per clang
+    binary (path, size, mtime): a cold start of clang costs 30 s and more in the VM lane's emulated guests,
+    where the objects themselves are prebuilt on the host."""
     try:
-        proc = subprocess.run([clang, "--version"], capture_output=True, timeout=30)
+        real = os.path.realpath(clang)
+        st = os.stat(real)
+        key = hashlib.sha256(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:32]
     except OSError as e:
         raise BuildError(f"cannot run clang ({clang}): {e}") from e
-    return proc.stdout.decode(errors="replace")
+    memo = cache_dir() / "clang-version" / key
+    try:
+        return memo.read_text()
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        proc = subprocess.run([clang, "--version"], capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"clang ({clang}) did not answer --version within 300 s") from None
+    except OSError as e:
+        raise BuildError(f"cannot run clang ({clang}): {e}") from e
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode == 0 and out:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(out)
+            tmp.replace(memo)
+        except OSError:
+            pass  # a read-only cache: ask clang again next time
+    return out
 
 
 def build_object(probe: ProbeSource, btf: Path | None = None, host_include: Path | None = None) -> Path:
