@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from sensorium.bpf.probe import BPFFS, ensure_bpffs
+
 __all__ = ["EnforcementStore", "PinnedGeneration", "UntrustedFile", "bpffs_of", "remove_pin_tree", "atomic_write",
            "read_owned", "owned_dir_problem"]
 
@@ -195,6 +197,10 @@ def _remove(path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _under(path: Path, top: Path) -> bool:
+    return os.path.abspath(path) == str(top) or os.path.abspath(path).startswith(str(top) + "/")
+
+
 def bpffs_of(path: Path) -> str | None:
     """The bpffs mount point ``path`` would be under, or None when the deepest mount holding it is another
     filesystem (a pin outside bpffs is refused by the kernel)."""
@@ -288,6 +294,11 @@ class EnforcementStore:
         missing (mode 0700) and changes nothing that exists: a state directory or pin root that is not the
         agent's own is a start error, so what a previous agent pinned stays as it is (and enforcing)."""
         keep = "; nothing was changed: what a previous agent pinned keeps enforcing"
+        if bpffs_of(self.pin_root) is None and _under(self.pin_root, Path(BPFFS)):
+            try:  # the persistence asked for is the reason to mount it (and to leave it mounted)
+                ensure_bpffs()
+            except OSError as exc:
+                return ("pin_dir", f"cannot mount bpffs on {BPFFS} for {self.pin_root}: {exc.strerror}")
         if bpffs_of(self.pin_root) is None:
             return ("pin_dir", f"{self.pin_root} is not in a bpffs mount (mount -t bpf bpf /sys/fs/bpf): the kernel "
                                "pins links and maps only there")

@@ -47,8 +47,9 @@ mount_if_absent() {  # fstype target
     else log "mount: could not mount $fstype on $target"; fi
 }
 mount_if_absent tracefs /sys/kernel/tracing
-mount_if_absent bpf /sys/fs/bpf
 mount_if_absent securityfs /sys/kernel/security
+# No bpffs: nothing but pinning needs it (enforcement.persist mounts /sys/fs/bpf itself), and a bpffs mount
+# is not empty on kernels with CONFIG_BPF_PRELOAD (progs.debug, maps.debug).
 
 # --- Python venv -----------------------------------------------------------------------------------
 PY="${PYTHON:-python3}"

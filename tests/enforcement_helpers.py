@@ -224,8 +224,18 @@ spec:
 
 
 def new_pin_root() -> Path:
-    """A pin root of this test's own under /sys/fs/bpf (removed by `remove_pins`)."""
-    return Path("/sys/fs/bpf") / f"sensorium-test-{os.getpid()}-{secrets.token_hex(4)}"
+    """A pin root of this test's own, in a bpffs instance of its own: a fresh mount (mode 0700) on a
+    temporary directory, so nothing the test pins can appear under the machine's /sys/fs/bpf, and
+    `remove_pins` unmounts it (a bpffs mount holds the kernel's own progs.debug/maps.debug too)."""
+    import subprocess
+    import tempfile
+
+    mnt = Path(tempfile.mkdtemp(prefix="sensorium-bpffs-"))
+    r = subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        mnt.rmdir()
+        raise RuntimeError(f"cannot mount a private bpffs on {mnt}: {r.stderr.strip()}")
+    return mnt / f"sensorium-test-{secrets.token_hex(4)}"
 
 
 def pins_under(root: Path) -> list[Path]:
@@ -237,10 +247,17 @@ def pins_under(root: Path) -> list[Path]:
 
 
 def remove_pins(root: Path) -> None:
-    """Remove everything under ``root`` (unpinned links detach: no block can outlive the test)."""
+    """Remove everything under ``root`` (unpinned links detach: no block can outlive the test), then the
+    private bpffs mount `new_pin_root` made for it."""
+    import subprocess
+
     from sensorium.persistence import remove_pin_tree
 
     remove_pin_tree(root)
+    mnt = root.parent
+    if mnt.name.startswith("sensorium-bpffs-") and os.path.ismount(mnt):
+        subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
+        mnt.rmdir()
 
 
 def figure(name: str, *, result: str, **numbers: Any) -> None:

@@ -101,15 +101,19 @@ def test_map_operations(loaded: BpfObject) -> None:
 
 
 def test_map_pin_and_unpin(loaded: BpfObject) -> None:
-    ensure_mounts()
-    path = Path("/sys/fs/bpf") / f"sensorium_test_{os.getpid()}_counts"
+    from enforcement_helpers import new_pin_root, remove_pins
+
+    root = new_pin_root()  # a bpffs instance of the test's own, unmounted by remove_pins
+    root.mkdir()
+    path = root / "counts"
     m = loaded.map("counts")
-    m.pin(path)
     try:
+        m.pin(path)
         assert path.exists()
-    finally:
         m.unpin(path)
-    assert not path.exists()
+        assert not path.exists()
+    finally:
+        remove_pins(root)
 
 
 def test_verifier_rejection_carries_the_verifier_message(obj_path: Path) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from enforcement_helpers import new_pin_root, remove_pins
-from sensorium.persistence import MAX_RECORD_BYTES, EnforcementStore, UntrustedFile, _hash
+from sensorium.persistence import MAX_RECORD_BYTES, EnforcementStore, UntrustedFile, _hash, remove_pin_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bpffs, chown)")
 
@@ -147,7 +149,7 @@ def test_a_link_in_the_pin_root_is_left_alone_and_what_it_points_to_is_never_rem
         assert sorted(i["path"] for i in store.ignored) == [str(store.pin_root / "evil@1"),
                                                             str(store.pin_root / "notagen")]
         assert any("is a symbolic link" in i["why"] for i in store.ignored)
-        remove_pins(store.pin_root)
+        remove_pin_tree(store.pin_root)
         assert (other / "inner").is_dir()
     finally:
         for p in (other / "inner", other):
@@ -176,3 +178,21 @@ def test_generations_made_under_a_permissive_umask_are_still_trusted(store):
         os.umask(old)
     assert [g.path for g in store.generations()] == [gen] and store.ignored == []
     assert [why for _f, _rec, why in store.kept_policies()] == [None]
+
+
+def test_persistence_mounts_bpffs_on_sys_fs_bpf_when_absent(tmp_path):
+    """Nothing mounts bpffs but pinning: a persistent agent whose pin root is under an unmounted /sys/fs/bpf
+    mounts it there. Run in a mount namespace of its own (unshare -m, private propagation), so the
+    machine's mounts are never touched."""
+    script = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from sensorium.persistence import EnforcementStore, bpffs_of\n"
+        "subprocess.run(['mount', '--make-rprivate', '/'], check=True)\n"
+        "subprocess.run(['umount', '/sys/fs/bpf'], capture_output=True)\n"
+        "assert bpffs_of(Path('/sys/fs/bpf/x')) is None, 'bpffs still mounted in the namespace'\n"
+        f"print(EnforcementStore(Path('/sys/fs/bpf/sensorium-t'), Path({str(tmp_path / 'state')!r})).check())\n"
+        "print(bpffs_of(Path('/sys/fs/bpf/sensorium-t')))\n")
+    r = subprocess.run(["unshare", "-m", sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["None", "/sys/fs/bpf"]

@@ -4,8 +4,8 @@ sock_addr programs (no BPF LSM), pinned in bpffs through their links; file_open 
 outlive the agent. The 6.12 guest runs the BPF LSM twin (tests/test_enforcement_bpf_lsm.py).
 
 The block names the pid of an exerciser process the test started in its own cgroup, and a port of the test's
-server: nothing else is refused. Every test uses a pin root of its own under /sys/fs/bpf and removes it
-at the end, whatever happened (removing the pins lifts the block).
+server: nothing else is refused. Every test uses a pin root of its own, in a bpffs instance mounted for it on a
+temporary directory, and removes both at the end, whatever happened (removing the pins lifts the block).
 """
 
 from __future__ import annotations

@@ -75,12 +75,16 @@ def _mount(fstype: str, target: str) -> None:
 
 
 def ensure_mounts() -> list[str]:
-    """Mount tracefs at /sys/kernel/tracing, bpffs at /sys/fs/bpf and securityfs at /sys/kernel/security
-    when they are not mounted there (needs root). Returns the mount points it mounted. A mount that
-    fails raises OSError naming it; the ones before it stay mounted (they are harmless and shared)."""
+    """Mount tracefs at /sys/kernel/tracing and securityfs at /sys/kernel/security when they are not
+    mounted there (needs root). Returns the mount points it mounted. A mount that fails raises OSError
+    naming it; the ones before it stay mounted (they are harmless and shared).
+
+    bpffs is not among them: loading, attaching and ring buffers need no bpffs; only pinning does
+    (`enforcement.persist`), and `ensure_bpffs` mounts it then. A bpffs mount is not free of content: on
+    kernels built with CONFIG_BPF_PRELOAD every new mount shows the kernel's own `progs.debug` and
+    `maps.debug` iterators, which is one more thing an agent that pins nothing should not leave behind."""
     done = []
-    for fstype, target, also in (("tracefs", TRACEFS, (DEBUG_TRACEFS,)), ("bpf", BPFFS, ()),
-                                 ("securityfs", SECURITYFS, ())):
+    for fstype, target, also in (("tracefs", TRACEFS, (DEBUG_TRACEFS,)), ("securityfs", SECURITYFS, ())):
         mounted = {mp for _, mp, t in _mounts() if t == fstype}
         if target in mounted or any(a in mounted for a in also):
             continue
@@ -89,6 +93,15 @@ def ensure_mounts() -> list[str]:
         _mount(fstype, target)
         done.append(target)
     return done
+
+
+def ensure_bpffs() -> bool:
+    """Mount bpffs at /sys/fs/bpf when nothing is mounted there (needs root); True when this call mounted
+    it. For pinning only: what is pinned there outlives the agent, so the mount stays."""
+    if any(mp == BPFFS and t == "bpf" for _, mp, t in _mounts()):
+        return False
+    _mount("bpf", BPFFS)
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
