@@ -187,17 +187,18 @@ spec:
 """
 
 
-def file_open_policy(name: str, path: str | os.PathLike[str], pid: int) -> str:
-    """file_open of ``path`` refused (EPERM) for the process ``pid`` only."""
+def lsm_block_policy(name: str, hook: str, arg_type: str, path: str | os.PathLike[str], pid: int) -> str:
+    """The lsm ``hook`` on ``path`` (its argument 0, of ``arg_type``) refused (EPERM) for the process ``pid``
+    only."""
     return f"""apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
   name: {name}
 spec:
   lsmhooks:
-  - hook: file_open
+  - hook: {hook}
     args:
-    - {{index: 0, type: file}}
+    - {{index: 0, type: {arg_type}}}
     selectors:
     - matchArgs:
       - {{index: 0, operator: Equal, values: ["{os.fspath(path)}"]}}
@@ -206,6 +207,11 @@ spec:
       matchActions:
       - {{action: Override, argError: -1}}
 """
+
+
+def file_open_policy(name: str, path: str | os.PathLike[str], pid: int) -> str:
+    """file_open of ``path`` refused (EPERM) for the process ``pid`` only."""
+    return lsm_block_policy(name, "file_open", "file", path, pid)
 
 
 def missing_function_policy(name: str) -> str:
@@ -280,16 +286,8 @@ def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Non
 # --------------------------------------------------------------------------------------------------
 # Attach points filled to the kernel's limit, so that a real attach of ours fails where a test wants it.
 
-class _ProgLoadOpts(ctypes.Structure):  # struct bpf_prog_load_opts (libbpf 1.x)
-    _fields_ = [("sz", ctypes.c_size_t), ("attempts", ctypes.c_int), ("expected_attach_type", ctypes.c_int),
-                ("prog_btf_fd", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
-                ("prog_ifindex", ctypes.c_uint32), ("kern_version", ctypes.c_uint32),
-                ("attach_btf_id", ctypes.c_uint32), ("attach_prog_fd", ctypes.c_uint32),
-                ("attach_btf_obj_fd", ctypes.c_uint32), ("fd_array", ctypes.c_void_p),
-                ("func_info", ctypes.c_void_p), ("func_info_cnt", ctypes.c_uint32),
-                ("func_info_rec_size", ctypes.c_uint32), ("line_info", ctypes.c_void_p),
-                ("line_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
-                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32), ("log_buf", ctypes.c_void_p)]
+# struct bpf_prog_load_opts (libbpf 1.x): the probe's own definition
+from sensorium.bpf.probe import _ProgLoadOpts  # noqa: E402
 
 
 class _LinkCreateOpts(ctypes.Structure):  # struct bpf_link_create_opts, enough of it for cgroup/tracing links

@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from enforcement_helpers import (Exerciser, FullAttachPoint, Loop, cli, figure, file_open_policy, new_pin_root,
-                                 pins_under, policy_list, remove_pins)
+from enforcement_helpers import (Exerciser, FullAttachPoint, Loop, cli, figure, file_open_policy, lsm_block_policy,
+                                 new_pin_root, pins_under, policy_list, remove_pins)
 from sensorium.policy import PolicyError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.needs("bpf_lsm", "lsm")]
@@ -33,23 +33,7 @@ ROUNDS = 20
 
 
 def truncate_policy(name: str, path: Path, pid: int) -> str:
-    return f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  lsmhooks:
-  - hook: path_truncate
-    args:
-    - {{index: 0, type: path}}
-    selectors:
-    - matchArgs:
-      - {{index: 0, operator: Equal, values: ["{path}"]}}
-      matchPIDs:
-      - {{operator: In, followForks: false, isNamespacePID: false, values: [{pid}]}}
-      matchActions:
-      - {{action: Override, argError: -1}}
-"""
+    return lsm_block_policy(name, "path_truncate", "path", path, pid)
 
 
 @pytest.fixture
