@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sensorium import __version__
+from sensorium import __version__, schema
 from sensorium.bpf.progstats import by_name, enable_stats, program_stats
 from sensorium.config import AgentConfig, validate_sensor_options
 from sensorium.events import Event, ktime_to_wall_ns
@@ -104,6 +104,7 @@ class Agent:
     def __init__(self, cfg: AgentConfig, registry: PluginRegistry | None = None, *,
                  shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S) -> None:
         self.cfg = cfg
+        schema.set_format(cfg.events.format)  # one format per process: an event's JSON is encoded once
         self.shutdown_grace_s = shutdown_grace_s
         self._stop_requested_at: float | None = None  # monotonic time of SIGTERM/SIGINT
         self.registry = registry or PluginRegistry(cfg.plugins.allow, cfg.plugins.deny).discover()

@@ -112,6 +112,15 @@ class EnforcementConfig(Strict):
         return v
 
 
+class EventsConfig(Strict):
+    format: Literal["tetragon", "extended"] = Field(
+        default="tetragon",
+        description="tetragon: every event decodes strictly with Tetragon's messages; extended: plus Sensorium's "
+        "own fields (cgroup, byte counts, mechanism, ...), for consumers that ignore unknown fields "
+        "(docs/events.md)",
+    )
+
+
 class KubernetesConfig(Strict):
     """Pod enrichment (sensorium.k8s): watch this node's pods and add ``pod`` to events."""
 
@@ -164,6 +173,7 @@ class AgentConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     enforcement: EnforcementConfig = Field(default_factory=EnforcementConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     network: bool = Field(default=False, description="Report TCP connect/accept/close and UDP sends: enables the network sensor")
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 

@@ -2,7 +2,8 @@
 
 An event is ``{"<kind>": {...body...}, "node_name": ..., "time": ...}``. Stages that change an event
 (filters, redaction, enrichment) return a new `Event` via `Event.replace`; the encoded JSON is computed
-once and shared by every exporter that takes the event unchanged.
+once and shared by every exporter that takes the event unchanged. The body holds everything the sensor
+knows; the JSON is its rendering in the configured format (`sensorium.schema`: Tetragon's by default).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Mapping
 
 import orjson
+
+from sensorium import schema as _schema
 
 EVENT_KINDS = (
     "process_exec",
@@ -82,9 +85,9 @@ class Event:
         return {self.kind: self.body, "node_name": self.node_name, "time": self.time}
 
     def json(self) -> bytes:
-        """The JSON encoding (no trailing newline), computed once."""
+        """The JSON encoding in the exported format (`sensorium.schema`; no trailing newline), computed once."""
         if self._json is None:
-            self._json = orjson.dumps(self.as_dict())
+            self._json = orjson.dumps(_schema.conform(self.as_dict()))
         return self._json
 
     def replace(self, **changes: Any) -> "Event":

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from sensorium import schema
 from sensorium import selectors as S
 from sensorium.events import Event, EventBatch, LazyEvent, json_lines, kinds_of, ktime_to_wall_ns
 from sensorium.filters import build_filters
@@ -151,11 +152,19 @@ def _records() -> tuple[dict[tuple[int, int], HookPlan], list[bytes]]:
     return plans, recs
 
 
+@pytest.fixture(params=schema.FORMATS)
+def event_format(request: pytest.FixtureRequest) -> Any:
+    """Each exported format in turn (sensorium.schema): the paths must agree in both."""
+    schema.set_format(request.param)
+    yield request.param
+    schema.set_format("tetragon")
+
+
 CACHE = _Cache({4242: (PROC, PARENT), 7: (dict(PROC, pid=7), None), 8: ({"pid": 8, "binary": "/b"}, {})})
 
 
 @pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
-def test_fast_json_is_byte_identical_to_the_generic_encoding(cache: Any) -> None:
+def test_fast_json_is_byte_identical_to_the_generic_encoding(cache: Any, event_format: str) -> None:
     plans, recs = _records()
     fast_ring, generic_ring = _ring(plans, cache), _ring(plans, cache)
     fast = fast_ring.decode(recs)
@@ -176,7 +185,7 @@ def test_fast_json_is_byte_identical_to_the_generic_encoding(cache: Any) -> None
     # made on demand: same JSON, and a body that encodes to it (what filters and stages read)
     for made, ev in zip(fast, generic):
         assert isinstance(made, LazyEvent)
-        assert made.json() == ev.json() == orjson.dumps(made.as_dict())
+        assert made.json() == ev.json() == orjson.dumps(schema.conform(made.as_dict()))  # the body, rendered
         assert made.body == ev.body and made.process == ev.process and made.time == ev.time
 
 
@@ -279,7 +288,8 @@ def _need_native() -> None:
 
 
 @pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
-def test_native_formatter_is_byte_identical_to_the_python_path(monkeypatch: pytest.MonkeyPatch, cache: Any) -> None:
+def test_native_formatter_is_byte_identical_to_the_python_path(monkeypatch: pytest.MonkeyPatch, cache: Any,
+                                                               event_format: str) -> None:
     _need_native()
     plans, recs = _records()
     ring = _ring(plans, cache)
@@ -298,7 +308,7 @@ def test_native_formatter_is_byte_identical_to_the_python_path(monkeypatch: pyte
 
 @pytest.mark.parametrize("cache", [None, CACHE], ids=["no-cache", "cache"])
 def test_native_whole_batch_path_matches_python_and_the_generic_encoding(monkeypatch: pytest.MonkeyPatch,
-                                                                         cache: Any) -> None:
+                                                                         cache: Any, event_format: str) -> None:
     """A batch of usual records only (the storm's case): rendered whole, heads joined per process/thread."""
     _need_native()
     plans, _ = _records()

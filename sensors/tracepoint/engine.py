@@ -29,6 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensorium import events as _events
+from sensorium import schema
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.events import Event, EventBatch, LazyEvent
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
@@ -102,15 +103,17 @@ class HookPlan:
     ret_fast: tuple | None = None
 
     def __post_init__(self) -> None:
-        # Per argument, what the decoder can render inline: (json key, value mask, sign bit) for plain
-        # integers, (json key,) for plain strings; None means "call the general renderer".
+        # Per argument, what the decoder can render inline: (json key, value mask, sign bit, quoted) for
+        # plain integers (quoted: a 64-bit integer, a JSON string as in Tetragon's JSON), (json key,) for
+        # plain strings; None means "call the general renderer".
         fast: list[tuple[S.ArgPlan, tuple | None]] = []
         for ap in self.args:
             f: tuple | None = None
             if ap.label is None and ap.json_key not in ("syscall_id",):
                 if ap.kind == S.ARG_INT:
                     bits = ap.size * 8
-                    f = (ap.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64)
+                    f = (ap.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64,
+                         ap.json_key in _I64_ARGS)
                 elif ap.json_key == "string_arg":
                     f = ("string_arg",)
             fast.append((ap, f))
@@ -119,7 +122,8 @@ class HookPlan:
         self.ret_fast = None
         if rp is not None and rp.label is None and rp.json_key != "syscall_id":
             bits = rp.size * 8
-            self.ret_fast = (rp.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if rp.signed else 1 << 64)
+            self.ret_fast = (rp.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if rp.signed else 1 << 64,
+                             rp.json_key in _I64_ARGS)
 
 
 # ---- early rejection of opened files (struct sens_pq_cfg in selectors.h) -----------------------------
@@ -307,6 +311,7 @@ class EventRing:
         unsafe = _UNSAFE
         dumps = orjson.dumps
         cur_secs, cur_time = -1, b""
+        ext = schema.extended()  # our own fields (cgroup_id) too
         add_head, add_rest, add_rec = heads.append, rests.append, recs.append
         nat = self._native(records, tail_node, boot) if records else None
         if nat is not None:
@@ -360,7 +365,7 @@ class EventRing:
                 add_rec(rec)
                 continue
             if quick is not None:  # the hook's usual record shape in one format (see _quick_rest)
-                rest = quick(rec, end, flags, retval, actions, cgroup_id, cur_time, nanos)
+                rest = quick(rec, end, flags, retval, actions, cgroup_id if ext else 0, cur_time, nanos)
                 if rest is not None:
                     hs.events += 1
                     resolved = resolved and state == 1
@@ -390,14 +395,14 @@ class EventRing:
                         pos = -1  # the value is cut
                         break
                     pos += 8
-                    if fast is not None and len(fast) == 3:  # a plain integer (the kind the plan expects)
-                        jkey, mask, sign = fast
+                    if fast is not None and len(fast) == 4:  # a plain integer (the kind the plan expects)
+                        jkey, mask, sign, q = fast
                         v &= mask
                         if v >= sign:
                             v -= sign << 1
-                        parts.append(b'{"%b":%d}' % (jkey, v))
+                        parts.append((b'{"%b":"%d"}' if q else b'{"%b":%d}') % (jkey, v))
                     else:
-                        parts.append(dumps(_render_int(ap, v)))
+                        parts.append(dumps(schema.conform_arg(_render_int(ap, v))))
                 else:
                     raw = rec[pos:pos + alen]
                     pos += (alen + 7) & ~7
@@ -409,30 +414,31 @@ class EventRing:
                         else:
                             parts.append(b'{"string_arg":%b}' % dumps(raw.decode("utf-8", "backslashreplace")))
                     else:
-                        parts.append(dumps(_render_bytes(ap, raw, aflags)))
+                        parts.append(dumps(schema.conform_arg(_render_bytes(ap, raw, aflags))))
             if pos != end:  # an argument cut, of another kind, or bytes the hook's arguments do not explain
                 dropped["bad_argument"] += 1
                 continue
             hs.events += 1
             resolved = resolved and state == 1
-            if flags & 2 and plan.return_plan is not None:  # S.EV_HAS_RET
+            if flags & 2 and plan.return_plan is not None and schema.exported(plan.kind, "return"):  # S.EV_HAS_RET
                 rf = plan.ret_fast
                 if rf is not None:
-                    rkey, mask, sign = rf
+                    rkey, mask, sign, q = rf
                     v = retval & mask
                     if v >= sign:
                         v -= sign << 1
-                    tail = b'],"return":{"%b":%d}%b' % (rkey, v, pname)
+                    tail = (b'],"return":{"%b":"%d"}%b' if q else b'],"return":{"%b":%d}%b') % (rkey, v, pname)
                 else:
-                    tail = (b'],"return":' + dumps(_render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF))
+                    tail = (b'],"return":'
+                            + dumps(schema.conform_arg(_render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)))
                             + pname)
             else:
                 tail = b"]" + pname
             if actions & 6:  # S.ACT_SIGKILL | S.ACT_SIGNAL
-                act = b"," + dumps(_action_fields(plan, sel, actions, flags))[1:-1]
+                act = b"," + dumps(schema.conform_body(plan.kind, _action_fields(plan, sel, actions, flags)))[1:-1]
             else:
                 act = b',"action":"KPROBE_ACTION_POST"'
-            if cgroup_id:
+            if cgroup_id and ext:
                 act += b',"cgroup_id":%d' % cgroup_id
             add_head(head)
             add_rest(b',"args":[%b%b%b%b.%09dZ"}\n' % (b",".join(parts), tail, act, cur_time, nanos))
@@ -550,14 +556,14 @@ class EventRing:
                 proc = parent = None
         pname = b',"policy_name":' + orjson.dumps(policy_name)
         kind = b'{"' + plan.kind.encode() + b'":{"process":'
-        mid = _json_middle(plan.body)
+        mid = _json_middle(schema.conform_body(plan.kind, plan.body))
         if not proc:
             ctxs.append((plan, policy_name, None, None))
             return len(ctxs) - 1, kind.replace(b"%", b"%%") + b'{"pid":%d,"tid":%d}' + mid.replace(b"%", b"%%"), \
                 pname, plan, hs, 0
-        head = kind + orjson.dumps(proc)
+        head = kind + orjson.dumps(schema.conform_process(proc))
         if parent:
-            head += b',"parent":' + orjson.dumps(parent)
+            head += b',"parent":' + orjson.dumps(schema.conform_process(parent))
         else:
             parent = None
         ctxs.append((plan, policy_name, proc, parent))
@@ -608,6 +614,7 @@ class EventRing:
         return out
 
 
+_I64_ARGS = schema.i64_keys("tetragon.KprobeArgument")  # size_arg, long_arg: JSON strings in Tetragon's JSON
 _ARGQ = struct.Struct("<BBHIQ")  # sens_arg_rec and the 8 bytes after it (an integer's value)
 
 _UNSAFE = re.compile(rb'[\x00-\x1f"\\\x80-\xff]').search  # bytes a JSON string cannot hold as they are
@@ -629,14 +636,14 @@ def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None]
         if fast is None:
             return None
         if ap.kind == S.ARG_INT:
-            key, mask, sign = fast
+            key, mask, sign, quote = fast
             src += ["    if pos + 16 > end:", "        return None",
                     "    k, f, l, _, v%d = unpack_argq(rec, pos)" % i, "    if k != 1:", "        return None",
                     "    v%d &= %d" % (i, mask)]
             if sign <= mask:
                 src += ["    if v%d >= %d:" % (i, sign), "        v%d -= %d" % (i, sign << 1)]
             src += ["    pos += 16"]
-            fmts.append(b'{"' + lit(key) + b'":%d}')
+            fmts.append(b'{"' + lit(key) + (b'":"%d"}' if quote else b'":%d}'))
         elif fast == ("string_arg",):
             src += ["    if pos + 8 > end:", "        return None", "    k, f, l, _ = unpack_arg(rec, pos)",
                     "    if k != %d or f or pos + 8 + ((l + 7) & ~7) > end:" % ap.kind, "        return None",
@@ -655,13 +662,13 @@ def _quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None]
     vals = ", ".join(values + [""])
     src += ["    if pos != end:", "        return None"]  # more data than these arguments: the general path decides
     t = {"T": args + pname + end, "TC": args + pname + b',"cgroup_id":%d' + end}
-    if plan.return_plan is not None:
+    if plan.return_plan is not None and schema.exported(plan.kind, "return"):
         src += ["    if flags & 2:"]
         if plan.ret_fast is None:
             src += ["        return None"]
         else:
-            key, mask, sign = plan.ret_fast
-            ret = b',"return":{"' + lit(key) + b'":%d}'
+            key, mask, sign, quote = plan.ret_fast
+            ret = b',"return":{"' + lit(key) + (b'":"%d"}' if quote else b'":%d}')
             t["R"] = args + ret + pname + end
             t["RC"] = args + ret + pname + b',"cgroup_id":%d' + end
             src += ["        r = retval" if mask == (1 << 64) - 1 and sign == 1 << 63 else "        r = retval & %d" % mask]

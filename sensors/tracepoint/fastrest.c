@@ -27,9 +27,13 @@ struct sf_hook {
 	uint8_t akind[MAX_ARGS];   /* 1: plain integer, 2: plain string_arg */
 	uint8_t abits[MAX_ARGS];   /* 8, 16, 32 or 64 */
 	uint8_t asigned[MAX_ARGS];
-	uint8_t rbits, rsigned, pad[6];
+	uint8_t rbits, rsigned;
+	uint8_t aquote;  /* bit a: argument a is a 64-bit integer, a JSON string in Tetragon's JSON ("123") */
+	uint8_t rquote;  /* the same for the return value */
+	uint8_t cgroup;  /* 1: append the record's cgroup_id (the `extended` event format) */
+	uint8_t pad[3];
 	uint32_t frag_off[MAX_ARGS], frag_len[MAX_ARGS]; /* text before each argument's value */
-	uint32_t ret_off, ret_len;  /* ,"return":{"key": */
+	uint32_t ret_off, ret_len;  /* ,"return":{"key": (and the opening quote when rquote) */
 	uint32_t pn_off, pn_len;    /* ,"policy_name":...,"action":"KPROBE_ACTION_POST" */
 };
 
@@ -194,7 +198,10 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 				}
 				put(&o, frags + k->frag_off[a], k->frag_len[a]);
 				put_int(&o, rd64(p + pos + 8), k->abits[a], k->asigned[a]);
-				put(&o, "}", 1);
+				if (k->aquote & (1u << a))
+					put(&o, "\"}", 2);
+				else
+					put(&o, "}", 1);
 				pos += 16;
 			} else if (k->akind[a] == 2) {
 				if (pos + 8 > end) {
@@ -225,7 +232,10 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 			} else {
 				put(&o, frags + k->ret_off, k->ret_len);
 				put_int(&o, retval, k->rbits, k->rsigned);
-				put(&o, "}", 1);
+				if (k->rquote)
+					put(&o, "\"}", 2);
+				else
+					put(&o, "}", 1);
 			}
 		}
 		if (bad || o.full) {
@@ -234,7 +244,7 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 			continue;
 		}
 		put(&o, frags + k->pn_off, k->pn_len);
-		if (cgroup_id) {
+		if (cgroup_id && k->cgroup) {
 			put(&o, ",\"cgroup_id\":", 13);
 			put_u64(&o, cgroup_id);
 		}

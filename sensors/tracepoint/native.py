@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from sensorium import schema
 from sensorium.bpf.native import build_shared, native_enabled
 from sensorium.bpf.ringbuf import RecordBlob
 
@@ -36,7 +37,8 @@ class SfHook(ctypes.Structure):
     _fields_ = [("policy_id", ctypes.c_uint32), ("hook_id", ctypes.c_uint32), ("nargs", ctypes.c_int32),
                 ("ret", ctypes.c_int32), ("akind", ctypes.c_uint8 * MAX_ARGS), ("abits", ctypes.c_uint8 * MAX_ARGS),
                 ("asigned", ctypes.c_uint8 * MAX_ARGS), ("rbits", ctypes.c_uint8), ("rsigned", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 6), ("frag_off", ctypes.c_uint32 * MAX_ARGS),
+                ("aquote", ctypes.c_uint8), ("rquote", ctypes.c_uint8), ("cgroup", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 3), ("frag_off", ctypes.c_uint32 * MAX_ARGS),
                 ("frag_len", ctypes.c_uint32 * MAX_ARGS), ("ret_off", ctypes.c_uint32), ("ret_len", ctypes.c_uint32),
                 ("pn_off", ctypes.c_uint32), ("pn_len", ctypes.c_uint32)]
 
@@ -102,11 +104,12 @@ class Formatter:
             if desc is None:
                 continue
             args, ret = desc
-            for a, (kind, key, bits, signed) in enumerate(args):
+            for a, (kind, key, bits, signed, quote) in enumerate(args):
                 sep = b"," if a else b""
                 h.akind[a], h.abits[a], h.asigned[a] = kind, bits, signed
                 if kind == 1:
-                    h.frag_off[a], h.frag_len[a] = frag(sep + b'{"' + key + b'":')
+                    h.aquote |= quote << a
+                    h.frag_off[a], h.frag_len[a] = frag(sep + b'{"' + key + (b'":"' if quote else b'":'))
                 else:
                     h.frag_off[a], h.frag_len[a] = frag(sep + b'{"string_arg":"')
             if ret is None:
@@ -114,9 +117,10 @@ class Formatter:
             elif ret == ():
                 h.ret = 2
             else:
-                key, h.rbits, h.rsigned = ret
+                key, h.rbits, h.rsigned, h.rquote = ret
                 h.ret = 1
-                h.ret_off, h.ret_len = frag(b',"return":{"' + key + b'":')
+                h.ret_off, h.ret_len = frag(b',"return":{"' + key + (b'":"' if h.rquote else b'":'))
+            h.cgroup = int(schema.extended())
             h.pn_off, h.pn_len = frag(b',"policy_name":' + orjson.dumps(policy_name)
                                       + b',"action":"KPROBE_ACTION_POST"')
             h.nargs = len(args)
@@ -170,12 +174,13 @@ class Formatter:
                 ns)
 
 
-def describe(plan: Any) -> tuple[list[tuple[int, bytes, int, int]], Any] | None:
+def describe(plan: Any) -> tuple[list[tuple[int, bytes, int, int, int]], Any] | None:
     """What fastrest.c renders of a hook's usual records, from the plan's fast descriptions (the same
-    ones engine._quick_rest generates its formatter from): per argument (1, key, bits, signed) for a
-    plain integer, (2, b"", 0, 0) for a plain string_arg; the return value as None (no return plan),
-    () (present but not a plain integer: such records fall back) or (key, bits, signed). None when some
-    argument is of another kind (every record of the hook then takes the Python path)."""
+    ones engine._quick_rest generates its formatter from): per argument (1, key, bits, signed, quoted) for
+    a plain integer, (2, b"", 0, 0, 0) for a plain string_arg; the return value as None (no return plan, or
+    one the event format does not show), () (present but not a plain integer: such records fall back) or
+    (key, bits, signed, quoted). None when some argument is of another kind (every record of the hook then
+    takes the Python path). ``quoted``: a 64-bit integer, written as a JSON string (`sensorium.schema`)."""
     fast = plan.fast
     if len(fast) > MAX_ARGS:
         return None
@@ -183,28 +188,28 @@ def describe(plan: Any) -> tuple[list[tuple[int, bytes, int, int]], Any] | None:
     for ap, f in fast:
         if f is None:
             return None
-        if len(f) == 3 and ap.kind == 1:  # S.ARG_INT
-            key, mask, sign = f
+        if len(f) == 4 and ap.kind == 1:  # S.ARG_INT
+            key, mask, sign, quote = f
             bits = mask.bit_length()
             if bits not in (8, 16, 32, 64) or mask != (1 << bits) - 1 or sign not in (1 << (bits - 1), 1 << 64):
                 return None
             if b'"' in key or b"\\" in key or any(c < 0x20 for c in key):
                 return None
-            args.append((1, key, bits, int(sign <= mask)))
+            args.append((1, key, bits, int(sign <= mask), int(quote)))
         elif f == ("string_arg",) and ap.kind == 2:  # S.ARG_STR: fastrest.c renders no other kind
-            args.append((2, b"", 0, 0))
+            args.append((2, b"", 0, 0, 0))
         else:
             return None
-    if plan.return_plan is None:
+    if plan.return_plan is None or not schema.exported(plan.kind, "return"):
         ret: Any = None
     elif plan.ret_fast is None:
         ret = ()
     else:
-        key, mask, sign = plan.ret_fast
+        key, mask, sign, quote = plan.ret_fast
         bits = mask.bit_length()
         if bits not in (8, 16, 32, 64) or mask != (1 << bits) - 1 or sign not in (1 << (bits - 1), 1 << 64):
             return None
         if b'"' in key or b"\\" in key or any(c < 0x20 for c in key):
             return None
-        ret = (key, bits, int(sign <= mask))
+        ret = (key, bits, int(sign <= mask), int(quote))
     return args, ret

@@ -1,0 +1,137 @@
+"""The exported shape of events: Tetragon's messages by default, Sensorium's own fields on request.
+
+Sensors and stages build event bodies with everything they know (a process's cgroup, a connection's byte
+counts, the mechanism that saw it); that full body is what filters, the Kubernetes stage and tests read.
+What leaves the agent is its *rendering* in the configured format (``events.format`` in the config,
+``events.format`` in the chart's values.yaml), done here and nowhere else:
+
+- ``tetragon`` (default): every event of a Tetragon kind decodes strictly (unknown fields rejected) with
+  Tetragon's own protobuf messages, as protojson gives them: fields Tetragon's message lacks are left out,
+  64-bit integers are JSON strings, nulls are left out.
+- ``extended``: the same values and types, plus our own fields where they were made (docs/events.md lists
+  them). A consumer that decodes it with Tetragon's messages must ignore unknown fields.
+
+The format is chosen once at start (`set_format`) for the whole process: an event's JSON is encoded once
+and shared by every exporter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from sensorium.tetragon_fields import FIELDS
+
+__all__ = ["FORMATS", "set_format", "current_format", "extended", "exported", "conform", "conform_process",
+           "conform_body", "conform_arg", "i64_keys"]
+
+FORMATS = ("tetragon", "extended")
+_ROOT = "tetragon.GetEventsResponse"
+_PROCESS = "tetragon.Process"
+_KINDS = {k: v for k, v in FIELDS[_ROOT].items() if v}  # event kind -> its message
+_state = {"format": "tetragon"}
+
+
+def set_format(name: str) -> None:
+    """Choose the exported format for this process (`FORMATS`); the agent calls it once at start."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown event format {name!r}: expected one of {', '.join(FORMATS)}")
+    _state["format"] = name
+    _memo.clear()
+
+
+def current_format() -> str:
+    return _state["format"]
+
+
+def extended() -> bool:
+    """True when our own fields are exported beside Tetragon's (format ``extended``)."""
+    return _state["format"] == "extended"
+
+
+def exported(kind: str, field: str) -> bool:
+    """Whether field ``field`` of an event body of ``kind`` is written out in the current format."""
+    message = _KINDS.get(kind)
+    return message is None or extended() or field in FIELDS[message]
+
+
+def i64_keys(message: str) -> frozenset[str]:
+    """The fields of a Tetragon message that are 64-bit integers (written as JSON strings)."""
+    return frozenset(k for k, v in FIELDS[message].items() if v == "i64")
+
+
+def _i64(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, list):
+        return [_i64(x) for x in v]
+    return v
+
+
+def _walk(obj: Mapping[str, Any], message: str, keep: bool) -> dict[str, Any]:
+    fields = FIELDS[message]
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if v is None:
+            if keep and k not in fields:
+                out[k] = v
+            continue
+        kind = fields.get(k)
+        if kind is None:
+            if keep:
+                out[k] = v
+        elif not kind:
+            out[k] = v
+        elif kind == "i64":
+            out[k] = _i64(v)
+        elif kind == _PROCESS and isinstance(v, Mapping):
+            out[k] = conform_process(v)
+        elif isinstance(v, Mapping):
+            out[k] = _walk(v, kind, keep)
+        elif isinstance(v, list):
+            out[k] = [_walk(x, kind, keep) if isinstance(x, Mapping) else x for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+# Process dicts come from the process cache and are shared by every event of the process: rendered once.
+_memo: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+_MEMO_MAX = 8192
+
+
+def conform_process(proc: Mapping[str, Any]) -> dict[str, Any]:
+    """A process dict in the exported format (memoized per dict: treat both as read-only)."""
+    got = _memo.get(id(proc))
+    if got is not None and got[0] is proc:
+        return got[1]
+    out = _walk(proc, _PROCESS, extended())
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[id(proc)] = (proc, out)
+    return out
+
+
+def conform_body(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An event body of ``kind`` in the exported format; a kind Tetragon does not have is left as it is."""
+    message = _KINDS.get(kind)
+    if message is None:
+        return body
+    return _walk(body, message, extended())
+
+
+def conform_arg(arg: Mapping[str, Any]) -> dict[str, Any]:
+    """One argument (Tetragon's KprobeArgument) in the exported format."""
+    return _walk(arg, "tetragon.KprobeArgument", extended())
+
+
+def conform(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A whole event (``{kind: body, "node_name": ..., "time": ...}``) in the exported format."""
+    out: dict[str, Any] = {}
+    for k, v in event.items():
+        if k in _KINDS and isinstance(v, Mapping):
+            out[k] = conform_body(k, v)
+        else:
+            out[k] = v
+    return out
