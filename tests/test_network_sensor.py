@@ -98,7 +98,17 @@ def _py(script: str, *args: Any, stdin: Any = None) -> subprocess.Popen:
                             stdin=stdin, text=True)
 
 
-NET_CONFIG = {"node_name": "net-test-node", "sensors": {"network": {"enabled": True, "udp_dedup_seconds": 30}}}
+# extended: these tests read our own fields (mechanism, bytes_sent, ...); test_event_schema.py checks the
+# network events in the default format
+NET_CONFIG = {"node_name": "net-test-node", "events": {"format": "extended"},
+              "sensors": {"network": {"enabled": True, "udp_dedup_seconds": 30}}}
+
+
+def _check_schema(h: Any) -> None:
+    """What the agent wrote decodes as Tetragon's export would (its fields; ours are extra here)."""
+    from tetragon_schema import check_agent_run
+
+    check_agent_run({**NET_CONFIG, "exporters": [{"type": "file", "path": str(h.events_path)}]}, h.stdout_path)
 
 
 def _start_net_agent(workdir: Path, started: list[Any]) -> Any:
@@ -122,6 +132,7 @@ def net_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield h
     for a in started:
         a.stop()
+        _check_schema(a)
 
 
 @pytest.fixture
@@ -135,6 +146,7 @@ def own_net_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield h
     for a in started:
         a.stop()
+        _check_schema(a)
 
 
 def _kprobes(h: Any) -> list[dict[str, Any]]:
@@ -195,7 +207,7 @@ def test_tcp_connection_gives_connect_accept_and_close_with_owner_tuple_and_byte
     assert conn["process"].get("binary", "").endswith(Path(sys.executable).name) or "exec_id" in conn["process"]
     s = _sock(conn)
     assert (s["saddr"], s["daddr"], s["protocol"], s["type"], s["state"]) == \
-        (host, host, "IPPROTO_TCP", "SOCK_STREAM", "TCP_ESTABLISHED")
+        (host, host, "IPPROTO_TCP", "SOCK_STREAM", "TCP_SYN_SENT")  # as at Tetragon's hook, tcp_connect()
     assert conn["mechanism"] == "tracepoint sock/inet_sock_set_state" and conn["action"] == "KPROBE_ACTION_POST"
 
     acc = _wait(h, lambda e: e["function_name"] == "inet_csk_accept" and is_server(e), "inet_csk_accept")

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from sensorium.bpf.records import SensoriumHdr
+from sensorium.events import ktime_to_wall_ns, rfc3339
 from sensorium.process import SIGNAL_NAMES
 
 if TYPE_CHECKING:
@@ -230,6 +231,7 @@ class ExecDecoder:
         if signame:
             body["signal"] = signame
         body["status"] = status
+        body["time"] = rfc3339(ktime_to_wall_ns(hdr.ktime))  # Tetragon's ProcessExit.time: when it exited
         self.counters["exit"] += 1
         return self.ctx.make_event("process_exit", body, hdr.ktime)
 

@@ -3,7 +3,8 @@
 TCP records become ``tcp_connect`` / ``inet_csk_accept`` / ``tcp_close`` and UDP records
 ``udp_sendmsg`` / ``udp_connect``, each with one ``sock_arg`` (Tetragon's KprobeSock: family, type,
 protocol, mark, priority, saddr, daddr, sport, dport, cookie, state) plus our own fields
-(``policy_name: "network"``, ``mechanism``, ``bytes_sent``/``bytes_received`` on close).
+(``policy_name: "network"``, ``mechanism``, ``bytes_sent``/``bytes_received`` on close), which only the
+``extended`` event format writes out (`sensorium.schema`).
 
 Records are kernel input and treated as such: a short record or an unknown type is counted and
 skipped, never raised. The kernel socket address is never exported: it becomes an opaque cookie
@@ -172,8 +173,10 @@ class NetworkDecoder:
             function = "inet_csk_accept"
         else:
             function = "tcp_close"
-        # A failed connect is reported in the state it failed from (SYN_SENT), closes as TCP_CLOSE.
-        state = r.oldstate if failed else r.newstate
+        # A connect is reported in the state the socket has at Tetragon's hook point, tcp_connect(): SYN_SENT
+        # (the record comes when it leaves it, to ESTABLISHED or, failed, to CLOSE); accept in ESTABLISHED,
+        # close as TCP_CLOSE.
+        state = r.oldstate if failed or rtype == NET_REC_CONNECT else r.newstate
         sock = {
             "family": FAMILIES[fam],
             "type": SOCK_TYPES.get(r.sk_type, str(r.sk_type)),
