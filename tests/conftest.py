@@ -11,6 +11,10 @@
   under the v1 memory hierarchy, removed after the test with everything still inside killed.
 - ``agent``: ``agent(config_dict) -> AgentHandle`` runs ``.venv/bin/sensorium run --config <tmp yaml>``,
   waits for a stderr line containing "ready" and stops it with SIGTERM (SIGKILL after 10 s) at teardown.
+  Then every event it wrote (stdout, file exporters) is decoded with Tetragon's protobuf messages
+  (tests/tetragon_schema.py): strictly in the default format, Tetragon's fields only in ``extended``; a
+  line that does not decode as Tetragon's export would fails the test. The session's summary lists the
+  kinds of events checked. SENSORIUM_SCHEMA_CHECK=0 turns the check off.
 
 The helpers behind them live in tests/sensorium_testlib.py, importable from any test module.
 """
@@ -113,3 +117,29 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Ag
     yield start
     for h in started:
         h.stop()
+    _check_event_schema(started)
+
+
+# --------------------------------------------------------------------------------------------------
+# every event the suite's agents write, decoded with Tetragon's own messages
+
+def _check_event_schema(handles: list[AgentHandle]) -> None:
+    import tetragon_schema
+    import yaml
+
+    for h in handles:
+        try:
+            config = yaml.safe_load(h.config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        tetragon_schema.check_agent_run(config, h.stdout_path)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    import tetragon_schema
+
+    for fmt, seen in tetragon_schema.SEEN.items():
+        if seen:
+            terminalreporter.write_line(
+                f"events decoded with Tetragon's messages ({fmt} format): "
+                + ", ".join(f"{k} x{n}" for k, n in sorted(seen.items())))

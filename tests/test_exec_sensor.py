@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from tetragon_schema import check_agent_run
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +49,9 @@ def _need_root_and_kernel() -> None:
 class AgentRun:
     """A `sensorium run` process writing events to a JSON-lines file."""
 
-    def __init__(self, tmp: Path, max_size: int = 65536) -> None:
+    def __init__(self, tmp: Path, max_size: int = 65536, events_format: str = "tetragon") -> None:
         self.tmp = tmp
+        self.events_format = events_format
         self.events_path = tmp / "events.jsonl"
         self.stderr_path = tmp / "agent.stderr"
         cfg = tmp / "agent.yaml"
@@ -59,6 +61,7 @@ class AgentRun:
             api: {{enabled: false}}
             sensors: {{exec: {{max_args_bytes: {MAX_ARGS}}}}}
             process_cache: {{exited_grace_s: 60, max_size: {max_size}}}
+            events: {{format: {events_format}}}
             exporters: [{{type: file, path: {self.events_path}, flush_interval_ms: 50, max_size_mb: 4096}}]
             """))
         self.stderr = open(self.stderr_path, "wb")
@@ -133,6 +136,21 @@ def agent(tmp_path_factory: pytest.TempPathFactory, preexisting: subprocess.Pope
         yield run
     finally:
         run.stop()
+    check_agent_run({"exporters": [{"type": "file", "path": str(run.events_path)}]}, run.events_path)
+
+
+@pytest.fixture(scope="module")
+def agent_extended(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentRun]:
+    """An agent writing the ``extended`` event format (our own fields beside Tetragon's)."""
+    _need_root_and_kernel()
+    run = AgentRun(tmp_path_factory.mktemp("exec-agent-ext"), events_format="extended")
+    try:
+        run.wait_ready()
+        yield run
+    finally:
+        run.stop()
+    check_agent_run({"exporters": [{"type": "file", "path": str(run.events_path)}], "events": {"format": "extended"}},
+                    run.events_path)
 
 
 def marker() -> str:
@@ -177,7 +195,8 @@ def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun,
     assert p["cwd"] == str(tmp_path.resolve())
     assert p["uid"] == os.getuid() and p["process_credentials"]["euid"] == os.geteuid()
     assert p["auid"] == int(Path("/proc/self/loginuid").read_text()) and p["tid"] == p["pid"]
-    assert p["arguments_truncated"] is False and "execve" in p["flags"]
+    assert "truncArgs" not in p["flags"] and "execve" in p["flags"]
+    assert "arguments_truncated" not in p and "cgroup" not in p  # ours: only in the extended format
     assert base64.b64decode(p["exec_id"]).decode().startswith(f"{NODE}:")
     assert p["ns"]["mnt"]["inum"] == os.stat("/proc/self/ns/mnt").st_ino and p["ns"]["net"]["is_host"] is True
     # every namespace of Tetragon's Namespaces message, as /proc says for the parent (same namespaces)
@@ -197,6 +216,7 @@ def test_exit_status_and_same_exec_id(agent: AgentRun) -> None:
     ev = execs(agent, m, SH)[0]
     ex = exit_of(agent, ev["process"]["exec_id"])
     assert ex["status"] == 7 and "signal" not in ex
+    assert ex["time"].endswith("Z") and ex["time"] >= ev["process"]["start_time"]  # Tetragon's exit time
     assert ex["process"]["pid"] == ev["process"]["pid"] and ex["process"]["binary"] == SH
     assert ex["parent"]["exec_id"] == ev["parent"]["exec_id"]
 
@@ -264,7 +284,7 @@ def test_long_argument_list_is_truncated_and_flagged(agent: AgentRun) -> None:
     args = [m] + [f"arg{i:05d}" for i in range(400)]  # about 3.6 KB, over the 1 KiB limit
     subprocess.run(["/bin/true", *args], check=True)
     p = execs(agent, m, TRUE)[0]["process"]
-    assert p["arguments_truncated"] is True and "truncArgs" in p["flags"]
+    assert "truncArgs" in p["flags"]  # Tetragon's flag (`arguments_truncated` in the extended format)
     assert p["arguments"].startswith(f"{m} arg00000 arg00001")
     assert len(p["arguments"]) < MAX_ARGS
     assert p["arguments"] != " ".join(args)
@@ -276,7 +296,7 @@ def test_argument_list_at_the_limit_is_complete(agent: AgentRun) -> None:
     args = [m] + [f"a{i:03d}" for i in range(50)]
     subprocess.run(["/bin/true", *args], check=True)
     p = execs(agent, m, TRUE)[0]["process"]
-    assert p["arguments"] == " ".join(args) and p["arguments_truncated"] is False
+    assert p["arguments"] == " ".join(args) and "truncArgs" not in p["flags"]
 
 
 @pytest.fixture
@@ -311,13 +331,18 @@ def test_cgroups() -> Iterator[tuple[Path, Path | None]]:
 
 
 @pytest.mark.kernel
-def test_cgroup_ids_names_paths_and_container_id(agent: AgentRun, test_cgroups: tuple[Path, Path | None]) -> None:
+def test_cgroup_ids_names_paths_and_container_id(agent: AgentRun, agent_extended: AgentRun,
+                                                test_cgroups: tuple[Path, Path | None]) -> None:
     v2, v1 = test_cgroups
     m = marker()
     join_v1 = f"echo $$ > {v1}/cgroup.procs && " if v1 is not None else ""
     script = f"echo $$ > {v2}/cgroup.procs && {join_v1}exec /bin/true {m}"
+    agent_extended.wait_ready()
     subprocess.run(["/bin/sh", "-c", script], check=True)
-    p = execs(agent, m, TRUE)[0]["process"]
+    strict = execs(agent, m, TRUE)[0]["process"]
+    assert "cgroup" not in strict and strict["docker"] == v2.name[len("docker-"):-len(".scope")]
+    p = execs(agent_extended, m, TRUE)[0]["process"]
+    assert p["arguments_truncated"] is False
     cg = p["cgroup"]
     assert cg["id"] == v2.stat().st_ino and cg["name"] == v2.name and cg["path"] == f"/{v2.name}"
     if v1 is not None:  # hybrid: the v1 memory controller's placement too
