@@ -54,6 +54,12 @@ class Rig:
         self.sensor.stop()
         self.ctx.close()
 
+    def check_schema(self) -> None:
+        """Every event of this rig, as exported, decodes as Tetragon's export (tests/tetragon_schema.py)."""
+        from tetragon_schema import check_events
+
+        check_events(self.ctx.events, f"the {type(self.sensor).__name__} rig")
+
 
 def rig_fixture(cls: type) -> Callable[..., Iterator[Rig]]:
     @pytest.fixture
@@ -63,6 +69,7 @@ def rig_fixture(cls: type) -> Callable[..., Iterator[Rig]]:
             yield r
         finally:
             r.close()
+        r.check_schema()
     return _rig
 
 

@@ -225,7 +225,9 @@ def test_sigkill_through_the_agent_scoped_by_match_pids_follow_forks(agent, tmp_
     repo = Path(__file__).resolve().parents[1]
     cli = [str(repo / ".venv" / "bin" / "sensorium")]
     sock = tmp_path / "run" / "api.sock"
-    h = agent({"api": {"socket": str(sock)}, "sensors": {"kprobe": {"enabled": True}}})
+    # extended: action_taken is ours (the default format has Tetragon's action only)
+    h = agent({"api": {"socket": str(sock)}, "sensors": {"kprobe": {"enabled": True}},
+               "events": {"format": "extended"}})
     shell = cgroup2_dir.popen(["/bin/sh", "-c", f"read go; cat {secret}; echo survived"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -113,7 +113,9 @@ def uprobes_on(binary: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 def running(agent, tmp_path):
     sock = tmp_path / "run" / "api.sock"
-    h = agent({"api": {"socket": str(sock)}, "sensors": {"uprobe": {"enabled": True}}})
+    # extended: the uretprobe's return value is ours (Tetragon's ProcessUprobe has no return field)
+    h = agent({"api": {"socket": str(sock)}, "sensors": {"uprobe": {"enabled": True}},
+               "events": {"format": "extended"}})
     return h, sock
 
 

@@ -240,6 +240,28 @@ def check_agent_run(config: dict[str, Any], stdout_path: Path, extra_paths: list
                     + "\n".join(bad[:10]), pytrace=False)
 
 
+def check_events(events: Any, what: str) -> None:
+    """Fail the test when one of ``events`` (`sensorium.events.Event`s, e.g. a test context's) does not
+    encode to what Tetragon's export would be, in the format this process renders (`sensorium.schema`)."""
+    import pytest
+
+    from sensorium import schema
+
+    if not enabled():
+        return
+    strict = schema.current_format() == "tetragon"
+    seen = SEEN["tetragon" if strict else "extended"]
+    bad: list[str] = []
+    for ev in events:
+        line = ev.json()
+        label = event_label(orjson.loads(line))
+        seen[label] = seen.get(label, 0) + 1
+        bad += [f"{prob}\n    in {line[:300].decode(errors='replace')}" for prob in problems(line, strict)]
+    if bad:
+        pytest.fail(f"{len(bad)} problems: events of {what} do not decode as Tetragon's export:\n"
+                    + "\n".join(bad[:10]), pytrace=False)
+
+
 def check_files(paths: list[Path], strict: bool, seen: dict[str, int] | None = None,
                 limit: int = 20) -> list[str]:
     """Every event line of ``paths`` checked with `problems`; the first ``limit`` problems, each with its
