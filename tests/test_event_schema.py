@@ -178,9 +178,13 @@ spec:
     - matchBinaries:
       - {{operator: In, values: ["{py}"]}}
 """)
+    # lsm: watched only (monitoring), served by fanotify here, by BPF LSM in the VM lane's kernels
+    lsm = (Path(__file__).resolve().parents[1] / "sensors" / "lsm" / "examples" / "file-open-deny.yaml").read_text()
+    (policies / "lsm.yaml").write_text(lsm.replace("${PROTECTED}", str(watched))
+                                       + "  options:\n  - name: policy-mode\n    value: monitor\n")
     h = agent({"node_name": "schema-node", "network": True, "policies": {"directory": str(policies)},
                "sensors": {"tracepoint": {"enabled": True}, "kprobe": {"enabled": True},
-                           "uprobe": {"enabled": True}}})
+                           "uprobe": {"enabled": True}, "lsm": {"enabled": True}}})
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -203,7 +207,7 @@ spec:
 
     want = {"process_exec", "process_exit", "process_tracepoint syscalls/sys_enter_openat",
             "process_kprobe __x64_sys_pread64", "process_uprobe strtol", "process_kprobe tcp_connect",
-            "process_kprobe tcp_close", "process_kprobe udp_sendmsg"}
+            "process_kprobe tcp_close", "process_kprobe udp_sendmsg", "process_lsm file_open"}
     deadline = time.monotonic() + 20
     while True:
         lines = [orjson.dumps(e) for e in h.events() if ours(e)]
@@ -221,3 +225,68 @@ spec:
     assert connect["args"][0]["sock_arg"]["state"] == "TCP_SYN_SENT"
     ex = next(orjson.loads(x)["process_exit"] for x in raw if b'"process_exit"' in x)
     assert ex["time"].endswith("Z") and ex["process"]["pid"] == child.pid and ex["status"] == 0
+
+
+@pytest.mark.kernel
+@pytest.mark.needs("fentry", "fexit", "bpf_lsm", "lsm")  # the VM lane (scripts/vm/run.sh)
+def test_kernel_function_and_bpf_lsm_events_decode_strictly(agent, tmp_path: Path) -> None:
+    """What only the VM lane's kernels run: kprobes on kernel functions (fentry/fexit) with sock, file and
+    size arguments, and a BPF LSM hook, through the agent in the default format."""
+    mark = f"schema-{uuid.uuid4().hex[:8]}"
+    watched = tmp_path / f"{mark}.txt"
+    watched.write_text("x")
+    py = os.path.realpath(sys.executable)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "kf.yaml").write_text(f"""\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: schema-kfunc}}
+spec:
+  kprobes:
+  - call: tcp_connect
+    args: [{{index: 0, type: sock}}]
+    selectors:
+    - matchBinaries:
+      - {{operator: In, values: ["{py}"]}}
+  - call: security_file_open
+    return: true
+    returnArg: {{index: 0, type: int}}
+    args: [{{index: 0, type: file}}]
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: Equal, values: ["{watched}"]}}
+""")
+    lsm = (Path(__file__).resolve().parents[1] / "sensors" / "lsm" / "examples" / "file-open-deny.yaml").read_text()
+    (policies / "lsm.yaml").write_text(lsm.replace("${PROTECTED}", str(watched))
+                                       + "  options:\n  - name: policy-mode\n    value: monitor\n")
+    h = agent({"node_name": "schema-node", "policies": {"directory": str(policies)},
+               "sensors": {"kprobe": {"enabled": True}, "lsm": {"enabled": True}}}, ready_timeout=300)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    code = (f"import socket\nopen({str(watched)!r}).read()\n"
+            f"c = socket.create_connection(('127.0.0.1', {srv.getsockname()[1]})); c.close()\n")
+    child = subprocess.Popen([py, "-c", code])
+    conn, _ = srv.accept()
+    conn.close()
+    srv.close()
+    assert child.wait(120) == 0
+    want = {"process_kprobe tcp_connect", "process_kprobe security_file_open", "process_lsm file_open"}
+
+    def ours(e: dict[str, Any]) -> bool:
+        body = next(iter(v for k, v in e.items() if k.startswith("process_")), {})
+        return body.get("process", {}).get("pid") == child.pid
+
+    deadline = time.monotonic() + 120
+    while True:
+        seen = {tetragon_schema.event_label(e) for e in h.events() if ours(e)}
+        if want <= seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert want <= seen, f"missing {want - seen}; agent: {h.stderr_tail()}"
+    raw = [line for line in h.stdout_path.read_bytes().splitlines() if line.strip() and ours(orjson.loads(line))]
+    for line in raw:
+        assert tetragon_schema.problems(line) == [], line
+    connect = next(orjson.loads(x)["process_kprobe"] for x in raw if b'"tcp_connect"' in x)
+    assert connect["args"][0]["sock_arg"]["state"] == "TCP_SYN_SENT"

@@ -28,7 +28,8 @@ def cli(sock: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_monitoring_policy_through_the_agent_reports_would_have_blocked(agent, tmp_path):
     sock = tmp_path / "run" / "api.sock"
-    h = agent({"api": {"socket": str(sock)}, "sensors": {"lsm": {"enabled": True}}})
+    # extended: the enforcement block (outcome, mechanism) is ours; the default format has Tetragon's fields
+    h = agent({"api": {"socket": str(sock)}, "sensors": {"lsm": {"enabled": True}}, "events": {"format": "extended"}})
     secret = tmp_path / "secret.txt"
     secret.write_text("s\n")
     text = (EXAMPLES / "file-open-deny.yaml").read_text().replace("${PROTECTED}", str(secret))
