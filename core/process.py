@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from sensorium import schema
 from sensorium.events import ktime_to_wall_ns, rfc3339
 from sensorium.k8s.containerid import container_id_from_cgroup_path
 
@@ -410,6 +411,28 @@ class ProcessCache:
             fl.append("auid")
         uid = int(info.get("uid", 0))
         gid = int(info.get("gid", 0))
+        creds: dict[str, Any] = {
+            "uid": uid, "gid": gid,
+            "euid": int(info.get("euid", uid)), "egid": int(info.get("egid", gid)),
+            "suid": int(info.get("suid", uid)), "sgid": int(info.get("sgid", gid)),
+            "fsuid": int(info.get("fsuid", uid)), "fsgid": int(info.get("fsgid", gid)),
+        }
+        caps = None
+        if info.get("caps") is not None:
+            caps = self._intern(schema.capabilities(*info["caps"]))
+            sb = schema.securebits(int(info.get("securebits") or 0))
+            if sb:
+                creds["securebits"] = sb
+            creds["caps"] = caps
+        user_ns = info.get("user_ns")
+        ns_user = (info.get("ns") or {}).get("user")
+        if ns_user:
+            uns: dict[str, Any] = {}
+            if user_ns is not None:
+                level, owner, group = user_ns
+                uns = {"level": int(level), "uid": int(owner), "gid": int(group)}
+            uns["ns"] = self._intern({"inum": int(ns_user), "is_host": int(ns_user) == self._host_ns.get("user")})
+            creds["user_ns"] = self._intern(uns)
         proc: dict[str, Any] = {
             "exec_id": exec_id,
             "pid": pid,
@@ -422,14 +445,11 @@ class ProcessCache:
             "auid": int(info["auid"]) if info.get("auid") is not None else 4294967295,
             "parent_exec_id": parent_exec_id,
             "tid": int(info.get("tid", pid)),
-            "process_credentials": self._intern({
-                "uid": uid, "gid": gid,
-                "euid": int(info.get("euid", uid)), "egid": int(info.get("egid", gid)),
-                "suid": int(info.get("suid", uid)), "sgid": int(info.get("sgid", gid)),
-                "fsuid": int(info.get("fsuid", uid)), "fsgid": int(info.get("fsgid", gid)),
-            }),
+            "process_credentials": self._intern(creds),
             "arguments_truncated": bool(info.get("args_truncated")),
         }
+        if caps is not None:
+            proc["cap"] = caps
         if not parent_exec_id:
             del proc["parent_exec_id"]
         if info.get("binary_deleted"):  # unlinked file or memfd: a fileless exec is worth seeing
@@ -599,6 +619,11 @@ class ProcessCache:
             fields[k] = v.split()
         if fields.get("Tgid", [str(pid)])[0] != str(pid):
             return None
+        try:  # the capability sets in hex; the user namespace's level and owner are not in /proc
+            caps: tuple[int, int, int] | None = (int(fields["CapPrm"][0], 16), int(fields["CapEff"][0], 16),
+                                                 int(fields["CapInh"][0], 16))
+        except (KeyError, IndexError, ValueError):
+            caps = None
         uids = [int(x) for x in fields.get("Uid", ["0"] * 4)] + [0] * 4
         gids = [int(x) for x in fields.get("Gid", ["0"] * 4)] + [0] * 4
         try:
@@ -651,5 +676,5 @@ class ProcessCache:
             "uid": uids[0], "euid": uids[1], "suid": uids[2], "fsuid": uids[3],
             "gid": gids[0], "egid": gids[1], "sgid": gids[2], "fsgid": gids[3],
             "auid": auid, "binary": binary, "args": args, "cwd": cwd,
-            "cgroup": cgroup or None, "ns": self._read_ns(str(pid), proc_root),
+            "cgroup": cgroup or None, "ns": self._read_ns(str(pid), proc_root), "caps": caps,
         }

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from sensorium.tetragon_fields import FIELDS
+from sensorium.tetragon_fields import ENUMS, FIELDS
 
 __all__ = ["FORMATS", "set_format", "current_format", "extended", "exported", "conform", "conform_process",
-           "conform_body", "conform_arg", "i64_keys"]
+           "conform_body", "conform_arg", "i64_keys", "capabilities", "securebits"]
 
 FORMATS = ("tetragon", "extended")
 _ROOT = "tetragon.GetEventsResponse"
@@ -57,6 +57,28 @@ def exported(kind: str, field: str) -> bool:
 def i64_keys(message: str) -> frozenset[str]:
     """The fields of a Tetragon message that are 64-bit integers (written as JSON strings)."""
     return frozenset(k for k, v in FIELDS[message].items() if v == "i64")
+
+
+_CAPS = ENUMS["tetragon.CapabilitiesType"]
+_SECBITS = ENUMS["tetragon.SecureBitsType"]
+
+
+def _cap_names(mask: int) -> tuple[str, ...]:
+    # a capability newer than Tetragon's enum: its number, as protojson writes an unknown enum value
+    return tuple(_CAPS.get(i, i) for i in range(64) if mask >> i & 1)  # type: ignore[misc]
+
+
+def capabilities(permitted: int, effective: int, inheritable: int) -> dict[str, tuple[str, ...]]:
+    """Tetragon's Capabilities message from the kernel's capability sets (bit i = capability i), by the
+    names of Tetragon's CapabilitiesType; an empty set is left out, as protojson does."""
+    out = {"permitted": _cap_names(permitted), "effective": _cap_names(effective),
+           "inheritable": _cap_names(inheritable)}
+    return {k: v for k, v in out.items() if v}
+
+
+def securebits(bits: int) -> tuple[str, ...]:
+    """The SECBIT_* bits of cred->securebits by the names of Tetragon's SecureBitsType (value 1 << bit)."""
+    return tuple(_SECBITS[1 << i] for i in range(8) if bits >> i & 1 and (1 << i) in _SECBITS)
 
 
 def _i64(v: Any) -> Any:

@@ -25,7 +25,7 @@ import pytest
 import tetragon_schema
 from sensorium import schema
 from sensorium.events import Event
-from sensorium.tetragon_fields import FIELDS
+from sensorium.tetragon_fields import ENUMS, FIELDS
 
 _why = tetragon_schema.available()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -45,6 +45,14 @@ def test_field_table_is_the_one_generated_from_tetragons_proto_files() -> None:
     finally:
         sys.path.pop(0)
     assert FIELDS == gen_tetragon_fields.table(), "regenerate core/tetragon_fields.py (scripts/gen_tetragon_fields.py)"
+    assert ENUMS == gen_tetragon_fields.enums(), "regenerate core/tetragon_fields.py (scripts/gen_tetragon_fields.py)"
+
+
+def test_capability_sets_and_securebits_by_tetragons_names() -> None:
+    assert schema.capabilities(0b11, 1 << 21, 0) == {"permitted": ("CAP_CHOWN", "DAC_OVERRIDE"),
+                                                     "effective": ("CAP_SYS_ADMIN",)}
+    assert schema.capabilities(0, 1 << 41, 0) == {"effective": (41,)}  # newer than the enum: its number
+    assert schema.securebits(0b10001) == ("SecBitNoRoot", "SecBitKeepCaps")
 
 
 PROC = {"exec_id": "bjE6MTIzOjQy", "pid": 42, "uid": 0, "cwd": "/", "binary": "/bin/cat", "arguments": "x",

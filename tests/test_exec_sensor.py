@@ -203,6 +203,14 @@ def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun,
     for name in ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user"):
         assert p["ns"][name]["inum"] == os.stat(f"/proc/self/ns/{name}").st_ino, name
     assert p["start_time"].endswith("Z")
+    # capabilities (Tetragon's names), securebits and user namespace, as /proc says for the parent
+    status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
+    from sensorium import schema
+    want = schema.capabilities(int(status["CapPrm"], 16), int(status["CapEff"], 16), int(status["CapInh"], 16))
+    assert p["cap"] == p["process_credentials"]["caps"] == {k: list(v) for k, v in want.items()}
+    assert "CAP_SYS_ADMIN" in p["cap"]["effective"]  # the tests run as root
+    assert p["process_credentials"]["user_ns"] == {"level": 0, "uid": 0, "gid": 0,
+                                                   "ns": {"inum": os.stat("/proc/self/ns/user").st_ino, "is_host": True}}
     # this test process is the parent
     parent = ev["parent"]
     assert parent["pid"] == os.getpid() and p["parent_exec_id"] == parent["exec_id"]

@@ -63,6 +63,13 @@ class ExecRecord(ctypes.Structure):
         ("memcg_id", ctypes.c_uint64),
         ("cgroup_parent_id", ctypes.c_uint64),
         ("memcg_parent_id", ctypes.c_uint64),
+        ("cap_permitted", ctypes.c_uint64),
+        ("cap_effective", ctypes.c_uint64),
+        ("cap_inheritable", ctypes.c_uint64),
+        ("securebits", ctypes.c_uint32),
+        ("user_ns_level", ctypes.c_uint32),
+        ("user_ns_uid", ctypes.c_uint32),
+        ("user_ns_gid", ctypes.c_uint32),
         ("args_len", ctypes.c_uint16),
         ("binary_len", ctypes.c_uint16),
         ("cwd_len", ctypes.c_uint16),
@@ -197,6 +204,9 @@ class ExecDecoder:
             "args": split_args(args_raw, truncated), "args_truncated": truncated,
             "cgroup": cgroup,
             "ns": {name: getattr(r, attr) for name, attr in _NS_FIELDS},
+            "caps": (r.cap_permitted, r.cap_effective, r.cap_inheritable),
+            "securebits": r.securebits,
+            "user_ns": (r.user_ns_level, r.user_ns_uid, r.user_ns_gid),
         }
         process, parent = self.cache.on_exec(hdr.pid, hdr.ktime, info)
         self.counters["exec"] += 1

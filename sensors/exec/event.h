@@ -55,6 +55,13 @@ struct exec_record {
 	__u64 memcg_id;      /* v1 memory controller cgroup id (== inode under its hierarchy) */
 	__u64 cgroup_parent_id; /* id of the cgroup2 cgroup's parent (user space joins parent path + name) */
 	__u64 memcg_parent_id;
+	__u64 cap_permitted;   /* cred capability sets (kernel_cap_t: one u64, or u32[2] before 6.3) */
+	__u64 cap_effective;
+	__u64 cap_inheritable;
+	__u32 securebits;      /* cred->securebits (SECBIT_* bits) */
+	__u32 user_ns_level;   /* cred->user_ns: nesting level (0: the initial namespace), owner and group */
+	__u32 user_ns_uid;
+	__u32 user_ns_gid;
 	__u16 args_len;
 	__u16 binary_len;
 	__u16 cwd_len;

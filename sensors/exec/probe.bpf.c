@@ -220,6 +220,14 @@ int BPF_PROG(sensorium_exec, struct task_struct *task, pid_t old_pid, struct lin
 	r->egid = BPF_CORE_READ(cred, egid.val);
 	r->sgid = BPF_CORE_READ(cred, sgid.val);
 	r->fsgid = BPF_CORE_READ(cred, fsgid.val);
+	/* kernel_cap_t is 8 bytes in both its layouts (u64 val since 6.3, u32 cap[2] before; little endian) */
+	bpf_core_read(&r->cap_permitted, sizeof(r->cap_permitted), &cred->cap_permitted);
+	bpf_core_read(&r->cap_effective, sizeof(r->cap_effective), &cred->cap_effective);
+	bpf_core_read(&r->cap_inheritable, sizeof(r->cap_inheritable), &cred->cap_inheritable);
+	r->securebits = BPF_CORE_READ(cred, securebits);
+	r->user_ns_level = BPF_CORE_READ(cred, user_ns, level);
+	r->user_ns_uid = BPF_CORE_READ(cred, user_ns, owner.val);
+	r->user_ns_gid = BPF_CORE_READ(cred, user_ns, group.val);
 	r->auid = (__u32)-1;
 	if (bpf_core_field_exists(task->loginuid))
 		r->auid = BPF_CORE_READ(task, loginuid.val);
