@@ -36,7 +36,6 @@ def set_format(name: str) -> None:
     if name not in FORMATS:
         raise ValueError(f"unknown event format {name!r}: expected one of {', '.join(FORMATS)}")
     _state["format"] = name
-    _memo.clear()
 
 
 def current_format() -> str:
@@ -110,7 +109,7 @@ def _walk(obj: Mapping[str, Any], message: str, keep: bool) -> dict[str, Any]:
         elif kind == _PROCESS and isinstance(v, Mapping):
             out[k] = conform_process(v)
         elif isinstance(v, Mapping):
-            out[k] = _walk(v, kind, keep)
+            out[k] = _sub(v, kind, keep)
         elif isinstance(v, list):
             out[k] = [_walk(x, kind, keep) if isinstance(x, Mapping) else x for x in v]
         else:
@@ -118,21 +117,28 @@ def _walk(obj: Mapping[str, Any], message: str, keep: bool) -> dict[str, Any]:
     return out
 
 
-# Process dicts come from the process cache and are shared by every event of the process: rendered once.
-_memo: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
-_MEMO_MAX = 8192
+# The sub-messages of a process (namespaces, credentials, capabilities) are dicts the process cache shares
+# between processes and keeps: each is rendered once. The memo holds the dict, so its id stays its own.
+_memo: dict[tuple[int, str, bool], tuple[Mapping[str, Any], dict[str, Any]]] = {}
+_MEMO_MAX = 4096
+
+
+def _sub(obj: Mapping[str, Any], message: str, keep: bool) -> dict[str, Any]:
+    key = (id(obj), message, keep)
+    got = _memo.get(key)
+    if got is not None and got[0] is obj:
+        return got[1]
+    out = _walk(obj, message, keep)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[key] = (obj, out)
+    return out
 
 
 def conform_process(proc: Mapping[str, Any]) -> dict[str, Any]:
-    """A process dict in the exported format (memoized per dict: treat both as read-only)."""
-    got = _memo.get(id(proc))
-    if got is not None and got[0] is proc:
-        return got[1]
-    out = _walk(proc, _PROCESS, extended())
-    if len(_memo) >= _MEMO_MAX:
-        _memo.clear()
-    _memo[id(proc)] = (proc, out)
-    return out
+    """A process (or parent) dict in the exported format. Not memoized: the process cache hands out a new
+    view per lookup, and the hook engine already encodes each process once per batch."""
+    return _walk(proc, _PROCESS, extended())
 
 
 def conform_body(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
