@@ -298,3 +298,16 @@ spec:
         assert tetragon_schema.problems(line) == [], line
     connect = next(orjson.loads(x)["process_kprobe"] for x in raw if b'"tcp_connect"' in x)
     assert connect["args"][0]["sock_arg"]["state"] == "TCP_SYN_SENT"
+
+
+def test_rate_limit_info_decodes_strictly_with_its_count_as_a_string() -> None:
+    from sensorium.filters import build_filters
+    from sensorium.testing import make_event
+
+    chain = build_filters({"rate_limit": {"events": 2, "interval_s": 0.05}}, node_name="n1")
+    out = chain.apply([make_event(pid=1000 + i) for i in range(5)])[0]
+    time.sleep(0.06)
+    out += chain.apply([make_event(pid=2000)])[0]
+    info = [e for e in out if e.kind == "rate_limit_info"]
+    assert info and orjson.loads(info[0].json())["rate_limit_info"] == {"number_of_dropped_process_events": "3"}
+    assert tetragon_schema.problems(info[0].json()) == []
