@@ -76,8 +76,6 @@ def decode(line: bytes | str) -> Any:
     """One JSON line -> ``tetragon.GetEventsResponse``, strictly (raises json_format.ParseError)."""
     from google.protobuf import json_format
 
-    from tetragon import events_pb2  # noqa: F401 - registers GetEventsResponse  (after messages())
-
     messages()
     import tetragon.events_pb2 as ev
 
