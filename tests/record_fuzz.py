@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
+from sensorium import schema
 from sensorium import selectors as S
 from sensorium.events import BOOT_WALL_NS, Event, ktime_to_wall_ns, rfc3339
 from sensorium.process import CgroupResolver, ProcessCache
@@ -206,6 +207,10 @@ class HookRecord:
                         len(self.spec.args), dl & 0xFFFFFFFF) + data
 
 
+# Tetragon's KprobeArgument fields that are 64-bit integers: protojson writes them as JSON strings.
+_TETRAGON_I64 = ("size_arg", "long_arg")
+
+
 def expected_arg(a: HookArg, ap: S.ArgPlan | None = None) -> dict[str, Any]:
     """What the decoder must render for one argument (Tetragon's KprobeArgument), written from the rules, not
     from the decoder: an integer masked to its size and sign-extended; text decoded as UTF-8 with bad bytes as
@@ -217,17 +222,18 @@ def expected_arg(a: HookArg, ap: S.ArgPlan | None = None) -> dict[str, Any]:
         v = a.value & ((1 << (8 * ap.size)) - 1)
         if ap.signed and v >> (8 * ap.size - 1):
             v -= 1 << (8 * ap.size)
+        if key in _TETRAGON_I64:
+            v = str(v)  # type: ignore[assignment]
         out: dict[str, Any] = {"syscall_id": {"id": v, "abi": "x64"}} if key == "syscall_id" else {key: v}
     elif key == "bytes_arg":
         b64 = base64.b64encode(a.value).decode()
-        out = {"truncated_bytes_arg": {"bytes_arg": b64, "orig_size": None}} if a.flags & S.ARGF_TRUNC else {key: b64}
+        out = {"truncated_bytes_arg": {"bytes_arg": b64}} if a.flags & S.ARGF_TRUNC else {key: b64}  # no nulls
     elif ap.kind == S.ARG_SOCK:
         out = {key: expected_sock(key, a.value)}
     else:
         text = a.value.decode("utf-8", "backslashreplace")
         out = {key: {"path": text}} if key in ("file_arg", "path_arg", "linux_binprm_arg") else {key: text}
-    if ap.kind != S.ARG_INT and a.flags & S.ARGF_ERR:
-        out["error"] = "unreadable"
+    # (an unreadable argument's "error" is ours: only in the extended format, not the default one tested here)
     if ap.label:
         out["label"] = ap.label
     return out
@@ -270,7 +276,8 @@ def expected_sock(key: str, payload: bytes) -> dict[str, Any]:
 
 
 def expected_hook_body(r: HookRecord, nargs: int | None = None) -> dict[str, Any]:
-    """The body of the event a well-formed record must become (its first ``nargs`` arguments)."""
+    """The body of the event a well-formed record must become (its first ``nargs`` arguments), in the default
+    event format: Tetragon's fields only (docs/events.md)."""
     plan = hook_plan(r.spec)
     body: dict[str, Any] = {"process": {"pid": r.pid, "tid": r.tid}, **plan.body}
     body["args"] = [expected_arg(a) for a in r.args[:nargs]]
@@ -279,19 +286,15 @@ def expected_hook_body(r: HookRecord, nargs: int | None = None) -> dict[str, Any
         v = r.retval & ((1 << (8 * rp.size)) - 1)
         if rp.signed and v >> (8 * rp.size - 1):
             v -= 1 << (8 * rp.size)
-        body["return"] = {rp.json_key: v, **({"label": rp.label} if rp.label else {})}
+        body["return"] = {rp.json_key: str(v) if rp.json_key in _TETRAGON_I64 else v,
+                          **({"label": rp.label} if rp.label else {})}
     body["policy_name"] = f"policy-{r.spec.policy_id} \"q\""
     if r.actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
+        # (signal, policy_mode, action_taken are ours: the extended format only)
         body["action"] = "KPROBE_ACTION_SIGKILL" if r.actions & S.ACT_SIGKILL else "KPROBE_ACTION_SIGNAL"
-        if r.actions & S.ACT_SIGNAL:
-            body["signal"] = r.spec.signals[r.sel]
-        monitoring = bool(r.flags & S.EV_MONITOR)
-        body["policy_mode"] = "monitoring" if monitoring else "enforcement"
-        body["action_taken"] = not monitoring and not r.flags & S.EV_SIGNAL_ERR
     else:
         body["action"] = "KPROBE_ACTION_POST"
-    if r.cgroup_id:
-        body["cgroup_id"] = r.cgroup_id
+    # (cgroup_id is ours too)
     return body
 
 
@@ -366,7 +369,8 @@ def _decode_hook(specs: Sequence[HookSpec], records: Sequence[bytes], cache: Any
         lines = list(batch.lines)
         # the events made from the lines (what filters and stages read) hold the same content
         for made, line in zip(batch, lines):
-            assert made.json() == line and orjson.dumps(made.as_dict()) == line, (made.as_dict(), line)
+            # (the body rendered in the exported format, sensorium.schema)
+            assert made.json() == line and orjson.dumps(schema.conform(made.as_dict())) == line, (made.as_dict(), line)
     return HookOutcome(lines, dict(ring.dropped), sum(e[2].events for e in ring.hooks.values()))
 
 
@@ -466,8 +470,20 @@ def expected_exec_process(e: ExecRec) -> dict[str, Any]:
     return {"pid": e.pid, "tid": e.tid, "uid": uid, "binary": text(e.binary), "cwd": text(e.cwd),
             "arguments": " ".join(text(a) for a in e.argv[1:]), "auid": auid,
             "start_time": rfc3339(BOOT_WALL_NS + e.ktime),
-            "process_credentials": {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid,
-                                    "fsuid": fsuid, "fsgid": fsgid}}
+            "process_credentials": _expected_creds(e, uid, gid, euid, egid, suid, sgid, fsuid, fsgid)}
+
+
+def _expected_creds(e: ExecRec, uid: int, gid: int, euid: int, egid: int, suid: int, sgid: int, fsuid: int,
+                    fsgid: int) -> dict[str, Any]:
+    """Credentials as Tetragon's ProcessCredentials: these records carry no capability (empty sets), no
+    securebits, the user namespace at level 0 owned by root, and its inode from the record."""
+    creds: dict[str, Any] = {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid,
+                             "fsuid": fsuid, "fsgid": fsgid, "caps": {}}
+    ns_user = dict(zip((n for n, _ in X._NS_FIELDS), e.ns)).get("user")
+    if ns_user:
+        creds["user_ns"] = {"level": 0, "uid": 0, "gid": 0,
+                            "ns": {"inum": ns_user, "is_host": ns_user == os.stat("/proc/self/ns/user").st_ino}}
+    return creds
 
 
 def expected_exit_status(code: int, group: int, signal_flags: int) -> dict[str, Any]:
