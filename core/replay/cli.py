@@ -56,9 +56,12 @@ def _when(text: str | None, opt: str) -> int | None:
               help="Replay in this mode (default: the policy's policy-mode option, else enforcement).")
 @click.option("--examples", type=click.IntRange(0, 100), default=3, show_default=True,
               help="Example events kept per selector.")
+@click.option("--unknown-ancestors", type=click.Choice(["undecided", "no-match"]), default="undecided",
+              show_default=True, help="followChildren/followForks: an ancestor the recording does not show (it "
+                                      "started before the recording) is undecided, or assumed not to match.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (see docs/replay.md).")
 def replay_command(policy_file: str, events_file: str, recorded_with: str | None, since: str | None,
-                   until: str | None, mode: str | None, examples: int, as_json: bool) -> None:
+                   until: str | None, mode: str | None, examples: int, unknown_ancestors: str, as_json: bool) -> None:
     """What POLICY would have matched, posted, killed or overridden in recorded events.
 
     The recording must hold the calls the policy selects from: record with a policy on the same hooks
@@ -75,7 +78,7 @@ def replay_command(policy_file: str, events_file: str, recorded_with: str | None
     recorders = _policies(recorded_with, "--recorded-with") if recorded_with else []
     try:
         rp = Replay(policies, mode=mode, recorded_with=recorders, since_ns=since_ns, until_ns=until_ns,
-                    examples=examples)
+                    examples=examples, unknown_ancestors=unknown_ancestors)
     except ReplayRefused as e:
         raise click.ClickException(f"cannot replay: {e}") from None
     try:

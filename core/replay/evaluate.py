@@ -197,9 +197,13 @@ class ProcessTable:
     """exec_id -> (pid, binary, parent exec_id) from every process and parent object in the recording, for
     followChildren/followForks (Tetragon's events name one parent; the grandparents are found here)."""
 
-    def __init__(self, limit: int = 1 << 20) -> None:
+    def __init__(self, limit: int = 1 << 20, unknown_ancestors_match: bool | None = None) -> None:
         self.procs: dict[str, tuple[int | None, str | None, str | None]] = {}
+        self.exec_time: dict[str, int] = {}  # exec_id -> time of its process_exec event
         self.limit = limit
+        # None: an ancestor missing from the recording makes the filter undecided; False: assume it does
+        # not match (the user says so with --unknown-ancestors no-match; the report states the assumption)
+        self.unknown_ancestors_match = unknown_ancestors_match
 
     def add(self, p: Any) -> None:
         if not isinstance(p, dict):
@@ -208,7 +212,9 @@ class ProcessTable:
         if not isinstance(eid, str) or not eid:
             return
         if eid not in self.procs and len(self.procs) >= self.limit:
-            self.procs.pop(next(iter(self.procs)))
+            old = next(iter(self.procs))
+            self.procs.pop(old)
+            self.exec_time.pop(old, None)
         self.procs[eid] = (p.get("pid"), p.get("binary"), p.get("parent_exec_id") or None)
 
     def ancestors(self, proc: Mapping[str, Any], parent: Mapping[str, Any] | None) -> list[tuple[int | None, str | None]]:
@@ -225,10 +231,10 @@ class ProcessTable:
             seen.add(eid)
             rec = self.procs.get(eid)
             if rec is None:
-                if proc.get("pid") in (0, 1):
+                if proc.get("pid") in (0, 1) or self.unknown_ancestors_match is False:
                     break
-                raise Undecided("an ancestor of the process is not in the recording (record from before the "
-                                "processes start, or with process_exec events)")
+                raise Undecided("an ancestor of the process is not in the recording (it started before the "
+                                "recording; --unknown-ancestors no-match assumes it did not match)")
             pid, binary, up = rec
             out.append((pid, binary))
             if pid in (0, 1):
@@ -300,6 +306,30 @@ Filter = Callable[[dict[str, Any], dict[str, Any], "Context"], bool]
 class Context:
     table: ProcessTable
     recorded_nargs: int | None  # args the recording declared for the hook (None: unknown)
+    time_ns: int | None = None
+
+
+def process_at(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """The process as the kernel saw it at the call. An event of a forked child from before its exec can
+    be joined to the process it became (its exec_id, binary, caps and namespaces are the new program's):
+    when the event is older than that process's exec, the kernel saw the parent's image (a fork copies
+    it), so its binary, capabilities and namespaces are the parent's; after a second exec in the same
+    process the image before it is not in the recording (undecided)."""
+    p = body.get("process")
+    if not isinstance(p, dict):
+        return {}
+    t_exec = ctx.table.exec_time.get(p.get("exec_id") or "")
+    if t_exec is None or ctx.time_ns is None or ctx.time_ns >= t_exec:
+        return p
+    if "clone" not in str(p.get("flags", "")).split():
+        raise Undecided("the call came before the process's exec, and the recording does not show the program "
+                        "it ran then")
+    parent = body.get("parent")
+    if not isinstance(parent, dict) or not parent.get("binary"):
+        raise Undecided("the call came before the process's exec, and the recording has no parent to say "
+                        "what it ran then")
+    return {**parent, "pid": p.get("pid"), "tid": p.get("tid"), "exec_id": p.get("exec_id"),
+            "parent_exec_id": parent.get("exec_id")}
 
 
 @dataclasses.dataclass
@@ -457,9 +487,8 @@ def compile_return(m: Any) -> Filter:
     return ret_filter
 
 
-def _binary(body: dict[str, Any]) -> bytes:
-    p = body.get("process")
-    b = p.get("binary") if isinstance(p, dict) else None
+def _binary(body: dict[str, Any], ctx: Context) -> bytes:
+    b = process_at(body, ctx).get("binary")
     if not isinstance(b, str) or not b:
         raise Undecided("the event's process has no binary (a process cache miss when recorded)")
     return b.encode()
@@ -470,11 +499,11 @@ def compile_binaries(b: Any) -> Filter:
     values = [str(v).encode() for v in b.values]
 
     def bin_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
-        if str_match(_binary(body), op, values):
+        if str_match(_binary(body, ctx), op, values):
             return True
         if not follow:
             return False
-        for _, anc in ctx.table.ancestors(body.get("process") or {}, body.get("parent")):
+        for _, anc in ctx.table.ancestors(process_at(body, ctx), body.get("parent")):
             if anc is None:
                 raise Undecided("an ancestor's binary is not in the recording")
             if str_match(anc.encode(), op, values):
@@ -488,7 +517,7 @@ def compile_pids(m: Any) -> Filter:
     follow = m.followForks and m.operator == "In"
 
     def pid_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
-        p = body.get("process") or {}
+        p = process_at(body, ctx)
         pid = p.get("pid")
         if not isinstance(pid, int):
             raise Undecided("the event's process has no pid")
@@ -513,7 +542,7 @@ def compile_namespaces(m: Any) -> Filter:
     inums = {int(v) for v in m.values if v != "host_ns"}
 
     def ns_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
-        ns = (body.get("process") or {}).get("ns")
+        ns = process_at(body, ctx).get("ns")
         if not isinstance(ns, dict):
             raise Undecided("the event's process has no ns (namespaces)")
         d = ns.get(name)
@@ -543,7 +572,7 @@ def compile_caps(m: Any) -> Filter:
     wanted = {_cap_name(v) for v in m.values}
 
     def cap_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
-        cap = (body.get("process") or {}).get("cap")
+        cap = process_at(body, ctx).get("cap")
         if not isinstance(cap, dict):
             raise Undecided("the event's process has no cap (capability sets)")
         have = {_cap_name(c) for c in cap.get(which) or []}  # protojson leaves an empty set out
@@ -561,12 +590,13 @@ class HookEval:
     selectors: list[SelectorEval]
     recorded_nargs: int | None
 
-    def decide(self, body: dict[str, Any], ev: dict[str, Any], table: ProcessTable) -> tuple[int | None, str | None]:
+    def decide(self, body: dict[str, Any], ev: dict[str, Any], table: ProcessTable,
+               time_ns: int | None = None) -> tuple[int | None, str | None]:
         """(index of the selector whose actions the kernel takes, or None) and the undecided reason.
         No selectors: every event matches (index -1)."""
         if not self.selectors:
             return -1, None
-        ctx = Context(table, self.recorded_nargs)
+        ctx = Context(table, self.recorded_nargs, time_ns)
         pending: str | None = None
         for s in self.selectors:
             try:

@@ -111,7 +111,7 @@ class Replay:
 
     def __init__(self, policies: Sequence[Any], *, mode: str | None = None, recorded_with: Sequence[Any] = (),
                  since_ns: int | None = None, until_ns: int | None = None, examples: int = 3,
-                 keep_decisions: bool = False) -> None:
+                 keep_decisions: bool = False, unknown_ancestors: str = "undecided") -> None:
         self.since_ns, self.until_ns, self.examples = since_ns, until_ns, examples
         self.recorded_names = {p.key for p in recorded_with} | {p.name for p in recorded_with}
         rec_items: dict[tuple[str, ...], Any] = {}
@@ -122,6 +122,10 @@ class Replay:
                         rec_items.setdefault(k, item)
         self.runs: list[_PolicyRun] = []
         for p in policies:
+            if p.scoped:
+                raise ReplayRefused(f"{p.file or '<policy>'}: {p.key}: a scoped policy (podSelector, containerSelector, "
+                                    f"hostSelector or TracingPolicyNamespaced) is not replayed yet: replay it "
+                                    f"without those keys to see what it does on every process")
             hooks = []
             for sec in p.sections:
                 for i, item in enumerate(sec.items):
@@ -138,7 +142,10 @@ class Replay:
                         line = f":{p.source.line_of(('spec', sec.key, i))}" if p.source is not None else ""
                         raise ReplayRefused(f"{p.file or '<policy>'}{line}: {e}") from None
             self.runs.append(_PolicyRun(p.key, mode or p.mode, hooks))
-        self.table = ProcessTable()
+        if unknown_ancestors not in ("undecided", "no-match"):
+            raise ReplayRefused(f"unknown_ancestors {unknown_ancestors!r}: undecided or no-match")
+        self.unknown_ancestors = unknown_ancestors
+        self.table = ProcessTable(unknown_ancestors_match=None if unknown_ancestors == "undecided" else False)
         self.lines = self.events = self.in_window = self.untimed = 0
         self.hook_events = self.other_hooks = 0
         self.rate_limit_info = 0
@@ -165,6 +172,10 @@ class Replay:
         body = rec.body
         self.table.add(body.get("parent"))
         self.table.add(body.get("process"))
+        if rec.kind == "process_exec" and rec.time_ns is not None and isinstance(body.get("process"), dict):
+            eid = body["process"].get("exec_id")
+            if eid:
+                self.table.exec_time[eid] = rec.time_ns
         if rec.kind == "rate_limit_info":
             self.rate_limit_info += 1
             return
@@ -199,7 +210,7 @@ class Replay:
         who = proc.get("exec_id") or proc.get("pid")
         if who is not None and who in run.killed_procs:
             run.after_kill += 1
-        sel, why = hb.hook.decide(body, {}, self.table)
+        sel, why = hb.hook.decide(body, {}, self.table, rec.time_ns)
         if why is not None:
             hb.undecided += 1
             hb.reasons[why] += 1
@@ -267,6 +278,7 @@ class Replay:
                               "untimed": self.untimed, "rate_limit_info": self.rate_limit_info,
                               "malformed": self.malformed, "malformed_examples": self.malformed_examples,
                               "since": self.since_ns, "until": self.until_ns},
+                "assumptions": ({"unknown_ancestors": "no-match"} if self.unknown_ancestors == "no-match" else {}),
                 "policies": pols}
 
 
