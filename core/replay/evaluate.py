@@ -16,7 +16,7 @@ import base64
 import dataclasses
 import ipaddress
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from sensorium.policy import (ADDR_OPERATORS, PORT_OPERATORS, PRIV_PORT_OPERATORS, SOCK_FAMILIES, SOCK_PROTOCOLS,
                               KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, sock_value)
@@ -217,30 +217,27 @@ class ProcessTable:
             self.exec_time.pop(old, None)
         self.procs[eid] = (p.get("pid"), p.get("binary"), p.get("parent_exec_id") or None)
 
-    def ancestors(self, proc: Mapping[str, Any], parent: Mapping[str, Any] | None) -> list[tuple[int | None, str | None]]:
-        """(pid, binary) of the parent, grandparent... up to the root (pid 1 or no parent). Undecided when a
-        link is not in the recording."""
-        out: list[tuple[int | None, str | None]] = []
+    def ancestors(self, proc: Mapping[str, Any], parent: Mapping[str, Any] | None) -> Iterator[tuple[int | None, str | None]]:
+        """(pid, binary) of the parent, grandparent... up to the root (pid 1 or no parent), nearest first, so
+        that a caller can stop at the first that matches. Undecided when the next link is not in the
+        recording."""
         eid = proc.get("parent_exec_id") or None
         if isinstance(parent, dict) and parent.get("exec_id"):
             eid = parent["exec_id"]
         seen: set[str] = set()
-        while eid:
-            if eid in seen or len(out) > 4096:
-                break
+        while eid and eid not in seen and len(seen) < 4096:
             seen.add(eid)
             rec = self.procs.get(eid)
             if rec is None:
                 if proc.get("pid") in (0, 1) or self.unknown_ancestors_match is False:
-                    break
+                    return
                 raise Undecided("an ancestor of the process is not in the recording (it started before the "
                                 "recording; --unknown-ancestors no-match assumes it did not match)")
             pid, binary, up = rec
-            out.append((pid, binary))
+            yield pid, binary
             if pid in (0, 1):
-                break
+                return
             eid = up
-        return out
 
 
 # ---- one hook -----------------------------------------------------------------------------------------
@@ -361,8 +358,8 @@ def _arg_value(body: dict[str, Any], ref: ArgRef, ctx: Context) -> tuple[str, An
     if not isinstance(args, list):
         raise Undecided("the event has no args")
     if ctx.recorded_nargs is not None and len(args) != ctx.recorded_nargs:
-        raise Undecided(f"the event has {len(args)} arguments where the recording policy declares "
-                        f"{ctx.recorded_nargs} (pass --recorded-with the policy that recorded it)")
+        raise Undecided(f"the event has {len(args)} arguments where {ctx.recorded_nargs} were expected (pass "
+                        f"--recorded-with the policy that recorded it)")
     if ref.pos >= len(args) or not isinstance(args[ref.pos], dict):
         raise Undecided(f"the event has no argument at position {ref.pos} (pass --recorded-with the policy "
                         f"that recorded it)")
@@ -457,6 +454,9 @@ def compile_match_arg(m: Any, ref: ArgRef, field: str) -> Filter:
     def arg_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
         key, value = _arg_value(body, ref, ctx)
         if key in INT_KEYS or key == "syscall_id":
+            if ref.ctype not in INT_TYPES and ref.ctype != "auto":
+                raise Undecided(f"the recording holds {key} where the policy reads type {ref.ctype} (pass "
+                                f"--recorded-with the policy that recorded it)")
             if op not in INT_OPS:
                 raise Undecided(f"operator {op} on the integer argument")
             ival, signed = _int_of(key, value, ref)
@@ -680,7 +680,7 @@ def compile_item(section: str, index: int, item: Any, recorded: Any | None) -> H
                                 f"syscall and uprobe hooks (the agent refuses it there too); use Sigkill, or an "
                                 f"lsmhooks section")
         sels.append(SelectorEval(si, filters, names, post, signal, override, rl, scope))
-    return HookEval(name, keys, sels, len(theirs.args) if recorded is not None else None)
+    return HookEval(name, keys, sels, len(theirs.args))
 
 
 def _check_op_fits(op: str, ctype: str, field: str) -> None:
