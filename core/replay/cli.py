@@ -45,8 +45,10 @@ def _when(text: str | None, opt: str) -> int | None:
 
 @click.command("replay")
 @click.argument("policy_file", metavar="POLICY", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("--events", "events_file", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="Recorded events: JSON lines from the file exporter, or Tetragon's JSON export ('-': stdin).")
+@click.option("--events", "events_files", required=True, multiple=True,
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="Recorded events: JSON lines from the file exporter, or Tetragon's JSON export ('-': stdin; "
+                   ".gz read as gzip). Repeat it for rotated files, oldest first.")
 @click.option("--recorded-with", "recorded_with", type=click.Path(exists=True, dir_okay=False),
               help="The policy that made the recording: only its events are used, and its args say where each "
                    "argument sits (default: every hook event, args declared as in POLICY).")
@@ -60,7 +62,7 @@ def _when(text: str | None, opt: str) -> int | None:
               show_default=True, help="followChildren/followForks: an ancestor the recording does not show (it "
                                       "started before the recording) is undecided, or assumed not to match.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (see docs/replay.md).")
-def replay_command(policy_file: str, events_file: str, recorded_with: str | None, since: str | None,
+def replay_command(policy_file: str, events_files: tuple[str, ...], recorded_with: str | None, since: str | None,
                    until: str | None, mode: str | None, examples: int, unknown_ancestors: str, as_json: bool) -> None:
     """What POLICY would have matched, posted, killed or overridden in recorded events.
 
@@ -81,10 +83,11 @@ def replay_command(policy_file: str, events_file: str, recorded_with: str | None
                     examples=examples, unknown_ancestors=unknown_ancestors)
     except ReplayRefused as e:
         raise click.ClickException(f"cannot replay: {e}") from None
-    try:
-        rp.feed(read_events(events_file), "<stdin>" if events_file == "-" else events_file)
-    except OSError as e:
-        raise click.ClickException(f"--events {events_file}: {e.strerror or e}") from None
+    for events_file in events_files:
+        try:
+            rp.feed(read_events(events_file), "<stdin>" if events_file == "-" else events_file)
+        except (OSError, EOFError) as e:
+            raise click.ClickException(f"--events {events_file}: {getattr(e, 'strerror', None) or e}") from None
     res = rp.result()
     if as_json:
         click.echo(orjson.dumps(res).decode())

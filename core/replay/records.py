@@ -45,6 +45,12 @@ def parse_rfc3339(text: str) -> int:
     return secs * 1_000_000_000 + int(frac)
 
 
+def format_rfc3339(ns: int) -> str:
+    """Nanoseconds since the epoch -> RFC 3339 in UTC with nanoseconds (as the events write it)."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(secs)) + f".{frac:09d}Z"
+
+
 def parse_when(text: str, now_ns: int | None = None) -> int:
     """A bound of ``--since``/``--until``: RFC 3339, or relative to now (``90s``, ``30m``, ``24h``, ``7d``,
     ``2w``) -> nanoseconds since the epoch."""
@@ -88,11 +94,18 @@ def hook_key(kind: str, body: dict[str, Any]) -> tuple[str, ...]:
 
 
 def read_events(path: str) -> Iterator[Recorded | Malformed]:
-    """Every line of ``path`` (``-``: stdin) as a `Recorded` event, or `Malformed` with the reason.
-    OSError (the file cannot be opened) is the caller's to report."""
+    """Every line of ``path`` (``-``: stdin; a ``.gz`` file, as the file exporter compresses rotated files, is
+    read through gzip) as a `Recorded` event, or `Malformed` with the reason. OSError (the file cannot be
+    opened or decompressed) is the caller's to report."""
+    import gzip
     import sys
 
-    f = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 (closed below)
+    if path == "-":
+        f: Any = sys.stdin.buffer
+    elif path.endswith(".gz"):
+        f = gzip.open(path, "rb")
+    else:
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
     try:
         for n, raw in enumerate(f, 1):
             line = raw.strip()
@@ -128,5 +141,5 @@ def read_events(path: str) -> Iterator[Recorded | Malformed]:
             f.close()
 
 
-__all__ = ["HOOK_KINDS", "PROCESS_KINDS", "Recorded", "Malformed", "hook_key", "parse_rfc3339", "parse_when",
+__all__ = ["HOOK_KINDS", "PROCESS_KINDS", "Recorded", "Malformed", "hook_key", "parse_rfc3339", "format_rfc3339", "parse_when",
            "read_events"]

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import orjson
 
 from sensorium.replay.evaluate import HookEval, ProcessTable, ReplayRefused, compile_item, item_keys
-from sensorium.replay.records import HOOK_KINDS, Malformed, Recorded, hook_key
+from sensorium.replay.records import HOOK_KINDS, Malformed, Recorded, format_rfc3339, hook_key
 
 TOP = 10            # binaries and pods listed per selector
 MALFORMED_SHOWN = 5
@@ -153,11 +153,11 @@ class Replay:
         self.malformed_examples: list[str] = []
         self.keep = keep_decisions
         self.decisions: list[Decision] = []
-        self.source = ""
+        self.sources: list[str] = []
 
     # -- the stream -------------------------------------------------------------------------------
     def feed(self, items: Iterable[Recorded | Malformed], source: str = "") -> "Replay":
-        self.source = source
+        self.sources.append(source)
         for it in items:
             if isinstance(it, Malformed):
                 self.malformed += 1
@@ -273,11 +273,12 @@ class Replay:
                 "killed": total["killed"], "signalled": total["signalled"], "overridden": total["overridden"],
                 "rate_limited": total["rate_limited"], "undecided": total["undecided"],
                 "events_after_kill": total["events_after_kill"],
-                "recording": {"file": self.source, "events": self.events, "in_window": self.in_window,
+                "recording": {"files": self.sources, "events": self.events, "in_window": self.in_window,
                               "on_policy_hooks": self.hook_events, "on_other_hooks": self.other_hooks,
                               "untimed": self.untimed, "rate_limit_info": self.rate_limit_info,
                               "malformed": self.malformed, "malformed_examples": self.malformed_examples,
-                              "since": self.since_ns, "until": self.until_ns},
+                              "since": None if self.since_ns is None else format_rfc3339(self.since_ns),
+                              "until": None if self.until_ns is None else format_rfc3339(self.until_ns)},
                 "assumptions": ({"unknown_ancestors": "no-match"} if self.unknown_ancestors == "no-match" else {}),
                 "policies": pols}
 
@@ -285,7 +286,7 @@ class Replay:
 def render_text(res: Mapping[str, Any]) -> Iterator[str]:
     """The report for people: one block per policy, hook and selector."""
     r = res["recording"]
-    yield (f"recording {r['file']}: {r['events']} events, {r['on_policy_hooks']} on the policy's hooks"
+    yield (f"recording {', '.join(r['files'])}: {r['events']} events, {r['on_policy_hooks']} on the policy's hooks"
            + (f", {r['malformed']} malformed lines" if r["malformed"] else "")
            + (f", {r['untimed']} without a time (left out by --since/--until)" if r["untimed"] else ""))
     for p in res["policies"]:
