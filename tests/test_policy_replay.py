@@ -17,11 +17,11 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from sensorium_testlib import REPO, SENSORIUM_BIN, cgroup2_mount, make_cgroup, start_agent
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow,
@@ -89,7 +89,8 @@ def _cases(d: Path, ports: tuple[int, int]) -> dict[str, tuple[str, dict[str, An
                                         "matchActions": [{"action": "Sigkill"}]},
                                        {"matchArgs": [arg(1, "Prefix", f"{d}/")]})),
         "nopost": ("openat", item("openat",
-                                  {"matchArgs": [arg(1, "Prefix", f"{d}/sub/")], "matchActions": [{"action": "NoPost"}]},
+                                  {"matchArgs": [arg(1, "Prefix", f"{d}/sub/")],
+                                   "matchActions": [{"action": "NoPost"}]},
                                   {"matchArgs": [arg(1, "Prefix", f"{d}/")]})),
         "signal": ("openat", item("openat", {"matchArgs": [arg(1, "Postfix", ".cfg")],
                                              "matchActions": [{"action": "Signal", "argSig": 10}]})),
@@ -233,7 +234,8 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     try:
         h = start_agent(d / "agent", {"policies": {"directory": str(pol)},
                                       "sensors": {"tracepoint": {"enabled": True}, "kprobe": {"enabled": True}},
-                                      "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50}]},
+                                      "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50,
+                                                     "max_size_mb": 4096}]},
                         started=started, ready_timeout=180)
         a, b, c = (str(d / "bin" / n) for n in ("work-a", "work-b", "work-c"))
         p1, p2 = ports
@@ -270,6 +272,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
                    e["process_kprobe"].get("policy_name") == "replay-broad", path=events, timeout=30)
         time.sleep(1.5)  # the candidates' events of the same calls
         h.stop()
+        assert not Path(f"{events}.1").exists(), "the recording rotated: raise max_size_mb"
         yield Recording(events, broad, policies, cases, {"replay-pids": since})
     finally:
         for s in started:
@@ -310,9 +313,7 @@ def _replayed(rec: Recording, pname: str) -> tuple[dict[str, collections.Counter
         if n in lines:
             ev = json.loads(line)
             bodies[n] = next(v for k, v in ev.items() if k.startswith("process_"))
-    items = [it for sec in cand[0].sections for it in sec.items]
     selectors_of = {f"{sec.key}[{i}]": it for sec in cand[0].sections for i, it in enumerate(sec.items)}
-    del items
     out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for x in rp.decisions:
         assert x.undecided is None, f"line {x.line}: {x.undecided}"
@@ -352,7 +353,8 @@ def test_replay_posts_what_the_kernel_posted(recording: Recording, case: str) ->
     kernel, replayed, _ = _cache[pname]
     assert kernel[case], f"{case}: the kernel posted nothing: the case tests nothing"
     assert replayed[case] == kernel[case], (
-        f"{case}: replay only {sorted(replayed[case] - kernel[case])}; kernel only {sorted(kernel[case] - replayed[case])}")
+        f"{case}: replay only {sorted(replayed[case] - kernel[case])}; "
+        f"kernel only {sorted(kernel[case] - replayed[case])}")
 
 
 def test_a_case_the_kernel_leaves_out_is_left_out_by_the_replay(recording: Recording) -> None:

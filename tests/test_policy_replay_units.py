@@ -11,10 +11,19 @@ import pytest
 from click.testing import CliRunner
 
 from sensorium.cli import cli
-from sensorium.replay.evaluate import (ReplayRefused, Sock, Undecided, addr_in, int_match, parse_int_value,
-                                       sock_from_json, sock_match, str_match)
-from sensorium.replay.records import parse_rfc3339, parse_when
 from sensorium.policy import sock_value
+from sensorium.replay.evaluate import (
+    ReplayRefused,
+    Sock,
+    Undecided,
+    addr_in,
+    int_match,
+    parse_int_value,
+    sock_from_json,
+    sock_match,
+    str_match,
+)
+from sensorium.replay.records import parse_rfc3339, parse_when
 
 T0 = "2026-12-01T10:00:00.000000001Z"
 
@@ -160,13 +169,15 @@ def test_monitoring_posts_a_would_be_kill_even_with_nopost(tmp_path: Path) -> No
 
 
 def test_the_policy_mode_option_is_the_default_mode(tmp_path: Path) -> None:
-    sel = [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["/x"]}], "matchActions": [{"action": "Sigkill"}]}]
+    sel = [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["/x"]}],
+            "matchActions": [{"action": "Sigkill"}]}]
     res = _json(tmp_path, _policy(sel, mode="monitor"), [_openat("/x")])
     assert res["policies"][0]["mode"] == "monitoring" and res["killed"] == 0
 
 
 def test_events_of_a_killed_process_after_the_kill_are_counted(tmp_path: Path) -> None:
-    sel = [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["/x"]}], "matchActions": [{"action": "Sigkill"}]}]
+    sel = [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["/x"]}],
+            "matchActions": [{"action": "Sigkill"}]}]
     res = _json(tmp_path, _policy(sel), [_openat("/x"), _openat("/y"), _openat("/z", pid=7)])
     assert res["events_after_kill"] == 1
 
@@ -263,14 +274,16 @@ def test_tetragons_own_json_export_is_read(tmp_path: Path) -> None:
                              "parent": {"exec_id": "a0", "pid": 300, "binary": "/bin/sh"},
                              "function_name": "security_file_open",
                              "args": [{"file_arg": {"path": "/etc/shadow", "permission": "-rw-r-----"}}],
-                             "action": "KPROBE_ACTION_POST", "policy_name": "files", "return_action": "KPROBE_ACTION_POST"},
+                             "action": "KPROBE_ACTION_POST", "policy_name": "files",
+                             "return_action": "KPROBE_ACTION_POST"},
           "node_name": "node-1", "time": "2026-12-01T10:00:00.123456789Z"}
     pol = json.dumps({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": "c"},
                       "spec": {"kprobes": [{"call": "security_file_open", "syscall": False,
                                             "args": [{"index": 0, "type": "file"}],
                                             "selectors": [{"matchArgs": [{"index": 0, "operator": "Prefix",
                                                                           "values": ["/etc/"]}],
-                                                           "matchActions": [{"action": "Override", "argError": -1}]}]}]}})
+                                                           "matchActions": [{"action": "Override",
+                                                                             "argError": -1}]}]}]}})
     res = _json(tmp_path, pol, [ev])
     sel = res["policies"][0]["hooks"][0]["selectors"][0]
     assert res["actions"] == {"Override": 1} and res["overridden"] == 1 and sel["pods"] == {"shop/web-1": 1}
@@ -300,7 +313,7 @@ def test_since_and_until_select_the_window(tmp_path: Path) -> None:
     (["--until", "2026-13-01T00:00:00Z"], "Invalid value for --until: '2026-13-01T00:00:00Z' is neither"),
 ])
 def test_bad_time_bounds_are_refused_naming_the_option(tmp_path: Path, opts: list[str], words: str) -> None:
-    code, out, err = _run(tmp_path, _policy([]), [_openat("/a")], *opts)
+    code, _, err = _run(tmp_path, _policy([]), [_openat("/a")], *opts)
     assert code == 2 and words in err
 
 
@@ -325,3 +338,40 @@ def test_undecided_is_an_exception_with_its_reason() -> None:
     with pytest.raises(Undecided, match="why"):
         raise Undecided("why")
     assert issubclass(ReplayRefused, ValueError)
+
+
+def _in_pod(path: str, ns: str | None, name: str | None = None, labels: dict[str, str] | None = None,
+            container: str = "main") -> dict[str, Any]:
+    ev = _openat(path)
+    if ns is not None:
+        ev["process_kprobe"]["process"]["pod"] = {"namespace": ns, "name": name or "p", "pod_labels": labels or {},
+                                                  "container": {"id": "c1", "name": container}}
+    return ev
+
+
+def _scoped(extra: dict[str, Any], kind: str = "TracingPolicy", namespace: str | None = None) -> str:
+    doc = json.loads(_policy([]))
+    doc["kind"] = kind
+    if namespace:
+        doc["metadata"]["namespace"] = namespace
+    doc["spec"].update(extra)
+    return json.dumps(doc)
+
+
+def test_a_scoped_policy_applies_to_the_pods_and_host_it_selects(tmp_path: Path) -> None:
+    evs = [_in_pod("/host", None), _in_pod("/web", "shop", "web-1", {"app": "web", "tier": "front"}),
+           _in_pod("/db", "shop", "db-1", {"app": "db"}), _in_pod("/other", "ops", "web-2", {"app": "web"}),
+           _in_pod("/side", "shop", "web-1", {"app": "web", "tier": "front"}, container="sidecar")]
+
+    def matched(policy: str) -> list[str]:
+        res = _json(tmp_path, policy, evs, "--examples", "10")
+        ex = res["policies"][0]["hooks"][0]["selectors"][0]["examples"] if res["matched"] else []
+        return sorted(e["args"][1]["string_arg"] for e in ex)
+    assert matched(_scoped({}, "TracingPolicyNamespaced", "shop")) == ["/db", "/side", "/web"]
+    assert matched(_scoped({"podSelector": {"matchLabels": {"app": "web"}}})) == ["/other", "/side", "/web"]
+    assert matched(_scoped({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]},
+                            "hostSelector": {}})) == ["/db", "/host", "/other"]
+    assert matched(_scoped({"containerSelector": {"matchLabels": {"name": "sidecar"}}})) == ["/side"]
+    assert matched(_scoped({"hostSelector": {}})) == ["/host"]
+    res = _json(tmp_path, _scoped({"hostSelector": {}}), evs)
+    assert res["policies"][0]["out_of_scope"] == 4

@@ -16,10 +16,21 @@ import base64
 import dataclasses
 import ipaddress
 import re
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
-from sensorium.policy import (ADDR_OPERATORS, PORT_OPERATORS, PRIV_PORT_OPERATORS, SOCK_FAMILIES, SOCK_PROTOCOLS,
-                              KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, sock_value)
+from sensorium.policy import (
+    ADDR_OPERATORS,
+    PORT_OPERATORS,
+    PRIV_PORT_OPERATORS,
+    SOCK_FAMILIES,
+    SOCK_PROTOCOLS,
+    KProbeSpec,
+    LsmHookSpec,
+    TracepointSpec,
+    UProbeSpec,
+    sock_value,
+)
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 
 STR_MAX = 255          # bytes of a string the kernel compares (SENS_STR_MAX - 1)
@@ -65,9 +76,6 @@ class Undecided(Exception):
 class ReplayRefused(ValueError):
     """The policy holds something the replay cannot evaluate on any event (field: where, as policy check
     names it)."""
-
-
-Tri = "bool | None"
 
 
 # ---- values -------------------------------------------------------------------------------------------
@@ -217,7 +225,8 @@ class ProcessTable:
             self.exec_time.pop(old, None)
         self.procs[eid] = (p.get("pid"), p.get("binary"), p.get("parent_exec_id") or None)
 
-    def ancestors(self, proc: Mapping[str, Any], parent: Mapping[str, Any] | None) -> Iterator[tuple[int | None, str | None]]:
+    def ancestors(self, proc: Mapping[str, Any],
+                  parent: Mapping[str, Any] | None) -> Iterator[tuple[int | None, str | None]]:
         """(pid, binary) of the parent, grandparent... up to the root (pid 1 or no parent), nearest first, so
         that a caller can stop at the first that matches. Undecided when the next link is not in the
         recording."""
@@ -280,10 +289,11 @@ class ArgLayout:
     args: tuple[tuple[int, str], ...]
 
     @staticmethod
-    def of(item: Any) -> "ArgLayout":
+    def of(item: Any) -> ArgLayout:
+        args: list[Any] = list(item.args)
         if isinstance(item, TracepointSpec):
-            return ArgLayout(tuple((a.index, a.type or "auto") for a in item.args))
-        return ArgLayout(tuple((a.index, a.type or "auto") for a in item.args if (a.type or "auto") != "nop"))
+            return ArgLayout(tuple((a.index, a.type or "auto") for a in args))
+        return ArgLayout(tuple((a.index, a.type or "auto") for a in args if (a.type or "auto") != "nop"))
 
 
 @dataclasses.dataclass
@@ -296,7 +306,7 @@ class ArgRef:
     kprobe: bool
 
 
-Filter = Callable[[dict[str, Any], dict[str, Any], "Context"], bool]
+Filter = Callable[[dict[str, Any], "Context"], bool]
 
 
 @dataclasses.dataclass
@@ -340,11 +350,12 @@ class SelectorEval:
     rate_limit_ns: int | None
     rate_scope: str
 
-    def evaluate(self, body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool | None:
+    def evaluate(self, body: dict[str, Any], ctx: Context) -> bool:
+        """True, False, or `Undecided` (raised) when no filter is False and one cannot be decided."""
         undecided: str | None = None
         for field, f in self.filters:
             try:
-                if not f(body, ev, ctx):
+                if not f(body, ctx):
                     return False
             except Undecided as u:
                 undecided = undecided or f"{field}: {u.reason}"
@@ -427,17 +438,13 @@ def _check_kind(key: str, ref: ArgRef) -> None:
         raise Undecided(f"the recording holds {key} where the policy reads type {ref.ctype}")
 
 
-def _is_int_type(t: str, key_hint: str | None = None) -> bool:
-    return t in INT_TYPES
-
-
 def compile_match_arg(m: Any, ref: ArgRef, field: str) -> Filter:
     op = m.op
     values = list(m.values)
     if op in SOCK_OPS:
         parsed = [] if op in PRIV_PORT_OPERATORS else [sock_value(op, v) for v in values]
 
-        def sock_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
+        def sock_filter(body: dict[str, Any], ctx: Context) -> bool:
             key, value = _arg_value(body, ref, ctx)
             if key not in SOCK_KEYS:
                 raise Undecided(f"the recording holds {key} where the policy reads a socket ({ref.ctype})")
@@ -451,7 +458,7 @@ def compile_match_arg(m: Any, ref: ArgRef, field: str) -> Filter:
         int_values = [parse_int_value(v) for v in values]
     str_values = [str(v).encode() for v in values]
 
-    def arg_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
+    def arg_filter(body: dict[str, Any], ctx: Context) -> bool:
         key, value = _arg_value(body, ref, ctx)
         if key in INT_KEYS or key == "syscall_id":
             if ref.ctype not in INT_TYPES and ref.ctype != "auto":
@@ -475,14 +482,17 @@ def compile_return(m: Any) -> Filter:
     op = m.op
     values = [parse_int_value(v) for v in m.values]
 
-    def ret_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
+    def ret_filter(body: dict[str, Any], ctx: Context) -> bool:
         r = body.get("return")
         if not isinstance(r, dict):
             raise Undecided("the event has no return value (record with return: true)")
-        if "long_arg" in r or "size_arg" in r:
-            v = int(r.get("long_arg", r.get("size_arg")))
-        else:
+        raw = r.get("long_arg", r.get("size_arg"))
+        if raw is None:
             raise Undecided(f"the recording kept the return value as {sorted(r)} (record it as long)")
+        try:
+            v = int(raw)
+        except (TypeError, ValueError):
+            raise Undecided(f"return value {raw!r} is not an integer") from None
         return int_match(v & MASK64, True, op, values)
     return ret_filter
 
@@ -498,7 +508,7 @@ def compile_binaries(b: Any) -> Filter:
     op, follow = b.operator, b.followChildren
     values = [str(v).encode() for v in b.values]
 
-    def bin_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
+    def bin_filter(body: dict[str, Any], ctx: Context) -> bool:
         if str_match(_binary(body, ctx), op, values):
             return True
         if not follow:
@@ -516,7 +526,7 @@ def compile_pids(m: Any) -> Filter:
     values = set(m.values)
     follow = m.followForks and m.operator == "In"
 
-    def pid_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
+    def pid_filter(body: dict[str, Any], ctx: Context) -> bool:
         p = process_at(body, ctx)
         pid = p.get("pid")
         if not isinstance(pid, int):
@@ -541,7 +551,7 @@ def compile_namespaces(m: Any) -> Filter:
     host = "host_ns" in m.values
     inums = {int(v) for v in m.values if v != "host_ns"}
 
-    def ns_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
+    def ns_filter(body: dict[str, Any], ctx: Context) -> bool:
         ns = process_at(body, ctx).get("ns")
         if not isinstance(ns, dict):
             raise Undecided("the event's process has no ns (namespaces)")
@@ -571,7 +581,7 @@ def compile_caps(m: Any) -> Filter:
     which = m.type.lower()
     wanted = {_cap_name(v) for v in m.values}
 
-    def cap_filter(body: dict[str, Any], ev: dict[str, Any], ctx: Context) -> bool:
+    def cap_filter(body: dict[str, Any], ctx: Context) -> bool:
         cap = process_at(body, ctx).get("cap")
         if not isinstance(cap, dict):
             raise Undecided("the event's process has no cap (capability sets)")
@@ -590,7 +600,7 @@ class HookEval:
     selectors: list[SelectorEval]
     recorded_nargs: int | None
 
-    def decide(self, body: dict[str, Any], ev: dict[str, Any], table: ProcessTable,
+    def decide(self, body: dict[str, Any], table: ProcessTable,
                time_ns: int | None = None) -> tuple[int | None, str | None]:
         """(index of the selector whose actions the kernel takes, or None) and the undecided reason.
         No selectors: every event matches (index -1)."""
@@ -600,7 +610,7 @@ class HookEval:
         pending: str | None = None
         for s in self.selectors:
             try:
-                r = s.evaluate(body, ev, ctx)
+                r = s.evaluate(body, ctx)
             except Undecided as u:
                 pending = pending or f"selectors[{s.index}].{u.reason}"
                 continue

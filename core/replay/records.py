@@ -13,7 +13,8 @@ import dataclasses
 import datetime
 import re
 import time as _time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 
@@ -105,7 +106,7 @@ def read_events(path: str) -> Iterator[Recorded | Malformed]:
     elif path.endswith(".gz"):
         f = gzip.open(path, "rb")
     else:
-        f = open(path, "rb")  # noqa: SIM115 (closed below)
+        f = open(path, "rb")
     try:
         for n, raw in enumerate(f, 1):
             line = raw.strip()
@@ -141,5 +142,6 @@ def read_events(path: str) -> Iterator[Recorded | Malformed]:
             f.close()
 
 
-__all__ = ["HOOK_KINDS", "PROCESS_KINDS", "Recorded", "Malformed", "hook_key", "parse_rfc3339", "format_rfc3339", "parse_when",
+__all__ = ["HOOK_KINDS", "PROCESS_KINDS", "Recorded", "Malformed", "hook_key", "parse_rfc3339", "format_rfc3339",
+           "parse_when",
            "read_events"]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import orjson
 
 from sensorium.replay.evaluate import HookEval, ProcessTable, ReplayRefused, compile_item, item_keys
 from sensorium.replay.records import HOOK_KINDS, Malformed, Recorded, format_rfc3339, hook_key
+from sensorium.replay.scope import scope_test
 
 TOP = 10            # binaries and pods listed per selector
 MALFORMED_SHOWN = 5
@@ -66,8 +68,10 @@ class _HookBooks:
 
 
 class _PolicyRun:
-    def __init__(self, name: str, mode: str, hooks: list[HookEval]) -> None:
-        self.name, self.mode = name, mode
+    def __init__(self, name: str, mode: str, hooks: list[HookEval],
+                 in_scope: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.name, self.mode, self.in_scope = name, mode, in_scope
+        self.out_of_scope = 0
         self.hooks = [_HookBooks(h) for h in hooks]
         self.by_key: dict[tuple[str, ...], list[_HookBooks]] = {}
         for b in self.hooks:
@@ -91,7 +95,7 @@ class _PolicyRun:
                 "overridden": actions["Override"] if enforce else 0,
                 "rate_limited": sum(s.rate_limited for h in self.hooks for s in h.sels.values()),
                 "undecided": sum(h.undecided for h in self.hooks),
-                "events_after_kill": self.after_kill}
+                "events_after_kill": self.after_kill, "out_of_scope": self.out_of_scope}
 
 
 def _example(rec: Recorded, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,10 +126,6 @@ class Replay:
                         rec_items.setdefault(k, item)
         self.runs: list[_PolicyRun] = []
         for p in policies:
-            if p.scoped:
-                raise ReplayRefused(f"{p.file or '<policy>'}: {p.key}: a scoped policy (podSelector, containerSelector, "
-                                    f"hostSelector or TracingPolicyNamespaced) is not replayed yet: replay it "
-                                    f"without those keys to see what it does on every process")
             hooks = []
             for sec in p.sections:
                 for i, item in enumerate(sec.items):
@@ -141,7 +141,7 @@ class Replay:
                     except ReplayRefused as e:
                         line = f":{p.source.line_of(('spec', sec.key, i))}" if p.source is not None else ""
                         raise ReplayRefused(f"{p.file or '<policy>'}{line}: {e}") from None
-            self.runs.append(_PolicyRun(p.key, mode or p.mode, hooks))
+            self.runs.append(_PolicyRun(p.key, mode or p.mode, hooks, scope_test(p)))
         if unknown_ancestors not in ("undecided", "no-match"):
             raise ReplayRefused(f"unknown_ancestors {unknown_ancestors!r}: undecided or no-match")
         self.unknown_ancestors = unknown_ancestors
@@ -156,7 +156,7 @@ class Replay:
         self.sources: list[str] = []
 
     # -- the stream -------------------------------------------------------------------------------
-    def feed(self, items: Iterable[Recorded | Malformed], source: str = "") -> "Replay":
+    def feed(self, items: Iterable[Recorded | Malformed], source: str = "") -> Replay:
         self.sources.append(source)
         for it in items:
             if isinstance(it, Malformed):
@@ -195,7 +195,12 @@ class Replay:
         key = hook_key(rec.kind, body)
         on_any = False
         for run in self.runs:
-            for hb in run.by_key.get(key, ()):
+            hooks = run.by_key.get(key, ())
+            if hooks and run.in_scope is not None and not run.in_scope(body):
+                run.out_of_scope += 1
+                on_any = True
+                continue
+            for hb in hooks:
                 on_any = True
                 self._decide(run, hb, rec, body)
         if on_any:
@@ -210,7 +215,7 @@ class Replay:
         who = proc.get("exec_id") or proc.get("pid")
         if who is not None and who in run.killed_procs:
             run.after_kill += 1
-        sel, why = hb.hook.decide(body, {}, self.table, rec.time_ns)
+        sel, why = hb.hook.decide(body, self.table, rec.time_ns)
         if why is not None:
             hb.undecided += 1
             hb.reasons[why] += 1
@@ -225,12 +230,12 @@ class Replay:
         books = hb.sels[sel]
         books.matched += 1
         s = next((x for x in hb.hook.selectors if x.index == sel), None)
-        post, signal, override = (s.post, s.signal, s.override) if s else (True, False, False)
+        post, signal = (s.post, s.signal) if s else (True, False)
         monitor = run.mode != "enforcement"
         posted = post or (monitor and signal)
         limited = False
         if posted and s is not None and s.rate_limit_ns and post:
-            scope_id = proc.get("tid") if s.rate_scope == "thread" else proc.get("pid") if s.rate_scope == "process" else 0
+            scope_id = {"thread": proc.get("tid"), "process": proc.get("pid")}.get(s.rate_scope, 0)
             k = (hb.hook.name, sel, scope_id, orjson.dumps(body.get("args")))
             last = run.rl_last.get(k)
             if rec.time_ns is not None and last is not None and rec.time_ns - last < s.rate_limit_ns:
