@@ -38,6 +38,11 @@ HOOKS = {  # the broad recording's hooks: (section, item without selectors)
                                                              {"index": 1, "type": "sockaddr"}]}),
     "unlinkat": ("tracepoints", {"subsystem": "syscalls", "event": "sys_enter_unlinkat",
                                  "args": [{"index": 5, "type": "int"}, {"index": 6, "type": "string"}]}),
+    # uprobes on the workload's own functions (path filled in by the fixture)
+    "umark": ("uprobes", {"symbols": ["work_mark"], "args": [{"index": 0, "type": "string"},
+                                                             {"index": 1, "type": "int64"}]}),
+    "ubuf": ("uprobes", {"symbols": ["work_buf"], "args": [{"index": 0, "type": "char_buf", "sizeArgIndex": 2},
+                                                           {"index": 1, "type": "size_t"}]}),
 }
 
 
@@ -62,7 +67,7 @@ def _cases(d: Path, ports: tuple[int, int]) -> dict[str, tuple[str, dict[str, An
             {"index": i, "operator": op}
 
     def item(hook: str, *selectors: dict[str, Any], args: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        it = {k: v for k, v in HOOKS[hook][1].items()}
+        it = _hook(hook, d)
         if args is not None:
             it["args"] = args
         it["selectors"] = [{**s, "matchBinaries": [bins, *s.get("matchBinaries", [])]} for s in selectors]
@@ -132,17 +137,27 @@ def _cases(d: Path, ports: tuple[int, int]) -> dict[str, tuple[str, dict[str, An
         "c-family-num": ("connect", item("connect", {"matchArgs": [arg(1, "Family", 2)]})),
         "t-prefix": ("unlinkat", item("unlinkat", {"matchArgs": [arg(1, "Prefix", f"{d}/sub/")]})),
         "t-dfd": ("unlinkat", item("unlinkat", {"matchArgs": [arg(0, "Equal", -100)]})),
+        "u-prefix": ("umark", item("umark", {"matchArgs": [arg(0, "Prefix", "hello")]})),
+        "u-gt": ("umark", item("umark", {"matchArgs": [arg(1, "GT", 10)]}, args=[{"index": 1, "type": "int64"}])),
+        "u-buf": ("ubuf", item("ubuf", {"matchArgs": [arg(0, "Postfix", "def")]})),
     }
     for name, (_, it) in c.items():
         it["message"] = name
     return c
 
 
+def _hook(hook: str, d: Path) -> dict[str, Any]:
+    it = dict(HOOKS[hook][1])
+    if HOOKS[hook][0] == "uprobes":
+        it["path"] = str(d / "bin" / "work-a")
+    return it
+
+
 def _pid_cases(d: Path, pid: int) -> dict[str, tuple[str, dict[str, Any]]]:
     bins = {"operator": "Prefix", "values": [f"{d}/bin/"]}
 
     def item(*pids: dict[str, Any]) -> dict[str, Any]:
-        return {**HOOKS["openat"][1], "selectors": [{"matchPIDs": list(pids), "matchBinaries": [bins]}]}
+        return {**_hook("openat", d), "selectors": [{"matchPIDs": list(pids), "matchBinaries": [bins]}]}
     c = {
         "pid-in": ("openat", item({"operator": "In", "values": [pid]})),
         "pid-notin": ("openat", item({"operator": "NotIn", "values": [pid]})),
@@ -177,6 +192,7 @@ def _key(family: str, body: dict[str, Any]) -> tuple[Any, ...]:
     vals = {k: v for a in args for k, v in a.items() if k != "label"}
     p = body.get("process") or {}
     what = {"openat": lambda: vals.get("string_arg"), "unlinkat": lambda: vals.get("string_arg"),
+            "umark": lambda: vals.get("long_arg"), "ubuf": lambda: vals.get("bytes_arg"),
             "connect": lambda: json.dumps(vals.get("sockaddr_arg"), sort_keys=True),
             "pread": lambda: (vals.get("size_arg"), vals.get("long_arg"), json.dumps(body.get("return")))}[family]()
     return (p.get("pid"), p.get("tid"), what, body.get("action"))
@@ -215,8 +231,8 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     cases = _cases(d, ports)
     pol = d / "policies"
     pol.mkdir()
-    broad_items = [(sec, {**it, "selectors": [{"matchBinaries": [{"operator": "Prefix", "values": [f"{d}/bin/"]}]}]})
-                   for sec, it in HOOKS.values()]
+    ours = {"matchBinaries": [{"operator": "Prefix", "values": [f"{d}/bin/"]}]}
+    broad_items = [(HOOKS[h][0], {**_hook(h, d), "selectors": [ours]}) for h in HOOKS]
     broad = _policy("replay-broad", broad_items)
     (pol / "broad.yaml").write_text(broad)
     policies: dict[str, str] = {}
@@ -233,13 +249,15 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     cg = next(with_cg)
     try:
         h = start_agent(d / "agent", {"policies": {"directory": str(pol)},
-                                      "sensors": {"tracepoint": {"enabled": True}, "kprobe": {"enabled": True}},
+                                      "sensors": {"tracepoint": {"enabled": True}, "kprobe": {"enabled": True},
+                                                  "uprobe": {"enabled": True}},
                                       "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50,
                                                      "max_size_mb": 4096}]},
                         started=started, ready_timeout=180)
         a, b, c = (str(d / "bin" / n) for n in ("work-a", "work-b", "work-c"))
         p1, p2 = ports
         run = [a, f"open:{d}/f1", f"open:{d}/f2.cfg", f"open:{d}/sub/f3", f"open:{d}/sub/f4.cfg", "open:rel.txt",
+               "mark:hello-world:5", "mark:hello:20", "mark:bye:30", "buf:abcdef", "buf:xyz",
                f"open:{d}/missing.cfg", f"creat:{d}/new.cfg", f"open:{long_path}", f"open:{d}/f1", f"open:{d}/f1",
                f"pread:{d}/data:200:10", f"pread:{d}/data:50:100", f"pread:{d}/data:10:5000",
                f"conn4:127.0.0.1:{p1}", f"conn4:127.0.0.2:{p2}", f"conn6:::1:{p1}", f"conn6:::ffff:127.0.0.1:{p2}",
@@ -289,7 +307,7 @@ def _kernel_posted(rec: Recording, pname: str) -> dict[str, collections.Counter]
         ev = json.loads(line)
         kind = next((k for k in ev if k.startswith("process_")), "")
         body = ev.get(kind) or {}
-        if kind in ("process_kprobe", "process_tracepoint") and body.get("policy_name") == pname:
+        if kind in ("process_kprobe", "process_tracepoint", "process_uprobe") and body.get("policy_name") == pname:
             case = body.get("message")
             out[case][_key(rec.cases[case][0], body)] += 1
     return out
@@ -341,7 +359,7 @@ CASES = ["s-eq", "s-ne", "s-prefix", "s-notprefix", "s-postfix", "s-notpostfix",
          "bin-follow", "ns-net-not-host", "ns-mnt-host", "cap-in", "cap-notin", "p-gt", "p-lt", "p-ret-gt",
          "p-ret-eq", "c-daddr", "c-notdaddr", "c-daddr6", "c-mapped", "c-saddr", "c-dport-range", "c-notdport",
          "c-sport", "c-dportpriv", "c-notdportpriv", "c-family", "c-family-num", "t-prefix", "t-dfd",
-         "pid-in", "pid-notin", "pid-follow", "pid-ns"]
+         "u-prefix", "u-gt", "u-buf", "pid-in", "pid-notin", "pid-follow", "pid-ns"]
 _cache: dict[str, Any] = {}
 
 

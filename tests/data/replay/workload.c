@@ -1,7 +1,8 @@
 /* The replay differential test's workload: runs the syscalls named on its command line, in order, so the
  * test knows every call it made. Commands: open:P, creat:P, pread:P:COUNT:OFF, conn4:IP:PORT,
  * conn6:IP:PORT, unlink:P (unlinkat), fork (the child runs the rest, the parent waits and stops),
- * exec:P (execs P with the rest), wait (reads a byte from stdin). */
+ * exec:P (execs P with the rest), wait (reads a byte from stdin), mark:S:N (calls work_mark(S, N)) and
+ * buf:S (calls work_buf(S, strlen(S))), two functions for uprobes. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -13,6 +14,18 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+__attribute__((noinline, used)) long work_mark(const char *s, long n)
+{
+	__asm__ volatile("" ::: "memory");
+	return (long)strlen(s) + n;
+}
+
+__attribute__((noinline, used)) long work_buf(const char *buf, size_t len)
+{
+	__asm__ volatile("" ::: "memory");
+	return (long)len + buf[0];
+}
 
 static void conn(int fam, const char *spec)
 {
@@ -89,6 +102,14 @@ int main(int argc, char **argv)
 			argv[i] = a + 5;
 			execv(a + 5, argv + i);
 			return 127;
+		} else if (!strncmp(a, "mark:", 5)) {
+			char *p = strdup(a + 5), *n = strrchr(p, ':');
+
+			*n++ = 0;
+			work_mark(p, atol(n));
+			free(p);
+		} else if (!strncmp(a, "buf:", 4)) {
+			work_buf(a + 4, strlen(a + 4));
 		} else if (!strcmp(a, "wait")) {
 			char c;
 
