@@ -375,3 +375,15 @@ def test_a_scoped_policy_applies_to_the_pods_and_host_it_selects(tmp_path: Path)
     assert matched(_scoped({"hostSelector": {}})) == ["/host"]
     res = _json(tmp_path, _scoped({"hostSelector": {}}), evs)
     assert res["policies"][0]["out_of_scope"] == 4
+
+
+def test_events_of_several_recording_policies_on_one_hook_are_pointed_out(tmp_path: Path) -> None:
+    code, out, _ = _run(tmp_path, _policy([]), [_openat("/a", policy="rec"), _openat("/a", policy="other")])
+    assert code == 0 and "from 2 policies (other, rec): a call may be counted once per policy" in out
+
+
+def test_signal_nine_counts_as_a_kill_for_the_events_after_it(tmp_path: Path) -> None:
+    sel = [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["/x"]}],
+            "matchActions": [{"action": "Signal", "argSig": 9}]}]
+    res = _json(tmp_path, _policy(sel), [_openat("/x"), _openat("/y")])
+    assert (res["signalled"], res["killed"], res["events_after_kill"]) == (1, 0, 1)

@@ -346,6 +346,7 @@ class SelectorEval:
     actions: list[str]                 # action names, "Post" when the selector has none
     post: bool
     signal: bool
+    kills: bool      # Sigkill, or Signal 9
     override: bool
     rate_limit_ns: int | None
     rate_scope: str
@@ -621,17 +622,18 @@ class HookEval:
         return None, pending
 
 
-def _actions(sel: Any) -> tuple[list[str], bool, bool, bool, int | None, str]:
+def _actions(sel: Any) -> tuple[list[str], bool, bool, bool, bool, int | None, str]:
     acts = list(sel.matchActions)
     names = [a.action for a in acts] or ["Post"]
     post = "NoPost" not in names
     signal = any(n in ("Sigkill", "Signal") for n in names)
+    kills = any(a.action == "Sigkill" or (a.action == "Signal" and a.argSig == 9) for a in acts)
     override = "Override" in names
     rl, scope = None, "thread"
     for a in acts:
         if a.action == "Post" and a.rateLimit is not None:
             rl, scope = a.rate_limit_ns, a.rateLimitScope or "thread"
-    return names, post, signal, override, rl, scope
+    return names, post, signal, kills, override, rl, scope
 
 
 def compile_item(section: str, index: int, item: Any, recorded: Any | None) -> HookEval:
@@ -683,13 +685,13 @@ def compile_item(section: str, index: int, item: Any, recorded: Any | None) -> H
             filters.append((f"matchCapabilities[{ci}]", compile_caps(m)))
         for bi, m in enumerate(sel.matchBinaries):
             filters.append((f"matchBinaries[{bi}]", compile_binaries(m)))
-        names, post, signal, override, rl, scope = _actions(sel)
+        names, post, signal, kills, override, rl, scope = _actions(sel)
         if override and syscall_like:
             ai = names.index("Override")
             raise ReplayRefused(f"{field}.matchActions[{ai}].action: Override is not implemented on tracepoint, "
                                 f"syscall and uprobe hooks (the agent refuses it there too); use Sigkill, or an "
                                 f"lsmhooks section")
-        sels.append(SelectorEval(si, filters, names, post, signal, override, rl, scope))
+        sels.append(SelectorEval(si, filters, names, post, signal, kills, override, rl, scope))
     return HookEval(name, keys, sels, len(theirs.args))
 
 

@@ -236,7 +236,8 @@ class Replay:
         limited = False
         if posted and s is not None and s.rate_limit_ns and post:
             scope_id = {"thread": proc.get("tid"), "process": proc.get("pid")}.get(s.rate_scope, 0)
-            k = (hb.hook.name, sel, scope_id, orjson.dumps(body.get("args")))
+            # one rate-limit map per hook object: an uprobe item's symbols are one object each
+            k = (hb.hook.name, hook_key(rec.kind, body), sel, scope_id, orjson.dumps(body.get("args")))
             last = run.rl_last.get(k)
             if rec.time_ns is not None and last is not None and rec.time_ns - last < s.rate_limit_ns:
                 limited = True
@@ -250,7 +251,7 @@ class Replay:
             if name == "Post" and not (post and not limited):
                 continue
             books.actions[name] += 1
-        if signal and not monitor and who is not None and any(n == "Sigkill" for n in books.action_names):
+        if s is not None and s.kills and not monitor and who is not None:
             run.killed_procs.add(who)
         b = proc.get("binary")
         books.binaries[str(b) if b else "?"] += 1
@@ -305,6 +306,10 @@ def render_text(res: Mapping[str, Any]) -> Iterator[str]:
         for h in p["hooks"]:
             yield f"  {h['hook']}: {h['events']} events, matched {h['matched']}" + (
                 f", undecided {h['undecided']}" if h["undecided"] else "")
+            if len(h["recorded_by"]) > 1:
+                yield (f"    the recording holds this hook's events from {len(h['recorded_by'])} policies "
+                       f"({', '.join(sorted(h['recorded_by']))}): a call may be counted once per policy; pass "
+                       f"--recorded-with to choose one")
             for why, n in h["undecided_reasons"].items():
                 yield f"    undecided ({n}): {why}"
             for s in h["selectors"]:
