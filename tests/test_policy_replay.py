@@ -109,6 +109,8 @@ def _cases(d: Path, ports: tuple[int, int]) -> dict[str, tuple[str, dict[str, An
                                                                         "values": ["-b"]}]})),
         "bin-notprefix": ("openat", item("openat", {"matchBinaries": [{"operator": "NotPrefix",
                                                                        "values": [f"{d}/bin/work-b"]}]})),
+        "bin-symlink": ("openat", item("openat", {"matchBinaries": [{"operator": "In",
+                                                                     "values": [f"{d}/bin/link-a"]}]})),
         "bin-follow": ("openat", item("openat", {"matchBinaries": [{"operator": "In", "values": [f"{d}/bin/work-c"],
                                                                     "followChildren": True}]})),
         "ns-net-not-host": ("openat", item("openat", {"matchNamespaces": [{"namespace": "Net", "operator": "NotIn",
@@ -219,9 +221,10 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     subprocess.run(["cc", "-O1", "-o", str(d / "bin" / "work-a"), str(WORKLOAD_C)], check=True)
     for other in ("work-b", "work-c"):
         shutil.copy(d / "bin" / "work-a", d / "bin" / other)
+    (d / "bin" / "link-a").symlink_to(d / "bin" / "work-a")  # the kernel matches the file, not the link
     (d / "sub").mkdir()
     for f in ("f1", "f2.cfg", "sub/f3", "sub/f4.cfg", "rel.txt", "child.txt", "b.txt", "ns.txt", "cap.txt",
-              "pid.txt", "pidchild.txt", "u1", "sub/u2", "follow.txt"):
+              "pid.txt", "pidchild.txt", "u1", "sub/u2", "follow.txt", "via-link.txt"):
         (d / f).write_text("x")
     (d / "data").write_bytes(b"d" * 300)
     long_path = Path(_long_path(d))
@@ -267,6 +270,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
         assert cg.run([b, f"open:{d}/f1", f"open:{d}/b.txt", f"conn4:127.0.0.1:{p1}"]).returncode == 0
         assert cg.run([c, "fork", f"exec:{a}", f"open:{d}/follow.txt", "fork", f"exec:{b}",
                        f"open:{d}/follow.txt"]).returncode == 0
+        assert cg.run([str(d / "bin" / "link-a"), f"open:{d}/via-link.txt"]).returncode == 0
         assert cg.run(["unshare", "-n", a, f"open:{d}/ns.txt"]).returncode == 0
         assert cg.run(["setpriv", "--bounding-set", "-sys_admin", a, f"open:{d}/cap.txt"]).returncode == 0
         # matchPIDs: a paused process, its pid put in policies added live; replayed from when they were added
@@ -384,3 +388,16 @@ def test_the_broad_recording_holds_every_call_the_candidates_saw(recording: Reco
                       if '"policy_name":"replay-broad"' in line and "__x64_sys_openat" in line)
     assert 0 < sum(kernel["s-ne"].values()) < broad_opens
     assert sum(kernel["s-eq"].values()) + sum(kernel["s-ne"].values()) == broad_opens
+
+
+def test_a_program_run_through_a_symlink_is_its_file_for_both(recording: Recording) -> None:
+    """The kernel matches mm->exe_file (the file, never the link) and the recording names the same file, so
+    a rule on the link's name matches nothing on either side."""
+    pname = _policy_of(recording, "bin-symlink")
+    if pname not in _cache:
+        _cache[pname] = (_kernel_posted(recording, pname), *_replayed(recording, pname))
+    kernel, replayed, _ = _cache[pname]
+    assert not kernel["bin-symlink"] and not replayed["bin-symlink"]
+    opens = [json.loads(line)["process_kprobe"] for line in recording.events.read_text().splitlines()
+             if "via-link.txt" in line and '"process_kprobe"' in line and '"replay-broad"' in line]
+    assert opens and all(b["process"]["binary"].endswith("/bin/work-a") for b in opens)
