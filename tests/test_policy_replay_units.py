@@ -387,3 +387,14 @@ def test_signal_nine_counts_as_a_kill_for_the_events_after_it(tmp_path: Path) ->
             "matchActions": [{"action": "Signal", "argSig": 9}]}]
     res = _json(tmp_path, _policy(sel), [_openat("/x"), _openat("/y")])
     assert (res["signalled"], res["killed"], res["events_after_kill"]) == (1, 0, 1)
+
+
+def test_what_the_recording_policy_never_read_is_refused_before_reading_events(tmp_path: Path) -> None:
+    (tmp_path / "rec.yaml").write_text(_policy([], name="rec", args=[{"index": 1, "type": "string"}]))
+    cand = _policy([{"matchArgs": [{"index": 2, "operator": "Mask", "values": ["0x40"]}]}])
+    code, _, err = _run(tmp_path, cand, [], "--recorded-with", str(tmp_path / "rec.yaml"))
+    assert code == 1 and "selectors[0].matchArgs[0].index: the recording policy does not read parameter 2" in err
+    other = json.loads(_policy([]))
+    other["spec"]["kprobes"][0]["call"] = "sys_unlinkat"
+    code, _, err = _run(tmp_path, json.dumps(other), [], "--recorded-with", str(tmp_path / "rec.yaml"))
+    assert code == 1 and "spec.kprobes[0]: the recording policy (rec) does not hook __x64_sys_unlinkat" in err

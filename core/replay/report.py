@@ -129,18 +129,21 @@ class Replay:
             hooks = []
             for sec in p.sections:
                 for i, item in enumerate(sec.items):
+                    line = p.hook_line(sec.key, i)
+                    where = f"{p.file or '<policy>'}{f':{line}' if line else ''}"
                     rec = None
                     if recorded_with:
                         ks = item_keys(item)
                         rec = next((rec_items[k] for k in ks if k in rec_items), None)
                         if rec is None:
-                            raise ReplayRefused(f"{p.file or '<policy>'}: spec.{sec.key}[{i}]: the recording policy "
-                                                f"has no hook {ks[0][1:] if ks else '?'}: nothing to replay it on")
+                            what = " ".join(ks[0][1:]) if ks else "?"
+                            names = ", ".join(sorted({r.key for r in recorded_with}))
+                            raise ReplayRefused(f"{where}: spec.{sec.key}[{i}]: the recording policy ({names}) does "
+                                                f"not hook {what}: there is nothing to replay it on")
                     try:
                         hooks.append(compile_item(sec.key, i, item, rec))
                     except ReplayRefused as e:
-                        line = f":{p.source.line_of(('spec', sec.key, i))}" if p.source is not None else ""
-                        raise ReplayRefused(f"{p.file or '<policy>'}{line}: {e}") from None
+                        raise ReplayRefused(f"{where}: {e}") from None
             self.runs.append(_PolicyRun(p.key, mode or p.mode, hooks, scope_test(p)))
         if unknown_ancestors not in ("undecided", "no-match"):
             raise ReplayRefused(f"unknown_ancestors {unknown_ancestors!r}: undecided or no-match")
