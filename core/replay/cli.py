@@ -29,7 +29,8 @@ def _policies(file: str, what: str) -> list[Any]:
         name = "<stdin>" if file == "-" else file
         return validate_policies(decode(data, name, POLICY_LIMITS), name, reg, scoping_supported=True)
     except SourceError as exc:
-        raise click.ClickException(f"{what}: {exc}") from None
+        # the policy's own refusal is `policy check`'s, word for word; the recording policy's says which it is
+        raise click.ClickException(f"{what}{exc}") from None
 
 
 def _when(text: str | None, opt: str) -> int | None:
@@ -76,8 +77,8 @@ def replay_command(policy_file: str, events_files: tuple[str, ...], recorded_wit
     since_ns, until_ns = _when(since, "--since"), _when(until, "--until")
     if since_ns is not None and until_ns is not None and since_ns >= until_ns:
         raise click.BadParameter(f"{since!r} is not before --until {until!r}", param_hint="--since")
-    policies = _policies(policy_file, "policy")
-    recorders = _policies(recorded_with, "--recorded-with") if recorded_with else []
+    policies = _policies(policy_file, "")
+    recorders = _policies(recorded_with, "--recorded-with: ") if recorded_with else []
     try:
         rp = Replay(policies, mode=mode, recorded_with=recorders, since_ns=since_ns, until_ns=until_ns,
                     examples=examples, unknown_ancestors=unknown_ancestors)
