@@ -89,6 +89,10 @@ def _cases(d: Path, ports: tuple[int, int]) -> dict[str, tuple[str, dict[str, An
         "i-mask": ("openat", item("openat", {"matchArgs": [arg(2, "Mask", "0x40")]})),
         "i-eq-neg": ("openat", item("openat", {"matchArgs": [arg(0, "Equal", -100)]})),
         "i-ne": ("openat", item("openat", {"matchArgs": [arg(2, "NotEqual", 0)]})),
+        "i-lt-signed": ("openat", item("openat", {"matchArgs": [arg(0, "LT", 0)]})),
+        "i-as-uint32": ("openat", item("openat", {"matchArgs": [arg(0, "Equal", 2**32 - 100)]},
+                                       args=[{"index": 0, "type": "uint32"},
+                                             {"index": 1, "type": "string"}])),
         "first-match": ("openat", item("openat",
                                        {"matchArgs": [arg(1, "Prefix", f"{d}/sub/")],
                                         "matchActions": [{"action": "Sigkill"}]},
@@ -354,7 +358,7 @@ def _policy_of(rec: Recording, case: str) -> str:
 
 
 CASES = ["s-eq", "s-ne", "s-prefix", "s-notprefix", "s-postfix", "s-notpostfix", "s-inmap", "s-notinmap",
-         "s-long-255", "s-long-prefix", "s-relative", "i-mask", "i-eq-neg", "i-ne", "first-match", "nopost",
+         "s-long-255", "s-long-prefix", "s-relative", "i-mask", "i-eq-neg", "i-ne", "i-lt-signed", "i-as-uint32", "first-match", "nopost",
          "signal", pytest.param("ratelimit", marks=pytest.mark.xfail(strict=True, reason=(
              "kernel: the rate-limit key hashes each string argument's padding to 8 bytes, which the capture "
              "leaves uncleared (core/bpf/include/sensorium/hook/capture.h, run.h sens_rl_hash_g), so the same "
