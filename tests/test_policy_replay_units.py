@@ -442,3 +442,14 @@ def test_tetragons_example_policies_replay_as_check_reads_them(tmp_path: Path) -
                 f"{f.name}: {rep.stderr}"
             ran += rep.exit_code == 0
     assert ran >= 10
+
+
+def test_the_process_table_forgets_the_least_recently_seen_process_first() -> None:
+    from sensorium.replay.evaluate import ProcessTable
+
+    t = ProcessTable(limit=2)
+    t.add({"exec_id": "a", "pid": 1, "binary": "/a"})
+    t.add({"exec_id": "b", "pid": 2, "binary": "/b"})
+    t.add({"exec_id": "a", "pid": 1, "binary": "/a"})  # seen again
+    t.add({"exec_id": "c", "pid": 3, "binary": "/c"})
+    assert sorted(t.procs) == ["a", "c"]

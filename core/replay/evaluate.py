@@ -205,7 +205,7 @@ class ProcessTable:
     """exec_id -> (pid, binary, parent exec_id) from every process and parent object in the recording, for
     followChildren/followForks (Tetragon's events name one parent; the grandparents are found here)."""
 
-    def __init__(self, limit: int = 1 << 20, unknown_ancestors_match: bool | None = None) -> None:
+    def __init__(self, limit: int = 1 << 18, unknown_ancestors_match: bool | None = None) -> None:
         self.procs: dict[str, tuple[int | None, str | None, str | None]] = {}
         self.exec_time: dict[str, int] = {}  # exec_id -> time of its process_exec event
         self.limit = limit
@@ -219,8 +219,8 @@ class ProcessTable:
         eid = p.get("exec_id")
         if not isinstance(eid, str) or not eid:
             return
-        if eid not in self.procs and len(self.procs) >= self.limit:
-            old = next(iter(self.procs))
+        if self.procs.pop(eid, None) is None and len(self.procs) >= self.limit:
+            old = next(iter(self.procs))  # the least recently seen: a process seen again moves to the end
             self.procs.pop(old)
             self.exec_time.pop(old, None)
         self.procs[eid] = (p.get("pid"), p.get("binary"), p.get("parent_exec_id") or None)
