@@ -417,13 +417,16 @@ class ExporterRunner:
                 except PartialWrite as exc:
                     done = max(0, min(exc.delivered, len(batch)))
                     self._delivered(done, max(0, min(exc.unconfirmed, done)))
+                    gone = max(0, min(exc.dropped, len(batch) - done))  # refused for good: not resent
                     with self._lock:
-                        self._pending = batch[done:]
+                        if not self._abandoned:
+                            self._drop(gone, "rejected")
+                        self._pending = batch[done + gone:]
                     reason = exc.code or failure_reason(exc.__cause__, "write_error")
                     self._fail("write", exc, reason)
-                    retry_reason = reason if done < len(batch) else None
+                    retry_reason = reason if done + gone < len(batch) else None
                     local_failure = reason == "disk_full"
-                    if done:  # progress: start the backoff over, the sink is taking events again
+                    if done or gone:  # progress: start the backoff over, the sink is answering again
                         attempts, backoff = 0, self.backoff_initial
                     attempts += 1
                     continue
