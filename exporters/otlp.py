@@ -524,17 +524,15 @@ class HttpTransport:
             resp = self.pool.urlopen("POST", self.path, body=body, headers=self.headers, retries=False,
                                      redirect=False, preload_content=True)
         except u3.exceptions.HTTPError as exc:
-            cause: BaseException = exc
-            while isinstance(cause, u3.exceptions.HTTPError) and (cause.__context__ or getattr(cause, "reason", None)):
-                nxt = getattr(cause, "reason", None) or cause.__context__
-                if not isinstance(nxt, BaseException):
-                    break
-                cause = nxt
-            if isinstance(exc, (u3.exceptions.TimeoutError,)):
+            e = u3.exceptions
+            if isinstance(exc, e.NewConnectionError):  # before TimeoutError: urllib3 2 derives it from that
+                refused = isinstance(exc.__context__, ConnectionRefusedError) or "refused" in str(exc).lower()
+                reason = "peer_refused" if refused else "peer_unreachable"
+            elif isinstance(exc, e.TimeoutError):
                 reason = "timeout"
-            elif isinstance(cause, ConnectionRefusedError):
-                reason = "peer_refused"
-            elif isinstance(exc, u3.exceptions.ProtocolError):
+            elif isinstance(exc, e.SSLError):
+                reason = "rejected"  # the TLS handshake failed (an untrusted certificate...)
+            elif isinstance(exc, e.ProtocolError):
                 reason = "peer_closed"
             else:
                 reason = "peer_unreachable"
