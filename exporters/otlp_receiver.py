@@ -241,3 +241,35 @@ class HttpReceiver(_Receiver):
     @property
     def endpoint(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sensorium_exporters.otlp_receiver --protocol grpc [--port N]``: a counting receiver in
+    its own process (the benchmark's peer, so that its CPU is not charged to the exporter). It prints
+    ``listening ENDPOINT`` once ready; SIGTERM stops it, and it says how many records it received."""
+    import argparse
+    import signal
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
+    ap.add_argument("--protocol", choices=["grpc", "http/protobuf"], default="grpc")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args(argv)
+    rx: _Receiver = GrpcReceiver(port=args.port) if args.protocol == "grpc" else HttpReceiver(port=args.port)
+    rx.count_only = True
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rx.start()
+    print(f"listening {rx.endpoint}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    rx.stop()
+    print(f"records {rx.records}", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

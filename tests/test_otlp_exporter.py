@@ -418,3 +418,18 @@ def test_sensorium_run_sends_a_real_exec_to_the_receiver(agent, kind: str) -> No
         assert attrs(res.attributes)["host.name"] == body["node_name"]
         assert rec.time_unix_nano > 0 and rx.headers[0]["authorization"] == "Bearer e2e"
         h.stop()
+
+
+# ---- the encoder ---------------------------------------------------------------------------------------
+
+
+def test_the_encoder_writes_the_same_bytes_as_the_official_messages() -> None:
+    from sensorium_exporters.otlp import Encoder, reference_request
+
+    events = execs(5, namespace="prod", pod="web-1", container_id="c1") + execs(3, tag="ünïcode ✓")
+    events.append(Event("process_kprobe", {"process": {"pid": 7, "binary": "/bin/cat", "uid": -1},
+                                           "policy_name": "p", "action": "KPROBE_ACTION_SIGKILL"}, "n", 0))
+    extra = {"k8s.cluster.name": "prod", "deployment.environment.tier": 3, "sampled": True, "ratio": 0.5}
+    got = Encoder(extra).request(events, now_ns=1_700_000_000_123_456_789)
+    want = reference_request(events, extra, 1_700_000_000_123_456_789).SerializeToString()
+    assert got == want
