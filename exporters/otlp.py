@@ -32,6 +32,7 @@ import re
 import struct
 import time
 from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -175,7 +176,7 @@ class OtlpOptions(BaseModel):
                                    "after retryable errors before the runner takes over (it keeps the events)")
     retry_backoff_ms: int = Field(default=100, ge=1, le=60_000)
     retry_backoff_max_ms: int = Field(default=5_000, ge=1, le=300_000)
-    max_request_records: int = Field(default=2_000, ge=1, le=1_000_000)
+    max_request_records: int = Field(default=1_000, ge=1, le=1_000_000)
     max_request_bytes: int = Field(default=3 * 1024 * 1024, ge=4096, le=64 * 1024 * 1024,
                                    description="Split a batch so that one request stays under this (the "
                                    "Collector's gRPC receiver refuses messages over 4 MiB by default)")
@@ -705,6 +706,7 @@ class OtlpExporter:
         self.endpoint = options.parsed_endpoint()
         self._transport: GrpcTransport | HttpTransport | None = None
         self._encoder: Encoder | None = None
+        self._sender: ThreadPoolExecutor | None = None  # one thread: sends while the next request is encoded
         self._not_before = 0.0  # the collector asked us not to send before this (monotonic)
 
     def open(self) -> None:
@@ -718,6 +720,7 @@ class OtlpExporter:
                 self._transport = HttpTransport(self.options, self.endpoint, headers)
         except OSError as exc:  # a TLS file that went away since the start check
             raise ExportError(f"otlp: {exc}", code="open_error") from None
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-sender")
 
     def _chunks(self, events: Sequence[Event]) -> list[tuple[int, int]]:
         """[start, stop) ranges of the batch, each one request."""
@@ -761,35 +764,49 @@ class OtlpExporter:
     def write_batch(self, events: Sequence[Event]) -> None:
         if self._transport is None:
             self.open()
-        assert self._encoder is not None
+        assert self._encoder is not None and self._sender is not None
         done = 0
+        inflight: tuple[Any, int] | None = None
         for start, stop in self._chunks(events):
-            request = self._encoder.request(events[start:stop])
-            n = stop - start
-            out = self._send(request, n)
-            if out.ok:
-                rejected = max(0, min(out.rejected, n))
-                self.ctx.count("delivered", n - rejected)
-                if rejected:
-                    # The collector took the request but refused some records (partial success). It does not
-                    # say which: the books count that many as dropped, and the rest as delivered.
-                    self.ctx.count("rejected", rejected)
-                    raise PartialWrite(done + n - rejected, f"otlp: the collector rejected {rejected} of {n} "
-                                       f"records: {out.message}", code="rejected", dropped=rejected)
-                done += n
-                continue
-            if not out.retryable:
-                self.ctx.count("rejected", n)
-                raise PartialWrite(done, f"otlp: {self.endpoint.url}: {out.message} (permanent: {n} events dropped)",
-                                   code=out.reason, dropped=n)
-            self.ctx.count("send_failed", 1)
-            raise PartialWrite(done, f"otlp: {self.endpoint.url}: {out.message}", code=out.reason)
+            try:
+                # Encoded while the previous request is on the wire. Requests still go one at a time, each
+                # only after the one before it succeeded: order, and `PartialWrite` counts, stay exact.
+                request = self._encoder.request(events[start:stop])
+            finally:
+                if inflight is not None:
+                    done = self._settle(*inflight, done)
+            inflight = (self._sender.submit(self._send, request, stop - start), stop - start)
+        if inflight is not None:
+            self._settle(*inflight, done)
+
+    def _settle(self, future: Any, n: int, done: int) -> int:
+        """Wait for a request's outcome; return how many events of the batch are done, or raise."""
+        out: Outcome = future.result()
+        if out.ok:
+            rejected = max(0, min(out.rejected, n))
+            self.ctx.count("delivered", n - rejected)
+            if rejected:
+                # The collector took the request but refused some records (partial success). It does not
+                # say which: the books count that many as dropped, and the rest as delivered.
+                self.ctx.count("rejected", rejected)
+                raise PartialWrite(done + n - rejected, f"otlp: the collector rejected {rejected} of {n} "
+                                   f"records: {out.message}", code="rejected", dropped=rejected)
+            return done + n
+        if not out.retryable:
+            self.ctx.count("rejected", n)
+            raise PartialWrite(done, f"otlp: {self.endpoint.url}: {out.message} (permanent: {n} events dropped)",
+                               code=out.reason, dropped=n)
+        self.ctx.count("send_failed", 1)
+        raise PartialWrite(done, f"otlp: {self.endpoint.url}: {out.message}", code=out.reason)
 
     def flush(self) -> None:
         pass  # every write_batch waits for its replies
 
     def close(self) -> None:
         t, self._transport = self._transport, None
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.shutdown(wait=False)
         if t is not None:
             try:
                 t.close()
