@@ -433,3 +433,26 @@ def test_the_encoder_writes_the_same_bytes_as_the_official_messages() -> None:
     got = Encoder(extra).request(events, now_ns=1_700_000_000_123_456_789)
     want = reference_request(events, extra, 1_700_000_000_123_456_789).SerializeToString()
     assert got == want
+
+
+# ---- the Helm chart --------------------------------------------------------------------------------------
+
+
+def test_the_chart_renders_the_otlp_exporter_for_the_agent() -> None:
+    import yaml
+
+    from test_chart import CHART, _agent_config, by_kind, render
+
+    docs = render(CHART / "ci" / "otlp-values.yaml")
+    cfg = yaml.safe_load(_agent_config(docs))
+    otlp = cfg["exporters"][0]
+    assert otlp["type"] == "otlp" and otlp["endpoint"] == "otel-collector.observability.svc:4317"
+    assert otlp["header_files"] == {"authorization": "/etc/sensorium/otlp/authorization"}
+    assert otlp["tls"] == {"ca_file": "/etc/sensorium/otlp/ca.crt"} and otlp["compression"] == "gzip"
+    options = OtlpOptions(**{k: v for k, v in otlp.items() if k not in ("type", "name", "queue_size")})
+    assert options.parsed_endpoint().url == "https://otel-collector.observability.svc:4317"
+    [ds] = by_kind(docs, "DaemonSet")
+    mounts = ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "otlp-credentials", "mountPath": "/etc/sensorium/otlp", "readOnly": True} in mounts
+    default = yaml.safe_load(_agent_config(render(None)))
+    assert "otlp" in default["plugins"]["allow"]
