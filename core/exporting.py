@@ -91,6 +91,7 @@ class ExporterContextImpl:
         self.log = log or logging.getLogger(f"sensorium.exporter.{name}")
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {}
+        self.stopping = threading.Event()  # set by the runner's request_stop (`ExporterContext.stopping`)
 
     def count(self, metric: str, value: int = 1) -> None:
         with self._lock:
@@ -222,6 +223,8 @@ class ExporterRunner:
             self._stopping = True
             self._deadline = time.monotonic() + max(0.0, timeout)
             self._cond.notify_all()
+        if isinstance(self.ctx, ExporterContextImpl):
+            self.ctx.stopping.set()  # a sink waiting in its own backoff returns to us (we retry until the deadline)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the runner to stop: until the deadline `request_stop` set (plus a short margin), or

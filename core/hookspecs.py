@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -439,6 +440,10 @@ class TargetError(Exception):
 class ExporterContext(Protocol):
     node_name: str
     log: logging.Logger
+    stopping: threading.Event
+    """Set when the host starts stopping the exporter (its drain deadline runs). A sink that waits inside
+    ``write_batch`` (its own retry backoff) waits on this instead of sleeping, and when it is set stops
+    waiting and raises: the host's runner then retries until its deadline and counts what is left."""
 
     def count(self, metric: str, value: int = 1) -> None:
         """Add to an exporter-specific counter (exported as a metric labelled with this exporter)."""

@@ -28,11 +28,13 @@ from __future__ import annotations
 import email.utils
 import gzip
 import os
+import queue
 import re
 import struct
+import threading
 import time
 from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -496,6 +498,7 @@ class Outcome:
     reason: str = "rejected"  # a `FAILURE_REASONS` key
     message: str = ""
     retry_after_s: float | None = None
+    sent: bool = True  # False: held back (the collector's Retry-After had not passed), nothing was sent
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -696,6 +699,33 @@ class HttpTransport:
         self.pool.close()
 
 
+class _Sender:
+    """One daemon thread that runs the requests (`OtlpExporter._send`), so the next one can be encoded
+    meanwhile. A daemon, unlike a ThreadPoolExecutor's worker: a request still being retried when the agent
+    stops must not hold the process past its shutdown grace (the runner counts what it held)."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[tuple[Future, Any, tuple] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="otlp-sender", daemon=True).start()
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        f: Future = Future()
+        self._q.put((f, fn, args))
+        return f
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            f, fn, args = item
+            if f.set_running_or_notify_cancel():
+                try:
+                    f.set_result(fn(*args))
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting write_batch
+                    f.set_exception(exc)
+
+    def shutdown(self) -> None:
+        self._q.put(None)
+
+
 # ---- the exporter ---------------------------------------------------------------------------------
 
 
@@ -706,7 +736,7 @@ class OtlpExporter:
         self.endpoint = options.parsed_endpoint()
         self._transport: GrpcTransport | HttpTransport | None = None
         self._encoder: Encoder | None = None
-        self._sender: ThreadPoolExecutor | None = None  # one thread: sends while the next request is encoded
+        self._sender: _Sender | None = None  # sends while the next request is encoded
         self._not_before = 0.0  # the collector asked us not to send before this (monotonic)
 
     def open(self) -> None:
@@ -720,7 +750,7 @@ class OtlpExporter:
                 self._transport = HttpTransport(self.options, self.endpoint, headers)
         except OSError as exc:  # a TLS file that went away since the start check
             raise ExportError(f"otlp: {exc}", code="open_error") from None
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-sender")
+        self._sender = _Sender()
 
     def _chunks(self, events: Sequence[Event]) -> list[tuple[int, int]]:
         """[start, stop) ranges of the batch, each one request."""
@@ -737,29 +767,34 @@ class OtlpExporter:
         return out
 
     def _send(self, request: bytes, n: int) -> Outcome:
-        """Send one request, resending it on retryable errors for up to ``retry_timeout_s``."""
+        """Send one request, resending it on retryable errors for up to ``retry_timeout_s``: after the delay
+        the collector asked for (which also holds back later requests), else after a doubling backoff.
+        Every wait ends early when the host stops the exporter (`ExporterContext.stopping`): the failure
+        then goes back to the runner, which keeps the events and retries until its own deadline."""
         o = self.options
         assert self._transport is not None
         give_up = time.monotonic() + o.retry_timeout_s
         backoff = o.retry_backoff_ms / 1000.0
+        stopping = self.ctx.stopping
+        out: Outcome | None = None
         while True:
             wait = self._not_before - time.monotonic()
-            if wait > 0:
-                if time.monotonic() + wait > give_up:
-                    return Outcome(False, retryable=True, reason="rejected",
-                                   message=f"the collector asked to wait {wait:.1f}s more before sending again")
-                time.sleep(wait)
+            if wait > 0 and (time.monotonic() + wait > give_up or stopping.wait(wait)):
+                return out or Outcome(False, retryable=True, reason="rejected", sent=False,
+                                      message=f"the collector asked to wait {wait:.1f}s more before sending again")
+            if out is not None:
+                self.ctx.count("retries")
+                self.ctx.count(f"retries_{out.reason}")
             self.ctx.count("requests")
             out = self._transport.send(request)
             if out.ok or not out.retryable:
                 return out
-            delay = out.retry_after_s if out.retry_after_s is not None else backoff
-            backoff = min(backoff * 2, o.retry_backoff_max_ms / 1000.0)
-            self._not_before = time.monotonic() + delay
-            if time.monotonic() + delay > give_up:
-                return out
-            self.ctx.count("retries")
-            self.ctx.count(f"retries_{out.reason}")
+            if out.retry_after_s is not None:
+                self._not_before = time.monotonic() + out.retry_after_s
+            else:
+                if time.monotonic() + backoff > give_up or stopping.wait(backoff):
+                    return out
+                backoff = min(backoff * 2, o.retry_backoff_max_ms / 1000.0)
 
     def write_batch(self, events: Sequence[Event]) -> None:
         if self._transport is None:
@@ -793,10 +828,11 @@ class OtlpExporter:
                                    f"records: {out.message}", code="rejected", dropped=rejected)
             return done + n
         if not out.retryable:
+            self.ctx.count("rejected_requests")
             self.ctx.count("rejected", n)
             raise PartialWrite(done, f"otlp: {self.endpoint.url}: {out.message} (permanent: {n} events dropped)",
                                code=out.reason, dropped=n)
-        self.ctx.count("send_failed", 1)
+        self.ctx.count("send_failed" if out.sent else "deferred")
         raise PartialWrite(done, f"otlp: {self.endpoint.url}: {out.message}", code=out.reason)
 
     def flush(self) -> None:
@@ -806,7 +842,7 @@ class OtlpExporter:
         t, self._transport = self._transport, None
         sender, self._sender = self._sender, None
         if sender is not None:
-            sender.shutdown(wait=False)
+            sender.shutdown()
         if t is not None:
             try:
                 t.close()
