@@ -608,14 +608,15 @@ class GrpcTransport:
     def send(self, request: bytes) -> Outcome:
         grpc = self._grpc
         try:
-            reply = self.export(request, timeout=self.timeout, metadata=self.metadata,
-                                     compression=self.compression)
+            reply = self.export(request, timeout=self.timeout, metadata=self.metadata, compression=self.compression)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
+            # What a call raises is also its `grpc.Call` (code, details, trailing metadata).
+            call = exc if isinstance(exc, grpc.Call) else None
+            code = call.code() if call is not None else None
             name = code.name if code is not None else "UNKNOWN"
-            details = exc.details() if hasattr(exc, "details") else str(exc)
+            details = call.details() if call is not None else str(exc)
             delay = None
-            for k, v in (exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else ():
+            for k, v in (call.trailing_metadata() or ()) if call is not None else ():
                 if k == "grpc-status-details-bin":
                     delay = grpc_retry_delay(v)
             retryable = name in self.RETRYABLE or (name == "RESOURCE_EXHAUSTED" and delay is not None)
@@ -680,7 +681,7 @@ class HttpTransport:
             else:
                 reason = "peer_unreachable"
             return Outcome(False, retryable=True, reason=reason, message=f"HTTP {type(exc).__name__}: {exc}")
-        if resp.status == 200:
+        if 200 <= resp.status < 300:
             rejected, msg = 0, ""
             if resp.data:
                 try:

@@ -7,7 +7,8 @@ tests and benchmark, and for anyone testing a pipeline that reads our OTLP strea
         rx.bodies()                                  # the events' JSON, decoded, in arrival order
 
 ``rx.fail_next(n, status, retry_after_s)`` answers the next n requests with an error (an HTTP status, or
-a gRPC status name such as ``"UNAVAILABLE"``), with a Retry-After / RetryInfo when given. ``stop()`` then
+a gRPC status name such as ``"UNAVAILABLE"``), with a Retry-After / RetryInfo when given;
+``rx.fail_next(1, "partial", rejected=k)`` takes the next request but says it rejected k of its records. ``stop()`` then
 ``start()`` again brings the receiver back on the same port (a collector restart).
 """
 
@@ -30,8 +31,14 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 
 @dataclass
 class Reply:
-    status: Any  # HTTP status (int) or gRPC status code name (str)
+    status: Any  # HTTP status (int) or gRPC status code name (str), or "partial" (a partial success)
     retry_after_s: float | None = None
+    rejected: int = 0  # "partial": how many records the reply says were rejected
+
+
+def _partial(reply: Reply) -> Any:
+    return logs_service_pb2.ExportLogsServiceResponse(partial_success=logs_service_pb2.ExportLogsPartialSuccess(
+        rejected_log_records=reply.rejected, error_message="test receiver: rejected"))
 
 
 def _varint(n: int) -> bytes:
@@ -75,9 +82,9 @@ class _Receiver:
 
     # -- what arrived ---------------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: Any, retry_after_s: float | None = None) -> None:
+    def fail_next(self, n: int, status: Any, retry_after_s: float | None = None, rejected: int = 0) -> None:
         with self.lock:
-            self.plan.extend(Reply(status, retry_after_s) for _ in range(n))
+            self.plan.extend(Reply(status, retry_after_s, rejected) for _ in range(n))
 
     def _take_reply(self) -> Reply | None:
         with self.lock:
@@ -143,6 +150,9 @@ class GrpcReceiver(_Receiver):
         class Servicer(logs_service_pb2_grpc.LogsServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the generated name
                 reply = rx._take_reply()
+                if reply is not None and reply.status == "partial":
+                    rx._accept(request, {k: v for k, v in context.invocation_metadata()})
+                    return _partial(reply)
                 if reply is not None:
                     with rx.lock:
                         rx.refused += 1
@@ -205,7 +215,7 @@ class HttpReceiver(_Receiver):
                     self._answer(404, b"no such path")
                     return
                 reply = rx._take_reply()
-                if reply is not None:
+                if reply is not None and reply.status != "partial":
                     with rx.lock:
                         rx.refused += 1
                     extra = {"Retry-After": str(int(reply.retry_after_s))} if reply.retry_after_s is not None else {}
@@ -218,7 +228,8 @@ class HttpReceiver(_Receiver):
                     return
                 req = logs_service_pb2.ExportLogsServiceRequest.FromString(data)
                 rx._accept(req, {k.lower(): v for k, v in self.headers.items()})
-                self._answer(200, logs_service_pb2.ExportLogsServiceResponse().SerializeToString())
+                answer = _partial(reply) if reply is not None else logs_service_pb2.ExportLogsServiceResponse()
+                self._answer(200, answer.SerializeToString())
 
         class Server(ThreadingHTTPServer):
             allow_reuse_address = True

@@ -313,6 +313,13 @@ def test_a_permanent_refusal_is_dropped_with_its_reason_and_not_resent(rx: Any, 
     assert ctx.counters["rejected"] == 10 and ctx.counters["rejected_requests"] == 1 and "retries" not in ctx.counters
 
 
+def test_records_a_partial_success_rejected_are_counted_dropped(rx: Any) -> None:
+    rx.fail_next(1, "partial", rejected=3)
+    st, ctx = deliver(rx, execs(10))
+    assert rx.records == 10 and st["delivered"] == 7 and st["dropped_by_reason"] == {"rejected": 3}
+    assert st["retried"] == 0 and books_balance(st) and ctx.counters["rejected"] == 3
+
+
 def test_the_runner_drops_what_a_sink_refused_for_good_and_resends_the_rest() -> None:
     got: list[Event] = []
 
