@@ -320,6 +320,30 @@ def test_records_a_partial_success_rejected_are_counted_dropped(rx: Any) -> None
     assert st["retried"] == 0 and books_balance(st) and ctx.counters["rejected"] == 3
 
 
+def test_losses_and_retries_show_in_the_metrics(rx: Any) -> None:
+    from prometheus_client import generate_latest
+
+    from sensorium.metrics import Metrics
+
+    m = Metrics()
+    ctx = ExporterContextImpl("otlp", "test-node", m)
+    r = runner_for(OtlpExporter(OtlpOptions(endpoint=rx.endpoint, protocol=rx.protocol, insecure=True), ctx),
+                   name="otlp", ctx=ctx, metrics=m)
+    rx.fail_next(1, "INVALID_ARGUMENT" if rx.protocol == "grpc" else 400)
+    rx.fail_next(1, "UNAVAILABLE" if rx.protocol == "grpc" else 503, retry_after_s=0)
+    r.start()
+    r.submit(execs(4, tag="refused"))
+    wait_until(lambda: r.stats()["dropped"] == 4, 10, "the refused events dropped")
+    r.submit(execs(6, tag="retried"))
+    assert rx.wait_for(6, 10)
+    r.stop(5)
+    text = generate_latest(m.registry).decode()
+    assert 'sensorium_exporter_events_dropped_total{exporter="otlp",reason="rejected"} 4.0' in text
+    assert 'sensorium_exporter_failures_total{exporter="otlp",reason="rejected"} 1.0' in text
+    assert 'sensorium_exporter_plugin_events_total{exporter="otlp",metric="retries"} 1.0' in text
+    assert 'sensorium_exporter_plugin_events_total{exporter="otlp",metric="delivered"} 6.0' in text
+
+
 def test_the_runner_drops_what_a_sink_refused_for_good_and_resends_the_rest() -> None:
     got: list[Event] = []
 
