@@ -457,7 +457,7 @@ def test_sensorium_run_sends_a_real_exec_to_the_receiver(agent, kind: str) -> No
 
 
 def test_the_encoder_writes_the_same_bytes_as_the_official_messages() -> None:
-    from sensorium_exporters.otlp import Encoder, reference_request
+    from sensorium_exporters.otlp_encode import Encoder, reference_request
 
     events = execs(5, namespace="prod", pod="web-1", container_id="c1") + execs(3, tag="ünïcode ✓")
     events.append(Event("process_kprobe", {"process": {"pid": 7, "binary": "/bin/cat", "uid": -1},
