@@ -518,3 +518,37 @@ def test_sigterm_with_the_collector_down_exits_within_the_grace_and_counts_what_
     assert not [line for line in h.stderr_lines if "did not stop in time" in line], h.stderr_tail()
     left = [line for line in h.stderr_lines if "exporter collector:" in line and "left undelivered at shutdown" in line]
     assert left and int(left[0].split("exporter collector: ")[1].split()[0]) >= 20, h.stderr_tail()
+
+
+def test_any_endpoint_text_is_accepted_or_refused_with_a_validation_error() -> None:
+    from hypothesis import given, settings, strategies as st
+    from pydantic import ValidationError
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.one_of(st.text(max_size=60), st.from_regex(r"(https?://)?\[?[a-z0-9.:]{0,20}\]?(:[0-9]{0,6})?(/[a-z/]{0,10})?",
+                                                         fullmatch=True)),
+           st.sampled_from(["grpc", "http/protobuf"]), st.sampled_from([None, True, False]))
+    def check(endpoint: str, protocol: str, insecure: bool | None) -> None:
+        try:
+            o = OtlpOptions(endpoint=endpoint, protocol=protocol, insecure=insecure)
+        except ValidationError:
+            return
+        ep = o.parsed_endpoint()
+        assert ep.host and 0 < ep.port < 65536 and ep.scheme in ("http", "https")
+        assert (ep.path == "") == (protocol == "grpc")
+
+    check()
+
+
+@pytest.mark.parametrize("kind", sorted(RECEIVERS))
+def test_tls_server_name_is_the_name_verified(kind: str, self_signed: tuple[Path, Path]) -> None:
+    cert, _ = self_signed
+    with RECEIVERS[kind](tls=self_signed) as rx:
+        st, _ = deliver(rx, execs(2), tls={"ca_file": cert, "server_name": "localhost"})
+        assert st["delivered"] == 2
+        r, _ = exporter_for(rx, tls={"ca_file": cert, "server_name": "not-the-collector.example"}, retry_timeout_s=0)
+        r.start()
+        r.submit(execs(2))
+        wait_until(lambda: r.stats()["failed"] >= 1, 10, "a failed write")
+        r.stop(0.5)
+        assert r.stats()["delivered"] == 0 and rx.records == 2
