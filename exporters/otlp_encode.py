@@ -52,15 +52,17 @@ def resource_key(ev: Event) -> tuple:
     c = pod.get("container")
     c = c if isinstance(c, Mapping) else {}
     image = c.get("image")
+    labels = pod.get("pod_labels")
     return (ev.node_name, pod.get("namespace"), pod.get("name"), c.get("name"), c.get("id"),
-            image.get("name") if isinstance(image, Mapping) else None, pod.get("workload_kind"), pod.get("workload"))
+            image.get("name") if isinstance(image, Mapping) else None, pod.get("workload_kind"), pod.get("workload"),
+            tuple(labels.items()) if isinstance(labels, Mapping) else ())
 
 
 def resource_attributes(key: tuple, extra: Mapping[str, Any]) -> dict[str, Any]:
     """The semantic-convention resource attributes for a `resource_key`."""
     attrs: dict[str, Any] = {"host.name": key[0]}
     if len(key) > 1:
-        _node, ns, pod, cname, cid, image, wkind, wname = key
+        _node, ns, pod, cname, cid, image, wkind, wname, labels = key
         attrs["k8s.node.name"] = key[0]
         for k, v in (("k8s.namespace.name", ns), ("k8s.pod.name", pod), ("k8s.container.name", cname),
                      ("container.id", cid), ("container.image.name", image)):
@@ -68,6 +70,8 @@ def resource_attributes(key: tuple, extra: Mapping[str, Any]) -> dict[str, Any]:
                 attrs[k] = v
         if wname and wkind in WORKLOAD_ATTRIBUTES:
             attrs[WORKLOAD_ATTRIBUTES[wkind]] = wname
+        for name, value in labels:
+            attrs[f"k8s.pod.label.{name}"] = str(value)
     for k, v in extra.items():
         attrs.setdefault(k, v)
     return attrs

@@ -89,7 +89,7 @@ def test_events_arrive_as_log_records_whose_body_is_the_event_json(rx: Any) -> N
 
 def test_resource_and_record_attributes_follow_the_semantic_conventions(rx: Any) -> None:
     ev = make_event("process_exec", pid=4242, binary="/usr/bin/curl", arguments="-s https://x", namespace="prod",
-                    pod="web-7", container_id="c0ffee", node_name="node-a")
+                    pod="web-7", container_id="c0ffee", node_name="node-a", labels={"app": "web", "tier": "front"})
     pod = ev.body["process"]["pod"]
     pod["workload"], pod["workload_kind"] = "web", "Deployment"
     pod["container"]["image"] = {"name": "registry/web:1.2"}
@@ -99,7 +99,8 @@ def test_resource_and_record_attributes_follow_the_semantic_conventions(rx: Any)
     assert attrs(resource.attributes) == {
         "host.name": "node-a", "k8s.node.name": "node-a", "k8s.namespace.name": "prod", "k8s.pod.name": "web-7",
         "k8s.container.name": "c", "container.id": "c0ffee", "container.image.name": "registry/web:1.2",
-        "k8s.deployment.name": "web", "k8s.cluster.name": "prod-eu"}
+        "k8s.deployment.name": "web", "k8s.pod.label.app": "web", "k8s.pod.label.tier": "front",
+        "k8s.cluster.name": "prod-eu"}
     a = attrs(rec.attributes)
     assert a["event.name"] == "process_exec"
     assert a["process.pid"] == 4242
