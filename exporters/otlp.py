@@ -3,7 +3,8 @@
     {type: otlp, endpoint: otel-collector.observability:4317, protocol: grpc, insecure: true,
      headers: {authorization: "Bearer ..."}, compression: gzip}
 
-Each event is one ``LogRecord`` (the official `opentelemetry-proto` messages): its body is the event's
+Each event is one ``LogRecord`` of the official `opentelemetry-proto` schema (written by
+`otlp_encode.Encoder`, byte for byte what the official message classes serialize): its body is the event's
 JSON, byte for byte what the other exporters write; ``time_unix_nano`` is the event's time;
 ``event_name`` (and the ``event.name`` attribute, for backends that predate the field) is the event
 type; the severity is WARN for a policy action that blocked or killed and for rate-limit notices, INFO
@@ -12,15 +13,17 @@ resource, one ``ResourceLogs`` per pod container (``k8s.*`` attributes, ``contai
 (``host.name``) in each request, not one per record.
 
 ``write_batch`` splits the batch into requests (``max_request_records``, ``max_request_bytes``) and
-sends them in order, one at a time. A request that fails with what OTLP calls retryable (gRPC
-UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED with a RetryInfo...; HTTP 429, 502, 503, 504;
-a connection that failed) is sent again after a capped exponential backoff, or after the delay the
-collector asked for (``Retry-After``, gRPC ``RetryInfo``), for up to ``retry_timeout_s``; every resend
-is counted (``retries``). After that the runner keeps what was not delivered and retries it with its
-own backoff, so a collector that is down loses nothing while the runner's bounded queue holds. An
-error that resending cannot cure (HTTP 400, 401, 403, 413...; gRPC INVALID_ARGUMENT, UNAUTHENTICATED,
-PERMISSION_DENIED...) drops that request's events, counted as dropped with reason ``rejected``
-(`PartialWrite.dropped`); so do the records a collector reports rejected in a partial success.
+sends them in order, one at a time (the next is encoded while one is on the wire). A request that fails
+with what OTLP calls retryable (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED with a
+RetryInfo...; HTTP 429, 502, 503, 504; a connection that failed) is sent again after a capped
+exponential backoff, or after the delay the collector asked for (``Retry-After``, gRPC ``RetryInfo``),
+for up to ``retry_timeout_s``; every resend is counted (``retries``); the waits end when the agent stops
+(`ExporterContext.stopping`). After that, or then, the runner keeps what was not delivered and retries
+it with its own backoff, so a collector that is down loses nothing while the runner's bounded queue
+holds. An error that resending cannot cure (HTTP 400, 401, 403, 413...; gRPC INVALID_ARGUMENT,
+UNAUTHENTICATED, PERMISSION_DENIED...) drops that request's events, counted as dropped with reason
+``rejected`` (`PartialWrite.dropped`); so do the records a collector reports rejected in a partial
+success.
 """
 
 from __future__ import annotations
