@@ -91,6 +91,7 @@ class ExporterContextImpl:
         self.log = log or logging.getLogger(f"sensorium.exporter.{name}")
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {}
+        self.stopping = threading.Event()  # set by the runner's request_stop (`ExporterContext.stopping`)
 
     def count(self, metric: str, value: int = 1) -> None:
         with self._lock:
@@ -222,6 +223,8 @@ class ExporterRunner:
             self._stopping = True
             self._deadline = time.monotonic() + max(0.0, timeout)
             self._cond.notify_all()
+        if isinstance(self.ctx, ExporterContextImpl):
+            self.ctx.stopping.set()  # a sink waiting in its own backoff returns to us (we retry until the deadline)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the runner to stop: until the deadline `request_stop` set (plus a short margin), or
@@ -417,13 +420,16 @@ class ExporterRunner:
                 except PartialWrite as exc:
                     done = max(0, min(exc.delivered, len(batch)))
                     self._delivered(done, max(0, min(exc.unconfirmed, done)))
+                    gone = max(0, min(exc.dropped, len(batch) - done))  # refused for good: not resent
                     with self._lock:
-                        self._pending = batch[done:]
+                        if not self._abandoned:
+                            self._drop(gone, "rejected")
+                        self._pending = batch[done + gone:]
                     reason = exc.code or failure_reason(exc.__cause__, "write_error")
                     self._fail("write", exc, reason)
-                    retry_reason = reason if done < len(batch) else None
+                    retry_reason = reason if done + gone < len(batch) else None
                     local_failure = reason == "disk_full"
-                    if done:  # progress: start the backoff over, the sink is taking events again
+                    if done or gone:  # progress: start the backoff over, the sink is answering again
                         attempts, backoff = 0, self.backoff_initial
                     attempts += 1
                     continue

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -393,10 +394,11 @@ FAILURE_REASONS = ("peer_refused", "peer_closed", "peer_unreachable", "timeout",
 ``retried`` and ``failures`` counters. ``rejected``: the sink answered with an error about the data or
 the request (a broker error code), ``open_error``/``write_error``: anything not classified otherwise."""
 
-DROP_REASONS = ("queue_full", "rate_limit", "filter_error", "shutdown")
+DROP_REASONS = ("queue_full", "rate_limit", "filter_error", "shutdown", "rejected")
 """Why the host gave up on an event (the per-reason keys of an exporter's ``dropped`` counter):
-the exporter's queue was full, its rate limit or a failing filter removed it, or the agent stopped
-before it could be written (what was still queued when the shutdown grace ran out)."""
+the exporter's queue was full, its rate limit or a failing filter removed it, the agent stopped
+before it could be written (what was still queued when the shutdown grace ran out), or the sink
+refused it for good (``rejected``: a permanent error such as an HTTP 400, `PartialWrite.dropped`)."""
 
 
 class ExportError(Exception):
@@ -412,13 +414,18 @@ class PartialWrite(Exception):
     """Raised by `Exporter.write_batch` when only the first ``delivered`` events of the batch were written.
 
     ``code`` is the reason the rest failed (one of `FAILURE_REASONS`; None: derived from ``__cause__``);
-    ``unconfirmed`` says how many of the ``delivered`` events were sent without confirmation (UDP)."""
+    ``unconfirmed`` says how many of the ``delivered`` events were sent without confirmation (UDP).
+    ``dropped`` says how many events after the delivered ones the sink refused for good (a permanent
+    error: sending the same data again cannot succeed): the host counts them as dropped (``rejected``)
+    and does not resend them; only what follows them is retried."""
 
-    def __init__(self, delivered: int, reason: str = "", *, code: str | None = None, unconfirmed: int = 0) -> None:
+    def __init__(self, delivered: int, reason: str = "", *, code: str | None = None, unconfirmed: int = 0,
+                 dropped: int = 0) -> None:
         super().__init__(reason or f"{delivered} events delivered before the failure")
         self.delivered = delivered
         self.code = code
         self.unconfirmed = unconfirmed
+        self.dropped = dropped
 
 
 class TargetError(Exception):
@@ -433,6 +440,10 @@ class TargetError(Exception):
 class ExporterContext(Protocol):
     node_name: str
     log: logging.Logger
+    stopping: threading.Event
+    """Set when the host starts stopping the exporter (its drain deadline runs). A sink that waits inside
+    ``write_batch`` (its own retry backoff) waits on this instead of sleeping, and when it is set stops
+    waiting and raises: the host's runner then retries until its deadline and counts what is left."""
 
     def count(self, metric: str, value: int = 1) -> None:
         """Add to an exporter-specific counter (exported as a metric labelled with this exporter)."""

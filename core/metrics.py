@@ -46,7 +46,7 @@ class Metrics:
         )
         self.dropped_total = Counter(
             "exporter_events_dropped", "Events an exporter gave up on, by reason (queue_full, rate_limit, "
-            "filter_error, shutdown)", ["exporter", "reason"], namespace=NAMESPACE, registry=r,
+            "filter_error, shutdown, rejected)", ["exporter", "reason"], namespace=NAMESPACE, registry=r,
         )
         self.retried_events_total = Counter(
             "exporter_events_retried", "Events written again after a failed write, by the reason it failed "

@@ -64,9 +64,9 @@ fi
 want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want" != "$have" ]]; then
-    log "venv: pyproject.toml changed (or first run): pip install -e '.[test,kafka,k8s]'"
+    log "venv: pyproject.toml changed (or first run): pip install -e '.[test,kafka,k8s,otlp]'"
     started=$(date +%s)
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,kafka,k8s]"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,kafka,k8s,otlp]"
     echo "$want" > "$STAMP"
     log "venv: installed in $(( $(date +%s) - started ))s"
 else
