@@ -734,5 +734,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ArgSpec", "MatchArg", "MatchBinaries", "MatchPIDs", "MatchNamespaces", "MatchCapabilities", "MatchAction",
     "Selector", "HookSpec", "PolicyModel", "LabelSelector", "Policy", "Section", "PolicyError", "parse_policy",
-    "parse_policies", "installed_sections", "CAPABILITIES", "sock_value", "combine_problems", "POLICY_LIMITS",
+    "parse_policies", "installed_sections", "CAPABILITIES", "SOCK_FAMILIES", "SOCK_PROTOCOLS", "sock_value",
+    "combine_problems", "POLICY_LIMITS",
 ]
