@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import pluggy
 from pydantic import BaseModel
@@ -131,17 +131,17 @@ class PolicyView:
     id: small integer unique among loaded policies, used as a key in kernel maps (e.g. the cgroup scope map).
     items: the validated items of the section this sensor owns (pydantic models of `SensorSpec.policy_sections`).
     mode: "enforcement" or "monitoring" (in monitoring, blocking actions only report what they would do).
-    scope: None for a host-wide policy; else the cgroups it is bounded to (see `Scope`). A sensor that
-    cannot bound its hooks to a scope must not declare ``supports_scope``: the manager then refuses scoped
-    policies for its sections instead of applying them host-wide.
+    scope: None for a host-wide policy; else the cgroups it is bounded to (see `Scope`). Only a
+    `ScopedPolicySensor` gets one: the manager refuses scoped policies for the sections of any other sensor
+    instead of applying them host-wide.
     pin_dir: None when enforcement is not persistent (the default); else a directory in bpffs, empty and this
     section's own, where the sensor pins the links (and the maps) of every program that enforces (blocks,
     kills, signals), so that they stay attached when the agent exits or is killed (agent config
-    ``enforcement.persist``; see `PreparedSection` for when, and `PolicyHandle.unload`/``release`` for how
-    they go). What cannot be pinned (a decision made in user space, such as fanotify, or a kernel that will
-    not pin a link) is served anyway and reported per hook in the status: ``persistent: false`` and
+    ``enforcement.persist``; see `PreparedSection` for when, and `PolicyHandle.unload` and
+    `PersistentPolicyHandle.release` for how they go). What cannot be pinned (a decision made in user
+    space, such as fanotify, or a kernel that will not pin a link) is served anyway and reported per hook in the status: ``persistent: false`` and
     ``persistence`` saying why. A sensor that ignores ``pin_dir`` serves nothing persistently; the host
-    then reports its sections as not persistent.
+    then reports its sections as not persistent. Its handles are `PersistentPolicyHandle`s.
     """
 
     id: int
@@ -207,16 +207,29 @@ class PolicyHandle(Protocol):
         """Detach and free everything of this section, pins included (the block is lifted). Idempotent, must
         not raise."""
 
-    # Optional, for sections loaded with `PolicyView.pin_dir`:
-    # def release(self) -> None:
-    #     """The agent is stopping and enforcement persists: free what this process holds (threads, fds,
-    #     user-space decisions) but leave the pinned programs attached and enforcing. Must not raise. The host
-    #     calls `unload` instead when the handle has no ``release``."""
 
-    # Optional, for sensors that declare ``supports_scope = True``:
-    # def set_scope(self, scope: Scope) -> None:
-    #     """Replace the scope live (map updates / attach changes, no reload). New entries are added before
-    #     old ones are removed, so a process that stays in scope is never uncovered in between."""
+
+@runtime_checkable
+class PersistentPolicyHandle(PolicyHandle, Protocol):
+    """A `PolicyHandle` of a section loaded with `PolicyView.pin_dir` that can let go without lifting its
+    pinned blocks. The host calls `release` instead of `PolicyHandle.unload` when the agent stops with
+    persistent enforcement; a handle without it is unloaded (its blocks end with the agent)."""
+
+    def release(self) -> None:
+        """The agent is stopping and enforcement persists: free what this process holds (threads, fds,
+        user-space decisions) but leave the pinned programs attached and enforcing. Must not raise."""
+
+
+@runtime_checkable
+class ScopedPolicyHandle(PolicyHandle, Protocol):
+    """The `PolicyHandle` of a `ScopedPolicySensor`: its scope moves live as pods come and go."""
+
+    def set_scope(self, scope: Scope) -> None:
+        """Replace the scope live (map updates / attach changes, no reload). New entries are added before
+        old ones are removed, so a process that stays in scope is never uncovered in between. Called from the
+        scope tracker's thread (pod watcher, cgroup scanner), never at the same time as `unload` of this
+        handle. On a failure raise (anything): the host puts the policy's other sections back to the scope
+        they had, counts the error in the policy's status, and this section keeps its previous scope."""
 
 
 @runtime_checkable
@@ -230,8 +243,8 @@ class PolicySensor(Protocol):
     def load_policy(self, policy: PolicyView) -> PolicyHandle:
         """Load and attach the section whole, or undo what was done and raise `PolicyLoadError`.
 
-        A sensor with the class attribute ``supports_scope = True`` honours ``policy.scope`` in the kernel
-        and its handles implement ``set_scope(scope)``; without it, a scoped policy is refused for it.
+        A `ScopedPolicySensor` honours ``policy.scope`` in the kernel and returns `ScopedPolicyHandle`s;
+        any other sensor is refused a scoped policy (never loaded host-wide).
 
         This is the one-step form: the section enforces and posts events as soon as it returns. A sensor
         that implements only this (and not `TransactionalPolicySensor.prepare_policy`) still works, but its
@@ -283,6 +296,22 @@ class TransactionalPolicySensor(PolicySensor, Protocol):
     def prepare_policy(self, policy: PolicyView) -> PreparedSection:
         """Round 1 for one section: build, open, load, verify and fill the maps that do not enforce; attach
         nothing. Raise `PolicyLoadError` (after freeing what was made) naming the hook and the reason."""
+
+
+@runtime_checkable
+class ScopedPolicySensor(PolicySensor, Protocol):
+    """A `PolicySensor` that bounds its hooks to `PolicyView.scope` in the kernel (pods, containers, the host's
+    processes): it declares the class attribute ``supports_scope = True`` and every handle it returns (from
+    `load_policy`, or `PreparedSection.activate`) is a `ScopedPolicyHandle`. The host refuses a scoped
+    policy for a sensor that is not one (`supports_scope`), rather than apply it to the whole host."""
+
+    supports_scope: ClassVar[bool]
+    """True: this sensor honours `PolicyView.scope` (a class attribute, read before anything loads)."""
+
+
+def supports_scope(sensor: object) -> bool:
+    """Whether ``sensor`` is a `ScopedPolicySensor` that declares ``supports_scope = True``."""
+    return isinstance(sensor, ScopedPolicySensor) and type(sensor).supports_scope is True
 
 
 class SensorContext(Protocol):

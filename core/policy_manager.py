@@ -14,9 +14,9 @@ adding or deleting one never disturbs the others.
 Scoped policies (``podSelector``, ``containerSelector``, ``hostSelector``, or kind
 ``TracingPolicyNamespaced``) need a scope provider (`sensorium.k8s.scope.ScopeProvider` on the agent's pod
 watcher): each gets a tracker whose `Scope` goes into every section's `PolicyView.scope` at load and,
-on every change, to every loaded section's ``handle.set_scope(scope)``: all sections, or (a section
-failing) none, as the previous ones are put back. A section whose sensor does not declare
-``supports_scope`` is refused (never applied host-wide). Policies are keyed by ``namespace/name``
+on every change, to every loaded section's `ScopedPolicyHandle.set_scope`: all sections, or (a section
+failing) none, as the previous ones are put back. A section whose sensor is not a `ScopedPolicySensor`
+(``supports_scope = True``) is refused (never applied host-wide). Policies are keyed by ``namespace/name``
 (TracingPolicyNamespaced) or ``name`` (cluster-wide).
 
 With persistent enforcement (``persistence``, a `sensorium.persistence.EnforcementStore`): every policy gets a
@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sensorium.hookspecs import PolicyLoadError, PolicySensor, Scope, Sensor
+from sensorium.hookspecs import (PersistentPolicyHandle, PolicyLoadError, PolicySensor, Scope, ScopedPolicyHandle,
+                                 Sensor, supports_scope)
 from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
 from sensorium.policy_persistence import PolicyPersistence
 from sensorium.policy_rules import check_rules, validate_policies
@@ -291,9 +292,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                 with st.scope_lock:
                     for ld in reversed(st.loaded):
                         try:
-                            release = getattr(ld.handle, "release", None)
-                            if callable(release) and st.pin_dir is not None:
-                                release()
+                            if isinstance(ld.handle, PersistentPolicyHandle) and st.pin_dir is not None:
+                                ld.handle.release()
                             else:
                                 ld.handle.unload()
                         except Exception:  # noqa: BLE001 - shutdown continues
@@ -575,7 +575,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             if not sec.items:
                 continue
             sensor = self.sensors.get(sec.sensor)
-            if sensor is not None and not getattr(type(sensor), "supports_scope", False):
+            if sensor is not None and not supports_scope(sensor):
                 loc = ("spec", sec.key)
                 raise PolicyError(f"the {sec.sensor!r} sensor that serves {sec.key!r} cannot bound its hooks to "
                                   f"pods or the host (it does not declare supports_scope); this policy is scoped "
@@ -611,7 +611,10 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                 if ld.scope == scope:
                     continue
                 try:
-                    ld.handle.set_scope(scope)  # type: ignore[attr-defined]
+                    if not isinstance(ld.handle, ScopedPolicyHandle):
+                        raise TypeError(f"the {ld.section.sensor!r} sensor declares supports_scope but its handle "
+                                        "has no set_scope")
+                    ld.handle.set_scope(scope)
                 except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; the policy stays loaded
                     st.scope_errors += 1
                     st.scope_error = f"{ld.section.key}: {type(exc).__name__}: {exc}"[:500]
@@ -619,8 +622,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                               ld.section.key, st.scope_error)
                     for back, old in reversed(switched):
                         try:
-                            if old is not None:
-                                back.handle.set_scope(old)  # type: ignore[attr-defined]
+                            if old is not None and isinstance(back.handle, ScopedPolicyHandle):
+                                back.handle.set_scope(old)
                             back.scope = old
                         except Exception:  # noqa: BLE001 - the first error is the one reported
                             log.exception("policy %s: restoring the scope of %s", st.key, back.section.key)

@@ -129,7 +129,8 @@ class PolicyTransactions:
             st = t.st
             with st.scope_lock:
                 st.tracker, st.pin_dir = t.tracker, t.pin_dir
-                st.loaded = [LoadedSection(ts.section, ts.handle, t.scope) for ts in t.sections if ts.handle is not None]
+                st.loaded = [LoadedSection(ts.section, ts.handle, t.scope) for ts in t.sections
+                             if ts.handle is not None]
             if t.tracker is not None:
                 # Pods that came or went while the sections loaded.
                 self._scope_update(st, t.tracker.current())
