@@ -3,7 +3,9 @@
 A plugin is a Python object (usually a module) named by an entry point in one of two groups:
 
 * ``sensorium.sensors``: it implements `sensorium_sensor` and returns a `SensorSpec`;
-* ``sensorium.exporters``: it implements `sensorium_exporter` and returns an `ExporterSpec`.
+* ``sensorium.exporters``: it implements `sensorium_exporter` and returns an `ExporterSpec`;
+* ``sensorium.stages``: it implements `sensorium_stage` and returns a `StageSpec` (a pipeline stage between
+  the decoders and the exporters: the process join and the Kubernetes enrichment are two).
 
 The entry point's *name* is the short word users write (``type: kafka`` in the config, ``exec`` in the
 plugin allowlist); it must equal the spec's ``name``. Built-in plugins use these very entry points.
@@ -22,8 +24,9 @@ returns a bad spec or fails to start is marked failed (``sensorium plugins`` say
 on without it. Nothing here runs at import time in a plugin; do I/O in ``start``/``open``.
 
 Threads: `Sensor.start`/`stop` and `Exporter.open`/`close` are called from the agent's main thread.
-A sensor's ring-buffer decoder runs on the agent's single reader thread and must not block. Each exporter
-runs on its own thread and receives batches in order.
+A sensor's ring-buffer decoder runs on the agent's single reader thread and must not block; so do the
+pipeline stages (also called by `SensorContext.emit`, one batch at a time). Each exporter runs on its own
+thread and receives batches in order.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 SENSOR_GROUP = "sensorium.sensors"
 EXPORTER_GROUP = "sensorium.exporters"
+STAGE_GROUP = "sensorium.stages"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,6 +95,38 @@ class BudgetCase:
     config: str
     prepare: Callable[[Any], None] | None = None
     needs: frozenset[str] = frozenset()
+
+
+@runtime_checkable
+class PackedRecords(Protocol):
+    """The records of one batch held back to back: what a decoder receives from a natively drained ring.
+
+    It is a ``Sequence[bytes]`` like any batch (indexing or iterating makes the records as ``bytes``, once),
+    and also exposes the packed form, so a decoder that parses many records can walk them without a
+    ``bytes`` object each: ``blob`` holds every record in ring order, ``lens`` (an ``array('I')``) their
+    sizes (``sum(lens) == len(blob)``). Valid only during the `Decoder` call: keep what you need, not it.
+    The host's implementation is `sensorium.bpf.ringbuf.RecordBlob`."""
+
+    blob: bytes
+    lens: Any
+
+    def __len__(self) -> int:
+        """The number of records in the batch."""
+
+    def __getitem__(self, i: Any) -> Any:
+        """One record as ``bytes`` (or a list of them for a slice)."""
+
+    def __iter__(self) -> Any:
+        """The records as ``bytes``, in ring order."""
+
+
+Decoder = Callable[[Sequence[bytes]], Iterable[Event]]
+"""A ring buffer's batch decoder (`SensorContext.add_ring_buffer`), run on the reader thread: it receives the
+raw records of one drained batch, in ring order, and returns the events to export (fewer is fine: internal
+records such as forks update the process cache only). The batch is a ``Sequence[bytes]``; for a ring drained
+natively it is a `PackedRecords` as well (test with ``isinstance(records, PackedRecords)``): any decoder
+that only indexes and iterates works with both. It must not block; an exception drops the batch (counted
+per sensor as ``decode_errors``) and the reader goes on."""
 
 
 @runtime_checkable
@@ -139,9 +175,10 @@ class PolicyView:
     kills, signals), so that they stay attached when the agent exits or is killed (agent config
     ``enforcement.persist``; see `PreparedSection` for when, and `PolicyHandle.unload` and
     `PersistentPolicyHandle.release` for how they go). What cannot be pinned (a decision made in user
-    space, such as fanotify, or a kernel that will not pin a link) is served anyway and reported per hook in the status: ``persistent: false`` and
-    ``persistence`` saying why. A sensor that ignores ``pin_dir`` serves nothing persistently; the host
-    then reports its sections as not persistent. Its handles are `PersistentPolicyHandle`s.
+    space, such as fanotify, or a kernel that will not pin a link) is served anyway and reported per hook
+    in the status: ``persistent: false`` and ``persistence`` saying why. A sensor that ignores ``pin_dir``
+    serves nothing persistently; the host then reports its sections as not persistent. A sensor that pins
+    returns `PersistentPolicyHandle`s.
     """
 
     id: int
@@ -491,6 +528,64 @@ class ExporterSpec:
 
 
 # --------------------------------------------------------------------------------------------------
+# Pipeline stages
+# --------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A pipeline stage: called with every batch after the decoders, before the exporters' filters."""
+
+    def __call__(self, events: Sequence[Event]) -> Sequence[Event]:
+        """Return the events to pass on: new values where the stage changed one (`Event.replace`; events are
+        immutable), fewer to drop or hold some back. A batch may be an `EventBatch` (events held as JSON
+        lines): returning it unchanged keeps the fast path; iterating it makes the events. Must not block.
+        An exception is contained: the batch goes on unchanged and the pipeline counts ``stage_errors``."""
+
+
+@runtime_checkable
+class HoldingStage(Stage, Protocol):
+    """A `Stage` that may hold events back (waiting for what it needs to complete them) and release them
+    later: the reader thread calls the pipeline with an empty batch after every poll while `held` is
+    truthy, so held events go out on time without new ones."""
+
+    held: Any
+    """Truthy while events are held (a count, or the held events themselves)."""
+
+    def flush(self) -> Sequence[Event]:
+        """Release everything held now, as it is (the agent is stopping): the events to pass on."""
+
+
+class StageContext(Protocol):
+    """What the host gives a stage's factory."""
+
+    node_name: str
+    log: logging.Logger
+    config: Any
+    """The agent config (`sensorium.config.AgentConfig`), read-only: a stage reads the section it serves."""
+    process_cache: "ProcessCache"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """What a pipeline-stage plugin declares.
+
+    name: the entry-point name (in the plugin allowlist and ``sensorium plugins``).
+    factory: ``factory(ctx) -> Stage | None``, called once at agent start, before any sensor starts;
+        None: the stage is not wanted with this config (it is then listed as ``off``). A factory that raises
+        marks the stage failed (``sensorium plugins``, the agent's status) and the agent runs on without it.
+    order: where the stage runs: ascending, ties by name. The built-ins: ``process`` (100, gives each event
+        its process from the cache) and ``kubernetes`` (200, adds the pod); a stage that needs the pod
+        comes after 200, one that must see events before the join before 100.
+    """
+
+    name: str
+    description: str
+    factory: Callable[[StageContext], Stage | None]
+    order: int = 500
+
+
+# --------------------------------------------------------------------------------------------------
 # Hooks
 # --------------------------------------------------------------------------------------------------
 
@@ -505,4 +600,9 @@ def sensorium_exporter() -> ExporterSpec:
     """Return this exporter plugin's `ExporterSpec`. Called once per plugin at discovery."""
 
 
-HOOKS = ("sensorium_sensor", "sensorium_exporter")
+@hookspec(firstresult=True)
+def sensorium_stage() -> StageSpec:
+    """Return this pipeline-stage plugin's `StageSpec`. Called once per plugin at discovery."""
+
+
+HOOKS = ("sensorium_sensor", "sensorium_exporter", "sensorium_stage")
