@@ -395,7 +395,10 @@ class SensorSpec:
     probes: the C programs the sensor ships (compiled by the host; listed by ``sensorium plugins``).
     options: pydantic model of the sensor's config section (``extra='forbid'`` recommended).
     policy_sections: TracingPolicy ``spec`` keys this sensor owns (e.g. ``tracepoints``) and the
-        pydantic model of one list item. Two sensors claiming one key is a registration error.
+        pydantic model of one list item, kept in the sensor's own ``schema.py`` (usually a
+        `sensorium.policy.HookSpec`, whose ``rules`` run in ``policy check`` and ``policy add``). The policy
+        document is composed from these: a third-party section parses and is refused like a built-in one.
+        Two sensors claiming one key is a registration error.
     record_layouts: ``{C struct name: ctypes.Structure}`` of the records the decoder parses; the host
         test suite compares them with the compiled object's BTF so the two halves cannot drift.
     requires: kernel capabilities (names from `sensorium.bpf.probe.KernelCapabilities`) without
