@@ -133,6 +133,8 @@ def _register_optional_commands() -> None:
     except ImportError:
         return
     register(cli)
+    from sensorium.replay.cli import register as register_replay  # `policy replay` (docs/replay.md)
+    register_replay(cli)
 
 
 _register_optional_commands()
