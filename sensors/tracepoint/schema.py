@@ -30,7 +30,8 @@ class TracepointSpec(HookSpec):
     def _names(self) -> "TracepointSpec":
         for what, v in (("subsystem", self.subsystem), ("event", self.event)):
             if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
-                raise PydanticCustomError("policy_value", "{what} '{v}' is not a tracepoint name", {"what": what, "v": v})
+                raise PydanticCustomError("policy_value", "{what} '{v}' is not a tracepoint name",
+                                          {"what": what, "v": v})
         return self
 
     def describe(self) -> str:
