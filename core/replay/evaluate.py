@@ -25,13 +25,18 @@ from sensorium.policy import (
     PRIV_PORT_OPERATORS,
     SOCK_FAMILIES,
     SOCK_PROTOCOLS,
-    KProbeSpec,
-    LsmHookSpec,
-    TracepointSpec,
-    UProbeSpec,
+    HookSpec,
     sock_value,
 )
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
+
+# The sections' models live with their sensors (sensors/<name>/schema.py) and core imports no plugin: an
+# item is known by the section its model serves (`HookSpec.SECTION`).
+KPROBES, TRACEPOINTS, UPROBES, LSMHOOKS = "kprobes", "tracepoints", "uprobes", "lsmhooks"
+
+
+def _is(item: Any, *sections: str) -> bool:
+    return isinstance(item, HookSpec) and item.SECTION in sections
 
 STR_MAX = 255          # bytes of a string the kernel compares (SENS_STR_MAX - 1)
 MASK64 = (1 << 64) - 1
@@ -262,23 +267,23 @@ def _syscall_name(call: str) -> str | None:
 
 def item_keys(item: Any) -> list[tuple[str, ...]]:
     """The hook keys (`sensorium.replay.records.hook_key`) of the events a policy item produces."""
-    if isinstance(item, KProbeSpec):
+    if _is(item, KPROBES):
         name = _syscall_name(item.call)
         if not item.syscall and not item.call.startswith(("__x64_sys_", "sys_")):
             name = None
         return [("process_kprobe", f"__x64_sys_{name}" if name else item.call)]
-    if isinstance(item, TracepointSpec):
+    if _is(item, TRACEPOINTS):
         return [("process_tracepoint", item.subsystem, item.event)]
-    if isinstance(item, UProbeSpec):
+    if _is(item, UPROBES):
         return ([("process_uprobe", item.path, s) for s in item.symbols]
                 + [("process_uprobe", item.path, f"+{o}") for o in item.offsets])
-    if isinstance(item, LsmHookSpec):
+    if _is(item, LSMHOOKS):
         return [("process_lsm", item.hook)]
     raise ReplayRefused(f"items of type {type(item).__name__} are not replayed")
 
 
 def is_syscall_item(item: Any) -> bool:
-    return isinstance(item, KProbeSpec) and item_keys(item)[0][1].startswith("__x64_sys_")
+    return _is(item, KPROBES) and item_keys(item)[0][1].startswith("__x64_sys_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +296,7 @@ class ArgLayout:
     @staticmethod
     def of(item: Any) -> ArgLayout:
         args: list[Any] = list(item.args)
-        if isinstance(item, TracepointSpec):
+        if _is(item, TRACEPOINTS):
             return ArgLayout(tuple((a.index, a.type or "auto") for a in args))
         return ArgLayout(tuple((a.index, a.type or "auto") for a in args if (a.type or "auto") != "nop"))
 
@@ -644,11 +649,11 @@ def compile_item(section: str, index: int, item: Any, recorded: Any | None) -> H
     keys = item_keys(item)
     name = hook_name(section, index, item)
     base = f"spec.{section}[{index}]"
-    syscall_like = isinstance(item, (TracepointSpec, UProbeSpec)) or is_syscall_item(item)
+    syscall_like = _is(item, TRACEPOINTS, UPROBES) or is_syscall_item(item)
     mine = ArgLayout.of(item)
     theirs = ArgLayout.of(recorded) if recorded is not None else mine
-    kprobe = isinstance(item, (KProbeSpec, UProbeSpec, LsmHookSpec))
-    tp = isinstance(item, TracepointSpec)
+    kprobe = _is(item, KPROBES, UPROBES, LSMHOOKS)
+    tp = _is(item, TRACEPOINTS)
     sels: list[SelectorEval] = []
     for si, sel in enumerate(item.selectors):
         field = f"{base}.selectors[{si}]"
