@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import time as _time
-from collections.abc import Sequence
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -46,7 +46,7 @@ def rfc3339(wall_ns: int) -> str:
     secs, nanos = divmod(wall_ns, 1_000_000_000)
     cached = _RFC_CACHE
     if cached[0] != secs:
-        cached = (secs, _dt.datetime.fromtimestamp(secs, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+        cached = (secs, _dt.datetime.fromtimestamp(secs, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
         _RFC_CACHE = cached  # one tuple assignment: safe to share between threads
     return f"{cached[1]}.{nanos:09d}Z"
 
@@ -90,7 +90,7 @@ class Event:
             self._json = orjson.dumps(_schema.conform(self.as_dict()))
         return self._json
 
-    def replace(self, **changes: Any) -> "Event":
+    def replace(self, **changes: Any) -> Event:
         return Event(
             changes.get("kind", self.kind),
             changes.get("body", self.body),
@@ -182,7 +182,7 @@ class EventBatch(Sequence):  # Sequence[Event]
     @property
     def lines(self) -> list[bytes]:
         """The JSON of each event (no newline), joined here."""
-        return [h + r[:-1] for h, r in zip(self._view(self._heads), self._view(self._rests))]
+        return [h + r[:-1] for h, r in zip(self._view(self._heads), self._view(self._rests), strict=True)]
 
     def line_parts(self) -> tuple[list[bytes], list[bytes]]:
         """(heads, rests): line i is ``heads[i] + rests[i]``, newline included."""

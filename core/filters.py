@@ -26,8 +26,13 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping  # not typing.Mapping: isinstance() on it is ~3x slower
-from typing import Annotated, Any, Callable, Iterable, Literal, Sequence
+from collections.abc import (
+    Callable,
+    Iterable,
+    Mapping,  # not typing.Mapping: isinstance() on it is ~3x slower
+    Sequence,
+)
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -70,7 +75,6 @@ def _check_redact(p: str) -> str:
 Regex = Annotated[str, AfterValidator(_check_regex)]
 RedactRegex = Annotated[str, AfterValidator(_check_redact)]
 LabelSelector = Annotated[str, AfterValidator(_check_selector)]
-EventKind = Annotated[str, AfterValidator(lambda v: _event_kind(v))]
 
 
 def _event_kind(name: str) -> str:
@@ -78,6 +82,9 @@ def _event_kind(name: str) -> str:
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown event type {name!r} (one of: {', '.join(k.upper() for k in EVENT_KINDS)})")
     return kind
+
+
+EventKind = Annotated[str, AfterValidator(_event_kind)]
 
 
 class _Strict(BaseModel):
@@ -414,7 +421,7 @@ class RedactStage:
                     body[key], changed = new, True
         if isinstance(body.get("ancestors"), list):
             anc = [self._proc(a) for a in body["ancestors"]]
-            if any(a is not b for a, b in zip(anc, body["ancestors"])):
+            if any(a is not b for a, b in zip(anc, body["ancestors"], strict=True)):
                 body["ancestors"], changed = anc, True
         return ev.replace(body=body) if changed else ev
 

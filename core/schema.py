@@ -17,7 +17,8 @@ and shared by every exporter.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sensorium.tetragon_fields import ENUMS, FIELDS
 

@@ -18,8 +18,8 @@ import dataclasses
 import json
 import math
 import os
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -465,7 +465,9 @@ def type_error_message(err: Mapping[str, Any]) -> str:
     if want is None or "input" not in err:
         msg = str(err["msg"])
         # a validator's own ValueError reads as its text, without pydantic's "Value error, " in front
-        return msg[len("Value error, "):] if err.get("type") == "value_error" and msg.startswith("Value error, ") else msg
+        if err.get("type") == "value_error" and msg.startswith("Value error, "):
+            return msg[len("Value error, "):]
+        return msg
     return f"must be {want}, not {_described(err['input'])}"
 
 

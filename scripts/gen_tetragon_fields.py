@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import tetragon_schema  # noqa: E402
+import tetragon_schema
 
 _I64_TYPES = {3, 4, 6, 16, 18}  # FieldDescriptor.TYPE_{INT64, UINT64, FIXED64, SFIXED64, SINT64}
 _WRAPPED_I64 = {"google.protobuf.Int64Value", "google.protobuf.UInt64Value"}
