@@ -166,7 +166,7 @@ class AgentConfig(Strict):
     node_name: str = Field(default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
-    sensors: dict[str, SensorSection] = Field(  # type: ignore[assignment]
+    sensors: dict[str, SensorSection] = Field(
         default_factory=dict, description="Per sensor: {enabled: bool, ...its own options}"
     )
     exporters: list[ExporterItem] = Field(default_factory=lambda: [ExporterItem(type="stdout")])

@@ -231,7 +231,7 @@ class Metrics:
             raise OSError(exc.errno, f"metrics: cannot listen on {address}:{port}: {exc.strerror}") from None
         self._server, self._server_thread = server, thread
         host, bound = server.server_address[:2]
-        return host, bound
+        return (host if isinstance(host, str) else bytes(host).decode()), bound
 
     def shutdown(self) -> None:
         if self._server is not None:

@@ -428,7 +428,7 @@ class EnforcementStore:
             files = sorted(p for p in d.iterdir() if not p.name.startswith("."))
         except OSError:
             return
-        recs = []
+        recs: list[tuple[float, Path, dict[str, Any] | None, str | None]] = []
         for f in files:
             if f.suffix != ".json":
                 recs.append((0.0, f, None, f"{f}: not a kept policy record (the agent writes only *.json here)"))
@@ -438,5 +438,5 @@ class EnforcementStore:
                 recs.append((float(rec.get("time") or 0), f, rec, None))
             except UntrustedFile as exc:
                 recs.append((0.0, f, None, str(exc)))
-        for _t, f, rec, why in sorted(recs, key=lambda r: r[0]):
-            yield f, rec, why
+        for _t, f, kept, why in sorted(recs, key=lambda r: r[0]):
+            yield f, kept, why

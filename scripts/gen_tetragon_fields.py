@@ -81,8 +81,8 @@ def render(t: dict[str, dict[str, str]], e: dict[str, dict[int, str]]) -> str:
     lines += ["", "ENUMS: dict[str, dict[int, str]] = {"]
     for name, values in e.items():
         lines.append(f"    {name!r}: {{")
-        for k, v in values.items():
-            lines.append(f"        {k}: {v!r},")
+        for number, label in values.items():
+            lines.append(f"        {number}: {label!r},")
         lines.append("    },")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -69,8 +69,8 @@ def mutate_fields(col: Collector, base: str, nodes: list[Any], doc: Any, emit: A
             new = copy.deepcopy(doc)
             put(new, path, "BogusChoice")
             emit(f"choice {pat}", f"{fmt(path)} names an unknown choice", new, [fmt(path)])
-        if bounded.get(n.name) and n.kind == "str":
-            limit = bounded[n.name]
+        limit = bounded.get(n.name)
+        if limit and n.kind == "str":
             new = copy.deepcopy(doc)
             put(new, path, ("/" if n.name == "path" else "") + "a" * (limit + 1 - (n.name == "path")))
             emit(f"too-long {pat}", f"{fmt(path)} one byte over its limit of {limit}", new,
