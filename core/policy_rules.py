@@ -118,7 +118,7 @@ def _uprobe(item: UProbeSpec) -> list[tuple[str, str]]:
 
 
 def _selectors(item: Any) -> list[tuple[str, str]]:
-    from sensorium.selectors import SelectorError, check_selectors  # ctypes structures: loaded when needed
+    from sensorium.hooks.selectors import SelectorError, check_selectors  # ctypes structures: loaded when needed
 
     try:
         check_selectors(list(item.selectors))
@@ -151,7 +151,7 @@ def problems(policy: Policy) -> list[SourceError]:
                 mine = []
             else:
                 continue  # lsmhooks and third-party sections: their sensors own their rules
-            # Selectors of the shared hook engine (kprobes, tracepoints, uprobes: sensorium.selectors).
+            # Selectors of the shared hook engine (kprobes, tracepoints, uprobes: sensorium.hooks.selectors).
             mine = mine or _selectors(item)
             for field, reason in mine[:1]:
                 path = f"spec.{section.key}[{index}].{field}"

@@ -24,10 +24,13 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
-from sensorium import selectors as S
+from sensorium.bpf.btf import kernel_functions
 from sensorium.hookspecs import PolicyLoadError, ProbeSource
-from sensorium_sensors.tracepoint.engine import HookPlan, HookSet
-from sensorium_sensors.tracepoint.sensor import _extras
+from sensorium.hooks import selectors as S
+from sensorium.hooks.budget import TRACKING, engine_cases
+from sensorium.hooks.hookset import HookSet
+from sensorium.hooks.plan import HookPlan, extras
+from sensorium.hooks.render import EV as _EV
 
 __all__ = ["plan_kernel_function", "KfuncHookSet", "KFUNC_PROBE", "sock_event_fixup", "overridable",
            "KF_PRE_STR", "KF_PRE_SOCK"]
@@ -36,10 +39,9 @@ HERE = Path(__file__).resolve().parent
 KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4  # KF_PRE_SOCK: unused (sock args are ARG_SOCK)
 DEREF_FILE, DEREF_PATH = 8, 9  # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
 ACT_OVERRIDE = 8  # an actions bit the engine ignores and copies into the event (kfunc.bpf.c: fmod_ret)
-_EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event (selectors.h)
 ERROR_INJECTION_LISTS = ("/sys/kernel/debug/error_injection/list", "/sys/kernel/tracing/../debug/error_injection/list")
 
-# C integer types (as sensors/lsm/btf.py spells them) -> (size, signed)
+# C integer types (as sensorium.bpf.btf spells them) -> (size, signed)
 _C_INTS: dict[str, tuple[int, bool]] = {
     "int": (4, True), "unsigned int": (4, False), "long int": (8, True), "long unsigned int": (8, False),
     "long long int": (8, True), "long long unsigned int": (8, False), "short int": (2, True),
@@ -89,14 +91,9 @@ def kfunc_budget_cases() -> list[Any]:
     """`BudgetCase`s of kfunc.bpf.c: its own programs with every worst configuration, arguments read from the
     function's parameters (s->raw), each parameter prepared as a cred (the longest preparation); the engine
     programs it carries with the mixed one."""
-    from sensorium import selectors as S
-    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
-
     cases: list[Any] = []
     for n, func in enumerate(BUDGET_FUNCTIONS):
         try:
-            from sensorium_sensors.lsm.btf import kernel_functions
-
             sig = kernel_functions().get(func)
         except (OSError, ValueError):
             sig = None
@@ -186,8 +183,6 @@ def _mechanism(kernel: Any, at_exit: bool) -> tuple[str | None, str]:
 def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> HookPlan | None:
     """One ``kprobes`` item on a kernel function -> `HookPlan` (attach ``("kfunc", func, mechanism, pre)``),
     or `PolicyLoadError` naming the field. None when ``ignore.callNotFound`` skips a missing function."""
-    from sensorium_sensors.lsm.btf import kernel_functions
-
     hook = f"{policy.section}[{index}] {item.call}"
     base = f"spec.{policy.section}[{index}]"
     func = item.call
@@ -367,7 +362,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
     elif compiled.blocking:
         note += ("; Sigkill/Signal are sent " + ("when the function returns" if at_exit else "on entry") +
                  ": the function runs to completion, the process dies before it returns to user space")
-    body = {"function_name": func, **_extras(item)}
+    body = {"function_name": func, **extras(item)}
     return HookPlan(hook=hook, field=base, compiled=compiled, args=plans,
                     attach=("kfunc", func, mech, tuple(pre), tuple(errnos + [0] * (S.MAX_SELECTORS - len(errnos))),
                             len(sig.params)),

@@ -3,7 +3,7 @@
 Two program families:
 
 * lsm.bpf.c: any hook whose arguments are files, paths, binprms, kernel strings or integers, served by
-  the shared selector engine (sensorium/selectors.h, compiled by `sensorium.selectors.compile_hook`)
+  the shared selector engine (sensorium/selectors.h, compiled by `sensorium.hooks.selectors.compile_hook`)
   with Override added: the selector's errno is returned from the hook (rodata ``lsm_errno``).
 * sockaddr.bpf.c's lsm/socket_connect and lsm/socket_sendmsg programs: the destination address and port
   matched with the same rules as the cgroup sock_addr fallback (netguard.py).
@@ -25,14 +25,17 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
-from sensorium import selectors as S
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hookspecs import ProbeSource, Scope
+from sensorium.hooks import selectors as S
+from sensorium.hooks.hookset import seed_follow
+from sensorium.hooks.probes import MODE_INACTIVE
+from sensorium.hooks.render import EV as _EV
+from sensorium.hooks.render import render_args
 from sensorium.policy import MatchAction, Selector
 
 from . import netguard
 
-MODE_INACTIVE = 2  # sens_mode: attached, not active yet (sensorium/hook/defs.h SENS_MODE_INACTIVE)
 
 __all__ = ["LsmProgram", "NetLsmProgram", "compile_hook", "LSM_PROBE", "decode_event", "RECORD_LAYOUTS",
            "SOCKET_HOOKS"]
@@ -200,10 +203,8 @@ class LsmProgram:
         if self.net is not None:
             self.net.attach()
             return
-        from sensorium_sensors.tracepoint.engine import HookSet  # the engine's follow seeding, reused
-
         obj = self.obj
-        HookSet._seed_follow(None, _Compiled(self.compiled), obj)  # type: ignore[arg-type]
+        seed_follow(self.compiled, obj)  # the hook library's follow seeding
         for name in ("sens_exec", "sens_exit", "sens_fork"):
             if name in self._wanted:
                 obj.program(name).attach()
@@ -297,15 +298,6 @@ class LsmProgram:
             self.obj = None
 
 
-class _Compiled:
-    def __init__(self, compiled: Any) -> None:
-        self.compiled = compiled
-
-
-_EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event (selectors.h)
-_ARG = struct.Struct("<BBHI")
-
-
 def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | None:
     """A sens_event record of an LSM program -> {pid, ktime, rule, verdict, args, err}; None when the record is
     malformed (`netguard.decode_event`, `render_args`) or names a selector the hook does not have."""
@@ -327,15 +319,13 @@ def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | 
             args.append(item)
         ev["args"] = args
         return ev
-    from sensorium_sensors.tracepoint.engine import render_args
-
     if len(raw) < _EV.size:
         return None
     (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
      data_len) = _EV.unpack_from(raw)
     if rtype != S.REC_HOOK or (policy_id, hook_id) != (prog.policy_id, prog.plan.position):  # its own ring: its own ids
         return None
-    args = render_args(raw, prog.args)  # the engine's rules: a cut or inconsistent record is no event
+    args = render_args(raw, prog.args)  # the hook library's rules: a cut or inconsistent record is no event
     if args is None:
         return None
     # The selector that matched (the kernel writes MAX_SELECTORS when the hook has none: it posts every call).

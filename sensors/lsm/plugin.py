@@ -591,7 +591,7 @@ class LsmSensor:
                          lambda _h, _p, batch, _prog=prog: self._decode_lsm(_h, _p, batch, _prog))
 
     def _load_sigkill(self, h: LsmPolicyHandle, p: HookPlan) -> None:
-        from sensorium_sensors.tracepoint.engine import EventRing
+        from sensorium.hooks.ring import EventRing
 
         if self._ring is None:
             ring = EventRing(self.ctx, "lsm")
@@ -748,9 +748,9 @@ BUDGET_HOOKS = ("file_open", "bprm_check_security", "socket_connect", "task_kill
 
 
 def _budget() -> list[Any]:
-    from sensorium import selectors as S
     from sensorium.hookspecs import BudgetCase
-    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
+    from sensorium.hooks import selectors as S
+    from sensorium.hooks.budget import TRACKING, engine_cases
 
     rodata = {"lsm_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
     cases: list[Any] = []

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from sensorium.hookspecs import PolicyLoadError, PolicyView
 from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, LsmHookSpec, MatchAction, Selector
 
-from .btf import LsmHookSig, lsm_hooks
+from sensorium.bpf.btf import LsmHookSig, lsm_hooks
 
 __all__ = ["HookPlan", "MECHANISMS", "plan_section", "ProcessFacts", "first_match",
            "cgroup2_root"]

@@ -13,7 +13,7 @@
 /* ------------------------------------------------------------------------------------------------ */
 
 /*
- * Built only into the object with -DSENS_OPEN_EXIT (sensors/tracepoint/engine.py: HOOK_OPEN_PROBE), since it
+ * Built only into the object with -DSENS_OPEN_EXIT (core/hooks/probes.py: HOOK_OPEN_PROBE), since it
  * needs tp_btf and the bpf_rdonly_cast kfunc (6.2+); where that object does not load, the engine falls
  * back to sens_sys_enter + sens_sys_exit, which decide exactly the same.
  *
