@@ -246,8 +246,8 @@ def main() -> int:
     class BenchContext(DirectContext):
         """Keeps each decoded batch as it is (an EventBatch: JSON lines, no event objects made)."""
 
-        def add_ring_buffer(self, bpf_map, decode):  # type: ignore[no-untyped-def]
-            self.reader.add(bpf_map, lambda recs: self.events.append(decode(recs)))
+        def add_ring_buffer(self, bpf_map, decode, *, native_drain=False):  # type: ignore[no-untyped-def]
+            return self.reader.add(bpf_map, lambda recs: self.events.append(decode(recs)), native_drain=native_drain)
 
     rig.ctx = BenchContext(config={"ring_buffer_kb": args.ring_kb})
     rig.sensor = KprobeSensor(rig.ctx)

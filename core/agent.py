@@ -25,7 +25,7 @@ from sensorium import __version__, schema
 from sensorium.bpf.progstats import by_name, enable_stats, program_stats
 from sensorium.config import AgentConfig, validate_sensor_options
 from sensorium.events import Event, ktime_to_wall_ns
-from sensorium.hookspecs import ProbeSource, Sensor, SensorSpec
+from sensorium.hookspecs import ProbeSource, RingDecoder, RingHandle, Sensor, SensorSpec
 from sensorium.pipeline import Pipeline, ProcessJoin, ReaderThread
 from sensorium.plugins import PluginRegistry
 from sensorium.yamlsrc import SourceError, format_path
@@ -51,6 +51,7 @@ class _SensorContext:
         self.process_cache = agent.process_cache
         self.config = config
         self.objects: list[Any] = []
+        self.rings: list[RingHandle] = []  # given out by add_ring_buffer, closed when the sensor stops
 
     def build(self, probe: ProbeSource) -> Path:
         from sensorium.bpf.build import build_object
@@ -64,8 +65,11 @@ class _SensorContext:
         self.objects.append(obj)
         return obj
 
-    def add_ring_buffer(self, bpf_map: Any, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:
-        self._agent.reader.add(bpf_map, self._agent.pipeline.decoder_sink(self.name, decode))
+    def add_ring_buffer(self, bpf_map: Any, decode: RingDecoder, *, native_drain: bool = False) -> RingHandle:
+        handle = self._agent.reader.add(bpf_map, self._agent.pipeline.decoder_sink(self.name, decode),
+                                        native_drain=native_drain)
+        self.rings = [r for r in self.rings if not r.closed] + [handle]
+        return handle
 
     def emit(self, events: Iterable[Event]) -> None:
         batch = list(events)
@@ -318,6 +322,9 @@ class Agent:
             except Exception:  # noqa: BLE001
                 log.exception("sensor %s raised in stop()", slot.spec.name)
         if slot.ctx is not None:
+            for ring in slot.ctx.rings:  # what is left in them is delivered (`RingHandle.close`)
+                ring.close()
+            slot.ctx.rings.clear()
             for obj in slot.ctx.objects:  # whatever the sensor forgot to close
                 try:
                     obj.close()

@@ -118,10 +118,10 @@ class Pipeline:
 
     # ---- producers --------------------------------------------------------------------------------
 
-    def decoder_sink(self, sensor: str, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> Callable[[list[bytes]], None]:
+    def decoder_sink(self, sensor: str, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> Callable[[Sequence[bytes]], None]:
         """Wrap a sensor's batch decoder as a ring-buffer batch callback, containing its failures."""
 
-        def on_batch(records: list[bytes]) -> None:
+        def on_batch(records: Sequence[bytes]) -> None:
             try:
                 events = decode(records)
                 if not isinstance(events, (list, EventBatch)):

@@ -707,7 +707,7 @@ def check_lsm_batch(i: int, records: Sequence[bytes]) -> tuple[list[Event], int]
     ctx = Context(cache=None)
     plan, prog = lsm_program(i)
     sensor, h = lsm_handle(plan, ctx)
-    sensor._decode_lsm(h, plan, list(records), prog)
+    ctx.emit(sensor._decode_lsm(h, plan, list(records), prog))
     assert len(ctx.events) + h.errors == len(records) and h.events == len(ctx.events), (h.events, h.errors)
     for e in ctx.events:
         orjson.loads(e.json())
@@ -718,7 +718,7 @@ def check_net_guard_batch(nsel: int, records: Sequence[bytes]) -> tuple[list[Eve
     ctx = Context(cache=None)
     plan = connect_plan(nsel)
     sensor, h = lsm_handle(plan, ctx, policy_id=7)
-    sensor._decode_net(h, plan, list(records))
+    ctx.emit(sensor._decode_net(h, plan, list(records)))
     assert len(ctx.events) + h.errors == len(records) and h.events == len(ctx.events), (h.events, h.errors)
     for e in ctx.events:
         orjson.loads(e.json())

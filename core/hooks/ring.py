@@ -17,7 +17,7 @@ import orjson
 from sensorium import events as _events
 from sensorium import schema
 from sensorium.events import Event, EventBatch, LazyEvent
-from sensorium.hookspecs import SensorContext
+from sensorium.hookspecs import RingHandle, SensorContext
 from sensorium.hooks import native as _native
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
@@ -45,6 +45,7 @@ class EventRing:
     def __init__(self, ctx: SensorContext, sensor: str) -> None:
         self.ctx, self.sensor = ctx, sensor
         self.obj: Any = None
+        self.handle: RingHandle | None = None
         self.hooks: dict[tuple[int, int], tuple[HookPlan, str, "HookSet"]] = {}
         self.lock = threading.Lock()
         # Records the decoder did not turn into events, by reason (`DROP_REASONS`): none is dropped silently.
@@ -61,9 +62,8 @@ class EventRing:
         obj.map("sens_events").set_max_entries(size)
         obj.load()
         self.obj = obj
-        m = obj.map("sens_events")
-        m.native_drain = True  # the reader may hand `decode` RecordBlobs (core/bpf/ringbuf.py)
-        self.ctx.add_ring_buffer(m, self.decode)
+        # `decode` takes RecordBlobs: the host may drain this ring natively (core/bpf/ringbuf.py)
+        self.handle = self.ctx.add_ring_buffer(obj.map("sens_events"), self.decode, native_drain=True)
 
     @property
     def fd(self) -> int:
@@ -76,6 +76,9 @@ class EventRing:
         return sum(v for k, v in self.dropped.items() if k != "unknown_hook")
 
     def stop(self) -> None:
+        if self.handle is not None:  # what the hooks posted before they were detached is delivered first
+            self.handle.close()
+            self.handle = None
         if self.obj is not None:
             try:
                 self.obj.close()
