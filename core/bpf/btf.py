@@ -58,13 +58,6 @@ def lsm_hooks(btf: Path | str | None = None) -> dict[str, LsmHookSig]:
 
     Raises OSError when the BTF file cannot be read, ValueError when it is not BTF.
     """
-    if btf is None:
-        try:
-            from sensorium.bpf.build import btf_path  # honours $SENSORIUM_BTF (the VM lane sets it)
-
-            btf = btf_path()
-        except ImportError:
-            btf = DEFAULT_BTF
     return _functions(btf, "bpf_lsm_")
 
 

@@ -19,7 +19,6 @@ selectors.h, crossing mount points), which works on every hook; bpf_d_path is al
 
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 from pathlib import Path
@@ -305,19 +304,7 @@ def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | 
         ev = netguard.decode_event(raw, policy_id=prog.policy_id, nrules=len(prog.net.rules))
         if ev is None:
             return None
-        args = []
-        for a in plan.args:
-            if a.type == "sock":
-                item: dict[str, Any] = {"sock_arg": {"family": ev["family"], "protocol": ev["protocol"],
-                                                     "daddr": ev["addr"], "dport": ev["port"]}}
-            elif a.type == "sockaddr":
-                item = {"sockaddr_arg": {"family": ev["family"], "addr": ev["addr"], "port": ev["port"]}}
-            else:
-                continue
-            if a.label:
-                item["label"] = a.label
-            args.append(item)
-        ev["args"] = args
+        ev["args"] = netguard.event_args(ev, plan.args)
         return ev
     if len(raw) < _EV.size:
         return None
