@@ -115,6 +115,6 @@ def open_exit_available() -> bool:
 
 def open_mechanism() -> str:
     """The mechanism the status must name for an openat hook on the opened file, on this kernel."""
-    from sensorium.hooks import hookset as engine
+    from sensorium.hooks import probes as engine
 
     return engine.OPEN_EXIT_MECHANISM if open_exit_available() else engine.PAIR_MECHANISM

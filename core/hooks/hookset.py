@@ -26,7 +26,7 @@ from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorConte
 from sensorium.hooks import selectors as S
 from sensorium.hooks.openexit import open_exit_filter
 from sensorium.hooks.plan import HookPlan
-from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, OPEN_EXIT_MECHANISM, PAIR_MECHANISM
+from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, OPEN_EXIT_MECHANISM
 from sensorium.hooks.ring import EventRing
 
 __all__ = ["HookSet", "seed_follow", "OPEN_EXIT_ENABLED"]
@@ -171,12 +171,10 @@ class HookSet:
             # open/openat/openat2/creat on the opened file: sys_exit alone, with early rejection
             # (selectors.h, SENS_OPEN_EXIT). Where that object does not load (tp_btf, or the
             # bpf_rdonly_cast kfunc of 6.2+, missing), the enter+exit pair decides the same, slower.
-            # The status names the mechanism when the planner named the pair (the kprobe sensor); a plan
-            # another sensor labelled (lsm's "sigkill from tracepoint") keeps its own words.
-            ours = plan.mechanism == PAIR_MECHANISM
-            fast = plan if not ours else dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.note.replace(
-                "served by raw tracepoint sys_enter filtered by syscall number",
-                "served by tp_btf sys_exit alone (arguments from the saved registers), filtered by syscall number"))
+            # The status names the mechanism when the planner wrote the words for it (`HookPlan.open_exit_note`,
+            # the syscall planner); a plan another sensor labelled (lsm's "sigkill from tracepoint") keeps its own.
+            ours = plan.open_exit_note is not None
+            fast = dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.open_exit_note) if ours else plan
             n_scope_maps = len(self._scope_maps)
             try:
                 self._load_object(fast, HOOK_OPEN_PROBE)

@@ -135,6 +135,9 @@ class HookPlan:
     body: Mapping[str, Any]            # fixed event fields (subsys/event or function_name ...)
     kind: str = "process_tracepoint"
     return_plan: S.ArgPlan | None = None
+    # The note when the open-exit object serves the hook (an opened-file syscall, at sys_exit alone, see
+    # hookset.HookSet._load_one); None: the plan keeps its words whatever serves it.
+    open_exit_note: str | None = None
     fast: list[tuple[S.ArgPlan, tuple | None]] = dataclasses.field(default_factory=list)
     ret_fast: tuple | None = None
 

@@ -131,17 +131,22 @@ def plan_syscall(kernel: Any, policy: Any, index: int, item: Any, name: str, *, 
     except S.SelectorError as e:
         raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
     mech = "raw_tp sys_enter" + (" + sys_exit" if at_exit else "")
-    note = ("no kprobes/fentry on this kernel: served by raw tracepoint sys_enter filtered by syscall number "
-            f"{nr} in the kernel; arguments are the values the process passed")
+    more = ""
     if opened_file:
-        note += ("; the path is that of the file actually opened (from the returned fd at sys_exit: symlinks, "
+        more += ("; the path is that of the file actually opened (from the returned fd at sys_exit: symlinks, "
                  "'..' and dirfd resolved by the kernel); a failed open reports the path made absolute and "
                  "normalised from the string")
     elif any(p.resolve for p in plans):
-        note += "; path arguments made absolute (dirfd/cwd) and normalised in the kernel, symlinks not followed"
+        more += "; path arguments made absolute (dirfd/cwd) and normalised in the kernel, symlinks not followed"
     if compiled.blocking:
-        note += ("; Sigkill/Signal are sent at syscall " + ("exit" if at_exit else "entry") +
+        more += ("; Sigkill/Signal are sent at syscall " + ("exit" if at_exit else "entry") +
                  ": the syscall completes, the process dies before it returns to user space")
+    tail = f" filtered by syscall number {nr} in the kernel; arguments are the values the process passed{more}"
+    note = "no kprobes/fentry on this kernel: served by raw tracepoint sys_enter" + tail
+    # an opened file is served by the open-exit object where it loads (HookSet._load_one)
+    exit_note = ("no kprobes/fentry on this kernel: served by tp_btf sys_exit alone (arguments from the saved "
+                 "registers)," + tail) if opened_file else None
     body = {"function_name": ARCH_PREFIX[platform.machine()] + "sys_" + name, **extras(item)}
     return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=("syscall", at_exit),
-                    mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan)
+                    mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan,
+                    open_exit_note=exit_note)

@@ -109,6 +109,7 @@ def plan_syscalls(plan: Any, ctx: Any, policy_id: int) -> list[Any]:
                    "enforcement": {"mechanism": MECHANISM, "meaning": NOTE}}
         hp.mechanism = MECHANISM
         hp.note = NOTE
+        hp.open_exit_note = None  # these words whatever serves it
         plans.append(hp)
     return plans
 
