@@ -265,9 +265,11 @@ class RingBufferReader:
 
     @property
     def epoll_fd(self) -> int:
-        """The epoll fd (readable after a wakeup); -1 while there is no ring."""
-        rb = self._rb
-        return lib().ring_buffer__epoll_fd(rb) if rb is not None else -1
+        """The epoll fd (readable after a wakeup); -1 while there is no ring. A close may rebuild the
+        ring_buffer, and with it this fd."""
+        with self._lock:
+            rb = self._rb
+            return lib().ring_buffer__epoll_fd(rb) if rb is not None else -1
 
     def poll(self, timeout_ms: int) -> int:
         """Wait up to ``timeout_ms`` (0: not at all, < 0: no limit) for a wakeup, then consume all rings;
@@ -283,7 +285,9 @@ class RingBufferReader:
                 select.select([], [], [], timeout_ms / 1000.0)
             return 0
         if timeout_ms != 0:  # < 0: until a wakeup (only sensible with programs that send them)
-            epfd = self.epoll_fd
+            with self._lock:  # the ring_buffer may be rebuilt by another thread: its fd, read while it exists
+                rb = self._rb
+                epfd = lib().ring_buffer__epoll_fd(rb) if rb is not None else -1
             try:
                 select.select([epfd], [], [], timeout_ms / 1000.0 if timeout_ms > 0 else None)
             except (InterruptedError, OSError, ValueError):
