@@ -16,8 +16,8 @@ from sensorium import schema
 from sensorium.hookspecs import PolicyLoadError
 from sensorium.hooks import selectors as S
 
-__all__ = ["HookPlan", "ArgPlanError", "INT_KEYS", "I64_ARGS", "int_plan", "extras", "plan_params", "plan_return",
-           "ParamReader"]
+__all__ = ["HookPlan", "ArgPlanError", "INT_KEYS", "POLICY_INTS", "I64_ARGS", "int_plan", "extras", "plan_params",
+           "plan_return", "ParamReader", "without_override"]
 
 I64_ARGS = schema.i64_keys("tetragon.KprobeArgument")  # size_arg, long_arg: JSON strings in Tetragon's JSON
 
@@ -31,6 +31,11 @@ INT_KEYS: Mapping[str, tuple[str, int, bool]] = {
     "s64": ("long_arg", 8, True), "long": ("long_arg", 8, True), "uint64": ("size_arg", 8, False),
     "u64": ("size_arg", 8, False), "ulong": ("size_arg", 8, False), "size_t": ("size_arg", 8, False),
 }
+
+
+# A policy's integer type -> (size in bytes, signed): what a BTF-typed planner (kernel functions, LSM hooks)
+# reads when the policy names the width
+POLICY_INTS: Mapping[str, tuple[int, bool]] = {name: (size, signed) for name, (_key, size, signed) in INT_KEYS.items()}
 
 
 class ArgPlanError(ValueError):
@@ -119,6 +124,18 @@ def plan_return(hook: str, base: str, item: Any, *, default: str, why: str) -> S
     if rtyp not in INT_KEYS:
         raise PolicyLoadError(hook, f"returnArg type {rtyp}: {why}", f"{base}.returnArg.type")
     return int_plan(rtyp, S.FROM_RETVAL, 0, ra.label if ra is not None else None)
+
+
+def without_override(sel: Any) -> Any:
+    """A selector without its Override actions (Post when nothing else is left): for a program that returns
+    the errno itself (fmod_ret, BPF LSM: the errno goes to its own rodata), since the selector engine has no
+    Override (a tracepoint cannot change a return value)."""
+    from sensorium.policy import MatchAction
+
+    acts = [a for a in sel.matchActions if a.action != "Override"]
+    if sel.matchActions and not acts:
+        acts = [MatchAction(action="Post")]
+    return sel.model_copy(update={"matchActions": acts})
 
 
 @dataclasses.dataclass

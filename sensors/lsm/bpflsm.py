@@ -28,10 +28,10 @@ from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hookspecs import ProbeSource, Scope
 from sensorium.hooks import selectors as S
 from sensorium.hooks.hookset import seed_follow
+from sensorium.hooks.plan import POLICY_INTS, without_override
 from sensorium.hooks.probes import MODE_INACTIVE
 from sensorium.hooks.render import EV as _EV
 from sensorium.hooks.render import render_args
-from sensorium.policy import MatchAction, Selector
 
 from . import netguard
 
@@ -41,7 +41,6 @@ __all__ = ["LsmProgram", "NetLsmProgram", "compile_hook", "LSM_PROBE", "decode_e
 
 HERE = Path(__file__).resolve().parent
 SOCKET_HOOKS = ("socket_connect", "socket_sendmsg")
-DEREF_FILE, DEREF_PATH = 8, 9   # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
 RECORD_LAYOUTS: dict[str, type] = {}
 
 # C integer type -> (size, signed, Tetragon JSON key)
@@ -55,11 +54,6 @@ _INTS = {
     "u64": (8, False, "size_arg"), "gfp_t": (4, False, "uint_arg"), "kuid_t": (4, False, "uint_arg"),
     "pid_t": (4, True, "int_arg"), "dev_t": (4, False, "uint_arg"), "fmode_t": (4, False, "uint_arg"),
 }
-_POLICY_INTS = {"int8": (1, True), "uint8": (1, False), "int16": (2, True), "uint16": (2, False),
-                "int32": (4, True), "uint32": (4, False), "int64": (8, True), "uint64": (8, False),
-                "s8": (1, True), "u8": (1, False), "s16": (2, True), "u16": (2, False), "s32": (4, True),
-                "u32": (4, False), "s64": (8, True), "u64": (8, False), "int": (4, True), "uint": (4, False),
-                "long": (8, True), "ulong": (8, False), "size_t": (8, False)}
 
 
 # lsm.bpf.c: one object for every hook (the attach target is set at load time).
@@ -69,10 +63,10 @@ LSM_PROBE = ProbeSource(name="lsm", source=HERE / "lsm.bpf.c", include_dirs=(HER
 def _arg_plan(a: Any) -> S.ArgPlan:
     t = a.type
     if t == "file":
-        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="file_arg", deref=DEREF_FILE,
+        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="file_arg", deref=S.DEREF_FILE,
                          label=a.label, type_name="file")
     if t == "path":
-        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="path_arg", deref=DEREF_PATH,
+        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="path_arg", deref=S.DEREF_PATH,
                          label=a.label, type_name="path")
     if t == "linux_binprm":
         return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="linux_binprm_arg",
@@ -80,25 +74,17 @@ def _arg_plan(a: Any) -> S.ArgPlan:
     if t == "string":
         return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="string_arg",
                          deref=S.DEREF_KERNEL_STR, label=a.label, type_name="string")
-    if t in _POLICY_INTS:
+    if t in POLICY_INTS:
         # the C type decides the width (a policy "int" on an unsigned long is read as 8 bytes)
         size, signed, key = _INTS.get(a.ctype, (8, True, "long_arg"))
         if t not in ("int", "auto"):
-            size, signed = _POLICY_INTS[t]
+            size, signed = POLICY_INTS[t]
             key = "size_arg" if t == "size_t" else ("long_arg" if size == 8 and signed else
                                                     "size_arg" if size == 8 else "int_arg" if signed else "uint_arg")
         return S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_RAW, offset=a.index, json_key=key, size=size, signed=signed,
                          label=a.label, type_name=t)
     raise ValueError(f"argument {a.index} of type {t} cannot be read by BPF LSM programs yet "
                      "(file, path, linux_binprm, string and integers can)")
-
-
-def _without_override(sel: Selector) -> Selector:
-    # The engine has no Override (tracepoints cannot return errors): it is kept in lsm_errno instead.
-    acts = [a for a in sel.matchActions if a.action != "Override"]
-    if sel.matchActions and not acts:
-        acts = [MatchAction(action="Post")]
-    return sel.model_copy(update={"matchActions": acts})
 
 
 def compile_hook(plan: Any, policy_id: int = 0, hook_id: int = 0, cgroup_scoped: bool = False) -> Any:
@@ -109,7 +95,7 @@ def compile_hook(plan: Any, policy_id: int = 0, hook_id: int = 0, cgroup_scoped:
     position = {a.index: i for i, a in enumerate(plan.args)}
     try:
         compiled = S.compile_hook(policy_id=policy_id, hook_id=hook_id, kind=S.HOOK_RAW_TP, args=args,
-                                  selectors=[_without_override(s) for s in plan.spec.selectors],
+                                  selectors=[without_override(s) for s in plan.spec.selectors],
                                   arg_position=position, cgroup_scoped=cgroup_scoped)
     except S.SelectorError as exc:
         raise ValueError(f"{exc.field}: {exc.reason}") from None
