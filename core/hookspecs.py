@@ -352,6 +352,35 @@ def supports_scope(sensor: object) -> bool:
     return isinstance(sensor, ScopedPolicySensor) and type(sensor).supports_scope is True
 
 
+RingDecoder = Callable[[Sequence[bytes]], Iterable[Event]]
+"""A ring's decoder (`SensorContext.add_ring_buffer`): one batch of raw records, in ring order, -> the events
+to export. The batch is a ``Sequence[bytes]``: a list of bytes, or, for a ring added with ``native_drain=True``
+that the host drains natively, a `sensorium.bpf.ringbuf.RecordBlob` (also a ``Sequence[bytes]``: indexing or
+iterating it makes each record's bytes; its ``blob`` and ``lens`` give them all at once without that). Runs on
+the host's reader thread; decoders never run concurrently with each other; must not block."""
+
+
+@runtime_checkable
+class RingHandle(Protocol):
+    """A ring buffer the host drains for a sensor: what `SensorContext.add_ring_buffer` returns.
+
+    Close it when the program that writes the ring goes (a policy unloaded), before closing the program's
+    object; rings still open when the sensor stops are closed by the host after `Sensor.stop`."""
+
+    native_drain: bool
+    """Whether this ring is drained natively (the sensor asked with ``native_drain=True`` and the native
+    drain is available here): its decoder then receives `sensorium.bpf.ringbuf.RecordBlob` batches."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the ring is no longer drained."""
+
+    def close(self) -> None:
+        """Stop draining the ring: the records still in it are first delivered to its decoder (on the calling
+        thread, never concurrently with another decoder), then the ring leaves the host's reader. Idempotent;
+        callable from any thread, including the ring's own decoder; does not raise."""
+
+
 class SensorContext(Protocol):
     """What the host gives a sensor. Sensors use these instead of reaching into host internals."""
 
@@ -370,12 +399,18 @@ class SensorContext(Protocol):
     def open_object(self, path: Path) -> "BpfObject":
         """Open a compiled object with libbpf (not yet loaded: set rodata and autoload first)."""
 
-    def add_ring_buffer(self, bpf_map: "BpfMap", decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:
-        """Drain ``bpf_map`` (a BPF_MAP_TYPE_RINGBUF) in batches on the reader thread.
+    def add_ring_buffer(self, bpf_map: "BpfMap", decode: RingDecoder, *, native_drain: bool = False) -> "RingHandle":
+        """Drain ``bpf_map`` (a loaded BPF_MAP_TYPE_RINGBUF) in batches on the reader thread, until the returned
+        `RingHandle` is closed (or the sensor stops).
 
-        ``decode`` receives the raw records of one batch, in ring order, and returns the events to
-        export (it may return fewer: internal records such as forks update the process cache only).
-        A decoder exception drops that batch and is counted; it does not stop the reader.
+        ``decode`` (a `RingDecoder`) receives the raw records of one batch, in ring order, and returns the
+        events to export (it may return fewer: internal records such as forks update the process cache
+        only). A decoder exception drops that batch and is counted; it does not stop the reader.
+        ``native_drain=True`` says the decoder also takes a `sensorium.bpf.ringbuf.RecordBlob` (the batch's
+        records back to back in one bytes object): the host may then drain the ring in C, with no
+        interpreter work per record (`RingHandle.native_drain` says whether it does here).
+        May be called at any time, also after ``start`` (the ring of a program a policy loads: close its
+        handle when the program goes), so a sensor never needs a reader or a poll thread of its own.
         Programs should submit with ``sensorium_submit()`` from ``sensorium/common.h``, which skips the
         per-event wakeup (INFRA.md: wakeups cost 10x in a VM); the reader polls on a short timer.
         """

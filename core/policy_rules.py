@@ -42,11 +42,11 @@ def char_buf_size_problem(i: int, a: Any, declared: set[int]) -> list[tuple[str,
 
 
 def engine_selector_rules(item: Any, positions: Sequence[int]) -> list[tuple[str, str]]:
-    """The selector rules of the shared hook engine (`sensorium.selectors`), for the `rules` of a section it
+    """The selector rules of the shared hook engine (`sensorium.hooks.selectors`), for the `rules` of a section it
     serves (kprobes, tracepoints, uprobes). ``positions``: the argument indexes a matchArgs ``index`` may
     name (a tracepoint's by position in its args list, as Tetragon; a kprobe's or uprobe's by the parameter
     it declares, not nop)."""
-    from sensorium.selectors import SelectorError, check_selectors  # ctypes structures: loaded when needed
+    from sensorium.hooks.selectors import SelectorError, check_selectors  # ctypes structures: loaded when needed
 
     try:
         check_selectors(list(item.selectors))
