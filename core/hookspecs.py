@@ -81,7 +81,7 @@ class ProbeSource:
 class BudgetCase:
     """One program of a sensor in one of its most expensive configurations: what the verifier budget test
     (tests/test_verifier_budget.py, run on the host and on every VM-lane kernel) loads to check that the
-    program verifies within ``sensorium.selectors.VERIFIER_BUDGET`` processed instructions.
+    program verifies within ``sensorium.hooks.selectors.VERIFIER_BUDGET`` processed instructions.
 
     probe: the object; program: the program (its C function name) loaded alone; config: a short label of
     the configuration (e.g. "resolved strings"); prepare: called with the opened
@@ -352,12 +352,8 @@ def supports_scope(sensor: object) -> bool:
     return isinstance(sensor, ScopedPolicySensor) and type(sensor).supports_scope is True
 
 
-RingDecoder = Callable[[Sequence[bytes]], Iterable[Event]]
-"""A ring's decoder (`SensorContext.add_ring_buffer`): one batch of raw records, in ring order, -> the events
-to export. The batch is a ``Sequence[bytes]``: a list of bytes, or, for a ring added with ``native_drain=True``
-that the host drains natively, a `sensorium.bpf.ringbuf.RecordBlob` (also a ``Sequence[bytes]``: indexing or
-iterating it makes each record's bytes; its ``blob`` and ``lens`` give them all at once without that). Runs on
-the host's reader thread; decoders never run concurrently with each other; must not block."""
+RingDecoder = Decoder
+"""The same as `Decoder` (the name `SensorContext.add_ring_buffer` uses)."""
 
 
 @runtime_checkable
@@ -403,10 +399,10 @@ class SensorContext(Protocol):
         """Drain ``bpf_map`` (a loaded BPF_MAP_TYPE_RINGBUF) in batches on the reader thread, until the returned
         `RingHandle` is closed (or the sensor stops).
 
-        ``decode`` (a `RingDecoder`) receives the raw records of one batch, in ring order, and returns the
+        ``decode`` (a `Decoder`) receives the raw records of one batch, in ring order, and returns the
         events to export (it may return fewer: internal records such as forks update the process cache
         only). A decoder exception drops that batch and is counted; it does not stop the reader.
-        ``native_drain=True`` says the decoder also takes a `sensorium.bpf.ringbuf.RecordBlob` (the batch's
+        ``native_drain=True`` says the decoder also takes a `PackedRecords` (the batch's
         records back to back in one bytes object): the host may then drain the ring in C, with no
         interpreter work per record (`RingHandle.native_drain` says whether it does here).
         May be called at any time, also after ``start`` (the ring of a program a policy loads: close its

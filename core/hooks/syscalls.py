@@ -8,6 +8,7 @@ syscalls that reach an LSM hook) plans the same hooks.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import re
 from typing import Any
@@ -60,6 +61,22 @@ def syscall_name(call: str) -> str | None:
     if re.fullmatch(r"[a-z0-9_]+", call) and call in SYSCALLS_X86_64:
         return call
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SyscallItem:
+    """A syscall hook made by a sensor rather than written in a ``kprobes`` section (the lsm sensor's Sigkill
+    fallback): the fields `plan_syscall` reads of a kprobes item, without depending on the kprobe sensor's
+    schema."""
+
+    call: str
+    args: list[Any]
+    selectors: list[Any]
+    return_: bool = False
+    returnArg: Any = None
+    ignore: Any = None
+    message: str = ""
+    tags: tuple[str, ...] = ()
 
 
 def plan_syscall(kernel: Any, policy: Any, index: int, item: Any, name: str, *, opened_file_paths: bool = True,

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from sensorium.hookspecs import PolicyLoadError, Scope
 from sensorium.policy import ArgSpec, MatchAction, MatchArg, Selector
-from sensorium_sensors.kprobe.schema import KProbeSpec
+from sensorium.hooks.syscalls import SyscallItem
 
 __all__ = ["SYSCALLS", "MECHANISM", "NOTE", "plan_syscalls", "SigkillGuard"]
 
@@ -49,7 +49,7 @@ SYSCALLS: Mapping[str, Sequence[tuple[str, Mapping[int, tuple[int, str]]]]] = {
 _PATHISH = ("file", "path", "dentry", "string", "linux_binprm")
 
 
-def _syscall_items(plan: Any) -> list[tuple[str, KProbeSpec]]:
+def _syscall_items(plan: Any) -> list[tuple[str, SyscallItem]]:
     """One kprobes item per syscall of the hook, with the LSM arguments and selectors moved to the
     syscall's parameters. ValueError when an argument cannot be mapped."""
     out = []
@@ -80,7 +80,7 @@ def _syscall_items(plan: Any) -> list[tuple[str, KProbeSpec]]:
             sels.append(Selector(matchArgs=margs, matchBinaries=list(sel.matchBinaries),
                                  matchPIDs=list(sel.matchPIDs), matchNamespaces=list(sel.matchNamespaces),
                                  matchCapabilities=list(sel.matchCapabilities), matchActions=acts))
-        out.append((sc, KProbeSpec(call=f"sys_{sc}", syscall=True, args=args, selectors=sels)))
+        out.append((sc, SyscallItem(call=f"sys_{sc}", args=args, selectors=sels)))
     return out
 
 
