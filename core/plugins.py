@@ -11,7 +11,8 @@ import dataclasses
 import fnmatch
 import logging
 import traceback
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -98,7 +99,7 @@ class PluginRegistry:
 
     # ---- discovery ------------------------------------------------------------------------------
 
-    def discover(self) -> "PluginRegistry":
+    def discover(self) -> PluginRegistry:
         """List every entry point (without importing it), then load only the allowed ones."""
         from importlib.metadata import entry_points
 

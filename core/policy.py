@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Annotated, Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -21,8 +22,15 @@ from pydantic_core import PydanticCustomError
 from sensorium.hookspecs import PolicyView
 from sensorium.policy_errors import PolicyError, combine_problems, errors_from_pydantic, field_loc_of
 from sensorium.policy_fields import PolicyModel, absent, bounded_list, bounded_str, choice, refused
-from sensorium.policy_values import (ADDR_OPERATORS, CAPABILITIES, PORT_OPERATORS, PRIV_PORT_OPERATORS,
-                                     SOCK_FAMILIES, SOCK_PROTOCOLS, sock_value)
+from sensorium.policy_values import (
+    ADDR_OPERATORS,
+    CAPABILITIES,
+    PORT_OPERATORS,
+    PRIV_PORT_OPERATORS,
+    SOCK_FAMILIES,
+    SOCK_PROTOCOLS,
+    sock_value,
+)
 from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, load_documents
 
 # --------------------------------------------------------------------------------------------------
@@ -149,7 +157,7 @@ class ArgSpec(PolicyModel):
     btfType: refused("'btfType' is not implemented") = absent()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _char_buf_only(self) -> "ArgSpec":
+    def _char_buf_only(self) -> ArgSpec:
         if (self.sizeArgIndex is not None or self.returnCopy or self.maxData) and self.type != "char_buf":
             raise PydanticCustomError("policy_value", "sizeArgIndex, returnCopy and maxData apply only to type char_buf")
         if self.maxData:
@@ -173,7 +181,7 @@ class MatchArg(PolicyModel):
     values: Values = Field(default_factory=list)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _one_target(self) -> "MatchArg":
+    def _one_target(self) -> MatchArg:
         if (self.index is None) == (self.args is None):
             raise PydanticCustomError("policy_value", "give exactly one of 'index' and 'args'")
         if self.operator in PRIV_PORT_OPERATORS:
@@ -233,7 +241,7 @@ class MatchBinaries(PolicyModel):
     followChildren: bool = False
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "MatchBinaries":
+    def _non_empty(self) -> MatchBinaries:
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
         return self
@@ -246,7 +254,7 @@ class MatchPIDs(PolicyModel):
     followForks: bool = False
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "MatchPIDs":
+    def _non_empty(self) -> MatchPIDs:
         # An empty In matches nothing and an empty NotIn everything: neither is what the author meant.
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
@@ -261,7 +269,7 @@ class MatchNamespaces(PolicyModel):
     values: Values  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _values(self) -> "MatchNamespaces":
+    def _values(self) -> MatchNamespaces:
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
@@ -278,7 +286,7 @@ class MatchCapabilities(PolicyModel):
     values: Values  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _names(self) -> "MatchCapabilities":
+    def _names(self) -> MatchCapabilities:
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
@@ -305,7 +313,7 @@ class MatchAction(PolicyModel):
     imaHash: refused("IMA hashes are not implemented") = absent()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _fields_fit_action(self) -> "MatchAction":
+    def _fields_fit_action(self) -> MatchAction:
         a = self.action
         if self.argSig is not None and a != "Signal":
             raise PydanticCustomError("policy_value", "argSig applies only to the Signal action")
@@ -381,7 +389,7 @@ class HookSpec(PolicyModel):
     data: refused("'data' (extra data fields) is not implemented") = absent()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _return_selectors_need_return(self) -> "HookSpec":
+    def _return_selectors_need_return(self) -> HookSpec:
         returns = bool(getattr(self, "return_", False))
         for s in self.selectors:
             if (s.matchReturnArgs or s.matchReturnActions) and not returns:

@@ -7,7 +7,8 @@ every section, and every string or list a kernel map holds carries its limit in 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sensorium.policy import ARG_OPERATORS, MAX_HOOKS_PER_POLICY, MAX_LIST_VALUES, MAX_LISTS
 from sensorium.yamlsrc import Located

@@ -36,11 +36,19 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from sensorium.hookspecs import (PersistentPolicyHandle, PolicyLoadError, PolicySensor, Scope, ScopedPolicyHandle,
-                                 Sensor, supports_scope)
+from sensorium.hookspecs import (
+    PersistentPolicyHandle,
+    PolicyLoadError,
+    PolicySensor,
+    Scope,
+    ScopedPolicyHandle,
+    Sensor,
+    supports_scope,
+)
 from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
 from sensorium.policy_persistence import PolicyPersistence
 from sensorium.policy_rules import check_rules, validate_policies
@@ -272,7 +280,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                         del self._policies[name]
                     if self.metrics is not None:
                         self.metrics.policy_removed(name)
-                except Exception:  # noqa: BLE001 - shutdown continues
+                except Exception:  # shutdown continues
                     log.exception("unloading policy %s", name)
 
     def release_all(self) -> list[str]:
@@ -286,7 +294,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                 if tracker is not None:
                     try:
                         tracker.close()
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("policy %s: closing its scope tracker", name)
                 pinned = st.pin_dir is not None or bool(st.adopted)
                 with st.scope_lock:
@@ -296,7 +304,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                                 ld.handle.release()
                             else:
                                 ld.handle.unload()
-                        except Exception:  # noqa: BLE001 - shutdown continues
+                        except Exception:  # shutdown continues
                             log.exception("releasing section %s of policy %s", ld.section.key, name)
                     st.loaded = []
                 if pinned and self._persistent(st) is not False:
@@ -355,7 +363,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                     for back in switched:
                         try:
                             back.handle.set_mode(st.mode)
-                        except Exception:  # noqa: BLE001
+                        except Exception:
                             log.exception("policy %s: reverting mode of section %s", name, back.section.key)
                     reason = exc.reason if isinstance(exc, PolicyLoadError) else f"{type(exc).__name__}: {exc}"
                     raise PolicyError(f"policy {name!r}: switching {ld.section.key} to {mode} failed: {reason}; "
@@ -497,7 +505,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         if self.metrics is not None:
             try:
                 self.metrics.policy(name, state)
-            except Exception:  # noqa: BLE001 - metrics never fail a policy operation
+            except Exception:  # metrics never fail a policy operation
                 log.exception("policy metrics")
 
     def _get(self, name: str) -> PolicyState:
@@ -588,7 +596,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         if tracker is not None:
             try:
                 tracker.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("policy %s: closing its scope tracker", st.key)
         with st.scope_lock:  # no set_scope may run on a handle being unloaded
             self._unload(st.loaded)
@@ -625,7 +633,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                             if old is not None and isinstance(back.handle, ScopedPolicyHandle):
                                 back.handle.set_scope(old)
                             back.scope = old
-                        except Exception:  # noqa: BLE001 - the first error is the one reported
+                        except Exception:  # the first error is the one reported
                             log.exception("policy %s: restoring the scope of %s", st.key, back.section.key)
                     return
                 switched.append((ld, ld.scope))
@@ -646,5 +654,5 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         for ld in reversed(loaded):
             try:
                 ld.handle.unload()
-            except Exception:  # noqa: BLE001 - unload must not raise; if it does, the others still go
+            except Exception:  # unload must not raise; if it does, the others still go
                 log.exception("unloading section %s", ld.section.key)

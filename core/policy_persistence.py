@@ -10,7 +10,8 @@ active (`scan_pins`, then replaced policy by policy), and what no policy came ba
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from sensorium.persistence import UntrustedFile
 from sensorium.policy import MODES, POLICY_LIMITS, PolicyError

@@ -17,7 +17,8 @@ type) stays with the sensors' planning.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sensorium.policy import Policy, combine_problems, parse_policies
 from sensorium.yamlsrc import SourceError

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sensorium.hookspecs import (PolicyHandle, PolicyLoadError, PolicySensor, PolicyView, Scope,
-                                 TransactionalPolicySensor)
+from sensorium.hookspecs import (
+    PolicyHandle,
+    PolicyLoadError,
+    PolicySensor,
+    PolicyView,
+    Scope,
+    TransactionalPolicySensor,
+)
 from sensorium.policy import PolicyError, Section
 
 if TYPE_CHECKING:
@@ -198,12 +205,12 @@ class PolicyTransactions:
                         ts.handle.unload()
                     elif ts.prepared is not None:
                         ts.prepared.abort()
-                except Exception:  # noqa: BLE001 - the others still go
+                except Exception:  # the others still go
                     log.exception("policy %s: undoing section %s", t.st.key, ts.section.key)
             if t.tracker is not None:
                 try:
                     t.tracker.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("policy %s: closing its scope tracker", t.st.key)
             if t.pin_dir is not None:
                 try:

@@ -22,7 +22,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sensorium import schema
 from sensorium.events import ktime_to_wall_ns, rfc3339

@@ -35,18 +35,21 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from collections.abc import (
+    Mapping,  # fast isinstance() (typing.Mapping is slow)
+    Sequence,
+)
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.hookspecs import ExporterContext, ExportError, ExporterSpec, PartialWrite, TargetError
 from sensorium_exporters.otlp_encode import Encoder
 
 DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
@@ -70,7 +73,7 @@ class OtlpTls(BaseModel):
                                     "(default: the endpoint's host)")
 
     @model_validator(mode="after")
-    def _pair(self) -> "OtlpTls":
+    def _pair(self) -> OtlpTls:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (mutual TLS)")
         return self
@@ -190,7 +193,7 @@ class OtlpOptions(BaseModel):
         return out
 
     @model_validator(mode="after")
-    def _v_endpoint(self) -> "OtlpOptions":
+    def _v_endpoint(self) -> OtlpOptions:
         try:
             ep = parse_endpoint(self.endpoint, self.protocol, self.insecure)
         except ValueError as exc:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
-from typing import Any, Sequence
+from collections.abc import (
+    Mapping,  # fast isinstance() (typing.Mapping is slow)
+    Sequence,
+)
+from typing import Any
 
 from sensorium.events import Event
 

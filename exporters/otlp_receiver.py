@@ -123,7 +123,7 @@ class _Receiver:
     def endpoint(self) -> str:
         raise NotImplementedError
 
-    def __enter__(self) -> "_Receiver":
+    def __enter__(self) -> _Receiver:
         self.start()
         return self
 
@@ -148,7 +148,7 @@ class GrpcReceiver(_Receiver):
         rx = self
 
         class Servicer(logs_service_pb2_grpc.LogsServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the generated name
+            def Export(self, request: Any, context: Any) -> Any:  # the generated name
                 reply = rx._take_reply()
                 if reply is not None and reply.status == "partial":
                     rx._accept(request, {k: v for k, v in context.invocation_metadata()})
@@ -209,7 +209,7 @@ class HttpReceiver(_Receiver):
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path != rx.path:
                     self._answer(404, b"no such path")

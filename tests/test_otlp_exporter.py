@@ -10,22 +10,23 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 pytest.importorskip("opentelemetry.proto")
 pytest.importorskip("grpc")
 
-from sensorium.config import load_config, validate_exporter_options  # noqa: E402
-from sensorium.events import Event  # noqa: E402
-from sensorium.exporting import ExporterContextImpl, ExporterRunner  # noqa: E402
-from sensorium.hookspecs import PartialWrite  # noqa: E402
-from sensorium.testing import make_event, runner_for, wait_until  # noqa: E402
-from sensorium.yamlsrc import SourceError  # noqa: E402
-from sensorium_exporters.otlp import OtlpExporter, OtlpOptions, check_target, parse_endpoint  # noqa: E402
-from sensorium_exporters.otlp_receiver import GrpcReceiver, HttpReceiver  # noqa: E402
+from sensorium.config import load_config, validate_exporter_options
+from sensorium.events import Event
+from sensorium.exporting import ExporterContextImpl, ExporterRunner
+from sensorium.hookspecs import PartialWrite
+from sensorium.testing import make_event, runner_for, wait_until
+from sensorium.yamlsrc import SourceError
+from sensorium_exporters.otlp import OtlpExporter, OtlpOptions, check_target, parse_endpoint
+from sensorium_exporters.otlp_receiver import GrpcReceiver, HttpReceiver
 
 RECEIVERS = {"grpc": GrpcReceiver, "http": HttpReceiver}
 
@@ -474,7 +475,6 @@ def test_the_encoder_writes_the_same_bytes_as_the_official_messages() -> None:
 
 def test_the_chart_renders_the_otlp_exporter_for_the_agent() -> None:
     import yaml
-
     from test_chart import CHART, _agent_config, by_kind, render
 
     docs = render(CHART / "ci" / "otlp-values.yaml")
@@ -522,7 +522,8 @@ def test_sigterm_with_the_collector_down_exits_within_the_grace_and_counts_what_
 
 
 def test_any_endpoint_text_is_accepted_or_refused_with_a_validation_error() -> None:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
     from pydantic import ValidationError
 
     @settings(max_examples=400, deadline=None)

@@ -6,11 +6,12 @@ The plugin declares it in `SensorSpec.policy_sections`; `sensorium.policy` compo
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 from pydantic import Field
 
-from sensorium.policy import RETURN_ARG_ACTIONS, ArgSpec, HookSpec, INT_ARG_TYPES
+from sensorium.policy import INT_ARG_TYPES, RETURN_ARG_ACTIONS, ArgSpec, HookSpec
 from sensorium.policy_fields import PolicyModel, bounded_str, choice
 from sensorium.policy_rules import MAX_PARAMS, char_buf_size_problem, engine_selector_rules
 

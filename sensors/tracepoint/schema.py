@@ -6,7 +6,8 @@ The plugin declares it in `SensorSpec.policy_sections`; `sensorium.policy` compo
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -27,7 +28,7 @@ class TracepointSpec(HookSpec):
     raw: bool = False
 
     @model_validator(mode="after")
-    def _names(self) -> "TracepointSpec":
+    def _names(self) -> TracepointSpec:
         for what, v in (("subsystem", self.subsystem), ("event", self.event)):
             if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
                 raise PydanticCustomError("policy_value", "{what} '{v}' is not a tracepoint name",

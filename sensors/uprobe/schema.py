@@ -5,7 +5,8 @@ The plugin declares it in `SensorSpec.policy_sections`; `sensorium.policy` compo
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -33,7 +34,7 @@ class UProbeSpec(HookSpec):
     resolvePathInContainer: refused("'resolvePathInContainer' is not implemented") = absent()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _targets(self) -> "UProbeSpec":
+    def _targets(self) -> UProbeSpec:
         if not self.path.startswith("/"):
             raise PydanticCustomError("policy_value", "path '{p}' must be absolute", {"p": self.path})
         if not self.symbols and not self.offsets:
