@@ -100,7 +100,7 @@ class PolicyState:
 _FIELD_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def _field_loc(field: str | None) -> tuple:
+def _field_loc(field: str | None) -> tuple[str | int, ...]:
     """``spec.kprobes[0].args[1].type`` -> ``("spec", "kprobes", 0, "args", 1, "type")``."""
     if not field:
         return ()
@@ -527,7 +527,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         return next((i for i in range(MAX_POLICIES) if i not in used), None)
 
     @staticmethod
-    def _line(policy: Policy, loc: tuple) -> int | None:
+    def _line(policy: Policy, loc: Sequence[str | int]) -> int | None:
         return policy.source.line_of(loc) if policy.source is not None else None
 
     def _refuse(self, policy: Policy, section: Section, exc: BaseException, doing: str) -> PolicyError:
@@ -552,7 +552,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         if sensor is None:
             rec = self.registry.record("sensor", section.sensor) if hasattr(self.registry, "record") else None
             state = getattr(rec, "state", "not running")
-            why = f" ({rec.reason})" if getattr(rec, "reason", None) else ""
+            reason = getattr(rec, "reason", None)
+            why = f" ({reason})" if reason else ""
             if state in ("loaded", "running"):
                 state = "not enabled in this agent's config"
             raise PolicyError(f"the {section.sensor!r} sensor that serves {section.key!r} is {state}{why}",

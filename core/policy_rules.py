@@ -78,7 +78,7 @@ def problems(policy: Policy) -> list[SourceError]:
     return found
 
 
-def _loc(field: str) -> tuple:
+def _loc(field: str) -> tuple[str | int, ...]:
     """``selectors[0].matchArgs[1].values`` -> ``("selectors", 0, "matchArgs", 1, "values")``."""
     return tuple(int(i) if i else n for n, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field))
 

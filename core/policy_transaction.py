@@ -22,7 +22,7 @@ from sensorium.hookspecs import (
     Scope,
     TransactionalPolicySensor,
 )
-from sensorium.policy import PolicyError, Section
+from sensorium.policy import Policy, PolicyError, Section
 
 if TYPE_CHECKING:
     from sensorium.policy_manager import PolicyState
@@ -91,8 +91,18 @@ class PolicyTransactions:
     """The transaction rounds of `PolicyManager` (a base class of it: it uses the manager's sensors, scope
     provider, persistence and refusal helpers)."""
 
+    # What it uses of its host, declared here so that a type checker holds both to it.
     persistence: Any
     scope_provider: Any
+
+    if TYPE_CHECKING:
+        @staticmethod
+        def _line(policy: Policy, loc: Sequence[str | int]) -> int | None: ...
+        def _refuse(self, policy: Policy, section: Section, exc: BaseException, doing: str) -> PolicyError: ...
+        def _sensor_for(self, policy: Policy, section: Section) -> PolicySensor: ...
+        def _check_scope_support(self, policy: Policy) -> None: ...
+        def _scope_update(self, st: PolicyState, scope: Scope) -> None: ...
+        def _replace_stale(self, st: PolicyState) -> None: ...
 
     def _transaction(self, states: Sequence[PolicyState]) -> None:
         """Load every section of every policy in ``states`` in the rounds of `sensorium.hookspecs.PreparedSection`:
