@@ -608,16 +608,19 @@ class StageSpec:
 @hookspec(firstresult=True)
 def sensorium_sensor() -> SensorSpec:
     """Return this sensor plugin's `SensorSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 @hookspec(firstresult=True)
 def sensorium_exporter() -> ExporterSpec:
     """Return this exporter plugin's `ExporterSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 @hookspec(firstresult=True)
 def sensorium_stage() -> StageSpec:
     """Return this pipeline-stage plugin's `StageSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 HOOKS = ("sensorium_sensor", "sensorium_exporter", "sensorium_stage")
