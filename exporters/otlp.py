@@ -240,10 +240,12 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
 
 def _fields(buf: bytes) -> list[tuple[int, Any]]:
     """A protobuf message's top-level fields (number, int or bytes); enough to read google.rpc.Status."""
-    out, i = [], 0
+    out: list[tuple[int, Any]] = []
+    i = 0
     while i < len(buf):
         tag, i = _varint(buf, i)
         num, wire = tag >> 3, tag & 7
+        v: int | bytes
         if wire == 0:
             v, i = _varint(buf, i)
         elif wire == 2:
@@ -324,9 +326,9 @@ class GrpcTransport:
         else:
             self.channel = grpc.insecure_channel(ep.authority, options=opts)
         # The LogsService/Export method with the request already serialized (`Encoder`).
-        self.export = self.channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-                                               request_serializer=None,
-                                               response_deserializer=ExportLogsServiceResponse.FromString)
+        self.export: grpc.UnaryUnaryMultiCallable[bytes, ExportLogsServiceResponse] = self.channel.unary_unary(
+            "/opentelemetry.proto.collector.logs.v1.LogsService/Export", request_serializer=None,
+            response_deserializer=ExportLogsServiceResponse.FromString)
         self.metadata = tuple(headers.items())
         self.compression = grpc.Compression.Gzip if o.compression == "gzip" else grpc.Compression.NoCompression
         self.timeout = o.timeout_s

@@ -58,7 +58,7 @@ def _field(num: int, payload: bytes) -> bytes:
 def status_details(code: int, message: str, retry_after_s: float) -> bytes:
     """A ``google.rpc.Status`` holding a ``google.rpc.RetryInfo`` (what ``grpc-status-details-bin`` carries)."""
     secs = int(retry_after_s)
-    nanos = int(round((retry_after_s - secs) * 1e9))
+    nanos = round((retry_after_s - secs) * 1e9)
     duration = _varint(1 << 3) + _varint(secs) + (_varint(2 << 3) + _varint(nanos) if nanos else b"")
     retry_info = _field(1, duration)
     any_msg = _field(1, b"type.googleapis.com/google.rpc.RetryInfo") + _field(2, retry_info)
