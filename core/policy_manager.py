@@ -454,7 +454,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             errors += int(s.get("errors", 0) or 0)
             mem += int(s.get("kernel_memory_bytes", 0) or 0)
             if "status_error" in s:
-                hooks.append({"section": ld.section.key, "sensor": ld.section.sensor, "status_error": s["status_error"]})
+                hooks.append({"section": ld.section.key, "sensor": ld.section.sensor,
+                              "status_error": s["status_error"]})
         if st.state != "enabled":
             # Not loaded: still say what the policy would hook.
             for sec in p.sections:
@@ -648,7 +649,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             s = st.tracker.summary()
         except Exception:  # noqa: BLE001
             return ", scoped"
-        return f", scoped: {len(s.get('pods', []))} pods, {s.get('cgroups', 0)} cgroups{', host' if s.get('host') else ''}"
+        host = ", host" if s.get("host") else ""
+        return f", scoped: {len(s.get('pods', []))} pods, {s.get('cgroups', 0)} cgroups{host}"
 
     @staticmethod
     def _unload(loaded: Sequence[LoadedSection]) -> None:

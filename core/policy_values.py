@@ -76,4 +76,5 @@ _CAPS = (
     "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
     "CHECKPOINT_RESTORE",
 )
-CAPABILITIES: Mapping[str, int] = {**{c: i for i, c in enumerate(_CAPS)}, **{"CAP_" + c: i for i, c in enumerate(_CAPS)}}
+CAPABILITIES: Mapping[str, int] = {**{c: i for i, c in enumerate(_CAPS)},
+                                   **{"CAP_" + c: i for i, c in enumerate(_CAPS)}}
