@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
 from sensorium.policy_errors import PolicyError, combine_problems, errors_from_pydantic, field_loc_of
-from sensorium.policy_fields import PolicyModel, absent, bounded_str, choice, max_bytes, max_items, refused
+from sensorium.policy_fields import PolicyModel, absent, max_bytes, max_items, one_of, refuse
 from sensorium.policy_values import (
     ADDR_OPERATORS,
     CAPABILITIES,
@@ -147,14 +147,15 @@ class ArgSpec(PolicyModel):
     """
 
     index: int = Field(ge=0, le=31)
-    type: choice("argument type", ARG_TYPES, TETRAGON_ARG_TYPES_UNSUPPORTED) = "auto"  # type: ignore[valid-type]
-    label: bounded_str(64, "label") | None = None  # type: ignore[valid-type]
+    type: Annotated[str, one_of("argument type", ARG_TYPES, TETRAGON_ARG_TYPES_UNSUPPORTED)] = "auto"
+    label: Annotated[str, max_bytes(64, "label")] | None = None
     sizeArgIndex: int | None = Field(default=None, ge=0, le=31,
                                      description="char_buf: the argument holding the size (Tetragon counts from 1)")
     returnCopy: bool = False
     maxData: bool = False
-    resolve: refused("'resolve' (following struct fields from an argument) is not implemented") = absent()  # type: ignore[valid-type]
-    btfType: refused("'btfType' is not implemented") = absent()  # type: ignore[valid-type]
+    resolve: Annotated[Any, refuse("'resolve' (following struct fields from an argument) is not implemented")] = (
+        absent())
+    btfType: Annotated[Any, refuse("'btfType' is not implemented")] = absent()
 
     @model_validator(mode="after")
     def _char_buf_only(self) -> ArgSpec:
@@ -178,7 +179,7 @@ class MatchArg(PolicyModel):
 
     index: int | None = Field(default=None, ge=0, le=31)
     args: list[Annotated[int, Field(ge=0, le=31)]] | None = None
-    operator: choice("matchArgs operator", ARG_OPERATORS, TETRAGON_ARG_OPERATORS_UNSUPPORTED)  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchArgs operator", ARG_OPERATORS, TETRAGON_ARG_OPERATORS_UNSUPPORTED)]
     values: Values = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -238,7 +239,7 @@ class MatchArg(PolicyModel):
 class MatchBinaries(PolicyModel):
     """The executable of the current process (its full path) against ``values``."""
 
-    operator: choice("matchBinaries operator", BINARY_OPERATORS)  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchBinaries operator", BINARY_OPERATORS)]
     values: Values
     followChildren: bool = False
 
@@ -250,7 +251,7 @@ class MatchBinaries(PolicyModel):
 
 
 class MatchPIDs(PolicyModel):
-    operator: choice("matchPIDs operator", SET_OPERATORS)  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchPIDs operator", SET_OPERATORS)]
     values: Annotated[list[Annotated[int, Field(ge=0, le=4_294_967_295)]],
                       max_items(MAX_VALUES_PER_OPERATOR, "values")]
     isNamespacePID: bool = False
@@ -267,8 +268,8 @@ class MatchPIDs(PolicyModel):
 class MatchNamespaces(PolicyModel):
     """Namespace inode numbers (or ``host_ns``: the agent's own) of one namespace type."""
 
-    namespace: choice("namespace", NAMESPACES)  # type: ignore[valid-type]
-    operator: choice("matchNamespaces operator", SET_OPERATORS)  # type: ignore[valid-type]
+    namespace: Annotated[str, one_of("namespace", NAMESPACES)]
+    operator: Annotated[str, one_of("matchNamespaces operator", SET_OPERATORS)]
     values: Values
 
     @model_validator(mode="after")
@@ -283,8 +284,8 @@ class MatchNamespaces(PolicyModel):
 
 
 class MatchCapabilities(PolicyModel):
-    type: choice("capability set", CAPABILITY_SETS) = "Effective"  # type: ignore[valid-type]
-    operator: choice("matchCapabilities operator", SET_OPERATORS)  # type: ignore[valid-type]
+    type: Annotated[str, one_of("capability set", CAPABILITY_SETS)] = "Effective"
+    operator: Annotated[str, one_of("matchCapabilities operator", SET_OPERATORS)]
     isNamespaceCapability: bool = False
     values: Values
 
@@ -301,20 +302,20 @@ class MatchCapabilities(PolicyModel):
 class MatchAction(PolicyModel):
     """What to do when the selector matches. ``Post`` is the default when a selector has no actions."""
 
-    action: choice("action", ACTIONS, TETRAGON_ACTIONS_UNSUPPORTED)  # type: ignore[valid-type]
+    action: Annotated[str, one_of("action", ACTIONS, TETRAGON_ACTIONS_UNSUPPORTED)]
     argSig: int | None = Field(default=None, ge=1, le=64, description="Signal: the signal number")
     argError: int | None = Field(default=None, ge=-4095, le=4095, description="Override: errno to return (negative)")
     rateLimit: str | None = Field(default=None,
                                   description="Post: at most one event per period ('10', '5s', '1m', '1h')")
-    rateLimitScope: choice("rateLimitScope", RATE_LIMIT_SCOPES) | None = None  # type: ignore[valid-type]
-    argFd: refused("argFd belongs to FollowFD/CopyFD actions, which are not implemented") = absent()  # type: ignore[valid-type]
-    argName: refused("argName belongs to FollowFD/CopyFD actions, which are not implemented") = absent()  # type: ignore[valid-type]
-    argUrl: refused("argUrl belongs to the GetUrl action, which is not implemented") = absent()  # type: ignore[valid-type]
-    argFqdn: refused("argFqdn belongs to the DnsLookup action, which is not implemented") = absent()  # type: ignore[valid-type]
-    argSock: refused("argSock belongs to TrackSock/UntrackSock, which are not implemented") = absent()  # type: ignore[valid-type]
-    kernelStackTrace: refused("stack traces are not implemented") = absent()  # type: ignore[valid-type]
-    userStackTrace: refused("stack traces are not implemented") = absent()  # type: ignore[valid-type]
-    imaHash: refused("IMA hashes are not implemented") = absent()  # type: ignore[valid-type]
+    rateLimitScope: Annotated[str, one_of("rateLimitScope", RATE_LIMIT_SCOPES)] | None = None
+    argFd: Annotated[Any, refuse("argFd belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
+    argName: Annotated[Any, refuse("argName belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
+    argUrl: Annotated[Any, refuse("argUrl belongs to the GetUrl action, which is not implemented")] = absent()
+    argFqdn: Annotated[Any, refuse("argFqdn belongs to the DnsLookup action, which is not implemented")] = absent()
+    argSock: Annotated[Any, refuse("argSock belongs to TrackSock/UntrackSock, which are not implemented")] = absent()
+    kernelStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
+    userStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
+    imaHash: Annotated[Any, refuse("IMA hashes are not implemented")] = absent()
 
     @model_validator(mode="after")
     def _fields_fit_action(self) -> MatchAction:
@@ -376,8 +377,8 @@ class Selector(PolicyModel):
     matchReturnActions: Annotated[list[MatchAction],
                                   max_items(MAX_ACTIONS_PER_SELECTOR, "matchReturnActions entries")] = (
         Field(default_factory=list))
-    matchNamespaceChanges: refused("matchNamespaceChanges is not implemented") = absent()  # type: ignore[valid-type]
-    matchCapabilityChanges: refused("matchCapabilityChanges is not implemented") = absent()  # type: ignore[valid-type]
+    matchNamespaceChanges: Annotated[Any, refuse("matchNamespaceChanges is not implemented")] = absent()
+    matchCapabilityChanges: Annotated[Any, refuse("matchCapabilityChanges is not implemented")] = absent()
 
     @property
     def actions(self) -> list[MatchAction]:
@@ -401,7 +402,7 @@ class HookSpec(PolicyModel):
     selectors: Selectors = Field(default_factory=list)
     message: Message | None = None
     tags: Tags = Field(default_factory=list)
-    data: refused("'data' (extra data fields) is not implemented") = absent()  # type: ignore[valid-type]
+    data: Annotated[Any, refuse("'data' (extra data fields) is not implemented")] = absent()
 
     @model_validator(mode="after")
     def _return_selectors_need_return(self) -> HookSpec:
@@ -442,7 +443,7 @@ class HookSpec(PolicyModel):
 
 class LabelSelectorRequirement(PolicyModel):
     key: str
-    operator: choice("matchExpressions operator", ("In", "NotIn", "Exists", "DoesNotExist"))  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchExpressions operator", ("In", "NotIn", "Exists", "DoesNotExist"))]
     values: list[str] = Field(default_factory=list)
 
 

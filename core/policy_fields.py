@@ -13,12 +13,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-__all__ = ["choice", "refused", "absent", "str_value", "max_bytes", "max_items", "bounded_str", "bounded_list",
-           "PolicyModel"]
+__all__ = ["one_of", "refuse", "max_bytes", "max_items", "absent", "str_value", "PolicyModel",
+           "choice", "refused", "bounded_str", "bounded_list"]
 
 
-def choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> Any:
-    """A string from ``supported``; Tetragon's other values are refused as unsupported, the rest as unknown."""
+def one_of(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> BeforeValidator:
+    """The check of a string from ``supported``, for ``Annotated[str, one_of(...)]``; Tetragon's other values
+    are refused as unsupported, the rest as unknown."""
     listing = ", ".join(supported)
 
     def check(v: Any) -> Any:
@@ -34,16 +35,27 @@ def choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ())
         raise PydanticCustomError("policy_unknown", "unknown {what} '{value}' (supported: {listing})",
                                   {"what": what, "value": v, "listing": listing})
 
-    return Annotated[str, BeforeValidator(check)]
+    return BeforeValidator(check)
 
 
-def refused(why: str) -> Any:
-    """A Tetragon field we do not implement: present at all -> refused with ``why`` (never ignored)."""
+def refuse(why: str) -> BeforeValidator:
+    """The check of a Tetragon field we do not implement, for ``Annotated[Any, refuse(why)] = absent()``:
+    present at all -> refused with ``why`` (never ignored)."""
 
     def check(v: Any) -> Any:
         raise PydanticCustomError("policy_unsupported_field", "not supported by Sensorium: {why}", {"why": why})
 
-    return Annotated[Any, BeforeValidator(check)]
+    return BeforeValidator(check)
+
+
+def choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> Any:
+    """``Annotated[str, one_of(what, supported, unsupported)]``, built at run time (a type checker cannot see it)."""
+    return Annotated[str, one_of(what, supported, unsupported)]
+
+
+def refused(why: str) -> Any:
+    """``Annotated[Any, refuse(why)]``, built at run time (a type checker cannot see it)."""
+    return Annotated[Any, refuse(why)]
 
 
 def absent() -> Any:
