@@ -34,8 +34,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import pluggy
 from pydantic import BaseModel
@@ -188,7 +189,7 @@ class PolicyView:
     section: str
     items: Sequence[BaseModel]
     mode: str = "enforcement"
-    scope: "Scope | None" = None
+    scope: Scope | None = None
     pin_dir: str | None = None
 
 
@@ -382,8 +383,8 @@ class SensorContext(Protocol):
 
     node_name: str
     log: logging.Logger
-    kernel: "KernelCapabilities"
-    process_cache: "ProcessCache"
+    kernel: KernelCapabilities
+    process_cache: ProcessCache
     config: Mapping[str, Any]
     """This sensor's section of the agent config (``sensors: {<name>: {...}}``), already validated
     against `SensorSpec.options`, as a plain mapping."""
@@ -392,10 +393,10 @@ class SensorContext(Protocol):
         """Compile (or fetch from the cache) the CO-RE object of ``probe``; raise `BuildError` with
         the compiler's message, or one naming the missing tool, on failure."""
 
-    def open_object(self, path: Path) -> "BpfObject":
+    def open_object(self, path: Path) -> BpfObject:
         """Open a compiled object with libbpf (not yet loaded: set rodata and autoload first)."""
 
-    def add_ring_buffer(self, bpf_map: "BpfMap", decode: RingDecoder, *, native_drain: bool = False) -> "RingHandle":
+    def add_ring_buffer(self, bpf_map: BpfMap, decode: RingDecoder, *, native_drain: bool = False) -> RingHandle:
         """Drain ``bpf_map`` (a loaded BPF_MAP_TYPE_RINGBUF) in batches on the reader thread, until the returned
         `RingHandle` is closed (or the sensor stops).
 
@@ -608,7 +609,7 @@ class StageContext(Protocol):
     log: logging.Logger
     config: Any
     """The agent config (`sensorium.config.AgentConfig`), read-only: a stage reads the section it serves."""
-    process_cache: "ProcessCache"
+    process_cache: ProcessCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -638,16 +639,19 @@ class StageSpec:
 @hookspec(firstresult=True)
 def sensorium_sensor() -> SensorSpec:
     """Return this sensor plugin's `SensorSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 @hookspec(firstresult=True)
 def sensorium_exporter() -> ExporterSpec:
     """Return this exporter plugin's `ExporterSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 @hookspec(firstresult=True)
 def sensorium_stage() -> StageSpec:
     """Return this pipeline-stage plugin's `StageSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 HOOKS = ("sensorium_sensor", "sensorium_exporter", "sensorium_stage")

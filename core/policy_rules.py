@@ -17,7 +17,8 @@ type) stays with the sensors' planning.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sensorium.policy import Policy, combine_problems, parse_policies
 from sensorium.yamlsrc import SourceError
@@ -77,7 +78,7 @@ def problems(policy: Policy) -> list[SourceError]:
     return found
 
 
-def _loc(field: str) -> tuple:
+def _loc(field: str) -> tuple[str | int, ...]:
     """``selectors[0].matchArgs[1].values`` -> ``("selectors", 0, "matchArgs", 1, "values")``."""
     return tuple(int(i) if i else n for n, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field))
 
