@@ -353,6 +353,16 @@ resolved:
 		rec->flags |= SENS_ARGF_TRUNC;
 	rec->len = len;
 	s->len[a] = len;
+	/* Zero the bytes after the value up to the record's 8-byte end: per-CPU scratch holds whatever an earlier
+	 * call left there, and a record must be a function of its arguments alone (the rate-limit key hashes the
+	 * captured bytes; stale bytes would make the same call count as different arguments). */
+	for (__u32 k = 0; k < 8; k++) {
+		__u32 at = len + k;
+
+		if (at >= ((len + 7) & ~7))
+			break;
+		payload[at & (SENS_STR_MAX - 1)] = 0;
+	}
 	SENS_ONCE(s->dpos) = pos + sizeof(*rec) + ((len + 7) & ~7);
 	return 0;
 }
