@@ -246,3 +246,27 @@ def test_dockerfile_builds_in_the_probes() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert "COPY scripts/k8s/probe.py /usr/local/bin/sensorium-probe" in text
     assert (REPO / "scripts" / "k8s" / "probe.py").exists()
+
+
+def test_persistent_enforcement_keeps_its_state_on_the_node() -> None:
+    """config.enforcement.persist: the state directory is a hostPath at the same path (API policies survive
+    the pod), the pins live in the bpf hostPath (Bidirectional: a bpffs the agent mounts reaches the node)."""
+    docs = render(CHART / "ci" / "persist-values.yaml")
+    spec = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+    assert {"name": "state", "hostPath": {"path": "/var/lib/sensorium-state", "type": "DirectoryOrCreate"}} \
+        in spec["volumes"]
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["state"]["mountPath"] == "/var/lib/sensorium-state"
+    assert mounts["bpf"] == {"name": "bpf", "mountPath": "/sys/fs/bpf", "mountPropagation": "Bidirectional"}
+    enf = yaml.safe_load(_agent_config(docs))["enforcement"]
+    assert enf == {"persist": True, "state_dir": "/var/lib/sensorium-state", "pin_dir": "/sys/fs/bpf/sensorium",
+                   "non_persistent": "serve"}
+    default = by_kind(render(), "DaemonSet")[0]["spec"]["template"]["spec"]
+    assert "state" not in {v["name"] for v in default["volumes"]}
+
+
+def test_pins_outside_the_bpf_mount_fail_the_render(tmp_path: Path) -> None:
+    v = tmp_path / "v.yaml"
+    v.write_text("config:\n  enforcement:\n    persist: true\n    pin_dir: /var/pins\n")
+    r = helm("template", "x", str(CHART), "-f", str(v), check=False)
+    assert r.returncode != 0 and "config.enforcement.pin_dir: must be under /sys/fs/bpf" in r.stderr, r.stderr

@@ -64,3 +64,18 @@ agent reads NODE_NAME (downward API) when the key is absent.
 {{- $_ := set $cfg "kubernetes" $k8s -}}
 {{- toYaml $cfg -}}
 {{- end -}}
+
+{{/* The enforcement state directory to mount from the node: set only with config.enforcement.persist. */}}
+{{- define "sensorium.stateDir" -}}
+{{- $enf := default dict (get (default dict .Values.config) "enforcement") -}}
+{{- if get $enf "persist" -}}
+{{- $dir := default "/var/lib/sensorium" (get $enf "state_dir") -}}
+{{- if not (hasPrefix "/" $dir) -}}
+{{- fail (printf "config.enforcement.state_dir: %q must be an absolute path" $dir) -}}
+{{- end -}}
+{{- if not (hasPrefix "/sys/fs/bpf/" (printf "%s/" (default "/sys/fs/bpf/sensorium" (get $enf "pin_dir")))) -}}
+{{- fail "config.enforcement.pin_dir: must be under /sys/fs/bpf (the bpf hostPath the chart mounts), or pins die with the pod" -}}
+{{- end -}}
+{{- $dir -}}
+{{- end -}}
+{{- end -}}
