@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from sensorium import hookimpl
 from sensorium.events import Event
 from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.provide import provide
 
 
 class KafkaTls(BaseModel):
@@ -278,12 +278,8 @@ class KafkaExporter:
                 pass
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="kafka",
-        description="One JSON event per Kafka message (librdkafka): keys, compression, acks, idempotence, TLS, SASL",
-        options=KafkaOptions,
-        factory=KafkaExporter,
-        check=check_target,
-    )
+sensorium_exporter = provide(ExporterSpec(
+    name="kafka",
+    description="One JSON event per Kafka message (librdkafka): keys, compression, acks, idempotence, TLS, SASL",
+    options=KafkaOptions, factory=KafkaExporter, check=check_target,
+))

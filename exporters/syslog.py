@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sensorium import hookimpl
 from sensorium.events import Event
 from sensorium.hookspecs import ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.provide import provide
 from sensorium.targets import check_socket_target
 
 FACILITIES = {
@@ -400,15 +400,6 @@ class SyslogExporter:
                 self.ctx.count("refusals_unmatched")
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="syslog",
-        description="RFC 5424 syslog with structured data over udp://, tcp:// (octet counting) or unix://",
-        options=SyslogOptions,
-        factory=SyslogExporter,
-        check=check_target,
-    )
 
 
 def check_target(options: SyslogOptions) -> None:
@@ -419,3 +410,10 @@ def check_target(options: SyslogOptions) -> None:
         check_socket_target(target, key="address")
     elif target[1] == 0:
         raise TargetError(f"{options.address}: port 0 cannot be sent to", key="address")
+
+
+sensorium_exporter = provide(ExporterSpec(
+    name="syslog",
+    description="RFC 5424 syslog with structured data over udp://, tcp:// (octet counting) or unix://",
+    options=SyslogOptions, factory=SyslogExporter, check=check_target,
+))

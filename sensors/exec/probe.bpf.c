@@ -46,33 +46,12 @@ struct {
 	__type(value, struct exec_scratch);
 } exec_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u64);
-} exec_drops SEC(".maps");
+SENSORIUM_COUNTERS(exec_drops, 2);
 
-/* Make the other record structs part of the object's BTF (tests/test_layouts.py reads them there). */
-struct exec_btf_anchor {
-	struct fork_record fork;
-	struct exit_record exit;
-};
-struct exec_btf_anchor *exec_btf_anchor_unused __attribute__((unused));
+SENSORIUM_BTF_KEEP(fork_record);
+SENSORIUM_BTF_KEEP(exit_record);
 
-static __always_inline void count_drop(__u32 which)
-{
-	__u64 *v = bpf_map_lookup_elem(&exec_drops, &which);
-
-	if (v)
-		*v += 1;
-}
-
-static __always_inline void submit(void *data, __u64 size)
-{
-	if (sensorium_submit(&exec_events, data, size) < 0)
-		count_drop(DROP_RING);
-}
+#define submit(data, size) sensorium_submit_counted(&exec_events, data, size, &exec_drops, DROP_RING)
 
 static __always_inline struct exec_scratch *scratch_slot(void)
 {
@@ -205,7 +184,7 @@ int BPF_PROG(sensorium_exec, struct task_struct *task, pid_t old_pid, struct lin
 	__u16 flags = 0;
 
 	if (!s) {
-		count_drop(DROP_SCRATCH);
+		sensorium_count(&exec_drops, DROP_SCRATCH);
 		return 0;
 	}
 	r = &s->rec;
