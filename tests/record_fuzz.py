@@ -28,7 +28,6 @@ import orjson
 
 from sensorium import schema
 from sensorium import selectors as S
-from sensorium.bpf.decoding import HDR_SIZE
 from sensorium.events import BOOT_WALL_NS, Event, ktime_to_wall_ns, rfc3339
 from sensorium.process import CgroupResolver, ProcessCache
 from sensorium_sensors.tracepoint.engine import _ARG, _EV, DROP_REASONS, EventRing, HookPlan
@@ -403,6 +402,7 @@ def hook_single(specs: Sequence[HookSpec], rec: bytes, cache: Any = None) -> Hoo
 # The exec sensor (exec_record / fork_record / exit_record)
 # =========================================================================================================
 
+from sensorium.bpf.decoding import HDR_SIZE  # noqa: E402
 from sensorium_sensors.exec import decoder as X  # noqa: E402
 
 

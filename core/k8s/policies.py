@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import orjson
 
+from sensorium.k8s.watcher import shutdown_response
 from sensorium.policy import POLICY_LIMITS
 from sensorium.yamlsrc import dump
 
@@ -80,16 +81,9 @@ class PolicyCrdWatcher:
         return all(e.wait(max(0.0, deadline - time.monotonic())) for e in self.synced.values())
 
     def stop(self, timeout: float = 5.0) -> None:
-        import socket
-
         self._stop.set()
         for resp in list(self._resps.values()):
-            sock = getattr(getattr(resp, "connection", None), "sock", None)
-            try:
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shutdown_response(resp)
         for t in self._threads:
             t.join(timeout)
 
