@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import errno
 import os
 import re
@@ -248,12 +249,10 @@ class SyslogExporter:
         self._recent.clear()
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-            self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def flush(self) -> None:
         pass  # every write goes to the socket immediately

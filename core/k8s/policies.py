@@ -44,13 +44,9 @@ class PolicyCrdWatcher:
 
     def __init__(self, api: Any, manager: Any, node_name: str, *, watch_timeout_s: int = 300,
                  backoff_max_s: float = 10.0, write_status: bool = True, record_events: bool = True) -> None:
-        self.api = api
-        self.manager = manager
-        self.node_name = node_name
-        self.watch_timeout_s = watch_timeout_s
-        self.backoff_max_s = backoff_max_s
-        self.write_status = write_status
-        self.record_events = record_events
+        self.api, self.manager, self.node_name = api, manager, node_name
+        self.watch_timeout_s, self.backoff_max_s = watch_timeout_s, backoff_max_s
+        self.write_status, self.record_events = write_status, record_events
         # (plural, namespace, name) -> (generation, uid, manager name, state)
         self.applied: dict[tuple[str, str, str], tuple[int, str, str | None, str]] = {}
         self._lock = threading.Lock()  # serializes applying (two kinds, two threads)

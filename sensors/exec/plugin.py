@@ -56,11 +56,6 @@ sensorium_sensor = provide(SensorSpec(
     name="exec",
     description="Process lifecycle: process_exec (binary, arguments, cwd, credentials, cgroups, "
     "namespaces, parent) and process_exit (status, signal); feeds the process cache",
-    factory=_factory,
-    probes=[PROBE],
-    options=ExecOptions,
-    record_layouts=dict(RECORD_LAYOUTS),
-    requires=frozenset({"tp_btf", "ringbuf", "btf"}),
-    enabled_by_default=True,
-    budget_cases=_budget,
+    factory=_factory, probes=[PROBE], options=ExecOptions, record_layouts=dict(RECORD_LAYOUTS),
+    requires=frozenset({"tp_btf", "ringbuf", "btf"}), enabled_by_default=True, budget_cases=_budget,
 ))

@@ -10,6 +10,7 @@
 #include "vmlinux.h"
 #include <sensorium/common.h>
 #include <sensorium/path.h>
+#include <sensorium/scope.h> /* sens_scope_kn_parent(): kernfs_node.parent, renamed __parent in 6.15 */
 #include "event.h"
 
 SENSORIUM_LICENSE("GPL");
@@ -133,24 +134,6 @@ static __always_inline void fill_namespaces(struct exec_record *r, struct task_s
 		r->ns_pid = BPF_CORE_READ(pidns, ns.inum);
 }
 
-/* kernfs_node's parent pointer was renamed parent -> __parent (6.15); CO-RE picks the one that exists. */
-struct kernfs_node___old {
-	struct kernfs_node *parent;
-} __attribute__((preserve_access_index));
-struct kernfs_node___new {
-	struct kernfs_node *__parent;
-} __attribute__((preserve_access_index));
-
-static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
-{
-	struct kernfs_node___new *kn_new = (void *)kn;
-	struct kernfs_node___old *kn_old = (void *)kn;
-
-	if (bpf_core_field_exists(kn_new->__parent))
-		return BPF_CORE_READ(kn_new, __parent);
-	return BPF_CORE_READ(kn_old, parent);
-}
-
 static __always_inline __u32 cgroup_leaf(struct cgroup *cgrp, char *buf, __u64 *id, __u64 *parent_id)
 {
 	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
@@ -161,7 +144,7 @@ static __always_inline __u32 cgroup_leaf(struct cgroup *cgrp, char *buf, __u64 *
 	if (!kn)
 		return 0;
 	*id = BPF_CORE_READ(kn, id);
-	parent = kn_parent(kn);
+	parent = sens_scope_kn_parent(kn);
 	*parent_id = parent ? BPF_CORE_READ(parent, id) : 0;
 	name = BPF_CORE_READ(kn, name);
 	r = bpf_probe_read_kernel_str(buf, CGNAME_CAP, name);

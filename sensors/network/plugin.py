@@ -65,11 +65,6 @@ sensorium_sensor = provide(SensorSpec(
     description="Network connections: TCP connect/accept/close with the 5-tuple, bytes and owning process "
     "(tracepoint sock/inet_sock_set_state) and UDP sends (cgroup sock_addr, observe only), "
     "as process_kprobe events",
-    factory=_factory,
-    probes=[PROBE],
-    options=NetworkOptions,
-    record_layouts=dict(RECORD_LAYOUTS),
-    requires=frozenset({"tracepoint", "ringbuf", "btf"}),
-    enabled_by_default=False,
-    budget_cases=_budget,
+    factory=_factory, probes=[PROBE], options=NetworkOptions, record_layouts=dict(RECORD_LAYOUTS),
+    requires=frozenset({"tracepoint", "ringbuf", "btf"}), enabled_by_default=False, budget_cases=_budget,
 ))

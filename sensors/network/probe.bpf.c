@@ -106,26 +106,10 @@ struct {
 	__uint(max_entries, 1 << 20);
 } net_events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct net_sock);
-} net_socks SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct net_listen_key);
-	__type(value, struct net_listener);
-} net_listeners SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct net_udp_key);
-	__type(value, __u64);
-} net_udp_seen SEC(".maps");
+/* LRU hashes: their sizes are set from the options before load. */
+SENSORIUM_MAP(net_socks, BPF_MAP_TYPE_LRU_HASH, 65536, __u64, struct net_sock);
+SENSORIUM_MAP(net_listeners, BPF_MAP_TYPE_LRU_HASH, 8192, struct net_listen_key, struct net_listener);
+SENSORIUM_MAP(net_udp_seen, BPF_MAP_TYPE_LRU_HASH, 16384, struct net_udp_key, __u64);
 
 SENSORIUM_COUNTERS(net_counters, CNT_MAX);
 
@@ -257,6 +241,15 @@ static __always_inline void payload_bytes(__u64 skaddr, const struct net_sock *s
 	*received = rcvd;
 }
 
+/* No owner was recorded for the socket: say so, and count it. The current task is never taken for the owner:
+ * it is whoever the softirq interrupted. Returns the record flags. */
+static __always_inline __u16 owner_unknown(struct net_sock *st, __u32 counter)
+{
+	st->flags = NET_F_OWNER_UNKNOWN;
+	sensorium_count(&net_counters, counter);
+	return NET_F_OWNER_UNKNOWN;
+}
+
 static __always_inline void on_active_established(struct trace_event_raw_inet_sock_set_state *ctx, __u64 skaddr)
 {
 	struct net_sock *found = bpf_map_lookup_elem(&net_socks, &skaddr);
@@ -267,11 +260,7 @@ static __always_inline void on_active_established(struct trace_event_raw_inet_so
 		st.pid = found->pid;
 		st.tid = found->tid;
 	} else {
-		/* connect() began before the agent attached: the owner is not known (the current task is
-		 * whoever the softirq interrupted, so it is not used) */
-		flags = NET_F_OWNER_UNKNOWN;
-		st.flags = flags;
-		sensorium_count(&net_counters, CNT_UNTRACKED);
+		flags = owner_unknown(&st, CNT_UNTRACKED); /* connect() began before the agent attached */
 	}
 	st.kind = SK_ACTIVE;
 	fill_tuple(ctx, skaddr, &st);
@@ -304,9 +293,7 @@ static __always_inline void on_passive_established(struct trace_event_raw_inet_s
 		st.pid = l->pid;
 		st.tid = l->tid;
 	} else {
-		flags = NET_F_OWNER_UNKNOWN;
-		st.flags = flags;
-		sensorium_count(&net_counters, CNT_OWNER_UNKNOWN);
+		flags = owner_unknown(&st, CNT_OWNER_UNKNOWN);
 	}
 	bpf_map_update_elem(&net_socks, &skaddr, &st, BPF_ANY);
 	emit_tcp(NET_REC_ACCEPT, flags, skaddr, &st, ctx->oldstate, ctx->newstate, 0, 0);

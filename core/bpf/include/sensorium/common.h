@@ -9,6 +9,7 @@
  *   - sensorium_submit(): ring-buffer output without a per-event wakeup (the agent polls on a short
  *     timer; a wakeup per event costs about 10x in a VM, see INFRA.md), forcing one wakeup only when
  *     the ring fills past SENSORIUM_WAKEUP_BYTES so a burst is drained before it overflows;
+ *   - SENSORIUM_MAP(name, type, entries, key type, value type): a BTF-defined map in one line;
  *   - SENSORIUM_COUNTERS(name, n) and sensorium_count(): a per-CPU array of n u64 counters (drops, skipped
  *     events), which the agent reads summed with obj.map(name).counters([...]); sensorium_submit_counted():
  *     sensorium_submit() that counts a record the full ring refused;
@@ -77,13 +78,16 @@ static __always_inline long sensorium_submit(void *ringbuf, void *data, __u64 si
 	return bpf_ringbuf_output(ringbuf, data, size, flags);
 }
 
-#define SENSORIUM_COUNTERS(name, n)				\
-	struct {						\
-		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);	\
-		__uint(max_entries, n);				\
-		__type(key, __u32);				\
-		__type(value, __u64);				\
+/* A BTF-defined map in one line. */
+#define SENSORIUM_MAP(name, map_type, entries, key_type, value_type)	\
+	struct {							\
+		__uint(type, map_type);					\
+		__uint(max_entries, entries);				\
+		__type(key, key_type);					\
+		__type(value, value_type);				\
 	} name SEC(".maps")
+
+#define SENSORIUM_COUNTERS(name, n) SENSORIUM_MAP(name, BPF_MAP_TYPE_PERCPU_ARRAY, n, __u32, __u64)
 
 /* Add one to counter `which` of a SENSORIUM_COUNTERS map (this CPU's slot: no atomics needed). */
 static __always_inline void sensorium_count(void *counters, __u32 which)
