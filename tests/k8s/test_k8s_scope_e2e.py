@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from k8s_env import NODE, wait_for
+from enforcement_helpers import connect_lsmhooks
 from openat_harness import SIGKILL, openat_kprobes
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel]
@@ -64,17 +65,7 @@ spec:
   podSelector:
     matchLabels:
       app: {label}
-  lsmhooks:
-  - hook: socket_connect
-    args:
-    - {{index: 0, type: sock}}
-    - {{index: 1, type: sockaddr}}
-    selectors:
-    - matchArgs:
-      - {{index: 1, operator: DPort, values: ["{port}"]}}
-      matchActions:
-      - {{action: Override, argError: -1}}
-""" + openat_kprobes(secret, actions=SIGKILL)
+""" + connect_lsmhooks(port) + openat_kprobes(secret, actions=SIGKILL)
 
 
 def _connect(kubelet: Any, pod: Any, port: int) -> str:
