@@ -51,7 +51,7 @@ class RecordDecoder:
                 self.counters[too_short] += 1
                 continue
             try:
-                ev = handler(layout.from_buffer_copy(raw[:size]), raw)
+                ev = handler(layout.from_buffer_copy(raw), raw)  # raw may be longer: its first `size` bytes
             except BadRecord as exc:
                 self.counters[f"bad_{exc}"] += 1
                 continue
