@@ -21,7 +21,7 @@ COPY core /tmp/src/core
 COPY sensors /tmp/src/sensors
 COPY exporters /tmp/src/exporters
 RUN python3 -m venv /opt/sensorium/venv \
- && /opt/sensorium/venv/bin/pip install --no-cache-dir -c /tmp/constraints.txt "/tmp/src[kafka,k8s]" \
+ && /opt/sensorium/venv/bin/pip install --no-cache-dir -c /tmp/constraints.txt "/tmp/src[kafka,k8s,otlp]" \
  && /opt/sensorium/venv/bin/pip check \
  && ln -s /opt/sensorium/venv/bin/sensorium /usr/local/bin/sensorium \
  && rm -rf /tmp/src /tmp/constraints.txt

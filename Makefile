@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Arguments of `sensorium run`, e.g. `make run ARGS='--config examples/agent.yaml'`
 ARGS ?=
 
-.PHONY: setup run test test-host test-vm vm-prepare k8s-setup image cluster-up cluster-down bench fuzz clean distclean
+.PHONY: setup run lint test test-host test-vm vm-prepare k8s-setup image cluster-up cluster-down bench fuzz clean distclean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,12 +28,33 @@ test: setup
 	if [[ $$rc != 0 ]]; then echo "make test: FAILED (see above)" >&2; fi; \
 	exit $$rc
 
-# pytest exits 5 when it collected nothing: that is a failure here, never a silent success.
+# Lint first, then the suite: the suite runs even when lint found something, so one CI run reports
+# everything; either failing fails the target. pytest exits 5 when it collected nothing: that is a failure
+# here, never a silent success.
 # The Kubernetes test infrastructure (kube-apiserver built once from Debian's source, etcd, containerd,
 # helm) is the tests' business, not `make run`'s: it is set up here, cached, seconds when done.
 test-host: setup k8s-setup
-	@rc=0; $(PYTEST) -ra $(PYTEST_ARGS) || rc=$$?; \
-	if [[ $$rc == 5 ]]; then echo "test-host: pytest collected no tests" >&2; fi; \
+	@rc=0; $(MAKE) --no-print-directory lint || rc=$$?; \
+	prc=0; $(PYTEST) -ra $(PYTEST_ARGS) || prc=$$?; \
+	if [[ $$prc == 5 ]]; then echo "test-host: pytest collected no tests" >&2; fi; \
+	if [[ $$prc != 0 ]]; then rc=$$prc; fi; \
+	exit $$rc
+
+# ruff over the whole tree, then mypy (both configured in pyproject.toml; setup installs the pinned versions).
+# mypy checks the packages under their import names: core/ is `sensorium`, sensors/ `sensorium_sensors`,
+# exporters/ `sensorium_exporters` (setuptools' package-dir), a mapping mypy cannot read from the editable
+# install's import hook. So build/mypy/ holds one symlink per package (sensorium -> core, ...), mypy is given
+# those (a folder with an __init__.py is checked as the package of that name; build/mypy is on mypy_path), and
+# the paths it reports are mapped back to the tree. scripts/ is checked too (on mypy_path for its hostile/).
+MYPY_PACKAGES := sensorium:core sensorium_sensors:sensors sensorium_exporters:exporters
+lint: setup
+	@rc=0; echo "lint: ruff check" >&2; $(VENV)/bin/ruff check . || rc=$$?; \
+	echo "lint: mypy" >&2; mkdir -p build/mypy; \
+	for p in $(MYPY_PACKAGES); do ln -sfn "../../$${p#*:}" "build/mypy/$${p%%:*}"; done; \
+	$(VENV)/bin/mypy $(foreach p,$(MYPY_PACKAGES),build/mypy/$(firstword $(subst :, ,$(p)))) scripts/hostile scripts/*.py \
+	    | sed -E $(foreach p,$(MYPY_PACKAGES),-e 's#^build/mypy/$(firstword $(subst :, ,$(p)))/#$(lastword $(subst :, ,$(p)))/#') \
+	    || rc=$$?; \
+	if [[ $$rc != 0 ]]; then echo "lint: FAILED (see above)" >&2; fi; \
 	exit $$rc
 
 test-vm: setup
@@ -83,7 +104,7 @@ bench: setup
 
 # Build products and caches of the repo; the venv and the VM lane's kernels stay (see distclean).
 clean:
-	rm -rf build dist .pytest_cache .cache .vm/runs .vm/cache
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .cache .vm/runs .vm/cache
 	find . -path ./.venv -prune -o -path ./.vm -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
 distclean: clean

@@ -26,7 +26,7 @@ from sensorium.bpf.progstats import by_name, enable_stats, program_stats
 from sensorium.config import AgentConfig, validate_sensor_options
 from sensorium.events import Event, ktime_to_wall_ns
 from sensorium.hookspecs import ProbeSource, Sensor, SensorSpec
-from sensorium.pipeline import Pipeline, ProcessJoin, ReaderThread
+from sensorium.pipeline import Pipeline, ReaderThread, StageContextImpl, build_stages
 from sensorium.plugins import PluginRegistry
 from sensorium.yamlsrc import SourceError, format_path
 
@@ -179,8 +179,7 @@ class Agent:
             runner.start()
         self.pipeline.runners = self.runners
         self.pipeline.metrics = self.metrics
-        self.pipeline.stages = [ProcessJoin(self.process_cache)]
-        self._start_kubernetes()
+        self._start_stages()
         self.reader = RingBufferReader()
 
         self._start_sensors()
@@ -227,17 +226,14 @@ class Agent:
             raise self._config_error(("enforcement", problem[0]), problem[1])
         self.enforcement_store = store
 
-    def _start_kubernetes(self) -> None:
-        """Pod enrichment (sensorium.k8s) when the config wants it: a stage after ProcessJoin."""
-        from sensorium.k8s import start_kubernetes
+    def _start_stages(self) -> None:
+        """Every pipeline-stage plugin in its order (`sensorium.pipeline.build_stages`: one that fails is marked
+        failed and the agent runs on). The Kubernetes stage also scopes policies to pods (`_start_policies`)."""
+        from sensorium.k8s import KubernetesStage
 
-        try:
-            self.enricher = start_kubernetes(self.cfg)
-        except Exception as exc:  # noqa: BLE001 - no API server access: events go out without pods
-            log.error("kubernetes enrichment not started: %s: %s", type(exc).__name__, exc)
-            self.enricher = None
-        if self.enricher is not None:
-            self.pipeline.stages.append(self.enricher.enricher)
+        ctx = StageContextImpl(node_name=self.cfg.node_name, config=self.cfg, process_cache=self.process_cache)
+        self.pipeline.stages = build_stages(self.registry, ctx)
+        self.enricher = next((s for s in self.pipeline.stages if isinstance(s, KubernetesStage)), None)
 
     def _make_metrics(self) -> Any:
         try:

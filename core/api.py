@@ -24,13 +24,15 @@ anything is read, request lines are bounded, every parameter is validated, and n
 the server or hold its lock while reading from a client. A request line must arrive whole within
 ``REQUEST_TIMEOUT_S`` of its first byte, so a client trickling bytes cannot hold a connection slot.
 `decode_request` and `ApiServer.answer` are the request decoder without the socket (the fuzzers drive them).
+
+The wire protocol (limits, parameter models, decoder, encoder) is `sensorium.api_protocol`, the client is
+`sensorium.api_client`; this module is the server, and re-exports both so callers import from one place.
 """
 
 from __future__ import annotations
 
 import collections
 import errno
-import json
 import logging
 import os
 import select
@@ -39,34 +41,52 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from sensorium.api_client import ApiClient
+from sensorium.api_protocol import (
+    DEFAULT_QUEUE_EVENTS,
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_FILTER_PATTERNS,
+    MAX_PATTERN_LEN,
+    MAX_QUEUE_EVENTS,
+    MAX_REQUEST_BYTES,
+    MAX_TOTAL_QUEUED_EVENTS,
+    METHODS,
+    POLICY_KEY_MAX,
+    REQUEST_TIMEOUT_S,
+    SEND_CHUNK_EVENTS,
+    SEND_TIMEOUT_S,
+    AddParams,
+    ApiError,
+    ModeParams,
+    NameParams,
+    NoParams,
+    Params,
+    StreamFilters,
+    SubscribeParams,
+    compile_stream_filter,
+    decode_request,
+    encode_response,
+    error_response,
+)
 from sensorium.events import Event
-from sensorium.filters import EventFilter, compile_event_filter
-from sensorium.policy import MAX_POLICY_BYTES, MODES
 from sensorium.yamlsrc import SourceError
 
-log = logging.getLogger("sensorium.api")
+# The server's own names, and the protocol's and the client's that callers have always imported from here.
+__all__ = ["DEFAULT_QUEUE_EVENTS", "IDLE_TIMEOUT_S", "MAX_CONNECTIONS", "MAX_FILTER_PATTERNS", "MAX_PATTERN_LEN",
+           "MAX_QUEUE_EVENTS", "MAX_REQUEST_BYTES", "MAX_TOTAL_QUEUED_EVENTS", "METHODS", "POLICY_KEY_MAX",
+           "REQUEST_TIMEOUT_S", "SEND_CHUNK_EVENTS", "SEND_TIMEOUT_S", "AddParams", "AgentApi", "ApiClient",
+           "ApiError", "ApiServer", "ModeParams", "NameParams", "NoParams", "StreamBudget", "StreamFilters",
+           "SubscribeParams", "decode_request", "encode_response"]
 
-MAX_REQUEST_BYTES = 4 * MAX_POLICY_BYTES  # a policy text JSON-escaped, with room to spare
-MAX_CONNECTIONS = 32
-IDLE_TIMEOUT_S = 300.0         # a connection that sends nothing for this long is closed
-# A request line must arrive whole this soon after its first byte: a client trickling bytes (slowloris)
-# holds one of the MAX_CONNECTIONS slots for this long at most, not for IDLE_TIMEOUT_S per byte.
-REQUEST_TIMEOUT_S = 30.0
-SEND_TIMEOUT_S = 30.0          # a client that reads nothing for this long is dropped
-DEFAULT_QUEUE_EVENTS = 8192    # per subscriber
-MAX_QUEUE_EVENTS = 1 << 20
-# All subscribers together: events queued or being sent (about 1 KB each in memory). Without it, 32
-# subscribers asking for the largest queue could hold 32M events.
-MAX_TOTAL_QUEUED_EVENTS = 1 << 18
-SEND_CHUNK_EVENTS = 4096       # events taken from a subscriber's queue per send
-MAX_FILTER_PATTERNS = 64
-MAX_PATTERN_LEN = 1024
+log = logging.getLogger("sensorium.api")
 
 
 class AgentApi(Protocol):
@@ -81,118 +101,6 @@ class AgentApi(Protocol):
     def subscribe(self, callback: Callable[[Sequence[Event]], None]) -> Callable[[], None]:
         """Call ``callback`` with every batch of exported events (it must not block); returns unsubscribe."""
 
-
-class ApiError(Exception):
-    """An error answered to the client: ``code`` is stable, ``message`` is for people."""
-
-    def __init__(self, code: str, message: str, req_id: Any = None) -> None:
-        # One line, whatever names from the request it quotes (as `SourceError` does).
-        message = message.replace("\r", "\\r").replace("\n", "\\n")
-        super().__init__(message)
-        self.code, self.message, self.req_id = code, message, req_id
-
-
-# ---- parameters (validated; unknown keys refused) ------------------------------------------------
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class NoParams(_Params):
-    pass
-
-
-# A policy's key: ``name``, or ``namespace/name`` for a TracingPolicyNamespaced (63 + 1 + 253).
-POLICY_KEY_MAX = 317
-
-
-class NameParams(_Params):
-    name: str = Field(min_length=1, max_length=POLICY_KEY_MAX)
-
-
-class AddParams(_Params):
-    text: str = Field(max_length=MAX_POLICY_BYTES)
-    file: str | None = Field(default=None, max_length=4096)
-    mode: Literal["enforcement", "monitoring"] | None = None
-
-
-class ModeParams(_Params):
-    name: str = Field(min_length=1, max_length=POLICY_KEY_MAX)
-    mode: Literal["enforcement", "monitoring"]
-
-
-class StreamFilters(_Params):
-    """Server-side filters of ``events.subscribe``: every given field must match (AND)."""
-
-    event_set: list[str] | None = Field(default=None, max_length=16)
-    binary_regex: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
-    namespace: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
-    pod_regex: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
-    policy_names: list[str] | None = Field(default=None, max_length=MAX_FILTER_PATTERNS)
-
-
-class SubscribeParams(_Params):
-    filters: StreamFilters = Field(default_factory=StreamFilters)
-    queue_size: int = Field(default=DEFAULT_QUEUE_EVENTS, ge=16, le=MAX_QUEUE_EVENTS)
-
-
-def _compile_stream_filter(f: StreamFilters) -> Callable[[Event], bool]:
-    for patterns in (f.binary_regex, f.pod_regex):
-        for p in patterns or ():
-            if len(p) > MAX_PATTERN_LEN:
-                raise ApiError("invalid_params", f"regex longer than {MAX_PATTERN_LEN} characters")
-    try:
-        ef = EventFilter.model_validate(f.model_dump(exclude_none=True))
-    except ValidationError as exc:
-        raise ApiError("invalid_params", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                   for e in exc.errors())) from None
-    return compile_event_filter(ef)
-
-
-# ---- the request decoder (pure: bytes in, a request or an ApiError out) -----------------------------
-
-_REQUEST_KEYS = frozenset({"method", "params", "id"})
-
-
-def decode_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
-    """One request line -> (id, method, params), or `ApiError` ``bad_request`` saying what is wrong (with
-    ``req_id`` set once the id is known good, so the error answers that id). Methods and parameters are
-    checked later, by `ApiServer.answer`."""
-    try:
-        req = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError("bad_request", f"invalid JSON: {exc}") from None
-    if not isinstance(req, dict):
-        raise ApiError("bad_request", "a request is a JSON object")
-    req_id = req.get("id")
-    # true/false are not integers here (strict types at the boundary, as in every input)
-    if req_id is not None and (not isinstance(req_id, (int, str)) or isinstance(req_id, bool)):
-        raise ApiError("bad_request", "id must be an integer or a string")
-    extra = set(req) - _REQUEST_KEYS
-    if extra:
-        names = ", ".join(repr(k)[:66] for k in sorted(extra)[:8])
-        raise ApiError("bad_request", f"unknown request keys: {names}", req_id)
-    method = req.get("method")
-    params = req.get("params", {})
-    if params is None:
-        params = {}
-    if not isinstance(method, str) or not isinstance(params, dict):
-        raise ApiError("bad_request", "method must be a string and params an object", req_id)
-    return req_id, method, params
-
-
-def encode_response(msg: Mapping[str, Any]) -> bytes:
-    """One response line (with its newline); a result JSON cannot carry becomes an ``internal`` error."""
-    try:
-        return orjson.dumps(msg, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n"
-    except TypeError as exc:
-        return orjson.dumps({"id": msg.get("id"), "ok": False,
-                             "error": {"code": "internal", "message": f"unserializable result: {exc}"}}) + b"\n"
-
-
-def _error(req_id: Any, exc: ApiError) -> dict[str, Any]:
-    return {"id": req_id, "ok": False, "error": {"code": exc.code, "message": exc.message}}
 
 
 class _StreamRequest:
@@ -343,7 +251,7 @@ class ApiServer:
             except OSError:
                 pass
 
-    def __enter__(self) -> "ApiServer":
+    def __enter__(self) -> ApiServer:
         self.start()
         return self
 
@@ -357,7 +265,7 @@ class ApiServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -384,8 +292,8 @@ class ApiServer:
                     busy = False
                     self._conns.add(conn)
             if busy:
-                self._send_and_close(conn, {"ok": False, "error": {"code": "busy",
-                                                                   "message": f"more than {MAX_CONNECTIONS} connections"}})
+                busy_error = {"code": "busy", "message": f"more than {MAX_CONNECTIONS} connections"}
+                self._send_and_close(conn, {"ok": False, "error": busy_error})
                 continue
             threading.Thread(target=self._serve, args=(conn,), name=f"sensorium-api-{pid}", daemon=True).start()
 
@@ -428,7 +336,7 @@ class ApiServer:
             try:
                 conn.settimeout(timeout)
                 chunk = conn.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 if begun is not None:
                     continue  # the deadline check above answers it
                 return  # idle: closed without a word, as before
@@ -444,7 +352,7 @@ class ApiServer:
         try:
             for line in self._lines(conn):
                 if isinstance(line, ApiError):
-                    self._send(conn, _error(None, line))
+                    self._send(conn, error_response(None, line))
                     return
                 self.requests += 1
                 msg, stream = self.answer(line)
@@ -470,15 +378,15 @@ class ApiServer:
             req_id, method, params = decode_request(line)
             if method == "events.subscribe":
                 p = self._params(SubscribeParams, params)
-                stream = _StreamRequest(req_id, p, _compile_stream_filter(p.filters))
+                stream = _StreamRequest(req_id, p, compile_stream_filter(p.filters))
                 return {"id": req_id, "ok": True, "result": {"subscribed": True, "queue_size": p.queue_size,
                                                              "max_total_events": self.budget.total}}, stream
             return {"id": req_id, "ok": True, "result": self.dispatch(method, params)}, None
         except ApiError as exc:
-            return _error(exc.req_id if exc.req_id is not None else req_id, exc), None
-        except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the server
+            return error_response(exc.req_id if exc.req_id is not None else req_id, exc), None
+        except Exception as exc:  # a bug in a handler must not kill the server
             log.exception("API request failed")
-            return _error(req_id, ApiError("internal", f"{type(exc).__name__}: {exc}")), None
+            return error_response(req_id, ApiError("internal", f"{type(exc).__name__}: {exc}")), None
 
     @staticmethod
     def _send(conn: socket.socket, msg: Mapping[str, Any]) -> bool:
@@ -492,7 +400,7 @@ class ApiServer:
     # ---- methods ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _params(model: type[_Params], params: Mapping[str, Any]) -> Any:
+    def _params(model: type[Params], params: Mapping[str, Any]) -> Any:
         try:
             return model.model_validate(params)
         except ValidationError as exc:
@@ -564,10 +472,10 @@ class ApiServer:
         sub = _Subscriber(req.params.queue_size, self.budget)
         try:
             unsubscribe = self.agent.subscribe(sub.offer)
-        except Exception as exc:  # noqa: BLE001 - answered, as any handler's bug
+        except Exception as exc:  # answered, as any handler's bug
             sub.close()
             log.exception("API events.subscribe failed")
-            self._send(conn, _error(req.req_id, ApiError("internal", f"{type(exc).__name__}: {exc}")))
+            self._send(conn, error_response(req.req_id, ApiError("internal", f"{type(exc).__name__}: {exc}")))
             return
         try:
             if not self._send(conn, ack):
@@ -730,94 +638,3 @@ class _Subscriber:
             self._batches.clear()
             self._queued = self._inflight = 0
         self.budget.leave(held)
-
-
-METHODS = ("status", "plugins", "policy.add", "policy.delete", "policy.list", "policy.get", "policy.enable",
-           "policy.disable", "policy.set_mode", "events.subscribe")
-
-
-# ---- client ---------------------------------------------------------------------------------------
-
-
-class ApiClient:
-    """A small blocking client (the CLI uses it)."""
-
-    def __init__(self, socket_path: str | os.PathLike[str], timeout: float | None = 120.0) -> None:
-        self.path = str(socket_path)
-        self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._buf = bytearray()
-        self._next_id = 1
-
-    def connect(self) -> "ApiClient":
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self.path)
-        except OSError:
-            s.close()
-            raise
-        self._sock = s
-        return self
-
-    def close(self) -> None:
-        if self._sock is not None:
-            try:  # wakes a thread blocked reading this socket and tells the server at once
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._sock.close()
-            self._sock = None
-
-    def __enter__(self) -> "ApiClient":
-        return self.connect() if self._sock is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _readline(self) -> bytes:
-        assert self._sock is not None
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self._buf[:nl])
-                del self._buf[: nl + 1]
-                return line
-            chunk = self._sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("the agent closed the connection")
-            self._buf += chunk
-
-    def request(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Send one request and return the raw response object."""
-        if self._sock is None:
-            self.connect()
-        assert self._sock is not None
-        rid = self._next_id
-        self._next_id += 1
-        self._sock.sendall(orjson.dumps({"id": rid, "method": method, "params": dict(params or {})}) + b"\n")
-        return orjson.loads(self._readline())
-
-    def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
-        """The result, or `ApiError` with the server's code and message."""
-        resp = self.request(method, params)
-        if not resp.get("ok"):
-            err = resp.get("error") or {}
-            raise ApiError(str(err.get("code", "error")), str(err.get("message", "unknown error")))
-        return resp.get("result")
-
-    def events(self, filters: Mapping[str, Any] | None = None, queue_size: int = DEFAULT_QUEUE_EVENTS) -> Iterator[dict[str, Any]]:
-        """Subscribe and yield stream lines as dicts: events, and ``{"stream": {"dropped": n}}`` notices."""
-        params: dict[str, Any] = {"queue_size": queue_size}
-        if filters:
-            params["filters"] = {k: v for k, v in filters.items() if v is not None}
-        self.call("events.subscribe", params)
-        assert self._sock is not None
-        self._sock.settimeout(None)
-        while True:
-            try:
-                line = self._readline()
-            except ConnectionError:
-                return
-            if line:
-                yield json.loads(line)

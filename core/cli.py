@@ -68,7 +68,7 @@ def run(config_path: str | None, network: bool | None, output: str | None, log_l
         # operator's to fix, so one line saying which, not a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
         raise click.ClickException(f"cannot start: {exc.strerror or exc}{where}") from None
-    except Exception as exc:  # noqa: BLE001 - no traceback reaches the operator; it is in the debug log
+    except Exception as exc:  # no traceback reaches the operator; it is in the debug log
         logging.getLogger("sensorium.cli").debug("agent failed", exc_info=True)
         raise click.ClickException(f"the agent failed: {type(exc).__name__}: {exc} "
                                    f"(--log-level debug shows the traceback)") from None
@@ -133,6 +133,8 @@ def _register_optional_commands() -> None:
     except ImportError:
         return
     register(cli)
+    from sensorium.replay.cli import register as register_replay  # `policy replay` (docs/replay.md)
+    register_replay(cli)
 
 
 _register_optional_commands()

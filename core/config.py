@@ -41,11 +41,14 @@ class PluginsConfig(Strict):
 
 class ProcessCacheConfig(Strict):
     max_size: int = Field(default=65536, ge=128, le=4_194_304, description="Entries kept, exited ones evicted first")
-    exited_grace_s: float = Field(default=10.0, ge=0, description="Keep an exited process this long for late events (other rings, late exporters)")
+    exited_grace_s: float = Field(
+        default=10.0, ge=0,
+        description="Keep an exited process this long for late events (other rings, late exporters)")
 
 
 class PipelineConfig(Strict):
-    poll_interval_ms: int = Field(default=20, ge=1, le=1000, description="Ring buffer drain period (no per-event wakeups)")
+    poll_interval_ms: int = Field(default=20, ge=1, le=1000,
+                                  description="Ring buffer drain period (no per-event wakeups)")
     ring_buffer_kb: int = Field(default=4096, ge=64, le=1 << 20)
 
 
@@ -163,7 +166,7 @@ class AgentConfig(Strict):
     node_name: str = Field(default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
-    sensors: dict[str, SensorSection] = Field(  # type: ignore[assignment]
+    sensors: dict[str, SensorSection] = Field(
         default_factory=dict, description="Per sensor: {enabled: bool, ...its own options}"
     )
     exporters: list[ExporterItem] = Field(default_factory=lambda: [ExporterItem(type="stdout")])
@@ -174,7 +177,8 @@ class AgentConfig(Strict):
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     enforcement: EnforcementConfig = Field(default_factory=EnforcementConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
-    network: bool = Field(default=False, description="Report TCP connect/accept/close and UDP sends: enables the network sensor")
+    network: bool = Field(default=False,
+                          description="Report TCP connect/accept/close and UDP sends: enables the network sensor")
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 
     # Set by load_config; not a config key.
@@ -208,7 +212,8 @@ def validate_exporter_options(item: ExporterItem, index: int, model: type[BaseMo
     return validate_strict(model, own, doc, prefix=("exporters", index))
 
 
-def validate_sensor_options(name: str, section: dict[str, Any], model: type[BaseModel] | None, doc: Located | None) -> dict[str, Any]:
+def validate_sensor_options(name: str, section: dict[str, Any], model: type[BaseModel] | None,
+                            doc: Located | None) -> dict[str, Any]:
     own = {k: v for k, v in section.items() if k != "enabled"}
     if model is None:
         if own:

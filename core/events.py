@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import time as _time
-from collections.abc import Sequence
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, overload
 
 import orjson
 
@@ -46,7 +46,7 @@ def rfc3339(wall_ns: int) -> str:
     secs, nanos = divmod(wall_ns, 1_000_000_000)
     cached = _RFC_CACHE
     if cached[0] != secs:
-        cached = (secs, _dt.datetime.fromtimestamp(secs, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+        cached = (secs, _dt.datetime.fromtimestamp(secs, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
         _RFC_CACHE = cached  # one tuple assignment: safe to share between threads
     return f"{cached[1]}.{nanos:09d}Z"
 
@@ -90,7 +90,7 @@ class Event:
             self._json = orjson.dumps(_schema.conform(self.as_dict()))
         return self._json
 
-    def replace(self, **changes: Any) -> "Event":
+    def replace(self, **changes: Any) -> Event:
         return Event(
             changes.get("kind", self.kind),
             changes.get("body", self.body),
@@ -123,7 +123,7 @@ class LazyEvent(Event):
     __slots__ = ("_make", "_args", "_process")
 
     def __init__(self, kind: str, node_name: str, time_ns: int, json: bytes, process: Mapping[str, Any],
-                 make_body: Any, args: tuple) -> None:
+                 make_body: Callable[..., Mapping[str, Any]], args: tuple[Any, ...]) -> None:
         self.kind = kind
         self.node_name = node_name
         self.time_ns = time_ns
@@ -132,22 +132,26 @@ class LazyEvent(Event):
         self._make = make_body
         self._args = args
 
-    @property  # type: ignore[override]
+    @property
     def body(self) -> Mapping[str, Any]:
         try:
-            return _BODY.__get__(self)
+            made: Mapping[str, Any] = _BODY.__get__(self)
         except AttributeError:
-            b = self._make(*self._args)
-            _BODY.__set__(self, b)
+            made = self._make(*self._args)
+            _BODY.__set__(self, made)
             self._args = ()  # the record is not needed any more
-            return b
+        return made
+
+    @body.setter
+    def body(self, value: Mapping[str, Any]) -> None:  # as writable as `Event.body` (the slot it fills)
+        _BODY.__set__(self, value)
 
     @property
     def process(self) -> Mapping[str, Any]:
         return self._process
 
 
-class EventBatch(Sequence):  # Sequence[Event]
+class EventBatch(Sequence[Event]):
     """The events of one decoded ring batch, held as JSON bytes plus what it takes to make each `Event`
     on demand. The hot path (decoder -> pipeline -> file exporter) moves and writes the bytes without
     creating an object per event; reading it as a sequence of events (a filter, the Kubernetes stage,
@@ -182,7 +186,7 @@ class EventBatch(Sequence):  # Sequence[Event]
     @property
     def lines(self) -> list[bytes]:
         """The JSON of each event (no newline), joined here."""
-        return [h + r[:-1] for h, r in zip(self._view(self._heads), self._view(self._rests))]
+        return [h + r[:-1] for h, r in zip(self._view(self._heads), self._view(self._rests), strict=True)]
 
     def line_parts(self) -> tuple[list[bytes], list[bytes]]:
         """(heads, rests): line i is ``heads[i] + rests[i]``, newline included."""
@@ -205,10 +209,16 @@ class EventBatch(Sequence):  # Sequence[Event]
             self._events = [make(i) for i in range(self._start, self._stop)]
         return self._events
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Event]:
         return iter(self.events())
 
-    def __getitem__(self, i: Any) -> Any:
+    @overload
+    def __getitem__(self, i: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Event]: ...
+
+    def __getitem__(self, i: int | slice) -> Event | Sequence[Event]:
         if isinstance(i, slice):
             a, b, step = i.indices(len(self))
             if step != 1:

@@ -26,13 +26,21 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sensorium.config import AgentConfig, ExporterItem, validate_exporter_options
 from sensorium.events import Event, EventBatch
 from sensorium.filters import FilterChain, build_filters
-from sensorium.hookspecs import (DROP_REASONS, FAILURE_REASONS, ExportError, Exporter,  # noqa: F401 - re-exported
-                                 ExporterSpec, PartialWrite, TargetError)
+from sensorium.hookspecs import (  # noqa: F401 - re-exported
+    DROP_REASONS,
+    FAILURE_REASONS,
+    Exporter,
+    ExportError,
+    ExporterSpec,
+    PartialWrite,
+    TargetError,
+)
 from sensorium.metrics import Metrics
 from sensorium.yamlsrc import SourceError, format_path
 
@@ -91,6 +99,7 @@ class ExporterContextImpl:
         self.log = log or logging.getLogger(f"sensorium.exporter.{name}")
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {}
+        self.stopping = threading.Event()  # set by the runner's request_stop (`ExporterContext.stopping`)
 
     def count(self, metric: str, value: int = 1) -> None:
         with self._lock:
@@ -151,7 +160,8 @@ class ExporterRunner:
         self._logged_at = 0.0
         self._unlogged = 0
         if self.metrics is not None:
-            self.metrics.watch_exporter(name, lambda: float(self.depth()), lambda: 1.0 if self._state == "running" else 0.0)
+            self.metrics.watch_exporter(name, lambda: float(self.depth()),
+                                        lambda: 1.0 if self._state == "running" else 0.0)
 
     # ---- producer side --------------------------------------------------------------------------
 
@@ -222,6 +232,8 @@ class ExporterRunner:
             self._stopping = True
             self._deadline = time.monotonic() + max(0.0, timeout)
             self._cond.notify_all()
+        if isinstance(self.ctx, ExporterContextImpl):
+            self.ctx.stopping.set()  # a sink waiting in its own backoff returns to us (we retry until the deadline)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the runner to stop: until the deadline `request_stop` set (plus a short margin), or
@@ -417,13 +429,16 @@ class ExporterRunner:
                 except PartialWrite as exc:
                     done = max(0, min(exc.delivered, len(batch)))
                     self._delivered(done, max(0, min(exc.unconfirmed, done)))
+                    gone = max(0, min(exc.dropped, len(batch) - done))  # refused for good: not resent
                     with self._lock:
-                        self._pending = batch[done:]
+                        if not self._abandoned:
+                            self._drop(gone, "rejected")
+                        self._pending = batch[done + gone:]
                     reason = exc.code or failure_reason(exc.__cause__, "write_error")
                     self._fail("write", exc, reason)
-                    retry_reason = reason if done < len(batch) else None
+                    retry_reason = reason if done + gone < len(batch) else None
                     local_failure = reason == "disk_full"
-                    if done:  # progress: start the backoff over, the sink is taking events again
+                    if done or gone:  # progress: start the backoff over, the sink is answering again
                         attempts, backoff = 0, self.backoff_initial
                     attempts += 1
                     continue
@@ -518,7 +533,8 @@ def _err(cfg: AgentConfig, loc: tuple, reason: str) -> SourceError:
     return doc.error(loc, reason) if doc is not None else SourceError(reason, path=format_path(loc))
 
 
-def build_runners(cfg: AgentConfig, registry: Any, node_name: str, metrics: Metrics | None = None) -> list[ExporterRunner]:
+def build_runners(cfg: AgentConfig, registry: Any, node_name: str,
+                  metrics: Metrics | None = None) -> list[ExporterRunner]:
     """Validate every exporter item, then build one (not yet started) runner per item.
 
     Raises `SourceError` naming the key path (``exporters[1].max_size_mb``) and line; nothing is
@@ -540,7 +556,8 @@ def build_runners(cfg: AgentConfig, registry: Any, node_name: str, metrics: Metr
         options = validate_exporter_options(item, i, spec.options, cfg.source)
         name = item.name or (item.type if type_counts[item.type] == 1 else f"{item.type}-{i}")
         if name in names:
-            raise _err(cfg, ("exporters", i, "name"), f"duplicate exporter name {name!r} (also exporters[{names[name]}])")
+            raise _err(cfg, ("exporters", i, "name"),
+                       f"duplicate exporter name {name!r} (also exporters[{names[name]}])")
         names[name] = i
         validated.append((i, item, spec, options, name))
     runners = []
@@ -549,10 +566,11 @@ def build_runners(cfg: AgentConfig, registry: Any, node_name: str, metrics: Metr
         try:
             exporter = spec.factory(options, ctx)
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; name it
-            raise _err(cfg, ("exporters", i), f"exporter {item.type!r} could not be created: {type(exc).__name__}: {exc}") from None
+            raise _err(cfg, ("exporters", i),
+                       f"exporter {item.type!r} could not be created: {type(exc).__name__}: {exc}") from None
         check = (lambda spec=spec, options=options: spec.check(options)) if spec.check is not None else None
-        runners.append(ExporterRunner(name, exporter, item, ctx, build_filters(item.filters, node_name), metrics=metrics,
-                                      check=check))
+        runners.append(ExporterRunner(name, exporter, item, ctx, build_filters(item.filters, node_name),
+                                      metrics=metrics, check=check))
     return runners
 
 

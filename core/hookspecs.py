@@ -3,7 +3,9 @@
 A plugin is a Python object (usually a module) named by an entry point in one of two groups:
 
 * ``sensorium.sensors``: it implements `sensorium_sensor` and returns a `SensorSpec`;
-* ``sensorium.exporters``: it implements `sensorium_exporter` and returns an `ExporterSpec`.
+* ``sensorium.exporters``: it implements `sensorium_exporter` and returns an `ExporterSpec`;
+* ``sensorium.stages``: it implements `sensorium_stage` and returns a `StageSpec` (a pipeline stage between
+  the decoders and the exporters: the process join and the Kubernetes enrichment are two).
 
 The entry point's *name* is the short word users write (``type: kafka`` in the config, ``exec`` in the
 plugin allowlist); it must equal the spec's ``name``. Built-in plugins use these very entry points.
@@ -22,16 +24,18 @@ returns a bad spec or fails to start is marked failed (``sensorium plugins`` say
 on without it. Nothing here runs at import time in a plugin; do I/O in ``start``/``open``.
 
 Threads: `Sensor.start`/`stop` and `Exporter.open`/`close` are called from the agent's main thread.
-A sensor's ring-buffer decoder runs on the agent's single reader thread and must not block. Each exporter
-runs on its own thread and receives batches in order.
+A sensor's ring-buffer decoder runs on the agent's single reader thread and must not block; so do the
+pipeline stages (also called by `SensorContext.emit`, one batch at a time). Each exporter runs on its own
+thread and receives batches in order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import pluggy
 from pydantic import BaseModel
@@ -48,6 +52,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 SENSOR_GROUP = "sensorium.sensors"
 EXPORTER_GROUP = "sensorium.exporters"
+STAGE_GROUP = "sensorium.stages"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +99,38 @@ class BudgetCase:
 
 
 @runtime_checkable
+class PackedRecords(Protocol):
+    """The records of one batch held back to back: what a decoder receives from a natively drained ring.
+
+    It is a ``Sequence[bytes]`` like any batch (indexing or iterating makes the records as ``bytes``, once),
+    and also exposes the packed form, so a decoder that parses many records can walk them without a
+    ``bytes`` object each: ``blob`` holds every record in ring order, ``lens`` (an ``array('I')``) their
+    sizes (``sum(lens) == len(blob)``). Valid only during the `Decoder` call: keep what you need, not it.
+    The host's implementation is `sensorium.bpf.ringbuf.RecordBlob`."""
+
+    blob: bytes
+    lens: Any
+
+    def __len__(self) -> int:
+        """The number of records in the batch."""
+
+    def __getitem__(self, i: Any) -> Any:
+        """One record as ``bytes`` (or a list of them for a slice)."""
+
+    def __iter__(self) -> Any:
+        """The records as ``bytes``, in ring order."""
+
+
+Decoder = Callable[[Sequence[bytes]], Iterable[Event]]
+"""A ring buffer's batch decoder (`SensorContext.add_ring_buffer`), run on the reader thread: it receives the
+raw records of one drained batch, in ring order, and returns the events to export (fewer is fine: internal
+records such as forks update the process cache only). The batch is a ``Sequence[bytes]``; for a ring drained
+natively it is a `PackedRecords` as well (test with ``isinstance(records, PackedRecords)``): any decoder
+that only indexes and iterates works with both. It must not block; an exception drops the batch (counted
+per sensor as ``decode_errors``) and the reader goes on."""
+
+
+@runtime_checkable
 class Sensor(Protocol):
     """A running sensor, created by `SensorSpec.factory` with a `SensorContext`."""
 
@@ -131,17 +168,18 @@ class PolicyView:
     id: small integer unique among loaded policies, used as a key in kernel maps (e.g. the cgroup scope map).
     items: the validated items of the section this sensor owns (pydantic models of `SensorSpec.policy_sections`).
     mode: "enforcement" or "monitoring" (in monitoring, blocking actions only report what they would do).
-    scope: None for a host-wide policy; else the cgroups it is bounded to (see `Scope`). A sensor that
-    cannot bound its hooks to a scope must not declare ``supports_scope``: the manager then refuses scoped
-    policies for its sections instead of applying them host-wide.
+    scope: None for a host-wide policy; else the cgroups it is bounded to (see `Scope`). Only a
+    `ScopedPolicySensor` gets one: the manager refuses scoped policies for the sections of any other sensor
+    instead of applying them host-wide.
     pin_dir: None when enforcement is not persistent (the default); else a directory in bpffs, empty and this
     section's own, where the sensor pins the links (and the maps) of every program that enforces (blocks,
     kills, signals), so that they stay attached when the agent exits or is killed (agent config
-    ``enforcement.persist``; see `PreparedSection` for when, and `PolicyHandle.unload`/``release`` for how
-    they go). What cannot be pinned (a decision made in user space, such as fanotify, or a kernel that will
-    not pin a link) is served anyway and reported per hook in the status: ``persistent: false`` and
-    ``persistence`` saying why. A sensor that ignores ``pin_dir`` serves nothing persistently; the host
-    then reports its sections as not persistent.
+    ``enforcement.persist``; see `PreparedSection` for when, and `PolicyHandle.unload` and
+    `PersistentPolicyHandle.release` for how they go). What cannot be pinned (a decision made in user
+    space, such as fanotify, or a kernel that will not pin a link) is served anyway and reported per hook
+    in the status: ``persistent: false`` and ``persistence`` saying why. A sensor that ignores ``pin_dir``
+    serves nothing persistently; the host then reports its sections as not persistent. A sensor that pins
+    returns `PersistentPolicyHandle`s.
     """
 
     id: int
@@ -207,16 +245,29 @@ class PolicyHandle(Protocol):
         """Detach and free everything of this section, pins included (the block is lifted). Idempotent, must
         not raise."""
 
-    # Optional, for sections loaded with `PolicyView.pin_dir`:
-    # def release(self) -> None:
-    #     """The agent is stopping and enforcement persists: free what this process holds (threads, fds,
-    #     user-space decisions) but leave the pinned programs attached and enforcing. Must not raise. The host
-    #     calls `unload` instead when the handle has no ``release``."""
 
-    # Optional, for sensors that declare ``supports_scope = True``:
-    # def set_scope(self, scope: Scope) -> None:
-    #     """Replace the scope live (map updates / attach changes, no reload). New entries are added before
-    #     old ones are removed, so a process that stays in scope is never uncovered in between."""
+
+@runtime_checkable
+class PersistentPolicyHandle(PolicyHandle, Protocol):
+    """A `PolicyHandle` of a section loaded with `PolicyView.pin_dir` that can let go without lifting its
+    pinned blocks. The host calls `release` instead of `PolicyHandle.unload` when the agent stops with
+    persistent enforcement; a handle without it is unloaded (its blocks end with the agent)."""
+
+    def release(self) -> None:
+        """The agent is stopping and enforcement persists: free what this process holds (threads, fds,
+        user-space decisions) but leave the pinned programs attached and enforcing. Must not raise."""
+
+
+@runtime_checkable
+class ScopedPolicyHandle(PolicyHandle, Protocol):
+    """The `PolicyHandle` of a `ScopedPolicySensor`: its scope moves live as pods come and go."""
+
+    def set_scope(self, scope: Scope) -> None:
+        """Replace the scope live (map updates / attach changes, no reload). New entries are added before
+        old ones are removed, so a process that stays in scope is never uncovered in between. Called from the
+        scope tracker's thread (pod watcher, cgroup scanner), never at the same time as `unload` of this
+        handle. On a failure raise (anything): the host puts the policy's other sections back to the scope
+        they had, counts the error in the policy's status, and this section keeps its previous scope."""
 
 
 @runtime_checkable
@@ -230,8 +281,8 @@ class PolicySensor(Protocol):
     def load_policy(self, policy: PolicyView) -> PolicyHandle:
         """Load and attach the section whole, or undo what was done and raise `PolicyLoadError`.
 
-        A sensor with the class attribute ``supports_scope = True`` honours ``policy.scope`` in the kernel
-        and its handles implement ``set_scope(scope)``; without it, a scoped policy is refused for it.
+        A `ScopedPolicySensor` honours ``policy.scope`` in the kernel and returns `ScopedPolicyHandle`s;
+        any other sensor is refused a scoped policy (never loaded host-wide).
 
         This is the one-step form: the section enforces and posts events as soon as it returns. A sensor
         that implements only this (and not `TransactionalPolicySensor.prepare_policy`) still works, but its
@@ -285,6 +336,22 @@ class TransactionalPolicySensor(PolicySensor, Protocol):
         nothing. Raise `PolicyLoadError` (after freeing what was made) naming the hook and the reason."""
 
 
+@runtime_checkable
+class ScopedPolicySensor(PolicySensor, Protocol):
+    """A `PolicySensor` that bounds its hooks to `PolicyView.scope` in the kernel (pods, containers, the host's
+    processes): it declares the class attribute ``supports_scope = True`` and every handle it returns (from
+    `load_policy`, or `PreparedSection.activate`) is a `ScopedPolicyHandle`. The host refuses a scoped
+    policy for a sensor that is not one (`supports_scope`), rather than apply it to the whole host."""
+
+    supports_scope: ClassVar[bool]
+    """True: this sensor honours `PolicyView.scope` (a class attribute, read before anything loads)."""
+
+
+def supports_scope(sensor: object) -> bool:
+    """Whether ``sensor`` is a `ScopedPolicySensor` that declares ``supports_scope = True``."""
+    return isinstance(sensor, ScopedPolicySensor) and type(sensor).supports_scope is True
+
+
 class SensorContext(Protocol):
     """What the host gives a sensor. Sensors use these instead of reaching into host internals."""
 
@@ -329,7 +396,10 @@ class SensorSpec:
     probes: the C programs the sensor ships (compiled by the host; listed by ``sensorium plugins``).
     options: pydantic model of the sensor's config section (``extra='forbid'`` recommended).
     policy_sections: TracingPolicy ``spec`` keys this sensor owns (e.g. ``tracepoints``) and the
-        pydantic model of one list item. Two sensors claiming one key is a registration error.
+        pydantic model of one list item, kept in the sensor's own ``schema.py`` (usually a
+        `sensorium.policy.HookSpec`, whose ``rules`` run in ``policy check`` and ``policy add``). The policy
+        document is composed from these: a third-party section parses and is refused like a built-in one.
+        Two sensors claiming one key is a registration error.
     record_layouts: ``{C struct name: ctypes.Structure}`` of the records the decoder parses; the host
         test suite compares them with the compiled object's BTF so the two halves cannot drift.
     requires: kernel capabilities (names from `sensorium.bpf.probe.KernelCapabilities`) without
@@ -393,10 +463,11 @@ FAILURE_REASONS = ("peer_refused", "peer_closed", "peer_unreachable", "timeout",
 ``retried`` and ``failures`` counters. ``rejected``: the sink answered with an error about the data or
 the request (a broker error code), ``open_error``/``write_error``: anything not classified otherwise."""
 
-DROP_REASONS = ("queue_full", "rate_limit", "filter_error", "shutdown")
+DROP_REASONS = ("queue_full", "rate_limit", "filter_error", "shutdown", "rejected")
 """Why the host gave up on an event (the per-reason keys of an exporter's ``dropped`` counter):
-the exporter's queue was full, its rate limit or a failing filter removed it, or the agent stopped
-before it could be written (what was still queued when the shutdown grace ran out)."""
+the exporter's queue was full, its rate limit or a failing filter removed it, the agent stopped
+before it could be written (what was still queued when the shutdown grace ran out), or the sink
+refused it for good (``rejected``: a permanent error such as an HTTP 400, `PartialWrite.dropped`)."""
 
 
 class ExportError(Exception):
@@ -412,13 +483,18 @@ class PartialWrite(Exception):
     """Raised by `Exporter.write_batch` when only the first ``delivered`` events of the batch were written.
 
     ``code`` is the reason the rest failed (one of `FAILURE_REASONS`; None: derived from ``__cause__``);
-    ``unconfirmed`` says how many of the ``delivered`` events were sent without confirmation (UDP)."""
+    ``unconfirmed`` says how many of the ``delivered`` events were sent without confirmation (UDP).
+    ``dropped`` says how many events after the delivered ones the sink refused for good (a permanent
+    error: sending the same data again cannot succeed): the host counts them as dropped (``rejected``)
+    and does not resend them; only what follows them is retried."""
 
-    def __init__(self, delivered: int, reason: str = "", *, code: str | None = None, unconfirmed: int = 0) -> None:
+    def __init__(self, delivered: int, reason: str = "", *, code: str | None = None, unconfirmed: int = 0,
+                 dropped: int = 0) -> None:
         super().__init__(reason or f"{delivered} events delivered before the failure")
         self.delivered = delivered
         self.code = code
         self.unconfirmed = unconfirmed
+        self.dropped = dropped
 
 
 class TargetError(Exception):
@@ -433,6 +509,10 @@ class TargetError(Exception):
 class ExporterContext(Protocol):
     node_name: str
     log: logging.Logger
+    stopping: threading.Event
+    """Set when the host starts stopping the exporter (its drain deadline runs). A sink that waits inside
+    ``write_batch`` (its own retry backoff) waits on this instead of sleeping, and when it is set stops
+    waiting and raises: the host's runner then retries until its deadline and counts what is left."""
 
     def count(self, metric: str, value: int = 1) -> None:
         """Add to an exporter-specific counter (exported as a metric labelled with this exporter)."""
@@ -462,6 +542,64 @@ class ExporterSpec:
 
 
 # --------------------------------------------------------------------------------------------------
+# Pipeline stages
+# --------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A pipeline stage: called with every batch after the decoders, before the exporters' filters."""
+
+    def __call__(self, events: Sequence[Event]) -> Sequence[Event]:
+        """Return the events to pass on: new values where the stage changed one (`Event.replace`; events are
+        immutable), fewer to drop or hold some back. A batch may be an `EventBatch` (events held as JSON
+        lines): returning it unchanged keeps the fast path; iterating it makes the events. Must not block.
+        An exception is contained: the batch goes on unchanged and the pipeline counts ``stage_errors``."""
+
+
+@runtime_checkable
+class HoldingStage(Stage, Protocol):
+    """A `Stage` that may hold events back (waiting for what it needs to complete them) and release them
+    later: the reader thread calls the pipeline with an empty batch after every poll while `held` is
+    truthy, so held events go out on time without new ones."""
+
+    held: Any
+    """Truthy while events are held (a count, or the held events themselves)."""
+
+    def flush(self) -> Sequence[Event]:
+        """Release everything held now, as it is (the agent is stopping): the events to pass on."""
+
+
+class StageContext(Protocol):
+    """What the host gives a stage's factory."""
+
+    node_name: str
+    log: logging.Logger
+    config: Any
+    """The agent config (`sensorium.config.AgentConfig`), read-only: a stage reads the section it serves."""
+    process_cache: "ProcessCache"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """What a pipeline-stage plugin declares.
+
+    name: the entry-point name (in the plugin allowlist and ``sensorium plugins``).
+    factory: ``factory(ctx) -> Stage | None``, called once at agent start, before any sensor starts;
+        None: the stage is not wanted with this config (it is then listed as ``off``). A factory that raises
+        marks the stage failed (``sensorium plugins``, the agent's status) and the agent runs on without it.
+    order: where the stage runs: ascending, ties by name. The built-ins: ``process`` (100, gives each event
+        its process from the cache) and ``kubernetes`` (200, adds the pod); a stage that needs the pod
+        comes after 200, one that must see events before the join before 100.
+    """
+
+    name: str
+    description: str
+    factory: Callable[[StageContext], Stage | None]
+    order: int = 500
+
+
+# --------------------------------------------------------------------------------------------------
 # Hooks
 # --------------------------------------------------------------------------------------------------
 
@@ -476,4 +614,9 @@ def sensorium_exporter() -> ExporterSpec:
     """Return this exporter plugin's `ExporterSpec`. Called once per plugin at discovery."""
 
 
-HOOKS = ("sensorium_sensor", "sensorium_exporter")
+@hookspec(firstresult=True)
+def sensorium_stage() -> StageSpec:
+    """Return this pipeline-stage plugin's `StageSpec`. Called once per plugin at discovery."""
+
+
+HOOKS = ("sensorium_sensor", "sensorium_exporter", "sensorium_stage")

@@ -8,7 +8,8 @@ them over HTTP at ``metrics.address:metrics.port``. Tests build their own `Metri
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import start_http_server
@@ -46,7 +47,7 @@ class Metrics:
         )
         self.dropped_total = Counter(
             "exporter_events_dropped", "Events an exporter gave up on, by reason (queue_full, rate_limit, "
-            "filter_error, shutdown)", ["exporter", "reason"], namespace=NAMESPACE, registry=r,
+            "filter_error, shutdown, rejected)", ["exporter", "reason"], namespace=NAMESPACE, registry=r,
         )
         self.retried_events_total = Counter(
             "exporter_events_retried", "Events written again after a failed write, by the reason it failed "
@@ -127,7 +128,7 @@ class Metrics:
         if n > 0:
             self.kernel_lost_total.labels(sensor, reason).inc(n)
 
-    def set_program_stats(self, stats: "dict[str, tuple[int, int, int]]") -> None:
+    def set_program_stats(self, stats: dict[str, tuple[int, int, int]]) -> None:
         """``{program name: (programs, runs, run_time_ns)}`` as of now; names gone since are removed."""
         with self._lock:
             for name in self._program_names - set(stats):
@@ -230,7 +231,7 @@ class Metrics:
             raise OSError(exc.errno, f"metrics: cannot listen on {address}:{port}: {exc.strerror}") from None
         self._server, self._server_thread = server, thread
         host, bound = server.server_address[:2]
-        return host, bound
+        return (host if isinstance(host, str) else bytes(host).decode()), bound
 
     def shutdown(self) -> None:
         if self._server is not None:

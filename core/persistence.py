@@ -4,8 +4,8 @@ Two places, both owned by one agent:
 
 * the **pin root** in bpffs (default ``/sys/fs/bpf/sensorium``): one directory per policy generation,
   ``<key>@<generation>/<section>/...`` (no ``.`` in any name: bpffs refuses it), holding the links and maps
-  that the sensors pinned for the policy's enforcing hooks (`sensorium.hookspecs.PolicyView.pin_dir`). A pinned link stays attached while its pin
-  exists, whatever happens to the agent; removing the files lifts the block.
+  that the sensors pinned for the policy's enforcing hooks (`sensorium.hookspecs.PolicyView.pin_dir`). A pinned
+  link stays attached while its pin exists, whatever happens to the agent; removing the files lifts the block.
 * the **state directory** (default ``/var/lib/sensorium``): ``policies/`` keeps every policy added through the
   API (its document, mode, enabled or not) so that a restarted agent loads it again before it says ready;
   ``pins/`` describes each pinned generation (which policy, which agent pid, when) for the report a restarted
@@ -22,7 +22,8 @@ generation is left alone and reported.
 
 A restarted agent loads its policies again (kept ones, the directory, CRDs) into **new** generations and
 removes the old generation of each policy once the new one is active: both enforce for that moment, so the
-block never lapses. See `sensorium.policy_manager.PolicyManager` for when, and docs/enforcement.md for what each mechanism keeps.
+block never lapses. See `sensorium.policy_manager.PolicyManager` for when, and docs/enforcement.md for what each
+mechanism keeps.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sensorium.bpf.probe import BPFFS, ensure_bpffs
 
@@ -300,8 +302,8 @@ class EnforcementStore:
             except OSError as exc:
                 return ("pin_dir", f"cannot mount bpffs on {BPFFS} for {self.pin_root}: {exc.strerror}")
         if bpffs_of(self.pin_root) is None:
-            return ("pin_dir", f"{self.pin_root} is not in a bpffs mount (mount -t bpf bpf /sys/fs/bpf): the kernel "
-                               "pins links and maps only there")
+            return ("pin_dir", (f"{self.pin_root} is not in a bpffs mount (mount -t bpf bpf /sys/fs/bpf): "
+                                "the kernel pins links and maps only there"))
         try:
             self.pin_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -426,7 +428,7 @@ class EnforcementStore:
             files = sorted(p for p in d.iterdir() if not p.name.startswith("."))
         except OSError:
             return
-        recs = []
+        recs: list[tuple[float, Path, dict[str, Any] | None, str | None]] = []
         for f in files:
             if f.suffix != ".json":
                 recs.append((0.0, f, None, f"{f}: not a kept policy record (the agent writes only *.json here)"))
@@ -436,5 +438,5 @@ class EnforcementStore:
                 recs.append((float(rec.get("time") or 0), f, rec, None))
             except UntrustedFile as exc:
                 recs.append((0.0, f, None, str(exc)))
-        for _t, f, rec, why in sorted(recs, key=lambda r: r[0]):
-            yield f, rec, why
+        for _t, f, kept, why in sorted(recs, key=lambda r: r[0]):
+            yield f, kept, why

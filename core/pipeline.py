@@ -2,26 +2,29 @@
 
 Data flows one way. The reader thread drains every ring buffer in batches on a short timer (programs submit
 without per-event wakeups), each sensor's decoder turns a batch of records into events (joining the process
-cache), stages derive new events (Kubernetes enrichment), and every exporter runner gets the batch on its own
-bounded queue: a slow or failing sink never stalls the kernel side or the other sinks.
+cache), stages derive new events (the process join, Kubernetes enrichment), and every exporter runner gets the
+batch on its own bounded queue: a slow or failing sink never stalls the kernel side or the other sinks.
+
+Stages are plugins (`sensorium.hookspecs.StageSpec`, entry-point group ``sensorium.stages``), built in their
+order by `build_stages`; the process join below registers this way like any third-party stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
+from sensorium import hookimpl
 from sensorium.events import Event, EventBatch, kinds_of
+from sensorium.hookspecs import Decoder, HoldingStage, Stage, StageSpec
 
 log = logging.getLogger("sensorium.pipeline")
 
-Stage = Callable[[Sequence[Event]], Sequence[Event]]
-"""A batch stage: returns the events to pass on (new values where it changed one; fewer to drop).
-A batch may be an `EventBatch` (events held as JSON lines): a stage that passes it on unchanged keeps
-the fast path; iterating it makes the events."""
+__all__ = ["Pipeline", "ProcessJoin", "ReaderThread", "Stage", "StageContextImpl", "build_stages"]
 
 
 class ProcessJoin:
@@ -98,8 +101,63 @@ class ProcessJoin:
                 self.held.append((now + self.hold_s, ev))
         return out
 
+    def flush(self) -> list[Event]:
+        """Every held event now, as it is (``process.cache_miss``): the agent is stopping."""
+        out = [self._release(ev) for _deadline, ev in self.held]
+        self.unresolved += len(out)
+        self.held = deque()
+        return out
+
     def stats(self) -> dict[str, int]:
         return {"held": len(self.held), "resolved_late": self.resolved_late, "unresolved": self.unresolved}
+
+
+@hookimpl
+def sensorium_stage() -> StageSpec:
+    """The process join, a pipeline-stage plugin (entry point ``process`` in ``sensorium.stages``)."""
+    return StageSpec(name="process", description="gives every event its process and parent from the process "
+                     "cache, holding an event briefly when its exec record has not been drained yet",
+                     factory=lambda ctx: ProcessJoin(ctx.process_cache), order=100)
+
+
+@dataclasses.dataclass
+class StageContextImpl:
+    """The host's `sensorium.hookspecs.StageContext`."""
+
+    node_name: str
+    config: Any
+    process_cache: Any
+    log: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("sensorium.stage"))
+
+
+def build_stages(registry: Any, ctx: Any) -> list[Stage]:
+    """Every usable stage plugin of ``registry`` made with ``ctx``, in their order. A factory that raises or
+    returns something that is not a `Stage` marks that plugin failed (its record says why) and the others
+    are built; one that returns None (not wanted by the config) is marked ``off``. Records of the stages
+    made say ``running``."""
+    stages: list[Stage] = []
+    for spec in registry.ordered_stages():
+        rec = registry.record("stage", spec.name)
+        try:
+            stage = spec.factory(dataclasses.replace(ctx, log=logging.getLogger(f"sensorium.stage.{spec.name}")))
+            if stage is not None and not isinstance(stage, Stage):
+                raise TypeError(f"factory returned {type(stage).__name__}, which is not a Stage (not callable)")
+        except Exception as exc:  # noqa: BLE001 - a stage plugin may raise anything; the agent runs on
+            log.error("pipeline stage %r not started: %s: %s", spec.name, type(exc).__name__, exc)
+            if rec is not None:
+                rec.state, rec.reason = "failed", f"{type(exc).__name__}: {exc}"
+            continue
+        if stage is None:
+            if rec is not None:
+                rec.state, rec.reason = "off", "not wanted by the agent config"
+            continue
+        if rec is not None:
+            rec.state, rec.reason = "running", None
+        stages.append(stage)
+    log.info("pipeline stages: %s", ", ".join(s.name for s in registry.ordered_stages()
+                                              if (r := registry.record("stage", s.name)) and r.state == "running")
+             or "none")
+    return stages
 
 
 class Pipeline:
@@ -118,10 +176,11 @@ class Pipeline:
 
     # ---- producers --------------------------------------------------------------------------------
 
-    def decoder_sink(self, sensor: str, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> Callable[[list[bytes]], None]:
-        """Wrap a sensor's batch decoder as a ring-buffer batch callback, containing its failures."""
+    def decoder_sink(self, sensor: str, decode: Decoder) -> Callable[[Sequence[bytes]], None]:
+        """Wrap a sensor's batch decoder (`sensorium.hookspecs.Decoder`) as a ring-buffer batch callback,
+        containing its failures."""
 
-        def on_batch(records: list[bytes]) -> None:
+        def on_batch(records: Sequence[bytes]) -> None:
             try:
                 events = decode(records)
                 if not isinstance(events, (list, EventBatch)):
@@ -145,7 +204,7 @@ class Pipeline:
 
     def tick(self) -> None:
         """Let stages release what they hold (called by the reader thread after every poll)."""
-        if any(getattr(s, "held", None) for s in self.stages):
+        if any(isinstance(s, HoldingStage) and s.held for s in self.stages):
             self.submit([])
 
     def submit(self, events: Sequence[Event]) -> None:

@@ -16,11 +16,13 @@ from typing import Any, Iterable, Mapping
 import pluggy
 
 from sensorium import PROJECT, hookspecs
-from sensorium.hookspecs import EXPORTER_GROUP, SENSOR_GROUP, ExporterSpec, SensorSpec
+from sensorium.hookspecs import EXPORTER_GROUP, SENSOR_GROUP, STAGE_GROUP, ExporterSpec, SensorSpec, StageSpec
 
 log = logging.getLogger("sensorium.plugins")
 
-GROUPS = {SENSOR_GROUP: ("sensorium_sensor", SensorSpec), EXPORTER_GROUP: ("sensorium_exporter", ExporterSpec)}
+GROUPS = {SENSOR_GROUP: ("sensorium_sensor", SensorSpec), EXPORTER_GROUP: ("sensorium_exporter", ExporterSpec),
+          STAGE_GROUP: ("sensorium_stage", StageSpec)}
+KINDS = {SENSOR_GROUP: "sensor", EXPORTER_GROUP: "exporter", STAGE_GROUP: "stage"}
 
 
 class PluginError(Exception):
@@ -34,13 +36,13 @@ class PluginRecord:
     target: str  # "module:attr" of the entry point
     distribution: str | None = None
     version: str | None = None
-    state: str = "discovered"  # loaded | failed | not allowed | not implemented | running | stopped
+    state: str = "discovered"  # loaded | failed | not allowed | not implemented | running | stopped | off
     reason: str | None = None
     spec: Any = None
 
     @property
     def kind(self) -> str:
-        return "sensor" if self.group == SENSOR_GROUP else "exporter"
+        return KINDS[self.group]
 
     def as_dict(self) -> dict[str, Any]:
         d = {
@@ -59,6 +61,9 @@ class PluginRecord:
             d["requires"] = sorted(self.spec.requires)
         elif isinstance(self.spec, ExporterSpec):
             d["description"] = self.spec.description
+        elif isinstance(self.spec, StageSpec):
+            d["description"] = self.spec.description
+            d["order"] = self.spec.order
         return d
 
 
@@ -68,6 +73,17 @@ def _allowed(name: str, allow: Iterable[str] | None, deny: Iterable[str]) -> tup
     if allow is not None and not any(fnmatch.fnmatchcase(name, pat) for pat in allow):
         return False, "not in plugins.allow"
     return True, None
+
+
+def _stage_allow(allow: list[str] | None, names: Iterable[str]) -> list[str] | None:
+    """The allowlist that applies to pipeline stages. Stages became plugins after allowlists were written
+    (the chart's, operators' configs): an allowlist that names no installed stage at all (no pattern matches
+    one) leaves the stages to ``plugins.deny`` alone, so such a config keeps its process join and Kubernetes
+    enrichment; once it names one stage, it is the allowlist of every stage."""
+    if allow is None:
+        return None
+    names = list(names)
+    return allow if any(fnmatch.fnmatchcase(n, pat) for n in names for pat in allow) else None
 
 
 class PluginRegistry:
@@ -90,7 +106,9 @@ class PluginRegistry:
 
         for group in GROUPS:
             pending: dict[str, list[PluginRecord]] = {}
-            for ep in entry_points(group=group):
+            eps = list(entry_points(group=group))
+            allow = _stage_allow(self.allow, (ep.name for ep in eps)) if group == STAGE_GROUP else self.allow
+            for ep in eps:
                 dist = getattr(ep, "dist", None)
                 rec = PluginRecord(
                     group=group,
@@ -99,7 +117,7 @@ class PluginRegistry:
                     distribution=getattr(dist, "name", None),
                     version=getattr(dist, "version", None),
                 )
-                ok, why = _allowed(ep.name, self.allow, self.deny)
+                ok, why = _allowed(ep.name, allow, self.deny)
                 if not ok:
                     rec.state, rec.reason = "not allowed", why
                     self.records.append(rec)
@@ -132,7 +150,8 @@ class PluginRegistry:
     def add(self, group: str, name: str, obj: Any, distribution: str = "(in-process)") -> PluginRecord:
         """Register a plugin object directly (tests, embedding). Same checks as discovery."""
         rec = PluginRecord(group=group, name=name, target=repr(obj), distribution=distribution)
-        ok, why = _allowed(name, self.allow, self.deny)
+        allow = _stage_allow(self.allow, [name]) if group == STAGE_GROUP else self.allow
+        ok, why = _allowed(name, allow, self.deny)
         if not ok:
             rec.state, rec.reason = "not allowed", why
             self.records.append(rec)
@@ -220,8 +239,16 @@ class PluginRegistry:
     def exporters(self) -> dict[str, ExporterSpec]:
         return self._specs(EXPORTER_GROUP)
 
+    @property
+    def stages(self) -> dict[str, StageSpec]:
+        return self._specs(STAGE_GROUP)
+
+    def ordered_stages(self) -> list[StageSpec]:
+        """The usable stage plugins in the order they run (`StageSpec.order`, then name)."""
+        return sorted(self.stages.values(), key=lambda s: (s.order, s.name))
+
     def record(self, kind: str, name: str) -> PluginRecord | None:
-        group = SENSOR_GROUP if kind == "sensor" else EXPORTER_GROUP
+        group = next((g for g, k in KINDS.items() if k == kind), EXPORTER_GROUP)
         for r in self.records:
             if r.group == group and r.name == name:
                 return r

@@ -1,26 +1,29 @@
-"""TracingPolicy documents: the common models (args, selectors, actions, hook specs), limits, and parsing.
+"""TracingPolicy documents: the limits, the shared models (args, selectors, actions, `HookSpec`) and parsing.
 
-A policy's ``spec`` is composed from the sections installed sensors declare in
-`SensorSpec.policy_sections`; this module owns the models those sections share (so Tetragon's YAML names
-mean the same in every sensor) and turns a YAML text into validated `Policy` objects whose errors name
-file, line and field path. Anything Tetragon knows but Sensorium does not implement is refused by name,
+A policy's ``spec`` is composed from the sections installed sensors declare in `SensorSpec.policy_sections`
+(each sensor keeps its section's model in its own ``schema.py``: ``kprobes`` in the kprobe sensor, and a
+third-party sensor adds a section the same way); this module owns the models those sections share (so
+Tetragon's YAML names mean the same in every sensor) and turns a YAML text into validated `Policy` objects
+whose errors name file, line and field path (`sensorium.policy_errors`; named lists: `sensorium.policy_lists`;
+field types: `sensorium.policy_fields`). Anything Tetragon knows but Sensorium does not implement is refused by name,
 never ignored: unsupported fields, operators and actions each say what is supported instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import ipaddress
 import re
-import typing
 from typing import Annotated, Any, ClassVar, Mapping, Sequence
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
-from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, load_documents, type_error_message
+from sensorium.policy_errors import PolicyError, combine_problems, errors_from_pydantic, field_loc_of
+from sensorium.policy_fields import PolicyModel, absent, bounded_list, bounded_str, choice, refused
+from sensorium.policy_values import (ADDR_OPERATORS, CAPABILITIES, PORT_OPERATORS, PRIV_PORT_OPERATORS,
+                                     SOCK_FAMILIES, SOCK_PROTOCOLS, sock_value)
+from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, load_documents
 
 # --------------------------------------------------------------------------------------------------
 # Limits: checked before anything is loaded; every message carries the limit.
@@ -45,6 +48,8 @@ MAX_NAME_LEN = 253                  # DNS-1123 subdomain (metadata.name)
 MAX_SYMBOLS_PER_UPROBE = 64
 MAX_YAML_DEPTH = 32                 # nesting of YAML collections (a policy needs about 8)
 MAX_POLICIES = 256                  # loaded at once; policy ids are 0..MAX_POLICIES-1
+MAX_LISTS = 16                      # spec.lists of one policy
+MAX_LIST_VALUES = 64                # names in one list
 
 # How `sensorium.yamlsrc` reads a policy text (file, API request, CRD object). Anchors and aliases are
 # refused outright: policies have no need for them, and an alias graph is how a few hundred bytes cost
@@ -77,15 +82,6 @@ ARG_OPERATORS = (
     "Mask", "SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "Protocol",
     "Family", "SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "InMap", "NotInMap",
 )
-# Socket operators: their values are checked here (CIDRs, ports and ranges, protocol/family names).
-ADDR_OPERATORS = ("SAddr", "NotSAddr", "DAddr", "NotDAddr")
-PORT_OPERATORS = ("SPort", "NotSPort", "DPort", "NotDPort")
-PRIV_PORT_OPERATORS = ("SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv")
-SOCK_FAMILIES = {"AF_UNSPEC": 0, "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16,
-                 "AF_PACKET": 17, "AF_VSOCK": 40, "AF_XDP": 44}
-SOCK_PROTOCOLS = {"IPPROTO_IP": 0, "IPPROTO_ICMP": 1, "IPPROTO_IGMP": 2, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17,
-                  "IPPROTO_IPV6": 41, "IPPROTO_GRE": 47, "IPPROTO_ICMPV6": 58, "IPPROTO_SCTP": 132,
-                  "IPPROTO_UDPLITE": 136, "IPPROTO_RAW": 255, "IPPROTO_MPTCP": 262}
 TETRAGON_ARG_OPERATORS_UNSUPPORTED = (
     "State",
     "CapabilitiesGained", "InRange", "NotInRange", "SubString", "SubStringIgnCase", "FileType", "NotFileType",
@@ -123,96 +119,11 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RATE_LIMIT = re.compile(r"^([0-9]+)([smh]?)$")
 
-
-# --------------------------------------------------------------------------------------------------
-# Validators that refuse by name
-# --------------------------------------------------------------------------------------------------
-
-
-def _choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> Any:
-    """A string from ``supported``; Tetragon's other values are refused as unsupported, the rest as unknown."""
-    listing = ", ".join(supported)
-
-    def check(v: Any) -> Any:
-        if not isinstance(v, str):
-            raise PydanticCustomError("policy_type", "{what} must be a string (one of: {listing})",
-                                      {"what": what, "listing": listing})
-        if v in supported:
-            return v
-        if v in unsupported:
-            raise PydanticCustomError(
-                "policy_unsupported", "{what} '{value}' is not supported by Sensorium (supported: {listing})",
-                {"what": what, "value": v, "listing": listing})
-        raise PydanticCustomError("policy_unknown", "unknown {what} '{value}' (supported: {listing})",
-                                  {"what": what, "value": v, "listing": listing})
-
-    return Annotated[str, BeforeValidator(check)]
-
-
-def _refused(why: str) -> Any:
-    """A Tetragon field we do not implement: present at all -> refused with ``why`` (never ignored)."""
-
-    def check(v: Any) -> Any:
-        raise PydanticCustomError("policy_unsupported_field", "not supported by Sensorium: {why}", {"why": why})
-
-    return Annotated[Any, BeforeValidator(check)]
-
-
-def _absent() -> Any:
-    # Refused fields are never set on a valid model: keep them out of repr and dumps.
-    return Field(default=None, exclude=True, repr=False)
-
-
-def _str_value(v: Any) -> Any:
-    # YAML turns `- 0` or `- 443` into ints; Tetragon's CRD would refuse them, we take them as written.
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int):
-        return str(v)
-    return v
-
-
-def _bounded_str(limit: int, what: str, numbers: bool = False) -> Any:
-    """A string of at most ``limit`` bytes; ``numbers``: a YAML number is taken as written (values to compare,
-    where ``- 443`` means "443"). A name (call, subsystem, path...) given as a number is a type error."""
-
-    def check(v: Any) -> Any:
-        if numbers:
-            v = _str_value(v)
-        if isinstance(v, str) and len(v.encode()) > limit:
-            raise PydanticCustomError("policy_limit", "{what} is {n} bytes long; the limit is {limit} bytes",
-                                      {"what": what, "n": len(v.encode()), "limit": limit})
-        return v
-
-    return Annotated[str, BeforeValidator(check)]
-
-
-def _bounded_list(item: Any, limit: int, what: str) -> Any:
-    def check(v: Any) -> Any:
-        if isinstance(v, list) and len(v) > limit:
-            raise PydanticCustomError("policy_limit", "{n} {what}; the limit is {limit}",
-                                      {"n": len(v), "what": what, "limit": limit})
-        return v
-
-    return Annotated[list[item], BeforeValidator(check)]
-
-
-MatchValue = _bounded_str(MAX_STRING_VALUE_LEN, "value", numbers=True)
-Message = _bounded_str(MAX_MESSAGE_LEN, "message")
-Tag = _bounded_str(MAX_TAG_LEN, "tag")
-Values = _bounded_list(MatchValue, MAX_VALUES_PER_OPERATOR, "values")
-Tags = _bounded_list(Tag, MAX_TAGS, "tags")
-
-
-class PolicyModel(BaseModel):
-    """Base of every policy model: YAML (camelCase) names, unknown keys refused, immutable once parsed.
-
-    Strict: a value must already have its field's type (``index: true``, ``syscall: "yes"``, a PID written
-    as a string are refused, not converted). The few conversions a policy author relies on are explicit
-    validators (numbers in string value lists, `_str_value`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=False,
-                              strict=True)
+MatchValue = bounded_str(MAX_STRING_VALUE_LEN, "value", numbers=True)
+Message = bounded_str(MAX_MESSAGE_LEN, "message")
+Tag = bounded_str(MAX_TAG_LEN, "tag")
+Values = bounded_list(MatchValue, MAX_VALUES_PER_OPERATOR, "values")
+Tags = bounded_list(Tag, MAX_TAGS, "tags")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,14 +139,14 @@ class ArgSpec(PolicyModel):
     """
 
     index: int = Field(ge=0, le=31)
-    type: _choice("argument type", ARG_TYPES, TETRAGON_ARG_TYPES_UNSUPPORTED) = "auto"  # type: ignore[valid-type]
-    label: _bounded_str(64, "label") | None = None  # type: ignore[valid-type]
+    type: choice("argument type", ARG_TYPES, TETRAGON_ARG_TYPES_UNSUPPORTED) = "auto"  # type: ignore[valid-type]
+    label: bounded_str(64, "label") | None = None  # type: ignore[valid-type]
     sizeArgIndex: int | None = Field(default=None, ge=0, le=31,
                                      description="char_buf: the argument holding the size (Tetragon counts from 1)")
     returnCopy: bool = False
     maxData: bool = False
-    resolve: _refused("'resolve' (following struct fields from an argument) is not implemented") = _absent()  # type: ignore[valid-type]
-    btfType: _refused("'btfType' is not implemented") = _absent()  # type: ignore[valid-type]
+    resolve: refused("'resolve' (following struct fields from an argument) is not implemented") = absent()  # type: ignore[valid-type]
+    btfType: refused("'btfType' is not implemented") = absent()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _char_buf_only(self) -> "ArgSpec":
@@ -253,57 +164,12 @@ class ArgSpec(PolicyModel):
 # --------------------------------------------------------------------------------------------------
 
 
-def _num_range(v: str, names: Mapping[str, int], what: str) -> tuple[int, int]:
-    """'443', '1000:2000' (inclusive; reversed ends are swapped, as Tetragon does) or a name -> (lo, hi)."""
-    text = str(v).strip()
-    if text in names:
-        return names[text], names[text]
-    parts = text.split(":")
-    if len(parts) > 2:
-        raise ValueError(f"{what} {v!r}: a range is 'min:max'")
-    try:
-        nums = [int(p, 10) for p in parts]
-    except ValueError:
-        known = f" or one of {', '.join(sorted(names))}" if names else ""
-        raise ValueError(f"{what} {v!r} is not a number, a 'min:max' range{known}") from None
-    lo, hi = min(nums), max(nums)
-    if lo < 0 or hi > 65535:
-        raise ValueError(f"{what} {v!r} is outside 0..65535")
-    return lo, hi
-
-
-def sock_value(op: str, v: Any) -> Any:
-    """One value of a socket operator, checked and converted for the kernel.
-
-    SAddr/DAddr (and Not*): an IPv4/IPv6 address or CIDR -> (family 2|10, network 16 bytes, mask 16 bytes),
-    network order, IPv4 in the first 4 bytes (host bits beyond the prefix are ignored, as Tetragon's
-    net.ParseCIDR does). SPort/DPort: a port or 'min:max' range -> (lo, hi). Protocol/Family: a number,
-    a range or a name (IPPROTO_TCP, AF_INET...) -> (lo, hi). ValueError says what is wrong."""
-    text = str(v).strip()
-    if op in ADDR_OPERATORS:
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ValueError(f"address {v!r} is not an IPv4/IPv6 address or CIDR") from None
-        width = 4 if net.version == 4 else 16
-        raw_net = net.network_address.packed + bytes(16 - width)
-        raw_mask = net.netmask.packed + bytes(16 - width)
-        return (2 if net.version == 4 else 10), raw_net, raw_mask
-    if op in PORT_OPERATORS:
-        return _num_range(text, {}, "port")
-    if op == "Protocol":
-        return _num_range(text, SOCK_PROTOCOLS, "protocol")
-    if op == "Family":
-        return _num_range(text, SOCK_FAMILIES, "family")
-    raise ValueError(f"operator {op} is not a socket operator")
-
-
 class MatchArg(PolicyModel):
     """Compare one argument (``index``, or several with ``args``) against ``values`` with ``operator``."""
 
     index: int | None = Field(default=None, ge=0, le=31)
     args: list[Annotated[int, Field(ge=0, le=31)]] | None = None
-    operator: _choice("matchArgs operator", ARG_OPERATORS, TETRAGON_ARG_OPERATORS_UNSUPPORTED)  # type: ignore[valid-type]
+    operator: choice("matchArgs operator", ARG_OPERATORS, TETRAGON_ARG_OPERATORS_UNSUPPORTED)  # type: ignore[valid-type]
     values: Values = Field(default_factory=list)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -362,7 +228,7 @@ class MatchArg(PolicyModel):
 class MatchBinaries(PolicyModel):
     """The executable of the current process (its full path) against ``values``."""
 
-    operator: _choice("matchBinaries operator", BINARY_OPERATORS)  # type: ignore[valid-type]
+    operator: choice("matchBinaries operator", BINARY_OPERATORS)  # type: ignore[valid-type]
     values: Values  # type: ignore[valid-type]
     followChildren: bool = False
 
@@ -374,8 +240,8 @@ class MatchBinaries(PolicyModel):
 
 
 class MatchPIDs(PolicyModel):
-    operator: _choice("matchPIDs operator", SET_OPERATORS)  # type: ignore[valid-type]
-    values: _bounded_list(Annotated[int, Field(ge=0, le=4_294_967_295)], MAX_VALUES_PER_OPERATOR, "values")  # type: ignore[valid-type]
+    operator: choice("matchPIDs operator", SET_OPERATORS)  # type: ignore[valid-type]
+    values: bounded_list(Annotated[int, Field(ge=0, le=4_294_967_295)], MAX_VALUES_PER_OPERATOR, "values")  # type: ignore[valid-type]
     isNamespacePID: bool = False
     followForks: bool = False
 
@@ -390,8 +256,8 @@ class MatchPIDs(PolicyModel):
 class MatchNamespaces(PolicyModel):
     """Namespace inode numbers (or ``host_ns``: the agent's own) of one namespace type."""
 
-    namespace: _choice("namespace", NAMESPACES)  # type: ignore[valid-type]
-    operator: _choice("matchNamespaces operator", SET_OPERATORS)  # type: ignore[valid-type]
+    namespace: choice("namespace", NAMESPACES)  # type: ignore[valid-type]
+    operator: choice("matchNamespaces operator", SET_OPERATORS)  # type: ignore[valid-type]
     values: Values  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -406,8 +272,8 @@ class MatchNamespaces(PolicyModel):
 
 
 class MatchCapabilities(PolicyModel):
-    type: _choice("capability set", CAPABILITY_SETS) = "Effective"  # type: ignore[valid-type]
-    operator: _choice("matchCapabilities operator", SET_OPERATORS)  # type: ignore[valid-type]
+    type: choice("capability set", CAPABILITY_SETS) = "Effective"  # type: ignore[valid-type]
+    operator: choice("matchCapabilities operator", SET_OPERATORS)  # type: ignore[valid-type]
     isNamespaceCapability: bool = False
     values: Values  # type: ignore[valid-type]
 
@@ -424,19 +290,19 @@ class MatchCapabilities(PolicyModel):
 class MatchAction(PolicyModel):
     """What to do when the selector matches. ``Post`` is the default when a selector has no actions."""
 
-    action: _choice("action", ACTIONS, TETRAGON_ACTIONS_UNSUPPORTED)  # type: ignore[valid-type]
+    action: choice("action", ACTIONS, TETRAGON_ACTIONS_UNSUPPORTED)  # type: ignore[valid-type]
     argSig: int | None = Field(default=None, ge=1, le=64, description="Signal: the signal number")
     argError: int | None = Field(default=None, ge=-4095, le=4095, description="Override: errno to return (negative)")
     rateLimit: str | None = Field(default=None, description="Post: at most one event per period ('10', '5s', '1m', '1h')")
-    rateLimitScope: _choice("rateLimitScope", RATE_LIMIT_SCOPES) | None = None  # type: ignore[valid-type]
-    argFd: _refused("argFd belongs to FollowFD/CopyFD actions, which are not implemented") = _absent()  # type: ignore[valid-type]
-    argName: _refused("argName belongs to FollowFD/CopyFD actions, which are not implemented") = _absent()  # type: ignore[valid-type]
-    argUrl: _refused("argUrl belongs to the GetUrl action, which is not implemented") = _absent()  # type: ignore[valid-type]
-    argFqdn: _refused("argFqdn belongs to the DnsLookup action, which is not implemented") = _absent()  # type: ignore[valid-type]
-    argSock: _refused("argSock belongs to TrackSock/UntrackSock, which are not implemented") = _absent()  # type: ignore[valid-type]
-    kernelStackTrace: _refused("stack traces are not implemented") = _absent()  # type: ignore[valid-type]
-    userStackTrace: _refused("stack traces are not implemented") = _absent()  # type: ignore[valid-type]
-    imaHash: _refused("IMA hashes are not implemented") = _absent()  # type: ignore[valid-type]
+    rateLimitScope: choice("rateLimitScope", RATE_LIMIT_SCOPES) | None = None  # type: ignore[valid-type]
+    argFd: refused("argFd belongs to FollowFD/CopyFD actions, which are not implemented") = absent()  # type: ignore[valid-type]
+    argName: refused("argName belongs to FollowFD/CopyFD actions, which are not implemented") = absent()  # type: ignore[valid-type]
+    argUrl: refused("argUrl belongs to the GetUrl action, which is not implemented") = absent()  # type: ignore[valid-type]
+    argFqdn: refused("argFqdn belongs to the DnsLookup action, which is not implemented") = absent()  # type: ignore[valid-type]
+    argSock: refused("argSock belongs to TrackSock/UntrackSock, which are not implemented") = absent()  # type: ignore[valid-type]
+    kernelStackTrace: refused("stack traces are not implemented") = absent()  # type: ignore[valid-type]
+    userStackTrace: refused("stack traces are not implemented") = absent()  # type: ignore[valid-type]
+    imaHash: refused("IMA hashes are not implemented") = absent()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _fields_fit_action(self) -> "MatchAction":
@@ -479,16 +345,16 @@ class Selector(PolicyModel):
     A hook without selectors posts every call. A selector without matchActions posts (``Post``).
     """
 
-    matchArgs: _bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchReturnArgs: _bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchReturnArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchBinaries: _bounded_list(MatchBinaries, MAX_FILTERS_PER_SELECTOR, "matchBinaries entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchPIDs: _bounded_list(MatchPIDs, MAX_FILTERS_PER_SELECTOR, "matchPIDs entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchNamespaces: _bounded_list(MatchNamespaces, MAX_FILTERS_PER_SELECTOR, "matchNamespaces entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchCapabilities: _bounded_list(MatchCapabilities, MAX_FILTERS_PER_SELECTOR, "matchCapabilities entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchActions: _bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchReturnActions: _bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchReturnActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchNamespaceChanges: _refused("matchNamespaceChanges is not implemented") = _absent()  # type: ignore[valid-type]
-    matchCapabilityChanges: _refused("matchCapabilityChanges is not implemented") = _absent()  # type: ignore[valid-type]
+    matchArgs: bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchReturnArgs: bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchReturnArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchBinaries: bounded_list(MatchBinaries, MAX_FILTERS_PER_SELECTOR, "matchBinaries entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchPIDs: bounded_list(MatchPIDs, MAX_FILTERS_PER_SELECTOR, "matchPIDs entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchNamespaces: bounded_list(MatchNamespaces, MAX_FILTERS_PER_SELECTOR, "matchNamespaces entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchCapabilities: bounded_list(MatchCapabilities, MAX_FILTERS_PER_SELECTOR, "matchCapabilities entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchActions: bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchReturnActions: bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchReturnActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
+    matchNamespaceChanges: refused("matchNamespaceChanges is not implemented") = absent()  # type: ignore[valid-type]
+    matchCapabilityChanges: refused("matchCapabilityChanges is not implemented") = absent()  # type: ignore[valid-type]
 
     @property
     def actions(self) -> list[MatchAction]:
@@ -496,19 +362,23 @@ class Selector(PolicyModel):
         return list(self.matchActions) or [MatchAction(action="Post")]
 
 
-Selectors = _bounded_list(Selector, MAX_SELECTORS_PER_HOOK, "selectors")
-Args = _bounded_list(ArgSpec, MAX_ARGS_PER_HOOK, "args")
+Selectors = bounded_list(Selector, MAX_SELECTORS_PER_HOOK, "selectors")
+Args = bounded_list(ArgSpec, MAX_ARGS_PER_HOOK, "args")
 
 
 class HookSpec(PolicyModel):
-    """Fields every hook section item shares."""
+    """Fields every hook section item shares: the base of a sensor's section model (its ``schema.py``).
+
+    A subclass adds the fields naming what it hooks and overrides `describe`; it may override `target` and
+    `rules` (the checks that need no kernel, run by `sensorium.policy_rules` for ``policy check`` and
+    ``policy add`` alike)."""
 
     SECTION: ClassVar[str] = ""
     args: Args = Field(default_factory=list)  # type: ignore[valid-type]
     selectors: Selectors = Field(default_factory=list)  # type: ignore[valid-type]
     message: Message | None = None  # type: ignore[valid-type]
     tags: Tags = Field(default_factory=list)  # type: ignore[valid-type]
-    data: _refused("'data' (extra data fields) is not implemented") = _absent()  # type: ignore[valid-type]
+    data: refused("'data' (extra data fields) is not implemented") = absent()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _return_selectors_need_return(self) -> "HookSpec":
@@ -528,82 +398,18 @@ class HookSpec(PolicyModel):
         return any(a.blocking for s in self.selectors for a in (*s.actions, *s.matchReturnActions))
 
     def describe(self) -> str:  # pragma: no cover - overridden
+        """The hook in a few words (``sys_openat``, ``syscalls/sys_enter_openat``): status, load errors."""
         return self.SECTION
 
+    def target(self) -> str:
+        """What a refusal names after ``section[index]`` (by default `describe`)."""
+        return self.describe()
 
-class KProbeIgnore(PolicyModel):
-    callNotFound: bool = Field(default=False, description="Skip (do not fail on) a kernel function that does not exist")
-
-
-class KProbeSpec(HookSpec):
-    """A ``kprobes`` item: a kernel function (or syscall with ``syscall: true``)."""
-
-    SECTION: ClassVar[str] = "kprobes"
-    call: _bounded_str(128, "call") = Field(min_length=1)  # type: ignore[valid-type]
-    syscall: bool = True  # Tetragon's default
-    return_: bool = Field(default=False, alias="return")
-    returnArg: ArgSpec | None = None
-    returnArgAction: _choice("returnArgAction", RETURN_ARG_ACTIONS, ("TrackSock", "UntrackSock")) | None = None  # type: ignore[valid-type]
-    ignore: KProbeIgnore | None = None
-
-    def describe(self) -> str:
-        return self.call
-
-
-class TracepointSpec(HookSpec):
-    """A ``tracepoints`` item: ``subsystem``/``event`` under tracefs events, or a raw tracepoint (``raw: true``)."""
-
-    SECTION: ClassVar[str] = "tracepoints"
-    subsystem: _bounded_str(64, "subsystem") = Field(min_length=1)  # type: ignore[valid-type]
-    event: _bounded_str(128, "event") = Field(min_length=1)  # type: ignore[valid-type]
-    raw: bool = False
-
-    @model_validator(mode="after")
-    def _names(self) -> "TracepointSpec":
-        for what, v in (("subsystem", self.subsystem), ("event", self.event)):
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
-                raise PydanticCustomError("policy_value", "{what} '{v}' is not a tracepoint name", {"what": what, "v": v})
-        return self
-
-    def describe(self) -> str:
-        return f"{self.subsystem}/{self.event}"
-
-
-class UProbeSpec(HookSpec):
-    """An ``uprobes`` item: functions of a user-space binary by symbol (and/or file offsets)."""
-
-    SECTION: ClassVar[str] = "uprobes"
-    path: _bounded_str(MAX_PATH_LEN, "path") = Field(min_length=1)  # type: ignore[valid-type]
-    symbols: _bounded_list(_bounded_str(256, "symbol"), MAX_SYMBOLS_PER_UPROBE, "symbols") = Field(default_factory=list)  # type: ignore[valid-type]
-    offsets: _bounded_list(Annotated[int, Field(ge=0)], MAX_SYMBOLS_PER_UPROBE, "offsets") = Field(default_factory=list)  # type: ignore[valid-type]
-    return_: bool = Field(default=False, alias="return")
-    returnArg: ArgSpec | None = None
-    refCtrOffsets: _refused("USDT semaphores (refCtrOffsets) are not implemented") = _absent()  # type: ignore[valid-type]
-    addrs: _refused("'addrs' (absolute addresses) is not implemented; use symbols or offsets") = _absent()  # type: ignore[valid-type]
-    btfPath: _refused("'btfPath' is not implemented") = _absent()  # type: ignore[valid-type]
-    preload: _refused("'preload' is not implemented") = _absent()  # type: ignore[valid-type]
-    resolvePathInContainer: _refused("'resolvePathInContainer' is not implemented") = _absent()  # type: ignore[valid-type]
-
-    @model_validator(mode="after")
-    def _targets(self) -> "UProbeSpec":
-        if not self.path.startswith("/"):
-            raise PydanticCustomError("policy_value", "path '{p}' must be absolute", {"p": self.path})
-        if not self.symbols and not self.offsets:
-            raise PydanticCustomError("policy_value", "give at least one of 'symbols' and 'offsets'")
-        return self
-
-    def describe(self) -> str:
-        return f"{self.path}:{','.join(self.symbols) or ','.join(hex(o) for o in self.offsets)}"
-
-
-class LsmHookSpec(HookSpec):
-    """An ``lsmhooks`` item: a BPF LSM hook by name (``file_open``, ``bprm_check_security``...)."""
-
-    SECTION: ClassVar[str] = "lsmhooks"
-    hook: _bounded_str(128, "hook") = Field(min_length=1)  # type: ignore[valid-type]
-
-    def describe(self) -> str:
-        return self.hook
+    def rules(self) -> Sequence[tuple[str, str]]:
+        """What no kernel lets the sensor serve, known without a kernel: ``(field relative to the item,
+        reason)``, first problem first (one is reported per hook). The default finds nothing: the sensor
+        refuses while planning a load."""
+        return ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -613,7 +419,7 @@ class LsmHookSpec(HookSpec):
 
 class LabelSelectorRequirement(PolicyModel):
     key: str
-    operator: _choice("matchExpressions operator", ("In", "NotIn", "Exists", "DoesNotExist"))  # type: ignore[valid-type]
+    operator: choice("matchExpressions operator", ("In", "NotIn", "Exists", "DoesNotExist"))  # type: ignore[valid-type]
     values: list[str] = Field(default_factory=list)
 
 
@@ -710,15 +516,6 @@ class Policy:
         return self.source.line_of(("spec", section, index)) if self.source else None
 
 
-class PolicyError(SourceError):
-    """A policy was refused (``file:line: field.path: reason``). ``problems`` lists every problem found."""
-
-    def __init__(self, reason: str, *, file: str | None = None, line: int | None = None, path: str | None = None,
-                 problems: Sequence[SourceError] = ()):
-        super().__init__(reason, file=file, line=line, path=path)
-        self.problems = list(problems)
-
-
 # --------------------------------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------------------------------
@@ -729,84 +526,6 @@ class SectionRegistry:
 
     def policy_sections(self) -> Mapping[str, tuple[str, Any]]:  # pragma: no cover - protocol
         raise NotImplementedError
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation (``list[X]``, ``X | None``, ``Annotated[list[X], ...]``)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _model_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The model that validates the object at ``loc`` (relative to ``model``), if one does."""
-    for part in loc:
-        if model is None:
-            return None
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) or next(
-            (f for f in model.model_fields.values() if f.alias == part), None)
-        if field is None:
-            return None
-        model = _model_in(field.annotation) or _model_in(field.metadata)
-    return model
-
-
-def _field_names(model: type[BaseModel]) -> list[str]:
-    refused = {n for n, f in model.model_fields.items() if f.exclude}
-    return [f.alias or n for n, f in model.model_fields.items() if n not in refused]
-
-
-def _unknown_field(model: type[BaseModel] | None, key: Any) -> str:
-    if model is None:
-        return "unknown field"
-    names = _field_names(model)
-    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-    if close:
-        return f"unknown field (did you mean {close[0]!r}?)"
-    return f"unknown field (fields here: {', '.join(names)})"
-
-
-def _errors_from_pydantic(exc: ValidationError, doc: Located, prefix: tuple,
-                          model: type[BaseModel] | None = None) -> PolicyError:
-    problems: list[SourceError] = []
-    for err in exc.errors():
-        rel = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        loc = prefix + rel
-        msg = type_error_message(err)
-        if err["type"] == "extra_forbidden":
-            msg = _unknown_field(_model_at(model, rel[:-1]), rel[-1] if rel else "")
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        problems.append(SourceError(msg, file=doc.file, line=doc.line_of(loc), path=format_path(loc)))
-    return _combine(problems, doc.file)
-
-
-PROBLEMS_SHOWN = 10  # in one message; PolicyError.problems keeps them all
-
-
-def combine_problems(problems: Sequence[SourceError], file: str | None) -> PolicyError:
-    """One `PolicyError` for several problems: the first (in reading order) names file, line and field; the
-    message lists the others (up to `PROBLEMS_SHOWN`); ``problems`` keeps them all."""
-    return _combine(problems, file)
-
-
-def _combine(problems: Sequence[SourceError], file: str | None) -> PolicyError:
-    problems = sorted(problems, key=lambda p: p.line or 0)  # in reading order
-    first = problems[0]
-    reason = first.reason
-    if len(problems) > 1:
-        shown = problems[1:PROBLEMS_SHOWN]
-        reason += "; " + "; ".join(f"line {p.line}: {p.path}: {p.reason}" if p.line else f"{p.path}: {p.reason}"
-                                   for p in shown)
-        if len(problems) > PROBLEMS_SHOWN:
-            reason += f"; and {len(problems) - PROBLEMS_SHOWN} more problems"
-    return PolicyError(reason, file=file, line=first.line, path=first.path, problems=problems)
 
 
 def _known_owner_hint(key: str, registry: Any) -> str:
@@ -820,156 +539,6 @@ def _known_owner_hint(key: str, registry: Any) -> str:
         return f"the {owner!r} sensor would serve it, but it is not installed"
     state = rec.state + (f": {rec.reason}" if rec.reason else "")
     return f"the {owner!r} sensor would serve it, but it is {state}"
-
-
-def _field_loc_of(path: str) -> tuple:
-    """``spec.podSelector.matchExpressions[0].values`` -> ``("spec", "podSelector", "matchExpressions", 0, "values")``."""
-    return tuple(int(i) if i else n for n, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path))
-
-
-# Named lists (spec.lists) and their "list:NAME" references. A "syscalls" list names syscalls: a kprobes
-# item whose call is "list:NAME" becomes one item per syscall (syscall: true), and a "list:NAME" value of an
-# InMap/NotInMap (or Equal/NotEqual) matchArgs becomes the syscalls' numbers, as Tetragon does for the id
-# argument of raw_syscalls. Expanded items keep the source lines of the item they come from.
-LIST_TYPES = ("syscalls", "generated_syscalls", "generated_ftrace")
-MAX_LISTS, MAX_LIST_VALUES = 16, 64
-
-
-@dataclasses.dataclass(frozen=True)
-class NamedList:
-    name: str
-    type: str
-    values: tuple[str, ...]
-
-
-def _parse_lists(raw: Any, doc: Located) -> dict[str, NamedList]:
-    err = doc.error
-    if not isinstance(raw, list):
-        raise err(("spec", "lists"), "must be a list of {name, type, values}")
-    if len(raw) > MAX_LISTS:
-        raise err(("spec", "lists"), f"{len(raw)} lists: at most {MAX_LISTS}")
-    out: dict[str, NamedList] = {}
-    for i, item in enumerate(raw):
-        loc = ("spec", "lists", i)
-        if not isinstance(item, dict):
-            raise err(loc, "a list is a mapping with name, type and values")
-        for k in item:
-            if k not in ("name", "type", "values", "pattern", "validated"):
-                raise err(loc + (k,), "unknown field (expected name, type, values, pattern, validated)")
-        name, typ, values = item.get("name"), item.get("type"), item.get("values")
-        if not isinstance(name, str) or not name:
-            raise err(loc + ("name",), "name (a non-empty string) is required")
-        if name in out:
-            raise err(loc + ("name",), f"list {name!r} is defined twice")
-        if typ not in LIST_TYPES:
-            raise err(loc + ("type",), f"list type {typ!r} is not one of {', '.join(LIST_TYPES)}")
-        if typ == "generated_syscalls":
-            raise err(loc + ("type",), "not supported by Sensorium: generated_syscalls lists (every syscall, "
-                                       f"{len(_syscall_table())} hooks) are over the {MAX_HOOKS_PER_POLICY} hooks "
-                                       "of a policy; name the syscalls in a 'syscalls' list")
-        if typ == "generated_ftrace":
-            raise err(loc + ("type",), "not supported by Sensorium: generated_ftrace lists (kernel functions "
-                                       "matched by a pattern on the node) are not implemented; name the functions")
-        if "pattern" in item:
-            raise err(loc + ("pattern",), "pattern belongs to generated_ftrace lists")
-        if not isinstance(values, list) or not values:
-            raise err(loc + ("values",), "a syscalls list needs values (syscall names such as sys_dup)")
-        if len(values) > MAX_LIST_VALUES:
-            raise err(loc + ("values",), f"{len(values)} values: at most {MAX_LIST_VALUES}")
-        for j, v in enumerate(values):
-            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,64}", v):
-                raise err(loc + ("values", j), f"{v!r} is not a syscall name")
-        validated = item.get("validated")
-        if validated is not None and not isinstance(validated, bool):
-            raise err(loc + ("validated",), "validated must be true or false")
-        out[name] = NamedList(name, typ, tuple(values))
-    return out
-
-
-def _syscall_table() -> Mapping[str, int]:
-    from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
-
-    return SYSCALLS_X86_64
-
-
-def _mentions_list(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.startswith("list:")
-    if isinstance(value, list):
-        return any(_mentions_list(v) for v in value)
-    if isinstance(value, dict):
-        return any(_mentions_list(v) for v in value.values())
-    return False
-
-
-def _list_ref(v: Any, lists: Mapping[str, NamedList], doc: Located, loc: tuple[Any, ...]) -> NamedList | None:
-    if not isinstance(v, str) or not v.startswith("list:") or "\0" in v:
-        return None  # (a NUL byte: not a name; the selector rules refuse it)
-    lst = lists.get(v[len("list:"):])
-    if lst is None:
-        raise doc.error(loc, f"{v!r} names no list of spec.lists")
-    return lst
-
-
-def _expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Located) -> dict[str, Any]:
-    """``spec`` with every list reference replaced (see above); ``doc``'s line map follows the items."""
-    import copy
-
-    out = dict(spec)
-    table = _syscall_table()
-    for key, value in spec.items():
-        if key == "lists" or not isinstance(value, list):
-            continue
-        items: list[Any] = []
-        origin: list[int] = []
-        for i, raw in enumerate(value):
-            raw = copy.deepcopy(raw)
-            if isinstance(raw, dict):
-                for si, sel in enumerate(raw.get("selectors") or []):
-                    for mi, m in enumerate((sel.get("matchArgs") or []) if isinstance(sel, dict) else []):
-                        if not isinstance(m, dict) or not isinstance(m.get("values"), list):
-                            continue
-                        if not isinstance(m.get("operator"), str) or m["operator"] not in ARG_OPERATORS:
-                            continue  # the model refuses the operator itself
-                        vals: list[Any] = []
-                        for vi, v in enumerate(m["values"]):
-                            vloc = ("spec", key, i, "selectors", si, "matchArgs", mi, "values", vi)
-                            lst = _list_ref(v, lists, doc, vloc)
-                            if lst is None:
-                                vals.append(v)
-                                continue
-                            if m.get("operator") not in ("InMap", "NotInMap", "Equal", "NotEqual"):
-                                raise doc.error(vloc, f"a list of syscalls compares by number: use it with InMap "
-                                                      f"or NotInMap, not {m.get('operator')}")
-                            for name in lst.values:
-                                nr = table.get(re.sub(r"^(?:__x64_)?sys_", "", name))
-                                if nr is None:
-                                    raise doc.error(vloc, f"list {lst.name!r}: {name} is not an x86_64 syscall "
-                                                          "(32-bit compat syscalls are not supported by Sensorium)")
-                                vals.append(str(nr))
-                        m["values"] = vals
-            lst = _list_ref(raw.get("call"), lists, doc, ("spec", key, i, "call")) if isinstance(raw, dict) else None
-            if lst is None:
-                items.append(raw)
-                origin.append(i)
-                continue
-            if raw.get("syscall") is False:
-                raise doc.error(("spec", key, i, "syscall"), f"list {lst.name!r} names syscalls: syscall: false "
-                                                            "contradicts it")
-            for name in lst.values:
-                items.append({**copy.deepcopy(raw), "call": name, "syscall": True})
-                origin.append(i)
-        if len(origin) != len(value) or origin != list(range(len(value))):
-            prefix = ("spec", key)
-            old = {k: ln for k, ln in doc.lines.items() if k[:2] == prefix and len(k) > 2}
-            for k in old:
-                del doc.lines[k]
-            for j, o in enumerate(origin):
-                for k, ln in old.items():
-                    if k[2] == o:
-                        doc.lines[prefix + (j,) + k[3:]] = ln
-        out[key] = items
-    return out
 
 
 def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> Policy:
@@ -992,7 +561,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     try:
         meta = Metadata.model_validate(raw_meta)
     except ValidationError as exc:
-        raise _errors_from_pydantic(exc, doc, ("metadata",), Metadata) from None
+        raise errors_from_pydantic(exc, doc, ("metadata",), Metadata) from None
     name = meta.name
     if len(name) > MAX_NAME_LEN or not _DNS1123_SUBDOMAIN.match(name):
         raise err(("metadata", "name"), f"{name!r} is not a valid name: lower case letters, digits, '-' and '.', "
@@ -1011,9 +580,11 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     if not isinstance(spec, dict):
         raise err(("spec",), "spec (a mapping) is required")
     owned = registry.policy_sections()
-    lists = _parse_lists(spec.get("lists"), doc) if "lists" in spec else {}
-    if lists or any(_mentions_list(v) for v in spec.values()):
-        spec = _expand_lists(spec, lists, doc)
+    from sensorium.policy_lists import expand_lists, mentions_list, parse_lists  # (it imports this module)
+
+    lists = parse_lists(spec.get("lists"), doc) if "lists" in spec else {}
+    if lists or any(mentions_list(v) for v in spec.values()):
+        spec = expand_lists(spec, lists, doc)
     mode = "enforcement"
     pod_sel = cont_sel = None
     host_sel = False
@@ -1036,7 +607,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     try:
                         items.append(model.model_validate(raw))
                     except ValidationError as exc:
-                        problems.extend(_errors_from_pydantic(exc, doc, loc + (i,), model).problems)
+                        problems.extend(errors_from_pydantic(exc, doc, loc + (i,), model).problems)
                 total += len(value)
                 sections.append(Section(key=key, sensor=sensor, items=tuple(items)))
             elif key == "lists":
@@ -1047,14 +618,14 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                 try:
                     sel = LabelSelector.model_validate(value)
                 except ValidationError as exc:
-                    raise _errors_from_pydantic(exc, doc, loc, LabelSelector) from None
+                    raise errors_from_pydantic(exc, doc, loc, LabelSelector) from None
                 from sensorium.k8s.scope import LabelSelector as _Selector  # the matcher's own rules
 
                 try:
                     _Selector.parse(value, f"spec.{key}")
                 except ValueError as exc:
                     where, _, why = str(exc).partition(": ")
-                    raise err(_field_loc_of(where), why) from None
+                    raise err(field_loc_of(where), why) from None
                 if not scoping_supported:
                     raise err(loc, f"{key} is not supported yet by this agent: scoping policies to pods needs "
                                    "its Kubernetes support (kubernetes.enabled in the agent config); remove it "
@@ -1082,7 +653,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
         except SourceError as exc:
             problems.extend(exc.problems if isinstance(exc, PolicyError) and exc.problems else [exc])
     if problems:
-        raise _combine(problems, doc.file)
+        raise combine_problems(problems, doc.file)
     if kind == "TracingPolicyNamespaced" and not scoping_supported:
         raise err(("kind",), "TracingPolicyNamespaced is not supported yet by this agent: scoping policies to a "
                              "namespace needs its Kubernetes support (kubernetes.enabled in the agent config); use "
@@ -1104,7 +675,7 @@ def _parse_options(value: Any, doc: Located) -> str:
         try:
             opt = OptionSpec.model_validate(raw)
         except ValidationError as exc:
-            raise _errors_from_pydantic(exc, doc, loc + (i,), OptionSpec) from None
+            raise errors_from_pydantic(exc, doc, loc + (i,), OptionSpec) from None
         if opt.name not in POLICY_OPTIONS:
             raise doc.error(loc + (i, "name"), f"option {opt.name!r} is not supported (supported: "
                                                f"{', '.join(POLICY_OPTIONS)})")
@@ -1142,25 +713,27 @@ def parse_policy(text: str | bytes, file: str | None, registry: Any, *, scoping_
     return policies[0]
 
 
-# Linux capability names (include/uapi/linux/capability.h), accepted with or without the CAP_ prefix.
-_CAPS = (
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
-    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
-    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
-    "CHECKPOINT_RESTORE",
-)
-CAPABILITIES: Mapping[str, int] = {**{c: i for i, c in enumerate(_CAPS)}, **{"CAP_" + c: i for i, c in enumerate(_CAPS)}}
+def installed_sections() -> Mapping[str, tuple[str, type[BaseModel]]]:
+    """``{spec key: (sensor, item model)}`` of every installed sensor plugin (entry points, no allowlist):
+    for tools that read policies without an agent (the compatibility table, the hostile corpus)."""
+    from sensorium.plugins import PluginRegistry
 
-# Sections built into Sensorium: the built-in sensors declare these as their `policy_sections`.
-SECTION_MODELS: Mapping[str, type[HookSpec]] = {
-    "kprobes": KProbeSpec, "tracepoints": TracepointSpec, "uprobes": UProbeSpec, "lsmhooks": LsmHookSpec,
-}
+    return dict(PluginRegistry().discover().policy_sections())
+
+
+def __getattr__(name: str) -> Any:
+    # SECTION_MODELS: the section models of the installed sensors, composed through the plugin registry
+    # (this module names no sensor); computed when first asked for, never at import.
+    if name == "SECTION_MODELS":
+        models = {key: model for key, (_sensor, model) in installed_sections().items()}
+        globals()["SECTION_MODELS"] = models
+        return models
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ArgSpec", "MatchArg", "MatchBinaries", "MatchPIDs", "MatchNamespaces", "MatchCapabilities", "MatchAction",
-    "Selector", "HookSpec", "KProbeSpec", "KProbeIgnore", "TracepointSpec", "UProbeSpec", "LsmHookSpec",
-    "LabelSelector", "Policy", "Section", "PolicyError", "parse_policy", "parse_policies", "SECTION_MODELS",
-    "CAPABILITIES", "sock_value", "combine_problems", "POLICY_LIMITS",
+    "Selector", "HookSpec", "PolicyModel", "LabelSelector", "Policy", "Section", "PolicyError", "parse_policy",
+    "parse_policies", "installed_sections", "CAPABILITIES", "SOCK_FAMILIES", "SOCK_PROTOCOLS", "sock_value",
+    "combine_problems", "POLICY_LIMITS",
 ]

@@ -14,9 +14,9 @@ adding or deleting one never disturbs the others.
 Scoped policies (``podSelector``, ``containerSelector``, ``hostSelector``, or kind
 ``TracingPolicyNamespaced``) need a scope provider (`sensorium.k8s.scope.ScopeProvider` on the agent's pod
 watcher): each gets a tracker whose `Scope` goes into every section's `PolicyView.scope` at load and,
-on every change, to every loaded section's ``handle.set_scope(scope)``: all sections, or (a section
-failing) none, as the previous ones are put back. A section whose sensor does not declare
-``supports_scope`` is refused (never applied host-wide). Policies are keyed by ``namespace/name``
+on every change, to every loaded section's `ScopedPolicyHandle.set_scope`: all sections, or (a section
+failing) none, as the previous ones are put back. A section whose sensor is not a `ScopedPolicySensor`
+(``supports_scope = True``) is refused (never applied host-wide). Policies are keyed by ``namespace/name``
 (TracingPolicyNamespaced) or ``name`` (cluster-wide).
 
 With persistent enforcement (``persistence``, a `sensorium.persistence.EnforcementStore`): every policy gets a
@@ -24,6 +24,9 @@ generation directory in bpffs for its sections' pins (`PolicyView.pin_dir`); pol
 API are kept in the state directory and loaded again at start (`restore`); what a previous agent pinned is
 replaced policy by policy once the new generation is active (`sensorium.persistence`), and `release_all`
 stops without lifting the pinned blocks.
+
+The transaction rounds are `sensorium.policy_transaction.PolicyTransactions`, persistent enforcement
+`sensorium.policy_persistence.PolicyPersistence`: both base classes of `PolicyManager`.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sensorium.hookspecs import (PolicyHandle, PolicyLoadError, PolicySensor, PolicyView, Scope, Sensor,
-                                 TransactionalPolicySensor)
+from sensorium.hookspecs import (PersistentPolicyHandle, PolicyLoadError, PolicySensor, Scope, ScopedPolicyHandle,
+                                 Sensor, supports_scope)
 from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
+from sensorium.policy_persistence import PolicyPersistence
 from sensorium.policy_rules import check_rules, validate_policies
-from sensorium.persistence import UntrustedFile
-from sensorium.yamlsrc import SourceError, dump, read_file
+from sensorium.policy_transaction import LoadedSection, PolicyTransactions
+from sensorium.yamlsrc import SourceError, read_file
 
 log = logging.getLogger("sensorium.policy")
 
@@ -61,13 +65,6 @@ class PolicyNotFound(KeyError):
 
 
 @dataclasses.dataclass
-class _Loaded:
-    section: Section
-    handle: PolicyHandle
-    scope: Scope | None = None  # the scope this section's kernel side has now
-
-
-@dataclasses.dataclass
 class PolicyState:
     """One policy known to the manager (enabled or disabled)."""
 
@@ -75,7 +72,7 @@ class PolicyState:
     id: int
     mode: str
     state: str = "enabled"  # enabled | disabled
-    loaded: list[_Loaded] = dataclasses.field(default_factory=list)
+    loaded: list[LoadedSection] = dataclasses.field(default_factory=list)
     added_at: float = dataclasses.field(default_factory=time.time)
     error: str | None = None  # last failed enable / mode switch
     tracker: Any = None  # sensorium.k8s.scope.ScopeTracker of a scoped policy (while enabled)
@@ -102,57 +99,13 @@ def _field_loc(field: str | None) -> tuple:
     return tuple(int(i) if i else n for n, i in _FIELD_PART.findall(field))
 
 
-class _OneStep:
-    """A section of a sensor that implements only ``load_policy``: it loads (live at once) in the commit
-    round, after every transactional section is attached, and has nothing left to do at activate."""
-
-    def __init__(self, sensor: PolicySensor, view: PolicyView) -> None:
-        self.sensor, self.view = sensor, view
-        self.handle: PolicyHandle | None = None
-
-    def commit(self) -> None:
-        self.handle = self.sensor.load_policy(self.view)
-
-    def activate(self) -> PolicyHandle:
-        assert self.handle is not None
-        return self.handle
-
-    def abort(self) -> None:
-        if self.handle is not None:
-            handle, self.handle = self.handle, None
-            handle.unload()
-
-    def status(self) -> Mapping[str, Any]:
-        return self.handle.status() if self.handle is not None else {"hooks": []}
-
-
-@dataclasses.dataclass
-class _TxnSection:
-    section: Section
-    sensor: PolicySensor
-    prepared: Any = None  # PreparedSection (or _OneStep)
-    one_step: bool = False
-    handle: PolicyHandle | None = None  # once activated
-
-
-@dataclasses.dataclass
-class _Txn:
-    """One policy's part of a transaction."""
-
-    st: PolicyState
-    sections: list[_TxnSection]
-    tracker: Any = None
-    scope: Scope | None = None
-    pin_dir: Path | None = None
-
-
 def _hook_label(section: Section, index: int) -> str:
     item = section.items[index] if index < len(section.items) else None
     what = item.describe() if item is not None and hasattr(item, "describe") else ""
     return f"{section.key}[{index}]{' ' + what if what else ''}"
 
 
-class PolicyManager:
+class PolicyManager(PolicyTransactions, PolicyPersistence):
     """The loaded policies of one agent.
 
     ``sensors`` are the running sensors by name; a section owned by a sensor that is not running (or that
@@ -339,9 +292,8 @@ class PolicyManager:
                 with st.scope_lock:
                     for ld in reversed(st.loaded):
                         try:
-                            release = getattr(ld.handle, "release", None)
-                            if callable(release) and st.pin_dir is not None:
-                                release()
+                            if isinstance(ld.handle, PersistentPolicyHandle) and st.pin_dir is not None:
+                                ld.handle.release()
                             else:
                                 ld.handle.unload()
                         except Exception:  # noqa: BLE001 - shutdown continues
@@ -395,7 +347,7 @@ class PolicyManager:
             st = self._get(name)
             if st.mode == mode:
                 return
-            switched: list[_Loaded] = []
+            switched: list[LoadedSection] = []
             for ld in st.loaded:
                 try:
                     ld.handle.set_mode(mode)
@@ -603,131 +555,6 @@ class PolicyManager:
                               line=self._line(policy, loc), path=f"spec.{section.key}")
         return sensor
 
-    # ---- transactions -----------------------------------------------------------------------------
-
-    def _transaction(self, states: Sequence[PolicyState]) -> None:
-        """Load every section of every policy in ``states`` in the rounds of `sensorium.hookspecs.PreparedSection`:
-        check all, prepare all, commit all (sections of one-step sensors last), activate all. A failure before
-        the activate round leaves nothing loaded, attached, pinned or tracked, and nothing was ever active;
-        raises the `PolicyError` naming file, line, hook and reason."""
-        txns: list[_Txn] = []
-        try:
-            for st in states:
-                txns.append(self._begin(st))
-            for t in txns:  # check: the cheap refusals, nothing made yet
-                for ts in t.sections:
-                    try:
-                        ts.sensor.check_policy(t.st.policy.view(ts.section, t.st.id, t.st.mode, t.scope))
-                    except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; contain it
-                        raise self._refuse(t.st.policy, ts.section, exc, "refused") from None
-            for t in txns:  # prepare: build, load, verify, fill what does not enforce
-                self._prepare(t)
-            for one_step in (False, True):  # commit: attach inert (one-step sensors: live, so last)
-                for t in txns:
-                    for ts in t.sections:
-                        if ts.one_step != one_step:
-                            continue
-                        try:
-                            ts.prepared.commit()
-                        except Exception as exc:  # noqa: BLE001
-                            raise self._refuse(t.st.policy, ts.section, exc, "failed to load") from None
-            if self.persistence is not None and self.persistence.refuse_non_persistent:
-                for t in txns:
-                    self._refuse_non_persistent(t)
-            for t in txns:  # activate: only map writes and flags from here
-                for ts in t.sections:
-                    try:
-                        ts.handle = ts.prepared.activate()
-                    except Exception as exc:  # noqa: BLE001
-                        raise self._refuse(t.st.policy, ts.section, exc, "failed to activate") from None
-        except BaseException:  # includes KeyboardInterrupt: never leave half a transaction
-            self._abort(txns)
-            raise
-        for t in txns:
-            st = t.st
-            with st.scope_lock:
-                st.tracker, st.pin_dir = t.tracker, t.pin_dir
-                st.loaded = [_Loaded(ts.section, ts.handle, t.scope) for ts in t.sections if ts.handle is not None]
-            if t.tracker is not None:
-                # Pods that came or went while the sections loaded.
-                self._scope_update(st, t.tracker.current())
-            self._replace_stale(st)
-
-    def _begin(self, st: PolicyState) -> _Txn:
-        """The sensors of ``st``'s sections and, for a scoped policy, its tracker and current scope."""
-        policy = st.policy
-        work = [_TxnSection(sec, self._sensor_for(policy, sec)) for sec in policy.sections if sec.items]
-        t = _Txn(st, work)
-        if policy.scoped:
-            self._check_scope_support(policy)
-            try:
-                t.tracker = self.scope_provider.track(policy, lambda sc, st=st: self._scope_update(st, sc))
-            except ValueError as exc:  # a selector the parser let through but the tracker cannot use
-                raise PolicyError(str(exc), file=policy.file, line=self._line(policy, ("spec",)), path="spec") from None
-            t.scope = t.tracker.current()
-        return t
-
-    def _prepare(self, t: _Txn) -> None:
-        policy = t.st.policy
-        if self.persistence is not None:
-            try:
-                t.pin_dir = self.persistence.new_generation(t.st.key, [ts.section.key for ts in t.sections],
-                                                            t.st.origin)
-            except OSError as exc:
-                raise PolicyError(f"cannot make the policy's pin directory under {self.persistence.pin_root}: "
-                                  f"{exc.strerror or exc}", file=policy.file) from None
-        for ts in t.sections:
-            pin = str(t.pin_dir / ts.section.key) if t.pin_dir is not None else None
-            view = dataclasses.replace(policy.view(ts.section, t.st.id, t.st.mode, t.scope), pin_dir=pin)
-            if isinstance(ts.sensor, TransactionalPolicySensor):
-                try:
-                    ts.prepared = ts.sensor.prepare_policy(view)
-                except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; contain it
-                    raise self._refuse(policy, ts.section, exc, "failed to load") from None
-            else:
-                ts.prepared, ts.one_step = _OneStep(ts.sensor, view), True
-
-    def _refuse_non_persistent(self, t: _Txn) -> None:
-        """``enforcement.non_persistent: refuse``: a hook that enforces but will not outlive the agent refuses
-        the whole transaction."""
-        for ts in t.sections:
-            try:
-                hooks = list(dict(ts.prepared.status()).get("hooks", []) or [])
-            except Exception:  # noqa: BLE001
-                hooks = []
-            if ts.one_step or (t.pin_dir is not None and not hooks):
-                hooks = [{"hook": ts.section.key, "persistent": False,
-                          "persistence": f"the {ts.section.sensor!r} sensor does not pin its programs"}]
-            for h in hooks:
-                if h.get("persistent") is False:
-                    exc = PolicyLoadError(str(h.get("hook") or ts.section.key),
-                                          f"cannot enforce beyond the agent's life ({h.get('persistence')}), and the "
-                                          "agent config says enforcement.non_persistent: refuse")
-                    raise self._refuse(t.st.policy, ts.section, exc, "refused") from None
-
-    def _abort(self, txns: Sequence[_Txn]) -> None:
-        """Undo every section of a failed transaction, newest first: unload what was activated, abort what
-        was only prepared or committed; then trackers and pin directories."""
-        for t in reversed(txns):
-            for ts in reversed(t.sections):
-                try:
-                    if ts.handle is not None:
-                        ts.handle.unload()
-                    elif ts.prepared is not None:
-                        ts.prepared.abort()
-                except Exception:  # noqa: BLE001 - the others still go
-                    log.exception("policy %s: undoing section %s", t.st.key, ts.section.key)
-            if t.tracker is not None:
-                try:
-                    t.tracker.close()
-                except Exception:  # noqa: BLE001
-                    log.exception("policy %s: closing its scope tracker", t.st.key)
-            if t.pin_dir is not None:
-                try:
-                    self.persistence.drop_generation(t.pin_dir)
-                except OSError:
-                    log.exception("policy %s: removing %s", t.st.key, t.pin_dir)
-
     # ---- scopes -----------------------------------------------------------------------------------
 
     def _check_scope_support(self, policy: Policy) -> None:
@@ -748,7 +575,7 @@ class PolicyManager:
             if not sec.items:
                 continue
             sensor = self.sensors.get(sec.sensor)
-            if sensor is not None and not getattr(type(sensor), "supports_scope", False):
+            if sensor is not None and not supports_scope(sensor):
                 loc = ("spec", sec.key)
                 raise PolicyError(f"the {sec.sensor!r} sensor that serves {sec.key!r} cannot bound its hooks to "
                                   f"pods or the host (it does not declare supports_scope); this policy is scoped "
@@ -779,12 +606,15 @@ class PolicyManager:
         `set_scope` adds coverage before it removes any), the error is logged and counted, and the policy
         stays loaded with its previous scope."""
         with st.scope_lock:
-            switched: list[tuple[_Loaded, Scope | None]] = []
+            switched: list[tuple[LoadedSection, Scope | None]] = []
             for ld in st.loaded:
                 if ld.scope == scope:
                     continue
                 try:
-                    ld.handle.set_scope(scope)  # type: ignore[attr-defined]
+                    if not isinstance(ld.handle, ScopedPolicyHandle):
+                        raise TypeError(f"the {ld.section.sensor!r} sensor declares supports_scope but its handle "
+                                        "has no set_scope")
+                    ld.handle.set_scope(scope)
                 except Exception as exc:  # noqa: BLE001 - a sensor may raise anything; the policy stays loaded
                     st.scope_errors += 1
                     st.scope_error = f"{ld.section.key}: {type(exc).__name__}: {exc}"[:500]
@@ -792,182 +622,14 @@ class PolicyManager:
                               ld.section.key, st.scope_error)
                     for back, old in reversed(switched):
                         try:
-                            if old is not None:
-                                back.handle.set_scope(old)  # type: ignore[attr-defined]
+                            if old is not None and isinstance(back.handle, ScopedPolicyHandle):
+                                back.handle.set_scope(old)
                             back.scope = old
                         except Exception:  # noqa: BLE001 - the first error is the one reported
                             log.exception("policy %s: restoring the scope of %s", st.key, back.section.key)
                     return
                 switched.append((ld, ld.scope))
                 ld.scope = scope
-
-    # ---- persistent enforcement -------------------------------------------------------------------
-
-    def _keep(self, st: PolicyState) -> None:
-        """An API policy is kept in the state directory (its one document, mode, state), fsynced."""
-        if self.persistence is None or st.origin != "api":
-            return
-        src = st.policy.source
-        text = dump(src.data, st.policy.file, POLICY_LIMITS) if src is not None else None
-        if text is None:
-            return
-        try:
-            self.persistence.keep_policy(st.key, text, st.policy.file, st.mode, st.state)
-        except (OSError, ValueError) as exc:  # the policy is loaded: say it is not kept, never fail the add
-            log.error("policy %s is loaded but could not be kept in %s: %s; it will not be restored after a "
-                      "restart", st.key, self.persistence.state_dir, exc)
-            st.error = f"not kept in the state directory: {exc}"
-
-    def _update_kept(self, st: PolicyState, **changes: Any) -> None:
-        if self.persistence is None or st.origin != "api":
-            return
-        try:
-            self.persistence.update_policy(st.key, **changes)
-        except (OSError, UntrustedFile) as exc:
-            log.error("policy %s: updating its kept copy: %s", st.key, exc)
-
-    def scan_pins(self) -> list[Any]:
-        """Start-up, before any policy loads: what a previous agent left pinned, by policy. Each generation
-        stays (and enforces) until this agent's generation of the same policy is active, then it is removed
-        (`_replace_stale`); `sweep_stale` removes the ones no policy came back for."""
-        if self.persistence is None:
-            return []
-        gens = self.persistence.generations()
-        for g in gens:
-            self._stale.setdefault(g.key, []).append(g)
-        return gens
-
-    def _replace_stale(self, st: PolicyState) -> None:
-        old = self._stale.pop(st.key, [])
-        for g in old:
-            if st.pin_dir is not None and g.path == st.pin_dir:
-                continue
-            n = self.persistence.drop_generation(g.path)
-            rec = {**g.describe(), "pins": n, "replaced_by": str(st.pin_dir) if st.pin_dir else None}
-            st.replaced.append(rec)
-            self.restore_report["replaced"].append(rec)
-            log.info("policy %s: the generation pinned by pid %s (%s) is replaced by %s", st.key,
-                     g.meta.get("pid", "?"), g.path, st.pin_dir or "an unpinned one")
-
-    def sweep_stale(self) -> list[dict[str, Any]]:
-        """Remove the pinned generations no policy came back for (its file was deleted while the agent was
-        down, or it is no longer kept); a policy that is kept but failed to load (or whose kept record cannot
-        be read) keeps its old pins (adopted: still enforcing) until it loads or is deleted."""
-        removed = []
-        with self._op_lock:
-            for key, gens in list(self._stale.items()):
-                st = self._policies.get(key)
-                if (st is not None and st.state == "error") or (st is None and self.persistence.is_kept(key)):
-                    # adopted: a kept policy that did not load again (see restore)
-                    for g in gens:
-                        if g.describe() not in self.restore_report["adopted"]:
-                            self.restore_report["adopted"].append(g.describe())
-                    continue
-                for g in gens:
-                    n = self.persistence.drop_generation(g.path)
-                    rec = {**g.describe(), "pins": n}
-                    removed.append(rec)
-                    log.warning("policy %s: pins of a previous agent (%s) removed: no such policy was loaded "
-                                "again", key, g.path)
-                del self._stale[key]
-        self.restore_report["removed"].extend(removed)
-        self.restore_report["ignored"] = list(getattr(self.persistence, "ignored", []))
-        for ig in self.restore_report["ignored"]:
-            log.warning("enforcement: %s left alone under the pin root: %s", ig["path"], ig["why"])
-        return removed
-
-    def adopted_only(self) -> list[dict[str, Any]]:
-        """Generations a previous agent pinned that keep enforcing for a policy this agent has not loaded (its
-        kept record is unreadable or no longer parses): `policy delete NAME` lifts them."""
-        with self._op_lock:
-            return [g.describe() for key, gens in self._stale.items() if key not in self._policies for g in gens]
-
-    def restore(self) -> dict[str, Any]:
-        """Start-up with persistent enforcement, before the agent says ready: load every kept API policy
-        again (each in a transaction of its own: one that fails does not stop the others), in its kept
-        mode and state. A kept policy that no longer loads is listed with state ``error`` and the reason;
-        what a previous agent pinned for it stays attached and enforcing (adopted as it is: failing closed)
-        until it loads (``policy enable``) or is deleted."""
-        if self.persistence is None:
-            return self.restore_report
-        for f, rec, why in self.persistence.kept_policies():
-            if rec is None:
-                msg = f"kept policy not loaded: {why}"
-                log.error("%s; its pins, if any, keep enforcing until `policy delete` of its name", msg)
-                self.restore_report["failed"].append({"file": str(f), "error": msg})
-                continue
-            key = rec["key"]
-            mode = rec["mode"]
-            state = rec["state"]
-            try:
-                policies = self.parse(rec["text"], rec.get("file") or "<api>")
-                if [p.key for p in policies] != [key]:
-                    raise PolicyError(f"the kept text holds {[p.key for p in policies]}, not {key!r}", file=str(f))
-                self._add_policies(policies, mode, "api", state=state)
-                self.restore_report["restored"].append({"policy": key, "state": state, "mode": mode})
-                log.info("policy %s restored from %s (%s)", key, f, state)
-            except SourceError as exc:
-                self._restore_failed(key, rec, str(exc))
-            except Exception as exc:  # noqa: BLE001 - one kept policy never stops the start of the others
-                self._restore_failed(key, rec, f"{type(exc).__name__}: {exc}")
-        return self.restore_report
-
-    def _restore_failed(self, key: str, rec: Mapping[str, Any], msg: str) -> None:
-        gens = self._stale.get(key, [])
-        log.error("kept policy %s did not load: %s%s", key, msg,
-                  f"; the {len(gens)} generation(s) a previous agent pinned keep enforcing (policy delete "
-                  f"{key} lifts them)" if gens else "")
-        self.restore_report["failed"].append({"policy": key, "error": msg, "adopted": [str(g.path) for g in gens]})
-        try:
-            policies = self.parse(rec["text"], rec.get("file") or "<api>")
-        except SourceError:
-            return  # listed in the report; `policy delete` still lifts its pins (_drop_adopted_only)
-        if len(policies) != 1 or policies[0].key in self._policies:
-            return
-        pid = self._free_id()
-        if pid is None:
-            return
-        st = PolicyState(policy=policies[0], id=pid, mode=rec.get("mode") if rec.get("mode") in MODES else
-                         policies[0].mode, state="error", error=msg, adopted=list(gens))
-        with self._state_lock:
-            self._policies[key] = st
-        self._metric(key, "error")
-
-    def _drop_adopted_only(self, name: str) -> bool:
-        """``policy delete`` of a kept policy that could not even be parsed again: remove its old pins and
-        the kept copy. False when there is nothing of the kind."""
-        if self.persistence is None:
-            return False
-        gens = self._stale.pop(name, [])
-        kept = self.persistence.is_kept(name)
-        if not gens and not kept:
-            return False
-        for g in gens:
-            self.persistence.drop_generation(g.path)
-        self.persistence.forget_policy(name)
-        log.info("policy %s deleted (it had not loaded: %d pinned generation(s) removed)", name, len(gens))
-        return True
-
-    def _persistent(self, st: PolicyState) -> bool | None:
-        """True: every enforcing hook is pinned; False: at least one enforcing hook is not (or nothing is
-        pinned at all); None: persistence is off, or nothing in the policy enforces."""
-        if self.persistence is None:
-            return None
-        if st.state != "enabled":
-            return True if st.adopted else None
-        flags = []
-        for ld in list(st.loaded):
-            try:
-                hooks = dict(ld.handle.status()).get("hooks", []) or []
-            except Exception:  # noqa: BLE001
-                hooks = []
-            if not hooks or not any("persistent" in h for h in hooks):
-                flags.append(False)  # a sensor that ignores pin_dir
-                continue
-            flags.extend(h.get("persistent") for h in hooks)
-        if any(f is False for f in flags):
-            return False
-        return True if any(f is True for f in flags) else None
 
     @staticmethod
     def _scope_words(st: PolicyState) -> str:
@@ -980,7 +642,7 @@ class PolicyManager:
         return f", scoped: {len(s.get('pods', []))} pods, {s.get('cgroups', 0)} cgroups{', host' if s.get('host') else ''}"
 
     @staticmethod
-    def _unload(loaded: Sequence[_Loaded]) -> None:
+    def _unload(loaded: Sequence[LoadedSection]) -> None:
         for ld in reversed(loaded):
             try:
                 ld.handle.unload()

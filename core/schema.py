@@ -17,7 +17,8 @@ and shared by every exporter.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sensorium.tetragon_fields import ENUMS, FIELDS
 
@@ -62,12 +63,12 @@ _CAPS = ENUMS["tetragon.CapabilitiesType"]
 _SECBITS = ENUMS["tetragon.SecureBitsType"]
 
 
-def _cap_names(mask: int) -> tuple[str, ...]:
+def _cap_names(mask: int) -> tuple[str | int, ...]:
     # a capability newer than Tetragon's enum: its number, as protojson writes an unknown enum value
-    return tuple(_CAPS.get(i, i) for i in range(64) if mask >> i & 1)  # type: ignore[misc]
+    return tuple(_CAPS.get(i, i) for i in range(64) if mask >> i & 1)
 
 
-def capabilities(permitted: int, effective: int, inheritable: int) -> dict[str, tuple[str, ...]]:
+def capabilities(permitted: int, effective: int, inheritable: int) -> dict[str, tuple[str | int, ...]]:
     """Tetragon's Capabilities message from the kernel's capability sets (bit i = capability i), by the
     names of Tetragon's CapabilitiesType; an empty set is left out, as protojson does."""
     out = {"permitted": _cap_names(permitted), "effective": _cap_names(effective),

@@ -10,7 +10,7 @@ processes under none of the container roots are in scope too.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from sensorium.hookspecs import HIERARCHIES, CgroupRef, Scope
 

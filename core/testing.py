@@ -9,14 +9,16 @@
 
 `CaptureExporter` records what it receives and can fail or stall on command (for runner tests);
 `make_event` builds an event in Tetragon's shape; `runner_for` and `run_exporter` drive any exporter
-through the real `ExporterRunner`; `capture_registry` registers exporter plugins in-process.
+through the real `ExporterRunner`; `capture_registry` registers exporter plugins in-process, and
+`plugin_registry` sensor, exporter and stage plugins (a sensor's policy section parses through it).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from sensorium.config import ExporterItem
 from sensorium.events import Event
@@ -176,4 +178,21 @@ def capture_registry(**exporters: Any) -> Any:
     reg = PluginRegistry()
     for name, obj in exporters.items():
         reg.add(EXPORTER_GROUP, name, obj)
+    return reg
+
+
+def plugin_registry(*, sensors: Mapping[str, Any] = {}, exporters: Mapping[str, Any] = {},  # noqa: B006
+                    stages: Mapping[str, Any] = {}) -> Any:  # noqa: B006
+    """A `PluginRegistry` holding in-process plugins by name (objects implementing the hooks), registered with
+    the checks of discovery: ``plugin_registry(sensors={"widget": my_plugin})``. Parsing a policy with it
+    (``sensorium.policy.parse_policy(text, file, reg)``) composes the sections its sensors declare. Raises
+    ``AssertionError`` naming the reason when one does not register."""
+    from sensorium.hookspecs import EXPORTER_GROUP, SENSOR_GROUP, STAGE_GROUP
+    from sensorium.plugins import PluginRegistry
+
+    reg = PluginRegistry()
+    for group, plugins in ((SENSOR_GROUP, sensors), (EXPORTER_GROUP, exporters), (STAGE_GROUP, stages)):
+        for name, obj in plugins.items():
+            rec = reg.add(group, name, obj)
+            assert rec.state in ("loaded", "not implemented"), f"{rec.kind} {name!r}: {rec.state}: {rec.reason}"
     return reg

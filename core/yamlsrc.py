@@ -18,8 +18,8 @@ import dataclasses
 import json
 import math
 import os
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -163,7 +163,8 @@ class _Scalars:
             return text
         if tag in (_CORE + "int", _CORE + "float") and ":" in text:
             return text  # YAML 1.1 base 60 ("20:21" -> 1221): a user who writes this means a range or a time
-        node = yaml.ScalarNode(tag, text, ev.start_mark, ev.end_mark)
+        # libyaml's marks (yaml._yaml.Mark) have the fields of yaml.error.Mark, the only kind the stubs let a node hold
+        node = yaml.ScalarNode(tag, text, ev.start_mark, ev.end_mark)  # type: ignore[arg-type]
         try:
             if tag == _CORE + "int":
                 return self.constructor.construct_yaml_int(node)
@@ -182,6 +183,11 @@ class _Scalars:
             # IndexError): whatever they raise on a scalar, the text is not a value of that tag
             raise _Bad(where, f"{text!r} is not a valid {tag[len(_CORE):]}") from None
         raise _Bad(where, f"{text!r} cannot be a {tag[len(_CORE):]}")  # seq/map tag on a scalar
+
+
+def _line_of(ev: yaml.Event) -> int:
+    """The 1-based line an event starts on (0: the parser gave no position)."""
+    return ev.start_mark.line + 1 if ev.start_mark is not None else 0
 
 
 def _short_tag(tag: str) -> str:
@@ -225,7 +231,7 @@ class _Builder:
                     count += 1
                     if count > limits.max_documents:
                         raise SourceError(f"more than {limits.max_documents} YAML documents; the limit is "
-                                          f"{limits.max_documents}", file=self.file, line=ev.start_mark.line + 1)
+                                          f"{limits.max_documents}", file=self.file, line=_line_of(ev))
                     yield doc
         except yaml.YAMLError as exc:
             raise self._yaml_error(exc) from None
@@ -259,7 +265,7 @@ class _Builder:
                 ev = loader.get_event()
                 if isinstance(ev, yaml.DocumentEndEvent):
                     break
-                line = ev.start_mark.line + 1 if ev.start_mark is not None else 0
+                line = _line_of(ev)
                 parent = stack[-1] if stack else None
                 # Where this event lands: a mapping key, a mapping value, a list item or the root.
                 is_key = parent is not None and isinstance(parent.value, dict) and not parent.has_key
@@ -465,7 +471,9 @@ def type_error_message(err: Mapping[str, Any]) -> str:
     if want is None or "input" not in err:
         msg = str(err["msg"])
         # a validator's own ValueError reads as its text, without pydantic's "Value error, " in front
-        return msg[len("Value error, "):] if err.get("type") == "value_error" and msg.startswith("Value error, ") else msg
+        if err.get("type") == "value_error" and msg.startswith("Value error, "):
+            return msg[len("Value error, "):]
+        return msg
     return f"must be {want}, not {_described(err['input'])}"
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +27,12 @@ def _kernel_order(k: str) -> tuple:
     return tuple(parts)
 
 
-def cell(r: dict | None, budget: int) -> str:
+def cell(r: dict[str, Any] | None, budget: int) -> str:
     if r is None:
         return "not run"
-    n = r.get("insns")
     res = r.get("result", "?")
     if res == "ok" or res == "over budget":
+        n: int = r["insns"]  # a program that loaded has its count
         s = f"{n:,} ({100 * n / budget:.1f}%)"
         return s if res == "ok" else f"**{s} OVER**"
     if res == "refused":

@@ -27,12 +27,15 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "data" / "tetragon-policies"
 DOC = REPO / "docs" / "tetragon-compat.md"
+
+log = logging.getLogger("compat_table")
 
 SECTION_OWNERS = {"tracepoints": "tracepoint", "kprobes": "kprobe", "uprobes": "uprobe", "lsmhooks": "lsm"}
 
@@ -108,7 +111,7 @@ def start_sensors() -> tuple[Any, dict[str, Any], list[Any]]:
             rec = reg.record("sensor", name)
             if rec is not None:
                 rec.state, rec.reason = "failed", f"{type(exc).__name__}: {exc}"
-            logging.warning("sensor %s did not start: %s", name, exc)
+            log.warning("sensor %s did not start: %s", name, exc)
             continue
         rec = reg.record("sensor", name)
         if rec is not None:
@@ -152,8 +155,8 @@ def load_rows(rows: list[Row], files: Iterable[Path]) -> None:
         for s in sensors.values():
             try:
                 s.stop()
-            except Exception:  # noqa: BLE001
-                logging.exception("stopping a sensor")
+            except Exception:  # one sensor's failing stop must not leave the others running
+                log.exception("stopping a sensor")
         for ctx in contexts:
             ctx.close()
 
@@ -177,7 +180,8 @@ _KERNEL_WORDS = ("on this kernel", "this kernel refuses", "kernel lacks", "does 
                  "needs fmod_ret", "cannot be hooked", "not available here", "do not load on this kernel",
                  "BPF LSM is not", "refuses lsm", "no fallback on this kernel", "not offered by this kernel",
                  "cannot attach")
-_MISSING_WORDS = ("not supported by Sensorium", "not implemented", "not supported yet", "no Sensorium sensor implements",
+_MISSING_WORDS = ("not supported by Sensorium", "not implemented", "not supported yet",
+                  "no Sensorium sensor implements",
                   "is not supported in the kernel selectors", "is not supported on kernel functions yet",
                   "are not supported", "is not supported here", "not supported for syscall hooks")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import tetragon_schema  # noqa: E402
+import tetragon_schema
 
 _I64_TYPES = {3, 4, 6, 16, 18}  # FieldDescriptor.TYPE_{INT64, UINT64, FIXED64, SFIXED64, SINT64}
 _WRAPPED_I64 = {"google.protobuf.Int64Value", "google.protobuf.UInt64Value"}
@@ -81,8 +81,8 @@ def render(t: dict[str, dict[str, str]], e: dict[str, dict[int, str]]) -> str:
     lines += ["", "ENUMS: dict[str, dict[int, str]] = {"]
     for name, values in e.items():
         lines.append(f"    {name!r}: {{")
-        for k, v in values.items():
-            lines.append(f"        {k}: {v!r},")
+        for number, label in values.items():
+            lines.append(f"        {number}: {label!r},")
         lines.append("    },")
     lines.append("}")
     return "\n".join(lines) + "\n"

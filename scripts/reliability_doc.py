@@ -255,7 +255,8 @@ def render(figs: dict[str, dict[str, Any]]) -> str:
                    f"{sum(d['figures']['tracebacks'] for d in cov)} crashes or broken properties, "
                    f"{sum(d['figures']['hangs'] for d in cov)} hangs (libFuzzer `-timeout`, 10 s an input), "
                    f"{sum(d['figures']['wrong_accepts'] for d in cov)} wrong accepts.\n")
-        out.append("| target | inputs | seconds | stored inputs replayed | coverage (edges) start -> end | corpus after |"
+        out.append("| target | inputs | seconds | stored inputs replayed | coverage (edges) start -> end "
+                   "| corpus after |"
                    " tracebacks | hangs | wrong accepts | test |")
         out.append("|---|---:|---:|---:|---|---:|---:|---:|---:|---|")
         for d in cov:

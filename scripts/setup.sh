@@ -2,7 +2,8 @@
 # Fresh-machine setup for Sensorium (called by `make setup`; CI runs it through `make test`).
 #
 # Idempotent and quick when already done: apt runs only when a package is missing, the venv is
-# (re)installed only when pyproject.toml changed (its hash is stamped in .venv), mounts only when absent.
+# (re)installed only when pyproject.toml changed (its hash is stamped in .venv) or a tool of its test extra is
+# missing, mounts only when absent.
 # An existing .venv is kept as it is (others may be using it): it is updated in place, never recreated.
 set -euo pipefail
 
@@ -63,10 +64,12 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys; sys.exi
 fi
 want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
-if [[ "$want" != "$have" ]]; then
-    log "venv: pyproject.toml changed (or first run): pip install -e '.[test,kafka,k8s]'"
+# The test extra carries the lint tools (`make lint`: ruff, mypy, pinned): a venv stamped before they were
+# added, or one they were removed from, is installed again as if pyproject.toml had changed.
+if [[ "$want" != "$have" || ! -x "$VENV/bin/ruff" || ! -x "$VENV/bin/mypy" ]]; then
+    log "venv: pyproject.toml changed (or first run, or lint tools missing): pip install -e '.[test,kafka,k8s,otlp]'"
     started=$(date +%s)
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,kafka,k8s]"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,kafka,k8s,otlp]"
     echo "$want" > "$STAMP"
     log "venv: installed in $(( $(date +%s) - started ))s"
 else

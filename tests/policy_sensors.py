@@ -13,7 +13,8 @@ from typing import Any, Mapping
 from sensorium import hookimpl
 from sensorium.hookspecs import SENSOR_GROUP, PolicyLoadError, PolicyView, SensorSpec
 from sensorium.plugins import PluginRegistry
-from sensorium.policy import LsmHookSpec, TracepointSpec
+from sensorium_sensors.lsm.schema import LsmHookSpec
+from sensorium_sensors.tracepoint.schema import TracepointSpec
 
 
 class TableHandle:

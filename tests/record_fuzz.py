@@ -635,7 +635,7 @@ def check_net_batch(records: Sequence[bytes]) -> tuple[list[Event], dict[str, in
 # =========================================================================================================
 
 from sensorium.hookspecs import PolicyView  # noqa: E402
-from sensorium.policy import LsmHookSpec  # noqa: E402
+from sensorium_sensors.lsm.schema import LsmHookSpec  # noqa: E402
 from sensorium_sensors.lsm import bpflsm, netguard  # noqa: E402
 from sensorium_sensors.lsm.btf import LsmHookSig, LsmParam  # noqa: E402
 from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor  # noqa: E402

@@ -19,7 +19,7 @@ import pytest
 
 from sensorium import selectors as S
 from sensorium.hookspecs import PolicyView
-from sensorium.policy import LsmHookSpec
+from sensorium_sensors.lsm.schema import LsmHookSpec
 from sensorium_sensors.lsm import bpflsm, netguard
 from sensorium_sensors.lsm.btf import LsmHookSig, LsmParam
 from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor

@@ -417,7 +417,8 @@ def test_an_oversized_file_in_the_directory_is_refused_without_reading_it_all(en
 
 def test_a_policy_added_directly_meets_the_kernel_independent_rules():
     from policy_sensors import registry_with
-    from sensorium.policy import KProbeSpec, parse_policy
+    from sensorium.policy import parse_policy
+    from sensorium_sensors.kprobe.schema import KProbeSpec
 
     reg, sensors = registry_with(("kprobe", "kprobes", KProbeSpec))
     pm = PolicyManager(reg, sensors)

@@ -9,9 +9,10 @@ import pytest
 
 from policy_sensors import default_registry, registry_with
 from sensorium import policy as P
-from sensorium.policy import (
-    KProbeSpec, MatchAction, PolicyError, TracepointSpec, UProbeSpec, parse_policies, parse_policy,
-)
+from sensorium.policy import MatchAction, PolicyError, parse_policies, parse_policy
+from sensorium_sensors.kprobe.schema import KProbeSpec
+from sensorium_sensors.tracepoint.schema import TracepointSpec
+from sensorium_sensors.uprobe.schema import UProbeSpec
 from sensorium.yamlsrc import SourceError
 
 OPENAT = """\

@@ -271,7 +271,8 @@ def test_the_issue_case_through_the_agent_and_the_cli_blocks_nothing(agent, tmp_
 def _mixed(journal: list) -> Any:
     """A manager over a transactional sensor (tracepoints) and a one-step one (lsmhooks, load_policy only)."""
     from policy_sensors import TxnTableSensor, registry_with
-    from sensorium.policy import LsmHookSpec, TracepointSpec
+    from sensorium_sensors.lsm.schema import LsmHookSpec
+    from sensorium_sensors.tracepoint.schema import TracepointSpec
     from sensorium.policy_manager import PolicyManager
 
     reg, sensors = registry_with(("tracepoint", "tracepoints", TracepointSpec, TxnTableSensor),

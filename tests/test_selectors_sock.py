@@ -301,7 +301,8 @@ def test_socket_values_limit(rig) -> None:
     ("Family", "AF_NOPE", "is not a number"),
 ])
 def test_bad_socket_values_refused_at_parse_with_file_and_line(op: str, value: str, why: str) -> None:
-    from sensorium.policy import KProbeSpec, parse_policy
+    from sensorium.policy import parse_policy
+    from sensorium_sensors.kprobe.schema import KProbeSpec
     from policy_sensors import registry_with
 
     text = connect_policy(f"""    - matchArgs:
@@ -314,7 +315,8 @@ def test_bad_socket_values_refused_at_parse_with_file_and_line(op: str, value: s
 
 
 def test_priv_operator_takes_no_values() -> None:
-    from sensorium.policy import KProbeSpec, parse_policy
+    from sensorium.policy import parse_policy
+    from sensorium_sensors.kprobe.schema import KProbeSpec
     from policy_sensors import registry_with
 
     with pytest.raises(PolicyError, match="takes no values"):

@@ -17,8 +17,8 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from sensorium.hookspecs import ProbeSource
 
@@ -219,7 +219,7 @@ def build_object(probe: ProbeSource, btf: Path | None = None, host_include: Path
                          f"to build probe {probe.name!r} ({source})")
     if not source.is_file():
         raise BuildError(f"probe {probe.name!r}: source file not found: {source}")
-    for key, value in probe.defines.items():
+    for key in probe.defines:
         # A define becomes one argv element; still refuse what could not be a C macro name.
         if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
             raise BuildError(f"probe {probe.name!r}: invalid define name {key!r}")

@@ -18,8 +18,8 @@ import errno as _errno
 import os
 import platform
 import threading
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["KernelCapabilities", "ProbeResult", "probe_kernel", "ensure_mounts", "PROGRAM_TYPES", "FEATURES"]
 
@@ -226,7 +226,8 @@ def _load(prog_type: int, name: str, attach_type: int = 0, btf_id: int = 0, code
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return bytes([code, (src << 4) | dst]) + off.to_bytes(2, "little", signed=True) + imm.to_bytes(4, "little", signed=True)
+    return (bytes([code, (src << 4) | dst]) + off.to_bytes(2, "little", signed=True)
+            + imm.to_bytes(4, "little", signed=True))
 
 
 _MOV_IMM, _CALL, _EXIT = 0xB7, 0x85, 0x95
@@ -257,7 +258,7 @@ def _probe_call(prog_type: int, fn: int, kfunc: bool = False, attach_type: int =
     return ProbeResult(True)  # the verifier got past the call to our dummy arguments
 
 
-def _probe_features(btf: "_Btf", pt: dict[str, ProbeResult]) -> dict[str, ProbeResult]:
+def _probe_features(btf: _Btf, pt: dict[str, ProbeResult]) -> dict[str, ProbeResult]:
     out: dict[str, ProbeResult] = {}
 
     def via(kind: str, probe: Callable[[], ProbeResult]) -> ProbeResult:
@@ -445,8 +446,8 @@ def _probe() -> KernelCapabilities:
         _close(raw[0])
         pt["raw_tp"] = ProbeResult(True) if link >= 0 else ProbeResult(False, f"loads, but attach failed: {_err(link)}")
         _close(link)
-    pt["kprobe"] = _probe_plain(_PROG_KPROBE, needs=(kprobes, "the kernel has no kprobes "
-                                                     "(no kprobe PMU, no kprobe_events in tracefs)"))
+    pt["kprobe"] = _probe_plain(_PROG_KPROBE, needs=(kprobes, ("the kernel has no kprobes "
+                                                      "(no kprobe PMU, no kprobe_events in tracefs)")))
     km_fd, km_reason = _load(_PROG_KPROBE, "sensorium_probe", _ATTACH_TRACE_KPROBE_MULTI)
     if km_fd < 0:
         pt["kprobe_multi"] = ProbeResult(False, km_reason)

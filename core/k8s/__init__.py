@@ -6,20 +6,25 @@
 - `scope`: `PodScope` / `ScopeTracker`, the cgroups of the containers a policy's selectors pick.
 - `policies`: `PolicyCrdWatcher`, TracingPolicy CRDs applied to the agent's PolicyManager live.
 
-`start_kubernetes(cfg)` builds and starts the watcher and the enricher from the agent config; the agent
-calls it once and appends ``stage.enricher`` to its pipeline stages (after ProcessJoin). Importing this package does
-not import the ``kubernetes`` client (only starting does).
+`start_kubernetes(cfg)` builds and starts the watcher and the enricher from the agent config. This package is
+the ``kubernetes`` pipeline-stage plugin (`sensorium_stage`, entry point in ``sensorium.stages``, order 200:
+after the process join): the agent builds it like any stage, and the `KubernetesStage` it makes is the stage.
+Importing this package does not import the ``kubernetes`` client (only starting does).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
+
+from sensorium import hookimpl
+from sensorium.events import Event
+from sensorium.hookspecs import StageSpec
 
 log = logging.getLogger("sensorium.k8s")
 
-__all__ = ["KubernetesStage", "start_kubernetes", "kubernetes_wanted"]
+__all__ = ["KubernetesStage", "start_kubernetes", "kubernetes_wanted", "sensorium_stage"]
 
 
 def kubernetes_wanted(cfg: Any) -> bool:
@@ -32,7 +37,8 @@ def kubernetes_wanted(cfg: Any) -> bool:
 
 
 class KubernetesStage:
-    """The running pod watcher and enricher of an agent."""
+    """The running pod watcher and enricher of an agent; as a pipeline stage (a
+    `sensorium.hookspecs.HoldingStage`), its enricher."""
 
     def __init__(self, watcher: Any, enricher: Any, api: Any = None, cfg: Any = None) -> None:
         self.watcher = watcher
@@ -40,6 +46,19 @@ class KubernetesStage:
         self.api = api
         self.cfg = cfg
         self.policy_crds: Any = None
+
+    def __call__(self, events: Sequence[Event]) -> Sequence[Event]:
+        return self.enricher.process(events)
+
+    @property
+    def held(self) -> int:
+        return int(self.enricher.held)
+
+    def flush(self) -> list[Event]:
+        return list(self.enricher.flush())
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.enricher.stats())
 
     def start_policy_crds(self, manager: Any) -> None:
         """Load TracingPolicy / TracingPolicyNamespaced objects into ``manager`` live (when the config's
@@ -83,3 +102,14 @@ def start_kubernetes(cfg: Any, api: Any = None) -> KubernetesStage | None:
     enricher = Enricher(watcher, hold_s=k.hold_s, max_held=k.hold_max_events, proc_root=proc_root)
     log.info("kubernetes: watching pods of node %s", cfg.node_name)
     return KubernetesStage(watcher, enricher, api, cfg)
+
+
+def _stage(ctx: Any) -> KubernetesStage | None:
+    return start_kubernetes(ctx.config)
+
+
+@hookimpl
+def sensorium_stage() -> StageSpec:
+    """Pod enrichment, a pipeline-stage plugin: off unless the config wants Kubernetes (`kubernetes_wanted`)."""
+    return StageSpec(name="kubernetes", description="adds each event's pod, namespace, container and workload "
+                     "from this node's pods (kubernetes.enabled)", factory=_stage, order=200)

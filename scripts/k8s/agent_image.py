@@ -16,7 +16,7 @@ Layers are stored uncompressed (containerd imports them without a gunzip).
 
   agent_image.py build              build what changed; print the image tar, its name and manifest digest
   agent_image.py import SOCKET      build, then `ctr -n k8s.io images import` into the containerd at SOCKET
-  agent_image.py lock               re-resolve the dependencies of .[kafka,k8s] into constraints.txt
+  agent_image.py lock               re-resolve the dependencies of .[kafka,k8s,otlp] into constraints.txt
 Root is needed (mmdebstrap in root mode, chroot).
 """
 
@@ -43,7 +43,7 @@ DOCKERFILE = REPO / "Dockerfile"
 CACHE = Path(os.environ.get("SENSORIUM_K8S_CACHE", "/var/cache/sensorium-k8s"))
 WORK = CACHE / "agent-image"
 VENV = "/opt/sensorium/venv"
-EXTRAS = "kafka,k8s"
+EXTRAS = "kafka,k8s,otlp"
 SUITE = "bookworm"
 # The sources debian:bookworm-slim has (so `apt-get install` in the Dockerfile sees the same versions).
 SOURCES = (
@@ -366,7 +366,7 @@ def import_into(socket: str, img: dict[str, str]) -> None:
 
 
 def lock() -> None:
-    """Resolve .[kafka,k8s] afresh (newest versions PyPI offers) and write the closure to constraints.txt."""
+    """Resolve .[kafka,k8s,otlp] afresh (newest versions PyPI offers) and write the closure to constraints.txt."""
     with tempfile.TemporaryDirectory() as tmp:
         _pip("download", "-q", "--only-binary=:all:", "-d", tmp, f"{REPO}[{EXTRAS}]")
         pins = []

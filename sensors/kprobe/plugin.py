@@ -31,7 +31,7 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
-    from sensorium.policy import KProbeSpec
+    from sensorium_sensors.kprobe.schema import KProbeSpec
     from sensorium_sensors.kprobe.kfunc import KFUNC_PROBE
     from sensorium_sensors.tracepoint.engine import HOOK_OPEN_PROBE, HOOK_PROBE, HookSensorOptions
 

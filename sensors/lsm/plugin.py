@@ -33,7 +33,8 @@ from sensorium import hookimpl
 from sensorium.bpf.scope import scope_entries
 from sensorium.hookspecs import PolicyLoadError, PolicyView, Scope, SensorSpec
 from sensorium.scope import hierarchy_mounts, process_in_scope
-from sensorium.policy import LsmHookSpec, MatchAction
+from sensorium.policy import MatchAction
+from sensorium_sensors.lsm.schema import LsmHookSpec
 
 from . import bpflsm, netguard, sigkill
 from .fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, FanDecision, FanotifyGuard, FanRule, fanotify_available, plan_marks

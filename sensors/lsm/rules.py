@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from sensorium.hookspecs import PolicyLoadError, PolicyView
-from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, LsmHookSpec, MatchAction, Selector
+from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, MatchAction, Selector
+from sensorium_sensors.lsm.schema import LsmHookSpec
 
 from .btf import LsmHookSig, lsm_hooks
 

@@ -16,7 +16,8 @@ import types
 from typing import Any, Mapping, Sequence
 
 from sensorium.hookspecs import PolicyLoadError, Scope
-from sensorium.policy import ArgSpec, KProbeSpec, MatchAction, MatchArg, Selector
+from sensorium.policy import ArgSpec, MatchAction, MatchArg, Selector
+from sensorium_sensors.kprobe.schema import KProbeSpec
 
 __all__ = ["SYSCALLS", "MECHANISM", "NOTE", "plan_syscalls", "SigkillGuard"]
 

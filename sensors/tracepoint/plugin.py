@@ -24,7 +24,7 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
-    from sensorium.policy import TracepointSpec
+    from sensorium_sensors.tracepoint.schema import TracepointSpec
     from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(

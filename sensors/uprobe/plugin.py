@@ -23,7 +23,7 @@ def _budget():  # type: ignore[no-untyped-def]
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
     from sensorium import selectors
-    from sensorium.policy import UProbeSpec
+    from sensorium_sensors.uprobe.schema import UProbeSpec
     from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(

@@ -25,7 +25,8 @@ for p in (TESTS, REPO / "scripts"):
         sys.path.insert(0, str(p))
 
 # What the instrumented import covers: the agent's own code and the YAML parser it drives.
-INSTRUMENT = ("sensorium", "sensorium_sensors", "sensorium_exporters", "yaml", "hostile_corpus", "record_fuzz")
+INSTRUMENT = ("sensorium", "sensorium_sensors", "sensorium_exporters", "yaml", "hostile_corpus", "hostile",
+              "record_fuzz")
 
 
 def _one_line(msg: str, starts: str) -> None:

@@ -1,0 +1,157 @@
+"""Named lists of a policy (``spec.lists``) and their ``list:NAME`` references, expanded before the models.
+
+A "syscalls" list names syscalls: a kprobes item whose call is "list:NAME" becomes one item per syscall
+(syscall: true), and a "list:NAME" value of an InMap/NotInMap (or Equal/NotEqual) matchArgs becomes the
+syscalls' numbers, as Tetragon does for the id argument of raw_syscalls. Expanded items keep the source
+lines of the item they come from, so errors still name the line the author wrote.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from typing import Any, Mapping
+
+from sensorium.policy import ARG_OPERATORS, MAX_HOOKS_PER_POLICY, MAX_LIST_VALUES, MAX_LISTS
+from sensorium.yamlsrc import Located
+
+__all__ = ["NamedList", "parse_lists", "expand_lists", "mentions_list", "LIST_TYPES"]
+
+LIST_TYPES = ("syscalls", "generated_syscalls", "generated_ftrace")
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedList:
+    name: str
+    type: str
+    values: tuple[str, ...]
+
+
+def parse_lists(raw: Any, doc: Located) -> dict[str, NamedList]:
+    err = doc.error
+    if not isinstance(raw, list):
+        raise err(("spec", "lists"), "must be a list of {name, type, values}")
+    if len(raw) > MAX_LISTS:
+        raise err(("spec", "lists"), f"{len(raw)} lists: at most {MAX_LISTS}")
+    out: dict[str, NamedList] = {}
+    for i, item in enumerate(raw):
+        loc = ("spec", "lists", i)
+        if not isinstance(item, dict):
+            raise err(loc, "a list is a mapping with name, type and values")
+        for k in item:
+            if k not in ("name", "type", "values", "pattern", "validated"):
+                raise err(loc + (k,), "unknown field (expected name, type, values, pattern, validated)")
+        name, typ, values = item.get("name"), item.get("type"), item.get("values")
+        if not isinstance(name, str) or not name:
+            raise err(loc + ("name",), "name (a non-empty string) is required")
+        if name in out:
+            raise err(loc + ("name",), f"list {name!r} is defined twice")
+        if typ not in LIST_TYPES:
+            raise err(loc + ("type",), f"list type {typ!r} is not one of {', '.join(LIST_TYPES)}")
+        if typ == "generated_syscalls":
+            raise err(loc + ("type",), "not supported by Sensorium: generated_syscalls lists (every syscall, "
+                                       f"{len(_syscall_table())} hooks) are over the {MAX_HOOKS_PER_POLICY} hooks "
+                                       "of a policy; name the syscalls in a 'syscalls' list")
+        if typ == "generated_ftrace":
+            raise err(loc + ("type",), "not supported by Sensorium: generated_ftrace lists (kernel functions "
+                                       "matched by a pattern on the node) are not implemented; name the functions")
+        if "pattern" in item:
+            raise err(loc + ("pattern",), "pattern belongs to generated_ftrace lists")
+        if not isinstance(values, list) or not values:
+            raise err(loc + ("values",), "a syscalls list needs values (syscall names such as sys_dup)")
+        if len(values) > MAX_LIST_VALUES:
+            raise err(loc + ("values",), f"{len(values)} values: at most {MAX_LIST_VALUES}")
+        for j, v in enumerate(values):
+            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,64}", v):
+                raise err(loc + ("values", j), f"{v!r} is not a syscall name")
+        validated = item.get("validated")
+        if validated is not None and not isinstance(validated, bool):
+            raise err(loc + ("validated",), "validated must be true or false")
+        out[name] = NamedList(name, typ, tuple(values))
+    return out
+
+
+def _syscall_table() -> Mapping[str, int]:
+    from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
+
+    return SYSCALLS_X86_64
+
+
+def mentions_list(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.startswith("list:")
+    if isinstance(value, list):
+        return any(mentions_list(v) for v in value)
+    if isinstance(value, dict):
+        return any(mentions_list(v) for v in value.values())
+    return False
+
+
+def _list_ref(v: Any, lists: Mapping[str, NamedList], doc: Located, loc: tuple[Any, ...]) -> NamedList | None:
+    if not isinstance(v, str) or not v.startswith("list:") or "\0" in v:
+        return None  # (a NUL byte: not a name; the selector rules refuse it)
+    lst = lists.get(v[len("list:"):])
+    if lst is None:
+        raise doc.error(loc, f"{v!r} names no list of spec.lists")
+    return lst
+
+
+def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Located) -> dict[str, Any]:
+    """``spec`` with every list reference replaced (see above); ``doc``'s line map follows the items."""
+    out = dict(spec)
+    table = _syscall_table()
+    for key, value in spec.items():
+        if key == "lists" or not isinstance(value, list):
+            continue
+        items: list[Any] = []
+        origin: list[int] = []
+        for i, raw in enumerate(value):
+            raw = copy.deepcopy(raw)
+            if isinstance(raw, dict):
+                for si, sel in enumerate(raw.get("selectors") or []):
+                    for mi, m in enumerate((sel.get("matchArgs") or []) if isinstance(sel, dict) else []):
+                        if not isinstance(m, dict) or not isinstance(m.get("values"), list):
+                            continue
+                        if not isinstance(m.get("operator"), str) or m["operator"] not in ARG_OPERATORS:
+                            continue  # the model refuses the operator itself
+                        vals: list[Any] = []
+                        for vi, v in enumerate(m["values"]):
+                            vloc = ("spec", key, i, "selectors", si, "matchArgs", mi, "values", vi)
+                            lst = _list_ref(v, lists, doc, vloc)
+                            if lst is None:
+                                vals.append(v)
+                                continue
+                            if m.get("operator") not in ("InMap", "NotInMap", "Equal", "NotEqual"):
+                                raise doc.error(vloc, f"a list of syscalls compares by number: use it with InMap "
+                                                      f"or NotInMap, not {m.get('operator')}")
+                            for name in lst.values:
+                                nr = table.get(re.sub(r"^(?:__x64_)?sys_", "", name))
+                                if nr is None:
+                                    raise doc.error(vloc, f"list {lst.name!r}: {name} is not an x86_64 syscall "
+                                                          "(32-bit compat syscalls are not supported by Sensorium)")
+                                vals.append(str(nr))
+                        m["values"] = vals
+            lst = _list_ref(raw.get("call"), lists, doc, ("spec", key, i, "call")) if isinstance(raw, dict) else None
+            if lst is None:
+                items.append(raw)
+                origin.append(i)
+                continue
+            if raw.get("syscall") is False:
+                raise doc.error(("spec", key, i, "syscall"), f"list {lst.name!r} names syscalls: syscall: false "
+                                                            "contradicts it")
+            for name in lst.values:
+                items.append({**copy.deepcopy(raw), "call": name, "syscall": True})
+                origin.append(i)
+        if len(origin) != len(value) or origin != list(range(len(value))):
+            prefix = ("spec", key)
+            old = {k: ln for k, ln in doc.lines.items() if k[:2] == prefix and len(k) > 2}
+            for k in old:
+                del doc.lines[k]
+            for j, o in enumerate(origin):
+                for k, ln in old.items():
+                    if k[2] == o:
+                        doc.lines[prefix + (j,) + k[3:]] = ln
+        out[key] = items
+    return out
+

@@ -1,0 +1,27 @@
+"""The ``lsmhooks`` section of a TracingPolicy: its model (a BPF LSM hook by name).
+
+The plugin declares it in `SensorSpec.policy_sections`; `sensorium.policy` composes it into the document.
+The sensor's own rules (which hooks, arguments and actions each mechanism serves) are checked while
+planning (`sensorium_sensors.lsm.rules`), since they depend on the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from sensorium.policy import HookSpec
+from sensorium.policy_fields import bounded_str
+
+__all__ = ["LsmHookSpec"]
+
+
+class LsmHookSpec(HookSpec):
+    """An ``lsmhooks`` item: a BPF LSM hook by name (``file_open``, ``bprm_check_security``...)."""
+
+    SECTION: ClassVar[str] = "lsmhooks"
+    hook: bounded_str(128, "hook") = Field(min_length=1)  # type: ignore[valid-type]
+
+    def describe(self) -> str:
+        return self.hook
