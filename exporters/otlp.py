@@ -44,9 +44,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sensorium import hookimpl
 from sensorium.events import Event
 from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.provide import provide
 from sensorium_exporters.otlp_encode import Encoder
 
 DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
@@ -592,13 +592,9 @@ def check_target(options: OtlpOptions) -> None:
             raise TargetError(f"{p}: not readable", key=key)
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="otlp",
-        description="OpenTelemetry log records over OTLP/gRPC or OTLP/HTTP: resource attributes per pod, "
-                    "TLS, headers, gzip, retries",
-        options=OtlpOptions,
-        factory=OtlpExporter,
-        check=check_target,
-    )
+sensorium_exporter = provide(ExporterSpec(
+    name="otlp",
+    description="OpenTelemetry log records over OTLP/gRPC or OTLP/HTTP: resource attributes per pod, "
+                "TLS, headers, gzip, retries",
+    options=OtlpOptions, factory=OtlpExporter, check=check_target,
+))
