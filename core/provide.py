@@ -12,20 +12,25 @@ ExporterSpec(...)``), with the spec built once, at import: the host imports a pl
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import overload
 
 from sensorium import hookimpl
 from sensorium.hookspecs import ExporterSpec, SensorSpec
 
-S = TypeVar("S", SensorSpec, ExporterSpec)
+
+@overload
+def provide(spec: SensorSpec) -> Callable[[], SensorSpec]: ...
+@overload
+def provide(spec: ExporterSpec) -> Callable[[], ExporterSpec]: ...
 
 
-def provide(spec: S) -> Callable[[], S]:
+def provide(spec: SensorSpec | ExporterSpec) -> Callable[[], SensorSpec | ExporterSpec]:
     """The hook implementation returning ``spec``: `sensorium_sensor` for a `SensorSpec`, `sensorium_exporter`
     for an `ExporterSpec` (whatever the module attribute it is bound to is named)."""
     hook_name = "sensorium_sensor" if isinstance(spec, SensorSpec) else "sensorium_exporter"
 
-    def hook() -> S:
+    def hook() -> SensorSpec | ExporterSpec:
         return spec
 
     hook.__name__ = hook.__qualname__ = hook_name

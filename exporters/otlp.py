@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import email.utils
 import gzip
-import os
 import queue
 import re
 import threading
@@ -45,8 +44,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sensorium.events import Event
-from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite
 from sensorium.provide import provide
+from sensorium.targets import check_readable_files
 from sensorium_exporters.otlp_encode import Encoder
 
 DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
@@ -582,14 +582,7 @@ def check_target(options: OtlpOptions) -> None:
         files += [("tls.ca_file", options.tls.ca_file), ("tls.cert_file", options.tls.cert_file),
                   ("tls.key_file", options.tls.key_file)]
     files += [(f"header_files.{k}", p) for k, p in options.header_files.items()]
-    for key, path in files:
-        if path is None:
-            continue
-        p = Path(path)
-        if not p.is_file():
-            raise TargetError(f"{p} {'is not a regular file' if p.exists() else 'does not exist'}", key=key)
-        if not os.access(p, os.R_OK):
-            raise TargetError(f"{p}: not readable", key=key)
+    check_readable_files(files)
 
 
 sensorium_exporter = provide(ExporterSpec(

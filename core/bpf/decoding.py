@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ctypes
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sensorium.bpf.records import SensoriumHdr
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 HDR_SIZE = ctypes.sizeof(SensoriumHdr)
 
-Handler = Callable[[ctypes.Structure, bytes], "Event | None"]
+Handler = Callable[[Any, bytes], "Event | None"]
 """``handler(record, raw)``: the record parsed with its layout, and the raw bytes (for what follows the
 fixed part); returns the event, or None for a record that only updates state."""
 
@@ -36,7 +37,7 @@ class RecordDecoder:
         self._handlers = {t: (f"bad_{name}_size", layout, ctypes.sizeof(layout), fn)
                           for t, (name, layout, fn) in handlers.items()}
 
-    def decode_batch(self, records: Sequence[bytes]) -> list["Event"]:
+    def decode_batch(self, records: Sequence[bytes]) -> list[Event]:
         out: list[Event] = []
         for raw in records:
             if len(raw) < HDR_SIZE:

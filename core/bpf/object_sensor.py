@@ -3,7 +3,8 @@ counters. The exec and network sensors build on it; a third-party sensor may."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sensorium.hookspecs import SensorContext
@@ -22,7 +23,7 @@ class ObjectSensor:
 
     name = "sensor"
 
-    def __init__(self, ctx: "SensorContext") -> None:
+    def __init__(self, ctx: SensorContext) -> None:
         self.ctx = ctx
         self.obj: Any = None
         self.state = "stopped"
@@ -32,7 +33,7 @@ class ObjectSensor:
         if obj is not None:
             try:
                 obj.close()  # destroys its links first
-            except Exception:  # noqa: BLE001 - stop() must not raise
+            except Exception:
                 self.ctx.log.exception("closing the %s sensor's BPF object", self.name)
         self.state = "stopped"
 
