@@ -77,7 +77,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from sensorium_sensors.lsm.plugin import LsmSensor
     from sensorium_sensors.lsm.testing import LsmTestContext, scoped, scratch_cgroup
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     with tempfile.TemporaryDirectory() as tmp, scratch_cgroup("sensorium-fanotify-bench") as cg:
         t = Path(tmp)

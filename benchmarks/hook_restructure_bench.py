@@ -62,8 +62,8 @@ def main() -> int:
     from sensorium.bpf.build import build_object
     from sensorium.bpf.libbpf import LibbpfError
     from sensorium_sensors.kprobe.sensor import KprobeSensor
-    from sensorium_sensors.tracepoint import engine
-    from sensorium_sensors.tracepoint.testing import DirectContext
+    from sensorium.hooks import probes as engine
+    from sensorium.hooks.testing import DirectContext
 
     tmp = Path(tempfile.mkdtemp(prefix="sensorium-restructure-bench-"))
     old_inc, old_hook = old_sources(args.old_rev, tmp / "old")

@@ -229,13 +229,13 @@ def main() -> int:
     target = tmp / "bench-file"
     target.write_text("x")
     rig = Rig.__new__(Rig)
-    from sensorium_sensors.tracepoint.testing import DirectContext
+    from sensorium.hooks.testing import DirectContext
 
     class BenchContext(DirectContext):
         """Keeps each decoded batch as it is (an EventBatch: JSON lines, no event objects made)."""
 
-        def add_ring_buffer(self, bpf_map, decode):  # type: ignore[no-untyped-def]
-            self.reader.add(bpf_map, lambda recs: self.events.append(decode(recs)))
+        def add_ring_buffer(self, bpf_map, decode, *, native_drain=False):  # type: ignore[no-untyped-def]
+            return self.reader.add(bpf_map, lambda recs: self.events.append(decode(recs)), native_drain=native_drain)
 
     rig.ctx = BenchContext(config={"ring_buffer_kb": args.ring_kb})
     rig.sensor = KprobeSensor(rig.ctx)
@@ -248,7 +248,7 @@ def main() -> int:
         # every syscall, before any filtering (the kernel's syscall tracing path + one compare).
         mech_text = policy(name="bench-mech", op="Equal", value="/never").replace("sys_openat", "sys_getpgid") \
             .replace("{index: 1, type: string}", "{index: 1, type: int}").replace('values: ["/never"]', 'values: ["1"]')
-        from sensorium_sensors.tracepoint import engine
+        from sensorium.hooks import hookset as engine
 
         bare, nomatch, mech, nomatch_str, nomatch_pair = [], [], [], [], []
         cnomatch_pair: list[float] = []

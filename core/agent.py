@@ -25,7 +25,7 @@ from sensorium import __version__, schema
 from sensorium.bpf.progstats import by_name, enable_stats, program_stats
 from sensorium.config import AgentConfig, validate_sensor_options
 from sensorium.events import Event, ktime_to_wall_ns
-from sensorium.hookspecs import ProbeSource, Sensor, SensorSpec
+from sensorium.hookspecs import ProbeSource, RingDecoder, RingHandle, Sensor, SensorSpec
 from sensorium.pipeline import Pipeline, ReaderThread, StageContextImpl, build_stages
 from sensorium.plugins import PluginRegistry
 from sensorium.yamlsrc import SourceError, format_path
@@ -51,6 +51,7 @@ class _SensorContext:
         self.process_cache = agent.process_cache
         self.config = config
         self.objects: list[Any] = []
+        self.rings: list[RingHandle] = []  # given out by add_ring_buffer, closed when the sensor stops
 
     def build(self, probe: ProbeSource) -> Path:
         from sensorium.bpf.build import build_object
@@ -64,8 +65,11 @@ class _SensorContext:
         self.objects.append(obj)
         return obj
 
-    def add_ring_buffer(self, bpf_map: Any, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:
-        self._agent.reader.add(bpf_map, self._agent.pipeline.decoder_sink(self.name, decode))
+    def add_ring_buffer(self, bpf_map: Any, decode: RingDecoder, *, native_drain: bool = False) -> RingHandle:
+        handle = self._agent.reader.add(bpf_map, self._agent.pipeline.decoder_sink(self.name, decode),
+                                        native_drain=native_drain)
+        self.rings = [r for r in self.rings if not r.closed] + [handle]
+        return handle
 
     def emit(self, events: Iterable[Event]) -> None:
         batch = list(events)
@@ -183,13 +187,10 @@ class Agent:
         self.reader = RingBufferReader()
 
         self._start_sensors()
+        # Processes that started before the sensors (a sensor that records every exec and fork, the exec
+        # sensor, has meanwhile told the cache to stop reading /proc on a miss: `ProcessCache.proc_root`).
         scanned = self.process_cache.scan_proc()
         log.info("process cache: %d running processes read from /proc", scanned)
-        if self.slots.get("exec") is not None and self.slots["exec"].state == "running":
-            # Every process from now on has an exec or fork record: a cache miss means the record is
-            # still in flight (ProcessJoin waits for it). Reading /proc then would race with the exec and
-            # mint a second exec_id for the same process.
-            self.process_cache.proc_root = None
         self.reader_thread = ReaderThread(self.reader, self.cfg.pipeline.poll_interval_ms, self.pipeline)
         self.reader_thread.start()
 
@@ -267,28 +268,24 @@ class Agent:
             except Exception:  # noqa: BLE001 - upkeep must never take the agent down
                 log.exception("housekeeping")
 
-    def _enabled(self, name: str, spec: SensorSpec) -> bool:
-        section = self.cfg.sensors.get(name, {})
-        if name == "network" and self.cfg.network and "enabled" not in section:
-            return True  # `network: true` / `run --network` is the documented shortcut for this sensor
-        return bool(section.get("enabled", spec.enabled_by_default))
-
     def _start_sensors(self) -> None:
         doc = self.cfg.source
-        for name in self.cfg.sensors:
-            if name not in self.registry.sensors and not self.registry.record("sensor", name):
+        sections = self.cfg.sensor_sections()
+        for name, section in sections.items():
+            if name in self.registry.sensors:
+                continue
+            rec = self.registry.record("sensor", name)
+            if rec is None:
                 raise ValueError(f"sensors.{name}: no such sensor plugin is installed")
-        if self.cfg.network and "network" not in self.registry.sensors:
-            rec = self.registry.record("sensor", "network")
-            why = f"{rec.state}: {rec.reason}" if rec is not None else "not installed"
-            raise ValueError(f"network: true needs the network sensor, which is {why}")
+            if section.get("enabled"):  # asked for, yet not available: contained like any plugin failure, and said
+                log.error("sensor %s is enabled in the config but not started: %s: %s", name, rec.state, rec.reason)
         for name, spec in sorted(self.registry.sensors.items()):
             slot = SensorSlot(spec)
             self.slots[name] = slot
             if not spec.implemented:
                 slot.state, slot.reason = "not implemented", "placeholder plugin"
                 continue
-            if not self._enabled(name, spec):
+            if not sections.get(name, {}).get("enabled", spec.enabled_by_default):
                 slot.state = "disabled"
                 continue
             missing = sorted(c for c in spec.requires if not self.kernel.has(c))
@@ -297,7 +294,7 @@ class Agent:
                 slot.reason = f"kernel lacks {', '.join(missing)} (see `sensorium probe`)"
                 log.error("sensor %s not started: %s", name, slot.reason)
                 continue
-            options = validate_sensor_options(name, self.cfg.sensors.get(name, {}), spec.options, doc)
+            options = validate_sensor_options(name, sections.get(name, {}), spec.options, doc)
             slot.ctx = _SensorContext(self, name, options)
             try:
                 slot.sensor = spec.factory(slot.ctx)
@@ -321,6 +318,9 @@ class Agent:
             except Exception:  # noqa: BLE001
                 log.exception("sensor %s raised in stop()", slot.spec.name)
         if slot.ctx is not None:
+            for ring in slot.ctx.rings:  # what is left in them is delivered (`RingHandle.close`)
+                ring.close()
+            slot.ctx.rings.clear()
             for obj in slot.ctx.objects:  # whatever the sensor forgot to close
                 try:
                     obj.close()

@@ -376,16 +376,12 @@ def _stream(c: Any, filters: dict[str, Any], queue_size: int) -> Iterator[dict[s
 
 
 def _compact_formatter() -> Callable[[dict[str, Any]], str]:
+    from sensorium.compact import compact
     from sensorium.events import EVENT_KINDS, Event
-
-    try:
-        from sensorium_exporters.stdout import compact
-    except ImportError:  # pragma: no cover - the stdout exporter ships with sensorium
-        compact = None
 
     def fmt(item: dict[str, Any]) -> str:
         kind = next((k for k in item if k in EVENT_KINDS), None)
-        if kind is None or compact is None:
+        if kind is None:
             return json.dumps(item, separators=(",", ":"))
         return compact(Event(kind, item[kind], str(item.get("node_name", "")), 0))
 

@@ -188,6 +188,14 @@ class AgentConfig(Strict):
     def source(self) -> Located | None:
         return self._source
 
+    def sensor_sections(self) -> dict[str, dict[str, Any]]:
+        """Every sensor's section as the agent applies it: ``sensors`` with the config's own shortcut folded in
+        (``network: true`` is ``sensors: {network: {enabled: true}}`` unless that section says ``enabled``)."""
+        out: dict[str, dict[str, Any]] = {name: dict(section) for name, section in self.sensors.items()}
+        if self.network:
+            out.setdefault("network", {}).setdefault("enabled", True)
+        return out
+
 
 def load_config(path: str | os.PathLike[str] | None) -> AgentConfig:
     """Read and validate the config file (or the embedded defaults when ``path`` is None).

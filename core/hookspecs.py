@@ -34,8 +34,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import pluggy
 from pydantic import BaseModel
@@ -81,7 +82,7 @@ class ProbeSource:
 class BudgetCase:
     """One program of a sensor in one of its most expensive configurations: what the verifier budget test
     (tests/test_verifier_budget.py, run on the host and on every VM-lane kernel) loads to check that the
-    program verifies within ``sensorium.selectors.VERIFIER_BUDGET`` processed instructions.
+    program verifies within ``sensorium.hooks.selectors.VERIFIER_BUDGET`` processed instructions.
 
     probe: the object; program: the program (its C function name) loaded alone; config: a short label of
     the configuration (e.g. "resolved strings"); prepare: called with the opened
@@ -188,7 +189,7 @@ class PolicyView:
     section: str
     items: Sequence[BaseModel]
     mode: str = "enforcement"
-    scope: "Scope | None" = None
+    scope: Scope | None = None
     pin_dir: str | None = None
 
 
@@ -352,13 +353,38 @@ def supports_scope(sensor: object) -> bool:
     return isinstance(sensor, ScopedPolicySensor) and type(sensor).supports_scope is True
 
 
+RingDecoder = Decoder
+"""The same as `Decoder` (the name `SensorContext.add_ring_buffer` uses)."""
+
+
+@runtime_checkable
+class RingHandle(Protocol):
+    """A ring buffer the host drains for a sensor: what `SensorContext.add_ring_buffer` returns.
+
+    Close it when the program that writes the ring goes (a policy unloaded), before closing the program's
+    object; rings still open when the sensor stops are closed by the host after `Sensor.stop`."""
+
+    native_drain: bool
+    """Whether this ring is drained natively (the sensor asked with ``native_drain=True`` and the native
+    drain is available here): its decoder then receives `sensorium.bpf.ringbuf.RecordBlob` batches."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the ring is no longer drained."""
+
+    def close(self) -> None:
+        """Stop draining the ring: the records still in it are first delivered to its decoder (on the calling
+        thread, never concurrently with another decoder), then the ring leaves the host's reader. Idempotent;
+        callable from any thread, including the ring's own decoder; does not raise."""
+
+
 class SensorContext(Protocol):
     """What the host gives a sensor. Sensors use these instead of reaching into host internals."""
 
     node_name: str
     log: logging.Logger
-    kernel: "KernelCapabilities"
-    process_cache: "ProcessCache"
+    kernel: KernelCapabilities
+    process_cache: ProcessCache
     config: Mapping[str, Any]
     """This sensor's section of the agent config (``sensors: {<name>: {...}}``), already validated
     against `SensorSpec.options`, as a plain mapping."""
@@ -367,15 +393,21 @@ class SensorContext(Protocol):
         """Compile (or fetch from the cache) the CO-RE object of ``probe``; raise `BuildError` with
         the compiler's message, or one naming the missing tool, on failure."""
 
-    def open_object(self, path: Path) -> "BpfObject":
+    def open_object(self, path: Path) -> BpfObject:
         """Open a compiled object with libbpf (not yet loaded: set rodata and autoload first)."""
 
-    def add_ring_buffer(self, bpf_map: "BpfMap", decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:
-        """Drain ``bpf_map`` (a BPF_MAP_TYPE_RINGBUF) in batches on the reader thread.
+    def add_ring_buffer(self, bpf_map: BpfMap, decode: RingDecoder, *, native_drain: bool = False) -> RingHandle:
+        """Drain ``bpf_map`` (a loaded BPF_MAP_TYPE_RINGBUF) in batches on the reader thread, until the returned
+        `RingHandle` is closed (or the sensor stops).
 
-        ``decode`` receives the raw records of one batch, in ring order, and returns the events to
-        export (it may return fewer: internal records such as forks update the process cache only).
-        A decoder exception drops that batch and is counted; it does not stop the reader.
+        ``decode`` (a `Decoder`) receives the raw records of one batch, in ring order, and returns the
+        events to export (it may return fewer: internal records such as forks update the process cache
+        only). A decoder exception drops that batch and is counted; it does not stop the reader.
+        ``native_drain=True`` says the decoder also takes a `PackedRecords` (the batch's
+        records back to back in one bytes object): the host may then drain the ring in C, with no
+        interpreter work per record (`RingHandle.native_drain` says whether it does here).
+        May be called at any time, also after ``start`` (the ring of a program a policy loads: close its
+        handle when the program goes), so a sensor never needs a reader or a poll thread of its own.
         Programs should submit with ``sensorium_submit()`` from ``sensorium/common.h``, which skips the
         per-event wakeup (INFRA.md: wakeups cost 10x in a VM); the reader polls on a short timer.
         """
@@ -577,7 +609,7 @@ class StageContext(Protocol):
     log: logging.Logger
     config: Any
     """The agent config (`sensorium.config.AgentConfig`), read-only: a stage reads the section it serves."""
-    process_cache: "ProcessCache"
+    process_cache: ProcessCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -607,16 +639,19 @@ class StageSpec:
 @hookspec(firstresult=True)
 def sensorium_sensor() -> SensorSpec:
     """Return this sensor plugin's `SensorSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 @hookspec(firstresult=True)
 def sensorium_exporter() -> ExporterSpec:
     """Return this exporter plugin's `ExporterSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 @hookspec(firstresult=True)
 def sensorium_stage() -> StageSpec:
     """Return this pipeline-stage plugin's `StageSpec`. Called once per plugin at discovery."""
+    raise NotImplementedError  # a specification: plugins implement it, nothing calls this body
 
 
 HOOKS = ("sensorium_sensor", "sensorium_exporter", "sensorium_stage")

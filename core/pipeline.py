@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sensorium import hookimpl
 from sensorium.events import Event, EventBatch, kinds_of
@@ -185,7 +186,7 @@ class Pipeline:
                 events = decode(records)
                 if not isinstance(events, (list, EventBatch)):
                     events = list(events)
-            except Exception:  # noqa: BLE001 - a decoder bug must not stop the reader thread
+            except Exception:  # a decoder bug must not stop the reader thread
                 self.decode_errors[sensor] += len(records)
                 log.exception("decoder of sensor %r failed on a batch of %d records (dropped)", sensor, len(records))
                 return
@@ -213,7 +214,7 @@ class Pipeline:
             for stage in self.stages:
                 try:
                     events = stage(events)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     self.stage_errors += 1
                     log.exception("pipeline stage %r failed; batch passed on unchanged", stage)
                 if not events:
@@ -227,7 +228,7 @@ class Pipeline:
                 for cb in subs:
                     try:
                         cb(events)
-                    except Exception:  # noqa: BLE001 - a subscriber must never break export
+                    except Exception:  # a subscriber must never break export
                         log.exception("event subscriber failed")
 
     # ---- live subscribers (the API's event stream) ------------------------------------------------
@@ -259,7 +260,7 @@ class Pipeline:
 class ReaderThread(threading.Thread):
     """Drains all ring buffers every ``interval_ms`` (or sooner when a ring asks for a wakeup)."""
 
-    def __init__(self, reader: Any, interval_ms: int, pipeline: "Pipeline | None" = None) -> None:
+    def __init__(self, reader: Any, interval_ms: int, pipeline: Pipeline | None = None) -> None:
         super().__init__(name="sensorium-reader", daemon=True)
         self.reader = reader
         self.pipeline = pipeline
@@ -272,7 +273,7 @@ class ReaderThread(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self.records += self.reader.poll(self.interval_ms)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("ring buffer poll failed")
                 time.sleep(self.interval_ms / 1000)
             self.polls += 1
@@ -281,7 +282,7 @@ class ReaderThread(threading.Thread):
         # Final drain so nothing submitted before stop is lost.
         try:
             self.records += self.reader.poll(0)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("final ring buffer drain failed")
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -11,7 +11,8 @@ import dataclasses
 import fnmatch
 import logging
 import traceback
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -20,8 +21,9 @@ from sensorium.hookspecs import EXPORTER_GROUP, SENSOR_GROUP, STAGE_GROUP, Expor
 
 log = logging.getLogger("sensorium.plugins")
 
-GROUPS = {SENSOR_GROUP: ("sensorium_sensor", SensorSpec), EXPORTER_GROUP: ("sensorium_exporter", ExporterSpec),
-          STAGE_GROUP: ("sensorium_stage", StageSpec)}
+GROUPS: dict[str, tuple[str, type[SensorSpec | ExporterSpec | StageSpec]]] = {
+    SENSOR_GROUP: ("sensorium_sensor", SensorSpec), EXPORTER_GROUP: ("sensorium_exporter", ExporterSpec),
+    STAGE_GROUP: ("sensorium_stage", StageSpec)}
 KINDS = {SENSOR_GROUP: "sensor", EXPORTER_GROUP: "exporter", STAGE_GROUP: "stage"}
 
 
@@ -45,7 +47,7 @@ class PluginRecord:
         return KINDS[self.group]
 
     def as_dict(self) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "kind": self.kind,
             "name": self.name,
             "entry_point": self.target,
@@ -98,7 +100,7 @@ class PluginRegistry:
 
     # ---- discovery ------------------------------------------------------------------------------
 
-    def discover(self) -> "PluginRegistry":
+    def discover(self) -> PluginRegistry:
         """List every entry point (without importing it), then load only the allowed ones."""
         from importlib.metadata import entry_points
 
@@ -127,8 +129,9 @@ class PluginRegistry:
                 continue
             failures: dict[tuple[str, str], BaseException] = {}
 
+            # Called only while this iteration's manager loads (below), so it sees this iteration's dict.
             def on_failure(_mgr: Any, ep: Any, err: BaseException) -> None:
-                failures[(ep.name, ep.value)] = err
+                failures[(ep.name, ep.value)] = err  # noqa: B023
 
             mgr = NamedExtensionManager(
                 group, names=sorted(pending), invoke_on_load=False,

@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Annotated, Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
 from sensorium.policy_errors import PolicyError, combine_problems, errors_from_pydantic, field_loc_of
-from sensorium.policy_fields import PolicyModel, absent, bounded_list, bounded_str, choice, refused
-from sensorium.policy_values import (ADDR_OPERATORS, CAPABILITIES, PORT_OPERATORS, PRIV_PORT_OPERATORS,
-                                     SOCK_FAMILIES, SOCK_PROTOCOLS, sock_value)
+from sensorium.policy_fields import PolicyModel, absent, max_bytes, max_items, one_of, refuse
+from sensorium.policy_values import (
+    ADDR_OPERATORS,
+    CAPABILITIES,
+    PORT_OPERATORS,
+    PRIV_PORT_OPERATORS,
+    SOCK_FAMILIES,
+    SOCK_PROTOCOLS,
+    sock_value,
+)
 from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, load_documents
 
 # --------------------------------------------------------------------------------------------------
@@ -119,11 +127,11 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RATE_LIMIT = re.compile(r"^([0-9]+)([smh]?)$")
 
-MatchValue = bounded_str(MAX_STRING_VALUE_LEN, "value", numbers=True)
-Message = bounded_str(MAX_MESSAGE_LEN, "message")
-Tag = bounded_str(MAX_TAG_LEN, "tag")
-Values = bounded_list(MatchValue, MAX_VALUES_PER_OPERATOR, "values")
-Tags = bounded_list(Tag, MAX_TAGS, "tags")
+MatchValue = Annotated[str, max_bytes(MAX_STRING_VALUE_LEN, "value", numbers=True)]
+Message = Annotated[str, max_bytes(MAX_MESSAGE_LEN, "message")]
+Tag = Annotated[str, max_bytes(MAX_TAG_LEN, "tag")]
+Values = Annotated[list[MatchValue], max_items(MAX_VALUES_PER_OPERATOR, "values")]
+Tags = Annotated[list[Tag], max_items(MAX_TAGS, "tags")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,19 +147,21 @@ class ArgSpec(PolicyModel):
     """
 
     index: int = Field(ge=0, le=31)
-    type: choice("argument type", ARG_TYPES, TETRAGON_ARG_TYPES_UNSUPPORTED) = "auto"  # type: ignore[valid-type]
-    label: bounded_str(64, "label") | None = None  # type: ignore[valid-type]
+    type: Annotated[str, one_of("argument type", ARG_TYPES, TETRAGON_ARG_TYPES_UNSUPPORTED)] = "auto"
+    label: Annotated[str, max_bytes(64, "label")] | None = None
     sizeArgIndex: int | None = Field(default=None, ge=0, le=31,
                                      description="char_buf: the argument holding the size (Tetragon counts from 1)")
     returnCopy: bool = False
     maxData: bool = False
-    resolve: refused("'resolve' (following struct fields from an argument) is not implemented") = absent()  # type: ignore[valid-type]
-    btfType: refused("'btfType' is not implemented") = absent()  # type: ignore[valid-type]
+    resolve: Annotated[Any, refuse("'resolve' (following struct fields from an argument) is not implemented")] = (
+        absent())
+    btfType: Annotated[Any, refuse("'btfType' is not implemented")] = absent()
 
     @model_validator(mode="after")
-    def _char_buf_only(self) -> "ArgSpec":
+    def _char_buf_only(self) -> ArgSpec:
         if (self.sizeArgIndex is not None or self.returnCopy or self.maxData) and self.type != "char_buf":
-            raise PydanticCustomError("policy_value", "sizeArgIndex, returnCopy and maxData apply only to type char_buf")
+            raise PydanticCustomError("policy_value",
+                                      "sizeArgIndex, returnCopy and maxData apply only to type char_buf")
         if self.maxData:
             # No sensor reads the larger buffer yet; accepting it would silently read less than asked.
             raise PydanticCustomError("policy_unsupported", "maxData is not supported by Sensorium yet: char_buf "
@@ -169,11 +179,11 @@ class MatchArg(PolicyModel):
 
     index: int | None = Field(default=None, ge=0, le=31)
     args: list[Annotated[int, Field(ge=0, le=31)]] | None = None
-    operator: choice("matchArgs operator", ARG_OPERATORS, TETRAGON_ARG_OPERATORS_UNSUPPORTED)  # type: ignore[valid-type]
-    values: Values = Field(default_factory=list)  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchArgs operator", ARG_OPERATORS, TETRAGON_ARG_OPERATORS_UNSUPPORTED)]
+    values: Values = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _one_target(self) -> "MatchArg":
+    def _one_target(self) -> MatchArg:
         if (self.index is None) == (self.args is None):
             raise PydanticCustomError("policy_value", "give exactly one of 'index' and 'args'")
         if self.operator in PRIV_PORT_OPERATORS:
@@ -183,7 +193,7 @@ class MatchArg(PolicyModel):
             return self
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
-        if any(isinstance(v, str) and v.endswith("\0") for v in self.values):
+        if any(v.endswith("\0") for v in self.values):
             object.__setattr__(self, "values", self._without_terminator())
         if self.operator in ADDR_OPERATORS + PORT_OPERATORS + ("Protocol", "Family"):
             for i, v in enumerate(self.values):
@@ -195,22 +205,23 @@ class MatchArg(PolicyModel):
             raise PydanticCustomError("policy_value", "operator {op} takes exactly one value", {"op": self.operator})
         return self
 
-    def _without_terminator(self) -> list[Any]:
+    def _without_terminator(self) -> list[str]:
         """Values naming a string's terminating NUL ("security.capability\\0", as in Tetragon's cve-2023-2640
         example) mean the string up to it: for Equal and Postfix (and their Not forms) the NUL is dropped,
         which keeps the meaning for every consumer (kernel selectors and user-space matchers alike); for
         Prefix it would mean the whole string, so the author is told to write Equal. Any other NUL stays and
         is refused by the selector rules."""
-        out: list[Any] = []
+        out: list[str] = []
         for i, v in enumerate(self.values):
-            if isinstance(v, str) and v.endswith("\0") and "\0" not in v[:-1]:
+            if v.endswith("\0") and "\0" not in v[:-1]:
                 if self.operator not in ("Equal", "NotEqual", "Postfix", "NotPostfix"):
                     raise PydanticCustomError(
                         "policy_value", "values[{i}]: a {op} value ending in a NUL byte means the whole string; "
                         "write it without the NUL with operator {eq}",
                         {"i": i, "op": self.operator, "eq": "NotEqual" if self.operator.startswith("Not") else "Equal"})
-                v = v[:-1]
-            out.append(v)
+                out.append(v[:-1])
+            else:
+                out.append(v)
         return out
 
     @property
@@ -221,32 +232,33 @@ class MatchArg(PolicyModel):
     def op(self) -> str:
         """The operator with Tetragon's aliases folded (GreaterThan -> GT, LessThan -> LT; InMap/NotInMap, set
         membership, -> Equal/NotEqual, which compare against every value)."""
-        return {"GreaterThan": "GT", "LessThan": "LT", "InMap": "Equal", "NotInMap": "NotEqual"}.get(
-            self.operator, self.operator)
+        operator: str = self.operator
+        return {"GreaterThan": "GT", "LessThan": "LT", "InMap": "Equal", "NotInMap": "NotEqual"}.get(operator, operator)
 
 
 class MatchBinaries(PolicyModel):
     """The executable of the current process (its full path) against ``values``."""
 
-    operator: choice("matchBinaries operator", BINARY_OPERATORS)  # type: ignore[valid-type]
-    values: Values  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchBinaries operator", BINARY_OPERATORS)]
+    values: Values
     followChildren: bool = False
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "MatchBinaries":
+    def _non_empty(self) -> MatchBinaries:
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
         return self
 
 
 class MatchPIDs(PolicyModel):
-    operator: choice("matchPIDs operator", SET_OPERATORS)  # type: ignore[valid-type]
-    values: bounded_list(Annotated[int, Field(ge=0, le=4_294_967_295)], MAX_VALUES_PER_OPERATOR, "values")  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchPIDs operator", SET_OPERATORS)]
+    values: Annotated[list[Annotated[int, Field(ge=0, le=4_294_967_295)]],
+                      max_items(MAX_VALUES_PER_OPERATOR, "values")]
     isNamespacePID: bool = False
     followForks: bool = False
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "MatchPIDs":
+    def _non_empty(self) -> MatchPIDs:
         # An empty In matches nothing and an empty NotIn everything: neither is what the author meant.
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
@@ -256,12 +268,12 @@ class MatchPIDs(PolicyModel):
 class MatchNamespaces(PolicyModel):
     """Namespace inode numbers (or ``host_ns``: the agent's own) of one namespace type."""
 
-    namespace: choice("namespace", NAMESPACES)  # type: ignore[valid-type]
-    operator: choice("matchNamespaces operator", SET_OPERATORS)  # type: ignore[valid-type]
-    values: Values  # type: ignore[valid-type]
+    namespace: Annotated[str, one_of("namespace", NAMESPACES)]
+    operator: Annotated[str, one_of("matchNamespaces operator", SET_OPERATORS)]
+    values: Values
 
     @model_validator(mode="after")
-    def _values(self) -> "MatchNamespaces":
+    def _values(self) -> MatchNamespaces:
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
@@ -272,13 +284,13 @@ class MatchNamespaces(PolicyModel):
 
 
 class MatchCapabilities(PolicyModel):
-    type: choice("capability set", CAPABILITY_SETS) = "Effective"  # type: ignore[valid-type]
-    operator: choice("matchCapabilities operator", SET_OPERATORS)  # type: ignore[valid-type]
+    type: Annotated[str, one_of("capability set", CAPABILITY_SETS)] = "Effective"
+    operator: Annotated[str, one_of("matchCapabilities operator", SET_OPERATORS)]
     isNamespaceCapability: bool = False
-    values: Values  # type: ignore[valid-type]
+    values: Values
 
     @model_validator(mode="after")
-    def _names(self) -> "MatchCapabilities":
+    def _names(self) -> MatchCapabilities:
         if not self.values:
             raise PydanticCustomError("policy_value", "values must not be empty")
         for v in self.values:
@@ -290,22 +302,23 @@ class MatchCapabilities(PolicyModel):
 class MatchAction(PolicyModel):
     """What to do when the selector matches. ``Post`` is the default when a selector has no actions."""
 
-    action: choice("action", ACTIONS, TETRAGON_ACTIONS_UNSUPPORTED)  # type: ignore[valid-type]
+    action: Annotated[str, one_of("action", ACTIONS, TETRAGON_ACTIONS_UNSUPPORTED)]
     argSig: int | None = Field(default=None, ge=1, le=64, description="Signal: the signal number")
     argError: int | None = Field(default=None, ge=-4095, le=4095, description="Override: errno to return (negative)")
-    rateLimit: str | None = Field(default=None, description="Post: at most one event per period ('10', '5s', '1m', '1h')")
-    rateLimitScope: choice("rateLimitScope", RATE_LIMIT_SCOPES) | None = None  # type: ignore[valid-type]
-    argFd: refused("argFd belongs to FollowFD/CopyFD actions, which are not implemented") = absent()  # type: ignore[valid-type]
-    argName: refused("argName belongs to FollowFD/CopyFD actions, which are not implemented") = absent()  # type: ignore[valid-type]
-    argUrl: refused("argUrl belongs to the GetUrl action, which is not implemented") = absent()  # type: ignore[valid-type]
-    argFqdn: refused("argFqdn belongs to the DnsLookup action, which is not implemented") = absent()  # type: ignore[valid-type]
-    argSock: refused("argSock belongs to TrackSock/UntrackSock, which are not implemented") = absent()  # type: ignore[valid-type]
-    kernelStackTrace: refused("stack traces are not implemented") = absent()  # type: ignore[valid-type]
-    userStackTrace: refused("stack traces are not implemented") = absent()  # type: ignore[valid-type]
-    imaHash: refused("IMA hashes are not implemented") = absent()  # type: ignore[valid-type]
+    rateLimit: str | None = Field(default=None,
+                                  description="Post: at most one event per period ('10', '5s', '1m', '1h')")
+    rateLimitScope: Annotated[str, one_of("rateLimitScope", RATE_LIMIT_SCOPES)] | None = None
+    argFd: Annotated[Any, refuse("argFd belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
+    argName: Annotated[Any, refuse("argName belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
+    argUrl: Annotated[Any, refuse("argUrl belongs to the GetUrl action, which is not implemented")] = absent()
+    argFqdn: Annotated[Any, refuse("argFqdn belongs to the DnsLookup action, which is not implemented")] = absent()
+    argSock: Annotated[Any, refuse("argSock belongs to TrackSock/UntrackSock, which are not implemented")] = absent()
+    kernelStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
+    userStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
+    imaHash: Annotated[Any, refuse("IMA hashes are not implemented")] = absent()
 
     @model_validator(mode="after")
-    def _fields_fit_action(self) -> "MatchAction":
+    def _fields_fit_action(self) -> MatchAction:
         a = self.action
         if self.argSig is not None and a != "Signal":
             raise PydanticCustomError("policy_value", "argSig applies only to the Signal action")
@@ -345,16 +358,27 @@ class Selector(PolicyModel):
     A hook without selectors posts every call. A selector without matchActions posts (``Post``).
     """
 
-    matchArgs: bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchReturnArgs: bounded_list(MatchArg, MAX_MATCH_ARGS_PER_SELECTOR, "matchReturnArgs entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchBinaries: bounded_list(MatchBinaries, MAX_FILTERS_PER_SELECTOR, "matchBinaries entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchPIDs: bounded_list(MatchPIDs, MAX_FILTERS_PER_SELECTOR, "matchPIDs entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchNamespaces: bounded_list(MatchNamespaces, MAX_FILTERS_PER_SELECTOR, "matchNamespaces entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchCapabilities: bounded_list(MatchCapabilities, MAX_FILTERS_PER_SELECTOR, "matchCapabilities entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchActions: bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchReturnActions: bounded_list(MatchAction, MAX_ACTIONS_PER_SELECTOR, "matchReturnActions entries") = Field(default_factory=list)  # type: ignore[valid-type]
-    matchNamespaceChanges: refused("matchNamespaceChanges is not implemented") = absent()  # type: ignore[valid-type]
-    matchCapabilityChanges: refused("matchCapabilityChanges is not implemented") = absent()  # type: ignore[valid-type]
+    matchArgs: Annotated[list[MatchArg], max_items(MAX_MATCH_ARGS_PER_SELECTOR, "matchArgs entries")] = (
+        Field(default_factory=list))
+    matchReturnArgs: Annotated[list[MatchArg], max_items(MAX_MATCH_ARGS_PER_SELECTOR, "matchReturnArgs entries")] = (
+        Field(default_factory=list))
+    matchBinaries: Annotated[list[MatchBinaries], max_items(MAX_FILTERS_PER_SELECTOR, "matchBinaries entries")] = (
+        Field(default_factory=list))
+    matchPIDs: Annotated[list[MatchPIDs], max_items(MAX_FILTERS_PER_SELECTOR, "matchPIDs entries")] = (
+        Field(default_factory=list))
+    matchNamespaces: Annotated[list[MatchNamespaces],
+                               max_items(MAX_FILTERS_PER_SELECTOR, "matchNamespaces entries")] = (
+        Field(default_factory=list))
+    matchCapabilities: Annotated[list[MatchCapabilities],
+                                 max_items(MAX_FILTERS_PER_SELECTOR, "matchCapabilities entries")] = (
+        Field(default_factory=list))
+    matchActions: Annotated[list[MatchAction], max_items(MAX_ACTIONS_PER_SELECTOR, "matchActions entries")] = (
+        Field(default_factory=list))
+    matchReturnActions: Annotated[list[MatchAction],
+                                  max_items(MAX_ACTIONS_PER_SELECTOR, "matchReturnActions entries")] = (
+        Field(default_factory=list))
+    matchNamespaceChanges: Annotated[Any, refuse("matchNamespaceChanges is not implemented")] = absent()
+    matchCapabilityChanges: Annotated[Any, refuse("matchCapabilityChanges is not implemented")] = absent()
 
     @property
     def actions(self) -> list[MatchAction]:
@@ -362,8 +386,8 @@ class Selector(PolicyModel):
         return list(self.matchActions) or [MatchAction(action="Post")]
 
 
-Selectors = bounded_list(Selector, MAX_SELECTORS_PER_HOOK, "selectors")
-Args = bounded_list(ArgSpec, MAX_ARGS_PER_HOOK, "args")
+Selectors = Annotated[list[Selector], max_items(MAX_SELECTORS_PER_HOOK, "selectors")]
+Args = Annotated[list[ArgSpec], max_items(MAX_ARGS_PER_HOOK, "args")]
 
 
 class HookSpec(PolicyModel):
@@ -374,14 +398,14 @@ class HookSpec(PolicyModel):
     ``policy add`` alike)."""
 
     SECTION: ClassVar[str] = ""
-    args: Args = Field(default_factory=list)  # type: ignore[valid-type]
-    selectors: Selectors = Field(default_factory=list)  # type: ignore[valid-type]
-    message: Message | None = None  # type: ignore[valid-type]
-    tags: Tags = Field(default_factory=list)  # type: ignore[valid-type]
-    data: refused("'data' (extra data fields) is not implemented") = absent()  # type: ignore[valid-type]
+    args: Args = Field(default_factory=list)
+    selectors: Selectors = Field(default_factory=list)
+    message: Message | None = None
+    tags: Tags = Field(default_factory=list)
+    data: Annotated[Any, refuse("'data' (extra data fields) is not implemented")] = absent()
 
     @model_validator(mode="after")
-    def _return_selectors_need_return(self) -> "HookSpec":
+    def _return_selectors_need_return(self) -> HookSpec:
         returns = bool(getattr(self, "return_", False))
         for s in self.selectors:
             if (s.matchReturnArgs or s.matchReturnActions) and not returns:
@@ -419,7 +443,7 @@ class HookSpec(PolicyModel):
 
 class LabelSelectorRequirement(PolicyModel):
     key: str
-    operator: choice("matchExpressions operator", ("In", "NotIn", "Exists", "DoesNotExist"))  # type: ignore[valid-type]
+    operator: Annotated[str, one_of("matchExpressions operator", ("In", "NotIn", "Exists", "DoesNotExist"))]
     values: list[str] = Field(default_factory=list)
 
 
@@ -564,8 +588,9 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
         raise errors_from_pydantic(exc, doc, ("metadata",), Metadata) from None
     name = meta.name
     if len(name) > MAX_NAME_LEN or not _DNS1123_SUBDOMAIN.match(name):
-        raise err(("metadata", "name"), f"{name!r} is not a valid name: lower case letters, digits, '-' and '.', "
-                                        f"starting and ending with a letter or digit, at most {MAX_NAME_LEN} characters")
+        raise err(("metadata", "name"),
+                  f"{name!r} is not a valid name: lower case letters, digits, '-' and '.', "
+                  f"starting and ending with a letter or digit, at most {MAX_NAME_LEN} characters")
     namespace = meta.namespace
     if kind == "TracingPolicy" and namespace is not None:
         raise err(("metadata", "namespace"), "a cluster-wide TracingPolicy has no namespace "
@@ -659,7 +684,8 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                              "namespace needs its Kubernetes support (kubernetes.enabled in the agent config); use "
                              "kind TracingPolicy to apply it to the whole host")
     if not sections or not any(s.items for s in sections):
-        raise err(("spec",), f"the policy has no hooks (give at least one of: {', '.join(sorted(owned)) or 'none installed'})")
+        raise err(("spec",), "the policy has no hooks (give at least one of: "
+                             f"{', '.join(sorted(owned)) or 'none installed'})")
     return Policy(name=name, kind=kind, api_version=api, namespace=namespace, sections=tuple(sections), mode=mode,
                   pod_selector=pod_sel, container_selector=cont_sel, host_selector=host_sel,
                   labels=dict(meta.labels),
@@ -686,7 +712,8 @@ def _parse_options(value: Any, doc: Located) -> str:
     return mode
 
 
-def parse_policies(text: str | bytes, file: str | None, registry: Any, *, scoping_supported: bool = False) -> list[Policy]:
+def parse_policies(text: str | bytes, file: str | None, registry: Any, *,
+                   scoping_supported: bool = False) -> list[Policy]:
     """Every policy in a (multi-document) YAML text, validated against the sections ``registry`` serves.
 
     Raises `SourceError` (usually a `PolicyError`) naming file, line and field path. Nothing is loaded here.

@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 import typing
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -104,6 +105,7 @@ def combine_problems(problems: Sequence[SourceError], file: str | None) -> Polic
 
 
 
-def field_loc_of(path: str) -> tuple:
-    """``spec.podSelector.matchExpressions[0].values`` -> ``("spec", "podSelector", "matchExpressions", 0, "values")``."""
+def field_loc_of(path: str) -> tuple[str | int, ...]:
+    """``spec.podSelector.matchExpressions[0].values``
+    -> ``("spec", "podSelector", "matchExpressions", 0, "values")``."""
     return tuple(int(i) if i else n for n, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path))

@@ -7,15 +7,19 @@ every section, and every string or list a kernel map holds carries its limit in 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-__all__ = ["choice", "refused", "absent", "str_value", "bounded_str", "bounded_list", "PolicyModel"]
+__all__ = ["one_of", "refuse", "max_bytes", "max_items", "absent", "str_value", "PolicyModel",
+           "choice", "refused", "bounded_str", "bounded_list"]
 
-def choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> Any:
-    """A string from ``supported``; Tetragon's other values are refused as unsupported, the rest as unknown."""
+
+def one_of(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> BeforeValidator:
+    """The check of a string from ``supported``, for ``Annotated[str, one_of(...)]``; Tetragon's other values
+    are refused as unsupported, the rest as unknown."""
     listing = ", ".join(supported)
 
     def check(v: Any) -> Any:
@@ -31,16 +35,27 @@ def choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ())
         raise PydanticCustomError("policy_unknown", "unknown {what} '{value}' (supported: {listing})",
                                   {"what": what, "value": v, "listing": listing})
 
-    return Annotated[str, BeforeValidator(check)]
+    return BeforeValidator(check)
 
 
-def refused(why: str) -> Any:
-    """A Tetragon field we do not implement: present at all -> refused with ``why`` (never ignored)."""
+def refuse(why: str) -> BeforeValidator:
+    """The check of a Tetragon field we do not implement, for ``Annotated[Any, refuse(why)] = absent()``:
+    present at all -> refused with ``why`` (never ignored)."""
 
     def check(v: Any) -> Any:
         raise PydanticCustomError("policy_unsupported_field", "not supported by Sensorium: {why}", {"why": why})
 
-    return Annotated[Any, BeforeValidator(check)]
+    return BeforeValidator(check)
+
+
+def choice(what: str, supported: Sequence[str], unsupported: Sequence[str] = ()) -> Any:
+    """``Annotated[str, one_of(what, supported, unsupported)]``, built at run time (a type checker cannot see it)."""
+    return Annotated[str, one_of(what, supported, unsupported)]
+
+
+def refused(why: str) -> Any:
+    """``Annotated[Any, refuse(why)]``, built at run time (a type checker cannot see it)."""
+    return Annotated[Any, refuse(why)]
 
 
 def absent() -> Any:
@@ -57,9 +72,11 @@ def str_value(v: Any) -> Any:
     return v
 
 
-def bounded_str(limit: int, what: str, numbers: bool = False) -> Any:
-    """A string of at most ``limit`` bytes; ``numbers``: a YAML number is taken as written (values to compare,
-    where ``- 443`` means "443"). A name (call, subsystem, path...) given as a number is a type error."""
+def max_bytes(limit: int, what: str, numbers: bool = False) -> BeforeValidator:
+    """The check of a string of at most ``limit`` bytes, for ``Annotated[str, max_bytes(...)]`` (a type a
+    checker reads; `bounded_str` builds the same at run time). ``numbers``: a YAML number is taken as written
+    (values to compare, where ``- 443`` means "443"). A name (call, subsystem, path...) given as a number is
+    a type error."""
 
     def check(v: Any) -> Any:
         if numbers:
@@ -69,17 +86,29 @@ def bounded_str(limit: int, what: str, numbers: bool = False) -> Any:
                                       {"what": what, "n": len(v.encode()), "limit": limit})
         return v
 
-    return Annotated[str, BeforeValidator(check)]
+    return BeforeValidator(check)
 
 
-def bounded_list(item: Any, limit: int, what: str) -> Any:
+def max_items(limit: int, what: str) -> BeforeValidator:
+    """The check of a list of at most ``limit`` items, for ``Annotated[list[T], max_items(...)]``."""
+
     def check(v: Any) -> Any:
         if isinstance(v, list) and len(v) > limit:
             raise PydanticCustomError("policy_limit", "{n} {what}; the limit is {limit}",
                                       {"n": len(v), "what": what, "limit": limit})
         return v
 
-    return Annotated[list[item], BeforeValidator(check)]
+    return BeforeValidator(check)
+
+
+def bounded_str(limit: int, what: str, numbers: bool = False) -> Any:
+    """``Annotated[str, max_bytes(limit, what, numbers)]``, built at run time (a type checker cannot see it)."""
+    return Annotated[str, max_bytes(limit, what, numbers)]
+
+
+def bounded_list(item: Any, limit: int, what: str) -> Any:
+    """``Annotated[list[item], max_items(limit, what)]``, built at run time (a type checker cannot see it)."""
+    return Annotated[list[item], max_items(limit, what)]
 
 
 class PolicyModel(BaseModel):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sensorium.policy import ARG_OPERATORS, MAX_HOOKS_PER_POLICY, MAX_LIST_VALUES, MAX_LISTS
 from sensorium.yamlsrc import Located
@@ -106,8 +107,8 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Loca
             continue
         items: list[Any] = []
         origin: list[int] = []
-        for i, raw in enumerate(value):
-            raw = copy.deepcopy(raw)
+        for i, written in enumerate(value):
+            raw = copy.deepcopy(written)  # expanded below; the document's own value stays as written
             if isinstance(raw, dict):
                 for si, sel in enumerate(raw.get("selectors") or []):
                     for mi, m in enumerate((sel.get("matchArgs") or []) if isinstance(sel, dict) else []):

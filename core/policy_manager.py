@@ -36,11 +36,19 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from sensorium.hookspecs import (PersistentPolicyHandle, PolicyLoadError, PolicySensor, Scope, ScopedPolicyHandle,
-                                 Sensor, supports_scope)
+from sensorium.hookspecs import (
+    PersistentPolicyHandle,
+    PolicyLoadError,
+    PolicySensor,
+    Scope,
+    ScopedPolicyHandle,
+    Sensor,
+    supports_scope,
+)
 from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
 from sensorium.policy_persistence import PolicyPersistence
 from sensorium.policy_rules import check_rules, validate_policies
@@ -92,7 +100,7 @@ class PolicyState:
 _FIELD_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def _field_loc(field: str | None) -> tuple:
+def _field_loc(field: str | None) -> tuple[str | int, ...]:
     """``spec.kprobes[0].args[1].type`` -> ``("spec", "kprobes", 0, "args", 1, "type")``."""
     if not field:
         return ()
@@ -272,7 +280,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                         del self._policies[name]
                     if self.metrics is not None:
                         self.metrics.policy_removed(name)
-                except Exception:  # noqa: BLE001 - shutdown continues
+                except Exception:  # shutdown continues
                     log.exception("unloading policy %s", name)
 
     def release_all(self) -> list[str]:
@@ -286,7 +294,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                 if tracker is not None:
                     try:
                         tracker.close()
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("policy %s: closing its scope tracker", name)
                 pinned = st.pin_dir is not None or bool(st.adopted)
                 with st.scope_lock:
@@ -296,7 +304,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                                 ld.handle.release()
                             else:
                                 ld.handle.unload()
-                        except Exception:  # noqa: BLE001 - shutdown continues
+                        except Exception:  # shutdown continues
                             log.exception("releasing section %s of policy %s", ld.section.key, name)
                     st.loaded = []
                 if pinned and self._persistent(st) is not False:
@@ -355,7 +363,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                     for back in switched:
                         try:
                             back.handle.set_mode(st.mode)
-                        except Exception:  # noqa: BLE001
+                        except Exception:
                             log.exception("policy %s: reverting mode of section %s", name, back.section.key)
                     reason = exc.reason if isinstance(exc, PolicyLoadError) else f"{type(exc).__name__}: {exc}"
                     raise PolicyError(f"policy {name!r}: switching {ld.section.key} to {mode} failed: {reason}; "
@@ -446,7 +454,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             errors += int(s.get("errors", 0) or 0)
             mem += int(s.get("kernel_memory_bytes", 0) or 0)
             if "status_error" in s:
-                hooks.append({"section": ld.section.key, "sensor": ld.section.sensor, "status_error": s["status_error"]})
+                hooks.append({"section": ld.section.key, "sensor": ld.section.sensor,
+                              "status_error": s["status_error"]})
         if st.state != "enabled":
             # Not loaded: still say what the policy would hook.
             for sec in p.sections:
@@ -497,7 +506,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         if self.metrics is not None:
             try:
                 self.metrics.policy(name, state)
-            except Exception:  # noqa: BLE001 - metrics never fail a policy operation
+            except Exception:  # metrics never fail a policy operation
                 log.exception("policy metrics")
 
     def _get(self, name: str) -> PolicyState:
@@ -519,7 +528,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         return next((i for i in range(MAX_POLICIES) if i not in used), None)
 
     @staticmethod
-    def _line(policy: Policy, loc: tuple) -> int | None:
+    def _line(policy: Policy, loc: Sequence[str | int]) -> int | None:
         return policy.source.line_of(loc) if policy.source is not None else None
 
     def _refuse(self, policy: Policy, section: Section, exc: BaseException, doing: str) -> PolicyError:
@@ -544,7 +553,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         if sensor is None:
             rec = self.registry.record("sensor", section.sensor) if hasattr(self.registry, "record") else None
             state = getattr(rec, "state", "not running")
-            why = f" ({rec.reason})" if getattr(rec, "reason", None) else ""
+            reason = getattr(rec, "reason", None)
+            why = f" ({reason})" if reason else ""
             if state in ("loaded", "running"):
                 state = "not enabled in this agent's config"
             raise PolicyError(f"the {section.sensor!r} sensor that serves {section.key!r} is {state}{why}",
@@ -588,7 +598,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         if tracker is not None:
             try:
                 tracker.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("policy %s: closing its scope tracker", st.key)
         with st.scope_lock:  # no set_scope may run on a handle being unloaded
             self._unload(st.loaded)
@@ -625,7 +635,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                             if old is not None and isinstance(back.handle, ScopedPolicyHandle):
                                 back.handle.set_scope(old)
                             back.scope = old
-                        except Exception:  # noqa: BLE001 - the first error is the one reported
+                        except Exception:  # the first error is the one reported
                             log.exception("policy %s: restoring the scope of %s", st.key, back.section.key)
                     return
                 switched.append((ld, ld.scope))
@@ -639,12 +649,13 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             s = st.tracker.summary()
         except Exception:  # noqa: BLE001
             return ", scoped"
-        return f", scoped: {len(s.get('pods', []))} pods, {s.get('cgroups', 0)} cgroups{', host' if s.get('host') else ''}"
+        host = ", host" if s.get("host") else ""
+        return f", scoped: {len(s.get('pods', []))} pods, {s.get('cgroups', 0)} cgroups{host}"
 
     @staticmethod
     def _unload(loaded: Sequence[LoadedSection]) -> None:
         for ld in reversed(loaded):
             try:
                 ld.handle.unload()
-            except Exception:  # noqa: BLE001 - unload must not raise; if it does, the others still go
+            except Exception:  # unload must not raise; if it does, the others still go
                 log.exception("unloading section %s", ld.section.key)

@@ -10,13 +10,16 @@ active (`scan_pins`, then replaced policy by policy), and what no policy came ba
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sensorium.persistence import UntrustedFile
 from sensorium.policy import MODES, POLICY_LIMITS, PolicyError
 from sensorium.yamlsrc import SourceError, dump
 
 if TYPE_CHECKING:
+    from sensorium.policy import Policy
     from sensorium.policy_manager import PolicyState
 
 log = logging.getLogger("sensorium.policy")
@@ -28,8 +31,20 @@ class PolicyPersistence:
     """The persistent-enforcement part of `PolicyManager` (a base class of it: it uses the manager's
     ``persistence``, ``_policies``, ``_stale``, ``restore_report``, locks and transaction)."""
 
+    # What it uses of its host, declared here so that a type checker holds both to it.
     persistence: Any
     restore_report: dict[str, Any]
+    _policies: dict[str, PolicyState]
+    _stale: dict[str, list[Any]]
+    _op_lock: threading.RLock
+    _state_lock: threading.Lock
+
+    if TYPE_CHECKING:
+        def parse(self, text: str | bytes, file: str | None = None) -> list[Policy]: ...
+        def _add_policies(self, policies: Sequence[Policy], mode: str | None, origin: str,
+                          state: str = "enabled") -> list[PolicyState]: ...
+        def _free_id(self) -> int | None: ...
+        def _metric(self, name: str, state: str) -> None: ...
 
     def _keep(self, st: PolicyState) -> None:
         """An API policy is kept in the state directory (its one document, mode, state), fsynced."""
@@ -157,7 +172,8 @@ class PolicyPersistence:
             return
         from sensorium.policy_manager import PolicyState
 
-        st = PolicyState(policy=policies[0], id=pid, mode=rec.get("mode") if rec.get("mode") in MODES else
+        mode = rec.get("mode")
+        st = PolicyState(policy=policies[0], id=pid, mode=mode if isinstance(mode, str) and mode in MODES else
                          policies[0].mode, state="error", error=msg, adopted=list(gens))
         with self._state_lock:
             self._policies[key] = st

@@ -17,7 +17,8 @@ type) stays with the sensors' planning.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sensorium.policy import Policy, combine_problems, parse_policies
 from sensorium.yamlsrc import SourceError
@@ -42,11 +43,11 @@ def char_buf_size_problem(i: int, a: Any, declared: set[int]) -> list[tuple[str,
 
 
 def engine_selector_rules(item: Any, positions: Sequence[int]) -> list[tuple[str, str]]:
-    """The selector rules of the shared hook engine (`sensorium.selectors`), for the `rules` of a section it
+    """The selector rules of the shared hook engine (`sensorium.hooks.selectors`), for the `rules` of a section it
     serves (kprobes, tracepoints, uprobes). ``positions``: the argument indexes a matchArgs ``index`` may
     name (a tracepoint's by position in its args list, as Tetragon; a kprobe's or uprobe's by the parameter
     it declares, not nop)."""
-    from sensorium.selectors import SelectorError, check_selectors  # ctypes structures: loaded when needed
+    from sensorium.hooks.selectors import SelectorError, check_selectors  # ctypes structures: loaded when needed
 
     try:
         check_selectors(list(item.selectors))
@@ -77,7 +78,7 @@ def problems(policy: Policy) -> list[SourceError]:
     return found
 
 
-def _loc(field: str) -> tuple:
+def _loc(field: str) -> tuple[str | int, ...]:
     """``selectors[0].matchArgs[1].values`` -> ``("selectors", 0, "matchArgs", 1, "values")``."""
     return tuple(int(i) if i else n for n, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field))
 

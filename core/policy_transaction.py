@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sensorium.hookspecs import (PolicyHandle, PolicyLoadError, PolicySensor, PolicyView, Scope,
-                                 TransactionalPolicySensor)
-from sensorium.policy import PolicyError, Section
+from sensorium.hookspecs import (
+    PolicyHandle,
+    PolicyLoadError,
+    PolicySensor,
+    PolicyView,
+    Scope,
+    TransactionalPolicySensor,
+)
+from sensorium.policy import Policy, PolicyError, Section
 
 if TYPE_CHECKING:
     from sensorium.policy_manager import PolicyState
@@ -84,8 +91,18 @@ class PolicyTransactions:
     """The transaction rounds of `PolicyManager` (a base class of it: it uses the manager's sensors, scope
     provider, persistence and refusal helpers)."""
 
+    # What it uses of its host, declared here so that a type checker holds both to it.
     persistence: Any
     scope_provider: Any
+
+    if TYPE_CHECKING:
+        @staticmethod
+        def _line(policy: Policy, loc: Sequence[str | int]) -> int | None: ...
+        def _refuse(self, policy: Policy, section: Section, exc: BaseException, doing: str) -> PolicyError: ...
+        def _sensor_for(self, policy: Policy, section: Section) -> PolicySensor: ...
+        def _check_scope_support(self, policy: Policy) -> None: ...
+        def _scope_update(self, st: PolicyState, scope: Scope) -> None: ...
+        def _replace_stale(self, st: PolicyState) -> None: ...
 
     def _transaction(self, states: Sequence[PolicyState]) -> None:
         """Load every section of every policy in ``states`` in the rounds of `sensorium.hookspecs.PreparedSection`:
@@ -198,12 +215,12 @@ class PolicyTransactions:
                         ts.handle.unload()
                     elif ts.prepared is not None:
                         ts.prepared.abort()
-                except Exception:  # noqa: BLE001 - the others still go
+                except Exception:  # the others still go
                     log.exception("policy %s: undoing section %s", t.st.key, ts.section.key)
             if t.tracker is not None:
                 try:
                     t.tracker.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("policy %s: closing its scope tracker", t.st.key)
             if t.pin_dir is not None:
                 try:

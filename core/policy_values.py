@@ -5,7 +5,8 @@ protocols and families (matchArgs SAddr/DPort/Protocol/...), and Linux capabilit
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["sock_value", "ADDR_OPERATORS", "PORT_OPERATORS", "PRIV_PORT_OPERATORS", "SOCK_FAMILIES",
            "SOCK_PROTOCOLS", "CAPABILITIES"]
@@ -75,4 +76,5 @@ _CAPS = (
     "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
     "CHECKPOINT_RESTORE",
 )
-CAPABILITIES: Mapping[str, int] = {**{c: i for i, c in enumerate(_CAPS)}, **{"CAP_" + c: i for i, c in enumerate(_CAPS)}}
+CAPABILITIES: Mapping[str, int] = {**{c: i for i, c in enumerate(_CAPS)},
+                                   **{"CAP_" + c: i for i, c in enumerate(_CAPS)}}

@@ -19,10 +19,12 @@ import base64
 import collections
 import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sensorium import schema
 from sensorium.events import ktime_to_wall_ns, rfc3339
@@ -34,14 +36,8 @@ __all__ = ["ProcessCache", "CgroupResolver", "parse_container_id", "make_exec_id
 NAMESPACES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup",
               "user")
 
-SIGNAL_NAMES: dict[int, str] = {}
-try:  # the host's own numbering; exit records carry raw numbers
-    import signal as _signal
-
-    for _s in _signal.Signals:
-        SIGNAL_NAMES.setdefault(int(_s), _s.name)
-except Exception:  # pragma: no cover - every CPython has signal
-    pass
+# The host's own numbering; exit records carry raw numbers.
+SIGNAL_NAMES: dict[int, str] = {int(s): s.name for s in signal.Signals}
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -106,7 +102,8 @@ class CgroupResolver:
                 self.v2_root = mnt
             elif fstype == "cgroup":
                 for opt in opts.split(","):
-                    if opt in ("memory", "cpu", "pids", "devices", "freezer", "blkio", "cpuset") or opt.startswith("name="):
+                    if (opt in ("memory", "cpu", "pids", "devices", "freezer", "blkio", "cpuset")
+                            or opt.startswith("name=")):
                         self.v1_roots.setdefault(opt, mnt)
         self._cache: dict[str, dict[int, str]] = {}
         self._last_scan: dict[str, float] = {}
@@ -339,7 +336,7 @@ class ProcessCache:
     def ancestors(self, pid: int, limit: int = 64) -> list[dict[str, Any]]:
         """The parent, grandparent ... of ``pid`` while they are in the cache (nearest first)."""
         with self._lock:
-            out = []
+            out: list[dict[str, Any]] = []
             entry = self._live(pid)
             while entry is not None and entry.parent_exec_id and len(out) < limit:
                 entry = self._entries.get(entry.parent_exec_id)
@@ -456,8 +453,9 @@ class ProcessCache:
             proc["binary_deleted"] = True
         ns = info.get("ns")
         if ns:
-            proc["ns"] = self._intern({name: self._intern({"inum": int(inum), "is_host": int(inum) == self._host_ns.get(name)})
-                                       for name, inum in ns.items() if inum})
+            proc["ns"] = self._intern({
+                name: self._intern({"inum": int(inum), "is_host": int(inum) == self._host_ns.get(name)})
+                for name, inum in ns.items() if inum})
         cg = info.get("cgroup")
         if cg:
             cg = dict(cg)
@@ -475,7 +473,8 @@ class ProcessCache:
             cg.pop("parent_id", None)  # only needed to resolve the path
             cg.pop("memory_parent_id", None)
             proc["cgroup"] = self._intern(cg)
-            docker = info.get("docker") or parse_container_id(cg.get("path")) or parse_container_id(cg.get("memory_path"))
+            docker = (info.get("docker") or parse_container_id(cg.get("path"))
+                      or parse_container_id(cg.get("memory_path")))
         else:
             docker = info.get("docker")
         if docker:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 from sensorium.hookspecs import TargetError
 

@@ -181,8 +181,8 @@ def capture_registry(**exporters: Any) -> Any:
     return reg
 
 
-def plugin_registry(*, sensors: Mapping[str, Any] = {}, exporters: Mapping[str, Any] = {},  # noqa: B006
-                    stages: Mapping[str, Any] = {}) -> Any:  # noqa: B006
+def plugin_registry(*, sensors: Mapping[str, Any] = {}, exporters: Mapping[str, Any] = {},
+                    stages: Mapping[str, Any] = {}) -> Any:
     """A `PluginRegistry` holding in-process plugins by name (objects implementing the hooks), registered with
     the checks of discovery: ``plugin_registry(sensors={"widget": my_plugin})``. Parsing a policy with it
     (``sensorium.policy.parse_policy(text, file, reg)``) composes the sections its sensors declare. Raises

@@ -18,14 +18,14 @@ answered by the broker (or a missing topic) ``rejected``, so the runner's per-re
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from sensorium.events import Event
-from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite
+from sensorium.hookspecs import ExporterContext, ExportError, ExporterSpec, PartialWrite
 from sensorium.provide import provide
 from sensorium.targets import check_readable_files
 

@@ -34,17 +34,20 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from collections.abc import (
+    Mapping,  # fast isinstance() (typing.Mapping is slow)
+    Sequence,
+)
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sensorium.events import Event
-from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite
+from sensorium.hookspecs import ExporterContext, ExportError, ExporterSpec, PartialWrite
 from sensorium.provide import provide
 from sensorium.targets import check_readable_files
 from sensorium_exporters.otlp_encode import Encoder
@@ -70,7 +73,7 @@ class OtlpTls(BaseModel):
                                     "(default: the endpoint's host)")
 
     @model_validator(mode="after")
-    def _pair(self) -> "OtlpTls":
+    def _pair(self) -> OtlpTls:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (mutual TLS)")
         return self
@@ -190,7 +193,7 @@ class OtlpOptions(BaseModel):
         return out
 
     @model_validator(mode="after")
-    def _v_endpoint(self) -> "OtlpOptions":
+    def _v_endpoint(self) -> OtlpOptions:
         try:
             ep = parse_endpoint(self.endpoint, self.protocol, self.insecure)
         except ValueError as exc:
@@ -237,10 +240,12 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
 
 def _fields(buf: bytes) -> list[tuple[int, Any]]:
     """A protobuf message's top-level fields (number, int or bytes); enough to read google.rpc.Status."""
-    out, i = [], 0
+    out: list[tuple[int, Any]] = []
+    i = 0
     while i < len(buf):
         tag, i = _varint(buf, i)
         num, wire = tag >> 3, tag & 7
+        v: int | bytes
         if wire == 0:
             v, i = _varint(buf, i)
         elif wire == 2:
@@ -321,9 +326,9 @@ class GrpcTransport:
         else:
             self.channel = grpc.insecure_channel(ep.authority, options=opts)
         # The LogsService/Export method with the request already serialized (`Encoder`).
-        self.export = self.channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-                                               request_serializer=None,
-                                               response_deserializer=ExportLogsServiceResponse.FromString)
+        self.export: grpc.UnaryUnaryMultiCallable[bytes, ExportLogsServiceResponse] = self.channel.unary_unary(
+            "/opentelemetry.proto.collector.logs.v1.LogsService/Export", request_serializer=None,
+            response_deserializer=ExportLogsServiceResponse.FromString)
         self.metadata = tuple(headers.items())
         self.compression = grpc.Compression.Gzip if o.compression == "gzip" else grpc.Compression.NoCompression
         self.timeout = o.timeout_s

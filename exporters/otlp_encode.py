@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
-from typing import Any, Sequence
+from collections.abc import (
+    Mapping,  # fast isinstance() (typing.Mapping is slow)
+    Sequence,
+)
+from typing import Any
 
 from sensorium.events import Event
 
@@ -31,12 +34,18 @@ WORKLOAD_ATTRIBUTES = {
 # ---- events -> OTLP messages ----------------------------------------------------------------------
 
 
+def _mapping(v: object) -> Mapping[str, Any]:
+    """``v`` if it is a mapping, else empty: a body (and its process) is what a sensor built, typed or not,
+    and an exporter never fails on a malformed one."""
+    return v if isinstance(v, Mapping) else {}
+
+
 def severity_of(ev: Event) -> int:
     if ev.kind in _NO_ACTION_KINDS:
         return SEVERITY_INFO
     if ev.kind == "rate_limit_info":
         return SEVERITY_WARN
-    body = ev.body if isinstance(ev.body, Mapping) else {}
+    body = _mapping(ev.body)
     action = body.get("action")
     if isinstance(action, str) and action.upper() in ENFORCING_ACTIONS:
         return SEVERITY_WARN
@@ -45,8 +54,7 @@ def severity_of(ev: Event) -> int:
 
 def resource_key(ev: Event) -> tuple:
     """What tells one resource from another: the node and the pod container the process runs in."""
-    proc = ev.process
-    pod = proc.get("pod") if isinstance(proc, Mapping) else None
+    pod = _mapping(ev.process).get("pod")
     if not isinstance(pod, Mapping):
         return (ev.node_name,)
     c = pod.get("container")
@@ -97,7 +105,7 @@ def key_values(attrs: Mapping[str, Any]) -> list[Any]:
 
 def record_attributes(ev: Event) -> dict[str, Any]:
     """``event.name`` and the acting process (``process.*``), plus the policy for policy events."""
-    proc = ev.process if isinstance(ev.process, Mapping) else {}
+    proc = _mapping(ev.process)
     binary = proc.get("binary")
     args = proc.get("arguments")
     attrs: dict[str, Any] = {"event.name": ev.kind, "process.pid": proc.get("pid"),
@@ -109,7 +117,7 @@ def record_attributes(ev: Event) -> dict[str, Any]:
     attrs["process.user.id"] = proc.get("uid")
     attrs["sensorium.exec_id"] = proc.get("exec_id")
     if ev.kind not in _NO_ACTION_KINDS:
-        body = ev.body if isinstance(ev.body, Mapping) else {}
+        body = _mapping(ev.body)
         attrs["sensorium.policy_name"] = body.get("policy_name")
         attrs["sensorium.action"] = body.get("action")
     return attrs
@@ -120,7 +128,7 @@ def reference_request(events: Sequence[Event], extra_resource: Mapping[str, Any]
     bytes directly, about ten times faster (benchmarks/README.md); tests compare the two byte for byte."""
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
-    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
     from sensorium import __version__
@@ -129,7 +137,7 @@ def reference_request(events: Sequence[Event], extra_resource: Mapping[str, Any]
     for ev in events:
         sev = severity_of(ev)
         groups.setdefault(resource_key(ev), []).append(LogRecord(
-            time_unix_nano=ev.time_ns, observed_time_unix_nano=now_ns, severity_number=sev,
+            time_unix_nano=ev.time_ns, observed_time_unix_nano=now_ns, severity_number=SeverityNumber.ValueType(sev),
             severity_text="WARN" if sev == SEVERITY_WARN else "INFO", event_name=ev.kind,
             body=AnyValue(string_value=ev.json().decode()), attributes=key_values(record_attributes(ev))))
     scope = InstrumentationScope(name="sensorium", version=__version__)
@@ -239,7 +247,7 @@ class Encoder:
         # InstrumentationScope: name = 1, version = 2; as ScopeLogs.scope (field 1)
         self.scope = _ld(b"\x0a", _ld(b"\x0a", b"sensorium") + _ld(b"\x12", __version__.encode()))
         self._resources: dict[tuple, bytes] = {}
-        self._kinds: dict[str, bytes] = {}
+        self._kinds: dict[str, tuple[bytes, bytes]] = {}  # kind -> (its event_name field, its attribute)
 
     def resource(self, key: tuple) -> bytes:
         """ResourceLogs.resource (field 1): a Resource whose attributes are field 1."""
@@ -256,7 +264,7 @@ class Encoder:
         if kind is None:
             kind = self._kinds[ev.kind] = (_ld(b"\x62", ev.kind.encode()), _sattr(_K_EVENT, ev.kind))
         body = ev.json()
-        proc = ev.process if isinstance(ev.process, Mapping) else {}
+        proc = _mapping(ev.process)
         parts = [b"\x09" + _Q(ev.time_ns) if ev.time_ns else b"", _SEVERITY[severity_of(ev)],
                  _ld(b"\x2a", _ld(b"\x0a", body)), kind[1]]
         pid = proc.get("pid")
@@ -275,7 +283,7 @@ class Encoder:
                 parts.append(_sattr(k, v) if isinstance(v, str) else _iattr(k, v) if type(v) is int
                              else _ld(b"\x32", _key_value(k[1:].decode(), v)))
         if ev.kind not in _NO_ACTION_KINDS:
-            body_map = ev.body if isinstance(ev.body, Mapping) else {}
+            body_map = _mapping(ev.body)
             for key in ("policy_name", "action"):
                 v = body_map.get(key)
                 if v is not None and v != "":

@@ -58,7 +58,7 @@ def _field(num: int, payload: bytes) -> bytes:
 def status_details(code: int, message: str, retry_after_s: float) -> bytes:
     """A ``google.rpc.Status`` holding a ``google.rpc.RetryInfo`` (what ``grpc-status-details-bin`` carries)."""
     secs = int(retry_after_s)
-    nanos = int(round((retry_after_s - secs) * 1e9))
+    nanos = round((retry_after_s - secs) * 1e9)
     duration = _varint(1 << 3) + _varint(secs) + (_varint(2 << 3) + _varint(nanos) if nanos else b"")
     retry_info = _field(1, duration)
     any_msg = _field(1, b"type.googleapis.com/google.rpc.RetryInfo") + _field(2, retry_info)
@@ -123,7 +123,7 @@ class _Receiver:
     def endpoint(self) -> str:
         raise NotImplementedError
 
-    def __enter__(self) -> "_Receiver":
+    def __enter__(self) -> _Receiver:
         self.start()
         return self
 
@@ -148,7 +148,7 @@ class GrpcReceiver(_Receiver):
         rx = self
 
         class Servicer(logs_service_pb2_grpc.LogsServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the generated name
+            def Export(self, request: Any, context: Any) -> Any:  # the generated name
                 reply = rx._take_reply()
                 if reply is not None and reply.status == "partial":
                     rx._accept(request, {k: v for k, v in context.invocation_metadata()})
@@ -209,7 +209,7 @@ class HttpReceiver(_Receiver):
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path != rx.path:
                     self._answer(404, b"no such path")

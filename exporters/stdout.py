@@ -1,20 +1,17 @@
 """The stdout exporter: JSON lines (Tetragon's export format) or a one-line human view.
 
-``format: compact`` prints one line per event in the shape of ``tetra getevents -o compact``: an icon
-and a word for the event type, the pod (``namespace/name``) or else the node, the binary and its
-arguments, and for exits the signal or the exit status. Control characters from the event (a
-process's own arguments are attacker-controlled) are escaped so they cannot drive the terminal.
+``format: compact`` prints one line per event in the shape of ``tetra getevents -o compact``
+(`sensorium.compact`, which ``sensorium events -o compact`` uses too).
 """
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
-from typing import Any, BinaryIO, Literal, Sequence
+from typing import BinaryIO, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sensorium.compact import compact
 from sensorium.events import Event
 from sensorium.hookspecs import ExporterContext, ExporterSpec
 from sensorium.provide import provide
@@ -25,54 +22,6 @@ class StdoutOptions(BaseModel):
     format: Literal["json", "compact"] = "json"
     timestamps: bool = Field(default=False, description="compact: prefix each line with the event time")
     stream: Literal["stdout", "stderr"] = "stdout"
-
-
-_CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _clean(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return _CTRL.sub(lambda m: "\\x%02x" % ord(m.group()), text)
-
-
-def _head(icon: str, word: str) -> str:
-    return f"{icon} {word:<7}"  # Tetragon pads the word to 7 columns
-
-
-def _source(ev: Event, proc: Mapping[str, Any]) -> str:
-    pod = proc.get("pod")
-    if isinstance(pod, Mapping) and (pod.get("name") or pod.get("namespace")):
-        return f"{_clean(pod.get('namespace'))}/{_clean(pod.get('name'))}"
-    return _clean(ev.node_name)
-
-
-def compact(ev: Event) -> str:
-    """One human-readable line for ``ev`` (no newline)."""
-    body = ev.body if isinstance(ev.body, Mapping) else {}
-    proc = body.get("process") if isinstance(body.get("process"), Mapping) else {}
-    who = f"{_source(ev, proc)} {_clean(proc.get('binary'))}"
-    kind = ev.kind
-    if kind == "process_exec":
-        return f"{_head('🚀', 'process')} {who} {_clean(proc.get('arguments'))}".rstrip()
-    if kind == "process_exit":
-        status = body.get("signal") or body.get("status", 0)
-        return f"{_head('💥', 'exit')} {who} {_clean(proc.get('arguments'))} {_clean(status)}"
-    if kind == "process_kprobe":
-        line = f"{_head('❓', 'syscall')} {who} {_clean(body.get('function_name'))}"
-    elif kind == "process_tracepoint":
-        line = f"{_head('⁉️', 'tracepoint')} {who} {_clean(body.get('subsys'))} {_clean(body.get('event'))}"
-    elif kind == "process_uprobe":
-        line = f"{_head('🕵️', 'uprobe')} {who} {_clean(body.get('path'))} {_clean(body.get('symbol'))}"
-    elif kind == "process_lsm":
-        line = f"{_head('🔒', 'LSM')} {who} {_clean(body.get('function_name'))}"
-    elif kind == "rate_limit_info":
-        return f"{_head('🧬', 'ratelimit')} {_clean(ev.node_name)} dropped {_clean(body.get('number_of_dropped_process_events'))} events"
-    else:
-        line = f"{_head('❔', _clean(kind))} {who}"
-    action = body.get("action")
-    if action and action not in ("KPROBE_ACTION_POST", "POST"):
-        line += f" {_clean(action)}"
-    return line
 
 
 class StdoutExporter:

@@ -94,7 +94,7 @@ def start_sensors() -> tuple[Any, dict[str, Any], list[Any]]:
     """The installed registry and every implemented sensor that owns a policy section, started for real
     (each with its own direct context: real objects and ring buffers, no exporters)."""
     from sensorium.plugins import PluginRegistry
-    from sensorium_sensors.tracepoint.testing import DirectContext
+    from sensorium.hooks.testing import DirectContext
 
     reg = PluginRegistry().discover()
     sensors: dict[str, Any] = {}

@@ -120,7 +120,7 @@ HOW = """\
   runs per line; an accepted line is checked against the stdlib's reading of it) and the ring-record decoders
   (native formatter and Python paths compared, every record an event or a counted drop); and a libFuzzer
   harness built with clang `-fsanitize=fuzzer,address,undefined` over the C that reads ring records in user
-  space (core/bpf/ringdrain.c, sensors/tracepoint/fastrest.c). Each run replays the stored corpus first
+  space (core/bpf/ringdrain.c, core/hooks/fastrest.c). Each run replays the stored corpus first
   (`tests/data/fuzz-corpus/<target>/`: seeds written by `tests/fuzz/seeds.py`, and `regress-*` inputs that
   once broke something; the policy target also Tetragon's examples and the hostile policies, the config target
   the hostile configs), then mutates for `SENSORIUM_FUZZ_SECONDS` (15 s a target in the suite). The long

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from sensorium_sensors.tracepoint.testing import DirectContext, make_policy_view
+from sensorium.hooks.testing import DirectContext, make_policy_view
 
 
 class Rig:
@@ -115,6 +115,6 @@ def open_exit_available() -> bool:
 
 def open_mechanism() -> str:
     """The mechanism the status must name for an openat hook on the opened file, on this kernel."""
-    from sensorium_sensors.tracepoint import engine
+    from sensorium.hooks import probes as engine
 
     return engine.OPEN_EXIT_MECHANISM if open_exit_available() else engine.PAIR_MECHANISM

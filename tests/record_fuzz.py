@@ -27,10 +27,13 @@ from typing import Any, Callable, Iterator, Sequence
 import orjson
 
 from sensorium import schema
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 from sensorium.events import BOOT_WALL_NS, Event, ktime_to_wall_ns, rfc3339
 from sensorium.process import CgroupResolver, ProcessCache
-from sensorium_sensors.tracepoint.engine import _ARG, _EV, DROP_REASONS, EventRing, HookPlan
+from sensorium.hooks.plan import HookPlan
+from sensorium.hooks.render import ARG as _ARG
+from sensorium.hooks.render import EV as _EV
+from sensorium.hooks.ring import DROP_REASONS, EventRing
 
 U64 = (1 << 64) - 1
 NODE = 'node-"fuzz"\u00e9'  # a node name JSON must escape
@@ -105,7 +108,7 @@ def _str(key: str, kind: int = S.ARG_STR, label: str | None = None) -> S.ArgPlan
     return S.ArgPlan(kind=kind, from_=S.FROM_SYSCALL, offset=1, json_key=key, label=label)
 
 
-# Every argument the sensors plan (tracefs.py, kprobe/sensor.py, kfunc.py, uprobe, bpflsm.py), labelled or not.
+# Every argument the sensors plan (tracefs.py, sensorium.hooks.plan/syscalls, kfunc.py, uprobe, bpflsm.py), labelled or not.
 ARG_TYPES: list[S.ArgPlan] = [
     _int("int_arg", 4, True), _int("int_arg", 1, True), _int("int_arg", 2, True), _int("uint_arg", 1, False),
     _int("uint_arg", 2, False), _int("uint_arg", 4, False), _int("long_arg", 8, True), _int("size_arg", 8, False),
@@ -637,7 +640,7 @@ def check_net_batch(records: Sequence[bytes]) -> tuple[list[Event], dict[str, in
 from sensorium.hookspecs import PolicyView  # noqa: E402
 from sensorium_sensors.lsm.schema import LsmHookSpec  # noqa: E402
 from sensorium_sensors.lsm import bpflsm, netguard  # noqa: E402
-from sensorium_sensors.lsm.btf import LsmHookSig, LsmParam  # noqa: E402
+from sensorium.bpf.btf import LsmHookSig, LsmParam  # noqa: E402
 from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor  # noqa: E402
 from sensorium_sensors.lsm.rules import ArgPlan as LsmArg  # noqa: E402
 from sensorium_sensors.lsm.rules import HookPlan as LsmPlan  # noqa: E402
@@ -706,7 +709,7 @@ def check_lsm_batch(i: int, records: Sequence[bytes]) -> tuple[list[Event], int]
     ctx = Context(cache=None)
     plan, prog = lsm_program(i)
     sensor, h = lsm_handle(plan, ctx)
-    sensor._decode_lsm(h, plan, list(records), prog)
+    ctx.emit(sensor._decode_lsm(h, plan, list(records), prog))
     assert len(ctx.events) + h.errors == len(records) and h.events == len(ctx.events), (h.events, h.errors)
     for e in ctx.events:
         orjson.loads(e.json())
@@ -717,7 +720,7 @@ def check_net_guard_batch(nsel: int, records: Sequence[bytes]) -> tuple[list[Eve
     ctx = Context(cache=None)
     plan = connect_plan(nsel)
     sensor, h = lsm_handle(plan, ctx, policy_id=7)
-    sensor._decode_net(h, plan, list(records))
+    ctx.emit(sensor._decode_net(h, plan, list(records)))
     assert len(ctx.events) + h.errors == len(records) and h.events == len(ctx.events), (h.events, h.errors)
     for e in ctx.events:
         orjson.loads(e.json())

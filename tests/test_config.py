@@ -103,7 +103,7 @@ def test_a_number_written_as_a_string_is_refused(tmp_path: Path) -> None:
 
 def test_a_sensor_option_is_as_strict_as_the_config(tmp_path: Path) -> None:
     from sensorium.config import validate_sensor_options
-    from sensorium_sensors.tracepoint.engine import HookSensorOptions
+    from sensorium.hooks.sensor import HookSensorOptions
 
     p = write(tmp_path, "sensors:\n  tracepoint:\n    ring_buffer_kb: \"4096\"\n")
     cfg = load_config(p)

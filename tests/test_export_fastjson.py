@@ -1,7 +1,7 @@
 """The hook decoder's fast path (JSON assembled from byte fragments, events kept as an `EventBatch`)
 against the generic one (a dict per record, encoded by orjson), for the same records: the same bytes.
 
-User space only: records are built here in the layout of ``struct sens_event`` (engine._EV/_ARG), with
+User space only: records are built here in the layout of ``struct sens_event`` (sensorium.hooks.render.EV/ARG), with
 every argument kind, escaping case, action and process-cache case the decoder distinguishes. Then the
 batch goes through the pieces that consume it: filters, the pipeline, a runner and the file exporter.
 """
@@ -19,11 +19,14 @@ import orjson
 import pytest
 
 from sensorium import schema
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 from sensorium.events import Event, EventBatch, LazyEvent, json_lines, kinds_of, ktime_to_wall_ns
 from sensorium.filters import build_filters
 from sensorium.pipeline import Pipeline, ProcessJoin
-from sensorium_sensors.tracepoint.engine import _ARG, _EV, EventRing, HookPlan
+from sensorium.hooks.plan import HookPlan
+from sensorium.hooks.render import ARG as _ARG
+from sensorium.hooks.render import EV as _EV
+from sensorium.hooks.ring import EventRing
 
 NODE = "node-\"1\"\u00e9"  # a node name JSON must escape
 
@@ -264,7 +267,7 @@ def test_file_exporter_rotates_a_batch_on_line_boundaries(tmp_path: Path) -> Non
 
 
 # ---- the native formatter (fastrest.c) against the Python path ----------------------------------------
-from sensorium_sensors.tracepoint import native as _native  # noqa: E402
+from sensorium.hooks import native as _native  # noqa: E402
 
 
 def _decode_both(monkeypatch: pytest.MonkeyPatch, plans: dict, recs: list[bytes], cache: Any) -> tuple[Any, Any]:

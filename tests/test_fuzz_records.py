@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 import record_fuzz as R
 from reliability import Tally
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 
 LONG = os.environ.get("SENSORIUM_FUZZ") == "long"
 EXAMPLES = int(os.environ.get("SENSORIUM_FUZZ_EXAMPLES") or (10_000 if LONG else 150))

@@ -354,7 +354,7 @@ def test_fentry_dentry_arg_of_vfs_unlink(rig, cgroup2_dir, tmp_path: Path) -> No
     victim = tmp_path / "unlinked.txt"
     victim.write_text("x")
     # vfs_unlink's dentry is its third parameter since 5.12 (an idmap first), its second before (5.10)
-    from sensorium_sensors.lsm.btf import kernel_functions
+    from sensorium.bpf.btf import kernel_functions
 
     params = kernel_functions()["vfs_unlink"].params
     index = next(i for i, p in enumerate(params) if p.ctype == "struct dentry *")

@@ -38,7 +38,7 @@ except OSError as e:
 
 
 def view_of(name: str, mode: str | None = None, **subst: str):
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     text = (EXAMPLES / name).read_text()
     for k, v in subst.items():
@@ -73,7 +73,7 @@ def cg_b():
 def test_set_scope_moves_file_open_and_connect_blocks_live(sensor, cg, cg_b, tmp_path):
     """One policy with an lsm.bpf.c hook (file_open) and a sockaddr.bpf.c one (socket_connect): set_scope
     moves both between two cgroups at once; Scope() blocks nothing."""
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     secret = tmp_path / "secret.txt"
     secret.write_text("s\n")
@@ -182,7 +182,7 @@ def test_monitoring_mode_reports_and_allows(sensor, ctx, cg, tmp_path):
 
 def test_any_hook_with_typed_args_task_kill(sensor, ctx, cg):
     """A hook no fallback serves: task_kill with an int argument, Override on signal 10 (SIGUSR1)."""
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     text = """apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy

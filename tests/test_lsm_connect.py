@@ -76,7 +76,7 @@ except OSError as e:
 
 
 def view_of(name: str, mode: str | None = None, **subst: str):
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     text = (EXAMPLES / name).read_text()
     for k, v in subst.items():
@@ -85,7 +85,7 @@ def view_of(name: str, mode: str | None = None, **subst: str):
 
 
 def make_view(text: str, mode: str | None = None):
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     return make_policy_view(text, "lsmhooks", policy_id=6, mode=mode)
 

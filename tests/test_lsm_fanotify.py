@@ -40,7 +40,7 @@ if not _ok:
 
 
 def view_of(name: str, mode: str | None = None, policy_id: int = 3, **subst: str):
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     text = (EXAMPLES / name).read_text()
     for k, v in subst.items():
@@ -49,7 +49,7 @@ def view_of(name: str, mode: str | None = None, policy_id: int = 3, **subst: str
 
 
 def make_view(yaml_text: str, mode: str | None = None):
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     return make_policy_view(yaml_text, "lsmhooks", policy_id=4, mode=mode)
 
@@ -337,7 +337,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.testing import LsmTestContext, scoped
-from sensorium_sensors.tracepoint.testing import make_policy_view
+from sensorium.hooks.testing import make_policy_view
 text = open({policy!r}).read().replace("${{PROTECTED}}", {secret!r})
 s = LsmSensor(LsmTestContext(config={{"force_fallbacks": True}}))
 s.start()

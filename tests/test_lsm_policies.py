@@ -9,14 +9,14 @@ import pytest
 import dataclasses
 
 from sensorium.hookspecs import CgroupRef, PolicyLoadError, Scope
-from sensorium_sensors.lsm.btf import lsm_hooks
+from sensorium.bpf.btf import lsm_hooks
 from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.rules import plan_section
 from sensorium_sensors.lsm.testing import LsmTestContext, scoped, scratch_cgroup
 
 
 def view(body: str, mode: str | None = None):
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     text = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: bad\nspec:\n  lsmhooks:\n" + body
     return make_policy_view(text, "lsmhooks", policy_id=9, mode=mode)

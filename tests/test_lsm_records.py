@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyView
 from sensorium_sensors.lsm.schema import LsmHookSpec
 from sensorium_sensors.lsm import bpflsm, netguard
-from sensorium_sensors.lsm.btf import LsmHookSig, LsmParam
+from sensorium.bpf.btf import LsmHookSig, LsmParam
 from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor
 from sensorium_sensors.lsm.rules import ArgPlan, HookPlan
-from sensorium_sensors.tracepoint.engine import _ARG, _EV
+from sensorium.hooks.render import ARG as _ARG
+from sensorium.hooks.render import EV as _EV
 
 
 class RecordingContext:
@@ -88,7 +89,7 @@ def net_record(*, pid: int = 4242, policy_id: int = 7, rule: int = 0, hook: int 
 def test_a_socket_guard_record_becomes_one_event_with_its_decision() -> None:
     ctx = RecordingContext()
     sensor, h = handle(connect_plan("bpf_lsm", KILL_PORT_9), ctx)
-    sensor._decode_net(h, h.plans[0], [net_record()])
+    ctx.emit(sensor._decode_net(h, h.plans[0], [net_record()]))
     [ev] = ctx.events
     assert ev.body["args"] == [{"sockaddr_arg": {"family": "AF_INET", "addr": "127.0.0.1", "port": 9}}]
     assert ev.body["enforcement"]["outcome"] == "blocked" and h.events == 1 and h.errors == 0
@@ -110,7 +111,7 @@ def test_a_socket_guard_record_the_kernel_cannot_write_is_counted_and_costs_no_o
     ctx = RecordingContext()
     sensor, h = handle(connect_plan("bpf_lsm", KILL_PORT_9), ctx)
     good = net_record(action=netguard.A_POST, verdict=0)
-    sensor._decode_net(h, h.plans[0], [good, net_record(action=netguard.A_KILL | netguard.A_POST, **bad), good])
+    ctx.emit(sensor._decode_net(h, h.plans[0], [good, net_record(action=netguard.A_KILL | netguard.A_POST, **bad), good]))
     assert len(ctx.events) == 2 and h.errors == 1 and h.events == 2
     assert all(e.body["enforcement"]["outcome"] == "allowed" for e in ctx.events)
 
@@ -125,7 +126,7 @@ def _decode_in_a_child(records: str) -> list[str]:
         "me, KILL = os.getpid(), T.netguard.A_KILL | T.netguard.A_POST\n"
         "ctx = T.RecordingContext()\n"
         "sensor, h = T.handle(T.connect_plan('cgroup/connect4+connect6', T.KILL_PORT_9), ctx)\n"
-        "sensor._decode_net(h, h.plans[0], %s)\n"
+        "ctx.emit(sensor._decode_net(h, h.plans[0], %s))\n"
         "print(len(ctx.events), h.errors, *[e.body['enforcement']['outcome'] for e in ctx.events])\n"
     ) % (os.path.dirname(__file__), records)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -150,7 +151,7 @@ def test_a_kill_rule_kills_the_connecting_process() -> None:
     sensor, h = handle(connect_plan("cgroup/connect4+connect6", KILL_PORT_9), ctx)
     victim = subprocess.Popen(["sleep", "60"])
     try:
-        sensor._decode_net(h, h.plans[0], [net_record(pid=victim.pid, action=netguard.A_KILL | netguard.A_POST)])
+        ctx.emit(sensor._decode_net(h, h.plans[0], [net_record(pid=victim.pid, action=netguard.A_KILL | netguard.A_POST)]))
         assert victim.wait(10) == -signal.SIGKILL
     finally:
         victim.kill()
@@ -186,7 +187,7 @@ def test_a_bpf_lsm_record_becomes_one_event_naming_its_file_and_errno() -> None:
     ctx = RecordingContext()
     plan, prog = lsm_program(DENY_TMP)
     sensor, h = handle(plan, ctx)
-    sensor._decode_lsm(h, plan, [lsm_record(b"/tmp/x")], prog)
+    ctx.emit(sensor._decode_lsm(h, plan, [lsm_record(b"/tmp/x")], prog))
     [ev] = ctx.events
     assert ev.body["args"] == [{"file_arg": {"path": "/tmp/x"}}]
     assert ev.body["enforcement"]["outcome"] == "blocked" and ev.body["enforcement"]["errno"] == "EPERM"
@@ -205,7 +206,7 @@ def test_a_bpf_lsm_record_that_does_not_fit_its_hook_is_counted_and_costs_no_oth
     plan, prog = lsm_program(DENY_TMP)
     sensor, h = handle(plan, ctx)
     good = lsm_record(b"/tmp/ok")
-    sensor._decode_lsm(h, plan, [good, lsm_record(b"/tmp/x", **bad), good], prog)
+    ctx.emit(sensor._decode_lsm(h, plan, [good, lsm_record(b"/tmp/x", **bad), good], prog))
     assert [e.body["args"] for e in ctx.events] == [[{"file_arg": {"path": "/tmp/ok"}}]] * 2
     assert h.errors == 1 and h.events == 2
 
@@ -214,7 +215,7 @@ def test_a_hook_without_selectors_posts_with_the_kernels_no_selector_mark() -> N
     ctx = RecordingContext()
     plan, prog = lsm_program([])
     sensor, h = handle(plan, ctx)
-    sensor._decode_lsm(h, plan, [lsm_record(b"/etc/x", sel=S.MAX_SELECTORS), lsm_record(b"/etc/y", sel=0)], prog)
+    ctx.emit(sensor._decode_lsm(h, plan, [lsm_record(b"/etc/x", sel=S.MAX_SELECTORS), lsm_record(b"/etc/y", sel=0)], prog))
     assert [e.body["args"][0]["file_arg"]["path"] for e in ctx.events] == ["/etc/x"] and h.errors == 1
     assert ctx.events[0].body["enforcement"]["outcome"] == "allowed"
 

@@ -19,7 +19,7 @@ if os.geteuid() != 0:
 
 
 def view(body: str, mode: str | None = None):
-    from sensorium_sensors.tracepoint.testing import make_policy_view
+    from sensorium.hooks.testing import make_policy_view
 
     text = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: last-resort\nspec:\n  lsmhooks:\n" + body
     return make_policy_view(text, "lsmhooks", policy_id=13, mode=mode)

@@ -1,6 +1,6 @@
-"""The native ring drain (core/bpf/ringdrain.c): a map marked ``native_drain`` is consumed by a C callback
-into an arena and its batches arrive as one `RecordBlob`, holding the same records, in the same order, as
-the ctypes callback delivers for an unmarked map fed by the same calls."""
+"""The native ring drain (core/bpf/ringdrain.c): a ring added with ``native_drain=True`` is consumed by a C
+callback into an arena and its batches arrive as one `RecordBlob`, holding the same records, in the same
+order, as the ctypes callback delivers for another ring fed by the same calls."""
 
 from __future__ import annotations
 
@@ -60,11 +60,10 @@ def test_native_drain_delivers_the_same_records_as_the_ctypes_callback(objs, mon
     _need_drain()
     monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "1")
     a, b = objs(), objs()
-    a.map("events").native_drain = True
     got_a: list = []
     got_b: list = []
     with RingBufferReader() as reader:
-        reader.add(a.map("events"), got_a.append)
+        assert reader.add(a.map("events"), got_a.append, native_drain=True).native_drain
         reader.add(b.map("events"), got_b.append)
         for k in range(3):  # arena reused between polls: each poll only its own records
             _calls(range(ARG_BASE + 7000 * k, ARG_BASE + 7000 * k + 6000 + k))  # past the arena's first 4096 slots
@@ -84,10 +83,9 @@ def test_native_drain_delivers_the_same_records_as_the_ctypes_callback(objs, mon
 def test_native_drain_switched_off_gives_lists(objs, monkeypatch) -> None:
     monkeypatch.setenv("SENSORIUM_NATIVE_DECODE", "0")
     a = objs()
-    a.map("events").native_drain = True
     got: list = []
     with RingBufferReader() as reader:
-        reader.add(a.map("events"), got.append)
+        assert not reader.add(a.map("events"), got.append, native_drain=True).native_drain
         _calls(range(ARG_BASE, ARG_BASE + 10))
         assert reader.poll(0) == 10
     assert [type(x) for x in got] == [list] and len(got[0]) == 10
@@ -110,10 +108,9 @@ def test_without_a_compiler_the_ctypes_callback_drains_and_the_status_says_so(ob
     monkeypatch.setattr(ringbuf, "_drain", None)
     monkeypatch.setattr(ringbuf, "DRAIN_STATUS", "")  # restored afterwards with the rest
     a = objs()
-    a.map("events").native_drain = True
     got: list = []
     with RingBufferReader() as reader:
-        reader.add(a.map("events"), got.append)
+        assert not reader.add(a.map("events"), got.append, native_drain=True).native_drain
         _calls(range(ARG_BASE, ARG_BASE + 10))
         assert reader.poll(0) == 10
     assert [type(x) for x in got] == [list] and len(got[0]) == 10

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from sensorium_sensors.tracepoint import engine
+from sensorium.hooks import hookset as engine
+from sensorium.hooks import openexit
 from hook_helpers import open_exit_available, rig_fixture, scope_of
 
 needs_open_exit = pytest.mark.skipif(not open_exit_available(), reason="this kernel has no bpf_rdonly_cast kfunc "
@@ -253,20 +254,20 @@ spec:
 
 
 @pytest.mark.parametrize("op,value,expect", [
-    ("eq", b"/etc/shadow", (11, 3, engine.PQ_LEAF, engine.PQ_EXACT, 6, 5)),
-    ("eq", b"/" + b"x" * 254, (255, 1, engine.PQ_LEAF, engine.PQ_EXACT, 254, 1)),  # could equal a cut path
-    ("eq", b"shadow", (6, 1, engine.PQ_NEVER, 0, 0, 0)),
-    ("eq", b"/", (1, 3, engine.PQ_LEAF, engine.PQ_EXACT, 0, 1)),
-    ("prefix", b"/etc/", (5, 0, engine.PQ_TOP, engine.PQ_EXACT, 3, 1)),
-    ("prefix", b"/et", (3, 0, engine.PQ_TOP, engine.PQ_STARTS, 2, 1)),
+    ("eq", b"/etc/shadow", (11, 3, openexit.PQ_LEAF, openexit.PQ_EXACT, 6, 5)),
+    ("eq", b"/" + b"x" * 254, (255, 1, openexit.PQ_LEAF, openexit.PQ_EXACT, 254, 1)),  # could equal a cut path
+    ("eq", b"shadow", (6, 1, openexit.PQ_NEVER, 0, 0, 0)),
+    ("eq", b"/", (1, 3, openexit.PQ_LEAF, openexit.PQ_EXACT, 0, 1)),
+    ("prefix", b"/etc/", (5, 0, openexit.PQ_TOP, openexit.PQ_EXACT, 3, 1)),
+    ("prefix", b"/et", (3, 0, openexit.PQ_TOP, openexit.PQ_STARTS, 2, 1)),
     ("prefix", b"/", (1, 0, 0, 0, 0, 0)),
-    ("prefix", b"etc/", (4, 0, engine.PQ_NEVER, 0, 0, 0)),
-    ("postfix", b"/shadow", (7, 0, engine.PQ_LEAF, engine.PQ_EXACT, 6, 1)),
-    ("postfix", b"adow", (4, 0, engine.PQ_LEAF, engine.PQ_ENDS, 4, 0)),
-    ("postfix", b"etc/", (4, 0, engine.PQ_LEAF, engine.PQ_EXACT, 0, 4)),
+    ("prefix", b"etc/", (4, 0, openexit.PQ_NEVER, 0, 0, 0)),
+    ("postfix", b"/shadow", (7, 0, openexit.PQ_LEAF, openexit.PQ_EXACT, 6, 1)),
+    ("postfix", b"adow", (4, 0, openexit.PQ_LEAF, openexit.PQ_ENDS, 4, 0)),
+    ("postfix", b"etc/", (4, 0, openexit.PQ_LEAF, openexit.PQ_EXACT, 0, 4)),
 ])
 def test_early_rejection_facts_of_a_value(op: str, value: bytes, expect: tuple) -> None:
-    assert engine.pq_value(op, value) == expect
+    assert openexit.pq_value(op, value) == expect
 
 
 def test_without_the_fast_object_the_pair_serves_the_hook(rig, tree, cgroup2_dir, monkeypatch) -> None:

@@ -10,22 +10,23 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 pytest.importorskip("opentelemetry.proto")
 pytest.importorskip("grpc")
 
-from sensorium.config import load_config, validate_exporter_options  # noqa: E402
-from sensorium.events import Event  # noqa: E402
-from sensorium.exporting import ExporterContextImpl, ExporterRunner  # noqa: E402
-from sensorium.hookspecs import PartialWrite  # noqa: E402
-from sensorium.testing import make_event, runner_for, wait_until  # noqa: E402
-from sensorium.yamlsrc import SourceError  # noqa: E402
-from sensorium_exporters.otlp import OtlpExporter, OtlpOptions, check_target, parse_endpoint  # noqa: E402
-from sensorium_exporters.otlp_receiver import GrpcReceiver, HttpReceiver  # noqa: E402
+from sensorium.config import load_config, validate_exporter_options
+from sensorium.events import Event
+from sensorium.exporting import ExporterContextImpl, ExporterRunner
+from sensorium.hookspecs import PartialWrite
+from sensorium.testing import make_event, runner_for, wait_until
+from sensorium.yamlsrc import SourceError
+from sensorium_exporters.otlp import OtlpExporter, OtlpOptions, check_target, parse_endpoint
+from sensorium_exporters.otlp_receiver import GrpcReceiver, HttpReceiver
 
 RECEIVERS = {"grpc": GrpcReceiver, "http": HttpReceiver}
 
@@ -52,7 +53,8 @@ def execs(n: int, tag: str = "x", **kw: Any) -> list[Event]:
 
 
 def books_balance(st: dict[str, Any]) -> bool:
-    return st["received"] + st["generated"] == st["delivered"] + st["unconfirmed"] + st["dropped"] + st["filtered"] + st["queued"]
+    return (st["received"] + st["generated"]
+            == st["delivered"] + st["unconfirmed"] + st["dropped"] + st["filtered"] + st["queued"])
 
 
 def attrs(kvs: Any) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def test_events_arrive_as_log_records_whose_body_is_the_event_json(rx: Any) -> N
     assert st["delivered"] == 5 and st["dropped"] == 0
     recs = rx.records_list()
     assert [rec.body.string_value.encode() for _, rec in recs] == [e.json() for e in events]
-    for (_, rec), ev in zip(recs, events):
+    for (_, rec), ev in zip(recs, events, strict=True):
         assert rec.time_unix_nano == ev.time_ns
         assert rec.observed_time_unix_nano >= ev.time_ns
         assert rec.event_name == "process_exec"
@@ -126,8 +128,9 @@ def test_one_resource_logs_per_pod_or_host_not_per_record(rx: Any) -> None:
 
 def test_policy_actions_that_block_or_kill_are_warnings(rx: Any) -> None:
     def kprobe(action: str) -> Event:
-        return Event("process_kprobe", {"process": {"pid": 7, "binary": "/bin/cat"}, "function_name": "security_file_open",
-                                        "policy_name": "block-shadow", "action": action}, "test-node", time.time_ns())
+        return Event("process_kprobe", {"process": {"pid": 7, "binary": "/bin/cat"},
+                                        "function_name": "security_file_open", "policy_name": "block-shadow",
+                                        "action": action}, "test-node", time.time_ns())
     deliver(rx, [kprobe("KPROBE_ACTION_SIGKILL"), kprobe("KPROBE_ACTION_POST"), kprobe("KPROBE_ACTION_OVERRIDE")])
     recs = [rec for _, rec in rx.records_list()]
     assert [(r.severity_number, r.severity_text) for r in recs] == [(13, "WARN"), (9, "INFO"), (13, "WARN")]
@@ -263,15 +266,18 @@ def test_receiver_down_then_up_loses_nothing_and_counts_every_retry(rx: Any) -> 
         r.stop(5)
         st = r.stats()
         # in order, each once
-        assert [b["process_exec"]["process"]["arguments"] for b in fresh.bodies()] == [f"-s down-{i}" for i in range(50)]
+        assert ([b["process_exec"]["process"]["arguments"] for b in fresh.bodies()]
+                == [f"-s down-{i}" for i in range(50)])
         assert st["delivered"] == 50 and st["dropped"] == 0 and books_balance(st)
         c = ctx.counters
         # every request sent either arrived, was resent by the exporter, or was handed back to the runner
-        assert c["requests"] == len(fresh.requests) + c.get("retries", 0) + c["send_failed"] + c.get("rejected_requests", 0)
+        assert c["requests"] == (len(fresh.requests) + c.get("retries", 0) + c["send_failed"]
+                                 + c.get("rejected_requests", 0))
         assert "deferred" not in c
         assert c["send_failed"] == st["failed"] >= 2
         assert c.get("retries", 0) >= 1
-        assert st["retries"] >= 2 and st["retried"] >= 25 and set(st["retried_by_reason"]) <= {"peer_refused", "peer_unreachable"}
+        assert st["retries"] >= 2 and st["retried"] >= 25
+        assert set(st["retried_by_reason"]) <= {"peer_refused", "peer_unreachable"}
     finally:
         fresh.stop()
 
@@ -442,13 +448,14 @@ def test_sensorium_run_sends_a_real_exec_to_the_receiver(agent, kind: str) -> No
         def mine() -> list[tuple[Any, Any]]:
             return [(res, rec) for res, rec in rx.records_list()
                     if rec.event_name == "process_exec" and mark in rec.body.string_value]
-        wait_until(lambda: mine(), 30, "the exec event at the receiver")
+        wait_until(mine, 30, "the exec event at the receiver")
         (res, rec), = mine()
         body = json.loads(rec.body.string_value)
         assert body["process_exec"]["process"]["binary"] == "/usr/bin/true"
         assert body["process_exec"]["process"]["arguments"] == mark
         a = attrs(rec.attributes)
-        assert a["process.executable.path"] == "/usr/bin/true" and a["process.pid"] == body["process_exec"]["process"]["pid"]
+        assert a["process.executable.path"] == "/usr/bin/true"
+        assert a["process.pid"] == body["process_exec"]["process"]["pid"]
         assert attrs(res.attributes)["host.name"] == body["node_name"]
         assert rec.time_unix_nano > 0 and rx.headers[0]["authorization"] == "Bearer e2e"
         h.stop()
@@ -474,7 +481,6 @@ def test_the_encoder_writes_the_same_bytes_as_the_official_messages() -> None:
 
 def test_the_chart_renders_the_otlp_exporter_for_the_agent() -> None:
     import yaml
-
     from test_chart import CHART, _agent_config, by_kind, render
 
     docs = render(CHART / "ci" / "otlp-values.yaml")
@@ -522,7 +528,8 @@ def test_sigterm_with_the_collector_down_exits_within_the_grace_and_counts_what_
 
 
 def test_any_endpoint_text_is_accepted_or_refused_with_a_validation_error() -> None:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
     from pydantic import ValidationError
 
     @settings(max_examples=400, deadline=None)

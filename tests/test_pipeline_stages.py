@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sensorium import hookimpl
 from sensorium.config import AgentConfig
@@ -58,7 +59,7 @@ def test_stages_run_in_their_order_whatever_the_registration_order() -> None:
                                   "mid": stage_plugin("mid", 300 - 1, lambda c: Tag("mid"))})
     pipe = Pipeline(stages=build_stages(reg, ctx()))
     seen: list[Any] = []
-    pipe.subscribe(lambda evs: seen.extend(evs))
+    pipe.subscribe(seen.extend)
     pipe.submit([make_event()])
     assert seen[0].body["seen"] == ["early", "mid", "late"]
 
@@ -85,7 +86,7 @@ def test_a_stage_that_raises_on_a_batch_passes_it_on_unchanged() -> None:
 
     pipe = Pipeline(stages=[bad, Tag("after")])
     seen: list[Any] = []
-    pipe.subscribe(lambda evs: seen.extend(evs))
+    pipe.subscribe(seen.extend)
     pipe.submit([make_event()])
     assert pipe.stage_errors == 1 and seen[0].body["seen"] == ["after"]
 

@@ -24,7 +24,7 @@ def _protocol_members() -> list[tuple[str, str]]:
         for member, value in cls.__dict__.items():
             if inspect.isfunction(value) and value.__qualname__.startswith(cls.__qualname__ + "."):
                 out.append((name, member))
-        out.extend((name, member) for member in cls.__dict__.get("__annotations__", {}))
+        out.extend((name, member) for member in inspect.get_annotations(cls))
     return out
 
 

@@ -4,7 +4,8 @@ file, line and field like a built-in section's, and its kernel-independent rules
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import pytest
 from pydantic import Field

@@ -21,12 +21,13 @@ def test_every_field_has_the_recorded_outcome() -> None:
     assert [(r["group"], r["field"]) for r in observed] == [(r["group"], r["field"]) for r in recorded], \
         "the catalogue changed: record it (scripts/policy_fields.py --record)"
     changed = [f"{o['group']} {o['field']}: recorded {r['status']} ({r['reason']}), now {o['status']} ({o['reason']})"
-               for o, r in zip(observed, recorded) if o != r]
+               for o, r in zip(observed, recorded, strict=True) if o != r]
     assert not changed, "outcomes changed (record them with scripts/policy_fields.py --record):\n" + "\n".join(changed)
 
 
 def test_the_doc_is_the_record() -> None:
-    assert F.DOC.read_text() == F.render(F.load_record()), "docs/policy-fields.md is stale: run scripts/policy_fields.py"
+    assert F.DOC.read_text() == F.render(F.load_record()), \
+        "docs/policy-fields.md is stale: run scripts/policy_fields.py"
 
 
 def test_the_catalogue_names_what_the_docs_promise() -> None:

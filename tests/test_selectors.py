@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
 from hook_helpers import rig_fixture, scope_of, string_args

@@ -9,9 +9,11 @@ import struct
 
 import pytest
 
-from sensorium import selectors as S
-from sensorium_sensors.tracepoint.engine import EventRing, HookPlan, _EV
-from sensorium_sensors.tracepoint.testing import DirectContext
+from sensorium.hooks import selectors as S
+from sensorium.hooks.plan import HookPlan
+from sensorium.hooks.render import EV as _EV
+from sensorium.hooks.ring import EventRing
+from sensorium.hooks.testing import DirectContext
 
 
 class _HS:
@@ -60,7 +62,7 @@ def test_damaged_records_never_raise() -> None:
 
 # ---- records that do not fit their hook: dropped one by one and counted, never rendered ----------------
 # Found by tests/test_fuzz_records.py. The kernel writes a hook's arguments in order, each of the kind the
-# hook declares, and data_len is exactly their size (engine.render_args); anything else is not a record of
+# hook declares, and data_len is exactly their size (sensorium.hooks.render.render_args); anything else is not a record of
 # this hook and must not become an event with made-up content, nor cost the other records of its batch.
 
 INT7 = struct.pack("<BBHIq", 1, 0, 8, 0, 7)

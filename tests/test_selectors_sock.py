@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 from sensorium.policy import PolicyError
 from sensorium_sensors.kprobe.sensor import KprobeSensor

@@ -179,7 +179,7 @@ spec:
 
 @pytest.mark.parametrize("open_exit", [True, False], ids=["tp_btf-sys_exit", "sys_enter+sys_exit"])
 def test_unload_detaches_everything(rig, monkeypatch, open_exit: bool) -> None:
-    from sensorium_sensors.tracepoint import engine
+    from sensorium.hooks import hookset as engine
 
     if open_exit and not open_exit_available():
         pytest.skip("this kernel has no bpf_rdonly_cast kfunc (6.2+): the exit-only program does not load here")

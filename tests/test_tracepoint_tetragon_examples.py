@@ -14,7 +14,7 @@ from sensorium.hookspecs import PolicyLoadError
 from sensorium.policy import parse_policy
 from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium_sensors.tracepoint.sensor import TracepointSensor
-from sensorium_sensors.tracepoint.testing import _Sections
+from sensorium.hooks.testing import _Sections
 from hook_helpers import Rig, string_args, gone, our_program_ids
 
 pytestmark = [pytest.mark.kernel]

@@ -1,5 +1,5 @@
 """The verifier budget (DESIGN.md): every program every sensor ships verifies in at most
-`sensorium.selectors.VERIFIER_BUDGET` processed instructions (20% of the kernel's 1M limit) in its most
+`sensorium.hooks.selectors.VERIFIER_BUDGET` processed instructions (20% of the kernel's 1M limit) in its most
 expensive configuration, measured by the kernel itself (bpf_prog_info.verified_insns, or the verifier's
 statistics line before 5.16).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 from sensorium.bpf.build import build_object
 from sensorium.bpf.libbpf import BpfObject, LibbpfError
 from sensorium.hookspecs import BudgetCase, ProbeSource

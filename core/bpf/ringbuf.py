@@ -5,10 +5,16 @@ only up to its timeout and then always consumes every ring. The per-record work 
 callback that copies the record out and appends it to that ring's list; the list is handed to the
 ring's ``on_batch`` once per poll.
 
-A map marked ``native_drain = True`` by its sensor (the hook engine's ring) is drained by ringdrain.c
-instead, when it builds (`sensorium.bpf.native`) and ``SENSORIUM_NATIVE_DECODE`` is not 0: a C callback
-appends every record to an arena, and ``on_batch`` gets one `RecordBlob` (a ``Sequence[bytes]`` over one
-bytes blob) per poll: no interpreter work per record. `DRAIN_STATUS` says whether the library loaded.
+A ring added with ``native_drain=True`` (the hook engine's) is drained by ringdrain.c instead, when it
+builds (`sensorium.bpf.native`) and ``SENSORIUM_NATIVE_DECODE`` is not 0: a C callback appends every
+record to an arena, and ``on_batch`` gets one `RecordBlob` (a ``Sequence[bytes]`` over one bytes blob)
+per poll: no interpreter work per record. `DRAIN_STATUS` says whether the library loaded.
+
+Rings come and go while the reader runs (a policy's own program): `RingBufferReader.add` returns a
+`RingSubscription` (the contract's `sensorium.hookspecs.RingHandle`) whose ``close`` delivers what is left
+in the ring and takes it out of the reader. libbpf cannot remove one ring from a ``ring_buffer``, so the
+reader then rebuilds it from the rings that stay (the kernel keeps each ring's consumer position: nothing
+is read twice or lost). One lock serialises polls, adds and closes, so decoders never run concurrently.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import array
 import ctypes
 import errno
 import itertools
+import os
 import select
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence, overload
 
 from sensorium.bpf.libbpf import BpfMap, LibbpfError, MapType, lib
 
-__all__ = ["RingBufferReader", "RecordBlob", "DRAIN_STATUS"]
+__all__ = ["RingBufferReader", "RingSubscription", "RecordBlob", "DRAIN_STATUS"]
 
 DRAIN_STATUS = "python (native drain not loaded yet)"
 _drain_lock = threading.Lock()
@@ -60,9 +67,10 @@ def _drain_lib() -> Any:
     return _drain
 
 
-class RecordBlob(Sequence):  # Sequence[bytes]
+class RecordBlob(Sequence[bytes]):
     """The records of one poll of a natively drained ring: ``blob`` holds them back to back, ``lens`` (an
-    ``array('I')``) their sizes. Indexing or iterating makes the records as bytes (once)."""
+    ``array('I')``) their sizes. A ``Sequence[bytes]`` like any batch: indexing or iterating makes the records
+    as bytes (once); a decoder that knows the layout may read ``blob``/``lens`` directly instead."""
 
     __slots__ = ("blob", "lens", "_list")
 
@@ -81,10 +89,16 @@ class RecordBlob(Sequence):  # Sequence[bytes]
     def __len__(self) -> int:
         return len(self.lens)
 
-    def __getitem__(self, i: Any) -> Any:
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
         return self._records()[i]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self._records())
 
 _SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
@@ -98,11 +112,16 @@ _SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ct
 _ADDRESS_SPACE = memoryview((ctypes.c_char * (1 << 56)).from_address(0)).cast("B")
 
 
-class _Ring:
-    __slots__ = ("name", "on_batch", "records", "callback", "arena", "cb_ptr", "ctx")
+OnBatch = Callable[[Sequence[bytes]], None]
+"""What a ring's batches go to: a list of the records as bytes, or a `RecordBlob` for a natively drained ring."""
 
-    def __init__(self, name: str, on_batch: Callable[[list[bytes]], None], native: bool = False) -> None:
+
+class _Ring:
+    __slots__ = ("name", "on_batch", "records", "callback", "arena", "cb_ptr", "ctx", "fd")
+
+    def __init__(self, name: str, fd: int, on_batch: OnBatch, native: bool = False) -> None:
         self.name = name
+        self.fd = fd  # our own dup of the map's fd: the reader is rebuilt from it when another ring goes
         self.on_batch = on_batch
         self.records: list[bytes] = []
         self.arena: Any = None
@@ -131,6 +150,9 @@ class _Ring:
         if self.arena is not None:
             _drain_lib().rd_free(self.arena)
             self.arena = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def take(self) -> Any:
         """This poll's records (and empty the ring's buffer), or None when there are none."""
@@ -150,47 +172,104 @@ class _Ring:
         return batch
 
 
+class RingSubscription:
+    """One ring of a `RingBufferReader` (what `RingBufferReader.add` returns; the contract's
+    `sensorium.hookspecs.RingHandle`)."""
+
+    def __init__(self, reader: "RingBufferReader", ring: _Ring) -> None:
+        self._reader, self._ring = reader, ring
+        self.native_drain = ring.arena is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._ring not in self._reader._rings
+
+    def close(self) -> None:
+        """Deliver what is still in the ring to its ``on_batch``, then stop reading it. Idempotent."""
+        self._reader._remove(self._ring)
+
+
 class RingBufferReader:
-    """Reads one or more BPF_MAP_TYPE_RINGBUF maps. Not thread-safe: use it from one thread."""
+    """Reads one or more BPF_MAP_TYPE_RINGBUF maps. `poll` from one thread (the reader's); `add` and
+    `RingSubscription.close` from any (they wait for a poll in progress)."""
 
     def __init__(self) -> None:
         self._rb: int | None = None
         self._rings: list[_Ring] = []
         self._closed = False
+        self._lock = threading.RLock()  # reentrant: a decoder may close a ring from its own batch
 
-    def add(self, bpf_map: BpfMap, on_batch: Callable[[list[bytes]], None]) -> None:
-        """Read ``bpf_map`` (loaded, a ringbuf) and pass its records of each poll to ``on_batch``."""
-        if self._closed:
-            raise LibbpfError(errno.EBADF, "RingBufferReader is closed")
+    def add(self, bpf_map: BpfMap, on_batch: OnBatch, *, native_drain: bool = False) -> RingSubscription:
+        """Read ``bpf_map`` (loaded, a ringbuf) and pass its records of each poll to ``on_batch``.
+
+        ``native_drain``: ``on_batch`` accepts a `RecordBlob`; the ring is then drained by ringdrain.c where
+        it builds (else as any other ring: a list of bytes)."""
         if bpf_map.type != MapType.RINGBUF:
             raise ValueError(f"{bpf_map._what()} is not a ring buffer (map type {bpf_map.type})")
         fd = bpf_map.fd
         if fd < 0:
             raise LibbpfError(errno.EBADF, f"{bpf_map._what()} has no fd (object not loaded?)")
-        native = bool(getattr(bpf_map, "native_drain", False))
+        native = native_drain
         if native:
             from sensorium.bpf.native import native_enabled
 
             native = native_enabled() and _drain_lib() is not None
-        ring = _Ring(bpf_map.name, on_batch, native)
+        with self._lock:
+            if self._closed:
+                raise LibbpfError(errno.EBADF, "RingBufferReader is closed")
+            ring = _Ring(bpf_map.name, os.dup(fd), on_batch, native)
+            try:
+                self._attach(ring)
+            except BaseException:
+                ring.free()
+                raise
+            self._rings.append(ring)
+        return RingSubscription(self, ring)
+
+    def _attach(self, ring: _Ring) -> None:
+        """Add ``ring`` to the libbpf ring_buffer (made with it when there is none). Holds the lock."""
         L = lib()
         if self._rb is None:
-            rb = L.ring_buffer__new(fd, ring.cb_ptr, ring.ctx, None)
+            rb = L.ring_buffer__new(ring.fd, ring.cb_ptr, ring.ctx, None)
             if not rb:
-                ring.free()
-                raise LibbpfError(ctypes.get_errno() or errno.EIO, f"ring_buffer__new for {bpf_map._what()}")
+                raise LibbpfError(ctypes.get_errno() or errno.EIO, f"ring_buffer__new for map {ring.name}")
             self._rb = rb
         else:
-            err = L.ring_buffer__add(self._rb, fd, ring.cb_ptr, ring.ctx)
+            err = L.ring_buffer__add(self._rb, ring.fd, ring.cb_ptr, ring.ctx)
             if err < 0:
+                raise LibbpfError(err, f"ring_buffer__add for map {ring.name}")
+
+    def _remove(self, ring: _Ring) -> None:
+        with self._lock:
+            if ring not in self._rings:
+                return
+            try:
+                self._consume_and_deliver(only=ring)  # what is left in it goes to its decoder first
+            except Exception:  # noqa: BLE001 - a decoder failing on the last batch must not keep the ring
+                pass  # (the host's decoder sink counts its own failures)
+            finally:
+                self._rings.remove(ring)
+                rb, self._rb = self._rb, None
+                if rb is not None:
+                    lib().ring_buffer__free(rb)
                 ring.free()
-                raise LibbpfError(err, f"ring_buffer__add for {bpf_map._what()}")
-        self._rings.append(ring)
+                # The others were consumed up to now (their records wait in their own buffers for the next
+                # poll): a new ring_buffer over them goes on from each ring's consumer position.
+                for other in list(self._rings):
+                    try:
+                        self._attach(other)
+                    except LibbpfError:
+                        self._rings.remove(other)
+                        other.free()
+                        raise
 
     @property
     def epoll_fd(self) -> int:
-        """The epoll fd (readable after a wakeup); -1 before the first `add`."""
-        return lib().ring_buffer__epoll_fd(self._rb) if self._rb is not None else -1
+        """The epoll fd (readable after a wakeup); -1 while there is no ring. A close may rebuild the
+        ring_buffer, and with it this fd."""
+        with self._lock:
+            rb = self._rb
+            return lib().ring_buffer__epoll_fd(rb) if rb is not None else -1
 
     def poll(self, timeout_ms: int) -> int:
         """Wait up to ``timeout_ms`` (0: not at all, < 0: no limit) for a wakeup, then consume all rings;
@@ -202,19 +281,30 @@ class RingBufferReader:
         if self._rb is None:
             if self._closed:
                 raise LibbpfError(errno.EBADF, "RingBufferReader is closed")
+            if timeout_ms > 0:  # nothing to read yet: wait as a poll would, rings may come meanwhile
+                select.select([], [], [], timeout_ms / 1000.0)
             return 0
-        L = lib()
         if timeout_ms != 0:  # < 0: until a wakeup (only sensible with programs that send them)
+            with self._lock:  # the ring_buffer may be rebuilt by another thread: its fd, read while it exists
+                rb = self._rb
+                epfd = lib().ring_buffer__epoll_fd(rb) if rb is not None else -1
             try:
-                select.select([L.ring_buffer__epoll_fd(self._rb)], [], [],
-                              timeout_ms / 1000.0 if timeout_ms > 0 else None)
-            except InterruptedError:
-                pass
-        n = L.ring_buffer__consume(self._rb)
+                select.select([epfd], [], [], timeout_ms / 1000.0 if timeout_ms > 0 else None)
+            except (InterruptedError, OSError, ValueError):
+                pass  # interrupted, or the ring_buffer was rebuilt meanwhile (its epoll fd is gone): read now
+        with self._lock:
+            return self._consume_and_deliver()
+
+    def _consume_and_deliver(self, only: _Ring | None = None) -> int:
+        """Consume every ring, then hand each ring's batch (``only``: that ring's alone) to its ``on_batch``.
+        Holds the lock."""
+        if self._rb is None:
+            return 0
+        n = lib().ring_buffer__consume(self._rb)
         if n < 0:
             raise LibbpfError(n, f"ring_buffer__consume ({', '.join(r.name for r in self._rings)})")
         first_error: BaseException | None = None
-        for ring in self._rings:
+        for ring in self._rings if only is None else [only]:
             batch = ring.take()
             if batch is not None:
                 try:
@@ -228,13 +318,14 @@ class RingBufferReader:
 
     def close(self) -> None:
         """Free the libbpf ring buffer (the maps stay owned by their objects). Idempotent."""
-        rb, self._rb = self._rb, None
-        self._closed = True
-        if rb is not None:
-            lib().ring_buffer__free(rb)
-        for ring in self._rings:  # after the ring_buffer: its callbacks write into the arenas
-            ring.free()
-        self._rings.clear()
+        with self._lock:
+            rb, self._rb = self._rb, None
+            self._closed = True
+            if rb is not None:
+                lib().ring_buffer__free(rb)
+            for ring in self._rings:  # after the ring_buffer: its callbacks write into the arenas
+                ring.free()
+            self._rings.clear()
 
     def __enter__(self) -> "RingBufferReader":
         return self
@@ -245,5 +336,5 @@ class RingBufferReader:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - interpreter shutdown
             pass

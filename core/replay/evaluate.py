@@ -19,13 +19,13 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sensorium.policy import (
+from sensorium.policy import HookSpec
+from sensorium.policy_values import (
     ADDR_OPERATORS,
     PORT_OPERATORS,
     PRIV_PORT_OPERATORS,
     SOCK_FAMILIES,
     SOCK_PROTOCOLS,
-    HookSpec,
     sock_value,
 )
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64

@@ -28,8 +28,9 @@ _RELATIVE = re.compile(r"^(\d+)(s|m|h|d|w)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_rfc3339(text: str) -> int:
-    """``2026-12-07T13:01:43.555697603Z`` -> nanoseconds since the epoch. ValueError says what is wrong."""
+def parse_rfc3339(text: object) -> int:
+    """``2026-12-07T13:01:43.555697603Z`` -> nanoseconds since the epoch. ValueError says what is wrong (a
+    record's ``time`` is whatever its JSON holds, so a non-string is refused here too)."""
     m = _RFC3339.match(text.strip()) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"{text!r} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z)")

@@ -33,6 +33,13 @@ class ExecSensor(ObjectSensor):
             obj.load()
             obj.attach_all()
             self.ctx.add_ring_buffer(obj.map("exec_events"), self.decoder.decode_batch)
+            cache = self.ctx.process_cache
+            if cache is not None:
+                # Every process from now on has an exec or fork record in this ring: a cache miss means the
+                # record is still in flight (ProcessJoin waits for it). Reading /proc then would race with the
+                # exec and mint a second exec_id for the same process. (The host's scan of /proc at start
+                # reads it explicitly, whatever this says.)
+                cache.proc_root = None
         except BaseException:
             self.stop()
             raise

@@ -24,22 +24,23 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
-from sensorium import selectors as S
+from sensorium.bpf.btf import kernel_functions
 from sensorium.hookspecs import PolicyLoadError, ProbeSource
-from sensorium_sensors.tracepoint.engine import HookPlan, HookSet
-from sensorium_sensors.tracepoint.sensor import _extras
+from sensorium.hooks import selectors as S
+from sensorium.hooks.budget import TRACKING, engine_cases
+from sensorium.hooks.hookset import HookSet
+from sensorium.hooks.plan import POLICY_INTS, HookPlan, extras, without_override
+from sensorium.hooks.render import EV as _EV
 
 __all__ = ["plan_kernel_function", "KfuncHookSet", "KFUNC_PROBE", "sock_event_fixup", "overridable",
            "KF_PRE_STR", "KF_PRE_SOCK"]
 
 HERE = Path(__file__).resolve().parent
 KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4  # KF_PRE_SOCK: unused (sock args are ARG_SOCK)
-DEREF_FILE, DEREF_PATH = 8, 9  # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
 ACT_OVERRIDE = 8  # an actions bit the engine ignores and copies into the event (kfunc.bpf.c: fmod_ret)
-_EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event (selectors.h)
 ERROR_INJECTION_LISTS = ("/sys/kernel/debug/error_injection/list", "/sys/kernel/tracing/../debug/error_injection/list")
 
-# C integer types (as sensors/lsm/btf.py spells them) -> (size, signed)
+# C integer types (as sensorium.bpf.btf spells them) -> (size, signed)
 _C_INTS: dict[str, tuple[int, bool]] = {
     "int": (4, True), "unsigned int": (4, False), "long int": (8, True), "long unsigned int": (8, False),
     "long long int": (8, True), "long long unsigned int": (8, False), "short int": (2, True),
@@ -53,12 +54,6 @@ _C_INTS: dict[str, tuple[int, bool]] = {
     "sector_t": (8, False), "blkcnt_t": (8, False), "__le32": (4, False), "__be32": (4, False),
     "__be16": (2, False), "__le16": (2, False), "slab_flags_t": (4, False), "vm_fault_t": (4, False),
     "ino_t": (8, False), "clockid_t": (4, True), "key_serial_t": (4, True), "qid_t": (4, False),
-}
-_POLICY_INTS: dict[str, tuple[int, bool]] = {
-    "int8": (1, True), "uint8": (1, False), "int16": (2, True), "uint16": (2, False), "int32": (4, True),
-    "uint32": (4, False), "int64": (8, True), "uint64": (8, False), "s8": (1, True), "u8": (1, False),
-    "s16": (2, True), "u16": (2, False), "s32": (4, True), "u32": (4, False), "s64": (8, True), "u64": (8, False),
-    "int": (4, True), "uint": (4, False), "long": (8, True), "ulong": (8, False), "size_t": (8, False),
 }
 # policy struct type -> the C parameter type it reads
 _STRUCT_ARGS = {"file": "struct file *", "path": "struct path *", "linux_binprm": "struct linux_binprm *",
@@ -89,14 +84,9 @@ def kfunc_budget_cases() -> list[Any]:
     """`BudgetCase`s of kfunc.bpf.c: its own programs with every worst configuration, arguments read from the
     function's parameters (s->raw), each parameter prepared as a cred (the longest preparation); the engine
     programs it carries with the mixed one."""
-    from sensorium import selectors as S
-    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
-
     cases: list[Any] = []
     for n, func in enumerate(BUDGET_FUNCTIONS):
         try:
-            from sensorium_sensors.lsm.btf import kernel_functions
-
             sig = kernel_functions().get(func)
         except (OSError, ValueError):
             sig = None
@@ -186,8 +176,6 @@ def _mechanism(kernel: Any, at_exit: bool) -> tuple[str | None, str]:
 def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> HookPlan | None:
     """One ``kprobes`` item on a kernel function -> `HookPlan` (attach ``("kfunc", func, mechanism, pre)``),
     or `PolicyLoadError` naming the field. None when ``ignore.callNotFound`` skips a missing function."""
-    from sensorium_sensors.lsm.btf import kernel_functions
-
     hook = f"{policy.section}[{index}] {item.call}"
     base = f"spec.{policy.section}[{index}]"
     func = item.call
@@ -234,7 +222,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                                             f"automatic type: declare one", f"{field}.type")
         mismatch = (f"type {typ} does not match parameter {a.index} '{p.name}' of {proto}, which is {p.ctype}")
         label = a.label
-        if typ in _POLICY_INTS or typ == "fd":
+        if typ in POLICY_INTS or typ == "fd":
             if not _is_int_ctype(p.ctype):
                 raise PolicyLoadError(hook, mismatch, f"{field}.type")
             if typ == "fd":
@@ -242,7 +230,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                                  json_key="file_arg", label=label, type_name=typ)
             else:
                 csize, csigned = _c_int(p.ctype)
-                size, signed = _POLICY_INTS[typ]
+                size, signed = POLICY_INTS[typ]
                 if typ in ("int", "auto"):
                     size, signed = csize, csigned
                 plan = S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_SYSCALL, offset=a.index, size=size, signed=signed,
@@ -277,10 +265,10 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             elif typ == "dentry":
                 # a dentry knows no mount: its path is walked up to the root of its own filesystem
                 pre[a.index] = KF_PRE_DENTRY
-                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=DEREF_PATH,
+                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_PATH,
                                  json_key="path_arg", label=label, type_name=typ)
             else:
-                deref = {"file": DEREF_FILE, "path": DEREF_PATH, "linux_binprm": S.DEREF_BINPRM}[typ]
+                deref = {"file": S.DEREF_FILE, "path": S.DEREF_PATH, "linux_binprm": S.DEREF_BINPRM}[typ]
                 plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=deref,
                                  json_key=f"{typ}_arg", label=label, type_name=typ)
         else:
@@ -334,8 +322,8 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             csize, csigned = _c_int(sig.ret)
             if rtyp == "auto" or rtyp == "int":
                 size, signed = csize, csigned
-            elif rtyp in _POLICY_INTS:
-                size, signed = _POLICY_INTS[rtyp]
+            elif rtyp in POLICY_INTS:
+                size, signed = POLICY_INTS[rtyp]
             else:
                 raise PolicyLoadError(hook, f"returnArg type {rtyp} does not match the return type {sig.ret} of "
                                             f"{func}", f"{base}.returnArg.type")
@@ -343,7 +331,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                                  json_key=_int_key(size, signed, rtyp), label=ra.label if ra is not None else None,
                                  type_name=rtyp)
     overriding = any(errnos)
-    selectors = [_without_override(sel) for sel in item.selectors] if overriding else list(item.selectors)
+    selectors = [without_override(sel) for sel in item.selectors] if overriding else list(item.selectors)
     try:
         compiled = S.compile_hook(policy_id=policy.id, hook_id=index, kind=S.HOOK_RAW_TP, args=plans,
                                   selectors=selectors, arg_position=positions, at_exit=at_exit,
@@ -367,21 +355,11 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
     elif compiled.blocking:
         note += ("; Sigkill/Signal are sent " + ("when the function returns" if at_exit else "on entry") +
                  ": the function runs to completion, the process dies before it returns to user space")
-    body = {"function_name": func, **_extras(item)}
+    body = {"function_name": func, **extras(item)}
     return HookPlan(hook=hook, field=base, compiled=compiled, args=plans,
                     attach=("kfunc", func, mech, tuple(pre), tuple(errnos + [0] * (S.MAX_SELECTORS - len(errnos))),
                             len(sig.params)),
                     mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan)
-
-
-def _without_override(sel: Any) -> Any:
-    # The engine has no Override (its tracepoints cannot return errors): the errno goes to kf_errno instead.
-    from sensorium.policy import MatchAction
-
-    acts = [a for a in sel.matchActions if a.action != "Override"]
-    if sel.matchActions and not acts:
-        acts = [MatchAction(action="Post")]
-    return sel.model_copy(update={"matchActions": acts})
 
 
 class KfuncHookSet(HookSet):

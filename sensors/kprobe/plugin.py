@@ -9,9 +9,9 @@ from sensorium.hookspecs import SensorSpec
 
 
 def _budget():  # type: ignore[no-untyped-def]
+    from sensorium.hooks.budget import TRACKING, engine_cases
+    from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, OPEN_EXIT_NEEDS
     from sensorium_sensors.kprobe.kfunc import kfunc_budget_cases
-    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
-    from sensorium_sensors.tracepoint.engine import HOOK_OPEN_PROBE, HOOK_PROBE, OPEN_EXIT_NEEDS
 
     cases = engine_cases(HOOK_PROBE, full=("sens_sys_enter", "sens_sys_exit"))
     cases += engine_cases(HOOK_OPEN_PROBE, full=("sens_open_exit",),
@@ -30,10 +30,11 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
-    from sensorium import selectors
+    from sensorium.hooks import selectors
+    from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE
+    from sensorium.hooks.sensor import HookSensorOptions
     from sensorium_sensors.kprobe.schema import KProbeSpec
     from sensorium_sensors.kprobe.kfunc import KFUNC_PROBE
-    from sensorium_sensors.tracepoint.engine import HOOK_OPEN_PROBE, HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(
         name="kprobe",

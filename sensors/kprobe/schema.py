@@ -6,12 +6,13 @@ The plugin declares it in `SensorSpec.policy_sections`; `sensorium.policy` compo
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from sensorium.policy import RETURN_ARG_ACTIONS, ArgSpec, HookSpec, INT_ARG_TYPES
-from sensorium.policy_fields import PolicyModel, bounded_str, choice
+from sensorium.policy import INT_ARG_TYPES, RETURN_ARG_ACTIONS, ArgSpec, HookSpec
+from sensorium.policy_fields import PolicyModel, max_bytes, one_of
 from sensorium.policy_rules import MAX_PARAMS, char_buf_size_problem, engine_selector_rules
 
 __all__ = ["KProbeSpec", "KProbeIgnore"]
@@ -33,11 +34,12 @@ class KProbeSpec(HookSpec):
     """A ``kprobes`` item: a kernel function (or syscall with ``syscall: true``)."""
 
     SECTION: ClassVar[str] = "kprobes"
-    call: bounded_str(128, "call") = Field(min_length=1)  # type: ignore[valid-type]
+    call: Annotated[str, max_bytes(128, "call")] = Field(min_length=1)
     syscall: bool = True  # Tetragon's default
     return_: bool = Field(default=False, alias="return")
     returnArg: ArgSpec | None = None
-    returnArgAction: choice("returnArgAction", RETURN_ARG_ACTIONS, ("TrackSock", "UntrackSock")) | None = None  # type: ignore[valid-type]
+    returnArgAction: Annotated[str, one_of("returnArgAction", RETURN_ARG_ACTIONS,
+                                           ("TrackSock", "UntrackSock"))] | None = None
     ignore: KProbeIgnore | None = None
 
     def describe(self) -> str:

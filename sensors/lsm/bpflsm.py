@@ -3,7 +3,7 @@
 Two program families:
 
 * lsm.bpf.c: any hook whose arguments are files, paths, binprms, kernel strings or integers, served by
-  the shared selector engine (sensorium/selectors.h, compiled by `sensorium.selectors.compile_hook`)
+  the shared selector engine (sensorium/selectors.h, compiled by `sensorium.hooks.selectors.compile_hook`)
   with Override added: the selector's errno is returned from the hook (rodata ``lsm_errno``).
 * sockaddr.bpf.c's lsm/socket_connect and lsm/socket_sendmsg programs: the destination address and port
   matched with the same rules as the cgroup sock_addr fallback (netguard.py).
@@ -19,27 +19,28 @@ selectors.h, crossing mount points), which works on every hook; bpf_d_path is al
 
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 from pathlib import Path
 from typing import Any, Callable
 
-from sensorium import selectors as S
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hookspecs import ProbeSource, Scope
-from sensorium.policy import MatchAction, Selector
+from sensorium.hooks import selectors as S
+from sensorium.hooks.hookset import seed_follow
+from sensorium.hooks.plan import POLICY_INTS, without_override
+from sensorium.hooks.probes import MODE_INACTIVE
+from sensorium.hooks.render import EV as _EV
+from sensorium.hooks.render import render_args
 
 from . import netguard
 
-MODE_INACTIVE = 2  # sens_mode: attached, not active yet (sensorium/hook/defs.h SENS_MODE_INACTIVE)
 
-__all__ = ["LsmProgram", "NetLsmProgram", "compile_hook", "LSM_PROBE", "decode_event", "RECORD_LAYOUTS",
+__all__ = ["LsmProgram", "compile_hook", "LSM_PROBE", "decode_event", "RECORD_LAYOUTS",
            "SOCKET_HOOKS"]
 
 HERE = Path(__file__).resolve().parent
 SOCKET_HOOKS = ("socket_connect", "socket_sendmsg")
-DEREF_FILE, DEREF_PATH = 8, 9   # selectors.h SENS_DEREF_FILE / SENS_DEREF_PATH
 RECORD_LAYOUTS: dict[str, type] = {}
 
 # C integer type -> (size, signed, Tetragon JSON key)
@@ -53,11 +54,6 @@ _INTS = {
     "u64": (8, False, "size_arg"), "gfp_t": (4, False, "uint_arg"), "kuid_t": (4, False, "uint_arg"),
     "pid_t": (4, True, "int_arg"), "dev_t": (4, False, "uint_arg"), "fmode_t": (4, False, "uint_arg"),
 }
-_POLICY_INTS = {"int8": (1, True), "uint8": (1, False), "int16": (2, True), "uint16": (2, False),
-                "int32": (4, True), "uint32": (4, False), "int64": (8, True), "uint64": (8, False),
-                "s8": (1, True), "u8": (1, False), "s16": (2, True), "u16": (2, False), "s32": (4, True),
-                "u32": (4, False), "s64": (8, True), "u64": (8, False), "int": (4, True), "uint": (4, False),
-                "long": (8, True), "ulong": (8, False), "size_t": (8, False)}
 
 
 # lsm.bpf.c: one object for every hook (the attach target is set at load time).
@@ -67,10 +63,10 @@ LSM_PROBE = ProbeSource(name="lsm", source=HERE / "lsm.bpf.c", include_dirs=(HER
 def _arg_plan(a: Any) -> S.ArgPlan:
     t = a.type
     if t == "file":
-        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="file_arg", deref=DEREF_FILE,
+        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="file_arg", deref=S.DEREF_FILE,
                          label=a.label, type_name="file")
     if t == "path":
-        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="path_arg", deref=DEREF_PATH,
+        return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="path_arg", deref=S.DEREF_PATH,
                          label=a.label, type_name="path")
     if t == "linux_binprm":
         return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="linux_binprm_arg",
@@ -78,25 +74,17 @@ def _arg_plan(a: Any) -> S.ArgPlan:
     if t == "string":
         return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="string_arg",
                          deref=S.DEREF_KERNEL_STR, label=a.label, type_name="string")
-    if t in _POLICY_INTS:
+    if t in POLICY_INTS:
         # the C type decides the width (a policy "int" on an unsigned long is read as 8 bytes)
         size, signed, key = _INTS.get(a.ctype, (8, True, "long_arg"))
         if t not in ("int", "auto"):
-            size, signed = _POLICY_INTS[t]
+            size, signed = POLICY_INTS[t]
             key = "size_arg" if t == "size_t" else ("long_arg" if size == 8 and signed else
                                                     "size_arg" if size == 8 else "int_arg" if signed else "uint_arg")
         return S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_RAW, offset=a.index, json_key=key, size=size, signed=signed,
                          label=a.label, type_name=t)
     raise ValueError(f"argument {a.index} of type {t} cannot be read by BPF LSM programs yet "
                      "(file, path, linux_binprm, string and integers can)")
-
-
-def _without_override(sel: Selector) -> Selector:
-    # The engine has no Override (tracepoints cannot return errors): it is kept in lsm_errno instead.
-    acts = [a for a in sel.matchActions if a.action != "Override"]
-    if sel.matchActions and not acts:
-        acts = [MatchAction(action="Post")]
-    return sel.model_copy(update={"matchActions": acts})
 
 
 def compile_hook(plan: Any, policy_id: int = 0, hook_id: int = 0, cgroup_scoped: bool = False) -> Any:
@@ -107,7 +95,7 @@ def compile_hook(plan: Any, policy_id: int = 0, hook_id: int = 0, cgroup_scoped:
     position = {a.index: i for i, a in enumerate(plan.args)}
     try:
         compiled = S.compile_hook(policy_id=policy_id, hook_id=hook_id, kind=S.HOOK_RAW_TP, args=args,
-                                  selectors=[_without_override(s) for s in plan.spec.selectors],
+                                  selectors=[without_override(s) for s in plan.spec.selectors],
                                   arg_position=position, cgroup_scoped=cgroup_scoped)
     except S.SelectorError as exc:
         raise ValueError(f"{exc.field}: {exc.reason}") from None
@@ -200,10 +188,8 @@ class LsmProgram:
         if self.net is not None:
             self.net.attach()
             return
-        from sensorium_sensors.tracepoint.engine import HookSet  # the engine's follow seeding, reused
-
         obj = self.obj
-        HookSet._seed_follow(None, _Compiled(self.compiled), obj)  # type: ignore[arg-type]
+        seed_follow(self.compiled, obj)  # the hook library's follow seeding
         for name in ("sens_exec", "sens_exit", "sens_fork"):
             if name in self._wanted:
                 obj.program(name).attach()
@@ -297,15 +283,6 @@ class LsmProgram:
             self.obj = None
 
 
-class _Compiled:
-    def __init__(self, compiled: Any) -> None:
-        self.compiled = compiled
-
-
-_EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event (selectors.h)
-_ARG = struct.Struct("<BBHI")
-
-
 def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | None:
     """A sens_event record of an LSM program -> {pid, ktime, rule, verdict, args, err}; None when the record is
     malformed (`netguard.decode_event`, `render_args`) or names a selector the hook does not have."""
@@ -313,29 +290,15 @@ def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | 
         ev = netguard.decode_event(raw, policy_id=prog.policy_id, nrules=len(prog.net.rules))
         if ev is None:
             return None
-        args = []
-        for a in plan.args:
-            if a.type == "sock":
-                item: dict[str, Any] = {"sock_arg": {"family": ev["family"], "protocol": ev["protocol"],
-                                                     "daddr": ev["addr"], "dport": ev["port"]}}
-            elif a.type == "sockaddr":
-                item = {"sockaddr_arg": {"family": ev["family"], "addr": ev["addr"], "port": ev["port"]}}
-            else:
-                continue
-            if a.label:
-                item["label"] = a.label
-            args.append(item)
-        ev["args"] = args
+        ev["args"] = netguard.event_args(ev, plan.args)
         return ev
-    from sensorium_sensors.tracepoint.engine import render_args
-
     if len(raw) < _EV.size:
         return None
     (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
      data_len) = _EV.unpack_from(raw)
     if rtype != S.REC_HOOK or (policy_id, hook_id) != (prog.policy_id, prog.plan.position):  # its own ring: its own ids
         return None
-    args = render_args(raw, prog.args)  # the engine's rules: a cut or inconsistent record is no event
+    args = render_args(raw, prog.args)  # the hook library's rules: a cut or inconsistent record is no event
     if args is None:
         return None
     # The selector that matched (the kernel writes MAX_SELECTORS when the hook has none: it posts every call).

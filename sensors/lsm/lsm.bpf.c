@@ -41,10 +41,8 @@ int sens_lsm(unsigned long long *ctx)
 
 	if (!s)
 		return 0; /* out of the policy's cgroups */
-	s->ev.flags = 0;
-	s->ev.retval = 0;
 	s->matched = -1;
-	sens_run(ctx, s);
+	sens_run_call(ctx, s);
 
 	int m = s->matched;
 

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from sensorium.bpf.records import SensoriumHdr
 from sensorium.bpf.scope import ScopeMap, scope_entries
@@ -29,7 +29,7 @@ from sensorium.hookspecs import ProbeSource, Scope
 from sensorium.policy import Selector
 
 __all__ = ["NetGuard", "compile_rules", "parse_cidr", "PROBE", "NetRule", "NetConfig", "NetEvent",
-           "RECORD_TYPE", "attach_dirs"]
+           "RECORD_TYPE", "attach_dirs", "event_args"]
 
 HERE = Path(__file__).resolve().parent
 PROBE = ProbeSource(name="lsm-sockaddr", source=HERE / "sockaddr.bpf.c", include_dirs=(HERE,),
@@ -450,3 +450,21 @@ def decode_event(raw: bytes, *, policy_id: int | None = None, nrules: int | None
             "family": "AF_INET" if fam == 2 else "AF_INET6", "protocol": {6: "IPPROTO_TCP", 17: "IPPROTO_UDP"}.get(ev.protocol, str(ev.protocol)),
             "addr": addr, "port": ev.dport, "action": ev.action, "err": ev.err, "cgroup_id": ev.cgroup_id,
             "comm": ev.comm.decode(errors="replace")}
+
+
+def event_args(ev: Mapping[str, Any], args: Sequence[Any]) -> list[dict[str, Any]]:
+    """The declared ``sock``/``sockaddr`` arguments of a hook (each with ``type`` and ``label``), as Tetragon's
+    KprobeArgument dicts, from a decoded socket-guard record (`decode_event`); other arguments are not read."""
+    out: list[dict[str, Any]] = []
+    for a in args:
+        if a.type == "sock":
+            item: dict[str, Any] = {"sock_arg": {"family": ev["family"], "protocol": ev["protocol"],
+                                                 "daddr": ev["addr"], "dport": ev["port"]}}
+        elif a.type == "sockaddr":
+            item = {"sockaddr_arg": {"family": ev["family"], "addr": ev["addr"], "port": ev["port"]}}
+        else:
+            continue
+        if a.label:
+            item["label"] = a.label
+        out.append(item)
+    return out

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sensorium import hookimpl
 from sensorium.bpf.scope import scope_entries
-from sensorium.hookspecs import PolicyLoadError, PolicyView, Scope, SensorSpec
+from sensorium.hookspecs import PolicyLoadError, PolicyView, RingHandle, Scope, SensorSpec
 from sensorium.scope import hierarchy_mounts, process_in_scope
 from sensorium.policy import MatchAction
 from sensorium_sensors.lsm.schema import LsmHookSpec
@@ -109,6 +109,7 @@ class LsmPolicyHandle:
         self.net_guards: list[tuple[HookPlan, netguard.NetGuard]] = []
         self.lsm_progs: list[tuple[HookPlan, Any]] = []
         self.sig_guards: list[tuple[HookPlan, Any]] = []
+        self.rings: list[RingHandle] = []  # the host drains the rings of this section's programs
         self.events = 0
         self.errors = 0
         self._unloaded = False
@@ -293,12 +294,13 @@ class LsmPolicyHandle:
                 self.sensor.ctx.log.exception("removing fanotify rule")
         self.fan_rules.clear()
         self._fan.clear()
+        for ring in self.rings:  # before the objects whose maps they read: what is left is delivered
+            ring.close()
+        self.rings.clear()
         for _p, g in self.net_guards:
-            self.sensor._drop_reader(g)
             g.close(keep_pinned=keep_pinned)
         self.net_guards.clear()
         for _p, prog in self.lsm_progs:
-            self.sensor._drop_reader(prog)
             prog.close(keep_pinned=keep_pinned)
         self.lsm_progs.clear()
         for _p, g in self.sig_guards:
@@ -369,10 +371,6 @@ class LsmSensor:
         self.btf = opts.get("btf")
         self.guard = FanotifyGuard(self._on_fan_decisions, logging.getLogger("sensorium.sensor.lsm.fanotify"))
         self._handles: set[LsmPolicyHandle] = set()
-        self._readers: dict[int, tuple[Any, Any, LsmPolicyHandle, HookPlan]] = {}
-        self._readers_lock = threading.Lock()
-        self._poll_thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._retval_ok: bool | None = None
         self._fan_probe: tuple[bool, str] | None = None
         self._ring: Any = None  # the engine's event ring, for the Sigkill-from-tracepoint fallback
@@ -381,17 +379,14 @@ class LsmSensor:
     # ---- Sensor -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        # Nothing is attached until a policy asks for it; the fanotify group and the ring poller are
-        # created on first use, so an agent without lsm policies costs nothing here.
+        # Nothing is attached until a policy asks for it; the fanotify group is created on first use and
+        # each program's ring is handed to the host when it loads, so an agent without lsm policies costs
+        # nothing here.
         self.state = "running"
 
     def stop(self) -> None:
         for h in list(self._handles):
             h.unload()
-        self._stop.set()
-        if self._poll_thread is not None:
-            self._poll_thread.join(5)
-            self._poll_thread = None
         self.guard.stop()
         if self._ring is not None:
             self._ring.stop()
@@ -577,7 +572,8 @@ class LsmSensor:
             g.close()
             raise PolicyLoadError(p.where, f"{p.mechanism}: {exc}") from None
         h.net_guards.append((p, g))
-        self._add_reader(g, g.obj.map("net_events"), h, p, lambda _h, _p, batch: self._decode_net(_h, _p, batch))
+        h.rings.append(self.ctx.add_ring_buffer(g.obj.map("net_events"),
+                                                lambda batch, _h=h, _p=p: self._decode_net(_h, _p, batch)))
 
     def _load_bpf_lsm(self, h: LsmPolicyHandle, p: HookPlan) -> None:
         prog = bpflsm.LsmProgram(p, policy_id=h.view.id, scope=h.scope,
@@ -588,11 +584,11 @@ class LsmSensor:
             prog.close()
             raise PolicyLoadError(p.where, f"bpf_lsm: {exc}") from None
         h.lsm_progs.append((p, prog))
-        self._add_reader(prog, prog.events_map, h, p,
-                         lambda _h, _p, batch, _prog=prog: self._decode_lsm(_h, _p, batch, _prog))
+        h.rings.append(self.ctx.add_ring_buffer(
+            prog.events_map, lambda batch, _h=h, _p=p, _prog=prog: self._decode_lsm(_h, _p, batch, _prog)))
 
     def _load_sigkill(self, h: LsmPolicyHandle, p: HookPlan) -> None:
-        from sensorium_sensors.tracepoint.engine import EventRing
+        from sensorium.hooks.ring import EventRing
 
         if self._ring is None:
             ring = EventRing(self.ctx, "lsm")
@@ -606,42 +602,8 @@ class LsmSensor:
         g.prepare(plans, h.scope, pin)  # all or nothing, raises PolicyLoadError
         h.sig_guards.append((p, g))
 
-    def _add_reader(self, owner: Any, bpf_map: Any, h: LsmPolicyHandle, p: HookPlan, decode: Any) -> None:
-        from sensorium.bpf.ringbuf import RingBufferReader
-
-        reader = RingBufferReader()
-        reader.add(bpf_map, lambda batch, _h=h, _p=p: decode(_h, _p, batch))
-        with self._readers_lock:
-            self._readers[id(owner)] = (reader, owner, h, p)
-            if self._poll_thread is None:
-                self._stop.clear()
-                self._poll_thread = threading.Thread(target=self._poll_loop, name="sensorium-lsm-rings", daemon=True)
-                self._poll_thread.start()
-
-    def _drop_reader(self, owner: Any) -> None:
-        with self._readers_lock:
-            got = self._readers.pop(id(owner), None)
-            if got is not None:
-                try:
-                    got[0].poll(0)  # deliver what is still in the ring before it goes
-                except Exception:  # noqa: BLE001
-                    pass
-                got[0].close()
-
-    def _poll_loop(self) -> None:
-        # Programs submit without wakeups (sensorium_submit): drain every ring on a short timer.
-        while not self._stop.is_set():
-            with self._readers_lock:
-                readers = list(self._readers.values())
-                for reader, _o, h, _p in readers:
-                    try:
-                        reader.poll(0)
-                    except Exception:  # noqa: BLE001 - one bad batch must not stop the others
-                        h.errors += 1
-                        self.ctx.log.exception("lsm ring")
-            self._stop.wait(0.02)
-
-    def _decode_net(self, h: LsmPolicyHandle, p: HookPlan, batch: list[bytes]) -> None:
+    def _decode_net(self, h: LsmPolicyHandle, p: HookPlan, batch: Sequence[bytes]) -> list[Any]:
+        """A batch of a socket guard's ring -> its ``process_lsm`` events (the host's reader drains the ring)."""
         events = []
         for raw in batch:
             # a record of another policy or rule is malformed: counted, never a decision (nor a kill)
@@ -659,28 +621,17 @@ class LsmSensor:
                     os.kill(ev["pid"], signal.SIGKILL)
                 except OSError:
                     pass
-            args = []
-            for a in p.args:
-                if a.type == "sock":
-                    item: dict[str, Any] = {"sock_arg": {"family": ev["family"], "protocol": ev["protocol"],
-                                                          "daddr": ev["addr"], "dport": ev["port"]}}
-                elif a.type == "sockaddr":
-                    item = {"sockaddr_arg": {"family": ev["family"], "addr": ev["addr"], "port": ev["port"]}}
-                else:
-                    continue
-                if a.label:
-                    item["label"] = a.label
-                args.append(item)
+            args = netguard.event_args(ev, p.args)
             extra: dict[str, Any] = {}
             if ev["verdict"] != "allowed":
                 extra["errno"] = _errno_name(ev["err"] or 1)
             events.append(self._event(h, p, ev["pid"], None, args, actions, ev["verdict"], None, extra,
                                       ktime=ev["ktime"], comm=ev["comm"]))
             h.events += 1
-        if events:
-            self.ctx.emit(events)
+        return events
 
-    def _decode_lsm(self, h: LsmPolicyHandle, p: HookPlan, batch: list[bytes], prog: Any) -> None:
+    def _decode_lsm(self, h: LsmPolicyHandle, p: HookPlan, batch: Sequence[bytes], prog: Any) -> list[Any]:
+        """A batch of a BPF LSM program's ring -> its ``process_lsm`` events."""
         events = []
         for raw in batch:
             ev = bpflsm.decode_event(raw, p, prog)
@@ -693,8 +644,7 @@ class LsmSensor:
             events.append(self._event(h, p, ev["pid"], None, ev["args"], actions, ev["verdict"], None, extra,
                                       ktime=ev["ktime"], comm=ev["comm"]))
             h.events += 1
-        if events:
-            self.ctx.emit(events)
+        return events
 
     # ---- events -----------------------------------------------------------------------------------
 
@@ -749,9 +699,9 @@ BUDGET_HOOKS = ("file_open", "bprm_check_security", "socket_connect", "task_kill
 
 
 def _budget() -> list[Any]:
-    from sensorium import selectors as S
     from sensorium.hookspecs import BudgetCase
-    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
+    from sensorium.hooks import selectors as S
+    from sensorium.hooks.budget import TRACKING, engine_cases
 
     rodata = {"lsm_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
     cases: list[Any] = []

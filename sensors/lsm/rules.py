@@ -21,7 +21,7 @@ from sensorium.hookspecs import PolicyLoadError, PolicyView
 from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, MatchAction, Selector
 from sensorium_sensors.lsm.schema import LsmHookSpec
 
-from .btf import LsmHookSig, lsm_hooks
+from sensorium.bpf.btf import LsmHookSig, lsm_hooks
 
 __all__ = ["HookPlan", "MECHANISMS", "plan_section", "ProcessFacts", "first_match",
            "cgroup2_root"]

@@ -7,12 +7,12 @@ planning (`sensorium_sensors.lsm.rules`), since they depend on the kernel.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
 from sensorium.policy import HookSpec
-from sensorium.policy_fields import bounded_str
+from sensorium.policy_fields import max_bytes
 
 __all__ = ["LsmHookSpec"]
 
@@ -21,7 +21,7 @@ class LsmHookSpec(HookSpec):
     """An ``lsmhooks`` item: a BPF LSM hook by name (``file_open``, ``bprm_check_security``...)."""
 
     SECTION: ClassVar[str] = "lsmhooks"
-    hook: bounded_str(128, "hook") = Field(min_length=1)  # type: ignore[valid-type]
+    hook: Annotated[str, max_bytes(128, "hook")] = Field(min_length=1)
 
     def describe(self) -> str:
         return self.hook

@@ -1,8 +1,8 @@
 """The last-resort fallback: an LSM hook served by the syscalls that reach it, with Sigkill at syscall entry.
 
 Where BPF LSM cannot load and a hook has no pre-emptive fallback (fanotify, cgroup sock_addr), a hook in
-`SYSCALLS` is served by raw tracepoint sys_enter programs of the kprobe sensor's syscall machinery (the
-shared selector engine, filtered by syscall number in the kernel): each LSM argument is read from the
+`SYSCALLS` is served by raw tracepoint sys_enter programs of the hook library's syscall hooks
+(`sensorium.hooks.syscalls`, filtered by syscall number in the kernel): each LSM argument is read from the
 syscall parameter that carries it (paths made absolute and normalised in the kernel), the selectors are
 the policy's, and Override becomes Sigkill. The meaning changes and the status says so: **the call runs
 first** (the process is killed on its way back to user space), a path is the one the process passed
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from sensorium.hookspecs import PolicyLoadError, Scope
 from sensorium.policy import ArgSpec, MatchAction, MatchArg, Selector
-from sensorium_sensors.kprobe.schema import KProbeSpec
+from sensorium.hooks.syscalls import SyscallItem
 
 __all__ = ["SYSCALLS", "MECHANISM", "NOTE", "plan_syscalls", "SigkillGuard"]
 
@@ -49,7 +49,7 @@ SYSCALLS: Mapping[str, Sequence[tuple[str, Mapping[int, tuple[int, str]]]]] = {
 _PATHISH = ("file", "path", "dentry", "string", "linux_binprm")
 
 
-def _syscall_items(plan: Any) -> list[tuple[str, KProbeSpec]]:
+def _syscall_items(plan: Any) -> list[tuple[str, SyscallItem]]:
     """One kprobes item per syscall of the hook, with the LSM arguments and selectors moved to the
     syscall's parameters. ValueError when an argument cannot be mapped."""
     out = []
@@ -80,24 +80,24 @@ def _syscall_items(plan: Any) -> list[tuple[str, KProbeSpec]]:
             sels.append(Selector(matchArgs=margs, matchBinaries=list(sel.matchBinaries),
                                  matchPIDs=list(sel.matchPIDs), matchNamespaces=list(sel.matchNamespaces),
                                  matchCapabilities=list(sel.matchCapabilities), matchActions=acts))
-        out.append((sc, KProbeSpec(call=f"sys_{sc}", syscall=True, args=args, selectors=sels)))
+        out.append((sc, SyscallItem(call=f"sys_{sc}", args=args, selectors=sels)))
     return out
 
 
 def plan_syscalls(plan: Any, ctx: Any, policy_id: int) -> list[Any]:
-    """The kprobe sensor's syscall HookPlans for one lsmhooks item (raises PolicyLoadError)."""
-    from sensorium_sensors.kprobe.sensor import KprobeSensor
+    """The syscall HookPlans (`sensorium.hooks.syscalls.plan_syscall`) for one lsmhooks item (raises
+    PolicyLoadError)."""
+    from sensorium.hooks.syscalls import plan_syscall
 
     try:
         items = _syscall_items(plan)
     except ValueError as exc:
         raise PolicyLoadError(plan.where, str(exc), field=f"spec.lsmhooks[{plan.position}].args") from None
-    ks = KprobeSensor(ctx)  # used for its planning only: never started, its ring never opened
     view = types.SimpleNamespace(id=policy_id, section="lsmhooks", name="", mode="enforcement")
     plans = []
     for j, (sc, item) in enumerate(items):
         try:
-            hp = ks.plan_item(view, plan.position * 8 + j, item)
+            hp = plan_syscall(ctx.kernel, view, plan.position * 8 + j, item, sc)
         except PolicyLoadError as exc:
             raise PolicyLoadError(plan.where, f"{MECHANISM} via {sc}: {exc.reason}",
                                   field=f"spec.lsmhooks[{plan.position}]") from None
@@ -110,15 +110,16 @@ def plan_syscalls(plan: Any, ctx: Any, policy_id: int) -> list[Any]:
                    "enforcement": {"mechanism": MECHANISM, "meaning": NOTE}}
         hp.mechanism = MECHANISM
         hp.note = NOTE
+        hp.open_exit_note = None  # these words whatever serves it
         plans.append(hp)
     return plans
 
 
 class SigkillGuard:
-    """The syscall hooks of one policy section (a thin wrapper over the engine's HookSet)."""
+    """The syscall hooks of one policy section (a thin wrapper over the hook library's `HookSet`)."""
 
     def __init__(self, ring: Any, ctx: Any, policy_id: int, policy_name: str, mode: str) -> None:
-        from sensorium_sensors.tracepoint.engine import HookSet
+        from sensorium.hooks.hookset import HookSet
 
         self.set = HookSet(ctx, ring, policy_id, policy_name, mode)
 
@@ -127,7 +128,7 @@ class SigkillGuard:
         self.set.load(plans, scope)
 
     def prepare(self, plans: Sequence[Any], scope: Scope | None, pin_dir: str | None = None) -> None:
-        """The rounds of a transaction (`sensorium.hookspecs.PreparedSection`), by the engine's `HookSet`;
+        """The rounds of a transaction (`sensorium.hookspecs.PreparedSection`), by the hook library's `HookSet`;
         with ``pin_dir`` its kill hooks are pinned there at `commit`."""
         self.set.prepare(plans, scope, pin_dir)
 

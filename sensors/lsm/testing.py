@@ -110,8 +110,8 @@ class LsmTestContext:
 
         return BpfObject.open(path)
 
-    def add_ring_buffer(self, bpf_map: Any, decode: Any) -> None:
-        """As the agent does: drain the ring on a short timer from one reader thread."""
+    def add_ring_buffer(self, bpf_map: Any, decode: Any, *, native_drain: bool = False) -> Any:
+        """As the agent does: drain the ring on a short timer from one reader thread; returns its handle."""
         from sensorium.bpf.ringbuf import RingBufferReader
 
         if not hasattr(self, "_reader"):
@@ -129,8 +129,7 @@ class LsmTestContext:
                     self._reader_stop.wait(0.02)
 
             threading.Thread(target=loop, daemon=True, name="lsm-test-ring").start()
-        with self._reader_lock:
-            self._reader.add(bpf_map, lambda recs: self.emit(decode(recs)))
+        return self._reader.add(bpf_map, lambda recs: self.emit(decode(recs)), native_drain=native_drain)
 
     def emit(self, events: Any) -> None:
         with self._lock:

@@ -9,8 +9,8 @@ from sensorium.hookspecs import SensorSpec
 
 
 def _budget():  # type: ignore[no-untyped-def]
-    from sensorium_sensors.tracepoint.budget import TRACKING, engine_cases
-    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+    from sensorium.hooks.budget import TRACKING, engine_cases
+    from sensorium.hooks.probes import HOOK_PROBE
 
     return engine_cases(HOOK_PROBE, full=("sens_tp", "sens_raw"), others=TRACKING)
 
@@ -23,9 +23,10 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
-    from sensorium import selectors
+    from sensorium.hooks import selectors
+    from sensorium.hooks.probes import HOOK_PROBE
+    from sensorium.hooks.sensor import HookSensorOptions
     from sensorium_sensors.tracepoint.schema import TracepointSpec
-    from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(
         name="tracepoint",

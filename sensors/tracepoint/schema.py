@@ -6,13 +6,14 @@ The plugin declares it in `SensorSpec.policy_sections`; `sensorium.policy` compo
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.policy import HookSpec
-from sensorium.policy_fields import bounded_str
+from sensorium.policy_fields import max_bytes
 from sensorium.policy_rules import engine_selector_rules
 
 __all__ = ["TracepointSpec"]
@@ -22,12 +23,12 @@ class TracepointSpec(HookSpec):
     """A ``tracepoints`` item: ``subsystem``/``event`` under tracefs events, or a raw tracepoint (``raw: true``)."""
 
     SECTION: ClassVar[str] = "tracepoints"
-    subsystem: bounded_str(64, "subsystem") = Field(min_length=1)  # type: ignore[valid-type]
-    event: bounded_str(128, "event") = Field(min_length=1)  # type: ignore[valid-type]
+    subsystem: Annotated[str, max_bytes(64, "subsystem")] = Field(min_length=1)
+    event: Annotated[str, max_bytes(128, "event")] = Field(min_length=1)
     raw: bool = False
 
     @model_validator(mode="after")
-    def _names(self) -> "TracepointSpec":
+    def _names(self) -> TracepointSpec:
         for what, v in (("subsystem", self.subsystem), ("event", self.event)):
             if not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
                 raise PydanticCustomError("policy_value", "{what} '{v}' is not a tracepoint name",

@@ -1,6 +1,6 @@
 """The tracepoint sensor: TracingPolicy ``tracepoints`` items served by tracepoints and raw tracepoints.
 
-Each item is one hook object (see engine.py): a tracepoint reads its fields at the offsets of the
+Each item is one hook object of the hook library (`sensorium.hooks`): a tracepoint reads its fields at the offsets of the
 tracefs format file; a raw tracepoint (``raw: true``) reads its TP_PROTO arguments. Events are
 ``process_tracepoint`` with subsys, event, args (Tetragon's KprobeArgument JSON), policy_name, action.
 """
@@ -9,20 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError, SensorContext
+from sensorium.hooks import selectors as S
+from sensorium.hooks.plan import ArgPlanError, HookPlan, extras
+from sensorium.hooks.sensor import HookSensor
 from sensorium_sensors.tracepoint import tracefs
-from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
-
-
-def _extras(item: Any) -> dict[str, Any]:
-    """Tetragon's optional event fields from the policy item: message and tags."""
-    out: dict[str, Any] = {}
-    if getattr(item, "message", None):
-        out["message"] = item.message
-    if getattr(item, "tags", None):
-        out["tags"] = list(item.tags)
-    return out
 
 
 class TracepointSensor(HookSensor):
@@ -62,7 +53,7 @@ class TracepointSensor(HookSensor):
             compiled = S.compile_hook(policy_id=policy.id, hook_id=index, kind=kind, args=plans,
                                       selectors=list(item.selectors),
                                       arg_position={i: i for i in range(len(plans))})
-        except tracefs.ArgPlanError as e:
+        except ArgPlanError as e:
             raise PolicyLoadError(hook, e.reason, f"{base}.{e.field[len(base) + 1:]}") from None
         except S.SelectorError as e:
             raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
@@ -70,4 +61,4 @@ class TracepointSensor(HookSensor):
             note = (note + "; " if note else "") + "Sigkill/Signal are sent from the tracepoint: the traced operation " \
                                                    "itself has already run or runs to completion"
         return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=attach, mechanism=mech,
-                        note=note, body={"subsys": item.subsystem, "event": item.event, **_extras(item)}, kind="process_tracepoint")
+                        note=note, body={"subsys": item.subsystem, "event": item.event, **extras(item)}, kind="process_tracepoint")

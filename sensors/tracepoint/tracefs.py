@@ -13,7 +13,8 @@ import os
 import re
 from pathlib import Path
 
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
+from sensorium.hooks.plan import INT_KEYS, ArgPlanError, int_plan
 
 __all__ = ["Field", "TracepointNotFound", "tracefs_root", "read_format", "raw_tracepoint_exists", "arg_plan",
            "ArgPlanError"]
@@ -53,12 +54,6 @@ class Field:
 
 class TracepointNotFound(LookupError):
     pass
-
-
-class ArgPlanError(ValueError):
-    def __init__(self, field: str, reason: str) -> None:
-        self.field, self.reason = field, reason
-        super().__init__(f"{field}: {reason}")
 
 
 def tracefs_root() -> Path:
@@ -113,25 +108,6 @@ def raw_tracepoint_exists(event: str, root: Path | None = None) -> bool:
     return False
 
 
-_INT_KEYS = {
-    "int": ("int_arg", 4, True), "int8": ("int_arg", 1, True), "int16": ("int_arg", 2, True),
-    "int32": ("int_arg", 4, True), "s8": ("int_arg", 1, True), "s16": ("int_arg", 2, True),
-    "s32": ("int_arg", 4, True), "uint8": ("uint_arg", 1, False), "uint16": ("uint_arg", 2, False),
-    "uint32": ("uint_arg", 4, False), "u8": ("uint_arg", 1, False), "u16": ("uint_arg", 2, False),
-    "u32": ("uint_arg", 4, False), "uint": ("uint_arg", 4, False), "int64": ("long_arg", 8, True),
-    "s64": ("long_arg", 8, True), "long": ("long_arg", 8, True), "uint64": ("size_arg", 8, False),
-    "u64": ("size_arg", 8, False), "ulong": ("size_arg", 8, False), "size_t": ("size_arg", 8, False),
-}
-
-
-def int_plan(type_name: str, from_: int, offset: int, label: str | None, field_size: int | None = None) -> S.ArgPlan:
-    key, size, signed = _INT_KEYS[type_name]
-    if from_ == S.FROM_CTX and field_size is not None:
-        size = min(size, field_size) if field_size in (1, 2, 4, 8) else size
-    return S.ArgPlan(kind=S.ARG_INT, from_=from_, offset=offset, json_key=key, size=size, signed=signed,
-                     label=label, type_name=type_name)
-
-
 def arg_plan(fields: list[Field], subsys: str, arg: object, field_path: str,
              positions: dict[int, int]) -> S.ArgPlan:
     """The plan of one ``args[]`` item of a (non-raw) tracepoint. ``positions`` maps format index ->
@@ -152,7 +128,7 @@ def arg_plan(fields: list[Field], subsys: str, arg: object, field_path: str,
                 {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}[f.size]
         else:
             raise ArgPlanError(f"{field_path}.type", f"field {f.name} ({f.ctype}) has no automatic type; give one")
-    if typ in _INT_KEYS or typ == "syscall64":
+    if typ in INT_KEYS or typ == "syscall64":
         if "[" in f.ctype or f.size not in (1, 2, 4, 8):
             raise ArgPlanError(f"{field_path}.type", f"field {f.name} ({f.ctype}, {f.size} bytes) is not an integer")
         if typ == "syscall64":
@@ -212,7 +188,7 @@ def raw_arg_plan(arg: object, field_path: str) -> S.ArgPlan:
         raise ArgPlanError(f"{field_path}.index", f"raw tracepoint argument index {idx} is past 7")
     if typ == "auto":
         typ = "uint64"
-    if typ in _INT_KEYS:
+    if typ in INT_KEYS:
         return int_plan(typ, S.FROM_RAW, idx, label)
     if typ == "syscall64":
         return S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_RAW, offset=idx, json_key="syscall_id", label=label,

@@ -1,5 +1,5 @@
 """The uprobe sensor plugin: TracingPolicy ``uprobes`` sections (functions of user binaries by symbol or
-offset, return values through uretprobes), with in-kernel selectors and actions from the shared hook engine."""
+offset, return values through uretprobes), with in-kernel selectors and actions from the hook library (`sensorium.hooks`)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ def _factory(ctx):  # type: ignore[no-untyped-def]
 
 
 def _budget():  # type: ignore[no-untyped-def]
-    from sensorium_sensors.tracepoint.budget import engine_cases
-    from sensorium_sensors.tracepoint.engine import HOOK_PROBE
+    from sensorium.hooks.budget import engine_cases
+    from sensorium.hooks.probes import HOOK_PROBE
 
     return engine_cases(HOOK_PROBE, full=("sens_uprobe", "sens_uretprobe"))
 
 
 @hookimpl
 def sensorium_sensor() -> SensorSpec:
-    from sensorium import selectors
+    from sensorium.hooks import selectors
+    from sensorium.hooks.probes import HOOK_PROBE
+    from sensorium.hooks.sensor import HookSensorOptions
     from sensorium_sensors.uprobe.schema import UProbeSpec
-    from sensorium_sensors.tracepoint.engine import HOOK_PROBE, HookSensorOptions
 
     return SensorSpec(
         name="uprobe",

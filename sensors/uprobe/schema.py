@@ -5,13 +5,14 @@ The plugin declares it in `SensorSpec.policy_sections`; `sensorium.policy` compo
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.policy import INT_ARG_TYPES, MAX_PATH_LEN, MAX_SYMBOLS_PER_UPROBE, ArgSpec, HookSpec
-from sensorium.policy_fields import absent, bounded_list, bounded_str, refused
+from sensorium.policy_fields import absent, max_bytes, max_items, refuse
 from sensorium.policy_rules import MAX_PARAMS, char_buf_size_problem, engine_selector_rules
 
 __all__ = ["UProbeSpec"]
@@ -21,19 +22,21 @@ class UProbeSpec(HookSpec):
     """An ``uprobes`` item: functions of a user-space binary by symbol (and/or file offsets)."""
 
     SECTION: ClassVar[str] = "uprobes"
-    path: bounded_str(MAX_PATH_LEN, "path") = Field(min_length=1)  # type: ignore[valid-type]
-    symbols: bounded_list(bounded_str(256, "symbol"), MAX_SYMBOLS_PER_UPROBE, "symbols") = Field(default_factory=list)  # type: ignore[valid-type]
-    offsets: bounded_list(Annotated[int, Field(ge=0)], MAX_SYMBOLS_PER_UPROBE, "offsets") = Field(default_factory=list)  # type: ignore[valid-type]
+    path: Annotated[str, max_bytes(MAX_PATH_LEN, "path")] = Field(min_length=1)
+    symbols: Annotated[list[Annotated[str, max_bytes(256, "symbol")]], max_items(MAX_SYMBOLS_PER_UPROBE, "symbols")] = (
+        Field(default_factory=list))
+    offsets: Annotated[list[Annotated[int, Field(ge=0)]], max_items(MAX_SYMBOLS_PER_UPROBE, "offsets")] = (
+        Field(default_factory=list))
     return_: bool = Field(default=False, alias="return")
     returnArg: ArgSpec | None = None
-    refCtrOffsets: refused("USDT semaphores (refCtrOffsets) are not implemented") = absent()  # type: ignore[valid-type]
-    addrs: refused("'addrs' (absolute addresses) is not implemented; use symbols or offsets") = absent()  # type: ignore[valid-type]
-    btfPath: refused("'btfPath' is not implemented") = absent()  # type: ignore[valid-type]
-    preload: refused("'preload' is not implemented") = absent()  # type: ignore[valid-type]
-    resolvePathInContainer: refused("'resolvePathInContainer' is not implemented") = absent()  # type: ignore[valid-type]
+    refCtrOffsets: Annotated[Any, refuse("USDT semaphores (refCtrOffsets) are not implemented")] = absent()
+    addrs: Annotated[Any, refuse("'addrs' (absolute addresses) is not implemented; use symbols or offsets")] = absent()
+    btfPath: Annotated[Any, refuse("'btfPath' is not implemented")] = absent()
+    preload: Annotated[Any, refuse("'preload' is not implemented")] = absent()
+    resolvePathInContainer: Annotated[Any, refuse("'resolvePathInContainer' is not implemented")] = absent()
 
     @model_validator(mode="after")
-    def _targets(self) -> "UProbeSpec":
+    def _targets(self) -> UProbeSpec:
         if not self.path.startswith("/"):
             raise PydanticCustomError("policy_value", "path '{p}' must be absolute", {"p": self.path})
         if not self.symbols and not self.offsets:

@@ -1,4 +1,4 @@
-"""The uprobe sensor: TracingPolicy ``uprobes`` items, served by the shared hook engine.
+"""The uprobe sensor: TracingPolicy ``uprobes`` items, served by the hook library (`sensorium.hooks`).
 
 One hook object per (item, symbol or offset), attached as a uprobe on the binary (and a uretprobe too
 for ``return: true``). Function parameters are read from the user calling convention's registers
@@ -12,16 +12,14 @@ ELF symbol tables do not define is a `PolicyLoadError` naming it and the field.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from typing import Any
 
-from sensorium import selectors as S
 from sensorium.hookspecs import PolicyLoadError, SensorContext
-from sensorium_sensors.tracepoint import tracefs
-from sensorium_sensors.tracepoint.engine import HookPlan, HookSensor
-from sensorium_sensors.tracepoint.sensor import _extras
+from sensorium.hooks import selectors as S
+from sensorium.hooks.plan import HookPlan, extras, plan_params, plan_return
+from sensorium.hooks.sensor import HookSensor
 from sensorium_sensors.uprobe.elfsyms import ElfError, function_symbols
 
 HOOK_UPROBE = 4  # SENS_HOOK_UPROBE in sensorium/selectors.h (informational in the kernel)
@@ -66,43 +64,16 @@ class UprobeSensor(HookSensor):
             raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", f"{base}.path") from None
 
     def _arg_plans(self, hook: str, base: str, item: Any) -> tuple[list[S.ArgPlan], dict[int, int]]:
-        plans: list[S.ArgPlan] = []
-        positions: dict[int, int] = {}
-        declared = {a.index for a in item.args}
-        for i, a in enumerate(item.args):
-            field = f"{base}.args[{i}]"
-            if a.index >= MAX_PARAMS:
-                raise PolicyLoadError(hook, f"index {a.index}: only the first {MAX_PARAMS} parameters (0..5, passed in "
-                                            f"registers) can be read", f"{field}.index")
-            typ = a.type or "auto"
-            if typ == "nop":
-                continue
-            if a.returnCopy:
-                raise PolicyLoadError(hook, "returnCopy is not supported for uprobes", f"{field}.returnCopy")
-            if typ == "auto":
-                typ = "uint64"
-            if typ in tracefs._INT_KEYS:
-                plan = tracefs.int_plan(typ, S.FROM_SYSCALL, a.index, a.label)
-            elif typ == "string":
-                plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_STR,
+        def read(a: Any, typ: str, field: str) -> S.ArgPlan:
+            if typ == "string":
+                return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_STR,
                                  json_key="string_arg", label=a.label, type_name=typ)
-            elif typ == "char_buf":
-                size_pos = None
-                if a.sizeArgIndex is not None:
-                    if a.sizeArgIndex - 1 not in declared:
-                        raise PolicyLoadError(hook, f"sizeArgIndex {a.sizeArgIndex} (parameter {a.sizeArgIndex - 1}) "
-                                                    f"must also be declared in args", f"{field}.sizeArgIndex")
-                    size_pos = -1 - (a.sizeArgIndex - 1)  # resolved below, once positions are known
-                plan = S.ArgPlan(kind=S.ARG_BUF, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_USER_BUF,
-                                 json_key="bytes_arg", size_arg=size_pos, label=a.label, type_name=typ)
-            else:
-                raise PolicyLoadError(hook, f"type {typ} is not supported for uprobes (integers: int, uint, s64, u64, "
-                                            f"size_t...; string; char_buf)", f"{field}.type")
-            positions[a.index] = len(plans)
-            plans.append(plan)
-        plans = [(dataclasses.replace(p, size_arg=positions.get(-1 - p.size_arg))
-                  if p.size_arg is not None and p.size_arg < 0 else p) for p in plans]
-        return plans, positions
+            raise PolicyLoadError(hook, f"type {typ} is not supported for uprobes (integers: int, uint, s64, u64, "
+                                        f"size_t...; string; char_buf)", f"{field}.type")
+
+        return plan_params(hook, base, item.args, nparams=MAX_PARAMS, what="uprobes", read=read,
+                           index_error=f"index {{index}}: only the first {MAX_PARAMS} parameters (0..5, passed in "
+                                       f"registers) can be read")
 
     def plan_targets(self, policy: Any, index: int, item: Any) -> list[HookPlan]:
         base = f"spec.{policy.section}[{index}]"
@@ -121,14 +92,7 @@ class UprobeSensor(HookSensor):
         at_exit = bool(item.return_)
         ret_plan = None
         if at_exit:
-            ra = item.returnArg
-            rtyp = (ra.type if ra is not None else "int") or "int"
-            if rtyp == "auto":
-                rtyp = "int"
-            if rtyp not in tracefs._INT_KEYS:
-                raise PolicyLoadError(hook, f"returnArg type {rtyp}: only integer return values are read",
-                                      f"{base}.returnArg.type")
-            ret_plan = tracefs.int_plan(rtyp, S.FROM_RETVAL, 0, ra.label if ra is not None else None)
+            ret_plan = plan_return(hook, base, item, default="int", why="only integer return values are read")
         targets: list[tuple[str | None, int, str]] = [(s, 0, s) for s in item.symbols]
         targets += [(None, o, f"{o:#x}") for o in item.offsets]
         plans: list[HookPlan] = []
@@ -150,7 +114,7 @@ class UprobeSensor(HookSensor):
                          " at entry: the process gets them before the function's first instruction"))
             # Tetragon's ProcessUprobe: "symbol" for a symbol, "offset" (mutually exclusive) for an offset.
             body: dict[str, Any] = {"path": item.path, **({"symbol": sym} if sym is not None else {"offset": off}),
-                                    **_extras(item)}
+                                    **extras(item)}
             plans.append(HookPlan(hook=thook, field=base, compiled=compiled, args=args,
                                   attach=("uprobe", at_exit, item.path, sym, off), mechanism=mech, note=note,
                                   body=body, kind="process_uprobe", return_plan=ret_plan))

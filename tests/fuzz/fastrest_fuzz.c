@@ -1,6 +1,6 @@
 /* Coverage-guided fuzzing (libFuzzer, with ASan and UBSan) of the C that reads ring records in user space:
  * the native ring drain (core/bpf/ringdrain.c) copies each record into its arena, and the hook decoder's
- * native formatter (sensors/tracepoint/fastrest.c) formats the arena's batch, as the agent does.
+ * native formatter (core/hooks/fastrest.c) formats the arena's batch, as the agent does.
  *
  * Input: the batches of tests/fuzz/targets.py's ``records`` target (8 bytes of choices, then records each
  * prefixed with its length as a little-endian u16). The loaded hooks (struct sf_hook table and text

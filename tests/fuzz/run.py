@@ -62,7 +62,7 @@ def build_c(target: str) -> tuple[Path, dict[str, str]]:
     out = WORK / "bin" / f"{target}_fuzz"
     out.parent.mkdir(parents=True, exist_ok=True)
     src = HERE / f"{target}_fuzz.c"
-    includes = [REPO / "sensors" / "tracepoint", REPO / "core" / "bpf"]
+    includes = [REPO / "core" / "hooks", REPO / "core" / "bpf"]
     cmd = [cc, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined",
            *[f"-I{i}" for i in includes], "-o", str(out), str(src)]
     b = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -73,7 +73,7 @@ def _hook_record(spec: object, int_value: int = 0xFFFFFFFF_FFFFFF85, text: bytes
                  retval: int = 0) -> bytes:
     """A well-formed hook record of ``spec`` with every argument filled."""
     import record_fuzz as R
-    from sensorium import selectors as S
+    from sensorium.hooks import selectors as S
 
     args = []
     for i in spec.args:  # type: ignore[attr-defined]
@@ -91,7 +91,7 @@ def _hook_record(spec: object, int_value: int = 0xFFFFFFFF_FFFFFF85, text: bytes
 
 def records_seeds() -> list[bytes]:
     import record_fuzz as R
-    from sensorium import selectors as S
+    from sensorium.hooks import selectors as S
 
     out: list[bytes] = []
     # the hook engine: for a few heads, one well-formed record per hook with every argument type filled

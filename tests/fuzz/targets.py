@@ -161,7 +161,7 @@ def fastrest_tables(out_dir: Path) -> None:
     own `Formatter` from hooks of the kinds it renders natively (every integer width, string_arg, a return
     value) and one it does not (a socket argument: every record falls back)."""
     import record_fuzz as R
-    from sensorium_sensors.tracepoint import native as _native
+    from sensorium.hooks import native as _native
 
     ring = R.hook_ring(fastrest_specs())
     fmt = _native.Formatter(None, [(k[0], k[1], p, 'policy "q"') for k, (p, _n, _h) in ring.hooks.items()])

@@ -4,7 +4,7 @@
  *
  * One compiled object serves one hook of a policy (a tracepoint, a raw tracepoint, or a syscall served
  * by raw_tp sys_enter/sys_exit). Its whole configuration is the read-only global `sens_cfg` (set from
- * user space before load by sensorium.selectors): which arguments to read and how, the selectors and
+ * user space before load by sensorium.hooks.selectors): which arguments to read and how, the selectors and
  * their values. Because rodata is frozen, the verifier sees every count, operator and value as a
  * constant and prunes what the policy does not use: a policy with one matchArgs costs one compare.
  *
@@ -21,7 +21,7 @@
  * steps on every kernel we support. Loops that step through bytes or path components are in global
  * functions (verified once per program, not once per call site) and keep their loop-carried state in
  * the per-CPU scratch; tests/test_verifier_budget.py loads each program in its most expensive
- * configuration (sensorium.selectors.worst_case_cfg) and fails above 200,000 processed instructions.
+ * configuration (sensorium.hooks.selectors.worst_case_cfgs) and fails above 200,000 processed instructions.
  *
  * Programs here: sens_tp (tracepoint), sens_raw (raw tracepoint), sens_sys_enter/sens_sys_exit
  * (syscalls via raw_tp), sens_open_exit (open family on the opened file, tp_btf sys_exit alone; only with

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * sensorium/hook/defs.h: what every part of the policy hook engine shares: limits, the configuration
- * (rodata `sens_cfg`, mirrored by sensorium.selectors), the record layout, the maps and the per-CPU
+ * (rodata `sens_cfg`, mirrored by sensorium.hooks.selectors), the record layout, the maps and the per-CPU
  * scratch. Included through sensorium/selectors.h.
  */
 #ifndef __SENSORIUM_HOOK_DEFS_H
@@ -20,7 +20,7 @@
 		__sens_b;                                                     \
 	})
 
-/* Limits: mirrored in sensorium.selectors (checked before load, with the limit in the message). */
+/* Limits: mirrored in sensorium.hooks.selectors (checked before load, with the limit in the message). */
 #define SENS_MAX_ARGS 6
 #define SENS_MAX_SELECTORS 5
 #define SENS_MAX_MATCH_ARGS 4
@@ -262,7 +262,7 @@ struct sens_arg_rec {
 	__u32 pad;
 };
 
-/* Payload of a SENS_ARG_SOCK argument (sensorium.selectors.SensSock). Ports in host order; addresses in
+/* Payload of a SENS_ARG_SOCK argument (sensorium.hooks.selectors.SensSock). Ports in host order; addresses in
  * network order (IPv4 in the first 4 bytes). A sockaddr carries one address and port: it is stored as
  * both source and destination, and user space decides which operators may name it. An skb's are those
  * of its packet's headers, with its length in `len`. */

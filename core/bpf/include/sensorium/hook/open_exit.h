@@ -13,7 +13,7 @@
 /* ------------------------------------------------------------------------------------------------ */
 
 /*
- * Built only into the object with -DSENS_OPEN_EXIT (sensors/tracepoint/engine.py: HOOK_OPEN_PROBE), since it
+ * Built only into the object with -DSENS_OPEN_EXIT (core/hooks/probes.py: HOOK_OPEN_PROBE), since it
  * needs tp_btf and the bpf_rdonly_cast kfunc (6.2+); where that object does not load, the engine falls
  * back to sens_sys_enter + sens_sys_exit, which decide exactly the same.
  *
@@ -310,9 +310,7 @@ int BPF_PROG(sens_open_exit, struct pt_regs *regs, long ret)
 	s->raw[3] = regs->r10;
 	s->raw[4] = regs->r8;
 	s->raw[5] = regs->r9;
-	s->ev.retval = ret;
-	s->ev.flags = SENS_EV_HAS_RET;
-	return sens_run(ctx, s);
+	return sens_run_ret(ctx, s, ret);
 }
 
 #endif /* __SENSORIUM_HOOK_OPEN_EXIT_H */

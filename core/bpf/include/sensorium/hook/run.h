@@ -169,6 +169,21 @@ static __always_inline int sens_run(void *ctx, struct sens_scratch *s)
 	return sens_finish(ctx, s, len);
 }
 
+/* Evaluate the hook on a call (no return value) or on a return (`ret`): what every program ends with. */
+static __always_inline int sens_run_call(void *ctx, struct sens_scratch *s)
+{
+	s->ev.flags = 0;
+	s->ev.retval = 0;
+	return sens_run(ctx, s);
+}
+
+static __always_inline int sens_run_ret(void *ctx, struct sens_scratch *s, __s64 ret)
+{
+	s->ev.retval = ret;
+	s->ev.flags = SENS_EV_HAS_RET;
+	return sens_run(ctx, s);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* Programs                                                                                          */
 /* ------------------------------------------------------------------------------------------------ */
@@ -180,9 +195,7 @@ int sens_tp(void *ctx)
 
 	if (!s)
 		return 0;
-	s->ev.flags = 0;
-	s->ev.retval = 0;
-	return sens_run(ctx, s);
+	return sens_run_call(ctx, s);
 }
 
 SEC("raw_tp")
@@ -192,9 +205,7 @@ int sens_raw(struct bpf_raw_tracepoint_args *ctx)
 
 	if (!s)
 		return 0;
-	s->ev.flags = 0;
-	s->ev.retval = 0;
-	return sens_run(ctx, s);
+	return sens_run_call(ctx, s);
 }
 
 /* Entry half of a hook evaluated at return (SENS_CFG_AT_EXIT): keep this thread's arguments. */
@@ -219,6 +230,17 @@ static __always_inline struct sens_scratch *sens_unstash(void)
 		bpf_probe_read_kernel(s->raw, sizeof(s->raw), saved->raw);
 	bpf_map_delete_elem(&sens_inflight, &tid);
 	return s;
+}
+
+/* The entry of a call: a hook evaluated at return (SENS_CFG_AT_EXIT) keeps this thread's arguments for its
+ * return half (`sens_unstash`); any other is evaluated now. */
+static __always_inline int sens_entry(void *ctx, struct sens_scratch *s)
+{
+	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
+		sens_stash(s);
+		return 0;
+	}
+	return sens_run_call(ctx, s);
 }
 
 static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_regs *regs)
@@ -263,13 +285,7 @@ int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	if (!s)
 		return 0;
 	sens_read_regs(s, (struct pt_regs *)ctx->args[0]);
-	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
-		sens_stash(s);
-		return 0;
-	}
-	s->ev.flags = 0;
-	s->ev.retval = 0;
-	return sens_run(ctx, s);
+	return sens_entry(ctx, s);
 }
 
 /* raw_tp sys_exit(struct pt_regs *regs, long ret) */
@@ -285,9 +301,7 @@ int sens_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 
 	if (!s)
 		return 0;
-	s->ev.retval = (__s64)ctx->args[1];
-	s->ev.flags = SENS_EV_HAS_RET;
-	return sens_run(ctx, s);
+	return sens_run_ret(ctx, s, (__s64)ctx->args[1]);
 }
 
 /* uprobe/uretprobe on a user function: its parameters are the user calling convention's registers
@@ -311,13 +325,7 @@ int sens_uprobe(struct pt_regs *ctx)
 #else
 	s->raw[5] = 0;
 #endif
-	if (sens_cfg.flags & SENS_CFG_AT_EXIT) {
-		sens_stash(s);
-		return 0;
-	}
-	s->ev.flags = 0;
-	s->ev.retval = 0;
-	return sens_run(ctx, s);
+	return sens_entry(ctx, s);
 }
 
 SEC("uretprobe")
@@ -327,9 +335,7 @@ int sens_uretprobe(struct pt_regs *ctx)
 
 	if (!s)
 		return 0;
-	s->ev.retval = (__s64)PT_REGS_RC(ctx);
-	s->ev.flags = SENS_EV_HAS_RET;
-	return sens_run(ctx, s);
+	return sens_run_ret(ctx, s, (__s64)PT_REGS_RC(ctx));
 }
 
 /* Selector i's followChildren/followForks bits for a child of the current process (bit i: its binary

@@ -1,17 +1,17 @@
 """Verifier budget cases of the hook engine's programs (`sensorium.hookspecs.BudgetCase`).
 
 Each program of the engine's objects is loaded with the most expensive configurations that
-`sensorium.selectors.worst_case_cfgs` builds from the kernel limits: the program kinds that evaluate a
+`sensorium.hooks.selectors.worst_case_cfgs` builds from the kernel limits: the program kinds that evaluate a
 policy (tracepoint, raw tracepoint, syscall enter/exit, uprobe/uretprobe, the open-exit program) with
 every argument family their hooks can have; the process-tracking programs with the mixed one. Sensors
-built on the engine (tracepoint, kprobe, uprobe, lsm) list the cases of the programs they load.
+built on the hook library (tracepoint, kprobe, uprobe, lsm) list the cases of the programs they load.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
-from sensorium import selectors as S
+from sensorium.hooks import selectors as S
 from sensorium.hookspecs import BudgetCase, ProbeSource
 
 __all__ = ["engine_cases", "prepare_hook"]
@@ -38,7 +38,7 @@ def prepare_hook(cfg: S.HookCfg, open_exit: bool = False,
     raw = bytes(cfg)
     pq = None
     if open_exit:
-        from sensorium_sensors.tracepoint.engine import open_exit_filter
+        from sensorium.hooks.openexit import open_exit_filter
 
         pq = bytes(open_exit_filter(cfg))
     extra = dict(rodata or {})

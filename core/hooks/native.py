@@ -176,7 +176,7 @@ class Formatter:
 
 def describe(plan: Any) -> tuple[list[tuple[int, bytes, int, int, int]], Any] | None:
     """What fastrest.c renders of a hook's usual records, from the plan's fast descriptions (the same
-    ones engine._quick_rest generates its formatter from): per argument (1, key, bits, signed, quoted) for
+    ones render.quick_rest generates its formatter from): per argument (1, key, bits, signed, quoted) for
     a plain integer, (2, b"", 0, 0, 0) for a plain string_arg; the return value as None (no return plan, or
     one the event format does not show), () (present but not a plain integer: such records fall back) or
     (key, bits, signed, quoted). None when some argument is of another kind (every record of the hook then

@@ -1,4 +1,4 @@
-/* Native formatter of the hook decoder's usual records (sensors/tracepoint/native.py loads it).
+/* Native formatter of the hook decoder's usual records (core/hooks/native.py loads it).
  *
  * One call formats the JSON rest (",\"args\":[...] ... \"time\":\"...\"}\n") of every record of a ring
  * batch that has its hook's usual shape, exactly as engine._quick_rest's generated Python would, and

@@ -1,4 +1,5 @@
-"""The LSM hooks this kernel has, read from its BTF: name and typed parameters of every ``bpf_lsm_<hook>``.
+"""Kernel functions and LSM hooks from the kernel's BTF: name and typed parameters of every function
+(`kernel_functions`, the kprobe sensor's check of ``call``) and of every ``bpf_lsm_<hook>`` (`lsm_hooks`).
 
 The kernel declares one ``bpf_lsm_<hook>`` function per LSM hook (CONFIG_BPF_LSM), whatever the boot
 ``lsm=`` list says; its BTF prototype is the hook's signature. Policies are checked against it (the hook
@@ -57,13 +58,6 @@ def lsm_hooks(btf: Path | str | None = None) -> dict[str, LsmHookSig]:
 
     Raises OSError when the BTF file cannot be read, ValueError when it is not BTF.
     """
-    if btf is None:
-        try:
-            from sensorium.bpf.build import btf_path  # honours $SENSORIUM_BTF (the VM lane sets it)
-
-            btf = btf_path()
-        except ImportError:
-            btf = DEFAULT_BTF
     return _functions(btf, "bpf_lsm_")
 
 

@@ -65,8 +65,9 @@ class DirectContext:
         obj.load = load  # type: ignore[method-assign]
         return obj
 
-    def add_ring_buffer(self, bpf_map: Any, decode: Callable[[Sequence[bytes]], Iterable[Event]]) -> None:
-        self.reader.add(bpf_map, lambda recs: self.events.extend(decode(recs)))
+    def add_ring_buffer(self, bpf_map: Any, decode: Callable[[Sequence[bytes]], Iterable[Event]], *,
+                        native_drain: bool = False) -> Any:
+        return self.reader.add(bpf_map, lambda recs: self.events.extend(decode(recs)), native_drain=native_drain)
 
     def emit(self, events: Iterable[Event]) -> None:
         self.events.extend(events)
