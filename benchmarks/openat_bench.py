@@ -60,22 +60,10 @@ int main(int argc, char **argv) {
 }
 """
 
-POLICY = """
-apiVersion: sensorium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: {name}}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args:
-    - {{index: 0, type: int}}
-    - {{index: 1, type: string}}
-    - {{index: 2, type: int}}
-    selectors:
-    - matchArgs:
-      - {{index: 1, operator: {op}, values: ["{value}"]}}
-"""
+def policy(name: str, op: str, value: str) -> str:
+    from openat_harness import openat_policy  # tests/: on the path above
+
+    return openat_policy(value, name=name, op=op)
 
 
 def build_storm(tmp: Path) -> Path:
@@ -161,7 +149,7 @@ def agent_export(exe: Path, calls: int, target: Path, tmp: Path, ring_kb: int = 
             raise RuntimeError(f"agent exited: {proc.wait()}")
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
         pol = tmp / "match.yaml"
-        pol.write_text(POLICY.format(name="bench-agent-match", op="Equal", value=str(target)))
+        pol.write_text(policy(name="bench-agent-match", op="Equal", value=str(target)))
         subprocess.run([sensorium, "policy", "add", str(pol), "--socket", str(sock)], check=True, capture_output=True)
         needle = b'"bench-agent-match"'
 
@@ -255,10 +243,10 @@ def main() -> int:
     rig.handles = []
     try:
         storm(exe, 20_000, target)  # warm up (page cache, dentry cache)
-        nomatch_text = POLICY.format(name="bench-nomatch", op=args.nomatch_op, value=args.nomatch_value)
+        nomatch_text = policy(name="bench-nomatch", op=args.nomatch_op, value=args.nomatch_value)
         # "mechanism": a hook on a syscall the storm never makes: what enabling syscall tracepoints costs
         # every syscall, before any filtering (the kernel's syscall tracing path + one compare).
-        mech_text = POLICY.format(name="bench-mech", op="Equal", value="/never").replace("sys_openat", "sys_getpgid") \
+        mech_text = policy(name="bench-mech", op="Equal", value="/never").replace("sys_openat", "sys_getpgid") \
             .replace("{index: 1, type: string}", "{index: 1, type: int}").replace('values: ["/never"]', 'values: ["1"]')
         from sensorium.hooks import hookset as engine
 
@@ -320,7 +308,7 @@ def main() -> int:
             sensor.start()
             # matching: every openat of the storm becomes an event written to a JSON-lines file
             out = tmp / "events.jsonl"
-            view = rig.view(POLICY.format(name="bench-match", op="Equal", value=str(target)), "kprobes", policy_id=2)
+            view = rig.view(policy(name="bench-match", op="Equal", value=str(target)), "kprobes", policy_id=2)
             h = sensor.load_policy(view)
             written = 0
             last_write = 0.0

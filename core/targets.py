@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from sensorium.hookspecs import TargetError
@@ -129,3 +130,20 @@ def check_socket_target(path: str | os.PathLike[str], *, key: str = "address") -
             raise TargetError(f"{p} is not a socket", key=key)
     elif not existing.is_dir():
         raise TargetError(f"{existing} is not a directory, so no socket can appear at {p}", key=key)
+
+
+def check_readable_files(files: Iterable[tuple[str, str | os.PathLike[str] | None]]) -> None:
+    """Files an exporter must read (TLS keys, passwords, header values), each with the config key that names it
+    (None: not configured, skipped). One that is missing, not a regular file or cannot be opened never gets
+    better by retrying: `TargetError` naming its key."""
+    for key, path in files:
+        if path is None:
+            continue
+        p = Path(path)
+        if not p.is_file():
+            raise TargetError(f"{p} {'is not a regular file' if p.exists() else 'does not exist'}", key=key)
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as exc:
+            raise TargetError(f"{p}: {exc.strerror}", key=key) from None

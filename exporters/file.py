@@ -23,9 +23,9 @@ from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sensorium import hookimpl
 from sensorium.events import Event, json_lines, line_parts
 from sensorium.hookspecs import ExporterContext, ExporterSpec, PartialWrite
+from sensorium.provide import provide
 from sensorium.targets import check_file_target
 
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -262,12 +262,8 @@ class FileExporter:
                 pass
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="file",
-        description="JSON lines to a file with size-based rotation, backups and optional gzip",
-        options=FileOptions,
-        factory=FileExporter,
-        check=lambda options: check_file_target(options.path),
-    )
+sensorium_exporter = provide(ExporterSpec(
+    name="file",
+    description="JSON lines to a file with size-based rotation, backups and optional gzip",
+    options=FileOptions, factory=FileExporter, check=lambda options: check_file_target(options.path),
+))

@@ -18,15 +18,16 @@ answered by the broker (or a missing topic) ``rejected``, so the runner's per-re
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.hookspecs import ExportError, ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.hookspecs import ExporterContext, ExportError, ExporterSpec, PartialWrite
+from sensorium.provide import provide
+from sensorium.targets import check_readable_files
 
 
 class KafkaTls(BaseModel):
@@ -171,18 +172,7 @@ def check_target(options: KafkaOptions) -> None:
                   ("tls.key_file", options.tls.key_file)]
     if options.sasl is not None:
         files.append(("sasl.password_file", options.sasl.password_file))
-    for key, path in files:
-        if path is None:
-            continue
-        p = Path(path)
-        if not p.is_file():
-            raise TargetError(f"{p} {'is not a regular file' if p.exists() else 'does not exist'}", key=key)
-        try:
-            with open(p, "rb"):
-                pass
-        except OSError as exc:
-            raise TargetError(f"{p}: {exc.strerror}", key=key) from None
-
+    check_readable_files(files)
 
 class KafkaExporter:
     def __init__(self, options: KafkaOptions, ctx: ExporterContext) -> None:
@@ -278,12 +268,8 @@ class KafkaExporter:
                 pass
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="kafka",
-        description="One JSON event per Kafka message (librdkafka): keys, compression, acks, idempotence, TLS, SASL",
-        options=KafkaOptions,
-        factory=KafkaExporter,
-        check=check_target,
-    )
+sensorium_exporter = provide(ExporterSpec(
+    name="kafka",
+    description="One JSON event per Kafka message (librdkafka): keys, compression, acks, idempotence, TLS, SASL",
+    options=KafkaOptions, factory=KafkaExporter, check=check_target,
+))

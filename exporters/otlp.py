@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import email.utils
 import gzip
-import os
 import queue
 import re
 import threading
@@ -47,9 +46,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sensorium import hookimpl
 from sensorium.events import Event
-from sensorium.hookspecs import ExporterContext, ExportError, ExporterSpec, PartialWrite, TargetError
+from sensorium.hookspecs import ExporterContext, ExportError, ExporterSpec, PartialWrite
+from sensorium.provide import provide
+from sensorium.targets import check_readable_files
 from sensorium_exporters.otlp_encode import Encoder
 
 DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
@@ -587,23 +587,12 @@ def check_target(options: OtlpOptions) -> None:
         files += [("tls.ca_file", options.tls.ca_file), ("tls.cert_file", options.tls.cert_file),
                   ("tls.key_file", options.tls.key_file)]
     files += [(f"header_files.{k}", p) for k, p in options.header_files.items()]
-    for key, path in files:
-        if path is None:
-            continue
-        p = Path(path)
-        if not p.is_file():
-            raise TargetError(f"{p} {'is not a regular file' if p.exists() else 'does not exist'}", key=key)
-        if not os.access(p, os.R_OK):
-            raise TargetError(f"{p}: not readable", key=key)
+    check_readable_files(files)
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="otlp",
-        description="OpenTelemetry log records over OTLP/gRPC or OTLP/HTTP: resource attributes per pod, "
-                    "TLS, headers, gzip, retries",
-        options=OtlpOptions,
-        factory=OtlpExporter,
-        check=check_target,
-    )
+sensorium_exporter = provide(ExporterSpec(
+    name="otlp",
+    description="OpenTelemetry log records over OTLP/gRPC or OTLP/HTTP: resource attributes per pod, "
+                "TLS, headers, gzip, retries",
+    options=OtlpOptions, factory=OtlpExporter, check=check_target,
+))

@@ -11,10 +11,10 @@ from typing import BinaryIO, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sensorium import hookimpl
 from sensorium.compact import compact
 from sensorium.events import Event
 from sensorium.hookspecs import ExporterContext, ExporterSpec
+from sensorium.provide import provide
 
 
 class StdoutOptions(BaseModel):
@@ -61,11 +61,8 @@ class StdoutExporter:
             pass  # stdout closed (broken pipe): nothing left to do
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="stdout",
-        description="JSON lines (Tetragon export format) or a compact human view on stdout",
-        options=StdoutOptions,
-        factory=StdoutExporter,
-    )
+sensorium_exporter = provide(ExporterSpec(
+    name="stdout",
+    description="JSON lines (Tetragon export format) or a compact human view on stdout",
+    options=StdoutOptions, factory=StdoutExporter,
+))

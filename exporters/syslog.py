@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import errno
 import os
 import re
@@ -37,9 +38,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sensorium import hookimpl
 from sensorium.events import Event
 from sensorium.hookspecs import ExporterContext, ExporterSpec, PartialWrite, TargetError
+from sensorium.provide import provide
 from sensorium.targets import check_socket_target
 
 FACILITIES = {
@@ -248,12 +249,10 @@ class SyslogExporter:
         self._recent.clear()
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-            self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def flush(self) -> None:
         pass  # every write goes to the socket immediately
@@ -400,15 +399,6 @@ class SyslogExporter:
                 self.ctx.count("refusals_unmatched")
 
 
-@hookimpl
-def sensorium_exporter() -> ExporterSpec:
-    return ExporterSpec(
-        name="syslog",
-        description="RFC 5424 syslog with structured data over udp://, tcp:// (octet counting) or unix://",
-        options=SyslogOptions,
-        factory=SyslogExporter,
-        check=check_target,
-    )
 
 
 def check_target(options: SyslogOptions) -> None:
@@ -419,3 +409,10 @@ def check_target(options: SyslogOptions) -> None:
         check_socket_target(target, key="address")
     elif target[1] == 0:
         raise TargetError(f"{options.address}: port 0 cannot be sent to", key="address")
+
+
+sensorium_exporter = provide(ExporterSpec(
+    name="syslog",
+    description="RFC 5424 syslog with structured data over udp://, tcp:// (octet counting) or unix://",
+    options=SyslogOptions, factory=SyslogExporter, check=check_target,
+))

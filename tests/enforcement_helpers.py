@@ -165,14 +165,10 @@ def policy_list(sock: Path) -> list[dict[str, Any]]:
     return json.loads(cli(sock, "policy", "list", "--json").stdout)
 
 
-def connect_policy(name: str, port: int, pid: int) -> str:
-    """socket_connect to ``port`` refused (EPERM) for the process ``pid`` only."""
-    return f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  lsmhooks:
+def connect_lsmhooks(port: int, selector: str = "") -> str:
+    """A policy spec's ``lsmhooks:`` section: socket_connect to ``port`` refused (EPERM); ``selector``: more keys of
+    its one selector (e.g. matchPIDs)."""
+    return f"""  lsmhooks:
   - hook: socket_connect
     args:
     - {{index: 0, type: sock}}
@@ -180,11 +176,21 @@ spec:
     selectors:
     - matchArgs:
       - {{index: 1, operator: DPort, values: ["{port}"]}}
-      matchPIDs:
-      - {{operator: In, followForks: false, isNamespacePID: false, values: [{pid}]}}
-      matchActions:
+{selector}      matchActions:
       - {{action: Override, argError: -1}}
 """
+
+
+def connect_policy(name: str, port: int, pid: int) -> str:
+    """socket_connect to ``port`` refused (EPERM) for the process ``pid`` only."""
+    return f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+""" + connect_lsmhooks(port, f"""      matchPIDs:
+      - {{operator: In, followForks: false, isNamespacePID: false, values: [{pid}]}}
+""")
 
 
 def lsm_block_policy(name: str, hook: str, arg_type: str, path: str | os.PathLike[str], pid: int) -> str:

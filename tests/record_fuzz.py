@@ -405,6 +405,7 @@ def hook_single(specs: Sequence[HookSpec], rec: bytes, cache: Any = None) -> Hoo
 # The exec sensor (exec_record / fork_record / exit_record)
 # =========================================================================================================
 
+from sensorium.bpf.decoding import HDR_SIZE  # noqa: E402
 from sensorium_sensors.exec import decoder as X  # noqa: E402
 
 
@@ -506,10 +507,11 @@ def expected_exit_status(code: int, group: int, signal_flags: int) -> dict[str, 
 
 def exec_mutations(rec: bytes, kind: int, pick: Callable[[int], int]) -> list[tuple[str, bytes, str]]:
     """Hostile changes to a well-formed exec-sensor record, with the counter the decoder must bump."""
-    size = {X.EXEC_REC_EXEC: X._EXEC_SIZE, X.EXEC_REC_FORK: X._FORK_SIZE, X.EXEC_REC_EXIT: X._EXIT_SIZE}[kind]
+    layout = {X.EXEC_REC_EXEC: X.ExecRecord, X.EXEC_REC_FORK: X.ForkRecord, X.EXEC_REC_EXIT: X.ExitRecord}[kind]
+    size = ctypes.sizeof(layout)
     name = {X.EXEC_REC_EXEC: "exec", X.EXEC_REC_FORK: "fork", X.EXEC_REC_EXIT: "exit"}[kind]
-    out = [("cut in the header", rec[:pick(X._HDR_SIZE)], "short"),
-           ("cut in the record", rec[:X._HDR_SIZE + pick(size - X._HDR_SIZE)], f"bad_{name}_size")]
+    out = [("cut in the header", rec[:pick(HDR_SIZE)], "short"),
+           ("cut in the record", rec[:HDR_SIZE + pick(size - HDR_SIZE)], f"bad_{name}_size")]
     t = 4 + pick(0xFFFC)
     out.append(("another record type", t.to_bytes(2, "little") + rec[2:], "unknown_type"))
     if kind == X.EXEC_REC_EXEC:
@@ -600,13 +602,13 @@ def ip_text(family: int, raw: bytes) -> str:
 
 def net_mutations(rec: bytes, pick: Callable[[int], int]) -> list[tuple[str, bytes, str]]:
     rtype = int.from_bytes(rec[:2], "little")
-    size, name = (N._UDP_SIZE, "bad_udp_size") if rtype == N.NET_REC_UDP else (N._TCP_SIZE, "bad_tcp_size")
-    fam_off = (N.NetUdpRecord if rtype == N.NET_REC_UDP else N.NetTcpRecord).family.offset
+    layout, name = (N.NetUdpRecord, "bad_udp_size") if rtype == N.NET_REC_UDP else (N.NetTcpRecord, "bad_tcp_size")
+    size, fam_off = ctypes.sizeof(layout), layout.family.offset
     bad_fam = [f for f in (0, 1, 3, 9, 11, 0xFFFF) if f not in N.FAMILIES][pick(5)]
     r = bytearray(rec)
     r[fam_off:fam_off + 2] = struct.pack("<H", bad_fam)
-    out = [("cut in the header", rec[:pick(N._HDR_SIZE)], "short"),
-           ("cut in the record", rec[:N._HDR_SIZE + pick(size - N._HDR_SIZE)], name),
+    out = [("cut in the header", rec[:pick(HDR_SIZE)], "short"),
+           ("cut in the record", rec[:HDR_SIZE + pick(size - HDR_SIZE)], name),
            ("another record type", (5 + pick(0xFFFA)).to_bytes(2, "little") + rec[2:], "unknown_type"),
            ("an unknown address family", bytes(r), "bad_udp" if rtype == N.NET_REC_UDP else "bad_family")]
     if rtype == N.NET_REC_UDP:

@@ -11,6 +11,7 @@ tests/conftest.py turns these into fixtures; see docs/testing.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -329,3 +330,51 @@ def start_agent(workdir: Path, config: dict[str, Any], *, args: tuple[str, ...] 
             raise AssertionError(f"agent not ready after {ready_timeout}s (no stderr line with 'ready'); "
                                  f"stderr:\n{h.stderr_tail(60)}")
     return h
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at ``where`` (made here) with the mount ``options`` for the block, unmounted after;
+    skips the test where this machine does not let it mount."""
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def feed(runner: Any, events: list[Any], batch: int, pause_s: float) -> tuple[threading.Thread, threading.Event]:
+    """Submit ``events`` to an exporter runner in batches of ``batch``, ``pause_s`` apart, from a thread of its own
+    (started here): a stream that is still flowing while the test breaks its target. The event is set after the
+    last batch."""
+    done = threading.Event()
+
+    def produce() -> None:
+        for i in range(0, len(events), batch):
+            runner.submit(events[i:i + batch])
+            time.sleep(pause_s)
+        done.set()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    return t, done
+
+
+class DecoderContext:
+    """The least `SensorContext` a sensor's decoder needs, for feeding it records without a kernel: an empty process
+    cache that never reads /proc, and plain events."""
+
+    node_name = "n"
+
+    def __init__(self) -> None:
+        from sensorium.process import ProcessCache
+
+        self.process_cache = ProcessCache("n", proc_root=None)
+
+    def make_event(self, kind: str, body: dict, ktime_ns: int | None = None) -> Any:
+        from sensorium.events import Event
+
+        return Event(kind, body, self.node_name, ktime_ns or 0)

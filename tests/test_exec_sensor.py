@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from sensorium_testlib import DecoderContext
 from tetragon_schema import check_agent_run
 
 
@@ -412,20 +413,6 @@ def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
 # ---- the decoder against hostile or damaged records (no kernel needed) ----------------------------
 
 
-class _Ctx:
-    node_name = "n"
-
-    def __init__(self) -> None:
-        from sensorium.process import ProcessCache
-
-        self.process_cache = ProcessCache("n", proc_root=None)
-
-    def make_event(self, kind: str, body: dict, ktime_ns: int | None = None) -> Any:
-        from sensorium.events import Event
-
-        return Event(kind, body, self.node_name, ktime_ns or 0)
-
-
 def _exec_record(args: bytes, binary: bytes, cwd: bytes, **kw: int) -> bytes:
     import ctypes
 
@@ -446,7 +433,7 @@ def _exec_record(args: bytes, binary: bytes, cwd: bytes, **kw: int) -> bytes:
 def test_decoder_decodes_a_well_formed_exec_record() -> None:
     from sensorium_sensors.exec.decoder import ExecDecoder
 
-    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    d = ExecDecoder(DecoderContext())  # type: ignore[arg-type]
     (ev,) = d.decode_batch([_exec_record(b"/bin/x\0-a\0b c\0", b"/bin/x", b"/tmp", ppid=1, uid=7)])
     p = ev.body["process"]
     assert ev.kind == "process_exec" and p["binary"] == "/bin/x" and p["arguments"] == "-a b c"
@@ -456,7 +443,7 @@ def test_decoder_decodes_a_well_formed_exec_record() -> None:
 def test_decoder_skips_short_and_inconsistent_records() -> None:
     from sensorium_sensors.exec.decoder import ExecDecoder
 
-    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    d = ExecDecoder(DecoderContext())  # type: ignore[arg-type]
     good = _exec_record(b"a\0", b"/b", b"/")
     lying = _exec_record(b"a\0", b"/b", b"/", cwd_len=60000)  # lengths beyond the record
     events = d.decode_batch([b"", b"\x01\x00", good[:40], lying, b"\x09\x00" + bytes(40), good])
@@ -468,7 +455,7 @@ def test_decoder_skips_short_and_inconsistent_records() -> None:
 def test_decoder_invalid_utf8_does_not_raise() -> None:
     from sensorium_sensors.exec.decoder import ExecDecoder
 
-    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    d = ExecDecoder(DecoderContext())  # type: ignore[arg-type]
     (ev,) = d.decode_batch([_exec_record(b"x\0\xff\xfe\0", b"/bin/\xff", b"/")])
     assert ev.process["binary"] == "/bin/\\xff" and ev.process["arguments"] == "\\xff\\xfe"
 
@@ -497,7 +484,7 @@ def test_decoder_refuses_a_fork_whose_child_is_its_parent() -> None:
         r.parent_pid, r.child_pid, r.child_start_time = parent, child, 5
         return bytes(r)
 
-    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    d = ExecDecoder(DecoderContext())  # type: ignore[arg-type]
     d.decode_batch([_exec_record(b"x\0", b"/x", b"/"), fork(4242, 4242), fork(4242, 0)])
     assert d.counters["bad_fork_pids"] == 2 and d.counters["fork"] == 0
     process, parent = d.cache.get(4242)
@@ -511,7 +498,7 @@ def test_decoder_refuses_an_exec_record_shorter_or_longer_than_its_header_says()
 
     good = _exec_record(b"/bin/x\0", b"/bin/x", b"/")
     says_more = good[:4] + (len(good) + 8).to_bytes(4, "little") + good[8:]  # hdr.size: 8 bytes were cut
-    d = ExecDecoder(_Ctx())  # type: ignore[arg-type]
+    d = ExecDecoder(DecoderContext())  # type: ignore[arg-type]
     out = d.decode_batch([good + b"junk", says_more, good])
     assert [e.body["process"]["binary"] for e in out] == ["/bin/x"]
     assert d.counters["bad_exec_lengths"] == 2 and d.counters["exec"] == 1

@@ -6,7 +6,6 @@ import gzip
 import os
 import time
 import stat
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -16,6 +15,7 @@ from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.testing import make_event, run_exporter, runner_for, wait_until
 from sensorium_exporters.file import FileExporter, FileOptions
+from sensorium_testlib import tmpfs
 
 
 def exporter(path: Path, **opts) -> FileExporter:
@@ -98,16 +98,8 @@ def test_a_symlink_at_the_path_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "tmpfs", "size=256k,mode=0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(dirpath: Path) -> Path:
@@ -159,16 +151,8 @@ def test_a_file_moved_away_by_logrotate_is_reopened_at_the_path(tmp_path: Path) 
 @pytest.fixture
 def tmpfs_4m(tmp_path: Path):
     """A real 4 MiB tmpfs, mounted for this test and removed after it."""
-    mnt = tmp_path / "tmpfs4m"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "tmpfs4m", "size=4m,mode=0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill_in_pages(dirpath: Path) -> list[Path]:

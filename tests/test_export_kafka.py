@@ -19,6 +19,7 @@ from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.metrics import Metrics
 from sensorium.testing import make_event, runner_for, wait_until
+from sensorium_testlib import feed
 from sensorium_exporters.kafka import KafkaExporter, KafkaOptions
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -178,16 +179,7 @@ def test_broker_restarted_mid_stream_keeps_order(broker: Broker, down_s: float) 
     r.start()
     total = 600
     events = evs(total)
-    done = threading.Event()
-
-    def produce() -> None:
-        for i in range(0, total, 20):
-            r.submit(events[i:i + 20])
-            time.sleep(0.1)
-        done.set()
-
-    t = threading.Thread(target=produce)
-    t.start()
+    t, done = feed(r, events, 20, 0.1)
     want = [e.json() for e in events]
     after: Collector | None = None
     try:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from reliability_figures import record
-from sensorium_testlib import REPO, SENSORIUM_BIN
+from sensorium_testlib import REPO, SENSORIUM_BIN, tmpfs
 
 NO_SENSORS = {"allow": ["stdout", "file", "syslog"]}  # startup errors come before any program is loaded
 
@@ -44,15 +44,8 @@ def one_line_error(res: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture
 def read_only_mount(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("target, says", [

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +15,7 @@ import pytest
 from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.testing import make_event, runner_for, wait_until
+from sensorium_testlib import feed
 from sensorium_exporters.syslog import SyslogExporter, SyslogOptions, format_message, severity_of
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "peers" / "rsyslog.sh"
@@ -152,16 +152,7 @@ def test_tcp_collector_restart_mid_stream_keeps_order_without_duplicates(rsyslog
     r.start()
     total = 400
     events = evs(total)
-    done = threading.Event()
-
-    def produce() -> None:
-        for i in range(0, total, 5):
-            r.submit(events[i:i + 5])
-            time.sleep(0.005)
-        done.set()
-
-    t = threading.Thread(target=produce)
-    t.start()
+    t, done = feed(r, events, 5, 0.005)
     wait_until(lambda: len(rsyslog.lines()) >= 50, 15, "the stream to start")
     rsyslog.stop()
     rsyslog.start()
@@ -255,16 +246,7 @@ def test_udp_collector_restart_mid_stream_counts_every_loss_as_unconfirmed(rsysl
     r.start()
     total = 600
     events = evs(total)
-    done = threading.Event()
-
-    def produce() -> None:
-        for i in range(0, total, 5):
-            r.submit(events[i:i + 5])
-            time.sleep(0.005)
-        done.set()
-
-    t = threading.Thread(target=produce)
-    t.start()
+    t, done = feed(r, events, 5, 0.005)
     wait_until(lambda: len(rsyslog.lines()) >= 50, 15, "the stream to start")
     rsyslog.stop()  # what it had received but not yet written dies with it: UDP cannot know
     rsyslog.start()

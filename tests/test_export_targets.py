@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -11,20 +10,14 @@ import pytest
 
 from sensorium.hookspecs import TargetError
 from sensorium.targets import check_file_target, check_socket_target
+from sensorium_testlib import tmpfs
 
 
 @pytest.fixture
 def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     """A real tmpfs mounted read-only for this test (removed after it)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def refusal(target: Path | str, check=check_file_target) -> str:

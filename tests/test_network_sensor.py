@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from sensorium_testlib import DecoderContext
 
 
 
@@ -419,20 +420,6 @@ def test_unusable_cgroup_path_fails_the_sensor_with_its_reason_and_the_agent_run
 # ---- the decoder and the /proc listener scan against damaged or hostile input (no kernel needed) ----
 
 
-class _Ctx:
-    node_name = "n"
-
-    def __init__(self) -> None:
-        from sensorium.process import ProcessCache
-
-        self.process_cache = ProcessCache("n", proc_root=None)
-
-    def make_event(self, kind: str, body: dict, ktime_ns: int | None = None) -> Any:
-        from sensorium.events import Event
-
-        return Event(kind, body, self.node_name, ktime_ns or 0)
-
-
 def _tcp_record(rtype: int, **kw: Any) -> bytes:
     from sensorium_sensors.network.decoder import NetTcpRecord
 
@@ -451,7 +438,7 @@ def _tcp_record(rtype: int, **kw: Any) -> bytes:
 def test_decoder_renders_a_close_record_in_tetragon_shape_without_the_kernel_address() -> None:
     from sensorium_sensors.network.decoder import NET_REC_CLOSE, NetworkDecoder
 
-    d = NetworkDecoder(_Ctx())  # type: ignore[arg-type]
+    d = NetworkDecoder(DecoderContext())  # type: ignore[arg-type]
     (ev,) = d.decode_batch([_tcp_record(NET_REC_CLOSE, bytes_acked=5, bytes_received=7, newstate=7, oldstate=9)])
     b = ev.body
     assert ev.kind == "process_kprobe" and b["function_name"] == "tcp_close" and b["policy_name"] == "network"
@@ -467,7 +454,7 @@ def test_decoder_renders_a_close_record_in_tetragon_shape_without_the_kernel_add
 def test_decoder_skips_short_unknown_and_inconsistent_records() -> None:
     from sensorium_sensors.network.decoder import NET_REC_CONNECT, NET_REC_UDP, NetworkDecoder
 
-    d = NetworkDecoder(_Ctx())  # type: ignore[arg-type]
+    d = NetworkDecoder(DecoderContext())  # type: ignore[arg-type]
     good = _tcp_record(NET_REC_CONNECT, newstate=1, oldstate=2)
     bad = [b"", b"\x01\x00", good[:40], _tcp_record(99), _tcp_record(NET_REC_CONNECT, family=1),
            NET_REC_UDP.to_bytes(2, "little") + b"\0" * 30, os.urandom(3)]
@@ -479,7 +466,7 @@ def test_decoder_skips_short_unknown_and_inconsistent_records() -> None:
 def test_owner_unknown_gives_an_empty_process_not_a_wrong_one() -> None:
     from sensorium_sensors.network.decoder import NET_F_OWNER_UNKNOWN, NET_REC_ACCEPT, NetworkDecoder
 
-    d = NetworkDecoder(_Ctx())  # type: ignore[arg-type]
+    d = NetworkDecoder(DecoderContext())  # type: ignore[arg-type]
     rec = bytearray(_tcp_record(NET_REC_ACCEPT, newstate=1, oldstate=3, pid=0))
     rec[2:4] = NET_F_OWNER_UNKNOWN.to_bytes(2, "little")
     (ev,) = d.decode_batch([bytes(rec)])

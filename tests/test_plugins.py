@@ -80,6 +80,21 @@ def test_spec_name_must_match_entry_point_name() -> None:
     assert rec.state == "failed" and "differs from entry-point name" in (rec.reason or "")
 
 
+def test_a_spec_provided_in_one_statement_registers_for_its_own_hook() -> None:
+    import types
+
+    from sensorium.provide import provide
+
+    spec = SensorSpec(name="one-line", description="", factory=object)
+    # Bound to any name: the hook it implements follows from the spec's type.
+    plugin = types.SimpleNamespace(whatever=provide(spec))
+    reg = PluginRegistry()
+    rec = reg.add(SENSOR_GROUP, "one-line", plugin)
+    assert rec.state == "loaded" and reg.sensors["one-line"] is spec
+    wrong = PluginRegistry().add(EXPORTER_GROUP, "one-line", types.SimpleNamespace(sensorium_exporter=provide(spec)))
+    assert wrong.state == "failed" and "does not implement sensorium_exporter()" in (wrong.reason or "")
+
+
 def test_hook_with_wrong_signature_is_contained() -> None:
     class P:
         @hookimpl

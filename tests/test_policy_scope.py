@@ -27,6 +27,7 @@ from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium_sensors.tracepoint.sensor import TracepointSensor
 from sensorium_sensors.uprobe.sensor import UprobeSensor
 
+import openat_harness as openat
 from hook_helpers import Rig, gone, our_program_ids, rig_fixture, string_args
 from sensorium_testlib import Cgroup, cgroup2_mount, make_cgroup, v1_memory_mount
 
@@ -38,30 +39,10 @@ HIERS = ["cgroup2", "memory"]
 
 
 def openat_policy(path: Path | str, kill: bool = True, name: str = "scope-test", binary: str | None = None) -> str:
-    text = f"""
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: {name}}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args:
-    - {{index: 0, type: int}}
-    - {{index: 1, type: string}}
-    selectors:
-    - matchArgs:
-      - {{index: 1, operator: Equal, values: ["{path}"]}}
-"""
-    if binary is not None:
-        text += f"""      matchBinaries:
+    actions = f"""      matchBinaries:
       - {{operator: In, values: ["{binary}"]}}
-"""
-    if kill:
-        text += """      matchActions:
-      - action: Sigkill
-"""
-    return text
+""" if binary is not None else ""
+    return openat.openat_policy(path, name=name, flags=False, actions=actions + (openat.SIGKILL if kill else ""))
 
 
 @pytest.fixture

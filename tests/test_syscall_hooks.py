@@ -15,36 +15,12 @@ import pytest
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
+from openat_harness import SIGKILL, openat_policy
 from hook_helpers import gone, open_exit_available, open_mechanism, our_program_ids, rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 
 rig = rig_fixture(KprobeSensor)
-
-
-def openat_policy(path: str, actions: str = "", name: str = "openat-test", op: str = "Equal") -> str:
-    return f"""
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: {name}}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args:
-    - {{index: 0, type: int}}
-    - {{index: 1, type: string}}
-    - {{index: 2, type: int}}
-    selectors:
-    - matchArgs:
-      - {{index: 1, operator: {op}, values: ["{path}"]}}
-{actions}
-"""
-
-
-SIGKILL = """      matchActions:
-      - action: Sigkill
-"""
 
 
 @pytest.fixture
@@ -76,7 +52,7 @@ def test_openat_posts_only_for_the_watched_file_with_return_value(rig, tmp_path:
 
 
 def test_sigkill_in_test_cgroup_while_same_read_elsewhere_succeeds(rig, secret: Path, cgroup2_dir) -> None:
-    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
+    h = rig.load(openat_policy(str(secret), actions=SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
     inside = cgroup2_dir.run(["cat", str(secret)], capture_output=True)
     assert inside.returncode == -9, inside
     assert inside.stdout == b""  # killed before it could read
@@ -90,7 +66,7 @@ def test_sigkill_in_test_cgroup_while_same_read_elsewhere_succeeds(rig, secret: 
 
 
 def test_monitoring_mode_reports_would_have_killed_then_enforces_live(rig, secret: Path, cgroup2_dir) -> None:
-    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", mode="monitoring", scope=scope_of(cgroup2_dir))
+    h = rig.load(openat_policy(str(secret), actions=SIGKILL), "kprobes", mode="monitoring", scope=scope_of(cgroup2_dir))
     r = cgroup2_dir.run(["cat", str(secret)], capture_output=True)
     assert r.returncode == 0 and r.stdout == b"top secret\n"
     evs = rig.events(lambda b: str(secret) in string_args(b))
@@ -108,7 +84,7 @@ def test_relative_paths_and_dotdot_are_resolved_before_matching(rig, tmp_path: P
     (d / "sub").mkdir(parents=True)
     target = d / "t.txt"
     target.write_text("t")
-    rig.load(openat_policy(str(target), SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
+    rig.load(openat_policy(str(target), actions=SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
     cases = [(["cat", "t.txt"], d), (["cat", "../t.txt"], d / "sub"), (["cat", "./sub/../t.txt"], d),
              (["cat", "..//dir/./t.txt"], d), (["cat", f"{d}/sub/../t.txt"], tmp_path),
              (["cat", f"{d}//t.txt"], tmp_path), (["cat", f"{d}/./t.txt"], tmp_path)]
@@ -233,7 +209,7 @@ def test_sigkill_through_the_agent_scoped_by_match_pids_follow_forks(agent, tmp_
     try:
         time.sleep(0.2)  # let the wrapper exec the shell (same pid)
         pfile = tmp_path / "kill.yaml"
-        pfile.write_text(openat_policy(str(secret), SIGKILL, name="kill-secret-readers") + f"""      matchPIDs:
+        pfile.write_text(openat_policy(str(secret), actions=SIGKILL, name="kill-secret-readers") + f"""      matchPIDs:
       - operator: In
         followForks: true
         values: [{shell.pid}]
@@ -265,7 +241,7 @@ def test_symlink_to_the_protected_file_is_caught_from_the_opened_file(rig, tmp_p
     """openat's path is taken from the file actually opened (at sys_exit): a symlink cannot hide it."""
     link = tmp_path / "innocent-looking"
     link.symlink_to(secret)
-    h = rig.load(openat_policy(str(secret), SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
+    h = rig.load(openat_policy(str(secret), actions=SIGKILL), "kprobes", scope=scope_of(cgroup2_dir))
     r = cgroup2_dir.run(["cat", str(link)], capture_output=True)
     assert r.returncode == -9 and r.stdout == b""
     evs = rig.events(lambda b: str(secret) in string_args(b))

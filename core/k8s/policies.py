@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import orjson
 
+from sensorium.k8s.watcher import shutdown_response
 from sensorium.policy import POLICY_LIMITS
 from sensorium.yamlsrc import dump
 
@@ -43,13 +44,9 @@ class PolicyCrdWatcher:
 
     def __init__(self, api: Any, manager: Any, node_name: str, *, watch_timeout_s: int = 300,
                  backoff_max_s: float = 10.0, write_status: bool = True, record_events: bool = True) -> None:
-        self.api = api
-        self.manager = manager
-        self.node_name = node_name
-        self.watch_timeout_s = watch_timeout_s
-        self.backoff_max_s = backoff_max_s
-        self.write_status = write_status
-        self.record_events = record_events
+        self.api, self.manager, self.node_name = api, manager, node_name
+        self.watch_timeout_s, self.backoff_max_s = watch_timeout_s, backoff_max_s
+        self.write_status, self.record_events = write_status, record_events
         # (plural, namespace, name) -> (generation, uid, manager name, state)
         self.applied: dict[tuple[str, str, str], tuple[int, str, str | None, str]] = {}
         self._lock = threading.Lock()  # serializes applying (two kinds, two threads)
@@ -80,16 +77,9 @@ class PolicyCrdWatcher:
         return all(e.wait(max(0.0, deadline - time.monotonic())) for e in self.synced.values())
 
     def stop(self, timeout: float = 5.0) -> None:
-        import socket
-
         self._stop.set()
         for resp in list(self._resps.values()):
-            sock = getattr(getattr(resp, "connection", None), "sock", None)
-            try:
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shutdown_response(resp)
         for t in self._threads:
             t.join(timeout)
 

@@ -19,6 +19,7 @@ fallback) and calls ``on_update(scope)`` whenever the `Scope` changes:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -292,20 +293,16 @@ class PodCgroups:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")  # wakes _run's select()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
         if self._ino is not None:
             self._ino.close()
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._wake_r = self._wake_w = -1
 
     # ---- scanning -----------------------------------------------------------------------------------

@@ -91,6 +91,19 @@ class _Gone(Exception):
 # controllers give. Used only when the owner object cannot be read (deleted, or RBAC forbids).
 _RS_HASH = re.compile(r"^(.+)-[0-9a-z]{5,10}$")
 _CRON_JOB = re.compile(r"^(.+)-\d{8,10}$")
+# An owner kind whose own controller is the workload: kind -> (that controller's kind, its name in the owner's).
+_PARENTS = {"ReplicaSet": ("Deployment", _RS_HASH), "Job": ("CronJob", _CRON_JOB)}
+
+
+def shutdown_response(resp: Any) -> None:
+    """Wake a read blocked on a streaming response from another thread (close() does not; shutting its
+    socket down does)."""
+    sock = getattr(getattr(resp, "connection", None), "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class WorkloadResolver:
@@ -146,24 +159,16 @@ class WorkloadResolver:
         if owner is None:
             return pod_name, "Pod"
         kind, name = str(owner.get("kind", "")), str(owner.get("name", ""))
-        if kind == "ReplicaSet":
-            refs = self._owner_refs_of("ReplicaSet", namespace, name)
+        if kind in _PARENTS:
+            parent_kind, parent_name = _PARENTS[kind]
+            refs = self._owner_refs_of(kind, namespace, name)
             if refs is None:
-                m = _RS_HASH.match(name)
-                return (m.group(1), "Deployment") if m else (name, "ReplicaSet")
+                m = parent_name.match(name)
+                return (m.group(1), parent_kind) if m else (name, kind)
             up = self._controller(refs)
-            if up is not None and up.get("kind") == "Deployment":
-                return str(up.get("name", "")), "Deployment"
-            return name, "ReplicaSet"
-        if kind == "Job":
-            refs = self._owner_refs_of("Job", namespace, name)
-            if refs is None:
-                m = _CRON_JOB.match(name)
-                return (m.group(1), "CronJob") if m else (name, "Job")
-            up = self._controller(refs)
-            if up is not None and up.get("kind") == "CronJob":
-                return str(up.get("name", "")), "CronJob"
-            return name, "Job"
+            if up is not None and up.get("kind") == parent_kind:
+                return str(up.get("name", "")), parent_kind
+            return name, kind
         # StatefulSet, DaemonSet, ReplicationController, or a custom controller: the owner itself.
         return name, kind or "Pod"
 
@@ -329,16 +334,7 @@ class PodWatcher:
         ``from_resource_version``), and relists if the API server says 410 Gone. Returns at once."""
         if from_resource_version is not None:
             self._resume_rv = from_resource_version
-        resp = self._resp
-        if resp is None:
-            return
-        # close() from another thread does not wake a blocked read; shutting the socket down does.
-        sock = getattr(getattr(resp, "connection", None), "sock", None)
-        try:
-            if sock is not None:
-                sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shutdown_response(self._resp)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

@@ -43,11 +43,10 @@ ETCD_PORT=23800
 CGROUP_ROOT=sensorium-cluster
 SOCK="$RUN/containerd.sock"
 KUBECONFIG_OUT="$RUN/admin.kubeconfig"
-PAUSE_IMAGE=docker.io/sensorium/pause:1
-TEST_IMAGE=docker.io/sensorium/test:1
 SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys
          kernel/keys/root_maxbytes)
 BIN="$CACHE/bin"
+source "$HERE/lib.sh"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -196,12 +195,8 @@ save_sysctls() {
 start_etcd_apiserver() {
     if ! alive etcd; then
         rm -rf "$LIB/etcd"
-        setsid etcd --name sensorium-cluster --data-dir "$LIB/etcd" \
-            --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-            --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
-            --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
-            --initial-cluster "sensorium-cluster=http://127.0.0.1:$((ETCD_PORT + 10))" \
-            >"$LOGS/etcd.log" 2>&1 </dev/null 8>&- &
+        k8s_etcd_args sensorium-cluster "$LIB/etcd" "$ETCD_PORT"
+        setsid etcd "${ETCD_ARGS[@]}" >"$LOGS/etcd.log" 2>&1 </dev/null 8>&- &
         echo $! >"$RUN/etcd.pid"
     fi
     if ! alive kube-apiserver; then
@@ -245,52 +240,17 @@ mntns_path() { echo "/proc/$(cat "$RUN/mntns.pid")/ns/mnt"; }
 
 start_containerd() {
     mkdir -p "$STORE"
-    if [[ ! -s "$CACHE/images.tar" || "$HERE/build-image.py" -nt "$CACHE/images.tar" || "$HERE/pause.c" -nt "$CACHE/images.tar" ]]; then
-        gcc -static -O2 -o "$CACHE/pause" "$HERE/pause.c"
-        python3 "$HERE/build-image.py" "$CACHE/images.tar.tmp" /bin/busybox "$CACHE/pause" "$PAUSE_IMAGE" "$TEST_IMAGE" >/dev/null
-        mv "$CACHE/images.tar.tmp" "$CACHE/images.tar"
-    fi
-    local cgv2=false
-    cgroup2_only && cgv2=true
-    cat >"$RUN/containerd.toml" <<TOML
-version = 2
-root = "$STORE"
-state = "$RUN/containerd-state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-[debug]
-  address = "$RUN/containerd-debug.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$LIB/cni/conf"
-TOML
+    k8s_build_images
+    k8s_containerd_toml "$STORE" "$SOCK" /usr/lib/cni "$LIB/cni/conf" >"$RUN/containerd.toml"
     # cgroup2 only: a shim's own cgroup is needed there (no processes in inner nodes); v1 has no such rule.
-    if $cgv2; then log "pure cgroup2: containerd shims stay in containerd's cgroup"; fi
+    if cgroup2_only; then log "pure cgroup2: containerd shims stay in containerd's cgroup"; fi
     if ! alive containerd; then
         rm -f "$SOCK"
         nsenter --mount="$(mntns_path)" -- setsid containerd --config "$RUN/containerd.toml" >"$LOGS/containerd.log" 2>&1 </dev/null 8>&- &
         echo $! >"$RUN/containerd.pid"
         wait_for 30 containerd ctr --address "$SOCK" version || { tail -20 "$LOGS/containerd.log" >&2; exit 1; }
     fi
-    if ! ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
-        ctr --address "$SOCK" -n k8s.io images import "$CACHE/images.tar" >/dev/null
-    fi
+    k8s_import_images "$SOCK" "$PAUSE_IMAGE"
     # The agent image, when built (make image): so a helm install right after `up` finds it.
     if [[ -s "$CACHE/agent-image/agent-image.tar" ]]; then
         "$PY" "$HERE/agent_image.py" import "$SOCK" >/dev/null || log "agent image not imported (see above)"
@@ -393,33 +353,21 @@ up() {
 }
 
 # ---- down ---------------------------------------------------------------------------------------------
-stop_pid() {  # name [signal-timeout-s]
-    local f="$RUN/$1.pid" pid
-    [[ -s "$f" ]] || return 0
-    pid="$(cat "$f")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 $(( ${2:-10} * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
-}
-
 down() {
     [[ "$(id -u)" == 0 ]] || die "root needed"
     local purge=false
     [[ "${1:-}" == --purge ]] && purge=true
     # The kubelet first, so it restarts nothing; then every pod through the CRI (containerd tears down their
     # networks and shims); then the control plane.
-    stop_pid kubelet 20
+    k8s_stop_pid kubelet 20
     if [[ -S "$SOCK" ]] && ctr --address "$SOCK" version >/dev/null 2>&1; then
         timeout 120 "$PY" "$HERE/cri_cleanup.py" "unix://$SOCK" >&2 || log "some pods could not be removed through the CRI"
     fi
-    stop_pid kube-scheduler
-    stop_pid kube-controller-manager
-    stop_pid kube-apiserver
-    stop_pid etcd
-    stop_pid containerd 20
+    k8s_stop_pid kube-scheduler
+    k8s_stop_pid kube-controller-manager
+    k8s_stop_pid kube-apiserver
+    k8s_stop_pid etcd
+    k8s_stop_pid containerd 20
     # Shims whose pods the CRI could not remove: ours only (they name our containerd's socket).
     local pid
     for pid in $(pgrep -f "containerd-shim.*-address $SOCK" || true); do
@@ -439,7 +387,7 @@ down() {
         kill "$pid" 2>/dev/null || true
     done
     # Every mount the kubelet, containerd and runc made goes with their namespace.
-    stop_pid mntns 5
+    k8s_stop_pid mntns 5
     for cg in $(find /sys/fs/cgroup/ -maxdepth 2 -type d -name "$CGROUP_ROOT" 2>/dev/null); do
         for _ in 1 2 3 4 5 6 7 8 9 10; do
             find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true

@@ -14,6 +14,7 @@ ETCD_PORT="${SENSORIUM_ETCD_PORT:-23791}"
 API_PORT="${SENSORIUM_APISERVER_PORT:-16443}"
 APISERVER="$CACHE/bin/kube-apiserver"
 KUBECONFIG_OUT="$RUN/kubeconfig"
+source "$(dirname "$0")/lib.sh"
 [[ -x "$APISERVER" ]] || { echo "no $APISERVER: run scripts/k8s/build-k8s.sh first" >&2; exit 1; }
 mkdir -p "$RUN/pki" "$LIB"
 
@@ -22,11 +23,7 @@ ready() { curl -sk --max-time 2 -H "Authorization: Bearer $(cat "$RUN/admin.toke
 if ready && [[ -s "$KUBECONFIG_OUT" ]]; then echo "$KUBECONFIG_OUT"; exit 0; fi
 
 # A leftover apiserver that does not answer: stop it (etcd stays if it runs).
-if [[ -s "$RUN/apiserver.pid" ]]; then
-    pid="$(cat "$RUN/apiserver.pid")"; kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true; rm -f "$RUN/apiserver.pid"
-fi
+k8s_stop_pid apiserver 5
 
 [[ -s "$RUN/admin.token" ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/admin.token"
 TOKEN="$(cat "$RUN/admin.token")"
@@ -37,14 +34,10 @@ etcd_alive() { [[ -s "$RUN/etcd.pid" ]] && kill -0 "$(cat "$RUN/etcd.pid")" 2>/d
 # A fresh cluster every start (no objects left from an earlier run), except when etcd still runs: then
 # only the apiserver is (re)started on the same data, which is how the tests restart it (an outage).
 if ! etcd_alive; then
-rm -rf "$LIB/etcd"
-setsid etcd --name sensorium-test --data-dir "$LIB/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
-    --initial-cluster "sensorium-test=http://127.0.0.1:$((ETCD_PORT + 10))" \
-    >"$RUN/etcd.log" 2>&1 </dev/null &
-echo $! >"$RUN/etcd.pid"
+    rm -rf "$LIB/etcd"
+    k8s_etcd_args sensorium-test "$LIB/etcd" "$ETCD_PORT"
+    setsid etcd "${ETCD_ARGS[@]}" >"$RUN/etcd.log" 2>&1 </dev/null &
+    echo $! >"$RUN/etcd.pid"
 fi
 
 setsid "$APISERVER" \

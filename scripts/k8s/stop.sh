@@ -4,19 +4,10 @@
 # --containerd-only: leave etcd and the apiserver running.
 set -uo pipefail
 RUN="${SENSORIUM_K8S_RUN:-/run/sensorium-k8s}"
-stop_pid() {
-    local f="$RUN/$1.pid" pid
-    [[ -s "$f" ]] || return 0
-    pid="$(cat "$f")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null
-    fi
-    rm -f "$f"
-}
+source "$(dirname "$0")/lib.sh"
 if [[ "${1:-}" != "--containerd-only" ]]; then
-    stop_pid apiserver
-    stop_pid etcd
+    k8s_stop_pid apiserver 5
+    k8s_stop_pid etcd 5
 fi
 [[ "${1:-}" == "--apiserver-only" ]] && exit 0
 
@@ -26,7 +17,7 @@ if [[ -S "$SOCK" ]] && ctr --address "$SOCK" version >/dev/null 2>&1; then
     REPO="$(cd "$(dirname "$0")/../.." && pwd)"
     "$REPO/.venv/bin/python" "$REPO/tests/k8s/k8s_kubelet.py" --cleanup "unix://$SOCK" || true
 fi
-stop_pid containerd
+k8s_stop_pid containerd 5
 for c in /sys/fs/cgroup/*/kubepods; do
     [[ -d "$c" ]] || continue
     find "$c" -depth -mindepth 1 -type d -exec rmdir {} \; 2>/dev/null

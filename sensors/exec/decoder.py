@@ -8,9 +8,9 @@ Fork records only update the process cache.
 from __future__ import annotations
 
 import ctypes
-from collections import Counter
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from sensorium.bpf.decoding import BadRecord, RecordDecoder
 from sensorium.bpf.records import SensoriumHdr
 from sensorium.events import ktime_to_wall_ns, rfc3339
 from sensorium.process import SIGNAL_NAMES
@@ -33,82 +33,40 @@ EXEC_F_BINARY_DELETED = 0x0020
 SIGNAL_GROUP_EXIT = 0x00000004  # include/linux/sched/signal.h
 
 
+_u16, _u32, _u64 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
 class ExecRecord(ctypes.Structure):
     _fields_ = [
-        ("hdr", SensoriumHdr),
-        ("ppid", ctypes.c_uint32),
-        ("uid", ctypes.c_uint32),
-        ("euid", ctypes.c_uint32),
-        ("suid", ctypes.c_uint32),
-        ("fsuid", ctypes.c_uint32),
-        ("gid", ctypes.c_uint32),
-        ("egid", ctypes.c_uint32),
-        ("sgid", ctypes.c_uint32),
-        ("fsgid", ctypes.c_uint32),
-        ("auid", ctypes.c_uint32),
-        ("ns_mnt", ctypes.c_uint32),
-        ("ns_pid", ctypes.c_uint32),
-        ("ns_pid_for_children", ctypes.c_uint32),
-        ("ns_net", ctypes.c_uint32),
-        ("ns_uts", ctypes.c_uint32),
-        ("ns_ipc", ctypes.c_uint32),
-        ("ns_cgroup", ctypes.c_uint32),
-        ("ns_user", ctypes.c_uint32),
-        ("ns_time", ctypes.c_uint32),
-        ("ns_time_for_children", ctypes.c_uint32),
-        ("args_total", ctypes.c_uint32),
-        ("_pad0", ctypes.c_uint32),
-        ("start_time", ctypes.c_uint64),
-        ("cgroup_id", ctypes.c_uint64),
-        ("memcg_id", ctypes.c_uint64),
-        ("cgroup_parent_id", ctypes.c_uint64),
-        ("memcg_parent_id", ctypes.c_uint64),
-        ("cap_permitted", ctypes.c_uint64),
-        ("cap_effective", ctypes.c_uint64),
-        ("cap_inheritable", ctypes.c_uint64),
-        ("securebits", ctypes.c_uint32),
-        ("user_ns_level", ctypes.c_uint32),
-        ("user_ns_uid", ctypes.c_uint32),
-        ("user_ns_gid", ctypes.c_uint32),
-        ("args_len", ctypes.c_uint16),
-        ("binary_len", ctypes.c_uint16),
-        ("cwd_len", ctypes.c_uint16),
-        ("cgroup_name_len", ctypes.c_uint16),
-        ("memcg_name_len", ctypes.c_uint16),
-        ("_pad", ctypes.c_uint16 * 3),
+        ("hdr", SensoriumHdr), ("ppid", _u32),
+        ("uid", _u32), ("euid", _u32), ("suid", _u32), ("fsuid", _u32),
+        ("gid", _u32), ("egid", _u32), ("sgid", _u32), ("fsgid", _u32), ("auid", _u32),
+        ("ns_mnt", _u32), ("ns_pid", _u32), ("ns_pid_for_children", _u32), ("ns_net", _u32), ("ns_uts", _u32),
+        ("ns_ipc", _u32), ("ns_cgroup", _u32), ("ns_user", _u32), ("ns_time", _u32), ("ns_time_for_children", _u32),
+        ("args_total", _u32), ("_pad0", _u32),
+        ("start_time", _u64), ("cgroup_id", _u64), ("memcg_id", _u64), ("cgroup_parent_id", _u64),
+        ("memcg_parent_id", _u64),
+        ("cap_permitted", _u64), ("cap_effective", _u64), ("cap_inheritable", _u64),
+        ("securebits", _u32), ("user_ns_level", _u32), ("user_ns_uid", _u32), ("user_ns_gid", _u32),
+        ("args_len", _u16), ("binary_len", _u16), ("cwd_len", _u16), ("cgroup_name_len", _u16),
+        ("memcg_name_len", _u16), ("_pad", _u16 * 3),
     ]
 
 
 class ForkRecord(ctypes.Structure):
-    _fields_ = [
-        ("hdr", SensoriumHdr),
-        ("child_pid", ctypes.c_uint32),
-        ("parent_pid", ctypes.c_uint32),
-        ("child_start_time", ctypes.c_uint64),
-    ]
+    _fields_ = [("hdr", SensoriumHdr), ("child_pid", _u32), ("parent_pid", _u32), ("child_start_time", _u64)]
 
 
 class ExitRecord(ctypes.Structure):
-    _fields_ = [
-        ("hdr", SensoriumHdr),
-        ("exit_code", ctypes.c_uint32),
-        ("group_exit_code", ctypes.c_uint32),
-        ("signal_flags", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-    ]
+    _fields_ = [("hdr", SensoriumHdr), ("exit_code", _u32), ("group_exit_code", _u32), ("signal_flags", _u32),
+                ("_pad", _u32)]
 
 
 RECORD_LAYOUTS: dict[str, type[ctypes.Structure]] = {
-    "sensorium_hdr": SensoriumHdr,
-    "exec_record": ExecRecord,
-    "fork_record": ForkRecord,
-    "exit_record": ExitRecord,
+    "sensorium_hdr": SensoriumHdr, "exec_record": ExecRecord, "fork_record": ForkRecord, "exit_record": ExitRecord,
 }
 
-_HDR_SIZE = ctypes.sizeof(SensoriumHdr)
 _EXEC_SIZE = ctypes.sizeof(ExecRecord)
-_FORK_SIZE = ctypes.sizeof(ForkRecord)
-_EXIT_SIZE = ctypes.sizeof(ExitRecord)
 
 _NS_FIELDS = (("mnt", "ns_mnt"), ("pid", "ns_pid"), ("pid_for_children", "ns_pid_for_children"),
               ("net", "ns_net"), ("uts", "ns_uts"), ("ipc", "ns_ipc"), ("cgroup", "ns_cgroup"),
@@ -136,50 +94,25 @@ def exit_status(exit_code: int, group_exit_code: int, signal_flags: int) -> tupl
     return (code >> 8) & 0xFF, ""
 
 
-class ExecDecoder:
+class ExecDecoder(RecordDecoder):
     """Turns batches of raw records into events, feeding the process cache on the way."""
 
     def __init__(self, ctx: "SensorContext") -> None:
+        super().__init__({EXEC_REC_EXEC: ("exec", ExecRecord, self._exec),
+                          EXEC_REC_FORK: ("fork", ForkRecord, self._fork),
+                          EXEC_REC_EXIT: ("exit", ExitRecord, self._exit)})
         self.ctx = ctx
         self.cache = ctx.process_cache
-        self.counters: Counter[str] = Counter()
-
-    def decode_batch(self, records: Sequence[bytes]) -> list["Event"]:
-        out: list[Event] = []
-        for raw in records:
-            if len(raw) < _HDR_SIZE:
-                self.counters["short"] += 1
-                continue
-            rtype = int.from_bytes(raw[0:2], "little")
-            try:
-                if rtype == EXEC_REC_EXEC:
-                    ev = self._exec(raw)
-                elif rtype == EXEC_REC_FORK:
-                    ev = self._fork(raw)
-                elif rtype == EXEC_REC_EXIT:
-                    ev = self._exit(raw)
-                else:
-                    self.counters["unknown_type"] += 1
-                    continue
-            except _BadRecord as exc:
-                self.counters[f"bad_{exc}"] += 1
-                continue
-            if ev is not None:
-                out.append(ev)
-        return out
 
     # ---- records --------------------------------------------------------------------------------
 
-    def _exec(self, raw: bytes) -> "Event":
-        if len(raw) < _EXEC_SIZE:
-            raise _BadRecord("exec_size")
-        r = ExecRecord.from_buffer_copy(raw)
+    def _exec(self, r: ExecRecord, raw: bytes) -> "Event":
         hdr = r.hdr
         lens = (r.args_len, r.binary_len, r.cwd_len, r.cgroup_name_len, r.memcg_name_len)
         # The program writes exactly hdr.size bytes (bpf_ringbuf_output of the record it filled): a record
         # shorter than its header says was cut, even where the strings it names happen to fit.
         if _EXEC_SIZE + sum(lens) > len(raw) or hdr.size != len(raw):
-            raise _BadRecord("exec_lengths")
+            raise BadRecord("exec_lengths")
         pos = _EXEC_SIZE
         fields = []
         for n in lens:
@@ -215,20 +148,14 @@ class ExecDecoder:
             body["parent"] = parent
         return self.ctx.make_event("process_exec", body, hdr.ktime)
 
-    def _fork(self, raw: bytes) -> None:
-        if len(raw) < _FORK_SIZE:
-            raise _BadRecord("fork_size")
-        r = ForkRecord.from_buffer_copy(raw)
+    def _fork(self, r: ForkRecord, raw: bytes) -> None:
         if r.child_pid == r.parent_pid or not r.child_pid:  # a fork makes a new pid: never its parent's, never 0
-            raise _BadRecord("fork_pids")
+            raise BadRecord("fork_pids")
         self.cache.on_fork(r.parent_pid, r.child_pid, r.hdr.ktime)
         self.counters["fork"] += 1
         return None
 
-    def _exit(self, raw: bytes) -> "Event":
-        if len(raw) < _EXIT_SIZE:
-            raise _BadRecord("exit_size")
-        r = ExitRecord.from_buffer_copy(raw)
+    def _exit(self, r: ExitRecord, raw: bytes) -> "Event":
         hdr = r.hdr
         process, parent = self.cache.on_exit(hdr.pid, hdr.ktime)
         if process is None:
@@ -245,6 +172,3 @@ class ExecDecoder:
         self.counters["exit"] += 1
         return self.ctx.make_event("process_exit", body, hdr.ktime)
 
-
-class _BadRecord(Exception):
-    """A record that does not fit its declared layout (counted, skipped)."""

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sensorium import hookimpl
 from sensorium.hookspecs import BudgetCase, ProbeSource, SensorSpec
+from sensorium.provide import provide
+from sensorium_sensors.exec.decoder import RECORD_LAYOUTS
 
 if TYPE_CHECKING:
     from sensorium.hookspecs import Sensor, SensorContext
@@ -41,12 +42,6 @@ def _factory(ctx: "SensorContext") -> "Sensor":
     return ExecSensor(ctx)
 
 
-def _layouts() -> dict[str, type]:
-    from sensorium_sensors.exec.decoder import RECORD_LAYOUTS
-
-    return dict(RECORD_LAYOUTS)
-
-
 def _budget() -> list[BudgetCase]:
     # No policy configures these programs: the default rodata is the only configuration, and the largest
     # argument list allowed is the longest copy.
@@ -57,17 +52,10 @@ def _budget() -> list[BudgetCase]:
             for p in ("sensorium_exec", "sensorium_fork", "sensorium_exit")]
 
 
-@hookimpl
-def sensorium_sensor() -> SensorSpec:
-    return SensorSpec(
-        name="exec",
-        description="Process lifecycle: process_exec (binary, arguments, cwd, credentials, cgroups, "
-        "namespaces, parent) and process_exit (status, signal); feeds the process cache",
-        factory=_factory,
-        probes=[PROBE],
-        options=ExecOptions,
-        record_layouts=_layouts(),
-        requires=frozenset({"tp_btf", "ringbuf", "btf"}),
-        enabled_by_default=True,
-        budget_cases=_budget,
-    )
+sensorium_sensor = provide(SensorSpec(
+    name="exec",
+    description="Process lifecycle: process_exec (binary, arguments, cwd, credentials, cgroups, "
+    "namespaces, parent) and process_exit (status, signal); feeds the process cache",
+    factory=_factory, probes=[PROBE], options=ExecOptions, record_layouts=dict(RECORD_LAYOUTS),
+    requires=frozenset({"tp_btf", "ringbuf", "btf"}), enabled_by_default=True, budget_cases=_budget,
+))

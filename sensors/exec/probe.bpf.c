@@ -10,6 +10,7 @@
 #include "vmlinux.h"
 #include <sensorium/common.h>
 #include <sensorium/path.h>
+#include <sensorium/scope.h> /* sens_scope_kn_parent(): kernfs_node.parent, renamed __parent in 6.15 */
 #include "event.h"
 
 SENSORIUM_LICENSE("GPL");
@@ -46,33 +47,12 @@ struct {
 	__type(value, struct exec_scratch);
 } exec_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u64);
-} exec_drops SEC(".maps");
+SENSORIUM_COUNTERS(exec_drops, 2);
 
-/* Make the other record structs part of the object's BTF (tests/test_layouts.py reads them there). */
-struct exec_btf_anchor {
-	struct fork_record fork;
-	struct exit_record exit;
-};
-struct exec_btf_anchor *exec_btf_anchor_unused __attribute__((unused));
+SENSORIUM_BTF_KEEP(fork_record);
+SENSORIUM_BTF_KEEP(exit_record);
 
-static __always_inline void count_drop(__u32 which)
-{
-	__u64 *v = bpf_map_lookup_elem(&exec_drops, &which);
-
-	if (v)
-		*v += 1;
-}
-
-static __always_inline void submit(void *data, __u64 size)
-{
-	if (sensorium_submit(&exec_events, data, size) < 0)
-		count_drop(DROP_RING);
-}
+#define submit(data, size) sensorium_submit_counted(&exec_events, data, size, &exec_drops, DROP_RING)
 
 static __always_inline struct exec_scratch *scratch_slot(void)
 {
@@ -154,24 +134,6 @@ static __always_inline void fill_namespaces(struct exec_record *r, struct task_s
 		r->ns_pid = BPF_CORE_READ(pidns, ns.inum);
 }
 
-/* kernfs_node's parent pointer was renamed parent -> __parent (6.15); CO-RE picks the one that exists. */
-struct kernfs_node___old {
-	struct kernfs_node *parent;
-} __attribute__((preserve_access_index));
-struct kernfs_node___new {
-	struct kernfs_node *__parent;
-} __attribute__((preserve_access_index));
-
-static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
-{
-	struct kernfs_node___new *kn_new = (void *)kn;
-	struct kernfs_node___old *kn_old = (void *)kn;
-
-	if (bpf_core_field_exists(kn_new->__parent))
-		return BPF_CORE_READ(kn_new, __parent);
-	return BPF_CORE_READ(kn_old, parent);
-}
-
 static __always_inline __u32 cgroup_leaf(struct cgroup *cgrp, char *buf, __u64 *id, __u64 *parent_id)
 {
 	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
@@ -182,7 +144,7 @@ static __always_inline __u32 cgroup_leaf(struct cgroup *cgrp, char *buf, __u64 *
 	if (!kn)
 		return 0;
 	*id = BPF_CORE_READ(kn, id);
-	parent = kn_parent(kn);
+	parent = sens_scope_kn_parent(kn);
 	*parent_id = parent ? BPF_CORE_READ(parent, id) : 0;
 	name = BPF_CORE_READ(kn, name);
 	r = bpf_probe_read_kernel_str(buf, CGNAME_CAP, name);
@@ -205,7 +167,7 @@ int BPF_PROG(sensorium_exec, struct task_struct *task, pid_t old_pid, struct lin
 	__u16 flags = 0;
 
 	if (!s) {
-		count_drop(DROP_SCRATCH);
+		sensorium_count(&exec_drops, DROP_SCRATCH);
 		return 0;
 	}
 	r = &s->rec;

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from sensorium.bpf.object_sensor import ObjectSensor, ring_bytes
 from sensorium.hookspecs import SensorContext
 from sensorium_sensors.exec.decoder import ExecDecoder
 from sensorium_sensors.exec.plugin import PROBE
 
 
-def _pow2_at_least(n: int) -> int:
-    p = 1
-    while p < n:
-        p <<= 1
-    return p
+class ExecSensor(ObjectSensor):
+    name = "exec"
 
-
-class ExecSensor:
     def __init__(self, ctx: SensorContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self.decoder = ExecDecoder(ctx)
-        self.obj: Any = None
-        self.state = "stopped"
         self.error: str | None = None
 
     def start(self) -> None:
@@ -35,7 +29,7 @@ class ExecSensor:
             obj.set_rodata("max_args_bytes", int(opts.get("max_args_bytes", 4096)))
             # One scratch slot per possible CPU (see exec_scratch in probe.bpf.c).
             obj.map("exec_scratch").set_max_entries(num_possible_cpus())
-            obj.map("exec_events").set_max_entries(_pow2_at_least(int(opts.get("ring_buffer_kb", 4096))) * 1024)
+            obj.map("exec_events").set_max_entries(ring_bytes(int(opts.get("ring_buffer_kb", 4096))))
             obj.load()
             obj.attach_all()
             self.ctx.add_ring_buffer(obj.map("exec_events"), self.decoder.decode_batch)
@@ -51,24 +45,9 @@ class ExecSensor:
             raise
         self.state = "running"
 
-    def stop(self) -> None:
-        obj, self.obj = self.obj, None
-        if obj is not None:
-            try:
-                obj.close()
-            except Exception:  # noqa: BLE001 - stop() must not raise
-                self.ctx.log.exception("closing the exec sensor's BPF object")
-        self.state = "stopped"
-
     def drops(self) -> dict[str, int]:
         """Records the kernel could not submit: ring full, or no scratch slot for the CPU."""
-        obj = self.obj
-        if obj is None:
-            return {}
-        try:
-            return obj.map("exec_drops").counters(("ring_full", "no_scratch"))
-        except Exception:  # noqa: BLE001 - status must not raise
-            return {}
+        return self.read_counters("exec_drops", ("ring_full", "no_scratch"))
 
     def status(self) -> Mapping[str, Any]:
         drops = self.drops()

@@ -18,9 +18,9 @@ import ctypes
 import hashlib
 import secrets
 import socket
-from collections import Counter
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
+from sensorium.bpf.decoding import BadRecord, RecordDecoder
 from sensorium.bpf.records import SensoriumHdr
 
 if TYPE_CHECKING:
@@ -51,53 +51,28 @@ TCP_STATES = {
 }
 
 
+_u8, _u16, _u32, _u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
 class NetTcpRecord(ctypes.Structure):
     _fields_ = [
-        ("hdr", SensoriumHdr),
-        ("skaddr", ctypes.c_uint64),
-        ("bytes_acked", ctypes.c_uint64),
-        ("bytes_received", ctypes.c_uint64),
-        ("open_ktime", ctypes.c_uint64),
-        ("saddr", ctypes.c_uint8 * 16),
-        ("daddr", ctypes.c_uint8 * 16),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("family", ctypes.c_uint16),
-        ("protocol", ctypes.c_uint16),
-        ("netns", ctypes.c_uint32),
-        ("mark", ctypes.c_uint32),
-        ("priority", ctypes.c_uint32),
-        ("sk_type", ctypes.c_uint16),
-        ("oldstate", ctypes.c_uint8),
-        ("newstate", ctypes.c_uint8),
+        ("hdr", SensoriumHdr), ("skaddr", _u64), ("bytes_acked", _u64), ("bytes_received", _u64), ("open_ktime", _u64),
+        ("saddr", _u8 * 16), ("daddr", _u8 * 16), ("sport", _u16), ("dport", _u16), ("family", _u16),
+        ("protocol", _u16), ("netns", _u32), ("mark", _u32), ("priority", _u32),
+        ("sk_type", _u16), ("oldstate", _u8), ("newstate", _u8),
     ]
 
 
 class NetUdpRecord(ctypes.Structure):
     _fields_ = [
-        ("hdr", SensoriumHdr),
-        ("cookie", ctypes.c_uint64),
-        ("daddr", ctypes.c_uint8 * 16),
-        ("saddr", ctypes.c_uint8 * 16),
-        ("dport", ctypes.c_uint16),
-        ("sport", ctypes.c_uint16),
-        ("family", ctypes.c_uint16),
-        ("protocol", ctypes.c_uint16),
-        ("hook", ctypes.c_uint16),
-        ("sk_type", ctypes.c_uint16),
-        ("_pad", ctypes.c_uint32),
+        ("hdr", SensoriumHdr), ("cookie", _u64), ("daddr", _u8 * 16), ("saddr", _u8 * 16), ("dport", _u16),
+        ("sport", _u16), ("family", _u16), ("protocol", _u16), ("hook", _u16), ("sk_type", _u16), ("_pad", _u32),
     ]
 
 
 RECORD_LAYOUTS: dict[str, type[ctypes.Structure]] = {
-    "sensorium_hdr": SensoriumHdr,
-    "net_tcp_record": NetTcpRecord,
-    "net_udp_record": NetUdpRecord,
+    "sensorium_hdr": SensoriumHdr, "net_tcp_record": NetTcpRecord, "net_udp_record": NetUdpRecord,
 }
-
-_HDR_SIZE = ctypes.sizeof(SensoriumHdr)
-_TCP_SIZE = ctypes.sizeof(NetTcpRecord)
-_UDP_SIZE = ctypes.sizeof(NetUdpRecord)
 
 
 def format_addr(family: int, raw: bytes) -> str:
@@ -109,12 +84,14 @@ def format_addr(family: int, raw: bytes) -> str:
     return ""
 
 
-class NetworkDecoder:
+class NetworkDecoder(RecordDecoder):
     """Turns batches of raw records into events; joins the owner from the process cache."""
 
     def __init__(self, ctx: "SensorContext", *, udp_dedup_seconds: float = 10.0) -> None:
+        tcp = ("tcp", NetTcpRecord, self._tcp)
+        super().__init__({NET_REC_CONNECT: tcp, NET_REC_ACCEPT: tcp, NET_REC_CLOSE: tcp,
+                          NET_REC_UDP: ("udp", NetUdpRecord, self._udp)})
         self.ctx = ctx
-        self.counters: Counter[str] = Counter()
         self.udp_dedup_seconds = udp_dedup_seconds
         self._cookie_key = secrets.token_bytes(16)
 
@@ -122,30 +99,6 @@ class NetworkDecoder:
         """Opaque socket id: keyed hash of the kernel address (uint64 as a string, as proto3 JSON has it)."""
         h = hashlib.blake2b(skaddr.to_bytes(8, "little"), key=self._cookie_key, digest_size=8)
         return str(int.from_bytes(h.digest(), "little"))
-
-    def decode_batch(self, records: Sequence[bytes]) -> list["Event"]:
-        out: list[Event] = []
-        for raw in records:
-            if len(raw) < _HDR_SIZE:
-                self.counters["short"] += 1
-                continue
-            rtype = int.from_bytes(raw[0:2], "little")
-            if rtype in (NET_REC_CONNECT, NET_REC_ACCEPT, NET_REC_CLOSE):
-                if len(raw) < _TCP_SIZE:
-                    self.counters["bad_tcp_size"] += 1
-                    continue
-                ev = self._tcp(rtype, NetTcpRecord.from_buffer_copy(raw[:_TCP_SIZE]))
-            elif rtype == NET_REC_UDP:
-                if len(raw) < _UDP_SIZE:
-                    self.counters["bad_udp_size"] += 1
-                    continue
-                ev = self._udp(NetUdpRecord.from_buffer_copy(raw[:_UDP_SIZE]))
-            else:
-                self.counters["unknown_type"] += 1
-                continue
-            if ev is not None:
-                out.append(ev)
-        return out
 
     # ---- records --------------------------------------------------------------------------------
 
@@ -160,11 +113,10 @@ class NetworkDecoder:
             body["parent"] = parent
         return body
 
-    def _tcp(self, rtype: int, r: NetTcpRecord) -> "Event | None":
-        fam = r.family
+    def _tcp(self, r: NetTcpRecord, raw: bytes) -> "Event":
+        fam, rtype = r.family, r.hdr.type
         if fam not in FAMILIES:
-            self.counters["bad_family"] += 1
-            return None
+            raise BadRecord("family")
         flags = r.hdr.flags
         failed = bool(flags & NET_F_NOT_ESTABLISHED)
         if rtype == NET_REC_CONNECT or (rtype == NET_REC_CLOSE and failed):
@@ -209,11 +161,10 @@ class NetworkDecoder:
         self.counters[function] += 1
         return self.ctx.make_event("process_kprobe", body, r.hdr.ktime)
 
-    def _udp(self, r: NetUdpRecord) -> "Event | None":
+    def _udp(self, r: NetUdpRecord, raw: bytes) -> "Event":
         fam = r.family
         if fam not in FAMILIES or r.hook not in (NET_UDP_SENDMSG, NET_UDP_CONNECT):
-            self.counters["bad_udp"] += 1
-            return None
+            raise BadRecord("udp")
         function = "udp_sendmsg" if r.hook == NET_UDP_SENDMSG else "udp_connect"
         mechanism = ("cgroup/sendmsg" if r.hook == NET_UDP_SENDMSG else "cgroup/connect") + ("4" if fam == 2 else "6")
         sock: dict[str, Any] = {

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sensorium import hookimpl
 from sensorium.hookspecs import BudgetCase, ProbeSource, SensorSpec
+from sensorium.provide import provide
+from sensorium_sensors.network.decoder import RECORD_LAYOUTS
 
 if TYPE_CHECKING:
     from sensorium.hookspecs import Sensor, SensorContext
@@ -52,12 +53,6 @@ def _factory(ctx: "SensorContext") -> "Sensor":
     return NetworkSensor(ctx)
 
 
-def _layouts() -> dict[str, type]:
-    from sensorium_sensors.network.decoder import RECORD_LAYOUTS
-
-    return dict(RECORD_LAYOUTS)
-
-
 def _budget() -> list[BudgetCase]:
     cases = [BudgetCase(PROBE, "net_sock_state", "default", None, frozenset({"tracepoint"}))]
     cases += [BudgetCase(PROBE, p, "default", None, frozenset({"cgroup_sock_addr"}))
@@ -65,18 +60,11 @@ def _budget() -> list[BudgetCase]:
     return cases
 
 
-@hookimpl
-def sensorium_sensor() -> SensorSpec:
-    return SensorSpec(
-        name="network",
-        description="Network connections: TCP connect/accept/close with the 5-tuple, bytes and owning process "
-        "(tracepoint sock/inet_sock_set_state) and UDP sends (cgroup sock_addr, observe only), "
-        "as process_kprobe events",
-        factory=_factory,
-        probes=[PROBE],
-        options=NetworkOptions,
-        record_layouts=_layouts(),
-        requires=frozenset({"tracepoint", "ringbuf", "btf"}),
-        enabled_by_default=False,
-        budget_cases=_budget,
-    )
+sensorium_sensor = provide(SensorSpec(
+    name="network",
+    description="Network connections: TCP connect/accept/close with the 5-tuple, bytes and owning process "
+    "(tracepoint sock/inet_sock_set_state) and UDP sends (cgroup sock_addr, observe only), "
+    "as process_kprobe events",
+    factory=_factory, probes=[PROBE], options=NetworkOptions, record_layouts=dict(RECORD_LAYOUTS),
+    requires=frozenset({"tracepoint", "ringbuf", "btf"}), enabled_by_default=False, budget_cases=_budget,
+))

@@ -106,54 +106,17 @@ struct {
 	__uint(max_entries, 1 << 20);
 } net_events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct net_sock);
-} net_socks SEC(".maps");
+/* LRU hashes: their sizes are set from the options before load. */
+SENSORIUM_MAP(net_socks, BPF_MAP_TYPE_LRU_HASH, 65536, __u64, struct net_sock);
+SENSORIUM_MAP(net_listeners, BPF_MAP_TYPE_LRU_HASH, 8192, struct net_listen_key, struct net_listener);
+SENSORIUM_MAP(net_udp_seen, BPF_MAP_TYPE_LRU_HASH, 16384, struct net_udp_key, __u64);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct net_listen_key);
-	__type(value, struct net_listener);
-} net_listeners SEC(".maps");
+SENSORIUM_COUNTERS(net_counters, CNT_MAX);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct net_udp_key);
-	__type(value, __u64);
-} net_udp_seen SEC(".maps");
+SENSORIUM_BTF_KEEP(net_tcp_record);
+SENSORIUM_BTF_KEEP(net_udp_record);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CNT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} net_counters SEC(".maps");
-
-/* Keep both record types in the object's BTF (tests/test_layouts.py reads them there). */
-struct net_btf_anchor {
-	struct net_tcp_record tcp;
-	struct net_udp_record udp;
-};
-struct net_btf_anchor *net_btf_anchor_unused __attribute__((unused));
-
-static __always_inline void count(__u32 which)
-{
-	__u64 *v = bpf_map_lookup_elem(&net_counters, &which);
-
-	if (v)
-		*v += 1;
-}
-
-static __always_inline void submit(void *data, __u64 size)
-{
-	if (sensorium_submit(&net_events, data, size) < 0)
-		count(CNT_RING_FULL);
-}
+#define submit(data, size) sensorium_submit_counted(&net_events, data, size, &net_counters, CNT_RING_FULL)
 
 static __always_inline __u32 sk_netns(const struct sock *sk)
 {
@@ -278,6 +241,15 @@ static __always_inline void payload_bytes(__u64 skaddr, const struct net_sock *s
 	*received = rcvd;
 }
 
+/* No owner was recorded for the socket: say so, and count it. The current task is never taken for the owner:
+ * it is whoever the softirq interrupted. Returns the record flags. */
+static __always_inline __u16 owner_unknown(struct net_sock *st, __u32 counter)
+{
+	st->flags = NET_F_OWNER_UNKNOWN;
+	sensorium_count(&net_counters, counter);
+	return NET_F_OWNER_UNKNOWN;
+}
+
 static __always_inline void on_active_established(struct trace_event_raw_inet_sock_set_state *ctx, __u64 skaddr)
 {
 	struct net_sock *found = bpf_map_lookup_elem(&net_socks, &skaddr);
@@ -288,11 +260,7 @@ static __always_inline void on_active_established(struct trace_event_raw_inet_so
 		st.pid = found->pid;
 		st.tid = found->tid;
 	} else {
-		/* connect() began before the agent attached: the owner is not known (the current task is
-		 * whoever the softirq interrupted, so it is not used) */
-		flags = NET_F_OWNER_UNKNOWN;
-		st.flags = flags;
-		count(CNT_UNTRACKED);
+		flags = owner_unknown(&st, CNT_UNTRACKED); /* connect() began before the agent attached */
 	}
 	st.kind = SK_ACTIVE;
 	fill_tuple(ctx, skaddr, &st);
@@ -325,9 +293,7 @@ static __always_inline void on_passive_established(struct trace_event_raw_inet_s
 		st.pid = l->pid;
 		st.tid = l->tid;
 	} else {
-		flags = NET_F_OWNER_UNKNOWN;
-		st.flags = flags;
-		count(CNT_OWNER_UNKNOWN);
+		flags = owner_unknown(&st, CNT_OWNER_UNKNOWN);
 	}
 	bpf_map_update_elem(&net_socks, &skaddr, &st, BPF_ANY);
 	emit_tcp(NET_REC_ACCEPT, flags, skaddr, &st, ctx->oldstate, ctx->newstate, 0, 0);
@@ -340,7 +306,7 @@ static __always_inline void on_close(struct trace_event_raw_inet_sock_set_state 
 	struct net_sock st;
 
 	if (!found) {
-		count(CNT_UNTRACKED);
+		sensorium_count(&net_counters, CNT_UNTRACKED);
 		return;
 	}
 	st = *found;
@@ -417,6 +383,26 @@ int net_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 
 /* ---- UDP: cgroup sock_addr programs. Observe only: every path returns 1 (allow). ------------------ */
 
+/* An address from a sock_addr context's or a socket's fields (ctx->user_ip4/6, sk->src_ip4/6; each read as a
+ * whole u32, as the verifier wants) into a 16-byte field, IPv4 in its first 4 bytes. `ip6[i]`, not `(ip6)[i]`:
+ * clang builds the parenthesized form as a pointer to the field plus an offset, a modified ctx pointer that
+ * the verifier refuses. */
+#define COPY_ADDR(dst, family, ip4, ip6)					\
+	do {									\
+		if ((family) == NET_AF_INET) {					\
+			__u32 a4 = (ip4);					\
+			__builtin_memcpy((dst), &a4, 4);			\
+		} else {							\
+			__u32 a6[4];						\
+									\
+			a6[0] = ip6[0];					\
+			a6[1] = ip6[1];					\
+			a6[2] = ip6[2];					\
+			a6[3] = ip6[3];					\
+			__builtin_memcpy((dst), a6, 16);			\
+		}								\
+	} while (0)
+
 static __always_inline void udp_report(struct bpf_sock_addr *ctx, __u16 family, __u16 hook)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -431,23 +417,11 @@ static __always_inline void udp_report(struct bpf_sock_addr *ctx, __u16 family, 
 	key.hook = hook;
 	key.family = family;
 	key.port = bpf_ntohs((__u16)ctx->user_port);
-	if (family == NET_AF_INET) {
-		__u32 a = ctx->user_ip4;
-
-		__builtin_memcpy(key.addr, &a, 4);
-	} else {
-		__u32 a[4];
-
-		a[0] = ctx->user_ip6[0];
-		a[1] = ctx->user_ip6[1];
-		a[2] = ctx->user_ip6[2];
-		a[3] = ctx->user_ip6[3];
-		__builtin_memcpy(key.addr, a, 16);
-	}
+	COPY_ADDR(key.addr, family, ctx->user_ip4, ctx->user_ip6);
 	now = bpf_ktime_get_ns();
 	last = bpf_map_lookup_elem(&net_udp_seen, &key);
 	if (last && now - *last < udp_dedup_ns) {
-		count(CNT_UDP_DEDUP);
+		sensorium_count(&net_counters, CNT_UDP_DEDUP);
 		return;
 	}
 	bpf_map_update_elem(&net_udp_seen, &key, &now, BPF_ANY);
@@ -467,47 +441,22 @@ static __always_inline void udp_report(struct bpf_sock_addr *ctx, __u16 family, 
 	sk = ctx->sk;
 	if (sk) {
 		r.sport = sk->src_port;
-		if (family == NET_AF_INET) {
-			__u32 a = sk->src_ip4;
-
-			__builtin_memcpy(r.saddr, &a, 4);
-		} else {
-			__u32 a[4];
-
-			a[0] = sk->src_ip6[0];
-			a[1] = sk->src_ip6[1];
-			a[2] = sk->src_ip6[2];
-			a[3] = sk->src_ip6[3];
-			__builtin_memcpy(r.saddr, a, 16);
-		}
+		COPY_ADDR(r.saddr, family, sk->src_ip4, sk->src_ip6);
 	}
 	submit(&r, sizeof(r));
 }
 
-SEC("cgroup/sendmsg4")
-int net_udp_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	udp_report(ctx, NET_AF_INET, NET_UDP_SENDMSG);
-	return 1;
-}
+/* net_udp_sendmsg4/6 and net_udp_connect4/6: they differ only in their attach point and what udp_report()
+ * is told. */
+#define UDP_PROG(name, family, hook)					\
+	SEC("cgroup/" #name)						\
+	int net_udp_##name(struct bpf_sock_addr *ctx)			\
+	{								\
+		udp_report(ctx, family, hook);				\
+		return 1;						\
+	}
 
-SEC("cgroup/sendmsg6")
-int net_udp_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	udp_report(ctx, NET_AF_INET6, NET_UDP_SENDMSG);
-	return 1;
-}
-
-SEC("cgroup/connect4")
-int net_udp_connect4(struct bpf_sock_addr *ctx)
-{
-	udp_report(ctx, NET_AF_INET, NET_UDP_CONNECT);
-	return 1;
-}
-
-SEC("cgroup/connect6")
-int net_udp_connect6(struct bpf_sock_addr *ctx)
-{
-	udp_report(ctx, NET_AF_INET6, NET_UDP_CONNECT);
-	return 1;
-}
+UDP_PROG(sendmsg4, NET_AF_INET, NET_UDP_SENDMSG)
+UDP_PROG(sendmsg6, NET_AF_INET6, NET_UDP_SENDMSG)
+UDP_PROG(connect4, NET_AF_INET, NET_UDP_CONNECT)
+UDP_PROG(connect6, NET_AF_INET6, NET_UDP_CONNECT)

@@ -7,6 +7,7 @@ import os
 import struct
 from typing import Any, Mapping
 
+from sensorium.bpf.object_sensor import ObjectSensor, ring_bytes
 from sensorium.hookspecs import SensorContext
 from sensorium_sensors.network.decoder import TCP_MECHANISM, NetworkDecoder
 from sensorium_sensors.network.plugin import PROBE
@@ -18,21 +19,14 @@ COUNTERS = ("ring_full", "untracked", "owner_unknown", "udp_dedup")  # CNT_* in 
 BPF_NOEXIST = 1
 
 
-def _pow2_at_least(n: int) -> int:
-    p = 1
-    while p < n:
-        p <<= 1
-    return p
+class NetworkSensor(ObjectSensor):
+    name = "network"
 
-
-class NetworkSensor:
     def __init__(self, ctx: SensorContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         opts = dict(ctx.config or {})
         self.opts = opts
         self.decoder = NetworkDecoder(ctx, udp_dedup_seconds=float(opts.get("udp_dedup_seconds", 10.0)))
-        self.obj: Any = None
-        self.state = "stopped"
         self.hooks: list[dict[str, str]] = []
         self.seeded_listeners = 0
         self.notes: list[str] = []
@@ -58,7 +52,7 @@ class NetworkSensor:
         self.obj = obj
         try:
             obj.set_rodata("udp_dedup_ns", int(float(opts.get("udp_dedup_seconds", 10.0)) * 1e9))
-            obj.map("net_events").set_max_entries(_pow2_at_least(int(opts.get("ring_buffer_kb", 1024))) * 1024)
+            obj.map("net_events").set_max_entries(ring_bytes(int(opts.get("ring_buffer_kb", 1024))))
             obj.map("net_socks").set_max_entries(int(opts.get("max_sockets", 65536)))
             obj.map("net_listeners").set_max_entries(int(opts.get("max_listeners", 8192)))
             obj.map("net_udp_seen").set_max_entries(int(opts.get("udp_dedup_entries", 16384)))
@@ -113,23 +107,8 @@ class NetworkSensor:
             except OSError:
                 pass  # EEXIST: the probe saw this listen() itself
 
-    def stop(self) -> None:
-        obj, self.obj = self.obj, None
-        if obj is not None:
-            try:
-                obj.close()  # destroys the tracepoint and cgroup links first
-            except Exception:  # noqa: BLE001 - stop() must not raise
-                self.ctx.log.exception("closing the network sensor's BPF object")
-        self.state = "stopped"
-
     def kernel_counters(self) -> dict[str, int]:
-        obj = self.obj
-        if obj is None:
-            return {}
-        try:
-            return obj.map("net_counters").counters(COUNTERS)
-        except Exception:  # noqa: BLE001 - status must not raise
-            return {}
+        return self.read_counters("net_counters", COUNTERS)
 
     def status(self) -> Mapping[str, Any]:
         st: dict[str, Any] = {"state": self.state, "hooks": list(self.hooks), "records": dict(self.decoder.counters),

@@ -20,7 +20,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # k8s_env, k8s_kubelet
 
-from k8s_env import CACHE, NODE, REPO, RUN, SCRIPTS  # noqa: E402
+from k8s_env import CACHE, NODE, REPO, RUN, SCRIPTS, wait_for  # noqa: E402
 
 
 def _setup_wired() -> bool:
@@ -73,20 +73,27 @@ def _locked(script: str, *args: str, timeout: int = 180) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout + 60)
 
 
+
+def _shared_service(service: str) -> Iterator[str]:
+    """Start ``service`` (apiserver or containerd) with start-<service>.sh unless another session runs it;
+    yield what the script prints last (the kubeconfig path, the CRI endpoint); stop it after the last user."""
+    _use(service)
+    r = _locked(f"start-{service}.sh")
+    if r.returncode != 0:
+        _last_user(service)
+        pytest.fail(f"start-{service}.sh failed: {r.stderr[-2000:]}")
+    yield r.stdout.strip().splitlines()[-1]
+    if _last_user(service):
+        _locked("stop.sh", f"--{service}-only")
+
+
 @pytest.fixture(scope="session")
 def kubeconfig() -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.skip("the Kubernetes tests run etcd, kube-apiserver and containerd: root needed")
     if not (CACHE / "bin" / "kube-apiserver").exists():
         _missing("kube-apiserver")
-    _use("apiserver")
-    r = _locked("start-apiserver.sh")
-    if r.returncode != 0:
-        _last_user("apiserver")
-        pytest.fail(f"start-apiserver.sh failed: {r.stderr[-2000:]}")
-    yield r.stdout.strip().splitlines()[-1]
-    if _last_user("apiserver"):
-        _locked("stop.sh", "--apiserver-only")
+    yield from _shared_service("apiserver")
 
 
 @pytest.fixture(scope="session")
@@ -103,14 +110,7 @@ def cri_endpoint() -> Iterator[str]:
     for tool in ("containerd", "runc", "ctr", "gcc"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             _missing(tool)
-    _use("containerd")
-    r = _locked("start-containerd.sh")
-    if r.returncode != 0:
-        _last_user("containerd")
-        pytest.fail(f"start-containerd.sh failed: {r.stderr[-2000:]}")
-    yield r.stdout.strip().splitlines()[-1]
-    if _last_user("containerd"):
-        _locked("stop.sh", "--containerd-only")
+    yield from _shared_service("containerd")
 
 
 @pytest.fixture
@@ -148,18 +148,6 @@ def watcher(api: Any) -> Iterator[Any]:
     w.stop()
 
 
-def _wait_for(cond: Any, timeout: float = 15.0, what: str = "") -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def crds(kubeconfig: str, api: Any) -> Iterator[None]:
     from kubernetes import client
@@ -169,7 +157,7 @@ def crds(kubeconfig: str, api: Any) -> Iterator[None]:
     assert r.returncode == 0, r.stderr
     ext = client.ApiextensionsV1Api(api)
     for name in ("tracingpolicies.sensorium.io", "tracingpoliciesnamespaced.sensorium.io"):
-        _wait_for(lambda: any(c.type == "Established" and c.status == "True"
+        wait_for(lambda: any(c.type == "Established" and c.status == "True"
                           for c in (ext.read_custom_resource_definition(name).status.conditions or [])),
               what=f"{name} established")
     yield

@@ -12,26 +12,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from k8s_env import CACHE, NODE, REPO
+from k8s_env import CACHE, NODE, REPO, wait_for
 
 sys.path.insert(0, str(REPO / "tests"))
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(cond: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -63,20 +53,20 @@ def test_policy_crds_load_update_refuse_and_delete(crds: None, api: Any, manager
     try:
         assert w.wait_synced(15)
         co.create_cluster_custom_object(GROUP, VERSION, "tracingpolicies", _policy(name, "/etc/shadow"))
-        _wait(lambda: name in manager.names(), what="loaded")
+        wait_for(lambda: name in manager.names(), what="loaded")
 
         def node_status(n: str, plural: str = "tracingpolicies", ns: str | None = None) -> dict[str, Any]:
             obj = (co.get_namespaced_custom_object(GROUP, VERSION, ns, plural, n) if ns
                    else co.get_cluster_custom_object(GROUP, VERSION, plural, n))
             return ((obj.get("status") or {}).get("nodes") or {}).get(NODE) or {}
 
-        assert _wait(lambda: node_status(name).get("state") == "loaded", what="status loaded")
+        assert wait_for(lambda: node_status(name).get("state") == "loaded", what="status loaded")
 
         # Update: a new spec replaces the loaded policy; a status-only change does not.
         first = manager.get(name)["added_at"]
         co.patch_cluster_custom_object(GROUP, VERSION, "tracingpolicies", name,
                                        {"spec": _policy(name, "/etc/gshadow")["spec"]})
-        _wait(lambda: node_status(name).get("generation") == 2, what="generation 2 applied")
+        wait_for(lambda: node_status(name).get("generation") == 2, what="generation 2 applied")
         second = manager.get(name)["added_at"]
         assert second > first and manager.get(name)["file"] == f"TracingPolicy/{name}"
         co.patch_cluster_custom_object(GROUP, VERSION, "tracingpolicies", name,
@@ -89,23 +79,24 @@ def test_policy_crds_load_update_refuse_and_delete(crds: None, api: Any, manager
         doc = _policy(bad, "/x")
         doc["spec"] = {"uprobes": [{"path": "/bin/true", "symbols": ["main"]}]}
         co.create_cluster_custom_object(GROUP, VERSION, "tracingpolicies", doc)
-        st = _wait(lambda: node_status(bad) or None, what="refusal status")
+        st = wait_for(lambda: node_status(bad) or None, what="refusal status")
         assert st["state"] == "error" and "uprobes" in st["message"]
         assert bad not in manager.names()
-        evs = client.CoreV1Api(api).list_namespaced_event("default").items
-        mine = [e for e in evs if e.involved_object.name == bad]
+        # The Event is written after the status: wait for it rather than read the list once.
+        mine = wait_for(lambda: [e for e in client.CoreV1Api(api).list_namespaced_event("default").items
+                                 if e.involved_object.name == bad], what="the refusal's Event")
         assert mine and mine[0].reason == "PolicyRefused" and mine[0].type == "Warning" and "uprobes" in mine[0].message
 
         # A TracingPolicyNamespaced: this manager has no pod scoping, so it is refused, with the reason.
         nsd = f"ns-{uuid.uuid4().hex[:6]}"
         co.create_namespaced_custom_object(GROUP, VERSION, namespace, "tracingpoliciesnamespaced",
                                            _policy(nsd, "/x", "TracingPolicyNamespaced", namespace))
-        st = _wait(lambda: node_status(nsd, "tracingpoliciesnamespaced", namespace) or None, what="namespaced status")
+        st = wait_for(lambda: node_status(nsd, "tracingpoliciesnamespaced", namespace) or None, what="namespaced status")
         assert st["state"] == "error" and "TracingPolicyNamespaced" in st["message"]
 
         # Delete: unloaded at once.
         co.delete_cluster_custom_object(GROUP, VERSION, "tracingpolicies", name)
-        _wait(lambda: name not in manager.names(), what="unloaded")
+        wait_for(lambda: name not in manager.names(), what="unloaded")
         co.delete_cluster_custom_object(GROUP, VERSION, "tracingpolicies", bad)
     finally:
         w.stop()
@@ -121,13 +112,13 @@ def test_policies_deleted_while_disconnected_are_unloaded_on_relist(crds: None, 
     co.create_cluster_custom_object(GROUP, VERSION, "tracingpolicies", _policy(name, "/etc/shadow"))
     w = PolicyCrdWatcher(api, manager, NODE, watch_timeout_s=30).start()
     assert w.wait_synced(15)
-    _wait(lambda: name in manager.names(), what="loaded from the initial list")
+    wait_for(lambda: name in manager.names(), what="loaded from the initial list")
     w.stop()
     co.delete_cluster_custom_object(GROUP, VERSION, "tracingpolicies", name)
     assert name in manager.names()  # nobody watching: still loaded
     w.start()  # reconnects: the first list reconciles what this agent had loaded
     try:
         assert w.wait_synced(15)
-        _wait(lambda: name not in manager.names(), what="unloaded by the relist")
+        wait_for(lambda: name not in manager.names(), what="unloaded by the relist")
     finally:
         w.stop()

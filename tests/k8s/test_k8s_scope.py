@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
+from k8s_env import wait_for
 from sensorium.k8s.scope import LabelSelector, PodCgroups, PodScope, ScopeTracker
 from sensorium.scope import hierarchy_mounts, proc_cgroup_dirs, process_in_scope
 
@@ -44,16 +45,6 @@ def test_bad_selectors_are_refused_naming_the_field(doc: dict, msg: str) -> None
         LabelSelector.parse(doc, "spec.podSelector")
 
 
-def _wait(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _sel(**labels: str) -> LabelSelector:
     return LabelSelector.parse({"matchLabels": labels})
 
@@ -79,7 +70,7 @@ def test_scope_follows_labels_and_pods(kubelet: Any, api: Any, watcher: Any, nam
     elsewhere = kubelet.run_pod(other_ns, "web", {"app": "web"})
     for p in (web, db, elsewhere):
         for c in p.containers.values():
-            _wait(lambda: watcher.container(c.id), what=f"{p.name}/{c.name}")
+            wait_for(lambda: watcher.container(c.id), what=f"{p.name}/{c.name}")
 
     updates: list[Any] = []
     t = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="web")),
@@ -99,19 +90,19 @@ def test_scope_follows_labels_and_pods(kubelet: Any, api: Any, watcher: Any, nam
         assert t.summary()["pods"] == [f"{namespace}/web"]
 
         core.patch_namespaced_pod("db", namespace, {"metadata": {"labels": {"app": "web"}}})
-        _wait(lambda: inside(db), what="db joining")
+        wait_for(lambda: inside(db), what="db joining")
         core.patch_namespaced_pod("web", namespace, {"metadata": {"labels": {"app": "gone"}}})
-        _wait(lambda: not inside(web), what="web leaving")
+        wait_for(lambda: not inside(web), what="web leaving")
         assert inside(db) and updates[-1] == t.current()
 
         kubelet.delete_pod(db)  # a deleted pod leaves the scope at once
-        _wait(lambda: t.current().cgroups == (), what="db deleted")
+        wait_for(lambda: t.current().cgroups == (), what="db deleted")
     finally:
         t.close()
 
     # containerSelector: only the proxy container's own cgroups.
     core.patch_namespaced_pod("web", namespace, {"metadata": {"labels": {"app": "web"}}})
-    _wait(lambda: watcher.container(web.containers["main"].id).pod_labels.get("app") == "web", what="relabel")
+    wait_for(lambda: watcher.container(web.containers["main"].id).pod_labels.get("app") == "web", what="relabel")
     t2 = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="web"),
                                         container_selector=_sel(name="proxy")), cgroups=pod_cgroups)
     try:
@@ -182,13 +173,13 @@ def test_a_new_pods_cgroup_enters_the_scope_as_soon_as_it_is_created(api: Any, w
             body = {"metadata": {"name": f"new-{i}", "labels": {"app": "new"}},
                     "spec": {"nodeName": watcher.node_name, "containers": [{"name": "main", "image": "x"}]}}
             uid = core.create_namespaced_pod(namespace, body).metadata.uid
-            _wait(lambda: watcher.pod(uid), what="pod in the watcher")  # the kubelet acts on a pod it knows
+            wait_for(lambda: watcher.pod(uid), what="pod in the watcher")  # the kubelet acts on a pod it knows
             got.clear()
             t0 = time.monotonic()
             dirs = _kubelet_mkdir_pod(uid)
             try:
                 ino = {os.stat(d).st_ino for d in dirs}
-                hit = _wait(lambda: next((ts for ts, sc in got if ino <= {r.id for r in sc.cgroups}), None),
+                hit = wait_for(lambda: next((ts for ts, sc in got if ino <= {r.id for r in sc.cgroups}), None),
                             timeout=5, what=f"pod {i} cgroup in the scope")
                 windows.append(hit - t0)
             finally:
@@ -216,7 +207,7 @@ def test_systemd_driver_layout_pod_and_container_cgroups(api: Any, watcher: Any,
     body = {"metadata": {"name": "sd", "labels": {"app": "sd"}},
             "spec": {"nodeName": watcher.node_name, "containers": [{"name": "main", "image": "x"}]}}
     uid = core.create_namespaced_pod(namespace, body).metadata.uid
-    _wait(lambda: watcher.pod(uid), what="pod in the watcher")
+    wait_for(lambda: watcher.pod(uid), what="pod in the watcher")
     cid = uuid.uuid4().hex + uuid.uuid4().hex
     made: list[str] = []
     t = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="sd")), cgroups=pod_cgroups)
@@ -229,7 +220,7 @@ def test_systemd_driver_layout_pod_and_container_cgroups(api: Any, watcher: Any,
             os.makedirs(os.path.join(pod_dir, f"cri-containerd-{cid}.scope"))
             made += [os.path.join(pod_dir, f"cri-containerd-{cid}.scope"), pod_dir, qos, os.path.dirname(qos)]
         pods = {d for d in made if d.endswith(f"pod{uid.replace('-', '_')}.slice")}
-        _wait(lambda: {r.path for r in t.current().cgroups} == pods, timeout=5, what="the pod slices in the scope")
+        wait_for(lambda: {r.path for r in t.current().cgroups} == pods, timeout=5, what="the pod slices in the scope")
         assert {r.path for r in t.current().container_roots} >= {os.path.join(m, "kubepods.slice")
                                                                 for m in hierarchy_mounts().values()}
         assert t2.current().cgroups == ()  # the container's id is not in the status yet
@@ -238,7 +229,7 @@ def test_systemd_driver_layout_pod_and_container_cgroups(api: Any, watcher: Any,
             "name": "main", "containerID": f"containerd://{cid}", "image": "x", "imageID": "", "ready": True,
             "restartCount": 0, "state": {"running": {}}}]}})
         scopes = {d for d in made if d.endswith(".scope")}
-        _wait(lambda: {r.path for r in t2.current().cgroups} == scopes, timeout=5, what="the container scopes")
+        wait_for(lambda: {r.path for r in t2.current().cgroups} == scopes, timeout=5, what="the container scopes")
     finally:
         t.close()
         t2.close()

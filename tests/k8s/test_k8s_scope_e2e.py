@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from k8s_env import NODE
+from k8s_env import NODE, wait_for
+from enforcement_helpers import connect_lsmhooks
+from openat_harness import SIGKILL, openat_kprobes
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel]
 
@@ -63,39 +65,7 @@ spec:
   podSelector:
     matchLabels:
       app: {label}
-  lsmhooks:
-  - hook: socket_connect
-    args:
-    - {{index: 0, type: sock}}
-    - {{index: 1, type: sockaddr}}
-    selectors:
-    - matchArgs:
-      - {{index: 1, operator: DPort, values: ["{port}"]}}
-      matchActions:
-      - {{action: Override, argError: -1}}
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args:
-    - {{index: 0, type: int}}
-    - {{index: 1, type: string}}
-    - {{index: 2, type: int}}
-    selectors:
-    - matchArgs:
-      - {{index: 1, operator: Equal, values: ["{secret}"]}}
-      matchActions:
-      - action: Sigkill
-"""
-
-
-def _wait(cond: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+""" + connect_lsmhooks(port) + openat_kprobes(secret, actions=SIGKILL)
 
 
 def _connect(kubelet: Any, pod: Any, port: int) -> str:
@@ -137,7 +107,7 @@ def _check_scoped_enforcement(h: Any, kubelet: Any, ns: str, label: str, port: i
     for pod in (a, b):  # the file in both containers, written under another name (rename() opens nothing)
         assert kubelet.exec(pod, "main", ["/bin/sh", "-c", f"echo secret-of-{pod.name} > {secret}.w && "
                                                            f"mv {secret}.w {secret}"])[0] == 0
-    r = _wait(lambda: (lambda p: p if p and p["state"] == "enabled" and p["scope"]["cgroups"] else None)(row()),
+    r = wait_for(lambda: (lambda p: p if p and p["state"] == "enabled" and p["scope"]["cgroups"] else None)(row()),
               timeout=60, what=f"policy {key} loaded with pod A in its scope")
     assert r["scope"]["pods"] == [f"{ns}/pod-a"], r["scope"]
     print(f"scope: {r['scope']}")
@@ -173,15 +143,15 @@ def _check_scoped_enforcement(h: Any, kubelet: Any, ns: str, label: str, port: i
     t0 = time.monotonic()
     c = kubelet.run_pod(ns, "pod-c", {"app": label}, containers={"main": ["/bin/cat", secret]})
     started = time.monotonic() - t0
-    code = _wait(lambda: _exit_of(kubelet, c.containers["main"].id), timeout=20, what="pod C's container exit")
-    windows = _wait(lambda: (row() or {}).get("scope", {}).get("new_pod_windows_ms"), timeout=5, what="window")
+    code = wait_for(lambda: _exit_of(kubelet, c.containers["main"].id), timeout=20, what="pod C's container exit")
+    windows = wait_for(lambda: (row() or {}).get("scope", {}).get("new_pod_windows_ms"), timeout=5, what="window")
     print(f"pod C: entrypoint exit code {code} (137 = SIGKILL; an unscoped cat of the missing file exits 1); "
           f"pod created -> container started {started * 1000:.0f} ms; pod cgroup seen -> scope updated {windows} ms")
     assert code == 137
 
     # Deleting the policy lifts the block at once.
     delete()
-    _wait(lambda: row() is None, timeout=30, what=f"policy {key} gone")
+    wait_for(lambda: row() is None, timeout=30, what=f"policy {key} gone")
     out = _connect(kubelet, a, port)
     assert "hello" in out and "rc=0" in out, out
     code, out = _open(kubelet, a, secret)

@@ -10,23 +10,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from k8s_env import NODE, RUN, SCRIPTS
+from k8s_env import NODE, RUN, SCRIPTS, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_only_this_nodes_pods_are_watched(kubelet: Any, api: Any, watcher: Any, namespace: str) -> None:
@@ -41,7 +31,7 @@ def test_only_this_nodes_pods_are_watched(kubelet: Any, api: Any, watcher: Any, 
     core.patch_namespaced_pod_status("theirs", namespace, {"status": {"containerStatuses": [{
         "name": "main", "containerID": f"containerd://{other_id}", "image": "x", "imageID": "x",
         "ready": True, "restartCount": 0, "state": {"running": {}}}]}})
-    _wait(lambda: watcher.container(mine.containers["main"].id), what="own pod")
+    wait_for(lambda: watcher.container(mine.containers["main"].id), what="own pod")
     time.sleep(0.5)
     assert watcher.container(other_id) is None
     assert all(p["spec"]["nodeName"] == NODE for p in watcher.pods())
@@ -51,13 +41,13 @@ def test_only_this_nodes_pods_are_watched(kubelet: Any, api: Any, watcher: Any, 
 def test_deleted_pod_stays_resolvable_for_the_grace_period(kubelet: Any, watcher: Any, namespace: str) -> None:
     pod = kubelet.run_pod(namespace, "short", {"app": "short"})
     cid = pod.containers["main"].id
-    _wait(lambda: watcher.container(cid), what="pod")
+    wait_for(lambda: watcher.container(cid), what="pod")
     kubelet.delete_pod(pod)
     time.sleep(0.5)
     assert watcher.container(cid) is not None, "the last events of a deleted pod must still resolve"
     # deleted_grace_s=2 in the fixture; expiry runs on the watcher thread as events or timeouts come.
     kubelet.run_pod(namespace, "tick", {})  # an event on the watch so expiry runs promptly
-    _wait(lambda: watcher.container(cid) is None, timeout=10, what="expiry after the grace period")
+    wait_for(lambda: watcher.container(cid) is None, timeout=10, what="expiry after the grace period")
 
 
 def _compact_etcd() -> int:
@@ -82,21 +72,21 @@ def _compact_etcd() -> int:
 
 def test_410_gone_relists_without_losing_the_cache(kubelet: Any, watcher: Any, namespace: str) -> None:
     a = kubelet.run_pod(namespace, "before", {"app": "x"})
-    _wait(lambda: watcher.container(a.containers["main"].id), what="pod a")
+    wait_for(lambda: watcher.container(a.containers["main"].id), what="pod a")
     lists = watcher.stats["lists"]
     # Resume the watch from a resourceVersion that etcd has compacted away: the API server answers
     # 410 Gone (as it does to any agent that was disconnected for longer than the compaction period).
     old_rv = watcher._rv
     kubelet.run_pod(namespace, "churn", {})  # newer revisions, so the compaction passes old_rv
-    _wait(lambda: watcher._rv != old_rv, what="newer revision")
+    wait_for(lambda: watcher._rv != old_rv, what="newer revision")
     time.sleep(0.5)
     _compact_etcd()
     watcher.restart_watch(from_resource_version=old_rv)
-    _wait(lambda: watcher.stats["relists_gone"] >= 1, what="410 Gone")
+    wait_for(lambda: watcher.stats["relists_gone"] >= 1, what="410 Gone")
     assert watcher.container(a.containers["main"].id) is not None  # answered while relisting
-    _wait(lambda: watcher.stats["lists"] > lists, what="relist")
+    wait_for(lambda: watcher.stats["lists"] > lists, what="relist")
     b = kubelet.run_pod(namespace, "after", {"app": "y"})
-    _wait(lambda: watcher.container(b.containers["main"].id), what="pod b after relist")
+    wait_for(lambda: watcher.container(b.containers["main"].id), what="pod b after relist")
     assert watcher.container(a.containers["main"].id).pod_name == "before"
 
 
@@ -104,18 +94,18 @@ def test_api_server_outage_keeps_the_cache_and_recovers(kubelet: Any, watcher: A
                                                          kubeconfig: str) -> None:
     a = kubelet.run_pod(namespace, "survivor", {"app": "s"})
     cid = a.containers["main"].id
-    _wait(lambda: watcher.container(cid), what="pod a")
+    wait_for(lambda: watcher.container(cid), what="pod a")
     pid = int((RUN / "apiserver.pid").read_text())
     os.kill(pid, signal.SIGKILL)  # the outage: etcd keeps the data
     t0 = time.monotonic()
-    _wait(lambda: watcher.stats["errors"] >= 1, timeout=20, what="the watcher noticing the outage")
+    wait_for(lambda: watcher.stats["errors"] >= 1, timeout=20, what="the watcher noticing the outage")
     assert not watcher.status()["connected"]
     assert watcher.container(cid).pod_name == "survivor"  # still answered from the cache
     time.sleep(1.0)  # a few failed retries (backoff) while down
     r = subprocess.run(["bash", str(SCRIPTS / "start-apiserver.sh")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    _wait(lambda: watcher.status()["connected"], timeout=30, what="reconnect")
+    wait_for(lambda: watcher.status()["connected"], timeout=30, what="reconnect")
     b = kubelet.run_pod(namespace, "newcomer", {"app": "n"})
-    _wait(lambda: watcher.container(b.containers["main"].id), timeout=15, what="a pod created after the outage")
+    wait_for(lambda: watcher.container(b.containers["main"].id), timeout=15, what="a pod created after the outage")
     assert watcher.container(cid).pod_name == "survivor"
     print(f"outage to recovery: {time.monotonic() - t0:.1f} s; watcher {watcher.status()}")

@@ -8,7 +8,12 @@
  *   - struct sensorium_hdr: the header every ring-buffer record starts with, and sensorium_hdr_fill();
  *   - sensorium_submit(): ring-buffer output without a per-event wakeup (the agent polls on a short
  *     timer; a wakeup per event costs about 10x in a VM, see INFRA.md), forcing one wakeup only when
- *     the ring fills past SENSORIUM_WAKEUP_BYTES so a burst is drained before it overflows.
+ *     the ring fills past SENSORIUM_WAKEUP_BYTES so a burst is drained before it overflows;
+ *   - SENSORIUM_MAP(name, type, entries, key type, value type): a BTF-defined map in one line;
+ *   - SENSORIUM_COUNTERS(name, n) and sensorium_count(): a per-CPU array of n u64 counters (drops, skipped
+ *     events), which the agent reads summed with obj.map(name).counters([...]); sensorium_submit_counted():
+ *     sensorium_submit() that counts a record the full ring refused;
+ *   - SENSORIUM_BTF_KEEP(name): keeps a record struct no program names in the object's BTF.
  */
 #ifndef __SENSORIUM_COMMON_H
 #define __SENSORIUM_COMMON_H
@@ -72,5 +77,37 @@ static __always_inline long sensorium_submit(void *ringbuf, void *data, __u64 si
 		flags = BPF_RB_FORCE_WAKEUP;
 	return bpf_ringbuf_output(ringbuf, data, size, flags);
 }
+
+/* A BTF-defined map in one line. */
+#define SENSORIUM_MAP(name, map_type, entries, key_type, value_type)	\
+	struct {							\
+		__uint(type, map_type);					\
+		__uint(max_entries, entries);				\
+		__type(key, key_type);					\
+		__type(value, value_type);				\
+	} name SEC(".maps")
+
+#define SENSORIUM_COUNTERS(name, n) SENSORIUM_MAP(name, BPF_MAP_TYPE_PERCPU_ARRAY, n, __u32, __u64)
+
+/* Add one to counter `which` of a SENSORIUM_COUNTERS map (this CPU's slot: no atomics needed). */
+static __always_inline void sensorium_count(void *counters, __u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(counters, &which);
+
+	if (v)
+		*v += 1;
+}
+
+/* sensorium_submit(), counting a record the ring refused in counter `which` of `counters`. */
+static __always_inline void sensorium_submit_counted(void *ringbuf, void *data, __u64 size, void *counters,
+						     __u32 which)
+{
+	if (sensorium_submit(ringbuf, data, size) < 0)
+		sensorium_count(counters, which);
+}
+
+/* Keep `struct name` in the object's BTF though no program names it (tests/test_layouts.py checks each record
+ * layout a sensor declares against the BTF): an unused global pointer to it. */
+#define SENSORIUM_BTF_KEEP(name) struct name *sensorium_btf_keep_##name __attribute__((unused))
 
 #endif /* __SENSORIUM_COMMON_H */
