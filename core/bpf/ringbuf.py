@@ -26,7 +26,8 @@ import itertools
 import os
 import select
 import threading
-from typing import Any, Callable, Iterator, Sequence, overload
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
 
 from sensorium.bpf.libbpf import BpfMap, LibbpfError, MapType, lib
 
@@ -74,7 +75,7 @@ class RecordBlob(Sequence[bytes]):
 
     __slots__ = ("blob", "lens", "_list")
 
-    def __init__(self, blob: bytes, lens: "array.array[int]") -> None:
+    def __init__(self, blob: bytes, lens: array.array[int]) -> None:
         if sum(lens) != len(blob):
             raise ValueError("record lengths do not add up to the blob")
         self.blob, self.lens = blob, lens
@@ -176,7 +177,7 @@ class RingSubscription:
     """One ring of a `RingBufferReader` (what `RingBufferReader.add` returns; the contract's
     `sensorium.hookspecs.RingHandle`)."""
 
-    def __init__(self, reader: "RingBufferReader", ring: _Ring) -> None:
+    def __init__(self, reader: RingBufferReader, ring: _Ring) -> None:
         self._reader, self._ring = reader, ring
         self.native_drain = ring.arena is not None
 
@@ -327,7 +328,7 @@ class RingBufferReader:
                 ring.free()
             self._rings.clear()
 
-    def __enter__(self) -> "RingBufferReader":
+    def __enter__(self) -> RingBufferReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,8 @@ built on the hook library (tracepoint, kprobe, uprobe, lsm) list the cases of th
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sensorium.hooks import selectors as S
 from sensorium.hookspecs import BudgetCase, ProbeSource

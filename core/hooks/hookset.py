@@ -19,15 +19,16 @@ import ctypes
 import dataclasses
 import os
 import struct
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sensorium.bpf.scope import ScopeMap, scope_entries
-from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 from sensorium.hooks import selectors as S
 from sensorium.hooks.openexit import open_exit_filter
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, OPEN_EXIT_MECHANISM
 from sensorium.hooks.ring import EventRing
+from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 
 __all__ = ["HookSet", "seed_follow", "OPEN_EXIT_ENABLED"]
 
@@ -116,7 +117,7 @@ class HookSet:
             self.unload()
             raise PolicyLoadError("?", f"{type(e).__name__}: {e}") from e
 
-    def activate(self) -> "HookSet":
+    def activate(self) -> HookSet:
         """Round 3: the real mode in every mode map (from here on the hooks post and enforce), and the
         decoder told about each hook. Map writes only."""
         for plan, obj in self.objects:

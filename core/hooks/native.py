@@ -11,8 +11,9 @@ from __future__ import annotations
 import array
 import ctypes
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sensorium import schema
 from sensorium.bpf.native import build_shared, native_enabled

@@ -10,11 +10,12 @@ and the optional event fields of an item (`extras`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sensorium import schema
-from sensorium.hookspecs import PolicyLoadError
 from sensorium.hooks import selectors as S
+from sensorium.hookspecs import PolicyLoadError
 
 __all__ = ["HookPlan", "ArgPlanError", "INT_KEYS", "POLICY_INTS", "I64_ARGS", "int_plan", "extras", "plan_params",
            "plan_return", "ParamReader", "without_override"]

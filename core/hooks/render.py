@@ -12,7 +12,8 @@ import base64
 import ctypes
 import re
 import struct
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -99,7 +100,7 @@ def quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] 
             "    return T %% (%scur_time, nanos)" % vals]
     ns: dict[str, Any] = {"unpack_argq": ARGQ.unpack_from, "unpack_arg": ARG.unpack_from, "unsafe": UNSAFE,
                           "safe": set(), **t}
-    exec(compile("\n".join(src), f"<quick rest of {plan.hook}>", "exec"), ns)  # noqa: S102 - our own source
+    exec(compile("\n".join(src), f"<quick rest of {plan.hook}>", "exec"), ns)  # our own source
     return ns["rest"]
 
 

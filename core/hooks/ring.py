@@ -10,20 +10,33 @@ reference is `sensorium.hooks.render.body_of`; a test checks that every path giv
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sensorium import events as _events
 from sensorium import schema
 from sensorium.events import Event, EventBatch, LazyEvent
-from sensorium.hookspecs import RingHandle, SensorContext
 from sensorium.hooks import native as _native
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.probes import HOOK_PROBE
-from sensorium.hooks.render import (ARG, ARGQ, EV, EV_SIZE, Q, UNSAFE, action_fields, body_of, json_middle,
-                                    quick_rest, render_bytes, render_int)
+from sensorium.hooks.render import (
+    ARG,
+    ARGQ,
+    EV,
+    EV_SIZE,
+    UNSAFE,
+    Q,
+    action_fields,
+    body_of,
+    json_middle,
+    quick_rest,
+    render_bytes,
+    render_int,
+)
+from sensorium.hookspecs import RingHandle, SensorContext
 
 if TYPE_CHECKING:
     from sensorium.hooks.hookset import HookSet
@@ -46,7 +59,7 @@ class EventRing:
         self.ctx, self.sensor = ctx, sensor
         self.obj: Any = None
         self.handle: RingHandle | None = None
-        self.hooks: dict[tuple[int, int], tuple[HookPlan, str, "HookSet"]] = {}
+        self.hooks: dict[tuple[int, int], tuple[HookPlan, str, HookSet]] = {}
         self.lock = threading.Lock()
         # Records the decoder did not turn into events, by reason (`DROP_REASONS`): none is dropped silently.
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import ipaddress
 import os
 import socket
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sensorium.bpf.records import SensoriumHdr
-from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS, sock_value as parse_sock_value
+from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS
+from sensorium.policy import sock_value as parse_sock_value
 
 __all__ = [
     "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "check_selectors", "HookCfg", "SensEvent", "SensArgRec",
@@ -328,7 +329,7 @@ def _compile_match_arg(m: Any, arg_pos: int, plan: ArgPlan, out: SensMatchArg, s
     if plan.kind == ARG_SOCK:
         _compile_sock_op(op, values, plan, out, strings, field)
         return
-    if op in OPS and OPS[op] >= OPS["SAddr"] or op in PRIV_OPS:
+    if (op in OPS and OPS[op] >= OPS["SAddr"]) or op in PRIV_OPS:
         raise SelectorError(f"{field}.operator", f"operator {op} applies to sock and sockaddr arguments, not to "
                                                  f"this {plan.type_name or 'non-socket'} argument")
     if plan.kind == ARG_INT:

@@ -13,9 +13,9 @@ import platform
 import re
 from typing import Any
 
-from sensorium.hookspecs import PolicyLoadError
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan, extras, plan_params, plan_return
+from sensorium.hookspecs import PolicyLoadError
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 
 __all__ = ["PATH_PARAMS", "OPENED_FD_SYSCALLS", "SOCKADDR_PARAMS", "ARCH_PREFIX", "syscall_name", "plan_syscall"]

@@ -21,16 +21,17 @@ import ctypes
 import dataclasses
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sensorium.bpf.btf import kernel_functions
-from sensorium.hookspecs import PolicyLoadError, ProbeSource
 from sensorium.hooks import selectors as S
 from sensorium.hooks.budget import TRACKING, engine_cases
 from sensorium.hooks.hookset import HookSet
 from sensorium.hooks.plan import POLICY_INTS, HookPlan, extras, without_override
 from sensorium.hooks.render import EV as _EV
+from sensorium.hookspecs import PolicyLoadError, ProbeSource
 
 __all__ = ["plan_kernel_function", "KfuncHookSet", "KFUNC_PROBE", "sock_event_fixup", "overridable",
            "KF_PRE_STR", "KF_PRE_SOCK"]

@@ -33,8 +33,8 @@ def sensorium_sensor() -> SensorSpec:
     from sensorium.hooks import selectors
     from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE
     from sensorium.hooks.sensor import HookSensorOptions
-    from sensorium_sensors.kprobe.schema import KProbeSpec
     from sensorium_sensors.kprobe.kfunc import KFUNC_PROBE
+    from sensorium_sensors.kprobe.schema import KProbeSpec
 
     return SensorSpec(
         name="kprobe",

@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sensorium.bpf.scope import ScopeMap, scope_entries
-from sensorium.hookspecs import ProbeSource, Scope
 from sensorium.hooks import selectors as S
 from sensorium.hooks.hookset import seed_follow
 from sensorium.hooks.plan import POLICY_INTS, without_override
 from sensorium.hooks.probes import MODE_INACTIVE
 from sensorium.hooks.render import EV as _EV
 from sensorium.hooks.render import render_args
+from sensorium.hookspecs import ProbeSource, Scope
 
 from . import netguard
-
 
 __all__ = ["LsmProgram", "compile_hook", "LSM_PROBE", "decode_event", "RECORD_LAYOUTS",
            "SOCKET_HOOKS"]
@@ -283,7 +283,7 @@ class LsmProgram:
             self.obj = None
 
 
-def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | None:
+def decode_event(raw: bytes, plan: Any, prog: LsmProgram) -> dict[str, Any] | None:
     """A sens_event record of an LSM program -> {pid, ktime, rule, verdict, args, err}; None when the record is
     malformed (`netguard.decode_event`, `render_args`) or names a selector the hook does not have."""
     if prog.net is not None:

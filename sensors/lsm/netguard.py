@@ -20,8 +20,9 @@ import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from sensorium.bpf.records import SensoriumHdr
 from sensorium.bpf.scope import ScopeMap, scope_entries

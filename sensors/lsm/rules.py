@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
+from sensorium.bpf.btf import LsmHookSig, lsm_hooks
 from sensorium.hookspecs import PolicyLoadError, PolicyView
 from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, MatchAction, Selector
 from sensorium_sensors.lsm.schema import LsmHookSpec
-
-from sensorium.bpf.btf import LsmHookSig, lsm_hooks
 
 __all__ = ["HookPlan", "MECHANISMS", "plan_section", "ProcessFacts", "first_match",
            "cgroup2_root"]
@@ -384,7 +384,7 @@ class ProcessFacts:
         except ValueError:
             return 0
 
-    def ancestors(self, limit: int = 64) -> Iterable["ProcessFacts"]:
+    def ancestors(self, limit: int = 64) -> Iterable[ProcessFacts]:
         pid, n = self.ppid, 0
         while pid > 0 and n < limit:
             f = ProcessFacts(pid, self._proc)

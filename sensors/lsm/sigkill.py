@@ -13,11 +13,12 @@ and other entry points are not).
 from __future__ import annotations
 
 import types
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from sensorium.hooks.syscalls import SyscallItem
 from sensorium.hookspecs import PolicyLoadError, Scope
 from sensorium.policy import ArgSpec, MatchAction, MatchArg, Selector
-from sensorium.hooks.syscalls import SyscallItem
 
 __all__ = ["SYSCALLS", "MECHANISM", "NOTE", "plan_syscalls", "SigkillGuard"]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sensorium import hookimpl
 from sensorium.hookspecs import SensorSpec
 

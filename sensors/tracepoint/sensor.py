@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import ArgPlanError, HookPlan, extras
 from sensorium.hooks.sensor import HookSensor
+from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium_sensors.tracepoint import tracefs
 
 

@@ -112,7 +112,7 @@ def arg_plan(fields: list[Field], subsys: str, arg: object, field_path: str,
              positions: dict[int, int]) -> S.ArgPlan:
     """The plan of one ``args[]`` item of a (non-raw) tracepoint. ``positions`` maps format index ->
     position in the args list (for sizeArgIndex)."""
-    idx = getattr(arg, "index")
+    idx = arg.index
     typ = getattr(arg, "type", "auto") or "auto"
     label = getattr(arg, "label", None)
     if idx >= len(fields):
@@ -181,7 +181,7 @@ def arg_plan(fields: list[Field], subsys: str, arg: object, field_path: str,
 def raw_arg_plan(arg: object, field_path: str) -> S.ArgPlan:
     """A raw tracepoint's argument: ``args[index]`` of its TP_PROTO, as an integer, a kernel string
     pointer, or a ``linux_binprm`` (reported with its file's path)."""
-    idx = getattr(arg, "index")
+    idx = arg.index
     typ = getattr(arg, "type", "auto") or "auto"
     label = getattr(arg, "label", None)
     if idx > 7:
