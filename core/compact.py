@@ -55,7 +55,8 @@ def compact(ev: Event) -> str:
     elif kind == "process_lsm":
         line = f"{_head('🔒', 'LSM')} {who} {_clean(body.get('function_name'))}"
     elif kind == "rate_limit_info":
-        return f"{_head('🧬', 'ratelimit')} {_clean(ev.node_name)} dropped {_clean(body.get('number_of_dropped_process_events'))} events"
+        dropped = _clean(body.get("number_of_dropped_process_events"))
+        return f"{_head('🧬', 'ratelimit')} {_clean(ev.node_name)} dropped {dropped} events"
     else:
         line = f"{_head('❔', _clean(kind))} {who}"
     action = body.get("action")

@@ -310,7 +310,7 @@ class RingBufferReader:
             if batch is not None:
                 try:
                     ring.on_batch(batch)
-                except Exception as e:  # keep delivering the other rings
+                except Exception as e:  # noqa: BLE001 - keep delivering the other rings
                     if first_error is None:
                         first_error = e
         if first_error is not None:

@@ -341,7 +341,7 @@ class HookSet:
                     raw = m.lookup(struct.pack("<I", i))
                     if raw:
                         total[n] += sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
-            except Exception:
+            except Exception:  # noqa: BLE001 - unreadable counters count as zero; status must not fail
                 continue
         return total
 
@@ -363,7 +363,7 @@ class HookSet:
                     if m.name.endswith("sens_events"):
                         continue
                     mem += m.max_entries * (m.key_size + m.value_size)
-            except Exception:
+            except Exception:  # noqa: BLE001 - memory is an estimate for status; an unreadable object adds nothing
                 pass
         sc = self.scope
         scope = None if sc is None else {"cgroups": [r.path for r in sc.cgroups], "host": sc.host,
@@ -394,7 +394,7 @@ class HookSet:
                         pass
             try:
                 obj.close(keep_pinned=keep_pinned)
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing goes on for the other objects whatever this one raised
                 pass
             objs = getattr(self.ctx, "objects", None)
             if isinstance(objs, list):  # the agent's context keeps a list of what it opened
@@ -414,7 +414,7 @@ class HookSet:
 def _remove_pins(pin_dir: str) -> None:
     """Remove what a section pinned under ``pin_dir`` (map pins, empty directories); the directory itself is
     the host's."""
-    for root, dirs, files in os.walk(pin_dir, topdown=False):
+    for root, _dirs, files in os.walk(pin_dir, topdown=False):
         for f in files:
             try:
                 os.unlink(os.path.join(root, f))
@@ -451,7 +451,7 @@ def seed_follow(compiled: S.CompiledHook, obj: Any) -> None:
         except (OSError, IndexError, ValueError):
             continue
     own: dict[int, int] = {}
-    for pid, (ppid, exe, nspid) in procs.items():
+    for pid, (_ppid, exe, nspid) in procs.items():
         bits = 0
         for si, (op, values) in fb.items():
             if (op == "In" and exe in values) or (op == "Prefix" and any(exe.startswith(v) for v in values)) or (

@@ -1,8 +1,8 @@
 """The hook decoder's native formatter (fastrest.c): build, load and call it.
 
 ``fastrest.c`` is compiled with the system C compiler (``$SENSORIUM_CC``, else ``cc``) on first use into
-the build cache (``<cache>/native/<hash>/libsensfast.so``, `sensorium.bpf.native.build_shared`). Where there is no compiler or the build
-fails, `load` returns None with the reason in `STATUS`, and the decoder stays on its Python path.
+the build cache (``<cache>/native/<hash>/libsensfast.so``, `sensorium.bpf.native.build_shared`). Where there is no
+compiler or the build fails, `load` returns None with the reason in `STATUS`, and the decoder stays on its Python path.
 ``SENSORIUM_NATIVE_DECODE=0`` forces the Python path (the benchmark compares both).
 """
 
@@ -160,7 +160,8 @@ class Formatter:
             bufs["out_end"], bufs["status"] = array.array("Q", bytes(8 * n)), bytearray(n)
             bufs["slot"], bufs["n"] = array.array("I", bytes(4 * n)), n
         if "slots" not in bufs:
-            bufs["slots"], bufs["slot_n"] = array.array("I", bytes(16 * MAX_SLOTS)), array.array("I", bytes(4 * MAX_SLOTS))
+            bufs["slots"] = array.array("I", bytes(16 * MAX_SLOTS))
+            bufs["slot_n"] = array.array("I", bytes(4 * MAX_SLOTS))
         out, out_end, status, slot = bufs["out"], bufs["out_end"], bufs["status"], bufs["slot"]
         slots, slot_n = bufs["slots"], bufs["slot_n"]
         tail_buf = ctypes.create_string_buffer(tail, len(tail))

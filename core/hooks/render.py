@@ -91,7 +91,8 @@ def quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] 
             ret = b',"return":{"' + lit(key) + (b'":"%d"}' if quote else b'":%d}')
             t["R"] = args + ret + pname + end
             t["RC"] = args + ret + pname + b',"cgroup_id":%d' + end
-            src += ["        r = retval" if mask == (1 << 64) - 1 and sign == 1 << 63 else "        r = retval & %d" % mask]
+            whole = mask == (1 << 64) - 1 and sign == 1 << 63
+            src += ["        r = retval" if whole else "        r = retval & %d" % mask]
             if sign <= mask and mask != (1 << 64) - 1:  # a 64-bit signed value is already one (retval is)
                 src += ["        if r >= %d:" % sign, "            r -= %d" % (sign << 1)]
             src += ["        if cgroup_id:", "            return RC %% (%sr, cgroup_id, cur_time, nanos)" % vals,
@@ -171,7 +172,7 @@ def body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any
     """The event body of one record as a dict (None: malformed, see `render_args`): the reference for the
     JSON `EventRing.decode` assembles."""
     (_t, _f, _size, _kt, _pid, _tid, _pol, _hook, retval, cgroup_id, sel, actions, flags, _n,
-     data_len) = EV.unpack_from(rec)
+     _data_len) = EV.unpack_from(rec)
     args = render_args(rec, plan.args)
     if args is None:
         return None

@@ -28,7 +28,6 @@ from sensorium.hooks.render import (
     EV,
     EV_SIZE,
     UNSAFE,
-    Q,
     action_fields,
     body_of,
     json_middle,
@@ -95,7 +94,7 @@ class EventRing:
         if self.obj is not None:
             try:
                 self.obj.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - stop must not raise; the object is dropped either way
                 pass
             self.obj = None
 
@@ -125,7 +124,6 @@ class EventRing:
         unpack_ev = EV.unpack_from
         unpack_arg = ARG.unpack_from
         unpack_argq = ARGQ.unpack_from
-        unpack_q = Q.unpack_from
         boot = _events.BOOT_WALL_NS
         unsafe = UNSAFE
         dumps = orjson.dumps
@@ -161,7 +159,7 @@ class EventRing:
                     dropped["unknown_hook"] += 1  # a hook unloaded while its last records were in flight
                     continue
                 m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
-            ci, head, pname, plan, hs, state, quick = m
+            _ci, head, pname, plan, hs, state, quick = m
             end = EV_SIZE + data_len
             if end > n:  # the record is shorter than its own data: cut somewhere
                 dropped["truncated"] += 1
@@ -320,7 +318,7 @@ class EventRing:
                       pc_get: Any) -> tuple[list[bytes], list[bytes], bool] | None:
         """Heads and rests of a batch fastrest.c rendered whole: one head per (policy, hook, pid) (per
         thread when the process is not in the cache), as the loop of `decode` makes them."""
-        _status, out, out_end, slot, slots, slot_n, ns = nat
+        _status, out, _out_end, slot, slots, slot_n, ns = nat
         hooks = self.hooks
         slot_heads: list[bytes] = []
         counts: list[tuple[Any, int]] = []
@@ -371,7 +369,7 @@ class EventRing:
         if pc_get is not None:
             try:
                 proc, parent = pc_get(pid)
-            except Exception:
+            except Exception:  # noqa: BLE001 - process info is best effort; the event still goes out
                 proc = parent = None
         pname = b',"policy_name":' + orjson.dumps(policy_name)
         kind = b'{"' + plan.kind.encode() + b'":{"process":'
@@ -422,7 +420,7 @@ class EventRing:
             if pc is not None:
                 try:
                     proc, parent = pc.get(pid)
-                except Exception:
+                except Exception:  # noqa: BLE001 - process info is best effort; the event still goes out
                     proc = parent = None
             body = body_of(rec, plan, policy_name, proc or {"pid": pid, "tid": tid}, parent)
             if body is None:

@@ -54,7 +54,8 @@ ARCH_PREFIX = {"x86_64": "__x64_"}
 
 
 def syscall_name(call: str) -> str | None:
-    """``sys_openat`` / ``__x64_sys_openat`` / ``__se_sys_openat`` / ``openat`` -> ``openat`` (None if not a syscall name)."""
+    """``sys_openat`` / ``__x64_sys_openat`` / ``__se_sys_openat`` / ``openat`` -> ``openat`` (None if not a
+    syscall name)."""
     m = re.fullmatch(r"(?:__x64_|__se_|__do_)?sys_([a-z0-9_]+)", call)
     if m:
         return m.group(1)

@@ -499,7 +499,8 @@ def _cap_names(mask: int) -> list[str]:
 def decode_cred(text: str) -> dict[str, Any] | None:
     """The hex cred summary from kfunc.bpf.c -> Tetragon's process_credentials_arg (None if malformed)."""
     try:
-        uid, gid, suid, sgid, euid, egid, fsuid, fsgid, inh, perm, eff = _CRED.unpack(bytes.fromhex(text[: 2 * _CRED.size]))
+        raw = bytes.fromhex(text[: 2 * _CRED.size])
+        uid, gid, suid, sgid, euid, egid, fsuid, fsgid, inh, perm, eff = _CRED.unpack(raw)
     except (ValueError, struct.error):
         return None
     return {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid, "fsuid": fsuid,

@@ -17,8 +17,9 @@ def _budget():  # type: ignore[no-untyped-def]
     cases += engine_cases(HOOK_OPEN_PROBE, full=("sens_open_exit",),
                           others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit", "sens_uprobe",
                                   "sens_uretprobe", *TRACKING),
-                          needs=dict.fromkeys(("sens_open_exit", "sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
-                                               "sens_uprobe", "sens_uretprobe", *TRACKING), OPEN_EXIT_NEEDS))
+                          needs=dict.fromkeys(("sens_open_exit", "sens_tp", "sens_raw", "sens_sys_enter",
+                                               "sens_sys_exit", "sens_uprobe", "sens_uretprobe", *TRACKING),
+                                              OPEN_EXIT_NEEDS))
     return cases + kfunc_budget_cases()
 
 

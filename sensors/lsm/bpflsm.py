@@ -165,7 +165,8 @@ class LsmProgram:
         obj = self.obj = self._open(self._build(LSM_PROBE))
         obj.program("sens_lsm").set_attach_target(self.plan.hook)
         obj.set_rodata("sens_cfg", self.compiled.rodata())
-        obj.set_rodata("lsm_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *(self.errnos + [0] * (S.MAX_SELECTORS - len(self.errnos)))))
+        errnos = self.errnos + [0] * (S.MAX_SELECTORS - len(self.errnos))
+        obj.set_rodata("lsm_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
         wanted = {"sens_lsm"}
         if self.compiled.flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
             wanted.update(("sens_exec", "sens_exit"))
@@ -295,7 +296,7 @@ def decode_event(raw: bytes, plan: Any, prog: LsmProgram) -> dict[str, Any] | No
     if len(raw) < _EV.size:
         return None
     (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
-     data_len) = _EV.unpack_from(raw)
+     _data_len) = _EV.unpack_from(raw)
     if rtype != S.REC_HOOK or (policy_id, hook_id) != (prog.policy_id, prog.plan.position):  # its own ring: its own ids
         return None
     args = render_args(raw, prog.args)  # the hook library's rules: a cut or inconsistent record is no event

@@ -64,8 +64,9 @@ class NetConfig(ctypes.Structure):
 
 
 class NetEvent(ctypes.Structure):
-    _fields_ = [("hdr", SensoriumHdr), ("policy_id", ctypes.c_uint32), ("rule", ctypes.c_uint32), ("hook", ctypes.c_uint8),
-                ("verdict", ctypes.c_uint8), ("family", ctypes.c_uint8), ("protocol", ctypes.c_uint8),
+    _fields_ = [("hdr", SensoriumHdr), ("policy_id", ctypes.c_uint32), ("rule", ctypes.c_uint32),
+                ("hook", ctypes.c_uint8), ("verdict", ctypes.c_uint8), ("family", ctypes.c_uint8),
+                ("protocol", ctypes.c_uint8),
                 ("dport", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("daddr", ctypes.c_uint32 * 4),
                 ("action", ctypes.c_uint32), ("err", ctypes.c_uint32), ("cgroup_id", ctypes.c_uint64),
                 ("comm", ctypes.c_char * 16)]
@@ -382,7 +383,9 @@ class NetGuard:
         m = self.obj.map("net_config")
         cur = m.lookup(b"\0\0\0\0")
         cfg = NetConfig.from_buffer_copy(cur) if cur else NetConfig()
-        cfg.policy_id, cfg.nrules, cfg.enforce = self.policy_id, len(self.rules) if self._active else 0, int(self._enforce)
+        cfg.policy_id = self.policy_id
+        cfg.nrules = len(self.rules) if self._active else 0
+        cfg.enforce = int(self._enforce)
         cfg.scoped = int(self.scoped)
         m.update(b"\0\0\0\0", bytes(cfg))
 
@@ -448,7 +451,8 @@ def decode_event(raw: bytes, *, policy_id: int | None = None, nrules: int | None
         addr = socket.inet_ntop(socket.AF_INET6, b"".join(int(w).to_bytes(4, "little") for w in ev.daddr))
     return {"pid": ev.hdr.pid, "tid": ev.hdr.tid, "ktime": ev.hdr.ktime, "policy_id": ev.policy_id, "rule": ev.rule,
             "hook": HOOKS[ev.hook], "verdict": VERDICTS[ev.verdict],
-            "family": "AF_INET" if fam == 2 else "AF_INET6", "protocol": {6: "IPPROTO_TCP", 17: "IPPROTO_UDP"}.get(ev.protocol, str(ev.protocol)),
+            "family": "AF_INET" if fam == 2 else "AF_INET6",
+            "protocol": {6: "IPPROTO_TCP", 17: "IPPROTO_UDP"}.get(ev.protocol, str(ev.protocol)),
             "addr": addr, "port": ev.dport, "action": ev.action, "err": ev.err, "cgroup_id": ev.cgroup_id,
             "comm": ev.comm.decode(errors="replace")}
 

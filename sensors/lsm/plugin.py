@@ -538,7 +538,8 @@ class LsmSensor:
         kind = FAN_OPEN_EXEC_PERM if p.mechanism == "fanotify exec" else FAN_OPEN_PERM
         rule = FanRule(kind_mask=kind, marks=tuple(self._fan_marks(p)), decide=lambda pid, path: None)
 
-        def decide(pid: int, path: str, _h: LsmPolicyHandle = h, _p: HookPlan = p, _r: FanRule = rule) -> FanDecision | None:
+        def decide(pid: int, path: str, _h: LsmPolicyHandle = h, _p: HookPlan = p,
+                   _r: FanRule = rule) -> FanDecision | None:
             d = _h._fan_decide(_p, pid, path)
             if d is not None:
                 d.rule = _r
@@ -577,7 +578,7 @@ class LsmSensor:
                               enforce=h.mode == "enforcement", obj=obj, kind="cgroup")
         try:
             g.prepare()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to prepare is this section's load error
             g.close()
             raise PolicyLoadError(p.where, f"{p.mechanism}: {exc}") from None
         h.net_guards.append((p, g))
@@ -589,7 +590,7 @@ class LsmSensor:
                                  enforce=h.mode == "enforcement", build=self.ctx.build, open_object=self._open)
         try:
             prog.prepare()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to prepare is this section's load error
             prog.close()
             raise PolicyLoadError(p.where, f"bpf_lsm: {exc}") from None
         h.lsm_progs.append((p, prog))
@@ -740,7 +741,8 @@ def _budget() -> list[Any]:
 def sensorium_sensor() -> SensorSpec:
     return SensorSpec(
         name="lsm",
-        description="LSM hooks (lsmhooks): block before it happens; BPF LSM, else fanotify / cgroup sock_addr fallbacks",
+        description=("LSM hooks (lsmhooks): block before it happens; BPF LSM, else fanotify / cgroup sock_addr "
+                     "fallbacks"),
         factory=LsmSensor,
         probes=[netguard.PROBE, bpflsm.LSM_PROBE],
         options=LsmOptions,

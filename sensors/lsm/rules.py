@@ -16,7 +16,7 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sensorium.bpf.btf import LsmHookSig, lsm_hooks
 from sensorium.hookspecs import PolicyLoadError, PolicyView
@@ -248,7 +248,8 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
                     raise PolicyLoadError(where, f"matchArgs refers to argument {idx}, which is not declared in "
                                                  f"args (declared: {declared})", field=f"{sf}.matchArgs[{m_i}]")
                 ok_ops = PATH_OPS if a.type in PATH_TYPES else NET_OPS if a.type in ("sock", "sockaddr") else \
-                    ("Equal", "NotEqual", "GT", "LT", "Mask") if a.type in INT_ARG_TYPES else ("Equal", "NotEqual", "Prefix", "Postfix")
+                    ("Equal", "NotEqual", "GT", "LT", "Mask") if a.type in INT_ARG_TYPES else \
+                    ("Equal", "NotEqual", "Prefix", "Postfix")
                 if m.op not in ok_ops:
                     raise PolicyLoadError(where, f"operator {m.operator} does not apply to argument {idx} "
                                                  f"(type {a.type}; operators: {', '.join(ok_ops)})",
@@ -300,7 +301,8 @@ def _check_sock_selector(plan: HookPlan, sel: Selector, sf: str) -> None:
                                   field=f"{sf}.matchPIDs")
     for a in sel.actions:
         if a.action == "Signal":
-            raise PolicyLoadError(plan.where, f"the Signal action is not supported by {mech}", field=f"{sf}.matchActions")
+            raise PolicyLoadError(plan.where, f"the Signal action is not supported by {mech}",
+                                  field=f"{sf}.matchActions")
     for m in sel.matchArgs:
         if m.op in ("DAddr", "NotDAddr"):
             from .netguard import parse_cidr  # local: keeps this module free of socket details
@@ -334,8 +336,9 @@ def _check_sock_selector(plan: HookPlan, sel: Selector, sf: str) -> None:
 class ProcessFacts:
     """What selectors ask about a process, read lazily from /proc (each fact at most once per event)."""
 
-    _NS = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
-           "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup", "User": "user"}
+    _NS: ClassVar[dict[str, str]] = {
+        "Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
+        "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup", "User": "user"}
 
     def __init__(self, pid: int, proc: str = "/proc") -> None:
         self.pid = pid
@@ -460,7 +463,8 @@ def selector_matches(plan: HookPlan, sel: Selector, path_by_index: Mapping[int, 
     return True
 
 
-def first_match(plan: HookPlan, path_by_index: Mapping[int, str], facts: ProcessFacts) -> tuple[int, list[MatchAction]] | None:
+def first_match(plan: HookPlan, path_by_index: Mapping[int, str],
+                facts: ProcessFacts) -> tuple[int, list[MatchAction]] | None:
     """(selector index, actions) of the first selector that matches, as Tetragon evaluates them; None if none.
     A hook without selectors matches every call with Post."""
     if not plan.spec.selectors:

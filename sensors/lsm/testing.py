@@ -81,7 +81,8 @@ def run_in_cgroup(cgroup: str | os.PathLike[str] | None, argv: Sequence[str], ti
 
 
 def popen_in_cgroup(cgroup: str | os.PathLike[str] | None, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
-    return subprocess.Popen(list(argv), preexec_fn=_enter(cgroup) if cgroup else None, **kw)
+    # the child must join the cgroup between fork and exec; pre() only writes one file and takes no lock
+    return subprocess.Popen(list(argv), preexec_fn=_enter(cgroup) if cgroup else None, **kw)  # noqa: PLW1509
 
 
 class LsmTestContext:

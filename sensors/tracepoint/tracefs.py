@@ -64,7 +64,7 @@ def tracefs_root() -> Path:
         from sensorium.bpf.probe import ensure_mounts
 
         ensure_mounts()
-    except Exception:
+    except Exception:  # noqa: BLE001 - mounting is only an attempt; the caller reports a missing tracefs
         pass
     return Path("/sys/kernel/tracing")
 

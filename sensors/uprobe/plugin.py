@@ -1,5 +1,6 @@
 """The uprobe sensor plugin: TracingPolicy ``uprobes`` sections (functions of user binaries by symbol or
-offset, return values through uretprobes), with in-kernel selectors and actions from the hook library (`sensorium.hooks`)."""
+offset, return values through uretprobes), with in-kernel selectors and actions from the hook library
+(`sensorium.hooks`)."""
 
 from __future__ import annotations
 
