@@ -175,7 +175,8 @@ class HookSet:
             # The status names the mechanism when the planner wrote the words for it (`HookPlan.open_exit_note`,
             # the syscall planner); a plan another sensor labelled (lsm's "sigkill from tracepoint") keeps its own.
             ours = plan.open_exit_note is not None
-            fast = dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.open_exit_note) if ours else plan
+            fast = (dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.open_exit_note)
+                    if plan.open_exit_note is not None else plan)
             n_scope_maps = len(self._scope_maps)
             try:
                 self._load_object(fast, HOOK_OPEN_PROBE)
@@ -229,14 +230,15 @@ class HookSet:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         def attach() -> None:
+            at = plan.attach  # its kind is `kind`
             try:
                 self.attach_tracking(plan, obj, wanted)
-                if kind == "tp":
-                    obj.program("sens_tp").attach_tracepoint(plan.attach[1], plan.attach[2])
-                elif kind == "raw":
-                    obj.program("sens_raw").attach_raw_tracepoint(plan.attach[1])
-                elif kind == "uprobe":
-                    _k, at_exit, binary, symbol, offset = plan.attach
+                if at[0] == "tp":
+                    obj.program("sens_tp").attach_tracepoint(at[1], at[2])
+                elif at[0] == "raw":
+                    obj.program("sens_raw").attach_raw_tracepoint(at[1])
+                elif at[0] == "uprobe":
+                    _k, at_exit, binary, symbol, offset = at
                     if at_exit:
                         obj.program("sens_uretprobe").attach_uprobe(binary, symbol, offset, retprobe=True)
                     obj.program("sens_uprobe").attach_uprobe(binary, symbol, offset)

@@ -150,7 +150,7 @@ class Formatter:
             self._busy.release()
 
     def _format(self, records: Sequence[bytes], blob: bytes, lens: Any, cap: int, tail: bytes, boot_ns: int,
-                bufs: dict) -> tuple[Any, ...] | None:
+                bufs: dict[str, Any]) -> tuple[Any, ...] | None:
         # The buffers are kept between batches (zeroing megabytes per batch costs more than the formatting);
         # what is returned is copied out of them.
         n = len(records)

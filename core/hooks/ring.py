@@ -10,7 +10,7 @@ reference is `sensorium.hooks.render.body_of`; a test checks that every path giv
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,6 +28,7 @@ from sensorium.hooks.render import (
     EV,
     EV_SIZE,
     UNSAFE,
+    QuickRest,
     action_fields,
     body_of,
     json_middle,
@@ -40,6 +41,16 @@ from sensorium.hookspecs import RingHandle, SensorContext
 if TYPE_CHECKING:
     from sensorium.hooks.hookset import HookSet
 
+    # A loaded hook, by (policy id, hook id): its plan, its policy's name and the hook set that loaded it
+    HookEntry = tuple[HookPlan, str, HookSet]
+    # What the events of one hook and one pid share in a batch (`EventRing._head`): (index in the batch's
+    # `ProcCtx` list, JSON head up to the args, policy_name JSON, plan, hook set, state: 1 in the process
+    # cache, 2 in it without exec_id, 0 not in it (the head is then a format of pid and tid))
+    Head = tuple[int, bytes, bytes, HookPlan, HookSet, int]
+    Memo = tuple[int, bytes, bytes, HookPlan, HookSet, int, QuickRest | None]  # a `Head` and its quick formatter
+    # (plan, policy_name, process, parent); process None: not in the cache
+    ProcCtx = tuple[HookPlan, str, Mapping[str, Any] | None, Mapping[str, Any] | None]
+
 __all__ = ["EventRing", "DROP_REASONS"]
 
 DROP_REASONS = ("short", "truncated", "bad_argument", "bad_selector", "not_a_hook_record", "unknown_hook")
@@ -51,6 +62,15 @@ selector the hook does not have; a record type other than ``REC_HOOK``; a (polic
 
 
 
+def _batch_body(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
+                parent: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """`body_of` for an event of an `EventBatch`: its record passed `EventRing.decode`'s checks, which are
+    `render_args`' (a test compares both), so it has a body."""
+    body = body_of(rec, plan, policy_name, proc, parent)
+    assert body is not None, "a record EventRing.decode rendered is well formed"
+    return body
+
+
 class EventRing:
     """The sensor's one ring buffer (a maps-only instance of the hook object) and its decoder."""
 
@@ -58,11 +78,11 @@ class EventRing:
         self.ctx, self.sensor = ctx, sensor
         self.obj: Any = None
         self.handle: RingHandle | None = None
-        self.hooks: dict[tuple[int, int], tuple[HookPlan, str, HookSet]] = {}
+        self.hooks: dict[tuple[int, int], HookEntry] = {}
         self.lock = threading.Lock()
         # Records the decoder did not turn into events, by reason (`DROP_REASONS`): none is dropped silently.
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self._quick_cache: dict[int, tuple[tuple, Any]] = {}
+        self._quick_cache: dict[int, tuple[HookEntry, QuickRest | None]] = {}
         self._native_fmt: tuple[Any, Any] | None = None  # (hooks dict it was built for, native.Formatter)
 
     def start(self) -> None:
@@ -79,7 +99,8 @@ class EventRing:
 
     @property
     def fd(self) -> int:
-        return self.obj.map("sens_events").fd
+        fd: int = self.obj.map("sens_events").fd
+        return fd
 
     @property
     def decode_errors(self) -> int:
@@ -118,8 +139,8 @@ class EventRing:
         recs: list[bytes] = []
         # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, plan, HookSet,
         # state: 1 in the cache, 2 in it without exec_id, 0 not in it (head is then a format of pid and tid))
-        memo: dict[tuple[int, int, int], tuple] = {}
-        ctxs: list[tuple] = []  # (plan, policy_name, process, parent); process None: not in the cache
+        memo: dict[tuple[int, int, int], Memo] = {}
+        ctxs: list[ProcCtx] = []
         resolved = True
         unpack_ev = EV.unpack_from
         unpack_arg = ARG.unpack_from
@@ -137,8 +158,8 @@ class EventRing:
                 done = self._native_batch(records, nat, memo, ctxs, pc_get)
                 if done is not None:
                     heads, rests, resolved = done
-                    recs = records  # a RecordBlob makes its bytes only if an event is made from them
-                    return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
+                    # a RecordBlob makes its bytes only if an event is made from them
+                    return self._batch(heads, rests, records, memo, ctxs, node_name, boot, resolved)
         else:
             status = None
         dropped = self.dropped
@@ -263,8 +284,9 @@ class EventRing:
 
         return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
 
-    def _batch(self, heads: list[bytes], rests: list[bytes], recs: list[bytes], memo: dict, ctxs: list,
-               node_name: str, boot: int, resolved: bool) -> EventBatch:
+    def _batch(self, heads: list[bytes], rests: list[bytes], recs: Sequence[bytes],
+               memo: dict[tuple[int, int, int], Memo], ctxs: list[ProcCtx], node_name: str, boot: int,
+               resolved: bool) -> EventBatch:
         unpack_ev = EV.unpack_from
         # Each event's kind, for counting: one list multiplication when the batch has one kind (a sensor's
         # hooks usually share it), else read back per record.
@@ -280,7 +302,7 @@ class EventRing:
             plan, policy_name, proc, parent = ctxs[memo[(f[6], f[7], f[4])][0]]
             if proc is None:
                 proc = {"pid": f[4], "tid": f[5]}
-            return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, body_of,
+            return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, _batch_body,
                              (rec, plan, policy_name, proc, parent))
 
         return EventBatch(heads, rests, kinds, make, resolved=resolved)
@@ -300,7 +322,7 @@ class EventRing:
 
         return ringbuf.DRAIN_STATUS if _native.enabled() else "python (SENSORIUM_NATIVE_DECODE=0)"
 
-    def _native(self, records: Sequence[bytes], tail_node: bytes, boot: int) -> tuple | None:
+    def _native(self, records: Sequence[bytes], tail_node: bytes, boot: int) -> tuple[Any, ...] | None:
         """fastrest.c's pass over the batch (see `native.Formatter.format`), None: Python does it all."""
         if not _native.enabled() or _native.load() is None:
             return None
@@ -314,8 +336,8 @@ class EventRing:
         except Exception:  # noqa: BLE001 - only an optimisation: the Python path does it all
             return None
 
-    def _native_batch(self, records: Sequence[bytes], nat: tuple, memo: dict, ctxs: list,
-                      pc_get: Any) -> tuple[list[bytes], list[bytes], bool] | None:
+    def _native_batch(self, records: Sequence[bytes], nat: tuple[Any, ...], memo: dict[tuple[int, int, int], Memo],
+                      ctxs: list[ProcCtx], pc_get: Any) -> tuple[list[bytes], list[bytes], bool] | None:
         """Heads and rests of a batch fastrest.c rendered whole: one head per (policy, hook, pid) (per
         thread when the process is not in the cache), as the loop of `decode` makes them."""
         _status, out, _out_end, slot, slots, slot_n, ns = nat
@@ -348,7 +370,7 @@ class EventRing:
             return None
         return heads, rests, resolved
 
-    def _quick(self, entry: tuple) -> Callable[..., bytes | None] | None:
+    def _quick(self, entry: HookEntry) -> QuickRest | None:
         """The generated formatter of one hook's usual records (cached per loaded hook)."""
         got = self._quick_cache.get(id(entry))
         if got is None or got[0] is not entry:
@@ -362,7 +384,7 @@ class EventRing:
         return got[1]
 
     @staticmethod
-    def _head(entry: tuple, pid: int, pc_get: Any, ctxs: list[tuple]) -> tuple:
+    def _head(entry: HookEntry, pid: int, pc_get: Any, ctxs: list[ProcCtx]) -> Head:
         """What the events of one hook and one pid share in a batch (see `decode`)."""
         plan, policy_name, hs = entry
         proc = parent = None
