@@ -27,9 +27,12 @@ import os
 import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from sensorium.bpf.libbpf import BpfMap, LibbpfError, MapType, lib
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
 
 __all__ = ["RingBufferReader", "RingSubscription", "RecordBlob", "DRAIN_STATUS"]
 
@@ -127,6 +130,8 @@ class _Ring:
         self.records: list[bytes] = []
         self.arena: Any = None
         self.ctx: int | None = None
+        # what libbpf calls per record: ringdrain.c's rd_sample (its address), or the Python callback below
+        self.cb_ptr: int | CFuncPtr | None
         if native:  # ringdrain.c: the C callback fills the arena (see the module docstring)
             lib = _drain_lib()
             self.arena = lib.rd_new()
@@ -286,9 +291,7 @@ class RingBufferReader:
                 select.select([], [], [], timeout_ms / 1000.0)
             return 0
         if timeout_ms != 0:  # < 0: until a wakeup (only sensible with programs that send them)
-            with self._lock:  # the ring_buffer may be rebuilt by another thread: its fd, read while it exists
-                rb = self._rb
-                epfd = lib().ring_buffer__epoll_fd(rb) if rb is not None else -1
+            epfd = self.epoll_fd  # the ring_buffer may be rebuilt by another thread: its fd, read under the lock
             try:
                 select.select([epfd], [], [], timeout_ms / 1000.0 if timeout_ms > 0 else None)
             except (InterruptedError, OSError, ValueError):

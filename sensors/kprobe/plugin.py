@@ -4,11 +4,16 @@ fentry/fexit or kprobe/kretprobe where the kernel has them (refused with the rea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sensorium import hookimpl
-from sensorium.hookspecs import SensorSpec
+from sensorium.hookspecs import BudgetCase, SensorSpec
+
+if TYPE_CHECKING:
+    from sensorium.hookspecs import Sensor, SensorContext
 
 
-def _budget():  # type: ignore[no-untyped-def]
+def _budget() -> list[BudgetCase]:
     from sensorium.hooks.budget import TRACKING, engine_cases
     from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, OPEN_EXIT_NEEDS
     from sensorium_sensors.kprobe.kfunc import kfunc_budget_cases
@@ -23,7 +28,7 @@ def _budget():  # type: ignore[no-untyped-def]
     return cases + kfunc_budget_cases()
 
 
-def _factory(ctx):  # type: ignore[no-untyped-def]
+def _factory(ctx: SensorContext) -> Sensor:
     from sensorium_sensors.kprobe.sensor import KprobeSensor
 
     return KprobeSensor(ctx)

@@ -156,8 +156,8 @@ def compile_rules(selectors: Sequence[Selector], enforce_errno: Callable[[Any], 
                 raise ValueError(f"{len(p.values)} pids; this mechanism takes {MAX_PIDS}")
             r.flags |= F_PID | (F_NOT_PID if p.operator == "NotIn" else 0)
             r.npids = len(p.values)
-            for i, v in enumerate(p.values):
-                r.pids[i] = v
+            for i, pid in enumerate(p.values):
+                r.pids[i] = pid
         post = True
         for a in sel.actions:
             if a.action == "NoPost":

@@ -273,7 +273,7 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
 
 
 def _check_fanotify_selector(plan: HookPlan, sel: Selector, sf: str) -> None:
-    path_args = [m for m in sel.matchArgs if plan.arg(m.indexes[0]) and plan.arg(m.indexes[0]).type in PATH_TYPES]
+    path_args = [m for m in sel.matchArgs if (a := plan.arg(m.indexes[0])) is not None and a.type in PATH_TYPES]
     if not any(m.op in ("Equal", "Prefix") for m in path_args):
         raise PolicyLoadError(plan.where, f"{plan.mechanism} needs each selector to name the files it guards: add "
                                           "matchArgs with operator Equal or Prefix on the file argument",

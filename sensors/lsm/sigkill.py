@@ -71,7 +71,7 @@ def _syscall_items(plan: Any) -> list[tuple[str, SyscallItem]]:
             for m in sel.matchArgs:
                 idx = m.indexes[0]
                 margs.append(MatchArg(index=amap[idx][0], operator=m.operator, values=list(m.values)))
-            acts = []
+            acts: list[MatchAction] = []
             for a in sel.matchActions:
                 if a.action == "Override":
                     if not any(x.action == "Sigkill" for x in acts):
