@@ -60,8 +60,6 @@ selector the hook does not have; a record type other than ``REC_HOOK``; a (polic
 (records in flight when a hook is unloaded: not malformed)."""
 
 
-
-
 def _batch_body(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
                 parent: Mapping[str, Any] | None) -> Mapping[str, Any]:
     """`body_of` for an event of an `EventBatch`: its record passed `EventRing.decode`'s checks, which are
