@@ -92,8 +92,9 @@ def kfunc_budget_cases() -> list[Any]:
         except (OSError, ValueError):
             sig = None
         nparams = len(sig.params) if sig is not None else 6
-        rodata: dict[str, bytes | int] = {"kf_pre": bytes([KF_PRE_CRED] * S.MAX_ARGS), "kf_nargs": nparams,
-                  "kf_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
+        rodata: dict[str, bytes | int] = {
+            "kf_pre": bytes([KF_PRE_CRED] * S.MAX_ARGS), "kf_nargs": nparams,
+            "kf_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
         own = [p for p in KFUNC_PROGRAMS if p != "sens_fmod_ret" or overridable(func)[0]]
         kinds = {p: (S.HOOK_RAW_TP, p in ("sens_fexit", "sens_kretprobe")) for p in KFUNC_PROGRAMS}
         needs = {p: frozenset({KFUNC_PROGRAMS[p]}) for p in KFUNC_PROGRAMS}
