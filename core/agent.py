@@ -18,8 +18,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from sensorium import __version__, schema
 from sensorium.bpf.progstats import by_name, enable_stats, program_stats
@@ -42,7 +43,7 @@ WATCHDOG_MARGIN_S = 1.0
 class _SensorContext:
     """The host's side of `sensorium.hookspecs.SensorContext` for one sensor."""
 
-    def __init__(self, agent: "Agent", name: str, config: Mapping[str, Any]) -> None:
+    def __init__(self, agent: Agent, name: str, config: Mapping[str, Any]) -> None:
         self._agent = agent
         self.name = name
         self.node_name = agent.cfg.node_name
@@ -265,7 +266,7 @@ class Agent:
                 if self.metrics is not None:
                     self.metrics.set_process_cache_size(len(self.process_cache))
                     self.metrics.set_program_stats(by_name(program_stats()))
-            except Exception:  # noqa: BLE001 - upkeep must never take the agent down
+            except Exception:  # upkeep must never take the agent down
                 log.exception("housekeeping")
 
     def _start_sensors(self) -> None:
@@ -315,7 +316,7 @@ class Agent:
         if slot.sensor is not None:
             try:
                 slot.sensor.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("sensor %s raised in stop()", slot.spec.name)
         if slot.ctx is not None:
             for ring in slot.ctx.rings:  # what is left in them is delivered (`RingHandle.close`)
@@ -324,7 +325,7 @@ class Agent:
             for obj in slot.ctx.objects:  # whatever the sensor forgot to close
                 try:
                     obj.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("closing a BPF object of sensor %s", slot.spec.name)
             slot.ctx.objects.clear()
         slot.state = "stopped"
@@ -410,7 +411,7 @@ class Agent:
                              f": {', '.join(self.kept_enforcing)}" if self.kept_enforcing else "")
                 else:
                     self.policies.unload_all()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("unloading policies")
         if self.scope_provider is not None:
             self.scope_provider.close()

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -201,7 +202,8 @@ def register(cli_group: click.Group) -> None:
             raise click.ClickException(str(exc)) from None
         for p in policies:
             scoped = "; scoped: needs an agent with Kubernetes" if p.scoped else ""
-            click.echo(f"{p.key}: valid ({', '.join(f'{s.key}: {len(s.items)}' for s in p.sections)}; {p.mode}{scoped})")
+            counts = ", ".join(f"{s.key}: {len(s.items)}" for s in p.sections)
+            click.echo(f"{p.key}: valid ({counts}; {p.mode}{scoped})")
             for w in p.warnings:
                 click.echo(f"warning: {w}", err=True)
 
@@ -268,8 +270,10 @@ def register(cli_group: click.Group) -> None:
     @cli_group.command("events")
     @click.option("--event-type", "event_types", multiple=True, type=click.Choice(EVENT_TYPES, case_sensitive=False),
                   help="Only these event types (repeatable).")
-    @click.option("--binary-regex", "binary_regex", multiple=True, help="Only processes whose binary matches (repeatable: any).")
-    @click.option("--namespace", "namespaces", multiple=True, help="Only pods in this namespace (repeatable; '' for host).")
+    @click.option("--binary-regex", "binary_regex", multiple=True,
+                  help="Only processes whose binary matches (repeatable: any).")
+    @click.option("--namespace", "namespaces", multiple=True,
+                  help="Only pods in this namespace (repeatable; '' for host).")
     @click.option("--pod-regex", "pod_regex", multiple=True, help="Only pods whose name matches (repeatable: any).")
     @click.option("--policy-name", "policy_names", multiple=True, help="Only events of this policy (repeatable).")
     @click.option("-o", "--output", type=click.Choice(["json", "compact"]), default="json", show_default=True)
@@ -329,8 +333,9 @@ def register(cli_group: click.Group) -> None:
                 click.echo(f"  exporter {name:<{width}} {e.get('state'):<8} " + _exporter_books(e))
             stream = ((st.get("api") or {}).get("stream")) or None
             if stream:
-                click.echo(f"  api stream   {stream.get('subscribers', 0)} subscribers, holding {stream.get('held_events', 0)} "
-                           f"of {stream.get('max_total_events')} events; dropped: {_by_reason(stream.get('dropped_by_reason'))}")
+                click.echo(f"  api stream   {stream.get('subscribers', 0)} subscribers, "
+                           f"holding {stream.get('held_events', 0)} of {stream.get('max_total_events')} events; "
+                           f"dropped: {_by_reason(stream.get('dropped_by_reason'))}")
             enf = st.get("enforcement") or {}
             if enf.get("persist"):
                 click.echo(f"  enforcement  persistent: pins under {enf.get('pin_dir')}, policies kept in "

@@ -37,8 +37,10 @@ def _source(ev: Event, proc: Mapping[str, Any]) -> str:
 
 def compact(ev: Event) -> str:
     """One human-readable line for ``ev`` (no newline)."""
-    body = ev.body if isinstance(ev.body, Mapping) else {}
-    proc = body.get("process") if isinstance(body.get("process"), Mapping) else {}
+    raw: object = ev.body  # a line for any event, even one whose body is not what the contract says
+    body: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    p = body.get("process")
+    proc: Mapping[str, Any] = p if isinstance(p, Mapping) else {}
     who = f"{_source(ev, proc)} {_clean(proc.get('binary'))}"
     kind = ev.kind
     if kind == "process_exec":
@@ -55,7 +57,8 @@ def compact(ev: Event) -> str:
     elif kind == "process_lsm":
         line = f"{_head('🔒', 'LSM')} {who} {_clean(body.get('function_name'))}"
     elif kind == "rate_limit_info":
-        return f"{_head('🧬', 'ratelimit')} {_clean(ev.node_name)} dropped {_clean(body.get('number_of_dropped_process_events'))} events"
+        dropped = _clean(body.get("number_of_dropped_process_events"))
+        return f"{_head('🧬', 'ratelimit')} {_clean(ev.node_name)} dropped {dropped} events"
     else:
         line = f"{_head('❔', _clean(kind))} {who}"
     action = body.get("action")

@@ -93,8 +93,8 @@ def parse_row(path: Path) -> tuple[Row, list[Any]]:
 def start_sensors() -> tuple[Any, dict[str, Any], list[Any]]:
     """The installed registry and every implemented sensor that owns a policy section, started for real
     (each with its own direct context: real objects and ring buffers, no exporters)."""
-    from sensorium.plugins import PluginRegistry
     from sensorium.hooks.testing import DirectContext
+    from sensorium.plugins import PluginRegistry
 
     reg = PluginRegistry().discover()
     sensors: dict[str, Any] = {}

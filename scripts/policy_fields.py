@@ -27,8 +27,9 @@ import copy
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -244,12 +245,14 @@ def catalogue() -> Iterator[tuple[str, str, dict[str, Any]]]:
     for op in ("GT", "LT", "GreaterThan", "LessThan", "Mask", "InRange", "NotInRange", "InMap", "NotInMap"):
         vals = ["10:20"] if "Range" in op else ["3"]
         yield g, op, _op(op, vals, base="syscall", index=0, arg_type="int", call="sys_close")
-    for op, vals in (("SAddr", ["127.0.0.1/8"]), ("NotSAddr", ["127.0.0.1/8"]), ("DAddr", ["10.0.0.0/8"]),
-                     ("NotDAddr", ["10.0.0.0/8"]), ("SPort", ["80"]), ("NotSPort", ["80"]),
-                     ("DPort", ["443"]), ("NotDPort", ["443"]), ("SPortPriv", None), ("NotSPortPriv", None),
-                     ("DPortPriv", None), ("NotDPortPriv", None), ("Protocol", ["IPPROTO_TCP"]),
-                     ("Family", ["AF_INET"]), ("State", ["TCP_SYN_SENT"])):
-        yield g, op, _op(op, vals, call="tcp_connect", arg_type="sock")
+    sock_ops: tuple[tuple[str, list[str] | None], ...] = (
+        ("SAddr", ["127.0.0.1/8"]), ("NotSAddr", ["127.0.0.1/8"]), ("DAddr", ["10.0.0.0/8"]),
+        ("NotDAddr", ["10.0.0.0/8"]), ("SPort", ["80"]), ("NotSPort", ["80"]),
+        ("DPort", ["443"]), ("NotDPort", ["443"]), ("SPortPriv", None), ("NotSPortPriv", None),
+        ("DPortPriv", None), ("NotDPortPriv", None), ("Protocol", ["IPPROTO_TCP"]),
+        ("Family", ["AF_INET"]), ("State", ["TCP_SYN_SENT"]))
+    for op, sock_vals in sock_ops:
+        yield g, op, _op(op, sock_vals, call="tcp_connect", arg_type="sock")
     yield g, "FileType", _op("FileType", ["reg"])
     yield g, "NotFileType", _op("NotFileType", ["reg"])
     yield g, "CapabilitiesGained", _op("CapabilitiesGained", ["CAP_SYS_ADMIN"], call="commit_creds",

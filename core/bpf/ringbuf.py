@@ -26,9 +26,13 @@ import itertools
 import os
 import select
 import threading
-from typing import Any, Callable, Iterator, Sequence, overload
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 from sensorium.bpf.libbpf import BpfMap, LibbpfError, MapType, lib
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
 
 __all__ = ["RingBufferReader", "RingSubscription", "RecordBlob", "DRAIN_STATUS"]
 
@@ -74,7 +78,7 @@ class RecordBlob(Sequence[bytes]):
 
     __slots__ = ("blob", "lens", "_list")
 
-    def __init__(self, blob: bytes, lens: "array.array[int]") -> None:
+    def __init__(self, blob: bytes, lens: array.array[int]) -> None:
         if sum(lens) != len(blob):
             raise ValueError("record lengths do not add up to the blob")
         self.blob, self.lens = blob, lens
@@ -126,6 +130,8 @@ class _Ring:
         self.records: list[bytes] = []
         self.arena: Any = None
         self.ctx: int | None = None
+        # what libbpf calls per record: ringdrain.c's rd_sample (its address), or the Python callback below
+        self.cb_ptr: int | CFuncPtr | None
         if native:  # ringdrain.c: the C callback fills the arena (see the module docstring)
             lib = _drain_lib()
             self.arena = lib.rd_new()
@@ -176,7 +182,7 @@ class RingSubscription:
     """One ring of a `RingBufferReader` (what `RingBufferReader.add` returns; the contract's
     `sensorium.hookspecs.RingHandle`)."""
 
-    def __init__(self, reader: "RingBufferReader", ring: _Ring) -> None:
+    def __init__(self, reader: RingBufferReader, ring: _Ring) -> None:
         self._reader, self._ring = reader, ring
         self.native_drain = ring.arena is not None
 
@@ -285,9 +291,7 @@ class RingBufferReader:
                 select.select([], [], [], timeout_ms / 1000.0)
             return 0
         if timeout_ms != 0:  # < 0: until a wakeup (only sensible with programs that send them)
-            with self._lock:  # the ring_buffer may be rebuilt by another thread: its fd, read while it exists
-                rb = self._rb
-                epfd = lib().ring_buffer__epoll_fd(rb) if rb is not None else -1
+            epfd = self.epoll_fd  # the ring_buffer may be rebuilt by another thread: its fd, read under the lock
             try:
                 select.select([epfd], [], [], timeout_ms / 1000.0 if timeout_ms > 0 else None)
             except (InterruptedError, OSError, ValueError):
@@ -309,7 +313,7 @@ class RingBufferReader:
             if batch is not None:
                 try:
                     ring.on_batch(batch)
-                except Exception as e:  # keep delivering the other rings
+                except Exception as e:  # noqa: BLE001 - keep delivering the other rings
                     if first_error is None:
                         first_error = e
         if first_error is not None:
@@ -327,7 +331,7 @@ class RingBufferReader:
                 ring.free()
             self._rings.clear()
 
-    def __enter__(self) -> "RingBufferReader":
+    def __enter__(self) -> RingBufferReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

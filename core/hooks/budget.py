@@ -9,7 +9,8 @@ built on the hook library (tracepoint, kprobe, uprobe, lsm) list the cases of th
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sensorium.hooks import selectors as S
 from sensorium.hookspecs import BudgetCase, ProbeSource
@@ -92,6 +93,7 @@ def engine_cases(probe: ProbeSource, full: Iterable[str], others: Iterable[str] 
     for prog in others:
         kind, at_exit = known.get(prog, (S.HOOK_SYSCALL, True))
         cfg = _cfgs(kind, at_exit, src)["mixed"]
-        cases.append(BudgetCase(probe, prog, "mixed" + tag, prepare_hook(cfg, prog == "sens_open_exit", rodata, targets),
+        cases.append(BudgetCase(probe, prog, "mixed" + tag,
+                                prepare_hook(cfg, prog == "sens_open_exit", rodata, targets),
                                 needs.get(prog, frozenset())))
     return cases

@@ -19,15 +19,16 @@ import ctypes
 import dataclasses
 import os
 import struct
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sensorium.bpf.scope import ScopeMap, scope_entries
-from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 from sensorium.hooks import selectors as S
 from sensorium.hooks.openexit import open_exit_filter
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, OPEN_EXIT_MECHANISM
 from sensorium.hooks.ring import EventRing
+from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 
 __all__ = ["HookSet", "seed_follow", "OPEN_EXIT_ENABLED"]
 
@@ -116,7 +117,7 @@ class HookSet:
             self.unload()
             raise PolicyLoadError("?", f"{type(e).__name__}: {e}") from e
 
-    def activate(self) -> "HookSet":
+    def activate(self) -> HookSet:
         """Round 3: the real mode in every mode map (from here on the hooks post and enforce), and the
         decoder told about each hook. Map writes only."""
         for plan, obj in self.objects:
@@ -174,7 +175,8 @@ class HookSet:
             # The status names the mechanism when the planner wrote the words for it (`HookPlan.open_exit_note`,
             # the syscall planner); a plan another sensor labelled (lsm's "sigkill from tracepoint") keeps its own.
             ours = plan.open_exit_note is not None
-            fast = dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.open_exit_note) if ours else plan
+            fast = (dataclasses.replace(plan, mechanism=OPEN_EXIT_MECHANISM, note=plan.open_exit_note)
+                    if plan.open_exit_note is not None else plan)
             n_scope_maps = len(self._scope_maps)
             try:
                 self._load_object(fast, HOOK_OPEN_PROBE)
@@ -228,14 +230,15 @@ class HookSet:
             raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         def attach() -> None:
+            at = plan.attach  # its kind is `kind`
             try:
                 self.attach_tracking(plan, obj, wanted)
-                if kind == "tp":
-                    obj.program("sens_tp").attach_tracepoint(plan.attach[1], plan.attach[2])
-                elif kind == "raw":
-                    obj.program("sens_raw").attach_raw_tracepoint(plan.attach[1])
-                elif kind == "uprobe":
-                    _k, at_exit, binary, symbol, offset = plan.attach
+                if at[0] == "tp":
+                    obj.program("sens_tp").attach_tracepoint(at[1], at[2])
+                elif at[0] == "raw":
+                    obj.program("sens_raw").attach_raw_tracepoint(at[1])
+                elif at[0] == "uprobe":
+                    _k, at_exit, binary, symbol, offset = at
                     if at_exit:
                         obj.program("sens_uretprobe").attach_uprobe(binary, symbol, offset, retprobe=True)
                     obj.program("sens_uprobe").attach_uprobe(binary, symbol, offset)
@@ -340,7 +343,7 @@ class HookSet:
                     raw = m.lookup(struct.pack("<I", i))
                     if raw:
                         total[n] += sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
-            except Exception:
+            except Exception:  # noqa: BLE001 - unreadable counters count as zero; status must not fail
                 continue
         return total
 
@@ -362,7 +365,7 @@ class HookSet:
                     if m.name.endswith("sens_events"):
                         continue
                     mem += m.max_entries * (m.key_size + m.value_size)
-            except Exception:
+            except Exception:  # noqa: BLE001 - memory is an estimate for status; an unreadable object adds nothing
                 pass
         sc = self.scope
         scope = None if sc is None else {"cgroups": [r.path for r in sc.cgroups], "host": sc.host,
@@ -393,7 +396,7 @@ class HookSet:
                         pass
             try:
                 obj.close(keep_pinned=keep_pinned)
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing goes on for the other objects whatever this one raised
                 pass
             objs = getattr(self.ctx, "objects", None)
             if isinstance(objs, list):  # the agent's context keeps a list of what it opened
@@ -413,7 +416,7 @@ class HookSet:
 def _remove_pins(pin_dir: str) -> None:
     """Remove what a section pinned under ``pin_dir`` (map pins, empty directories); the directory itself is
     the host's."""
-    for root, dirs, files in os.walk(pin_dir, topdown=False):
+    for root, _dirs, files in os.walk(pin_dir, topdown=False):
         for f in files:
             try:
                 os.unlink(os.path.join(root, f))
@@ -450,7 +453,7 @@ def seed_follow(compiled: S.CompiledHook, obj: Any) -> None:
         except (OSError, IndexError, ValueError):
             continue
     own: dict[int, int] = {}
-    for pid, (ppid, exe, nspid) in procs.items():
+    for pid, (_ppid, exe, nspid) in procs.items():
         bits = 0
         for si, (op, values) in fb.items():
             if (op == "In" and exe in values) or (op == "Prefix" and any(exe.startswith(v) for v in values)) or (

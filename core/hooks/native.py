@@ -1,8 +1,8 @@
 """The hook decoder's native formatter (fastrest.c): build, load and call it.
 
 ``fastrest.c`` is compiled with the system C compiler (``$SENSORIUM_CC``, else ``cc``) on first use into
-the build cache (``<cache>/native/<hash>/libsensfast.so``, `sensorium.bpf.native.build_shared`). Where there is no compiler or the build
-fails, `load` returns None with the reason in `STATUS`, and the decoder stays on its Python path.
+the build cache (``<cache>/native/<hash>/libsensfast.so``, `sensorium.bpf.native.build_shared`). Where there is no
+compiler or the build fails, `load` returns None with the reason in `STATUS`, and the decoder stays on its Python path.
 ``SENSORIUM_NATIVE_DECODE=0`` forces the Python path (the benchmark compares both).
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 import array
 import ctypes
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sensorium import schema
 from sensorium.bpf.native import build_shared, native_enabled
@@ -149,7 +150,7 @@ class Formatter:
             self._busy.release()
 
     def _format(self, records: Sequence[bytes], blob: bytes, lens: Any, cap: int, tail: bytes, boot_ns: int,
-                bufs: dict) -> tuple[Any, ...] | None:
+                bufs: dict[str, Any]) -> tuple[Any, ...] | None:
         # The buffers are kept between batches (zeroing megabytes per batch costs more than the formatting);
         # what is returned is copied out of them.
         n = len(records)
@@ -159,7 +160,8 @@ class Formatter:
             bufs["out_end"], bufs["status"] = array.array("Q", bytes(8 * n)), bytearray(n)
             bufs["slot"], bufs["n"] = array.array("I", bytes(4 * n)), n
         if "slots" not in bufs:
-            bufs["slots"], bufs["slot_n"] = array.array("I", bytes(16 * MAX_SLOTS)), array.array("I", bytes(4 * MAX_SLOTS))
+            bufs["slots"] = array.array("I", bytes(16 * MAX_SLOTS))
+            bufs["slot_n"] = array.array("I", bytes(4 * MAX_SLOTS))
         out, out_end, status, slot = bufs["out"], bufs["out_end"], bufs["status"], bufs["slot"]
         slots, slot_n = bufs["slots"], bufs["slot_n"]
         tail_buf = ctypes.create_string_buffer(tail, len(tail))

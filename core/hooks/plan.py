@@ -10,14 +10,16 @@ and the optional event fields of an item (`extras`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
 
 from sensorium import schema
-from sensorium.hookspecs import PolicyLoadError
 from sensorium.hooks import selectors as S
+from sensorium.hookspecs import PolicyLoadError
 
-__all__ = ["HookPlan", "ArgPlanError", "INT_KEYS", "POLICY_INTS", "I64_ARGS", "int_plan", "extras", "plan_params",
-           "plan_return", "ParamReader", "without_override"]
+__all__ = ["HookPlan", "Attach", "TpAttach", "RawAttach", "SyscallAttach", "UprobeAttach", "KfuncAttach",
+           "FastInt", "FastArg", "ArgPlanError", "INT_KEYS", "POLICY_INTS", "I64_ARGS", "int_plan", "extras",
+           "plan_params", "plan_return", "ParamReader", "without_override"]
 
 I64_ARGS = schema.i64_keys("tetragon.KprobeArgument")  # size_arg, long_arg: JSON strings in Tetragon's JSON
 
@@ -138,6 +140,23 @@ def without_override(sel: Any) -> Any:
     return sel.model_copy(update={"matchActions": acts})
 
 
+# How a hook is attached, by kind (the first item). The hook library attaches the first four itself
+# (`hookset.HookSet._load_object`); "kfunc" is attached by the kprobe sensor's subclass of `HookSet`.
+TpAttach: TypeAlias = tuple[Literal["tp"], str, str]  # (kind, subsystem, event)
+RawAttach: TypeAlias = tuple[Literal["raw"], str]  # (kind, raw tracepoint name)
+SyscallAttach: TypeAlias = tuple[Literal["syscall"], bool]  # (kind, at_exit)
+# (kind, at_exit, binary, symbol, offset)
+UprobeAttach: TypeAlias = tuple[Literal["uprobe"], bool, str, str | None, int]
+# (kind, function, mechanism, pre-checked parameter indices, errno per selector, number of parameters)
+KfuncAttach: TypeAlias = tuple[Literal["kfunc"], str, str, tuple[int, ...], tuple[int, ...], int]
+Attach: TypeAlias = TpAttach | RawAttach | SyscallAttach | UprobeAttach | KfuncAttach
+
+# What the decoder renders inline (`HookPlan.fast`): (json key, value mask, sign bit, quoted) for a plain
+# integer, ("string_arg",) for a plain string.
+FastInt: TypeAlias = tuple[bytes, int, int, bool]
+FastArg: TypeAlias = FastInt | tuple[Literal["string_arg"]]
+
+
 @dataclasses.dataclass
 class HookPlan:
     """Everything needed to load one hook and render its events."""
@@ -146,7 +165,7 @@ class HookPlan:
     field: str                         # field path of the item, e.g. "spec.tracepoints[0]"
     compiled: S.CompiledHook
     args: Sequence[S.ArgPlan]
-    attach: tuple[str, ...]            # ("tp", subsys, event) | ("raw", name) | ("syscall", at_exit)
+    attach: Attach                     # ("tp", subsys, event) | ("raw", name) | ("syscall", at_exit) ...
     mechanism: str
     note: str
     body: Mapping[str, Any]            # fixed event fields (subsys/event or function_name ...)
@@ -155,16 +174,16 @@ class HookPlan:
     # The note when the open-exit object serves the hook (an opened-file syscall, at sys_exit alone, see
     # hookset.HookSet._load_one); None: the plan keeps its words whatever serves it.
     open_exit_note: str | None = None
-    fast: list[tuple[S.ArgPlan, tuple | None]] = dataclasses.field(default_factory=list)
-    ret_fast: tuple | None = None
+    fast: list[tuple[S.ArgPlan, FastArg | None]] = dataclasses.field(default_factory=list)
+    ret_fast: FastInt | None = None
 
     def __post_init__(self) -> None:
         # Per argument, what the decoder can render inline: (json key, value mask, sign bit, quoted) for
         # plain integers (quoted: a 64-bit integer, a JSON string as in Tetragon's JSON), (json key,) for
         # plain strings; None means "call the general renderer".
-        fast: list[tuple[S.ArgPlan, tuple | None]] = []
+        fast: list[tuple[S.ArgPlan, FastArg | None]] = []
         for ap in self.args:
-            f: tuple | None = None
+            f: FastArg | None = None
             if ap.label is None and ap.json_key not in ("syscall_id",):
                 if ap.kind == S.ARG_INT:
                     bits = ap.size * 8

@@ -12,7 +12,8 @@ import base64
 import ctypes
 import re
 import struct
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -20,7 +21,8 @@ from sensorium import schema
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 
-__all__ = ["SYSCALL_ABI", "EV", "ARG", "ARGQ", "Q", "EV_SIZE", "UNSAFE", "ACTION_NAMES", "BODY_KEYS", "quick_rest",
+__all__ = ["SYSCALL_ABI", "EV", "ARG", "ARGQ", "Q", "EV_SIZE", "UNSAFE", "ACTION_NAMES", "BODY_KEYS", "QuickRest",
+           "quick_rest",
            "json_middle", "action_fields", "render_args", "body_of", "render_int", "render_bytes"]
 
 SYSCALL_ABI = "x64"
@@ -38,7 +40,11 @@ ARGQ = struct.Struct("<BBHIQ")  # sens_arg_rec and the 8 bytes after it (an inte
 
 UNSAFE = re.compile(rb'[\x00-\x1f"\\\x80-\xff]').search  # bytes a JSON string cannot hold as they are
 
-def quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] | None:
+QuickRest = Callable[[bytes, int, int, int, int, int, bytes, int], bytes | None]
+"""``rest(rec, end, flags, retval, actions, cgroup_id, cur_time, nanos)``: what `quick_rest` generates."""
+
+
+def quick_rest(plan: HookPlan, policy_name: str) -> QuickRest | None:
     """Generate, for one hook, a function that formats the JSON rest of a record (args .. time, newline)
     in one bytes formatting when the record has the hook's usual shape: every argument a plain integer or
     a string JSON needs not escape, complete within the record, the return value plainly an integer, no
@@ -54,7 +60,7 @@ def quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] 
     for i, (ap, fast) in enumerate(plan.fast):
         if fast is None:
             return None
-        if ap.kind == S.ARG_INT:
+        if ap.kind == S.ARG_INT and len(fast) == 4:  # an integer's entry is always a `FastInt`
             key, mask, sign, quote = fast
             src += ["    if pos + 16 > end:", "        return None",
                     "    k, f, l, _, v%d = unpack_argq(rec, pos)" % i, "    if k != 1:", "        return None",
@@ -90,7 +96,8 @@ def quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] 
             ret = b',"return":{"' + lit(key) + (b'":"%d"}' if quote else b'":%d}')
             t["R"] = args + ret + pname + end
             t["RC"] = args + ret + pname + b',"cgroup_id":%d' + end
-            src += ["        r = retval" if mask == (1 << 64) - 1 and sign == 1 << 63 else "        r = retval & %d" % mask]
+            whole = mask == (1 << 64) - 1 and sign == 1 << 63
+            src += ["        r = retval" if whole else "        r = retval & %d" % mask]
             if sign <= mask and mask != (1 << 64) - 1:  # a 64-bit signed value is already one (retval is)
                 src += ["        if r >= %d:" % sign, "            r -= %d" % (sign << 1)]
             src += ["        if cgroup_id:", "            return RC %% (%sr, cgroup_id, cur_time, nanos)" % vals,
@@ -99,8 +106,9 @@ def quick_rest(plan: HookPlan, policy_name: str) -> Callable[..., bytes | None] 
             "    return T %% (%scur_time, nanos)" % vals]
     ns: dict[str, Any] = {"unpack_argq": ARGQ.unpack_from, "unpack_arg": ARG.unpack_from, "unsafe": UNSAFE,
                           "safe": set(), **t}
-    exec(compile("\n".join(src), f"<quick rest of {plan.hook}>", "exec"), ns)  # noqa: S102 - our own source
-    return ns["rest"]
+    exec(compile("\n".join(src), f"<quick rest of {plan.hook}>", "exec"), ns)  # our own source
+    rest: QuickRest = ns["rest"]
+    return rest
 
 
 BODY_KEYS = frozenset({"process", "parent", "args", "return", "policy_name", "action", "signal", "policy_mode",
@@ -170,7 +178,7 @@ def body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any
     """The event body of one record as a dict (None: malformed, see `render_args`): the reference for the
     JSON `EventRing.decode` assembles."""
     (_t, _f, _size, _kt, _pid, _tid, _pol, _hook, retval, cgroup_id, sel, actions, flags, _n,
-     data_len) = EV.unpack_from(rec)
+     _data_len) = EV.unpack_from(rec)
     args = render_args(rec, plan.args)
     if args is None:
         return None

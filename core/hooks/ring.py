@@ -10,23 +10,46 @@ reference is `sensorium.hooks.render.body_of`; a test checks that every path giv
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sensorium import events as _events
 from sensorium import schema
 from sensorium.events import Event, EventBatch, LazyEvent
-from sensorium.hookspecs import RingHandle, SensorContext
 from sensorium.hooks import native as _native
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.probes import HOOK_PROBE
-from sensorium.hooks.render import (ARG, ARGQ, EV, EV_SIZE, Q, UNSAFE, action_fields, body_of, json_middle,
-                                    quick_rest, render_bytes, render_int)
+from sensorium.hooks.render import (
+    ARG,
+    ARGQ,
+    EV,
+    EV_SIZE,
+    UNSAFE,
+    QuickRest,
+    action_fields,
+    body_of,
+    json_middle,
+    quick_rest,
+    render_bytes,
+    render_int,
+)
+from sensorium.hookspecs import RingHandle, SensorContext
 
 if TYPE_CHECKING:
     from sensorium.hooks.hookset import HookSet
+
+    # A loaded hook, by (policy id, hook id): its plan, its policy's name and the hook set that loaded it
+    HookEntry = tuple[HookPlan, str, HookSet]
+    # What the events of one hook and one pid share in a batch (`EventRing._head`): (index in the batch's
+    # `ProcCtx` list, JSON head up to the args, policy_name JSON, plan, hook set, state: 1 in the process
+    # cache, 2 in it without exec_id, 0 not in it (the head is then a format of pid and tid))
+    Head = tuple[int, bytes, bytes, HookPlan, HookSet, int]
+    Memo = tuple[int, bytes, bytes, HookPlan, HookSet, int, QuickRest | None]  # a `Head` and its quick formatter
+    # (plan, policy_name, process, parent); process None: not in the cache
+    ProcCtx = tuple[HookPlan, str, Mapping[str, Any] | None, Mapping[str, Any] | None]
 
 __all__ = ["EventRing", "DROP_REASONS"]
 
@@ -37,6 +60,13 @@ selector the hook does not have; a record type other than ``REC_HOOK``; a (polic
 (records in flight when a hook is unloaded: not malformed)."""
 
 
+def _batch_body(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
+                parent: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """`body_of` for an event of an `EventBatch`: its record passed `EventRing.decode`'s checks, which are
+    `render_args`' (a test compares both), so it has a body."""
+    body = body_of(rec, plan, policy_name, proc, parent)
+    assert body is not None, "a record EventRing.decode rendered is well formed"
+    return body
 
 
 class EventRing:
@@ -46,11 +76,11 @@ class EventRing:
         self.ctx, self.sensor = ctx, sensor
         self.obj: Any = None
         self.handle: RingHandle | None = None
-        self.hooks: dict[tuple[int, int], tuple[HookPlan, str, "HookSet"]] = {}
+        self.hooks: dict[tuple[int, int], HookEntry] = {}
         self.lock = threading.Lock()
         # Records the decoder did not turn into events, by reason (`DROP_REASONS`): none is dropped silently.
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self._quick_cache: dict[int, tuple[tuple, Any]] = {}
+        self._quick_cache: dict[int, tuple[HookEntry, QuickRest | None]] = {}
         self._native_fmt: tuple[Any, Any] | None = None  # (hooks dict it was built for, native.Formatter)
 
     def start(self) -> None:
@@ -67,7 +97,8 @@ class EventRing:
 
     @property
     def fd(self) -> int:
-        return self.obj.map("sens_events").fd
+        fd: int = self.obj.map("sens_events").fd
+        return fd
 
     @property
     def decode_errors(self) -> int:
@@ -82,7 +113,7 @@ class EventRing:
         if self.obj is not None:
             try:
                 self.obj.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - stop must not raise; the object is dropped either way
                 pass
             self.obj = None
 
@@ -106,13 +137,12 @@ class EventRing:
         recs: list[bytes] = []
         # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, plan, HookSet,
         # state: 1 in the cache, 2 in it without exec_id, 0 not in it (head is then a format of pid and tid))
-        memo: dict[tuple[int, int, int], tuple] = {}
-        ctxs: list[tuple] = []  # (plan, policy_name, process, parent); process None: not in the cache
+        memo: dict[tuple[int, int, int], Memo] = {}
+        ctxs: list[ProcCtx] = []
         resolved = True
         unpack_ev = EV.unpack_from
         unpack_arg = ARG.unpack_from
         unpack_argq = ARGQ.unpack_from
-        unpack_q = Q.unpack_from
         boot = _events.BOOT_WALL_NS
         unsafe = UNSAFE
         dumps = orjson.dumps
@@ -126,8 +156,8 @@ class EventRing:
                 done = self._native_batch(records, nat, memo, ctxs, pc_get)
                 if done is not None:
                     heads, rests, resolved = done
-                    recs = records  # a RecordBlob makes its bytes only if an event is made from them
-                    return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
+                    # a RecordBlob makes its bytes only if an event is made from them
+                    return self._batch(heads, rests, records, memo, ctxs, node_name, boot, resolved)
         else:
             status = None
         dropped = self.dropped
@@ -148,7 +178,7 @@ class EventRing:
                     dropped["unknown_hook"] += 1  # a hook unloaded while its last records were in flight
                     continue
                 m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
-            ci, head, pname, plan, hs, state, quick = m
+            _ci, head, pname, plan, hs, state, quick = m
             end = EV_SIZE + data_len
             if end > n:  # the record is shorter than its own data: cut somewhere
                 dropped["truncated"] += 1
@@ -252,8 +282,9 @@ class EventRing:
 
         return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
 
-    def _batch(self, heads: list[bytes], rests: list[bytes], recs: list[bytes], memo: dict, ctxs: list,
-               node_name: str, boot: int, resolved: bool) -> EventBatch:
+    def _batch(self, heads: list[bytes], rests: list[bytes], recs: Sequence[bytes],
+               memo: dict[tuple[int, int, int], Memo], ctxs: list[ProcCtx], node_name: str, boot: int,
+               resolved: bool) -> EventBatch:
         unpack_ev = EV.unpack_from
         # Each event's kind, for counting: one list multiplication when the batch has one kind (a sensor's
         # hooks usually share it), else read back per record.
@@ -269,7 +300,7 @@ class EventRing:
             plan, policy_name, proc, parent = ctxs[memo[(f[6], f[7], f[4])][0]]
             if proc is None:
                 proc = {"pid": f[4], "tid": f[5]}
-            return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, body_of,
+            return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, _batch_body,
                              (rec, plan, policy_name, proc, parent))
 
         return EventBatch(heads, rests, kinds, make, resolved=resolved)
@@ -289,7 +320,7 @@ class EventRing:
 
         return ringbuf.DRAIN_STATUS if _native.enabled() else "python (SENSORIUM_NATIVE_DECODE=0)"
 
-    def _native(self, records: Sequence[bytes], tail_node: bytes, boot: int) -> tuple | None:
+    def _native(self, records: Sequence[bytes], tail_node: bytes, boot: int) -> tuple[Any, ...] | None:
         """fastrest.c's pass over the batch (see `native.Formatter.format`), None: Python does it all."""
         if not _native.enabled() or _native.load() is None:
             return None
@@ -303,11 +334,11 @@ class EventRing:
         except Exception:  # noqa: BLE001 - only an optimisation: the Python path does it all
             return None
 
-    def _native_batch(self, records: Sequence[bytes], nat: tuple, memo: dict, ctxs: list,
-                      pc_get: Any) -> tuple[list[bytes], list[bytes], bool] | None:
+    def _native_batch(self, records: Sequence[bytes], nat: tuple[Any, ...], memo: dict[tuple[int, int, int], Memo],
+                      ctxs: list[ProcCtx], pc_get: Any) -> tuple[list[bytes], list[bytes], bool] | None:
         """Heads and rests of a batch fastrest.c rendered whole: one head per (policy, hook, pid) (per
         thread when the process is not in the cache), as the loop of `decode` makes them."""
-        _status, out, out_end, slot, slots, slot_n, ns = nat
+        _status, out, _out_end, slot, slots, slot_n, ns = nat
         hooks = self.hooks
         slot_heads: list[bytes] = []
         counts: list[tuple[Any, int]] = []
@@ -337,7 +368,7 @@ class EventRing:
             return None
         return heads, rests, resolved
 
-    def _quick(self, entry: tuple) -> Callable[..., bytes | None] | None:
+    def _quick(self, entry: HookEntry) -> QuickRest | None:
         """The generated formatter of one hook's usual records (cached per loaded hook)."""
         got = self._quick_cache.get(id(entry))
         if got is None or got[0] is not entry:
@@ -351,14 +382,14 @@ class EventRing:
         return got[1]
 
     @staticmethod
-    def _head(entry: tuple, pid: int, pc_get: Any, ctxs: list[tuple]) -> tuple:
+    def _head(entry: HookEntry, pid: int, pc_get: Any, ctxs: list[ProcCtx]) -> Head:
         """What the events of one hook and one pid share in a batch (see `decode`)."""
         plan, policy_name, hs = entry
         proc = parent = None
         if pc_get is not None:
             try:
                 proc, parent = pc_get(pid)
-            except Exception:
+            except Exception:  # noqa: BLE001 - process info is best effort; the event still goes out
                 proc = parent = None
         pname = b',"policy_name":' + orjson.dumps(policy_name)
         kind = b'{"' + plan.kind.encode() + b'":{"process":'
@@ -409,7 +440,7 @@ class EventRing:
             if pc is not None:
                 try:
                     proc, parent = pc.get(pid)
-                except Exception:
+                except Exception:  # noqa: BLE001 - process info is best effort; the event still goes out
                     proc = parent = None
             body = body_of(rec, plan, policy_name, proc or {"pid": pid, "tid": tid}, parent)
             if body is None:

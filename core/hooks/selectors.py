@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import ipaddress
 import os
 import socket
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sensorium.bpf.records import SensoriumHdr
-from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS, sock_value as parse_sock_value
+from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS
+from sensorium.policy import sock_value as parse_sock_value
 
 __all__ = [
     "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "check_selectors", "HookCfg", "SensEvent", "SensArgRec",
     "MAX_ARGS", "MAX_SELECTORS", "MAX_MATCH_ARGS", "MAX_VALUES", "MAX_STRINGS", "STR_MAX", "MAX_NS", "MAX_CAPS",
     "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW",
     "FROM_SYSCALL", "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC",
-    "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST", "ACT_SIGKILL", "ACT_SIGNAL",
+    "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST",
+    "ACT_SIGKILL", "ACT_SIGNAL",
     "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY",
     "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
-    "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock",
+    "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock",
+    "render_sock",
     "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
 ]
 
@@ -328,7 +331,7 @@ def _compile_match_arg(m: Any, arg_pos: int, plan: ArgPlan, out: SensMatchArg, s
     if plan.kind == ARG_SOCK:
         _compile_sock_op(op, values, plan, out, strings, field)
         return
-    if op in OPS and OPS[op] >= OPS["SAddr"] or op in PRIV_OPS:
+    if (op in OPS and OPS[op] >= OPS["SAddr"]) or op in PRIV_OPS:
         raise SelectorError(f"{field}.operator", f"operator {op} applies to sock and sockaddr arguments, not to "
                                                  f"this {plan.type_name or 'non-socket'} argument")
     if plan.kind == ARG_INT:

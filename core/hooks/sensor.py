@@ -4,14 +4,15 @@ uprobe): its one ring (`EventRing`), its sections (`HookSet`), its status, and i
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium.hooks.hookset import HookSet
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.ring import EventRing
+from sensorium.hookspecs import PolicyLoadError, SensorContext
 
 __all__ = ["HookSensor", "HookSensorOptions"]
 

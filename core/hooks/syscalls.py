@@ -13,9 +13,9 @@ import platform
 import re
 from typing import Any
 
-from sensorium.hookspecs import PolicyLoadError
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan, extras, plan_params, plan_return
+from sensorium.hookspecs import PolicyLoadError
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 
 __all__ = ["PATH_PARAMS", "OPENED_FD_SYSCALLS", "SOCKADDR_PARAMS", "ARCH_PREFIX", "syscall_name", "plan_syscall"]
@@ -54,7 +54,8 @@ ARCH_PREFIX = {"x86_64": "__x64_"}
 
 
 def syscall_name(call: str) -> str | None:
-    """``sys_openat`` / ``__x64_sys_openat`` / ``__se_sys_openat`` / ``openat`` -> ``openat`` (None if not a syscall name)."""
+    """``sys_openat`` / ``__x64_sys_openat`` / ``__se_sys_openat`` / ``openat`` -> ``openat`` (None if not a
+    syscall name)."""
     m = re.fullmatch(r"(?:__x64_|__se_|__do_)?sys_([a-z0-9_]+)", call)
     if m:
         return m.group(1)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from sensorium.events import Event, ktime_to_wall_ns
 
@@ -40,7 +41,7 @@ class DirectContext:
         self.log = logging.getLogger("sensorium.test")
         self.kernel = probe_kernel()
         self.process_cache = process_cache
-        self.config = dict(config or {})
+        self.config: Mapping[str, Any] = dict(config or {})
         self.reader = RingBufferReader()
         self.events: list[Event] = []
         self.objects: list[Any] = []
@@ -58,8 +59,9 @@ class DirectContext:
         self.objects.append(obj)
         real_load = obj.load
 
-        def load() -> None:  # remember the kernel ids of what this context loaded (tests check they go away)
-            real_load()
+        def load(stats: bool = False) -> None:
+            """Remember the kernel ids of what this context loaded (tests check they go away)."""
+            real_load(stats)
             self.loaded_prog_ids.update(i for i in (_prog_id(p) for p in obj.programs.values()) if i)
 
         obj.load = load  # type: ignore[method-assign]
@@ -84,7 +86,7 @@ class DirectContext:
         for obj in self.objects:
             try:
                 obj.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - test teardown closes every object whatever one raised
                 pass
         self.objects.clear()
         self.reader.close()

@@ -21,16 +21,17 @@ import ctypes
 import dataclasses
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sensorium.bpf.btf import kernel_functions
-from sensorium.hookspecs import PolicyLoadError, ProbeSource
 from sensorium.hooks import selectors as S
 from sensorium.hooks.budget import TRACKING, engine_cases
 from sensorium.hooks.hookset import HookSet
-from sensorium.hooks.plan import POLICY_INTS, HookPlan, extras, without_override
+from sensorium.hooks.plan import POLICY_INTS, HookPlan, KfuncAttach, extras, without_override
 from sensorium.hooks.render import EV as _EV
+from sensorium.hookspecs import PolicyLoadError, ProbeSource
 
 __all__ = ["plan_kernel_function", "KfuncHookSet", "KFUNC_PROBE", "sock_event_fixup", "overridable",
            "KF_PRE_STR", "KF_PRE_SOCK"]
@@ -91,8 +92,9 @@ def kfunc_budget_cases() -> list[Any]:
         except (OSError, ValueError):
             sig = None
         nparams = len(sig.params) if sig is not None else 6
-        rodata = {"kf_pre": bytes([KF_PRE_CRED] * S.MAX_ARGS), "kf_nargs": nparams,
-                  "kf_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
+        rodata: dict[str, bytes | int] = {
+            "kf_pre": bytes([KF_PRE_CRED] * S.MAX_ARGS), "kf_nargs": nparams,
+            "kf_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
         own = [p for p in KFUNC_PROGRAMS if p != "sens_fmod_ret" or overridable(func)[0]]
         kinds = {p: (S.HOOK_RAW_TP, p in ("sens_fexit", "sens_kretprobe")) for p in KFUNC_PROGRAMS}
         needs = {p: frozenset({KFUNC_PROGRAMS[p]}) for p in KFUNC_PROGRAMS}
@@ -338,6 +340,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                                   has_return=at_exit)
     except S.SelectorError as e:
         raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
+    mech: str | None
     if overriding:
         for si, err in enumerate(errnos):
             if err:  # carried into the event's actions byte: the decoder reports KPROBE_ACTION_OVERRIDE
@@ -372,15 +375,17 @@ class KfuncHookSet(HookSet):
         return super().enforces(plan) or (plan.attach[0] == "kfunc" and plan.attach[2] == "fmod_ret")
 
     def _load_one(self, plan: HookPlan) -> None:
-        if plan.attach[0] != "kfunc":
+        at = plan.attach
+        if at[0] != "kfunc":
             super()._load_one(plan)
             return
-        self._load_kfunc(plan)
+        self._load_kfunc(plan, at)
 
-    def _load_kfunc(self, plan: HookPlan, index: int | None = None) -> None:
-        """Load the object of one kernel-function hook (round 1), appended to `objects`, or in place of
-        object ``index`` (a kprobe taking over from a trampoline the kernel refused to attach)."""
-        _kind, func, mech, pre, errnos, nparams = plan.attach
+    def _load_kfunc(self, plan: HookPlan, at: KfuncAttach, index: int | None = None) -> None:
+        """Load the object of one kernel-function hook (round 1; ``at`` is its ``plan.attach``), appended to
+        `objects`, or in place of object ``index`` (a kprobe taking over from a trampoline the kernel
+        refused to attach)."""
+        _kind, func, mech, pre, errnos, nparams = at
         try:
             obj = self.ctx.open_object(self.ctx.build(KFUNC_PROBE))
         except Exception as e:
@@ -425,7 +430,7 @@ class KfuncHookSet(HookSet):
                     except OSError as e:
                         if mech not in ("fentry", "fexit"):
                             raise
-                        self._trampoline_refused(plan, obj, e)
+                        self._trampoline_refused(plan, at, obj, e)
             except PolicyLoadError:
                 raise
             except Exception as e:
@@ -436,11 +441,11 @@ class KfuncHookSet(HookSet):
         else:
             self._attach[index] = attach
 
-    def _trampoline_refused(self, plan: HookPlan, obj: Any, e: OSError) -> None:
+    def _trampoline_refused(self, plan: HookPlan, at: KfuncAttach, obj: Any, e: OSError) -> None:
         """The trampoline loaded but the kernel will not attach it to this function (e.g. EBUSY: 6.1 on
         dev_queue_xmit). A kprobe observes the same call; it cannot Override, so only fentry/fexit fall back:
         its object is loaded here, in the commit round, in place of the refused one, and attached inert."""
-        mech = plan.attach[2]
+        mech = at[2]
         reason = os.strerror(e.errno) if e.errno else str(e)
         kernel = getattr(self.ctx, "kernel", None)
         if kernel is None or not kernel.has("kprobe"):
@@ -455,13 +460,14 @@ class KfuncHookSet(HookSet):
         fallback = "kretprobe" if mech == "fexit" else "kprobe"
         note = (f"{plan.note}; {mech} attach refused by the kernel ({reason}), served by {fallback}"
                 if plan.note else f"{mech} attach refused by the kernel ({reason}), served by {fallback}")
-        plan = dataclasses.replace(plan, attach=(*plan.attach[:2], fallback, *plan.attach[3:]),
-                                   mechanism=fallback, note=note)
-        self._load_kfunc(plan, index)
+        kind, func, _mech, pre, errnos, nparams = at
+        at = (kind, func, fallback, pre, errnos, nparams)
+        plan = dataclasses.replace(plan, attach=at, mechanism=fallback, note=note)
+        self._load_kfunc(plan, at, index)
         try:
             self._attach[index]()
         except _KprobeRefused as k:
-            raise PolicyLoadError(plan.hook, f"kernel function {plan.attach[1]} cannot be attached on this kernel: "
+            raise PolicyLoadError(plan.hook, f"kernel function {func} cannot be attached on this kernel: "
                                              f"{mech} refused ({reason}) and {fallback} refused ({k.kernel_reason}); "
                                              "it may be inlined or excluded from tracing here", plan.field) from None
 
@@ -498,7 +504,8 @@ def _cap_names(mask: int) -> list[str]:
 def decode_cred(text: str) -> dict[str, Any] | None:
     """The hex cred summary from kfunc.bpf.c -> Tetragon's process_credentials_arg (None if malformed)."""
     try:
-        uid, gid, suid, sgid, euid, egid, fsuid, fsgid, inh, perm, eff = _CRED.unpack(bytes.fromhex(text[: 2 * _CRED.size]))
+        raw = bytes.fromhex(text[: 2 * _CRED.size])
+        uid, gid, suid, sgid, euid, egid, fsuid, fsgid, inh, perm, eff = _CRED.unpack(raw)
     except (ValueError, struct.error):
         return None
     return {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid, "fsuid": fsuid,

@@ -4,11 +4,16 @@ fentry/fexit or kprobe/kretprobe where the kernel has them (refused with the rea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sensorium import hookimpl
-from sensorium.hookspecs import SensorSpec
+from sensorium.hookspecs import BudgetCase, SensorSpec
+
+if TYPE_CHECKING:
+    from sensorium.hookspecs import Sensor, SensorContext
 
 
-def _budget():  # type: ignore[no-untyped-def]
+def _budget() -> list[BudgetCase]:
     from sensorium.hooks.budget import TRACKING, engine_cases
     from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, OPEN_EXIT_NEEDS
     from sensorium_sensors.kprobe.kfunc import kfunc_budget_cases
@@ -17,12 +22,13 @@ def _budget():  # type: ignore[no-untyped-def]
     cases += engine_cases(HOOK_OPEN_PROBE, full=("sens_open_exit",),
                           others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit", "sens_uprobe",
                                   "sens_uretprobe", *TRACKING),
-                          needs=dict.fromkeys(("sens_open_exit", "sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
-                                               "sens_uprobe", "sens_uretprobe", *TRACKING), OPEN_EXIT_NEEDS))
+                          needs=dict.fromkeys(("sens_open_exit", "sens_tp", "sens_raw", "sens_sys_enter",
+                                               "sens_sys_exit", "sens_uprobe", "sens_uretprobe", *TRACKING),
+                                              OPEN_EXIT_NEEDS))
     return cases + kfunc_budget_cases()
 
 
-def _factory(ctx):  # type: ignore[no-untyped-def]
+def _factory(ctx: SensorContext) -> Sensor:
     from sensorium_sensors.kprobe.sensor import KprobeSensor
 
     return KprobeSensor(ctx)
@@ -33,8 +39,8 @@ def sensorium_sensor() -> SensorSpec:
     from sensorium.hooks import selectors
     from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE
     from sensorium.hooks.sensor import HookSensorOptions
-    from sensorium_sensors.kprobe.schema import KProbeSpec
     from sensorium_sensors.kprobe.kfunc import KFUNC_PROBE
+    from sensorium_sensors.kprobe.schema import KProbeSpec
 
     return SensorSpec(
         name="kprobe",

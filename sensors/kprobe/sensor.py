@@ -15,12 +15,13 @@ Mechanism per hook, from the kernel probe (`KernelCapabilities`):
 from __future__ import annotations
 
 import platform
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.sensor import HookSensor
 from sensorium.hooks.syscalls import ARCH_PREFIX, plan_syscall, syscall_name
+from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium_sensors.kprobe.kfunc import KfuncHookSet, plan_kernel_function, wrap_decode
 
 # Mechanisms for kernel functions that are not syscalls, tried in order: (capability, name, builder).

@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sensorium.bpf.scope import ScopeMap, scope_entries
-from sensorium.hookspecs import ProbeSource, Scope
 from sensorium.hooks import selectors as S
 from sensorium.hooks.hookset import seed_follow
 from sensorium.hooks.plan import POLICY_INTS, without_override
 from sensorium.hooks.probes import MODE_INACTIVE
 from sensorium.hooks.render import EV as _EV
 from sensorium.hooks.render import render_args
+from sensorium.hookspecs import ProbeSource, Scope
 
 from . import netguard
-
 
 __all__ = ["LsmProgram", "compile_hook", "LSM_PROBE", "decode_event", "RECORD_LAYOUTS",
            "SOCKET_HOOKS"]
@@ -165,7 +165,8 @@ class LsmProgram:
         obj = self.obj = self._open(self._build(LSM_PROBE))
         obj.program("sens_lsm").set_attach_target(self.plan.hook)
         obj.set_rodata("sens_cfg", self.compiled.rodata())
-        obj.set_rodata("lsm_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *(self.errnos + [0] * (S.MAX_SELECTORS - len(self.errnos)))))
+        errnos = self.errnos + [0] * (S.MAX_SELECTORS - len(self.errnos))
+        obj.set_rodata("lsm_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
         wanted = {"sens_lsm"}
         if self.compiled.flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
             wanted.update(("sens_exec", "sens_exit"))
@@ -283,7 +284,7 @@ class LsmProgram:
             self.obj = None
 
 
-def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | None:
+def decode_event(raw: bytes, plan: Any, prog: LsmProgram) -> dict[str, Any] | None:
     """A sens_event record of an LSM program -> {pid, ktime, rule, verdict, args, err}; None when the record is
     malformed (`netguard.decode_event`, `render_args`) or names a selector the hook does not have."""
     if prog.net is not None:
@@ -295,7 +296,7 @@ def decode_event(raw: bytes, plan: Any, prog: "LsmProgram") -> dict[str, Any] | 
     if len(raw) < _EV.size:
         return None
     (rtype, _f, _size, ktime, pid, tid, policy_id, hook_id, _retval, cgroup_id, sel, actions, flags, _nargs,
-     data_len) = _EV.unpack_from(raw)
+     _data_len) = _EV.unpack_from(raw)
     if rtype != S.REC_HOOK or (policy_id, hook_id) != (prog.policy_id, prog.plan.position):  # its own ring: its own ids
         return None
     args = render_args(raw, prog.args)  # the hook library's rules: a cut or inconsistent record is no event

@@ -20,11 +20,11 @@ import errno as _errno
 import logging
 import os
 import select
-import signal
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 __all__ = ["FanotifyGuard", "FanRule", "FanDecision", "FAN_OPEN_PERM", "FAN_OPEN_EXEC_PERM", "MAX_DIR_MARKS",
            "fanotify_available"]
@@ -108,7 +108,7 @@ class FanRule:
 
     kind_mask: int                              # FAN_OPEN_PERM or FAN_OPEN_EXEC_PERM
     marks: tuple[tuple[str, int], ...]
-    decide: Callable[[int, str], "FanDecision | None"]
+    decide: Callable[[int, str], FanDecision | None]
     # False while the rule's policy transaction is not committed: its marks are placed, every open they
     # route here is allowed without a decision or an event (`sensorium.hookspecs.PreparedSection`).
     active: bool = True
@@ -393,7 +393,7 @@ class FanotifyGuard:
             if posted:
                 try:
                     self._on_decisions(posted)
-                except Exception:  # noqa: BLE001 - exporting must never stop the answering thread
+                except Exception:  # exporting must never stop the answering thread
                     self.stats["errors"] += 1
                     self.log.exception("building lsm events")
 
@@ -420,7 +420,7 @@ class FanotifyGuard:
                 for r in rules:
                     try:
                         d = r.decide(pid, path)
-                    except Exception:  # noqa: BLE001 - a broken rule must still let the kernel get an answer
+                    except Exception:  # a broken rule must still let the kernel get an answer
                         self.stats["errors"] += 1
                         self.log.exception("fanotify rule failed; allowing")
                         continue

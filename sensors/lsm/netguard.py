@@ -20,8 +20,9 @@ import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from sensorium.bpf.records import SensoriumHdr
 from sensorium.bpf.scope import ScopeMap, scope_entries
@@ -63,8 +64,9 @@ class NetConfig(ctypes.Structure):
 
 
 class NetEvent(ctypes.Structure):
-    _fields_ = [("hdr", SensoriumHdr), ("policy_id", ctypes.c_uint32), ("rule", ctypes.c_uint32), ("hook", ctypes.c_uint8),
-                ("verdict", ctypes.c_uint8), ("family", ctypes.c_uint8), ("protocol", ctypes.c_uint8),
+    _fields_ = [("hdr", SensoriumHdr), ("policy_id", ctypes.c_uint32), ("rule", ctypes.c_uint32),
+                ("hook", ctypes.c_uint8), ("verdict", ctypes.c_uint8), ("family", ctypes.c_uint8),
+                ("protocol", ctypes.c_uint8),
                 ("dport", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("daddr", ctypes.c_uint32 * 4),
                 ("action", ctypes.c_uint32), ("err", ctypes.c_uint32), ("cgroup_id", ctypes.c_uint64),
                 ("comm", ctypes.c_char * 16)]
@@ -154,8 +156,8 @@ def compile_rules(selectors: Sequence[Selector], enforce_errno: Callable[[Any], 
                 raise ValueError(f"{len(p.values)} pids; this mechanism takes {MAX_PIDS}")
             r.flags |= F_PID | (F_NOT_PID if p.operator == "NotIn" else 0)
             r.npids = len(p.values)
-            for i, v in enumerate(p.values):
-                r.pids[i] = v
+            for i, pid in enumerate(p.values):
+                r.pids[i] = pid
         post = True
         for a in sel.actions:
             if a.action == "NoPost":
@@ -381,7 +383,9 @@ class NetGuard:
         m = self.obj.map("net_config")
         cur = m.lookup(b"\0\0\0\0")
         cfg = NetConfig.from_buffer_copy(cur) if cur else NetConfig()
-        cfg.policy_id, cfg.nrules, cfg.enforce = self.policy_id, len(self.rules) if self._active else 0, int(self._enforce)
+        cfg.policy_id = self.policy_id
+        cfg.nrules = len(self.rules) if self._active else 0
+        cfg.enforce = int(self._enforce)
         cfg.scoped = int(self.scoped)
         m.update(b"\0\0\0\0", bytes(cfg))
 
@@ -447,7 +451,8 @@ def decode_event(raw: bytes, *, policy_id: int | None = None, nrules: int | None
         addr = socket.inet_ntop(socket.AF_INET6, b"".join(int(w).to_bytes(4, "little") for w in ev.daddr))
     return {"pid": ev.hdr.pid, "tid": ev.hdr.tid, "ktime": ev.hdr.ktime, "policy_id": ev.policy_id, "rule": ev.rule,
             "hook": HOOKS[ev.hook], "verdict": VERDICTS[ev.verdict],
-            "family": "AF_INET" if fam == 2 else "AF_INET6", "protocol": {6: "IPPROTO_TCP", 17: "IPPROTO_UDP"}.get(ev.protocol, str(ev.protocol)),
+            "family": "AF_INET" if fam == 2 else "AF_INET6",
+            "protocol": {6: "IPPROTO_TCP", 17: "IPPROTO_UDP"}.get(ev.protocol, str(ev.protocol)),
             "addr": addr, "port": ev.dport, "action": ev.action, "err": ev.err, "cgroup_id": ev.cgroup_id,
             "comm": ev.comm.decode(errors="replace")}
 

@@ -24,21 +24,30 @@ import signal
 import struct
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from sensorium import hookimpl
 from sensorium.bpf.scope import scope_entries
 from sensorium.hookspecs import PolicyLoadError, PolicyView, RingHandle, Scope, SensorSpec
-from sensorium.scope import hierarchy_mounts, process_in_scope
 from sensorium.policy import MatchAction
+from sensorium.scope import hierarchy_mounts, process_in_scope
 from sensorium_sensors.lsm.schema import LsmHookSpec
 
 from . import bpflsm, netguard, sigkill
-from .fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, FanDecision, FanotifyGuard, FanRule, fanotify_available, plan_marks
-from .rules import MECHANISMS, PATH_TYPES, HookPlan, ProcessFacts, first_match, plan_section
+from .fanotify import (
+    FAN_OPEN_EXEC_PERM,
+    FAN_OPEN_PERM,
+    FanDecision,
+    FanotifyGuard,
+    FanRule,
+    fanotify_available,
+    plan_marks,
+)
+from .rules import PATH_TYPES, HookPlan, ProcessFacts, first_match, plan_section
 
 __all__ = ["LsmSensor", "LsmOptions", "LsmPolicyHandle", "sensorium_sensor"]
 
@@ -96,7 +105,7 @@ class LsmPolicyHandle:
     """One ``lsmhooks`` section: `sensorium.hookspecs.PreparedSection` (`commit`, `activate`, `abort`) once
     `LsmSensor.prepare_policy` made it, then `sensorium.hookspecs.PolicyHandle`."""
 
-    def __init__(self, sensor: "LsmSensor", view: PolicyView, plans: list[HookPlan], scope: Scope | None) -> None:
+    def __init__(self, sensor: LsmSensor, view: PolicyView, plans: list[HookPlan], scope: Scope | None) -> None:
         self.sensor = sensor
         self.view = view
         self.plans = plans
@@ -195,7 +204,7 @@ class LsmPolicyHandle:
                 for obj in done:
                     try:
                         obj.set_scope(old)
-                    except Exception:  # noqa: BLE001 - the original error is the one to report
+                    except Exception:  # the original error is the one to report
                         self.sensor.ctx.log.exception("restoring the scope of %s", self.view.name)
                 raise
             # fanotify decides in user space from this attribute: the next decision sees the new scope
@@ -228,7 +237,7 @@ class LsmPolicyHandle:
                 g.commit()
                 if self.pin_dir is not None:
                     self.persistence[p.position] = g.persistence()
-        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of the section stays
+        except Exception as exc:  # whatever failed, nothing of the section stays
             self.unload()
             if isinstance(exc, PolicyLoadError):
                 raise
@@ -256,7 +265,7 @@ class LsmPolicyHandle:
         why = f"pinned at {d}" + (f"; {NET_KILL_NOTE}" if kills and p.mechanism.startswith("cgroup/") else "")
         self.persistence[p.position] = (True, why)
 
-    def activate(self) -> "LsmPolicyHandle":
+    def activate(self) -> LsmPolicyHandle:
         """Open every gate: fanotify rules decide, maps get their rules and real mode."""
         for _p, g in self.net_guards:
             g.activate()
@@ -290,7 +299,7 @@ class LsmPolicyHandle:
         for r in self.fan_rules:
             try:
                 self.sensor.guard.remove_rule(r)
-            except Exception:  # noqa: BLE001 - unload must not raise
+            except Exception:  # unload must not raise
                 self.sensor.ctx.log.exception("removing fanotify rule")
         self.fan_rules.clear()
         self._fan.clear()
@@ -502,7 +511,7 @@ class LsmSensor:
         except PolicyLoadError:
             h.unload()
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of the section stays
+        except Exception as exc:  # whatever failed, nothing of the section stays
             h.unload()
             where = getattr(exc, "_lsm_where", "lsmhooks")
             raise PolicyLoadError(where, f"{type(exc).__name__}: {exc}") from exc
@@ -529,7 +538,8 @@ class LsmSensor:
         kind = FAN_OPEN_EXEC_PERM if p.mechanism == "fanotify exec" else FAN_OPEN_PERM
         rule = FanRule(kind_mask=kind, marks=tuple(self._fan_marks(p)), decide=lambda pid, path: None)
 
-        def decide(pid: int, path: str, _h: LsmPolicyHandle = h, _p: HookPlan = p, _r: FanRule = rule) -> FanDecision | None:
+        def decide(pid: int, path: str, _h: LsmPolicyHandle = h, _p: HookPlan = p,
+                   _r: FanRule = rule) -> FanDecision | None:
             d = _h._fan_decide(_p, pid, path)
             if d is not None:
                 d.rule = _r
@@ -552,7 +562,7 @@ class LsmSensor:
             try:
                 events.append(h._fan_event(d))
                 h.events += 1
-            except Exception:  # noqa: BLE001
+            except Exception:
                 h.errors += 1
                 self.ctx.log.exception("building a process_lsm event")
         if events:
@@ -568,7 +578,7 @@ class LsmSensor:
                               enforce=h.mode == "enforcement", obj=obj, kind="cgroup")
         try:
             g.prepare()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to prepare is this section's load error
             g.close()
             raise PolicyLoadError(p.where, f"{p.mechanism}: {exc}") from None
         h.net_guards.append((p, g))
@@ -580,7 +590,7 @@ class LsmSensor:
                                  enforce=h.mode == "enforcement", build=self.ctx.build, open_object=self._open)
         try:
             prog.prepare()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to prepare is this section's load error
             prog.close()
             raise PolicyLoadError(p.where, f"bpf_lsm: {exc}") from None
         h.lsm_progs.append((p, prog))
@@ -699,9 +709,9 @@ BUDGET_HOOKS = ("file_open", "bprm_check_security", "socket_connect", "task_kill
 
 
 def _budget() -> list[Any]:
-    from sensorium.hookspecs import BudgetCase
     from sensorium.hooks import selectors as S
     from sensorium.hooks.budget import TRACKING, engine_cases
+    from sensorium.hookspecs import BudgetCase
 
     rodata = {"lsm_errno": struct.pack(f"<{S.MAX_SELECTORS}I", *([1] * S.MAX_SELECTORS))}
     cases: list[Any] = []
@@ -731,7 +741,8 @@ def _budget() -> list[Any]:
 def sensorium_sensor() -> SensorSpec:
     return SensorSpec(
         name="lsm",
-        description="LSM hooks (lsmhooks): block before it happens; BPF LSM, else fanotify / cgroup sock_addr fallbacks",
+        description=("LSM hooks (lsmhooks): block before it happens; BPF LSM, else fanotify / cgroup sock_addr "
+                     "fallbacks"),
         factory=LsmSensor,
         probes=[netguard.PROBE, bpflsm.LSM_PROBE],
         options=LsmOptions,

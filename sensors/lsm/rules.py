@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
+from sensorium.bpf.btf import LsmHookSig, lsm_hooks
 from sensorium.hookspecs import PolicyLoadError, PolicyView
 from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, MatchAction, Selector
 from sensorium_sensors.lsm.schema import LsmHookSpec
-
-from sensorium.bpf.btf import LsmHookSig, lsm_hooks
 
 __all__ = ["HookPlan", "MECHANISMS", "plan_section", "ProcessFacts", "first_match",
            "cgroup2_root"]
@@ -248,7 +248,8 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
                     raise PolicyLoadError(where, f"matchArgs refers to argument {idx}, which is not declared in "
                                                  f"args (declared: {declared})", field=f"{sf}.matchArgs[{m_i}]")
                 ok_ops = PATH_OPS if a.type in PATH_TYPES else NET_OPS if a.type in ("sock", "sockaddr") else \
-                    ("Equal", "NotEqual", "GT", "LT", "Mask") if a.type in INT_ARG_TYPES else ("Equal", "NotEqual", "Prefix", "Postfix")
+                    ("Equal", "NotEqual", "GT", "LT", "Mask") if a.type in INT_ARG_TYPES else \
+                    ("Equal", "NotEqual", "Prefix", "Postfix")
                 if m.op not in ok_ops:
                     raise PolicyLoadError(where, f"operator {m.operator} does not apply to argument {idx} "
                                                  f"(type {a.type}; operators: {', '.join(ok_ops)})",
@@ -272,7 +273,7 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
 
 
 def _check_fanotify_selector(plan: HookPlan, sel: Selector, sf: str) -> None:
-    path_args = [m for m in sel.matchArgs if plan.arg(m.indexes[0]) and plan.arg(m.indexes[0]).type in PATH_TYPES]
+    path_args = [m for m in sel.matchArgs if (a := plan.arg(m.indexes[0])) is not None and a.type in PATH_TYPES]
     if not any(m.op in ("Equal", "Prefix") for m in path_args):
         raise PolicyLoadError(plan.where, f"{plan.mechanism} needs each selector to name the files it guards: add "
                                           "matchArgs with operator Equal or Prefix on the file argument",
@@ -300,7 +301,8 @@ def _check_sock_selector(plan: HookPlan, sel: Selector, sf: str) -> None:
                                   field=f"{sf}.matchPIDs")
     for a in sel.actions:
         if a.action == "Signal":
-            raise PolicyLoadError(plan.where, f"the Signal action is not supported by {mech}", field=f"{sf}.matchActions")
+            raise PolicyLoadError(plan.where, f"the Signal action is not supported by {mech}",
+                                  field=f"{sf}.matchActions")
     for m in sel.matchArgs:
         if m.op in ("DAddr", "NotDAddr"):
             from .netguard import parse_cidr  # local: keeps this module free of socket details
@@ -334,8 +336,9 @@ def _check_sock_selector(plan: HookPlan, sel: Selector, sf: str) -> None:
 class ProcessFacts:
     """What selectors ask about a process, read lazily from /proc (each fact at most once per event)."""
 
-    _NS = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
-           "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup", "User": "user"}
+    _NS: ClassVar[dict[str, str]] = {
+        "Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
+        "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup", "User": "user"}
 
     def __init__(self, pid: int, proc: str = "/proc") -> None:
         self.pid = pid
@@ -384,7 +387,7 @@ class ProcessFacts:
         except ValueError:
             return 0
 
-    def ancestors(self, limit: int = 64) -> Iterable["ProcessFacts"]:
+    def ancestors(self, limit: int = 64) -> Iterable[ProcessFacts]:
         pid, n = self.ppid, 0
         while pid > 0 and n < limit:
             f = ProcessFacts(pid, self._proc)
@@ -460,7 +463,8 @@ def selector_matches(plan: HookPlan, sel: Selector, path_by_index: Mapping[int, 
     return True
 
 
-def first_match(plan: HookPlan, path_by_index: Mapping[int, str], facts: ProcessFacts) -> tuple[int, list[MatchAction]] | None:
+def first_match(plan: HookPlan, path_by_index: Mapping[int, str],
+                facts: ProcessFacts) -> tuple[int, list[MatchAction]] | None:
     """(selector index, actions) of the first selector that matches, as Tetragon evaluates them; None if none.
     A hook without selectors matches every call with Post."""
     if not plan.spec.selectors:

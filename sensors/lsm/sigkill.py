@@ -13,11 +13,12 @@ and other entry points are not).
 from __future__ import annotations
 
 import types
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from sensorium.hooks.syscalls import SyscallItem
 from sensorium.hookspecs import PolicyLoadError, Scope
 from sensorium.policy import ArgSpec, MatchAction, MatchArg, Selector
-from sensorium.hooks.syscalls import SyscallItem
 
 __all__ = ["SYSCALLS", "MECHANISM", "NOTE", "plan_syscalls", "SigkillGuard"]
 
@@ -70,7 +71,7 @@ def _syscall_items(plan: Any) -> list[tuple[str, SyscallItem]]:
             for m in sel.matchArgs:
                 idx = m.indexes[0]
                 margs.append(MatchArg(index=amap[idx][0], operator=m.operator, values=list(m.values)))
-            acts = []
+            acts: list[MatchAction] = []
             for a in sel.matchActions:
                 if a.action == "Override":
                     if not any(x.action == "Sigkill" for x in acts):

@@ -13,7 +13,8 @@ import subprocess
 import threading
 import time
 import uuid
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .rules import cgroup2_root
 
@@ -54,7 +55,7 @@ def scratch_cgroup(prefix: str = "sensorium-lsm-test") -> Iterator[str]:
                 time.sleep(0.05)
 
 
-def scoped(view: Any, *cgroups: "str | os.PathLike[str]", host: bool = False) -> Any:
+def scoped(view: Any, *cgroups: str | os.PathLike[str], host: bool = False) -> Any:
     """``view`` (a `PolicyView`) bounded to the given cgroup directories, of the cgroup2 or the v1 memory
     hierarchy (`sensorium.scope.scope_of_directories`). No directory and no ``host``: ``Scope()``."""
     from sensorium.scope import scope_of_directories
@@ -62,7 +63,7 @@ def scoped(view: Any, *cgroups: "str | os.PathLike[str]", host: bool = False) ->
     return dataclasses.replace(view, scope=scope_of_directories([os.fspath(c) for c in cgroups], host=host))
 
 
-def _enter(cgroup: "str | os.PathLike[str]") -> Any:
+def _enter(cgroup: str | os.PathLike[str]) -> Any:
     procs = os.path.join(os.fspath(cgroup), "cgroup.procs")  # same file name in v1 and cgroup2
 
     def pre() -> None:
@@ -72,15 +73,16 @@ def _enter(cgroup: "str | os.PathLike[str]") -> Any:
     return pre
 
 
-def run_in_cgroup(cgroup: "str | os.PathLike[str] | None", argv: Sequence[str], timeout: float = 20,
+def run_in_cgroup(cgroup: str | os.PathLike[str] | None, argv: Sequence[str], timeout: float = 20,
                   **kw: Any) -> subprocess.CompletedProcess:
     """Run ``argv`` to completion, placed in ``cgroup`` (None: where the caller is) before it execs."""
     return subprocess.run(list(argv), preexec_fn=_enter(cgroup) if cgroup else None, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
-def popen_in_cgroup(cgroup: "str | os.PathLike[str] | None", argv: Sequence[str], **kw: Any) -> subprocess.Popen:
-    return subprocess.Popen(list(argv), preexec_fn=_enter(cgroup) if cgroup else None, **kw)
+def popen_in_cgroup(cgroup: str | os.PathLike[str] | None, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
+    # the child must join the cgroup between fork and exec; pre() only writes one file and takes no lock
+    return subprocess.Popen(list(argv), preexec_fn=_enter(cgroup) if cgroup else None, **kw)  # noqa: PLW1509
 
 
 class LsmTestContext:
@@ -124,7 +126,7 @@ class LsmTestContext:
                     with self._reader_lock:
                         try:
                             self._reader.poll(0)
-                        except Exception:  # noqa: BLE001
+                        except Exception:
                             self.log.exception("test ring")
                     self._reader_stop.wait(0.02)
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sensorium import hookimpl
-from sensorium.hookspecs import SensorSpec
+from sensorium.hookspecs import BudgetCase, SensorSpec
+
+if TYPE_CHECKING:
+    from sensorium.hookspecs import Sensor, SensorContext
 
 
-def _budget():  # type: ignore[no-untyped-def]
+def _budget() -> list[BudgetCase]:
     from sensorium.hooks.budget import TRACKING, engine_cases
     from sensorium.hooks.probes import HOOK_PROBE
 
     return engine_cases(HOOK_PROBE, full=("sens_tp", "sens_raw"), others=TRACKING)
 
 
-def _factory(ctx):  # type: ignore[no-untyped-def]
+def _factory(ctx: SensorContext) -> Sensor:
     from sensorium_sensors.tracepoint.sensor import TracepointSensor
 
     return TracepointSensor(ctx)

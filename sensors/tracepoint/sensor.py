@@ -1,7 +1,7 @@
 """The tracepoint sensor: TracingPolicy ``tracepoints`` items served by tracepoints and raw tracepoints.
 
-Each item is one hook object of the hook library (`sensorium.hooks`): a tracepoint reads its fields at the offsets of the
-tracefs format file; a raw tracepoint (``raw: true``) reads its TP_PROTO arguments. Events are
+Each item is one hook object of the hook library (`sensorium.hooks`): a tracepoint reads its fields at the offsets of
+the tracefs format file; a raw tracepoint (``raw: true``) reads its TP_PROTO arguments. Events are
 ``process_tracepoint`` with subsys, event, args (Tetragon's KprobeArgument JSON), policy_name, action.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import ArgPlanError, HookPlan, extras
 from sensorium.hooks.sensor import HookSensor
+from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium_sensors.tracepoint import tracefs
 
 
@@ -58,7 +58,8 @@ class TracepointSensor(HookSensor):
         except S.SelectorError as e:
             raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
         if any("Sigkill" in a or "Signal" in a for a in compiled.actions):
-            note = (note + "; " if note else "") + "Sigkill/Signal are sent from the tracepoint: the traced operation " \
-                                                   "itself has already run or runs to completion"
+            note = (note + "; " if note else "") + ("Sigkill/Signal are sent from the tracepoint: the traced "
+                                                    "operation itself has already run or runs to completion")
         return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=attach, mechanism=mech,
-                        note=note, body={"subsys": item.subsystem, "event": item.event, **extras(item)}, kind="process_tracepoint")
+                        note=note, body={"subsys": item.subsystem, "event": item.event, **extras(item)},
+                        kind="process_tracepoint")

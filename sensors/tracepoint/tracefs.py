@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import INT_KEYS, ArgPlanError, int_plan
+from sensorium.policy import ArgSpec
 
 __all__ = ["Field", "TracepointNotFound", "tracefs_root", "read_format", "raw_tracepoint_exists", "arg_plan",
            "ArgPlanError"]
@@ -64,7 +65,7 @@ def tracefs_root() -> Path:
         from sensorium.bpf.probe import ensure_mounts
 
         ensure_mounts()
-    except Exception:
+    except Exception:  # noqa: BLE001 - mounting is only an attempt; the caller reports a missing tracefs
         pass
     return Path("/sys/kernel/tracing")
 
@@ -108,11 +109,11 @@ def raw_tracepoint_exists(event: str, root: Path | None = None) -> bool:
     return False
 
 
-def arg_plan(fields: list[Field], subsys: str, arg: object, field_path: str,
+def arg_plan(fields: list[Field], subsys: str, arg: ArgSpec, field_path: str,
              positions: dict[int, int]) -> S.ArgPlan:
     """The plan of one ``args[]`` item of a (non-raw) tracepoint. ``positions`` maps format index ->
     position in the args list (for sizeArgIndex)."""
-    idx = getattr(arg, "index")
+    idx = arg.index
     typ = getattr(arg, "type", "auto") or "auto"
     label = getattr(arg, "label", None)
     if idx >= len(fields):
@@ -178,10 +179,10 @@ def arg_plan(fields: list[Field], subsys: str, arg: object, field_path: str,
                                              f"(supported: integers, string, char_buf, fd, syscall64)")
 
 
-def raw_arg_plan(arg: object, field_path: str) -> S.ArgPlan:
+def raw_arg_plan(arg: ArgSpec, field_path: str) -> S.ArgPlan:
     """A raw tracepoint's argument: ``args[index]`` of its TP_PROTO, as an integer, a kernel string
     pointer, or a ``linux_binprm`` (reported with its file's path)."""
-    idx = getattr(arg, "index")
+    idx = arg.index
     typ = getattr(arg, "type", "auto") or "auto"
     label = getattr(arg, "label", None)
     if idx > 7:

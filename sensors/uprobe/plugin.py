@@ -1,19 +1,25 @@
 """The uprobe sensor plugin: TracingPolicy ``uprobes`` sections (functions of user binaries by symbol or
-offset, return values through uretprobes), with in-kernel selectors and actions from the hook library (`sensorium.hooks`)."""
+offset, return values through uretprobes), with in-kernel selectors and actions from the hook library
+(`sensorium.hooks`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sensorium import hookimpl
-from sensorium.hookspecs import SensorSpec
+from sensorium.hookspecs import BudgetCase, SensorSpec
+
+if TYPE_CHECKING:
+    from sensorium.hookspecs import Sensor, SensorContext
 
 
-def _factory(ctx):  # type: ignore[no-untyped-def]
+def _factory(ctx: SensorContext) -> Sensor:
     from sensorium_sensors.uprobe.sensor import UprobeSensor
 
     return UprobeSensor(ctx)
 
 
-def _budget():  # type: ignore[no-untyped-def]
+def _budget() -> list[BudgetCase]:
     from sensorium.hooks.budget import engine_cases
     from sensorium.hooks.probes import HOOK_PROBE
 

@@ -16,10 +16,10 @@ import os
 import stat
 from typing import Any
 
-from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan, extras, plan_params, plan_return
 from sensorium.hooks.sensor import HookSensor
+from sensorium.hookspecs import PolicyLoadError, SensorContext
 from sensorium_sensors.uprobe.elfsyms import ElfError, function_symbols
 
 HOOK_UPROBE = 4  # SENS_HOOK_UPROBE in sensorium/selectors.h (informational in the kernel)
