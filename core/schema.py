@@ -63,16 +63,18 @@ _CAPS = ENUMS["tetragon.CapabilitiesType"]
 _SECBITS = ENUMS["tetragon.SecureBitsType"]
 
 
-def _cap_names(mask: int) -> tuple[str | int, ...]:
-    # a capability newer than Tetragon's enum: its number, as protojson writes an unknown enum value
+def cap_names(mask: int) -> tuple[str | int, ...]:
+    """The capabilities of a kernel capability set (bit i = capability i) by the names of Tetragon's
+    CapabilitiesType (its value 1 is DAC_OVERRIDE, without the CAP_ prefix). A capability newer than
+    Tetragon's enum: its number, as protojson writes an unknown enum value."""
     return tuple(_CAPS.get(i, i) for i in range(64) if mask >> i & 1)
 
 
 def capabilities(permitted: int, effective: int, inheritable: int) -> dict[str, tuple[str | int, ...]]:
     """Tetragon's Capabilities message from the kernel's capability sets (bit i = capability i), by the
     names of Tetragon's CapabilitiesType; an empty set is left out, as protojson does."""
-    out = {"permitted": _cap_names(permitted), "effective": _cap_names(effective),
-           "inheritable": _cap_names(inheritable)}
+    out = {"permitted": cap_names(permitted), "effective": cap_names(effective),
+           "inheritable": cap_names(inheritable)}
     return {k: v for k, v in out.items() if v}
 
 

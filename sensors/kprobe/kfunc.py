@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sensorium import schema
 from sensorium.bpf.btf import kernel_functions
 from sensorium.hooks import selectors as S
 from sensorium.hooks.budget import TRACKING, engine_cases
@@ -494,13 +495,6 @@ def decode_sock(text: str) -> dict[str, Any] | None:
     return S.render_sock("sock_arg", raw.ljust(ctypes.sizeof(S.SensSock), b"\0"))
 
 
-def _cap_names(mask: int) -> list[str]:
-    from sensorium.policy import CAPABILITIES
-
-    names = {bit: name if name.startswith("CAP_") else "CAP_" + name for name, bit in CAPABILITIES.items()}
-    return [names.get(bit, f"CAP_{bit}") for bit in range(64) if mask >> bit & 1]
-
-
 def decode_cred(text: str) -> dict[str, Any] | None:
     """The hex cred summary from kfunc.bpf.c -> Tetragon's process_credentials_arg (None if malformed)."""
     try:
@@ -509,8 +503,9 @@ def decode_cred(text: str) -> dict[str, Any] | None:
     except (ValueError, struct.error):
         return None
     return {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid, "fsuid": fsuid,
-            "fsgid": fsgid, "caps": {"permitted": _cap_names(perm), "effective": _cap_names(eff),
-                                     "inheritable": _cap_names(inh)}}
+            "fsgid": fsgid, "caps": {"permitted": list(schema.cap_names(perm)),
+                                                           "effective": list(schema.cap_names(eff)),
+                                                           "inheritable": list(schema.cap_names(inh))}}
 
 
 _DECODERS = {"process_credentials_arg": decode_cred}
