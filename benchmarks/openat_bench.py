@@ -30,8 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -221,6 +219,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from hook_helpers import Rig
+
     from sensorium.events import line_parts
     from sensorium_sensors.kprobe.sensor import KprobeSensor
 

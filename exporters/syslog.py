@@ -32,8 +32,8 @@ import re
 import select
 import socket
 import struct
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator

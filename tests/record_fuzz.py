@@ -22,18 +22,19 @@ import dataclasses
 import os
 import struct
 import types
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import orjson
 
 from sensorium import schema
-from sensorium.hooks import selectors as S
 from sensorium.events import BOOT_WALL_NS, Event, ktime_to_wall_ns, rfc3339
-from sensorium.process import CgroupResolver, ProcessCache
+from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.render import ARG as _ARG
 from sensorium.hooks.render import EV as _EV
 from sensorium.hooks.ring import DROP_REASONS, EventRing
+from sensorium.process import CgroupResolver, ProcessCache
 
 U64 = (1 << 64) - 1
 NODE = 'node-"fuzz"\u00e9'  # a node name JSON must escape
@@ -637,13 +638,13 @@ def check_net_batch(records: Sequence[bytes]) -> tuple[list[Event], dict[str, in
 # The lsm sensor (BPF LSM records: sens_event; socket guard records: lsm_net_event)
 # =========================================================================================================
 
-from sensorium.hookspecs import PolicyView  # noqa: E402
-from sensorium_sensors.lsm.schema import LsmHookSpec  # noqa: E402
-from sensorium_sensors.lsm import bpflsm, netguard  # noqa: E402
 from sensorium.bpf.btf import LsmHookSig, LsmParam  # noqa: E402
+from sensorium.hookspecs import PolicyView  # noqa: E402
+from sensorium_sensors.lsm import bpflsm, netguard  # noqa: E402
 from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor  # noqa: E402
 from sensorium_sensors.lsm.rules import ArgPlan as LsmArg  # noqa: E402
 from sensorium_sensors.lsm.rules import HookPlan as LsmPlan  # noqa: E402
+from sensorium_sensors.lsm.schema import LsmHookSpec  # noqa: E402
 
 _PREFIX = {"matchArgs": [{"index": 0, "operator": "Prefix", "values": ["/tmp/"]}]}
 # (hook, parameters, policy arguments (index, type, C type), selectors): the argument kinds BPF LSM reads.

@@ -12,8 +12,9 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("SENSORIUM_RELIABILITY_DIR", REPO / "build" / "reliability"))

@@ -13,13 +13,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from policy_sensors import default_registry
+
 from sensorium.api import MAX_REQUEST_BYTES, ApiClient, ApiError, ApiServer
 from sensorium.cli import cli
 from sensorium.events import Event
@@ -411,6 +412,7 @@ def test_status_shows_policy_files_refused_at_start(server, agent, tmp_path):
 
 def test_subscribers_together_never_hold_more_than_the_total_cap_and_each_is_told_its_drops(agent, tmp_path):
     from reliability_figures import record
+
     from sensorium.api import MAX_CONNECTIONS, MAX_QUEUE_EVENTS, MAX_TOTAL_QUEUED_EVENTS
 
     srv = ApiServer(tmp_path / "run" / "api.sock", agent)

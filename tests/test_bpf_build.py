@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sensorium.bpf import build
-from sensorium.bpf.build import BuildError, INCLUDE_DIR, build_object, vmlinux_h
+from sensorium.bpf.build import INCLUDE_DIR, BuildError, build_object, vmlinux_h
 from sensorium.hookspecs import ProbeSource
 
 needs_toolchain = pytest.mark.skipif(

@@ -18,13 +18,25 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from enforcement_helpers import (
+    Exerciser,
+    FullAttachPoint,
+    Loop,
+    cli,
+    figure,
+    file_open_policy,
+    lsm_block_policy,
+    new_pin_root,
+    pins_under,
+    policy_list,
+    remove_pins,
+)
 
-from enforcement_helpers import (Exerciser, FullAttachPoint, Loop, cli, figure, file_open_policy, lsm_block_policy,
-                                 new_pin_root, pins_under, policy_list, remove_pins)
 from sensorium.policy import PolicyError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.needs("bpf_lsm", "lsm")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from typing import Any
 
 import orjson
 import pytest
-
 import tetragon_schema
+
 from sensorium import schema
 from sensorium.events import Event
 from sensorium.tetragon_fields import ENUMS, FIELDS

@@ -13,20 +13,19 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from sensorium_testlib import DecoderContext
 from tetragon_schema import check_agent_run
-
 
 ROOT = Path(__file__).resolve().parent.parent
 SENSORIUM = Path(os.environ.get("SENSORIUM_TEST_BIN") or ROOT / ".venv" / "bin" / "sensorium")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sensorium.events import Event
 from sensorium.exporting import PartialWrite, failure_reason, stop_runners

@@ -19,14 +19,14 @@ import orjson
 import pytest
 
 from sensorium import schema
-from sensorium.hooks import selectors as S
 from sensorium.events import Event, EventBatch, LazyEvent, json_lines, kinds_of, ktime_to_wall_ns
 from sensorium.filters import build_filters
-from sensorium.pipeline import Pipeline, ProcessJoin
+from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.render import ARG as _ARG
 from sensorium.hooks.render import EV as _EV
 from sensorium.hooks.ring import EventRing
+from sensorium.pipeline import Pipeline, ProcessJoin
 
 NODE = "node-\"1\"\u00e9"  # a node name JSON must escape
 

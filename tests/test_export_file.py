@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import gzip
 import os
-import time
 import stat
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from sensorium_testlib import tmpfs
 
 from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.testing import make_event, run_exporter, runner_for, wait_until
 from sensorium_exporters.file import FileExporter, FileOptions
-from sensorium_testlib import tmpfs
 
 
 def exporter(path: Path, **opts) -> FileExporter:

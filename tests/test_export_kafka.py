@@ -10,16 +10,16 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from sensorium_testlib import feed
 
 from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.metrics import Metrics
 from sensorium.testing import make_event, runner_for, wait_until
-from sensorium_testlib import feed
 from sensorium_exporters.kafka import KafkaExporter, KafkaOptions
 
 confluent_kafka = pytest.importorskip("confluent_kafka")

@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from reliability_figures import record
 from sensorium_testlib import REPO, SENSORIUM_BIN, tmpfs
 
@@ -63,7 +63,7 @@ def test_a_file_exporter_that_can_never_write_stops_the_agent_with_one_line(tmp_
     t0 = time.monotonic()
     res = run_agent(tmp_path, {"exporters": [{"type": "file", "path": target}]})
     line = one_line_error(res)
-    assert f"agent.yaml:" in line and "exporters[0].path: exporter 'file' cannot write: " in line and says in line
+    assert "agent.yaml:" in line and "exporters[0].path: exporter 'file' cannot write: " in line and says in line
     record(f"startup_refused.file_{request.node.callspec.id}.exit_code", res.returncode,
            note=f"one line, {time.monotonic() - t0:.1f}s after start: ...cannot write: "
                 f"{line.split('cannot write: ', 1)[1].replace(str(tmp_path), '<tmp>')}")

@@ -7,15 +7,15 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from sensorium_testlib import feed
 
 from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.testing import make_event, runner_for, wait_until
-from sensorium_testlib import feed
 from sensorium_exporters.syslog import SyslogExporter, SyslogOptions, format_message, severity_of
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "peers" / "rsyslog.sh"

@@ -29,22 +29,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from reliability import HANG_S, Hang, Tally
-from sensorium.api import MAX_FILTER_PATTERNS, MAX_PATTERN_LEN, MAX_QUEUE_EVENTS, MAX_REQUEST_BYTES, METHODS, \
-    POLICY_KEY_MAX, ApiServer
-from sensorium.policy import MAX_POLICY_BYTES
 from test_api import LiveAgent
+
+from sensorium.api import (
+    MAX_FILTER_PATTERNS,
+    MAX_PATTERN_LEN,
+    MAX_QUEUE_EVENTS,
+    MAX_REQUEST_BYTES,
+    METHODS,
+    POLICY_KEY_MAX,
+    ApiServer,
+)
+from sensorium.policy import MAX_POLICY_BYTES
 
 LONG = os.environ.get("SENSORIUM_FUZZ") == "long"
 EXAMPLES = int(os.environ.get("SENSORIUM_FUZZ_EXAMPLES") or (10_000 if LONG else 300))
@@ -117,7 +125,7 @@ class Conn:
         while b"\n" not in self.buf:
             try:
                 chunk = self.s.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 raise Hang() from None
             except ConnectionResetError:
                 return None

@@ -23,18 +23,17 @@ Figures go to build/reliability/records-*.json (docs/reliability.md).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
+import record_fuzz as R
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import record_fuzz as R
 from reliability import Tally
+
 from sensorium.hooks import selectors as S
 
 LONG = os.environ.get("SENSORIUM_FUZZ") == "long"

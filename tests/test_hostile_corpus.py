@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from reliability import Tally
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 
-import dataclasses
-
-from sensorium.hookspecs import CgroupRef, PolicyLoadError, Scope
 from sensorium.bpf.btf import lsm_hooks
+from sensorium.hookspecs import CgroupRef, PolicyLoadError, Scope
 from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.rules import plan_section
 from sensorium_sensors.lsm.testing import LsmTestContext, scoped, scratch_cgroup

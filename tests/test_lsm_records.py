@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from sensorium.hooks import selectors as S
-from sensorium.hookspecs import PolicyView
-from sensorium_sensors.lsm.schema import LsmHookSpec
-from sensorium_sensors.lsm import bpflsm, netguard
 from sensorium.bpf.btf import LsmHookSig, LsmParam
-from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor
-from sensorium_sensors.lsm.rules import ArgPlan, HookPlan
+from sensorium.hooks import selectors as S
 from sensorium.hooks.render import ARG as _ARG
 from sensorium.hooks.render import EV as _EV
+from sensorium.hookspecs import PolicyView
+from sensorium_sensors.lsm import bpflsm, netguard
+from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor
+from sensorium_sensors.lsm.rules import ArgPlan, HookPlan
+from sensorium_sensors.lsm.schema import LsmHookSpec
 
 
 class RecordingContext:

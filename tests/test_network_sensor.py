@@ -18,13 +18,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from sensorium_testlib import DecoderContext
-
 
 
 def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -342,6 +341,7 @@ def _cgroup_prog_ids(root: str) -> set[int]:
     (BPF_PROG_QUERY per attach type): `bpftool cgroup show` queries every attach type it knows and fails
     on a kernel that knows fewer (5.10)."""
     import ctypes
+
     from sensorium.bpf.libbpf import lib
 
     fn = lib().bpf_prog_query

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hook_helpers import open_exit_available, rig_fixture, scope_of
 
-from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium.hooks import hookset as engine
 from sensorium.hooks import openexit
-from hook_helpers import open_exit_available, rig_fixture, scope_of
+from sensorium_sensors.kprobe.sensor import KprobeSensor
 
 needs_open_exit = pytest.mark.skipif(not open_exit_available(), reason="this kernel has no bpf_rdonly_cast kfunc "
                                      "(6.2+): the exit-only program does not load here (the pair serves the hook)")

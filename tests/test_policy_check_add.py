@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from reliability import Tally
+
 from sensorium.api import ApiServer
 from sensorium.cli import cli
 from sensorium.policy_manager import PolicyManager

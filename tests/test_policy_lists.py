@@ -7,13 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
 from hook_helpers import rig_fixture
-from policy_sensors import default_registry
-from sensorium.policy import PolicyError, parse_policies
+
+from sensorium.policy import parse_policies
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 from sensorium.yamlsrc import SourceError
 from sensorium_sensors.kprobe.sensor import KprobeSensor

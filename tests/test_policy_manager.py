@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from policy_sensors import default_registry
+
 from sensorium.policy import PolicyError
 from sensorium.policy_manager import PolicyManager, PolicyNotFound
 from sensorium.yamlsrc import SourceError
@@ -190,9 +190,7 @@ def test_policy_states_are_exported_as_metrics():
 
 # ---- scoped policies ----------------------------------------------------------------------------------
 
-import os  # noqa: E402
 import subprocess  # noqa: E402
-import threading  # noqa: E402
 
 from sensorium.hookspecs import Scope  # noqa: E402
 
@@ -201,7 +199,7 @@ class _Tracker:
     """What `sensorium.k8s.scope.ScopeTracker` gives the manager, driven by the test (`push`) instead of
     a pod watcher; the scopes it carries are made of real cgroups."""
 
-    def __init__(self, provider: "_Provider", policy, on_update) -> None:
+    def __init__(self, provider: _Provider, policy, on_update) -> None:
         self.provider, self.policy, self.on_update = provider, policy, on_update
         self.scope = provider.scope
         self.closed = False
@@ -368,6 +366,7 @@ def test_a_real_sensor_follows_scope_updates_live(cgroup2_dir, tmp_path):
     """The real kprobe sensor (raw_tp here) with a Sigkill on open of one file: out of scope nothing
     happens, the cgroup joins the scope live and its process is killed, deleting the policy lifts it."""
     from hook_helpers import Rig, scope_of
+
     from sensorium.plugins import PluginRegistry
     from sensorium_sensors.kprobe.sensor import KprobeSensor
 
@@ -417,6 +416,7 @@ def test_an_oversized_file_in_the_directory_is_refused_without_reading_it_all(en
 
 def test_a_policy_added_directly_meets_the_kernel_independent_rules():
     from policy_sensors import registry_with
+
     from sensorium.policy import parse_policy
     from sensorium_sensors.kprobe.schema import KProbeSpec
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 
 import pytest
-
 from policy_sensors import default_registry, registry_with
+
 from sensorium import policy as P
 from sensorium.policy import MatchAction, PolicyError, parse_policies, parse_policy
+from sensorium.yamlsrc import SourceError
 from sensorium_sensors.kprobe.schema import KProbeSpec
 from sensorium_sensors.tracepoint.schema import TracepointSpec
 from sensorium_sensors.uprobe.schema import UProbeSpec
-from sensorium.yamlsrc import SourceError
 
 OPENAT = """\
 apiVersion: sensorium.io/v1alpha1
@@ -375,7 +374,7 @@ def test_a_port_range_written_bare_stays_a_range(kreg):
 
 @pytest.mark.parametrize("field,value", [("subsystem", "0"), ("event", "12"), ("message", "42")])
 def test_a_name_given_as_a_number_is_refused(reg, field, value):
-    text = OPENAT.replace("    event: sys_enter_openat\n", f"    event: sys_enter_openat\n    message: ok\n")
+    text = OPENAT.replace("    event: sys_enter_openat\n", "    event: sys_enter_openat\n    message: ok\n")
     text = text.replace(f"{field}: " + {"subsystem": "syscalls", "event": "sys_enter_openat", "message": "ok"}[field],
                         f"{field}: {value}")
     assert refused(text, reg).reason == f"must be a string, not the number {value}"

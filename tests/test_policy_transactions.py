@@ -23,14 +23,25 @@ import json
 import os
 import subprocess
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
-from enforcement_helpers import (Exerciser, Server, FullAttachPoint, Loop, cli, connect_policy, figure,
-                                 file_open_policy, missing_function_policy, policy_list)
-from sensorium.policy import PolicyError
+from enforcement_helpers import (
+    Exerciser,
+    FullAttachPoint,
+    Loop,
+    Server,
+    cli,
+    connect_policy,
+    figure,
+    file_open_policy,
+    missing_function_policy,
+    policy_list,
+)
 from sensorium_testlib import cgroup2_mount, make_cgroup
+
+from sensorium.policy import PolicyError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups)")]
 
@@ -271,9 +282,10 @@ def test_the_issue_case_through_the_agent_and_the_cli_blocks_nothing(agent, tmp_
 def _mixed(journal: list) -> Any:
     """A manager over a transactional sensor (tracepoints) and a one-step one (lsmhooks, load_policy only)."""
     from policy_sensors import TxnTableSensor, registry_with
+
+    from sensorium.policy_manager import PolicyManager
     from sensorium_sensors.lsm.schema import LsmHookSpec
     from sensorium_sensors.tracepoint.schema import TracepointSpec
-    from sensorium.policy_manager import PolicyManager
 
     reg, sensors = registry_with(("tracepoint", "tracepoints", TracepointSpec, TxnTableSensor),
                                  ("lsm", "lsmhooks", LsmHookSpec), journal=journal)
@@ -333,6 +345,7 @@ def test_enable_is_a_transaction_too():
 
 def test_a_scope_change_one_section_refuses_leaves_every_section_on_its_previous_scope():
     from policy_sensors import default_registry
+
     from sensorium.hookspecs import CgroupRef, Scope
     from sensorium.policy_manager import PolicyManager
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hook_helpers import rig_fixture, scope_of, string_args
 
 from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from hook_helpers import rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 

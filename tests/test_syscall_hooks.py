@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hook_helpers import gone, open_exit_available, open_mechanism, our_program_ids, rig_fixture, scope_of, string_args
+from openat_harness import SIGKILL, openat_policy
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from openat_harness import SIGKILL, openat_policy
-from hook_helpers import gone, open_exit_available, open_mechanism, our_program_ids, rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 

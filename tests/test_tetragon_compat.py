@@ -119,7 +119,8 @@ def test_each_policy_is_valid_or_refused_by_name(path: Path):
     for policy, raw in zip(policies, raw_docs):
         spec = raw["spec"]
         if "lists" in spec:  # "list:NAME" references stand for the list's items, as the model takes them
-            from sensorium.policy_lists import expand_lists as _expand_lists, parse_lists as _parse_lists
+            from sensorium.policy_lists import expand_lists as _expand_lists
+            from sensorium.policy_lists import parse_lists as _parse_lists
             from sensorium.yamlsrc import Located
 
             doc = Located(raw, {}, name)

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from sensorium.hooks import selectors as S
 from sensorium.bpf.build import build_object
 from sensorium.bpf.libbpf import BpfObject, LibbpfError
+from sensorium.hooks import selectors as S
 from sensorium.hookspecs import BudgetCase, ProbeSource
 from sensorium.plugins import PluginRegistry
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sensorium.yamlsrc import (DEFAULT_LIMITS, SourceError, YamlLimits, dump, load_documents, load_one,
-                               read_file)
+from sensorium.yamlsrc import DEFAULT_LIMITS, SourceError, YamlLimits, dump, load_documents, load_one, read_file
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))

@@ -40,8 +40,8 @@ def available() -> str | None:
     if not (PROTO_ROOT / "tetragon" / "tetragon.proto").is_file():
         return f"Tetragon's .proto files not found in {PROTO_ROOT}"
     try:
-        import grpc_tools  # noqa: F401
         import google.protobuf  # noqa: F401
+        import grpc_tools  # noqa: F401
     except ImportError as e:
         return f"grpcio-tools is not installed ({e}); scripts/setup.sh installs it"
     return None
@@ -92,7 +92,7 @@ def _ts(s: str) -> tuple[_dt.datetime, int]:
 
 
 def _default(v: Any) -> bool:
-    return v in (0, "", False, [], {}) and not (v is True)
+    return v in (0, "", False, [], {}) and v is not True
 
 
 def _compare(ours: Any, theirs: Any, path: str, out: list[str]) -> None:

@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -35,7 +35,7 @@ KINDS = {"tracingpolicies": "TracingPolicy", "tracingpoliciesnamespaced": "Traci
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PolicyCrdWatcher:
@@ -59,7 +59,7 @@ class PolicyCrdWatcher:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> "PolicyCrdWatcher":
+    def start(self) -> PolicyCrdWatcher:
         """Start watching (again, after `stop`: what was loaded is remembered and reconciled by the
         first list, so objects deleted meanwhile are unloaded)."""
         self._stop.clear()

@@ -29,7 +29,8 @@ import select
 import struct
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sensorium.hookspecs import CgroupRef, Scope
 from sensorium.k8s.containerid import container_id_from_cgroup_path, pod_uid_from_cgroup_path, strip_runtime_prefix
@@ -57,7 +58,7 @@ class LabelSelector:
     match_expressions: Sequence[tuple[str, str, tuple[str, ...]]] = ()
 
     @classmethod
-    def parse(cls, doc: Any, where: str = "selector") -> "LabelSelector":
+    def parse(cls, doc: Any, where: str = "selector") -> LabelSelector:
         """From ``{"matchLabels": {...}, "matchExpressions": [{key, operator, values}]}`` (or a model
         with those attributes); ValueError naming the field for anything else."""
         if doc is None:
@@ -127,7 +128,7 @@ class PodScope:
     pods: bool = True
 
     @classmethod
-    def of_policy(cls, policy: Any) -> "PodScope":
+    def of_policy(cls, policy: Any) -> PodScope:
         """From a parsed `sensorium.policy.Policy` (namespace, pod_selector, container_selector, host_selector)."""
         pod_sel = getattr(policy, "pod_selector", None)
         cont_sel = getattr(policy, "container_selector", None)
@@ -285,7 +286,7 @@ class PodCgroups:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> "PodCgroups":
+    def start(self) -> PodCgroups:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="sensorium-k8s-cgroups", daemon=True)
             self._thread.start()
@@ -389,14 +390,14 @@ class PodCgroups:
                 self._ino.drain()
             try:
                 added, removed = self._rescan()
-            except Exception:  # noqa: BLE001 - never let the scanner die
+            except Exception:  # never let the scanner die
                 log.exception("kubepods rescan failed")
                 continue
             if added or removed:
                 for cb in list(self._listeners):
                     try:
                         cb(added, removed)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("pod cgroup listener failed")
 
 
@@ -524,7 +525,7 @@ class ScopeTracker:
             if self.on_update is not None:
                 try:
                     self.on_update(scope)
-                except Exception:  # noqa: BLE001 - a sensor bug must not stop the watcher
+                except Exception:  # a sensor bug must not stop the watcher
                     self.update_errors += 1
                     log.exception("scope update callback failed")
             now = time.monotonic()

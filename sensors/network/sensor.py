@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sensorium.bpf.object_sensor import ObjectSensor, ring_bytes
 from sensorium.hookspecs import SensorContext

@@ -134,7 +134,7 @@ def _stat(log: str, key: str) -> int:
 def _finding(log: str) -> str:
     lines = log.splitlines()
     for i, line in enumerate(lines):
-        if "Uncaught Python exception" in line or line.startswith("==") and "ERROR" in line \
+        if "Uncaught Python exception" in line or (line.startswith("==") and "ERROR" in line) \
                 or "ERROR: libFuzzer" in line or "runtime error:" in line:
             return "\n".join(lines[i:i + 40])
     return "\n".join(lines[-40:])

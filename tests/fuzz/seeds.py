@@ -73,6 +73,7 @@ def _hook_record(spec: object, int_value: int = 0xFFFFFFFF_FFFFFF85, text: bytes
                  retval: int = 0) -> bytes:
     """A well-formed hook record of ``spec`` with every argument filled."""
     import record_fuzz as R
+
     from sensorium.hooks import selectors as S
 
     args = []
@@ -91,6 +92,7 @@ def _hook_record(spec: object, int_value: int = 0xFFFFFFFF_FFFFFF85, text: bytes
 
 def records_seeds() -> list[bytes]:
     import record_fuzz as R
+
     from sensorium.hooks import selectors as S
 
     out: list[bytes] = []

@@ -8,9 +8,10 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from k8s_env import CACHE, REPO, SCRIPTS
 

@@ -17,13 +17,25 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from k8s_cluster import (BINARIES, CHART, SOCK, VALUES, Cluster, LogTail, cluster_down, cluster_up, deployment,
-                         exported_events, run, wait_for)
+from k8s_cluster import (
+    BINARIES,
+    CHART,
+    SOCK,
+    VALUES,
+    Cluster,
+    LogTail,
+    cluster_down,
+    cluster_up,
+    deployment,
+    exported_events,
+    run,
+    wait_for,
+)
 from k8s_env import CACHE, SCRIPTS
 
 # The first test also brings the cluster up and installs the chart (the image import alone can take a minute).
@@ -254,7 +266,7 @@ def test_workload_events_name_pod_namespace_container_workload_and_image(
     print(f"figures: {cluster.figures}")
 
     mark = f"m{uuid.uuid4().hex[:10]}"
-    r = cluster.exec(ns, f"deploy/web", "/bin/echo", mark)
+    r = cluster.exec(ns, "deploy/web", "/bin/echo", mark)
     assert r.returncode == 0 and r.stdout.strip() == mark, r.stderr
     # A connection from the pod to the API server's port on the node.
     r = cluster.exec(ns, "deploy/web", "/bin/sh", "-c", "/bin/nc -w 2 10.213.0.1 26443 </dev/null; echo rc=$?")

@@ -7,17 +7,14 @@ sensor would put in its kernel maps), so this checks the Kubernetes side, not th
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
-from k8s_env import CACHE, NODE, REPO, wait_for
+from k8s_env import NODE, REPO, wait_for
 
 sys.path.insert(0, str(REPO / "tests"))
 

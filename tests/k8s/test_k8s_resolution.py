@@ -50,7 +50,7 @@ def _cronjob_job(api: Any, ns: str, name: str) -> Any:
         "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": tmpl}}}})
 
     class _Obj:
-        class metadata:  # noqa: N801 - shaped like a client object for _owner
+        class metadata:  # shaped like a client object for _owner
             pass
 
     o = _Obj()

@@ -10,10 +10,10 @@ import uuid
 from typing import Any
 
 import pytest
-
 from k8s_env import wait_for
+
 from sensorium.k8s.scope import LabelSelector, PodCgroups, PodScope, ScopeTracker
-from sensorium.scope import hierarchy_mounts, proc_cgroup_dirs, process_in_scope
+from sensorium.scope import hierarchy_mounts, process_in_scope
 
 
 @pytest.mark.parametrize("doc,labels,want", [
@@ -282,7 +282,7 @@ def test_what_a_policy_selects(kind: str, ns: str | None, extra: str, want: dict
     from sensorium.plugins import PluginRegistry
     from sensorium.policy import parse_policy
 
-    meta = f"  name: p\n" + (f"  namespace: {ns}\n" if ns else "")
+    meta = "  name: p\n" + (f"  namespace: {ns}\n" if ns else "")
     text = (f"apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n{meta}spec:\n{extra}"
             "  tracepoints:\n  - {subsystem: syscalls, event: sys_enter_openat}\n")
     p = parse_policy(text, "p.yaml", PluginRegistry().discover(), scoping_supported=True)

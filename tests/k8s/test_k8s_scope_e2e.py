@@ -17,12 +17,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-
-from k8s_env import NODE, wait_for
 from enforcement_helpers import connect_lsmhooks
+from k8s_env import NODE, wait_for
 from openat_harness import SIGKILL, openat_kprobes
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel]
