@@ -183,9 +183,9 @@ def main() -> int:
 
     cols = ["exporter", "offered_per_s", "delivered_per_s", "delivered", "dropped", "drain_s", "cpu_ms_per_1000"]
     widths = [max(len(c), *(len(str(r[c])) for r in results)) for c in cols]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in results:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
     print(f"\n{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; Kafka = Tansu (memory storage) on loopback, "
           "lz4, acks=all, idempotent; otlp-grpc / otlp-http = OTLP log records to a receiver process on loopback "
           "(no compression); file = JSON lines on local disk. CPU is the whole process (user+sys).")

@@ -108,7 +108,7 @@ def our_prog_ids(handle) -> set[int]:
         for prog in obj.programs.values():
             try:
                 fd = prog.fd
-            except Exception:
+            except Exception:  # noqa: BLE001 - a program without a usable fd is not one to count
                 continue
             if fd is None or fd < 0:
                 continue
@@ -280,7 +280,7 @@ def main() -> int:
             assert c["posted"] == 0, c
         # Per-round ratios (each configuration against the bare run of its own round), CPU time and wall clock.
         def rr(xs: list[float], base: list[float]) -> float:
-            return statistics.median(x / y for x, y in zip(xs, base))
+            return statistics.median(x / y for x, y in zip(xs, base, strict=True))
         cpu = {"nomatch_cpu_ratio": rr(cnomatch, cbare), "nomatch_string_paths_cpu_ratio": rr(cnomatch_str, cbare),
                "mechanism_only_cpu_ratio": rr(cmech, cbare), "nomatch_round_ratio": rr(nomatch, bare),
                "nomatch_enter_exit_ratio": rr(nomatch_pair, bare), "nomatch_enter_exit_cpu_ratio": rr(cnomatch_pair, cbare),
@@ -364,7 +364,7 @@ def main() -> int:
 
         modes = {"both": [False, True], "on": [True], "off": [False]}[args.native]
         runs = {}
-        for round_ in range(args.match_rounds):
+        for _ in range(args.match_rounds):
             for native in modes:  # interleaved: both see the same machine load
                 runs.setdefault(native, []).append(match_run(native))
         os.environ.pop("SENSORIUM_NATIVE_DECODE", None)

@@ -23,7 +23,7 @@ import os
 import struct
 import types
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -64,7 +64,7 @@ class Context:
     mounts: the same records give the same events on any host)."""
 
     node_name = NODE
-    config: dict[str, Any] = {}
+    config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cache: Any = "new") -> None:
         import logging
@@ -372,7 +372,7 @@ def _decode_hook(specs: Sequence[HookSpec], records: Sequence[bytes], cache: Any
             batch = ring.decode(list(records))
         lines = list(batch.lines)
         # the events made from the lines (what filters and stages read) hold the same content
-        for made, line in zip(batch, lines):
+        for made, line in zip(batch, lines, strict=True):
             # (the body rendered in the exported format, sensorium.schema)
             assert made.json() == line and orjson.dumps(schema.conform(made.as_dict())) == line, (made.as_dict(), line)
     return HookOutcome(lines, dict(ring.dropped), sum(e[2].events for e in ring.hooks.values()))
@@ -435,12 +435,12 @@ class ExecRec:
             self.pid, self.tid
         r.ppid = self.ppid
         for name, v in zip(("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid", "auid", "args_total"),
-                           self.ids):
+                           self.ids, strict=True):
             setattr(r, name, v)
-        for (_, attr), v in zip(X._NS_FIELDS, self.ns):
+        for (_, attr), v in zip(X._NS_FIELDS, self.ns, strict=True):
             setattr(r, attr, v)
         for name, v in zip(("cgroup_id", "memcg_id", "cgroup_parent_id", "memcg_parent_id", "start_time"),
-                           self.cgroups):
+                           self.cgroups, strict=True):
             setattr(r, name, v)
         parts = (self.args_area(), self.binary, self.cwd, self.cg_name, self.memcg_name)
         r.args_len, r.binary_len, r.cwd_len, r.cgroup_name_len, r.memcg_name_len = lens or tuple(map(len, parts))
@@ -484,7 +484,7 @@ def _expected_creds(e: ExecRec, uid: int, gid: int, euid: int, egid: int, suid: 
     securebits, the user namespace at level 0 owned by root, and its inode from the record."""
     creds: dict[str, Any] = {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid,
                              "fsuid": fsuid, "fsgid": fsgid, "caps": {}}
-    ns_user = dict(zip((n for n, _ in X._NS_FIELDS), e.ns)).get("user")
+    ns_user = dict(zip((n for n, _ in X._NS_FIELDS), e.ns, strict=True)).get("user")
     if ns_user:
         creds["user_ns"] = {"level": 0, "uid": 0, "gid": 0,
                             "ns": {"inum": ns_user, "is_host": ns_user == os.stat("/proc/self/ns/user").st_ino}}

@@ -152,8 +152,9 @@ print(s.recv(4096).decode().strip())
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 def test_other_users_are_refused_by_file_mode_and_by_peer_credentials(agent, shared_dir):
     with ApiServer(shared_dir / "api.sock", agent) as srv:
-        run = lambda: subprocess.run([sys.executable, "-c", NOBODY_CONNECT, str(srv.path)], capture_output=True,
-                                     text=True, timeout=30)
+        def run() -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", NOBODY_CONNECT, str(srv.path)], capture_output=True,
+                                  text=True, timeout=30)
         out = run()
         assert out.stdout.strip() == "EACCES", out.stderr
         # Even if the socket's mode were loosened, SO_PEERCRED keeps non-root peers out.

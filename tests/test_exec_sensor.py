@@ -396,7 +396,7 @@ def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
             m = marker()
             subprocess.run(["/bin/sh", "-c", f'for i in $(seq {n}); do /bin/true {m} $i; done'], check=True)
             # every exec of the round arrived (nothing lost), then memory is sampled
-            run.wait_for(lambda e: m in e.get("process_exit", {}).get("process", {}).get("arguments", ""),
+            run.wait_for(lambda e, m=m: m in e.get("process_exit", {}).get("process", {}).get("arguments", ""),
                          f"{n} exits of round {rnd}", n=n, timeout=60 * SLOW)
             time.sleep(0.5)
             rss.append(_rss_kb(run.proc.pid))

@@ -257,7 +257,7 @@ def test_a_bad_ca_file_fails_open_with_librdkafkas_reason(tmp_path: Path) -> Non
     bad.write_text("not a certificate")
     ex = KafkaExporter(KafkaOptions(brokers=["127.0.0.1:1"], topic="t", tls={"ca_file": str(bad)}),
                        ExporterContextImpl("kafka", "n"))
-    with pytest.raises(confluent_kafka.KafkaException, match="ssl.ca.location"):
+    with pytest.raises(confluent_kafka.KafkaException, match=r"ssl.ca.location"):
         ex.open()
 
 

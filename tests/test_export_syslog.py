@@ -53,7 +53,7 @@ class Rsyslog:
 
     def wait_lines(self, n: int, timeout: float = 15.0) -> list[bytes]:
         # rsyslog writes about a second after receiving: poll.
-        return wait_until(lambda: (lambda l: l if len(l) >= n else None)(self.lines()), timeout, f"{n} lines in {self.log}")
+        return wait_until(lambda: (lambda got: got if len(got) >= n else None)(self.lines()), timeout, f"{n} lines in {self.log}")
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_tcp_collector_restart_mid_stream_keeps_order_without_duplicates(rsyslog
     r.start()
     total = 400
     events = evs(total)
-    t, done = feed(r, events, 5, 0.005)
+    t, _done = feed(r, events, 5, 0.005)
     wait_until(lambda: len(rsyslog.lines()) >= 50, 15, "the stream to start")
     rsyslog.stop()
     rsyslog.start()
@@ -246,7 +246,7 @@ def test_udp_collector_restart_mid_stream_counts_every_loss_as_unconfirmed(rsysl
     r.start()
     total = 600
     events = evs(total)
-    t, done = feed(r, events, 5, 0.005)
+    t, _done = feed(r, events, 5, 0.005)
     wait_until(lambda: len(rsyslog.lines()) >= 50, 15, "the stream to start")
     rsyslog.stop()  # what it had received but not yet written dies with it: UDP cannot know
     rsyslog.start()

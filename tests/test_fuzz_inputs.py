@@ -206,8 +206,8 @@ def _text_edits(text: str) -> st.SearchStrategy[bytes]:
     data = text.encode()
 
     def edit(d: bytes, ops: list[tuple[int, int, bytes]]) -> bytes:
-        for kind, pos, piece in ops:
-            pos %= len(d) + 1
+        for kind, at, piece in ops:
+            pos = at % (len(d) + 1)
             if kind == 0:
                 d = d[:pos] + piece + d[pos:]
             elif kind == 1:

@@ -13,7 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -32,7 +32,7 @@ class RecordingContext:
     """What the sensor's decoders use of a `SensorContext`: its events land in ``events``."""
 
     node_name = "test-node"
-    config: dict[str, Any] = {}
+    config: ClassVar[dict[str, Any]] = {}
     process_cache = None
 
     def __init__(self) -> None:

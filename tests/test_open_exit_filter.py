@@ -169,7 +169,7 @@ def _run(rig, tree, cg, rules: dict[str, str], call: str = "sys_openat") -> dict
             got[name][0 if kind == "fast" else 1].add(tag)
     for name, (fast_evs, pair_evs) in everything.items():
         assert sorted(fast_evs, key=repr) == sorted(pair_evs, key=repr), name
-    for (name, fast), h in handles.items():
+    for (_name, _fast), h in handles.items():
         assert h.counters()["dropped"] == 0
         h.unload()
     rig.handles.clear()

@@ -74,7 +74,7 @@ def test_check_refuses_every_bad_policy_add_refuses_with_the_same_message(tmp_pa
         for path in POLICIES:
             rel = str(path.relative_to(REPO))
             t.kinds.add(H.header(path.read_bytes())["kind"])
-            outcome, added = t.run(path.name, lambda: runner.invoke(cli, ["policy", "add", rel, "--socket",
+            outcome, added = t.run(path.name, lambda rel=rel: runner.invoke(cli, ["policy", "add", rel, "--socket",
                                                                           str(srv.path)]))
             if outcome != "ok":
                 continue

@@ -71,7 +71,7 @@ def test_a_load_failure_unloads_the_sections_already_loaded(env):
 
 
 def test_a_section_whose_sensor_is_not_running_is_refused(env):
-    pm, tp, lsm = env
+    pm, tp, _lsm = env
     pm.sensors.pop("lsm")
     with pytest.raises(PolicyError) as ei:
         pm.add(doc("p", "sys_enter_openat", lsm=("file_open",)), "p.yaml")
@@ -136,7 +136,7 @@ def test_a_multi_document_file_loads_whole_or_not_at_all(env):
 
 
 def test_load_directory_loads_good_files_and_reports_bad_ones(env, tmp_path):
-    pm, tp, _ = env
+    pm, _tp, _ = env
     (tmp_path / "10-good.yaml").write_text(doc("good", "sys_enter_openat"))
     (tmp_path / "20-bad.yaml").write_text(doc("bad", "sys_enter_openat").replace("subsystem", "subsytem"))
     (tmp_path / "30-dup.yml").write_text(doc("good", "sys_enter_read"))
@@ -216,8 +216,8 @@ class _Tracker:
 
 
 class _Provider:
-    def __init__(self, scope: Scope = Scope()) -> None:
-        self.scope = scope
+    def __init__(self, scope: Scope | None = None) -> None:
+        self.scope = scope if scope is not None else Scope()
         self.trackers: list[_Tracker] = []
 
     def track(self, policy, on_update) -> _Tracker:
@@ -252,7 +252,7 @@ TP = "tracepoints:\n  - {subsystem: syscalls, event: sys_enter_openat}"
 
 
 def test_a_scoped_policy_is_refused_for_a_sensor_without_supports_scope(env):
-    pm, tp, lsm = env
+    pm, tp, _lsm = env
     pm.scope_provider, pm.scoping_supported = _Provider(), True
     with pytest.raises(PolicyError) as ei:
         pm.add(scoped("p", TP), "p.yaml")
@@ -264,7 +264,7 @@ def test_a_scoped_policy_is_refused_for_a_sensor_without_supports_scope(env):
 
 
 def test_without_kubernetes_pod_selectors_are_refused_at_parse_time(env):
-    pm, tp, _ = env
+    pm, _tp, _ = env
     with pytest.raises(PolicyError, match="podSelector is not supported yet"):
         pm.add(scoped("p", TP), "p.yaml")
     with pytest.raises(PolicyError) as ei:
@@ -283,7 +283,7 @@ def test_host_selector_other_than_empty_or_null_is_refused(env, value):
 
 
 def test_host_selector_null_is_unset_and_empty_selects_the_host(env):
-    pm, tp, _ = env
+    pm, _tp, _ = env
     pm.scope_provider, pm.scoping_supported = _Provider(), True
     [p] = pm.parse(doc("h", "sys_enter_openat", extra="  hostSelector:\n"), "h.yaml")
     assert not p.host_selector and not p.scoped

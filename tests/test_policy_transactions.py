@@ -222,7 +222,7 @@ def test_an_update_failing_at_its_last_attach_keeps_the_block_and_a_good_one_lea
     """A TracingPolicy object updated is `PolicyManager.replace`: a new version that fails at its last attach
     leaves the old version blocking, and a good one is active before the old one goes: under a connect loop
     running the whole time, every connect is refused."""
-    pm, _sensor, ctx = lsm
+    pm, _sensor, _ctx = lsm
     pm.add(connect_policy("upd", server, exerciser.pid), "v1.yaml")
     assert exerciser.connect(server) == "EPERM"
     bad = scoped_connect("upd", server)  # its programs go to the full cgroup: the connect6 attach fails

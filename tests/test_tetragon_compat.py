@@ -116,7 +116,7 @@ def test_each_policy_is_valid_or_refused_by_name(path: Path):
     assert expected is None, f"{name} should be refused ({expected}), was accepted"
     # Nothing silently ignored: every key of every hook item landed in a model field, with its value.
     raw_docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    for policy, raw in zip(policies, raw_docs):
+    for policy, raw in zip(policies, raw_docs, strict=True):
         spec = raw["spec"]
         if "lists" in spec:  # "list:NAME" references stand for the list's items, as the model takes them
             from sensorium.policy_lists import expand_lists as _expand_lists

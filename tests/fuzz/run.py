@@ -142,7 +142,7 @@ def _finding(log: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", 20)),
+    ap.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", "20")),
                     help="per target (default 20, or $FUZZ_SECONDS)")
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     ap.add_argument("--name-suffix", default="", help="figure files coverage-<target><suffix>.json")

@@ -158,7 +158,7 @@ def crds(kubeconfig: str, api: Any) -> Iterator[None]:
     assert r.returncode == 0, r.stderr
     ext = client.ApiextensionsV1Api(api)
     for name in ("tracingpolicies.sensorium.io", "tracingpoliciesnamespaced.sensorium.io"):
-        wait_for(lambda: any(c.type == "Established" and c.status == "True"
+        wait_for(lambda name=name: any(c.type == "Established" and c.status == "True"
                           for c in (ext.read_custom_resource_definition(name).status.conditions or [])),
               what=f"{name} established")
     yield
