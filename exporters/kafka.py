@@ -209,7 +209,7 @@ class KafkaExporter:
         if mode == "none":
             return None
         if mode == "pod":
-            pod = ev.process.get("pod") if isinstance(ev.process, Mapping) else None
+            pod = ev.process.get("pod")
             if isinstance(pod, Mapping) and pod.get("name"):
                 return f"{pod.get('namespace', '')}/{pod['name']}".encode()
         return ev.node_name.encode()

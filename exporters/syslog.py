@@ -169,7 +169,7 @@ def rfc5424_time(ev: Event) -> str:
 def severity_of(ev: Event, overrides: Mapping[str, str] | None = None) -> int:
     if overrides and ev.kind in overrides:
         return SEVERITIES[overrides[ev.kind]]
-    body = ev.body if isinstance(ev.body, Mapping) else {}
+    body = ev.body
     action = body.get("action")
     if isinstance(action, str) and action.upper() in ENFORCING_ACTIONS:
         return SEVERITIES["warning"]
@@ -183,13 +183,13 @@ def severity_of(ev: Event, overrides: Mapping[str, str] | None = None) -> int:
 
 
 def structured_data(ev: Event, sd_id: str) -> str:
-    proc = ev.process if isinstance(ev.process, Mapping) else {}
+    proc = ev.process
     pod = proc.get("pod") if isinstance(proc.get("pod"), Mapping) else None
     params: list[tuple[str, Any]] = [("type", ev.kind)]
     if pod is not None:
         params += [("namespace", pod.get("namespace")), ("pod", pod.get("name"))]
     params += [("binary", proc.get("binary")), ("pid", proc.get("pid"))]
-    body = ev.body if isinstance(ev.body, Mapping) else {}
+    body = ev.body
     params += [("policy", body.get("policy_name")), ("action", body.get("action"))]
     inner = " ".join(f'{k}="{_sd_escape(v)}"' for k, v in params if v is not None and v != "")
     return f"[{sd_id} {inner}]"

@@ -148,7 +148,7 @@ class PolicyCrdWatcher:
 
     def _report(self, plural: str, obj: dict[str, Any], state: str, message: str, gen: int) -> None:
         meta = obj.get("metadata") or {}
-        name, ns = meta.get("name"), meta.get("namespace")
+        name, ns = meta.get("name", ""), meta.get("namespace")
         if self.write_status:
             from kubernetes.client import CustomObjectsApi
 
@@ -178,7 +178,9 @@ class PolicyCrdWatcher:
                 "reportingComponent": "sensorium-agent", "reportingInstance": self.node_name,
             }
             try:
-                CoreV1Api(self.api).create_namespaced_event(ns or "default", ev, _request_timeout=(3, 10))
+                # The client sends a plain dict body as it is; its types only name the model class.
+                CoreV1Api(self.api).create_namespaced_event(ns or "default", ev,  # type: ignore[arg-type]
+                                                            _request_timeout=(3, 10))
             except Exception as exc:  # noqa: BLE001
                 log.info("policy %s: event not recorded: %s", name, exc)
 

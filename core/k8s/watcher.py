@@ -128,6 +128,9 @@ class WorkloadResolver:
         from kubernetes.client import AppsV1Api, BatchV1Api
 
         refs: list[dict[str, Any]] | None
+        # With _preload_content=False the client returns the raw HTTP response (its .data is the JSON), not the
+        # model object its types promise for these calls.
+        resp: Any
         try:
             self.api_reads += 1
             if kind == "ReplicaSet":
