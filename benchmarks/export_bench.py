@@ -66,7 +66,8 @@ def make_runner(kind: str, work: Path, bootstrap: str | None, otlp: dict[str, st
         return runner_for(ex, name=kind, ctx=ctx, queue_size=queue, batch_size=4096, flush_interval_ms=200)
     if kind == "file":
         path = work / "events.log"
-        ex: Any = FileExporter(FileOptions(path=path, max_size_mb=256, max_backups=2), ExporterContextImpl("file", "bench-node"))
+        ex: Any = FileExporter(FileOptions(path=path, max_size_mb=256, max_backups=2),
+                               ExporterContextImpl("file", "bench-node"))
     else:
         ctx = ExporterContextImpl("kafka", "bench-node")
         ctx.log.setLevel(logging.CRITICAL)

@@ -283,7 +283,8 @@ def main() -> int:
             return statistics.median(x / y for x, y in zip(xs, base, strict=True))
         cpu = {"nomatch_cpu_ratio": rr(cnomatch, cbare), "nomatch_string_paths_cpu_ratio": rr(cnomatch_str, cbare),
                "mechanism_only_cpu_ratio": rr(cmech, cbare), "nomatch_round_ratio": rr(nomatch, bare),
-               "nomatch_enter_exit_ratio": rr(nomatch_pair, bare), "nomatch_enter_exit_cpu_ratio": rr(cnomatch_pair, cbare),
+               "nomatch_enter_exit_ratio": rr(nomatch_pair, bare),
+               "nomatch_enter_exit_cpu_ratio": rr(cnomatch_pair, cbare),
                "nomatch_string_paths_round_ratio": rr(nomatch_str, bare), "mechanism_only_round_ratio": rr(mech, bare),
                "bare_cpu_s": statistics.median(cbare), "nomatch_cpu_s": statistics.median(cnomatch),
                "rounds_wall": {"bare": bare, "nomatch": nomatch, "nomatch_string_paths": nomatch_str, "mechanism": mech,
@@ -373,7 +374,8 @@ def main() -> int:
             return statistics.median(r[key] for r in runs[native])
         main_mode = modes[-1]
         last = runs[main_mode][-1]
-        storm_s, lines, ours, rate, out = last["storm_s"], last["lines"], last["ours"], med(main_mode, "rate"), last["out"]
+        storm_s, lines, ours, out = last["storm_s"], last["lines"], last["ours"], last["out"]
+        rate = med(main_mode, "rate")
         c = {"dropped": max(r["dropped"] for rs in runs.values() for r in rs)}
         zero_loss = all(r["ours"] == args.match_calls for rs in runs.values() for r in rs) and c["dropped"] == 0
         consumer_cpu = [med(main_mode, "cpu_us") * max(ours, 1) / 1e6]

@@ -219,16 +219,18 @@ class SyslogExporter:
         self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_DATAGRAMS)
         self._matched = False  # whether the last `_refusals` call read any ICMP error
         # A UDP datagram cannot be larger than this (IPv4: 65535 - 20 - 8); longer messages are truncated.
-        self._max_bytes = min(options.max_message_bytes, 65507) if self.transport == "udp" else options.max_message_bytes
+        self._max_bytes = options.max_message_bytes
+        if self.transport == "udp":
+            self._max_bytes = min(self._max_bytes, 65507)
 
     def open(self) -> None:
         if self.transport == "unix":
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         else:
             host, port = self.target
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM if self.transport == "udp" else socket.SOCK_STREAM)
-            family = infos[0][0]
-            s = socket.socket(family, socket.SOCK_DGRAM if self.transport == "udp" else socket.SOCK_STREAM)
+            kind = socket.SOCK_DGRAM if self.transport == "udp" else socket.SOCK_STREAM
+            infos = socket.getaddrinfo(host, port, type=kind)
+            s = socket.socket(infos[0][0], kind)
             self.target = infos[0][4]
         try:
             s.settimeout(self.options.connect_timeout_s)

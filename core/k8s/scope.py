@@ -72,7 +72,8 @@ class LabelSelector:
         if unknown:
             raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (matchLabels, matchExpressions)")
         labels = doc.get("matchLabels") or {}
-        if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in labels.items()):
             raise ValueError(f"{where}.matchLabels: must map label names to string values")
         exprs = []
         for i, e in enumerate(doc.get("matchExpressions") or []):
@@ -507,9 +508,12 @@ class ScopeTracker:
                 else:
                     waiting.append(f"{ns}/{name}")
         mounts = self.cgroups.mounts
-        cg = sorted({(r.hierarchy, r.id): r for r in _refs(dirs, mounts)}.values(), key=lambda r: (r.hierarchy, r.path))
+        def by_path(r: CgroupRef) -> tuple[str, str]:
+            return (r.hierarchy, r.path)
+
+        cg = sorted({(r.hierarchy, r.id): r for r in _refs(dirs, mounts)}.values(), key=by_path)
         roots = [d for ds in self.cgroups.roots().values() for d in ds]
-        rr = sorted({(r.hierarchy, r.id): r for r in _refs(roots, mounts)}.values(), key=lambda r: (r.hierarchy, r.path))
+        rr = sorted({(r.hierarchy, r.id): r for r in _refs(roots, mounts)}.values(), key=by_path)
         return Scope(cgroups=tuple(cg), host=self.scope.host, container_roots=tuple(rr)), sorted(names), sorted(waiting)
 
     def _update(self, new_uids: set[str]) -> None:
