@@ -168,7 +168,8 @@ HOSTILE_CONFIGS = {
     "deep-nesting": (("a: " + "[" * 2000 + "]" * 2000 + "\n").encode(), "YAML nested deeper than 32 levels"),
     "alias-bomb": (("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-        for p, c in zip("abcdefgh", "bcdefghi", strict=True))).encode(), "YAML aliases expand to more than 250000 values"),
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True))).encode(),
+        "YAML aliases expand to more than 250000 values"),
     "custom-tag": (b"log_level: !foo info\n", "YAML tag '!foo' is not allowed"),
     "string-false": (b"sensors: {exec: {enabled: 'false'}}\n", "must be a boolean (true or false)"),
 }

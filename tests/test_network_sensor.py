@@ -322,8 +322,8 @@ def test_observe_only_programs_never_block_traffic(net_agent):
     me = os.getpid()
     for fn, mech in (("udp_sendmsg", "cgroup/sendmsg4"), ("udp_connect", "cgroup/connect4"),
                      ("udp_sendmsg", "cgroup/sendmsg6"), ("udp_connect", "cgroup/connect6")):
-        _wait(h, lambda e, fn=fn, mech=mech: e["function_name"] == fn and e["mechanism"] == mech and _sock(e)["dport"] == 9
-              and e["process"].get("pid") == me, f"{fn} via {mech}")
+        _wait(h, lambda e, fn=fn, mech=mech: e["function_name"] == fn and e["mechanism"] == mech
+              and _sock(e)["dport"] == 9 and e["process"].get("pid") == me, f"{fn} via {mech}")
 
 
 def _bpftool(*args: str) -> Any:

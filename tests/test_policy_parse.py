@@ -243,7 +243,8 @@ def test_uprobe_needs_absolute_path_and_a_target():
 
 def test_yaml_alias_bomb_is_refused_quickly(reg):
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True))
     t0 = time.monotonic()
     e = refused(bomb, reg)
     assert "aliases" in str(e) and time.monotonic() - t0 < 2

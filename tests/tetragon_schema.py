@@ -147,7 +147,8 @@ def known_part(obj: Any, desc: Any = None) -> Any:
         if f is None:
             continue
         if f.message_type is not None and not f.message_type.GetOptions().map_entry:
-            out[k] = [known_part(x, f.message_type) for x in v] if isinstance(v, list) else known_part(v, f.message_type)
+            out[k] = ([known_part(x, f.message_type) for x in v] if isinstance(v, list)
+                      else known_part(v, f.message_type))
         else:
             out[k] = v
     return out
