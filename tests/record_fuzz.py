@@ -109,7 +109,8 @@ def _str(key: str, kind: int = S.ARG_STR, label: str | None = None) -> S.ArgPlan
     return S.ArgPlan(kind=kind, from_=S.FROM_SYSCALL, offset=1, json_key=key, label=label)
 
 
-# Every argument the sensors plan (tracefs.py, sensorium.hooks.plan/syscalls, kfunc.py, uprobe, bpflsm.py), labelled or not.
+# Every argument the sensors plan (tracefs.py, sensorium.hooks.plan/syscalls, kfunc.py, uprobe, bpflsm.py),
+# labelled or not.
 ARG_TYPES: list[S.ArgPlan] = [
     _int("int_arg", 4, True), _int("int_arg", 1, True), _int("int_arg", 2, True), _int("uint_arg", 1, False),
     _int("uint_arg", 2, False), _int("uint_arg", 4, False), _int("long_arg", 8, True), _int("size_arg", 8, False),
@@ -270,8 +271,8 @@ def expected_sock(key: str, payload: bytes) -> dict[str, Any]:
         if inet:
             out.update(addr=ip(saddr), port=sport)
         return out
-    out = {"family": family, "type": {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}.get(typ, str(typ)),
-           "protocol": proto_name}
+    types = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+    out = {"family": family, "type": types.get(typ, str(typ)), "protocol": proto_name}
     if inet:
         out.update(saddr=ip(saddr), daddr=ip(daddr), sport=sport, dport=dport)
     if proto == 6 and state in S._TCP_STATES:

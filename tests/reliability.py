@@ -40,7 +40,8 @@ class Tally:
         self.extra: dict[str, Any] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
-    def run(self, label: str, fn: Callable[[], Any], passthrough: tuple[type[BaseException], ...] = ()) -> tuple[str, Any]:
+    def run(self, label: str, fn: Callable[[], Any],
+            passthrough: tuple[type[BaseException], ...] = ()) -> tuple[str, Any]:
         """Run ``fn`` bounded in time: ("ok", result) | ("error", exc) | ("traceback", exc) | ("hang", None).
 
         The project's errors (SourceError and subclasses) are "error"; anything else escaping is a traceback

@@ -293,7 +293,8 @@ def test_namespace_and_pod_filters(server, agent):
     t.start()
     wait_subscribers(agent, 1)
     agent.pipeline.submit([make_event(pid=1), make_event(pid=2, namespace="dev", pod="web-1"),
-                           make_event(pid=3, namespace="prod", pod="db-1"), make_event(pid=4, namespace="prod", pod="web-2")])
+                           make_event(pid=3, namespace="prod", pod="db-1"),
+                           make_event(pid=4, namespace="prod", pod="web-2")])
     t.join(10)
     c.close()
     assert [e["process_exec"]["process"]["pid"] for e in got] == [4]
@@ -434,7 +435,8 @@ def test_subscribers_together_never_hold_more_than_the_total_cap_and_each_is_tol
         st = srv.status()["stream"]
         # Each may hold its share of the budget (queued or being sent); together never more than the cap.
         assert st["peak_held_events"] <= MAX_TOTAL_QUEUED_EVENTS
-        assert st["dropped_by_reason"]["total_cap"] >= MAX_CONNECTIONS * (40_000 - MAX_TOTAL_QUEUED_EVENTS // MAX_CONNECTIONS)
+        per_connection = 40_000 - MAX_TOTAL_QUEUED_EVENTS // MAX_CONNECTIONS
+        assert st["dropped_by_reason"]["total_cap"] >= MAX_CONNECTIONS * per_connection
         # A subscriber that reads learns how many it missed, and why.
         readers[0].join(10)  # its first next() returned the first event
         notice = None

@@ -91,7 +91,8 @@ def lsm() -> Iterator[tuple[Any, Any]]:
 
 def lsm_events(ctx: Any, policy: str) -> list[Any]:
     with ctx._lock:
-        return [e for e in ctx.events if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
+        return [e for e in ctx.events
+                if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
 
 
 def test_a_transaction_failing_at_its_last_attach_never_blocked_an_open_nor_reported_one(lsm, exerciser, secret,

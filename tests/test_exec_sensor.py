@@ -209,8 +209,8 @@ def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun,
     want = schema.capabilities(int(status["CapPrm"], 16), int(status["CapEff"], 16), int(status["CapInh"], 16))
     assert p["cap"] == p["process_credentials"]["caps"] == {k: list(v) for k, v in want.items()}
     assert "CAP_SYS_ADMIN" in p["cap"]["effective"]  # the tests run as root
-    assert p["process_credentials"]["user_ns"] == {"level": 0, "uid": 0, "gid": 0,
-                                                   "ns": {"inum": os.stat("/proc/self/ns/user").st_ino, "is_host": True}}
+    host_user_ns = {"inum": os.stat("/proc/self/ns/user").st_ino, "is_host": True}
+    assert p["process_credentials"]["user_ns"] == {"level": 0, "uid": 0, "gid": 0, "ns": host_user_ns}
     # this test process is the parent
     parent = ev["parent"]
     assert parent["pid"] == os.getpid() and p["parent_exec_id"] == parent["exec_id"]

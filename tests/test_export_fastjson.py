@@ -35,8 +35,9 @@ def _plan(args: list[S.ArgPlan], ret: S.ArgPlan | None = None, kind: str = "proc
           signals: tuple[int, ...] = (0, 9, 10, 0, 0)) -> HookPlan:
     compiled: Any = types.SimpleNamespace(cfg=types.SimpleNamespace(sel=[types.SimpleNamespace(signal=s)
                                                                          for s in signals], nsel=len(signals)))
-    return HookPlan(hook="h", field="spec.kprobes[0]", compiled=compiled, args=args, attach=("syscall", ret is not None),
-                    mechanism="m", note="", body={"function_name": "__x64_sys_openat", "message": "ü \"x\""},
+    return HookPlan(hook="h", field="spec.kprobes[0]", compiled=compiled, args=args,
+                    attach=("syscall", ret is not None), mechanism="m", note="",
+                    body={"function_name": "__x64_sys_openat", "message": "ü \"x\""},
                     kind=kind, return_plan=ret)
 
 

@@ -143,7 +143,8 @@ def test_a_file_moved_away_by_logrotate_is_reopened_at_the_path(tmp_path: Path) 
     path.rename(tmp_path / "events.log.rotated")
     r.submit(evs(5, 5))
     r.stop(5)
-    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(tmp_path / "events.log.rotated")] == list(range(5))
+    rotated = read_lines(tmp_path / "events.log.rotated")
+    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in rotated] == list(range(5))
     assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(path)] == list(range(5, 10))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 

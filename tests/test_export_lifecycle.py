@@ -54,8 +54,8 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     ("/sys/kernel/sensorium-events.log", "/sys (sysfs), a kernel interface, not storage"),
     ("READ_ONLY", "is on a read-only mount"),
 ], ids=["directory", "proc", "sys", "read-only-mount"])
-def test_a_file_exporter_that_can_never_write_stops_the_agent_with_one_line(tmp_path: Path, request: pytest.FixtureRequest,
-                                                                             target: str, says: str) -> None:
+def test_a_file_exporter_that_can_never_write_stops_the_agent_with_one_line(
+        tmp_path: Path, request: pytest.FixtureRequest, target: str, says: str) -> None:
     if target == "DIR":
         target = str(tmp_path)
     elif target == "READ_ONLY":
@@ -122,8 +122,11 @@ def produce_execs(tmp_path: Path, agent_handle: Any, n: int = 100) -> None:
     mark = f"loss-{os.getpid()}-{time.monotonic_ns()}"
     for _ in range(n):
         subprocess.run(["/bin/true", mark], check=True)
+    def arguments(x: dict[str, Any]) -> str:
+        return x.get("process_exec", {}).get("process", {}).get("arguments", "")
+
     agent_handle.wait_for(lambda e: sum(1 for x in agent_handle.events(tmp_path / "events.log")
-                                        if mark in x.get("process_exec", {}).get("process", {}).get("arguments", "")) >= n,
+                                        if mark in arguments(x)) >= n,
                           path=tmp_path / "events.log", timeout=30)
 
 
@@ -167,7 +170,8 @@ def test_a_failing_exporters_books_show_in_status_and_metrics(agent, tmp_path: P
     assert collector["failures_by_reason"].get("peer_refused", 0) >= 1
     assert file_["delivered"] >= 100 and file_["dropped"] == 0
     for b in (collector, file_):  # every event accounted for
-        assert b["received"] + b["generated"] == b["delivered"] + b["unconfirmed"] + b["dropped"] + b["filtered"] + b["queued"]
+        assert (b["received"] + b["generated"]
+                == b["delivered"] + b["unconfirmed"] + b["dropped"] + b["filtered"] + b["queued"])
     text = subprocess.run([str(SENSORIUM_BIN), "status", "--socket", str(h.config_path.parent / "api.sock")],
                           capture_output=True, text=True, timeout=30, cwd=REPO).stdout
     assert "exporter collector" in text and "last error: open: ConnectionRefusedError" in text

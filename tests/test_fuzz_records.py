@@ -207,7 +207,8 @@ pids = st.one_of(st.sampled_from([0, 1, 4242, 4243, 0xFFFFFFFF]), u32)
 ktimes = st.one_of(st.sampled_from([0, 5, 6, U64]), u64)
 exec_rec = st.builds(
     R.ExecRec, pid=pids, tid=pids, ktime=ktimes, ppid=pids, ids=st.tuples(*[u32] * 10), ns=st.tuples(*[u32] * 10),
-    cgroups=st.tuples(*[u64] * 5), argv=st.lists(raw_text.map(lambda b: b.replace(b"\0", b"")[:200]), max_size=6).map(tuple),
+    cgroups=st.tuples(*[u64] * 5),
+    argv=st.lists(raw_text.map(lambda b: b.replace(b"\0", b"")[:200]), max_size=6).map(tuple),
     binary=kernel_text, cwd=kernel_text, cg_name=kernel_text, memcg_name=kernel_text, flags=st.integers(0, 0xFFFF))
 
 
@@ -517,7 +518,8 @@ def guard_batch(draw: Any) -> tuple[int, list[tuple[str, bytes, Any]]]:
             items.append(("random bytes changed", _flip(rec, draw), None))
         else:
             items.append(("cut" if draw(st.booleans()) else "noise",
-                          rec[:draw(st.integers(0, len(rec) - 1))] if draw(st.booleans()) else draw(st.binary(max_size=100)),
+                          rec[:draw(st.integers(0, len(rec) - 1))] if draw(st.booleans())
+                          else draw(st.binary(max_size=100)),
                           None))
     return nsel, items
 

@@ -32,7 +32,8 @@ def test_add_loads_every_section_and_lists_state_mode_and_mechanism(env):
                                    (0, "tracepoints", 1, "syscalls/sys_enter_read")]
     assert list(lsm.attached) == [(0, "lsmhooks", 0, "file_open")]
     [row] = pm.list()
-    assert (row["name"], row["id"], row["state"], row["mode"], row["file"]) == ("p1", 0, "enabled", "enforcement", "p1.yaml")
+    assert ((row["name"], row["id"], row["state"], row["mode"], row["file"])
+            == ("p1", 0, "enabled", "enforcement", "p1.yaml"))
     assert [(h["section"], h["hook"], h["mechanism"]) for h in row["hooks"]] == [
         ("tracepoints", "syscalls/sys_enter_openat", "table"), ("tracepoints", "syscalls/sys_enter_read", "table"),
         ("lsmhooks", "file_open", "table")]

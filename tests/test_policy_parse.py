@@ -66,7 +66,8 @@ def test_valid_policy_is_split_by_section_into_validated_models(reg):
     assert sel.matchArgs[0].values == ["/etc/shadow"] and sel.matchBinaries[0].followChildren
     assert sel.matchActions[0].rate_limit_ns == 60 * 10**9
     view = p.view(sec, 7)
-    assert (view.id, view.name, view.section, view.items, view.mode) == (7, "watch-shadow", "tracepoints", (tp,), "enforcement")
+    assert ((view.id, view.name, view.section, view.items, view.mode)
+            == (7, "watch-shadow", "tracepoints", (tp,), "enforcement"))
     assert p.hook_line("tracepoints", 0) == 7
 
 
@@ -105,7 +106,8 @@ def test_unknown_operator_is_refused(reg):
 
 
 def test_unsupported_action_is_refused_by_name(reg):
-    e = refused(OPENAT.replace("action: Post", "action: FollowFD").replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
+    text = OPENAT.replace("action: Post", "action: FollowFD")
+    e = refused(text.replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
     assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override)" in str(e)
 
 

@@ -149,7 +149,8 @@ spec:
 
 def lsm_events(ctx: Any, policy: str) -> list[Any]:
     with ctx._lock:
-        return [e for e in ctx.events if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
+        return [e for e in ctx.events
+                if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
 
 
 def connect4_ids(directory: str) -> set[int]:
@@ -431,7 +432,8 @@ def test_a_new_version_is_active_before_the_old_one_is_unloaded():
     # the old version was still attached and enforcing when the new one was activated
     assert seen_at_activate == [{(old_id, "tracepoints", 0, "syscalls/sys_enter_read"): "enforcement",
                                  (pm.get("a")["id"], "tracepoints", 0, "syscalls/sys_enter_write"): "inert"}]
-    assert list(txn.attached.values()) == ["enforcement"] and [k[3] for k in txn.attached] == ["syscalls/sys_enter_write"]
+    assert list(txn.attached.values()) == ["enforcement"]
+    assert [k[3] for k in txn.attached] == ["syscalls/sys_enter_write"]
     assert [j[0] for j in journal] == ["prepare", "commit", "activate"]
     assert pm.get("a")["file"] == "a2.yaml" and pm.get("a")["id"] != old_id
 

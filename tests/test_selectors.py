@@ -217,7 +217,8 @@ spec:
     with pytest.raises(PolicyLoadError, match="index 3 names no declared argument"):
         rig.sensor.check_policy(rig.view(text.replace("{index: 1, operator", "{index: 3, operator")
                                          .replace(many, '"/p"'), "kprobes"))
-    over = "\n".join(f"    - matchArgs:\n      - {{index: 1, operator: Equal, values: [{', '.join(repr(f'/s{j}_{i}') for i in range(8))}]}}"
+    over = "\n".join("    - matchArgs:\n      - {index: 1, operator: Equal, values: ["
+                     + ", ".join(repr(f"/s{j}_{i}") for i in range(8)) + "]}"
                      for j in range(5))
     with pytest.raises(PolicyLoadError, match=f"at most {S.MAX_STRINGS}"):
         rig.sensor.check_policy(rig.view(text.split("    selectors:")[0] + "    selectors:\n" + over + "\n", "kprobes"))

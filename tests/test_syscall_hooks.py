@@ -152,7 +152,8 @@ spec:
 """
     with pytest.raises(PolicyLoadError, match="syscall does_not_exist does not exist"):
         rig.sensor.check_policy(rig.view(text, "kprobes"))
-    h = rig.load(text.replace("    syscall: true\n", "    syscall: true\n    ignore: {callNotFound: true}\n"), "kprobes")
+    h = rig.load(text.replace("    syscall: true\n", "    syscall: true\n    ignore: {callNotFound: true}\n"),
+                 "kprobes")
     assert h.status()["hooks"][0]["state"] == "skipped"
 
 

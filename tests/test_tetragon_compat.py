@@ -129,7 +129,8 @@ def test_each_policy_is_valid_or_refused_by_name(path: Path):
             for i, item in enumerate(section.items):
                 given = spec[section.key][i]
                 taken = item.model_dump(by_alias=True, exclude_unset=True)
-                assert _norm(taken) == _norm(given), f"{name} {section.key}[{i}]: the model did not take the input as given"
+                assert _norm(taken) == _norm(given), \
+                    f"{name} {section.key}[{i}]: the model did not take the input as given"
 
 
 def test_the_doc_is_generated_from_the_record():

@@ -37,7 +37,8 @@ TARGETS = PY_TARGETS + C_TARGETS
 TIMEOUT_S = 10  # an input slower than this is a hang (libFuzzer -timeout); Python targets run instrumented
 # Stored inputs a target also starts from, read-only: the hostile corpus as it stands (regenerating it
 # needs no change here).
-EXTRA_CORPUS = {"policy": [REPO / "tests" / "data" / "tetragon-policies", REPO / "tests" / "data" / "hostile" / "policies"],
+EXTRA_CORPUS = {"policy": [REPO / "tests" / "data" / "tetragon-policies",
+                           REPO / "tests" / "data" / "hostile" / "policies"],
                 "config": [REPO / "tests" / "data" / "hostile" / "configs"]}
 
 WHAT = {

@@ -153,7 +153,8 @@ def watcher(api: Any) -> Iterator[Any]:
 def crds(kubeconfig: str, api: Any) -> Iterator[None]:
     from kubernetes import client
 
-    r = subprocess.run([str(CACHE / "bin" / "kubectl"), "--kubeconfig", kubeconfig, "apply", "-f", str(REPO / "charts" / "sensorium" / "crds")],
+    r = subprocess.run([str(CACHE / "bin" / "kubectl"), "--kubeconfig", kubeconfig, "apply",
+                        "-f", str(REPO / "charts" / "sensorium" / "crds")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     ext = client.ApiextensionsV1Api(api)

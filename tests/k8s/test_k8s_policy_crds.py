@@ -88,7 +88,8 @@ def test_policy_crds_load_update_refuse_and_delete(crds: None, api: Any, manager
         nsd = f"ns-{uuid.uuid4().hex[:6]}"
         co.create_namespaced_custom_object(GROUP, VERSION, namespace, "tracingpoliciesnamespaced",
                                            _policy(nsd, "/x", "TracingPolicyNamespaced", namespace))
-        st = wait_for(lambda: node_status(nsd, "tracingpoliciesnamespaced", namespace) or None, what="namespaced status")
+        st = wait_for(lambda: node_status(nsd, "tracingpoliciesnamespaced", namespace) or None,
+                      what="namespaced status")
         assert st["state"] == "error" and "TracingPolicyNamespaced" in st["message"]
 
         # Delete: unloaded at once.

@@ -221,7 +221,8 @@ def test_host_selector_alone_applies_to_host_processes_only(agent: Callable[...,
         f.write("host-secret\n")
     try:
         pod = kubelet.run_pod(ns, "pod", {"app": "x"})
-        assert kubelet.exec(pod, "main", ["/bin/sh", "-c", f"echo pod-secret > {secret}.w && mv {secret}.w {secret}"])[0] == 0
+        write = f"echo pod-secret > {secret}.w && mv {secret}.w {secret}"
+        assert kubelet.exec(pod, "main", ["/bin/sh", "-c", write])[0] == 0
         h = agent(_agent_config(kubeconfig))
         sock = h.config_path.parent / "api.sock"
         text = policy_text("host-only", "unused", 1, secret).replace(
