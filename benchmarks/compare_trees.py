@@ -99,7 +99,8 @@ def main() -> int:
         mo, mn = statistics.median(o), statistics.median(n)
         ratio = mn / mo if mo else float("nan")
         rows.append({"figure": fig, "better": better, "old": o, "new": n, "ratio": ratio})
-        print(f"{fig:52s} {mo:10.3f} [{min(o):.3g}..{max(o):.3g}] {mn:10.3f} [{min(n):.3g}..{max(n):.3g}]  {ratio:5.3f}")
+        print(f"{fig:52s} {mo:10.3f} [{min(o):.3g}..{max(o):.3g}] "
+              f"{mn:10.3f} [{min(n):.3g}..{max(n):.3g}]  {ratio:5.3f}")
     if args.json:
         args.json.write_text(json.dumps({"trees": {k: str(v) for k, v in trees.items()}, "rows": rows}, indent=2))
     return 0

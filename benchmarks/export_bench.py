@@ -66,7 +66,8 @@ def make_runner(kind: str, work: Path, bootstrap: str | None, otlp: dict[str, st
         return runner_for(ex, name=kind, ctx=ctx, queue_size=queue, batch_size=4096, flush_interval_ms=200)
     if kind == "file":
         path = work / "events.log"
-        ex: Any = FileExporter(FileOptions(path=path, max_size_mb=256, max_backups=2), ExporterContextImpl("file", "bench-node"))
+        ex: Any = FileExporter(FileOptions(path=path, max_size_mb=256, max_backups=2),
+                               ExporterContextImpl("file", "bench-node"))
     else:
         ctx = ExporterContextImpl("kafka", "bench-node")
         ctx.log.setLevel(logging.CRITICAL)
@@ -183,9 +184,9 @@ def main() -> int:
 
     cols = ["exporter", "offered_per_s", "delivered_per_s", "delivered", "dropped", "drain_s", "cpu_ms_per_1000"]
     widths = [max(len(c), *(len(str(r[c])) for r in results)) for c in cols]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in results:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
     print(f"\n{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; Kafka = Tansu (memory storage) on loopback, "
           "lz4, acks=all, idempotent; otlp-grpc / otlp-http = OTLP log records to a receiver process on loopback "
           "(no compression); file = JSON lines on local disk. CPU is the whole process (user+sys).")

@@ -75,9 +75,9 @@ def main() -> int:
         print("run as root", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
+    from sensorium.hooks.testing import make_policy_view
     from sensorium_sensors.lsm.plugin import LsmSensor
     from sensorium_sensors.lsm.testing import LsmTestContext, scoped, scratch_cgroup
-    from sensorium.hooks.testing import make_policy_view
 
     with tempfile.TemporaryDirectory() as tmp, scratch_cgroup("sensorium-fanotify-bench") as cg:
         t = Path(tmp)

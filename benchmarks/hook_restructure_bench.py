@@ -59,11 +59,12 @@ def main() -> int:
     args = ap.parse_args()
 
     from hook_helpers import Rig
+
     from sensorium.bpf.build import build_object
     from sensorium.bpf.libbpf import LibbpfError
-    from sensorium_sensors.kprobe.sensor import KprobeSensor
     from sensorium.hooks import probes as engine
     from sensorium.hooks.testing import DirectContext
+    from sensorium_sensors.kprobe.sensor import KprobeSensor
 
     tmp = Path(tempfile.mkdtemp(prefix="sensorium-restructure-bench-"))
     old_inc, old_hook = old_sources(args.old_rev, tmp / "old")

@@ -73,8 +73,8 @@ def main() -> int:
         return 1
     c = cluster_up()
     try:
-        run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "k8s" / "agent_image.py"), "import", str(SOCK)],
-            timeout=900)
+        run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "k8s" / "agent_image.py"), "import",
+             str(SOCK)], timeout=900)
         c.helm("uninstall", "sensorium", "-n", NS, "--wait", check=False)
         c.helm("install", "sensorium", str(CHART), "-n", NS, "--create-namespace", "-f", str(VALUES))
         pod = agent_pod(c)

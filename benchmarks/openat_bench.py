@@ -30,8 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -110,7 +108,7 @@ def our_prog_ids(handle) -> set[int]:
         for prog in obj.programs.values():
             try:
                 fd = prog.fd
-            except Exception:
+            except Exception:  # noqa: BLE001 - a program without a usable fd is not one to count
                 continue
             if fd is None or fd < 0:
                 continue
@@ -221,6 +219,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from hook_helpers import Rig
+
     from sensorium.events import line_parts
     from sensorium_sensors.kprobe.sensor import KprobeSensor
 
@@ -281,10 +280,11 @@ def main() -> int:
             assert c["posted"] == 0, c
         # Per-round ratios (each configuration against the bare run of its own round), CPU time and wall clock.
         def rr(xs: list[float], base: list[float]) -> float:
-            return statistics.median(x / y for x, y in zip(xs, base))
+            return statistics.median(x / y for x, y in zip(xs, base, strict=True))
         cpu = {"nomatch_cpu_ratio": rr(cnomatch, cbare), "nomatch_string_paths_cpu_ratio": rr(cnomatch_str, cbare),
                "mechanism_only_cpu_ratio": rr(cmech, cbare), "nomatch_round_ratio": rr(nomatch, bare),
-               "nomatch_enter_exit_ratio": rr(nomatch_pair, bare), "nomatch_enter_exit_cpu_ratio": rr(cnomatch_pair, cbare),
+               "nomatch_enter_exit_ratio": rr(nomatch_pair, bare),
+               "nomatch_enter_exit_cpu_ratio": rr(cnomatch_pair, cbare),
                "nomatch_string_paths_round_ratio": rr(nomatch_str, bare), "mechanism_only_round_ratio": rr(mech, bare),
                "bare_cpu_s": statistics.median(cbare), "nomatch_cpu_s": statistics.median(cnomatch),
                "rounds_wall": {"bare": bare, "nomatch": nomatch, "nomatch_string_paths": nomatch_str, "mechanism": mech,
@@ -365,7 +365,7 @@ def main() -> int:
 
         modes = {"both": [False, True], "on": [True], "off": [False]}[args.native]
         runs = {}
-        for round_ in range(args.match_rounds):
+        for _ in range(args.match_rounds):
             for native in modes:  # interleaved: both see the same machine load
                 runs.setdefault(native, []).append(match_run(native))
         os.environ.pop("SENSORIUM_NATIVE_DECODE", None)
@@ -374,7 +374,8 @@ def main() -> int:
             return statistics.median(r[key] for r in runs[native])
         main_mode = modes[-1]
         last = runs[main_mode][-1]
-        storm_s, lines, ours, rate, out = last["storm_s"], last["lines"], last["ours"], med(main_mode, "rate"), last["out"]
+        storm_s, lines, ours, out = last["storm_s"], last["lines"], last["ours"], last["out"]
+        rate = med(main_mode, "rate")
         c = {"dropped": max(r["dropped"] for rs in runs.values() for r in rs)}
         zero_loss = all(r["ours"] == args.match_calls for rs in runs.values() for r in rs) and c["dropped"] == 0
         consumer_cpu = [med(main_mode, "cpu_us") * max(ours, 1) / 1e6]

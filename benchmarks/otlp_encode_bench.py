@@ -14,15 +14,22 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_bench import synthetic  # noqa: E402 - the export benchmark's events
+from export_bench import synthetic  # the export benchmark's events
 
-from sensorium import __version__  # noqa: E402
-from sensorium_exporters.otlp_encode import (Encoder, record_attributes, reference_request,  # noqa: E402
-                                             resource_attributes, resource_key, severity_of)
+from sensorium import __version__
+from sensorium_exporters.otlp_encode import (
+    Encoder,
+    record_attributes,
+    reference_request,
+    resource_attributes,
+    resource_key,
+    severity_of,
+)
 
 
 def sdk_encoder() -> Callable[[Any], bytes] | None:

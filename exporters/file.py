@@ -3,8 +3,8 @@
 ``{type: file, path: /var/log/sensorium/events.log, max_size_mb: 10, max_backups: 5, compress: true}``
 
 The file is reopened when something else moved or deleted it (checked before every batch, so an
-external logrotate works too). Rotation renames ``events.log`` to ``events.log.1`` (``.1.gz`` when compressed), shifting older ones
-up and deleting beyond ``max_backups``. Files are created with mode 0600 and never through a symlink
+external logrotate works too). Rotation renames ``events.log`` to ``events.log.1`` (``.1.gz`` when compressed),
+shifting older ones up and deleting beyond ``max_backups``. Files are created with mode 0600 and never through a symlink
 (the agent runs as root). A line lands whole or not at all: when the disk fills, the lines that fit stay,
 the cut line is truncated away, and the write raises `PartialWrite` with the number of lines written,
 so the runner resends only the rest. As soon as any space is freed the next attempt writes what fits
@@ -18,8 +18,8 @@ import errno
 import gzip
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -248,7 +248,8 @@ class FileExporter:
         tmp = src.with_name(src.name + ".gz.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename=src.name, fileobj=raw, mode="wb") as gz, open(src, "rb") as f:
+            with (os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename=src.name, fileobj=raw, mode="wb") as gz,
+                  open(src, "rb") as f):
                 shutil.copyfileobj(f, gz, 1 << 20)
             os.rename(tmp, dst)
             os.unlink(src)

@@ -18,9 +18,9 @@ answered by the broker (or a missing topic) ``rejected``, so the runner's per-re
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -47,7 +47,7 @@ class KafkaSasl(BaseModel):
     password_file: Path | None = Field(default=None, description="Read the password from this file (a Secret mount)")
 
     @model_validator(mode="after")
-    def _one_password(self) -> "KafkaSasl":
+    def _one_password(self) -> KafkaSasl:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("set exactly one of password and password_file")
         return self
@@ -97,7 +97,7 @@ class KafkaOptions(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _v_idempotence(self) -> "KafkaOptions":
+    def _v_idempotence(self) -> KafkaOptions:
         if self.idempotence and str(self.acks) not in ("all", "-1"):
             raise ValueError("idempotence needs acks: all")
         return self
@@ -209,7 +209,7 @@ class KafkaExporter:
         if mode == "none":
             return None
         if mode == "pod":
-            pod = ev.process.get("pod") if isinstance(ev.process, Mapping) else None
+            pod = ev.process.get("pod")
             if isinstance(pod, Mapping) and pod.get("name"):
                 return f"{pod.get('namespace', '')}/{pod['name']}".encode()
         return ev.node_name.encode()

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import sys
-from typing import BinaryIO, Literal, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -32,8 +32,8 @@ import re
 import select
 import socket
 import struct
-from collections.abc import Mapping  # fast isinstance() (typing.Mapping is slow)
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -169,7 +169,7 @@ def rfc5424_time(ev: Event) -> str:
 def severity_of(ev: Event, overrides: Mapping[str, str] | None = None) -> int:
     if overrides and ev.kind in overrides:
         return SEVERITIES[overrides[ev.kind]]
-    body = ev.body if isinstance(ev.body, Mapping) else {}
+    body = ev.body
     action = body.get("action")
     if isinstance(action, str) and action.upper() in ENFORCING_ACTIONS:
         return SEVERITIES["warning"]
@@ -183,13 +183,13 @@ def severity_of(ev: Event, overrides: Mapping[str, str] | None = None) -> int:
 
 
 def structured_data(ev: Event, sd_id: str) -> str:
-    proc = ev.process if isinstance(ev.process, Mapping) else {}
+    proc = ev.process
     pod = proc.get("pod") if isinstance(proc.get("pod"), Mapping) else None
     params: list[tuple[str, Any]] = [("type", ev.kind)]
     if pod is not None:
         params += [("namespace", pod.get("namespace")), ("pod", pod.get("name"))]
     params += [("binary", proc.get("binary")), ("pid", proc.get("pid"))]
-    body = ev.body if isinstance(ev.body, Mapping) else {}
+    body = ev.body
     params += [("policy", body.get("policy_name")), ("action", body.get("action"))]
     inner = " ".join(f'{k}="{_sd_escape(v)}"' for k, v in params if v is not None and v != "")
     return f"[{sd_id} {inner}]"
@@ -219,16 +219,18 @@ class SyslogExporter:
         self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_DATAGRAMS)
         self._matched = False  # whether the last `_refusals` call read any ICMP error
         # A UDP datagram cannot be larger than this (IPv4: 65535 - 20 - 8); longer messages are truncated.
-        self._max_bytes = min(options.max_message_bytes, 65507) if self.transport == "udp" else options.max_message_bytes
+        self._max_bytes = options.max_message_bytes
+        if self.transport == "udp":
+            self._max_bytes = min(self._max_bytes, 65507)
 
     def open(self) -> None:
         if self.transport == "unix":
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         else:
             host, port = self.target
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM if self.transport == "udp" else socket.SOCK_STREAM)
-            family = infos[0][0]
-            s = socket.socket(family, socket.SOCK_DGRAM if self.transport == "udp" else socket.SOCK_STREAM)
+            kind = socket.SOCK_DGRAM if self.transport == "udp" else socket.SOCK_STREAM
+            infos = socket.getaddrinfo(host, port, type=kind)
+            s = socket.socket(infos[0][0], kind)
             self.target = infos[0][4]
         try:
             s.settimeout(self.options.connect_timeout_s)

@@ -26,10 +26,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from sensorium_testlib import (IN_VM, VM_LANE_HAS, VM_LANE_SOME, AgentHandle, Cgroup, _kernel_caps,
-                               cgroup2_mount, check_needs, make_cgroup, start_agent, v1_memory_mount)
-
+from sensorium_testlib import (
+    IN_VM,
+    VM_LANE_HAS,
+    VM_LANE_SOME,
+    AgentHandle,
+    Cgroup,
+    _kernel_caps,
+    cgroup2_mount,
+    check_needs,
+    make_cgroup,
+    start_agent,
+    v1_memory_mount,
+)
 
 # --------------------------------------------------------------------------------------------------
 # kernel capabilities

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sensorium_testlib import REPO
 
@@ -106,7 +107,7 @@ class Loop:
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
-    def __enter__(self) -> "Loop":
+    def __enter__(self) -> Loop:
         self._t.start()
         return self
 
@@ -342,7 +343,7 @@ class FullAttachPoint:
         self.fds: list[int] = []
 
     @classmethod
-    def cgroup_connect6(cls, cgroup_dir: str | os.PathLike[str]) -> "FullAttachPoint":
+    def cgroup_connect6(cls, cgroup_dir: str | os.PathLike[str]) -> FullAttachPoint:
         self = cls()
         cg = os.open(os.fspath(cgroup_dir), os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -357,7 +358,7 @@ class FullAttachPoint:
         return self
 
     @classmethod
-    def lsm_hook(cls, hook: str) -> "FullAttachPoint":
+    def lsm_hook(cls, hook: str) -> FullAttachPoint:
         from sensorium.bpf.probe import _Btf  # the vmlinux BTF lookup the probe uses
 
         self = cls()

@@ -8,7 +8,8 @@ check_policy, and one named ``fail-*`` fails in load_policy after its earlier it
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sensorium import hookimpl
 from sensorium.hookspecs import SENSOR_GROUP, PolicyLoadError, PolicyView, SensorSpec
@@ -18,7 +19,7 @@ from sensorium_sensors.tracepoint.schema import TracepointSpec
 
 
 class TableHandle:
-    def __init__(self, sensor: "TableSensor", view: PolicyView, keys: list[tuple]) -> None:
+    def __init__(self, sensor: TableSensor, view: PolicyView, keys: list[tuple]) -> None:
         self.sensor, self.view, self.keys, self.mode = sensor, view, keys, view.mode
         self.unloaded = False
 
@@ -83,7 +84,7 @@ class TxnTableSensor(TableSensor):
         super().__init__(name)
         self.journal = journal if journal is not None else []
 
-    def prepare_policy(self, policy: PolicyView) -> "TxnSection":
+    def prepare_policy(self, policy: PolicyView) -> TxnSection:
         self.check_policy(policy)
         self.journal.append(("prepare", f"{policy.name}/{policy.section}"))
         return TxnSection(self, policy)
@@ -107,7 +108,7 @@ class TxnSection(TableHandle):
             self.sensor.attached[k] = "inert"
             self.keys.append(k)
 
-    def activate(self) -> "TxnSection":
+    def activate(self) -> TxnSection:
         self._log("activate")
         for k in self.keys:
             self.sensor.attached[k] = self.mode

@@ -22,18 +22,19 @@ import dataclasses
 import os
 import struct
 import types
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import orjson
 
 from sensorium import schema
-from sensorium.hooks import selectors as S
 from sensorium.events import BOOT_WALL_NS, Event, ktime_to_wall_ns, rfc3339
-from sensorium.process import CgroupResolver, ProcessCache
+from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.render import ARG as _ARG
 from sensorium.hooks.render import EV as _EV
 from sensorium.hooks.ring import DROP_REASONS, EventRing
+from sensorium.process import CgroupResolver, ProcessCache
 
 U64 = (1 << 64) - 1
 NODE = 'node-"fuzz"\u00e9'  # a node name JSON must escape
@@ -63,7 +64,7 @@ class Context:
     mounts: the same records give the same events on any host)."""
 
     node_name = NODE
-    config: dict[str, Any] = {}
+    config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cache: Any = "new") -> None:
         import logging
@@ -108,7 +109,8 @@ def _str(key: str, kind: int = S.ARG_STR, label: str | None = None) -> S.ArgPlan
     return S.ArgPlan(kind=kind, from_=S.FROM_SYSCALL, offset=1, json_key=key, label=label)
 
 
-# Every argument the sensors plan (tracefs.py, sensorium.hooks.plan/syscalls, kfunc.py, uprobe, bpflsm.py), labelled or not.
+# Every argument the sensors plan (tracefs.py, sensorium.hooks.plan/syscalls, kfunc.py, uprobe, bpflsm.py),
+# labelled or not.
 ARG_TYPES: list[S.ArgPlan] = [
     _int("int_arg", 4, True), _int("int_arg", 1, True), _int("int_arg", 2, True), _int("uint_arg", 1, False),
     _int("uint_arg", 2, False), _int("uint_arg", 4, False), _int("long_arg", 8, True), _int("size_arg", 8, False),
@@ -269,8 +271,8 @@ def expected_sock(key: str, payload: bytes) -> dict[str, Any]:
         if inet:
             out.update(addr=ip(saddr), port=sport)
         return out
-    out = {"family": family, "type": {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}.get(typ, str(typ)),
-           "protocol": proto_name}
+    types = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+    out = {"family": family, "type": types.get(typ, str(typ)), "protocol": proto_name}
     if inet:
         out.update(saddr=ip(saddr), daddr=ip(daddr), sport=sport, dport=dport)
     if proto == 6 and state in S._TCP_STATES:
@@ -371,7 +373,7 @@ def _decode_hook(specs: Sequence[HookSpec], records: Sequence[bytes], cache: Any
             batch = ring.decode(list(records))
         lines = list(batch.lines)
         # the events made from the lines (what filters and stages read) hold the same content
-        for made, line in zip(batch, lines):
+        for made, line in zip(batch, lines, strict=True):
             # (the body rendered in the exported format, sensorium.schema)
             assert made.json() == line and orjson.dumps(schema.conform(made.as_dict())) == line, (made.as_dict(), line)
     return HookOutcome(lines, dict(ring.dropped), sum(e[2].events for e in ring.hooks.values()))
@@ -434,12 +436,12 @@ class ExecRec:
             self.pid, self.tid
         r.ppid = self.ppid
         for name, v in zip(("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid", "auid", "args_total"),
-                           self.ids):
+                           self.ids, strict=True):
             setattr(r, name, v)
-        for (_, attr), v in zip(X._NS_FIELDS, self.ns):
+        for (_, attr), v in zip(X._NS_FIELDS, self.ns, strict=True):
             setattr(r, attr, v)
         for name, v in zip(("cgroup_id", "memcg_id", "cgroup_parent_id", "memcg_parent_id", "start_time"),
-                           self.cgroups):
+                           self.cgroups, strict=True):
             setattr(r, name, v)
         parts = (self.args_area(), self.binary, self.cwd, self.cg_name, self.memcg_name)
         r.args_len, r.binary_len, r.cwd_len, r.cgroup_name_len, r.memcg_name_len = lens or tuple(map(len, parts))
@@ -483,7 +485,7 @@ def _expected_creds(e: ExecRec, uid: int, gid: int, euid: int, egid: int, suid: 
     securebits, the user namespace at level 0 owned by root, and its inode from the record."""
     creds: dict[str, Any] = {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid,
                              "fsuid": fsuid, "fsgid": fsgid, "caps": {}}
-    ns_user = dict(zip((n for n, _ in X._NS_FIELDS), e.ns)).get("user")
+    ns_user = dict(zip((n for n, _ in X._NS_FIELDS), e.ns, strict=True)).get("user")
     if ns_user:
         creds["user_ns"] = {"level": 0, "uid": 0, "gid": 0,
                             "ns": {"inum": ns_user, "is_host": ns_user == os.stat("/proc/self/ns/user").st_ino}}
@@ -637,13 +639,13 @@ def check_net_batch(records: Sequence[bytes]) -> tuple[list[Event], dict[str, in
 # The lsm sensor (BPF LSM records: sens_event; socket guard records: lsm_net_event)
 # =========================================================================================================
 
-from sensorium.hookspecs import PolicyView  # noqa: E402
-from sensorium_sensors.lsm.schema import LsmHookSpec  # noqa: E402
-from sensorium_sensors.lsm import bpflsm, netguard  # noqa: E402
 from sensorium.bpf.btf import LsmHookSig, LsmParam  # noqa: E402
+from sensorium.hookspecs import PolicyView  # noqa: E402
+from sensorium_sensors.lsm import bpflsm, netguard  # noqa: E402
 from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor  # noqa: E402
 from sensorium_sensors.lsm.rules import ArgPlan as LsmArg  # noqa: E402
 from sensorium_sensors.lsm.rules import HookPlan as LsmPlan  # noqa: E402
+from sensorium_sensors.lsm.schema import LsmHookSpec  # noqa: E402
 
 _PREFIX = {"matchArgs": [{"index": 0, "operator": "Prefix", "values": ["/tmp/"]}]}
 # (hook, parameters, policy arguments (index, type, C type), selectors): the argument kinds BPF LSM reads.

@@ -12,8 +12,9 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("SENSORIUM_RELIABILITY_DIR", REPO / "build" / "reliability"))
@@ -39,7 +40,8 @@ class Tally:
         self.extra: dict[str, Any] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
-    def run(self, label: str, fn: Callable[[], Any], passthrough: tuple[type[BaseException], ...] = ()) -> tuple[str, Any]:
+    def run(self, label: str, fn: Callable[[], Any],
+            passthrough: tuple[type[BaseException], ...] = ()) -> tuple[str, Any]:
         """Run ``fn`` bounded in time: ("ok", result) | ("error", exc) | ("traceback", exc) | ("hang", None).
 
         The project's errors (SourceError and subclasses) are "error"; anything else escaping is a traceback

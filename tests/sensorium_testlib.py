@@ -239,8 +239,8 @@ class AgentHandle:
         except FileNotFoundError:
             return []
         out = []
-        for line in data.split(b"\n")[:-1]:
-            line = line.strip()
+        for raw in data.split(b"\n")[:-1]:
+            line = raw.strip()
             if line:
                 out.append(json.loads(line))
         return out

@@ -13,13 +13,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from policy_sensors import default_registry
+
 from sensorium.api import MAX_REQUEST_BYTES, ApiClient, ApiError, ApiServer
 from sensorium.cli import cli
 from sensorium.events import Event
@@ -151,8 +152,9 @@ print(s.recv(4096).decode().strip())
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 def test_other_users_are_refused_by_file_mode_and_by_peer_credentials(agent, shared_dir):
     with ApiServer(shared_dir / "api.sock", agent) as srv:
-        run = lambda: subprocess.run([sys.executable, "-c", NOBODY_CONNECT, str(srv.path)], capture_output=True,
-                                     text=True, timeout=30)
+        def run() -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", NOBODY_CONNECT, str(srv.path)], capture_output=True,
+                                  text=True, timeout=30)
         out = run()
         assert out.stdout.strip() == "EACCES", out.stderr
         # Even if the socket's mode were loosened, SO_PEERCRED keeps non-root peers out.
@@ -291,7 +293,8 @@ def test_namespace_and_pod_filters(server, agent):
     t.start()
     wait_subscribers(agent, 1)
     agent.pipeline.submit([make_event(pid=1), make_event(pid=2, namespace="dev", pod="web-1"),
-                           make_event(pid=3, namespace="prod", pod="db-1"), make_event(pid=4, namespace="prod", pod="web-2")])
+                           make_event(pid=3, namespace="prod", pod="db-1"),
+                           make_event(pid=4, namespace="prod", pod="web-2")])
     t.join(10)
     c.close()
     assert [e["process_exec"]["process"]["pid"] for e in got] == [4]
@@ -411,6 +414,7 @@ def test_status_shows_policy_files_refused_at_start(server, agent, tmp_path):
 
 def test_subscribers_together_never_hold_more_than_the_total_cap_and_each_is_told_its_drops(agent, tmp_path):
     from reliability_figures import record
+
     from sensorium.api import MAX_CONNECTIONS, MAX_QUEUE_EVENTS, MAX_TOTAL_QUEUED_EVENTS
 
     srv = ApiServer(tmp_path / "run" / "api.sock", agent)
@@ -431,7 +435,8 @@ def test_subscribers_together_never_hold_more_than_the_total_cap_and_each_is_tol
         st = srv.status()["stream"]
         # Each may hold its share of the budget (queued or being sent); together never more than the cap.
         assert st["peak_held_events"] <= MAX_TOTAL_QUEUED_EVENTS
-        assert st["dropped_by_reason"]["total_cap"] >= MAX_CONNECTIONS * (40_000 - MAX_TOTAL_QUEUED_EVENTS // MAX_CONNECTIONS)
+        per_connection = 40_000 - MAX_TOTAL_QUEUED_EVENTS // MAX_CONNECTIONS
+        assert st["dropped_by_reason"]["total_cap"] >= MAX_CONNECTIONS * per_connection
         # A subscriber that reads learns how many it missed, and why.
         readers[0].join(10)  # its first next() returned the first event
         notice = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sensorium.bpf import build
-from sensorium.bpf.build import BuildError, INCLUDE_DIR, build_object, vmlinux_h
+from sensorium.bpf.build import INCLUDE_DIR, BuildError, build_object, vmlinux_h
 from sensorium.hookspecs import ProbeSource
 
 needs_toolchain = pytest.mark.skipif(
@@ -50,7 +50,7 @@ def test_vmlinux_h_is_generated_once_per_btf(cache: Path) -> None:
 
 
 def test_missing_btf_is_named(cache: Path, tmp_path: Path) -> None:
-    with pytest.raises(BuildError, match="BTF file not found: .*nothing-here"):
+    with pytest.raises(BuildError, match=r"BTF file not found: .*nothing-here"):
         vmlinux_h(tmp_path / "nothing-here")
 
 

@@ -143,19 +143,19 @@ def test_close_detaches_the_link(obj_path: Path) -> None:
 
 
 def test_errors_name_what_failed(obj_path: Path, tmp_path: Path) -> None:
-    with pytest.raises(LibbpfError, match="nonexistent.o"):
+    with pytest.raises(LibbpfError, match=r"nonexistent.o"):
         BpfObject.open(tmp_path / "nonexistent.o")
     with BpfObject.open(obj_path) as obj:
-        with pytest.raises(KeyError, match="no program 'nope'.*on_getpgid"):
+        with pytest.raises(KeyError, match=r"no program 'nope'.*on_getpgid"):
             obj.program("nope")
-        with pytest.raises(KeyError, match="no map 'nope'.*events"):
+        with pytest.raises(KeyError, match=r"no map 'nope'.*events"):
             obj.map("nope")
-        with pytest.raises(KeyError, match="no global variable 'nope'.*target_tgid"):
+        with pytest.raises(KeyError, match=r"no global variable 'nope'.*target_tgid"):
             obj.set_rodata("nope", 1)
         with pytest.raises(ValueError, match="does not fit 'force_wakeup'"):
             obj.set_rodata("force_wakeup", 256)
         obj.load()
-        with pytest.raises(LibbpfError, match="on_getpgid.*no_such_category/nothing"):
+        with pytest.raises(LibbpfError, match=r"on_getpgid.*no_such_category/nothing"):
             obj.program("on_getpgid").attach_tracepoint("no_such_category", "nothing")
         assert obj.links == []
 

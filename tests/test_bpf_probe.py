@@ -47,7 +47,8 @@ def test_filesystems_after_ensure_mounts(caps: KernelCapabilities) -> None:
     assert caps.btf == Path("/sys/kernel/btf/vmlinux").exists()
     assert caps.has("tracefs")
     # bpffs is only mounted for pinning (ensure_bpffs, enforcement.persist): the probe reports what is there.
-    mounted = any(ln.split()[1:3] == ["/sys/fs/bpf", "bpf"] for ln in Path("/proc/self/mounts").read_text().splitlines())
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    mounted = any(ln.split()[1:3] == ["/sys/fs/bpf", "bpf"] for ln in mounts)
     assert caps.bpffs == ("/sys/fs/bpf" if mounted else None)
 
 

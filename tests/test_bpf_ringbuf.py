@@ -123,7 +123,8 @@ def test_an_error_in_one_batch_handler_does_not_lose_the_other_ring(loader_obj) 
                     "throughput is measured on the host only")
 def test_reader_drains_over_a_million_records_per_second() -> None:
     ensure_mounts()
-    with BpfObject.open(build_object(ProbeSource(name="ringbuf_test", source=HERE / "bpf" / "ringbuf_test.bpf.c"))) as obj:
+    probe = ProbeSource(name="ringbuf_test", source=HERE / "bpf" / "ringbuf_test.bpf.c")
+    with BpfObject.open(build_object(probe)) as obj:
         obj.set_rodata("target_tgid", os.getpid())
         obj.load()
         obj.attach_all()

@@ -29,7 +29,8 @@ def _helm() -> str:
     for cand in (CACHE / "bin" / "helm", shutil.which("helm")):
         if cand and Path(cand).exists():
             return str(cand)
-    wired = "k8s/setup.sh" in (REPO / "scripts" / "setup.sh").read_text() if (REPO / "scripts" / "setup.sh").exists() else False
+    setup = REPO / "scripts" / "setup.sh"
+    wired = "k8s/setup.sh" in setup.read_text() if setup.exists() else False
     if os.environ.get("CI") and wired:
         pytest.fail("helm is missing: scripts/k8s/setup.sh (make setup) installs it")
     pytest.skip("helm is missing: run scripts/k8s/setup.sh")

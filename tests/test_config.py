@@ -91,13 +91,13 @@ def test_the_string_false_is_not_a_boolean(tmp_path: Path) -> None:
 
 def test_a_boolean_is_not_a_number(tmp_path: Path) -> None:
     p = write(tmp_path, "process_cache:\n  max_size: true\n")
-    with pytest.raises(SourceError, match="line 2: process_cache.max_size: must be an integer, not the boolean true"):
+    with pytest.raises(SourceError, match=r"line 2: process_cache.max_size: must be an integer, not the boolean true"):
         load_config(p)
 
 
 def test_a_number_written_as_a_string_is_refused(tmp_path: Path) -> None:
     p = write(tmp_path, "metrics:\n  port: \"2112\"\n")
-    with pytest.raises(SourceError, match="metrics.port: must be an integer, not the string '2112'"):
+    with pytest.raises(SourceError, match=r"metrics.port: must be an integer, not the string '2112'"):
         load_config(p)
 
 
@@ -107,7 +107,7 @@ def test_a_sensor_option_is_as_strict_as_the_config(tmp_path: Path) -> None:
 
     p = write(tmp_path, "sensors:\n  tracepoint:\n    ring_buffer_kb: \"4096\"\n")
     cfg = load_config(p)
-    with pytest.raises(SourceError, match="line 3: sensors.tracepoint.ring_buffer_kb: must be an integer"):
+    with pytest.raises(SourceError, match=r"line 3: sensors.tracepoint.ring_buffer_kb: must be an integer"):
         validate_sensor_options("tracepoint", cfg.sensors["tracepoint"], HookSensorOptions, cfg.source)
 
 
@@ -131,7 +131,7 @@ def test_a_socket_path_over_107_bytes_is_refused(tmp_path: Path) -> None:
 
 def test_a_socket_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     p = write(tmp_path, f"api:\n  socket: {tmp_path}\n")
-    with pytest.raises(SourceError, match="api.socket: the socket path is an existing directory"):
+    with pytest.raises(SourceError, match=r"api.socket: the socket path is an existing directory"):
         load_config(p)
 
 
@@ -168,7 +168,8 @@ HOSTILE_CONFIGS = {
     "deep-nesting": (("a: " + "[" * 2000 + "]" * 2000 + "\n").encode(), "YAML nested deeper than 32 levels"),
     "alias-bomb": (("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-        for p, c in zip("abcdefgh", "bcdefghi"))).encode(), "YAML aliases expand to more than 250000 values"),
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True))).encode(),
+        "YAML aliases expand to more than 250000 values"),
     "custom-tag": (b"log_level: !foo info\n", "YAML tag '!foo' is not allowed"),
     "string-false": (b"sensors: {exec: {enabled: 'false'}}\n", "must be a boolean (true or false)"),
 }

@@ -18,13 +18,25 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from enforcement_helpers import (
+    Exerciser,
+    FullAttachPoint,
+    Loop,
+    cli,
+    figure,
+    file_open_policy,
+    lsm_block_policy,
+    new_pin_root,
+    pins_under,
+    policy_list,
+    remove_pins,
+)
 
-from enforcement_helpers import (Exerciser, FullAttachPoint, Loop, cli, figure, file_open_policy, lsm_block_policy,
-                                 new_pin_root, pins_under, policy_list, remove_pins)
 from sensorium.policy import PolicyError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.needs("bpf_lsm", "lsm")]
@@ -79,7 +91,8 @@ def lsm() -> Iterator[tuple[Any, Any]]:
 
 def lsm_events(ctx: Any, policy: str) -> list[Any]:
     with ctx._lock:
-        return [e for e in ctx.events if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
+        return [e for e in ctx.events
+                if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
 
 
 def test_a_transaction_failing_at_its_last_attach_never_blocked_an_open_nor_reported_one(lsm, exerciser, secret,

@@ -11,12 +11,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from enforcement_helpers import new_pin_root, remove_pins
+
 from sensorium.persistence import MAX_RECORD_BYTES, EnforcementStore, UntrustedFile, _hash, remove_pin_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bpffs, chown)")

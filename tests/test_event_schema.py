@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from typing import Any
 
 import orjson
 import pytest
-
 import tetragon_schema
+
 from sensorium import schema
 from sensorium.events import Event
 from sensorium.tetragon_fields import ENUMS, FIELDS
@@ -228,7 +227,8 @@ spec:
     for line in raw:  # the bytes the agent wrote, decoded as a strict Tetragon consumer does
         assert tetragon_schema.problems(line) == [], line
     kp = next(orjson.loads(x)["process_kprobe"] for x in raw if b"__x64_sys_pread64" in x)
-    assert kp["args"][1:] == [{"size_arg": "4093"}, {"long_arg": "7"}] and kp["return"] == {"long_arg": "3"}  # 10-byte file
+    # a 10-byte file
+    assert kp["args"][1:] == [{"size_arg": "4093"}, {"long_arg": "7"}] and kp["return"] == {"long_arg": "3"}
     connect = next(orjson.loads(x)["process_kprobe"] for x in raw if b'"tcp_connect"' in x)
     assert connect["args"][0]["sock_arg"]["state"] == "TCP_SYN_SENT"
     ex = next(orjson.loads(x)["process_exit"] for x in raw if b'"process_exit"' in x)

@@ -13,20 +13,19 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from sensorium_testlib import DecoderContext
 from tetragon_schema import check_agent_run
-
 
 ROOT = Path(__file__).resolve().parent.parent
 SENSORIUM = Path(os.environ.get("SENSORIUM_TEST_BIN") or ROOT / ".venv" / "bin" / "sensorium")
@@ -210,8 +209,8 @@ def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun,
     want = schema.capabilities(int(status["CapPrm"], 16), int(status["CapEff"], 16), int(status["CapInh"], 16))
     assert p["cap"] == p["process_credentials"]["caps"] == {k: list(v) for k, v in want.items()}
     assert "CAP_SYS_ADMIN" in p["cap"]["effective"]  # the tests run as root
-    assert p["process_credentials"]["user_ns"] == {"level": 0, "uid": 0, "gid": 0,
-                                                   "ns": {"inum": os.stat("/proc/self/ns/user").st_ino, "is_host": True}}
+    host_user_ns = {"inum": os.stat("/proc/self/ns/user").st_ino, "is_host": True}
+    assert p["process_credentials"]["user_ns"] == {"level": 0, "uid": 0, "gid": 0, "ns": host_user_ns}
     # this test process is the parent
     parent = ev["parent"]
     assert parent["pid"] == os.getpid() and p["parent_exec_id"] == parent["exec_id"]
@@ -397,7 +396,7 @@ def test_agent_memory_flat_under_exec_storm(tmp_path: Path) -> None:
             m = marker()
             subprocess.run(["/bin/sh", "-c", f'for i in $(seq {n}); do /bin/true {m} $i; done'], check=True)
             # every exec of the round arrived (nothing lost), then memory is sampled
-            run.wait_for(lambda e: m in e.get("process_exit", {}).get("process", {}).get("arguments", ""),
+            run.wait_for(lambda e, m=m: m in e.get("process_exit", {}).get("process", {}).get("arguments", ""),
                          f"{n} exits of round {rnd}", n=n, timeout=60 * SLOW)
             time.sleep(0.5)
             rss.append(_rss_kb(run.proc.pid))

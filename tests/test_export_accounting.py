@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sensorium.events import Event
 from sensorium.exporting import PartialWrite, failure_reason, stop_runners
@@ -101,7 +102,8 @@ def test_stop_keeps_its_deadline_with_a_sink_stuck_in_a_write_and_counts_what_it
     r = runner_for(stuck, batch_size=10)
     r.start()
     r.submit(events(35))
-    wait_until(lambda: len(stuck.batches) == 0 and r.stats()["queued"] == 35 and r.depth() == 35, 5, "a batch in flight")
+    wait_until(lambda: len(stuck.batches) == 0 and r.stats()["queued"] == 35 and r.depth() == 35, 5,
+               "a batch in flight")
     time.sleep(0.1)
     t0 = time.monotonic()
     try:

@@ -13,20 +13,20 @@ import struct
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
 
 from sensorium import schema
-from sensorium.hooks import selectors as S
 from sensorium.events import Event, EventBatch, LazyEvent, json_lines, kinds_of, ktime_to_wall_ns
 from sensorium.filters import build_filters
-from sensorium.pipeline import Pipeline, ProcessJoin
+from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.render import ARG as _ARG
 from sensorium.hooks.render import EV as _EV
 from sensorium.hooks.ring import EventRing
+from sensorium.pipeline import Pipeline, ProcessJoin
 
 NODE = "node-\"1\"\u00e9"  # a node name JSON must escape
 
@@ -35,8 +35,9 @@ def _plan(args: list[S.ArgPlan], ret: S.ArgPlan | None = None, kind: str = "proc
           signals: tuple[int, ...] = (0, 9, 10, 0, 0)) -> HookPlan:
     compiled: Any = types.SimpleNamespace(cfg=types.SimpleNamespace(sel=[types.SimpleNamespace(signal=s)
                                                                          for s in signals], nsel=len(signals)))
-    return HookPlan(hook="h", field="spec.kprobes[0]", compiled=compiled, args=args, attach=("syscall", ret is not None),
-                    mechanism="m", note="", body={"function_name": "__x64_sys_openat", "message": "ü \"x\""},
+    return HookPlan(hook="h", field="spec.kprobes[0]", compiled=compiled, args=args,
+                    attach=("syscall", ret is not None), mechanism="m", note="",
+                    body={"function_name": "__x64_sys_openat", "message": "ü \"x\""},
                     kind=kind, return_plan=ret)
 
 
@@ -83,7 +84,7 @@ class _Cache:
 
 class _Ctx:
     node_name = NODE
-    config: dict[str, Any] = {}
+    config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cache: Any = None) -> None:
         self.process_cache = cache
@@ -182,11 +183,11 @@ def test_fast_json_is_byte_identical_to_the_generic_encoding(cache: Any, event_f
     assert {k: v for k, v in fast_ring.dropped.items() if v} == dropped
     assert generic_ring.dropped == fast_ring.dropped
     assert len(fast) == len(generic) == len(recs) - sum(dropped.values())
-    for line, ev in zip(fast.lines, generic):
+    for line, ev in zip(fast.lines, generic, strict=True):
         assert line == ev.json()
     assert fast.kinds == [ev.kind for ev in generic]
     # made on demand: same JSON, and a body that encodes to it (what filters and stages read)
-    for made, ev in zip(fast, generic):
+    for made, ev in zip(fast, generic, strict=True):
         assert isinstance(made, LazyEvent)
         assert made.json() == ev.json() == orjson.dumps(schema.conform(made.as_dict()))  # the body, rendered
         assert made.body == ev.body and made.process == ev.process and made.time == ev.time
@@ -449,7 +450,7 @@ int main(int argc, char **argv)
 			uint64_t end;
 			uint32_t slot, slots[4], sn[1];
 			int64_t r = sf_format(rec, lens[i], &lens[i], 1, hooks, nh, frags, fn, tail, sizeof(tail) - 1,
-					      1700000000000000000LL, out, caps[c], &end, &st, &slot, slots, sn, 1);
+					1700000000000000000LL, out, caps[c], &end, &st, &slot, slots, sn, 1);
 			if (r < 0 || end > caps[c]) return 4;
 			ok += st == 0;
 			free(out);
@@ -461,7 +462,7 @@ int main(int argc, char **argv)
 	uint64_t *end = malloc(8 * (n + 1));
 	uint32_t *slot = malloc(4 * (n + 1)), *slots = malloc(16 * 8), *sn = malloc(4 * 8);
 	int64_t r = sf_format(blob, bn, lens, n, hooks, nh, frags, fn, tail, sizeof(tail) - 1, 1700000000000000000LL,
-			      out, cap, end, st, slot, slots, sn, 8);
+			out, cap, end, st, slot, slots, sn, 8);
 	if (r < 0) return 5;
 	printf("%llu\n", (unsigned long long)ok);
 	return 0;

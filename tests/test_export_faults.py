@@ -35,10 +35,12 @@ def test_a_stalled_tcp_collector_holds_up_neither_the_producer_nor_the_file_expo
     m = Metrics()
     port = server.getsockname()[1]
     slow = runner_for(
-        SyslogExporter(SyslogOptions(address=f"tcp://127.0.0.1:{port}", connect_timeout_s=1.0), ExporterContextImpl("syslog", "n")),
+        SyslogExporter(SyslogOptions(address=f"tcp://127.0.0.1:{port}", connect_timeout_s=1.0),
+                       ExporterContextImpl("syslog", "n")),
         name="syslog", metrics=m, queue_size=10_000, batch_size=200,
     )
-    fast = runner_for(FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=1000), ExporterContextImpl("file", "n")),
+    fast = runner_for(FileExporter(FileOptions(path=tmp_path / "ev.log", max_size_mb=1000),
+                                   ExporterContextImpl("file", "n")),
                       name="file", metrics=m, batch_size=200)
     try:
         slow.start()

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import gzip
 import os
-import time
 import stat
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from sensorium_testlib import tmpfs
 
 from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.testing import make_event, run_exporter, runner_for, wait_until
 from sensorium_exporters.file import FileExporter, FileOptions
-from sensorium_testlib import tmpfs
 
 
 def exporter(path: Path, **opts) -> FileExporter:
@@ -143,7 +143,8 @@ def test_a_file_moved_away_by_logrotate_is_reopened_at_the_path(tmp_path: Path) 
     path.rename(tmp_path / "events.log.rotated")
     r.submit(evs(5, 5))
     r.stop(5)
-    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(tmp_path / "events.log.rotated")] == list(range(5))
+    rotated = read_lines(tmp_path / "events.log.rotated")
+    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in rotated] == list(range(5))
     assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in read_lines(path)] == list(range(5, 10))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 

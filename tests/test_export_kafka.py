@@ -10,16 +10,16 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from sensorium_testlib import feed
 
 from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.metrics import Metrics
 from sensorium.testing import make_event, runner_for, wait_until
-from sensorium_testlib import feed
 from sensorium_exporters.kafka import KafkaExporter, KafkaOptions
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -54,7 +54,8 @@ class Broker:
         """SIGKILL: the broker dies at once, mid-request (a graceful stop would drain first)."""
         pid = int((self.dir / "tansu.pid").read_text())
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], 5, "the broker to die")
+        wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+                   5, "the broker to die")
         self.stop()  # clears the pidfile
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
@@ -134,7 +135,8 @@ def test_consumed_messages_equal_submitted_events(broker: Broker) -> None:
     col = Collector(broker.bootstrap, "events")
     m = Metrics()
     ctx = ExporterContextImpl("kafka", "node-1", m)
-    r = runner_for(exporter(broker.bootstrap, ctx, key="pod", compression="zstd"), name="kafka", metrics=m, ctx=ctx, batch_size=100)
+    r = runner_for(exporter(broker.bootstrap, ctx, key="pod", compression="zstd"), name="kafka", metrics=m, ctx=ctx,
+                   batch_size=100)
     r.start()
     events = evs(1000)
     r.submit(events)
@@ -248,7 +250,8 @@ def test_tls_and_sasl_options_become_librdkafka_settings(tmp_path: Path) -> None
     assert conf["sasl.username"] == "agent" and conf["sasl.password"] == "s3cret"
     assert conf["ssl.ca.location"] == "/etc/ssl/certs/ca-certificates.crt"
     assert conf["ssl.endpoint.identification.algorithm"] == "https"
-    assert conf["bootstrap.servers"] == "k1:9093,k2:9093" and conf["compression.type"] == "zstd" and conf["linger.ms"] == 7
+    assert (conf["bootstrap.servers"] == "k1:9093,k2:9093" and conf["compression.type"] == "zstd"
+            and conf["linger.ms"] == 7)
     confluent_kafka.Producer(conf)  # librdkafka itself accepts the whole configuration
 
 
@@ -257,7 +260,7 @@ def test_a_bad_ca_file_fails_open_with_librdkafkas_reason(tmp_path: Path) -> Non
     bad.write_text("not a certificate")
     ex = KafkaExporter(KafkaOptions(brokers=["127.0.0.1:1"], topic="t", tls={"ca_file": str(bad)}),
                        ExporterContextImpl("kafka", "n"))
-    with pytest.raises(confluent_kafka.KafkaException, match="ssl.ca.location"):
+    with pytest.raises(confluent_kafka.KafkaException, match=r"ssl.ca.location"):
         ex.open()
 
 

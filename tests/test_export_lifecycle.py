@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from reliability_figures import record
 from sensorium_testlib import REPO, SENSORIUM_BIN, tmpfs
 
@@ -54,8 +54,8 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     ("/sys/kernel/sensorium-events.log", "/sys (sysfs), a kernel interface, not storage"),
     ("READ_ONLY", "is on a read-only mount"),
 ], ids=["directory", "proc", "sys", "read-only-mount"])
-def test_a_file_exporter_that_can_never_write_stops_the_agent_with_one_line(tmp_path: Path, request: pytest.FixtureRequest,
-                                                                             target: str, says: str) -> None:
+def test_a_file_exporter_that_can_never_write_stops_the_agent_with_one_line(
+        tmp_path: Path, request: pytest.FixtureRequest, target: str, says: str) -> None:
     if target == "DIR":
         target = str(tmp_path)
     elif target == "READ_ONLY":
@@ -63,7 +63,7 @@ def test_a_file_exporter_that_can_never_write_stops_the_agent_with_one_line(tmp_
     t0 = time.monotonic()
     res = run_agent(tmp_path, {"exporters": [{"type": "file", "path": target}]})
     line = one_line_error(res)
-    assert f"agent.yaml:" in line and "exporters[0].path: exporter 'file' cannot write: " in line and says in line
+    assert "agent.yaml:" in line and "exporters[0].path: exporter 'file' cannot write: " in line and says in line
     record(f"startup_refused.file_{request.node.callspec.id}.exit_code", res.returncode,
            note=f"one line, {time.monotonic() - t0:.1f}s after start: ...cannot write: "
                 f"{line.split('cannot write: ', 1)[1].replace(str(tmp_path), '<tmp>')}")
@@ -122,8 +122,11 @@ def produce_execs(tmp_path: Path, agent_handle: Any, n: int = 100) -> None:
     mark = f"loss-{os.getpid()}-{time.monotonic_ns()}"
     for _ in range(n):
         subprocess.run(["/bin/true", mark], check=True)
+    def arguments(x: dict[str, Any]) -> str:
+        return x.get("process_exec", {}).get("process", {}).get("arguments", "")
+
     agent_handle.wait_for(lambda e: sum(1 for x in agent_handle.events(tmp_path / "events.log")
-                                        if mark in x.get("process_exec", {}).get("process", {}).get("arguments", "")) >= n,
+                                        if mark in arguments(x)) >= n,
                           path=tmp_path / "events.log", timeout=30)
 
 
@@ -167,7 +170,8 @@ def test_a_failing_exporters_books_show_in_status_and_metrics(agent, tmp_path: P
     assert collector["failures_by_reason"].get("peer_refused", 0) >= 1
     assert file_["delivered"] >= 100 and file_["dropped"] == 0
     for b in (collector, file_):  # every event accounted for
-        assert b["received"] + b["generated"] == b["delivered"] + b["unconfirmed"] + b["dropped"] + b["filtered"] + b["queued"]
+        assert (b["received"] + b["generated"]
+                == b["delivered"] + b["unconfirmed"] + b["dropped"] + b["filtered"] + b["queued"])
     text = subprocess.run([str(SENSORIUM_BIN), "status", "--socket", str(h.config_path.parent / "api.sock")],
                           capture_output=True, text=True, timeout=30, cwd=REPO).stdout
     assert "exporter collector" in text and "last error: open: ConnectionRefusedError" in text

@@ -21,8 +21,10 @@ def test_json_lines_on_stdout(capfdbinary: pytest.CaptureFixture[bytes]) -> None
 
 def test_compact_lines_on_stdout(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
     events = [
-        make_event("process_exec", binary="/usr/bin/curl", arguments="-s https://example.com", namespace="prod", pod="web-1"),
-        make_event("process_exit", binary="/usr/bin/curl", arguments="-s https://example.com", namespace="prod", pod="web-1", status=6),
+        make_event("process_exec", binary="/usr/bin/curl", arguments="-s https://example.com",
+                   namespace="prod", pod="web-1"),
+        make_event("process_exit", binary="/usr/bin/curl", arguments="-s https://example.com",
+                   namespace="prod", pod="web-1", status=6),
         make_event("process_exit", binary="/bin/sleep", arguments="100", signal="SIGKILL"),
     ]
     run_exporter(stdout_exporter(format="compact"), events)
@@ -34,7 +36,8 @@ def test_compact_lines_on_stdout(capfdbinary: pytest.CaptureFixture[bytes]) -> N
 
 
 def test_compact_other_event_types() -> None:
-    assert compact(make_event("process_kprobe", function_name="security_file_open", action="KPROBE_ACTION_SIGKILL")) == \
+    kill = make_event("process_kprobe", function_name="security_file_open", action="KPROBE_ACTION_SIGKILL")
+    assert compact(kill) == \
         "❓ syscall test-node /usr/bin/true security_file_open KPROBE_ACTION_SIGKILL"
     assert compact(make_event("process_tracepoint", subsys="syscalls", event="sys_enter_openat")) == \
         "⁉️ tracepoint test-node /usr/bin/true syscalls sys_enter_openat"

@@ -7,15 +7,15 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from sensorium_testlib import feed
 
 from sensorium.events import Event
 from sensorium.exporting import ExporterContextImpl
 from sensorium.testing import make_event, runner_for, wait_until
-from sensorium_testlib import feed
 from sensorium_exporters.syslog import SyslogExporter, SyslogOptions, format_message, severity_of
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "peers" / "rsyslog.sh"
@@ -40,7 +40,8 @@ class Rsyslog:
         self.log = d / "messages.log"
 
     def start(self) -> None:
-        subprocess.run([str(SCRIPT), "start", str(self.dir), str(self.udp), str(self.tcp)], check=True, capture_output=True)
+        subprocess.run([str(SCRIPT), "start", str(self.dir), str(self.udp), str(self.tcp)], check=True,
+                       capture_output=True)
 
     def stop(self) -> None:
         subprocess.run([str(SCRIPT), "stop", str(self.dir)], check=True, capture_output=True)
@@ -53,7 +54,8 @@ class Rsyslog:
 
     def wait_lines(self, n: int, timeout: float = 15.0) -> list[bytes]:
         # rsyslog writes about a second after receiving: poll.
-        return wait_until(lambda: (lambda l: l if len(l) >= n else None)(self.lines()), timeout, f"{n} lines in {self.log}")
+        return wait_until(lambda: (lambda got: got if len(got) >= n else None)(self.lines()), timeout,
+                          f"{n} lines in {self.log}")
 
 
 @pytest.fixture
@@ -88,8 +90,8 @@ def send(address: str, events: list[Event], **opts) -> dict:
 
 
 def test_message_format_is_rfc5424_with_structured_data() -> None:
-    ev = make_event("process_kprobe", binary="/usr/bin/cat", pid=42, namespace="prod", pod='we"b]', action="KPROBE_ACTION_SIGKILL",
-                    policy_name="no-cat", time_ns=1_764_170_401_123_456_789)
+    ev = make_event("process_kprobe", binary="/usr/bin/cat", pid=42, namespace="prod", pod='we"b]',
+                    action="KPROBE_ACTION_SIGKILL", policy_name="no-cat", time_ns=1_764_170_401_123_456_789)
     msg = format_message(ev, SyslogOptions(address="udp://x:1", facility="auth"), "node-1", 77)
     assert msg == (
         b'<36>1 2025-11-26T15:20:01.123456Z node-1 sensorium 77 process_kprobe '
@@ -152,7 +154,7 @@ def test_tcp_collector_restart_mid_stream_keeps_order_without_duplicates(rsyslog
     r.start()
     total = 400
     events = evs(total)
-    t, done = feed(r, events, 5, 0.005)
+    t, _done = feed(r, events, 5, 0.005)
     wait_until(lambda: len(rsyslog.lines()) >= 50, 15, "the stream to start")
     rsyslog.stop()
     rsyslog.start()
@@ -246,7 +248,7 @@ def test_udp_collector_restart_mid_stream_counts_every_loss_as_unconfirmed(rsysl
     r.start()
     total = 600
     events = evs(total)
-    t, done = feed(r, events, 5, 0.005)
+    t, _done = feed(r, events, 5, 0.005)
     wait_until(lambda: len(rsyslog.lines()) >= 50, 15, "the stream to start")
     rsyslog.stop()  # what it had received but not yet written dies with it: UDP cannot know
     rsyslog.start()

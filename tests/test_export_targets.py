@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from sensorium_testlib import tmpfs
 
 from sensorium.hookspecs import TargetError
 from sensorium.targets import check_file_target, check_socket_target
-from sensorium_testlib import tmpfs
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sensorium_testlib import _make_cgroup, cgroup2_mount, check_needs, v1_memory_mount
 
 

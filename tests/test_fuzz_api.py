@@ -29,22 +29,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from reliability import HANG_S, Hang, Tally
-from sensorium.api import MAX_FILTER_PATTERNS, MAX_PATTERN_LEN, MAX_QUEUE_EVENTS, MAX_REQUEST_BYTES, METHODS, \
-    POLICY_KEY_MAX, ApiServer
-from sensorium.policy import MAX_POLICY_BYTES
 from test_api import LiveAgent
+
+from sensorium.api import (
+    MAX_FILTER_PATTERNS,
+    MAX_PATTERN_LEN,
+    MAX_QUEUE_EVENTS,
+    MAX_REQUEST_BYTES,
+    METHODS,
+    POLICY_KEY_MAX,
+    ApiServer,
+)
+from sensorium.policy import MAX_POLICY_BYTES
 
 LONG = os.environ.get("SENSORIUM_FUZZ") == "long"
 EXAMPLES = int(os.environ.get("SENSORIUM_FUZZ_EXAMPLES") or (10_000 if LONG else 300))
@@ -117,7 +125,7 @@ class Conn:
         while b"\n" not in self.buf:
             try:
                 chunk = self.s.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 raise Hang() from None
             except ConnectionResetError:
                 return None
@@ -151,11 +159,13 @@ scalar = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70),
 json_value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                           st.dictionaries(st.text(max_size=8), inner, max_size=3)),
                           max_leaves=8)
-not_str = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.lists(scalar, max_size=2),
-                    st.dictionaries(st.text(max_size=5), scalar, max_size=2))
+not_str = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                    st.lists(scalar, max_size=2), st.dictionaries(st.text(max_size=5), scalar, max_size=2))
 not_str_or_null = not_str.filter(lambda v: v is not None)
-not_int = st.one_of(st.booleans(), st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()), st.text(max_size=8),
-                    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+not_int = st.one_of(st.booleans(),
+                    st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()),
+                    st.text(max_size=8), st.lists(st.integers(), max_size=2),
+                    st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
 not_list = st.one_of(st.booleans(), st.integers(), st.text(max_size=8), st.dictionaries(st.text(max_size=3), scalar,
                                                                                           max_size=1))
 NAMED = ("policy.get", "policy.delete", "policy.enable", "policy.disable")
@@ -173,7 +183,8 @@ def _params_faults() -> st.SearchStrategy[tuple[str, bytes, set[str], list[str]]
     filters = ("event_set", "binary_regex", "namespace", "pod_regex", "policy_names")
     out = [
         st.tuples(st.sampled_from(["status", "plugins", "policy.list"]), unknown_key, json_value).map(
-            lambda t: ("unknown parameter", _line({"method": t[0], "params": {t[1]: t[2]}}), {"invalid_params"}, [t[1]])),
+            lambda t: ("unknown parameter", _line({"method": t[0], "params": {t[1]: t[2]}}), {"invalid_params"},
+                       [t[1]])),
         st.tuples(st.sampled_from(NAMED), not_str).map(
             lambda t: ("name of the wrong type", _line({"method": t[0], "params": {"name": t[1]}}), {"invalid_params"},
                        ["name"])),
@@ -206,7 +217,8 @@ def _params_faults() -> st.SearchStrategy[tuple[str, bytes, set[str], list[str]]
                        [t[0]])),
         st.sampled_from(filters[1:]).map(
             lambda f: ("a stream filter with too many patterns",
-                       _line({"method": "events.subscribe", "params": {"filters": {f: ["a"] * (MAX_FILTER_PATTERNS + 1)}}}),
+                       _line({"method": "events.subscribe",
+                              "params": {"filters": {f: ["a"] * (MAX_FILTER_PATTERNS + 1)}}}),
                        {"invalid_params"}, [f])),
         st.sampled_from(["(", "[", "a{2,1}", "*", "(?P<", "\\", "x" * (MAX_PATTERN_LEN + 1)]).map(
             lambda rx: ("a stream filter regex that does not compile or is too long",
@@ -260,11 +272,13 @@ def _envelope_faults() -> st.SearchStrategy[tuple[str, bytes, set[str], list[str
             lambda p: ("params that are not an object", _line({"method": "status", "params": p}), {"bad_request"},
                        ["params"])),
         st.text(max_size=80).filter(lambda m: m not in METHODS).map(
-            lambda m: ("an unknown method", _line({"method": m, "params": {}}), {"unknown_method"}, ["unknown method"])),
+            lambda m: ("an unknown method", _line({"method": m, "params": {}}), {"unknown_method"},
+                       ["unknown method"])),
         st.tuples(st.integers(2000, 20000), st.sampled_from(["[", '{"a":'])).map(
             lambda t: ("JSON nested deeper than the parser goes", (t[1] * t[0]).encode(), {"bad_request"}, ["depth"])),
         st.integers(1, 900).map(
-            lambda n: ("deep JSON inside params", b'{"method": "status", "params": {"x": ' + b"[" * n + b"]" * n + b"}}",
+            lambda n: ("deep JSON inside params",
+                       b'{"method": "status", "params": {"x": ' + b"[" * n + b"]" * n + b"}}",
                        {"invalid_params"}, ["x"])),
     )
 
@@ -455,7 +469,8 @@ def _load(t: Tally) -> None:
         if f.get("run") != _RUN:
             return
         fig = f["figures"]
-        t.tried, t.clear, t.accepted, t.max_s = fig["tried"], fig["clear_errors"], fig["accepted"], fig["max_seconds_per_input"]
+        t.tried, t.clear, t.accepted = fig["tried"], fig["clear_errors"], fig["accepted"]
+        t.max_s = fig["max_seconds_per_input"]
         t.kinds.update(f.get("kind_names", []))
 
 

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from reliability import Tally
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,8 +206,8 @@ def _text_edits(text: str) -> st.SearchStrategy[bytes]:
     data = text.encode()
 
     def edit(d: bytes, ops: list[tuple[int, int, bytes]]) -> bytes:
-        for kind, pos, piece in ops:
-            pos %= len(d) + 1
+        for kind, at, piece in ops:
+            pos = at % (len(d) + 1)
             if kind == 0:
                 d = d[:pos] + piece + d[pos:]
             elif kind == 1:

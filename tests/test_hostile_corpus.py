@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from reliability import Tally
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +49,7 @@ def test_every_hostile_policy_is_refused_with_a_clear_error(reg: Any) -> None:
         data = path.read_bytes()
         head = header(data)
         t.kinds.add(head["kind"])
-        outcome, value = t.run(path.name, lambda: H.check_policy(data, path.name, reg))
+        outcome, value = t.run(path.name, lambda data=data, path=path: H.check_policy(data, path.name, reg))
         if outcome == "ok":
             t.accepted_bad(path.name)
         elif outcome == "error":
@@ -66,7 +65,7 @@ def test_every_hostile_config_is_refused_with_a_clear_error(reg: Any) -> None:
     for path in CONFIGS:
         head = header(path.read_bytes())
         t.kinds.add(head["kind"])
-        outcome, value = t.run(path.name, lambda: H.check_config(path, reg))
+        outcome, value = t.run(path.name, lambda path=path: H.check_config(path, reg))
         if outcome == "ok":
             t.accepted_bad(path.name)
         elif outcome == "error":

@@ -7,8 +7,8 @@ import copy
 from typing import Any
 
 import pytest
-
 from policy_sensors import default_registry
+
 from sensorium.k8s.policies import PolicyCrdWatcher
 from sensorium.policy_manager import PolicyManager
 

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hook_helpers import gone, rig_fixture, scope_of
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.kfunc import decode_sock
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-
-from hook_helpers import gone, rig_fixture, scope_of
 
 rig = rig_fixture(KprobeSensor)
 

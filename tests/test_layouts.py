@@ -30,7 +30,7 @@ def _registry_sensors() -> list[tuple[str, Any]]:
 SENSORS = _registry_sensors()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _btf_types(obj: str) -> dict[int, dict[str, Any]]:
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
     proc = subprocess.run([bpftool, "btf", "dump", "file", obj, "format", "raw", "-j"],

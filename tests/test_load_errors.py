@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from policy_sensors import default_registry
+
 from sensorium.bpf.build import build_object
 from sensorium.bpf.libbpf import VERIFIER_LIMIT, BpfObject, LibbpfError
 from sensorium.bpf.probe import ensure_mounts

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from sensorium_testlib import cgroup2_mount, make_cgroup
 
-from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium.hookspecs import Scope
 from sensorium.scope import scope_of_directories
+from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.testing import LsmTestContext, run_in_cgroup, scoped
-from sensorium_testlib import cgroup2_mount, make_cgroup
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "sensors" / "lsm" / "examples"
 

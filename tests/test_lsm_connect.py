@@ -17,17 +17,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from sensorium_testlib import Cgroup, make_cgroup, v1_memory_mount
 
 from sensorium.hookspecs import Scope
 from sensorium.scope import scope_of_directories
 from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.rules import cgroup2_root
 from sensorium_sensors.lsm.testing import LsmTestContext, popen_in_cgroup, run_in_cgroup, scoped
-from sensorium_testlib import Cgroup, make_cgroup, v1_memory_mount
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "sensors" / "lsm" / "examples"
 

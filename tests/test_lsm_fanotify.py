@@ -14,18 +14,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from sensorium_testlib import cgroup2_mount, make_cgroup, v1_memory_mount
 
 from sensorium.hookspecs import Scope
 from sensorium.scope import scope_of_directories
 from sensorium_sensors.lsm.fanotify import fanotify_available
 from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.testing import LsmTestContext, popen_in_cgroup, run_in_cgroup, scoped
-from sensorium_testlib import cgroup2_mount, make_cgroup, v1_memory_mount
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "sensors" / "lsm" / "examples"
 REPO = Path(__file__).resolve().parents[1]

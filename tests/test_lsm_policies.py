@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import ClassVar
 
 import pytest
 
-import dataclasses
-
-from sensorium.hookspecs import CgroupRef, PolicyLoadError, Scope
 from sensorium.bpf.btf import lsm_hooks
+from sensorium.hookspecs import CgroupRef, PolicyLoadError, Scope
 from sensorium_sensors.lsm.plugin import LsmSensor
 from sensorium_sensors.lsm.rules import plan_section
 from sensorium_sensors.lsm.testing import LsmTestContext, scoped, scratch_cgroup
@@ -31,15 +31,18 @@ class _NoLsm:
         def __init__(self, ok: bool) -> None:
             self.ok, self.error = ok, None if ok else "EPERM"
 
-    program_types = {"lsm": _R(False), "cgroup_sock_addr": _R(True)}
+    program_types: ClassVar[dict[str, _R]] = {"lsm": _R(False), "cgroup_sock_addr": _R(True)}
 
 
 class _Lsm(_NoLsm):
     bpf_lsm = True
-    program_types = {"lsm": _NoLsm._R(True), "cgroup_sock_addr": _NoLsm._R(True)}
+    program_types: ClassVar[dict[str, _NoLsm._R]] = {"lsm": _NoLsm._R(True), "cgroup_sock_addr": _NoLsm._R(True)}
 
 
-def refused(body: str, kernel=_NoLsm()) -> PolicyLoadError:
+_NO_LSM = _NoLsm()
+
+
+def refused(body: str, kernel=_NO_LSM) -> PolicyLoadError:
     with pytest.raises(PolicyLoadError) as exc:
         plan_section(view(body), kernel)
     return exc.value
@@ -89,7 +92,7 @@ def test_hook_no_mechanism_can_serve_is_refused_with_the_reason():
 
 def test_hook_with_a_syscall_path_gets_the_sigkill_fallback():
     class _RawTp(_NoLsm):
-        program_types = {**_NoLsm.program_types, "raw_tp": _NoLsm._R(True)}
+        program_types: ClassVar[dict[str, _NoLsm._R]] = {**_NoLsm.program_types, "raw_tp": _NoLsm._R(True)}
 
     plans = plan_section(view('  - hook: task_kill\n    args: [{index: 2, type: int}]\n'), _RawTp())
     assert plans[0].mechanism == "sigkill from tracepoint" and "the call runs first" in plans[0].note

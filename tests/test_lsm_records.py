@@ -13,26 +13,26 @@ import signal
 import struct
 import subprocess
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from sensorium.hooks import selectors as S
-from sensorium.hookspecs import PolicyView
-from sensorium_sensors.lsm.schema import LsmHookSpec
-from sensorium_sensors.lsm import bpflsm, netguard
 from sensorium.bpf.btf import LsmHookSig, LsmParam
-from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor
-from sensorium_sensors.lsm.rules import ArgPlan, HookPlan
+from sensorium.hooks import selectors as S
 from sensorium.hooks.render import ARG as _ARG
 from sensorium.hooks.render import EV as _EV
+from sensorium.hookspecs import PolicyView
+from sensorium_sensors.lsm import bpflsm, netguard
+from sensorium_sensors.lsm.plugin import LsmPolicyHandle, LsmSensor
+from sensorium_sensors.lsm.rules import ArgPlan, HookPlan
+from sensorium_sensors.lsm.schema import LsmHookSpec
 
 
 class RecordingContext:
     """What the sensor's decoders use of a `SensorContext`: its events land in ``events``."""
 
     node_name = "test-node"
-    config: dict[str, Any] = {}
+    config: ClassVar[dict[str, Any]] = {}
     process_cache = None
 
     def __init__(self) -> None:
@@ -111,7 +111,8 @@ def test_a_socket_guard_record_the_kernel_cannot_write_is_counted_and_costs_no_o
     ctx = RecordingContext()
     sensor, h = handle(connect_plan("bpf_lsm", KILL_PORT_9), ctx)
     good = net_record(action=netguard.A_POST, verdict=0)
-    ctx.emit(sensor._decode_net(h, h.plans[0], [good, net_record(action=netguard.A_KILL | netguard.A_POST, **bad), good]))
+    ctx.emit(sensor._decode_net(h, h.plans[0],
+                                [good, net_record(action=netguard.A_KILL | netguard.A_POST, **bad), good]))
     assert len(ctx.events) == 2 and h.errors == 1 and h.events == 2
     assert all(e.body["enforcement"]["outcome"] == "allowed" for e in ctx.events)
 
@@ -151,7 +152,8 @@ def test_a_kill_rule_kills_the_connecting_process() -> None:
     sensor, h = handle(connect_plan("cgroup/connect4+connect6", KILL_PORT_9), ctx)
     victim = subprocess.Popen(["sleep", "60"])
     try:
-        ctx.emit(sensor._decode_net(h, h.plans[0], [net_record(pid=victim.pid, action=netguard.A_KILL | netguard.A_POST)]))
+        ctx.emit(sensor._decode_net(h, h.plans[0],
+                                    [net_record(pid=victim.pid, action=netguard.A_KILL | netguard.A_POST)]))
         assert victim.wait(10) == -signal.SIGKILL
     finally:
         victim.kill()
@@ -194,7 +196,8 @@ def test_a_bpf_lsm_record_becomes_one_event_naming_its_file_and_errno() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"data": struct.pack("<BBHI", S.ARG_INT, 0, 8, 0)},   # an integer where the file is, its value cut: was struct.error
+    # an integer where the file is, its value cut: was struct.error
+    {"data": struct.pack("<BBHI", S.ARG_INT, 0, 8, 0)},
     {"data": struct.pack("<BBHIq", S.ARG_INT, 0, 8, 0, 5)},  # was rendered as {"file_arg": 5}
     {"data_len": 4000},                                    # the record is shorter than its data
     {"sel": 3},                                            # a selector the hook does not have: was an IndexError
@@ -215,7 +218,8 @@ def test_a_hook_without_selectors_posts_with_the_kernels_no_selector_mark() -> N
     ctx = RecordingContext()
     plan, prog = lsm_program([])
     sensor, h = handle(plan, ctx)
-    ctx.emit(sensor._decode_lsm(h, plan, [lsm_record(b"/etc/x", sel=S.MAX_SELECTORS), lsm_record(b"/etc/y", sel=0)], prog))
+    ctx.emit(sensor._decode_lsm(h, plan, [lsm_record(b"/etc/x", sel=S.MAX_SELECTORS), lsm_record(b"/etc/y", sel=0)],
+                                prog))
     assert [e.body["args"][0]["file_arg"]["path"] for e in ctx.events] == ["/etc/x"] and h.errors == 1
     assert ctx.events[0].body["enforcement"]["outcome"] == "allowed"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from sensorium_sensors.lsm.plugin import LsmSensor
-from sensorium.scope import scope_of_directories
-from sensorium_sensors.lsm.testing import LsmTestContext, run_in_cgroup, scoped
 from sensorium_testlib import cgroup2_mount, make_cgroup, v1_memory_mount
+
+from sensorium.scope import scope_of_directories
+from sensorium_sensors.lsm.plugin import LsmSensor
+from sensorium_sensors.lsm.testing import LsmTestContext, run_in_cgroup, scoped
 
 pytestmark = [pytest.mark.kernel]
 

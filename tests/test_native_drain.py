@@ -73,7 +73,7 @@ def test_native_drain_delivers_the_same_records_as_the_ctypes_callback(objs, mon
     def same(r: bytes) -> bytes:  # each program stamps its own time (bytes 8-16, REC in test_bpf_ringbuf.py)
         return r[:8] + r[16:]
 
-    for x, y in zip(got_a, got_b):
+    for x, y in zip(got_a, got_b, strict=True):
         assert len(x) == len(y) and list(map(same, x)) == list(map(same, y))
         assert x.blob == b"".join(x) and list(x.lens) == [len(r) for r in y]
         assert len({r[32:40] for r in x}) == len(x)  # the getpgid arguments: every call once

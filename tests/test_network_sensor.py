@@ -18,13 +18,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from sensorium_testlib import DecoderContext
-
 
 
 def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -323,8 +322,8 @@ def test_observe_only_programs_never_block_traffic(net_agent):
     me = os.getpid()
     for fn, mech in (("udp_sendmsg", "cgroup/sendmsg4"), ("udp_connect", "cgroup/connect4"),
                      ("udp_sendmsg", "cgroup/sendmsg6"), ("udp_connect", "cgroup/connect6")):
-        _wait(h, lambda e: e["function_name"] == fn and e["mechanism"] == mech and _sock(e)["dport"] == 9
-              and e["process"].get("pid") == me, f"{fn} via {mech}")
+        _wait(h, lambda e, fn=fn, mech=mech: e["function_name"] == fn and e["mechanism"] == mech
+              and _sock(e)["dport"] == 9 and e["process"].get("pid") == me, f"{fn} via {mech}")
 
 
 def _bpftool(*args: str) -> Any:
@@ -342,6 +341,7 @@ def _cgroup_prog_ids(root: str) -> set[int]:
     (BPF_PROG_QUERY per attach type): `bpftool cgroup show` queries every attach type it knows and fails
     on a kernel that knows fewer (5.10)."""
     import ctypes
+
     from sensorium.bpf.libbpf import lib
 
     fn = lib().bpf_prog_query

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hook_helpers import open_exit_available, rig_fixture, scope_of
 
-from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium.hooks import hookset as engine
 from sensorium.hooks import openexit
-from hook_helpers import open_exit_available, rig_fixture, scope_of
+from sensorium_sensors.kprobe.sensor import KprobeSensor
 
 needs_open_exit = pytest.mark.skipif(not open_exit_available(), reason="this kernel has no bpf_rdonly_cast kfunc "
                                      "(6.2+): the exit-only program does not load here (the pair serves the hook)")
@@ -170,7 +169,7 @@ def _run(rig, tree, cg, rules: dict[str, str], call: str = "sys_openat") -> dict
             got[name][0 if kind == "fast" else 1].add(tag)
     for name, (fast_evs, pair_evs) in everything.items():
         assert sorted(fast_evs, key=repr) == sorted(pair_evs, key=repr), name
-    for (name, fast), h in handles.items():
+    for (_name, _fast), h in handles.items():
         assert h.counters()["dropped"] == 0
         h.unload()
     rig.handles.clear()

@@ -27,7 +27,8 @@ _IGNORE = shutil.ignore_patterns(".git", ".venv", ".vm", ".k8s", "build", "dist"
 def _run(argv: list[str], *, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> str:
     p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, **(env or {})})
-    assert p.returncode == 0, f"{' '.join(argv)} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}"
+    assert p.returncode == 0, (f"{' '.join(argv)} exited {p.returncode}\n"
+                               f"stdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
     return p.stdout
 
 

@@ -11,9 +11,9 @@ import random
 from pathlib import Path
 
 import pytest
+from hook_helpers import rig_fixture
 
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from hook_helpers import rig_fixture
 
 pytestmark = [pytest.mark.kernel, pytest.mark.vm]
 

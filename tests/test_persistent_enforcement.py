@@ -14,13 +14,25 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from enforcement_helpers import (Exerciser, Server, Loop, cli, connect_policy, figure, file_open_policy, new_pin_root,
-                                 pins_under, policy_list, remove_pins, wait_until)
+from enforcement_helpers import (
+    Exerciser,
+    Loop,
+    Server,
+    cli,
+    connect_policy,
+    figure,
+    file_open_policy,
+    new_pin_root,
+    pins_under,
+    policy_list,
+    remove_pins,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups)")]
 
@@ -190,8 +202,8 @@ def test_a_pin_dir_outside_bpffs_is_a_one_line_start_error(tmp_path):
     import subprocess
     import sys
 
-    from sensorium_testlib import SENSORIUM_BIN
     import yaml
+    from sensorium_testlib import SENSORIUM_BIN
 
     cfg = config(tmp_path, tmp_path / "not-bpffs")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -231,8 +243,8 @@ def run_expecting_start_error(tmp_path: Path, cfg: dict[str, Any]) -> str:
     import subprocess
     import sys
 
-    from sensorium_testlib import SENSORIUM_BIN
     import yaml
+    from sensorium_testlib import SENSORIUM_BIN
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     exe = [str(SENSORIUM_BIN)] if SENSORIUM_BIN.exists() else [sys.executable, "-m", "sensorium.cli"]

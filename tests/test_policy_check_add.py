@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from reliability import Tally
+
 from sensorium.api import ApiServer
 from sensorium.cli import cli
 from sensorium.policy_manager import PolicyManager
@@ -73,7 +74,7 @@ def test_check_refuses_every_bad_policy_add_refuses_with_the_same_message(tmp_pa
         for path in POLICIES:
             rel = str(path.relative_to(REPO))
             t.kinds.add(H.header(path.read_bytes())["kind"])
-            outcome, added = t.run(path.name, lambda: runner.invoke(cli, ["policy", "add", rel, "--socket",
+            outcome, added = t.run(path.name, lambda rel=rel: runner.invoke(cli, ["policy", "add", rel, "--socket",
                                                                           str(srv.path)]))
             if outcome != "ok":
                 continue

@@ -200,6 +200,7 @@ def test_policies_directory_is_loaded_at_start(agent, tmp_path):
     sock = tmp_path / "run" / "api.sock"
     agent({"api": {"socket": str(sock)}, "policies": {"directory": str(d)}})
     rows = json.loads(cli(sock, "policy", "list", "--json").stdout)
-    assert [(r["name"], r["state"], r["file"]) for r in rows] == [("from-directory", "enabled", str(d / "10-good.yaml"))]
+    assert [(r["name"], r["state"], r["file"]) for r in rows] == [
+        ("from-directory", "enabled", str(d / "10-good.yaml"))]
     [err] = json.loads(cli(sock, "status", "--json").stdout)["policy_directory_errors"]
     assert f"{d / '20-bad.yaml'}:15: spec.tracepoints[0].selectors[0].matchArgs[0].operator: unknown matchArgs operator 'Equals'" in err["error"]

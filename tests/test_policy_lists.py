@@ -7,13 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
 from hook_helpers import rig_fixture
-from policy_sensors import default_registry
-from sensorium.policy import PolicyError, parse_policies
+
+from sensorium.policy import parse_policies
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 from sensorium.yamlsrc import SourceError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
@@ -89,7 +89,8 @@ def test_a_call_on_a_list_becomes_one_syscall_hook_per_name_with_the_items_lines
 def test_an_inmap_list_becomes_the_syscall_numbers(reg) -> None:
     [p] = parse_policies(TRACEPOINT, "p.yaml", reg)
     [m] = p.sections[0].items[0].selectors[0].matchArgs
-    assert (m.operator, m.op, m.values) == ("InMap", "Equal", [str(SYSCALLS_X86_64["dup"]), str(SYSCALLS_X86_64["dup2"])])
+    assert (m.operator, m.op, m.values) == ("InMap", "Equal",
+                                            [str(SYSCALLS_X86_64["dup"]), str(SYSCALLS_X86_64["dup2"])])
 
 
 @pytest.mark.parametrize("change, error", [

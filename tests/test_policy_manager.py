@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from policy_sensors import default_registry
+
 from sensorium.policy import PolicyError
 from sensorium.policy_manager import PolicyManager, PolicyNotFound
 from sensorium.yamlsrc import SourceError
@@ -32,7 +32,8 @@ def test_add_loads_every_section_and_lists_state_mode_and_mechanism(env):
                                    (0, "tracepoints", 1, "syscalls/sys_enter_read")]
     assert list(lsm.attached) == [(0, "lsmhooks", 0, "file_open")]
     [row] = pm.list()
-    assert (row["name"], row["id"], row["state"], row["mode"], row["file"]) == ("p1", 0, "enabled", "enforcement", "p1.yaml")
+    assert ((row["name"], row["id"], row["state"], row["mode"], row["file"])
+            == ("p1", 0, "enabled", "enforcement", "p1.yaml"))
     assert [(h["section"], h["hook"], h["mechanism"]) for h in row["hooks"]] == [
         ("tracepoints", "syscalls/sys_enter_openat", "table"), ("tracepoints", "syscalls/sys_enter_read", "table"),
         ("lsmhooks", "file_open", "table")]
@@ -71,7 +72,7 @@ def test_a_load_failure_unloads_the_sections_already_loaded(env):
 
 
 def test_a_section_whose_sensor_is_not_running_is_refused(env):
-    pm, tp, lsm = env
+    pm, tp, _lsm = env
     pm.sensors.pop("lsm")
     with pytest.raises(PolicyError) as ei:
         pm.add(doc("p", "sys_enter_openat", lsm=("file_open",)), "p.yaml")
@@ -136,7 +137,7 @@ def test_a_multi_document_file_loads_whole_or_not_at_all(env):
 
 
 def test_load_directory_loads_good_files_and_reports_bad_ones(env, tmp_path):
-    pm, tp, _ = env
+    pm, _tp, _ = env
     (tmp_path / "10-good.yaml").write_text(doc("good", "sys_enter_openat"))
     (tmp_path / "20-bad.yaml").write_text(doc("bad", "sys_enter_openat").replace("subsystem", "subsytem"))
     (tmp_path / "30-dup.yml").write_text(doc("good", "sys_enter_read"))
@@ -190,9 +191,7 @@ def test_policy_states_are_exported_as_metrics():
 
 # ---- scoped policies ----------------------------------------------------------------------------------
 
-import os  # noqa: E402
 import subprocess  # noqa: E402
-import threading  # noqa: E402
 
 from sensorium.hookspecs import Scope  # noqa: E402
 
@@ -201,7 +200,7 @@ class _Tracker:
     """What `sensorium.k8s.scope.ScopeTracker` gives the manager, driven by the test (`push`) instead of
     a pod watcher; the scopes it carries are made of real cgroups."""
 
-    def __init__(self, provider: "_Provider", policy, on_update) -> None:
+    def __init__(self, provider: _Provider, policy, on_update) -> None:
         self.provider, self.policy, self.on_update = provider, policy, on_update
         self.scope = provider.scope
         self.closed = False
@@ -218,8 +217,8 @@ class _Tracker:
 
 
 class _Provider:
-    def __init__(self, scope: Scope = Scope()) -> None:
-        self.scope = scope
+    def __init__(self, scope: Scope | None = None) -> None:
+        self.scope = scope if scope is not None else Scope()
         self.trackers: list[_Tracker] = []
 
     def track(self, policy, on_update) -> _Tracker:
@@ -254,7 +253,7 @@ TP = "tracepoints:\n  - {subsystem: syscalls, event: sys_enter_openat}"
 
 
 def test_a_scoped_policy_is_refused_for_a_sensor_without_supports_scope(env):
-    pm, tp, lsm = env
+    pm, tp, _lsm = env
     pm.scope_provider, pm.scoping_supported = _Provider(), True
     with pytest.raises(PolicyError) as ei:
         pm.add(scoped("p", TP), "p.yaml")
@@ -266,7 +265,7 @@ def test_a_scoped_policy_is_refused_for_a_sensor_without_supports_scope(env):
 
 
 def test_without_kubernetes_pod_selectors_are_refused_at_parse_time(env):
-    pm, tp, _ = env
+    pm, _tp, _ = env
     with pytest.raises(PolicyError, match="podSelector is not supported yet"):
         pm.add(scoped("p", TP), "p.yaml")
     with pytest.raises(PolicyError) as ei:
@@ -285,7 +284,7 @@ def test_host_selector_other_than_empty_or_null_is_refused(env, value):
 
 
 def test_host_selector_null_is_unset_and_empty_selects_the_host(env):
-    pm, tp, _ = env
+    pm, _tp, _ = env
     pm.scope_provider, pm.scoping_supported = _Provider(), True
     [p] = pm.parse(doc("h", "sys_enter_openat", extra="  hostSelector:\n"), "h.yaml")
     assert not p.host_selector and not p.scoped
@@ -368,6 +367,7 @@ def test_a_real_sensor_follows_scope_updates_live(cgroup2_dir, tmp_path):
     """The real kprobe sensor (raw_tp here) with a Sigkill on open of one file: out of scope nothing
     happens, the cgroup joins the scope live and its process is killed, deleting the policy lifts it."""
     from hook_helpers import Rig, scope_of
+
     from sensorium.plugins import PluginRegistry
     from sensorium_sensors.kprobe.sensor import KprobeSensor
 
@@ -417,6 +417,7 @@ def test_an_oversized_file_in_the_directory_is_refused_without_reading_it_all(en
 
 def test_a_policy_added_directly_meets_the_kernel_independent_rules():
     from policy_sensors import registry_with
+
     from sensorium.policy import parse_policy
     from sensorium_sensors.kprobe.schema import KProbeSpec
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 
 import pytest
-
 from policy_sensors import default_registry, registry_with
+
 from sensorium import policy as P
 from sensorium.policy import MatchAction, PolicyError, parse_policies, parse_policy
+from sensorium.yamlsrc import SourceError
 from sensorium_sensors.kprobe.schema import KProbeSpec
 from sensorium_sensors.tracepoint.schema import TracepointSpec
 from sensorium_sensors.uprobe.schema import UProbeSpec
-from sensorium.yamlsrc import SourceError
 
 OPENAT = """\
 apiVersion: sensorium.io/v1alpha1
@@ -67,7 +66,8 @@ def test_valid_policy_is_split_by_section_into_validated_models(reg):
     assert sel.matchArgs[0].values == ["/etc/shadow"] and sel.matchBinaries[0].followChildren
     assert sel.matchActions[0].rate_limit_ns == 60 * 10**9
     view = p.view(sec, 7)
-    assert (view.id, view.name, view.section, view.items, view.mode) == (7, "watch-shadow", "tracepoints", (tp,), "enforcement")
+    assert ((view.id, view.name, view.section, view.items, view.mode)
+            == (7, "watch-shadow", "tracepoints", (tp,), "enforcement"))
     assert p.hook_line("tracepoints", 0) == 7
 
 
@@ -106,7 +106,8 @@ def test_unknown_operator_is_refused(reg):
 
 
 def test_unsupported_action_is_refused_by_name(reg):
-    e = refused(OPENAT.replace("action: Post", "action: FollowFD").replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
+    text = OPENAT.replace("action: Post", "action: FollowFD")
+    e = refused(text.replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
     assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override)" in str(e)
 
 
@@ -244,7 +245,8 @@ def test_uprobe_needs_absolute_path_and_a_target():
 
 def test_yaml_alias_bomb_is_refused_quickly(reg):
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True))
     t0 = time.monotonic()
     e = refused(bomb, reg)
     assert "aliases" in str(e) and time.monotonic() - t0 < 2
@@ -375,7 +377,7 @@ def test_a_port_range_written_bare_stays_a_range(kreg):
 
 @pytest.mark.parametrize("field,value", [("subsystem", "0"), ("event", "12"), ("message", "42")])
 def test_a_name_given_as_a_number_is_refused(reg, field, value):
-    text = OPENAT.replace("    event: sys_enter_openat\n", f"    event: sys_enter_openat\n    message: ok\n")
+    text = OPENAT.replace("    event: sys_enter_openat\n", "    event: sys_enter_openat\n    message: ok\n")
     text = text.replace(f"{field}: " + {"subsystem": "syscalls", "event": "sys_enter_openat", "message": "ok"}[field],
                         f"{field}: {value}")
     assert refused(text, reg).reason == f"must be a string, not the number {value}"

@@ -16,20 +16,20 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
+import openat_harness as openat
 import pytest
+from hook_helpers import Rig, gone, our_program_ids, rig_fixture, string_args
+from sensorium_testlib import Cgroup, cgroup2_mount, make_cgroup, v1_memory_mount
 
 from sensorium.hookspecs import CgroupRef, PolicyLoadError, Scope
 from sensorium.scope import scope_of_directories
 from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium_sensors.tracepoint.sensor import TracepointSensor
 from sensorium_sensors.uprobe.sensor import UprobeSensor
-
-import openat_harness as openat
-from hook_helpers import Rig, gone, our_program_ids, rig_fixture, string_args
-from sensorium_testlib import Cgroup, cgroup2_mount, make_cgroup, v1_memory_mount
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="loads eBPF programs: needs root")]
 

@@ -23,14 +23,25 @@ import json
 import os
 import subprocess
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
-from enforcement_helpers import (Exerciser, Server, FullAttachPoint, Loop, cli, connect_policy, figure,
-                                 file_open_policy, missing_function_policy, policy_list)
-from sensorium.policy import PolicyError
+from enforcement_helpers import (
+    Exerciser,
+    FullAttachPoint,
+    Loop,
+    Server,
+    cli,
+    connect_policy,
+    figure,
+    file_open_policy,
+    missing_function_policy,
+    policy_list,
+)
 from sensorium_testlib import cgroup2_mount, make_cgroup
+
+from sensorium.policy import PolicyError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups)")]
 
@@ -138,7 +149,8 @@ spec:
 
 def lsm_events(ctx: Any, policy: str) -> list[Any]:
     with ctx._lock:
-        return [e for e in ctx.events if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
+        return [e for e in ctx.events
+                if e.kind == "process_lsm" and e.as_dict()["process_lsm"]["policy_name"] == policy]
 
 
 def connect4_ids(directory: str) -> set[int]:
@@ -211,7 +223,7 @@ def test_an_update_failing_at_its_last_attach_keeps_the_block_and_a_good_one_lea
     """A TracingPolicy object updated is `PolicyManager.replace`: a new version that fails at its last attach
     leaves the old version blocking, and a good one is active before the old one goes: under a connect loop
     running the whole time, every connect is refused."""
-    pm, _sensor, ctx = lsm
+    pm, _sensor, _ctx = lsm
     pm.add(connect_policy("upd", server, exerciser.pid), "v1.yaml")
     assert exerciser.connect(server) == "EPERM"
     bad = scoped_connect("upd", server)  # its programs go to the full cgroup: the connect6 attach fails
@@ -271,9 +283,10 @@ def test_the_issue_case_through_the_agent_and_the_cli_blocks_nothing(agent, tmp_
 def _mixed(journal: list) -> Any:
     """A manager over a transactional sensor (tracepoints) and a one-step one (lsmhooks, load_policy only)."""
     from policy_sensors import TxnTableSensor, registry_with
+
+    from sensorium.policy_manager import PolicyManager
     from sensorium_sensors.lsm.schema import LsmHookSpec
     from sensorium_sensors.tracepoint.schema import TracepointSpec
-    from sensorium.policy_manager import PolicyManager
 
     reg, sensors = registry_with(("tracepoint", "tracepoints", TracepointSpec, TxnTableSensor),
                                  ("lsm", "lsmhooks", LsmHookSpec), journal=journal)
@@ -333,6 +346,7 @@ def test_enable_is_a_transaction_too():
 
 def test_a_scope_change_one_section_refuses_leaves_every_section_on_its_previous_scope():
     from policy_sensors import default_registry
+
     from sensorium.hookspecs import CgroupRef, Scope
     from sensorium.policy_manager import PolicyManager
 
@@ -418,7 +432,8 @@ def test_a_new_version_is_active_before_the_old_one_is_unloaded():
     # the old version was still attached and enforcing when the new one was activated
     assert seen_at_activate == [{(old_id, "tracepoints", 0, "syscalls/sys_enter_read"): "enforcement",
                                  (pm.get("a")["id"], "tracepoints", 0, "syscalls/sys_enter_write"): "inert"}]
-    assert list(txn.attached.values()) == ["enforcement"] and [k[3] for k in txn.attached] == ["syscalls/sys_enter_write"]
+    assert list(txn.attached.values()) == ["enforcement"]
+    assert [k[3] for k in txn.attached] == ["syscalls/sys_enter_write"]
     assert [j[0] for j in journal] == ["prepare", "commit", "activate"]
     assert pm.get("a")["file"] == "a2.yaml" and pm.get("a")["id"] != old_id
 

@@ -106,7 +106,7 @@ def test_exited_parent_lives_while_children_reference_it() -> None:
     clock.t += 10
     c.sweep()
     # the orphaned child's events still carry their parent
-    proc, par = c.get(BASE + 2)
+    _proc, par = c.get(BASE + 2)
     assert par is not None and par["exec_id"] == parent["exec_id"] and par["refcnt"] == 1
     c.on_exit(BASE + 2, 400)
     clock.t += 10

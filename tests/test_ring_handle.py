@@ -57,7 +57,7 @@ def _count(batches: list) -> int:
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_closing_a_ring_delivers_what_is_left_and_the_others_go_on(objs, native: bool) -> None:  # type: ignore
+def test_closing_a_ring_delivers_what_is_left_and_the_others_go_on(objs, native: bool) -> None:
     a, b, c = objs(), objs(), objs()
     got: dict[str, list] = {"a": [], "b": [], "c": []}
     with RingBufferReader() as reader:

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hook_helpers import rig_fixture, scope_of, string_args
 
 from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from hook_helpers import rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 
@@ -160,7 +160,7 @@ spec:
     nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(target)],
                             capture_output=True)
     assert b"Permission denied" in nobody.stderr or nobody.returncode == 0, nobody  # it did call openat
-    rootcat = subprocess.run(["cat", str(target)], capture_output=True, check=True)
+    subprocess.run(["cat", str(target)], capture_output=True, check=True)
     evs = rig.events(lambda b: str(target) in string_args(b), wait=0.5)
     assert len(evs) == 1  # root's cat only
 
@@ -217,7 +217,8 @@ spec:
     with pytest.raises(PolicyLoadError, match="index 3 names no declared argument"):
         rig.sensor.check_policy(rig.view(text.replace("{index: 1, operator", "{index: 3, operator")
                                          .replace(many, '"/p"'), "kprobes"))
-    over = "\n".join(f"    - matchArgs:\n      - {{index: 1, operator: Equal, values: [{', '.join(repr(f'/s{j}_{i}') for i in range(8))}]}}"
+    over = "\n".join("    - matchArgs:\n      - {index: 1, operator: Equal, values: ["
+                     + ", ".join(repr(f"/s{j}_{i}") for i in range(8)) + "]}"
                      for j in range(5))
     with pytest.raises(PolicyLoadError, match=f"at most {S.MAX_STRINGS}"):
         rig.sensor.check_policy(rig.view(text.split("    selectors:")[0] + "    selectors:\n" + over + "\n", "kprobes"))

@@ -62,8 +62,8 @@ def test_damaged_records_never_raise() -> None:
 
 # ---- records that do not fit their hook: dropped one by one and counted, never rendered ----------------
 # Found by tests/test_fuzz_records.py. The kernel writes a hook's arguments in order, each of the kind the
-# hook declares, and data_len is exactly their size (sensorium.hooks.render.render_args); anything else is not a record of
-# this hook and must not become an event with made-up content, nor cost the other records of its batch.
+# hook declares, and data_len is exactly their size (sensorium.hooks.render.render_args); anything else is not a
+# record of this hook and must not become an event with made-up content, nor cost the other records of its batch.
 
 INT7 = struct.pack("<BBHIq", 1, 0, 8, 0, 7)
 ABC = struct.pack("<BBHI", 2, 0, 3, 0) + b"abc\0\0\0\0\0"

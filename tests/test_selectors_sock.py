@@ -13,16 +13,16 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from hook_helpers import rig_fixture, scope_of, string_args
 
 from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 from sensorium.policy import PolicyError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from hook_helpers import rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 
@@ -301,9 +301,10 @@ def test_socket_values_limit(rig) -> None:
     ("Family", "AF_NOPE", "is not a number"),
 ])
 def test_bad_socket_values_refused_at_parse_with_file_and_line(op: str, value: str, why: str) -> None:
+    from policy_sensors import registry_with
+
     from sensorium.policy import parse_policy
     from sensorium_sensors.kprobe.schema import KProbeSpec
-    from policy_sensors import registry_with
 
     text = connect_policy(f"""    - matchArgs:
       - {{index: 1, operator: {op}, values: ["{value}"]}}
@@ -315,9 +316,10 @@ def test_bad_socket_values_refused_at_parse_with_file_and_line(op: str, value: s
 
 
 def test_priv_operator_takes_no_values() -> None:
+    from policy_sensors import registry_with
+
     from sensorium.policy import parse_policy
     from sensorium_sensors.kprobe.schema import KProbeSpec
-    from policy_sensors import registry_with
 
     with pytest.raises(PolicyError, match="takes no values"):
         parse_policy(connect_policy("""    - matchArgs:

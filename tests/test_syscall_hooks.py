@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hook_helpers import gone, open_exit_available, open_mechanism, our_program_ids, rig_fixture, scope_of, string_args
+from openat_harness import SIGKILL, openat_policy
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.sensor import KprobeSensor
-from openat_harness import SIGKILL, openat_policy
-from hook_helpers import gone, open_exit_available, open_mechanism, our_program_ids, rig_fixture, scope_of, string_args
 
 pytestmark = [pytest.mark.kernel]
 
@@ -152,7 +152,8 @@ spec:
 """
     with pytest.raises(PolicyLoadError, match="syscall does_not_exist does not exist"):
         rig.sensor.check_policy(rig.view(text, "kprobes"))
-    h = rig.load(text.replace("    syscall: true\n", "    syscall: true\n    ignore: {callNotFound: true}\n"), "kprobes")
+    h = rig.load(text.replace("    syscall: true\n", "    syscall: true\n    ignore: {callNotFound: true}\n"),
+                 "kprobes")
     assert h.status()["hooks"][0]["state"] == "skipped"
 
 

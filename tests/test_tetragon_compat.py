@@ -116,10 +116,11 @@ def test_each_policy_is_valid_or_refused_by_name(path: Path):
     assert expected is None, f"{name} should be refused ({expected}), was accepted"
     # Nothing silently ignored: every key of every hook item landed in a model field, with its value.
     raw_docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    for policy, raw in zip(policies, raw_docs):
+    for policy, raw in zip(policies, raw_docs, strict=True):
         spec = raw["spec"]
         if "lists" in spec:  # "list:NAME" references stand for the list's items, as the model takes them
-            from sensorium.policy_lists import expand_lists as _expand_lists, parse_lists as _parse_lists
+            from sensorium.policy_lists import expand_lists as _expand_lists
+            from sensorium.policy_lists import parse_lists as _parse_lists
             from sensorium.yamlsrc import Located
 
             doc = Located(raw, {}, name)
@@ -128,7 +129,8 @@ def test_each_policy_is_valid_or_refused_by_name(path: Path):
             for i, item in enumerate(section.items):
                 given = spec[section.key][i]
                 taken = item.model_dump(by_alias=True, exclude_unset=True)
-                assert _norm(taken) == _norm(given), f"{name} {section.key}[{i}]: the model did not take the input as given"
+                assert _norm(taken) == _norm(given), \
+                    f"{name} {section.key}[{i}]: the model did not take the input as given"
 
 
 def test_the_doc_is_generated_from_the_record():

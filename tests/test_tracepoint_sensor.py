@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hook_helpers import gone, rig_fixture, string_args
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.tracepoint.sensor import TracepointSensor
-from hook_helpers import rig_fixture, string_args, gone, our_program_ids
 
 pytestmark = [pytest.mark.kernel]
 

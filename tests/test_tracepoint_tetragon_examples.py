@@ -9,13 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hook_helpers import Rig, gone, our_program_ids, string_args
 
+from sensorium.hooks.testing import _Sections
 from sensorium.hookspecs import PolicyLoadError
 from sensorium.policy import parse_policy
 from sensorium_sensors.kprobe.sensor import KprobeSensor
 from sensorium_sensors.tracepoint.sensor import TracepointSensor
-from sensorium.hooks.testing import _Sections
-from hook_helpers import Rig, string_args, gone, our_program_ids
 
 pytestmark = [pytest.mark.kernel]
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hook_helpers import rig_fixture
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.uprobe.elfsyms import ElfError, function_symbols
 from sensorium_sensors.uprobe.sensor import UprobeSensor
-from hook_helpers import rig_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [str(REPO / ".venv" / "bin" / "sensorium")] if (REPO / ".venv" / "bin" / "sensorium").exists() else \

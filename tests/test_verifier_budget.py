@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from sensorium.hooks import selectors as S
 from sensorium.bpf.build import build_object
 from sensorium.bpf.libbpf import BpfObject, LibbpfError
+from sensorium.hooks import selectors as S
 from sensorium.hookspecs import BudgetCase, ProbeSource
 from sensorium.plugins import PluginRegistry
 
@@ -65,7 +65,7 @@ def test_every_shipped_program_has_a_budget_case() -> None:
     (objects built per hook count by their source: one instance covers the others)."""
     covered = {(str(c.probe.source), c.program) for _, c in CASES}
     probes: dict[str, ProbeSource] = {}
-    for name, spec in sorted(PluginRegistry().discover().sensors.items()):
+    for _name, spec in sorted(PluginRegistry().discover().sensors.items()):
         for p in list(spec.probes) + [c.probe for c in (spec.budget_cases() if spec.budget_cases else [])]:
             probes.setdefault(_probe_id(p), p)
     missing = []

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sensorium.yamlsrc import (DEFAULT_LIMITS, SourceError, YamlLimits, dump, load_documents, load_one,
-                               read_file)
+from sensorium.yamlsrc import DEFAULT_LIMITS, SourceError, YamlLimits, dump, load_documents, load_one, read_file
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi", strict=True))
 
 
 def refused(text: str | bytes, limits: YamlLimits = DEFAULT_LIMITS) -> SourceError:

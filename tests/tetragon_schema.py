@@ -40,8 +40,8 @@ def available() -> str | None:
     if not (PROTO_ROOT / "tetragon" / "tetragon.proto").is_file():
         return f"Tetragon's .proto files not found in {PROTO_ROOT}"
     try:
-        import grpc_tools  # noqa: F401
         import google.protobuf  # noqa: F401
+        import grpc_tools  # noqa: F401
     except ImportError as e:
         return f"grpcio-tools is not installed ({e}); scripts/setup.sh installs it"
     return None
@@ -92,7 +92,7 @@ def _ts(s: str) -> tuple[_dt.datetime, int]:
 
 
 def _default(v: Any) -> bool:
-    return v in (0, "", False, [], {}) and not (v is True)
+    return v in (0, "", False, [], {}) and v is not True
 
 
 def _compare(ours: Any, theirs: Any, path: str, out: list[str]) -> None:
@@ -114,7 +114,7 @@ def _compare(ours: Any, theirs: Any, path: str, out: list[str]) -> None:
         if not isinstance(theirs, list) or len(theirs) != len(ours):
             out.append(f"{path}: list of {len(ours)} decodes as {theirs!r}")
             return
-        for i, (a, b) in enumerate(zip(ours, theirs)):
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
             _compare(a, b, f"{path}[{i}]", out)
         return
     if isinstance(ours, str) and isinstance(theirs, str) and _RFC3339.match(ours) and _RFC3339.match(theirs):
@@ -147,8 +147,10 @@ def known_part(obj: Any, desc: Any = None) -> Any:
         if f is None:
             continue
         if f.message_type is not None and not f.message_type.GetOptions().map_entry:
-            v = [known_part(x, f.message_type) for x in v] if isinstance(v, list) else known_part(v, f.message_type)
-        out[k] = v
+            out[k] = ([known_part(x, f.message_type) for x in v] if isinstance(v, list)
+                      else known_part(v, f.message_type))
+        else:
+            out[k] = v
     return out
 
 
@@ -270,8 +272,8 @@ def check_files(paths: list[Path], strict: bool, seen: dict[str, int] | None = N
             data = p.read_bytes()
         except OSError:
             continue
-        for line in data.split(b"\n"):
-            line = line.strip()
+        for raw in data.split(b"\n"):
+            line = raw.strip()
             if not line.startswith(b"{"):
                 continue
             try:

@@ -16,7 +16,7 @@ Podman                                 ``.../libpod-<id>.scope``  (``libpod-conm
 
 A path may also sit below the container's own cgroup (systemd's ``init.scope`` or a process that made a
 sub-cgroup), so the search goes from the leaf up and takes the deepest component that carries an id.
-"""
+"""  # noqa: E501 - the table above is of cgroup paths as the runtimes write them: wrapped, they would not read
 
 from __future__ import annotations
 

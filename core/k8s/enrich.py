@@ -20,7 +20,8 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol, overload
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, overload
 
 from sensorium.events import Event
 from sensorium.k8s.containerid import container_id_from_cgroup_path, pod_uid_from_cgroup_path
@@ -97,7 +98,7 @@ class Enricher:
         self.proc_root = proc_root
         self._clock = clock
         # container id -> events waiting for it, in arrival order, with their deadline.
-        self._held: "collections.OrderedDict[str, collections.deque[tuple[float, Event]]]" = collections.OrderedDict()
+        self._held: collections.OrderedDict[str, collections.deque[tuple[float, Event]]] = collections.OrderedDict()
         self._n_held = 0
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {
@@ -181,7 +182,7 @@ class Enricher:
                     continue
                 self.counts["container_events"] += 1
                 # Keep per-container order: behind held events of the same container, wait too.
-                if queue is None and (isinstance(process, Mapping) and "pod" in process
+                if queue is None and ((isinstance(process, Mapping) and "pod" in process)
                                       or self.pods.container(cid) is not None):
                     self.counts["with_pod"] += 1
                     out.append(self.enrich(ev))

@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -35,7 +35,7 @@ KINDS = {"tracingpolicies": "TracingPolicy", "tracingpoliciesnamespaced": "Traci
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PolicyCrdWatcher:
@@ -59,7 +59,7 @@ class PolicyCrdWatcher:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> "PolicyCrdWatcher":
+    def start(self) -> PolicyCrdWatcher:
         """Start watching (again, after `stop`: what was loaded is remembered and reconciled by the
         first list, so objects deleted meanwhile are unloaded)."""
         self._stop.clear()
@@ -148,7 +148,7 @@ class PolicyCrdWatcher:
 
     def _report(self, plural: str, obj: dict[str, Any], state: str, message: str, gen: int) -> None:
         meta = obj.get("metadata") or {}
-        name, ns = meta.get("name"), meta.get("namespace")
+        name, ns = meta.get("name", ""), meta.get("namespace")
         if self.write_status:
             from kubernetes.client import CustomObjectsApi
 
@@ -178,7 +178,9 @@ class PolicyCrdWatcher:
                 "reportingComponent": "sensorium-agent", "reportingInstance": self.node_name,
             }
             try:
-                CoreV1Api(self.api).create_namespaced_event(ns or "default", ev, _request_timeout=(3, 10))
+                # The client sends a plain dict body as it is; its types only name the model class.
+                CoreV1Api(self.api).create_namespaced_event(ns or "default", ev,  # type: ignore[arg-type]
+                                                            _request_timeout=(3, 10))
             except Exception as exc:  # noqa: BLE001
                 log.info("policy %s: event not recorded: %s", name, exc)
 

@@ -29,7 +29,8 @@ import select
 import struct
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sensorium.hookspecs import CgroupRef, Scope
 from sensorium.k8s.containerid import container_id_from_cgroup_path, pod_uid_from_cgroup_path, strip_runtime_prefix
@@ -57,7 +58,7 @@ class LabelSelector:
     match_expressions: Sequence[tuple[str, str, tuple[str, ...]]] = ()
 
     @classmethod
-    def parse(cls, doc: Any, where: str = "selector") -> "LabelSelector":
+    def parse(cls, doc: Any, where: str = "selector") -> LabelSelector:
         """From ``{"matchLabels": {...}, "matchExpressions": [{key, operator, values}]}`` (or a model
         with those attributes); ValueError naming the field for anything else."""
         if doc is None:
@@ -71,7 +72,8 @@ class LabelSelector:
         if unknown:
             raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (matchLabels, matchExpressions)")
         labels = doc.get("matchLabels") or {}
-        if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in labels.items()):
             raise ValueError(f"{where}.matchLabels: must map label names to string values")
         exprs = []
         for i, e in enumerate(doc.get("matchExpressions") or []):
@@ -127,7 +129,7 @@ class PodScope:
     pods: bool = True
 
     @classmethod
-    def of_policy(cls, policy: Any) -> "PodScope":
+    def of_policy(cls, policy: Any) -> PodScope:
         """From a parsed `sensorium.policy.Policy` (namespace, pod_selector, container_selector, host_selector)."""
         pod_sel = getattr(policy, "pod_selector", None)
         cont_sel = getattr(policy, "container_selector", None)
@@ -285,7 +287,7 @@ class PodCgroups:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> "PodCgroups":
+    def start(self) -> PodCgroups:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="sensorium-k8s-cgroups", daemon=True)
             self._thread.start()
@@ -389,14 +391,14 @@ class PodCgroups:
                 self._ino.drain()
             try:
                 added, removed = self._rescan()
-            except Exception:  # noqa: BLE001 - never let the scanner die
+            except Exception:  # never let the scanner die
                 log.exception("kubepods rescan failed")
                 continue
             if added or removed:
                 for cb in list(self._listeners):
                     try:
                         cb(added, removed)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("pod cgroup listener failed")
 
 
@@ -506,9 +508,12 @@ class ScopeTracker:
                 else:
                     waiting.append(f"{ns}/{name}")
         mounts = self.cgroups.mounts
-        cg = sorted({(r.hierarchy, r.id): r for r in _refs(dirs, mounts)}.values(), key=lambda r: (r.hierarchy, r.path))
+        def by_path(r: CgroupRef) -> tuple[str, str]:
+            return (r.hierarchy, r.path)
+
+        cg = sorted({(r.hierarchy, r.id): r for r in _refs(dirs, mounts)}.values(), key=by_path)
         roots = [d for ds in self.cgroups.roots().values() for d in ds]
-        rr = sorted({(r.hierarchy, r.id): r for r in _refs(roots, mounts)}.values(), key=lambda r: (r.hierarchy, r.path))
+        rr = sorted({(r.hierarchy, r.id): r for r in _refs(roots, mounts)}.values(), key=by_path)
         return Scope(cgroups=tuple(cg), host=self.scope.host, container_roots=tuple(rr)), sorted(names), sorted(waiting)
 
     def _update(self, new_uids: set[str]) -> None:
@@ -524,7 +529,7 @@ class ScopeTracker:
             if self.on_update is not None:
                 try:
                     self.on_update(scope)
-                except Exception:  # noqa: BLE001 - a sensor bug must not stop the watcher
+                except Exception:  # a sensor bug must not stop the watcher
                     self.update_errors += 1
                     log.exception("scope update callback failed")
             now = time.monotonic()

@@ -18,7 +18,8 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
@@ -127,6 +128,9 @@ class WorkloadResolver:
         from kubernetes.client import AppsV1Api, BatchV1Api
 
         refs: list[dict[str, Any]] | None
+        # With _preload_content=False the client returns the raw HTTP response (its .data is the JSON), not the
+        # model object its types promise for these calls.
+        resp: Any
         try:
             self.api_reads += 1
             if kind == "ReplicaSet":
@@ -281,7 +285,7 @@ class PodWatcher:
         for cb in list(self._pod_listeners):
             try:
                 cb(what, pod)
-            except Exception:  # noqa: BLE001 - a listener bug must not stop the watcher
+            except Exception:  # a listener bug must not stop the watcher
                 log.exception("pod watcher pod listener failed")
 
     def _emit(self, what: str, infos: list[ContainerInfo]) -> None:
@@ -289,7 +293,7 @@ class PodWatcher:
             for info in infos:
                 try:
                     cb(what, info)
-                except Exception:  # noqa: BLE001 - a listener bug must not stop the watcher
+                except Exception:  # a listener bug must not stop the watcher
                     log.exception("pod watcher listener failed")
 
     def pod(self, uid: str) -> dict[str, Any] | None:
@@ -312,7 +316,7 @@ class PodWatcher:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> "PodWatcher":
+    def start(self) -> PodWatcher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="sensorium-k8s-pods", daemon=True)
             self._thread.start()
@@ -326,7 +330,7 @@ class PodWatcher:
         while not self._stop.wait(period):
             try:
                 self._expire_deleted()
-            except Exception:  # noqa: BLE001 - never let the janitor die
+            except Exception:  # never let the janitor die
                 log.exception("pod cache expiry failed")
 
     def restart_watch(self, from_resource_version: str | None = None) -> None:

@@ -164,12 +164,14 @@ def _tar_dir(rootfs: Path, members: list[str], out: Path) -> None:
 
 
 def base_layer() -> dict[str, str]:
-    key = hashlib.sha256("\0".join([RECIPE["base"], PACKAGES.read_text(), *SOURCES, *DPKG_EXCLUDES]).encode()).hexdigest()
+    recipe = "\0".join([RECIPE["base"], PACKAGES.read_text(), *SOURCES, *DPKG_EXCLUDES])
+    key = hashlib.sha256(recipe.encode()).hexdigest()
     m = _meta("base")
     if m and m["key"] == key:
         return m
     if shutil.which("mmdebstrap") is None:
-        raise SystemExit("[agent-image] mmdebstrap is missing: apt-get install mmdebstrap (scripts/k8s/install-deps.sh)")
+        raise SystemExit("[agent-image] mmdebstrap is missing: "
+                         "apt-get install mmdebstrap (scripts/k8s/install-deps.sh)")
     t0 = time.monotonic()
     rootfs = WORK / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
@@ -249,7 +251,8 @@ def app_layer(base: dict[str, str], deps: dict[str, str]) -> dict[str, str]:
         # Built from a copy of the sources only: the checkout's build/ and egg-info must not leak in.
         src = Path(tmp) / "src"
         for p in APP_SOURCES:
-            (REPO / p).is_dir() and shutil.copytree(REPO / p, src / p, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            (REPO / p).is_dir() and shutil.copytree(REPO / p, src / p,
+                                                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             (REPO / p).is_file() and (src / p).parent.mkdir(parents=True, exist_ok=True)
             (REPO / p).is_file() and shutil.copy2(REPO / p, src / p)
         _pip("wheel", "-q", "--no-deps", "-w", str(Path(tmp) / "whl"), str(src))
@@ -318,8 +321,8 @@ def _build() -> dict[str, str]:
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
         # Uncompressed layers: valid OCI, and containerd imports them without a gunzip of ~0.5 GB.
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": m["digest"], "size": int(m["size"])}
-                   for _, m in layers],
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": m["digest"],
+                    "size": int(m["size"])} for _, m in layers],
     }, sort_keys=True).encode()
     mdigest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     out = WORK / "agent-image.tar"
@@ -332,7 +335,8 @@ def _build() -> dict[str, str]:
         index = {"schemaVersion": 2, "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": len(manifest),
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]}}]}
+            "annotations": {"io.containerd.image.name": name,
+                            "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]}}]}
         tmp = out.with_suffix(".tmp")
         with tarfile.open(tmp, "w") as tar:
             def add_bytes(arc: str, data: bytes) -> None:

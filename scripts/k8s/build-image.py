@@ -75,13 +75,16 @@ def main(argv: list[str]) -> int:
         }, sort_keys=True).encode()
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": gz_digest, "size": len(gz)}],
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config),
+                       "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": gz_digest,
+                        "size": len(gz)}],
         }, sort_keys=True).encode()
         manifests.append({
             "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": blob(manifest), "size": len(manifest),
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]},
+            "annotations": {"io.containerd.image.name": name,
+                            "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]},
         })
     index = {"schemaVersion": 2, "manifests": manifests}
     with tarfile.open(out, "w") as tar:

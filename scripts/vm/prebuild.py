@@ -11,7 +11,8 @@ the same CACHE_DIR (run.sh sets SENSORIUM_CACHE_DIR to it).
 Built: every ProbeSource that an installed sensor declares in SensorSpec.probes or loads in its verifier
 budget cases (SensorSpec.budget_cases); the kernel-function and LSM objects serve every function and hook
 (their attach target is set at load), so nothing depends on the policies. Best effort: a probe that fails
-to build is reported and skipped (the guest will then build it, and fail there with clang's message if it really is broken).
+to build is reported and skipped (the guest will then build it, and fail there with clang's message if it
+really is broken).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> int:
         try:
             build_object(probe, btf=btf)
             built += 1
-        except Exception as e:  # report and go on: the guest builds (and reports) what is missing
+        except Exception as e:  # noqa: BLE001 - report and go on: the guest builds (and reports) what is missing
             failed += 1
             msg = str(e).strip().splitlines()
             print(f"prebuild: {owner}/{probe.name} failed: {msg[-1] if msg else e!r}", file=sys.stderr)

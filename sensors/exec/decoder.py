@@ -97,7 +97,7 @@ def exit_status(exit_code: int, group_exit_code: int, signal_flags: int) -> tupl
 class ExecDecoder(RecordDecoder):
     """Turns batches of raw records into events, feeding the process cache on the way."""
 
-    def __init__(self, ctx: "SensorContext") -> None:
+    def __init__(self, ctx: SensorContext) -> None:
         super().__init__({EXEC_REC_EXEC: ("exec", ExecRecord, self._exec),
                           EXEC_REC_FORK: ("fork", ForkRecord, self._fork),
                           EXEC_REC_EXIT: ("exit", ExitRecord, self._exit)})
@@ -106,7 +106,7 @@ class ExecDecoder(RecordDecoder):
 
     # ---- records --------------------------------------------------------------------------------
 
-    def _exec(self, r: ExecRecord, raw: bytes) -> "Event":
+    def _exec(self, r: ExecRecord, raw: bytes) -> Event:
         hdr = r.hdr
         lens = (r.args_len, r.binary_len, r.cwd_len, r.cgroup_name_len, r.memcg_name_len)
         # The program writes exactly hdr.size bytes (bpf_ringbuf_output of the record it filled): a record
@@ -155,7 +155,7 @@ class ExecDecoder(RecordDecoder):
         self.counters["fork"] += 1
         return None
 
-    def _exit(self, r: ExitRecord, raw: bytes) -> "Event":
+    def _exit(self, r: ExitRecord, raw: bytes) -> Event:
         hdr = r.hdr
         process, parent = self.cache.on_exit(hdr.pid, hdr.ktime)
         if process is None:

@@ -35,7 +35,7 @@ class ExecOptions(BaseModel):
 PROBE = ProbeSource(name="exec", source=HERE / "probe.bpf.c", include_dirs=(HERE,))
 
 
-def _factory(ctx: "SensorContext") -> "Sensor":
+def _factory(ctx: SensorContext) -> Sensor:
     # Imported here: discovery (``sensorium plugins``) must not need the run-time modules.
     from sensorium_sensors.exec.sensor import ExecSensor
 

@@ -87,7 +87,7 @@ def format_addr(family: int, raw: bytes) -> str:
 class NetworkDecoder(RecordDecoder):
     """Turns batches of raw records into events; joins the owner from the process cache."""
 
-    def __init__(self, ctx: "SensorContext", *, udp_dedup_seconds: float = 10.0) -> None:
+    def __init__(self, ctx: SensorContext, *, udp_dedup_seconds: float = 10.0) -> None:
         tcp = ("tcp", NetTcpRecord, self._tcp)
         super().__init__({NET_REC_CONNECT: tcp, NET_REC_ACCEPT: tcp, NET_REC_CLOSE: tcp,
                           NET_REC_UDP: ("udp", NetUdpRecord, self._udp)})
@@ -113,7 +113,7 @@ class NetworkDecoder(RecordDecoder):
             body["parent"] = parent
         return body
 
-    def _tcp(self, r: NetTcpRecord, raw: bytes) -> "Event":
+    def _tcp(self, r: NetTcpRecord, raw: bytes) -> Event:
         fam, rtype = r.family, r.hdr.type
         if fam not in FAMILIES:
             raise BadRecord("family")
@@ -161,7 +161,7 @@ class NetworkDecoder(RecordDecoder):
         self.counters[function] += 1
         return self.ctx.make_event("process_kprobe", body, r.hdr.ktime)
 
-    def _udp(self, r: NetUdpRecord, raw: bytes) -> "Event":
+    def _udp(self, r: NetUdpRecord, raw: bytes) -> Event:
         fam = r.family
         if fam not in FAMILIES or r.hook not in (NET_UDP_SENDMSG, NET_UDP_CONNECT):
             raise BadRecord("udp")

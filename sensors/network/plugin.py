@@ -46,7 +46,7 @@ class NetworkOptions(BaseModel):
 PROBE = ProbeSource(name="network", source=HERE / "probe.bpf.c", include_dirs=(HERE,))
 
 
-def _factory(ctx: "SensorContext") -> "Sensor":
+def _factory(ctx: SensorContext) -> Sensor:
     # Imported here: discovery (``sensorium plugins``) must not need the run-time modules.
     from sensorium_sensors.network.sensor import NetworkSensor
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sensorium.bpf.object_sensor import ObjectSensor, ring_bytes
 from sensorium.hookspecs import SensorContext
@@ -75,9 +76,10 @@ class NetworkSensor(ObjectSensor):
                 try:
                     for name, mech in UDP_PROGRAMS.items():
                         obj.program(name).attach_cgroup(fd)
+                        dedup_s = opts.get("udp_dedup_seconds", 10.0)
                         self.hooks.append({"hook": name.replace("net_", "").rstrip("46"), "mechanism": mech,
                                            "note": f"observe only, attached to {cgroup}; one report per "
-                                                   f"(process, destination) per {opts.get('udp_dedup_seconds', 10.0)} s"})
+                                                   f"(process, destination) per {dedup_s} s"})
                 finally:
                     os.close(fd)
             # Last, as the exec sensor does: a failed start must not leave a ring registered with the

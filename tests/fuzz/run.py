@@ -37,7 +37,8 @@ TARGETS = PY_TARGETS + C_TARGETS
 TIMEOUT_S = 10  # an input slower than this is a hang (libFuzzer -timeout); Python targets run instrumented
 # Stored inputs a target also starts from, read-only: the hostile corpus as it stands (regenerating it
 # needs no change here).
-EXTRA_CORPUS = {"policy": [REPO / "tests" / "data" / "tetragon-policies", REPO / "tests" / "data" / "hostile" / "policies"],
+EXTRA_CORPUS = {"policy": [REPO / "tests" / "data" / "tetragon-policies",
+                           REPO / "tests" / "data" / "hostile" / "policies"],
                 "config": [REPO / "tests" / "data" / "hostile" / "configs"]}
 
 WHAT = {
@@ -134,7 +135,7 @@ def _stat(log: str, key: str) -> int:
 def _finding(log: str) -> str:
     lines = log.splitlines()
     for i, line in enumerate(lines):
-        if "Uncaught Python exception" in line or line.startswith("==") and "ERROR" in line \
+        if "Uncaught Python exception" in line or (line.startswith("==") and "ERROR" in line) \
                 or "ERROR: libFuzzer" in line or "runtime error:" in line:
             return "\n".join(lines[i:i + 40])
     return "\n".join(lines[-40:])
@@ -142,7 +143,7 @@ def _finding(log: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", 20)),
+    ap.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", "20")),
                     help="per target (default 20, or $FUZZ_SECONDS)")
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     ap.add_argument("--name-suffix", default="", help="figure files coverage-<target><suffix>.json")

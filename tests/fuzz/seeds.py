@@ -73,6 +73,7 @@ def _hook_record(spec: object, int_value: int = 0xFFFFFFFF_FFFFFF85, text: bytes
                  retval: int = 0) -> bytes:
     """A well-formed hook record of ``spec`` with every argument filled."""
     import record_fuzz as R
+
     from sensorium.hooks import selectors as S
 
     args = []
@@ -91,6 +92,7 @@ def _hook_record(spec: object, int_value: int = 0xFFFFFFFF_FFFFFF85, text: bytes
 
 def records_seeds() -> list[bytes]:
     import record_fuzz as R
+
     from sensorium.hooks import selectors as S
 
     out: list[bytes] = []
@@ -106,7 +108,8 @@ def records_seeds() -> list[bytes]:
     tcp = [R.tcp_record(t, pid=77, family=2, sport=40000, dport=443, saddr=[10, 0, 0, 1] + [0] * 12,
                         daddr=[1, 1, 1, 1] + [0] * 12) for t in (R.N.NET_REC_CONNECT, R.N.NET_REC_ACCEPT,
                                                                  R.N.NET_REC_CLOSE)]
-    out.append(R.join_batch(bytes([0, 0, 0, 0, 0, 0, 0, 2]), tcp + [R.udp_record(pid=78, family=10, dport=53, protocol=17)]))
+    out.append(R.join_batch(bytes([0, 0, 0, 0, 0, 0, 0, 2]),
+                            tcp + [R.udp_record(pid=78, family=10, dport=53, protocol=17)]))
     # BPF LSM: one record per hook
     for i in range(len(R.LSM_HOOKS)):
         _plan, prog = R.lsm_program(i)

@@ -15,8 +15,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
@@ -37,6 +37,7 @@ def _one_line(msg: str, starts: str) -> None:
 def policy() -> Callable[[bytes], None]:
     """A policy file through `sensorium policy check` (loader, model, kernel-independent rules)."""
     import hostile_corpus as H
+
     from sensorium.yamlsrc import SourceError
 
     reg = H.registry()
@@ -53,6 +54,7 @@ def policy() -> Callable[[bytes], None]:
 def config() -> Callable[[bytes], None]:
     """An agent config file through what `sensorium run --config` validates before starting anything."""
     import hostile_corpus as H
+
     from sensorium.yamlsrc import SourceError
 
     reg = H.registry()
@@ -161,6 +163,7 @@ def fastrest_tables(out_dir: Path) -> None:
     own `Formatter` from hooks of the kinds it renders natively (every integer width, string_arg, a return
     value) and one it does not (a socket argument: every record falls back)."""
     import record_fuzz as R
+
     from sensorium.hooks import native as _native
 
     ring = R.hook_ring(fastrest_specs())

@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -152,12 +153,13 @@ def watcher(api: Any) -> Iterator[Any]:
 def crds(kubeconfig: str, api: Any) -> Iterator[None]:
     from kubernetes import client
 
-    r = subprocess.run([str(CACHE / "bin" / "kubectl"), "--kubeconfig", kubeconfig, "apply", "-f", str(REPO / "charts" / "sensorium" / "crds")],
+    r = subprocess.run([str(CACHE / "bin" / "kubectl"), "--kubeconfig", kubeconfig, "apply",
+                        "-f", str(REPO / "charts" / "sensorium" / "crds")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     ext = client.ApiextensionsV1Api(api)
     for name in ("tracingpolicies.sensorium.io", "tracingpoliciesnamespaced.sensorium.io"):
-        wait_for(lambda: any(c.type == "Established" and c.status == "True"
+        wait_for(lambda name=name: any(c.type == "Established" and c.status == "True"
                           for c in (ext.read_custom_resource_definition(name).status.conditions or [])),
               what=f"{name} established")
     yield

@@ -8,9 +8,10 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from k8s_env import CACHE, REPO, SCRIPTS
 
@@ -134,7 +135,8 @@ def cluster_down() -> str:
 
 
 def deployment(namespace: str, name: str, command: list[str], labels: dict[str, str] | None = None,
-               volumes: list[dict[str, Any]] | None = None, mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               volumes: list[dict[str, Any]] | None = None,
+               mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     sel = {"app": name, **(labels or {})}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",

@@ -17,13 +17,25 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from k8s_cluster import (BINARIES, CHART, SOCK, VALUES, Cluster, LogTail, cluster_down, cluster_up, deployment,
-                         exported_events, run, wait_for)
+from k8s_cluster import (
+    BINARIES,
+    CHART,
+    SOCK,
+    VALUES,
+    Cluster,
+    LogTail,
+    cluster_down,
+    cluster_up,
+    deployment,
+    exported_events,
+    run,
+    wait_for,
+)
 from k8s_env import CACHE, SCRIPTS
 
 # The first test also brings the cluster up and installs the chart (the image import alone can take a minute).
@@ -126,8 +138,8 @@ def agent(cluster: Cluster, peers: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """helm install with the CI values (+ the peers' exporters); yields the agent pod once Ready (and the
     figures of its start)."""
     # The image as this checkout builds it (seconds when cached: only changed layers are rebuilt).
-    r = run([str(SCRIPTS.parents[1] / ".venv" / "bin" / "python"), str(SCRIPTS / "agent_image.py"), "import", str(SOCK)],
-            timeout=900)
+    r = run([str(SCRIPTS.parents[1] / ".venv" / "bin" / "python"), str(SCRIPTS / "agent_image.py"), "import",
+             str(SOCK)], timeout=900)
     print(r.stderr.strip().splitlines()[-1])
     cluster.helm("uninstall", "sensorium", "-n", RELEASE_NS, "--wait", check=False)
     t0 = time.time()
@@ -248,18 +260,20 @@ def test_workload_events_name_pod_namespace_container_workload_and_image(
         lambda e: e.get("process_exec", {}).get("process", {}).get("pod", {}).get("name") == pod),
         60, f"a first event of {pod} in kubectl logs -f")
     started = _parse(cluster.pods(ns, "app=web")[0]["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
-    cluster.figures["deployment_created_to_first_enriched_event_seen_s"] = round(t_seen - float(workloads["a_created"]), 2)
+    seen_s = round(t_seen - float(workloads["a_created"]), 2)
+    cluster.figures["deployment_created_to_first_enriched_event_seen_s"] = seen_s
     cluster.figures["container_started_to_first_enriched_event_seen_s"] = round(t_seen - started, 2)
     cluster.figures["first_exec_to_its_enriched_event_seen_s"] = round(t_seen - _parse(first["time"]), 2)
     print(f"figures: {cluster.figures}")
 
     mark = f"m{uuid.uuid4().hex[:10]}"
-    r = cluster.exec(ns, f"deploy/web", "/bin/echo", mark)
+    r = cluster.exec(ns, "deploy/web", "/bin/echo", mark)
     assert r.returncode == 0 and r.stdout.strip() == mark, r.stderr
     # A connection from the pod to the API server's port on the node.
     r = cluster.exec(ns, "deploy/web", "/bin/sh", "-c", "/bin/nc -w 2 10.213.0.1 26443 </dev/null; echo rc=$?")
     assert "rc=0" in r.stdout, (r.stdout, r.stderr)
-    p = wait_for(lambda: _exec_event(cluster.logs(RELEASE_NS, agent_pod), mark), 30, f"the exec of {mark} in kubectl logs")
+    p = wait_for(lambda: _exec_event(cluster.logs(RELEASE_NS, agent_pod), mark), 30,
+                 f"the exec of {mark} in kubectl logs")
     _check_identity(p, ns, pod)
     assert p["binary"] == "/bin/busybox"  # the test image's /bin/echo is a link to it
     # The same event through the file exporter, on the node.
@@ -372,7 +386,8 @@ def test_a_deleted_agent_pod_is_brought_back_and_still_names_pods(
     new = _ready_agent(cluster, 240, not_named=old)
     ready = _condition_time(new, "Ready")
     cluster.figures["agent_delete_until_gone_s"] = round(gone - t0, 1)
-    cluster.figures["agent_new_pod_created_after_delete_s"] = round(_parse(new["metadata"]["creationTimestamp"]) - t0, 1)
+    created_s = round(_parse(new["metadata"]["creationTimestamp"]) - t0, 1)
+    cluster.figures["agent_new_pod_created_after_delete_s"] = created_s
     cluster.figures["agent_new_pod_created_to_ready_s"] = round(ready - _parse(new["metadata"]["creationTimestamp"]), 1)
     print(f"figures: {cluster.figures}")
     mark = f"m{uuid.uuid4().hex[:10]}"

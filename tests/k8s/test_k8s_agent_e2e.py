@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
 import yaml
-
 from k8s_env import NODE, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from k8s_env import CACHE, REPO
 
 CHART = REPO / "charts" / "sensorium"

@@ -7,17 +7,14 @@ sensor would put in its kernel maps), so this checks the Kubernetes side, not th
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
-from k8s_env import CACHE, NODE, REPO, wait_for
+from k8s_env import NODE, REPO, wait_for
 
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -91,7 +88,8 @@ def test_policy_crds_load_update_refuse_and_delete(crds: None, api: Any, manager
         nsd = f"ns-{uuid.uuid4().hex[:6]}"
         co.create_namespaced_custom_object(GROUP, VERSION, namespace, "tracingpoliciesnamespaced",
                                            _policy(nsd, "/x", "TracingPolicyNamespaced", namespace))
-        st = wait_for(lambda: node_status(nsd, "tracingpoliciesnamespaced", namespace) or None, what="namespaced status")
+        st = wait_for(lambda: node_status(nsd, "tracingpoliciesnamespaced", namespace) or None,
+                      what="namespaced status")
         assert st["state"] == "error" and "TracingPolicyNamespaced" in st["message"]
 
         # Delete: unloaded at once.

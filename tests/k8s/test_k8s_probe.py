@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from k8s_env import REPO
 
@@ -35,7 +36,8 @@ def test_not_ready_reasons() -> None:
     sys.path.insert(0, str(PROBE.parent))
     import probe as p  # the module itself: the decision on a status document
 
-    assert p.not_ready_reason({"sensors": [{"name": "exec", "state": "running"}, {"name": "lsm", "state": "failed"}]}) is None
+    running_and_failed = {"sensors": [{"name": "exec", "state": "running"}, {"name": "lsm", "state": "failed"}]}
+    assert p.not_ready_reason(running_and_failed) is None
     why = p.not_ready_reason({"sensors": [{"name": "exec", "state": "failed"}]})
     assert why and "exec failed" in why
     why = p.not_ready_reason({"sensors": [{"name": "exec", "state": "running"}],

@@ -33,7 +33,8 @@ def _deployment_rs(api: Any, ns: str, name: str) -> Any:
     apps = client.AppsV1Api(api)
     sel = {"matchLabels": {"app": name}}
     tmpl = {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "main", "image": "x"}]}}
-    dep = apps.create_namespaced_deployment(ns, {"metadata": {"name": name}, "spec": {"selector": sel, "template": tmpl}})
+    dep = apps.create_namespaced_deployment(ns, {"metadata": {"name": name},
+                                                 "spec": {"selector": sel, "template": tmpl}})
     return apps.create_namespaced_replica_set(ns, {
         "metadata": {"name": f"{name}-5d8f7c9b6d", "ownerReferences": [_owner("apps/v1", "Deployment", dep)]},
         "spec": {"selector": sel, "template": tmpl}})
@@ -50,7 +51,7 @@ def _cronjob_job(api: Any, ns: str, name: str) -> Any:
         "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": tmpl}}}})
 
     class _Obj:
-        class metadata:  # noqa: N801 - shaped like a client object for _owner
+        class metadata:  # shaped like a client object for _owner
             pass
 
     o = _Obj()
@@ -130,8 +131,8 @@ def test_exec_in_two_pods_resolves_to_the_right_pod(kubelet: Any, api: Any, watc
 @pytest.mark.parametrize("kind,api_version,workload", [
     ("StatefulSet", "apps/v1", "db"), ("DaemonSet", "apps/v1", "node-agent"), (None, None, "lonely"),
 ])
-def test_workload_of_statefulset_daemonset_and_bare_pod(kubelet: Any, watcher: Any, namespace: str,
-                                                        kind: str | None, api_version: str | None, workload: str) -> None:
+def test_workload_of_statefulset_daemonset_and_bare_pod(kubelet: Any, watcher: Any, namespace: str, kind: str | None,
+                                                        api_version: str | None, workload: str) -> None:
     owners = [{"apiVersion": api_version, "kind": kind, "name": workload, "uid": str(uuid.uuid4()),
                "controller": True}] if kind else None
     pod = kubelet.run_pod(namespace, f"{workload}-0" if kind else workload, {"w": workload}, owner_references=owners)
@@ -220,7 +221,8 @@ def test_container_outside_kubernetes_is_not_held(watcher: Any, cgroup2_dir: Any
     try:
         with open(os.path.join(scope, "cgroup.procs"), "w") as f:
             f.write(str(proc.pid))
-        path = next(line.split(":", 2)[2].strip() for line in open(f"/proc/{proc.pid}/cgroup") if line.startswith("0::"))
+        path = next(line.split(":", 2)[2].strip() for line in open(f"/proc/{proc.pid}/cgroup")
+                    if line.startswith("0::"))
         assert path.endswith(f"docker-{cid}.scope")
         ev = Event("process_exec", {"process": {"exec_id": "d", "pid": proc.pid, "binary": "/bin/sleep",
                                                 "cgroup": {"path": path}}}, "n", time.time_ns())

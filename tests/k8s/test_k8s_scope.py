@@ -10,10 +10,10 @@ import uuid
 from typing import Any
 
 import pytest
-
 from k8s_env import wait_for
+
 from sensorium.k8s.scope import LabelSelector, PodCgroups, PodScope, ScopeTracker
-from sensorium.scope import hierarchy_mounts, proc_cgroup_dirs, process_in_scope
+from sensorium.scope import hierarchy_mounts, process_in_scope
 
 
 @pytest.mark.parametrize("doc,labels,want", [
@@ -70,7 +70,7 @@ def test_scope_follows_labels_and_pods(kubelet: Any, api: Any, watcher: Any, nam
     elsewhere = kubelet.run_pod(other_ns, "web", {"app": "web"})
     for p in (web, db, elsewhere):
         for c in p.containers.values():
-            wait_for(lambda: watcher.container(c.id), what=f"{p.name}/{c.name}")
+            wait_for(lambda c=c: watcher.container(c.id), what=f"{p.name}/{c.name}")
 
     updates: list[Any] = []
     t = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="web")),
@@ -140,7 +140,7 @@ def _kubelet_mkdir_pod(uid: str) -> list[str]:
     """What the kubelet does first for a new pod: its cgroup in every hierarchy it manages (cgroupfs
     driver, BestEffort), before any sandbox or container."""
     made = []
-    for hier, mnt in sorted(hierarchy_mounts().items()):
+    for _hier, mnt in sorted(hierarchy_mounts().items()):
         d = os.path.join(mnt, "kubepods", "besteffort", f"pod{uid}")
         os.makedirs(d, exist_ok=True)
         made.append(d)
@@ -173,13 +173,13 @@ def test_a_new_pods_cgroup_enters_the_scope_as_soon_as_it_is_created(api: Any, w
             body = {"metadata": {"name": f"new-{i}", "labels": {"app": "new"}},
                     "spec": {"nodeName": watcher.node_name, "containers": [{"name": "main", "image": "x"}]}}
             uid = core.create_namespaced_pod(namespace, body).metadata.uid
-            wait_for(lambda: watcher.pod(uid), what="pod in the watcher")  # the kubelet acts on a pod it knows
+            wait_for(lambda uid=uid: watcher.pod(uid), what="pod in the watcher")  # the kubelet acts on a pod it knows
             got.clear()
             t0 = time.monotonic()
             dirs = _kubelet_mkdir_pod(uid)
             try:
                 ino = {os.stat(d).st_ino for d in dirs}
-                hit = wait_for(lambda: next((ts for ts, sc in got if ino <= {r.id for r in sc.cgroups}), None),
+                hit = wait_for(lambda ino=ino: next((ts for ts, sc in got if ino <= {r.id for r in sc.cgroups}), None),
                             timeout=5, what=f"pod {i} cgroup in the scope")
                 windows.append(hit - t0)
             finally:
@@ -214,7 +214,7 @@ def test_systemd_driver_layout_pod_and_container_cgroups(api: Any, watcher: Any,
     t2 = ScopeTracker(watcher, PodScope(namespace=namespace, pod_selector=_sel(app="sd"),
                                         container_selector=_sel(name="main")), cgroups=pod_cgroups)
     try:
-        for hier, mnt in sorted(hierarchy_mounts().items()):
+        for _hier, mnt in sorted(hierarchy_mounts().items()):
             qos = os.path.join(mnt, "kubepods.slice", "kubepods-besteffort.slice")
             pod_dir = os.path.join(qos, f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice")
             os.makedirs(os.path.join(pod_dir, f"cri-containerd-{cid}.scope"))
@@ -282,7 +282,7 @@ def test_what_a_policy_selects(kind: str, ns: str | None, extra: str, want: dict
     from sensorium.plugins import PluginRegistry
     from sensorium.policy import parse_policy
 
-    meta = f"  name: p\n" + (f"  namespace: {ns}\n" if ns else "")
+    meta = "  name: p\n" + (f"  namespace: {ns}\n" if ns else "")
     text = (f"apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n{meta}spec:\n{extra}"
             "  tracepoints:\n  - {subsystem: syscalls, event: sys_enter_openat}\n")
     p = parse_policy(text, "p.yaml", PluginRegistry().discover(), scoping_supported=True)

@@ -17,12 +17,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-
-from k8s_env import NODE, wait_for
 from enforcement_helpers import connect_lsmhooks
+from k8s_env import NODE, wait_for
 from openat_harness import SIGKILL, openat_kprobes
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel]
@@ -221,7 +221,8 @@ def test_host_selector_alone_applies_to_host_processes_only(agent: Callable[...,
         f.write("host-secret\n")
     try:
         pod = kubelet.run_pod(ns, "pod", {"app": "x"})
-        assert kubelet.exec(pod, "main", ["/bin/sh", "-c", f"echo pod-secret > {secret}.w && mv {secret}.w {secret}"])[0] == 0
+        write = f"echo pod-secret > {secret}.w && mv {secret}.w {secret}"
+        assert kubelet.exec(pod, "main", ["/bin/sh", "-c", write])[0] == 0
         h = agent(_agent_config(kubeconfig))
         sock = h.config_path.parent / "api.sock"
         text = policy_text("host-only", "unused", 1, secret).replace(

@@ -9,11 +9,9 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 from k8s_env import NODE, RUN, SCRIPTS, wait_for
 
 pytestmark = pytest.mark.slow

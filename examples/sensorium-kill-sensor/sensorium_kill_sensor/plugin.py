@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import signal as _signal
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
