@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--execs", type=int, default=2000, help="fork+exec per exec storm")
     ap.add_argument("--calls", type=int, default=200_000, help="openat calls per bare/never-matching storm")
     ap.add_argument("--match-calls", type=int, default=200_000, help="openat calls of the matching runs")
+    ap.add_argument("--only", choices=("exec", "openat"), help="run one of the two benchmarks")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
@@ -81,7 +82,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sensorium-compare-") as tmp:
         for rnd in range(args.rounds):
             order = ("old", "new") if rnd % 2 == 0 else ("new", "old")
-            for bench in ("exec", "openat"):
+            for bench in ((args.only,) if args.only else ("exec", "openat")):
                 for t in order:
                     res = _run(trees[t], bench, args, Path(tmp) / f"{t}-{bench}-{rnd}.json")
                     for fig, (b, path, _) in FIGURES.items():
