@@ -9,7 +9,7 @@
 # from a file the guest writes into the shared repo: vng's own exit status is not trusted), or 124 on
 # timeout, or 125 when the guest never reported one (boot failure, panic).
 #
-# Environment: SENSORIUM_VM_TIMEOUT (seconds for the whole guest, default 1800),
+# Environment: SENSORIUM_VM_TIMEOUT (seconds for the whole guest, default 2700),
 # SENSORIUM_VM_TEST_TIMEOUT (pytest-timeout per test in the guest, default 900: everything runs about
 # ten times slower under emulation), SENSORIUM_VM_MEMORY (default 2G), SENSORIUM_VM_CPUS (default 1).
 set -euo pipefail
@@ -106,7 +106,7 @@ exit "\$rc"
 GUEST
 chmod +x "$run_dir/guest.sh"
 
-timeout_s="${SENSORIUM_VM_TIMEOUT:-1800}"
+timeout_s="${SENSORIUM_VM_TIMEOUT:-2700}"
 log "booting $release (timeout ${timeout_s}s) with:$quoted_args"
 started=$(date +%s)
 # A private mount namespace lays the stand-in udevd over /usr/local/bin (a directory on the guest
