@@ -118,10 +118,11 @@ def our_prog_ids(handle) -> set[int]:
     return ids
 
 
-def _proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all threads) so far."""
+def _proc_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` (all threads) so far."""
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / tck, int(f[12]) / tck
 
 
 def agent_export(exe: Path, calls: int, target: Path, tmp: Path, ring_kb: int = 262144,
@@ -180,7 +181,8 @@ def agent_export(exe: Path, calls: int, target: Path, tmp: Path, ring_kb: int = 
                 break
             time.sleep(0.2)
         t_end = last_change
-        cpu = _proc_cpu(proc.pid) - cpu0
+        cpu1 = _proc_cpu(proc.pid)
+        user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         lst = subprocess.run([sensorium, "policy", "list", "--json", "--socket", str(sock)], capture_output=True,
                              text=True)
         try:
@@ -189,7 +191,11 @@ def agent_export(exe: Path, calls: int, target: Path, tmp: Path, ring_kb: int = 
         except (ValueError, IndexError, KeyError):
             kernel = {"list": lst.stdout[-300:] + lst.stderr[-300:]}
         return {"agent_events": n, "agent_zero_loss": n == calls, "agent_events_per_s": n / max(t_end - t0, 1e-9),
-                "agent_policy_status": kernel, "agent_cpu_us_per_event": 1e6 * cpu / max(n, 1)}
+                "agent_policy_status": kernel, "agent_cpu_us_per_event": 1e6 * (user + system) / max(n, 1),
+                # user time is the agent's own code; system time is mostly the file exporter's writev into
+                # the page cache, which varies 3x between runs on this VM whatever the agent does
+                "agent_user_cpu_us_per_event": 1e6 * user / max(n, 1),
+                "agent_system_cpu_us_per_event": 1e6 * system / max(n, 1)}
     finally:
         proc.terminate()
         try:
@@ -432,13 +438,18 @@ def main() -> int:
                 label = "native" if native else "python"
                 rate_med = statistics.median(r["agent_events_per_s"] for r in rs)
                 cpu_med = statistics.median(r["agent_cpu_us_per_event"] for r in rs)
+                user_med = statistics.median(r["agent_user_cpu_us_per_event"] for r in rs)
+                sys_med = statistics.median(r["agent_system_cpu_us_per_event"] for r in rs)
                 res[f"agent_{label}"] = {"events_per_s": [r["agent_events_per_s"] for r in rs],
                                          "events_per_s_median": rate_med, "cpu_us_per_event_median": cpu_med,
+                                         "user_cpu_us_per_event_median": user_med,
+                                         "system_cpu_us_per_event_median": sys_med,
                                          "zero_loss": all(r["agent_zero_loss"] for r in rs)}
                 print(f"  through the agent (sensorium run, file exporter), decoder {label:6s}: "
                       f"{rate_med:10,.0f} events/s (median of {len(rs)}: "
                       f"{', '.join(format(r['agent_events_per_s'], ',.0f') for r in rs)}), "
                       f"zero loss: {res[f'agent_{label}']['zero_loss']}, agent CPU {cpu_med:.2f} us/event "
+                      f"(user {user_med:.2f}, system {sys_med:.2f}) "
                       f"(policy status: {rs[-1]['agent_policy_status']})")
             res.update(agent_runs[modes[-1]][-1])
         if args.json:
