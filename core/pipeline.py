@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sensorium import hookimpl
-from sensorium.events import Event, EventBatch, kinds_of
+from sensorium.events import BOOT_WALL_NS, Event, EventBatch, kinds_of
 from sensorium.hookspecs import Decoder, HoldingStage, Stage, StageSpec
 
 log = logging.getLogger("sensorium.pipeline")
@@ -51,7 +51,7 @@ class ProcessJoin:
 
     def _resolve(self, ev: Event) -> Event | None:
         pid = ev.body["process"]["pid"]
-        process, parent = self.cache.get(pid)
+        process, parent = self.cache.get(pid, ev.time_ns - BOOT_WALL_NS)  # the image running at the event
         if process is None:
             return None
         body = dict(ev.body)

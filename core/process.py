@@ -39,6 +39,9 @@ NAMESPACES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "ti
 # The host's own numbering; exit records carry raw numbers.
 SIGNAL_NAMES: dict[int, str] = {int(s): s.name for s in signal.Signals}
 
+# Earlier images kept findable per pid (fork -> exec -> exec ... within one batch of records).
+_EARLIER_IMAGES = 4
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -203,6 +206,10 @@ class ProcessCache:
         # pid -> exec_id of its last exited process still in grace: events of other sensors come
         # through other rings and may be drained after the exit record (ProcessJoin in pipeline.py).
         self._gone: dict[int, str] = {}
+        # pid -> exec_ids of its earlier images still in the cache (oldest first, a few): a record that a
+        # sensor made before the pid's current image started (a forked child's calls before its exec,
+        # drained after the exec record) belongs to one of them (`get` with the record's ktime).
+        self._earlier: dict[int, list[str]] = {}
         self._interned: dict[tuple, dict[str, Any]] = {}
         self._exited: collections.OrderedDict[str, float] = collections.OrderedDict()  # exec_id -> exit time
         self._host_ns = self._read_ns("self")
@@ -316,17 +323,30 @@ class ProcessCache:
             self._sweep()
             return process, parent
 
-    def get(self, pid: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def get(self, pid: int, ktime: int | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """(process, parent) of the running process ``pid`` (a tgid), for other sensors' events.
-        A miss tries /proc once (a process started between the scan and the sensor's attach)."""
+        A miss tries /proc once (a process started between the scan and the sensor's attach).
+
+        ``ktime``: when the event happened (the record's bpf_ktime_get_ns). An event older than the pid's
+        current image (a forked child's calls before its exec, read after the exec record) gets the image
+        that was running then, while it is still in the cache."""
         with self._lock:
-            entry = self._live(pid)
+            entry = self._current(pid)
             if entry is None:
-                gone = self._gone.get(pid)
-                entry = self._entries.get(gone) if gone is not None else None
-                if entry is None:
-                    return None, None
+                return None, None
+            if ktime is not None and entry.ktime > ktime and pid in self._earlier:
+                entry = self._image_at(pid, ktime) or entry
             return self._view(entry), self._parent_view(entry)
+
+    def image_start(self, pid: int) -> int:
+        """The ktime before which an event of ``pid`` belongs to an earlier image of it that is still in the
+        cache (pass its ktime to `get`); 0 when there is none (every event gets the current image). For
+        decoders that look a pid up once per batch."""
+        with self._lock:
+            if pid not in self._earlier:
+                return 0
+            entry = self._current(pid)
+            return entry.ktime if entry is not None else 0
 
     def get_by_exec_id(self, exec_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -378,6 +398,22 @@ class ProcessCache:
             return None
         parent = self._entries.get(entry.parent_exec_id)
         return self._view(parent) if parent is not None else None
+
+    def _current(self, pid: int) -> _Entry | None:
+        """The running image of ``pid``, else its last one still in grace."""
+        entry = self._live(pid)
+        if entry is None:
+            gone = self._gone.get(pid)
+            entry = self._entries.get(gone) if gone is not None else None
+        return entry
+
+    def _image_at(self, pid: int, ktime: int) -> _Entry | None:
+        """The latest earlier image of ``pid`` that had started at ``ktime``."""
+        for exec_id in reversed(self._earlier.get(pid, ())):
+            entry = self._entries.get(exec_id)
+            if entry is not None and entry.ktime <= ktime:
+                return entry
+        return None
 
     def _live(self, pid: int) -> _Entry | None:
         exec_id = self._pids.get(pid)
@@ -523,6 +559,10 @@ class ProcessCache:
             del self._pids[entry.pid]
             self._gone[entry.pid] = exec_id
         if not entry.exited:
+            images = self._earlier.setdefault(entry.pid, [])
+            images.append(exec_id)
+            if len(images) > _EARLIER_IMAGES:
+                del images[0]
             entry.exited = True
             entry.refcnt -= 1
             self._exited[exec_id] = self._clock()
@@ -550,6 +590,11 @@ class ProcessCache:
             del self._pids[entry.pid]
         if self._gone.get(entry.pid) == entry.exec_id:
             del self._gone[entry.pid]
+        images = self._earlier.get(entry.pid)
+        if images is not None and entry.exec_id in images:
+            images.remove(entry.exec_id)
+            if not images:
+                del self._earlier[entry.pid]
         self._counters["freed"] += 1
         self._release_parent(entry)
 

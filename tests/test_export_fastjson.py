@@ -76,7 +76,7 @@ class _Cache:
     def __init__(self, table: dict[int, tuple[Any, Any]], broken: int = 666) -> None:
         self.table, self.broken = table, broken
 
-    def get(self, pid: int) -> tuple[Any, Any]:
+    def get(self, pid: int, ktime: int | None = None) -> tuple[Any, Any]:
         if pid == self.broken:
             raise RuntimeError("a broken cache lookup is a miss")
         return self.table.get(pid, (None, None))

@@ -189,7 +189,7 @@ class _StaticCache:
 
     PROC: ClassVar[dict[str, Any]] = {"exec_id": "ZXhlYw==", "pid": 4242, "binary": "/usr/bin/\u00e9 \"q\"", "arguments": "-a \\x", "refcnt": 1}
 
-    def get(self, pid: int) -> tuple[Any, Any]:
+    def get(self, pid: int, ktime: int | None = None) -> tuple[Any, Any]:
         if pid == 666:
             raise RuntimeError("a failing lookup is a miss")
         if pid in (4242, 0, 0xFFFFFFFF):

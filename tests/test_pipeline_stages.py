@@ -129,7 +129,7 @@ def test_the_kubernetes_stage_is_a_holding_stage_over_its_enricher() -> None:
 
 def test_the_process_join_flushes_what_it_holds() -> None:
     class NoCache:
-        def get(self, pid: int) -> tuple[None, None]:
+        def get(self, pid: int, ktime: int | None = None) -> tuple[None, None]:
             return None, None
 
     join = ProcessJoin(NoCache(), hold_s=60)

@@ -82,6 +82,31 @@ def test_exec_after_fork_gets_new_exec_id_and_clone_flag() -> None:
     assert c.get_by_exec_id(forked["exec_id"]) is None or c.get(BASE + 2)[0]["exec_id"] == child["exec_id"]
 
 
+def test_an_event_gets_the_image_that_ran_at_its_time() -> None:
+    clock = Clock()
+    c = cache(clock=clock, exited_grace_s=30.0)
+    c.on_exec(BASE + 1, 100, info(0, "/bin/sh"))
+    c.on_fork(BASE + 1, BASE + 2, 150)
+    forked, _ = c.get(BASE + 2)
+    assert c.image_start(BASE + 2) == 0  # one image so far: every event gets it
+    c.on_exec(BASE + 2, 160, info(BASE + 1, "/bin/cat"))
+    c.on_exec(BASE + 2, 170, info(BASE + 1, "/bin/true"))
+    assert c.image_start(BASE + 2) == 170
+    # an event between fork and the first exec is the clone's; between the execs, cat's; after, true's
+    assert c.get(BASE + 2, 155)[0]["exec_id"] == forked["exec_id"]
+    assert c.get(BASE + 2, 165)[0]["binary"] == "/bin/cat"
+    assert c.get(BASE + 2, 175)[0]["binary"] == "/bin/true"
+    assert c.get(BASE + 2)[0]["binary"] == "/bin/true"
+    assert c.get(BASE + 2, 10)[0]["binary"] == "/bin/true"  # older than anything known: the current image
+    # after exit, late events still find their image; once the grace is over the earlier ones are gone
+    c.on_exit(BASE + 2, 180)
+    assert c.get(BASE + 2, 165)[0]["binary"] == "/bin/cat"
+    clock.t += 31
+    c.sweep()
+    assert c.get(BASE + 2, 165) == (None, None) and c.image_start(BASE + 2) == 0
+    assert c._earlier == {}  # nothing kept for freed images
+
+
 def test_exit_keeps_entry_for_grace_then_frees_it() -> None:
     clock = Clock()
     c = cache(exited_grace_s=30.0, clock=clock)

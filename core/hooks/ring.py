@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     # `ProcCtx` list, JSON head up to the args, policy_name JSON, plan, hook set, state: 1 in the process
     # cache, 2 in it without exec_id, 0 not in it (the head is then a format of pid and tid))
     Head = tuple[int, bytes, bytes, HookPlan, HookSet, int]
-    Memo = tuple[int, bytes, bytes, HookPlan, HookSet, int, QuickRest | None]  # a `Head` and its quick formatter
+    # a `Head`, its quick formatter, and the ktime before which a record of that pid belongs to an earlier
+    # image of it (ProcessCache.image_start; 0: none in this batch)
+    Memo = tuple[int, bytes, bytes, HookPlan, HookSet, int, QuickRest | None, int]
     # (plan, policy_name, process, parent); process None: not in the cache
     ProcCtx = tuple[HookPlan, str, Mapping[str, Any] | None, Mapping[str, Any] | None]
 
@@ -131,13 +133,19 @@ class EventRing:
         hooks = self.hooks
         pc = getattr(self.ctx, "process_cache", None)
         pc_get = pc.get if pc is not None else None
+        # A record older than its pid's current image (a forked child's calls before its exec) takes the
+        # image of its time. Only pids whose image changed since this batch's first record can have one;
+        # 0.1 s covers the ktime-to-reservation skew between CPUs (a program's run).
+        image_start = getattr(pc, "image_start", None)
+        floor = EV.unpack_from(records[0])[3] - 100_000_000 if records and len(records[0]) >= EV_SIZE else 0
+        newer = (image_start, floor)
         tail_node = b'},"node_name":' + orjson.dumps(node_name) + b',"time":'
         heads: list[bytes] = []
         rests: list[bytes] = []
         recs: list[bytes] = []
         # per (policy, hook, pid): (index in ctxs, JSON head up to the args, policy_name JSON, plan, HookSet,
         # state: 1 in the cache, 2 in it without exec_id, 0 not in it (head is then a format of pid and tid))
-        memo: dict[tuple[int, int, int], Memo] = {}
+        memo: dict[tuple[int, ...], Memo] = {}
         ctxs: list[ProcCtx] = []
         resolved = True
         unpack_ev = EV.unpack_from
@@ -153,7 +161,7 @@ class EventRing:
         if nat is not None:
             status, out, out_end = nat[0], nat[1], nat[2]
             if status.count(0) == len(status):  # every record rendered natively: no loop per record here
-                done = self._native_batch(records, nat, memo, ctxs, pc_get)
+                done = self._native_batch(records, nat, memo, ctxs, pc_get, newer)
                 if done is not None:
                     heads, rests, resolved = done
                     # a RecordBlob makes its bytes only if an event is made from them
@@ -177,8 +185,10 @@ class EventRing:
                 if entry is None:
                     dropped["unknown_hook"] += 1  # a hook unloaded while its last records were in flight
                     continue
-                m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
-            _ci, head, pname, plan, hs, state, quick = m
+                m = memo[(policy_id, hook_id, pid)] = self._memo(entry, pid, pc_get, ctxs, newer)
+            if ktime < m[7]:  # made before the pid's current image: the image of its time
+                m = self._earlier(memo, (policy_id, hook_id, pid, ktime), pc_get, ctxs)
+            _ci, head, pname, plan, hs, state, quick, _since = m
             end = EV_SIZE + data_len
             if end > n:  # the record is shorter than its own data: cut somewhere
                 dropped["truncated"] += 1
@@ -283,7 +293,7 @@ class EventRing:
         return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
 
     def _batch(self, heads: list[bytes], rests: list[bytes], recs: Sequence[bytes],
-               memo: dict[tuple[int, int, int], Memo], ctxs: list[ProcCtx], node_name: str, boot: int,
+               memo: dict[tuple[int, ...], Memo], ctxs: list[ProcCtx], node_name: str, boot: int,
                resolved: bool) -> EventBatch:
         unpack_ev = EV.unpack_from
         # Each event's kind, for counting: one list multiplication when the batch has one kind (a sensor's
@@ -297,7 +307,10 @@ class EventRing:
         def make(i: int) -> Event:
             rec = recs[i]
             f = unpack_ev(rec)
-            plan, policy_name, proc, parent = ctxs[memo[(f[6], f[7], f[4])][0]]
+            m = memo[(f[6], f[7], f[4])]
+            if f[3] < m[7]:
+                m = memo[(f[6], f[7], f[4], f[3])]
+            plan, policy_name, proc, parent = ctxs[m[0]]
             if proc is None:
                 proc = {"pid": f[4], "tid": f[5]}
             return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, _batch_body,
@@ -334,8 +347,9 @@ class EventRing:
         except Exception:  # noqa: BLE001 - only an optimisation: the Python path does it all
             return None
 
-    def _native_batch(self, records: Sequence[bytes], nat: tuple[Any, ...], memo: dict[tuple[int, int, int], Memo],
-                      ctxs: list[ProcCtx], pc_get: Any) -> tuple[list[bytes], list[bytes], bool] | None:
+    def _native_batch(self, records: Sequence[bytes], nat: tuple[Any, ...], memo: dict[tuple[int, ...], Memo],
+                      ctxs: list[ProcCtx], pc_get: Any,
+                      newer: tuple[Any, int]) -> tuple[list[bytes], list[bytes], bool] | None:
         """Heads and rests of a batch fastrest.c rendered whole: one head per (policy, hook, pid) (per
         thread when the process is not in the cache), as the loop of `decode` makes them."""
         _status, out, _out_end, slot, slots, slot_n, ns = nat
@@ -350,7 +364,9 @@ class EventRing:
                 entry = hooks.get((policy_id, hook_id))
                 if entry is None:
                     return None
-                m = memo[(policy_id, hook_id, pid)] = self._head(entry, pid, pc_get, ctxs) + (self._quick(entry),)
+                m = memo[(policy_id, hook_id, pid)] = self._memo(entry, pid, pc_get, ctxs, newer)
+            if m[7]:  # the pid's image changed within the batch: records need their own time (`decode`)
+                return None
             head, state = m[1], m[5]
             if state != 1:
                 resolved = False
@@ -381,14 +397,37 @@ class EventRing:
             got = self._quick_cache[id(entry)] = (entry, fn)
         return got[1]
 
+    def _memo(self, entry: HookEntry, pid: int, pc_get: Any, ctxs: list[ProcCtx], newer: tuple[Any, int]) -> Memo:
+        """The `Memo` of one hook and one pid for a batch (see `decode`)."""
+        image_start, floor = newer
+        since = 0
+        if image_start is not None:
+            try:
+                since = image_start(pid)
+            except Exception:  # noqa: BLE001 - process info is best effort
+                since = 0
+            if since <= floor:
+                since = 0
+        return self._head(entry, pid, pc_get, ctxs) + (self._quick(entry), since)
+
+    def _earlier(self, memo: dict[tuple[int, ...], Memo], key: tuple[int, int, int, int], pc_get: Any,
+                 ctxs: list[ProcCtx]) -> Memo:
+        """The `Memo` of a record made before its pid's current image (key: policy, hook, pid, ktime)."""
+        m = memo.get(key)
+        if m is None:
+            entry = self.hooks[key[:2]]
+            m = memo[key] = self._head(entry, key[2], pc_get, ctxs, key[3]) + (self._quick(entry), 0)
+        return m
+
     @staticmethod
-    def _head(entry: HookEntry, pid: int, pc_get: Any, ctxs: list[ProcCtx]) -> Head:
-        """What the events of one hook and one pid share in a batch (see `decode`)."""
+    def _head(entry: HookEntry, pid: int, pc_get: Any, ctxs: list[ProcCtx], ktime: int | None = None) -> Head:
+        """What the events of one hook and one pid share in a batch (see `decode`); ``ktime``: of a record
+        made before the pid's current image."""
         plan, policy_name, hs = entry
         proc = parent = None
         if pc_get is not None:
             try:
-                proc, parent = pc_get(pid)
+                proc, parent = pc_get(pid) if ktime is None else pc_get(pid, ktime)
             except Exception:  # noqa: BLE001 - process info is best effort; the event still goes out
                 proc = parent = None
         pname = b',"policy_name":' + orjson.dumps(policy_name)
@@ -439,7 +478,7 @@ class EventRing:
             proc = parent = None
             if pc is not None:
                 try:
-                    proc, parent = pc.get(pid)
+                    proc, parent = pc.get(pid, ktime)
                 except Exception:  # noqa: BLE001 - process info is best effort; the event still goes out
                     proc = parent = None
             body = body_of(rec, plan, policy_name, proc or {"pid": pid, "tid": tid}, parent)

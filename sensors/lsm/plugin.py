@@ -666,7 +666,7 @@ class LsmSensor:
         cache = getattr(self.ctx, "process_cache", None)
         if cache is not None:
             try:
-                process, parent = cache.get(pid)
+                process, parent = cache.get(pid, ktime)
             except Exception:  # noqa: BLE001 - enrichment is best effort
                 process = None
         if process is None:
