@@ -22,6 +22,7 @@ from typing import Any
 from sensorium import hookimpl
 from sensorium.events import BOOT_WALL_NS, Event, EventBatch, kinds_of
 from sensorium.hookspecs import Decoder, HoldingStage, Stage, StageSpec
+from sensorium.process import same_image
 
 log = logging.getLogger("sensorium.pipeline")
 
@@ -34,7 +35,8 @@ class ProcessJoin:
 
     Each sensor has its own ring buffer, and nothing orders records across rings: a kill() from a
     process that has just exec'd can be drained before the exec record that creates its cache entry.
-    Such an event (``process`` with a ``pid`` but no ``exec_id``) is held and retried on every batch and
+    Such an event (``process`` with a ``pid`` but no ``exec_id``; with a ``binary`` too when the sensor knows
+    which image ran, and then only an entry of that binary resolves it) is held and retried on every batch and
     tick until ``hold_s`` passes; then it goes out as it is, with ``process.cache_miss = true`` so
     nobody mistakes the missing fields for facts. Held events are bounded in number.
     """
@@ -50,10 +52,12 @@ class ProcessJoin:
         self.unresolved = 0
 
     def _resolve(self, ev: Event) -> Event | None:
-        pid = ev.body["process"]["pid"]
-        process, parent = self.cache.get(pid, ev.time_ns - BOOT_WALL_NS)  # the image running at the event
+        held = ev.body["process"]
+        process, parent = self.cache.get(held["pid"], ev.time_ns - BOOT_WALL_NS)  # the image running at the event
         if process is None:
             return None
+        if "binary" in held and not same_image(process.get("binary"), held["binary"]):
+            return None  # a sensor saw this binary run (fanotify): its exec record is not read yet
         body = dict(ev.body)
         body["process"] = process
         if parent is not None:

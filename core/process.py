@@ -30,7 +30,7 @@ from sensorium import schema
 from sensorium.events import ktime_to_wall_ns, rfc3339
 from sensorium.k8s.containerid import container_id_from_cgroup_path
 
-__all__ = ["ProcessCache", "CgroupResolver", "parse_container_id", "make_exec_id", "join_arguments",
+__all__ = ["ProcessCache", "CgroupResolver", "parse_container_id", "make_exec_id", "join_arguments", "same_image",
            "SIGNAL_NAMES", "NAMESPACES"]
 
 NAMESPACES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup",
@@ -48,6 +48,14 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def make_exec_id(node_name: str, ktime_ns: int, pid: int) -> str:
     """Tetragon's exec_id: base64 of ``node:ktime:pid`` (unique over the cluster and over time)."""
     return base64.b64encode(f"{node_name}:{ktime_ns}:{pid}".encode()).decode()
+
+
+def same_image(cached: Any, seen: str) -> bool:
+    """Whether a cache entry's ``binary`` (the path the exec sensor read, inside the process's own root)
+    names the executable a sensor saw as ``seen`` (/proc/<pid>/exe as the agent reads it: a container's
+    files show under the host path of its root filesystem, ending in the same path)."""
+    return isinstance(cached, str) and bool(cached) and (cached == seen or (
+        cached.startswith("/") and seen.endswith(cached)))
 
 
 def join_arguments(args: list[str]) -> str:

@@ -49,3 +49,48 @@ def test_monitoring_policy_through_the_agent_reports_would_have_blocked(agent, t
     assert ev["args"][0]["file_arg"]["path"] == str(secret)
     cli(sock, "policy", "delete", "file-open-deny")
     assert json.loads(cli(sock, "policy", "list", "--json").stdout) == []
+
+
+FORK_EXEC_CAT = """\
+import os, sys
+secret, n = sys.argv[1], int(sys.argv[2])
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.execv("/bin/cat", ["cat", secret])  # opens the file microseconds after its exec
+    os.waitpid(pid, 0)
+    print(pid, flush=True)
+"""
+
+
+def test_a_decision_right_after_exec_names_the_new_image(agent, tmp_path):
+    """fanotify asks the agent while the opener's exec record may still be in the exec sensor's ring: the
+    event must name the image that opened the file (cat), not the cache's entry from before the exec
+    (the forking interpreter), and be joined once the exec record is read."""
+    sock = tmp_path / "run" / "api.sock"
+    h = agent({"api": {"socket": str(sock)}, "sensors": {"lsm": {"enabled": True}}})
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s\n")
+    text = (EXAMPLES / "file-open-deny.yaml").read_text().replace("${PROTECTED}", str(secret))
+    text += "  options:\n  - name: policy-mode\n    value: monitor\n"
+    pfile = tmp_path / "p.yaml"
+    pfile.write_text(text)
+    cli(sock, "policy", "add", str(pfile))
+    forker = tmp_path / "forker.py"
+    forker.write_text(FORK_EXEC_CAT)
+    n = 10
+    out = subprocess.run([sys.executable, str(forker), str(secret), str(n)], capture_output=True, text=True,
+                         check=True, timeout=60)
+    pids = [int(x) for x in out.stdout.split()]
+
+    def ours() -> list[dict]:
+        return [e["process_lsm"] for e in h.events() if "process_lsm" in e
+                and e["process_lsm"]["process"].get("pid") in pids]
+
+    h.wait_for(lambda _e: len(ours()) >= n, timeout=30)
+    cat = os.path.realpath("/bin/cat")
+    got = sorted((ev["process"]["pid"], ev["process"].get("binary"), ev["process"].get("flags"),
+                  bool(ev["process"].get("exec_id")), ev["process"].get("cache_miss", False)) for ev in ours())
+    assert got == sorted((pid, cat, "execve clone", True, False) for pid in pids)
+    cli(sock, "policy", "delete", "file-open-deny")

@@ -282,3 +282,19 @@ def test_cgroup_resolver_finds_new_cgroups_by_parent_and_by_rescan() -> None:
         for d in (b, a):
             if d.exists():
                 d.rmdir()
+
+
+@pytest.mark.parametrize(("cached", "seen", "same"), [
+    ("/usr/bin/cat", "/usr/bin/cat", True),
+    # a container's binary: the exec sensor's path inside its root, /proc/<pid>/exe under the host's path
+    ("/usr/bin/cat", "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc/rootfs/usr/bin/cat", True),
+    ("/usr/sbin/runc", "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc/rootfs/usr/bin/cat", False),
+    ("/usr/bin/python3.11", "/usr/bin/cat", False),
+    ("cat", "/usr/bin/cat", False),  # not a path: never a match by suffix
+    ("", "/usr/bin/cat", False),
+    (None, "/usr/bin/cat", False),
+])
+def test_same_image(cached, seen, same) -> None:
+    from sensorium.process import same_image
+
+    assert same_image(cached, seen) is same

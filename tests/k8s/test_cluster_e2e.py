@@ -358,9 +358,9 @@ def test_a_namespaced_policy_blocks_the_open_in_its_namespace_only(
         assert r.returncode == 1 and "Operation not permitted" in r.stderr and "s3cret" not in r.stdout, r
         r = cluster.exec(b, "deploy/web", "/bin/cat", secret)
         assert r.returncode == 0 and r.stdout == "s3cret\n", r
-        # The refusal as an event. Not asserted: its pod. For an opener started by `kubectl exec` the
-        # event's process is often the process cache's entry of the same pid before its exec (runc, on
-        # the host), the exec event not being read from the ring yet when fanotify asks (docs/kubernetes.md).
+        # The refusal as an event, naming the pod: fanotify asks while the opener's exec record (started by
+        # `kubectl exec`, a moment ago) may still be in the ring; the event waits for it in ProcessJoin
+        # instead of taking the cache's entry of the same pid from before the exec (runc, on the host).
         agent_pod = _agent_pod(cluster)
         ev = wait_for(lambda: next((e["process_lsm"] for e in cluster.logs(RELEASE_NS, agent_pod)
                                     if e.get("process_lsm", {}).get("policy_name") == name), None), 30,
@@ -370,6 +370,8 @@ def test_a_namespaced_policy_blocks_the_open_in_its_namespace_only(
         # fields are ours (format `extended`, docs/events.md).
         assert ev["args"][0]["file_arg"]["path"] == secret and ev["action"] == "KPROBE_ACTION_OVERRIDE", ev
         assert "policy_namespace" not in ev and "enforcement" not in ev, ev
+        assert ev["process"].get("pod", {}).get("namespace") == a, ev["process"]
+        assert ev["process"]["binary"].endswith("/cat") and not ev["process"].get("cache_miss"), ev["process"]
     finally:
         cluster.kubectl("delete", "tracingpolicynamespaced", "-n", a, name, "--ignore-not-found", check=False)
     wait_for(lambda: cluster.exec(a, "deploy/web", "/bin/cat", secret).returncode == 0, 60,
