@@ -201,3 +201,32 @@ def test_policy_check_accepts_the_usdt_examples():
     for name in ("usdt.yaml", "usdt-set.yaml"):
         res = subprocess.run([*CLI, "policy", "check", str(CORPUS / name)], capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(os.geteuid() != 0, reason="loads eBPF programs: needs root")
+def test_usdt_policy_through_the_agent(agent, program, tmp_path):
+    """``sensorium policy add`` of usdt.yaml (our binary) to a running agent: the process_usdt event joins
+    the process cache (binary, arguments, parent), and the policy's hook says how it is served."""
+    import json
+
+    sock = tmp_path / "run" / "api.sock"
+    h = agent({"api": {"socket": str(sock)}})
+    f = tmp_path / "usdt.yaml"
+    f.write_text(corpus("usdt.yaml", program))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        res = subprocess.run([*CLI, *args, "--socket", str(sock)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    assert cli("policy", "add", str(f)).stdout == "policy usdts added\n"
+    assert run(program, "sema").stdout == "semaphore 1\n"
+    ev = h.wait_for(lambda e: "process_usdt" in e)["process_usdt"]
+    assert ev["args"] == [{"int_arg": 1}, {"long_arg": "42"}]  # 64-bit integers are JSON strings
+    assert ev["process"]["binary"] == str(program) and ev["process"]["arguments"] == "sema"
+    assert ev["parent"]["pid"] == os.getpid()
+    [row] = json.loads(cli("policy", "list", "--json").stdout)
+    assert [hk["mechanism"] for hk in row["hooks"]] == ["uprobe (USDT)"]
+    cli("policy", "delete", "usdts")
+    assert run(program, "sema").stdout == "semaphore 0\n"
