@@ -73,6 +73,10 @@ class UsdtHookSet(HookSet):
     """The engine's `HookSet` for USDT sites (attach ``("usdt", ...)``) from usdt.bpf.c. Preparation, scope,
     process tracking and the rounds of a transaction are the engine's."""
 
+    def enforces(self, plan: HookPlan) -> bool:
+        # Set changes what the process computes: enforcement as much as a signal
+        return super().enforces(plan) or (plan.attach[0] == "usdt" and plan.attach[5])
+
     def _load_one(self, plan: HookPlan) -> None:
         at = plan.attach
         if at[0] != "usdt":
