@@ -99,12 +99,12 @@ SET_OPERATORS = ("In", "NotIn")
 NAMESPACES = ("Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeForChildren", "Cgroup", "User")
 CAPABILITY_SETS = ("Effective", "Inheritable", "Permitted")
 
-ACTIONS = ("Post", "NoPost", "Sigkill", "Signal", "Override")
+ACTIONS = ("Post", "NoPost", "Sigkill", "Signal", "Override", "Set")
 # Actions that change what the process can do: in monitoring mode they only report what they would do.
-BLOCKING_ACTIONS = ("Sigkill", "Signal", "Override")
+BLOCKING_ACTIONS = ("Sigkill", "Signal", "Override", "Set")
 TETRAGON_ACTIONS_UNSUPPORTED = (
     "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup", "TrackSock", "UntrackSock", "NotifyEnforcer",
-    "CleanupEnforcerNotification", "Set",
+    "CleanupEnforcerNotification",
 )
 RATE_LIMIT_SCOPES = ("thread", "process", "global")
 RETURN_ARG_ACTIONS = ("Post",)
@@ -112,7 +112,7 @@ RETURN_ARG_ACTIONS = ("Post",)
 # Spec keys Tetragon knows: which Sensorium sensor serves each (None: nothing does).
 KNOWN_SECTION_OWNERS: Mapping[str, str | None] = {
     "kprobes": "kprobe", "tracepoints": "tracepoint", "uprobes": "uprobe", "lsmhooks": "lsm",
-    "usdts": None, "fentries": None,
+    "usdts": "usdt", "fentries": None,
 }
 # Host-level spec keys Tetragon knows that we do not implement, with why.
 UNSUPPORTED_SPEC_KEYS: Mapping[str, str] = {
@@ -308,6 +308,10 @@ class MatchAction(PolicyModel):
     rateLimit: str | None = Field(default=None,
                                   description="Post: at most one event per period ('10', '5s', '1m', '1h')")
     rateLimitScope: Annotated[str, one_of("rateLimitScope", RATE_LIMIT_SCOPES)] | None = None
+    argIndex: int | None = Field(default=None, ge=0, le=31,
+                                 description="Set (usdts): the position in args of the argument to overwrite")
+    argValue: int | None = Field(default=None, ge=-(1 << 31), le=(1 << 32) - 1,
+                                 description="Set (usdts): the 4-byte value written over the argument")
     argFd: Annotated[Any, refuse("argFd belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
     argName: Annotated[Any, refuse("argName belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
     argUrl: Annotated[Any, refuse("argUrl belongs to the GetUrl action, which is not implemented")] = absent()
@@ -324,6 +328,10 @@ class MatchAction(PolicyModel):
             raise PydanticCustomError("policy_value", "argSig applies only to the Signal action")
         if a == "Signal" and self.argSig is None:
             raise PydanticCustomError("policy_value", "the Signal action needs argSig (the signal number)")
+        if (self.argIndex is not None or self.argValue is not None) and a != "Set":
+            raise PydanticCustomError("policy_value", "argIndex and argValue apply only to the Set action")
+        if a == "Set" and self.argValue is None:
+            raise PydanticCustomError("policy_value", "the Set action needs argValue (the value to write)")
         if a == "Override" and self.argError is None:
             raise PydanticCustomError("policy_value", "the Override action needs argError (e.g. -1 for EPERM)")
         if (self.rateLimit is not None or self.rateLimitScope is not None) and a != "Post":

@@ -37,7 +37,8 @@ DOC = REPO / "docs" / "tetragon-compat.md"
 
 log = logging.getLogger("compat_table")
 
-SECTION_OWNERS = {"tracepoints": "tracepoint", "kprobes": "kprobe", "uprobes": "uprobe", "lsmhooks": "lsm"}
+SECTION_OWNERS = {"tracepoints": "tracepoint", "kprobes": "kprobe", "uprobes": "uprobe", "lsmhooks": "lsm",
+                  "usdts": "usdt"}
 
 
 @dataclasses.dataclass

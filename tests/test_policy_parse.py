@@ -88,8 +88,8 @@ def test_unknown_hook_section_names_the_sensor_that_would_serve_it(reg):
     e = refused(text, reg)
     assert str(e).startswith("p.yaml:6: spec.kprobes: unknown policy section 'kprobes'")
     assert "the 'kprobe' sensor would serve it, but it is not installed" in str(e)
-    e = refused(OPENAT.replace("  tracepoints:", "  usdts: []\n  tracepoints:"), reg)
-    assert "no Sensorium sensor implements 'usdts'" in str(e)
+    e = refused(OPENAT.replace("  tracepoints:", "  fentries: []\n  tracepoints:"), reg)
+    assert "no Sensorium sensor implements 'fentries'" in str(e)
     e = refused(OPENAT.replace("  tracepoints:", "  bogus: []\n  tracepoints:"), reg)
     assert "unknown policy section 'bogus'" in str(e) and "sections served here: lsmhooks, tracepoints" in str(e)
 
@@ -108,7 +108,7 @@ def test_unknown_operator_is_refused(reg):
 def test_unsupported_action_is_refused_by_name(reg):
     text = OPENAT.replace("action: Post", "action: FollowFD")
     e = refused(text.replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
-    assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override)" in str(e)
+    assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override, Set)" in str(e)
 
 
 def test_too_many_values_gives_the_limit_and_line(reg):

@@ -242,10 +242,11 @@ class BpfProgram:
         return self._link(ptr, f"to cgroup fd {cgroup_fd}")
 
     def attach_uprobe(self, binary: str | os.PathLike[str], func_name: str | None = None, offset: int = 0,
-                      pid: int = -1, retprobe: bool = False) -> BpfLink:
+                      pid: int = -1, retprobe: bool = False, ref_ctr_offset: int = 0) -> BpfLink:
         """Attach a uprobe (or uretprobe) to ``binary`` at ``func_name`` (+``offset``) or at file
-        ``offset``; ``pid=-1`` means every process. Library names are resolved by libbpf (``libc.so.6``)."""
-        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=bool(retprobe),
+        ``offset``; ``pid=-1`` means every process. Library names are resolved by libbpf (``libc.so.6``).
+        ``ref_ctr_offset``: file offset of a USDT semaphore the kernel counts while the probe is attached."""
+        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=bool(retprobe), ref_ctr_offset=int(ref_ctr_offset),
                            func_name=func_name.encode() if func_name else None)
         path = os.fspath(binary)
         ptr = lib().bpf_program__attach_uprobe_opts(self._p(), int(pid), path.encode(), int(offset),

@@ -34,6 +34,7 @@ FEATURES = {
     "bpf_get_func_arg": "helper (5.17+) in fentry/fexit",
     "bpf_d_path": "helper (5.10+) in lsm file_open: a file's path from the kernel's own d_path",
     "bpf_send_signal": "helper (5.3+) in tracepoints: Sigkill and Signal actions",
+    "bpf_probe_write_user": "helper in uprobes, refused under kernel lockdown: the Set action of usdts",
 }
 
 TRACEFS = "/sys/kernel/tracing"
@@ -166,6 +167,7 @@ _ATTACH_CGROUP_INET4_CONNECT, _ATTACH_TRACE_RAW_TP, _ATTACH_TRACE_FENTRY, _ATTAC
 _ATTACH_MODIFY_RETURN, _ATTACH_LSM_MAC, _ATTACH_TRACE_KPROBE_MULTI = 26, 27, 42
 # enum bpf_func_id (uapi, stable)
 _FN_D_PATH, _FN_SEND_SIGNAL, _FN_LOOP, _FN_GET_FUNC_ARG, _FN_SET_RETVAL = 147, 109, 181, 183, 187
+_FN_PROBE_WRITE_USER = 36
 _MAP_RINGBUF = 27
 _BTF_KIND_STRUCT, _BTF_KIND_TYPEDEF, _BTF_KIND_FUNC = 4, 8, 12
 
@@ -278,6 +280,7 @@ def _probe_features(btf: _Btf, pt: dict[str, ProbeResult]) -> dict[str, ProbeRes
         _PROG_CGROUP_SOCK_ADDR, _FN_SET_RETVAL, attach_type=_ATTACH_CGROUP_INET4_CONNECT))
     out["bpf_loop"] = via("tracepoint", lambda: _probe_call(_PROG_TRACEPOINT, _FN_LOOP))
     out["bpf_send_signal"] = via("tracepoint", lambda: _probe_call(_PROG_TRACEPOINT, _FN_SEND_SIGNAL))
+    out["bpf_probe_write_user"] = via("uprobe", lambda: _probe_call(_PROG_KPROBE, _FN_PROBE_WRITE_USER))
     fopen = btf.find("security_file_open", _BTF_KIND_FUNC)
     out["bpf_get_func_arg"] = via("fentry", lambda: _probe_call(
         _PROG_TRACING, _FN_GET_FUNC_ARG, attach_type=_ATTACH_TRACE_FENTRY, btf_id=fopen))

@@ -18,6 +18,7 @@ from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyLoadError
 
 __all__ = ["HookPlan", "Attach", "TpAttach", "RawAttach", "SyscallAttach", "UprobeAttach", "KfuncAttach",
+           "UsdtAttach",
            "FastInt", "FastArg", "ArgPlanError", "INT_KEYS", "POLICY_INTS", "I64_ARGS", "int_plan", "extras",
            "plan_params", "plan_return", "ParamReader", "without_override"]
 
@@ -149,7 +150,10 @@ SyscallAttach: TypeAlias = tuple[Literal["syscall"], bool]  # (kind, at_exit)
 UprobeAttach: TypeAlias = tuple[Literal["uprobe"], bool, str, str | None, int]
 # (kind, function, mechanism, pre-checked parameter indices, errno per selector, number of parameters)
 KfuncAttach: TypeAlias = tuple[Literal["kfunc"], str, str, tuple[int, ...], tuple[int, ...], int]
-Attach: TypeAlias = TpAttach | RawAttach | SyscallAttach | UprobeAttach | KfuncAttach
+# (kind, binary, file offset of the probe, file offset of its semaphore or 0, the sens_usdt rodata, Set used):
+# attached by the usdt sensor's subclass of `HookSet`
+UsdtAttach: TypeAlias = tuple[Literal["usdt"], str, int, int, bytes, bool]
+Attach: TypeAlias = TpAttach | RawAttach | SyscallAttach | UprobeAttach | KfuncAttach | UsdtAttach
 
 # What the decoder renders inline (`HookPlan.fast`): (json key, value mask, sign bit, quoted) for a plain
 # integer, ("string_arg",) for a plain string.

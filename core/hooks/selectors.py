@@ -465,6 +465,9 @@ def check_selectors(selectors: Sequence[Any]) -> None:
         for ai, a in enumerate(acts):
             name = _g(a, "action")
             names.append(name)
+            if name == "Set":  # the usdt sensor takes its Set actions out before these checks
+                raise SelectorError(f"{base}.matchActions[{ai}].action",
+                                    "the Set action applies only to usdts (it overwrites a USDT argument)")
             sig = 9 if name == "Sigkill" else _g(a, "argSig") if name == "Signal" else None
             if sig is not None:
                 if signal is not None and signal != sig:

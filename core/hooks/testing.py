@@ -98,7 +98,8 @@ class _Sections:
     def policy_sections(self) -> Mapping[str, tuple[str, Any]]:
         from sensorium.policy import SECTION_MODELS
 
-        owners = {"tracepoints": "tracepoint", "kprobes": "kprobe", "uprobes": "uprobe", "lsmhooks": "lsm"}
+        owners = {"tracepoints": "tracepoint", "kprobes": "kprobe", "uprobes": "uprobe", "lsmhooks": "lsm",
+                  "usdts": "usdt"}
         return {k: (owners[k], m) for k, m in SECTION_MODELS.items()}
 
 
