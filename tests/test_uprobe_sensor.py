@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from hook_helpers import rig_fixture
 
+from sensorium.elf import ElfError, function_symbols
 from sensorium.hookspecs import PolicyLoadError
-from sensorium_sensors.uprobe.elfsyms import ElfError, function_symbols
 from sensorium_sensors.uprobe.sensor import UprobeSensor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hook_helpers import rig_fixture
 
+from sensorium.elf import ElfError
 from sensorium.hookspecs import PolicyLoadError
-from sensorium_sensors.uprobe.elfsyms import ElfError
 from sensorium_sensors.usdt.notes import ARG_CONST, ARG_DEREF, ARG_REG, ARG_SIB, parse_arg, usdt_probes
 from sensorium_sensors.usdt.sensor import UsdtSensor
 

@@ -16,11 +16,11 @@ import os
 import stat
 from typing import Any
 
+from sensorium.elf import ElfError, function_symbols
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan, extras, plan_params, plan_return
 from sensorium.hooks.sensor import HookSensor
 from sensorium.hookspecs import PolicyLoadError, SensorContext
-from sensorium_sensors.uprobe.elfsyms import ElfError, function_symbols
 
 HOOK_UPROBE = 4  # SENS_HOOK_UPROBE in sensorium/selectors.h (informational in the kernel)
 MAX_PARAMS = 6   # parameters passed in registers on x86_64 (rdi, rsi, rdx, rcx, r8, r9)

@@ -18,7 +18,7 @@ import re
 import struct
 from pathlib import Path
 
-from sensorium_sensors.uprobe.elfsyms import ElfError, ElfImage, open_elf
+from sensorium.elf import ElfError, ElfImage, open_elf
 
 __all__ = ["UsdtArg", "UsdtProbe", "usdt_probes", "parse_arg", "REG_OFFSETS", "ARG_CONST", "ARG_REG", "ARG_DEREF",
            "ARG_SIB", "MAX_USDT_ARGS"]

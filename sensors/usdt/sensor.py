@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sensorium.elf import ElfError
 from sensorium.hooks import selectors as S
 from sensorium.hooks.hookset import HookSet
 from sensorium.hooks.plan import HookPlan, UsdtAttach, extras, plan_params
 from sensorium.hooks.sensor import HookSensor
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, SensorContext
-from sensorium_sensors.uprobe.elfsyms import ElfError
 from sensorium_sensors.usdt.notes import ARG_DEREF, UsdtArg, UsdtProbe, usdt_probes
 from sensorium_sensors.usdt.schema import without_set
 
