@@ -110,6 +110,8 @@ class Agent:
                  shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S) -> None:
         self.cfg = cfg
         schema.set_format(cfg.events.format)  # one format per process: an event's JSON is encoded once
+        schema.set_process_fields(credentials=cfg.events.process_credentials,
+                                  namespaces=cfg.events.process_namespaces)
         self.shutdown_grace_s = shutdown_grace_s
         self._stop_requested_at: float | None = None  # monotonic time of SIGTERM/SIGINT
         self.registry = registry or PluginRegistry(cfg.plugins.allow, cfg.plugins.deny).discover()

@@ -122,6 +122,15 @@ class EventsConfig(Strict):
         "own fields (cgroup, byte counts, mechanism, ...), for consumers that ignore unknown fields "
         "(docs/events.md)",
     )
+    process_credentials: bool = Field(
+        default=False,
+        description="Every process and parent carries process_credentials (uids, gids, securebits, caps) and cap "
+        "(Tetragon's --enable-process-cred, off by default there too: ~2.5 KB per process of a root task)",
+    )
+    process_namespaces: bool = Field(
+        default=False,
+        description="Every process and parent carries ns, its ten namespaces (Tetragon's --enable-process-ns)",
+    )
 
 
 class KubernetesConfig(Strict):

@@ -22,14 +22,18 @@ from typing import Any
 
 from sensorium.tetragon_fields import ENUMS, FIELDS
 
-__all__ = ["FORMATS", "set_format", "current_format", "extended", "exported", "conform", "conform_process",
-           "conform_body", "conform_arg", "i64_keys", "capabilities", "securebits"]
+__all__ = ["FORMATS", "set_format", "set_process_fields", "current_format", "extended", "exported", "conform",
+           "conform_process", "conform_body", "conform_arg", "i64_keys", "capabilities", "securebits"]
 
 FORMATS = ("tetragon", "extended")
 _ROOT = "tetragon.GetEventsResponse"
 _PROCESS = "tetragon.Process"
 _KINDS = {k: v for k, v in FIELDS[_ROOT].items() if v}  # event kind -> its message
 _state = {"format": "tetragon"}
+# Process field groups off by default, as in Tetragon (--enable-process-cred, --enable-process-ns): the key
+# of each group's fields in a Process; `set_process_fields` turns them on.
+_GROUPS = {"credentials": ("process_credentials", "cap"), "namespaces": ("ns",)}
+_dropped: dict[str, tuple[str, ...]] = {"v": _GROUPS["credentials"] + _GROUPS["namespaces"]}
 
 
 def set_format(name: str) -> None:
@@ -37,6 +41,13 @@ def set_format(name: str) -> None:
     if name not in FORMATS:
         raise ValueError(f"unknown event format {name!r}: expected one of {', '.join(FORMATS)}")
     _state["format"] = name
+
+
+def set_process_fields(*, credentials: bool, namespaces: bool) -> None:
+    """Whether every exported process and parent carries its credentials (``process_credentials`` and
+    ``cap``) and its namespaces (``ns``): ``events.process_credentials`` / ``events.process_namespaces``
+    in the config, chosen once at start like the format. Both off by default, as in Tetragon."""
+    _dropped["v"] = (() if credentials else _GROUPS["credentials"]) + (() if namespaces else _GROUPS["namespaces"])
 
 
 def current_format() -> str:
@@ -141,7 +152,10 @@ def _sub(obj: Mapping[str, Any], message: str, keep: bool) -> dict[str, Any]:
 def conform_process(proc: Mapping[str, Any]) -> dict[str, Any]:
     """A process (or parent) dict in the exported format. Not memoized: the process cache hands out a new
     view per lookup, and the hook engine already encodes each process once per batch."""
-    return _walk(proc, _PROCESS, extended())
+    out = _walk(proc, _PROCESS, extended())
+    for k in _dropped["v"]:
+        out.pop(k, None)
+    return out
 
 
 def conform_body(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sensorium_testlib import DecoderContext
+from sensorium_testlib import DecoderContext, start_agent
 from tetragon_schema import check_agent_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ class AgentRun:
             api: {{enabled: false}}
             sensors: {{exec: {{max_args_bytes: {MAX_ARGS}}}}}
             process_cache: {{exited_grace_s: 60, max_size: {max_size}}}
-            events: {{format: {events_format}}}
+            events: {{format: {events_format}, process_credentials: true, process_namespaces: true}}
             exporters: [{{type: file, path: {self.events_path}, flush_interval_ms: 50, max_size_mb: 4096}}]
             """))
         self.stderr = open(self.stderr_path, "wb")
@@ -182,6 +182,25 @@ PYTHON = os.path.realpath(sys.executable)
 
 
 @pytest.mark.kernel
+def test_credentials_and_namespaces_are_exported_only_on_request(tmp_path: Path) -> None:
+    """Tetragon's defaults (--enable-process-cred, --enable-process-ns off): a process carries neither its
+    credentials and capability sets nor its namespaces unless the config asks (the module's agent does)."""
+
+    started: list[Any] = []
+    h = start_agent(tmp_path / "agent", {"api": {"enabled": False}}, started=started)
+    try:
+        m = marker()
+        subprocess.run(["/bin/true", m], check=True)
+        line = h.wait_for(lambda e: (e.get("process_exec") or {}).get("process", {}).get("arguments") == m)
+        for who in ("process", "parent"):
+            p = line["process_exec"][who]
+            assert {"process_credentials", "cap", "ns"}.isdisjoint(p), (who, sorted(p))
+            assert p["uid"] == os.getuid() and p["binary"]
+    finally:
+        for a in started:
+            a.stop()
+
+
 def test_exec_event_has_binary_arguments_cwd_and_tetragon_shape(agent: AgentRun, tmp_path: Path) -> None:
     m = marker()
     subprocess.run(["/bin/true", m, "second arg"], cwd=tmp_path, check=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import orjson
@@ -35,6 +36,17 @@ from hypothesis import strategies as st
 from reliability import Tally
 
 from sensorium.hooks import selectors as S
+
+
+@pytest.fixture(autouse=True)
+def _every_process_field() -> Iterator[None]:
+    """The expectations here render whole processes: credentials and namespaces exported, as an agent with
+    events.process_credentials and events.process_namespaces does (off by default, as in Tetragon)."""
+    from sensorium import schema
+
+    schema.set_process_fields(credentials=True, namespaces=True)
+    yield
+    schema.set_process_fields(credentials=False, namespaces=False)
 
 LONG = os.environ.get("SENSORIUM_FUZZ") == "long"
 EXAMPLES = int(os.environ.get("SENSORIUM_FUZZ_EXAMPLES") or (10_000 if LONG else 150))

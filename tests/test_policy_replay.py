@@ -255,7 +255,9 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     with_cg = make_cgroup(mp, 2)
     cg = next(with_cg)
     try:
+        # namespaces and capabilities are recorded only on request (Tetragon's defaults): the replay needs them
         h = start_agent(d / "agent", {"policies": {"directory": str(pol)},
+                                      "events": {"process_credentials": True, "process_namespaces": True},
                                       "sensors": {"tracepoint": {"enabled": True}, "kprobe": {"enabled": True},
                                                   "uprobe": {"enabled": True}},
                                       "exporters": [{"type": "file", "path": str(events), "flush_interval_ms": 50,

@@ -542,7 +542,8 @@ def compile_pids(m: Any) -> Filter:
             if host is not True:
                 raise Undecided("isNamespacePID: the recording has the host pid only, and the process is not "
                                 "in the host's pid namespace" if host is False else
-                                "isNamespacePID: the recording does not say the process's pid namespace")
+                                "isNamespacePID: the recording does not say the process's pid namespace (record with "
+                                "events.process_namespaces: true)")
         found = pid in values
         if not found and follow:
             if m.isNamespacePID:
@@ -560,7 +561,8 @@ def compile_namespaces(m: Any) -> Filter:
     def ns_filter(body: dict[str, Any], ctx: Context) -> bool:
         ns = process_at(body, ctx).get("ns")
         if not isinstance(ns, dict):
-            raise Undecided("the event's process has no ns (namespaces)")
+            raise Undecided("the event's process has no ns (namespaces): record with the agent's "
+                            "events.process_namespaces: true (Tetragon: --enable-process-ns)")
         d = ns.get(name)
         if not isinstance(d, dict) or not isinstance(d.get("inum"), int):
             if name.startswith("time"):
@@ -590,7 +592,8 @@ def compile_caps(m: Any) -> Filter:
     def cap_filter(body: dict[str, Any], ctx: Context) -> bool:
         cap = process_at(body, ctx).get("cap")
         if not isinstance(cap, dict):
-            raise Undecided("the event's process has no cap (capability sets)")
+            raise Undecided("the event's process has no cap (capability sets): record with the agent's "
+                            "events.process_credentials: true (Tetragon: --enable-process-cred)")
         have = {_cap_name(c) for c in cap.get(which) or []}  # protojson leaves an empty set out
         any_set = bool(have & wanted)
         return any_set if m.operator == "In" else not any_set
