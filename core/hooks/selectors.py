@@ -30,7 +30,8 @@ __all__ = [
     "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST",
     "ACT_SIGKILL", "ACT_SIGNAL",
     "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY",
-    "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
+    "CFG_FOLLOW", "CFG_AT_EXIT", "CFG_SOCK_OWNER", "CFG_RET_TRACK", "CFG_RET_UNTRACK", "SOCK_TRACK", "SOCK_UNTRACK",
+    "SKB_OPS", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
     "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock",
     "render_sock",
     "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
@@ -59,7 +60,7 @@ DEREF_FILE, DEREF_PATH = 8, 9  # a struct file * / struct path * argument (kerne
 DEREF_SOCK, DEREF_SOCKADDR, DEREF_USER_SOCKADDR, DEREF_SKB = 10, 11, 12, 13
 OPS = {"Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6, "GT": 7, "LT": 8,
        "Mask": 9, "In": 10, "NotIn": 11, "SAddr": 12, "NotSAddr": 13, "DAddr": 14, "NotDAddr": 15, "SPort": 16,
-       "NotSPort": 17, "DPort": 18, "NotDPort": 19, "Protocol": 20, "Family": 21}
+       "NotSPort": 17, "DPort": 18, "NotDPort": 19, "Protocol": 20, "Family": 21, "State": 22}
 # Tetragon's privileged-port operators: the range 0:1023, no values (compiled as SPort/DPort ...).
 PRIV_OPS = {"SPortPriv": "SPort", "NotSPortPriv": "NotSPort", "NotSportPriv": "NotSPort", "DPortPriv": "DPort",
             "NotDPortPriv": "NotDPort"}
@@ -67,6 +68,9 @@ ACT_POST, ACT_SIGKILL, ACT_SIGNAL = 1, 2, 4
 EV_MONITOR, EV_HAS_RET, EV_SIGNAL_ERR = 1, 2, 4
 ARGF_TRUNC, ARGF_ERR = 1, 2
 CFG_CGROUP_SCOPED, CFG_NEED_BINARY, CFG_FOLLOW, CFG_AT_EXIT = 1, 2, 4, 8
+# Socket tracking (hook/defs.h): sock arguments report a tracked socket's owner; returnArgAction Track/UntrackSock.
+CFG_SOCK_OWNER, CFG_RET_TRACK, CFG_RET_UNTRACK = 16, 32, 64
+SOCK_TRACK, SOCK_UNTRACK = 1, 2  # sens_selector.sock_act
 PID_NS, PID_FOLLOW = 1, 2
 NS_IDS = {"Uts": 1, "Ipc": 2, "Mnt": 3, "Pid": 4, "PidForChildren": 5, "Net": 6, "Time": 7, "TimeForChildren": 8,
           "Cgroup": 9, "User": 10}
@@ -81,7 +85,8 @@ INT_OPS = ("Equal", "NotEqual", "GT", "LT", "Mask")
 # and never a protocol). SOCKADDR_PEER_OPS: a syscall's sockaddr that is the peer (connect, sendto), where
 # DAddr/DPort name the same address as SAddr/SPort.
 SOCK_OPS = ("SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "SPortPriv",
-            "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "Protocol", "Family")
+            "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "Protocol", "Family", "State")
+SKB_OPS = SOCK_OPS[:-1]  # a packet has no TCP state
 SOCKADDR_OPS = ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "NotSportPriv", "Family")
 SOCKADDR_PEER_OPS = SOCKADDR_OPS + ("DAddr", "NotDAddr", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv")
 
@@ -122,7 +127,7 @@ class SensMatchBin(ctypes.Structure):
 
 class SensSelector(ctypes.Structure):
     _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("nbins", ctypes.c_uint8),
-                ("pad1", ctypes.c_uint8 * 2), ("npids", ctypes.c_uint8),
+                ("sock_act", ctypes.c_uint8), ("sock_arg", ctypes.c_uint8), ("npids", ctypes.c_uint8),
                 ("pad0", ctypes.c_uint8 * 2), ("nns", ctypes.c_uint8),
                 ("ncaps", ctypes.c_uint8), ("actions", ctypes.c_uint8), ("signal", ctypes.c_uint8),
                 ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("rl_ns", ctypes.c_uint64),
@@ -491,12 +496,16 @@ def compile_hook(
     has_return: bool = False,
     cgroup_scoped: bool = False,
     host_ns: Mapping[str, int] | None = None,
+    sock_positions: Mapping[int, int] | None = None,
 ) -> CompiledHook:
     """Build the ``sens_cfg`` of one hook.
 
     arg_position maps a selector's matchArgs ``index`` to the position of the argument in ``args``
     (kprobes: the declared ``args[].index``; tracepoints: the position in the list). Field paths in
     errors are relative to the hook item (``selectors[0].matchArgs[0].index``).
+
+    sock_positions: where the hook serves TrackSock/UntrackSock, ``{argSock: position in args}`` (argSock is the
+    position in the item's ``args`` list, as Tetragon's kernel reads it); None: these actions are refused.
     """
     if len(args) > MAX_ARGS:
         raise SelectorError("args", f"{len(args)} arguments: at most {MAX_ARGS} in the kernel")
@@ -646,6 +655,20 @@ def compile_hook(
                     out.rl_scope = RL_SCOPES[_g(a, "rateLimitScope") or "thread"]
             elif name == "NoPost":
                 pass
+            elif name in ("TrackSock", "UntrackSock"):
+                if sock_positions is None:
+                    raise SelectorError(f"{field}.action", f"{name} is served on kernel-function hooks (kprobes "
+                                                           "with syscall: false), whose sock arguments it keys")
+                if out.sock_act:
+                    raise SelectorError(field, "one TrackSock/UntrackSock action per selector")
+                arg_sock = _g(a, "argSock")
+                arg_sock = 0 if arg_sock is None else int(arg_sock)
+                pos = sock_positions.get(arg_sock)
+                if pos is None or args[pos].kind != ARG_SOCK or args[pos].deref != DEREF_SOCK:
+                    raise SelectorError(f"{field}.argSock", f"argSock {arg_sock} names no sock argument: it is the "
+                                                            "position in args of an argument of type sock")
+                out.sock_act = SOCK_TRACK if name == "TrackSock" else SOCK_UNTRACK
+                out.sock_arg = pos
             elif name == "Sigkill":
                 if bits & ACT_SIGNAL and out.signal != 9:
                     raise SelectorError(field, "Sigkill and Signal together: one signal per selector")
