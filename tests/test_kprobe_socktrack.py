@@ -220,7 +220,7 @@ def test_udp_send_from_a_child_reports_the_socket_owner_until_untracked(rig, cgr
         owner.kill()
         owner.wait()
         sink.close()
-    assert [e["args"][1]["size_arg"] for e in evs] == ["7", "13", "7"], evs
+    assert [e["args"][1]["size_arg"] for e in evs] == [7, 13, 7], evs
     for e in evs:
         assert e["args"][0]["sock_arg"]["family"] == "AF_INET" and e["args"][0]["sock_arg"]["type"] == "SOCK_DGRAM"
     first, untrack, after = evs
@@ -229,7 +229,8 @@ def test_udp_send_from_a_child_reports_the_socket_owner_until_untracked(rig, cgr
     assert untrack["process"]["pid"] == owner.pid
     assert after["process"]["pid"] == sender and after["process"]["binary"] == sender_exe
     assert "sender-marker" in after["process"]["arguments"]
-    assert h.counters() is not None
+    c = h.counters()
+    assert c["sock_owned"] == 2 and c["sock_track_errors"] == 0, c
     # sk_alloc and __sk_free posted nothing (NoPost): only the three sends
     assert not rig.events(lambda b: b.get("function_name") in ("sk_alloc", "__sk_free"))
 

@@ -346,7 +346,8 @@ class HookSet:
         self.mode = mode
 
     def counters(self) -> dict[str, int]:
-        names = ("posted", "dropped", "filtered", "signals", "signal_errors", "rate_limited")
+        names = ("posted", "dropped", "filtered", "signals", "signal_errors", "rate_limited", "sock_owned",
+                 "sock_track_errors")
         total = dict.fromkeys(names, 0)
         for _plan, obj in self.objects:
             try:

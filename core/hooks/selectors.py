@@ -732,14 +732,16 @@ def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str
     hooks of ``kind`` can have, plus a mix: MAX_ARGS arguments of the family (the opened-file path of the
     open family in the mix), MAX_SELECTORS selectors each with MAX_MATCH_ARGS matchArgs of MAX_VALUES
     values, MAX_PIDF matchPIDs, MAX_NS matchNamespaces, MAX_CAPS matchCapabilities and MAX_BINS
-    matchBinaries (one following children), a matchReturnArgs, a rate-limited Sigkill, MAX_STRINGS
-    string values of STR_MAX - 1 bytes, and every flag (scoped, evaluated at exit, binaries, follow)."""
+    matchBinaries (one following children), a matchReturnArgs, a rate-limited Sigkill, a TrackSock or
+    UntrackSock, MAX_STRINGS string values of STR_MAX - 1 bytes, and every flag (scoped, evaluated at exit,
+    binaries, follow, socket owners, returnArgAction TrackSock)."""
     fams = [(n, f) for n, kinds, f in _WORST_ARGS if kind in kinds]
     out: dict[str, HookCfg] = {}
     for name, fill in fams + [("mixed", {})]:
         cfg = HookCfg()
         cfg.kind, cfg.syscall_nr, cfg.policy_id, cfg.hook_id = kind, syscall_nr, 1, 1
-        cfg.flags = CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | (CFG_AT_EXIT if kind == HOOK_SYSCALL else 0)
+        cfg.flags = (CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | CFG_SOCK_OWNER | CFG_RET_TRACK
+                     | (CFG_AT_EXIT if kind == HOOK_SYSCALL else 0))
         cfg.nargs = MAX_ARGS
         for i in range(MAX_ARGS):
             a = cfg.args[i]
@@ -758,6 +760,7 @@ def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str
         for si in range(MAX_SELECTORS):
             sel = cfg.sel[si]
             sel.actions, sel.signal = ACT_POST | ACT_SIGKILL, 9
+            sel.sock_act, sel.sock_arg = SOCK_TRACK if si % 2 == 0 else SOCK_UNTRACK, si % MAX_ARGS
             sel.rl_ns, sel.rl_scope = 1_000_000_000, RL_SCOPES["process"]
             sel.nargs = MAX_MATCH_ARGS
             for k in range(MAX_MATCH_ARGS):
