@@ -51,7 +51,8 @@ def sock_value(op: str, v: Any) -> Any:
     SAddr/DAddr (and Not*): an IPv4/IPv6 address or CIDR -> (family 2|10, network 16 bytes, mask 16 bytes),
     network order, IPv4 in the first 4 bytes (host bits beyond the prefix are ignored, as Tetragon's
     net.ParseCIDR does). SPort/DPort: a port or 'min:max' range -> (lo, hi). Protocol/Family: a number,
-    a range or a name (IPPROTO_TCP, AF_INET...) -> (lo, hi). State: a number, range or TCP_* name -> (lo, hi). ValueError says what is wrong."""
+    a range or a name (IPPROTO_TCP, AF_INET...) -> (lo, hi); State likewise (TCP_ESTABLISHED...). ValueError
+    says what is wrong."""
     text = str(v).strip()
     if op in ADDR_OPERATORS:
         try:
