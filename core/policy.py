@@ -88,10 +88,10 @@ TETRAGON_ARG_TYPES_UNSUPPORTED = (
 ARG_OPERATORS = (
     "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GT", "LT", "GreaterThan", "LessThan",
     "Mask", "SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "Protocol",
-    "Family", "SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "InMap", "NotInMap",
+    "Family", "State", "SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "InMap",
+    "NotInMap",
 )
 TETRAGON_ARG_OPERATORS_UNSUPPORTED = (
-    "State",
     "CapabilitiesGained", "InRange", "NotInRange", "SubString", "SubStringIgnCase", "FileType", "NotFileType",
 )
 BINARY_OPERATORS = ("In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
@@ -99,15 +99,17 @@ SET_OPERATORS = ("In", "NotIn")
 NAMESPACES = ("Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeForChildren", "Cgroup", "User")
 CAPABILITY_SETS = ("Effective", "Inheritable", "Permitted")
 
-ACTIONS = ("Post", "NoPost", "Sigkill", "Signal", "Override", "Set")
+ACTIONS = ("Post", "NoPost", "Sigkill", "Signal", "Override", "Set", "TrackSock", "UntrackSock")
+# Socket tracking: the struct sock argument argSock is (un)bound to a process, whom later events on it report.
+SOCK_TRACK_ACTIONS = ("TrackSock", "UntrackSock")
 # Actions that change what the process can do: in monitoring mode they only report what they would do.
 BLOCKING_ACTIONS = ("Sigkill", "Signal", "Override", "Set")
 TETRAGON_ACTIONS_UNSUPPORTED = (
-    "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup", "TrackSock", "UntrackSock", "NotifyEnforcer",
+    "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup", "NotifyEnforcer",
     "CleanupEnforcerNotification",
 )
 RATE_LIMIT_SCOPES = ("thread", "process", "global")
-RETURN_ARG_ACTIONS = ("Post",)
+RETURN_ARG_ACTIONS = ("Post", "TrackSock", "UntrackSock")
 
 # Spec keys Tetragon knows: which Sensorium sensor serves each (None: nothing does).
 KNOWN_SECTION_OWNERS: Mapping[str, str | None] = {
@@ -195,7 +197,7 @@ class MatchArg(PolicyModel):
             raise PydanticCustomError("policy_value", "values must not be empty")
         if any(v.endswith("\0") for v in self.values):
             object.__setattr__(self, "values", self._without_terminator())
-        if self.operator in ADDR_OPERATORS + PORT_OPERATORS + ("Protocol", "Family"):
+        if self.operator in ADDR_OPERATORS + PORT_OPERATORS + ("Protocol", "Family", "State"):
             for i, v in enumerate(self.values):
                 try:
                     sock_value(self.operator, v)
@@ -316,7 +318,8 @@ class MatchAction(PolicyModel):
     argName: Annotated[Any, refuse("argName belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
     argUrl: Annotated[Any, refuse("argUrl belongs to the GetUrl action, which is not implemented")] = absent()
     argFqdn: Annotated[Any, refuse("argFqdn belongs to the DnsLookup action, which is not implemented")] = absent()
-    argSock: Annotated[Any, refuse("argSock belongs to TrackSock/UntrackSock, which are not implemented")] = absent()
+    argSock: int | None = Field(default=None, ge=0, le=5,
+                                description="TrackSock/UntrackSock: the position in args of the sock argument (0)")
     kernelStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
     userStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
     imaHash: Annotated[Any, refuse("IMA hashes are not implemented")] = absent()
@@ -324,6 +327,8 @@ class MatchAction(PolicyModel):
     @model_validator(mode="after")
     def _fields_fit_action(self) -> MatchAction:
         a = self.action
+        if self.argSock is not None and a not in SOCK_TRACK_ACTIONS:
+            raise PydanticCustomError("policy_value", "argSock applies only to the TrackSock and UntrackSock actions")
         if self.argSig is not None and a != "Signal":
             raise PydanticCustomError("policy_value", "argSig applies only to the Signal action")
         if a == "Signal" and self.argSig is None:

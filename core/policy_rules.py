@@ -54,11 +54,19 @@ def engine_selector_rules(item: Any, positions: Sequence[int]) -> list[tuple[str
     except SelectorError as e:
         return [(e.field, e.reason)]
     positions = list(positions)
+    args = list(getattr(item, "args", None) or [])
     for si, sel in enumerate(item.selectors):
         for mi, m in enumerate(sel.matchArgs):
             if m.index is not None and m.index not in positions:
                 return [(f"selectors[{si}].matchArgs[{mi}].index",
                          f"index {m.index} names no declared argument (declared: {positions})")]
+        for ai, a in enumerate(sel.matchActions):
+            if a.action in ("TrackSock", "UntrackSock"):
+                n = 0 if a.argSock is None else a.argSock
+                if n >= len(args) or args[n].type != "sock":
+                    return [(f"selectors[{si}].matchActions[{ai}].argSock",
+                             f"argSock {n} names no sock argument: it is the position in args ({len(args)} declared) "
+                             "of an argument of type sock")]
     return []
 
 

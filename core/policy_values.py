@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["sock_value", "ADDR_OPERATORS", "PORT_OPERATORS", "PRIV_PORT_OPERATORS", "SOCK_FAMILIES",
-           "SOCK_PROTOCOLS", "CAPABILITIES"]
+           "SOCK_PROTOCOLS", "TCP_STATES", "CAPABILITIES"]
 
 # Socket operators: their values are checked by `sock_value` (CIDRs, ports and ranges, protocol/family names).
 ADDR_OPERATORS = ("SAddr", "NotSAddr", "DAddr", "NotDAddr")
@@ -20,6 +20,10 @@ SOCK_FAMILIES = {"AF_UNSPEC": 0, "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_
 SOCK_PROTOCOLS = {"IPPROTO_IP": 0, "IPPROTO_ICMP": 1, "IPPROTO_IGMP": 2, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17,
                   "IPPROTO_IPV6": 41, "IPPROTO_GRE": 47, "IPPROTO_ICMPV6": 58, "IPPROTO_SCTP": 132,
                   "IPPROTO_UDPLITE": 136, "IPPROTO_RAW": 255, "IPPROTO_MPTCP": 262}
+# include/net/tcp_states.h
+TCP_STATES = {"TCP_ESTABLISHED": 1, "TCP_SYN_SENT": 2, "TCP_SYN_RECV": 3, "TCP_FIN_WAIT1": 4, "TCP_FIN_WAIT2": 5,
+              "TCP_TIME_WAIT": 6, "TCP_CLOSE": 7, "TCP_CLOSE_WAIT": 8, "TCP_LAST_ACK": 9, "TCP_LISTEN": 10,
+              "TCP_CLOSING": 11, "TCP_NEW_SYN_RECV": 12}
 
 
 def _num_range(v: str, names: Mapping[str, int], what: str) -> tuple[int, int]:
@@ -47,7 +51,8 @@ def sock_value(op: str, v: Any) -> Any:
     SAddr/DAddr (and Not*): an IPv4/IPv6 address or CIDR -> (family 2|10, network 16 bytes, mask 16 bytes),
     network order, IPv4 in the first 4 bytes (host bits beyond the prefix are ignored, as Tetragon's
     net.ParseCIDR does). SPort/DPort: a port or 'min:max' range -> (lo, hi). Protocol/Family: a number,
-    a range or a name (IPPROTO_TCP, AF_INET...) -> (lo, hi). ValueError says what is wrong."""
+    a range or a name (IPPROTO_TCP, AF_INET...) -> (lo, hi); State likewise (TCP_ESTABLISHED...). ValueError
+    says what is wrong."""
     text = str(v).strip()
     if op in ADDR_OPERATORS:
         try:
@@ -64,6 +69,8 @@ def sock_value(op: str, v: Any) -> Any:
         return _num_range(text, SOCK_PROTOCOLS, "protocol")
     if op == "Family":
         return _num_range(text, SOCK_FAMILIES, "family")
+    if op == "State":
+        return _num_range(text, TCP_STATES, "TCP state")
     raise ValueError(f"operator {op} is not a socket operator")
 
 

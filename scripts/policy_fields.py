@@ -88,6 +88,12 @@ def _action(action: str, **params: Any) -> dict[str, Any]:
                             "matchActions": [{"action": action, **params}]})
 
 
+def _sock_action(action: str, **params: Any) -> dict[str, Any]:
+    """An action that keys a struct sock argument (TrackSock/UntrackSock): on a kernel function taking one."""
+    return _sel("kprobes", {"matchActions": [{"action": action, **params}]}, call="tcp_close",
+                args=[{"index": 0, "type": "sock"}])
+
+
 def catalogue() -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(group, field, spec) for every field of the TracingPolicy format."""
     g = "spec"
@@ -128,8 +134,8 @@ def catalogue() -> Iterator[tuple[str, str, dict[str, Any]]]:
         "kprobes", call="inet_csk_accept", args=None,
         **{"return": True, "returnArg": {"index": 0, "type": "sock"}, "returnArgAction": "TrackSock"})
     yield g, "returnArgAction: UntrackSock", _item(
-        "kprobes", call="tcp_close", args=[{"index": 0, "type": "sock"}],
-        **{"return": True, "returnArg": {"index": 0, "type": "int"}, "returnArgAction": "UntrackSock"})
+        "kprobes", call="inet_csk_accept", args=None,
+        **{"return": True, "returnArg": {"index": 0, "type": "sock"}, "returnArgAction": "UntrackSock"})
     yield g, "message", _item("kprobes", message="a file was opened")
     yield g, "tags", _item("kprobes", tags=["observability.filesystem"])
     yield g, "ignore.callNotFound", _item("kprobes", ignore={"callNotFound": True})
@@ -269,8 +275,8 @@ def catalogue() -> Iterator[tuple[str, str, dict[str, Any]]]:
     yield g, "CopyFD", _action("CopyFD", argFd=0, argName=1)
     yield g, "GetUrl", _action("GetUrl", argUrl="http://example.invalid/alert")
     yield g, "DnsLookup", _action("DnsLookup", argFqdn="alert.example.invalid")
-    yield g, "TrackSock", _action("TrackSock", argSock=0)
-    yield g, "UntrackSock", _action("UntrackSock", argSock=0)
+    yield g, "TrackSock", _sock_action("TrackSock", argSock=0)
+    yield g, "UntrackSock", _sock_action("UntrackSock", argSock=0)
     yield g, "NotifyEnforcer", {"enforcers": [{"calls": ["sys_openat"]}], **_action("NotifyEnforcer", argError=-1)}
     yield g, "Set", _action("Set", argIndex=0, argValue=1)
 
@@ -280,6 +286,7 @@ def catalogue() -> Iterator[tuple[str, str, dict[str, Any]]]:
     yield g, "argError (with Override)", _action("Override", argError=-1)
     yield g, "argError (with Sigkill)", _action("Sigkill", argError=-1)
     yield g, "argSig", _action("Signal", argSig=10)
+    yield g, "argSock", _sock_action("UntrackSock", argSock=0)
     yield g, "kernelStackTrace", _action("Post", kernelStackTrace=True)
     yield g, "userStackTrace", _action("Post", userStackTrace=True)
     yield g, "imaHash", _action("Post", imaHash=True)

@@ -30,7 +30,7 @@ from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, O
 from sensorium.hooks.ring import EventRing
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 
-__all__ = ["HookSet", "seed_follow", "OPEN_EXIT_ENABLED"]
+__all__ = ["HookSet", "seed_follow", "OPEN_EXIT_ENABLED", "mark_socket_owners", "uses_socket_map"]
 
 # False: serve opened-file hooks with the sys_enter + sys_exit pair too (the benchmark compares both; the
 # decisions are the same).
@@ -63,6 +63,9 @@ class HookSet:
         # per object (same order as `objects`): how it attaches, once committed
         self._attach: list[Callable[[], None]] = []
         self.pin_dir: str | None = None
+        # The section's socket map (TrackSock, hook/defs.h sens_socks): a dup of the first object's fd, which the
+        # section's other objects reuse; None until an object that tracks or reports owners is loaded.
+        self._socks_fd: int | None = None
         # id(obj) -> (persistent: True pinned, False not pinned though it enforces, None nothing to keep; why)
         self._pins: dict[int, tuple[bool | None, str]] = {}
         self.active = False
@@ -92,6 +95,7 @@ class HookSet:
                 plan.compiled.flags |= S.CFG_CGROUP_SCOPED
         self.scope = scope
         self.pin_dir = pin_dir
+        mark_socket_owners(plans)
         try:
             for plan in plans:
                 self._load_one(plan)
@@ -263,6 +267,11 @@ class HookSet:
         err = _set_reuse_proto()(obj.map("sens_events")._p(), self.ring.fd)
         if err < 0:
             raise OSError(-err, f"cannot share the sensor's ring buffer: {os.strerror(-err)}")
+        socks = uses_socket_map(plan.compiled)
+        if socks and self._socks_fd is not None:
+            err = _set_reuse_proto()(obj.map("sens_socks")._p(), self._socks_fd)
+            if err < 0:
+                raise OSError(-err, f"cannot share the section's socket map: {os.strerror(-err)}")
         obj.set_rodata("sens_cfg", plan.compiled.rodata())
         flags = plan.compiled.flags
         wanted = set(programs)
@@ -279,7 +288,8 @@ class HookSet:
         uses_rl = any(cfg.sel[i].rl_ns for i in range(cfg.nsel))
         for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
                               ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
-                              ("sens_inflight", inflight), ("sens_scope", flags & S.CFG_CGROUP_SCOPED)):
+                              ("sens_inflight", inflight), ("sens_scope", flags & S.CFG_CGROUP_SCOPED),
+                              ("sens_socks", socks)):
             if not needed:
                 obj.map(mname).set_max_entries(64)
         return wanted
@@ -288,6 +298,8 @@ class HookSet:
         """After load, nothing attached yet: the hook inert (``MODE_INACTIVE`` until `activate`), then its
         scope (so a scoped hook is never live unscoped)."""
         obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", MODE_INACTIVE))
+        if self._socks_fd is None and uses_socket_map(plan.compiled):
+            self._socks_fd = os.dup(obj.map("sens_socks").fd)  # outlives this object if a fallback replaces it
         if plan.compiled.flags & S.CFG_CGROUP_SCOPED:
             sm = ScopeMap(obj.map("sens_scope"))
             sm.set(self.scope if self.scope is not None else Scope())
@@ -334,7 +346,8 @@ class HookSet:
         self.mode = mode
 
     def counters(self) -> dict[str, int]:
-        names = ("posted", "dropped", "filtered", "signals", "signal_errors", "rate_limited")
+        names = ("posted", "dropped", "filtered", "signals", "signal_errors", "rate_limited", "sock_owned",
+                 "sock_track_errors")
         total = dict.fromkeys(names, 0)
         for _plan, obj in self.objects:
             try:
@@ -409,8 +422,31 @@ class HookSet:
         self.objects = []
         self._attach = []
         self._scope_maps = []
+        if self._socks_fd is not None:
+            os.close(self._socks_fd)
+            self._socks_fd = None
         self._unloaded = True
         self.active = False
+
+
+def uses_socket_map(compiled: S.CompiledHook) -> bool:
+    """Whether the hook reads or writes its section's socket map (TrackSock/UntrackSock, sock owners)."""
+    cfg = compiled.cfg
+    return bool(compiled.flags & (S.CFG_SOCK_OWNER | S.CFG_RET_TRACK | S.CFG_RET_UNTRACK)) or any(
+        cfg.sel[i].sock_act for i in range(cfg.nsel))
+
+
+def mark_socket_owners(plans: Sequence[HookPlan]) -> None:
+    """Where some hook of the section tracks sockets (TrackSock/UntrackSock, or returnArgAction), every hook with a
+    sock argument reports a tracked socket's owner as the event's process (Tetragon's socket tracking); a section
+    that tracks none never looks its sockets up."""
+    if not any(uses_socket_map(p.compiled) for p in plans):
+        return
+    for p in plans:
+        if any(a.kind == S.ARG_SOCK and a.deref == S.DEREF_SOCK for a in p.args) or (
+                p.return_plan is not None and p.return_plan.kind == S.ARG_SOCK):
+            p.compiled.cfg.flags |= S.CFG_SOCK_OWNER
+            p.compiled.flags |= S.CFG_SOCK_OWNER
 
 
 def _remove_pins(pin_dir: str) -> None:

@@ -199,7 +199,7 @@ class HookPlan:
         self.fast = fast
         rp = self.return_plan
         self.ret_fast = None
-        if rp is not None and rp.label is None and rp.json_key != "syscall_id":
+        if rp is not None and rp.kind == S.ARG_INT and rp.label is None and rp.json_key != "syscall_id":
             bits = rp.size * 8
             self.ret_fast = (rp.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if rp.signed else 1 << 64,
                              rp.json_key in I64_ARGS)

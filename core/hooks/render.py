@@ -179,16 +179,22 @@ def body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any
     JSON `EventRing.decode` assembles."""
     (_t, _f, _size, _kt, _pid, _tid, _pol, _hook, retval, cgroup_id, sel, actions, flags, _n,
      _data_len) = EV.unpack_from(rec)
-    args = render_args(rec, plan.args)
+    rp = plan.return_plan
+    captured = rp is not None and rp.kind != S.ARG_INT  # a returned sock: read at return, the record's last argument
+    args = render_args(rec, [*plan.args, rp] if captured and rp is not None else plan.args)
     if args is None:
         return None
+    ret = args.pop() if captured and len(args) > len(plan.args) else None
     body: dict[str, Any] = {"process": proc}
     if parent:
         body["parent"] = parent
     body.update(plan.body)
     body["args"] = args
-    if plan.return_plan is not None and flags & S.EV_HAS_RET:
-        body["return"] = render_int(plan.return_plan, retval & 0xFFFFFFFFFFFFFFFF)
+    if rp is not None and flags & S.EV_HAS_RET:
+        if not captured:
+            body["return"] = render_int(rp, retval & 0xFFFFFFFFFFFFFFFF)
+        elif ret is not None:
+            body["return"] = ret
     body["policy_name"] = policy_name
     if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
         body.update(action_fields(plan, sel, actions, flags))

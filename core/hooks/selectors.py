@@ -21,19 +21,19 @@ from typing import Any
 from sensorium.bpf.records import SensoriumHdr
 from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS
 from sensorium.policy import sock_value as parse_sock_value
+from sensorium.policy_values import TCP_STATES
 
 __all__ = [
     "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "check_selectors", "HookCfg", "SensEvent", "SensArgRec",
     "MAX_ARGS", "MAX_SELECTORS", "MAX_MATCH_ARGS", "MAX_VALUES", "MAX_STRINGS", "STR_MAX", "MAX_NS", "MAX_CAPS",
-    "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW",
-    "FROM_SYSCALL", "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC",
-    "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST",
-    "ACT_SIGKILL", "ACT_SIGNAL",
-    "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY",
-    "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
+    "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW", "FROM_SYSCALL",
+    "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC", "DEREF_INLINE",
+    "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST", "ACT_SIGKILL",
+    "ACT_SIGNAL", "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED",
+    "CFG_NEED_BINARY", "CFG_FOLLOW", "CFG_AT_EXIT", "CFG_SOCK_OWNER", "CFG_RET_TRACK", "CFG_RET_UNTRACK", "SOCK_TRACK",
+    "SOCK_UNTRACK", "SKB_OPS", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
     "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock",
-    "render_sock",
-    "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
+    "render_sock", "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
 ]
 
 # ---- mirrored constants (selectors.h) -------------------------------------------------------------
@@ -59,7 +59,7 @@ DEREF_FILE, DEREF_PATH = 8, 9  # a struct file * / struct path * argument (kerne
 DEREF_SOCK, DEREF_SOCKADDR, DEREF_USER_SOCKADDR, DEREF_SKB = 10, 11, 12, 13
 OPS = {"Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6, "GT": 7, "LT": 8,
        "Mask": 9, "In": 10, "NotIn": 11, "SAddr": 12, "NotSAddr": 13, "DAddr": 14, "NotDAddr": 15, "SPort": 16,
-       "NotSPort": 17, "DPort": 18, "NotDPort": 19, "Protocol": 20, "Family": 21}
+       "NotSPort": 17, "DPort": 18, "NotDPort": 19, "Protocol": 20, "Family": 21, "State": 22}
 # Tetragon's privileged-port operators: the range 0:1023, no values (compiled as SPort/DPort ...).
 PRIV_OPS = {"SPortPriv": "SPort", "NotSPortPriv": "NotSPort", "NotSportPriv": "NotSPort", "DPortPriv": "DPort",
             "NotDPortPriv": "NotDPort"}
@@ -67,6 +67,7 @@ ACT_POST, ACT_SIGKILL, ACT_SIGNAL = 1, 2, 4
 EV_MONITOR, EV_HAS_RET, EV_SIGNAL_ERR = 1, 2, 4
 ARGF_TRUNC, ARGF_ERR = 1, 2
 CFG_CGROUP_SCOPED, CFG_NEED_BINARY, CFG_FOLLOW, CFG_AT_EXIT = 1, 2, 4, 8
+CFG_SOCK_OWNER, CFG_RET_TRACK, CFG_RET_UNTRACK, SOCK_TRACK, SOCK_UNTRACK = 16, 32, 64, 1, 2  # hook/defs.h sockets
 PID_NS, PID_FOLLOW = 1, 2
 NS_IDS = {"Uts": 1, "Ipc": 2, "Mnt": 3, "Pid": 4, "PidForChildren": 5, "Net": 6, "Time": 7, "TimeForChildren": 8,
           "Cgroup": 9, "User": 10}
@@ -81,7 +82,8 @@ INT_OPS = ("Equal", "NotEqual", "GT", "LT", "Mask")
 # and never a protocol). SOCKADDR_PEER_OPS: a syscall's sockaddr that is the peer (connect, sendto), where
 # DAddr/DPort name the same address as SAddr/SPort.
 SOCK_OPS = ("SAddr", "NotSAddr", "DAddr", "NotDAddr", "SPort", "NotSPort", "DPort", "NotDPort", "SPortPriv",
-            "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "Protocol", "Family")
+            "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv", "Protocol", "Family", "State")
+SKB_OPS = SOCK_OPS[:-1]  # a packet has no TCP state
 SOCKADDR_OPS = ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "NotSportPriv", "Family")
 SOCKADDR_PEER_OPS = SOCKADDR_OPS + ("DAddr", "NotDAddr", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv")
 
@@ -122,7 +124,7 @@ class SensMatchBin(ctypes.Structure):
 
 class SensSelector(ctypes.Structure):
     _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("nbins", ctypes.c_uint8),
-                ("pad1", ctypes.c_uint8 * 2), ("npids", ctypes.c_uint8),
+                ("sock_act", ctypes.c_uint8), ("sock_arg", ctypes.c_uint8), ("npids", ctypes.c_uint8),
                 ("pad0", ctypes.c_uint8 * 2), ("nns", ctypes.c_uint8),
                 ("ncaps", ctypes.c_uint8), ("actions", ctypes.c_uint8), ("signal", ctypes.c_uint8),
                 ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("rl_ns", ctypes.c_uint64),
@@ -175,9 +177,7 @@ _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPAC
 _PROTO_NAMES = {v: k for k, v in SOCK_PROTOCOLS.items()}
 _FAMILY_NAMES = {0: "AF_UNSPEC", 1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET",
                  40: "AF_VSOCK", 44: "AF_XDP"}
-_TCP_STATES = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TCP_FIN_WAIT1", 5: "TCP_FIN_WAIT2",
-               6: "TCP_TIME_WAIT", 7: "TCP_CLOSE", 8: "TCP_CLOSE_WAIT", 9: "TCP_LAST_ACK", 10: "TCP_LISTEN",
-               11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
+_TCP_STATES = {v: k for k, v in TCP_STATES.items()}
 
 
 def _addr_text(family: int, raw: bytes) -> str:
@@ -494,12 +494,15 @@ def compile_hook(
     has_return: bool = False,
     cgroup_scoped: bool = False,
     host_ns: Mapping[str, int] | None = None,
+    sock_positions: Mapping[int, int] | None = None,
 ) -> CompiledHook:
     """Build the ``sens_cfg`` of one hook.
 
     arg_position maps a selector's matchArgs ``index`` to the position of the argument in ``args``
     (kprobes: the declared ``args[].index``; tracepoints: the position in the list). Field paths in
     errors are relative to the hook item (``selectors[0].matchArgs[0].index``).
+
+    sock_positions: ``{argSock (a position in the item's args list): position in args}``; None: no TrackSock.
     """
     if len(args) > MAX_ARGS:
         raise SelectorError("args", f"{len(args)} arguments: at most {MAX_ARGS} in the kernel")
@@ -649,6 +652,16 @@ def compile_hook(
                     out.rl_scope = RL_SCOPES[_g(a, "rateLimitScope") or "thread"]
             elif name == "NoPost":
                 pass
+            elif name in ("TrackSock", "UntrackSock"):
+                if sock_positions is None or out.sock_act:
+                    raise SelectorError(field, "one TrackSock/UntrackSock per selector" if out.sock_act else
+                                        f"{name} is served on kernel-function hooks (kprobes, syscall: false)")
+                n = int(_g(a, "argSock") or 0)
+                spos = sock_positions.get(n)
+                if spos is None or args[spos].kind != ARG_SOCK or args[spos].deref != DEREF_SOCK:
+                    raise SelectorError(f"{field}.argSock", f"argSock {n} names no sock argument: it is the "
+                                                            "position in args of an argument of type sock")
+                out.sock_act, out.sock_arg = SOCK_TRACK if name == "TrackSock" else SOCK_UNTRACK, spos
             elif name == "Sigkill":
                 if bits & ACT_SIGNAL and out.signal != 9:
                     raise SelectorError(field, "Sigkill and Signal together: one signal per selector")
@@ -712,14 +725,16 @@ def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str
     hooks of ``kind`` can have, plus a mix: MAX_ARGS arguments of the family (the opened-file path of the
     open family in the mix), MAX_SELECTORS selectors each with MAX_MATCH_ARGS matchArgs of MAX_VALUES
     values, MAX_PIDF matchPIDs, MAX_NS matchNamespaces, MAX_CAPS matchCapabilities and MAX_BINS
-    matchBinaries (one following children), a matchReturnArgs, a rate-limited Sigkill, MAX_STRINGS
-    string values of STR_MAX - 1 bytes, and every flag (scoped, evaluated at exit, binaries, follow)."""
+    matchBinaries (one following children), a matchReturnArgs, a rate-limited Sigkill, a TrackSock or
+    UntrackSock, MAX_STRINGS string values of STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries,
+    follow, socket owners, returnArgAction TrackSock)."""
     fams = [(n, f) for n, kinds, f in _WORST_ARGS if kind in kinds]
     out: dict[str, HookCfg] = {}
     for name, fill in fams + [("mixed", {})]:
         cfg = HookCfg()
         cfg.kind, cfg.syscall_nr, cfg.policy_id, cfg.hook_id = kind, syscall_nr, 1, 1
-        cfg.flags = CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | (CFG_AT_EXIT if kind == HOOK_SYSCALL else 0)
+        cfg.flags = (CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | CFG_SOCK_OWNER | CFG_RET_TRACK
+                     | (CFG_AT_EXIT if kind == HOOK_SYSCALL else 0))
         cfg.nargs = MAX_ARGS
         for i in range(MAX_ARGS):
             a = cfg.args[i]
@@ -738,6 +753,7 @@ def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str
         for si in range(MAX_SELECTORS):
             sel = cfg.sel[si]
             sel.actions, sel.signal = ACT_POST | ACT_SIGKILL, 9
+            sel.sock_act, sel.sock_arg = SOCK_TRACK if si % 2 == 0 else SOCK_UNTRACK, si % MAX_ARGS
             sel.rl_ns, sel.rl_scope = 1_000_000_000, RL_SCOPES["process"]
             sel.nargs = MAX_MATCH_ARGS
             for k in range(MAX_MATCH_ARGS):

@@ -254,7 +254,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             elif typ == "skb":
                 # the packet's IP header and ports, read in the kernel: matched by the socket operators
                 plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SKB,
-                                 json_key="skb_arg", label=label, type_name=typ, sock_ops=S.SOCK_OPS)
+                                 json_key="skb_arg", label=label, type_name=typ, sock_ops=S.SKB_OPS)
             elif typ == "sockaddr":
                 plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_SOCKADDR,
                                  json_key="sockaddr_arg", label=label, type_name=typ, sock_ops=S.SOCKADDR_OPS,
@@ -318,6 +318,17 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
         if sig.ret == "void":
             if ra is not None:
                 raise PolicyLoadError(hook, f"returnArg: {func} returns void", f"{base}.returnArg")
+        elif rtyp == "sock" or (rtyp == "auto" and sig.ret == _STRUCT_ARGS["sock"]):
+            if sig.ret != _STRUCT_ARGS["sock"]:
+                raise PolicyLoadError(hook, f"returnArg type sock does not match the return type {sig.ret} of {func} "
+                                            f"(sock reads a struct sock *)", f"{base}.returnArg.type")
+            if len(plans) >= S.MAX_ARGS:
+                raise PolicyLoadError(hook, f"a returned sock is read like an argument: at most {S.MAX_ARGS - 1} args "
+                                            "with it", f"{base}.returnArg")
+            # read at return into a struct sens_sock after the arguments (the record's last one)
+            ret_plan = S.ArgPlan(kind=S.ARG_SOCK, from_=S.FROM_RETVAL, offset=0, deref=S.DEREF_SOCK,
+                                 json_key="sock_arg", label=ra.label if ra is not None else None, type_name="sock",
+                                 sock_ops=S.SOCK_OPS)
         else:
             if not _is_int_ctype(sig.ret):
                 raise PolicyLoadError(hook, f"returnArg: {func} returns {sig.ret}; only integer return values are "
@@ -333,14 +344,27 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             ret_plan = S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_RETVAL, offset=0, size=size, signed=signed,
                                  json_key=_int_key(size, signed, rtyp), label=ra.label if ra is not None else None,
                                  type_name=rtyp)
+    ret_flags = 0
+    if item.returnArgAction in ("TrackSock", "UntrackSock"):
+        if ret_plan is None or ret_plan.kind != S.ARG_SOCK:
+            raise PolicyLoadError(hook, f"returnArgAction {item.returnArgAction} needs 'return: true' and a returnArg "
+                                        f"of type sock (a function returning struct sock *)",
+                                  f"{base}.returnArgAction")
+        ret_flags = S.CFG_RET_TRACK if item.returnArgAction == "TrackSock" else S.CFG_RET_UNTRACK
     overriding = any(errnos)
     selectors = [without_override(sel) for sel in item.selectors] if overriding else list(item.selectors)
+    captured = plans + [ret_plan] if ret_plan is not None and ret_plan.kind == S.ARG_SOCK else plans
+    # argSock is the position in the item's args list (Tetragon's kernel reads argsoff[argSock]); nop args are
+    # not captured, so it maps to the position of the captured argument
+    sock_positions = {i: positions[a.index] for i, a in enumerate(item.args) if a.index in positions}
     try:
-        compiled = S.compile_hook(policy_id=policy.id, hook_id=index, kind=S.HOOK_RAW_TP, args=plans,
+        compiled = S.compile_hook(policy_id=policy.id, hook_id=index, kind=S.HOOK_RAW_TP, args=captured,
                                   selectors=selectors, arg_position=positions, at_exit=at_exit,
-                                  has_return=at_exit)
+                                  has_return=at_exit, sock_positions=sock_positions)
     except S.SelectorError as e:
         raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
+    compiled.cfg.flags |= ret_flags
+    compiled.flags |= ret_flags
     mech: str | None
     if overriding:
         for si, err in enumerate(errnos):

@@ -80,6 +80,11 @@ class KProbeSpec(HookSpec):
                                             "connect, bind or sendto)")]
             if found := char_buf_size_problem(i, a, declared):
                 return found
+        if self.returnArgAction in ("TrackSock", "UntrackSock"):
+            rtyp = (self.returnArg.type if self.returnArg is not None else None) or "auto"
+            if syscall or self.syscall or not self.return_ or rtyp not in ("sock", "auto"):
+                return [("returnArgAction", f"returnArgAction {self.returnArgAction} needs a kernel function "
+                                            "(syscall: false) with 'return: true' and a returnArg of type sock")]
         if syscall and self.return_:
             rtyp = (self.returnArg.type if self.returnArg is not None else "long") or "long"
             if rtyp != "auto" and rtyp not in INT_ARG_TYPES:

@@ -258,6 +258,9 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
             raise PolicyLoadError(where, "LSM hooks have no return value to match", field=sf)
         for a_i, act in enumerate(sel.actions):
             af = f"{sf}.matchActions[{a_i}]"
+            if act.action in ("TrackSock", "UntrackSock"):
+                raise PolicyLoadError(where, f"{act.action} is served on kprobes kernel-function hooks, not on LSM "
+                                             "hooks", field=f"{af}.action")
             if act.action == "Override" and mech.startswith("fanotify") and act.argError not in (-1, 1):
                 raise PolicyLoadError(where, f"Override argError {act.argError} cannot be served by {mech}: a "
                                              "fanotify decision can only fail the call with EPERM (argError -1)",

@@ -227,9 +227,21 @@ static __always_inline int sens_capture_arg(void *ctx, struct sens_scratch *s, _
 		raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
 		rec->len = sizeof(struct sens_sock);
 		s->len[a] = sizeof(struct sens_sock);
+		s->ival[a] = raw; /* the pointer: what TrackSock/UntrackSock (argSock) key the socket map with */
 		if (sens_capture_sock((struct sens_sock *)payload, raw, d->deref) < 0) {
 			rec->flags |= SENS_ARGF_ERR;
 			s->len[a] = 0; /* unreadable: matches no socket operator, Not* included */
+		}
+		/* A tracked socket: the event is its owner's (the last tracked sock argument wins, as in Tetragon). A
+		 * returned sock that this very call (re)tracks is not looked up: a freed socket's address comes back. */
+		if ((sens_cfg.flags & SENS_CFG_SOCK_OWNER) && raw && d->deref == SENS_DEREF_SOCK &&
+		    !(d->src == SENS_FROM_RETVAL && (sens_cfg.flags & (SENS_CFG_RET_TRACK | SENS_CFG_RET_UNTRACK)))) {
+			struct sens_sock_owner *o = bpf_map_lookup_elem(&sens_socks, &raw);
+
+			if (o) {
+				s->owner = *o;
+				s->owned = 1;
+			}
 		}
 		SENS_ONCE(s->dpos) = pos + sizeof(*rec) + sizeof(struct sens_sock);
 		return 0;
@@ -373,6 +385,7 @@ static __always_inline __u32 sens_capture(void *ctx, struct sens_scratch *s)
 	__u32 a;
 
 	SENS_ONCE(s->dpos) = 0;
+	s->owned = 0;
 	for (a = 0; a < SENS_MAX_ARGS; a++) {
 		if (a >= sens_cfg.nargs)
 			break;

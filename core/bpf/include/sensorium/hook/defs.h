@@ -95,6 +95,7 @@
 #define SENS_OP_NOTDPORT 19
 #define SENS_OP_PROTOCOL 20
 #define SENS_OP_FAMILY 21
+#define SENS_OP_STATE 22 /* a sock's TCP state (skc_state) */
 
 /* Actions (bit set in sens_selector.actions) */
 #define SENS_ACT_POST 1
@@ -115,6 +116,13 @@
 #define SENS_CFG_NEED_BINARY 2   /* some selector matches binaries */
 #define SENS_CFG_FOLLOW 4        /* some selector follows children/forks */
 #define SENS_CFG_AT_EXIT 8       /* syscall: evaluate and emit at sys_exit (return value) */
+#define SENS_CFG_SOCK_OWNER 16   /* sock arguments: report the event as the process that owns a tracked socket */
+#define SENS_CFG_RET_TRACK 32    /* returnArgAction TrackSock: a matched call's returned sock gets the event's owner */
+#define SENS_CFG_RET_UNTRACK 64  /* returnArgAction UntrackSock: a matched call's returned sock is forgotten */
+
+/* Socket tracking actions of a selector (sens_selector.sock_act) */
+#define SENS_SOCK_TRACK 1
+#define SENS_SOCK_UNTRACK 2
 
 /* Selector pid flags */
 #define SENS_PID_NS 1
@@ -203,7 +211,8 @@ struct sens_selector {
 	__u8 nargs;
 	__u8 nret;
 	__u8 nbins;     /* matchBinaries entries (ANDed) */
-	__u8 pad1[2];
+	__u8 sock_act;  /* TrackSock/UntrackSock (SENS_SOCK_*), 0: none */
+	__u8 sock_arg;  /* its argSock: the position in sens_cfg.args of a sock argument */
 	__u8 npids;     /* matchPIDs entries (ANDed) */
 	__u8 pad0[2];
 	__u8 nns;
@@ -307,6 +316,8 @@ struct {
 #define SENS_CNT_SIGNALS 3
 #define SENS_CNT_SIGERR 4
 #define SENS_CNT_RATELIMITED 5
+#define SENS_CNT_SOCK_OWNED 6  /* events reported as the owner of a tracked socket */
+#define SENS_CNT_SOCK_ERR 7    /* TrackSock updates the socket map refused */
 #define SENS_NCOUNTERS 8
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -350,6 +361,23 @@ struct {
 	__type(value, __u64);
 } sens_ratelimit SEC(".maps");
 
+/* Socket tracking (TrackSock/UntrackSock, Tetragon's socktrack_map): struct sock pointer -> the process that owns it,
+ * so that an event on the socket from another task (softirq, a forked child) is reported as its owner. One map per
+ * policy section, shared by its hook objects (sensorium.hooks.hookset reuses the first object's); LRU: a socket no
+ * UntrackSock removed is evicted rather than refusing new ones. Shrunk to one entry where no hook tracks. */
+struct sens_sock_owner {
+	__u32 pid;
+	__u32 tid;
+	__u64 cgroup_id;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct sens_sock_owner);
+} sens_socks SEC(".maps");
+
 /* Syscalls evaluated at exit: the arguments captured at enter, by thread id. */
 struct sens_saved {
 	__u64 raw[6];
@@ -389,6 +417,9 @@ struct sens_scratch {
 	__u32 bin_ok;
 	__u32 follow;
 	__s32 matched; /* the selector sens_finish chose (-1: none); lsm programs turn it into Override */
+	__u32 owned;   /* capture found a sock argument in sens_socks: `owner` is the process to report */
+	__u32 opad;
+	struct sens_sock_owner owner;
 	/* path walk (sens_walk_g): write position in walk[], and where each component's '/' was written */
 	__u64 wdentry; /* the dentry to step from, its mount, and that mount's root */
 	__u64 wmnt;

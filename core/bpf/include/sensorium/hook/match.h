@@ -261,6 +261,8 @@ SENS_GLOBAL int sens_sock_op_g(__u32 at, __u32 si, __u32 k)
 		v = sk->protocol;
 	else if (op == SENS_OP_FAMILY)
 		v = sk->family;
+	else if (op == SENS_OP_STATE)
+		v = sk->state;
 	else
 		return 0;
 	for (q = 0; q < SENS_MAX_VALUES; q++) {

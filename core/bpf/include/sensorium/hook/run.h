@@ -67,6 +67,49 @@ SENS_GLOBAL int sens_rl_hash_g(__u32 len)
 	return (int)h;
 }
 
+/*
+ * Socket tracking of the selector that matched (Tetragon's TrackSock/UntrackSock and returnArgAction): taken
+ * whatever Post/NoPost and the mode say, as they only change whom later events are reported as.
+ *   matchActions TrackSock: the sock argument argSock becomes the current process's;
+ *   returnArgAction TrackSock: the returned sock becomes the event's process's: the owner of a tracked sock
+ *     argument when there is one (the child socket tcp_create_openreq_child returns in softirq is the
+ *     listener's owner's), else the current one;
+ *   UntrackSock (either): the socket is forgotten.
+ */
+static __always_inline void sens_sock_actions(struct sens_scratch *s, int matched)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sens_sock_owner cur = {
+		.pid = pid_tgid >> 32, .tid = (__u32)pid_tgid, .cgroup_id = bpf_get_current_cgroup_id(),
+	};
+	__u64 key;
+
+	if (matched >= 0 && matched < SENS_MAX_SELECTORS && sens_cfg.sel[matched].sock_act) {
+		__u8 sa = sens_cfg.sel[matched].sock_arg;
+
+		key = s->ival[sa < SENS_MAX_ARGS ? sa : 0];
+		if (key) {
+			if (sens_cfg.sel[matched].sock_act == SENS_SOCK_TRACK) {
+				if (bpf_map_update_elem(&sens_socks, &key, &cur, BPF_ANY) < 0)
+					sens_count(SENS_CNT_SOCK_ERR);
+			} else {
+				bpf_map_delete_elem(&sens_socks, &key);
+			}
+		}
+	}
+	if (!(sens_cfg.flags & (SENS_CFG_RET_TRACK | SENS_CFG_RET_UNTRACK)) || !(s->ev.flags & SENS_EV_HAS_RET))
+		return;
+	key = (__u64)s->ev.retval;
+	if (!key)
+		return;
+	if (sens_cfg.flags & SENS_CFG_RET_UNTRACK) {
+		bpf_map_delete_elem(&sens_socks, &key);
+		return;
+	}
+	if (bpf_map_update_elem(&sens_socks, &key, s->owned ? &s->owner : &cur, BPF_ANY) < 0)
+		sens_count(SENS_CNT_SOCK_ERR);
+}
+
 static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 datalen)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -124,6 +167,7 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 			sens_count(SENS_CNT_SIGNALS);
 		}
 	}
+	sens_sock_actions(s, matched);
 	/* NoPost hides the event, except in monitoring: "would have killed" must reach someone */
 	if (!(actions & SENS_ACT_POST) && !(monitor && (actions & (SENS_ACT_SIGKILL | SENS_ACT_SIGNAL))))
 		return 0;
@@ -151,6 +195,13 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 	s->ev.policy_id = sens_cfg.policy_id;
 	s->ev.hook_id = sens_cfg.hook_id;
 	s->ev.cgroup_id = bpf_get_current_cgroup_id();
+	if ((sens_cfg.flags & SENS_CFG_SOCK_OWNER) && s->owned) {
+		/* the socket's owner, not the task the call happens to run in (softirq, a child using an inherited fd) */
+		s->ev.hdr.pid = s->owner.pid;
+		s->ev.hdr.tid = s->owner.tid;
+		s->ev.cgroup_id = s->owner.cgroup_id;
+		sens_count(SENS_CNT_SOCK_OWNED);
+	}
 	s->ev.sel = matched;
 	s->ev.actions = actions;
 	s->ev.nargs = sens_cfg.nargs;
