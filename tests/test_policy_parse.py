@@ -108,7 +108,7 @@ def test_unknown_operator_is_refused(reg):
 def test_unsupported_action_is_refused_by_name(reg):
     text = OPENAT.replace("action: Post", "action: FollowFD")
     e = refused(text.replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
-    assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override, Set)" in str(e)
+    assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override, Set, TrackSock, UntrackSock)" in str(e)
 
 
 def test_too_many_values_gives_the_limit_and_line(reg):

@@ -318,7 +318,7 @@ def mutate_policy(col: Collector, base: str, docs: list[Any]) -> None:
         new["spec"][key][0]["selectors"] = []
         if key == "kprobes":  # the rule holds for syscalls (a kernel function's parameters are the BTF's)
             new["spec"][key][0].update(call="sys_write", syscall=True)
-        if key != "tracepoints":
+        if key not in ("tracepoints", "usdts"):  # a USDT argument is a register or memory word: no char_buf
             emit(f"rule-size-argument {key}", "sizeArgIndex names a parameter not declared", new,
                  ["sizeArgIndex 3 (parameter 2) must also be declared in args"])
         if key in ("kprobes", "uprobes"):
