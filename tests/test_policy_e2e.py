@@ -142,7 +142,7 @@ def test_bad_policies_are_refused_through_the_cli_and_leave_nothing_loaded(runni
         "no-such-tracepoint.yaml": (policy("bad1", tmp_path / "f").replace("sys_enter_openat", "sys_enter_nope"),
                                     "bad-tp", ":8: spec.tracepoints[0].event:"),
         "unknown-hook.yaml": ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: bad2\n"
-                              "spec:\n  usdts:\n  - path: /bin/true\n", "", ":6: spec.usdts: unknown policy section"),
+                              "spec:\n  fentries:\n  - call: x\n", "", ":6: spec.fentries: unknown policy section"),
         "operator.yaml": (policy("bad3", tmp_path / "f").replace("operator: Equal", "operator: SubString"), "",
                           "matchArgs operator 'SubString' is not supported by Sensorium"),
         "values.yaml": (policy("bad4", tmp_path / "f").replace(f'        - "{tmp_path / "f"}"',

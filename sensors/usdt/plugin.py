@@ -21,7 +21,7 @@ def _factory(ctx: SensorContext) -> Sensor:
 
 def _budget() -> list[BudgetCase]:
     from sensorium.hooks import selectors as S
-    from sensorium.hooks.budget import engine_cases
+    from sensorium.hooks.budget import TRACKING, engine_cases
     from sensorium_sensors.usdt.notes import parse_arg
     from sensorium_sensors.usdt.sensor import USDT_PROBE, usdt_cfg
 
@@ -32,7 +32,11 @@ def _budget() -> list[BudgetCase]:
     kinds = {"sens_usdt": (S.HOOK_SYSCALL, False), "sens_usdt_set": (S.HOOK_SYSCALL, False)}
     return (engine_cases(USDT_PROBE, full=("sens_usdt",), kinds=kinds, rodata={"sens_usdt_cfg": bytes(worst)})
             + engine_cases(USDT_PROBE, full=("sens_usdt_set",), kinds=kinds, rodata={"sens_usdt_cfg": bytes(setter)},
-                           needs={"sens_usdt_set": frozenset({"bpf_probe_write_user"})}))
+                           needs={"sens_usdt_set": frozenset({"bpf_probe_write_user"})})
+            # the engine's programs the object carries beside its own (selectors.h), in their mixed configuration
+            + engine_cases(USDT_PROBE, full=(), others=("sens_tp", "sens_raw", "sens_sys_enter", "sens_sys_exit",
+                                                        "sens_uprobe", "sens_uretprobe", *TRACKING),
+                           rodata={"sens_usdt_cfg": bytes(worst)}))
 
 
 @hookimpl
