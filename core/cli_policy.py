@@ -183,18 +183,13 @@ def register(cli_group: click.Group) -> None:
         """Validate FILE offline (nothing is loaded, no agent needed): the installed sensors' schemas and every
         rule that holds on any kernel, so what `check` calls valid is refused by `add` only for a reason of
         the agent's kernel or config (a missing function, a sensor not enabled)."""
-        import logging
 
         from sensorium.plugins import PluginRegistry
         from sensorium.policy_rules import validate_policies
         from sensorium.yamlsrc import SourceError
 
         name, text = _read_policy(file)
-        logging.disable(logging.CRITICAL)  # a plugin that fails to load is not this command's business
-        try:
-            reg = PluginRegistry().discover()
-        finally:
-            logging.disable(logging.NOTSET)
+        reg = PluginRegistry().discover_quietly()
         try:
             # Selectors are validated too; whether an agent can serve them (Kubernetes on) is its business.
             policies = validate_policies(text, name, reg, scoping_supported=True)

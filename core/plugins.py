@@ -100,6 +100,17 @@ class PluginRegistry:
 
     # ---- discovery ------------------------------------------------------------------------------
 
+    def discover_quietly(self) -> PluginRegistry:
+        """`discover` for a command that only reads the registry (`policy check`, `policy replay`): a plugin
+        that fails to load is the agent's business, not this command's, so nothing is logged."""
+        import logging
+
+        logging.disable(logging.CRITICAL)
+        try:
+            return self.discover()
+        finally:
+            logging.disable(logging.NOTSET)
+
     def discover(self) -> PluginRegistry:
         """List every entry point (without importing it), then load only the allowed ones."""
         from importlib.metadata import entry_points

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -307,11 +306,7 @@ def observe() -> list[dict[str, str]]:
     from sensorium.policy_rules import validate_policies
     from sensorium.yamlsrc import SourceError
 
-    logging.disable(logging.CRITICAL)
-    try:
-        reg = PluginRegistry().discover()
-    finally:
-        logging.disable(logging.NOTSET)
+    reg = PluginRegistry().discover_quietly()
     rows = []
     seen: set[tuple[str, str]] = set()
     for group, field, spec in catalogue():

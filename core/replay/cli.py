@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -19,11 +18,7 @@ def _policies(file: str, what: str) -> list[Any]:
     from sensorium.policy_rules import validate_policies
     from sensorium.yamlsrc import SourceError, decode, read_file
 
-    logging.disable(logging.CRITICAL)  # a plugin that fails to load is not this command's business
-    try:
-        reg = PluginRegistry().discover()
-    finally:
-        logging.disable(logging.NOTSET)
+    reg = PluginRegistry().discover_quietly()
     try:
         data = sys.stdin.buffer.read(POLICY_LIMITS.max_bytes + 1) if file == "-" else read_file(file, POLICY_LIMITS)
         name = "<stdin>" if file == "-" else file
