@@ -115,6 +115,7 @@
 #define SENS_CFG_NEED_BINARY 2   /* some selector matches binaries */
 #define SENS_CFG_FOLLOW 4        /* some selector follows children/forks */
 #define SENS_CFG_AT_EXIT 8       /* syscall: evaluate and emit at sys_exit (return value) */
+#define SENS_CFG_CAP_CHANGES 16  /* some selector has matchCapabilityChanges: track exec-time caps (sens_execcaps) */
 
 /* Selector pid flags */
 #define SENS_PID_NS 1
@@ -186,7 +187,8 @@ struct sens_match_ns {
 struct sens_match_caps {
 	__u8 set;
 	__u8 op;
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 userns; /* isNamespaceCapability: the host's user namespace inode (the entry fails a task in it); 0: any */
 	__u64 mask;
 };
 
@@ -203,7 +205,8 @@ struct sens_selector {
 	__u8 nargs;
 	__u8 nret;
 	__u8 nbins;     /* matchBinaries entries (ANDed) */
-	__u8 pad1[2];
+	__u8 ncapch;    /* matchCapabilityChanges entries (ANDed) */
+	__u8 pad1;
 	__u8 npids;     /* matchPIDs entries (ANDed) */
 	__u8 pad0[2];
 	__u8 nns;
@@ -219,6 +222,7 @@ struct sens_selector {
 	struct sens_match_ns ns[SENS_MAX_NS];
 	struct sens_match_caps caps[SENS_MAX_CAPS];
 	struct sens_match_bin bins[SENS_MAX_BINS];
+	struct sens_match_caps capch[SENS_MAX_CAPS]; /* matchCapabilityChanges: against the caps at exec */
 };
 
 struct sens_str {
@@ -337,6 +341,20 @@ struct {
 	__type(value, struct sens_bin);
 } sens_bins SEC(".maps");
 
+/* matchCapabilityChanges (SENS_CFG_CAP_CHANGES): tgid -> its capability sets as recorded at exec (and at fork,
+ * and at first sight for a process older than the policy), updated when a posted event reports a change:
+ * Tetragon's execve_map caps. */
+struct sens_capset {
+	__u64 c[3]; /* indexed by SENS_CAP_* - 1: effective, inheritable, permitted */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct sens_capset);
+} sens_execcaps SEC(".maps");
+
 struct sens_rl_key {
 	__u64 id;
 	__u32 sel;
@@ -408,6 +426,7 @@ struct sens_scratch {
 	char walk[SENS_WALKBUF];
 	char join[SENS_WALKBUF]; /* the open-exit program's early-rejection state (sens_pq_state) and buffers */
 	struct pt_regs regs; /* a syscall's registers, read in one helper call (sens_read_regs) */
+	struct sens_capset capnow; /* the current task's capability sets, to record (sens_execcaps) */
 };
 
 struct {
