@@ -37,7 +37,7 @@ EXPECTED: dict[str, tuple[str, str] | None] = {
     "filename_monitoring_filtered.yaml": None,
     "hardlink-observe.yaml": None,
     "host-changes/monitor-signed-kernel-modules.yaml": ("spec.kprobes[2].args[1].type", "argument type 'load_info' is not supported"),
-    "killer.yaml": ("spec.tracepoints[0].selectors[0].matchArgs[0].values[0]", "32-bit compat syscalls are not supported"),
+    "killer.yaml": ("spec.enforcers", "enforcers (NotifyEnforcer) are not supported"),
     "kprobe_commit_creds.yaml": None,
     "list-generated-ftrace.yaml": ("spec.lists[0].type", "generated_ftrace lists"),
     "list-syscalls-generated.yaml": ("spec.lists[0].type", "generated_syscalls lists"),

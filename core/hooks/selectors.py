@@ -34,7 +34,7 @@ __all__ = [
     "DEREF_SOCKADDR",
     "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock",
     "render_sock",
-    "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
+    "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET", "SYSCALL_I386",
 ]
 
 # ---- mirrored constants (selectors.h) -------------------------------------------------------------
@@ -49,6 +49,7 @@ MAX_CAPS = 2
 MAX_PIDF = 2
 MAX_BINS = 4
 DATA_MAX = 2048
+SYSCALL_I386 = 0x80000000  # a syscall64 id of a 32-bit (compat) task: Tetragon's IS_32BIT
 
 REC_HOOK = 1
 HOOK_TP, HOOK_RAW_TP, HOOK_SYSCALL = 1, 2, 3
@@ -93,7 +94,7 @@ class SensArg(ctypes.Structure):
                 ("size", ctypes.c_uint8), ("is_signed", ctypes.c_uint8), ("resolve", ctypes.c_uint8),
                 ("has_dirfd", ctypes.c_uint8), ("size_arg", ctypes.c_uint8), ("offset", ctypes.c_uint16),
                 ("max", ctypes.c_uint16), ("dirfd_off", ctypes.c_uint16), ("ret_fd", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8)]
+                ("sys64", ctypes.c_uint8)]
 
 
 class SensMatchArg(ctypes.Structure):
@@ -516,6 +517,7 @@ def compile_hook(
         d.dirfd_off = a.dirfd_offset or 0
         d.size_arg = 0xFF if a.size_arg is None else a.size_arg
         d.ret_fd = int(a.ret_fd)
+        d.sys64 = int(a.type_name == "syscall64")  # a 32-bit task's id marked SYSCALL_I386, as Tetragon does
     strings = _Strings(cfg)
     follow_bins: dict[int, tuple[str, tuple[str, ...]]] = {}
     follow_pids: dict[int, tuple[bool, tuple[int, ...]]] = {}

@@ -397,7 +397,7 @@ def _int_of(key: str, value: Any, ref: ArgRef) -> tuple[int, bool]:
     if key == "syscall_id":
         if not isinstance(value, dict) or not isinstance(value.get("id"), int):
             raise Undecided("syscall_id without an id")
-        v, (rsize, _) = value["id"], (8, False)
+        v, (rsize, _) = value["id"] | (0x80000000 if value.get("abi") == "i386" else 0), (8, False)
     elif key in INT_KEYS:
         try:
             v = int(value)

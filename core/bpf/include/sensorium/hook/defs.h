@@ -156,7 +156,7 @@ struct sens_arg {
 	__u16 max;
 	__u16 dirfd_off;
 	__u8 ret_fd; /* syscall at exit: when it returned an fd, report/match the opened file's path */
-	__u8 pad;
+	__u8 sys64;  /* a syscall64 id: SENS_SYSCALL_I386 marks a 32-bit (compat) task's (Tetragon's IS_32BIT) */
 };
 
 struct sens_match_arg {
@@ -435,6 +435,21 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sens_scratch);
 } sens_scratch_map SEC(".maps");
+
+/* A syscall id of the i386 table (a 32-bit task's) in a syscall64 argument, as Tetragon marks it */
+#define SENS_SYSCALL_I386 0x80000000ULL
+
+/* A 32-bit (compat) task's syscall numbers are another table: never match them against x86_64's. */
+static __always_inline int sens_task_compat(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(t, thread_info.status) & 0x0002; /* TS_COMPAT */
+#else
+	return 0;
+#endif
+}
 
 /* Read or write a scratch field as memory, never as a value the compiler keeps in a register. */
 #define SENS_ONCE(x) (*(volatile typeof(x) *)&(x))

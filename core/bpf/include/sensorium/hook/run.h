@@ -265,18 +265,6 @@ static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_reg
 
 /* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
  * syscall costs one compare. */
-/* A 32-bit (compat) task's syscall numbers are another table: never match them against x86_64's. */
-static __always_inline int sens_task_compat(void)
-{
-#if defined(__TARGET_ARCH_x86)
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-
-	return BPF_CORE_READ(t, thread_info.status) & 0x0002; /* TS_COMPAT */
-#else
-	return 0;
-#endif
-}
-
 SEC("raw_tp/sys_enter")
 int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
