@@ -90,6 +90,7 @@ class EventRing:
         kb = int((self.ctx.config or {}).get("ring_buffer_kb", 4096))
         size = 1 << max(16, (kb * 1024 - 1).bit_length())  # a power of two, at least 64 KiB
         obj.map("sens_events").set_max_entries(size)
+        obj.map("sens_execcaps").set_max_entries(64)  # (only the ring is used here; a hash map is preallocated)
         obj.load()
         self.obj = obj
         # `decode` takes RecordBlobs: the host may drain this ring natively (core/bpf/ringbuf.py)
