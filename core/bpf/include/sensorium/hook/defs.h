@@ -345,7 +345,9 @@ struct {
  * and at first sight for a process older than the policy), updated when a posted event reports a change:
  * Tetragon's execve_map caps. */
 struct sens_capset {
-	__u64 c[3]; /* indexed by SENS_CAP_* - 1: effective, inheritable, permitted */
+	/* indexed by SENS_CAP_* - 1: effective, inheritable, permitted; c[3] unused, so that an index masked
+	 * with 3 is inside the value even for 5.10's verifier, which loses the range check before it */
+	__u64 c[4];
 };
 
 struct {

@@ -193,6 +193,7 @@ static __always_inline void sens_read_capset(struct task_struct *task, struct se
 	bpf_probe_read_kernel(&out->c[0], 8, &cred->cap_effective);
 	bpf_probe_read_kernel(&out->c[1], 8, &cred->cap_inheritable);
 	bpf_probe_read_kernel(&out->c[2], 8, &cred->cap_permitted);
+	out->c[3] = 0;
 }
 
 /* Record the current task's capability sets as its process's reference (matchCapabilityChanges). */
