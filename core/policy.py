@@ -391,7 +391,9 @@ class Selector(PolicyModel):
                                   max_items(MAX_ACTIONS_PER_SELECTOR, "matchReturnActions entries")] = (
         Field(default_factory=list))
     matchNamespaceChanges: Annotated[Any, refuse("matchNamespaceChanges is not implemented")] = absent()
-    matchCapabilityChanges: Annotated[Any, refuse("matchCapabilityChanges is not implemented")] = absent()
+    matchCapabilityChanges: Annotated[list[MatchCapabilities],
+                                      max_items(MAX_FILTERS_PER_SELECTOR, "matchCapabilityChanges entries")] = (
+        Field(default_factory=list))
 
     @property
     def actions(self) -> list[MatchAction]:

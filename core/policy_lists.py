@@ -17,7 +17,7 @@ from typing import Any
 from sensorium.policy import ARG_OPERATORS, MAX_HOOKS_PER_POLICY, MAX_LIST_VALUES, MAX_LISTS
 from sensorium.yamlsrc import Located
 
-__all__ = ["NamedList", "parse_lists", "expand_lists", "mentions_list", "LIST_TYPES"]
+__all__ = ["NamedList", "parse_lists", "expand_lists", "mentions_list", "syscall_id", "LIST_TYPES"]
 
 LIST_TYPES = ("syscalls", "generated_syscalls", "generated_ftrace")
 
@@ -64,7 +64,7 @@ def parse_lists(raw: Any, doc: Located) -> dict[str, NamedList]:
         if len(values) > MAX_LIST_VALUES:
             raise err(loc + ("values",), f"{len(values)} values: at most {MAX_LIST_VALUES}")
         for j, v in enumerate(values):
-            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,64}", v):
+            if not isinstance(v, str) or not re.fullmatch(r"(?:i386/|x64/)?[A-Za-z0-9_]{1,64}", v):
                 raise err(loc + ("values", j), f"{v!r} is not a syscall name")
         validated = item.get("validated")
         if validated is not None and not isinstance(validated, bool):
@@ -77,6 +77,21 @@ def _syscall_table() -> Mapping[str, int]:
     from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 
     return SYSCALLS_X86_64
+
+
+def syscall_id(name: str) -> int | None:
+    """A list's syscall name as the id raw_syscalls reports (Tetragon's syscall64): an x86_64 number, or for
+    the 32-bit table (``__ia32_sys_dup``, ``i386/sys_dup``) the i386 number with bit 31 set, which only a
+    32-bit (compat) task's syscall carries. None: no such syscall."""
+    m = re.fullmatch(r"(?:(i386|x64)/|__(ia32|x64)_)?(?:compat_)?(?:sys_)?(\w+)", name)
+    if m is None:
+        return None
+    if "i386" in (m.group(1), m.group(2)) or m.group(2) == "ia32":
+        from sensorium.syscalls_i386 import SYSCALLS_I386
+
+        nr = SYSCALLS_I386.get(m.group(3))
+        return None if nr is None else nr | 0x80000000
+    return _syscall_table().get(m.group(3))
 
 
 def mentions_list(value: Any) -> bool:
@@ -101,7 +116,6 @@ def _list_ref(v: Any, lists: Mapping[str, NamedList], doc: Located, loc: tuple[A
 def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Located) -> dict[str, Any]:
     """``spec`` with every list reference replaced (see above); ``doc``'s line map follows the items."""
     out = dict(spec)
-    table = _syscall_table()
     for key, value in spec.items():
         if key == "lists" or not isinstance(value, list):
             continue
@@ -127,10 +141,10 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Loca
                                 raise doc.error(vloc, f"a list of syscalls compares by number: use it with InMap "
                                                       f"or NotInMap, not {m.get('operator')}")
                             for name in lst.values:
-                                nr = table.get(re.sub(r"^(?:__x64_)?sys_", "", name))
+                                nr = syscall_id(name)
                                 if nr is None:
-                                    raise doc.error(vloc, f"list {lst.name!r}: {name} is not an x86_64 syscall "
-                                                          "(32-bit compat syscalls are not supported by Sensorium)")
+                                    raise doc.error(vloc, f"list {lst.name!r}: {name} is not a syscall of x86_64 "
+                                                          "or of its 32-bit table (__ia32_sys_...)")
                                 vals.append(str(nr))
                         m["values"] = vals
             lst = _list_ref(raw.get("call"), lists, doc, ("spec", key, i, "call")) if isinstance(raw, dict) else None

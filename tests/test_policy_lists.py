@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,11 +115,71 @@ def test_list_mistakes_are_named_with_file_line_and_field(reg, change, error) ->
     assert refused(text, reg) == error
 
 
-def test_a_list_of_32bit_syscalls_in_inmap_is_refused_by_name(reg) -> None:
-    text = TRACEPOINT.replace("values: [sys_dup, sys_dup2]", "values: [sys_dup, __ia32_sys_dup]")
+def test_a_32bit_syscall_in_an_inmap_list_is_its_i386_number_marked_as_tetragon_does(reg) -> None:
+    text = TRACEPOINT.replace("values: [sys_dup, sys_dup2]", "values: [sys_dup, __ia32_sys_dup, i386/sys_dup2]")
+    [p] = parse_policies(text, "p.yaml", reg)
+    [m] = p.sections[0].items[0].selectors[0].matchArgs
+    # i386: dup 41, dup2 63, with bit 31 (Tetragon's IS_32BIT), which only a 32-bit task's id carries
+    assert m.values == [str(SYSCALLS_X86_64["dup"]), str(0x80000000 | 41), str(0x80000000 | 63)]
+
+
+def test_a_name_in_neither_table_is_refused_by_name(reg) -> None:
+    text = TRACEPOINT.replace("values: [sys_dup, sys_dup2]", "values: [sys_dup, __ia32_sys_nosuch]")
     assert refused(text, reg) == (
-        "p.yaml:20: spec.tracepoints[0].selectors[0].matchArgs[0].values[0]: list 'dups': __ia32_sys_dup is not an "
-        "x86_64 syscall (32-bit compat syscalls are not supported by Sensorium)")
+        "p.yaml:20: spec.tracepoints[0].selectors[0].matchArgs[0].values[0]: list 'dups': __ia32_sys_nosuch is not "
+        "a syscall of x86_64 or of its 32-bit table (__ia32_sys_...)")
+
+
+# A real 32-bit program (i386, no libc: only the host's gcc and binutils): dup(0), dup2(0, 987) through
+# int $0x80, the i386 table (dup 41, dup2 63), then exit.
+DUP32_C = r"""
+static long sc(long nr, long a, long b)
+{
+	long r;
+	__asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b) : "memory");
+	return r;
+}
+void _start(void)
+{
+	sc(41, 0, 0);
+	sc(63, 0, 987);
+	sc(1, 0, 0);
+	for (;;)
+		;
+}
+"""
+
+
+def build_dup32(tmp_path: Path) -> Path:
+    src, exe = tmp_path / "dup32.c", tmp_path / "dup32"
+    src.write_text(DUP32_C)
+    r = subprocess.run(["cc", "-m32", "-static", "-nostdlib", "-fno-pie", "-no-pie", "-O1", "-o", str(exe), str(src)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"no 32-bit build here (cc -m32 -nostdlib): {r.stderr.strip()[:200]}")
+    return exe
+
+
+SYS64_TP = TRACEPOINT.replace("values: [sys_dup, sys_dup2]", "values: [sys_dup, __ia32_sys_dup]").replace(
+    "type: uint64", "type: syscall64")
+
+
+@pytest.mark.kernel
+def test_an_i386_listed_syscall_matches_only_a_32bit_task(tp_rig, tmp_path: Path) -> None:
+    exe = build_dup32(tmp_path)
+    tp_rig.load(SYS64_TP, "tracepoints")
+    p32 = subprocess.Popen([str(exe)])
+    assert p32.wait(timeout=30) == 0
+
+    def ids(pid: int) -> set[tuple[int, str]]:
+        return {(e["args"][0]["syscall_id"]["id"], e["args"][0]["syscall_id"]["abi"])
+                for e in tp_rig.events(lambda b: b["process"]["pid"] == pid, wait=2.0)}
+
+    # its dup (i386 41) only: its dup2 (63) is not listed, and 41 of a 64-bit task would be socket()
+    assert ids(p32.pid) == {(41, "i386")}
+    evs = _dups_events(tp_rig, bool)  # a 64-bit process: its dup (x86_64 32), never 41
+    assert {(e["args"][0]["syscall_id"]["id"], e["args"][0]["syscall_id"]["abi"]) for e in evs} == {
+        (SYSCALLS_X86_64["dup"], "x64")}
 
 
 def _dups_events(rig: Any, done: Callable[[list[dict]], bool], timeout: float = 10.0) -> list[dict]:

@@ -151,10 +151,10 @@ def test_a_misspelt_field_gets_a_suggestion(reg):
 
 
 def test_known_tetragon_field_we_do_not_implement_is_refused_not_ignored(reg):
-    text = OPENAT.replace("      matchBinaries:", "      matchCapabilityChanges:\n      - operator: In\n        values: [CAP_SYS_ADMIN]\n      matchBinaries:")
+    text = OPENAT.replace("      matchBinaries:", "      matchNamespaceChanges:\n      - operator: In\n        values: [Mnt]\n      matchBinaries:")
     e = refused(text, reg)
-    assert e.path == "spec.tracepoints[0].selectors[0].matchCapabilityChanges"
-    assert "not supported by Sensorium: matchCapabilityChanges is not implemented" in e.reason
+    assert e.path == "spec.tracepoints[0].selectors[0].matchNamespaceChanges"
+    assert "not supported by Sensorium: matchNamespaceChanges is not implemented" in e.reason
 
 
 def test_every_problem_is_reported_at_once(reg):

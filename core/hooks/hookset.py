@@ -30,11 +30,23 @@ from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, O
 from sensorium.hooks.ring import EventRing
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 
-__all__ = ["HookSet", "seed_follow", "OPEN_EXIT_ENABLED", "mark_socket_owners", "uses_socket_map"]
+__all__ = ["HookSet", "seed_follow", "tracking_programs", "OPEN_EXIT_ENABLED", "mark_socket_owners", "uses_socket_map"]
 
 # False: serve opened-file hooks with the sys_enter + sys_exit pair too (the benchmark compares both; the
 # decisions are the same).
 OPEN_EXIT_ENABLED = True
+
+
+def tracking_programs(flags: int) -> set[str]:
+    """The process tracking programs of a hook object (selectors.h) that its ``sens_cfg`` flags need: exec
+    and exit for the binary cache and followChildren, fork for following, all three for the capabilities
+    recorded at exec and fork (matchCapabilityChanges)."""
+    out: set[str] = set()
+    if flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW | S.CFG_CAP_CHANGES):
+        out.update(("sens_exec", "sens_exit"))
+    if flags & (S.CFG_FOLLOW | S.CFG_CAP_CHANGES):
+        out.add("sens_fork")
+    return out
 
 
 def _set_reuse_proto() -> Callable[[int, int], int]:
@@ -274,11 +286,7 @@ class HookSet:
                 raise OSError(-err, f"cannot share the section's socket map: {os.strerror(-err)}")
         obj.set_rodata("sens_cfg", plan.compiled.rodata())
         flags = plan.compiled.flags
-        wanted = set(programs)
-        if flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
-            wanted.update(("sens_exec", "sens_exit"))
-        if flags & S.CFG_FOLLOW:
-            wanted.add("sens_fork")
+        wanted = set(programs) | tracking_programs(flags)
         for name, prog in obj.programs.items():
             prog.set_autoload(name in wanted)
         # Maps a hook does not use are shrunk before load (hash maps are preallocated: the binary cache
@@ -289,7 +297,7 @@ class HookSet:
         for mname, needed in (("sens_bins", flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW)),
                               ("sens_follow", flags & S.CFG_FOLLOW), ("sens_ratelimit", uses_rl),
                               ("sens_inflight", inflight), ("sens_scope", flags & S.CFG_CGROUP_SCOPED),
-                              ("sens_socks", socks)):
+                              ("sens_socks", socks), ("sens_execcaps", flags & S.CFG_CAP_CHANGES)):
             if not needed:
                 obj.map(mname).set_max_entries(64)
         return wanted

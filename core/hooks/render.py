@@ -212,8 +212,9 @@ def render_int(ap: S.ArgPlan, v: int) -> dict[str, Any]:
     if ap.signed and v >= 1 << (size * 8 - 1):
         v -= 1 << (size * 8)
     key = ap.json_key
-    if key == "syscall_id":
-        out: dict[str, Any] = {"syscall_id": {"id": v, "abi": SYSCALL_ABI}}
+    if key == "syscall_id":  # a 32-bit task's id carries Tetragon's IS_32BIT mark
+        abi = "i386" if v & S.SYSCALL_I386 else SYSCALL_ABI
+        out: dict[str, Any] = {"syscall_id": {"id": v & ~S.SYSCALL_I386, "abi": abi}}
     else:
         out = {key: v}
     if ap.label:

@@ -93,6 +93,7 @@ class EventRing:
         size = 1 << max(16, (kb * 1024 - 1).bit_length())  # a power of two, at least 64 KiB
         obj.map("sens_events").set_max_entries(size)
         obj.map("sens_socks").set_max_entries(64)  # each policy section has its own (hookset.py)
+        obj.map("sens_execcaps").set_max_entries(64)  # (only the ring is used here; a hash map is preallocated)
         obj.load()
         self.obj = obj
         # `decode` takes RecordBlobs: the host may drain this ring natively (core/bpf/ringbuf.py)

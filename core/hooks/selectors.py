@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sensorium.bpf.records import SensoriumHdr
-from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS
+from sensorium.policy import SOCK_PROTOCOLS
 from sensorium.policy import sock_value as parse_sock_value
 from sensorium.policy_values import TCP_STATES
 
@@ -30,10 +30,11 @@ __all__ = [
     "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC", "DEREF_INLINE",
     "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST", "ACT_SIGKILL",
     "ACT_SIGNAL", "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED",
-    "CFG_NEED_BINARY", "CFG_FOLLOW", "CFG_AT_EXIT", "CFG_SOCK_OWNER", "CFG_RET_TRACK", "CFG_RET_UNTRACK", "SOCK_TRACK",
-    "SOCK_UNTRACK", "SKB_OPS", "REC_HOOK", "host_namespace_inums", "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR",
-    "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock",
-    "render_sock", "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
+    "CFG_NEED_BINARY", "CFG_FOLLOW", "CFG_AT_EXIT", "CFG_SOCK_OWNER", "CFG_RET_TRACK", "CFG_RET_UNTRACK",
+    "CFG_CAP_CHANGES", "SOCK_TRACK", "SOCK_UNTRACK", "SKB_OPS", "REC_HOOK", "host_namespace_inums", "ARG_SOCK",
+    "DEREF_SOCK", "DEREF_SOCKADDR", "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS",
+    "SOCKADDR_PEER_OPS", "SensSock", "render_sock", "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
+    "SYSCALL_I386",
 ]
 
 # ---- mirrored constants (selectors.h) -------------------------------------------------------------
@@ -48,6 +49,7 @@ MAX_CAPS = 2
 MAX_PIDF = 2
 MAX_BINS = 4
 DATA_MAX = 2048
+SYSCALL_I386 = 0x80000000  # a syscall64 id of a 32-bit (compat) task: Tetragon's IS_32BIT
 
 REC_HOOK = 1
 HOOK_TP, HOOK_RAW_TP, HOOK_SYSCALL = 1, 2, 3
@@ -68,6 +70,7 @@ EV_MONITOR, EV_HAS_RET, EV_SIGNAL_ERR = 1, 2, 4
 ARGF_TRUNC, ARGF_ERR = 1, 2
 CFG_CGROUP_SCOPED, CFG_NEED_BINARY, CFG_FOLLOW, CFG_AT_EXIT = 1, 2, 4, 8
 CFG_SOCK_OWNER, CFG_RET_TRACK, CFG_RET_UNTRACK, SOCK_TRACK, SOCK_UNTRACK = 16, 32, 64, 1, 2  # hook/defs.h sockets
+CFG_CAP_CHANGES = 128
 PID_NS, PID_FOLLOW = 1, 2
 NS_IDS = {"Uts": 1, "Ipc": 2, "Mnt": 3, "Pid": 4, "PidForChildren": 5, "Net": 6, "Time": 7, "TimeForChildren": 8,
           "Cgroup": 9, "User": 10}
@@ -94,7 +97,7 @@ class SensArg(ctypes.Structure):
                 ("size", ctypes.c_uint8), ("is_signed", ctypes.c_uint8), ("resolve", ctypes.c_uint8),
                 ("has_dirfd", ctypes.c_uint8), ("size_arg", ctypes.c_uint8), ("offset", ctypes.c_uint16),
                 ("max", ctypes.c_uint16), ("dirfd_off", ctypes.c_uint16), ("ret_fd", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8)]
+                ("sys64", ctypes.c_uint8)]
 
 
 class SensMatchArg(ctypes.Structure):
@@ -113,8 +116,8 @@ class SensMatchNs(ctypes.Structure):
 
 
 class SensMatchCaps(ctypes.Structure):
-    _fields_ = [("set", ctypes.c_uint8), ("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6),
-                ("mask", ctypes.c_uint64)]
+    _fields_ = [("set", ctypes.c_uint8), ("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2),
+                ("userns", ctypes.c_uint32), ("mask", ctypes.c_uint64)]
 
 
 class SensMatchBin(ctypes.Structure):
@@ -125,12 +128,13 @@ class SensMatchBin(ctypes.Structure):
 class SensSelector(ctypes.Structure):
     _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("nbins", ctypes.c_uint8),
                 ("sock_act", ctypes.c_uint8), ("sock_arg", ctypes.c_uint8), ("npids", ctypes.c_uint8),
-                ("pad0", ctypes.c_uint8 * 2), ("nns", ctypes.c_uint8),
+                ("ncapch", ctypes.c_uint8), ("pad0", ctypes.c_uint8), ("nns", ctypes.c_uint8),
                 ("ncaps", ctypes.c_uint8), ("actions", ctypes.c_uint8), ("signal", ctypes.c_uint8),
                 ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("rl_ns", ctypes.c_uint64),
                 ("args", SensMatchArg * MAX_MATCH_ARGS), ("ret", SensMatchArg),
                 ("pids", SensMatchPids * MAX_PIDF), ("ns", SensMatchNs * MAX_NS),
-                ("caps", SensMatchCaps * MAX_CAPS), ("bins", SensMatchBin * MAX_BINS)]
+                ("caps", SensMatchCaps * MAX_CAPS), ("bins", SensMatchBin * MAX_BINS),
+                ("capch", SensMatchCaps * MAX_CAPS)]
 
 
 class SensStr(ctypes.Structure):
@@ -390,11 +394,13 @@ def _no_nul(values: Sequence[Any], field: str) -> None:
 
 def check_selectors(selectors: Sequence[Any]) -> None:
     """The kernel selectors' rules that hold whatever the hook and its arguments' types are: entry counts,
-    values per operator, NUL bytes, followChildren/followForks, isNamespaceCapability, action combinations.
+    values per operator, NUL bytes, followChildren/followForks, capability filters, action combinations.
 
     `compile_hook` applies them first; `sensorium.policy_rules` applies them to a policy without a kernel
     (``sensorium policy check``), so both refuse the same selectors with the same words. Raises
     `SelectorError` for the first problem (field relative to the hook item)."""
+    from sensorium.hooks import caps  # (it imports this module)
+
     if len(selectors) > MAX_SELECTORS:
         raise SelectorError("selectors", f"{len(selectors)} selectors: at most {MAX_SELECTORS}")
     for si, sel in enumerate(selectors):
@@ -452,13 +458,7 @@ def check_selectors(selectors: Sequence[Any]) -> None:
             raise SelectorError(f"{base}.matchNamespaces", f"{len(nss)} entries: at most {MAX_NS} in the kernel")
         for ni, n in enumerate(nss):
             _values_limit(list(_g(n, "values") or []), f"{base}.matchNamespaces[{ni}].values")
-        caps = list(_g(sel, "matchCapabilities") or [])
-        if len(caps) > MAX_CAPS:
-            raise SelectorError(f"{base}.matchCapabilities", f"{len(caps)} entries: at most {MAX_CAPS} in the kernel")
-        for ci, c in enumerate(caps):
-            if _g(c, "isNamespaceCapability"):
-                raise SelectorError(f"{base}.matchCapabilities[{ci}].isNamespaceCapability",
-                                    "is not supported in the kernel selectors")
+        caps.check_caps(sel, base)
         acts = list(sel.actions) if hasattr(sel, "actions") else list(_g(sel, "matchActions") or [])
         names: list[str] = []
         signal: int | None = None
@@ -509,6 +509,8 @@ def compile_hook(
     # The rules first, so a hook refused here is refused with the words `sensorium policy check` uses;
     # the bounds checks below stay as guards of the structures they fill.
     check_selectors(selectors)
+    from sensorium.hooks.caps import compile_caps  # (it imports this module)
+
     cfg = HookCfg()
     cfg.policy_id, cfg.hook_id, cfg.kind = policy_id, hook_id, kind
     cfg.nargs, cfg.nsel, cfg.syscall_nr = len(args), len(selectors), syscall_nr
@@ -522,6 +524,7 @@ def compile_hook(
         d.dirfd_off = a.dirfd_offset or 0
         d.size_arg = 0xFF if a.size_arg is None else a.size_arg
         d.ret_fd = int(a.ret_fd)
+        d.sys64 = int(a.type_name == "syscall64")  # a 32-bit task's id marked SYSCALL_I386, as Tetragon does
     strings = _Strings(cfg)
     follow_bins: dict[int, tuple[str, tuple[str, ...]]] = {}
     follow_pids: dict[int, tuple[bool, tuple[int, ...]]] = {}
@@ -620,23 +623,14 @@ def compile_hook(
                     o.inums[i] = ns_cache[name]
                 else:
                     o.inums[i] = int(v)
-        caps = list(_g(sel, "matchCapabilities") or [])
-        if len(caps) > MAX_CAPS:
-            raise SelectorError(f"{base}.matchCapabilities", f"{len(caps)} entries: at most {MAX_CAPS} in the kernel")
-        out.ncaps = len(caps)
-        for ci, c in enumerate(caps):
-            field = f"{base}.matchCapabilities[{ci}]"
-            if _g(c, "isNamespaceCapability"):
-                raise SelectorError(f"{field}.isNamespaceCapability", "is not supported in the kernel selectors")
-            mask = 0
-            for v in _g(c, "values"):
-                name = str(v).upper()
-                bit = CAPABILITIES.get(name, CAPABILITIES.get("CAP_" + name))
-                if bit is None:
-                    raise SelectorError(f"{field}.values", f"unknown capability {v}")
-                mask |= 1 << bit
-            o = out.caps[ci]
-            o.set, o.op, o.mask = CAP_SETS[_g(c, "type", "Effective")], OPS[_g(c, "operator")], mask
+        def userns() -> int | None:
+            nonlocal ns_cache
+            if ns_cache is None:
+                ns_cache = host_namespace_inums()
+            return ns_cache.get("User")
+
+        if compile_caps(sel, out, base, userns):
+            flags |= CFG_CAP_CHANGES
         acts = list(sel.actions) if hasattr(sel, "actions") else list(_g(sel, "matchActions") or [])
         names: list[str] = []
         bits = 0
@@ -724,16 +718,17 @@ def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str
     """The most expensive hook configurations the kernel limits above allow, one per argument family that
     hooks of ``kind`` can have, plus a mix: MAX_ARGS arguments of the family (the opened-file path of the
     open family in the mix), MAX_SELECTORS selectors each with MAX_MATCH_ARGS matchArgs of MAX_VALUES
-    values, MAX_PIDF matchPIDs, MAX_NS matchNamespaces, MAX_CAPS matchCapabilities and MAX_BINS
-    matchBinaries (one following children), a matchReturnArgs, a rate-limited Sigkill, a TrackSock or
-    UntrackSock, MAX_STRINGS string values of STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries,
-    follow, socket owners, returnArgAction TrackSock)."""
+    values, MAX_PIDF matchPIDs, MAX_NS matchNamespaces, MAX_CAPS matchCapabilities and as many
+    matchCapabilityChanges (namespace capabilities), MAX_BINS matchBinaries (one following children), a
+    matchReturnArgs, a rate-limited Sigkill, a TrackSock or UntrackSock, MAX_STRINGS string values of
+    STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries, follow, socket owners, returnArgAction
+    TrackSock, capability changes)."""
     fams = [(n, f) for n, kinds, f in _WORST_ARGS if kind in kinds]
     out: dict[str, HookCfg] = {}
     for name, fill in fams + [("mixed", {})]:
         cfg = HookCfg()
         cfg.kind, cfg.syscall_nr, cfg.policy_id, cfg.hook_id = kind, syscall_nr, 1, 1
-        cfg.flags = (CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | CFG_SOCK_OWNER | CFG_RET_TRACK
+        cfg.flags = (CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | CFG_SOCK_OWNER | CFG_RET_TRACK | CFG_CAP_CHANGES
                      | (CFG_AT_EXIT if kind == HOOK_SYSCALL else 0))
         cfg.nargs = MAX_ARGS
         for i in range(MAX_ARGS):
@@ -779,9 +774,10 @@ def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str
             sel.nns = MAX_NS
             for k in range(MAX_NS):
                 sel.ns[k].ns, sel.ns[k].op, sel.ns[k].nvals = 1 + (si * MAX_NS + k) % 10, OPS["NotIn"], MAX_VALUES
-            sel.ncaps = MAX_CAPS
+            sel.ncaps = sel.ncapch = MAX_CAPS
             for k in range(MAX_CAPS):
-                sel.caps[k].set, sel.caps[k].op, sel.caps[k].mask = 1 + k, OPS["NotIn"], 1 << 21
+                for c in (sel.caps[k], sel.capch[k]):
+                    c.set, c.op, c.mask, c.userns = 1 + k, OPS["NotIn"], 1 << 21, 0xF0000000
             sel.nbins = MAX_BINS
             for k in range(MAX_BINS):
                 b = sel.bins[k]

@@ -397,7 +397,7 @@ def _int_of(key: str, value: Any, ref: ArgRef) -> tuple[int, bool]:
     if key == "syscall_id":
         if not isinstance(value, dict) or not isinstance(value.get("id"), int):
             raise Undecided("syscall_id without an id")
-        v, (rsize, _) = value["id"], (8, False)
+        v, (rsize, _) = value["id"] | (0x80000000 if value.get("abi") == "i386" else 0), (8, False)
     elif key in INT_KEYS:
         try:
             v = int(value)
@@ -590,6 +590,12 @@ def compile_caps(m: Any) -> Filter:
     wanted = {_cap_name(v) for v in m.values}
 
     def cap_filter(body: dict[str, Any], ctx: Context) -> bool:
+        if m.isNamespaceCapability:  # the kernel: never a task of the host's user namespace
+            user = (process_at(body, ctx).get("ns") or {}).get("user")
+            if not isinstance(user, dict):
+                raise Undecided("isNamespaceCapability: the event's process has no user namespace (ns.user)")
+            if user.get("is_host"):
+                return False
         cap = process_at(body, ctx).get("cap")
         if not isinstance(cap, dict):
             raise Undecided("the event's process has no cap (capability sets): record with the agent's "
@@ -598,6 +604,11 @@ def compile_caps(m: Any) -> Filter:
         any_set = bool(have & wanted)
         return any_set if m.operator == "In" else not any_set
     return cap_filter
+
+
+def _undecided_cap_changes(body: dict[str, Any], ctx: Context) -> bool:
+    raise Undecided("matchCapabilityChanges compares with the capabilities the process had at exec, which "
+                    "events do not carry")
 
 
 @dataclasses.dataclass
@@ -691,6 +702,8 @@ def compile_item(section: str, index: int, item: Any, recorded: Any | None) -> H
             filters.append((f"matchNamespaces[{ni}]", compile_namespaces(m)))
         for ci, m in enumerate(sel.matchCapabilities):
             filters.append((f"matchCapabilities[{ci}]", compile_caps(m)))
+        for ci in range(len(sel.matchCapabilityChanges)):
+            filters.append((f"matchCapabilityChanges[{ci}]", _undecided_cap_changes))
         for bi, m in enumerate(sel.matchBinaries):
             filters.append((f"matchBinaries[{bi}]", compile_binaries(m)))
         names, post, signal, kills, override, rl, scope = _actions(sel)

@@ -46,7 +46,11 @@ fi
 [[ -n "${kimg:-}" && -f "$kimg" ]] || { log "no vmlinuz for '$kernel'"; exit 2; }
 release="$(basename "$kimg")"; release="${release#vmlinuz-}"
 
-# Per-run directory inside the repo: the guest sees the repo read-write through --rwdir.
+# Per-run directory inside the repo: the guest sees the repo read-write through --rwdir. A VM directory outside
+# the repo (SENSORIUM_VM_DIR: a worktree using the main tree's kernels) is shared read-write too: the guest
+# writes its exit code and the probe cache there.
+vm_rw=()
+case "$(readlink -f "$VM")/" in "$(readlink -f "$ROOT")"/*) ;; *) vm_rw=(--rwdir "$VM") ;; esac
 run_dir="$VM/runs/$release.$$"
 rm -rf "$run_dir"; mkdir -p "$run_dir/udev"
 cache_dir="$VM/cache/$release"; mkdir -p "$cache_dir"
@@ -120,7 +124,7 @@ unshare -m --propagation private bash -c '
     exec "$@"
 ' _ "$run_dir/udev" timeout --kill-after=30 "$timeout_s" \
     "$VNG" --run "$kimg" --disable-kvm --force-9p --cpus "${SENSORIUM_VM_CPUS:-1}" \
-    --memory "${SENSORIUM_VM_MEMORY:-2G}" --rwdir "$ROOT" \
+    --memory "${SENSORIUM_VM_MEMORY:-2G}" --rwdir "$ROOT" "${vm_rw[@]}" \
     --append "lsm=lockdown,capability,landlock,yama,bpf" \
     --exec "$run_dir/guest.sh" < /dev/null 2>&1 | cat
 vng_rc=${PIPESTATUS[0]}

@@ -27,7 +27,7 @@ from typing import Any
 
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hooks import selectors as S
-from sensorium.hooks.hookset import seed_follow
+from sensorium.hooks.hookset import seed_follow, tracking_programs
 from sensorium.hooks.plan import POLICY_INTS, without_override
 from sensorium.hooks.probes import MODE_INACTIVE
 from sensorium.hooks.render import EV as _EV
@@ -167,15 +167,13 @@ class LsmProgram:
         obj.set_rodata("sens_cfg", self.compiled.rodata())
         errnos = self.errnos + [0] * (S.MAX_SELECTORS - len(self.errnos))
         obj.set_rodata("lsm_errno", struct.pack(f"<{S.MAX_SELECTORS}I", *errnos))
-        wanted = {"sens_lsm"}
-        if self.compiled.flags & (S.CFG_NEED_BINARY | S.CFG_FOLLOW):
-            wanted.update(("sens_exec", "sens_exit"))
-        if self.compiled.flags & S.CFG_FOLLOW:
-            wanted.add("sens_fork")
+        wanted = {"sens_lsm"} | tracking_programs(self.compiled.flags)
         for name, prog in obj.programs.items():
             prog.set_autoload(name in wanted)
         if self.scope is None:  # host-wide: never checked, cannot be scoped later (the rodata says so)
             obj.map("sens_scope").set_max_entries(64)
+        if not self.compiled.flags & S.CFG_CAP_CHANGES:  # (a hash map is preallocated)
+            obj.map("sens_execcaps").set_max_entries(64)
         obj.load()
         obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", MODE_INACTIVE))
         if self.scope is not None:  # before anything attaches: a scoped program is never live unscoped

@@ -216,6 +216,8 @@ static __always_inline int sens_capture_arg(void *ctx, struct sens_scratch *s, _
 
 	if (d->kind == SENS_ARG_INT) {
 		raw = sens_raw_value(ctx, s, d->src, d->offset, d->size, d->is_signed);
+		if (d->sys64 && sens_task_compat())
+			raw |= SENS_SYSCALL_I386;
 		s->ival[a] = raw;
 		*(__u64 *)payload = raw;
 		rec->len = 8;

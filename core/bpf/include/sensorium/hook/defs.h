@@ -119,6 +119,7 @@
 #define SENS_CFG_SOCK_OWNER 16   /* sock arguments: report the event as the process that owns a tracked socket */
 #define SENS_CFG_RET_TRACK 32    /* returnArgAction TrackSock: a matched call's returned sock gets the event's owner */
 #define SENS_CFG_RET_UNTRACK 64  /* returnArgAction UntrackSock: a matched call's returned sock is forgotten */
+#define SENS_CFG_CAP_CHANGES 128 /* some selector has matchCapabilityChanges: track exec-time caps (sens_execcaps) */
 
 /* Socket tracking actions of a selector (sens_selector.sock_act) */
 #define SENS_SOCK_TRACK 1
@@ -163,7 +164,7 @@ struct sens_arg {
 	__u16 max;
 	__u16 dirfd_off;
 	__u8 ret_fd; /* syscall at exit: when it returned an fd, report/match the opened file's path */
-	__u8 pad;
+	__u8 sys64;  /* a syscall64 id: SENS_SYSCALL_I386 marks a 32-bit (compat) task's (Tetragon's IS_32BIT) */
 };
 
 struct sens_match_arg {
@@ -194,7 +195,8 @@ struct sens_match_ns {
 struct sens_match_caps {
 	__u8 set;
 	__u8 op;
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 userns; /* isNamespaceCapability: the host's user namespace inode (the entry fails a task in it); 0: any */
 	__u64 mask;
 };
 
@@ -214,7 +216,8 @@ struct sens_selector {
 	__u8 sock_act;  /* TrackSock/UntrackSock (SENS_SOCK_*), 0: none */
 	__u8 sock_arg;  /* its argSock: the position in sens_cfg.args of a sock argument */
 	__u8 npids;     /* matchPIDs entries (ANDed) */
-	__u8 pad0[2];
+	__u8 ncapch;    /* matchCapabilityChanges entries (ANDed) */
+	__u8 pad0;
 	__u8 nns;
 	__u8 ncaps;
 	__u8 actions;
@@ -228,6 +231,7 @@ struct sens_selector {
 	struct sens_match_ns ns[SENS_MAX_NS];
 	struct sens_match_caps caps[SENS_MAX_CAPS];
 	struct sens_match_bin bins[SENS_MAX_BINS];
+	struct sens_match_caps capch[SENS_MAX_CAPS]; /* matchCapabilityChanges: against the caps at exec */
 };
 
 struct sens_str {
@@ -348,6 +352,22 @@ struct {
 	__type(value, struct sens_bin);
 } sens_bins SEC(".maps");
 
+/* matchCapabilityChanges (SENS_CFG_CAP_CHANGES): tgid -> its capability sets as recorded at exec (and at fork,
+ * and at first sight for a process older than the policy), updated when a posted event reports a change:
+ * Tetragon's execve_map caps. */
+struct sens_capset {
+	/* indexed by SENS_CAP_* - 1: effective, inheritable, permitted; c[3] unused, so that an index masked
+	 * with 3 is inside the value even for 5.10's verifier, which loses the range check before it */
+	__u64 c[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct sens_capset);
+} sens_execcaps SEC(".maps");
+
 struct sens_rl_key {
 	__u64 id;
 	__u32 sel;
@@ -439,6 +459,7 @@ struct sens_scratch {
 	char walk[SENS_WALKBUF];
 	char join[SENS_WALKBUF]; /* the open-exit program's early-rejection state (sens_pq_state) and buffers */
 	struct pt_regs regs; /* a syscall's registers, read in one helper call (sens_read_regs) */
+	struct sens_capset capnow; /* the current task's capability sets, to record (sens_execcaps) */
 };
 
 struct {
@@ -447,6 +468,21 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sens_scratch);
 } sens_scratch_map SEC(".maps");
+
+/* A syscall id of the i386 table (a 32-bit task's) in a syscall64 argument, as Tetragon marks it */
+#define SENS_SYSCALL_I386 0x80000000ULL
+
+/* A 32-bit (compat) task's syscall numbers are another table: never match them against x86_64's. */
+static __always_inline int sens_task_compat(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(t, thread_info.status) & 0x0002; /* TS_COMPAT */
+#else
+	return 0;
+#endif
+}
 
 /* Read or write a scratch field as memory, never as a value the compiler keeps in a register. */
 #define SENS_ONCE(x) (*(volatile typeof(x) *)&(x))

@@ -185,6 +185,52 @@ static __always_inline __u64 sens_caps(struct task_struct *task, __u32 set)
 	return v;
 }
 
+/* The three capability sets of `task`'s credentials into out (indexed by SENS_CAP_* - 1). */
+static __always_inline void sens_read_capset(struct task_struct *task, struct sens_capset *out)
+{
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+
+	bpf_probe_read_kernel(&out->c[0], 8, &cred->cap_effective);
+	bpf_probe_read_kernel(&out->c[1], 8, &cred->cap_inheritable);
+	bpf_probe_read_kernel(&out->c[2], 8, &cred->cap_permitted);
+	out->c[3] = 0;
+}
+
+/* Record the current task's capability sets as its process's reference (matchCapabilityChanges). */
+static __always_inline void sens_note_caps(struct sens_scratch *s, struct task_struct *task, __u32 tgid)
+{
+	sens_read_capset(task, &s->capnow);
+	bpf_map_update_elem(&sens_execcaps, &tgid, &s->capnow, BPF_ANY);
+}
+
+/*
+ * One matchCapabilities (change = 0) or matchCapabilityChanges (change = 1) entry, Tetragon's semantics:
+ * with isNamespaceCapability (m->userns set) a task in the host's user namespace never matches, whatever
+ * the operator. Capabilities: In = the set holds one of the values, NotIn = none. Changes, the set now
+ * against `was` (recorded at exec): In = one of the values changed; NotIn = only other capabilities changed.
+ */
+static __always_inline int sens_caps_entry(const volatile struct sens_match_caps *m, struct task_struct *task,
+					   int change, const struct sens_capset *was)
+{
+	__u32 set = m->set;
+	__u64 mask = m->mask, now;
+
+	if (m->userns && sens_ns_inum(task, SENS_NS_USER) == m->userns)
+		return 0;
+	now = sens_caps(task, set);
+	if (!change)
+		return (m->op == SENS_OP_IN) == ((now & mask) != 0);
+	if (set < SENS_CAP_EFFECTIVE || set > SENS_CAP_PERMITTED)
+		return 0;
+	__u64 then = was->c[(set - 1) & 3];
+
+	if ((then & mask) != (now & mask))
+		return m->op == SENS_OP_IN;
+	if (then != now)
+		return m->op == SENS_OP_NOTIN;
+	return 0;
+}
+
 /*
  * The source or destination address of k (16 bytes, network order; IPv4 in the first 4) against the CIDR
  * value strs[vi]: s[0..16) the network, s[16..32) its mask, len the family (2 or 10). An IPv6 CIDR never
@@ -366,11 +412,25 @@ SENS_GLOBAL int sens_sel_match_g(__u32 i)
 	for (k = 0; k < SENS_MAX_CAPS; k++) {
 		if (k >= sel->ncaps)
 			break;
-		const volatile struct sens_match_caps *m = &sel->caps[k];
-		int any = (sens_caps(task, m->set) & m->mask) != 0;
-
-		if ((m->op == SENS_OP_IN) != any)
+		if (!sens_caps_entry(&sel->caps[k], task, 0, NULL))
 			return 0;
+	}
+	if (sel->ncapch) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		struct sens_capset *was = bpf_map_lookup_elem(&sens_execcaps, &tgid);
+
+		if (!was) {
+			/* a process older than the policy: seen now for the first time, so no change yet (Tetragon
+			 * rejects a process missing from its execve_map too) */
+			sens_note_caps(s, task, tgid);
+			return 0;
+		}
+		for (k = 0; k < SENS_MAX_CAPS; k++) {
+			if (k >= sel->ncapch)
+				break;
+			if (!sens_caps_entry(&sel->capch[k], task, 1, was))
+				return 0;
+		}
 	}
 	/* matchBinaries entries are ANDed (e.g. Prefix /usr/bin/ and NotIn /usr/bin/cat) */
 	for (k = 0; k < SENS_MAX_BINS; k++) {

@@ -187,6 +187,10 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 		}
 		bpf_map_update_elem(&sens_ratelimit, &key, &now, BPF_ANY);
 	}
+	/* a change of capabilities reported: it becomes the process's reference (Tetragon updates its
+	 * execve_map), so the next event reports the next change */
+	if (matched < SENS_MAX_SELECTORS && sens_cfg.sel[matched].ncapch)
+		sens_note_caps(s, task, bpf_get_current_pid_tgid() >> 32);
 	__u32 size = sizeof(struct sens_event) + datalen;
 
 	if (size > sizeof(struct sens_event) + SENS_DATA_MAX)
@@ -312,18 +316,6 @@ static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_reg
 
 /* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
  * syscall costs one compare. */
-/* A 32-bit (compat) task's syscall numbers are another table: never match them against x86_64's. */
-static __always_inline int sens_task_compat(void)
-{
-#if defined(__TARGET_ARCH_x86)
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-
-	return BPF_CORE_READ(t, thread_info.status) & 0x0002; /* TS_COMPAT */
-#else
-	return 0;
-#endif
-}
-
 SEC("raw_tp/sys_enter")
 int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -448,13 +440,18 @@ int BPF_PROG(sens_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (ptgid == ctgid)
 		return 0; /* a thread: same process */
-	f = bpf_map_lookup_elem(&sens_follow, &ptgid);
-	if (f)
-		bits = *f;
 	struct sens_scratch *s = sens_scratch_get();
 
 	if (!s)
 		return 0;
+	/* matchCapabilityChanges: a new process starts from the capabilities it was forked with (Tetragon) */
+	if (sens_cfg.flags & SENS_CFG_CAP_CHANGES)
+		sens_note_caps(s, child, ctgid);
+	if (!(sens_cfg.flags & SENS_CFG_FOLLOW))
+		return 0;
+	f = bpf_map_lookup_elem(&sens_follow, &ptgid);
+	if (f)
+		bits = *f;
 	s->bin_ok = 0;
 	__u32 pnspid = sens_ns_pid(parent);
 
@@ -472,8 +469,12 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(sens_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid);
+	struct sens_scratch *s;
 
 	bpf_map_delete_elem(&sens_bins, &tgid);
+	/* matchCapabilityChanges: the capabilities the new program starts with (its credentials are committed) */
+	if ((sens_cfg.flags & SENS_CFG_CAP_CHANGES) && (s = sens_scratch_get()))
+		sens_note_caps(s, p, tgid);
 	return 0;
 }
 
@@ -487,6 +488,8 @@ int BPF_PROG(sens_exit, struct task_struct *p)
 		return 0;
 	bpf_map_delete_elem(&sens_bins, &tgid);
 	bpf_map_delete_elem(&sens_follow, &tgid);
+	if (sens_cfg.flags & SENS_CFG_CAP_CHANGES)
+		bpf_map_delete_elem(&sens_execcaps, &tgid);
 	return 0;
 }
 
