@@ -12,7 +12,8 @@ before anything is loaded, on every kernel, then picks the mechanism from `Kerne
 Both run ``kfunc.bpf.c`` (one object per function), which feeds the shared selector engine
 (sensorium/selectors.h). `KfuncHookSet` loads and attaches those objects next to the engine's own
 syscall hooks; `sock_event_fixup` turns the kernel's hex cred summary into Tetragon's
-``process_credentials_arg`` (sock and sockaddr arguments are read and rendered by the engine itself).
+``process_credentials_arg`` (sock and sockaddr arguments are read and rendered by the engine itself, as are
+the kernel structures of `sensorium.hooks.kstructs`: bpf_attr, perf_event, user_namespace, net_device...).
 """
 
 from __future__ import annotations
