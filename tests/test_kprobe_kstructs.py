@@ -20,6 +20,7 @@ import re
 import struct
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -482,3 +483,86 @@ def test_struct_payload_sizes_match_the_c_mirror() -> None:
     assert max(ctypes.sizeof(c) for c in (S.SensKBpfProg, S.SensKBpfMap, S.SensKPerfEvent, S.SensKUserNs,
                                           S.SensKModule)) == S.KSTRUCT_MAX
     assert struct.calcsize("<QQII128s") == ctypes.sizeof(S.SensKPerfEvent)
+
+
+# ---- BPF LSM hooks read them too (the same engine) ---------------------------------------------------------
+
+@pytest.mark.needs("bpf_lsm", "lsm")
+def test_lsm_hooks_report_bpf_map_user_namespace_and_capability(cgroup2_dir) -> None:
+    """lsmhooks bpf_map (struct bpf_map *) and capable (struct user_namespace *, int cap), served by BPF LSM
+    programs: the map created and the capability checked in a new user namespace, as the kprobes report them."""
+    from sensorium.hooks.testing import make_policy_view
+    from sensorium_sensors.lsm.plugin import LsmSensor
+    from sensorium_sensors.lsm.testing import LsmTestContext, scoped
+
+    text = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: lsm-kstructs}
+spec:
+  lsmhooks:
+  - hook: bpf_map
+    args: [{index: 0, type: bpf_map}]
+  - hook: capable
+    args: [{index: 1, type: user_namespace}, {index: 2, type: capability}]
+"""
+    ctx = LsmTestContext()
+    sensor = LsmSensor(ctx)
+    sensor.start()
+    try:
+        h = sensor.load_policy(scoped(make_policy_view(text, "lsmhooks", policy_id=15), os.fspath(cgroup2_dir)))
+        assert [x["mechanism"] for x in h.status()["hooks"]] == ["bpf_lsm", "bpf_lsm"]
+        _trigger(cgroup2_dir, "bpf", "sens_lsm", "sens_lsm_map")
+        code = ("import os, socket; print(os.stat('/proc/self/ns/user').st_ino, flush=True); "
+                "socket.sethostname('sensorium-kst')")
+        r = cgroup2_dir.run(["unshare", "--user", "--map-root-user", "--uts", sys.executable, "-c", code],
+                            capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        inum = int(r.stdout.split()[0])
+
+        def body(e: Any) -> dict[str, Any]:
+            return e.as_dict()["process_lsm"] if e.kind == "process_lsm" else {}
+
+        maps = ctx.wait_events(lambda e: body(e).get("function_name") == "bpf_map"
+                               and body(e)["args"][0]["bpf_map_arg"]["MapName"] == "sens_lsm_map")
+        assert body(maps[0])["args"] == [{"bpf_map_arg": {"MapType": "BPF_MAP_TYPE_ARRAY", "KeySize": 4,
+                                                          "ValueSize": 8, "MaxEntries": 3, "MapName": "sens_lsm_map"}}]
+        caps = ctx.wait_events(lambda e: body(e).get("function_name") == "capable"
+                               and body(e)["args"][0]["user_ns_arg"]["ns"]["inum"] == inum
+                               and body(e)["args"][1]["capability_arg"]["value"] == 21)
+        assert body(caps[0])["args"] == [
+            {"user_ns_arg": {"level": 1, "uid": 0, "gid": 0, "ns": {"inum": inum, "is_host": False}}},
+            {"capability_arg": {"value": 21, "name": "CAP_SYS_ADMIN"}}]
+        h.unload()
+    finally:
+        sensor.stop()
+    from tetragon_schema import check_events
+
+    check_events([e for e in ctx.events if e.kind == "process_lsm"], "the lsm sensor")
+
+
+def test_lsm_rules_check_kernel_structures_against_the_hook() -> None:
+    """The lsm sensor's planner: a kernel structure type against the hook's BTF prototype, matchArgs with
+    Tetragon's operators only (the words of the kprobe planner)."""
+    from sensorium.bpf.btf import lsm_hooks
+    from sensorium.hooks.testing import make_policy_view
+    from sensorium_sensors.lsm import rules
+
+    if not {"bpf_map", "capable"} <= set(lsm_hooks()):
+        pytest.skip("this kernel's BTF has no bpf_lsm_ hooks")
+
+    def plan(body: str) -> Any:
+        text = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: l}\nspec:\n  lsmhooks:\n" + body
+        kernel = types.SimpleNamespace(bpf_lsm=True, program_types={"lsm": types.SimpleNamespace(ok=True)})
+        return rules.plan_section(make_policy_view(text, "lsmhooks", policy_id=3), kernel)
+
+    (p,) = plan("  - hook: capable\n    args: [{index: 1}, {index: 2, type: capability}]\n")
+    assert [(a.type, a.ctype) for a in p.args] == [("user_namespace", "struct user_namespace *"), ("capability", "int")]
+    with pytest.raises(PolicyLoadError) as ei:
+        plan("  - hook: bpf_map\n    args: [{index: 0, type: bpf_prog}]\n")
+    assert "type bpf_prog does not match argument 0" in str(ei.value) and "(type bpf_prog reads struct bpf_prog *)" \
+        in str(ei.value)
+    with pytest.raises(PolicyLoadError) as ei:
+        plan("  - hook: bpf_map\n    args: [{index: 0, type: bpf_map}]\n    selectors:\n"
+             "    - matchArgs: [{index: 0, operator: Equal, values: ['x']}]\n")
+    assert "matchArgs on a bpf_map argument is not supported" in str(ei.value)
+    assert ei.value.field == "spec.lsmhooks[0].selectors[0].matchArgs[0]"
