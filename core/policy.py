@@ -75,14 +75,17 @@ MODES = ("enforcement", "monitoring")
 
 INT_ARG_TYPES = ("int", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
                  "s8", "u8", "s16", "u16", "s32", "u32", "s64", "u64", "uint", "long", "ulong", "size_t")
+# Kernel structures read field by field (sensorium.hooks.kstructs): kernel functions only.
+KERNEL_STRUCT_TYPES = (
+    "bpf_attr", "bpf_prog", "bpf_map", "perf_event", "user_namespace", "capability", "load_info", "module",
+    "net_device", "kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective",
+)
 ARG_TYPES = INT_ARG_TYPES + (
     "auto", "string", "char_buf", "fd", "file", "path", "dentry", "filename", "sock", "sockaddr", "skb",
     "cred", "linux_binprm", "syscall64", "nop",
-)
+) + KERNEL_STRUCT_TYPES
 TETRAGON_ARG_TYPES_UNSUPPORTED = (
-    "char_iovec", "bpf_attr", "perf_event", "bpf_map", "user_namespace", "capability", "kiocb", "iov_iter",
-    "load_info", "module", "kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective", "data_loc",
-    "net_device", "bpf_prog", "socket", "const_buf", "bpf_cmd",
+    "char_iovec", "kiocb", "iov_iter", "data_loc", "socket", "const_buf", "bpf_cmd",
 )
 
 ARG_OPERATORS = (

@@ -25,10 +25,12 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
+import kstruct_oracle as KO
 import orjson
 
 from sensorium import schema
 from sensorium.events import BOOT_WALL_NS, Event, ktime_to_wall_ns, rfc3339
+from sensorium.hooks import kstructs as K
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.render import ARG as _ARG
@@ -118,6 +120,8 @@ ARG_TYPES: list[S.ArgPlan] = [
     _str("string_arg"), _str("string_arg", label='pa"th'), _str("file_arg"), _str("path_arg"),
     _str("linux_binprm_arg"), _str("process_credentials_arg"), _str("bytes_arg", S.ARG_BUF),
     _str("sock_arg", S.ARG_SOCK), _str("skb_arg", S.ARG_SOCK), _str("sockaddr_arg", S.ARG_SOCK, label="peer"),
+    # kernel structures (sensorium.hooks.kstructs): every type kfunc.py plans, one labelled
+    *(K.arg_plan(t, S.FROM_SYSCALL, 0, "x" if t == "perf_event" else None) for t in K.KTYPES),
 ]
 RET_TYPES: list[S.ArgPlan | None] = [None, _int("long_arg", 8, True), _int("int_arg", 4, True),
                                      _int("long_arg", 8, True, label="ret")]
@@ -215,7 +219,6 @@ class HookRecord:
 # Tetragon's KprobeArgument fields that are 64-bit integers: protojson writes them as JSON strings.
 _TETRAGON_I64 = ("size_arg", "long_arg")
 
-
 def expected_arg(a: HookArg, ap: S.ArgPlan | None = None) -> dict[str, Any]:
     """What the decoder must render for one argument (Tetragon's KprobeArgument), written from the rules, not
     from the decoder: an integer masked to its size and sign-extended; text decoded as UTF-8 with bad bytes as
@@ -230,11 +233,17 @@ def expected_arg(a: HookArg, ap: S.ArgPlan | None = None) -> dict[str, Any]:
         if key in _TETRAGON_I64:
             v = str(v)  # type: ignore[assignment]
         out: dict[str, Any] = {"syscall_id": {"id": v, "abi": "x64"}} if key == "syscall_id" else {key: v}
+        if key == "capability_arg":  # a capability: its number and name (CAP_ and the uapi name)
+            out = {key: {"value": v, "name": KO.CAPS[v] if 0 <= v < len(KO.CAPS) else ""}}
+        elif key.endswith(("cap_t_arg", "inheritable_arg", "permitted_arg", "effective_arg")):
+            out = {key: "%016x" % (a.value & U64)}  # a capability set: 16 hex digits
     elif key == "bytes_arg":
         b64 = base64.b64encode(a.value).decode()
         out = {"truncated_bytes_arg": {"bytes_arg": b64}} if a.flags & S.ARGF_TRUNC else {key: b64}  # no nulls
     elif ap.kind == S.ARG_SOCK:
         out = {key: expected_sock(key, a.value)}
+    elif ap.deref >= S.DEREF_NETDEV:
+        out = {key: KO.expected_kstruct(ap, a.value)}
     else:
         text = a.value.decode("utf-8", "backslashreplace")
         out = {key: {"path": text}} if key in ("file_arg", "path_arg", "linux_binprm_arg") else {key: text}

@@ -80,11 +80,20 @@ def sock_payload() -> st.SearchStrategy[bytes]:
         lambda t: struct.pack("<6H", *t[:6]) + t[6] + struct.pack("<I", t[7]))
 
 
+def kstruct_payload() -> st.SearchStrategy[bytes]:
+    """A kernel structure's payload (struct sens_k_*): any bytes, short or long, or a plausible one."""
+    words = st.sampled_from([0, 1, 2, 6, 27, 33, 99, 2**31, 2**32 - 1])
+    return st.one_of(st.binary(max_size=S.KSTRUCT_MAX + 8),
+                     st.tuples(words, words, words, words, kernel_text).map(
+                         lambda t: (struct.pack("<4I", *t[:4]) + t[4])[:S.KSTRUCT_MAX].ljust(S.KSTRUCT_MAX, b"\0")))
+
+
 def _hook_arg(i: int) -> st.SearchStrategy[R.HookArg]:
     ap = R.ARG_TYPES[i]
     if ap.kind == S.ARG_INT:
         return u64.map(lambda v: R.HookArg(i, S.ARG_INT, 0, v))
-    payload = sock_payload() if ap.kind == S.ARG_SOCK else kernel_text
+    payload = sock_payload() if ap.kind == S.ARG_SOCK else kstruct_payload() if ap.kind == S.ARG_STRUCT else \
+        kernel_text
     return st.tuples(st.sampled_from([0, S.ARGF_TRUNC, S.ARGF_ERR, S.ARGF_TRUNC | S.ARGF_ERR]), payload).map(
         lambda fp: R.HookArg(i, ap.kind, fp[0], fp[1]))
 

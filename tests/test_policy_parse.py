@@ -158,7 +158,7 @@ def test_known_tetragon_field_we_do_not_implement_is_refused_not_ignored(reg):
 
 
 def test_every_problem_is_reported_at_once(reg):
-    text = OPENAT.replace("operator: Equal", "operator: SubString").replace("type: string", "type: bpf_map")
+    text = OPENAT.replace("operator: Equal", "operator: SubString").replace("type: string", "type: kiocb")
     e = refused(text, reg)
     assert len(e.problems) == 2
     assert {p.path for p in e.problems} == {"spec.tracepoints[0].args[0].type",

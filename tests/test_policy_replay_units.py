@@ -453,3 +453,30 @@ def test_the_process_table_forgets_the_least_recently_seen_process_first() -> No
     t.add({"exec_id": "a", "pid": 1, "binary": "/a"})  # seen again
     t.add({"exec_id": "c", "pid": 3, "binary": "/c"})
     assert sorted(t.procs) == ["a", "c"]
+
+
+def test_net_device_names_and_capability_sets_are_replayed(tmp_path: Path) -> None:
+    """Kernel structures (sensorium.hooks.kstructs) as Tetragon records them: a net_device by its name, a
+    capability set as 16 hex digits (matched with numbers or capability names); matchArgs on a structure
+    Tetragon does not filter is refused in the planner's words."""
+    def xmit(dev: str, caps: str) -> dict[str, Any]:
+        return {"process_kprobe": {"process": _proc(), "function_name": "f",
+                                   "args": [{"net_dev_arg": {"name": dev}}, {"kernel_cap_t_arg": caps}],
+                                   "policy_name": "rec", "action": "KPROBE_ACTION_POST"}, "node_name": "n", "time": T0}
+
+    def pol(selectors: list[dict[str, Any]], args: list[dict[str, Any]]) -> str:
+        return json.dumps({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": "c"},
+                           "spec": {"kprobes": [{"call": "f", "syscall": False, "args": args,
+                                                 "selectors": selectors}]}})
+
+    args = [{"index": 0, "type": "net_device"}, {"index": 1, "type": "kernel_cap_t"}]
+    events = [xmit("lo", "0000000000200000"), xmit("eth0", "0000000000000001"), xmit("lo", "0000000000000000")]
+    res = _json(tmp_path, pol([{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["lo"]},
+                                              {"index": 1, "operator": "Mask", "values": ["CAP_SYS_ADMIN,CAP_BPF"]}]}],
+                              args), events)
+    assert res["matched"] == 1 and res["undecided"] == 0
+    res = _json(tmp_path, pol([{"matchArgs": [{"index": 0, "operator": "Prefix", "values": ["eth"]}]}], args), events)
+    assert res["matched"] == 1
+    code, _, err = _run(tmp_path, pol([{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["x"]}]}],
+                                      [{"index": 0, "type": "bpf_attr"}]), [])
+    assert code == 1 and "matchArgs on a bpf_attr argument is not supported" in err

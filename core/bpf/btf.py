@@ -114,19 +114,23 @@ def _parse(data: bytes, prefix: str = "bpf_lsm_") -> dict[str, LsmHookSig]:
         elif kind in (_ENUM, _FUNC_PROTO):
             pos += 8 * vlen
 
-    def spell(tid: int, depth: int = 0) -> str:
+    def spell(tid: int, depth: int = 0, pointed: bool = False) -> str:
         if tid == 0:
             return "void"
         if depth > 16 or tid >= len(types):
             return "?"
         kind, noff, st, _vlen, _p = types[tid]
         if kind == _PTR:
-            return spell(st, depth + 1) + " *"
+            return spell(st, depth + 1, True) + " *"
         if kind in (_CONST, _VOLATILE, _RESTRICT, _TYPE_TAG):
-            return spell(st, depth + 1)
+            return spell(st, depth + 1, pointed)
         if kind == _TYPEDEF:
-            # Keep the typedef name for integers (size_t, umode_t...) but see through to structs.
-            inner = spell(st, depth + 1)
+            # Keep the typedef name for integers (size_t, umode_t...) but see through to named structs. A
+            # pointer to an anonymous struct is known by the typedef's name alone (kernel_cap_t * since 6.3);
+            # such a struct passed by value (bpfptr_t) keeps the bare "struct " that no type reads.
+            inner = spell(st, depth + 1, pointed)
+            if inner in ("struct ", "union "):
+                return name(noff) if pointed else inner
             return inner if inner.startswith(("struct ", "union ")) else name(noff)
         if kind in (_STRUCT, _FWD):
             return f"struct {name(noff)}"

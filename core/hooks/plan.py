@@ -161,6 +161,10 @@ FastInt: TypeAlias = tuple[bytes, int, int, bool]
 FastArg: TypeAlias = FastInt | tuple[Literal["string_arg"]]
 
 
+# The integer keys rendered as the number itself (a capability or capability set has a shape of its own).
+_PLAIN_INTS = frozenset({"int_arg", "uint_arg", "long_arg", "size_arg"})
+
+
 @dataclasses.dataclass
 class HookPlan:
     """Everything needed to load one hook and render its events."""
@@ -189,7 +193,7 @@ class HookPlan:
         for ap in self.args:
             f: FastArg | None = None
             if ap.label is None and ap.json_key not in ("syscall_id",):
-                if ap.kind == S.ARG_INT:
+                if ap.kind == S.ARG_INT and ap.json_key in _PLAIN_INTS:
                     bits = ap.size * 8
                     f = (ap.json_key.encode(), (1 << bits) - 1, (1 << (bits - 1)) if ap.signed else 1 << 64,
                          ap.json_key in I64_ARGS)

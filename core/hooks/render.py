@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from sensorium import schema
+from sensorium.hooks import kstructs as K
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 
@@ -215,6 +216,8 @@ def render_int(ap: S.ArgPlan, v: int) -> dict[str, Any]:
     if key == "syscall_id":  # a 32-bit task's id carries Tetragon's IS_32BIT mark
         abi = "i386" if v & S.SYSCALL_I386 else SYSCALL_ABI
         out: dict[str, Any] = {"syscall_id": {"id": v & ~S.SYSCALL_I386, "abi": abi}}
+    elif key in K.INT_KEYS:  # a capability, a capability set (sensorium.hooks.kstructs)
+        out = {key: K.render_int(key, v)}
     else:
         out = {key: v}
     if ap.label:
@@ -230,6 +233,8 @@ def render_bytes(ap: S.ArgPlan, data: bytes, flags: int) -> dict[str, Any]:
             out = {"truncated_bytes_arg": {"bytes_arg": out[key], "orig_size": None}}
     elif key in ("sock_arg", "sockaddr_arg", "skb_arg"):  # a struct sens_sock (S.ARG_SOCK)
         out = {key: S.render_sock(key, data)}
+    elif key in K.STRUCT_KEYS:  # a kernel structure (sensorium.hooks.kstructs)
+        out = {key: K.render_struct(key, ap.deref, data)}
     else:
         text = data.decode("utf-8", "backslashreplace")
         if key in ("file_arg", "path_arg", "linux_binprm_arg"):

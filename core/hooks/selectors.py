@@ -19,22 +19,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sensorium.bpf.records import SensoriumHdr
-from sensorium.policy import SOCK_PROTOCOLS
+from sensorium.policy import CAPABILITIES, SOCK_PROTOCOLS
 from sensorium.policy import sock_value as parse_sock_value
 from sensorium.policy_values import TCP_STATES
 
 __all__ = [
-    "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "check_selectors", "HookCfg", "SensEvent", "SensArgRec",
-    "MAX_ARGS", "MAX_SELECTORS", "MAX_MATCH_ARGS", "MAX_VALUES", "MAX_STRINGS", "STR_MAX", "MAX_NS", "MAX_CAPS",
-    "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW", "FROM_SYSCALL",
-    "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC", "DEREF_INLINE",
-    "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST", "ACT_SIGKILL",
-    "ACT_SIGNAL", "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR", "CFG_CGROUP_SCOPED",
-    "CFG_NEED_BINARY", "CFG_FOLLOW", "CFG_AT_EXIT", "CFG_SOCK_OWNER", "CFG_RET_TRACK", "CFG_RET_UNTRACK",
-    "CFG_CAP_CHANGES", "SOCK_TRACK", "SOCK_UNTRACK", "SKB_OPS", "REC_HOOK", "host_namespace_inums", "ARG_SOCK",
-    "DEREF_SOCK", "DEREF_SOCKADDR", "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS", "SOCKADDR_OPS",
-    "SOCKADDR_PEER_OPS", "SensSock", "render_sock", "parse_sock_value", "worst_case_cfgs", "VERIFIER_BUDGET",
-    "SYSCALL_I386",
+    "SelectorError", "ArgPlan", "CompiledHook", "compile_hook", "check_selectors", "HookCfg", "SensEvent",
+    "SensArgRec", "MAX_ARGS", "MAX_SELECTORS", "MAX_MATCH_ARGS", "MAX_VALUES", "MAX_STRINGS", "STR_MAX", "MAX_NS",
+    "MAX_CAPS", "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW",
+    "FROM_SYSCALL", "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC",
+    "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST",
+    "ACT_SIGKILL", "ACT_SIGNAL", "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR",
+    "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY", "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums",
+    "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR", "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS",
+    "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock", "CFG_SOCK_OWNER", "CFG_RET_TRACK",
+    "CFG_RET_UNTRACK", "CFG_CAP_CHANGES", "SOCK_TRACK", "SOCK_UNTRACK", "SKB_OPS", "SYSCALL_I386", "ARG_STRUCT",
+    "DEREF_NETDEV", "DEREF_KCAP", "DEREF_BPF_ATTR", "DEREF_BPF_PROG", "DEREF_BPF_MAP", "DEREF_PERF_EVENT",
+    "DEREF_USER_NS", "DEREF_LOAD_INFO", "DEREF_MODULE", "SensKBpfProg", "SensKBpfMap", "SensKPerfEvent",
+    "SensKUserNs", "SensKModule", "KSTRUCT_MAX", "INT_OPS", "STRING_OPS", "parse_cap_mask", "ops_problem",
+    "parse_sock_value", "VERIFIER_BUDGET"
 ]
 
 # ---- mirrored constants (selectors.h) -------------------------------------------------------------
@@ -54,11 +57,17 @@ SYSCALL_I386 = 0x80000000  # a syscall64 id of a 32-bit (compat) task: Tetragon'
 REC_HOOK = 1
 HOOK_TP, HOOK_RAW_TP, HOOK_SYSCALL = 1, 2, 3
 ARG_INT, ARG_STR, ARG_BUF, ARG_SOCK = 1, 2, 3, 4
+ARG_STRUCT = 5  # a kernel structure's summary (a SensK* payload, by deref): reported, never matched
 FROM_CTX, FROM_RAW, FROM_SYSCALL, FROM_RETVAL = 1, 2, 3, 4
 (DEREF_NONE, DEREF_USER_STR, DEREF_KERNEL_STR, DEREF_DATALOC, DEREF_INLINE, DEREF_USER_BUF, DEREF_BINPRM,
  DEREF_FD_PATH) = range(8)
 DEREF_FILE, DEREF_PATH = 8, 9  # a struct file * / struct path * argument (kernel functions, LSM hooks)
 DEREF_SOCK, DEREF_SOCKADDR, DEREF_USER_SOCKADDR, DEREF_SKB = 10, 11, 12, 13
+# Kernel structures read field by field in the kernel (sensorium.hooks.kstructs: Tetragon's BTF-described types)
+DEREF_NETDEV, DEREF_KCAP = 14, 15  # struct net_device * (a string: its name), kernel_cap_t * (an integer)
+DEREF_BPF_ATTR, DEREF_BPF_PROG, DEREF_BPF_MAP, DEREF_PERF_EVENT = 16, 17, 18, 19  # ARG_STRUCT
+DEREF_USER_NS, DEREF_LOAD_INFO, DEREF_MODULE = 20, 21, 22  # ARG_STRUCT
+KSTRUCT_MAX = 152  # SENS_KSTRUCT_MAX: the largest SensK* payload
 OPS = {"Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6, "GT": 7, "LT": 8,
        "Mask": 9, "In": 10, "NotIn": 11, "SAddr": 12, "NotSAddr": 13, "DAddr": 14, "NotDAddr": 15, "SPort": 16,
        "NotSPort": 17, "DPort": 18, "NotDPort": 19, "Protocol": 20, "Family": 21, "State": 22}
@@ -173,9 +182,48 @@ class SensSock(ctypes.Structure):
                 ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16), ("len", ctypes.c_uint32)]
 
 
+class SensKBpfProg(ctypes.Structure):
+    """``struct sens_k_bpf_prog``: a union bpf_attr (BPF_PROG_LOAD) or a struct bpf_prog."""
+
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("name", ctypes.c_char * 16)]
+
+
+class SensKBpfMap(ctypes.Structure):
+    """``struct sens_k_bpf_map``: a struct bpf_map."""
+
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("name", ctypes.c_char * 16)]
+
+
+class SensKPerfEvent(ctypes.Structure):
+    """``struct sens_k_perf_event``: a struct perf_event's attr (type, config, kprobe function and offset)."""
+
+    _fields_ = [("config", ctypes.c_uint64), ("probe_offset", ctypes.c_uint64), ("type", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("kprobe_func", ctypes.c_char * 128)]
+
+
+class SensKUserNs(ctypes.Structure):
+    """``struct sens_k_user_ns``: a struct user_namespace."""
+
+    _fields_ = [("level", ctypes.c_int32), ("owner", ctypes.c_uint32), ("group", ctypes.c_uint32),
+                ("inum", ctypes.c_uint32)]
+
+
+class SensKModule(ctypes.Structure):
+    """``struct sens_k_module``: a struct load_info or struct module (sig_ok: 0 bad, 1 ok, 2 unknown)."""
+
+    _fields_ = [("taints", ctypes.c_uint64), ("sig_ok", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("name", ctypes.c_char * 64)]
+
+
+assert max(ctypes.sizeof(c) for c in (SensKBpfProg, SensKBpfMap, SensKPerfEvent, SensKUserNs, SensKModule)) \
+    == KSTRUCT_MAX
+
 RECORD_LAYOUTS: dict[str, type] = {"sens_hook_cfg": HookCfg, "sens_event": SensEvent,
                                    "sens_selector": SensSelector, "sens_arg": SensArg, "sens_sock": SensSock,
-                                   "sens_match_bin": SensMatchBin}
+                                   "sens_match_bin": SensMatchBin, "sens_k_bpf_prog": SensKBpfProg,
+                                   "sens_k_bpf_map": SensKBpfMap, "sens_k_perf_event": SensKPerfEvent,
+                                   "sens_k_user_ns": SensKUserNs, "sens_k_module": SensKModule}
 
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
 _PROTO_NAMES = {v: k for k, v in SOCK_PROTOCOLS.items()}
@@ -238,6 +286,8 @@ class ArgPlan:
     resolve: a path to make absolute (dirfd at dirfd_offset, else the cwd) and normalise in the kernel.
     sock_ops: ARG_SOCK arguments: the socket operators that may name this argument; sock_ops_why says why
     the others are refused (in the error message).
+    ops: when set, the only matchArgs operators this argument takes (Tetragon's for its type; () none), and
+    ops_why why (in the error message): the kernel structures of `sensorium.hooks.kstructs`.
     """
 
     kind: int
@@ -256,6 +306,8 @@ class ArgPlan:
     ret_fd: bool = False  # syscall evaluated at exit: the returned fd's file path replaces the string
     sock_ops: tuple[str, ...] = ()
     sock_ops_why: str = ""
+    ops: tuple[str, ...] | None = None
+    ops_why: str = ""
 
 
 @dataclasses.dataclass
@@ -332,6 +384,12 @@ def _compile_match_arg(m: Any, arg_pos: int, plan: ArgPlan, out: SensMatchArg, s
     _values_limit(values, f"{field}.values")
     out.arg = arg_pos
     out.nvals = len(values)
+    if plan.ops is not None:
+        found = ops_problem(op, plan.ops, plan.ops_why, plan.type_name or "this")
+        if found:
+            raise SelectorError(f"{field}{found[0]}", found[1])
+    if plan.kind == ARG_STRUCT:  # guard: every kernel structure's plan says which operators (none) apply
+        raise SelectorError(field, f"matchArgs on a {plan.type_name} argument is not supported")
     if plan.kind == ARG_SOCK:
         _compile_sock_op(op, values, plan, out, strings, field)
         return
@@ -344,13 +402,53 @@ def _compile_match_arg(m: Any, arg_pos: int, plan: ArgPlan, out: SensMatchArg, s
                                                      f"(type {plan.type_name}); use one of {', '.join(INT_OPS)}")
         out.op = OPS[op]
         for i, v in enumerate(values):
-            out.vals[i] = _parse_int(v, f"{field}.values[{i}]", plan.signed)
+            if plan.deref == DEREF_KCAP:  # a capability set: a number, or capability names joined by ","
+                try:
+                    out.vals[i] = parse_cap_mask(v)
+                except ValueError as e:
+                    raise SelectorError(f"{field}.values[{i}]", str(e)) from None
+            else:
+                out.vals[i] = _parse_int(v, f"{field}.values[{i}]", plan.signed)
     else:
         if op not in STRING_OPS:
             raise SelectorError(f"{field}.operator", f"operator {op} does not apply to the string argument "
                                                      f"(type {plan.type_name}); use one of {', '.join(STRING_OPS)}")
         out.op = OPS[op]
         out.str_first = strings.add(values, f"{field}.values")
+
+
+def ops_problem(op: str, ops: Sequence[str], why: str, what: str) -> tuple[str, str] | None:
+    """Why operator ``op`` cannot match an argument of type ``what`` that takes only ``ops`` (``why``: the
+    reason), as (field suffix after the matchArgs entry, reason); None when it can. `compile_hook` and the
+    kprobe section's rules (``sensorium policy check``) refuse with these words."""
+    if op in ops:
+        return None
+    if not ops:
+        return "", f"matchArgs on a {what} argument is not supported: {why}"
+    return ".operator", (f"operator {op} does not apply to the {what} argument" + (f" ({why})" if why else "") +
+                         f"; use one of {', '.join(ops)}")
+
+
+def parse_cap_mask(v: Any) -> int:
+    """A matchArgs value of a capability set (Tetragon's parseCapabilitiesMask): a number in any base, or
+    capability names joined by "," (CAP_SYS_ADMIN or SYS_ADMIN) -> the 64-bit mask. ValueError names the
+    bad part."""
+    text = str(v).strip()
+    try:
+        n = int(text, 0)
+    except ValueError:
+        mask = 0
+        for part in text.split(","):
+            name = part.strip().upper()
+            bit = CAPABILITIES.get(name)
+            if bit is None:
+                raise ValueError(f"value {v!r} is neither a number nor capability names joined by ',' "
+                                 f"({part.strip()!r} is no capability)") from None
+            mask |= 1 << bit
+        return mask
+    if n < 0 or n >= 1 << 64:
+        raise ValueError(f"value {v!r} does not fit a 64-bit capability set")
+    return n
 
 
 def _compile_sock_op(op: str, values: Sequence[Any], plan: ArgPlan, out: SensMatchArg, strings: _Strings,
@@ -691,109 +789,7 @@ def compile_hook(
 
 # ---- the verifier budget: the most expensive configurations these limits allow ---------------------
 # DESIGN.md: every program verifies in a small fraction of the kernel's 1M-instruction limit in its most
-# expensive configuration. tests/test_verifier_budget.py loads each hook program with each configuration
-# below (built from the limits above, so raising a limit raises the worst case with it) and fails above:
+# expensive configuration. tests/test_verifier_budget.py loads each hook program with each configuration of
+# sensorium.hooks.budget.worst_case_cfgs (built from the limits above, so raising a limit raises the worst case
+# with it) and fails above:
 VERIFIER_BUDGET = 200_000
-
-# Argument families of the worst cases: (name, hook kinds it applies to, how to fill one sens_arg)
-_WORST_ARGS: tuple[tuple[str, tuple[int, ...], dict[str, int]], ...] = (
-    ("resolved strings", (HOOK_SYSCALL,), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_USER_STR, resolve=1,
-                                               has_dirfd=1)),
-    ("kernel strings", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_KERNEL_STR)),
-    ("user buffers", (HOOK_SYSCALL,), dict(kind=ARG_BUF, src=FROM_SYSCALL, deref=DEREF_USER_BUF)),
-    ("file paths", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=8)),  # DEREF_FILE
-    ("struct paths", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=9)),  # DEREF_PATH
-    ("binprm paths", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_BINPRM)),
-    ("fd paths", (HOOK_SYSCALL,), dict(kind=ARG_STR, src=FROM_SYSCALL, deref=DEREF_FD_PATH)),
-    ("sockets", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_SOCK, src=FROM_SYSCALL, deref=DEREF_SOCK)),
-    ("packets", (HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_SOCK, src=FROM_SYSCALL, deref=DEREF_SKB)),
-    ("user sockaddrs", (HOOK_SYSCALL,), dict(kind=ARG_SOCK, src=FROM_SYSCALL, deref=DEREF_USER_SOCKADDR)),
-    ("integers", (HOOK_TP, HOOK_RAW_TP, HOOK_SYSCALL), dict(kind=ARG_INT, src=FROM_SYSCALL, size=4, is_signed=1)),
-    ("tracepoint strings", (HOOK_TP,), dict(kind=ARG_STR, src=FROM_CTX, deref=DEREF_DATALOC)),
-    ("tracepoint arrays", (HOOK_TP,), dict(kind=ARG_STR, src=FROM_CTX, deref=DEREF_INLINE)),
-)
-
-
-def worst_case_cfgs(kind: int = HOOK_SYSCALL, syscall_nr: int = 257) -> dict[str, HookCfg]:
-    """The most expensive hook configurations the kernel limits above allow, one per argument family that
-    hooks of ``kind`` can have, plus a mix: MAX_ARGS arguments of the family (the opened-file path of the
-    open family in the mix), MAX_SELECTORS selectors each with MAX_MATCH_ARGS matchArgs of MAX_VALUES
-    values, MAX_PIDF matchPIDs, MAX_NS matchNamespaces, MAX_CAPS matchCapabilities and as many
-    matchCapabilityChanges (namespace capabilities), MAX_BINS matchBinaries (one following children), a
-    matchReturnArgs, a rate-limited Sigkill, a TrackSock or UntrackSock, MAX_STRINGS string values of
-    STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries, follow, socket owners, returnArgAction
-    TrackSock, capability changes)."""
-    fams = [(n, f) for n, kinds, f in _WORST_ARGS if kind in kinds]
-    out: dict[str, HookCfg] = {}
-    for name, fill in fams + [("mixed", {})]:
-        cfg = HookCfg()
-        cfg.kind, cfg.syscall_nr, cfg.policy_id, cfg.hook_id = kind, syscall_nr, 1, 1
-        cfg.flags = (CFG_CGROUP_SCOPED | CFG_NEED_BINARY | CFG_FOLLOW | CFG_SOCK_OWNER | CFG_RET_TRACK | CFG_CAP_CHANGES
-                     | (CFG_AT_EXIT if kind == HOOK_SYSCALL else 0))
-        cfg.nargs = MAX_ARGS
-        for i in range(MAX_ARGS):
-            a = cfg.args[i]
-            f = fill if fill else fams[i % len(fams)][1]
-            a.kind, a.src, a.deref = f["kind"], f["src"], f.get("deref", DEREF_NONE)
-            if kind == HOOK_RAW_TP and a.src == FROM_SYSCALL:
-                a.src = FROM_RAW
-            a.size, a.is_signed = f.get("size", 8), f.get("is_signed", 0)
-            a.offset = 8 * i if a.src == FROM_CTX else i
-            a.max, a.resolve, a.has_dirfd = STR_MAX, f.get("resolve", 0), f.get("has_dirfd", 0)
-            a.size_arg = (i + 1) % MAX_ARGS if a.kind == ARG_BUF else 0xFF
-            if name == "mixed" and i == 1 and kind == HOOK_SYSCALL:
-                a.kind, a.deref, a.ret_fd, a.resolve, a.has_dirfd = ARG_STR, DEREF_USER_STR, 1, 1, 1
-        cfg.nsel = MAX_SELECTORS
-        nstr = 0
-        for si in range(MAX_SELECTORS):
-            sel = cfg.sel[si]
-            sel.actions, sel.signal = ACT_POST | ACT_SIGKILL, 9
-            sel.sock_act, sel.sock_arg = SOCK_TRACK if si % 2 == 0 else SOCK_UNTRACK, si % MAX_ARGS
-            sel.rl_ns, sel.rl_scope = 1_000_000_000, RL_SCOPES["process"]
-            sel.nargs = MAX_MATCH_ARGS
-            for k in range(MAX_MATCH_ARGS):
-                m = sel.args[k]
-                m.arg = (si + k) % MAX_ARGS
-                ak = cfg.args[m.arg].kind
-                m.nvals = MAX_VALUES
-                if ak == ARG_INT:
-                    m.op = OPS["NotEqual"]
-                elif ak == ARG_SOCK:
-                    m.op = OPS["NotDAddr"] if k % 2 else OPS["NotDPort"]
-                else:
-                    m.op = (OPS["NotPostfix"], OPS["Prefix"], OPS["NotEqual"], OPS["Postfix"])[k]
-                m.str_first = nstr % (MAX_STRINGS - MAX_VALUES + 1)
-                nstr += MAX_VALUES
-                for q in range(MAX_VALUES):
-                    m.vals[q] = q | (q + 1) << 16
-            sel.nret, sel.ret.op, sel.ret.nvals = 1, OPS["NotEqual"], MAX_VALUES
-            sel.npids = MAX_PIDF
-            for k in range(MAX_PIDF):
-                sel.pids[k].op, sel.pids[k].nvals = OPS["NotIn"] if k else OPS["In"], MAX_VALUES
-                sel.pids[k].flags = PID_NS | (PID_FOLLOW if k == 0 else 0)
-            sel.nns = MAX_NS
-            for k in range(MAX_NS):
-                sel.ns[k].ns, sel.ns[k].op, sel.ns[k].nvals = 1 + (si * MAX_NS + k) % 10, OPS["NotIn"], MAX_VALUES
-            sel.ncaps = sel.ncapch = MAX_CAPS
-            for k in range(MAX_CAPS):
-                for c in (sel.caps[k], sel.capch[k]):
-                    c.set, c.op, c.mask, c.userns = 1 + k, OPS["NotIn"], 1 << 21, 0xF0000000
-            sel.nbins = MAX_BINS
-            for k in range(MAX_BINS):
-                b = sel.bins[k]
-                b.op, b.nvals, b.follow = OPS["Prefix"] if k == 0 else OPS["NotPostfix"], MAX_VALUES, int(k == 0)
-                b.str_first = (k * MAX_VALUES) % (MAX_STRINGS - MAX_VALUES + 1)
-        for i in range(MAX_STRINGS):
-            cfg.strs[i].len = STR_MAX - 1
-            cfg.strs[i].s = b"/" + b"w" * (STR_MAX - 2)
-        out[name] = cfg
-    if kind == HOOK_SYSCALL:
-        # the open family on the opened file: every matchArgs a positive string operator on that path, so
-        # the early-rejection table (sens_pq) is full too
-        cfg = HookCfg.from_buffer_copy(bytes(out["mixed"]))
-        for si in range(MAX_SELECTORS):
-            for k in range(MAX_MATCH_ARGS):
-                m = cfg.sel[si].args[k]
-                m.arg, m.op = 1, (OPS["Equal"], OPS["Prefix"], OPS["Postfix"], OPS["In"])[k]
-        out["opened file"] = cfg
-    return out

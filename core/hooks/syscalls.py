@@ -16,6 +16,7 @@ from typing import Any
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan, extras, plan_params, plan_return
 from sensorium.hookspecs import PolicyLoadError
+from sensorium.policy import KERNEL_STRUCT_TYPES
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 
 __all__ = ["PATH_PARAMS", "OPENED_FD_SYSCALLS", "SOCKADDR_PARAMS", "ARCH_PREFIX", "syscall_name", "plan_syscall"]
@@ -43,7 +44,8 @@ PATH_PARAMS: dict[str, dict[int, int | None]] = {
 # opened file itself when the call succeeded (symlinks, "..", dirfd all resolved by the kernel's lookup).
 OPENED_FD_SYSCALLS = frozenset({"open", "openat", "openat2", "creat"})
 
-_STRUCT_TYPES = ("file", "path", "dentry", "sock", "sockaddr", "skb", "cred", "linux_binprm", "syscall64")
+_STRUCT_TYPES = ("file", "path", "dentry", "sock", "sockaddr", "skb", "cred", "linux_binprm", "syscall64",
+                 *(t for t in KERNEL_STRUCT_TYPES if t != "capability"))
 
 # Syscalls whose parameter is a struct sockaddr __user * the process filled in (read at sys_enter):
 # parameter -> whether it names the peer (connect/sendto: the destination, so DAddr/DPort may name it

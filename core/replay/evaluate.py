@@ -60,6 +60,7 @@ TYPE_KEYS: dict[str, set[str]] = {
     "string": STRING_KEYS, "filename": STRING_KEYS, "fd": {"file_arg"}, "file": {"file_arg"},
     "path": {"path_arg", "file_arg"}, "dentry": {"path_arg"}, "linux_binprm": {"linux_binprm_arg"},
     "char_buf": BYTES_KEYS, "sock": {"sock_arg"}, "sockaddr": {"sockaddr_arg"}, "skb": {"skb_arg"},
+    "net_device": {"net_dev_arg"},
 }
 STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 INT_OPS = ("Equal", "NotEqual", "GT", "LT", "Mask")
@@ -423,6 +424,8 @@ def _bytes_of(key: str, value: Any, ref: ArgRef) -> bytes:
         text = value
     elif key in PATH_KEYS:
         text = value.get("path") if isinstance(value, dict) else None
+    elif key == "net_dev_arg":  # a net_device: matched by its name
+        text = value.get("name") if isinstance(value, dict) else None
     elif key in BYTES_KEYS:
         raw = value.get("bytes_arg") if key == "truncated_bytes_arg" and isinstance(value, dict) else value
         try:
@@ -459,6 +462,8 @@ def compile_match_arg(m: Any, ref: ArgRef, field: str) -> Filter:
                 return False
             return sock_match(sock_from_json(key, value), op, parsed)
         return sock_filter
+    if ref.ctype in ("kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective"):
+        return _cap_set_filter(op, values, ref)
     int_values = None
     if ref.ctype in INT_TYPES or (ref.ctype == "auto" and ref.kprobe):
         int_values = [parse_int_value(v) for v in values]
@@ -482,6 +487,25 @@ def compile_match_arg(m: Any, ref: ArgRef, field: str) -> Filter:
             return False  # the kernel: GT/LT/Mask never match a string
         return str_match(_bytes_of(key, value, ref), op, str_values)
     return arg_filter
+
+
+def _cap_set_filter(op: str, values: list[Any], ref: ArgRef) -> Filter:
+    """A capability set (kernel_cap_t, cap_*): Tetragon's 16 hex digits against numbers or capability names."""
+    from sensorium.hooks.selectors import parse_cap_mask
+
+    masks = [parse_cap_mask(v) for v in values]
+    want = f"{ref.ctype}_arg"
+
+    def cap_filter(body: dict[str, Any], ctx: Context) -> bool:
+        key, value = _arg_value(body, ref, ctx)
+        if key != want:
+            raise Undecided(f"the recording holds {key} where the policy reads type {ref.ctype}")
+        try:
+            caps = int(str(value), 16)
+        except ValueError:
+            raise Undecided(f"{key} {value!r} is not a capability set in hex") from None
+        return int_match(caps, False, op, masks)
+    return cap_filter
 
 
 def compile_return(m: Any) -> Filter:
@@ -718,6 +742,15 @@ def compile_item(section: str, index: int, item: Any, recorded: Any | None) -> H
 
 def _check_op_fits(op: str, ctype: str, field: str) -> None:
     """The engine's rule (sensorium.selectors): an operator must fit the argument's type."""
+    from sensorium.hooks.kstructs import KTYPES  # ctypes structures: loaded when needed
+    from sensorium.hooks.selectors import ops_problem
+
+    kt = KTYPES.get(ctype)
+    if kt is not None:  # a kernel structure: Tetragon's operators on it, in the planner's words
+        found = ops_problem(op, kt.ops, kt.why, ctype)
+        if found:
+            raise ReplayRefused(f"{field}: {found[1]}")
+        return
     if ctype in ("sock", "sockaddr", "skb"):
         if op not in SOCK_OPS:
             raise ReplayRefused(f"{field}: operator {op} does not apply to the {ctype} argument")

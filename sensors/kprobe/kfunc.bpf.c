@@ -20,7 +20,8 @@
  *   KF_PRE_CRED  a struct cred *: ids and capability sets, hex-encoded into the buffer (kfunc.py decodes
  *                it into Tetragon's process_credentials_arg).
  * sock and sockaddr parameters need no preparation: the engine reads them itself (SENS_ARG_SOCK) and the
- * socket operators (SAddr, DPort, Protocol...) match them in the kernel.
+ * socket operators (SAddr, DPort, Protocol...) match them in the kernel; so do the kernel structures of
+ * sensorium.hooks.kstructs (bpf_attr, perf_event, user_namespace, net_device, kernel_cap_t...: capture.h).
  */
 #include "vmlinux.h"
 #include "sensorium/common.h"

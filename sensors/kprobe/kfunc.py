@@ -12,7 +12,8 @@ before anything is loaded, on every kernel, then picks the mechanism from `Kerne
 Both run ``kfunc.bpf.c`` (one object per function), which feeds the shared selector engine
 (sensorium/selectors.h). `KfuncHookSet` loads and attaches those objects next to the engine's own
 syscall hooks; `sock_event_fixup` turns the kernel's hex cred summary into Tetragon's
-``process_credentials_arg`` (sock and sockaddr arguments are read and rendered by the engine itself).
+``process_credentials_arg`` (sock and sockaddr arguments are read and rendered by the engine itself, as are
+the kernel structures of `sensorium.hooks.kstructs`: bpf_attr, perf_event, user_namespace, net_device...).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from sensorium import schema
 from sensorium.bpf.btf import kernel_functions
+from sensorium.hooks import kstructs as K
 from sensorium.hooks import selectors as S
 from sensorium.hooks.budget import TRACKING, engine_cases
 from sensorium.hooks.hookset import HookSet
@@ -220,6 +222,8 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                 typ = "string"
             elif p.ctype in _AUTO:
                 typ = _AUTO[p.ctype]
+            elif p.ctype in K.AUTO:
+                typ = K.AUTO[p.ctype]
             else:
                 raise PolicyLoadError(hook, f"parameter {a.index} '{p.name}' of {func} is {p.ctype}, which has no "
                                             f"automatic type: declare one", f"{field}.type")
@@ -244,6 +248,12 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
             pre[a.index] = KF_PRE_STR
             plan = S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_SYSCALL, offset=a.index, deref=S.DEREF_KERNEL_STR,
                              json_key="string_arg", label=label, type_name=typ)
+        elif typ in K.KTYPES:
+            # a kernel structure read field by field in the kernel (sensorium.hooks.kstructs)
+            kt = K.KTYPES[typ]
+            if p.ctype not in kt.ctypes:
+                raise PolicyLoadError(hook, mismatch + f" ({typ} reads {' or '.join(kt.ctypes)})", f"{field}.type")
+            plan = K.arg_plan(typ, S.FROM_SYSCALL, a.index, label)
         elif typ in _STRUCT_ARGS:
             if p.ctype != _STRUCT_ARGS[typ] and p.ctype not in _STRUCT_ALIASES.get(typ, ()):
                 raise PolicyLoadError(hook, mismatch + f" ({typ} reads a {_STRUCT_ARGS[typ]})", f"{field}.type")
@@ -276,8 +286,8 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
                                  json_key=f"{typ}_arg", label=label, type_name=typ)
         else:
             raise PolicyLoadError(hook, f"type {typ} is not supported on kernel functions yet (supported: integers, "
-                                        f"fd, string, file, path, dentry, linux_binprm, sock, sockaddr, skb, cred)",
-                                  f"{field}.type")
+                                        f"fd, string, file, path, dentry, linux_binprm, sock, sockaddr, skb, cred, "
+                                        f"{', '.join(K.KTYPES)})", f"{field}.type")
         if a.index in positions:
             raise PolicyLoadError(hook, f"index {a.index} is declared twice", f"{field}.index")
         positions[a.index] = len(plans)

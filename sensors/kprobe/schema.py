@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from sensorium.policy import INT_ARG_TYPES, RETURN_ARG_ACTIONS, ArgSpec, HookSpec
+from sensorium.policy import INT_ARG_TYPES, KERNEL_STRUCT_TYPES, RETURN_ARG_ACTIONS, ArgSpec, HookSpec
 from sensorium.policy_fields import PolicyModel, max_bytes, one_of
 from sensorium.policy_rules import MAX_PARAMS, char_buf_size_problem, engine_selector_rules
 
@@ -23,7 +23,8 @@ _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _SYSCALL_FORM = re.compile(r"(?:__x64_)?sys_[a-z0-9_]+")
 _COMPAT_PREFIXES = ("__ia32_", "__ia32_compat_", "__x32_")
 # Types that read a kernel structure: a syscall's parameters are the values a process passed, never one.
-_STRUCT_TYPES = ("file", "path", "dentry", "sock", "skb", "cred", "linux_binprm", "syscall64")
+_STRUCT_TYPES = ("file", "path", "dentry", "sock", "skb", "cred", "linux_binprm", "syscall64",
+                 *(t for t in KERNEL_STRUCT_TYPES if t != "capability"))
 
 
 class KProbeIgnore(PolicyModel):
@@ -47,7 +48,25 @@ class KProbeSpec(HookSpec):
 
     def rules(self) -> Sequence[tuple[str, str]]:
         return self._call_rules() or engine_selector_rules(self, sorted(
-            {a.index for a in self.args if (a.type or "auto") != "nop"}))
+            {a.index for a in self.args if (a.type or "auto") != "nop"})) or self._kstruct_rules()
+
+    def _kstruct_rules(self) -> list[tuple[str, str]]:
+        """matchArgs on a kernel structure argument: only the operators Tetragon takes on its type (none for
+        most), in the words the planner uses (`sensorium.hooks.selectors.ops_problem`)."""
+        from sensorium.hooks.kstructs import KTYPES  # ctypes structures: loaded when needed
+        from sensorium.hooks.selectors import ops_problem
+
+        types = {a.index: a.type for a in self.args if a.type in KTYPES}
+        for si, sel in enumerate(self.selectors):
+            for mi, m in enumerate(sel.matchArgs):
+                typ = types.get(m.index) if m.index is not None else None
+                if typ is None:
+                    continue
+                kt = KTYPES[typ]
+                found = ops_problem(m.op, kt.ops, kt.why, typ)
+                if found:
+                    return [(f"selectors[{si}].matchArgs[{mi}]{found[0]}", found[1])]
+        return []
 
     def _call_rules(self) -> list[tuple[str, str]]:
         call = self.call

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sensorium.bpf.scope import ScopeMap, scope_entries
+from sensorium.hooks import kstructs
 from sensorium.hooks import selectors as S
 from sensorium.hooks.hookset import seed_follow, tracking_programs
 from sensorium.hooks.plan import POLICY_INTS, without_override
@@ -71,6 +72,8 @@ def _arg_plan(a: Any) -> S.ArgPlan:
     if t == "linux_binprm":
         return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="linux_binprm_arg",
                          deref=S.DEREF_BINPRM, label=a.label, type_name="linux_binprm")
+    if t in kstructs.KTYPES:  # a kernel structure, read field by field in the kernel (capture.h)
+        return kstructs.arg_plan(t, S.FROM_RAW, a.index, a.label)
     if t == "string":
         return S.ArgPlan(kind=S.ARG_STR, from_=S.FROM_RAW, offset=a.index, json_key="string_arg",
                          deref=S.DEREF_KERNEL_STR, label=a.label, type_name="string")
@@ -84,7 +87,8 @@ def _arg_plan(a: Any) -> S.ArgPlan:
         return S.ArgPlan(kind=S.ARG_INT, from_=S.FROM_RAW, offset=a.index, json_key=key, size=size, signed=signed,
                          label=a.label, type_name=t)
     raise ValueError(f"argument {a.index} of type {t} cannot be read by BPF LSM programs yet "
-                     "(file, path, linux_binprm, string and integers can)")
+                     "(file, path, linux_binprm, string, integers and the kernel structures of "
+                     "sensorium.hooks.kstructs can)")
 
 
 def compile_hook(plan: Any, policy_id: int = 0, hook_id: int = 0, cgroup_scoped: bool = False) -> Any:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sensorium.bpf.btf import LsmHookSig, lsm_hooks
+from sensorium.hooks import kstructs
+from sensorium.hooks.selectors import ops_problem
 from sensorium.hookspecs import PolicyLoadError, PolicyView
 from sensorium.policy import CAPABILITIES, INT_ARG_TYPES, MatchAction, Selector
 from sensorium_sensors.lsm.schema import LsmHookSpec
@@ -216,7 +218,7 @@ def _check_args(item: LsmHookSpec, sig: LsmHookSig, where: str, field: str) -> t
         p = sig.params[a.index]
         t = a.type
         if t == "auto":
-            t = "int" if p.is_int else _AUTO.get(p.ctype, "")
+            t = "int" if p.is_int else _AUTO.get(p.ctype) or kstructs.AUTO.get(p.ctype, "")
             if not t:
                 raise PolicyLoadError(where, f"argument {a.index} ({p.ctype} {p.name}) has no readable type; "
                                              "Sensorium reads file, path, dentry, linux_binprm, sock, sockaddr, "
@@ -225,6 +227,12 @@ def _check_args(item: LsmHookSpec, sig: LsmHookSig, where: str, field: str) -> t
             if not p.is_int:
                 raise PolicyLoadError(where, f"type {t} does not match argument {a.index} of "
                                              f"{sig.c_signature()}: it is {p.ctype}", field=f"{f}.type")
+        elif t in kstructs.KTYPES:  # a kernel structure, read field by field (sensorium.hooks.kstructs)
+            kt = kstructs.KTYPES[t]
+            if p.ctype not in kt.ctypes:
+                raise PolicyLoadError(where, f"type {t} does not match argument {a.index} of "
+                                             f"{sig.c_signature()}: it is {p.ctype} "
+                                             f"(type {t} reads {' or '.join(kt.ctypes)})", field=f"{f}.type")
         elif t in _PTR_TYPES:
             if p.ctype not in _PTR_TYPES[t]:
                 raise PolicyLoadError(where, f"type {t} does not match argument {a.index} of "
@@ -247,6 +255,12 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
                     declared = ", ".join(str(x.index) for x in plan.args) or "none"
                     raise PolicyLoadError(where, f"matchArgs refers to argument {idx}, which is not declared in "
                                                  f"args (declared: {declared})", field=f"{sf}.matchArgs[{m_i}]")
+                if a.type in kstructs.KTYPES:  # Tetragon's operators on a kernel structure, in the planner's words
+                    kt = kstructs.KTYPES[a.type]
+                    found = ops_problem(m.op, kt.ops, kt.why, a.type)
+                    if found:
+                        raise PolicyLoadError(where, found[1], field=f"{sf}.matchArgs[{m_i}]{found[0]}")
+                    continue
                 ok_ops = PATH_OPS if a.type in PATH_TYPES else NET_OPS if a.type in ("sock", "sockaddr") else \
                     ("Equal", "NotEqual", "GT", "LT", "Mask") if a.type in INT_ARG_TYPES else \
                     ("Equal", "NotEqual", "Prefix", "Postfix")

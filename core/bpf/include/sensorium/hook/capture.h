@@ -172,6 +172,139 @@ static __noinline int sens_capture_sock(struct sens_sock *k, __u64 raw, __u8 der
 	return sens_read_sockaddr(k, raw, deref == SENS_DEREF_USER_SOCKADDR);
 }
 
+/* CO-RE flavours of the module loader's structures (libbpf matches them to struct load_info and struct
+ * module by name). A kernel built without modules has no struct load_info (this project's host), so their
+ * reads sit behind bpf_core_type_exists: the branch is dead there, and its relocations are never verified. */
+struct module___sens {
+	char name[56]; /* MODULE_NAME_LEN */
+	unsigned long taints;
+} __attribute__((preserve_access_index));
+
+struct load_info___sens {
+	const char *name;
+	struct module___sens *mod;
+	bool sig_ok; /* CONFIG_MODULE_SIG only */
+} __attribute__((preserve_access_index));
+
+#define SENS_USER_MAX 0x00007fffffffffffULL /* x86_64 user addresses are below this */
+
+/* Every SENS_ARG_STRUCT payload: the parameter type of sens_kstruct_read, which puts them all in the object's
+ * BTF (tests/test_layouts.py compares them with sensorium.hooks.selectors). */
+union sens_kstruct {
+	struct sens_k_bpf_prog bpf_prog;
+	struct sens_k_bpf_map bpf_map;
+	struct sens_k_perf_event perf_event;
+	struct sens_k_user_ns user_ns;
+	struct sens_k_module module;
+};
+
+/* The fields Tetragon reports of the kernel structure at `ptr` (of kind `deref`) into k, read with CO-RE (the
+ * field offsets of the running kernel). Returns the payload's length, or -1 for a structure this kernel does
+ * not have. */
+static __noinline int sens_kstruct_read(union sens_kstruct *k, __u64 ptr, __u32 deref)
+{
+	if (deref == SENS_DEREF_BPF_ATTR) {
+		union bpf_attr *a = (union bpf_attr *)ptr;
+
+		k->bpf_prog.prog_type = BPF_CORE_READ(a, prog_type);
+		k->bpf_prog.insn_cnt = BPF_CORE_READ(a, insn_cnt);
+		bpf_core_read(k->bpf_prog.name, sizeof(k->bpf_prog.name), &a->prog_name);
+		return sizeof(k->bpf_prog);
+	}
+	if (deref == SENS_DEREF_BPF_PROG) {
+		struct bpf_prog *prog = (struct bpf_prog *)ptr;
+		struct bpf_prog_aux *aux = BPF_CORE_READ(prog, aux);
+
+		k->bpf_prog.prog_type = BPF_CORE_READ(prog, type);
+		k->bpf_prog.insn_cnt = BPF_CORE_READ(prog, len);
+		if (aux)
+			bpf_core_read_str(k->bpf_prog.name, sizeof(k->bpf_prog.name), &aux->name);
+		return sizeof(k->bpf_prog);
+	}
+	if (deref == SENS_DEREF_BPF_MAP) {
+		struct bpf_map *m = (struct bpf_map *)ptr;
+
+		k->bpf_map.map_type = BPF_CORE_READ(m, map_type);
+		k->bpf_map.key_size = BPF_CORE_READ(m, key_size);
+		k->bpf_map.value_size = BPF_CORE_READ(m, value_size);
+		k->bpf_map.max_entries = BPF_CORE_READ(m, max_entries);
+		bpf_core_read(k->bpf_map.name, sizeof(k->bpf_map.name), &m->name);
+		return sizeof(k->bpf_map);
+	}
+	if (deref == SENS_DEREF_PERF_EVENT) {
+		struct perf_event *e = (struct perf_event *)ptr;
+		__u64 func = BPF_CORE_READ(e, attr.kprobe_func); /* attr.config1: the function of a kprobe event */
+
+		k->perf_event.type = BPF_CORE_READ(e, attr.type);
+		k->perf_event.config = BPF_CORE_READ(e, attr.config);
+		k->perf_event.probe_offset = BPF_CORE_READ(e, attr.probe_offset);
+		/* the name as perf_event_open's caller passed it: a user pointer, kept in the kernel's copy of attr */
+		if (func && func <= SENS_USER_MAX)
+			bpf_probe_read_user_str(k->perf_event.kprobe_func, sizeof(k->perf_event.kprobe_func), (void *)func);
+		else if (func)
+			bpf_probe_read_kernel_str(k->perf_event.kprobe_func, sizeof(k->perf_event.kprobe_func), (void *)func);
+		return sizeof(k->perf_event);
+	}
+	if (deref == SENS_DEREF_USER_NS) {
+		struct user_namespace *ns = (struct user_namespace *)ptr;
+
+		k->user_ns.level = BPF_CORE_READ(ns, level);
+		k->user_ns.owner = BPF_CORE_READ(ns, owner.val);
+		k->user_ns.group = BPF_CORE_READ(ns, group.val);
+		k->user_ns.inum = BPF_CORE_READ(ns, ns.inum);
+		return sizeof(k->user_ns);
+	}
+	if (deref == SENS_DEREF_LOAD_INFO) {
+		if (!bpf_core_type_exists(struct load_info___sens))
+			return -1;
+		struct load_info___sens *info = (struct load_info___sens *)ptr;
+		const char *name = BPF_CORE_READ(info, name);
+		struct module___sens *mod = BPF_CORE_READ(info, mod);
+
+		if (name)
+			bpf_probe_read_kernel_str(k->module.name, sizeof(k->module.name), name);
+		if (mod)
+			k->module.taints = BPF_CORE_READ(mod, taints);
+		k->module.sig_ok = SENS_SIG_UNKNOWN;
+		if (bpf_core_field_exists(info->sig_ok))
+			k->module.sig_ok = BPF_CORE_READ(info, sig_ok) ? SENS_SIG_OK : SENS_SIG_BAD;
+		return sizeof(k->module);
+	}
+	if (deref == SENS_DEREF_MODULE) {
+		if (!bpf_core_type_exists(struct module___sens))
+			return -1;
+		struct module___sens *mod = (struct module___sens *)ptr;
+
+		bpf_core_read_str(k->module.name, sizeof(k->module.name), &mod->name);
+		k->module.taints = BPF_CORE_READ(mod, taints);
+		k->module.sig_ok = SENS_SIG_UNKNOWN;
+		return sizeof(k->module);
+	}
+	return -1;
+}
+
+/*
+ * A kernel structure argument (SENS_ARG_STRUCT) into s->data[off ..]: zeroed, then filled by
+ * sens_kstruct_read. Returns the payload's length, or -1 for a NULL pointer (or a structure this kernel does
+ * not have). A global function: verified once, whatever the hook and its other arguments.
+ */
+SENS_GLOBAL int sens_kstruct_g(__u32 off, __u64 ptr, __u32 deref)
+{
+	struct sens_scratch *s = sens_scratch_get();
+	__u8 *p;
+	__u32 i;
+
+	if (!s)
+		return -1;
+	p = &s->data[off & (SENS_DATA_MAX - 1)];
+#pragma unroll
+	for (i = 0; i < SENS_KSTRUCT_MAX / 8; i++)
+		((__u64 *)p)[i] = 0;
+	if (!ptr)
+		return -1;
+	return sens_kstruct_read((union sens_kstruct *)p, ptr, deref);
+}
+
 /* Copy walk[start ..] (a walked path, as sens_walk_g left it) into a payload: returns len + 1 like the
  * string helpers (n > 0: read), or -1. */
 static __always_inline long sens_walked_to(struct sens_scratch *s, __u8 *payload, int start, __u32 max)
@@ -218,11 +351,32 @@ static __always_inline int sens_capture_arg(void *ctx, struct sens_scratch *s, _
 		raw = sens_raw_value(ctx, s, d->src, d->offset, d->size, d->is_signed);
 		if (d->sys64 && sens_task_compat())
 			raw |= SENS_SYSCALL_I386;
+		if (d->deref == SENS_DEREF_KCAP) {
+			/* kernel_cap_t *: u64 val since 6.3, u32 cap[2] before: the same 8 bytes (little-endian) */
+			__u64 caps = 0;
+
+			if (!raw || bpf_probe_read_kernel(&caps, 8, (void *)raw) < 0)
+				rec->flags |= SENS_ARGF_ERR;
+			raw = caps;
+		}
 		s->ival[a] = raw;
 		*(__u64 *)payload = raw;
 		rec->len = 8;
 		s->len[a] = 8;
 		SENS_ONCE(s->dpos) = pos + sizeof(*rec) + 8;
+		return 0;
+	}
+	if (d->kind == SENS_ARG_STRUCT) {
+		raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
+		n = sens_kstruct_g((p + sizeof(*rec)) & (SENS_DATA_MAX - 1), raw, d->deref);
+		if (n < 0) {
+			rec->flags |= SENS_ARGF_ERR;
+			n = 0;
+		}
+		n = SENS_BOUND(n, 0xff); /* at most SENS_KSTRUCT_MAX */
+		rec->len = n;
+		s->len[a] = n;
+		SENS_ONCE(s->dpos) = pos + sizeof(*rec) + ((n + 7) & ~7);
 		return 0;
 	}
 	if (d->kind == SENS_ARG_SOCK) {
@@ -298,7 +452,13 @@ static __always_inline int sens_capture_arg(void *ctx, struct sens_scratch *s, _
 		payload[0] = 0;
 	} else {
 		raw = sens_raw_value(ctx, s, d->src, d->offset, 8, 0);
-		if (d->deref == SENS_DEREF_USER_BUF) {
+		if (d->deref == SENS_DEREF_NETDEV) {
+			/* struct net_device *: its name, an array inside the structure (IFNAMSIZ) */
+			n = -1;
+			if (raw)
+				n = bpf_probe_read_kernel_str(payload, max < 16 ? max : 16,
+							      (void *)(raw + bpf_core_field_offset(struct net_device, name)));
+		} else if (d->deref == SENS_DEREF_USER_BUF) {
 			__u64 want = max;
 
 			if (d->size_arg < SENS_MAX_ARGS) {

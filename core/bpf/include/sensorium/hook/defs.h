@@ -48,6 +48,7 @@
 #define SENS_ARG_STR 2
 #define SENS_ARG_BUF 3
 #define SENS_ARG_SOCK 4 /* a struct sens_sock summary (sock or sockaddr): matched by the socket operators */
+#define SENS_ARG_STRUCT 5 /* a kernel structure's summary (struct sens_k_*, by deref): reported, never matched */
 
 /* Where the raw value of an argument is */
 #define SENS_FROM_CTX 1     /* tracepoint record at byte `offset` */
@@ -70,6 +71,16 @@
 #define SENS_DEREF_SOCKADDR 11   /* struct sockaddr * (kernel): family, address, port */
 #define SENS_DEREF_USER_SOCKADDR 12 /* struct sockaddr __user * (a syscall's address argument) */
 #define SENS_DEREF_SKB 13        /* struct sk_buff * (kernel): its IPv4/IPv6 header and TCP/UDP/SCTP ports */
+/* Kernel structures read field by field (CO-RE), Tetragon's BTF-described argument types */
+#define SENS_DEREF_NETDEV 14     /* struct net_device * (STR): its name */
+#define SENS_DEREF_KCAP 15       /* kernel_cap_t * (INT): the 64-bit capability set it points to */
+#define SENS_DEREF_BPF_ATTR 16   /* union bpf_attr * (STRUCT, sens_k_bpf_prog): prog_type, insn_cnt, prog_name */
+#define SENS_DEREF_BPF_PROG 17   /* struct bpf_prog * (STRUCT, sens_k_bpf_prog): type, len, aux->name */
+#define SENS_DEREF_BPF_MAP 18    /* struct bpf_map * (STRUCT, sens_k_bpf_map) */
+#define SENS_DEREF_PERF_EVENT 19 /* struct perf_event * (STRUCT, sens_k_perf_event): attr's kprobe fields */
+#define SENS_DEREF_USER_NS 20    /* struct user_namespace * (STRUCT, sens_k_user_ns) */
+#define SENS_DEREF_LOAD_INFO 21  /* struct load_info * (STRUCT, sens_k_module): name, mod->taints, sig_ok */
+#define SENS_DEREF_MODULE 22     /* struct module * (STRUCT, sens_k_module): name, taints */
 
 /* Operators */
 #define SENS_OP_EQ 1
@@ -290,6 +301,49 @@ struct sens_sock {
 	__u8 daddr[16];
 	__u32 len; /* skb: the packet's length; 0 otherwise */
 };
+
+/* Payloads of SENS_ARG_STRUCT arguments (sensorium.hooks.kstructs mirrors them; the unused bytes are zero).
+ * Tetragon's layouts' fields, read the way Tetragon reads them (bpf/process/types/basic.h). */
+struct sens_k_bpf_prog { /* union bpf_attr (BPF_PROG_LOAD) or struct bpf_prog */
+	__u32 prog_type;
+	__u32 insn_cnt;
+	char name[16];
+};
+
+struct sens_k_bpf_map {
+	__u32 map_type;
+	__u32 key_size;
+	__u32 value_size;
+	__u32 max_entries;
+	char name[16];
+};
+
+struct sens_k_perf_event {
+	__u64 config;
+	__u64 probe_offset;
+	__u32 type;
+	__u32 pad;
+	char kprobe_func[128];
+};
+
+struct sens_k_user_ns {
+	__s32 level;
+	__u32 owner;
+	__u32 group;
+	__u32 inum;
+};
+
+struct sens_k_module {
+	__u64 taints;
+	__u32 sig_ok; /* SENS_SIG_*: a struct module knows no signature */
+	__u32 pad;
+	char name[64];
+};
+
+#define SENS_SIG_BAD 0
+#define SENS_SIG_OK 1
+#define SENS_SIG_UNKNOWN 2 /* no signature to report (a struct module; a kernel without CONFIG_MODULE_SIG) */
+#define SENS_KSTRUCT_MAX 152 /* the largest payload above (sens_k_perf_event), a multiple of 8 */
 
 const volatile struct sens_hook_cfg sens_cfg = {};
 

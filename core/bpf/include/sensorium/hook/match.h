@@ -371,6 +371,8 @@ SENS_GLOBAL int sens_sel_match_g(__u32 i)
 		if (kind == SENS_ARG_INT) {
 			if (!sens_match_int(s->ival[a], sens_cfg.args[a].is_signed, m))
 				return 0;
+		} else if (kind == SENS_ARG_STRUCT) {
+			return 0; /* reported only: user space refuses matchArgs on it (a guard, never compiled) */
 		} else if (kind == SENS_ARG_SOCK) {
 			if (m->op < SENS_OP_SADDR || s->len[a] != sizeof(struct sens_sock))
 				return 0;
