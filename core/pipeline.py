@@ -22,7 +22,7 @@ from typing import Any
 from sensorium import hookimpl
 from sensorium.events import BOOT_WALL_NS, Event, EventBatch, kinds_of
 from sensorium.hookspecs import Decoder, HoldingStage, Stage, StageSpec
-from sensorium.process import same_image
+from sensorium.process import exec_pending
 
 log = logging.getLogger("sensorium.pipeline")
 
@@ -56,7 +56,7 @@ class ProcessJoin:
         process, parent = self.cache.get(held["pid"], ev.time_ns - BOOT_WALL_NS)  # the image running at the event
         if process is None:
             return None
-        if "binary" in held and not same_image(process.get("binary"), held["binary"]):
+        if "binary" in held and exec_pending(process, held["binary"]):
             return None  # a sensor saw this binary run (fanotify): its exec record is not read yet
         body = dict(ev.body)
         body["process"] = process

@@ -31,6 +31,7 @@ from sensorium.events import ktime_to_wall_ns, rfc3339
 from sensorium.k8s.containerid import container_id_from_cgroup_path
 
 __all__ = ["ProcessCache", "CgroupResolver", "parse_container_id", "make_exec_id", "join_arguments", "same_image",
+           "exec_pending",
            "SIGNAL_NAMES", "NAMESPACES"]
 
 NAMESPACES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup",
@@ -48,6 +49,14 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def make_exec_id(node_name: str, ktime_ns: int, pid: int) -> str:
     """Tetragon's exec_id: base64 of ``node:ktime:pid`` (unique over the cluster and over time)."""
     return base64.b64encode(f"{node_name}:{ktime_ns}:{pid}".encode()).decode()
+
+
+def exec_pending(cached: Mapping[str, Any], seen: str) -> bool:
+    """Whether the cache's entry ``cached`` is a forked child's copy of its parent (flags ``clone``, no
+    ``execve``) while a sensor saw the pid run another executable (``seen``): the child has exec'd and its
+    exec record is not read yet. Only then is an event held for the exec record; any other entry is used."""
+    flags = str(cached.get("flags", "")).split()
+    return "clone" in flags and "execve" not in flags and not same_image(cached.get("binary"), seen)
 
 
 def same_image(cached: Any, seen: str) -> bool:

@@ -298,3 +298,14 @@ def test_same_image(cached, seen, same) -> None:
     from sensorium.process import same_image
 
     assert same_image(cached, seen) is same
+
+
+def test_exec_pending_only_for_a_clone_running_another_binary() -> None:
+    from sensorium.process import exec_pending
+
+    clone = {"binary": "/usr/bin/python3.11", "flags": "clone"}
+    assert exec_pending(clone, "/usr/bin/cat")  # exec'd, its record not read yet: wait for it
+    assert not exec_pending(clone, "/usr/bin/python3.11")  # a fork that did not exec: it is the clone
+    # an exec'd or scanned entry is used as it is, whatever the binary looks like from here
+    assert not exec_pending({"binary": "/usr/bin/cat", "flags": "execve clone"}, "/usr/bin/python3.11")
+    assert not exec_pending({"binary": "/usr/bin/cat", "flags": "procFS"}, "/run/x/rootfs/usr/bin/cat")

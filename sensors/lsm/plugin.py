@@ -34,7 +34,7 @@ from sensorium import hookimpl
 from sensorium.bpf.scope import scope_entries
 from sensorium.hookspecs import PolicyLoadError, PolicyView, RingHandle, Scope, SensorSpec
 from sensorium.policy import MatchAction
-from sensorium.process import same_image
+from sensorium.process import exec_pending
 from sensorium.scope import hierarchy_mounts, process_in_scope
 from sensorium_sensors.lsm.schema import LsmHookSpec
 
@@ -670,7 +670,7 @@ class LsmSensor:
                 process, parent = cache.get(pid, ktime)
             except Exception:  # noqa: BLE001 - enrichment is best effort
                 process = None
-            if process is not None and binary is not None and not same_image(process.get("binary"), binary):
+            if process is not None and binary is not None and exec_pending(process, binary):
                 # fanotify asked while the opener's exec record is still in the exec ring: the cache has the
                 # image before the exec. Leave the event to ProcessJoin, which holds it until the cache has
                 # this binary's image (`{pid, binary}` without exec_id).
