@@ -232,7 +232,10 @@ def expected_arg(a: HookArg, ap: S.ArgPlan | None = None) -> dict[str, Any]:
             v -= 1 << (8 * ap.size)
         if key in _TETRAGON_I64:
             v = str(v)  # type: ignore[assignment]
-        out: dict[str, Any] = {"syscall_id": {"id": v, "abi": "x64"}} if key == "syscall_id" else {key: v}
+        out: dict[str, Any] = {key: v}
+        if key == "syscall_id":  # Tetragon's 32-bit mark: bit 31 set by the kernel for a compat task
+            i386 = isinstance(v, int) and v & 0x80000000
+            out = {key: {"id": v & ~0x80000000 if i386 else v, "abi": "i386" if i386 else "x64"}}
         if key == "capability_arg":  # a capability: its number and name (CAP_ and the uapi name)
             out = {key: {"value": v, "name": KO.CAPS[v] if 0 <= v < len(KO.CAPS) else ""}}
         elif key.endswith(("cap_t_arg", "inheritable_arg", "permitted_arg", "effective_arg")):
