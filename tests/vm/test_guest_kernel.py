@@ -54,11 +54,11 @@ def test_probe_kernel_reports_every_hook_in_the_guest(in_guest: str) -> None:
 # a change of which fallbacks a user of that kernel gets, so it fails here).
 LANE_FEATURES = {
     "5.10": {"bpf_rdonly_cast": False, "bpf_set_retval": False, "bpf_loop": False, "bpf_get_func_arg": False,
-             "bpf_d_path": False, "bpf_send_signal": True},
+             "bpf_d_path": False, "bpf_send_signal": True, "bpf_probe_write_user": True},
     "6.1": {"bpf_rdonly_cast": False, "bpf_set_retval": True, "bpf_loop": True, "bpf_get_func_arg": True,
-            "bpf_d_path": True, "bpf_send_signal": True},
+            "bpf_d_path": True, "bpf_send_signal": True, "bpf_probe_write_user": True},
     "6.12": {"bpf_rdonly_cast": True, "bpf_set_retval": True, "bpf_loop": True, "bpf_get_func_arg": True,
-             "bpf_d_path": True, "bpf_send_signal": True},
+             "bpf_d_path": True, "bpf_send_signal": True, "bpf_probe_write_user": True},
 }
 
 
