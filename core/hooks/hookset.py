@@ -15,12 +15,14 @@ live in every object of the section.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
+import stat
 import struct
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hooks import selectors as S
@@ -30,7 +32,43 @@ from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, O
 from sensorium.hooks.ring import EventRing
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 
-__all__ = ["HookSet", "seed_follow", "tracking_programs", "OPEN_EXIT_ENABLED", "mark_socket_owners", "uses_socket_map"]
+__all__ = ["HookSet", "seed_follow", "tracking_programs", "OPEN_EXIT_ENABLED", "mark_socket_owners", "uses_socket_map",
+           "refused_as", "read_binary"]
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def refused_as(plan: HookPlan) -> Iterator[None]:
+    """Any failure inside (libbpf's OSError when loading or attaching, a map error) becomes this plan's
+    `PolicyLoadError`, naming its hook and its policy field; a `PolicyLoadError` passes unchanged."""
+    try:
+        yield
+    except PolicyLoadError:
+        raise
+    except Exception as e:
+        raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
+
+
+def read_binary(hook: str, field: str, path: str, read: Callable[[str], T]) -> T:
+    """``read(path)`` of a binary a policy names (ELF symbols, USDT notes), refused with the reason at
+    ``field`` when the path is missing, not a regular file, unreadable or not an ELF file (`ElfError`)."""
+    from sensorium.elf import ElfError
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise PolicyLoadError(hook, f"binary {path} does not exist", field) from None
+    except OSError as e:
+        raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", field) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PolicyLoadError(hook, f"binary {path} is not a regular file", field)
+    try:
+        return read(path)
+    except ElfError as e:
+        raise PolicyLoadError(hook, f"binary {path}: {e}", field) from None
+    except OSError as e:
+        raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", field) from None
 
 # False: serve opened-file hooks with the sys_enter + sys_exit pair too (the benchmark compares both; the
 # decisions are the same).
@@ -223,7 +261,7 @@ class HookSet:
         except Exception as e:
             raise PolicyLoadError(plan.hook, f"cannot build the hook program: {e}") from e
         self.objects.append((plan, obj))
-        try:
+        with refused_as(plan):
             kind = plan.attach[0]
             if kind == "tp":
                 progs = {"sens_tp"}
@@ -240,14 +278,10 @@ class HookSet:
             wanted = self.prepare_object(plan, obj, progs, inflight)
             obj.load()
             self.start_object(plan, obj, wanted)
-        except PolicyLoadError:
-            raise
-        except Exception as e:
-            raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         def attach() -> None:
             at = plan.attach  # its kind is `kind`
-            try:
+            with refused_as(plan):
                 self.attach_tracking(plan, obj, wanted)
                 if at[0] == "tp":
                     obj.program("sens_tp").attach_tracepoint(at[1], at[2])
@@ -264,10 +298,6 @@ class HookSet:
                     if "sens_sys_exit" in wanted:
                         obj.program("sens_sys_exit").attach_raw_tracepoint("sys_exit")
                     obj.program("sens_sys_enter").attach_raw_tracepoint("sys_enter")
-            except PolicyLoadError:
-                raise
-            except Exception as e:
-                raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         self._attach.append(attach)
 

@@ -31,7 +31,7 @@ from sensorium.bpf.btf import kernel_functions
 from sensorium.hooks import kstructs as K
 from sensorium.hooks import selectors as S
 from sensorium.hooks.budget import TRACKING, engine_cases
-from sensorium.hooks.hookset import HookSet
+from sensorium.hooks.hookset import HookSet, refused_as
 from sensorium.hooks.plan import POLICY_INTS, HookPlan, KfuncAttach, extras, without_override
 from sensorium.hooks.render import EV as _EV
 from sensorium.hookspecs import PolicyLoadError, ProbeSource
@@ -431,7 +431,7 @@ class KfuncHookSet(HookSet):
             self.objects[index] = (plan, obj)
         prog = {"fentry": "sens_fentry", "fexit": "sens_fexit", "kprobe": "sens_kprobe",
                 "kretprobe": "sens_kretprobe", "fmod_ret": "sens_fmod_ret"}[mech]
-        try:
+        with refused_as(plan):
             progs = {prog, "sens_kprobe"} if mech == "kretprobe" else {prog}
             wanted = self.prepare_object(plan, obj, progs, inflight=mech == "kretprobe")
             obj.set_rodata("kf_pre", bytes(pre))
@@ -441,13 +441,9 @@ class KfuncHookSet(HookSet):
                 obj.program(prog).set_attach_target(func)
             obj.load()
             self.start_object(plan, obj, wanted)
-        except PolicyLoadError:
-            raise
-        except Exception as e:
-            raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         def attach() -> None:
-            try:
+            with refused_as(plan):
                 self.attach_tracking(plan, obj, wanted)
                 if mech in ("kprobe", "kretprobe"):
                     try:
@@ -466,10 +462,6 @@ class KfuncHookSet(HookSet):
                         if mech not in ("fentry", "fexit"):
                             raise
                         self._trampoline_refused(plan, at, obj, e)
-            except PolicyLoadError:
-                raise
-            except Exception as e:
-                raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         if index is None:
             self._attach.append(attach)

@@ -13,11 +13,11 @@ ELF symbol tables do not define is a `PolicyLoadError` naming it and the field.
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
-from sensorium.elf import ElfError, function_symbols
+from sensorium.elf import function_symbols
 from sensorium.hooks import selectors as S
+from sensorium.hooks.hookset import read_binary
 from sensorium.hooks.plan import HookPlan, extras, plan_params, plan_return
 from sensorium.hooks.sensor import HookSensor
 from sensorium.hookspecs import PolicyLoadError, SensorContext
@@ -48,20 +48,7 @@ class UprobeSensor(HookSensor):
 
     # -- one item ---------------------------------------------------------------------------------
     def _check_binary(self, hook: str, base: str, path: str) -> dict[str, int]:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise PolicyLoadError(hook, f"binary {path} does not exist", f"{base}.path") from None
-        except OSError as e:
-            raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", f"{base}.path") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise PolicyLoadError(hook, f"binary {path} is not a regular file", f"{base}.path")
-        try:
-            return function_symbols(path)
-        except ElfError as e:
-            raise PolicyLoadError(hook, f"binary {path}: {e}", f"{base}.path") from None
-        except OSError as e:
-            raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", f"{base}.path") from None
+        return read_binary(hook, f"{base}.path", path, function_symbols)
 
     def _arg_plans(self, hook: str, base: str, item: Any) -> tuple[list[S.ArgPlan], dict[int, int]]:
         def read(a: Any, typ: str, field: str) -> S.ArgPlan:

@@ -14,15 +14,12 @@ selectors and actions are the engine's. The Set action overwrites an argument in
 from __future__ import annotations
 
 import ctypes
-import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sensorium.elf import ElfError
 from sensorium.hooks import selectors as S
-from sensorium.hooks.hookset import HookSet
+from sensorium.hooks.hookset import HookSet, read_binary, refused_as
 from sensorium.hooks.plan import HookPlan, UsdtAttach, extras, plan_params
 from sensorium.hooks.sensor import HookSensor
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, SensorContext
@@ -89,24 +86,16 @@ class UsdtHookSet(HookSet):
             raise PolicyLoadError(plan.hook, f"cannot build the USDT program: {e}") from e
         self.objects.append((plan, obj))
         prog = "sens_usdt_set" if has_set else "sens_usdt"
-        try:
+        with refused_as(plan):
             wanted = self.prepare_object(plan, obj, {prog}, inflight=False)
             obj.set_rodata("sens_usdt_cfg", rodata)
             obj.load()
             self.start_object(plan, obj, wanted)
-        except PolicyLoadError:
-            raise
-        except Exception as e:
-            raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         def attach() -> None:
-            try:
+            with refused_as(plan):
                 self.attach_tracking(plan, obj, wanted)
                 obj.program(prog).attach_uprobe(binary, None, offset, ref_ctr_offset=ref_ctr)
-            except PolicyLoadError:
-                raise
-            except Exception as e:
-                raise PolicyLoadError(plan.hook, f"{type(e).__name__}: {e}", plan.field) from e
 
         self._attach.append(attach)
 
@@ -132,20 +121,7 @@ class UsdtSensor(HookSensor):
         return plans[0] if plans else None
 
     def _probes(self, hook: str, base: str, path: str) -> list[UsdtProbe]:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise PolicyLoadError(hook, f"binary {path} does not exist", f"{base}.path") from None
-        except OSError as e:
-            raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", f"{base}.path") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise PolicyLoadError(hook, f"binary {path} is not a regular file", f"{base}.path")
-        try:
-            return usdt_probes(path)
-        except ElfError as e:
-            raise PolicyLoadError(hook, f"binary {path}: {e}", f"{base}.path") from None
-        except OSError as e:
-            raise PolicyLoadError(hook, f"binary {path}: {e.strerror}", f"{base}.path") from None
+        return read_binary(hook, f"{base}.path", path, usdt_probes)
 
     def plan_sites(self, policy: Any, index: int, item: Any) -> list[HookPlan]:
         base = f"spec.{policy.section}[{index}]"
