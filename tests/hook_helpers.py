@@ -119,3 +119,29 @@ def open_mechanism() -> str:
     from sensorium.hooks import probes as engine
 
     return engine.OPEN_EXIT_MECHANISM if open_exit_available() else engine.PAIR_MECHANISM
+
+
+class FakeCaps:
+    """A kernel's capabilities as the planner sees them: only ``names`` (plan-level tests)."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = set(names)
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+
+def getpgid_policy(selectors: str, name: str = "pgid") -> str:
+    """A kprobes policy on sys_getpgid (its int argument reported) with ``selectors`` (YAML, indented 4)."""
+    return f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: {name}}}
+spec:
+  kprobes:
+  - call: sys_getpgid
+    args:
+    - {{index: 0, type: int}}
+    selectors:
+{selectors}
+"""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hook_helpers import rig_fixture, scope_of
+from hook_helpers import getpgid_policy, rig_fixture, scope_of
 
 from sensorium.hooks import selectors as S
 from sensorium_sensors.kprobe.sensor import KprobeSensor
@@ -43,18 +43,7 @@ for _ in range(calls):
 
 
 def policy(selectors: str, name: str = "caps") -> str:
-    return f"""
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: {name}}}
-spec:
-  kprobes:
-  - call: sys_getpgid
-    args:
-    - {{index: 0, type: int}}
-    selectors:
-{selectors}
-"""
+    return getpgid_policy(selectors, name)
 
 
 def child(bit: int, marker: int, calls: int = 1, userns: bool = False) -> int:

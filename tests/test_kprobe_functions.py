@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hook_helpers import gone, rig_fixture, scope_of
+from hook_helpers import FakeCaps, gone, rig_fixture, scope_of
 
 from sensorium.hookspecs import PolicyLoadError
 from sensorium_sensors.kprobe.kfunc import decode_sock
@@ -27,15 +27,6 @@ from sensorium_sensors.kprobe.sensor import KprobeSensor
 
 rig = rig_fixture(KprobeSensor)
 
-
-class FakeCaps:
-    """A kernel's capabilities as the planner sees them: only ``names`` (plan-level tests)."""
-
-    def __init__(self, *names: str) -> None:
-        self.names = set(names)
-
-    def has(self, name: str) -> bool:
-        return name in self.names
 
 
 class WithoutTrampolines:

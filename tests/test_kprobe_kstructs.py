@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hook_helpers import rig_fixture, scope_of
+from hook_helpers import FakeCaps, rig_fixture, scope_of
 
 from sensorium.bpf.btf import kernel_functions
 from sensorium.hooks import kstructs as K
@@ -40,13 +40,6 @@ TRIGGERS = HERE / "kstruct_triggers.py"
 
 rig = rig_fixture(KprobeSensor)
 
-
-class FakeCaps:
-    def __init__(self, *names: str) -> None:
-        self.names = set(names)
-
-    def has(self, name: str) -> bool:
-        return name in self.names
 
 
 def policy(call: str, body: str, name: str = "kstruct-test") -> str:

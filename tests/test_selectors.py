@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hook_helpers import rig_fixture, scope_of, string_args
+from hook_helpers import getpgid_policy, rig_fixture, scope_of, string_args
 
 from sensorium.hooks import selectors as S
 from sensorium.hookspecs import PolicyLoadError
@@ -20,20 +20,6 @@ pytestmark = [pytest.mark.kernel]
 rig = rig_fixture(KprobeSensor)
 ME = os.getpid()
 
-
-def getpgid_policy(selectors: str, name: str = "pgid") -> str:
-    return f"""
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: {name}}}
-spec:
-  kprobes:
-  - call: sys_getpgid
-    args:
-    - {{index: 0, type: int}}
-    selectors:
-{selectors}
-"""
 
 
 def pgid_values(rig) -> list[int]:
