@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sensorium import __version__, schema
+from sensorium.bpf.memory import PROJECTED_CPUS, PROJECTED_KEY
 from sensorium.bpf.progstats import by_name, enable_stats, program_stats
 from sensorium.config import AgentConfig, validate_sensor_options
 from sensorium.events import Event, ktime_to_wall_ns
@@ -268,6 +269,10 @@ class Agent:
                 if self.metrics is not None:
                     self.metrics.set_process_cache_size(len(self.process_cache))
                     self.metrics.set_program_stats(by_name(program_stats()))
+                    if self.policies is not None:
+                        self.metrics.set_policy_memory(
+                            {p["name"]: (p["kernel_memory_bytes"], p[PROJECTED_KEY]) for p in self.policies.list()
+                             if p["state"] == "enabled"}, PROJECTED_CPUS)
             except Exception:  # upkeep must never take the agent down
                 log.exception("housekeeping")
 

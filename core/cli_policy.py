@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from sensorium.bpf.memory import PROJECTED_CPUS, PROJECTED_KEY
+
 DEFAULT_SOCKET = "/run/sensorium/api.sock"
 SOCKET_ENV = "SENSORIUM_SOCKET"
 EVENT_TYPES = ("process_exec", "process_exit", "process_kprobe", "process_tracepoint", "process_uprobe",
@@ -127,11 +129,13 @@ def _persistence_summary(p: dict[str, Any]) -> str:
 
 def _print_policies(rows: list[dict[str, Any]]) -> None:
     """The human form of ``policy list``: one line per policy, then its scope, persistence and hooks."""
-    click.echo(f"{'ID':>3} {'NAME':<32} {'STATE':<9} {'MODE':<12} {'EVENTS':>8} {'ERRORS':>6} {'KMEM':>9}  MECHANISMS")
+    click.echo(f"{'ID':>3} {'NAME':<32} {'STATE':<9} {'MODE':<12} {'EVENTS':>8} {'ERRORS':>6} {'KMEM':>9} "
+               f"{f'@{PROJECTED_CPUS}CPU':>9}  MECHANISMS")
     for p in rows:
         key = p.get("key") or p["name"]
         click.echo(f"{p['id']:>3} {key[:32]:<32} {p['state']:<9} {p['mode']:<12} {p['events']:>8} "
-                   f"{p['errors']:>6} {_fmt_bytes(p['kernel_memory_bytes']):>9}  {_hooks_summary(p)}")
+                   f"{p['errors']:>6} {_fmt_bytes(p['kernel_memory_bytes']):>9} "
+                   f"{_fmt_bytes(p.get(PROJECTED_KEY, 0)):>9}  {_hooks_summary(p)}")
         if p.get("scope"):
             click.echo(f"      scope: {_scope_summary(p['scope'])}")
         if p.get("persistent") is not None or p.get("adopted"):

@@ -233,7 +233,9 @@ class PolicyHandle(Protocol):
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able: at least ``{"hooks": [{"hook": ..., "mechanism": ..., "note": ...}], "events": n,
-        "errors": n, "kernel_memory_bytes": n}``. ``mechanism`` names what serves each hook
+        "errors": n, "kernel_memory_bytes": n}`` (the kernel's own figure of its maps and programs, and
+        ``kernel_memory_bytes_96cpu``, the same on a 96-CPU node: `sensorium.bpf.memory`). ``mechanism`` names
+        what serves each hook
         (``tracepoint``, ``raw_tp sys_enter``, ``fentry``, ``kprobe``, ``bpf_lsm``, ``cgroup/connect4``,
         ``fanotify``, ``sigkill from tracepoint``...) and ``note`` what a fallback changes in meaning.
         With `PolicyView.pin_dir` set, each hook also says ``persistent`` (bool: it keeps enforcing when the

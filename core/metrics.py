@@ -113,6 +113,12 @@ class Metrics:
             "bpf_program_run_seconds", "Time spent in the agent's BPF programs, by program name (while "
             "run-time statistics are on: metrics.bpf_stats)", ["program"], namespace=NAMESPACE, registry=r,
         )
+        self.policy_kernel_memory = Gauge(
+            "policy_kernel_memory_bytes", "Kernel memory of a loaded policy's BPF maps and programs: the kernel's "
+            "own figure (node_cpus=\"here\") and the same on a node of node_cpus CPUs (per-CPU maps grow with "
+            "it)", ["policy", "node_cpus"], namespace=NAMESPACE, registry=r,
+        )
+        self._memory_policies: set[str] = set()
         self._program_names: set[str] = set()
         self._lock = threading.Lock()
         self._policy_states: dict[str, str] = {}
@@ -139,6 +145,21 @@ class Metrics:
                 self.bpf_program_runs.labels(name).set(runs)
                 self.bpf_program_run_seconds.labels(name).set(ns / 1e9)
             self._program_names = set(stats)
+
+    def set_policy_memory(self, memory: dict[str, tuple[int, int]], node_cpus: int) -> None:
+        """{policy: (bytes here, bytes on a node of ``node_cpus`` CPUs)} of every loaded policy; the series
+        of a policy no longer listed are removed."""
+        with self._lock:
+            for name, (here, projected) in memory.items():
+                self.policy_kernel_memory.labels(name, "here").set(here)
+                self.policy_kernel_memory.labels(name, str(node_cpus)).set(projected)
+            for name in self._memory_policies - set(memory):
+                for cpus in ("here", str(node_cpus)):
+                    try:
+                        self.policy_kernel_memory.remove(name, cpus)
+                    except KeyError:
+                        pass
+            self._memory_policies = set(memory)
 
     def set_process_cache_size(self, n: int) -> None:
         self.process_cache_size.set(n)

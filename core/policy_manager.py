@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sensorium.bpf.memory import PROJECTED_KEY
 from sensorium.hookspecs import (
     PersistentPolicyHandle,
     PolicyLoadError,
@@ -442,7 +443,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
     def _describe(self, st: PolicyState) -> dict[str, Any]:
         p = st.policy
         hooks: list[dict[str, Any]] = []
-        events = errors = mem = 0
+        events = errors = mem = mem_projected = 0
         for ld in list(st.loaded):
             try:
                 s = dict(ld.handle.status())
@@ -453,6 +454,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             events += int(s.get("events", 0) or 0)
             errors += int(s.get("errors", 0) or 0)
             mem += int(s.get("kernel_memory_bytes", 0) or 0)
+            mem_projected += int(s.get(PROJECTED_KEY, 0) or 0)
             if "status_error" in s:
                 hooks.append({"section": ld.section.key, "sensor": ld.section.sensor,
                               "status_error": s["status_error"]})
@@ -486,7 +488,8 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             "hooks": hooks,
             "events": events,
             "errors": errors,
-            "kernel_memory_bytes": mem,
+            "kernel_memory_bytes": mem,  # the kernel's own figure (fdinfo memlock) of its maps and programs
+            PROJECTED_KEY: mem_projected,  # the same on a node of PROJECTED_CPUS CPUs (per-CPU maps grow)
             "added_at": st.added_at,
             "error": st.error,
             "scope": scope,  # None: host-wide

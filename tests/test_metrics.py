@@ -57,6 +57,18 @@ def test_sensor_and_agent_metrics_are_scraped(served) -> None:
     assert got[("sensorium_policies_loaded", ())] == 1
 
 
+def test_policy_kernel_memory_series_follow_the_loaded_policies(served) -> None:
+    m, url = served
+    m.set_policy_memory({"a": (140_000, 750_000), "b": (2_000, 3_000)}, 96)
+    got = scrape(url)
+    assert got[("sensorium_policy_kernel_memory_bytes", (("node_cpus", "here"), ("policy", "a")))] == 140_000
+    assert got[("sensorium_policy_kernel_memory_bytes", (("node_cpus", "96"), ("policy", "a")))] == 750_000
+    m.set_policy_memory({"b": (2_000, 3_000)}, 96)
+    got = scrape(url)
+    assert not [k for k in got if k[0] == "sensorium_policy_kernel_memory_bytes" and ("policy", "a") in k[1]]
+    assert got[("sensorium_policy_kernel_memory_bytes", (("node_cpus", "96"), ("policy", "b")))] == 3_000
+
+
 def test_exporter_metrics_come_from_the_runner(served) -> None:
     m, url = served
     cap = CaptureExporter()

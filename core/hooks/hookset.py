@@ -24,6 +24,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from sensorium.bpf.memory import kernel_memory
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hooks import selectors as S
 from sensorium.hooks.openexit import open_exit_filter
@@ -409,20 +410,13 @@ class HookSet:
             hooks.append(h)
         hooks += self.skipped
         c = self.counters() if not self._unloaded else {}
-        mem = 0
-        for _plan, obj in self.objects:
-            try:
-                for m in obj.maps.values():
-                    if m.name.endswith("sens_events"):
-                        continue
-                    mem += m.max_entries * (m.key_size + m.value_size)
-            except Exception:  # noqa: BLE001 - memory is an estimate for status; an unreadable object adds nothing
-                pass
+        # the sensor's one ring is every policy's: not this section's memory
+        mem = kernel_memory((obj for _p, obj in self.objects), skip_maps=("sens_events",))
         sc = self.scope
         scope = None if sc is None else {"cgroups": [r.path for r in sc.cgroups], "host": sc.host,
                                          "container_roots": [r.path for r in sc.container_roots]}
         return {"hooks": hooks, "events": c.get("posted", 0), "errors": c.get("dropped", 0) + c.get("signal_errors", 0),
-                "kernel_memory_bytes": mem, "mode": self.mode, "counters": c, "scope": scope,
+                **mem.as_status(), "mode": self.mode, "counters": c, "scope": scope,
                 "state": "unloaded" if self._unloaded else "loaded"}
 
     def unload(self) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sensorium.bpf.memory import KernelMemory, kernel_memory
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hooks import kstructs
 from sensorium.hooks import selectors as S
@@ -140,15 +141,10 @@ class LsmProgram:
         return self.net.obj.map("net_events") if self.net is not None else self.obj.map("sens_events")
 
     @property
-    def kernel_memory_bytes(self) -> int:
-        total = 0
+    def kernel_memory(self) -> KernelMemory:
+        """Its object's maps (its own ring included) and program, in the kernel's figures."""
         obj = self.net.obj if self.net is not None else self.obj
-        try:
-            for m in obj.maps.values():
-                total += m.max_entries * (m.key_size + m.value_size) if m.type != 27 else m.max_entries
-        except Exception:  # noqa: BLE001
-            pass
-        return total
+        return kernel_memory([obj] if obj is not None else [])
 
     def load(self) -> None:
         """`prepare`, `attach` and `activate` in one step."""

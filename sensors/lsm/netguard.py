@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sensorium.bpf.memory import KernelMemory, kernel_memory
 from sensorium.bpf.records import SensoriumHdr
 from sensorium.bpf.scope import ScopeMap, scope_entries
 from sensorium.hookspecs import ProbeSource, Scope
@@ -396,15 +397,9 @@ class NetGuard:
         self._write_config()
 
     @property
-    def kernel_memory_bytes(self) -> int:
-        total = 0
-        try:
-            for m in self.obj.maps.values():
-                # ring buffers: their data pages; other maps: entries x (key + value)
-                total += m.max_entries if m.type == 27 else m.max_entries * (m.key_size + m.value_size)
-        except Exception:  # noqa: BLE001
-            pass
-        return total
+    def kernel_memory(self) -> KernelMemory:
+        """Its object's maps (its own ring included) and programs, in the kernel's figures."""
+        return kernel_memory([self.obj] if self.obj is not None else [])
 
     def counters(self) -> dict[str, int]:
         try:

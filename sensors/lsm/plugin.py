@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from sensorium import hookimpl
+from sensorium.bpf.memory import PROJECTED_KEY, KernelMemory
 from sensorium.bpf.scope import scope_entries
 from sensorium.hookspecs import PolicyLoadError, PolicyView, RingHandle, Scope, SensorSpec
 from sensorium.policy import MatchAction
@@ -146,25 +147,26 @@ class LsmPolicyHandle:
             if not self.active:
                 hook["state"] = "prepared"
             hooks.append(hook)
-        mem = 0
+        mem = KernelMemory()
         counters: dict[str, int] = {}
         for _p, g in self.net_guards:
-            mem += g.kernel_memory_bytes
+            mem += g.kernel_memory
             for k, v in g.counters().items():
                 counters[k] = counters.get(k, 0) + v
         for _p, prog in self.lsm_progs:
-            mem += prog.kernel_memory_bytes
+            mem += prog.kernel_memory
             for k, v in prog.counters().items():
                 counters[k] = counters.get(k, 0) + v
         events = self.events
         for _p, g in self.sig_guards:
             st = g.set.status()
-            mem += st.get("kernel_memory_bytes", 0)
+            mem += KernelMemory(int(st.get("kernel_memory_bytes", 0) or 0),
+                                int(st.get(PROJECTED_KEY, 0) or 0))
             events += st.get("events", 0)
             for k, v in g.counters().items():
                 counters[k] = counters.get(k, 0) + v
         return {"hooks": hooks, "mode": self.mode, "events": events, "errors": self.errors,
-                "kernel_memory_bytes": mem, "kernel_counters": counters,
+                **mem.as_status(), "kernel_counters": counters,
                 "fanotify_marks": sum(len(r.marks) for r in self.fan_rules)}
 
     def set_mode(self, mode: str) -> None:
