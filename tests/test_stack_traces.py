@@ -1,0 +1,195 @@
+"""kernelStackTrace / userStackTrace of a Post action: a syscall hook (raw_tp sys_enter here; a kernel function
+in the guests) posts its event with the kernel stack named from /proc/kallsyms and the user stack named from
+the ELF symbols of the program that made the call, a program this test builds with a known function.
+Events without stack traces keep their exact record size."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+from hook_helpers import rig_fixture
+
+from sensorium.hooks import selectors as S
+from sensorium.hooks.render import EV_SIZE
+from sensorium_sensors.kprobe.sensor import KprobeSensor
+
+pytestmark = [pytest.mark.kernel]
+
+rig = rig_fixture(KprobeSensor)
+
+MAGIC = 424242  # the `who` of the test program's getpriority: no one else asks for it
+
+# getpriority(PRIO_PROCESS, MAGIC) made by the syscall instruction inside a function of its own, so that the
+# user stack starts in it (libc's syscall() keeps no frame pointer: its caller would not be seen), with frame
+# pointers so that the kernel can walk to main. It then waits for its stdin to close.
+PROGRAM = r"""
+#include <unistd.h>
+
+__attribute__((noinline)) long sensorium_stack_marker(long who)
+{
+	long ret;
+	asm volatile("syscall" : "=a"(ret) : "0"(140L), "D"(0L), "S"(who) : "rcx", "r11", "memory");
+	return ret;
+}
+
+int main(void)
+{
+	char c;
+	long r = sensorium_stack_marker(%d);
+
+	/* alive until the test has its event: a user stack is named from the process's own maps */
+	(void)!read(0, &c, 1);
+	return r == -4096 ? 1 : 0;
+}
+""" % MAGIC
+
+POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: stacks-test
+spec:
+  kprobes:
+  - call: sys_getpriority
+    syscall: true
+    args:
+    - index: 0
+      type: int
+    - index: 1
+      type: int
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: Equal
+        values: ["%d"]
+      matchActions:
+      - action: Post
+%s""" % (MAGIC, "%s")
+
+BOTH = "        kernelStackTrace: true\n        userStackTrace: true\n"
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build the test program")
+    d = tmp_path_factory.mktemp("stackprog")
+    (d / "prog.c").write_text(PROGRAM)
+    exe = d / "stackprog"
+    subprocess.run([cc, "-O0", "-fno-omit-frame-pointer", "-o", str(exe), str(d / "prog.c")],
+                   check=True, capture_output=True)
+    return exe
+
+
+def run(program: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(program)], stdin=subprocess.PIPE)
+
+
+def done(p: subprocess.Popen) -> None:
+    assert p.stdin is not None
+    p.stdin.close()
+    assert p.wait(timeout=10) == 0
+
+
+def _ours(b: dict) -> bool:
+    args = b.get("args") or []
+    return len(args) == 2 and args[1].get("int_arg") == MAGIC
+
+
+def _symbols(frames: list[dict]) -> list[str]:
+    return [f.get("symbol", "") for f in frames]
+
+
+def test_post_with_both_stack_traces_names_the_callers_function_and_the_syscall_path(rig, program: Path) -> None:
+    h = rig.load(POLICY % BOTH, "kprobes")
+    p = run(program)
+    try:
+        evs = rig.events(_ours, wait=3.0)
+    finally:
+        done(p)
+    assert len(evs) == 1, evs
+    e = evs[0]
+    assert "user_stack_trace" in e, (e, h.status()["counters"])
+    assert e["function_name"] == "__x64_sys_getpriority" and e["action"] == "KPROBE_ACTION_POST"
+    user = e["user_stack_trace"]
+    # the first frame is the function that made the call, in the program's own file, then its caller
+    assert user[0]["symbol"] == "sensorium_stack_marker" and user[0]["module"] == str(program), user[:3]
+    assert user[0]["offset"] > 0 and user[0]["address"] > 0
+    assert "main" in _symbols(user)
+    kernel = _symbols(e["kernel_stack_trace"])
+    assert any(s in ("do_syscall_64", "entry_SYSCALL_64_after_hwframe", "entry_SYSCALL_64") for s in kernel), kernel
+    assert all(f["address"] >= 1 << 63 for f in e["kernel_stack_trace"])  # kernel addresses
+    # the exported JSON: Tetragon's StackTraceEntry, 64-bit integers as strings
+    ev = next(x for x in rig.ctx.events if _ours(next(iter(x.as_dict().values()))))
+    js = orjson.loads(ev.json())["process_kprobe"]
+    assert js["user_stack_trace"][0] == {"address": str(user[0]["address"]), "offset": str(user[0]["offset"]),
+                                         "symbol": "sensorium_stack_marker", "module": str(program)}
+    assert js["kernel_stack_trace"][0]["address"] == str(e["kernel_stack_trace"][0]["address"])
+    c = h.status()["counters"]
+    assert {k: c[k] for k in c if k.startswith("stack_")} == dict.fromkeys(
+        ("stack_map_full", "stack_collision", "stack_error", "stack_missing", "stack_process_gone"), 0)
+
+
+def test_the_same_stack_again_is_read_again_after_its_id_was_deleted(rig, program: Path) -> None:
+    h = rig.load(POLICY % BOTH, "kprobes")
+    for _ in range(3):  # the same stacks three times: one id each, deleted after each batch that read it
+        p = run(program)
+        try:
+            assert rig.events(lambda b: _ours(b) and "user_stack_trace" in b, wait=3.0)
+        finally:
+            done(p)
+        rig.ctx.events.clear()
+    c = h.status()["counters"]
+    assert c["stack_missing"] == 0 and c["posted"] == 3
+
+
+@pytest.fixture
+def spied_rig(monkeypatch: pytest.MonkeyPatch):
+    """A kprobe sensor rig whose ring decoder keeps a copy of every record as the kernel wrote it."""
+    from hook_helpers import Rig
+
+    from sensorium.hooks.ring import EventRing
+
+    seen: list[bytes] = []
+    real = EventRing.decode
+
+    def spy(self, records):
+        seen.extend(bytes(r) for r in records)
+        return real(self, records)
+
+    monkeypatch.setattr(EventRing, "decode", spy)
+    r = Rig(KprobeSensor)
+    r.seen = seen
+    try:
+        yield r
+    finally:
+        r.close()
+    r.check_schema()
+
+
+def test_an_event_without_stack_traces_keeps_its_record_size(spied_rig, program: Path) -> None:
+    spied_rig.load(POLICY % "", "kprobes")
+    p = run(program)
+    try:
+        evs = spied_rig.events(_ours, wait=3.0)
+    finally:
+        done(p)
+    assert len(evs) == 1 and "kernel_stack_trace" not in evs[0] and "user_stack_trace" not in evs[0]
+    # the header and two integer arguments (a sens_arg_rec and 8 bytes each): nothing more
+    assert [len(r) for r in spied_rig.seen] == [EV_SIZE + 32]
+    assert spied_rig.seen[0][50] == 0  # sens_event.flags: no stack ids follow
+
+
+def test_with_stacks_the_record_grows_by_the_two_ids_only(spied_rig, program: Path) -> None:
+    spied_rig.load(POLICY % BOTH, "kprobes")
+    p = run(program)
+    try:
+        assert spied_rig.events(_ours, wait=3.0)
+    finally:
+        done(p)
+    assert [len(r) for r in spied_rig.seen] == [EV_SIZE + 32 + 8]
+    assert spied_rig.seen[0][50] == S.EV_KSTACK | S.EV_USTACK
