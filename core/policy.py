@@ -553,25 +553,26 @@ class Policy:
             for i, item in enumerate(sec.items):
                 for si, sel in enumerate(getattr(item, "selectors", None) or ()):
                     for ai, act in enumerate(getattr(sel, "matchActions", None) or ()):
-                        def warn(field: str, what: str) -> None:
-                            loc = ("spec", sec.key, i, "selectors", si, "matchActions", ai, field)
-                            line = self.source.line_of(loc) if self.source else None
-                            where = ":".join(str(x) for x in (self.file, line) if x is not None)
-                            out.append(f"{where + ': ' if where else ''}{format_path(loc)}: {what}")
-
+                        base = ("spec", sec.key, i, "selectors", si, "matchActions", ai)
                         if getattr(act, "argError", None) is not None and act.action != "Override":
-                            warn("argError", f"argError has no effect with the {act.action} action (only Override "
-                                             "returns an error): ignored")
+                            out.append(self._warning(base + ("argError",), f"argError has no effect with the "
+                                       f"{act.action} action (only Override returns an error): ignored"))
                         for field in ("kernelStackTrace", "userStackTrace"):
                             if not getattr(act, field, None):
                                 continue
                             if act.action != "Post":
-                                warn(field, f"{field} has no effect with the {act.action} action (only Post "
-                                            "takes stack traces): ignored")
+                                out.append(self._warning(base + (field,), f"{field} has no effect with the "
+                                           f"{act.action} action (only Post takes stack traces): ignored"))
                             elif sec.key in _NO_STACK_FIELDS:
-                                warn(field, f"Tetragon's {_NO_STACK_FIELDS[sec.key]} event has no stack trace "
-                                            "fields: the stacks are exported only with events.format: extended")
+                                out.append(self._warning(base + (field,), f"Tetragon's {_NO_STACK_FIELDS[sec.key]} "
+                                           "event has no stack trace fields: the stacks are exported only with "
+                                           "events.format: extended"))
         return out
+
+    def _warning(self, loc: tuple[Any, ...], what: str) -> str:
+        line = self.source.line_of(loc) if self.source else None
+        where = ":".join(str(x) for x in (self.file, line) if x is not None)
+        return f"{where + ': ' if where else ''}{format_path(loc)}: {what}"
 
     def hook_line(self, section: str, index: int) -> int | None:
         """Line of ``spec.<section>[index]`` in the source, for error messages."""

@@ -193,3 +193,93 @@ def test_with_stacks_the_record_grows_by_the_two_ids_only(spied_rig, program: Pa
         done(p)
     assert [len(r) for r in spied_rig.seen] == [EV_SIZE + 32 + 8]
     assert spied_rig.seen[0][50] == S.EV_KSTACK | S.EV_USTACK
+
+
+CORPUS = Path(__file__).resolve().parent / "data" / "tetragon-policies" / "stack_traces.yaml"
+
+# UDP to a port nobody listens on, sent by the syscall instruction inside a function of its own: the kernel drops
+# the packet (kfree_skb_reason, reason NO_SOCKET) in the sender's context, its softirq run as the send returns.
+SENDER = r"""
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+__attribute__((noinline)) long sensorium_stack_marker(long fd, const void *buf, long len, const void *to)
+{
+	long ret;
+	register long r10 asm("r10") = 0;
+	register long r8 asm("r8") = (long)to;
+	register long r9 asm("r9") = sizeof(struct sockaddr_in);
+
+	asm volatile("syscall" : "=a"(ret) : "0"(44L), "D"(fd), "S"(buf), "d"(len), "r"(r10), "r"(r8), "r"(r9)
+			: "rcx", "r11", "memory");
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in to;
+	char c;
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+
+	memset(&to, 0, sizeof(to));
+	to.sin_family = AF_INET;
+	to.sin_port = htons(%d);
+	to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0 || sensorium_stack_marker(fd, "drop me", 7, &to) != 7)
+		return 1;
+	(void)!read(0, &c, 1);
+	return 0;
+}
+"""
+
+
+def _closed_udp_port() -> int:
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nobody listens there any more: a datagram to it is dropped (NO_SOCKET)
+    return port
+
+
+@pytest.mark.needs("fentry")
+def test_the_corpus_policy_posts_a_dropped_packet_with_both_stacks(rig, tmp_path: Path) -> None:
+    from sensorium.bpf.btf import kernel_functions
+
+    text = CORPUS.read_text()
+    if "kfree_skb_reason" not in kernel_functions():
+        # 6.11+: kfree_skb_reason is an inline wrapper of sk_skb_reason_drop(sk, skb, reason), the function to hook
+        assert "sk_skb_reason_drop" in kernel_functions()
+        text = (text.replace("call: kfree_skb_reason", "call: sk_skb_reason_drop")
+                .replace("- index: 1\n          type: int", "- index: 2\n          type: int")
+                .replace("- index: 0\n          type: skb", "- index: 1\n          type: skb"))
+        function = "sk_skb_reason_drop"
+    else:
+        function = "kfree_skb_reason"
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build the test program")
+    port = _closed_udp_port()
+    (tmp_path / "sender.c").write_text(SENDER % port)
+    exe = tmp_path / "sender"
+    subprocess.run([cc, "-O0", "-fno-omit-frame-pointer", "-o", str(exe), str(tmp_path / "sender.c")], check=True)
+    h = rig.load(text, "kprobes")
+    p = run(exe)
+    try:
+        evs = rig.events(lambda b: b["process"]["pid"] == p.pid and "user_stack_trace" in b, wait=20.0)
+    finally:
+        done(p)
+    assert evs, (rig.events(lambda b: b["process"]["pid"] == p.pid, wait=0), h.status()["counters"])
+    e = evs[0]
+    assert e["function_name"] == function and e["policy_name"] == "stack-traces-example"
+    assert e["args"][0]["skb_arg"]["dport"] == port
+    assert e["user_stack_trace"][0]["symbol"] == "sensorium_stack_marker"
+    assert e["user_stack_trace"][0]["module"] == str(exe)
+    assert "main" in _symbols(e["user_stack_trace"])
+    kernel = _symbols(e["kernel_stack_trace"])
+    assert any(s.startswith("__udp4_lib_rcv") for s in kernel), kernel
+    assert "do_syscall_64" in kernel, kernel
+    assert h.status()["hooks"][0]["mechanism"] == "fentry"

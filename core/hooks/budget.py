@@ -130,9 +130,9 @@ def worst_case_cfgs(kind: int = S.HOOK_SYSCALL, syscall_nr: int = 257) -> dict[s
     open family in the mix), S.MAX_SELECTORS selectors each with S.MAX_MATCH_ARGS matchArgs of S.MAX_VALUES
     values, S.MAX_PIDF matchPIDs, S.MAX_NS matchNamespaces, S.MAX_CAPS matchCapabilities and as many
     matchCapabilityChanges (namespace capabilities), S.MAX_BINS matchBinaries (one following children), a
-    matchReturnArgs, a rate-limited Sigkill, a Post with both stack traces, a TrackSock or UntrackSock, S.MAX_STRINGS string values of
-    S.STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries, follow, socket owners, returnArgAction
-    TrackSock, capability changes)."""
+    matchReturnArgs, a rate-limited Sigkill, a Post with both stack traces, a TrackSock or UntrackSock,
+    S.MAX_STRINGS string values of S.STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries, follow,
+    socket owners, returnArgAction TrackSock, capability changes)."""
     fams = [(n, f) for n, kinds, f in _WORST_ARGS if kind in kinds]
     out: dict[str, S.HookCfg] = {}
     for name, fill in fams + [("mixed", {})]:

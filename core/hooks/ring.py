@@ -22,7 +22,6 @@ from sensorium.hooks import native as _native
 from sensorium.hooks import selectors as S
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.probes import HOOK_PROBE
-from sensorium.hooks.stacks import IDS, UserSymbols, stack_fields
 from sensorium.hooks.render import (
     ARG,
     ARGQ,
@@ -37,6 +36,7 @@ from sensorium.hooks.render import (
     render_bytes,
     render_int,
 )
+from sensorium.hooks.stacks import IDS, UserSymbols, stack_fields
 from sensorium.hookspecs import RingHandle, SensorContext
 
 if TYPE_CHECKING:
