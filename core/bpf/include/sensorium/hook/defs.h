@@ -294,6 +294,7 @@ struct sens_stack_ids {
 	__s32 kernel;
 	__s32 user;
 };
+SENSORIUM_BTF_KEEP(sens_stack_ids); /* written through a cast: kept in the BTF for the layout check */
 
 struct sens_arg_rec {
 	__u8 kind;
