@@ -283,3 +283,68 @@ def test_the_corpus_policy_posts_a_dropped_packet_with_both_stacks(rig, tmp_path
     assert any(s.startswith("__udp4_lib_rcv") for s in kernel), kernel
     assert "do_syscall_64" in kernel, kernel
     assert h.status()["hooks"][0]["mechanism"] == "fentry"
+
+
+def test_a_process_gone_before_its_user_stack_is_named_keeps_its_kernel_stack_and_is_counted(rig, program: Path) -> None:
+    h = rig.load(POLICY % BOTH, "kprobes")
+    p = run(program)
+    done(p)  # exited (and reaped) before the rig's reader decodes its record
+    evs = rig.events(_ours, wait=3.0)
+    assert len(evs) == 1
+    assert "user_stack_trace" not in evs[0]
+    assert "do_syscall_64" in _symbols(evs[0]["kernel_stack_trace"])
+    c = h.status()["counters"]
+    assert c["stack_process_gone"] == 1 and c["stack_missing"] == 0
+
+
+def test_stack_traces_on_a_tracepoint_warn_that_tetragon_format_has_no_field_for_them() -> None:
+    from sensorium.hooks.testing import _Sections
+    from sensorium.policy import parse_policy
+
+    text = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: tp-stacks
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_getpriority
+    selectors:
+    - matchActions:
+      - action: Post
+        kernelStackTrace: true
+      - action: NoPost
+        userStackTrace: true
+"""
+    pol = parse_policy(text, "tp.yaml", _Sections())
+    assert pol.warnings == [
+        "tp.yaml:12: spec.tracepoints[0].selectors[0].matchActions[0].kernelStackTrace: Tetragon's process_tracepoint "
+        "event has no stack trace fields: the stacks are exported only with events.format: extended",
+        "tp.yaml:14: spec.tracepoints[0].selectors[0].matchActions[1].userStackTrace: userStackTrace has no effect "
+        "with the NoPost action (only Post takes stack traces): ignored",
+    ]
+
+
+def test_stack_traces_on_lsmhooks_are_refused_by_name() -> None:
+    from sensorium.hooks.testing import _Sections
+    from sensorium.policy import parse_policy
+    from sensorium.policy_rules import validate_policies
+    from sensorium.yamlsrc import SourceError
+
+    text = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: lsm-stacks
+spec:
+  lsmhooks:
+  - hook: file_open
+    selectors:
+    - matchActions:
+      - action: Post
+        userStackTrace: true
+"""
+    with pytest.raises(SourceError) as ei:
+        validate_policies(text, "lsm.yaml", _Sections())
+    assert "stack traces are not implemented on lsmhooks" in str(ei.value)
+    assert "matchActions[0].userStackTrace" in str(ei.value)
+    assert parse_policy(text, "lsm.yaml", _Sections())  # the document itself is valid: the rule refuses it
