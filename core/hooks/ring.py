@@ -485,8 +485,12 @@ class EventRing:
             self._users.begin()
             self._users_begun = True
         self._stack_sets.add(hs)
-        return stack_fields(IDS.unpack_from(rec, end), flags, pid, hs.stack_map, self._users, hs.stack_lost,
-                            S.EV_KSTACK, S.EV_USTACK)
+        try:
+            return stack_fields(IDS.unpack_from(rec, end), flags, pid, hs.stack_map, self._users, hs.stack_lost,
+                                S.EV_KSTACK, S.EV_USTACK)
+        except Exception:  # noqa: BLE001 - a file or map we could not read: the event goes out without its stacks
+            hs.stack_lost["stack_error"] += 1
+            return {}
 
     def _stacks_done(self) -> None:
         """After a batch: the stack ids it read are deleted from their maps."""
