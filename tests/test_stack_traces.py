@@ -348,3 +348,65 @@ spec:
     assert "stack traces are not implemented on lsmhooks" in str(ei.value)
     assert "matchActions[0].userStackTrace" in str(ei.value)
     assert parse_policy(text, "lsm.yaml", _Sections())  # the document itself is valid: the rule refuses it
+
+
+TP_POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: tp-stacks
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_getpriority
+    args:
+    - index: 5
+      type: int
+    - index: 6
+      type: int
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: Equal
+        values: ["%d"]
+      matchActions:
+      - action: Post
+        kernelStackTrace: true
+        userStackTrace: true
+""" % MAGIC
+
+
+@pytest.fixture(params=("tetragon", "extended"))
+def tp_rig(request: pytest.FixtureRequest):
+    from hook_helpers import Rig
+
+    from sensorium import schema
+    from sensorium_sensors.tracepoint.sensor import TracepointSensor
+
+    schema.set_format(request.param)
+    r = Rig(TracepointSensor)
+    try:
+        yield r, request.param
+    finally:
+        r.close()
+        try:
+            r.check_schema()
+        finally:
+            schema.set_format("tetragon")
+
+
+def test_a_tracepoint_takes_the_stacks_and_exports_them_only_in_the_extended_format(tp_rig, program: Path) -> None:
+    rig, fmt = tp_rig
+    rig.load(TP_POLICY, "tracepoints")
+    p = run(program)
+    try:
+        evs = rig.events(lambda b: [a.get("int_arg") for a in b.get("args", [])][-1:] == [MAGIC], wait=3.0)
+    finally:
+        done(p)
+    assert len(evs) == 1
+    assert evs[0]["user_stack_trace"][0]["symbol"] == "sensorium_stack_marker"  # the body has them either way
+    line = orjson.loads(next(e for e in rig.ctx.events).json())["process_tracepoint"]
+    if fmt == "tetragon":  # Tetragon's ProcessTracepoint has no stack fields
+        assert "user_stack_trace" not in line and "kernel_stack_trace" not in line
+    else:
+        assert line["user_stack_trace"][0]["symbol"] == "sensorium_stack_marker"
+        assert "do_syscall_64" in [f.get("symbol") for f in line["kernel_stack_trace"]]

@@ -308,7 +308,9 @@ class EventRing:
                     stacks = {}
                 stacks[len(recs)] = st
                 if st:
-                    act += b"," + dumps(schema.conform_body(plan.kind, st))[1:-1]
+                    inner = dumps(schema.conform_body(plan.kind, st))[1:-1]  # empty: not in this kind's message
+                    if inner:
+                        act += b"," + inner
             add_head(head)
             add_rest(b',"args":[%b%b%b%b.%09dZ"}\n' % (b",".join(parts), tail, act, cur_time, nanos))
             add_rec(rec)
