@@ -250,9 +250,11 @@ def test_the_corpus_policy_posts_a_dropped_packet_with_both_stacks(rig, tmp_path
     from sensorium.bpf.btf import kernel_functions
 
     text = CORPUS.read_text()
-    if "kfree_skb_reason" not in kernel_functions():
+    funcs = kernel_functions()
+    if "kfree_skb_reason" not in funcs and "sk_skb_reason_drop" not in funcs:
+        pytest.skip("kfree_skb_reason appeared in 5.17 (sk_skb_reason_drop in 6.11): no drop-reason function here")
+    if "kfree_skb_reason" not in funcs:
         # 6.11+: kfree_skb_reason is an inline wrapper of sk_skb_reason_drop(sk, skb, reason), the function to hook
-        assert "sk_skb_reason_drop" in kernel_functions()
         text = (text.replace("call: kfree_skb_reason", "call: sk_skb_reason_drop")
                 .replace("- index: 1\n          type: int", "- index: 2\n          type: int")
                 .replace("- index: 0\n          type: skb", "- index: 1\n          type: skb"))
@@ -396,7 +398,7 @@ def tp_rig(request: pytest.FixtureRequest):
 
 def test_a_tracepoint_takes_the_stacks_and_exports_them_only_in_the_extended_format(tp_rig, program: Path) -> None:
     rig, fmt = tp_rig
-    rig.load(TP_POLICY, "tracepoints")
+    h = rig.load(TP_POLICY, "tracepoints")
     p = run(program)
     try:
         evs = rig.events(lambda b: [a.get("int_arg") for a in b.get("args", [])][-1:] == [MAGIC], wait=3.0)
@@ -409,4 +411,7 @@ def test_a_tracepoint_takes_the_stacks_and_exports_them_only_in_the_extended_for
         assert "user_stack_trace" not in line and "kernel_stack_trace" not in line
     else:
         assert line["user_stack_trace"][0]["symbol"] == "sensorium_stack_marker"
-        assert "do_syscall_64" in [f.get("symbol") for f in line["kernel_stack_trace"]]
+        if "kernel_stack_trace" in line:
+            assert "do_syscall_64" in [f.get("symbol") for f in line["kernel_stack_trace"]]
+        else:  # 5.10 hands a syscalls tracepoint the task's user registers: bpf_get_stackid has no kernel stack
+            assert h.status()["counters"]["stack_error"] == 1

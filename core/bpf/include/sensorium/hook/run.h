@@ -228,12 +228,11 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 
 	if (size > sizeof(struct sens_event) + SENS_DATA_MAX)
 		size = sizeof(struct sens_event) + SENS_DATA_MAX;
-	if (matched < SENS_MAX_SELECTORS && sens_cfg.sel[matched].stacks) {
+	if (matched < SENS_MAX_SELECTORS && sens_cfg.sel[matched].stacks)
 		size += sens_take_stacks(ctx, s, sens_cfg.sel[matched].stacks, size - sizeof(struct sens_event));
-		/* at most sizeof(sens_event) + SENS_DATA_MAX + 8: a bound 5.10's and 6.1's verifiers can see for the
-		 * ring output's size (they lose the clamp above through the addition) */
-		size = SENS_BOUND(size, 4095);
-	}
+	/* at most sizeof(sens_event) + SENS_DATA_MAX + 8: a bound 5.10's and 6.1's verifiers see for the ring output's
+	 * size on every path (they lose the clamp above where the paths with and without stack ids meet) */
+	size = SENS_BOUND(size, 4095);
 	sensorium_hdr_fill(&s->ev.hdr, SENS_REC_HOOK, size);
 	s->ev.policy_id = sens_cfg.policy_id;
 	s->ev.hook_id = sens_cfg.hook_id;
