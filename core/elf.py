@@ -14,7 +14,7 @@ import stat
 import struct
 from pathlib import Path
 
-__all__ = ["ElfError", "ElfImage", "Section", "Segment", "function_symbols", "open_elf"]
+__all__ = ["ElfError", "ElfImage", "Section", "Segment", "function_symbols", "function_symbols_of", "open_elf"]
 
 MAX_ELF_BYTES = 1 << 30          # larger files are refused rather than read
 MAX_SYMBOLS = 4_000_000          # entries across both tables
@@ -148,6 +148,11 @@ def function_symbols(path: str | Path) -> dict[str, int]:
         return _symbols(ElfImage(fd, size))
     finally:
         os.close(fd)
+
+
+def function_symbols_of(elf: ElfImage) -> dict[str, int]:
+    """`function_symbols` of an open `ElfImage`."""
+    return _symbols(elf)
 
 
 def _symbols(elf: ElfImage) -> dict[str, int]:

@@ -304,6 +304,12 @@ class MatchCapabilities(PolicyModel):
         return self
 
 
+# Sections whose events are a Tetragon message without kernel_stack_trace/user_stack_trace (only ProcessKprobe
+# has them): a Post with stack traces there is exported only in the extended format (Policy.warnings says so).
+_NO_STACK_FIELDS = {"tracepoints": "process_tracepoint", "uprobes": "process_uprobe", "lsmhooks": "process_lsm",
+                    "usdts": "process_usdt"}
+
+
 class MatchAction(PolicyModel):
     """What to do when the selector matches. ``Post`` is the default when a selector has no actions."""
 
@@ -323,8 +329,10 @@ class MatchAction(PolicyModel):
     argFqdn: Annotated[Any, refuse("argFqdn belongs to the DnsLookup action, which is not implemented")] = absent()
     argSock: int | None = Field(default=None, ge=0, le=5,
                                 description="TrackSock/UntrackSock: the position in args of the sock argument (0)")
-    kernelStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
-    userStackTrace: Annotated[Any, refuse("stack traces are not implemented")] = absent()
+    kernelStackTrace: bool | None = Field(default=None, description="Post: the event carries the kernel stack "
+                                                                   "(kernel_stack_trace)")
+    userStackTrace: bool | None = Field(default=None, description="Post: the event carries the user stack "
+                                                                 "(user_stack_trace)")
     imaHash: Annotated[Any, refuse("IMA hashes are not implemented")] = absent()
 
     @model_validator(mode="after")
@@ -545,13 +553,26 @@ class Policy:
             for i, item in enumerate(sec.items):
                 for si, sel in enumerate(getattr(item, "selectors", None) or ()):
                     for ai, act in enumerate(getattr(sel, "matchActions", None) or ()):
+                        base = ("spec", sec.key, i, "selectors", si, "matchActions", ai)
                         if getattr(act, "argError", None) is not None and act.action != "Override":
-                            loc = ("spec", sec.key, i, "selectors", si, "matchActions", ai, "argError")
-                            line = self.source.line_of(loc) if self.source else None
-                            where = ":".join(str(x) for x in (self.file, line) if x is not None)
-                            out.append(f"{where + ': ' if where else ''}{format_path(loc)}: argError has no effect "
-                                       f"with the {act.action} action (only Override returns an error): ignored")
+                            out.append(self._warning(base + ("argError",), f"argError has no effect with the "
+                                       f"{act.action} action (only Override returns an error): ignored"))
+                        for field in ("kernelStackTrace", "userStackTrace"):
+                            if not getattr(act, field, None):
+                                continue
+                            if act.action != "Post":
+                                out.append(self._warning(base + (field,), f"{field} has no effect with the "
+                                           f"{act.action} action (only Post takes stack traces): ignored"))
+                            elif sec.key in _NO_STACK_FIELDS:
+                                out.append(self._warning(base + (field,), f"Tetragon's {_NO_STACK_FIELDS[sec.key]} "
+                                           "event has no stack trace fields: the stacks are exported only with "
+                                           "events.format: extended"))
         return out
+
+    def _warning(self, loc: tuple[Any, ...], what: str) -> str:
+        line = self.source.line_of(loc) if self.source else None
+        where = ":".join(str(x) for x in (self.file, line) if x is not None)
+        return f"{where + ': ' if where else ''}{format_path(loc)}: {what}"
 
     def hook_line(self, section: str, index: int) -> int | None:
         """Line of ``spec.<section>[index]`` in the source, for error messages."""

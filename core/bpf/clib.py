@@ -196,6 +196,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__update_elem": (_I, [_P, _P, _SZ, _P, _SZ, ctypes.c_uint64]),
     "bpf_map__delete_elem": (_I, [_P, _P, _SZ, ctypes.c_uint64]),
     "bpf_map__get_next_key": (_I, [_P, _P, _P, _SZ]),
+    "bpf_map_lookup_elem": (_I, [_I, _P, _P]),
+    "bpf_map_delete_elem": (_I, [_I, _P]),
     "btf__load_vmlinux_btf": (_P, []),
     "btf__free": (None, [_P]),
     "btf__find_by_name_kind": (ctypes.c_int32, [_P, _S, _U32]),

@@ -130,9 +130,9 @@ def worst_case_cfgs(kind: int = S.HOOK_SYSCALL, syscall_nr: int = 257) -> dict[s
     open family in the mix), S.MAX_SELECTORS selectors each with S.MAX_MATCH_ARGS matchArgs of S.MAX_VALUES
     values, S.MAX_PIDF matchPIDs, S.MAX_NS matchNamespaces, S.MAX_CAPS matchCapabilities and as many
     matchCapabilityChanges (namespace capabilities), S.MAX_BINS matchBinaries (one following children), a
-    matchReturnArgs, a rate-limited Sigkill, a TrackSock or UntrackSock, S.MAX_STRINGS string values of
-    S.STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries, follow, socket owners, returnArgAction
-    TrackSock, capability changes)."""
+    matchReturnArgs, a rate-limited Sigkill, a Post with both stack traces, a TrackSock or UntrackSock,
+    S.MAX_STRINGS string values of S.STR_MAX - 1 bytes, and every flag (scoped, at exit, binaries, follow,
+    socket owners, returnArgAction TrackSock, capability changes)."""
     fams = [(n, f) for n, kinds, f in _WORST_ARGS if kind in kinds]
     out: dict[str, S.HookCfg] = {}
     for name, fill in fams + [("mixed", {})]:
@@ -158,6 +158,7 @@ def worst_case_cfgs(kind: int = S.HOOK_SYSCALL, syscall_nr: int = 257) -> dict[s
         for si in range(S.MAX_SELECTORS):
             sel = cfg.sel[si]
             sel.actions, sel.signal = S.ACT_POST | S.ACT_SIGKILL, 9
+            sel.stacks = S.STACK_KERNEL | S.STACK_USER
             sel.sock_act, sel.sock_arg = S.SOCK_TRACK if si % 2 == 0 else S.SOCK_UNTRACK, si % S.MAX_ARGS
             sel.rl_ns, sel.rl_scope = 1_000_000_000, S.RL_SCOPES["process"]
             sel.nargs = S.MAX_MATCH_ARGS

@@ -31,6 +31,7 @@ from sensorium.hooks.openexit import open_exit_filter
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, OPEN_EXIT_MECHANISM
 from sensorium.hooks.ring import EventRing
+from sensorium.hooks.stacks import LOST_REASONS, StackMap
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 
 __all__ = ["HookSet", "seed_follow", "tracking_programs", "OPEN_EXIT_ENABLED", "mark_socket_owners", "uses_socket_map",
@@ -117,6 +118,11 @@ class HookSet:
         # The section's socket map (TrackSock, hook/defs.h sens_socks): a dup of the first object's fd, which the
         # section's other objects reuse; None until an object that tracks or reports owners is loaded.
         self._socks_fd: int | None = None
+        # The section's stack map (kernelStackTrace/userStackTrace, hook/defs.h sens_stacks), shared the same way,
+        # and the stacks its events asked for and did not get, by reason (shown in `counters`).
+        self._stacks_fd: int | None = None
+        self.stack_map: StackMap | None = None
+        self.stack_lost: dict[str, int] = dict.fromkeys(LOST_REASONS, 0)
         # id(obj) -> (persistent: True pinned, False not pinned though it enforces, None nothing to keep; why)
         self._pins: dict[int, tuple[bool | None, str]] = {}
         self.active = False
@@ -315,6 +321,10 @@ class HookSet:
             err = _set_reuse_proto()(obj.map("sens_socks")._p(), self._socks_fd)
             if err < 0:
                 raise OSError(-err, f"cannot share the section's socket map: {os.strerror(-err)}")
+        if uses_stacks(plan.compiled) and self._stacks_fd is not None:
+            err = _set_reuse_proto()(obj.map("sens_stacks")._p(), self._stacks_fd)
+            if err < 0:
+                raise OSError(-err, f"cannot share the section's stack map: {os.strerror(-err)}")
         obj.set_rodata("sens_cfg", plan.compiled.rodata())
         flags = plan.compiled.flags
         wanted = set(programs) | tracking_programs(flags)
@@ -331,12 +341,17 @@ class HookSet:
                               ("sens_socks", socks), ("sens_execcaps", flags & S.CFG_CAP_CHANGES)):
             if not needed:
                 obj.map(mname).set_max_entries(64)
+        if not uses_stacks(plan.compiled):  # ~1 KiB per entry, preallocated
+            obj.map("sens_stacks").set_max_entries(1)
         return wanted
 
     def start_object(self, plan: HookPlan, obj: Any, wanted: set[str]) -> None:
         """After load, nothing attached yet: the hook inert (``MODE_INACTIVE`` until `activate`), then its
         scope (so a scoped hook is never live unscoped)."""
         obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", MODE_INACTIVE))
+        if self._stacks_fd is None and uses_stacks(plan.compiled):
+            self._stacks_fd = os.dup(obj.map("sens_stacks").fd)
+            self.stack_map = StackMap(self._stacks_fd)
         if self._socks_fd is None and uses_socket_map(plan.compiled):
             self._socks_fd = os.dup(obj.map("sens_socks").fd)  # outlives this object if a fallback replaces it
         if plan.compiled.flags & S.CFG_CGROUP_SCOPED:
@@ -397,6 +412,7 @@ class HookSet:
                         total[n] += sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
             except Exception:  # noqa: BLE001 - unreadable counters count as zero; status must not fail
                 continue
+        total.update(self.stack_lost)
         return total
 
     def status(self) -> Mapping[str, Any]:
@@ -457,8 +473,18 @@ class HookSet:
         if self._socks_fd is not None:
             os.close(self._socks_fd)
             self._socks_fd = None
+        if self._stacks_fd is not None:
+            self.stack_map = None
+            os.close(self._stacks_fd)
+            self._stacks_fd = None
         self._unloaded = True
         self.active = False
+
+
+def uses_stacks(compiled: S.CompiledHook) -> bool:
+    """Whether a selector of the hook takes stack traces (its objects then share the section's sens_stacks)."""
+    cfg = compiled.cfg
+    return any(cfg.sel[i].stacks for i in range(min(cfg.nsel, S.MAX_SELECTORS)))
 
 
 def uses_socket_map(compiled: S.CompiledHook) -> bool:

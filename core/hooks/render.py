@@ -56,7 +56,7 @@ def quick_rest(plan: HookPlan, policy_name: str) -> QuickRest | None:
 
     # ``end``: where the record's data ends (the caller has checked that the record holds it).
     src = ["def rest(rec, end, flags, retval, actions, cgroup_id, cur_time, nanos):",
-           "    if actions & 6:", "        return None", "    pos = %d" % EV_SIZE]
+           "    if actions & 6 or flags & 24:", "        return None", "    pos = %d" % EV_SIZE]
     fmts, values = [], []
     for i, (ap, fast) in enumerate(plan.fast):
         if fast is None:

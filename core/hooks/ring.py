@@ -36,6 +36,7 @@ from sensorium.hooks.render import (
     render_bytes,
     render_int,
 )
+from sensorium.hooks.stacks import IDS, UserSymbols, stack_fields
 from sensorium.hookspecs import RingHandle, SensorContext
 
 if TYPE_CHECKING:
@@ -71,6 +72,14 @@ def _batch_body(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str,
     return body
 
 
+def _stack_body(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
+                parent: Mapping[str, Any] | None, stacks: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`_batch_body` of an event with stack traces (read from the kernel's map once, when decoded)."""
+    body = dict(_batch_body(rec, plan, policy_name, proc, parent))
+    body.update(stacks)
+    return body
+
+
 class EventRing:
     """The sensor's one ring buffer (a maps-only instance of the hook object) and its decoder."""
 
@@ -84,6 +93,9 @@ class EventRing:
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._quick_cache: dict[int, tuple[HookEntry, QuickRest | None]] = {}
         self._native_fmt: tuple[Any, Any] | None = None  # (hooks dict it was built for, native.Formatter)
+        self._users = UserSymbols()  # user stack symbolization (stack traces)
+        self._users_begun = False
+        self._stack_sets: set[HookSet] = set()  # whose stack maps this batch read
 
     def start(self) -> None:
         obj = self.ctx.open_object(self.ctx.build(HOOK_PROBE))
@@ -94,6 +106,7 @@ class EventRing:
         obj.map("sens_events").set_max_entries(size)
         obj.map("sens_socks").set_max_entries(64)  # each policy section has its own (hookset.py)
         obj.map("sens_execcaps").set_max_entries(64)  # (only the ring is used here; a hash map is preallocated)
+        obj.map("sens_stacks").set_max_entries(1)
         obj.load()
         self.obj = obj
         # `decode` takes RecordBlobs: the host may drain this ring natively (core/bpf/ringbuf.py)
@@ -171,6 +184,7 @@ class EventRing:
         else:
             status = None
         dropped = self.dropped
+        stacks: dict[int, Mapping[str, Any]] | None = None  # index in recs -> its stack fields
         for i, rec in enumerate(records):
             n = len(rec)
             if n < EV_SIZE:
@@ -288,15 +302,26 @@ class EventRing:
                 act = b',"action":"KPROBE_ACTION_POST"'
             if cgroup_id and ext:
                 act += b',"cgroup_id":%d' % cgroup_id
+            if flags & 24:  # S.EV_KSTACK | S.EV_USTACK: the stack ids follow the arguments
+                st = self._stacks(rec, end, flags, pid, hs, plan.kind)
+                if stacks is None:
+                    stacks = {}
+                stacks[len(recs)] = st
+                if st:
+                    inner = dumps(schema.conform_body(plan.kind, st))[1:-1]  # empty: not in this kind's message
+                    if inner:
+                        act += b"," + inner
             add_head(head)
             add_rest(b',"args":[%b%b%b%b.%09dZ"}\n' % (b",".join(parts), tail, act, cur_time, nanos))
             add_rec(rec)
 
-        return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved)
+        if stacks is not None:
+            self._stacks_done()
+        return self._batch(heads, rests, recs, memo, ctxs, node_name, boot, resolved, stacks)
 
     def _batch(self, heads: list[bytes], rests: list[bytes], recs: Sequence[bytes],
                memo: dict[tuple[int, ...], Memo], ctxs: list[ProcCtx], node_name: str, boot: int,
-               resolved: bool) -> EventBatch:
+               resolved: bool, stacks: Mapping[int, Mapping[str, Any]] | None = None) -> EventBatch:
         unpack_ev = EV.unpack_from
         # Each event's kind, for counting: one list multiplication when the batch has one kind (a sensor's
         # hooks usually share it), else read back per record.
@@ -315,6 +340,10 @@ class EventRing:
             plan, policy_name, proc, parent = ctxs[m[0]]
             if proc is None:
                 proc = {"pid": f[4], "tid": f[5]}
+            st = stacks.get(i) if stacks else None
+            if st:
+                return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, _stack_body,
+                                 (rec, plan, policy_name, proc, parent, st))
             return LazyEvent(plan.kind, node_name, boot + f[3], heads[i] + rests[i][:-1], proc, _batch_body,
                              (rec, plan, policy_name, proc, parent))
 
@@ -448,6 +477,34 @@ class EventRing:
         # 1: ProcessJoin has nothing to add (a cache entry without exec_id is not resolved: 2)
         return len(ctxs) - 1, head + mid, pname, plan, hs, 1 if proc.get("exec_id") else 2
 
+    def _stacks(self, rec: bytes, end: int, flags: int, pid: int, hs: HookSet, kind: str) -> Mapping[str, Any]:
+        """The stack fields of a record flagged EV_KSTACK/EV_USTACK (its ids after the arguments): read from the
+        section's stack map and symbolized; a record too short for its ids loses them (counted)."""
+        if len(rec) < end + IDS.size:
+            hs.stack_lost["stack_missing"] += bool(flags & S.EV_KSTACK) + bool(flags & S.EV_USTACK)
+            return {}
+        if not self._users_begun:
+            self._users.begin()
+            self._users_begun = True
+        self._stack_sets.add(hs)
+        try:
+            return stack_fields(IDS.unpack_from(rec, end), flags, pid, hs.stack_map, self._users, hs.stack_lost,
+                                S.EV_KSTACK, S.EV_USTACK)
+        except Exception:  # noqa: BLE001 - a file or map we could not read: the event goes out without its stacks
+            hs.stack_lost["stack_error"] += 1
+            return {}
+
+    def _stacks_done(self) -> None:
+        """After a batch: the stack ids it read are deleted from their maps."""
+        for hs in self._stack_sets:
+            if hs.stack_map is not None:
+                try:
+                    hs.stack_map.flush()
+                except Exception:  # noqa: BLE001 - a map closed under us: its ids went with it
+                    pass
+        self._stack_sets.clear()
+        self._users_begun = False
+
     def decode_dicts(self, records: Sequence[bytes]) -> list[Event]:
         """One `Event` with a dict body per record, encoded only when `Event.json` is first called: for a
         sensor that changes bodies after decoding (kprobe kernel functions), and contexts without a
@@ -487,8 +544,12 @@ class EventRing:
             if body is None:
                 dropped["bad_argument"] += 1
                 continue
+            if _fl & 24:  # S.EV_KSTACK | S.EV_USTACK
+                body.update(self._stacks(rec, EV_SIZE + data_len, _fl, pid, hs, plan.kind))
             hs.events += 1
             out.append(make(plan.kind, body, ktime))
+        if self._stack_sets:
+            self._stacks_done()
         return out
 
 

@@ -37,7 +37,7 @@ __all__ = [
     "DEREF_NETDEV", "DEREF_KCAP", "DEREF_BPF_ATTR", "DEREF_BPF_PROG", "DEREF_BPF_MAP", "DEREF_PERF_EVENT",
     "DEREF_USER_NS", "DEREF_LOAD_INFO", "DEREF_MODULE", "SensKBpfProg", "SensKBpfMap", "SensKPerfEvent",
     "SensKUserNs", "SensKModule", "KSTRUCT_MAX", "INT_OPS", "STRING_OPS", "parse_cap_mask", "ops_problem",
-    "parse_sock_value", "VERIFIER_BUDGET"
+    "parse_sock_value", "VERIFIER_BUDGET", "EV_KSTACK", "EV_USTACK", "STACK_KERNEL", "STACK_USER", "SensStackIds"
 ]
 
 # ---- mirrored constants (selectors.h) -------------------------------------------------------------
@@ -76,6 +76,8 @@ PRIV_OPS = {"SPortPriv": "SPort", "NotSPortPriv": "NotSPort", "NotSportPriv": "N
             "NotDPortPriv": "NotDPort"}
 ACT_POST, ACT_SIGKILL, ACT_SIGNAL = 1, 2, 4
 EV_MONITOR, EV_HAS_RET, EV_SIGNAL_ERR = 1, 2, 4
+EV_KSTACK, EV_USTACK = 8, 16  # the record ends with a SensStackIds (hook/defs.h)
+STACK_KERNEL, STACK_USER = 1, 2  # SensSelector.stacks: kernelStackTrace, userStackTrace of its Post action
 ARGF_TRUNC, ARGF_ERR = 1, 2
 CFG_CGROUP_SCOPED, CFG_NEED_BINARY, CFG_FOLLOW, CFG_AT_EXIT = 1, 2, 4, 8
 CFG_SOCK_OWNER, CFG_RET_TRACK, CFG_RET_UNTRACK, SOCK_TRACK, SOCK_UNTRACK = 16, 32, 64, 1, 2  # hook/defs.h sockets
@@ -137,7 +139,7 @@ class SensMatchBin(ctypes.Structure):
 class SensSelector(ctypes.Structure):
     _fields_ = [("nargs", ctypes.c_uint8), ("nret", ctypes.c_uint8), ("nbins", ctypes.c_uint8),
                 ("sock_act", ctypes.c_uint8), ("sock_arg", ctypes.c_uint8), ("npids", ctypes.c_uint8),
-                ("ncapch", ctypes.c_uint8), ("pad0", ctypes.c_uint8), ("nns", ctypes.c_uint8),
+                ("ncapch", ctypes.c_uint8), ("stacks", ctypes.c_uint8), ("nns", ctypes.c_uint8),
                 ("ncaps", ctypes.c_uint8), ("actions", ctypes.c_uint8), ("signal", ctypes.c_uint8),
                 ("rl_scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("rl_ns", ctypes.c_uint64),
                 ("args", SensMatchArg * MAX_MATCH_ARGS), ("ret", SensMatchArg),
@@ -166,6 +168,12 @@ class SensEvent(ctypes.Structure):
                 ("retval", ctypes.c_int64), ("cgroup_id", ctypes.c_uint64), ("sel", ctypes.c_uint8),
                 ("actions", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("nargs", ctypes.c_uint8),
                 ("data_len", ctypes.c_uint32)]
+
+
+class SensStackIds(ctypes.Structure):
+    """``struct sens_stack_ids``: after the arguments of a record flagged EV_KSTACK/EV_USTACK."""
+
+    _fields_ = [("kernel", ctypes.c_int32), ("user", ctypes.c_int32)]
 
 
 class SensArgRec(ctypes.Structure):
@@ -223,7 +231,8 @@ RECORD_LAYOUTS: dict[str, type] = {"sens_hook_cfg": HookCfg, "sens_event": SensE
                                    "sens_selector": SensSelector, "sens_arg": SensArg, "sens_sock": SensSock,
                                    "sens_match_bin": SensMatchBin, "sens_k_bpf_prog": SensKBpfProg,
                                    "sens_k_bpf_map": SensKBpfMap, "sens_k_perf_event": SensKPerfEvent,
-                                   "sens_k_user_ns": SensKUserNs, "sens_k_module": SensKModule}
+                                   "sens_k_user_ns": SensKUserNs, "sens_k_module": SensKModule,
+                                   "sens_stack_ids": SensStackIds}
 
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
 _PROTO_NAMES = {v: k for k, v in SOCK_PROTOCOLS.items()}
@@ -738,6 +747,10 @@ def compile_hook(
             names.append(name)
             if name == "Post":
                 bits |= ACT_POST
+                if _g(a, "kernelStackTrace"):
+                    out.stacks |= STACK_KERNEL
+                if _g(a, "userStackTrace"):
+                    out.stacks |= STACK_USER
                 rl = a.rate_limit_ns if hasattr(a, "rate_limit_ns") else None
                 if rl:
                     out.rl_ns = rl

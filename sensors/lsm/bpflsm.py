@@ -174,6 +174,7 @@ class LsmProgram:
             obj.map("sens_scope").set_max_entries(64)
         if not self.compiled.flags & S.CFG_CAP_CHANGES:  # (a hash map is preallocated)
             obj.map("sens_execcaps").set_max_entries(64)
+        obj.map("sens_stacks").set_max_entries(1)  # stack traces are refused on lsmhooks (LsmHookSpec.rules)
         obj.load()
         obj.map("sens_mode").update(struct.pack("<I", 0), struct.pack("<I", MODE_INACTIVE))
         if self.scope is not None:  # before anything attaches: a scoped program is never live unscoped

@@ -7,6 +7,7 @@ planning (`sensorium_sensors.lsm.rules`), since they depend on the kernel.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, ClassVar
 
 from pydantic import Field
@@ -25,3 +26,14 @@ class LsmHookSpec(HookSpec):
 
     def describe(self) -> str:
         return self.hook
+
+    def rules(self) -> Sequence[tuple[str, str]]:
+        # Tetragon's process_lsm event has no stack trace fields, and this sensor's decoder does not read them
+        for si, sel in enumerate(self.selectors or ()):
+            for ai, act in enumerate(sel.matchActions or ()):
+                for field in ("kernelStackTrace", "userStackTrace"):
+                    if getattr(act, field, None):
+                        return [(f"selectors[{si}].matchActions[{ai}].{field}",
+                                 "stack traces are not implemented on lsmhooks (Tetragon's process_lsm event has no "
+                                 "stack trace fields); use a kprobes hook on the same function")]
+        return ()

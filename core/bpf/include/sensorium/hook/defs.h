@@ -117,6 +117,11 @@
 #define SENS_EV_MONITOR 1   /* policy in monitoring: blocking actions were not taken */
 #define SENS_EV_HAS_RET 2
 #define SENS_EV_SIGNAL_ERR 4 /* bpf_send_signal failed */
+/* Stack traces the matching selector's Post action asked for (kernelStackTrace / userStackTrace). A record with
+ * either flag ends with struct sens_stack_ids after its data_len bytes of arguments (so its size is
+ * sizeof(struct sens_event) + data_len + 8); a record with neither is exactly as long as its arguments. */
+#define SENS_EV_KSTACK 8
+#define SENS_EV_USTACK 16
 
 /* Argument flags in a record */
 #define SENS_ARGF_TRUNC 1
@@ -131,6 +136,10 @@
 #define SENS_CFG_RET_TRACK 32    /* returnArgAction TrackSock: a matched call's returned sock gets the event's owner */
 #define SENS_CFG_RET_UNTRACK 64  /* returnArgAction UntrackSock: a matched call's returned sock is forgotten */
 #define SENS_CFG_CAP_CHANGES 128 /* some selector has matchCapabilityChanges: track exec-time caps (sens_execcaps) */
+
+/* Stack traces of a selector (sens_selector.stacks) */
+#define SENS_STACK_KERNEL 1
+#define SENS_STACK_USER 2
 
 /* Socket tracking actions of a selector (sens_selector.sock_act) */
 #define SENS_SOCK_TRACK 1
@@ -228,7 +237,7 @@ struct sens_selector {
 	__u8 sock_arg;  /* its argSock: the position in sens_cfg.args of a sock argument */
 	__u8 npids;     /* matchPIDs entries (ANDed) */
 	__u8 ncapch;    /* matchCapabilityChanges entries (ANDed) */
-	__u8 pad0;
+	__u8 stacks;    /* SENS_STACK_*: the stack traces its Post action takes */
 	__u8 nns;
 	__u8 ncaps;
 	__u8 actions;
@@ -278,6 +287,14 @@ struct sens_event {
 	__u8 nargs;
 	__u32 data_len;
 };
+
+/* After the arguments of a record flagged SENS_EV_KSTACK/SENS_EV_USTACK: each id is a key of sens_stacks (>= 0),
+ * bpf_get_stackid's error (< 0), or -1 when not asked for. User space reads each stack and deletes its id. */
+struct sens_stack_ids {
+	__s32 kernel;
+	__s32 user;
+};
+SENSORIUM_BTF_KEEP(sens_stack_ids); /* written through a cast: kept in the BTF for the layout check */
 
 struct sens_arg_rec {
 	__u8 kind;
@@ -451,6 +468,18 @@ struct {
 	__type(key, __u64);
 	__type(value, struct sens_sock_owner);
 } sens_socks SEC(".maps");
+
+/* Stack traces (kernelStackTrace / userStackTrace): bpf_get_stackid's map, read and emptied by user space
+ * (sensorium.hooks.stacks). One per policy section, shared by its hook objects like sens_socks; shrunk to one entry
+ * where no selector takes stacks. 127 frames: the kernel's default perf_event_max_stack. */
+#define SENS_STACK_DEPTH 127
+#define SENS_STACK_ENTRIES 4096
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, SENS_STACK_ENTRIES);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, SENS_STACK_DEPTH * sizeof(__u64));
+} sens_stacks SEC(".maps");
 
 /* Syscalls evaluated at exit: the arguments captured at enter, by thread id. */
 struct sens_saved {

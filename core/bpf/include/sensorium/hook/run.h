@@ -110,6 +110,39 @@ static __always_inline void sens_sock_actions(struct sens_scratch *s, int matche
 		sens_count(SENS_CNT_SOCK_ERR);
 }
 
+/*
+ * kernelStackTrace / userStackTrace of the matching selector's Post action: the stack ids, written after the
+ * record's `dl` bytes of arguments (struct sens_stack_ids; 8 bytes more in the record, only for these events).
+ * Returns the bytes added. An error of bpf_get_stackid (map full, a hash collision, no user stack) is kept as
+ * the id and counted by user space, which also deletes every id it reads.
+ */
+_Static_assert(__builtin_offsetof(struct sens_scratch, data) + 4095 + sizeof(struct sens_stack_ids) <=
+		       sizeof(struct sens_scratch),
+	       "the masked stack-id offset and record size stay inside the scratch");
+
+static __always_inline __u32 sens_take_stacks(void *ctx, struct sens_scratch *s, __u8 want, __u32 dl)
+{
+	/* dl <= SENS_DATA_MAX, so the ids land inside data[]; the mask alone bounds the offset for every verifier
+	 * (data[] and the scratch fields after it are larger than 4095 + 8 bytes) */
+	__u64 off = SENS_BOUND(dl, 4095);
+	struct sens_stack_ids *ids;
+
+	if (dl > SENS_DATA_MAX)
+		return 0;
+	ids = (struct sens_stack_ids *)&s->data[off];
+	ids->kernel = -1;
+	ids->user = -1;
+	if (want & SENS_STACK_KERNEL) {
+		ids->kernel = bpf_get_stackid(ctx, &sens_stacks, 0);
+		s->ev.flags |= SENS_EV_KSTACK;
+	}
+	if (want & SENS_STACK_USER) {
+		ids->user = bpf_get_stackid(ctx, &sens_stacks, BPF_F_USER_STACK);
+		s->ev.flags |= SENS_EV_USTACK;
+	}
+	return sizeof(*ids);
+}
+
 static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 datalen)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -195,6 +228,11 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 
 	if (size > sizeof(struct sens_event) + SENS_DATA_MAX)
 		size = sizeof(struct sens_event) + SENS_DATA_MAX;
+	if (matched < SENS_MAX_SELECTORS && sens_cfg.sel[matched].stacks)
+		size += sens_take_stacks(ctx, s, sens_cfg.sel[matched].stacks, size - sizeof(struct sens_event));
+	/* at most sizeof(sens_event) + SENS_DATA_MAX + 8: a bound 5.10's and 6.1's verifiers see for the ring output's
+	 * size on every path (they lose the clamp above where the paths with and without stack ids meet) */
+	size = SENS_BOUND(size, 4095);
 	sensorium_hdr_fill(&s->ev.hdr, SENS_REC_HOOK, size);
 	s->ev.policy_id = sens_cfg.policy_id;
 	s->ev.hook_id = sens_cfg.hook_id;
