@@ -90,3 +90,39 @@ def test_the_agent_exports_each_loaded_policys_kernel_memory(agent, tmp_path):
         got = {m.group(1): float(m.group(2)) for m in series.finditer(body)}
         time.sleep(0.5)
     assert got == {"here": row["kernel_memory_bytes"], str(PROJECTED_CPUS): row[PROJECTED_KEY]}, got
+
+
+def test_hooks_of_a_section_share_one_binary_cache_and_it_follows_exec(rig, tmp_path):
+    """Two openat hooks of one policy matching the binary cat share one binary cache (one 2.7 MiB map, not
+    one per hook). The same process opens both files as the shell, then execs cat, which opens them again:
+    only cat's opens match, in both hooks (each object's exec program drops the shell's cached entry)."""
+    import subprocess
+
+    cat = os.path.realpath("/usr/bin/cat")
+    f1, f2 = tmp_path / "one", tmp_path / "two"
+    f1.write_text("1\n")
+    f2.write_text("2\n")
+
+    def item(path) -> str:
+        return (f"  - call: sys_openat\n    args:\n    - {{index: 1, type: string}}\n    selectors:\n"
+                f"    - matchBinaries: [{{operator: In, values: ['{cat}']}}]\n"
+                f"      matchArgs: [{{index: 1, operator: Equal, values: ['{path}']}}]\n")
+
+    head = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: bins}\nspec:\n  kprobes:\n"
+    one = rig.load(head + item(f1), "kprobes", policy_id=8)
+    mem_one = one.status()["kernel_memory_bytes"]
+    one.unload()
+    rig.handles.remove(one)
+    two = rig.load(head + item(f1) + item(f2), "kprobes")
+    bins = {int(fdinfo(obj.map("sens_bins").fd)["map_id"]) for _p, obj in two.objects}
+    assert len(bins) == 1
+    bins_bytes = int(fdinfo(two.objects[0][1].map("sens_bins").fd)["memlock"])
+    assert bins_bytes > 1 << 20
+    assert two.status()["kernel_memory_bytes"] < 2 * mem_one - bins_bytes // 2
+    subprocess.run(["/bin/sh", "-c", f"read x < {f1}; read y < {f2}; exec {cat} {f1} {f2} > /dev/null"], check=True)
+    evs = rig.events(lambda b: b.get("policy_name") == "bins", wait=2.0)
+    rig.events(lambda b: False, wait=0.5)
+    evs = rig.events(lambda b: b.get("policy_name") == "bins")
+    # the shell's two opens do not match (0 events if cat's opens were taken as the shell's cached entry,
+    # 4 if the binary were not checked)
+    assert sorted(e["args"][0]["string_arg"] for e in evs) == [str(f1), str(f2)]
