@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
@@ -421,6 +421,14 @@ class HookSpec(PolicyModel):
     message: Message | None = None
     tags: Tags = Field(default_factory=list)
     data: Annotated[Any, refuse("'data' (extra data fields) is not implemented")] = absent()
+    # The written item a "list:NAME" call was expanded from (its index in the section as written; None: written
+    # out). The items of one list share args and selectors: a sensor may serve them with one program
+    # (`sensorium.hooks.syscalls.merge_syscall_sets`). Set by parsing, never by the document.
+    _from_list: int | None = PrivateAttr(default=None)
+
+    @property
+    def from_list(self) -> int | None:
+        return self._from_list
 
     @model_validator(mode="after")
     def _return_selectors_need_return(self) -> HookSpec:
@@ -626,8 +634,9 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     from sensorium.policy_lists import expand_lists, mentions_list, parse_lists  # (it imports this module)
 
     lists = parse_lists(spec.get("lists"), doc) if "lists" in spec else {}
+    listed: Mapping[str, list[int | None]] = {}
     if lists or any(mentions_list(v) for v in spec.values()):
-        spec = expand_lists(spec, lists, doc)
+        spec, listed = expand_lists(spec, lists, doc)
     mode = "enforcement"
     pod_sel = cont_sel = None
     host_sel = False
@@ -643,15 +652,22 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     continue
                 if not isinstance(value, list):
                     raise err(loc, "must be a list")
-                if total + len(value) > MAX_HOOKS_PER_POLICY:  # before validating thousands of items
-                    raise err(loc, f"{total + len(value)} hooks in one policy; the limit is {MAX_HOOKS_PER_POLICY}")
+                # A hook is an item as written: the syscalls of one "list:" call are one hook (one program)
+                origins = listed.get(key) or [None] * len(value)
+                hooks = sum(o is None for o in origins) + len({o for o in origins if o is not None})
+                if total + hooks > MAX_HOOKS_PER_POLICY:  # before validating thousands of items
+                    raise err(loc, f"{total + hooks} hooks in one policy; the limit is {MAX_HOOKS_PER_POLICY}")
                 items = []
                 for i, raw in enumerate(value):
                     try:
-                        items.append(model.model_validate(raw))
+                        item = model.model_validate(raw)
                     except ValidationError as exc:
                         problems.extend(errors_from_pydantic(exc, doc, loc + (i,), model).problems)
-                total += len(value)
+                        continue
+                    if isinstance(item, HookSpec) and i < len(origins):
+                        item._from_list = origins[i]
+                    items.append(item)
+                total += hooks
                 sections.append(Section(key=key, sensor=sensor, items=tuple(items)))
             elif key == "lists":
                 continue  # expanded above
