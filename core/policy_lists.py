@@ -3,8 +3,8 @@
 A "syscalls" list names syscalls, a "generated_syscalls" list every syscall of the x86_64 table: a kprobes item
 whose call is "list:NAME" becomes one item per syscall (syscall: true; the kprobe sensor serves them with one
 program, and the policy's hook limit counts the call once), and a "list:NAME" value of an InMap/NotInMap (or
-Equal/NotEqual) matchArgs becomes the syscalls' numbers, as Tetragon does for the id argument of raw_syscalls. Expanded items keep the source
-lines of the item they come from, so errors still name the line the author wrote.
+Equal/NotEqual) matchArgs becomes the syscalls' numbers, as Tetragon does for the id argument of raw_syscalls.
+Expanded items keep the source lines of the item they come from, so errors still name the line the author wrote.
 """
 
 from __future__ import annotations
