@@ -40,7 +40,7 @@ from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, loa
 
 MAX_POLICY_BYTES = 1 << 20          # one policy file / API request body
 MAX_DOCUMENTS = 64                  # YAML documents in one file
-MAX_HOOKS_PER_POLICY = 256          # items over all sections of one policy
+MAX_HOOKS_PER_POLICY = 256          # items over all sections of one policy, as written (a list: call is one)
 MAX_SELECTORS_PER_HOOK = 5          # as Tetragon: selectors are ORed, each costs a program branch
 MAX_ARGS_PER_HOOK = 6               # syscalls have six arguments
 MAX_MATCH_ARGS_PER_SELECTOR = 6
