@@ -303,3 +303,25 @@ def test_a_generated_syscalls_list_is_one_program_reporting_every_syscall_of_a_b
     assert {"__x64_sys_exit_group", "__x64_sys_mmap", "__x64_sys_openat"} <= set(names), names
     assert names[-1] == "__x64_sys_exit_group"
     assert all(n.startswith("__x64_sys_") for n in names)
+
+
+def test_the_syscalls_of_a_list_share_an_object_only_where_they_read_their_arguments_alike(kprobe_rig) -> None:
+    text = KPROBES.replace("    - sys_dup\n    - sys_dup2\n", "    - sys_mkdir\n    - sys_rmdir\n    - sys_creat\n"
+                                                            "    - sys_dup\n    - sys_dup2\n")
+    text = text.replace("      type: int", "      type: string")
+    plans = kprobe_rig.sensor.plan(kprobe_rig.view(text, "kprobes"))
+    got = [(p.hook, [m.body["function_name"] for m in p.members]) for p in plans]
+    assert got == [
+        # paths made absolute from the cwd: one object for both
+        ("kprobes[0..1] syscall list: __x64_sys_mkdir, __x64_sys_rmdir", ["__x64_sys_mkdir", "__x64_sys_rmdir"]),
+        ("kprobes[2] sys_creat", []),  # its path is the opened file's, at sys_exit: a program of its own
+        # a plain string (not a path parameter of theirs)
+        ("kprobes[3..4] syscall list: __x64_sys_dup, __x64_sys_dup2", ["__x64_sys_dup", "__x64_sys_dup2"]),
+    ]
+    assert [p.compiled.cfg.syscall_nr for p in plans] == [-2, SYSCALLS_X86_64["creat"], -2]
+
+
+def test_written_out_syscalls_keep_one_object_each(kprobe_rig) -> None:
+    text = KPROBES.split("  lists:")[0] + "  kprobes:\n  - call: sys_dup\n  - call: sys_dup2\n"
+    plans = kprobe_rig.sensor.plan(kprobe_rig.view(text, "kprobes"))
+    assert [(p.hook, p.members) for p in plans] == [("kprobes[0] sys_dup", ()), ("kprobes[1] sys_dup2", ())]
