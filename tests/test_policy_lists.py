@@ -325,3 +325,15 @@ def test_written_out_syscalls_keep_one_object_each(kprobe_rig) -> None:
     text = KPROBES.split("  lists:")[0] + "  kprobes:\n  - call: sys_dup\n  - call: sys_dup2\n"
     plans = kprobe_rig.sensor.plan(kprobe_rig.view(text, "kprobes"))
     assert [(p.hook, p.members) for p in plans] == [("kprobes[0] sys_dup", ()), ("kprobes[1] sys_dup2", ())]
+
+
+def test_policy_check_says_the_items_came_from_a_list_call(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sensorium.cli import cli
+
+    f = tmp_path / "all.yaml"
+    f.write_text(GENERATED.replace("BINARY", "/usr/bin/kill"))
+    res = CliRunner().invoke(cli, ["policy", "check", str(f)])
+    assert res.exit_code == 0 and res.stdout == ("all-syscalls: valid (kprobes: 362 (362 from 1 list call); "
+                                                 "enforcement)\n"), res.output
