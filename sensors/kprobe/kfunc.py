@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4  # KF_PRE_SOCK: unused (sock args are ARG_SOCK)
 KF_PRE_SYSREGS = 5  # parameter 0: a syscall wrapper's struct pt_regs *, the syscall's arguments read from it
 ACT_OVERRIDE = 8  # an actions bit the engine ignores and copies into the event (kfunc.bpf.c: fmod_ret)
+DEBUGFS = "/sys/kernel/debug"
 ERROR_INJECTION_LISTS = ("/sys/kernel/debug/error_injection/list", "/sys/kernel/tracing/../debug/error_injection/list")
 
 # C integer types (as sensorium.bpf.btf spells them) -> (size, signed)
@@ -140,6 +141,10 @@ def overridable(func: str) -> tuple[bool, str]:
         return True, f"{func} is an LSM security_ hook"
     listed = _error_injection_list()
     if listed is None:
+        if os.path.ismount(DEBUGFS) and not os.path.isdir(os.path.join(DEBUGFS, "error_injection")):
+            # lib/error-inject.c makes that directory whenever the kernel has the list (Debian's do not)
+            return False, ("this kernel has no error-injection list (built without CONFIG_FUNCTION_ERROR_INJECTION): "
+                           f"fmod_ret may change only security_ hooks on this kernel, and {func} is none")
         return False, (f"{func} is not a security_ hook and the kernel's error-injection list "
                        f"(debugfs error_injection/list) cannot be read to show it is on it")
     if func in listed:
@@ -219,7 +224,8 @@ def overrides(item: Any) -> str | None:
 
 def plan_syscall_override(sensor: Any, policy: Any, index: int, item: Any, name: str) -> HookPlan | None:
     """A syscall hook with Override: fmod_ret on the syscall's ``__x64_sys_`` wrapper (as Tetragon does), which
-    the kernel allows because every syscall is on its error-injection list; the arguments are the syscall's,
+    the kernel allows where it has an error-injection list (CONFIG_FUNCTION_ERROR_INJECTION: every syscall is
+    on it; Debian's kernels, the lane's, are built without it, and refuse); the arguments are the syscall's,
     read from the registers the wrapper receives (kfunc.bpf.c KF_PRE_SYSREGS) and planned as the raw_tp
     syscall hooks plan them (`plan_syscall`). Where fmod_ret does not load, refused with the reason naming the
     action. None when the syscall does not exist and ``ignore.callNotFound`` skips it."""
@@ -233,6 +239,11 @@ def plan_syscall_override(sensor: Any, policy: Any, index: int, item: Any, name:
                                     f"syscall), which this kernel refuses; the raw tracepoints that serve syscall "
                                     f"hooks here cannot change a return value: use Sigkill, or an lsmhooks section",
                               field)
+    ok, why = overridable(func)
+    if not ok:
+        raise PolicyLoadError(hook, f"Override on syscall {name} needs fmod_ret on {func}, which the kernel allows "
+                                    f"only for a function on its error-injection list: {why}; use Sigkill, or an "
+                                    f"lsmhooks section", field)
     observed = item.model_copy(update={"selectors": [without_override(sel) for sel in item.selectors]})
     plan = plan_syscall(kernel, policy, index, observed, name, opened_file_paths=False,
                         skipped=sensor._skipped.setdefault(policy.id, []))
