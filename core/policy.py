@@ -121,7 +121,10 @@ KNOWN_SECTION_OWNERS: Mapping[str, str | None] = {
 }
 # Host-level spec keys Tetragon knows that we do not implement, with why.
 UNSUPPORTED_SPEC_KEYS: Mapping[str, str] = {
-    "enforcers": "enforcers (NotifyEnforcer) are not supported; use a Sigkill or Override action",
+    "enforcers": "enforcers (NotifyEnforcer) are not supported: Tetragon's enforcer makes the listed syscalls fail "
+                 "through fmod_ret or bpf_override_return on their __x64_sys_ wrappers, which the kernel allows only "
+                 "with an error-injection list (CONFIG_FUNCTION_ERROR_INJECTION), absent from every kernel we test "
+                 "(docs/policies.md); use a Sigkill action, or an lsmhooks section",
     "loader": "loader events are not supported",
     "selectorsMacros": "selector macros are not supported; write the selectors out",
 }
