@@ -116,6 +116,13 @@ def kfunc_budget_cases() -> list[Any]:
         else:
             cases += engine_cases(probe, full=(), others=own, needs=needs, src=S.FROM_SYSCALL, rodata=rodata,
                                   kinds=kinds, tag=tag, targets=targets)
+        if "sens_fmod_ret" in own and n == 1:
+            # an Override on a syscall: the arguments read from the pt_regs its wrapper receives (KF_PRE_SYSREGS);
+            # measured on a function the lane's kernels let fmod_ret change (their syscalls they do not)
+            sysregs = dict(rodata, kf_pre=bytes([KF_PRE_SYSREGS] + [0] * (S.MAX_ARGS - 1)), kf_nargs=1)
+            cases += engine_cases(probe, full=("sens_fmod_ret",), needs=needs, rodata=sysregs,
+                                  kinds={"sens_fmod_ret": (S.HOOK_SYSCALL, False)},  # a syscall's argument kinds
+                                  tag=f" (syscall registers, {func})", targets=targets)
     return cases
 
 
