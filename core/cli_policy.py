@@ -22,6 +22,16 @@ EVENT_TYPES = ("process_exec", "process_exit", "process_kprobe", "process_tracep
                "process_lsm", "rate_limit_info")
 
 
+
+def _from_lists(items: Any) -> str:
+    """" (362 from 1 list call)" when items were expanded from "list:" calls (each such call is one hook)."""
+    listed = [getattr(i, "from_list", None) for i in items]
+    calls = {o for o in listed if o is not None}
+    if not calls:
+        return ""
+    n = sum(o is not None for o in listed)
+    return f" ({n} from {len(calls)} list call{'s' if len(calls) > 1 else ''})"
+
 def _read_policy(file: str) -> tuple[str, str]:
     """(name, text) of a policy file or ``-`` (stdin), checked as the agent will: the same size cap, UTF-8
     and NUL checks with the same messages, so `check` and `add` refuse bad bytes in the same words."""
@@ -201,7 +211,7 @@ def register(cli_group: click.Group) -> None:
             raise click.ClickException(str(exc)) from None
         for p in policies:
             scoped = "; scoped: needs an agent with Kubernetes" if p.scoped else ""
-            counts = ", ".join(f"{s.key}: {len(s.items)}" for s in p.sections)
+            counts = ", ".join(f"{s.key}: {len(s.items)}{_from_lists(s.items)}" for s in p.sections)
             click.echo(f"{p.key}: valid ({counts}; {p.mode}{scoped})")
             for w in p.warnings:
                 click.echo(f"warning: {w}", err=True)

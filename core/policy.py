@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
@@ -40,7 +40,7 @@ from sensorium.yamlsrc import Located, SourceError, YamlLimits, format_path, loa
 
 MAX_POLICY_BYTES = 1 << 20          # one policy file / API request body
 MAX_DOCUMENTS = 64                  # YAML documents in one file
-MAX_HOOKS_PER_POLICY = 256          # items over all sections of one policy
+MAX_HOOKS_PER_POLICY = 256          # items over all sections of one policy, as written (a list: call is one)
 MAX_SELECTORS_PER_HOOK = 5          # as Tetragon: selectors are ORed, each costs a program branch
 MAX_ARGS_PER_HOOK = 6               # syscalls have six arguments
 MAX_MATCH_ARGS_PER_SELECTOR = 6
@@ -121,7 +121,10 @@ KNOWN_SECTION_OWNERS: Mapping[str, str | None] = {
 }
 # Host-level spec keys Tetragon knows that we do not implement, with why.
 UNSUPPORTED_SPEC_KEYS: Mapping[str, str] = {
-    "enforcers": "enforcers (NotifyEnforcer) are not supported; use a Sigkill or Override action",
+    "enforcers": "enforcers (NotifyEnforcer) are not supported: Tetragon's enforcer makes the listed syscalls fail "
+                 "through fmod_ret or bpf_override_return on their __x64_sys_ wrappers, which the kernel allows only "
+                 "with an error-injection list (CONFIG_FUNCTION_ERROR_INJECTION), absent from every kernel we test "
+                 "(docs/policies.md); use a Sigkill action, or an lsmhooks section",
     "loader": "loader events are not supported",
     "selectorsMacros": "selector macros are not supported; write the selectors out",
 }
@@ -429,6 +432,14 @@ class HookSpec(PolicyModel):
     message: Message | None = None
     tags: Tags = Field(default_factory=list)
     data: Annotated[Any, refuse("'data' (extra data fields) is not implemented")] = absent()
+    # The written item a "list:NAME" call was expanded from (its index in the section as written; None: written
+    # out). The items of one list share args and selectors: a sensor may serve them with one program
+    # (`sensorium.hooks.syscalls.merge_syscall_sets`). Set by parsing, never by the document.
+    _from_list: int | None = PrivateAttr(default=None)
+
+    @property
+    def from_list(self) -> int | None:
+        return self._from_list
 
     @model_validator(mode="after")
     def _return_selectors_need_return(self) -> HookSpec:
@@ -647,8 +658,9 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     from sensorium.policy_lists import expand_lists, mentions_list, parse_lists  # (it imports this module)
 
     lists = parse_lists(spec.get("lists"), doc) if "lists" in spec else {}
+    listed: Mapping[str, list[int | None]] = {}
     if lists or any(mentions_list(v) for v in spec.values()):
-        spec = expand_lists(spec, lists, doc)
+        spec, listed = expand_lists(spec, lists, doc)
     mode = "enforcement"
     pod_sel = cont_sel = None
     host_sel = False
@@ -664,15 +676,22 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     continue
                 if not isinstance(value, list):
                     raise err(loc, "must be a list")
-                if total + len(value) > MAX_HOOKS_PER_POLICY:  # before validating thousands of items
-                    raise err(loc, f"{total + len(value)} hooks in one policy; the limit is {MAX_HOOKS_PER_POLICY}")
+                # A hook is an item as written: the syscalls of one "list:" call are one hook (one program)
+                origins = listed.get(key) or [None] * len(value)
+                hooks = sum(o is None for o in origins) + len({o for o in origins if o is not None})
+                if total + hooks > MAX_HOOKS_PER_POLICY:  # before validating thousands of items
+                    raise err(loc, f"{total + hooks} hooks in one policy; the limit is {MAX_HOOKS_PER_POLICY}")
                 items = []
                 for i, raw in enumerate(value):
                     try:
-                        items.append(model.model_validate(raw))
+                        item = model.model_validate(raw)
                     except ValidationError as exc:
                         problems.extend(errors_from_pydantic(exc, doc, loc + (i,), model).problems)
-                total += len(value)
+                        continue
+                    if isinstance(item, HookSpec) and i < len(origins):
+                        item._from_list = origins[i]
+                    items.append(item)
+                total += hooks
                 sections.append(Section(key=key, sensor=sensor, items=tuple(items)))
             elif key == "lists":
                 continue  # expanded above

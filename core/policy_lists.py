@@ -1,9 +1,10 @@
 """Named lists of a policy (``spec.lists``) and their ``list:NAME`` references, expanded before the models.
 
-A "syscalls" list names syscalls: a kprobes item whose call is "list:NAME" becomes one item per syscall
-(syscall: true), and a "list:NAME" value of an InMap/NotInMap (or Equal/NotEqual) matchArgs becomes the
-syscalls' numbers, as Tetragon does for the id argument of raw_syscalls. Expanded items keep the source
-lines of the item they come from, so errors still name the line the author wrote.
+A "syscalls" list names syscalls, a "generated_syscalls" list every syscall of the x86_64 table: a kprobes item
+whose call is "list:NAME" becomes one item per syscall (syscall: true; the kprobe sensor serves them with one
+program, and the policy's hook limit counts the call once), and a "list:NAME" value of an InMap/NotInMap (or
+Equal/NotEqual) matchArgs becomes the syscalls' numbers, as Tetragon does for the id argument of raw_syscalls.
+Expanded items keep the source lines of the item they come from, so errors still name the line the author wrote.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sensorium.policy import ARG_OPERATORS, MAX_HOOKS_PER_POLICY, MAX_LIST_VALUES, MAX_LISTS
+from sensorium.policy import ARG_OPERATORS, MAX_LIST_VALUES, MAX_LISTS
 from sensorium.yamlsrc import Located
 
 __all__ = ["NamedList", "parse_lists", "expand_lists", "mentions_list", "syscall_id", "LIST_TYPES"]
@@ -50,15 +51,18 @@ def parse_lists(raw: Any, doc: Located) -> dict[str, NamedList]:
             raise err(loc + ("name",), f"list {name!r} is defined twice")
         if typ not in LIST_TYPES:
             raise err(loc + ("type",), f"list type {typ!r} is not one of {', '.join(LIST_TYPES)}")
-        if typ == "generated_syscalls":
-            raise err(loc + ("type",), "not supported by Sensorium: generated_syscalls lists (every syscall, "
-                                       f"{len(_syscall_table())} hooks) are over the {MAX_HOOKS_PER_POLICY} hooks "
-                                       "of a policy; name the syscalls in a 'syscalls' list")
         if typ == "generated_ftrace":
             raise err(loc + ("type",), "not supported by Sensorium: generated_ftrace lists (kernel functions "
                                        "matched by a pattern on the node) are not implemented; name the functions")
         if "pattern" in item:
             raise err(loc + ("pattern",), "pattern belongs to generated_ftrace lists")
+        if typ == "generated_syscalls":
+            # Tetragon fills it with every syscall of the node's architecture; here the x86_64 table
+            if values is not None:
+                raise err(loc + ("values",), "a generated_syscalls list is every syscall: it takes no values")
+            out[name] = NamedList(name, typ, tuple(f"sys_{n}" for n in sorted(_syscall_table(),
+                                                                            key=_syscall_table().__getitem__)))
+            continue
         if not isinstance(values, list) or not values:
             raise err(loc + ("values",), "a syscalls list needs values (syscall names such as sys_dup)")
         if len(values) > MAX_LIST_VALUES:
@@ -113,14 +117,19 @@ def _list_ref(v: Any, lists: Mapping[str, NamedList], doc: Located, loc: tuple[A
     return lst
 
 
-def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Located) -> dict[str, Any]:
-    """``spec`` with every list reference replaced (see above); ``doc``'s line map follows the items."""
+def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList],
+                 doc: Located) -> tuple[dict[str, Any], dict[str, list[int | None]]]:
+    """``spec`` with every list reference replaced (see above); ``doc``'s line map follows the items. Also, per
+    section, each item's origin: the index of the written "list:" call it was expanded from, None for an item
+    written out (a policy's hooks are counted as written: one list call is one hook)."""
     out = dict(spec)
+    listed: dict[str, list[int | None]] = {}
     for key, value in spec.items():
         if key == "lists" or not isinstance(value, list):
             continue
         items: list[Any] = []
         origin: list[int] = []
+        from_list: list[int | None] = []
         for i, written in enumerate(value):
             raw = copy.deepcopy(written)  # expanded below; the document's own value stays as written
             if isinstance(raw, dict):
@@ -151,6 +160,7 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Loca
             if lst is None:
                 items.append(raw)
                 origin.append(i)
+                from_list.append(None)
                 continue
             if raw.get("syscall") is False:
                 raise doc.error(("spec", key, i, "syscall"), f"list {lst.name!r} names syscalls: syscall: false "
@@ -158,6 +168,7 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Loca
             for name in lst.values:
                 items.append({**copy.deepcopy(raw), "call": name, "syscall": True})
                 origin.append(i)
+                from_list.append(i)
         if len(origin) != len(value) or origin != list(range(len(value))):
             prefix = ("spec", key)
             old = {k: ln for k, ln in doc.lines.items() if k[:2] == prefix and len(k) > 2}
@@ -168,5 +179,6 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList], doc: Loca
                     if k[2] == o:
                         doc.lines[prefix + (j,) + k[3:]] = ln
         out[key] = items
-    return out
+        listed[key] = from_list
+    return out, listed
 

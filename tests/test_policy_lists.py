@@ -221,3 +221,119 @@ def test_the_inmap_list_selects_dup_and_dup2_by_id(tp_rig) -> None:
     tp_rig.load(TRACEPOINT, "tracepoints")
     evs = _dups_events(tp_rig, lambda got: len(_ids(got)) >= 2)
     assert _ids(evs) == {SYSCALLS_X86_64["dup"], SYSCALLS_X86_64["dup2"]}  # both, and no other syscall
+
+
+GENERATED = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: all-syscalls
+spec:
+  lists:
+  - name: all
+    type: generated_syscalls
+  kprobes:
+  - call: list:all
+    selectors:
+    - matchBinaries:
+      - operator: In
+        values: [BINARY]
+"""
+
+
+def test_a_generated_syscalls_list_is_every_x86_64_syscall_and_counts_as_one_hook(reg) -> None:
+    [p] = parse_policies(GENERATED.replace("BINARY", "/usr/bin/kill"), "p.yaml", reg)
+    [sec] = p.sections
+    assert [i.call for i in sec.items] == [f"sys_{n}" for n in sorted(SYSCALLS_X86_64, key=SYSCALLS_X86_64.get)]
+    assert len(sec.items) == len(SYSCALLS_X86_64) == 362  # over the 256 hooks of a policy, yet one written call
+    assert {i.from_list for i in sec.items} == {0}
+    assert refused(GENERATED.replace("type: generated_syscalls", "type: generated_syscalls\n    values: [sys_dup]"),
+                   reg) == "p.yaml:9: spec.lists[0].values: a generated_syscalls list is every syscall: it takes no values"
+
+
+def test_the_hook_limit_counts_a_list_call_once_and_written_items_each(reg) -> None:
+    many = "".join("  - call: sys_dup\n" for _ in range(256))
+    assert refused(GENERATED.replace("BINARY", "/usr/bin/kill") + many, reg).endswith(
+        "spec.kprobes: 257 hooks in one policy; the limit is 256")
+    [p] = parse_policies(GENERATED.replace("BINARY", "/usr/bin/kill") + many[: len(many) * 255 // 256], "p.yaml", reg)
+    assert len(p.sections[0].items) == 362 + 255
+
+
+@pytest.mark.kernel
+def test_the_syscalls_of_a_list_are_one_object_whose_events_name_each_syscall(kprobe_rig) -> None:
+    h = kprobe_rig.load(KPROBES, "kprobes")
+    [(plan, _obj)] = h.objects  # one program for dup and dup2
+    assert [m.body["function_name"] for m in plan.members] == ["__x64_sys_dup", "__x64_sys_dup2"]
+    [st] = h.status()["hooks"]
+    assert st["hook"] == "kprobes[0..1] syscall list: __x64_sys_dup, __x64_sys_dup2"
+    assert st["mechanism"] == "raw_tp sys_enter"
+    evs = _dups_events(kprobe_rig, lambda got: {e["function_name"] for e in got} >= {"__x64_sys_dup", "__x64_sys_dup2"})
+    got = {(e["function_name"], e["args"][0]["int_arg"]) for e in evs}
+    assert {("__x64_sys_dup", 987), ("__x64_sys_dup2", 1)} <= got, got
+    assert {f for f, _ in got} == {"__x64_sys_dup", "__x64_sys_dup2"}
+
+
+def _copy_binary(tmp_path: Path, src: str) -> str:
+    import shutil
+
+    dst = tmp_path / Path(src).name
+    shutil.copy2(src, dst)
+    return str(dst)
+
+
+@pytest.mark.kernel
+def test_a_generated_syscalls_list_is_one_program_reporting_every_syscall_of_a_binary_we_own(kprobe_rig,
+                                                                                          tmp_path: Path) -> None:
+    binary = _copy_binary(tmp_path, "/usr/bin/true")  # ours: only its syscalls match
+    h = kprobe_rig.load(GENERATED.replace("BINARY", binary), "kprobes")
+    [(plan, _obj)] = h.objects
+    assert len(plan.members) == 362
+    proc = subprocess.Popen([binary])
+    assert proc.wait(10) == 0
+
+    def ours(b: dict) -> bool:
+        return b.get("process", {}).get("pid") == proc.pid
+
+    deadline = time.monotonic() + 10
+    names: list[str] = []
+    while time.monotonic() < deadline and "__x64_sys_exit_group" not in names:
+        names = [e["function_name"] for e in kprobe_rig.events(ours)]
+    # /usr/bin/true (a copy: the selector's binary) maps its libraries and exits: one event per syscall it made
+    # after its exec, each named as it ran, and its last is exit_group
+    assert {"__x64_sys_exit_group", "__x64_sys_mmap", "__x64_sys_openat"} <= set(names), names
+    assert names[-1] == "__x64_sys_exit_group"
+    assert all(n.startswith("__x64_sys_") for n in names)
+
+
+def test_the_syscalls_of_a_list_share_an_object_only_where_they_read_their_arguments_alike(kprobe_rig) -> None:
+    text = KPROBES.replace("    - sys_dup\n    - sys_dup2\n", "    - sys_mkdir\n    - sys_rmdir\n    - sys_creat\n"
+                                                            "    - sys_dup\n    - sys_dup2\n")
+    text = text.replace("      type: int", "      type: string")
+    plans = kprobe_rig.sensor.plan(kprobe_rig.view(text, "kprobes"))
+    got = [(p.hook, [m.body["function_name"] for m in p.members]) for p in plans]
+    assert got == [
+        # paths made absolute from the cwd: one object for both
+        ("kprobes[0..1] syscall list: __x64_sys_mkdir, __x64_sys_rmdir", ["__x64_sys_mkdir", "__x64_sys_rmdir"]),
+        ("kprobes[2] sys_creat", []),  # its path is the opened file's, at sys_exit: a program of its own
+        # a plain string (not a path parameter of theirs)
+        ("kprobes[3..4] syscall list: __x64_sys_dup, __x64_sys_dup2", ["__x64_sys_dup", "__x64_sys_dup2"]),
+    ]
+    assert [p.compiled.cfg.syscall_nr for p in plans] == [-2, SYSCALLS_X86_64["creat"], -2]
+
+
+def test_written_out_syscalls_keep_one_object_each(kprobe_rig) -> None:
+    text = KPROBES.split("  lists:")[0] + "  kprobes:\n  - call: sys_dup\n  - call: sys_dup2\n"
+    plans = kprobe_rig.sensor.plan(kprobe_rig.view(text, "kprobes"))
+    assert [(p.hook, p.members) for p in plans] == [("kprobes[0] sys_dup", ()), ("kprobes[1] sys_dup2", ())]
+
+
+def test_policy_check_says_the_items_came_from_a_list_call(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sensorium.cli import cli
+
+    f = tmp_path / "all.yaml"
+    f.write_text(GENERATED.replace("BINARY", "/usr/bin/kill"))
+    res = CliRunner().invoke(cli, ["policy", "check", str(f)])
+    assert res.exit_code == 0 and res.stdout == ("all-syscalls: valid (kprobes: 362 (362 from 1 list call); "
+                                                 "enforcement)\n"), res.output

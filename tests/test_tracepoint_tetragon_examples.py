@@ -32,7 +32,7 @@ LOADS = {
     "rawtp.yaml": "raw_tracepoint",
 }
 REFUSED = {
-    "symlink-override.yaml": "Override is not implemented on tracepoint and syscall hooks",
+    "symlink-override.yaml": "Override on syscall symlinkat needs fmod_ret on __x64_sys_symlinkat",
     "tcp-connect.yaml": "no kprobes and fentry refused on this kernel",
     "filename_monitoring.yaml": "no kprobes and fexit refused on this kernel",  # its hooks have return: true
     "kprobe_commit_creds.yaml": "no kprobes and fentry refused on this kernel",

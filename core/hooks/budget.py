@@ -207,4 +207,8 @@ def worst_case_cfgs(kind: int = S.HOOK_SYSCALL, syscall_nr: int = 257) -> dict[s
                 m = cfg.sel[si].args[k]
                 m.arg, m.op = 1, (S.OPS["Equal"], S.OPS["Prefix"], S.OPS["Postfix"], S.OPS["In"])[k]
         out["opened file"] = cfg
+        # the mix served as one object for a list of syscalls: the number looked up in sens_sysset first
+        cfg = S.HookCfg.from_buffer_copy(bytes(out["mixed"]))
+        cfg.syscall_nr = S.SYSCALL_SET
+        out["syscall set"] = cfg
     return out

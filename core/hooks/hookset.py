@@ -32,6 +32,7 @@ from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.probes import HOOK_OPEN_PROBE, HOOK_PROBE, MODE_INACTIVE, OPEN_EXIT_MECHANISM
 from sensorium.hooks.ring import EventRing
 from sensorium.hooks.stacks import LOST_REASONS, StackMap
+from sensorium.hooks.syscalls import sysset_table
 from sensorium.hookspecs import PolicyLoadError, ProbeSource, Scope, SensorContext
 
 __all__ = ["HookSet", "seed_follow", "tracking_programs", "OPEN_EXIT_ENABLED", "mark_socket_owners", "uses_socket_map",
@@ -282,6 +283,8 @@ class HookSet:
                 progs = {"sens_sys_enter", "sens_sys_exit"} if plan.attach[1] else {"sens_sys_enter"}
             inflight = kind in ("syscall", "uprobe") and bool(plan.attach[1]) and probe is not HOOK_OPEN_PROBE
             wanted = self.prepare_object(plan, obj, progs, inflight)
+            if plan.members:  # one object for a list of syscalls: its number -> member table
+                obj.set_rodata("sens_sysset", sysset_table(plan))
             obj.load()
             self.start_object(plan, obj, wanted)
 
@@ -368,7 +371,8 @@ class HookSet:
         """The hook is active: let the decoder render its records."""
         with self.ring.lock:
             hooks = dict(self.ring.hooks)
-            hooks[(self.policy_id, plan.compiled.cfg.hook_id)] = (plan, self.policy_name, self)
+            for p in plan.members or (plan,):  # a syscall set's records name the member that ran
+                hooks[(self.policy_id, p.compiled.cfg.hook_id)] = (p, self.policy_name, self)
             self.ring.hooks = hooks  # copy-on-write: the reader thread reads without the lock
 
     # -- PolicyHandle -----------------------------------------------------------------------------

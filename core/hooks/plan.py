@@ -184,6 +184,10 @@ class HookPlan:
     open_exit_note: str | None = None
     fast: list[tuple[S.ArgPlan, FastArg | None]] = dataclasses.field(default_factory=list)
     ret_fast: FastInt | None = None
+    # A syscall set (``compiled.cfg.syscall_nr == SYSCALL_SET``): the plans of the syscalls this one object
+    # serves, each with its own hook id and body; the kernel reports the member that ran and the decoder renders
+    # its record with that member's plan (`sensorium.hooks.syscalls.merge_syscall_sets`).
+    members: tuple[HookPlan, ...] = ()
 
     def __post_init__(self) -> None:
         # Per argument, what the decoder can render inline: (json key, value mask, sign bit, quoted) for

@@ -33,7 +33,8 @@ __all__ = [
     "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY", "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums",
     "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR", "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS",
     "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock", "CFG_SOCK_OWNER", "CFG_RET_TRACK",
-    "CFG_RET_UNTRACK", "CFG_CAP_CHANGES", "SOCK_TRACK", "SOCK_UNTRACK", "SKB_OPS", "SYSCALL_I386", "ARG_STRUCT",
+    "CFG_RET_UNTRACK", "CFG_CAP_CHANGES", "SYSCALL_SET", "SYSSET_NR",
+    "SOCK_TRACK", "SOCK_UNTRACK", "SKB_OPS", "SYSCALL_I386", "ARG_STRUCT",
     "DEREF_NETDEV", "DEREF_KCAP", "DEREF_BPF_ATTR", "DEREF_BPF_PROG", "DEREF_BPF_MAP", "DEREF_PERF_EVENT",
     "DEREF_USER_NS", "DEREF_LOAD_INFO", "DEREF_MODULE", "SensKBpfProg", "SensKBpfMap", "SensKPerfEvent",
     "SensKUserNs", "SensKModule", "KSTRUCT_MAX", "INT_OPS", "STRING_OPS", "parse_cap_mask", "ops_problem",
@@ -82,6 +83,9 @@ ARGF_TRUNC, ARGF_ERR = 1, 2
 CFG_CGROUP_SCOPED, CFG_NEED_BINARY, CFG_FOLLOW, CFG_AT_EXIT = 1, 2, 4, 8
 CFG_SOCK_OWNER, CFG_RET_TRACK, CFG_RET_UNTRACK, SOCK_TRACK, SOCK_UNTRACK = 16, 32, 64, 1, 2  # hook/defs.h sockets
 CFG_CAP_CHANGES = 128
+# HookCfg.syscall_nr of one object serving a set of syscalls (hook/defs.h SENS_SYSCALL_SET), and the size of its
+# number -> member table (SENS_SYSSET_NR; the x86_64 table ends below it)
+SYSCALL_SET, SYSSET_NR = -2, 512
 PID_NS, PID_FOLLOW = 1, 2
 NS_IDS = {"Uts": 1, "Ipc": 2, "Mnt": 3, "Pid": 4, "PidForChildren": 5, "Net": 6, "Time": 7, "TimeForChildren": 8,
           "Cgroup": 9, "User": 10}

@@ -9,10 +9,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sensorium.hooks import syscalls
 from sensorium.hooks.hookset import HookSet
 from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.ring import EventRing
 from sensorium.hookspecs import PolicyLoadError, SensorContext
+from sensorium.policy import MAX_HOOKS_PER_POLICY
 
 __all__ = ["HookSensor", "HookSensorOptions"]
 
@@ -81,12 +83,19 @@ class HookSensor:
         raise NotImplementedError
 
     def plan(self, policy: Any) -> list[HookPlan]:
+        """The section's objects to load: one plan per item, except the syscalls of one "list:" call, which
+        share one object where they plan alike (`merge_syscall_sets`; `SYSCALL_SETS_ENABLED` False: one object
+        per syscall, as the benchmark compares)."""
         self._skipped[policy.id] = []
-        plans = []
+        entries: list[tuple[HookPlan, int | None]] = []
         for i, item in enumerate(policy.items):
             p = self.plan_item(policy, i, item)
             if p is not None:
-                plans.append(p)
+                entries.append((p, getattr(item, "from_list", None) if syscalls.SYSCALL_SETS_ENABLED else None))
+        plans = syscalls.merge_syscall_sets(entries)
+        if len(plans) > MAX_HOOKS_PER_POLICY:
+            raise PolicyLoadError(policy.section, f"{len(plans)} hook programs in one section; the limit is "
+                                                  f"{MAX_HOOKS_PER_POLICY}")
         return plans
 
     def check_policy(self, policy: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import re
+import struct
 from typing import Any
 
 from sensorium.hooks import selectors as S
@@ -19,7 +20,9 @@ from sensorium.hookspecs import PolicyLoadError
 from sensorium.policy import KERNEL_STRUCT_TYPES
 from sensorium.syscalls_x86_64 import SYSCALLS_X86_64
 
-__all__ = ["PATH_PARAMS", "OPENED_FD_SYSCALLS", "SOCKADDR_PARAMS", "ARCH_PREFIX", "syscall_name", "plan_syscall"]
+__all__ = ["PATH_PARAMS", "OPENED_FD_SYSCALLS", "SOCKADDR_PARAMS", "ARCH_PREFIX", "syscall_name", "plan_syscall",
+           "merge_syscall_sets", "sysset_table",
+           "SYSCALL_SETS_ENABLED"]
 
 # Path parameters of syscalls: parameter -> parameter holding its dirfd (None: relative to the cwd).
 # These are made absolute and normalised in the kernel before matching (docs/selectors.md).
@@ -53,6 +56,10 @@ _STRUCT_TYPES = ("file", "path", "dentry", "sock", "sockaddr", "skb", "cred", "l
 SOCKADDR_PARAMS: dict[str, dict[int, bool]] = {"connect": {1: True}, "sendto": {4: True}, "bind": {1: False}}
 
 ARCH_PREFIX = {"x86_64": "__x64_"}
+
+# False: the syscalls of a list get one object each, as before syscall sets (benchmarks/syscall_list_bench.py
+# compares both; the events are the same).
+SYSCALL_SETS_ENABLED = True
 
 
 def syscall_name(call: str) -> str | None:
@@ -151,17 +158,7 @@ def plan_syscall(kernel: Any, policy: Any, index: int, item: Any, name: str, *, 
     except S.SelectorError as e:
         raise PolicyLoadError(hook, e.reason, f"{base}.{e.field}") from None
     mech = "raw_tp sys_enter" + (" + sys_exit" if at_exit else "")
-    more = ""
-    if opened_file:
-        more += ("; the path is that of the file actually opened (from the returned fd at sys_exit: symlinks, "
-                 "'..' and dirfd resolved by the kernel); a failed open reports the path made absolute and "
-                 "normalised from the string")
-    elif any(p.resolve for p in plans):
-        more += "; path arguments made absolute (dirfd/cwd) and normalised in the kernel, symlinks not followed"
-    if compiled.blocking:
-        more += ("; Sigkill/Signal are sent at syscall " + ("exit" if at_exit else "entry") +
-                 ": the syscall completes, the process dies before it returns to user space")
-    tail = f" filtered by syscall number {nr} in the kernel; arguments are the values the process passed{more}"
+    tail = _note_tail(f"syscall number {nr}", plans, opened_file, compiled.blocking, at_exit)
     note = "no kprobes/fentry on this kernel: served by raw tracepoint sys_enter" + tail
     # an opened file is served by the open-exit object where it loads (HookSet._load_one)
     exit_note = ("no kprobes/fentry on this kernel: served by tp_btf sys_exit alone (arguments from the saved "
@@ -170,3 +167,97 @@ def plan_syscall(kernel: Any, policy: Any, index: int, item: Any, name: str, *, 
     return HookPlan(hook=hook, field=base, compiled=compiled, args=plans, attach=("syscall", at_exit),
                     mechanism=mech, note=note, body=body, kind="process_kprobe", return_plan=ret_plan,
                     open_exit_note=exit_note)
+
+
+def _note_tail(filtered_by: str, plans: list[S.ArgPlan], opened_file: bool, blocking: bool, at_exit: bool) -> str:
+    more = ""
+    if opened_file:
+        more += ("; the path is that of the file actually opened (from the returned fd at sys_exit: symlinks, "
+                 "'..' and dirfd resolved by the kernel); a failed open reports the path made absolute and "
+                 "normalised from the string")
+    elif any(p.resolve for p in plans):
+        more += "; path arguments made absolute (dirfd/cwd) and normalised in the kernel, symlinks not followed"
+    if blocking:
+        more += ("; Sigkill/Signal are sent at syscall " + ("exit" if at_exit else "entry") +
+                 ": the syscall completes, the process dies before it returns to user space")
+    return f" filtered by {filtered_by} in the kernel; arguments are the values the process passed{more}"
+
+
+def _set_key(plan: HookPlan) -> tuple[Any, ...] | None:
+    """What must be equal for syscall hooks to share one object: everything but the hook id and the syscall
+    number (the selectors compiled the same, the arguments read the same way). None: never in a set (not a
+    raw_tp syscall hook, or one whose path comes from the opened file: its own sys_exit object filters by one
+    number)."""
+    if plan.attach[0] != "syscall" or any(a.ret_fd for a in plan.args) or plan.members:
+        return None
+    cfg = plan.compiled.cfg
+    raw = bytearray(plan.compiled.rodata())
+    for name in ("hook_id", "syscall_nr"):
+        f = getattr(type(cfg), name)
+        raw[f.offset:f.offset + f.size] = bytes(f.size)
+    return (plan.attach, bytes(raw), plan.compiled.flags, tuple(plan.args), plan.return_plan, plan.kind,
+            plan.mechanism, repr(sorted(plan.compiled.follow_binaries.items())),
+            repr(sorted(plan.compiled.follow_pids.items())))
+
+
+def merge_syscall_sets(entries: list[tuple[HookPlan, int | None]]) -> list[HookPlan]:
+    """Plans in order, each with the written "list:" call it came from (None: written out) -> the objects to
+    load: the syscalls of one list call that plan alike become ONE object (``syscall_nr`` = `SYSCALL_SET`, its
+    ``members`` the syscalls' plans), whose program looks the syscall number up in a table (``sens_sysset``,
+    one load whatever the set's size) instead of one program per syscall each running on every syscall of the
+    machine. It stands where its first member stood; a list's syscalls that plan differently (a path argument
+    of openat, say) make one object per way; a set of one stays the plain hook."""
+    groups: dict[tuple[int, tuple[Any, ...]], list[HookPlan]] = {}
+    order: list[HookPlan | tuple[int, tuple[Any, ...]]] = []
+    for plan, origin in entries:
+        key = _set_key(plan) if origin is not None else None
+        if key is None or origin is None:
+            order.append(plan)
+            continue
+        gk = (origin, key)
+        if gk not in groups:
+            groups[gk] = []
+            order.append(gk)
+        groups[gk].append(plan)
+    out: list[HookPlan] = []
+    for o in order:
+        if isinstance(o, HookPlan):
+            out.append(o)
+            continue
+        members = groups[o]
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        out.append(_syscall_set(members))
+    return out
+
+
+def _syscall_set(members: list[HookPlan]) -> HookPlan:
+    first = members[0]
+    cfg = type(first.compiled.cfg).from_buffer_copy(first.compiled.cfg)
+    cfg.syscall_nr = S.SYSCALL_SET
+    compiled = dataclasses.replace(first.compiled, cfg=cfg)
+    names = [m.body.get("function_name", m.hook) for m in members]
+    shown = ", ".join(names[:4]) + (f", ... ({len(names)} syscalls)" if len(names) > 4 else "")
+    ids = [m.compiled.cfg.hook_id for m in members]
+    section = first.hook.split("[", 1)[0]
+    hook = f"{section}[{min(ids)}..{max(ids)}] syscall list: {shown}"
+    at_exit = bool(first.attach[1])
+    tail = _note_tail(f"a set of {len(members)} syscall numbers (one table lookup per syscall)", list(first.args),
+                      False, compiled.blocking, at_exit)
+    note = ("no kprobes/fentry on this kernel: served by raw tracepoint sys_enter, one program for the list's "
+            "syscalls," + tail + "; each event names the syscall that ran")
+    return dataclasses.replace(first, hook=hook, compiled=compiled, note=note, open_exit_note=None,
+                               members=tuple(members))
+
+
+def sysset_table(plan: HookPlan) -> bytes:
+    """The ``sens_sysset`` rodata of a syscall set: per syscall number, its member's hook id + 1 (0: not hooked)."""
+    table = [0] * S.SYSSET_NR
+    for m in plan.members:
+        nr = m.compiled.cfg.syscall_nr
+        if not 0 <= nr < S.SYSSET_NR or m.compiled.cfg.hook_id >= 0xFFFF:
+            raise PolicyLoadError(m.hook, f"syscall number {nr} or hook id {m.compiled.cfg.hook_id} does not fit "
+                                          f"the set's table", m.field)
+        table[nr] = m.compiled.cfg.hook_id + 1
+    return struct.pack(f"<{S.SYSSET_NR}H", *table)

@@ -15,6 +15,8 @@
  * kprobe attach for kprobes). The function's parameters are
  * copied into s->raw[], and the engine reads them as SENS_FROM_SYSCALL parameter `index`. Before that,
  * kf_prepare() rewrites the parameters whose type needs more than a pointer read (rodata kf_pre):
+ *   KF_PRE_SYSREGS  a syscall's __x64_sys_ wrapper: its one parameter is the call's struct pt_regs *, and
+ *                the syscall's arguments are read from those registers (fmod_ret Override on a syscall);
  *   KF_PRE_STR   a char * that may be a user pointer (do_sys_openat2's filename): copied into a
  *                per-CPU kernel buffer, so the engine's kernel-string read works for both;
  *   KF_PRE_CRED  a struct cred *: ids and capability sets, hex-encoded into the buffer (kfunc.py decodes
@@ -34,6 +36,9 @@ SENSORIUM_LICENSE("Dual BSD/GPL");
 #define KF_PRE_SOCK 2 /* unused: sock arguments are SENS_ARG_SOCK */
 #define KF_PRE_DENTRY 3 /* struct dentry *: a struct path {NULL mnt, dentry}: walked to its filesystem root */
 #define KF_PRE_CRED 4   /* struct cred *: ids and capability sets, hex-encoded (kfunc.py: _CRED) */
+/* parameter 0 only: the struct pt_regs * a syscall's __x64_sys_ wrapper receives; the syscall's six arguments
+ * are read from it, as raw_tp sys_enter reads them (an Override on a syscall: fmod_ret on its wrapper) */
+#define KF_PRE_SYSREGS 5
 
 #define KF_USER_MAX 0x00007fffffffffffULL /* x86_64 user addresses are below this */
 
@@ -96,6 +101,12 @@ static __always_inline void kf_prepare(struct sens_scratch *s)
 	__u32 zero = 0;
 	struct kf_bufs *b = NULL;
 	int i;
+
+	if (kf_pre[0] == KF_PRE_SYSREGS) { /* rodata: the other objects never see this branch */
+		if (s->raw[0])
+			sens_read_regs(s, (struct pt_regs *)s->raw[0]);
+		return;
+	}
 
 #pragma unroll
 	for (i = 0; i < SENS_MAX_ARGS; i++) {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import platform
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,14 +35,17 @@ from sensorium.hooks.budget import TRACKING, engine_cases
 from sensorium.hooks.hookset import HookSet, refused_as
 from sensorium.hooks.plan import POLICY_INTS, HookPlan, KfuncAttach, extras, without_override
 from sensorium.hooks.render import EV as _EV
+from sensorium.hooks.syscalls import ARCH_PREFIX, plan_syscall
 from sensorium.hookspecs import PolicyLoadError, ProbeSource
 
-__all__ = ["plan_kernel_function", "KfuncHookSet", "KFUNC_PROBE", "sock_event_fixup", "overridable",
-           "KF_PRE_STR", "KF_PRE_SOCK"]
+__all__ = ["plan_kernel_function", "plan_syscall_override", "overrides", "KfuncHookSet", "KFUNC_PROBE",
+           "sock_event_fixup", "overridable", "KF_PRE_STR", "KF_PRE_SOCK", "KF_PRE_SYSREGS"]
 
 HERE = Path(__file__).resolve().parent
 KF_PRE_STR, KF_PRE_SOCK, KF_PRE_DENTRY, KF_PRE_CRED = 1, 2, 3, 4  # KF_PRE_SOCK: unused (sock args are ARG_SOCK)
+KF_PRE_SYSREGS = 5  # parameter 0: a syscall wrapper's struct pt_regs *, the syscall's arguments read from it
 ACT_OVERRIDE = 8  # an actions bit the engine ignores and copies into the event (kfunc.bpf.c: fmod_ret)
+DEBUGFS = "/sys/kernel/debug"
 ERROR_INJECTION_LISTS = ("/sys/kernel/debug/error_injection/list", "/sys/kernel/tracing/../debug/error_injection/list")
 
 # C integer types (as sensorium.bpf.btf spells them) -> (size, signed)
@@ -112,6 +116,13 @@ def kfunc_budget_cases() -> list[Any]:
         else:
             cases += engine_cases(probe, full=(), others=own, needs=needs, src=S.FROM_SYSCALL, rodata=rodata,
                                   kinds=kinds, tag=tag, targets=targets)
+        if "sens_fmod_ret" in own and n == 1:
+            # an Override on a syscall: the arguments read from the pt_regs its wrapper receives (KF_PRE_SYSREGS);
+            # measured on a function the lane's kernels let fmod_ret change (their syscalls they do not)
+            sysregs = dict(rodata, kf_pre=bytes([KF_PRE_SYSREGS] + [0] * (S.MAX_ARGS - 1)), kf_nargs=1)
+            cases += engine_cases(probe, full=("sens_fmod_ret",), needs=needs, rodata=sysregs,
+                                  kinds={"sens_fmod_ret": (S.HOOK_SYSCALL, False)},  # a syscall's argument kinds
+                                  tag=f" (syscall registers, {func})", targets=targets)
     return cases
 
 
@@ -137,6 +148,10 @@ def overridable(func: str) -> tuple[bool, str]:
         return True, f"{func} is an LSM security_ hook"
     listed = _error_injection_list()
     if listed is None:
+        if os.path.ismount(DEBUGFS) and not os.path.isdir(os.path.join(DEBUGFS, "error_injection")):
+            # lib/error-inject.c makes that directory whenever the kernel has the list (Debian's do not)
+            return False, ("this kernel has no error-injection list (built without CONFIG_FUNCTION_ERROR_INJECTION): "
+                           f"fmod_ret may change only security_ hooks on this kernel, and {func} is none")
         return False, (f"{func} is not a security_ hook and the kernel's error-injection list "
                        f"(debugfs error_injection/list) cannot be read to show it is on it")
     if func in listed:
@@ -176,6 +191,91 @@ def _mechanism(kernel: Any, at_exit: bool) -> tuple[str | None, str]:
     if has("kprobe"):
         return ("kretprobe" if at_exit else "kprobe"), f"{'kretprobe' if at_exit else 'kprobe'} ({tramp} refused)"
     return None, f"no kprobes and {tramp} refused on this kernel"
+
+
+def _override_errnos(sensor: Any, hook: str, base: str, item: Any, func: str) -> list[int]:
+    """Per selector of ``item``, the errno its Override makes ``func`` return through fmod_ret (0: none), or
+    `PolicyLoadError` naming the action where the kernel cannot take it."""
+    errnos: list[int] = []
+    for si, sel in enumerate(item.selectors):
+        err = 0
+        for ai, act in enumerate(sel.actions if hasattr(sel, "actions") else sel.matchActions):
+            if act.action == "Override":
+                field = f"{base}.selectors[{si}].matchActions[{ai}].action"
+                ok, why = overridable(func)
+                if not ok:
+                    raise PolicyLoadError(hook, f"Override cannot apply to {func}: {why}", field)
+                kernel = sensor.ctx.kernel
+                if kernel is None or not kernel.has("fmod_ret"):
+                    raise PolicyLoadError(hook, f"Override on {func} ({why}) needs fmod_ret, which this kernel "
+                                                f"refuses: use an lsmhooks section or Sigkill", field)
+                if item.return_:
+                    raise PolicyLoadError(hook, "Override and 'return: true' together: an overridden function does "
+                                                "not run, so it has no return value to report", field)
+                err = abs(int(act.argError or -1)) or 1
+                if err > 4095:
+                    raise PolicyLoadError(hook, f"argError {act.argError} is not an errno (1..4095)",
+                                          f"{base}.selectors[{si}].matchActions[{ai}].argError")
+        errnos.append(err)
+    return errnos
+
+
+def overrides(item: Any) -> str | None:
+    """The field of the first Override action of ``item``'s selectors (None: it has none)."""
+    for si, sel in enumerate(item.selectors):
+        for ai, act in enumerate(sel.matchActions):
+            if act.action == "Override":
+                return f"selectors[{si}].matchActions[{ai}].action"
+    return None
+
+
+def plan_syscall_override(sensor: Any, policy: Any, index: int, item: Any, name: str) -> HookPlan | None:
+    """A syscall hook with Override: fmod_ret on the syscall's ``__x64_sys_`` wrapper (as Tetragon does), which
+    the kernel allows where it has an error-injection list (CONFIG_FUNCTION_ERROR_INJECTION: every syscall is
+    on it; Debian's kernels, the lane's, are built without it, and refuse); the arguments are the syscall's,
+    read from the registers the wrapper receives (kfunc.bpf.c KF_PRE_SYSREGS) and planned as the raw_tp
+    syscall hooks plan them (`plan_syscall`). Where fmod_ret does not load, refused with the reason naming the
+    action. None when the syscall does not exist and ``ignore.callNotFound`` skips it."""
+    hook = f"{policy.section}[{index}] {item.call}"
+    base = f"spec.{policy.section}[{index}]"
+    field = f"{base}.{overrides(item)}"
+    func = ARCH_PREFIX.get(platform.machine(), "__x64_") + "sys_" + name
+    kernel = sensor.ctx.kernel
+    if kernel is None or not kernel.has("fmod_ret"):
+        raise PolicyLoadError(hook, f"Override on syscall {name} needs fmod_ret on {func} (how Tetragon overrides a "
+                                    f"syscall), which this kernel refuses; the raw tracepoints that serve syscall "
+                                    f"hooks here cannot change a return value: use Sigkill, or an lsmhooks section",
+                              field)
+    ok, why = overridable(func)
+    if not ok:
+        raise PolicyLoadError(hook, f"Override on syscall {name} needs fmod_ret on {func}, which the kernel allows "
+                                    f"only for a function on its error-injection list: {why}; use Sigkill, or an "
+                                    f"lsmhooks section", field)
+    observed = item.model_copy(update={"selectors": [without_override(sel) for sel in item.selectors]})
+    plan = plan_syscall(kernel, policy, index, observed, name, opened_file_paths=False,
+                        skipped=sensor._skipped.setdefault(policy.id, []))
+    if plan is None:
+        return None
+    try:
+        known = kernel_functions().get(func) is not None
+    except (OSError, ValueError) as e:
+        raise PolicyLoadError(hook, f"cannot read the kernel's BTF to check {func}: {e}", field) from None
+    if not known:
+        raise PolicyLoadError(hook, f"Override on syscall {name} needs its wrapper {func} in the kernel's BTF; this "
+                                    f"kernel has none", field)
+    errnos = _override_errnos(sensor, hook, base, item, func)
+    compiled = plan.compiled
+    for si, err in enumerate(errnos):
+        if err:  # carried into the event's actions byte: the decoder reports KPROBE_ACTION_OVERRIDE
+            compiled.cfg.sel[si].actions |= ACT_OVERRIDE
+    compiled.blocking = True
+    pre = (KF_PRE_SYSREGS,) + (0,) * (S.MAX_ARGS - 1)
+    note = (f"syscall {name}: served by fmod_ret on {func} (BPF trampoline that returns -errno instead of running "
+            f"the syscall); arguments are the values the process passed, read from its registers; Override "
+            f"returns the errno before the syscall runs (in monitoring mode it runs and is reported)")
+    return dataclasses.replace(plan, attach=("kfunc", func, "fmod_ret", pre,
+                                             tuple(errnos + [0] * (S.MAX_SELECTORS - len(errnos))), 1),
+                               mechanism="fmod_ret", note=note, open_exit_note=None)
 
 
 def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> HookPlan | None:
@@ -293,27 +393,7 @@ def plan_kernel_function(sensor: Any, policy: Any, index: int, item: Any) -> Hoo
         positions[a.index] = len(plans)
         plans.append(plan)
     # Override: only where the kernel lets fmod_ret change the return value (and fmod_ret loads).
-    errnos: list[int] = []
-    for si, sel in enumerate(item.selectors):
-        err = 0
-        for ai, act in enumerate(sel.actions if hasattr(sel, "actions") else sel.matchActions):
-            if act.action == "Override":
-                field = f"{base}.selectors[{si}].matchActions[{ai}].action"
-                ok, why = overridable(func)
-                if not ok:
-                    raise PolicyLoadError(hook, f"Override cannot apply to {func}: {why}", field)
-                kernel = sensor.ctx.kernel
-                if kernel is None or not kernel.has("fmod_ret"):
-                    raise PolicyLoadError(hook, f"Override on {func} ({why}) needs fmod_ret, which this kernel "
-                                                f"refuses: use an lsmhooks section or Sigkill", field)
-                if item.return_:
-                    raise PolicyLoadError(hook, "Override and 'return: true' together: an overridden function does "
-                                                "not run, so it has no return value to report", field)
-                err = abs(int(act.argError or -1)) or 1
-                if err > 4095:
-                    raise PolicyLoadError(hook, f"argError {act.argError} is not an errno (1..4095)",
-                                          f"{base}.selectors[{si}].matchActions[{ai}].argError")
-        errnos.append(err)
+    errnos = _override_errnos(sensor, hook, base, item, func)
     for si, sel in enumerate(item.selectors):
         for mi, m in enumerate(getattr(sel, "matchArgs", None) or []):
             idxs = list(m.indexes) if hasattr(m, "indexes") else [m.index]

@@ -22,7 +22,13 @@ from sensorium.hooks.plan import HookPlan
 from sensorium.hooks.sensor import HookSensor
 from sensorium.hooks.syscalls import ARCH_PREFIX, plan_syscall, syscall_name
 from sensorium.hookspecs import PolicyLoadError, SensorContext
-from sensorium_sensors.kprobe.kfunc import KfuncHookSet, plan_kernel_function, wrap_decode
+from sensorium_sensors.kprobe.kfunc import (
+    KfuncHookSet,
+    overrides,
+    plan_kernel_function,
+    plan_syscall_override,
+    wrap_decode,
+)
 
 # Mechanisms for kernel functions that are not syscalls, tried in order: (capability, name, builder).
 # Both are built by kfunc.plan_kernel_function, which picks fentry/fexit or kprobe/kretprobe per hook.
@@ -58,5 +64,7 @@ class KprobeSensor(HookSensor):
                 raise PolicyLoadError(hook, f"kernel-function hooks are only built for x86_64 (this is "
                                             f"{platform.machine()})", f"{base}.call")
             return plan_kernel_function(self, policy, index, item)
+        if overrides(item) is not None:  # fmod_ret on the syscall's __x64_sys_ wrapper, where it loads
+            return plan_syscall_override(self, policy, index, item, name)
         return plan_syscall(self.ctx.kernel, policy, index, item, name, opened_file_paths=self.opened_file_paths,
                             skipped=self._skipped.setdefault(policy.id, []))

@@ -521,7 +521,7 @@ struct sens_scratch {
 	__u32 follow;
 	__s32 matched; /* the selector sens_finish chose (-1: none); lsm programs turn it into Override */
 	__u32 owned;   /* capture found a sock argument in sens_socks: `owner` is the process to report */
-	__u32 opad;
+	__u32 hook;    /* a syscall set's member that ran (sens_sysset): the hook id its record reports */
 	struct sens_sock_owner owner;
 	/* path walk (sens_walk_g): write position in walk[], and where each component's '/' was written */
 	__u64 wdentry; /* the dentry to step from, its mount, and that mount's root */
@@ -554,6 +554,12 @@ struct {
 
 /* A syscall id of the i386 table (a 32-bit task's) in a syscall64 argument, as Tetragon marks it */
 #define SENS_SYSCALL_I386 0x80000000ULL
+
+/* sens_cfg.syscall_nr of a syscall set: one object serves a list of syscalls that share args and selectors
+ * (sensorium.hooks.syscalls.merge_syscall_sets); `sens_sysset` (run.h) maps each syscall number to its member's
+ * hook id + 1 (0: not in the set), and the record reports the member, so events name the syscall that ran. */
+#define SENS_SYSCALL_SET (-2)
+#define SENS_SYSSET_NR 512
 
 /* A 32-bit (compat) task's syscall numbers are another table: never match them against x86_64's. */
 static __always_inline int sens_task_compat(void)

@@ -235,7 +235,7 @@ static __always_inline int sens_finish(void *ctx, struct sens_scratch *s, __u32 
 	size = SENS_BOUND(size, 4095);
 	sensorium_hdr_fill(&s->ev.hdr, SENS_REC_HOOK, size);
 	s->ev.policy_id = sens_cfg.policy_id;
-	s->ev.hook_id = sens_cfg.hook_id;
+	s->ev.hook_id = sens_cfg.syscall_nr == SENS_SYSCALL_SET ? s->hook : sens_cfg.hook_id;
 	s->ev.cgroup_id = bpf_get_current_cgroup_id();
 	if ((sens_cfg.flags & SENS_CFG_SOCK_OWNER) && s->owned) {
 		/* the socket's owner, not the task the call happens to run in (softirq, a child using an inherited fd) */
@@ -354,10 +354,26 @@ static __always_inline void sens_read_regs(struct sens_scratch *s, struct pt_reg
 
 /* raw_tp sys_enter(struct pt_regs *regs, long id): filtered by syscall number first, so every other
  * syscall costs one compare. */
+const volatile __u16 sens_sysset[SENS_SYSSET_NR] = {};
+
+/* The hook id + 1 of the syscall `nr` for this object: its one syscall (sens_cfg.syscall_nr), or a member of its
+ * set (SENS_SYSCALL_SET: one array load, whatever the set's size); 0 when `nr` is not hooked here. */
+static __always_inline __u32 sens_syscall_hook(long nr)
+{
+	if (sens_cfg.syscall_nr == SENS_SYSCALL_SET) {
+		if ((unsigned long)nr >= SENS_SYSSET_NR)
+			return 0;
+		return sens_sysset[nr & (SENS_SYSSET_NR - 1)];
+	}
+	return nr == sens_cfg.syscall_nr ? sens_cfg.hook_id + 1 : 0;
+}
+
 SEC("raw_tp/sys_enter")
 int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
-	if ((long)ctx->args[1] != sens_cfg.syscall_nr)
+	__u32 hook = sens_syscall_hook((long)ctx->args[1]);
+
+	if (!hook)
 		return 0;
 	if (sens_task_compat())
 		return 0;
@@ -365,6 +381,7 @@ int sens_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 
 	if (!s)
 		return 0;
+	s->hook = hook - 1;
 	sens_read_regs(s, (struct pt_regs *)ctx->args[0]);
 	return sens_entry(ctx, s);
 }
@@ -376,12 +393,15 @@ int sens_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 
 	/* every syscall of the machine passes here: the number first, the per-thread lookup after */
-	if ((long)BPF_CORE_READ(regs, orig_ax) != sens_cfg.syscall_nr)
+	__u32 hook = sens_syscall_hook((long)BPF_CORE_READ(regs, orig_ax));
+
+	if (!hook)
 		return 0;
 	struct sens_scratch *s = sens_unstash();
 
 	if (!s)
 		return 0;
+	s->hook = hook - 1;
 	return sens_run_ret(ctx, s, (__s64)ctx->args[1]);
 }
 
