@@ -177,7 +177,7 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 			continue;
 		uint8_t actions = p[49], flags = p[50];
 		uint64_t ktime = rd64(p + 8), cgroup_id = rd64(p + 40), retval = rd64(p + 32);
-		if (actions & 6)
+		if (actions & ~1u)  /* anything but Post (a signal, GetUrl, DnsLookup): Python renders it and acts */
 			continue;
 		if (ktime > (uint64_t)WALL_MAX || boot_ns < 0 || boot_ns > WALL_MAX)
 			continue;
