@@ -453,3 +453,39 @@ def test_an_agent_with_actions_off_refuses_the_policy_at_load() -> None:
                             "on this agent (actions.enabled is false in the agent config): it makes no request a "
                             "policy names")
     assert pm.list() == []
+
+
+# ---- Tetragon's own example policies, on their kernel function (fd_install: fentry, in the VM lane) ------------
+@pytest.mark.needs("fentry")
+@ROOT
+def test_the_corpus_policies_make_their_requests_when_etc_passwd_is_installed(http_peer: HttpPeer,
+                                                                              dns_peer: DnsPeer) -> None:
+    """open_geturl.yaml and open_dnsrequest.yaml as Tetragon ships them, their URL and resolver pointed at the
+    peers on loopback: opening /etc/passwd (fd_install of that file) makes the GET and the A query."""
+    from sensorium_sensors.kprobe.sensor import KprobeSensor
+
+    corpus = REPO / "tests" / "data" / "tetragon-policies"
+    url = f"http://127.0.0.1:{http_peer.port}/ebpf.io"
+    geturl = (corpus / "open_geturl.yaml").read_text().replace("argUrl: http://ebpf.io", f"argUrl: {url}")
+    assert url in geturl
+    runner = ActionRunner(rate_per_s=100, burst=100, dns_resolver=("127.0.0.1", dns_peer.port))
+    runner.start()
+    rig = Rig(KprobeSensor, actions=runner)
+    try:
+        rig.load(geturl, "kprobes", policy_id=7)
+        rig.load((corpus / "open_dnsrequest.yaml").read_text(), "kprobes", policy_id=8)
+        with open("/etc/passwd", "rb"):
+            pass
+        evs = rig.events(lambda b: b.get("function_name") == "fd_install", wait=10)
+        mine = [e for e in evs if e["process"]["pid"] == os.getpid()]
+        assert {e["policy_name"]: e["action"] for e in mine} == {"url": "KPROBE_ACTION_GETURL",
+                                                                "dns": "KPROBE_ACTION_DNSLOOKUP"}, evs
+        assert {e["args"][1]["file_arg"]["path"] for e in mine} == {"/etc/passwd"}
+        # every match makes a request (other processes of the guest may open /etc/passwd too)
+        assert ("GET", "/ebpf.io") in [(m, p) for m, p, _ua in http_peer.wait(1)]
+        assert ("ebpf.io", 1) in dns_peer.wait(1)
+        assert _wait(lambda: runner.stats("url", "GetUrl").sent >= 1 and runner.stats("dns", "DnsLookup").sent >= 1)
+        assert runner.stats("url", "GetUrl").failed == 0 and runner.stats("dns", "DnsLookup").failed == 0
+    finally:
+        rig.close()
+        runner.stop()
