@@ -83,6 +83,9 @@ class _SensorContext:
         t = ktime_to_wall_ns(ktime_ns) if ktime_ns is not None else time.time_ns()
         return Event(kind, body, self.node_name, t)
 
+    def run_action(self, policy: str, action: str, target: str) -> bool:
+        return self._agent.actions.submit(policy, action, target)
+
 
 class SensorSlot:
     """A sensor the agent tried to start, with its state for `status`."""
@@ -136,6 +139,9 @@ class Agent:
         self.started_at = time.time()
         self.enforcement_store: Any = None  # sensorium.persistence.EnforcementStore (enforcement.persist)
         self.kept_enforcing: list[str] = []  # policies left enforcing in the kernel at stop
+        from sensorium.actions import runner_from_config
+
+        self.actions = runner_from_config(cfg.actions)  # GetUrl/DnsLookup requests: started with the sensors
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -189,6 +195,7 @@ class Agent:
         self.pipeline.metrics = self.metrics
         self._start_stages()
         self.reader = RingBufferReader()
+        self.actions.start()
 
         self._start_sensors()
         # Processes that started before the sensors (a sensor that records every exec and fork, the exec
@@ -350,7 +357,7 @@ class Agent:
 
             self.scope_provider = ScopeProvider(self.enricher.watcher, cgroup_root=self.cfg.kubernetes.cgroup_root)
         self.policies = PolicyManager(self.registry, sensors, metrics=self.metrics, scope_provider=self.scope_provider,
-                                      persistence=self.enforcement_store)
+                                      persistence=self.enforcement_store, user_actions=self.cfg.actions.enabled)
         if self.enforcement_store is not None:
             # What a previous agent pinned keeps enforcing until this agent's generation of the same policy
             # is active (then it goes, policy by policy): the block never lapses across a restart.
@@ -432,6 +439,8 @@ class Agent:
             self.pipeline.submit(self.enricher.stop())  # events still waiting for their pod, marked
         if self.reader is not None:
             self.reader.close()
+        # GetUrl/DnsLookup requests still queued are dropped and counted; one in flight gets its own timeout
+        self.actions.stop(min(self.actions.timeout_s, max(0.0, left() / 4)))
         from sensorium.exporting import stop_runners
 
         stop_runners(self.runners, timeout=max(0.0, left() - STOP_TAIL_S))
@@ -524,6 +533,7 @@ class Agent:
             "process_cache": self.process_cache.stats() if self.process_cache is not None else {},
             "policies": self.policies.list() if self.policies is not None else [],
             "enforcement": self._enforcement_status(),
+            "actions": self.actions.status(),
             "kubernetes": ({**self.enricher.status(), "pod_cgroups": self.scope_provider.status()}
                            if self.enricher is not None and self.scope_provider is not None else
                            self.enricher.status() if self.enricher is not None else None),

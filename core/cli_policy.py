@@ -215,6 +215,8 @@ def register(cli_group: click.Group) -> None:
             click.echo(f"{p.key}: valid ({counts}; {p.mode}{scoped})")
             for w in p.warnings:
                 click.echo(f"warning: {w}", err=True)
+            if p.scope_requirement:
+                click.echo(f"warning: {p.scope_requirement}", err=True)
 
     @policy.command("delete")
     @click.argument("name")
@@ -369,6 +371,12 @@ def register(cli_group: click.Group) -> None:
                            f"errors={p['errors']}{persist}")
             for e in st.get("policy_directory_errors", []):
                 click.echo(f"  policy file refused: {e.get('error')}")
+            acts = st.get("actions") or {}
+            for pname, per in sorted((acts.get("policies") or {}).items()):
+                for aname, a in sorted(per.items()):
+                    err = f"; last error: {a['last_error']}" if a.get("last_error") else ""
+                    click.echo(f"  action {aname:<9} policy {pname}: sent {a.get('sent', 0)}, "
+                               f"failed {a.get('failed', 0)}, dropped {_by_reason(a.get('dropped'))}{err}")
 
 
 def _by_reason(counts: dict[str, int] | None) -> str:

@@ -52,6 +52,32 @@ class PipelineConfig(Strict):
     ring_buffer_kb: int = Field(default=4096, ge=64, le=1 << 20)
 
 
+class ActionsConfig(Strict):
+    """GetUrl and DnsLookup: the requests the agent makes when a policy's selector with one of them matches
+    (`sensorium.actions`). A workload decides how often that happens, so they are bounded here."""
+
+    enabled: bool = Field(default=True, description="Serve GetUrl and DnsLookup (as Tetragon does); false: a policy "
+                          "with one is refused at load")
+    rate_per_s: float = Field(default=1.0, gt=0, le=1000,
+                              description="Requests per second per policy and action (a token bucket)")
+    burst: int = Field(default=5, ge=1, le=1000, description="Requests a policy and action may make at once")
+    queue_size: int = Field(default=64, ge=1, le=65536, description="Requests waiting for a worker at most")
+    workers: int = Field(default=1, ge=1, le=16, description="Threads making the requests")
+    timeout_s: float = Field(default=2.0, gt=0, le=30, description="One request's connect and answer time at most")
+    dns_resolver: str | None = Field(
+        default=None, description="host:port of the DNS server DnsLookup asks (one A query over UDP); unset: the "
+        "system resolver")
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None:
+            from sensorium.actions import parse_host_port
+
+            parse_host_port(v)  # ValueError -> the key's error with its line
+        return v
+
+
 class ApiConfig(Strict):
     socket: Path = Path("/run/sensorium/api.sock")
     enabled: bool = True
@@ -189,6 +215,7 @@ class AgentConfig(Strict):
     network: bool = Field(default=False,
                           description="Report TCP connect/accept/close and UDP sends: enables the network sensor")
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    actions: ActionsConfig = Field(default_factory=ActionsConfig)
 
     # Set by load_config; not a config key.
     _source: Located | None = None

@@ -420,6 +420,14 @@ class SensorContext(Protocol):
     def make_event(self, kind: str, body: Mapping[str, Any], ktime_ns: int | None = None) -> Event:
         """Build an `Event` stamped with this node and a time (kernel ktime or now)."""
 
+    def run_action(self, policy: str, action: str, target: str) -> bool:
+        """Offer the request of a user-space policy action whose selector matched: ``action`` ``GetUrl`` (an HTTP
+        GET of the URL ``target``) or ``DnsLookup`` (a DNS A query for the name ``target``), on behalf of policy
+        ``policy``. Called from a decoder on the reader thread: it never blocks and does no I/O; the host makes
+        the request later on a worker of its own, bounded by the agent config's ``actions`` rate per policy and
+        action, queue and timeout. Returns whether the request was queued; every request that was not (rate
+        limit, queue full, stopping), or failed, is counted in the host's status (``actions``)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class SensorSpec:

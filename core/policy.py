@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from sensorium.hookspecs import PolicyView
@@ -102,13 +102,15 @@ SET_OPERATORS = ("In", "NotIn")
 NAMESPACES = ("Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeForChildren", "Cgroup", "User")
 CAPABILITY_SETS = ("Effective", "Inheritable", "Permitted")
 
-ACTIONS = ("Post", "NoPost", "Sigkill", "Signal", "Override", "Set", "TrackSock", "UntrackSock")
+ACTIONS = ("Post", "NoPost", "Sigkill", "Signal", "Override", "Set", "TrackSock", "UntrackSock", "GetUrl", "DnsLookup")
+# Requests the agent makes when the selector matches (sensorium.actions): from the posted event, so never NoPost.
+NOTIFY_ACTIONS = ("GetUrl", "DnsLookup")
 # Socket tracking: the struct sock argument argSock is (un)bound to a process, whom later events on it report.
 SOCK_TRACK_ACTIONS = ("TrackSock", "UntrackSock")
 # Actions that change what the process can do: in monitoring mode they only report what they would do.
 BLOCKING_ACTIONS = ("Sigkill", "Signal", "Override", "Set")
 TETRAGON_ACTIONS_UNSUPPORTED = (
-    "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup", "NotifyEnforcer",
+    "FollowFD", "UnfollowFD", "CopyFD", "NotifyEnforcer",
     "CleanupEnforcerNotification",
 )
 RATE_LIMIT_SCOPES = ("thread", "process", "global")
@@ -328,8 +330,8 @@ class MatchAction(PolicyModel):
                                  description="Set (usdts): the 4-byte value written over the argument")
     argFd: Annotated[Any, refuse("argFd belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
     argName: Annotated[Any, refuse("argName belongs to FollowFD/CopyFD actions, which are not implemented")] = absent()
-    argUrl: Annotated[Any, refuse("argUrl belongs to the GetUrl action, which is not implemented")] = absent()
-    argFqdn: Annotated[Any, refuse("argFqdn belongs to the DnsLookup action, which is not implemented")] = absent()
+    argUrl: str | None = Field(default=None, description="GetUrl: the http:// or https:// URL the agent requests")
+    argFqdn: str | None = Field(default=None, description="DnsLookup: the name the agent looks up (an A query)")
     argSock: int | None = Field(default=None, ge=0, le=5,
                                 description="TrackSock/UntrackSock: the position in args of the sock argument (0)")
     kernelStackTrace: bool | None = Field(default=None, description="Post: the event carries the kernel stack "
@@ -337,6 +339,26 @@ class MatchAction(PolicyModel):
     userStackTrace: bool | None = Field(default=None, description="Post: the event carries the user stack "
                                                                  "(user_stack_trace)")
     imaHash: Annotated[Any, refuse("IMA hashes are not implemented")] = absent()
+
+    @field_validator("argUrl")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        from sensorium.actions import check_url
+
+        why = check_url(v) if v is not None else None
+        if why:
+            raise PydanticCustomError("policy_value", "{why}", {"why": why})
+        return v
+
+    @field_validator("argFqdn")
+    @classmethod
+    def _fqdn(cls, v: str | None) -> str | None:
+        from sensorium.actions import check_fqdn
+
+        why = check_fqdn(v) if v is not None else None
+        if why:
+            raise PydanticCustomError("policy_value", "{why}", {"why": why})
+        return v
 
     @model_validator(mode="after")
     def _fields_fit_action(self) -> MatchAction:
@@ -351,6 +373,14 @@ class MatchAction(PolicyModel):
             raise PydanticCustomError("policy_value", "argIndex and argValue apply only to the Set action")
         if a == "Set" and self.argValue is None:
             raise PydanticCustomError("policy_value", "the Set action needs argValue (the value to write)")
+        if self.argUrl is not None and a != "GetUrl":
+            raise PydanticCustomError("policy_value", "argUrl applies only to the GetUrl action")
+        if self.argFqdn is not None and a != "DnsLookup":
+            raise PydanticCustomError("policy_value", "argFqdn applies only to the DnsLookup action")
+        if a == "GetUrl" and self.argUrl is None:
+            raise PydanticCustomError("policy_value", "the GetUrl action needs argUrl (the URL to request)")
+        if a == "DnsLookup" and self.argFqdn is None:
+            raise PydanticCustomError("policy_value", "the DnsLookup action needs argFqdn (the name to look up)")
         if a == "Override" and self.argError is None:
             raise PydanticCustomError("policy_value", "the Override action needs argError (e.g. -1 for EPERM)")
         if (self.rateLimit is not None or self.rateLimitScope is not None) and a != "Post":
@@ -585,6 +615,21 @@ class Policy:
         where = ":".join(str(x) for x in (self.file, line) if x is not None)
         return f"{where + ': ' if where else ''}{format_path(loc)}: {what}"
 
+    @property
+    def scope_requirement(self) -> str | None:
+        """What loading a scoped policy needs, for ``policy check`` to print as a warning (the check validates
+        the policy; whether an agent can serve its scope is the agent's): ``file:line: field: ...``; None for a
+        host-wide policy. An agent without Kubernetes refuses it at load (`PolicyManager`)."""
+        if not self.scoped:
+            return None
+        what, loc = (("kind TracingPolicyNamespaced", ("kind",)) if self.kind == "TracingPolicyNamespaced" else
+                     ("podSelector", ("spec", "podSelector")) if self.pod_selector is not None else
+                     ("containerSelector", ("spec", "containerSelector")) if self.container_selector is not None
+                     else ("hostSelector", ("spec", "hostSelector")))
+        return self._warning(loc, f"the policy is scoped by {what}: loading it needs an agent with its Kubernetes "
+                                  "support (kubernetes.enabled in the agent config); an agent without it refuses the "
+                                  "policy")
+
     def hook_line(self, section: str, index: int) -> int | None:
         """Line of ``spec.<section>[index]`` in the source, for error messages."""
         return self.source.line_of(("spec", section, index)) if self.source else None
@@ -710,7 +755,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
                     where, _, why = str(exc).partition(": ")
                     raise err(field_loc_of(where), why) from None
                 if not scoping_supported:
-                    raise err(loc, f"{key} is not supported yet by this agent: scoping policies to pods needs "
+                    raise err(loc, f"{key} is not served by this agent: scoping policies to pods needs "
                                    "its Kubernetes support (kubernetes.enabled in the agent config); remove it "
                                    "to apply the policy to the whole host")
                 if key == "podSelector":
@@ -738,7 +783,7 @@ def _validate_document(doc: Located, registry: Any, scoping_supported: bool) -> 
     if problems:
         raise combine_problems(problems, doc.file)
     if kind == "TracingPolicyNamespaced" and not scoping_supported:
-        raise err(("kind",), "TracingPolicyNamespaced is not supported yet by this agent: scoping policies to a "
+        raise err(("kind",), "TracingPolicyNamespaced is not served by this agent: scoping policies to a "
                              "namespace needs its Kubernetes support (kubernetes.enabled in the agent config); use "
                              "kind TracingPolicy to apply it to the whole host")
     if not sections or not any(s.items for s in sections):

@@ -50,11 +50,11 @@ from sensorium.hookspecs import (
     Sensor,
     supports_scope,
 )
-from sensorium.policy import MAX_POLICIES, MODES, POLICY_LIMITS, Policy, PolicyError, Section
+from sensorium.policy import MAX_POLICIES, MODES, NOTIFY_ACTIONS, POLICY_LIMITS, Policy, PolicyError, Section
 from sensorium.policy_persistence import PolicyPersistence
 from sensorium.policy_rules import check_rules, validate_policies
 from sensorium.policy_transaction import LoadedSection, PolicyTransactions
-from sensorium.yamlsrc import SourceError, read_file
+from sensorium.yamlsrc import SourceError, format_path, read_file
 
 log = logging.getLogger("sensorium.policy")
 
@@ -122,8 +122,11 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
     """
 
     def __init__(self, registry: Any, sensors: Mapping[str, Sensor], *, scoping_supported: bool = False,
-                 metrics: Any = None, scope_provider: Any = None, persistence: Any = None) -> None:
+                 metrics: Any = None, scope_provider: Any = None, persistence: Any = None,
+                 user_actions: bool = True) -> None:
         self.registry = registry
+        # GetUrl/DnsLookup (`actions.enabled` in the agent config): off, a policy with one is refused at load
+        self.user_actions = user_actions
         self.metrics = metrics  # sensorium.metrics.Metrics (policy state gauges), optional
         self.sensors = dict(sensors)
         # scope_provider.track(policy, on_update) -> tracker (current(), summary(), close()):
@@ -183,6 +186,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
                                           file=policy.file, line=self._line(policy, ("metadata", "name")),
                                           path="metadata.name")
                     self._check_scope_support(policy)
+                    self._check_user_actions(policy)
                     seen[key] = policy
                     pid = self._free_id()
                     if pid is None:
@@ -232,6 +236,7 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
             policy = policies[0]
             check_rules(policy)
             self._check_scope_support(policy)
+            self._check_user_actions(policy)
             pid = self._free_id()
             if pid is None:
                 raise PolicyError(f"{MAX_POLICIES} policies are loaded: no room to load the new version of {name!r} "
@@ -569,6 +574,21 @@ class PolicyManager(PolicyTransactions, PolicyPersistence):
         return sensor
 
     # ---- scopes -----------------------------------------------------------------------------------
+
+    def _check_user_actions(self, policy: Policy) -> None:
+        """Refuse a policy with a GetUrl or DnsLookup action when the agent config turned them off (the node
+        makes no request a policy names)."""
+        if self.user_actions:
+            return
+        for sec in policy.sections:
+            for i, item in enumerate(sec.items):
+                for si, sel in enumerate(getattr(item, "selectors", None) or ()):
+                    for ai, act in enumerate(getattr(sel, "matchActions", None) or ()):
+                        if act.action in NOTIFY_ACTIONS:
+                            loc = ("spec", sec.key, i, "selectors", si, "matchActions", ai, "action")
+                            raise PolicyError(f"{act.action} is turned off on this agent (actions.enabled is false in "
+                                              "the agent config): it makes no request a policy names",
+                                              file=policy.file, line=self._line(policy, loc), path=format_path(loc))
 
     def _check_scope_support(self, policy: Policy) -> None:
         """A scoped policy needs a scope provider and, for every section, a sensor that bounds its hooks to

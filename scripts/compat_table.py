@@ -84,7 +84,8 @@ def parse_row(path: Path) -> tuple[Row, list[Any]]:
 
     name = rel(path)
     try:
-        policies = parse_policies(path.read_bytes(), name, ModelSections())
+        # As `sensorium policy check` parses: a scoped policy is valid; whether an agent serves it is the load's
+        policies = parse_policies(path.read_bytes(), name, ModelSections(), scoping_supported=True)
     except SourceError as exc:
         return Row(name, "refused", "parse", reason=_short(exc, name)), []
     secs = ", ".join(f"{s.key} x{len(s.items)}" for p in policies for s in p.sections)
@@ -187,9 +188,15 @@ _MISSING_WORDS = ("not supported by Sensorium", "not implemented", "not supporte
                   "are not supported", "is not supported here", "not supported for syscall hooks")
 
 
+# What this agent's config leaves off (the compat harness runs an agent without Kubernetes).
+_CONFIG_WORDS = ("(kubernetes.enabled in the agent config)",)
+
+
 def reason_class(stage: str, reason: str) -> str:
     if stage == "load" and any(w in reason for w in _KERNEL_WORDS):
         return "kernel"
+    if stage == "load" and any(w in reason for w in _CONFIG_WORDS):
+        return "config"
     if any(w in reason for w in _MISSING_WORDS):
         return "not implemented"
     if (stage == "parse" or "does not match" in reason or "out of range" in reason or "is declared twice" in reason
@@ -307,15 +314,19 @@ def render(rec: dict[str, Any]) -> str:
         "- **refused (kernel)**: that kernel cannot serve a hook of the policy (no kprobes or trampolines, a",
         "  helper missing); **refused (not implemented)**: a Tetragon feature Sensorium does not have yet, named;",
         "  **refused (invalid)**: the policy does not fit Sensorium's model or that kernel (e.g. an argument type",
-        "  that does not match the function's prototype). The reason is what the user sees.",
+        "  that does not match the function's prototype); **refused (config)**: valid, and served by an agent",
+        "  configured for it (a scoped policy needs `kubernetes.enabled`; the compat run has no Kubernetes).",
+        "  The reason is what the user sees.",
         "",
-        "| kernel | release | loads | refused (kernel) | refused (not implemented) | refused (invalid) |",
-        "|---|---|---|---|---|---|",
+        "| kernel | release | loads | refused (kernel) | refused (not implemented) | refused (invalid) "
+        "| refused (config) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label in labels:
         k = rec["kernels"][label]
         out.append(f"| {label} | {k['kernel']} | {count(label, 'loads')} | {count(label, 'refused (kernel)')} | "
-                   f"{count(label, 'refused (not implemented)')} | {count(label, 'refused (invalid)')} |")
+                   f"{count(label, 'refused (not implemented)')} | {count(label, 'refused (invalid)')} | "
+                   f"{count(label, 'refused (config)')} |")
     out += ["", "Host profile the host column holds for: `" + rec["kernels"].get("host", {}).get("profile", "?") + "`.",
             "", "A refusal's reason, as the user sees it, is listed once under its number below the table.", "",
             "| file | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]

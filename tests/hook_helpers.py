@@ -16,8 +16,8 @@ from sensorium.hooks.testing import DirectContext, make_policy_view
 class Rig:
     """A running sensor of class ``cls`` with its context; ``load(yaml)`` loads a section."""
 
-    def __init__(self, cls: type) -> None:
-        self.ctx = DirectContext()
+    def __init__(self, cls: type, actions: Any = None) -> None:
+        self.ctx = DirectContext(actions=actions)
         self.sensor = cls(self.ctx)
         self.sensor.start()
         self.handles: list[Any] = []

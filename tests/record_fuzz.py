@@ -137,11 +137,20 @@ class HookSpec:
     ret: int               # index into RET_TYPES
     nsel: int              # selectors of the hook (signal actions name one of them)
     signals: tuple[int, ...] = (9, 10, 15, 0, 1)
+    # each selector's GetUrl/DnsLookup (None: neither): a record may carry that action's bit, no other
+    notify: tuple[str | None, ...] = ("GetUrl", None, "DnsLookup", "GetUrl", None)
+
+    def notify_bit(self, sel: int) -> int:
+        """The actions bit selector ``sel``'s GetUrl/DnsLookup puts in a record (0: none)."""
+        a = self.notify[sel] if sel < min(self.nsel, len(self.notify)) else None
+        return S.NOTIFY_BITS[a] if a else 0
 
 
 def hook_plan(spec: HookSpec) -> HookPlan:
     compiled: Any = types.SimpleNamespace(cfg=types.SimpleNamespace(
-        nsel=spec.nsel, sel=[types.SimpleNamespace(signal=s) for s in spec.signals]))
+        nsel=spec.nsel, sel=[types.SimpleNamespace(signal=s) for s in spec.signals]),
+        notify={i: (a, "http://canary.example/x" if a == "GetUrl" else "canary.example")
+                for i, a in enumerate(spec.notify[:spec.nsel]) if a})
     return HookPlan(hook=f"kprobes[{spec.hook_id}]", field="spec.kprobes[0]", compiled=compiled,
                     args=[ARG_TYPES[i] for i in spec.args], attach=("syscall", spec.ret != 0), mechanism="m",
                     note="", body={"function_name": "__x64_sys_fuzz", "message": 'ü "x"'}, kind="process_kprobe",
@@ -309,6 +318,10 @@ def expected_hook_body(r: HookRecord, nargs: int | None = None) -> dict[str, Any
     if r.actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
         # (signal, policy_mode, action_taken are ours: the extended format only)
         body["action"] = "KPROBE_ACTION_SIGKILL" if r.actions & S.ACT_SIGKILL else "KPROBE_ACTION_SIGNAL"
+    elif r.actions & S.ACT_GETURL:
+        body["action"] = "KPROBE_ACTION_GETURL"
+    elif r.actions & S.ACT_DNSLOOKUP:
+        body["action"] = "KPROBE_ACTION_DNSLOOKUP"
     else:
         body["action"] = "KPROBE_ACTION_POST"
     # (cgroup_id is ours too)
@@ -354,6 +367,14 @@ def hook_mutations(r: HookRecord, pick: Callable[[int], int]) -> list[tuple[str,
     bad_sel = dataclasses.replace(r, actions=r.actions | (S.ACT_SIGKILL, S.ACT_SIGNAL)[pick(2)],
                                   sel=r.spec.nsel + pick(256 - r.spec.nsel))
     out.append(("a signal from a selector the hook lacks", bad_sel.encode(), "bad_selector"))
+    bit = (S.ACT_GETURL, S.ACT_DNSLOOKUP)[pick(2)]
+    out.append(("a GetUrl/DnsLookup from a selector the hook lacks",
+                dataclasses.replace(r, actions=r.actions | bit, sel=r.spec.nsel + pick(256 - r.spec.nsel)).encode(),
+                "bad_selector"))
+    if r.sel < r.spec.nsel:  # the selector exists, without that action (or with the other one)
+        wrong = (S.ACT_NOTIFY & ~r.spec.notify_bit(r.sel)) if r.spec.notify_bit(r.sel) else bit
+        out.append(("a GetUrl/DnsLookup its selector does not have",
+                    dataclasses.replace(r, actions=(r.actions & ~S.ACT_NOTIFY) | wrong).encode(), "bad_selector"))
     out.append(("another record type", dataclasses.replace(r, rtype=2 + pick(0xFFFE)).encode(), "not_a_hook_record"))
     gone = dataclasses.replace(r, spec=dataclasses.replace(r.spec, policy_id=1000 + pick(1000)))  # loaded: < 1000
     out.append(("a hook that is not loaded", gone.encode(), "unknown_hook"))

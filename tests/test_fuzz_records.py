@@ -109,10 +109,12 @@ def hook_record(draw: Any, spec: R.HookSpec) -> R.HookRecord:
     args = [draw(_hook_arg(i)) for i in spec.args]
     args = args[:draw(st.integers(0, len(args)))] if draw(st.booleans()) else args  # the kernel ran out of room
     actions = draw(st.sampled_from([S.ACT_POST, S.ACT_POST, 0, S.ACT_SIGKILL, S.ACT_SIGNAL | S.ACT_POST,
-                                    S.ACT_SIGKILL | S.ACT_SIGNAL, 8 | S.ACT_POST, 0xF9]))
+                                    S.ACT_SIGKILL | S.ACT_SIGNAL, 8 | S.ACT_POST, 0x99]))  # 8, 16, 128: no meaning
     sel = draw(st.integers(0, max(0, spec.nsel - 1))) if spec.nsel else draw(st.sampled_from([0, S.MAX_SELECTORS]))
     if not spec.nsel:
         actions &= ~(S.ACT_SIGKILL | S.ACT_SIGNAL)  # a hook without selectors only posts
+    if spec.notify_bit(sel) and draw(st.booleans()):
+        actions |= spec.notify_bit(sel)  # the selector's GetUrl/DnsLookup: the event reports it
     return R.HookRecord(spec, args, pid=draw(u32), tid=draw(u32), ktime=draw(u64), retval=draw(s64),
                         cgroup_id=draw(u64), sel=sel, actions=actions, flags=draw(st.integers(0, 255)))
 
@@ -445,9 +447,13 @@ def lsm_batch(draw: Any) -> tuple[int, list[tuple[str, bytes, Any]]]:
         if what == "well-formed":
             items.append(("well-formed", r.encode(), ("event", r, prog)))
         elif what == "hostile":
-            kind, rec, _reason = draw(st.sampled_from(R.hook_mutations(r, pick)))
+            # LSM hooks never take GetUrl/DnsLookup (refused at load): their decoder reads no such bit, so a record
+            # whose selector exists is an event whatever those bits say
+            kind, rec, _reason = draw(st.sampled_from([m for m in R.hook_mutations(r, pick)
+                                                       if m[0] != "a GetUrl/DnsLookup its selector does not have"]))
             # a hook without selectors posts with sel = MAX_SELECTORS whatever its actions byte says
-            ok_sel = kind == "a signal from a selector the hook lacks" and not nsel and rec[48] == S.MAX_SELECTORS
+            ok_sel = (kind in ("a signal from a selector the hook lacks", "a GetUrl/DnsLookup from a selector the hook "
+                               "lacks") and not nsel and rec[48] == S.MAX_SELECTORS)
             items.append((kind, rec, None if ok_sel else ("drop",)))
         elif what == "flipped":
             items.append(("random bytes changed", _flip(r.encode(), draw), None))

@@ -266,7 +266,7 @@ def test_a_scoped_policy_is_refused_for_a_sensor_without_supports_scope(env):
 
 def test_without_kubernetes_pod_selectors_are_refused_at_parse_time(env):
     pm, _tp, _ = env
-    with pytest.raises(PolicyError, match="podSelector is not supported yet"):
+    with pytest.raises(PolicyError, match="podSelector is not served by this agent"):
         pm.add(scoped("p", TP), "p.yaml")
     with pytest.raises(PolicyError) as ei:
         pm.add(doc("h", "sys_enter_openat", extra="  hostSelector: {}\n"), "h.yaml")

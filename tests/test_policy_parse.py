@@ -108,7 +108,7 @@ def test_unknown_operator_is_refused(reg):
 def test_unsupported_action_is_refused_by_name(reg):
     text = OPENAT.replace("action: Post", "action: FollowFD")
     e = refused(text.replace("        rateLimit: 1m\n        rateLimitScope: process\n", ""), reg)
-    assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override, Set, TrackSock, UntrackSock)" in str(e)
+    assert "action 'FollowFD' is not supported by Sensorium (supported: Post, NoPost, Sigkill, Signal, Override, Set, TrackSock, UntrackSock, GetUrl, DnsLookup)" in str(e)
 
 
 def test_too_many_values_gives_the_limit_and_line(reg):
@@ -174,7 +174,7 @@ def test_policy_name_must_be_dns1123(reg, name):
 def test_pod_and_container_selectors_are_refused_until_scoping_exists(reg):
     text = OPENAT.replace("spec:\n", "spec:\n  podSelector:\n    matchLabels:\n      app: web\n")
     e = refused(text, reg)
-    assert e.path == "spec.podSelector" and "not supported yet" in e.reason
+    assert e.path == "spec.podSelector" and "not served by this agent" in e.reason
     p = parse_policy(text, "p.yaml", reg, scoping_supported=True)
     assert p.pod_selector is not None and p.pod_selector.matchLabels == {"app": "web"}
 
@@ -183,7 +183,7 @@ def test_namespaced_policy_needs_a_namespace_and_is_refused_until_scoping_exists
     text = OPENAT.replace("kind: TracingPolicy", "kind: TracingPolicyNamespaced")
     assert "needs metadata.namespace" in str(refused(text, reg))
     text = text.replace("  name: watch-shadow", "  name: watch-shadow\n  namespace: prod")
-    assert "TracingPolicyNamespaced is not supported yet" in str(refused(text, reg))
+    assert "TracingPolicyNamespaced is not served by this agent" in str(refused(text, reg))
     assert parse_policy(text, "p.yaml", reg, scoping_supported=True).namespace == "prod"
 
 
@@ -426,3 +426,22 @@ def test_tetragon_argument_types_we_lack_are_named_unsupported_not_unknown(reg, 
     err = refused(text, reg)
     assert str(err).startswith(f"p.yaml:11: spec.tracepoints[0].args[0].type: argument type '{typ}' is not "
                                "supported by Sensorium (supported: int, ")
+
+
+def test_policy_check_accepts_a_scoped_policy_and_warns_that_loading_needs_kubernetes():
+    """A check validates: a scoped policy (Tetragon's modules-nohost.yaml) is valid; where it can load is the agent's
+    business, said in a warning with the file, line and field (an agent without Kubernetes refuses it at load)."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from sensorium.cli import cli
+
+    f = Path(__file__).parent / "data" / "tetragon-policies" / "modules-nohost.yaml"
+    res = CliRunner().invoke(cli, ["policy", "check", str(f)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == ("monitor-kernel-modules: valid (kprobes: 3; enforcement; scoped: needs an agent with "
+                          "Kubernetes)\n")
+    assert res.stderr == (f"warning: {f}:11: spec.podSelector: the policy is scoped by podSelector: loading it needs "
+                          "an agent with its Kubernetes support (kubernetes.enabled in the agent config); an agent "
+                          "without it refuses the policy\n")

@@ -177,7 +177,9 @@ int64_t sf_format(const uint8_t *blob, uint64_t blob_len, const uint32_t *lens, 
 			continue;
 		uint8_t actions = p[49], flags = p[50];
 		uint64_t ktime = rd64(p + 8), cgroup_id = rd64(p + 40), retval = rd64(p + 32);
-		if ((actions & 6) || (flags & 24)) /* signal actions, stack traces (SENS_EV_KSTACK | SENS_EV_USTACK) */
+		/* signal actions, GetUrl/DnsLookup (Python renders the event and makes the request), stack traces
+		 * (SENS_EV_KSTACK | SENS_EV_USTACK): the Python path */
+		if ((actions & (6 | 32 | 64)) || (flags & 24))
 			continue;
 		if (ktime > (uint64_t)WALL_MAX || boot_ns < 0 || boot_ns > WALL_MAX)
 			continue;

@@ -24,7 +24,7 @@ from sensorium.hooks.plan import HookPlan
 
 __all__ = ["SYSCALL_ABI", "EV", "ARG", "ARGQ", "Q", "EV_SIZE", "UNSAFE", "ACTION_NAMES", "BODY_KEYS", "QuickRest",
            "quick_rest",
-           "json_middle", "action_fields", "render_args", "body_of", "render_int", "render_bytes"]
+           "json_middle", "action_fields", "notify_action", "render_args", "body_of", "render_int", "render_bytes"]
 
 SYSCALL_ABI = "x64"
 
@@ -32,10 +32,11 @@ EV = struct.Struct("<HHIQII II q Q BBBB I")  # sens_event
 ARG = struct.Struct("<BBHI")                 # sens_arg_rec
 Q = struct.Struct("<Q")
 EV_SIZE = EV.size
-assert S.EV_HAS_RET == 2 and S.ACT_SIGKILL | S.ACT_SIGNAL == 6  # inlined in EventRing.decode
+assert S.EV_HAS_RET == 2 and S.ACT_SIGKILL | S.ACT_SIGNAL == 6 and S.ACT_NOTIFY == 96  # inlined in EventRing.decode
 assert EV.size == ctypes.sizeof(S.SensEvent), (EV.size, ctypes.sizeof(S.SensEvent))
 
-ACTION_NAMES = {S.ACT_SIGKILL: "KPROBE_ACTION_SIGKILL", S.ACT_SIGNAL: "KPROBE_ACTION_SIGNAL"}
+ACTION_NAMES = {S.ACT_SIGKILL: "KPROBE_ACTION_SIGKILL", S.ACT_SIGNAL: "KPROBE_ACTION_SIGNAL",
+                S.ACT_GETURL: "KPROBE_ACTION_GETURL", S.ACT_DNSLOOKUP: "KPROBE_ACTION_DNSLOOKUP"}
 
 ARGQ = struct.Struct("<BBHIQ")  # sens_arg_rec and the 8 bytes after it (an integer's value)
 
@@ -56,7 +57,7 @@ def quick_rest(plan: HookPlan, policy_name: str) -> QuickRest | None:
 
     # ``end``: where the record's data ends (the caller has checked that the record holds it).
     src = ["def rest(rec, end, flags, retval, actions, cgroup_id, cur_time, nanos):",
-           "    if actions & 6 or flags & 24:", "        return None", "    pos = %d" % EV_SIZE]
+           "    if actions & 102 or flags & 24:", "        return None", "    pos = %d" % EV_SIZE]
     fmts, values = [], []
     for i, (ap, fast) in enumerate(plan.fast):
         if fast is None:
@@ -136,6 +137,17 @@ def action_fields(plan: HookPlan, sel: int, actions: int, flags: int) -> dict[st
     return out
 
 
+def notify_action(actions: int) -> str:
+    """The action an event without a signal reports: GetUrl or DnsLookup when its selector has one (the request
+    the agent made for it, `sensorium.actions`), else Post. A signal is reported before either (Tetragon reports
+    one action per event; the kill is the one that changed what the process could do)."""
+    if actions & S.ACT_GETURL:
+        return "KPROBE_ACTION_GETURL"
+    if actions & S.ACT_DNSLOOKUP:
+        return "KPROBE_ACTION_DNSLOOKUP"
+    return "KPROBE_ACTION_POST"
+
+
 def render_args(rec: bytes, args: Sequence[S.ArgPlan]) -> list[dict[str, Any]] | None:
     """The arguments of a ``struct sens_event`` record (selectors.h) as Tetragon's KprobeArgument dicts, or
     None when the record is malformed: shorter than its ``data_len``, an argument cut or of another kind
@@ -200,7 +212,7 @@ def body_of(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any
     if actions & (S.ACT_SIGKILL | S.ACT_SIGNAL):
         body.update(action_fields(plan, sel, actions, flags))
     else:
-        body["action"] = "KPROBE_ACTION_POST"
+        body["action"] = notify_action(actions)
     if cgroup_id:
         body["cgroup_id"] = cgroup_id
     return body

@@ -32,6 +32,7 @@ from sensorium.hooks.render import (
     action_fields,
     body_of,
     json_middle,
+    notify_action,
     quick_rest,
     render_bytes,
     render_int,
@@ -58,9 +59,9 @@ __all__ = ["EventRing", "DROP_REASONS"]
 
 DROP_REASONS = ("short", "truncated", "bad_argument", "bad_selector", "not_a_hook_record", "unknown_hook")
 """Why `EventRing` dropped a record: shorter than a ``sens_event``; shorter than its ``data_len``; an argument
-cut, of another kind than the hook's, or data left after them (`render_args`); a signal action from a
-selector the hook does not have; a record type other than ``REC_HOOK``; a (policy, hook) not loaded
-(records in flight when a hook is unloaded: not malformed)."""
+cut, of another kind than the hook's, or data left after them (`render_args`); a signal, GetUrl or DnsLookup
+action from a selector the hook does not have (or that has not that action); a record type other than
+``REC_HOOK``; a (policy, hook) not loaded (records in flight when a hook is unloaded: not malformed)."""
 
 
 def _batch_body(rec: bytes, plan: HookPlan, policy_name: str, proc: Mapping[str, Any],
@@ -96,6 +97,10 @@ class EventRing:
         self._users = UserSymbols()  # user stack symbolization (stack traces)
         self._users_begun = False
         self._stack_sets: set[HookSet] = set()  # whose stack maps this batch read
+        # GetUrl/DnsLookup requests offered to the host: queued, refused by it (it counts why: rate limit, queue
+        # full), no runner (a context without `run_action`), failed_to_offer (it raised)
+        self.requests: dict[str, int] = dict.fromkeys(("queued", "refused", "no_runner", "failed_to_offer"), 0)
+        self._run_action = getattr(ctx, "run_action", None)  # optional for contexts older than the contract's
 
     def start(self) -> None:
         obj = self.ctx.open_object(self.ctx.build(HOOK_PROBE))
@@ -209,7 +214,7 @@ class EventRing:
             if end > n:  # the record is shorter than its own data: cut somewhere
                 dropped["truncated"] += 1
                 continue
-            if actions & 6 and sel >= plan.compiled.cfg.nsel:  # a signal only ever comes from a selector
+            if actions & 102 and not self._from_selector(plan, sel, actions):  # signal, GetUrl, DnsLookup
                 dropped["bad_selector"] += 1
                 continue
             if state != 1:
@@ -299,7 +304,9 @@ class EventRing:
             if actions & 6:  # S.ACT_SIGKILL | S.ACT_SIGNAL
                 act = b"," + dumps(schema.conform_body(plan.kind, action_fields(plan, sel, actions, flags)))[1:-1]
             else:
-                act = b',"action":"KPROBE_ACTION_POST"'
+                act = b',"action":"%b"' % notify_action(actions).encode()
+            if actions & 96:  # S.ACT_NOTIFY: the agent's request, made off this thread (sensorium.actions)
+                self._request(plan, sel, ctxs[m[0]][1])
             if cgroup_id and ext:
                 act += b',"cgroup_id":%d' % cgroup_id
             if flags & 24:  # S.EV_KSTACK | S.EV_USTACK: the stack ids follow the arguments
@@ -531,7 +538,7 @@ class EventRing:
                 dropped["truncated"] += 1
                 continue
             plan, policy_name, hs = entry
-            if actions & 6 and sel >= plan.compiled.cfg.nsel:  # see `decode`
+            if actions & 102 and not self._from_selector(plan, sel, actions):  # see `decode`
                 dropped["bad_selector"] += 1
                 continue
             proc = parent = None
@@ -547,9 +554,37 @@ class EventRing:
             if _fl & 24:  # S.EV_KSTACK | S.EV_USTACK
                 body.update(self._stacks(rec, EV_SIZE + data_len, _fl, pid, hs, plan.kind))
             hs.events += 1
+            if actions & S.ACT_NOTIFY:
+                self._request(plan, sel, policy_name)
             out.append(make(plan.kind, body, ktime))
         if self._stack_sets:
             self._stacks_done()
         return out
+
+    @staticmethod
+    def _from_selector(plan: HookPlan, sel: int, actions: int) -> bool:
+        """Whether a record's actions beyond Post can be its selector's: a signal, GetUrl or DnsLookup only ever
+        comes from a selector the hook has, and a request from one that names it."""
+        if sel >= plan.compiled.cfg.nsel:
+            return False
+        if actions & S.ACT_NOTIFY:
+            got = plan.compiled.notify.get(sel)
+            return got is not None and actions & S.ACT_NOTIFY == S.NOTIFY_BITS[got[0]]
+        return True
+
+    def _request(self, plan: HookPlan, sel: int, policy_name: str) -> None:
+        """Offer the GetUrl/DnsLookup request of a matched selector to the host (`SensorContext.run_action`: it
+        queues or counts it, never blocks); a context without one counts it here."""
+        action, target = plan.compiled.notify[sel]  # `_from_selector` passed
+        run = self._run_action
+        if run is None:
+            self.requests["no_runner"] += 1
+            return
+        try:
+            queued = run(policy_name, action, target)
+        except Exception:  # noqa: BLE001 - a request must never cost the batch its events
+            self.requests["failed_to_offer"] += 1
+            return
+        self.requests["queued" if queued else "refused"] += 1
 
 

@@ -29,7 +29,8 @@ __all__ = [
     "MAX_CAPS", "HOOK_TP", "HOOK_RAW_TP", "HOOK_SYSCALL", "ARG_INT", "ARG_STR", "ARG_BUF", "FROM_CTX", "FROM_RAW",
     "FROM_SYSCALL", "FROM_RETVAL", "DEREF_NONE", "DEREF_USER_STR", "DEREF_KERNEL_STR", "DEREF_DATALOC",
     "DEREF_INLINE", "DEREF_USER_BUF", "DEREF_BINPRM", "DEREF_FD_PATH", "DEREF_FILE", "DEREF_PATH", "ACT_POST",
-    "ACT_SIGKILL", "ACT_SIGNAL", "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR",
+    "ACT_SIGKILL", "ACT_SIGNAL", "ACT_GETURL", "ACT_DNSLOOKUP", "ACT_NOTIFY", "NOTIFY_BITS",
+    "EV_MONITOR", "EV_HAS_RET", "EV_SIGNAL_ERR", "ARGF_TRUNC", "ARGF_ERR",
     "CFG_CGROUP_SCOPED", "CFG_NEED_BINARY", "CFG_FOLLOW", "CFG_AT_EXIT", "REC_HOOK", "host_namespace_inums",
     "ARG_SOCK", "DEREF_SOCK", "DEREF_SOCKADDR", "DEREF_USER_SOCKADDR", "DEREF_SKB", "MAX_BINS", "SOCK_OPS",
     "SOCKADDR_OPS", "SOCKADDR_PEER_OPS", "SensSock", "render_sock", "CFG_SOCK_OWNER", "CFG_RET_TRACK",
@@ -76,6 +77,11 @@ OPS = {"Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "No
 PRIV_OPS = {"SPortPriv": "SPort", "NotSPortPriv": "NotSPort", "NotSportPriv": "NotSPort", "DPortPriv": "DPort",
             "NotDPortPriv": "NotDPort"}
 ACT_POST, ACT_SIGKILL, ACT_SIGNAL = 1, 2, 4
+# User-space actions (sensorium.actions): bits the kernel never reads; run.h copies the matched selector's actions
+# byte into the record as it is, and the agent makes the request from the record
+ACT_GETURL, ACT_DNSLOOKUP = 32, 64  # (8 is the kprobe sensor's fmod_ret Override: sensors/kprobe/kfunc.py)
+ACT_NOTIFY = ACT_GETURL | ACT_DNSLOOKUP
+NOTIFY_BITS = {"GetUrl": ACT_GETURL, "DnsLookup": ACT_DNSLOOKUP}
 EV_MONITOR, EV_HAS_RET, EV_SIGNAL_ERR = 1, 2, 4
 EV_KSTACK, EV_USTACK = 8, 16  # the record ends with a SensStackIds (hook/defs.h)
 STACK_KERNEL, STACK_USER = 1, 2  # SensSelector.stacks: kernelStackTrace, userStackTrace of its Post action
@@ -331,6 +337,8 @@ class CompiledHook:
     follow_pids: dict[int, tuple[bool, tuple[int, ...]]]     # selector -> (isNamespacePID, pids) with followForks
     blocking: bool
     actions: list[list[str]]
+    # selector -> (GetUrl or DnsLookup, its URL or name): the request the agent makes when that selector matches
+    notify: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     def rodata(self) -> bytes:
         return bytes(self.cfg)
@@ -588,6 +596,14 @@ def check_selectors(selectors: Sequence[Any]) -> None:
                 signal = sig
         if "NoPost" in names and "Post" in names:
             raise SelectorError(f"{base}.matchActions", "Post and NoPost together")
+        notify = [ai for ai, n in enumerate(names) if n in NOTIFY_BITS]
+        if len(notify) > 1:
+            raise SelectorError(f"{base}.matchActions[{notify[1]}].action",
+                                "one GetUrl or DnsLookup action per selector (the event reports one action)")
+        if notify and "NoPost" in names:
+            raise SelectorError(f"{base}.matchActions[{notify[0]}].action",
+                                f"{names[notify[0]]} with NoPost: the agent makes the request when it receives the "
+                                "event, which NoPost withholds")
         if list(_g(sel, "matchReturnActions") or []):
             raise SelectorError(f"{base}.matchReturnActions", "matchReturnActions are not supported on this hook")
 
@@ -640,6 +656,7 @@ def compile_hook(
     follow_bins: dict[int, tuple[str, tuple[str, ...]]] = {}
     follow_pids: dict[int, tuple[bool, tuple[int, ...]]] = {}
     all_actions: list[list[str]] = []
+    notify: dict[int, tuple[str, str]] = {}
     blocking = False
     ns_cache = host_ns
     for si, sel in enumerate(selectors):
@@ -783,6 +800,9 @@ def compile_hook(
                 bits |= ACT_SIGNAL
                 out.signal = int(_g(a, "argSig"))
                 blocking = True
+            elif name in NOTIFY_BITS:  # made by the agent from the event (sensorium.actions)
+                bits |= NOTIFY_BITS[name]
+                notify[si] = (name, str(_g(a, "argUrl") if name == "GetUrl" else _g(a, "argFqdn")))
             elif name == "Override":
                 raise SelectorError(f"{field}.action",
                                     "Override is not implemented on tracepoint and syscall hooks: Sensorium serves "
@@ -801,7 +821,7 @@ def compile_hook(
         all_actions.append(names)
     cfg.flags = flags
     return CompiledHook(cfg=cfg, flags=flags, follow_binaries=follow_bins, follow_pids=follow_pids,
-                        blocking=blocking, actions=all_actions)
+                        blocking=blocking, actions=all_actions, notify=notify)
 
 
 # ---- the verifier budget: the most expensive configurations these limits allow ---------------------

@@ -76,6 +76,7 @@ class HookSensor:
         return {"state": self.state, "error": self.error, "policies": len(live),
                 "hooks": sum(len(h.objects) for h in live), "decode_errors": self.ring.decode_errors,
                 "dropped_records": {k: v for k, v in self.ring.dropped.items() if v},
+                "action_requests": {k: v for k, v in self.ring.requests.items() if v},
                 "decoder": self.ring.decoder, "ring_drain": self.ring.drain}
 
     # -- policies ---------------------------------------------------------------------------------

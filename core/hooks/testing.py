@@ -34,7 +34,10 @@ def _prog_id(prog: Any) -> int | None:
 class DirectContext:
     node_name = "test-node"
 
-    def __init__(self, process_cache: Any = None, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, process_cache: Any = None, config: Mapping[str, Any] | None = None, *,
+                 actions: Any = None) -> None:
+        """``actions``: a started `sensorium.actions.ActionRunner` for the GetUrl/DnsLookup requests of the
+        policies loaded here (None: the rings count them as ``no_runner``)."""
         from sensorium.bpf.probe import probe_kernel
         from sensorium.bpf.ringbuf import RingBufferReader
 
@@ -46,6 +49,8 @@ class DirectContext:
         self.events: list[Event] = []
         self.objects: list[Any] = []
         self.loaded_prog_ids: set[int] = set()
+        if actions is not None:
+            self.run_action = actions.submit
 
     def build(self, probe: Any) -> Path:
         from sensorium.bpf.build import build_object

@@ -275,6 +275,9 @@ def _check_selectors(plan: HookPlan, field: str) -> None:
             if act.action in ("TrackSock", "UntrackSock"):
                 raise PolicyLoadError(where, f"{act.action} is served on kprobes kernel-function hooks, not on LSM "
                                              "hooks", field=f"{af}.action")
+            if act.action in ("GetUrl", "DnsLookup"):
+                raise PolicyLoadError(where, f"{act.action} is not supported on LSM hooks yet (it is served on "
+                                             "kprobes, tracepoints, uprobes and usdts)", field=f"{af}.action")
             if act.action == "Override" and mech.startswith("fanotify") and act.argError not in (-1, 1):
                 raise PolicyLoadError(where, f"Override argError {act.argError} cannot be served by {mech}: a "
                                              "fanotify decision can only fail the call with EPERM (argError -1)",
