@@ -158,7 +158,16 @@ def hook_plan(spec: HookSpec) -> HookPlan:
 
 
 class _HookStats:
+    """What the decoder reads of a hook's section (`HookSet`): its event count, its stack map (none: these
+    hooks take no stacks, so a record flagged with stacks loses them, counted) and the stack loss counters."""
+
     events = 0
+    stack_map = None
+
+    def __init__(self) -> None:
+        from sensorium.hooks.stacks import LOST_REASONS
+
+        self.stack_lost = dict.fromkeys(LOST_REASONS, 0)
 
 
 def hook_ring(specs: Sequence[HookSpec], cache: Any = None) -> EventRing:
