@@ -52,8 +52,11 @@ def parse_lists(raw: Any, doc: Located) -> dict[str, NamedList]:
         if typ not in LIST_TYPES:
             raise err(loc + ("type",), f"list type {typ!r} is not one of {', '.join(LIST_TYPES)}")
         if typ == "generated_ftrace":
-            raise err(loc + ("type",), "not supported by Sensorium: generated_ftrace lists (kernel functions "
-                                       "matched by a pattern on the node) are not implemented; name the functions")
+            if values is not None:
+                raise err(loc + ("values",), "a generated_ftrace list is the kernel functions its pattern matches: "
+                                             "it takes no values")
+            out[name] = NamedList(name, typ, ftrace_functions(item.get("pattern"), loc + ("pattern",), doc))
+            continue
         if "pattern" in item:
             raise err(loc + ("pattern",), "pattern belongs to generated_ftrace lists")
         if typ == "generated_syscalls":
@@ -75,6 +78,59 @@ def parse_lists(raw: Any, doc: Located) -> dict[str, NamedList]:
             raise err(loc + ("validated",), "validated must be true or false")
         out[name] = NamedList(name, typ, tuple(values))
     return out
+
+
+MAX_PATTERN = 256
+
+
+def ftrace_functions(pattern: Any, loc: tuple[Any, ...], doc: Located) -> tuple[str, ...]:
+    """The kernel functions of this node a generated_ftrace ``pattern`` matches, as Tetragon finds them: an RE2
+    regular expression searched in each name (``^ksys_`` anchors, a bare ``read`` matches anywhere). The
+    names are the kernel's traceable functions: its BTF functions (what fentry and the argument checks need),
+    kept to those in tracefs' available_filter_functions where this host lets us read it. RE2 (Go's syntax,
+    linear time): a policy's pattern cannot make the agent backtrack for ever."""
+    import re2  # type: ignore[import-untyped]  # google-re2 (no type stubs)
+
+    err = doc.error
+    if not isinstance(pattern, str) or not pattern:
+        raise err(loc, "a generated_ftrace list needs a pattern (a regular expression over kernel function names)")
+    if len(pattern) > MAX_PATTERN or "\0" in pattern:
+        raise err(loc, f"pattern: at most {MAX_PATTERN} characters, no NUL")
+    opts = re2.Options()
+    opts.log_errors = False
+    try:
+        rx = re2.compile(pattern, opts)
+    except Exception as e:  # noqa: BLE001 - re2.error carries the parser's reason as bytes
+        why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise err(loc, f"pattern {pattern!r} is not a regular expression (RE2 syntax): {why}") from None
+    from sensorium.bpf.btf import kernel_functions
+
+    try:
+        names = set(kernel_functions())
+    except Exception as e:  # noqa: BLE001 - no BTF on this node
+        raise err(loc, f"the kernel functions of this node cannot be listed (BTF: {e})") from None
+    traceable = _available_filter_functions()
+    if traceable is not None:
+        names &= traceable
+    found = tuple(sorted(n for n in names if rx.search(n)))
+    if not found:
+        raise err(loc, f"pattern {pattern!r} matches no traceable kernel function on this node")
+    if len(found) > MAX_LIST_VALUES:
+        raise err(loc, f"pattern {pattern!r} matches {len(found)} kernel functions on this node: at most "
+                       f"{MAX_LIST_VALUES} ({', '.join(found[:5])}, ...)")
+    return found
+
+
+def _available_filter_functions() -> set[str] | None:
+    """tracefs' list of the functions ftrace (kprobes, fentry) can attach to, or None where it cannot be read
+    (no tracefs, or kernel lockdown as on this host)."""
+    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            with open(f"{base}/available_filter_functions") as f:
+                return {line.split()[0] for line in f if line.strip()}
+        except OSError:
+            continue
+    return None
 
 
 def _syscall_table() -> Mapping[str, int]:
@@ -146,6 +202,9 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList],
                             if lst is None:
                                 vals.append(v)
                                 continue
+                            if lst.type == "generated_ftrace":
+                                raise doc.error(vloc, f"list {lst.name!r} is kernel functions, not syscalls: only a "
+                                                      "syscalls list gives numbers to compare")
                             if m.get("operator") not in ("InMap", "NotInMap", "Equal", "NotEqual"):
                                 raise doc.error(vloc, f"a list of syscalls compares by number: use it with InMap "
                                                       f"or NotInMap, not {m.get('operator')}")
@@ -162,13 +221,16 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList],
                 origin.append(i)
                 from_list.append(None)
                 continue
-            if raw.get("syscall") is False:
-                raise doc.error(("spec", key, i, "syscall"), f"list {lst.name!r} names syscalls: syscall: false "
-                                                            "contradicts it")
+            functions = lst.type == "generated_ftrace"
+            if raw.get("syscall") is functions:
+                raise doc.error(("spec", key, i, "syscall"),
+                                f"list {lst.name!r} names kernel functions: syscall: true contradicts it" if functions
+                                else f"list {lst.name!r} names syscalls: syscall: false contradicts it")
             for name in lst.values:
-                items.append({**copy.deepcopy(raw), "call": name, "syscall": True})
+                items.append({**copy.deepcopy(raw), "call": name, "syscall": not functions})
                 origin.append(i)
-                from_list.append(i)
+                # a syscall list is one hook (one program); each kernel function is a hook of its own
+                from_list.append(None if functions else i)
         if len(origin) != len(value) or origin != list(range(len(value))):
             prefix = ("spec", key)
             old = {k: ln for k, ln in doc.lines.items() if k[:2] == prefix and len(k) > 2}

@@ -382,3 +382,28 @@ def test_override_through_fmod_ret_fails_open_with_eperm_in_the_cgroup_only(rig,
     h.set_mode("monitoring")
     r = cgroup2_dir.run(["cat", str(secret)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "top secret\n"
+
+
+@pytest.mark.needs("fentry")
+def test_a_generated_ftrace_list_hooks_each_matching_kernel_function(rig, cgroup2_dir, tmp_path: Path) -> None:
+    """Tetragon's generated_ftrace list (list-generated-ftrace.yaml's shape): the pattern's functions, one
+    fentry hook each; a cat in our cgroup reads and writes, and both functions report it by name."""
+    src = tmp_path / "in.txt"
+    src.write_text("x\n")
+    text = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ftrace-list}
+spec:
+  lists:
+  - {name: rw, type: generated_ftrace, pattern: "^ksys_(read|write)$"}
+  kprobes:
+  - call: list:rw
+"""
+    h = rig.load(text, "kprobes", scope=scope_of(cgroup2_dir))
+    assert len(h.status()["hooks"]) == 2
+    assert {x["mechanism"] for x in h.status()["hooks"]} == {"fentry"}
+    assert cgroup2_dir.run(["cat", str(src)], capture_output=True).returncode == 0
+    evs = rig.events(lambda b: b.get("policy_name") == "ftrace-list", wait=5.0)  # scoped: only the cat
+    rig.events(lambda b: False, wait=0.5)
+    got = {b["function_name"] for b in rig.events(lambda b: b.get("policy_name") == "ftrace-list")}
+    assert evs and got == {"ksys_read", "ksys_write"}, got

@@ -99,8 +99,8 @@ def test_an_inmap_list_becomes_the_syscall_numbers(reg) -> None:
     (("    - sys_dup2\n", "    - __ia32_sys_dup\n"),
      None),  # a call on a 32-bit syscall: refused by the sensor at load, like a written-out one
     (("type: syscalls", "type: generated_ftrace"),
-     "p.yaml:8: spec.lists[0].type: not supported by Sensorium: generated_ftrace lists (kernel functions matched by "
-     "a pattern on the node) are not implemented; name the functions"),
+     "p.yaml:9: spec.lists[0].values: a generated_ftrace list is the kernel functions its pattern matches: it "
+     "takes no values"),
     (("type: syscalls", "type: nonsense"),
      "p.yaml:8: spec.lists[0].type: list type 'nonsense' is not one of syscalls, generated_syscalls, generated_ftrace"),
     (("  - call: list:dups\n", "  - call: list:dups\n    syscall: false\n"),
@@ -337,3 +337,60 @@ def test_policy_check_says_the_items_came_from_a_list_call(tmp_path: Path) -> No
     res = CliRunner().invoke(cli, ["policy", "check", str(f)])
     assert res.exit_code == 0 and res.stdout == ("all-syscalls: valid (kprobes: 362 (362 from 1 list call); "
                                                  "enforcement)\n"), res.output
+
+
+FTRACE = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: ftrace
+spec:
+  lists:
+  - name: fns
+    type: generated_ftrace
+    pattern: "PATTERN"
+  kprobes:
+  - call: list:fns
+"""
+
+
+def test_a_generated_ftrace_list_is_the_kernel_functions_its_pattern_matches(reg) -> None:
+    """Tetragon's semantics: an RE2 pattern searched in each traceable kernel function name of the node; each
+    function is a kernel-function hook of its own (syscall: false)."""
+    from sensorium.bpf.btf import kernel_functions
+
+    names = set(kernel_functions())
+    want = sorted(n for n in ("ksys_read", "ksys_write") if n in names)
+    assert want, "this kernel's BTF has neither ksys_read nor ksys_write"
+    [p] = parse_policies(FTRACE.replace("PATTERN", "^ksys_(read|write)$"), "p.yaml", reg)
+    [sec] = p.sections
+    assert [(i.call, i.syscall) for i in sec.items] == [(n, False) for n in want]
+    assert p.hook_line("kprobes", 0) == 11
+    # the corpus's "^ksys_*": every function whose name starts with ksys
+    [p] = parse_policies(FTRACE.replace("PATTERN", "^ksys_*"), "p.yaml", reg)
+    assert [i.call for i in p.sections[0].items] == sorted(n for n in names if n.startswith("ksys")) or []
+
+
+@pytest.mark.parametrize("pattern, error", [
+    ("(a)\\\\1", "p.yaml:9: spec.lists[0].pattern: pattern '(a)\\\\1' is not a regular expression (RE2 syntax): "
+                 "invalid escape sequence: \\1"),
+    ("^sensorium_no_such_function$", "p.yaml:9: spec.lists[0].pattern: pattern '^sensorium_no_such_function$' "
+                                     "matches no traceable kernel function on this node"),
+    ("", "p.yaml:9: spec.lists[0].pattern: a generated_ftrace list needs a pattern (a regular expression over "
+         "kernel function names)"),
+    ("a" * 300, "p.yaml:9: spec.lists[0].pattern: pattern: at most 256 characters, no NUL"),
+])
+def test_generated_ftrace_pattern_mistakes_are_named(reg, pattern, error) -> None:
+    assert refused(FTRACE.replace("PATTERN", pattern), reg) == error
+
+
+def test_a_generated_ftrace_list_over_the_value_limit_names_the_count(reg) -> None:
+    msg = refused(FTRACE.replace("PATTERN", "^s"), reg)  # thousands of functions start with s
+    assert msg.startswith("p.yaml:9: spec.lists[0].pattern: pattern '^s' matches ") and "kernel functions on this node: at most" in msg
+
+
+def test_a_pattern_that_backtracks_forever_elsewhere_is_linear_here(reg) -> None:
+    """(a+)+$ takes exponential time in a backtracking engine on a long non-matching name; RE2 is linear."""
+    t = time.monotonic()
+    refused(FTRACE.replace("PATTERN", "^(_+)+$"), reg)
+    assert time.monotonic() - t < 10
