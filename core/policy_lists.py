@@ -188,8 +188,8 @@ def expand_lists(spec: dict[str, Any], lists: Mapping[str, NamedList],
         from_list: list[int | None] = []
         for i, written in enumerate(value):
             raw = copy.deepcopy(written)  # expanded below; the document's own value stays as written
-            if isinstance(raw, dict):
-                for si, sel in enumerate(raw.get("selectors") or []):
+            if isinstance(raw, dict) and isinstance(raw.get("selectors"), list):  # (else the model names it)
+                for si, sel in enumerate(raw["selectors"]):
                     for mi, m in enumerate((sel.get("matchArgs") or []) if isinstance(sel, dict) else []):
                         if not isinstance(m, dict) or not isinstance(m.get("values"), list):
                             continue

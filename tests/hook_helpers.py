@@ -145,3 +145,28 @@ spec:
     selectors:
 {selectors}
 """
+
+
+def openat_tracepoint_policy(name: str, path: Any, extra_selector: str = "") -> str:
+    """A tracepoints policy on syscalls/sys_enter_openat reporting the filename and matching ``path`` exactly;
+    ``extra_selector``: more lines of its one selector (YAML, indented 6, e.g. matchActions)."""
+    # sys_enter_openat's format: 4 common fields, then __syscall_nr, dfd, filename (index 6), flags, mode.
+    return f"""\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_openat
+    args:
+    - index: 6
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: Equal
+        values:
+        - "{path}"
+{extra_selector}"""

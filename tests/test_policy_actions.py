@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hook_helpers import Rig, string_args
+from hook_helpers import Rig, openat_tracepoint_policy, string_args
 
 from sensorium.actions import ActionRunner, check_fqdn, check_url, parse_dns_response
 from sensorium.yamlsrc import SourceError
@@ -362,26 +362,7 @@ def test_sensor_event_reports_geturl_and_the_server_sees_the_get(http_peer: Http
 
 # ---- the real agent: a tracepoint hook, the requests, the flood, `sensorium status` ------------------------------
 def _tp_policy(name: str, path: Path, action_lines: str) -> str:
-    # sys_enter_openat's format: 4 common fields, then __syscall_nr, dfd, filename (index 6), flags, mode.
-    return f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_openat
-    args:
-    - index: 6
-      type: string
-    selectors:
-    - matchArgs:
-      - index: 0
-        operator: Equal
-        values:
-        - "{path}"
-      matchActions:
-{action_lines}"""
+    return openat_tracepoint_policy(name, path, "      matchActions:\n" + action_lines)
 
 
 def _cli(sock: Path, *args: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hook_helpers import openat_tracepoint_policy
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [str(REPO / ".venv" / "bin" / "sensorium")] if (REPO / ".venv" / "bin" / "sensorium").exists() else \
@@ -24,27 +25,7 @@ CLI = [str(REPO / ".venv" / "bin" / "sensorium")] if (REPO / ".venv" / "bin" / "
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="loads eBPF programs: needs root")]
 
 
-def policy(name: str, path: Path, extra_selector: str = "") -> str:
-    # sys_enter_openat's format: 4 common fields, then __syscall_nr, dfd, filename (index 6), flags, mode.
-    return f"""\
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_openat
-    args:
-    - index: 6
-      type: string
-    selectors:
-    - matchArgs:
-      - index: 0
-        operator: Equal
-        values:
-        - "{path}"
-{extra_selector}"""
+policy = openat_tracepoint_policy
 
 
 def cli(sock: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
