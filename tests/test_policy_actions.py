@@ -32,7 +32,25 @@ ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="loads eBPF programs: needs 
 
 
 # ---- the peers: real servers on loopback -----------------------------------------------------------------------
-class HttpPeer:
+class _Peer:
+    """A loopback server a test starts; ``seen`` is what it received (under ``lock``)."""
+
+    seen: list[Any]
+    lock: threading.Lock
+
+    def wait(self, n: int, timeout: float = 10.0) -> list[Any]:
+        """What it received once it has ``n`` (or all it has at the timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.seen) >= n:
+                    return list(self.seen)
+            time.sleep(0.02)
+        with self.lock:
+            return list(self.seen)
+
+
+class HttpPeer(_Peer):
     """An HTTP server on 127.0.0.1 that records each request's method, path and User-Agent and answers 204;
     ``hold`` (an Event): every request waits for it before the answer."""
 
@@ -59,22 +77,12 @@ class HttpPeer:
         self.thread = threading.Thread(target=self.server.serve_forever, name="http-peer", daemon=True)
         self.thread.start()
 
-    def wait(self, n: int, timeout: float = 10.0) -> list[tuple[str, str, str]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.seen) >= n:
-                    return list(self.seen)
-            time.sleep(0.02)
-        with self.lock:
-            return list(self.seen)
-
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
-class DnsPeer:
+class DnsPeer(_Peer):
     """A DNS responder on 127.0.0.1 (UDP): parses each query (header, one question) and records (name, qtype),
     answering an A query with 192.0.2.7."""
 
@@ -116,16 +124,6 @@ class DnsPeer:
             answer = struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question
             answer += struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton("192.0.2.7")
             self.sock.sendto(answer, addr)
-
-    def wait(self, n: int, timeout: float = 10.0) -> list[tuple[str, int]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.seen) >= n:
-                    return list(self.seen)
-            time.sleep(0.02)
-        with self.lock:
-            return list(self.seen)
 
     def close(self) -> None:
         self.stopping = True

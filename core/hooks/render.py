@@ -57,7 +57,10 @@ def quick_rest(plan: HookPlan, policy_name: str) -> QuickRest | None:
 
     # ``end``: where the record's data ends (the caller has checked that the record holds it).
     src = ["def rest(rec, end, flags, retval, actions, cgroup_id, cur_time, nanos):",
-           "    if actions & 102 or flags & 24:", "        return None", "    pos = %d" % EV_SIZE]
+           # a signal or a request (the Python path acts on it), stack ids after the arguments: not here
+           "    if actions & %d or flags & %d:" % (S.ACT_SIGKILL | S.ACT_SIGNAL | S.ACT_NOTIFY,
+                                                  S.EV_KSTACK | S.EV_USTACK),
+           "        return None", "    pos = %d" % EV_SIZE]
     fmts, values = [], []
     for i, (ap, fast) in enumerate(plan.fast):
         if fast is None:
